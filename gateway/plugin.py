@@ -1,0 +1,95 @@
+"""What an adapter is to the gateway: a plugin with an id, an origin, routes and a lifecycle.
+
+Adapters never import the gateway's internals; they get everything through the
+`PluginRuntime` handed to `Plugin.start`. That keeps an adapter folder copyable and lets the
+gateway decide which plugins may open keyed stores (only bundled ones, or ids listed in
+`trusted_plugins`).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from state import AsyncKeyedStore
+
+Origin = Literal["bundled", "external"]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP route the ingress mounts for a plugin (e.g. POST /slack/events)."""
+
+    method: str
+    path: str
+    handler: Handler
+
+
+class PluginRuntime(Protocol):
+    """The gateway as one plugin sees it; created once per plugin."""
+
+    plugin_id: str
+    config: Mapping[str, Any]  # the plugin's `[adapters.<id>]` table from the gateway config
+    legacy: bool  # config `mode = "legacy"`: keep the old in-memory maps (the "before")
+    log: logging.LoggerAdapter[logging.Logger]
+
+    async def open_keyed_store(
+        self,
+        namespace: str,
+        *,
+        max_entries: int,
+        default_ttl_ms: int | None = None,
+        overflow: Literal["evict-oldest", "reject-new"] = "evict-oldest",
+    ) -> AsyncKeyedStore:
+        """Open an async keyed store bound to this plugin's id.
+
+        The gateway closes it on shutdown. Raises `state.StateStoreError` (INVALID_INPUT) for an
+        external plugin that is not listed in `trusted_plugins`, and whatever
+        `state.open_async_keyed_store` raises.
+        """
+        ...
+
+    async def open_core_store(
+        self,
+        core_id: str,
+        namespace: str,
+        *,
+        max_entries: int,
+        default_ttl_ms: int | None = None,
+    ) -> AsyncKeyedStore:
+        """Open a store owned by the core (plugin id `core:...`, e.g. `core:approvals`).
+
+        Only bundled plugins may do this: core data such as pending approvals outlives any one
+        adapter. Raises `state.StateStoreError` (INVALID_INPUT) for an external plugin or an id
+        that does not start with `core:`.
+        """
+        ...
+
+
+class Plugin(abc.ABC):
+    """Base class of every adapter; subclasses set `id` and `origin`."""
+
+    id: ClassVar[str]
+    origin: ClassVar[Origin] = "external"
+
+    def routes(self) -> Sequence[Route]:
+        """Routes to mount on the ingress; the handler verifies the platform signature first."""
+        return ()
+
+    @abc.abstractmethod
+    async def start(self, runtime: PluginRuntime) -> None:
+        """Open stores and start background work; the gateway is ready only after this returns."""
+
+    async def stop(self) -> None:
+        """Stop background work; stores are closed by the gateway afterwards."""
+
+    def health(self) -> dict[str, Any]:
+        """Per-adapter health for /healthz: at least {"status": "ok" | "degraded" | ...}."""
+        return {"status": "ok"}

@@ -1,0 +1,41 @@
+"""chatstate's keyed store: small adapter state that survives a gateway restart.
+
+    from state import open_keyed_store, open_async_keyed_store, StateStoreError
+
+The contract lives in docs/state.md; `__all__` is what that page documents (a test checks it).
+"""
+
+from ._aio import AsyncKeyedStore, open_async_keyed_store
+from ._database import check_database, checkpoint, probe, sweep_expired
+from ._errors import ErrorCode, StateStoreError
+from ._settings import (
+    MAX_KEY_BYTES,
+    MAX_NAMESPACE_BYTES,
+    MAX_VALUE_BYTES,
+    MAX_VALUE_DEPTH,
+    SCHEMA_VERSION,
+    StoreSettings,
+)
+from ._store import Entry, KeyedStore, database_path, open_keyed_store, state_dir
+
+__all__ = [
+    "AsyncKeyedStore",
+    "Entry",
+    "ErrorCode",
+    "KeyedStore",
+    "MAX_KEY_BYTES",
+    "MAX_NAMESPACE_BYTES",
+    "MAX_VALUE_BYTES",
+    "MAX_VALUE_DEPTH",
+    "SCHEMA_VERSION",
+    "StateStoreError",
+    "StoreSettings",
+    "check_database",
+    "checkpoint",
+    "database_path",
+    "open_async_keyed_store",
+    "open_keyed_store",
+    "probe",
+    "state_dir",
+    "sweep_expired",
+]

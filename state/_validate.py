@@ -1,0 +1,136 @@
+"""Input checks shared by every backend: run before any write so a bad call changes nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from ._errors import StateStoreError
+from ._settings import MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, MAX_VALUE_BYTES, MAX_VALUE_DEPTH
+
+NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9._-]*", re.IGNORECASE)
+MAX_PLUGIN_ID_BYTES = 128
+MAX_TTL_MS = 2**53 - 1  # keeps now + ttl inside SQLite's and Lua's exact integer range
+OVERFLOW_POLICIES = ("evict-oldest", "reject-new")
+
+JSON = dict[str, Any] | list[Any] | str | int | float | bool | None
+
+
+def _utf8_len(text: str, what: str, op: str) -> int:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise StateStoreError("INVALID_INPUT", op, f"{what} is not valid Unicode") from None
+
+
+def _is_int(n: object) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool)
+
+
+def plugin_id(value: object, op: str = "open") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise StateStoreError("INVALID_INPUT", op, "plugin_id must be a non-empty string")
+    value = value.strip()
+    size = _utf8_len(value, "plugin_id", op)
+    if size > MAX_PLUGIN_ID_BYTES:
+        raise StateStoreError(
+            "LIMIT_EXCEEDED", op, f"plugin_id is {size} bytes; the limit is {MAX_PLUGIN_ID_BYTES}"
+        )
+    return value
+
+
+def namespace(value: object, op: str = "open") -> str:
+    if not isinstance(value, str):
+        raise StateStoreError("INVALID_INPUT", op, "namespace must be a string")
+    value = value.strip()
+    size = _utf8_len(value, "namespace", op)
+    if size > MAX_NAMESPACE_BYTES:
+        raise StateStoreError(
+            "LIMIT_EXCEEDED", op, f"namespace is {size} bytes; the limit is {MAX_NAMESPACE_BYTES}"
+        )
+    if not NAMESPACE_RE.fullmatch(value):
+        raise StateStoreError(
+            "INVALID_INPUT", op, "namespace must match ^[a-z0-9][a-z0-9._-]*$ (case-insensitive)"
+        )
+    return value
+
+
+def key(value: object, op: str) -> str:
+    if not isinstance(value, str):
+        raise StateStoreError("INVALID_INPUT", op, "key must be a string")
+    value = value.strip()
+    if not value:
+        raise StateStoreError("INVALID_INPUT", op, "key must not be empty")
+    size = _utf8_len(value, "key", op)
+    if size > MAX_KEY_BYTES:
+        raise StateStoreError(
+            "LIMIT_EXCEEDED", op, f"key is {size} bytes; the limit is {MAX_KEY_BYTES}"
+        )
+    return value
+
+
+def max_entries(value: object) -> int:
+    if not _is_int(value) or value < 1:  # type: ignore[operator]
+        raise StateStoreError("INVALID_INPUT", "open", "max_entries must be an integer >= 1")
+    return value  # type: ignore[return-value]
+
+
+def ttl_ms(value: object, op: str, what: str = "ttl_ms") -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value) or not 1 <= value <= MAX_TTL_MS:  # type: ignore[operator]
+        raise StateStoreError("INVALID_INPUT", op, f"{what} must be an integer from 1 to {MAX_TTL_MS}")
+    return value  # type: ignore[return-value]
+
+
+def overflow(value: object) -> str:
+    if value not in OVERFLOW_POLICIES:
+        raise StateStoreError("INVALID_INPUT", "open", f"overflow must be one of {OVERFLOW_POLICIES}")
+    return value  # type: ignore[return-value]
+
+
+def serialize_value(value: object, op: str) -> str:
+    """Return the compact JSON text stored for `value`.
+
+    Raises INVALID_INPUT for anything that is not plain JSON (tuples, sets, bytes, non-str dict
+    keys, NaN/inf, lone surrogates) and LIMIT_EXCEEDED past the depth or size limit.
+    """
+    _check_shape(value, op)
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    size = _utf8_len(text, "value", op)
+    if size > MAX_VALUE_BYTES:
+        raise StateStoreError(
+            "LIMIT_EXCEEDED", op, f"value is {size} bytes serialized; the limit is {MAX_VALUE_BYTES}"
+        )
+    return text
+
+
+def _check_shape(root: object, op: str) -> None:
+    # Iterative so a hostile 100,000-deep list cannot blow the Python stack before we say no.
+    stack: list[tuple[object, int]] = [(root, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_VALUE_DEPTH:
+            raise StateStoreError(
+                "LIMIT_EXCEEDED", op, f"value nests {depth} levels deep; the limit is {MAX_VALUE_DEPTH}"
+            )
+        if value is None or isinstance(value, (bool, int, str)):
+            continue  # str validity (surrogates) is checked when encoding
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise StateStoreError("INVALID_INPUT", op, "value contains a non-finite float")
+            continue
+        if type(value) is list:
+            stack.extend((item, depth + 1) for item in value)
+            continue
+        if type(value) is dict:
+            for k, item in value.items():
+                if not isinstance(k, str):
+                    raise StateStoreError("INVALID_INPUT", op, "value has a non-string object key")
+                stack.append((item, depth + 1))
+            continue
+        raise StateStoreError(
+            "INVALID_INPUT", op, f"value contains a {type(value).__name__}, which is not plain JSON"
+        )

@@ -1,0 +1,110 @@
+"""`python -m state probe|inspect`: look at a state database without writing to plugin rows.
+
+Exit codes: 0 ok, 1 the probe failed or the database is unusable, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ._database import check_database, probe
+from ._errors import StateStoreError
+from ._store import database_path, resolve_path, wall_clock_ms
+
+
+def _db_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", help="state dir (default $CHATSTATE_HOME or ~/.chatstate)")
+    p.add_argument("--path", help="the database file itself, instead of --state-dir")
+
+
+def build_parser(prog: str = "python -m state") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Inspect chatstate's keyed-store database.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("probe", help="check state dir, open, schema, a write-read-delete and a checkpoint (JSON)")
+    _db_args(p)
+    p.add_argument("--url", help="probe a redis:// backend instead of the SQLite file")
+    i = sub.add_parser("inspect", help="list namespaces with live/expired counts and keys with created/expires")
+    _db_args(i)
+    i.add_argument("--plugin", help="only this plugin id")
+    i.add_argument("--namespace", help="only this namespace (lists its keys)")
+    i.add_argument("--values", action="store_true", help="also print stored values (off by default)")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _path(args: argparse.Namespace) -> Any:
+    return resolve_path(args.path) if args.path else database_path(args.state_dir)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m state") -> int:
+    args = build_parser(prog).parse_args(argv)
+    if args.command == "probe":
+        result = probe(url=args.url) if args.url else probe(_path(args))
+        print(json.dumps(result, indent=2))
+        return 0 if result["ok"] else 1
+    return _inspect(args)
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    path = _path(args)
+    try:
+        check_database(path)  # read-only: a damaged file is reported, never touched
+    except StateStoreError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    if not path.exists():
+        print(f"no state database at {path}", file=sys.stderr)
+        return 1
+    now = wall_clock_ms()
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        where, params = ["1=1"], {"now": now}
+        if args.plugin:
+            where.append("plugin_id = :plugin")
+            params["plugin"] = args.plugin
+        if args.namespace:
+            where.append("namespace = :ns")
+            params["ns"] = args.namespace
+        cond = " AND ".join(where)
+        namespaces = [
+            {"plugin_id": p, "namespace": n, "live": live, "expired": expired}
+            for p, n, live, expired in conn.execute(
+                "SELECT plugin_id, namespace,"
+                " sum(expires_at IS NULL OR expires_at > :now), sum(expires_at <= :now)"
+                f" FROM entries WHERE {cond} GROUP BY plugin_id, namespace ORDER BY 1, 2", params)
+        ]
+        keys: list[dict[str, Any]] = []
+        if args.namespace:
+            for p, k, v, created, expires in conn.execute(
+                f"SELECT plugin_id, key, value, created_at, expires_at FROM entries WHERE {cond}"
+                " AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key", params):
+                row: dict[str, Any] = {"plugin_id": p, "key": k, "created_at": _iso(created), "expires_at": _iso(expires)}
+                if args.values:
+                    row["value"] = json.loads(v)
+                keys.append(row)
+    except sqlite3.Error as exc:
+        print(f"cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps({"database_path": str(path), "namespaces": namespaces, "keys": keys}, indent=2))
+        return 0
+    print(f"database: {path}")
+    print(f"{'plugin':<24} {'namespace':<36} {'live':>8} {'expired':>8}")
+    for ns in namespaces:
+        print(f"{ns['plugin_id']:<24} {ns['namespace']:<36} {ns['live']:>8} {ns['expired']:>8}")
+    for k in keys:
+        extra = f"  value={json.dumps(k['value'])}" if args.values else ""
+        print(f"  {k['key']}  created={k['created_at']}  expires={k['expires_at'] or 'never'}{extra}")
+    return 0

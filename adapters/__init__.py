@@ -1,0 +1,1 @@
+"""Chat platform adapters migrated onto keyed stores; `common` holds the shared pattern."""

@@ -1,0 +1,237 @@
+"""The migration pattern every adapter uses, written once.
+
+Before: each adapter kept a process-global dict with a TTL and a cap, so a restart forgot
+every thread, button and approval. After: `AdapterState` keeps that dict as a hot cache, but
+- every write is awaited on the keyed store before the caller reports its action done, so a
+  SIGKILL right after the bot's reply loses nothing;
+- a read goes to memory, then the store, and caches the *stored* expiry (a hit never restarts
+  the TTL window, a bug the reference system had);
+- claims (`register_if_absent`) and single-use takes (`consume`) go to the store, because only
+  it is atomic across processes;
+- a store failure degrades to memory (reported by `health()`, shown in /healthz), keeps the
+  failed writes, and replays them on the next call that finds the store working again.
+`legacy=True` is the "before": memory only, same TTL and cap, for side-by-side demos.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from state import Entry, StateStoreError
+
+if TYPE_CHECKING:
+    from gateway.plugin import PluginRuntime
+    from state import AsyncKeyedStore
+
+Clock = Callable[[], int]
+log = logging.getLogger("chatstate.adapters")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """What an adapter keeps: the row of DESIGN.md §3's table for one namespace."""
+
+    namespace: str
+    ttl_ms: int | None  # default TTL of a row; None = until deleted
+    max_entries: int
+
+
+class MemoryMap:
+    """The in-process map with TTL and cap: the legacy store, and the hot cache in front of
+    the keyed store. Order is (created_at, key) like the store, so eviction matches."""
+
+    def __init__(self, *, max_entries: int, clock: Clock = now_ms) -> None:
+        self.max_entries = max_entries
+        self._clock = clock
+        self._rows: OrderedDict[str, Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, key: str) -> Entry | None:
+        entry = self._rows.get(key)
+        if entry is not None and entry.expires_at is not None and entry.expires_at <= self._clock():
+            del self._rows[key]
+            return None
+        return entry
+
+    def put(self, entry: Entry) -> None:
+        self._rows.pop(entry.key, None)
+        self._rows[entry.key] = entry
+        while len(self._rows) > self.max_entries:
+            self._rows.popitem(last=False)  # oldest first; the row just put is the newest
+
+    def claim(self, entry: Entry) -> bool:
+        if self.get(entry.key) is not None:
+            return False
+        self.put(entry)
+        return True
+
+    def take(self, key: str) -> Entry | None:
+        entry = self.get(key)
+        self._rows.pop(key, None)
+        return entry
+
+    def drop(self, key: str) -> bool:
+        return self._rows.pop(key, None) is not None
+
+
+class AdapterState:
+    """One namespace of one adapter: memory in front, the keyed store behind."""
+
+    def __init__(self, spec: StateSpec, *, legacy: bool, clock: Clock = now_ms) -> None:
+        self.spec = spec
+        self.legacy = legacy
+        self._clock = clock
+        self.memory = MemoryMap(max_entries=spec.max_entries, clock=clock)
+        self._store: AsyncKeyedStore | None = None
+        self._pending: OrderedDict[str, Entry | None] = OrderedDict()  # None = a failed delete
+        self.last_error: str | None = None
+
+    async def open(self, runtime: PluginRuntime) -> None:
+        """Open the keyed store (not in legacy mode). Raises what `open_keyed_store` raises."""
+        if not self.legacy:
+            self._store = await runtime.open_keyed_store(
+                self.spec.namespace, max_entries=self.spec.max_entries, default_ttl_ms=self.spec.ttl_ms
+            )
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    # -- health ---------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        if self.legacy:
+            return "legacy"
+        return "degraded" if self.last_error else "store"
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "namespace": self.spec.namespace,
+            "mode": self.mode,
+            "last_error": self.last_error,
+            "pending_writes": len(self._pending),
+            "cached": len(self.memory),
+        }
+
+    def _degrade(self, exc: StateStoreError) -> None:
+        if self.last_error is None:
+            log.warning("store failed for %s (%s); degrading to memory", self.spec.namespace, exc.code)
+        self.last_error = str(exc.code)
+
+    async def _recover(self) -> bool:
+        """Replay writes that failed while degraded; True when the store is usable."""
+        if self._store is None:
+            return False
+        while self._pending:
+            key, entry = next(iter(self._pending.items()))
+            try:
+                if entry is None:
+                    await self._store.delete(key)
+                else:
+                    ttl = None if entry.expires_at is None else entry.expires_at - self._clock()
+                    if ttl is None or ttl > 0:
+                        await self._store.register(key, entry.value, ttl_ms=ttl)
+            except StateStoreError as exc:
+                self._degrade(exc)
+                return False
+            self._pending.pop(key, None)
+        if self.last_error is not None:
+            log.info("store for %s recovered", self.spec.namespace)
+        self.last_error = None
+        return True
+
+    def _entry(self, key: str, value: Any, ttl_ms: int | None) -> Entry:
+        now = self._clock()
+        ttl = self.spec.ttl_ms if ttl_ms is None else ttl_ms
+        return Entry(key, value, now, None if ttl is None else now + ttl)
+
+    # -- the operations adapters call -----------------------------------------------------
+    async def record(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
+        """Remember `value` under `key`, durably unless legacy; returns once it is on disk.
+
+        A store failure does not raise: the row stays in memory, is replayed later, and the
+        adapter shows as degraded. INVALID_INPUT/LIMIT_EXCEEDED (a programming error) do raise.
+        """
+        entry = self._entry(key, value, ttl_ms)
+        self.memory.put(entry)
+        if self._store is None or not await self._recover():
+            if self._store is not None:
+                self._pending[key] = entry
+            return
+        try:
+            await self._store.register(key, value, ttl_ms=ttl_ms)
+        except StateStoreError as exc:
+            if exc.code in ("INVALID_INPUT", "LIMIT_EXCEEDED"):
+                raise
+            self._degrade(exc)
+            self._pending[key] = entry
+
+    async def get_entry(self, key: str) -> Entry | None:
+        """Return the live row: memory first, then the store (cached with its stored expiry)."""
+        entry = self.memory.get(key)
+        if entry is not None or self._store is None:
+            return entry
+        try:
+            entry = await self._store.lookup_entry(key)
+        except StateStoreError as exc:
+            self._degrade(exc)
+            return None
+        if entry is not None:
+            self.memory.put(entry)
+        return entry
+
+    async def get(self, key: str) -> Any | None:
+        entry = await self.get_entry(key)
+        return None if entry is None else entry.value
+
+    async def claim(self, key: str, value: Any, *, ttl_ms: int | None = None) -> bool:
+        """Atomically take `key` if no live row holds it (across processes when not legacy)."""
+        entry = self._entry(key, value, ttl_ms)
+        if self._store is not None and await self._recover():
+            try:
+                won = await self._store.register_if_absent(key, value, ttl_ms=ttl_ms)
+            except StateStoreError as exc:
+                if exc.code in ("INVALID_INPUT", "LIMIT_EXCEEDED"):
+                    raise
+                self._degrade(exc)
+            else:
+                if won:
+                    self.memory.put(entry)
+                return won
+        return self.memory.claim(entry)
+
+    async def take(self, key: str) -> Any | None:
+        """Read and remove the live row in one atomic step (exactly one of racing callers wins)."""
+        cached = self.memory.take(key)
+        if self._store is not None and await self._recover():
+            try:
+                return await self._store.consume(key)
+            except StateStoreError as exc:
+                self._degrade(exc)
+        if cached is not None and self._store is not None:
+            self._pending[key] = None  # the store still holds it: delete once it is back
+        return None if cached is None else cached.value
+
+    async def forget(self, key: str) -> bool:
+        """Delete `key` everywhere; True if a live row was removed."""
+        removed = self.memory.drop(key)
+        if self._store is not None and await self._recover():
+            try:
+                return await self._store.delete(key) or removed
+            except StateStoreError as exc:
+                self._degrade(exc)
+        if self._store is not None:
+            self._pending[key] = None
+        return removed

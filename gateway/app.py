@@ -1,0 +1,194 @@
+"""The aiohttp application: /healthz, each plugin's routes, and the resources behind them.
+
+Resources live in `cleanup_ctx` generators, set up in order and torn down in reverse:
+  store broker  -> teardown: final sweep + checkpoint, then close every store
+  plugins       -> start each (they open their stores); teardown: stop each, newest first
+  sweeper task  -> every sweep_interval_s; teardown: stop it, letting a running sweep finish
+  readiness     -> /healthz says ready only once everything above is up
+So SIGTERM, after aiohttp has stopped accepting and drained in-flight requests, stops the
+plugins, sweeps and checkpoints, and closes the stores last. App state is reached through
+typed `web.AppKey`s (STYLE.md rule 7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+import state
+from gateway import health, logs
+from gateway.config import GatewayConfig
+from gateway.exits import ConfigError
+from gateway.plugin import Handler
+from gateway.registry import LoadedPlugin
+from gateway.runtime import GatewayRuntime, StoreBroker
+from gateway.sweeper import SweepStatus, run_sweeper, sweep_once
+
+MAX_BODY_BYTES = 1024 * 1024  # 1 MiB; larger bodies get 413 before any handler runs
+HEALTH_PATH = "/healthz"
+
+
+@dataclass
+class Lifecycle:
+    """What /healthz and the shutdown path need to know about this process."""
+
+    started_at: float = field(default_factory=time.time)
+    ready: bool = False
+    draining: bool = False
+
+
+class PluginStartError(Exception):
+    """`plugin.start()` raised; carries the plugin id so the exit message can name it."""
+
+    def __init__(self, plugin_id: str, cause: BaseException) -> None:
+        super().__init__(f"adapters.{plugin_id}: start failed ({type(cause).__name__}: {cause})")
+        self.plugin_id = plugin_id
+        self.cause = cause
+
+
+CONFIG = web.AppKey("config", GatewayConfig)
+PLUGINS = web.AppKey("plugins", list[LoadedPlugin])
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+BROKER = web.AppKey("broker", StoreBroker)
+SWEEP = web.AppKey("sweep", SweepStatus)
+PROBE = web.AppKey("probe", health.StoreProbe)
+
+
+def database_location(config: GatewayConfig) -> tuple[Path | None, str | None]:
+    """(path, url) for the state calls: the SQLite file under the state dir, or the Redis URL."""
+    if config.state_url:
+        return None, config.state_url
+    return state.database_path(config.state_dir), None
+
+
+def store_settings(config: GatewayConfig) -> state.StoreSettings:
+    """The one StoreSettings of this process (the state package insists they never differ)."""
+    return state.StoreSettings(plugin_max_live_rows=config.plugin_max_live_rows)
+
+
+def build_app(config: GatewayConfig, plugins: Sequence[LoadedPlugin]) -> web.Application:
+    """Build the application for `plugins`; nothing is opened until the runner starts it.
+
+    Raises ConfigError when two plugins (or a plugin and /healthz) claim the same route.
+    """
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_body_limit])
+    path, url = database_location(config)
+    settings = store_settings(config)
+    app[CONFIG] = config
+    app[PLUGINS] = list(plugins)
+    app[LIFECYCLE] = Lifecycle()
+    app[SWEEP] = SweepStatus(config.sweep_interval_s)
+    app[PROBE] = health.StoreProbe(path=path, url=url, settings=settings)
+    app[BROKER] = StoreBroker(path=path, url=url, settings=settings)
+    app.router.add_get(HEALTH_PATH, _healthz)
+    _mount(app, plugins)
+    app.cleanup_ctx.extend([_stores_ctx, _plugins_ctx, _sweeper_ctx, _ready_ctx])
+    return app
+
+
+def _mount(app: web.Application, plugins: Sequence[LoadedPlugin]) -> None:
+    taken: dict[tuple[str, str], str] = {("GET", HEALTH_PATH): "the gateway"}
+    for lp in plugins:
+        for route in lp.plugin.routes():
+            claim = (route.method.upper(), route.path)
+            if claim in taken:
+                raise ConfigError(f"adapters.{lp.id}", f"route {claim[0]} {claim[1]} is already served by {taken[claim]}")
+            taken[claim] = lp.id
+            app.router.add_route(route.method, route.path, _tagged(lp.id, route.handler))
+
+
+def _tagged(plugin_id: str, handler: Handler) -> Handler:
+    """Wrap a plugin handler so the access log line names the plugin that served it."""
+
+    async def tagged(request: web.Request) -> web.StreamResponse:
+        request["plugin"] = plugin_id
+        return await handler(request)
+
+    return tagged
+
+
+@web.middleware
+async def _body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a declared oversize body before any handler (or signature check) runs; bodies
+    without a Content-Length are capped by `client_max_size` when the handler reads them."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
+    return await handler(request)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    app = request.app
+    life = app[LIFECYCLE]
+    store = await app[PROBE].result() if life.ready and not life.draining else None
+    code, body = health.summarize(
+        ready=life.ready, draining=life.draining, started_at=life.started_at, store=store,
+        adapters=health.adapter_health(app[PLUGINS]), sweeper=app[SWEEP],
+    )
+    return web.json_response(body, status=code)
+
+
+# -- cleanup contexts (set up in this order, torn down in reverse) ------------------------------
+async def _stores_ctx(app: web.Application) -> AsyncIterator[None]:
+    broker = app[BROKER]
+    yield
+    # Plugins are stopped by now: nothing writes any more. Sweep once more so a restart starts
+    # clean, checkpoint so the WAL is folded into the main file, then close every store.
+    await sweep_once(app[SWEEP], path=broker.path, url=broker.url, settings=broker.settings)
+    if broker.url is None:
+        with logs.Timer() as t:
+            try:
+                await asyncio.to_thread(state.checkpoint, broker.path, settings=broker.settings)
+            except state.StateStoreError as exc:
+                logs.get("store").error("checkpoint_failed", extra={"op": "checkpoint", "code": str(exc.code)})
+            else:
+                logs.get("store").info("checkpoint", extra={"op": "checkpoint", "duration_ms": t.ms})
+    await broker.close_all()
+
+
+async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
+    config, broker = app[CONFIG], app[BROKER]
+    trusted = set(config.trusted_plugins)
+    started: list[LoadedPlugin] = []
+    try:
+        for lp in app[PLUGINS]:
+            runtime = GatewayRuntime(lp, broker=broker, trusted=lp.id in trusted)
+            with logs.Timer() as t:
+                try:
+                    await lp.plugin.start(runtime)
+                except Exception as exc:
+                    raise PluginStartError(lp.id, exc) from exc
+            started.append(lp)
+            runtime.log.info("plugin_started", extra={"origin": lp.origin, "mode": lp.adapter.mode, "duration_ms": t.ms})
+        yield
+    finally:
+        for lp in reversed(started):
+            with logs.Timer() as t:
+                try:
+                    await lp.plugin.stop()
+                except Exception:  # one adapter's bad stop must not keep the others' stores open
+                    logs.get("plugins").exception("plugin_stop_failed", extra={"plugin": lp.id, "adapter": lp.id})
+                    continue
+            logs.get("plugins").info("plugin_stopped", extra={"plugin": lp.id, "adapter": lp.id, "duration_ms": t.ms})
+
+
+async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    broker = app[BROKER]
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_sweeper(app[SWEEP], stop, path=broker.path, url=broker.url, settings=broker.settings),
+        name="gateway-sweeper",
+    )
+    yield
+    stop.set()
+    await task
+
+
+async def _ready_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[LIFECYCLE].ready = True
+    yield
+    app[LIFECYCLE].ready = False

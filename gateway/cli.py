@@ -1,0 +1,334 @@
+"""`gateway start|stop|status|restart|state`: the command line of the gateway process.
+
+Exit codes (gateway.exits): 0 ok, 1 unexpected error (see the log), 2 bad usage or config,
+3 state store unusable, 4 port in use or a gateway already running on the state dir.
+`status` exits 0 when a gateway runs and 1 when none does. docs/gateway.md has the details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway import logs
+from gateway.config import GatewayConfig, load_config
+from gateway.exits import FAILED, OK, STORE_UNUSABLE, GatewayExit
+from gateway.pidfile import ensure_state_dir, running_info
+
+CONFIG_ENV = "CHATSTATE_GATEWAY_CONFIG"  # default for --config
+DEFAULT_STOP_TIMEOUT_S = 30.0
+DEFAULT_READY_TIMEOUT_S = 60.0
+LOG_NAME = "gateway.log"  # under the state dir, for --detach
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Run the chatstate gateway: adapters as plugins, keyed stores that survive restarts.",
+        epilog="exit codes: 0 ok, 1 unexpected error, 2 bad usage/config, 3 state store unusable, "
+        "4 port in use or already running",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    start = sub.add_parser("start", help="run the gateway (foreground unless --detach)")
+    _where(start)
+    _listen(start)
+    start.add_argument("--detach", action="store_true",
+                       help="run in the background; return once /healthz is ready (log: <state-dir>/gateway.log)")
+    start.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S, metavar="S",
+                       help=f"with --detach: give up after S seconds (default {DEFAULT_READY_TIMEOUT_S:g})")
+    start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # see server._ReadyPipe
+    start.set_defaults(func=cmd_start)
+
+    stop = sub.add_parser("stop", help="SIGTERM the running gateway, SIGKILL after --timeout")
+    _where(stop)
+    _timeout(stop)
+    stop.set_defaults(func=cmd_stop)
+
+    status = sub.add_parser("status", help="is a gateway running: pid, uptime, address, health, store")
+    _where(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=cmd_status)
+
+    restart = sub.add_parser("restart", help="stop (if running), then start --detach")
+    _where(restart)
+    _listen(restart)
+    _timeout(restart)
+    restart.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S, metavar="S")
+    restart.set_defaults(func=cmd_restart, detach=True, ready_fd=None)
+
+    st = sub.add_parser("state", add_help=False, help="probe|inspect the state database (python -m state)",
+                        usage="gateway state [--config FILE] {probe,inspect} [options]")
+    st.add_argument("rest", nargs=argparse.REMAINDER)
+    st.set_defaults(func=cmd_state)
+    return parser
+
+
+def _where(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=os.environ.get(CONFIG_ENV), metavar="FILE",
+                   help=f"TOML config (default ${CONFIG_ENV}; without one, built-in defaults)")
+    p.add_argument("--state-dir", metavar="D", help="state dir (overrides [state] dir; default $CHATSTATE_HOME or ~/.chatstate)")
+
+
+def _listen(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="listen address (overrides [gateway] host; default 127.0.0.1)")
+    p.add_argument("--port", type=int, metavar="N", help="listen port (overrides [gateway] port; default 8787; 0 = any free)")
+
+
+def _timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, default=DEFAULT_STOP_TIMEOUT_S, metavar="S",
+                   help=f"seconds to wait after SIGTERM before SIGKILL (default {DEFAULT_STOP_TIMEOUT_S:g})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit code (argparse itself exits 2 on bad usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["state"]:  # everything after `state` belongs to the state CLI
+        args = argparse.Namespace(func=cmd_state, rest=argv[1:])
+    else:
+        args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except GatewayExit as exc:
+        if str(exc):
+            print(f"gateway: {exc}", file=sys.stderr)
+        return exc.code
+
+
+def _config(args: argparse.Namespace) -> GatewayConfig:
+    return load_config(args.config, state_dir=args.state_dir,
+                       host=getattr(args, "host", None), port=getattr(args, "port", None))
+
+
+# -- start ----------------------------------------------------------------------------------
+def cmd_start(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.detach:
+        return _start_detached(args, config)
+    from gateway import server  # imports aiohttp and the state package: only when serving
+
+    log = logs.configure(config.log_level)
+    try:
+        return server.run(config, ready_fd=args.ready_fd)
+    except GatewayExit as exc:
+        log.error("gateway_failed", extra={"exit_code": exc.code, "reason": str(exc)})
+        raise
+    except Exception:
+        log.exception("gateway_crashed", extra={"exit_code": FAILED})
+        return FAILED
+
+
+def _start_detached(args: argparse.Namespace, config: GatewayConfig) -> int:
+    """Start `gateway start` in a new session, wait for its ready line, print where it runs."""
+    ensure_state_dir(config.state_dir)
+    argv = [sys.executable, "-m", "gateway", "start", "--state-dir", str(config.state_dir),
+            "--host", config.host, "--port", str(config.port)]
+    if args.config:
+        argv += ["--config", str(Path(args.config).resolve())]
+    read_end, write_end = os.pipe()
+    log_path = config.state_dir / LOG_NAME
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [*argv, "--ready-fd", str(write_end)], stdin=subprocess.DEVNULL, stdout=log_file,
+            stderr=log_file, pass_fds=(write_end,), start_new_session=True,
+        )
+    os.close(write_end)
+    try:
+        line = _read_line(read_end, args.ready_timeout)
+    finally:
+        os.close(read_end)
+    if line is None:  # timed out: do not leave a half-started gateway behind
+        proc.kill()
+        proc.wait()
+        print(f"gateway: not ready after {args.ready_timeout:g}s; killed it (log: {log_path})", file=sys.stderr)
+        return FAILED
+    if not line:  # EOF without a ready line: the child exited, its code says why
+        code = proc.wait()
+        print(f"gateway: failed to start (exit {code}); log: {log_path}", file=sys.stderr)
+        _print_tail(log_path)
+        return code
+    ready = json.loads(line)
+    print(json.dumps({**ready, "state_dir": str(config.state_dir), "log": str(log_path)}))
+    return OK
+
+
+def _read_line(fd: int, timeout_s: float) -> str | None:
+    """Read one line from `fd`: the line, "" on EOF, None on timeout."""
+    deadline = time.monotonic() + timeout_s
+    buf = b""
+    while b"\n" not in buf:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return ""
+        buf += chunk
+    return buf.split(b"\n", 1)[0].decode()
+
+
+def _print_tail(path: Path, lines: int = 5) -> None:
+    try:
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return
+    for line in tail:
+        print(f"  {line}", file=sys.stderr)
+
+
+# -- stop / restart ---------------------------------------------------------------------------
+def cmd_stop(args: argparse.Namespace) -> int:
+    return stop_gateway(_config(args).state_dir, timeout_s=args.timeout)
+
+
+def stop_gateway(state_dir: Path, *, timeout_s: float) -> int:
+    """SIGTERM the gateway running on `state_dir`, SIGKILL it after `timeout_s`; 0 once gone."""
+    info = running_info(state_dir)
+    if info is None:
+        print("gateway: not running")
+        return OK
+    pid = info.get("pid")
+    if not isinstance(pid, int):
+        raise GatewayExit(FAILED, f"a gateway holds {state_dir} but its pid file is unreadable")
+    os.kill(pid, signal.SIGTERM)
+    if _wait_exit(pid, timeout_s):
+        print(f"gateway: stopped (pid {pid})")
+        return OK
+    os.kill(pid, signal.SIGKILL)
+    _wait_exit(pid, 10.0)
+    print(f"gateway: pid {pid} did not stop within {timeout_s:g}s; sent SIGKILL", file=sys.stderr)
+    return OK
+
+
+def _wait_exit(pid: int, timeout_s: float) -> bool:
+    """Wait for a process that is not our child to exit, via a pidfd (an event, not a poll)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([pidfd], [], [], timeout_s)
+        return bool(readable)
+    finally:
+        os.close(pidfd)
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    config = _config(args)
+    stop_gateway(config.state_dir, timeout_s=args.timeout)
+    return _start_detached(args, config)
+
+
+# -- status -----------------------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _config(args)
+    report = gateway_status(config)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_status_text(report))
+    return OK if report["running"] else FAILED
+
+
+def gateway_status(config: GatewayConfig) -> dict[str, Any]:
+    """Running or not, pid, uptime, address, health and a store summary (read-only when down)."""
+    info = running_info(config.state_dir)
+    report: dict[str, Any] = {"running": info is not None, "state_dir": str(config.state_dir)}
+    if info is None:
+        report["store"] = _offline_store_summary(config)
+        return report
+    report.update(pid=info.get("pid"), url=info.get("url"), ready=info.get("ready", False))
+    if isinstance(info.get("started_at"), (int, float)):
+        report["uptime_s"] = round(time.time() - info["started_at"], 3)
+    if info.get("url"):
+        health = _get_health(info["url"])
+        report["health"] = health.get("status", "unreachable")
+        report["store"] = health.get("store")
+        report["adapters"] = {k: v.get("status") for k, v in (health.get("adapters") or {}).items()}
+    return report
+
+
+def _get_health(url: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # 503 while starting/stopping still has a body
+        try:
+            return json.loads(exc.read())
+        except ValueError:
+            return {"status": f"http {exc.code}"}
+    except (OSError, ValueError) as exc:
+        return {"status": "unreachable", "error": str(exc)}
+
+
+def _offline_store_summary(config: GatewayConfig) -> dict[str, Any]:
+    """Check the database read-only (no probe row is written while the gateway is down)."""
+    if config.state_url:
+        return {"ok": None, "url": config.state_url, "note": "not checked while the gateway is down"}
+    import state
+
+    path = state.database_path(config.state_dir)
+    try:
+        state.check_database(path)
+    except state.StateStoreError as exc:
+        return {"ok": False, "database_path": str(path), "code": str(exc.code), "message": str(exc)}
+    return {"ok": True, "database_path": str(path), "exists": path.exists()}
+
+
+def _status_text(r: dict[str, Any]) -> str:
+    if not r["running"]:
+        store = r["store"]
+        ok = {True: "ok", False: f"UNUSABLE ({store.get('code')})", None: "not checked"}[store.get("ok")]
+        return f"gateway: not running (state dir {r['state_dir']})\nstore: {ok} {store.get('database_path', '')}"
+    lines = [f"gateway: running pid {r.get('pid')} up {r.get('uptime_s', 0):.1f}s at {r.get('url') or '(starting)'}"]
+    if "health" in r:
+        lines.append(f"health: {r['health']}")
+        store = r.get("store") or {}
+        lines.append(f"store: {'ok' if store.get('ok') else 'FAILING'} {store.get('database_path', '')}")
+        lines += [f"adapter {k}: {v}" for k, v in (r.get("adapters") or {}).items()]
+    return "\n".join(lines)
+
+
+# -- state ------------------------------------------------------------------------------------
+def cmd_state(args: argparse.Namespace) -> int:
+    """Delegate to `python -m state`, pointing it at this gateway's state dir.
+
+    Accepts `--config FILE` / `--state-dir D` before or after the subcommand; the state CLI's
+    "probe failed / unusable" (1) becomes exit 3 here, to match the gateway's codes.
+    """
+    from state import cli as state_cli
+
+    rest = list(args.rest)
+    config_path = os.environ.get(CONFIG_ENV)
+    if "--config" in rest:
+        i = rest.index("--config")
+        if i + 1 >= len(rest):
+            raise GatewayExit(2, "--config needs a FILE")
+        config_path = rest[i + 1]
+        del rest[i : i + 2]
+    if config_path and not {"--state-dir", "--path", "--url", "-h", "--help"} & set(rest) and rest:
+        config = load_config(config_path)
+        if config.state_url and rest[0] == "probe":
+            rest += ["--url", config.state_url]
+        else:
+            rest += ["--state-dir", str(config.state_dir)]
+    try:
+        code = state_cli.main(rest, prog="gateway state")
+    except SystemExit as exc:  # argparse in the state CLI: --help (0) or bad usage (2)
+        return int(exc.code or 0)
+    return STORE_UNUSABLE if code == 1 else code

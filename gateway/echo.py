@@ -1,0 +1,136 @@
+"""The bundled `echo` plugin: a signed counter, so the gateway is testable without a real adapter.
+
+POST /echo with body `{"key": "k"}` adds one to k's counter and answers `{"key", "count"}` only
+after the new count is durably written (awaited), so a SIGKILL right after the answer loses
+nothing. GET /echo/{key} reads it. Both routes check an HMAC-SHA256 signature before anything
+else and answer 401 without touching state when it is wrong, like a platform adapter would.
+
+Signature: header `X-Echo-Signature: sha256=<hex>` over `METHOD \\n raw-path \\n body`, keyed with
+`[adapters.echo] secret` (or CHATSTATE_ECHO_SECRET). `mode = "legacy"` keeps counters in a dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+import state
+from gateway.plugin import Plugin, PluginRuntime, Route
+
+if TYPE_CHECKING:
+    from state import AsyncKeyedStore
+
+NAMESPACE = "echo.counters"
+DEFAULT_MAX_ENTRIES = 10_000  # counters kept; the oldest-written is evicted past this
+SIGNATURE_HEADER = "X-Echo-Signature"
+_LOCK_STRIPES = 64  # read-modify-write locks, striped by key so memory stays bounded
+
+
+def sign(secret: str, method: str, raw_path: str, body: bytes = b"") -> str:
+    """Return the `X-Echo-Signature` value for a request (clients and tests use this)."""
+    mac = hmac.new(secret.encode(), f"{method.upper()}\n{raw_path}\n".encode() + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class EchoPlugin(Plugin):
+    """Signed per-key counters in one keyed store (or a dict in legacy mode)."""
+
+    id = "echo"
+    origin = "bundled"
+
+    def __init__(self) -> None:
+        self._secret = ""
+        self._store: AsyncKeyedStore | None = None
+        self._memory: dict[str, int] = {}
+        self._legacy = False
+        self._locks: list[asyncio.Lock] = []
+        self._last_error: str | None = None
+
+    def routes(self) -> Sequence[Route]:
+        return (
+            Route("POST", "/echo", self._increment),
+            Route("GET", "/echo/{key}", self._read),
+        )
+
+    async def start(self, runtime: PluginRuntime) -> None:
+        """Read the secret and open the counter store.
+
+        Raises ValueError for a missing secret or a bad `max_entries` (the gateway exits 2),
+        and StateStoreError from opening the store.
+        """
+        secret = runtime.config.get("secret")
+        if not isinstance(secret, str) or not secret:
+            raise ValueError("adapters.echo.secret: required (or set CHATSTATE_ECHO_SECRET)")
+        max_entries = runtime.config.get("max_entries", DEFAULT_MAX_ENTRIES)
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError("adapters.echo.max_entries: must be an integer >= 1")
+        self._secret = secret
+        self._legacy = runtime.legacy
+        self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
+        if not self._legacy:
+            self._store = await runtime.open_keyed_store(NAMESPACE, max_entries=max_entries)
+
+    def health(self) -> dict[str, Any]:
+        status = "degraded" if self._last_error else "ok"
+        out: dict[str, Any] = {"status": status, "mode": "legacy" if self._legacy else "store"}
+        if self._last_error:
+            out["last_error"] = self._last_error
+        return out
+
+    # -- handlers ---------------------------------------------------------------------------
+    async def _verified_body(self, request: web.Request) -> bytes:
+        body = await request.read()  # over the app's client_max_size -> 413 from aiohttp
+        given = request.headers.get(SIGNATURE_HEADER, "")
+        expected = sign(self._secret, request.method, request.raw_path, body)
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise web.HTTPUnauthorized(text="bad signature")
+        return body
+
+    async def _increment(self, request: web.Request) -> web.Response:
+        body = await self._verified_body(request)
+        try:
+            key = json.loads(body)["key"]
+        except (ValueError, KeyError, TypeError):
+            raise web.HTTPBadRequest(text='body must be {"key": "<non-empty string>"}') from None
+        if not isinstance(key, str) or not key.strip():
+            raise web.HTTPBadRequest(text='body must be {"key": "<non-empty string>"}')
+        async with self._locks[hash(key) % _LOCK_STRIPES]:
+            count = await self._get(key) + 1
+            await self._put(key, count)
+        return web.json_response({"key": key, "count": count})
+
+    async def _read(self, request: web.Request) -> web.Response:
+        await self._verified_body(request)
+        key = request.match_info["key"]
+        return web.json_response({"key": key, "count": await self._get(key)})
+
+    # -- state ------------------------------------------------------------------------------
+    async def _get(self, key: str) -> int:
+        if self._store is None:
+            return self._memory.get(key, 0)
+        value = await self._guard(self._store.lookup(key))
+        return int(value["count"]) if isinstance(value, dict) else 0
+
+    async def _put(self, key: str, count: int) -> None:
+        if self._store is None:
+            self._memory[key] = count
+            return
+        await self._guard(self._store.register(key, {"count": count}))
+
+    async def _guard(self, op: Any) -> Any:
+        """Await a store call; a failure answers 503 and shows in /healthz until one succeeds."""
+        try:
+            result = await op
+        except state.StateStoreError as exc:
+            self._last_error = exc.code
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"error": str(exc.code)}), content_type="application/json"
+            ) from None
+        self._last_error = None
+        return result

@@ -1,0 +1,95 @@
+"""Structured logs: one JSON object a line on stderr, one line per event.
+
+Call sites log an event name as the message and the facts as `extra` fields
+(`adapter`, `plugin`, `namespace`, `op`, `duration_ms`, ...). Stored values never go in a log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
+LOGGER_NAME = "gateway"
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """Render a record as one JSON line: ts, level, logger, event, then the extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            out["error"] = f"{type(exc).__name__}: {exc}"
+            out["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+class FieldsAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A LoggerAdapter that merges its fields with the call's `extra` (3.11's replaces them)."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
+def configure(level: str = "info") -> logging.Logger:
+    """Send the gateway's (and aiohttp's) records to stderr as JSON lines; returns the root."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    return logging.getLogger(LOGGER_NAME)
+
+
+def get(name: str = "", **fields: Any) -> FieldsAdapter:
+    """A logger under `gateway` carrying `fields` on every line."""
+    logger = logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
+    return FieldsAdapter(logger, fields)
+
+
+class Timer:
+    """`with Timer() as t: ...; t.ms` — duration_ms for log lines, monotonic clock."""
+
+    def __enter__(self) -> Timer:
+        self._start = time.monotonic()
+        self.ms = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ms = round((time.monotonic() - self._start) * 1000, 3)
+
+
+def fields(**kw: Any) -> Mapping[str, Any]:
+    """Drop None values so log lines carry only the facts that apply."""
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp access log as one JSON line per request (with the plugin that served it)."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        self.logger.info(
+            "http_request",
+            extra=fields(
+                plugin=request.get("plugin"), method=request.method, path=request.path,
+                status=response.status, duration_ms=round(time * 1000, 3),
+            ),
+        )

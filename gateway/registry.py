@@ -1,0 +1,114 @@
+"""Which plugins this gateway runs, and where each came from (bundled or external).
+
+Bundled plugins are listed here as lazy import strings so a gateway imports only the adapters
+it enables (an adapter's SDK is heavy, and a broken optional one must not stop the others).
+External plugins come from `external_plugins = ["module:Class", ...]` in the config.
+
+The origin is decided here, by where a plugin was listed, never by the class's own `origin`
+attribute: an external class that claims `origin = "bundled"` must not pass the store gate.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from gateway.config import AdapterConfig, GatewayConfig
+from gateway.exits import ConfigError
+from gateway.plugin import Origin, Plugin
+
+BUNDLED: Mapping[str, str] = MappingProxyType(
+    {
+        "echo": "gateway.echo:EchoPlugin",
+        "slack": "adapters.slack:SlackPlugin",
+        "discord": "adapters.discord:DiscordPlugin",
+        "teams": "adapters.teams:TeamsPlugin",
+        "matrix": "adapters.matrix:MatrixPlugin",
+    }
+)
+CORE_PREFIX = "core:"  # plugin ids starting with this are reserved for the core's own stores
+
+
+@dataclass(frozen=True)
+class LoadedPlugin:
+    """One plugin instance to run, with the origin the gateway assigned and its config."""
+
+    plugin: Plugin
+    origin: Origin
+    adapter: AdapterConfig
+
+    @property
+    def id(self) -> str:
+        return self.plugin.id
+
+
+def import_object(spec: str, *, key: str) -> Any:
+    """Import `module:attr`; raises ConfigError naming `key` when it cannot."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # an import can fail any way a module's top level can
+        raise ConfigError(key, f"cannot import {module_name!r} ({type(exc).__name__}: {exc})") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(key, f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def load_plugins(config: GatewayConfig) -> list[LoadedPlugin]:
+    """Import and instantiate every enabled plugin, bundled first, then external in list order.
+
+    Raises ConfigError for an import failure, a class that is not a Plugin, a reserved
+    (`core:`) or duplicate id, or an `[adapters.<id>]` table no plugin claims.
+    """
+    external: dict[str, type[Plugin]] = {}
+    for i, spec in enumerate(config.external_plugins):
+        key = f"external_plugins[{i}]"
+        cls = _plugin_class(import_object(spec, key=key), key=key, spec=spec)
+        if cls.id in BUNDLED:
+            raise ConfigError(key, f"plugin id {cls.id!r} is taken by a bundled plugin")
+        if cls.id in external:
+            raise ConfigError(key, f"plugin id {cls.id!r} is listed twice")
+        external[cls.id] = cls
+
+    for adapter_id in config.adapters:
+        if adapter_id not in BUNDLED and adapter_id not in external:
+            known = ", ".join([*BUNDLED, *external])
+            raise ConfigError(f"adapters.{adapter_id}", f"no bundled or external plugin has this id (known: {known})")
+
+    loaded: list[LoadedPlugin] = []
+    for plugin_id, spec in BUNDLED.items():
+        adapter = config.adapters.get(plugin_id)
+        if adapter is None or not adapter.enabled:
+            continue  # bundled adapters run only when their table says so
+        key = f"adapters.{plugin_id}"
+        cls = _plugin_class(import_object(spec, key=key), key=key, spec=spec)
+        loaded.append(LoadedPlugin(_instantiate(cls, key), "bundled", adapter))
+    for i, (plugin_id, cls) in enumerate(external.items()):
+        adapter = config.adapters.get(plugin_id) or AdapterConfig(
+            plugin_id, True, "store", MappingProxyType({})
+        )
+        if adapter.enabled:  # listed external plugins run unless their table disables them
+            loaded.append(LoadedPlugin(_instantiate(cls, f"external_plugins[{i}]"), "external", adapter))
+    return loaded
+
+
+def _plugin_class(obj: Any, *, key: str, spec: str) -> type[Plugin]:
+    if not (isinstance(obj, type) and issubclass(obj, Plugin)):
+        raise ConfigError(key, f"{spec!r} is not a gateway.plugin.Plugin subclass")
+    plugin_id = getattr(obj, "id", None)
+    if not isinstance(plugin_id, str) or not plugin_id.strip():
+        raise ConfigError(key, f"{spec!r} has no string `id`")
+    if plugin_id.startswith(CORE_PREFIX):
+        raise ConfigError(key, f"plugin id {plugin_id!r}: ids starting with {CORE_PREFIX!r} are reserved for the core")
+    return obj
+
+
+def _instantiate(cls: type[Plugin], key: str) -> Plugin:
+    try:
+        return cls()
+    except Exception as exc:
+        raise ConfigError(key, f"cannot create {cls.__name__}() ({type(exc).__name__}: {exc})") from None

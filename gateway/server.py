@@ -1,0 +1,159 @@
+"""Run one gateway process in the foreground, from checked config to a clean exit.
+
+Order matters, and each step fails with its own exit code before the next one can do harm:
+  1. load plugins             (exit 2: bad plugin config)
+  2. take the state-dir lock  (exit 4: a gateway already runs here)
+  3. check the database, read-only (exit 3: not SQLite / corrupt / newer schema; untouched)
+  4. bind the port            (exit 4: port in use) — bound, not yet listening
+  5. open stores, start plugins, start the sweeper (exit 2/3 on a plugin or store refusal)
+  6. listen; /healthz ready; pid file says where
+SIGTERM or SIGINT: stop listening, drain in-flight requests for up to drain_timeout_s, stop the
+plugins, sweep and checkpoint, close the stores, remove the pid file, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import time
+
+from aiohttp import web
+
+import state
+from gateway import logs
+from gateway.app import LIFECYCLE, PLUGINS, PluginStartError, build_app, database_location
+from gateway.config import GatewayConfig
+from gateway.exits import BAD_CONFIG, IN_USE, OK, STORE_UNUSABLE, UNUSABLE_STORE_CODES, GatewayExit
+from gateway.pidfile import PidFile
+from gateway.registry import load_plugins
+from gateway.runtime import PluginNotTrusted
+
+
+def run(config: GatewayConfig, *, ready_fd: int | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; return the exit code.
+
+    `ready_fd`, if given, receives one JSON line {pid, url} once /healthz is ready and is then
+    closed (how `--detach` and the harness learn readiness without polling).
+    Raises GatewayExit with BAD_CONFIG, STORE_UNUSABLE or IN_USE as described in the module doc.
+    """
+    t0 = time.monotonic()
+    log = logs.get("server")
+    plugins = load_plugins(config)
+    with PidFile.acquire(config.state_dir) as pidfile:
+        path, _ = database_location(config)
+        if path is not None:
+            try:
+                state.check_database(path)
+            except state.StateStoreError as exc:
+                raise GatewayExit(STORE_UNUSABLE, f"state store unusable: {exc}") from None
+        sock = _bind(config.host, config.port)
+        try:
+            app = build_app(config, plugins)
+            return asyncio.run(_serve(app, config, sock, pidfile, ready_fd=ready_fd, t0=t0))
+        finally:
+            sock.close()
+            log.info("gateway_exited", extra={"duration_ms": round((time.monotonic() - t0) * 1000, 3)})
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind (not listen) so "port in use" is known before any store opens; connections are
+    refused, not queued, until the gateway is ready."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart through TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise GatewayExit(IN_USE, f"port {port} on {host} is already in use") from None
+        raise GatewayExit(BAD_CONFIG, f"config error: gateway.host/port: cannot bind {host}:{port} ({exc.strerror})") from None
+    sock.setblocking(False)
+    return sock
+
+
+async def _serve(
+    app: web.Application, config: GatewayConfig, sock: socket.socket, pidfile: PidFile,
+    *, ready_fd: int | None, t0: float,
+) -> int:
+    log = logs.get("server")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=config.drain_timeout_s,
+        access_log_class=logs.AccessLogger,
+        access_log=logs.get("access").logger if config.access_log else None,
+    )
+    ready = _ReadyPipe(ready_fd)
+    try:
+        await runner.setup()  # cleanup_ctx: stores, plugins, sweeper, readiness
+    except BaseException as exc:
+        ready.close()
+        await runner.cleanup()  # tears down whatever did start, in reverse
+        mapped = _exit_for(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+    try:
+        if not stop.is_set():  # SIGTERM during startup: skip straight to the clean shutdown
+            await web.SockSite(runner, sock).start()
+            host, port = sock.getsockname()[:2]
+            url = f"http://{host}:{port}"
+            pidfile.update(host=host, port=port, url=url, ready=True, config=str(config.source or ""))
+            log.info("gateway_ready", extra={"url": url, "plugins": [lp.id for lp in app[PLUGINS]],
+                                             "duration_ms": round((time.monotonic() - t0) * 1000, 3)})
+            ready.send(url)
+            await stop.wait()
+        log.info("gateway_stopping", extra={"drain_timeout_s": config.drain_timeout_s})
+        app[LIFECYCLE].draining = True
+    finally:
+        ready.close()
+        await runner.cleanup()  # stop listening, drain, stop plugins, sweep, checkpoint, close
+    log.info("gateway_stopped")
+    return OK
+
+
+class _ReadyPipe:
+    """The write end of `--ready-fd`: one JSON line {pid, url} when ready, then closed.
+
+    The parent (`--detach`, the harness) reads it instead of polling; EOF without a line
+    means startup failed and the exit code will say why.
+    """
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def send(self, url: str) -> None:
+        if self._fd is not None:
+            line = json.dumps({"pid": os.getpid(), "url": url}) + "\n"
+            with contextlib.suppress(OSError):  # the parent may be gone; nothing left to tell
+                os.write(self._fd, line.encode())
+        self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _exit_for(exc: BaseException) -> BaseException:
+    """Map a startup failure to the documented exit code (anything else propagates as is)."""
+    cause = exc.cause if isinstance(exc, PluginStartError) else exc
+    where = f"adapters.{exc.plugin_id}: " if isinstance(exc, PluginStartError) else ""
+    if isinstance(cause, PluginNotTrusted):
+        return GatewayExit(BAD_CONFIG, f"config error: trusted_plugins: {cause}")
+    if isinstance(cause, state.StateStoreError) and cause.code in UNUSABLE_STORE_CODES:
+        return GatewayExit(STORE_UNUSABLE, f"state store unusable: {where}{cause}")
+    if isinstance(cause, (ValueError, LookupError, TypeError)) and isinstance(exc, PluginStartError):
+        return GatewayExit(BAD_CONFIG, f"config error: {where}{cause}")
+    return exc

@@ -43,6 +43,7 @@ class StateSpec:
     namespace: str
     ttl_ms: int | None  # default TTL of a row; None = until deleted
     max_entries: int
+    core_id: str | None = None  # set (e.g. "core:approvals") for a core-owned store
 
 
 class MemoryMap:
@@ -98,8 +99,16 @@ class AdapterState:
         self.last_error: str | None = None
 
     async def open(self, runtime: PluginRuntime) -> None:
-        """Open the keyed store (not in legacy mode). Raises what `open_keyed_store` raises."""
-        if not self.legacy:
+        """Open the keyed store (not in legacy mode); a spec with `core_id` opens the core-owned
+        store through `runtime.open_core_store`. Raises what `open_keyed_store` raises."""
+        if self.legacy:
+            return
+        if self.spec.core_id is not None:
+            self._store = await runtime.open_core_store(
+                self.spec.core_id, self.spec.namespace,
+                max_entries=self.spec.max_entries, default_ttl_ms=self.spec.ttl_ms,
+            )
+        else:
             self._store = await runtime.open_keyed_store(
                 self.spec.namespace, max_entries=self.spec.max_entries, default_ttl_ms=self.spec.ttl_ms
             )

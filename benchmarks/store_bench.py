@@ -1,0 +1,488 @@
+"""Benchmark the keyed store against bare sqlite3 and diskcache, and check its four targets.
+
+    python benchmarks/store_bench.py            # full run (a few minutes on 2 busy cores)
+    python benchmarks/store_bench.py --quick    # smaller run, same shape, for a smoke check
+
+Why it is shaped like this:
+- Columns, not a script per backend: each column is a table of functions (open, fill, one per
+  op, close), so a Redis column is one more `Column(...)` in `COLUMNS` and nothing else moves.
+- The columns take turns in short rounds (ours, bare, diskcache, then the next round rotated)
+  so a noisy neighbour on a shared machine slows all of them alike instead of one of them.
+- "bare" runs exactly the SQL statements `state._sqlite.SQLiteBackend` runs (imported, not
+  copied), on the same schema, PRAGMAs and `BEGIN IMMEDIATE` per write, plus the json.dumps /
+  json.loads any hand-written JSON store needs; it skips what the contract adds on top
+  (validation, close-safety bookkeeping, permission re-application, error translation).
+- ours and bare start from identical files: the same bulk fill runs against both.
+Targets (issue 3, point 6): ours >= 0.7x bare and >= 1.0x diskcache for every op; RSS growth
+< 10 MiB over 30,000 ops across 100 store instances; no sweep batch transaction of 100,000
+expired rows longer than 50 ms; the largest event-loop gap while the async twin writes 10,000
+rows < 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
+
+import diskcache  # noqa: E402
+
+import state  # noqa: E402
+from state import _sqlite as sql  # noqa: E402  (the very statements the backend runs)
+
+OPS = ("register", "lookup", "register_if_absent", "consume")  # run in this order: the claims
+# add fresh keys that consume then removes, so the live row count ends where it started.
+PLUGIN, NAMESPACE = "bench", "bench.rows"
+TTL_MS = 24 * 3_600_000  # Slack thread participation's TTL: every row expires, none before the end
+VALUE = {"agent_id": "agent-7", "replied_at": 1_712_345_678_901}  # a typical adapter value
+# The contract's per-plugin ceiling (50,000 live rows) is below the 100k case: lift it here only.
+SETTINGS = state.StoreSettings(plugin_max_live_rows=10_000_000)
+
+TARGET_BARE = 0.7  # ours / bare sqlite3, ops/s, each op
+TARGET_DISKCACHE = 1.0  # ours / diskcache, ops/s, each op
+TARGET_RSS_MIB = 10.0  # growth over 30,000 ops across 100 store instances
+TARGET_SWEEP_BATCH_MS = 50.0  # longest single sweep transaction
+TARGET_LOOP_GAP_MS = 20.0  # largest gap a 1 ms ticker sees while the async twin writes
+
+
+def key_of(i: int) -> str:
+    return f"T0123ABCD:A0456:C0789EFGH:{1_712_345_000 + i}.{i % 1_000_000:06d}"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# -- columns: one function per backend per op ---------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    name: str
+    open: Callable[[Path, int], Any]  # (directory, rows it must hold) -> handle
+    fill: Callable[[Any, Path, range], None]  # bulk-load live rows before timing
+    ops: dict[str, Callable[[Any, str], Any]]
+    close: Callable[[Any], None]
+
+
+def sqlite_fill(path: Path, keys: range) -> None:
+    """Bulk-load live rows with the backend's own upsert, one transaction (untimed setup)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    now, text = now_ms(), json.dumps(VALUE, separators=(",", ":"))
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(sql.SQL_UPSERT, (
+        {"plugin": PLUGIN, "ns": NAMESPACE, "key": key_of(i), "value": text, "now": now + i,
+         "expires": now + TTL_MS} for i in keys))
+    conn.execute("COMMIT")
+    conn.close()
+
+
+# ours: the public API, exactly as an adapter calls it
+def ours_open(directory: Path, rows: int) -> state.KeyedStore:
+    return state.open_keyed_store(PLUGIN, NAMESPACE, max_entries=rows * 2, default_ttl_ms=TTL_MS,
+                                  path=directory / "state.sqlite", settings=SETTINGS)
+
+
+def ours_fill(store: state.KeyedStore, directory: Path, keys: range) -> None:
+    sqlite_fill(directory / "state.sqlite", keys)
+
+
+def ours_register(store: state.KeyedStore, key: str) -> None:
+    store.register(key, VALUE)
+
+
+def ours_lookup(store: state.KeyedStore, key: str) -> Any:
+    return store.lookup(key)
+
+
+def ours_register_if_absent(store: state.KeyedStore, key: str) -> bool:
+    return store.register_if_absent(key, VALUE)
+
+
+def ours_consume(store: state.KeyedStore, key: str) -> Any:
+    return store.consume(key)
+
+
+# bare: the backend's statements, same PRAGMAs, BEGIN IMMEDIATE per write, nothing else
+@dataclass
+class Bare:
+    conn: sqlite3.Connection
+    max_entries: int
+
+
+def bare_open(directory: Path, rows: int) -> Bare:
+    path = directory / "state.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None, timeout=SETTINGS.busy_timeout_s)
+    conn.execute(f"PRAGMA busy_timeout = {int(SETTINGS.busy_timeout_s * 1000)}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("BEGIN IMMEDIATE")
+    for statement in sql.SCHEMA:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {state.SCHEMA_VERSION}")
+    conn.execute("COMMIT")
+    return Bare(conn, rows * 2)
+
+
+def bare_fill(bare: Bare, directory: Path, keys: range) -> None:
+    sqlite_fill(directory / "state.sqlite", keys)
+
+
+def _bare_write(bare: Bare, key: str, statement: str) -> bool:
+    now = now_ms()
+    args = {"plugin": PLUGIN, "ns": NAMESPACE, "key": key,
+            "value": json.dumps(VALUE, separators=(",", ":")), "now": now, "expires": now + TTL_MS}
+    conn = bare.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        written = conn.execute(statement, args).rowcount > 0
+        if written:  # the cap checks SQLiteBackend._enforce_caps runs when nothing is over
+            conn.execute(sql.SQL_NS_ROWS, args).fetchone()
+            conn.execute(sql.SQL_PLUGIN_ROWS, args).fetchone()
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return written
+
+
+def bare_register(bare: Bare, key: str) -> None:
+    _bare_write(bare, key, sql.SQL_UPSERT)
+
+
+def bare_register_if_absent(bare: Bare, key: str) -> bool:
+    return _bare_write(bare, key, sql.SQL_CLAIM)
+
+
+def bare_lookup(bare: Bare, key: str) -> Any:
+    row = bare.conn.execute(sql.SQL_READ, {"plugin": PLUGIN, "ns": NAMESPACE, "key": key, "now": now_ms()}).fetchone()
+    return None if row is None else json.loads(row[1])
+
+
+def bare_consume(bare: Bare, key: str) -> Any:
+    now = now_ms()
+    conn = bare.conn
+    conn.execute("BEGIN IMMEDIATE")
+    row = conn.execute(sql.SQL_TAKE, {"plugin": PLUGIN, "ns": NAMESPACE, "key": key, "now": now}).fetchone()
+    conn.execute("COMMIT")
+    return None if row is None or (row[3] is not None and row[3] <= now) else json.loads(row[1])
+
+
+def bare_close(bare: Bare) -> None:
+    bare.conn.close()
+
+
+# diskcache: its defaults (WAL, synchronous=NORMAL), a TTL on every write like ours
+TTL_S = TTL_MS / 1000
+
+
+def dc_open(directory: Path, rows: int) -> diskcache.Cache:
+    return diskcache.Cache(str(directory / "diskcache"))
+
+
+def dc_fill(cache: diskcache.Cache, directory: Path, keys: range) -> None:
+    with cache.transact():
+        for i in keys:
+            cache.set(key_of(i), VALUE, expire=TTL_S)
+
+
+def dc_register(cache: diskcache.Cache, key: str) -> None:
+    cache.set(key, VALUE, expire=TTL_S)
+
+
+def dc_lookup(cache: diskcache.Cache, key: str) -> Any:
+    return cache.get(key)
+
+
+def dc_register_if_absent(cache: diskcache.Cache, key: str) -> bool:
+    return cache.add(key, VALUE, expire=TTL_S)
+
+
+def dc_consume(cache: diskcache.Cache, key: str) -> Any:
+    return cache.pop(key)
+
+
+COLUMNS = (
+    Column("ours", ours_open, ours_fill,
+           {"register": ours_register, "lookup": ours_lookup,
+            "register_if_absent": ours_register_if_absent, "consume": ours_consume},
+           lambda s: s.close()),
+    Column("bare sqlite3", bare_open, bare_fill,
+           {"register": bare_register, "lookup": bare_lookup,
+            "register_if_absent": bare_register_if_absent, "consume": bare_consume},
+           bare_close),
+    Column("diskcache", dc_open, dc_fill,
+           {"register": dc_register, "lookup": dc_lookup,
+            "register_if_absent": dc_register_if_absent, "consume": dc_consume},
+           lambda c: c.close()),
+)
+
+
+# -- throughput and latency -----------------------------------------------------------------
+@dataclass
+class Sample:
+    latencies_ns: list[int] = field(default_factory=list)
+
+    @property
+    def ops_per_s(self) -> float:
+        return len(self.latencies_ns) / (sum(self.latencies_ns) / 1e9)
+
+    def pct_us(self, q: float) -> float:
+        ordered = sorted(self.latencies_ns)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1_000
+
+
+def keys_for(op: str, rows: int, count: int, rng: random.Random) -> list[str]:
+    """Keys each op touches: overwrites/reads of live rows, then fresh claims, then their consumes."""
+    if op in ("register", "lookup"):
+        return [key_of(rng.randrange(rows)) for _ in range(count)]
+    return [key_of(rows + i) for i in range(count)]  # claimed fresh, then consumed
+
+
+def check_result(op: str, result: Any) -> None:
+    # A benchmark that times misses or lost claims would flatter everyone: insist on hits.
+    if op in ("lookup", "consume") and result != VALUE:
+        raise AssertionError(f"{op} missed a live row")
+    if op == "register_if_absent" and result is not True:
+        raise AssertionError("register_if_absent lost a fresh key")
+
+
+def run_size(rows: int, count: int, rounds: int, workdir: Path) -> dict[str, dict[str, Sample]]:
+    handles: dict[str, Any] = {}
+    for col in COLUMNS:
+        directory = workdir / f"{col.name.replace(' ', '-')}-{rows}"
+        directory.mkdir()
+        handles[col.name] = handle = col.open(directory, rows)
+        col.fill(handle, directory, range(rows))
+    results = {col.name: {op: Sample() for op in OPS} for col in COLUMNS}
+    rng = random.Random(rows)
+    per_round = count // rounds
+    try:
+        for op in OPS:
+            keys = keys_for(op, rows, per_round * rounds, rng)
+            for r in range(rounds):
+                chunk = keys[r * per_round:(r + 1) * per_round]
+                order = COLUMNS[r % len(COLUMNS):] + COLUMNS[:r % len(COLUMNS)]
+                for col in order:
+                    fn, handle, lat = col.ops[op], handles[col.name], results[col.name][op].latencies_ns
+                    gc.collect()
+                    for key in chunk:
+                        t0 = time.perf_counter_ns()
+                        result = fn(handle, key)
+                        lat.append(time.perf_counter_ns() - t0)
+                        check_result(op, result)
+    finally:
+        for col in COLUMNS:
+            col.close(handles[col.name])
+    return results
+
+
+# -- RSS over many store instances (a fresh interpreter, so earlier phases do not hide growth) --
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_child(workdir: Path, instances: int, ops: int) -> dict[str, float]:
+    path = workdir / "rss.sqlite"
+    warm = state.open_keyed_store(PLUGIN, "warm-up", max_entries=1_000, default_ttl_ms=TTL_MS, path=path)
+    for i in range(200):
+        warm.register(key_of(i), VALUE)
+        warm.lookup(key_of(i))
+    gc.collect()
+    before = rss_bytes()
+    stores = [state.open_keyed_store(PLUGIN, f"ns-{n}", max_entries=100, default_ttl_ms=TTL_MS, path=path)
+              for n in range(instances)]
+    for i in range(ops):
+        store, key = stores[i % instances], key_of(i // instances % 150)  # 150 keys > cap: evictions
+        match i % 3:
+            case 0:
+                store.register(key, VALUE)
+            case 1:
+                store.lookup(key)
+            case _:
+                store.consume(key)
+    for store in stores:
+        store.close()
+    gc.collect()
+    after = rss_bytes()
+    warm.close()
+    return {"instances": instances, "ops": ops, "before_mib": before / 2**20, "after_mib": after / 2**20,
+            "growth_mib": (after - before) / 2**20}
+
+
+def run_rss(workdir: Path, instances: int, ops: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--rss-child", str(workdir), str(instances), str(ops)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(out)
+
+
+# -- sweep: how long each batch transaction holds the write lock ------------------------------
+@contextlib.contextmanager
+def timed_transactions(durations: list[float]) -> Iterator[None]:
+    """Wrap the backend's one transaction helper to time BEGIN IMMEDIATE .. COMMIT (+ chmods)."""
+    original = sql.SQLiteBackend._transact
+
+    @contextlib.contextmanager
+    def timed(self: sql.SQLiteBackend, op: str) -> Iterator[sqlite3.Connection]:
+        t0 = time.perf_counter_ns()
+        with original(self, op) as conn:
+            yield conn
+        if op == "sweep":
+            durations.append((time.perf_counter_ns() - t0) / 1e6)
+
+    sql.SQLiteBackend._transact = timed  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        sql.SQLiteBackend._transact = original  # type: ignore[method-assign]
+
+
+def run_sweep(workdir: Path, expired: int, live: int) -> dict[str, float]:
+    path = workdir / "sweep.sqlite"
+    state.open_keyed_store(PLUGIN, NAMESPACE, max_entries=1, path=path).close()  # create the schema
+    conn = sqlite3.connect(path, isolation_level=None)
+    now = now_ms()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(sql.SQL_UPSERT, (  # expired rows spread over plugins and namespaces, plus live ones
+        {"plugin": f"plugin-{i % 4}", "ns": f"ns-{i % 16}", "key": key_of(i), "value": '{"v":1}',
+         "now": now - 10_000, "expires": (now - 1_000 - i % 5_000) if i < expired else now + TTL_MS}
+        for i in range(expired + live)))
+    conn.execute("COMMIT")
+    conn.close()
+    durations: list[float] = []
+    t0 = time.perf_counter()
+    with timed_transactions(durations):
+        removed = state.sweep_expired(path, now_ms=now)
+    total = time.perf_counter() - t0
+    if removed != expired:
+        raise AssertionError(f"sweep removed {removed} rows, expected {expired}")
+    return {"removed": removed, "batches": len(durations), "total_ms": total * 1e3,
+            "max_batch_ms": max(durations), "p50_batch_ms": statistics.median(durations)}
+
+
+# -- the async twin and the event loop ---------------------------------------------------------
+async def loop_gap(workdir: Path, writes: int, writers: int) -> dict[str, float]:
+    store = await state.open_async_keyed_store(PLUGIN, "loop", max_entries=writes * 2,
+                                               default_ttl_ms=TTL_MS, path=workdir / "loop.sqlite")
+    done = asyncio.Event()
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    async def writer(w: int) -> None:
+        for i in range(w, writes, writers):
+            await store.register(key_of(i), VALUE)
+
+    tick = asyncio.create_task(ticker())
+    t0 = time.perf_counter()
+    await asyncio.gather(*(writer(w) for w in range(writers)))
+    elapsed = time.perf_counter() - t0
+    done.set()
+    await tick
+    await store.close()
+    return {"writes": writes, "writers": writers, "writes_per_s": writes / elapsed,
+            "max_gap_ms": max(gaps) * 1e3, "p99_gap_ms": sorted(gaps)[int(0.99 * len(gaps))] * 1e3}
+
+
+# -- report ---------------------------------------------------------------------------------------
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def report(sizes: dict[int, dict[str, dict[str, Sample]]], rss: dict[str, float], sweep: dict[str, float],
+           gap: dict[str, float]) -> bool:
+    names = [c.name for c in COLUMNS]
+    ok = True
+    print("\n## Throughput (ops/s) and latency (p50 / p99 us), per op and live-row count\n")
+    print("| rows | op | " + " | ".join(f"{n} ops/s | {n} p50/p99 us" for n in names)
+          + " | ours/bare | ours/diskcache |")
+    print("|" + "---|" * (2 + 2 * len(names) + 2))
+    for rows, cols in sizes.items():
+        for op in OPS:
+            cells = []
+            for n in names:
+                s = cols[n][op]
+                cells += [f"{s.ops_per_s:,.0f}", f"{s.pct_us(0.5):.1f} / {s.pct_us(0.99):.1f}"]
+            ours = cols["ours"][op].ops_per_s
+            r_bare = ours / cols["bare sqlite3"][op].ops_per_s
+            r_dc = ours / cols["diskcache"][op].ops_per_s
+            ok &= r_bare >= TARGET_BARE and r_dc >= TARGET_DISKCACHE
+            print(f"| {rows:,} | {op} | " + " | ".join(cells)
+                  + f" | {r_bare:.2f}x {verdict(r_bare >= TARGET_BARE)} | {r_dc:.2f}x {verdict(r_dc >= TARGET_DISKCACHE)} |")
+    checks = [
+        (f"RSS growth, {rss['ops']:,} ops across {rss['instances']} store instances",
+         f"{rss['growth_mib']:.2f} MiB ({rss['before_mib']:.1f} -> {rss['after_mib']:.1f})",
+         f"< {TARGET_RSS_MIB:g} MiB", rss["growth_mib"] < TARGET_RSS_MIB),
+        (f"Sweep of {sweep['removed']:,} expired rows: longest batch transaction",
+         f"{sweep['max_batch_ms']:.1f} ms (median {sweep['p50_batch_ms']:.1f} ms, {sweep['batches']} batches,"
+         f" {sweep['total_ms']:,.0f} ms in all)", f"< {TARGET_SWEEP_BATCH_MS:g} ms",
+         sweep["max_batch_ms"] < TARGET_SWEEP_BATCH_MS),
+        (f"Largest event-loop gap, async twin writing {gap['writes']:,} rows ({gap['writers']} tasks)",
+         f"{gap['max_gap_ms']:.1f} ms (p99 {gap['p99_gap_ms']:.1f} ms; {gap['writes_per_s']:,.0f} writes/s)",
+         f"< {TARGET_LOOP_GAP_MS:g} ms", gap["max_gap_ms"] < TARGET_LOOP_GAP_MS),
+    ]
+    print("\n## Resource targets\n")
+    print("| check | measured | target | |\n|---|---|---|---|")
+    for name, measured, target, passed in checks:
+        ok &= passed
+        print(f"| {name} | {measured} | {target} | {verdict(passed)} |")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer ops per measurement (smoke run)")
+    parser.add_argument("--dir", help="where to put the databases (default: a temp dir, removed after)")
+    parser.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rss_child:
+        print(json.dumps(rss_child(Path(args.rss_child[0]), int(args.rss_child[1]), int(args.rss_child[2]))))
+        return 0
+    count, rounds = (1_000, 4) if args.quick else (6_000, 6)
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="store-bench-"))
+    workdir = Path(tempfile.mkdtemp(dir=base))
+    started = time.perf_counter()
+    print(f"# store_bench {'--quick ' if args.quick else ''}python {sys.version.split()[0]}, "
+          f"SQLite {sqlite3.sqlite_version}, diskcache {diskcache.__version__}, {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.2f}, dir {workdir}")
+    try:
+        sizes = {rows: run_size(rows, count, rounds, workdir) for rows in (1_000, 100_000)}
+        rss = run_rss(workdir, 100, 30_000)
+        sweep = run_sweep(workdir, 100_000, 10_000)
+        gap = asyncio.run(loop_gap(workdir, 10_000, 4))
+        ok = report(sizes, rss, sweep, gap)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if not args.dir:
+            shutil.rmtree(base, ignore_errors=True)
+    print(f"\n{'all targets met' if ok else 'some targets MISSED'} in {time.perf_counter() - started:.0f} s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

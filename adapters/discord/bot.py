@@ -1,0 +1,102 @@
+"""What the bot does with each verified interaction: peek, check, consume, answer.
+
+The order is the point of the migration (docs/migrations/discord.md):
+1. peek the entry (`get_entry`, memory then store): missing or expired -> "expired";
+2. check kind and user: a refused user gets an ephemeral "not for you" and the entry stays;
+3. only then, for single-use entries, consume (`take`, the store's atomic read+delete):
+   of racing clicks exactly one gets the entry back, the rest are told it was already used.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import discord
+
+from adapters.discord import ui, wire
+from adapters.discord.registry import ComponentEntry, ModalEntry, Registries
+from adapters.discord.rest import DiscordRest, RestError
+
+EXPIRED = "This component has expired."
+NOT_FOR_YOU = "This component is not for you."
+ALREADY_USED = "This component was already used."
+PANEL_COMMAND = "panel"  # /panel [restrict_to:<user>] posts a panel in the channel
+
+log = logging.getLogger("chatstate.adapters.discord")
+
+
+def allowed(entry: ComponentEntry | ModalEntry, user_id: str) -> bool:
+    return not entry["allowed_user_ids"] or user_id in entry["allowed_user_ids"]
+
+
+class DiscordBot:
+    """Answers interactions; sends panels through `rest` and remembers them in `registries`."""
+
+    def __init__(self, registries: Registries, rest: DiscordRest) -> None:
+        self.registries = registries
+        self.rest = rest
+
+    async def answer(self, it: wire.Interaction) -> dict[str, Any]:
+        """The interaction response for `it` (never raises for a user's mistake)."""
+        kind = it.type
+        if kind is discord.InteractionType.ping:
+            return wire.pong()
+        if kind is discord.InteractionType.application_command:
+            return await self.command(it)
+        if kind is discord.InteractionType.component:
+            return await self.click(it)
+        if kind is discord.InteractionType.modal_submit:
+            return await self.submit(it)
+        return wire.message("This interaction is not supported.", ephemeral=True)
+
+    async def command(self, it: wire.Interaction) -> dict[str, Any]:
+        """`/panel`: remember the panel's entries (awaited), then post it; only then "sent"."""
+        if it.command != PANEL_COMMAND:
+            return wire.message(f"Unknown command /{it.command}.", ephemeral=True)
+        restrict = it.options.get("restrict_to")
+        panel = ui.build_panel(allowed_user_ids=[str(restrict)] if restrict else [])
+        # Entries first: a click can only follow the post, and a crash after the post must
+        # not leave a message whose buttons mean nothing.
+        await self.registries.remember(panel.components, panel.modals)
+        try:
+            sent = await self.rest.send_message(it.channel_id, content=panel.content, view=panel.view)
+        except RestError as exc:
+            log.warning("panel not sent (%s); forgetting its entries", exc)
+            await self.registries.forget(panel.custom_ids)
+            return wire.message("Could not post the panel; try again.", ephemeral=True)
+        return wire.message(f"Panel posted (message {sent.get('id')}).", ephemeral=True)
+
+    async def click(self, it: wire.Interaction) -> dict[str, Any]:
+        entry = await self.registries.peek_component(it.custom_id)
+        if entry is None or entry["component_type"] != getattr(it.component_type, "value", None):
+            return wire.message(EXPIRED, ephemeral=True)
+        if not allowed(entry, it.user_id):
+            return wire.message(NOT_FOR_YOU, ephemeral=True)
+        if entry["single_use"] and await self.registries.take_component(it.custom_id) is None:
+            return wire.message(ALREADY_USED, ephemeral=True)
+        action = entry["action"]
+        if action == "refresh":
+            return wire.update(f"Deployment panel: status refreshed by <@{it.user_id}>.")
+        if action == "approve":
+            return wire.message(f"Approved by <@{it.user_id}>.")
+        if action == "colour":
+            return wire.message(f"You picked {', '.join(it.values) or 'nothing'}.", ephemeral=True)
+        if action == "feedback" and "modal_id" in entry:
+            modal = await self.registries.peek_modal(entry["modal_id"])
+            if modal is None:
+                return wire.message(EXPIRED, ephemeral=True)
+            return wire.modal(ui.build_modal(entry["modal_id"], modal))
+        return wire.message(EXPIRED, ephemeral=True)
+
+    async def submit(self, it: wire.Interaction) -> dict[str, Any]:
+        """A modal submit consumes the modal entry: a second submit finds it expired."""
+        entry = await self.registries.peek_modal(it.custom_id)
+        if entry is None:
+            return wire.message(EXPIRED, ephemeral=True)
+        if not allowed(entry, it.user_id):
+            return wire.message(NOT_FOR_YOU, ephemeral=True)
+        if await self.registries.take_modal(it.custom_id) is None:
+            return wire.message(EXPIRED, ephemeral=True)  # a concurrent submit got it
+        comment = it.fields.get("comment", "")
+        return wire.message(f"Thanks <@{it.user_id}>, feedback received: {comment}")

@@ -1,0 +1,79 @@
+"""The Discord plugin: one route, `POST /discord/interactions`, Discord's interactions endpoint.
+
+Every request is verified (Ed25519, `X-Signature-Ed25519` over `X-Signature-Timestamp + body`)
+before anything is parsed, read or written: a bad signature is 401 and touches no state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from adapters.discord import wire
+from adapters.discord.bot import DiscordBot
+from adapters.discord.config import DiscordConfig
+from adapters.discord.registry import Registries
+from adapters.discord.rest import DiscordRest
+from gateway.plugin import Plugin, PluginRuntime, Route
+
+INTERACTIONS_PATH = "/discord/interactions"
+
+
+class DiscordPlugin(Plugin):
+    """Components and modals whose registries survive a gateway restart."""
+
+    id = "discord"
+    origin = "bundled"
+
+    def __init__(self) -> None:
+        self._config: DiscordConfig | None = None
+        self._registries: Registries | None = None
+        self._rest: DiscordRest | None = None
+        self._bot: DiscordBot | None = None
+
+    def routes(self) -> Sequence[Route]:
+        return (Route("POST", INTERACTIONS_PATH, self._interactions),)
+
+    async def start(self, runtime: PluginRuntime) -> None:
+        """Check config, open both registries (not in legacy mode) and the REST session.
+
+        Raises ValueError for a bad `[adapters.discord]` table and StateStoreError from
+        opening a store.
+        """
+        self._config = config = DiscordConfig.from_table(runtime.config)
+        self._registries = Registries(legacy=runtime.legacy, ttl_ms=config.ttl_ms, max_entries=config.max_entries)
+        await self._registries.open(runtime)
+        self._rest = DiscordRest(api_base=config.api_base_url, bot_token=config.bot_token)
+        await self._rest.open()
+        self._bot = DiscordBot(self._registries, self._rest)
+
+    async def stop(self) -> None:
+        if self._rest is not None:
+            await self._rest.close()
+        if self._registries is not None:
+            await self._registries.close()
+
+    def health(self) -> dict[str, Any]:
+        if self._registries is None:
+            return {"status": "starting"}
+        registries = self._registries.health()
+        degraded = any(r["mode"] == "degraded" for r in registries)
+        return {"status": "degraded" if degraded else "ok", "registries": registries}
+
+    async def _interactions(self, request: web.Request) -> web.Response:
+        assert self._config is not None and self._bot is not None, "the gateway starts plugins first"
+        body = await request.read()
+        if not wire.verify(
+            self._config.verify_key,
+            signature=request.headers.get(wire.SIGNATURE_HEADER),
+            timestamp=request.headers.get(wire.TIMESTAMP_HEADER),
+            body=body,
+        ):
+            raise web.HTTPUnauthorized(text="invalid request signature")
+        try:
+            interaction = wire.parse(body)
+        except wire.BadRequest as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        return web.json_response(await self._bot.answer(interaction))

@@ -1,0 +1,123 @@
+"""The state the Discord adapter keeps: its component and modal registries (DESIGN.md §3).
+
+| namespace            | key       | value                | ttl / max      |
+|----------------------|-----------|----------------------|----------------|
+| `discord.components` | custom_id | `{version:1, entry}` | 30 min / 500   |
+| `discord.modals`     | custom_id | `{version:1, entry}` | 30 min / 500   |
+
+Before: two process-global dicts, so every button and modal sent before a restart answered
+"This component has expired." after it. After: the same maps are `AdapterState`s in front of
+keyed stores; `legacy=True` keeps the memory-only "before" for side-by-side demos.
+
+A click is *peeked* (`get_entry`: exists, right kind, user allowed) and only then *consumed*
+(`take`: the store's atomic read+delete) when single-use, so a refused user leaves the entry
+in place and exactly one of racing clickers wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
+
+from adapters.common import AdapterState, StateSpec
+
+if TYPE_CHECKING:
+    from gateway.plugin import PluginRuntime
+
+ENTRY_VERSION = 1  # bump when the entry shape changes; other versions read as expired
+COMPONENTS = StateSpec("discord.components", ttl_ms=30 * 60 * 1000, max_entries=500)
+MODALS = StateSpec("discord.modals", ttl_ms=30 * 60 * 1000, max_entries=500)
+
+
+class ComponentEntry(TypedDict):
+    """What a click on one custom_id may do."""
+
+    component_type: int  # discord.ComponentType value the click must carry ("right kind")
+    action: str  # what the bot does: refresh | approve | color | feedback
+    single_use: bool  # consumed by the first allowed click
+    allowed_user_ids: list[str]  # empty = anyone
+    modal_id: NotRequired[str]  # a button that answers with this modal
+
+
+class ModalField(TypedDict):
+    custom_id: str
+    label: str
+    style: str  # discord.TextStyle name: short | paragraph
+    required: bool
+
+
+class ModalEntry(TypedDict):
+    """A modal the bot may show, and who may submit it (single-use: the submit consumes it)."""
+
+    action: str
+    title: str
+    fields: list[ModalField]
+    allowed_user_ids: list[str]
+
+
+def wrap(entry: ComponentEntry | ModalEntry) -> dict[str, Any]:
+    """The stored value: the entry under a version tag, so a later shape can tell old rows."""
+    return {"version": ENTRY_VERSION, "entry": dict(entry)}
+
+
+def unwrap(value: Any) -> Any | None:
+    """The entry of a stored value, or None for a value of another version (read as expired)."""
+    if isinstance(value, dict) and value.get("version") == ENTRY_VERSION and isinstance(value.get("entry"), dict):
+        return value["entry"]
+    return None
+
+
+class Registries:
+    """Both registries of one adapter instance; memory-only when `legacy`."""
+
+    def __init__(self, *, legacy: bool, ttl_ms: int | None = None, max_entries: int | None = None) -> None:
+        def spec(base: StateSpec) -> StateSpec:
+            return replace(
+                base,
+                ttl_ms=base.ttl_ms if ttl_ms is None else ttl_ms,
+                max_entries=base.max_entries if max_entries is None else max_entries,
+            )
+
+        self.components = AdapterState(spec(COMPONENTS), legacy=legacy)
+        self.modals = AdapterState(spec(MODALS), legacy=legacy)
+
+    async def open(self, runtime: PluginRuntime) -> None:
+        """Open both keyed stores (nothing in legacy mode); raises what the runtime raises."""
+        await self.components.open(runtime)
+        await self.modals.open(runtime)
+
+    async def close(self) -> None:
+        await self.modals.close()
+        await self.components.close()
+
+    def health(self) -> list[dict[str, Any]]:
+        return [self.components.health(), self.modals.health()]
+
+    # -- writes: awaited before the message that shows them counts as sent -----------------
+    async def remember(self, components: dict[str, ComponentEntry], modals: dict[str, ModalEntry]) -> None:
+        """Record every entry of one message; modals first so no trigger points at nothing."""
+        for custom_id, modal in modals.items():
+            await self.modals.record(custom_id, wrap(modal))
+        for custom_id, component in components.items():
+            await self.components.record(custom_id, wrap(component))
+
+    async def forget(self, custom_ids: list[str]) -> None:
+        """Drop the entries of a message that could not be sent."""
+        for custom_id in custom_ids:
+            await self.components.forget(custom_id)
+            await self.modals.forget(custom_id)
+
+    # -- reads ------------------------------------------------------------------------------
+    async def peek_component(self, custom_id: str) -> ComponentEntry | None:
+        return unwrap(await self.components.get(custom_id))
+
+    async def take_component(self, custom_id: str) -> ComponentEntry | None:
+        """Consume a single-use component; None when another click got there first."""
+        return unwrap(await self.components.take(custom_id))
+
+    async def peek_modal(self, custom_id: str) -> ModalEntry | None:
+        return unwrap(await self.modals.get(custom_id))
+
+    async def take_modal(self, custom_id: str) -> ModalEntry | None:
+        """Consume a modal on submit; None when it was already submitted."""
+        return unwrap(await self.modals.take(custom_id))

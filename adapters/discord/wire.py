@@ -1,0 +1,136 @@
+"""Discord's HTTP interactions wire format: verify, parse, and build responses.
+
+Discord POSTs every interaction to the bot's endpoint, signed with the application's Ed25519
+key over `X-Signature-Timestamp + raw body`; the endpoint answers in the HTTP response with an
+interaction response (`InteractionResponseType`). Payload shapes follow
+https://discord.com/developers/docs/interactions/receiving-and-responding; enums and message
+bodies come from discord.py so we never hand-write what the library already knows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import discord
+from discord.http import handle_message_parameters
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+SIGNATURE_HEADER = "X-Signature-Ed25519"
+TIMESTAMP_HEADER = "X-Signature-Timestamp"
+_LABEL = 18  # ComponentType.label: newer modals wrap each input in a label, not an action row
+
+
+class BadRequest(ValueError):
+    """The body is not an interaction we understand (answered 400)."""
+
+
+def load_verify_key(public_key_hex: str) -> VerifyKey:
+    """The application's public key as shown in the developer portal (64 hex characters).
+
+    Raises ValueError when it is not a 32-byte hex key.
+    """
+    try:
+        raw = bytes.fromhex(public_key_hex)
+    except ValueError:
+        raise ValueError("public_key: must be hex") from None
+    if len(raw) != 32:
+        raise ValueError(f"public_key: must be 32 bytes (64 hex characters), got {len(raw)} bytes")
+    return VerifyKey(raw)
+
+
+def verify(key: VerifyKey, *, signature: str | None, timestamp: str | None, body: bytes) -> bool:
+    """True only when `signature` is the Ed25519 signature of `timestamp + body` under `key`."""
+    if not signature or not timestamp:
+        return False
+    try:
+        key.verify(timestamp.encode() + body, bytes.fromhex(signature))
+    except (BadSignatureError, ValueError):  # ValueError: not hex, or not 64 bytes
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """The parts of one interaction the bot acts on."""
+
+    type: discord.InteractionType
+    user_id: str
+    channel_id: str
+    custom_id: str = ""  # component and modal submit
+    component_type: discord.ComponentType | None = None  # component
+    values: list[str] = field(default_factory=list)  # select
+    fields: dict[str, str] = field(default_factory=dict)  # modal submit: input custom_id -> value
+    command: str = ""  # application command name
+    options: dict[str, Any] = field(default_factory=dict)  # application command options
+
+
+def parse(body: bytes) -> Interaction:
+    """Parse a verified body. Raises BadRequest for JSON or shapes Discord would not send."""
+    try:
+        payload = json.loads(body)
+        kind = discord.InteractionType(payload["type"])
+        if kind is discord.InteractionType.ping:
+            return Interaction(kind, "", "")
+        user = (payload.get("member") or {}).get("user") or payload["user"]  # guild, else DM
+        data = payload.get("data") or {}
+        common = {"type": kind, "user_id": str(user["id"]), "channel_id": str(payload.get("channel_id", ""))}
+        if kind is discord.InteractionType.component:
+            return Interaction(
+                **common, custom_id=str(data["custom_id"]),
+                component_type=discord.ComponentType(data["component_type"]),
+                values=[str(v) for v in data.get("values", [])],
+            )
+        if kind is discord.InteractionType.modal_submit:
+            return Interaction(**common, custom_id=str(data["custom_id"]), fields=_modal_values(data["components"]))
+        if kind is discord.InteractionType.application_command:
+            options = {str(o["name"]): o.get("value") for o in data.get("options", [])}
+            return Interaction(**common, command=str(data["name"]), options=options)
+        return Interaction(**common)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BadRequest(f"not an interaction payload ({type(exc).__name__})") from None
+
+
+def _modal_values(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Text input values of a submit, whether wrapped in action rows (1) or labels (18)."""
+    inputs: list[dict[str, Any]] = []
+    for row in rows:
+        if row["type"] == discord.ComponentType.action_row.value:
+            inputs.extend(row["components"])
+        elif row["type"] == _LABEL:
+            inputs.append(row["component"])
+    return {
+        str(i["custom_id"]): str(i.get("value", ""))
+        for i in inputs
+        if i["type"] == discord.ComponentType.text_input.value
+    }
+
+
+# -- responses (the HTTP body answering the interaction) ---------------------------------------
+def pong() -> dict[str, Any]:
+    return {"type": discord.InteractionResponseType.pong.value}
+
+
+def message(content: str, *, ephemeral: bool = False) -> dict[str, Any]:
+    """CHANNEL_MESSAGE_WITH_SOURCE; `ephemeral` shows it only to the user who clicked."""
+    flags = discord.MessageFlags(ephemeral=True) if ephemeral else discord.utils.MISSING
+    return {"type": discord.InteractionResponseType.channel_message.value, "data": _data(content, flags=flags)}
+
+
+def update(content: str) -> dict[str, Any]:
+    """UPDATE_MESSAGE: edit the message the component is on; its components stay."""
+    return {"type": discord.InteractionResponseType.message_update.value, "data": _data(content)}
+
+
+def modal(view: discord.ui.Modal) -> dict[str, Any]:
+    """MODAL: open `view` for the user who clicked (not valid in answer to a modal submit)."""
+    return {"type": discord.InteractionResponseType.modal.value, "data": view.to_dict()}
+
+
+def _data(content: str, *, flags: Any = discord.utils.MISSING) -> dict[str, Any]:
+    with handle_message_parameters(
+        content=content, flags=flags, allowed_mentions=discord.AllowedMentions.none()
+    ) as params:
+        return dict(params.payload)

@@ -1,0 +1,138 @@
+"""Slack's wire, and nothing else: verify an inbound request, parse an event, call the Web API.
+
+Everything here is slack-sdk used as its docs say: `SignatureVerifier` for the v0 request
+signature and `AsyncWebClient(base_url=...)` for `auth.test` and `chat.postMessage`, so the
+only thing a test swaps is the far end (the simulator's URL). No state lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from slack_sdk.signature import SignatureVerifier
+from slack_sdk.web.async_client import AsyncWebClient
+
+RETRY_NUM_HEADER = "X-Slack-Retry-Num"
+RETRY_REASON_HEADER = "X-Slack-Retry-Reason"
+MESSAGE_EVENTS = ("app_mention", "message")  # the event types the bot may answer
+
+
+class RequestVerifier:
+    """Check Slack's `X-Slack-Signature` (v0, HMAC-SHA256) and the 5-minute timestamp window."""
+
+    def __init__(self, signing_secret: str) -> None:
+        self._verifier = SignatureVerifier(signing_secret)
+
+    def is_valid(self, body: bytes, headers: Mapping[str, str]) -> bool:
+        """True only for a correctly signed, fresh request; never raises on junk headers."""
+        try:
+            return self._verifier.is_valid_request(body, headers)
+        except (ValueError, UnicodeDecodeError):  # a non-numeric timestamp, a non-UTF-8 body
+            return False
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    """One user message the bot may answer, from an `event_callback` envelope."""
+
+    team_id: str
+    event_id: str
+    event_type: str  # "app_mention" or "message"
+    channel: str
+    channel_type: str | None  # "channel", "group", "im", "mpim"; app_mention has none
+    user: str
+    text: str
+    ts: str
+    thread_ts: str | None = None
+    parent_user_id: str | None = None
+
+    @property
+    def thread_root(self) -> str:
+        """The thread this message belongs to: its `thread_ts`, or its own `ts` if top-level.
+
+        Participation is always keyed by this, never by a child message's `ts`.
+        """
+        return self.thread_ts or self.ts
+
+    def mentions(self, user_id: str) -> bool:
+        return f"<@{user_id}>" in self.text
+
+
+def parse_message(envelope: Mapping[str, Any]) -> SlackMessage | None:
+    """Return the user message in an `event_callback`, or None for anything the bot ignores.
+
+    Ignored: other envelope or event types, message subtypes (edits, deletes, joins, bot
+    messages) and anything posted by a bot, which includes our own replies.
+    """
+    event = envelope.get("event")
+    if envelope.get("type") != "event_callback" or not isinstance(event, Mapping):
+        return None
+    if event.get("type") not in MESSAGE_EVENTS or event.get("subtype") or event.get("bot_id"):
+        return None
+    fields = (envelope.get("team_id"), envelope.get("event_id"), event.get("channel"), event.get("user"), event.get("ts"))
+    if not all(isinstance(f, str) and f for f in fields):
+        return None
+    team_id, event_id, channel, user, ts = fields
+    text = event.get("text")
+    return SlackMessage(
+        team_id=team_id,
+        event_id=event_id,
+        event_type=event["type"],
+        channel=channel,
+        channel_type=event.get("channel_type"),
+        user=user,
+        text=text if isinstance(text, str) else "",
+        ts=ts,
+        thread_ts=event.get("thread_ts") or None,
+        parent_user_id=event.get("parent_user_id") or None,
+    )
+
+
+@dataclass(frozen=True)
+class BotIdentity:
+    """Who the bot is, from `auth.test`."""
+
+    user_id: str
+    team_id: str
+    bot_id: str | None
+
+
+class SlackApi:
+    """The Web API calls the adapter makes, through one `AsyncWebClient` and one HTTP session."""
+
+    def __init__(self, *, token: str, base_url: str) -> None:
+        self._token = token
+        self._base_url = base_url
+        self._session: aiohttp.ClientSession | None = None
+        self._client: AsyncWebClient | None = None
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession()
+        self._client = AsyncWebClient(token=self._token, base_url=self._base_url, session=self._session)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        self._session = self._client = None
+
+    @property
+    def client(self) -> AsyncWebClient:
+        if self._client is None:
+            raise RuntimeError("SlackApi.open() first")
+        return self._client
+
+    async def auth_test(self) -> BotIdentity:
+        """Call `auth.test`. Raises slack_sdk.errors.SlackApiError (e.g. invalid_auth)."""
+        resp = await self.client.auth_test()
+        return BotIdentity(user_id=resp["user_id"], team_id=resp["team_id"], bot_id=resp.get("bot_id"))
+
+    async def post_message(self, *, channel: str, text: str, thread_ts: str) -> str:
+        """Post `text` into the thread `thread_ts` of `channel`; returns the new message's ts.
+
+        Raises slack_sdk.errors.SlackApiError (ok=false) and aiohttp.ClientError (network).
+        """
+        resp = await self.client.chat_postMessage(channel=channel, text=text, thread_ts=thread_ts)
+        return str(resp["ts"])

@@ -1,0 +1,205 @@
+"""The Slack plugin: one Events API route, acked fast, answered once per event_id.
+
+Request path (POST /slack/events), in this order:
+1. verify the v0 signature; 401 before anything is read or written;
+2. answer `url_verification` with its challenge;
+3. claim `{team_id}:{event_id}` under a short lease (durable before anything else happens);
+4. decide (mention policy + participation lookup), reply in the thread, record participation,
+   then replace the lease with the done mark: each write awaited before the next step;
+5. ack 200 as soon as 4 is done, or after `ack_budget_s` (Slack's 3 s rule) with 4 still running
+   in the background; `stop()` waits for background work so SIGTERM loses no reply.
+
+SIGKILL, step by step: before the claim, or holding the lease without having replied, Slack
+gets no 2xx and retries; a retry that meets a live lease no task here owns gets 503 +
+Retry-After, and once the lease has expired the retry wins the claim and answers (no reply
+lost). After the done mark, a retry is acked and dropped (no double reply). The one window
+left is between Slack accepting chat.postMessage and the done mark landing (two local SQLite
+writes); docs/migrations/slack.md says what that means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Sequence
+from enum import Enum
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from slack_sdk.errors import SlackApiError
+
+from adapters.common import AdapterState, now_ms
+from adapters.slack.platform import BotIdentity, RequestVerifier, SlackApi, SlackMessage, parse_message
+from adapters.slack.policy import MentionPolicy
+from adapters.slack.settings import SlackSettings
+from adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
+from gateway.plugin import Plugin, PluginRuntime, Route
+
+EVENTS_PATH = "/slack/events"
+STOP_TIMEOUT_S = 10.0  # how long stop() waits for replies still being written
+
+
+class Outcome(Enum):
+    """What became of one delivery; decides the HTTP answer Slack gets."""
+
+    REPLIED = "replied"
+    IGNORED = "ignored"  # the policy said no; the event is still marked done
+    ALREADY_DONE = "already_done"  # a retry or duplicate of a finished event: ack and drop
+    IN_PROGRESS = "in_progress"  # a duplicate of an event this process is working on
+    LEASED = "leased"  # a live lease nobody here owns (its process died mid-reply)
+    FAILED = "failed"  # the Web API call failed; the lease is released for Slack's retry
+
+
+def compose_reply(message: SlackMessage, bot_user_id: str) -> str:
+    """The bot's answer. A stand-in for an agent: it echoes the text without the mention."""
+    text = message.text.replace(f"<@{bot_user_id}>", "").strip()
+    return f"echo: {text}" if text else "echo"
+
+
+class SlackPlugin(Plugin):
+    """Slack Events API in, `chat.postMessage` out; state through `adapters.common`."""
+
+    id = "slack"
+    origin = "bundled"
+
+    def __init__(self) -> None:
+        self.settings: SlackSettings | None = None
+        self.bot: BotIdentity | None = None
+        self._verifier: RequestVerifier | None = None
+        self._policy = MentionPolicy()
+        self._api: SlackApi | None = None
+        self._threads: ThreadParticipation | None = None
+        self._events: EventLedger | None = None
+        self._states: list[AdapterState] = []
+        self._inflight: dict[str, asyncio.Task[Outcome]] = {}
+        self._runtime: PluginRuntime | None = None
+
+    def routes(self) -> Sequence[Route]:
+        return (Route("POST", EVENTS_PATH, self.handle_events),)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self, runtime: PluginRuntime) -> None:
+        """Read the config, open both stores, and learn the bot's identity with `auth.test`.
+
+        Raises ValueError (bad config), StateStoreError (opening a store) and
+        slack_sdk.errors.SlackApiError / aiohttp.ClientError (auth.test failed).
+        """
+        settings = SlackSettings.from_config(runtime.config)
+        self._runtime = runtime
+        self.settings = settings
+        self._verifier = RequestVerifier(settings.signing_secret)
+        self._policy = MentionPolicy(settings.require_mention, settings.require_explicit_mention)
+        threads = AdapterState(thread_spec(settings), legacy=runtime.legacy)
+        events = AdapterState(events_spec(settings), legacy=runtime.legacy)
+        for st in (threads, events):
+            await st.open(runtime)
+        self._states = [threads, events]
+        self._threads = ThreadParticipation(threads)
+        self._events = EventLedger(events, lease_ms=settings.event_lease_ms)
+        self._api = SlackApi(token=settings.bot_token, base_url=settings.api_base_url)
+        await self._api.open()
+        try:
+            self.bot = await self._api.auth_test()
+        except BaseException:
+            await self._api.close()
+            raise
+
+    async def stop(self) -> None:
+        """Let replies in flight finish (their writes are what a restart relies on), then close."""
+        if self._inflight:
+            await asyncio.wait(list(self._inflight.values()), timeout=STOP_TIMEOUT_S)
+        if self._api is not None:
+            await self._api.close()
+
+    def health(self) -> dict[str, Any]:
+        states = {st.spec.namespace: st.health() for st in self._states}
+        degraded = any(h["mode"] == "degraded" for h in states.values())
+        return {"status": "degraded" if degraded else "ok", "in_flight": len(self._inflight), "state": states}
+
+    # -- inbound --------------------------------------------------------------------------
+    async def handle_events(self, request: web.Request) -> web.Response:
+        """The Events API request URL. 401 for a bad signature, before any state is touched."""
+        assert self._verifier is not None, "start() first"
+        body = await request.read()
+        if not self._verifier.is_valid(body, request.headers):
+            raise web.HTTPUnauthorized(text="invalid Slack signature")
+        try:
+            envelope = json.loads(body)
+        except ValueError:
+            raise web.HTTPBadRequest(text="body is not JSON") from None
+        if not isinstance(envelope, dict):
+            raise web.HTTPBadRequest(text="body is not a JSON object")
+        if envelope.get("type") == "url_verification":
+            return web.json_response({"challenge": envelope.get("challenge")})
+        message = parse_message(envelope)
+        if message is None:
+            return web.Response(status=200)
+        outcome = await self.accept(message)
+        return self._answer(outcome)
+
+    async def accept(self, message: SlackMessage) -> Outcome | None:
+        """Start (or join) the work on `message`; return its outcome, or None if it is still
+        running after `ack_budget_s` (then it finishes in the background)."""
+        assert self.settings is not None
+        key = EventLedger.key(message.team_id, message.event_id)
+        if key in self._inflight:
+            return Outcome.IN_PROGRESS
+        task = asyncio.create_task(self._run(key, message), name=f"slack-event-{key}")
+        self._inflight[key] = task
+        task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        done, _ = await asyncio.wait({task}, timeout=self.settings.ack_budget_s)
+        return task.result() if done else None
+
+    def _answer(self, outcome: Outcome | None) -> web.Response:
+        assert self.settings is not None
+        if outcome in (Outcome.LEASED, Outcome.FAILED):
+            retry_after = math.ceil(self.settings.event_lease_ms / 1000) if outcome is Outcome.LEASED else 1
+            return web.Response(status=503, headers={"Retry-After": str(retry_after)}, text=outcome.value)
+        return web.Response(status=200, text=outcome.value if outcome else "accepted")
+
+    async def _run(self, key: str, message: SlackMessage) -> Outcome:
+        """Claim, answer, mark done; every write awaited before the next step."""
+        assert self._events is not None and self._runtime is not None
+        received_at = now_ms()
+        if not await self._events.claim(key, received_at=received_at):
+            return Outcome.ALREADY_DONE if await self._events.is_done(key) else Outcome.LEASED
+        try:
+            replied = await self._respond(message)
+        except (SlackApiError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self._runtime.log.warning("slack_reply_failed", extra={"event": key, "error": type(exc).__name__})
+            await self._events.release(key)
+            return Outcome.FAILED
+        await self._events.mark_done(key, received_at=received_at)
+        return Outcome.REPLIED if replied else Outcome.IGNORED
+
+    async def _respond(self, message: SlackMessage) -> bool:
+        """Apply the mention policy and reply if it says so; True if the bot replied."""
+        assert self.bot is not None and self._threads is not None
+        thread = self.thread_of(message)
+        participated = False
+        if self._policy.needs_participation(message, self.bot.user_id):
+            participated = await self._threads.replied_in(thread) is not None
+        answer, _reason = self._policy.decide(message, self.bot.user_id, participated=participated)
+        if answer:
+            await self.reply(thread, compose_reply(message, self.bot.user_id))
+        return answer
+
+    # -- outbound: the one send path ------------------------------------------------------
+    def thread_of(self, message: SlackMessage) -> ThreadRef:
+        """The thread a reply to `message` goes to: keyed by the root, never a child ts."""
+        assert self.settings is not None
+        return ThreadRef(message.team_id, self.settings.account_id, message.channel, message.thread_root)
+
+    async def reply(self, thread: ThreadRef, text: str) -> str:
+        """Post `text` in `thread` and record participation; returns the posted message's ts.
+
+        Every message the bot sends goes through here, so no send path can forget to record
+        (a bug the reference system had). Returns only after the row is durable. Raises
+        SlackApiError / aiohttp.ClientError when the post fails (nothing is recorded then).
+        """
+        assert self._api is not None and self._threads is not None and self.settings is not None
+        ts = await self._api.post_message(channel=thread.channel_id, text=text, thread_ts=thread.thread_ts)
+        await self._threads.record_reply(thread, agent_id=self.settings.agent_id)
+        return ts

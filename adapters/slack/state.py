@@ -1,0 +1,102 @@
+"""The state the Slack adapter keeps: two rows of DESIGN.md §3's table, and nothing else.
+
+| namespace                   | key                                             | value                   | ttl / max    |
+|-----------------------------|-------------------------------------------------|-------------------------|--------------|
+| `slack.thread-participation`| `{team_id}:{account_id}:{channel_id}:{thread_ts}` | `{agent_id, replied_at}`| 24 h / 5,000 |
+| `slack.events`              | `{team_id}:{event_id}`                          | `{received_at[, done_at]}` | 1 h / 50,000 (lease while processing) |
+
+Both go through `adapters.common.AdapterState`, which is also the legacy in-memory twin
+(`legacy=True`: the same TTL and cap, memory only), so this module is the whole migration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.common import AdapterState, Clock, StateSpec, now_ms
+from adapters.slack.settings import SlackSettings
+
+THREADS_NAMESPACE = "slack.thread-participation"
+EVENTS_NAMESPACE = "slack.events"
+
+
+@dataclass(frozen=True)
+class ThreadRef:
+    """One thread the bot may have replied in; `thread_ts` is always the thread root's ts."""
+
+    team_id: str
+    account_id: str
+    channel_id: str
+    thread_ts: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.team_id}:{self.account_id}:{self.channel_id}:{self.thread_ts}"
+
+
+class ThreadParticipation:
+    """Which threads the bot replied in, and when (`slack.thread-participation`)."""
+
+    def __init__(self, state: AdapterState, *, clock: Clock = now_ms) -> None:
+        self.state = state
+        self._clock = clock
+
+    async def record_reply(self, thread: ThreadRef, *, agent_id: str) -> None:
+        """Remember that `agent_id` just replied in `thread`; returns once it is durable.
+
+        Each reply restarts the thread's 24 h window (the window runs from the *last* reply).
+        Never raises for a store failure: AdapterState degrades to memory and replays later.
+        """
+        await self.state.record(thread.key, {"agent_id": agent_id, "replied_at": self._clock()})
+
+    async def replied_in(self, thread: ThreadRef) -> dict[str, Any] | None:
+        """The live participation row of `thread`, or None.
+
+        Reads memory, then the store; a row read back from the store keeps its stored expiry,
+        so looking it up (e.g. after a restart) never extends the 24 h window.
+        """
+        value = await self.state.get(thread.key)
+        return value if isinstance(value, dict) else None
+
+
+class EventLedger:
+    """Slack event ids already taken (`slack.events`): a short lease while the bot works on
+    one, then a long-lived done mark, so a retry never produces a second reply."""
+
+    def __init__(self, state: AdapterState, *, lease_ms: int, clock: Clock = now_ms) -> None:
+        self.state = state
+        self.lease_ms = lease_ms
+        self._clock = clock
+
+    @staticmethod
+    def key(team_id: str, event_id: str) -> str:
+        return f"{team_id}:{event_id}"
+
+    async def claim(self, key: str, *, received_at: int) -> bool:
+        """Take `key` under a lease of `lease_ms`; False if a live lease or done mark holds it.
+
+        Atomic across processes (register_if_absent). An expired lease counts as absent, which
+        is how a retry after a crash gets the event processed instead of lost.
+        """
+        return await self.state.claim(key, {"received_at": received_at}, ttl_ms=self.lease_ms)
+
+    async def mark_done(self, key: str, *, received_at: int) -> None:
+        """Replace the lease with the done mark (the namespace's long TTL); durable on return."""
+        await self.state.record(key, {"received_at": received_at, "done_at": self._clock()})
+
+    async def is_done(self, key: str) -> bool:
+        value = await self.state.get(key)
+        return isinstance(value, dict) and "done_at" in value
+
+    async def release(self, key: str) -> None:
+        """Drop a lease whose work failed, so Slack's retry can process the event again."""
+        await self.state.forget(key)
+
+
+def thread_spec(settings: SlackSettings) -> StateSpec:
+    return StateSpec(THREADS_NAMESPACE, settings.thread_ttl_ms, settings.thread_max_entries)
+
+
+def events_spec(settings: SlackSettings) -> StateSpec:
+    return StateSpec(EVENTS_NAMESPACE, settings.event_ttl_ms, settings.event_max_entries)

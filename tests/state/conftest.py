@@ -1,0 +1,134 @@
+"""Fixtures for the state contract suite, parametrised over backends.
+
+Every contract test takes `make_store` (and, when it needs to look underneath, `target` and
+`dump_rows`), so the same tests run against each backend in `BACKENDS`: SQLite on a real file in
+tmp_path always, and Redis when CHATSTATE_TEST_REDIS_URL names a server whose logical database
+is reserved for tests (it is flushed before each test). SQLite-only checks (file modes, WAL,
+PRAGMAs, corrupt files, schema version) live in test_state_sqlite_*.py and use `sqlite_target`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from state import KeyedStore, StoreSettings, open_keyed_store
+from state_support import FakeClock, rows_in
+
+REDIS_URL_ENV = "CHATSTATE_TEST_REDIS_URL"
+BACKENDS = ["sqlite"] + (["redis"] if os.environ.get(REDIS_URL_ENV) else [])
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def state_home(tmp_path: Path) -> Path:
+    """A fresh state dir; the database lands in <state_home>/plugin-state/state.sqlite."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
+
+
+@pytest.fixture
+def sqlite_target(state_home: Path) -> dict[str, Any]:
+    return {"path": str(state_home)}
+
+
+@pytest.fixture
+def db_path(state_home: Path) -> Path:
+    return state_home / "plugin-state" / "state.sqlite"
+
+
+@pytest.fixture(params=BACKENDS)
+def target(request: pytest.FixtureRequest, state_home: Path) -> dict[str, Any]:
+    """Keyword arguments (`path=` or `url=`) that point open_keyed_store at a fresh backend.
+
+    Plain data, so it can be handed to child processes.
+    """
+    if request.param == "sqlite":
+        return {"path": str(state_home)}
+    import redis
+
+    url = os.environ[REDIS_URL_ENV]
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return {"url": url}
+
+
+StoreFactory = Callable[..., KeyedStore]
+
+
+@pytest.fixture
+def make_store(target: dict[str, Any], clock: FakeClock) -> Iterator[StoreFactory]:
+    """Factory: make_store(plugin_id, namespace, *, max_entries, default_ttl_ms=None,
+    overflow="evict-oldest", clock=<the test's FakeClock>, settings=None).
+
+    Every store it opens is closed at teardown, so the process-wide reopen table stays clean.
+    """
+    opened: list[KeyedStore] = []
+
+    def make(
+        plugin_id: str,
+        namespace: str,
+        *,
+        max_entries: int,
+        default_ttl_ms: int | None = None,
+        overflow: str = "evict-oldest",
+        clock: Callable[[], int] | None = clock,
+        settings: StoreSettings | None = None,
+    ) -> KeyedStore:
+        store = open_keyed_store(
+            plugin_id, namespace, max_entries=max_entries, default_ttl_ms=default_ttl_ms,
+            overflow=overflow, clock=clock, settings=settings, **target,
+        )
+        opened.append(store)
+        return store
+
+    yield make
+    for store in reversed(opened):
+        store.close()
+
+
+def _dump_sqlite(path: Path) -> list[tuple[Any, ...]]:
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT * FROM entries ORDER BY plugin_id, namespace, key").fetchall()
+        counts = conn.execute("SELECT * FROM namespace_rows ORDER BY plugin_id, namespace").fetchall()
+        return [("entries", *r) for r in rows] + [("namespace_rows", *c) for c in counts]
+    finally:
+        conn.close()
+
+
+def _dump_redis(url: str) -> list[tuple[Any, ...]]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return sorted((k, client.dump(k), client.pttl(k) > 0) for k in client.scan_iter())
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def dump_rows(target: dict[str, Any], db_path: Path) -> Callable[[], list[tuple[Any, ...]]]:
+    """Return every stored row of the backend (all plugins), for "nothing changed" checks."""
+    if "url" in target:
+        return lambda: _dump_redis(target["url"])
+    return lambda: _dump_sqlite(db_path)
+
+
+@pytest.fixture
+def query(db_path: Path) -> Callable[..., list[tuple[Any, ...]]]:
+    """query(sql, *params): read the database file from a separate, read-only connection."""
+    return lambda sql, *params: rows_in(db_path, sql, *params)

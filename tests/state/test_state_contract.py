@@ -1,0 +1,361 @@
+"""The keyed-store contract (DESIGN.md §2), method by method and rule by rule, on every backend."""
+
+from __future__ import annotations
+
+import pytest
+
+from state import Entry, StateStoreError, StoreSettings
+from state_support import T0_MS, FakeClock
+
+
+# -- each method ---------------------------------------------------------------------------
+def test_register_then_lookup_round_trips_plain_json(make_store):
+    store = make_store("p", "ns", max_entries=10)
+    value = {"a": [1, 2.5, "three", True, False, None], "b": {"c": "é✓😀"}, "d": -0.0}
+    store.register("k", value)
+    assert store.lookup("k") == value
+    assert store.lookup("missing") is None
+
+
+def test_register_is_an_upsert_that_restarts_created_at(make_store, clock):
+    store = make_store("p", "ns", max_entries=10)
+    store.register("a", 1)
+    clock.advance(5)
+    store.register("b", 2)
+    clock.advance(5)
+    store.register("a", 3)
+    assert [(e.key, e.value, e.created_at) for e in store.entries()] == [
+        ("b", 2, T0_MS + 5),
+        ("a", 3, T0_MS + 10),
+    ]
+
+
+def test_register_returns_none_and_register_if_absent_claims_once(make_store):
+    store = make_store("p", "ns", max_entries=10)
+    assert store.register("k", 1) is None
+    assert store.register_if_absent("c", "first") is True
+    assert store.register_if_absent("c", "second") is False
+    assert store.lookup("c") == "first"
+
+
+def test_lookup_entry_reports_created_and_expiry(make_store, clock):
+    store = make_store("p", "ns", max_entries=10)
+    store.register("k", {"x": 1}, ttl_ms=250)
+    assert store.lookup_entry("k") == Entry("k", {"x": 1}, T0_MS, T0_MS + 250)
+    assert store.lookup_entry("nope") is None
+
+
+def test_consume_reads_and_deletes(make_store):
+    store = make_store("p", "ns", max_entries=10)
+    store.register("k", [1, 2])
+    assert store.consume("k") == [1, 2]
+    assert store.consume("k") is None
+    assert store.lookup("k") is None
+
+
+def test_consume_of_a_stored_null_is_indistinguishable_from_absent(make_store):
+    store = make_store("p", "ns", max_entries=10)
+    store.register("k", None)
+    assert store.entries()[0].value is None
+    assert store.consume("k") is None
+    assert store.entries() == []
+
+
+def test_delete_says_whether_a_live_row_went(make_store):
+    store = make_store("p", "ns", max_entries=10)
+    store.register("k", 1)
+    assert store.delete("k") is True
+    assert store.delete("k") is False
+    assert store.lookup("k") is None
+
+
+def test_clear_removes_only_this_namespace_and_counts_live_rows(make_store, clock):
+    a = make_store("p", "a", max_entries=10)
+    b = make_store("p", "b", max_entries=10)
+    a.register("1", 1)
+    a.register("2", 2)
+    a.register("gone", 3, ttl_ms=1)
+    b.register("1", "b")
+    clock.advance(1)
+    assert a.clear() == 2
+    assert a.entries() == []
+    assert b.lookup("1") == "b"
+    assert a.clear() == 0
+
+
+def test_entries_are_ordered_by_created_at_then_key(make_store, clock):
+    store = make_store("p", "ns", max_entries=10)
+    for key in ["m", "b", "z"]:
+        store.register(key, key)
+    clock.advance(1)
+    store.register("a", "a")
+    assert [e.key for e in store.entries()] == ["b", "m", "z", "a"]
+    assert all(isinstance(e, Entry) for e in store.entries())
+
+
+def test_keys_are_trimmed(make_store):
+    store = make_store("p", "ns", max_entries=10)
+    store.register("  k \n", 1)
+    assert store.lookup("k") == 1
+    assert store.consume("\tk") == 1
+
+
+# -- isolation -----------------------------------------------------------------------------
+def test_plugin_and_namespace_pairs_are_isolated(make_store):
+    pairs = [("p", "a"), ("p", "b"), ("q", "a"), ("q", "b")]
+    stores = {pair: make_store(*pair, max_entries=10) for pair in pairs}
+    for (plugin, ns), store in stores.items():
+        store.register("k", f"{plugin}/{ns}")
+        store.register(f"only-{plugin}-{ns}", 1)
+    for (plugin, ns), store in stores.items():
+        assert store.lookup("k") == f"{plugin}/{ns}"
+        assert [e.key for e in store.entries()] == ["k", f"only-{plugin}-{ns}"]
+        for other in pairs:
+            if other != (plugin, ns):
+                assert store.lookup(f"only-{other[0]}-{other[1]}") is None
+                assert store.delete(f"only-{other[0]}-{other[1]}") is False
+                assert store.consume(f"only-{other[0]}-{other[1]}") is None
+                assert store.register_if_absent(f"only-{other[0]}-{other[1]}", 2) is True
+    assert stores[("p", "a")].clear() == 5
+    assert stores[("p", "b")].lookup("k") == "p/b"
+    assert stores[("q", "a")].lookup("k") == "q/a"
+
+
+def test_trimmed_namespace_is_the_same_pair(make_store):
+    make_store("p", "ns", max_entries=10).register("k", 1)
+    assert make_store("p", "  ns  ", max_entries=10).lookup("k") == 1
+
+
+def test_namespace_case_is_significant_for_isolation(make_store):
+    make_store("p", "ns", max_entries=10).register("k", "lower")
+    assert make_store("p", "NS", max_entries=10).lookup("k") is None
+
+
+# -- TTL -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("ttl_ms", "default_ttl_ms", "expected"),
+    [(100, 1_000, T0_MS + 100), (None, 1_000, T0_MS + 1_000), (None, None, None), (100, None, T0_MS + 100)],
+)
+def test_ttl_precedence(make_store, ttl_ms, default_ttl_ms, expected):
+    store = make_store("p", "ns", max_entries=10, default_ttl_ms=default_ttl_ms)
+    store.register("k", 1, ttl_ms=ttl_ms)
+    store.register_if_absent("c", 1, ttl_ms=ttl_ms)
+    assert [e.expires_at for e in store.entries()] == [expected, expected]
+
+
+def test_row_is_live_until_its_expiry_ms(make_store, clock):
+    store = make_store("p", "ns", max_entries=10)
+    store.register("k", 1, ttl_ms=100)
+    clock.advance(99)
+    assert store.lookup("k") == 1
+    clock.advance(1)
+    assert store.lookup("k") is None
+
+
+def test_expired_rows_are_invisible_to_every_read_before_a_sweep(make_store, clock):
+    store = make_store("p", "ns", max_entries=10)
+    for key in ["lookup", "consume", "delete", "claim", "listed"]:
+        store.register(key, "old", ttl_ms=10)
+    clock.advance(10)
+    assert store.lookup("lookup") is None
+    assert store.lookup_entry("lookup") is None
+    assert store.consume("consume") is None
+    assert store.delete("delete") is False
+    assert store.entries() == []
+    assert store.register_if_absent("claim", "new", ttl_ms=10) is True
+    assert store.lookup_entry("claim") == Entry("claim", "new", clock(), clock() + 10)
+    assert store.clear() == 1
+
+
+def test_register_replaces_the_expiry(make_store, clock):
+    store = make_store("p", "ns", max_entries=10, default_ttl_ms=50)
+    store.register("k", 1, ttl_ms=10)
+    store.register("k", 2)
+    clock.advance(20)
+    assert store.lookup("k") == 2
+
+
+# -- eviction ------------------------------------------------------------------------------
+def test_eviction_drops_oldest_by_created_at_then_key(make_store, clock):
+    store = make_store("p", "ns", max_entries=3)
+    store.register("b", 1)
+    store.register("a", 1)  # same ms as "b": "a" sorts first, so it is older
+    clock.advance(1)
+    store.register("c", 1)
+    clock.advance(1)
+    store.register("d", 1)
+    assert [e.key for e in store.entries()] == ["b", "c", "d"]
+    store.register("e", 1)
+    assert [e.key for e in store.entries()] == ["c", "d", "e"]
+
+
+def test_eviction_never_drops_the_row_just_written(make_store, clock):
+    store = make_store("p", "ns", max_entries=2)
+    clock.advance(10)
+    store.register("late", 1)
+    store.register("later", 1)
+    clock.now_ms = T0_MS  # a clock that went backwards: the new row is the oldest
+    store.register("aaa", "new")
+    assert store.lookup("aaa") == "new"
+    assert [e.key for e in store.entries()] == ["aaa", "later"]
+
+
+def test_expired_rows_do_not_count_and_are_not_evicted_instead_of_live_ones(make_store, clock):
+    store = make_store("p", "ns", max_entries=2)
+    store.register("old-live", 1)
+    store.register("short", 1, ttl_ms=5)
+    clock.advance(5)
+    store.register("new", 1)
+    assert [e.key for e in store.entries()] == ["old-live", "new"]
+
+
+def test_register_if_absent_also_evicts(make_store, clock):
+    store = make_store("p", "ns", max_entries=1)
+    assert store.register_if_absent("a", 1) is True
+    clock.advance(1)
+    assert store.register_if_absent("b", 2) is True
+    assert [e.key for e in store.entries()] == ["b"]
+
+
+def test_reject_new_refuses_a_new_key_but_updates_an_existing_one(make_store, clock):
+    store = make_store("p", "ns", max_entries=2, overflow="reject-new")
+    store.register("a", 1)
+    store.register("b", 1, ttl_ms=5)
+    with pytest.raises(StateStoreError) as err:
+        store.register("c", 1)
+    assert (err.value.code, err.value.operation) == ("LIMIT_EXCEEDED", "register")
+    assert "max_entries" in str(err.value) and "2" in str(err.value)
+    with pytest.raises(StateStoreError) as err:
+        store.register_if_absent("c", 1)
+    assert (err.value.code, err.value.operation) == ("LIMIT_EXCEEDED", "register_if_absent")
+    clock.advance(1)
+    store.register("a", 2)  # an update does not grow the namespace
+    assert [(e.key, e.value) for e in store.entries()] == [("b", 1), ("a", 2)]
+    clock.advance(4)  # "b" expired: room for one more
+    store.register("c", 3)
+    assert [e.key for e in store.entries()] == ["a", "c"]
+
+
+# -- the per-plugin ceiling ----------------------------------------------------------------
+CEILING = StoreSettings(plugin_max_live_rows=5)
+
+
+def test_plugin_ceiling_evicts_inside_the_written_namespace_first(make_store, clock):
+    a = make_store("p", "a", max_entries=100, settings=CEILING)
+    b = make_store("p", "b", max_entries=100, settings=CEILING)
+    other = make_store("q", "a", max_entries=100, settings=CEILING)
+    for i in range(3):
+        b.register(f"b{i}", i)
+        clock.advance(1)
+    for i in range(2):
+        a.register(f"a{i}", i)
+        clock.advance(1)
+    for i in range(5):
+        other.register(f"q{i}", i)  # another plugin's rows never count
+    a.register("a2", 2)  # 6 > 5: the oldest row of "a" goes, not the older rows of "b"
+    assert [e.key for e in a.entries()] == ["a1", "a2"]
+    assert [e.key for e in b.entries()] == ["b0", "b1", "b2"]
+    assert len(other.entries()) == 5
+
+
+def test_plugin_ceiling_raises_when_the_namespace_has_nothing_left_to_evict(make_store, dump_rows):
+    a = make_store("p", "a", max_entries=100, settings=CEILING)
+    b = make_store("p", "b", max_entries=100, settings=CEILING)
+    for i in range(5):
+        a.register(f"a{i}", i)
+    before = dump_rows()
+    with pytest.raises(StateStoreError) as err:
+        b.register("b0", 0)
+    assert (err.value.code, err.value.operation) == ("LIMIT_EXCEEDED", "register")
+    assert "per-plugin limit is 5" in str(err.value)
+    assert dump_rows() == before
+    # Not locked up: the full namespace still takes writes, and freeing rows lets "b" write.
+    a.register("a5", 5)
+    assert len(a.entries()) == 5
+    assert a.delete("a5") is True
+    b.register("b0", 0)
+    assert b.lookup("b0") == 0
+
+
+def test_plugin_ceiling_ignores_expired_rows(make_store, clock):
+    a = make_store("p", "a", max_entries=100, settings=CEILING)
+    b = make_store("p", "b", max_entries=100, settings=CEILING)
+    for i in range(5):
+        a.register(f"a{i}", i, ttl_ms=10)
+    clock.advance(10)
+    for i in range(5):
+        b.register(f"b{i}", i)
+    assert len(b.entries()) == 5
+
+
+def test_plugin_ceiling_with_reject_new_refuses(make_store):
+    a = make_store("p", "a", max_entries=100, settings=CEILING)
+    b = make_store("p", "b", max_entries=100, overflow="reject-new", settings=CEILING)
+    for i in range(4):
+        a.register(f"a{i}", i)
+    b.register("b0", 0)
+    with pytest.raises(StateStoreError) as err:
+        b.register("b1", 1)
+    assert err.value.code == "LIMIT_EXCEEDED"
+    assert [e.key for e in b.entries()] == ["b0"]
+
+
+# -- reopening -----------------------------------------------------------------------------
+def test_reopen_with_same_settings_shares_rows(make_store):
+    make_store("p", "ns", max_entries=10, default_ttl_ms=100).register("k", 1)
+    assert make_store("p", "ns", max_entries=10, default_ttl_ms=100).lookup("k") == 1
+
+
+@pytest.mark.parametrize("change", [{"max_entries": 11}, {"default_ttl_ms": 99}, {"default_ttl_ms": None}])
+def test_reopen_with_different_settings_is_invalid_input(make_store, change):
+    make_store("p", "ns", max_entries=10, default_ttl_ms=100)
+    with pytest.raises(StateStoreError) as err:
+        make_store("p", "ns", **{"max_entries": 10, "default_ttl_ms": 100, **change})
+    assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "open")
+    # Other pairs are unaffected, and closing frees the pair for new settings.
+    make_store("p", "other", max_entries=1)
+    make_store("q", "ns", max_entries=1)
+
+
+def test_reopen_after_close_may_change_settings(target):
+    from state import open_keyed_store
+
+    first = open_keyed_store("p", "ns", max_entries=10, **target)
+    first.register("k", 1)
+    first.close()
+    second = open_keyed_store("p", "ns", max_entries=20, default_ttl_ms=5, **target)
+    try:
+        assert second.lookup("k") == 1
+    finally:
+        second.close()
+
+
+# -- closing -------------------------------------------------------------------------------
+def test_closed_store_raises_unavailable_and_close_is_idempotent(make_store):
+    store = make_store("p", "ns", max_entries=10)
+    other = make_store("p", "other", max_entries=10)
+    store.close()
+    store.close()
+    for call in (lambda: store.register("k", 1), lambda: store.lookup("k"), store.entries, store.clear):
+        with pytest.raises(StateStoreError) as err:
+            call()
+        assert err.value.code == "UNAVAILABLE"
+    other.register("k", 1)  # closing one store leaves the database open for the others
+    assert other.lookup("k") == 1
+
+
+def test_closed_store_error_names_the_operation(make_store):
+    store = make_store("p", "ns", max_entries=10)
+    store.close()
+    with pytest.raises(StateStoreError) as err:
+        store.consume("k")
+    assert err.value.operation == "consume"
+
+
+def test_two_stores_with_their_own_clocks_share_one_database(make_store):
+    early, late = FakeClock(T0_MS), FakeClock(T0_MS + 1_000)
+    a = make_store("p", "ns", max_entries=10, clock=early)
+    b = make_store("p", "ns", max_entries=10, clock=late)
+    a.register("k", 1, ttl_ms=500)
+    assert a.lookup("k") == 1
+    assert b.lookup("k") is None  # for b's clock, the row has expired

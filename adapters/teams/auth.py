@@ -1,0 +1,103 @@
+"""Who may call the bot, and how the bot authenticates to the Bot Connector.
+
+Inbound: botframework-connector validates the `Authorization: Bearer <JWT>` itself. Its public
+`BotFrameworkAuthenticationFactory.create` takes the OpenID metadata URL and the token issuer,
+so pointing it at the simulator needs no code of ours: the library fetches the metadata, then
+the JWKS, checks the RS256 signature, the issuer, the `msteams` endorsement of the signing key,
+`aud` = our app id and the `serviceurl` claim = the activity's serviceUrl. (So we did not write
+our own PyJWT validation.)
+
+Outbound: against Azure the bot gets a token from Azure AD through MSAL
+(`PasswordServiceClientCredentialFactory`). MSAL only talks to an https authority, so a local
+simulator cannot stand in for Azure AD. For the simulator the config names a pre-issued
+`connector_token` instead; `StaticTokenCredentialFactory` presents it on every Bot Connector
+call and the simulator refuses calls without it. That switch is explicit: no `connector_token`
+in the config, no static token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from botbuilder.schema import CallerIdConstants
+from botframework.connector.auth import (
+    AppCredentials,
+    AuthenticationConfiguration,
+    BotFrameworkAuthentication,
+    BotFrameworkAuthenticationFactory,
+    PasswordServiceClientCredentialFactory,
+    ServiceClientCredentialsFactory,
+)
+
+BOT_FRAMEWORK_SCOPE = "https://api.botframework.com"  # the audience of tokens the bot presents
+
+
+class StaticTokenCredentials(AppCredentials):
+    """App credentials that present one pre-issued bearer token (local simulator only)."""
+
+    def __init__(self, app_id: str, token: str) -> None:
+        super().__init__(app_id=app_id, oauth_scope=BOT_FRAMEWORK_SCOPE)
+        self._token = token
+
+    def get_access_token(self, force_refresh: bool = False) -> str:
+        return self._token
+
+
+class StaticTokenCredentialFactory(ServiceClientCredentialsFactory):
+    """Credentials for the bot's own app id only, carrying the configured connector token."""
+
+    def __init__(self, app_id: str, token: str) -> None:
+        self.app_id = app_id
+        self.token = token
+
+    async def is_valid_app_id(self, app_id: str) -> bool:
+        return app_id == self.app_id
+
+    async def is_authentication_disabled(self) -> bool:
+        return False  # inbound tokens are always required
+
+    async def create_credentials(
+        self, app_id: str, oauth_scope: str, login_endpoint: str, validate_authority: bool
+    ) -> AppCredentials:
+        if app_id != self.app_id:
+            raise PermissionError("credentials requested for an app id that is not this bot")
+        return StaticTokenCredentials(app_id, self.token)
+
+
+def build_authentication(config: Mapping[str, Any]) -> BotFrameworkAuthentication:
+    """Build the Bot Framework authentication described by `[adapters.teams]`.
+
+    Keys: `app_id` (required); `openid_metadata_url` + `token_issuer` + `connector_token` for a
+    simulator, or `app_password` for Azure. Raises ValueError naming the missing key.
+    """
+    app_id = _required(config, "app_id")
+    metadata_url = config.get("openid_metadata_url")
+    if metadata_url is None:
+        password = _required(config, "app_password")
+        return BotFrameworkAuthenticationFactory.create(
+            credential_factory=PasswordServiceClientCredentialFactory(app_id, password),
+            auth_configuration=AuthenticationConfiguration(),
+        )
+    issuer = _required(config, "token_issuer")
+    token = _required(config, "connector_token")
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(str(metadata_url)))
+    return BotFrameworkAuthenticationFactory.create(
+        to_channel_from_bot_login_url=origin,  # unused: the static token needs no login
+        to_channel_from_bot_oauth_scope=BOT_FRAMEWORK_SCOPE,
+        to_bot_from_channel_token_issuer=issuer,
+        oauth_url=origin,  # the user-token service; this bot never signs users in
+        to_bot_from_channel_open_id_metadata_url=str(metadata_url),
+        to_bot_from_emulator_open_id_metadata_url=str(metadata_url),
+        caller_id=CallerIdConstants.public_azure_channel,
+        credential_factory=StaticTokenCredentialFactory(app_id, token),
+        auth_configuration=AuthenticationConfiguration(),
+    )
+
+
+def _required(config: Mapping[str, Any], key: str) -> str:
+    value = config.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"adapters.teams.{key}: required (a non-empty string)")
+    return value

@@ -1,0 +1,100 @@
+"""The platform I/O: authenticate and parse `POST /api/messages`, run the turn, send replies.
+
+Built the way botbuilder's docs show (a `CloudAdapterBase` adapter processing the incoming
+`Activity` for an `ActivityHandler`); the aiohttp glue is ours because botbuilder-integration-
+aiohttp is not a dependency. Outbound calls go to the activity's `serviceUrl` through
+botframework-connector's `ConnectorClient`, so the simulator receives exactly what Azure would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
+
+from aiohttp import web
+from botbuilder.core import Bot, CloudAdapterBase, TurnContext
+from botbuilder.schema import Activity, ResourceResponse
+from botframework.connector.auth import AuthenticateRequestResult, BotFrameworkAuthentication
+from msrest.exceptions import ClientRequestError, HttpOperationError
+from requests import RequestException
+
+OnSent = Callable[[str, Sequence[str | None]], Awaitable[None]]
+
+
+class TeamsCloudAdapter(CloudAdapterBase):
+    """A botbuilder cloud adapter that reports every id the Bot Connector returns to `on_sent`.
+
+    `send_activities` and `update_activity` are where every botbuilder send path ends
+    (`send_activity`, replies, `send_activities`, `update_activity`, proactive turns), so
+    overriding just these two makes `on_sent` the single recording point; it is awaited before
+    the send returns to the bot's code.
+    """
+
+    def __init__(self, auth: BotFrameworkAuthentication, *, on_sent: OnSent) -> None:
+        super().__init__(auth)
+        self._on_sent = on_sent
+
+    async def send_activities(
+        self, context: TurnContext, activities: list[Activity]
+    ) -> list[ResourceResponse]:
+        responses = await super().send_activities(context, activities)
+        for activity, response in zip(activities, responses, strict=True):
+            if activity.conversation is not None and response is not None:
+                await self._on_sent(activity.conversation.id, [response.id])
+        return responses
+
+    async def update_activity(self, context: TurnContext, activity: Activity) -> ResourceResponse | None:
+        response = await super().update_activity(context, activity)
+        if activity.conversation is not None:
+            await self._on_sent(activity.conversation.id, [response.id if response else activity.id])
+        return response
+
+    async def authenticate(self, activity: Activity, auth_header: str | None) -> AuthenticateRequestResult:
+        """Validate the bearer token of an incoming activity (see adapters.teams.auth).
+
+        Runs on a worker thread with its own loop: botframework-connector fetches the OpenID
+        metadata and JWKS with blocking `requests` inside its coroutines (once a day per URL),
+        which must not stall the gateway's loop. Raises PermissionError and PyJWT errors for a
+        bad token, `requests.RequestException` when the metadata cannot be fetched.
+        """
+        return await asyncio.to_thread(
+            asyncio.run, self.bot_framework_authentication.authenticate_request(activity, auth_header)
+        )
+
+    async def handle(self, request: web.Request, bot: Bot) -> web.Response:
+        """Serve `POST /api/messages`: 401 before anything else when the token is missing or
+        bad, 400 for a body that is not an Activity, 502 when the Bot Connector refused a send.
+        Answers only after the turn, and so every recording, is done."""
+        auth_header = request.headers.get("Authorization")
+        if not auth_header:
+            raise web.HTTPUnauthorized(text="missing bearer token")
+        activity = _parse(await request.read())
+        try:
+            authenticated = await self.authenticate(activity, auth_header)
+        except RequestException:
+            raise web.HTTPServiceUnavailable(text="cannot fetch the token signing keys") from None
+        except Exception:  # noqa: BLE001 - the library signals a bad token with many types
+            raise web.HTTPUnauthorized(text="invalid bearer token") from None
+        try:
+            invoke = await self.process_activity(authenticated, activity, bot.on_turn)
+        except (HttpOperationError, ClientRequestError) as exc:
+            raise web.HTTPBadGateway(text=f"bot connector call failed: {type(exc).__name__}") from None
+        if invoke is None:
+            return web.Response(status=HTTPStatus.OK)
+        return web.json_response(invoke.body, status=invoke.status)
+
+
+def _parse(body: bytes) -> Activity:
+    """Deserialize a Bot Framework Activity; raises HTTPBadRequest for anything else."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise web.HTTPBadRequest(text="body is not JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise web.HTTPBadRequest(text="body is not an Activity")
+    activity = Activity().deserialize(data)
+    if not activity.service_url or activity.conversation is None:
+        raise web.HTTPBadRequest(text="an Activity needs serviceUrl and conversation")
+    return activity

@@ -1,0 +1,60 @@
+"""What the Teams adapter keeps: the ids of activities the bot sent (DESIGN.md §3).
+
+Before: a process-global dict `{conversation_id:activity_id -> sent_at}` with a 24 h TTL and a
+1,000 cap, so after a restart a reply to the bot's earlier message looked like a stranger's
+message in a channel and was ignored for lack of an @mention. After: the same rows in the keyed
+store; `AdapterState(legacy=True)` is that dict, kept for the before/after demo.
+
+Copy this module when migrating another "did the bot send this?" cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from adapters.common import AdapterState, StateSpec
+
+NAMESPACE = "msteams.sent-messages"
+SENT_TTL_MS = 24 * 60 * 60 * 1000  # 24 h: a reply to an older bot message needs a mention again
+SENT_MAX_ENTRIES = 1_000  # the reference system's cap; the oldest send is forgotten first
+THREAD_MARKER = ";messageid="  # Teams channel thread: "<channel conversation id>;messageid=<root>"
+
+SENT_MESSAGES = StateSpec(NAMESPACE, ttl_ms=SENT_TTL_MS, max_entries=SENT_MAX_ENTRIES)
+
+
+def spec_from_config(config: Mapping[str, Any]) -> StateSpec:
+    """Return the spec with `sent_ttl_ms` / `sent_max_entries` overrides (tests use small ones).
+
+    Raises ValueError naming the key when an override is not an integer >= 1.
+    """
+    ttl = _positive_int(config, "sent_ttl_ms", SENT_TTL_MS)
+    cap = _positive_int(config, "sent_max_entries", SENT_MAX_ENTRIES)
+    return StateSpec(NAMESPACE, ttl_ms=ttl, max_entries=cap)
+
+
+def open_sent_messages(config: Mapping[str, Any], *, legacy: bool) -> AdapterState:
+    """The sent-message cache: keyed store behind memory, or memory only when `legacy`."""
+    return AdapterState(spec_from_config(config), legacy=legacy)
+
+
+def sent_key(conversation_id: str, activity_id: str) -> str:
+    """`{conversation_id}:{activity_id}`, with the conversation id of the channel, not the thread.
+
+    Teams names a channel thread `<channel>;messageid=<root>`; the bot's root post is sent to the
+    channel and a reply to it arrives on the thread. Keying both by the channel id keeps the
+    reference system's bug (state under a child id) out.
+    """
+    return f"{conversation_id.split(THREAD_MARKER, 1)[0]}:{activity_id}"
+
+
+def sent_value(sent_at_ms: int) -> dict[str, int]:
+    """The stored value: when the Bot Connector accepted the activity (ms since epoch)."""
+    return {"sent_at": sent_at_ms}
+
+
+def _positive_int(config: Mapping[str, Any], key: str, default: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"adapters.teams.{key}: must be an integer >= 1")
+    return value

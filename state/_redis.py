@@ -1,0 +1,315 @@
+"""The Redis backend: the same contract as SQLite for several gateways sharing one Redis.
+
+    open_keyed_store("discord", "discord.components", max_entries=500,
+                     url="redis://127.0.0.1:6379/0?prefix=myproject")
+
+Why this shape:
+- The sync redis-py client, not `redis.asyncio`: the store's rules live once in the sync core and
+  the async twin runs that core on worker threads (state/_aio.py), so the loop never waits on
+  Redis either, and there is no second copy of the logic to drift.
+- Every multi-step operation is one Lua script (state/_redis_lua.py), Redis's transaction.
+- Visibility is decided by the caller's clock (`now_ms`), exactly like SQLite, so a fake clock in
+  the contract tests means the same thing on both backends. Redis still cleans up by itself:
+  each row key gets a server-side expiry of its remaining TTL plus `expiry_grace_ms`, measured
+  from the write (PEXPIRE, i.e. PEXPIREAT on the server's clock). Absolute PEXPIREAT of the
+  client's expires_at would let a skewed or fake client clock delete a row the contract says
+  is still live; the grace keeps server cleanup strictly after client-side expiry.
+- Connection failures are retried a bounded number of times with exponential backoff (redis-py
+  `Retry`), then raise UNAVAILABLE. Claims, takes and clears carry a nonce, so a retry after a
+  lost reply returns the first result instead of applying the operation twice.
+- No KEYS and no SCAN: each namespace has its own sorted sets, and a small registry of
+  plugins and their namespaces lets `sweep` reach every namespace.
+Redis Cluster is not supported (scripts touch keys of several namespaces of one plugin).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from . import _redis_lua as lua
+from ._backend import Limits, Row
+from ._errors import StateStoreError
+from ._settings import SCHEMA_VERSION, StoreSettings
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RedisOptions:
+    """Redis-only knobs, read from the URL query (`?prefix=...&retries=...`)."""
+
+    prefix: str = "chatstate"  # every key starts with "{prefix}:"; one prefix per project
+    retries: int = 3  # extra attempts after a connection error, then UNAVAILABLE
+    backoff_base_s: float = 0.05  # first retry waits this long, doubling each time ...
+    backoff_cap_s: float = 0.5  # ... up to this
+    socket_connect_timeout_s: float = 1.0
+    socket_timeout_s: float = 5.0
+    expiry_grace_ms: int = 60_000  # server-side cleanup runs this long after client-side expiry
+    op_result_ttl_ms: int = 60_000  # how long a claim/take result is kept for a retried call
+
+    @classmethod
+    def from_query(cls, query: dict[str, str]) -> RedisOptions:
+        """Raises INVALID_INPUT for an unknown option or a malformed number."""
+        kinds = {name: type(value) for name, value in cls().__dict__.items()}
+        values: dict[str, object] = {}
+        for name, text in query.items():
+            if name not in kinds:
+                raise StateStoreError("INVALID_INPUT", "open", f"unknown Redis URL option {name!r}")
+            try:
+                values[name] = kinds[name](text)
+            except ValueError:
+                raise StateStoreError("INVALID_INPUT", "open", f"Redis URL option {name!r} is malformed") from None
+        options = cls(**values)  # type: ignore[arg-type]
+        if not options.prefix or any(c in options.prefix for c in "{} \n"):
+            raise StateStoreError("INVALID_INPUT", "open", "Redis URL option 'prefix' must be a non-empty word")
+        if options.retries < 0 or options.expiry_grace_ms < 0 or options.op_result_ttl_ms < 1:
+            raise StateStoreError("INVALID_INPUT", "open", "Redis URL options must not be negative")
+        return options
+
+
+def split_url(url: str) -> tuple[str, RedisOptions, str]:
+    """Return (url for redis-py, our options, location without credentials)."""
+    parts = urlsplit(url)
+    ours = {f for f in RedisOptions.__dataclass_fields__}
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    options = RedisOptions.from_query({k: v for k, v in query if k in ours})
+    theirs = [(k, v) for k, v in query if k not in ours]
+    client_url = urlunsplit(parts._replace(query=urlencode(theirs)))
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    shown = [(k, v) for k, v in query if k not in ("password", "username")]
+    location = urlunsplit(parts._replace(netloc=netloc, query=urlencode(shown), fragment=""))
+    return client_url, options, location
+
+
+class RedisBackend:
+    """One Redis database as seen by this process; share it between stores via `acquire`."""
+
+    def __init__(self, url: str, settings: StoreSettings) -> None:
+        client_url, self.options, self.location = split_url(url)
+        self.settings = settings
+        self._prefix = f"{self.options.prefix}:"
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closed = False
+        opts = self.options
+        try:
+            self._client = redis.Redis.from_url(
+                client_url,
+                decode_responses=True,
+                socket_connect_timeout=opts.socket_connect_timeout_s,
+                socket_timeout=opts.socket_timeout_s,
+                retry=Retry(ExponentialBackoff(cap=opts.backoff_cap_s, base=opts.backoff_base_s), opts.retries),
+            )
+        except ValueError as exc:
+            raise StateStoreError("INVALID_INPUT", "open", f"bad Redis URL ({exc})", path=self.location) from None
+        self._write = self._client.register_script(lua.WRITE)
+        self._take = self._client.register_script(lua.TAKE)
+        self._clear = self._client.register_script(lua.CLEAR)
+        self._scan = self._client.register_script(lua.SCAN)
+        self._sweep = self._client.register_script(lua.SWEEP)
+        self._open_schema()
+
+    # -- key names ----------------------------------------------------------------------
+    def _plugin(self, plugin_id: str) -> str:
+        return quote(plugin_id, safe="")  # ':' and '{' escaped: names stay unambiguous
+
+    def _ns_prefix(self, plugin_id: str) -> str:
+        return f"{self._prefix}p:{self._plugin(plugin_id)}:n:"
+
+    def _ns(self, plugin_id: str, namespace: str) -> tuple[str, str, str]:
+        """(row key prefix, order zset, expiry zset) of one namespace."""
+        base = self._ns_prefix(plugin_id) + namespace
+        return f"{base}:r:", f"{base}:order", f"{base}:exp"
+
+    def _namespaces_key(self, plugin_id: str) -> str:
+        return f"{self._prefix}p:{self._plugin(plugin_id)}:namespaces"
+
+    @property
+    def _plugins_key(self) -> str:
+        return f"{self._prefix}plugins"
+
+    def _op_key(self) -> str:
+        return f"{self._prefix}op:{uuid.uuid4().hex}"
+
+    # -- shared machinery ---------------------------------------------------------------
+    @contextmanager
+    def _translate(self, op: str) -> Iterator[None]:
+        """Turn redis-py errors into StateStoreError where they happen; retries are behind us."""
+        if self._closed:
+            raise StateStoreError("UNAVAILABLE", op, "the store is closed", path=self.location)
+        try:
+            yield
+        except StateStoreError:
+            raise
+        except redis.AuthenticationError:
+            raise StateStoreError("OPEN_FAILED", op, "Redis refused the credentials", path=self.location) from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StateStoreError(
+                "UNAVAILABLE", op, f"Redis unreachable after {self.options.retries} retries ({type(exc).__name__})",
+                path=self.location,
+            ) from None
+        except redis.ResponseError as exc:
+            text = str(exc)
+            code = "CORRUPT" if text.startswith("WRONGTYPE") else (
+                "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in ("lookup", "entries") else "WRITE_FAILED"
+            )
+            raise StateStoreError(code, op, f"Redis said: {text.splitlines()[0][:200]}", path=self.location) from None
+        except redis.RedisError as exc:
+            raise StateStoreError("UNAVAILABLE", op, f"Redis client failed ({type(exc).__name__})",
+                                  path=self.location) from None
+
+    def _call(self, op: str, fn: Callable[[], T]) -> T:
+        with self._translate(op):
+            return fn()
+
+    def _open_schema(self) -> None:
+        """Mark this prefix with our schema version; refuse a newer one (SCHEMA_UNSUPPORTED)."""
+        version = self.schema_version("open", create=True)
+        if version > SCHEMA_VERSION:
+            raise StateStoreError(
+                "SCHEMA_UNSUPPORTED", "open",
+                f"schema version {version} is newer than {SCHEMA_VERSION}, the newest this code knows",
+                path=self.location,
+            )
+
+    def schema_version(self, op: str = "probe", *, create: bool = False) -> int:
+        key = f"{self._prefix}schema"
+
+        def run() -> int:
+            if create:
+                self._client.set(key, SCHEMA_VERSION, nx=True)
+            text = self._client.get(key)
+            return int(text) if text is not None else 0
+
+        try:
+            return self._call(op, run)
+        except ValueError:
+            raise StateStoreError("CORRUPT", op, "the schema marker is not a number", path=self.location) from None
+
+    # -- operations ---------------------------------------------------------------------
+    def write(
+        self,
+        plugin_id: str,
+        namespace: str,
+        key: str,
+        value: str,
+        *,
+        now_ms: int,
+        expires_at: int | None,
+        limits: Limits,
+        if_absent: bool,
+    ) -> bool:
+        op = "register_if_absent" if if_absent else "register"
+        rows, order, exp = self._ns(plugin_id, namespace)
+        pexpire = "" if expires_at is None else str(max(expires_at - now_ms, 1) + self.options.expiry_grace_ms)
+        ceiling = self.settings.plugin_max_live_rows
+        keys = [rows + key, order, exp, self._namespaces_key(plugin_id), self._plugins_key,
+                self._op_key() if if_absent else ""]  # an upsert is idempotent: no retry cache
+        args = [key, value, now_ms, "" if expires_at is None else expires_at, pexpire, limits.max_entries,
+                limits.overflow, ceiling, "1" if if_absent else "0", self._ns_prefix(plugin_id), namespace,
+                self._plugin(plugin_id), self.options.op_result_ttl_ms]
+        result = self._call(op, lambda: self._write(keys=keys, args=args))
+        if result == "NS_FULL":
+            raise StateStoreError("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {limits.max_entries} live rows",
+                                  path=self.location)
+        if result.startswith("PLUGIN_FULL:"):
+            raise StateStoreError(
+                "LIMIT_EXCEEDED", op,
+                f"plugin would hold {result.split(':', 1)[1]} live rows across namespaces; the per-plugin limit is {ceiling}",
+                path=self.location,
+            )
+        return result == "1"
+
+    def read(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None:
+        rows, _, _ = self._ns(plugin_id, namespace)
+        value, created, expires = self._call("lookup", lambda: self._client.hmget(rows + key, "v", "c", "e"))
+        return _live_row(key, value, created, expires, now_ms)
+
+    def _take_row(self, op: str, plugin_id: str, namespace: str, key: str, now_ms: int) -> Row | None:
+        rows, order, exp = self._ns(plugin_id, namespace)
+        keys = [rows + key, order, exp, self._op_key()]
+        text = self._call(op, lambda: self._take(keys=keys, args=[key, self.options.op_result_ttl_ms]))
+        if not text:
+            return None
+        created, expires, value = text.split(":", 2)
+        return _live_row(key, value, created, expires, now_ms)  # an expired row is gone either way
+
+    def take(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None:
+        return self._take_row("consume", plugin_id, namespace, key, now_ms)
+
+    def remove(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> bool:
+        return self._take_row("delete", plugin_id, namespace, key, now_ms) is not None
+
+    def remove_all(self, plugin_id: str, namespace: str, *, now_ms: int) -> int:
+        _, order, exp = self._ns(plugin_id, namespace)
+        keys = [order, exp, self._namespaces_key(plugin_id), self._op_key()]
+        args = [now_ms, self._ns_prefix(plugin_id), namespace, self.options.op_result_ttl_ms]
+        return int(self._call("clear", lambda: self._clear(keys=keys, args=args)))
+
+    def scan(self, plugin_id: str, namespace: str, *, now_ms: int) -> list[Row]:
+        rows, order, _ = self._ns(plugin_id, namespace)
+        flat = self._call("entries", lambda: self._scan(keys=[order], args=[now_ms, rows]))
+        return [
+            Row(flat[i], flat[i + 1], int(flat[i + 2]), int(flat[i + 3]) if flat[i + 3] else None)
+            for i in range(0, len(flat), 4)
+        ]
+
+    def sweep(self, *, now_ms: int) -> int:
+        """Drop expired rows and their index entries, namespace by namespace, in batches."""
+        batch = self.settings.sweep_batch_rows
+        removed = 0
+        for plugin in self._call("sweep", lambda: self._client.smembers(self._plugins_key)):
+            plugin_id = unquote(plugin)
+            ns_key = self._namespaces_key(plugin_id)
+            for namespace in self._call("sweep", lambda: self._client.smembers(ns_key)):
+                _, order, _ = self._ns(plugin_id, namespace)
+                keys = [order, ns_key, self._plugins_key]
+                args = [now_ms, self._ns_prefix(plugin_id), namespace, batch, plugin]
+                while True:
+                    n = int(self._call("sweep", lambda: self._sweep(keys=keys, args=args)))
+                    removed += n
+                    if n < batch:
+                        break
+        return removed
+
+    def checkpoint(self, op: str = "close") -> None:
+        """Nothing to fold back (Redis persists on its own); a PING proves the server answers."""
+        self._call(op, self._client.ping)
+
+    # -- users and closing ----------------------------------------------------------------
+    def acquire(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> bool:
+        """Drop one user; the last one closes the connection pool. True = closed."""
+        with self._lock:
+            self._users -= 1
+            if self._users > 0:
+                return False
+            self._closed = True
+        self._client.close()
+        return True
+
+
+def _live_row(key: str, value: str | None, created: str | None, expires: str | None, now_ms: int) -> Row | None:
+    if value is None or created is None:
+        return None
+    expires_at = int(expires) if expires else None
+    if expires_at is not None and expires_at <= now_ms:
+        return None
+    return Row(key, value, int(created), expires_at)
+

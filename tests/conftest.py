@@ -1,0 +1,34 @@
+"""Project-wide fixtures. Only `redis_url` lives here: the state contract suite and the
+multi-gateway tests share one throwaway redis-server per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from redis_support import RedisServer
+
+REDIS_URL_ENV = "CHATSTATE_TEST_REDIS_URL"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis URL reserved for tests: $CHATSTATE_TEST_REDIS_URL, else our own redis-server.
+
+    Fails (never skips) when neither is available: a missing server must fail CI.
+    """
+    env = os.environ.get(REDIS_URL_ENV)
+    if env:
+        yield env
+        return
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server.url
+    finally:
+        server.stop()

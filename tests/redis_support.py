@@ -1,0 +1,87 @@
+"""A throwaway redis-server for tests: loopback only, free port, every file inside the test dir.
+
+`KEYS` is renamed away in every server we start, so a backend that reached for it would fail
+the tests instead of quietly scanning a production keyspace.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+START_DEADLINE_S = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server process; `restart()` keeps the port so clients can reconnect."""
+
+    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is not installed: `apt-get install -y redis-server`, "
+                "or set CHATSTATE_TEST_REDIS_URL to a server reserved for tests"
+            )
+        self.binary = binary
+        self.workdir = workdir
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start and wait until PING answers. Raises RuntimeError with the log tail otherwise."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.workdir / "redis.log"
+        self.proc = subprocess.Popen(
+            [
+                self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir),
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
+                "--rename-command", "KEYS", "", "--logfile", str(log), "--daemonize", "no",
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + START_DEADLINE_S
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    tail = log.read_text()[-2000:] if log.exists() else ""
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}:\n{tail}")
+                try:
+                    if client.ping():
+                        return
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not answer PING within {START_DEADLINE_S} s")
+                time.sleep(0.02)  # polling a starting server's port with a deadline
+        finally:
+            client.close()
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (Redis flushes its append-only file) or SIGKILL; wait for the exit."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill() if kill else self.proc.terminate()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def restart(self, *, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()

@@ -21,7 +21,7 @@ from state import KeyedStore, StoreSettings, open_keyed_store
 from state_support import FakeClock, rows_in
 
 REDIS_URL_ENV = "CHATSTATE_TEST_REDIS_URL"
-BACKENDS = ["sqlite"] + (["redis"] if os.environ.get(REDIS_URL_ENV) else [])
+BACKENDS = ["sqlite", "redis"]  # redis: $CHATSTATE_TEST_REDIS_URL, else tests/conftest.py starts one
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def target(request: pytest.FixtureRequest, state_home: Path) -> dict[str, Any]:
         return {"path": str(state_home)}
     import redis
 
-    url = os.environ[REDIS_URL_ENV]
+    url = request.getfixturevalue("redis_url")
     client = redis.Redis.from_url(url)
     client.flushdb()
     client.close()

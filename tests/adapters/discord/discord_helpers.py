@@ -1,0 +1,40 @@
+"""Read the Discord registries straight from the gateway's SQLite file (read-only), so tests
+check what is on disk rather than what the adapter says."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+COMPONENTS = "discord.components"
+MODALS = "discord.modals"
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    value: Any
+    created_at: int
+    expires_at: int | None
+
+
+def rows(db: Path, namespace: str) -> dict[str, Row]:
+    """Every row (live or expired) the discord plugin has in `namespace`."""
+    if not db.exists():
+        return {}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        found = con.execute(
+            "SELECT key, value, created_at, expires_at FROM entries WHERE plugin_id = 'discord' AND namespace = ?",
+            (namespace,),
+        ).fetchall()
+    finally:
+        con.close()
+    return {k: Row(k, json.loads(v), c, e) for k, v, c, e in found}
+
+
+def custom_ids(message: dict[str, Any]) -> set[str]:
+    return {c["custom_id"] for row in message["components"] for c in row["components"]}

@@ -10,7 +10,8 @@ from typing import Any
 from ._errors import StateStoreError
 from ._settings import MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, MAX_VALUE_BYTES, MAX_VALUE_DEPTH
 
-NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9._-]*", re.IGNORECASE)
+# re.ASCII: under Unicode case folding [a-z] also matches U+212A (Kelvin) and U+017F (long s).
+NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9._-]*", re.IGNORECASE | re.ASCII)
 MAX_PLUGIN_ID_BYTES = 128
 MAX_TTL_MS = 2**53 - 1  # keeps now + ttl inside SQLite's and Lua's exact integer range
 OVERFLOW_POLICIES = ("evict-oldest", "reject-new")
@@ -98,7 +99,10 @@ def serialize_value(value: object, op: str) -> str:
     keys, NaN/inf, lone surrogates) and LIMIT_EXCEEDED past the depth or size limit.
     """
     _check_shape(value, op)
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # an int past Python's 4,300-digit str limit: it could never be read back
+        raise StateStoreError("INVALID_INPUT", op, "value contains an integer too large to serialize") from None
     size = _utf8_len(text, "value", op)
     if size > MAX_VALUE_BYTES:
         raise StateStoreError(

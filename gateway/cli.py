@@ -200,14 +200,14 @@ def stop_gateway(state_dir: Path, *, timeout_s: float) -> int:
     """SIGTERM the gateway running on `state_dir`, SIGKILL it after `timeout_s`; 0 once gone."""
     info = running_info(state_dir)
     if info is None:
-        print("gateway: not running")
+        print("gateway: not running", file=sys.stderr)
         return OK
     pid = info.get("pid")
     if not isinstance(pid, int):
         raise GatewayExit(FAILED, f"a gateway holds {state_dir} but its pid file is unreadable")
     os.kill(pid, signal.SIGTERM)
     if _wait_exit(pid, timeout_s):
-        print(f"gateway: stopped (pid {pid})")
+        print(f"gateway: stopped (pid {pid})", file=sys.stderr)
         return OK
     os.kill(pid, signal.SIGKILL)
     _wait_exit(pid, 10.0)

@@ -121,10 +121,13 @@ def parse_config(
     for name, table in (("gateway", gw), ("state", st)):
         _no_unknown(table, _SECTIONS[name], name + ".")
 
-    host = host if host is not None else _get(gw, "gateway.host", str, DEFAULT_HOST)
+    # the file's values are checked even when the command line overrides them
+    file_host = _get(gw, "gateway.host", str, DEFAULT_HOST)
+    file_port = _get(gw, "gateway.port", int, DEFAULT_PORT)
+    host = host if host is not None else file_host
+    port = port if port is not None else file_port
     if not host:
         raise ConfigError("gateway.host", "must not be empty")
-    port = port if port is not None else _get(gw, "gateway.port", int, DEFAULT_PORT)
     if not 0 <= port <= 65535:
         raise ConfigError("gateway.port", f"must be 0..65535, got {port}")
     drain = _number(gw, "gateway.drain_timeout_s", DEFAULT_DRAIN_TIMEOUT_S, minimum=0.0)

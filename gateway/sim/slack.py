@@ -68,7 +68,10 @@ class SlackSimulator(SimulatorServer):
         self._ts = itertools.count(1)
         self._event_ids = itertools.count(1)
         self._epoch = int(time.time())
-        self.hold_posts: asyncio.Event | None = None  # set: chat.postMessage waits for it
+        # Fault knobs for tests: `hold_posts` makes chat.postMessage wait until the event is
+        # set; `fail_posts` makes it answer ok=false without posting (Slack never saw it).
+        self.hold_posts: asyncio.Event | None = None
+        self.fail_posts = False
         self.post_arrived = asyncio.Event()  # set when a chat.postMessage reaches the simulator
 
     # -- SimulatorServer ------------------------------------------------------------------
@@ -105,8 +108,9 @@ class SlackSimulator(SimulatorServer):
             return web.json_response({"ok": False, "error": "channel_not_found"})
         self.post_arrived.set()
         if self.hold_posts is not None:
-            await self.hold_posts.wait()  # a test kills the gateway meanwhile: never delivered
-            return web.json_response({"ok": False, "error": "request_timeout"})
+            await self.hold_posts.wait()
+        if self.fail_posts:
+            return web.json_response({"ok": False, "error": "fatal_error"})
         ts = self.next_ts()
         message = {"type": "message", "user": self.bot_user_id, "bot_id": self.bot_id,
                    "text": args.get("text", ""), "ts": ts, "thread_ts": args.get("thread_ts"),

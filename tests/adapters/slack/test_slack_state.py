@@ -1,0 +1,114 @@
+"""What the adapter keeps, over a real SQLite file and a controlled clock: participation that
+survives a restart without its window growing, and the event ledger's lease and done mark."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from adapters.common import AdapterState
+from adapters.slack.settings import SlackSettings
+from adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
+from slack_helpers import FakeRuntime
+
+TTL_MS = 10_000
+LEASE_MS = 1_000
+SETTINGS = SlackSettings(signing_secret="s", bot_token="t", thread_ttl_ms=TTL_MS)
+THREAD = ThreadRef("T1", "default", "C1", "1700000000.000100")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def runtimes(tmp_path: Path, clock: Clock) -> AsyncIterator[list[FakeRuntime]]:
+    made: list[FakeRuntime] = []
+    yield made
+    for rt in made:
+        await rt.close()
+
+
+async def participation(rt: FakeRuntime, clock: Clock) -> ThreadParticipation:
+    st = AdapterState(thread_spec(SETTINGS), legacy=rt.legacy, clock=clock)
+    await st.open(rt)
+    return ThreadParticipation(st, clock=clock)
+
+
+async def ledger(rt: FakeRuntime, clock: Clock) -> EventLedger:
+    st = AdapterState(events_spec(SETTINGS), legacy=rt.legacy, clock=clock)
+    await st.open(rt)
+    return EventLedger(st, lease_ms=LEASE_MS, clock=clock)
+
+
+def new_runtime(runtimes: list[FakeRuntime], tmp_path: Path, clock: Clock, *, legacy: bool = False) -> FakeRuntime:
+    rt = FakeRuntime(tmp_path / "state.sqlite", legacy=legacy, clock=clock)
+    runtimes.append(rt)
+    return rt
+
+
+async def test_participation_survives_restart_and_keeps_its_window(
+    runtimes: list[FakeRuntime], tmp_path: Path, clock: Clock
+) -> None:
+    before = await participation(new_runtime(runtimes, tmp_path, clock), clock)
+    await before.record_reply(THREAD, agent_id="main")
+    replied_at = clock.now
+
+    clock.now += TTL_MS - 10  # "restart" late in the window: a fresh process, empty memory
+    after = await participation(new_runtime(runtimes, tmp_path, clock), clock)
+    assert await after.replied_in(THREAD) == {"agent_id": "main", "replied_at": replied_at}
+    assert after.state.memory.get(THREAD.key).expires_at == replied_at + TTL_MS  # stored expiry kept
+
+    clock.now += 20  # past replied_at + TTL: the cached hit must not have restarted the window
+    assert await after.replied_in(THREAD) is None
+
+
+async def test_legacy_twin_forgets_on_restart(runtimes: list[FakeRuntime], tmp_path: Path, clock: Clock) -> None:
+    before = await participation(new_runtime(runtimes, tmp_path, clock, legacy=True), clock)
+    await before.record_reply(THREAD, agent_id="main")
+    assert await before.replied_in(THREAD) is not None
+    after = await participation(new_runtime(runtimes, tmp_path, clock, legacy=True), clock)
+    assert await after.replied_in(THREAD) is None
+
+
+async def test_thread_key_is_the_documented_shape() -> None:
+    assert THREAD.key == "T1:default:C1:1700000000.000100"
+
+
+async def test_event_lease_then_done(runtimes: list[FakeRuntime], tmp_path: Path, clock: Clock) -> None:
+    first = await ledger(new_runtime(runtimes, tmp_path, clock), clock)
+    key = EventLedger.key("T1", "Ev1")
+    assert key == "T1:Ev1"
+    assert await first.claim(key, received_at=clock.now)
+    assert not await first.claim(key, received_at=clock.now)  # a live lease holds it
+    assert not await first.is_done(key)
+
+    # a process that died holding the lease: after the lease, a new process takes the event
+    clock.now += LEASE_MS + 1
+    second = await ledger(new_runtime(runtimes, tmp_path, clock), clock)
+    assert await second.claim(key, received_at=clock.now)
+    await second.mark_done(key, received_at=clock.now)
+
+    clock.now += LEASE_MS * 10  # the done mark lives for the namespace's 1 h, not the lease
+    third = await ledger(new_runtime(runtimes, tmp_path, clock), clock)
+    assert await third.is_done(key)
+    assert not await third.claim(key, received_at=clock.now)
+
+
+async def test_released_lease_can_be_claimed_again(runtimes: list[FakeRuntime], tmp_path: Path, clock: Clock) -> None:
+    events = await ledger(new_runtime(runtimes, tmp_path, clock), clock)
+    key = EventLedger.key("T1", "Ev2")
+    assert await events.claim(key, received_at=clock.now)
+    await events.release(key)
+    assert await events.claim(key, received_at=clock.now)

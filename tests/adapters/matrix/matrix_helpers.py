@@ -1,0 +1,90 @@
+"""Drive the homeserver simulator like a Matrix user would, and read the gateway's SQLite file
+(read-only) so tests check what is on disk rather than what the adapter says."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapters.matrix import platform
+from gateway.sim.matrix import SERVER_NAME, MatrixHomeserver
+
+ROOM = f"!ops:{SERVER_NAME}"
+ALICE = f"@alice:{SERVER_NAME}"  # an approver
+BOB = f"@bob:{SERVER_NAME}"  # an approver
+MALLORY = f"@mallory:{SERVER_NAME}"  # a room member, not an approver
+REACTIONS = "matrix.approval-reactions"
+SYNC = "matrix.sync"
+PENDING = "pending"  # core:approvals
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    value: Any
+    created_at: int
+    expires_at: int | None
+
+
+def rows(db: Path, plugin_id: str, namespace: str) -> dict[str, Row]:
+    """Live rows of (plugin_id, namespace) in the gateway's database."""
+    if not db.exists():
+        return {}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        found = con.execute(
+            "SELECT key, value, created_at, expires_at FROM entries"
+            " WHERE plugin_id = ? AND namespace = ? AND (expires_at IS NULL OR expires_at > ?)",
+            (plugin_id, namespace, time.time_ns() // 1_000_000),
+        ).fetchall()
+    finally:
+        con.close()
+    return {k: Row(k, json.loads(v), c, e) for k, v, c, e in found}
+
+
+def prompts(sim: MatrixHomeserver) -> list[dict[str, Any]]:
+    """Prompts the bot posted (first delivery of each txn)."""
+    return [s for s in sim.sent("m.room.message") if "expires_at" in s["content"].get(platform.APPROVAL_FIELD, {})]
+
+
+def outcomes(sim: MatrixHomeserver) -> list[dict[str, Any]]:
+    return [s for s in sim.sent("m.room.message") if "decision" in s["content"].get(platform.APPROVAL_FIELD, {})]
+
+
+def expired_notices(sim: MatrixHomeserver) -> list[dict[str, Any]]:
+    return [s for s in sim.sent("m.room.message") if s["content"]["body"] == platform.EXPIRED_TEXT]
+
+
+def seeds(sim: MatrixHomeserver, prompt_id: str) -> list[str]:
+    """Reaction keys the bot seeded on `prompt_id`, in order."""
+    return [
+        s["content"]["m.relates_to"]["key"] for s in sim.sent("m.reaction")
+        if s["content"]["m.relates_to"]["event_id"] == prompt_id
+    ]
+
+
+async def request(sim: MatrixHomeserver, action: str, *, command: str = "!approve", sender: str = ALICE) -> dict[str, Any]:
+    """Ask for an approval and wait until its prompt is posted and every reaction seeded.
+
+    Returns the prompt as sent. Also serves as a barrier: the bot handles events in order, so
+    once this prompt is complete every earlier event has been handled.
+    """
+    request_id = await sim.send_message(ROOM, sender, f"{command} {action}")
+    approval_id = platform.approval_id(ROOM, request_id)
+    wanted = len(platform.COMMANDS[command])
+
+    def complete(_: object) -> bool:
+        mine = [p for p in prompts(sim) if p["content"][platform.APPROVAL_FIELD]["id"] == approval_id]
+        return bool(mine) and len(seeds(sim, mine[0]["event_id"])) == wanted
+
+    await sim.wait_for(complete)
+    return next(p for p in prompts(sim) if p["content"][platform.APPROVAL_FIELD]["id"] == approval_id)
+
+
+async def barrier(sim: MatrixHomeserver) -> None:
+    """Wait until the bot has handled every event injected so far."""
+    await request(sim, f"barrier {len(sim.events)}")

@@ -1,0 +1,85 @@
+"""A fifth adapter in under 100 lines: first-ack-wins alerts for a made-up webhook platform.
+
+The platform POSTs `{"alert_id": "...", "user": "..."}` to /toy/ack, signed with HMAC-SHA256 in
+`X-Toy-Signature: sha256=<hex>`. The first ack of an alert wins; a later ack, even after a
+gateway restart, is told who acked first. Run it as an external plugin:
+
+    external_plugins = ["toy_adapter:ToyPlugin"]   # with docs/examples on PYTHONPATH
+    trusted_plugins = ["toy"]                      # external plugins need this for a store
+    [adapters.toy]
+    secret = "..."
+
+It follows docs/migrating-an-adapter.md step by step; the numbered comments point there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from adapters.common import AdapterState, StateSpec
+from gateway.plugin import Plugin, PluginRuntime, Route
+
+# 1. Choose namespace, key, value, TTL and cap: one row per alert, kept a day.
+ACKS = StateSpec(namespace="toy.acks", ttl_ms=24 * 3600 * 1000, max_entries=1_000)
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The platform's signature over the raw body (the simulator and tests use it too)."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class ToyPlugin(Plugin):
+    """First-ack-wins alert acknowledgements that survive a restart."""
+
+    id = "toy"
+
+    def __init__(self) -> None:
+        self._secret = ""
+        self._acks: AdapterState | None = None
+
+    def routes(self) -> Sequence[Route]:
+        return (Route("POST", "/toy/ack", self._ack),)
+
+    async def start(self, runtime: PluginRuntime) -> None:
+        """Open the ack store (memory only in legacy mode). Raises ValueError without a secret."""
+        self._secret = str(runtime.config.get("secret") or "")
+        if not self._secret:
+            raise ValueError("adapters.toy.secret: required")
+        # 5. Legacy mode is the same class with memory only: the "before" for comparisons.
+        self._acks = AdapterState(ACKS, legacy=runtime.legacy)
+        await self._acks.open(runtime)
+
+    async def stop(self) -> None:
+        if self._acks is not None:
+            await self._acks.close()
+
+    def health(self) -> dict[str, Any]:
+        # 4. A store failure degrades to memory; /healthz shows it until the store is back.
+        info = self._acks.health() if self._acks else {"mode": "stopped"}
+        return {"status": "degraded" if info["mode"] == "degraded" else "ok", **info}
+
+    async def _ack(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        # Verify before anything else: a bad signature never reads or writes state.
+        if not hmac.compare_digest(request.headers.get("X-Toy-Signature", ""), sign(self._secret, body)):
+            raise web.HTTPUnauthorized(text="bad signature")
+        try:
+            event = json.loads(body)
+            alert_id, user = str(event["alert_id"]), str(event["user"])
+        except (ValueError, KeyError, TypeError):
+            raise web.HTTPBadRequest(text='expected {"alert_id": ..., "user": ...}') from None
+        assert self._acks is not None
+        # 2. One function records, and 3. the write is awaited before we answer: a SIGKILL
+        # right after this response loses nothing. The claim is atomic across processes.
+        won = await self._acks.claim(alert_id, {"user": user, "acked_at": int(time.time() * 1000)})
+        if won:
+            return web.json_response({"alert_id": alert_id, "acked_by": user, "first": True})
+        first = await self._acks.get(alert_id)  # read-through keeps the stored expiry
+        return web.json_response({"alert_id": alert_id, "acked_by": (first or {}).get("user"), "first": False})

@@ -103,10 +103,13 @@ async def test_unauthorised_user_is_refused_and_the_entry_stays(sim: DiscordSimu
     assert submitted.content.endswith("feedback received: fine")
 
 
+@pytest.mark.parametrize("cache", ["warm", "cold"])
 async def test_fifty_concurrent_clicks_on_a_single_use_button_one_wins(
-    sim: DiscordSimulator, gw: GatewayHarness
+    sim: DiscordSimulator, gw: GatewayHarness, cache: str
 ) -> None:
     message = await sim.post_panel()
+    if cache == "cold":  # after a restart every click has to go to the store
+        await gw.restart("kill")
     users = [str(1_100_000_000_000_001_000 + i) for i in range(50)]
     replies = await sim.click_many(message, "Approve", user_ids=users)
 

@@ -1,0 +1,108 @@
+"""The registries over a real SQLite file, through a small runtime like the gateway's; and the
+panel's entries, which must match what discord.py serializes onto the message."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+
+import state
+from adapters.discord import ui
+from adapters.discord.registry import COMPONENTS, MODALS, Registries, unwrap, wrap
+
+
+class FileRuntime:
+    """The part of `gateway.plugin.PluginRuntime` the registries use, over one SQLite file."""
+
+    plugin_id = "discord"
+
+    def __init__(self, db: Path, *, legacy: bool = False) -> None:
+        self.db = db
+        self.legacy = legacy
+        self.config: dict[str, Any] = {}
+        self.log = logging.LoggerAdapter(logging.getLogger("test.discord"), {})
+
+    async def open_keyed_store(self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None,
+                               overflow: str = "evict-oldest") -> state.AsyncKeyedStore:
+        return await state.open_async_keyed_store(
+            self.plugin_id, namespace, max_entries=max_entries, default_ttl_ms=default_ttl_ms,
+            overflow=overflow, path=self.db,
+        )
+
+
+def test_specs_are_the_design_table() -> None:
+    assert (COMPONENTS.namespace, COMPONENTS.ttl_ms, COMPONENTS.max_entries) == ("discord.components", 1_800_000, 500)
+    assert (MODALS.namespace, MODALS.ttl_ms, MODALS.max_entries) == ("discord.modals", 1_800_000, 500)
+
+
+def test_values_carry_a_version_and_other_versions_read_as_expired() -> None:
+    entry = {"action": "x"}
+    assert wrap(entry) == {"version": 1, "entry": entry}  # type: ignore[arg-type]
+    assert unwrap(wrap(entry)) == entry  # type: ignore[arg-type]
+    for old in ({"version": 2, "entry": entry}, entry, None, {"version": 1, "entry": "x"}):
+        assert unwrap(old) is None
+
+
+async def test_panel_entries_match_what_discord_py_serializes() -> None:
+    panel = ui.build_panel(allowed_user_ids=["42"])
+    serialized = [c for row in panel.view.to_components() for c in row["components"]]
+    assert {c["custom_id"] for c in serialized} == set(panel.components)
+    for c in serialized:
+        entry = panel.components[c["custom_id"]]
+        assert entry["component_type"] == c["type"]
+        assert entry["allowed_user_ids"] == ["42"]
+    kinds = {e["action"]: (discord.ComponentType(e["component_type"]), e["single_use"]) for e in panel.components.values()}
+    assert kinds == {
+        "refresh": (discord.ComponentType.button, False),
+        "approve": (discord.ComponentType.button, True),
+        "colour": (discord.ComponentType.string_select, False),
+        "feedback": (discord.ComponentType.button, False),
+    }
+    trigger = next(e for e in panel.components.values() if e["action"] == "feedback")
+    assert set(panel.modals) == {trigger["modal_id"]}
+    assert all(len(cid) <= 100 for cid in panel.custom_ids)  # Discord's custom_id limit
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+async def test_entries_survive_reopening_only_in_store_mode(tmp_path: Path, legacy: bool) -> None:
+    db = tmp_path / "state.sqlite"
+    panel = ui.build_panel(allowed_user_ids=[])
+    first = Registries(legacy=legacy, ttl_ms=60_000)
+    await first.open(FileRuntime(db, legacy=legacy))
+    await first.remember(panel.components, panel.modals)
+    approve = next(cid for cid, e in panel.components.items() if e["action"] == "approve")
+    assert (await first.peek_component(approve)) == panel.components[approve]
+    await first.close()
+
+    second = Registries(legacy=legacy, ttl_ms=60_000)  # a new process, same file
+    await second.open(FileRuntime(db, legacy=legacy))
+    try:
+        if legacy:
+            assert await second.peek_component(approve) is None
+            assert not db.exists()
+        else:
+            assert await second.peek_component(approve) == panel.components[approve]
+            assert await second.take_component(approve) == panel.components[approve]
+            assert await second.take_component(approve) is None
+            assert await second.peek_component(approve) is None
+    finally:
+        await second.close()
+
+
+async def test_forget_removes_every_entry_of_an_unsent_message(tmp_path: Path) -> None:
+    panel = ui.build_panel(allowed_user_ids=[])
+    registries = Registries(legacy=False)
+    await registries.open(FileRuntime(tmp_path / "state.sqlite"))
+    try:
+        await registries.remember(panel.components, panel.modals)
+        await registries.forget(panel.custom_ids)
+        for cid in panel.components:
+            assert await registries.peek_component(cid) is None
+        for cid in panel.modals:
+            assert await registries.peek_modal(cid) is None
+    finally:
+        await registries.close()

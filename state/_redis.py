@@ -120,7 +120,12 @@ class RedisBackend:
         self._clear = self._client.register_script(lua.CLEAR)
         self._scan = self._client.register_script(lua.SCAN)
         self._sweep = self._client.register_script(lua.SWEEP)
-        self._open_schema()
+        try:
+            self._open_schema()  # also the first connection: redis-py reads its URL options here
+        except TypeError:
+            self._client.close()
+            raise StateStoreError("INVALID_INPUT", "open", "the Redis URL has an option neither we nor redis-py know",
+                                  path=self.location) from None
 
     # -- key names ----------------------------------------------------------------------
     def _plugin(self, plugin_id: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -85,3 +86,81 @@ class RedisServer:
     def restart(self, *, kill: bool = False) -> None:
         self.stop(kill=kill)
         self.start()
+
+
+def with_prefix(url: str, prefix: str) -> str:
+    """`url` with our `prefix=` option added: a private keyspace on a shared test server."""
+    return f"{url}{'&' if '?' in url else '?'}prefix={prefix}"
+
+
+class ReplyDroppingProxy:
+    """A TCP proxy to Redis that, once armed, lets one EVALSHA through and then drops the
+    connection before its reply reaches the client: the lost-reply case a retry must survive."""
+
+    def __init__(self, port: int) -> None:
+        self._target = ("127.0.0.1", port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._armed = threading.Event()
+        self.dropped = threading.Event()  # set once a reply has been thrown away
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def arm(self) -> None:
+        self.dropped.clear()
+        self._armed.set()
+
+    def close(self) -> None:
+        for s in [self._listener, *self._sockets]:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self._target)
+            self._sockets += [client, server]
+            victim = threading.Event()  # this connection carries the doomed request
+            threading.Thread(target=self._upstream, args=(client, server, victim), daemon=True).start()
+            threading.Thread(target=self._downstream, args=(server, client, victim), daemon=True).start()
+
+    def _upstream(self, client: socket.socket, server: socket.socket, victim: threading.Event) -> None:
+        while data := _recv(client):
+            if self._armed.is_set() and b"EVALSHA" in data.upper():
+                self._armed.clear()
+                victim.set()  # marked before forwarding, so the reply cannot outrun the mark
+            try:
+                server.sendall(data)
+            except OSError:
+                return
+
+    def _downstream(self, server: socket.socket, client: socket.socket, victim: threading.Event) -> None:
+        while data := _recv(server):
+            if victim.is_set():
+                for s in (client, server):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                self.dropped.set()
+                return
+            try:
+                client.sendall(data)
+            except OSError:
+                return
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""

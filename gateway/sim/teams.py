@@ -113,7 +113,11 @@ class TeamsSimulator(SimulatorServer):
     # -- Bot Connector: what the bot sends ------------------------------------------------------
     def _authorized(self, request: web.Request) -> None:
         if request.headers.get("Authorization") != f"Bearer {self.connector_token}":
-            raise web.HTTPUnauthorized(text="bot connector: missing or wrong token")
+            # Azure answers with an ErrorResponse body, which botframework-connector deserializes
+            raise web.HTTPUnauthorized(
+                text=json.dumps({"error": {"code": "Unauthorized", "message": "missing or wrong token"}}),
+                content_type="application/json",
+            )
 
     async def _send(self, request: web.Request) -> web.Response:
         self._authorized(request)

@@ -1,10 +1,9 @@
 """Discord adapter: HTTP interactions, components and modals that survive restarts.
 
 A migration recipe, one file per step:
-  wire.py      platform I/O in: Ed25519 verify, parse interactions, build responses
-  rest.py      platform I/O out: the bot's message posts (body serialized by discord.py)
+  platform.py  platform I/O: Ed25519 verify, parse interactions, responses, message posts
   ui.py        the messages, built with discord.ui (View, Button, Select, Modal)
-  registry.py  the state it keeps (namespaces, entry shape, TTL, cap) and its legacy twin
+  state.py     the state it keeps (namespaces, entry shape, TTL, cap) and its legacy twin
   bot.py       peek -> check -> consume, and the answers
   config.py    the `[adapters.discord]` table
   plugin.py    the gateway plugin

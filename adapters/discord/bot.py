@@ -14,9 +14,9 @@ from typing import Any
 
 import discord
 
-from adapters.discord import ui, wire
-from adapters.discord.registry import ComponentEntry, ModalEntry, Registries
-from adapters.discord.rest import DiscordRest, RestError
+from adapters.discord import platform, ui
+from adapters.discord.platform import DiscordRest, RestError
+from adapters.discord.state import ComponentEntry, ModalEntry, Registries
 
 EXPIRED = "This component has expired."
 NOT_FOR_YOU = "This component is not for you."
@@ -37,23 +37,23 @@ class DiscordBot:
         self.registries = registries
         self.rest = rest
 
-    async def answer(self, it: wire.Interaction) -> dict[str, Any]:
+    async def answer(self, it: platform.Interaction) -> dict[str, Any]:
         """The interaction response for `it` (never raises for a user's mistake)."""
         kind = it.type
         if kind is discord.InteractionType.ping:
-            return wire.pong()
+            return platform.pong()
         if kind is discord.InteractionType.application_command:
             return await self.command(it)
         if kind is discord.InteractionType.component:
             return await self.click(it)
         if kind is discord.InteractionType.modal_submit:
             return await self.submit(it)
-        return wire.message("This interaction is not supported.", ephemeral=True)
+        return platform.message("This interaction is not supported.", ephemeral=True)
 
-    async def command(self, it: wire.Interaction) -> dict[str, Any]:
+    async def command(self, it: platform.Interaction) -> dict[str, Any]:
         """`/panel`: remember the panel's entries (awaited), then post it; only then "sent"."""
         if it.command != PANEL_COMMAND:
-            return wire.message(f"Unknown command /{it.command}.", ephemeral=True)
+            return platform.message(f"Unknown command /{it.command}.", ephemeral=True)
         restrict = it.options.get("restrict_to")
         panel = ui.build_panel(allowed_user_ids=[str(restrict)] if restrict else [])
         # Entries first: a click can only follow the post, and a crash after the post must
@@ -64,39 +64,39 @@ class DiscordBot:
         except RestError as exc:
             log.warning("panel not sent (%s); forgetting its entries", exc)
             await self.registries.forget(panel.custom_ids)
-            return wire.message("Could not post the panel; try again.", ephemeral=True)
-        return wire.message(f"Panel posted (message {sent.get('id')}).", ephemeral=True)
+            return platform.message("Could not post the panel; try again.", ephemeral=True)
+        return platform.message(f"Panel posted (message {sent.get('id')}).", ephemeral=True)
 
-    async def click(self, it: wire.Interaction) -> dict[str, Any]:
+    async def click(self, it: platform.Interaction) -> dict[str, Any]:
         entry = await self.registries.peek_component(it.custom_id)
         if entry is None or entry["component_type"] != getattr(it.component_type, "value", None):
-            return wire.message(EXPIRED, ephemeral=True)
+            return platform.message(EXPIRED, ephemeral=True)
         if not allowed(entry, it.user_id):
-            return wire.message(NOT_FOR_YOU, ephemeral=True)
+            return platform.message(NOT_FOR_YOU, ephemeral=True)
         if entry["single_use"] and await self.registries.take_component(it.custom_id) is None:
-            return wire.message(ALREADY_USED, ephemeral=True)
+            return platform.message(ALREADY_USED, ephemeral=True)
         action = entry["action"]
         if action == "refresh":
-            return wire.update(f"Deployment panel: status refreshed by <@{it.user_id}>.")
+            return platform.update(f"Deployment panel: status refreshed by <@{it.user_id}>.")
         if action == "approve":
-            return wire.message(f"Approved by <@{it.user_id}>.")
+            return platform.message(f"Approved by <@{it.user_id}>.")
         if action == "colour":
-            return wire.message(f"You picked {', '.join(it.values) or 'nothing'}.", ephemeral=True)
+            return platform.message(f"You picked {', '.join(it.values) or 'nothing'}.", ephemeral=True)
         if action == "feedback" and "modal_id" in entry:
             modal = await self.registries.peek_modal(entry["modal_id"])
             if modal is None:
-                return wire.message(EXPIRED, ephemeral=True)
-            return wire.modal(ui.build_modal(entry["modal_id"], modal))
-        return wire.message(EXPIRED, ephemeral=True)
+                return platform.message(EXPIRED, ephemeral=True)
+            return platform.modal(ui.build_modal(entry["modal_id"], modal))
+        return platform.message(EXPIRED, ephemeral=True)
 
-    async def submit(self, it: wire.Interaction) -> dict[str, Any]:
+    async def submit(self, it: platform.Interaction) -> dict[str, Any]:
         """A modal submit consumes the modal entry: a second submit finds it expired."""
         entry = await self.registries.peek_modal(it.custom_id)
         if entry is None:
-            return wire.message(EXPIRED, ephemeral=True)
+            return platform.message(EXPIRED, ephemeral=True)
         if not allowed(entry, it.user_id):
-            return wire.message(NOT_FOR_YOU, ephemeral=True)
+            return platform.message(NOT_FOR_YOU, ephemeral=True)
         if await self.registries.take_modal(it.custom_id) is None:
-            return wire.message(EXPIRED, ephemeral=True)  # a concurrent submit got it
+            return platform.message(EXPIRED, ephemeral=True)  # a concurrent submit got it
         comment = it.fields.get("comment", "")
-        return wire.message(f"Thanks <@{it.user_id}>, feedback received: {comment}")
+        return platform.message(f"Thanks <@{it.user_id}>, feedback received: {comment}")

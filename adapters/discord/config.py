@@ -17,8 +17,7 @@ from typing import Any
 
 from nacl.signing import VerifyKey
 
-from adapters.discord.rest import DEFAULT_API_BASE
-from adapters.discord.wire import load_verify_key
+from adapters.discord.platform import DEFAULT_API_BASE, load_verify_key
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
-from adapters.discord import wire
+from adapters.discord import platform
 from adapters.discord.bot import DiscordBot
 from adapters.discord.config import DiscordConfig
-from adapters.discord.registry import Registries
-from adapters.discord.rest import DiscordRest
+from adapters.discord.platform import DiscordRest
+from adapters.discord.state import Registries
 from gateway.plugin import Plugin, PluginRuntime, Route
 
 INTERACTIONS_PATH = "/discord/interactions"
@@ -65,15 +65,15 @@ class DiscordPlugin(Plugin):
     async def _interactions(self, request: web.Request) -> web.Response:
         assert self._config is not None and self._bot is not None, "the gateway starts plugins first"
         body = await request.read()
-        if not wire.verify(
+        if not platform.verify(
             self._config.verify_key,
-            signature=request.headers.get(wire.SIGNATURE_HEADER),
-            timestamp=request.headers.get(wire.TIMESTAMP_HEADER),
+            signature=request.headers.get(platform.SIGNATURE_HEADER),
+            timestamp=request.headers.get(platform.TIMESTAMP_HEADER),
             body=body,
         ):
             raise web.HTTPUnauthorized(text="invalid request signature")
         try:
-            interaction = wire.parse(body)
-        except wire.BadRequest as exc:
+            interaction = platform.parse(body)
+        except platform.BadRequest as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
         return web.json_response(await self._bot.answer(interaction))

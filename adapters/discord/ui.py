@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import discord
 
-from adapters.discord.registry import ComponentEntry, ModalEntry, ModalField
+from adapters.discord.state import ComponentEntry, ModalEntry, ModalField
 
 COLOURS = ("red", "green", "blue")
 
@@ -80,7 +80,7 @@ def build_panel(*, allowed_user_ids: list[str]) -> Panel:
 
 
 def build_modal(custom_id: str, entry: ModalEntry) -> discord.ui.Modal:
-    """The modal a stored entry describes, ready for `wire.modal`."""
+    """The modal a stored entry describes, ready for `platform.modal`."""
     view = discord.ui.Modal(title=entry["title"], custom_id=custom_id, timeout=None)
     for f in entry["fields"]:
         view.add_item(

@@ -1,4 +1,4 @@
-"""The wire module: Ed25519 verification, parsing the documented payloads, response bodies."""
+"""The platform module: Ed25519 verification, parsing the documented payloads, response bodies."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import discord
 import pytest
 from nacl.signing import SigningKey
 
-from adapters.discord import ui, wire
+from adapters.discord import platform as wire, ui
 from adapters.discord.config import DiscordConfig
 from gateway.sim.discord import fixture
 

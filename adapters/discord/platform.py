@@ -1,10 +1,18 @@
-"""Discord's HTTP interactions wire format: verify, parse, and build responses.
+"""Discord's wire, and nothing else: verify and parse interactions, build responses, send messages.
 
-Discord POSTs every interaction to the bot's endpoint, signed with the application's Ed25519
+Inbound: Discord POSTs every interaction to the bot's endpoint, signed with the application's Ed25519
 key over `X-Signature-Timestamp + raw body`; the endpoint answers in the HTTP response with an
 interaction response (`InteractionResponseType`). Payload shapes follow
 https://discord.com/developers/docs/interactions/receiving-and-responding; enums and message
 bodies come from discord.py so we never hand-write what the library already knows.
+
+Outbound: the bot's message posts go through aiohttp, not discord.py's `HTTPClient`: its base
+URL is `discord.http.Route.BASE`, a class variable shared by the whole process, and
+`HTTPClient.static_login` always calls `GET /users/@me` on it, so pointing one bot at a
+simulator would repoint every discord.py user in the gateway. The request is ours
+(`Authorization: Bot <token>`); the body is discord.py's: `handle_message_parameters`
+serializes content, allowed mentions and the `discord.ui.View` exactly as `Messageable.send`
+would. No state lives here.
 """
 
 from __future__ import annotations
@@ -13,11 +21,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import discord
-from discord.http import handle_message_parameters
+from discord.http import Route, handle_message_parameters
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+DEFAULT_API_BASE = Route.BASE  # https://discord.com/api/v10
+REQUEST_TIMEOUT_S = 10.0  # a send that takes longer fails; its entries are forgotten
 SIGNATURE_HEADER = "X-Signature-Ed25519"
 TIMESTAMP_HEADER = "X-Signature-Timestamp"
 _LABEL = 18  # ComponentType.label: newer modals wrap each input in a label, not an action row
@@ -134,3 +145,49 @@ def _data(content: str, *, flags: Any = discord.utils.MISSING) -> dict[str, Any]
         content=content, flags=flags, allowed_mentions=discord.AllowedMentions.none()
     ) as params:
         return dict(params.payload)
+
+
+# -- outbound: the bot's REST calls ------------------------------------------------------------
+class RestError(Exception):
+    """Discord refused a REST call or could not be reached."""
+
+
+class DiscordRest:
+    """One aiohttp session for the bot's REST calls; open in `start`, close in `stop`."""
+
+    def __init__(self, *, api_base: str, bot_token: str) -> None:
+        self.api_base = api_base.rstrip("/")
+        self._headers = {
+            "Authorization": f"Bot {bot_token}",
+            "User-Agent": f"DiscordBot (https://github.com/Rapptz/discord.py {discord.__version__}) chatstate",
+        }
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(
+            headers=self._headers, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send_message(self, channel_id: str, *, content: str, view: discord.ui.View) -> dict[str, Any]:
+        """POST /channels/{channel_id}/messages; returns Discord's message object.
+
+        Raises RestError for a non-2xx answer or a connection failure.
+        """
+        assert self._session is not None, "open() first"
+        with handle_message_parameters(
+            content=content, view=view, allowed_mentions=discord.AllowedMentions.none()
+        ) as params:
+            payload = params.payload
+        url = f"{self.api_base}/channels/{channel_id}/messages"
+        try:
+            async with self._session.post(url, json=payload) as resp:
+                if resp.status >= 300:
+                    raise RestError(f"create message: HTTP {resp.status}")
+                return dict(await resp.json())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RestError(f"create message: {type(exc).__name__}") from None

@@ -12,7 +12,7 @@ import pytest
 
 import state
 from adapters.discord import ui
-from adapters.discord.registry import COMPONENTS, MODALS, Registries, unwrap, wrap
+from adapters.discord.state import COMPONENTS, MODALS, Registries, unwrap, wrap
 
 
 class FileRuntime:

@@ -68,9 +68,10 @@ class SlackSimulator(SimulatorServer):
         self._ts = itertools.count(1)
         self._event_ids = itertools.count(1)
         self._epoch = int(time.time())
-        # Fault knobs for tests: `hold_posts` makes chat.postMessage wait until the event is
-        # set; `fail_posts` makes it answer ok=false without posting (Slack never saw it).
-        self.hold_posts: asyncio.Event | None = None
+        # Fault knobs for tests: while `hold_posts` is set, chat.postMessage waits for that
+        # future: True posts as usual, False drops the message (Slack never got it). `fail_posts`
+        # answers ok=false without posting.
+        self.hold_posts: asyncio.Future[bool] | None = None
         self.fail_posts = False
         self.post_arrived = asyncio.Event()  # set when a chat.postMessage reaches the simulator
 
@@ -107,8 +108,8 @@ class SlackSimulator(SimulatorServer):
         if not args.get("channel"):
             return web.json_response({"ok": False, "error": "channel_not_found"})
         self.post_arrived.set()
-        if self.hold_posts is not None:
-            await self.hold_posts.wait()
+        if self.hold_posts is not None and not await asyncio.shield(self.hold_posts):
+            return web.json_response({"ok": False, "error": "request_timeout"})
         if self.fail_posts:
             return web.json_response({"ok": False, "error": "fatal_error"})
         ts = self.next_ts()

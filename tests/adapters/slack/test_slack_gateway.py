@@ -1,0 +1,211 @@
+"""The Slack adapter in a real gateway subprocess against the Slack simulator: replies,
+restarts (SIGTERM and SIGKILL), legacy vs store, TTLs, retries, duplicates, policy, signatures.
+
+Waiting for a TTL or lease to run out is the behaviour under test, so those tests sleep until
+the stored expiry (read from the database) has passed; everything else waits on events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+import pytest
+
+from adapters.slack.state import EVENTS_NAMESPACE, THREADS_NAMESPACE
+from gateway.sim.harness import GatewayHarness
+from gateway.sim.slack import SlackSimulator
+from slack_helpers import load_fixture, stored
+
+
+async def mention(slack: SlackSimulator, text: str = "status?") -> str:
+    """Post a top-level @mention, check the bot answered it in a thread; return the root ts."""
+    event = slack.mention_event(text)
+    delivery = await slack.deliver(event)
+    assert (delivery.status, delivery.body) == (200, "replied")
+    root = event["event"]["ts"]
+    assert slack.posts(thread_ts=root)[-1]["text"] == f"echo: {text}"
+    return root
+
+
+async def follow_up(slack: SlackSimulator, root: str, **kw: Any) -> str:
+    """An untagged message in the thread `root`; returns the outcome the gateway reported."""
+    delivery = await slack.deliver(slack.message_event("and now?", thread_ts=root, **kw))
+    assert delivery.status == 200
+    return delivery.body
+
+
+async def sleep_past(expires_at_ms: int) -> None:
+    """Let a stored TTL run out (the behaviour under test, not a synchronisation)."""
+    await asyncio.sleep(max(0.0, expires_at_ms / 1000 - time.time()) + 0.05)
+
+
+async def test_fixtures_mention_thread_and_reply_to_bot(gw: GatewayHarness, slack: SlackSimulator) -> None:
+    app_mention = load_fixture("app_mention")
+    first = await slack.deliver(app_mention)
+    assert (first.status, first.body) == (200, "replied")
+    root = app_mention["event"]["ts"]
+    [reply] = slack.posts()
+    assert (reply["channel"], reply["thread_ts"], reply["text"]) == ("C0GENERAL", root, "echo: what is the deploy status?")
+
+    retry = load_fixture("retry")
+    again = await slack.deliver(retry["body"], retry_num=int(retry["headers"]["X-Slack-Retry-Num"]))
+    assert (again.status, again.body) == (200, "already_done")
+
+    in_thread = await slack.deliver(load_fixture("message_in_thread"))  # untagged, bot participates
+    assert in_thread.body == "replied"
+    assert [p["thread_ts"] for p in slack.posts()] == [root, root]  # the root, never the child ts
+
+    to_bot = await slack.deliver(load_fixture("message_parent_user_id"))  # implicit reply_to_bot
+    assert to_bot.body == "replied"
+    assert slack.posts()[-1]["thread_ts"] == "1700000000.000400"
+
+    threads = {e.key: e.value for e in stored(gw.database_path, THREADS_NAMESPACE)}
+    assert set(threads) == {f"T0SIM:default:C0GENERAL:{root}", "T0SIM:default:C0GENERAL:1700000000.000400"}
+    assert all(v["agent_id"] == "main" and isinstance(v["replied_at"], int) for v in threads.values())
+    events = {e.key: e.value for e in stored(gw.database_path, EVENTS_NAMESPACE)}
+    assert set(events) == {"T0SIM:Ev0FIXMENTION", "T0SIM:Ev0FIXTHREAD", "T0SIM:Ev0FIXPARENT"}
+    assert all("done_at" in v for v in events.values())
+
+    status, health = await gw.healthz()
+    assert status == 200 and health["adapters"]["slack"]["status"] == "ok"
+    assert health["adapters"]["slack"]["mode"] == "store"
+
+
+async def test_untagged_top_level_message_is_ignored(gw: GatewayHarness, slack: SlackSimulator) -> None:
+    await mention(slack)
+    delivery = await slack.deliver(slack.message_event("just chatting"))
+    assert (delivery.status, delivery.body) == (200, "ignored")
+    assert len(slack.posts()) == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind", "expected"),
+    [("store", "term", "replied"), ("store", "kill", "replied"), ("legacy", "term", "ignored")],
+)
+async def test_follow_up_after_restart(
+    slack: SlackSimulator, tmp_path: Path, mode: Literal["store", "legacy"], kind: Literal["term", "kill"], expected: str
+) -> None:
+    async with GatewayHarness([slack], modes=mode, state_dir=tmp_path / "state") as gw:
+        root = await mention(slack)  # answered only once participation is durable...
+        await gw.restart(kind)  # ...so a SIGKILL right after it loses nothing
+        assert await follow_up(slack, root) == expected
+        assert len(slack.posts(thread_ts=root)) == (2 if expected == "replied" else 1)
+
+
+async def test_ttl_window_is_not_extended_by_a_restart(slack: SlackSimulator, tmp_path: Path) -> None:
+    slack.extra_config["thread_ttl_ms"] = 2_500
+    async with GatewayHarness([slack], state_dir=tmp_path / "state") as gw:
+        root = await mention(slack)
+        [before] = stored(gw.database_path, THREADS_NAMESPACE)
+        assert before.expires_at == before.created_at + 2_500
+        await gw.restart("term")
+        [after] = stored(gw.database_path, THREADS_NAMESPACE)
+        assert after == before  # the restart neither rewrote the row nor moved its expiry
+        await sleep_past(before.expires_at)  # 2.5 s after the reply, however long the restart took
+        assert await follow_up(slack, root) == "ignored"
+        assert len(slack.posts()) == 1
+
+
+@pytest.mark.parametrize(("mode", "replies"), [("store", 1), ("legacy", 2)])
+async def test_retry_after_restart_replies_once(
+    slack: SlackSimulator, tmp_path: Path, mode: Literal["store", "legacy"], replies: int
+) -> None:
+    async with GatewayHarness([slack], modes=mode, state_dir=tmp_path / "state") as gw:
+        event = slack.mention_event("deploy?")
+        assert (await slack.deliver(event)).body == "replied"
+        await gw.restart("kill")
+        retry = await slack.deliver(event, retry_num=1)
+        assert retry.status == 200
+        assert len(slack.posts()) == replies  # legacy forgot the event id: the double reply
+
+
+async def test_crash_before_reply_is_retried_after_the_lease(slack: SlackSimulator, tmp_path: Path) -> None:
+    slack.extra_config["event_lease_ms"] = 6_000
+    async with GatewayHarness([slack], state_dir=tmp_path / "state") as gw:
+        event = slack.mention_event("are you there?")
+        slack.hold_posts = asyncio.get_running_loop().create_future()
+        first = asyncio.create_task(slack.deliver(event))
+        await asyncio.wait_for(slack.post_arrived.wait(), 15)
+        await gw.kill()  # claimed, reply not yet posted
+        with pytest.raises(aiohttp.ClientError):
+            await first  # Slack saw no 2xx, so it will retry
+        slack.hold_posts.set_result(False)  # the reply in flight never reached Slack
+        slack.hold_posts = None
+
+        [lease] = stored(gw.database_path, EVENTS_NAMESPACE)
+        assert "done_at" not in lease.value
+        await gw.start()
+        early = await slack.deliver(event, retry_num=1)  # the dead process's lease still holds it
+        assert (early.status, early.headers.get("Retry-After")) == (503, "6")
+        assert slack.posts() == []
+
+        assert lease.expires_at is not None
+        await sleep_past(lease.expires_at)
+        late = await slack.deliver(event, retry_num=2)
+        assert (late.status, late.body) == (200, "replied")  # no reply lost
+        assert len(slack.posts()) == 1
+
+
+async def test_failed_post_releases_the_event_for_the_retry(gw: GatewayHarness, slack: SlackSimulator) -> None:
+    event = slack.mention_event("hello?")
+    slack.fail_posts = True
+    failed = await slack.deliver(event)
+    assert failed.status == 503 and slack.posts() == []
+    assert stored(gw.database_path, THREADS_NAMESPACE) == []  # nothing recorded for a failed send
+    slack.fail_posts = False
+    retry = await slack.deliver(event, retry_num=1)
+    assert (retry.status, retry.body) == (200, "replied")
+    assert len(slack.posts()) == 1
+
+
+async def test_duplicate_concurrent_deliveries_reply_once(gw: GatewayHarness, slack: SlackSimulator) -> None:
+    event = slack.mention_event("once please")
+    slack.hold_posts = asyncio.get_running_loop().create_future()  # keep the first reply in flight
+    tasks = [asyncio.create_task(slack.deliver(event)) for _ in range(5)]
+    await asyncio.wait_for(slack.post_arrived.wait(), 15)
+    pending: set[asyncio.Task[Any]] = set(tasks)
+    while len(pending) > 1:  # every duplicate is answered while the first is still posting
+        _, pending = await asyncio.wait(pending, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+    slack.hold_posts.set_result(True)
+    results = await asyncio.gather(*tasks)
+    assert all(r.status == 200 for r in results)
+    bodies = [r.body for r in results]
+    assert bodies.count("in_progress") == 4
+    assert set(bodies) - {"in_progress"} <= {"replied", "accepted"}  # "accepted": acked at 2.5 s
+    await slack.wait_for_posts(1)
+    assert (await slack.deliver(event, retry_num=1)).body == "already_done"
+    assert len(slack.posts()) == 1
+
+
+async def test_require_explicit_mention(slack: SlackSimulator, tmp_path: Path) -> None:
+    slack.extra_config["require_explicit_mention"] = True
+    async with GatewayHarness([slack], state_dir=tmp_path / "state") as gw:
+        root = await mention(slack)
+        assert await follow_up(slack, root) == "ignored"  # participation exists but is not enough
+        assert await follow_up(slack, root, parent_user_id=slack.bot_user_id) == "ignored"
+        again = await slack.deliver(slack.mention_event("explicit", thread_ts=root))
+        assert again.body == "replied"
+        assert len(slack.posts(thread_ts=root)) == 2
+        assert len(stored(gw.database_path, THREADS_NAMESPACE)) == 1  # persistence unchanged by policy
+
+
+async def test_bad_signatures_get_401_and_write_nothing(gw: GatewayHarness, slack: SlackSimulator) -> None:
+    event = slack.mention_event("let me in")
+    attempts = [
+        await slack.deliver(event, secret="not-the-secret"),
+        await slack.deliver(event, timestamp=int(time.time()) - 6 * 60),  # outside Slack's 5 min
+        await slack.deliver(event, signed=False),
+        await slack.deliver(load_fixture("url_verification"), secret="not-the-secret"),
+    ]
+    assert [a.status for a in attempts] == [401] * 4
+    assert slack.posts() == []
+    assert stored(gw.database_path, EVENTS_NAMESPACE) == []
+    assert stored(gw.database_path, THREADS_NAMESPACE) == []
+
+    handshake = load_fixture("url_verification")
+    ok = await slack.deliver(handshake)
+    assert ok.status == 200 and ok.body == f'{{"challenge": "{handshake["challenge"]}"}}'

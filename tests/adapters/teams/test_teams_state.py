@@ -3,10 +3,13 @@ real SQLite file."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 
+import adapters.teams.sent
+import adapters.teams.state
 from adapters.teams.sent import SentMessages
 from adapters.teams.state import (
     NAMESPACE,
@@ -72,3 +75,14 @@ async def test_legacy_twin_has_the_same_cap_in_memory_and_touches_no_file(tmp_pa
     await sent.record(CHANNEL, ["1", "2", "3"])
     assert [await sent.sent_by_bot(CHANNEL, i) for i in ("1", "2", "3")] == [False, True, True]
     assert runtime.stores == [] and not (tmp_path / "state.sqlite").exists()
+
+
+def test_store_code_is_sdk_free() -> None:
+    """docs/migrations/teams.md promises that moving to the Microsoft 365 Agents SDK leaves the
+    store-facing modules untouched; that holds only while they import no Bot Framework code."""
+    for module in (adapters.teams.state, adapters.teams.sent):
+        tree = ast.parse(Path(module.__file__ or "").read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not {name for name in imported if name.split(".")[0] in {"botbuilder", "botframework", "msrest"}}
+        assert imported  # the walk saw the imports at all

@@ -16,14 +16,13 @@ import discord
 
 from adapters.discord import platform, ui
 from adapters.discord.platform import DiscordRest, RestError
-from adapters.discord.state import ComponentEntry, ModalEntry, Registries
+from adapters.discord.state import ComponentEntry, ModalEntry, Registry
 
 EXPIRED = "This component has expired."
 NOT_FOR_YOU = "This component is not for you."
 ALREADY_USED = "This component was already used."
 PANEL_COMMAND = "panel"  # /panel [restrict_to:<user>] posts a panel in the channel
 
-log = logging.getLogger("chatstate.adapters.discord")
 
 
 def allowed(entry: ComponentEntry | ModalEntry, user_id: str) -> bool:
@@ -31,11 +30,12 @@ def allowed(entry: ComponentEntry | ModalEntry, user_id: str) -> bool:
 
 
 class DiscordBot:
-    """Answers interactions; sends panels through `rest` and remembers them in `registries`."""
+    """Answers interactions; sends panels through `rest` and records them in `registry`."""
 
-    def __init__(self, registries: Registries, rest: DiscordRest) -> None:
-        self.registries = registries
+    def __init__(self, registry: Registry, rest: DiscordRest, *, log: logging.LoggerAdapter[logging.Logger]) -> None:
+        self.registry = registry
         self.rest = rest
+        self.log = log
 
     async def answer(self, it: platform.Interaction) -> dict[str, Any]:
         """The interaction response for `it` (never raises for a user's mistake)."""
@@ -58,22 +58,22 @@ class DiscordBot:
         panel = ui.build_panel(allowed_user_ids=[str(restrict)] if restrict else [])
         # Entries first: a click can only follow the post, and a crash after the post must
         # not leave a message whose buttons mean nothing.
-        await self.registries.remember(panel.components, panel.modals)
+        await self.registry.register(panel.components, panel.modals)
         try:
             sent = await self.rest.send_message(it.channel_id, content=panel.content, view=panel.view)
         except RestError as exc:
-            log.warning("panel not sent (%s); forgetting its entries", exc)
-            await self.registries.forget(panel.custom_ids)
+            self.log.warning("panel_not_sent", extra={"error": str(exc), "entries_forgotten": len(panel.custom_ids)})
+            await self.registry.forget(panel.custom_ids)
             return platform.message("Could not post the panel; try again.", ephemeral=True)
         return platform.message(f"Panel posted (message {sent.get('id')}).", ephemeral=True)
 
     async def click(self, it: platform.Interaction) -> dict[str, Any]:
-        entry = await self.registries.peek_component(it.custom_id)
+        entry = await self.registry.peek_component(it.custom_id)
         if entry is None or entry["component_type"] != getattr(it.component_type, "value", None):
             return platform.message(EXPIRED, ephemeral=True)
         if not allowed(entry, it.user_id):
             return platform.message(NOT_FOR_YOU, ephemeral=True)
-        if entry["single_use"] and await self.registries.take_component(it.custom_id) is None:
+        if entry["single_use"] and await self.registry.take_component(it.custom_id) is None:
             return platform.message(ALREADY_USED, ephemeral=True)
         action = entry["action"]
         if action == "refresh":
@@ -83,7 +83,7 @@ class DiscordBot:
         if action == "colour":
             return platform.message(f"You picked {', '.join(it.values) or 'nothing'}.", ephemeral=True)
         if action == "feedback" and "modal_id" in entry:
-            modal = await self.registries.peek_modal(entry["modal_id"])
+            modal = await self.registry.peek_modal(entry["modal_id"])
             if modal is None:
                 return platform.message(EXPIRED, ephemeral=True)
             return platform.modal(ui.build_modal(entry["modal_id"], modal))
@@ -91,12 +91,12 @@ class DiscordBot:
 
     async def submit(self, it: platform.Interaction) -> dict[str, Any]:
         """A modal submit consumes the modal entry: a second submit finds it expired."""
-        entry = await self.registries.peek_modal(it.custom_id)
+        entry = await self.registry.peek_modal(it.custom_id)
         if entry is None:
             return platform.message(EXPIRED, ephemeral=True)
         if not allowed(entry, it.user_id):
             return platform.message(NOT_FOR_YOU, ephemeral=True)
-        if await self.registries.take_modal(it.custom_id) is None:
+        if await self.registry.take_modal(it.custom_id) is None:
             return platform.message(EXPIRED, ephemeral=True)  # a concurrent submit got it
         comment = it.fields.get("comment", "")
         return platform.message(f"Thanks <@{it.user_id}>, feedback received: {comment}")

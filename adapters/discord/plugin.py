@@ -15,7 +15,7 @@ from adapters.discord import platform
 from adapters.discord.bot import DiscordBot
 from adapters.discord.config import DiscordConfig
 from adapters.discord.platform import DiscordRest
-from adapters.discord.state import Registries
+from adapters.discord.state import Registry
 from gateway.plugin import Plugin, PluginRuntime, Route
 
 INTERACTIONS_PATH = "/discord/interactions"
@@ -29,7 +29,7 @@ class DiscordPlugin(Plugin):
 
     def __init__(self) -> None:
         self._config: DiscordConfig | None = None
-        self._registries: Registries | None = None
+        self._registry: Registry | None = None
         self._rest: DiscordRest | None = None
         self._bot: DiscordBot | None = None
 
@@ -43,22 +43,22 @@ class DiscordPlugin(Plugin):
         opening a store.
         """
         self._config = config = DiscordConfig.from_table(runtime.config)
-        self._registries = Registries(legacy=runtime.legacy, ttl_ms=config.ttl_ms, max_entries=config.max_entries)
-        await self._registries.open(runtime)
+        self._registry = Registry(legacy=runtime.legacy, ttl_ms=config.ttl_ms, max_entries=config.max_entries)
+        await self._registry.open(runtime)
         self._rest = DiscordRest(api_base=config.api_base_url, bot_token=config.bot_token)
         await self._rest.open()
-        self._bot = DiscordBot(self._registries, self._rest)
+        self._bot = DiscordBot(self._registry, self._rest, log=runtime.log)
 
     async def stop(self) -> None:
         if self._rest is not None:
             await self._rest.close()
-        if self._registries is not None:
-            await self._registries.close()
+        if self._registry is not None:
+            await self._registry.close()
 
     def health(self) -> dict[str, Any]:
-        if self._registries is None:
+        if self._registry is None:
             return {"status": "starting"}
-        registries = self._registries.health()
+        registries = self._registry.health()
         degraded = any(r["mode"] == "degraded" for r in registries)
         return {"status": "degraded" if degraded else "ok", "registries": registries}
 

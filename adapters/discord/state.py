@@ -67,8 +67,10 @@ def unwrap(value: Any) -> Any | None:
     return None
 
 
-class Registries:
-    """Both registries of one adapter instance; memory-only when `legacy`."""
+class Registry:
+    """The component and modal registries of one adapter instance; memory-only when `legacy`.
+
+    `register` is the one recording function: every message with components goes through it."""
 
     def __init__(self, *, legacy: bool, ttl_ms: int | None = None, max_entries: int | None = None) -> None:
         def spec(base: StateSpec) -> StateSpec:
@@ -94,7 +96,7 @@ class Registries:
         return [self.components.health(), self.modals.health()]
 
     # -- writes: awaited before the message that shows them counts as sent -----------------
-    async def remember(self, components: dict[str, ComponentEntry], modals: dict[str, ModalEntry]) -> None:
+    async def register(self, components: dict[str, ComponentEntry], modals: dict[str, ModalEntry]) -> None:
         """Record every entry of one message; modals first so no trigger points at nothing."""
         for custom_id, modal in modals.items():
             await self.modals.record(custom_id, wrap(modal))

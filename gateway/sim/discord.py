@@ -17,6 +17,7 @@ import itertools
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,9 @@ class DiscordSimulator(SimulatorServer):
         self.extra_config = dict(config)  # more `[adapters.discord]` keys, e.g. ttl_ms
         self.gateway_url: str | None = None  # set by the harness once the gateway is up
         self.messages: dict[str, dict[str, Any]] = {}
+        # called with each message as it arrives, before the bot hears back (tests inspect
+        # what the gateway has already written at that moment)
+        self.on_message: Callable[[dict[str, Any]], None] | None = None
         self._ids = itertools.count(1_500_000_000_000_000_100)
         self._session: aiohttp.ClientSession | None = None
 
@@ -120,6 +124,8 @@ class DiscordSimulator(SimulatorServer):
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000000+00:00", time.gmtime()),
         }
         self.messages[message["id"]] = message
+        if self.on_message is not None:
+            self.on_message(message)
         await self.record("message_create", {"request": body, "message": message})
         return web.json_response(message)
 

@@ -34,10 +34,15 @@ async def test_ping_is_answered_with_pong(sim: DiscordSimulator, gw: GatewayHarn
     assert (reply.status, reply.body) == (200, {"type": discord.InteractionResponseType.pong.value})
 
 
-async def test_panel_entries_are_on_disk_when_the_message_counts_as_sent(sim: DiscordSimulator, gw: GatewayHarness) -> None:
+async def test_panel_entries_are_on_disk_before_the_message_is_posted(sim: DiscordSimulator, gw: GatewayHarness) -> None:
+    on_disk_at_post: list[set[str]] = []
+    sim.on_message = lambda m: on_disk_at_post.append(
+        set(rows(gw.database_path, COMPONENTS)) | set(rows(gw.database_path, MODALS))
+    )
     message = await sim.post_panel()
     stored = rows(gw.database_path, COMPONENTS)
     assert set(stored) == custom_ids(message)
+    assert len(on_disk_at_post) == 1 and on_disk_at_post[0] >= custom_ids(message)
     for component in (c for row in message["components"] for c in row["components"]):
         row = stored[component["custom_id"]]
         assert row.value["version"] == 1

@@ -12,7 +12,7 @@ import pytest
 
 import state
 from adapters.discord import ui
-from adapters.discord.state import COMPONENTS, MODALS, Registries, unwrap, wrap
+from adapters.discord.state import COMPONENTS, MODALS, Registry, unwrap, wrap
 
 
 class FileRuntime:
@@ -71,14 +71,14 @@ async def test_panel_entries_match_what_discord_py_serializes() -> None:
 async def test_entries_survive_reopening_only_in_store_mode(tmp_path: Path, legacy: bool) -> None:
     db = tmp_path / "state.sqlite"
     panel = ui.build_panel(allowed_user_ids=[])
-    first = Registries(legacy=legacy, ttl_ms=60_000)
+    first = Registry(legacy=legacy, ttl_ms=60_000)
     await first.open(FileRuntime(db, legacy=legacy))
-    await first.remember(panel.components, panel.modals)
+    await first.register(panel.components, panel.modals)
     approve = next(cid for cid, e in panel.components.items() if e["action"] == "approve")
     assert (await first.peek_component(approve)) == panel.components[approve]
     await first.close()
 
-    second = Registries(legacy=legacy, ttl_ms=60_000)  # a new process, same file
+    second = Registry(legacy=legacy, ttl_ms=60_000)  # a new process, same file
     await second.open(FileRuntime(db, legacy=legacy))
     try:
         if legacy:
@@ -95,10 +95,10 @@ async def test_entries_survive_reopening_only_in_store_mode(tmp_path: Path, lega
 
 async def test_forget_removes_every_entry_of_an_unsent_message(tmp_path: Path) -> None:
     panel = ui.build_panel(allowed_user_ids=[])
-    registries = Registries(legacy=False)
+    registries = Registry(legacy=False)
     await registries.open(FileRuntime(tmp_path / "state.sqlite"))
     try:
-        await registries.remember(panel.components, panel.modals)
+        await registries.register(panel.components, panel.modals)
         await registries.forget(panel.custom_ids)
         for cid in panel.components:
             assert await registries.peek_component(cid) is None

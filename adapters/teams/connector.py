@@ -17,7 +17,7 @@ from aiohttp import web
 from botbuilder.core import Bot, CloudAdapterBase, TurnContext
 from botbuilder.schema import Activity, ResourceResponse
 from botframework.connector.auth import AuthenticateRequestResult, BotFrameworkAuthentication
-from msrest.exceptions import ClientRequestError, HttpOperationError
+from msrest.exceptions import ClientRequestError, DeserializationError, HttpOperationError
 from requests import RequestException
 
 OnSent = Callable[[str, Sequence[str | None]], Awaitable[None]]
@@ -94,7 +94,10 @@ def _parse(body: bytes) -> Activity:
         raise web.HTTPBadRequest(text="body is not JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise web.HTTPBadRequest(text="body is not an Activity")
-    activity = Activity().deserialize(data)
+    try:
+        activity = Activity().deserialize(data)
+    except DeserializationError:  # a ValueError; msrest names the field, never echoes values
+        raise web.HTTPBadRequest(text="body is not a valid Activity") from None
     if not activity.service_url or activity.conversation is None:
         raise web.HTTPBadRequest(text="an Activity needs serviceUrl and conversation")
     return activity

@@ -132,3 +132,12 @@ async def test_legacy_mode_keeps_sends_in_memory_only(sim: TeamsSimulator, db: P
         assert sim.sent()[-1]["text"].startswith("[reply_to_bot]")  # same process: memory knows
         assert gw.plugin.health()["mode"] == "legacy"
     assert not db.exists() or sent_rows(db) == {}
+
+
+async def test_malformed_bodies_are_400_and_change_nothing(sim: TeamsSimulator, db: Path) -> None:
+    async with LocalGateway(sim, db):
+        bad_timestamp = sim.activity("message_mention", timestamp="not a time")
+        no_service = {k: v for k, v in sim.activity("message_mention").items() if k != "serviceUrl"}
+        for body in (["a", "list"], {"text": "no type"}, bad_timestamp, no_service):
+            assert await sim.deliver(body) == 400  # type: ignore[arg-type]
+        assert sim.sent() == [] and sent_rows(db) == {}

@@ -33,7 +33,7 @@ from slack_sdk.errors import SlackApiError
 from adapters.common import AdapterState, now_ms
 from adapters.slack.platform import BotIdentity, RequestVerifier, SlackApi, SlackMessage, parse_message
 from adapters.slack.policy import MentionPolicy
-from adapters.slack.settings import SlackSettings
+from adapters.slack.config import SlackSettings
 from adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
 from gateway.plugin import Plugin, PluginRuntime, Route
 
@@ -112,6 +112,8 @@ class SlackPlugin(Plugin):
             await asyncio.wait(list(self._inflight.values()), timeout=STOP_TIMEOUT_S)
         if self._api is not None:
             await self._api.close()
+        for st in self._states:
+            await st.close()
 
     def health(self) -> dict[str, Any]:
         states = {st.spec.namespace: st.health() for st in self._states}
@@ -201,5 +203,5 @@ class SlackPlugin(Plugin):
         """
         assert self._api is not None and self._threads is not None and self.settings is not None
         ts = await self._api.post_message(channel=thread.channel_id, text=text, thread_ts=thread.thread_ts)
-        await self._threads.record_reply(thread, agent_id=self.settings.agent_id)
+        await self._threads.record_participation(thread, agent_id=self.settings.agent_id)
         return ts

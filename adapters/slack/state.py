@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.common import AdapterState, Clock, StateSpec, now_ms
-from adapters.slack.settings import SlackSettings
+from adapters.slack.config import SlackSettings
 
 THREADS_NAMESPACE = "slack.thread-participation"
 EVENTS_NAMESPACE = "slack.events"
@@ -42,7 +42,7 @@ class ThreadParticipation:
         self.state = state
         self._clock = clock
 
-    async def record_reply(self, thread: ThreadRef, *, agent_id: str) -> None:
+    async def record_participation(self, thread: ThreadRef, *, agent_id: str) -> None:
         """Remember that `agent_id` just replied in `thread`; returns once it is durable.
 
         Each reply restarts the thread's 24 h window (the window runs from the *last* reply).

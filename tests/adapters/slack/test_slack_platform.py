@@ -9,7 +9,7 @@ import time
 import pytest
 
 from adapters.slack.platform import RequestVerifier, parse_message
-from adapters.slack.settings import SlackSettings
+from adapters.slack.config import SlackSettings
 from gateway.sim.slack import sign
 from slack_helpers import load_fixture
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adapters.common import AdapterState
-from adapters.slack.settings import SlackSettings
+from adapters.slack.config import SlackSettings
 from adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
 from slack_helpers import FakeRuntime
 
@@ -62,7 +62,7 @@ async def test_participation_survives_restart_and_keeps_its_window(
     runtimes: list[FakeRuntime], tmp_path: Path, clock: Clock
 ) -> None:
     before = await participation(new_runtime(runtimes, tmp_path, clock), clock)
-    await before.record_reply(THREAD, agent_id="main")
+    await before.record_participation(THREAD, agent_id="main")
     replied_at = clock.now
 
     clock.now += TTL_MS - 10  # "restart" late in the window: a fresh process, empty memory
@@ -76,7 +76,7 @@ async def test_participation_survives_restart_and_keeps_its_window(
 
 async def test_legacy_twin_forgets_on_restart(runtimes: list[FakeRuntime], tmp_path: Path, clock: Clock) -> None:
     before = await participation(new_runtime(runtimes, tmp_path, clock, legacy=True), clock)
-    await before.record_reply(THREAD, agent_id="main")
+    await before.record_participation(THREAD, agent_id="main")
     assert await before.replied_in(THREAD) is not None
     after = await participation(new_runtime(runtimes, tmp_path, clock, legacy=True), clock)
     assert await after.replied_in(THREAD) is None

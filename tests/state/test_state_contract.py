@@ -359,3 +359,12 @@ def test_two_stores_with_their_own_clocks_share_one_database(make_store):
     a.register("k", 1, ttl_ms=500)
     assert a.lookup("k") == 1
     assert b.lookup("k") is None  # for b's clock, the row has expired
+
+
+def test_entries_sort_keys_by_code_point_like_utf8_bytes(make_store):
+    # Ties on created_at sort by key: UTF-8 byte order, which is code-point order, as in Python.
+    keys = ["\uffff", "\U00010000", "z", "é", "Z", "\x01"]
+    store = make_store("p", "ns", max_entries=10)
+    for key in keys:
+        store.register(key, 1)
+    assert [e.key for e in store.entries()] == sorted(keys)

@@ -8,7 +8,7 @@ from pathlib import Path
 from botbuilder.core import TurnContext
 from botbuilder.schema import Activity, ConversationAccount
 
-from conftest import LocalGateway, sent_rows
+from teams_helpers import LocalGateway, sent_rows
 from gateway.sim.teams import TeamsSimulator, new_signing_key
 
 CHANNEL = "19:general0123456789@thread.tacv2"

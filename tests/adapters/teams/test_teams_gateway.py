@@ -17,7 +17,7 @@ import pytest
 import state
 from adapters.common import StateSpec
 from adapters.teams.state import NAMESPACE, SENT_MAX_ENTRIES, SENT_TTL_MS, sent_value
-from conftest import sent_rows
+from teams_helpers import sent_rows
 from gateway.sim.harness import GatewayHarness
 from gateway.sim.teams import TeamsSimulator, new_signing_key
 

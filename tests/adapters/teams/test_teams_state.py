@@ -20,7 +20,7 @@ from adapters.teams.state import (
     sent_key,
     spec_from_config,
 )
-from conftest import LocalRuntime, sent_rows
+from teams_helpers import LocalRuntime, sent_rows
 
 CHANNEL = "19:general0123456789@thread.tacv2"
 

@@ -87,8 +87,7 @@ def sqlite_fill(path: Path, keys: range) -> None:
     now, text = now_ms(), json.dumps(VALUE, separators=(",", ":"))
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany(sql.SQL_UPSERT, (
-        {"plugin": PLUGIN, "ns": NAMESPACE, "key": key_of(i), "value": text, "now": now + i,
-         "expires": now + TTL_MS} for i in keys))
+        (PLUGIN, NAMESPACE, key_of(i), now + i, text, now + TTL_MS) for i in keys))
     conn.execute("COMMIT")
     conn.close()
 
@@ -146,15 +145,13 @@ def bare_fill(bare: Bare, directory: Path, keys: range) -> None:
 
 def _bare_write(bare: Bare, key: str, statement: str) -> bool:
     now = now_ms()
-    args = {"plugin": PLUGIN, "ns": NAMESPACE, "key": key,
-            "value": json.dumps(VALUE, separators=(",", ":")), "now": now, "expires": now + TTL_MS}
+    params = (PLUGIN, NAMESPACE, key, now, json.dumps(VALUE), now + TTL_MS)
     conn = bare.conn
     conn.execute("BEGIN IMMEDIATE")
     try:
-        written = conn.execute(statement, args).rowcount > 0
-        if written:  # the cap checks SQLiteBackend._enforce_caps runs when nothing is over
-            conn.execute(sql.SQL_NS_ROWS, args).fetchone()
-            conn.execute(sql.SQL_PLUGIN_ROWS, args).fetchone()
+        written = conn.execute(statement, params).rowcount > 0
+        if written:  # the cap check SQLiteBackend.write runs (nothing is over a cap here)
+            conn.execute(sql.SQL_CAPS, params[:2]).fetchone()
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -171,17 +168,17 @@ def bare_register_if_absent(bare: Bare, key: str) -> bool:
 
 
 def bare_lookup(bare: Bare, key: str) -> Any:
-    row = bare.conn.execute(sql.SQL_READ, {"plugin": PLUGIN, "ns": NAMESPACE, "key": key, "now": now_ms()}).fetchone()
-    return None if row is None else json.loads(row[1])
+    row = bare.conn.execute(sql.SQL_READ, (PLUGIN, NAMESPACE, key, now_ms())).fetchone()
+    return None if row is None else json.loads(row[0])
 
 
 def bare_consume(bare: Bare, key: str) -> Any:
     now = now_ms()
     conn = bare.conn
     conn.execute("BEGIN IMMEDIATE")
-    row = conn.execute(sql.SQL_TAKE, {"plugin": PLUGIN, "ns": NAMESPACE, "key": key, "now": now}).fetchone()
+    row = conn.execute(sql.SQL_TAKE, (PLUGIN, NAMESPACE, key)).fetchone()
     conn.execute("COMMIT")
-    return None if row is None or (row[3] is not None and row[3] <= now) else json.loads(row[1])
+    return None if row is None or (row[2] is not None and row[2] <= now) else json.loads(row[0])
 
 
 def bare_close(bare: Bare) -> None:
@@ -363,8 +360,8 @@ def run_sweep(workdir: Path, expired: int, live: int) -> dict[str, float]:
     now = now_ms()
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany(sql.SQL_UPSERT, (  # expired rows spread over plugins and namespaces, plus live ones
-        {"plugin": f"plugin-{i % 4}", "ns": f"ns-{i % 16}", "key": key_of(i), "value": '{"v":1}',
-         "now": now - 10_000, "expires": (now - 1_000 - i % 5_000) if i < expired else now + TTL_MS}
+        (f"plugin-{i % 4}", f"ns-{i % 16}", key_of(i), now - 10_000, '{"v":1}',
+         (now - 1_000 - i % 5_000) if i < expired else now + TTL_MS)
         for i in range(expired + live)))
     conn.execute("COMMIT")
     conn.close()

@@ -172,17 +172,20 @@ class KeyedStore:
 
     def lookup(self, key: str) -> Any | None:
         """Return the live value under `key`, or None. Raises INVALID_INPUT, READ_FAILED, CORRUPT."""
-        entry = self.lookup_entry(key)
-        return None if entry is None else entry.value
+        row = self._read(key)
+        return None if row is None else self._decode(row, "lookup")
 
     def lookup_entry(self, key: str) -> Entry | None:
         """Return the live row under `key` with its created_at/expires_at, or None.
 
         Adapters use it to keep the stored expiry in their memory cache. Raises as `lookup`.
         """
-        key = check.key(key, "lookup")
-        row = self._backend.read(self.plugin_id, self.namespace, key, now_ms=self._now("lookup"))
+        row = self._read(key)
         return None if row is None else Entry(row.key, self._decode(row, "lookup"), row.created_at, row.expires_at)
+
+    def _read(self, key: str) -> Row | None:
+        key = check.key(key, "lookup")
+        return self._backend.read(self.plugin_id, self.namespace, key, now_ms=self._now("lookup"))
 
     def consume(self, key: str) -> Any | None:
         """Read and delete the live row under `key` in one atomic step; None if there was none.

@@ -16,6 +16,9 @@ MAX_PLUGIN_ID_BYTES = 128
 MAX_TTL_MS = 2**53 - 1  # keeps now + ttl inside SQLite's and Lua's exact integer range
 OVERFLOW_POLICIES = ("evict-oldest", "reject-new")
 
+# Built once: json.dumps with non-default options builds a new encoder on every call.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
 JSON = dict[str, Any] | list[Any] | str | int | float | bool | None
 
 
@@ -64,7 +67,8 @@ def key(value: object, op: str) -> str:
     value = value.strip()
     if not value:
         raise StateStoreError("INVALID_INPUT", op, "key must not be empty")
-    size = _utf8_len(value, "key", op)
+    # An ASCII key (the usual case) is as many bytes as characters: skip encoding it.
+    size = len(value) if value.isascii() else _utf8_len(value, "key", op)
     if size > MAX_KEY_BYTES:
         raise StateStoreError(
             "LIMIT_EXCEEDED", op, f"key is {size} bytes; the limit is {MAX_KEY_BYTES}"
@@ -100,10 +104,10 @@ def serialize_value(value: object, op: str) -> str:
     """
     _check_shape(value, op)
     try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = _encode(value)
     except ValueError:  # an int past Python's 4,300-digit str limit: it could never be read back
         raise StateStoreError("INVALID_INPUT", op, "value contains an integer too large to serialize") from None
-    size = _utf8_len(text, "value", op)
+    size = len(text) if text.isascii() else _utf8_len(text, "value", op)
     if size > MAX_VALUE_BYTES:
         raise StateStoreError(
             "LIMIT_EXCEEDED", op, f"value is {size} bytes serialized; the limit is {MAX_VALUE_BYTES}"

@@ -1,0 +1,66 @@
+"""Two real gateway processes on one Redis, in front of the same simulators.
+
+A load balancer is played by the test: it picks which gateway each delivery goes to by setting
+the simulator's `gateway_url` (the harness points it at the last gateway started).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.sim.base import SimulatorServer
+from gateway.sim.harness import GatewayHarness
+from state import Entry, open_keyed_store
+
+S = TypeVar("S", bound=SimulatorServer)
+HEALTH_DEADLINE_S = 40.0  # generous: 2 shared cores, probe results cached for 5 s
+
+
+@asynccontextmanager
+async def gateways(
+    simulators: Sequence[SimulatorServer], url: str, tmp_path: Path, *, count: int = 2, **kw: Any
+) -> AsyncIterator[list[GatewayHarness]]:
+    """Start `count` gateways sharing `simulators` and the Redis at `url` (each with its own
+    state dir, so nothing is shared through SQLite by accident); stop them in reverse."""
+    async with AsyncExitStack() as stack:
+        started = []
+        for name in "abcdefgh"[:count]:
+            gw = GatewayHarness(simulators, config={"state": {"url": url}}, state_dir=tmp_path / f"gw-{name}", **kw)
+            started.append(await stack.enter_async_context(gw))
+        yield started
+
+
+def via(gw: GatewayHarness, sim: S) -> S:
+    """Point `sim` at `gw` for the next delivery.
+
+    Safe for concurrent deliveries when the caller calls `deliver` right after this, in the
+    same task: the simulators read `gateway_url` before their first await.
+    """
+    sim.gateway_url = gw.gateway_url  # type: ignore[attr-defined]
+    return sim
+
+
+def stored(url: str, plugin_id: str, namespace: str) -> dict[str, Entry]:
+    """The live rows of one namespace, read through our own store API from the test process."""
+    with open_keyed_store(plugin_id, namespace, max_entries=50_000, url=url) as store:
+        return {e.key: e for e in store.entries()}
+
+
+async def wait_for_health(gw: GatewayHarness, want: Callable[[dict[str, Any]], bool], *, poke: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Poll /healthz until `want(body)` holds (a deadline, not a sleep-as-sync); `poke` runs
+    between polls, e.g. a request that lets a degraded adapter find the store again."""
+    deadline = time.monotonic() + HEALTH_DEADLINE_S
+    while True:
+        _, body = await gw.healthz()
+        if want(body):
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/healthz never matched; last: {body}")
+        if poke is not None:
+            await poke()
+        await asyncio.sleep(0.2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 
@@ -32,9 +33,13 @@ class TeamsCloudAdapter(CloudAdapterBase):
     the send returns to the bot's code.
     """
 
-    def __init__(self, auth: BotFrameworkAuthentication, *, on_sent: OnSent) -> None:
+    def __init__(
+        self, auth: BotFrameworkAuthentication, *, on_sent: OnSent,
+        log: logging.LoggerAdapter[logging.Logger] | logging.Logger | None = None,
+    ) -> None:
         super().__init__(auth)
         self._on_sent = on_sent
+        self._log = log or logging.getLogger("chatstate.adapters.teams")
 
     async def send_activities(
         self, context: TurnContext, activities: list[Activity]
@@ -73,13 +78,16 @@ class TeamsCloudAdapter(CloudAdapterBase):
         activity = _parse(await request.read())
         try:
             authenticated = await self.authenticate(activity, auth_header)
-        except RequestException:
+        except RequestException as exc:
+            self._log.error("auth_metadata_unavailable", extra={"error": type(exc).__name__})
             raise web.HTTPServiceUnavailable(text="cannot fetch the token signing keys") from None
-        except Exception:  # noqa: BLE001 - the library signals a bad token with many types
+        except Exception as exc:  # noqa: BLE001 - the library signals a bad token with many types
+            self._log.warning("auth_rejected", extra={"error": type(exc).__name__})  # never the token
             raise web.HTTPUnauthorized(text="invalid bearer token") from None
         try:
             invoke = await self.process_activity(authenticated, activity, bot.on_turn)
         except (HttpOperationError, ClientRequestError) as exc:
+            self._log.error("bot_connector_failed", extra={"error": type(exc).__name__})
             raise web.HTTPBadGateway(text=f"bot connector call failed: {type(exc).__name__}") from None
         if invoke is None:
             return web.Response(status=HTTPStatus.OK)

@@ -49,7 +49,7 @@ class TeamsPlugin(Plugin):
         await state.open(runtime)
         sent = SentMessages(state)
         self._state = state
-        self._adapter = TeamsCloudAdapter(auth, on_sent=sent.record)
+        self._adapter = TeamsCloudAdapter(auth, on_sent=sent.record, log=runtime.log)
         self._bot = TeamsBot(sent, log=runtime.log)
 
     def health(self) -> dict[str, Any]:

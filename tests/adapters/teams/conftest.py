@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 import state
+from botframework.connector.auth import JwtTokenExtractor
+
 from gateway.sim.teams import TeamsSimulator
 
 
@@ -20,3 +22,10 @@ async def sim() -> AsyncIterator[TeamsSimulator]:
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return state.database_path(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_signing_key_cache() -> None:
+    """botframework-connector caches each OpenID metadata URL's keys for a day, process-wide;
+    a later simulator that happens to get a freed port again has a new key."""
+    JwtTokenExtractor.metadataCache.clear()

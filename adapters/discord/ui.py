@@ -51,27 +51,22 @@ def build_panel(*, allowed_user_ids: list[str]) -> Panel:
         )
     }
     view = discord.ui.View(timeout=None)  # no discord.py timeout: the registry TTL rules
-    items: list[tuple[discord.ui.Item[discord.ui.View], str, bool]] = [
-        (discord.ui.Button(label="Refresh", style=discord.ButtonStyle.secondary, custom_id=new_custom_id("refresh")), "refresh", False),
-        (discord.ui.Button(label="Approve", style=discord.ButtonStyle.success, custom_id=new_custom_id("approve")), "approve", True),
-        (
-            discord.ui.Select(
-                custom_id=new_custom_id("colour"),
-                placeholder="Pick a colour",
-                options=[discord.SelectOption(label=c.title(), value=c) for c in COLOURS],
-            ),
-            "colour",
-            False,
-        ),
-        (discord.ui.Button(label="Feedback", style=discord.ButtonStyle.primary, custom_id=new_custom_id("feedback")), "feedback", False),
+    colours = discord.ui.Select(
+        custom_id=new_custom_id("colour"), placeholder="Pick a colour",
+        options=[discord.SelectOption(label=c.title(), value=c) for c in COLOURS],
+    )
+    items: list[tuple[discord.ui.Item[discord.ui.View], str, bool]] = [  # (item, action, single_use)
+        (_button("Refresh", discord.ButtonStyle.secondary, "refresh"), "refresh", False),
+        (_button("Approve", discord.ButtonStyle.success, "approve"), "approve", True),
+        (colours, "colour", False),
+        (_button("Feedback", discord.ButtonStyle.primary, "feedback"), "feedback", False),
     ]
     components: dict[str, ComponentEntry] = {}
     for item, action, single_use in items:
         view.add_item(item)
         custom_id = item.custom_id  # type: ignore[attr-defined]  # Button and Select both have one
-        entry = ComponentEntry(
-            component_type=item.type.value, action=action, single_use=single_use, allowed_user_ids=allowed
-        )
+        entry = ComponentEntry(component_type=item.type.value, action=action, single_use=single_use,
+                               allowed_user_ids=allowed)
         if action == "feedback":
             entry["modal_id"] = modal_id
         components[custom_id] = entry
@@ -79,13 +74,15 @@ def build_panel(*, allowed_user_ids: list[str]) -> Panel:
     return Panel(f"Deployment panel{who}.", view, components, modals)
 
 
+def _button(label: str, style: discord.ButtonStyle, action: str) -> discord.ui.Button[discord.ui.View]:
+    return discord.ui.Button(label=label, style=style, custom_id=new_custom_id(action))
+
+
 def build_modal(custom_id: str, entry: ModalEntry) -> discord.ui.Modal:
     """The modal a stored entry describes, ready for `platform.modal`."""
     view = discord.ui.Modal(title=entry["title"], custom_id=custom_id, timeout=None)
     for f in entry["fields"]:
-        view.add_item(
-            discord.ui.TextInput(
-                label=f["label"], custom_id=f["custom_id"], style=discord.TextStyle[f["style"]], required=f["required"]
-            )
-        )
+        style = discord.TextStyle[f["style"]]
+        text = discord.ui.TextInput(label=f["label"], custom_id=f["custom_id"], style=style, required=f["required"])
+        view.add_item(text)
     return view

@@ -1,13 +1,16 @@
 """Read the Discord registries straight from the gateway's SQLite file (read-only), so tests
-check what is on disk rather than what the adapter says."""
+check what is on disk rather than what the adapter says; and a runtime over one SQLite file."""
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import state
 
 COMPONENTS = "discord.components"
 MODALS = "discord.modals"
@@ -38,3 +41,22 @@ def rows(db: Path, namespace: str) -> dict[str, Row]:
 
 def custom_ids(message: dict[str, Any]) -> set[str]:
     return {c["custom_id"] for row in message["components"] for c in row["components"]}
+
+
+class FileRuntime:
+    """The part of `gateway.plugin.PluginRuntime` the registries use, over one SQLite file."""
+
+    plugin_id = "discord"
+
+    def __init__(self, db: Path, *, legacy: bool = False) -> None:
+        self.db = db
+        self.legacy = legacy
+        self.config: dict[str, Any] = {}
+        self.log = logging.LoggerAdapter(logging.getLogger("test.discord"), {})
+
+    async def open_keyed_store(self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None,
+                               overflow: str = "evict-oldest") -> state.AsyncKeyedStore:
+        return await state.open_async_keyed_store(
+            self.plugin_id, namespace, max_entries=max_entries, default_ttl_ms=default_ttl_ms,
+            overflow=overflow, path=self.db,
+        )

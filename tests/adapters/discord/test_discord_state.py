@@ -3,35 +3,14 @@ panel's entries, which must match what discord.py serializes onto the message.""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Any
 
 import discord
 import pytest
 
-import state
 from adapters.discord import ui
 from adapters.discord.state import COMPONENTS, MODALS, Registry, unwrap, wrap
-
-
-class FileRuntime:
-    """The part of `gateway.plugin.PluginRuntime` the registries use, over one SQLite file."""
-
-    plugin_id = "discord"
-
-    def __init__(self, db: Path, *, legacy: bool = False) -> None:
-        self.db = db
-        self.legacy = legacy
-        self.config: dict[str, Any] = {}
-        self.log = logging.LoggerAdapter(logging.getLogger("test.discord"), {})
-
-    async def open_keyed_store(self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None,
-                               overflow: str = "evict-oldest") -> state.AsyncKeyedStore:
-        return await state.open_async_keyed_store(
-            self.plugin_id, namespace, max_entries=max_entries, default_ttl_ms=default_ttl_ms,
-            overflow=overflow, path=self.db,
-        )
+from discord_helpers import FileRuntime
 
 
 def test_specs_are_the_design_table() -> None:

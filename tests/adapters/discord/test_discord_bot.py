@@ -1,0 +1,48 @@
+"""The bot's peek -> check -> consume order, on the registries alone (clicks need no REST)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import discord
+
+from adapters.discord import platform, ui
+from adapters.discord.bot import EXPIRED, NOT_FOR_YOU, DiscordBot
+from adapters.discord.platform import DiscordRest
+from adapters.discord.state import Registry
+from discord_helpers import FileRuntime
+
+LOG = logging.LoggerAdapter(logging.getLogger("test.discord"), {})
+
+
+def click(custom_id: str, kind: discord.ComponentType, user_id: str = "1") -> platform.Interaction:
+    return platform.Interaction(discord.InteractionType.component, user_id, "10", custom_id=custom_id, component_type=kind)
+
+
+async def test_wrong_kind_unknown_id_and_old_versions_read_as_expired(tmp_path: Path) -> None:
+    registry = Registry(legacy=False)
+    await registry.open(FileRuntime(tmp_path / "state.sqlite"))
+    bot = DiscordBot(registry, DiscordRest(api_base="http://127.0.0.1:9", bot_token="unused"), log=LOG)
+    try:
+        panel = ui.build_panel(allowed_user_ids=["1"])
+        await registry.register(panel.components, panel.modals)
+        approve = next(cid for cid, e in panel.components.items() if e["action"] == "approve")
+
+        wrong_kind = await bot.answer(click(approve, discord.ComponentType.string_select))
+        assert wrong_kind["data"]["content"] == EXPIRED
+        refused = await bot.answer(click(approve, discord.ComponentType.button, user_id="2"))
+        assert refused["data"]["content"] == NOT_FOR_YOU
+        assert await registry.peek_component(approve) is not None  # neither consumed it
+
+        unknown = await bot.answer(click("approve:ffffffffffffffff", discord.ComponentType.button))
+        assert unknown["data"]["content"] == EXPIRED
+
+        await registry.components.record(approve, {"version": 2, "entry": panel.components[approve]})
+        newer = await bot.answer(click(approve, discord.ComponentType.button))
+        assert newer["data"]["content"] == EXPIRED
+
+        ok = await bot.answer(click(next(iter(panel.components)), discord.ComponentType.button))
+        assert ok["type"] == discord.InteractionResponseType.message_update.value  # Refresh still works
+    finally:
+        await registry.close()

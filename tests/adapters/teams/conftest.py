@@ -6,10 +6,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
-import state
 from botframework.connector.auth import JwtTokenExtractor
 
+import state
 from gateway.sim.teams import TeamsSimulator
 
 

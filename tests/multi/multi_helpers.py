@@ -23,14 +23,17 @@ HEALTH_DEADLINE_S = 40.0  # generous: 2 shared cores, probe results cached for 5
 
 @asynccontextmanager
 async def gateways(
-    simulators: Sequence[SimulatorServer], url: str, tmp_path: Path, *, count: int = 2, **kw: Any
+    simulators: Sequence[SimulatorServer], url: str, tmp_path: Path, *, count: int = 2,
+    state: dict[str, Any] | None = None, **kw: Any,
 ) -> AsyncIterator[list[GatewayHarness]]:
     """Start `count` gateways sharing `simulators` and the Redis at `url` (each with its own
-    state dir, so nothing is shared through SQLite by accident); stop them in reverse."""
+    state dir, so nothing is shared through SQLite by accident); stop them in reverse.
+    `state`: more `[state]` keys, e.g. {"sweep_interval_s": 1}."""
+    config = {"state": {"url": url, **(state or {})}}
     async with AsyncExitStack() as stack:
         started = []
         for name in "abcdefgh"[:count]:
-            gw = GatewayHarness(simulators, config={"state": {"url": url}}, state_dir=tmp_path / f"gw-{name}", **kw)
+            gw = GatewayHarness(simulators, config=config, state_dir=tmp_path / f"gw-{name}", **kw)
             started.append(await stack.enter_async_context(gw))
         yield started
 

@@ -18,6 +18,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 RETRY_NUM_HEADER = "X-Slack-Retry-Num"
 RETRY_REASON_HEADER = "X-Slack-Retry-Reason"
 MESSAGE_EVENTS = ("app_mention", "message")  # the event types the bot may answer
+REPLY_METADATA_TYPE = "chatstate_reply"  # message metadata on each reply: which event it answers
 
 
 class RequestVerifier:
@@ -129,10 +130,28 @@ class SlackApi:
         resp = await self.client.auth_test()
         return BotIdentity(user_id=resp["user_id"], team_id=resp["team_id"], bot_id=resp.get("bot_id"))
 
-    async def post_message(self, *, channel: str, text: str, thread_ts: str) -> str:
+    async def post_message(self, *, channel: str, text: str, thread_ts: str, event_id: str) -> str:
         """Post `text` into the thread `thread_ts` of `channel`; returns the new message's ts.
 
-        Raises slack_sdk.errors.SlackApiError (ok=false) and aiohttp.ClientError (network).
+        The message carries metadata naming the `event_id` it answers, so a retry after a crash
+        can find it (`answered`). Raises slack_sdk.errors.SlackApiError (ok=false) and
+        aiohttp.ClientError (network).
         """
-        resp = await self.client.chat_postMessage(channel=channel, text=text, thread_ts=thread_ts)
+        metadata = {"event_type": REPLY_METADATA_TYPE, "event_payload": {"event_id": event_id}}
+        resp = await self.client.chat_postMessage(channel=channel, text=text, thread_ts=thread_ts, metadata=metadata)
         return str(resp["ts"])
+
+    async def answered(self, *, channel: str, thread_ts: str, after_ts: str, event_id: str) -> bool:
+        """Whether the thread already holds our reply to `event_id` (posted after `after_ts`).
+
+        Only a retried event whose earlier attempt may have died between posting and marking
+        the event done needs this. Raises as `post_message`.
+        """
+        resp = await self.client.conversations_replies(
+            channel=channel, ts=thread_ts, oldest=after_ts, include_all_metadata=True, limit=200
+        )
+        for message in resp.get("messages") or []:
+            meta = message.get("metadata") or {}
+            if meta.get("event_type") == REPLY_METADATA_TYPE and (meta.get("event_payload") or {}).get("event_id") == event_id:
+                return True
+        return False

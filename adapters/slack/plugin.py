@@ -12,9 +12,10 @@ Request path (POST /slack/events), in this order:
 SIGKILL, step by step: before the claim, or holding the lease without having replied, Slack
 gets no 2xx and retries; a retry that meets a live lease no task here owns gets 503 +
 Retry-After, and once the lease has expired the retry wins the claim and answers (no reply
-lost). After the done mark, a retry is acked and dropped (no double reply). The one window
-left is between Slack accepting chat.postMessage and the done mark landing (two local SQLite
-writes); docs/migrations/slack.md says what that means.
+lost). After the done mark, a retry is acked and dropped (no double reply). Between Slack
+accepting chat.postMessage and the done mark landing, a retry that wins the expired lease first
+looks for its own reply in the thread (each reply carries the event_id as message metadata)
+and, finding it, records what the dead process could not and answers nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from aiohttp import web
 from slack_sdk.errors import SlackApiError
 
 from adapters.common import AdapterState, now_ms
-from adapters.slack.platform import BotIdentity, RequestVerifier, SlackApi, SlackMessage, parse_message
+from adapters.slack.platform import (
+    RETRY_NUM_HEADER,
+    BotIdentity,
+    RequestVerifier,
+    SlackApi,
+    SlackMessage,
+    parse_message,
+)
 from adapters.slack.policy import MentionPolicy
 from adapters.slack.config import SlackSettings
 from adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
@@ -138,17 +146,17 @@ class SlackPlugin(Plugin):
         message = parse_message(envelope)
         if message is None:
             return web.Response(status=200)
-        outcome = await self.accept(message)
+        outcome = await self.accept(message, retried=RETRY_NUM_HEADER in request.headers)
         return self._answer(outcome)
 
-    async def accept(self, message: SlackMessage) -> Outcome | None:
+    async def accept(self, message: SlackMessage, *, retried: bool = False) -> Outcome | None:
         """Start (or join) the work on `message`; return its outcome, or None if it is still
         running after `ack_budget_s` (then it finishes in the background)."""
         assert self.settings is not None
         key = EventLedger.key(message.team_id, message.event_id)
         if key in self._inflight:
             return Outcome.IN_PROGRESS
-        task = asyncio.create_task(self._run(key, message), name=f"slack-event-{key}")
+        task = asyncio.create_task(self._run(key, message, retried=retried), name=f"slack-event-{key}")
         self._inflight[key] = task
         task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         done, _ = await asyncio.wait({task}, timeout=self.settings.ack_budget_s)
@@ -161,13 +169,16 @@ class SlackPlugin(Plugin):
             return web.Response(status=503, headers={"Retry-After": str(retry_after)}, text=outcome.value)
         return web.Response(status=200, text=outcome.value if outcome else "accepted")
 
-    async def _run(self, key: str, message: SlackMessage) -> Outcome:
+    async def _run(self, key: str, message: SlackMessage, *, retried: bool) -> Outcome:
         """Claim, answer, mark done; every write awaited before the next step."""
         assert self._events is not None and self._runtime is not None
         received_at = now_ms()
         if not await self._events.claim(key, received_at=received_at):
             return Outcome.ALREADY_DONE if await self._events.is_done(key) else Outcome.LEASED
         try:
+            if retried and not self._runtime.legacy and await self._answered_before(message):
+                await self._events.mark_done(key, received_at=received_at)
+                return Outcome.ALREADY_DONE
             replied = await self._respond(message)
         except (SlackApiError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
             self._runtime.log.warning("slack_reply_failed", extra={"event": key, "error": type(exc).__name__})
@@ -175,6 +186,21 @@ class SlackPlugin(Plugin):
             return Outcome.FAILED
         await self._events.mark_done(key, received_at=received_at)
         return Outcome.REPLIED if replied else Outcome.IGNORED
+
+    async def _answered_before(self, message: SlackMessage) -> bool:
+        """For a retried event we just claimed: did an earlier attempt post its reply and die
+        before marking the event done? If so, record the participation it could not record.
+
+        Part of the migration, so legacy mode (the "before") does not do it.
+        """
+        assert self._api is not None and self._threads is not None and self.settings is not None
+        thread = self.thread_of(message)
+        found = await self._api.answered(
+            channel=thread.channel_id, thread_ts=thread.thread_ts, after_ts=message.ts, event_id=message.event_id
+        )
+        if found:
+            await self._threads.record_participation(thread, agent_id=self.settings.agent_id)
+        return found
 
     async def _respond(self, message: SlackMessage) -> bool:
         """Apply the mention policy and reply if it says so; True if the bot replied."""
@@ -185,7 +211,7 @@ class SlackPlugin(Plugin):
             participated = await self._threads.replied_in(thread) is not None
         answer, _reason = self._policy.decide(message, self.bot.user_id, participated=participated)
         if answer:
-            await self.reply(thread, compose_reply(message, self.bot.user_id))
+            await self.reply(thread, compose_reply(message, self.bot.user_id), event_id=message.event_id)
         return answer
 
     # -- outbound: the one send path ------------------------------------------------------
@@ -194,14 +220,17 @@ class SlackPlugin(Plugin):
         assert self.settings is not None
         return ThreadRef(message.team_id, self.settings.account_id, message.channel, message.thread_root)
 
-    async def reply(self, thread: ThreadRef, text: str) -> str:
-        """Post `text` in `thread` and record participation; returns the posted message's ts.
+    async def reply(self, thread: ThreadRef, text: str, *, event_id: str) -> str:
+        """Post `text` in `thread`, answering `event_id`, and record participation; returns
+        the posted message's ts.
 
         Every message the bot sends goes through here, so no send path can forget to record
         (a bug the reference system had). Returns only after the row is durable. Raises
         SlackApiError / aiohttp.ClientError when the post fails (nothing is recorded then).
         """
         assert self._api is not None and self._threads is not None and self.settings is not None
-        ts = await self._api.post_message(channel=thread.channel_id, text=text, thread_ts=thread.thread_ts)
+        ts = await self._api.post_message(
+            channel=thread.channel_id, text=text, thread_ts=thread.thread_ts, event_id=event_id
+        )
         await self._threads.record_participation(thread, agent_id=self.settings.agent_id)
         return ts

@@ -79,6 +79,7 @@ class SlackSimulator(SimulatorServer):
     def build(self, app: web.Application) -> None:
         app.router.add_post("/api/auth.test", self._auth_test)
         app.router.add_post(f"/api/{POST_MESSAGE}", self._post_message)
+        app.router.add_get("/api/conversations.replies", self._replies)
 
     def gateway_config(self) -> dict[str, Any]:
         return {
@@ -116,8 +117,22 @@ class SlackSimulator(SimulatorServer):
         message = {"type": "message", "user": self.bot_user_id, "bot_id": self.bot_id,
                    "text": args.get("text", ""), "ts": ts, "thread_ts": args.get("thread_ts"),
                    "channel": args["channel"]}
+        if isinstance(args.get("metadata"), dict):
+            message["metadata"] = args["metadata"]
         await self.record(POST_MESSAGE, message)
         return web.json_response({"ok": True, "channel": args["channel"], "ts": ts, "message": message})
+
+    async def _replies(self, request: web.Request) -> web.Response:
+        """conversations.replies over the bot's posts (the simulator keeps no user messages)."""
+        if not self._authorized(request):
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+        q = request.query
+        if not q.get("channel") or not q.get("ts"):
+            return web.json_response({"ok": False, "error": "invalid_arguments"})
+        oldest = float(q.get("oldest") or 0)
+        messages = [m for m in self.posts(thread_ts=q["ts"])
+                    if m["channel"] == q["channel"] and float(m["ts"]) > oldest]
+        return web.json_response({"ok": True, "messages": messages, "has_more": False})
 
     # -- what tests read ------------------------------------------------------------------
     def posts(self, thread_ts: str | None = None) -> list[dict[str, Any]]:

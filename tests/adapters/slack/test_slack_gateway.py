@@ -209,3 +209,29 @@ async def test_bad_signatures_get_401_and_write_nothing(gw: GatewayHarness, slac
     handshake = load_fixture("url_verification")
     ok = await slack.deliver(handshake)
     assert ok.status == 200 and ok.body == f'{{"challenge": "{handshake["challenge"]}"}}'
+
+
+async def test_kill_between_post_and_done_mark_does_not_reply_twice(slack: SlackSimulator, tmp_path: Path) -> None:
+    slack.extra_config["event_lease_ms"] = 2_000
+    async with GatewayHarness([slack], state_dir=tmp_path / "state") as gw:
+        event = slack.mention_event("exactly once")
+        root = event["event"]["ts"]
+        slack.hold_posts = asyncio.get_running_loop().create_future()
+        first = asyncio.create_task(slack.deliver(event))
+        await asyncio.wait_for(slack.post_arrived.wait(), 15)
+        await gw.kill()  # the post is in Slack's hands; the done mark was never written
+        with pytest.raises(aiohttp.ClientError):
+            await first
+        slack.hold_posts.set_result(True)  # Slack accepts the reply of the dead process
+        slack.hold_posts = None
+        await slack.wait_for_posts(1)
+        [lease] = stored(gw.database_path, EVENTS_NAMESPACE)
+        assert "done_at" not in lease.value and stored(gw.database_path, THREADS_NAMESPACE) == []
+
+        await gw.start()
+        assert lease.expires_at is not None
+        await sleep_past(lease.expires_at)
+        retry = await slack.deliver(event, retry_num=1)
+        assert (retry.status, retry.body) == (200, "already_done")  # found its reply in the thread
+        assert len(slack.posts()) == 1
+        assert await follow_up(slack, root) == "replied"  # and recorded the participation it missed

@@ -102,6 +102,8 @@ class RedisBackend:
         self.settings = settings
         self._prefix = f"{self.options.prefix}:"
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._active = 0  # calls in flight: release() waits for them before closing the pool
         self._users = 0
         self._closed = False
         opts = self.options
@@ -177,8 +179,18 @@ class RedisBackend:
                                   path=self.location) from None
 
     def _call(self, op: str, fn: Callable[[], T]) -> T:
-        with self._translate(op):
-            return fn()
+        with self._lock:
+            if self._closed:
+                raise StateStoreError("UNAVAILABLE", op, "the store is closed", path=self.location)
+            self._active += 1
+        try:
+            with self._translate(op):
+                return fn()
+        finally:
+            with self._lock:
+                self._active -= 1
+                if not self._active:
+                    self._idle.notify_all()
 
     def _open_schema(self) -> None:
         """Mark this prefix with our schema version; refuse a newer one (SCHEMA_UNSUPPORTED)."""
@@ -305,7 +317,9 @@ class RedisBackend:
             self._users -= 1
             if self._users > 0:
                 return False
-            self._closed = True
+            self._closed = True  # new calls now fail with UNAVAILABLE ...
+            while self._active:  # ... and calls already running finish on an open pool first
+                self._idle.wait()
         self._client.close()
         return True
 

@@ -1,0 +1,213 @@
+"""The async twin: same names and signatures, disk work off the loop, close() under load."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sqlite3
+import threading
+import traceback
+
+import pytest
+
+from state import (
+    AsyncKeyedStore,
+    Entry,
+    KeyedStore,
+    StateStoreError,
+    open_async_keyed_store,
+    open_keyed_store,
+)
+from state_support import T0_MS
+
+BACKEND_CALLS = ("write", "read", "take", "remove", "remove_all", "scan", "release")
+
+
+def public_methods(cls: type) -> dict[str, object]:
+    return {
+        name: fn for name, fn in vars(cls).items()
+        if not name.startswith("_") and inspect.isfunction(fn)
+    }
+
+
+def test_async_twin_has_the_same_methods_and_signatures():
+    sync, aio = public_methods(KeyedStore), public_methods(AsyncKeyedStore)
+    assert set(sync) == set(aio)
+    assert {"register", "register_if_absent", "lookup", "consume", "delete", "clear", "entries", "close"} <= set(sync)
+    for name in sync:
+        assert inspect.signature(aio[name]) == inspect.signature(sync[name]), name
+        assert inspect.iscoroutinefunction(aio[name]), name
+    opened = {open_async_keyed_store: "AsyncKeyedStore", open_keyed_store: "KeyedStore"}
+    assert [inspect.signature(fn).replace(return_annotation=returns) for fn, returns in opened.items()] == [
+        inspect.signature(open_keyed_store).replace(return_annotation=returns) for returns in opened.values()
+    ]
+    assert inspect.iscoroutinefunction(open_async_keyed_store)
+
+
+async def test_async_methods_behave_like_the_sync_ones(target, clock):
+    async with await open_async_keyed_store("p", "ns", max_entries=2, clock=clock, **target) as store:
+        assert await store.register("a", {"x": 1}, ttl_ms=100) is None
+        assert await store.register_if_absent("a", 2) is False
+        assert await store.register_if_absent("b", [2]) is True
+        assert await store.lookup("a") == {"x": 1}
+        assert await store.lookup_entry("a") == Entry("a", {"x": 1}, T0_MS, T0_MS + 100)
+        assert [e.key for e in await store.entries()] == ["a", "b"]
+        clock.advance(1)
+        await store.register("c", 3)  # evicts "a", the oldest
+        assert await store.lookup("a") is None
+        assert await store.consume("b") == [2]
+        assert await store.delete("c") is True
+        assert await store.delete("c") is False
+        await store.register("d", 4)
+        assert await store.clear() == 1
+        with pytest.raises(StateStoreError) as err:
+            await store.register(" ", 1)
+        assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "register")
+    with pytest.raises(StateStoreError) as err:
+        await store.lookup("a")
+    assert err.value.code == "UNAVAILABLE"
+
+
+async def test_disk_work_runs_off_the_event_loop_thread(target, monkeypatch):
+    loop_thread = threading.get_ident()
+    seen: dict[str, set[int]] = {}
+
+    def spy(owner: type, name: str) -> None:
+        real = getattr(owner, name)
+
+        def recorded(*args, **kwargs):
+            seen.setdefault(f"{owner.__name__}.{name}", set()).add(threading.get_ident())
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, recorded)
+
+    for name in public_methods(KeyedStore):
+        spy(KeyedStore, name)
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: (seen.setdefault("connect", set()).add(
+        threading.get_ident()), real_connect(*a, **k))[1])
+
+    store = await open_async_keyed_store("p", "ns", max_entries=10, **target)
+    for name in BACKEND_CALLS:
+        spy(type(store.sync._backend), name)
+    await store.register("k", 1)
+    await store.register_if_absent("c", 1)
+    await store.lookup("k")
+    await store.lookup_entry("k")
+    await store.entries()
+    await store.consume("k")
+    await store.delete("c")
+    await store.clear()
+    await store.close()
+    expected = {f"KeyedStore.{n}" for n in public_methods(KeyedStore)}
+    expected |= {f"{type(store.sync._backend).__name__}.{n}" for n in BACKEND_CALLS}
+    assert expected <= set(seen)
+    assert all(loop_thread not in threads for threads in seen.values()), seen
+
+
+async def test_the_loop_runs_while_a_write_waits_for_the_sqlite_lock(sqlite_target, db_path, monkeypatch):
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.Event()
+    real_connect = sqlite3.connect
+
+    def traced_connect(*args, **kwargs):
+        conn = real_connect(*args, **kwargs)
+        conn.set_trace_callback(
+            lambda sql: loop.call_soon_threadsafe(waiting.set) if sql.strip().upper() == "BEGIN IMMEDIATE" else None
+        )
+        return conn
+
+    store = await open_async_keyed_store("p", "ns", max_entries=10, **sqlite_target)
+    await store.close()  # the next open makes fresh, traced connections
+    monkeypatch.setattr(sqlite3, "connect", traced_connect)
+    store = await open_async_keyed_store("p", "ns", max_entries=10, **sqlite_target)
+    waiting.clear()
+    blocker = real_connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # hold the write lock from outside
+    try:
+        write = asyncio.create_task(store.register("k", 1))
+        # Reachable only if the write waits for the lock on another thread, not on the loop.
+        await asyncio.wait_for(waiting.wait(), timeout=60)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not write.done()
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await write
+    assert await store.lookup("k") == 1
+    await store.close()
+
+
+def test_close_while_other_threads_write_is_safe(target):
+    a = open_keyed_store("p", "a", max_entries=100_000, **target)
+    b = open_keyed_store("p", "b", max_entries=100_000, **target)
+    acked: dict[str, list[str]] = {"a": [], "b": []}
+    failures: list[BaseException] = []
+    progressed = {name: [threading.Event() for _ in range(2)] for name in ("a", "b")}
+    later = {name: [threading.Event() for _ in range(2)] for name in ("a", "b")}
+    closed = {"a": threading.Event(), "b": threading.Event()}
+
+    def writer(name: str, store: KeyedStore, n: int) -> None:
+        i = 0
+        while True:
+            key = f"{n}-{i}"
+            try:
+                store.register(key, i)
+            except StateStoreError as exc:
+                if exc.code != "UNAVAILABLE" or not closed[name].is_set():
+                    failures.append(exc)
+                return
+            except BaseException as exc:  # anything else is a bug
+                failures.append(exc)
+                traceback.print_exc()
+                return
+            acked[name].append(key)
+            i += 1
+            if i == 20:
+                progressed[name][n].set()
+            if closed["a"].is_set() and i % 20 == 0:
+                later[name][n].set()
+
+    threads = [threading.Thread(target=writer, args=(name, store, n))
+               for name, store in (("a", a), ("b", b)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for event in progressed["a"] + progressed["b"]:
+        assert event.wait(60)
+    closed["a"].set()
+    a.close()  # "b" still holds the database: its writers must not notice
+    for event in later["b"]:
+        assert event.wait(60)
+    closed["b"].set()
+    b.close()  # the last user: in-flight writes finish, later ones get UNAVAILABLE
+    for t in threads:
+        t.join(60)
+    assert not failures
+    with open_keyed_store("p", "a", max_entries=100_000, **target) as a2, \
+            open_keyed_store("p", "b", max_entries=100_000, **target) as b2:
+        assert {e.key for e in a2.entries()} == set(acked["a"])
+        assert {e.key for e in b2.entries()} == set(acked["b"])
+
+
+async def test_async_close_while_tasks_write(target):
+    store = await open_async_keyed_store("p", "ns", max_entries=100_000, **target)
+    keeper = await open_async_keyed_store("p", "keeper", max_entries=10, **target)
+
+    async def write(i: int) -> str | None:
+        try:
+            await store.register(f"k{i}", i)
+        except StateStoreError as exc:
+            assert exc.code == "UNAVAILABLE"
+            return None
+        return f"k{i}"
+
+    tasks = [asyncio.create_task(write(i)) for i in range(200)]
+    await tasks[10]
+    await store.close()
+    acked = {k for k in await asyncio.gather(*tasks) if k is not None}
+    assert len(acked) >= 11
+    await keeper.register("still", "open")
+    await keeper.close()
+    async with await open_async_keyed_store("p", "ns", max_entries=100_000, **target) as again:
+        assert {e.key for e in await again.entries()} == acked

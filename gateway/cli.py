@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                         usage="gateway state [--config FILE] {probe,inspect} [options]")
     st.add_argument("rest", nargs=argparse.REMAINDER)
     st.set_defaults(func=cmd_state)
+
+    from gateway import demo  # light: the simulators and harness load only when it runs
+
+    demo.add_parser(sub)
+    sub.choices["demo"].set_defaults(func=demo.run)
     return parser
 
 

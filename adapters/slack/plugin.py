@@ -181,7 +181,7 @@ class SlackPlugin(Plugin):
                 return Outcome.ALREADY_DONE
             replied = await self._respond(message)
         except (SlackApiError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            self._runtime.log.warning("slack_reply_failed", extra={"event": key, "error": type(exc).__name__})
+            self._runtime.log.warning("slack_reply_failed", extra={"event_key": key, "error": type(exc).__name__})
             await self._events.release(key)
             return Outcome.FAILED
         await self._events.mark_done(key, received_at=received_at)

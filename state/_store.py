@@ -75,15 +75,27 @@ def _acquire_backend(path: str | os.PathLike[str] | None, url: str | None, setti
         factory = lambda: SQLiteBackend(resolved.absolute(), settings)  # noqa: E731
     with _lock:
         backend = _backends.get((os.getpid(), ident))
-        if backend is None or getattr(backend, "_closed", False):
-            backend = factory()
-            _backends[(os.getpid(), ident)] = backend
-        elif getattr(backend, "settings", settings) != settings:
-            raise StateStoreError(
-                "INVALID_INPUT", "open",
-                "this database is already open in this process with different settings",
-                path=backend.location,
-            )
+        if backend is not None and not getattr(backend, "_closed", False):
+            if getattr(backend, "settings", settings) != settings:
+                raise StateStoreError(
+                    "INVALID_INPUT", "open",
+                    "this database is already open in this process with different settings",
+                    path=backend.location,
+                )
+            backend.acquire()  # type: ignore[attr-defined]
+            # The last user's release() takes no global lock, so it may have closed the backend
+            # between the check above and acquire(): then start afresh instead of joining it.
+            if not getattr(backend, "_closed", False):
+                fix_permissions = getattr(backend, "fix_permissions", None)
+                try:
+                    if fix_permissions is not None:
+                        fix_permissions("open")  # modes are re-applied on every open, not the first only
+                except BaseException:
+                    backend.release()  # type: ignore[attr-defined]
+                    raise
+                return backend
+        backend = factory()
+        _backends[(os.getpid(), ident)] = backend
         backend.acquire()  # type: ignore[attr-defined]
         return backend
 

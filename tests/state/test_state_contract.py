@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from state import Entry, StateStoreError, StoreSettings
+from state import Entry, StateStoreError, StoreSettings, open_keyed_store
 from state_support import T0_MS, FakeClock
 
 
@@ -318,8 +320,6 @@ def test_reopen_with_different_settings_is_invalid_input(make_store, change):
 
 
 def test_reopen_after_close_may_change_settings(target):
-    from state import open_keyed_store
-
     first = open_keyed_store("p", "ns", max_entries=10, **target)
     first.register("k", 1)
     first.close()
@@ -350,6 +350,40 @@ def test_closed_store_error_names_the_operation(make_store):
     with pytest.raises(StateStoreError) as err:
         store.consume("k")
     assert err.value.operation == "consume"
+
+
+def test_open_racing_the_last_close_gets_a_working_store(target):
+    """The last close() releases the backend outside the global lock; an open() that saw the
+    backend alive just before must not end up on the closed one (it used to: UNAVAILABLE)."""
+    a = open_keyed_store("p", "a", max_entries=10, **target)
+    backend = a._backend
+    real_acquire, real_release = backend.acquire, backend.release
+    in_release, opener_checked, released = threading.Event(), threading.Event(), threading.Event()
+
+    def paused_release():  # a.close(): past its bookkeeping, about to release the backend
+        in_release.set()
+        assert opener_checked.wait(30)
+        try:
+            return real_release()
+        finally:
+            released.set()
+
+    def late_acquire():  # open(): saw the backend alive, then lost the race
+        opener_checked.set()
+        assert released.wait(30)
+        return real_acquire()
+
+    backend.release, backend.acquire = paused_release, late_acquire
+    closer = threading.Thread(target=a.close)
+    closer.start()
+    assert in_release.wait(30)
+    b = open_keyed_store("p", "b", max_entries=10, **target)
+    closer.join(30)
+    try:
+        b.register("k", 1)
+        assert b.lookup("k") == 1
+    finally:
+        b.close()
 
 
 def test_two_stores_with_their_own_clocks_share_one_database(make_store):

@@ -25,6 +25,7 @@ DEFAULT_DRAIN_TIMEOUT_S = 10.0  # how long SIGTERM waits for in-flight requests
 DEFAULT_SWEEP_INTERVAL_S = 60.0  # DESIGN.md §2: the gateway sweeps expired rows every 60 s
 DEFAULT_PLUGIN_MAX_LIVE_ROWS = 50_000  # DESIGN.md §2: per-plugin ceiling across namespaces
 DEFAULT_STATE_DIR = "~/.chatstate"
+STATE_URL_ENV = "CHATSTATE_STATE_URL"  # overrides [state] url (the Redis URL)
 ENV_PREFIX = "CHATSTATE_"  # CHATSTATE_<ADAPTER>_<KEY> overrides [adapters.<adapter>] <key>
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MODES = ("store", "legacy")
@@ -143,7 +144,8 @@ def parse_config(
             raise ConfigError("state.dir", "must not be empty")
     else:
         resolved_dir = default_state_dir(env)
-    url = _get(st, "state.url", str, "") or None
+    # CHATSTATE_STATE_URL wins over [state] url, so one config file serves a fleet on Redis (issue 10)
+    url = env.get(STATE_URL_ENV) or _get(st, "state.url", str, "") or None
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("state.url", "must be a redis:// or rediss:// URL")
     sweep = _number(st, "state.sweep_interval_s", DEFAULT_SWEEP_INTERVAL_S, minimum=None)

@@ -106,7 +106,7 @@ def _tagged(plugin_id: str, handler: Handler) -> Handler:
     """Wrap a plugin handler so the access log line names the plugin that served it."""
 
     async def tagged(request: web.Request) -> web.StreamResponse:
-        request["plugin"] = plugin_id
+        request[logs.PLUGIN_ID] = plugin_id  # type: ignore[index]
         return await handler(request)
 
     return tagged

@@ -13,11 +13,14 @@ import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
 LOGGER_NAME = "gateway"
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
+# Which plugin served a request, for the access log; typed where aiohttp has RequestKey (3.12+).
+PLUGIN_ID: Any = web.RequestKey("plugin", str) if hasattr(web, "RequestKey") else "plugin"
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
@@ -89,7 +92,7 @@ class AccessLogger(AbstractAccessLogger):
         self.logger.info(
             "http_request",
             extra=fields(
-                plugin=request.get("plugin"), method=request.method, path=request.path,
+                plugin=request.get(PLUGIN_ID),  # type: ignore[call-overload] method=request.method, path=request.path,
                 status=response.status, duration_ms=round(time * 1000, 3),
             ),
         )

@@ -80,7 +80,10 @@ def _inspect(args: argparse.Namespace) -> int:
             {"plugin_id": p, "namespace": n, "live": live, "expired": expired}
             for p, n, live, expired in conn.execute(
                 "SELECT plugin_id, namespace,"
-                " sum(expires_at IS NULL OR expires_at > :now), sum(expires_at <= :now)"
+                # "IS NOT NULL AND": a bare `expires_at <= :now` is NULL for never-expiring rows,
+                # and a sum over only NULLs is NULL, so such a namespace showed "expired": null.
+                " sum(expires_at IS NULL OR expires_at > :now),"
+                " sum(expires_at IS NOT NULL AND expires_at <= :now)"
                 f" FROM entries WHERE {cond} GROUP BY plugin_id, namespace ORDER BY 1, 2", params)
         ]
         keys: list[dict[str, Any]] = []

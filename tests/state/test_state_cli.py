@@ -1,0 +1,129 @@
+"""probe() and `python -m state probe|inspect`: shapes, exit codes, and never a stored value."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from state import database_path, open_keyed_store, probe
+from state.cli import main as cli_main
+from state_support import FakeClock
+
+SECRET = "SECRET-VALUE-MARKER"
+PROBE_STEPS = ["state-dir", "open", "schema", "write-read-delete", "checkpoint"]
+
+
+@pytest.fixture
+def populated(state_home: Path) -> Path:
+    """A state dir with live and expired rows in two namespaces, values holding SECRET."""
+    past = FakeClock()  # 2023: a row with a TTL is long expired by the wall clock inspect uses
+    store = open_keyed_store("slack", "slack.events", max_entries=10, path=state_home, clock=past)
+    store.register("T1:Ev1", {"token": SECRET})
+    store.register("T1:Ev2", {"token": SECRET}, ttl_ms=1)
+    other = open_keyed_store("discord", "discord.components", max_entries=10, path=state_home)
+    other.register("custom-1", SECRET)
+    store.close()
+    other.close()
+    return state_home
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "state", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_probe_reports_each_step_and_never_a_value(populated, db_path, query):
+    before = query("SELECT * FROM entries ORDER BY plugin_id, namespace, key")
+    result = probe(populated)
+    assert set(result) == {"ok", "database_path", "steps"}
+    assert result["ok"] is True
+    assert result["database_path"] == str(db_path)
+    assert [s["name"] for s in result["steps"]] == PROBE_STEPS
+    assert all(s == {"name": s["name"], "ok": True} for s in result["steps"])
+    assert SECRET not in json.dumps(result)
+    assert query("SELECT * FROM entries ORDER BY plugin_id, namespace, key") == before  # probe row removed
+
+
+def test_probe_creates_a_missing_state_dir(tmp_path):
+    result = probe(database_path(tmp_path / "fresh"))
+    assert result["ok"] is True
+    assert (tmp_path / "fresh" / "plugin-state" / "state.sqlite").is_file()
+
+
+def test_probe_failure_names_the_step_code_and_path(state_home, db_path):
+    db_path.parent.mkdir()
+    db_path.write_text("not a database")
+    result = probe(state_home)
+    assert result["ok"] is False
+    failed = result["steps"][-1]
+    assert failed["name"] == "open" and failed["ok"] is False
+    assert failed["code"] == "OPEN_FAILED" and str(db_path) in failed["message"]
+    assert db_path.read_text() == "not a database"
+
+
+def test_cli_probe_prints_json_and_exits_0(populated, db_path):
+    done = run_cli("probe", "--state-dir", str(populated))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["ok"] is True and result["database_path"] == str(db_path)
+    assert SECRET not in done.stdout + done.stderr
+
+
+def test_cli_probe_exits_1_on_a_bad_file(state_home, db_path):
+    db_path.parent.mkdir()
+    db_path.write_bytes(b"\x00" * 1000)
+    done = run_cli("probe", "--state-dir", str(state_home))
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["ok"] is False
+    assert db_path.read_bytes() == b"\x00" * 1000
+
+
+def test_cli_bad_usage_exits_2():
+    assert run_cli("frobnicate").returncode == 2
+    assert run_cli().returncode == 2
+
+
+def test_inspect_lists_namespaces_with_live_and_expired_counts(populated, capsys):
+    assert cli_main(["inspect", "--state-dir", str(populated), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["namespaces"] == [
+        {"plugin_id": "discord", "namespace": "discord.components", "live": 1, "expired": 0},
+        {"plugin_id": "slack", "namespace": "slack.events", "live": 1, "expired": 1},
+    ]
+    assert out["keys"] == []
+    assert SECRET not in json.dumps(out)
+
+
+def test_inspect_namespace_lists_keys_without_values_by_default(populated, capsys):
+    assert cli_main(["inspect", "--state-dir", str(populated), "--plugin", "slack", "--namespace", "slack.events"]) == 0
+    text = capsys.readouterr().out
+    assert "T1:Ev1" in text and "T1:Ev2" not in text  # expired keys are not listed
+    assert "expires=never" in text
+    assert SECRET not in text
+    assert cli_main(["inspect", "--state-dir", str(populated), "--namespace", "slack.events", "--json"]) == 0
+    keys = json.loads(capsys.readouterr().out)["keys"]
+    assert [(k["plugin_id"], k["key"], k["expires_at"]) for k in keys] == [("slack", "T1:Ev1", None)]
+    assert "value" not in keys[0] and keys[0]["created_at"].endswith("Z")
+
+
+def test_inspect_values_only_when_asked(populated, capsys):
+    assert cli_main(["inspect", "--state-dir", str(populated), "--namespace", "slack.events", "--values"]) == 0
+    assert SECRET in capsys.readouterr().out
+    done = run_cli("inspect", "--state-dir", str(populated), "--namespace", "discord.components", "--values", "--json")
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["keys"][0]["value"] == SECRET
+
+
+def test_inspect_does_not_write(populated, db_path):
+    before = db_path.read_bytes()
+    assert run_cli("inspect", "--state-dir", str(populated), "--namespace", "slack.events").returncode == 0
+    assert db_path.read_bytes() == before
+
+
+def test_inspect_of_a_missing_database_exits_1(tmp_path):
+    done = run_cli("inspect", "--state-dir", str(tmp_path / "nothing-here"))
+    assert done.returncode == 1 and "no state database" in done.stderr
+    assert not (tmp_path / "nothing-here").exists()

@@ -2,7 +2,7 @@
 
 POST /echo with body `{"key": "k"}` adds one to k's counter and answers `{"key", "count"}` only
 after the new count is durably written (awaited), so a SIGKILL right after the answer loses
-nothing. GET /echo/{key} reads it. Both routes check an HMAC-SHA256 signature before anything
+nothing. Reads go to memory first, then the store (the adapters' pattern, DESIGN.md §3). GET /echo/{key} reads it. Both routes check an HMAC-SHA256 signature before anything
 else and answer 401 without touching state when it is wrong, like a platform adapter would.
 
 Signature: header `X-Echo-Signature: sha256=<hex>` over `METHOD \\n raw-path \\n body`, keyed with
@@ -47,7 +47,8 @@ class EchoPlugin(Plugin):
     def __init__(self) -> None:
         self._secret = ""
         self._store: AsyncKeyedStore | None = None
-        self._memory: dict[str, int] = {}
+        self._memory: dict[str, int] = {}  # legacy: the only copy; store mode: a read cache
+        self._max_entries = DEFAULT_MAX_ENTRIES
         self._legacy = False
         self._locks: list[asyncio.Lock] = []
         self._last_error: str | None = None
@@ -71,6 +72,7 @@ class EchoPlugin(Plugin):
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
             raise ValueError("adapters.echo.max_entries: must be an integer >= 1")
         self._secret = secret
+        self._max_entries = max_entries
         self._legacy = runtime.legacy
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
         if not self._legacy:
@@ -112,16 +114,25 @@ class EchoPlugin(Plugin):
 
     # -- state ------------------------------------------------------------------------------
     async def _get(self, key: str) -> int:
-        if self._store is None:
+        """Memory first, then the store (DESIGN.md §3): this process is the only writer."""
+        if key in self._memory or self._store is None:
             return self._memory.get(key, 0)
         value = await self._guard(self._store.lookup(key))
-        return int(value["count"]) if isinstance(value, dict) else 0
+        count = int(value["count"]) if isinstance(value, dict) else 0
+        self._remember(key, count)
+        return count
 
     async def _put(self, key: str, count: int) -> None:
-        if self._store is None:
-            self._memory[key] = count
-            return
-        await self._guard(self._store.register(key, {"count": count}))
+        if self._store is not None:  # durable first: the reply goes out only after this
+            await self._guard(self._store.register(key, {"count": count}))
+        self._remember(key, count)
+
+    def _remember(self, key: str, count: int) -> None:
+        # Bounded like the store: the oldest-written key leaves memory first.
+        self._memory.pop(key, None)
+        self._memory[key] = count
+        if len(self._memory) > self._max_entries:
+            del self._memory[next(iter(self._memory))]
 
     async def _guard(self, op: Any) -> Any:
         """Await a store call; a failure answers 503 and shows in /healthz until one succeeds."""

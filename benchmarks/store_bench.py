@@ -29,6 +29,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -37,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ TTL_MS = 24 * 3_600_000  # Slack thread participation's TTL: every row expires, 
 VALUE = {"agent_id": "agent-7", "replied_at": 1_712_345_678_901}  # a typical adapter value
 # The contract's per-plugin ceiling (50,000 live rows) is below the 100k case: lift it here only.
 SETTINGS = state.StoreSettings(plugin_max_live_rows=10_000_000)
+CAPACITY = 10_000_000  # max_entries: no column evicts during a run, so all time the same work
 
 TARGET_BARE = 0.7  # ours / bare sqlite3, ops/s, each op
 TARGET_DISKCACHE = 1.0  # ours / diskcache, ops/s, each op
@@ -94,7 +97,7 @@ def sqlite_fill(path: Path, keys: range) -> None:
 
 # ours: the public API, exactly as an adapter calls it
 def ours_open(directory: Path, rows: int) -> state.KeyedStore:
-    return state.open_keyed_store(PLUGIN, NAMESPACE, max_entries=rows * 2, default_ttl_ms=TTL_MS,
+    return state.open_keyed_store(PLUGIN, NAMESPACE, max_entries=CAPACITY, default_ttl_ms=TTL_MS,
                                   path=directory / "state.sqlite", settings=SETTINGS)
 
 
@@ -122,7 +125,6 @@ def ours_consume(store: state.KeyedStore, key: str) -> Any:
 @dataclass
 class Bare:
     conn: sqlite3.Connection
-    max_entries: int
 
 
 def bare_open(directory: Path, rows: int) -> Bare:
@@ -136,7 +138,7 @@ def bare_open(directory: Path, rows: int) -> Bare:
         conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {state.SCHEMA_VERSION}")
     conn.execute("COMMIT")
-    return Bare(conn, rows * 2)
+    return Bare(conn)
 
 
 def bare_fill(bare: Bare, directory: Path, keys: range) -> None:
@@ -215,6 +217,57 @@ def dc_consume(cache: diskcache.Cache, key: str) -> Any:
     return cache.pop(key)
 
 
+# redis: the same public API on the Redis backend (issue 10), against a server of our own
+REDIS_URL: str | None = None  # set by main(): --redis-url, or a private redis-server it starts
+
+
+def redis_open(directory: Path, rows: int) -> state.KeyedStore:
+    assert REDIS_URL is not None
+    url = f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix=bench-{os.getpid()}-{rows}"
+    return state.open_keyed_store(PLUGIN, NAMESPACE, max_entries=CAPACITY, default_ttl_ms=TTL_MS,
+                                  url=url, settings=SETTINGS)
+
+
+def redis_fill(store: state.KeyedStore, directory: Path, keys: range) -> None:
+    """Load through the API from a few threads (untimed); Redis has no file to bulk-load."""
+    store.clear()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: store.register(key_of(i), VALUE), keys, chunksize=256))
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[str | None]:
+    """A private redis-server (loopback, appendonly everysec as docs/state.md recommends)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir),
+                             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import redis
+
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 15
+        while True:  # poll the starting server with a deadline
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 COLUMNS = (
     Column("ours", ours_open, ours_fill,
            {"register": ours_register, "lookup": ours_lookup,
@@ -229,16 +282,25 @@ COLUMNS = (
             "register_if_absent": dc_register_if_absent, "consume": dc_consume},
            lambda c: c.close()),
 )
+REDIS_COLUMN = Column("ours on redis", redis_open, redis_fill,
+                      {"register": ours_register, "lookup": ours_lookup,
+                       "register_if_absent": ours_register_if_absent, "consume": ours_consume},
+                      lambda s: s.close())
 
 
 # -- throughput and latency -----------------------------------------------------------------
 @dataclass
 class Sample:
     latencies_ns: list[int] = field(default_factory=list)
+    cpu_s: float = 0.0  # this thread's CPU time over the timed loops: robust to a busy machine
 
     @property
     def ops_per_s(self) -> float:
         return len(self.latencies_ns) / (sum(self.latencies_ns) / 1e9)
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu_s * 1e6 / len(self.latencies_ns)
 
     def pct_us(self, q: float) -> float:
         ordered = sorted(self.latencies_ns)
@@ -260,14 +322,15 @@ def check_result(op: str, result: Any) -> None:
         raise AssertionError("register_if_absent lost a fresh key")
 
 
-def run_size(rows: int, count: int, rounds: int, workdir: Path) -> dict[str, dict[str, Sample]]:
+def run_size(rows: int, count: int, rounds: int, workdir: Path,
+             columns: tuple[Column, ...] = COLUMNS) -> dict[str, dict[str, Sample]]:
     handles: dict[str, Any] = {}
-    for col in COLUMNS:
+    for col in columns:
         directory = workdir / f"{col.name.replace(' ', '-')}-{rows}"
         directory.mkdir()
         handles[col.name] = handle = col.open(directory, rows)
         col.fill(handle, directory, range(rows))
-    results = {col.name: {op: Sample() for op in OPS} for col in COLUMNS}
+    results = {col.name: {op: Sample() for op in OPS} for col in columns}
     rng = random.Random(rows)
     per_round = count // rounds
     try:
@@ -275,17 +338,20 @@ def run_size(rows: int, count: int, rounds: int, workdir: Path) -> dict[str, dic
             keys = keys_for(op, rows, per_round * rounds, rng)
             for r in range(rounds):
                 chunk = keys[r * per_round:(r + 1) * per_round]
-                order = COLUMNS[r % len(COLUMNS):] + COLUMNS[:r % len(COLUMNS)]
+                order = columns[r % len(columns):] + columns[:r % len(columns)]
                 for col in order:
-                    fn, handle, lat = col.ops[op], handles[col.name], results[col.name][op].latencies_ns
+                    fn, handle, sample = col.ops[op], handles[col.name], results[col.name][op]
+                    lat = sample.latencies_ns
                     gc.collect()
+                    cpu0 = time.thread_time()
                     for key in chunk:
                         t0 = time.perf_counter_ns()
                         result = fn(handle, key)
                         lat.append(time.perf_counter_ns() - t0)
                         check_result(op, result)
+                    sample.cpu_s += time.thread_time() - cpu0
     finally:
-        for col in COLUMNS:
+        for col in columns:
             col.close(handles[col.name])
     return results
 
@@ -413,12 +479,12 @@ def verdict(ok: bool) -> str:
 
 def report(sizes: dict[int, dict[str, dict[str, Sample]]], rss: dict[str, float], sweep: dict[str, float],
            gap: dict[str, float]) -> bool:
-    names = [c.name for c in COLUMNS]
+    names = list(next(iter(sizes.values())))  # every column that ran, Redis included
     ok = True
     print("\n## Throughput (ops/s) and latency (p50 / p99 us), per op and live-row count\n")
     print("| rows | op | " + " | ".join(f"{n} ops/s | {n} p50/p99 us" for n in names)
-          + " | ours/bare | ours/diskcache |")
-    print("|" + "---|" * (2 + 2 * len(names) + 2))
+          + " | ours/bare | ours/diskcache | CPU us/op (ours, bare, diskcache) | CPU ours/bare, ours/diskcache |")
+    print("|" + "---|" * (2 + 2 * len(names) + 4))
     for rows, cols in sizes.items():
         for op in OPS:
             cells = []
@@ -429,8 +495,10 @@ def report(sizes: dict[int, dict[str, dict[str, Sample]]], rss: dict[str, float]
             r_bare = ours / cols["bare sqlite3"][op].ops_per_s
             r_dc = ours / cols["diskcache"][op].ops_per_s
             ok &= r_bare >= TARGET_BARE and r_dc >= TARGET_DISKCACHE
+            cpu = [cols[n][op].cpu_us for n in names]
             print(f"| {rows:,} | {op} | " + " | ".join(cells)
-                  + f" | {r_bare:.2f}x {verdict(r_bare >= TARGET_BARE)} | {r_dc:.2f}x {verdict(r_dc >= TARGET_DISKCACHE)} |")
+                  + f" | {r_bare:.2f}x {verdict(r_bare >= TARGET_BARE)} | {r_dc:.2f}x {verdict(r_dc >= TARGET_DISKCACHE)}"
+                  + f" | {cpu[0]:.1f}, {cpu[1]:.1f}, {cpu[2]:.1f} | {cpu[1] / cpu[0]:.2f}x, {cpu[2] / cpu[0]:.2f}x |")
     checks = [
         (f"RSS growth, {rss['ops']:,} ops across {rss['instances']} store instances",
          f"{rss['growth_mib']:.2f} MiB ({rss['before_mib']:.1f} -> {rss['after_mib']:.1f})",
@@ -455,20 +523,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer ops per measurement (smoke run)")
     parser.add_argument("--dir", help="where to put the databases (default: a temp dir, removed after)")
+    parser.add_argument("--redis-url", help="Redis for the 'ours on redis' column (default: start a private"
+                        " redis-server if one is installed, else leave the column out)")
     parser.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
         print(json.dumps(rss_child(Path(args.rss_child[0]), int(args.rss_child[1]), int(args.rss_child[2]))))
         return 0
-    count, rounds = (1_000, 4) if args.quick else (6_000, 6)
+    count, rounds = (1_000, 4) if args.quick else (6_000, 12)
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="store-bench-"))
     workdir = Path(tempfile.mkdtemp(dir=base))
     started = time.perf_counter()
     print(f"# store_bench {'--quick ' if args.quick else ''}python {sys.version.split()[0]}, "
           f"SQLite {sqlite3.sqlite_version}, diskcache {diskcache.__version__}, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.2f}, dir {workdir}")
+    global REDIS_URL
     try:
-        sizes = {rows: run_size(rows, count, rounds, workdir) for rows in (1_000, 100_000)}
+        with contextlib.ExitStack() as stack:
+            REDIS_URL = args.redis_url or stack.enter_context(redis_server(workdir))
+            columns = COLUMNS + ((REDIS_COLUMN,) if REDIS_URL else ())
+            print(f"# redis column: {REDIS_URL or 'left out (no redis-server installed, no --redis-url)'}")
+            sizes = {rows: run_size(rows, count, rounds, workdir, columns) for rows in (1_000, 100_000)}
         rss = run_rss(workdir, 100, 30_000)
         sweep = run_sweep(workdir, 100_000, 10_000)
         gap = asyncio.run(loop_gap(workdir, 10_000, 4))

@@ -2,14 +2,14 @@
 
 Every contract test takes `make_store` (and, when it needs to look underneath, `target` and
 `dump_rows`), so the same tests run against each backend in `BACKENDS`: SQLite on a real file in
-tmp_path always, and Redis when CHATSTATE_TEST_REDIS_URL names a server whose logical database
-is reserved for tests (it is flushed before each test). SQLite-only checks (file modes, WAL,
+tmp_path, and Redis always too: the session's `redis_url` (tests/conftest.py), which is
+$CHATSTATE_TEST_REDIS_URL when set (its logical database must be reserved for tests: it is
+flushed before each test), else a private redis-server started for the session. SQLite-only checks (file modes, WAL,
 PRAGMAs, corrupt files, schema version) live in test_state_sqlite_*.py and use `sqlite_target`.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +20,6 @@ import pytest
 from state import KeyedStore, StoreSettings, open_keyed_store
 from state_support import FakeClock, rows_in
 
-REDIS_URL_ENV = "CHATSTATE_TEST_REDIS_URL"
 BACKENDS = ["sqlite", "redis"]  # redis: $CHATSTATE_TEST_REDIS_URL, else tests/conftest.py starts one
 
 

@@ -128,6 +128,9 @@ class RedisBackend:
             self._client.close()
             raise StateStoreError("INVALID_INPUT", "open", "the Redis URL has an option neither we nor redis-py know",
                                   path=self.location) from None
+        except BaseException:
+            self._client.close()  # a failed open leaves no pool behind
+            raise
 
     # -- key names ----------------------------------------------------------------------
     def _plugin(self, plugin_id: str) -> str:

@@ -8,7 +8,6 @@ reports ready only after `start` returns, so every event sent after readiness is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from nio import ReactionEvent, RoomMessageText
@@ -63,17 +62,15 @@ class MatrixPlugin(Plugin):
             io, self.targets, self.approvals, approvers=config.approvers,
             approval_ttl_ms=config.approval_ttl_ms, log=runtime.log,
         )
-        io.client.add_event_callback(flow.on_message, RoomMessageText)
-        io.client.add_event_callback(flow.on_reaction, ReactionEvent)
+        io.client.add_event_callback(self.loop.guard(flow.on_message), RoomMessageText)
+        io.client.add_event_callback(self.loop.guard(flow.on_reaction), ReactionEvent)
         self._task = asyncio.create_task(self.loop.run(), name="matrix-sync")
         runtime.log.info("matrix_started", extra={"user": io.user_id, "rooms": len(io.rooms), "resumed": resumed})
 
     async def stop(self) -> None:
-        """Stop syncing (a batch in flight is abandoned and replayed next start), close nio."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop syncing (letting a batch being handled finish and save its token), close nio."""
+        if self._task is not None and self.loop is not None:
+            await self.loop.stop(self._task)
             self._task = None
         if self.io is not None:
             await self.io.close()

@@ -10,7 +10,10 @@ handlers tolerate: targets are taken atomically and sends reuse their transactio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from nio import SyncResponse
 
@@ -18,6 +21,8 @@ from adapters.matrix.platform import MatrixError, MatrixIO
 from adapters.matrix.state import SyncTokens
 
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # backoff after a failed batch, last one repeats
+STOP_GRACE_S = 5.0  # how long stop() lets a batch being handled finish before cancelling it
+Callback = TypeVar("Callback", bound=Callable[..., Awaitable[None]])
 
 
 class SyncLoop:
@@ -31,6 +36,8 @@ class SyncLoop:
         self.token: str | None = None
         self.last_error: str | None = None
         self.batches = 0
+        self._handling = False  # a batch's callbacks have started and its token is not saved yet
+        self._stopping = False
 
     async def resume(self) -> bool:
         """Load the saved token; without one, take a baseline so history is not replayed.
@@ -48,10 +55,31 @@ class SyncLoop:
         await self._advance(resp.next_batch)
         return False
 
+    def guard(self, callback: Callback) -> Callback:
+        """Wrap an event callback so `stop` knows a batch is being handled and lets it finish."""
+
+        async def guarded(*args: Any) -> None:
+            self._handling = True
+            await callback(*args)
+
+        return guarded  # type: ignore[return-value]
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """End `task` (running `run`): at once while it waits on the homeserver, else after the
+        batch being handled is done and its token saved (up to STOP_GRACE_S). Cancelling is
+        always safe, since an unsaved batch is replayed next start; finishing just avoids it."""
+        self._stopping = True
+        if self._handling:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_S)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     async def run(self) -> None:
-        """Sync until cancelled; a failed batch is retried from the same token after a backoff."""
+        """Sync until cancelled or stopped; a failed batch is retried from the same token."""
         failures = 0
-        while True:
+        while not self._stopping:
             # nio skips a response whose next_batch it has seen; after a failed batch it has,
             # so point it back at our token to have the retried batch handled again.
             self.io.client.next_batch = self.token
@@ -63,6 +91,9 @@ class SyncLoop:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a handler, the network or the homeserver: retry the batch
+                self._handling = False
+                if self._stopping:
+                    return
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.log.warning("matrix_sync_failed", extra={"error": self.last_error})
                 await asyncio.sleep(RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)])
@@ -75,3 +106,4 @@ class SyncLoop:
             await self.tokens.save(self.io.user_id, next_batch)
             self.token = next_batch
             self.batches += 1
+        self._handling = False

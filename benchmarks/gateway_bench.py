@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import aiohttp
@@ -84,7 +85,8 @@ def _echo_bodies(n: int, offset: int) -> list[tuple[bytes, dict[str, str]]]:
     return out
 
 
-async def throughput(requests: int, concurrency: int) -> dict[str, dict[str, float]]:
+async def throughput(requests: int, concurrency: int, rounds: int) -> dict[str, dict[str, float]]:
+    """All servers up at once; interleaved rounds so machine noise hits each one alike."""
     port = free_port()
     bare = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--serve-bare", str(port), stdout=asyncio.subprocess.PIPE
@@ -92,20 +94,25 @@ async def throughput(requests: int, concurrency: int) -> dict[str, dict[str, flo
     try:
         assert bare.stdout is not None
         await asyncio.wait_for(bare.stdout.readline(), 30)
-        bare_url = f"http://127.0.0.1:{port}/bare"
-        bare_bodies = [(b'{"key": "k"}', {"X-Echo-Signature": "x"})] * requests
-        async with GatewayHarness(adapters={"echo": {"secret": SECRET}}) as gw:
-            echo_url = f"{gw.gateway_url}/echo"
-            await load(echo_url, _echo_bodies(WARMUP, 0), concurrency)
-            await load(bare_url, bare_bodies[:WARMUP], concurrency)
-            results = {
-                "bare aiohttp handler": await load(bare_url, bare_bodies, concurrency),
-                "echo route (HMAC + durable write)": await load(echo_url, _echo_bodies(requests, WARMUP), concurrency),
-            }
+        per_round = requests // rounds
+        bare_bodies = [(b'{"key": "k"}', {"X-Echo-Signature": "x"})] * per_round
+        targets = {"bare aiohttp handler": (f"http://127.0.0.1:{port}/bare", lambda i: bare_bodies)}
+        async with AsyncExitStack() as stack:
+            for access_log in (True, False):
+                gw = await stack.enter_async_context(GatewayHarness(
+                    adapters={"echo": {"secret": SECRET}}, config={"gateway": {"access_log": access_log}}))
+                name = f"echo route (HMAC + durable write), access_log = {str(access_log).lower()}"
+                targets[name] = (f"{gw.gateway_url}/echo", lambda i: _echo_bodies(per_round, WARMUP + i * per_round))
+            for url, bodies in targets.values():  # warm-up
+                await load(url, _echo_bodies(WARMUP, 0) if "echo" in url else bare_bodies[:WARMUP], concurrency)
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+            for i in range(rounds):
+                for name, (url, bodies) in targets.items():
+                    runs[name].append(await load(url, bodies(i), concurrency))
     finally:
         bare.kill()
         await bare.wait()
-    return results
+    return {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for name, rs in runs.items()}
 
 
 def populate(db: Path, rows: int) -> float:
@@ -153,10 +160,11 @@ async def restart_to_ready(rows: int, rounds: int = 5) -> dict[str, float]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    tp = await throughput(args.requests, args.concurrency)
+    tp = await throughput(args.requests, args.concurrency, args.rounds)
     rr = await restart_to_ready(args.rows)
     bare = tp["bare aiohttp handler"]["rps"]
-    print(f"\n{args.requests} requests per server after {WARMUP} warm-up, {args.concurrency} in flight, loopback\n")
+    print(f"\n{args.requests} requests per server in {args.rounds} interleaved rounds (medians) after "
+          f"{WARMUP} warm-up, {args.concurrency} in flight, loopback\n")
     print("| server | req/s | p50 ms | p99 ms | vs bare |")
     print("|---|---:|---:|---:|---:|")
     for name, r in tp.items():
@@ -174,6 +182,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     ns = parser.parse_args()

@@ -20,6 +20,7 @@ from typing import Any
 
 from ._backend import Limits, Row
 from ._errors import StateStoreError
+from ._perms import PermissionGuard
 from ._settings import SCHEMA_VERSION, StoreSettings
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -112,7 +113,7 @@ class SQLiteBackend:
         self._slots: list[_Slot] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._fds: dict[Path, int] = {}  # held open so fix_permissions is one fchmod per file
+        self._perms: PermissionGuard | None = None  # set once the file is known good
         self._users = 0
         self._wal = Path(f"{path}-wal")
         self._shm = Path(f"{path}-shm")
@@ -159,6 +160,9 @@ class SQLiteBackend:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        files = ((self.path, FILE_MODE), (self._wal, FILE_MODE), (self._shm, FILE_MODE))
+        targets = (((self.path.parent, DIR_MODE),) + files) if self._own_dir else files
+        self._perms = PermissionGuard(self.path.parent, targets)
         self.fix_permissions("open")
 
     def _slot(self, op: str) -> _Slot:
@@ -244,38 +248,14 @@ class SQLiteBackend:
     def fix_permissions(self, op: str) -> None:
         """Re-apply 0700/0600 on every write path: an outside chmod must not stick.
 
-        One fchmod per file on descriptors held open (a path chmod costs twice as much). The
-        inodes cannot change under us: SQLite removes -wal/-shm only when the last connection
-        closes, and ours stay open until release() closes these descriptors too.
+        `PermissionGuard` makes this a ~0.3 us check when nothing changed (state/_perms.py).
         """
+        if self._perms is None:
+            return
         try:
-            for path, mode in self._permission_targets():
-                fd = self._fds.get(path)
-                if fd is None:
-                    fd = self._hold(path, mode)
-                    if fd is None:
-                        continue
-                os.fchmod(fd, mode)
+            self._perms.ensure()
         except OSError as exc:
             raise self._fail("WRITE_FAILED", op, f"cannot set permissions ({exc.strerror})") from None
-
-    def _permission_targets(self) -> tuple[tuple[Path, int], ...]:
-        files = ((self.path, FILE_MODE), (self._wal, FILE_MODE), (self._shm, FILE_MODE))
-        return (((self.path.parent, DIR_MODE),) + files) if self._own_dir else files
-
-    def _hold(self, path: Path, mode: int) -> int | None:
-        """Open a descriptor to chmod through later; None while the file does not exist yet."""
-        with self._lock:
-            fd = self._fds.get(path)
-            if fd is not None:
-                return fd
-            try:
-                os.chmod(path, mode)  # first, so an outside chmod 000 cannot stop the open
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return None
-            self._fds[path] = fd
-            return fd
 
     # -- operations ---------------------------------------------------------------------
     def write(
@@ -410,10 +390,8 @@ class SQLiteBackend:
             for slot in slots:
                 slot.conn.close()
                 slot.lock.release()
-            with self._lock:
-                fds, self._fds = self._fds, {}
-            for fd in fds.values():
-                os.close(fd)
+            if self._perms is not None:
+                self._perms.close()
             self._local = threading.local()
         return True
 
@@ -422,9 +400,11 @@ class SQLiteBackend:
         """In a forked child: the parent's connections must never be used (or closed) here.
 
         Run by an at-fork hook rather than a getpid() check per call: getpid is a real system
-        call, about 1 us, a sixth of a lookup. The held descriptors stay: same inodes.
+        call, about 1 us, a sixth of a lookup.
         """
         self._local, self._slots, self._lock = threading.local(), [], threading.Lock()
+        if self._perms is not None:
+            self._perms.after_fork()
 
 
 _backends: weakref.WeakSet[SQLiteBackend] = weakref.WeakSet()

@@ -85,5 +85,6 @@ def summarize(
         "store": store,
         "sweeper": sweeper.as_dict(),
         "adapters": adapters,
+        "store_ops": state.op_counts(),  # operations started in this process, by name
     }
     return (200 if body["ready"] else 503), body

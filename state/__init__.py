@@ -16,7 +16,7 @@ from ._settings import (
     SCHEMA_VERSION,
     StoreSettings,
 )
-from ._store import Entry, KeyedStore, database_path, open_keyed_store, state_dir
+from ._store import Entry, KeyedStore, database_path, op_counts, open_keyed_store, state_dir
 
 __all__ = [
     "AsyncKeyedStore",
@@ -34,6 +34,7 @@ __all__ = [
     "checkpoint",
     "database_path",
     "open_async_keyed_store",
+    "op_counts",
     "open_keyed_store",
     "probe",
     "state_dir",

@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,17 @@ def resolve_path(path: str | os.PathLike[str] | None) -> Path:
     if p.is_dir():
         return database_path(p)
     return p
+
+
+# -- operation counts of this process, for /healthz and the traffic benchmark ----------------
+_ops_lock = threading.Lock()
+_ops: Counter[str] = Counter()
+
+
+def op_counts() -> dict[str, int]:
+    """How many store operations this process has started, by operation name."""
+    with _ops_lock:
+        return dict(_ops)
 
 
 # -- the process-wide tables: one backend per database, one settings pair per namespace -----
@@ -134,8 +146,11 @@ class KeyedStore:
         return f"<KeyedStore {self.plugin_id}/{self.namespace} at {self.location}>"
 
     def _now(self, op: str) -> int:
+        """Every operation starts here exactly once: refuse a closed store, count, read the clock."""
         if self._closed:
             raise StateStoreError("UNAVAILABLE", op, "the store is closed", path=self.location)
+        with _ops_lock:
+            _ops[op] += 1
         return self._clock()
 
     def _expiry(self, now: int, ttl_ms: int | None, op: str) -> int | None:

@@ -98,6 +98,9 @@ def _inspect(args: argparse.Namespace) -> int:
     except sqlite3.Error as exc:
         print(f"cannot read {path}: {exc}", file=sys.stderr)
         return 1
+    except ValueError:  # json.loads: say which key, never echo the unreadable text
+        print(f"CORRUPT: the stored JSON of key {k!r} is unreadable [{path}]", file=sys.stderr)
+        return 1
     finally:
         conn.close()
     if args.json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,14 @@ def test_inspect_of_a_missing_database_exits_1(tmp_path):
     done = run_cli("inspect", "--state-dir", str(tmp_path / "nothing-here"))
     assert done.returncode == 1 and "no state database" in done.stderr
     assert not (tmp_path / "nothing-here").exists()
+
+
+def test_inspect_values_of_unreadable_json_is_a_clear_error(populated, db_path, capsys):
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE entries SET value = '{\"" + SECRET + "' WHERE key = 'T1:Ev1'")
+    conn.commit()
+    conn.close()
+    assert cli_main(["inspect", "--state-dir", str(populated), "--namespace", "slack.events", "--values"]) == 1
+    err = capsys.readouterr().err
+    assert "CORRUPT" in err and "T1:Ev1" in err and str(db_path) in err and SECRET not in err
+    assert cli_main(["inspect", "--state-dir", str(populated), "--namespace", "slack.events"]) == 0

@@ -76,7 +76,7 @@ class MatrixPlugin(Plugin):
             await self.io.close()
 
     def health(self) -> dict[str, Any]:
-        parts = [p.health() for p in (self.targets, self.tokens, self.approvals) if p is not None]
+        parts = [p.state.health() for p in (self.targets, self.tokens, self.approvals) if p is not None]
         degraded = any(p["mode"] == "degraded" for p in parts)
         sync_error = self.loop.last_error if self.loop else None
         return {

@@ -192,6 +192,7 @@ class MatrixHomeserver(SimulatorServer):
         timeout_ms = min(int(request.query.get("timeout", "0") or 0), MAX_SYNC_TIMEOUT_MS)
         assert self._stream is not None
         if timeout_ms > 0 and len(self.events) <= position:
+            await self.record("sync_wait", {"since": since, "timeout_ms": timeout_ms})  # tests await this
             async with self._stream:
                 try:
                     await asyncio.wait_for(

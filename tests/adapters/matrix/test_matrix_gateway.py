@@ -16,7 +16,7 @@ from typing import Literal
 import pytest
 
 from adapters.matrix import platform
-from gateway.sim.harness import GatewayHarness
+from gateway.sim.harness import GatewayHarness, GatewayStartError
 from gateway.sim.matrix import MatrixHomeserver
 from matrix_helpers import (
     ALICE,
@@ -74,6 +74,13 @@ async def test_prompt_target_and_approval_are_on_disk_when_the_prompt_is_complet
     assert abs(approval.expires_at - announced) < CLOCK_READ_TOLERANCE_MS
     assert approval.expires_at - approval.created_at == DEFAULT_TTL_MS
     assert set(rows(gw.database_path, "matrix", SYNC)) == {sim.bot_user}
+
+    status, health = await gw.healthz()
+    matrix = health["adapters"]["matrix"]
+    assert (status, matrix["status"], matrix["mode"], matrix["user"]) == (200, "ok", "store", sim.bot_user)
+    assert {s["namespace"]: s["mode"] for s in matrix["stores"]} == {
+        REACTIONS: "store", SYNC: "store", PENDING: "store",
+    }
 
 
 async def test_approve_once_offers_only_its_decisions_and_refuses_the_others(
@@ -208,3 +215,13 @@ async def test_legacy_mode_forgets_prompts_and_missed_reactions_on_restart(sim: 
         fresh = await request(sim, "after restart")  # a prompt of this run still works
         await sim.react(ROOM, ALICE, fresh["event_id"], "✅")
         await sim.wait_for(lambda _: len(outcomes(sim)) == 2)
+
+
+async def test_a_refused_access_token_stops_the_gateway_from_starting(sim: MatrixHomeserver, tmp_path: Path) -> None:
+    with pytest.raises(GatewayStartError) as failed:
+        async with GatewayHarness(
+            [sim], state_dir=tmp_path / "state", adapters={"matrix": {"access_token": "syt_revoked"}}
+        ):
+            pass
+    assert failed.value.exit_code not in (None, 0)
+    assert "whoami failed" in failed.value.log_tail and "syt_revoked" not in failed.value.log_tail

@@ -105,40 +105,6 @@ async def test_disk_work_runs_off_the_event_loop_thread(target, monkeypatch):
     assert all(loop_thread not in threads for threads in seen.values()), seen
 
 
-async def test_the_loop_runs_while_a_write_waits_for_the_sqlite_lock(sqlite_target, db_path, monkeypatch):
-    loop = asyncio.get_running_loop()
-    waiting = asyncio.Event()
-    real_connect = sqlite3.connect
-
-    def traced_connect(*args, **kwargs):
-        conn = real_connect(*args, **kwargs)
-        conn.set_trace_callback(
-            lambda sql: loop.call_soon_threadsafe(waiting.set) if sql.strip().upper() == "BEGIN IMMEDIATE" else None
-        )
-        return conn
-
-    store = await open_async_keyed_store("p", "ns", max_entries=10, **sqlite_target)
-    await store.close()  # the next open makes fresh, traced connections
-    monkeypatch.setattr(sqlite3, "connect", traced_connect)
-    store = await open_async_keyed_store("p", "ns", max_entries=10, **sqlite_target)
-    waiting.clear()
-    blocker = real_connect(db_path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")  # hold the write lock from outside
-    try:
-        write = asyncio.create_task(store.register("k", 1))
-        # Reachable only if the write waits for the lock on another thread, not on the loop.
-        await asyncio.wait_for(waiting.wait(), timeout=60)
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert not write.done()
-    finally:
-        blocker.execute("COMMIT")
-        blocker.close()
-    await write
-    assert await store.lookup("k") == 1
-    await store.close()
-
-
 def test_close_while_other_threads_write_is_safe(target):
     a = open_keyed_store("p", "a", max_entries=100_000, **target)
     b = open_keyed_store("p", "b", max_entries=100_000, **target)

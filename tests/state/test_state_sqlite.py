@@ -1,7 +1,8 @@
-"""SQLite-only rules: file location, PRAGMAs, schema version, transactions, batched sweep."""
+"""SQLite-only rules: file location, PRAGMAs, schema version, transactions, batched sweep, lock waits off the loop."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from state import (
     StateStoreError,
     StoreSettings,
     database_path,
+    open_async_keyed_store,
     open_keyed_store,
     state_dir,
     sweep_expired,
@@ -212,3 +214,37 @@ def test_a_second_settings_object_for_an_open_database_is_refused(sqlite_target)
         assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "open")
     finally:
         a.close()
+
+
+async def test_the_loop_runs_while_a_write_waits_for_the_sqlite_lock(sqlite_target, db_path, monkeypatch):
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.Event()
+    real_connect = sqlite3.connect
+
+    def traced_connect(*args, **kwargs):
+        conn = real_connect(*args, **kwargs)
+        conn.set_trace_callback(
+            lambda sql: loop.call_soon_threadsafe(waiting.set) if sql.strip().upper() == "BEGIN IMMEDIATE" else None
+        )
+        return conn
+
+    store = await open_async_keyed_store("p", "ns", max_entries=10, **sqlite_target)
+    await store.close()  # the next open makes fresh, traced connections
+    monkeypatch.setattr(sqlite3, "connect", traced_connect)
+    store = await open_async_keyed_store("p", "ns", max_entries=10, **sqlite_target)
+    waiting.clear()
+    blocker = real_connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # hold the write lock from outside
+    try:
+        write = asyncio.create_task(store.register("k", 1))
+        # Reachable only if the write waits for the lock on another thread, not on the loop.
+        await asyncio.wait_for(waiting.wait(), timeout=60)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not write.done()
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await write
+    assert await store.lookup("k") == 1
+    await store.close()

@@ -164,7 +164,8 @@ async def test_target_ttl_is_the_approvals_remaining_lifetime(runtime: FileRunti
     assert json.loads(key) == ["@bot:s", "!r:s", "$p"]
     raw = await runtime.open_keyed_store("matrix.approval-reactions", max_entries=1_000)
     entry = await raw.lookup_entry(key)
-    assert entry is not None and entry.value == {"version": 1, "target": {"approval_id": "a1", "decisions": ["allow-once", "deny"]}}
+    assert entry is not None and entry.expires_at is not None
+    assert entry.value == {"version": 1, "target": {"approval_id": "a1", "decisions": ["allow-once", "deny"]}}
     # the store stamps its own clock a moment after ours; allow that read-to-read drift only
     assert abs(entry.expires_at - expires_at) < CLOCK_READ_TOLERANCE_MS
     assert await raw.lookup(target_key("@bot:s", "!r:s", "$old")) is None
@@ -177,7 +178,7 @@ async def test_target_ttl_is_the_approvals_remaining_lifetime(runtime: FileRunti
     assert await raw.lookup(key) is None
 
 
-async def test_targets_and_token_survive_a_new_process_but_not_in_legacy(runtime: FileRuntime, tmp_path: Path) -> None:
+async def test_targets_and_token_survive_a_new_instance_but_not_in_legacy(runtime: FileRuntime) -> None:
     target = ReactionTarget("a1", ("deny",))
     for legacy in (False, True):
         rt = FileRuntime(runtime.db, legacy=legacy)

@@ -24,6 +24,7 @@ from ._perms import PermissionGuard
 from ._settings import SCHEMA_VERSION, StoreSettings
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+WAL_AUTOCHECKPOINT_PAGES = 1_000  # SQLite's default, restored after a sweep
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -342,15 +343,27 @@ class SQLiteBackend:
         return [Row(*r) for r in self._query("entries", SQL_SCAN, args)]
 
     def sweep(self, *, now_ms: int) -> int:
-        """Delete expired rows in batches, each its own short transaction."""
+        """Delete expired rows in batches, each its own short transaction.
+
+        A batch dirties hundreds of pages, so SQLite's automatic checkpoint (at 1,000 WAL pages)
+        would run inside almost every other COMMIT, fsyncs included, while our call still holds
+        the thread's connection. Instead auto-checkpointing is off for this connection during
+        the sweep and each batch is followed by a PASSIVE checkpoint, which other writers do not
+        wait for: the write lock is held for the DELETE and the COMMIT only.
+        """
         batch = self.settings.sweep_batch_rows
         removed = 0
-        while True:
-            with self._transact("sweep") as conn:
-                n = conn.execute(SQL_SWEEP, {"now": now_ms, "batch": batch}).rowcount
-            removed += n
-            if n < batch:
-                return removed
+        self._query("sweep", "PRAGMA wal_autocheckpoint = 0", ())
+        try:
+            while True:
+                with self._transact("sweep") as conn:
+                    n = conn.execute(SQL_SWEEP, {"now": now_ms, "batch": batch}).rowcount
+                removed += n
+                self._query("sweep", "PRAGMA wal_checkpoint(PASSIVE)", ())
+                if n < batch:
+                    return removed
+        finally:
+            self._query("sweep", f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}", ())
 
     def checkpoint(self, op: str = "close") -> None:
         slot = self._slot(op)

@@ -12,6 +12,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from ._settings import SCHEMA_VERSION, StoreSettings
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 WAL_AUTOCHECKPOINT_PAGES = 1_000  # SQLite's default, restored after a sweep
+WAL_RETRY_S = 0.005  # pause between attempts to switch a brand-new database to WAL
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -130,8 +132,11 @@ class SQLiteBackend:
         parent = self.path.parent
         try:
             if not parent.exists():
-                parent.mkdir(mode=DIR_MODE, parents=True)
-                self._own_dir = True
+                try:
+                    parent.mkdir(mode=DIR_MODE, parents=True)
+                    self._own_dir = True
+                except FileExistsError:  # another process (a second gateway) made it first
+                    pass
             self._own_dir = self._own_dir or parent.name == "plugin-state"
             if self.path.is_dir():
                 raise self._fail("OPEN_FAILED", "open", "the state path is a directory")
@@ -179,7 +184,7 @@ class SQLiteBackend:
                 check_same_thread=False,  # only closed from another thread, by close()
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
         slot = _Slot(conn)
         with self._lock:
@@ -189,6 +194,22 @@ class SQLiteBackend:
             self._slots.append(slot)
         self._local.slot = slot
         return slot
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL, waiting up to busy_timeout_s like every other statement.
+
+        SQLite does not call the busy handler for this mode change, so processes creating the
+        database together got "database is locked" at once; retry until the deadline instead.
+        """
+        deadline = time.monotonic() + self.settings.busy_timeout_s
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(WAL_RETRY_S)
 
     # -- shared machinery ---------------------------------------------------------------
     def _driver_error(self, op: str, exc: sqlite3.Error, *, open_error: bool = False) -> StateStoreError:

@@ -92,6 +92,19 @@ def contend(
     results.put({"worker": worker, "errors": errors, "mine": mine, "won": won, "consumed": consumed})
 
 
+def first_open(worker: int, path: str, barrier: Any, results: Any) -> None:
+    """Open a database nobody has created yet, together with the other workers; report errors."""
+    try:
+        barrier.wait()
+        store = open_keyed_store("first", "open", max_entries=100, path=path)
+        store.register(f"w{worker}", worker)
+        won = store.register_if_absent("claim", worker)
+        store.close()
+        results.put((worker, None, won))
+    except Exception:
+        results.put((worker, traceback.format_exc(), False))
+
+
 def crash_writer(path: str, round_no: int) -> None:
     """Write forever; print each key only after its write returned (the acknowledgement)."""
     store = open_keyed_store("crash", "writes", max_entries=1_000_000, path=path)

@@ -1,7 +1,8 @@
-"""SQLite crash safety: SIGKILL a writer mid-loop, 20 times; nothing acknowledged is lost."""
+"""SQLite and processes: first open by many at once; SIGKILL mid-write loses nothing acknowledged."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 import signal
@@ -11,9 +12,33 @@ import sys
 from pathlib import Path
 
 import state_workers
-from state import open_keyed_store
+from state import database_path, open_keyed_store
 
 CHILD_TIMEOUT_S = 300  # a hung child fails the test instead of hanging the suite
+FIRST_OPEN_ROUNDS = 5  # the race is narrow: a few rounds of 8 make it show up reliably
+
+
+def test_eight_processes_creating_the_database_at_once_all_succeed(tmp_path: Path):
+    """Two gateways starting together: the state dir, the file and WAL mode are made by one,
+    met by the others; nobody may fail (it used to: mkdir EEXIST, 'database is locked')."""
+    ctx = multiprocessing.get_context("spawn")
+    for round_no in range(FIRST_OPEN_ROUNDS):
+        db = database_path(tmp_path / f"round-{round_no}")  # neither the dir nor the file exists yet
+        barrier, results = ctx.Barrier(8), ctx.Queue()
+        workers = [ctx.Process(target=state_workers.first_open, args=(i, str(db), barrier, results))
+                   for i in range(8)]
+        for w in workers:
+            w.start()
+        reports = [results.get(timeout=CHILD_TIMEOUT_S) for _ in workers]
+        for w in workers:
+            w.join(CHILD_TIMEOUT_S)
+        assert [error for _, error, _ in reports if error] == []
+        assert sum(won for _, _, won in reports) == 1
+        store = open_keyed_store("first", "open", max_entries=100, path=db)
+        try:
+            assert {e.key for e in store.entries()} == {f"w{i}" for i in range(8)} | {"claim"}
+        finally:
+            store.close()
 
 CRASH_ROUNDS = 20
 

@@ -82,9 +82,11 @@ def _acquire_backend(path: str | os.PathLike[str] | None, url: str | None, setti
         ident = f"url:{url}"
         factory: Callable[[], Backend] = lambda: backend_for_url(url, settings)  # noqa: E731
     else:
-        resolved = resolve_path(path)
-        ident = str(resolved.absolute())
-        factory = lambda: SQLiteBackend(resolved.absolute(), settings)  # noqa: E731
+        # abspath, not Path.absolute(): it also folds "x/../" so one file has one backend and
+        # one reopen check, however the caller spelled the path.
+        resolved = Path(os.path.abspath(resolve_path(path)))
+        ident = str(resolved)
+        factory = lambda: SQLiteBackend(resolved, settings)  # noqa: E731
     with _lock:
         backend = _backends.get((os.getpid(), ident))
         if backend is not None and not getattr(backend, "_closed", False):

@@ -248,3 +248,19 @@ async def test_the_loop_runs_while_a_write_waits_for_the_sqlite_lock(sqlite_targ
     await write
     assert await store.lookup("k") == 1
     await store.close()
+
+
+def test_one_file_spelled_two_ways_is_one_database_for_the_reopen_check(state_home, db_path):
+    (state_home / "elsewhere").mkdir()
+    a = open_keyed_store("p", "ns", max_entries=5, path=state_home)
+    try:
+        with pytest.raises(StateStoreError) as err:
+            open_keyed_store("p", "ns", max_entries=9, path=state_home / "elsewhere" / "..")
+        assert err.value.code == "INVALID_INPUT"
+        b = open_keyed_store("p", "other", max_entries=9, path=state_home / "." / "plugin-state" / "state.sqlite")
+        try:
+            assert b.location == a.location == str(db_path)
+        finally:
+            b.close()
+    finally:
+        a.close()

@@ -19,6 +19,7 @@ from ._settings import StoreSettings
 from ._sqlite import SQLiteBackend
 
 Clock = Callable[[], int]  # ms since epoch
+_raw_decode = json.JSONDecoder().raw_decode
 
 
 def wall_clock_ms() -> int:
@@ -161,8 +162,17 @@ class KeyedStore:
         return None if ttl is None else now + ttl
 
     def _decode(self, row: Row, op: str) -> Any:
+        text = row.value
         try:
-            return json.loads(row.value)
+            # Stored JSON is compact, so raw_decode skips json.loads' two whitespace regex
+            # matches (a fifth of a lookup); anything else takes the strict path below.
+            value, end = _raw_decode(text)
+            if end == len(text):
+                return value
+        except ValueError:
+            pass
+        try:
+            return json.loads(text)
         except ValueError:
             raise StateStoreError(
                 "CORRUPT", op, f"stored JSON for a key of {len(row.key.encode())} bytes is unreadable",

@@ -115,7 +115,16 @@ def serialize_value(value: object, op: str) -> str:
     return text
 
 
+_FLAT_SCALARS = frozenset({str, int, bool, type(None)})  # exact types; floats need a finiteness check
+
+
 def _check_shape(root: object, op: str) -> None:
+    # The usual adapter value is one flat dict of strings and ints: accept it in one pass
+    # (~1 us less per write); anything else, or anything odd in it, takes the general walk.
+    if type(root) is dict and all(
+        type(k) is str and type(v) in _FLAT_SCALARS for k, v in root.items()  # type: ignore[attr-defined]
+    ):
+        return
     # Iterative so a hostile 100,000-deep list cannot blow the Python stack before we say no.
     stack: list[tuple[object, int]] = [(root, 0)]
     while stack:

@@ -400,17 +400,19 @@ def run_rss(workdir: Path, instances: int, ops: int) -> dict[str, float]:
 
 # -- sweep: how long each batch transaction holds the write lock ------------------------------
 @contextlib.contextmanager
-def timed_transactions(durations: list[float]) -> Iterator[None]:
-    """Wrap the backend's one transaction helper to time BEGIN IMMEDIATE .. COMMIT (+ chmods)."""
+def timed_transactions(durations: list[float], cpu: list[float]) -> Iterator[None]:
+    """Wrap the backend's one transaction helper to time BEGIN IMMEDIATE .. COMMIT (+ the
+    permission check): wall ms, and this thread's CPU ms (what a busy machine cannot inflate)."""
     original = sql.SQLiteBackend._transact
 
     @contextlib.contextmanager
     def timed(self: sql.SQLiteBackend, op: str) -> Iterator[sqlite3.Connection]:
-        t0 = time.perf_counter_ns()
+        t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
         with original(self, op) as conn:
             yield conn
         if op == "sweep":
             durations.append((time.perf_counter_ns() - t0) / 1e6)
+            cpu.append((time.thread_time_ns() - c0) / 1e6)
 
     sql.SQLiteBackend._transact = timed  # type: ignore[method-assign]
     try:
@@ -432,14 +434,16 @@ def run_sweep(workdir: Path, expired: int, live: int) -> dict[str, float]:
     conn.execute("COMMIT")
     conn.close()
     durations: list[float] = []
+    cpu: list[float] = []
     t0 = time.perf_counter()
-    with timed_transactions(durations):
+    with timed_transactions(durations, cpu):
         removed = state.sweep_expired(path, now_ms=now)
     total = time.perf_counter() - t0
     if removed != expired:
         raise AssertionError(f"sweep removed {removed} rows, expected {expired}")
     return {"removed": removed, "batches": len(durations), "total_ms": total * 1e3,
-            "max_batch_ms": max(durations), "p50_batch_ms": statistics.median(durations)}
+            "max_batch_ms": max(durations), "p50_batch_ms": statistics.median(durations),
+            "max_batch_cpu_ms": max(cpu)}
 
 
 # -- the async twin and the event loop ---------------------------------------------------------
@@ -504,8 +508,8 @@ def report(sizes: dict[int, dict[str, dict[str, Sample]]], rss: dict[str, float]
          f"{rss['growth_mib']:.2f} MiB ({rss['before_mib']:.1f} -> {rss['after_mib']:.1f})",
          f"< {TARGET_RSS_MIB:g} MiB", rss["growth_mib"] < TARGET_RSS_MIB),
         (f"Sweep of {sweep['removed']:,} expired rows: longest batch transaction",
-         f"{sweep['max_batch_ms']:.1f} ms (median {sweep['p50_batch_ms']:.1f} ms, {sweep['batches']} batches,"
-         f" {sweep['total_ms']:,.0f} ms in all)", f"< {TARGET_SWEEP_BATCH_MS:g} ms",
+         f"{sweep['max_batch_ms']:.1f} ms (median {sweep['p50_batch_ms']:.1f} ms; most CPU in one batch"
+         f" {sweep['max_batch_cpu_ms']:.1f} ms; {sweep['batches']} batches, {sweep['total_ms']:,.0f} ms in all)", f"< {TARGET_SWEEP_BATCH_MS:g} ms",
          sweep["max_batch_ms"] < TARGET_SWEEP_BATCH_MS),
         (f"Largest event-loop gap, async twin writing {gap['writes']:,} rows ({gap['writers']} tasks)",
          f"{gap['max_gap_ms']:.1f} ms (p99 {gap['p99_gap_ms']:.1f} ms; {gap['writes_per_s']:,.0f} writes/s)",
@@ -530,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rss_child:
         print(json.dumps(rss_child(Path(args.rss_child[0]), int(args.rss_child[1]), int(args.rss_child[2]))))
         return 0
-    count, rounds = (1_000, 4) if args.quick else (6_000, 12)
+    count, rounds = (1_000, 4) if args.quick else (12_000, 24)
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="store-bench-"))
     workdir = Path(tempfile.mkdtemp(dir=base))
     started = time.perf_counter()

@@ -76,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"ok": ok, "kill": args.kill, "rows": [asdict(r) | {"passed": r.passed} for r in rows]}, indent=2))
     else:
-        print(render_table(rows, args.kill))
+        signal_name = "SIGKILL" if args.kill == "kill" else "SIGTERM"
+        print(f"Each conversation was split by a gateway restart ({signal_name}).\n")
+        print(render_table(rows))
         print("\nPASS: every conversation survived with the keyed store and was lost without it."
               if ok else "\nFAIL: see the rows above.")
     return 0 if ok else 1
@@ -128,11 +130,11 @@ async def _play_mode(mode: Mode, only: list[str], kill: str, state_dir: Path, sa
     return out
 
 
-def render_table(rows: list[Row], kill: str) -> str:
-    head = ("adapter", "behaviour", f"legacy after {kill}", f"keyed store after {kill}", "time")
+def render_table(rows: list[Row]) -> str:
+    head = ("adapter", "behaviour", "legacy after restart", "keyed store after restart", "time")
     body = [
         (r.adapter, r.behaviour, "lost (expected)" if not r.legacy_survived else "kept (UNEXPECTED)",
-         "works" if r.store_survived else "LOST (FAIL)", f"{r.seconds:.1f} s")
+         "works" if r.store_survived else "LOST (FAIL)", f"{r.seconds * 1000:.0f} ms")
         for r in rows
     ]
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]

@@ -161,6 +161,14 @@ class AdapterState:
         self.last_error = None
         return True
 
+    def _remember(self, key: str, entry: Entry | None) -> None:
+        """Queue a write (or, with None, a delete) for replay; bounded like the namespace itself,
+        since rows past max_entries would be evicted on replay anyway."""
+        self._pending.pop(key, None)
+        self._pending[key] = entry
+        while len(self._pending) > self.spec.max_entries:
+            self._pending.popitem(last=False)
+
     def _entry(self, key: str, value: Any, ttl_ms: int | None) -> Entry:
         now = self._clock()
         ttl = self.spec.ttl_ms if ttl_ms is None else ttl_ms
@@ -177,7 +185,7 @@ class AdapterState:
         self.memory.put(entry)
         if self._store is None or not await self._recover():
             if self._store is not None:
-                self._pending[key] = entry
+                self._remember(key, entry)
             return
         try:
             await self._store.register(key, value, ttl_ms=ttl_ms)
@@ -185,7 +193,7 @@ class AdapterState:
             if exc.code in ("INVALID_INPUT", "LIMIT_EXCEEDED"):
                 raise
             self._degrade(exc)
-            self._pending[key] = entry
+            self._remember(key, entry)
 
     async def get_entry(self, key: str) -> Entry | None:
         """Return the live row: memory first, then the store (cached with its stored expiry)."""
@@ -230,7 +238,7 @@ class AdapterState:
             except StateStoreError as exc:
                 self._degrade(exc)
         if cached is not None and self._store is not None:
-            self._pending[key] = None  # the store still holds it: delete once it is back
+            self._remember(key, None)  # the store still holds it: delete once it is back
         return None if cached is None else cached.value
 
     async def forget(self, key: str) -> bool:
@@ -242,5 +250,5 @@ class AdapterState:
             except StateStoreError as exc:
                 self._degrade(exc)
         if self._store is not None:
-            self._pending[key] = None
+            self._remember(key, None)
         return removed

@@ -1,0 +1,142 @@
+"""adapters/common.py, the pattern every adapter copies, over a real SQLite file: read-through
+keeps the stored expiry, legacy is memory only, and a failing store degrades, shows it, keeps
+the writes, and replays them when the store is back."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.common import AdapterState, StateSpec
+from state import AsyncKeyedStore, StateStoreError, open_async_keyed_store
+
+SPEC = StateSpec("test.things", ttl_ms=60_000, max_entries=3)
+
+
+class FlakyStore:
+    """A real store whose calls can be made to fail as an unreachable backend fails."""
+
+    def __init__(self, store: AsyncKeyedStore) -> None:
+        self.store = store
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.down and name != "close":
+                raise StateStoreError("UNAVAILABLE", name, "backend unreachable (test)")
+            return await method(*args, **kwargs)
+
+        return call
+
+
+class Runtime:
+    def __init__(self, path: Path, clock: Any = None) -> None:
+        self.path, self.clock, self.stores = path, clock, []
+
+    async def open_keyed_store(self, namespace: str, **kw: Any) -> FlakyStore:
+        store = FlakyStore(await open_async_keyed_store("adapter", namespace, path=self.path, clock=self.clock, **kw))
+        self.stores.append(store)
+        return store
+
+
+def rows(path: Path) -> dict[str, tuple[str, int, int | None]]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+        return {k: (v, c, e) for k, v, c, e in con.execute(
+            "SELECT key, value, created_at, expires_at FROM entries WHERE plugin_id = 'adapter'")}
+
+
+@pytest.fixture
+async def opened(tmp_path: Path) -> AsyncIterator[tuple[AdapterState, Runtime]]:
+    runtime = Runtime(tmp_path / "state.sqlite")
+    state = AdapterState(SPEC, legacy=False)
+    await state.open(runtime)  # type: ignore[arg-type]
+    yield state, runtime
+    await state.close()
+
+
+async def test_record_is_on_disk_when_it_returns(opened: tuple[AdapterState, Runtime]) -> None:
+    state, runtime = opened
+    await state.record("a", {"n": 1})
+    assert rows(runtime.path)["a"][0] == '{"n":1}'
+
+
+async def test_read_through_keeps_the_stored_expiry(tmp_path: Path) -> None:
+    now = [1_000_000]
+    runtime = Runtime(tmp_path / "state.sqlite", clock=lambda: now[0])
+    writer = AdapterState(SPEC, legacy=False, clock=lambda: now[0])
+    await writer.open(runtime)  # type: ignore[arg-type]
+    await writer.record("a", 1)
+    await writer.close()
+    now[0] += 50_000  # a "restart" 50 s later: a fresh process state, the same file
+    reader = AdapterState(SPEC, legacy=False, clock=lambda: now[0])
+    await reader.open(runtime)  # type: ignore[arg-type]
+    entry = await reader.get_entry("a")
+    assert entry is not None and entry.expires_at == 1_000_000 + 60_000  # not now + TTL
+    now[0] += 10_001
+    assert await reader.get("a") is None  # the memory copy expires when the stored row does
+    await reader.close()
+
+
+async def test_legacy_mode_is_memory_only(tmp_path: Path) -> None:
+    runtime = Runtime(tmp_path / "state.sqlite")
+    state = AdapterState(SPEC, legacy=True)
+    await state.open(runtime)  # type: ignore[arg-type]
+    await state.record("a", 1)
+    assert await state.get("a") == 1 and runtime.stores == []
+    assert state.health()["mode"] == "legacy"
+    for key in "bcd":
+        await state.record(key, 1)
+    assert await state.get("a") is None  # cap 3: the oldest went
+
+
+async def test_store_failure_degrades_then_replays_on_recovery(opened: tuple[AdapterState, Runtime]) -> None:
+    state, runtime = opened
+    flaky = runtime.stores[0]
+    await state.record("kept", 1)
+    await state.record("doomed", 2)
+    flaky.down = True
+
+    await state.record("during", 3)  # does not raise: the bot keeps working from memory
+    assert await state.get("during") == 3
+    assert await state.take("doomed") == 2
+    health = state.health()
+    assert (health["mode"], health["last_error"], health["pending_writes"]) == ("degraded", "UNAVAILABLE", 2)
+    assert set(rows(runtime.path)) == {"kept", "doomed"}  # nothing reached the file yet
+
+    flaky.down = False
+    assert await state.claim("after", 4) is True  # the first call that finds the store back...
+    assert set(rows(runtime.path)) == {"kept", "during", "after"}  # ...replays the write and the delete
+    assert state.health()["mode"] == "store" and state.health()["pending_writes"] == 0
+
+
+async def test_claim_and_take_are_atomic_through_the_store(tmp_path: Path) -> None:
+    runtime = Runtime(tmp_path / "state.sqlite")
+    one, two = AdapterState(SPEC, legacy=False), AdapterState(SPEC, legacy=False)
+    await one.open(runtime)  # type: ignore[arg-type]
+    await two.open(runtime)  # type: ignore[arg-type]
+    assert [await one.claim("k", 1), await two.claim("k", 2)] == [True, False]
+    assert [await two.take("k"), await one.take("k")] == [1, None]  # one's memory copy is not trusted
+    await one.close()
+    await two.close()
+
+
+async def test_input_errors_raise_instead_of_degrading(opened: tuple[AdapterState, Runtime]) -> None:
+    state, _ = opened
+    with pytest.raises(StateStoreError) as err:
+        await state.record("k", {"too": "x" * 70_000})
+    assert err.value.code == "LIMIT_EXCEEDED"
+    assert state.health()["mode"] == "store"
+
+
+async def test_pending_writes_are_bounded_by_the_cap(opened: tuple[AdapterState, Runtime]) -> None:
+    state, runtime = opened
+    runtime.stores[0].down = True
+    for i in range(10):
+        await state.record(f"k{i}", i)
+    assert state.health()["pending_writes"] == SPEC.max_entries

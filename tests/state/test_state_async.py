@@ -177,3 +177,33 @@ async def test_async_close_while_tasks_write(target):
     await keeper.close()
     async with await open_async_keyed_store("p", "ns", max_entries=100_000, **target) as again:
         assert {e.key for e in await again.entries()} == acked
+
+
+async def test_cancelling_an_open_does_not_leak_the_store(target, monkeypatch):
+    """A task cancelled while its open runs on a worker (SIGTERM during startup) must not leave
+    an unreachable store holding the pair's settings and the database open."""
+    import state._aio as aio
+
+    real_open, real_close = aio.open_keyed_store, KeyedStore.close
+    started, proceed, closed = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_open(*args, **kwargs):
+        started.set()
+        assert proceed.wait(30)
+        return real_open(*args, **kwargs)
+
+    def noted_close(self):
+        real_close(self)
+        closed.set()
+
+    monkeypatch.setattr(aio, "open_keyed_store", slow_open)
+    monkeypatch.setattr(KeyedStore, "close", noted_close)
+    opening = asyncio.create_task(open_async_keyed_store("p", "ns", max_entries=5, **target))
+    assert await asyncio.to_thread(started.wait, 30)
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    proceed.set()
+    assert await asyncio.to_thread(closed.wait, 30)  # the orphaned store was closed
+    again = open_keyed_store("p", "ns", max_entries=9, **target)  # new settings: the pair is free
+    again.close()

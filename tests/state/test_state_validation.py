@@ -262,6 +262,13 @@ def test_ttl_ms_of_1_is_accepted(store, clock):
     assert store.lookup("k") is None
 
 
+def test_the_largest_ttl_ms_round_trips_exactly(store, clock):
+    ttl = 2**53 - 1  # BAD_TTLS holds 2**53, one over
+    store.register("far", 1, ttl_ms=ttl)
+    assert store.lookup_entry("far").expires_at == clock() + ttl
+    assert [e.expires_at for e in store.entries() if e.key == "far"] == [clock() + ttl]
+
+
 @pytest.mark.parametrize("overflow", ["evict-newest", "", None, "EVICT-OLDEST"])
 def test_overflow_must_be_a_known_policy(make_store, overflow):
     rejects(lambda: make_store("p", "ns", max_entries=1, overflow=overflow), "INVALID_INPUT", "open")

@@ -330,6 +330,21 @@ def test_reopen_after_close_may_change_settings(target):
         second.close()
 
 
+def test_a_smaller_max_entries_after_reopen_evicts_down_on_the_next_write(target, clock):
+    big = open_keyed_store("p", "ns", max_entries=10, clock=clock, **target)
+    for i in range(10):
+        big.register(f"k{i}", i)
+        clock.advance(1)
+    big.close()
+    small = open_keyed_store("p", "ns", max_entries=3, clock=clock, **target)
+    try:
+        assert len(small.entries()) == 10  # nothing is evicted until a write
+        small.register("new", 1)
+        assert [e.key for e in small.entries()] == ["k8", "k9", "new"]
+    finally:
+        small.close()
+
+
 # -- closing -------------------------------------------------------------------------------
 def test_closed_store_raises_unavailable_and_close_is_idempotent(make_store):
     store = make_store("p", "ns", max_entries=10)

@@ -8,36 +8,136 @@ written once and the event loop never waits on disk I/O or on SQLite's write loc
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ._settings import StoreSettings
 from ._store import Clock, Entry, KeyedStore, open_keyed_store
 
 T = TypeVar("T")
-WORKER_THREADS = 4  # SQLite allows one writer at a time; a few threads let reads overlap it
+WORKER_THREADS = 4  # reads (and Redis writes) overlap on these
 WORKER_PREFIX = "chatstate-state"
+DELIVER_BATCH = 16  # at most this many finished calls wait for one wake-up of their loop
 
-_pool_lock = threading.Lock()
-_pool: tuple[int, ThreadPoolExecutor] | None = None
+_Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid():  # a forked child needs its own threads
-            _pool = (os.getpid(), ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix=WORKER_PREFIX))
-        return _pool[1]
+class _Workers:
+    """`threads` worker threads fed by one queue; each result goes straight to its caller's future.
+
+    Not `loop.run_in_executor`: that wraps every call in a concurrent Future (a Condition and
+    its lock), chains it to an asyncio Future and wakes the loop once per call, which cost more
+    than the SQLite write it carried (issue 4). Here a worker that finds more calls queued runs
+    them before it wakes the loop (up to DELIVER_BATCH), and hands over all their results in one
+    `call_soon_threadsafe`. Daemon threads: an unacknowledged write cut by interpreter exit is
+    rolled back by SQLite, and no caller can be waiting for it any more.
+    """
+
+    def __init__(self, threads: int, prefix: str) -> None:
+        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._max_threads = threads
+        self._prefix = prefix
+        self._threads = 0
+
+    def submit(self, call: _Call) -> None:
+        if self._threads < self._max_threads:
+            self._start_thread()
+        self._calls.put(call)
+
+    def _start_thread(self) -> None:
+        with self._lock:
+            if self._threads >= self._max_threads:
+                return
+            self._threads += 1
+            name = f"{self._prefix}_{self._threads - 1}"
+        threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    def _work(self) -> None:
+        calls = self._calls
+        while True:
+            done: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Any, BaseException | None]] = []
+            call = calls.get()
+            while True:
+                loop, future, fn, args, kwargs = call
+                try:
+                    done.append((loop, future, fn(*args, **kwargs), None))
+                except BaseException as exc:  # delivered to the awaiting coroutine, not lost here
+                    done.append((loop, future, None, exc))
+                if len(done) >= DELIVER_BATCH:
+                    break
+                try:
+                    call = calls.get_nowait()
+                except queue.Empty:
+                    break
+            loop = done[0][0]
+            if all(d[0] is loop for d in done):
+                _post(loop, done)
+            else:
+                for d in done:
+                    _post(d[0], [d])
+            del done, call, loop, future, fn, args, kwargs
+
+
+def _post(loop: asyncio.AbstractEventLoop, done: list[Any]) -> None:
+    try:
+        loop.call_soon_threadsafe(_deliver, done)
+    except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
+        pass
+
+
+def _deliver(done: list[tuple[Any, asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for _, future, result, exc in done:
+        if future.done():  # the awaiting task was cancelled; the call still ran
+            continue
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
+
+
+_pool = _Workers(WORKER_THREADS, WORKER_PREFIX)
+# One writer thread per SQLite database: SQLite takes one writer at a time anyway, and more
+# threads only queued on its lock, each waking and fighting the event loop for the GIL
+# (issue 4 measured ~35% more CPU per write with four).
+_writers: dict[str, _Workers] = {}
+_writers_lock = threading.Lock()
+
+
+def _writer_for(store: KeyedStore) -> _Workers:
+    backend = store._backend
+    if not getattr(backend, "one_writer", False):
+        return _pool
+    with _writers_lock:
+        lane = _writers.get(backend.location)
+        if lane is None:
+            lane = _writers[backend.location] = _Workers(1, f"{WORKER_PREFIX}-writer")
+        return lane
+
+
+def _after_fork_in_child() -> None:
+    global _pool, _writers_lock
+    _pool = _Workers(WORKER_THREADS, WORKER_PREFIX)  # the parent's threads do not exist here
+    _writers.clear()
+    _writers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _submit(workers: _Workers, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> asyncio.Future[T]:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    workers.submit((loop, future, fn, args, kwargs))
+    return future
 
 
 async def run_off_loop(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """Run a blocking store call on the store's worker threads and await it."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_executor(), functools.partial(fn, *args, **kwargs))
+    return await _submit(_pool, fn, args, kwargs)
 
 
 class AsyncKeyedStore:
@@ -50,6 +150,7 @@ class AsyncKeyedStore:
         self.max_entries = store.max_entries
         self.default_ttl_ms = store.default_ttl_ms
         self.overflow = store.overflow
+        self._writer = _writer_for(store)
 
     @property
     def location(self) -> str:
@@ -60,11 +161,11 @@ class AsyncKeyedStore:
 
     async def register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
         """See `KeyedStore.register`."""
-        return await run_off_loop(self.sync.register, key, value, ttl_ms=ttl_ms)
+        return await _submit(self._writer, self.sync.register, (key, value), {"ttl_ms": ttl_ms})
 
     async def register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> bool:
         """See `KeyedStore.register_if_absent`."""
-        return await run_off_loop(self.sync.register_if_absent, key, value, ttl_ms=ttl_ms)
+        return await _submit(self._writer, self.sync.register_if_absent, (key, value), {"ttl_ms": ttl_ms})
 
     async def lookup(self, key: str) -> Any | None:
         """See `KeyedStore.lookup`."""
@@ -76,15 +177,15 @@ class AsyncKeyedStore:
 
     async def consume(self, key: str) -> Any | None:
         """See `KeyedStore.consume`."""
-        return await run_off_loop(self.sync.consume, key)
+        return await _submit(self._writer, self.sync.consume, (key,), {})
 
     async def delete(self, key: str) -> bool:
         """See `KeyedStore.delete`."""
-        return await run_off_loop(self.sync.delete, key)
+        return await _submit(self._writer, self.sync.delete, (key,), {})
 
     async def clear(self) -> int:
         """See `KeyedStore.clear`."""
-        return await run_off_loop(self.sync.clear)
+        return await _submit(self._writer, self.sync.clear, (), {})
 
     async def entries(self) -> list[Entry]:
         """See `KeyedStore.entries`."""
@@ -114,9 +215,20 @@ async def open_async_keyed_store(
     clock: Clock | None = None,
 ) -> AsyncKeyedStore:
     """Open an `AsyncKeyedStore` off the loop; arguments and errors as `open_keyed_store`."""
-    store = await run_off_loop(
-        open_keyed_store, plugin_id, namespace, max_entries=max_entries,
-        default_ttl_ms=default_ttl_ms, overflow=overflow, path=path, url=url,
-        settings=settings, clock=clock,
-    )
+    opening = _submit(_pool, open_keyed_store, (plugin_id, namespace), dict(
+        max_entries=max_entries, default_ttl_ms=default_ttl_ms, overflow=overflow, path=path,
+        url=url, settings=settings, clock=clock,
+    ))
+    try:
+        store = await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        # Cancelled while the open ran (SIGTERM during startup): the store it returns has no
+        # owner, so close it, or it would hold the pair's settings and the database open.
+        opening.add_done_callback(_close_abandoned)
+        raise
     return AsyncKeyedStore(store)
+
+
+def _close_abandoned(opening: asyncio.Future[KeyedStore]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        _submit(_pool, opening.result().close, (), {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import math
 import re
 from typing import Any
@@ -16,8 +17,27 @@ MAX_PLUGIN_ID_BYTES = 128
 MAX_TTL_MS = 2**53 - 1  # keeps now + ttl inside SQLite's and Lua's exact integer range
 OVERFLOW_POLICIES = ("evict-oldest", "reject-new")
 
-# Built once: json.dumps with non-default options builds a new encoder on every call.
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+def _make_encoder() -> Callable[[object], str]:
+    """Compact JSON, non-ASCII kept, NaN/inf refused: json.dumps(ensure_ascii=False,
+    separators=(",", ":"), allow_nan=False), built once.
+
+    json.dumps with options builds a new encoder on every call, and even a kept JSONEncoder
+    rebuilds its C encoder per call; keeping the C encoder itself halves a write's encoding
+    (~0.6 us). No circular-reference markers: `_check_shape` has already bounded the depth, so
+    a cycle is refused (LIMIT_EXCEEDED) before it gets here.
+    """
+    from json import encoder
+
+    fallback = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+    if encoder.c_make_encoder is None:  # no C accelerator in this interpreter
+        return fallback
+    c_encode = encoder.c_make_encoder(
+        None, fallback.__self__.default, encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    return lambda value: "".join(c_encode(value, 0))
+
+
+_encode = _make_encoder()
 
 JSON = dict[str, Any] | list[Any] | str | int | float | bool | None
 

@@ -22,7 +22,10 @@ WORKER_THREADS = 4  # reads (and Redis writes) overlap on these
 WORKER_PREFIX = "chatstate-state"
 DELIVER_BATCH = 16  # at most this many finished calls wait for one wake-up of their loop
 
-_Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+_Call = tuple[
+    asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any], Any
+]  # loop, future, fn, args, kwargs, and the backend whose `run_batch` may group it, or None
+_Done = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Any, "BaseException | None"]
 
 
 class _Workers:
@@ -32,21 +35,39 @@ class _Workers:
     its lock), chains it to an asyncio Future and wakes the loop once per call, which cost more
     than the SQLite write it carried (issue 4). Here a worker that finds more calls queued runs
     them before it wakes the loop (up to DELIVER_BATCH), and hands over all their results in one
-    `call_soon_threadsafe`. Daemon threads: an unacknowledged write cut by interpreter exit is
-    rolled back by SQLite, and no caller can be waiting for it any more.
+    `call_soon_threadsafe`. A `batching` worker (a database's writer) runs the writes that
+    queued up while it was busy in one transaction (`run_batch`: group commit), and answers
+    none of them before that COMMIT. Daemon threads: an unacknowledged write cut by interpreter
+    exit is rolled back by SQLite, and no caller can be waiting for it any more.
     """
 
-    def __init__(self, threads: int, prefix: str) -> None:
-        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+    def __init__(self, threads: int, prefix: str, *, batching: bool = False) -> None:
+        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()  # calls; lists of them if batching
         self._lock = threading.Lock()
         self._max_threads = threads
         self._prefix = prefix
+        self._batching = batching
         self._threads = 0
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Call]] = {}  # batching: this loop turn's
 
     def submit(self, call: _Call) -> None:
         if self._threads < self._max_threads:
             self._start_thread()
-        self._calls.put(call)
+        if not self._batching:
+            self._calls.put(call)
+            return
+        # A writer gets the calls of one event-loop turn together, at the end of that turn:
+        # one wake-up of its thread instead of one per call (each wake-up on a busy machine
+        # could preempt the loop and then fight it for the GIL), and bigger group commits.
+        loop = call[0]
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        pending.append(call)
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._calls.put(self._pending.pop(loop))
 
     def _start_thread(self) -> None:
         with self._lock:
@@ -54,32 +75,59 @@ class _Workers:
                 return
             self._threads += 1
             name = f"{self._prefix}_{self._threads - 1}"
-        threading.Thread(target=self._work, name=name, daemon=True).start()
+        target = self._work_batches if self._batching else self._work
+        threading.Thread(target=target, name=name, daemon=True).start()
 
     def _work(self) -> None:
         calls = self._calls
         while True:
-            done: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Any, BaseException | None]] = []
-            call = calls.get()
-            while True:
-                loop, future, fn, args, kwargs = call
+            done = [_run(calls.get())]
+            while len(done) < DELIVER_BATCH:
                 try:
-                    done.append((loop, future, fn(*args, **kwargs), None))
-                except BaseException as exc:  # delivered to the awaiting coroutine, not lost here
-                    done.append((loop, future, None, exc))
-                if len(done) >= DELIVER_BATCH:
-                    break
-                try:
-                    call = calls.get_nowait()
+                    done.append(_run(calls.get_nowait()))
                 except queue.Empty:
                     break
-            loop = done[0][0]
-            if all(d[0] is loop for d in done):
-                _post(loop, done)
+            _post_all(done)
+            del done
+
+    def _work_batches(self) -> None:
+        calls = self._calls
+        while True:
+            batch = calls.get()
+            while len(batch) < DELIVER_BATCH:
+                try:
+                    batch.extend(calls.get_nowait())
+                except queue.Empty:
+                    break
+            backend = batch[0][5]
+            outcomes = None
+            if len(batch) > 1 and backend is not None and all(c[5] is backend for c in batch):
+                try:
+                    outcomes = backend.run_batch([lambda c=c: c[2](*c[3], **c[4]) for c in batch])
+                except Exception:  # e.g. the store closed: run alone, each call says so itself
+                    outcomes = None
+            if outcomes is None:
+                _post_all([_run(c) for c in batch])
             else:
-                for d in done:
-                    _post(d[0], [d])
-            del done, call, loop, future, fn, args, kwargs
+                _post_all([(c[0], c[1], result, exc) for c, (result, exc) in zip(batch, outcomes)])
+            del batch, backend, outcomes
+
+
+def _run(call: _Call) -> _Done:
+    loop, future, fn, args, kwargs, _ = call
+    try:
+        return (loop, future, fn(*args, **kwargs), None)
+    except BaseException as exc:  # delivered to the awaiting coroutine, not lost here
+        return (loop, future, None, exc)
+
+
+def _post_all(done: list[_Done]) -> None:
+    loop = done[0][0]
+    if all(d[0] is loop for d in done):
+        _post(loop, done)
+    else:
+        for d in done:
+            _post(d[0], [d])
 
 
 def _post(loop: asyncio.AbstractEventLoop, done: list[Any]) -> None:
@@ -114,7 +162,7 @@ def _writer_for(store: KeyedStore) -> _Workers:
     with _writers_lock:
         lane = _writers.get(backend.location)
         if lane is None:
-            lane = _writers[backend.location] = _Workers(1, f"{WORKER_PREFIX}-writer")
+            lane = _writers[backend.location] = _Workers(1, f"{WORKER_PREFIX}-writer", batching=True)
         return lane
 
 
@@ -128,10 +176,12 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _submit(workers: _Workers, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> asyncio.Future[T]:
+def _submit(
+    workers: _Workers, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any], backend: Any = None
+) -> asyncio.Future[T]:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
-    workers.submit((loop, future, fn, args, kwargs))
+    workers.submit((loop, future, fn, args, kwargs, backend))
     return future
 
 
@@ -151,6 +201,8 @@ class AsyncKeyedStore:
         self.default_ttl_ms = store.default_ttl_ms
         self.overflow = store.overflow
         self._writer = _writer_for(store)
+        # Writes to one SQLite database that queue up together share one transaction.
+        self._batch_key = store._backend if hasattr(store._backend, "run_batch") else None
 
     @property
     def location(self) -> str:
@@ -161,11 +213,11 @@ class AsyncKeyedStore:
 
     async def register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
         """See `KeyedStore.register`."""
-        return await _submit(self._writer, self.sync.register, (key, value), {"ttl_ms": ttl_ms})
+        return await _submit(self._writer, self.sync.register, (key, value), {"ttl_ms": ttl_ms}, self._batch_key)
 
     async def register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> bool:
         """See `KeyedStore.register_if_absent`."""
-        return await _submit(self._writer, self.sync.register_if_absent, (key, value), {"ttl_ms": ttl_ms})
+        return await _submit(self._writer, self.sync.register_if_absent, (key, value), {"ttl_ms": ttl_ms}, self._batch_key)
 
     async def lookup(self, key: str) -> Any | None:
         """See `KeyedStore.lookup`."""
@@ -177,15 +229,15 @@ class AsyncKeyedStore:
 
     async def consume(self, key: str) -> Any | None:
         """See `KeyedStore.consume`."""
-        return await _submit(self._writer, self.sync.consume, (key,), {})
+        return await _submit(self._writer, self.sync.consume, (key,), {}, self._batch_key)
 
     async def delete(self, key: str) -> bool:
         """See `KeyedStore.delete`."""
-        return await _submit(self._writer, self.sync.delete, (key,), {})
+        return await _submit(self._writer, self.sync.delete, (key,), {}, self._batch_key)
 
     async def clear(self) -> int:
         """See `KeyedStore.clear`."""
-        return await _submit(self._writer, self.sync.clear, (), {})
+        return await _submit(self._writer, self.sync.clear, (), {}, self._batch_key)
 
     async def entries(self) -> list[Entry]:
         """See `KeyedStore.entries`."""

@@ -443,7 +443,8 @@ def run_sweep(workdir: Path, expired: int, live: int) -> dict[str, float]:
         raise AssertionError(f"sweep removed {removed} rows, expected {expired}")
     return {"removed": removed, "batches": len(durations), "total_ms": total * 1e3,
             "max_batch_ms": max(durations), "p50_batch_ms": statistics.median(durations),
-            "max_batch_cpu_ms": max(cpu)}
+            "max_batch_cpu_ms": max(cpu), "cpu_of_longest_ms": cpu[durations.index(max(durations))],
+            "over_target": sum(d >= TARGET_SWEEP_BATCH_MS for d in durations)}
 
 
 # -- the async twin and the event loop ---------------------------------------------------------
@@ -508,8 +509,9 @@ def report(sizes: dict[int, dict[str, dict[str, Sample]]], rss: dict[str, float]
          f"{rss['growth_mib']:.2f} MiB ({rss['before_mib']:.1f} -> {rss['after_mib']:.1f})",
          f"< {TARGET_RSS_MIB:g} MiB", rss["growth_mib"] < TARGET_RSS_MIB),
         (f"Sweep of {sweep['removed']:,} expired rows: longest batch transaction",
-         f"{sweep['max_batch_ms']:.1f} ms (median {sweep['p50_batch_ms']:.1f} ms; most CPU in one batch"
-         f" {sweep['max_batch_cpu_ms']:.1f} ms; {sweep['batches']} batches, {sweep['total_ms']:,.0f} ms in all)", f"< {TARGET_SWEEP_BATCH_MS:g} ms",
+         f"{sweep['max_batch_ms']:.1f} ms, of it {sweep['cpu_of_longest_ms']:.1f} ms CPU (median"
+         f" {sweep['p50_batch_ms']:.1f} ms; {sweep['over_target']} of {sweep['batches']} batches >= 50 ms; most CPU"
+         f" in one batch {sweep['max_batch_cpu_ms']:.1f} ms; {sweep['total_ms']:,.0f} ms in all)", f"< {TARGET_SWEEP_BATCH_MS:g} ms",
          sweep["max_batch_ms"] < TARGET_SWEEP_BATCH_MS),
         (f"Largest event-loop gap, async twin writing {gap['writes']:,} rows ({gap['writers']} tasks)",
          f"{gap['max_gap_ms']:.1f} ms (p99 {gap['p99_gap_ms']:.1f} ms; {gap['writes_per_s']:,.0f} writes/s)",

@@ -1,11 +1,15 @@
 """Gateway benchmark: echo route vs a bare aiohttp handler, and restart-to-ready with 100k rows.
 
-    python benchmarks/gateway_bench.py [--requests 3000] [--concurrency 16] [--rows 100000]
+    python benchmarks/gateway_bench.py [--requests 21000] [--rounds 7] [--concurrency 16] [--rows 100000]
 
-Both servers are real subprocesses on loopback, loaded in the same run by the same bounded
-client (a fixed number of requests, at most `--concurrency` in flight). The echo route verifies
-an HMAC and does one awaited durable write (a lookup and a register) per request; the bare
-handler does nothing. Targets (issue 4): echo >= 0.5x bare throughput; restart-to-ready with
+The bare handler and two echo gateways (access log on, off) are real subprocesses on loopback,
+loaded in the same run, in interleaved rounds, by the same bounded load generator: its own
+process, a fixed number of requests per round over `--concurrency` keep-alive connections with
+one request in flight on each, raw HTTP/1.1 so it stays cheaper than the servers it loads.
+The echo route verifies an HMAC and does one awaited durable write per request (the counter is
+read from the plugin's memory cache, filled during warm-up); the bare handler reads the body and
+answers. Each row also shows the server process's CPU time per request (all its threads), which
+noise from other work on the machine moves far less than req/s. Targets (issue 4): echo >= 0.5x bare throughput; restart-to-ready with
 100,000 live rows < 1 s. Prints a Markdown table (docs/performance.md, "## Gateway").
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -21,15 +26,15 @@ import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import aiohttp
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.echo import NAMESPACE, sign  # noqa: E402
+from gateway.echo import NAMESPACE, SIGNATURE_HEADER, sign  # noqa: E402
 from gateway.sim.harness import GatewayHarness, free_port  # noqa: E402
 
 SECRET = "bench-secret"
-WARMUP = 200
+KEYS = 1000  # distinct echo counters the load cycles through
+WARMUP = KEYS  # requests per server before the rounds: every key once, connections, caches
+BARE = "bare aiohttp handler"
 
 
 async def _serve_bare(port: int) -> None:
@@ -48,71 +53,211 @@ async def _serve_bare(port: int) -> None:
     await asyncio.Event().wait()
 
 
-async def load(url: str, bodies: list[tuple[bytes, dict[str, str]]], concurrency: int) -> dict[str, float]:
-    """Send every body once, `concurrency` at a time; req/s and latency percentiles (ms)."""
-    latencies: list[float] = []
-    queue: asyncio.Queue[tuple[bytes, dict[str, str]]] = asyncio.Queue()
-    for b in bodies:
-        queue.put_nowait(b)
-    conn = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=conn) as session:
+class _Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection of the driver: send a request, read the answer, repeat."""
 
-        async def worker() -> None:
-            while not queue.empty():
-                body, headers = queue.get_nowait()
-                t = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as resp:
-                    await resp.read()
-                    assert resp.status == 200, resp.status
-                latencies.append((time.perf_counter() - t) * 1000)
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.buf = bytearray()
+        self.need = 0  # bytes of the answer being read (headers + body); 0 = headers not seen yet
+        self.sent_at = 0.0
+        self.waiting = False  # a request of ours has no complete answer yet
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    latencies.sort()
-    return {
-        "rps": len(bodies) / elapsed,
-        "p50": latencies[len(latencies) // 2],
-        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-    }
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.send()
+
+    def send(self) -> None:
+        request = self.run.next_request()
+        if request is None:
+            self.transport.close()
+            return
+        self.waiting = True
+        self.sent_at = time.perf_counter()
+        self.transport.write(request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while True:
+            if not self.need:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = bytes(buf[:end]).lower()
+                at = head.index(b"\r\ncontent-length:") + 17
+                stop = head.find(b"\r\n", at)
+                self.need = end + 4 + int(head[at:stop if stop >= 0 else None])
+                if head[9:12] != b"200":
+                    self.run.fail(f"HTTP {head[9:12].decode()}")
+                    return
+            if len(buf) < self.need:
+                return
+            del buf[:self.need]
+            self.need = 0
+            self.waiting = False
+            self.run.done(time.perf_counter() - self.sent_at)
+            self.send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiting:
+            self.run.fail(f"connection lost: {exc}")
 
 
-def _echo_bodies(n: int, offset: int) -> list[tuple[bytes, dict[str, str]]]:
+class _Run:
+    """A fixed list of raw requests sent over `concurrency` connections, one in flight on each."""
+
+    def __init__(self, requests: list[bytes]) -> None:
+        self.requests = requests
+        self.total = len(requests)
+        self.sent = 0
+        self.received = 0
+        self.latencies: list[float] = []
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def next_request(self) -> bytes | None:
+        if self.sent >= self.total or self.finished.done():
+            return None
+        self.sent += 1
+        return self.requests[self.sent - 1]
+
+    def done(self, latency_s: float) -> None:
+        self.latencies.append(latency_s)
+        self.received += 1
+        if self.received == self.total and not self.finished.done():
+            self.finished.set_result(None)
+
+    def fail(self, why: str) -> None:
+        if not self.finished.done():
+            self.finished.set_exception(RuntimeError(why))
+
+
+def _raw_requests(port: int, path: str, bodies: list[tuple[bytes, str]]) -> list[bytes]:
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+    return [
+        f"{head}Content-Length: {len(body)}\r\n{SIGNATURE_HEADER}: {sig}\r\n\r\n".encode() + body
+        for body, sig in bodies
+    ]
+
+
+def _bodies(kind: str, n: int, offset: int) -> list[tuple[bytes, str]]:
+    """Echo: signed `{"key": ...}` bodies over KEYS keys; bare: one body of the same shape."""
+    if kind == "bare":
+        return [(b'{"key": "k0"}', "sha256=" + "0" * 64)] * n
     out = []
     for i in range(offset, offset + n):
-        body = json.dumps({"key": f"k{i % 1000}"}).encode()
-        out.append((body, {"X-Echo-Signature": sign(SECRET, "POST", "/echo", body)}))
+        body = json.dumps({"key": f"k{i % KEYS}"}).encode()
+        out.append((body, sign(SECRET, "POST", "/echo", body)))
     return out
 
 
+async def _drive() -> None:
+    """The load generator process: one JSON command a line on stdin, one JSON result a line out.
+
+    Its own process, so its CPU never counts against a server's event loop; raw keep-alive
+    HTTP/1.1 over asyncio protocols, because a full HTTP client costs more CPU per request than
+    the bare server does and would make the driver the bottleneck.
+    """
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        cmd = json.loads(line)
+        requests = _raw_requests(cmd["port"], cmd["path"], _bodies(cmd["kind"], cmd["n"], cmd["offset"]))
+        run = _Run(requests)
+        start = time.perf_counter()
+        for _ in range(min(cmd["concurrency"], len(requests))):
+            await loop.create_connection(lambda: _Conn(run), "127.0.0.1", cmd["port"])
+        await run.finished
+        elapsed = time.perf_counter() - start
+        lat = sorted(run.latencies)
+        result = {"rps": run.total / elapsed, "p50": lat[len(lat) // 2] * 1000,
+                  "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000}
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+
+
+class Driver:
+    """The benchmark's handle on the load-generator subprocess."""
+
+    async def __aenter__(self) -> Driver:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--drive", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def load(self, port: int, path: str, kind: str, n: int, concurrency: int, offset: int = 0) -> dict[str, float]:
+        """Send n requests, `concurrency` in flight; req/s and p50/p99 latency (ms)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        cmd = {"port": port, "path": path, "kind": kind, "n": n, "concurrency": concurrency, "offset": offset}
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 300)
+        if not line:
+            raise RuntimeError(f"the load generator exited ({await self.proc.wait()})")
+        return json.loads(line)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far; Linux /proc, else 0."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def throughput(requests: int, concurrency: int, rounds: int) -> dict[str, dict[str, float]]:
-    """All servers up at once; interleaved rounds so machine noise hits each one alike."""
+    """All servers up at once; interleaved rounds (first server rotating) so machine noise hits
+    each one alike. Medians of the rounds; `ratio` is the median of the per-round ratios."""
     port = free_port()
     bare = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--serve-bare", str(port), stdout=asyncio.subprocess.PIPE
     )
+    per_round = requests // rounds
     try:
         assert bare.stdout is not None
         await asyncio.wait_for(bare.stdout.readline(), 30)
-        per_round = requests // rounds
-        bare_bodies = [(b'{"key": "k"}', {"X-Echo-Signature": "x"})] * per_round
-        targets = {"bare aiohttp handler": (f"http://127.0.0.1:{port}/bare", lambda i: bare_bodies)}
+        targets: dict[str, tuple[int, int, str, str]] = {BARE: (bare.pid, port, "/bare", "bare")}
         async with AsyncExitStack() as stack:
             for access_log in (True, False):
                 gw = await stack.enter_async_context(GatewayHarness(
                     adapters={"echo": {"secret": SECRET}}, config={"gateway": {"access_log": access_log}}))
+                assert gw.pid is not None and gw.port is not None
                 name = f"echo route (HMAC + durable write), access_log = {str(access_log).lower()}"
-                targets[name] = (f"{gw.gateway_url}/echo", lambda i: _echo_bodies(per_round, WARMUP + i * per_round))
-            for url, bodies in targets.values():  # warm-up
-                await load(url, _echo_bodies(WARMUP, 0) if "echo" in url else bare_bodies[:WARMUP], concurrency)
+                targets[name] = (gw.pid, gw.port, "/echo", "echo")
+            driver = await stack.enter_async_context(Driver())
+            for _, tport, path, kind in targets.values():  # warm-up: connections, caches, every key once
+                await driver.load(tport, path, kind, WARMUP, concurrency)
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+            names = list(targets)
             for i in range(rounds):
-                for name, (url, bodies) in targets.items():
-                    runs[name].append(await load(url, bodies(i), concurrency))
+                for name in names[i % len(names):] + names[:i % len(names)]:
+                    pid, tport, path, kind = targets[name]
+                    cpu = cpu_seconds(pid)
+                    r = await driver.load(tport, path, kind, per_round, concurrency, WARMUP + i * per_round)
+                    r["cpu_us"] = (cpu_seconds(pid) - cpu) / per_round * 1e6
+                    runs[name].append(r)
     finally:
         bare.kill()
         await bare.wait()
-    return {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")} for name, rs in runs.items()}
+    out = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us")}
+           for name, rs in runs.items()}
+    for name, rs in runs.items():
+        ratios = [r["rps"] / b["rps"] for r, b in zip(rs, runs[BARE])]
+        out[name]["ratio"] = statistics.median(ratios)
+        out[name]["ratio_min"] = min(ratios)
+        out[name]["ratio_max"] = max(ratios)
+    return out
 
 
 def populate(db: Path, rows: int) -> float:
@@ -161,14 +306,18 @@ async def restart_to_ready(rows: int, rounds: int = 5) -> dict[str, float]:
 
 async def main(args: argparse.Namespace) -> None:
     tp = await throughput(args.requests, args.concurrency, args.rounds)
-    rr = await restart_to_ready(args.rows)
-    bare = tp["bare aiohttp handler"]["rps"]
-    print(f"\n{args.requests} requests per server in {args.rounds} interleaved rounds (medians) after "
-          f"{WARMUP} warm-up, {args.concurrency} in flight, loopback\n")
-    print("| server | req/s | p50 ms | p99 ms | vs bare |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"\n{args.requests // args.rounds} requests per server per round, {args.rounds} interleaved rounds "
+          f"(medians) after {WARMUP} warm-up, {args.concurrency} keep-alive connections with one request in "
+          "flight each, load generator in its own process, loopback\n")
+    print("| server | req/s | p50 ms | p99 ms | server CPU us/req | vs bare (median, min-max of rounds) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, r in tp.items():
-        print(f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps'] / bare:.2f}x |")
+        print(f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_us']:.0f} | "
+              f"{r['ratio']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |")
+    sys.stdout.flush()
+    if args.rows <= 0:
+        return
+    rr = await restart_to_ready(args.rows)
     print(f"\nrestart with {rr['rows']:,} live rows (median of 5; filled in {rr['fill_s']:.1f} s)\n")
     print("| step | seconds |")
     print("|---|---:|")
@@ -180,10 +329,16 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--requests", type=int, default=21_000, help="requests per server, split over the rounds")
+    parser.add_argument("--concurrency", type=int, default=16, help="keep-alive connections, one request in flight each")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rows", type=int, default=100_000, help="live rows for the restart timing (0 = skip it)")
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     ns = parser.parse_args()
-    asyncio.run(_serve_bare(ns.serve_bare) if ns.serve_bare else main(ns))
+    if ns.serve_bare:
+        asyncio.run(_serve_bare(ns.serve_bare))
+    elif ns.drive:
+        asyncio.run(_drive())
+    else:
+        asyncio.run(main(ns))

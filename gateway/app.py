@@ -76,7 +76,7 @@ def build_app(config: GatewayConfig, plugins: Sequence[LoadedPlugin]) -> web.App
 
     Raises ConfigError when two plugins (or a plugin and /healthz) claim the same route.
     """
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_body_limit])
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     path, url = database_location(config)
     settings = store_settings(config)
     app[CONFIG] = config
@@ -99,26 +99,26 @@ def _mount(app: web.Application, plugins: Sequence[LoadedPlugin]) -> None:
             if claim in taken:
                 raise ConfigError(f"adapters.{lp.id}", f"route {claim[0]} {claim[1]} is already served by {taken[claim]}")
             taken[claim] = lp.id
-            app.router.add_route(route.method, route.path, _tagged(lp.id, route.handler))
+            app.router.add_route(route.method, route.path, _plugin_handler(lp.id, route.handler))
 
 
-def _tagged(plugin_id: str, handler: Handler) -> Handler:
-    """Wrap a plugin handler so the access log line names the plugin that served it."""
+def _plugin_handler(plugin_id: str, handler: Handler) -> Handler:
+    """Wrap a plugin handler: refuse a declared oversize body before it (or its signature check)
+    runs, and name the plugin for the access log line.
 
-    async def tagged(request: web.Request) -> web.StreamResponse:
+    A wrapper, not a middleware: aiohttp builds the middleware chain anew for every request,
+    which cost more than the check (issue 4). Bodies without a Content-Length are capped by
+    `client_max_size` when the handler reads them; /healthz takes no body.
+    """
+
+    async def plugin_handler(request: web.Request) -> web.StreamResponse:
+        size = request.content_length
+        if size is not None and size > MAX_BODY_BYTES:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=size)
         request[logs.PLUGIN_ID] = plugin_id  # type: ignore[index]
         return await handler(request)
 
-    return tagged
-
-
-@web.middleware
-async def _body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse a declared oversize body before any handler (or signature check) runs; bodies
-    without a Content-Length are capped by `client_max_size` when the handler reads them."""
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
-    return await handler(request)
+    return plugin_handler
 
 
 async def _healthz(request: web.Request) -> web.Response:

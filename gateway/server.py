@@ -118,6 +118,7 @@ async def _serve(
     finally:
         ready.close()
         await runner.cleanup()  # stop listening, drain, stop plugins, sweep, checkpoint, close
+        logs.flush()  # access lines of the last loop turn
     log.info("gateway_stopped")
     return OK
 

@@ -60,14 +60,32 @@ def resolve_path(path: str | os.PathLike[str] | None) -> Path:
 
 
 # -- operation counts of this process, for /healthz and the traffic benchmark ----------------
+# Each thread counts in a dict of its own, so counting costs no lock per call (a lock and a
+# Counter took ~0.25 us, 4% of a lookup): only the owning thread writes a table, and dict()
+# copies one in a single step under the GIL.
 _ops_lock = threading.Lock()
-_ops: Counter[str] = Counter()
+_ops_tables: list[dict[str, int]] = []
+_ops_local = threading.local()
 
 
 def op_counts() -> dict[str, int]:
     """How many store operations this process has started, by operation name."""
     with _ops_lock:
-        return dict(_ops)
+        tables = list(_ops_tables)
+    total: Counter[str] = Counter()
+    for table in tables:
+        total.update(dict(table))
+    return dict(total)
+
+
+def _count_op(op: str) -> None:
+    try:
+        table: dict[str, int] = _ops_local.table
+    except AttributeError:
+        table = _ops_local.table = {}
+        with _ops_lock:
+            _ops_tables.append(table)
+    table[op] = table.get(op, 0) + 1
 
 
 # -- the process-wide tables: one backend per database, one settings pair per namespace -----
@@ -152,8 +170,7 @@ class KeyedStore:
         """Every operation starts here exactly once: refuse a closed store, count, read the clock."""
         if self._closed:
             raise StateStoreError("UNAVAILABLE", op, "the store is closed", path=self.location)
-        with _ops_lock:
-            _ops[op] += 1
+        _count_op(op)
         return self._clock()
 
     def _expiry(self, now: int, ttl_ms: int | None, op: str) -> int | None:

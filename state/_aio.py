@@ -21,6 +21,7 @@ T = TypeVar("T")
 WORKER_THREADS = 4  # reads (and Redis writes) overlap on these
 WORKER_PREFIX = "chatstate-state"
 DELIVER_BATCH = 16  # at most this many finished calls wait for one wake-up of their loop
+IDLE_EXIT_S = 10.0  # a worker thread with nothing to do for this long exits (restarted on demand)
 
 _Call = tuple[
     asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any], Any
@@ -51,10 +52,9 @@ class _Workers:
         self._pending: dict[asyncio.AbstractEventLoop, list[_Call]] = {}  # batching: this loop turn's
 
     def submit(self, call: _Call) -> None:
-        if self._threads < self._max_threads:
-            self._start_thread()
         if not self._batching:
             self._calls.put(call)
+            self._ensure_thread()
             return
         # A writer gets the calls of one event-loop turn together, at the end of that turn:
         # one wake-up of its thread instead of one per call (each wake-up on a busy machine
@@ -68,8 +68,11 @@ class _Workers:
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         self._calls.put(self._pending.pop(loop))
+        self._ensure_thread()
 
-    def _start_thread(self) -> None:
+    def _ensure_thread(self) -> None:
+        """Start a thread if fewer than the maximum run; called after every put, so a thread
+        that is retiring (see `_next`) either sees the new call or is replaced."""
         with self._lock:
             if self._threads >= self._max_threads:
                 return
@@ -78,22 +81,33 @@ class _Workers:
         target = self._work_batches if self._batching else self._work
         threading.Thread(target=target, name=name, daemon=True).start()
 
+    def _next(self) -> Any:
+        """The next queued item, or None once the queue stayed empty for IDLE_EXIT_S: idle
+        threads retire, so a process that used many databases (a test suite) keeps none."""
+        while True:
+            try:
+                return self._calls.get(timeout=IDLE_EXIT_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._calls.empty():  # puts happen before _ensure_thread takes this lock
+                        self._threads -= 1
+                        return None
+
     def _work(self) -> None:
         calls = self._calls
-        while True:
-            done = [_run(calls.get())]
+        while (first := self._next()) is not None:
+            done = [_run(first)]
             while len(done) < DELIVER_BATCH:
                 try:
                     done.append(_run(calls.get_nowait()))
                 except queue.Empty:
                     break
             _post_all(done)
-            del done
+            del done, first  # hold no caller's objects while idle
 
     def _work_batches(self) -> None:
         calls = self._calls
-        while True:
-            batch = calls.get()
+        while (batch := self._next()) is not None:
             while len(batch) < DELIVER_BATCH:
                 try:
                     batch.extend(calls.get_nowait())

@@ -1,0 +1,89 @@
+"""state/_perms.py, the cheap permission check behind every write path: an outside chmod is
+undone by the next write however often it happens, in a forked child too, and without inotify
+(the fallback chmods on every write)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from state import _perms, open_keyed_store
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def loosen(db: Path) -> None:
+    os.chmod(db.parent, 0o755)
+    for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        if p.exists():
+            os.chmod(p, 0o644)
+
+
+def assert_private(db: Path) -> None:
+    assert mode(db.parent) == 0o700
+    for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        if p.exists():
+            assert mode(p) == 0o600, p
+
+
+def test_every_outside_chmod_is_undone_by_the_next_write(tmp_path: Path) -> None:
+    db = tmp_path / "plugin-state" / "state.sqlite"
+    store = open_keyed_store("p", "ns", max_entries=100, path=db)
+    for i in range(50):
+        loosen(db)
+        store.register(f"k{i}", i)
+        assert_private(db)
+    store.close()
+
+
+def test_guard_without_inotify_chmods_on_every_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_perms, "_LIBC", None)  # not Linux, or the inotify limit reached
+    target = tmp_path / "f"
+    target.write_text("x")
+    guard = _perms.PermissionGuard(tmp_path, ((tmp_path, 0o700), (target, 0o600)))
+    for _ in range(3):
+        os.chmod(target, 0o644)
+        guard.ensure()
+        assert mode(target) == 0o600 and mode(tmp_path) == 0o700
+
+
+def test_guard_notices_a_file_created_after_it_started(tmp_path: Path) -> None:
+    late = tmp_path / "late-wal"
+    guard = _perms.PermissionGuard(tmp_path, ((late, 0o600),))
+    guard.ensure()
+    late.write_text("x")
+    os.chmod(late, 0o644)
+    guard.ensure()
+    assert mode(late) == 0o600
+
+
+def _child_write(db: str, conn: "multiprocessing.connection.Connection") -> None:
+    store = open_keyed_store("p", "ns", max_entries=100, path=db)
+    loosen(Path(db))
+    store.register("from-child", 1)
+    conn.send(True)
+
+
+def test_a_forked_child_keeps_the_files_private(tmp_path: Path) -> None:
+    db = tmp_path / "plugin-state" / "state.sqlite"
+    store = open_keyed_store("p", "ns", max_entries=100, path=db)
+    store.register("k", 1)  # the parent's guard and connections exist before the fork
+    ctx = multiprocessing.get_context("fork")
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=_child_write, args=(str(db), theirs))
+    child.start()
+    assert ours.recv() is True
+    child.join(30)
+    assert child.exitcode == 0
+    assert_private(db)
+    loosen(db)
+    store.register("k2", 2)  # and the parent's guard still works after its child's fork
+    assert_private(db)
+    assert store.lookup("from-child") == 1
+    store.close()

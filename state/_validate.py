@@ -29,12 +29,19 @@ def _make_encoder() -> Callable[[object], str]:
     from json import encoder
 
     fallback = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-    if encoder.c_make_encoder is None:  # no C accelerator in this interpreter
+    if getattr(encoder, "c_make_encoder", None) is None:  # no C accelerator in this interpreter
         return fallback
-    c_encode = encoder.c_make_encoder(
-        None, fallback.__self__.default, encoder.encode_basestring, None, ":", ",", False, False, False
-    )
-    return lambda value: "".join(c_encode(value, 0))
+    try:  # a private CPython function: if its signature or output ever differs, use the fallback
+        c_encode = encoder.c_make_encoder(
+            None, fallback.__self__.default, encoder.encode_basestring, None, ":", ",", False, False, False
+        )
+        fast: Callable[[object], str] = lambda value: "".join(c_encode(value, 0))  # noqa: E731
+        sample = {"k": ["é", 1, 2.5, True, None, {"n": -3}]}
+        if fast(sample) != fallback(sample):
+            return fallback
+    except Exception:
+        return fallback
+    return fast
 
 
 _encode = _make_encoder()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from ._errors import StateStoreError

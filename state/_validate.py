@@ -6,7 +6,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from ._errors import StateStoreError
 from ._settings import MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, MAX_VALUE_BYTES, MAX_VALUE_DEPTH
@@ -28,12 +28,15 @@ def _make_encoder() -> Callable[[object], str]:
     """
     from json import encoder
 
-    fallback = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-    if getattr(encoder, "c_make_encoder", None) is None:  # no C accelerator in this interpreter
+    json_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    fallback = json_encoder.encode
+    # Private, so not in typeshed's json.encoder stub: looked up with getattr (typed Any).
+    c_make_encoder = getattr(encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # no C accelerator in this interpreter
         return fallback
     try:  # a private CPython function: if its signature or output ever differs, use the fallback
-        c_encode = encoder.c_make_encoder(
-            None, fallback.__self__.default, encoder.encode_basestring, None, ":", ",", False, False, False
+        c_encode = c_make_encoder(
+            None, json_encoder.default, encoder.encode_basestring, None, ":", ",", False, False, False
         )
         fast: Callable[[object], str] = lambda value: "".join(c_encode(value, 0))  # noqa: E731
         sample = {"k": ["é", 1, 2.5, True, None, {"n": -3}]}
@@ -56,7 +59,7 @@ def _utf8_len(text: str, what: str, op: str) -> int:
         raise StateStoreError("INVALID_INPUT", op, f"{what} is not valid Unicode") from None
 
 
-def _is_int(n: object) -> bool:
+def _is_int(n: object) -> TypeGuard[int]:
     return isinstance(n, int) and not isinstance(n, bool)
 
 
@@ -104,23 +107,23 @@ def key(value: object, op: str) -> str:
 
 
 def max_entries(value: object) -> int:
-    if not _is_int(value) or value < 1:  # type: ignore[operator]
+    if not _is_int(value) or value < 1:
         raise StateStoreError("INVALID_INPUT", "open", "max_entries must be an integer >= 1")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def ttl_ms(value: object, op: str, what: str = "ttl_ms") -> int | None:
     if value is None:
         return None
-    if not _is_int(value) or not 1 <= value <= MAX_TTL_MS:  # type: ignore[operator]
+    if not _is_int(value) or not 1 <= value <= MAX_TTL_MS:
         raise StateStoreError("INVALID_INPUT", op, f"{what} must be an integer from 1 to {MAX_TTL_MS}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def overflow(value: object) -> str:
     if value not in OVERFLOW_POLICIES:
         raise StateStoreError("INVALID_INPUT", "open", f"overflow must be one of {OVERFLOW_POLICIES}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def serialize_value(value: object, op: str) -> str:
@@ -149,7 +152,7 @@ def _check_shape(root: object, op: str) -> None:
     # The usual adapter value is one flat dict of strings and ints: accept it in one pass
     # (~1 us less per write); anything else, or anything odd in it, takes the general walk.
     if type(root) is dict and all(
-        type(k) is str and type(v) in _FLAT_SCALARS for k, v in root.items()  # type: ignore[attr-defined]
+        type(k) is str and type(v) in _FLAT_SCALARS for k, v in root.items()
     ):
         return
     # Iterative so a hostile 100,000-deep list cannot blow the Python stack before we say no.

@@ -54,6 +54,6 @@ class Backend(Protocol):
 
     def checkpoint(self) -> None: ...
 
-    def release(self) -> None:
-        """Drop one user; the last one checkpoints and closes."""
+    def release(self) -> bool:
+        """Drop one user; the last one checkpoints and closes. True = closed."""
         ...

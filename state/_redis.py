@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -238,9 +238,11 @@ class RedisBackend:
         ceiling = self.settings.plugin_max_live_rows
         keys = [rows + key, order, exp, self._namespaces_key(plugin_id), self._plugins_key,
                 self._op_key() if if_absent else ""]  # an upsert is idempotent: no retry cache
-        args = [key, value, now_ms, "" if expires_at is None else expires_at, pexpire, limits.max_entries,
-                limits.overflow, ceiling, "1" if if_absent else "0", self._ns_prefix(plugin_id), namespace,
-                self._plugin(plugin_id), self.options.op_result_ttl_ms]
+        args: list[str | int] = [
+            key, value, now_ms, "" if expires_at is None else expires_at, pexpire, limits.max_entries,
+            limits.overflow, ceiling, "1" if if_absent else "0", self._ns_prefix(plugin_id), namespace,
+            self._plugin(plugin_id), self.options.op_result_ttl_ms,
+        ]
         result = self._call(op, lambda: self._write(keys=keys, args=args))
         if result == "NS_FULL":
             raise StateStoreError("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {limits.max_entries} live rows",
@@ -255,7 +257,9 @@ class RedisBackend:
 
     def read(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None:
         rows, _, _ = self._ns(plugin_id, namespace)
-        value, created, expires = self._call("lookup", lambda: self._client.hmget(rows + key, "v", "c", "e"))
+        # decode_responses=True: redis-py's stubs say bytes | str, the replies are str
+        reply = self._call("lookup", lambda: self._client.hmget(rows + key, "v", "c", "e"))
+        value, created, expires = cast("list[str | None]", reply)
         return _live_row(key, value, created, expires, now_ms)
 
     def _take_row(self, op: str, plugin_id: str, namespace: str, key: str, now_ms: int) -> Row | None:
@@ -276,7 +280,7 @@ class RedisBackend:
     def remove_all(self, plugin_id: str, namespace: str, *, now_ms: int) -> int:
         _, order, exp = self._ns(plugin_id, namespace)
         keys = [order, exp, self._namespaces_key(plugin_id), self._op_key()]
-        args = [now_ms, self._ns_prefix(plugin_id), namespace, self.options.op_result_ttl_ms]
+        args: list[str | int] = [now_ms, self._ns_prefix(plugin_id), namespace, self.options.op_result_ttl_ms]
         return int(self._call("clear", lambda: self._clear(keys=keys, args=args)))
 
     def scan(self, plugin_id: str, namespace: str, *, now_ms: int) -> list[Row]:
@@ -291,13 +295,14 @@ class RedisBackend:
         """Drop expired rows and their index entries, namespace by namespace, in batches."""
         batch = self.settings.sweep_batch_rows
         removed = 0
-        for plugin in self._call("sweep", lambda: self._client.smembers(self._plugins_key)):
+        # decode_responses=True: the members are str, whatever redis-py's stubs say
+        for plugin in cast("set[str]", self._call("sweep", lambda: self._client.smembers(self._plugins_key))):
             plugin_id = unquote(plugin)
             ns_key = self._namespaces_key(plugin_id)
-            for namespace in self._call("sweep", lambda: self._client.smembers(ns_key)):
+            for namespace in cast("set[str]", self._call("sweep", lambda: self._client.smembers(ns_key))):
                 _, order, _ = self._ns(plugin_id, namespace)
                 keys = [order, ns_key, self._plugins_key]
-                args = [now_ms, self._ns_prefix(plugin_id), namespace, batch, plugin]
+                args: list[str | int] = [now_ms, self._ns_prefix(plugin_id), namespace, batch, plugin]
                 while True:
                     n = int(self._call("sweep", lambda: self._sweep(keys=keys, args=args)))
                     removed += n

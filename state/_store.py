@@ -124,7 +124,7 @@ def _acquire_backend(path: str | os.PathLike[str] | None, url: str | None, setti
                     if fix_permissions is not None:
                         fix_permissions("open")  # modes are re-applied on every open, not the first only
                 except BaseException:
-                    backend.release()  # type: ignore[attr-defined]
+                    backend.release()
                     raise
                 return backend
         backend = factory()

@@ -199,7 +199,7 @@ def _adapters(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Adapt
         mode = _get(merged, f"{key}.mode", str, "store")
         if mode not in MODES:
             raise ConfigError(f"{key}.mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
-        out[adapter_id] = AdapterConfig(adapter_id, enabled, mode, MappingProxyType(merged))  # type: ignore[arg-type]
+        out[adapter_id] = AdapterConfig(adapter_id, enabled, mode, MappingProxyType(merged))
     return out
 
 

@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -45,7 +45,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, separators=(",", ":"))
 
 
-class FieldsAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+class FieldsAdapter(logging.LoggerAdapter[logging.Logger]):
     """A LoggerAdapter that merges its fields with the call's `extra` (3.11's replaces them)."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
@@ -104,13 +104,13 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         if _output is None or not _output.owns(self.logger):
             self.logger.info("http_request", extra=fields(
-                plugin=request.get(PLUGIN_ID),  # type: ignore[call-overload]
+                plugin=request.get(PLUGIN_ID),
                 method=request.method, path=request.path,
                 status=response.status, duration_ms=round(time * 1000, 3),
             ))
             return
         line = {"ts": round(_now(), 3), "level": "info", "logger": self.logger.name, "event": "http_request"}
-        plugin = request.get(PLUGIN_ID)  # type: ignore[call-overload]
+        plugin = request.get(PLUGIN_ID)
         if plugin is not None:
             line["plugin"] = plugin
         line["method"] = request.method
@@ -127,7 +127,7 @@ _now = time.time
 class _Output:
     """The stream handler `configure()` installed, and access lines waiting for this loop turn."""
 
-    def __init__(self, handler: logging.StreamHandler) -> None:  # type: ignore[type-arg]
+    def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
         self.handler = handler
         self.pending: list[str] = []
 

@@ -115,7 +115,7 @@ def _plugin_handler(plugin_id: str, handler: Handler) -> Handler:
         size = request.content_length
         if size is not None and size > MAX_BODY_BYTES:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=size)
-        request[logs.PLUGIN_ID] = plugin_id  # type: ignore[index]
+        request[logs.PLUGIN_ID] = plugin_id
         return await handler(request)
 
     return plugin_handler
@@ -125,9 +125,10 @@ async def _healthz(request: web.Request) -> web.Response:
     app = request.app
     life = app[LIFECYCLE]
     store = await app[PROBE].result() if life.ready and not life.draining else None
+    plugins = app[PLUGINS]  # bound first: inside the call mypy would infer AppKey[Sequence[...]]
     code, body = health.summarize(
         ready=life.ready, draining=life.draining, started_at=life.started_at, store=store,
-        adapters=health.adapter_health(app[PLUGINS]), sweeper=app[SWEEP],
+        adapters=health.adapter_health(plugins), sweeper=app[SWEEP],
     )
     return web.json_response(body, status=code)
 

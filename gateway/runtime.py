@@ -9,6 +9,7 @@ stores the core owns (e.g. pending approvals); only bundled plugins may open the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -93,7 +94,9 @@ class GatewayRuntime:
         self.legacy: bool = loaded.adapter.mode == "legacy"
         self.origin = loaded.origin
         self.trusted = trusted or loaded.origin == "bundled"
-        self.log = logs.get(f"plugin.{loaded.id}", plugin=loaded.id, adapter=loaded.id)
+        self.log: logging.LoggerAdapter[logging.Logger] = logs.get(
+            f"plugin.{loaded.id}", plugin=loaded.id, adapter=loaded.id
+        )
         self._broker = broker
 
     async def open_keyed_store(

@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from aiohttp import web
 
@@ -62,7 +62,8 @@ class SimulatorServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
-        server = site._server  # aiohttp exposes the bound socket only here
+        # aiohttp exposes the bound socket only here; typed AbstractServer, it is loop.create_server's Server
+        server = cast("asyncio.Server | None", site._server)
         assert server is not None and server.sockets
         self.port = server.sockets[0].getsockname()[1]
         return self.base_url

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import aiohttp
 import discord
@@ -78,6 +78,14 @@ class Interaction:
     options: dict[str, Any] = field(default_factory=dict)  # application command options
 
 
+class _Common(TypedDict):
+    """The Interaction fields every non-ping kind shares."""
+
+    type: discord.InteractionType
+    user_id: str
+    channel_id: str
+
+
 def parse(body: bytes) -> Interaction:
     """Parse a verified body. Raises BadRequest for JSON or shapes Discord would not send."""
     try:
@@ -87,7 +95,7 @@ def parse(body: bytes) -> Interaction:
             return Interaction(kind, "", "")
         user = (payload.get("member") or {}).get("user") or payload["user"]  # guild, else DM
         data = payload.get("data") or {}
-        common = {"type": kind, "user_id": str(user["id"]), "channel_id": str(payload.get("channel_id", ""))}
+        common: _Common = {"type": kind, "user_id": str(user["id"]), "channel_id": str(payload.get("channel_id", ""))}
         if kind is discord.InteractionType.component:
             return Interaction(
                 **common, custom_id=str(data["custom_id"]),
@@ -144,7 +152,7 @@ def _data(content: str, *, flags: Any = discord.utils.MISSING) -> dict[str, Any]
     with handle_message_parameters(
         content=content, flags=flags, allowed_mentions=discord.AllowedMentions.none()
     ) as params:
-        return dict(params.payload)
+        return dict(cast("dict[str, Any]", params.payload))  # None only when files are sent
 
 
 # -- outbound: the bot's REST calls ------------------------------------------------------------

@@ -51,7 +51,7 @@ def build_panel(*, allowed_user_ids: list[str]) -> Panel:
         )
     }
     view = discord.ui.View(timeout=None)  # no discord.py timeout: the registry TTL rules
-    colours = discord.ui.Select(
+    colours: discord.ui.Select[discord.ui.View] = discord.ui.Select(
         custom_id=new_custom_id("colour"), placeholder="Pick a colour",
         options=[discord.SelectOption(label=c.title(), value=c) for c in COLOURS],
     )
@@ -83,6 +83,8 @@ def build_modal(custom_id: str, entry: ModalEntry) -> discord.ui.Modal:
     view = discord.ui.Modal(title=entry["title"], custom_id=custom_id, timeout=None)
     for f in entry["fields"]:
         style = discord.TextStyle[f["style"]]
-        text = discord.ui.TextInput(label=f["label"], custom_id=f["custom_id"], style=style, required=f["required"])
+        text: discord.ui.TextInput[discord.ui.Modal] = discord.ui.TextInput(
+            label=f["label"], custom_id=f["custom_id"], style=style, required=f["required"]
+        )
         view.add_item(text)
     return view

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from slack_sdk.signature import SignatureVerifier
@@ -76,7 +76,7 @@ def parse_message(envelope: Mapping[str, Any]) -> SlackMessage | None:
     fields = (envelope.get("team_id"), envelope.get("event_id"), event.get("channel"), event.get("user"), event.get("ts"))
     if not all(isinstance(f, str) and f for f in fields):
         return None
-    team_id, event_id, channel, user, ts = fields
+    team_id, event_id, channel, user, ts = cast("tuple[str, str, str, str, str]", fields)  # checked just above
     text = event.get("text")
     return SlackMessage(
         team_id=team_id,

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from gateway.sim.harness import GatewayHarness
 from gateway.sim.slack import SlackSimulator
@@ -92,14 +90,6 @@ async def test_sigkill_of_one_gateway_mid_traffic_loses_nothing(shared_url: str,
         status, health = await b.healthz()
         assert (status, health["status"]) == (200, "ok")
 
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private redis-server with appendonly on: acknowledged writes outlive its crash."""
-    server = RedisServer(tmp_path / "redis", appendonly=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_redis_killed_and_restarted_mid_traffic(own_redis: RedisServer, tmp_path: Path) -> None:

@@ -7,48 +7,39 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from redis_support import RedisServer, ReplyDroppingProxy, with_prefix
+from redis_support import ReplyDroppingProxy, with_prefix
 from state import StateStoreError, open_async_keyed_store, open_keyed_store
 
 FAST_RETRY = "&retries=2&backoff_base_s=0.01&backoff_cap_s=0.05"
 
 
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private redis-server with appendonly on, which the test may stop and restart."""
-    server = RedisServer(tmp_path / "redis", appendonly=True)
-    server.start()
-    yield server
-    server.stop()
 
-
-def test_unreachable_server_is_unavailable_then_recovers(own_server):
-    url = with_prefix(own_server.url, "t") + FAST_RETRY
+def test_unreachable_server_is_unavailable_then_recovers(own_redis):
+    url = with_prefix(own_redis.url, "t") + FAST_RETRY
     with open_keyed_store("p", "ns", max_entries=10, url=url) as store:
         store.register("before", 1)
-        own_server.stop()
+        own_redis.stop()
         for call, op in [(lambda: store.register("k", 1), "register"), (lambda: store.lookup("k"), "lookup"),
                          (lambda: store.consume("k"), "consume"), (store.entries, "entries"), (store.clear, "clear")]:
             with pytest.raises(StateStoreError) as err:
                 call()
             assert (err.value.code, err.value.operation) == ("UNAVAILABLE", op)
             assert err.value.path == url
-        own_server.start()  # same port: the same store object reconnects on its own
+        own_redis.start()  # same port: the same store object reconnects on its own
         store.register("after", 2)
         assert [e.key for e in store.entries()] == ["before", "after"]  # appendonly kept "before"
 
 
-def test_acknowledged_writes_survive_a_sigkill_of_redis_with_appendonly(own_server):
-    url = with_prefix(own_server.url, "t") + FAST_RETRY
+def test_acknowledged_writes_survive_a_sigkill_of_redis_with_appendonly(own_redis):
+    url = with_prefix(own_redis.url, "t") + FAST_RETRY
     with open_keyed_store("p", "ns", max_entries=1_000, url=url) as store:
         for i in range(200):
             store.register(f"k{i}", {"i": i})
         assert store.consume("k0") == {"i": 0}
-        own_server.restart(kill=True)
+        own_redis.restart(kill=True)
         assert len(store.entries()) == 199
         assert store.lookup("k0") is None and store.lookup("k199") == {"i": 199}
 

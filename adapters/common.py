@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from state import Entry, StateStoreError
+from chatstate.state import Entry, StateStoreError
 
 if TYPE_CHECKING:
-    from gateway.plugin import PluginRuntime
-    from state import AsyncKeyedStore
+    from chatstate.gateway.plugin import PluginRuntime
+    from chatstate.state import AsyncKeyedStore
 
 Clock = Callable[[], int]
 log = logging.getLogger("chatstate.adapters")

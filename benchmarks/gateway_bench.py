@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.echo import NAMESPACE, SIGNATURE_HEADER, sign  # noqa: E402
-from gateway.sim.harness import GatewayHarness, free_port  # noqa: E402
+from chatstate.gateway.echo import NAMESPACE, SIGNATURE_HEADER, sign  # noqa: E402
+from chatstate.gateway.sim.harness import GatewayHarness, free_port  # noqa: E402
 
 SECRET = "bench-secret"
 KEYS = 1000  # distinct echo counters the load cycles through
@@ -261,7 +261,7 @@ async def throughput(requests: int, concurrency: int, rounds: int) -> dict[str, 
 
 
 def populate(db: Path, rows: int) -> float:
-    import state
+    from chatstate import state
 
     settings = state.StoreSettings(plugin_max_live_rows=rows * 2)
     store = state.open_keyed_store("echo", NAMESPACE, max_entries=rows * 2, path=db, settings=settings)

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import diskcache  # noqa: E402
 
 import state  # noqa: E402
-from state import _sqlite as sql  # noqa: E402  (the very statements the backend runs)
+from chatstate.state import _sqlite as sql  # noqa: E402  (the very statements the backend runs)
 
 OPS = ("register", "lookup", "register_if_absent", "consume")  # run in this order: the claims
 # add fresh keys that consume then removes, so the live row count ends where it started.

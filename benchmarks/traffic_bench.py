@@ -50,16 +50,16 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.matrix import platform as mx  # noqa: E402  (txn ids: how a send is traced to its cause)
-from adapters.discord.bot import ALREADY_USED, EXPIRED  # noqa: E402
-from gateway.sim.base import Record  # noqa: E402
-from gateway.sim.discord import ALICE as D_ALICE  # noqa: E402
-from gateway.sim.discord import BOB as D_BOB  # noqa: E402
-from gateway.sim.discord import DiscordSimulator, Reply, fixture  # noqa: E402
-from gateway.sim.harness import GatewayHarness  # noqa: E402
-from gateway.sim.matrix import SERVER_NAME, MatrixHomeserver  # noqa: E402
-from gateway.sim.slack import EVENTS_PATH, SlackSimulator, sign  # noqa: E402
-from gateway.sim.teams import TeamsSimulator  # noqa: E402
+from chatstate.adapters.matrix import platform as mx  # noqa: E402  (txn ids: how a send is traced to its cause)
+from chatstate.adapters.discord.bot import ALREADY_USED, EXPIRED  # noqa: E402
+from chatstate.gateway.sim.base import Record  # noqa: E402
+from chatstate.gateway.sim.discord import ALICE as D_ALICE  # noqa: E402
+from chatstate.gateway.sim.discord import BOB as D_BOB  # noqa: E402
+from chatstate.gateway.sim.discord import DiscordSimulator, Reply, fixture  # noqa: E402
+from chatstate.gateway.sim.harness import GatewayHarness  # noqa: E402
+from chatstate.gateway.sim.matrix import SERVER_NAME, MatrixHomeserver  # noqa: E402
+from chatstate.gateway.sim.slack import EVENTS_PATH, SlackSimulator, sign  # noqa: E402
+from chatstate.gateway.sim.teams import TeamsSimulator  # noqa: E402
 
 ADAPTERS = ("slack", "discord", "teams", "matrix")
 DEFAULT_EVENTS = 10_000

@@ -20,14 +20,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-import state
-from gateway import health, logs
-from gateway.config import GatewayConfig
-from gateway.exits import ConfigError
-from gateway.plugin import Handler
-from gateway.registry import LoadedPlugin
-from gateway.runtime import GatewayRuntime, StoreBroker
-from gateway.sweeper import SweepStatus, run_sweeper, sweep_once
+from chatstate import state
+from chatstate.gateway import health, logs
+from chatstate.gateway.config import GatewayConfig
+from chatstate.gateway.exits import ConfigError
+from chatstate.gateway.plugin import Handler
+from chatstate.gateway.registry import LoadedPlugin
+from chatstate.gateway.runtime import GatewayRuntime, StoreBroker
+from chatstate.gateway.sweeper import SweepStatus, run_sweeper, sweep_once
 
 MAX_BODY_BYTES = 1024 * 1024  # 1 MiB; larger bodies get 413 before any handler runs
 HEALTH_PATH = "/healthz"

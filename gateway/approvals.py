@@ -17,10 +17,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from adapters.common import AdapterState, Clock, StateSpec, now_ms
+from chatstate.adapters.common import AdapterState, Clock, StateSpec, now_ms
 
 if TYPE_CHECKING:
-    from gateway.plugin import PluginRuntime
+    from chatstate.gateway.plugin import PluginRuntime
 
 Decision = Literal["allow-once", "allow-always", "deny"]
 DECISIONS: tuple[Decision, ...] = get_args(Decision)

@@ -1,4 +1,4 @@
-"""`gateway start|stop|status|restart|state`: the command line of the gateway process.
+"""`chatstate start|stop|status|restart|state`: the command line of the gateway process.
 
 Exit codes (gateway.exits): 0 ok, 1 unexpected error (see the log), 2 bad usage or config,
 3 state store unusable, 4 port in use or a gateway already running on the state dir.
@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import logs
-from gateway.config import GatewayConfig, load_config
-from gateway.exits import FAILED, OK, STORE_UNUSABLE, GatewayExit
-from gateway.pidfile import ensure_state_dir, running_info
+from chatstate.gateway import logs
+from chatstate.gateway.config import GatewayConfig, load_config
+from chatstate.gateway.exits import FAILED, OK, STORE_UNUSABLE, GatewayExit
+from chatstate.gateway.pidfile import ensure_state_dir, running_info
 
 CONFIG_ENV = "CHATSTATE_GATEWAY_CONFIG"  # default for --config
 DEFAULT_STOP_TIMEOUT_S = 30.0
@@ -34,7 +34,7 @@ LOG_NAME = "gateway.log"  # under the state dir, for --detach
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gateway",
+        prog="chatstate",
         description="Run the chatstate gateway: adapters as plugins, keyed stores that survive restarts.",
         epilog="exit codes: 0 ok, 1 unexpected error, 2 bad usage/config, 3 state store unusable, "
         "4 port in use or already running",
@@ -68,12 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     restart.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S, metavar="S")
     restart.set_defaults(func=cmd_restart, detach=True, ready_fd=None)
 
-    st = sub.add_parser("state", add_help=False, help="probe|inspect the state database (python -m state)",
+    st = sub.add_parser("state", add_help=False, help="probe|inspect the state database (python -m chatstate.state)",
                         usage="gateway state [--config FILE] {probe,inspect} [options]")
     st.add_argument("rest", nargs=argparse.REMAINDER)
     st.set_defaults(func=cmd_state)
 
-    from gateway import demo  # light: the simulators and harness load only when it runs
+    from chatstate.gateway import demo  # light: the simulators and harness load only when it runs
 
     demo.add_parser(sub)
     sub.choices["demo"].set_defaults(func=demo.run)
@@ -122,7 +122,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.detach:
         return _start_detached(args, config)
-    from gateway import server  # imports aiohttp and the state package: only when serving
+    from chatstate.gateway import server  # imports aiohttp and the state package: only when serving
 
     log = logs.configure(config.log_level)
     try:
@@ -136,9 +136,9 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def _start_detached(args: argparse.Namespace, config: GatewayConfig) -> int:
-    """Start `gateway start` in a new session, wait for its ready line, print where it runs."""
+    """Start `chatstate start` in a new session, wait for its ready line, print where it runs."""
     ensure_state_dir(config.state_dir)
-    argv = [sys.executable, "-m", "gateway", "start", "--state-dir", str(config.state_dir),
+    argv = [sys.executable, "-m", "chatstate", "start", "--state-dir", str(config.state_dir),
             "--host", config.host, "--port", str(config.port)]
     if args.config:
         argv += ["--config", str(Path(args.config).resolve())]
@@ -285,7 +285,7 @@ def _offline_store_summary(config: GatewayConfig) -> dict[str, Any]:
     """Check the database read-only (no probe row is written while the gateway is down)."""
     if config.state_url:
         return {"ok": None, "url": config.state_url, "note": "not checked while the gateway is down"}
-    import state
+    from chatstate import state
 
     path = state.database_path(config.state_dir)
     try:
@@ -311,12 +311,12 @@ def _status_text(r: dict[str, Any]) -> str:
 
 # -- state ------------------------------------------------------------------------------------
 def cmd_state(args: argparse.Namespace) -> int:
-    """Delegate to `python -m state`, pointing it at this gateway's state dir.
+    """Delegate to `python -m chatstate.state`, pointing it at this gateway's state dir.
 
     Accepts `--config FILE` / `--state-dir D` before or after the subcommand; the state CLI's
     "probe failed / unusable" (1) becomes exit 3 here, to match the gateway's codes.
     """
-    from state import cli as state_cli
+    from chatstate.state import cli as state_cli
 
     rest = list(args.rest)
     config_path = os.environ.get(CONFIG_ENV)
@@ -333,7 +333,7 @@ def cmd_state(args: argparse.Namespace) -> int:
         else:
             rest += ["--state-dir", str(config.state_dir)]
     try:
-        code = state_cli.main(rest, prog="gateway state")
+        code = state_cli.main(rest, prog="chatstate state")
     except SystemExit as exc:  # argparse in the state CLI: --help (0) or bad usage (2)
         return int(exc.code or 0)
     return STORE_UNUSABLE if code == 1 else code

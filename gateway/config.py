@@ -1,6 +1,6 @@
 """Read the gateway's TOML config, apply environment and command-line overrides, and check it.
 
-Every problem raises `ConfigError` naming the dotted key and why, so `gateway start` can exit 2
+Every problem raises `ConfigError` naming the dotted key and why, so `chatstate start` can exit 2
 with a message a person can act on. Adapter tables (`[adapters.<id>]`) are checked only for the
 keys the gateway itself reads (`enabled`, `mode`); the rest belongs to the adapter.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from gateway.exits import ConfigError
+from chatstate.gateway.exits import ConfigError
 
 # Defaults, one unit a line (docs/gateway.md lists every key).
 DEFAULT_HOST = "127.0.0.1"

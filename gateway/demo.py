@@ -1,4 +1,4 @@
-"""`gateway demo`: the same four conversations across a gateway restart, with the legacy
+"""`chatstate demo`: the same four conversations across a gateway restart, with the legacy
 in-memory maps and with the keyed store, checked against what the simulators recorded.
 
 It starts the platform simulators and a real gateway subprocess on free loopback ports, plays
@@ -55,7 +55,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point for `gateway demo`; returns the exit code (0 pass, 1 fail, 2 bad usage)."""
+    """Entry point for `chatstate demo`; returns the exit code (0 pass, 1 fail, 2 bad usage)."""
     only = [a.strip() for a in args.only.split(",") if a.strip()]
     unknown = [a for a in only if a not in ADAPTERS]
     if unknown or not only:
@@ -96,8 +96,8 @@ async def _play(only: list[str], kill: str, root: Path, say: Any) -> list[Row]:
 
 
 async def _play_mode(mode: Mode, only: list[str], kill: str, state_dir: Path, say: Any) -> dict[tuple[str, str], tuple[bool, str, float]]:
-    from gateway.sim.harness import GatewayHarness
-    from gateway.sim.scenarios import SCENARIOS
+    from chatstate.gateway.sim.harness import GatewayHarness
+    from chatstate.gateway.sim.scenarios import SCENARIOS
 
     scenarios = [SCENARIOS[a] for a in only]
     sims = [s.make_simulator() for s in scenarios]

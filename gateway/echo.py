@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-import state
-from gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate import state
+from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 if TYPE_CHECKING:
-    from state import AsyncKeyedStore
+    from chatstate.state import AsyncKeyedStore
 
 NAMESPACE = "echo.counters"
 DEFAULT_MAX_ENTRIES = 10_000  # counters kept; the oldest-written is evicted past this

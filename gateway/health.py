@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import state
-from gateway import logs
-from gateway.registry import LoadedPlugin
-from gateway.sweeper import SweepStatus
+from chatstate import state
+from chatstate.gateway import logs
+from chatstate.gateway.registry import LoadedPlugin
+from chatstate.gateway.sweeper import SweepStatus
 
 PROBE_CACHE_S = 5.0  # seconds a store probe result is reused by /healthz
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.exits import IN_USE, GatewayExit
+from chatstate.gateway.exits import IN_USE, GatewayExit
 
 LOCK_NAME = "gateway.lock"
 PID_NAME = "gateway.pid"

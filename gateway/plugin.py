@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from state import AsyncKeyedStore
+    from chatstate.state import AsyncKeyedStore
 
 Origin = Literal["bundled", "external"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

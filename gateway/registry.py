@@ -16,17 +16,17 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from gateway.config import AdapterConfig, GatewayConfig
-from gateway.exits import ConfigError
-from gateway.plugin import Origin, Plugin
+from chatstate.gateway.config import AdapterConfig, GatewayConfig
+from chatstate.gateway.exits import ConfigError
+from chatstate.gateway.plugin import Origin, Plugin
 
 BUNDLED: Mapping[str, str] = MappingProxyType(
     {
-        "echo": "gateway.echo:EchoPlugin",
-        "slack": "adapters.slack:SlackPlugin",
-        "discord": "adapters.discord:DiscordPlugin",
-        "teams": "adapters.teams:TeamsPlugin",
-        "matrix": "adapters.matrix:MatrixPlugin",
+        "echo": "chatstate.gateway.echo:EchoPlugin",
+        "slack": "chatstate.adapters.slack:SlackPlugin",
+        "discord": "chatstate.adapters.discord:DiscordPlugin",
+        "teams": "chatstate.adapters.teams:TeamsPlugin",
+        "matrix": "chatstate.adapters.matrix:MatrixPlugin",
     }
 )
 CORE_PREFIX = "core:"  # plugin ids starting with this are reserved for the core's own stores

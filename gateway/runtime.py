@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import state
-from gateway import logs
-from gateway.registry import CORE_PREFIX, LoadedPlugin
+from chatstate import state
+from chatstate.gateway import logs
+from chatstate.gateway.registry import CORE_PREFIX, LoadedPlugin
 
 if TYPE_CHECKING:
-    from state import AsyncKeyedStore
+    from chatstate.state import AsyncKeyedStore
 
 Overflow = Literal["evict-oldest", "reject-new"]
 

@@ -24,14 +24,14 @@ import time
 
 from aiohttp import web
 
-import state
-from gateway import logs
-from gateway.app import LIFECYCLE, PLUGINS, PluginStartError, build_app, database_location
-from gateway.config import GatewayConfig
-from gateway.exits import BAD_CONFIG, IN_USE, OK, STORE_UNUSABLE, UNUSABLE_STORE_CODES, GatewayExit
-from gateway.pidfile import PidFile
-from gateway.registry import load_plugins
-from gateway.runtime import PluginNotTrusted
+from chatstate import state
+from chatstate.gateway import logs
+from chatstate.gateway.app import LIFECYCLE, PLUGINS, PluginStartError, build_app, database_location
+from chatstate.gateway.config import GatewayConfig
+from chatstate.gateway.exits import BAD_CONFIG, IN_USE, OK, STORE_UNUSABLE, UNUSABLE_STORE_CODES, GatewayExit
+from chatstate.gateway.pidfile import PidFile
+from chatstate.gateway.registry import load_plugins
+from chatstate.gateway.runtime import PluginNotTrusted
 
 
 def run(config: GatewayConfig, *, ready_fd: int | None = None) -> int:

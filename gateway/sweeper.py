@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import state
-from gateway import logs
+from chatstate import state
+from chatstate.gateway import logs
 
 
 @dataclass

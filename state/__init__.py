@@ -1,6 +1,6 @@
 """chatstate's keyed store: small adapter state that survives a gateway restart.
 
-    from state import open_keyed_store, open_async_keyed_store, StateStoreError
+    from chatstate.state import open_keyed_store, open_async_keyed_store, StateStoreError
 
 The contract lives in docs/state.md; `__all__` is what that page documents (a test checks it).
 """

@@ -1,4 +1,4 @@
-"""`python -m state probe|inspect`: look at a state database without writing to plugin rows.
+"""`python -m chatstate.state probe|inspect`: look at a state database without writing to plugin rows.
 
 Exit codes: 0 ok, 1 the probe failed or the database is unusable, 2 bad usage.
 """
@@ -23,7 +23,7 @@ def _db_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path", help="the database file itself, instead of --state-dir")
 
 
-def build_parser(prog: str = "python -m state") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m chatstate.state") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Inspect chatstate's keyed-store database.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("probe", help="check state dir, open, schema, a write-read-delete and a checkpoint (JSON)")
@@ -42,7 +42,7 @@ def _path(args: argparse.Namespace) -> Any:
     return resolve_path(args.path) if args.path else database_path(args.state_dir)
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m state") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m chatstate.state") -> int:
     args = build_parser(prog).parse_args(argv)
     if args.command == "probe":
         result = probe(url=args.url) if args.url else probe(_path(args))

@@ -9,6 +9,6 @@ A migration recipe, one file per step:
   plugin.py    the gateway plugin
 """
 
-from adapters.discord.plugin import DiscordPlugin
+from chatstate.adapters.discord.plugin import DiscordPlugin
 
 __all__ = ["DiscordPlugin"]

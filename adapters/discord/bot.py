@@ -14,9 +14,9 @@ from typing import Any
 
 import discord
 
-from adapters.discord import platform, ui
-from adapters.discord.platform import DiscordRest, RestError
-from adapters.discord.state import ComponentEntry, ModalEntry, Registry
+from chatstate.adapters.discord import platform, ui
+from chatstate.adapters.discord.platform import DiscordRest, RestError
+from chatstate.adapters.discord.state import ComponentEntry, ModalEntry, Registry
 
 EXPIRED = "This component has expired."
 NOT_FOR_YOU = "This component is not for you."

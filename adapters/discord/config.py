@@ -17,7 +17,7 @@ from typing import Any
 
 from nacl.signing import VerifyKey
 
-from adapters.discord.platform import DEFAULT_API_BASE, load_verify_key
+from chatstate.adapters.discord.platform import DEFAULT_API_BASE, load_verify_key
 
 
 @dataclass(frozen=True)

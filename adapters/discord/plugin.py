@@ -11,12 +11,12 @@ from typing import Any
 
 from aiohttp import web
 
-from adapters.discord import platform
-from adapters.discord.bot import DiscordBot
-from adapters.discord.config import DiscordConfig
-from adapters.discord.platform import DiscordRest
-from adapters.discord.state import Registry
-from gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.adapters.discord import platform
+from chatstate.adapters.discord.bot import DiscordBot
+from chatstate.adapters.discord.config import DiscordConfig
+from chatstate.adapters.discord.platform import DiscordRest
+from chatstate.adapters.discord.state import Registry
+from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 INTERACTIONS_PATH = "/discord/interactions"
 

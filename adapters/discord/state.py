@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
-from adapters.common import AdapterState, StateSpec
+from chatstate.adapters.common import AdapterState, StateSpec
 
 if TYPE_CHECKING:
-    from gateway.plugin import PluginRuntime
+    from chatstate.gateway.plugin import PluginRuntime
 
 ENTRY_VERSION = 1  # bump when the entry shape changes; other versions read as expired
 COMPONENTS = StateSpec("discord.components", ttl_ms=30 * 60 * 1000, max_entries=500)

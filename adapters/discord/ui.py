@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import discord
 
-from adapters.discord.state import ComponentEntry, ModalEntry, ModalField
+from chatstate.adapters.discord.state import ComponentEntry, ModalEntry, ModalField
 
 COLOURS = ("red", "green", "blue")
 

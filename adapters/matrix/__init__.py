@@ -9,6 +9,6 @@ A migration recipe in five files:
 Pending approvals themselves live in the core store (`gateway/approvals.py`).
 """
 
-from adapters.matrix.plugin import MatrixPlugin
+from chatstate.adapters.matrix.plugin import MatrixPlugin
 
 __all__ = ["MatrixPlugin"]

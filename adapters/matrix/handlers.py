@@ -21,11 +21,11 @@ from collections.abc import Collection
 
 from nio import MatrixRoom, ReactionEvent, RoomMessageText
 
-from adapters.common import Clock, now_ms
-from adapters.matrix import platform
-from adapters.matrix.platform import MatrixIO
-from adapters.matrix.state import Outcome, ReactionTarget, ReactionTargets
-from gateway.approvals import ApprovalService
+from chatstate.adapters.common import Clock, now_ms
+from chatstate.adapters.matrix import platform
+from chatstate.adapters.matrix.platform import MatrixIO
+from chatstate.adapters.matrix.state import Outcome, ReactionTarget, ReactionTargets
+from chatstate.gateway.approvals import ApprovalService
 
 
 class ApprovalFlow:

@@ -23,7 +23,7 @@ from nio import (
     WhoamiResponse,
 )
 
-from gateway.approvals import DECISIONS, Approval, Decision
+from chatstate.gateway.approvals import DECISIONS, Approval, Decision
 
 EMOJI: Mapping[Decision, str] = {"allow-once": "✅", "allow-always": "♾️", "deny": "❌"}
 LABEL: Mapping[Decision, str] = {"allow-once": "allow once", "allow-always": "allow always", "deny": "deny"}

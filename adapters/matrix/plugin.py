@@ -12,13 +12,13 @@ from typing import Any
 
 from nio import ReactionEvent, RoomMessageText
 
-from adapters.matrix.config import MatrixConfig, parse_config
-from adapters.matrix.handlers import ApprovalFlow
-from adapters.matrix.platform import MatrixIO
-from adapters.matrix.state import ReactionTargets, SyncTokens
-from adapters.matrix.sync import SyncLoop
-from gateway.approvals import ApprovalService
-from gateway.plugin import Plugin, PluginRuntime
+from chatstate.adapters.matrix.config import MatrixConfig, parse_config
+from chatstate.adapters.matrix.handlers import ApprovalFlow
+from chatstate.adapters.matrix.platform import MatrixIO
+from chatstate.adapters.matrix.state import ReactionTargets, SyncTokens
+from chatstate.adapters.matrix.sync import SyncLoop
+from chatstate.gateway.approvals import ApprovalService
+from chatstate.gateway.plugin import Plugin, PluginRuntime
 
 
 class MatrixPlugin(Plugin):

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from adapters.common import AdapterState, Clock, StateSpec, now_ms
-from gateway.approvals import Decision
+from chatstate.adapters.common import AdapterState, Clock, StateSpec, now_ms
+from chatstate.gateway.approvals import Decision
 
 if TYPE_CHECKING:
-    from gateway.plugin import PluginRuntime
+    from chatstate.gateway.plugin import PluginRuntime
 
 REACTIONS = StateSpec("matrix.approval-reactions", ttl_ms=None, max_entries=1_000)  # TTL per row
 SYNC = StateSpec("matrix.sync", ttl_ms=None, max_entries=16)  # one row per bot account

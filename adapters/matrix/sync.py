@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 from nio import SyncResponse
 
-from adapters.matrix.platform import MatrixError, MatrixIO
-from adapters.matrix.state import SyncTokens
+from chatstate.adapters.matrix.platform import MatrixError, MatrixIO
+from chatstate.adapters.matrix.state import SyncTokens
 
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # backoff after a failed batch, last one repeats
 STOP_GRACE_S = 5.0  # how long stop() lets a batch being handled finish before cancelling it

@@ -7,6 +7,6 @@ values, TTLs, caps; the legacy twin is the same code with `AdapterState(legacy=T
 into the gateway.
 """
 
-from adapters.slack.plugin import SlackPlugin
+from chatstate.adapters.slack.plugin import SlackPlugin
 
 __all__ = ["SlackPlugin"]

@@ -31,8 +31,8 @@ import aiohttp
 from aiohttp import web
 from slack_sdk.errors import SlackApiError
 
-from adapters.common import AdapterState, now_ms
-from adapters.slack.platform import (
+from chatstate.adapters.common import AdapterState, now_ms
+from chatstate.adapters.slack.platform import (
     RETRY_NUM_HEADER,
     BotIdentity,
     RequestVerifier,
@@ -40,10 +40,10 @@ from adapters.slack.platform import (
     SlackMessage,
     parse_message,
 )
-from adapters.slack.policy import MentionPolicy
-from adapters.slack.config import SlackSettings
-from adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
-from gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.adapters.slack.policy import MentionPolicy
+from chatstate.adapters.slack.config import SlackSettings
+from chatstate.adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
+from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 EVENTS_PATH = "/slack/events"
 STOP_TIMEOUT_S = 10.0  # how long stop() waits for replies still being written

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from adapters.slack.platform import SlackMessage
+from chatstate.adapters.slack.platform import SlackMessage
 
 Reason = Literal[
     "explicit_mention",  # the text @mentions the bot

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.common import AdapterState, Clock, StateSpec, now_ms
-from adapters.slack.config import SlackSettings
+from chatstate.adapters.common import AdapterState, Clock, StateSpec, now_ms
+from chatstate.adapters.slack.config import SlackSettings
 
 THREADS_NAMESPACE = "slack.thread-participation"
 EVENTS_NAMESPACE = "slack.events"

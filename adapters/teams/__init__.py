@@ -7,6 +7,6 @@ legacy twin), `sent.py` (the one recording function), `bot.py` (the ActivityHand
 `plugin.py` (wiring).
 """
 
-from adapters.teams.plugin import TeamsPlugin
+from chatstate.adapters.teams.plugin import TeamsPlugin
 
 __all__ = ["TeamsPlugin"]

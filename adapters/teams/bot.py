@@ -15,7 +15,7 @@ from typing import Any
 from botbuilder.core import ActivityHandler, TurnContext
 from botbuilder.schema import Activity, ChannelAccount, MessageReaction
 
-from adapters.teams.sent import SentMessages
+from chatstate.adapters.teams.sent import SentMessages
 
 
 class Classification(StrEnum):

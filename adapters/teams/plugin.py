@@ -13,13 +13,13 @@ from typing import Any
 
 from aiohttp import web
 
-from adapters.common import AdapterState
-from adapters.teams.auth import build_authentication
-from adapters.teams.bot import TeamsBot
-from adapters.teams.connector import TeamsCloudAdapter
-from adapters.teams.sent import SentMessages
-from adapters.teams.state import open_sent_messages
-from gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.adapters.common import AdapterState
+from chatstate.adapters.teams.auth import build_authentication
+from chatstate.adapters.teams.bot import TeamsBot
+from chatstate.adapters.teams.connector import TeamsCloudAdapter
+from chatstate.adapters.teams.sent import SentMessages
+from chatstate.adapters.teams.state import open_sent_messages
+from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 MESSAGES_PATH = "/api/messages"  # the Bot Framework messaging endpoint
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from adapters.common import AdapterState, Clock, now_ms
-from adapters.teams.state import sent_key, sent_value
+from chatstate.adapters.common import AdapterState, Clock, now_ms
+from chatstate.adapters.teams.state import sent_key, sent_value
 
 
 class SentMessages:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from adapters.common import AdapterState, StateSpec
+from chatstate.adapters.common import AdapterState, StateSpec
 
 NAMESPACE = "msteams.sent-messages"
 SENT_TTL_MS = 24 * 60 * 60 * 1000  # 24 h: a reply to an older bot message needs a mention again

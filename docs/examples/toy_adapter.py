@@ -23,8 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
-from adapters.common import AdapterState, StateSpec
-from gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.adapters.common import AdapterState, StateSpec
+from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 # 1. Choose namespace, key, value, TTL and cap: one row per alert, kept a day.
 ACKS = StateSpec(namespace="toy.acks", ttl_ms=24 * 3600 * 1000, max_entries=1_000)

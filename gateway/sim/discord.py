@@ -26,7 +26,7 @@ import aiohttp
 from aiohttp import web
 from nacl.signing import SigningKey
 
-from gateway.sim.base import SimulatorServer
+from chatstate.gateway.sim.base import SimulatorServer
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "discord"
 API_PREFIX = "/api/v10"

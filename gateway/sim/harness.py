@@ -7,7 +7,7 @@
 
 The harness owns: the simulators' lifecycle, a state dir (a temp dir unless given), one free
 gateway port kept across restarts, the TOML config (each simulator's `gateway_config()` plus its
-mode, plus any extra adapter tables such as `echo`), and the `python -m gateway start` process.
+mode, plus any extra adapter tables such as `echo`), and the `python -m chatstate start` process.
 Readiness comes from the gateway's `--ready-fd` line (an event, not a poll), confirmed by one
 GET /healthz. On any error, and on exit, it stops what it started; a gateway that ignores
 SIGTERM for `stop_timeout_s` is SIGKILLed.
@@ -31,8 +31,8 @@ from typing import Any, Literal
 
 import aiohttp
 
-from gateway.sim.base import SimulatorServer
-from gateway.sim.tomlwrite import dumps
+from chatstate.gateway.sim.base import SimulatorServer
+from chatstate.gateway.sim.tomlwrite import dumps
 
 Mode = Literal["store", "legacy"]
 DEFAULT_READY_TIMEOUT_S = 30.0  # a cold start imports aiohttp and every adapter SDK
@@ -50,7 +50,7 @@ class GatewayStartError(RuntimeError):
 
 @dataclass(frozen=True)
 class CliResult:
-    """What a `python -m gateway ...` run returned."""
+    """What a `python -m chatstate ...` run returned."""
 
     returncode: int
     stdout: str
@@ -67,9 +67,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 async def run_gateway_cli(
     *args: str, env: Mapping[str, str] | None = None, timeout_s: float = 60.0
 ) -> CliResult:
-    """Run `python -m gateway *args` to completion; for exit-code tests and `stop`/`status`."""
+    """Run `python -m chatstate *args` to completion; for exit-code tests and `stop`/`status`."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", *args, env=dict(env) if env is not None else None,
+        sys.executable, "-m", "chatstate", *args, env=dict(env) if env is not None else None,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
@@ -211,7 +211,7 @@ class GatewayHarness:
         try:
             with open(log_path, "ab") as log_file:  # the gateway's JSON log lines, one file per run
                 self.proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "gateway", "start", "--config", str(self.config_path),
+                    sys.executable, "-m", "chatstate", "start", "--config", str(self.config_path),
                     "--ready-fd", str(write_end),
                     env=self.env, stdin=asyncio.subprocess.DEVNULL,
                     stdout=log_file, stderr=log_file, pass_fds=(write_end,),
@@ -295,7 +295,7 @@ class GatewayHarness:
             return resp.status, await resp.json()
 
     async def cli(self, *args: str) -> CliResult:
-        """Run `python -m gateway <args> --config <this config>` (e.g. "status", "--json")."""
+        """Run `python -m chatstate <args> --config <this config>` (e.g. "status", "--json")."""
         return await run_gateway_cli(*args, "--config", str(self.config_path), env=self.env)
 
     # -- logs -----------------------------------------------------------------------------------

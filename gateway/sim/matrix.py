@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from gateway.sim.base import Record, SimulatorServer
+from chatstate.gateway.sim.base import Record, SimulatorServer
 
 API = "/_matrix/client/v3"
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "matrix"

@@ -14,11 +14,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.sim.base import SimulatorServer
-from gateway.sim.discord import DiscordSimulator
-from gateway.sim.matrix import SERVER_NAME, MatrixHomeserver
-from gateway.sim.slack import SlackSimulator
-from gateway.sim.teams import TeamsSimulator
+from chatstate.gateway.sim.base import SimulatorServer
+from chatstate.gateway.sim.discord import DiscordSimulator
+from chatstate.gateway.sim.matrix import SERVER_NAME, MatrixHomeserver
+from chatstate.gateway.sim.slack import SlackSimulator
+from chatstate.gateway.sim.teams import TeamsSimulator
 
 APPROVAL_FIELD = "org.chatstate.approval"  # the Matrix adapter's marker on prompts/outcomes
 

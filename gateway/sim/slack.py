@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import aiohttp
 from aiohttp import web
 
-from gateway.sim.base import Record, SimulatorServer
+from chatstate.gateway.sim.base import Record, SimulatorServer
 
 EVENTS_PATH = "/slack/events"
 POST_MESSAGE = "chat.postMessage"

@@ -24,7 +24,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from gateway.sim.base import SimulatorServer
+from chatstate.gateway.sim.base import SimulatorServer
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "teams"
 ISSUER = "https://api.botframework.com"  # what Azure puts in `iss`; the adapter is told to expect it

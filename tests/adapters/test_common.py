@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from adapters.common import AdapterState, StateSpec
-from state import AsyncKeyedStore, StateStoreError, open_async_keyed_store
+from chatstate.adapters.common import AdapterState, StateSpec
+from chatstate.state import AsyncKeyedStore, StateStoreError, open_async_keyed_store
 
 SPEC = StateSpec("test.things", ttl_ms=60_000, max_entries=3)
 

@@ -23,7 +23,7 @@ BEHAVIOURS = {
 
 def demo(*args: str, tmp: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TMPDIR": str(tmp)}  # so the test can see what temp dirs it left
-    return subprocess.run([sys.executable, "-m", "gateway", "demo", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "chatstate", "demo", *args], env=env, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -70,7 +70,7 @@ def test_unknown_adapter_is_bad_usage(tmp_path: Path) -> None:
 
 def test_ctrl_c_cleans_up_processes_and_temp_dirs(tmp_path: Path) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    with subprocess.Popen([sys.executable, "-m", "gateway", "demo"], env=env, stdin=subprocess.DEVNULL,
+    with subprocess.Popen([sys.executable, "-m", "chatstate", "demo"], env=env, stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
         assert proc.stderr is not None
         for line in proc.stderr:  # wait until a gateway is really up, then interrupt

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters.discord.config import DiscordConfig
-from adapters.matrix.config import parse_config as matrix_config
-from adapters.slack.config import SlackSettings
-from adapters.teams.auth import build_authentication
-from adapters.teams.state import spec_from_config as teams_spec
-from gateway.config import load_config
+from chatstate.adapters.discord.config import DiscordConfig
+from chatstate.adapters.matrix.config import parse_config as matrix_config
+from chatstate.adapters.slack.config import SlackSettings
+from chatstate.adapters.teams.auth import build_authentication
+from chatstate.adapters.teams.state import spec_from_config as teams_spec
+from chatstate.gateway.config import load_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "fixtures" / "gateway.example.toml"
 

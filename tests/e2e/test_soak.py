@@ -15,9 +15,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.sim.harness import GatewayHarness
-from gateway.sim.scenarios import APPROVAL_FIELD, SCENARIOS
-from gateway.sim.slack import SlackSimulator
+from chatstate.gateway.sim.harness import GatewayHarness
+from chatstate.gateway.sim.scenarios import APPROVAL_FIELD, SCENARIOS
+from chatstate.gateway.sim.slack import SlackSimulator
 
 RESTARTS = int(os.environ.get("CHATSTATE_SOAK_RESTARTS", "50"))
 ACK_DEADLINE_S = 60.0  # Slack gives up on an event after about this long of retries

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.sim.harness import GatewayHarness, GatewayStartError
+from chatstate.gateway.sim.harness import GatewayHarness, GatewayStartError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 SECRET = "toy-secret"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sim.harness import GatewayHarness
+from chatstate.gateway.sim.harness import GatewayHarness
 from gw_helpers import SECRET
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import state
-from gateway.echo import NAMESPACE, sign
-from gateway.sim.harness import GatewayHarness
+from chatstate import state
+from chatstate.gateway.echo import NAMESPACE, sign
+from chatstate.gateway.sim.harness import GatewayHarness
 
 SECRET = "echo-test-secret"
 EXT_PLUGINS_DIR = Path(__file__).parent / "extplugins"

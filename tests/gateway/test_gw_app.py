@@ -11,14 +11,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-import state
-from gateway.app import build_app
-from gateway.config import parse_config
-from gateway.exits import ConfigError
-from gateway.health import summarize
-from gateway.plugin import Plugin, PluginRuntime, Route
-from gateway.registry import LoadedPlugin, load_plugins
-from gateway.sweeper import SweepStatus, run_sweeper, sweep_once
+from chatstate import state
+from chatstate.gateway.app import build_app
+from chatstate.gateway.config import parse_config
+from chatstate.gateway.exits import ConfigError
+from chatstate.gateway.health import summarize
+from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.gateway.registry import LoadedPlugin, load_plugins
+from chatstate.gateway.sweeper import SweepStatus, run_sweeper, sweep_once
 from gw_helpers import SECRET
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config, parse_config
-from gateway.exits import ConfigError
-from gateway.sim.tomlwrite import dumps
+from chatstate.gateway.config import load_config, parse_config
+from chatstate.gateway.exits import ConfigError
+from chatstate.gateway.sim.tomlwrite import dumps
 
 EXAMPLE = Path(__file__).parents[2] / "fixtures" / "gateway.example.toml"
 

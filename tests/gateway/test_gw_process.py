@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.echo import sign
-from gateway.sim.harness import GatewayHarness, GatewayStartError, free_port, run_gateway_cli
+from chatstate.gateway.echo import sign
+from chatstate.gateway.sim.harness import GatewayHarness, GatewayStartError, free_port, run_gateway_cli
 from gw_helpers import EXT_PLUGINS_DIR, SECRET, bump, read_count, stored_counts
 
 

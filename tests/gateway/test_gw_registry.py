@@ -8,11 +8,11 @@ from types import MappingProxyType
 
 import pytest
 
-import state
-from gateway.config import AdapterConfig, parse_config
-from gateway.exits import ConfigError
-from gateway.registry import BUNDLED, LoadedPlugin, load_plugins
-from gateway.runtime import GatewayRuntime, PluginNotTrusted, StoreBroker
+from chatstate import state
+from chatstate.gateway.config import AdapterConfig, parse_config
+from chatstate.gateway.exits import ConfigError
+from chatstate.gateway.registry import BUNDLED, LoadedPlugin, load_plugins
+from chatstate.gateway.runtime import GatewayRuntime, PluginNotTrusted, StoreBroker
 from gw_helpers import EXT_PLUGINS_DIR
 
 
@@ -23,20 +23,20 @@ def _ext_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_bundled_ids_are_fixed() -> None:
     assert dict(BUNDLED) == {
-        "echo": "gateway.echo:EchoPlugin",
-        "slack": "adapters.slack:SlackPlugin",
-        "discord": "adapters.discord:DiscordPlugin",
-        "teams": "adapters.teams:TeamsPlugin",
-        "matrix": "adapters.matrix:MatrixPlugin",
+        "echo": "chatstate.gateway.echo:EchoPlugin",
+        "slack": "chatstate.adapters.slack:SlackPlugin",
+        "discord": "chatstate.adapters.discord:DiscordPlugin",
+        "teams": "chatstate.adapters.teams:TeamsPlugin",
+        "matrix": "chatstate.adapters.matrix:MatrixPlugin",
     }
 
 
 def test_only_enabled_bundled_plugins_are_imported() -> None:
-    sys.modules.pop("adapters.slack", None)
+    sys.modules.pop("chatstate.adapters.slack", None)
     config = parse_config({"adapters": {"echo": {"secret": "s"}, "slack": {"enabled": False}}}, env={})
     loaded = load_plugins(config)
     assert [(lp.id, lp.origin) for lp in loaded] == [("echo", "bundled")]
-    assert "adapters.slack" not in sys.modules
+    assert "chatstate.adapters.slack" not in sys.modules
 
 
 def test_origin_comes_from_where_the_plugin_was_listed() -> None:
@@ -50,7 +50,7 @@ def test_origin_comes_from_where_the_plugin_was_listed() -> None:
     [
         ({"external_plugins": ["no_such_module_x:P"]}, "external_plugins[0]", "cannot import"),
         ({"external_plugins": ["gw_ext_plugin:Missing"]}, "external_plugins[0]", "no attribute"),
-        ({"external_plugins": ["gateway.config:GatewayConfig"]}, "external_plugins[0]", "not a gateway.plugin.Plugin"),
+        ({"external_plugins": ["chatstate.gateway.config:GatewayConfig"]}, "external_plugins[0]", "not a gateway.plugin.Plugin"),
         ({"external_plugins": ["gw_ext_plugin:NotesPlugin", "gw_ext_plugin:NotesPlugin"]}, "external_plugins[1]", "twice"),
         ({"adapters": {"nope": {}}}, "adapters.nope", "no bundled or external plugin"),
     ],

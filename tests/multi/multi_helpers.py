@@ -13,9 +13,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.sim.base import SimulatorServer
-from gateway.sim.harness import GatewayHarness
-from state import Entry, open_keyed_store
+from chatstate.gateway.sim.base import SimulatorServer
+from chatstate.gateway.sim.harness import GatewayHarness
+from chatstate.state import Entry, open_keyed_store
 
 S = TypeVar("S", bound=SimulatorServer)
 HEALTH_DEADLINE_S = 40.0  # generous: 2 shared cores, probe results cached for 5 s

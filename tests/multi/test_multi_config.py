@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.config import parse_config
-from gateway.sim.discord import DiscordSimulator
-from gateway.sim.harness import GatewayHarness
+from chatstate.gateway.config import parse_config
+from chatstate.gateway.sim.discord import DiscordSimulator
+from chatstate.gateway.sim.harness import GatewayHarness
 from multi_helpers import stored, via
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import discord
 
-from gateway.sim.discord import DiscordSimulator
+from chatstate.gateway.sim.discord import DiscordSimulator
 from multi_helpers import gateways, stored, via
 
 CHANNEL_MESSAGE = discord.InteractionResponseType.channel_message.value

@@ -14,8 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from gateway.sim.harness import GatewayHarness
-from gateway.sim.slack import SlackSimulator
+from chatstate.gateway.sim.harness import GatewayHarness
+from chatstate.gateway.sim.slack import SlackSimulator
 from multi_helpers import gateways, stored, via, wait_for_health
 from redis_support import RedisServer, with_prefix
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.sim.slack import SlackSimulator
-from gateway.sim.teams import TeamsSimulator
+from chatstate.gateway.sim.slack import SlackSimulator
+from chatstate.gateway.sim.teams import TeamsSimulator
 from multi_helpers import gateways, stored, via
 
 CHANNEL = "19:general0123456789@thread.tacv2"

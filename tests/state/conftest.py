@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from state import KeyedStore, StoreSettings, open_keyed_store
+from chatstate.state import KeyedStore, StoreSettings, open_keyed_store
 from state_support import FakeClock, rows_in
 
 BACKENDS = ["sqlite", "redis"]  # redis: $CHATSTATE_TEST_REDIS_URL, else tests/conftest.py starts one

@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import Any
 
-from state import open_keyed_store
+from chatstate.state import open_keyed_store
 
 SHARED_KEYS = 16
 CLAIM_KEYS = 200

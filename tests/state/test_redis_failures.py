@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from redis_support import ReplyDroppingProxy, with_prefix
-from state import StateStoreError, open_async_keyed_store, open_keyed_store
+from chatstate.state import StateStoreError, open_async_keyed_store, open_keyed_store
 
 FAST_RETRY = "&retries=2&backoff_base_s=0.01&backoff_cap_s=0.05"
 

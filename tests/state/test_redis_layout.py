@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from redis_support import with_prefix
-from state import StateStoreError, StoreSettings, open_keyed_store, probe, sweep_expired
-from state._redis import RedisOptions
+from chatstate.state import StateStoreError, StoreSettings, open_keyed_store, probe, sweep_expired
+from chatstate.state._redis import RedisOptions
 from state_support import T0_MS, FakeClock
 
 
@@ -144,7 +144,7 @@ def test_probe_of_an_unreachable_redis_says_unavailable_and_does_not_raise():
 
 
 def test_probe_cli_accepts_a_url(url):
-    out = subprocess.run([sys.executable, "-m", "state", "probe", "--url", url],
+    out = subprocess.run([sys.executable, "-m", "chatstate.state", "probe", "--url", url],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["ok"] is True

@@ -10,7 +10,7 @@ import traceback
 
 import pytest
 
-from state import (
+from chatstate.state import (
     AsyncKeyedStore,
     Entry,
     KeyedStore,
@@ -182,7 +182,7 @@ async def test_async_close_while_tasks_write(target):
 async def test_cancelling_an_open_does_not_leak_the_store(target, monkeypatch):
     """A task cancelled while its open runs on a worker (SIGTERM during startup) must not leave
     an unreachable store holding the pair's settings and the database open."""
-    import state._aio as aio
+    import chatstate.state._aio as aio
 
     real_open, real_close = aio.open_keyed_store, KeyedStore.close
     started, proceed, closed = threading.Event(), threading.Event(), threading.Event()

@@ -1,4 +1,4 @@
-"""probe() and `python -m state probe|inspect`: shapes, exit codes, and never a stored value."""
+"""probe() and `python -m chatstate.state probe|inspect`: shapes, exit codes, and never a stored value."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from state import database_path, open_keyed_store, probe
-from state.cli import main as cli_main
+from chatstate.state import database_path, open_keyed_store, probe
+from chatstate.state.cli import main as cli_main
 from state_support import FakeClock
 
 SECRET = "SECRET-VALUE-MARKER"
@@ -33,7 +33,7 @@ def populated(state_home: Path) -> Path:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "state", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "chatstate.state", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_probe_reports_each_step_and_never_a_value(populated, db_path, query):

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from state import Entry, StateStoreError, StoreSettings, open_keyed_store
+from chatstate.state import Entry, StateStoreError, StoreSettings, open_keyed_store
 from state_support import T0_MS, FakeClock
 
 

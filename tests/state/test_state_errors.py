@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import state
-from state import ErrorCode, StateStoreError, open_keyed_store
-from state._errors import OPERATIONS
+from chatstate import state
+from chatstate.state import ErrorCode, StateStoreError, open_keyed_store
+from chatstate.state._errors import OPERATIONS
 
 SECRET = "SECRET-VALUE-MARKER"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "state.md"

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from state import StateStoreError, open_async_keyed_store, open_keyed_store
+from chatstate.state import StateStoreError, open_async_keyed_store, open_keyed_store
 
 
 def test_run_batch_commits_together_and_a_failing_write_reruns_the_batch_one_by_one(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from state import _perms, open_keyed_store
+from chatstate.state import _perms, open_keyed_store
 
 
 def mode(path: Path) -> int:

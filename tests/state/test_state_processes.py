@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 import state_workers
-from state import open_keyed_store
+from chatstate.state import open_keyed_store
 
 PROCESSES = 8
 OPS_PER_PROCESS = 5_000

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from state import Entry, StateStoreError, StoreSettings, sweep_expired
+from chatstate.state import Entry, StateStoreError, StoreSettings, sweep_expired
 from state_support import FakeClock
 
 EXAMPLES = settings(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from state import (
+from chatstate.state import (
     SCHEMA_VERSION,
     StateStoreError,
     StoreSettings,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from state import StateStoreError, check_database, open_keyed_store, probe, sweep_expired
-from state.cli import main as cli_main
+from chatstate.state import StateStoreError, check_database, open_keyed_store, probe, sweep_expired
+from chatstate.state.cli import main as cli_main
 
 
 @pytest.fixture

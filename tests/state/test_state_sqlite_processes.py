@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import state_workers
-from state import database_path, open_keyed_store
+from chatstate.state import database_path, open_keyed_store
 
 CHILD_TIMEOUT_S = 300  # a hung child fails the test instead of hanging the suite
 FIRST_OPEN_ROUNDS = 5  # the race is narrow: a few rounds of 8 make it show up reliably

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from state import MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, MAX_VALUE_BYTES, MAX_VALUE_DEPTH, StateStoreError
+from chatstate.state import MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, MAX_VALUE_BYTES, MAX_VALUE_DEPTH, StateStoreError
 
 SECRET = "SECRET-VALUE-MARKER"
 

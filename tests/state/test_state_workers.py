@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from state import _aio, open_async_keyed_store
+from chatstate.state import _aio, open_async_keyed_store
 
 
 def store_threads() -> list[str]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sim.discord import DiscordSimulator
-from gateway.sim.harness import GatewayHarness
+from chatstate.gateway.sim.discord import DiscordSimulator
+from chatstate.gateway.sim.harness import GatewayHarness
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import state
+from chatstate import state
 
 COMPONENTS = "discord.components"
 MODALS = "discord.modals"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import discord
 
-from adapters.discord import platform, ui
-from adapters.discord.bot import EXPIRED, NOT_FOR_YOU, DiscordBot
-from adapters.discord.platform import DiscordRest
-from adapters.discord.state import Registry
+from chatstate.adapters.discord import platform, ui
+from chatstate.adapters.discord.bot import EXPIRED, NOT_FOR_YOU, DiscordBot
+from chatstate.adapters.discord.platform import DiscordRest
+from chatstate.adapters.discord.state import Registry
 from discord_helpers import FileRuntime
 
 LOG = logging.LoggerAdapter(logging.getLogger("test.discord"), {})

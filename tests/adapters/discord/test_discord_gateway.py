@@ -14,8 +14,8 @@ import discord
 import pytest
 
 from discord_helpers import COMPONENTS, MODALS, custom_ids, rows
-from gateway.sim.discord import ALICE, BOB, DiscordSimulator
-from gateway.sim.harness import GatewayHarness
+from chatstate.gateway.sim.discord import ALICE, BOB, DiscordSimulator
+from chatstate.gateway.sim.harness import GatewayHarness
 
 EXPIRED = "This component has expired."
 NOT_FOR_YOU = "This component is not for you."

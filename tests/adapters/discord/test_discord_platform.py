@@ -8,9 +8,9 @@ import discord
 import pytest
 from nacl.signing import SigningKey
 
-from adapters.discord import platform as wire, ui
-from adapters.discord.config import DiscordConfig
-from gateway.sim.discord import fixture
+from chatstate.adapters.discord import platform as wire, ui
+from chatstate.adapters.discord.config import DiscordConfig
+from chatstate.gateway.sim.discord import fixture
 
 KEY = SigningKey(bytes(range(32)))
 VERIFY = wire.load_verify_key(KEY.verify_key.encode().hex())

@@ -8,8 +8,8 @@ from pathlib import Path
 import discord
 import pytest
 
-from adapters.discord import ui
-from adapters.discord.state import COMPONENTS, MODALS, Registry, unwrap, wrap
+from chatstate.adapters.discord import ui
+from chatstate.adapters.discord.state import COMPONENTS, MODALS, Registry, unwrap, wrap
 from discord_helpers import FileRuntime
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sim.harness import GatewayHarness
-from gateway.sim.matrix import MatrixHomeserver
+from chatstate.gateway.sim.harness import GatewayHarness
+from chatstate.gateway.sim.matrix import MatrixHomeserver
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.matrix import platform
-from gateway.sim.matrix import SERVER_NAME, MatrixHomeserver
+from chatstate.adapters.matrix import platform
+from chatstate.gateway.sim.matrix import SERVER_NAME, MatrixHomeserver
 
 ROOM = f"!ops:{SERVER_NAME}"
 ALICE = f"@alice:{SERVER_NAME}"  # an approver

@@ -15,9 +15,9 @@ from typing import Literal
 
 import pytest
 
-from adapters.matrix import platform
-from gateway.sim.harness import GatewayHarness, GatewayStartError
-from gateway.sim.matrix import MatrixHomeserver
+from chatstate.adapters.matrix import platform
+from chatstate.gateway.sim.harness import GatewayHarness, GatewayStartError
+from chatstate.gateway.sim.matrix import MatrixHomeserver
 from matrix_helpers import (
     ALICE,
     BOB,

@@ -22,7 +22,7 @@ from nio import (
     WhoamiResponse,
 )
 
-from gateway.sim.matrix import MatrixHomeserver, fixture
+from chatstate.gateway.sim.matrix import MatrixHomeserver, fixture
 from matrix_helpers import ALICE, ROOM
 
 

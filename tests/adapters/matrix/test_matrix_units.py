@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-import state
-from adapters.common import now_ms
-from adapters.matrix import platform
-from adapters.matrix.config import DEFAULT_APPROVAL_TTL_MS, parse_config
-from adapters.matrix.state import Outcome, ReactionTarget, ReactionTargets, SyncTokens, target_key
-from gateway.approvals import Approval, ApprovalService
+from chatstate import state
+from chatstate.adapters.common import now_ms
+from chatstate.adapters.matrix import platform
+from chatstate.adapters.matrix.config import DEFAULT_APPROVAL_TTL_MS, parse_config
+from chatstate.adapters.matrix.state import Outcome, ReactionTarget, ReactionTargets, SyncTokens, target_key
+from chatstate.gateway.approvals import Approval, ApprovalService
 
 
 CLOCK_READ_TOLERANCE_MS = 1_000

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sim.harness import GatewayHarness
-from gateway.sim.slack import SlackSimulator
+from chatstate.gateway.sim.harness import GatewayHarness
+from chatstate.gateway.sim.slack import SlackSimulator
 
 
 @pytest.fixture

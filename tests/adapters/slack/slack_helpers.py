@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import state
-from adapters.common import Clock
-from state import AsyncKeyedStore, Entry
+from chatstate import state
+from chatstate.adapters.common import Clock
+from chatstate.state import AsyncKeyedStore, Entry
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "slack"
 PLUGIN_ID = "slack"

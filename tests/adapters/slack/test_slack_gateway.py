@@ -15,9 +15,9 @@ from typing import Any, Literal
 import aiohttp
 import pytest
 
-from adapters.slack.state import EVENTS_NAMESPACE, THREADS_NAMESPACE
-from gateway.sim.harness import GatewayHarness
-from gateway.sim.slack import SlackSimulator
+from chatstate.adapters.slack.state import EVENTS_NAMESPACE, THREADS_NAMESPACE
+from chatstate.gateway.sim.harness import GatewayHarness
+from chatstate.gateway.sim.slack import SlackSimulator
 from slack_helpers import load_fixture, stored
 
 

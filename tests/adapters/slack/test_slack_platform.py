@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from adapters.slack.platform import RequestVerifier, parse_message
-from adapters.slack.config import SlackSettings
-from gateway.sim.slack import sign
+from chatstate.adapters.slack.platform import RequestVerifier, parse_message
+from chatstate.adapters.slack.config import SlackSettings
+from chatstate.gateway.sim.slack import sign
 from slack_helpers import load_fixture
 
 SECRET = "s3cret"

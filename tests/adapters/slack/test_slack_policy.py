@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.slack.platform import SlackMessage
-from adapters.slack.policy import MentionPolicy
+from chatstate.adapters.slack.platform import SlackMessage
+from chatstate.adapters.slack.policy import MentionPolicy
 
 BOT = "U0BOT"
 

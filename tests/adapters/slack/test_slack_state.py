@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters.common import AdapterState
-from adapters.slack.config import SlackSettings
-from adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
+from chatstate.adapters.common import AdapterState
+from chatstate.adapters.slack.config import SlackSettings
+from chatstate.adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
 from slack_helpers import FakeRuntime
 
 TTL_MS = 10_000

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from botframework.connector.auth import JwtTokenExtractor
 
-import state
-from gateway.sim.teams import TeamsSimulator
+from chatstate import state
+from chatstate.gateway.sim.teams import TeamsSimulator
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-import state
-from adapters.common import StateSpec
-from adapters.teams import TeamsPlugin
-from adapters.teams.state import SENT_MESSAGES
-from gateway.sim.teams import TeamsSimulator
+from chatstate import state
+from chatstate.adapters.common import StateSpec
+from chatstate.adapters.teams import TeamsPlugin
+from chatstate.adapters.teams.state import SENT_MESSAGES
+from chatstate.gateway.sim.teams import TeamsSimulator
 
 
 class LocalRuntime:

@@ -9,7 +9,7 @@ from botbuilder.core import TurnContext
 from botbuilder.schema import Activity, ConversationAccount
 
 from teams_helpers import LocalGateway, sent_rows
-from gateway.sim.teams import TeamsSimulator, new_signing_key
+from chatstate.gateway.sim.teams import TeamsSimulator, new_signing_key
 
 CHANNEL = "19:general0123456789@thread.tacv2"
 

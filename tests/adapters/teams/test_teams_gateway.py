@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-import state
-from adapters.common import StateSpec
-from adapters.teams.state import NAMESPACE, SENT_MAX_ENTRIES, SENT_TTL_MS, sent_value
+from chatstate import state
+from chatstate.adapters.common import StateSpec
+from chatstate.adapters.teams.state import NAMESPACE, SENT_MAX_ENTRIES, SENT_TTL_MS, sent_value
 from teams_helpers import sent_rows
-from gateway.sim.harness import GatewayHarness
-from gateway.sim.teams import TeamsSimulator, new_signing_key
+from chatstate.gateway.sim.harness import GatewayHarness
+from chatstate.gateway.sim.teams import TeamsSimulator, new_signing_key
 
 CHANNEL = "19:general0123456789@thread.tacv2"
 LAST_SECONDS_MS = 6_000  # how long before expiry the "closing" message is answered; margin for a slow box

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 TOKEN = "ext-token"
 

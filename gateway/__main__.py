@@ -1,5 +1,0 @@
-"""`python -m gateway` is the `gateway` console script."""
-
-from gateway.cli import main
-
-raise SystemExit(main())

@@ -241,6 +241,16 @@ class AdapterState:
             self._remember(key, None)  # the store still holds it: delete once it is back
         return None if cached is None else cached.value
 
+    async def entries(self) -> list[Entry]:
+        """Live rows, oldest first: the store's when it is reachable (every process's rows),
+        else this process's memory."""
+        if self._store is not None and await self._recover():
+            try:
+                return await self._store.entries()
+            except StateStoreError as exc:
+                self._degrade(exc)
+        return [e for e in list(self.memory._rows.values()) if self.memory.get(e.key) is not None]
+
     async def forget(self, key: str) -> bool:
         """Delete `key` everywhere; True if a live row was removed."""
         removed = self.memory.drop(key)

@@ -4,6 +4,11 @@
 |-----------------------------|-------------------------------------------------|-------------------------|--------------|
 | `slack.thread-participation`| `{team_id}:{account_id}:{channel_id}:{thread_ts}` | `{agent_id, replied_at}`| 24 h / 5,000 |
 | `slack.events`              | `{team_id}:{event_id}`                          | `{received_at[, done_at]}` | 1 h / 50,000 (lease while processing) |
+| `slack.pending`             | `{team_id}:{event_id}`                          | the message (`SlackMessage` fields) | 1 h / 50,000 |
+
+`slack.pending` holds an event Slack was told "accepted" (acked at the 3 s deadline) before
+its reply was done: Slack will not send it again, so if the process dies, another one (or this
+one restarted) finishes it from this row.
 
 Both go through `adapters.common.AdapterState`, which is also the legacy in-memory twin
 (`legacy=True`: the same TTL and cap, memory only), so this module is the whole migration.
@@ -11,14 +16,16 @@ Both go through `adapters.common.AdapterState`, which is also the legacy in-memo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from chatstate.adapters.common import AdapterState, Clock, StateSpec, now_ms
 from chatstate.adapters.slack.config import SlackSettings
+from chatstate.adapters.slack.platform import SlackMessage
 
 THREADS_NAMESPACE = "slack.thread-participation"
 EVENTS_NAMESPACE = "slack.events"
+PENDING_NAMESPACE = "slack.pending"
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,34 @@ class EventLedger:
     async def release(self, key: str) -> None:
         """Drop a lease whose work failed, so Slack's retry can process the event again."""
         await self.state.forget(key)
+
+
+class PendingWork:
+    """Events acked before their reply was done (`slack.pending`), so no crash loses them."""
+
+    def __init__(self, state: AdapterState) -> None:
+        self.state = state
+
+    async def hold(self, key: str, message: SlackMessage) -> None:
+        """Keep `message` until `finish`; durable on return (written before Slack's 200)."""
+        await self.state.record(key, asdict(message))
+
+    async def finish(self, key: str) -> None:
+        await self.state.forget(key)
+
+    async def held(self) -> list[tuple[str, SlackMessage]]:
+        """Every held event (all processes'), oldest first; rows of another shape are dropped."""
+        out = []
+        for entry in await self.state.entries():
+            try:
+                out.append((entry.key, SlackMessage(**entry.value)))
+            except TypeError:
+                await self.state.forget(entry.key)
+        return out
+
+
+def pending_spec(settings: SlackSettings) -> StateSpec:
+    return StateSpec(PENDING_NAMESPACE, settings.event_ttl_ms, settings.event_max_entries)
 
 
 def thread_spec(settings: SlackSettings) -> StateSpec:

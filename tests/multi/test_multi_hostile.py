@@ -1,0 +1,83 @@
+"""Exactly-once, measured, with two gateways on one Redis behind a round-robin balancer: a
+burst of user actions through a hostile far end (every edge switch on) while gateway A is
+SIGKILLed mid-burst and stays down. Answers are counted from the simulators' records."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from chatstate.gateway.sim.harness import GatewayHarness
+from chatstate.gateway.sim.slack import SlackEdges, SlackSimulator
+from multi_helpers import gateways, stored
+
+SCALE = 0.02  # Slack's retry schedule 0 / 60 / 300 s -> 0 / 1.2 / 6 s
+ACTIONS = 24
+
+
+class Balancer:
+    """Round robin over the gateways still running: what a load balancer with health checks does."""
+
+    def __init__(self) -> None:
+        self.gws: list[GatewayHarness] = []
+        self._turn = itertools.count()
+
+    def url(self) -> str:
+        live = [gw for gw in self.gws if gw.running] or self.gws
+        return live[next(self._turn) % len(live)].gateway_url
+
+
+class BalancedSlack(SlackSimulator):
+    """A Slack whose every delivery attempt (first try or retry) goes through `balancer`."""
+
+    def __init__(self, balancer: Balancer, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.balancer = balancer
+
+    @property  # type: ignore[override]
+    def gateway_url(self) -> str | None:
+        return self.balancer.url() if self.balancer.gws else None
+
+    @gateway_url.setter
+    def gateway_url(self, _value: str | None) -> None:
+        pass  # the harness points it at the last gateway started; the balancer decides instead
+
+
+async def test_slack_burst_through_two_gateways_with_one_killed(shared_url: str, tmp_path: Path) -> None:
+    lb = Balancer()
+    slack = BalancedSlack(lb, edges=SlackEdges.hostile(schedule_scale=SCALE))
+    async with gateways([slack], shared_url, tmp_path) as (a, b):
+        lb.gws = [a, b]
+        roots: list[str] = []
+        tasks: list[asyncio.Task[Any]] = []
+        for i in range(ACTIONS):
+            event = slack.mention_event(f"job {i}")
+            roots.append(event["event"]["ts"])
+            tasks.append(asyncio.create_task(slack.deliver(event)))
+            await asyncio.sleep(0.05)
+            if i == ACTIONS // 2:
+                assert await a.kill() == -9  # mid-burst; A stays down
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        acks = Counter(getattr(r, "body", type(r).__name__) for r in results)
+
+        def answers() -> Counter[str]:
+            per_root = Counter(p["thread_ts"] for p in slack.posts())
+            return Counter({r: per_root[r] for r in roots})
+
+        await slack.wait_for(lambda _r: all(answers().values()), timeout=30)
+        deadline = time.monotonic() + 20
+        while stored(shared_url, "slack", "slack.pending"):  # B finishes what A acked and held
+            assert time.monotonic() < deadline, "held events were never finished"
+            await asyncio.sleep(0.1)
+        await slack.settle()
+        counts = answers()
+        taken = [e for e in b.logs() if e.get("event") == "slack_held_event_taken"]
+        print(f"\nslack two gateways, A killed: {ACTIONS} actions, answers per action "
+              f"{sorted(Counter(counts.values()).items())}, acks {dict(acks)}, held events B took {len(taken)}, "
+              f"hits {dict(slack.hits)}")
+        assert set(counts.values()) == {1}, counts
+        assert len(slack.posts()) == ACTIONS

@@ -262,3 +262,32 @@ class AdapterState:
         if self._store is not None:
             self._remember(key, None)
         return removed
+
+
+class ClaimLedger:
+    """Exactly-once for one kind of inbound item (a Slack event id, a Teams activity id): a
+    short lease while one process works on it, then a long-lived done mark, all in one
+    namespace. A retry or redelivery never produces a second answer: the claim
+    (`register_if_absent`) is atomic across processes, and an expired lease (its owner died
+    before answering) counts as absent, so the item is answered instead of lost."""
+
+    def __init__(self, state: AdapterState, *, lease_ms: int, clock: Clock = now_ms) -> None:
+        self.state = state
+        self.lease_ms = lease_ms
+        self._clock = clock
+
+    async def claim(self, key: str, *, received_at: int) -> bool:
+        """Take `key` under a lease of `lease_ms`; False if a live lease or done mark holds it."""
+        return await self.state.claim(key, {"received_at": received_at}, ttl_ms=self.lease_ms)
+
+    async def mark_done(self, key: str, *, received_at: int) -> None:
+        """Replace the lease with the done mark (the namespace's long TTL); durable on return."""
+        await self.state.record(key, {"received_at": received_at, "done_at": self._clock()})
+
+    async def is_done(self, key: str) -> bool:
+        value = await self.state.get(key)
+        return isinstance(value, dict) and "done_at" in value
+
+    async def release(self, key: str) -> None:
+        """Drop a lease whose work failed, so the platform's retry can process the item again."""
+        await self.state.forget(key)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from chatstate.adapters.common import AdapterState, Clock, StateSpec, now_ms
+from chatstate.adapters.common import AdapterState, ClaimLedger, Clock, StateSpec, now_ms
 from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.platform import SlackMessage
 
@@ -67,38 +67,13 @@ class ThreadParticipation:
         return value if isinstance(value, dict) else None
 
 
-class EventLedger:
+class EventLedger(ClaimLedger):
     """Slack event ids already taken (`slack.events`): a short lease while the bot works on
     one, then a long-lived done mark, so a retry never produces a second reply."""
-
-    def __init__(self, state: AdapterState, *, lease_ms: int, clock: Clock = now_ms) -> None:
-        self.state = state
-        self.lease_ms = lease_ms
-        self._clock = clock
 
     @staticmethod
     def key(team_id: str, event_id: str) -> str:
         return f"{team_id}:{event_id}"
-
-    async def claim(self, key: str, *, received_at: int) -> bool:
-        """Take `key` under a lease of `lease_ms`; False if a live lease or done mark holds it.
-
-        Atomic across processes (register_if_absent). An expired lease counts as absent, which
-        is how a retry after a crash gets the event processed instead of lost.
-        """
-        return await self.state.claim(key, {"received_at": received_at}, ttl_ms=self.lease_ms)
-
-    async def mark_done(self, key: str, *, received_at: int) -> None:
-        """Replace the lease with the done mark (the namespace's long TTL); durable on return."""
-        await self.state.record(key, {"received_at": received_at, "done_at": self._clock()})
-
-    async def is_done(self, key: str) -> bool:
-        value = await self.state.get(key)
-        return isinstance(value, dict) and "done_at" in value
-
-    async def release(self, key: str) -> None:
-        """Drop a lease whose work failed, so Slack's retry can process the event again."""
-        await self.state.forget(key)
 
 
 class PendingWork:

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
 from botbuilder.core import Bot, CloudAdapterBase, TurnContext
@@ -22,6 +23,27 @@ from msrest.exceptions import ClientRequestError, DeserializationError, HttpOper
 from requests import RequestException
 
 OnSent = Callable[[str, Sequence[str | None]], Awaitable[None]]
+SEND_RETRIES = 3  # a send refused with 429 or 502/503/504 is tried again at most this often
+MAX_RETRY_AFTER_S = 10  # a longer Retry-After fails the send instead (the channel redelivers)
+BACKOFF_S = 0.25  # 502/503/504: wait 0.25, 0.5, 1 s
+TRANSIENT = (502, 503, 504)
+
+
+def retry_delay(exc: HttpOperationError, attempt: int) -> float | None:
+    """Seconds to wait before sending again after `exc`, or None when it must not be retried:
+    429 honours Retry-After (bounded), 502/503/504 back off; anything else is final."""
+    response: Any = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if status == 429:
+        headers = getattr(response, "headers", None) or {}
+        try:
+            wait = float(headers.get("Retry-After", 1))
+        except (TypeError, ValueError):
+            return None
+        return wait if 0 <= wait <= MAX_RETRY_AFTER_S else None
+    if status in TRANSIENT:
+        return BACKOFF_S * 2**attempt
+    return None
 
 
 class TeamsCloudAdapter(CloudAdapterBase):
@@ -44,11 +66,29 @@ class TeamsCloudAdapter(CloudAdapterBase):
     async def send_activities(
         self, context: TurnContext, activities: list[Activity]
     ) -> list[ResourceResponse]:
-        responses = await super().send_activities(context, activities)
-        for activity, response in zip(activities, responses, strict=True):
+        """Send each activity (429 and 502/503/504 retried, bounded) and record the id of the
+        send that finally succeeded, once. Raises HttpOperationError when retries run out."""
+        responses = []
+        for activity in activities:
+            response = await self._send_one(context, activity)
             if activity.conversation is not None and response is not None:
                 await self._on_sent(activity.conversation.id, [response.id])
+            responses.append(response)
         return responses
+
+    async def _send_one(self, context: TurnContext, activity: Activity) -> ResourceResponse:
+        for attempt in range(SEND_RETRIES + 1):
+            try:
+                [response] = await super().send_activities(context, [activity])
+                return response
+            except HttpOperationError as exc:
+                delay = retry_delay(exc, attempt)
+                if delay is None or attempt == SEND_RETRIES:
+                    raise
+                self._log.warning("bot_connector_retry", extra={
+                    "status": getattr(exc.response, "status_code", None), "attempt": attempt + 1, "delay_s": delay})
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     async def update_activity(self, context: TurnContext, activity: Activity) -> ResourceResponse | None:
         response = await super().update_activity(context, activity)
@@ -72,6 +112,11 @@ class TeamsCloudAdapter(CloudAdapterBase):
         """Serve `POST /api/messages`: 401 before anything else when the token is missing or
         bad, 400 for a body that is not an Activity, 502 when the Bot Connector refused a send.
         Answers only after the turn, and so every recording, is done."""
+        authenticated, activity = await self.read(request)
+        return await self.run(authenticated, activity, bot)
+
+    async def read(self, request: web.Request) -> tuple[AuthenticateRequestResult, Activity]:
+        """Authenticate and parse one request: 401 (missing/bad token), 400, 503 (no keys)."""
         auth_header = request.headers.get("Authorization")
         if not auth_header:
             raise web.HTTPUnauthorized(text="missing bearer token")
@@ -84,6 +129,10 @@ class TeamsCloudAdapter(CloudAdapterBase):
         except Exception as exc:  # noqa: BLE001 - the library signals a bad token with many types
             self._log.warning("auth_rejected", extra={"error": type(exc).__name__})  # never the token
             raise web.HTTPUnauthorized(text="invalid bearer token") from None
+        return authenticated, activity
+
+    async def run(self, authenticated: AuthenticateRequestResult, activity: Activity, bot: Bot) -> web.Response:
+        """Run the turn; 502 when the Bot Connector refused a send (after its retries)."""
         try:
             invoke = await self.process_activity(authenticated, activity, bot.on_turn)
         except (HttpOperationError, ClientRequestError) as exc:

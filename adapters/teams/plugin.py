@@ -3,7 +3,8 @@
 Config, the `[adapters.teams]` table (docs/migrations/teams.md lists every key):
 `app_id`; `openid_metadata_url`, `token_issuer`, `connector_token` for a local Bot Connector
 simulator, or `app_password` for Azure; `sent_ttl_ms` and `sent_max_entries` to shrink the 24 h /
-1,000 defaults in tests; `mode = "legacy"` keeps the sent-message cache in memory only.
+1,000 defaults in tests; `activity_lease_ms` (60 s) for the per-activity claim;
+`mode = "legacy"` keeps the sent-message cache and the claims in memory only.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ from typing import Any
 
 from aiohttp import web
 
-from chatstate.adapters.common import AdapterState
+from chatstate.adapters.common import AdapterState, ClaimLedger
 from chatstate.adapters.teams.auth import build_authentication
 from chatstate.adapters.teams.bot import TeamsBot
 from chatstate.adapters.teams.connector import TeamsCloudAdapter
+from chatstate.adapters.teams.once import ActivityGate
 from chatstate.adapters.teams.sent import SentMessages
-from chatstate.adapters.teams.state import open_sent_messages
+from chatstate.adapters.teams.state import activities_spec, activity_lease_ms, open_sent_messages
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 MESSAGES_PATH = "/api/messages"  # the Bot Framework messaging endpoint
+STOP_TIMEOUT_S = 10.0  # how long stop() waits for turns in flight
 
 
 class TeamsPlugin(Plugin):
@@ -32,6 +35,8 @@ class TeamsPlugin(Plugin):
 
     def __init__(self) -> None:
         self._state: AdapterState | None = None
+        self._activities: AdapterState | None = None
+        self._gate: ActivityGate | None = None
         self._adapter: TeamsCloudAdapter | None = None
         self._bot: TeamsBot | None = None
 
@@ -47,18 +52,33 @@ class TeamsPlugin(Plugin):
         auth = build_authentication(runtime.config)
         state = open_sent_messages(runtime.config, legacy=runtime.legacy)
         await state.open(runtime)
+        activities = AdapterState(activities_spec(runtime.config), legacy=runtime.legacy)
+        await activities.open(runtime)
+        self._activities = activities
+        self._gate = ActivityGate(ClaimLedger(activities, lease_ms=activity_lease_ms(runtime.config)))
         sent = SentMessages(state)
         self._state = state
         self._adapter = TeamsCloudAdapter(auth, on_sent=sent.record, log=runtime.log)
         self._bot = TeamsBot(sent, log=runtime.log)
 
+    async def stop(self) -> None:
+        if self._gate is not None:
+            await self._gate.drain(STOP_TIMEOUT_S)
+        for st in (self._state, self._activities):
+            if st is not None:
+                await st.close()
+
     def health(self) -> dict[str, Any]:
         if self._state is None:
             return {"status": "stopped"}
         detail = self._state.health()
-        return {"status": "degraded" if detail["mode"] == "degraded" else "ok", **detail}
+        activities = self._activities.health() if self._activities is not None else {}
+        degraded = "degraded" in (detail["mode"], activities.get("mode"))
+        return {"status": "degraded" if degraded else "ok", **detail, "activities": activities}
 
     async def _messages(self, request: web.Request) -> web.Response:
-        if self._adapter is None or self._bot is None:
+        if self._adapter is None or self._bot is None or self._gate is None:
             raise web.HTTPServiceUnavailable(text="teams adapter is not started")
-        return await self._adapter.handle(request, self._bot)
+        adapter, bot = self._adapter, self._bot
+        authenticated, activity = await adapter.read(request)  # 401/400 before any state
+        return await self._gate.once(activity, lambda: adapter.run(authenticated, activity, bot))

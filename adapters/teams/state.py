@@ -22,6 +22,30 @@ THREAD_MARKER = ";messageid="  # Teams channel thread: "<channel conversation id
 
 SENT_MESSAGES = StateSpec(NAMESPACE, ttl_ms=SENT_TTL_MS, max_entries=SENT_MAX_ENTRIES)
 
+# Exactly-once per inbound activity: the channel sends an activity again, same id, when the
+# bot was slow to answer (or the delivery failed); the second copy must not be answered.
+ACTIVITIES_NAMESPACE = "msteams.activities"
+ACTIVITY_TTL_MS = 60 * 60 * 1000  # a done activity id is remembered 1 h
+ACTIVITY_MAX_ENTRIES = 50_000
+# a claimed-but-unanswered activity may be retaken after this: longer than a turn (sends retry
+# for at most ~3 x 10 s), shorter than the channel's redelivery window, so the activity of a
+# turn killed midway is answered on a later redelivery instead of lost
+ACTIVITY_LEASE_MS = 20 * 1000
+ANSWERED_TYPES = ("message", "messageReaction")  # the activity types the bot may answer
+
+
+def activities_spec(config: Mapping[str, Any]) -> StateSpec:
+    return StateSpec(ACTIVITIES_NAMESPACE, ttl_ms=ACTIVITY_TTL_MS, max_entries=ACTIVITY_MAX_ENTRIES)
+
+
+def activity_lease_ms(config: Mapping[str, Any]) -> int:
+    return _positive_int(config, "activity_lease_ms", ACTIVITY_LEASE_MS)
+
+
+def activity_key(conversation_id: str, activity_id: str) -> str:
+    """`{conversation_id}:{activity_id}`, the channel's conversation id as in `sent_key`."""
+    return sent_key(conversation_id, activity_id)
+
 
 def spec_from_config(config: Mapping[str, Any]) -> StateSpec:
     """Return the spec with `sent_ttl_ms` / `sent_max_entries` overrides (tests use small ones).

@@ -13,6 +13,7 @@ from typing import Any
 
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.slack import SlackEdges, SlackSimulator
+from chatstate.gateway.sim.teams import TeamsEdges, TeamsSimulator
 from multi_helpers import gateways, stored
 
 SCALE = 0.02  # Slack's retry schedule 0 / 60 / 300 s -> 0 / 1.2 / 6 s
@@ -31,20 +32,30 @@ class Balancer:
         return live[next(self._turn) % len(live)].gateway_url
 
 
-class BalancedSlack(SlackSimulator):
-    """A Slack whose every delivery attempt (first try or retry) goes through `balancer`."""
+class Balanced:
+    """Mixin: every delivery attempt (first try, retry, redelivery) goes through `balancer`."""
 
-    def __init__(self, balancer: Balancer, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.balancer = balancer
+    balancer: Balancer
 
-    @property  # type: ignore[override]
+    @property
     def gateway_url(self) -> str | None:
         return self.balancer.url() if self.balancer.gws else None
 
     @gateway_url.setter
     def gateway_url(self, _value: str | None) -> None:
         pass  # the harness points it at the last gateway started; the balancer decides instead
+
+
+class BalancedSlack(Balanced, SlackSimulator):
+    def __init__(self, balancer: Balancer, **kw: Any) -> None:
+        self.balancer = balancer
+        super().__init__(**kw)
+
+
+class BalancedTeams(Balanced, TeamsSimulator):
+    def __init__(self, balancer: Balancer, **kw: Any) -> None:
+        self.balancer = balancer
+        super().__init__(**kw)
 
 
 async def test_slack_burst_through_two_gateways_with_one_killed(shared_url: str, tmp_path: Path) -> None:
@@ -81,3 +92,31 @@ async def test_slack_burst_through_two_gateways_with_one_killed(shared_url: str,
               f"hits {dict(slack.hits)}")
         assert set(counts.values()) == {1}, counts
         assert len(slack.posts()) == ACTIONS
+
+
+async def test_teams_burst_through_two_gateways_with_one_killed(shared_url: str, tmp_path: Path) -> None:
+    lb = Balancer()
+    sim = BalancedTeams(lb, edges=TeamsEdges.hostile(schedule_scale=0.1))
+    async with gateways([sim], shared_url, tmp_path) as (a, b):
+        lb.gws = [a, b]
+        ids: list[str] = []
+        tasks: list[asyncio.Task[Any]] = []
+        open_at_kill = 0
+        for i in range(ACTIONS):
+            activity = sim.activity("message_mention", text=f"<at>chatstate</at> job {i}")
+            ids.append(activity["id"])
+            tasks.append(asyncio.create_task(sim.deliver(activity)))
+            await asyncio.sleep(0.05)
+            if i == ACTIONS // 2:
+                open_at_kill = sim.open_deliveries
+                assert await a.kill() == -9  # mid-burst; A stays down
+        statuses = await asyncio.gather(*tasks, return_exceptions=True)
+        await sim.settle()
+        per_id = Counter(x.get("reply_to_id") for x in sim.sent())
+        counts = Counter({i: per_id[i] for i in ids})
+        duplicates = sum(n - 1 for n in counts.values() if n > 1)
+        print(f"\nteams two gateways, A killed: {ACTIONS} actions, answers per action "
+              f"{sorted(Counter(counts.values()).items())}, deliveries open at the kill {open_at_kill}, "
+              f"final statuses {dict(Counter(map(str, statuses)))}, hits {dict(sim.hits)}")
+        assert 0 not in counts.values(), counts  # nothing lost
+        assert duplicates <= open_at_kill, counts  # see tests/adapters/teams/test_teams_exactly_once.py

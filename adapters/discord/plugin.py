@@ -19,6 +19,7 @@ from chatstate.adapters.discord.state import Registry
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 INTERACTIONS_PATH = "/discord/interactions"
+STOP_TIMEOUT_S = 10.0  # how long stop() waits for deferred answers in flight
 
 
 class DiscordPlugin(Plugin):
@@ -50,6 +51,8 @@ class DiscordPlugin(Plugin):
         self._bot = DiscordBot(self._registry, self._rest, log=runtime.log)
 
     async def stop(self) -> None:
+        if self._bot is not None:
+            await self._bot.drain(STOP_TIMEOUT_S)
         if self._rest is not None:
             await self._rest.close()
         if self._registry is not None:
@@ -76,4 +79,4 @@ class DiscordPlugin(Plugin):
             interaction = platform.parse(body)
         except platform.BadRequest as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
-        return web.json_response(await self._bot.answer(interaction))
+        return web.json_response(await self._bot.respond(interaction))

@@ -377,9 +377,10 @@ class SlackSimulator(SimulatorServer):
         timeout_s: float | None = None,
     ) -> Delivery:
         """One signed POST; raises TimeoutError after `timeout_s`, aiohttp.ClientError."""
-        if self.gateway_url is None:
+        gateway_url = self.gateway_url  # read once, before the first await (tests/multi's balancers)
+        if gateway_url is None:
             raise RuntimeError("gateway_url is not set (the harness sets it)")
-        url = self.gateway_url + EVENTS_PATH  # read before the first await (tests/multi's `via`)
+        url = gateway_url + EVENTS_PATH
         body = json.dumps(payload).encode()
         ts = str(int(time.time()) if timestamp is None else timestamp)
         headers = {"Content-Type": "application/json"}

@@ -329,9 +329,10 @@ class TeamsSimulator(SimulatorServer):
         return winner.result()
 
     async def _post(self, activity: dict[str, Any], *, token: str | None = "") -> int:
-        if self.gateway_url is None:
+        gateway_url = self.gateway_url  # read once, before the first await (balancers)
+        if gateway_url is None:
             raise RuntimeError("teams simulator: gateway_url is not set (start the gateway first)")
-        url = self.gateway_url + "/api/messages"  # read before the first await (balancers)
+        url = gateway_url + "/api/messages"
         headers = {}
         if token is not None:
             headers["Authorization"] = f"Bearer {token or self.token()}"

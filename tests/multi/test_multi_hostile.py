@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from chatstate.gateway.sim.discord import DiscordEdges, DiscordSimulator
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.slack import SlackEdges, SlackSimulator
 from chatstate.gateway.sim.teams import TeamsEdges, TeamsSimulator
@@ -120,3 +121,51 @@ async def test_teams_burst_through_two_gateways_with_one_killed(shared_url: str,
               f"final statuses {dict(Counter(map(str, statuses)))}, hits {dict(sim.hits)}")
         assert 0 not in counts.values(), counts  # nothing lost
         assert duplicates <= open_at_kill, counts  # see tests/adapters/teams/test_teams_exactly_once.py
+
+
+class BalancedDiscord(Balanced, DiscordSimulator):
+    def __init__(self, balancer: Balancer, **kw: Any) -> None:
+        self.balancer = balancer
+        super().__init__(**kw)
+
+
+async def test_discord_double_clicks_through_two_gateways_with_one_killed(shared_url: str, tmp_path: Path) -> None:
+    lb = Balancer()
+    sim = BalancedDiscord(lb)
+    async with gateways([sim], shared_url, tmp_path) as (a, b):
+        lb.gws = [a, b]
+        panels = [await sim.post_panel() for _ in range(40)]  # half through A, half through B
+        sim.edges = DiscordEdges.hostile()
+        answered_before = len(sim.recorded("interaction_response"))
+
+        async def double_click(panel: dict[str, Any], who: str) -> bool:
+            # one interaction through each gateway (round robin), within milliseconds
+            payloads = [sim.click_payload(panel, "Approve", user_id=who) for _ in range(2)]
+            sim.hit("double_click")
+            results = await asyncio.gather(*(sim.deliver(p) for p in payloads), return_exceptions=True)
+            return any(not isinstance(r, BaseException) and r.body is not None for r in results)
+
+        users = [str(1_100_000_000_000_003_000 + i) for i in range(len(panels))]
+        clicks = [asyncio.create_task(double_click(p, u)) for p, u in zip(panels, users)]
+        await sim.wait_for(lambda _r: len(sim.recorded("interaction_response")) - answered_before >= 1)
+        assert await a.kill() == -9  # A stays down; its clicks in flight die with it
+        answered = await asyncio.gather(*clicks)
+        for panel, who, ok in zip(panels, users, answered):
+            if not ok:  # "This interaction failed": the user clicks again, and B answers
+                await sim.deliver(sim.click_payload(panel, "Approve", user_id=who))
+
+        by_interaction = {r.payload["request"]["id"]: r.payload["request"]["message"]["id"]
+                          for r in sim.records if r.kind in ("interaction_response", "interaction_failed")
+                          and r.payload["request"].get("type") == 3}
+        outcomes: dict[str, Counter[str]] = {p["id"]: Counter() for p in panels}
+        for ans in sim.answers():
+            panel_id = by_interaction.get(ans["interaction_id"])
+            if panel_id in outcomes:
+                outcomes[panel_id]["approved" if str(ans["content"]).startswith("Approved by") else str(ans["content"])] += 1
+        summary = Counter("approved once" if o["approved"] == 1 else
+                          ("refused: already used by you" if o["approved"] == 0 and o["You already used this component."]
+                           else repr(dict(o))) for o in outcomes.values())
+        print(f"\ndiscord two gateways, A killed: {len(panels)} buttons double-clicked (one click per gateway), "
+              f"outcomes {dict(summary)}, hits {dict(sim.hits)}")
+        assert all(o["approved"] <= 1 for o in outcomes.values()), outcomes
+        assert set(summary) <= {"approved once", "refused: already used by you"}, outcomes

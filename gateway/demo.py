@@ -4,7 +4,9 @@ in-memory maps and with the keyed store, checked against what the simulators rec
 It starts the platform simulators and a real gateway subprocess on free loopback ports, plays
 each adapter's first half, restarts the gateway (SIGKILL by default), plays the second half,
 and prints a table. Exit 0 only when every keyed-store row survived and every legacy row
-showed the expected loss; 1 otherwise. Every process and temp dir it made is cleaned up, also
+showed the expected loss; 1 otherwise. `--hostile` plays the same conversations against
+simulators with every platform edge behaviour on (retries, duplicates, rate limits, deadlines)
+and adds a table of the edge behaviours the simulators actually played. Every process and temp dir it made is cleaned up, also
 on Ctrl-C (the harness's async context managers run on cancellation).
 """
 
@@ -52,6 +54,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--only", default=",".join(ADAPTERS),
                    help="comma-separated adapters to play (default: slack,discord,teams,matrix)")
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON document")
+    p.add_argument("--hostile", action="store_true",
+                   help="turn every simulated platform edge behaviour on (retries, duplicate deliveries, "
+                        "429/5xx, deadlines, double clicks) and show which were hit")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,8 +69,10 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda *_: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
     own_dir = args.state_dir is None
     root = Path(tempfile.mkdtemp(prefix="chatstate-demo-")) if own_dir else Path(args.state_dir)
+    hostile = bool(getattr(args, "hostile", False))
+    hits: dict[str, dict[str, int]] = {}
     try:
-        rows = asyncio.run(_play(only, args.kill, root, say))
+        rows = asyncio.run(_play(only, args.kill, root, say, hostile=hostile, hits=hits))
     except KeyboardInterrupt:
         print("\ninterrupted: simulators and gateway stopped", file=sys.stderr)
         return 130
@@ -74,20 +81,29 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(root, ignore_errors=True)
     ok = all(r.passed for r in rows)
     if args.json:
-        print(json.dumps({"ok": ok, "kill": args.kill, "rows": [asdict(r) | {"passed": r.passed} for r in rows]}, indent=2))
+        doc: dict[str, Any] = {"ok": ok, "kill": args.kill, "rows": [asdict(r) | {"passed": r.passed} for r in rows]}
+        if hostile:
+            doc["hostile"] = hits
+        print(json.dumps(doc, indent=2))
     else:
         signal_name = "SIGKILL" if args.kill == "kill" else "SIGTERM"
         print(f"Each conversation was split by a gateway restart ({signal_name}).\n")
         print(render_table(rows))
+        if hostile:
+            print("\nEdge behaviours the simulators played (legacy and store runs together):\n")
+            print(render_hits(hits, only))
         print("\nPASS: every conversation survived with the keyed store and was lost without it."
               if ok else "\nFAIL: see the rows above.")
     return 0 if ok else 1
 
 
-async def _play(only: list[str], kill: str, root: Path, say: Any) -> list[Row]:
+async def _play(
+    only: list[str], kill: str, root: Path, say: Any, *, hostile: bool = False,
+    hits: dict[str, dict[str, int]] | None = None,
+) -> list[Row]:
     results: dict[Mode, dict[tuple[str, str], tuple[bool, str, float]]] = {}
     for mode in ("legacy", "store"):
-        results[mode] = await _play_mode(mode, only, kill, root / mode, say)
+        results[mode] = await _play_mode(mode, only, kill, root / mode, say, hostile=hostile, hits=hits)
     rows = []
     for (adapter, behaviour), (legacy_ok, legacy_detail, legacy_s) in results["legacy"].items():
         store_ok, store_detail, store_s = results["store"].get((adapter, behaviour), (False, "not run", 0.0))
@@ -95,12 +111,15 @@ async def _play(only: list[str], kill: str, root: Path, say: Any) -> list[Row]:
     return rows
 
 
-async def _play_mode(mode: Mode, only: list[str], kill: str, state_dir: Path, say: Any) -> dict[tuple[str, str], tuple[bool, str, float]]:
+async def _play_mode(
+    mode: Mode, only: list[str], kill: str, state_dir: Path, say: Any, *, hostile: bool = False,
+    hits: dict[str, dict[str, int]] | None = None,
+) -> dict[tuple[str, str], tuple[bool, str, float]]:
     from chatstate.gateway.sim.harness import GatewayHarness
     from chatstate.gateway.sim.scenarios import SCENARIOS
 
     scenarios = [SCENARIOS[a] for a in only]
-    sims = [s.make_simulator() for s in scenarios]
+    sims = [(s.make_hostile or s.make_simulator)() if hostile else s.make_simulator() for s in scenarios]
     label = "legacy in-memory maps" if mode == "legacy" else "keyed store (SQLite)"
     say(f"\n== {label} ==")
     t0 = time.monotonic()
@@ -127,6 +146,12 @@ async def _play_mode(mode: Mode, only: list[str], kill: str, state_dir: Path, sa
             for o in outcomes:
                 out[(o.adapter, o.behaviour)] = (o.survived, o.detail, spent / len(outcomes))
                 say(f"  {o.adapter:<8} {o.behaviour}: {'works' if o.survived else 'LOST'} ({o.detail})")
+        for scenario, sim in zip(scenarios, sims):
+            await sim.settle(timeout=30)  # redeliveries and echoes still on their way count too
+            if hits is not None:
+                counted = hits.setdefault(scenario.adapter, {})
+                for behaviour, n in sim.hits.items():
+                    counted[behaviour] = counted.get(behaviour, 0) + n
     return out
 
 
@@ -137,6 +162,17 @@ def render_table(rows: list[Row]) -> str:
          "works" if r.store_survived else "LOST (FAIL)", f"{r.seconds * 1000:.0f} ms")
         for r in rows
     ]
+    widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(head), sep, *(line(b) for b in body)])
+
+
+def render_hits(hits: dict[str, dict[str, int]], only: list[str]) -> str:
+    """One row per adapter: each edge behaviour its simulator played, with how often."""
+    head = ("adapter", "edge behaviours hit (count)")
+    body = [(a, ", ".join(f"{k} {v}" for k, v in sorted(hits.get(a, {}).items())) or "none (no switches for it)")
+            for a in only]
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"

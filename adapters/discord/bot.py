@@ -50,7 +50,7 @@ class DiscordBot:
         self.registry = registry
         self.rest = rest
         self.log = log
-        self._finishing: set[asyncio.Task[None]] = set()
+        self._finishing: set[asyncio.Future[Any]] = set()
 
     async def respond(self, it: platform.Interaction, *, defer_after_s: float = DEFER_AFTER_S) -> dict[str, Any]:
         """The HTTP answer to `it`: the full answer if ready within `defer_after_s`, else a
@@ -63,9 +63,7 @@ class DiscordBot:
             deferral = platform.defer_update()
         else:  # /panel answers ephemerally; a modal submit answers in the channel
             deferral = platform.defer_message(ephemeral=it.type is discord.InteractionType.application_command)
-        task = asyncio.create_task(self._finish(it, work))
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
+        self._background(self._finish(it, work))
         self.log.info("discord_deferred", extra={"interaction_type": it.type.name})
         return deferral
 
@@ -86,8 +84,13 @@ class DiscordBot:
         except RestError as exc:
             self.log.warning("discord_deferred_answer_failed", extra={"error": str(exc)})
 
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
     async def drain(self, timeout_s: float) -> None:
-        """Let deferred answers in flight finish."""
+        """Let deferred answers and entry cleanups in flight finish."""
         if self._finishing:
             await asyncio.wait(list(self._finishing), timeout=timeout_s)
 
@@ -132,7 +135,9 @@ class DiscordBot:
         if entry["single_use"]:
             if not await self.registry.claim_use(it.custom_id, it.user_id, used_at=now_ms()):
                 return await self._used_or_expired(it, default=ALREADY_USED)
-            await self.registry.take_component(it.custom_id)  # the claim decided; this is cleanup
+            # the claim decided; consuming the entry is cleanup and need not delay the answer
+            # (if it is lost, the entry expires, and the claim refuses every click meanwhile)
+            self._background(self.registry.take_component(it.custom_id))
         action = entry["action"]
         if action == "refresh":
             return platform.update(f"Deployment panel: status refreshed by <@{it.user_id}>.")

@@ -71,7 +71,7 @@ class DiscordEdges:
     def hostile(cls) -> DiscordEdges:
         """Every switch on that a working bot must survive (not `already_acknowledged`, which
         only a misbehaving second responder causes): the demo's `--hostile` profile."""
-        return cls(deadline=True, rate_limits=True, slow_messages_s=0.5, double_click=True)
+        return cls(deadline=True, rate_limits=True, slow_messages_s=2.5, double_click=True)
 
 
 @dataclass
@@ -388,14 +388,15 @@ class DiscordSimulator(SimulatorServer):
         """Click the button labelled `label` (or choose `values` in the select with that placeholder).
 
         With `edges.double_click` the click goes out twice within milliseconds (two
-        interactions); the first one's reply is returned, the other is recorded.
+        interactions); both replies are recorded, and the one the channel saw (not ephemeral)
+        is returned if there is one, else the first.
         """
         if self.edges.double_click:
             self.hit("double_click")
-            first, _second = await asyncio.gather(
+            replies = await asyncio.gather(
                 self.deliver(self.click_payload(message, label, user_id=user_id, values=values)),
                 self.deliver(self.click_payload(message, label, user_id=user_id, values=values)))
-            return first
+            return next((r for r in replies if r.body is not None and not r.ephemeral), replies[0])
         return await self.deliver(self.click_payload(message, label, user_id=user_id, values=values))
 
     async def click_many(self, message: dict[str, Any], label: str, *, user_ids: list[str]) -> list[Reply]:

@@ -40,9 +40,9 @@ ACK_DEADLINE_S = 3.0  # a delivery not answered 2xx within this is a failure (ht
 class SlackEdges:
     """Which of Slack's documented edge behaviours the simulator plays (all off by default).
 
-    `*_every = N` knobs count chat.postMessage calls: calls 1, 1+N, 1+2N... get the fault (a
-    429 wins over a 503, a 503 over a reset), so a test knows exactly which call fails and
-    that the retry of a faulted call (N >= 2) goes through.
+    `*_every = N` knobs count chat.postMessage calls: calls F, F+N, F+2N... get the fault, F
+    being the matching `*_first` (1 by default; a 429 wins over a 503, a 503 over a reset), so
+    a test knows exactly which call fails and that the retry of a faulted call goes through.
     """
 
     retries: bool = False  # not 2xx within ack_deadline_s -> retried with X-Slack-Retry-Num 1..3
@@ -55,14 +55,19 @@ class SlackEdges:
     rate_limit_every: int = 0  # 429 + Retry-After: retry_after_s; nothing posted
     retry_after_s: int = 1
     server_error_every: int = 0  # 503; nothing posted
+    server_error_first: int = 1
     reset_after_post_every: int = 0  # posted, then the connection is reset before the answer
+    reset_after_post_first: int = 1
 
     @classmethod
     def hostile(cls, *, schedule_scale: float = 0.02) -> SlackEdges:
         """Every switch on: the profile of the demo's `--hostile` and the exactly-once tests."""
         return cls(retries=True, schedule_scale=schedule_scale, double_mention=True, echo_bot_messages=True,
-                   edits=True, thread_broadcast=True, rate_limit_every=4, server_error_every=5,
-                   reset_after_post_every=6)
+                   edits=True, thread_broadcast=True,
+                   # every other reply meets all three: call 1 gets 429, its retry 503, the
+                   # next retry is posted and reset; call 4 goes through; call 5 starts over
+                   rate_limit_every=4, server_error_every=4, server_error_first=2,
+                   reset_after_post_every=4, reset_after_post_first=3)
 
     def gateway_config(self) -> dict[str, Any]:
         """Adapter settings that scale with the compressed schedule: a dead process's lease on
@@ -189,9 +194,10 @@ class SlackSimulator(SimulatorServer):
 
     def _post_fault(self, n: int) -> str | None:
         e = self.edges
-        for name, every in (("rate_limited", e.rate_limit_every), ("server_error", e.server_error_every),
-                            ("reset_after_post", e.reset_after_post_every)):
-            if every and (n - 1) % every == 0:
+        for name, every, first in (("rate_limited", e.rate_limit_every, 1),
+                                   ("server_error", e.server_error_every, e.server_error_first),
+                                   ("reset_after_post", e.reset_after_post_every, e.reset_after_post_first)):
+            if every and n >= first and (n - first) % every == 0:
                 self.hit(name)
                 return name
         return None

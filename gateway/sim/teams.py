@@ -52,6 +52,7 @@ class TeamsEdges:
     rate_limit_every: int = 0  # the bot's send gets 429 + Retry-After: retry_after_s (not sent)
     retry_after_s: int = 1
     server_error_every: int = 0  # the bot's send gets 502, 503, 504 in turn (not sent)
+    server_error_first: int = 1  # the first call that gets it; then every server_error_every
     redeliver_after_s: float | None = None  # not answered by then: the same activity again
     duplicate_every: int = 0  # the user activity is delivered twice at once
     retries: bool = False  # no answer / 5xx from the gateway: delivered again (RETRY_SCHEDULE_S)
@@ -62,7 +63,11 @@ class TeamsEdges:
     @classmethod
     def hostile(cls, *, schedule_scale: float = 0.1) -> TeamsEdges:
         """Every switch on: the demo's `--hostile` profile and the exactly-once tests."""
-        return cls(rate_limit_every=4, server_error_every=5, redeliver_after_s=ANSWER_DEADLINE_S * schedule_scale,
+        # every other reply meets both faults (call 1: 429 for 1 s, then a 5xx, then through),
+        # and that turn outlasts the channel's answer deadline (15 s, here shortened to 2/3 of
+        # the scaled value so a 1.3 s turn is redelivered while the claim's lease still holds)
+        return cls(rate_limit_every=4, retry_after_s=1, server_error_every=4, server_error_first=2,
+                   redeliver_after_s=ANSWER_DEADLINE_S * schedule_scale * 2 / 3,
                    duplicate_every=3, retries=True, schedule_scale=schedule_scale, edits=True,
                    delete_bot_messages_every=7)
 
@@ -184,7 +189,7 @@ class TeamsSimulator(SimulatorServer):
             self.hit("rate_limited")
             return web.json_response({"error": {"code": "TooManyRequests", "message": "slow down"}}, status=429,
                                      headers={"Retry-After": str(e.retry_after_s)})
-        if e.server_error_every and (n - 1) % e.server_error_every == 0:
+        if e.server_error_every and n >= e.server_error_first and (n - e.server_error_first) % e.server_error_every == 0:
             self.hit("server_error")
             status = (502, 503, 504)[self.hits["server_error"] % 3]
             return web.json_response({"error": {"code": "ServiceError", "message": "try again"}}, status=status)

@@ -3,7 +3,8 @@
 Teams sends an activity again with the same id when the bot was slow to answer or the delivery
 failed; a second turn would mean a second reply. Each answerable activity (`message`,
 `messageReaction`) is claimed in `msteams.activities` before its turn runs:
-- a copy arriving while this process still runs the turn waits for it, then gets 200;
+- a copy arriving while this process still runs the turn waits for it, then gets 200 if the
+  turn succeeded, 503 if it failed (a 200 would tell the channel the activity was handled);
 - a copy of a finished activity gets 200 and no turn;
 - a copy whose claim is a live lease of another process (one that died mid-turn, or is still
   working) gets 503 + Retry-After, so the channel tries later; once the lease has run out the
@@ -41,7 +42,10 @@ class ActivityGate:
         key = activity_key(activity.conversation.id, activity.id)
         running = self._inflight.get(key)
         if running is not None:
-            await asyncio.wait({running})  # the first copy's answer, then this one's 200
+            await asyncio.wait({running})  # the first copy's turn decides this copy's answer
+            failed = running.cancelled() or running.exception() is not None or running.result().status >= 300
+            if failed:
+                return web.Response(status=503, headers={"Retry-After": "1"}, text="the first copy failed")
             return web.Response(status=200)
         task = asyncio.create_task(self._claimed(key, turn), name=f"teams-activity-{key}")
         self._inflight[key] = task

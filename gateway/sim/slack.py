@@ -51,6 +51,7 @@ class SlackEdges:
     double_mention: bool = False  # a channel mention also arrives as a `message` event
     echo_bot_messages: bool = False  # the bot's posts come back as `message` events (bot_id set)
     edits: bool = False  # every user message is followed by a `message_changed` edit of it
+    deletions: bool = False  # every user message is deleted once delivered (`message_deleted`)
     thread_broadcast: bool = False  # thread replies are "also sent to the channel"
     rate_limit_every: int = 0  # 429 + Retry-After: retry_after_s; nothing posted
     retry_after_s: int = 1
@@ -63,7 +64,7 @@ class SlackEdges:
     def hostile(cls, *, schedule_scale: float = 0.02) -> SlackEdges:
         """Every switch on: the profile of the demo's `--hostile` and the exactly-once tests."""
         return cls(retries=True, schedule_scale=schedule_scale, double_mention=True, echo_bot_messages=True,
-                   edits=True, thread_broadcast=True,
+                   edits=True, deletions=True, thread_broadcast=True,
                    # every other reply meets all three: call 1 gets 429, its retry 503, the
                    # next retry is posted and reset; call 4 goes through; call 5 starts over
                    rate_limit_every=4, server_error_every=4, server_error_first=2,
@@ -335,7 +336,11 @@ class SlackSimulator(SimulatorServer):
         if self.edges.edits and event.get("user") and not event.get("subtype"):
             self.hit("edit")
             self.spawn(self._deliver_quietly(self.edit_event(payload, f"{event.get('text', '')} (edited)")))
-        return await self._deliver_action(payload)
+        delivery = await self._deliver_action(payload)
+        if self.edges.deletions and event.get("user") and event.get("type") == "message":
+            self.hit("deletion")
+            self.spawn(self._deliver_quietly(self.delete_event(payload)))
+        return delivery
 
     async def _deliver_action(self, payload: dict[str, Any]) -> Delivery:
         """One event as Slack's sender handles it: once, or with retries on Slack's schedule."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections import Counter
 import itertools
 import json
 import secrets
@@ -53,6 +54,7 @@ class TeamsEdges:
     retry_after_s: int = 1
     server_error_every: int = 0  # the bot's send gets 502, 503, 504 in turn (not sent)
     server_error_first: int = 1  # the first call that gets it; then every server_error_every
+    max_faults_per_send: int | None = None  # transient faults: one send (same body) meets at most this many
     redeliver_after_s: float | None = None  # not answered by then: the same activity again
     duplicate_every: int = 0  # the user activity is delivered twice at once
     retries: bool = False  # no answer / 5xx from the gateway: delivered again (RETRY_SCHEDULE_S)
@@ -68,8 +70,8 @@ class TeamsEdges:
         # the scaled value so a 1.3 s turn is redelivered while the claim's lease still holds)
         return cls(rate_limit_every=4, retry_after_s=1, server_error_every=4, server_error_first=2,
                    redeliver_after_s=ANSWER_DEADLINE_S * schedule_scale * 2 / 3,
-                   duplicate_every=3, retries=True, schedule_scale=schedule_scale, edits=True,
-                   delete_bot_messages_every=7)
+                   max_faults_per_send=2, duplicate_every=3, retries=True, schedule_scale=schedule_scale,
+                   edits=True, delete_bot_messages_every=7)
 
     def gateway_config(self) -> dict[str, Any]:
         """Adapter settings that scale with a compressed schedule: a dead process's claim on an
@@ -107,6 +109,7 @@ class TeamsSimulator(SimulatorServer):
         self.hold_sends: asyncio.Future[bool] | None = None
         self.send_arrived = asyncio.Event()
         self.open_deliveries = 0  # activities POSTed to the gateway and not yet answered
+        self._faults: Counter[str] = Counter()  # transient faults played per send body
         self.app_id = app_id
         self.bot_id = f"28:{app_id}"
         self.connector_token = secrets.token_urlsafe(24)
@@ -185,11 +188,16 @@ class TeamsSimulator(SimulatorServer):
         if self.hold_sends is not None:
             await asyncio.shield(self.hold_sends)
         n, e = self.send_calls, self.edges
-        if e.rate_limit_every and (n - 1) % e.rate_limit_every == 0:
+        send_key = json.dumps([request.path, body], sort_keys=True)
+        if e.max_faults_per_send is not None and self._faults[send_key] >= e.max_faults_per_send:
+            n = 0  # this send had its share of transient faults: it goes through
+        elif self._fault_due(n):
+            self._faults[send_key] += 1
+        if n and e.rate_limit_every and (n - 1) % e.rate_limit_every == 0:
             self.hit("rate_limited")
             return web.json_response({"error": {"code": "TooManyRequests", "message": "slow down"}}, status=429,
                                      headers={"Retry-After": str(e.retry_after_s)})
-        if e.server_error_every and n >= e.server_error_first and (n - e.server_error_first) % e.server_error_every == 0:
+        if n and e.server_error_every and n >= e.server_error_first and (n - e.server_error_first) % e.server_error_every == 0:
             self.hit("server_error")
             status = (502, 503, 504)[self.hits["server_error"] % 3]
             return web.json_response({"error": {"code": "ServiceError", "message": "try again"}}, status=status)
@@ -205,6 +213,11 @@ class TeamsSimulator(SimulatorServer):
         if e.delete_bot_messages_every and len(self.sent()) % e.delete_bot_messages_every == 0:
             self.spawn(self._delete_later(sent))
         return web.json_response({"id": activity_id})
+
+    def _fault_due(self, n: int) -> bool:
+        e = self.edges
+        return bool((e.rate_limit_every and (n - 1) % e.rate_limit_every == 0) or (
+            e.server_error_every and n >= e.server_error_first and (n - e.server_error_first) % e.server_error_every == 0))
 
     async def _delete_later(self, sent: dict[str, Any]) -> None:
         """Delete a bot message in Teams (an owner's "Delete"); the bot hears messageDelete."""
@@ -342,10 +355,15 @@ class TeamsSimulator(SimulatorServer):
         if token is not None:
             headers["Authorization"] = f"Bearer {token or self.token()}"
         self.open_deliveries += 1
+        outcome = "connection_failed"
         try:
             async with aiohttp.ClientSession() as session:
                 async with session.post(url, json=activity, headers=headers) as resp:
                     await resp.read()
+                    outcome = str(resp.status)
                     return resp.status
         finally:
             self.open_deliveries -= 1
+            fields = activity if isinstance(activity, dict) else {}  # tests also send junk bodies
+            await self.record("delivery", {"id": fields.get("id"), "type": fields.get("type"),
+                                           "outcome": outcome, "at": time.monotonic()})

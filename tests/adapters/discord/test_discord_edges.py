@@ -49,6 +49,19 @@ async def test_an_expired_token_is_handled_not_crashed_on(tmp_path: Path) -> Non
         assert (await sim.click(panel, "Refresh")).status == 200  # still serving
 
 
+async def test_a_missed_deadline_kills_the_token_and_the_late_answer_gets_10062(tmp_path: Path) -> None:
+    # Discord's deadline shortened below the adapter's deferral point: the interaction fails
+    sim = DiscordSimulator(edges=DiscordEdges(deadline=True, deadline_s=1.0, slow_messages_s=3.0))
+    async with GatewayHarness([sim], state_dir=tmp_path / "state") as gw:
+        await sim.deliver(sim.interaction("application_command", user_id=ALICE))
+        assert sim.hits["deadline_missed"] == 1  # the user saw "This interaction failed"
+        await sim.wait_for(lambda _r: bool(sim.recorded("webhook_refused")))
+        assert sim.hits["unknown_interaction"] == 1
+        await wait_for_log(gw, "discord_interaction_gone", code=10062)
+        status, health = await gw.healthz()
+        assert status == 200 and health["adapters"]["discord"]["status"] == "ok"
+
+
 async def test_a_second_response_40060_is_handled_not_crashed_on(tmp_path: Path) -> None:
     sim = DiscordSimulator(edges=DiscordEdges(deadline=True, slow_messages_s=3.0, already_acknowledged=True))
     async with GatewayHarness([sim], state_dir=tmp_path / "state") as gw:

@@ -109,6 +109,18 @@ async def test_edits_and_deletions_are_not_answered_and_keep_participation(tmp_p
         assert follow.body == "replied"  # the thread is still one the bot takes part in
 
 
+async def test_deleted_user_messages_change_nothing(tmp_path: Path) -> None:
+    slack = SlackSimulator(edges=SlackEdges(deletions=True))
+    async with GatewayHarness([slack], state_dir=tmp_path / "state") as gw:
+        root = (event := slack.mention_event("first"))["event"]["ts"]
+        assert (await slack.deliver(event)).body == "replied"
+        follow = await slack.deliver(slack.message_event("second", thread_ts=root))
+        assert follow.body == "replied"
+        await slack.settle()
+        assert slack.hits["deletion"] == 1 and len(slack.posts()) == 2
+        assert [e.key.rsplit(":", 1)[1] for e in stored(gw.database_path, THREADS_NAMESPACE)] == [root]
+
+
 async def test_a_thread_broadcast_in_a_participated_thread_is_answered_in_the_thread(tmp_path: Path) -> None:
     slack = SlackSimulator(edges=SlackEdges(thread_broadcast=True))
     async with GatewayHarness([slack], state_dir=tmp_path / "state"):

@@ -102,3 +102,23 @@ async def test_a_deleted_bot_message_is_forgotten_and_replies_to_it_need_a_menti
                                conversation_id=f"{CHANNEL};messageid={answer['id']}")
         assert await sim.deliver(mention) == 200
         assert sim.sent()[-1]["text"].startswith("[mention]")
+
+
+async def test_a_redelivered_copy_of_a_failed_turn_is_not_acknowledged(tmp_path: Path) -> None:
+    # the first copy's turn fails (every send 429s until the retries run out) while the
+    # channel's redelivered copy waits for it: that copy must not say 200 either
+    sim = TeamsSimulator(edges=TeamsEdges(redeliver_after_s=0.5, rate_limit_every=1, retry_after_s=0))
+    async with harness(sim, tmp_path):
+        sim.hold_sends = asyncio.get_running_loop().create_future()
+        activity = sim.activity("message_mention")
+        delivery = asyncio.create_task(sim.deliver(activity))
+        await asyncio.wait_for(sim.send_arrived.wait(), 20)
+        while not sim.hits["redelivered"]:
+            await asyncio.sleep(0.05)  # the channel's own 0.5 s deadline, not a synchronisation
+        await asyncio.sleep(0.3)  # give the redelivered copy time to reach the bot
+        sim.hold_sends.set_result(True)
+        await delivery
+        await sim.settle()
+        outcomes = [r.payload["outcome"] for r in sim.recorded("delivery") if r.payload["id"] == activity["id"]]
+        assert len(outcomes) == 2 and "200" not in outcomes, outcomes
+        assert sim.sent() == []

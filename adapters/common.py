@@ -85,6 +85,10 @@ class MemoryMap:
     def drop(self, key: str) -> bool:
         return self._rows.pop(key, None) is not None
 
+    def live(self) -> list[Entry]:
+        """Live rows, oldest first."""
+        return [e for e in list(self._rows.values()) if self.get(e.key) is not None]
+
 
 class AdapterState:
     """One namespace of one adapter: memory in front, the keyed store behind."""
@@ -249,7 +253,7 @@ class AdapterState:
                 return await self._store.entries()
             except StateStoreError as exc:
                 self._degrade(exc)
-        return [e for e in list(self.memory._rows.values()) if self.memory.get(e.key) is not None]
+        return self.memory.live()
 
     async def forget(self, key: str) -> bool:
         """Delete `key` everywhere; True if a live row was removed."""

@@ -108,3 +108,17 @@ async def test_a_double_click_on_a_single_use_button_has_one_effect(tmp_path: Pa
         losers = [a for a in sim.answers() if not str(a["content"]).startswith(("Approved by", "Panel posted"))]
         assert [a["content"] in ALREADY_USED and a["ephemeral"] for a in losers] == [True, True], losers
         assert late.content == "This component was already used."
+
+
+async def test_rate_limit_waits_are_bounded(tmp_path: Path) -> None:
+    sim = DiscordSimulator(edges=DiscordEdges(rate_limits=True, bucket_size=0, bucket_window_s=0.3))
+    async with GatewayHarness([sim], state_dir=tmp_path / "state"):
+        reply = await sim.deliver(sim.interaction("application_command", user_id=ALICE))
+        assert reply.status == 200
+        answers = [a["content"] for a in sim.answers()]
+        if reply.type == 5:  # the retries outlasted the deferral point: the answer is an edit
+            await sim.wait_for(lambda _r: bool(sim.recorded("edit_original")))
+            answers = [a["content"] for a in sim.answers()]
+        assert answers == ["Could not post the panel; try again."]
+        assert sim.hits["rate_limited"] == 4  # the call and its 3 retries, then it gave up
+        assert sim.recorded("message_create") == []

@@ -70,7 +70,8 @@ async def test_a_slow_turn_redelivered_by_the_channel_gets_one_reply(tmp_path: P
         await asyncio.wait_for(sim.send_arrived.wait(), 20)
         while not sim.hits["redelivered"]:
             await asyncio.sleep(0.05)  # the channel's own 0.5 s deadline, not a synchronisation
-        await asyncio.sleep(0.3)  # give the redelivered copy time to reach the bot
+        while sim.open_deliveries < 2:  # the redelivered copy is on its way to the bot
+            await asyncio.sleep(0.01)
         sim.hold_sends.set_result(True)
         sim.hold_sends = None
         assert await delivery == 200
@@ -115,7 +116,8 @@ async def test_a_redelivered_copy_of_a_failed_turn_is_not_acknowledged(tmp_path:
         await asyncio.wait_for(sim.send_arrived.wait(), 20)
         while not sim.hits["redelivered"]:
             await asyncio.sleep(0.05)  # the channel's own 0.5 s deadline, not a synchronisation
-        await asyncio.sleep(0.3)  # give the redelivered copy time to reach the bot
+        while sim.open_deliveries < 2:  # the redelivered copy is on its way to the bot
+            await asyncio.sleep(0.01)
         sim.hold_sends.set_result(True)
         await delivery
         await sim.settle()

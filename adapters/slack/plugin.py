@@ -21,7 +21,6 @@ and, finding it, records what the dead process could not and answers nothing.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import Sequence
 from enum import Enum
@@ -43,6 +42,7 @@ from chatstate.adapters.slack.platform import (
 from chatstate.adapters.slack.policy import MentionPolicy
 from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
+from chatstate.gateway import ingress
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 EVENTS_PATH = "/slack/events"
@@ -136,14 +136,12 @@ class SlackPlugin(Plugin):
         if not self._verifier.is_valid(body, request.headers):
             raise web.HTTPUnauthorized(text="invalid Slack signature")
         try:
-            envelope = json.loads(body)
-        except ValueError:
-            raise web.HTTPBadRequest(text="body is not JSON") from None
-        if not isinstance(envelope, dict):
-            raise web.HTTPBadRequest(text="body is not a JSON object")
-        if envelope.get("type") == "url_verification":
-            return web.json_response({"challenge": envelope.get("challenge")})
-        message = parse_message(envelope)
+            envelope = ingress.json_object(body)  # depth-limited; 400 for anything else
+            if envelope.get("type") == "url_verification":
+                return web.json_response({"challenge": envelope.get("challenge")})
+            message = parse_message(envelope)  # ids checked here, before any side effect
+        except ingress.BadInput as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
         if message is None:
             return web.Response(status=200)
         outcome = await self.accept(message, retried=RETRY_NUM_HEADER in request.headers)

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from chatstate.state import AsyncKeyedStore
 
 Clock = Callable[[], int]
+# Store refusals of the key or value itself: raised to the caller (the gateway answers 400), never
+# a reason to degrade to memory, since the store is fine (issue 15: health degrades on faults only).
+CALLER_ERRORS = ("INVALID_INPUT", "LIMIT_EXCEEDED")
 log = logging.getLogger("chatstate.adapters")
 
 
@@ -190,7 +193,7 @@ class AdapterState:
         try:
             await self._store.register(key, value, ttl_ms=ttl_ms)
         except StateStoreError as exc:
-            if exc.code in ("INVALID_INPUT", "LIMIT_EXCEEDED"):
+            if exc.code in CALLER_ERRORS:
                 raise
             self._degrade(exc)
             self._remember(key, entry)
@@ -203,6 +206,8 @@ class AdapterState:
         try:
             entry = await self._store.lookup_entry(key)
         except StateStoreError as exc:
+            if exc.code in CALLER_ERRORS:
+                raise  # a bad key is the caller's error (400), never a degraded store
             self._degrade(exc)
             return None
         if entry is not None:
@@ -220,7 +225,7 @@ class AdapterState:
             try:
                 won = await self._store.register_if_absent(key, value, ttl_ms=ttl_ms)
             except StateStoreError as exc:
-                if exc.code in ("INVALID_INPUT", "LIMIT_EXCEEDED"):
+                if exc.code in CALLER_ERRORS:
                     raise
                 self._degrade(exc)
             else:
@@ -236,6 +241,8 @@ class AdapterState:
             try:
                 return await self._store.consume(key)
             except StateStoreError as exc:
+                if exc.code in CALLER_ERRORS:
+                    raise
                 self._degrade(exc)
         if cached is not None and self._store is not None:
             self._remember(key, None)  # the store still holds it: delete once it is back

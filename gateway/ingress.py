@@ -30,14 +30,14 @@ class BadInput(ValueError):
     """The caller sent something the route does not take (answered 400)."""
 
 
-def credential(headers: Any, name: str) -> str | None:
+def credential(headers: Any, name: str, *, max_chars: int = MAX_HEADER_CHARS) -> str | None:
     """The header `name` if it is present, printable ASCII and short; None otherwise.
 
     A None is answered like a wrong credential (401): junk in a credential header is never
     parsed further.
     """
     value = headers.get(name)
-    if not isinstance(value, str) or not value or len(value) > MAX_HEADER_CHARS:
+    if not isinstance(value, str) or not value or len(value) > max_chars:
         return None
     if not value.isascii() or not value.isprintable():
         return None

@@ -8,19 +8,22 @@ botframework-connector's `ConnectorClient`, so the simulator receives exactly wh
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
+from typing import TypeVar
 
 from aiohttp import web
 from botbuilder.core import Bot, CloudAdapterBase, TurnContext
 from botbuilder.schema import Activity, ResourceResponse
 from botframework.connector.auth import AuthenticateRequestResult, BotFrameworkAuthentication
 from msrest.exceptions import ClientRequestError, DeserializationError, HttpOperationError
-from requests import RequestException
 
+from chatstate.adapters.teams.auth import MAX_TOKEN_CHARS, TokenCheck
+from chatstate.adapters.teams.keys import KeysUnavailable
+from chatstate.gateway import ingress
+
+_T = TypeVar("_T")
 OnSent = Callable[[str, Sequence[str | None]], Awaitable[None]]
 
 
@@ -59,31 +62,25 @@ class TeamsCloudAdapter(CloudAdapterBase):
     async def authenticate(self, activity: Activity, auth_header: str | None) -> AuthenticateRequestResult:
         """Validate the bearer token of an incoming activity (see adapters.teams.auth).
 
-        Runs on a worker thread with its own loop: botframework-connector fetches the OpenID
-        metadata and JWKS with blocking `requests` inside its coroutines (once a day per URL),
-        which must not stall the gateway's loop. Raises PermissionError and PyJWT errors for a
-        bad token, `requests.RequestException` when the metadata cannot be fetched.
+        On the loop: the library reads its signing keys from adapters.teams.keys (installed in
+        its metadata cache), a coroutine with timeouts, so nothing here blocks; the worker
+        thread and second event loop this used to need (~300 µs a request) are gone.
+        Raises PermissionError and PyJWT errors for a bad token, KeysUnavailable when no
+        signing keys can be had.
         """
-        return await asyncio.to_thread(
-            asyncio.run, self.bot_framework_authentication.authenticate_request(activity, auth_header)
-        )
+        return await self.bot_framework_authentication.authenticate_request(activity, auth_header)
 
-    async def handle(self, request: web.Request, bot: Bot) -> web.Response:
-        """Serve `POST /api/messages`: 401 before anything else when the token is missing or
-        bad, 400 for a body that is not an Activity, 502 when the Bot Connector refused a send.
-        Answers only after the turn, and so every recording, is done."""
-        auth_header = request.headers.get("Authorization")
+    async def handle(self, request: web.Request, bot: Bot, *, check: TokenCheck) -> web.Response:
+        """Serve `POST /api/messages`: 401 before the body is even read when the token is
+        missing or bad, 400 for a body that is not an Activity, 503 when no signing keys can be
+        fetched, 502 when the Bot Connector refused a send. Answers only after the turn, and
+        so every recording, is done."""
+        auth_header = ingress.credential(request.headers, "Authorization", max_chars=MAX_TOKEN_CHARS + 7)
         if not auth_header:
             raise web.HTTPUnauthorized(text="missing bearer token")
+        await self._guarded(check.verify(auth_header))  # authentication before parsing
         activity = _parse(await request.read())
-        try:
-            authenticated = await self.authenticate(activity, auth_header)
-        except RequestException as exc:
-            self._log.error("auth_metadata_unavailable", extra={"error": type(exc).__name__})
-            raise web.HTTPServiceUnavailable(text="cannot fetch the token signing keys") from None
-        except Exception as exc:  # noqa: BLE001 - the library signals a bad token with many types
-            self._log.warning("auth_rejected", extra={"error": type(exc).__name__})  # never the token
-            raise web.HTTPUnauthorized(text="invalid bearer token") from None
+        authenticated = await self._guarded(self.authenticate(activity, auth_header))
         try:
             invoke = await self.process_activity(authenticated, activity, bot.on_turn)
         except (HttpOperationError, ClientRequestError) as exc:
@@ -93,19 +90,50 @@ class TeamsCloudAdapter(CloudAdapterBase):
             return web.Response(status=HTTPStatus.OK)
         return web.json_response(invoke.body, status=invoke.status)
 
+    async def _guarded(self, auth: Awaitable[_T]) -> _T:
+        """Await a token check: 503 when no keys can be had, 401 for any other failure."""
+        try:
+            return await auth
+        except KeysUnavailable:
+            self._log.error("auth_metadata_unavailable", extra={"error": "KeysUnavailable"})
+            raise web.HTTPServiceUnavailable(text="cannot fetch the token signing keys") from None
+        except Exception as exc:  # noqa: BLE001 - the library signals a bad token with many types
+            self._log.warning("auth_rejected", extra={"error": type(exc).__name__})  # never the token
+            raise web.HTTPUnauthorized(text="invalid bearer token") from None
+
 
 def _parse(body: bytes) -> Activity:
     """Deserialize a Bot Framework Activity; raises HTTPBadRequest for anything else."""
     try:
-        data = json.loads(body)
-    except ValueError:
-        raise web.HTTPBadRequest(text="body is not JSON") from None
+        data = ingress.loads(body)  # depth-limited
+    except ingress.BadInput as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise web.HTTPBadRequest(text="body is not an Activity")
+    _check_entities(data.get("entities"))
     try:
         activity = Activity().deserialize(data)
-    except DeserializationError:  # a ValueError; msrest names the field, never echoes values
+    except (DeserializationError, ValueError, TypeError, AttributeError):  # msrest names the field, never echoes values
         raise web.HTTPBadRequest(text="body is not a valid Activity") from None
     if not activity.service_url or activity.conversation is None:
         raise web.HTTPBadRequest(text="an Activity needs serviceUrl and conversation")
     return activity
+
+
+def _check_entities(entities: object) -> None:
+    """Refuse entities botbuilder's mention helpers would crash on (issue 15: `entities: [{}]`,
+    a mention whose `text` is null). Each entity is an object with a string `type`; a mention
+    also has a string `text` and `mentioned: {id, name}` of strings, as Teams always sends."""
+    if entities is None:
+        return
+    if not isinstance(entities, list):
+        raise web.HTTPBadRequest(text="entities must be a list")
+    for entity in entities:
+        if not isinstance(entity, dict) or not isinstance(entity.get("type"), str):
+            raise web.HTTPBadRequest(text="each entity needs a string type")
+        if entity["type"].lower() != "mention":
+            continue
+        mentioned = entity.get("mentioned")
+        if not (isinstance(entity.get("text"), str) and isinstance(mentioned, dict)
+                and isinstance(mentioned.get("id"), str) and isinstance(mentioned.get("name"), str)):
+            raise web.HTTPBadRequest(text="a mention entity needs text and mentioned {id, name}")

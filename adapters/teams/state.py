@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from chatstate.adapters.common import AdapterState, StateSpec
+from chatstate.gateway.ingress import short_id
 
 NAMESPACE = "msteams.sent-messages"
 SENT_TTL_MS = 24 * 60 * 60 * 1000  # 24 h: a reply to an older bot message needs a mention again
 SENT_MAX_ENTRIES = 1_000  # the reference system's cap; the oldest send is forgotten first
+ID_HASH_CHARS = 200  # a conversation or activity id longer than this is keyed by its SHA-256
 THREAD_MARKER = ";messageid="  # Teams channel thread: "<channel conversation id>;messageid=<root>"
 
 SENT_MESSAGES = StateSpec(NAMESPACE, ttl_ms=SENT_TTL_MS, max_entries=SENT_MAX_ENTRIES)
@@ -45,7 +47,10 @@ def sent_key(conversation_id: str, activity_id: str) -> str:
     channel and a reply to it arrives on the thread. Keying both by the channel id keeps the
     reference system's bug (state under a child id) out.
     """
-    return f"{conversation_id.split(THREAD_MARKER, 1)[0]}:{activity_id}"
+    channel = conversation_id.split(THREAD_MARKER, 1)[0]
+    # Ids past ID_HASH_CHARS are hashed (issue 15): any length the far end sends stays a valid
+    # key, and the same id always maps to the same key. Real ids are far shorter.
+    return f"{short_id(channel, limit=ID_HASH_CHARS)}:{short_id(activity_id, limit=ID_HASH_CHARS)}"
 
 
 def sent_value(sent_at_ms: int) -> dict[str, int]:

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from chatstate.gateway.sim.teams import TeamsSimulator, new_signing_key
 from chatstate.gateway.sim.slack import SlackSimulator, sign as slack_sign
 from hostile_helpers import inprocess_gateway, raw_request, table_rows
 
@@ -46,3 +47,41 @@ async def test_slack_long_channel_id_is_refused_before_the_reply(tmp_path: Path)
         assert slack.posts() == []
         assert table_rows(_db(tmp_path)) == rows
         assert (await (await client.get("/healthz")).json())["status"] == "ok"
+
+
+async def _teams_post(client, teams: TeamsSimulator, body: bytes, token: str | None) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    resp = await client.post("/api/messages", data=body, headers=headers)
+    return resp.status, await resp.text()
+
+
+async def test_teams_authenticates_before_parsing(tmp_path: Path) -> None:
+    """Before: a bad token with a malformed body got 400 with the parser's message."""
+    teams = TeamsSimulator()
+    async with inprocess_gateway(tmp_path, [teams]) as client:
+        forged = teams.token(key=new_signing_key())
+        for body in (b"{not json", b"[" * 10_000, b'{"type": 5}'):
+            for token in (forged, "garbage", None):
+                status, text = await _teams_post(client, teams, body, token)
+                assert status == 401, (body[:20], token, status, text)
+        status, _ = await _teams_post(client, teams, b"{not json", teams.token())
+        assert status == 400  # a valid token: now the body is looked at
+
+
+async def test_teams_signed_junk_entities_and_long_ids_are_not_5xx(tmp_path: Path) -> None:
+    teams = TeamsSimulator()
+    async with inprocess_gateway(tmp_path, [teams]) as client:
+        cases = [
+            teams.activity("message_mention", entities=[{}]),
+            teams.activity("message_mention", entities=[{"type": "mention", "text": None, "mentioned": {"id": teams.bot_id}}]),
+            teams.activity("message_mention", entities=[{"type": "mention", "mentioned": None}]),
+            teams.activity("message_reply", reply_to_id="9" * 5000),
+            teams.activity("message_reply", conversation_id="19:" + "c" * 5000),
+        ]
+        for activity in cases:
+            status, text = await _teams_post(client, teams, json.dumps(activity).encode(), teams.token())
+            assert status < 500, (activity.get("entities"), status, text)
+        health = await (await client.get("/healthz")).json()
+        assert health["status"] == "ok", health

@@ -6,6 +6,8 @@ Keys (besides the gateway's `enabled` and `mode`):
   api_base_url  REST base URL; a simulator's in tests                    default Discord v10
   ttl_ms        registry entry lifetime in ms (tests shorten it)             default 30 min
   max_entries   entries kept per registry                                       default 500
+  timestamp_window_s  how far X-Signature-Timestamp may be from now, seconds     default 300
+  panels_per_user     live /panel messages one user may have (fairness quota)     default 10
 `CHATSTATE_DISCORD_<KEY>` environment variables arrive as strings, so integers may be strings.
 """
 
@@ -19,6 +21,9 @@ from nacl.signing import VerifyKey
 
 from chatstate.adapters.discord.platform import DEFAULT_API_BASE, load_verify_key
 
+DEFAULT_TIMESTAMP_WINDOW_S = 300  # 5 min: a signed interaction older (or newer) than this is refused
+DEFAULT_PANELS_PER_USER = 10  # x 4 components = 40 of the registry's 500: no one user can fill it
+
 
 @dataclass(frozen=True)
 class DiscordConfig:
@@ -27,6 +32,8 @@ class DiscordConfig:
     api_base_url: str = DEFAULT_API_BASE
     ttl_ms: int | None = None  # None = the registry default (30 min)
     max_entries: int | None = None  # None = the registry default (500)
+    timestamp_window_s: int = DEFAULT_TIMESTAMP_WINDOW_S
+    panels_per_user: int = DEFAULT_PANELS_PER_USER
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> DiscordConfig:
@@ -41,6 +48,8 @@ class DiscordConfig:
             api_base_url=str(table.get("api_base_url") or DEFAULT_API_BASE),
             ttl_ms=_positive_int(table, "ttl_ms"),
             max_entries=_positive_int(table, "max_entries"),
+            timestamp_window_s=_positive_int(table, "timestamp_window_s") or DEFAULT_TIMESTAMP_WINDOW_S,
+            panels_per_user=_positive_int(table, "panels_per_user") or DEFAULT_PANELS_PER_USER,
         )
 
 

@@ -16,6 +16,7 @@ in place and exactly one of racing clickers wins.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
@@ -123,3 +124,67 @@ class Registry:
     async def take_modal(self, custom_id: str) -> ModalEntry | None:
         """Consume a modal on submit; None when it was already submitted."""
         return unwrap(await self.modals.take(custom_id))
+
+
+# -- hostile input (issue 15): replays and one user's spam -------------------------------------
+INTERACTIONS_NAMESPACE = "discord.interactions"
+INTERACTIONS_MAX_ENTRIES = 50_000  # claimed ids kept; ~10 minutes of a busy bot's traffic
+PANEL_OWNERS = StateSpec("discord.panel-owners", ttl_ms=30 * 60 * 1000, max_entries=10_000)
+
+
+class InteractionLedger:
+    """Interaction ids already handled (`discord.interactions`): a signed interaction replayed
+    inside the freshness window finds its id taken and has no second effect.
+
+    The TTL is twice the window: a timestamp may be up to one window old or ahead, so a replay
+    is possible until one window after it; the claim outlives that.
+    """
+
+    def __init__(self, *, legacy: bool, window_s: int) -> None:
+        self.state = AdapterState(
+            StateSpec(INTERACTIONS_NAMESPACE, ttl_ms=2 * window_s * 1000, max_entries=INTERACTIONS_MAX_ENTRIES),
+            legacy=legacy,
+        )
+
+    async def claim(self, interaction_id: str, *, at_ms: int) -> bool:
+        """True for the first delivery of `interaction_id`, False for a replay (atomic in the store)."""
+        return await self.state.claim(interaction_id, {"at": at_ms})
+
+
+class PanelQuota:
+    """Live panels per user (`discord.panel-owners`, key = user id, value = their panels' expiry
+    times in ms), so one user's `/panel` spam cannot push the registries past their cap and evict
+    another user's buttons (issue 15). The registry TTL is the panel's lifetime.
+
+    Counted in one process at a time per user (a lock); two gateways racing on one user may admit
+    one panel over the quota, never more than one per process.
+    """
+
+    def __init__(self, *, legacy: bool, per_user: int, panel_ttl_ms: int) -> None:
+        self.per_user = per_user
+        self.panel_ttl_ms = panel_ttl_ms
+        self.state = AdapterState(replace(PANEL_OWNERS, ttl_ms=panel_ttl_ms), legacy=legacy)
+        self._locks = [asyncio.Lock() for _ in range(64)]  # striped by user: memory stays bounded
+
+    async def admit(self, user_id: str, *, now_ms: int) -> int | None:
+        """Count one more live panel for `user_id`; None when admitted, else the ms until their
+        oldest panel expires (the refusal says when to try again)."""
+        async with self._locks[hash(user_id) % len(self._locks)]:
+            live = await self._live(user_id, now_ms)
+            if len(live) >= self.per_user:
+                return max(min(live) - now_ms, 0)
+            live.append(now_ms + self.panel_ttl_ms)
+            await self.state.record(user_id, {"expires": live}, ttl_ms=self.panel_ttl_ms)
+            return None
+
+    async def release(self, user_id: str, *, now_ms: int) -> None:
+        """Give back the panel just admitted (its message could not be sent)."""
+        live = await self._live(user_id, now_ms)
+        if live:
+            live.remove(max(live))
+            await self.state.record(user_id, {"expires": live}, ttl_ms=self.panel_ttl_ms)
+
+    async def _live(self, user_id: str, now_ms: int) -> list[int]:
+        value = await self.state.get(user_id)
+        expires = value.get("expires") if isinstance(value, dict) else None
+        return [int(e) for e in expires or [] if isinstance(e, int) and e > now_ms]

@@ -7,6 +7,9 @@ import json
 import time
 from pathlib import Path
 
+from chatstate.adapters.discord.config import DEFAULT_PANELS_PER_USER
+from chatstate.gateway.sim.discord import ALICE, BOB, DiscordSimulator
+from chatstate.gateway.sim.discord import fixture as discord_fixture
 from chatstate.gateway.sim.teams import TeamsSimulator, new_signing_key
 from chatstate.gateway.sim.slack import SlackSimulator, sign as slack_sign
 from hostile_helpers import inprocess_gateway, raw_request, table_rows
@@ -85,3 +88,63 @@ async def test_teams_signed_junk_entities_and_long_ids_are_not_5xx(tmp_path: Pat
             assert status < 500, (activity.get("entities"), status, text)
         health = await (await client.get("/healthz")).json()
         assert health["status"] == "ok", health
+
+
+def _panel_command(discord_sim: DiscordSimulator, user_id: str) -> dict:  # type: ignore[type-arg]
+    data = discord_fixture("application_command")["data"]
+    data["options"] = []
+    return discord_sim.interaction("application_command", user_id=user_id, data=data)
+
+
+async def test_discord_stale_timestamp_is_401_and_replays_have_no_second_effect(tmp_path: Path) -> None:
+    """Before: a validly signed interaction from 2015 was accepted, and three replays posted
+    three panels."""
+    sim = DiscordSimulator()
+    async with inprocess_gateway(tmp_path, [sim]):
+        command = _panel_command(sim, ALICE)
+        stale = str(int(time.time()) - 10 * 365 * 86400)
+        body = json.dumps(command).encode()
+        reply = await sim.deliver(command, signature=sim.sign(body, stale), timestamp=stale)
+        assert reply.status == 401
+        future = str(int(time.time()) + 301)
+        assert (await sim.deliver(command, signature=sim.sign(body, future), timestamp=future)).status == 401
+        assert sim.recorded("message_create") == []
+
+        now = str(int(time.time()))
+        first = await sim.deliver(command, signature=sim.sign(body, now), timestamp=now)
+        assert first.status == 200 and "Panel posted" in first.content
+        for _ in range(3):
+            replay = await sim.deliver(command, signature=sim.sign(body, now), timestamp=now)
+            assert replay.status == 409
+        assert len(sim.recorded("message_create")) == 1
+
+
+async def test_one_users_panel_spam_cannot_expire_another_users_buttons(tmp_path: Path) -> None:
+    """Before: one user's 125 /panel commands made another user's button answer "expired"."""
+    sim = DiscordSimulator()
+    async with inprocess_gateway(tmp_path, [sim]):
+        bobs = await sim.post_panel(user_id=BOB)
+        answers = [await sim.deliver(_panel_command(sim, ALICE)) for _ in range(130)]
+        posted = [a for a in answers if "Panel posted" in a.content]
+        refused = [a for a in answers if "live panels" in a.content]
+        assert len(posted) == DEFAULT_PANELS_PER_USER and len(refused) == 130 - DEFAULT_PANELS_PER_USER
+        assert all(a.status == 200 and a.ephemeral for a in refused)  # a visible answer, to her only
+        click = await sim.click(bobs, "Approve", user_id=BOB)
+        assert click.status == 200 and "Approved by" in click.content, click
+
+
+async def test_discord_ids_are_checked_before_any_lookup(tmp_path: Path) -> None:
+    sim = DiscordSimulator()
+    async with inprocess_gateway(tmp_path, [sim]):
+        rows = table_rows(_db(tmp_path))
+        message = await sim.post_panel()
+        rows = table_rows(_db(tmp_path))
+        for change in ({"custom_id": "x" * 600}, {"custom_id": None}):
+            payload = sim.click_payload(message, "Refresh", user_id=ALICE)
+            payload["data"].update(change)
+            assert (await sim.deliver(payload)).status == 400
+        for field, value in (("channel_id", "../../users/@me"), ("id", "1" * 600)):
+            payload = _panel_command(sim, ALICE)
+            payload[field] = value
+            assert (await sim.deliver(payload)).status == 400
+        assert table_rows(_db(tmp_path)) == rows

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,7 +132,10 @@ def _plugin_handler(plugin_id: str, handler: Handler) -> Handler:
             logs.get("ingress").warning("input_refused_by_store", extra={"plugin": plugin_id, "code": str(exc.code)})
             raise web.HTTPBadRequest(text=f"input refused: {exc.code}") from None
         except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback per request
-            logs.get("ingress").warning("handler_failed", extra={"plugin": plugin_id, "error": type(exc).__name__})
+            tb = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            where = f"{Path(tb.filename).name}:{tb.lineno}" if tb else "?"
+            logs.get("ingress").warning("handler_failed", extra={"plugin": plugin_id, "error": type(exc).__name__,
+                                                                 "where": where})
             raise web.HTTPInternalServerError(text="internal error") from None
 
     return plugin_handler

@@ -110,6 +110,7 @@ def _parse(body: bytes) -> Activity:
         raise web.HTTPBadRequest(text=str(exc)) from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise web.HTTPBadRequest(text="body is not an Activity")
+    _check_shape(data)
     _check_entities(data.get("entities"))
     try:
         activity = Activity().deserialize(data)
@@ -137,3 +138,32 @@ def _check_entities(entities: object) -> None:
         if not (isinstance(entity.get("text"), str) and isinstance(mentioned, dict)
                 and isinstance(mentioned.get("id"), str) and isinstance(mentioned.get("name"), str)):
             raise web.HTTPBadRequest(text="a mention entity needs text and mentioned {id, name}")
+
+
+_OPTIONAL_TEXT = ("id", "replyToId", "text", "channelId", "locale", "textFormat")
+
+
+def _check_shape(data: dict[str, object]) -> None:
+    """Refuse fields of the wrong type before msrest coerces them into something botbuilder then
+    fails on (a numeric conversation id, a list as replyToId; issue 15's signed fuzz)."""
+    service_url = data.get("serviceUrl")
+    if not isinstance(service_url, str) or not service_url.startswith(("http://", "https://")) or len(service_url) > 2048:
+        raise web.HTTPBadRequest(text="serviceUrl must be an http(s) URL")
+    for name in _OPTIONAL_TEXT:
+        if data.get(name) is not None and not isinstance(data.get(name), str):
+            raise web.HTTPBadRequest(text=f"{name} must be a string")
+    for name, required in (("conversation", True), ("from", False), ("recipient", False)):
+        account = data.get(name)
+        if account is None and not required:
+            continue
+        if not isinstance(account, dict) or not _is_id(account.get("id")):
+            raise web.HTTPBadRequest(text=f"{name}.id must be a non-empty string without '/', '?' or '#'")
+        if account.get("name") is not None and not isinstance(account.get("name"), str):
+            raise web.HTTPBadRequest(text=f"{name}.name must be a string")
+
+
+def _is_id(value: object) -> bool:
+    # Bot Framework ids hold ':', '@', ';', '=' but never URL path or query separators; they are
+    # put into the Bot Connector's URL paths.
+    return isinstance(value, str) and 0 < len(value) <= 1024 and not any(c in value for c in "/?#") \
+        and value.isprintable()

@@ -16,6 +16,7 @@ DEFAULT_ACCOUNT_ID = "default"  # the bot account this gateway runs as (part of 
 DEFAULT_AGENT_ID = "main"  # stored with each participation row: which agent replied
 THREAD_TTL_MS = 24 * 60 * 60 * 1000  # answer untagged follow-ups for 24 h after the last reply
 THREAD_MAX_ENTRIES = 5_000
+THREADS_PER_USER = 50  # threads one user may make the bot follow at once: 100 such users to fill 5,000
 EVENT_TTL_MS = 60 * 60 * 1000  # a done event_id is remembered 1 h (Slack retries within ~5 min)
 EVENT_MAX_ENTRIES = 50_000
 EVENT_LEASE_MS = 60 * 1000  # a claimed-but-unfinished event may be retaken after this
@@ -35,6 +36,7 @@ class SlackSettings:
     require_explicit_mention: bool = False
     thread_ttl_ms: int = THREAD_TTL_MS
     thread_max_entries: int = THREAD_MAX_ENTRIES
+    threads_per_user: int = THREADS_PER_USER
     event_ttl_ms: int = EVENT_TTL_MS
     event_max_entries: int = EVENT_MAX_ENTRIES
     event_lease_ms: int = EVENT_LEASE_MS
@@ -54,6 +56,7 @@ class SlackSettings:
             require_explicit_mention=_get(table, "require_explicit_mention", bool, False),
             thread_ttl_ms=_get(table, "thread_ttl_ms", int, THREAD_TTL_MS),
             thread_max_entries=_get(table, "thread_max_entries", int, THREAD_MAX_ENTRIES),
+            threads_per_user=_get(table, "threads_per_user", int, THREADS_PER_USER),
             event_ttl_ms=_get(table, "event_ttl_ms", int, EVENT_TTL_MS),
             event_max_entries=_get(table, "event_max_entries", int, EVENT_MAX_ENTRIES),
             event_lease_ms=_get(table, "event_lease_ms", int, EVENT_LEASE_MS),

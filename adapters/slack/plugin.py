@@ -41,11 +41,21 @@ from chatstate.adapters.slack.platform import (
 )
 from chatstate.adapters.slack.policy import MentionPolicy
 from chatstate.adapters.slack.config import SlackSettings
-from chatstate.adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
+from chatstate.adapters.slack.state import (
+    EventLedger,
+    ThreadParticipation,
+    ThreadQuota,
+    ThreadRef,
+    events_spec,
+    starters_spec,
+    thread_spec,
+)
 from chatstate.gateway import ingress
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 EVENTS_PATH = "/slack/events"
+QUOTA_NOTE = ("(You have {limit} threads I am following, the most one person may have, so I won't "
+              "follow this one: mention me here to get an answer.)")
 STOP_TIMEOUT_S = 10.0  # how long stop() waits for replies still being written
 
 
@@ -80,6 +90,7 @@ class SlackPlugin(Plugin):
         self._api: SlackApi | None = None
         self._threads: ThreadParticipation | None = None
         self._events: EventLedger | None = None
+        self._quota: ThreadQuota | None = None
         self._states: list[AdapterState] = []
         self._inflight: dict[str, asyncio.Task[Outcome]] = {}
         self._runtime: PluginRuntime | None = None
@@ -101,10 +112,12 @@ class SlackPlugin(Plugin):
         self._policy = MentionPolicy(settings.require_mention, settings.require_explicit_mention)
         threads = AdapterState(thread_spec(settings), legacy=runtime.legacy)
         events = AdapterState(events_spec(settings), legacy=runtime.legacy)
-        for st in (threads, events):
+        starters = AdapterState(starters_spec(settings), legacy=runtime.legacy)
+        for st in (threads, events, starters):
             await st.open(runtime)
-        self._states = [threads, events]
+        self._states = [threads, events, starters]
         self._threads = ThreadParticipation(threads)
+        self._quota = ThreadQuota(starters, per_user=settings.threads_per_user, ttl_ms=settings.thread_ttl_ms)
         self._events = EventLedger(events, lease_ms=settings.event_lease_ms)
         self._api = SlackApi(token=settings.bot_token, base_url=settings.api_base_url)
         await self._api.open()
@@ -196,7 +209,7 @@ class SlackPlugin(Plugin):
         found = await self._api.answered(
             channel=thread.channel_id, thread_ts=thread.thread_ts, after_ts=message.ts, event_id=message.event_id
         )
-        if found:
+        if found and await self._may_follow(thread, message.user):
             await self._threads.record_participation(thread, agent_id=self.settings.agent_id)
         return found
 
@@ -209,7 +222,8 @@ class SlackPlugin(Plugin):
             participated = await self._threads.replied_in(thread) is not None
         answer, _reason = self._policy.decide(message, self.bot.user_id, participated=participated)
         if answer:
-            await self.reply(thread, compose_reply(message, self.bot.user_id), event_id=message.event_id)
+            await self.reply(thread, compose_reply(message, self.bot.user_id), event_id=message.event_id,
+                             requester=message.user)
         return answer
 
     # -- outbound: the one send path ------------------------------------------------------
@@ -218,17 +232,33 @@ class SlackPlugin(Plugin):
         assert self.settings is not None
         return ThreadRef(message.team_id, self.settings.account_id, message.channel, message.thread_root)
 
-    async def reply(self, thread: ThreadRef, text: str, *, event_id: str) -> str:
+    async def reply(self, thread: ThreadRef, text: str, *, event_id: str, requester: str | None = None) -> str:
         """Post `text` in `thread`, answering `event_id`, and record participation; returns
         the posted message's ts.
 
         Every message the bot sends goes through here, so no send path can forget to record
-        (a bug the reference system had). Returns only after the row is durable. Raises
-        SlackApiError / aiohttp.ClientError when the post fails (nothing is recorded then).
+        (a bug the reference system had). Returns only after the row is durable. A thread new
+        to the bot counts against `requester`'s quota (`threads_per_user`); past it the bot
+        still answers, says it will not follow the thread, and records nothing (issue 15).
+        Raises SlackApiError / aiohttp.ClientError when the post fails (nothing is recorded then).
         """
         assert self._api is not None and self._threads is not None and self.settings is not None
+        follow = requester is None or await self._may_follow(thread, requester)
+        if not follow:
+            text = f"{text}\n{QUOTA_NOTE.format(limit=self.settings.threads_per_user)}"
         ts = await self._api.post_message(
             channel=thread.channel_id, text=text, thread_ts=thread.thread_ts, event_id=event_id
         )
-        await self._threads.record_participation(thread, agent_id=self.settings.agent_id)
+        if follow:
+            await self._threads.record_participation(thread, agent_id=self.settings.agent_id)
         return ts
+
+    async def _may_follow(self, thread: ThreadRef, requester: str) -> bool:
+        """True if the bot already follows `thread`, or `requester` is under their quota."""
+        assert self._threads is not None and self._quota is not None
+        if await self._threads.replied_in(thread) is not None:
+            return True
+        admitted = await self._quota.admit(thread, user_id=requester)
+        if not admitted and self._runtime is not None:
+            self._runtime.log.info("thread_quota_refused", extra={"per_user": self._quota.per_user})
+        return admitted

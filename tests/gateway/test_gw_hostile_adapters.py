@@ -148,3 +148,20 @@ async def test_discord_ids_are_checked_before_any_lookup(tmp_path: Path) -> None
             payload[field] = value
             assert (await sim.deliver(payload)).status == 400
         assert table_rows(_db(tmp_path)) == rows
+
+
+async def test_one_users_mention_spam_cannot_evict_another_users_thread(tmp_path: Path) -> None:
+    """Compressed: 20 participation rows, 5 threads per user. Without the quota, one user's 30
+    new threads evicted every other thread the bot followed."""
+    slack = SlackSimulator(extra_config={"thread_max_entries": 20, "threads_per_user": 5})
+    async with inprocess_gateway(tmp_path, [slack]):
+        bobs = slack.mention_event("deploy?", user="U0BOB")
+        assert (await slack.deliver(bobs)).status == 200
+        root = bobs["event"]["ts"]
+        for i in range(30):
+            assert (await slack.deliver(slack.mention_event(f"spam {i}", user="U0SPAM"))).status == 200
+        follow_up = slack.message_event("and staging?", user="U0BOB", thread_ts=root)
+        assert (await slack.deliver(follow_up)).status == 200
+        assert any("and staging?" in p["text"] for p in slack.posts(thread_ts=root)), slack.posts(thread_ts=root)
+        refused = [p for p in slack.posts() if "won't follow" in p["text"]]
+        assert len(refused) == 30 - 5  # each refusal is visible, in the spammer's own thread

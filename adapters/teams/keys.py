@@ -143,10 +143,10 @@ class SigningKeys:
         if self._inflight is None:
             self._inflight = asyncio.create_task(self._fetch(), name=f"teams-openid-{self.url}")
             self._inflight.add_done_callback(self._fetched)
-        try:
+        # Any failed fetch is the far end's fault and _fetched logged it: the caller falls back to
+        # the last good set (or KeysUnavailable).
+        with contextlib.suppress(Exception):
             await asyncio.shield(self._inflight)
-        except Exception:  # noqa: BLE001 - any failed fetch is the far end's; _fetched logged it
-            pass  # the caller falls back to the last good set
 
     def _fetched(self, task: asyncio.Task[list[dict[str, Any]]]) -> None:
         self._inflight = None

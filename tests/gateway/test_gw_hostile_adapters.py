@@ -165,3 +165,19 @@ async def test_one_users_mention_spam_cannot_evict_another_users_thread(tmp_path
         assert any("and staging?" in p["text"] for p in slack.posts(thread_ts=root)), slack.posts(thread_ts=root)
         refused = [p for p in slack.posts() if "won't follow" in p["text"]]
         assert len(refused) == 30 - 5  # each refusal is visible, in the spammer's own thread
+
+
+async def test_a_10000_deep_body_is_400_signed_and_401_unsigned_on_every_route(tmp_path: Path) -> None:
+    """Before: RecursionError -> 500 (on Teams without any credentials)."""
+    slack, discord_sim, teams = SlackSimulator(), DiscordSimulator(), TeamsSimulator()
+    deep = b'{"a": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    async with inprocess_gateway(tmp_path, [slack, discord_sim, teams]) as client:
+        ts = str(int(time.time()))
+        signed = {
+            "/slack/events": {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": slack_sign(slack.signing_secret, ts, deep)},
+            "/discord/interactions": {"X-Signature-Ed25519": discord_sim.sign(deep, ts), "X-Signature-Timestamp": ts},
+            "/api/messages": {"Authorization": f"Bearer {teams.token()}"},
+        }
+        for path, headers in signed.items():
+            assert (await client.post(path, data=deep, headers=headers)).status == 400, path
+            assert (await client.post(path, data=deep)).status == 401, path

@@ -254,11 +254,16 @@ class SlackPlugin(Plugin):
         return ts
 
     async def _may_follow(self, thread: ThreadRef, requester: str) -> bool:
-        """True if the bot already follows `thread`, or `requester` is under their quota."""
+        """True if `requester` is under their quota (one read, one write for a thread new to
+        them), or the bot already follows `thread`, or the quota's store is failing."""
         assert self._threads is not None and self._quota is not None
-        if await self._threads.replied_in(thread) is not None:
-            return True
+        if any(st.last_error for st in self._states):
+            return True  # the store is failing (the claim just found out): fail open, add no slow calls
         admitted = await self._quota.admit(thread, user_id=requester)
-        if not admitted and self._runtime is not None:
+        if admitted is not False:
+            return True
+        if await self._threads.replied_in(thread) is not None:
+            return True  # at the quota, but the bot already follows this thread: keep following
+        if self._runtime is not None:
             self._runtime.log.info("thread_quota_refused", extra={"per_user": self._quota.per_user})
-        return admitted
+        return False

@@ -124,16 +124,22 @@ class ThreadQuota:
         self._clock = clock
         self._locks = [asyncio.Lock() for _ in range(64)]  # striped by user: bounded memory
 
-    async def admit(self, thread: ThreadRef, *, user_id: str) -> bool:
-        """Count `thread` for `user_id` (durable on return); False when they are at the quota."""
+    async def admit(self, thread: ThreadRef, *, user_id: str) -> bool | None:
+        """Count `thread` for `user_id` (durable on return): True when counted (or already
+        counted), False when they are at the quota, None when the quota cannot be read (the
+        store is failing: fail open, an outage is not the time to refuse answers)."""
         key = f"{thread.team_id}:{user_id}"
         tag = hashlib.sha256(thread.key.encode()).hexdigest()[:16]
         async with self._locks[hash(key) % len(self._locks)]:
             now = self._clock()
             value = await self.state.get(key)
+            if self.state.last_error is not None:
+                return None
             threads = value.get("threads") if isinstance(value, dict) else None
             live = {t: e for t, e in (threads or {}).items() if isinstance(e, int) and e > now}
-            if tag not in live and len(live) >= self.per_user:
+            if tag in live:
+                return True
+            if len(live) >= self.per_user:
                 return False
             live[tag] = now + self.ttl_ms
             await self.state.record(key, {"threads": live}, ttl_ms=self.ttl_ms)

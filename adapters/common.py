@@ -15,6 +15,7 @@ every thread, button and approval. After: `AdapterState` keeps that dict as a ho
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -259,3 +260,44 @@ class AdapterState:
         if self._store is not None:
             self._remember(key, None)
         return removed
+
+
+class RequesterQuota:
+    """At most `per_user` live rows created on behalf of one requester (issue 15's fairness).
+
+    A capped namespace evicts its oldest rows, so without this one user's spam evicts everyone
+    else's live state. The quota keeps one row per requester in its own namespace (`state`):
+    `{"expires": [ms, ...]}`, one expiry per row they caused, each `ttl_ms` after it was made
+    (the lifetime of the rows it guards). Counted under a per-process lock striped by user; two
+    processes racing on one user may each admit one over the quota.
+    """
+
+    def __init__(self, state: AdapterState, *, per_user: int, ttl_ms: int) -> None:
+        self.state = state
+        self.per_user = per_user
+        self.ttl_ms = ttl_ms
+        self._locks = [asyncio.Lock() for _ in range(64)]
+
+    async def admit(self, user_id: str, *, now_ms: int) -> int | None:
+        """Count one more row for `user_id` (durable on return): None when admitted, else the
+        ms until their oldest row expires (for the refusal's "try again in ...")."""
+        async with self._locks[hash(user_id) % len(self._locks)]:
+            live = await self._live(user_id, now_ms)
+            if len(live) >= self.per_user:
+                return max(min(live) - now_ms, 0)
+            live.append(now_ms + self.ttl_ms)
+            await self.state.record(user_id, {"expires": live}, ttl_ms=self.ttl_ms)
+            return None
+
+    async def release(self, user_id: str, *, now_ms: int) -> None:
+        """Give back the row just admitted (the action it was for did not happen)."""
+        async with self._locks[hash(user_id) % len(self._locks)]:
+            live = await self._live(user_id, now_ms)
+            if live:
+                live.remove(max(live))
+                await self.state.record(user_id, {"expires": live}, ttl_ms=self.ttl_ms)
+
+    async def _live(self, user_id: str, now_ms: int) -> list[int]:
+        value = await self.state.get(user_id)
+        expires = value.get("expires") if isinstance(value, dict) else None
+        return [e for e in expires or [] if isinstance(e, int) and e > now_ms]

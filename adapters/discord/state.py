@@ -16,11 +16,10 @@ in place and exactly one of racing clickers wins.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
-from chatstate.adapters.common import AdapterState, StateSpec
+from chatstate.adapters.common import AdapterState, RequesterQuota, StateSpec
 
 if TYPE_CHECKING:
     from chatstate.gateway.plugin import PluginRuntime
@@ -128,7 +127,7 @@ class Registry:
 
 # -- hostile input (issue 15): replays and one user's spam -------------------------------------
 INTERACTIONS_NAMESPACE = "discord.interactions"
-INTERACTIONS_MAX_ENTRIES = 50_000  # claimed ids kept; ~10 minutes of a busy bot's traffic
+INTERACTIONS_MAX_ENTRIES = 50_000  # claimed ids kept: replays stay refused up to ~80 interactions/s
 PANEL_OWNERS = StateSpec("discord.panel-owners", ttl_ms=30 * 60 * 1000, max_entries=10_000)
 
 
@@ -151,40 +150,11 @@ class InteractionLedger:
         return await self.state.claim(interaction_id, {"at": at_ms})
 
 
-class PanelQuota:
-    """Live panels per user (`discord.panel-owners`, key = user id, value = their panels' expiry
-    times in ms), so one user's `/panel` spam cannot push the registries past their cap and evict
-    another user's buttons (issue 15). The registry TTL is the panel's lifetime.
-
-    Counted in one process at a time per user (a lock); two gateways racing on one user may admit
-    one panel over the quota, never more than one per process.
-    """
+class PanelQuota(RequesterQuota):
+    """Live panels per user (`discord.panel-owners`, key = user id), so one user's `/panel` spam
+    cannot push the registries past their cap and evict another user's buttons (issue 15).
+    The registry TTL is the panel's lifetime."""
 
     def __init__(self, *, legacy: bool, per_user: int, panel_ttl_ms: int) -> None:
-        self.per_user = per_user
-        self.panel_ttl_ms = panel_ttl_ms
-        self.state = AdapterState(replace(PANEL_OWNERS, ttl_ms=panel_ttl_ms), legacy=legacy)
-        self._locks = [asyncio.Lock() for _ in range(64)]  # striped by user: memory stays bounded
-
-    async def admit(self, user_id: str, *, now_ms: int) -> int | None:
-        """Count one more live panel for `user_id`; None when admitted, else the ms until their
-        oldest panel expires (the refusal says when to try again)."""
-        async with self._locks[hash(user_id) % len(self._locks)]:
-            live = await self._live(user_id, now_ms)
-            if len(live) >= self.per_user:
-                return max(min(live) - now_ms, 0)
-            live.append(now_ms + self.panel_ttl_ms)
-            await self.state.record(user_id, {"expires": live}, ttl_ms=self.panel_ttl_ms)
-            return None
-
-    async def release(self, user_id: str, *, now_ms: int) -> None:
-        """Give back the panel just admitted (its message could not be sent)."""
-        live = await self._live(user_id, now_ms)
-        if live:
-            live.remove(max(live))
-            await self.state.record(user_id, {"expires": live}, ttl_ms=self.panel_ttl_ms)
-
-    async def _live(self, user_id: str, now_ms: int) -> list[int]:
-        value = await self.state.get(user_id)
-        expires = value.get("expires") if isinstance(value, dict) else None
-        return [int(e) for e in expires or [] if isinstance(e, int) and e > now_ms]
+        state = AdapterState(replace(PANEL_OWNERS, ttl_ms=panel_ttl_ms), legacy=legacy)
+        super().__init__(state, per_user=per_user, ttl_ms=panel_ttl_ms)

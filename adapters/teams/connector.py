@@ -21,9 +21,13 @@ from msrest.exceptions import ClientRequestError, DeserializationError, HttpOper
 
 from chatstate.adapters.teams.auth import MAX_TOKEN_CHARS, TokenCheck
 from chatstate.adapters.teams.keys import KeysUnavailable
+from chatstate.adapters.common import RequesterQuota, now_ms
 from chatstate.gateway import ingress
+from chatstate.gateway.ingress import short_id
 
 _T = TypeVar("_T")
+QUOTA_NOTE = ("(You have had many answers from me recently, so a reply to this message will need "
+              "an @mention to reach me.)")
 OnSent = Callable[[str, Sequence[str | None]], Awaitable[None]]
 
 
@@ -39,19 +43,40 @@ class TeamsCloudAdapter(CloudAdapterBase):
     def __init__(
         self, auth: BotFrameworkAuthentication, *, on_sent: OnSent,
         log: logging.LoggerAdapter[logging.Logger] | logging.Logger | None = None,
+        quota: RequesterQuota | None = None,
     ) -> None:
         super().__init__(auth)
         self._on_sent = on_sent
         self._log = log or logging.getLogger("chatstate.adapters.teams")
+        self._quota = quota  # sent rows per requester; None = unlimited
 
     async def send_activities(
         self, context: TurnContext, activities: list[Activity]
     ) -> list[ResourceResponse]:
-        responses = await super().send_activities(context, activities)
-        for activity, response in zip(activities, responses, strict=True):
-            if activity.conversation is not None and response is not None:
+        requester = _requester(context)
+        recorded = [await self._admit(requester) for _ in activities]
+        for activity, admitted in zip(activities, recorded, strict=True):
+            if not admitted and activity.type == "message":  # visible: replies will need a mention
+                activity.text = f"{activity.text or ''}\n{QUOTA_NOTE}"
+        try:
+            responses = await super().send_activities(context, activities)
+        except BaseException:
+            if requester is not None and self._quota is not None:
+                for _ in filter(None, recorded):
+                    await self._quota.release(requester, now_ms=now_ms())
+            raise
+        for activity, response, admitted in zip(activities, responses, recorded, strict=True):
+            if admitted and activity.conversation is not None and response is not None:
                 await self._on_sent(activity.conversation.id, [response.id])
         return responses
+
+    async def _admit(self, requester: str | None) -> bool:
+        if self._quota is None or requester is None:
+            return True
+        if await self._quota.admit(requester, now_ms=now_ms()) is None:
+            return True
+        self._log.info("sent_quota_refused", extra={"per_user": self._quota.per_user})
+        return False
 
     async def update_activity(self, context: TurnContext, activity: Activity) -> ResourceResponse | None:
         response = await super().update_activity(context, activity)
@@ -100,6 +125,12 @@ class TeamsCloudAdapter(CloudAdapterBase):
         except Exception as exc:  # noqa: BLE001 - the library signals a bad token with many types
             self._log.warning("auth_rejected", extra={"error": type(exc).__name__})  # never the token
             raise web.HTTPUnauthorized(text="invalid bearer token") from None
+
+
+def _requester(context: TurnContext) -> str | None:
+    """The user whose activity this turn answers (None for a proactive send)."""
+    sender = context.activity.from_property if context.activity is not None else None
+    return short_id(sender.id, limit=200) if sender is not None and isinstance(sender.id, str) and sender.id else None
 
 
 def _parse(body: bytes) -> Activity:

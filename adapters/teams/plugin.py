@@ -13,13 +13,13 @@ from typing import Any
 
 from aiohttp import web
 
-from chatstate.adapters.common import AdapterState
+from chatstate.adapters.common import AdapterState, RequesterQuota
 from chatstate.adapters.teams.auth import TokenCheck, build_authentication, build_token_check
 from chatstate.adapters.teams.bot import TeamsBot
 from chatstate.adapters.teams.connector import TeamsCloudAdapter
 from chatstate.adapters.teams.keys import SigningKeys
 from chatstate.adapters.teams.sent import SentMessages
-from chatstate.adapters.teams.state import open_sent_messages
+from chatstate.adapters.teams.state import open_requester_quota, open_sent_messages
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 MESSAGES_PATH = "/api/messages"  # the Bot Framework messaging endpoint
@@ -37,6 +37,7 @@ class TeamsPlugin(Plugin):
         self._bot: TeamsBot | None = None
         self._check: TokenCheck | None = None
         self._key_sets: list[SigningKeys] = []
+        self._quota: RequesterQuota | None = None
 
     def routes(self) -> Sequence[Route]:
         return (Route("POST", MESSAGES_PATH, self._messages),)
@@ -51,9 +52,12 @@ class TeamsPlugin(Plugin):
         self._check, self._key_sets = build_token_check(runtime.config)
         state = open_sent_messages(runtime.config, legacy=runtime.legacy)
         await state.open(runtime)
+        quota = open_requester_quota(runtime.config, legacy=runtime.legacy)
+        await quota.state.open(runtime)
         sent = SentMessages(state)
         self._state = state
-        self._adapter = TeamsCloudAdapter(auth, on_sent=sent.record, log=runtime.log)
+        self._quota = quota
+        self._adapter = TeamsCloudAdapter(auth, on_sent=sent.record, log=runtime.log, quota=quota)
         self._bot = TeamsBot(sent, log=runtime.log)
 
     async def stop(self) -> None:
@@ -67,7 +71,9 @@ class TeamsPlugin(Plugin):
         detail = self._state.health()
         # An unreachable metadata host is the far end's fault, not ours: reported, not degraded.
         signing = self._check.keys.health() if self._check is not None else None
-        return {"status": "degraded" if detail["mode"] == "degraded" else "ok", **detail, "signing_keys": signing}
+        quota = self._quota.state.health() if self._quota is not None else None
+        degraded = detail["mode"] == "degraded" or (quota is not None and quota["mode"] == "degraded")
+        return {"status": "degraded" if degraded else "ok", **detail, "signing_keys": signing, "quota": quota}
 
     async def _messages(self, request: web.Request) -> web.Response:
         if self._adapter is None or self._bot is None or self._check is None:

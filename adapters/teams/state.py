@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from chatstate.adapters.common import AdapterState, StateSpec
+from chatstate.adapters.common import AdapterState, RequesterQuota, StateSpec
 from chatstate.gateway.ingress import short_id
 
 NAMESPACE = "msteams.sent-messages"
@@ -21,6 +21,10 @@ SENT_TTL_MS = 24 * 60 * 60 * 1000  # 24 h: a reply to an older bot message needs
 SENT_MAX_ENTRIES = 1_000  # the reference system's cap; the oldest send is forgotten first
 ID_HASH_CHARS = 200  # a conversation or activity id longer than this is keyed by its SHA-256
 THREAD_MARKER = ";messageid="  # Teams channel thread: "<channel conversation id>;messageid=<root>"
+
+SENT_PER_USER = 100  # fairness quota: live sent rows made in answer to one user (10% of the cap)
+REQUESTERS_NAMESPACE = "msteams.sent-requesters"  # the quota's counts, key = the user's id
+REQUESTERS_MAX_ENTRIES = 10_000
 
 SENT_MESSAGES = StateSpec(NAMESPACE, ttl_ms=SENT_TTL_MS, max_entries=SENT_MAX_ENTRIES)
 
@@ -38,6 +42,15 @@ def spec_from_config(config: Mapping[str, Any]) -> StateSpec:
 def open_sent_messages(config: Mapping[str, Any], *, legacy: bool) -> AdapterState:
     """The sent-message cache: keyed store behind memory, or memory only when `legacy`."""
     return AdapterState(spec_from_config(config), legacy=legacy)
+
+
+def open_requester_quota(config: Mapping[str, Any], *, legacy: bool) -> RequesterQuota:
+    """How many live sent rows one user's messages may cause (`sent_per_user`, default 100), so
+    one user's mention spam cannot evict the rows other users' replies rely on (issue 15)."""
+    spec = spec_from_config(config)
+    ttl = spec.ttl_ms or SENT_TTL_MS
+    state = AdapterState(StateSpec(REQUESTERS_NAMESPACE, ttl_ms=ttl, max_entries=REQUESTERS_MAX_ENTRIES), legacy=legacy)
+    return RequesterQuota(state, per_user=_positive_int(config, "sent_per_user", SENT_PER_USER), ttl_ms=ttl)
 
 
 def sent_key(conversation_id: str, activity_id: str) -> str:

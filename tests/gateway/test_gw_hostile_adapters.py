@@ -181,3 +181,22 @@ async def test_a_10000_deep_body_is_400_signed_and_401_unsigned_on_every_route(t
         for path, headers in signed.items():
             assert (await client.post(path, data=deep, headers=headers)).status == 400, path
             assert (await client.post(path, data=deep)).status == 401, path
+
+
+async def test_one_users_mention_spam_cannot_evict_another_users_sent_rows(tmp_path: Path) -> None:
+    """Compressed: 20 sent rows, 5 per user. Without the quota, one user's 30 mentions evicted
+    the row of the bot's answer to another user, whose reply then went unanswered."""
+    teams = TeamsSimulator()
+    async with inprocess_gateway(tmp_path, [teams], adapters={"teams": {"sent_max_entries": 20, "sent_per_user": 5}}):
+        bob = {"id": "29:bob", "name": "Bob"}
+        spammer = {"id": "29:spam", "name": "Spam"}
+        assert await teams.deliver(teams.activity("message_mention", **{"from": bob})) == 200
+        answer = teams.sent()[-1]
+        for _ in range(30):
+            assert await teams.deliver(teams.activity("message_mention", **{"from": spammer})) == 200
+        reply = teams.activity("message_reply", reply_to_id=answer["id"], **{"from": bob},
+                               conversation_id=f"{answer['conversation_id']};messageid={answer['id']}")
+        assert await teams.deliver(reply) == 200
+        assert teams.sent()[-1]["text"].startswith("[reply_to_bot]"), teams.sent()[-1]["text"]
+        noted = [a for a in teams.sent() if "need an @mention" in a["text"]]
+        assert len(noted) == 30 - 5  # the spammer's extra answers say so, visibly

@@ -108,13 +108,14 @@ def events_spec(settings: SlackSettings) -> StateSpec:
 
 
 class ThreadQuota:
-    """Threads each user made the bot follow (`slack.thread-starters`): at most `per_user` live
-    participation rows are started by one user, so one user's mention spam can never push the
-    participation namespace past its cap and evict other users' threads (issue 15).
+    """Threads each user made the bot reply in (`slack.thread-starters`): at most `per_user` per
+    user within the thread TTL, so one user's mention spam can never push the participation
+    namespace past its cap and evict other users' threads (issue 15).
 
-    A thread counts against the user whose message made the bot reply in it first, for the
-    thread TTL from then. Counted under a per-process lock (two gateways racing on one user
-    may admit one thread each over the quota).
+    A thread counts once against each user whose message made the bot reply in it, from the
+    first such reply, for the thread TTL (a retry of the same event counts nothing new). A user
+    at the quota still gets answers in threads the bot already follows. Counted under a
+    per-process lock (two gateways racing on one user may admit one thread each over it).
     """
 
     def __init__(self, state: AdapterState, *, per_user: int, ttl_ms: int, clock: Clock = now_ms) -> None:

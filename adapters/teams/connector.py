@@ -19,9 +19,9 @@ from botbuilder.schema import Activity, ResourceResponse
 from botframework.connector.auth import AuthenticateRequestResult, BotFrameworkAuthentication
 from msrest.exceptions import ClientRequestError, DeserializationError, HttpOperationError
 
+from chatstate.adapters.common import RequesterQuota, now_ms
 from chatstate.adapters.teams.auth import MAX_TOKEN_CHARS, TokenCheck
 from chatstate.adapters.teams.keys import KeysUnavailable
-from chatstate.adapters.common import RequesterQuota, now_ms
 from chatstate.gateway import ingress
 from chatstate.gateway.ingress import short_id
 

@@ -127,8 +127,8 @@ class Registry:
 
 # -- hostile input (issue 15): replays and one user's spam -------------------------------------
 INTERACTIONS_NAMESPACE = "discord.interactions"
-INTERACTIONS_MAX_ENTRIES = 50_000  # claimed ids kept: replays stay refused up to ~80 interactions/s
-PANEL_OWNERS = StateSpec("discord.panel-owners", ttl_ms=30 * 60 * 1000, max_entries=10_000)
+INTERACTIONS_MAX_ENTRIES = 20_000  # claimed ids kept: replays stay refused up to ~33 interactions/s
+PANEL_OWNERS = StateSpec("discord.panel-owners", ttl_ms=30 * 60 * 1000, max_entries=5_000)
 
 
 class InteractionLedger:

@@ -4,7 +4,7 @@
 |-----------------------------|-------------------------------------------------|-------------------------|--------------|
 | `slack.thread-participation`| `{team_id}:{account_id}:{channel_id}:{thread_ts}` | `{agent_id, replied_at}`| 24 h / 5,000 |
 | `slack.events`              | `{team_id}:{event_id}`                          | `{received_at[, done_at]}` | 1 h / 50,000 (lease while processing) |
-| `slack.thread-starters`     | `{team_id}:{user_id}`                           | `{threads: {hash: expires_at}}` | 24 h / 10,000 (fairness quota) |
+| `slack.thread-starters`     | `{team_id}:{user_id}`                           | `{threads: {hash: expires_at}}` | 24 h / 2,000 (fairness quota) |
 
 Both go through `adapters.common.AdapterState`, which is also the legacy in-memory twin
 (`legacy=True`: the same TTL and cap, memory only), so this module is the whole migration.
@@ -21,7 +21,7 @@ from chatstate.adapters.common import AdapterState, Clock, StateSpec, now_ms
 from chatstate.adapters.slack.config import SlackSettings
 
 STARTERS_NAMESPACE = "slack.thread-starters"
-STARTERS_MAX_ENTRIES = 10_000  # users counted; evicting one only forgets what they started
+STARTERS_MAX_ENTRIES = 2_000  # users counted; evicting one only forgets what they started
 THREADS_NAMESPACE = "slack.thread-participation"
 EVENTS_NAMESPACE = "slack.events"
 

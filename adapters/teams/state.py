@@ -24,7 +24,7 @@ THREAD_MARKER = ";messageid="  # Teams channel thread: "<channel conversation id
 
 SENT_PER_USER = 100  # fairness quota: live sent rows made in answer to one user (10% of the cap)
 REQUESTERS_NAMESPACE = "msteams.sent-requesters"  # the quota's counts, key = the user's id
-REQUESTERS_MAX_ENTRIES = 10_000
+REQUESTERS_MAX_ENTRIES = 5_000  # users counted; evicting one only forgets their count
 
 SENT_MESSAGES = StateSpec(NAMESPACE, ttl_ms=SENT_TTL_MS, max_entries=SENT_MAX_ENTRIES)
 

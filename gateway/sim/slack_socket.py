@@ -15,8 +15,9 @@ What Slack does not document exactly, and this simulator decides (docs/migration
 an envelope goes to one open connection (round robin over at most `max_connections`, 10 as on
 Slack); an ack counts from any connection of the app; an envelope not acked within
 `ack_timeout_s` is sent again with `retry_attempt + 1` (reason `timeout`, or
-`connection_closed` when its connection went away), on an open connection, up to
-`max_retries` times; the same envelope_id is kept across attempts.
+`connection_closed` when its connection went away), on an open connection, after the Events
+API's retry schedule (`retry_delays_s`: at once, 1 min, 5 min; tests compress it); the same
+envelope_id is kept across attempts.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from chatstate.gateway.sim.slack import Delivery, SlackSimulator
 SOCKET_PATH = "/socket-mode/link"
 MAX_CONNECTIONS = 10  # Slack's limit of concurrent Socket Mode connections per app
 ACK_TIMEOUT_S = 3.0  # Slack expects the ack within 3 s
-MAX_RETRIES = 3  # like the Events API: three more attempts after the first
+RETRY_DELAYS_S = (0.0, 60.0, 300.0)  # the Events API's schedule: three retries after the first
 DISCONNECT_GRACE_S = 10.0  # "warning"/"refresh_requested": the link closes ~10 s later
 
 
@@ -68,14 +69,14 @@ class SlackSocketSimulator(SlackSimulator):
 
     def __init__(
         self, host: str = "127.0.0.1", *, app_token: str = "xapp-1-A0SIM-sim-token",
-        ack_timeout_s: float = ACK_TIMEOUT_S, max_retries: int = MAX_RETRIES,
+        ack_timeout_s: float = ACK_TIMEOUT_S, retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S,
         max_connections: int = MAX_CONNECTIONS, disconnect_grace_s: float = DISCONNECT_GRACE_S,
         **kw: Any,
     ) -> None:
         super().__init__(host, **kw)
         self.app_token = app_token
         self.ack_timeout_s = ack_timeout_s
-        self.max_retries = max_retries
+        self.retry_delays_s = tuple(retry_delays_s)
         self.max_connections = max_connections
         self.disconnect_grace_s = disconnect_grace_s
         self.link_enabled = True  # False after a link_disabled disconnect, until enable_link()
@@ -199,12 +200,15 @@ class SlackSocketSimulator(SlackSimulator):
             return
         if env.attempt != attempt:
             return
-        if attempt >= self.max_retries:
+        if attempt >= len(self.retry_delays_s):
             env.settled.set()
             await self.record("socket_given_up", {"envelope_id": env.envelope_id, "attempts": attempt + 1})
             return
-        env.attempt = attempt + 1
         still_open = conn in self.connections and not self.connections[conn].closed
+        await asyncio.sleep(self.retry_delays_s[attempt])
+        if env.acked.is_set():  # a late ack of the last attempt
+            return
+        env.attempt = attempt + 1
         env.retry_reason = "timeout" if still_open else "connection_closed"
         self._dispatch(env)
 
@@ -265,7 +269,8 @@ class SlackSocketSimulator(SlackSimulator):
         Slack gave up on it. HTTP-only arguments (signatures, retry headers) do not apply."""
         env = self.send_envelope(payload)
         with contextlib.suppress(TimeoutError):  # no open connection for that long: not acked
-            await asyncio.wait_for(env.settled.wait(), self.ack_timeout_s * (self.max_retries + 1) + 15.0)
+            budget = self.ack_timeout_s * (len(self.retry_delays_s) + 1) + sum(self.retry_delays_s) + 15.0
+            await asyncio.wait_for(env.settled.wait(), budget)
         if env.acked.is_set():
             return Delivery(200, "acked", {"envelope_id": env.envelope_id})
         return Delivery(504, "not acknowledged", {"envelope_id": env.envelope_id})

@@ -26,7 +26,7 @@ def replies_to(sim: SlackSocketSimulator, event: dict[str, Any]) -> list[dict[st
 
 
 async def test_slack_socket_mode_spreads_envelopes_over_two_gateways_and_survives_a_kill(shared_url: str, tmp_path: Path) -> None:
-    sim = SlackSocketSimulator(ack_timeout_s=1.0, max_retries=8)
+    sim = SlackSocketSimulator(ack_timeout_s=1.0, retry_delays_s=(0.0, 1.0, 5.0))
     sim.extra_config.update({"socket_ping_interval_s": 0.5, "event_lease_ms": 1_500})
     async with gateways([sim], shared_url, tmp_path) as (a, b):
         await sim.wait_connected(2)

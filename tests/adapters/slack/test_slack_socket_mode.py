@@ -20,6 +20,7 @@ from chatstate.gateway.sim.slack_socket import Envelope, SlackSocketSimulator
 from slack_helpers import stored
 
 FAST = {"socket_ping_interval_s": 0.5}  # slack-sdk's reconnect loop ticks at this interval
+RETRIES = (0.0, 1.0, 5.0)  # Slack's redelivery schedule (at once, 1 min, 5 min) divided by 60
 
 
 def socket_sim(**kw: Any) -> SlackSocketSimulator:
@@ -62,7 +63,7 @@ async def test_envelopes_are_acked_within_3s_and_participation_survives_restarts
 
 @pytest.mark.parametrize("posted", [True, False], ids=["dead-process-reply-reached-slack", "reply-lost"])
 async def test_sigkill_with_unacked_envelopes_in_flight_each_handled_once(tmp_path: Path, posted: bool) -> None:
-    sim = socket_sim(ack_timeout_s=1.0, max_retries=8)
+    sim = socket_sim(ack_timeout_s=1.0, retry_delays_s=RETRIES)
     sim.extra_config["event_lease_ms"] = 1_500
     async with GatewayHarness([sim], state_dir=tmp_path / "state") as gw:
         await sim.wait_connected()
@@ -101,7 +102,7 @@ async def test_sigkill_with_unacked_envelopes_in_flight_each_handled_once(tmp_pa
 async def test_disconnect_frames_reconnect_without_loss_or_repeat(
     tmp_path: Path, reason: Literal["refresh_requested", "warning", "link_disabled"]
 ) -> None:
-    sim = socket_sim(ack_timeout_s=1.5, max_retries=6, disconnect_grace_s=1.0)
+    sim = socket_sim(ack_timeout_s=1.5, retry_delays_s=RETRIES, disconnect_grace_s=1.0)
     async with GatewayHarness([sim], state_dir=tmp_path / "state") as gw:
         await sim.wait_connected()
         before = [sim.mention_event(f"before {i}") for i in range(5)]

@@ -121,6 +121,7 @@ class DiscordGatewaySimulator(DiscordSimulator):
         await self.record("gateway_open", {"link": link, "path": request.path, "query": dict(request.query)})
         await ws.send_json({"op": HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms}, "s": None, "t": None})
         session: Session | None = None
+        client_close: int | None = None  # the code of a close the bot started
         last_beat = time.monotonic()
         timeout_s = self.heartbeat_interval_ms / 1000 * 1.5
         try:
@@ -133,6 +134,7 @@ class DiscordGatewaySimulator(DiscordSimulator):
                     await ws.close(code=4000, message=b"heartbeat timeout")
                     break
                 if msg.type != WSMsgType.TEXT:
+                    client_close = msg.data if msg.type == WSMsgType.CLOSE else None
                     break
                 frame = msg.json()
                 op, d = frame.get("op"), frame.get("d")
@@ -149,9 +151,9 @@ class DiscordGatewaySimulator(DiscordSimulator):
             if session is not None and session.ws is ws:
                 session.ws = None
                 session.disconnected_at = time.monotonic()
-                if ws.close_code in (1000, 1001):
+                if client_close in (1000, 1001):
                     session.ended = True
-            await self.record("gateway_closed", {"link": link, "code": ws.close_code,
+            await self.record("gateway_closed", {"link": link, "code": client_close or ws.close_code,
                                                  "session_id": session.session_id if session else None})
         return ws
 

@@ -50,15 +50,19 @@ async def test_envelopes_are_acked_within_3s_and_participation_survives_restarts
             assert len(replies_to(sim, follow)) == 1, f"thread forgotten after SIG{kind.upper()}"
         untagged_top = sim.message_event("just chatting")
         assert (await sim.deliver(untagged_top)).status == 200 and replies_to(sim, untagged_top) == []
+        for kind, payload in (("slash_commands", {"command": "/deploy", "text": "now"}),
+                              ("interactive", {"type": "block_actions", "actions": []})):
+            assert await sim.wait_acked(sim.send_envelope(payload, type=kind)) is None  # acked, no answer
+        assert len(sim.posts()) == 3
 
         sent = {(r.payload["envelope_id"], r.payload["attempt"]): r.at for r in sim.recorded("socket_envelope")}
         acks = [r for r in sim.recorded("socket_ack")]
-        assert len(acks) == len(sim.envelopes) == 4 and sim.redelivered() == []
+        assert len(acks) == len(sim.envelopes) == 6 and sim.redelivered() == []
         assert all(a.at - sent[(a.payload["envelope_id"], a.payload["attempt"])] < 3.0 for a in acks)
         assert {e.key for e in stored(gw.database_path, THREADS_NAMESPACE)} == {f"T0SIM:default:C0GENERAL:{root}"}
         _, health = await gw.healthz()
         transport = health["adapters"]["slack"]["transport"]
-        assert transport["connected"] and transport["acked"] == 2  # this run saw 2 of the 4
+        assert transport["connected"] and transport["acked"] == 4  # this run saw 4 of the 6
 
 
 @pytest.mark.parametrize("posted", [True, False], ids=["dead-process-reply-reached-slack", "reply-lost"])
@@ -124,3 +128,41 @@ async def test_disconnect_frames_reconnect_without_loss_or_repeat(
         assert len(sim.posts()) == 10
         _, health = await gw.healthz()
         assert health["adapters"]["slack"]["transport"]["disconnects"] >= 1
+
+
+async def test_sigterm_acks_the_envelopes_in_hand_before_it_exits(tmp_path: Path) -> None:
+    sim = socket_sim(ack_timeout_s=3.0, retry_delays_s=RETRIES)
+    async with GatewayHarness([sim], state_dir=tmp_path / "state") as gw:
+        await sim.wait_connected()
+        sim.hold_posts = asyncio.get_running_loop().create_future()
+        events = [sim.mention_event(f"in hand {i}") for i in range(2)]
+        envs = [sim.send_envelope(e) for e in events]
+        await sim.wait_for(lambda recs: sum(r.kind == "post_arrived" for r in recs) == 2)
+        stopping = asyncio.create_task(gw.stop())
+        await sim.wait_for(lambda recs: sum(r.kind == "socket_ack" for r in recs) == 2)  # acked at the budget
+        sim.hold_posts.set_result(True)
+        sim.hold_posts = None
+        assert await stopping == 0
+        assert all(env.acked.is_set() for env in envs) and sim.redelivered() == []
+        assert all(len(replies_to(sim, e)) == 1 for e in events)  # the replies finished before exit
+        assert all("done_at" in e.value for e in stored(gw.database_path, EVENTS_NAMESPACE))
+
+
+async def test_simulator_allows_ten_connections_per_app() -> None:
+    """Slack's limit, as the simulator plays it: the eleventh link is told `too_many_websockets`."""
+    import aiohttp
+
+    async with SlackSocketSimulator() as sim:
+        async with aiohttp.ClientSession() as http:
+            links = [await http.ws_connect(f"ws://{sim.host}:{sim.port}/socket-mode/link") for _ in range(11)]
+            hellos = [await ws.receive_json() for ws in links]
+            assert [h["type"] for h in hellos] == ["hello"] * 10 + ["disconnect"]
+            assert hellos[-1]["reason"] == "too_many_websockets" and hellos[9]["num_connections"] == 10
+            envs = [sim.send_envelope(sim.mention_event(f"spread {i}")) for i in range(20)]
+            got = [[] for _ in links[:10]]
+            for i, ws in enumerate(links[:10]):
+                for _ in range(2):
+                    got[i].append((await ws.receive_json())["envelope_id"])
+            assert sorted(e for g in got for e in g) == sorted(env.envelope_id for env in envs)  # each to one link
+            for ws in links:
+                await ws.close()

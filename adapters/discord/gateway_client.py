@@ -229,7 +229,10 @@ class GatewayClient:
                 await ws.close(code=KEEP_SESSION_CLOSE)  # zombied: reconnect and RESUME
                 return
             self._acked = False
-            await ws.send_json({"op": Op.HEARTBEAT, "d": self._received or None})
+            try:
+                await ws.send_json({"op": Op.HEARTBEAT, "d": self._received or None})
+            except ConnectionError:  # the link is going away; the reader loop reconnects
+                return
             await asyncio.sleep(interval_s)
 
     # -- frames -------------------------------------------------------------------------------

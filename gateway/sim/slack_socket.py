@@ -96,7 +96,7 @@ class SlackSocketSimulator(SlackSimulator):
         app.on_shutdown.append(self._close_all)
 
     def gateway_config(self) -> dict[str, Any]:
-        return {**super().gateway_config(), "transport": "socket", "app_token": self.app_token}
+        return {**super().gateway_config(), "transport": "socket", "app_token": self.app_token, **self.extra_config}
 
     async def _close_all(self, _app: web.Application) -> None:
         for task in list(self._tasks):

@@ -135,3 +135,28 @@ async def test_missing_heartbeat_ack_reconnects_and_resumes(tmp_path: Path) -> N
         health = await transport(gw)
         assert health["missed_acks"] >= 1 and health["last_start"] == "resumed"
         assert any(e.get("event") == "discord_heartbeat_ack_missing" for e in gw.logs())
+
+
+def test_transport_keys_are_checked() -> None:
+    from chatstate.adapters.discord.config import DiscordConfig
+
+    gateway = DiscordConfig.from_table({"bot_token": "t", "transport": "gateway", "gateway_id": "gw-a"})
+    assert (gateway.transport, gateway.verify_key, gateway.gateway_id) == ("gateway", None, "gw-a")
+    assert DiscordConfig.from_table({"bot_token": "t", "public_key": "00" * 32}).transport == "http"
+    with pytest.raises(ValueError, match="adapters.discord.public_key"):
+        DiscordConfig.from_table({"bot_token": "t"})  # HTTP interactions must be verified
+    with pytest.raises(ValueError, match="adapters.discord.transport"):
+        DiscordConfig.from_table({"bot_token": "t", "transport": "websocket"})
+    with pytest.raises(ValueError, match="adapters.discord.intents"):
+        DiscordConfig.from_table({"bot_token": "t", "transport": "gateway", "intents": -1})
+
+
+async def test_a_refused_token_fails_the_start(tmp_path: Path) -> None:
+    from chatstate.gateway.sim.harness import GatewayStartError
+
+    sim = gateway_sim()
+    sim.extra_config["bot_token"] = "not-the-token"
+    with pytest.raises(GatewayStartError) as failed:
+        async with GatewayHarness([sim], state_dir=tmp_path / "state"):
+            pass
+    assert "gateway/bot: HTTP 401" in failed.value.log_tail

@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 import pytest
 
+from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.state import EVENTS_NAMESPACE, THREADS_NAMESPACE
-from chatstate.gateway.sim.harness import GatewayHarness
+from chatstate.gateway.sim.harness import GatewayHarness, GatewayStartError
 from chatstate.gateway.sim.slack_socket import Envelope, SlackSocketSimulator
 from slack_helpers import stored
 
@@ -63,6 +64,8 @@ async def test_envelopes_are_acked_within_3s_and_participation_survives_restarts
         _, health = await gw.healthz()
         transport = health["adapters"]["slack"]["transport"]
         assert transport["connected"] and transport["acked"] == 4  # this run saw 4 of the 6
+        async with gw.http.post(f"{gw.gateway_url}/slack/events", json=mention) as resp:
+            assert resp.status == 404  # the Events API route is off in Socket Mode
 
 
 @pytest.mark.parametrize("posted", [True, False], ids=["dead-process-reply-reached-slack", "reply-lost"])
@@ -166,3 +169,23 @@ async def test_simulator_allows_ten_connections_per_app() -> None:
             assert sorted(e for g in got for e in g) == sorted(env.envelope_id for env in envs)  # each to one link
             for ws in links:
                 await ws.close()
+
+
+def test_transport_keys_are_checked() -> None:
+    base = {"bot_token": "xoxb-1"}
+    assert SlackSettings.from_config({**base, "signing_secret": "s"}).transport == "http"  # default unchanged
+    socket = SlackSettings.from_config({**base, "transport": "socket", "app_token": "xapp-1"})
+    assert (socket.transport, socket.app_token) == ("socket", "xapp-1")  # no signing secret needed
+    with pytest.raises(ValueError, match="adapters.slack.app_token"):
+        SlackSettings.from_config({**base, "transport": "socket"})
+    with pytest.raises(ValueError, match="adapters.slack.transport"):
+        SlackSettings.from_config({**base, "signing_secret": "s", "transport": "rtm"})
+
+
+async def test_a_refused_app_token_fails_the_start_with_its_name(tmp_path: Path) -> None:
+    sim = socket_sim()
+    sim.extra_config["app_token"] = "xapp-wrong"
+    with pytest.raises(GatewayStartError) as failed:
+        async with GatewayHarness([sim], state_dir=tmp_path / "state"):
+            pass
+    assert "invalid_auth" in failed.value.log_tail and failed.value.exit_code != 0

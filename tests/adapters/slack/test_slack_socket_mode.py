@@ -105,6 +105,24 @@ async def test_sigkill_with_unacked_envelopes_in_flight_each_handled_once(tmp_pa
               f"attempts={len(sim.recorded('socket_envelope'))}, replies={len(sim.posts())} for 4 events")
 
 
+async def test_legacy_mode_answers_a_redelivered_envelope_twice(tmp_path: Path) -> None:
+    """The "before": with the memory-only ledger a SIGKILL forgets the claim, and Slack's
+    redelivery of an envelope whose reply had already gone out is answered again."""
+    sim = socket_sim(ack_timeout_s=1.0, retry_delays_s=RETRIES)
+    async with GatewayHarness([sim], modes="legacy", state_dir=tmp_path / "state") as gw:
+        await sim.wait_connected()
+        sim.hold_posts = asyncio.get_running_loop().create_future()
+        event = sim.mention_event("in flight")
+        env = sim.send_envelope(event)
+        await sim.wait_for(lambda recs: any(r.kind == "post_arrived" for r in recs))
+        await gw.kill()
+        sim.hold_posts.set_result(True)
+        sim.hold_posts = None
+        await gw.start()
+        await sim.wait_acked(env, timeout=30)
+        assert len(replies_to(sim, event)) == 2
+
+
 @pytest.mark.parametrize("reason", ["refresh_requested", "warning", "link_disabled"])
 async def test_disconnect_frames_reconnect_without_loss_or_repeat(
     tmp_path: Path, reason: Literal["refresh_requested", "warning", "link_disabled"]

@@ -9,8 +9,8 @@ over the Gateway through the interaction callback.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web

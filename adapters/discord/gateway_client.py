@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 import discord  # before discord.gateway: discord's own modules import in this order
-import yarl
 from discord.gateway import DiscordWebSocket as Op  # the opcode constants, nothing else
 
 from chatstate.adapters.discord.gateway_state import GatewayState, SavedSession
@@ -183,7 +182,8 @@ class GatewayClient:
     async def _connect_once(self) -> None:
         assert self._http is not None
         url = self._session.resume_gateway_url if self._session else self._url
-        ws = await self._http.ws_connect(str(yarl.URL(url).with_query(v=API_VERSION, encoding="json")))
+        query = {"v": str(API_VERSION), "encoding": "json"}  # Discord's URLs carry no query of their own
+        ws = await self._http.ws_connect(url, params=query)
         self._ws = ws
         beat: asyncio.Task[None] | None = None
         try:

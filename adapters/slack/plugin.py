@@ -40,6 +40,7 @@ from chatstate.adapters.slack.platform import (
     parse_message,
 )
 from chatstate.adapters.slack.policy import MentionPolicy
+from chatstate.adapters.slack.socket_mode import SocketModeTransport
 from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.state import (
     EventLedger,
@@ -94,6 +95,7 @@ class SlackPlugin(Plugin):
         self._states: list[AdapterState] = []
         self._inflight: dict[str, asyncio.Task[Outcome]] = {}
         self._runtime: PluginRuntime | None = None
+        self._socket: SocketModeTransport | None = None  # transport = "socket"
 
     def routes(self) -> Sequence[Route]:
         return (Route("POST", EVENTS_PATH, self.handle_events),)
@@ -123,12 +125,22 @@ class SlackPlugin(Plugin):
         await self._api.open()
         try:
             self.bot = await self._api.auth_test()
+            if settings.transport == "socket":
+                self._socket = SocketModeTransport(
+                    app_token=settings.app_token, api_base_url=settings.api_base_url,
+                    handle=self.handle_envelope, log=runtime.log, ping_interval_s=settings.socket_ping_interval_s,
+                )
+                await self._socket.start()
         except BaseException:
+            if self._socket is not None:
+                await self._socket.stop()
             await self._api.close()
             raise
 
     async def stop(self) -> None:
         """Let replies in flight finish (their writes are what a restart relies on), then close."""
+        if self._socket is not None:
+            await self._socket.stop()  # no new envelopes; those in hand are acked first
         if self._inflight:
             await asyncio.wait(list(self._inflight.values()), timeout=STOP_TIMEOUT_S)
         if self._api is not None:
@@ -139,12 +151,17 @@ class SlackPlugin(Plugin):
     def health(self) -> dict[str, Any]:
         states = {st.spec.namespace: st.health() for st in self._states}
         degraded = any(h["mode"] == "degraded" for h in states.values())
-        return {"status": "degraded" if degraded else "ok", "in_flight": len(self._inflight), "state": states}
+        report = {"status": "degraded" if degraded else "ok", "in_flight": len(self._inflight), "state": states}
+        if self._socket is not None:
+            report["transport"] = self._socket.health()
+        return report
 
     # -- inbound --------------------------------------------------------------------------
     async def handle_events(self, request: web.Request) -> web.Response:
         """The Events API request URL. 401 for a bad signature, before any state is touched."""
-        assert self._verifier is not None, "start() first"
+        assert self._verifier is not None and self.settings is not None, "start() first"
+        if self.settings.transport != "http":
+            raise web.HTTPNotFound(text="this gateway takes Slack events over Socket Mode")
         body = await request.read()
         if not self._verifier.is_valid(body, request.headers):
             raise web.HTTPUnauthorized(text="invalid Slack signature")
@@ -159,6 +176,22 @@ class SlackPlugin(Plugin):
             return web.Response(status=200)
         outcome = await self.accept(message, retried=RETRY_NUM_HEADER in request.headers)
         return self._answer(outcome)
+
+    async def handle_envelope(self, payload: dict[str, Any], retry_attempt: int) -> bool:
+        """A Socket Mode `events_api` envelope: the same path as the Events API route; True when
+        the envelope may be acknowledged (the HTTP route answers 2xx then, 503 otherwise).
+        An envelope whose ids are not Slack's shape (the HTTP route's 400) is acked and dropped:
+        redelivering it would not make it valid."""
+        try:
+            message = parse_message(payload)
+        except ingress.BadInput as exc:
+            assert self._runtime is not None
+            self._runtime.log.warning("slack_envelope_refused", extra={"error": str(exc)})
+            return True
+        if message is None:
+            return True
+        outcome = await self.accept(message, retried=retry_attempt > 0)
+        return outcome not in (Outcome.LEASED, Outcome.FAILED)
 
     async def accept(self, message: SlackMessage, *, retried: bool = False) -> Outcome | None:
         """Start (or join) the work on `message`; return its outcome, or None if it is still

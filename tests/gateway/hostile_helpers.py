@@ -8,7 +8,7 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -69,7 +69,7 @@ class HangingServer:
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
 
-    async def __aenter__(self) -> HangingServer:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
         return self
 

@@ -24,6 +24,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 ADAPTERS = ("slack", "discord", "teams", "matrix")
+TRANSPORTS = {  # --transport: which transports to play (issue 19)
+    "http": ("http",),
+    "websocket": ("websocket",),  # Slack Socket Mode and the Discord Gateway
+    "both": ("http", "websocket"),
+}
 Mode = Literal["legacy", "store"]
 
 
@@ -53,6 +58,9 @@ def add_parser(sub: Any) -> None:
                    help="how to stop the gateway mid-conversation: SIGTERM or SIGKILL (default)")
     p.add_argument("--only", default=",".join(ADAPTERS),
                    help="comma-separated adapters to play (default: slack,discord,teams,matrix)")
+    p.add_argument("--transport", choices=tuple(TRANSPORTS), default="http",
+                   help="http: Events API / interactions endpoint (default); websocket: Slack Socket Mode and "
+                        "the Discord Gateway (slack and discord rows only); both: every row of each")
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON document")
     p.add_argument("--hostile", action="store_true",
                    help="turn every simulated platform edge behaviour on (retries, duplicate deliveries, "
@@ -72,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     hostile = bool(getattr(args, "hostile", False))
     hits: dict[str, dict[str, int]] = {}
     try:
-        rows = asyncio.run(_play(only, args.kill, root, say, hostile=hostile, hits=hits))
+        rows = asyncio.run(_play_transports(only, args.kill, root, say, TRANSPORTS[args.transport],
+                                            hostile=hostile, hits=hits))
     except KeyboardInterrupt:
         print("\ninterrupted: simulators and gateway stopped", file=sys.stderr)
         return 130
@@ -81,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(root, ignore_errors=True)
     ok = all(r.passed for r in rows)
     if args.json:
-        doc: dict[str, Any] = {"ok": ok, "kill": args.kill, "rows": [asdict(r) | {"passed": r.passed} for r in rows]}
+        doc: dict[str, Any] = {"ok": ok, "kill": args.kill, "transport": args.transport,
+                               "rows": [asdict(r) | {"passed": r.passed} for r in rows]}
         if hostile:
             doc["hostile"] = hits
         print(json.dumps(doc, indent=2))
@@ -97,13 +107,34 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+async def _play_transports(
+    only: list[str], kill: str, root: Path, say: Any, transports: tuple[str, ...], *, hostile: bool = False,
+    hits: dict[str, dict[str, int]] | None = None,
+) -> list[Row]:
+    """HTTP rows keep their names and state dirs; websocket rows say their transport
+    ("slack (socket mode)", "discord (gateway)") and play in `<root>/websocket/`."""
+    from chatstate.gateway.sim.scenarios import WEBSOCKET_SCENARIOS
+
+    rows: list[Row] = []
+    for transport in transports:
+        if transport == "http":
+            rows += await _play(only, kill, root, say, hostile=hostile, hits=hits)
+            continue
+        chosen = [a for a in only if a in WEBSOCKET_SCENARIOS]
+        if chosen:
+            say(f"\n#### transport: Slack Socket Mode / Discord Gateway ({', '.join(chosen)})")
+            rows += await _play(chosen, kill, root / "websocket", say, websocket=True, hostile=hostile, hits=hits)
+    return rows
+
+
 async def _play(
-    only: list[str], kill: str, root: Path, say: Any, *, hostile: bool = False,
+    only: list[str], kill: str, root: Path, say: Any, *, websocket: bool = False, hostile: bool = False,
     hits: dict[str, dict[str, int]] | None = None,
 ) -> list[Row]:
     results: dict[Mode, dict[tuple[str, str], tuple[bool, str, float]]] = {}
     for mode in ("legacy", "store"):
-        results[mode] = await _play_mode(mode, only, kill, root / mode, say, hostile=hostile, hits=hits)
+        results[mode] = await _play_mode(mode, only, kill, root / mode, say, websocket=websocket,
+                                         hostile=hostile, hits=hits)
     rows = []
     for (adapter, behaviour), (legacy_ok, legacy_detail, legacy_s) in results["legacy"].items():
         store_ok, store_detail, store_s = results["store"].get((adapter, behaviour), (False, "not run", 0.0))
@@ -112,13 +143,13 @@ async def _play(
 
 
 async def _play_mode(
-    mode: Mode, only: list[str], kill: str, state_dir: Path, say: Any, *, hostile: bool = False,
-    hits: dict[str, dict[str, int]] | None = None,
+    mode: Mode, only: list[str], kill: str, state_dir: Path, say: Any, *, websocket: bool = False,
+    hostile: bool = False, hits: dict[str, dict[str, int]] | None = None,
 ) -> dict[tuple[str, str], tuple[bool, str, float]]:
     from chatstate.gateway.sim.harness import GatewayHarness
-    from chatstate.gateway.sim.scenarios import SCENARIOS
+    from chatstate.gateway.sim.scenarios import SCENARIOS, TRANSPORT_LABELS, WEBSOCKET_SCENARIOS
 
-    scenarios = [SCENARIOS[a] for a in only]
+    scenarios = [(WEBSOCKET_SCENARIOS if websocket else SCENARIOS)[a] for a in only]
     sims = [(s.make_hostile or s.make_simulator)() if hostile else s.make_simulator() for s in scenarios]
     label = "legacy in-memory maps" if mode == "legacy" else "keyed store (SQLite)"
     say(f"\n== {label} ==")
@@ -135,7 +166,11 @@ async def _play_mode(
             timings[scenario.adapter] = time.monotonic() - t
             say(f"  {scenario.adapter:<8} first half done")
         t = time.monotonic()
-        code = await gw.restart(kind=kill)  # type: ignore[arg-type]
+        code = await (gw.stop() if kill == "term" else gw.kill())
+        for i, scenario in enumerate(scenarios):
+            if scenario.while_down is not None:  # e.g. a Discord Gateway dispatch while down
+                contexts[i] = await scenario.while_down(sims[i], contexts[i])
+        await gw.start()
         say(f"  gateway {'SIGKILLed' if kill == 'kill' else 'stopped by SIGTERM'} (exit {code}) "
             f"and back in {time.monotonic() - t:.1f} s")
         out: dict[tuple[str, str], tuple[bool, str, float]] = {}
@@ -144,12 +179,14 @@ async def _play_mode(
             outcomes = await scenario.second_half(sim, ctx)
             spent = timings[scenario.adapter] + time.monotonic() - t
             for o in outcomes:
-                out[(o.adapter, o.behaviour)] = (o.survived, o.detail, spent / len(outcomes))
-                say(f"  {o.adapter:<8} {o.behaviour}: {'works' if o.survived else 'LOST'} ({o.detail})")
+                adapter = TRANSPORT_LABELS[o.adapter] if websocket else o.adapter
+                out[(adapter, o.behaviour)] = (o.survived, o.detail, spent / len(outcomes))
+                say(f"  {adapter:<8} {o.behaviour}: {'works' if o.survived else 'LOST'} ({o.detail})")
         for scenario, sim in zip(scenarios, sims):
             await sim.settle(timeout=30)  # redeliveries and echoes still on their way count too
             if hits is not None:
-                counted = hits.setdefault(scenario.adapter, {})
+                label = TRANSPORT_LABELS[scenario.adapter] if websocket else scenario.adapter
+                counted = hits.setdefault(label, {})
                 for behaviour, n in sim.hits.items():
                     counted[behaviour] = counted.get(behaviour, 0) + n
     return out
@@ -169,10 +206,12 @@ def render_table(rows: list[Row]) -> str:
 
 
 def render_hits(hits: dict[str, dict[str, int]], only: list[str]) -> str:
-    """One row per adapter: each edge behaviour its simulator played, with how often."""
+    """One row per adapter (and transport) played: each edge behaviour its simulator played,
+    with how often."""
     head = ("adapter", "edge behaviours hit (count)")
+    names = [*hits, *(a for a in only if a not in hits)]
     body = [(a, ", ".join(f"{k} {v}" for k, v in sorted(hits.get(a, {}).items())) or "none (no switches for it)")
-            for a in only]
+            for a in names]
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"

@@ -3,7 +3,7 @@
 Config, the `[adapters.teams]` table (docs/migrations/teams.md lists every key):
 `app_id`; `openid_metadata_url`, `token_issuer`, `connector_token` for a local Bot Connector
 simulator, or `app_password` for Azure; `sent_ttl_ms` and `sent_max_entries` to shrink the 24 h /
-1,000 defaults in tests; `activity_lease_ms` (60 s) for the per-activity claim;
+1,000 defaults in tests; `activity_lease_ms` (20 s) for the per-activity claim;
 `mode = "legacy"` keeps the sent-message cache and the claims in memory only.
 """
 
@@ -14,13 +14,14 @@ from typing import Any
 
 from aiohttp import web
 
-from chatstate.adapters.common import AdapterState, ClaimLedger
-from chatstate.adapters.teams.auth import build_authentication
+from chatstate.adapters.common import AdapterState, ClaimLedger, RequesterQuota
+from chatstate.adapters.teams.auth import TokenCheck, build_authentication, build_token_check
 from chatstate.adapters.teams.bot import TeamsBot
 from chatstate.adapters.teams.connector import TeamsCloudAdapter
+from chatstate.adapters.teams.keys import SigningKeys
 from chatstate.adapters.teams.once import ActivityGate
 from chatstate.adapters.teams.sent import SentMessages
-from chatstate.adapters.teams.state import activities_spec, activity_lease_ms, open_sent_messages
+from chatstate.adapters.teams.state import activities_spec, activity_lease_ms, open_requester_quota, open_sent_messages
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 MESSAGES_PATH = "/api/messages"  # the Bot Framework messaging endpoint
@@ -39,46 +40,60 @@ class TeamsPlugin(Plugin):
         self._gate: ActivityGate | None = None
         self._adapter: TeamsCloudAdapter | None = None
         self._bot: TeamsBot | None = None
+        self._check: TokenCheck | None = None
+        self._key_sets: list[SigningKeys] = []
+        self._quota: RequesterQuota | None = None
 
     def routes(self) -> Sequence[Route]:
         return (Route("POST", MESSAGES_PATH, self._messages),)
 
     async def start(self, runtime: PluginRuntime) -> None:
-        """Build auth from the config and open the sent-message cache.
+        """Build auth from the config and open the sent-message cache, the per-activity claims
+        and the requester quota.
 
         Raises ValueError naming a missing or bad config key, and StateStoreError from opening
         the store (both stop the gateway from starting).
         """
         auth = build_authentication(runtime.config)
+        self._check, self._key_sets = build_token_check(runtime.config)
         state = open_sent_messages(runtime.config, legacy=runtime.legacy)
         await state.open(runtime)
         activities = AdapterState(activities_spec(runtime.config), legacy=runtime.legacy)
         await activities.open(runtime)
-        self._activities = activities
-        self._gate = ActivityGate(ClaimLedger(activities, lease_ms=activity_lease_ms(runtime.config)))
+        quota = open_requester_quota(runtime.config, legacy=runtime.legacy)
+        await quota.state.open(runtime)
         sent = SentMessages(state)
         self._state = state
-        self._adapter = TeamsCloudAdapter(auth, on_sent=sent.record, log=runtime.log)
+        self._activities = activities
+        self._gate = ActivityGate(ClaimLedger(activities, lease_ms=activity_lease_ms(runtime.config)))
+        self._quota = quota
+        self._adapter = TeamsCloudAdapter(auth, on_sent=sent.record, log=runtime.log, quota=quota)
         self._bot = TeamsBot(sent, log=runtime.log)
 
     async def stop(self) -> None:
+        """Let turns in flight finish (their writes are what a restart relies on); cancel a
+        signing-key fetch still running (it holds no thread: nothing to wait for)."""
         if self._gate is not None:
             await self._gate.drain(STOP_TIMEOUT_S)
-        for st in (self._state, self._activities):
-            if st is not None:
-                await st.close()
+        for keys in self._key_sets:
+            await keys.close()
 
     def health(self) -> dict[str, Any]:
         if self._state is None:
             return {"status": "stopped"}
         detail = self._state.health()
-        activities = self._activities.health() if self._activities is not None else {}
-        degraded = "degraded" in (detail["mode"], activities.get("mode"))
-        return {"status": "degraded" if degraded else "ok", **detail, "activities": activities}
+        # An unreachable metadata host is the far end's fault, not ours: reported, not degraded.
+        signing = self._check.keys.health() if self._check is not None else None
+        quota = self._quota.state.health() if self._quota is not None else None
+        activities = self._activities.health() if self._activities is not None else None
+        degraded = detail["mode"] == "degraded" or any(
+            h is not None and h["mode"] == "degraded" for h in (quota, activities))
+        return {"status": "degraded" if degraded else "ok", **detail, "signing_keys": signing, "quota": quota,
+                "activities": activities}
 
     async def _messages(self, request: web.Request) -> web.Response:
-        if self._adapter is None or self._bot is None or self._gate is None:
+        if self._adapter is None or self._bot is None or self._check is None or self._gate is None:
             raise web.HTTPServiceUnavailable(text="teams adapter is not started")
         adapter, bot = self._adapter, self._bot
-        authenticated, activity = await adapter.read(request)  # 401/400 before any state
+        authenticated, activity = await adapter.read(request, check=self._check)  # 401/400 before any state
         return await self._gate.once(activity, lambda: adapter.run(authenticated, activity, bot))

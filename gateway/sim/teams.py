@@ -110,6 +110,7 @@ class TeamsSimulator(SimulatorServer):
         self.send_arrived = asyncio.Event()
         self.open_deliveries = 0  # activities POSTed to the gateway and not yet answered
         self._faults: Counter[str] = Counter()  # transient faults played per send body
+        self._to_delete: list[dict[str, Any]] = []  # bot messages to delete after their turn
         self.app_id = app_id
         self.bot_id = f"28:{app_id}"
         self.connector_token = secrets.token_urlsafe(24)
@@ -211,7 +212,7 @@ class TeamsSimulator(SimulatorServer):
         }
         await self.record("activity", sent)
         if e.delete_bot_messages_every and len(self.sent()) % e.delete_bot_messages_every == 0:
-            self.spawn(self._delete_later(sent))
+            self._to_delete.append(sent)  # deleted once the turn that sent it has been answered
         return web.json_response({"id": activity_id})
 
     def _fault_due(self, n: int) -> bool:
@@ -219,12 +220,14 @@ class TeamsSimulator(SimulatorServer):
         return bool((e.rate_limit_every and (n - 1) % e.rate_limit_every == 0) or (
             e.server_error_every and n >= e.server_error_first and (n - e.server_error_first) % e.server_error_every == 0))
 
-    async def _delete_later(self, sent: dict[str, Any]) -> None:
-        """Delete a bot message in Teams (an owner's "Delete"); the bot hears messageDelete."""
-        await asyncio.sleep(0)  # after the bot got the id back
-        self.deleted.add(sent["id"])
-        self.hit("bot_message_deleted")
-        await self._deliver_quietly(self.delete_activity(sent["id"], conversation_id=sent["conversation_id"]))
+    def _delete_due(self) -> None:
+        """Delete the bot messages marked for deletion (an owner's "Delete" in Teams, after the
+        turn that sent them was answered); the bot hears messageDelete for each."""
+        while self._to_delete:
+            sent = self._to_delete.pop(0)
+            self.deleted.add(sent["id"])
+            self.hit("bot_message_deleted")
+            self.spawn(self._deliver_quietly(self.delete_activity(sent["id"], conversation_id=sent["conversation_id"])))
 
     async def _update(self, request: web.Request) -> web.Response:
         self._authorized(request)
@@ -294,17 +297,22 @@ class TeamsSimulator(SimulatorServer):
         if e.edits and activity.get("type") == "message":
             self.hit("edit")
             self.spawn(self._deliver_quietly(self.edit_activity(activity, f"{activity.get('text', '')} (edited)")))
-        if e.duplicate_every and (self.user_actions - 1) % e.duplicate_every == 0:
-            self.hit("duplicate")
-            first, _second = await asyncio.gather(self._deliver_action(activity), self._deliver_action(activity))
-            return first
-        return await self._deliver_action(activity)
+        try:
+            if e.duplicate_every and (self.user_actions - 1) % e.duplicate_every == 0:
+                self.hit("duplicate")
+                first, _second = await asyncio.gather(self._deliver_action(activity), self._deliver_action(activity))
+                return first
+            return await self._deliver_action(activity)
+        finally:
+            self._delete_due()
 
     async def _deliver_quietly(self, activity: dict[str, Any]) -> None:
         try:
             await self._deliver_action(activity)
         except aiohttp.ClientError:
             pass  # the channel gives up on a gateway that is gone
+        finally:
+            self._delete_due()
 
     async def _deliver_action(self, activity: dict[str, Any]) -> int:
         """One activity as the channel delivers it: again if the bot is slow, and (with

@@ -134,7 +134,8 @@ async def test_discord_double_clicks_through_two_gateways_with_one_killed(shared
     sim = BalancedDiscord(lb)
     async with gateways([sim], shared_url, tmp_path) as (a, b):
         lb.gws = [a, b]
-        panels = [await sim.post_panel() for _ in range(40)]  # half through A, half through B
+        users = [str(1_100_000_000_000_003_000 + i) for i in range(40)]
+        panels = [await sim.post_panel(user_id=u) for u in users]  # half through A, half through B
         sim.edges = DiscordEdges.hostile()
         answered_before = len(sim.recorded("interaction_response"))
 
@@ -145,7 +146,6 @@ async def test_discord_double_clicks_through_two_gateways_with_one_killed(shared
             results = await asyncio.gather(*(sim.deliver(p) for p in payloads), return_exceptions=True)
             return any(not isinstance(r, BaseException) and r.body is not None for r in results)
 
-        users = [str(1_100_000_000_000_003_000 + i) for i in range(len(panels))]
         clicks = [asyncio.create_task(double_click(p, u)) for p, u in zip(panels, users)]
         await sim.wait_for(lambda _r: len(sim.recorded("interaction_response")) - answered_before >= 1)
         assert await a.kill() == -9  # A stays down; its clicks in flight die with it

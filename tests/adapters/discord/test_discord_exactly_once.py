@@ -55,7 +55,7 @@ def outcome_per_panel(sim: DiscordSimulator, panels: list[dict[str, Any]]) -> di
 async def test_double_clicks_through_a_sigkill_approve_each_button_once(tmp_path: Path) -> None:
     sim = DiscordSimulator()
     async with GatewayHarness([sim], state_dir=tmp_path / "state") as gw:
-        panels = [await sim.post_panel() for _ in range(PANELS)]
+        panels = [await sim.post_panel(user_id=user(i)) for i in range(PANELS)]  # under the per-user quota
         sim.edges = DiscordEdges.hostile()
         answered_before = len(sim.recorded("interaction_response"))
         clicks = [asyncio.create_task(double_click(sim, panel, user(i))) for i, panel in enumerate(panels)]

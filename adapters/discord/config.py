@@ -1,62 +1,42 @@
-"""The `[adapters.discord]` table, checked once at start.
+"""The `[adapters.discord]` table as a typed settings model (gateway.settings), checked at start.
 
-Keys (besides the gateway's `enabled` and `mode`):
+Keys (besides the gateway's `enabled` and `mode`), each `CHATSTATE_DISCORD_<KEY>` in the
+environment, typed as in TOML:
   public_key    application public key, 64 hex characters (verifies interactions)   required
   bot_token     bot token for REST calls (`Authorization: Bot <token>`)              required
   api_base_url  REST base URL; a simulator's in tests                    default Discord v10
   ttl_ms        registry entry lifetime in ms (tests shorten it)             default 30 min
   max_entries   entries kept per registry                                       default 500
-`CHATSTATE_DISCORD_<KEY>` environment variables arrive as strings, so integers may be strings.
+To add a key: add one annotated field here (with a default unless it is required).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
 
 from nacl.signing import VerifyKey
+from pydantic import Field
 
 from chatstate.adapters.discord.platform import DEFAULT_API_BASE, load_verify_key
+from chatstate.gateway.settings import AdapterSettings
+
+Text = Annotated[str, Field(min_length=1)]
 
 
-@dataclass(frozen=True)
-class DiscordConfig:
-    verify_key: VerifyKey
-    bot_token: str
-    api_base_url: str = DEFAULT_API_BASE
-    ttl_ms: int | None = None  # None = the registry default (30 min)
-    max_entries: int | None = None  # None = the registry default (500)
+class DiscordSettings(AdapterSettings):
+    """Everything the Discord adapter reads from its config table."""
 
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any]) -> DiscordConfig:
-        """Check the table; raises ValueError naming the key (the gateway then exits 2)."""
+    adapter_id = "discord"
+
+    public_key: Text  # hex, from the developer portal
+    bot_token: Text  # secret
+    api_base_url: Text = DEFAULT_API_BASE
+    ttl_ms: Annotated[int, Field(ge=1)] | None = None  # None = the registry default (30 min)
+    max_entries: Annotated[int, Field(ge=1)] | None = None  # None = the registry default (500)
+
+    def verify_key(self) -> VerifyKey:
+        """The Ed25519 key from `public_key`; raises ValueError naming the key (offline check)."""
         try:
-            key = load_verify_key(_text(table, "public_key"))
+            return load_verify_key(self.public_key)
         except ValueError as exc:
             raise ValueError(f"adapters.discord.{exc}") from None
-        return cls(
-            verify_key=key,
-            bot_token=_text(table, "bot_token"),
-            api_base_url=str(table.get("api_base_url") or DEFAULT_API_BASE),
-            ttl_ms=_positive_int(table, "ttl_ms"),
-            max_entries=_positive_int(table, "max_entries"),
-        )
-
-
-def _text(table: Mapping[str, Any], name: str) -> str:
-    value = table.get(name)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"adapters.discord.{name}: required (or set CHATSTATE_DISCORD_{name.upper()})")
-    return value
-
-
-def _positive_int(table: Mapping[str, Any], name: str) -> int | None:
-    value = table.get(name)
-    if value is None:
-        return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"adapters.discord.{name}: must be an integer >= 1")
-    return value

@@ -10,13 +10,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from nacl.signing import VerifyKey
 
 from chatstate.adapters.discord import platform
 from chatstate.adapters.discord.bot import DiscordBot
-from chatstate.adapters.discord.config import DiscordConfig
+from chatstate.adapters.discord.config import DiscordSettings
 from chatstate.adapters.discord.platform import DiscordRest
 from chatstate.adapters.discord.state import Registry
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.gateway.settings import AdapterSettings
 
 INTERACTIONS_PATH = "/discord/interactions"
 
@@ -26,9 +28,10 @@ class DiscordPlugin(Plugin):
 
     id = "discord"
     origin = "bundled"
+    settings_type = DiscordSettings
 
     def __init__(self) -> None:
-        self._config: DiscordConfig | None = None
+        self._verify_key: VerifyKey | None = None
         self._registry: Registry | None = None
         self._rest: DiscordRest | None = None
         self._bot: DiscordBot | None = None
@@ -36,13 +39,17 @@ class DiscordPlugin(Plugin):
     def routes(self) -> Sequence[Route]:
         return (Route("POST", INTERACTIONS_PATH, self._interactions),)
 
-    async def start(self, runtime: PluginRuntime) -> None:
-        """Check config, open both registries (not in legacy mode) and the REST session.
+    def check(self, settings: AdapterSettings) -> None:
+        """The public key must be a 32-byte hex key (ValueError naming it otherwise)."""
+        DiscordSettings.of_settings(settings).verify_key()
 
-        Raises ValueError for a bad `[adapters.discord]` table and StateStoreError from
-        opening a store.
+    async def start(self, runtime: PluginRuntime) -> None:
+        """Open both registries (not in legacy mode) and the REST session.
+
+        Raises StateStoreError from opening a store.
         """
-        self._config = config = DiscordConfig.from_table(runtime.config)
+        config = DiscordSettings.of(runtime)
+        self._verify_key = config.verify_key()
         self._registry = Registry(legacy=runtime.legacy, ttl_ms=config.ttl_ms, max_entries=config.max_entries)
         await self._registry.open(runtime)
         self._rest = DiscordRest(api_base=config.api_base_url, bot_token=config.bot_token)
@@ -63,10 +70,10 @@ class DiscordPlugin(Plugin):
         return {"status": "degraded" if degraded else "ok", "registries": registries}
 
     async def _interactions(self, request: web.Request) -> web.Response:
-        assert self._config is not None and self._bot is not None, "the gateway starts plugins first"
+        assert self._verify_key is not None and self._bot is not None, "the gateway starts plugins first"
         body = await request.read()
         if not platform.verify(
-            self._config.verify_key,
+            self._verify_key,
             signature=request.headers.get(platform.SIGNATURE_HEADER),
             timestamp=request.headers.get(platform.TIMESTAMP_HEADER),
             body=body,

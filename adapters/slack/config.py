@@ -1,14 +1,18 @@
-"""The `[adapters.slack]` table, checked once at start into one frozen dataclass.
+"""The `[adapters.slack]` table as a typed settings model (gateway.settings), checked at start.
 
-Values may arrive as strings (a `CHATSTATE_SLACK_<KEY>` environment override is always a
-string), so integers and booleans accept their string spellings too.
+Each key is one field: its type, its default and what it means. The gateway validates the
+table strictly and applies `CHATSTATE_SLACK_<KEY>` variables typed as TOML values
+(`CHATSTATE_SLACK_THREAD_TTL_MS=5000` is an integer); docs/migrations/slack.md lists them.
+To add a key: add one annotated field here (with a default unless it is required).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
+
+from pydantic import Field, field_validator
+
+from chatstate.gateway.settings import AdapterSettings
 
 # Defaults, one unit a line (DESIGN.md §3 and issue 5).
 DEFAULT_API_BASE_URL = "https://slack.com/api/"
@@ -21,72 +25,30 @@ EVENT_MAX_ENTRIES = 50_000
 EVENT_LEASE_MS = 60 * 1000  # a claimed-but-unfinished event may be retaken after this
 ACK_BUDGET_S = 2.5  # Slack wants a 2xx within 3 s; we wait at most this long for the reply
 
+Text = Annotated[str, Field(min_length=1, pattern=r"\S")]
+Positive = Annotated[int, Field(gt=0)]
 
-@dataclass(frozen=True)
-class SlackSettings:
+
+class SlackSettings(AdapterSettings):
     """Everything the Slack adapter reads from its config table."""
 
-    signing_secret: str
-    bot_token: str
-    api_base_url: str = DEFAULT_API_BASE_URL
-    account_id: str = DEFAULT_ACCOUNT_ID
-    agent_id: str = DEFAULT_AGENT_ID
-    require_mention: bool = True
-    require_explicit_mention: bool = False
-    thread_ttl_ms: int = THREAD_TTL_MS
-    thread_max_entries: int = THREAD_MAX_ENTRIES
-    event_ttl_ms: int = EVENT_TTL_MS
-    event_max_entries: int = EVENT_MAX_ENTRIES
-    event_lease_ms: int = EVENT_LEASE_MS
-    ack_budget_s: float = ACK_BUDGET_S
+    adapter_id = "slack"
 
+    signing_secret: Text  # verifies every request (v0 HMAC); secret
+    bot_token: Text  # xoxb-... for the Web API; secret
+    api_base_url: Text = DEFAULT_API_BASE_URL  # a simulator's in tests
+    account_id: Text = DEFAULT_ACCOUNT_ID
+    agent_id: Text = DEFAULT_AGENT_ID
+    require_mention: bool = True  # channel messages need an @mention ...
+    require_explicit_mention: bool = False  # ... and true turns off thread/reply implicit mentions
+    thread_ttl_ms: Positive = THREAD_TTL_MS
+    thread_max_entries: Positive = THREAD_MAX_ENTRIES
+    event_ttl_ms: Positive = EVENT_TTL_MS
+    event_max_entries: Positive = EVENT_MAX_ENTRIES
+    event_lease_ms: Positive = EVENT_LEASE_MS
+    ack_budget_s: Annotated[float, Field(gt=0)] = ACK_BUDGET_S
+
+    @field_validator("api_base_url")
     @classmethod
-    def from_config(cls, table: Mapping[str, Any]) -> SlackSettings:
-        """Check the adapter's table. Raises ValueError naming the key (the gateway exits 2)."""
-        base = str(_get(table, "api_base_url", str, DEFAULT_API_BASE_URL))
-        return cls(
-            signing_secret=_required(table, "signing_secret"),
-            bot_token=_required(table, "bot_token"),
-            api_base_url=base if base.endswith("/") else base + "/",
-            account_id=_get(table, "account_id", str, DEFAULT_ACCOUNT_ID),
-            agent_id=_get(table, "agent_id", str, DEFAULT_AGENT_ID),
-            require_mention=_get(table, "require_mention", bool, True),
-            require_explicit_mention=_get(table, "require_explicit_mention", bool, False),
-            thread_ttl_ms=_get(table, "thread_ttl_ms", int, THREAD_TTL_MS),
-            thread_max_entries=_get(table, "thread_max_entries", int, THREAD_MAX_ENTRIES),
-            event_ttl_ms=_get(table, "event_ttl_ms", int, EVENT_TTL_MS),
-            event_max_entries=_get(table, "event_max_entries", int, EVENT_MAX_ENTRIES),
-            event_lease_ms=_get(table, "event_lease_ms", int, EVENT_LEASE_MS),
-            ack_budget_s=_get(table, "ack_budget_s", float, ACK_BUDGET_S),
-        )
-
-
-def _required(table: Mapping[str, Any], key: str) -> str:
-    value = table.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"adapters.slack.{key}: required (or set CHATSTATE_SLACK_{key.upper()})")
-    return value
-
-
-def _get(table: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
-    value = table.get(key, default)
-    name = f"adapters.slack.{key}"
-    if kind is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise ValueError(f"{name}: must be true or false")
-        return value
-    if kind in (int, float):
-        if isinstance(value, bool):
-            raise ValueError(f"{name}: must be a number")
-        try:
-            number = kind(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: must be a number, got {value!r}") from None
-        if number <= 0:
-            raise ValueError(f"{name}: must be > 0, got {number}")
-        return number
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name}: must be a non-empty string")
-    return value
+    def _trailing_slash(cls, value: str) -> str:
+        return value if value.endswith("/") else value + "/"

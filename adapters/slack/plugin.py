@@ -71,6 +71,7 @@ class SlackPlugin(Plugin):
 
     id = "slack"
     origin = "bundled"
+    settings_type = SlackSettings
 
     def __init__(self) -> None:
         self.settings: SlackSettings | None = None
@@ -94,7 +95,7 @@ class SlackPlugin(Plugin):
         Raises ValueError (bad config), StateStoreError (opening a store) and
         slack_sdk.errors.SlackApiError / aiohttp.ClientError (auth.test failed).
         """
-        settings = SlackSettings.from_config(runtime.config)
+        settings = SlackSettings.of(runtime)
         self._runtime = runtime
         self.settings = settings
         self._verifier = RequestVerifier(settings.signing_secret)

@@ -17,8 +17,6 @@ in the config, no static token.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
 from urllib.parse import urlsplit
 
 from botbuilder.schema import CallerIdConstants
@@ -30,6 +28,8 @@ from botframework.connector.auth import (
     PasswordServiceClientCredentialFactory,
     ServiceClientCredentialsFactory,
 )
+
+from chatstate.adapters.teams.config import TeamsSettings
 
 BOT_FRAMEWORK_SCOPE = "https://api.botframework.com"  # the audience of tokens the bot presents
 
@@ -66,22 +66,23 @@ class StaticTokenCredentialFactory(ServiceClientCredentialsFactory):
         return StaticTokenCredentials(app_id, self.token)
 
 
-def build_authentication(config: Mapping[str, Any]) -> BotFrameworkAuthentication:
+def build_authentication(config: TeamsSettings) -> BotFrameworkAuthentication:
     """Build the Bot Framework authentication described by `[adapters.teams]`.
 
     Keys: `app_id` (required); `openid_metadata_url` + `token_issuer` + `connector_token` for a
     simulator, or `app_password` for Azure. Raises ValueError naming the missing key.
     """
-    app_id = _required(config, "app_id")
-    metadata_url = config.get("openid_metadata_url")
+    config.check_credentials()
+    app_id = config.app_id
+    metadata_url = config.openid_metadata_url
     if metadata_url is None:
-        password = _required(config, "app_password")
+        password = str(config.app_password)
         return BotFrameworkAuthenticationFactory.create(
             credential_factory=PasswordServiceClientCredentialFactory(app_id, password),
             auth_configuration=AuthenticationConfiguration(),
         )
-    issuer = _required(config, "token_issuer")
-    token = _required(config, "connector_token")
+    issuer = str(config.token_issuer)
+    token = str(config.connector_token)
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(str(metadata_url)))
     return BotFrameworkAuthenticationFactory.create(
         to_channel_from_bot_login_url=origin,  # unused: the static token needs no login
@@ -95,9 +96,3 @@ def build_authentication(config: Mapping[str, Any]) -> BotFrameworkAuthenticatio
         auth_configuration=AuthenticationConfiguration(),
     )
 
-
-def _required(config: Mapping[str, Any], key: str) -> str:
-    value = config.get(key)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"adapters.teams.{key}: required (a non-empty string)")
-    return value

@@ -19,12 +19,14 @@ import hmac
 import json
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from pydantic import Field
 
 from chatstate.adapters.common import AdapterState, StateSpec
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.gateway.settings import AdapterSettings
 
 # 1. Choose namespace, key, value, TTL and cap: one row per alert, kept a day.
 ACKS = StateSpec(namespace="toy.acks", ttl_ms=24 * 3600 * 1000, max_entries=1_000)
@@ -35,10 +37,17 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+class ToySettings(AdapterSettings):
+    """`[adapters.toy]`: one key (and CHATSTATE_TOY_SECRET); any other key is refused."""
+
+    secret: Annotated[str, Field(min_length=1)]
+
+
 class ToyPlugin(Plugin):
     """First-ack-wins alert acknowledgements that survive a restart."""
 
     id = "toy"
+    settings_type = ToySettings
 
     def __init__(self) -> None:
         self._secret = ""
@@ -48,10 +57,8 @@ class ToyPlugin(Plugin):
         return (Route("POST", "/toy/ack", self._ack),)
 
     async def start(self, runtime: PluginRuntime) -> None:
-        """Open the ack store (memory only in legacy mode). Raises ValueError without a secret."""
-        self._secret = str(runtime.config.get("secret") or "")
-        if not self._secret:
-            raise ValueError("adapters.toy.secret: required")
+        """Open the ack store (memory only in legacy mode); the gateway checked the settings."""
+        self._secret = ToySettings.of(runtime).secret
         # 5. Legacy mode is the same class with memory only: the "before" for comparisons.
         self._acks = AdapterState(ACKS, legacy=runtime.legacy)
         await self._acks.open(runtime)

@@ -12,24 +12,26 @@ import json
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from chatstate.gateway import logs
-from chatstate.gateway.config import GatewayConfig, load_config
-from chatstate.gateway.exits import FAILED, OK, STORE_UNUSABLE, GatewayExit
-from chatstate.gateway.pidfile import ensure_state_dir, running_info
+from chatstate.gateway.config import GatewayConfig, default_state_dir, load_config
+from chatstate.gateway.exits import FAILED, INTERRUPTED, OK, STORE_UNUSABLE, GatewayExit
+from chatstate.gateway.launch import Launch, Started, spawn_detached, validate
+from chatstate.gateway.pidfile import check_state_dir, running_info
+from chatstate.gateway.settings import ENV_PREFIX
 
 CONFIG_ENV = "CHATSTATE_GATEWAY_CONFIG"  # default for --config
 DEFAULT_STOP_TIMEOUT_S = 30.0
 DEFAULT_READY_TIMEOUT_S = 60.0
-LOG_NAME = "gateway.log"  # under the state dir, for --detach
+T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=cmd_status)
 
-    restart = sub.add_parser("restart", help="stop (if running), then start --detach")
-    _where(restart)
+    restart = sub.add_parser(
+        "restart", help="validate, then stop (if running) and start --detach; reuses the running config",
+        description="Without --config, start again what the running gateway runs (its recorded config "
+        "file, overrides and CHATSTATE_* variables). The new configuration is validated completely "
+        "first; if that fails nothing is stopped (exit 2).")
+    restart.add_argument("--config", metavar="FILE",
+                         help="start this TOML config instead of the running gateway's")
+    restart.add_argument("--state-dir", metavar="D", help="state dir of the gateway to restart")
     _listen(restart)
     _timeout(restart)
     restart.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S, metavar="S")
@@ -110,6 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if str(exc):
             print(f"gateway: {exc}", file=sys.stderr)
         return exc.code
+    except KeyboardInterrupt:  # Ctrl-C: whatever this command started is already undone
+        print("gateway: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:  # `chatstate status | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
@@ -117,16 +131,23 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
                        host=getattr(args, "host", None), port=getattr(args, "port", None))
 
 
+def _launch(args: argparse.Namespace, config: GatewayConfig) -> Launch:
+    """How this command line starts a gateway (recorded in the pid file for `restart`)."""
+    return Launch(config.state_dir, config.source, args.host, args.port, dict(config.env))
+
+
 # -- start ----------------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace) -> int:
     config = _config(args)
+    launch = _launch(args, config)
     if args.detach:
-        return _start_detached(args, config)
+        check_state_dir(config.state_dir)
+        return _report_started(spawn_detached(launch, ready_timeout_s=args.ready_timeout), config)
     from chatstate.gateway import server  # imports aiohttp and the state package: only when serving
 
     log = logs.configure(config.log_level)
     try:
-        return server.run(config, ready_fd=args.ready_fd)
+        return server.run(config, ready_fd=args.ready_fd, launch=launch.record())
     except GatewayExit as exc:
         log.error("gateway_failed", extra={"exit_code": exc.code, "reason": str(exc)})
         raise
@@ -135,65 +156,14 @@ def cmd_start(args: argparse.Namespace) -> int:
         return FAILED
 
 
-def _start_detached(args: argparse.Namespace, config: GatewayConfig) -> int:
-    """Start `chatstate start` in a new session, wait for its ready line, print where it runs."""
-    ensure_state_dir(config.state_dir)
-    argv = [sys.executable, "-m", "chatstate", "start", "--state-dir", str(config.state_dir),
-            "--host", config.host, "--port", str(config.port)]
-    if args.config:
-        argv += ["--config", str(Path(args.config).resolve())]
-    read_end, write_end = os.pipe()
-    log_path = config.state_dir / LOG_NAME
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(
-            [*argv, "--ready-fd", str(write_end)], stdin=subprocess.DEVNULL, stdout=log_file,
-            stderr=log_file, pass_fds=(write_end,), start_new_session=True,
-        )
-    os.close(write_end)
-    try:
-        line = _read_line(read_end, args.ready_timeout)
-    finally:
-        os.close(read_end)
-    if line is None:  # timed out: do not leave a half-started gateway behind
-        proc.kill()
-        proc.wait()
-        print(f"gateway: not ready after {args.ready_timeout:g}s; killed it (log: {log_path})", file=sys.stderr)
-        return FAILED
-    if not line:  # EOF without a ready line: the child exited, its code says why
-        code = proc.wait()
-        print(f"gateway: failed to start (exit {code}); log: {log_path}", file=sys.stderr)
-        _print_tail(log_path)
-        return code
-    ready = json.loads(line)
-    print(json.dumps({**ready, "state_dir": str(config.state_dir), "log": str(log_path)}))
-    return OK
-
-
-def _read_line(fd: int, timeout_s: float) -> str | None:
-    """Read one line from `fd`: the line, "" on EOF, None on timeout."""
-    deadline = time.monotonic() + timeout_s
-    buf = b""
-    while b"\n" not in buf:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        readable, _, _ = select.select([fd], [], [], remaining)
-        if not readable:
-            return None
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return ""
-        buf += chunk
-    return buf.split(b"\n", 1)[0].decode()
-
-
-def _print_tail(path: Path, lines: int = 5) -> None:
-    try:
-        tail = path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return
-    for line in tail:
-        print(f"  {line}", file=sys.stderr)
+def _report_started(started: Started, config: GatewayConfig, *, previous: str = "") -> int:
+    """Print where the gateway runs (JSON on stdout), or one `gateway:` line saying why not."""
+    if started.code == OK and started.ready is not None:
+        print(json.dumps({**started.ready, "state_dir": str(config.state_dir), "log": str(started.log_path)}))
+        return OK
+    print(f"gateway: failed to start (exit {started.code}): {started.reason}; log: {started.log_path}{previous}",
+          file=sys.stderr)
+    return started.code
 
 
 # -- stop / restart ---------------------------------------------------------------------------
@@ -234,9 +204,53 @@ def _wait_exit(pid: int, timeout_s: float) -> bool:
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
-    config = _config(args)
-    stop_gateway(config.state_dir, timeout_s=args.timeout)
-    return _start_detached(args, config)
+    """Validate the new configuration completely, then stop the running gateway and start it.
+
+    Without `--config` the running gateway's recorded launch (config file, overrides and the
+    CHATSTATE_* variables it read) is started again; with it, that file. A configuration that
+    fails validation stops nothing (exit 2, or 3 for an unusable state dir).
+    """
+    explicit = args.config is not None
+    if args.state_dir is not None:
+        state_dir = Path(args.state_dir).expanduser().absolute()
+    elif explicit:  # the gateway to restart is the one on the new config's state dir
+        state_dir = _refused_if_bad(lambda: load_config(args.config).state_dir, default_state_dir(os.environ))
+    else:
+        state_dir = load_config(os.environ.get(CONFIG_ENV)).state_dir
+    check_state_dir(state_dir)
+    info = running_info(state_dir)
+    recorded = info.get("launch") if info else None
+    previous = Launch.from_record(recorded, state_dir) if isinstance(recorded, dict) else None
+    if previous is not None and not explicit:
+        launch = replace(previous, host=args.host if args.host is not None else previous.host,
+                         port=args.port if args.port is not None else previous.port)
+    else:
+        path = args.config or os.environ.get(CONFIG_ENV)
+        launch = Launch(state_dir, Path(path).expanduser().absolute() if path else None, args.host, args.port,
+                        {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)})
+    config = _refused_if_bad(lambda: validate(launch), state_dir)
+    if info is not None:
+        stop_gateway(state_dir, timeout_s=args.timeout)
+    started = spawn_detached(launch, ready_timeout_s=args.ready_timeout)
+    hint = ""
+    if info is not None and previous is not None:
+        missing = sorted(set(previous.env) - set(os.environ))
+        with_env = f" (with {', '.join(missing)} set as before)" if missing else ""
+        hint = f"; the previous gateway was stopped; to start its configuration again run: {previous.command()}{with_env}"
+    return _report_started(started, config, previous=hint)
+
+
+def _refused_if_bad(step: Callable[[], T], state_dir: Path) -> T:
+    """Run a validation step; on failure say that the gateway running on `state_dir` (if any)
+    was left alone, keeping the step's exit code (2 config, 3 state dir)."""
+    try:
+        return step()
+    except GatewayExit as exc:
+        info = running_info(state_dir) if state_dir.is_dir() else None
+        if info is None:
+            raise
+        raise GatewayExit(exc.code, f"restart refused, the running gateway (pid {info.get('pid')}) "
+                          f"keeps serving: {exc}") from None
 
 
 # -- status -----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -34,11 +35,13 @@ from chatstate.gateway.registry import load_plugins
 from chatstate.gateway.runtime import PluginNotTrusted
 
 
-def run(config: GatewayConfig, *, ready_fd: int | None = None) -> int:
+def run(config: GatewayConfig, *, ready_fd: int | None = None, launch: dict[str, Any] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; return the exit code.
 
     `ready_fd`, if given, receives one JSON line {pid, url} once /healthz is ready and is then
-    closed (how `--detach` and the harness learn readiness without polling).
+    closed (how `--detach` and the harness learn readiness without polling). `launch` (config
+    path, CHATSTATE_* variables, command-line overrides) goes into the pid file, so `restart`
+    can start the same configuration again.
     Raises GatewayExit with BAD_CONFIG, STORE_UNUSABLE or IN_USE as described in the module doc.
     """
     t0 = time.monotonic()
@@ -54,6 +57,7 @@ def run(config: GatewayConfig, *, ready_fd: int | None = None) -> int:
         sock = _bind(config.host, config.port)
         try:
             app = build_app(config, plugins)
+            pidfile.update(launch=launch or {})
             return asyncio.run(_serve(app, config, sock, pidfile, ready_fd=ready_fd, t0=t0))
         finally:
             sock.close()
@@ -108,7 +112,7 @@ async def _serve(
             await web.SockSite(runner, sock).start()
             host, port = sock.getsockname()[:2]
             url = f"http://{host}:{port}"
-            pidfile.update(host=host, port=port, url=url, ready=True, config=str(config.source or ""))
+            pidfile.update(host=host, port=port, url=url, ready=True)
             log.info("gateway_ready", extra={"url": url, "plugins": [lp.id for lp in app[PLUGINS]],
                                              "duration_ms": round((time.monotonic() - t0) * 1000, 3)})
             ready.send(url)

@@ -65,11 +65,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 async def run_gateway_cli(
-    *args: str, env: Mapping[str, str] | None = None, timeout_s: float = 60.0
+    *args: str, env: Mapping[str, str] | None = None, timeout_s: float = 60.0, cwd: str | Path | None = None
 ) -> CliResult:
-    """Run `python -m chatstate *args` to completion; for exit-code tests and `stop`/`status`."""
+    """Run `python -m chatstate *args` to completion; for exit-code tests and `stop`/`status`.
+    `cwd`: run it from another folder, as a person would (relative paths then resolve there)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "chatstate", *args, env=dict(env) if env is not None else None,
+        sys.executable, "-m", "chatstate", *args, env=dict(env) if env is not None else None, cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:

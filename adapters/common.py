@@ -97,10 +97,14 @@ class AdapterState:
         self._store: AsyncKeyedStore | None = None
         self._pending: OrderedDict[str, Entry | None] = OrderedDict()  # None = a failed delete
         self.last_error: str | None = None
+        self.plugin_id: str | None = None  # set by open(); labels metrics and log lines
+        self._logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = log
 
     async def open(self, runtime: PluginRuntime) -> None:
         """Open the keyed store (not in legacy mode); a spec with `core_id` opens the core-owned
         store through `runtime.open_core_store`. Raises what `open_keyed_store` raises."""
+        self.plugin_id = runtime.plugin_id
+        self._logger = runtime.log
         if self.legacy:
             return
         if self.spec.core_id is not None:
@@ -134,15 +138,19 @@ class AdapterState:
             "cached": len(self.memory),
         }
 
+    def _log(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+        return self._logger
+
     def _degrade(self, exc: StateStoreError) -> None:
         if self.last_error is None:
-            log.warning("store failed for %s (%s); degrading to memory", self.spec.namespace, exc.code)
+            self._log().warning("adapter_state_degraded", extra={"namespace": self.spec.namespace, "code": str(exc.code)})
         self.last_error = str(exc.code)
 
     async def _recover(self) -> bool:
         """Replay writes that failed while degraded; True when the store is usable."""
         if self._store is None:
             return False
+        replayed = 0
         while self._pending:
             key, entry = next(iter(self._pending.items()))
             try:
@@ -156,8 +164,10 @@ class AdapterState:
                 self._degrade(exc)
                 return False
             self._pending.pop(key, None)
+            replayed += 1
         if self.last_error is not None:
-            log.info("store for %s recovered", self.spec.namespace)
+            self._log().info("adapter_state_recovered", extra={"namespace": self.spec.namespace,
+                                                                "replayed": replayed})
         self.last_error = None
         return True
 

@@ -13,9 +13,6 @@ import os
 import select
 import signal
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +28,7 @@ from chatstate.gateway.settings import ENV_PREFIX
 CONFIG_ENV = "CHATSTATE_GATEWAY_CONFIG"  # default for --config
 DEFAULT_STOP_TIMEOUT_S = 30.0
 DEFAULT_READY_TIMEOUT_S = 60.0
+STATUS_TIMEOUT_S = 3.0  # gateway.status.STATUS_TIMEOUT_S, here so --help needs no import
 T = TypeVar("T")
 
 
@@ -61,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="is a gateway running: pid, uptime, address, health, store")
     _where(status)
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--timeout", type=float, default=STATUS_TIMEOUT_S, metavar="S",
+                        help=f"seconds to wait for /healthz before 'not responding' (default {STATUS_TIMEOUT_S:g})")
     status.set_defaults(func=cmd_status)
 
     restart = sub.add_parser(
@@ -76,10 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     restart.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S, metavar="S")
     restart.set_defaults(func=cmd_restart, detach=True, ready_fd=None)
 
-    st = sub.add_parser("state", add_help=False, help="probe|inspect the state database (python -m chatstate.state)",
-                        usage="gateway state [--config FILE] {probe,inspect} [options]")
-    st.add_argument("rest", nargs=argparse.REMAINDER)
-    st.set_defaults(func=cmd_state)
+    _state_parsers(sub)
 
     from chatstate.gateway import demo  # light: the simulators and harness load only when it runs
 
@@ -108,8 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit code (argparse itself exits 2 on bad usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv[:1] == ["state"]:  # everything after `state` belongs to the state CLI
-        args = argparse.Namespace(func=cmd_state, rest=argv[1:])
+    if argv[:1] == ["state"] and argv[1:2] and argv[1] in STATE_COMMANDS:
+        # the flags after `state probe|inspect` are the state CLI's (argparse's REMAINDER would
+        # refuse ones that start with --), so they skip this parser
+        args = argparse.Namespace(func=cmd_state, state_command=argv[1], rest=argv[2:])
     else:
         args = parser.parse_args(argv)
     try:
@@ -151,9 +150,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     except GatewayExit as exc:
         log.error("gateway_failed", extra={"exit_code": exc.code, "reason": str(exc)})
         raise
-    except Exception:
+    except Exception as exc:
         log.exception("gateway_crashed", extra={"exit_code": FAILED})
-        return FAILED
+        raise GatewayExit(FAILED, f"unexpected error ({type(exc).__name__}: {exc}); traceback in the log") from None
 
 
 def _report_started(started: Started, config: GatewayConfig, *, previous: str = "") -> int:
@@ -255,84 +254,43 @@ def _refused_if_bad(step: Callable[[], T], state_dir: Path) -> T:
 
 # -- status -----------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
+    from chatstate.gateway.status import gateway_status, status_text
+
     config = _config(args)
-    report = gateway_status(config)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(_status_text(report))
+    report = gateway_status(config, timeout_s=args.timeout)
+    print(json.dumps(report, indent=2) if args.json else status_text(report))
     return OK if report["running"] else FAILED
 
 
-def gateway_status(config: GatewayConfig) -> dict[str, Any]:
-    """Running or not, pid, uptime, address, health and a store summary (read-only when down)."""
-    info = running_info(config.state_dir)
-    report: dict[str, Any] = {"running": info is not None, "state_dir": str(config.state_dir)}
-    if info is None:
-        report["store"] = _offline_store_summary(config)
-        return report
-    report.update(pid=info.get("pid"), url=info.get("url"), ready=info.get("ready", False))
-    if isinstance(info.get("started_at"), (int, float)):
-        report["uptime_s"] = round(time.time() - info["started_at"], 3)
-    if info.get("url"):
-        health = _get_health(info["url"])
-        report["health"] = health.get("status", "unreachable")
-        report["store"] = health.get("store")
-        report["adapters"] = {k: v.get("status") for k, v in (health.get("adapters") or {}).items()}
-    return report
-
-
-def _get_health(url: str) -> dict[str, Any]:
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:  # 503 while starting/stopping still has a body
-        try:
-            return json.loads(exc.read())
-        except ValueError:
-            return {"status": f"http {exc.code}"}
-    except (OSError, ValueError) as exc:
-        return {"status": "unreachable", "error": str(exc)}
-
-
-def _offline_store_summary(config: GatewayConfig) -> dict[str, Any]:
-    """Check the database read-only (no probe row is written while the gateway is down)."""
-    if config.state_url:
-        return {"ok": None, "url": config.state_url, "note": "not checked while the gateway is down"}
-    from chatstate import state
-
-    path = state.database_path(config.state_dir)
-    try:
-        state.check_database(path)
-    except state.StateStoreError as exc:
-        return {"ok": False, "database_path": str(path), "code": str(exc.code), "message": str(exc)}
-    return {"ok": True, "database_path": str(path), "exists": path.exists()}
-
-
-def _status_text(r: dict[str, Any]) -> str:
-    if not r["running"]:
-        store = r["store"]
-        ok = {True: "ok", False: f"UNUSABLE ({store.get('code')})", None: "not checked"}[store.get("ok")]
-        return f"gateway: not running (state dir {r['state_dir']})\nstore: {ok} {store.get('database_path', '')}"
-    lines = [f"gateway: running pid {r.get('pid')} up {r.get('uptime_s', 0):.1f}s at {r.get('url') or '(starting)'}"]
-    if "health" in r:
-        lines.append(f"health: {r['health']}")
-        store = r.get("store") or {}
-        lines.append(f"store: {'ok' if store.get('ok') else 'FAILING'} {store.get('database_path', '')}")
-        lines += [f"adapter {k}: {v}" for k, v in (r.get("adapters") or {}).items()]
-    return "\n".join(lines)
-
-
 # -- state ------------------------------------------------------------------------------------
-def cmd_state(args: argparse.Namespace) -> int:
-    """Delegate to `python -m chatstate.state`, pointing it at this gateway's state dir.
+STATE_COMMANDS = {
+    "probe": "check state dir, open, schema, a write-read-delete and a checkpoint (JSON)",
+    "inspect": "list namespaces with live/expired counts, and keys with created/expires",
+}
 
-    Accepts `--config FILE` / `--state-dir D` before or after the subcommand; the state CLI's
-    "probe failed / unusable" (1) becomes exit 3 here, to match the gateway's codes.
-    """
+
+def _state_parsers(sub: Any) -> None:
+    """`chatstate state probe|inspect [--config FILE] [flags]`: real subcommands whose flags
+    belong to the state CLI (python -m chatstate.state), which parses them and prints their
+    --help, so the two never drift."""
+    st = sub.add_parser("state", help="probe|inspect the state database (python -m chatstate.state)",
+                        description="The state CLI (python -m chatstate.state) on this gateway's state dir; "
+                        "`chatstate state probe --help` lists a command's flags.")
+    st_sub = st.add_subparsers(dest="state_command", required=True, metavar="{probe,inspect}")
+    for name, text in STATE_COMMANDS.items():
+        p = st_sub.add_parser(name, help=text, add_help=False,
+                              usage=f"chatstate state {name} [--config FILE] [flags of python -m chatstate.state {name}]")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=cmd_state)
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    """Run the state CLI's command on this gateway's state dir (`--config FILE` anywhere among
+    the flags). Its "probe failed / unusable" (1) becomes exit 3, and an unusable state dir is
+    one `gateway:` line (exit 3), as for `start`."""
     from chatstate.state import cli as state_cli
 
-    rest = list(args.rest)
+    rest = [args.state_command, *args.rest]
     config_path = os.environ.get(CONFIG_ENV)
     if "--config" in rest:
         i = rest.index("--config")
@@ -340,12 +298,14 @@ def cmd_state(args: argparse.Namespace) -> int:
             raise GatewayExit(2, "--config needs a FILE")
         config_path = rest[i + 1]
         del rest[i : i + 2]
-    if config_path and not {"--state-dir", "--path", "--url", "-h", "--help"} & set(rest) and rest:
+    if not {"--state-dir", "--path", "--url", "-h", "--help"} & set(rest):
         config = load_config(config_path)
-        if config.state_url and rest[0] == "probe":
+        if config.state_url and args.state_command == "probe":
             rest += ["--url", config.state_url]
         else:
             rest += ["--state-dir", str(config.state_dir)]
+    if "--state-dir" in rest and rest.index("--state-dir") + 1 < len(rest):
+        check_state_dir(Path(rest[rest.index("--state-dir") + 1]).expanduser().absolute(), create=False)
     try:
         code = state_cli.main(rest, prog="chatstate state")
     except SystemExit as exc:  # argparse in the state CLI: --help (0) or bad usage (2)

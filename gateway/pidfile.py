@@ -26,8 +26,9 @@ DIR_MODE = 0o700  # the state dir holds adapter state; DESIGN.md §2
 FILE_MODE = 0o600
 
 
-def check_state_dir(state_dir: Path) -> None:
-    """Make sure the gateway may use `state_dir`, creating it 0700 if it is missing.
+def check_state_dir(state_dir: Path, *, create: bool = True) -> None:
+    """Make sure the gateway may use `state_dir`, creating it 0700 if it is missing (unless
+    `create` is false: `status` and `state` only look).
 
     Refused (GatewayExit STORE_UNUSABLE, exit 3, one message naming the path and what to do):
     a path that is a file, a symlink (never followed: DESIGN.md §2), a directory owned by
@@ -36,7 +37,8 @@ def check_state_dir(state_dir: Path) -> None:
     try:
         st = os.lstat(state_dir)
     except FileNotFoundError:
-        _make_dirs(state_dir)
+        if create:
+            _make_dirs(state_dir)
         return
     except OSError as exc:
         raise _unusable(state_dir, f"cannot be examined ({exc.strerror}); choose another --state-dir") from None

@@ -4,6 +4,8 @@ the writes, and replays them when the store is back."""
 
 from __future__ import annotations
 
+import logging
+
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -36,6 +38,9 @@ class FlakyStore:
 
 
 class Runtime:
+    plugin_id = "adapter"
+    log = logging.LoggerAdapter(logging.getLogger("test.adapter"))
+
     def __init__(self, path: Path, clock: Any = None) -> None:
         self.path, self.clock, self.stores = path, clock, []
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from chatstate.gateway import metrics
 from chatstate.state import Entry, StateStoreError
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ class AdapterState:
         store through `runtime.open_core_store`. Raises what `open_keyed_store` raises."""
         self.plugin_id = runtime.plugin_id
         self._logger = runtime.log
+        metrics.track_adapter_state(self)  # mode and pending writes at /metrics
         if self.legacy:
             return
         if self.spec.core_id is not None:
@@ -128,6 +130,15 @@ class AdapterState:
         if self.legacy:
             return "legacy"
         return "degraded" if self.last_error else "store"
+
+    @property
+    def namespace(self) -> str:
+        return self.spec.namespace
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes (and deletes) kept while the store failed, waiting to be replayed."""
+        return len(self._pending)
 
     def health(self) -> dict[str, Any]:
         return {

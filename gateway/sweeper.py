@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatstate import state
-from chatstate.gateway import logs
+from chatstate.gateway import logs, metrics
 
 
 @dataclass
@@ -43,7 +43,10 @@ async def sweep_once(
         except state.StateStoreError as exc:
             status.last_at, status.last_error = time.time(), str(exc.code)
             log.error("sweep_failed", extra={"op": "sweep", "code": str(exc.code)})
-            return None
+            rows = None
+    metrics.record_sweep(t.ms / 1000, rows)
+    if rows is None:
+        return None
     status.last_at, status.last_rows, status.last_error = time.time(), rows, None
     log.info("sweep", extra={"op": "sweep", "rows": rows, "duration_ms": t.ms})
     return rows

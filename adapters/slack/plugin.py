@@ -43,6 +43,7 @@ from chatstate.adapters.slack.platform import (
 from chatstate.adapters.slack.policy import MentionPolicy
 from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
+from chatstate.gateway import metrics
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 EVENTS_PATH = "/slack/events"
@@ -165,6 +166,8 @@ class SlackPlugin(Plugin):
 
     def _answer(self, outcome: Outcome | None) -> web.Response:
         assert self.settings is not None
+        if outcome in (Outcome.ALREADY_DONE, Outcome.IN_PROGRESS):
+            metrics.record_dedupe_hit(self.id, "event")  # a retry or duplicate dropped by the claim
         if outcome in (Outcome.LEASED, Outcome.FAILED):
             retry_after = math.ceil(self.settings.event_lease_ms / 1000) if outcome is Outcome.LEASED else 1
             return web.Response(status=503, headers={"Retry-After": str(retry_after)}, text=outcome.value)

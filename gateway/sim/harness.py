@@ -190,7 +190,11 @@ class GatewayHarness:
     def write_config(self) -> Path:
         """(Re)write the TOML config; call again after changing modes or tables, then restart."""
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.config_path.write_text(dumps(self.config_doc()))
+        # 0600 whatever the umask: the config holds the adapters' tokens (issue 15)
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(dumps(self.config_doc()))
         return self.config_path
 
     # -- process control ------------------------------------------------------------------------
@@ -210,7 +214,9 @@ class GatewayHarness:
         log_path = self.log_path(self.runs)
         read_end, write_end = os.pipe()
         try:
-            with open(log_path, "ab") as log_file:  # the gateway's JSON log lines, one file per run
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.fchmod(log_fd, 0o600)
+            with os.fdopen(log_fd, "ab") as log_file:  # the gateway's JSON log lines, one file per run
                 self.proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "chatstate", "start", "--config", str(self.config_path),
                     "--ready-fd", str(write_end),

@@ -4,10 +4,13 @@ the documented exit code; every case a real `python -m chatstate` process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import signal
+import stat
+import sys
 import time
 from pathlib import Path
 
@@ -142,3 +145,21 @@ def test_no_message_is_logged_without_an_event_name() -> None:
     assert offenders == []
 
 
+
+
+async def test_gateway_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """gateway.log, gateway.lock and gateway.pid 0600 and new dirs 0700, under umask 000 (issue 15)."""
+    state_dir = tmp_path / "a" / "b"
+    script = (f"umask 000 && exec {sys.executable} -m chatstate start --detach --state-dir {state_dir} "
+              f"--port 0")
+    proc = await asyncio.create_subprocess_exec("sh", "-c", script, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    try:
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "a", state_dir, *state_dir.iterdir()]}
+        modes.pop("plugin-state", None)  # the state package's (docs/state.md)
+        assert modes == {"a": 0o700, "b": 0o700, "gateway.log": 0o600, "gateway.lock": 0o600, "gateway.pid": 0o600}
+    finally:
+        stopped = await run_gateway_cli("stop", "--state-dir", str(state_dir))
+        assert stopped.returncode == 0

@@ -10,7 +10,10 @@ every thread, button and approval. After: `AdapterState` keeps that dict as a ho
   it is atomic across processes;
 - a store failure degrades to memory (reported by `health()`, shown in /healthz), keeps the
   failed writes, and replays them on the next call that finds the store working again.
-`legacy=True` is the "before": memory only, same TTL and cap, for side-by-side demos.
+`legacy=True` is the "before": memory only, same TTL and cap, for side-by-side demos. Keys and
+values are checked by the store's own rules in both modes (a string key, trimmed, 1..512 bytes;
+plain JSON values), so a plugin that passes in legacy mode passes in store mode: a list or tuple
+key is `StateStoreError` INVALID_INPUT in both, never a 500 from `unhashable type`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatstate.gateway import metrics
 from chatstate.state import Entry, StateStoreError
+from chatstate.state import _validate  # the store's own key and value rules, applied in both modes
 
 if TYPE_CHECKING:
     from chatstate.gateway.plugin import PluginRuntime
@@ -39,7 +43,7 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class StateSpec:
-    """What an adapter keeps: the row of DESIGN.md §3's table for one namespace."""
+    """What an adapter keeps for one namespace: a row of the table in docs/migrating-an-adapter.md."""
 
     namespace: str
     ttl_ms: int | None  # default TTL of a row; None = until deleted
@@ -196,12 +200,24 @@ class AdapterState:
         return Entry(key, value, now, None if ttl is None else now + ttl)
 
     # -- the operations adapters call -----------------------------------------------------
+    def _checked(self, key: object, op: str, value: Any = None, *, has_value: bool = False) -> str:
+        """The key as the store sees it (trimmed), after the store's checks, and the value checked
+        as the store would: up front in both modes, so memory never holds a row the store would
+        refuse (a degraded store replays memory's rows later). Raises StateStoreError
+        INVALID_INPUT / LIMIT_EXCEEDED, in both modes alike."""
+        checked = _validate.key(key, op)
+        if has_value:
+            _validate.serialize_value(value, op)
+        return checked
+
     async def record(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
         """Remember `value` under `key`, durably unless legacy; returns once it is on disk.
 
         A store failure does not raise: the row stays in memory, is replayed later, and the
-        adapter shows as degraded. INVALID_INPUT/LIMIT_EXCEEDED (a programming error) do raise.
+        adapter shows as degraded. INVALID_INPUT/LIMIT_EXCEEDED (a programming error) do raise,
+        in legacy mode too, and leave nothing behind.
         """
+        key = self._checked(key, "register", value, has_value=True)
         entry = self._entry(key, value, ttl_ms)
         self.memory.put(entry)
         if self._store is None or not await self._recover():
@@ -212,12 +228,14 @@ class AdapterState:
             await self._store.register(key, value, ttl_ms=ttl_ms)
         except StateStoreError as exc:
             if exc.code in ("INVALID_INPUT", "LIMIT_EXCEEDED"):
+                self.memory.drop(key)
                 raise
             self._degrade(exc)
             self._remember(key, entry)
 
     async def get_entry(self, key: str) -> Entry | None:
         """Return the live row: memory first, then the store (cached with its stored expiry)."""
+        key = self._checked(key, "lookup")
         entry = self.memory.get(key)
         if entry is not None or self._store is None:
             return entry
@@ -236,6 +254,7 @@ class AdapterState:
 
     async def claim(self, key: str, value: Any, *, ttl_ms: int | None = None) -> bool:
         """Atomically take `key` if no live row holds it (across processes when not legacy)."""
+        key = self._checked(key, "register_if_absent", value, has_value=True)
         entry = self._entry(key, value, ttl_ms)
         if self._store is not None and await self._recover():
             try:
@@ -252,6 +271,7 @@ class AdapterState:
 
     async def take(self, key: str) -> Any | None:
         """Read and remove the live row in one atomic step (exactly one of racing callers wins)."""
+        key = self._checked(key, "consume")
         cached = self.memory.take(key)
         if self._store is not None and await self._recover():
             try:
@@ -264,6 +284,7 @@ class AdapterState:
 
     async def forget(self, key: str) -> bool:
         """Delete `key` everywhere; True if a live row was removed."""
+        key = self._checked(key, "delete")
         removed = self.memory.drop(key)
         if self._store is not None and await self._recover():
             try:

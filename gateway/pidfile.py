@@ -22,7 +22,7 @@ from chatstate.gateway.exits import IN_USE, STORE_UNUSABLE, GatewayExit
 
 LOCK_NAME = "gateway.lock"
 PID_NAME = "gateway.pid"
-DIR_MODE = 0o700  # the state dir holds adapter state; DESIGN.md §2
+DIR_MODE = 0o700  # the state dir holds adapter state (docs/state.md)
 FILE_MODE = 0o600
 
 
@@ -31,7 +31,7 @@ def check_state_dir(state_dir: Path, *, create: bool = True) -> None:
     `create` is false: `status` and `state` only look).
 
     Refused (GatewayExit STORE_UNUSABLE, exit 3, one message naming the path and what to do):
-    a path that is a file, a symlink (never followed: DESIGN.md §2), a directory owned by
+    a path that is a file, a symlink (never followed: docs/state.md), a directory owned by
     another user, or one this user cannot write to; also a directory that cannot be created.
     """
     try:

@@ -1,4 +1,4 @@
-"""Delete expired rows every `sweep_interval_s` (DESIGN.md §2: 60 s), always off the loop.
+"""Delete expired rows every `sweep_interval_s` (docs/state.md: 60 s), always off the loop.
 
 `state.sweep_expired` already works in bounded batches (<= 1,024 rows a transaction) so a
 sweep never holds the write lock long; this module only decides when, and keeps the outcome

@@ -167,7 +167,12 @@ def _report_started(started: Started, config: GatewayConfig, *, previous: str = 
 
 # -- stop / restart ---------------------------------------------------------------------------
 def cmd_stop(args: argparse.Namespace) -> int:
-    return stop_gateway(_config(args).state_dir, timeout_s=args.timeout)
+    state_dir = _config(args).state_dir
+    check_state_dir(state_dir, create=False)
+    if not state_dir.exists():
+        print("gateway: not running", file=sys.stderr)
+        return OK
+    return stop_gateway(state_dir, timeout_s=args.timeout)
 
 
 def stop_gateway(state_dir: Path, *, timeout_s: float) -> int:

@@ -25,6 +25,7 @@ COMMANDS = {
     "start --detach": ["start", "--detach", "--port", "0"],
     "restart": ["restart", "--port", "0"],
     "status": ["status"],
+    "stop": ["stop"],
     "state probe": ["state", "probe"],
 }
 

@@ -21,11 +21,10 @@ from typing import Any, TypeVar
 from chatstate.gateway import logs
 from chatstate.gateway.config import GatewayConfig, default_state_dir, load_config
 from chatstate.gateway.exits import FAILED, INTERRUPTED, OK, STORE_UNUSABLE, GatewayExit
-from chatstate.gateway.launch import Launch, Started, spawn_detached, validate
+from chatstate.gateway.launch import CONFIG_ENV, Launch, Started, spawn_detached, validate
 from chatstate.gateway.pidfile import check_state_dir, running_info
 from chatstate.gateway.settings import ENV_PREFIX
 
-CONFIG_ENV = "CHATSTATE_GATEWAY_CONFIG"  # default for --config
 DEFAULT_STOP_TIMEOUT_S = 30.0
 DEFAULT_READY_TIMEOUT_S = 60.0
 STATUS_TIMEOUT_S = 3.0  # gateway.status.STATUS_TIMEOUT_S, here so --help needs no import

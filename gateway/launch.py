@@ -28,6 +28,7 @@ from chatstate.gateway.exits import FAILED, OK
 from chatstate.gateway.pidfile import FILE_MODE, check_state_dir
 
 LOG_NAME = "gateway.log"  # under the state dir, for --detach and restart
+CONFIG_ENV = "CHATSTATE_GATEWAY_CONFIG"  # the default for --config
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,12 @@ class Launch:
         )
 
     def environment(self) -> dict[str, str]:
-        """This process's environment, with recorded variables filling in what is unset."""
-        return {**self.env, **os.environ}
+        """This process's environment, with recorded variables filling in what is unset (and no
+        default config file when this launch has none: it must start what it says)."""
+        env = {**self.env, **os.environ}
+        if self.config is None:
+            env.pop(CONFIG_ENV, None)
+        return env
 
     def load(self) -> GatewayConfig:
         """Parse the configuration this launch would run. Raises ConfigError."""

@@ -13,7 +13,7 @@ from chatstate import state
 from chatstate.gateway import metrics
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sweeper import SweepStatus, sweep_once
-from gw_helpers import SECRET, bump
+from gw_helpers import bump
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 

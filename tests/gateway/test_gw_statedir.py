@@ -116,13 +116,13 @@ async def test_a_plugin_start_failure_is_one_line_with_the_traceback_in_the_log(
 
 
 async def test_gateway_ready_counts_from_process_start(tmp_path: Path) -> None:
-    t0 = time.monotonic()
+    launched = time.time()  # wall clock, to compare with the event's own `ts`
     async with GatewayHarness(adapters={"echo": {"secret": SECRET}}, state_dir=tmp_path / "s") as h:
-        wall_ms = (time.monotonic() - t0) * 1000
         [ready] = [e for e in h.logs() if e["event"] == "gateway_ready"]
+    launch_to_ready_ms = (ready["ts"] - launched) * 1000
     # launch-to-ready includes the interpreter and the imports (hundreds of ms), which the old
-    # timer (started inside server.run) left out
-    assert 0.5 * wall_ms <= ready["duration_ms"] <= wall_ms + 20, (ready["duration_ms"], wall_ms)
+    # timer (started inside server.run) left out; the slack is the harness's own fork and exec
+    assert 0.7 * launch_to_ready_ms <= ready["duration_ms"] <= launch_to_ready_ms + 20, (ready, launch_to_ready_ms)
 
 
 def test_every_log_event_is_in_the_docs_table() -> None:

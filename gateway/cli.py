@@ -21,9 +21,8 @@ from typing import Any, TypeVar
 from chatstate.gateway import logs
 from chatstate.gateway.config import GatewayConfig, default_state_dir, load_config
 from chatstate.gateway.exits import FAILED, INTERRUPTED, OK, STORE_UNUSABLE, GatewayExit
-from chatstate.gateway.launch import CONFIG_ENV, Launch, Started, spawn_detached, validate
+from chatstate.gateway.launch import CONFIG_ENV, Launch, Started, launch_env, spawn_detached, validate
 from chatstate.gateway.pidfile import check_state_dir, running_info
-from chatstate.gateway.settings import ENV_PREFIX
 
 DEFAULT_STOP_TIMEOUT_S = 30.0
 DEFAULT_READY_TIMEOUT_S = 60.0
@@ -131,7 +130,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
 
 def _launch(args: argparse.Namespace, config: GatewayConfig) -> Launch:
     """How this command line starts a gateway (recorded in the pid file for `restart`)."""
-    return Launch(config.state_dir, config.source, args.host, args.port, dict(config.env))
+    return Launch(config.state_dir, config.source, args.host, args.port, launch_env(config.env))
 
 
 # -- start ----------------------------------------------------------------------------------
@@ -230,7 +229,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     else:
         path = args.config or os.environ.get(CONFIG_ENV)
         launch = Launch(state_dir, Path(path).expanduser().absolute() if path else None, args.host, args.port,
-                        {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)})
+                        launch_env(os.environ))
     config = _refused_if_bad(lambda: validate(launch), state_dir)
     if info is not None:
         stop_gateway(state_dir, timeout_s=args.timeout)

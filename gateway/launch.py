@@ -26,9 +26,16 @@ from typing import Any
 from chatstate.gateway.config import GatewayConfig, load_config
 from chatstate.gateway.exits import FAILED, OK
 from chatstate.gateway.pidfile import FILE_MODE, check_state_dir
+from chatstate.gateway.settings import ENV_PREFIX
 
 LOG_NAME = "gateway.log"  # under the state dir, for --detach and restart
 CONFIG_ENV = "CHATSTATE_GATEWAY_CONFIG"  # the default for --config
+
+
+def launch_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables a launch records: every CHATSTATE_* one (config values, secrets) and
+    PYTHONPATH (where external plugins are imported from)."""
+    return {k: v for k, v in env.items() if k.startswith(ENV_PREFIX) or k == "PYTHONPATH"}
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ class Launch:
     config: Path | None = None  # absolute
     host: str | None = None  # command-line overrides only; None = the config's value
     port: int | None = None
-    env: Mapping[str, str] = field(default_factory=dict)  # CHATSTATE_* variables
+    env: Mapping[str, str] = field(default_factory=dict)  # CHATSTATE_* variables and PYTHONPATH
 
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "chatstate", "start", "--state-dir", str(self.state_dir)]

@@ -173,3 +173,16 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_restart_keeps_the_plugin_path_it_was_started_with(operator: Operator) -> None:
+    (operator.config_dir / "ext.toml").write_text(
+        'external_plugins = ["gw_ext_plugin:NotesPlugin"]\ntrusted_plugins = ["ext-notes"]\n'
+        f"[gateway]\nport = {free_port()}\n")
+    started = await operator.run("start", "--detach", "--config", "ext.toml", cwd=operator.config_dir)
+    assert started.returncode == 0, started.stderr
+    bare = {k: v for k, v in operator.env.items() if k != "PYTHONPATH"}  # another shell, no PYTHONPATH
+    restarted = await operator.run("restart", env=bare)
+    assert restarted.returncode == 0, restarted.stderr
+    report = await operator.status()
+    assert report["adapters"] == {"ext-notes": "ok"} and report["pid"] != json.loads(started.stdout)["pid"]

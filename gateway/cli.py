@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S, metavar="S",
                        help=f"with --detach: give up after S seconds (default {DEFAULT_READY_TIMEOUT_S:g})")
     start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # see server._ReadyPipe
+    start.add_argument("--check-only", action="store_true", help=argparse.SUPPRESS)  # restart's validation
     start.set_defaults(func=cmd_start)
 
     stop = sub.add_parser("stop", help="SIGTERM the running gateway, SIGKILL after --timeout")
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _listen(restart)
     _timeout(restart)
     restart.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S, metavar="S")
-    restart.set_defaults(func=cmd_restart, detach=True, ready_fd=None)
+    restart.set_defaults(func=cmd_restart, detach=True, ready_fd=None, check_only=False)
 
     _state_parsers(sub)
 
@@ -130,13 +131,19 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
 
 def _launch(args: argparse.Namespace, config: GatewayConfig) -> Launch:
     """How this command line starts a gateway (recorded in the pid file for `restart`)."""
-    return Launch(config.state_dir, config.source, args.host, args.port, launch_env(config.env))
+    return Launch(config.state_dir, config.source, args.host, args.port, launch_env(os.environ))
 
 
 # -- start ----------------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace) -> int:
     config = _config(args)
     launch = _launch(args, config)
+    if args.check_only:  # everything a start checks before it touches anything; nothing is started
+        from chatstate.gateway.registry import load_plugins
+
+        check_state_dir(config.state_dir, create=False)
+        load_plugins(config)
+        return OK
     if args.detach:
         check_state_dir(config.state_dir)
         return _report_started(spawn_detached(launch, ready_timeout_s=args.ready_timeout), config)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from chatstate.gateway.config import GatewayConfig, load_config
-from chatstate.gateway.exits import FAILED, OK
+from chatstate.gateway.exits import FAILED, OK, GatewayExit
 from chatstate.gateway.pidfile import FILE_MODE, check_state_dir
 from chatstate.gateway.settings import ENV_PREFIX
 
@@ -96,13 +96,19 @@ def validate(launch: Launch) -> GatewayConfig:
     """Check everything a start checks before it touches anything: the config, the state dir,
     every enabled plugin's import, settings and offline `check`.
 
-    Raises ConfigError (exit 2) or GatewayExit (exit 3: unusable state dir).
+    The plugin part runs in a child (`chatstate start --check-only`) with exactly the
+    environment the new gateway will get (recorded PYTHONPATH included), so an import that
+    only works there is judged there. Raises ConfigError / GatewayExit with the child's own
+    message and exit code (2 config, 3 state dir).
     """
-    from chatstate.gateway.registry import load_plugins  # imports the enabled adapters' SDKs
-
     config = launch.load()
-    check_state_dir(config.state_dir)
-    load_plugins(config)
+    check_state_dir(config.state_dir, create=False)
+    proc = subprocess.run([*launch.argv(), "--check-only"], env=launch.environment(), capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        said = [line[len("gateway: "):] for line in proc.stderr.splitlines() if line.startswith("gateway: ")]
+        raise GatewayExit(proc.returncode, said[-1] if said else f"checking the configuration failed "
+                          f"(exit {proc.returncode})")
     return config
 
 

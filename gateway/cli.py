@@ -104,10 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit code (argparse itself exits 2 on bad usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv[:1] == ["state"] and argv[1:2] and argv[1] in STATE_COMMANDS:
-        # the flags after `state probe|inspect` are the state CLI's (argparse's REMAINDER would
-        # refuse ones that start with --), so they skip this parser
-        args = argparse.Namespace(func=cmd_state, state_command=argv[1], rest=argv[2:])
+    command = next((a for a in argv[1:] if a in STATE_COMMANDS), None) if argv[:1] == ["state"] else None
+    if command is not None:
+        # the flags around `state probe|inspect` are the state CLI's (and --config), which
+        # argparse's REMAINDER would refuse when they start with --, so they skip this parser
+        i = argv.index(command, 1)
+        args = argparse.Namespace(func=cmd_state, state_command=command, rest=argv[1:i] + argv[i + 1:])
     else:
         args = parser.parse_args(argv)
     try:

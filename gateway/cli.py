@@ -182,22 +182,24 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return stop_gateway(state_dir, timeout_s=args.timeout)
 
 
-def stop_gateway(state_dir: Path, *, timeout_s: float) -> int:
-    """SIGTERM the gateway running on `state_dir`, SIGKILL it after `timeout_s`; 0 once gone."""
+def stop_gateway(state_dir: Path, *, timeout_s: float, quiet: bool = False) -> int:
+    """SIGTERM the gateway running on `state_dir`, SIGKILL it after `timeout_s`; 0 once gone.
+    `quiet`: no "stopped" line (restart reports the outcome in one line of its own)."""
+    say = (lambda _text: None) if quiet else (lambda text: print(text, file=sys.stderr))
     info = running_info(state_dir)
     if info is None:
-        print("gateway: not running", file=sys.stderr)
+        say("gateway: not running")
         return OK
     pid = info.get("pid")
     if not isinstance(pid, int):
         raise GatewayExit(FAILED, f"a gateway holds {state_dir} but its pid file is unreadable")
     os.kill(pid, signal.SIGTERM)
     if _wait_exit(pid, timeout_s):
-        print(f"gateway: stopped (pid {pid})", file=sys.stderr)
+        say(f"gateway: stopped (pid {pid})")
         return OK
     os.kill(pid, signal.SIGKILL)
     _wait_exit(pid, 10.0)
-    print(f"gateway: pid {pid} did not stop within {timeout_s:g}s; sent SIGKILL", file=sys.stderr)
+    say(f"gateway: pid {pid} did not stop within {timeout_s:g}s; sent SIGKILL")
     return OK
 
 
@@ -241,7 +243,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
                         launch_env(os.environ))
     config = _refused_if_bad(lambda: validate(launch), state_dir)
     if info is not None:
-        stop_gateway(state_dir, timeout_s=args.timeout)
+        stop_gateway(state_dir, timeout_s=args.timeout, quiet=True)
     started = spawn_detached(launch, ready_timeout_s=args.ready_timeout)
     hint = ""
     if info is not None and previous is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from chatstate import state
-from chatstate.gateway import health, logs, metrics
+from chatstate.gateway import health, ingress, logs, metrics
 from chatstate.gateway.config import GatewayConfig
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.plugin import Handler
@@ -30,6 +31,7 @@ from chatstate.gateway.registry import LoadedPlugin
 from chatstate.gateway.runtime import GatewayRuntime, StoreBroker
 from chatstate.gateway.sweeper import SweepStatus, run_sweeper, sweep_once
 
+CALLER_ERROR_CODES = ("INVALID_INPUT", "LIMIT_EXCEEDED")  # store refusals caused by a caller's input
 MAX_BODY_BYTES = 1024 * 1024  # 1 MiB; larger bodies get 413 before any handler runs
 HEALTH_PATH = "/healthz"
 
@@ -124,19 +126,40 @@ def _plugin_handler(plugin_id: str, route: str, handler: Handler) -> Handler:
             child = counted[status] = metrics.REQUESTS.labels(plugin_id, route, str(status))
         child.inc()
 
+    async def answer(request: web.Request) -> web.StreamResponse:
+        size = request.content_length
+        if size is not None and size > MAX_BODY_BYTES:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=size)
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except ingress.BadInput as exc:
+            raise ingress.bad_request(exc) from None
+        except state.StateStoreError as exc:
+            if exc.code not in CALLER_ERROR_CODES:
+                raise
+            # A caller's input the plugin did not validate first: still the caller's error (400),
+            # one concise line, no traceback, no degraded health (issue 15).
+            logs.get("ingress").warning("input_refused_by_store", extra={"plugin": plugin_id, "code": str(exc.code)})
+            raise web.HTTPBadRequest(text=f"input refused: {exc.code}") from None
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback per request
+            tb = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            where = f"{Path(tb.filename).name}:{tb.lineno}" if tb else "?"
+            logs.get("ingress").warning("handler_failed", extra={"plugin": plugin_id, "error": type(exc).__name__,
+                                                                 "where": where})
+            raise web.HTTPInternalServerError(text="internal error") from None
+
     async def plugin_handler(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         request[logs.PLUGIN_ID] = plugin_id
         try:
-            size = request.content_length
-            if size is not None and size > MAX_BODY_BYTES:
-                raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=size)
-            response = await handler(request)
+            response = await answer(request)
         except web.HTTPException as exc:
             count(exc.status, started)
             raise
         except BaseException:
-            count(500, started)  # aiohttp answers 500 (or the client went away: still an error)
+            count(500, started)  # the client went away mid-request (cancelled): still counted
             raise
         count(response.status, started)
         return response

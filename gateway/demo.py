@@ -27,6 +27,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 ADAPTERS = ("slack", "discord", "teams", "matrix")
+TRANSPORTS = {  # --transport: which transports to play (issue 19)
+    "http": ("http",),
+    "websocket": ("websocket",),  # Slack Socket Mode and the Discord Gateway
+    "both": ("http", "websocket"),
+}
 Mode = Literal["legacy", "store"]
 
 
@@ -58,6 +63,9 @@ def add_parser(sub: Any) -> None:
                    help="how to stop the gateway mid-conversation: SIGTERM or SIGKILL (default)")
     p.add_argument("--only", default=",".join(ADAPTERS),
                    help="comma-separated adapters to play, each once (default: slack,discord,teams,matrix)")
+    p.add_argument("--transport", choices=tuple(TRANSPORTS), default="http",
+                   help="http: Events API / interactions endpoint (default); websocket: Slack Socket Mode and "
+                        "the Discord Gateway (slack and discord rows only); both: every row of each")
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON document")
 
 
@@ -69,6 +77,7 @@ class Options:
     kill: str
     json: bool
     keep_in: Path | None  # --state-dir: the parent of this run's own folder
+    transport: str = "http"  # a key of TRANSPORTS
 
 
 def options(args: argparse.Namespace) -> Options:
@@ -78,7 +87,7 @@ def options(args: argparse.Namespace) -> Options:
     if unknown or not only:
         raise ValueError(f"--only takes some of {','.join(ADAPTERS)}; got {args.only!r}")
     keep_in = Path(args.state_dir).expanduser().absolute() if args.state_dir else None
-    return Options(only, args.kill, args.json, keep_in)
+    return Options(only, args.kill, args.json, keep_in, args.transport)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         root = _run_dir(opts.keep_in)
         if opts.keep_in is not None:
             say(f"keeping this run's state and logs in {root}")
-        rows = asyncio.run(_interruptible(_play(opts, root, say), interrupted))
+        rows = asyncio.run(_interruptible(_play_transports(opts, root, say), interrupted))
     except BaseException:
         if not interrupted.is_set():
             raise
@@ -116,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     ok = all(r.passed for r in rows)
     if opts.json:
-        print(json.dumps({"ok": ok, "kill": opts.kill, "state_dir": str(root) if opts.keep_in else None,
+        print(json.dumps({"ok": ok, "kill": opts.kill, "transport": opts.transport,
+                          "state_dir": str(root) if opts.keep_in else None,
                           "rows": [asdict(r) | {"passed": r.passed} for r in rows]}, indent=2))
     else:
         signal_name = "SIGKILL" if opts.kill == "kill" else "SIGTERM"
@@ -166,10 +176,29 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
-async def _play(opts: Options, root: Path, say: Any) -> list[Row]:
+async def _play_transports(opts: Options, root: Path, say: Any) -> list[Row]:
+    """HTTP rows keep their names and state dirs; websocket rows say their transport
+    ("slack (socket mode)", "discord (gateway)") and play in `<root>/websocket/`."""
+    from chatstate.gateway.sim.scenarios import WEBSOCKET_SCENARIOS
+
+    rows: list[Row] = []
+    for transport in TRANSPORTS[opts.transport]:
+        if transport == "http":
+            rows += await _play(list(opts.only), opts.kill, root, say)
+            continue
+        chosen = [a for a in opts.only if a in WEBSOCKET_SCENARIOS]
+        if chosen:
+            say(f"\n#### transport: Slack Socket Mode / Discord Gateway ({', '.join(chosen)})")
+            (root / "websocket").mkdir(mode=0o700, exist_ok=True)
+            os.chmod(root / "websocket", 0o700)
+            rows += await _play(chosen, opts.kill, root / "websocket", say, websocket=True)
+    return rows
+
+
+async def _play(only: list[str], kill: str, root: Path, say: Any, *, websocket: bool = False) -> list[Row]:
     results: dict[Mode, dict[tuple[str, str], tuple[bool, str, float]]] = {}
     for mode in ("legacy", "store"):
-        results[mode] = await _play_mode(mode, list(opts.only), opts.kill, root / mode, say)
+        results[mode] = await _play_mode(mode, only, kill, root / mode, say, websocket=websocket)
     rows = []
     for (adapter, behaviour), (legacy_ok, legacy_detail, legacy_s) in results["legacy"].items():
         store_ok, store_detail, store_s = results["store"].get((adapter, behaviour), (False, "not run", 0.0))
@@ -177,17 +206,19 @@ async def _play(opts: Options, root: Path, say: Any) -> list[Row]:
     return rows
 
 
-async def _play_mode(mode: Mode, only: list[str], kill: str, state_dir: Path, say: Any) -> dict[tuple[str, str], tuple[bool, str, float]]:
+async def _play_mode(
+    mode: Mode, only: list[str], kill: str, state_dir: Path, say: Any, *, websocket: bool = False,
+) -> dict[tuple[str, str], tuple[bool, str, float]]:
     from chatstate.gateway.sim.harness import GatewayHarness
-    from chatstate.gateway.sim.scenarios import SCENARIOS
+    from chatstate.gateway.sim.scenarios import SCENARIOS, TRANSPORT_LABELS, WEBSOCKET_SCENARIOS
 
-    scenarios = [SCENARIOS[a] for a in only]
+    scenarios = [(WEBSOCKET_SCENARIOS if websocket else SCENARIOS)[a] for a in only]
     sims = [s.make_simulator() for s in scenarios]
     label = "legacy in-memory maps" if mode == "legacy" else "keyed store (SQLite)"
     say(f"\n== {label} ==")
     t0 = time.monotonic()
     state_dir.mkdir(mode=0o700)
-    os.chmod(state_dir, 0o700)
+    os.chmod(state_dir, 0o700)  # whatever the umask: its config holds the simulators' tokens
     async with GatewayHarness(sims, modes=mode, state_dir=state_dir,
                               adapters={s.adapter: s.adapter_config for s in scenarios if s.adapter_config}) as gw:
         say(f"  gateway ready on {gw.gateway_url} (pid {gw.pid}) in {time.monotonic() - t0:.1f} s")
@@ -199,7 +230,11 @@ async def _play_mode(mode: Mode, only: list[str], kill: str, state_dir: Path, sa
             timings[scenario.adapter] = time.monotonic() - t
             say(f"  {scenario.adapter:<8} first half done")
         t = time.monotonic()
-        code = await gw.restart(kind=kill)  # type: ignore[arg-type]
+        code = await (gw.stop() if kill == "term" else gw.kill())
+        for i, scenario in enumerate(scenarios):
+            if scenario.while_down is not None:  # e.g. a Discord Gateway dispatch while down
+                contexts[i] = await scenario.while_down(sims[i], contexts[i])
+        await gw.start()
         say(f"  gateway {'SIGKILLed' if kill == 'kill' else 'stopped by SIGTERM'} (exit {code}) "
             f"and back in {time.monotonic() - t:.1f} s")
         out: dict[tuple[str, str], tuple[bool, str, float]] = {}
@@ -208,8 +243,9 @@ async def _play_mode(mode: Mode, only: list[str], kill: str, state_dir: Path, sa
             outcomes = await scenario.second_half(sim, ctx)
             spent = timings[scenario.adapter] + time.monotonic() - t
             for o in outcomes:
-                out[(o.adapter, o.behaviour)] = (o.survived, o.detail, spent / len(outcomes))
-                say(f"  {o.adapter:<8} {o.behaviour}: {'works' if o.survived else 'LOST'} ({o.detail})")
+                adapter = TRANSPORT_LABELS[o.adapter] if websocket else o.adapter
+                out[(adapter, o.behaviour)] = (o.survived, o.detail, spent / len(outcomes))
+                say(f"  {adapter:<8} {o.behaviour}: {'works' if o.survived else 'LOST'} ({o.detail})")
     return out
 
 

@@ -165,6 +165,10 @@ def _config_error(exc: ValidationError, *, where: str, from_env: Mapping[str, st
         why = "unknown key"
     elif why.startswith("Value error, "):
         why = why[len("Value error, "):]
+        named = re.match(rf"^({re.escape(where)}\.\w+): (.*)$", why, re.S) if where else None
+        if named:  # a model-level check that names its key itself
+            key, why = named[1], named[2]
+            field = key.rsplit(".", 1)[1]
     if field in from_env:
         why += f" (from ${from_env[field]})"
     return ConfigError(key, why)

@@ -9,6 +9,9 @@ in TOML (`CHATSTATE_TEAMS_SENT_TTL_MS=5000` is the integer 5000):
   connector_token      ... the static token the bot presents to it
   sent_ttl_ms          msteams.sent-messages row lifetime                         default 24 h
   sent_max_entries     rows kept                                                 default 1,000
+  sent_per_user        live sent rows one user's messages may cause (quota)        default 100
+  openid_connect_timeout_s, openid_read_timeout_s, openid_total_timeout_s,
+  openid_retry_after_failure_s   the signing-key fetch, seconds          default 3, 5, 10, 30
 To add a key: add one annotated field here (with a default unless it is required).
 """
 
@@ -18,11 +21,13 @@ from typing import Annotated
 
 from pydantic import Field
 
-from chatstate.adapters.teams.state import SENT_MAX_ENTRIES, SENT_TTL_MS
+from chatstate.adapters.teams.keys import FetchSettings
+from chatstate.adapters.teams.state import SENT_MAX_ENTRIES, SENT_PER_USER, SENT_TTL_MS
 from chatstate.gateway.settings import AdapterSettings
 
 Text = Annotated[str, Field(min_length=1)]
 Positive = Annotated[int, Field(ge=1)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
 class TeamsSettings(AdapterSettings):
@@ -37,6 +42,12 @@ class TeamsSettings(AdapterSettings):
     connector_token: Text | None = None  # secret
     sent_ttl_ms: Positive = SENT_TTL_MS
     sent_max_entries: Positive = SENT_MAX_ENTRIES
+    sent_per_user: Positive = SENT_PER_USER  # fairness quota: live sent rows one user's messages may cause
+    # the signing-key (OpenID metadata) fetch, seconds (issue 15)
+    openid_connect_timeout_s: PositiveSeconds = FetchSettings.connect_timeout_s
+    openid_read_timeout_s: PositiveSeconds = FetchSettings.read_timeout_s
+    openid_total_timeout_s: PositiveSeconds = FetchSettings.total_timeout_s
+    openid_retry_after_failure_s: PositiveSeconds = FetchSettings.retry_after_failure_s
 
     def check_credentials(self) -> None:
         """Azure needs `app_password`; a simulator needs `token_issuer` and `connector_token`.

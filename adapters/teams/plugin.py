@@ -1,6 +1,6 @@
 """The Teams plugin: wires auth, the sent-message cache, the botbuilder adapter and the bot.
 
-Config, the `[adapters.teams]` table (docs/migrations/teams.md lists every key):
+Config, the `[adapters.teams]` table (`config.TeamsSettings`; docs/migrations/teams.md lists every key):
 `app_id`; `openid_metadata_url`, `token_issuer`, `connector_token` for a local Bot Connector
 simulator, or `app_password` for Azure; `sent_ttl_ms` and `sent_max_entries` to shrink the 24 h /
 1,000 defaults in tests; `activity_lease_ms` (20 s) for the per-activity claim;
@@ -14,15 +14,17 @@ from typing import Any
 
 from aiohttp import web
 
-from chatstate.adapters.common import AdapterState, ClaimLedger, RequesterQuota
+from chatstate.adapters.common import AdapterState, RequesterQuota
 from chatstate.adapters.teams.auth import TokenCheck, build_authentication, build_token_check
 from chatstate.adapters.teams.bot import TeamsBot
+from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.connector import TeamsCloudAdapter
 from chatstate.adapters.teams.keys import SigningKeys
 from chatstate.adapters.teams.once import ActivityGate
 from chatstate.adapters.teams.sent import SentMessages
-from chatstate.adapters.teams.state import activities_spec, activity_lease_ms, open_requester_quota, open_sent_messages
+from chatstate.adapters.teams.state import open_activity_claims, open_requester_quota, open_sent_messages
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.gateway.settings import AdapterSettings
 
 MESSAGES_PATH = "/api/messages"  # the Bot Framework messaging endpoint
 STOP_TIMEOUT_S = 10.0  # how long stop() waits for turns in flight
@@ -33,6 +35,7 @@ class TeamsPlugin(Plugin):
 
     id = "teams"
     origin = "bundled"
+    settings_type = TeamsSettings
 
     def __init__(self) -> None:
         self._state: AdapterState | None = None
@@ -47,25 +50,29 @@ class TeamsPlugin(Plugin):
     def routes(self) -> Sequence[Route]:
         return (Route("POST", MESSAGES_PATH, self._messages),)
 
-    async def start(self, runtime: PluginRuntime) -> None:
-        """Build auth from the config and open the sent-message cache, the per-activity claims
-        and the requester quota.
+    def check(self, settings: AdapterSettings) -> None:
+        """Azure or simulator credentials are complete (ValueError naming the missing key)."""
+        TeamsSettings.of_settings(settings).check_credentials()
 
-        Raises ValueError naming a missing or bad config key, and StateStoreError from opening
-        the store (both stop the gateway from starting).
+    async def start(self, runtime: PluginRuntime) -> None:
+        """Build auth from the settings and open the sent-message cache, the per-activity
+        claims and the requester quota.
+
+        Raises StateStoreError from opening the store (it stops the gateway from starting).
         """
-        auth = build_authentication(runtime.config)
-        self._check, self._key_sets = build_token_check(runtime.config)
-        state = open_sent_messages(runtime.config, legacy=runtime.legacy)
+        settings = TeamsSettings.of(runtime)
+        auth = build_authentication(settings)
+        self._check, self._key_sets = build_token_check(settings)
+        state = open_sent_messages(settings, legacy=runtime.legacy)
         await state.open(runtime)
-        activities = AdapterState(activities_spec(runtime.config), legacy=runtime.legacy)
-        await activities.open(runtime)
-        quota = open_requester_quota(runtime.config, legacy=runtime.legacy)
+        claims = open_activity_claims(settings, legacy=runtime.legacy)
+        await claims.state.open(runtime)
+        quota = open_requester_quota(settings, legacy=runtime.legacy)
         await quota.state.open(runtime)
         sent = SentMessages(state)
         self._state = state
-        self._activities = activities
-        self._gate = ActivityGate(ClaimLedger(activities, lease_ms=activity_lease_ms(runtime.config)))
+        self._activities = claims.state
+        self._gate = ActivityGate(claims)
         self._quota = quota
         self._adapter = TeamsCloudAdapter(auth, on_sent=sent.record, log=runtime.log, quota=quota)
         self._bot = TeamsBot(sent, log=runtime.log)

@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from chatstate.adapters.common import AdapterState, Clock, StateSpec, now_ms
+from chatstate.gateway.adapter_state import AdapterState, StateSpec
+from chatstate.gateway.clock import Clock, now_ms
 
 if TYPE_CHECKING:
     from chatstate.gateway.plugin import PluginRuntime

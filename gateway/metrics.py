@@ -79,7 +79,7 @@ def record_sweep(seconds: float, rows: int | None) -> None:
 
 
 class TrackedState(Protocol):
-    """What the adapter-state collector reads (adapters.common.AdapterState has it)."""
+    """What the adapter-state collector reads (gateway.adapter_state.AdapterState has it)."""
 
     plugin_id: str | None
 

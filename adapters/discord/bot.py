@@ -24,7 +24,7 @@ from typing import Any
 import discord
 
 from chatstate.adapters.discord import platform, ui
-from chatstate.adapters.common import now_ms
+from chatstate.gateway.clock import now_ms
 from chatstate.adapters.discord.platform import DiscordRest, InteractionGone, RestError
 from chatstate.adapters.discord.state import ComponentEntry, ModalEntry, PanelQuota, Registry
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from chatstate.adapters.common import AdapterState, StateSpec, now_ms
+from chatstate.gateway.adapter_state import AdapterState, StateSpec
+from chatstate.gateway.clock import now_ms
 
 if TYPE_CHECKING:
     from chatstate.gateway.plugin import PluginRuntime

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from nacl.signing import VerifyKey
 
-from chatstate.adapters.common import now_ms
+from chatstate.gateway.clock import now_ms
 from chatstate.adapters.discord import platform
 from chatstate.adapters.discord.bot import DiscordBot
 from chatstate.adapters.discord.config import DiscordSettings

@@ -28,7 +28,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
-from chatstate.adapters.common import AdapterState, RequesterQuota, StateSpec
+from chatstate.gateway.adapter_state import AdapterState, StateSpec
+from chatstate.gateway.claims import RequesterQuota
 
 if TYPE_CHECKING:
     from chatstate.gateway.plugin import PluginRuntime

@@ -33,7 +33,8 @@ import aiohttp
 from aiohttp import web
 from slack_sdk.errors import SlackApiError
 
-from chatstate.adapters.common import AdapterState, now_ms
+from chatstate.gateway.adapter_state import AdapterState
+from chatstate.gateway.clock import now_ms
 from chatstate.adapters.slack.platform import (
     RETRY_NUM_HEADER,
     BotIdentity,
@@ -84,7 +85,7 @@ def compose_reply(message: SlackMessage, bot_user_id: str) -> str:
 
 
 class SlackPlugin(Plugin):
-    """Slack Events API in, `chat.postMessage` out; state through `adapters.common`."""
+    """Slack Events API in, `chat.postMessage` out; state through `gateway.adapter_state`."""
 
     id = "slack"
     origin = "bundled"

@@ -11,7 +11,7 @@
 its reply was done: Slack will not send it again, so if the process dies, another one (or this
 one restarted) finishes it from this row.
 
-Both go through `adapters.common.AdapterState`, which is also the legacy in-memory twin
+Both go through `gateway.adapter_state.AdapterState`, which is also the legacy in-memory twin
 (`legacy=True`: the same TTL and cap, memory only), so this module is the whole migration.
 """
 
@@ -22,7 +22,9 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from chatstate.adapters.common import AdapterState, ClaimLedger, Clock, StateSpec, now_ms
+from chatstate.gateway.adapter_state import AdapterState, StateSpec
+from chatstate.gateway.claims import ClaimLedger
+from chatstate.gateway.clock import Clock, now_ms
 from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.platform import SlackMessage
 

@@ -20,7 +20,8 @@ from botbuilder.schema import Activity, ResourceResponse
 from botframework.connector.auth import AuthenticateRequestResult, BotFrameworkAuthentication
 from msrest.exceptions import ClientRequestError, DeserializationError, HttpOperationError
 
-from chatstate.adapters.common import RequesterQuota, now_ms
+from chatstate.gateway.claims import RequesterQuota
+from chatstate.gateway.clock import now_ms
 from chatstate.adapters.teams.auth import MAX_TOKEN_CHARS, TokenCheck
 from chatstate.adapters.teams.keys import KeysUnavailable
 from chatstate.gateway import ingress

@@ -10,7 +10,7 @@ failed; a second turn would mean a second reply. Each answerable activity (`mess
   working) gets 503 + Retry-After, so the channel tries later; once the lease has run out the
   activity is answered (nothing lost);
 - a turn whose send failed releases its claim, so the channel's redelivery can answer it.
-The claim is `adapters.common.ClaimLedger`, atomic across gateways sharing a store.
+The claim is `gateway.claims.ClaimLedger`, atomic across gateways sharing a store.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from botbuilder.schema import Activity
 
-from chatstate.adapters.common import ClaimLedger, now_ms
+from chatstate.gateway.claims import ClaimLedger
+from chatstate.gateway.clock import now_ms
 from chatstate.adapters.teams.state import ANSWERED_TYPES, activity_key
 
 Turn = Callable[[], Awaitable[web.Response]]

@@ -14,7 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from chatstate.adapters.common import AdapterState, RequesterQuota
+from chatstate.gateway.adapter_state import AdapterState
+from chatstate.gateway.claims import RequesterQuota
 from chatstate.adapters.teams.auth import TokenCheck, build_authentication, build_token_check
 from chatstate.adapters.teams.bot import TeamsBot
 from chatstate.adapters.teams.config import TeamsSettings

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from chatstate.adapters.common import AdapterState, Clock, now_ms
+from chatstate.gateway.adapter_state import AdapterState
+from chatstate.gateway.clock import Clock, now_ms
 from chatstate.adapters.teams.state import sent_key, sent_value
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from chatstate.adapters.common import AdapterState, ClaimLedger, RequesterQuota, StateSpec
+from chatstate.gateway.adapter_state import AdapterState, StateSpec
+from chatstate.gateway.claims import ClaimLedger, RequesterQuota
 from chatstate.gateway.ingress import short_id
 
 if TYPE_CHECKING:

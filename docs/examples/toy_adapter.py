@@ -26,7 +26,7 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import Field
 
-from chatstate.adapters.common import AdapterState, StateSpec
+from chatstate.gateway.adapter_state import AdapterState, StateSpec
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 from chatstate.gateway.settings import AdapterSettings
 

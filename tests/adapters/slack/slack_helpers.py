@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from chatstate import state
-from chatstate.adapters.common import Clock
+from chatstate.gateway.clock import Clock
 from chatstate.state import AsyncKeyedStore, Entry
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "slack"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chatstate.adapters.common import AdapterState
+from chatstate.gateway.adapter_state import AdapterState
 from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
 from slack_helpers import FakeRuntime

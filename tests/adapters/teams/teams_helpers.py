@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from chatstate import state
-from chatstate.adapters.common import StateSpec
+from chatstate.gateway.adapter_state import StateSpec
 from chatstate.adapters.teams import TeamsPlugin
 from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.state import SENT_MESSAGES

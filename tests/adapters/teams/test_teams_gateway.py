@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from chatstate import state
-from chatstate.adapters.common import StateSpec
+from chatstate.gateway.adapter_state import StateSpec
 from chatstate.adapters.teams.state import NAMESPACE, SENT_MAX_ENTRIES, SENT_TTL_MS, sent_value
 from teams_helpers import sent_rows
 from chatstate.gateway.sim.harness import GatewayHarness

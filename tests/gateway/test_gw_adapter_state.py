@@ -1,4 +1,4 @@
-"""adapters/common.py, the pattern every adapter copies, over a real SQLite file: read-through
+"""gateway/adapter_state.py, the pattern every adapter uses, over a real SQLite file: read-through
 keeps the stored expiry, legacy is memory only, and a failing store degrades, shows it, keeps
 the writes, and replays them when the store is back."""
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chatstate.adapters.common import AdapterState, StateSpec
+from chatstate.gateway.adapter_state import AdapterState, StateSpec
 from chatstate.state import AsyncKeyedStore, StateStoreError, open_async_keyed_store
 
 SPEC = StateSpec("test.things", ttl_ms=60_000, max_entries=3)

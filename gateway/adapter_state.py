@@ -1,0 +1,314 @@
+"""The migration pattern every adapter (and the core's approvals and echo) uses, written once.
+
+It lives in the gateway package so the gateway can use it without importing adapters; the
+exactly-once helpers built on it are in `gateway/claims.py`.
+
+Before: each adapter kept a process-global dict with a TTL and a cap, so a restart forgot
+every thread, button and approval. After: `AdapterState` keeps that dict as a hot cache, but
+- every write is awaited on the keyed store before the caller reports its action done, so a
+  SIGKILL right after the bot's reply loses nothing;
+- a read goes to memory, then the store, and caches the *stored* expiry (a hit never restarts
+  the TTL window, a bug the reference system had);
+- claims (`register_if_absent`) and single-use takes (`consume`) go to the store, because only
+  it is atomic across processes;
+- a store failure degrades to memory (reported by `health()`, shown in /healthz), keeps the
+  failed writes, and replays them on the next call that finds the store working again.
+`legacy=True` is the "before": memory only, same TTL and cap, for side-by-side demos. Keys and
+values are checked by the store's own rules in both modes (a string key, trimmed, 1..512 bytes;
+plain JSON values), so a plugin that passes in legacy mode passes in store mode: a list or tuple
+key is `StateStoreError` INVALID_INPUT in both, never a 500 from `unhashable type`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from chatstate.gateway import metrics
+from chatstate.gateway.clock import Clock, now_ms
+from chatstate.state import Entry, StateStoreError
+from chatstate.state import _validate  # the store's own key and value rules, applied in both modes
+
+if TYPE_CHECKING:
+    from chatstate.gateway.plugin import PluginRuntime
+    from chatstate.state import AsyncKeyedStore
+
+# Store refusals of the key or value itself: raised to the caller (the gateway answers 400), never
+# a reason to degrade to memory, since the store is fine (issue 15: health degrades on faults only).
+CALLER_ERRORS = ("INVALID_INPUT", "LIMIT_EXCEEDED")
+log = logging.getLogger("chatstate.adapters")
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """What an adapter keeps for one namespace: a row of the table in docs/migrating-an-adapter.md."""
+
+    namespace: str
+    ttl_ms: int | None  # default TTL of a row; None = until deleted
+    max_entries: int
+    core_id: str | None = None  # set (e.g. "core:approvals") for a core-owned store
+
+
+class MemoryMap:
+    """The in-process map with TTL and cap: the legacy store, and the hot cache in front of
+    the keyed store. Order is (created_at, key) like the store, so eviction matches."""
+
+    def __init__(self, *, max_entries: int, clock: Clock = now_ms) -> None:
+        self.max_entries = max_entries
+        self._clock = clock
+        self._rows: OrderedDict[str, Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, key: str) -> Entry | None:
+        entry = self._rows.get(key)
+        if entry is not None and entry.expires_at is not None and entry.expires_at <= self._clock():
+            del self._rows[key]
+            return None
+        return entry
+
+    def put(self, entry: Entry) -> None:
+        self._rows.pop(entry.key, None)
+        self._rows[entry.key] = entry
+        while len(self._rows) > self.max_entries:
+            self._rows.popitem(last=False)  # oldest first; the row just put is the newest
+
+    def claim(self, entry: Entry) -> bool:
+        if self.get(entry.key) is not None:
+            return False
+        self.put(entry)
+        return True
+
+    def take(self, key: str) -> Entry | None:
+        entry = self.get(key)
+        self._rows.pop(key, None)
+        return entry
+
+    def drop(self, key: str) -> bool:
+        return self._rows.pop(key, None) is not None
+
+    def live(self) -> list[Entry]:
+        """Live rows, oldest first."""
+        return [e for e in list(self._rows.values()) if self.get(e.key) is not None]
+
+
+class AdapterState:
+    """One namespace of one adapter: memory in front, the keyed store behind."""
+
+    def __init__(self, spec: StateSpec, *, legacy: bool, clock: Clock = now_ms) -> None:
+        self.spec = spec
+        self.legacy = legacy
+        self._clock = clock
+        self.memory = MemoryMap(max_entries=spec.max_entries, clock=clock)
+        self._store: AsyncKeyedStore | None = None
+        self._pending: OrderedDict[str, Entry | None] = OrderedDict()  # None = a failed delete
+        self.last_error: str | None = None
+        self.plugin_id: str | None = None  # set by open(); labels metrics and log lines
+        self._logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = log
+
+    async def open(self, runtime: PluginRuntime) -> None:
+        """Open the keyed store (not in legacy mode); a spec with `core_id` opens the core-owned
+        store through `runtime.open_core_store`. Raises what `open_keyed_store` raises."""
+        self.plugin_id = runtime.plugin_id
+        self._logger = runtime.log
+        metrics.track_adapter_state(self)  # mode and pending writes at /metrics
+        if self.legacy:
+            return
+        if self.spec.core_id is not None:
+            self._store = await runtime.open_core_store(
+                self.spec.core_id, self.spec.namespace,
+                max_entries=self.spec.max_entries, default_ttl_ms=self.spec.ttl_ms,
+            )
+        else:
+            self._store = await runtime.open_keyed_store(
+                self.spec.namespace, max_entries=self.spec.max_entries, default_ttl_ms=self.spec.ttl_ms
+            )
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    # -- health ---------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        if self.legacy:
+            return "legacy"
+        return "degraded" if self.last_error else "store"
+
+    @property
+    def namespace(self) -> str:
+        return self.spec.namespace
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes (and deletes) kept while the store failed, waiting to be replayed."""
+        return len(self._pending)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "namespace": self.spec.namespace,
+            "mode": self.mode,
+            "last_error": self.last_error,
+            "pending_writes": len(self._pending),
+            "cached": len(self.memory),
+        }
+
+    def _log(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+        return self._logger
+
+    def _degrade(self, exc: StateStoreError) -> None:
+        if self.last_error is None:
+            self._log().warning("adapter_state_degraded", extra={"namespace": self.spec.namespace, "code": str(exc.code)})
+        self.last_error = str(exc.code)
+
+    async def _recover(self) -> bool:
+        """Replay writes that failed while degraded; True when the store is usable."""
+        if self._store is None:
+            return False
+        replayed = 0
+        while self._pending:
+            key, entry = next(iter(self._pending.items()))
+            try:
+                if entry is None:
+                    await self._store.delete(key)
+                else:
+                    ttl = None if entry.expires_at is None else entry.expires_at - self._clock()
+                    if ttl is None or ttl > 0:
+                        await self._store.register(key, entry.value, ttl_ms=ttl)
+            except StateStoreError as exc:
+                self._degrade(exc)
+                return False
+            self._pending.pop(key, None)
+            replayed += 1
+        if self.last_error is not None:
+            self._log().info("adapter_state_recovered", extra={"namespace": self.spec.namespace,
+                                                                "replayed": replayed})
+        self.last_error = None
+        return True
+
+    def _remember(self, key: str, entry: Entry | None) -> None:
+        """Queue a write (or, with None, a delete) for replay; bounded like the namespace itself,
+        since rows past max_entries would be evicted on replay anyway."""
+        self._pending.pop(key, None)
+        self._pending[key] = entry
+        while len(self._pending) > self.spec.max_entries:
+            self._pending.popitem(last=False)
+
+    def _entry(self, key: str, value: Any, ttl_ms: int | None) -> Entry:
+        now = self._clock()
+        ttl = self.spec.ttl_ms if ttl_ms is None else ttl_ms
+        return Entry(key, value, now, None if ttl is None else now + ttl)
+
+    # -- the operations adapters call -----------------------------------------------------
+    def _checked(self, key: object, op: str, value: Any = None, *, has_value: bool = False) -> str:
+        """The key as the store sees it (trimmed), after the store's checks, and the value checked
+        as the store would: up front in both modes, so memory never holds a row the store would
+        refuse (a degraded store replays memory's rows later). Raises StateStoreError
+        INVALID_INPUT / LIMIT_EXCEEDED, in both modes alike."""
+        checked = _validate.key(key, op)
+        if has_value:
+            _validate.serialize_value(value, op)
+        return checked
+
+    async def record(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
+        """Remember `value` under `key`, durably unless legacy; returns once it is on disk.
+
+        A store failure does not raise: the row stays in memory, is replayed later, and the
+        adapter shows as degraded. INVALID_INPUT/LIMIT_EXCEEDED (a programming error) do raise,
+        in legacy mode too, and leave nothing behind.
+        """
+        key = self._checked(key, "register", value, has_value=True)
+        entry = self._entry(key, value, ttl_ms)
+        self.memory.put(entry)
+        if self._store is None or not await self._recover():
+            if self._store is not None:
+                self._remember(key, entry)
+            return
+        try:
+            await self._store.register(key, value, ttl_ms=ttl_ms)
+        except StateStoreError as exc:
+            if exc.code in CALLER_ERRORS:
+                self.memory.drop(key)
+                raise
+            self._degrade(exc)
+            self._remember(key, entry)
+
+    async def get_entry(self, key: str) -> Entry | None:
+        """Return the live row: memory first, then the store (cached with its stored expiry)."""
+        key = self._checked(key, "lookup")
+        entry = self.memory.get(key)
+        if entry is not None or self._store is None:
+            return entry
+        try:
+            entry = await self._store.lookup_entry(key)
+        except StateStoreError as exc:
+            if exc.code in CALLER_ERRORS:
+                raise  # a bad key is the caller's error (400), never a degraded store
+            self._degrade(exc)
+            return None
+        if entry is not None:
+            self.memory.put(entry)
+        return entry
+
+    async def get(self, key: str) -> Any | None:
+        entry = await self.get_entry(key)
+        return None if entry is None else entry.value
+
+    async def claim(self, key: str, value: Any, *, ttl_ms: int | None = None) -> bool:
+        """Atomically take `key` if no live row holds it (across processes when not legacy)."""
+        key = self._checked(key, "register_if_absent", value, has_value=True)
+        entry = self._entry(key, value, ttl_ms)
+        if self._store is not None and await self._recover():
+            try:
+                won = await self._store.register_if_absent(key, value, ttl_ms=ttl_ms)
+            except StateStoreError as exc:
+                if exc.code in CALLER_ERRORS:
+                    raise
+                self._degrade(exc)
+            else:
+                if won:
+                    self.memory.put(entry)
+                return won
+        return self.memory.claim(entry)
+
+    async def take(self, key: str) -> Any | None:
+        """Read and remove the live row in one atomic step (exactly one of racing callers wins)."""
+        key = self._checked(key, "consume")
+        cached = self.memory.take(key)
+        if self._store is not None and await self._recover():
+            try:
+                return await self._store.consume(key)
+            except StateStoreError as exc:
+                if exc.code in CALLER_ERRORS:
+                    raise
+                self._degrade(exc)
+        if cached is not None and self._store is not None:
+            self._remember(key, None)  # the store still holds it: delete once it is back
+        return None if cached is None else cached.value
+
+    async def entries(self) -> list[Entry]:
+        """Live rows, oldest first: the store's when it is reachable (every process's rows),
+        else this process's memory."""
+        if self._store is not None and await self._recover():
+            try:
+                return await self._store.entries()
+            except StateStoreError as exc:
+                self._degrade(exc)
+        return self.memory.live()
+
+    async def forget(self, key: str) -> bool:
+        """Delete `key` everywhere; True if a live row was removed."""
+        key = self._checked(key, "delete")
+        removed = self.memory.drop(key)
+        if self._store is not None and await self._recover():
+            try:
+                return await self._store.delete(key) or removed
+            except StateStoreError as exc:
+                self._degrade(exc)
+        if self._store is not None:
+            self._remember(key, None)
+        return removed

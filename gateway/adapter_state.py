@@ -28,8 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from chatstate.gateway import metrics
 from chatstate.gateway.clock import Clock, now_ms
-from chatstate.state import Entry, StateStoreError
-from chatstate.state import _validate  # the store's own key and value rules, applied in both modes
+from chatstate.state import (
+    Entry,
+    StateStoreError,
+    _validate,  # the store's own key and value rules, applied in both modes
+)
 
 if TYPE_CHECKING:
     from chatstate.gateway.plugin import PluginRuntime

@@ -22,11 +22,11 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from chatstate.adapters.slack.config import SlackSettings
+from chatstate.adapters.slack.platform import SlackMessage
 from chatstate.gateway.adapter_state import AdapterState, StateSpec
 from chatstate.gateway.claims import ClaimLedger
 from chatstate.gateway.clock import Clock, now_ms
-from chatstate.adapters.slack.config import SlackSettings
-from chatstate.adapters.slack.platform import SlackMessage
 
 STARTERS_NAMESPACE = "slack.thread-starters"
 STARTERS_MAX_ENTRIES = 2_000  # users counted; evicting one only forgets what they started

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chatstate.adapters.slack.platform import SlackMessage
-from chatstate.adapters.slack.policy import MentionPolicy
+from chatstate.adapters.slack.handlers import MentionPolicy
 
 BOT = "U0BOT"
 

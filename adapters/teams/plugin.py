@@ -14,24 +14,27 @@ from typing import Any
 
 from aiohttp import web
 
-from chatstate.gateway.adapter_state import AdapterState
-from chatstate.gateway.claims import RequesterQuota
 from chatstate.adapters.teams.auth import TokenCheck, build_authentication, build_token_check
-from chatstate.adapters.teams.bot import TeamsBot
 from chatstate.adapters.teams.config import TeamsSettings
-from chatstate.adapters.teams.connector import TeamsCloudAdapter
+from chatstate.adapters.teams.handlers import ActivityGate, TeamsBot
 from chatstate.adapters.teams.keys import SigningKeys
-from chatstate.adapters.teams.once import ActivityGate
-from chatstate.adapters.teams.sent import SentMessages
-from chatstate.adapters.teams.state import open_activity_claims, open_requester_quota, open_sent_messages
-from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.adapters.teams.platform import TeamsCloudAdapter
+from chatstate.adapters.teams.state import (
+    SentMessages,
+    open_activity_claims,
+    open_requester_quota,
+    open_sent_messages,
+)
+from chatstate.gateway.adapter_state import AdapterState
+from chatstate.gateway.plugin import PluginRuntime, Route
 from chatstate.gateway.settings import AdapterSettings
+from chatstate.gateway.stateful import StatefulPlugin
 
 MESSAGES_PATH = "/api/messages"  # the Bot Framework messaging endpoint
 STOP_TIMEOUT_S = 10.0  # how long stop() waits for turns in flight
 
 
-class TeamsPlugin(Plugin):
+class TeamsPlugin(StatefulPlugin):
     """Microsoft Teams through the Bot Framework: POST /api/messages."""
 
     id = "teams"
@@ -39,14 +42,15 @@ class TeamsPlugin(Plugin):
     settings_type = TeamsSettings
 
     def __init__(self) -> None:
+        super().__init__()
         self._state: AdapterState | None = None
         self._activities: AdapterState | None = None
+        self._quota: AdapterState | None = None
         self._gate: ActivityGate | None = None
         self._adapter: TeamsCloudAdapter | None = None
         self._bot: TeamsBot | None = None
         self._check: TokenCheck | None = None
         self._key_sets: list[SigningKeys] = []
-        self._quota: RequesterQuota | None = None
 
     def routes(self) -> Sequence[Route]:
         return (Route("POST", MESSAGES_PATH, self._messages),)
@@ -64,17 +68,14 @@ class TeamsPlugin(Plugin):
         settings = TeamsSettings.of(runtime)
         auth = build_authentication(settings)
         self._check, self._key_sets = build_token_check(settings)
-        state = open_sent_messages(settings, legacy=runtime.legacy)
-        await state.open(runtime)
+        state = await self.open_state(open_sent_messages(settings, legacy=runtime.legacy), runtime)
         claims = open_activity_claims(settings, legacy=runtime.legacy)
-        await claims.state.open(runtime)
+        await self.open_state(claims.state, runtime)
         quota = open_requester_quota(settings, legacy=runtime.legacy)
-        await quota.state.open(runtime)
+        await self.open_state(quota.state, runtime)
         sent = SentMessages(state)
-        self._state = state
-        self._activities = claims.state
+        self._state, self._activities, self._quota = state, claims.state, quota.state
         self._gate = ActivityGate(claims)
-        self._quota = quota
         self._adapter = TeamsCloudAdapter(auth, on_sent=sent.record, log=runtime.log, quota=quota)
         self._bot = TeamsBot(sent, log=runtime.log)
 
@@ -85,6 +86,7 @@ class TeamsPlugin(Plugin):
             await self._gate.drain(STOP_TIMEOUT_S)
         for keys in self._key_sets:
             await keys.close()
+        await super().stop()  # the states: closed here, not left to the gateway
 
     def health(self) -> dict[str, Any]:
         if self._state is None:
@@ -92,11 +94,9 @@ class TeamsPlugin(Plugin):
         detail = self._state.health()
         # An unreachable metadata host is the far end's fault, not ours: reported, not degraded.
         signing = self._check.keys.health() if self._check is not None else None
-        quota = self._quota.state.health() if self._quota is not None else None
+        quota = self._quota.health() if self._quota is not None else None
         activities = self._activities.health() if self._activities is not None else None
-        degraded = detail["mode"] == "degraded" or any(
-            h is not None and h["mode"] == "degraded" for h in (quota, activities))
-        return {"status": "degraded" if degraded else "ok", **detail, "signing_keys": signing, "quota": quota,
+        return {"status": "degraded" if self.degraded() else "ok", **detail, "signing_keys": signing, "quota": quota,
                 "activities": activities}
 
     async def _messages(self, request: web.Request) -> web.Response:

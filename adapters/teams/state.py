@@ -1,4 +1,5 @@
-"""What the Teams adapter keeps: the ids of activities the bot sent (DESIGN.md §3).
+"""What the Teams adapter keeps: the ids of activities the bot sent (DESIGN.md §3), and the
+one question asked of them (`SentMessages`, from sent.py before issue 18).
 
 Before: a process-global dict `{conversation_id:activity_id -> sent_at}` with a 24 h TTL and a
 1,000 cap, so after a restart a reply to the bot's earlier message looked like a stranger's
@@ -6,14 +7,28 @@ message in a channel and was ignored for lack of an @mention. After: the same ro
 store; `AdapterState(legacy=True)` is that dict, kept for the before/after demo.
 
 Copy this module when migrating another "did the bot send this?" cache.
+
+## SentMessages
+
+Which activities did this bot send? One recording function, one question.
+
+The reference system recorded in each send helper and one of them forgot. Here
+`SentMessages.record` is the only writer, and `adapters.teams.platform.TeamsCloudAdapter`
+calls it from the two adapter methods every botbuilder send path ends in (`send_activities`
+and `update_activity`), after the Bot Connector returned the id and before the caller's
+`await` returns. (botbuilder-python's `TurnContext.on_send_activities` hooks run *before* the
+send and never see the returned ids, so they cannot be the recording point.)
+
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from chatstate.gateway.adapter_state import AdapterState, StateSpec
 from chatstate.gateway.claims import ClaimLedger, RequesterQuota
+from chatstate.gateway.clock import Clock, now_ms
 from chatstate.gateway.ingress import short_id
 
 if TYPE_CHECKING:
@@ -91,3 +106,31 @@ def sent_value(sent_at_ms: int) -> dict[str, int]:
     """The stored value: when the Bot Connector accepted the activity (ms since epoch)."""
     return {"sent_at": sent_at_ms}
 
+
+class SentMessages:
+    """Which activities did this bot send? Backed by the `msteams.sent-messages` state."""
+
+    def __init__(self, state: AdapterState, *, clock: Clock = now_ms) -> None:
+        self.state = state
+        self._clock = clock
+
+    async def record(self, conversation_id: str, activity_ids: Sequence[str | None]) -> None:
+        """Remember each id the Bot Connector returned in `conversation_id`; the one recording
+        function. Returns once the rows are durable (or queued, if the store is degraded)."""
+        sent_at = self._clock()
+        for activity_id in activity_ids:
+            if activity_id:
+                await self.state.record(sent_key(conversation_id, activity_id), sent_value(sent_at))
+
+    async def forget(self, conversation_id: str, activity_id: str) -> bool:
+        """Drop a bot message Teams deleted (`messageDelete`); True if it was ours."""
+        return await self.state.forget(sent_key(conversation_id, activity_id))
+
+    async def sent_by_bot(self, conversation_id: str, activity_id: str | None) -> bool:
+        """True if the bot sent `activity_id` in this conversation within the TTL.
+
+        A hit keeps the stored expiry: the 24 h window counts from the send, never from a read.
+        """
+        if not activity_id:
+            return False
+        return await self.state.get_entry(sent_key(conversation_id, activity_id)) is not None

@@ -51,7 +51,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chatstate.adapters.matrix import platform as mx  # noqa: E402  (txn ids: how a send is traced to its cause)
-from chatstate.adapters.discord.bot import ALREADY_USED, EXPIRED  # noqa: E402
+from chatstate.adapters.discord.handlers import ALREADY_USED, EXPIRED  # noqa: E402
 from chatstate.gateway.sim.base import Record  # noqa: E402
 from chatstate.gateway.sim.discord import ALICE as D_ALICE  # noqa: E402
 from chatstate.gateway.sim.discord import BOB as D_BOB  # noqa: E402

@@ -51,6 +51,11 @@ class GatewayState:
         self._session_key = f"shard:{shard[0]}/{shard[1]}"
         self._lease_key = f"lease:{shard[0]}/{shard[1]}"
 
+    @property
+    def states(self) -> tuple[AdapterState, ...]:
+        """Both namespaces, in the order they open (and show in health)."""
+        return (self.sessions, self.interactions)
+
     async def open(self, runtime: PluginRuntime) -> None:
         await self.sessions.open(runtime)
         await self.interactions.open(runtime)

@@ -1,4 +1,5 @@
-"""Discord's wire, and nothing else: verify and parse interactions, build responses, send messages.
+"""Discord's wire, and nothing else: verify and parse interactions, build responses (sending
+them is rest.py's `DiscordRest`).
 
 Inbound: Discord POSTs every interaction to the bot's endpoint, signed with the application's Ed25519
 key over `X-Signature-Timestamp + raw body`; the endpoint answers in the HTTP response with an
@@ -6,7 +7,7 @@ interaction response (`InteractionResponseType`). Payload shapes follow
 https://discord.com/developers/docs/interactions/receiving-and-responding; enums and message
 bodies come from discord.py so we never hand-write what the library already knows.
 
-Outbound: the bot's message posts go through aiohttp, not discord.py's `HTTPClient`: its base
+Outbound (`rest.py`, kept apart for size): the bot's message posts go through aiohttp, not discord.py's `HTTPClient`: its base
 URL is `discord.http.Route.BASE`, a class variable shared by the whole process, and
 `HTTPClient.static_login` always calls `GET /users/@me` on it, so pointing one bot at a
 simulator would repoint every discord.py user in the gateway. The request is ours
@@ -17,13 +18,10 @@ would. No state lives here.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, cast
 
-import aiohttp
 import discord
 from discord.http import Route, handle_message_parameters
 from nacl.exceptions import BadSignatureError
@@ -32,10 +30,6 @@ from nacl.signing import VerifyKey
 from chatstate.gateway import ingress
 
 DEFAULT_API_BASE = Route.BASE  # https://discord.com/api/v10
-REQUEST_TIMEOUT_S = 10.0  # a send that takes longer fails; its entries are forgotten
-RATE_LIMIT_RETRIES = 3  # a call answered 429 is tried again at most this often
-MAX_RETRY_AFTER_S = 10.0  # a longer `retry_after` fails the call instead of waiting
-GONE_CODES = {10062: "unknown interaction", 50027: "invalid webhook token", 40060: "already acknowledged"}
 SIGNATURE_HEADER = "X-Signature-Ed25519"
 TIMESTAMP_HEADER = "X-Signature-Timestamp"
 _LABEL = 18  # ComponentType.label: newer modals wrap each input in a label, not an action row
@@ -231,121 +225,3 @@ def _data(content: str, *, flags: Any = discord.utils.MISSING) -> dict[str, Any]
         content=content, flags=flags, allowed_mentions=discord.AllowedMentions.none()
     ) as params:
         return dict(cast("dict[str, Any]", params.payload))  # None only when files are sent
-
-
-# -- outbound: the bot's REST calls ------------------------------------------------------------
-class RestError(Exception):
-    """Discord refused a REST call or could not be reached."""
-
-
-class InteractionGone(RestError):
-    """The interaction can take no (more) answers: its token expired or was never valid
-    (10062 Unknown interaction, 50027 Invalid Webhook Token), or it was already answered
-    (40060). Nothing to retry; `code` says which."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(f"interaction gone: {code} {GONE_CODES.get(code, '')}".strip())
-        self.code = code
-
-
-class DiscordRest:
-    """One aiohttp session for the bot's REST calls; open in `start`, close in `stop`."""
-
-    def __init__(self, *, api_base: str, bot_token: str) -> None:
-        self.api_base = api_base.rstrip("/")
-        self._headers = {
-            "Authorization": f"Bot {bot_token}",
-            "User-Agent": f"DiscordBot (https://github.com/Rapptz/discord.py {discord.__version__}) chatstate",
-        }
-        self._session: aiohttp.ClientSession | None = None
-        # per-route buckets from X-RateLimit-*: route -> (remaining, monotonic time of reset)
-        self._buckets: dict[str, tuple[int, float]] = {}
-
-    async def open(self) -> None:
-        self._session = aiohttp.ClientSession(
-            headers=self._headers, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def send_message(self, channel_id: str, *, content: str, view: discord.ui.View) -> dict[str, Any]:
-        """POST /channels/{channel_id}/messages; returns Discord's message object.
-
-        Raises RestError for a non-2xx answer or a connection failure.
-        """
-        with handle_message_parameters(
-            content=content, view=view, allowed_mentions=discord.AllowedMentions.none()
-        ) as params:
-            payload = params.payload
-        return await self._call("POST", f"/channels/{channel_id}/messages", payload,
-                                route=f"POST /channels/{channel_id}/messages", what="create message")
-
-    async def edit_original(self, it: Interaction, data: dict[str, Any]) -> dict[str, Any]:
-        """PATCH the deferred (or original) response of `it` through its webhook.
-
-        Raises InteractionGone (token expired / unknown / already answered) and RestError.
-        """
-        return await self._call("PATCH", f"/webhooks/{it.application_id}/{it.token}/messages/@original", data,
-                                route=f"webhook {it.application_id}", what="edit original")
-
-    async def followup(self, it: Interaction, data: dict[str, Any]) -> dict[str, Any]:
-        """POST a follow-up message to `it`'s webhook; raises as `edit_original`."""
-        return await self._call("POST", f"/webhooks/{it.application_id}/{it.token}", data,
-                                route=f"webhook {it.application_id}", what="follow-up")
-
-    async def _call(self, method: str, path: str, payload: Any, *, route: str, what: str) -> dict[str, Any]:
-        """One REST call with Discord's rate limits honoured: wait out an exhausted bucket
-        (`X-RateLimit-Remaining: 0` until `Reset-After`), and on 429 wait `retry_after` (the JSON
-        body, else Retry-After) and try again, at most RATE_LIMIT_RETRIES times and never
-        longer than MAX_RETRY_AFTER_S a wait. Raises InteractionGone and RestError."""
-        assert self._session is not None, "open() first"
-        url = self.api_base + path
-        for attempt in range(RATE_LIMIT_RETRIES + 1):
-            await self._wait_for_bucket(route)
-            try:
-                async with self._session.request(method, url, json=payload) as resp:
-                    self._remember_bucket(route, resp.headers)
-                    body = await resp.json() if resp.content_type == "application/json" else {}
-                    if resp.status == 429 and attempt < RATE_LIMIT_RETRIES:
-                        wait = _retry_after(body, resp.headers)
-                        if wait is not None:
-                            await asyncio.sleep(wait)
-                            continue
-                    if resp.status >= 300:
-                        code = body.get("code") if isinstance(body, dict) else None
-                        if code in GONE_CODES:
-                            raise InteractionGone(int(code))
-                        raise RestError(f"{what}: HTTP {resp.status}")
-                    return dict(body)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise RestError(f"{what}: {type(exc).__name__}") from None
-        raise RestError(f"{what}: still rate limited after {RATE_LIMIT_RETRIES} retries")
-
-    async def _wait_for_bucket(self, route: str) -> None:
-        remaining, reset_at = self._buckets.get(route, (1, 0.0))
-        wait = reset_at - time.monotonic()
-        if remaining <= 0 and 0 < wait <= MAX_RETRY_AFTER_S:
-            await asyncio.sleep(wait)
-
-    def _remember_bucket(self, route: str, headers: Any) -> None:
-        try:
-            remaining = int(headers["X-RateLimit-Remaining"])
-            reset_after = float(headers["X-RateLimit-Reset-After"])
-        except (KeyError, ValueError):
-            return
-        self._buckets[route] = (remaining, time.monotonic() + reset_after)
-
-
-def _retry_after(body: Any, headers: Any) -> float | None:
-    """Seconds a 429 asks to wait (JSON `retry_after`, else Retry-After), or None if too long."""
-    value = body.get("retry_after") if isinstance(body, dict) else None
-    if value is None:
-        value = headers.get("Retry-After")
-    try:
-        wait = float(value)
-    except (TypeError, ValueError):
-        return None
-    return wait if 0 <= wait <= MAX_RETRY_AFTER_S else None

@@ -22,21 +22,22 @@ from nacl.signing import VerifyKey
 
 from chatstate.gateway.clock import now_ms
 from chatstate.adapters.discord import platform
-from chatstate.adapters.discord.bot import DiscordBot
+from chatstate.adapters.discord.handlers import DiscordBot
 from chatstate.adapters.discord.config import DiscordSettings
 from chatstate.adapters.discord.gateway_client import GatewayClient
 from chatstate.adapters.discord.gateway_state import GatewayState
-from chatstate.adapters.discord.platform import DiscordRest
+from chatstate.adapters.discord.rest import DiscordRest
 from chatstate.adapters.discord.state import COMPONENTS, InteractionLedger, PanelQuota, Registry
 from chatstate.gateway import ingress
-from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.gateway.plugin import PluginRuntime, Route
 from chatstate.gateway.settings import AdapterSettings
+from chatstate.gateway.stateful import StatefulPlugin
 
 INTERACTIONS_PATH = "/discord/interactions"
 STOP_TIMEOUT_S = 10.0  # how long stop() waits for deferred answers in flight
 
 
-class DiscordPlugin(Plugin):
+class DiscordPlugin(StatefulPlugin):
     """Components and modals whose registries survive a gateway restart."""
 
     id = "discord"
@@ -44,6 +45,7 @@ class DiscordPlugin(Plugin):
     settings_type = DiscordSettings
 
     def __init__(self) -> None:
+        super().__init__()
         self._config: DiscordSettings | None = None
         self._verify_key: VerifyKey | None = None
         self._registry: Registry | None = None
@@ -69,19 +71,19 @@ class DiscordPlugin(Plugin):
         self._config = config = DiscordSettings.of(runtime)
         self._verify_key = config.verify_key()
         self._registry = Registry(legacy=runtime.legacy, ttl_ms=config.ttl_ms, max_entries=config.max_entries)
-        await self._registry.open(runtime)
         self._ledger = InteractionLedger(legacy=runtime.legacy, window_s=config.timestamp_window_s)
-        await self._ledger.state.open(runtime)
         self._quota = PanelQuota(legacy=runtime.legacy, per_user=config.panels_per_user,
                                  panel_ttl_ms=self._registry.components.spec.ttl_ms or COMPONENTS.ttl_ms or 1)
-        await self._quota.state.open(runtime)
+        for state in (*self._registry.states, self._ledger.state, self._quota.state):
+            await self.open_state(state, runtime)
         self._rest = DiscordRest(api_base=config.api_base_url, bot_token=config.bot_token)
         await self._rest.open()
         self._bot = DiscordBot(self._registry, self._rest, log=runtime.log, quota=self._quota)
         if config.transport == "gateway":
             # the lease owner is the gateway, not the process: a restart re-takes its own lease
             self._gateway_state = GatewayState(legacy=runtime.legacy, shard=(0, 1), owner=config.gateway_id)
-            await self._gateway_state.open(runtime)
+            for state in self._gateway_state.states:
+                await self.open_state(state, runtime)
             self._gateway = GatewayClient(
                 api_base=config.api_base_url, bot_token=config.bot_token, state=self._gateway_state,
                 answer=self._answer_payload, log=runtime.log, intents=config.intents,
@@ -92,27 +94,17 @@ class DiscordPlugin(Plugin):
     async def stop(self) -> None:
         if self._gateway is not None:
             await self._gateway.stop()  # interactions in hand finish; the session stays resumable
-        if self._gateway_state is not None:
-            await self._gateway_state.close()
         if self._bot is not None:
             await self._bot.drain(STOP_TIMEOUT_S)  # deferred answers still going out
         if self._rest is not None:
             await self._rest.close()
-        if self._registry is not None:
-            await self._registry.close()
-        for extra in (self._ledger, self._quota):
-            if extra is not None:
-                await extra.state.close()
+        await super().stop()  # every registry, the ledger, the quota and the Gateway's state
 
     def health(self) -> dict[str, Any]:
         if self._registry is None:
             return {"status": "starting"}
-        registries = self._registry.health()
-        registries += [x.state.health() for x in (self._ledger, self._quota) if x is not None]
-        if self._gateway_state is not None:
-            registries += self._gateway_state.health()
-        degraded = any(r["mode"] == "degraded" for r in registries)
-        report: dict[str, Any] = {"status": "degraded" if degraded else "ok", "registries": registries}
+        report: dict[str, Any] = {"status": "degraded" if self.degraded() else "ok",
+                                  "registries": self.states_health()}
         if self._gateway is not None:
             report["transport"] = self._gateway.health()
             if self._gateway.status == "failed":

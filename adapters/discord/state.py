@@ -95,11 +95,15 @@ class Registry:
         self.modals = AdapterState(spec(MODALS), legacy=legacy)
         self.used = AdapterState(spec(USED), legacy=legacy)
 
+    @property
+    def states(self) -> tuple[AdapterState, ...]:
+        """The three namespaces, in the order they open (and show in health)."""
+        return (self.components, self.modals, self.used)
+
     async def open(self, runtime: PluginRuntime) -> None:
         """Open the keyed stores (nothing in legacy mode); raises what the runtime raises."""
-        await self.components.open(runtime)
-        await self.modals.open(runtime)
-        await self.used.open(runtime)
+        for state in self.states:
+            await state.open(runtime)
 
     async def close(self) -> None:
         await self.used.close()

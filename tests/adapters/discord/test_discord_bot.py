@@ -7,9 +7,9 @@ from pathlib import Path
 
 import discord
 
-from chatstate.adapters.discord import platform, ui
-from chatstate.adapters.discord.bot import EXPIRED, NOT_FOR_YOU, DiscordBot
-from chatstate.adapters.discord.platform import DiscordRest
+from chatstate.adapters.discord import handlers, platform
+from chatstate.adapters.discord.handlers import EXPIRED, NOT_FOR_YOU, DiscordBot
+from chatstate.adapters.discord.rest import DiscordRest
 from chatstate.adapters.discord.state import Registry
 from discord_helpers import FileRuntime
 
@@ -25,7 +25,7 @@ async def test_wrong_kind_unknown_id_and_old_versions_read_as_expired(tmp_path: 
     await registry.open(FileRuntime(tmp_path / "state.sqlite"))
     bot = DiscordBot(registry, DiscordRest(api_base="http://127.0.0.1:9", bot_token="unused"), log=LOG)
     try:
-        panel = ui.build_panel(allowed_user_ids=["1"])
+        panel = handlers.build_panel(allowed_user_ids=["1"])
         await registry.register(panel.components, panel.modals)
         approve = next(cid for cid, e in panel.components.items() if e["action"] == "approve")
 

@@ -8,7 +8,8 @@ import discord
 import pytest
 from nacl.signing import SigningKey
 
-from chatstate.adapters.discord import platform as wire, ui
+from chatstate.adapters.discord import handlers
+from chatstate.adapters.discord import platform as wire
 from chatstate.adapters.discord.config import DiscordSettings
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.sim.discord import fixture
@@ -104,8 +105,8 @@ async def test_responses_use_discord_types_and_flags() -> None:
     assert ephemeral["data"]["allowed_mentions"] == {"parse": []}
     assert "flags" not in wire.message("hi")["data"]
     assert wire.update("x")["type"] == discord.InteractionResponseType.message_update.value
-    panel = ui.build_panel(allowed_user_ids=[])
+    panel = handlers.build_panel(allowed_user_ids=[])
     modal_id, entry = next(iter(panel.modals.items()))
-    opened = wire.modal(ui.build_modal(modal_id, entry))
+    opened = wire.modal(handlers.build_modal(modal_id, entry))
     assert opened["type"] == discord.InteractionResponseType.modal.value
     assert opened["data"]["custom_id"] == modal_id

@@ -8,7 +8,7 @@ from pathlib import Path
 import discord
 import pytest
 
-from chatstate.adapters.discord import ui
+from chatstate.adapters.discord import handlers
 from chatstate.adapters.discord.state import COMPONENTS, MODALS, Registry, unwrap, wrap
 from discord_helpers import FileRuntime
 
@@ -27,7 +27,7 @@ def test_values_carry_a_version_and_other_versions_read_as_expired() -> None:
 
 
 async def test_panel_entries_match_what_discord_py_serializes() -> None:
-    panel = ui.build_panel(allowed_user_ids=["42"])
+    panel = handlers.build_panel(allowed_user_ids=["42"])
     serialized = [c for row in panel.view.to_components() for c in row["components"]]
     assert {c["custom_id"] for c in serialized} == set(panel.components)
     for c in serialized:
@@ -49,7 +49,7 @@ async def test_panel_entries_match_what_discord_py_serializes() -> None:
 @pytest.mark.parametrize("legacy", [False, True])
 async def test_entries_survive_reopening_only_in_store_mode(tmp_path: Path, legacy: bool) -> None:
     db = tmp_path / "state.sqlite"
-    panel = ui.build_panel(allowed_user_ids=[])
+    panel = handlers.build_panel(allowed_user_ids=[])
     first = Registry(legacy=legacy, ttl_ms=60_000)
     await first.open(FileRuntime(db, legacy=legacy))
     await first.register(panel.components, panel.modals)
@@ -73,7 +73,7 @@ async def test_entries_survive_reopening_only_in_store_mode(tmp_path: Path, lega
 
 
 async def test_forget_removes_every_entry_of_an_unsent_message(tmp_path: Path) -> None:
-    panel = ui.build_panel(allowed_user_ids=[])
+    panel = handlers.build_panel(allowed_user_ids=[])
     registries = Registry(legacy=False)
     await registries.open(FileRuntime(tmp_path / "state.sqlite"))
     try:

@@ -13,20 +13,32 @@ still running then is answered with a deferred response (type 5, or 6 for a clic
 finished through the interaction webhook (edit the original, or a follow-up). A token that
 died meanwhile (10062, 50027) or an interaction already answered (40060) is logged, not
 raised: the work itself is done.
+
+## The bot's messages (`build_panel`, `build_modal`; ui.py before issue 18)
+
+The bot's messages, built with discord.py's `discord.ui` and serialized by discord.py.
+
+A panel is one message with four components: a reusable "Refresh" button, a single-use
+"Approve" button, a reusable colour select, and a "Feedback" button that opens a modal. Each
+custom_id is fresh (`<action>:<random>`), so the registry entry is the only thing that knows
+what a click means; that is what must survive a restart. The modal is rebuilt from its
+registry entry when the trigger is clicked, so it too works after a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+from dataclasses import dataclass
 from typing import Any
 
 import discord
 
-from chatstate.adapters.discord import platform, ui
+from chatstate.adapters.discord import platform
+from chatstate.adapters.discord.rest import DiscordRest, InteractionGone, RestError
+from chatstate.adapters.discord.state import ComponentEntry, ModalEntry, ModalField, PanelQuota, Registry
 from chatstate.gateway.clock import now_ms
-from chatstate.adapters.discord.platform import DiscordRest, InteractionGone, RestError
-from chatstate.adapters.discord.state import ComponentEntry, ModalEntry, PanelQuota, Registry
 
 EXPIRED = "This component has expired."
 NOT_FOR_YOU = "This component is not for you."
@@ -126,7 +138,7 @@ class DiscordBot:
                 return platform.message(QUOTA_REFUSED.format(limit=self.quota.per_user,
                                                              minutes=max(1, -(-wait_ms // 60_000))), ephemeral=True)
         restrict = it.options.get("restrict_to")
-        panel = ui.build_panel(allowed_user_ids=[str(restrict)] if restrict else [])
+        panel = build_panel(allowed_user_ids=[str(restrict)] if restrict else [])
         # Entries first: a click can only follow the post, and a crash after the post must
         # not leave a message whose buttons mean nothing.
         await self.registry.register(panel.components, panel.modals)
@@ -165,7 +177,7 @@ class DiscordBot:
             modal = await self.registry.peek_modal(entry["modal_id"])
             if modal is None:
                 return platform.message(EXPIRED, ephemeral=True)
-            return platform.modal(ui.build_modal(entry["modal_id"], modal))
+            return platform.modal(build_modal(entry["modal_id"], modal))
         return platform.message(EXPIRED, ephemeral=True)
 
     async def _used_or_expired(self, it: platform.Interaction, *, default: str = EXPIRED) -> dict[str, Any]:
@@ -186,3 +198,78 @@ class DiscordBot:
             return platform.message(EXPIRED, ephemeral=True)  # a concurrent submit got it
         comment = it.fields.get("comment", "")
         return platform.message(f"Thanks <@{it.user_id}>, feedback received: {comment}")
+
+
+# -- the bot's messages ----------------------------------------------------------------------
+COLOURS = ("red", "green", "blue")
+
+
+def new_custom_id(action: str) -> str:
+    """`<action>:<16 hex>`; well under Discord's 100-character custom_id limit."""
+    return f"{action}:{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A message ready to send, and the registry entries its components need."""
+
+    content: str
+    view: discord.ui.View
+    components: dict[str, ComponentEntry]
+    modals: dict[str, ModalEntry]
+
+    @property
+    def custom_ids(self) -> list[str]:
+        return [*self.components, *self.modals]
+
+
+def build_panel(*, allowed_user_ids: list[str]) -> Panel:
+    """The demo panel; `allowed_user_ids` (empty = anyone) restricts every component of it."""
+    allowed = list(allowed_user_ids)
+    modal_id = new_custom_id("feedback-modal")
+    modals: dict[str, ModalEntry] = {
+        modal_id: ModalEntry(
+            action="feedback",
+            title="Feedback",
+            fields=[ModalField(custom_id="comment", label="Comment", style="paragraph", required=True)],
+            allowed_user_ids=allowed,
+        )
+    }
+    view = discord.ui.View(timeout=None)  # no discord.py timeout: the registry TTL rules
+    colours: discord.ui.Select[discord.ui.View] = discord.ui.Select(
+        custom_id=new_custom_id("colour"), placeholder="Pick a colour",
+        options=[discord.SelectOption(label=c.title(), value=c) for c in COLOURS],
+    )
+    items: list[tuple[discord.ui.Item[discord.ui.View], str, bool]] = [  # (item, action, single_use)
+        (_button("Refresh", discord.ButtonStyle.secondary, "refresh"), "refresh", False),
+        (_button("Approve", discord.ButtonStyle.success, "approve"), "approve", True),
+        (colours, "colour", False),
+        (_button("Feedback", discord.ButtonStyle.primary, "feedback"), "feedback", False),
+    ]
+    components: dict[str, ComponentEntry] = {}
+    for item, action, single_use in items:
+        view.add_item(item)
+        custom_id = item.custom_id  # type: ignore[attr-defined]  # Button and Select both have one
+        entry = ComponentEntry(component_type=item.type.value, action=action, single_use=single_use,
+                               allowed_user_ids=allowed)
+        if action == "feedback":
+            entry["modal_id"] = modal_id
+        components[custom_id] = entry
+    who = " for " + ", ".join(f"<@{u}>" for u in allowed) if allowed else ""
+    return Panel(f"Deployment panel{who}.", view, components, modals)
+
+
+def _button(label: str, style: discord.ButtonStyle, action: str) -> discord.ui.Button[discord.ui.View]:
+    return discord.ui.Button(label=label, style=style, custom_id=new_custom_id(action))
+
+
+def build_modal(custom_id: str, entry: ModalEntry) -> discord.ui.Modal:
+    """The modal a stored entry describes, ready for `platform.modal`."""
+    view = discord.ui.Modal(title=entry["title"], custom_id=custom_id, timeout=None)
+    for f in entry["fields"]:
+        style = discord.TextStyle[f["style"]]
+        text: discord.ui.TextInput[discord.ui.Modal] = discord.ui.TextInput(
+            label=f["label"], custom_id=f["custom_id"], style=style, required=f["required"]
+        )
+        view.add_item(text)
+    return view

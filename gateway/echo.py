@@ -4,7 +4,9 @@ POST /echo with body `{"key": "k"}` adds one to k's counter and answers `{"key",
 after the new count is durably written (awaited), so a SIGKILL right after the answer loses
 nothing. Reads go to memory first, then the store (the adapters' pattern, DESIGN.md §3).
 GET /echo/{key} reads it. Both routes check an HMAC-SHA256 signature before anything else and
-answer 401 without touching state when it is wrong, like a platform adapter would.
+answer 401 without touching state when it is wrong, like a platform adapter would. The counters
+are an `AdapterState` like every adapter's: a store fault degrades to memory (shown in /healthz)
+and the writes are replayed when the store is back.
 
 Signature: header `X-Echo-Signature: sha256=<hex>` over `METHOD \\n raw-path \\n body`, keyed with
 `[adapters.echo] secret` (or CHATSTATE_ECHO_SECRET). `mode = "legacy"` keeps counters in a dict.
@@ -16,23 +18,21 @@ import asyncio
 import hmac
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import Field
 
-from chatstate import state
+from chatstate.state import StateStoreError
 from chatstate.gateway import ingress
-from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.gateway.adapter_state import CALLER_ERRORS, AdapterState, StateSpec
+from chatstate.gateway.plugin import PluginRuntime, Route
 from chatstate.gateway.settings import AdapterSettings
-
-if TYPE_CHECKING:
-    from chatstate.state import AsyncKeyedStore
+from chatstate.gateway.stateful import StatefulPlugin
 
 NAMESPACE = "echo.counters"
 DEFAULT_MAX_ENTRIES = 10_000  # counters kept; the oldest-written is evicted past this
 SIGNATURE_HEADER = "X-Echo-Signature"
-CALLER_ERROR_CODES = ("INVALID_INPUT", "LIMIT_EXCEEDED")  # the store refused the caller's input
 _LOCK_STRIPES = 64  # read-modify-write locks, striped by key so memory stays bounded
 
 
@@ -59,7 +59,7 @@ class EchoSettings(AdapterSettings):
     max_entries: Annotated[int, Field(ge=1)] = DEFAULT_MAX_ENTRIES
 
 
-class EchoPlugin(Plugin):
+class EchoPlugin(StatefulPlugin):
     """Signed per-key counters in one keyed store (or a dict in legacy mode)."""
 
     id = "echo"
@@ -67,13 +67,11 @@ class EchoPlugin(Plugin):
     settings_type = EchoSettings
 
     def __init__(self) -> None:
+        super().__init__()
         self._secret = ""
-        self._store: AsyncKeyedStore | None = None
-        self._memory: dict[str, int] = {}  # legacy: the only copy; store mode: a read cache
-        self._max_entries = DEFAULT_MAX_ENTRIES
+        self._counters: AdapterState | None = None  # legacy: memory only
         self._legacy = False
         self._locks: list[asyncio.Lock] = []
-        self._last_error: str | None = None
 
     def routes(self) -> Sequence[Route]:
         return (
@@ -85,17 +83,17 @@ class EchoPlugin(Plugin):
         """Read the secret and open the counter store (StateStoreError if it cannot be opened)."""
         settings = EchoSettings.of(runtime)
         self._secret = settings.secret
-        self._max_entries = max_entries = settings.max_entries
         self._legacy = runtime.legacy
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
-        if not self._legacy:
-            self._store = await runtime.open_keyed_store(NAMESPACE, max_entries=max_entries)
+        spec = StateSpec(NAMESPACE, ttl_ms=None, max_entries=settings.max_entries)
+        self._counters = await self.open_state(AdapterState(spec, legacy=runtime.legacy), runtime)
 
     def health(self) -> dict[str, Any]:
-        status = "degraded" if self._last_error else "ok"
-        out: dict[str, Any] = {"status": status, "mode": "legacy" if self._legacy else "store"}
-        if self._last_error:
-            out["last_error"] = self._last_error
+        last_error = self._counters.last_error if self._counters is not None else None
+        out: dict[str, Any] = {"status": "degraded" if last_error else "ok",
+                               "mode": "legacy" if self._legacy else "store"}
+        if last_error:
+            out["last_error"] = last_error
         return out
 
     # -- handlers ---------------------------------------------------------------------------
@@ -129,40 +127,33 @@ class EchoPlugin(Plugin):
     # -- state ------------------------------------------------------------------------------
     async def _get(self, key: str) -> int:
         """Memory first, then the store (DESIGN.md §3): this process is the only writer."""
-        if key in self._memory or self._store is None:
-            return self._memory.get(key, 0)
-        value = await self._guard(self._store.lookup(key))
-        count = int(value["count"]) if isinstance(value, dict) else 0
-        self._remember(key, count)
-        return count
+        assert self._counters is not None, "start() first"
+        value = await self._guard(self._counters.get(key))
+        return int(value["count"]) if isinstance(value, dict) else 0
 
     async def _put(self, key: str, count: int) -> None:
-        if self._store is not None:  # durable first: the reply goes out only after this
-            await self._guard(self._store.register(key, {"count": count}))
-        self._remember(key, count)
-
-    def _remember(self, key: str, count: int) -> None:
-        # Bounded like the store: the oldest-written key leaves memory first.
-        self._memory.pop(key, None)
-        self._memory[key] = count
-        if len(self._memory) > self._max_entries:
-            del self._memory[next(iter(self._memory))]
+        """Durable first: the reply goes out only after this returns."""
+        assert self._counters is not None, "start() first"
+        await self._guard(self._counters.record(key, {"count": count}))
 
     async def _guard(self, op: Any) -> Any:
-        """Await a store call; a store fault answers 503 and shows in /healthz until one succeeds.
+        """Await a state call; a store fault answers 503 and shows in /healthz until the store
+        works again (`AdapterState` keeps the write in memory and replays it then: a counter's
+        read must not guess from memory while the store is out, so the caller retries).
 
         A refusal of the caller's input (INVALID_INPUT, LIMIT_EXCEEDED) is the caller's error:
         400, and health stays as it was (issue 15). `_checked` normally catches it first.
         """
+        assert self._counters is not None
         try:
             result = await op
-        except state.StateStoreError as exc:
-            if exc.code in CALLER_ERROR_CODES:
+        except StateStoreError as exc:
+            if exc.code in CALLER_ERRORS:
                 raise web.HTTPBadRequest(text=json.dumps({"error": str(exc.code)}),
                                          content_type="application/json") from None
-            self._last_error = exc.code
+            raise
+        if self._counters.last_error is not None:
             raise web.HTTPServiceUnavailable(
-                text=json.dumps({"error": str(exc.code)}), content_type="application/json"
-            ) from None
-        self._last_error = None
+                text=json.dumps({"error": self._counters.last_error}), content_type="application/json"
+            )
         return result

@@ -20,7 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from chatstate.gateway.exits import ConfigError
-from chatstate.gateway.settings import ENV_PREFIX, AdapterSettings, Settings, build, check_keys, env_prefix
+from chatstate.state import state_dir as resolve_state_dir
+from chatstate.gateway.settings import ENV_PREFIX, AdapterSettings, Mode, Settings, build, check_keys, env_prefix
 
 # Defaults, one unit a line (docs/gateway.md lists every key and its environment variable).
 DEFAULT_HOST = "127.0.0.1"
@@ -28,14 +29,10 @@ DEFAULT_PORT = 8787
 DEFAULT_DRAIN_TIMEOUT_S = 10.0  # how long SIGTERM waits for in-flight requests
 DEFAULT_SWEEP_INTERVAL_S = 60.0  # docs/state.md: the gateway sweeps expired rows every 60 s
 DEFAULT_PLUGIN_MAX_LIVE_ROWS = 50_000  # docs/state.md: per-plugin ceiling across namespaces
-DEFAULT_STATE_DIR = "~/.chatstate"
 STATE_URL_ENV = "CHATSTATE_STATE_URL"  # overrides [state] url (the Redis URL)
 LOG_LEVELS = ("debug", "info", "warning", "error")
-MODES = ("store", "legacy")
 
 _IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-Mode = Literal["store", "legacy"]
 
 
 class GatewaySettings(Settings):
@@ -109,8 +106,8 @@ class GatewayConfig:
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
-    """`CHATSTATE_HOME` if set, else `~/.chatstate` (the same rule as the state package)."""
-    return Path(env.get("CHATSTATE_HOME") or DEFAULT_STATE_DIR).expanduser()
+    """`CHATSTATE_HOME` if set in `env`, else `~/.chatstate`: the state package's resolver."""
+    return resolve_state_dir(env=env)
 
 
 def load_config(

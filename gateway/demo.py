@@ -27,7 +27,10 @@ import time
 from collections.abc import Awaitable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chatstate.gateway.settings import Mode
 
 ADAPTERS = ("slack", "discord", "teams", "matrix")
 TRANSPORTS = {  # --transport: which transports to play (issue 19)
@@ -35,7 +38,6 @@ TRANSPORTS = {  # --transport: which transports to play (issue 19)
     "websocket": ("websocket",),  # Slack Socket Mode and the Discord Gateway
     "both": ("http", "websocket"),
 }
-Mode = Literal["legacy", "store"]
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ ENV_PREFIX = "CHATSTATE_"
 S = TypeVar("S", bound="Settings")
 
 
+Mode = Literal["store", "legacy"]  # "legacy": the old in-memory maps (the "before"); the one definition
+
 class Settings(BaseModel):
     """Base of every settings table: frozen, strict, unknown keys refused, inputs never echoed."""
 
@@ -45,7 +47,7 @@ class AdapterSettings(Settings):
     adapter_id: ClassVar[str] = ""  # names the table in messages when validated outside the gateway
 
     enabled: bool = True  # a bundled adapter runs only if its table exists and this is true
-    mode: Literal["store", "legacy"] = "store"  # "legacy": the old in-memory maps (the "before")
+    mode: Mode = "store"  # "legacy": the old in-memory maps (the "before")
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Self:

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +36,13 @@ class Entry:
     expires_at: int | None  # ms since epoch; None = never
 
 
-def state_dir(state_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Resolve the state dir: the argument, else $CHATSTATE_HOME, else ~/.chatstate."""
+def state_dir(state_dir: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> Path:
+    """Resolve the state dir: the argument, else $CHATSTATE_HOME (from `env`, default the
+    process environment), else ~/.chatstate. The one resolver: the gateway uses it too."""
     if state_dir is not None:
         return Path(state_dir).expanduser()
-    env = os.environ.get("CHATSTATE_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".chatstate"
+    home = (os.environ if env is None else env).get("CHATSTATE_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".chatstate"
 
 
 def database_path(state_dir_: str | os.PathLike[str] | None = None) -> Path:

@@ -31,10 +31,10 @@ from typing import Any, Literal
 
 import aiohttp
 
+from chatstate.gateway.settings import Mode
 from chatstate.gateway.sim.base import SimulatorServer
 from chatstate.gateway.sim.tomlwrite import dumps
 
-Mode = Literal["store", "legacy"]
 DEFAULT_READY_TIMEOUT_S = 30.0  # a cold start imports aiohttp and every adapter SDK
 DEFAULT_STOP_TIMEOUT_S = 30.0
 

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from chatstate.gateway.sim.base import SimulatorServer
+from chatstate.gateway.clock import now_ms
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "teams"
 ISSUER = "https://api.botframework.com"  # what Azure puts in `iss`; the adapter is told to expect it
@@ -117,7 +118,7 @@ class TeamsSimulator(SimulatorServer):
         self.key = new_signing_key()
         self.kid = secrets.token_hex(8)
         self.gateway_url: str | None = None  # set by the harness once the gateway runs
-        self._ids = itertools.count(time.time_ns() // 1_000_000)
+        self._ids = itertools.count(now_ms())
 
     # -- what the gateway needs -----------------------------------------------------------
     def gateway_config(self) -> dict[str, Any]:

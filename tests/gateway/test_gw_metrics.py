@@ -14,6 +14,7 @@ from chatstate.gateway import metrics
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sweeper import SweepStatus, sweep_once
 from gw_helpers import bump
+from chatstate.gateway.clock import now_ms
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
@@ -67,7 +68,7 @@ async def test_sweeps_and_adapter_counters_report_to_the_default_registry(tmp_pa
 
     before = (value("chatstate_sweep_seconds_count"), value("chatstate_sweep_rows_total"))
     db = tmp_path / "state.sqlite"
-    an_hour_ago = time.time_ns() // 1_000_000 - 3_600_000
+    an_hour_ago = now_ms() - 3_600_000
     store = state.open_keyed_store("p", "ns", max_entries=10, path=db, clock=lambda: an_hour_ago)
     store.register("k", 1, ttl_ms=1)  # expired long ago by the real clock the sweep uses
     store.close()

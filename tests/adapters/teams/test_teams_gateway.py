@@ -20,6 +20,7 @@ from chatstate.adapters.teams.state import NAMESPACE, SENT_MAX_ENTRIES, SENT_TTL
 from teams_helpers import sent_rows
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.teams import TeamsSimulator, new_signing_key
+from chatstate.gateway.clock import now_ms
 
 CHANNEL = "19:general0123456789@thread.tacv2"
 LAST_SECONDS_MS = 6_000  # how long before expiry the "closing" message is answered; margin for a slow box
@@ -91,7 +92,7 @@ async def test_expiry_counts_from_the_send_and_is_not_extended_across_restart(
         # Messages the bot sent long ago, written with an earlier clock as a previous process
         # would have; this process never saw them, exactly as after a restart.
         stale, closing = "1600000000001", "1600000000002"
-        seed_at = time.time_ns() // 1_000_000
+        seed_at = now_ms()
         for activity_id, sent_ago_ms in ((stale, SENT_TTL_MS + 1_000), (closing, SENT_TTL_MS - LAST_SECONDS_MS)):
             sent_at = seed_at - sent_ago_ms
             with state.open_keyed_store(

@@ -10,26 +10,20 @@ It plays both halves a test needs:
 - the interaction webhook the bot finishes deferred work through (`PATCH .../messages/@original`,
   `POST /webhooks/{application_id}/{token}` for follow-ups).
 
-`DiscordEdges` switches on Discord's documented edge behaviours (all at once:
-`DiscordEdges.hostile()`): the 3-second initial-response deadline (a late answer is discarded,
-the user sees "This interaction failed", the token is dead: 10062), interaction tokens that
-expire (15 min, compressible: 50027), a second initial response (40060), per-route rate-limit
-buckets with `X-RateLimit-*` headers and 429 + JSON `retry_after`, slow message creation, and
-double clicks. `hits` counts what was played.
+`DiscordEdges` (discord_edges.py, with the rate-limit buckets and token rules it drives) switches
+on Discord's documented edge behaviours. `hits` counts what was played.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
 import itertools
 import json
-import math
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +32,7 @@ from aiohttp import web
 from nacl.signing import SigningKey
 
 from chatstate.gateway.sim.base import SimulatorServer
+from chatstate.gateway.sim.discord_edges import DiscordEdges, RateLimiter, Token, check_token
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "discord"
 API_PREFIX = "/api/v10"
@@ -45,57 +40,7 @@ INTERACTIONS_PATH = "/discord/interactions"  # the portal's Interactions Endpoin
 ALICE = "1100000000000000002"
 BOB = "1100000000000000003"
 EPHEMERAL = 1 << 6  # MessageFlags.ephemeral
-RESPONSE_DEADLINE_S = 3.0  # the initial response must arrive within this
-TOKEN_TTL_S = 15 * 60  # an interaction token works for follow-ups this long
-UNKNOWN_INTERACTION = 10062
-INVALID_WEBHOOK_TOKEN = 50027
-ALREADY_ACKNOWLEDGED = 40060
 DEFERRED_TYPES = (5, 6)  # DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE, DEFERRED_UPDATE_MESSAGE
-
-
-@dataclass(frozen=True)
-class DiscordEdges:
-    """Which of Discord's edge behaviours the simulator plays (all off by default)."""
-
-    deadline: bool = False  # an initial response later than deadline_s fails the interaction
-    deadline_s: float = RESPONSE_DEADLINE_S
-    token_ttl_s: float = TOKEN_TTL_S  # follow-ups after this get 401 / 50027
-    rate_limits: bool = False  # per-route buckets: bucket_size calls per bucket_window_s, then 429
-    bucket_size: int = 2
-    bucket_window_s: float = 1.0
-    slow_messages_s: float = 0.0  # message creation takes this long
-    double_click: bool = False  # every click arrives twice within milliseconds
-    already_acknowledged: bool = False  # webhook calls answer 40060 (another responder was first)
-
-    @classmethod
-    def hostile(cls) -> DiscordEdges:
-        """Every switch on that a working bot must survive (not `already_acknowledged`, which
-        only a misbehaving second responder causes): the demo's `--hostile` profile."""
-        return cls(deadline=True, rate_limits=True, slow_messages_s=2.5, double_click=True)
-
-
-@dataclass
-class _Bucket:
-    """One rate-limit bucket: calls in the current window."""
-
-    window_start: float = 0.0
-    used: int = 0
-
-
-@dataclass
-class _Token:
-    """What Discord knows about one interaction token."""
-
-    interaction_id: str
-    created: float
-    acknowledged: bool = False
-    failed: bool = False
-    messages: list[str] = field(default_factory=list)
-
-
-def hashlib_name(route: str) -> str:
-    """An opaque bucket id for `route`, as Discord's X-RateLimit-Bucket is."""
-    return hashlib.sha1(route.encode()).hexdigest()[:16]
 
 
 def fixture(name: str) -> dict[str, Any]:
@@ -135,8 +80,8 @@ class DiscordSimulator(SimulatorServer):
     def __init__(self, host: str = "127.0.0.1", *, edges: DiscordEdges | None = None, **config: Any) -> None:
         super().__init__(host)
         self.edges = edges or DiscordEdges()
-        self._buckets: dict[str, _Bucket] = {}
-        self._tokens: dict[str, _Token] = {}
+        self._limiter = RateLimiter(self.hit)
+        self._tokens: dict[str, Token] = {}
         self.signing_key = SigningKey.generate()
         self.bot_token = "sim." + secrets.token_urlsafe(24)
         self.extra_config = dict(config)  # more `[adapters.discord]` keys, e.g. ttl_ms
@@ -175,34 +120,10 @@ class DiscordSimulator(SimulatorServer):
         await super().stop()
 
     # -- Discord's REST API -----------------------------------------------------------------
-    def _rate_limit(self, route: str) -> tuple[web.Response | None, dict[str, str]]:
-        """Account one call to `route`'s bucket: (a 429 to send, or None) and the headers."""
-        if not self.edges.rate_limits:
-            return None, {}
-        now = time.monotonic()
-        bucket = self._buckets.setdefault(route, _Bucket(now))
-        if now - bucket.window_start >= self.edges.bucket_window_s:
-            bucket.window_start, bucket.used = now, 0
-        reset_after = round(bucket.window_start + self.edges.bucket_window_s - now, 3)
-        headers = {
-            "X-RateLimit-Limit": str(self.edges.bucket_size),
-            "X-RateLimit-Bucket": hashlib_name(route),
-            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
-            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
-        }
-        if bucket.used >= self.edges.bucket_size:
-            self.hit("rate_limited")
-            headers.update({"X-RateLimit-Remaining": "0", "X-RateLimit-Scope": "user", "Retry-After": str(math.ceil(reset_after))})
-            body = {"message": "You are being rate limited.", "retry_after": reset_after, "global": False}
-            return web.json_response(body, status=429, headers=headers), headers
-        bucket.used += 1
-        headers["X-RateLimit-Remaining"] = str(self.edges.bucket_size - bucket.used)
-        return None, headers
-
     async def _create_message(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bot {self.bot_token}":
             return web.json_response({"message": "401: Unauthorized", "code": 0}, status=401)
-        limited, rl_headers = self._rate_limit(f"POST /channels/{request.match_info['channel_id']}/messages")
+        limited, rl_headers = self._limiter.account(f"POST /channels/{request.match_info['channel_id']}/messages", self.edges)
         if limited is not None:
             return limited
         if self.edges.slow_messages_s:
@@ -227,26 +148,12 @@ class DiscordSimulator(SimulatorServer):
         return web.json_response(message, headers=rl_headers)
 
     # -- the interaction webhook (deferred answers, follow-ups) -------------------------------
-    def _token_state(self, token: str) -> tuple[_Token | None, web.Response | None]:
-        state = self._tokens.get(token)
-        if state is None or state.failed or not state.acknowledged:
-            self.hit("unknown_interaction")
-            return None, web.json_response({"message": "Unknown interaction", "code": UNKNOWN_INTERACTION}, status=404)
-        if time.monotonic() - state.created > self.edges.token_ttl_s:
-            self.hit("token_expired")
-            return None, web.json_response({"message": "Invalid Webhook Token", "code": INVALID_WEBHOOK_TOKEN}, status=401)
-        if self.edges.already_acknowledged:
-            self.hit("already_acknowledged")
-            return None, web.json_response(
-                {"message": "Interaction has already been acknowledged.", "code": ALREADY_ACKNOWLEDGED}, status=400)
-        return state, None
-
     async def _webhook(self, request: web.Request, kind: str) -> web.Response:
         token = request.match_info["token"]
-        limited, rl_headers = self._rate_limit(f"webhook {request.match_info['application_id']}")
+        limited, rl_headers = self._limiter.account(f"webhook {request.match_info['application_id']}", self.edges)
         if limited is not None:
             return limited
-        state, refused = self._token_state(token)
+        state, refused = check_token(self._tokens, token, self.edges, self.hit)
         if refused is not None:
             await self.record("webhook_refused", {"kind": kind, "status": refused.status})
             return refused
@@ -299,7 +206,7 @@ class DiscordSimulator(SimulatorServer):
             "X-Signature-Timestamp": timestamp,
         }
         url = gateway_url + INTERACTIONS_PATH
-        token_state = _Token(str(payload.get("id")), time.monotonic())
+        token_state = Token(str(payload.get("id")), time.monotonic())
         if isinstance(payload.get("token"), str):
             self._tokens[payload["token"]] = token_state
         started = time.monotonic()

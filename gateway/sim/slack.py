@@ -1,12 +1,9 @@
 """A local Slack: the Events API sender (v0-signed, with retries) and the Web API methods the
 adapter calls (`auth.test`, `chat.postMessage`), recording every message the bot posts.
 
-`SlackEdges` switches on Slack's documented edge behaviours one by one (or all at once with
-`SlackEdges.hostile()`): the 3-second ack deadline and the retry schedule with
-`X-Slack-Retry-Num`/`-Reason`, a channel mention delivered as both `app_mention` and `message`,
-the bot's own posts echoed back as `message` events, edits and thread broadcasts, and
-`chat.postMessage` answering 429 + Retry-After, 503, or posting and then resetting the
-connection. `hits` counts each behaviour the simulator actually played.
+`SlackEdges` (slack_edges.py) switches on Slack's documented edge behaviours; `hits` counts each
+behaviour the simulator actually played. The users' side, the event envelopes a test sends, is
+slack_events.py's `SlackEvents`.
 
 Signing is written out here (HMAC-SHA256 over `v0:{timestamp}:{body}`) rather than borrowed
 from slack-sdk, so the adapter's `SignatureVerifier` is checked against an independent
@@ -28,54 +25,12 @@ import aiohttp
 from aiohttp import web
 
 from chatstate.gateway.sim.base import Record, SimulatorServer
+from chatstate.gateway.sim.slack_edges import RETRY_SCHEDULE_S, SlackEdges, post_fault
+from chatstate.gateway.sim.slack_events import SlackEvents
 
 EVENTS_PATH = "/slack/events"
 POST_MESSAGE = "chat.postMessage"
 DELIVERY = "event_delivery"  # one Events API attempt (first try or retry) and how it ended
-RETRY_SCHEDULE_S = (0.0, 60.0, 300.0)  # Slack retries immediately, after ~1 min, after ~5 min
-ACK_DEADLINE_S = 3.0  # a delivery not answered 2xx within this is a failure (http_timeout)
-
-
-@dataclass(frozen=True)
-class SlackEdges:
-    """Which of Slack's documented edge behaviours the simulator plays (all off by default).
-
-    `*_every = N` knobs count chat.postMessage calls: calls F, F+N, F+2N... get the fault, F
-    being the matching `*_first` (1 by default; a 429 wins over a 503, a 503 over a reset), so
-    a test knows exactly which call fails and that the retry of a faulted call goes through.
-    """
-
-    retries: bool = False  # not 2xx within ack_deadline_s -> retried with X-Slack-Retry-Num 1..3
-    schedule_scale: float = 1.0  # multiplies RETRY_SCHEDULE_S (tests compress minutes to seconds)
-    ack_deadline_s: float = ACK_DEADLINE_S
-    double_mention: bool = False  # a channel mention also arrives as a `message` event
-    echo_bot_messages: bool = False  # the bot's posts come back as `message` events (bot_id set)
-    edits: bool = False  # every user message is followed by a `message_changed` edit of it
-    deletions: bool = False  # every user message is deleted once delivered (`message_deleted`)
-    thread_broadcast: bool = False  # thread replies are "also sent to the channel"
-    rate_limit_every: int = 0  # 429 + Retry-After: retry_after_s; nothing posted
-    retry_after_s: int = 1
-    server_error_every: int = 0  # 503; nothing posted
-    server_error_first: int = 1
-    reset_after_post_every: int = 0  # posted, then the connection is reset before the answer
-    reset_after_post_first: int = 1
-
-    @classmethod
-    def hostile(cls, *, schedule_scale: float = 0.02) -> SlackEdges:
-        """Every switch on: the profile of the demo's `--hostile` and the exactly-once tests."""
-        return cls(retries=True, schedule_scale=schedule_scale, double_mention=True, echo_bot_messages=True,
-                   edits=True, deletions=True, thread_broadcast=True,
-                   # every other reply meets all three: call 1 gets 429, its retry 503, the
-                   # next retry is posted and reset; call 4 goes through; call 5 starts over
-                   rate_limit_every=4, server_error_every=4, server_error_first=2,
-                   reset_after_post_every=4, reset_after_post_first=3)
-
-    def gateway_config(self) -> dict[str, Any]:
-        """Adapter settings that scale with the compressed schedule: a dead process's lease on
-        an event must run out before Slack's last retry, as 60 s does before 5 min."""
-        if self.schedule_scale >= 1.0:
-            return {}
-        return {"event_lease_ms": max(500, int(RETRY_SCHEDULE_S[1] * 1000 * self.schedule_scale))}
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -93,7 +48,7 @@ class Delivery:
     headers: dict[str, str]
 
 
-class SlackSimulator(SimulatorServer):
+class SlackSimulator(SimulatorServer, SlackEvents):
     """One workspace with one bot user; tests drive users' messages and read the bot's posts."""
 
     name: ClassVar[str] = "slack"
@@ -166,7 +121,7 @@ class SlackSimulator(SimulatorServer):
             return web.json_response({"ok": False, "error": "channel_not_found"})
         self.post_arrived.set()
         self.post_calls += 1
-        fault = self._post_fault(self.post_calls)
+        fault = self._post_fault_hit(self.post_calls)
         if fault == "rate_limited":
             return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
                                      headers={"Retry-After": str(self.edges.retry_after_s)})
@@ -193,15 +148,11 @@ class SlackSimulator(SimulatorServer):
             raise web.HTTPInternalServerError()
         return web.json_response({"ok": True, "channel": args["channel"], "ts": ts, "message": message})
 
-    def _post_fault(self, n: int) -> str | None:
-        e = self.edges
-        for name, every, first in (("rate_limited", e.rate_limit_every, 1),
-                                   ("server_error", e.server_error_every, e.server_error_first),
-                                   ("reset_after_post", e.reset_after_post_every, e.reset_after_post_first)):
-            if every and n >= first and (n - first) % every == 0:
-                self.hit(name)
-                return name
-        return None
+    def _post_fault_hit(self, n: int) -> str | None:
+        fault = post_fault(self.edges, n)
+        if fault is not None:
+            self.hit(fault)
+        return fault
 
     async def _echo(self, message: dict[str, Any]) -> None:
         """Deliver the bot's own post back as a `message` event, as Slack does: modern apps'
@@ -244,67 +195,6 @@ class SlackSimulator(SimulatorServer):
         return self.posts()
 
     # -- Events API -----------------------------------------------------------------------
-    def next_ts(self) -> str:
-        return f"{self._epoch}.{next(self._ts):06d}"
-
-    def message_event(
-        self,
-        text: str,
-        *,
-        channel: str = "C0GENERAL",
-        user: str = "U0ALICE",
-        thread_ts: str | None = None,
-        parent_user_id: str | None = None,
-        event_type: str = "message",
-        channel_type: str = "channel",
-    ) -> dict[str, Any]:
-        """An `event_callback` envelope for a user's message, as the Events API sends it."""
-        ts = self.next_ts()
-        event: dict[str, Any] = {"type": event_type, "user": user, "text": text, "ts": ts,
-                                 "channel": channel, "event_ts": ts}
-        if event_type == "message":
-            event["channel_type"] = channel_type
-        if thread_ts is not None:
-            event["thread_ts"] = thread_ts
-            if event_type == "message" and self.edges.thread_broadcast:
-                event["subtype"] = "thread_broadcast"  # "also send to #channel" ticked
-                self.hit("thread_broadcast")
-        if parent_user_id is not None:
-            event["parent_user_id"] = parent_user_id
-        return self.envelope(event)
-
-    def mention_event(self, text: str, **kw: Any) -> dict[str, Any]:
-        """An `app_mention` envelope whose text starts with `<@bot>`."""
-        return self.message_event(f"<@{self.bot_user_id}> {text}", event_type="app_mention", **kw)
-
-    def envelope(self, event: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "token": "legacy-verification-token", "team_id": self.team_id, "api_app_id": "A0SIM",
-            "event": event, "type": "event_callback", "event_id": f"Ev{next(self._event_ids):08d}",
-            "event_time": int(time.time()),
-            "authorizations": [{"team_id": self.team_id, "user_id": self.bot_user_id, "is_bot": True}],
-        }
-
-    def edit_event(self, original: dict[str, Any], text: str) -> dict[str, Any]:
-        """The `message_changed` envelope Slack sends when `original` (an envelope) is edited."""
-        before = original["event"]
-        after = {k: v for k, v in before.items() if k not in ("event_ts", "channel_type", "subtype")}
-        after.update(text=text, edited={"user": before.get("user"), "ts": self.next_ts()})
-        after["type"] = "message"
-        ts = self.next_ts()
-        return self.envelope({"type": "message", "subtype": "message_changed", "hidden": True,
-                              "channel": before["channel"], "channel_type": before.get("channel_type", "channel"),
-                              "ts": ts, "event_ts": ts, "message": after, "previous_message": dict(before)})
-
-    def delete_event(self, original: dict[str, Any]) -> dict[str, Any]:
-        """The `message_deleted` envelope Slack sends when the message of `original` is deleted
-        (`original` may be an envelope or a message the bot posted)."""
-        before = original.get("event", original)
-        ts = self.next_ts()
-        return self.envelope({"type": "message", "subtype": "message_deleted", "hidden": True,
-                              "channel": before["channel"], "channel_type": "channel", "ts": ts, "event_ts": ts,
-                              "deleted_ts": before["ts"], "previous_message": dict(before)})
-
     async def deliver(
         self,
         payload: dict[str, Any],

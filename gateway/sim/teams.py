@@ -7,7 +7,7 @@ the bot's app id, `serviceurl`), and serves the Bot Connector REST calls the bot
 answered with the id Teams would assign and recorded for tests. Calls without the configured
 connector token are refused with 401, as Azure refuses calls without an AAD token.
 
-`TeamsEdges` switches on the channel's edge behaviours (all at once: `TeamsEdges.hostile()`):
+`TeamsEdges` (teams_edges.py) switches on the channel's edge behaviours (all at once: `TeamsEdges.hostile()`):
 429 + Retry-After and 502/503/504 on the bot's sends, an activity delivered again with the
 same id when the bot is slow (or simply twice), redelivery after a failed delivery, users'
 edits (`messageUpdate`), and bot messages deleted (`messageDelete`). `hits` counts them.
@@ -22,7 +22,6 @@ import itertools
 import json
 import secrets
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from chatstate.gateway.sim.base import SimulatorServer
+from chatstate.gateway.sim.teams_edges import RETRY_SCHEDULE_S, TeamsEdges
 from chatstate.gateway.clock import now_ms
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "teams"
@@ -40,46 +40,6 @@ ISSUER = "https://api.botframework.com"  # what Azure puts in `iss`; the adapter
 METADATA_PATH = "/v1/.well-known/openidconfiguration"
 KEYS_PATH = "/v1/.well-known/keys"
 TOKEN_LIFETIME_S = 3600
-ANSWER_DEADLINE_S = 15.0  # the channel gives a bot this long to answer, then sends the activity again
-RETRY_SCHEDULE_S = (1.0, 5.0, 30.0)  # redelivery after a failed delivery (our model; Azure documents none)
-
-
-@dataclass(frozen=True)
-class TeamsEdges:
-    """Which Bot Connector / channel edge behaviours the simulator plays (all off by default).
-
-    `*_every = N`: calls (or user activities) 1, 1+N, 1+2N... get the behaviour.
-    """
-
-    rate_limit_every: int = 0  # the bot's send gets 429 + Retry-After: retry_after_s (not sent)
-    retry_after_s: int = 1
-    server_error_every: int = 0  # the bot's send gets 502, 503, 504 in turn (not sent)
-    server_error_first: int = 1  # the first call that gets it; then every server_error_every
-    max_faults_per_send: int | None = None  # transient faults: one send (same body) meets at most this many
-    redeliver_after_s: float | None = None  # not answered by then: the same activity again
-    duplicate_every: int = 0  # the user activity is delivered twice at once
-    retries: bool = False  # no answer / 5xx from the gateway: delivered again (RETRY_SCHEDULE_S)
-    schedule_scale: float = 1.0
-    edits: bool = False  # every user message is followed by a messageUpdate (edit) of it
-    delete_bot_messages_every: int = 0  # the bot's Nth, 2Nth... message is deleted: messageDelete delivered
-
-    @classmethod
-    def hostile(cls, *, schedule_scale: float = 0.1) -> TeamsEdges:
-        """Every switch on: the demo's `--hostile` profile and the exactly-once tests."""
-        # every other reply meets both faults (call 1: 429 for 1 s, then a 5xx, then through),
-        # and that turn outlasts the channel's answer deadline (15 s, here shortened to 2/3 of
-        # the scaled value so a 1.3 s turn is redelivered while the claim's lease still holds)
-        return cls(rate_limit_every=4, retry_after_s=1, server_error_every=4, server_error_first=2,
-                   redeliver_after_s=ANSWER_DEADLINE_S * schedule_scale * 2 / 3,
-                   max_faults_per_send=2, duplicate_every=3, retries=True, schedule_scale=schedule_scale,
-                   edits=True, delete_bot_messages_every=7)
-
-    def gateway_config(self) -> dict[str, Any]:
-        """Adapter settings that scale with a compressed schedule: a dead process's claim on an
-        activity must run out before the channel's last redelivery (20 s before 36 s)."""
-        if self.schedule_scale >= 1.0:
-            return {}
-        return {"activity_lease_ms": max(1500, int(20_000 * self.schedule_scale))}
 
 
 def new_signing_key() -> rsa.RSAPrivateKey:

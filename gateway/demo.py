@@ -29,10 +29,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from chatstate.gateway.registry import BUNDLED
+
 if TYPE_CHECKING:
     from chatstate.gateway.settings import Mode
 
-ADAPTERS = ("slack", "discord", "teams", "matrix")
+ADAPTERS = tuple(a for a in BUNDLED if a != "echo")  # every bundled adapter has a scenario (gateway/sim/scenarios.py)
 TRANSPORTS = {  # --transport: which transports to play (issue 19)
     "http": ("http",),
     "websocket": ("websocket",),  # Slack Socket Mode and the Discord Gateway

@@ -22,6 +22,7 @@ from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.plugin import Origin, Plugin
 from chatstate.gateway.settings import AdapterSettings, build, check_keys, env_prefix
 
+# The bundled plugins, one line each (docs/migrating-an-adapter.md: what else a new one needs).
 BUNDLED: Mapping[str, str] = MappingProxyType(
     {
         "echo": "chatstate.gateway.echo:EchoPlugin",
@@ -31,17 +32,20 @@ BUNDLED: Mapping[str, str] = MappingProxyType(
         "matrix": "chatstate.adapters.matrix:MatrixPlugin",
     }
 )
+
+
+def _settings_path(plugin_path: str) -> str:
+    """Where a bundled plugin's settings type lives, by convention: `<Name>Settings` beside
+    `<Name>Plugin`, in the adapter package's `config.py` (the core's echo keeps both in one module)."""
+    module, cls = plugin_path.split(":")
+    name = cls.removesuffix("Plugin") + "Settings"
+    return f"{module}.config:{name}" if module.startswith("chatstate.adapters.") else f"{module}:{name}"
+
+
 # Each bundled adapter's settings type, importable without its SDK: a disabled adapter's table
 # is still checked for unknown keys (a typo fails even before the adapter is switched on).
-BUNDLED_SETTINGS: Mapping[str, str] = MappingProxyType(
-    {
-        "echo": "chatstate.gateway.echo:EchoSettings",
-        "slack": "chatstate.adapters.slack.config:SlackSettings",
-        "discord": "chatstate.adapters.discord.config:DiscordSettings",
-        "teams": "chatstate.adapters.teams.config:TeamsSettings",
-        "matrix": "chatstate.adapters.matrix.config:MatrixSettings",
-    }
-)
+# Derived from BUNDLED, so a new bundled adapter is one line there.
+BUNDLED_SETTINGS: Mapping[str, str] = MappingProxyType({k: _settings_path(v) for k, v in BUNDLED.items()})
 CORE_PREFIX = "core:"  # plugin ids starting with this are reserved for the core's own stores
 
 

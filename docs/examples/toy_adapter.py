@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -27,8 +26,10 @@ from aiohttp import web
 from pydantic import Field
 
 from chatstate.gateway.adapter_state import AdapterState, StateSpec
-from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.gateway.clock import now_ms
+from chatstate.gateway.plugin import PluginRuntime, Route
 from chatstate.gateway.settings import AdapterSettings
+from chatstate.gateway.stateful import StatefulPlugin
 
 # 1. Choose namespace, key, value, TTL and cap: key = the alert id (a string), one row a day.
 ACKS = StateSpec(namespace="toy.acks", ttl_ms=24 * 3600 * 1000, max_entries=1_000)
@@ -44,13 +45,14 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-class ToyPlugin(Plugin):
+class ToyPlugin(StatefulPlugin):
     """First-ack-wins alert acknowledgements that survive a restart."""
 
     id = "toy"
     settings_type = ToySettings
 
     def __init__(self) -> None:
+        super().__init__()
         self._secret = ""
         self._acks: AdapterState | None = None
 
@@ -60,18 +62,14 @@ class ToyPlugin(Plugin):
     async def start(self, runtime: PluginRuntime) -> None:
         """Open the ack store (memory only in legacy mode); the gateway checked the settings."""
         self._secret = ToySettings.of(runtime).secret
-        # 3. Open the state, with a legacy mode: the same class, memory only, as the "before".
-        self._acks = AdapterState(ACKS, legacy=runtime.legacy)
-        await self._acks.open(runtime)
-
-    async def stop(self) -> None:
-        if self._acks is not None:
-            await self._acks.close()
+        # 3. Open the state, with a legacy mode: the same class, memory only, as the "before";
+        # StatefulPlugin closes it in stop() and rolls its health up.
+        self._acks = await self.open_state(AdapterState(ACKS, legacy=runtime.legacy), runtime)
 
     def health(self) -> dict[str, Any]:
         # 8. Degrade and recover visibly: a store failure shows in /healthz until it is back.
         info = self._acks.health() if self._acks else {"mode": "stopped"}
-        return {"status": "degraded" if info["mode"] == "degraded" else "ok", **info}
+        return {"status": "degraded" if self.degraded() else "ok", **info}
 
     async def _ack(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -86,7 +84,7 @@ class ToyPlugin(Plugin):
         assert self._acks is not None
         # 5. One recording function: every ack goes through this claim, and
         # 6. Await the durable write before answering: on disk before the 200, atomic across processes.
-        won = await self._acks.claim(alert_id, {"user": user, "acked_at": int(time.time() * 1000)})
+        won = await self._acks.claim(alert_id, {"user": user, "acked_at": now_ms()})
         if won:
             return web.json_response({"alert_id": alert_id, "acked_by": user, "first": True})
         # 7. Read through, keeping the stored expiry: a read never extends the row's day.

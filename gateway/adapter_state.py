@@ -168,6 +168,12 @@ class AdapterState:
             self._log().warning("adapter_state_degraded", extra={"namespace": self.spec.namespace, "code": str(exc.code)})
         self.last_error = str(exc.code)
 
+    async def recover(self) -> bool:
+        """Try the store again now (replaying kept writes): True when it is usable. Reads served
+        from memory never touch the store, so a caller that must not act on memory alone while
+        degraded (echo's counters) calls this first."""
+        return await self._recover()
+
     async def _recover(self) -> bool:
         """Replay writes that failed while degraded; True when the store is usable."""
         if self._store is None:
@@ -217,27 +223,43 @@ class AdapterState:
             _validate.serialize_value(value, op)
         return checked
 
-    async def record(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
+    async def record(self, key: str, value: Any, *, ttl_ms: int | None = None, or_raise: bool = False) -> None:
         """Remember `value` under `key`, durably unless legacy; returns once it is on disk.
 
         A store failure does not raise: the row stays in memory, is replayed later, and the
-        adapter shows as degraded. INVALID_INPUT/LIMIT_EXCEEDED (a programming error) do raise,
-        in legacy mode too, and leave nothing behind.
+        adapter shows as degraded. With `or_raise` (a write that must reach the store or not
+        happen at all, like echo's counter) it does: the state shows as degraded, nothing is kept,
+        and the StateStoreError is raised. INVALID_INPUT/LIMIT_EXCEEDED (a programming error)
+        always raise, in legacy mode too, and leave nothing behind.
         """
         key = self._checked(key, "register", value, has_value=True)
         entry = self._entry(key, value, ttl_ms)
+        previous = self.memory.get(key)
         self.memory.put(entry)
-        if self._store is None or not await self._recover():
-            if self._store is not None:
-                self._remember(key, entry)
+        try:
+            await self._write(key, value, entry, ttl_ms, or_raise=or_raise)
+        except StateStoreError as exc:
+            self.memory.drop(key)
+            if previous is not None and exc.code not in CALLER_ERRORS:
+                self.memory.put(previous)  # or_raise: the write did not happen, the old row stands
+            raise
+
+    async def _write(self, key: str, value: Any, entry: Entry, ttl_ms: int | None, *, or_raise: bool) -> None:
+        if self._store is None:
+            return
+        if not await self._recover():
+            if or_raise:
+                raise StateStoreError(self.last_error or "UNAVAILABLE", "register", "the store is failing")
+            self._remember(key, entry)
             return
         try:
             await self._store.register(key, value, ttl_ms=ttl_ms)
         except StateStoreError as exc:
             if exc.code in CALLER_ERRORS:
-                self.memory.drop(key)
                 raise
             self._degrade(exc)
+            if or_raise:
+                raise
             self._remember(key, entry)
 
     async def get_entry(self, key: str) -> Entry | None:

@@ -126,20 +126,29 @@ class EchoPlugin(StatefulPlugin):
 
     # -- state ------------------------------------------------------------------------------
     async def _get(self, key: str) -> int:
-        """Memory first, then the store (DESIGN.md §3): this process is the only writer."""
+        """Memory first, then the store (DESIGN.md §3): this process is the only writer. While
+        the store fails nothing is answered from memory alone (503): a counter read from a cold
+        cache would start again from 0."""
         assert self._counters is not None, "start() first"
+        if self._counters.last_error is not None and not await self._counters.recover():
+            raise self._unavailable()
         value = await self._guard(self._counters.get(key))
         return int(value["count"]) if isinstance(value, dict) else 0
 
     async def _put(self, key: str, count: int) -> None:
         """Durable first: the reply goes out only after this returns."""
         assert self._counters is not None, "start() first"
-        await self._guard(self._counters.record(key, {"count": count}))
+        await self._guard(self._counters.record(key, {"count": count}, or_raise=True))
+
+    def _unavailable(self) -> web.HTTPServiceUnavailable:
+        assert self._counters is not None
+        return web.HTTPServiceUnavailable(
+            text=json.dumps({"error": self._counters.last_error}), content_type="application/json"
+        )
 
     async def _guard(self, op: Any) -> Any:
         """Await a state call; a store fault answers 503 and shows in /healthz until the store
-        works again (`AdapterState` keeps the write in memory and replays it then: a counter's
-        read must not guess from memory while the store is out, so the caller retries).
+        works again. A counter write is `or_raise`: a 503 increment is not counted, later either.
 
         A refusal of the caller's input (INVALID_INPUT, LIMIT_EXCEEDED) is the caller's error:
         400, and health stays as it was (issue 15). `_checked` normally catches it first.
@@ -151,9 +160,7 @@ class EchoPlugin(StatefulPlugin):
             if exc.code in CALLER_ERRORS:
                 raise web.HTTPBadRequest(text=json.dumps({"error": str(exc.code)}),
                                          content_type="application/json") from None
-            raise
+            raise self._unavailable() from None
         if self._counters.last_error is not None:
-            raise web.HTTPServiceUnavailable(
-                text=json.dumps({"error": self._counters.last_error}), content_type="application/json"
-            )
+            raise self._unavailable()
         return result

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chatstate import state  # noqa: E402
+from chatstate import state
 
 PLUGIN = "bench"
 NAMESPACE = "bench.writes"

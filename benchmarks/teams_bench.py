@@ -39,12 +39,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aiohttp.test_utils import make_mocked_request  # noqa: E402
-from botbuilder.schema import Activity  # noqa: E402
+from aiohttp.test_utils import make_mocked_request
+from botbuilder.schema import Activity
+from chatstate.adapters.teams import TeamsPlugin
+from chatstate.gateway.sim.teams import TeamsSimulator
 
-from chatstate import state  # noqa: E402
-from chatstate.adapters.teams import TeamsPlugin  # noqa: E402
-from chatstate.gateway.sim.teams import TeamsSimulator  # noqa: E402
+from chatstate import state
 
 TARGET_US = 50.0
 

@@ -16,6 +16,7 @@ from aiohttp import web
 from chatstate.adapters.common import AdapterState
 from chatstate.adapters.teams.auth import build_authentication
 from chatstate.adapters.teams.bot import TeamsBot
+from chatstate.adapters.teams.clients import ReusedClients
 from chatstate.adapters.teams.connector import TeamsCloudAdapter
 from chatstate.adapters.teams.sent import SentMessages
 from chatstate.adapters.teams.state import open_sent_messages
@@ -44,7 +45,7 @@ class TeamsPlugin(Plugin):
         Raises ValueError naming a missing or bad config key, and StateStoreError from opening
         the store (both stop the gateway from starting).
         """
-        auth = build_authentication(runtime.config)
+        auth = ReusedClients(build_authentication(runtime.config))  # clients built once, not per turn
         state = open_sent_messages(runtime.config, legacy=runtime.legacy)
         await state.open(runtime)
         sent = SentMessages(state)

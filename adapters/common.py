@@ -10,11 +10,15 @@ every thread, button and approval. After: `AdapterState` keeps that dict as a ho
   it is atomic across processes;
 - a store failure degrades to memory (reported by `health()`, shown in /healthz), keeps the
   failed writes, and replays them on the next call that finds the store working again.
-`legacy=True` is the "before": memory only, same TTL and cap, for side-by-side demos.
+`legacy=True` is the "before": memory only, same TTL and cap, for side-by-side demos. Keys and
+values are checked by the store's own rules in both modes (a string key, trimmed, 1..512 bytes;
+plain JSON values), so a plugin that passes in legacy mode passes in store mode: a list or tuple
+key is `StateStoreError` INVALID_INPUT in both, never a 500 from `unhashable type`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -22,13 +26,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from chatstate.gateway import metrics
 from chatstate.state import Entry, StateStoreError
+from chatstate.state import _validate  # the store's own key and value rules, applied in both modes
 
 if TYPE_CHECKING:
     from chatstate.gateway.plugin import PluginRuntime
     from chatstate.state import AsyncKeyedStore
 
 Clock = Callable[[], int]
+# Store refusals of the key or value itself: raised to the caller (the gateway answers 400), never
+# a reason to degrade to memory, since the store is fine (issue 15: health degrades on faults only).
+CALLER_ERRORS = ("INVALID_INPUT", "LIMIT_EXCEEDED")
 log = logging.getLogger("chatstate.adapters")
 
 
@@ -38,7 +47,7 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class StateSpec:
-    """What an adapter keeps: the row of DESIGN.md §3's table for one namespace."""
+    """What an adapter keeps for one namespace: a row of the table in docs/migrating-an-adapter.md."""
 
     namespace: str
     ttl_ms: int | None  # default TTL of a row; None = until deleted
@@ -85,6 +94,10 @@ class MemoryMap:
     def drop(self, key: str) -> bool:
         return self._rows.pop(key, None) is not None
 
+    def live(self) -> list[Entry]:
+        """Live rows, oldest first."""
+        return [e for e in list(self._rows.values()) if self.get(e.key) is not None]
+
 
 class AdapterState:
     """One namespace of one adapter: memory in front, the keyed store behind."""
@@ -97,10 +110,15 @@ class AdapterState:
         self._store: AsyncKeyedStore | None = None
         self._pending: OrderedDict[str, Entry | None] = OrderedDict()  # None = a failed delete
         self.last_error: str | None = None
+        self.plugin_id: str | None = None  # set by open(); labels metrics and log lines
+        self._logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = log
 
     async def open(self, runtime: PluginRuntime) -> None:
         """Open the keyed store (not in legacy mode); a spec with `core_id` opens the core-owned
         store through `runtime.open_core_store`. Raises what `open_keyed_store` raises."""
+        self.plugin_id = runtime.plugin_id
+        self._logger = runtime.log
+        metrics.track_adapter_state(self)  # mode and pending writes at /metrics
         if self.legacy:
             return
         if self.spec.core_id is not None:
@@ -125,6 +143,15 @@ class AdapterState:
             return "legacy"
         return "degraded" if self.last_error else "store"
 
+    @property
+    def namespace(self) -> str:
+        return self.spec.namespace
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes (and deletes) kept while the store failed, waiting to be replayed."""
+        return len(self._pending)
+
     def health(self) -> dict[str, Any]:
         return {
             "namespace": self.spec.namespace,
@@ -134,15 +161,19 @@ class AdapterState:
             "cached": len(self.memory),
         }
 
+    def _log(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+        return self._logger
+
     def _degrade(self, exc: StateStoreError) -> None:
         if self.last_error is None:
-            log.warning("store failed for %s (%s); degrading to memory", self.spec.namespace, exc.code)
+            self._log().warning("adapter_state_degraded", extra={"namespace": self.spec.namespace, "code": str(exc.code)})
         self.last_error = str(exc.code)
 
     async def _recover(self) -> bool:
         """Replay writes that failed while degraded; True when the store is usable."""
         if self._store is None:
             return False
+        replayed = 0
         while self._pending:
             key, entry = next(iter(self._pending.items()))
             try:
@@ -156,8 +187,10 @@ class AdapterState:
                 self._degrade(exc)
                 return False
             self._pending.pop(key, None)
+            replayed += 1
         if self.last_error is not None:
-            log.info("store for %s recovered", self.spec.namespace)
+            self._log().info("adapter_state_recovered", extra={"namespace": self.spec.namespace,
+                                                                "replayed": replayed})
         self.last_error = None
         return True
 
@@ -175,12 +208,24 @@ class AdapterState:
         return Entry(key, value, now, None if ttl is None else now + ttl)
 
     # -- the operations adapters call -----------------------------------------------------
+    def _checked(self, key: object, op: str, value: Any = None, *, has_value: bool = False) -> str:
+        """The key as the store sees it (trimmed), after the store's checks, and the value checked
+        as the store would: up front in both modes, so memory never holds a row the store would
+        refuse (a degraded store replays memory's rows later). Raises StateStoreError
+        INVALID_INPUT / LIMIT_EXCEEDED, in both modes alike."""
+        checked = _validate.key(key, op)
+        if has_value:
+            _validate.serialize_value(value, op)
+        return checked
+
     async def record(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
         """Remember `value` under `key`, durably unless legacy; returns once it is on disk.
 
         A store failure does not raise: the row stays in memory, is replayed later, and the
-        adapter shows as degraded. INVALID_INPUT/LIMIT_EXCEEDED (a programming error) do raise.
+        adapter shows as degraded. INVALID_INPUT/LIMIT_EXCEEDED (a programming error) do raise,
+        in legacy mode too, and leave nothing behind.
         """
+        key = self._checked(key, "register", value, has_value=True)
         entry = self._entry(key, value, ttl_ms)
         self.memory.put(entry)
         if self._store is None or not await self._recover():
@@ -190,19 +235,23 @@ class AdapterState:
         try:
             await self._store.register(key, value, ttl_ms=ttl_ms)
         except StateStoreError as exc:
-            if exc.code in ("INVALID_INPUT", "LIMIT_EXCEEDED"):
+            if exc.code in CALLER_ERRORS:
+                self.memory.drop(key)
                 raise
             self._degrade(exc)
             self._remember(key, entry)
 
     async def get_entry(self, key: str) -> Entry | None:
         """Return the live row: memory first, then the store (cached with its stored expiry)."""
+        key = self._checked(key, "lookup")
         entry = self.memory.get(key)
         if entry is not None or self._store is None:
             return entry
         try:
             entry = await self._store.lookup_entry(key)
         except StateStoreError as exc:
+            if exc.code in CALLER_ERRORS:
+                raise  # a bad key is the caller's error (400), never a degraded store
             self._degrade(exc)
             return None
         if entry is not None:
@@ -215,12 +264,13 @@ class AdapterState:
 
     async def claim(self, key: str, value: Any, *, ttl_ms: int | None = None) -> bool:
         """Atomically take `key` if no live row holds it (across processes when not legacy)."""
+        key = self._checked(key, "register_if_absent", value, has_value=True)
         entry = self._entry(key, value, ttl_ms)
         if self._store is not None and await self._recover():
             try:
                 won = await self._store.register_if_absent(key, value, ttl_ms=ttl_ms)
             except StateStoreError as exc:
-                if exc.code in ("INVALID_INPUT", "LIMIT_EXCEEDED"):
+                if exc.code in CALLER_ERRORS:
                     raise
                 self._degrade(exc)
             else:
@@ -231,18 +281,32 @@ class AdapterState:
 
     async def take(self, key: str) -> Any | None:
         """Read and remove the live row in one atomic step (exactly one of racing callers wins)."""
+        key = self._checked(key, "consume")
         cached = self.memory.take(key)
         if self._store is not None and await self._recover():
             try:
                 return await self._store.consume(key)
             except StateStoreError as exc:
+                if exc.code in CALLER_ERRORS:
+                    raise
                 self._degrade(exc)
         if cached is not None and self._store is not None:
             self._remember(key, None)  # the store still holds it: delete once it is back
         return None if cached is None else cached.value
 
+    async def entries(self) -> list[Entry]:
+        """Live rows, oldest first: the store's when it is reachable (every process's rows),
+        else this process's memory."""
+        if self._store is not None and await self._recover():
+            try:
+                return await self._store.entries()
+            except StateStoreError as exc:
+                self._degrade(exc)
+        return self.memory.live()
+
     async def forget(self, key: str) -> bool:
         """Delete `key` everywhere; True if a live row was removed."""
+        key = self._checked(key, "delete")
         removed = self.memory.drop(key)
         if self._store is not None and await self._recover():
             try:
@@ -252,3 +316,72 @@ class AdapterState:
         if self._store is not None:
             self._remember(key, None)
         return removed
+
+
+class ClaimLedger:
+    """Exactly-once for one kind of inbound item (a Slack event id, a Teams activity id): a
+    short lease while one process works on it, then a long-lived done mark, all in one
+    namespace. A retry or redelivery never produces a second answer: the claim
+    (`register_if_absent`) is atomic across processes, and an expired lease (its owner died
+    before answering) counts as absent, so the item is answered instead of lost."""
+
+    def __init__(self, state: AdapterState, *, lease_ms: int, clock: Clock = now_ms) -> None:
+        self.state = state
+        self.lease_ms = lease_ms
+        self._clock = clock
+
+    async def claim(self, key: str, *, received_at: int) -> bool:
+        """Take `key` under a lease of `lease_ms`; False if a live lease or done mark holds it."""
+        return await self.state.claim(key, {"received_at": received_at}, ttl_ms=self.lease_ms)
+
+    async def mark_done(self, key: str, *, received_at: int) -> None:
+        """Replace the lease with the done mark (the namespace's long TTL); durable on return."""
+        await self.state.record(key, {"received_at": received_at, "done_at": self._clock()})
+
+    async def is_done(self, key: str) -> bool:
+        value = await self.state.get(key)
+        return isinstance(value, dict) and "done_at" in value
+
+    async def release(self, key: str) -> None:
+        """Drop a lease whose work failed, so the platform's retry can process the item again."""
+        await self.state.forget(key)
+
+class RequesterQuota:
+    """At most `per_user` live rows created on behalf of one requester (issue 15's fairness).
+
+    A capped namespace evicts its oldest rows, so without this one user's spam evicts everyone
+    else's live state. The quota keeps one row per requester in its own namespace (`state`):
+    `{"expires": [ms, ...]}`, one expiry per row they caused, each `ttl_ms` after it was made
+    (the lifetime of the rows it guards). Counted under a per-process lock striped by user; two
+    processes racing on one user may each admit one over the quota.
+    """
+
+    def __init__(self, state: AdapterState, *, per_user: int, ttl_ms: int) -> None:
+        self.state = state
+        self.per_user = per_user
+        self.ttl_ms = ttl_ms
+        self._locks = [asyncio.Lock() for _ in range(64)]
+
+    async def admit(self, user_id: str, *, now_ms: int) -> int | None:
+        """Count one more row for `user_id` (durable on return): None when admitted, else the
+        ms until their oldest row expires (for the refusal's "try again in ...")."""
+        async with self._locks[hash(user_id) % len(self._locks)]:
+            live = await self._live(user_id, now_ms)
+            if len(live) >= self.per_user:
+                return max(min(live) - now_ms, 0)
+            live.append(now_ms + self.ttl_ms)
+            await self.state.record(user_id, {"expires": live}, ttl_ms=self.ttl_ms)
+            return None
+
+    async def release(self, user_id: str, *, now_ms: int) -> None:
+        """Give back the row just admitted (the action it was for did not happen)."""
+        async with self._locks[hash(user_id) % len(self._locks)]:
+            live = await self._live(user_id, now_ms)
+            if live:
+                live.remove(max(live))
+                await self.state.record(user_id, {"expires": live}, ttl_ms=self.ttl_ms)
+
+    async def _live(self, user_id: str, now_ms: int) -> list[int]:
+        value = await self.state.get(user_id)
+        expires = value.get("expires") if isinstance(value, dict) else None
+        return [e for e in expires or [] if isinstance(e, int) and e > now_ms]

@@ -16,12 +16,15 @@ import asyncio
 import hmac
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from aiohttp import web
+from pydantic import Field
 
 from chatstate import state
+from chatstate.gateway import ingress
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.gateway.settings import AdapterSettings
 
 if TYPE_CHECKING:
     from chatstate.state import AsyncKeyedStore
@@ -29,7 +32,16 @@ if TYPE_CHECKING:
 NAMESPACE = "echo.counters"
 DEFAULT_MAX_ENTRIES = 10_000  # counters kept; the oldest-written is evicted past this
 SIGNATURE_HEADER = "X-Echo-Signature"
+CALLER_ERROR_CODES = ("INVALID_INPUT", "LIMIT_EXCEEDED")  # the store refused the caller's input
 _LOCK_STRIPES = 64  # read-modify-write locks, striped by key so memory stays bounded
+
+
+def _checked(key: str) -> str:
+    """The key if the store takes it; 400 (never 503, never degraded health) otherwise."""
+    try:
+        return ingress.check_key(key)
+    except ingress.BadInput as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
 
 
 def sign(secret: str, method: str, raw_path: str, body: bytes = b"") -> str:
@@ -38,11 +50,21 @@ def sign(secret: str, method: str, raw_path: str, body: bytes = b"") -> str:
     return "sha256=" + hmac.digest(secret.encode(), message, "sha256").hex()  # one-shot: C fast path
 
 
+class EchoSettings(AdapterSettings):
+    """`[adapters.echo]`: `CHATSTATE_ECHO_SECRET`, `CHATSTATE_ECHO_MAX_ENTRIES`."""
+
+    adapter_id = "echo"
+
+    secret: Annotated[str, Field(min_length=1)]  # HMAC key for X-Echo-Signature
+    max_entries: Annotated[int, Field(ge=1)] = DEFAULT_MAX_ENTRIES
+
+
 class EchoPlugin(Plugin):
     """Signed per-key counters in one keyed store (or a dict in legacy mode)."""
 
     id = "echo"
     origin = "bundled"
+    settings_type = EchoSettings
 
     def __init__(self) -> None:
         self._secret = ""
@@ -60,19 +82,10 @@ class EchoPlugin(Plugin):
         )
 
     async def start(self, runtime: PluginRuntime) -> None:
-        """Read the secret and open the counter store.
-
-        Raises ValueError for a missing secret or a bad `max_entries` (the gateway exits 2),
-        and StateStoreError from opening the store.
-        """
-        secret = runtime.config.get("secret")
-        if not isinstance(secret, str) or not secret:
-            raise ValueError("adapters.echo.secret: required (or set CHATSTATE_ECHO_SECRET)")
-        max_entries = runtime.config.get("max_entries", DEFAULT_MAX_ENTRIES)
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ValueError("adapters.echo.max_entries: must be an integer >= 1")
-        self._secret = secret
-        self._max_entries = max_entries
+        """Read the secret and open the counter store (StateStoreError if it cannot be opened)."""
+        settings = EchoSettings.of(runtime)
+        self._secret = settings.secret
+        self._max_entries = max_entries = settings.max_entries
         self._legacy = runtime.legacy
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
         if not self._legacy:
@@ -88,7 +101,7 @@ class EchoPlugin(Plugin):
     # -- handlers ---------------------------------------------------------------------------
     async def _verified_body(self, request: web.Request) -> bytes:
         body = await request.read()  # over the app's client_max_size -> 413 from aiohttp
-        given = request.headers.get(SIGNATURE_HEADER, "")
+        given = ingress.credential(request.headers, SIGNATURE_HEADER) or ""  # junk reads as wrong
         expected = sign(self._secret, request.method, request.raw_path, body)
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise web.HTTPUnauthorized(text="bad signature")
@@ -97,11 +110,12 @@ class EchoPlugin(Plugin):
     async def _increment(self, request: web.Request) -> web.Response:
         body = await self._verified_body(request)
         try:
-            key = json.loads(body)["key"]
-        except (ValueError, KeyError, TypeError):
+            key = ingress.json_object(body).get("key")
+        except ingress.BadInput:
             raise web.HTTPBadRequest(text='body must be {"key": "<non-empty string>"}') from None
         if not isinstance(key, str) or not key.strip():
             raise web.HTTPBadRequest(text='body must be {"key": "<non-empty string>"}')
+        key = _checked(key)
         async with self._locks[hash(key) % _LOCK_STRIPES]:
             count = await self._get(key) + 1
             await self._put(key, count)
@@ -109,7 +123,7 @@ class EchoPlugin(Plugin):
 
     async def _read(self, request: web.Request) -> web.Response:
         await self._verified_body(request)
-        key = request.match_info["key"]
+        key = _checked(request.match_info["key"])
         return web.json_response({"key": key, "count": await self._get(key)})
 
     # -- state ------------------------------------------------------------------------------
@@ -135,10 +149,17 @@ class EchoPlugin(Plugin):
             del self._memory[next(iter(self._memory))]
 
     async def _guard(self, op: Any) -> Any:
-        """Await a store call; a failure answers 503 and shows in /healthz until one succeeds."""
+        """Await a store call; a store fault answers 503 and shows in /healthz until one succeeds.
+
+        A refusal of the caller's input (INVALID_INPUT, LIMIT_EXCEEDED) is the caller's error:
+        400, and health stays as it was (issue 15). `_checked` normally catches it first.
+        """
         try:
             result = await op
         except state.StateStoreError as exc:
+            if exc.code in CALLER_ERROR_CODES:
+                raise web.HTTPBadRequest(text=json.dumps({"error": str(exc.code)}),
+                                         content_type="application/json") from None
             self._last_error = exc.code
             raise web.HTTPServiceUnavailable(
                 text=json.dumps({"error": str(exc.code)}), content_type="application/json"

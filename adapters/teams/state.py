@@ -10,32 +10,67 @@ Copy this module when migrating another "did the bot send this?" cache.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
-from chatstate.adapters.common import AdapterState, StateSpec
+from chatstate.adapters.common import AdapterState, ClaimLedger, RequesterQuota, StateSpec
+from chatstate.gateway.ingress import short_id
+
+if TYPE_CHECKING:
+    from chatstate.adapters.teams.config import TeamsSettings
 
 NAMESPACE = "msteams.sent-messages"
 SENT_TTL_MS = 24 * 60 * 60 * 1000  # 24 h: a reply to an older bot message needs a mention again
 SENT_MAX_ENTRIES = 1_000  # the reference system's cap; the oldest send is forgotten first
+ID_HASH_CHARS = 200  # a conversation or activity id longer than this is keyed by its SHA-256
 THREAD_MARKER = ";messageid="  # Teams channel thread: "<channel conversation id>;messageid=<root>"
+
+SENT_PER_USER = 100  # fairness quota: live sent rows made in answer to one user (10% of the cap)
+REQUESTERS_NAMESPACE = "msteams.sent-requesters"  # the quota's counts, key = the user's id
+REQUESTERS_MAX_ENTRIES = 5_000  # users counted; evicting one only forgets their count
 
 SENT_MESSAGES = StateSpec(NAMESPACE, ttl_ms=SENT_TTL_MS, max_entries=SENT_MAX_ENTRIES)
 
+# Exactly-once per inbound activity: the channel sends an activity again, same id, when the
+# bot was slow to answer (or the delivery failed); the second copy must not be answered.
+ACTIVITIES_NAMESPACE = "msteams.activities"
+ACTIVITY_TTL_MS = 60 * 60 * 1000  # a done activity id is remembered 1 h
+ACTIVITY_MAX_ENTRIES = 10_000  # ~3 activities a second for the hour; well under the 50,000-row plugin ceiling
+# a claimed-but-unanswered activity may be retaken after this: longer than a turn (sends retry
+# for at most ~3 x 10 s), shorter than the channel's redelivery window, so the activity of a
+# turn killed midway is answered on a later redelivery instead of lost
+ACTIVITY_LEASE_MS = 20 * 1000
+ANSWERED_TYPES = ("message", "messageReaction")  # the activity types the bot may answer
 
-def spec_from_config(config: Mapping[str, Any]) -> StateSpec:
-    """Return the spec with `sent_ttl_ms` / `sent_max_entries` overrides (tests use small ones).
 
-    Raises ValueError naming the key when an override is not an integer >= 1.
-    """
-    ttl = _positive_int(config, "sent_ttl_ms", SENT_TTL_MS)
-    cap = _positive_int(config, "sent_max_entries", SENT_MAX_ENTRIES)
-    return StateSpec(NAMESPACE, ttl_ms=ttl, max_entries=cap)
+ACTIVITIES = StateSpec(ACTIVITIES_NAMESPACE, ttl_ms=ACTIVITY_TTL_MS, max_entries=ACTIVITY_MAX_ENTRIES)
 
 
-def open_sent_messages(config: Mapping[str, Any], *, legacy: bool) -> AdapterState:
+def open_activity_claims(config: TeamsSettings, *, legacy: bool) -> ClaimLedger:
+    """One claim per inbound activity (`msteams.activities`), leased `activity_lease_ms`."""
+    return ClaimLedger(AdapterState(ACTIVITIES, legacy=legacy), lease_ms=config.activity_lease_ms)
+
+
+def activity_key(conversation_id: str, activity_id: str) -> str:
+    """`{conversation_id}:{activity_id}`, the channel's conversation id as in `sent_key`."""
+    return sent_key(conversation_id, activity_id)
+
+
+def spec_from_config(config: TeamsSettings) -> StateSpec:
+    """Return the spec with the `sent_ttl_ms` / `sent_max_entries` settings (tests use small ones)."""
+    return StateSpec(NAMESPACE, ttl_ms=config.sent_ttl_ms, max_entries=config.sent_max_entries)
+
+
+def open_sent_messages(config: TeamsSettings, *, legacy: bool) -> AdapterState:
     """The sent-message cache: keyed store behind memory, or memory only when `legacy`."""
     return AdapterState(spec_from_config(config), legacy=legacy)
+
+
+def open_requester_quota(config: TeamsSettings, *, legacy: bool) -> RequesterQuota:
+    """How many live sent rows one user's messages may cause (`sent_per_user`, default 100), so
+    one user's mention spam cannot evict the rows other users' replies rely on (issue 15)."""
+    ttl = config.sent_ttl_ms
+    state = AdapterState(StateSpec(REQUESTERS_NAMESPACE, ttl_ms=ttl, max_entries=REQUESTERS_MAX_ENTRIES), legacy=legacy)
+    return RequesterQuota(state, per_user=config.sent_per_user, ttl_ms=ttl)
 
 
 def sent_key(conversation_id: str, activity_id: str) -> str:
@@ -45,16 +80,13 @@ def sent_key(conversation_id: str, activity_id: str) -> str:
     channel and a reply to it arrives on the thread. Keying both by the channel id keeps the
     reference system's bug (state under a child id) out.
     """
-    return f"{conversation_id.split(THREAD_MARKER, 1)[0]}:{activity_id}"
+    channel = conversation_id.split(THREAD_MARKER, 1)[0]
+    # Ids past ID_HASH_CHARS are hashed (issue 15): any length the far end sends stays a valid
+    # key, and the same id always maps to the same key. Real ids are far shorter.
+    return f"{short_id(channel, limit=ID_HASH_CHARS)}:{short_id(activity_id, limit=ID_HASH_CHARS)}"
 
 
 def sent_value(sent_at_ms: int) -> dict[str, int]:
     """The stored value: when the Bot Connector accepted the activity (ms since epoch)."""
     return {"sent_at": sent_at_ms}
 
-
-def _positive_int(config: Mapping[str, Any], key: str, default: int) -> int:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"adapters.teams.{key}: must be an integer >= 1")
-    return value

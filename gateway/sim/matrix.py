@@ -81,6 +81,23 @@ class MatrixHomeserver(SimulatorServer):
         self.sync_requests = 0
         self._stream: asyncio.Condition | None = None
 
+    @property
+    def room(self) -> str:
+        """The first room: where the tests and the demo talk to the bot."""
+        return self.rooms[0]
+
+    @property
+    def alice(self) -> str:  # an approver
+        return self.members[0]
+
+    @property
+    def bob(self) -> str:  # an approver
+        return self.members[1]
+
+    @property
+    def mallory(self) -> str:  # a member who is not an approver
+        return self.members[2]
+
     # -- SimulatorServer hooks ------------------------------------------------------------
     def gateway_config(self) -> dict[str, Any]:
         """The `[adapters.matrix]` table pointing a gateway at this homeserver (the harness

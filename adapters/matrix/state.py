@@ -4,6 +4,8 @@
 |---|---|---|---|
 | `matrix.approval-reactions` | JSON `[account_id, room_id, event_id]` | `{version: 1, target}` | approval's remaining lifetime / 1,000 |
 | `matrix.sync` | account_id (the bot's user id) | `{version: 1, next_batch}` | none / 16 |
+| `matrix.handled-events` | JSON `[account_id, event_id]` | `{version: 1, claimed_at, failed?}` | 24 h / 100,000 |
+| `matrix.requester-slots` | JSON `[account_id, requester, slot]` | `{version: 1, approval_id}` | approval's lifetime / 50,000 |
 
 A reaction target says which approval a prompt event stands for and which decisions its
 reactions may take. `register_target` writes it (awaited) before the prompt counts as posted;
@@ -12,6 +14,13 @@ are delivered. The sync token is saved after each `/sync` batch has been handled
 restart the bot resumes right after the last event it finished: reactions sent while it was
 down are handled once, older events never again. The legacy twin is the same classes with
 `legacy=True` (common.AdapterState over common.MemoryMap): all of it is gone after a restart.
+
+The handled-events ledger is what makes handling exactly-once whatever the homeserver does: an
+event with effects is claimed (`register_if_absent`) before its first effect, so a replayed
+batch (a cached /sync answer, a crash before the token was saved, a new device, a second
+gateway on the same Redis) finds the claim and does nothing. Requester slots cap how many
+approvals one requester can hold open (issue 15's fairness quota): a slot is claimed atomically
+per approval and freed when it resolves, or by its TTL when the approval expires.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ if TYPE_CHECKING:
 
 REACTIONS = StateSpec("matrix.approval-reactions", ttl_ms=None, max_entries=1_000)  # TTL per row
 SYNC = StateSpec("matrix.sync", ttl_ms=None, max_entries=16)  # one row per bot account
+HANDLED = StateSpec("matrix.handled-events", ttl_ms=24 * 3600 * 1000, max_entries=100_000)  # >= 24 h (issue 13)
+SLOTS = StateSpec("matrix.requester-slots", ttl_ms=None, max_entries=50_000)  # TTL per row
 VALUE_VERSION = 1
 
 
@@ -131,3 +142,61 @@ class SyncTokens:
     async def save(self, account_id: str, next_batch: str) -> None:
         """Persist `next_batch` (awaited): call only after every event before it was handled."""
         await self.state.record(account_id, {"version": VALUE_VERSION, "next_batch": next_batch})
+
+
+class HandledEvents:
+    """`matrix.handled-events`: the ledger of events whose effects have started."""
+
+    def __init__(self, *, legacy: bool, clock: Clock = now_ms) -> None:
+        self._clock = clock
+        self.state = AdapterState(HANDLED, legacy=legacy, clock=clock)
+
+    async def open(self, runtime: PluginRuntime) -> None:
+        await self.state.open(runtime)
+
+    async def claim(self, account_id: str, event_id: str) -> bool:
+        """Claim `event_id` for handling; False when anyone (any process, any run) already has."""
+        return await self.state.claim(_json_key(account_id, event_id), {"version": VALUE_VERSION, "claimed_at": self._clock()})
+
+    async def mark_failed(self, account_id: str, event_id: str, reason: str) -> None:
+        """Keep the claim, noting why the event was given up (shown by `state` listings)."""
+        value = {"version": VALUE_VERSION, "claimed_at": self._clock(), "failed": reason[:200]}
+        await self.state.record(_json_key(account_id, event_id), value)
+
+    async def release(self, account_id: str, event_id: str) -> None:
+        """Drop a claim whose handling was interrupted by a stop, so the next start redoes it."""
+        await self.state.forget(_json_key(account_id, event_id))
+
+
+class RequesterSlots:
+    """`matrix.requester-slots`: at most `cap` open approvals per requester."""
+
+    def __init__(self, *, legacy: bool, clock: Clock = now_ms) -> None:
+        self._clock = clock
+        self.state = AdapterState(SLOTS, legacy=legacy, clock=clock)
+
+    async def open(self, runtime: PluginRuntime) -> None:
+        await self.state.open(runtime)
+
+    async def take(self, account_id: str, requester: str, approval_id: str, *, cap: int, expires_at: int) -> int | None:
+        """A slot for `approval_id` (the one it already holds, else a free one), or None when
+        all `cap` are held by other live approvals. Each slot is an atomic claim."""
+        keys = [_json_key(account_id, requester, str(i)) for i in range(cap)]
+        for i, key in enumerate(keys):
+            held = await self.state.get(key)
+            if held is not None and held.get("approval_id") == approval_id:
+                return i
+        remaining = expires_at - self._clock()
+        if remaining <= 0:
+            return None
+        for i, key in enumerate(keys):
+            if await self.state.claim(key, {"version": VALUE_VERSION, "approval_id": approval_id}, ttl_ms=remaining):
+                return i
+        return None
+
+    async def free(self, account_id: str, requester: str, slot: int) -> None:
+        await self.state.forget(_json_key(account_id, requester, str(slot)))
+
+
+def _json_key(*parts: str) -> str:
+    return json.dumps(list(parts), separators=(",", ":"), ensure_ascii=False)

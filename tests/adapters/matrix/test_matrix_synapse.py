@@ -51,3 +51,15 @@ async def test_reaction_sent_while_down_is_handled_once(
         await barrier(synapse)
         assert bodies(synapse) == [f"❌ drop table: denied by {synapse.alice}"]
         assert len(prompts(synapse)) == 2
+
+
+async def test_legacy_mode_loses_the_prompt_and_the_reaction_sent_while_down(
+    synapse: SynapseRoomDriver, tmp_path: Path
+) -> None:
+    async with GatewayHarness([synapse], modes="legacy", state_dir=tmp_path / "state") as gw:
+        prompt = await request(synapse, "deploy prod")
+        await gw.stop()
+        await synapse.react(synapse.room, synapse.alice, prompt["event_id"], "✅")
+        await gw.start()
+        await barrier(synapse)
+        assert outcomes(synapse) == []  # the "before": the reaction sent while down is lost

@@ -72,7 +72,7 @@ class EventDispatcher:
         account = self.flow.account_id
         if not await self.ledger.claim(account, event.event_id):
             self.stats.replays_skipped += 1
-            self.log.info("matrix_event_replay_skipped", extra={"event": event.event_id, "room": room_id})
+            self.log.info("matrix_event_replay_skipped", extra={"event_id": event.event_id, "room": room_id})
             return
         attempt = 0
         while True:
@@ -93,7 +93,7 @@ class EventDispatcher:
                 if retry_after_ms:
                     delay = max(delay, min(retry_after_ms / 1000, MAX_RETRY_AFTER_S))
                 self.log.warning(
-                    "matrix_event_retry", extra={"event": event.event_id, "room": room_id, "attempt": attempt, "error": reason}
+                    "matrix_event_retry", extra={"event_id": event.event_id, "room": room_id, "attempt": attempt, "error": reason}
                 )
                 await asyncio.sleep(delay)
                 continue
@@ -102,6 +102,6 @@ class EventDispatcher:
 
     async def _give_up(self, room_id: str, event_id: str, reason: str, attempts: int) -> None:
         self.stats.failed += 1
-        self.stats.last_failed = {"event": event_id, "room": room_id, "error": reason, "attempts": attempts}
-        self.log.error("matrix_event_failed", extra={"event": event_id, "room": room_id, "error": reason, "attempts": attempts})
+        self.stats.last_failed = {"event_id": event_id, "room": room_id, "error": reason, "attempts": attempts}
+        self.log.error("matrix_event_failed", extra={"event_id": event_id, "room": room_id, "error": reason, "attempts": attempts})
         await self.ledger.mark_failed(self.flow.account_id, event_id, reason)

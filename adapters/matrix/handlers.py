@@ -155,7 +155,7 @@ class ApprovalFlow:
         """True when the homeserver now has the reaction redacted (our batch was stale)."""
         current = await self.io.fetch_event(room_id, event.event_id)
         if current is None or platform.is_redacted(current):
-            self.log.info("matrix_reaction_withdrawn", extra={"event": event.event_id, "room": room_id})
+            self.log.info("matrix_reaction_withdrawn", extra={"event_id": event.event_id, "room": room_id})
             return True
         return False
 

@@ -268,6 +268,7 @@ class MatrixHomeserver(SimulatorServer):
         )
         if body["rooms"]["join"] or body["rooms"]["invite"]:  # like Synapse: non-empty answers only
             self._cache[key] = (time.monotonic() + RESPONSE_CACHE_S, body)
+        await self.record("sync_answer", {"since": since, "next_batch": body["next_batch"], "rooms": list(body["rooms"]["join"])})
         return web.json_response(body)
 
     async def _upload_filter(self, request: web.Request) -> web.Response:

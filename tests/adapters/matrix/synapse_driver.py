@@ -65,31 +65,50 @@ class SynapseRoomDriver:
     async def open(self, *, join_bot: bool = True) -> SynapseRoomDriver:
         """Log a fresh bot device in, create this test's room, start observing it."""
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        await self.new_bot_device()
+        await self.create_room(join_bot=join_bot)
+        return self
+
+    async def new_bot_device(self) -> str:
+        """Log the bot in again (a new device and token; `gateway_config` now gives it)."""
         login = await self.call("POST", "/login", self.bot_user, {
             "type": "m.login.password", "identifier": {"type": "m.id.user", "user": self.bot_user},
             "password": PASSWORD, "initial_device_display_name": "chatstate-test",
         }, token=None)
         self.access_token = login["access_token"]
         self.tokens[self.bot_user] = self.access_token
-        await self.create_room(join_bot=join_bot)
-        return self
+        return self.access_token
 
-    async def create_room(self, *, join_bot: bool = True, bot_may_post: bool = True, invite_bot: bool = True) -> str:
-        """Alice creates a room (bob and mallory join); returns its id and starts observing it."""
+    async def create_room(
+        self, *, join_bot: bool = True, bot_may_post: bool = True, invite_bot: bool = True, creator: str | None = None
+    ) -> str:
+        """`creator` (alice) creates a room, the others join; returns its id and starts observing
+        it (alice joins a room she did not create). `invite_bot` invites the bot; `join_bot`
+        joins it out of band, else it is left to the bot's auto_join."""
+        creator = creator or self.alice
         levels: dict[str, Any] = {}  # room v12: the creator (alice) has unlimited power, unlisted
         if not bot_may_post:  # the bot may read but not post: its sends get M_FORBIDDEN
             levels = {"users": {self.bob: 50, self.mallory: 50}, "events_default": 50}
-        invite = [self.bob, self.mallory] + ([self.bot_user] if invite_bot else [])
-        room = (await self.call("POST", "/createRoom", self.alice, {
-            "preset": "private_chat", "invite": invite, "power_level_content_override": levels,
+        people = [u for u in (self.alice, self.bob, self.mallory) if u != creator]
+        room = (await self.call("POST", "/createRoom", creator, {
+            "preset": "private_chat", "invite": people, "power_level_content_override": levels,
         }))["room_id"]
-        for user in (self.bob, self.mallory):
+        for user in people:
             await self.call("POST", f"/join/{_q(room)}", user, {})
+        self.tokens.setdefault(creator, self.tokens[creator])
+        if invite_bot:  # after the people joined: the invite is the room's newest event
+            await self.call("POST", f"/rooms/{_q(room)}/invite", creator, {"user_id": self.bot_user})
         if join_bot:
             await self.call("POST", f"/join/{_q(room)}", self.bot_user, {})
         self.rooms.append(room)
         await self._restart_observer()
         return room
+
+    async def stream_position(self) -> str:
+        """The bot device's current /sync position (a throwaway filter: no cache entry shared)."""
+        flt = {"room": {"rooms": [], "org.chatstate.test": secrets.token_hex(4)}}
+        filter_id = (await self.call("POST", f"/user/{_q(self.bot_user)}/filter", self.bot_user, flt))["filter_id"]
+        return str((await self.call("GET", f"/sync?filter={filter_id}&timeout=0", self.bot_user))["next_batch"])
 
     async def start(self) -> str:
         return self.base_url

@@ -226,3 +226,43 @@ async def test_invites_from_allowed_inviters_are_joined_and_others_ignored(
         assert (health["invites_joined"], health["invites_ignored"]) == ((1, 1) if auto_join else (0, 2))
         if auto_join:
             await request(sim, "deploy in team", room=team)
+
+
+# -- issue 15's Matrix fairness quota ----------------------------------------------------------
+def refusals(sim: MatrixHomeserver) -> list[dict[str, Any]]:
+    return [s for s in sim.sent("m.room.message") if s["content"]["body"].startswith(platform.REFUSED_TEXT)]
+
+
+async def test_one_requesters_flood_never_evicts_another_prompt_and_is_answered(sim: MatrixHomeserver, tmp_path: Path) -> None:
+    flood = 1_000
+    async with harness(sim, tmp_path) as gw:
+        prompt = await request(sim, "deploy prod")  # alice's prompt, posted before the flood
+        for i in range(flood):
+            await sim.send_message(ROOM, MALLORY, f"!approve spam {i}")
+        await sim.wait_for(lambda _: len(refusals(sim)) == flood - 5, timeout=120)
+        await barrier(sim)
+        assert actions(sim).count("deploy prod") == 1
+        assert [a for a in actions(sim) if a.startswith("spam")] == [f"spam {i}" for i in range(5)]  # the cap
+        assert refusals(sim)[0]["content"]["body"].startswith(f"{platform.REFUSED_TEXT} for {MALLORY} (5 open)")
+        targets = rows(gw.database_path, "matrix", "matrix.approval-reactions")
+        assert json.dumps([sim.bot_user, ROOM, prompt["event_id"]], separators=(",", ":")) in targets
+        assert len(targets) == 1 + 5 + 1  # alice's, mallory's five, the barrier's
+
+        await sim.react(ROOM, ALICE, prompt["event_id"], "✅")  # still answerable after the flood
+        await sim.wait_for(lambda _: len(outcomes(sim)) == 1)
+        spam_prompt = next(p for p in prompts(sim) if "spam 0" in p["content"]["body"])
+        await sim.react(ROOM, BOB, spam_prompt["event_id"], "❌")  # resolving one frees her slot
+        await sim.wait_for(lambda _: len(outcomes(sim)) == 2)
+        await request(sim, "one more", sender=MALLORY)
+
+
+async def test_a_reaction_to_an_evicted_prompt_says_expired(sim: MatrixHomeserver, tmp_path: Path) -> None:
+    async with harness(sim, tmp_path) as gw:
+        prompt = await request(sim, "deploy prod")
+        await gw.stop()
+        with state.open_keyed_store("matrix", "matrix.approval-reactions", max_entries=1_000, path=gw.database_path) as targets:
+            assert targets.delete(json.dumps([sim.bot_user, ROOM, prompt["event_id"]], separators=(",", ":")))  # evicted
+        await gw.start()
+        await sim.react(ROOM, ALICE, prompt["event_id"], "✅")
+        await sim.wait_for(lambda _: len(expired_notices(sim)) == 1)
+        assert outcomes(sim) == []

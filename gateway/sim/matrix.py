@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from chatstate.gateway.sim.base import Record, SimulatorServer
-from chatstate.gateway.sim.matrix_sync import messages_body, position, sync_body, timeline_limit
+from chatstate.gateway.sim.matrix_sync import messages_body, position, room_state, sync_body, timeline_limit
 
 API = "/_matrix/client/v3"
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "matrix"
@@ -264,7 +264,7 @@ class MatrixHomeserver(SimulatorServer):
                     pass  # an empty long-poll answer, like a real server
         body = sync_body(
             self.events, since=start, joined=self.joined, bot_user=self.bot_user,
-            limit=timeline_limit(self.filters.get(filter_id or "")), room_state=self._room_state,
+            limit=timeline_limit(self.filters.get(filter_id or "")), room_state=lambda room_id: room_state(room_id, self.bot_user, self.members),
         )
         if body["rooms"]["join"] or body["rooms"]["invite"]:  # like Synapse: non-empty answers only
             self._cache[key] = (time.monotonic() + RESPONSE_CACHE_S, body)
@@ -339,20 +339,6 @@ class MatrixHomeserver(SimulatorServer):
         if event is None or event["room_id"] != request.match_info["room_id"]:
             raise _error(404, "M_NOT_FOUND", "Event not found")
         return web.json_response(event)
-
-    def _room_state(self, room_id: str) -> list[dict[str, Any]]:
-        ts = 1_700_000_000_000
-        creator = self.members[0] if self.members else self.bot_user
-        state = [
-            {"type": "m.room.create", "state_key": "", "sender": creator, "event_id": f"$create-{room_id}",
-             "origin_server_ts": ts, "content": {"creator": creator, "room_version": "10"}},
-        ]
-        for i, user in enumerate([self.bot_user, *self.members]):
-            state.append(
-                {"type": "m.room.member", "state_key": user, "sender": user, "event_id": f"$member-{i}-{room_id}",
-                 "origin_server_ts": ts + i, "content": {"membership": "join", "displayname": user[1:].split(":")[0]}}
-            )
-        return state
 
 
 def _error(status: int, errcode: str, message: str, **extra: Any) -> web.HTTPException:

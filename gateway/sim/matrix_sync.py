@@ -12,6 +12,7 @@ Positions: the stream is one list; token `s<n>` means "after the first n events"
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 DEFAULT_TIMELINE_LIMIT = 10  # Synapse's timeline limit for a /sync without a filter
@@ -36,7 +37,7 @@ def client_event(event: dict[str, Any]) -> dict[str, Any]:
 
 def sync_body(
     stream: list[dict[str, Any]], *, since: int | None, joined: dict[str, int], bot_user: str,
-    limit: int, room_state: Any,
+    limit: int, room_state: Callable[[str], list[dict[str, Any]]],
 ) -> dict[str, Any]:
     """The /sync answer for events after `since` (None: an initial sync). `joined` maps each
     joined room to the position the bot joined at; `room_state(room_id)` gives its state."""
@@ -93,3 +94,19 @@ def messages_body(
     if end is not None:
         body["end"] = f"s{end}"
     return body
+
+
+def room_state(room_id: str, bot_user: str, members: list[str]) -> list[dict[str, Any]]:
+    """An initial sync's state for a room: its creation and everyone's membership."""
+    ts = 1_700_000_000_000
+    creator = members[0] if members else bot_user
+    state = [
+        {"type": "m.room.create", "state_key": "", "sender": creator, "event_id": f"$create-{room_id}",
+         "origin_server_ts": ts, "content": {"creator": creator, "room_version": "10"}},
+    ]
+    for i, user in enumerate([bot_user, *members]):
+        state.append(
+            {"type": "m.room.member", "state_key": user, "sender": user, "event_id": f"$member-{i}-{room_id}",
+             "origin_server_ts": ts + i, "content": {"membership": "join", "displayname": user[1:].split(":")[0]}}
+        )
+    return state

@@ -88,13 +88,15 @@ class SyncLoop:
 
     async def resume(self) -> bool:
         """Upload this start's filter; load the saved token, else take a baseline sync whose
-        history is not acted on. Returns True when a saved token was found. Raises
+        history is not acted on (its open invites are). Returns True when a saved token was found. Raises
         MatrixError when the homeserver refuses the filter or the baseline sync."""
         self.filter_id = await self.io.upload_filter(timeline_limit=self.timeline_limit, nonce=secrets.token_hex(8))
         self.token = await self.tokens.load(self.io.user_id)
         if self.token is not None:
             return True
         resp = await self.io.sync(since=None, timeout_ms=0, filter_id=self.filter_id)
+        for room_id, info in resp.rooms.invite.items():  # invites are not history: still open
+            await self._invite(room_id, info.invite_state)
         await self._advance(resp.next_batch)
         return False
 

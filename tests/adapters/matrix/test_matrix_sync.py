@@ -228,6 +228,14 @@ async def test_invites_from_allowed_inviters_are_joined_and_others_ignored(
             await request(sim, "deploy in team", room=team)
 
 
+async def test_an_invite_sent_before_the_first_start_is_joined(sim: MatrixHomeserver, tmp_path: Path) -> None:
+    team = f"!team:{SERVER_NAME}"
+    await sim.start()  # the harness stops it
+    await sim.invite(team, ALICE)  # before the gateway ever synced: in its baseline sync
+    async with harness(sim, tmp_path):
+        await request(sim, "deploy in team", room=team)
+
+
 # -- issue 15's Matrix fairness quota ----------------------------------------------------------
 def refusals(sim: MatrixHomeserver) -> list[dict[str, Any]]:
     return [s for s in sim.sent("m.room.message") if s["content"]["body"].startswith(platform.REFUSED_TEXT)]

@@ -126,11 +126,14 @@ async def test_a_request_followed_by_12_messages_while_the_bot_gets_429s_is_prom
 ) -> None:
     async with harness(synapse, tmp_path, sync_timeline_limit=5) as gw:
         await barrier(synapse)
-        synapse.server.override_ratelimit(synapse.bot_user, messages_per_second=1, burst_count=1)
+        # the bot may send one event, then one a second: its seeds for busy-1 get 429s
+        await asyncio.to_thread(synapse.server.override_ratelimit, synapse.bot_user, messages_per_second=1, burst_count=1)
         await synapse.send_message(synapse.room, synapse.alice, "!approve busy-1")
-        await synapse.wait_for(lambda _: "busy-1" in actions(synapse))  # its seeds are now throttled
-        await synapse.send_message(synapse.room, synapse.alice, "!approve busy-2")
+        await synapse.wait_for(lambda _: "busy-1" in actions(synapse))
+        await synapse.send_message(synapse.room, synapse.alice, "!approve busy-2")  # while it is throttled
         await filler(synapse, 12)
+        assert len(synapse.sent("m.reaction")) < 3 + 3  # the barrier's seeds + busy-1's, not all sent yet
+        await asyncio.to_thread(synapse.server.reset_ratelimit, synapse.bot_user)  # the rush is over: back to the default limit
         await synapse.wait_for(lambda _: actions(synapse)[-2:] == ["busy-1", "busy-2"], timeout=60)
         health = await matrix_health(gw)
         assert health["events_failed"] == 0 and health["backfilled_events"] >= 1

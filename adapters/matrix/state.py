@@ -179,18 +179,19 @@ class RequesterSlots:
         await self.state.open(runtime)
 
     async def take(self, account_id: str, requester: str, approval_id: str, *, cap: int, expires_at: int) -> int | None:
-        """A slot for `approval_id` (the one it already holds, else a free one), or None when
-        all `cap` are held by other live approvals. Each slot is an atomic claim."""
-        keys = [_json_key(account_id, requester, str(i)) for i in range(cap)]
-        for i, key in enumerate(keys):
-            held = await self.state.get(key)
-            if held is not None and held.get("approval_id") == approval_id:
-                return i
+        """A slot for `approval_id` (a free one, or the one it already holds on a retry), or
+        None when all `cap` are held by other live approvals. Each slot is an atomic claim, so
+        the usual case is one store write."""
         remaining = expires_at - self._clock()
         if remaining <= 0:
             return None
-        for i, key in enumerate(keys):
-            if await self.state.claim(key, {"version": VALUE_VERSION, "approval_id": approval_id}, ttl_ms=remaining):
+        value = {"version": VALUE_VERSION, "approval_id": approval_id}
+        for i in range(cap):
+            key = _json_key(account_id, requester, str(i))
+            if await self.state.claim(key, value, ttl_ms=remaining):
+                return i
+            held = await self.state.get(key)
+            if held is not None and held.get("approval_id") == approval_id:
                 return i
         return None
 

@@ -152,13 +152,10 @@ class SyncLoop:
             while start and len(older) < self.backfill_max_events:
                 want = min(BACKFILL_PAGE, self.backfill_max_events - len(older))
                 page = await self.io.messages_before(room_id, start, stop_at=self.token, limit=want)
-                if not page.chunk:
-                    break
                 older.extend(page.chunk)
-                start = page.end if page.end != start else None
-            else:
-                if start and len(older) >= self.backfill_max_events:
-                    await self._note_truncated(room_id, start, len(older))
+                start = page.end if page.chunk and page.end != start else None  # None: reached our token
+            if start and len(older) >= self.backfill_max_events:
+                await self._note_truncated(room_id, start, len(older))
         except MatrixError as exc:  # e.g. left the room meanwhile: handle what the timeline has
             self.counters["backfill_failed"] += 1
             self.log.error("matrix_backfill_failed", extra={"room": room_id, "error": str(exc)})

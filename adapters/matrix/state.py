@@ -4,8 +4,8 @@
 |---|---|---|---|
 | `matrix.approval-reactions` | JSON `[account_id, room_id, event_id]` | `{version: 1, target}` | approval's remaining lifetime / 1,000 |
 | `matrix.sync` | account_id (the bot's user id) | `{version: 1, next_batch}` | none / 16 |
-| `matrix.handled-events` | JSON `[account_id, event_id]` | `{version: 1, claimed_at, failed?}` | 24 h / 100,000 |
-| `matrix.requester-slots` | JSON `[account_id, requester, slot]` | `{version: 1, approval_id}` | approval's lifetime / 50,000 |
+| `matrix.handled-events` | JSON `[account_id, event_id]` | `{version: 1, claimed_at, failed?}` | 24 h / 40,000 |
+| `matrix.requester-slots` | JSON `[account_id, requester, slot]` | `{version: 1, approval_id}` | approval's lifetime / 5,000 |
 
 A reaction target says which approval a prompt event stands for and which decisions its
 reactions may take. `register_target` writes it (awaited) before the prompt counts as posted;
@@ -38,8 +38,11 @@ if TYPE_CHECKING:
 
 REACTIONS = StateSpec("matrix.approval-reactions", ttl_ms=None, max_entries=1_000)  # TTL per row
 SYNC = StateSpec("matrix.sync", ttl_ms=None, max_entries=16)  # one row per bot account
-HANDLED = StateSpec("matrix.handled-events", ttl_ms=24 * 3600 * 1000, max_entries=100_000)  # >= 24 h (issue 13)
-SLOTS = StateSpec("matrix.requester-slots", ttl_ms=None, max_entries=50_000)  # TTL per row
+# Sized so the plugin's namespaces add up under the store's per-plugin ceiling (50,000 live rows,
+# docs/state.md rule 10): 1,000 + 16 + 40,000 + 5,000. Over the ceiling the store evicts from
+# the namespace being written, so a busy ledger can never shrink the reaction targets.
+HANDLED = StateSpec("matrix.handled-events", ttl_ms=24 * 3600 * 1000, max_entries=40_000)  # >= 24 h (issue 13)
+SLOTS = StateSpec("matrix.requester-slots", ttl_ms=None, max_entries=5_000)  # TTL per row; 5 x 1,000 requesters
 VALUE_VERSION = 1
 
 

@@ -160,6 +160,8 @@ class SyncLoop:
             self.counters["backfill_failed"] += 1
             self.log.error("matrix_backfill_failed", extra={"room": room_id, "error": str(exc)})
         self.counters["backfilled_events"] += len(older)
+        if older:
+            self.log.info("matrix_backfilled", extra={"room": room_id, "events": len(older)})
         older.reverse()
         return older
 

@@ -165,8 +165,15 @@ class SynapseRoomDriver:
         return [r for r in self.records if kind is None or r.kind == kind]
 
     async def wait_for(self, predicate: Callable[[list[Record]], bool], *, timeout: float = 30.0) -> list[Record]:
+        """Wait until `predicate(records)` holds; re-raises what stopped alice's observer."""
+
+        def done() -> bool:
+            if self._observer is not None and self._observer.done() and not self._observer.cancelled():
+                self._observer.result()  # raises the observer's error here, not as a timeout
+            return predicate(self.records)
+
         async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.records)), timeout)
+            await asyncio.wait_for(self._changed.wait_for(done), timeout)
         return self.records
 
     async def _restart_observer(self) -> None:
@@ -182,8 +189,12 @@ class SynapseRoomDriver:
         self._observer = asyncio.create_task(self._observe(filter_id, first), name="alice-observer")
 
     async def _observe(self, filter_id: str, since: str) -> None:
-        while True:
-            since = await self._sync(filter_id, since, 30_000)
+        try:
+            while True:
+                since = await self._sync(filter_id, since, 30_000)
+        finally:  # wake waiters so they see why the observer stopped
+            async with self._changed:
+                self._changed.notify_all()
 
     async def _sync(self, filter_id: str, since: str | None, timeout_ms: int) -> str:
         query = {"filter": filter_id, "timeout": str(timeout_ms)} | ({"since": since} if since else {})

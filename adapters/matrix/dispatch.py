@@ -5,9 +5,10 @@ Why a ledger and not the homeserver: Synapse serves a cached answer to an identi
 about two minutes and dedupes txn ids per device only, so a replayed batch after a restart, a
 new login or a second gateway on one Redis would otherwise act twice. An event with effects (an
 approval request, an approver's decision reaction) is claimed in `matrix.handled-events` before
-its first effect; whoever holds the claim acts, everyone else skips it. The price is at most
-once: a SIGKILL between the claim and the last effect loses that event's remaining effects
-(a SIGTERM releases the claim so the next start redoes it).
+its first effect; whoever holds the claim acts, everyone else skips it. A claim still
+`handling` when its process died (SIGKILL mid-event, e.g. while waiting out a 429) is finished
+by the next start of the same device (its sends reuse their txn ids); a SIGTERM releases the
+claim so the next start redoes it. Another device never takes a claim over: for it, at most once.
 
 A failing handler is retried `max_attempts` times with backoff (the homeserver's
 `retry_after_ms` when it gave one), then recorded as failed (log event `matrix_event_failed`,
@@ -69,8 +70,8 @@ class EventDispatcher:
                 await self._one(room_id, event, self.flow.on_reaction)
 
     async def _one(self, room_id: str, event: RoomMessageText | ReactionEvent, handler: Callable[[str, Any], Awaitable[None]]) -> None:
-        account = self.flow.account_id
-        if not await self.ledger.claim(account, event.event_id):
+        account, device = self.flow.account_id, self.flow.io.device_id
+        if not await self.ledger.claim(account, event.event_id, device):
             self.stats.replays_skipped += 1
             self.log.info("matrix_event_replay_skipped", extra={"event_id": event.event_id, "room": room_id})
             return
@@ -97,6 +98,7 @@ class EventDispatcher:
                 )
                 await asyncio.sleep(delay)
                 continue
+            await self.ledger.done(account, event.event_id, device)
             self.stats.handled += 1
             return
 
@@ -104,4 +106,4 @@ class EventDispatcher:
         self.stats.failed += 1
         self.stats.last_failed = {"event_id": event_id, "room": room_id, "error": reason, "attempts": attempts}
         self.log.error("matrix_event_failed", extra={"event_id": event_id, "room": room_id, "error": reason, "attempts": attempts})
-        await self.ledger.mark_failed(self.flow.account_id, event_id, reason)
+        await self.ledger.mark_failed(self.flow.account_id, event_id, self.flow.io.device_id, reason)

@@ -158,6 +158,7 @@ class MatrixIO:
         self.client = AsyncClient(homeserver, config=config)
         self.client.access_token = access_token
         self.user_id = ""
+        self.device_id = ""
         self.rooms: list[str] = []
 
     async def connect(self) -> str:
@@ -169,7 +170,7 @@ class MatrixIO:
         joined = await self.client.joined_rooms()
         if not isinstance(joined, JoinedRoomsResponse):
             raise MatrixError.of("joined_rooms", joined)
-        self.user_id, self.rooms = who.user_id, list(joined.rooms)
+        self.user_id, self.device_id, self.rooms = who.user_id, who.device_id or "", list(joined.rooms)
         return self.user_id
 
     async def send(self, room_id: str, event_type: str, content: dict[str, Any], *, txn: str) -> str:

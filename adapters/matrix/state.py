@@ -4,7 +4,7 @@
 |---|---|---|---|
 | `matrix.approval-reactions` | JSON `[account_id, room_id, event_id]` | `{version: 1, target}` | approval's remaining lifetime / 1,000 |
 | `matrix.sync` | account_id (the bot's user id) | `{version: 1, next_batch}` | none / 16 |
-| `matrix.handled-events` | JSON `[account_id, event_id]` | `{version: 1, claimed_at, failed?}` | 24 h / 40,000 |
+| `matrix.handled-events` | JSON `[account_id, event_id]` | `{version: 1, claimed_at, device, state: handling/done/failed, failed?}` | 24 h / 40,000 |
 | `matrix.requester-slots` | JSON `[account_id, requester, slot]` | `{version: 1, approval_id}` | approval's lifetime / 5,000 |
 
 A reaction target says which approval a prompt event stands for and which decisions its
@@ -148,7 +148,13 @@ class SyncTokens:
 
 
 class HandledEvents:
-    """`matrix.handled-events`: the ledger of events whose effects have started."""
+    """`matrix.handled-events`: the ledger of events whose effects have started.
+
+    A claim is `handling` (with the bot's device id) until the handler returns, then `done`, or
+    `failed` when it was given up. A `handling` claim of *this* device found at claim time was
+    left by a run of this device that died mid-event (one device syncs in one process at a time),
+    so that run's successor finishes it; another device's claim is never taken over.
+    """
 
     def __init__(self, *, legacy: bool, clock: Clock = now_ms) -> None:
         self._clock = clock
@@ -157,14 +163,24 @@ class HandledEvents:
     async def open(self, runtime: PluginRuntime) -> None:
         await self.state.open(runtime)
 
-    async def claim(self, account_id: str, event_id: str) -> bool:
-        """Claim `event_id` for handling; False when anyone (any process, any run) already has."""
-        return await self.state.claim(_json_key(account_id, event_id), {"version": VALUE_VERSION, "claimed_at": self._clock()})
+    def _value(self, device_id: str, state: str, **extra: Any) -> dict[str, Any]:
+        return {"version": VALUE_VERSION, "claimed_at": self._clock(), "device": device_id, "state": state, **extra}
 
-    async def mark_failed(self, account_id: str, event_id: str, reason: str) -> None:
+    async def claim(self, account_id: str, event_id: str, device_id: str) -> bool:
+        """Claim `event_id` for handling. False when it is done, failed, or being handled by
+        another device; True when won, or when this device's dead run left it unfinished."""
+        key = _json_key(account_id, event_id)
+        if await self.state.claim(key, self._value(device_id, "handling")):
+            return True
+        held = await self.state.get(key)
+        return held is not None and held.get("state") == "handling" and held.get("device") == device_id
+
+    async def done(self, account_id: str, event_id: str, device_id: str) -> None:
+        await self.state.record(_json_key(account_id, event_id), self._value(device_id, "done"))
+
+    async def mark_failed(self, account_id: str, event_id: str, device_id: str, reason: str) -> None:
         """Keep the claim, noting why the event was given up (shown by `state` listings)."""
-        value = {"version": VALUE_VERSION, "claimed_at": self._clock(), "failed": reason[:200]}
-        await self.state.record(_json_key(account_id, event_id), value)
+        await self.state.record(_json_key(account_id, event_id), self._value(device_id, "failed", failed=reason[:200]))
 
     async def release(self, account_id: str, event_id: str) -> None:
         """Drop a claim whose handling was interrupted by a stop, so the next start redoes it."""

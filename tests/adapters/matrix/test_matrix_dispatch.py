@@ -172,3 +172,18 @@ def test_config_keys_of_issue_13_and_15() -> None:
                        ("event_max_attempts", 0), ("max_pending_per_requester", 0), ("sync_timeline_limit", 0)]:
         with pytest.raises(ValueError, match=f"adapters.matrix.{key}"):
             parse_config({**base, key: value})
+
+
+async def test_a_claim_left_handling_by_a_dead_run_is_finished_by_the_same_device_only(runtime: FileRuntime) -> None:
+    ledger = HandledEvents(legacy=False)
+    await ledger.open(runtime)
+    assert await ledger.claim(BOT, "$m1", "DEVICE1")  # a run of DEVICE1 claims, then is SIGKILLed
+    other = await dispatcher(runtime)
+    other.flow.io.device_id = "DEVICE2"  # another login: never takes it over
+    await other.room_events(ROOM, [request("$m1")])
+    assert other.flow.calls == [] and other.stats.replays_skipped == 1  # type: ignore[attr-defined]
+    same = await dispatcher(runtime)
+    same.flow.io.device_id = "DEVICE1"  # the dead run's successor finishes it, once
+    await same.room_events(ROOM, [request("$m1")])
+    await same.room_events(ROOM, [request("$m1")])
+    assert [c[0] for c in same.flow.calls] == ["$m1"]  # type: ignore[attr-defined]

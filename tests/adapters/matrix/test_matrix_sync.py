@@ -153,6 +153,21 @@ async def test_two_gateways_on_one_redis_act_once(sim: MatrixHomeserver, tmp_pat
             assert len(outcomes(sim)) == 1
 
 
+async def test_a_sigkill_while_waiting_out_a_429_loses_nothing(sim: MatrixHomeserver, tmp_path: Path) -> None:
+    async with harness(sim, tmp_path) as gw:
+        await barrier(sim)
+        sim.throttle(10_000)  # the prompt's send: nio sleeps 10 s, with the request claimed
+        request_id = await sim.send_message(ROOM, ALICE, "!approve deploy prod")
+        await sim.wait_for(lambda recs: any(r.kind == "room_send_throttled" for r in recs))
+        await gw.kill()
+        await gw.start()  # same device: it finishes the claim its dead run left `handling`
+        await sim.wait_for(lambda _: "deploy prod" in actions(sim))
+        await barrier(sim)
+        assert actions(sim).count("deploy prod") == 1
+        ledger = rows(gw.database_path, "matrix", "matrix.handled-events")
+        assert ledger[json.dumps([sim.bot_user, request_id], separators=(",", ":"))].value["state"] == "done"
+
+
 # -- 4: redactions -----------------------------------------------------------------------------
 async def test_a_reaction_redacted_while_down_has_no_effect_even_from_a_cached_batch(
     sim: MatrixHomeserver, tmp_path: Path

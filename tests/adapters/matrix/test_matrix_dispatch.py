@@ -15,12 +15,13 @@ import pytest
 from nio import Event
 
 from chatstate.adapters.common import now_ms
-from chatstate.adapters.matrix.config import parse_config
+from chatstate.adapters.matrix.config import MatrixSettings
 from chatstate.adapters.matrix.dispatch import EventDispatcher
 from chatstate.adapters.matrix.handlers import ApprovalFlow
 from chatstate.adapters.matrix.platform import MatrixError, MatrixIO
 from chatstate.adapters.matrix.state import HandledEvents, ReactionTargets, RequesterSlots
 from chatstate.gateway.approvals import ApprovalService
+from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.sim.matrix import fixture
 from test_matrix_units import FileRuntime
 
@@ -163,15 +164,17 @@ async def test_requester_slots_cap_free_and_expire(runtime: FileRuntime) -> None
 
 def test_config_keys_of_issue_13_and_15() -> None:
     base = {"homeserver": "h", "access_token": "t", "approvers": ["@a:s"]}
-    cfg = parse_config(base)
+    cfg = MatrixSettings.from_table(base)
     assert (cfg.sync_timeline_limit, cfg.backfill_max_events, cfg.event_max_attempts) == (50, 1_000, 3)
     assert (cfg.auto_join, cfg.inviters, cfg.max_pending_per_requester) == (True, ("@a:s",), 5)
-    env = parse_config({**base, "auto_join": "false", "auto_join_inviters": "@b:s,@c:s", "sync_timeline_limit": "7"})
-    assert (env.auto_join, env.inviters, env.sync_timeline_limit) == (False, ("@b:s", "@c:s"), 7)
+    env = {"CHATSTATE_MATRIX_AUTO_JOIN": "false", "CHATSTATE_MATRIX_AUTO_JOIN_INVITERS": "@b:s,@c:s",
+           "CHATSTATE_MATRIX_SYNC_TIMELINE_LIMIT": "7"}
+    from_env = MatrixSettings.from_table(base, env=env)
+    assert (from_env.auto_join, from_env.inviters, from_env.sync_timeline_limit) == (False, ("@b:s", "@c:s"), 7)
     for key, value in [("auto_join", "maybe"), ("auto_join_inviters", ["bob"]), ("backfill_max_events", 0),
                        ("event_max_attempts", 0), ("max_pending_per_requester", 0), ("sync_timeline_limit", 0)]:
-        with pytest.raises(ValueError, match=f"adapters.matrix.{key}"):
-            parse_config({**base, key: value})
+        with pytest.raises(ConfigError, match=f"adapters.matrix.{key}"):
+            MatrixSettings.from_table({**base, key: value})
 
 
 async def test_a_claim_left_handling_by_a_dead_run_is_finished_by_the_same_device_only(runtime: FileRuntime) -> None:

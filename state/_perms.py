@@ -81,6 +81,7 @@ class PermissionGuard:
                 self._apply(always=True)
             elif self._dirty or self._poll.poll(0):
                 self._drain()
+                self._dirty = True  # until _apply succeeds: a failed chmod is retried next time
                 self._apply(always=self._poll is None)
                 self._dirty = False
             # else: nothing changed since the last check, which left every mode right

@@ -104,12 +104,13 @@ class SQLiteBackend:
         self._apply_modes_or_fail()
 
     def reopened(self) -> None:
-        """Another store joins: check the paths again and re-apply modes (raises OPEN_FAILED)."""
+        """Another store joins: check the paths again (raises OPEN_FAILED) and re-apply modes
+        (best effort, like after a write: a failure is a fault for probe, not a failed open)."""
         try:
             files.prepare(self.path, create=False)
         except OSError as exc:
             raise self._fail("OPEN_FAILED", "open", f"cannot check the state path ({exc.strerror})") from None
-        self._apply_modes_or_fail()
+        self._after_commit("open")
 
     def _apply_modes_or_fail(self) -> None:
         assert self._perms is not None

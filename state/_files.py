@@ -95,12 +95,11 @@ def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, b
     Returns (directory made by us or a `plugin-state` dir, database has content). Raises
     OPEN_FAILED for every refused path; OSError for what the filesystem refused.
     """
-    dirs = guarded_dirs(db)
     made: list[Path] = []
-    if create and _lstat(db.parent) is None:
-        made = make_dirs(db.parent, op)
-    for d in dirs:
-        check_dir(d, op)
+    for d in guarded_dirs(db):  # top down: a symlinked state dir is refused before anything is made in it
+        if not check_dir(d, op) and create:
+            made += make_dirs(d, op)
+            check_dir(d, op)
     for side in SIDE_FILES:
         check_file(Path(f"{db}{side}"), op)
     st = check_file(db, op)

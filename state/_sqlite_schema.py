@@ -53,6 +53,7 @@ END""",
     WHERE plugin_id = old.plugin_id AND namespace = old.namespace;
 END""",
 )
+SCHEMA = (*SCHEMA_V1, ADD_VERSION)  # a new file: v1's tables plus the version column
 MIGRATIONS = {1: (ADD_VERSION, VERSION_V1_ROWS)}  # from version N to N + 1, in one transaction
 
 LIVE = "(expires_at IS NULL OR expires_at > :now)"
@@ -139,9 +140,8 @@ def migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
     transaction, so a failure leaves the file at its old version, untouched.
     """
     if version == 0:
-        for statement in SCHEMA_V1:
+        for statement in SCHEMA:
             conn.execute(statement)
-        conn.execute(ADD_VERSION)
     else:
         backup(path, backup_path(path, version))
         for step in range(version, SCHEMA_VERSION):

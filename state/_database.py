@@ -15,7 +15,9 @@ from ._backend import Backend, Limits, Mode
 from ._errors import StateStoreError
 from ._settings import StoreSettings
 from ._sqlite_schema import check_existing
-from ._store import _acquire_backend, new_version, resolve_path, wall_clock_ms
+from ._paths import resolve_path
+from ._registry import acquire_backend
+from ._entry import new_version, wall_clock_ms
 
 PROBE_PLUGIN = "core:probe"  # a core-owned pair: probe rows never land in a plugin's namespace
 PROBE_NAMESPACE = "probe"
@@ -23,7 +25,7 @@ PROBE_NAMESPACE = "probe"
 
 @contextmanager
 def _database(path: str | os.PathLike[str] | None, url: str | None, settings: StoreSettings | None) -> Iterator[Backend]:
-    backend = _acquire_backend(path, url, settings or StoreSettings())
+    backend = acquire_backend(path, url, settings or StoreSettings())
     try:
         yield backend
     finally:
@@ -95,7 +97,7 @@ def probe(path: str | os.PathLike[str] | None = None, *, url: str | None = None,
     try:
         if url is None:
             step("state-dir", lambda: _check_dir(Path(location).parent))
-        backend = step("open", lambda: _acquire_backend(path, url, settings or StoreSettings()))
+        backend = step("open", lambda: acquire_backend(path, url, settings or StoreSettings()))
         try:
             step("schema", lambda: _check_schema(backend))
             step("write-read-delete", lambda: _round_trip(backend))

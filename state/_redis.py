@@ -28,9 +28,8 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -39,6 +38,7 @@ from redis.retry import Retry
 from . import _redis_lua as lua
 from ._backend import Decode, Limits, Mode, Row
 from ._errors import StateStoreError
+from ._redis_options import split_url
 from ._settings import SCHEMA_VERSION, StoreSettings
 
 WRITE_OPS = {Mode.UPSERT: "register", Mode.CLAIM: "register_if_absent", Mode.MATCH: "compare_and_set"}
@@ -46,56 +46,6 @@ MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m"}
 MIGRATE_BATCH = 500  # rows one migration script call versions
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RedisOptions:
-    """Redis-only knobs, read from the URL query (`?prefix=...&retries=...`)."""
-
-    prefix: str = "chatstate"  # every key starts with "{prefix}:"; one prefix per project
-    retries: int = 3  # extra attempts after a connection error, then UNAVAILABLE
-    backoff_base_s: float = 0.05  # first retry waits this long, doubling each time ...
-    backoff_cap_s: float = 0.5  # ... up to this
-    socket_connect_timeout_s: float = 1.0
-    socket_timeout_s: float = 5.0
-    expiry_grace_ms: int = 60_000  # server-side cleanup runs this long after client-side expiry
-    op_result_ttl_ms: int = 60_000  # how long a claim/take result is kept for a retried call
-
-    @classmethod
-    def from_query(cls, query: dict[str, str]) -> RedisOptions:
-        """Raises INVALID_INPUT for an unknown option or a malformed number."""
-        kinds = {name: type(value) for name, value in cls().__dict__.items()}
-        values: dict[str, object] = {}
-        for name, text in query.items():
-            if name not in kinds:
-                raise StateStoreError("INVALID_INPUT", "open", f"unknown Redis URL option {name!r}")
-            try:
-                values[name] = kinds[name](text)
-            except ValueError:
-                raise StateStoreError("INVALID_INPUT", "open", f"Redis URL option {name!r} is malformed") from None
-        options = cls(**values)  # type: ignore[arg-type]
-        if not options.prefix or any(c in options.prefix for c in "{} \n"):
-            raise StateStoreError("INVALID_INPUT", "open", "Redis URL option 'prefix' must be a non-empty word")
-        if options.retries < 0 or options.expiry_grace_ms < 0 or options.op_result_ttl_ms < 1:
-            raise StateStoreError("INVALID_INPUT", "open", "Redis URL options must not be negative")
-        return options
-
-
-def split_url(url: str) -> tuple[str, RedisOptions, str]:
-    """Return (url for redis-py, our options, location without credentials)."""
-    parts = urlsplit(url)
-    ours = {f for f in RedisOptions.__dataclass_fields__}
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    options = RedisOptions.from_query({k: v for k, v in query if k in ours})
-    theirs = [(k, v) for k, v in query if k not in ours]
-    client_url = urlunsplit(parts._replace(query=urlencode(theirs)))
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    shown = [(k, v) for k, v in query if k not in ("password", "username")]
-    location = urlunsplit(parts._replace(netloc=netloc, query=urlencode(shown), fragment=""))
-    return client_url, options, location
 
 
 class RedisBackend:
@@ -221,7 +171,7 @@ class RedisBackend:
     def _migrate_from_v1(self) -> None:
         """v1 rows had no version: give each one a fresh random version, namespace by namespace
         (HSETNX, so two gateways migrating together agree), then mark the prefix v2."""
-        from ._store import new_version
+        from ._entry import new_version
 
         def run() -> None:
             for plugin in cast("set[str]", self._client.smembers(self._plugins_key)):

@@ -4,120 +4,30 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import threading
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import _metrics as metrics
 from . import _validate as check
 from ._backend import Backend, Limits, Mode, Row
+from ._entry import Clock, Entry, new_version, wall_clock_ms
 from ._errors import StateStoreError
+from ._paths import database_path, resolve_path, state_dir
+from ._registry import acquire_backend
 from ._settings import MAX_VALUE_BYTES, UPDATE_ATTEMPTS, StoreSettings
 from ._sqlite import SQLiteBackend
 
-Clock = Callable[[], int]  # ms since epoch
+__all__ = ["Clock", "Entry", "KeyedStore", "database_path", "open_keyed_store", "op_counts", "resolve_path",
+           "state_dir", "wall_clock_ms"]
+
 _MEASURED_OPS = ("register", "register_if_absent", "compare_and_set", "update", "lookup", "lookup_many",
                  "consume", "delete", "delete_if", "clear", "entries", "count")
 
 
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def new_version() -> int:
-    """A fresh row version: 63 random bits (never 0, the "no version" of a v1 row).
-
-    Random rather than a counter so no shared sequence row has to be written on every write;
-    `random` is reseeded in a forked child, so two processes do not draw the same sequence.
-    """
-    return random.getrandbits(63) or 1
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One live row as `entries()`, `lookup_entry()` return it.
-
-    `version` changes on every write of the key (compare_and_set / delete_if take it); it is
-    left out of equality so an Entry compares by what it holds.
-    """
-
-    key: str
-    value: Any
-    created_at: int  # ms since epoch
-    expires_at: int | None  # ms since epoch; None = never
-    version: int = field(default=0, compare=False)
-
-
-def state_dir(state_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Resolve the state dir: the argument, else $CHATSTATE_HOME, else ~/.chatstate."""
-    if state_dir is not None:
-        return Path(state_dir).expanduser()
-    env = os.environ.get("CHATSTATE_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".chatstate"
-
-
-def database_path(state_dir_: str | os.PathLike[str] | None = None) -> Path:
-    """Where the SQLite file lives: `<state_dir>/plugin-state/state.sqlite`."""
-    return state_dir(state_dir_) / "plugin-state" / "state.sqlite"
-
-
-def resolve_path(path: str | os.PathLike[str] | None) -> Path:
-    """`path` names the database file; an existing directory is taken as a state dir."""
-    if path is None:
-        return database_path()
-    p = Path(path).expanduser()
-    if p.is_dir() and not p.is_symlink():  # a symlink is refused by the backend, never followed
-        return database_path(p)
-    return p
-
-
 op_counts = metrics.op_counts
-
-# -- the process-wide tables: one backend per database, one settings tuple per namespace ----
-_lock = threading.Lock()
-_backends: dict[tuple[int, str], Backend] = {}
+_lock = threading.Lock()  # guards _opened: one settings tuple per (database, plugin, namespace)
 _opened: dict[tuple[int, str, str, str], tuple[tuple[object, ...], int]] = {}
-
-
-def _acquire_backend(path: str | os.PathLike[str] | None, url: str | None, settings: StoreSettings) -> Backend:
-    if url is not None:
-        from ._url import backend_for_url
-
-        ident = f"url:{url}"
-        factory: Callable[[], Backend] = lambda: backend_for_url(url, settings)  # noqa: E731
-    else:
-        # abspath, not Path.absolute(): it also folds "x/../" so one file has one backend and
-        # one reopen check, however the caller spelled the path.
-        resolved = Path(os.path.abspath(resolve_path(path)))
-        ident = str(resolved)
-        factory = lambda: SQLiteBackend(resolved, settings)  # noqa: E731
-    with _lock:
-        backend = _backends.get((os.getpid(), ident))
-        if backend is not None and not backend.closed:
-            if backend.settings != settings:
-                raise StateStoreError(
-                    "INVALID_INPUT", "open",
-                    "this database is already open in this process with different settings",
-                    path=backend.location,
-                )
-            backend.acquire()
-            # The last user's release() takes no global lock, so it may have closed the backend
-            # between the check above and acquire(): then start afresh instead of joining it.
-            if not backend.closed:
-                try:
-                    backend.reopened()  # modes are re-applied on every open, not the first only
-                except BaseException:
-                    backend.release()
-                    raise
-                return backend
-        backend = factory()
-        _backends[(os.getpid(), ident)] = backend
-        backend.acquire()
-        return backend
 
 
 class KeyedStore:
@@ -415,7 +325,7 @@ def open_keyed_store(
     max_value_bytes = check.max_value_bytes(max_value_bytes)
     if path is not None and url is not None:
         raise StateStoreError("INVALID_INPUT", "open", "give either path or url, not both")
-    backend = _acquire_backend(path, url, settings or StoreSettings())
+    backend = acquire_backend(path, url, settings or StoreSettings())
     ident = (os.getpid(), backend.location, plugin_id, namespace)
     wanted = (max_entries, default_ttl_ms, overflow, max_value_bytes)
     with _lock:

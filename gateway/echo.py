@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from chatstate import state
+from chatstate.gateway import ingress
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 if TYPE_CHECKING:
@@ -29,7 +30,16 @@ if TYPE_CHECKING:
 NAMESPACE = "echo.counters"
 DEFAULT_MAX_ENTRIES = 10_000  # counters kept; the oldest-written is evicted past this
 SIGNATURE_HEADER = "X-Echo-Signature"
+CALLER_ERROR_CODES = ("INVALID_INPUT", "LIMIT_EXCEEDED")  # the store refused the caller's input
 _LOCK_STRIPES = 64  # read-modify-write locks, striped by key so memory stays bounded
+
+
+def _checked(key: str) -> str:
+    """The key if the store takes it; 400 (never 503, never degraded health) otherwise."""
+    try:
+        return ingress.check_key(key)
+    except ingress.BadInput as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
 
 
 def sign(secret: str, method: str, raw_path: str, body: bytes = b"") -> str:
@@ -88,7 +98,7 @@ class EchoPlugin(Plugin):
     # -- handlers ---------------------------------------------------------------------------
     async def _verified_body(self, request: web.Request) -> bytes:
         body = await request.read()  # over the app's client_max_size -> 413 from aiohttp
-        given = request.headers.get(SIGNATURE_HEADER, "")
+        given = ingress.credential(request.headers, SIGNATURE_HEADER) or ""  # junk reads as wrong
         expected = sign(self._secret, request.method, request.raw_path, body)
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise web.HTTPUnauthorized(text="bad signature")
@@ -97,11 +107,12 @@ class EchoPlugin(Plugin):
     async def _increment(self, request: web.Request) -> web.Response:
         body = await self._verified_body(request)
         try:
-            key = json.loads(body)["key"]
-        except (ValueError, KeyError, TypeError):
+            key = ingress.json_object(body).get("key")
+        except ingress.BadInput:
             raise web.HTTPBadRequest(text='body must be {"key": "<non-empty string>"}') from None
         if not isinstance(key, str) or not key.strip():
             raise web.HTTPBadRequest(text='body must be {"key": "<non-empty string>"}')
+        key = _checked(key)
         async with self._locks[hash(key) % _LOCK_STRIPES]:
             count = await self._get(key) + 1
             await self._put(key, count)
@@ -109,7 +120,7 @@ class EchoPlugin(Plugin):
 
     async def _read(self, request: web.Request) -> web.Response:
         await self._verified_body(request)
-        key = request.match_info["key"]
+        key = _checked(request.match_info["key"])
         return web.json_response({"key": key, "count": await self._get(key)})
 
     # -- state ------------------------------------------------------------------------------
@@ -135,10 +146,17 @@ class EchoPlugin(Plugin):
             del self._memory[next(iter(self._memory))]
 
     async def _guard(self, op: Any) -> Any:
-        """Await a store call; a failure answers 503 and shows in /healthz until one succeeds."""
+        """Await a store call; a store fault answers 503 and shows in /healthz until one succeeds.
+
+        A refusal of the caller's input (INVALID_INPUT, LIMIT_EXCEEDED) is the caller's error:
+        400, and health stays as it was (issue 15). `_checked` normally catches it first.
+        """
         try:
             result = await op
         except state.StateStoreError as exc:
+            if exc.code in CALLER_ERROR_CODES:
+                raise web.HTTPBadRequest(text=json.dumps({"error": str(exc.code)}),
+                                         content_type="application/json") from None
             self._last_error = exc.code
             raise web.HTTPServiceUnavailable(
                 text=json.dumps({"error": str(exc.code)}), content_type="application/json"

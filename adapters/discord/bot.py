@@ -16,11 +16,14 @@ import discord
 
 from chatstate.adapters.discord import platform, ui
 from chatstate.adapters.discord.platform import DiscordRest, RestError
-from chatstate.adapters.discord.state import ComponentEntry, ModalEntry, Registry
+from chatstate.adapters.common import now_ms
+from chatstate.adapters.discord.state import ComponentEntry, ModalEntry, PanelQuota, Registry
 
 EXPIRED = "This component has expired."
 NOT_FOR_YOU = "This component is not for you."
 ALREADY_USED = "This component was already used."
+QUOTA_REFUSED = ("You already have {limit} live panels, the most one person may have; "
+                 "your oldest expires in about {minutes} min.")
 PANEL_COMMAND = "panel"  # /panel [restrict_to:<user>] posts a panel in the channel
 
 
@@ -32,10 +35,14 @@ def allowed(entry: ComponentEntry | ModalEntry, user_id: str) -> bool:
 class DiscordBot:
     """Answers interactions; sends panels through `rest` and records them in `registry`."""
 
-    def __init__(self, registry: Registry, rest: DiscordRest, *, log: logging.LoggerAdapter[logging.Logger]) -> None:
+    def __init__(
+        self, registry: Registry, rest: DiscordRest, *, log: logging.LoggerAdapter[logging.Logger],
+        quota: PanelQuota | None = None,
+    ) -> None:
         self.registry = registry
         self.rest = rest
         self.log = log
+        self.quota = quota  # live panels per user; None = no quota (unit tests of the registry)
 
     async def answer(self, it: platform.Interaction) -> dict[str, Any]:
         """The interaction response for `it` (never raises for a user's mistake)."""
@@ -54,6 +61,14 @@ class DiscordBot:
         """`/panel`: remember the panel's entries (awaited), then post it; only then "sent"."""
         if it.command != PANEL_COMMAND:
             return platform.message(f"Unknown command /{it.command}.", ephemeral=True)
+        if not it.channel_id:
+            return platform.message("/panel works in a channel.", ephemeral=True)
+        if self.quota is not None:
+            wait_ms = await self.quota.admit(it.user_id, now_ms=now_ms())
+            if wait_ms is not None:  # visible refusal: the user's own panels are the limit
+                self.log.info("panel_quota_refused", extra={"per_user": self.quota.per_user})
+                return platform.message(QUOTA_REFUSED.format(limit=self.quota.per_user,
+                                                             minutes=max(1, -(-wait_ms // 60_000))), ephemeral=True)
         restrict = it.options.get("restrict_to")
         panel = ui.build_panel(allowed_user_ids=[str(restrict)] if restrict else [])
         # Entries first: a click can only follow the post, and a crash after the post must
@@ -64,6 +79,8 @@ class DiscordBot:
         except RestError as exc:
             self.log.warning("panel_not_sent", extra={"error": str(exc), "entries_forgotten": len(panel.custom_ids)})
             await self.registry.forget(panel.custom_ids)
+            if self.quota is not None:
+                await self.quota.release(it.user_id, now_ms=now_ms())
             return platform.message("Could not post the panel; try again.", ephemeral=True)
         return platform.message(f"Panel posted (message {sent.get('id')}).", ephemeral=True)
 

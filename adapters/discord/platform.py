@@ -17,7 +17,6 @@ would. No state lives here.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, cast
 
@@ -26,6 +25,8 @@ import discord
 from discord.http import Route, handle_message_parameters
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
+
+from chatstate.gateway import ingress
 
 DEFAULT_API_BASE = Route.BASE  # https://discord.com/api/v10
 REQUEST_TIMEOUT_S = 10.0  # a send that takes longer fails; its entries are forgotten
@@ -52,6 +53,17 @@ def load_verify_key(public_key_hex: str) -> VerifyKey:
     return VerifyKey(raw)
 
 
+def fresh(timestamp: str | None, *, window_s: float, now_s: float) -> bool:
+    """True when the signed `X-Signature-Timestamp` (unix seconds) is within `window_s` of now.
+
+    Discord signs the timestamp with the body, so an old capture replayed verbatim still
+    verifies; this window (plus the interaction-id claim in state.InteractionLedger) stops it.
+    """
+    if not timestamp or not timestamp.isdigit() or len(timestamp) > 12:
+        return False
+    return abs(now_s - int(timestamp)) <= window_s
+
+
 def verify(key: VerifyKey, *, signature: str | None, timestamp: str | None, body: bytes) -> bool:
     """True only when `signature` is the Ed25519 signature of `timestamp + body` under `key`."""
     if not signature or not timestamp:
@@ -76,6 +88,7 @@ class Interaction:
     fields: dict[str, str] = field(default_factory=dict)  # modal submit: input custom_id -> value
     command: str = ""  # application command name
     options: dict[str, Any] = field(default_factory=dict)  # application command options
+    id: str = ""  # the interaction's snowflake (claimed once: a replay has no second effect)
 
 
 class _Common(TypedDict):
@@ -84,32 +97,59 @@ class _Common(TypedDict):
     type: discord.InteractionType
     user_id: str
     channel_id: str
+    id: str
 
 
 def parse(body: bytes) -> Interaction:
     """Parse a verified body. Raises BadRequest for JSON or shapes Discord would not send."""
     try:
-        payload = json.loads(body)
+        payload = ingress.json_object(body)  # depth-limited
         kind = discord.InteractionType(payload["type"])
         if kind is discord.InteractionType.ping:
             return Interaction(kind, "", "")
         user = (payload.get("member") or {}).get("user") or payload["user"]  # guild, else DM
         data = payload.get("data") or {}
-        common: _Common = {"type": kind, "user_id": str(user["id"]), "channel_id": str(payload.get("channel_id", ""))}
+        common: _Common = {"type": kind, "user_id": _snowflake(user["id"]),
+                           "channel_id": _snowflake(payload.get("channel_id", ""), optional=True),
+                           "id": _snowflake(payload["id"])}
         if kind is discord.InteractionType.component:
             return Interaction(
-                **common, custom_id=str(data["custom_id"]),
+                **common, custom_id=_custom_id(data["custom_id"]),
                 component_type=discord.ComponentType(data["component_type"]),
-                values=[str(v) for v in data.get("values", [])],
+                values=[_text(v, 100) for v in data.get("values", [])[:25]],
             )
         if kind is discord.InteractionType.modal_submit:
-            return Interaction(**common, custom_id=str(data["custom_id"]), fields=_modal_values(data["components"]))
+            return Interaction(**common, custom_id=_custom_id(data["custom_id"]), fields=_modal_values(data["components"]))
         if kind is discord.InteractionType.application_command:
             options = {str(o["name"]): o.get("value") for o in data.get("options", [])}
-            return Interaction(**common, command=str(data["name"]), options=options)
+            restrict = options.get("restrict_to")
+            if restrict is not None:
+                options["restrict_to"] = _snowflake(restrict)
+            return Interaction(**common, command=_text(data["name"], 32), options=options)
         return Interaction(**common)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ingress.BadInput is a ValueError
         raise BadRequest(f"not an interaction payload ({type(exc).__name__})") from None
+
+
+def _snowflake(value: Any, *, optional: bool = False) -> str:
+    """A Discord id: digits, at most 20 (it ends up in state keys and REST URLs)."""
+    text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    if optional and text == "":
+        return text
+    if not (text.isascii() and text.isdigit() and len(text) <= 20):
+        raise ValueError("not a snowflake")
+    return text
+
+
+def _custom_id(value: Any) -> str:
+    """Discord caps custom_id at 100 characters; it is a state key, checked before any lookup."""
+    return _text(value, 100)
+
+
+def _text(value: Any, limit: int) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ValueError("not a short string")
+    return value
 
 
 def _modal_values(rows: list[dict[str, Any]]) -> dict[str, str]:

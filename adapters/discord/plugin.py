@@ -1,21 +1,33 @@
-"""The Discord plugin: one route, `POST /discord/interactions`, Discord's interactions endpoint.
+"""The Discord plugin: one route, `POST /discord/interactions`, Discord's interactions endpoint,
+or (`transport = "gateway"`) the Discord Gateway websocket (`gateway_client.py`).
 
 Every request is verified (Ed25519, `X-Signature-Ed25519` over `X-Signature-Timestamp + body`)
-before anything is parsed, read or written: a bad signature is 401 and touches no state.
+before anything is parsed, read or written: a bad signature is 401 and touches no state. Then
+(issue 15) a timestamp outside `timestamp_window_s` is 401, the body is parsed (400 for junk,
+ids checked before any lookup), and the interaction id is claimed in `discord.interactions`:
+a replay of a captured, validly signed interaction answers 409 and does nothing.
+Both transports answer through the same `DiscordBot.answer`: over HTTP in the response body,
+over the Gateway through the interaction callback.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
+from chatstate.adapters.common import now_ms
 from chatstate.adapters.discord import platform
 from chatstate.adapters.discord.bot import DiscordBot
 from chatstate.adapters.discord.config import DiscordConfig
+from chatstate.adapters.discord.gateway_client import GatewayClient
+from chatstate.adapters.discord.gateway_state import GatewayState
 from chatstate.adapters.discord.platform import DiscordRest
-from chatstate.adapters.discord.state import Registry
+from chatstate.adapters.discord.state import COMPONENTS, InteractionLedger, PanelQuota, Registry
+from chatstate.gateway import ingress
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 INTERACTIONS_PATH = "/discord/interactions"
@@ -32,6 +44,10 @@ class DiscordPlugin(Plugin):
         self._registry: Registry | None = None
         self._rest: DiscordRest | None = None
         self._bot: DiscordBot | None = None
+        self._ledger: InteractionLedger | None = None
+        self._quota: PanelQuota | None = None
+        self._gateway: GatewayClient | None = None
+        self._gateway_state: GatewayState | None = None
 
     def routes(self) -> Sequence[Route]:
         return (Route("POST", INTERACTIONS_PATH, self._interactions),)
@@ -45,35 +61,78 @@ class DiscordPlugin(Plugin):
         self._config = config = DiscordConfig.from_table(runtime.config)
         self._registry = Registry(legacy=runtime.legacy, ttl_ms=config.ttl_ms, max_entries=config.max_entries)
         await self._registry.open(runtime)
+        self._ledger = InteractionLedger(legacy=runtime.legacy, window_s=config.timestamp_window_s)
+        await self._ledger.state.open(runtime)
+        self._quota = PanelQuota(legacy=runtime.legacy, per_user=config.panels_per_user,
+                                 panel_ttl_ms=self._registry.components.spec.ttl_ms or COMPONENTS.ttl_ms or 1)
+        await self._quota.state.open(runtime)
         self._rest = DiscordRest(api_base=config.api_base_url, bot_token=config.bot_token)
         await self._rest.open()
-        self._bot = DiscordBot(self._registry, self._rest, log=runtime.log)
+        self._bot = DiscordBot(self._registry, self._rest, log=runtime.log, quota=self._quota)
+        if config.transport == "gateway":
+            # the lease owner is the gateway, not the process: a restart re-takes its own lease
+            self._gateway_state = GatewayState(legacy=runtime.legacy, shard=(0, 1), owner=config.gateway_id)
+            await self._gateway_state.open(runtime)
+            self._gateway = GatewayClient(
+                api_base=config.api_base_url, bot_token=config.bot_token, state=self._gateway_state,
+                answer=self._answer_payload, log=runtime.log, intents=config.intents,
+                reidentify_delay_s=config.reidentify_delay_s, lease_ms=config.shard_lease_ms,
+            )
+            await self._gateway.start()
 
     async def stop(self) -> None:
+        if self._gateway is not None:
+            await self._gateway.stop()  # interactions in hand finish; the session stays resumable
+        if self._gateway_state is not None:
+            await self._gateway_state.close()
         if self._rest is not None:
             await self._rest.close()
         if self._registry is not None:
             await self._registry.close()
+        for extra in (self._ledger, self._quota):
+            if extra is not None:
+                await extra.state.close()
 
     def health(self) -> dict[str, Any]:
         if self._registry is None:
             return {"status": "starting"}
         registries = self._registry.health()
+        registries += [x.state.health() for x in (self._ledger, self._quota) if x is not None]
+        if self._gateway_state is not None:
+            registries += self._gateway_state.health()
         degraded = any(r["mode"] == "degraded" for r in registries)
-        return {"status": "degraded" if degraded else "ok", "registries": registries}
+        report: dict[str, Any] = {"status": "degraded" if degraded else "ok", "registries": registries}
+        if self._gateway is not None:
+            report["transport"] = self._gateway.health()
+            if self._gateway.status == "failed":
+                report["status"] = "degraded"
+        return report
+
+    async def _answer_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A Gateway INTERACTION_CREATE: the same parse and answer as the HTTP route.
+        Raises platform.BadRequest for a payload Discord would not send."""
+        assert self._bot is not None
+        return await self._bot.answer(platform.parse(json.dumps(payload).encode()))
 
     async def _interactions(self, request: web.Request) -> web.Response:
-        assert self._config is not None and self._bot is not None, "the gateway starts plugins first"
+        assert self._config is not None and self._bot is not None and self._ledger is not None, "start() first"
+        if self._config.verify_key is None:  # transport = "gateway" without a public key
+            raise web.HTTPNotFound(text="this gateway takes Discord interactions over the Gateway")
         body = await request.read()
+        timestamp = ingress.credential(request.headers, platform.TIMESTAMP_HEADER)
         if not platform.verify(
             self._config.verify_key,
-            signature=request.headers.get(platform.SIGNATURE_HEADER),
-            timestamp=request.headers.get(platform.TIMESTAMP_HEADER),
+            signature=ingress.credential(request.headers, platform.SIGNATURE_HEADER),
+            timestamp=timestamp,
             body=body,
         ):
             raise web.HTTPUnauthorized(text="invalid request signature")
+        if not platform.fresh(timestamp, window_s=self._config.timestamp_window_s, now_s=time.time()):
+            raise web.HTTPUnauthorized(text="request timestamp outside the freshness window")
         try:
             interaction = platform.parse(body)
         except platform.BadRequest as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
+        if interaction.id and not await self._ledger.claim(interaction.id, at_ms=now_ms()):
+            raise web.HTTPConflict(text="interaction already handled")  # a replay: no second effect
         return web.json_response(await self._bot.answer(interaction))

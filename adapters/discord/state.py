@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
-from chatstate.adapters.common import AdapterState, StateSpec
+from chatstate.adapters.common import AdapterState, RequesterQuota, StateSpec
 
 if TYPE_CHECKING:
     from chatstate.gateway.plugin import PluginRuntime
@@ -123,3 +123,38 @@ class Registry:
     async def take_modal(self, custom_id: str) -> ModalEntry | None:
         """Consume a modal on submit; None when it was already submitted."""
         return unwrap(await self.modals.take(custom_id))
+
+
+# -- hostile input (issue 15): replays and one user's spam -------------------------------------
+INTERACTIONS_NAMESPACE = "discord.interactions"
+INTERACTIONS_MAX_ENTRIES = 20_000  # claimed ids kept: replays stay refused up to ~33 interactions/s
+PANEL_OWNERS = StateSpec("discord.panel-owners", ttl_ms=30 * 60 * 1000, max_entries=5_000)
+
+
+class InteractionLedger:
+    """Interaction ids already handled (`discord.interactions`): a signed interaction replayed
+    inside the freshness window finds its id taken and has no second effect.
+
+    The TTL is twice the window: a timestamp may be up to one window old or ahead, so a replay
+    is possible until one window after it; the claim outlives that.
+    """
+
+    def __init__(self, *, legacy: bool, window_s: int) -> None:
+        self.state = AdapterState(
+            StateSpec(INTERACTIONS_NAMESPACE, ttl_ms=2 * window_s * 1000, max_entries=INTERACTIONS_MAX_ENTRIES),
+            legacy=legacy,
+        )
+
+    async def claim(self, interaction_id: str, *, at_ms: int) -> bool:
+        """True for the first delivery of `interaction_id`, False for a replay (atomic in the store)."""
+        return await self.state.claim(interaction_id, {"at": at_ms})
+
+
+class PanelQuota(RequesterQuota):
+    """Live panels per user (`discord.panel-owners`, key = user id), so one user's `/panel` spam
+    cannot push the registries past their cap and evict another user's buttons (issue 15).
+    The registry TTL is the panel's lifetime."""
+
+    def __init__(self, *, legacy: bool, per_user: int, panel_ttl_ms: int) -> None:
+        state = AdapterState(replace(PANEL_OWNERS, ttl_ms=panel_ttl_ms), legacy=legacy)
+        super().__init__(state, per_user=per_user, ttl_ms=panel_ttl_ms)

@@ -16,10 +16,13 @@ DEFAULT_ACCOUNT_ID = "default"  # the bot account this gateway runs as (part of 
 DEFAULT_AGENT_ID = "main"  # stored with each participation row: which agent replied
 THREAD_TTL_MS = 24 * 60 * 60 * 1000  # answer untagged follow-ups for 24 h after the last reply
 THREAD_MAX_ENTRIES = 5_000
+THREADS_PER_USER = 500  # threads one user may make the bot follow at once: 10% of the 5,000 cap
 EVENT_TTL_MS = 60 * 60 * 1000  # a done event_id is remembered 1 h (Slack retries within ~5 min)
 EVENT_MAX_ENTRIES = 50_000
 EVENT_LEASE_MS = 60 * 1000  # a claimed-but-unfinished event may be retaken after this
 ACK_BUDGET_S = 2.5  # Slack wants a 2xx within 3 s; we wait at most this long for the reply
+TRANSPORTS = ("http", "socket")  # Events API request URL, or Socket Mode (issue 19)
+SOCKET_PING_INTERVAL_S = 5.0  # slack-sdk's default; its pong watchdog reconnects after 4 misses
 
 
 @dataclass(frozen=True)
@@ -35,17 +38,26 @@ class SlackSettings:
     require_explicit_mention: bool = False
     thread_ttl_ms: int = THREAD_TTL_MS
     thread_max_entries: int = THREAD_MAX_ENTRIES
+    threads_per_user: int = THREADS_PER_USER
     event_ttl_ms: int = EVENT_TTL_MS
     event_max_entries: int = EVENT_MAX_ENTRIES
     event_lease_ms: int = EVENT_LEASE_MS
     ack_budget_s: float = ACK_BUDGET_S
+    transport: str = "http"  # `transport`, not `mode`: `mode` is the gateway's store/legacy key
+    app_token: str = ""  # app-level token (xapp-...), required for transport = "socket"
+    socket_ping_interval_s: float = SOCKET_PING_INTERVAL_S
 
     @classmethod
     def from_config(cls, table: Mapping[str, Any]) -> SlackSettings:
         """Check the adapter's table. Raises ValueError naming the key (the gateway exits 2)."""
         base = str(_get(table, "api_base_url", str, DEFAULT_API_BASE_URL))
+        transport = _get(table, "transport", str, "http")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"adapters.slack.transport: must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+        socket = transport == "socket"
         return cls(
-            signing_secret=_required(table, "signing_secret"),
+            # Socket Mode requests are not signed (the app-level token authenticates the link)
+            signing_secret=_get(table, "signing_secret", str, "unused") if socket else _required(table, "signing_secret"),
             bot_token=_required(table, "bot_token"),
             api_base_url=base if base.endswith("/") else base + "/",
             account_id=_get(table, "account_id", str, DEFAULT_ACCOUNT_ID),
@@ -54,10 +66,14 @@ class SlackSettings:
             require_explicit_mention=_get(table, "require_explicit_mention", bool, False),
             thread_ttl_ms=_get(table, "thread_ttl_ms", int, THREAD_TTL_MS),
             thread_max_entries=_get(table, "thread_max_entries", int, THREAD_MAX_ENTRIES),
+            threads_per_user=_get(table, "threads_per_user", int, THREADS_PER_USER),
             event_ttl_ms=_get(table, "event_ttl_ms", int, EVENT_TTL_MS),
             event_max_entries=_get(table, "event_max_entries", int, EVENT_MAX_ENTRIES),
             event_lease_ms=_get(table, "event_lease_ms", int, EVENT_LEASE_MS),
             ack_budget_s=_get(table, "ack_budget_s", float, ACK_BUDGET_S),
+            transport=transport,
+            app_token=_required(table, "app_token") if socket else "",
+            socket_ping_interval_s=_get(table, "socket_ping_interval_s", float, SOCKET_PING_INTERVAL_S),
         )
 
 

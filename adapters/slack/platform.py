@@ -7,6 +7,7 @@ only thing a test swaps is the far end (the simulator's URL). No state lives her
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -15,10 +16,19 @@ import aiohttp
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
+from chatstate.gateway import ingress
+
+SIGNATURE_HEADER = "X-Slack-Signature"
+TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
 RETRY_NUM_HEADER = "X-Slack-Retry-Num"
 RETRY_REASON_HEADER = "X-Slack-Retry-Reason"
 MESSAGE_EVENTS = ("app_mention", "message")  # the event types the bot may answer
 REPLY_METADATA_TYPE = "chatstate_reply"  # message metadata on each reply: which event it answers
+# Shapes of the ids that end up in state keys and Web API calls (issue 15): Slack's ids are short
+# uppercase words and its timestamps "<seconds>.<micro>"; anything else is a 400 before any
+# side effect, so a key can never pass the store's 512-byte limit after the reply is posted.
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TS_PATTERN = re.compile(r"[0-9]{1,12}\.[0-9]{1,8}")
 
 
 class RequestVerifier:
@@ -28,10 +38,18 @@ class RequestVerifier:
         self._verifier = SignatureVerifier(signing_secret)
 
     def is_valid(self, body: bytes, headers: Mapping[str, str]) -> bool:
-        """True only for a correctly signed, fresh request; never raises on junk headers."""
+        """True only for a correctly signed, fresh request; never raises on junk headers.
+
+        A signature or timestamp that is not short printable ASCII is wrong before it reaches
+        `hmac.compare_digest` (which raises TypeError for a non-ASCII str, issue 15).
+        """
+        signature = ingress.credential(headers, SIGNATURE_HEADER)
+        timestamp = ingress.credential(headers, TIMESTAMP_HEADER)
+        if signature is None or timestamp is None:
+            return False
         try:
-            return self._verifier.is_valid_request(body, headers)
-        except (ValueError, UnicodeDecodeError):  # a non-numeric timestamp, a non-UTF-8 body
+            return self._verifier.is_valid(body, timestamp, signature)
+        except (ValueError, TypeError, UnicodeDecodeError):  # a non-numeric timestamp, a non-UTF-8 body
             return False
 
 
@@ -66,7 +84,8 @@ def parse_message(envelope: Mapping[str, Any]) -> SlackMessage | None:
     """Return the user message in an `event_callback`, or None for anything the bot ignores.
 
     Ignored: other envelope or event types, message subtypes (edits, deletes, joins, bot
-    messages) and anything posted by a bot, which includes our own replies.
+    messages) and anything posted by a bot, which includes our own replies. Raises
+    ingress.BadInput (400) for an id or timestamp that is present but not Slack's shape.
     """
     event = envelope.get("event")
     if envelope.get("type") != "event_callback" or not isinstance(event, Mapping):
@@ -77,18 +96,28 @@ def parse_message(envelope: Mapping[str, Any]) -> SlackMessage | None:
     if not all(isinstance(f, str) and f for f in fields):
         return None
     team_id, event_id, channel, user, ts = cast("tuple[str, str, str, str, str]", fields)  # checked just above
+    thread_ts = event.get("thread_ts") or None
+    parent_user_id = event.get("parent_user_id") or None
+    for name, value, pattern in (
+        ("team_id", team_id, ID_PATTERN), ("event_id", event_id, ID_PATTERN), ("channel", channel, ID_PATTERN),
+        ("user", user, ID_PATTERN), ("ts", ts, TS_PATTERN), ("thread_ts", thread_ts, TS_PATTERN),
+        ("parent_user_id", parent_user_id, ID_PATTERN),
+    ):
+        if value is not None and not (isinstance(value, str) and pattern.fullmatch(value)):
+            raise ingress.BadInput(f"event field {name} is not a Slack id")
     text = event.get("text")
+    channel_type = event.get("channel_type")
     return SlackMessage(
         team_id=team_id,
         event_id=event_id,
         event_type=event["type"],
         channel=channel,
-        channel_type=event.get("channel_type"),
+        channel_type=channel_type if isinstance(channel_type, str) else None,
         user=user,
         text=text if isinstance(text, str) else "",
         ts=ts,
-        thread_ts=event.get("thread_ts") or None,
-        parent_user_id=event.get("parent_user_id") or None,
+        thread_ts=thread_ts,
+        parent_user_id=parent_user_id,
     )
 
 

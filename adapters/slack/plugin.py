@@ -21,7 +21,6 @@ and, finding it, records what the dead process could not and answers nothing.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import Sequence
 from enum import Enum
@@ -41,11 +40,23 @@ from chatstate.adapters.slack.platform import (
     parse_message,
 )
 from chatstate.adapters.slack.policy import MentionPolicy
+from chatstate.adapters.slack.socket_mode import SocketModeTransport
 from chatstate.adapters.slack.config import SlackSettings
-from chatstate.adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
+from chatstate.adapters.slack.state import (
+    EventLedger,
+    ThreadParticipation,
+    ThreadQuota,
+    ThreadRef,
+    events_spec,
+    starters_spec,
+    thread_spec,
+)
+from chatstate.gateway import ingress
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 EVENTS_PATH = "/slack/events"
+QUOTA_NOTE = ("(You have {limit} threads I am following, the most one person may have, so I won't "
+              "follow this one: mention me here to get an answer.)")
 STOP_TIMEOUT_S = 10.0  # how long stop() waits for replies still being written
 
 
@@ -80,9 +91,11 @@ class SlackPlugin(Plugin):
         self._api: SlackApi | None = None
         self._threads: ThreadParticipation | None = None
         self._events: EventLedger | None = None
+        self._quota: ThreadQuota | None = None
         self._states: list[AdapterState] = []
         self._inflight: dict[str, asyncio.Task[Outcome]] = {}
         self._runtime: PluginRuntime | None = None
+        self._socket: SocketModeTransport | None = None  # transport = "socket"
 
     def routes(self) -> Sequence[Route]:
         return (Route("POST", EVENTS_PATH, self.handle_events),)
@@ -101,21 +114,33 @@ class SlackPlugin(Plugin):
         self._policy = MentionPolicy(settings.require_mention, settings.require_explicit_mention)
         threads = AdapterState(thread_spec(settings), legacy=runtime.legacy)
         events = AdapterState(events_spec(settings), legacy=runtime.legacy)
-        for st in (threads, events):
+        starters = AdapterState(starters_spec(settings), legacy=runtime.legacy)
+        for st in (threads, events, starters):
             await st.open(runtime)
-        self._states = [threads, events]
+        self._states = [threads, events, starters]
         self._threads = ThreadParticipation(threads)
+        self._quota = ThreadQuota(starters, per_user=settings.threads_per_user, ttl_ms=settings.thread_ttl_ms)
         self._events = EventLedger(events, lease_ms=settings.event_lease_ms)
         self._api = SlackApi(token=settings.bot_token, base_url=settings.api_base_url)
         await self._api.open()
         try:
             self.bot = await self._api.auth_test()
+            if settings.transport == "socket":
+                self._socket = SocketModeTransport(
+                    app_token=settings.app_token, api_base_url=settings.api_base_url,
+                    handle=self.handle_envelope, log=runtime.log, ping_interval_s=settings.socket_ping_interval_s,
+                )
+                await self._socket.start()
         except BaseException:
+            if self._socket is not None:
+                await self._socket.stop()
             await self._api.close()
             raise
 
     async def stop(self) -> None:
         """Let replies in flight finish (their writes are what a restart relies on), then close."""
+        if self._socket is not None:
+            await self._socket.stop()  # no new envelopes; those in hand are acked first
         if self._inflight:
             await asyncio.wait(list(self._inflight.values()), timeout=STOP_TIMEOUT_S)
         if self._api is not None:
@@ -126,28 +151,47 @@ class SlackPlugin(Plugin):
     def health(self) -> dict[str, Any]:
         states = {st.spec.namespace: st.health() for st in self._states}
         degraded = any(h["mode"] == "degraded" for h in states.values())
-        return {"status": "degraded" if degraded else "ok", "in_flight": len(self._inflight), "state": states}
+        report = {"status": "degraded" if degraded else "ok", "in_flight": len(self._inflight), "state": states}
+        if self._socket is not None:
+            report["transport"] = self._socket.health()
+        return report
 
     # -- inbound --------------------------------------------------------------------------
     async def handle_events(self, request: web.Request) -> web.Response:
         """The Events API request URL. 401 for a bad signature, before any state is touched."""
-        assert self._verifier is not None, "start() first"
+        assert self._verifier is not None and self.settings is not None, "start() first"
+        if self.settings.transport != "http":
+            raise web.HTTPNotFound(text="this gateway takes Slack events over Socket Mode")
         body = await request.read()
         if not self._verifier.is_valid(body, request.headers):
             raise web.HTTPUnauthorized(text="invalid Slack signature")
         try:
-            envelope = json.loads(body)
-        except ValueError:
-            raise web.HTTPBadRequest(text="body is not JSON") from None
-        if not isinstance(envelope, dict):
-            raise web.HTTPBadRequest(text="body is not a JSON object")
-        if envelope.get("type") == "url_verification":
-            return web.json_response({"challenge": envelope.get("challenge")})
-        message = parse_message(envelope)
+            envelope = ingress.json_object(body)  # depth-limited; 400 for anything else
+            if envelope.get("type") == "url_verification":
+                return web.json_response({"challenge": envelope.get("challenge")})
+            message = parse_message(envelope)  # ids checked here, before any side effect
+        except ingress.BadInput as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
         if message is None:
             return web.Response(status=200)
         outcome = await self.accept(message, retried=RETRY_NUM_HEADER in request.headers)
         return self._answer(outcome)
+
+    async def handle_envelope(self, payload: dict[str, Any], retry_attempt: int) -> bool:
+        """A Socket Mode `events_api` envelope: the same path as the Events API route; True when
+        the envelope may be acknowledged (the HTTP route answers 2xx then, 503 otherwise).
+        An envelope whose ids are not Slack's shape (the HTTP route's 400) is acked and dropped:
+        redelivering it would not make it valid."""
+        try:
+            message = parse_message(payload)
+        except ingress.BadInput as exc:
+            assert self._runtime is not None
+            self._runtime.log.warning("slack_envelope_refused", extra={"error": str(exc)})
+            return True
+        if message is None:
+            return True
+        outcome = await self.accept(message, retried=retry_attempt > 0)
+        return outcome not in (Outcome.LEASED, Outcome.FAILED)
 
     async def accept(self, message: SlackMessage, *, retried: bool = False) -> Outcome | None:
         """Start (or join) the work on `message`; return its outcome, or None if it is still
@@ -198,7 +242,7 @@ class SlackPlugin(Plugin):
         found = await self._api.answered(
             channel=thread.channel_id, thread_ts=thread.thread_ts, after_ts=message.ts, event_id=message.event_id
         )
-        if found:
+        if found and await self._may_follow(thread, message.user):
             await self._threads.record_participation(thread, agent_id=self.settings.agent_id)
         return found
 
@@ -211,7 +255,8 @@ class SlackPlugin(Plugin):
             participated = await self._threads.replied_in(thread) is not None
         answer, _reason = self._policy.decide(message, self.bot.user_id, participated=participated)
         if answer:
-            await self.reply(thread, compose_reply(message, self.bot.user_id), event_id=message.event_id)
+            await self.reply(thread, compose_reply(message, self.bot.user_id), event_id=message.event_id,
+                             requester=message.user)
         return answer
 
     # -- outbound: the one send path ------------------------------------------------------
@@ -220,17 +265,38 @@ class SlackPlugin(Plugin):
         assert self.settings is not None
         return ThreadRef(message.team_id, self.settings.account_id, message.channel, message.thread_root)
 
-    async def reply(self, thread: ThreadRef, text: str, *, event_id: str) -> str:
+    async def reply(self, thread: ThreadRef, text: str, *, event_id: str, requester: str | None = None) -> str:
         """Post `text` in `thread`, answering `event_id`, and record participation; returns
         the posted message's ts.
 
         Every message the bot sends goes through here, so no send path can forget to record
-        (a bug the reference system had). Returns only after the row is durable. Raises
-        SlackApiError / aiohttp.ClientError when the post fails (nothing is recorded then).
+        (a bug the reference system had). Returns only after the row is durable. A thread new
+        to the bot counts against `requester`'s quota (`threads_per_user`); past it the bot
+        still answers, says it will not follow the thread, and records nothing (issue 15).
+        Raises SlackApiError / aiohttp.ClientError when the post fails (nothing is recorded then).
         """
         assert self._api is not None and self._threads is not None and self.settings is not None
+        follow = requester is None or await self._may_follow(thread, requester)
+        if not follow:
+            text = f"{text}\n{QUOTA_NOTE.format(limit=self.settings.threads_per_user)}"
         ts = await self._api.post_message(
             channel=thread.channel_id, text=text, thread_ts=thread.thread_ts, event_id=event_id
         )
-        await self._threads.record_participation(thread, agent_id=self.settings.agent_id)
+        if follow:
+            await self._threads.record_participation(thread, agent_id=self.settings.agent_id)
         return ts
+
+    async def _may_follow(self, thread: ThreadRef, requester: str) -> bool:
+        """True if `requester` is under their quota (one read, one write for a thread new to
+        them), or the bot already follows `thread`, or the quota's store is failing."""
+        assert self._threads is not None and self._quota is not None
+        if any(st.last_error for st in self._states):
+            return True  # the store is failing (the claim just found out): fail open, add no slow calls
+        admitted = await self._quota.admit(thread, user_id=requester)
+        if admitted is not False:
+            return True
+        if await self._threads.replied_in(thread) is not None:
+            return True  # at the quota, but the bot already follows this thread: keep following
+        if self._runtime is not None:
+            self._runtime.log.info("thread_quota_refused", extra={"per_user": self._quota.per_user})
+        return False

@@ -4,6 +4,7 @@
 |-----------------------------|-------------------------------------------------|-------------------------|--------------|
 | `slack.thread-participation`| `{team_id}:{account_id}:{channel_id}:{thread_ts}` | `{agent_id, replied_at}`| 24 h / 5,000 |
 | `slack.events`              | `{team_id}:{event_id}`                          | `{received_at[, done_at]}` | 1 h / 50,000 (lease while processing) |
+| `slack.thread-starters`     | `{team_id}:{user_id}`                           | `{threads: {hash: expires_at}}` | 24 h / 2,000 (fairness quota) |
 
 Both go through `adapters.common.AdapterState`, which is also the legacy in-memory twin
 (`legacy=True`: the same TTL and cap, memory only), so this module is the whole migration.
@@ -11,12 +12,16 @@ Both go through `adapters.common.AdapterState`, which is also the legacy in-memo
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 from chatstate.adapters.common import AdapterState, Clock, StateSpec, now_ms
 from chatstate.adapters.slack.config import SlackSettings
 
+STARTERS_NAMESPACE = "slack.thread-starters"
+STARTERS_MAX_ENTRIES = 2_000  # users counted; evicting one only forgets what they started
 THREADS_NAMESPACE = "slack.thread-participation"
 EVENTS_NAMESPACE = "slack.events"
 
@@ -100,3 +105,47 @@ def thread_spec(settings: SlackSettings) -> StateSpec:
 
 def events_spec(settings: SlackSettings) -> StateSpec:
     return StateSpec(EVENTS_NAMESPACE, settings.event_ttl_ms, settings.event_max_entries)
+
+
+class ThreadQuota:
+    """Threads each user made the bot reply in (`slack.thread-starters`): at most `per_user` per
+    user within the thread TTL, so one user's mention spam can never push the participation
+    namespace past its cap and evict other users' threads (issue 15).
+
+    A thread counts once against each user whose message made the bot reply in it, from the
+    first such reply, for the thread TTL (a retry of the same event counts nothing new). A user
+    at the quota still gets answers in threads the bot already follows. Counted under a
+    per-process lock (two gateways racing on one user may admit one thread each over it).
+    """
+
+    def __init__(self, state: AdapterState, *, per_user: int, ttl_ms: int, clock: Clock = now_ms) -> None:
+        self.state = state
+        self.per_user = per_user
+        self.ttl_ms = ttl_ms
+        self._clock = clock
+        self._locks = [asyncio.Lock() for _ in range(64)]  # striped by user: bounded memory
+
+    async def admit(self, thread: ThreadRef, *, user_id: str) -> bool | None:
+        """Count `thread` for `user_id` (durable on return): True when counted (or already
+        counted), False when they are at the quota, None when the quota cannot be read (the
+        store is failing: fail open, an outage is not the time to refuse answers)."""
+        key = f"{thread.team_id}:{user_id}"
+        tag = hashlib.sha256(thread.key.encode()).hexdigest()[:16]
+        async with self._locks[hash(key) % len(self._locks)]:
+            now = self._clock()
+            value = await self.state.get(key)
+            if self.state.last_error is not None:
+                return None
+            threads = value.get("threads") if isinstance(value, dict) else None
+            live = {t: e for t, e in (threads or {}).items() if isinstance(e, int) and e > now}
+            if tag in live:
+                return True
+            if len(live) >= self.per_user:
+                return False
+            live[tag] = now + self.ttl_ms
+            await self.state.record(key, {"threads": live}, ttl_ms=self.ttl_ms)
+            return True
+
+
+def starters_spec(settings: SlackSettings) -> StateSpec:
+    return StateSpec(STARTERS_NAMESPACE, settings.thread_ttl_ms, STARTERS_MAX_ENTRIES)

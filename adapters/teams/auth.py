@@ -18,20 +18,27 @@ in the config, no static token.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import jwt
 from botbuilder.schema import CallerIdConstants
 from botframework.connector.auth import (
     AppCredentials,
     AuthenticationConfiguration,
+    AuthenticationConstants,
     BotFrameworkAuthentication,
     BotFrameworkAuthenticationFactory,
     PasswordServiceClientCredentialFactory,
     ServiceClientCredentialsFactory,
 )
 
+from chatstate.adapters.teams.keys import FetchSettings, SigningKeys, install
+
 BOT_FRAMEWORK_SCOPE = "https://api.botframework.com"  # the audience of tokens the bot presents
+CLOCK_SKEW_S = 300  # leeway on exp/nbf, the library's own (5 min)
+MAX_TOKEN_CHARS = 8192  # a bearer token longer than this is refused unread
 
 
 class StaticTokenCredentials(AppCredentials):
@@ -94,6 +101,60 @@ def build_authentication(config: Mapping[str, Any]) -> BotFrameworkAuthenticatio
         credential_factory=StaticTokenCredentialFactory(app_id, token),
         auth_configuration=AuthenticationConfiguration(),
     )
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    """Authenticate the bearer token alone, before the body is read or parsed (issue 15).
+
+    Checks what needs no Activity: RS256 signature by a key of the channel's key set, `iss`,
+    `aud` = our app id, `exp`/`nbf`. botframework-connector then repeats its full validation
+    with the parsed Activity (endorsement for its channel, `serviceurl` claim = its
+    serviceUrl), reading the same cached keys.
+    """
+
+    keys: SigningKeys
+    issuer: str
+    app_id: str
+
+    async def verify(self, auth_header: str | None) -> dict[str, Any]:
+        """Return the token's claims. Raises PermissionError or jwt.PyJWTError for a missing or
+        bad token (401) and keys.KeysUnavailable when no key set can be had (503)."""
+        scheme, _, token = (auth_header or "").partition(" ")
+        if scheme != "Bearer" or not token or len(token) > MAX_TOKEN_CHARS or not token.isascii():
+            raise PermissionError("missing or malformed bearer token")
+        header = jwt.get_unverified_header(token)
+        if header.get("alg") != "RS256":
+            raise PermissionError("token is not RS256")
+        kid = header.get("kid")
+        key = await self.keys.get(kid if isinstance(kid, str) else None)
+        claims: dict[str, Any] = jwt.decode(
+            token, key.public_key, algorithms=["RS256"], audience=self.app_id, issuer=self.issuer,
+            leeway=CLOCK_SKEW_S, options={"require": ["exp", "iss", "aud"]},
+        )
+        return claims
+
+
+def build_token_check(config: Mapping[str, Any]) -> tuple[TokenCheck, list[SigningKeys]]:
+    """The pre-parse token check for `[adapters.teams]`, and every key set botframework-connector
+    may read, installed into its metadata cache (so it never fetches with `requests`).
+
+    Raises ValueError naming a bad key.
+    """
+    app_id = _required(config, "app_id")
+    settings = FetchSettings.from_config(config)
+    metadata_url = config.get("openid_metadata_url")
+    if metadata_url is None:  # Azure: the channel's keys; emulator tokens are refused up front
+        channel = SigningKeys(AuthenticationConstants.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL, settings)
+        key_sets = [channel, SigningKeys(AuthenticationConstants.TO_BOT_FROM_EMULATOR_OPENID_METADATA_URL, settings)]
+        issuer = AuthenticationConstants.TO_BOT_FROM_CHANNEL_TOKEN_ISSUER
+    else:
+        channel = SigningKeys(str(metadata_url), settings)
+        key_sets = [channel]
+        issuer = _required(config, "token_issuer")
+    for keys in key_sets:
+        install(keys)
+    return TokenCheck(channel, issuer, app_id), key_sets
 
 
 def _required(config: Mapping[str, Any], key: str) -> str:

@@ -8,19 +8,26 @@ botframework-connector's `ConnectorClient`, so the simulator receives exactly wh
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
+from typing import TypeVar
 
 from aiohttp import web
 from botbuilder.core import Bot, CloudAdapterBase, TurnContext
 from botbuilder.schema import Activity, ResourceResponse
 from botframework.connector.auth import AuthenticateRequestResult, BotFrameworkAuthentication
 from msrest.exceptions import ClientRequestError, DeserializationError, HttpOperationError
-from requests import RequestException
 
+from chatstate.adapters.common import RequesterQuota, now_ms
+from chatstate.adapters.teams.auth import MAX_TOKEN_CHARS, TokenCheck
+from chatstate.adapters.teams.keys import KeysUnavailable
+from chatstate.gateway import ingress
+from chatstate.gateway.ingress import short_id
+
+_T = TypeVar("_T")
+QUOTA_NOTE = ("(You have had many answers from me recently, so a reply to this message will need "
+              "an @mention to reach me.)")
 OnSent = Callable[[str, Sequence[str | None]], Awaitable[None]]
 
 
@@ -36,19 +43,40 @@ class TeamsCloudAdapter(CloudAdapterBase):
     def __init__(
         self, auth: BotFrameworkAuthentication, *, on_sent: OnSent,
         log: logging.LoggerAdapter[logging.Logger] | logging.Logger | None = None,
+        quota: RequesterQuota | None = None,
     ) -> None:
         super().__init__(auth)
         self._on_sent = on_sent
         self._log = log or logging.getLogger("chatstate.adapters.teams")
+        self._quota = quota  # sent rows per requester; None = unlimited
 
     async def send_activities(
         self, context: TurnContext, activities: list[Activity]
     ) -> list[ResourceResponse]:
-        responses = await super().send_activities(context, activities)
-        for activity, response in zip(activities, responses, strict=True):
-            if activity.conversation is not None and response is not None:
+        requester = _requester(context)
+        recorded = [await self._admit(requester) for _ in activities]
+        for activity, admitted in zip(activities, recorded, strict=True):
+            if not admitted and activity.type == "message":  # visible: replies will need a mention
+                activity.text = f"{activity.text or ''}\n{QUOTA_NOTE}"
+        try:
+            responses = await super().send_activities(context, activities)
+        except BaseException:
+            if requester is not None and self._quota is not None:
+                for _ in filter(None, recorded):
+                    await self._quota.release(requester, now_ms=now_ms())
+            raise
+        for activity, response, admitted in zip(activities, responses, recorded, strict=True):
+            if admitted and activity.conversation is not None and response is not None:
                 await self._on_sent(activity.conversation.id, [response.id])
         return responses
+
+    async def _admit(self, requester: str | None) -> bool:
+        if self._quota is None or requester is None:
+            return True
+        if await self._quota.admit(requester, now_ms=now_ms()) is None:
+            return True
+        self._log.info("sent_quota_refused", extra={"per_user": self._quota.per_user})
+        return False
 
     async def update_activity(self, context: TurnContext, activity: Activity) -> ResourceResponse | None:
         response = await super().update_activity(context, activity)
@@ -59,31 +87,25 @@ class TeamsCloudAdapter(CloudAdapterBase):
     async def authenticate(self, activity: Activity, auth_header: str | None) -> AuthenticateRequestResult:
         """Validate the bearer token of an incoming activity (see adapters.teams.auth).
 
-        Runs on a worker thread with its own loop: botframework-connector fetches the OpenID
-        metadata and JWKS with blocking `requests` inside its coroutines (once a day per URL),
-        which must not stall the gateway's loop. Raises PermissionError and PyJWT errors for a
-        bad token, `requests.RequestException` when the metadata cannot be fetched.
+        On the loop: the library reads its signing keys from adapters.teams.keys (installed in
+        its metadata cache), a coroutine with timeouts, so nothing here blocks; the worker
+        thread and second event loop this used to need (~300 µs a request) are gone.
+        Raises PermissionError and PyJWT errors for a bad token, KeysUnavailable when no
+        signing keys can be had.
         """
-        return await asyncio.to_thread(
-            asyncio.run, self.bot_framework_authentication.authenticate_request(activity, auth_header)
-        )
+        return await self.bot_framework_authentication.authenticate_request(activity, auth_header)
 
-    async def handle(self, request: web.Request, bot: Bot) -> web.Response:
-        """Serve `POST /api/messages`: 401 before anything else when the token is missing or
-        bad, 400 for a body that is not an Activity, 502 when the Bot Connector refused a send.
-        Answers only after the turn, and so every recording, is done."""
-        auth_header = request.headers.get("Authorization")
+    async def handle(self, request: web.Request, bot: Bot, *, check: TokenCheck) -> web.Response:
+        """Serve `POST /api/messages`: 401 before the body is even read when the token is
+        missing or bad, 400 for a body that is not an Activity, 503 when no signing keys can be
+        fetched, 502 when the Bot Connector refused a send. Answers only after the turn, and
+        so every recording, is done."""
+        auth_header = ingress.credential(request.headers, "Authorization", max_chars=MAX_TOKEN_CHARS + 7)
         if not auth_header:
             raise web.HTTPUnauthorized(text="missing bearer token")
+        await self._guarded(check.verify(auth_header))  # authentication before parsing
         activity = _parse(await request.read())
-        try:
-            authenticated = await self.authenticate(activity, auth_header)
-        except RequestException as exc:
-            self._log.error("auth_metadata_unavailable", extra={"error": type(exc).__name__})
-            raise web.HTTPServiceUnavailable(text="cannot fetch the token signing keys") from None
-        except Exception as exc:  # noqa: BLE001 - the library signals a bad token with many types
-            self._log.warning("auth_rejected", extra={"error": type(exc).__name__})  # never the token
-            raise web.HTTPUnauthorized(text="invalid bearer token") from None
+        authenticated = await self._guarded(self.authenticate(activity, auth_header))
         try:
             invoke = await self.process_activity(authenticated, activity, bot.on_turn)
         except (HttpOperationError, ClientRequestError) as exc:
@@ -93,19 +115,86 @@ class TeamsCloudAdapter(CloudAdapterBase):
             return web.Response(status=HTTPStatus.OK)
         return web.json_response(invoke.body, status=invoke.status)
 
+    async def _guarded(self, auth: Awaitable[_T]) -> _T:
+        """Await a token check: 503 when no keys can be had, 401 for any other failure."""
+        try:
+            return await auth
+        except KeysUnavailable:
+            self._log.error("auth_metadata_unavailable", extra={"error": "KeysUnavailable"})
+            raise web.HTTPServiceUnavailable(text="cannot fetch the token signing keys") from None
+        except Exception as exc:  # noqa: BLE001 - the library signals a bad token with many types
+            self._log.warning("auth_rejected", extra={"error": type(exc).__name__})  # never the token
+            raise web.HTTPUnauthorized(text="invalid bearer token") from None
+
+
+def _requester(context: TurnContext) -> str | None:
+    """The user whose activity this turn answers (None for a proactive send)."""
+    sender = context.activity.from_property if context.activity is not None else None
+    return short_id(sender.id, limit=200) if sender is not None and isinstance(sender.id, str) and sender.id else None
+
 
 def _parse(body: bytes) -> Activity:
     """Deserialize a Bot Framework Activity; raises HTTPBadRequest for anything else."""
     try:
-        data = json.loads(body)
-    except ValueError:
-        raise web.HTTPBadRequest(text="body is not JSON") from None
+        data = ingress.loads(body)  # depth-limited
+    except ingress.BadInput as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise web.HTTPBadRequest(text="body is not an Activity")
+    _check_shape(data)
+    _check_entities(data.get("entities"))
     try:
         activity = Activity().deserialize(data)
-    except DeserializationError:  # a ValueError; msrest names the field, never echoes values
+    except (DeserializationError, ValueError, TypeError, AttributeError):  # msrest names the field, never echoes values
         raise web.HTTPBadRequest(text="body is not a valid Activity") from None
     if not activity.service_url or activity.conversation is None:
         raise web.HTTPBadRequest(text="an Activity needs serviceUrl and conversation")
     return activity
+
+
+def _check_entities(entities: object) -> None:
+    """Refuse entities botbuilder's mention helpers would crash on (issue 15: `entities: [{}]`,
+    a mention whose `text` is null). Each entity is an object with a string `type`; a mention
+    also has a string `text` and `mentioned: {id, name}` of strings, as Teams always sends."""
+    if entities is None:
+        return
+    if not isinstance(entities, list):
+        raise web.HTTPBadRequest(text="entities must be a list")
+    for entity in entities:
+        if not isinstance(entity, dict) or not isinstance(entity.get("type"), str):
+            raise web.HTTPBadRequest(text="each entity needs a string type")
+        if entity["type"].lower() != "mention":
+            continue
+        mentioned = entity.get("mentioned")
+        if not (isinstance(entity.get("text"), str) and isinstance(mentioned, dict)
+                and isinstance(mentioned.get("id"), str) and isinstance(mentioned.get("name"), str)):
+            raise web.HTTPBadRequest(text="a mention entity needs text and mentioned {id, name}")
+
+
+_OPTIONAL_TEXT = ("id", "replyToId", "text", "channelId", "locale", "textFormat")
+
+
+def _check_shape(data: dict[str, object]) -> None:
+    """Refuse fields of the wrong type before msrest coerces them into something botbuilder then
+    fails on (a numeric conversation id, a list as replyToId; issue 15's signed fuzz)."""
+    service_url = data.get("serviceUrl")
+    if not isinstance(service_url, str) or not service_url.startswith(("http://", "https://")) or len(service_url) > 2048:
+        raise web.HTTPBadRequest(text="serviceUrl must be an http(s) URL")
+    for name in _OPTIONAL_TEXT:
+        if data.get(name) is not None and not isinstance(data.get(name), str):
+            raise web.HTTPBadRequest(text=f"{name} must be a string")
+    for name, required in (("conversation", True), ("from", False), ("recipient", False)):
+        account = data.get(name)
+        if account is None and not required:
+            continue
+        if not isinstance(account, dict) or not _is_id(account.get("id")):
+            raise web.HTTPBadRequest(text=f"{name}.id must be a non-empty string without '/', '?' or '#'")
+        if account.get("name") is not None and not isinstance(account.get("name"), str):
+            raise web.HTTPBadRequest(text=f"{name}.name must be a string")
+
+
+def _is_id(value: object) -> bool:
+    # Bot Framework ids hold ':', '@', ';', '=' but never URL path or query separators; they are
+    # put into the Bot Connector's URL paths.
+    return isinstance(value, str) and 0 < len(value) <= 1024 and not any(c in value for c in "/?#") \
+        and value.isprintable()

@@ -13,12 +13,13 @@ from typing import Any
 
 from aiohttp import web
 
-from chatstate.adapters.common import AdapterState
-from chatstate.adapters.teams.auth import build_authentication
+from chatstate.adapters.common import AdapterState, RequesterQuota
+from chatstate.adapters.teams.auth import TokenCheck, build_authentication, build_token_check
 from chatstate.adapters.teams.bot import TeamsBot
 from chatstate.adapters.teams.connector import TeamsCloudAdapter
+from chatstate.adapters.teams.keys import SigningKeys
 from chatstate.adapters.teams.sent import SentMessages
-from chatstate.adapters.teams.state import open_sent_messages
+from chatstate.adapters.teams.state import open_requester_quota, open_sent_messages
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 MESSAGES_PATH = "/api/messages"  # the Bot Framework messaging endpoint
@@ -34,6 +35,9 @@ class TeamsPlugin(Plugin):
         self._state: AdapterState | None = None
         self._adapter: TeamsCloudAdapter | None = None
         self._bot: TeamsBot | None = None
+        self._check: TokenCheck | None = None
+        self._key_sets: list[SigningKeys] = []
+        self._quota: RequesterQuota | None = None
 
     def routes(self) -> Sequence[Route]:
         return (Route("POST", MESSAGES_PATH, self._messages),)
@@ -45,20 +49,33 @@ class TeamsPlugin(Plugin):
         the store (both stop the gateway from starting).
         """
         auth = build_authentication(runtime.config)
+        self._check, self._key_sets = build_token_check(runtime.config)
         state = open_sent_messages(runtime.config, legacy=runtime.legacy)
         await state.open(runtime)
+        quota = open_requester_quota(runtime.config, legacy=runtime.legacy)
+        await quota.state.open(runtime)
         sent = SentMessages(state)
         self._state = state
-        self._adapter = TeamsCloudAdapter(auth, on_sent=sent.record, log=runtime.log)
+        self._quota = quota
+        self._adapter = TeamsCloudAdapter(auth, on_sent=sent.record, log=runtime.log, quota=quota)
         self._bot = TeamsBot(sent, log=runtime.log)
+
+    async def stop(self) -> None:
+        """Cancel a signing-key fetch still running (it holds no thread: nothing to wait for)."""
+        for keys in self._key_sets:
+            await keys.close()
 
     def health(self) -> dict[str, Any]:
         if self._state is None:
             return {"status": "stopped"}
         detail = self._state.health()
-        return {"status": "degraded" if detail["mode"] == "degraded" else "ok", **detail}
+        # An unreachable metadata host is the far end's fault, not ours: reported, not degraded.
+        signing = self._check.keys.health() if self._check is not None else None
+        quota = self._quota.state.health() if self._quota is not None else None
+        degraded = detail["mode"] == "degraded" or (quota is not None and quota["mode"] == "degraded")
+        return {"status": "degraded" if degraded else "ok", **detail, "signing_keys": signing, "quota": quota}
 
     async def _messages(self, request: web.Request) -> web.Response:
-        if self._adapter is None or self._bot is None:
+        if self._adapter is None or self._bot is None or self._check is None:
             raise web.HTTPServiceUnavailable(text="teams adapter is not started")
-        return await self._adapter.handle(request, self._bot)
+        return await self._adapter.handle(request, self._bot, check=self._check)

@@ -13,12 +13,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from chatstate.adapters.common import AdapterState, StateSpec
+from chatstate.adapters.common import AdapterState, RequesterQuota, StateSpec
+from chatstate.gateway.ingress import short_id
 
 NAMESPACE = "msteams.sent-messages"
 SENT_TTL_MS = 24 * 60 * 60 * 1000  # 24 h: a reply to an older bot message needs a mention again
 SENT_MAX_ENTRIES = 1_000  # the reference system's cap; the oldest send is forgotten first
+ID_HASH_CHARS = 200  # a conversation or activity id longer than this is keyed by its SHA-256
 THREAD_MARKER = ";messageid="  # Teams channel thread: "<channel conversation id>;messageid=<root>"
+
+SENT_PER_USER = 100  # fairness quota: live sent rows made in answer to one user (10% of the cap)
+REQUESTERS_NAMESPACE = "msteams.sent-requesters"  # the quota's counts, key = the user's id
+REQUESTERS_MAX_ENTRIES = 5_000  # users counted; evicting one only forgets their count
 
 SENT_MESSAGES = StateSpec(NAMESPACE, ttl_ms=SENT_TTL_MS, max_entries=SENT_MAX_ENTRIES)
 
@@ -38,6 +44,15 @@ def open_sent_messages(config: Mapping[str, Any], *, legacy: bool) -> AdapterSta
     return AdapterState(spec_from_config(config), legacy=legacy)
 
 
+def open_requester_quota(config: Mapping[str, Any], *, legacy: bool) -> RequesterQuota:
+    """How many live sent rows one user's messages may cause (`sent_per_user`, default 100), so
+    one user's mention spam cannot evict the rows other users' replies rely on (issue 15)."""
+    spec = spec_from_config(config)
+    ttl = spec.ttl_ms or SENT_TTL_MS
+    state = AdapterState(StateSpec(REQUESTERS_NAMESPACE, ttl_ms=ttl, max_entries=REQUESTERS_MAX_ENTRIES), legacy=legacy)
+    return RequesterQuota(state, per_user=_positive_int(config, "sent_per_user", SENT_PER_USER), ttl_ms=ttl)
+
+
 def sent_key(conversation_id: str, activity_id: str) -> str:
     """`{conversation_id}:{activity_id}`, with the conversation id of the channel, not the thread.
 
@@ -45,7 +60,10 @@ def sent_key(conversation_id: str, activity_id: str) -> str:
     channel and a reply to it arrives on the thread. Keying both by the channel id keeps the
     reference system's bug (state under a child id) out.
     """
-    return f"{conversation_id.split(THREAD_MARKER, 1)[0]}:{activity_id}"
+    channel = conversation_id.split(THREAD_MARKER, 1)[0]
+    # Ids past ID_HASH_CHARS are hashed (issue 15): any length the far end sends stays a valid
+    # key, and the same id always maps to the same key. Real ids are far shorter.
+    return f"{short_id(channel, limit=ID_HASH_CHARS)}:{short_id(activity_id, limit=ID_HASH_CHARS)}"
 
 
 def sent_value(sent_at_ms: int) -> dict[str, int]:

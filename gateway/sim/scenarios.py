@@ -10,14 +10,18 @@ Matrix gets a barrier request behind the reaction) instead of waiting for a sile
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from chatstate.gateway.sim.base import SimulatorServer
+from chatstate.gateway.sim.discord import ALICE as ALICE_DISCORD
 from chatstate.gateway.sim.discord import DiscordSimulator
+from chatstate.gateway.sim.discord_gateway import DiscordGatewaySimulator
 from chatstate.gateway.sim.matrix import SERVER_NAME, MatrixHomeserver
 from chatstate.gateway.sim.slack import SlackSimulator
+from chatstate.gateway.sim.slack_socket import SlackSocketSimulator
 from chatstate.gateway.sim.teams import TeamsSimulator
 
 APPROVAL_FIELD = "org.chatstate.approval"  # the Matrix adapter's marker on prompts/outcomes
@@ -40,6 +44,8 @@ class Scenario:
     first_half: Callable[[Any], Awaitable[Any]]
     second_half: Callable[[Any, Any], Awaitable[list[Outcome]]]
     adapter_config: dict[str, Any]
+    # runs while the gateway is down (between the stop and the start); takes and returns the context
+    while_down: Callable[[Any, Any], Awaitable[Any]] | None = None
 
 
 # -- Slack: an untagged follow-up in a thread the bot replied in ----------------------------------
@@ -148,3 +154,39 @@ SCENARIOS: dict[str, Scenario] = {
     "teams": Scenario("teams", TeamsSimulator, teams_first, teams_second, {}),
     "matrix": Scenario("matrix", MatrixHomeserver, matrix_first, matrix_second, {}),
 }
+
+# Issue 19: the same Slack and Discord conversations over the websocket transports. The Socket
+# Mode simulator's `deliver` returns once the envelope is acked (after the reply, within 3 s) and
+# the Gateway simulator's returns the interaction callback, so the halves above run unchanged.
+# Discord adds what only the Gateway has: a click dispatched while the gateway is down, which a
+# RESUME receives and a fresh IDENTIFY never sees.
+DEMO_CALLBACK_WINDOW_S = 10.0  # Discord's is 3 s; widened so a slow CI restart does not decide the row
+
+
+async def discord_gateway_while_down(sim: DiscordGatewaySimulator, ctx: tuple[dict[str, Any], dict[str, Any]]) -> Any:
+    message, modal = ctx
+    pending = await sim.dispatch_interaction(sim.click_payload(message, "Refresh", user_id=ALICE_DISCORD))
+    return message, modal, pending
+
+
+async def discord_gateway_second(sim: DiscordGatewaySimulator, ctx: Any) -> list[Outcome]:
+    message, modal, pending = ctx
+    outcomes = await discord_second(sim, (message, modal))
+    reply = None
+    if sim.recorded("gateway_resume"):  # after a fresh IDENTIFY the old session's dispatch is gone
+        reply = await asyncio.wait_for(asyncio.shield(pending.answered), 15.0)
+    if reply is not None and reply.status == 200 and "refreshed by" in reply.content:
+        resumed, detail = True, f"RESUMEd, answered {reply.content!r}"
+    else:
+        resumed, detail = False, "IDENTIFYed afresh: the dispatch never came"
+    return [Outcome("discord", "click dispatched while the gateway was down", resumed, detail), *outcomes]
+
+
+WEBSOCKET_SCENARIOS: dict[str, Scenario] = {
+    "slack": replace(SCENARIOS["slack"], make_simulator=SlackSocketSimulator),
+    "discord": replace(
+        SCENARIOS["discord"], make_simulator=lambda: DiscordGatewaySimulator(callback_window_s=DEMO_CALLBACK_WINDOW_S),
+        while_down=discord_gateway_while_down, second_half=discord_gateway_second,
+    ),
+}
+TRANSPORT_LABELS = {"slack": "slack (socket mode)", "discord": "discord (gateway)"}

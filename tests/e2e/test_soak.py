@@ -54,7 +54,10 @@ async def test_restarts_under_steady_traffic_lose_nothing_and_never_double_reply
     slack.extra_config["event_lease_ms"] = 1_000  # a crash mid-event is retried within a second
     acked: dict[str, str] = {}
     stop = asyncio.Event()
-    async with GatewayHarness(sims, modes="store", state_dir=tmp_path / "state") as gw:
+    # One simulated user drives every scenario RESTARTS times within minutes: lift the per-user
+    # fairness quotas (docs/gateway.md, "Fairness quotas") above what this one user needs.
+    quotas = {"discord": {"panels_per_user": RESTARTS + 1}, "teams": {"sent_per_user": 2 * RESTARTS + 1}}
+    async with GatewayHarness(sims, modes="store", state_dir=tmp_path / "state", adapters=quotas) as gw:
         traffic = asyncio.create_task(slack_traffic(slack, stop, acked))
         try:
             for i in range(RESTARTS):

@@ -1,0 +1,331 @@
+"""A Discord Gateway client on aiohttp websockets, with its session persisted for RESUME.
+
+Why not discord.py's own `DiscordWebSocket`: it is built from a logged-in `Client` (its
+`ConnectionState`, parsers and `HTTPClient`), and that client finds the gateway and answers
+interactions through `discord.http.Route.BASE`, a class variable shared by every discord.py user
+in the process; pointing one bot at a local URL would repoint them all (see `platform.py`).
+So the link is ours, about 300 lines, and the protocol's names come from discord.py: opcodes
+are `DiscordWebSocket`'s class constants, payloads are typed with `discord.types.gateway`,
+intents are `discord.Intents`.
+
+The protocol (https://discord.com/developers/docs/events/gateway): HELLO gives the heartbeat
+interval; the first heartbeat goes after `interval * random()`, then one per interval carrying
+the last sequence number; a heartbeat whose ACK has not come by the next one means a zombied
+link: close (code 4000, keeping the session) and RESUME. IDENTIFY gets READY (session_id,
+resume_gateway_url); RESUME gets the missed dispatches, then RESUMED. RECONNECT (op 7) and
+INVALID_SESSION with d=true: reconnect and RESUME. INVALID_SESSION with d=false (or close 4007 /
+4009): the session is gone, so wait 1-5 s and IDENTIFY afresh, saying so in the log and health.
+
+Exactly-once: INTERACTION_CREATE is claimed by interaction id in the store before the bot
+answers (so a replay is answered once), answered through the HTTP interaction callback with
+the same `DiscordBot.answer` the HTTP route uses, and only then counted into the persisted
+sequence number (the highest one whose dispatch, and every earlier one, is done). SIGTERM
+finishes the interactions in hand, saves, and closes with 4000 so the session stays resumable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import aiohttp
+import discord  # before discord.gateway: discord's own modules import in this order
+from discord.gateway import DiscordWebSocket as Op  # the opcode constants, nothing else
+
+from chatstate.adapters.discord.gateway_state import GatewayState, SavedSession
+
+if TYPE_CHECKING:
+    from discord.types.gateway import GatewayBot, ReadyEvent
+
+Answer = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]  # interaction payload -> response
+API_VERSION = 10
+FATAL_CLOSE_CODES = (4004, 4010, 4011, 4012, 4013, 4014)  # bad token, shard or intents: stop
+SESSION_GONE_CLOSE_CODES = (4007, 4009)  # invalid seq, session timed out: IDENTIFY afresh
+KEEP_SESSION_CLOSE = 4000  # any code but 1000/1001 keeps the session resumable
+START_TIMEOUT_S = 30.0  # start() waits this long for READY / RESUMED (or standby)
+STOP_TIMEOUT_S = 10.0  # stop() lets interactions in hand finish for this long
+MAX_BACKOFF_S = 10.0
+
+
+class GatewayFailed(RuntimeError):
+    """Discord refused the link for good (bad token, shard or intents)."""
+
+
+class GatewayClient:
+    """One shard's link. `start` returns once it is READY/RESUMED, or standing by for the shard
+    lease another gateway holds; `stop` hands the session over intact."""
+
+    def __init__(
+        self, *, api_base: str, bot_token: str, state: GatewayState, answer: Answer,
+        log: logging.LoggerAdapter[logging.Logger], intents: int = 0, shard: tuple[int, int] = (0, 1),
+        reidentify_delay_s: float = 5.0, lease_ms: int = 15_000,
+    ) -> None:
+        self._api_base = api_base.rstrip("/")
+        self._token = bot_token
+        self._state = state
+        self._answer = answer
+        self._log = log
+        self._intents = discord.Intents.none().value | intents  # 0: INTERACTION_CREATE needs none
+        self._shard = shard
+        self._reidentify_delay_s = reidentify_delay_s
+        self._lease_ms = lease_ms
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._url = ""  # from GET /gateway/bot
+        self._settled = asyncio.Event()  # first READY/RESUMED, standby, or failure
+        self._stopping = False
+        self._failure: BaseException | None = None
+        # the session, in memory; the store has it as of the last save
+        self._session: SavedSession | None = None
+        self._gen = 0  # bumped per session, so late tasks of an old one change nothing
+        self._received = 0  # highest sequence number received (what heartbeats carry)
+        self._in_hand: dict[int, asyncio.Task[None]] = {}
+        self._saved_seq: int | None = None
+        self._save_lock = asyncio.Lock()
+        self._acked = True
+        self._resuming = False
+        self.status = "starting"
+        self.last_start: str | None = None  # "identified" | "resumed"
+        self.identify_reason: str | None = None
+        self.counts = {"identifies": 0, "resumes": 0, "reconnects": 0, "missed_acks": 0,
+                       "received_after_resume": 0, "interactions": 0, "duplicates": 0, "callback_failures": 0}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect; raises GatewayFailed (or aiohttp.ClientError) when Discord will not have us."""
+        self._http = aiohttp.ClientSession(headers={"Authorization": f"Bot {self._token}"})
+        try:
+            async with self._http.get(f"{self._api_base}/gateway/bot") as resp:
+                if resp.status != 200:
+                    raise GatewayFailed(f"GET /gateway/bot: HTTP {resp.status}")
+                info = cast("GatewayBot", await resp.json())
+            self._url = info["url"]
+            self._runner = asyncio.create_task(self._run(), name="discord-gateway")
+            await asyncio.wait_for(self._settled.wait(), START_TIMEOUT_S)
+            if self._failure is not None:
+                raise self._failure
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._in_hand:
+            await asyncio.wait(list(self._in_hand.values()), timeout=STOP_TIMEOUT_S)
+        with contextlib.suppress(Exception):
+            await self._persist()
+        if self._ws is not None:
+            await self._ws.close(code=KEEP_SESSION_CLOSE)  # a restart may RESUME this session
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+        with contextlib.suppress(Exception):
+            await self._state.release_lease()
+        if self._http is not None:
+            await self._http.close()
+        self.status = "stopped"
+
+    def health(self) -> dict[str, Any]:
+        return {"transport": "gateway", "status": self.status, "last_start": self.last_start,
+                "identify_reason": self.identify_reason, "seq": self._saved_seq,
+                "session_id": self._session.session_id if self._session else None, **self.counts}
+
+    # -- the connection loop ------------------------------------------------------------------
+    async def _run(self) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            if not await self._state.take_lease(self._lease_ms):
+                self.status = "standby"  # another gateway holds this shard's session
+                self._settled.set()
+                await asyncio.sleep(self._lease_ms / 3000)
+                continue
+            if self.status in ("starting", "standby"):
+                self._session = await self._state.load()  # the latest save, ours or another's
+                if self._session is None:
+                    self.identify_reason = "no saved session"
+            renew = asyncio.create_task(self._renew_lease(), name="discord-gateway-lease")
+            try:
+                await self._connect_once()
+                backoff = 0.5
+            except GatewayFailed as exc:
+                self._failure, self.status = exc, "failed"
+                self._log.error("discord_gateway_failed", extra={"error": str(exc)})
+                self._settled.set()
+                return
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self._log.warning("discord_gateway_connect_failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+            finally:
+                renew.cancel()
+            if not self._stopping:
+                self.counts["reconnects"] += 1
+                self.status = "reconnecting"
+
+    async def _renew_lease(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000)
+            if not await self._state.take_lease(self._lease_ms):
+                self._log.warning("discord_gateway_lease_lost")
+                self.status = "standby"
+                if self._ws is not None:
+                    await self._ws.close(code=KEEP_SESSION_CLOSE)
+                return
+
+    async def _connect_once(self) -> None:
+        assert self._http is not None
+        url = self._session.resume_gateway_url if self._session else self._url
+        query = {"v": str(API_VERSION), "encoding": "json"}  # Discord's URLs carry no query of their own
+        ws = await self._http.ws_connect(url, params=query)
+        self._ws = ws
+        beat: asyncio.Task[None] | None = None
+        try:
+            hello = await ws.receive_json(timeout=30)
+            if hello.get("op") != Op.HELLO:
+                raise aiohttp.ClientError(f"expected HELLO, got op {hello.get('op')}")
+            self._acked = True
+            beat = asyncio.create_task(self._heartbeat(ws, hello["d"]["heartbeat_interval"] / 1000))
+            await self._hello_reply(ws)
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                await self._on_frame(ws, msg.json())
+        finally:
+            if beat is not None:
+                beat.cancel()
+            if not ws.closed:
+                await ws.close(code=KEEP_SESSION_CLOSE)
+            self._ws = None
+        code = ws.close_code
+        if code in FATAL_CLOSE_CODES:
+            raise GatewayFailed(f"Discord closed the gateway with {code}")
+        if code in SESSION_GONE_CLOSE_CODES:
+            await self._forget_session(f"closed with {code}")
+
+    async def _hello_reply(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        if self._session is not None:
+            self._resuming = True
+            self._received = max(self._received, self._session.seq)
+            await ws.send_json({"op": Op.RESUME, "d": {
+                "token": self._token, "session_id": self._session.session_id, "seq": self._session.seq}})
+            return
+        self._log.info("discord_gateway_identify", extra={"reason": self.identify_reason})
+        await ws.send_json({"op": Op.IDENTIFY, "d": {
+            "token": self._token, "intents": self._intents, "shard": list(self._shard),
+            "properties": {"os": sys.platform, "browser": "chatstate", "device": "chatstate"}}})
+
+    async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse, interval_s: float) -> None:
+        await asyncio.sleep(interval_s * random.random())  # jitter, as Discord asks
+        while not ws.closed:
+            if not self._acked:
+                self.counts["missed_acks"] += 1
+                self._log.warning("discord_heartbeat_ack_missing", extra={"seq": self._received})
+                await ws.close(code=KEEP_SESSION_CLOSE)  # zombied: reconnect and RESUME
+                return
+            self._acked = False
+            try:
+                await ws.send_json({"op": Op.HEARTBEAT, "d": self._received or None})
+            except ConnectionError:  # the link is going away; the reader loop reconnects
+                return
+            await asyncio.sleep(interval_s)
+
+    # -- frames -------------------------------------------------------------------------------
+    async def _on_frame(self, ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]) -> None:
+        op = frame.get("op")
+        if op == Op.HEARTBEAT_ACK:
+            self._acked = True
+        elif op == Op.HEARTBEAT:  # Discord asks for one now
+            await ws.send_json({"op": Op.HEARTBEAT, "d": self._received or None})
+        elif op == Op.RECONNECT:
+            self._log.info("discord_gateway_reconnect_requested")
+            await ws.close(code=KEEP_SESSION_CLOSE)
+        elif op == Op.INVALIDATE_SESSION:
+            if not frame.get("d"):
+                await self._forget_session("resume refused (INVALID_SESSION)" if self._resuming else "INVALID_SESSION")
+                await asyncio.sleep(random.uniform(min(1.0, self._reidentify_delay_s), self._reidentify_delay_s))
+            await ws.close(code=KEEP_SESSION_CLOSE)
+        elif op == Op.DISPATCH:
+            await self._on_dispatch(frame["t"], int(frame["s"]), frame.get("d"))
+
+    async def _on_dispatch(self, event: str, seq: int, data: Any) -> None:
+        self._received = max(self._received, seq)
+        if event == "READY":
+            ready = cast("ReadyEvent", data)
+            self._gen += 1
+            self._in_hand.clear()
+            self._received = seq
+            self._session = SavedSession(ready["session_id"], ready["resume_gateway_url"], seq)
+            self.counts["identifies"] += 1
+            await self._persist()  # durable before we report ready
+            self._settled_as("identified")
+            self._log.info("discord_gateway_ready", extra={"session_id": ready["session_id"], "reason": self.identify_reason})
+        elif event == "RESUMED":
+            self._resuming = False
+            self.counts["resumes"] += 1
+            await self._persist()
+            self._settled_as("resumed")
+            self._log.info("discord_gateway_resumed", extra={"seq": seq})
+        else:
+            if self._resuming:
+                self.counts["received_after_resume"] += 1
+            if event == "INTERACTION_CREATE" and isinstance(data, dict) and seq not in self._in_hand:
+                gen = self._gen
+                self._in_hand[seq] = asyncio.create_task(self._interaction(gen, seq, data), name=f"discord-interaction-{seq}")
+
+    def _settled_as(self, how: str) -> None:
+        self.status, self.last_start = "ready", how
+        if how == "resumed":
+            self.identify_reason = None
+        self._settled.set()
+
+    async def _forget_session(self, reason: str) -> None:
+        self._log.warning("discord_gateway_session_lost", extra={"reason": reason})
+        self.identify_reason = reason
+        self._session, self._resuming, self._saved_seq, self._received = None, False, None, 0
+        await self._state.drop()
+
+    # -- interactions -------------------------------------------------------------------------
+    async def _interaction(self, gen: int, seq: int, data: dict[str, Any]) -> None:
+        try:
+            interaction_id, token = str(data["id"]), str(data["token"])
+            if not await self._state.claim_interaction(interaction_id):
+                self.counts["duplicates"] += 1  # a replay of one already answered (or in hand)
+                return
+            response = await self._answer(data)
+            await self._callback(interaction_id, token, response)
+            self.counts["interactions"] += 1
+        except Exception as exc:  # one bad interaction must not stop the link; say which
+            self._log.exception("discord_interaction_failed", extra={"seq": seq, "error": type(exc).__name__})
+        finally:
+            if gen == self._gen:
+                self._in_hand.pop(seq, None)
+                await self._persist()
+
+    async def _callback(self, interaction_id: str, token: str, response: dict[str, Any]) -> None:
+        """POST the interaction response, as the HTTP route returns it in its body."""
+        assert self._http is not None
+        url = f"{self._api_base}/interactions/{interaction_id}/{token}/callback"
+        async with self._http.post(url, json=response) as resp:
+            if resp.status >= 300:
+                self.counts["callback_failures"] += 1
+                self._log.warning("discord_callback_failed", extra={"status": resp.status, "body": (await resp.text())[:200]})
+
+    async def _persist(self) -> None:
+        """Save the session with the highest sequence number below every dispatch in hand."""
+        async with self._save_lock:
+            session = self._session
+            if session is None:
+                return
+            seq = min(self._in_hand) - 1 if self._in_hand else self._received
+            if seq == self._saved_seq:
+                return
+            self._session = SavedSession(session.session_id, session.resume_gateway_url, seq)
+            await self._state.save(self._session)
+            self._saved_seq = seq

@@ -40,6 +40,7 @@ Decode = Callable[[Row], Any]  # raises StateStoreError CORRUPT for unreadable J
 
 
 class Backend(Protocol):
+    kind: str  # "sqlite" | "redis": the `backend` label of the metrics
     location: str  # a file path or a URL without credentials: goes into error messages
     settings: StoreSettings
     one_writer: bool  # True: the async twin sends every write of this backend to one thread

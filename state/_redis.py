@@ -51,6 +51,7 @@ T = TypeVar("T")
 class RedisBackend:
     """One Redis database as seen by this process; share it between stores via `acquire`."""
 
+    kind = "redis"
     one_writer = False  # Redis takes writes from many connections: the async pool runs them
 
     def __init__(self, url: str, settings: StoreSettings) -> None:

@@ -31,6 +31,7 @@ NO_CURSOR = (-(2**63), "")  # sorts before every (created_at, key)
 class SQLiteBackend(Connections):
     """The keyed store's statements on one database file (connections: state/_sqlite_conn.py)."""
 
+    kind = "sqlite"
     one_writer = True  # the async twin sends this database's writes to one thread (state/_aio.py)
 
     def __init__(self, path: Path, settings: StoreSettings) -> None:

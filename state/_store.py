@@ -17,7 +17,6 @@ from ._errors import StateStoreError
 from ._paths import database_path, resolve_path, state_dir
 from ._registry import acquire_backend
 from ._settings import MAX_VALUE_BYTES, UPDATE_ATTEMPTS, StoreSettings
-from ._sqlite import SQLiteBackend
 
 __all__ = ["Clock", "Entry", "KeyedStore", "database_path", "open_keyed_store", "op_counts", "resolve_path",
            "state_dir", "wall_clock_ms"]
@@ -48,7 +47,7 @@ class KeyedStore:
         max_value_bytes: int = MAX_VALUE_BYTES,
     ) -> None:
         self._backend = backend
-        self.backend_kind = "sqlite" if isinstance(backend, SQLiteBackend) else "redis"
+        self.backend_kind = backend.kind  # the `backend` label of the metrics
         self._ok = {op: metrics.ok_recorder(op, self.backend_kind) for op in _MEASURED_OPS}
         self._ok_lookup = self._ok["lookup"]
         self.plugin_id = plugin_id

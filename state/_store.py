@@ -190,11 +190,14 @@ class KeyedStore:
 
     def lookup(self, key: str) -> Any | None:
         """Return the live value under `key`, or None. Raises INVALID_INPUT, READ_FAILED, CORRUPT."""
-        # Timed inline, not by @metrics.measured: the hottest and cheapest call (~5 us) saves
-        # the decorator's call layer (~0.15 us).
+        # Timed and read inline, not by @metrics.measured and `_read`: the hottest and cheapest
+        # call (~5 us) saves two call layers (~0.2 us).
         started = metrics.clock()
         try:
-            row = self._read(key)
+            key = check.key(key, "lookup")
+            if self._closed:
+                raise StateStoreError("UNAVAILABLE", "lookup", "the store is closed", path=self.location)
+            row = self._backend.read(self.plugin_id, self.namespace, key, now_ms=self._clock())
             value = None if row is None else self._decode(row, "lookup")
         except BaseException as exc:
             metrics.failed("lookup", self.backend_kind, exc.code.value if isinstance(exc, StateStoreError) else "error")

@@ -182,14 +182,12 @@ def _writer_for(store: KeyedStore) -> _Workers:
         return lane
 
 
-def _after_fork_in_child() -> None:
+def forget_workers() -> None:
+    """In a forked child (state/_registry.py's fork rule): the parent's threads do not exist here."""
     global _pool, _writers_lock
-    _pool = _Workers(WORKER_THREADS, WORKER_PREFIX)  # the parent's threads do not exist here
+    _pool = _Workers(WORKER_THREADS, WORKER_PREFIX)
     _writers.clear()
     _writers_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _submit(

@@ -56,6 +56,10 @@ class Backend(Protocol):
         """Drop one user; the last one checkpoints and closes. True = closed."""
         ...
 
+    def abandon(self) -> None:
+        """In a forked child: mark closed without touching what the parent still uses."""
+        ...
+
     def reopened(self) -> None:
         """Another store joined the open backend: re-apply file modes (raises OPEN_FAILED)."""
         ...

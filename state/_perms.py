@@ -112,15 +112,6 @@ class PermissionGuard:
             os.close(self._inotify)
         self._inotify, self._poll = -1, None
 
-    def after_fork(self) -> None:
-        """In a forked child: the parent's inotify queue is shared, so take a fresh one."""
-        self._lock = threading.Lock()
-        if self._inotify >= 0:
-            os.close(self._inotify)  # the child's copy only
-            self._inotify, self._poll = -1, None
-            self._watch()
-        self._dirty = True
-
     def close(self) -> None:
         with self._lock:
             self._unwatch()

@@ -210,6 +210,10 @@ class RedisBackend:
     def reopened(self) -> None:
         """Nothing to re-check: Redis has no files."""
 
+    def abandon(self) -> None:
+        """In a forked child: closed here; the parent's sockets are left to it."""
+        self._closed = True
+
     def fault(self) -> str | None:
         return None
 

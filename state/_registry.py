@@ -4,6 +4,7 @@ by every store on it, so one file has one set of connections and one reopen chec
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -54,3 +55,18 @@ def acquire_backend(path: str | os.PathLike[str] | None, url: str | None, settin
         _backends[(os.getpid(), ident)] = backend
         backend.acquire()
         return backend
+
+
+def _start_afresh_in_child() -> None:
+    """The one fork rule: a forked child starts with no open database. Every store it inherited
+    is closed in it (its calls raise UNAVAILABLE) without touching the parent's connections,
+    locks, watches or threads, and the child opens its own (this table is keyed by pid)."""
+    for backend in list(_backends.values()):
+        backend.abandon()
+    _backends.clear()
+    aio = sys.modules.get(f"{__package__}._aio")
+    if aio is not None:
+        aio.forget_workers()
+
+
+os.register_at_fork(after_in_child=_start_afresh_in_child)

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,7 +47,6 @@ class Connections:
         self._fault: str | None = None  # the last post-commit permission failure, until one succeeds
         self._users = 0
         self._own_dir = False
-        _backends.add(self)
 
     @property
     def closed(self) -> bool:
@@ -260,23 +257,18 @@ class Connections:
             self._local = threading.local()
         return True
 
-    def _forget_parent(self) -> None:
-        """In a forked child: the parent's connections must never be used (or closed) here."""
+    def abandon(self) -> None:
+        """In a forked child (state/_registry.py's fork rule): closed here, calls raise
+        UNAVAILABLE; the parent's connections and inotify watch are kept, never used or closed
+        (closing a SQLite connection inherited across fork can disturb the parent's locks)."""
+        _inherited.append((self._slots, self._perms))
         self._local, self._slots, self._lock = threading.local(), [], threading.Lock()
         self._writer = threading.Lock()
-        if self._perms is not None:
-            self._perms.after_fork()
+        self._perms = None
+        self._closed = True
 
 
-_backends: weakref.WeakSet[Connections] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for backend in list(_backends):
-        backend._forget_parent()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_inherited: list[object] = []  # what a forked child inherited: referenced so it is never closed here
 
 
 class _Slot:

@@ -10,7 +10,10 @@ every thread, button and approval. After: `AdapterState` keeps that dict as a ho
   it is atomic across processes;
 - a store failure degrades to memory (reported by `health()`, shown in /healthz), keeps the
   failed writes, and replays them on the next call that finds the store working again.
-`legacy=True` is the "before": memory only, same TTL and cap, for side-by-side demos.
+`legacy=True` is the "before": memory only, same TTL and cap, for side-by-side demos. Keys and
+values are checked by the store's own rules in both modes (a string key, trimmed, 1..512 bytes;
+plain JSON values), so a plugin that passes in legacy mode passes in store mode: a list or tuple
+key is `StateStoreError` INVALID_INPUT in both, never a 500 from `unhashable type`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from chatstate.gateway import metrics
 from chatstate.state import Entry, StateStoreError
+from chatstate.state import _validate  # the store's own key and value rules, applied in both modes
 
 if TYPE_CHECKING:
     from chatstate.gateway.plugin import PluginRuntime
@@ -42,7 +47,7 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class StateSpec:
-    """What an adapter keeps: the row of DESIGN.md §3's table for one namespace."""
+    """What an adapter keeps for one namespace: a row of the table in docs/migrating-an-adapter.md."""
 
     namespace: str
     ttl_ms: int | None  # default TTL of a row; None = until deleted
@@ -101,10 +106,15 @@ class AdapterState:
         self._store: AsyncKeyedStore | None = None
         self._pending: OrderedDict[str, Entry | None] = OrderedDict()  # None = a failed delete
         self.last_error: str | None = None
+        self.plugin_id: str | None = None  # set by open(); labels metrics and log lines
+        self._logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = log
 
     async def open(self, runtime: PluginRuntime) -> None:
         """Open the keyed store (not in legacy mode); a spec with `core_id` opens the core-owned
         store through `runtime.open_core_store`. Raises what `open_keyed_store` raises."""
+        self.plugin_id = runtime.plugin_id
+        self._logger = runtime.log
+        metrics.track_adapter_state(self)  # mode and pending writes at /metrics
         if self.legacy:
             return
         if self.spec.core_id is not None:
@@ -129,6 +139,15 @@ class AdapterState:
             return "legacy"
         return "degraded" if self.last_error else "store"
 
+    @property
+    def namespace(self) -> str:
+        return self.spec.namespace
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes (and deletes) kept while the store failed, waiting to be replayed."""
+        return len(self._pending)
+
     def health(self) -> dict[str, Any]:
         return {
             "namespace": self.spec.namespace,
@@ -138,15 +157,19 @@ class AdapterState:
             "cached": len(self.memory),
         }
 
+    def _log(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+        return self._logger
+
     def _degrade(self, exc: StateStoreError) -> None:
         if self.last_error is None:
-            log.warning("store failed for %s (%s); degrading to memory", self.spec.namespace, exc.code)
+            self._log().warning("adapter_state_degraded", extra={"namespace": self.spec.namespace, "code": str(exc.code)})
         self.last_error = str(exc.code)
 
     async def _recover(self) -> bool:
         """Replay writes that failed while degraded; True when the store is usable."""
         if self._store is None:
             return False
+        replayed = 0
         while self._pending:
             key, entry = next(iter(self._pending.items()))
             try:
@@ -160,8 +183,10 @@ class AdapterState:
                 self._degrade(exc)
                 return False
             self._pending.pop(key, None)
+            replayed += 1
         if self.last_error is not None:
-            log.info("store for %s recovered", self.spec.namespace)
+            self._log().info("adapter_state_recovered", extra={"namespace": self.spec.namespace,
+                                                                "replayed": replayed})
         self.last_error = None
         return True
 
@@ -179,12 +204,24 @@ class AdapterState:
         return Entry(key, value, now, None if ttl is None else now + ttl)
 
     # -- the operations adapters call -----------------------------------------------------
+    def _checked(self, key: object, op: str, value: Any = None, *, has_value: bool = False) -> str:
+        """The key as the store sees it (trimmed), after the store's checks, and the value checked
+        as the store would: up front in both modes, so memory never holds a row the store would
+        refuse (a degraded store replays memory's rows later). Raises StateStoreError
+        INVALID_INPUT / LIMIT_EXCEEDED, in both modes alike."""
+        checked = _validate.key(key, op)
+        if has_value:
+            _validate.serialize_value(value, op)
+        return checked
+
     async def record(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
         """Remember `value` under `key`, durably unless legacy; returns once it is on disk.
 
         A store failure does not raise: the row stays in memory, is replayed later, and the
-        adapter shows as degraded. INVALID_INPUT/LIMIT_EXCEEDED (a programming error) do raise.
+        adapter shows as degraded. INVALID_INPUT/LIMIT_EXCEEDED (a programming error) do raise,
+        in legacy mode too, and leave nothing behind.
         """
+        key = self._checked(key, "register", value, has_value=True)
         entry = self._entry(key, value, ttl_ms)
         self.memory.put(entry)
         if self._store is None or not await self._recover():
@@ -195,12 +232,14 @@ class AdapterState:
             await self._store.register(key, value, ttl_ms=ttl_ms)
         except StateStoreError as exc:
             if exc.code in CALLER_ERRORS:
+                self.memory.drop(key)
                 raise
             self._degrade(exc)
             self._remember(key, entry)
 
     async def get_entry(self, key: str) -> Entry | None:
         """Return the live row: memory first, then the store (cached with its stored expiry)."""
+        key = self._checked(key, "lookup")
         entry = self.memory.get(key)
         if entry is not None or self._store is None:
             return entry
@@ -221,6 +260,7 @@ class AdapterState:
 
     async def claim(self, key: str, value: Any, *, ttl_ms: int | None = None) -> bool:
         """Atomically take `key` if no live row holds it (across processes when not legacy)."""
+        key = self._checked(key, "register_if_absent", value, has_value=True)
         entry = self._entry(key, value, ttl_ms)
         if self._store is not None and await self._recover():
             try:
@@ -237,6 +277,7 @@ class AdapterState:
 
     async def take(self, key: str) -> Any | None:
         """Read and remove the live row in one atomic step (exactly one of racing callers wins)."""
+        key = self._checked(key, "consume")
         cached = self.memory.take(key)
         if self._store is not None and await self._recover():
             try:
@@ -251,6 +292,7 @@ class AdapterState:
 
     async def forget(self, key: str) -> bool:
         """Delete `key` everywhere; True if a live row was removed."""
+        key = self._checked(key, "delete")
         removed = self.memory.drop(key)
         if self._store is not None and await self._recover():
             try:

@@ -1,5 +1,8 @@
 """`python -m chatstate` is the `chatstate` console script."""
 
-from chatstate.gateway.cli import main
+try:
+    from chatstate.gateway.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the modules load: nothing was started yet
+    raise SystemExit(130) from None
 
 raise SystemExit(main())

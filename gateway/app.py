@@ -18,11 +18,12 @@ import traceback
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from chatstate import state
-from chatstate.gateway import health, ingress, logs
+from chatstate.gateway import health, ingress, logs, metrics
 from chatstate.gateway.config import GatewayConfig
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.plugin import Handler
@@ -88,36 +89,47 @@ def build_app(config: GatewayConfig, plugins: Sequence[LoadedPlugin]) -> web.App
     app[PROBE] = health.StoreProbe(path=path, url=url, settings=settings)
     app[BROKER] = StoreBroker(path=path, url=url, settings=settings)
     app.router.add_get(HEALTH_PATH, _healthz)
+    app.router.add_get(metrics.METRICS_PATH, metrics.handler())
     _mount(app, plugins)
     app.cleanup_ctx.extend([_stores_ctx, _plugins_ctx, _sweeper_ctx, _ready_ctx])
     return app
 
 
 def _mount(app: web.Application, plugins: Sequence[LoadedPlugin]) -> None:
-    taken: dict[tuple[str, str], str] = {("GET", HEALTH_PATH): "the gateway"}
+    taken: dict[tuple[str, str], str] = {("GET", HEALTH_PATH): "the gateway", ("GET", metrics.METRICS_PATH): "the gateway"}
     for lp in plugins:
         for route in lp.plugin.routes():
             claim = (route.method.upper(), route.path)
             if claim in taken:
                 raise ConfigError(f"adapters.{lp.id}", f"route {claim[0]} {claim[1]} is already served by {taken[claim]}")
             taken[claim] = lp.id
-            app.router.add_route(route.method, route.path, _plugin_handler(lp.id, route.handler))
+            app.router.add_route(route.method, route.path, _plugin_handler(lp.id, route.path, route.handler))
 
 
-def _plugin_handler(plugin_id: str, handler: Handler) -> Handler:
+def _plugin_handler(plugin_id: str, route: str, handler: Handler) -> Handler:
     """Wrap a plugin handler: refuse a declared oversize body before it (or its signature check)
-    runs, and name the plugin for the access log line.
+    runs, name the plugin for the access log line, and count the request and its latency by
+    plugin, route template and status (gateway.metrics).
 
     A wrapper, not a middleware: aiohttp builds the middleware chain anew for every request,
     which cost more than the check (issue 4). Bodies without a Content-Length are capped by
-    `client_max_size` when the handler reads them; /healthz takes no body.
+    `client_max_size` when the handler reads them; /healthz takes no body. Metric children are
+    looked up once per status, not per request.
     """
+    seconds = metrics.REQUEST_SECONDS.labels(plugin_id, route)
+    counted: dict[int, Any] = {}
 
-    async def plugin_handler(request: web.Request) -> web.StreamResponse:
+    def count(status: int, started: float) -> None:
+        seconds.observe(time.perf_counter() - started)
+        child = counted.get(status)
+        if child is None:
+            child = counted[status] = metrics.REQUESTS.labels(plugin_id, route, str(status))
+        child.inc()
+
+    async def answer(request: web.Request) -> web.StreamResponse:
         size = request.content_length
         if size is not None and size > MAX_BODY_BYTES:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=size)
-        request[logs.PLUGIN_ID] = plugin_id
         try:
             return await handler(request)
         except web.HTTPException:
@@ -137,6 +149,20 @@ def _plugin_handler(plugin_id: str, handler: Handler) -> Handler:
             logs.get("ingress").warning("handler_failed", extra={"plugin": plugin_id, "error": type(exc).__name__,
                                                                  "where": where})
             raise web.HTTPInternalServerError(text="internal error") from None
+
+    async def plugin_handler(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        request[logs.PLUGIN_ID] = plugin_id
+        try:
+            response = await answer(request)
+        except web.HTTPException as exc:
+            count(exc.status, started)
+            raise
+        except BaseException:
+            count(500, started)  # the client went away mid-request (cancelled): still counted
+            raise
+        count(response.status, started)
+        return response
 
     return plugin_handler
 

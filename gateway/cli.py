@@ -12,24 +12,22 @@ import json
 import os
 import select
 import signal
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from chatstate.gateway import logs
-from chatstate.gateway.config import GatewayConfig, load_config
-from chatstate.gateway.exits import FAILED, OK, STORE_UNUSABLE, GatewayExit
-from chatstate.gateway.pidfile import ensure_state_dir, running_info
+from chatstate.gateway.config import GatewayConfig, default_state_dir, load_config
+from chatstate.gateway.exits import FAILED, INTERRUPTED, OK, STORE_UNUSABLE, GatewayExit
+from chatstate.gateway.launch import CONFIG_ENV, Launch, Started, launch_env, spawn_detached, validate
+from chatstate.gateway.pidfile import check_state_dir, running_info
 
-CONFIG_ENV = "CHATSTATE_GATEWAY_CONFIG"  # default for --config
 DEFAULT_STOP_TIMEOUT_S = 30.0
 DEFAULT_READY_TIMEOUT_S = 60.0
-LOG_NAME = "gateway.log"  # under the state dir, for --detach
+STATUS_TIMEOUT_S = 3.0  # gateway.status.STATUS_TIMEOUT_S, here so --help needs no import
+T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S, metavar="S",
                        help=f"with --detach: give up after S seconds (default {DEFAULT_READY_TIMEOUT_S:g})")
     start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # see server._ReadyPipe
+    start.add_argument("--check-only", action="store_true", help=argparse.SUPPRESS)  # restart's validation
     start.set_defaults(func=cmd_start)
 
     stop = sub.add_parser("stop", help="SIGTERM the running gateway, SIGKILL after --timeout")
@@ -59,19 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="is a gateway running: pid, uptime, address, health, store")
     _where(status)
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--timeout", type=float, default=STATUS_TIMEOUT_S, metavar="S",
+                        help=f"seconds to wait for /healthz before 'not responding' (default {STATUS_TIMEOUT_S:g})")
     status.set_defaults(func=cmd_status)
 
-    restart = sub.add_parser("restart", help="stop (if running), then start --detach")
-    _where(restart)
+    restart = sub.add_parser(
+        "restart", help="validate, then stop (if running) and start --detach; reuses the running config",
+        description="Without --config, start again what the running gateway runs (its recorded config "
+        "file, overrides and CHATSTATE_* variables). The new configuration is validated completely "
+        "first; if that fails nothing is stopped (exit 2).")
+    restart.add_argument("--config", metavar="FILE",
+                         help="start this TOML config instead of the running gateway's")
+    restart.add_argument("--state-dir", metavar="D", help="state dir of the gateway to restart")
     _listen(restart)
     _timeout(restart)
     restart.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S, metavar="S")
-    restart.set_defaults(func=cmd_restart, detach=True, ready_fd=None)
+    restart.set_defaults(func=cmd_restart, detach=True, ready_fd=None, check_only=False)
 
-    st = sub.add_parser("state", add_help=False, help="probe|inspect the state database (python -m chatstate.state)",
-                        usage="gateway state [--config FILE] {probe,inspect} [options]")
-    st.add_argument("rest", nargs=argparse.REMAINDER)
-    st.set_defaults(func=cmd_state)
+    _state_parsers(sub)
 
     from chatstate.gateway import demo  # light: the simulators and harness load only when it runs
 
@@ -100,8 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit code (argparse itself exits 2 on bad usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv[:1] == ["state"]:  # everything after `state` belongs to the state CLI
-        args = argparse.Namespace(func=cmd_state, rest=argv[1:])
+    command = next((a for a in argv[1:] if a in STATE_COMMANDS), None) if argv[:1] == ["state"] else None
+    if command is not None:
+        # the flags around `state probe|inspect` are the state CLI's (and --config), which
+        # argparse's REMAINDER would refuse when they start with --, so they skip this parser
+        i = argv.index(command, 1)
+        args = argparse.Namespace(func=cmd_state, state_command=command, rest=argv[1:i] + argv[i + 1:])
     else:
         args = parser.parse_args(argv)
     try:
@@ -110,6 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if str(exc):
             print(f"gateway: {exc}", file=sys.stderr)
         return exc.code
+    except KeyboardInterrupt:  # Ctrl-C: whatever this command started is already undone
+        print("gateway: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:  # `chatstate status | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
@@ -117,106 +131,75 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
                        host=getattr(args, "host", None), port=getattr(args, "port", None))
 
 
+def _launch(args: argparse.Namespace, config: GatewayConfig) -> Launch:
+    """How this command line starts a gateway (recorded in the pid file for `restart`)."""
+    return Launch(config.state_dir, config.source, args.host, args.port, launch_env(os.environ))
+
+
 # -- start ----------------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace) -> int:
     config = _config(args)
+    launch = _launch(args, config)
+    if args.check_only:  # everything a start checks before it touches anything; nothing is started
+        from chatstate.gateway.registry import load_plugins
+
+        check_state_dir(config.state_dir, create=False)
+        load_plugins(config)
+        return OK
     if args.detach:
-        return _start_detached(args, config)
+        check_state_dir(config.state_dir)
+        return _report_started(spawn_detached(launch, ready_timeout_s=args.ready_timeout), config)
     from chatstate.gateway import server  # imports aiohttp and the state package: only when serving
 
     log = logs.configure(config.log_level)
     try:
-        return server.run(config, ready_fd=args.ready_fd)
+        return server.run(config, ready_fd=args.ready_fd, launch=launch.record())
     except GatewayExit as exc:
         log.error("gateway_failed", extra={"exit_code": exc.code, "reason": str(exc)})
         raise
-    except Exception:
+    except Exception as exc:
         log.exception("gateway_crashed", extra={"exit_code": FAILED})
-        return FAILED
+        raise GatewayExit(FAILED, f"unexpected error ({type(exc).__name__}: {exc}); traceback in the log") from None
 
 
-def _start_detached(args: argparse.Namespace, config: GatewayConfig) -> int:
-    """Start `chatstate start` in a new session, wait for its ready line, print where it runs."""
-    ensure_state_dir(config.state_dir)
-    argv = [sys.executable, "-m", "chatstate", "start", "--state-dir", str(config.state_dir),
-            "--host", config.host, "--port", str(config.port)]
-    if args.config:
-        argv += ["--config", str(Path(args.config).resolve())]
-    read_end, write_end = os.pipe()
-    log_path = config.state_dir / LOG_NAME
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(
-            [*argv, "--ready-fd", str(write_end)], stdin=subprocess.DEVNULL, stdout=log_file,
-            stderr=log_file, pass_fds=(write_end,), start_new_session=True,
-        )
-    os.close(write_end)
-    try:
-        line = _read_line(read_end, args.ready_timeout)
-    finally:
-        os.close(read_end)
-    if line is None:  # timed out: do not leave a half-started gateway behind
-        proc.kill()
-        proc.wait()
-        print(f"gateway: not ready after {args.ready_timeout:g}s; killed it (log: {log_path})", file=sys.stderr)
-        return FAILED
-    if not line:  # EOF without a ready line: the child exited, its code says why
-        code = proc.wait()
-        print(f"gateway: failed to start (exit {code}); log: {log_path}", file=sys.stderr)
-        _print_tail(log_path)
-        return code
-    ready = json.loads(line)
-    print(json.dumps({**ready, "state_dir": str(config.state_dir), "log": str(log_path)}))
-    return OK
-
-
-def _read_line(fd: int, timeout_s: float) -> str | None:
-    """Read one line from `fd`: the line, "" on EOF, None on timeout."""
-    deadline = time.monotonic() + timeout_s
-    buf = b""
-    while b"\n" not in buf:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        readable, _, _ = select.select([fd], [], [], remaining)
-        if not readable:
-            return None
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return ""
-        buf += chunk
-    return buf.split(b"\n", 1)[0].decode()
-
-
-def _print_tail(path: Path, lines: int = 5) -> None:
-    try:
-        tail = path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return
-    for line in tail:
-        print(f"  {line}", file=sys.stderr)
+def _report_started(started: Started, config: GatewayConfig, *, previous: str = "") -> int:
+    """Print where the gateway runs (JSON on stdout), or one `gateway:` line saying why not."""
+    if started.code == OK and started.ready is not None:
+        print(json.dumps({**started.ready, "state_dir": str(config.state_dir), "log": str(started.log_path)}))
+        return OK
+    print(f"gateway: failed to start (exit {started.code}): {started.reason}; log: {started.log_path}{previous}",
+          file=sys.stderr)
+    return started.code
 
 
 # -- stop / restart ---------------------------------------------------------------------------
 def cmd_stop(args: argparse.Namespace) -> int:
-    return stop_gateway(_config(args).state_dir, timeout_s=args.timeout)
+    state_dir = _config(args).state_dir
+    check_state_dir(state_dir, create=False)
+    if not state_dir.exists():
+        print("gateway: not running", file=sys.stderr)
+        return OK
+    return stop_gateway(state_dir, timeout_s=args.timeout)
 
 
-def stop_gateway(state_dir: Path, *, timeout_s: float) -> int:
-    """SIGTERM the gateway running on `state_dir`, SIGKILL it after `timeout_s`; 0 once gone."""
+def stop_gateway(state_dir: Path, *, timeout_s: float, quiet: bool = False) -> int:
+    """SIGTERM the gateway running on `state_dir`, SIGKILL it after `timeout_s`; 0 once gone.
+    `quiet`: no "stopped" line (restart reports the outcome in one line of its own)."""
+    say = (lambda _text: None) if quiet else (lambda text: print(text, file=sys.stderr))
     info = running_info(state_dir)
     if info is None:
-        print("gateway: not running", file=sys.stderr)
+        say("gateway: not running")
         return OK
     pid = info.get("pid")
     if not isinstance(pid, int):
         raise GatewayExit(FAILED, f"a gateway holds {state_dir} but its pid file is unreadable")
     os.kill(pid, signal.SIGTERM)
     if _wait_exit(pid, timeout_s):
-        print(f"gateway: stopped (pid {pid})", file=sys.stderr)
+        say(f"gateway: stopped (pid {pid})")
         return OK
     os.kill(pid, signal.SIGKILL)
     _wait_exit(pid, 10.0)
-    print(f"gateway: pid {pid} did not stop within {timeout_s:g}s; sent SIGKILL", file=sys.stderr)
+    say(f"gateway: pid {pid} did not stop within {timeout_s:g}s; sent SIGKILL")
     return OK
 
 
@@ -234,91 +217,94 @@ def _wait_exit(pid: int, timeout_s: float) -> bool:
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
-    config = _config(args)
-    stop_gateway(config.state_dir, timeout_s=args.timeout)
-    return _start_detached(args, config)
+    """Validate the new configuration completely, then stop the running gateway and start it.
+
+    Without `--config` the running gateway's recorded launch (config file, overrides and the
+    CHATSTATE_* variables it read) is started again; with it, that file. A configuration that
+    fails validation stops nothing (exit 2, or 3 for an unusable state dir).
+    """
+    explicit = args.config is not None
+    if args.state_dir is not None:
+        state_dir = Path(args.state_dir).expanduser().absolute()
+    elif explicit:  # the gateway to restart is the one on the new config's state dir
+        state_dir = _refused_if_bad(lambda: load_config(args.config).state_dir, default_state_dir(os.environ))
+    else:
+        state_dir = load_config(os.environ.get(CONFIG_ENV)).state_dir
+    check_state_dir(state_dir)
+    info = running_info(state_dir)
+    recorded = info.get("launch") if info else None
+    previous = Launch.from_record(recorded, state_dir) if isinstance(recorded, dict) else None
+    if previous is not None and not explicit:
+        launch = replace(previous, host=args.host if args.host is not None else previous.host,
+                         port=args.port if args.port is not None else previous.port)
+    else:
+        path = args.config or os.environ.get(CONFIG_ENV)
+        launch = Launch(state_dir, Path(path).expanduser().absolute() if path else None, args.host, args.port,
+                        launch_env(os.environ))
+    config = _refused_if_bad(lambda: validate(launch), state_dir)
+    if info is not None:
+        stop_gateway(state_dir, timeout_s=args.timeout, quiet=True)
+    started = spawn_detached(launch, ready_timeout_s=args.ready_timeout)
+    hint = ""
+    if info is not None and previous is not None:
+        missing = sorted(set(previous.env) - set(os.environ))
+        with_env = f" (with {', '.join(missing)} set as before)" if missing else ""
+        hint = f"; the previous gateway was stopped; to start its configuration again run: {previous.command()}{with_env}"
+    return _report_started(started, config, previous=hint)
+
+
+def _refused_if_bad(step: Callable[[], T], state_dir: Path) -> T:
+    """Run a validation step; on failure say that the gateway running on `state_dir` (if any)
+    was left alone, keeping the step's exit code (2 config, 3 state dir)."""
+    try:
+        return step()
+    except GatewayExit as exc:
+        info = running_info(state_dir) if state_dir.is_dir() else None
+        if info is None:
+            raise
+        raise GatewayExit(exc.code, f"restart refused, the running gateway (pid {info.get('pid')}) "
+                          f"keeps serving: {exc}") from None
 
 
 # -- status -----------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
+    from chatstate.gateway.status import gateway_status, status_text
+
     config = _config(args)
-    report = gateway_status(config)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(_status_text(report))
+    report = gateway_status(config, timeout_s=args.timeout)
+    print(json.dumps(report, indent=2) if args.json else status_text(report))
     return OK if report["running"] else FAILED
 
 
-def gateway_status(config: GatewayConfig) -> dict[str, Any]:
-    """Running or not, pid, uptime, address, health and a store summary (read-only when down)."""
-    info = running_info(config.state_dir)
-    report: dict[str, Any] = {"running": info is not None, "state_dir": str(config.state_dir)}
-    if info is None:
-        report["store"] = _offline_store_summary(config)
-        return report
-    report.update(pid=info.get("pid"), url=info.get("url"), ready=info.get("ready", False))
-    if isinstance(info.get("started_at"), (int, float)):
-        report["uptime_s"] = round(time.time() - info["started_at"], 3)
-    if info.get("url"):
-        health = _get_health(info["url"])
-        report["health"] = health.get("status", "unreachable")
-        report["store"] = health.get("store")
-        report["adapters"] = {k: v.get("status") for k, v in (health.get("adapters") or {}).items()}
-    return report
-
-
-def _get_health(url: str) -> dict[str, Any]:
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:  # 503 while starting/stopping still has a body
-        try:
-            return json.loads(exc.read())
-        except ValueError:
-            return {"status": f"http {exc.code}"}
-    except (OSError, ValueError) as exc:
-        return {"status": "unreachable", "error": str(exc)}
-
-
-def _offline_store_summary(config: GatewayConfig) -> dict[str, Any]:
-    """Check the database read-only (no probe row is written while the gateway is down)."""
-    if config.state_url:
-        return {"ok": None, "url": config.state_url, "note": "not checked while the gateway is down"}
-    from chatstate import state
-
-    path = state.database_path(config.state_dir)
-    try:
-        state.check_database(path)
-    except state.StateStoreError as exc:
-        return {"ok": False, "database_path": str(path), "code": str(exc.code), "message": str(exc)}
-    return {"ok": True, "database_path": str(path), "exists": path.exists()}
-
-
-def _status_text(r: dict[str, Any]) -> str:
-    if not r["running"]:
-        store = r["store"]
-        ok = {True: "ok", False: f"UNUSABLE ({store.get('code')})", None: "not checked"}[store.get("ok")]
-        return f"gateway: not running (state dir {r['state_dir']})\nstore: {ok} {store.get('database_path', '')}"
-    lines = [f"gateway: running pid {r.get('pid')} up {r.get('uptime_s', 0):.1f}s at {r.get('url') or '(starting)'}"]
-    if "health" in r:
-        lines.append(f"health: {r['health']}")
-        store = r.get("store") or {}
-        lines.append(f"store: {'ok' if store.get('ok') else 'FAILING'} {store.get('database_path', '')}")
-        lines += [f"adapter {k}: {v}" for k, v in (r.get("adapters") or {}).items()]
-    return "\n".join(lines)
-
-
 # -- state ------------------------------------------------------------------------------------
-def cmd_state(args: argparse.Namespace) -> int:
-    """Delegate to `python -m chatstate.state`, pointing it at this gateway's state dir.
+STATE_COMMANDS = {
+    "probe": "check state dir, open, schema, a write-read-delete and a checkpoint (JSON)",
+    "inspect": "list namespaces with live/expired counts, and keys with created/expires",
+}
 
-    Accepts `--config FILE` / `--state-dir D` before or after the subcommand; the state CLI's
-    "probe failed / unusable" (1) becomes exit 3 here, to match the gateway's codes.
-    """
+
+def _state_parsers(sub: Any) -> None:
+    """`chatstate state probe|inspect [--config FILE] [flags]`: real subcommands whose flags
+    belong to the state CLI (python -m chatstate.state), which parses them and prints their
+    --help, so the two never drift."""
+    st = sub.add_parser("state", help="probe|inspect the state database (python -m chatstate.state)",
+                        description="The state CLI (python -m chatstate.state) on this gateway's state dir; "
+                        "`chatstate state probe --help` lists a command's flags.")
+    st_sub = st.add_subparsers(dest="state_command", required=True, metavar="{probe,inspect}")
+    for name, text in STATE_COMMANDS.items():
+        p = st_sub.add_parser(name, help=text, add_help=False,
+                              usage=f"chatstate state {name} [--config FILE] [flags of python -m chatstate.state {name}]")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=cmd_state)
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    """Run the state CLI's command on this gateway's state dir (`--config FILE` anywhere among
+    the flags). Its "probe failed / unusable" (1) becomes exit 3, and an unusable state dir is
+    one `gateway:` line (exit 3), as for `start`."""
     from chatstate.state import cli as state_cli
 
-    rest = list(args.rest)
+    rest = [args.state_command, *args.rest]
     config_path = os.environ.get(CONFIG_ENV)
     if "--config" in rest:
         i = rest.index("--config")
@@ -326,12 +312,14 @@ def cmd_state(args: argparse.Namespace) -> int:
             raise GatewayExit(2, "--config needs a FILE")
         config_path = rest[i + 1]
         del rest[i : i + 2]
-    if config_path and not {"--state-dir", "--path", "--url", "-h", "--help"} & set(rest) and rest:
+    if not {"--state-dir", "--path", "--url", "-h", "--help"} & set(rest):
         config = load_config(config_path)
-        if config.state_url and rest[0] == "probe":
+        if config.state_url and args.state_command == "probe":
             rest += ["--url", config.state_url]
         else:
             rest += ["--state-dir", str(config.state_dir)]
+    if "--state-dir" in rest and rest.index("--state-dir") + 1 < len(rest):
+        check_state_dir(Path(rest[rest.index("--state-dir") + 1]).expanduser().absolute(), create=False)
     try:
         code = state_cli.main(rest, prog="chatstate state")
     except SystemExit as exc:  # argparse in the state CLI: --help (0) or bad usage (2)

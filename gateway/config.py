@@ -1,8 +1,9 @@
 """Read the gateway's TOML config, apply environment and command-line overrides, and check it.
 
 Every problem raises `ConfigError` naming the dotted key and why, so `chatstate start` can exit 2
-with a message a person can act on. Adapter tables (`[adapters.<id>]`) are checked only for the
-keys the gateway itself reads (`enabled`, `mode`); the rest belongs to the adapter.
+with a message a person can act on. The tables are `gateway.settings` models; here the
+`[adapters.<id>]` tables are checked for the keys every adapter has (`enabled`, `mode`), and
+`gateway.registry` validates the rest against the plugin's own settings type.
 """
 
 from __future__ import annotations
@@ -14,40 +15,74 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
 
 from chatstate.gateway.exits import ConfigError
+from chatstate.gateway.settings import ENV_PREFIX, AdapterSettings, Settings, build, check_keys, env_prefix
 
-# Defaults, one unit a line (docs/gateway.md lists every key).
+# Defaults, one unit a line (docs/gateway.md lists every key and its environment variable).
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 DEFAULT_DRAIN_TIMEOUT_S = 10.0  # how long SIGTERM waits for in-flight requests
-DEFAULT_SWEEP_INTERVAL_S = 60.0  # DESIGN.md §2: the gateway sweeps expired rows every 60 s
+DEFAULT_SWEEP_INTERVAL_S = 60.0  # docs/state.md: the gateway sweeps expired rows every 60 s
 DEFAULT_PLUGIN_MAX_LIVE_ROWS = 50_000  # deprecated: no effect since state v2 (docs/state.md rule 10), still accepted
 DEFAULT_STATE_DIR = "~/.chatstate"
 STATE_URL_ENV = "CHATSTATE_STATE_URL"  # overrides [state] url (the Redis URL)
-ENV_PREFIX = "CHATSTATE_"  # CHATSTATE_<ADAPTER>_<KEY> overrides [adapters.<adapter>] <key>
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MODES = ("store", "legacy")
 
-_SECTIONS: dict[str, set[str]] = {
-    "gateway": {"host", "port", "drain_timeout_s", "access_log", "log_level"},
-    "state": {"dir", "url", "sweep_interval_s", "plugin_max_live_rows"},
-}
-_TOP_LEVEL = {"gateway", "state", "adapters", "trusted_plugins", "external_plugins"}
 _IMPORT_STRING = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 Mode = Literal["store", "legacy"]
 
 
+class GatewaySettings(Settings):
+    """`[gateway]`; environment: `CHATSTATE_GATEWAY_<KEY>`."""
+
+    host: Annotated[str, Field(min_length=1)] = DEFAULT_HOST  # listen address (--host wins)
+    port: Annotated[int, Field(ge=0, le=65535)] = DEFAULT_PORT  # 0 = any free port (--port wins)
+    drain_timeout_s: Annotated[float, Field(ge=0)] = DEFAULT_DRAIN_TIMEOUT_S
+    access_log: bool = True  # one JSON line per HTTP request
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class StateSettings(Settings):
+    """`[state]`; environment: `CHATSTATE_STATE_<KEY>` (`CHATSTATE_HOME` is the default dir)."""
+
+    dir: Annotated[str, Field(min_length=1)] | None = None  # default $CHATSTATE_HOME or ~/.chatstate
+    url: Annotated[str, Field(pattern=r"^(redis|rediss|unix)://")] | None = None  # shared Redis
+    sweep_interval_s: Annotated[float, Field(gt=0)] = DEFAULT_SWEEP_INTERVAL_S
+    plugin_max_live_rows: Annotated[int, Field(ge=1)] = DEFAULT_PLUGIN_MAX_LIVE_ROWS
+
+
+class TopLevelSettings(Settings):
+    """Keys before any table; environment: `CHATSTATE_TRUSTED_PLUGINS`, `CHATSTATE_EXTERNAL_PLUGINS`."""
+
+    trusted_plugins: tuple[Annotated[str, Field(min_length=1)], ...] = Field((), strict=False)
+    external_plugins: tuple[Annotated[str, Field(min_length=1)], ...] = Field((), strict=False)
+
+
+_TABLES = ("gateway", "state", "adapters")
+
+
 @dataclass(frozen=True)
 class AdapterConfig:
-    """One `[adapters.<id>]` table after env overrides; `table` is what the plugin sees."""
+    """One `[adapters.<id>]` table: `enabled` and `mode` checked here; `table` and `env` (its
+    `CHATSTATE_<ID>_*` variables) are validated against the plugin's settings type when the
+    registry loads it."""
 
     id: str
     enabled: bool
     mode: Mode
     table: Mapping[str, Any]
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,7 +101,8 @@ class GatewayConfig:
     trusted_plugins: tuple[str, ...] = ()
     external_plugins: tuple[str, ...] = ()
     adapters: Mapping[str, AdapterConfig] = field(default_factory=dict)
-    source: Path | None = None
+    source: Path | None = None  # the config file, absolute
+    env: Mapping[str, str] = field(default_factory=dict)  # the CHATSTATE_* variables it was read with
 
     def enabled_adapters(self) -> list[AdapterConfig]:
         return [a for a in self.adapters.values() if a.enabled]
@@ -87,18 +123,20 @@ def load_config(
 ) -> GatewayConfig:
     """Read `path` (or use defaults when None), then apply env and command-line overrides.
 
-    Command-line values (`state_dir`, `host`, `port`) win over the file; `CHATSTATE_<ADAPTER>_<KEY>`
-    variables win over keys of existing `[adapters.<adapter>]` tables.
-    Raises ConfigError (unreadable file, invalid TOML, unknown key, wrong type or range).
+    Command-line values (`state_dir`, `host`, `port`) win over environment variables, which win
+    over the file. Raises ConfigError (unreadable file, invalid TOML, unknown key, wrong type
+    or range).
     """
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
     source = None
     if path is not None:
-        source = Path(path)
+        source = Path(path).expanduser().absolute()
         try:
             with source.open("rb") as fh:
                 raw = tomllib.load(fh)
+        except IsADirectoryError:
+            raise ConfigError(str(source), "is a directory, not a TOML file") from None
         except OSError as exc:
             raise ConfigError(str(source), f"cannot read config file ({exc.strerror})") from None
         except tomllib.TOMLDecodeError as exc:
@@ -116,71 +154,37 @@ def parse_config(
     port: int | None = None,
 ) -> GatewayConfig:
     """Check an already-parsed TOML document; see `load_config`."""
-    _no_unknown(raw, _TOP_LEVEL, "")
-    gw = _table(raw, "gateway")
-    st = _table(raw, "state")
-    for name, table in (("gateway", gw), ("state", st)):
-        _no_unknown(table, _SECTIONS[name], name + ".")
-
-    # the file's values are checked even when the command line overrides them
-    file_host = _get(gw, "gateway.host", str, DEFAULT_HOST)
-    file_port = _get(gw, "gateway.port", int, DEFAULT_PORT)
-    host = host if host is not None else file_host
-    port = port if port is not None else file_port
-    if not host:
-        raise ConfigError("gateway.host", "must not be empty")
-    if not 0 <= port <= 65535:
-        raise ConfigError("gateway.port", f"must be 0..65535, got {port}")
-    drain = _number(gw, "gateway.drain_timeout_s", DEFAULT_DRAIN_TIMEOUT_S, minimum=0.0)
-    log_level = _get(gw, "gateway.log_level", str, "info").lower()
-    if log_level not in LOG_LEVELS:
-        raise ConfigError("gateway.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
-
-    if state_dir is not None:
-        resolved_dir = Path(state_dir).expanduser()
-    elif "dir" in st:
-        resolved_dir = Path(_get(st, "state.dir", str, "")).expanduser()
-        if not str(resolved_dir):
-            raise ConfigError("state.dir", "must not be empty")
-    else:
-        resolved_dir = default_state_dir(env)
-    # CHATSTATE_STATE_URL wins over [state] url, so one config file serves a fleet on Redis (issue 10)
-    url = env.get(STATE_URL_ENV) or _get(st, "state.url", str, "") or None
-    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("state.url", "must be a redis:// or rediss:// URL")
-    sweep = _number(st, "state.sweep_interval_s", DEFAULT_SWEEP_INTERVAL_S, minimum=None)
-    if sweep <= 0:
-        raise ConfigError("state.sweep_interval_s", f"must be > 0, got {sweep}")
-    ceiling = _get(st, "state.plugin_max_live_rows", int, DEFAULT_PLUGIN_MAX_LIVE_ROWS)
-    if ceiling < 1:
-        raise ConfigError("state.plugin_max_live_rows", f"must be >= 1, got {ceiling}")
-
-    trusted = tuple(_str_list(raw, "trusted_plugins"))
-    external = tuple(_str_list(raw, "external_plugins"))
-    for i, spec in enumerate(external):
+    top = {k: v for k, v in raw.items() if k not in _TABLES}
+    top_level = build(TopLevelSettings, top, where="", env=env, prefix=ENV_PREFIX)
+    gw = build(GatewaySettings, _table(raw, "gateway"), where="gateway", env=env, prefix=env_prefix("gateway"))
+    st = build(StateSettings, _table(raw, "state"), where="state", env=env, prefix=env_prefix("state"))
+    for i, spec in enumerate(top_level.external_plugins):
         if not _IMPORT_STRING.match(spec):
             raise ConfigError(f"external_plugins[{i}]", f"{spec!r} is not 'module:Class'")
-
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError("--port", f"must be 0..65535, got {port}")
+    if state_dir is not None:
+        resolved_dir = Path(state_dir).expanduser()
+    elif st.dir is not None:
+        resolved_dir = Path(st.dir).expanduser()
+    else:
+        resolved_dir = default_state_dir(env)
     return GatewayConfig(
-        host=host,
-        port=port,
-        drain_timeout_s=drain,
-        access_log=_get(gw, "gateway.access_log", bool, True),
-        log_level=log_level,
-        state_dir=resolved_dir,
-        state_url=url,
-        sweep_interval_s=sweep,
-        plugin_max_live_rows=ceiling,
-        trusted_plugins=trusted,
-        external_plugins=external,
+        host=host if host is not None else gw.host,
+        port=port if port is not None else gw.port,
+        drain_timeout_s=gw.drain_timeout_s,
+        access_log=gw.access_log,
+        log_level=gw.log_level,
+        state_dir=resolved_dir.absolute(),
+        state_url=st.url,
+        sweep_interval_s=st.sweep_interval_s,
+        plugin_max_live_rows=st.plugin_max_live_rows,
+        trusted_plugins=top_level.trusted_plugins,
+        external_plugins=top_level.external_plugins,
         adapters=MappingProxyType(_adapters(raw, env)),
         source=source,
+        env=MappingProxyType({k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}),
     )
-
-
-def env_prefix(adapter_id: str) -> str:
-    """`CHATSTATE_SLACK_` for "slack"; characters other than A-Z, 0-9 become `_`."""
-    return ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", adapter_id.upper()) + "_"
 
 
 def _adapters(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, AdapterConfig]:
@@ -190,24 +194,13 @@ def _adapters(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Adapt
         key = f"adapters.{adapter_id}"
         if not isinstance(table, dict):
             raise ConfigError(key, "must be a table ([adapters.<id>])")
-        merged = dict(table)
         prefix = env_prefix(adapter_id)
-        for name, value in env.items():
-            if name.startswith(prefix) and len(name) > len(prefix):
-                merged[name[len(prefix):].lower()] = value
-        enabled = _get(merged, f"{key}.enabled", bool, True)
-        mode = _get(merged, f"{key}.mode", str, "store")
-        if mode not in MODES:
-            raise ConfigError(f"{key}.mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
-        out[adapter_id] = AdapterConfig(adapter_id, enabled, mode, MappingProxyType(merged))
+        own_env = {k: v for k, v in env.items() if k.startswith(prefix)}
+        base = {k: v for k, v in table.items() if k in AdapterSettings.model_fields}
+        common = build(AdapterSettings, base, where=key, env=own_env, prefix=prefix)
+        out[adapter_id] = AdapterConfig(adapter_id, common.enabled, common.mode,
+                                        MappingProxyType(dict(table)), MappingProxyType(own_env))
     return out
-
-
-def _no_unknown(table: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
-    for name in table:
-        if name not in allowed:
-            hint = f"; known keys: {', '.join(sorted(allowed))}"
-            raise ConfigError(prefix + name, "unknown key" + hint)
 
 
 def _table(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -217,29 +210,5 @@ def _table(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
-def _get(table: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
-    value = table.get(key.rsplit(".", 1)[-1], default)
-    # bool is an int in Python; TOML keeps them apart and so do we
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(key, f"must be {_kind_name(kind)}, got {type(value).__name__}")
-    return value
-
-
-def _number(table: Mapping[str, Any], key: str, default: float, *, minimum: float | None) -> float:
-    value = table.get(key.rsplit(".", 1)[-1], default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(key, f"must be a number, got {type(value).__name__}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(key, f"must be >= {minimum}, got {value}")
-    return float(value)
-
-
-def _str_list(raw: Mapping[str, Any], key: str) -> list[str]:
-    value = raw.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(key, "must be a list of non-empty strings")
-    return value
-
-
-def _kind_name(kind: type) -> str:
-    return {str: "a string", int: "an integer", bool: "true or false"}.get(kind, kind.__name__)
+__all__ = ["AdapterConfig", "GatewayConfig", "GatewaySettings", "StateSettings", "TopLevelSettings",
+           "check_keys", "env_prefix", "load_config", "parse_config"]

@@ -5,18 +5,23 @@ It starts the platform simulators and a real gateway subprocess on free loopback
 each adapter's first half, restarts the gateway (SIGKILL by default), plays the second half,
 and prints a table. Exit 0 only when every keyed-store row survived and every legacy row
 showed the expected loss; 1 otherwise. Every process and temp dir it made is cleaned up, also
-on Ctrl-C (the harness's async context managers run on cancellation).
+on Ctrl-C (exit 130: the harness's async context managers run on cancellation).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Awaitable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,66 +51,147 @@ class Row:
 
 
 def add_parser(sub: Any) -> None:
+    """The `demo` subcommand; a new option is one `add_argument` here and one field of `Options`."""
     p = sub.add_parser(
         "demo",
         help="restart a real gateway mid-conversation for every adapter, legacy maps vs keyed store",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    p.add_argument("--state-dir", help="keep the demo's state and logs here (default: a temp dir, removed)")
+    p.add_argument("--state-dir", help="keep each run's state and logs in a new D/run-<time>-<id> folder "
+                   "(default: a temp dir, removed)")
     p.add_argument("--kill", choices=("term", "kill"), default="kill",
                    help="how to stop the gateway mid-conversation: SIGTERM or SIGKILL (default)")
     p.add_argument("--only", default=",".join(ADAPTERS),
-                   help="comma-separated adapters to play (default: slack,discord,teams,matrix)")
+                   help="comma-separated adapters to play, each once (default: slack,discord,teams,matrix)")
     p.add_argument("--transport", choices=tuple(TRANSPORTS), default="http",
                    help="http: Events API / interactions endpoint (default); websocket: Slack Socket Mode and "
                         "the Discord Gateway (slack and discord rows only); both: every row of each")
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON document")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point for `chatstate demo`; returns the exit code (0 pass, 1 fail, 2 bad usage)."""
-    only = [a.strip() for a in args.only.split(",") if a.strip()]
+@dataclass(frozen=True)
+class Options:
+    """What one demo run plays; built from the command line by `options()`."""
+
+    only: tuple[str, ...]
+    kill: str
+    json: bool
+    keep_in: Path | None  # --state-dir: the parent of this run's own folder
+    transport: str = "http"  # a key of TRANSPORTS
+
+
+def options(args: argparse.Namespace) -> Options:
+    """Check the command line. Raises ValueError with the message for bad usage (exit 2)."""
+    only = tuple(dict.fromkeys(a.strip() for a in args.only.split(",") if a.strip()))  # once each, in order
     unknown = [a for a in only if a not in ADAPTERS]
     if unknown or not only:
-        print(f"gateway demo: --only takes some of {','.join(ADAPTERS)}; got {args.only!r}", file=sys.stderr)
-        return 2
-    say = (lambda *_: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
-    own_dir = args.state_dir is None
-    root = Path(tempfile.mkdtemp(prefix="chatstate-demo-")) if own_dir else Path(args.state_dir)
+        raise ValueError(f"--only takes some of {','.join(ADAPTERS)}; got {args.only!r}")
+    keep_in = Path(args.state_dir).expanduser().absolute() if args.state_dir else None
+    return Options(only, args.kill, args.json, keep_in, args.transport)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point for `chatstate demo`; returns the exit code (0 pass, 1 fail, 2 bad usage, 130
+    Ctrl-C).
+
+    Ctrl-C is handled here, not by asyncio.run's default: the first SIGINT cancels the demo once
+    and every later one is ignored, so the cleanup (stop the gateway, the simulators, close
+    every client session, remove the temp dir) always runs to the end; whatever exception the
+    cancellation surfaces as, the result is exit 130 and one line, never a traceback.
+    """
     try:
-        rows = asyncio.run(_play_transports(only, args.kill, root, say, TRANSPORTS[args.transport]))
-    except KeyboardInterrupt:
+        opts = options(args)
+    except ValueError as exc:
+        print(f"gateway demo: {exc}", file=sys.stderr)
+        return 2
+    say = (lambda *_: None) if opts.json else (lambda text: print(text, file=sys.stderr, flush=True))
+    interrupted = threading.Event()
+    root: Path | None = None
+    try:
+        root = _run_dir(opts.keep_in)
+        if opts.keep_in is not None:
+            say(f"keeping this run's state and logs in {root}")
+        rows = asyncio.run(_interruptible(_play_transports(opts, root, say), interrupted))
+    except BaseException:
+        if not interrupted.is_set():
+            raise
+        rows = None
+    finally:
+        with _sigint_ignored():
+            if opts.keep_in is None and root is not None:
+                shutil.rmtree(root, ignore_errors=True)
+    if rows is None or interrupted.is_set():
         print("\ninterrupted: simulators and gateway stopped", file=sys.stderr)
         return 130
-    finally:
-        if own_dir:
-            shutil.rmtree(root, ignore_errors=True)
     ok = all(r.passed for r in rows)
-    if args.json:
-        print(json.dumps({"ok": ok, "kill": args.kill, "transport": args.transport, "rows": [asdict(r) | {"passed": r.passed} for r in rows]}, indent=2))
+    if opts.json:
+        print(json.dumps({"ok": ok, "kill": opts.kill, "transport": opts.transport,
+                          "state_dir": str(root) if opts.keep_in else None,
+                          "rows": [asdict(r) | {"passed": r.passed} for r in rows]}, indent=2))
     else:
-        signal_name = "SIGKILL" if args.kill == "kill" else "SIGTERM"
+        signal_name = "SIGKILL" if opts.kill == "kill" else "SIGTERM"
         print(f"Each conversation was split by a gateway restart ({signal_name}).\n")
         print(render_table(rows))
+        print(f"\n{TIME_NOTE}")
         print("\nPASS: every conversation survived with the keyed store and was lost without it."
               if ok else "\nFAIL: see the rows above.")
     return 0 if ok else 1
 
 
-async def _play_transports(only: list[str], kill: str, root: Path, say: Any, transports: tuple[str, ...]) -> list[Row]:
+def _run_dir(keep_in: Path | None) -> Path:
+    """This run's own folder: a new `run-<time>-<id>` under --state-dir (so a rerun never meets
+    an earlier run's rows or overwrites its logs), or a temp dir; 0700 whatever the umask."""
+    if keep_in is None:
+        return Path(tempfile.mkdtemp(prefix="chatstate-demo-"))
+    missing = [p for p in (keep_in, *keep_in.parents) if not p.exists()]
+    keep_in.mkdir(parents=True, exist_ok=True)
+    for p in missing:
+        os.chmod(p, 0o700)  # mkdir's mode is masked by the umask
+    return Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%dT%H%M%S-"), dir=keep_in))
+
+
+async def _interruptible(play: Awaitable[list[Row]], interrupted: threading.Event) -> list[Row]:
+    task = asyncio.ensure_future(play)
+
+    def on_sigint() -> None:
+        if not interrupted.is_set():  # the first Ctrl-C cancels; later ones must not cut the cleanup short
+            interrupted.set()
+            task.cancel()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        return await task
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # until run() has removed the temp dir
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+async def _play_transports(opts: Options, root: Path, say: Any) -> list[Row]:
     """HTTP rows keep their names and state dirs; websocket rows say their transport
     ("slack (socket mode)", "discord (gateway)") and play in `<root>/websocket/`."""
     from chatstate.gateway.sim.scenarios import WEBSOCKET_SCENARIOS
 
     rows: list[Row] = []
-    for transport in transports:
+    for transport in TRANSPORTS[opts.transport]:
         if transport == "http":
-            rows += await _play(only, kill, root, say)
+            rows += await _play(list(opts.only), opts.kill, root, say)
             continue
-        chosen = [a for a in only if a in WEBSOCKET_SCENARIOS]
+        chosen = [a for a in opts.only if a in WEBSOCKET_SCENARIOS]
         if chosen:
             say(f"\n#### transport: Slack Socket Mode / Discord Gateway ({', '.join(chosen)})")
-            rows += await _play(chosen, kill, root / "websocket", say, websocket=True)
+            (root / "websocket").mkdir(mode=0o700, exist_ok=True)
+            os.chmod(root / "websocket", 0o700)
+            rows += await _play(chosen, opts.kill, root / "websocket", say, websocket=True)
     return rows
 
 
@@ -131,7 +217,8 @@ async def _play_mode(
     label = "legacy in-memory maps" if mode == "legacy" else "keyed store (SQLite)"
     say(f"\n== {label} ==")
     t0 = time.monotonic()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700)
+    os.chmod(state_dir, 0o700)  # whatever the umask: its config holds the simulators' tokens
     async with GatewayHarness(sims, modes=mode, state_dir=state_dir,
                               adapters={s.adapter: s.adapter_config for s in scenarios if s.adapter_config}) as gw:
         say(f"  gateway ready on {gw.gateway_url} (pid {gw.pid}) in {time.monotonic() - t0:.1f} s")
@@ -162,7 +249,13 @@ async def _play_mode(
     return out
 
 
+TIME_NOTE = ("time: wall-clock time spent playing that conversation (its first half before the "
+             "restart plus its second half after it), the legacy and the keyed-store runs added; an "
+             "adapter with two rows shares its time between them; the restart itself is not counted.")
+
+
 def render_table(rows: list[Row]) -> str:
+    """The result table; `time` is explained by TIME_NOTE, printed under it."""
     head = ("adapter", "behaviour", "legacy after restart", "keyed store after restart", "time")
     body = [
         (r.adapter, r.behaviour, "lost (expected)" if not r.legacy_survived else "kept (UNEXPECTED)",

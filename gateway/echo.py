@@ -16,13 +16,15 @@ import asyncio
 import hmac
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from aiohttp import web
+from pydantic import Field
 
 from chatstate import state
 from chatstate.gateway import ingress
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.gateway.settings import AdapterSettings
 
 if TYPE_CHECKING:
     from chatstate.state import AsyncKeyedStore
@@ -48,11 +50,21 @@ def sign(secret: str, method: str, raw_path: str, body: bytes = b"") -> str:
     return "sha256=" + hmac.digest(secret.encode(), message, "sha256").hex()  # one-shot: C fast path
 
 
+class EchoSettings(AdapterSettings):
+    """`[adapters.echo]`: `CHATSTATE_ECHO_SECRET`, `CHATSTATE_ECHO_MAX_ENTRIES`."""
+
+    adapter_id = "echo"
+
+    secret: Annotated[str, Field(min_length=1)]  # HMAC key for X-Echo-Signature
+    max_entries: Annotated[int, Field(ge=1)] = DEFAULT_MAX_ENTRIES
+
+
 class EchoPlugin(Plugin):
     """Signed per-key counters in one keyed store (or a dict in legacy mode)."""
 
     id = "echo"
     origin = "bundled"
+    settings_type = EchoSettings
 
     def __init__(self) -> None:
         self._secret = ""
@@ -70,19 +82,10 @@ class EchoPlugin(Plugin):
         )
 
     async def start(self, runtime: PluginRuntime) -> None:
-        """Read the secret and open the counter store.
-
-        Raises ValueError for a missing secret or a bad `max_entries` (the gateway exits 2),
-        and StateStoreError from opening the store.
-        """
-        secret = runtime.config.get("secret")
-        if not isinstance(secret, str) or not secret:
-            raise ValueError("adapters.echo.secret: required (or set CHATSTATE_ECHO_SECRET)")
-        max_entries = runtime.config.get("max_entries", DEFAULT_MAX_ENTRIES)
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ValueError("adapters.echo.max_entries: must be an integer >= 1")
-        self._secret = secret
-        self._max_entries = max_entries
+        """Read the secret and open the counter store (StateStoreError if it cannot be opened)."""
+        settings = EchoSettings.of(runtime)
+        self._secret = settings.secret
+        self._max_entries = max_entries = settings.max_entries
         self._legacy = runtime.legacy
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
         if not self._legacy:

@@ -8,6 +8,7 @@ FAILED = 1  # unexpected error; the log says what
 BAD_CONFIG = 2  # bad usage or configuration; the message names the key and why
 STORE_UNUSABLE = 3  # the state store cannot be used (not SQLite, corrupt, newer schema)
 IN_USE = 4  # the port is taken or a gateway already runs on this state dir
+INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 # StateStoreError codes that mean "this database cannot be used as it is": the gateway refuses
 # to start (exit 3) and never touches the file.

@@ -13,21 +13,69 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
 
-from chatstate.gateway.exits import IN_USE, GatewayExit
+from chatstate.gateway.exits import IN_USE, STORE_UNUSABLE, GatewayExit
 
 LOCK_NAME = "gateway.lock"
 PID_NAME = "gateway.pid"
-DIR_MODE = 0o700  # the state dir holds adapter state; DESIGN.md §2
+DIR_MODE = 0o700  # the state dir holds adapter state (docs/state.md)
 FILE_MODE = 0o600
 
 
-def ensure_state_dir(state_dir: Path) -> None:
-    """Create the state dir (0700) if missing; an existing one keeps its mode."""
-    state_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+def check_state_dir(state_dir: Path, *, create: bool = True) -> None:
+    """Make sure the gateway may use `state_dir`, creating it 0700 if it is missing (unless
+    `create` is false: `status` and `state` only look).
+
+    Refused (GatewayExit STORE_UNUSABLE, exit 3, one message naming the path and what to do):
+    a path that is a file, a symlink (never followed: docs/state.md), a directory owned by
+    another user, or one this user cannot write to; also a directory that cannot be created.
+    """
+    try:
+        st = os.lstat(state_dir)
+    except FileNotFoundError:
+        if create:
+            _make_dirs(state_dir)
+        return
+    except OSError as exc:
+        raise _unusable(state_dir, f"cannot be examined ({exc.strerror}); choose another --state-dir") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise _unusable(state_dir, f"is a symlink (to {os.readlink(state_dir)}), which the gateway never follows; "
+                        "pass the real directory as --state-dir")
+    if not stat.S_ISDIR(st.st_mode):
+        raise _unusable(state_dir, "is not a directory; move that file away or pass another --state-dir")
+    if st.st_uid != os.getuid():
+        raise _unusable(state_dir, f"is owned by uid {st.st_uid}, not by you (uid {os.getuid()}); "
+                        "use a directory you own, or chown it")
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise _unusable(state_dir, f"is not writable by you (mode {stat.S_IMODE(st.st_mode):04o}); "
+                        f"run `chmod 700 {state_dir}` or pass another --state-dir")
+
+
+def _make_dirs(path: Path) -> None:
+    missing = []
+    for p in [path, *path.parents]:
+        if os.path.lexists(p):
+            break
+        missing.append(p)
+    for p in reversed(missing):
+        try:
+            os.mkdir(p, DIR_MODE)
+        except FileExistsError:
+            continue  # created meanwhile (another gateway starting): checked below
+        except OSError as exc:
+            raise _unusable(path, f"cannot be created ({exc.strerror} at {p}); create it yourself "
+                            "or pass another --state-dir") from None
+        os.chmod(p, DIR_MODE)  # mkdir's mode is masked by the umask; 0700 whatever it is
+    if missing:
+        check_state_dir(path)
+
+
+def _unusable(path: Path, why: str) -> GatewayExit:
+    return GatewayExit(STORE_UNUSABLE, f"state dir {path} {why}")
 
 
 class PidFile:
@@ -44,8 +92,8 @@ class PidFile:
 
         Raises GatewayExit(IN_USE) when another live gateway holds it.
         """
-        ensure_state_dir(state_dir)
-        fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        check_state_dir(state_dir)
+        fd = _open_private(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -62,7 +110,7 @@ class PidFile:
         self.info.update(info)
         path = self.state_dir / PID_NAME
         tmp = path.with_name(f".{PID_NAME}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        fd = _open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         with os.fdopen(fd, "w") as fh:
             json.dump(self.info, fh)
         os.replace(tmp, path)
@@ -79,6 +127,18 @@ class PidFile:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """Open (creating) a gateway file 0600: never through a symlink, and re-moded if it existed
+    looser (the state dir's files can hold tokens; issue 15)."""
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+    except OSError as exc:
+        raise _unusable(path.parent, f"has an unusable {path.name} ({exc.strerror}); remove that file "
+                        "if no gateway runs there") from None
+    os.fchmod(fd, FILE_MODE)
+    return fd
 
 
 def read_info(state_dir: Path) -> dict[str, Any] | None:

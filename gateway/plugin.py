@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from aiohttp import web
 
+from chatstate.gateway.settings import AdapterSettings
+
 if TYPE_CHECKING:
     from chatstate.state import AsyncKeyedStore
 
@@ -36,7 +38,8 @@ class PluginRuntime(Protocol):
     """The gateway as one plugin sees it; created once per plugin."""
 
     plugin_id: str
-    config: Mapping[str, Any]  # the plugin's `[adapters.<id>]` table from the gateway config
+    settings: AdapterSettings  # the `[adapters.<id>]` table, validated as the plugin's `settings_type`
+    config: Mapping[str, Any]  # the same settings as a plain mapping (typed values)
     legacy: bool  # config `mode = "legacy"`: keep the old in-memory maps (the "before")
     log: logging.LoggerAdapter[logging.Logger]
 
@@ -78,6 +81,14 @@ class Plugin(abc.ABC):
 
     id: ClassVar[str]
     origin: ClassVar[Origin] = "external"
+    # The `[adapters.<id>]` table's type: subclass AdapterSettings with one field per key. The
+    # gateway validates the table (and CHATSTATE_<ID>_<KEY> variables) against it before start.
+    settings_type: ClassVar[type[AdapterSettings]] = AdapterSettings
+
+    def check(self, settings: AdapterSettings) -> None:
+        """Offline checks beyond the field types (no network, no store): run by `start` and by
+        `restart` before it stops the running gateway. Raise ValueError naming the key (never
+        its value); the gateway then exits 2."""
 
     def routes(self) -> Sequence[Route]:
         """Routes to mount on the ingress; the handler verifies the platform signature first."""

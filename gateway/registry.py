@@ -11,6 +11,7 @@ attribute: an external class that claims `origin = "bundled"` must not pass the 
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -19,6 +20,7 @@ from typing import Any
 from chatstate.gateway.config import AdapterConfig, GatewayConfig
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.plugin import Origin, Plugin
+from chatstate.gateway.settings import AdapterSettings, build, check_keys, env_prefix
 
 BUNDLED: Mapping[str, str] = MappingProxyType(
     {
@@ -27,6 +29,17 @@ BUNDLED: Mapping[str, str] = MappingProxyType(
         "discord": "chatstate.adapters.discord:DiscordPlugin",
         "teams": "chatstate.adapters.teams:TeamsPlugin",
         "matrix": "chatstate.adapters.matrix:MatrixPlugin",
+    }
+)
+# Each bundled adapter's settings type, importable without its SDK: a disabled adapter's table
+# is still checked for unknown keys (a typo fails even before the adapter is switched on).
+BUNDLED_SETTINGS: Mapping[str, str] = MappingProxyType(
+    {
+        "echo": "chatstate.gateway.echo:EchoSettings",
+        "slack": "chatstate.adapters.slack.config:SlackSettings",
+        "discord": "chatstate.adapters.discord.config:DiscordSettings",
+        "teams": "chatstate.adapters.teams.config:TeamsSettings",
+        "matrix": "chatstate.adapters.matrix.config:MatrixSettings",
     }
 )
 CORE_PREFIX = "core:"  # plugin ids starting with this are reserved for the core's own stores
@@ -39,6 +52,7 @@ class LoadedPlugin:
     plugin: Plugin
     origin: Origin
     adapter: AdapterConfig
+    settings: AdapterSettings = AdapterSettings()
 
     @property
     def id(self) -> str:
@@ -61,8 +75,10 @@ def import_object(spec: str, *, key: str) -> Any:
 def load_plugins(config: GatewayConfig) -> list[LoadedPlugin]:
     """Import and instantiate every enabled plugin, bundled first, then external in list order.
 
-    Raises ConfigError for an import failure, a class that is not a Plugin, a reserved
-    (`core:`) or duplicate id, or an `[adapters.<id>]` table no plugin claims.
+    Each plugin's table (with its CHATSTATE_<ID>_<KEY> variables) is validated against its
+    `settings_type`, then `plugin.check(settings)` runs its offline checks. Raises ConfigError
+    for an import failure, a class that is not a Plugin, a reserved (`core:`) or duplicate id,
+    an `[adapters.<id>]` table no plugin claims, or a table its plugin refuses.
     """
     external: dict[str, type[Plugin]] = {}
     for i, spec in enumerate(config.external_plugins):
@@ -82,18 +98,48 @@ def load_plugins(config: GatewayConfig) -> list[LoadedPlugin]:
     loaded: list[LoadedPlugin] = []
     for plugin_id, spec in BUNDLED.items():
         adapter = config.adapters.get(plugin_id)
-        if adapter is None or not adapter.enabled:
+        if adapter is None:
             continue  # bundled adapters run only when their table says so
         key = f"adapters.{plugin_id}"
+        if not adapter.enabled:
+            settings_type = import_object(BUNDLED_SETTINGS[plugin_id], key=key)
+            check_keys(settings_type, adapter.table, where=key)
+            continue
         cls = _plugin_class(import_object(spec, key=key), key=key, spec=spec)
-        loaded.append(LoadedPlugin(_instantiate(cls, key), "bundled", adapter))
+        loaded.append(_checked(_instantiate(cls, key), "bundled", adapter))
     for i, (plugin_id, cls) in enumerate(external.items()):
         adapter = config.adapters.get(plugin_id) or AdapterConfig(
             plugin_id, True, "store", MappingProxyType({})
         )
         if adapter.enabled:  # listed external plugins run unless their table disables them
-            loaded.append(LoadedPlugin(_instantiate(cls, f"external_plugins[{i}]"), "external", adapter))
+            loaded.append(_checked(_instantiate(cls, f"external_plugins[{i}]"), "external", adapter))
+        else:
+            check_keys(cls.settings_type, adapter.table, where=f"adapters.{plugin_id}")
     return loaded
+
+
+def validate_settings(plugin: Plugin, adapter: AdapterConfig) -> AdapterSettings:
+    """The plugin's settings from its table and variables, after its own offline `check`.
+
+    Raises ConfigError naming the key (never its value).
+    """
+    key = f"adapters.{adapter.id}"
+    settings_type = plugin.settings_type
+    if not (isinstance(settings_type, type) and issubclass(settings_type, AdapterSettings)):
+        raise ConfigError(key, f"{type(plugin).__name__}.settings_type is not a gateway.settings.AdapterSettings subclass")
+    settings = build(settings_type, adapter.table, where=key, env=adapter.env, prefix=env_prefix(adapter.id))
+    try:
+        plugin.check(settings)
+    except ConfigError:
+        raise
+    except (ValueError, LookupError, TypeError) as exc:
+        named = re.match(rf"^({re.escape(key)}(?:\.\w+)?): (.*)$", str(exc), re.S)
+        raise (ConfigError(named[1], named[2]) if named else ConfigError(key, str(exc))) from None
+    return settings
+
+
+def _checked(plugin: Plugin, origin: Origin, adapter: AdapterConfig) -> LoadedPlugin:
+    return LoadedPlugin(plugin, origin, adapter, validate_settings(plugin, adapter))
 
 
 def _plugin_class(obj: Any, *, key: str, spec: str) -> type[Plugin]:

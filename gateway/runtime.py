@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from chatstate import state
 from chatstate.gateway import logs
 from chatstate.gateway.registry import CORE_PREFIX, LoadedPlugin
+from chatstate.gateway.settings import AdapterSettings
 
 if TYPE_CHECKING:
     from chatstate.state import AsyncKeyedStore
@@ -90,11 +92,12 @@ class StoreBroker:
 class GatewayRuntime:
     """`gateway.plugin.PluginRuntime` for one plugin; created once, when the plugin is loaded."""
 
-    __slots__ = ("plugin_id", "config", "legacy", "log", "origin", "trusted", "_broker")
+    __slots__ = ("plugin_id", "settings", "config", "legacy", "log", "origin", "trusted", "_broker")
 
     def __init__(self, loaded: LoadedPlugin, *, broker: StoreBroker, trusted: bool) -> None:
         self.plugin_id: str = loaded.id
-        self.config: Mapping[str, Any] = loaded.adapter.table
+        self.settings: AdapterSettings = loaded.settings
+        self.config: Mapping[str, Any] = MappingProxyType(loaded.settings.model_dump())
         self.legacy: bool = loaded.adapter.mode == "legacy"
         self.origin = loaded.origin
         self.trusted = trusted or loaded.origin == "bundled"

@@ -21,6 +21,8 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -28,20 +30,22 @@ from chatstate import state
 from chatstate.gateway import logs
 from chatstate.gateway.app import LIFECYCLE, PLUGINS, PluginStartError, build_app, database_location
 from chatstate.gateway.config import GatewayConfig
-from chatstate.gateway.exits import BAD_CONFIG, IN_USE, OK, STORE_UNUSABLE, UNUSABLE_STORE_CODES, GatewayExit
+from chatstate.gateway.exits import BAD_CONFIG, FAILED, IN_USE, OK, STORE_UNUSABLE, UNUSABLE_STORE_CODES, GatewayExit
 from chatstate.gateway.pidfile import PidFile
 from chatstate.gateway.registry import load_plugins
 from chatstate.gateway.runtime import PluginNotTrusted
 
 
-def run(config: GatewayConfig, *, ready_fd: int | None = None) -> int:
+def run(config: GatewayConfig, *, ready_fd: int | None = None, launch: dict[str, Any] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; return the exit code.
 
     `ready_fd`, if given, receives one JSON line {pid, url} once /healthz is ready and is then
-    closed (how `--detach` and the harness learn readiness without polling).
+    closed (how `--detach` and the harness learn readiness without polling). `launch` (config
+    path, CHATSTATE_* variables, command-line overrides) goes into the pid file, so `restart`
+    can start the same configuration again.
     Raises GatewayExit with BAD_CONFIG, STORE_UNUSABLE or IN_USE as described in the module doc.
     """
-    t0 = time.monotonic()
+    t0 = process_started_monotonic()
     log = logs.get("server")
     plugins = load_plugins(config)
     with PidFile.acquire(config.state_dir) as pidfile:
@@ -50,10 +54,11 @@ def run(config: GatewayConfig, *, ready_fd: int | None = None) -> int:
             try:
                 state.check_database(path)
             except state.StateStoreError as exc:
-                raise GatewayExit(STORE_UNUSABLE, f"state store unusable: {exc}") from None
+                raise GatewayExit(STORE_UNUSABLE, f"state store unusable: {exc}{_next_steps(path, exc)}") from None
         sock = _bind(config.host, config.port)
         try:
             app = build_app(config, plugins)
+            pidfile.update(launch=launch or {})
             return asyncio.run(_serve(app, config, sock, pidfile, ready_fd=ready_fd, t0=t0))
         finally:
             sock.close()
@@ -108,7 +113,7 @@ async def _serve(
             await web.SockSite(runner, sock).start()
             host, port = sock.getsockname()[:2]
             url = f"http://{host}:{port}"
-            pidfile.update(host=host, port=port, url=url, ready=True, config=str(config.source or ""))
+            pidfile.update(host=host, port=port, url=url, ready=True)
             log.info("gateway_ready", extra={"url": url, "plugins": [lp.id for lp in app[PLUGINS]],
                                              "duration_ms": round((time.monotonic() - t0) * 1000, 3)})
             ready.send(url)
@@ -148,13 +153,50 @@ class _ReadyPipe:
 
 
 def _exit_for(exc: BaseException) -> BaseException:
-    """Map a startup failure to the documented exit code (anything else propagates as is)."""
+    """Map a startup failure to the documented exit code and one line naming the plugin and the
+    cause; the traceback of a plugin's own failure goes to the log (`plugin_start_failed`)."""
     cause = exc.cause if isinstance(exc, PluginStartError) else exc
     where = f"adapters.{exc.plugin_id}: " if isinstance(exc, PluginStartError) else ""
     if isinstance(cause, PluginNotTrusted):
         return GatewayExit(BAD_CONFIG, f"config error: trusted_plugins: {cause}")
     if isinstance(cause, state.StateStoreError) and cause.code in UNUSABLE_STORE_CODES:
-        return GatewayExit(STORE_UNUSABLE, f"state store unusable: {where}{cause}")
-    if isinstance(cause, (ValueError, LookupError, TypeError)) and isinstance(exc, PluginStartError):
-        return GatewayExit(BAD_CONFIG, f"config error: {where}{cause}")
-    return exc
+        hint = _next_steps(Path(cause.path), cause) if cause.path else ""
+        return GatewayExit(STORE_UNUSABLE, f"state store unusable: {where}{cause}{hint}")
+    if not isinstance(exc, PluginStartError):
+        return exc
+    logs.get("plugins").error("plugin_start_failed", exc_info=cause,
+                              extra={"plugin": exc.plugin_id, "adapter": exc.plugin_id})
+    if isinstance(cause, (ValueError, LookupError, TypeError)):
+        return GatewayExit(BAD_CONFIG, f"config error: {where}{_one_line(cause)} (traceback in the log)")
+    return GatewayExit(FAILED, f"{where}start failed: {_one_line(cause)} (traceback in the log)")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _next_steps(path: Path, exc: state.StateStoreError) -> str:
+    """What an operator does about a database file the gateway will not touch (issue 16)."""
+    if exc.code not in ("CORRUPT", "OPEN_FAILED", "SCHEMA_UNSUPPORTED") or not path.is_file() or path.is_symlink():
+        return ""
+    from chatstate.gateway.status import next_steps
+
+    return f". To go on: {next_steps(str(path), str(exc.code))}"
+
+
+def process_started_monotonic() -> float:
+    """When this process started, on the monotonic clock: `gateway_ready.duration_ms` counts the
+    interpreter start and imports too (issue 16: 8 ms were reported for a 424 ms start).
+
+    Linux: /proc/self/stat field 22 (start time in clock ticks since boot) against
+    CLOCK_BOOTTIME; elsewhere, now.
+    """
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        started_s = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        since_start = time.clock_gettime(time.CLOCK_BOOTTIME) - started_s
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic()
+    return time.monotonic() - max(since_start, 0.0)

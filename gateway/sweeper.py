@@ -1,4 +1,4 @@
-"""Delete expired rows every `sweep_interval_s` (DESIGN.md §2: 60 s), always off the loop.
+"""Delete expired rows every `sweep_interval_s` (docs/state.md: 60 s), always off the loop.
 
 `state.sweep_expired` already works in bounded batches (<= 1,024 rows a transaction) so a
 sweep never holds the write lock long; this module only decides when, and keeps the outcome
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatstate import state
-from chatstate.gateway import logs
+from chatstate.gateway import logs, metrics
 
 
 @dataclass
@@ -43,7 +43,10 @@ async def sweep_once(
         except state.StateStoreError as exc:
             status.last_at, status.last_error = time.time(), str(exc.code)
             log.error("sweep_failed", extra={"op": "sweep", "code": str(exc.code)})
-            return None
+            rows = None
+    metrics.record_sweep(t.ms / 1000, rows)
+    if rows is None:
+        return None
     status.last_at, status.last_rows, status.last_error = time.time(), rows, None
     log.info("sweep", extra={"op": "sweep", "rows": rows, "duration_ms": t.ms})
     return rows

@@ -1,7 +1,9 @@
-"""The `[adapters.discord]` table, checked once at start.
+"""The `[adapters.discord]` table as a typed settings model (gateway.settings), checked at start.
 
-Keys (besides the gateway's `enabled` and `mode`):
-  public_key    application public key, 64 hex characters (verifies interactions)   required
+Keys (besides the gateway's `enabled` and `mode`), each `CHATSTATE_DISCORD_<KEY>` in the
+environment, typed as in TOML:
+  public_key    application public key, 64 hex characters (verifies interactions)
+                required for transport = "http" (gateway dispatches are not signed)
   bot_token     bot token for REST calls (`Authorization: Bot <token>`)              required
   api_base_url  REST base URL; a simulator's in tests                    default Discord v10
   ttl_ms        registry entry lifetime in ms (tests shorten it)             default 30 min
@@ -15,96 +17,58 @@ Keys (besides the gateway's `enabled` and `mode`):
   shard_lease_ms      how long one gateway holds the shard's session unrenewed  default 15000
   gateway_id          who holds the shard lease; a restart with the same id re-takes it at
                       once, another id waits for it to lapse              default: the host name
-`public_key` is required only for transport = "http" (gateway dispatches are not signed).
-`CHATSTATE_DISCORD_<KEY>` environment variables arrive as strings, so integers may be strings.
+To add a key: add one annotated field here (with a default unless it is required).
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Literal
 
 from nacl.signing import VerifyKey
+from pydantic import Field
 
 from chatstate.adapters.discord.platform import DEFAULT_API_BASE, load_verify_key
+from chatstate.gateway.settings import AdapterSettings
 
 DEFAULT_TIMESTAMP_WINDOW_S = 300  # 5 min: a signed interaction older (or newer) than this is refused
 DEFAULT_PANELS_PER_USER = 10  # x 4 components = 40 of the registry's 500: no one user can fill it
-
-
 TRANSPORTS = ("http", "gateway")
 
+Text = Annotated[str, Field(min_length=1)]
+Positive = Annotated[int, Field(ge=1)]
 
-@dataclass(frozen=True)
-class DiscordConfig:
-    verify_key: VerifyKey | None  # None only with transport = "gateway"
-    bot_token: str
-    api_base_url: str = DEFAULT_API_BASE
-    ttl_ms: int | None = None  # None = the registry default (30 min)
-    max_entries: int | None = None  # None = the registry default (500)
-    timestamp_window_s: int = DEFAULT_TIMESTAMP_WINDOW_S
-    panels_per_user: int = DEFAULT_PANELS_PER_USER
-    transport: str = "http"
-    intents: int = 0
-    reidentify_delay_s: float = 5.0
-    shard_lease_ms: int = 15_000
-    gateway_id: str = ""
 
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any]) -> DiscordConfig:
-        """Check the table; raises ValueError naming the key (the gateway then exits 2)."""
-        transport = str(table.get("transport") or "http")
-        if transport not in TRANSPORTS:
-            raise ValueError(f"adapters.discord.transport: must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
-        key = None
-        if transport == "http" or table.get("public_key"):
-            try:
-                key = load_verify_key(_text(table, "public_key"))
-            except ValueError as exc:
-                raise ValueError(f"adapters.discord.{exc}") from None
-        delay = table.get("reidentify_delay_s", 5.0)
+class DiscordSettings(AdapterSettings):
+    """Everything the Discord adapter reads from its config table."""
+
+    adapter_id = "discord"
+
+    public_key: Text | None = None  # hex, from the developer portal; required for transport = "http"
+    bot_token: Text  # secret
+    api_base_url: Text = DEFAULT_API_BASE
+    ttl_ms: Positive | None = None  # None = the registry default (30 min)
+    max_entries: Positive | None = None  # None = the registry default (500)
+    timestamp_window_s: Positive = DEFAULT_TIMESTAMP_WINDOW_S
+    panels_per_user: Positive = DEFAULT_PANELS_PER_USER
+    transport: Literal["http", "gateway"] = "http"
+    intents: Annotated[int, Field(ge=0)] = 0  # a discord.Intents value
+    reidentify_delay_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    shard_lease_ms: Positive = 15_000
+    gateway_id: Text = Field(default_factory=socket.gethostname)
+
+    def verify_key(self) -> VerifyKey | None:
+        """The Ed25519 key from `public_key` (None only with transport = "gateway" and no key).
+
+        Raises ValueError naming the key when it is missing for HTTP or not 32 hex bytes
+        (offline: run by `check` before anything starts).
+        """
+        if self.public_key is None:
+            if self.transport == "http":
+                raise ValueError("adapters.discord.public_key: required for transport = \"http\" "
+                                 "(or set CHATSTATE_DISCORD_PUBLIC_KEY)")
+            return None
         try:
-            delay = float(delay)
-        except (TypeError, ValueError):
-            raise ValueError("adapters.discord.reidentify_delay_s: must be a number") from None
-        if isinstance(table.get("reidentify_delay_s"), bool) or not 0 < delay <= 60:
-            raise ValueError("adapters.discord.reidentify_delay_s: must be > 0 and <= 60")
-        intents = table.get("intents", 0)
-        if isinstance(intents, str) and intents.strip().isdigit():
-            intents = int(intents)
-        if isinstance(intents, bool) or not isinstance(intents, int) or intents < 0:
-            raise ValueError("adapters.discord.intents: must be an integer >= 0 (a discord.Intents value)")
-        return cls(
-            verify_key=key,
-            bot_token=_text(table, "bot_token"),
-            api_base_url=str(table.get("api_base_url") or DEFAULT_API_BASE),
-            ttl_ms=_positive_int(table, "ttl_ms"),
-            max_entries=_positive_int(table, "max_entries"),
-            timestamp_window_s=_positive_int(table, "timestamp_window_s") or DEFAULT_TIMESTAMP_WINDOW_S,
-            panels_per_user=_positive_int(table, "panels_per_user") or DEFAULT_PANELS_PER_USER,
-            transport=transport,
-            intents=intents,
-            reidentify_delay_s=delay,
-            shard_lease_ms=_positive_int(table, "shard_lease_ms") or 15_000,
-            gateway_id=str(table.get("gateway_id") or socket.gethostname()),
-        )
-
-
-def _text(table: Mapping[str, Any], name: str) -> str:
-    value = table.get(name)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"adapters.discord.{name}: required (or set CHATSTATE_DISCORD_{name.upper()})")
-    return value
-
-
-def _positive_int(table: Mapping[str, Any], name: str) -> int | None:
-    value = table.get(name)
-    if value is None:
-        return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"adapters.discord.{name}: must be an integer >= 1")
-    return value
+            return load_verify_key(self.public_key)
+        except ValueError as exc:
+            raise ValueError(f"adapters.discord.{exc}") from None

@@ -18,17 +18,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from nacl.signing import VerifyKey
 
 from chatstate.adapters.common import now_ms
 from chatstate.adapters.discord import platform
 from chatstate.adapters.discord.bot import DiscordBot
-from chatstate.adapters.discord.config import DiscordConfig
+from chatstate.adapters.discord.config import DiscordSettings
 from chatstate.adapters.discord.gateway_client import GatewayClient
 from chatstate.adapters.discord.gateway_state import GatewayState
 from chatstate.adapters.discord.platform import DiscordRest
 from chatstate.adapters.discord.state import COMPONENTS, InteractionLedger, PanelQuota, Registry
 from chatstate.gateway import ingress
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.gateway.settings import AdapterSettings
 
 INTERACTIONS_PATH = "/discord/interactions"
 
@@ -38,9 +40,11 @@ class DiscordPlugin(Plugin):
 
     id = "discord"
     origin = "bundled"
+    settings_type = DiscordSettings
 
     def __init__(self) -> None:
-        self._config: DiscordConfig | None = None
+        self._config: DiscordSettings | None = None
+        self._verify_key: VerifyKey | None = None
         self._registry: Registry | None = None
         self._rest: DiscordRest | None = None
         self._bot: DiscordBot | None = None
@@ -52,13 +56,17 @@ class DiscordPlugin(Plugin):
     def routes(self) -> Sequence[Route]:
         return (Route("POST", INTERACTIONS_PATH, self._interactions),)
 
-    async def start(self, runtime: PluginRuntime) -> None:
-        """Check config, open both registries (not in legacy mode) and the REST session.
+    def check(self, settings: AdapterSettings) -> None:
+        """The public key parses (and is there for transport = "http"); ValueError naming it."""
+        DiscordSettings.of_settings(settings).verify_key()
 
-        Raises ValueError for a bad `[adapters.discord]` table and StateStoreError from
-        opening a store.
+    async def start(self, runtime: PluginRuntime) -> None:
+        """Open both registries (not in legacy mode) and the REST session.
+
+        Raises StateStoreError from opening a store.
         """
-        self._config = config = DiscordConfig.from_table(runtime.config)
+        self._config = config = DiscordSettings.of(runtime)
+        self._verify_key = config.verify_key()
         self._registry = Registry(legacy=runtime.legacy, ttl_ms=config.ttl_ms, max_entries=config.max_entries)
         await self._registry.open(runtime)
         self._ledger = InteractionLedger(legacy=runtime.legacy, window_s=config.timestamp_window_s)
@@ -116,12 +124,12 @@ class DiscordPlugin(Plugin):
 
     async def _interactions(self, request: web.Request) -> web.Response:
         assert self._config is not None and self._bot is not None and self._ledger is not None, "start() first"
-        if self._config.verify_key is None:  # transport = "gateway" without a public key
+        if self._verify_key is None:  # transport = "gateway" without a public key
             raise web.HTTPNotFound(text="this gateway takes Discord interactions over the Gateway")
         body = await request.read()
         timestamp = ingress.credential(request.headers, platform.TIMESTAMP_HEADER)
         if not platform.verify(
-            self._config.verify_key,
+            self._verify_key,
             signature=ingress.credential(request.headers, platform.SIGNATURE_HEADER),
             timestamp=timestamp,
             body=body,

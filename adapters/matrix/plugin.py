@@ -12,7 +12,7 @@ from typing import Any
 
 from nio import ReactionEvent, RoomMessageText
 
-from chatstate.adapters.matrix.config import MatrixConfig, parse_config
+from chatstate.adapters.matrix.config import MatrixSettings
 from chatstate.adapters.matrix.handlers import ApprovalFlow
 from chatstate.adapters.matrix.platform import MatrixIO
 from chatstate.adapters.matrix.state import ReactionTargets, SyncTokens
@@ -26,9 +26,10 @@ class MatrixPlugin(Plugin):
 
     id = "matrix"
     origin = "bundled"
+    settings_type = MatrixSettings
 
     def __init__(self) -> None:
-        self.config: MatrixConfig | None = None
+        self.config: MatrixSettings | None = None
         self.io: MatrixIO | None = None
         self.targets: ReactionTargets | None = None
         self.tokens: SyncTokens | None = None
@@ -40,10 +41,10 @@ class MatrixPlugin(Plugin):
     async def start(self, runtime: PluginRuntime) -> None:
         """Check config, open stores, log in, settle the sync position, start syncing.
 
-        Raises ValueError (bad config), StateStoreError (stores), MatrixError (homeserver
+        Raises StateStoreError (stores), MatrixError (homeserver
         refused the token or the initial sync); the gateway then refuses to start.
         """
-        self.config = config = parse_config(runtime.config)
+        self.config = config = MatrixSettings.of(runtime)
         self._legacy = runtime.legacy
         self.targets = ReactionTargets(legacy=runtime.legacy)
         self.tokens = SyncTokens(legacy=runtime.legacy)

@@ -1,16 +1,20 @@
-"""The `[adapters.slack]` table, checked once at start into one frozen dataclass.
+"""The `[adapters.slack]` table as a typed settings model (gateway.settings), checked at start.
 
-Values may arrive as strings (a `CHATSTATE_SLACK_<KEY>` environment override is always a
-string), so integers and booleans accept their string spellings too.
+Each key is one field: its type, its default and what it means. The gateway validates the
+table strictly and applies `CHATSTATE_SLACK_<KEY>` variables typed as TOML values
+(`CHATSTATE_SLACK_THREAD_TTL_MS=5000` is an integer); docs/migrations/slack.md lists them.
+To add a key: add one annotated field here (with a default unless it is required).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Literal, Self
 
-# Defaults, one unit a line (DESIGN.md §3 and issue 5).
+from pydantic import Field, field_validator, model_validator
+
+from chatstate.gateway.settings import AdapterSettings
+
+# Defaults, one unit a line (issue 5; the table in docs/migrating-an-adapter.md).
 DEFAULT_API_BASE_URL = "https://slack.com/api/"
 DEFAULT_ACCOUNT_ID = "default"  # the bot account this gateway runs as (part of the thread key)
 DEFAULT_AGENT_ID = "main"  # stored with each participation row: which agent replied
@@ -24,85 +28,45 @@ ACK_BUDGET_S = 2.5  # Slack wants a 2xx within 3 s; we wait at most this long fo
 TRANSPORTS = ("http", "socket")  # Events API request URL, or Socket Mode (issue 19)
 SOCKET_PING_INTERVAL_S = 5.0  # slack-sdk's default; its pong watchdog reconnects after 4 misses
 
+Text = Annotated[str, Field(min_length=1, pattern=r"\S")]
+Positive = Annotated[int, Field(gt=0)]
 
-@dataclass(frozen=True)
-class SlackSettings:
+
+class SlackSettings(AdapterSettings):
     """Everything the Slack adapter reads from its config table."""
 
-    signing_secret: str
-    bot_token: str
-    api_base_url: str = DEFAULT_API_BASE_URL
-    account_id: str = DEFAULT_ACCOUNT_ID
-    agent_id: str = DEFAULT_AGENT_ID
-    require_mention: bool = True
-    require_explicit_mention: bool = False
-    thread_ttl_ms: int = THREAD_TTL_MS
-    thread_max_entries: int = THREAD_MAX_ENTRIES
-    threads_per_user: int = THREADS_PER_USER
-    event_ttl_ms: int = EVENT_TTL_MS
-    event_max_entries: int = EVENT_MAX_ENTRIES
-    event_lease_ms: int = EVENT_LEASE_MS
-    ack_budget_s: float = ACK_BUDGET_S
-    transport: str = "http"  # `transport`, not `mode`: `mode` is the gateway's store/legacy key
-    app_token: str = ""  # app-level token (xapp-...), required for transport = "socket"
-    socket_ping_interval_s: float = SOCKET_PING_INTERVAL_S
+    adapter_id = "slack"
 
+    # verifies every Events API request (v0 HMAC); secret. Socket Mode requests are not signed
+    # (the app-level token authenticates the link), so there it may be left out.
+    signing_secret: Text = "unused"
+    bot_token: Text  # xoxb-... for the Web API; secret
+    api_base_url: Text = DEFAULT_API_BASE_URL  # a simulator's in tests
+    account_id: Text = DEFAULT_ACCOUNT_ID
+    agent_id: Text = DEFAULT_AGENT_ID
+    require_mention: bool = True  # channel messages need an @mention ...
+    require_explicit_mention: bool = False  # ... and true turns off thread/reply implicit mentions
+    thread_ttl_ms: Positive = THREAD_TTL_MS
+    thread_max_entries: Positive = THREAD_MAX_ENTRIES
+    threads_per_user: Positive = THREADS_PER_USER
+    event_ttl_ms: Positive = EVENT_TTL_MS
+    event_max_entries: Positive = EVENT_MAX_ENTRIES
+    event_lease_ms: Positive = EVENT_LEASE_MS
+    ack_budget_s: Annotated[float, Field(gt=0)] = ACK_BUDGET_S
+    transport: Literal["http", "socket"] = "http"  # `transport`, not `mode` (the store/legacy key)
+    app_token: Text | None = None  # app-level token (xapp-...), required for transport = "socket"
+    socket_ping_interval_s: Annotated[float, Field(gt=0)] = SOCKET_PING_INTERVAL_S
+
+    @field_validator("api_base_url")
     @classmethod
-    def from_config(cls, table: Mapping[str, Any]) -> SlackSettings:
-        """Check the adapter's table. Raises ValueError naming the key (the gateway exits 2)."""
-        base = str(_get(table, "api_base_url", str, DEFAULT_API_BASE_URL))
-        transport = _get(table, "transport", str, "http")
-        if transport not in TRANSPORTS:
-            raise ValueError(f"adapters.slack.transport: must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
-        socket = transport == "socket"
-        return cls(
-            # Socket Mode requests are not signed (the app-level token authenticates the link)
-            signing_secret=_get(table, "signing_secret", str, "unused") if socket else _required(table, "signing_secret"),
-            bot_token=_required(table, "bot_token"),
-            api_base_url=base if base.endswith("/") else base + "/",
-            account_id=_get(table, "account_id", str, DEFAULT_ACCOUNT_ID),
-            agent_id=_get(table, "agent_id", str, DEFAULT_AGENT_ID),
-            require_mention=_get(table, "require_mention", bool, True),
-            require_explicit_mention=_get(table, "require_explicit_mention", bool, False),
-            thread_ttl_ms=_get(table, "thread_ttl_ms", int, THREAD_TTL_MS),
-            thread_max_entries=_get(table, "thread_max_entries", int, THREAD_MAX_ENTRIES),
-            threads_per_user=_get(table, "threads_per_user", int, THREADS_PER_USER),
-            event_ttl_ms=_get(table, "event_ttl_ms", int, EVENT_TTL_MS),
-            event_max_entries=_get(table, "event_max_entries", int, EVENT_MAX_ENTRIES),
-            event_lease_ms=_get(table, "event_lease_ms", int, EVENT_LEASE_MS),
-            ack_budget_s=_get(table, "ack_budget_s", float, ACK_BUDGET_S),
-            transport=transport,
-            app_token=_required(table, "app_token") if socket else "",
-            socket_ping_interval_s=_get(table, "socket_ping_interval_s", float, SOCKET_PING_INTERVAL_S),
-        )
+    def _trailing_slash(cls, value: str) -> str:
+        return value if value.endswith("/") else value + "/"
 
-
-def _required(table: Mapping[str, Any], key: str) -> str:
-    value = table.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"adapters.slack.{key}: required (or set CHATSTATE_SLACK_{key.upper()})")
-    return value
-
-
-def _get(table: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
-    value = table.get(key, default)
-    name = f"adapters.slack.{key}"
-    if kind is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise ValueError(f"{name}: must be true or false")
-        return value
-    if kind in (int, float):
-        if isinstance(value, bool):
-            raise ValueError(f"{name}: must be a number")
-        try:
-            number = kind(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: must be a number, got {value!r}") from None
-        if number <= 0:
-            raise ValueError(f"{name}: must be > 0, got {number}")
-        return number
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name}: must be a non-empty string")
-    return value
+    @model_validator(mode="after")
+    def _transport_keys(self) -> Self:
+        if self.transport == "socket" and self.app_token is None:
+            raise ValueError('adapters.slack.app_token: required for transport = "socket" '
+                             "(or set CHATSTATE_SLACK_APP_TOKEN)")
+        if self.transport == "http" and "signing_secret" not in self.model_fields_set:
+            raise ValueError("adapters.slack.signing_secret: required (or set CHATSTATE_SLACK_SIGNING_SECRET)")
+        return self

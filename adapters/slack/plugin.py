@@ -51,7 +51,7 @@ from chatstate.adapters.slack.state import (
     starters_spec,
     thread_spec,
 )
-from chatstate.gateway import ingress
+from chatstate.gateway import ingress, metrics
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 EVENTS_PATH = "/slack/events"
@@ -82,6 +82,7 @@ class SlackPlugin(Plugin):
 
     id = "slack"
     origin = "bundled"
+    settings_type = SlackSettings
 
     def __init__(self) -> None:
         self.settings: SlackSettings | None = None
@@ -107,7 +108,7 @@ class SlackPlugin(Plugin):
         Raises ValueError (bad config), StateStoreError (opening a store) and
         slack_sdk.errors.SlackApiError / aiohttp.ClientError (auth.test failed).
         """
-        settings = SlackSettings.from_config(runtime.config)
+        settings = SlackSettings.of(runtime)
         self._runtime = runtime
         self.settings = settings
         self._verifier = RequestVerifier(settings.signing_secret)
@@ -208,6 +209,8 @@ class SlackPlugin(Plugin):
 
     def _answer(self, outcome: Outcome | None) -> web.Response:
         assert self.settings is not None
+        if outcome in (Outcome.ALREADY_DONE, Outcome.IN_PROGRESS):
+            metrics.record_dedupe_hit(self.id, "event")  # a retry or duplicate dropped by the claim
         if outcome in (Outcome.LEASED, Outcome.FAILED):
             retry_after = math.ceil(self.settings.event_lease_ms / 1000) if outcome is Outcome.LEASED else 1
             return web.Response(status=503, headers={"Retry-After": str(retry_after)}, text=outcome.value)

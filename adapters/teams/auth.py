@@ -17,7 +17,6 @@ in the config, no static token.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +33,7 @@ from botframework.connector.auth import (
     ServiceClientCredentialsFactory,
 )
 
+from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.keys import FetchSettings, SigningKeys, install
 
 BOT_FRAMEWORK_SCOPE = "https://api.botframework.com"  # the audience of tokens the bot presents
@@ -73,22 +73,23 @@ class StaticTokenCredentialFactory(ServiceClientCredentialsFactory):
         return StaticTokenCredentials(app_id, self.token)
 
 
-def build_authentication(config: Mapping[str, Any]) -> BotFrameworkAuthentication:
+def build_authentication(config: TeamsSettings) -> BotFrameworkAuthentication:
     """Build the Bot Framework authentication described by `[adapters.teams]`.
 
     Keys: `app_id` (required); `openid_metadata_url` + `token_issuer` + `connector_token` for a
     simulator, or `app_password` for Azure. Raises ValueError naming the missing key.
     """
-    app_id = _required(config, "app_id")
-    metadata_url = config.get("openid_metadata_url")
+    config.check_credentials()
+    app_id = config.app_id
+    metadata_url = config.openid_metadata_url
     if metadata_url is None:
-        password = _required(config, "app_password")
+        password = str(config.app_password)
         return BotFrameworkAuthenticationFactory.create(
             credential_factory=PasswordServiceClientCredentialFactory(app_id, password),
             auth_configuration=AuthenticationConfiguration(),
         )
-    issuer = _required(config, "token_issuer")
-    token = _required(config, "connector_token")
+    issuer = str(config.token_issuer)
+    token = str(config.connector_token)
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(str(metadata_url)))
     return BotFrameworkAuthenticationFactory.create(
         to_channel_from_bot_login_url=origin,  # unused: the static token needs no login
@@ -135,15 +136,16 @@ class TokenCheck:
         return claims
 
 
-def build_token_check(config: Mapping[str, Any]) -> tuple[TokenCheck, list[SigningKeys]]:
+def build_token_check(config: TeamsSettings) -> tuple[TokenCheck, list[SigningKeys]]:
     """The pre-parse token check for `[adapters.teams]`, and every key set botframework-connector
     may read, installed into its metadata cache (so it never fetches with `requests`).
 
     Raises ValueError naming a bad key.
     """
-    app_id = _required(config, "app_id")
-    settings = FetchSettings.from_config(config)
-    metadata_url = config.get("openid_metadata_url")
+    config.check_credentials()
+    app_id = config.app_id
+    settings = FetchSettings.from_config(config.model_dump())
+    metadata_url = config.openid_metadata_url
     if metadata_url is None:  # Azure: the channel's keys; emulator tokens are refused up front
         channel = SigningKeys(AuthenticationConstants.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL, settings)
         key_sets = [channel, SigningKeys(AuthenticationConstants.TO_BOT_FROM_EMULATOR_OPENID_METADATA_URL, settings)]
@@ -151,14 +153,8 @@ def build_token_check(config: Mapping[str, Any]) -> tuple[TokenCheck, list[Signi
     else:
         channel = SigningKeys(str(metadata_url), settings)
         key_sets = [channel]
-        issuer = _required(config, "token_issuer")
+        issuer = str(config.token_issuer)
     for keys in key_sets:
         install(keys)
     return TokenCheck(channel, issuer, app_id), key_sets
 
-
-def _required(config: Mapping[str, Any], key: str) -> str:
-    value = config.get(key)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"adapters.teams.{key}: required (a non-empty string)")
-    return value

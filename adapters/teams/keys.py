@@ -158,8 +158,8 @@ class SigningKeys:
             self._fetched_at = self._clock()
             return
         self._failed_until = self._clock() + self.settings.retry_after_failure_s
-        log.warning("openid_fetch_failed url=%s error=%s keeping=%d keys", self.url, type(exc).__name__,
-                    len(self._keys or []))
+        log.warning("openid_fetch_failed", extra={"url": self.url, "error": type(exc).__name__,
+                                                  "keys_kept": len(self._keys or [])})
 
     async def _fetch(self) -> list[dict[str, Any]]:
         self.fetches += 1

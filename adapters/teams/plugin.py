@@ -1,6 +1,6 @@
 """The Teams plugin: wires auth, the sent-message cache, the botbuilder adapter and the bot.
 
-Config, the `[adapters.teams]` table (docs/migrations/teams.md lists every key):
+Config, the `[adapters.teams]` table (`config.TeamsSettings`; docs/migrations/teams.md lists every key):
 `app_id`; `openid_metadata_url`, `token_issuer`, `connector_token` for a local Bot Connector
 simulator, or `app_password` for Azure; `sent_ttl_ms` and `sent_max_entries` to shrink the 24 h /
 1,000 defaults in tests; `mode = "legacy"` keeps the sent-message cache in memory only.
@@ -16,11 +16,13 @@ from aiohttp import web
 from chatstate.adapters.common import AdapterState, RequesterQuota
 from chatstate.adapters.teams.auth import TokenCheck, build_authentication, build_token_check
 from chatstate.adapters.teams.bot import TeamsBot
+from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.connector import TeamsCloudAdapter
 from chatstate.adapters.teams.keys import SigningKeys
 from chatstate.adapters.teams.sent import SentMessages
 from chatstate.adapters.teams.state import open_requester_quota, open_sent_messages
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.gateway.settings import AdapterSettings
 
 MESSAGES_PATH = "/api/messages"  # the Bot Framework messaging endpoint
 
@@ -30,6 +32,7 @@ class TeamsPlugin(Plugin):
 
     id = "teams"
     origin = "bundled"
+    settings_type = TeamsSettings
 
     def __init__(self) -> None:
         self._state: AdapterState | None = None
@@ -42,17 +45,21 @@ class TeamsPlugin(Plugin):
     def routes(self) -> Sequence[Route]:
         return (Route("POST", MESSAGES_PATH, self._messages),)
 
-    async def start(self, runtime: PluginRuntime) -> None:
-        """Build auth from the config and open the sent-message cache.
+    def check(self, settings: AdapterSettings) -> None:
+        """Azure or simulator credentials are complete (ValueError naming the missing key)."""
+        TeamsSettings.of_settings(settings).check_credentials()
 
-        Raises ValueError naming a missing or bad config key, and StateStoreError from opening
-        the store (both stop the gateway from starting).
+    async def start(self, runtime: PluginRuntime) -> None:
+        """Build auth from the settings and open the sent-message cache.
+
+        Raises StateStoreError from opening the store (it stops the gateway from starting).
         """
-        auth = build_authentication(runtime.config)
-        self._check, self._key_sets = build_token_check(runtime.config)
-        state = open_sent_messages(runtime.config, legacy=runtime.legacy)
+        settings = TeamsSettings.of(runtime)
+        auth = build_authentication(settings)
+        self._check, self._key_sets = build_token_check(settings)
+        state = open_sent_messages(settings, legacy=runtime.legacy)
         await state.open(runtime)
-        quota = open_requester_quota(runtime.config, legacy=runtime.legacy)
+        quota = open_requester_quota(settings, legacy=runtime.legacy)
         await quota.state.open(runtime)
         sent = SentMessages(state)
         self._state = state

@@ -10,11 +10,13 @@ Copy this module when migrating another "did the bot send this?" cache.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from chatstate.adapters.common import AdapterState, RequesterQuota, StateSpec
 from chatstate.gateway.ingress import short_id
+
+if TYPE_CHECKING:
+    from chatstate.adapters.teams.config import TeamsSettings
 
 NAMESPACE = "msteams.sent-messages"
 SENT_TTL_MS = 24 * 60 * 60 * 1000  # 24 h: a reply to an older bot message needs a mention again
@@ -29,28 +31,22 @@ REQUESTERS_MAX_ENTRIES = 5_000  # users counted; evicting one only forgets their
 SENT_MESSAGES = StateSpec(NAMESPACE, ttl_ms=SENT_TTL_MS, max_entries=SENT_MAX_ENTRIES)
 
 
-def spec_from_config(config: Mapping[str, Any]) -> StateSpec:
-    """Return the spec with `sent_ttl_ms` / `sent_max_entries` overrides (tests use small ones).
-
-    Raises ValueError naming the key when an override is not an integer >= 1.
-    """
-    ttl = _positive_int(config, "sent_ttl_ms", SENT_TTL_MS)
-    cap = _positive_int(config, "sent_max_entries", SENT_MAX_ENTRIES)
-    return StateSpec(NAMESPACE, ttl_ms=ttl, max_entries=cap)
+def spec_from_config(config: TeamsSettings) -> StateSpec:
+    """Return the spec with the `sent_ttl_ms` / `sent_max_entries` settings (tests use small ones)."""
+    return StateSpec(NAMESPACE, ttl_ms=config.sent_ttl_ms, max_entries=config.sent_max_entries)
 
 
-def open_sent_messages(config: Mapping[str, Any], *, legacy: bool) -> AdapterState:
+def open_sent_messages(config: TeamsSettings, *, legacy: bool) -> AdapterState:
     """The sent-message cache: keyed store behind memory, or memory only when `legacy`."""
     return AdapterState(spec_from_config(config), legacy=legacy)
 
 
-def open_requester_quota(config: Mapping[str, Any], *, legacy: bool) -> RequesterQuota:
+def open_requester_quota(config: TeamsSettings, *, legacy: bool) -> RequesterQuota:
     """How many live sent rows one user's messages may cause (`sent_per_user`, default 100), so
     one user's mention spam cannot evict the rows other users' replies rely on (issue 15)."""
-    spec = spec_from_config(config)
-    ttl = spec.ttl_ms or SENT_TTL_MS
+    ttl = config.sent_ttl_ms
     state = AdapterState(StateSpec(REQUESTERS_NAMESPACE, ttl_ms=ttl, max_entries=REQUESTERS_MAX_ENTRIES), legacy=legacy)
-    return RequesterQuota(state, per_user=_positive_int(config, "sent_per_user", SENT_PER_USER), ttl_ms=ttl)
+    return RequesterQuota(state, per_user=config.sent_per_user, ttl_ms=ttl)
 
 
 def sent_key(conversation_id: str, activity_id: str) -> str:
@@ -70,9 +66,3 @@ def sent_value(sent_at_ms: int) -> dict[str, int]:
     """The stored value: when the Bot Connector accepted the activity (ms since epoch)."""
     return {"sent_at": sent_at_ms}
 
-
-def _positive_int(config: Mapping[str, Any], key: str, default: int) -> int:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"adapters.teams.{key}: must be an integer >= 1")
-    return value

@@ -65,11 +65,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 async def run_gateway_cli(
-    *args: str, env: Mapping[str, str] | None = None, timeout_s: float = 60.0
+    *args: str, env: Mapping[str, str] | None = None, timeout_s: float = 60.0, cwd: str | Path | None = None
 ) -> CliResult:
-    """Run `python -m chatstate *args` to completion; for exit-code tests and `stop`/`status`."""
+    """Run `python -m chatstate *args` to completion; for exit-code tests and `stop`/`status`.
+    `cwd`: run it from another folder, as a person would (relative paths then resolve there)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "chatstate", *args, env=dict(env) if env is not None else None,
+        sys.executable, "-m", "chatstate", *args, env=dict(env) if env is not None else None, cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
@@ -189,7 +190,11 @@ class GatewayHarness:
     def write_config(self) -> Path:
         """(Re)write the TOML config; call again after changing modes or tables, then restart."""
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.config_path.write_text(dumps(self.config_doc()))
+        # 0600 whatever the umask: the config holds the adapters' tokens (issue 15)
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(dumps(self.config_doc()))
         return self.config_path
 
     # -- process control ------------------------------------------------------------------------
@@ -209,7 +214,9 @@ class GatewayHarness:
         log_path = self.log_path(self.runs)
         read_end, write_end = os.pipe()
         try:
-            with open(log_path, "ab") as log_file:  # the gateway's JSON log lines, one file per run
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.fchmod(log_fd, 0o600)
+            with os.fdopen(log_fd, "ab") as log_file:  # the gateway's JSON log lines, one file per run
                 self.proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "chatstate", "start", "--config", str(self.config_path),
                     "--ready-fd", str(write_end),

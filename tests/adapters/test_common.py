@@ -4,6 +4,8 @@ the writes, and replays them when the store is back."""
 
 from __future__ import annotations
 
+import logging
+
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -36,6 +38,9 @@ class FlakyStore:
 
 
 class Runtime:
+    plugin_id = "adapter"
+    log = logging.LoggerAdapter(logging.getLogger("test.adapter"))
+
     def __init__(self, path: Path, clock: Any = None) -> None:
         self.path, self.clock, self.stores = path, clock, []
 
@@ -140,3 +145,36 @@ async def test_pending_writes_are_bounded_by_the_cap(opened: tuple[AdapterState,
     for i in range(10):
         await state.record(f"k{i}", i)
     assert state.health()["pending_writes"] == SPEC.max_entries
+
+
+BAD_KEYS = [
+    (["acct", "!room", "$event"], "INVALID_INPUT"),  # a list: was a 500 `unhashable type` in both modes
+    (("acct", "!room", "$event"), "INVALID_INPUT"),  # a tuple: worked in legacy, failed in store mode
+    (42, "INVALID_INPUT"),
+    ("   ", "INVALID_INPUT"),
+    ("k" * 513, "LIMIT_EXCEEDED"),
+]
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "store"])
+@pytest.mark.parametrize(("key", "code"), BAD_KEYS)
+async def test_keys_are_checked_exactly_as_the_store_checks_them(
+    tmp_path: Path, legacy: bool, key: Any, code: str
+) -> None:
+    runtime = Runtime(tmp_path / "state.sqlite")
+    st = AdapterState(SPEC, legacy=legacy)
+    await st.open(runtime)  # type: ignore[arg-type]
+    try:
+        for call in (lambda: st.record(key, {"v": 1}), lambda: st.claim(key, {"v": 1}), lambda: st.get(key),
+                     lambda: st.take(key), lambda: st.forget(key)):
+            with pytest.raises(StateStoreError) as info:
+                await call()
+            assert info.value.code == code
+        assert len(st.memory) == 0 and st.health()["mode"] == ("legacy" if legacy else "store")
+        with pytest.raises(StateStoreError) as bad_value:
+            await st.record("k", {"not": ("json", "tuple")})
+        assert bad_value.value.code == "INVALID_INPUT" and len(st.memory) == 0
+        await st.record("  padded  ", {"v": 2})  # trimmed, as the store trims
+        assert await st.get("padded") == {"v": 2}
+    finally:
+        await st.close()

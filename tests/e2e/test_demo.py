@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -59,7 +60,8 @@ def test_table_output_and_kept_state_dir(tmp_path: Path) -> None:
     assert "| adapter | behaviour" in result.stdout and "PASS" in result.stdout
     assert "teams" in result.stdout and "discord" not in result.stdout
     assert "gateway SIGKILLed" in result.stderr  # progress goes to stderr
-    assert (keep / "store" / "plugin-state" / "state.sqlite").exists()
+    [run] = list(keep.iterdir())  # this run's own folder
+    assert run.name.startswith("run-") and (run / "store" / "plugin-state" / "state.sqlite").exists()
 
 
 def test_unknown_adapter_is_bad_usage(tmp_path: Path) -> None:
@@ -68,20 +70,76 @@ def test_unknown_adapter_is_bad_usage(tmp_path: Path) -> None:
     assert "--only" in result.stderr
 
 
-def test_ctrl_c_cleans_up_processes_and_temp_dirs(tmp_path: Path) -> None:
+# Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group (the demo and the
+# gateway it started), at several points of the run, each recognised by a progress line.
+CTRL_C_POINTS = [
+    "== legacy in-memory maps ==",  # the first gateway is starting
+    "gateway ready",  # the first gateway just got ready
+    "first half done",  # between a first half and the restart
+    "and back in",  # right after a restart
+    "== keyed store (SQLite) ==",  # the second mode is starting
+]
+
+
+@pytest.mark.parametrize("twice", [False, True], ids=["once", "twice"])
+@pytest.mark.parametrize("point", CTRL_C_POINTS)
+def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path: Path, point: str, twice: bool) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     with subprocess.Popen([sys.executable, "-m", "chatstate", "demo"], env=env, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
-        assert proc.stderr is not None
-        for line in proc.stderr:  # wait until a gateway is really up, then interrupt
-            if "gateway ready" in line:
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        assert proc.stderr is not None and proc.stdout is not None
+        seen = []
+        for line in proc.stderr:  # wait for the point, then press Ctrl-C
+            seen.append(line)
+            if point in line:
                 break
-        assert processes_mentioning(str(tmp_path)), "a gateway should be running now"
-        proc.send_signal(signal.SIGINT)
+        assert point in seen[-1], "".join(seen)
+        os.killpg(proc.pid, signal.SIGINT)
+        if twice:  # an impatient second Ctrl-C while the first one's cleanup runs
+            time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGINT)
         rest = proc.stderr.read()
+        out = proc.stdout.read()
         assert proc.wait(timeout=120) == 130, rest
-    deadline = time.monotonic() + 30
-    while processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
-        time.sleep(0.1)  # a SIGTERMed gateway takes a moment to exit
-    assert processes_mentioning(str(tmp_path)) == []
-    assert list(tmp_path.iterdir()) == []
+    assert rest.strip().splitlines()[-1] == "interrupted: simulators and gateway stopped", rest
+    for bad in ("Traceback", "Unclosed", "Warning", "Exception ignored", "Task was destroyed"):
+        assert bad not in rest, rest
+    assert out == ""
+    assert processes_mentioning(str(tmp_path)) == []  # no gateway left
+    assert list(tmp_path.iterdir()) == []  # no temp dir left
+
+
+def test_a_rerun_on_the_same_state_dir_works_and_keeps_each_runs_logs(tmp_path: Path) -> None:
+    keep = tmp_path / "kept"
+    runs = [demo("--only", "slack,slack,discord", "--json", "--state-dir", str(keep), tmp=tmp_path) for _ in range(2)]
+    for result in runs:
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert [r["adapter"] for r in report["rows"]].count("slack") == 1  # --only deduplicated
+    dirs = sorted(keep.iterdir())
+    assert [str(d) for d in dirs] == sorted(json.loads(r.stdout)["state_dir"] for r in runs)
+    for d in dirs:  # each run in its own folder, with its own logs
+        assert (d / "store" / "gateway-run2.log").exists() and (d / "legacy" / "gateway-run1.log").exists()
+
+
+def test_the_table_explains_its_time_column(tmp_path: Path) -> None:
+    result = demo("--only", "discord", tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "| time" in result.stdout
+    assert "\ntime: wall-clock time spent playing that conversation" in result.stdout
+
+
+def test_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """The demo's kept config holds tokens: files 0600 and folders 0700 even under umask 000."""
+    keep = tmp_path / "kept" / "deeper"
+    script = f"umask 000 && exec {sys.executable} -m chatstate demo --only slack --state-dir {keep}"
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "TMPDIR": str(tmp_path)}, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "kept").rglob("*")}
+    modes["kept"] = stat.S_IMODE((tmp_path / "kept").stat().st_mode)
+    assert any(name.endswith("gateway.toml") for name in modes)
+    loose = {name: oct(mode) for name, mode in modes.items()
+             if mode != (0o700 if (tmp_path / name).is_dir() else 0o600)}
+    assert loose == {}

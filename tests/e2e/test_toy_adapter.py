@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,3 +65,23 @@ async def test_untrusted_external_plugin_cannot_get_a_store(tmp_path: Path) -> N
             pass
     assert info.value.exit_code not in (0, None)
     assert "trusted_plugins" in info.value.log_tail
+
+
+DOC = EXAMPLES.parent / "migrating-an-adapter.md"
+
+
+def test_the_recipe_and_the_toy_adapter_number_their_steps_alike() -> None:
+    """Each `# N. Title` in the toy adapter is the page's `### N. Title`, and every step is there."""
+    steps = dict(re.findall(r"^### (\d+)\. (.+)$", DOC.read_text(), re.M))
+    assert list(steps) == [str(n) for n in range(1, len(steps) + 1)]
+    toy = re.findall(r"^\s*# (\d+)\. ([^:]+?)(?::|$)", (EXAMPLES / "toy_adapter.py").read_text(), re.M)
+    assert sorted({n for n, _ in toy}, key=int) == list(steps)
+    for number, title in toy:
+        assert steps[number].startswith(title.strip()), (number, title, steps[number])
+
+
+def test_the_docs_cite_only_files_in_the_repository() -> None:
+    """The adapter-author docs used to cite a "DESIGN.md §3" that is not in the repository."""
+    root = EXAMPLES.parents[1]
+    for page in [DOC, *sorted((root / "docs").rglob("*.md")), root / "README.md"]:
+        assert "DESIGN.md" not in page.read_text(), page

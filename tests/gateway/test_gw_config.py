@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from chatstate.adapters.slack.config import SlackSettings
 from chatstate.gateway.config import load_config, parse_config
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.sim.tomlwrite import dumps
@@ -31,8 +32,10 @@ def test_env_overrides_and_supplies_adapter_secrets() -> None:
     env = {"CHATSTATE_SLACK_SIGNING_SECRET": "from-env", "CHATSTATE_SLACK_BOT_TOKEN": "xoxb",
            "CHATSTATE_MS_TEAMS_APP_PASSWORD": "pw", "CHATSTATE_DISCORD_PUBLIC_KEY": "no table"}
     config = parse_config(raw, env=env)
-    assert dict(config.adapters["slack"].table) == {"signing_secret": "from-env", "bot_token": "xoxb"}
-    assert config.adapters["ms-teams"].table["app_password"] == "pw"
+    slack = config.adapters["slack"]
+    settings = SlackSettings.from_table(slack.table, env=slack.env)
+    assert (settings.signing_secret, settings.bot_token) == ("from-env", "xoxb")
+    assert config.adapters["ms-teams"].env == {"CHATSTATE_MS_TEAMS_APP_PASSWORD": "pw"}
     assert "discord" not in config.adapters
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from chatstate import state
 from chatstate.gateway.config import AdapterConfig, parse_config
+from chatstate.gateway.settings import AdapterSettings
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.registry import BUNDLED, LoadedPlugin, load_plugins
 from chatstate.gateway.runtime import GatewayRuntime, PluginNotTrusted, StoreBroker
@@ -110,5 +111,6 @@ async def test_core_stores_are_for_bundled_plugins_only(broker: StoreBroker) -> 
 
 def test_runtime_shape(broker: StoreBroker) -> None:
     rt = _runtime("echo", "bundled", broker)
-    assert (rt.plugin_id, rt.legacy, dict(rt.config)) == ("ext-notes", False, {"k": "v"})
+    assert (rt.plugin_id, rt.legacy, dict(rt.config)) == ("ext-notes", False, {"enabled": True, "mode": "store"})
+    assert type(rt.settings) is AdapterSettings  # NotesPlugin declares no settings type of its own
     assert not hasattr(rt, "__dict__")  # slots: one small object per plugin, made once

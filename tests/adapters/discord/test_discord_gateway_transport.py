@@ -160,17 +160,18 @@ async def test_missing_heartbeat_ack_reconnects_and_resumes(tmp_path: Path) -> N
 
 
 def test_transport_keys_are_checked() -> None:
-    from chatstate.adapters.discord.config import DiscordConfig
+    from chatstate.adapters.discord.config import DiscordSettings
+    from chatstate.gateway.exits import ConfigError
 
-    gateway = DiscordConfig.from_table({"bot_token": "t", "transport": "gateway", "gateway_id": "gw-a"})
-    assert (gateway.transport, gateway.verify_key, gateway.gateway_id) == ("gateway", None, "gw-a")
-    assert DiscordConfig.from_table({"bot_token": "t", "public_key": "00" * 32}).transport == "http"
+    gateway = DiscordSettings.from_table({"bot_token": "t", "transport": "gateway", "gateway_id": "gw-a"})
+    assert (gateway.transport, gateway.verify_key(), gateway.gateway_id) == ("gateway", None, "gw-a")
+    assert DiscordSettings.from_table({"bot_token": "t", "public_key": "00" * 32}).transport == "http"
     with pytest.raises(ValueError, match="adapters.discord.public_key"):
-        DiscordConfig.from_table({"bot_token": "t"})  # HTTP interactions must be verified
-    with pytest.raises(ValueError, match="adapters.discord.transport"):
-        DiscordConfig.from_table({"bot_token": "t", "transport": "websocket"})
-    with pytest.raises(ValueError, match="adapters.discord.intents"):
-        DiscordConfig.from_table({"bot_token": "t", "transport": "gateway", "intents": -1})
+        DiscordSettings.from_table({"bot_token": "t"}).verify_key()  # HTTP interactions must be verified
+    with pytest.raises(ConfigError, match="adapters.discord.transport"):
+        DiscordSettings.from_table({"bot_token": "t", "transport": "websocket"})
+    with pytest.raises(ConfigError, match="adapters.discord.intents"):
+        DiscordSettings.from_table({"bot_token": "t", "transport": "gateway", "intents": -1})
 
 
 async def test_a_refused_token_fails_the_start(tmp_path: Path) -> None:

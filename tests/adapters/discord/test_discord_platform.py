@@ -9,7 +9,8 @@ import pytest
 from nacl.signing import SigningKey
 
 from chatstate.adapters.discord import platform as wire, ui
-from chatstate.adapters.discord.config import DiscordConfig
+from chatstate.adapters.discord.config import DiscordSettings
+from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.sim.discord import fixture
 
 KEY = SigningKey(bytes(range(32)))
@@ -37,19 +38,22 @@ def test_verify_accepts_only_the_signature_of_timestamp_plus_body() -> None:
 
 @pytest.mark.parametrize("bad", ["", "xyz", "ab" * 31, "ab" * 33])
 def test_config_rejects_a_public_key_that_is_not_32_hex_bytes(bad: str) -> None:
-    with pytest.raises(ValueError, match="adapters.discord.public_key"):
-        DiscordConfig.from_table({"public_key": bad, "bot_token": "t"})
+    with pytest.raises((ValueError, ConfigError), match="adapters.discord.public_key"):
+        DiscordSettings.from_table({"public_key": bad, "bot_token": "t"}).verify_key()
 
 
-def test_config_takes_integers_from_environment_strings() -> None:
-    config = DiscordConfig.from_table(
-        {"public_key": KEY.verify_key.encode().hex(), "bot_token": "t", "ttl_ms": "2500", "max_entries": 7}
+def test_config_takes_integers_from_environment_variables() -> None:
+    config = DiscordSettings.from_table(
+        {"public_key": KEY.verify_key.encode().hex(), "bot_token": "t", "max_entries": 7},
+        env={"CHATSTATE_DISCORD_TTL_MS": "2500"},
     )
     assert (config.ttl_ms, config.max_entries, config.api_base_url) == (2500, 7, discord.http.Route.BASE)
-    with pytest.raises(ValueError, match="adapters.discord.ttl_ms"):
-        DiscordConfig.from_table({"public_key": KEY.verify_key.encode().hex(), "bot_token": "t", "ttl_ms": 0})
-    with pytest.raises(ValueError, match="adapters.discord.bot_token"):
-        DiscordConfig.from_table({"public_key": KEY.verify_key.encode().hex()})
+    with pytest.raises(ConfigError, match="adapters.discord.ttl_ms"):
+        DiscordSettings.from_table({"public_key": KEY.verify_key.encode().hex(), "bot_token": "t", "ttl_ms": 0})
+    with pytest.raises(ConfigError, match="adapters.discord.ttl_ms"):  # TOML has types: no strings for integers
+        DiscordSettings.from_table({"public_key": KEY.verify_key.encode().hex(), "bot_token": "t", "ttl_ms": "2500"})
+    with pytest.raises(ConfigError, match="adapters.discord.bot_token"):
+        DiscordSettings.from_table({"public_key": KEY.verify_key.encode().hex()})
 
 
 def test_parse_reads_every_fixture() -> None:

@@ -15,7 +15,8 @@ import pytest
 from chatstate import state
 from chatstate.adapters.common import now_ms
 from chatstate.adapters.matrix import platform
-from chatstate.adapters.matrix.config import DEFAULT_APPROVAL_TTL_MS, parse_config
+from chatstate.adapters.matrix.config import DEFAULT_APPROVAL_TTL_MS, MatrixSettings
+from chatstate.gateway.exits import ConfigError
 from chatstate.adapters.matrix.state import Outcome, ReactionTarget, ReactionTargets, SyncTokens, target_key
 from chatstate.gateway.approvals import Approval, ApprovalService
 
@@ -99,18 +100,22 @@ def test_prompt_expiry_only_for_the_bots_prompts() -> None:
 
 
 def test_config_defaults_env_strings_and_errors() -> None:
-    cfg = parse_config({"homeserver": "http://h/", "access_token": "t", "approvers": "@a:s, @b:s"})
+    cfg = MatrixSettings.from_table({"homeserver": "http://h/", "access_token": "t"},
+                                    env={"CHATSTATE_MATRIX_APPROVERS": "@a:s, @b:s"})
     assert (cfg.homeserver, cfg.approvers, cfg.approval_ttl_ms) == ("http://h", ("@a:s", "@b:s"), DEFAULT_APPROVAL_TTL_MS)
-    assert parse_config({"homeserver": "h", "access_token": "t", "approval_ttl_ms": "1500"}).approval_ttl_ms == 1500
+    env = {"CHATSTATE_MATRIX_APPROVAL_TTL_MS": "1500", "CHATSTATE_MATRIX_APPROVERS": '["@c:s"]'}
+    cfg = MatrixSettings.from_table({"homeserver": "h", "access_token": "t"}, env=env)
+    assert (cfg.approval_ttl_ms, cfg.approvers) == (1500, ("@c:s",))
     for table, key in [
         ({"access_token": "t"}, "homeserver"),
         ({"homeserver": "h"}, "access_token"),
         ({"homeserver": "h", "access_token": "t", "approvers": ["alice"]}, "approvers"),
         ({"homeserver": "h", "access_token": "t", "approval_ttl_ms": 0}, "approval_ttl_ms"),
         ({"homeserver": "h", "access_token": "t", "sync_timeout_ms": True}, "sync_timeout_ms"),
+        ({"homeserver": "h", "access_token": "t", "approval_ttl_ms": "1500"}, "approval_ttl_ms"),
     ]:
-        with pytest.raises(ValueError, match=f"adapters.matrix.{key}"):
-            parse_config(table)
+        with pytest.raises(ConfigError, match=f"adapters.matrix.{key}"):
+            MatrixSettings.from_table(table)
 
 
 # -- approvals (core store) -------------------------------------------------------------------

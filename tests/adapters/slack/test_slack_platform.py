@@ -10,6 +10,7 @@ import pytest
 
 from chatstate.adapters.slack.platform import RequestVerifier, parse_message
 from chatstate.adapters.slack.config import SlackSettings
+from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.sim.slack import sign
 from slack_helpers import load_fixture
 
@@ -74,12 +75,13 @@ def test_parse_ignores_other_envelopes() -> None:
 
 
 def test_settings_defaults_and_env_strings() -> None:
-    s = SlackSettings.from_config({"signing_secret": "a", "bot_token": "b", "api_base_url": "http://x/api"})
+    s = SlackSettings.from_table({"signing_secret": "a", "bot_token": "b", "api_base_url": "http://x/api"})
     assert (s.thread_ttl_ms, s.thread_max_entries) == (24 * 3600 * 1000, 5_000)
     assert (s.event_ttl_ms, s.event_max_entries) == (3600 * 1000, 50_000)
     assert s.api_base_url == "http://x/api/" and s.require_mention and not s.require_explicit_mention
-    env = SlackSettings.from_config({"signing_secret": "a", "bot_token": "b", "thread_ttl_ms": "1500",
-                                     "require_explicit_mention": "true"})
+    env = SlackSettings.from_table({"signing_secret": "a", "bot_token": "b"},
+                                   env={"CHATSTATE_SLACK_THREAD_TTL_MS": "1500",
+                                        "CHATSTATE_SLACK_REQUIRE_EXPLICIT_MENTION": "true"})
     assert env.thread_ttl_ms == 1500 and env.require_explicit_mention
 
 
@@ -93,5 +95,5 @@ def test_settings_defaults_and_env_strings() -> None:
     ],
 )
 def test_settings_errors_name_the_key(table: dict[str, object], key: str) -> None:
-    with pytest.raises(ValueError, match=f"adapters.slack.{key}"):
-        SlackSettings.from_config(table)
+    with pytest.raises(ConfigError, match=f"adapters.slack.{key}"):
+        SlackSettings.from_table(table)

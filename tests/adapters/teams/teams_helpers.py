@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from chatstate import state
 from chatstate.adapters.common import StateSpec
 from chatstate.adapters.teams import TeamsPlugin
+from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.state import SENT_MESSAGES
 from chatstate.gateway.sim.teams import TeamsSimulator
 
@@ -26,7 +27,8 @@ class LocalRuntime:
 
     def __init__(self, db: Path, config: Mapping[str, Any], *, legacy: bool) -> None:
         self.db = db
-        self.config = config
+        self.settings = TeamsSettings.from_table({"app_id": "test-app", **config})
+        self.config = self.settings.model_dump()
         self.legacy = legacy
         self.log = logging.LoggerAdapter(logging.getLogger("test.teams"), {})
         self.stores: list[state.AsyncKeyedStore] = []

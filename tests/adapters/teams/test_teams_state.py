@@ -20,6 +20,8 @@ from chatstate.adapters.teams.state import (
     sent_key,
     spec_from_config,
 )
+from chatstate.adapters.teams.config import TeamsSettings
+from chatstate.gateway.exits import ConfigError
 from teams_helpers import LocalRuntime, sent_rows
 
 CHANNEL = "19:general0123456789@thread.tacv2"
@@ -29,14 +31,20 @@ def test_spec_is_the_design_table_row() -> None:
     assert (SENT_MESSAGES.namespace, SENT_MESSAGES.ttl_ms, SENT_MESSAGES.max_entries) == (
         "msteams.sent-messages", 24 * 60 * 60 * 1000, 1_000,
     )
-    assert spec_from_config({}) == SENT_MESSAGES
-    assert spec_from_config({"sent_ttl_ms": 5, "sent_max_entries": 2}).max_entries == 2
+    assert spec_from_config(_settings()) == SENT_MESSAGES
+    assert spec_from_config(_settings(sent_ttl_ms=5, sent_max_entries=2)).max_entries == 2
+    from_env = TeamsSettings.from_table({"app_id": "a"}, env={"CHATSTATE_TEAMS_SENT_TTL_MS": "5000"})
+    assert spec_from_config(from_env).ttl_ms == 5000  # issue 16: was refused as "must be an integer"
+
+
+def _settings(**table: object) -> TeamsSettings:
+    return TeamsSettings.from_table({"app_id": "a", **table})
 
 
 @pytest.mark.parametrize("config", [{"sent_ttl_ms": 0}, {"sent_max_entries": True}, {"sent_max_entries": "3"}])
 def test_bad_overrides_name_the_key(config: dict[str, object]) -> None:
-    with pytest.raises(ValueError, match=f"adapters.teams.{next(iter(config))}"):
-        spec_from_config(config)
+    with pytest.raises(ConfigError, match=f"adapters.teams.{next(iter(config))}"):
+        _settings(**config)
 
 
 def test_thread_replies_and_channel_posts_share_the_channel_key() -> None:
@@ -47,7 +55,7 @@ def test_thread_replies_and_channel_posts_share_the_channel_key() -> None:
 async def test_the_real_cap_evicts_the_oldest_send(tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite"
     runtime = LocalRuntime(db, {}, legacy=False)
-    cache = open_sent_messages(runtime.config, legacy=False)
+    cache = open_sent_messages(runtime.settings, legacy=False)
     await cache.open(runtime)
     sent = SentMessages(cache)
     try:
@@ -69,7 +77,7 @@ async def test_the_real_cap_evicts_the_oldest_send(tmp_path: Path) -> None:
 
 async def test_legacy_twin_has_the_same_cap_in_memory_and_touches_no_file(tmp_path: Path) -> None:
     runtime = LocalRuntime(tmp_path / "state.sqlite", {"sent_max_entries": 2}, legacy=True)
-    cache = open_sent_messages(runtime.config, legacy=True)
+    cache = open_sent_messages(runtime.settings, legacy=True)
     await cache.open(runtime)
     sent = SentMessages(cache)
     await sent.record(CHANNEL, ["1", "2", "3"])

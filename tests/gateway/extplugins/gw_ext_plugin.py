@@ -6,12 +6,15 @@ plugin was listed, not by what the class says.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
+from chatstate.gateway.settings import AdapterSettings
 
 TOKEN = "ext-token"
 
@@ -44,3 +47,28 @@ class CorePlugin(Plugin):
 
     async def start(self, runtime: PluginRuntime) -> None:
         await runtime.open_core_store("core:approvals", "pending", max_entries=10)
+
+
+class FifoSettings(AdapterSettings):
+    fifo: str  # a named pipe the test reads: the plugin says "starting" there
+
+
+class SlowStartPlugin(Plugin):
+    """Says "starting" on a FIFO, then never finishes starting (for the Ctrl-C tests)."""
+
+    id = "ext-slow"
+    settings_type = FifoSettings
+
+    async def start(self, runtime: PluginRuntime) -> None:
+        fifo = FifoSettings.of(runtime).fifo
+        await asyncio.to_thread(Path(fifo).write_text, "starting\n")
+        await asyncio.Event().wait()
+
+
+class BrokenStartPlugin(Plugin):
+    """Its start fails the way a real SDK call fails (for the one-line start-failure test)."""
+
+    id = "ext-broken"
+
+    async def start(self, runtime: PluginRuntime) -> None:
+        raise ConnectionRefusedError(111, "upstream refused the connection")

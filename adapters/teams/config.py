@@ -1,0 +1,60 @@
+"""The `[adapters.teams]` table as a typed settings model (gateway.settings), checked at start.
+
+Keys (besides `enabled` and `mode`), each `CHATSTATE_TEAMS_<KEY>` in the environment, typed as
+in TOML (`CHATSTATE_TEAMS_SENT_TTL_MS=5000` is the integer 5000):
+  app_id               the bot's Microsoft app id                                   required
+  app_password         client secret for Azure AD (when no simulator is configured)
+  openid_metadata_url  a local Bot Connector simulator's OpenID metadata, with
+  token_issuer         ... the issuer of its tokens, and
+  connector_token      ... the static token the bot presents to it
+  sent_ttl_ms          msteams.sent-messages row lifetime                         default 24 h
+  sent_max_entries     rows kept                                                 default 1,000
+  sent_per_user        live sent rows one user's messages may cause (quota)        default 100
+  openid_connect_timeout_s, openid_read_timeout_s, openid_total_timeout_s,
+  openid_retry_after_failure_s   the signing-key fetch, seconds          default 3, 5, 10, 30
+To add a key: add one annotated field here (with a default unless it is required).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from chatstate.adapters.teams.keys import FetchSettings
+from chatstate.adapters.teams.state import SENT_MAX_ENTRIES, SENT_PER_USER, SENT_TTL_MS
+from chatstate.gateway.settings import AdapterSettings
+
+Text = Annotated[str, Field(min_length=1)]
+Positive = Annotated[int, Field(ge=1)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class TeamsSettings(AdapterSettings):
+    """Everything the Teams adapter reads from its config table."""
+
+    adapter_id = "teams"
+
+    app_id: Text
+    app_password: Text | None = None  # secret; Azure only
+    openid_metadata_url: Text | None = None  # set = talk to a local simulator instead of Azure
+    token_issuer: Text | None = None
+    connector_token: Text | None = None  # secret
+    sent_ttl_ms: Positive = SENT_TTL_MS
+    sent_max_entries: Positive = SENT_MAX_ENTRIES
+    sent_per_user: Positive = SENT_PER_USER  # fairness quota: live sent rows one user's messages may cause
+    # the signing-key (OpenID metadata) fetch, seconds (issue 15)
+    openid_connect_timeout_s: PositiveSeconds = FetchSettings.connect_timeout_s
+    openid_read_timeout_s: PositiveSeconds = FetchSettings.read_timeout_s
+    openid_total_timeout_s: PositiveSeconds = FetchSettings.total_timeout_s
+    openid_retry_after_failure_s: PositiveSeconds = FetchSettings.retry_after_failure_s
+
+    def check_credentials(self) -> None:
+        """Azure needs `app_password`; a simulator needs `token_issuer` and `connector_token`.
+
+        Raises ValueError naming the missing key (offline: nothing is fetched).
+        """
+        needed = ("app_password",) if self.openid_metadata_url is None else ("token_issuer", "connector_token")
+        for key in needed:
+            if getattr(self, key) is None:
+                raise ValueError(f"adapters.teams.{key}: required (or set CHATSTATE_TEAMS_{key.upper()})")

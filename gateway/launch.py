@@ -1,0 +1,184 @@
+"""Start a gateway in the background, and restart one with the configuration it runs with.
+
+A foreground `chatstate start` records how it was launched in the pid file (`launch`: the
+config file, its command-line overrides and the CHATSTATE_* variables it read). `restart`
+without `--config` starts exactly that again, so an operator who learnt that `status` and
+`stop` need no `--config` does not silently lose every adapter (issue 16). Before it stops
+anything, `restart` validates the new configuration completely (parse, plugin imports, each
+plugin's settings and offline `check`), and refuses, leaving the old gateway serving, when that
+fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chatstate.gateway.config import GatewayConfig, load_config
+from chatstate.gateway.exits import FAILED, OK, GatewayExit
+from chatstate.gateway.pidfile import FILE_MODE, check_state_dir
+from chatstate.gateway.settings import ENV_PREFIX
+
+LOG_NAME = "gateway.log"  # under the state dir, for --detach and restart
+CONFIG_ENV = "CHATSTATE_GATEWAY_CONFIG"  # the default for --config
+
+
+def launch_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables a launch records: every CHATSTATE_* one (config values, secrets) and
+    PYTHONPATH (where external plugins are imported from)."""
+    return {k: v for k, v in env.items() if k.startswith(ENV_PREFIX) or k == "PYTHONPATH"}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a gateway is started: the part of the command line and environment that matters."""
+
+    state_dir: Path
+    config: Path | None = None  # absolute
+    host: str | None = None  # command-line overrides only; None = the config's value
+    port: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)  # CHATSTATE_* variables and PYTHONPATH
+
+    def argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "chatstate", "start", "--state-dir", str(self.state_dir)]
+        if self.config is not None:
+            argv += ["--config", str(self.config)]
+        if self.host is not None:
+            argv += ["--host", self.host]
+        if self.port is not None:
+            argv += ["--port", str(self.port)]
+        return argv
+
+    def command(self) -> str:
+        """The shell command that starts this configuration in the background (no values of
+        variables: secrets stay out of terminals; the names are listed instead)."""
+        return shlex.join([*self.argv(), "--detach"])
+
+    def record(self) -> dict[str, Any]:
+        return {"config": str(self.config) if self.config else None, "host": self.host,
+                "port": self.port, "env": dict(self.env)}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], state_dir: Path) -> Launch:
+        env = record.get("env")
+        return cls(
+            state_dir=state_dir,
+            config=Path(record["config"]) if record.get("config") else None,
+            host=record.get("host") if isinstance(record.get("host"), str) else None,
+            port=record.get("port") if isinstance(record.get("port"), int) else None,
+            env={str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {},
+        )
+
+    def environment(self) -> dict[str, str]:
+        """This process's environment, with recorded variables filling in what is unset (and no
+        default config file when this launch has none: it must start what it says)."""
+        env = {**self.env, **os.environ}
+        if self.config is None:
+            env.pop(CONFIG_ENV, None)
+        return env
+
+    def load(self) -> GatewayConfig:
+        """Parse the configuration this launch would run. Raises ConfigError."""
+        return load_config(self.config, env=self.environment(), state_dir=self.state_dir,
+                           host=self.host, port=self.port)
+
+
+def validate(launch: Launch) -> GatewayConfig:
+    """Check everything a start checks before it touches anything: the config, the state dir,
+    every enabled plugin's import, settings and offline `check`.
+
+    The plugin part runs in a child (`chatstate start --check-only`) with exactly the
+    environment the new gateway will get (recorded PYTHONPATH included), so an import that
+    only works there is judged there. Raises ConfigError / GatewayExit with the child's own
+    message and exit code (2 config, 3 state dir).
+    """
+    config = launch.load()
+    check_state_dir(config.state_dir, create=False)
+    proc = subprocess.run([*launch.argv(), "--check-only"], env=launch.environment(), capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        said = [line[len("gateway: "):] for line in proc.stderr.splitlines() if line.startswith("gateway: ")]
+        raise GatewayExit(proc.returncode, said[-1] if said else f"checking the configuration failed "
+                          f"(exit {proc.returncode})")
+    return config
+
+
+@dataclass(frozen=True)
+class Started:
+    """What a background start came to: exit code, the ready line, the log, the child's reason."""
+
+    code: int
+    ready: dict[str, Any] | None
+    log_path: Path
+    reason: str = ""
+
+
+def spawn_detached(launch: Launch, *, ready_timeout_s: float) -> Started:
+    """Run `chatstate start` in a new session with its output appended to `<state-dir>/gateway.log`,
+    and wait for its ready line on a pipe. A child not ready in time is killed (exit 1)."""
+    log_path = launch.state_dir / LOG_NAME
+    read_end, write_end = os.pipe()
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)  # also when it existed with a looser mode, whatever the umask
+    offset = os.fstat(fd).st_size
+    with os.fdopen(fd, "ab") as log_file:
+        proc = subprocess.Popen(
+            [*launch.argv(), "--ready-fd", str(write_end)], stdin=subprocess.DEVNULL, stdout=log_file,
+            stderr=log_file, pass_fds=(write_end,), start_new_session=True, env=launch.environment(),
+        )
+    os.close(write_end)
+    try:
+        line = _read_line(read_end, ready_timeout_s)
+    except BaseException:  # Ctrl-C while waiting: no half-started gateway is left behind
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        os.close(read_end)
+    if line is None:  # timed out: do not leave a half-started gateway behind
+        proc.kill()
+        proc.wait()
+        return Started(FAILED, None, log_path, f"not ready after {ready_timeout_s:g} s; killed it")
+    if not line:  # EOF without a ready line: the child exited, its code and last words say why
+        code = proc.wait()
+        return Started(code, None, log_path, _child_reason(log_path, offset) or f"exited with code {code}")
+    return Started(OK, json.loads(line), log_path)
+
+
+def _read_line(fd: int, timeout_s: float) -> str | None:
+    """Read one line from `fd`: the line, "" on EOF, None on timeout."""
+    deadline = time.monotonic() + timeout_s
+    buf = b""
+    while b"\n" not in buf:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return ""
+        buf += chunk
+    return buf.split(b"\n", 1)[0].decode()
+
+
+def _child_reason(log_path: Path, offset: int) -> str:
+    """The child's own `gateway: ...` line (what a foreground start would have printed)."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line[len("gateway: "):] for line in text.splitlines() if line.startswith("gateway: ")]
+    return lines[-1] if lines else ""

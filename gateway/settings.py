@@ -1,0 +1,178 @@
+"""One typed configuration layer: a pydantic model per table, filled from TOML and environment.
+
+`[gateway]`, `[state]` and every `[adapters.<id>]` table (bundled adapters' `config.py`, and
+an external plugin's `settings_type`) are `Settings` subclasses: one annotated field per key,
+its default and a comment. `build()` is the only place a table is checked, so the five
+hand-written validators that disagreed about environment strings (issue 16) are gone.
+
+Typing rules, the same for the file and the environment:
+- TOML values are validated strictly: `port = "80"` is an error, as TOML has types.
+- `<PREFIX><KEY>` (e.g. `CHATSTATE_TEAMS_SENT_TTL_MS`) overrides the key. A string field takes
+  the variable's text as it is; any other field reads it as a TOML value, so `5000` is the
+  integer 5000, `false` the boolean false and `["@a:x"]` a list, exactly as in the file. A list
+  of strings also takes a comma-separated value (`@a:x,@b:x`).
+- Unknown keys are errors naming the key and the known ones.
+- Messages carry the dotted key (and the variable, when the value came from one), never the
+  value: pydantic is told to hide inputs, and no validator here quotes one.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from chatstate.gateway.exits import ConfigError
+
+ENV_PREFIX = "CHATSTATE_"
+S = TypeVar("S", bound="Settings")
+
+
+class Settings(BaseModel):
+    """Base of every settings table: frozen, strict, unknown keys refused, inputs never echoed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, hide_input_in_errors=True)
+
+
+class AdapterSettings(Settings):
+    """The keys every `[adapters.<id>]` table has; an adapter's own settings type extends it."""
+
+    adapter_id: ClassVar[str] = ""  # names the table in messages when validated outside the gateway
+
+    enabled: bool = True  # a bundled adapter runs only if its table exists and this is true
+    mode: Literal["store", "legacy"] = "store"  # "legacy": the old in-memory maps (the "before")
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Self:
+        """Validate a table as the gateway does (tests, tools). Raises ConfigError."""
+        where = f"adapters.{cls.adapter_id}"
+        return build(cls, table, where=where, env=env or {}, prefix=env_prefix(cls.adapter_id))
+
+    @classmethod
+    def of(cls, runtime: Any) -> Self:
+        """`runtime.settings` as this type (the gateway validated it against `settings_type`).
+
+        Raises TypeError when the plugin's `settings_type` is not this class.
+        """
+        return cls.of_settings(runtime.settings)
+
+    @classmethod
+    def of_settings(cls, settings: AdapterSettings) -> Self:
+        """`settings` as this type, for `Plugin.check`; raises TypeError if it is not one."""
+        if not isinstance(settings, cls):
+            raise TypeError(f"runtime.settings is {type(settings).__name__}, not {cls.__name__}")
+        return settings
+
+
+def env_prefix(table_id: str) -> str:
+    """`CHATSTATE_SLACK_` for "slack"; characters other than A-Z and 0-9 become `_`."""
+    return ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", table_id.upper()) + "_"
+
+
+def env_var(prefix: str, key: str) -> str:
+    return prefix + key.upper()
+
+
+def build(cls: type[S], table: Mapping[str, Any], *, where: str, env: Mapping[str, str], prefix: str) -> S:
+    """Validate `table` (from TOML) with `<prefix><KEY>` variables from `env` applied on top.
+
+    `where` is the dotted table name for messages ("gateway", "adapters.slack").
+    Raises ConfigError naming the first offending key (and variable), never its value.
+    """
+    check_keys(cls, table, where=where)
+    data = dict(table)
+    from_env: dict[str, str] = {}
+    for name, field in cls.model_fields.items():
+        var = env_var(prefix, name)
+        if var in env:
+            data[name] = from_env_text(field.annotation, env[var])
+            from_env[name] = var
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, where=where, from_env=from_env) from None
+
+
+def check_keys(cls: type[Settings], table: Mapping[str, Any], *, where: str) -> None:
+    """Raise ConfigError for the first key of `table` that `cls` does not declare."""
+    known = list(cls.model_fields)
+    for name in table:
+        if name not in cls.model_fields:
+            raise ConfigError(f"{where}.{name}" if where else name, f"unknown key; known keys: {', '.join(known)}")
+
+
+def from_env_text(annotation: Any, text: str) -> Any:
+    """Turn an environment variable's text into the value TOML would have given the field."""
+    if _takes_str(annotation):
+        return text
+    stripped = text.strip()
+    try:
+        return tomllib.loads(f"v = {stripped}")["v"]
+    except tomllib.TOMLDecodeError:
+        if _is_str_list(annotation):
+            return [part.strip() for part in stripped.split(",") if part.strip()]
+        return text  # validation then says what type was expected
+
+
+def describe(cls: type[Settings], *, prefix: str) -> list[tuple[str, str, str]]:
+    """(key, environment variable, type) for every field: the documentation table's rows."""
+    return [(name, env_var(prefix, name), _type_name(f.annotation)) for name, f in cls.model_fields.items()]
+
+
+def _takes_str(annotation: Any) -> bool:
+    try:
+        TypeAdapter(annotation).validate_python("x", strict=True)
+    except ValidationError:
+        return _is_str_literal(annotation)
+    return True
+
+
+def _is_str_literal(annotation: Any) -> bool:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is Literal:
+        return all(isinstance(a, str) for a in args)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_str_literal(a) or a is str for a in args)
+    return False
+
+
+def _is_str_list(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_str_list(a) for a in typing.get_args(annotation))
+    return origin in (list, tuple) and str in typing.get_args(annotation)
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if typing.get_origin(annotation) is None else None
+    return text or str(annotation).replace("typing.", "")
+
+
+def _config_error(exc: ValidationError, *, where: str, from_env: Mapping[str, str]) -> ConfigError:
+    err = exc.errors(include_input=False, include_url=False, include_context=False)[0]
+    loc = [str(part) for part in err["loc"]]
+    field = loc[0] if loc else ""
+    key = ".".join([where, *loc] if where else loc) or where
+    why = err["msg"]
+    if err["type"] == "missing":
+        why = f"required (or set {env_var(_prefix_of(where), field)})" if where else "required"
+    elif err["type"] == "extra_forbidden":
+        why = "unknown key"
+    elif why.startswith("Value error, "):
+        why = why[len("Value error, "):]
+        named = re.match(rf"^({re.escape(where)}\.\w+): (.*)$", why, re.S) if where else None
+        if named:  # a model-level check that names its key itself
+            key, why = named[1], named[2]
+            field = key.rsplit(".", 1)[1]
+    if field in from_env:
+        why += f" (from ${from_env[field]})"
+    return ConfigError(key, why)
+
+
+def _prefix_of(where: str) -> str:
+    return env_prefix(where.split(".", 1)[1] if where.startswith("adapters.") else where)

@@ -1,0 +1,119 @@
+"""`chatstate status`: is a gateway running on this state dir, and is it well — without ever
+changing anything, hanging, or printing a traceback.
+
+Running or not comes from the state dir's lock (pidfile.running_info); health from one GET
+/healthz with a short timeout, so a frozen gateway reads "not responding (timeout N s)" instead
+of a long wait and a bare FAILING; the store, when nothing runs, from a read-only check of the
+database file ("no database yet" when there is none).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from chatstate.gateway.config import GatewayConfig
+from chatstate.gateway.pidfile import check_state_dir, running_info
+
+STATUS_TIMEOUT_S = 3.0  # how long `status` waits for /healthz before "not responding"
+
+
+def gateway_status(config: GatewayConfig, *, timeout_s: float = STATUS_TIMEOUT_S) -> dict[str, Any]:
+    """Running or not, pid, uptime, address, health and a store summary (read-only when down).
+
+    Raises GatewayExit (exit 3) for a state dir the gateway could not use: a file, a symlink,
+    another user's directory, an unwritable one.
+    """
+    check_state_dir(config.state_dir, create=False)
+    info = running_info(config.state_dir) if config.state_dir.exists() else None
+    report: dict[str, Any] = {"running": info is not None, "state_dir": str(config.state_dir)}
+    if info is None:
+        report["store"] = _offline_store_summary(config)
+        return report
+    report.update(pid=info.get("pid"), url=info.get("url"), ready=info.get("ready", False))
+    if isinstance(info.get("started_at"), (int, float)):
+        report["uptime_s"] = round(time.time() - info["started_at"], 3)
+    if info.get("url"):
+        health = _get_health(info["url"], timeout_s)
+        report["health"] = health.get("status", "unreachable")
+        report["store"] = health.get("store")
+        report["adapters"] = {k: v.get("status") for k, v in (health.get("adapters") or {}).items()}
+        if "error" in health:
+            report["error"] = health["error"]
+    return report
+
+
+def _get_health(url: str, timeout_s: float) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # 503 while starting/stopping still has a body
+        try:
+            return json.loads(exc.read())
+        except ValueError:
+            return {"status": f"http {exc.code}"}
+    except TimeoutError:
+        return {"status": f"not responding (timeout {timeout_s:g} s)"}
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError):
+            return {"status": f"not responding (timeout {timeout_s:g} s)"}
+        return {"status": "unreachable", "error": str(exc.reason)}
+    except (OSError, ValueError) as exc:
+        return {"status": "unreachable", "error": str(exc)}
+
+
+def _offline_store_summary(config: GatewayConfig) -> dict[str, Any]:
+    """Check the database read-only (no probe row is written while the gateway is down)."""
+    if config.state_url:
+        return {"ok": None, "url": config.state_url, "note": "not checked while the gateway is down"}
+    from chatstate import state
+
+    path = state.database_path(config.state_dir)
+    if not path.exists():
+        return {"ok": None, "database_path": str(path), "exists": False, "note": "no database yet"}
+    try:
+        state.check_database(path)
+    except state.StateStoreError as exc:
+        return {"ok": False, "database_path": str(path), "code": str(exc.code), "message": str(exc),
+                "next": next_steps(str(path), str(exc.code))}
+    return {"ok": True, "database_path": str(path), "exists": True}
+
+
+def next_steps(path: str, code: str) -> str:
+    """What to do about an unusable database file (the gateway never moves or deletes it)."""
+    if code == "SCHEMA_UNSUPPORTED":
+        return "it was written by a newer chatstate: run that version, or move it aside to start empty"
+    return (f"move it aside to start with an empty store (mv {path} {path}.bad, and its -wal/-shm files "
+            f"if any), then check the old file with `sqlite3 {path}.bad 'PRAGMA integrity_check'` "
+            f"or `python -m chatstate state probe --path {path}.bad`")
+
+
+def status_text(r: dict[str, Any]) -> str:
+    """The human form of `gateway_status`'s report."""
+    store = r.get("store") or {}
+    if not r["running"]:
+        if store.get("ok") is None:
+            what = store.get("note", "not checked")
+            where = store.get("database_path") or store.get("url", "")
+            line = f"store: {what} ({where})" if where else f"store: {what}"
+        elif store["ok"]:
+            line = f"store: ok {store.get('database_path', '')}"
+        else:
+            line = f"store: UNUSABLE ({store.get('code')}) {store.get('message')}; {store.get('next')}"
+        return f"gateway: not running (state dir {r['state_dir']})\n{line}"
+    lines = [f"gateway: running pid {r.get('pid')} up {r.get('uptime_s', 0):.1f}s at {r.get('url') or '(starting)'}"]
+    if "health" in r:
+        health = r["health"]
+        lines.append(f"health: {health}" + (f" ({r['error']})" if r.get("error") else ""))
+        if health.startswith("not responding"):
+            lines.append("  the process holds the state dir but does not answer GET /healthz: "
+                         "see its log, or `chatstate stop` (SIGKILL after --timeout)")
+        elif store:
+            failed = "; ".join(f"{s.get('name')}: {s.get('message') or s.get('code')}" for s in store.get("failed") or [])
+            lines.append(f"store: ok {store.get('database_path', '')}" if store.get("ok")
+                         else f"store: FAILING {store.get('database_path', '')} ({failed or 'probe failed'})")
+        lines += [f"adapter {k}: {v}" for k, v in (r.get("adapters") or {}).items()]
+    return "\n".join(lines)

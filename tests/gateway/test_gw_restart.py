@@ -1,0 +1,188 @@
+"""`chatstate restart` as an operator runs it (issue 16, item 1): from another folder, without
+`--config`, twice, with a typo, interrupted; every step a real `python -m chatstate` process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from chatstate.gateway.echo import sign
+from chatstate.gateway.sim.harness import CliResult, free_port, run_gateway_cli
+from gw_helpers import EXT_PLUGINS_DIR, SECRET
+
+
+@dataclass
+class Operator:
+    """A person with a config folder, another folder to work from, and a shell environment."""
+
+    config_dir: Path
+    elsewhere: Path
+    home: Path
+    env: dict[str, str]
+
+    async def run(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
+        return await run_gateway_cli(*args, env=env or self.env, cwd=cwd or self.elsewhere)
+
+    async def status(self) -> dict:
+        result = await self.run("status", "--json")
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+async def operator(tmp_path: Path) -> AsyncIterator[Operator]:
+    config_dir, elsewhere, home = tmp_path / "cfg", tmp_path / "elsewhere", tmp_path / "home"
+    config_dir.mkdir()
+    elsewhere.mkdir()
+    # The secret only in the environment of the shell that started the gateway, as docs advise.
+    env = {**os.environ, "CHATSTATE_HOME": str(home),
+           "PYTHONPATH": os.pathsep.join([str(EXT_PLUGINS_DIR), os.environ.get("PYTHONPATH", "")])}
+    env.pop("CHATSTATE_GATEWAY_CONFIG", None)
+    (config_dir / "gw.toml").write_text(f"[gateway]\nport = {free_port()}\n[adapters.echo]\n")
+    op = Operator(config_dir, elsewhere, home, env)
+    yield op
+    info = _pid_info(home)
+    if info:
+        try:
+            os.kill(info["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _pid_info(home: Path) -> dict | None:
+    try:
+        return json.loads((home / "gateway.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+async def _bump(url: str, key: str) -> int:
+    body = json.dumps({"key": key}).encode()
+    headers = {"X-Echo-Signature": sign(SECRET, "POST", "/echo", body)}
+    async with aiohttp.ClientSession() as http, http.post(f"{url}/echo", data=body, headers=headers) as resp:
+        resp.raise_for_status()
+        return (await resp.json())["count"]
+
+
+async def _start(op: Operator) -> dict:
+    started = await op.run("start", "--detach", "--config", "gw.toml", cwd=op.config_dir,
+                           env={**op.env, "CHATSTATE_ECHO_SECRET": SECRET})
+    assert started.returncode == 0, started.stderr
+    return json.loads(started.stdout)
+
+
+async def test_restart_without_config_starts_what_was_running_twice_from_elsewhere(operator: Operator) -> None:
+    first = await _start(operator)
+    assert await _bump(first["url"], "k") == 1
+    pids = {first["pid"]}
+    for _ in range(2):  # a second restart restarts what the first one started
+        restarted = await operator.run("restart")  # no --config, no secret in this shell
+        assert restarted.returncode == 0, restarted.stderr
+        pids.add(json.loads(restarted.stdout)["pid"])
+        report = await operator.status()
+        assert (report["running"], report["health"], report["adapters"]) == (True, "ok", {"echo": "ok"})
+        assert report["pid"] in pids and len(pids) > 1
+        assert await _bump(report["url"], "k") == len(pids)  # same state, same adapters
+    assert len(pids) == 3
+    stopped = await operator.run("stop")
+    assert stopped.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        (f'[adapters.echo]\nsecret = "{SECRET}"\nmax_entires = 5\n', "adapters.echo.max_entires"),  # a typo
+        ("[adapters.echo]\n", "adapters.echo.secret"),  # a secret missing from this shell
+        ('external_plugins = ["no_such_module:Plugin"]\n', "external_plugins[0]"),  # not importable
+        ('[adapters.discord]\npublic_key = "abc"\nbot_token = "t"\n', "adapters.discord.public_key"),  # check()
+    ],
+)
+async def test_a_config_that_fails_validation_stops_nothing(operator: Operator, toml: str, named: str) -> None:
+    first = await _start(operator)
+    (operator.elsewhere / "new.toml").write_text(toml + f"[gateway]\nport = {free_port()}\n")
+    refused = await operator.run("restart", "--config", "new.toml")
+    assert refused.returncode == 2
+    [line] = refused.stderr.splitlines()
+    assert line.startswith(f"gateway: restart refused, the running gateway (pid {first['pid']}) keeps serving")
+    assert named in line and SECRET not in line
+    report = await operator.status()
+    assert (report["pid"], report["health"]) == (first["pid"], "ok")
+    assert await _bump(first["url"], "still-serving") == 1
+
+
+async def test_a_new_gateway_that_fails_to_start_names_the_log_and_the_command(operator: Operator) -> None:
+    first = await _start(operator)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (operator.elsewhere / "new.toml").write_text(f'[gateway]\nport = {port}\n[adapters.echo]\nsecret = "s"\n')
+        failed = await operator.run("restart", "--config", "new.toml")
+    assert failed.returncode == 4
+    [line] = failed.stderr.splitlines()  # one line says it all
+    assert line.startswith("gateway: failed to start (exit 4): ")
+    log = operator.home / "gateway.log"
+    assert f"log: {log}" in line and f"port {port}" in line
+    assert "CHATSTATE_ECHO_SECRET set as before" in line  # named, never its value
+    assert SECRET not in failed.stderr
+    command = line.split("run: ", 1)[1].split(" (with ", 1)[0]
+    argv = shlex.split(command)
+    assert argv[:3] == [sys.executable, "-m", "chatstate"] and "--detach" in argv
+    again = await run_gateway_cli(*argv[3:], env={**operator.env, "CHATSTATE_ECHO_SECRET": SECRET})
+    assert again.returncode == 0, again.stderr
+    report = await operator.status()
+    assert report["adapters"] == {"echo": "ok"} and report["pid"] != first["pid"]
+
+
+async def test_ctrl_c_while_a_detached_start_waits_leaves_no_gateway(operator: Operator) -> None:
+    fifo = operator.elsewhere / "started.fifo"
+    os.mkfifo(fifo)
+    (operator.elsewhere / "slow.toml").write_text(
+        f'external_plugins = ["gw_ext_plugin:SlowStartPlugin"]\n[gateway]\nport = {free_port()}\n'
+        f'[adapters.ext-slow]\nfifo = "{fifo}"\n')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chatstate", "start", "--detach", "--config", "slow.toml", env=operator.env,
+        cwd=operator.elsewhere, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    said = await asyncio.to_thread(fifo.read_text)  # the gateway child is inside plugin.start
+    assert said == "starting\n"
+    child = _pid_info(operator.home)
+    assert child is not None
+    proc.send_signal(signal.SIGINT)
+    out, err = await proc.communicate()
+    assert proc.returncode == 130
+    assert err.decode() == "gateway: interrupted\n" and out == b""
+    assert not _alive(child["pid"])
+    report = await operator.status()
+    assert report["running"] is False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_restart_keeps_the_plugin_path_it_was_started_with(operator: Operator) -> None:
+    (operator.config_dir / "ext.toml").write_text(
+        'external_plugins = ["gw_ext_plugin:NotesPlugin"]\ntrusted_plugins = ["ext-notes"]\n'
+        f"[gateway]\nport = {free_port()}\n")
+    started = await operator.run("start", "--detach", "--config", "ext.toml", cwd=operator.config_dir)
+    assert started.returncode == 0, started.stderr
+    bare = {k: v for k, v in operator.env.items() if k != "PYTHONPATH"}  # another shell, no PYTHONPATH
+    restarted = await operator.run("restart", env=bare)
+    assert restarted.returncode == 0, restarted.stderr
+    report = await operator.status()
+    assert report["adapters"] == {"ext-notes": "ok"} and report["pid"] != json.loads(started.stdout)["pid"]

@@ -94,6 +94,10 @@ class MemoryMap:
     def drop(self, key: str) -> bool:
         return self._rows.pop(key, None) is not None
 
+    def live(self) -> list[Entry]:
+        """Live rows, oldest first."""
+        return [e for e in list(self._rows.values()) if self.get(e.key) is not None]
+
 
 class AdapterState:
     """One namespace of one adapter: memory in front, the keyed store behind."""
@@ -290,6 +294,16 @@ class AdapterState:
             self._remember(key, None)  # the store still holds it: delete once it is back
         return None if cached is None else cached.value
 
+    async def entries(self) -> list[Entry]:
+        """Live rows, oldest first: the store's when it is reachable (every process's rows),
+        else this process's memory."""
+        if self._store is not None and await self._recover():
+            try:
+                return await self._store.entries()
+            except StateStoreError as exc:
+                self._degrade(exc)
+        return self.memory.live()
+
     async def forget(self, key: str) -> bool:
         """Delete `key` everywhere; True if a live row was removed."""
         key = self._checked(key, "delete")
@@ -303,6 +317,34 @@ class AdapterState:
             self._remember(key, None)
         return removed
 
+
+class ClaimLedger:
+    """Exactly-once for one kind of inbound item (a Slack event id, a Teams activity id): a
+    short lease while one process works on it, then a long-lived done mark, all in one
+    namespace. A retry or redelivery never produces a second answer: the claim
+    (`register_if_absent`) is atomic across processes, and an expired lease (its owner died
+    before answering) counts as absent, so the item is answered instead of lost."""
+
+    def __init__(self, state: AdapterState, *, lease_ms: int, clock: Clock = now_ms) -> None:
+        self.state = state
+        self.lease_ms = lease_ms
+        self._clock = clock
+
+    async def claim(self, key: str, *, received_at: int) -> bool:
+        """Take `key` under a lease of `lease_ms`; False if a live lease or done mark holds it."""
+        return await self.state.claim(key, {"received_at": received_at}, ttl_ms=self.lease_ms)
+
+    async def mark_done(self, key: str, *, received_at: int) -> None:
+        """Replace the lease with the done mark (the namespace's long TTL); durable on return."""
+        await self.state.record(key, {"received_at": received_at, "done_at": self._clock()})
+
+    async def is_done(self, key: str) -> bool:
+        value = await self.state.get(key)
+        return isinstance(value, dict) and "done_at" in value
+
+    async def release(self, key: str) -> None:
+        """Drop a lease whose work failed, so the platform's retry can process the item again."""
+        await self.state.forget(key)
 
 class RequesterQuota:
     """At most `per_user` live rows created on behalf of one requester (issue 15's fairness).

@@ -4,8 +4,11 @@ in-memory maps and with the keyed store, checked against what the simulators rec
 It starts the platform simulators and a real gateway subprocess on free loopback ports, plays
 each adapter's first half, restarts the gateway (SIGKILL by default), plays the second half,
 and prints a table. Exit 0 only when every keyed-store row survived and every legacy row
-showed the expected loss; 1 otherwise. Every process and temp dir it made is cleaned up, also
-on Ctrl-C (exit 130: the harness's async context managers run on cancellation).
+showed the expected loss; 1 otherwise. `--hostile` plays the same conversations against
+simulators with every platform edge behaviour on (retries, duplicates, rate limits, deadlines)
+and adds a table of the edge behaviours the simulators actually played. Every process and temp
+dir it made is cleaned up, also on Ctrl-C (exit 130: the harness's async context managers run
+on cancellation).
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ def add_parser(sub: Any) -> None:
                    help="http: Events API / interactions endpoint (default); websocket: Slack Socket Mode and "
                         "the Discord Gateway (slack and discord rows only); both: every row of each")
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON document")
+    p.add_argument("--hostile", action="store_true",
+                   help="turn every simulated platform edge behaviour on (retries, duplicate deliveries, "
+                        "429/5xx, deadlines, double clicks) and show which were hit")
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class Options:
     json: bool
     keep_in: Path | None  # --state-dir: the parent of this run's own folder
     transport: str = "http"  # a key of TRANSPORTS
+    hostile: bool = False  # every simulator edge behaviour on (issue 14)
 
 
 def options(args: argparse.Namespace) -> Options:
@@ -87,7 +94,7 @@ def options(args: argparse.Namespace) -> Options:
     if unknown or not only:
         raise ValueError(f"--only takes some of {','.join(ADAPTERS)}; got {args.only!r}")
     keep_in = Path(args.state_dir).expanduser().absolute() if args.state_dir else None
-    return Options(only, args.kill, args.json, keep_in, args.transport)
+    return Options(only, args.kill, args.json, keep_in, args.transport, bool(getattr(args, "hostile", False)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,11 +114,12 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda *_: None) if opts.json else (lambda text: print(text, file=sys.stderr, flush=True))
     interrupted = threading.Event()
     root: Path | None = None
+    hits: dict[str, dict[str, int]] = {}  # adapter -> edge behaviour -> times the simulators played it
     try:
         root = _run_dir(opts.keep_in)
         if opts.keep_in is not None:
             say(f"keeping this run's state and logs in {root}")
-        rows = asyncio.run(_interruptible(_play_transports(opts, root, say), interrupted))
+        rows = asyncio.run(_interruptible(_play_transports(opts, root, say, hits), interrupted))
     except BaseException:
         if not interrupted.is_set():
             raise
@@ -125,14 +133,20 @@ def run(args: argparse.Namespace) -> int:
         return 130
     ok = all(r.passed for r in rows)
     if opts.json:
-        print(json.dumps({"ok": ok, "kill": opts.kill, "transport": opts.transport,
-                          "state_dir": str(root) if opts.keep_in else None,
-                          "rows": [asdict(r) | {"passed": r.passed} for r in rows]}, indent=2))
+        doc: dict[str, Any] = {"ok": ok, "kill": opts.kill, "transport": opts.transport,
+                               "state_dir": str(root) if opts.keep_in else None,
+                               "rows": [asdict(r) | {"passed": r.passed} for r in rows]}
+        if opts.hostile:
+            doc["hostile"] = hits
+        print(json.dumps(doc, indent=2))
     else:
         signal_name = "SIGKILL" if opts.kill == "kill" else "SIGTERM"
         print(f"Each conversation was split by a gateway restart ({signal_name}).\n")
         print(render_table(rows))
         print(f"\n{TIME_NOTE}")
+        if opts.hostile:
+            print("\nEdge behaviours the simulators played (legacy and store runs together):\n")
+            print(render_hits(hits, list(opts.only)))
         print("\nPASS: every conversation survived with the keyed store and was lost without it."
               if ok else "\nFAIL: see the rows above.")
     return 0 if ok else 1
@@ -176,7 +190,7 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
-async def _play_transports(opts: Options, root: Path, say: Any) -> list[Row]:
+async def _play_transports(opts: Options, root: Path, say: Any, hits: dict[str, dict[str, int]]) -> list[Row]:
     """HTTP rows keep their names and state dirs; websocket rows say their transport
     ("slack (socket mode)", "discord (gateway)") and play in `<root>/websocket/`."""
     from chatstate.gateway.sim.scenarios import WEBSOCKET_SCENARIOS
@@ -184,21 +198,26 @@ async def _play_transports(opts: Options, root: Path, say: Any) -> list[Row]:
     rows: list[Row] = []
     for transport in TRANSPORTS[opts.transport]:
         if transport == "http":
-            rows += await _play(list(opts.only), opts.kill, root, say)
+            rows += await _play(list(opts.only), opts.kill, root, say, hostile=opts.hostile, hits=hits)
             continue
         chosen = [a for a in opts.only if a in WEBSOCKET_SCENARIOS]
         if chosen:
             say(f"\n#### transport: Slack Socket Mode / Discord Gateway ({', '.join(chosen)})")
             (root / "websocket").mkdir(mode=0o700, exist_ok=True)
             os.chmod(root / "websocket", 0o700)
-            rows += await _play(chosen, opts.kill, root / "websocket", say, websocket=True)
+            rows += await _play(chosen, opts.kill, root / "websocket", say, websocket=True,
+                                hostile=opts.hostile, hits=hits)
     return rows
 
 
-async def _play(only: list[str], kill: str, root: Path, say: Any, *, websocket: bool = False) -> list[Row]:
+async def _play(
+    only: list[str], kill: str, root: Path, say: Any, *, websocket: bool = False, hostile: bool = False,
+    hits: dict[str, dict[str, int]] | None = None,
+) -> list[Row]:
     results: dict[Mode, dict[tuple[str, str], tuple[bool, str, float]]] = {}
     for mode in ("legacy", "store"):
-        results[mode] = await _play_mode(mode, only, kill, root / mode, say, websocket=websocket)
+        results[mode] = await _play_mode(mode, only, kill, root / mode, say, websocket=websocket,
+                                         hostile=hostile, hits=hits)
     rows = []
     for (adapter, behaviour), (legacy_ok, legacy_detail, legacy_s) in results["legacy"].items():
         store_ok, store_detail, store_s = results["store"].get((adapter, behaviour), (False, "not run", 0.0))
@@ -208,12 +227,13 @@ async def _play(only: list[str], kill: str, root: Path, say: Any, *, websocket: 
 
 async def _play_mode(
     mode: Mode, only: list[str], kill: str, state_dir: Path, say: Any, *, websocket: bool = False,
+    hostile: bool = False, hits: dict[str, dict[str, int]] | None = None,
 ) -> dict[tuple[str, str], tuple[bool, str, float]]:
     from chatstate.gateway.sim.harness import GatewayHarness
     from chatstate.gateway.sim.scenarios import SCENARIOS, TRANSPORT_LABELS, WEBSOCKET_SCENARIOS
 
     scenarios = [(WEBSOCKET_SCENARIOS if websocket else SCENARIOS)[a] for a in only]
-    sims = [s.make_simulator() for s in scenarios]
+    sims = [(s.make_hostile or s.make_simulator)() if hostile else s.make_simulator() for s in scenarios]
     label = "legacy in-memory maps" if mode == "legacy" else "keyed store (SQLite)"
     say(f"\n== {label} ==")
     t0 = time.monotonic()
@@ -246,6 +266,12 @@ async def _play_mode(
                 adapter = TRANSPORT_LABELS[o.adapter] if websocket else o.adapter
                 out[(adapter, o.behaviour)] = (o.survived, o.detail, spent / len(outcomes))
                 say(f"  {adapter:<8} {o.behaviour}: {'works' if o.survived else 'LOST'} ({o.detail})")
+        for scenario, sim in zip(scenarios, sims):
+            await sim.settle(timeout=30)  # redeliveries and echoes still on their way count too
+            if hits is not None:
+                counted = hits.setdefault(TRANSPORT_LABELS[scenario.adapter] if websocket else scenario.adapter, {})
+                for behaviour, n in sim.hits.items():
+                    counted[behaviour] = counted.get(behaviour, 0) + n
     return out
 
 
@@ -262,6 +288,19 @@ def render_table(rows: list[Row]) -> str:
          "works" if r.store_survived else "LOST (FAIL)", f"{r.seconds * 1000:.0f} ms")
         for r in rows
     ]
+    widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(head), sep, *(line(b) for b in body)])
+
+
+def render_hits(hits: dict[str, dict[str, int]], only: list[str]) -> str:
+    """One row per adapter (and transport) played: each edge behaviour its simulator played,
+    with how often."""
+    head = ("adapter", "edge behaviours hit (count)")
+    names = [*hits, *(a for a in only if a not in hits)]
+    body = [(a, ", ".join(f"{k} {v}" for k, v in sorted(hits.get(a, {}).items())) or "none (no switches for it)")
+            for a in names]
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"

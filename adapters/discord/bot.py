@@ -3,28 +3,41 @@
 The order is the point of the migration (docs/migrations/discord.md):
 1. peek the entry (`get_entry`, memory then store): missing or expired -> "expired";
 2. check kind and user: a refused user gets an ephemeral "not for you" and the entry stays;
-3. only then, for single-use entries, consume (`take`, the store's atomic read+delete):
-   of racing clicks exactly one gets the entry back, the rest are told it was already used.
+3. only then, for single-use entries, claim the use (`discord.used`, register_if_absent: one
+   atomic write names the user), then consume the entry (`take`): of racing clicks exactly one
+   wins, the rest, and every later click on any gateway, are told "already used" (the winner:
+   "you already used"). A crash between the claim and the answer leaves the use recorded.
+
+Discord wants the initial response within 3 s. `respond` gives the work DEFER_AFTER_S; work
+still running then is answered with a deferred response (type 5, or 6 for a click) and
+finished through the interaction webhook (edit the original, or a follow-up). A token that
+died meanwhile (10062, 50027) or an interaction already answered (40060) is logged, not
+raised: the work itself is done.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import discord
 
 from chatstate.adapters.discord import platform, ui
-from chatstate.adapters.discord.platform import DiscordRest, RestError
 from chatstate.adapters.common import now_ms
+from chatstate.adapters.discord.platform import DiscordRest, InteractionGone, RestError
 from chatstate.adapters.discord.state import ComponentEntry, ModalEntry, PanelQuota, Registry
 
 EXPIRED = "This component has expired."
 NOT_FOR_YOU = "This component is not for you."
 ALREADY_USED = "This component was already used."
+YOU_ALREADY_USED = "You already used this component."
 QUOTA_REFUSED = ("You already have {limit} live panels, the most one person may have; "
                  "your oldest expires in about {minutes} min.")
 PANEL_COMMAND = "panel"  # /panel [restrict_to:<user>] posts a panel in the channel
+DEFER_AFTER_S = 2.0  # Discord's deadline is 3 s; answer "deferred" if the work is not done by then
+DEFERRABLE = (discord.InteractionType.application_command, discord.InteractionType.component,
+              discord.InteractionType.modal_submit)
 
 
 
@@ -43,6 +56,49 @@ class DiscordBot:
         self.rest = rest
         self.log = log
         self.quota = quota  # live panels per user; None = no quota (unit tests of the registry)
+        self._finishing: set[asyncio.Future[Any]] = set()
+
+    async def respond(self, it: platform.Interaction, *, defer_after_s: float = DEFER_AFTER_S) -> dict[str, Any]:
+        """The HTTP answer to `it`: the full answer if ready within `defer_after_s`, else a
+        deferred one, the rest finishing in the background through the webhook."""
+        work = asyncio.create_task(self.answer(it))
+        done, _ = await asyncio.wait({work}, timeout=defer_after_s)
+        if done or it.type not in DEFERRABLE or not it.token:
+            return await work
+        if it.type is discord.InteractionType.component:
+            deferral = platform.defer_update()
+        else:  # /panel answers ephemerally; a modal submit answers in the channel
+            deferral = platform.defer_message(ephemeral=it.type is discord.InteractionType.application_command)
+        self._background(self._finish(it, work))
+        self.log.info("discord_deferred", extra={"interaction_type": it.type.name})
+        return deferral
+
+    async def _finish(self, it: platform.Interaction, work: asyncio.Task[dict[str, Any]]) -> None:
+        """Send the answer of deferred work: an update edits the original message, a message
+        becomes the edit of the "thinking" placeholder (command, submit) or a follow-up (click)."""
+        answer = await work
+        kind, data = answer.get("type"), dict(answer.get("data") or {})
+        try:
+            if kind == discord.InteractionResponseType.modal.value:  # a modal cannot follow a deferral
+                await self.rest.followup(it, {"content": "Please click again.", "flags": 64})
+            elif kind == discord.InteractionResponseType.message_update.value or it.type is not discord.InteractionType.component:
+                await self.rest.edit_original(it, data)
+            else:
+                await self.rest.followup(it, data)
+        except InteractionGone as exc:
+            self.log.warning("discord_interaction_gone", extra={"code": exc.code, "interaction_type": it.type.name})
+        except RestError as exc:
+            self.log.warning("discord_deferred_answer_failed", extra={"error": str(exc)})
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let deferred answers and entry cleanups in flight finish."""
+        if self._finishing:
+            await asyncio.wait(list(self._finishing), timeout=timeout_s)
 
     async def answer(self, it: platform.Interaction) -> dict[str, Any]:
         """The interaction response for `it` (never raises for a user's mistake)."""
@@ -86,12 +142,18 @@ class DiscordBot:
 
     async def click(self, it: platform.Interaction) -> dict[str, Any]:
         entry = await self.registry.peek_component(it.custom_id)
-        if entry is None or entry["component_type"] != getattr(it.component_type, "value", None):
+        if entry is None:
+            return await self._used_or_expired(it)
+        if entry["component_type"] != getattr(it.component_type, "value", None):
             return platform.message(EXPIRED, ephemeral=True)
         if not allowed(entry, it.user_id):
             return platform.message(NOT_FOR_YOU, ephemeral=True)
-        if entry["single_use"] and await self.registry.take_component(it.custom_id) is None:
-            return platform.message(ALREADY_USED, ephemeral=True)
+        if entry["single_use"]:
+            if not await self.registry.claim_use(it.custom_id, it.user_id, used_at=now_ms()):
+                return await self._used_or_expired(it, default=ALREADY_USED)
+            # the claim decided; consuming the entry is cleanup and need not delay the answer
+            # (if it is lost, the entry expires, and the claim refuses every click meanwhile)
+            self._background(self.registry.take_component(it.custom_id))
         action = entry["action"]
         if action == "refresh":
             return platform.update(f"Deployment panel: status refreshed by <@{it.user_id}>.")
@@ -105,6 +167,13 @@ class DiscordBot:
                 return platform.message(EXPIRED, ephemeral=True)
             return platform.modal(ui.build_modal(entry["modal_id"], modal))
         return platform.message(EXPIRED, ephemeral=True)
+
+    async def _used_or_expired(self, it: platform.Interaction, *, default: str = EXPIRED) -> dict[str, Any]:
+        """The refusal for a click on a component that is gone: consumed (by whom), or expired."""
+        user = await self.registry.used_by(it.custom_id)
+        if user is None:
+            return platform.message(default, ephemeral=True)
+        return platform.message(YOU_ALREADY_USED if user == it.user_id else ALREADY_USED, ephemeral=True)
 
     async def submit(self, it: platform.Interaction) -> dict[str, Any]:
         """A modal submit consumes the modal entry: a second submit finds it expired."""

@@ -17,6 +17,9 @@ would. No state lives here.
 
 from __future__ import annotations
 
+import asyncio
+import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, cast
 
@@ -30,6 +33,9 @@ from chatstate.gateway import ingress
 
 DEFAULT_API_BASE = Route.BASE  # https://discord.com/api/v10
 REQUEST_TIMEOUT_S = 10.0  # a send that takes longer fails; its entries are forgotten
+RATE_LIMIT_RETRIES = 3  # a call answered 429 is tried again at most this often
+MAX_RETRY_AFTER_S = 10.0  # a longer `retry_after` fails the call instead of waiting
+GONE_CODES = {10062: "unknown interaction", 50027: "invalid webhook token", 40060: "already acknowledged"}
 SIGNATURE_HEADER = "X-Signature-Ed25519"
 TIMESTAMP_HEADER = "X-Signature-Timestamp"
 _LABEL = 18  # ComponentType.label: newer modals wrap each input in a label, not an action row
@@ -82,6 +88,8 @@ class Interaction:
     type: discord.InteractionType
     user_id: str
     channel_id: str
+    token: str = ""  # the interaction webhook token (15 min) for deferred answers
+    application_id: str = ""
     custom_id: str = ""  # component and modal submit
     component_type: discord.ComponentType | None = None  # component
     values: list[str] = field(default_factory=list)  # select
@@ -98,6 +106,8 @@ class _Common(TypedDict):
     user_id: str
     channel_id: str
     id: str
+    token: str
+    application_id: str
 
 
 def parse(body: bytes) -> Interaction:
@@ -111,7 +121,9 @@ def parse(body: bytes) -> Interaction:
         data = payload.get("data") or {}
         common: _Common = {"type": kind, "user_id": _snowflake(user["id"]),
                            "channel_id": _snowflake(payload.get("channel_id", ""), optional=True),
-                           "id": _snowflake(payload["id"])}
+                           "id": _snowflake(payload["id"]),
+                           "token": _token(payload.get("token", "")),
+                           "application_id": _snowflake(payload.get("application_id", ""), optional=True)}
         if kind is discord.InteractionType.component:
             return Interaction(
                 **common, custom_id=_custom_id(data["custom_id"]),
@@ -139,6 +151,19 @@ def _snowflake(value: Any, *, optional: bool = False) -> str:
     if not (text.isascii() and text.isdigit() and len(text) <= 20):
         raise ValueError("not a snowflake")
     return text
+
+
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,500}")
+
+
+def _token(value: Any) -> str:
+    """An interaction token (it goes into webhook URLs): URL-safe characters, bounded; "" if
+    absent (then the answer cannot be deferred)."""
+    if value == "":
+        return ""
+    if not (isinstance(value, str) and TOKEN_PATTERN.fullmatch(value)):
+        raise ValueError("not an interaction token")
+    return value
 
 
 def _custom_id(value: Any) -> str:
@@ -188,6 +213,19 @@ def modal(view: discord.ui.Modal) -> dict[str, Any]:
     return {"type": discord.InteractionResponseType.modal.value, "data": view.to_dict()}
 
 
+def defer_message(*, ephemeral: bool) -> dict[str, Any]:
+    """DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE: "thinking...", the answer follows as an edit."""
+    body: dict[str, Any] = {"type": discord.InteractionResponseType.deferred_channel_message.value}
+    if ephemeral:
+        body["data"] = {"flags": discord.MessageFlags(ephemeral=True).value}
+    return body
+
+
+def defer_update() -> dict[str, Any]:
+    """DEFERRED_UPDATE_MESSAGE: acknowledge a click now, answer through the webhook later."""
+    return {"type": discord.InteractionResponseType.deferred_message_update.value}
+
+
 def _data(content: str, *, flags: Any = discord.utils.MISSING) -> dict[str, Any]:
     with handle_message_parameters(
         content=content, flags=flags, allowed_mentions=discord.AllowedMentions.none()
@@ -200,6 +238,16 @@ class RestError(Exception):
     """Discord refused a REST call or could not be reached."""
 
 
+class InteractionGone(RestError):
+    """The interaction can take no (more) answers: its token expired or was never valid
+    (10062 Unknown interaction, 50027 Invalid Webhook Token), or it was already answered
+    (40060). Nothing to retry; `code` says which."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"interaction gone: {code} {GONE_CODES.get(code, '')}".strip())
+        self.code = code
+
+
 class DiscordRest:
     """One aiohttp session for the bot's REST calls; open in `start`, close in `stop`."""
 
@@ -210,6 +258,8 @@ class DiscordRest:
             "User-Agent": f"DiscordBot (https://github.com/Rapptz/discord.py {discord.__version__}) chatstate",
         }
         self._session: aiohttp.ClientSession | None = None
+        # per-route buckets from X-RateLimit-*: route -> (remaining, monotonic time of reset)
+        self._buckets: dict[str, tuple[int, float]] = {}
 
     async def open(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -226,16 +276,76 @@ class DiscordRest:
 
         Raises RestError for a non-2xx answer or a connection failure.
         """
-        assert self._session is not None, "open() first"
         with handle_message_parameters(
             content=content, view=view, allowed_mentions=discord.AllowedMentions.none()
         ) as params:
             payload = params.payload
-        url = f"{self.api_base}/channels/{channel_id}/messages"
+        return await self._call("POST", f"/channels/{channel_id}/messages", payload,
+                                route=f"POST /channels/{channel_id}/messages", what="create message")
+
+    async def edit_original(self, it: Interaction, data: dict[str, Any]) -> dict[str, Any]:
+        """PATCH the deferred (or original) response of `it` through its webhook.
+
+        Raises InteractionGone (token expired / unknown / already answered) and RestError.
+        """
+        return await self._call("PATCH", f"/webhooks/{it.application_id}/{it.token}/messages/@original", data,
+                                route=f"webhook {it.application_id}", what="edit original")
+
+    async def followup(self, it: Interaction, data: dict[str, Any]) -> dict[str, Any]:
+        """POST a follow-up message to `it`'s webhook; raises as `edit_original`."""
+        return await self._call("POST", f"/webhooks/{it.application_id}/{it.token}", data,
+                                route=f"webhook {it.application_id}", what="follow-up")
+
+    async def _call(self, method: str, path: str, payload: Any, *, route: str, what: str) -> dict[str, Any]:
+        """One REST call with Discord's rate limits honoured: wait out an exhausted bucket
+        (`X-RateLimit-Remaining: 0` until `Reset-After`), and on 429 wait `retry_after` (the JSON
+        body, else Retry-After) and try again, at most RATE_LIMIT_RETRIES times and never
+        longer than MAX_RETRY_AFTER_S a wait. Raises InteractionGone and RestError."""
+        assert self._session is not None, "open() first"
+        url = self.api_base + path
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            await self._wait_for_bucket(route)
+            try:
+                async with self._session.request(method, url, json=payload) as resp:
+                    self._remember_bucket(route, resp.headers)
+                    body = await resp.json() if resp.content_type == "application/json" else {}
+                    if resp.status == 429 and attempt < RATE_LIMIT_RETRIES:
+                        wait = _retry_after(body, resp.headers)
+                        if wait is not None:
+                            await asyncio.sleep(wait)
+                            continue
+                    if resp.status >= 300:
+                        code = body.get("code") if isinstance(body, dict) else None
+                        if code in GONE_CODES:
+                            raise InteractionGone(int(code))
+                        raise RestError(f"{what}: HTTP {resp.status}")
+                    return dict(body)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise RestError(f"{what}: {type(exc).__name__}") from None
+        raise RestError(f"{what}: still rate limited after {RATE_LIMIT_RETRIES} retries")
+
+    async def _wait_for_bucket(self, route: str) -> None:
+        remaining, reset_at = self._buckets.get(route, (1, 0.0))
+        wait = reset_at - time.monotonic()
+        if remaining <= 0 and 0 < wait <= MAX_RETRY_AFTER_S:
+            await asyncio.sleep(wait)
+
+    def _remember_bucket(self, route: str, headers: Any) -> None:
         try:
-            async with self._session.post(url, json=payload) as resp:
-                if resp.status >= 300:
-                    raise RestError(f"create message: HTTP {resp.status}")
-                return dict(await resp.json())
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RestError(f"create message: {type(exc).__name__}") from None
+            remaining = int(headers["X-RateLimit-Remaining"])
+            reset_after = float(headers["X-RateLimit-Reset-After"])
+        except (KeyError, ValueError):
+            return
+        self._buckets[route] = (remaining, time.monotonic() + reset_after)
+
+
+def _retry_after(body: Any, headers: Any) -> float | None:
+    """Seconds a 429 asks to wait (JSON `retry_after`, else Retry-After), or None if too long."""
+    value = body.get("retry_after") if isinstance(body, dict) else None
+    if value is None:
+        value = headers.get("Retry-After")
+    try:
+        wait = float(value)
+    except (TypeError, ValueError):
+        return None
+    return wait if 0 <= wait <= MAX_RETRY_AFTER_S else None

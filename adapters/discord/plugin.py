@@ -33,6 +33,7 @@ from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 from chatstate.gateway.settings import AdapterSettings
 
 INTERACTIONS_PATH = "/discord/interactions"
+STOP_TIMEOUT_S = 10.0  # how long stop() waits for deferred answers in flight
 
 
 class DiscordPlugin(Plugin):
@@ -93,6 +94,8 @@ class DiscordPlugin(Plugin):
             await self._gateway.stop()  # interactions in hand finish; the session stays resumable
         if self._gateway_state is not None:
             await self._gateway_state.close()
+        if self._bot is not None:
+            await self._bot.drain(STOP_TIMEOUT_S)  # deferred answers still going out
         if self._rest is not None:
             await self._rest.close()
         if self._registry is not None:
@@ -143,4 +146,4 @@ class DiscordPlugin(Plugin):
             raise web.HTTPBadRequest(text=str(exc)) from None
         if interaction.id and not await self._ledger.claim(interaction.id, at_ms=now_ms()):
             raise web.HTTPConflict(text="interaction already handled")  # a replay: no second effect
-        return web.json_response(await self._bot.answer(interaction))
+        return web.json_response(await self._bot.respond(interaction))

@@ -4,6 +4,15 @@
 |----------------------|-----------|----------------------|----------------|
 | `discord.components` | custom_id | `{version:1, entry}` | 30 min / 500   |
 | `discord.modals`     | custom_id | `{version:1, entry}` | 30 min / 500   |
+| `discord.used`       | custom_id | `{user_id, used_at}` | 30 min / 500   |
+
+`discord.used` decides who uses a single-use component: the click whose `register_if_absent`
+on the custom_id wins is the one use (one atomic write, across processes); the component row is
+consumed after it. Every later click (a double click, a click on another gateway, the winner
+clicking again after their answer was lost in a crash) is told "already used" (by you, or by
+someone), never "expired". Claiming first matters: consuming and then writing a tombstone is two
+writes, and a SIGKILL between them (a queue of writes under a burst) left used buttons that
+said "expired" and no record of who used them.
 
 Before: two process-global dicts, so every button and modal sent before a restart answered
 "This component has expired." after it. After: the same maps are `AdapterState`s in front of
@@ -27,6 +36,7 @@ if TYPE_CHECKING:
 ENTRY_VERSION = 1  # bump when the entry shape changes; other versions read as expired
 COMPONENTS = StateSpec("discord.components", ttl_ms=30 * 60 * 1000, max_entries=500)
 MODALS = StateSpec("discord.modals", ttl_ms=30 * 60 * 1000, max_entries=500)
+USED = StateSpec("discord.used", ttl_ms=30 * 60 * 1000, max_entries=500)
 
 
 class ComponentEntry(TypedDict):
@@ -82,18 +92,21 @@ class Registry:
 
         self.components = AdapterState(spec(COMPONENTS), legacy=legacy)
         self.modals = AdapterState(spec(MODALS), legacy=legacy)
+        self.used = AdapterState(spec(USED), legacy=legacy)
 
     async def open(self, runtime: PluginRuntime) -> None:
-        """Open both keyed stores (nothing in legacy mode); raises what the runtime raises."""
+        """Open the keyed stores (nothing in legacy mode); raises what the runtime raises."""
         await self.components.open(runtime)
         await self.modals.open(runtime)
+        await self.used.open(runtime)
 
     async def close(self) -> None:
+        await self.used.close()
         await self.modals.close()
         await self.components.close()
 
     def health(self) -> list[dict[str, Any]]:
-        return [self.components.health(), self.modals.health()]
+        return [self.components.health(), self.modals.health(), self.used.health()]
 
     # -- writes: awaited before the message that shows them counts as sent -----------------
     async def register(self, components: dict[str, ComponentEntry], modals: dict[str, ModalEntry]) -> None:
@@ -116,6 +129,16 @@ class Registry:
     async def take_component(self, custom_id: str) -> ComponentEntry | None:
         """Consume a single-use component; None when another click got there first."""
         return unwrap(await self.components.take(custom_id))
+
+    async def claim_use(self, custom_id: str, user_id: str, *, used_at: int) -> bool:
+        """Take the one use of a single-use component for `user_id`; False if someone (maybe
+        this user) already has. Atomic across processes; durable before it returns."""
+        return await self.used.claim(custom_id, {"user_id": user_id, "used_at": used_at})
+
+    async def used_by(self, custom_id: str) -> str | None:
+        """The user who consumed `custom_id`, or None (never used, or the tombstone expired)."""
+        value = await self.used.get(custom_id)
+        return str(value["user_id"]) if isinstance(value, dict) and "user_id" in value else None
 
     async def peek_modal(self, custom_id: str) -> ModalEntry | None:
         return unwrap(await self.modals.get(custom_id))

@@ -8,11 +8,22 @@ only thing a test swaps is the far end (the simulator's URL). No state lives her
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, cast
 
 import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -24,6 +35,12 @@ RETRY_NUM_HEADER = "X-Slack-Retry-Num"
 RETRY_REASON_HEADER = "X-Slack-Retry-Reason"
 MESSAGE_EVENTS = ("app_mention", "message")  # the event types the bot may answer
 REPLY_METADATA_TYPE = "chatstate_reply"  # message metadata on each reply: which event it answers
+USER_SUBTYPES = ("thread_broadcast",)  # message subtypes that are still a user talking to us
+# Web API retries (slack-sdk's own handlers), bounded: each caps the attempts it may add.
+RATE_LIMIT_RETRIES = 2  # 429: wait Retry-After (+ <1 s jitter), then again
+MAX_RETRY_AFTER_S = 20  # a longer Retry-After fails the call instead: Slack's event retry comes later
+SERVER_ERROR_RETRIES = 2  # 500/503
+CONNECTION_RETRIES = 2  # reset / disconnected
 # Shapes of the ids that end up in state keys and Web API calls (issue 15): Slack's ids are short
 # uppercase words and its timestamps "<seconds>.<micro>"; anything else is a 400 before any
 # side effect, so a key can never pass the store's 512-byte limit after the reply is posted.
@@ -83,14 +100,17 @@ class SlackMessage:
 def parse_message(envelope: Mapping[str, Any]) -> SlackMessage | None:
     """Return the user message in an `event_callback`, or None for anything the bot ignores.
 
-    Ignored: other envelope or event types, message subtypes (edits, deletes, joins, bot
-    messages) and anything posted by a bot, which includes our own replies. Raises
-    ingress.BadInput (400) for an id or timestamp that is present but not Slack's shape.
+    Ignored: other envelope or event types, message subtypes (edits `message_changed`, deletes
+    `message_deleted`, joins, `bot_message`) and anything posted by a bot, which includes our
+    own replies coming back as `message` events. A `thread_broadcast` (a thread reply also
+    shown in the channel) is a user's thread reply like any other. Raises ingress.BadInput
+    (400) for an id or timestamp that is present but not Slack's shape.
     """
     event = envelope.get("event")
     if envelope.get("type") != "event_callback" or not isinstance(event, Mapping):
         return None
-    if event.get("type") not in MESSAGE_EVENTS or event.get("subtype") or event.get("bot_id"):
+    subtype = event.get("subtype")
+    if event.get("type") not in MESSAGE_EVENTS or (subtype and subtype not in USER_SUBTYPES) or event.get("bot_id"):
         return None
     fields = (envelope.get("team_id"), envelope.get("event_id"), event.get("channel"), event.get("user"), event.get("ts"))
     if not all(isinstance(f, str) and f for f in fields):
@@ -130,8 +150,81 @@ class BotIdentity:
     bot_id: str | None
 
 
+@dataclass
+class _Post:
+    """The chat.postMessage in flight in this task, for the retry guard (a ContextVar: the
+    client-wide retry handlers cannot see the JSON body of the call they retry)."""
+
+    channel: str
+    thread_ts: str
+    event_id: str
+    found_ts: str | None = None
+
+
+_POSTING: ContextVar[_Post | None] = ContextVar("slack_posting", default=None)
+FindReply = Callable[[_Post], Awaitable[str | None]]
+
+
+class _CheckBeforeRetry(AsyncRetryHandler):
+    """Mixin for the handlers of *ambiguous* failures (5xx, connection reset): Slack may have
+    posted the message and lost only the answer, so before retrying chat.postMessage ask the
+    thread whether our reply (found by its event_id metadata) is already there."""
+
+    find_reply: FindReply
+
+    async def _can_retry_async(
+        self, *, state: RetryState, request: HttpRequest, response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if not await super()._can_retry_async(state=state, request=request, response=response, error=error):
+            return False
+        post = _POSTING.get()
+        if post is None or not request.url.endswith("/chat.postMessage"):
+            return True
+        post.found_ts = await self.find_reply(post)
+        return post.found_ts is None
+
+
+class CheckedServerErrorRetryHandler(_CheckBeforeRetry, AsyncServerErrorRetryHandler):
+    def __init__(self, find_reply: FindReply, *, max_retry_count: int) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.find_reply = find_reply
+
+
+class CheckedConnectionErrorRetryHandler(_CheckBeforeRetry, AsyncConnectionErrorRetryHandler):
+    def __init__(self, find_reply: FindReply, *, max_retry_count: int) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.find_reply = find_reply
+
+
+class BoundedRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
+    """slack-sdk's 429 handler (waits Retry-After), refusing waits over MAX_RETRY_AFTER_S."""
+
+    async def _can_retry_async(
+        self, *, state: RetryState, request: HttpRequest, response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if not await super()._can_retry_async(state=state, request=request, response=response, error=error):
+            return False
+        assert response is not None  # the 429 handler only retries a response
+        retry_after = next((v for k, v in response.headers.items() if k.lower() == "retry-after"), ["1"])
+        try:
+            return int(retry_after[0]) <= MAX_RETRY_AFTER_S
+        except (TypeError, ValueError):
+            return False
+
+
+def _ambiguous(exc: Exception) -> bool:
+    """Did the failed call possibly take effect? (5xx or no answer: yes; 429 or ok=false: no)"""
+    if isinstance(exc, SlackApiError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, (aiohttp.ClientError, TimeoutError))
+
+
 class SlackApi:
-    """The Web API calls the adapter makes, through one `AsyncWebClient` and one HTTP session."""
+    """The Web API calls the adapter makes, through one `AsyncWebClient` and one HTTP session,
+    with slack-sdk's retry handlers: 429 (Retry-After honoured), 500/503 and connection resets,
+    each bounded; the last two check the thread before posting again."""
 
     def __init__(self, *, token: str, base_url: str) -> None:
         self._token = token
@@ -141,7 +234,14 @@ class SlackApi:
 
     async def open(self) -> None:
         self._session = aiohttp.ClientSession()
-        self._client = AsyncWebClient(token=self._token, base_url=self._base_url, session=self._session)
+        self._client = AsyncWebClient(
+            token=self._token, base_url=self._base_url, session=self._session,
+            retry_handlers=[
+                BoundedRateLimitRetryHandler(max_retry_count=RATE_LIMIT_RETRIES),
+                CheckedServerErrorRetryHandler(self._find_posted, max_retry_count=SERVER_ERROR_RETRIES),
+                CheckedConnectionErrorRetryHandler(self._find_posted, max_retry_count=CONNECTION_RETRIES),
+            ],
+        )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -163,12 +263,37 @@ class SlackApi:
         """Post `text` into the thread `thread_ts` of `channel`; returns the new message's ts.
 
         The message carries metadata naming the `event_id` it answers, so a retry after a crash
-        can find it (`answered`). Raises slack_sdk.errors.SlackApiError (ok=false) and
-        aiohttp.ClientError (network).
+        can find it (`answered`), and so can the retry guard after an ambiguous failure: when the
+        call fails with a 5xx or no answer, the thread is checked and a reply found there counts
+        as posted (no second post). Raises slack_sdk.errors.SlackApiError (ok=false, or retries
+        exhausted) and aiohttp.ClientError (network).
         """
         metadata = {"event_type": REPLY_METADATA_TYPE, "event_payload": {"event_id": event_id}}
-        resp = await self.client.chat_postMessage(channel=channel, text=text, thread_ts=thread_ts, metadata=metadata)
+        post = _Post(channel, thread_ts, event_id)
+        token = _POSTING.set(post)
+        try:
+            resp = await self.client.chat_postMessage(channel=channel, text=text, thread_ts=thread_ts, metadata=metadata)
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+            if post.found_ts is None and _ambiguous(exc):
+                post.found_ts = await self._find_posted(post)
+            if post.found_ts is not None:
+                return post.found_ts
+            raise
+        finally:
+            _POSTING.reset(token)
         return str(resp["ts"])
+
+    async def _find_posted(self, post: _Post) -> str | None:
+        """The ts of our reply to `post.event_id` in its thread, or None (never raises: an
+        unreadable thread counts as not posted, the caller's failure stands)."""
+        token = _POSTING.set(None)  # the lookup is not the post: no guard for its own retries
+        try:
+            return await self.find_reply(channel=post.channel, thread_ts=post.thread_ts,
+                                         after_ts=post.thread_ts, event_id=post.event_id)
+        except (SlackApiError, aiohttp.ClientError, TimeoutError):
+            return None
+        finally:
+            _POSTING.reset(token)
 
     async def answered(self, *, channel: str, thread_ts: str, after_ts: str, event_id: str) -> bool:
         """Whether the thread already holds our reply to `event_id` (posted after `after_ts`).
@@ -176,11 +301,15 @@ class SlackApi:
         Only a retried event whose earlier attempt may have died between posting and marking
         the event done needs this. Raises as `post_message`.
         """
+        return await self.find_reply(channel=channel, thread_ts=thread_ts, after_ts=after_ts, event_id=event_id) is not None
+
+    async def find_reply(self, *, channel: str, thread_ts: str, after_ts: str, event_id: str) -> str | None:
+        """The ts of our reply to `event_id` in the thread (posted after `after_ts`), or None."""
         resp = await self.client.conversations_replies(
             channel=channel, ts=thread_ts, oldest=after_ts, include_all_metadata=True, limit=200
         )
         for message in resp.get("messages") or []:
             meta = message.get("metadata") or {}
             if meta.get("event_type") == REPLY_METADATA_TYPE and (meta.get("event_payload") or {}).get("event_id") == event_id:
-                return True
-        return False
+                return str(message.get("ts"))
+        return None

@@ -7,7 +7,10 @@ Request path (POST /slack/events), in this order:
 4. decide (mention policy + participation lookup), reply in the thread, record participation,
    then replace the lease with the done mark: each write awaited before the next step;
 5. ack 200 as soon as 4 is done, or after `ack_budget_s` (Slack's 3 s rule) with 4 still running
-   in the background; `stop()` waits for background work so SIGTERM loses no reply.
+   in the background; `stop()` waits for background work so SIGTERM loses no reply. Before
+   that early 200 the event is held in `slack.pending` (awaited): Slack will not retry it, so
+   a recovery loop in every gateway finishes held events whose owner died (claim first, then
+   look for the reply in the thread, then answer), and the row goes when the event is done.
 
 SIGKILL, step by step: before the claim, or holding the lease without having replied, Slack
 gets no 2xx and retries; a retry that meets a live lease no task here owns gets 503 +
@@ -44,10 +47,12 @@ from chatstate.adapters.slack.socket_mode import SocketModeTransport
 from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.state import (
     EventLedger,
+    PendingWork,
     ThreadParticipation,
     ThreadQuota,
     ThreadRef,
     events_spec,
+    pending_spec,
     starters_spec,
     thread_spec,
 )
@@ -58,6 +63,7 @@ EVENTS_PATH = "/slack/events"
 QUOTA_NOTE = ("(You have {limit} threads I am following, the most one person may have, so I won't "
               "follow this one: mention me here to get an answer.)")
 STOP_TIMEOUT_S = 10.0  # how long stop() waits for replies still being written
+MIN_RECOVERY_INTERVAL_S = 0.2  # the recovery loop looks for orphaned held events every lease/2
 
 
 class Outcome(Enum):
@@ -95,6 +101,9 @@ class SlackPlugin(Plugin):
         self._quota: ThreadQuota | None = None
         self._states: list[AdapterState] = []
         self._inflight: dict[str, asyncio.Task[Outcome]] = {}
+        self._pending: PendingWork | None = None
+        self._held: set[str] = set()  # keys this process holds in slack.pending
+        self._recovery: asyncio.Task[None] | None = None
         self._runtime: PluginRuntime | None = None
         self._socket: SocketModeTransport | None = None  # transport = "socket"
 
@@ -115,13 +124,15 @@ class SlackPlugin(Plugin):
         self._policy = MentionPolicy(settings.require_mention, settings.require_explicit_mention)
         threads = AdapterState(thread_spec(settings), legacy=runtime.legacy)
         events = AdapterState(events_spec(settings), legacy=runtime.legacy)
+        pending = AdapterState(pending_spec(settings), legacy=runtime.legacy)
         starters = AdapterState(starters_spec(settings), legacy=runtime.legacy)
-        for st in (threads, events, starters):
+        for st in (threads, events, pending, starters):
             await st.open(runtime)
-        self._states = [threads, events, starters]
+        self._states = [threads, events, pending, starters]
         self._threads = ThreadParticipation(threads)
         self._quota = ThreadQuota(starters, per_user=settings.threads_per_user, ttl_ms=settings.thread_ttl_ms)
         self._events = EventLedger(events, lease_ms=settings.event_lease_ms)
+        self._pending = PendingWork(pending)
         self._api = SlackApi(token=settings.bot_token, base_url=settings.api_base_url)
         await self._api.open()
         try:
@@ -137,11 +148,16 @@ class SlackPlugin(Plugin):
                 await self._socket.stop()
             await self._api.close()
             raise
+        if not runtime.legacy:  # the "before" has no held events to recover
+            self._recovery = asyncio.create_task(self._recover_held(), name="slack-recovery")
 
     async def stop(self) -> None:
         """Let replies in flight finish (their writes are what a restart relies on), then close."""
         if self._socket is not None:
             await self._socket.stop()  # no new envelopes; those in hand are acked first
+        if self._recovery is not None:
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
         if self._inflight:
             await asyncio.wait(list(self._inflight.values()), timeout=STOP_TIMEOUT_S)
         if self._api is not None:
@@ -201,11 +217,41 @@ class SlackPlugin(Plugin):
         key = EventLedger.key(message.team_id, message.event_id)
         if key in self._inflight:
             return Outcome.IN_PROGRESS
+        task = self._start(key, message, retried=retried)
+        done, _ = await asyncio.wait({task}, timeout=self.settings.ack_budget_s)
+        if done:
+            return task.result()
+        if self._pending is not None and not self.legacy:
+            # Slack gets its 200 now and will not retry: hold the event first, so a crash
+            # before the reply lands leaves it to the recovery loop instead of losing it
+            self._held.add(key)
+            await self._pending.hold(key, message)
+        return None
+
+    @property
+    def legacy(self) -> bool:
+        return self._runtime is None or self._runtime.legacy
+
+    def _start(self, key: str, message: SlackMessage, *, retried: bool) -> asyncio.Task[Outcome]:
         task = asyncio.create_task(self._run(key, message, retried=retried), name=f"slack-event-{key}")
         self._inflight[key] = task
         task.add_done_callback(lambda _t: self._inflight.pop(key, None))
-        done, _ = await asyncio.wait({task}, timeout=self.settings.ack_budget_s)
-        return task.result() if done else None
+        return task
+
+    async def _recover_held(self) -> None:
+        """Finish events held in `slack.pending` that no task here is working on: those of a
+        process that died after acking them. The event claim decides who does it (a live
+        owner's lease makes this a no-op until it finishes or its lease runs out)."""
+        assert self.settings is not None and self._pending is not None
+        interval = max(MIN_RECOVERY_INTERVAL_S, self.settings.event_lease_ms / 2000)
+        while True:
+            for key, message in await self._pending.held():
+                if key not in self._inflight:
+                    assert self._runtime is not None
+                    self._runtime.log.info("slack_held_event_taken", extra={"event_key": key})
+                    self._held.add(key)
+                    self._start(key, message, retried=True)
+            await asyncio.sleep(interval)
 
     def _answer(self, outcome: Outcome | None) -> web.Response:
         assert self.settings is not None
@@ -221,10 +267,14 @@ class SlackPlugin(Plugin):
         assert self._events is not None and self._runtime is not None
         received_at = now_ms()
         if not await self._events.claim(key, received_at=received_at):
-            return Outcome.ALREADY_DONE if await self._events.is_done(key) else Outcome.LEASED
+            if await self._events.is_done(key):
+                await self._finish_held(key)
+                return Outcome.ALREADY_DONE
+            return Outcome.LEASED
         try:
             if retried and not self._runtime.legacy and await self._answered_before(message):
                 await self._events.mark_done(key, received_at=received_at)
+                await self._finish_held(key)
                 return Outcome.ALREADY_DONE
             replied = await self._respond(message)
         except (SlackApiError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -232,7 +282,14 @@ class SlackPlugin(Plugin):
             await self._events.release(key)
             return Outcome.FAILED
         await self._events.mark_done(key, received_at=received_at)
+        await self._finish_held(key)
         return Outcome.REPLIED if replied else Outcome.IGNORED
+
+    async def _finish_held(self, key: str) -> None:
+        """Drop the `slack.pending` row of a done event, if this process held or recovered it."""
+        if key in self._held and self._pending is not None:
+            self._held.discard(key)
+            await self._pending.finish(key)
 
     async def _answered_before(self, message: SlackMessage) -> bool:
         """For a retried event we just claimed: did an earlier attempt post its reply and die

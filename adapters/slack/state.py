@@ -4,7 +4,12 @@
 |-----------------------------|-------------------------------------------------|-------------------------|--------------|
 | `slack.thread-participation`| `{team_id}:{account_id}:{channel_id}:{thread_ts}` | `{agent_id, replied_at}`| 24 h / 5,000 |
 | `slack.events`              | `{team_id}:{event_id}`                          | `{received_at[, done_at]}` | 1 h / 50,000 (lease while processing) |
+| `slack.pending`             | `{team_id}:{event_id}`                          | the message (`SlackMessage` fields) | 1 h / 1,000 |
 | `slack.thread-starters`     | `{team_id}:{user_id}`                           | `{threads: {hash: expires_at}}` | 24 h / 2,000 (fairness quota) |
+
+`slack.pending` holds an event Slack was told "accepted" (acked at the 3 s deadline) before
+its reply was done: Slack will not send it again, so if the process dies, another one (or this
+one restarted) finishes it from this row.
 
 Both go through `adapters.common.AdapterState`, which is also the legacy in-memory twin
 (`legacy=True`: the same TTL and cap, memory only), so this module is the whole migration.
@@ -14,16 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from chatstate.adapters.common import AdapterState, Clock, StateSpec, now_ms
+from chatstate.adapters.common import AdapterState, ClaimLedger, Clock, StateSpec, now_ms
 from chatstate.adapters.slack.config import SlackSettings
+from chatstate.adapters.slack.platform import SlackMessage
 
 STARTERS_NAMESPACE = "slack.thread-starters"
 STARTERS_MAX_ENTRIES = 2_000  # users counted; evicting one only forgets what they started
 THREADS_NAMESPACE = "slack.thread-participation"
 EVENTS_NAMESPACE = "slack.events"
+PENDING_NAMESPACE = "slack.pending"
+PENDING_MAX_ENTRIES = 1_000  # events acked before their reply, at once; each row lives seconds
 
 
 @dataclass(frozen=True)
@@ -65,38 +73,41 @@ class ThreadParticipation:
         return value if isinstance(value, dict) else None
 
 
-class EventLedger:
+class EventLedger(ClaimLedger):
     """Slack event ids already taken (`slack.events`): a short lease while the bot works on
     one, then a long-lived done mark, so a retry never produces a second reply."""
-
-    def __init__(self, state: AdapterState, *, lease_ms: int, clock: Clock = now_ms) -> None:
-        self.state = state
-        self.lease_ms = lease_ms
-        self._clock = clock
 
     @staticmethod
     def key(team_id: str, event_id: str) -> str:
         return f"{team_id}:{event_id}"
 
-    async def claim(self, key: str, *, received_at: int) -> bool:
-        """Take `key` under a lease of `lease_ms`; False if a live lease or done mark holds it.
 
-        Atomic across processes (register_if_absent). An expired lease counts as absent, which
-        is how a retry after a crash gets the event processed instead of lost.
-        """
-        return await self.state.claim(key, {"received_at": received_at}, ttl_ms=self.lease_ms)
+class PendingWork:
+    """Events acked before their reply was done (`slack.pending`), so no crash loses them."""
 
-    async def mark_done(self, key: str, *, received_at: int) -> None:
-        """Replace the lease with the done mark (the namespace's long TTL); durable on return."""
-        await self.state.record(key, {"received_at": received_at, "done_at": self._clock()})
+    def __init__(self, state: AdapterState) -> None:
+        self.state = state
 
-    async def is_done(self, key: str) -> bool:
-        value = await self.state.get(key)
-        return isinstance(value, dict) and "done_at" in value
+    async def hold(self, key: str, message: SlackMessage) -> None:
+        """Keep `message` until `finish`; durable on return (written before Slack's 200)."""
+        await self.state.record(key, asdict(message))
 
-    async def release(self, key: str) -> None:
-        """Drop a lease whose work failed, so Slack's retry can process the event again."""
+    async def finish(self, key: str) -> None:
         await self.state.forget(key)
+
+    async def held(self) -> list[tuple[str, SlackMessage]]:
+        """Every held event (all processes'), oldest first; rows of another shape are dropped."""
+        out = []
+        for entry in await self.state.entries():
+            try:
+                out.append((entry.key, SlackMessage(**entry.value)))
+            except TypeError:
+                await self.state.forget(entry.key)
+        return out
+
+
+def pending_spec(settings: SlackSettings) -> StateSpec:
+    return StateSpec(PENDING_NAMESPACE, settings.event_ttl_ms, PENDING_MAX_ENTRIES)
 
 
 def thread_spec(settings: SlackSettings) -> StateSpec:

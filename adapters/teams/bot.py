@@ -4,6 +4,10 @@ In a channel or group chat the bot answers only when @mentioned, or when the mes
 (or reacts to) a message the bot itself sent within the last 24 h: `reply_to_bot`. In a personal
 chat it answers everything. Every answer starts with `[<classification>]`, so a person, the
 demo and the tests can see why the bot spoke.
+
+Edits (`messageUpdate`) are never answered: the message was answered (or not) when it was
+first sent. A deleted bot message (`messageDelete` naming one of ours) is forgotten, so a reply
+to it afterwards is an ordinary message again (it needs a mention); see docs/migrations/teams.md.
 """
 
 from __future__ import annotations
@@ -62,6 +66,14 @@ class TeamsBot(ActivityHandler):
             return
         text = (TurnContext.remove_recipient_mention(activity) or "").strip()
         await turn_context.send_activity(f"[{kind}] you said: {text}")
+
+    async def on_message_update_activity(self, turn_context: TurnContext) -> None:
+        self.log.info("classified", extra={"classification": "ignored", "activity_type": "messageUpdate"})
+
+    async def on_message_delete_activity(self, turn_context: TurnContext) -> None:
+        activity = turn_context.activity
+        ours = bool(activity.id) and await self.sent.forget(activity.conversation.id, activity.id)
+        self.log.info("message_deleted", extra={"sent_by_bot": ours})
 
     async def on_reactions_added(
         self, message_reactions: list[MessageReaction], turn_context: TurnContext

@@ -10,6 +10,7 @@ in TOML (`CHATSTATE_TEAMS_SENT_TTL_MS=5000` is the integer 5000):
   sent_ttl_ms          msteams.sent-messages row lifetime                         default 24 h
   sent_max_entries     rows kept                                                 default 1,000
   sent_per_user        live sent rows one user's messages may cause (quota)        default 100
+  activity_lease_ms    a claimed, unanswered activity blocks its redeliveries this long  default 20 s
   openid_connect_timeout_s, openid_read_timeout_s, openid_total_timeout_s,
   openid_retry_after_failure_s   the signing-key fetch, seconds          default 3, 5, 10, 30
 To add a key: add one annotated field here (with a default unless it is required).
@@ -22,7 +23,7 @@ from typing import Annotated
 from pydantic import Field
 
 from chatstate.adapters.teams.keys import FetchSettings
-from chatstate.adapters.teams.state import SENT_MAX_ENTRIES, SENT_PER_USER, SENT_TTL_MS
+from chatstate.adapters.teams.state import ACTIVITY_LEASE_MS, SENT_MAX_ENTRIES, SENT_PER_USER, SENT_TTL_MS
 from chatstate.gateway.settings import AdapterSettings
 
 Text = Annotated[str, Field(min_length=1)]
@@ -43,6 +44,7 @@ class TeamsSettings(AdapterSettings):
     sent_ttl_ms: Positive = SENT_TTL_MS
     sent_max_entries: Positive = SENT_MAX_ENTRIES
     sent_per_user: Positive = SENT_PER_USER  # fairness quota: live sent rows one user's messages may cause
+    activity_lease_ms: Positive = ACTIVITY_LEASE_MS  # one answer per activity (issue 14)
     # the signing-key (OpenID metadata) fetch, seconds (issue 15)
     openid_connect_timeout_s: PositiveSeconds = FetchSettings.connect_timeout_s
     openid_read_timeout_s: PositiveSeconds = FetchSettings.read_timeout_s

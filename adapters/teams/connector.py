@@ -8,10 +8,11 @@ botframework-connector's `ConnectorClient`, so the simulator receives exactly wh
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from botbuilder.core import Bot, CloudAdapterBase, TurnContext
@@ -29,6 +30,27 @@ _T = TypeVar("_T")
 QUOTA_NOTE = ("(You have had many answers from me recently, so a reply to this message will need "
               "an @mention to reach me.)")
 OnSent = Callable[[str, Sequence[str | None]], Awaitable[None]]
+SEND_RETRIES = 3  # a send refused with 429 or 502/503/504 is tried again at most this often
+MAX_RETRY_AFTER_S = 10  # a longer Retry-After fails the send instead (the channel redelivers)
+BACKOFF_S = 0.25  # 502/503/504: wait 0.25, 0.5, 1 s
+TRANSIENT = (502, 503, 504)
+
+
+def retry_delay(exc: HttpOperationError, attempt: int) -> float | None:
+    """Seconds to wait before sending again after `exc`, or None when it must not be retried:
+    429 honours Retry-After (bounded), 502/503/504 back off; anything else is final."""
+    response: Any = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if status == 429:
+        headers = getattr(response, "headers", None) or {}
+        try:
+            wait = float(headers.get("Retry-After", 1))
+        except (TypeError, ValueError):
+            return None
+        return wait if 0 <= wait <= MAX_RETRY_AFTER_S else None
+    if status in TRANSIENT:
+        return BACKOFF_S * 2**attempt
+    return None
 
 
 class TeamsCloudAdapter(CloudAdapterBase):
@@ -53,22 +75,42 @@ class TeamsCloudAdapter(CloudAdapterBase):
     async def send_activities(
         self, context: TurnContext, activities: list[Activity]
     ) -> list[ResourceResponse]:
+        """Send each activity (429 and 502/503/504 retried, bounded) and record the id of the
+        send that finally succeeded, once, unless the requester is over their quota (then the
+        message carries a visible note instead). Raises HttpOperationError when retries run
+        out; the quota rows of what was not sent are given back."""
         requester = _requester(context)
         recorded = [await self._admit(requester) for _ in activities]
         for activity, admitted in zip(activities, recorded, strict=True):
             if not admitted and activity.type == "message":  # visible: replies will need a mention
                 activity.text = f"{activity.text or ''}\n{QUOTA_NOTE}"
-        try:
-            responses = await super().send_activities(context, activities)
-        except BaseException:
-            if requester is not None and self._quota is not None:
-                for _ in filter(None, recorded):
-                    await self._quota.release(requester, now_ms=now_ms())
-            raise
-        for activity, response, admitted in zip(activities, responses, recorded, strict=True):
-            if admitted and activity.conversation is not None and response is not None:
+        responses = []
+        for i, activity in enumerate(activities):
+            try:
+                response = await self._send_one(context, activity)
+            except BaseException:
+                if requester is not None and self._quota is not None:
+                    for _ in filter(None, recorded[i:]):
+                        await self._quota.release(requester, now_ms=now_ms())
+                raise
+            if recorded[i] and activity.conversation is not None and response is not None:
                 await self._on_sent(activity.conversation.id, [response.id])
+            responses.append(response)
         return responses
+
+    async def _send_one(self, context: TurnContext, activity: Activity) -> ResourceResponse:
+        for attempt in range(SEND_RETRIES + 1):
+            try:
+                [response] = await super().send_activities(context, [activity])
+                return response
+            except HttpOperationError as exc:
+                delay = retry_delay(exc, attempt)
+                if delay is None or attempt == SEND_RETRIES:
+                    raise
+                self._log.warning("bot_connector_retry", extra={
+                    "status": getattr(exc.response, "status_code", None), "attempt": attempt + 1, "delay_s": delay})
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     async def _admit(self, requester: str | None) -> bool:
         if self._quota is None or requester is None:
@@ -100,12 +142,22 @@ class TeamsCloudAdapter(CloudAdapterBase):
         missing or bad, 400 for a body that is not an Activity, 503 when no signing keys can be
         fetched, 502 when the Bot Connector refused a send. Answers only after the turn, and
         so every recording, is done."""
+        authenticated, activity = await self.read(request, check=check)
+        return await self.run(authenticated, activity, bot)
+
+    async def read(self, request: web.Request, *, check: TokenCheck) -> tuple[AuthenticateRequestResult, Activity]:
+        """Authenticate, then parse, one request: 401 (missing/bad token, before the body is
+        read), 400 (not an Activity), 503 (no signing keys)."""
         auth_header = ingress.credential(request.headers, "Authorization", max_chars=MAX_TOKEN_CHARS + 7)
         if not auth_header:
             raise web.HTTPUnauthorized(text="missing bearer token")
         await self._guarded(check.verify(auth_header))  # authentication before parsing
         activity = _parse(await request.read())
         authenticated = await self._guarded(self.authenticate(activity, auth_header))
+        return authenticated, activity
+
+    async def run(self, authenticated: AuthenticateRequestResult, activity: Activity, bot: Bot) -> web.Response:
+        """Run the turn; 502 when the Bot Connector refused a send (after its retries)."""
         try:
             invoke = await self.process_activity(authenticated, activity, bot.on_turn)
         except (HttpOperationError, ClientRequestError) as exc:

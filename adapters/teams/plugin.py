@@ -3,7 +3,8 @@
 Config, the `[adapters.teams]` table (`config.TeamsSettings`; docs/migrations/teams.md lists every key):
 `app_id`; `openid_metadata_url`, `token_issuer`, `connector_token` for a local Bot Connector
 simulator, or `app_password` for Azure; `sent_ttl_ms` and `sent_max_entries` to shrink the 24 h /
-1,000 defaults in tests; `mode = "legacy"` keeps the sent-message cache in memory only.
+1,000 defaults in tests; `activity_lease_ms` (20 s) for the per-activity claim;
+`mode = "legacy"` keeps the sent-message cache and the claims in memory only.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from chatstate.adapters.teams.bot import TeamsBot
 from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.connector import TeamsCloudAdapter
 from chatstate.adapters.teams.keys import SigningKeys
+from chatstate.adapters.teams.once import ActivityGate
 from chatstate.adapters.teams.sent import SentMessages
-from chatstate.adapters.teams.state import open_requester_quota, open_sent_messages
+from chatstate.adapters.teams.state import open_activity_claims, open_requester_quota, open_sent_messages
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 from chatstate.gateway.settings import AdapterSettings
 
 MESSAGES_PATH = "/api/messages"  # the Bot Framework messaging endpoint
+STOP_TIMEOUT_S = 10.0  # how long stop() waits for turns in flight
 
 
 class TeamsPlugin(Plugin):
@@ -36,6 +39,8 @@ class TeamsPlugin(Plugin):
 
     def __init__(self) -> None:
         self._state: AdapterState | None = None
+        self._activities: AdapterState | None = None
+        self._gate: ActivityGate | None = None
         self._adapter: TeamsCloudAdapter | None = None
         self._bot: TeamsBot | None = None
         self._check: TokenCheck | None = None
@@ -50,7 +55,8 @@ class TeamsPlugin(Plugin):
         TeamsSettings.of_settings(settings).check_credentials()
 
     async def start(self, runtime: PluginRuntime) -> None:
-        """Build auth from the settings and open the sent-message cache.
+        """Build auth from the settings and open the sent-message cache, the per-activity
+        claims and the requester quota.
 
         Raises StateStoreError from opening the store (it stops the gateway from starting).
         """
@@ -59,16 +65,23 @@ class TeamsPlugin(Plugin):
         self._check, self._key_sets = build_token_check(settings)
         state = open_sent_messages(settings, legacy=runtime.legacy)
         await state.open(runtime)
+        claims = open_activity_claims(settings, legacy=runtime.legacy)
+        await claims.state.open(runtime)
         quota = open_requester_quota(settings, legacy=runtime.legacy)
         await quota.state.open(runtime)
         sent = SentMessages(state)
         self._state = state
+        self._activities = claims.state
+        self._gate = ActivityGate(claims)
         self._quota = quota
         self._adapter = TeamsCloudAdapter(auth, on_sent=sent.record, log=runtime.log, quota=quota)
         self._bot = TeamsBot(sent, log=runtime.log)
 
     async def stop(self) -> None:
-        """Cancel a signing-key fetch still running (it holds no thread: nothing to wait for)."""
+        """Let turns in flight finish (their writes are what a restart relies on); cancel a
+        signing-key fetch still running (it holds no thread: nothing to wait for)."""
+        if self._gate is not None:
+            await self._gate.drain(STOP_TIMEOUT_S)
         for keys in self._key_sets:
             await keys.close()
 
@@ -79,10 +92,15 @@ class TeamsPlugin(Plugin):
         # An unreachable metadata host is the far end's fault, not ours: reported, not degraded.
         signing = self._check.keys.health() if self._check is not None else None
         quota = self._quota.state.health() if self._quota is not None else None
-        degraded = detail["mode"] == "degraded" or (quota is not None and quota["mode"] == "degraded")
-        return {"status": "degraded" if degraded else "ok", **detail, "signing_keys": signing, "quota": quota}
+        activities = self._activities.health() if self._activities is not None else None
+        degraded = detail["mode"] == "degraded" or any(
+            h is not None and h["mode"] == "degraded" for h in (quota, activities))
+        return {"status": "degraded" if degraded else "ok", **detail, "signing_keys": signing, "quota": quota,
+                "activities": activities}
 
     async def _messages(self, request: web.Request) -> web.Response:
-        if self._adapter is None or self._bot is None or self._check is None:
+        if self._adapter is None or self._bot is None or self._check is None or self._gate is None:
             raise web.HTTPServiceUnavailable(text="teams adapter is not started")
-        return await self._adapter.handle(request, self._bot, check=self._check)
+        adapter, bot = self._adapter, self._bot
+        authenticated, activity = await adapter.read(request, check=self._check)  # 401/400 before any state
+        return await self._gate.once(activity, lambda: adapter.run(authenticated, activity, bot))

@@ -31,6 +31,10 @@ class SentMessages:
             if activity_id:
                 await self.state.record(sent_key(conversation_id, activity_id), sent_value(sent_at))
 
+    async def forget(self, conversation_id: str, activity_id: str) -> bool:
+        """Drop a bot message Teams deleted (`messageDelete`); True if it was ours."""
+        return await self.state.forget(sent_key(conversation_id, activity_id))
+
     async def sent_by_bot(self, conversation_id: str, activity_id: str | None) -> bool:
         """True if the bot sent `activity_id` in this conversation within the TTL.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from chatstate.adapters.common import AdapterState, RequesterQuota, StateSpec
+from chatstate.adapters.common import AdapterState, ClaimLedger, RequesterQuota, StateSpec
 from chatstate.gateway.ingress import short_id
 
 if TYPE_CHECKING:
@@ -29,6 +29,30 @@ REQUESTERS_NAMESPACE = "msteams.sent-requesters"  # the quota's counts, key = th
 REQUESTERS_MAX_ENTRIES = 5_000  # users counted; evicting one only forgets their count
 
 SENT_MESSAGES = StateSpec(NAMESPACE, ttl_ms=SENT_TTL_MS, max_entries=SENT_MAX_ENTRIES)
+
+# Exactly-once per inbound activity: the channel sends an activity again, same id, when the
+# bot was slow to answer (or the delivery failed); the second copy must not be answered.
+ACTIVITIES_NAMESPACE = "msteams.activities"
+ACTIVITY_TTL_MS = 60 * 60 * 1000  # a done activity id is remembered 1 h
+ACTIVITY_MAX_ENTRIES = 10_000  # ~3 activities a second for the hour; well under the 50,000-row plugin ceiling
+# a claimed-but-unanswered activity may be retaken after this: longer than a turn (sends retry
+# for at most ~3 x 10 s), shorter than the channel's redelivery window, so the activity of a
+# turn killed midway is answered on a later redelivery instead of lost
+ACTIVITY_LEASE_MS = 20 * 1000
+ANSWERED_TYPES = ("message", "messageReaction")  # the activity types the bot may answer
+
+
+ACTIVITIES = StateSpec(ACTIVITIES_NAMESPACE, ttl_ms=ACTIVITY_TTL_MS, max_entries=ACTIVITY_MAX_ENTRIES)
+
+
+def open_activity_claims(config: TeamsSettings, *, legacy: bool) -> ClaimLedger:
+    """One claim per inbound activity (`msteams.activities`), leased `activity_lease_ms`."""
+    return ClaimLedger(AdapterState(ACTIVITIES, legacy=legacy), lease_ms=config.activity_lease_ms)
+
+
+def activity_key(conversation_id: str, activity_id: str) -> str:
+    """`{conversation_id}:{activity_id}`, the channel's conversation id as in `sent_key`."""
+    return sent_key(conversation_id, activity_id)
 
 
 def spec_from_config(config: TeamsSettings) -> StateSpec:

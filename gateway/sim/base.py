@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
@@ -30,6 +31,10 @@ class SimulatorServer:
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
         self.records: list[Record] = []
+        # how often each platform edge behaviour (a switch of the subclass) was played: the
+        # demo's `--hostile` table and the exactly-once tests read these
+        self.hits: Counter[str] = Counter()
+        self._background: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self._changed: asyncio.Condition | None = None
         self.port: int = 0
@@ -69,6 +74,10 @@ class SimulatorServer:
         return self.base_url
 
     async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -79,6 +88,24 @@ class SimulatorServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def hit(self, behaviour: str) -> None:
+        """Count one occurrence of an edge behaviour the simulator just played."""
+        self.hits[behaviour] += 1
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run `coro` in the background (a platform acting on its own, e.g. a redelivery);
+        cancelled on stop. `settle()` waits for all of them."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def settle(self, *, timeout: float = 60.0) -> None:
+        """Wait until no background delivery is running (new ones started meanwhile included)."""
+        async with asyncio.timeout(timeout):
+            while self._background:
+                await asyncio.gather(*list(self._background), return_exceptions=True)
 
     # -- recording ------------------------------------------------------------------------
     async def record(self, kind: str, payload: dict[str, Any]) -> Record:

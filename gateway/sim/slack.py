@@ -1,6 +1,13 @@
 """A local Slack: the Events API sender (v0-signed, with retries) and the Web API methods the
 adapter calls (`auth.test`, `chat.postMessage`), recording every message the bot posts.
 
+`SlackEdges` switches on Slack's documented edge behaviours one by one (or all at once with
+`SlackEdges.hostile()`): the 3-second ack deadline and the retry schedule with
+`X-Slack-Retry-Num`/`-Reason`, a channel mention delivered as both `app_mention` and `message`,
+the bot's own posts echoed back as `message` events, edits and thread broadcasts, and
+`chat.postMessage` answering 429 + Retry-After, 503, or posting and then resetting the
+connection. `hits` counts each behaviour the simulator actually played.
+
 Signing is written out here (HMAC-SHA256 over `v0:{timestamp}:{body}`) rather than borrowed
 from slack-sdk, so the adapter's `SignatureVerifier` is checked against an independent
 implementation of Slack's documented scheme.
@@ -24,6 +31,51 @@ from chatstate.gateway.sim.base import Record, SimulatorServer
 
 EVENTS_PATH = "/slack/events"
 POST_MESSAGE = "chat.postMessage"
+DELIVERY = "event_delivery"  # one Events API attempt (first try or retry) and how it ended
+RETRY_SCHEDULE_S = (0.0, 60.0, 300.0)  # Slack retries immediately, after ~1 min, after ~5 min
+ACK_DEADLINE_S = 3.0  # a delivery not answered 2xx within this is a failure (http_timeout)
+
+
+@dataclass(frozen=True)
+class SlackEdges:
+    """Which of Slack's documented edge behaviours the simulator plays (all off by default).
+
+    `*_every = N` knobs count chat.postMessage calls: calls F, F+N, F+2N... get the fault, F
+    being the matching `*_first` (1 by default; a 429 wins over a 503, a 503 over a reset), so
+    a test knows exactly which call fails and that the retry of a faulted call goes through.
+    """
+
+    retries: bool = False  # not 2xx within ack_deadline_s -> retried with X-Slack-Retry-Num 1..3
+    schedule_scale: float = 1.0  # multiplies RETRY_SCHEDULE_S (tests compress minutes to seconds)
+    ack_deadline_s: float = ACK_DEADLINE_S
+    double_mention: bool = False  # a channel mention also arrives as a `message` event
+    echo_bot_messages: bool = False  # the bot's posts come back as `message` events (bot_id set)
+    edits: bool = False  # every user message is followed by a `message_changed` edit of it
+    deletions: bool = False  # every user message is deleted once delivered (`message_deleted`)
+    thread_broadcast: bool = False  # thread replies are "also sent to the channel"
+    rate_limit_every: int = 0  # 429 + Retry-After: retry_after_s; nothing posted
+    retry_after_s: int = 1
+    server_error_every: int = 0  # 503; nothing posted
+    server_error_first: int = 1
+    reset_after_post_every: int = 0  # posted, then the connection is reset before the answer
+    reset_after_post_first: int = 1
+
+    @classmethod
+    def hostile(cls, *, schedule_scale: float = 0.02) -> SlackEdges:
+        """Every switch on: the profile of the demo's `--hostile` and the exactly-once tests."""
+        return cls(retries=True, schedule_scale=schedule_scale, double_mention=True, echo_bot_messages=True,
+                   edits=True, deletions=True, thread_broadcast=True,
+                   # every other reply meets all three: call 1 gets 429, its retry 503, the
+                   # next retry is posted and reset; call 4 goes through; call 5 starts over
+                   rate_limit_every=4, server_error_every=4, server_error_first=2,
+                   reset_after_post_every=4, reset_after_post_first=3)
+
+    def gateway_config(self) -> dict[str, Any]:
+        """Adapter settings that scale with the compressed schedule: a dead process's lease on
+        an event must run out before Slack's last retry, as 60 s does before 5 min."""
+        if self.schedule_scale >= 1.0:
+            return {}
+        return {"event_lease_ms": max(500, int(RETRY_SCHEDULE_S[1] * 1000 * self.schedule_scale))}
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -56,8 +108,10 @@ class SlackSimulator(SimulatorServer):
         bot_user_id: str = "U0BOT",
         bot_id: str = "B0BOT",
         extra_config: dict[str, Any] | None = None,
+        edges: SlackEdges | None = None,
     ) -> None:
         super().__init__(host)
+        self.edges = edges or SlackEdges()
         self.signing_secret = signing_secret
         self.bot_token = bot_token
         self.team_id = team_id
@@ -74,6 +128,7 @@ class SlackSimulator(SimulatorServer):
         self.hold_posts: asyncio.Future[bool] | None = None
         self.fail_posts = False
         self.post_arrived = asyncio.Event()  # set when a chat.postMessage reaches the simulator
+        self.post_calls = 0
 
     # -- SimulatorServer ------------------------------------------------------------------
     def build(self, app: web.Application) -> None:
@@ -87,6 +142,7 @@ class SlackSimulator(SimulatorServer):
             "signing_secret": self.signing_secret,
             "bot_token": self.bot_token,
             "api_base_url": f"{self.base_url}/api/",
+            **self.edges.gateway_config(),
             **self.extra_config,
         }
 
@@ -109,6 +165,13 @@ class SlackSimulator(SimulatorServer):
         if not args.get("channel"):
             return web.json_response({"ok": False, "error": "channel_not_found"})
         self.post_arrived.set()
+        self.post_calls += 1
+        fault = self._post_fault(self.post_calls)
+        if fault == "rate_limited":
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
+                                     headers={"Retry-After": str(self.edges.retry_after_s)})
+        if fault == "server_error":
+            return web.json_response({"ok": False, "error": "service_unavailable"}, status=503)
         if self.hold_posts is not None and not await asyncio.shield(self.hold_posts):
             return web.json_response({"ok": False, "error": "request_timeout"})
         if self.fail_posts:
@@ -120,7 +183,42 @@ class SlackSimulator(SimulatorServer):
         if isinstance(args.get("metadata"), dict):
             message["metadata"] = args["metadata"]
         await self.record(POST_MESSAGE, message)
+        if self.edges.echo_bot_messages:
+            self.spawn(self._echo(message))
+        if fault == "reset_after_post":
+            # Slack posted the message, but the answer never reaches the bot: the ambiguous
+            # failure a blind retry turns into a duplicate
+            assert request.transport is not None
+            request.transport.abort()
+            raise web.HTTPInternalServerError()
         return web.json_response({"ok": True, "channel": args["channel"], "ts": ts, "message": message})
+
+    def _post_fault(self, n: int) -> str | None:
+        e = self.edges
+        for name, every, first in (("rate_limited", e.rate_limit_every, 1),
+                                   ("server_error", e.server_error_every, e.server_error_first),
+                                   ("reset_after_post", e.reset_after_post_every, e.reset_after_post_first)):
+            if every and n >= first and (n - first) % every == 0:
+                self.hit(name)
+                return name
+        return None
+
+    async def _echo(self, message: dict[str, Any]) -> None:
+        """Deliver the bot's own post back as a `message` event, as Slack does: modern apps'
+        posts carry `bot_id` and `user`, legacy ones `subtype: bot_message`; alternate both."""
+        event = {k: v for k, v in message.items() if v is not None and k != "metadata"}
+        event.update(event_ts=message["ts"], channel_type="channel")
+        if self.hits["bot_echo"] % 2:
+            event["subtype"] = "bot_message"
+            event.pop("user", None)
+        self.hit("bot_echo")
+        await self._deliver_quietly(self.envelope(event))
+
+    async def _deliver_quietly(self, payload: dict[str, Any]) -> None:
+        try:
+            await self._deliver_action(payload)
+        except aiohttp.ClientError:
+            pass  # a platform-initiated delivery to a dead gateway: Slack just gives up
 
     async def _replies(self, request: web.Request) -> web.Response:
         """conversations.replies over the bot's posts (the simulator keeps no user messages)."""
@@ -168,6 +266,9 @@ class SlackSimulator(SimulatorServer):
             event["channel_type"] = channel_type
         if thread_ts is not None:
             event["thread_ts"] = thread_ts
+            if event_type == "message" and self.edges.thread_broadcast:
+                event["subtype"] = "thread_broadcast"  # "also send to #channel" ticked
+                self.hit("thread_broadcast")
         if parent_user_id is not None:
             event["parent_user_id"] = parent_user_id
         return self.envelope(event)
@@ -184,6 +285,26 @@ class SlackSimulator(SimulatorServer):
             "authorizations": [{"team_id": self.team_id, "user_id": self.bot_user_id, "is_bot": True}],
         }
 
+    def edit_event(self, original: dict[str, Any], text: str) -> dict[str, Any]:
+        """The `message_changed` envelope Slack sends when `original` (an envelope) is edited."""
+        before = original["event"]
+        after = {k: v for k, v in before.items() if k not in ("event_ts", "channel_type", "subtype")}
+        after.update(text=text, edited={"user": before.get("user"), "ts": self.next_ts()})
+        after["type"] = "message"
+        ts = self.next_ts()
+        return self.envelope({"type": "message", "subtype": "message_changed", "hidden": True,
+                              "channel": before["channel"], "channel_type": before.get("channel_type", "channel"),
+                              "ts": ts, "event_ts": ts, "message": after, "previous_message": dict(before)})
+
+    def delete_event(self, original: dict[str, Any]) -> dict[str, Any]:
+        """The `message_deleted` envelope Slack sends when the message of `original` is deleted
+        (`original` may be an envelope or a message the bot posted)."""
+        before = original.get("event", original)
+        ts = self.next_ts()
+        return self.envelope({"type": "message", "subtype": "message_deleted", "hidden": True,
+                              "channel": before["channel"], "channel_type": "channel", "ts": ts, "event_ts": ts,
+                              "deleted_ts": before["ts"], "previous_message": dict(before)})
+
     async def deliver(
         self,
         payload: dict[str, Any],
@@ -196,11 +317,81 @@ class SlackSimulator(SimulatorServer):
     ) -> Delivery:
         """POST `payload` to the gateway's Events URL, signed as Slack signs it.
 
-        `retry_num` adds Slack's `X-Slack-Retry-Num`/`-Reason` headers; `secret`/`timestamp`
-        forge a bad or stale signature; `signed=False` leaves the headers out.
+        `retry_num` adds Slack's `X-Slack-Retry-Num`/`-Reason` headers and sends exactly once;
+        `secret`/`timestamp` forge a bad or stale signature; `signed=False` leaves the headers
+        out. Without those, this is one user action as Slack delivers it under `edges`: the
+        `message` twin of a channel mention and the edit go out alongside (in the background),
+        and with `retries` a failed attempt is retried on Slack's schedule; the answer of the
+        last attempt is returned. Raises aiohttp.ClientError when no attempt reached the gateway.
         """
-        if self.gateway_url is None:
+        if retry_num is not None or secret is not None or timestamp is not None or not signed:
+            return await self._send(payload, retry_num=retry_num, retry_reason=retry_reason, secret=secret,
+                                    timestamp=timestamp, signed=signed)
+        event = payload.get("event") or {}
+        if (self.edges.double_mention and event.get("type") == "app_mention"
+                and not str(event.get("channel", "")).startswith("D")):
+            self.hit("double_mention")  # Slack's `message` event for the same post, its own event_id
+            twin = dict(event, type="message", channel_type="channel")
+            self.spawn(self._deliver_quietly(self.envelope(twin)))
+        if self.edges.edits and event.get("user") and not event.get("subtype"):
+            self.hit("edit")
+            self.spawn(self._deliver_quietly(self.edit_event(payload, f"{event.get('text', '')} (edited)")))
+        delivery = await self._deliver_action(payload)
+        if self.edges.deletions and event.get("user") and event.get("type") == "message":
+            self.hit("deletion")
+            self.spawn(self._deliver_quietly(self.delete_event(payload)))
+        return delivery
+
+    async def _deliver_action(self, payload: dict[str, Any]) -> Delivery:
+        """One event as Slack's sender handles it: once, or with retries on Slack's schedule."""
+        if not self.edges.retries:
+            return await self._send(payload)
+        reason: str | None = None
+        last: Delivery | None = None
+        error: aiohttp.ClientError | None = None
+        for attempt in range(len(RETRY_SCHEDULE_S) + 1):
+            if attempt:
+                await asyncio.sleep(RETRY_SCHEDULE_S[attempt - 1] * self.edges.schedule_scale)
+                self.hit(f"retry:{reason}")
+            outcome: str
+            try:
+                last = await self._send(payload, retry_num=attempt or None, retry_reason=reason or "",
+                                        timeout_s=self.edges.ack_deadline_s)
+                error = None
+                outcome = str(last.status)
+            except TimeoutError:
+                reason, outcome = "http_timeout", "timeout"
+            except aiohttp.ClientError as exc:
+                error = exc
+                reason, outcome = "connection_failed", "connection_failed"
+            await self.record(DELIVERY, {"event_id": payload.get("event_id"), "retry_num": attempt,
+                                         "outcome": outcome, "at": time.monotonic()})
+            if last is not None and error is None and outcome != "timeout":
+                if 200 <= last.status < 300 or last.headers.get("X-Slack-No-Retry") == "1":
+                    return last
+                reason = "http_error"
+        self.hit("gave_up")
+        if last is not None:
+            return last
+        assert error is not None or reason == "http_timeout"
+        raise error or aiohttp.ServerTimeoutError(f"no answer within {self.edges.ack_deadline_s} s")
+
+    async def _send(
+        self,
+        payload: dict[str, Any],
+        *,
+        retry_num: int | None = None,
+        retry_reason: str = "http_timeout",
+        secret: str | None = None,
+        timestamp: int | None = None,
+        signed: bool = True,
+        timeout_s: float | None = None,
+    ) -> Delivery:
+        """One signed POST; raises TimeoutError after `timeout_s`, aiohttp.ClientError."""
+        gateway_url = self.gateway_url  # read once, before the first await (tests/multi's balancers)
+        if gateway_url is None:
             raise RuntimeError("gateway_url is not set (the harness sets it)")
+        url = gateway_url + EVENTS_PATH
         body = json.dumps(payload).encode()
         ts = str(int(time.time()) if timestamp is None else timestamp)
         headers = {"Content-Type": "application/json"}
@@ -210,9 +401,14 @@ class SlackSimulator(SimulatorServer):
         if retry_num is not None:
             headers["X-Slack-Retry-Num"] = str(retry_num)
             headers["X-Slack-Retry-Reason"] = retry_reason
-        async with aiohttp.ClientSession() as session:
-            async with session.post(self.gateway_url + EVENTS_PATH, data=body, headers=headers) as resp:
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.post(url, data=body, headers=headers) as resp:
                 return Delivery(resp.status, await resp.text(), dict(resp.headers))
+
+    def deliveries(self, event_id: str | None = None) -> list[dict[str, Any]]:
+        """Every Events API attempt the retrying sender made (first tries and retries)."""
+        return [r.payload for r in self.recorded(DELIVERY) if event_id is None or r.payload["event_id"] == event_id]
 
 
 def _count(records: list[Record]) -> int:

@@ -6,15 +6,23 @@ the bot's app id, `serviceurl`), and serves the Bot Connector REST calls the bot
 `POST /v3/conversations/{id}/activities[/{replyToId}]` and `PUT .../activities/{id}`, each
 answered with the id Teams would assign and recorded for tests. Calls without the configured
 connector token are refused with 401, as Azure refuses calls without an AAD token.
+
+`TeamsEdges` switches on the channel's edge behaviours (all at once: `TeamsEdges.hostile()`):
+429 + Retry-After and 502/503/504 on the bot's sends, an activity delivered again with the
+same id when the bot is slow (or simply twice), redelivery after a failed delivery, users'
+edits (`messageUpdate`), and bot messages deleted (`messageDelete`). `hits` counts them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
+from collections import Counter
 import itertools
 import json
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +39,46 @@ ISSUER = "https://api.botframework.com"  # what Azure puts in `iss`; the adapter
 METADATA_PATH = "/v1/.well-known/openidconfiguration"
 KEYS_PATH = "/v1/.well-known/keys"
 TOKEN_LIFETIME_S = 3600
+ANSWER_DEADLINE_S = 15.0  # the channel gives a bot this long to answer, then sends the activity again
+RETRY_SCHEDULE_S = (1.0, 5.0, 30.0)  # redelivery after a failed delivery (our model; Azure documents none)
+
+
+@dataclass(frozen=True)
+class TeamsEdges:
+    """Which Bot Connector / channel edge behaviours the simulator plays (all off by default).
+
+    `*_every = N`: calls (or user activities) 1, 1+N, 1+2N... get the behaviour.
+    """
+
+    rate_limit_every: int = 0  # the bot's send gets 429 + Retry-After: retry_after_s (not sent)
+    retry_after_s: int = 1
+    server_error_every: int = 0  # the bot's send gets 502, 503, 504 in turn (not sent)
+    server_error_first: int = 1  # the first call that gets it; then every server_error_every
+    max_faults_per_send: int | None = None  # transient faults: one send (same body) meets at most this many
+    redeliver_after_s: float | None = None  # not answered by then: the same activity again
+    duplicate_every: int = 0  # the user activity is delivered twice at once
+    retries: bool = False  # no answer / 5xx from the gateway: delivered again (RETRY_SCHEDULE_S)
+    schedule_scale: float = 1.0
+    edits: bool = False  # every user message is followed by a messageUpdate (edit) of it
+    delete_bot_messages_every: int = 0  # the bot's Nth, 2Nth... message is deleted: messageDelete delivered
+
+    @classmethod
+    def hostile(cls, *, schedule_scale: float = 0.1) -> TeamsEdges:
+        """Every switch on: the demo's `--hostile` profile and the exactly-once tests."""
+        # every other reply meets both faults (call 1: 429 for 1 s, then a 5xx, then through),
+        # and that turn outlasts the channel's answer deadline (15 s, here shortened to 2/3 of
+        # the scaled value so a 1.3 s turn is redelivered while the claim's lease still holds)
+        return cls(rate_limit_every=4, retry_after_s=1, server_error_every=4, server_error_first=2,
+                   redeliver_after_s=ANSWER_DEADLINE_S * schedule_scale * 2 / 3,
+                   max_faults_per_send=2, duplicate_every=3, retries=True, schedule_scale=schedule_scale,
+                   edits=True, delete_bot_messages_every=7)
+
+    def gateway_config(self) -> dict[str, Any]:
+        """Adapter settings that scale with a compressed schedule: a dead process's claim on an
+        activity must run out before the channel's last redelivery (20 s before 36 s)."""
+        if self.schedule_scale >= 1.0:
+            return {}
+        return {"activity_lease_ms": max(1500, int(20_000 * self.schedule_scale))}
 
 
 def new_signing_key() -> rsa.RSAPrivateKey:
@@ -48,8 +96,21 @@ class TeamsSimulator(SimulatorServer):
 
     name: ClassVar[str] = "teams"
 
-    def __init__(self, host: str = "127.0.0.1", *, app_id: str = "00000000-0000-4000-8000-00000000b07") -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", *, app_id: str = "00000000-0000-4000-8000-00000000b07",
+        edges: TeamsEdges | None = None,
+    ) -> None:
         super().__init__(host)
+        self.edges = edges or TeamsEdges()
+        self.send_calls = 0
+        self.user_actions = 0
+        self.deleted: set[str] = set()  # ids of bot messages deleted (soft-deleted in Teams)
+        # while set, a send waits for this future before Teams takes it (a slow Bot Connector)
+        self.hold_sends: asyncio.Future[bool] | None = None
+        self.send_arrived = asyncio.Event()
+        self.open_deliveries = 0  # activities POSTed to the gateway and not yet answered
+        self._faults: Counter[str] = Counter()  # transient faults played per send body
+        self._to_delete: list[dict[str, Any]] = []  # bot messages to delete after their turn
         self.app_id = app_id
         self.bot_id = f"28:{app_id}"
         self.connector_token = secrets.token_urlsafe(24)
@@ -65,6 +126,7 @@ class TeamsSimulator(SimulatorServer):
             "openid_metadata_url": self.base_url + METADATA_PATH,
             "token_issuer": ISSUER,
             "connector_token": self.connector_token,
+            **self.edges.gateway_config(),
         }
 
     def build(self, app: web.Application) -> None:
@@ -122,15 +184,50 @@ class TeamsSimulator(SimulatorServer):
     async def _send(self, request: web.Request) -> web.Response:
         self._authorized(request)
         body = await request.json()
+        self.send_calls += 1
+        self.send_arrived.set()
+        if self.hold_sends is not None:
+            await asyncio.shield(self.hold_sends)
+        n, e = self.send_calls, self.edges
+        send_key = json.dumps([request.path, body], sort_keys=True)
+        if e.max_faults_per_send is not None and self._faults[send_key] >= e.max_faults_per_send:
+            n = 0  # this send had its share of transient faults: it goes through
+        elif self._fault_due(n):
+            self._faults[send_key] += 1
+        if n and e.rate_limit_every and (n - 1) % e.rate_limit_every == 0:
+            self.hit("rate_limited")
+            return web.json_response({"error": {"code": "TooManyRequests", "message": "slow down"}}, status=429,
+                                     headers={"Retry-After": str(e.retry_after_s)})
+        if n and e.server_error_every and n >= e.server_error_first and (n - e.server_error_first) % e.server_error_every == 0:
+            self.hit("server_error")
+            status = (502, 503, 504)[self.hits["server_error"] % 3]
+            return web.json_response({"error": {"code": "ServiceError", "message": "try again"}}, status=status)
         activity_id = str(next(self._ids))
         conversation_id = request.match_info["conversation_id"]
-        await self.record("activity", {
+        sent = {
             **body,
             "id": activity_id,
             "conversation_id": conversation_id,
             "reply_to_id": request.match_info.get("reply_to_id"),
-        })
+        }
+        await self.record("activity", sent)
+        if e.delete_bot_messages_every and len(self.sent()) % e.delete_bot_messages_every == 0:
+            self._to_delete.append(sent)  # deleted once the turn that sent it has been answered
         return web.json_response({"id": activity_id})
+
+    def _fault_due(self, n: int) -> bool:
+        e = self.edges
+        return bool((e.rate_limit_every and (n - 1) % e.rate_limit_every == 0) or (
+            e.server_error_every and n >= e.server_error_first and (n - e.server_error_first) % e.server_error_every == 0))
+
+    def _delete_due(self) -> None:
+        """Delete the bot messages marked for deletion (an owner's "Delete" in Teams, after the
+        turn that sent them was answered); the bot hears messageDelete for each."""
+        while self._to_delete:
+            sent = self._to_delete.pop(0)
+            self.deleted.add(sent["id"])
+            self.hit("bot_message_deleted")
+            self.spawn(self._deliver_quietly(self.delete_activity(sent["id"], conversation_id=sent["conversation_id"])))
 
     async def _update(self, request: web.Request) -> web.Response:
         self._authorized(request)
@@ -167,19 +264,114 @@ class TeamsSimulator(SimulatorServer):
         activity.update(copy.deepcopy(fields))
         return activity
 
+    def edit_activity(self, original: dict[str, Any], text: str) -> dict[str, Any]:
+        """The `messageUpdate` Teams sends when a user edits `original`: same id, new text."""
+        edited = copy.deepcopy(original)
+        edited.update(type="messageUpdate", text=text)
+        edited.setdefault("channelData", {})["eventType"] = "editMessage"
+        return edited
+
+    def delete_activity(self, message_id: str, *, conversation_id: str) -> dict[str, Any]:
+        """The `messageDelete` Teams sends when message `message_id` is (soft-)deleted."""
+        activity = self.activity("message_mention", conversation_id=conversation_id)
+        for k in ("text", "entities", "attachments", "textFormat"):
+            activity.pop(k, None)
+        activity.update(type="messageDelete", id=message_id)
+        activity.setdefault("channelData", {})["eventType"] = "softDeleteMessage"
+        return activity
+
     async def deliver(self, activity: dict[str, Any], *, token: str | None = "") -> int:
         """POST `activity` to the gateway's /api/messages; returns the HTTP status.
 
         `token=""` signs a valid token; None sends no Authorization header; any other string is
         sent as the bearer. The gateway answers after the turn, so when this returns every reply
-        the bot made to this activity is already in `records`.
+        the bot made to this activity is already in `records`. With a valid token this is one
+        user action under `edges`: it may go out twice (duplicate, redelivery of a slow turn),
+        be redelivered after a failure, and be followed by an edit (in the background).
+        Raises aiohttp.ClientError when no attempt reached the gateway.
         """
-        if self.gateway_url is None:
+        if token != "":
+            return await self._post(activity, token=token)
+        self.user_actions += 1
+        e = self.edges
+        if e.edits and activity.get("type") == "message":
+            self.hit("edit")
+            self.spawn(self._deliver_quietly(self.edit_activity(activity, f"{activity.get('text', '')} (edited)")))
+        try:
+            if e.duplicate_every and (self.user_actions - 1) % e.duplicate_every == 0:
+                self.hit("duplicate")
+                first, _second = await asyncio.gather(self._deliver_action(activity), self._deliver_action(activity))
+                return first
+            return await self._deliver_action(activity)
+        finally:
+            self._delete_due()
+
+    async def _deliver_quietly(self, activity: dict[str, Any]) -> None:
+        try:
+            await self._deliver_action(activity)
+        except aiohttp.ClientError:
+            pass  # the channel gives up on a gateway that is gone
+        finally:
+            self._delete_due()
+
+    async def _deliver_action(self, activity: dict[str, Any]) -> int:
+        """One activity as the channel delivers it: again if the bot is slow, and (with
+        `retries`) again after a failure, on RETRY_SCHEDULE_S."""
+        e = self.edges
+        attempts = 1 + (len(RETRY_SCHEDULE_S) if e.retries else 0)
+        error: aiohttp.ClientError | None = None
+        status = 0
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(RETRY_SCHEDULE_S[attempt - 1] * e.schedule_scale)
+                self.hit("retry")
+            try:
+                status = await self._post_watched(activity)
+                error = None
+            except aiohttp.ClientError as exc:
+                error = exc
+                continue
+            if status < 500:
+                return status
+        if error is not None:
+            raise error
+        return status
+
+    async def _post_watched(self, activity: dict[str, Any]) -> int:
+        """POST once; if no answer within `redeliver_after_s`, POST the same activity again
+        (the first stays open); the first answer wins."""
+        first = asyncio.ensure_future(self._post(activity))
+        if self.edges.redeliver_after_s is None:
+            return await first
+        done, _ = await asyncio.wait({first}, timeout=self.edges.redeliver_after_s)
+        if done:
+            return first.result()
+        self.hit("redelivered")
+        again = asyncio.ensure_future(self._post(activity))
+        done, pending = await asyncio.wait({first, again}, return_when=asyncio.FIRST_COMPLETED)
+        winner = done.pop()
+        for task in pending:
+            self.spawn(task)  # the slower copy still finishes (or fails) on its own
+        return winner.result()
+
+    async def _post(self, activity: dict[str, Any], *, token: str | None = "") -> int:
+        gateway_url = self.gateway_url  # read once, before the first await (balancers)
+        if gateway_url is None:
             raise RuntimeError("teams simulator: gateway_url is not set (start the gateway first)")
+        url = gateway_url + "/api/messages"
         headers = {}
         if token is not None:
             headers["Authorization"] = f"Bearer {token or self.token()}"
-        async with aiohttp.ClientSession() as session:
-            async with session.post(self.gateway_url + "/api/messages", json=activity, headers=headers) as resp:
-                await resp.read()
-                return resp.status
+        self.open_deliveries += 1
+        outcome = "connection_failed"
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.post(url, json=activity, headers=headers) as resp:
+                    await resp.read()
+                    outcome = str(resp.status)
+                    return resp.status
+        finally:
+            self.open_deliveries -= 1
+            fields = activity if isinstance(activity, dict) else {}  # tests also send junk bodies
+            await self.record("delivery", {"id": fields.get("id"), "type": fields.get("type"),
+                                           "outcome": outcome, "at": time.monotonic()})

@@ -53,6 +53,24 @@ def test_every_conversation_survives_with_the_store_and_is_lost_without(tmp_path
     assert processes_mentioning(str(tmp_path)) == []  # and so are its gateways
 
 
+def test_hostile_far_ends_still_pass_and_the_table_names_the_edge_behaviours_hit(tmp_path: Path) -> None:
+    result = demo("--json", "--hostile", tmp=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert {(r["adapter"], r["behaviour"]) for r in report["rows"]} == BEHAVIOURS
+    assert all(r["store_survived"] and not r["legacy_survived"] for r in report["rows"]), report["rows"]
+    hits = report["hostile"]
+    # every conversation met its platform's edge behaviours, counted by the simulators
+    assert {"double_mention", "bot_echo", "edit", "thread_broadcast", "rate_limited", "server_error",
+            "reset_after_post"} <= set(hits["slack"]), hits
+    assert {"deferred", "double_click", "slow_message"} <= set(hits["discord"]), hits
+    assert {"duplicate", "redelivered", "edit", "rate_limited", "server_error"} <= set(hits["teams"]), hits
+    table = demo("--hostile", "--only", "slack", tmp=tmp_path)
+    assert table.returncode == 0 and "Edge behaviours the simulators played" in table.stdout
+    assert "double_mention" in table.stdout and "PASS" in table.stdout
+
+
 def test_table_output_and_kept_state_dir(tmp_path: Path) -> None:
     keep = tmp_path / "kept"
     result = demo("--only", "teams,slack", "--state-dir", str(keep), tmp=tmp_path)

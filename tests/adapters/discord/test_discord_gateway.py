@@ -18,6 +18,7 @@ from chatstate.gateway.sim.discord import ALICE, BOB, DiscordSimulator
 from chatstate.gateway.sim.harness import GatewayHarness
 
 EXPIRED = "This component has expired."
+YOU_ALREADY_USED = "You already used this component."
 NOT_FOR_YOU = "This component is not for you."
 ALREADY_USED = "This component was already used."
 CHANNEL_MESSAGE = discord.InteractionResponseType.channel_message.value
@@ -71,7 +72,8 @@ async def test_clicks_work_before_and_after_restart(
     assert (picked.content, picked.ephemeral) == ("You picked blue.", True)
     assert approved(await sim.click(message, "Approve"))
     second = await sim.click(message, "Approve")
-    assert (second.content, second.ephemeral) == (EXPIRED, True)
+    # issue 14: a consumed button says who used it (its `discord.used` tombstone), not "expired"
+    assert (second.content, second.ephemeral) == (YOU_ALREADY_USED, True)
 
 
 async def test_reusable_stays_and_single_use_is_consumed(sim: DiscordSimulator, gw: GatewayHarness) -> None:
@@ -85,7 +87,7 @@ async def test_reusable_stays_and_single_use_is_consumed(sim: DiscordSimulator, 
     assert approved(await sim.click(message, "Approve"))
     assert approve not in rows(gw.database_path, COMPONENTS)
     again = await sim.click(message, "Approve", user_id=BOB)
-    assert (again.type, again.content, again.ephemeral) == (CHANNEL_MESSAGE, EXPIRED, True)
+    assert (again.type, again.content, again.ephemeral) == (CHANNEL_MESSAGE, ALREADY_USED, True)
 
 
 async def test_unauthorised_user_is_refused_and_the_entry_stays(sim: DiscordSimulator, gw: GatewayHarness) -> None:

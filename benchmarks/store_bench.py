@@ -46,16 +46,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import diskcache  # noqa: E402
 
-import state  # noqa: E402
-from chatstate.state import _sqlite as sql  # noqa: E402  (the very statements the backend runs)
+from chatstate import state  # noqa: E402
+from chatstate.state import _sqlite  # noqa: E402
+from chatstate.state import _sqlite_schema as sql  # noqa: E402  (the very statements the backend runs)
 
 OPS = ("register", "lookup", "register_if_absent", "consume")  # run in this order: the claims
 # add fresh keys that consume then removes, so the live row count ends where it started.
+NEW_OPS = ("update", "lookup_many", "count", "entries_page")  # v2 (issue 17): ours and bare only
+ALL_OPS = OPS + NEW_OPS
+BATCH = 10  # keys per lookup_many
+PAGE = 100  # rows per entries page
+SLOW_OPS = {"count": 50, "entries_page": 10}  # these run count // N times: count walks every row
 PLUGIN, NAMESPACE = "bench", "bench.rows"
 TTL_MS = 24 * 3_600_000  # Slack thread participation's TTL: every row expires, none before the end
 VALUE = {"agent_id": "agent-7", "replied_at": 1_712_345_678_901}  # a typical adapter value
-# The contract's per-plugin ceiling (50,000 live rows) is below the 100k case: lift it here only.
-SETTINGS = state.StoreSettings(plugin_max_live_rows=10_000_000)
+SETTINGS = state.StoreSettings()
 CAPACITY = 10_000_000  # max_entries: no column evicts during a run, so all time the same work
 
 TARGET_BARE = 0.7  # ours / bare sqlite3, ops/s, each op
@@ -89,7 +94,7 @@ def sqlite_fill(path: Path, keys: range) -> None:
     now, text = now_ms(), json.dumps(VALUE, separators=(",", ":"))
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany(sql.SQL_UPSERT, (
-        (PLUGIN, NAMESPACE, key_of(i), now + i, text, now + TTL_MS) for i in keys))
+        (PLUGIN, NAMESPACE, key_of(i), now + i, text, now + TTL_MS, i + 1) for i in keys))
     conn.execute("COMMIT")
     conn.close()
 
@@ -120,6 +125,29 @@ def ours_consume(store: state.KeyedStore, key: str) -> Any:
     return store.consume(key)
 
 
+def ours_update(store: state.KeyedStore, key: str) -> Any:
+    return store.update(key, lambda value: VALUE)
+
+
+def ours_lookup_many(store: state.KeyedStore, keys: tuple[str, ...]) -> Any:
+    return store.lookup_many(keys)
+
+
+def ours_count(store: state.KeyedStore, key: str) -> int:
+    return store.count()
+
+
+def ours_entries_page(store: state.KeyedStore, key: str) -> list[Any]:
+    return [e.value for e in store.entries(limit=PAGE)]
+
+
+OURS_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "register": ours_register, "lookup": ours_lookup, "register_if_absent": ours_register_if_absent,
+    "consume": ours_consume, "update": ours_update, "lookup_many": ours_lookup_many, "count": ours_count,
+    "entries_page": ours_entries_page,
+}
+
+
 # bare: the backend's statements, same PRAGMAs, BEGIN IMMEDIATE per write, nothing else
 @dataclass
 class Bare:
@@ -146,13 +174,13 @@ def bare_fill(bare: Bare, directory: Path, keys: range) -> None:
 
 def _bare_write(bare: Bare, key: str, statement: str) -> bool:
     now = now_ms()
-    params = (PLUGIN, NAMESPACE, key, now, json.dumps(VALUE), now + TTL_MS)
+    params = (PLUGIN, NAMESPACE, key, now, json.dumps(VALUE), now + TTL_MS, random.getrandbits(63))
     conn = bare.conn
     conn.execute("BEGIN IMMEDIATE")
     try:
         written = conn.execute(statement, params).rowcount > 0
         if written:  # the cap check SQLiteBackend.write runs (nothing is over a cap here)
-            conn.execute(sql.SQL_CAPS, params[:2]).fetchone()
+            conn.execute(sql.SQL_NS_ROWS_FAST, params[:2]).fetchone()
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -180,6 +208,36 @@ def bare_consume(bare: Bare, key: str) -> Any:
     row = conn.execute(sql.SQL_TAKE, (PLUGIN, NAMESPACE, key)).fetchone()
     conn.execute("COMMIT")
     return None if row is None or (row[2] is not None and row[2] <= now) else json.loads(row[0])
+
+
+def bare_update(bare: Bare, key: str) -> Any:
+    """Read the row, then write it only if its version is unchanged (what `update` does)."""
+    now = now_ms()
+    conn = bare.conn
+    row = conn.execute(sql.SQL_READ, (PLUGIN, NAMESPACE, key, now)).fetchone()
+    json.loads(row[0])
+    value = VALUE
+    conn.execute("BEGIN IMMEDIATE")
+    applied = conn.execute(sql.SQL_MATCH, (PLUGIN, NAMESPACE, key, now, json.dumps(value), now + TTL_MS,
+                                           random.getrandbits(63), row[3])).rowcount > 0
+    conn.execute("COMMIT")
+    return value if applied else None
+
+
+def bare_lookup_many(bare: Bare, keys: tuple[str, ...]) -> Any:
+    size = next(n for n in sql.READ_MANY_SIZES if n >= len(keys))
+    padded = [*keys, *[keys[0]] * (size - len(keys))]
+    rows = bare.conn.execute(sql.SQL_READ_MANY[size], (PLUGIN, NAMESPACE, now_ms(), *padded)).fetchall()
+    return {r[0]: json.loads(r[1]) for r in rows}
+
+
+def bare_count(bare: Bare, key: str) -> int:
+    return int(bare.conn.execute(sql.SQL_COUNT_LIVE, {"plugin": PLUGIN, "ns": NAMESPACE, "now": now_ms()}).fetchone()[0])
+
+
+def bare_entries_page(bare: Bare, key: str) -> list[Any]:
+    args = {"plugin": PLUGIN, "ns": NAMESPACE, "now": now_ms(), "after_c": -(2**63), "after_k": "", "limit": PAGE}
+    return [json.loads(r[1]) for r in bare.conn.execute(sql.SQL_SCAN_PAGE, args).fetchall()]
 
 
 def bare_close(bare: Bare) -> None:
@@ -268,23 +326,19 @@ def redis_server(workdir: Path) -> Iterator[str | None]:
 
 
 COLUMNS = (
-    Column("ours", ours_open, ours_fill,
-           {"register": ours_register, "lookup": ours_lookup,
-            "register_if_absent": ours_register_if_absent, "consume": ours_consume},
-           lambda s: s.close()),
+    Column("ours", ours_open, ours_fill, OURS_OPS, lambda s: s.close()),
     Column("bare sqlite3", bare_open, bare_fill,
            {"register": bare_register, "lookup": bare_lookup,
-            "register_if_absent": bare_register_if_absent, "consume": bare_consume},
+            "register_if_absent": bare_register_if_absent, "consume": bare_consume,
+            "update": bare_update, "lookup_many": bare_lookup_many, "count": bare_count,
+            "entries_page": bare_entries_page},
            bare_close),
     Column("diskcache", dc_open, dc_fill,
            {"register": dc_register, "lookup": dc_lookup,
             "register_if_absent": dc_register_if_absent, "consume": dc_consume},
            lambda c: c.close()),
 )
-REDIS_COLUMN = Column("ours on redis", redis_open, redis_fill,
-                      {"register": ours_register, "lookup": ours_lookup,
-                       "register_if_absent": ours_register_if_absent, "consume": ours_consume},
-                      lambda s: s.close())
+REDIS_COLUMN = Column("ours on redis", redis_open, redis_fill, OURS_OPS, lambda s: s.close())
 
 
 # -- throughput and latency -----------------------------------------------------------------
@@ -307,19 +361,25 @@ class Sample:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1_000
 
 
-def keys_for(op: str, rows: int, count: int, rng: random.Random) -> list[str]:
+def keys_for(op: str, rows: int, count: int, rng: random.Random) -> list[Any]:
     """Keys each op touches: overwrites/reads of live rows, then fresh claims, then their consumes."""
-    if op in ("register", "lookup"):
+    if op == "lookup_many":
+        return [tuple(key_of(rng.randrange(rows)) for _ in range(BATCH)) for _ in range(count)]
+    if op in ("register", "lookup", "update", "count", "entries_page"):
         return [key_of(rng.randrange(rows)) for _ in range(count)]
     return [key_of(rows + i) for i in range(count)]  # claimed fresh, then consumed
 
 
-def check_result(op: str, result: Any) -> None:
+def check_result(op: str, result: Any, rows: int) -> None:
     # A benchmark that times misses or lost claims would flatter everyone: insist on hits.
-    if op in ("lookup", "consume") and result != VALUE:
+    if op in ("lookup", "consume", "update") and result != VALUE:
         raise AssertionError(f"{op} missed a live row")
     if op == "register_if_absent" and result is not True:
         raise AssertionError("register_if_absent lost a fresh key")
+    if op == "lookup_many" and not (0 < len(result) <= BATCH and all(v == VALUE for v in result.values())):
+        raise AssertionError("lookup_many missed live rows")
+    if (op == "count" and result != rows) or (op == "entries_page" and len(result) != min(PAGE, rows)):
+        raise AssertionError(f"{op} saw {result if op == 'count' else len(result)} rows")
 
 
 def run_size(rows: int, count: int, rounds: int, workdir: Path,
@@ -330,15 +390,16 @@ def run_size(rows: int, count: int, rounds: int, workdir: Path,
         directory.mkdir()
         handles[col.name] = handle = col.open(directory, rows)
         col.fill(handle, directory, range(rows))
-    results = {col.name: {op: Sample() for op in OPS} for col in columns}
+    results = {col.name: {op: Sample() for op in ALL_OPS if op in col.ops} for col in columns}
     rng = random.Random(rows)
-    per_round = count // rounds
     try:
-        for op in OPS:
+        for op in ALL_OPS:
+            per_round = max(1, count // SLOW_OPS.get(op, 1) // rounds)
             keys = keys_for(op, rows, per_round * rounds, rng)
+            runs = tuple(col for col in columns if op in col.ops)
             for r in range(rounds):
                 chunk = keys[r * per_round:(r + 1) * per_round]
-                order = columns[r % len(columns):] + columns[:r % len(columns)]
+                order = runs[r % len(runs):] + runs[:r % len(runs)]
                 for col in order:
                     fn, handle, sample = col.ops[op], handles[col.name], results[col.name][op]
                     lat = sample.latencies_ns
@@ -348,7 +409,7 @@ def run_size(rows: int, count: int, rounds: int, workdir: Path,
                         t0 = time.perf_counter_ns()
                         result = fn(handle, key)
                         lat.append(time.perf_counter_ns() - t0)
-                        check_result(op, result)
+                        check_result(op, result, rows)
                     sample.cpu_s += time.thread_time() - cpu0
                     sample.round_ops_per_s.append(len(chunk) / (sum(lat[-len(chunk):]) / 1e9))
     finally:
@@ -404,22 +465,21 @@ def run_rss(workdir: Path, instances: int, ops: int) -> dict[str, float]:
 def timed_transactions(durations: list[float], cpu: list[float]) -> Iterator[None]:
     """Wrap the backend's one transaction helper to time BEGIN IMMEDIATE .. COMMIT (+ the
     permission check): wall ms, and this thread's CPU ms (what a busy machine cannot inflate)."""
-    original = sql.SQLiteBackend._transact
+    original = _sqlite.SQLiteBackend._transact
 
-    @contextlib.contextmanager
-    def timed(self: sql.SQLiteBackend, op: str) -> Iterator[sqlite3.Connection]:
+    def timed(self: _sqlite.SQLiteBackend, op: str, work: Callable[[sqlite3.Connection], Any]) -> Any:
         t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-        with original(self, op) as conn:
-            yield conn
+        result = original(self, op, work)
         if op == "sweep":
             durations.append((time.perf_counter_ns() - t0) / 1e6)
             cpu.append((time.thread_time_ns() - c0) / 1e6)
+        return result
 
-    sql.SQLiteBackend._transact = timed  # type: ignore[method-assign]
+    _sqlite.SQLiteBackend._transact = timed  # type: ignore[method-assign]
     try:
         yield
     finally:
-        sql.SQLiteBackend._transact = original  # type: ignore[method-assign]
+        _sqlite.SQLiteBackend._transact = original  # type: ignore[method-assign]
 
 
 def run_sweep(workdir: Path, expired: int, live: int) -> dict[str, float]:
@@ -430,7 +490,7 @@ def run_sweep(workdir: Path, expired: int, live: int) -> dict[str, float]:
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany(sql.SQL_UPSERT, (  # expired rows spread over plugins and namespaces, plus live ones
         (f"plugin-{i % 4}", f"ns-{i % 16}", key_of(i), now - 10_000, '{"v":1}',
-         (now - 1_000 - i % 5_000) if i < expired else now + TTL_MS)
+         (now - 1_000 - i % 5_000) if i < expired else now + TTL_MS, i + 1)
         for i in range(expired + live)))
     conn.execute("COMMIT")
     conn.close()
@@ -513,6 +573,24 @@ def report(sizes: dict[int, dict[str, dict[str, Sample]]], rss: dict[str, float]
                   + f" | {r_bare:.2f}x {verdict(r_bare >= TARGET_BARE)}, {paired(cols['ours'][op], cols['bare sqlite3'][op])}"
                   + f" | {r_dc:.2f}x {verdict(r_dc >= TARGET_DISKCACHE)}, {paired(cols['ours'][op], cols['diskcache'][op])}"
                   + f" | {cpu[0]:.1f}, {cpu[1]:.1f}, {cpu[2]:.1f} | {cpu[1] / cpu[0]:.2f}x, {cpu[2] / cpu[0]:.2f}x |")
+    others = [n for n in names if n != "diskcache"]
+    print(f"\n## v2 operations (update = read + compare-and-set; lookup_many of {BATCH} keys; count; a page of"
+          f" {PAGE} entries); no diskcache column (it has no such calls)\n")
+    print("| rows | op | " + " | ".join(f"{n} ops/s | {n} p50/p99 us" for n in others)
+          + " | ours/bare | CPU us/op (ours, bare) | CPU ours/bare |")
+    print("|" + "---|" * (2 + 2 * len(others) + 3))
+    for rows, cols in sizes.items():
+        for op in NEW_OPS:
+            cells = []
+            for n in others:
+                s = cols[n][op]
+                cells += [f"{s.ops_per_s:,.0f}", f"{s.pct_us(0.5):.1f} / {s.pct_us(0.99):.1f}"]
+            r_bare = cols["ours"][op].ops_per_s / cols["bare sqlite3"][op].ops_per_s
+            ok &= r_bare >= TARGET_BARE
+            cpu = [cols[n][op].cpu_us for n in ("ours", "bare sqlite3")]
+            print(f"| {rows:,} | {op} | " + " | ".join(cells)
+                  + f" | {r_bare:.2f}x {verdict(r_bare >= TARGET_BARE)}, {paired(cols['ours'][op], cols['bare sqlite3'][op])}"
+                  + f" | {cpu[0]:.1f}, {cpu[1]:.1f} | {cpu[1] / cpu[0]:.2f}x |")
     checks = [
         (f"RSS growth, {rss['ops']:,} ops across {rss['instances']} store instances",
          f"{rss['growth_mib']:.2f} MiB ({rss['before_mib']:.1f} -> {rss['after_mib']:.1f})",

@@ -461,7 +461,10 @@ def loadavg() -> str:
 async def bench(events: int, concurrency: int, timeout_s: float, say: Callable[[str], None]) -> dict[str, Any]:
     sims = (BenchSlack(), BenchDiscord(), BenchTeams(), BenchMatrix())
     slack, discord, teams, matrix = sims
-    async with GatewayHarness(list(sims), modes="store") as gw:
+    # every Matrix request comes from one user, up to `concurrency` of them open at once: lift the
+    # per-requester quota (issue 15, default 5) so the bench measures throughput, not refusals
+    quota = {"matrix": {"max_pending_per_requester": max(concurrency, 5)}}
+    async with GatewayHarness(list(sims), modes="store", adapters=quota) as gw:
         say(f"gateway pid {gw.pid} on {gw.gateway_url}, state {gw.database_path}")
         connector = aiohttp.TCPConnector(limit=concurrency * 2)
         async with aiohttp.ClientSession(connector=connector) as http:

@@ -28,7 +28,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 DEFAULT_DRAIN_TIMEOUT_S = 10.0  # how long SIGTERM waits for in-flight requests
 DEFAULT_SWEEP_INTERVAL_S = 60.0  # docs/state.md: the gateway sweeps expired rows every 60 s
-DEFAULT_PLUGIN_MAX_LIVE_ROWS = 50_000  # docs/state.md: per-plugin ceiling across namespaces
+DEFAULT_PLUGIN_MAX_LIVE_ROWS = 50_000  # deprecated: no effect since state v2 (docs/state.md rule 10), still accepted
 STATE_URL_ENV = "CHATSTATE_STATE_URL"  # overrides [state] url (the Redis URL)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

@@ -54,8 +54,11 @@ class StoreBroker:
         max_entries: int,
         default_ttl_ms: int | None,
         overflow: Overflow,
+        core: bool = False,
     ) -> AsyncKeyedStore:
-        """Open (plugin_id, namespace); raises whatever `state.open_async_keyed_store` raises."""
+        """Open (plugin_id, namespace); raises whatever `state.open_async_keyed_store` raises.
+
+        `core=True` for the gateway's own `core:` ids (the store refuses them otherwise)."""
         with logs.Timer() as t:
             store = await state.open_async_keyed_store(
                 plugin_id,
@@ -66,6 +69,7 @@ class StoreBroker:
                 path=self.path,
                 url=self.url,
                 settings=self.settings,
+                core=core,
             )
         self._open.setdefault(id(store), store)
         self._log.info(
@@ -151,5 +155,5 @@ class GatewayRuntime:
             )
         return await self._broker.open(
             core_id, namespace, max_entries=max_entries,
-            default_ttl_ms=default_ttl_ms, overflow="evict-oldest",
+            default_ttl_ms=default_ttl_ms, overflow="evict-oldest", core=True,
         )

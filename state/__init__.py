@@ -9,9 +9,12 @@ from ._aio import AsyncKeyedStore, open_async_keyed_store
 from ._database import check_database, checkpoint, probe, sweep_expired
 from ._errors import ErrorCode, StateStoreError
 from ._settings import (
+    MAX_BATCH_KEYS,
     MAX_KEY_BYTES,
     MAX_NAMESPACE_BYTES,
+    MAX_PAGE_ROWS,
     MAX_VALUE_BYTES,
+    MAX_VALUE_BYTES_CEILING,
     MAX_VALUE_DEPTH,
     SCHEMA_VERSION,
     StoreSettings,
@@ -23,9 +26,12 @@ __all__ = [
     "Entry",
     "ErrorCode",
     "KeyedStore",
+    "MAX_BATCH_KEYS",
     "MAX_KEY_BYTES",
     "MAX_NAMESPACE_BYTES",
+    "MAX_PAGE_ROWS",
     "MAX_VALUE_BYTES",
+    "MAX_VALUE_BYTES_CEILING",
     "MAX_VALUE_DEPTH",
     "SCHEMA_VERSION",
     "StateStoreError",

@@ -11,10 +11,12 @@ import asyncio
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-from ._settings import StoreSettings
+from . import _validate as check
+from ._errors import StateStoreError
+from ._settings import MAX_VALUE_BYTES, UPDATE_ATTEMPTS, StoreSettings
 from ._store import Clock, Entry, KeyedStore, open_keyed_store
 
 T = TypeVar("T")
@@ -170,8 +172,8 @@ _writers_lock = threading.Lock()
 
 
 def _writer_for(store: KeyedStore) -> _Workers:
-    backend = store._backend
-    if not getattr(backend, "one_writer", False):
+    backend = store.backend
+    if not backend.one_writer:
         return _pool
     with _writers_lock:
         lane = _writers.get(backend.location)
@@ -180,14 +182,12 @@ def _writer_for(store: KeyedStore) -> _Workers:
         return lane
 
 
-def _after_fork_in_child() -> None:
+def forget_workers() -> None:
+    """In a forked child (state/_registry.py's fork rule): the parent's threads do not exist here."""
     global _pool, _writers_lock
-    _pool = _Workers(WORKER_THREADS, WORKER_PREFIX)  # the parent's threads do not exist here
+    _pool = _Workers(WORKER_THREADS, WORKER_PREFIX)
     _writers.clear()
     _writers_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _submit(
@@ -205,7 +205,14 @@ async def run_off_loop(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
 
 
 class AsyncKeyedStore:
-    """Awaitable twin of `KeyedStore`; same method names, signatures and errors."""
+    """Awaitable twin of `KeyedStore`; same method names, parameters and errors.
+
+    The writes (register, register_if_absent, compare_and_set) are plain methods that return
+    an awaitable: they validate and serialize the value on the calling thread, at call time,
+    and hand only the JSON text to the worker, so `create_task(store.register(k, v))` stores
+    `v` as it was at that call, whatever the caller does to it next (issue 17, defect 3).
+    An invalid key or value raises at the call itself.
+    """
 
     def __init__(self, store: KeyedStore) -> None:
         self.sync = store
@@ -214,9 +221,10 @@ class AsyncKeyedStore:
         self.max_entries = store.max_entries
         self.default_ttl_ms = store.default_ttl_ms
         self.overflow = store.overflow
+        self.max_value_bytes = store.max_value_bytes
         self._writer = _writer_for(store)
         # Writes to one SQLite database that queue up together share one transaction.
-        self._batch_key = store._backend if hasattr(store._backend, "run_batch") else None
+        self._batch_key = store.backend if store.backend.one_writer else None
 
     @property
     def location(self) -> str:
@@ -225,13 +233,39 @@ class AsyncKeyedStore:
     def __repr__(self) -> str:
         return f"<AsyncKeyedStore {self.plugin_id}/{self.namespace} at {self.location}>"
 
-    async def register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
-        """See `KeyedStore.register`."""
-        return await _submit(self._writer, self.sync.register, (key, value), {"ttl_ms": ttl_ms}, self._batch_key)
+    def _write(self, fn: Callable[..., T], args: tuple[Any, ...]) -> Coroutine[Any, Any, T]:
+        return _await(self._writer, fn, args, self._batch_key)
 
-    async def register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> bool:
-        """See `KeyedStore.register_if_absent`."""
-        return await _submit(self._writer, self.sync.register_if_absent, (key, value), {"ttl_ms": ttl_ms}, self._batch_key)
+    def register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> Awaitable[None]:
+        """See `KeyedStore.register`; the value is captured (serialized) at this call."""
+        return self._write(self.sync._write_register, self.sync._prepare("register", key, value, ttl_ms))
+
+    def register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> Awaitable[bool]:
+        """See `KeyedStore.register_if_absent`; the value is captured at this call."""
+        return self._write(self.sync._write_claim, self.sync._prepare("register_if_absent", key, value, ttl_ms))
+
+    def compare_and_set(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> Awaitable[bool]:
+        """See `KeyedStore.compare_and_set`; the value is captured at this call."""
+        expect = check.version(version, "compare_and_set")
+        prepared = self.sync._prepare("compare_and_set", key, value, ttl_ms)
+        return self._write(self.sync._write_match, (*prepared, expect))
+
+    async def update(self, key: str, fn: Callable[[Any], Any], *, ttl_ms: int | None = None,
+                     max_attempts: int = UPDATE_ATTEMPTS) -> Any:
+        """See `KeyedStore.update`; `fn` runs on the caller (the event loop), never on a worker."""
+        attempts = check.attempts(max_attempts, "update")
+        for _ in range(attempts):
+            entry = await self.lookup_entry(key)
+            new = fn(None if entry is None else entry.value)
+            prepared = self.sync._prepare("update", key, new, ttl_ms)
+            if entry is None:
+                applied = await self._write(self.sync._write_claim, prepared)
+            else:
+                applied = await self._write(self.sync._write_match, (*prepared, entry.version))
+            if applied:
+                return new
+        raise StateStoreError("CONFLICT", "update", f"the row kept changing: gave up after {attempts} attempts",
+                              path=self.location)
 
     async def lookup(self, key: str) -> Any | None:
         """See `KeyedStore.lookup`."""
@@ -241,6 +275,10 @@ class AsyncKeyedStore:
         """See `KeyedStore.lookup_entry`."""
         return await run_off_loop(self.sync.lookup_entry, key)
 
+    async def lookup_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """See `KeyedStore.lookup_many`; `keys` is copied at this call."""
+        return await run_off_loop(self.sync.lookup_many, check.keys(keys, "lookup_many"))
+
     async def consume(self, key: str) -> Any | None:
         """See `KeyedStore.consume`."""
         return await _submit(self._writer, self.sync.consume, (key,), {}, self._batch_key)
@@ -249,13 +287,21 @@ class AsyncKeyedStore:
         """See `KeyedStore.delete`."""
         return await _submit(self._writer, self.sync.delete, (key,), {}, self._batch_key)
 
+    async def delete_if(self, key: str, *, version: int) -> bool:
+        """See `KeyedStore.delete_if`."""
+        return await _submit(self._writer, self.sync.delete_if, (key,), {"version": version}, self._batch_key)
+
     async def clear(self) -> int:
         """See `KeyedStore.clear`."""
         return await _submit(self._writer, self.sync.clear, (), {}, self._batch_key)
 
-    async def entries(self) -> list[Entry]:
+    async def count(self) -> int:
+        """See `KeyedStore.count`."""
+        return await run_off_loop(self.sync.count)
+
+    async def entries(self, *, limit: int | None = None, after: Entry | None = None) -> list[Entry]:
         """See `KeyedStore.entries`."""
-        return await run_off_loop(self.sync.entries)
+        return await run_off_loop(self.sync.entries, limit=limit, after=after)
 
     async def close(self) -> None:
         """See `KeyedStore.close`."""
@@ -268,6 +314,10 @@ class AsyncKeyedStore:
         await self.close()
 
 
+async def _await(workers: _Workers, fn: Callable[..., T], args: tuple[Any, ...], backend: Any) -> T:
+    return await _submit(workers, fn, args, {}, backend)
+
+
 async def open_async_keyed_store(
     plugin_id: str,
     namespace: str,
@@ -275,15 +325,17 @@ async def open_async_keyed_store(
     max_entries: int,
     default_ttl_ms: int | None = None,
     overflow: str = "evict-oldest",
+    max_value_bytes: int = MAX_VALUE_BYTES,
     path: str | os.PathLike[str] | None = None,
     url: str | None = None,
     settings: StoreSettings | None = None,
     clock: Clock | None = None,
+    core: bool = False,
 ) -> AsyncKeyedStore:
     """Open an `AsyncKeyedStore` off the loop; arguments and errors as `open_keyed_store`."""
     opening = _submit(_pool, open_keyed_store, (plugin_id, namespace), dict(
-        max_entries=max_entries, default_ttl_ms=default_ttl_ms, overflow=overflow, path=path,
-        url=url, settings=settings, clock=clock,
+        max_entries=max_entries, default_ttl_ms=default_ttl_ms, overflow=overflow,
+        max_value_bytes=max_value_bytes, path=path, url=url, settings=settings, clock=clock, core=core,
     ))
     try:
         store = await asyncio.shield(opening)

@@ -1,13 +1,18 @@
-"""The narrow interface a storage backend implements; validation and JSON live above it.
+"""The interface a storage backend implements; validation and JSON live above it.
 
-A backend gets validated, serialized input and the caller's `now_ms`, and must make
-`write(..., if_absent=True)` and `consume` atomic on its own (one statement, one transaction or
-one script), because two gateway processes may race on the same key.
+A backend gets validated, serialized input and the caller's `now_ms`, and must make every
+write (`write` in each of its modes, `take`, `remove` with a version) atomic on its own (one
+statement, one transaction or one script), because two gateway processes may race on one key.
+Everything a caller of a backend uses is declared here, so nothing probes for attributes.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Sequence
+from enum import Enum
+from typing import Any, NamedTuple, Protocol
+
+from ._settings import StoreSettings
 
 
 class Row(NamedTuple):
@@ -15,6 +20,7 @@ class Row(NamedTuple):
     value: str  # JSON text as stored
     created_at: int  # ms since epoch
     expires_at: int | None  # ms since epoch; None = never
+    version: int  # changes on every write of the key; see docs/state.md "Versions"
 
 
 class Limits(NamedTuple):
@@ -22,8 +28,51 @@ class Limits(NamedTuple):
     overflow: str  # "evict-oldest" | "reject-new"
 
 
+class Mode(Enum):
+    """What a write requires of the row already under the key."""
+
+    UPSERT = "upsert"  # nothing: write whatever is there
+    CLAIM = "claim"  # no live row (register_if_absent)
+    MATCH = "match"  # a live row whose version is `expect` (compare_and_set)
+
+
+Decode = Callable[[Row], Any]  # raises StateStoreError CORRUPT for unreadable JSON
+
+
 class Backend(Protocol):
+    kind: str  # "sqlite" | "redis": the `backend` label of the metrics
     location: str  # a file path or a URL without credentials: goes into error messages
+    settings: StoreSettings
+    one_writer: bool  # True: the async twin sends every write of this backend to one thread
+
+    @property
+    def closed(self) -> bool: ...
+
+    def acquire(self) -> None:
+        """Add one user (a store, a probe); `release` drops it."""
+        ...
+
+    def release(self) -> bool:
+        """Drop one user; the last one checkpoints and closes. True = closed."""
+        ...
+
+    def abandon(self) -> None:
+        """In a forked child: mark closed without touching what the parent still uses."""
+        ...
+
+    def reopened(self) -> None:
+        """Another store joined the open backend: re-apply file modes (raises OPEN_FAILED)."""
+        ...
+
+    def fault(self) -> str | None:
+        """The last post-commit problem that did not fail a write (e.g. chmod refused), or None."""
+        ...
+
+    def schema_version(self) -> int: ...
+
+    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]] | None:
+        """Run several writes in one transaction (group commit) or return None to run them alone."""
+        ...
 
     def write(
         self,
@@ -35,25 +84,36 @@ class Backend(Protocol):
         now_ms: int,
         expires_at: int | None,
         limits: Limits,
-        if_absent: bool,
+        mode: Mode,
+        version: int,
+        expect: int | None = None,
     ) -> bool:
-        """Upsert (or claim when `if_absent`) a row, then enforce the caps; False = live row kept."""
+        """Write the row with `version` if `mode` allows, then enforce max_entries; False = not applied."""
         ...
 
     def read(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None: ...
 
-    def take(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None: ...
+    def read_many(self, plugin_id: str, namespace: str, keys: Sequence[str], *, now_ms: int) -> list[Row]: ...
 
-    def remove(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> bool: ...
+    def take(self, plugin_id: str, namespace: str, key: str, *, now_ms: int, decode: Decode) -> Any:
+        """Delete the live row and return `decode(row)`, or None; if decode raises, keep the row."""
+        ...
+
+    def remove(self, plugin_id: str, namespace: str, key: str, *, now_ms: int, expect: int | None = None) -> bool:
+        """Delete the live row (only if its version is `expect`, when given); True if one went."""
+        ...
 
     def remove_all(self, plugin_id: str, namespace: str, *, now_ms: int) -> int: ...
 
-    def scan(self, plugin_id: str, namespace: str, *, now_ms: int) -> list[Row]: ...
+    def scan(
+        self, plugin_id: str, namespace: str, *, now_ms: int, limit: int | None = None,
+        after: tuple[int, str] | None = None,
+    ) -> list[Row]:
+        """Live rows in (created_at, key) order, those after the cursor `after`, at most `limit`."""
+        ...
+
+    def count(self, plugin_id: str, namespace: str, *, now_ms: int) -> int: ...
 
     def sweep(self, *, now_ms: int) -> int: ...
 
-    def checkpoint(self) -> None: ...
-
-    def release(self) -> bool:
-        """Drop one user; the last one checkpoints and closes. True = closed."""
-        ...
+    def checkpoint(self, op: str = "close") -> None: ...

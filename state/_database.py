@@ -10,11 +10,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ._backend import Backend, Limits
+from . import _files as files
+from ._backend import Backend, Limits, Mode
 from ._errors import StateStoreError
 from ._settings import StoreSettings
-from ._sqlite import DIR_MODE, check_existing
-from ._store import _acquire_backend, resolve_path, wall_clock_ms
+from ._sqlite_schema import check_existing
+from ._paths import resolve_path
+from ._registry import acquire_backend
+from ._entry import new_version, wall_clock_ms
 
 PROBE_PLUGIN = "core:probe"  # a core-owned pair: probe rows never land in a plugin's namespace
 PROBE_NAMESPACE = "probe"
@@ -22,7 +25,7 @@ PROBE_NAMESPACE = "probe"
 
 @contextmanager
 def _database(path: str | os.PathLike[str] | None, url: str | None, settings: StoreSettings | None) -> Iterator[Backend]:
-    backend = _acquire_backend(path, url, settings or StoreSettings())
+    backend = acquire_backend(path, url, settings or StoreSettings())
     try:
         yield backend
     finally:
@@ -36,9 +39,16 @@ def check_database(path: str | os.PathLike[str] | None = None) -> None:
     CORRUPT or SCHEMA_UNSUPPORTED with the path; the file is never written.
     """
     p = resolve_path(path)
-    if p.is_dir():
-        raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory", path=str(p))
-    if p.exists() and p.stat().st_size > 0:
+    try:
+        for d in files.guarded_dirs(p):
+            files.check_dir(d)
+        if p.is_dir() and not p.is_symlink():
+            raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory", path=str(p))
+        st = files.check_file(p)
+    except OSError as exc:
+        raise StateStoreError("OPEN_FAILED", "open", f"cannot check the state path ({exc.strerror})",
+                              path=str(p)) from None
+    if st is not None and st.st_size > 0:
         check_existing(p)
 
 
@@ -66,7 +76,8 @@ def probe(path: str | os.PathLike[str] | None = None, *, url: str | None = None,
     """Check the store end to end and say which step failed; never raises, never shows values.
 
     Returns {ok, database_path, steps: [{name, ok, code?, message?}]} for the steps state-dir,
-    open, schema, write-read-delete (a temporary core row) and checkpoint.
+    open, schema, write-read-delete (a temporary core row), checkpoint and permissions (a
+    post-commit permission failure that writes survived: they succeed, the probe says so).
     """
     location = url or str(resolve_path(path))
     steps: list[dict[str, Any]] = []
@@ -86,11 +97,13 @@ def probe(path: str | os.PathLike[str] | None = None, *, url: str | None = None,
     try:
         if url is None:
             step("state-dir", lambda: _check_dir(Path(location).parent))
-        backend = step("open", lambda: _acquire_backend(path, url, settings or StoreSettings()))
+        backend = step("open", lambda: acquire_backend(path, url, settings or StoreSettings()))
         try:
             step("schema", lambda: _check_schema(backend))
             step("write-read-delete", lambda: _round_trip(backend))
             step("checkpoint", backend.checkpoint)
+            if url is None:  # file modes: SQLite only
+                step("permissions", lambda: _check_fault(backend))
         finally:
             backend.release()
     except StateStoreError:
@@ -98,23 +111,32 @@ def probe(path: str | os.PathLike[str] | None = None, *, url: str | None = None,
     return {"ok": all(s["ok"] for s in steps) and len(steps) >= 4, "database_path": location, "steps": steps}
 
 
+def _check_fault(backend: Backend) -> None:
+    fault = backend.fault()
+    if fault is not None:
+        raise StateStoreError("WRITE_FAILED", "probe", fault, path=backend.location)
+
+
 def _check_dir(directory: Path) -> None:
-    directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    if not files.check_dir(directory, "probe"):
+        files.make_dirs(directory, "probe")
+    for d in files.guarded_dirs(directory / "state.sqlite"):
+        files.check_dir(d, "probe")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise StateStoreError("OPEN_FAILED", "probe", "the state directory is not writable", path=str(directory))
 
 
 def _check_schema(backend: Backend) -> None:
-    version = getattr(backend, "schema_version", lambda: None)()
-    if version is not None and version < 1:
+    version = backend.schema_version()
+    if version < 1:
         raise StateStoreError("SCHEMA_UNSUPPORTED", "probe", f"schema version {version} was not initialised",
                               path=backend.location)
 
 
 def _round_trip(backend: Backend) -> None:
     key, now = f"probe-{uuid.uuid4().hex}", wall_clock_ms()
-    backend.write(PROBE_PLUGIN, PROBE_NAMESPACE, key, '{"probe":true}', now_ms=now,
-                  expires_at=now + 60_000, limits=Limits(1_000, "evict-oldest"), if_absent=False)
+    backend.write(PROBE_PLUGIN, PROBE_NAMESPACE, key, '{"probe":true}', now_ms=now, expires_at=now + 60_000,
+                  limits=Limits(1_000, "evict-oldest"), mode=Mode.UPSERT, version=new_version())
     row = backend.read(PROBE_PLUGIN, PROBE_NAMESPACE, key, now_ms=now)
     if row is None or row.value != '{"probe":true}':
         raise StateStoreError("READ_FAILED", "probe", "a row just written could not be read back",

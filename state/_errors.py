@@ -14,6 +14,7 @@ class ErrorCode(StrEnum):
     LIMIT_EXCEEDED = "LIMIT_EXCEEDED"  # a size, depth or row-count limit
     INVALID_INPUT = "INVALID_INPUT"
     UNAVAILABLE = "UNAVAILABLE"  # backend unreachable, or the store was closed
+    CONFLICT = "CONFLICT"  # `update` lost the race for a row more times than it may retry
 
 
 OPERATIONS = frozenset(
@@ -26,6 +27,11 @@ OPERATIONS = frozenset(
         "delete",
         "clear",
         "entries",
+        "compare_and_set",
+        "delete_if",
+        "update",
+        "lookup_many",
+        "count",
         "sweep",
         "probe",
         "close",

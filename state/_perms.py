@@ -81,6 +81,7 @@ class PermissionGuard:
                 self._apply(always=True)
             elif self._dirty or self._poll.poll(0):
                 self._drain()
+                self._dirty = True  # until _apply succeeds: a failed chmod is retried next time
                 self._apply(always=self._poll is None)
                 self._dirty = False
             # else: nothing changed since the last check, which left every mode right
@@ -110,15 +111,6 @@ class PermissionGuard:
         if self._inotify >= 0:
             os.close(self._inotify)
         self._inotify, self._poll = -1, None
-
-    def after_fork(self) -> None:
-        """In a forked child: the parent's inotify queue is shared, so take a fresh one."""
-        self._lock = threading.Lock()
-        if self._inotify >= 0:
-            os.close(self._inotify)  # the child's copy only
-            self._inotify, self._poll = -1, None
-            self._watch()
-        self._dirty = True
 
     def close(self) -> None:
         with self._lock:

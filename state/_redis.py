@@ -26,76 +26,33 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TypeVar, cast
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from typing import Any, TypeVar, cast
+from urllib.parse import quote, unquote
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from . import _redis_lua as lua
-from ._backend import Limits, Row
+from ._backend import Decode, Limits, Mode, Row
 from ._errors import StateStoreError
+from ._redis_options import split_url
 from ._settings import SCHEMA_VERSION, StoreSettings
+
+WRITE_OPS = {Mode.UPSERT: "register", Mode.CLAIM: "register_if_absent", Mode.MATCH: "compare_and_set"}
+MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m"}
+MIGRATE_BATCH = 500  # rows one migration script call versions
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class RedisOptions:
-    """Redis-only knobs, read from the URL query (`?prefix=...&retries=...`)."""
-
-    prefix: str = "chatstate"  # every key starts with "{prefix}:"; one prefix per project
-    retries: int = 3  # extra attempts after a connection error, then UNAVAILABLE
-    backoff_base_s: float = 0.05  # first retry waits this long, doubling each time ...
-    backoff_cap_s: float = 0.5  # ... up to this
-    socket_connect_timeout_s: float = 1.0
-    socket_timeout_s: float = 5.0
-    expiry_grace_ms: int = 60_000  # server-side cleanup runs this long after client-side expiry
-    op_result_ttl_ms: int = 60_000  # how long a claim/take result is kept for a retried call
-
-    @classmethod
-    def from_query(cls, query: dict[str, str]) -> RedisOptions:
-        """Raises INVALID_INPUT for an unknown option or a malformed number."""
-        kinds = {name: type(value) for name, value in cls().__dict__.items()}
-        values: dict[str, object] = {}
-        for name, text in query.items():
-            if name not in kinds:
-                raise StateStoreError("INVALID_INPUT", "open", f"unknown Redis URL option {name!r}")
-            try:
-                values[name] = kinds[name](text)
-            except ValueError:
-                raise StateStoreError("INVALID_INPUT", "open", f"Redis URL option {name!r} is malformed") from None
-        options = cls(**values)  # type: ignore[arg-type]
-        if not options.prefix or any(c in options.prefix for c in "{} \n"):
-            raise StateStoreError("INVALID_INPUT", "open", "Redis URL option 'prefix' must be a non-empty word")
-        if options.retries < 0 or options.expiry_grace_ms < 0 or options.op_result_ttl_ms < 1:
-            raise StateStoreError("INVALID_INPUT", "open", "Redis URL options must not be negative")
-        return options
-
-
-def split_url(url: str) -> tuple[str, RedisOptions, str]:
-    """Return (url for redis-py, our options, location without credentials)."""
-    parts = urlsplit(url)
-    ours = {f for f in RedisOptions.__dataclass_fields__}
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    options = RedisOptions.from_query({k: v for k, v in query if k in ours})
-    theirs = [(k, v) for k, v in query if k not in ours]
-    client_url = urlunsplit(parts._replace(query=urlencode(theirs)))
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    shown = [(k, v) for k, v in query if k not in ("password", "username")]
-    location = urlunsplit(parts._replace(netloc=netloc, query=urlencode(shown), fragment=""))
-    return client_url, options, location
-
-
 class RedisBackend:
     """One Redis database as seen by this process; share it between stores via `acquire`."""
+
+    kind = "redis"
+    one_writer = False  # Redis takes writes from many connections: the async pool runs them
 
     def __init__(self, url: str, settings: StoreSettings) -> None:
         client_url, self.options, self.location = split_url(url)
@@ -122,6 +79,9 @@ class RedisBackend:
         self._clear = self._client.register_script(lua.CLEAR)
         self._scan = self._client.register_script(lua.SCAN)
         self._sweep = self._client.register_script(lua.SWEEP)
+        self._read_many = self._client.register_script(lua.READ_MANY)
+        self._count = self._client.register_script(lua.COUNT)
+        self._migrate_v1 = self._client.register_script(lua.MIGRATE_V1)
         try:
             self._open_schema()  # also the first connection: redis-py reads its URL options here
         except TypeError:
@@ -196,28 +156,70 @@ class RedisBackend:
                     self._idle.notify_all()
 
     def _open_schema(self) -> None:
-        """Mark this prefix with our schema version; refuse a newer one (SCHEMA_UNSUPPORTED)."""
-        version = self.schema_version("open", create=True)
+        """Mark this prefix with our schema version, migrating a v1 prefix in place; refuse a
+        newer one (SCHEMA_UNSUPPORTED naming both versions)."""
+        version = self._schema_marker("open", create=True)
         if version > SCHEMA_VERSION:
             raise StateStoreError(
                 "SCHEMA_UNSUPPORTED", "open",
-                f"schema version {version} is newer than {SCHEMA_VERSION}, the newest this code knows",
+                f"the Redis prefix has schema version {version}; this code reads versions up to "
+                f"{SCHEMA_VERSION}: upgrade chatstate",
                 path=self.location,
             )
+        if version == 1:
+            self._migrate_from_v1()
 
-    def schema_version(self, op: str = "probe", *, create: bool = False) -> int:
+    def _migrate_from_v1(self) -> None:
+        """v1 rows had no version: give each one a fresh random version, namespace by namespace
+        (HSETNX, so two gateways migrating together agree), then mark the prefix v2."""
+        from ._entry import new_version
+
+        def run() -> None:
+            for plugin in cast("set[str]", self._client.smembers(self._plugins_key)):
+                plugin_id = unquote(plugin)
+                for namespace in cast("set[str]", self._client.smembers(self._namespaces_key(plugin_id))):
+                    rows, order, _ = self._ns(plugin_id, namespace)
+                    members = cast("list[str]", self._client.zrange(order, 0, -1))
+                    for i in range(0, len(members), MIGRATE_BATCH):
+                        chunk = members[i:i + MIGRATE_BATCH]
+                        self._migrate_v1(keys=[rows + k for k in chunk], args=[str(new_version()) for _ in chunk])
+            self._client.set(f"{self._prefix}schema", SCHEMA_VERSION)
+
+        self._call("open", run)
+
+    def _schema_marker(self, op: str, *, create: bool = False) -> int:
         key = f"{self._prefix}schema"
 
         def run() -> int:
-            if create:
-                self._client.set(key, SCHEMA_VERSION, nx=True)
+            if create and not self._client.exists(f"{self._prefix}plugins"):
+                self._client.set(key, SCHEMA_VERSION, nx=True)  # an empty prefix starts at v2
             text = self._client.get(key)
+            if text is None and create:  # rows but no marker cannot happen: v1 always wrote one
+                self._client.set(key, 1, nx=True)
+                text = self._client.get(key)
             return int(text) if text is not None else 0
 
         try:
             return self._call(op, run)
         except ValueError:
             raise StateStoreError("CORRUPT", op, "the schema marker is not a number", path=self.location) from None
+
+    def schema_version(self) -> int:
+        return self._schema_marker("probe")
+
+    def reopened(self) -> None:
+        """Nothing to re-check: Redis has no files."""
+
+    def abandon(self) -> None:
+        """In a forked child: closed here; the parent's sockets are left to it."""
+        self._closed = True
+
+    def fault(self) -> str | None:
+        return None
+
+    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]] | None:
+        """No group commit on Redis: each script is its own transaction already."""
+        return None
 
     # -- operations ---------------------------------------------------------------------
     def write(
@@ -230,52 +232,65 @@ class RedisBackend:
         now_ms: int,
         expires_at: int | None,
         limits: Limits,
-        if_absent: bool,
+        mode: Mode,
+        version: int,
+        expect: int | None = None,
     ) -> bool:
-        op = "register_if_absent" if if_absent else "register"
+        op = WRITE_OPS[mode]
         rows, order, exp = self._ns(plugin_id, namespace)
         pexpire = "" if expires_at is None else str(max(expires_at - now_ms, 1) + self.options.expiry_grace_ms)
-        ceiling = self.settings.plugin_max_live_rows
         keys = [rows + key, order, exp, self._namespaces_key(plugin_id), self._plugins_key,
-                self._op_key() if if_absent else ""]  # an upsert is idempotent: no retry cache
+                "" if mode is Mode.UPSERT else self._op_key()]  # an upsert is idempotent: no retry cache
         args: list[str | int] = [
             key, value, now_ms, "" if expires_at is None else expires_at, pexpire, limits.max_entries,
-            limits.overflow, ceiling, "1" if if_absent else "0", self._ns_prefix(plugin_id), namespace,
-            self._plugin(plugin_id), self.options.op_result_ttl_ms,
+            limits.overflow, MODE_FLAGS[mode], self._ns_prefix(plugin_id), namespace,
+            self._plugin(plugin_id), self.options.op_result_ttl_ms, str(version),
+            "" if expect is None else str(expect),
         ]
         result = self._call(op, lambda: self._write(keys=keys, args=args))
         if result == "NS_FULL":
             raise StateStoreError("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {limits.max_entries} live rows",
                                   path=self.location)
-        if result.startswith("PLUGIN_FULL:"):
-            raise StateStoreError(
-                "LIMIT_EXCEEDED", op,
-                f"plugin would hold {result.split(':', 1)[1]} live rows across namespaces; the per-plugin limit is {ceiling}",
-                path=self.location,
-            )
         return result == "1"
 
     def read(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None:
         rows, _, _ = self._ns(plugin_id, namespace)
         # decode_responses=True: redis-py's stubs say bytes | str, the replies are str
-        reply = self._call("lookup", lambda: self._client.hmget(rows + key, "v", "c", "e"))
-        value, created, expires = cast("list[str | None]", reply)
-        return _live_row(key, value, created, expires, now_ms)
+        reply = self._call("lookup", lambda: self._client.hmget(rows + key, "v", "c", "e", "n"))
+        value, created, expires, version = cast("list[str | None]", reply)
+        return _live_row(key, value, created, expires, version, now_ms)
 
-    def _take_row(self, op: str, plugin_id: str, namespace: str, key: str, now_ms: int) -> Row | None:
+    def read_many(self, plugin_id: str, namespace: str, keys: Sequence[str], *, now_ms: int) -> list[Row]:
+        rows, _, _ = self._ns(plugin_id, namespace)
+        wanted = list(keys)
+        flat = self._call("lookup_many", lambda: self._read_many(keys=[rows + k for k in wanted], args=[now_ms]))
+        return [
+            Row(wanted[int(flat[i]) - 1], flat[i + 1], int(flat[i + 2]), int(flat[i + 3]) if flat[i + 3] else None,
+                int(flat[i + 4]))
+            for i in range(0, len(flat), 5)
+        ]
+
+    def _take_row(self, op: str, plugin_id: str, namespace: str, key: str, now_ms: int, *, check: bool,
+                  expect: int | None) -> tuple[bool, Row | None]:
+        """Run TAKE; (deleted, the row if one was live)."""
         rows, order, exp = self._ns(plugin_id, namespace)
         keys = [rows + key, order, exp, self._op_key()]
-        text = self._call(op, lambda: self._take(keys=keys, args=[key, self.options.op_result_ttl_ms]))
+        args: list[str | int] = [key, self.options.op_result_ttl_ms, now_ms, "1" if check else "0",
+                                 "" if expect is None else str(expect)]
+        text = self._call(op, lambda: self._take(keys=keys, args=args))
         if not text:
-            return None
-        created, expires, value = text.split(":", 2)
-        return _live_row(key, value, created, expires, now_ms)  # an expired row is gone either way
+            return False, None
+        created, expires, version, value = text[1:].split(":", 3)
+        return text[0] == "D", _live_row(key, value, created, expires, version, now_ms)
 
-    def take(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None:
-        return self._take_row("consume", plugin_id, namespace, key, now_ms)
+    def take(self, plugin_id: str, namespace: str, key: str, *, now_ms: int, decode: Decode) -> Any:
+        _, row = self._take_row("consume", plugin_id, namespace, key, now_ms, check=True, expect=None)
+        return None if row is None else decode(row)  # a kept (unreadable) row raises CORRUPT here
 
-    def remove(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> bool:
-        return self._take_row("delete", plugin_id, namespace, key, now_ms) is not None
+    def remove(self, plugin_id: str, namespace: str, key: str, *, now_ms: int, expect: int | None = None) -> bool:
+        op = "delete" if expect is None else "delete_if"
+        deleted, row = self._take_row(op, plugin_id, namespace, key, now_ms, check=False, expect=expect)
+        return deleted and row is not None
 
     def remove_all(self, plugin_id: str, namespace: str, *, now_ms: int) -> int:
         _, order, exp = self._ns(plugin_id, namespace)
@@ -283,13 +298,22 @@ class RedisBackend:
         args: list[str | int] = [now_ms, self._ns_prefix(plugin_id), namespace, self.options.op_result_ttl_ms]
         return int(self._call("clear", lambda: self._clear(keys=keys, args=args)))
 
-    def scan(self, plugin_id: str, namespace: str, *, now_ms: int) -> list[Row]:
+    def scan(
+        self, plugin_id: str, namespace: str, *, now_ms: int, limit: int | None = None,
+        after: tuple[int, str] | None = None,
+    ) -> list[Row]:
         rows, order, _ = self._ns(plugin_id, namespace)
-        flat = self._call("entries", lambda: self._scan(keys=[order], args=[now_ms, rows]))
+        args: list[str | int] = [now_ms, rows, "" if limit is None else limit,
+                                 "" if after is None else after[0], "" if after is None else after[1]]
+        flat = self._call("entries", lambda: self._scan(keys=[order], args=args))
         return [
-            Row(flat[i], flat[i + 1], int(flat[i + 2]), int(flat[i + 3]) if flat[i + 3] else None)
-            for i in range(0, len(flat), 4)
+            Row(flat[i], flat[i + 1], int(flat[i + 2]), int(flat[i + 3]) if flat[i + 3] else None, int(flat[i + 4]))
+            for i in range(0, len(flat), 5)
         ]
+
+    def count(self, plugin_id: str, namespace: str, *, now_ms: int) -> int:
+        _, order, exp = self._ns(plugin_id, namespace)
+        return int(self._call("count", lambda: self._count(keys=[order, exp], args=[now_ms])))
 
     def sweep(self, *, now_ms: int) -> int:
         """Drop expired rows and their index entries, namespace by namespace, in batches."""
@@ -314,6 +338,10 @@ class RedisBackend:
         """Nothing to fold back (Redis persists on its own); a PING proves the server answers."""
         self._call(op, self._client.ping)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     # -- users and closing ----------------------------------------------------------------
     def acquire(self) -> None:
         with self._lock:
@@ -332,11 +360,12 @@ class RedisBackend:
         return True
 
 
-def _live_row(key: str, value: str | None, created: str | None, expires: str | None, now_ms: int) -> Row | None:
+def _live_row(key: str, value: str | None, created: str | None, expires: str | None, version: str | None,
+              now_ms: int) -> Row | None:
     if value is None or created is None:
         return None
     expires_at = int(expires) if expires else None
     if expires_at is not None and expires_at <= now_ms:
         return None
-    return Row(key, value, int(created), expires_at)
+    return Row(key, value, int(created), expires_at, int(version) if version else 0)
 

@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from ._errors import StateStoreError
-from ._settings import MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, MAX_VALUE_BYTES, MAX_VALUE_DEPTH
+from ._settings import (
+    CORE_PREFIX,
+    MAX_BATCH_KEYS,
+    MAX_KEY_BYTES,
+    MAX_NAMESPACE_BYTES,
+    MAX_PAGE_ROWS,
+    MAX_VALUE_BYTES,
+    MAX_VALUE_BYTES_CEILING,
+    MAX_VALUE_DEPTH,
+)
 
 # re.ASCII: under Unicode case folding [a-z] also matches U+212A (Kelvin) and U+017F (long s).
 NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9._-]*", re.IGNORECASE | re.ASCII)
@@ -17,37 +25,10 @@ MAX_PLUGIN_ID_BYTES = 128
 MAX_TTL_MS = 2**53 - 1  # keeps now + ttl inside SQLite's and Lua's exact integer range
 OVERFLOW_POLICIES = ("evict-oldest", "reject-new")
 
-def _make_encoder() -> Callable[[object], str]:
-    """Compact JSON, non-ASCII kept, NaN/inf refused: json.dumps(ensure_ascii=False,
-    separators=(",", ":"), allow_nan=False), built once.
-
-    json.dumps with options builds a new encoder on every call, and even a kept JSONEncoder
-    rebuilds its C encoder per call; keeping the C encoder itself halves a write's encoding
-    (~0.6 us). No circular-reference markers: `_check_shape` has already bounded the depth, so
-    a cycle is refused (LIMIT_EXCEEDED) before it gets here.
-    """
-    from json import encoder
-
-    json_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    fallback = json_encoder.encode
-    # Private, so not in typeshed's json.encoder stub: looked up with getattr (typed Any).
-    c_make_encoder = getattr(encoder, "c_make_encoder", None)
-    if c_make_encoder is None:  # no C accelerator in this interpreter
-        return fallback
-    try:  # a private CPython function: if its signature or output ever differs, use the fallback
-        c_encode = c_make_encoder(
-            None, json_encoder.default, encoder.encode_basestring, None, ":", ",", False, False, False
-        )
-        fast: Callable[[object], str] = lambda value: "".join(c_encode(value, 0))  # noqa: E731
-        sample = {"k": ["é", 1, 2.5, True, None, {"n": -3}]}
-        if fast(sample) != fallback(sample):
-            return fallback
-    except Exception:
-        return fallback
-    return fast
-
-
-_encode = _make_encoder()
+# Compact JSON, non-ASCII kept, NaN/inf refused; one encoder built once (json.dumps with options
+# builds a new one per call). No circular-reference markers needed: `_check_shape` has already
+# bounded the depth, so a cycle is refused (LIMIT_EXCEEDED) before it gets here.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False).encode
 
 JSON = dict[str, Any] | list[Any] | str | int | float | bool | None
 
@@ -63,7 +44,8 @@ def _is_int(n: object) -> TypeGuard[int]:
     return isinstance(n, int) and not isinstance(n, bool)
 
 
-def plugin_id(value: object, op: str = "open") -> str:
+def plugin_id(value: object, op: str = "open", *, core: bool = False) -> str:
+    """A plugin id; ids starting `core:` are the gateway's own and need `core=True` (and only they)."""
     if not isinstance(value, str) or not value.strip():
         raise StateStoreError("INVALID_INPUT", op, "plugin_id must be a non-empty string")
     value = value.strip()
@@ -72,6 +54,11 @@ def plugin_id(value: object, op: str = "open") -> str:
         raise StateStoreError(
             "LIMIT_EXCEEDED", op, f"plugin_id is {size} bytes; the limit is {MAX_PLUGIN_ID_BYTES}"
         )
+    is_core = value.lower().startswith(CORE_PREFIX)
+    if is_core and not core:
+        raise StateStoreError("INVALID_INPUT", op, f"plugin ids starting {CORE_PREFIX!r} are reserved for the gateway")
+    if core and (not is_core or len(value) == len(CORE_PREFIX)):
+        raise StateStoreError("INVALID_INPUT", op, f"a core store id must look like '{CORE_PREFIX}<name>'")
     return value
 
 
@@ -120,13 +107,57 @@ def ttl_ms(value: object, op: str, what: str = "ttl_ms") -> int | None:
     return value
 
 
+def max_value_bytes(value: object) -> int:
+    if not _is_int(value) or not 1 <= value <= MAX_VALUE_BYTES_CEILING:
+        raise StateStoreError(
+            "INVALID_INPUT", "open", f"max_value_bytes must be an integer from 1 to {MAX_VALUE_BYTES_CEILING}"
+        )
+    return value
+
+
+def version(value: object, op: str) -> int:
+    if not _is_int(value) or not 0 <= value < 2**63:
+        raise StateStoreError("INVALID_INPUT", op, "version must be an integer from Entry.version")
+    return value
+
+
+def attempts(value: object, op: str) -> int:
+    if not _is_int(value) or not 1 <= value <= 1_000:
+        raise StateStoreError("INVALID_INPUT", op, "max_attempts must be an integer from 1 to 1000")
+    return value
+
+
+def keys(values: object, op: str) -> list[str]:
+    """A batch of keys: a list/tuple/set of at most MAX_BATCH_KEYS valid keys, duplicates folded."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, set, frozenset)):
+        raise StateStoreError("INVALID_INPUT", op, "keys must be a list of strings")
+    if len(values) > MAX_BATCH_KEYS:
+        raise StateStoreError(
+            "LIMIT_EXCEEDED", op, f"{len(values)} keys asked for; the limit is {MAX_BATCH_KEYS} a call"
+        )
+    return list(dict.fromkeys(key(k, op) for k in values))
+
+
+def page(limit: object, after: object, op: str = "entries") -> tuple[int | None, tuple[int, str] | None]:
+    """`entries(limit=, after=)`: limit 1..MAX_PAGE_ROWS or None; after an Entry (its
+    (created_at, key) is the cursor) or None."""
+    if limit is not None and (not _is_int(limit) or not 1 <= limit <= MAX_PAGE_ROWS):
+        raise StateStoreError("INVALID_INPUT", op, f"limit must be an integer from 1 to {MAX_PAGE_ROWS}")
+    if after is None:
+        return limit, None
+    created, k = getattr(after, "created_at", None), getattr(after, "key", None)
+    if not _is_int(created) or not isinstance(k, str):
+        raise StateStoreError("INVALID_INPUT", op, "after must be an Entry this store returned")
+    return limit, (created, k)
+
+
 def overflow(value: object) -> str:
     if value not in OVERFLOW_POLICIES:
         raise StateStoreError("INVALID_INPUT", "open", f"overflow must be one of {OVERFLOW_POLICIES}")
     return value
 
 
-def serialize_value(value: object, op: str) -> str:
+def serialize_value(value: object, op: str, max_bytes: int = MAX_VALUE_BYTES) -> str:
     """Return the compact JSON text stored for `value`.
 
     Raises INVALID_INPUT for anything that is not plain JSON (tuples, sets, bytes, non-str dict
@@ -138,9 +169,9 @@ def serialize_value(value: object, op: str) -> str:
     except ValueError:  # an int past Python's 4,300-digit str limit: it could never be read back
         raise StateStoreError("INVALID_INPUT", op, "value contains an integer too large to serialize") from None
     size = len(text) if text.isascii() else _utf8_len(text, "value", op)
-    if size > MAX_VALUE_BYTES:
+    if size > max_bytes:
         raise StateStoreError(
-            "LIMIT_EXCEEDED", op, f"value is {size} bytes serialized; the limit is {MAX_VALUE_BYTES}"
+            "LIMIT_EXCEEDED", op, f"value is {size} bytes serialized; the limit is {max_bytes}"
         )
     return text
 

@@ -2,9 +2,12 @@
 
 A migration recipe in five files:
   platform.py — the Matrix I/O: nio client, command parsing, event contents, idempotent sends
-  state.py    — what it keeps: reaction targets and the sync token (namespace, key, value, TTL, cap)
-  handlers.py — prompt on `!approve`, resolve on an approver's reaction
-  sync.py     — the /sync loop that saves `next_batch` after each handled batch
+  state.py    — what it keeps: reaction targets, the sync token, the handled-events ledger and
+                requester slots (namespace, key, value, TTL, cap)
+  handlers.py — prompt on `!approve` (within the requester's quota), resolve on an approver's reaction
+  dispatch.py — one event at a time: ledger claim, bounded retries, give up on that event alone
+  sync.py     — the /sync loop: a per-start filter, back-fill of limited timelines, invites,
+                `next_batch` saved after each handled batch
   plugin.py   — the gateway plugin; `mode = "legacy"` is the in-memory "before"
 Pending approvals themselves live in the core store (`gateway/approvals.py`).
 """

@@ -8,6 +8,12 @@
     approvers = ["@alice:example.org"]   # env: a TOML array, or comma-separated
     approval_ttl_ms = 1800000       # how long a prompt can be answered (default 30 min)
     sync_timeout_ms = 30000         # /sync long-poll
+    sync_timeline_limit = 50        # timeline events per room per /sync (our uploaded filter)
+    backfill_max_events = 1000      # /messages back-fill bound per room per sync (reported if hit)
+    event_max_attempts = 3          # tries of one failing event before it is recorded and skipped
+    auto_join = true                # join rooms when invited by an allowed inviter
+    auto_join_inviters = []         # who may invite the bot (default: the approvers)
+    max_pending_per_requester = 5   # open approvals one requester may hold (issue 15 quota)
 
 Every key has a `CHATSTATE_MATRIX_<KEY>` variable typed as in TOML.
 To add a key: add one annotated field here (with a default unless it is required).
@@ -23,6 +29,10 @@ from chatstate.gateway.settings import AdapterSettings
 
 DEFAULT_APPROVAL_TTL_MS = 30 * 60 * 1000  # 30 min, like the reference system's exec approvals
 DEFAULT_SYNC_TIMEOUT_MS = 30_000  # Matrix clients' customary long-poll
+DEFAULT_TIMELINE_LIMIT = 50  # Synapse's own default without a filter is 10
+DEFAULT_BACKFILL_MAX_EVENTS = 1_000  # per room per sync (issue 13)
+DEFAULT_EVENT_MAX_ATTEMPTS = 3
+DEFAULT_MAX_PENDING_PER_REQUESTER = 5  # one person's flood cannot crowd out others' prompts (issue 15)
 
 Text = Annotated[str, Field(min_length=1, pattern=r"\S")]
 
@@ -37,13 +47,24 @@ class MatrixSettings(AdapterSettings):
     approvers: tuple[str, ...] = Field((), strict=False)  # Matrix user ids allowed to approve
     approval_ttl_ms: Annotated[int, Field(ge=1)] = DEFAULT_APPROVAL_TTL_MS
     sync_timeout_ms: Annotated[int, Field(ge=0)] = DEFAULT_SYNC_TIMEOUT_MS
+    sync_timeline_limit: Annotated[int, Field(ge=1)] = DEFAULT_TIMELINE_LIMIT
+    backfill_max_events: Annotated[int, Field(ge=1)] = DEFAULT_BACKFILL_MAX_EVENTS
+    event_max_attempts: Annotated[int, Field(ge=1)] = DEFAULT_EVENT_MAX_ATTEMPTS
+    auto_join: bool = True
+    auto_join_inviters: tuple[str, ...] = Field((), strict=False)  # empty: the approvers
+    max_pending_per_requester: Annotated[int, Field(ge=1)] = DEFAULT_MAX_PENDING_PER_REQUESTER
+
+    @property
+    def inviters(self) -> tuple[str, ...]:
+        """Whose invites `auto_join` accepts: `auto_join_inviters`, else the approvers."""
+        return self.auto_join_inviters or self.approvers
 
     @field_validator("homeserver", "access_token")
     @classmethod
     def _strip(cls, value: str) -> str:
         return value.strip().rstrip("/") if value.startswith("http") else value.strip()
 
-    @field_validator("approvers")
+    @field_validator("approvers", "auto_join_inviters")
     @classmethod
     def _user_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         users = tuple(u.strip() for u in value if u.strip())

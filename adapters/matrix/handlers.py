@@ -1,17 +1,21 @@
 """What the bot does with each event: post approval prompts, resolve them by reaction.
 
 Request: a room member writes `!approve <action>` (all three decisions) or `!approve-once
-<action>` (no "allow always"). The bot opens the pending approval (core store), posts the
-prompt, registers the reaction target (awaited: only now is the prompt "posted"), then seeds
-one reaction per allowed decision.
+<action>` (no "allow always"). The requester must hold a free slot (at most
+`max_pending_per_requester` open approvals each, issue 15): over it, the bot answers "too many
+pending approvals" and opens nothing, so one person's flood can never evict another's prompt.
+Otherwise the bot opens the pending approval (core store), posts the prompt, registers the
+reaction target (awaited: only now is the prompt "posted"), then seeds one reaction per allowed
+decision.
 
-Resolve: a listed approver reacts to the prompt with ✅ ♾️ or ❌. The bot posts the outcome,
-then takes the target and the approval (atomic consumes). Posting first is safe because the
-outcome's txn id is derived from the approval id: if the process dies before the takes, the
-replayed reaction re-sends the same txn (the homeserver returns the first event) and then takes.
-Anything else — another sender, the bot's own seed reactions, another emoji, a reaction to a
-non-prompt event, a redaction — is ignored and leaves the target in place. A decision reaction
-from an approver to a prompt whose approval has expired gets "this approval has expired".
+Resolve: a listed approver reacts to the prompt with ✅ ♾️ or ❌. The bot re-fetches the
+reaction first: one the homeserver has redacted since the batch was produced (a stale or cached
+batch) has no effect. Then it posts the outcome and takes the target and the approval (atomic
+consumes) and frees the requester's slot. Anything else — another sender, the bot's own seed
+reactions, another emoji, a reaction to a non-prompt event — is ignored and leaves the target in
+place. A decision reaction to a prompt that is no longer answerable (its approval expired, or its
+target was evicted) gets "this approval has expired", never silence; a prompt already resolved
+stays silent. Each event reaches these callbacks at most once (the dispatcher's ledger).
 """
 
 from __future__ import annotations
@@ -19,34 +23,44 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 
-from nio import MatrixRoom, ReactionEvent, RoomMessageText
-
 from chatstate.adapters.common import Clock, now_ms
 from chatstate.adapters.matrix import platform
 from chatstate.adapters.matrix.platform import MatrixIO
-from chatstate.adapters.matrix.state import Outcome, ReactionTarget, ReactionTargets
-from chatstate.gateway.approvals import ApprovalService
+from chatstate.adapters.matrix.state import (
+    Outcome,
+    ReactionTarget,
+    ReactionTargets,
+    RequesterSlots,
+)
+from chatstate.gateway.approvals import Approval, ApprovalService
+from nio import ReactionEvent, RoomMessageText
+
+SLOT_FIELD = "requester_slot"  # in the approval's context: which slot to free on resolution
 
 
 class ApprovalFlow:
-    """nio event callbacks for one bot account."""
+    """Event handlers for one bot account (called by `dispatch.EventDispatcher`)."""
 
     def __init__(
         self,
         io: MatrixIO,
         targets: ReactionTargets,
         approvals: ApprovalService,
+        slots: RequesterSlots,
         *,
         approvers: Collection[str],
         approval_ttl_ms: int,
+        max_pending_per_requester: int,
         log: logging.LoggerAdapter[logging.Logger],
         clock: Clock = now_ms,
     ) -> None:
         self.io = io
         self.targets = targets
         self.approvals = approvals
+        self.slots = slots
         self.approvers = frozenset(approvers)
         self.approval_ttl_ms = approval_ttl_ms
+        self.max_pending = max_pending_per_requester
         self.log = log
         self._clock = clock
 
@@ -54,66 +68,113 @@ class ApprovalFlow:
     def account_id(self) -> str:
         return self.io.user_id
 
+    def wants_message(self, event: object) -> bool:
+        """True for an approval request: the only messages with effects."""
+        return (
+            isinstance(event, RoomMessageText) and event.sender != self.account_id
+            and platform.parse_command(event.body) is not None
+        )
+
+    def wants_reaction(self, event: object) -> bool:
+        """True for a decision reaction by a listed approver: the only reactions with effects."""
+        return (
+            isinstance(event, ReactionEvent) and event.sender != self.account_id
+            and event.sender in self.approvers and platform.decision_for(event.key) is not None
+        )
+
     # -- requests -------------------------------------------------------------------------
-    async def on_message(self, room: MatrixRoom, event: RoomMessageText) -> None:
-        """Open an approval for `!approve ...` and post its prompt (idempotent on replay)."""
-        if event.sender == self.account_id:
-            return
+    async def on_message(self, room_id: str, event: RoomMessageText) -> None:
+        """Open an approval for `!approve ...` and post its prompt, or refuse over the quota."""
         command = platform.parse_command(event.body)
-        if command is None:
+        if command is None or event.sender == self.account_id:
+            return
+        approval_id = platform.approval_id(room_id, event.event_id)
+        expires_at = self._clock() + self.approval_ttl_ms
+        existing = await self.approvals.get(approval_id)  # a retried attempt of this event
+        slot = await self.slots.take(
+            self.account_id, event.sender, approval_id, cap=self.max_pending,
+            expires_at=existing.expires_at if existing else expires_at,
+        )
+        if slot is None:
+            await self.io.send(
+                room_id, "m.room.message", platform.refused_content(event.sender, self.max_pending),
+                txn=platform.txn_id("refused", event.event_id),
+            )
+            self.log.info("matrix_request_refused", extra={"requester": event.sender, "room": room_id})
             return
         approval = await self.approvals.request(
-            platform.approval_id(room.room_id, event.event_id), command.action,
-            requested_by=event.sender, decisions=command.decisions,
-            ttl_ms=self.approval_ttl_ms, context={"room_id": room.room_id, "request_event_id": event.event_id},
+            approval_id, command.action, requested_by=event.sender, decisions=command.decisions,
+            ttl_ms=self.approval_ttl_ms,
+            context={"room_id": room_id, "request_event_id": event.event_id, SLOT_FIELD: slot},
         )
         if approval.expires_at <= self._clock():
-            return  # a request replayed after its approval's lifetime: nothing left to ask
+            return  # nothing left to ask
         prompt_id = await self.io.send(
-            room.room_id, "m.room.message", platform.prompt_content(approval),
+            room_id, "m.room.message", platform.prompt_content(approval),
             txn=platform.txn_id("prompt", event.event_id),
         )
         target = ReactionTarget(approval.id, approval.decisions)
-        if not await self.targets.register_target(self.account_id, room.room_id, prompt_id, target, expires_at=approval.expires_at):
+        if not await self.targets.register_target(self.account_id, room_id, prompt_id, target, expires_at=approval.expires_at):
             return
         for decision in approval.decisions:
             await self.io.send(
-                room.room_id, "m.reaction", platform.reaction_content(prompt_id, platform.EMOJI[decision]),
+                room_id, "m.reaction", platform.reaction_content(prompt_id, platform.EMOJI[decision]),
                 txn=platform.txn_id(f"seed-{decision}", prompt_id),
             )
-        self.log.info("matrix_prompt_posted", extra={"approval": approval.id, "room": room.room_id})
+        self.log.info("matrix_prompt_posted", extra={"approval": approval.id, "room": room_id})
 
     # -- reactions ------------------------------------------------------------------------
-    async def on_reaction(self, room: MatrixRoom, event: ReactionEvent) -> None:
+    async def on_reaction(self, room_id: str, event: ReactionEvent) -> None:
         """Resolve the prompt `event` reacts to, if a listed approver chose an allowed decision."""
         decision = platform.decision_for(event.key)
-        if event.sender == self.account_id or event.sender not in self.approvers or decision is None:
+        if not self.wants_reaction(event) or decision is None:
             return
-        target = await self.targets.peek(self.account_id, room.room_id, event.reacts_to)
+        target = await self.targets.peek(self.account_id, room_id, event.reacts_to)
         if target is None:
-            await self._maybe_expired(room.room_id, event)
+            await self._not_answerable(room_id, event)
             return
         if decision not in target.decisions:
             return
         approval = await self.approvals.get(target.approval_id)
         if approval is None:  # the approval's row expired a moment before the target's
-            await self._send_expired(room.room_id, event)
+            await self._send_expired(room_id, event)
+            return
+        if await self._withdrawn(room_id, event):
             return
         await self.io.send(
-            room.room_id, "m.room.message", platform.outcome_content(approval, decision, event.sender),
+            room_id, "m.room.message", platform.outcome_content(approval, decision, event.sender),
             txn=platform.txn_id("outcome", approval.id),
         )
-        resolution = await self.targets.resolve_target(self.account_id, room.room_id, event.reacts_to, decision)
+        resolution = await self.targets.resolve_target(self.account_id, room_id, event.reacts_to, decision)
         if resolution.outcome is Outcome.RESOLVED:
             await self.approvals.resolve(approval.id, decision)
+            await self._free_slot(approval)
             self.log.info("matrix_approval_resolved", extra={"approval": approval.id, "decision": decision})
 
-    async def _maybe_expired(self, room_id: str, event: ReactionEvent) -> None:
-        """No live target: say "expired" if the reaction is to a prompt past its expiry."""
+    async def _withdrawn(self, room_id: str, event: ReactionEvent) -> bool:
+        """True when the homeserver now has the reaction redacted (our batch was stale)."""
+        current = await self.io.fetch_event(room_id, event.event_id)
+        if current is None or platform.is_redacted(current):
+            self.log.info("matrix_reaction_withdrawn", extra={"event_id": event.event_id, "room": room_id})
+            return True
+        return False
+
+    async def _not_answerable(self, room_id: str, event: ReactionEvent) -> None:
+        """No live target. Our prompt whose approval expired, or is still pending (its target
+        was evicted), gets "expired"; a resolved prompt or any other event stays silent."""
         prompt = await self.io.fetch_event(room_id, event.reacts_to)
         expires_at = None if prompt is None else platform.prompt_expiry(prompt, self.account_id)
-        if expires_at is not None and expires_at <= self._clock():
+        if expires_at is None:
+            return
+        approval_id = prompt.get("content", {}).get(platform.APPROVAL_FIELD, {}).get("id") if prompt else None
+        still_pending = isinstance(approval_id, str) and await self.approvals.get(approval_id) is not None
+        if expires_at <= self._clock() or still_pending:
             await self._send_expired(room_id, event)
 
     async def _send_expired(self, room_id: str, event: ReactionEvent) -> None:
         await self.io.send(room_id, "m.room.message", platform.expired_content(), txn=platform.txn_id("expired", event.event_id))
+
+    async def _free_slot(self, approval: Approval) -> None:
+        slot = approval.context.get(SLOT_FIELD)
+        if isinstance(slot, int):
+            await self.slots.free(self.account_id, approval.requested_by, slot)

@@ -1,10 +1,14 @@
 """Matrix I/O through matrix-nio: log in with an access token, parse commands, send events.
 
-Every event the bot sends carries a transaction id derived from the event that caused it
-(`txn_id("prompt", request_event_id)`, ...). The homeserver answers a repeated txn id with the
-first event instead of sending a new one (client-server spec, "Transaction identifiers"), so
-when a batch of events is handled again after a crash, nothing the bot already said is said
-twice. That, plus the persisted sync token, makes replay safe.
+Every event the bot sends carries a transaction id derived from what it answers
+(`txn_id("prompt", request_event_id)`, ...), so a retried send is recognisably the same send.
+That is hygiene, not our exactly-once: the homeserver forgets txn ids after a while and never
+shares them across devices (a new login), so whether an event is acted on at all is decided by
+our own ledger (`state.HandledEvents`), claimed before any effect.
+
+Refusals come back as `MatrixError` with the homeserver's `errcode` and, for `M_LIMIT_EXCEEDED`,
+its `retry_after_ms`; nio itself retries a 429 only `MAX_429_RETRIES` times (honouring
+`retry_after_ms`) so one throttled event cannot hold the sync loop forever.
 """
 
 from __future__ import annotations
@@ -14,16 +18,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from chatstate.gateway.approvals import DECISIONS, Approval, Decision
 from nio import (
     AsyncClient,
     AsyncClientConfig,
     JoinedRoomsResponse,
+    JoinResponse,
+    MessageDirection,
     RoomGetEventResponse,
+    RoomMessagesResponse,
     RoomSendResponse,
+    SyncResponse,
+    UploadFilterResponse,
     WhoamiResponse,
 )
-
-from chatstate.gateway.approvals import DECISIONS, Approval, Decision
 
 EMOJI: Mapping[Decision, str] = {"allow-once": "✅", "allow-always": "♾️", "deny": "❌"}
 LABEL: Mapping[Decision, str] = {"allow-once": "allow once", "allow-always": "allow always", "deny": "deny"}
@@ -38,10 +46,28 @@ COMMANDS: Mapping[str, tuple[Decision, ...]] = {
 }
 REQUEST_TIMEOUT_S = 30.0  # one HTTP call to the homeserver, long-polls excluded
 MAX_TIMEOUTS = 3  # nio retries a timed-out call this often, then raises
+MAX_429_RETRIES = 2  # nio sleeps retry_after_ms and retries a 429 this often, then we see it
+REFUSED_TEXT = "too many pending approvals"  # start of the answer to a request over the quota
 
 
 class MatrixError(RuntimeError):
     """The homeserver refused or failed a call (nio returned an ErrorResponse)."""
+
+    def __init__(self, message: str, *, errcode: str | None = None, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.errcode = errcode
+        self.retry_after_ms = retry_after_ms
+
+    @classmethod
+    def of(cls, what: str, resp: object) -> MatrixError:
+        """Build from a nio ErrorResponse (or anything else nio returned)."""
+        errcode = getattr(resp, "status_code", None)
+        retry = getattr(resp, "retry_after_ms", None)
+        return cls(
+            f"{what} failed: {errcode or ''} {getattr(resp, 'message', resp)}".replace("  ", " "),
+            errcode=errcode if isinstance(errcode, str) else None,
+            retry_after_ms=retry if isinstance(retry, int) else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -98,6 +124,16 @@ def expired_content() -> dict[str, Any]:
     return {"msgtype": "m.notice", "body": EXPIRED_TEXT}
 
 
+def refused_content(requester: str, cap: int) -> dict[str, Any]:
+    body = f"{REFUSED_TEXT} for {requester} ({cap} open); wait until one is answered or expires"
+    return {"msgtype": "m.notice", "body": body}
+
+
+def is_redacted(event: Mapping[str, Any]) -> bool:
+    """True for an event the homeserver has redacted (content stripped, `redacted_because`)."""
+    return bool(event.get("unsigned", {}).get("redacted_because")) or not event.get("content")
+
+
 def reaction_content(event_id: str, key: str) -> dict[str, Any]:
     return {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
 
@@ -117,30 +153,31 @@ class MatrixIO:
     def __init__(self, homeserver: str, access_token: str) -> None:
         config = AsyncClientConfig(
             encryption_enabled=False, store_sync_tokens=False,  # our store keeps the token
-            request_timeout=REQUEST_TIMEOUT_S, max_timeouts=MAX_TIMEOUTS,
+            request_timeout=REQUEST_TIMEOUT_S, max_timeouts=MAX_TIMEOUTS, max_limit_exceeded=MAX_429_RETRIES,
         )
         self.client = AsyncClient(homeserver, config=config)
         self.client.access_token = access_token
         self.user_id = ""
+        self.device_id = ""
         self.rooms: list[str] = []
 
     async def connect(self) -> str:
         """Check the token with /account/whoami, learn the joined rooms; returns the user id."""
         who = await self.client.whoami()
         if not isinstance(who, WhoamiResponse):
-            raise MatrixError(f"whoami failed: {getattr(who, 'status_code', '')} {getattr(who, 'message', who)}")
+            raise MatrixError.of("whoami", who)
         self.client.restore_login(who.user_id, who.device_id or "", self.client.access_token)
         joined = await self.client.joined_rooms()
         if not isinstance(joined, JoinedRoomsResponse):
-            raise MatrixError(f"joined_rooms failed: {getattr(joined, 'message', joined)}")
-        self.user_id, self.rooms = who.user_id, list(joined.rooms)
+            raise MatrixError.of("joined_rooms", joined)
+        self.user_id, self.device_id, self.rooms = who.user_id, who.device_id or "", list(joined.rooms)
         return self.user_id
 
     async def send(self, room_id: str, event_type: str, content: dict[str, Any], *, txn: str) -> str:
         """Send one event with `room_send`; returns its event id (the first one for a repeated txn)."""
         resp = await self.client.room_send(room_id, event_type, content, tx_id=txn)
         if not isinstance(resp, RoomSendResponse):
-            raise MatrixError(f"room_send {event_type} failed: {getattr(resp, 'message', resp)}")
+            raise MatrixError.of(f"room_send {event_type}", resp)
         return resp.event_id
 
     async def fetch_event(self, room_id: str, event_id: str) -> dict[str, Any] | None:
@@ -150,7 +187,46 @@ class MatrixIO:
             return resp.event.source
         if getattr(resp, "status_code", None) == "M_NOT_FOUND":
             return None
-        raise MatrixError(f"get event failed: {getattr(resp, 'message', resp)}")
+        raise MatrixError.of("get event", resp)
+
+    async def upload_filter(self, *, timeline_limit: int, nonce: str) -> str:
+        """Upload the sync filter; returns its id. `nonce` makes it a new filter (see sync.py).
+
+        Lazy-loaded members, no presence or global account data: the bot reads timelines only.
+        """
+        resp = await self.client.upload_filter(
+            presence={"not_types": ["*"]}, account_data={"not_types": ["*"]},
+            room={
+                "timeline": {"limit": timeline_limit},
+                "state": {"lazy_load_members": True},
+                "account_data": {"not_types": ["*"]},
+                "ephemeral": {"not_types": ["*"]},
+                "org.chatstate.start": nonce,  # unknown keys are kept (forward compatibility)
+            },
+        )
+        if not isinstance(resp, UploadFilterResponse):
+            raise MatrixError.of("upload filter", resp)
+        return resp.filter_id
+
+    async def sync(self, *, since: str | None, timeout_ms: int, filter_id: str) -> SyncResponse:
+        resp = await self.client.sync(timeout=timeout_ms, since=since, sync_filter=filter_id)
+        if not isinstance(resp, SyncResponse):
+            raise MatrixError.of("sync", resp)
+        return resp
+
+    async def messages_before(self, room_id: str, start: str, *, stop_at: str | None, limit: int) -> RoomMessagesResponse:
+        """One page of /messages backwards from `start` (to `stop_at`, when given)."""
+        resp = await self.client.room_messages(room_id, start, end=stop_at, direction=MessageDirection.back, limit=limit)
+        if not isinstance(resp, RoomMessagesResponse):
+            raise MatrixError.of("messages", resp)
+        return resp
+
+    async def join(self, room_id: str) -> None:
+        resp = await self.client.join(room_id)
+        if not isinstance(resp, JoinResponse):
+            raise MatrixError.of("join", resp)
+        if room_id not in self.rooms:
+            self.rooms.append(room_id)
 
     async def close(self) -> None:
         await self.client.close()

@@ -1,8 +1,9 @@
 """The Matrix plugin: wires config, nio client, stores, callbacks and the sync loop together.
 
-Start order matters: stores open and the sync position is settled (saved token, or a baseline
-initial sync whose history is not acted on) *before* event callbacks are added, and the gateway
-reports ready only after `start` returns, so every event sent after readiness is handled.
+Start order matters: stores open, this start's sync filter is uploaded and the sync position is
+settled (saved token, or a baseline initial sync whose history is not acted on) before the loop
+runs, and the gateway reports ready only after `start` returns, so every event sent after
+readiness is handled.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from nio import ReactionEvent, RoomMessageText
-
 from chatstate.adapters.matrix.config import MatrixSettings
+from chatstate.adapters.matrix.dispatch import EventDispatcher
 from chatstate.adapters.matrix.handlers import ApprovalFlow
 from chatstate.adapters.matrix.platform import MatrixIO
-from chatstate.adapters.matrix.state import ReactionTargets, SyncTokens
+from chatstate.adapters.matrix.state import (
+    HandledEvents,
+    ReactionTargets,
+    RequesterSlots,
+    SyncTokens,
+)
 from chatstate.adapters.matrix.sync import SyncLoop
 from chatstate.gateway.approvals import ApprovalService
 from chatstate.gateway.plugin import Plugin, PluginRuntime
@@ -33,6 +38,8 @@ class MatrixPlugin(Plugin):
         self.io: MatrixIO | None = None
         self.targets: ReactionTargets | None = None
         self.tokens: SyncTokens | None = None
+        self.ledger: HandledEvents | None = None
+        self.slots: RequesterSlots | None = None
         self.approvals: ApprovalService | None = None
         self.loop: SyncLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -49,22 +56,28 @@ class MatrixPlugin(Plugin):
         self.targets = ReactionTargets(legacy=runtime.legacy)
         self.tokens = SyncTokens(legacy=runtime.legacy)
         self.approvals = ApprovalService(legacy=runtime.legacy)
-        for part in (self.targets, self.tokens, self.approvals):
+        self.ledger = HandledEvents(legacy=runtime.legacy)
+        self.slots = RequesterSlots(legacy=runtime.legacy)
+        for part in self._parts():
             await part.open(runtime)
         self.io = io = MatrixIO(config.homeserver, config.access_token)
+        flow = ApprovalFlow(
+            io, self.targets, self.approvals, self.slots, approvers=config.approvers,
+            approval_ttl_ms=config.approval_ttl_ms, max_pending_per_requester=config.max_pending_per_requester,
+            log=runtime.log,
+        )
+        dispatcher = EventDispatcher(flow, self.ledger, max_attempts=config.event_max_attempts, log=runtime.log)
+        self.loop = SyncLoop(
+            io, self.tokens, dispatcher, timeout_ms=config.sync_timeout_ms,
+            timeline_limit=config.sync_timeline_limit, backfill_max_events=config.backfill_max_events,
+            auto_join=config.auto_join, inviters=config.inviters, log=runtime.log,
+        )
         try:
             await io.connect()
-            self.loop = SyncLoop(io, self.tokens, timeout_ms=config.sync_timeout_ms, log=runtime.log)
             resumed = await self.loop.resume()
         except BaseException:
             await io.close()
             raise
-        flow = ApprovalFlow(
-            io, self.targets, self.approvals, approvers=config.approvers,
-            approval_ttl_ms=config.approval_ttl_ms, log=runtime.log,
-        )
-        io.client.add_event_callback(self.loop.guard(flow.on_message), RoomMessageText)
-        io.client.add_event_callback(self.loop.guard(flow.on_reaction), ReactionEvent)
         self._task = asyncio.create_task(self.loop.run(), name="matrix-sync")
         runtime.log.info("matrix_started", extra={"user": io.user_id, "rooms": len(io.rooms), "resumed": resumed})
 
@@ -76,14 +89,19 @@ class MatrixPlugin(Plugin):
         if self.io is not None:
             await self.io.close()
 
+    def _parts(self) -> list[Any]:
+        parts = (self.targets, self.tokens, self.approvals, self.ledger, self.slots)
+        return [p for p in parts if p is not None]
+
     def health(self) -> dict[str, Any]:
-        parts = [p.state.health() for p in (self.targets, self.tokens, self.approvals) if p is not None]
+        """Status, stores, and the sync loop's counters (failed events, back-fill bound hits)."""
+        parts = [p.state.health() for p in self._parts()]
         degraded = any(p["mode"] == "degraded" for p in parts)
-        sync_error = self.loop.last_error if self.loop else None
+        sync = self.loop.health() if self.loop else {"sync_error": None}
         return {
-            "status": "degraded" if degraded or sync_error else "ok",
+            "status": "degraded" if degraded or sync["sync_error"] else "ok",
             "mode": "legacy" if self._legacy else "store",
             "user": self.io.user_id if self.io else None,
-            "sync_error": sync_error,
+            **sync,
             "stores": parts,
         }

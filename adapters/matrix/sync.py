@@ -1,10 +1,20 @@
-"""The /sync loop: resume from the persisted `next_batch`, save it after each handled batch.
+"""The /sync loop: a filter of our own, gap-free timelines, the token saved after each batch.
 
-The reference system let nio keep the token in memory, so after a restart the bot either
-re-read old events or (with a fresh initial sync) skipped everything sent while it was down.
-Here the token moves forward only after every callback of a batch has returned (and so after
-every write and send those callbacks awaited). A crash mid-batch replays that batch, which the
-handlers tolerate: targets are taken atomically and sends reuse their transaction ids.
+Three things a real homeserver (Synapse) does that this loop is built around (issue 13):
+- **Limited timelines.** A room with more new events than the filter's timeline limit comes
+  back `limited: true` with a `prev_batch`. We page `/messages` backwards from `prev_batch` to
+  our `since` token (`dir=b`, `to=since`) and handle the back-filled events first, in order.
+  At most `backfill_max_events` per room per sync: past that the oldest are skipped, which is
+  counted (`backfill_truncated`) and logged, never silent.
+- **A response cache.** Synapse answers an identical /sync request from a ~2 minute cache,
+  keyed by user, device and query. Our first sync of each start would be the same request as
+  the last one of the previous run; so every start uploads a *new* filter (a nonce in it), and
+  no request of this run can be answered with a batch cached for an earlier one. The ledger in
+  `dispatch.py` makes replays harmless even when that does not hold (another proxy, a bug).
+- **Invites.** With `auto_join`, an invite from an allowed inviter is joined (others ignored).
+
+The token moves forward only after every event of the batch has been handled or given up
+(per-event isolation in `dispatch.py`), so a failing event never pins the loop to one batch.
 """
 
 from __future__ import annotations
@@ -12,62 +22,88 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import secrets
+from collections.abc import Collection
+from typing import Any
 
-from nio import SyncResponse
-
+from chatstate.adapters.matrix.dispatch import EventDispatcher
 from chatstate.adapters.matrix.platform import MatrixError, MatrixIO
 from chatstate.adapters.matrix.state import SyncTokens
+from nio import InviteMemberEvent, SyncResponse
 
-RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # backoff after a failed batch, last one repeats
+RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # backoff after a failed /sync, last one repeats
 STOP_GRACE_S = 5.0  # how long stop() lets a batch being handled finish before cancelling it
-Callback = TypeVar("Callback", bound=Callable[..., Awaitable[None]])
+BACKFILL_PAGE = 100  # events per /messages call
 
 
 class SyncLoop:
-    """Long-poll the homeserver and hand each batch to nio's event callbacks."""
+    """Long-poll the homeserver with our filter; back-fill gaps; hand each room to the dispatcher."""
 
-    def __init__(self, io: MatrixIO, tokens: SyncTokens, *, timeout_ms: int, log: logging.LoggerAdapter[logging.Logger]) -> None:
+    def __init__(
+        self,
+        io: MatrixIO,
+        tokens: SyncTokens,
+        dispatcher: EventDispatcher,
+        *,
+        timeout_ms: int,
+        timeline_limit: int,
+        backfill_max_events: int,
+        auto_join: bool,
+        inviters: Collection[str],
+        log: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
         self.io = io
         self.tokens = tokens
+        self.dispatcher = dispatcher
         self.timeout_ms = timeout_ms
+        self.timeline_limit = timeline_limit
+        self.backfill_max_events = backfill_max_events
+        self.auto_join = auto_join
+        self.inviters = frozenset(inviters)
         self.log = log
+        self.filter_id = ""
         self.token: str | None = None
         self.last_error: str | None = None
         self.batches = 0
-        self._handling = False  # a batch's callbacks have started and its token is not saved yet
+        self.counters = {"backfilled_events": 0, "backfill_truncated": 0, "backfill_failed": 0,
+                         "invites_joined": 0, "invites_ignored": 0}
+        self.last_truncated: dict[str, Any] | None = None
+        self._handled_invites: set[str] = set()
+        self._handling = False  # a batch is being handled and its token is not saved yet
         self._stopping = False
 
-    async def resume(self) -> bool:
-        """Load the saved token; without one, take a baseline so history is not replayed.
+    def health(self) -> dict[str, Any]:
+        stats = self.dispatcher.stats
+        return {
+            "sync_error": self.last_error,
+            "batches": self.batches,
+            "events_handled": stats.handled,
+            "events_failed": stats.failed,
+            "last_failed_event": stats.last_failed,
+            "replays_skipped": stats.replays_skipped,
+            "reactions_withdrawn": stats.withdrawn,
+            **self.counters,
+            "last_backfill_truncated": self.last_truncated,
+        }
 
-        Call before any event callback is added: the baseline (initial) sync's events are
-        history the bot must not act on. Returns True when a saved token was found. Raises
-        MatrixError when the homeserver refuses the baseline sync.
-        """
+    async def resume(self) -> bool:
+        """Upload this start's filter; load the saved token, else take a baseline sync whose
+        history is not acted on (its open invites are). Returns True when a saved token was found. Raises
+        MatrixError when the homeserver refuses the filter or the baseline sync."""
+        self.filter_id = await self.io.upload_filter(timeline_limit=self.timeline_limit, nonce=secrets.token_hex(8))
         self.token = await self.tokens.load(self.io.user_id)
         if self.token is not None:
             return True
-        resp = await self.io.client.sync(timeout=0, full_state=True)
-        if not isinstance(resp, SyncResponse):
-            raise MatrixError(f"initial sync failed: {getattr(resp, 'message', resp)}")
+        resp = await self.io.sync(since=None, timeout_ms=0, filter_id=self.filter_id)
+        for room_id, info in resp.rooms.invite.items():  # invites are not history: still open
+            await self._invite(room_id, info.invite_state)
         await self._advance(resp.next_batch)
         return False
-
-    def guard(self, callback: Callback) -> Callback:
-        """Wrap an event callback so `stop` knows a batch is being handled and lets it finish."""
-
-        async def guarded(*args: Any) -> None:
-            self._handling = True
-            await callback(*args)
-
-        return guarded  # type: ignore[return-value]
 
     async def stop(self, task: asyncio.Task[None]) -> None:
         """End `task` (running `run`): at once while it waits on the homeserver, else after the
         batch being handled is done and its token saved (up to STOP_GRACE_S). Cancelling is
-        always safe, since an unsaved batch is replayed next start; finishing just avoids it."""
+        safe: an unsaved batch is replayed next start and the ledger skips what was done."""
         self._stopping = True
         if self._handling:
             with contextlib.suppress(TimeoutError):
@@ -77,20 +113,17 @@ class SyncLoop:
             await task
 
     async def run(self) -> None:
-        """Sync until cancelled or stopped; a failed batch is retried from the same token."""
+        """Sync until cancelled or stopped; a failed /sync is retried from the same token."""
         failures = 0
         while not self._stopping:
-            # nio skips a response whose next_batch it has seen; after a failed batch it has,
-            # so point it back at our token to have the retried batch handled again.
-            self.io.client.next_batch = self.token
             try:
-                resp = await self.io.client.sync(timeout=self.timeout_ms, since=self.token)
-                if not isinstance(resp, SyncResponse):
-                    raise MatrixError(f"sync failed: {getattr(resp, 'message', resp)}")
+                resp = await self.io.sync(since=self.token, timeout_ms=self.timeout_ms, filter_id=self.filter_id)
+                self._handling = True
+                await self.handle(resp)
                 await self._advance(resp.next_batch)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a handler, the network or the homeserver: retry the batch
+            except Exception as exc:  # the network, the homeserver or our store: retry the sync
                 self._handling = False
                 if self._stopping:
                     return
@@ -100,6 +133,68 @@ class SyncLoop:
                 failures += 1
                 continue
             failures, self.last_error = 0, None
+
+    async def handle(self, resp: SyncResponse) -> None:
+        """Invites, then each joined room's events (back-filled when limited), room by room."""
+        for room_id, info in resp.rooms.invite.items():
+            await self._invite(room_id, info.invite_state)
+        for room_id, room in resp.rooms.join.items():
+            events = list(room.timeline.events)
+            if room.timeline.limited and room.timeline.prev_batch and self.token is not None:
+                events = await self._backfill(room_id, room.timeline.prev_batch) + events
+            await self.dispatcher.room_events(room_id, events)
+
+    async def _backfill(self, room_id: str, prev_batch: str) -> list[Any]:
+        """Events between our token and `prev_batch`, oldest first, at most the bound."""
+        older: list[Any] = []  # newest first while paging backwards
+        start: str | None = prev_batch
+        try:
+            while start and len(older) < self.backfill_max_events:
+                want = min(BACKFILL_PAGE, self.backfill_max_events - len(older))
+                page = await self.io.messages_before(room_id, start, stop_at=self.token, limit=want)
+                older.extend(page.chunk)
+                start = page.end if page.chunk and page.end != start else None  # None: reached our token
+            if start and len(older) >= self.backfill_max_events:
+                await self._note_truncated(room_id, start, len(older))
+        except MatrixError as exc:  # e.g. left the room meanwhile: handle what the timeline has
+            self.counters["backfill_failed"] += 1
+            self.log.error("matrix_backfill_failed", extra={"room": room_id, "error": str(exc)})
+        self.counters["backfilled_events"] += len(older)
+        if older:
+            self.log.info("matrix_backfilled", extra={"room": room_id, "events": len(older)})
+        older.reverse()
+        return older
+
+    async def _note_truncated(self, room_id: str, start: str, fetched: int) -> None:
+        # more may remain only if the last page was full; ask for one more event to be sure
+        probe = await self.io.messages_before(room_id, start, stop_at=self.token, limit=1)
+        if not probe.chunk:
+            return
+        self.counters["backfill_truncated"] += 1
+        self.last_truncated = {"room": room_id, "backfilled": fetched, "bound": self.backfill_max_events}
+        self.log.error("matrix_backfill_truncated", extra=self.last_truncated)
+
+    async def _invite(self, room_id: str, invite_state: list[Any]) -> None:
+        if room_id in self._handled_invites:
+            return
+        self._handled_invites.add(room_id)
+        inviter = next(
+            (e.sender for e in invite_state
+             if isinstance(e, InviteMemberEvent) and e.state_key == self.io.user_id and e.membership == "invite"),
+            None,
+        )
+        if not self.auto_join or inviter not in self.inviters:
+            self.counters["invites_ignored"] += 1
+            self.log.info("matrix_invite_ignored", extra={"room": room_id, "inviter": inviter})
+            return
+        try:
+            await self.io.join(room_id)
+        except MatrixError as exc:
+            self._handled_invites.discard(room_id)  # try again on the next sync that shows it
+            self.log.warning("matrix_join_failed", extra={"room": room_id, "error": str(exc)})
+            return
+        self.counters["invites_joined"] += 1
+        self.log.info("matrix_invite_joined", extra={"room": room_id, "inviter": inviter})
 
     async def _advance(self, next_batch: str) -> None:
         if next_batch != self.token:

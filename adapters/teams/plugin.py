@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from chatstate.adapters.teams.auth import TokenCheck, build_authentication, build_token_check
+from chatstate.adapters.teams.clients import ReusedClients
 from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.handlers import ActivityGate, TeamsBot
 from chatstate.adapters.teams.keys import SigningKeys
@@ -66,7 +67,7 @@ class TeamsPlugin(StatefulPlugin):
         Raises StateStoreError from opening the store (it stops the gateway from starting).
         """
         settings = TeamsSettings.of(runtime)
-        auth = build_authentication(settings)
+        auth = ReusedClients(build_authentication(settings))  # clients built once, not per turn
         self._check, self._key_sets = build_token_check(settings)
         state = await self.open_state(open_sent_messages(settings, legacy=runtime.legacy), runtime)
         claims = open_activity_claims(settings, legacy=runtime.legacy)

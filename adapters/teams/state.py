@@ -50,7 +50,7 @@ SENT_MESSAGES = StateSpec(NAMESPACE, ttl_ms=SENT_TTL_MS, max_entries=SENT_MAX_EN
 # bot was slow to answer (or the delivery failed); the second copy must not be answered.
 ACTIVITIES_NAMESPACE = "msteams.activities"
 ACTIVITY_TTL_MS = 60 * 60 * 1000  # a done activity id is remembered 1 h
-ACTIVITY_MAX_ENTRIES = 10_000  # ~3 activities a second for the hour; well under the 50,000-row plugin ceiling
+ACTIVITY_MAX_ENTRIES = 10_000  # ~3 activities a second for the hour
 # a claimed-but-unanswered activity may be retaken after this: longer than a turn (sends retry
 # for at most ~3 x 10 s), shorter than the channel's redelivery window, so the activity of a
 # turn killed midway is answered on a later redelivery instead of lost

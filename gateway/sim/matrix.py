@@ -1,22 +1,28 @@
-"""A Matrix homeserver, as far as a bot using matrix-nio sees one.
+"""A Matrix homeserver, as far as a bot using matrix-nio sees one — including what a real
+Synapse does that a naive client gets wrong (issue 13).
 
 Client-server endpoints (spec v1.x, `/_matrix/client/v3`), access token as `Authorization:
 Bearer` or `?access_token=`:
   GET  /_matrix/client/versions
   GET  /account/whoami                              -> the bot's user id and device
   GET  /joined_rooms
-  GET  /sync?since=&timeout=                        -> long-polls until an event or `timeout` ms
+  POST /user/{userId}/filter                        -> a filter id (identical JSON: same id)
+  GET  /sync?since=&timeout=&filter=&full_state=    -> long-polls until an event or `timeout` ms
+  GET  /rooms/{roomId}/messages?from=&to=&dir=b&limit=
   PUT  /rooms/{roomId}/send/{type}/{txnId}          -> idempotent per (access token, txnId)
   GET  /rooms/{roomId}/event/{eventId}
-One global stream orders every event; `next_batch` is `s<position>`, so a client that sends an
-old `since` gets everything after it again (that is what makes a persisted token matter). A
-sync without `since` is an initial sync: room state plus the last `INITIAL_TIMELINE_LIMIT`
-events, `limited` when there were more.
+  POST /join/{roomId}, /rooms/{roomId}/join
+Real-server behaviour it reproduces (`matrix_sync.py` shapes the bodies): limited timelines
+with `prev_batch` (timeline limit from the filter, 10 without one); a ~2 minute response cache
+for identical non-empty /sync requests per access token (`cache_ignores_filter = True` also
+ignores the filter, to test our defences behind the fresh-filter one); redactions that strip the
+stored event; `M_LIMIT_EXCEEDED` with `retry_after_ms` (`throttle`); `M_FORBIDDEN` on send in a
+room the bot may not post in (`forbid`); invites (`invite`); a second login with its own txn-id
+space (`new_device`).
 
-Tests and the demo drive it with `send_message`, `react` and `redact` (events built from
-`fixtures/matrix/`), and read what the bot sent from the records (`kind="room_send"`). A
-redaction strips the stored original's content, as a real server does, so a reaction redacted
-before the bot synced reaches it as a redacted event.
+One global stream orders every event; `next_batch` is `s<position>`. Tests and the demo drive it
+with `send_message`, `react`, `redact`, `invite` (events built from `fixtures/matrix/`), and read
+what the bot sent from the records (`kind="room_send"`).
 """
 
 from __future__ import annotations
@@ -33,10 +39,11 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from chatstate.gateway.sim.base import Record, SimulatorServer
+from chatstate.gateway.sim.matrix_sync import messages_body, position, room_state, sync_body, timeline_limit
 
 API = "/_matrix/client/v3"
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "matrix"
-INITIAL_TIMELINE_LIMIT = 20  # events an initial sync returns per room
+RESPONSE_CACHE_S = 120.0  # Synapse keeps a non-empty /sync answer this long
 MAX_SYNC_TIMEOUT_MS = 30_000  # a longer requested long-poll is cut to this, like Synapse does
 SERVER_NAME = "sim.local"
 # Keys a redaction keeps (spec "Redactions", room versions 1-10 for these event types).
@@ -75,11 +82,35 @@ class MatrixHomeserver(SimulatorServer):
         self.members = list(members)
         self.approvers = list(approvers)
         self.gateway_url: str | None = None  # set by the harness; the bot is reached via /sync
+        self.joined: dict[str, int] = {r: 0 for r in self.rooms}  # room -> position the bot joined at
+        self.devices: dict[str, str] = {self.access_token: device_id}  # every live token
         self.events: list[dict[str, Any]] = []  # the stream; position = index + 1
         self._by_id: dict[str, dict[str, Any]] = {}
         self._txns: dict[tuple[str, str], str] = {}  # (access token, txnId) -> event_id
+        self.filters: dict[str, dict[str, Any]] = {}
         self.sync_requests = 0
+        self.cache_ignores_filter = False
+        self._cache: dict[tuple[Any, ...], tuple[float, dict[str, Any]]] = {}
+        self.forbidden_rooms: set[str] = set()
+        self._throttle: list[int] = []  # retry_after_ms of the next sends to refuse with 429
         self._stream: asyncio.Condition | None = None
+
+    @property
+    def room(self) -> str:
+        """The first room: where the tests and the demo talk to the bot."""
+        return self.rooms[0]
+
+    @property
+    def alice(self) -> str:  # an approver
+        return self.members[0]
+
+    @property
+    def bob(self) -> str:  # an approver
+        return self.members[1]
+
+    @property
+    def mallory(self) -> str:  # a member who is not an approver
+        return self.members[2]
 
     # -- SimulatorServer hooks ------------------------------------------------------------
     def gateway_config(self) -> dict[str, Any]:
@@ -98,6 +129,10 @@ class MatrixHomeserver(SimulatorServer):
         app.router.add_get(f"{API}/account/whoami", self._whoami)
         app.router.add_get(f"{API}/joined_rooms", self._joined_rooms)
         app.router.add_get(f"{API}/sync", self._sync)
+        app.router.add_post(f"{API}/user/{{user_id}}/filter", self._upload_filter)
+        app.router.add_get(f"{API}/rooms/{{room_id}}/messages", self._messages)
+        app.router.add_post(f"{API}/join/{{room_id}}", self._join)
+        app.router.add_post(f"{API}/rooms/{{room_id}}/join", self._join)
         app.router.add_put(f"{API}/rooms/{{room_id}}/send/{{event_type}}/{{txn_id}}", self._send)
         app.router.add_get(f"{API}/rooms/{{room_id}}/event/{{event_id}}", self._get_event)
 
@@ -129,6 +164,28 @@ class MatrixHomeserver(SimulatorServer):
         await self._notify()
         return redaction_id
 
+    async def invite(self, room_id: str, inviter: str) -> str:
+        """`inviter` invites the bot to `room_id` (a room it has not joined yet)."""
+        if room_id not in self.rooms:
+            self.rooms.append(room_id)
+        event = {"type": "m.room.member", "state_key": self.bot_user, "content": {"membership": "invite"}}
+        return await self._append(room_id, inviter, event)
+
+    def throttle(self, *retry_after_ms: int) -> None:
+        """Refuse the bot's next sends with 429 M_LIMIT_EXCEEDED, one per value given."""
+        self._throttle.extend(retry_after_ms)
+
+    def forbid(self, room_id: str) -> None:
+        """From now on the bot's sends in `room_id` get 403 M_FORBIDDEN."""
+        self.forbidden_rooms.add(room_id)
+
+    def new_device(self) -> str:
+        """Log the bot in again: a new access token and device, with its own txn-id space."""
+        token = "syt_" + secrets.token_urlsafe(24)
+        self.devices[token] = f"DEVICE{len(self.devices)}"
+        self.access_token = token
+        return token
+
     def sent(self, event_type: str | None = None, room_id: str | None = None) -> list[dict[str, Any]]:
         """What the bot sent (first delivery of each txn), oldest first."""
         return [
@@ -143,7 +200,7 @@ class MatrixHomeserver(SimulatorServer):
 
     # -- the stream -----------------------------------------------------------------------
     async def _append(self, room_id: str, sender: str, template: dict[str, Any], *, notify: bool = True) -> str:
-        if room_id not in self.rooms:
+        if room_id not in self.rooms and room_id not in self.joined:
             raise KeyError(f"unknown room {room_id}")
         event = dict(template)
         event.update(
@@ -167,7 +224,7 @@ class MatrixHomeserver(SimulatorServer):
         token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else request.query.get("access_token", "")
         if not token:
             raise _error(401, "M_MISSING_TOKEN", "Missing access token")
-        if token != self.access_token:
+        if token not in self.devices:
             raise _error(401, "M_UNKNOWN_TOKEN", "Unrecognised access token")
         return token
 
@@ -175,38 +232,89 @@ class MatrixHomeserver(SimulatorServer):
         return web.json_response({"versions": ["v1.1", "v1.5", "v1.9"], "unstable_features": {}})
 
     async def _whoami(self, request: web.Request) -> web.Response:
-        self._authorize(request)
-        return web.json_response({"user_id": self.bot_user, "device_id": self.device_id, "is_guest": False})
+        token = self._authorize(request)
+        return web.json_response({"user_id": self.bot_user, "device_id": self.devices[token], "is_guest": False})
 
     async def _joined_rooms(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        return web.json_response({"joined_rooms": list(self.rooms)})
+        return web.json_response({"joined_rooms": list(self.joined)})
 
     async def _sync(self, request: web.Request) -> web.Response:
-        self._authorize(request)
+        token = self._authorize(request)
         self.sync_requests += 1
         since = request.query.get("since")
-        if since is None:
-            return web.json_response(self._initial_sync())
-        position = _position(since)
+        filter_id = request.query.get("filter")
+        key = (token, since, request.query.get("timeout"), None if self.cache_ignores_filter else filter_id,
+               request.query.get("full_state"))
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            await self.record("sync_cached", {"since": since})
+            return web.json_response(cached[1])
+        start = None if since is None else position(since)
+        if since is not None and start is None:
+            raise _error(400, "M_INVALID_PARAM", "Unknown sync token")
         timeout_ms = min(int(request.query.get("timeout", "0") or 0), MAX_SYNC_TIMEOUT_MS)
         assert self._stream is not None
-        if timeout_ms > 0 and len(self.events) <= position:
+        if start is not None and timeout_ms > 0 and len(self.events) <= start:
             await self.record("sync_wait", {"since": since, "timeout_ms": timeout_ms})  # tests await this
             async with self._stream:
                 try:
-                    await asyncio.wait_for(
-                        self._stream.wait_for(lambda: len(self.events) > position), timeout_ms / 1000
-                    )
+                    await asyncio.wait_for(self._stream.wait_for(lambda: len(self.events) > start), timeout_ms / 1000)
                 except TimeoutError:
                     pass  # an empty long-poll answer, like a real server
-        return web.json_response(self._sync_body(self.events[position:], since=position))
+        body = sync_body(
+            self.events, since=start, joined=self.joined, bot_user=self.bot_user,
+            limit=timeline_limit(self.filters.get(filter_id or "")), room_state=lambda room_id: room_state(room_id, self.bot_user, self.members),
+        )
+        if body["rooms"]["join"] or body["rooms"]["invite"]:  # like Synapse: non-empty answers only
+            self._cache[key] = (time.monotonic() + RESPONSE_CACHE_S, body)
+        await self.record("sync_answer", {"since": since, "next_batch": body["next_batch"], "rooms": list(body["rooms"]["join"])})
+        return web.json_response(body)
+
+    async def _upload_filter(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        flt = await request.json()
+        for filter_id, known in self.filters.items():  # Synapse returns the id of an identical filter
+            if known == flt:
+                return web.json_response({"filter_id": filter_id})
+        filter_id = str(len(self.filters))
+        self.filters[filter_id] = flt
+        await self.record("filter_upload", {"filter_id": filter_id, "filter": flt})
+        return web.json_response({"filter_id": filter_id})
+
+    async def _messages(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        room_id = request.match_info["room_id"]
+        if room_id not in self.joined:
+            raise _error(403, "M_FORBIDDEN", "You are not in this room")
+        start = position(request.query.get("from", "")) or 0
+        stop = position(request.query.get("to", ""))
+        if request.query.get("dir") != "b":
+            raise _error(400, "M_INVALID_PARAM", "the simulator pages backwards only")
+        limit = int(request.query.get("limit", "10"))
+        await self.record("messages", {"room_id": room_id, "from": start, "to": stop, "limit": limit})
+        return web.json_response(messages_body(self.events, room_id, start=start, stop=stop, limit=limit))
+
+    async def _join(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        room_id = request.match_info["room_id"]
+        if room_id not in self.rooms:
+            raise _error(404, "M_NOT_FOUND", "No such room")
+        if room_id not in self.joined:
+            self.joined[room_id] = len(self.events)
+            await self.record("join", {"room_id": room_id})
+        return web.json_response({"room_id": room_id})
 
     async def _send(self, request: web.Request) -> web.Response:
         token = self._authorize(request)
         room_id, event_type, txn_id = (request.match_info[k] for k in ("room_id", "event_type", "txn_id"))
-        if room_id not in self.rooms:
-            raise _error(403, "M_FORBIDDEN", "You are not in this room")
+        if room_id not in self.joined or room_id in self.forbidden_rooms:
+            await self.record("room_send_forbidden", {"room_id": room_id, "type": event_type, "txn_id": txn_id})
+            raise _error(403, "M_FORBIDDEN", "You may not post in this room")
+        if self._throttle:
+            retry_after_ms = self._throttle.pop(0)
+            await self.record("room_send_throttled", {"room_id": room_id, "txn_id": txn_id, "retry_after_ms": retry_after_ms})
+            raise _error(429, "M_LIMIT_EXCEEDED", "Too Many Requests", retry_after_ms=retry_after_ms)
         try:
             content = await request.json()
         except ValueError:
@@ -232,67 +340,13 @@ class MatrixHomeserver(SimulatorServer):
             raise _error(404, "M_NOT_FOUND", "Event not found")
         return web.json_response(event)
 
-    # -- sync bodies ----------------------------------------------------------------------
-    def _initial_sync(self) -> dict[str, Any]:
-        body = self._sync_body(self.events[-INITIAL_TIMELINE_LIMIT:], since=None)
-        for room_id, room in body["rooms"]["join"].items():
-            room["state"]["events"] = self._room_state(room_id)
-            room["timeline"]["limited"] = len(self.events) > INITIAL_TIMELINE_LIMIT
-        return body
 
-    def _sync_body(self, events: list[dict[str, Any]], *, since: int | None) -> dict[str, Any]:
-        join: dict[str, Any] = {}
-        for room_id in self.rooms:
-            timeline = [_without_room(e) for e in events if e["room_id"] == room_id]
-            if timeline or since is None:
-                join[room_id] = {
-                    "timeline": {"events": timeline, "limited": False, "prev_batch": f"s{since or 0}"},
-                    "state": {"events": []},
-                    "ephemeral": {"events": []},
-                    "account_data": {"events": []},
-                    "unread_notifications": {"highlight_count": 0, "notification_count": 0},
-                }
-        return {
-            "next_batch": f"s{len(self.events)}",
-            "rooms": {"join": join, "invite": {}, "leave": {}},
-            "presence": {"events": []},
-            "account_data": {"events": []},
-            "to_device": {"events": []},
-            "device_lists": {"changed": [], "left": []},
-            "device_one_time_keys_count": {},
-        }
-
-    def _room_state(self, room_id: str) -> list[dict[str, Any]]:
-        ts = 1_700_000_000_000
-        creator = self.members[0] if self.members else self.bot_user
-        state = [
-            {"type": "m.room.create", "state_key": "", "sender": creator, "event_id": f"$create-{room_id}",
-             "origin_server_ts": ts, "content": {"creator": creator, "room_version": "10"}},
-        ]
-        for i, user in enumerate([self.bot_user, *self.members]):
-            state.append(
-                {"type": "m.room.member", "state_key": user, "sender": user, "event_id": f"$member-{i}-{room_id}",
-                 "origin_server_ts": ts + i, "content": {"membership": "join", "displayname": user[1:].split(":")[0]}}
-            )
-        return state
-
-
-def _position(since: str) -> int:
-    if not since.startswith("s") or not since[1:].isdigit():
-        raise _error(400, "M_INVALID_PARAM", "Unknown sync token")
-    return int(since[1:])
-
-
-def _without_room(event: dict[str, Any]) -> dict[str, Any]:
-    """Sync timelines carry events without `room_id` (the room is the enclosing key)."""
-    out = copy.deepcopy(event)
-    out.pop("room_id", None)
-    return out
-
-
-def _error(status: int, errcode: str, message: str) -> web.HTTPException:
-    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound}[status]
-    return cls(text=json.dumps({"errcode": errcode, "error": message}), content_type="application/json")
+def _error(status: int, errcode: str, message: str, **extra: Any) -> web.HTTPException:
+    cls = {
+        400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
+        429: web.HTTPTooManyRequests,
+    }[status]
+    return cls(text=json.dumps({"errcode": errcode, "error": message, **extra}), content_type="application/json")
 
 
 __all__ = ["MatrixHomeserver", "Record", "fixture"]

@@ -84,10 +84,11 @@ def make_store(target: dict[str, Any], clock: FakeClock) -> Iterator[StoreFactor
         overflow: str = "evict-oldest",
         clock: Callable[[], int] | None = clock,
         settings: StoreSettings | None = None,
+        **more: Any,  # v2 options such as max_value_bytes
     ) -> KeyedStore:
         store = open_keyed_store(
             plugin_id, namespace, max_entries=max_entries, default_ttl_ms=default_ttl_ms,
-            overflow=overflow, clock=clock, settings=settings, **target,
+            overflow=overflow, clock=clock, settings=settings, **more, **target,
         )
         opened.append(store)
         return store

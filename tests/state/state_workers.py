@@ -125,3 +125,19 @@ def crash_writer(path: str, round_no: int) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "crash":
         crash_writer(sys.argv[2], int(sys.argv[3]))
+
+
+def count_up(worker: int, target: dict[str, Any], n: int, barrier: Any, results: Any) -> None:
+    """Add 1 to one shared counter `n` times with `update` (compare-and-set under the hood) and
+    put {worker, errors, seen} on `results`; `seen` is every value this worker stored."""
+    errors: list[str] = []
+    seen: list[int] = []
+    try:
+        store = open_keyed_store("cas", "counter", max_entries=10, **target)
+        barrier.wait()
+        for _ in range(n):
+            seen.append(store.update("n", lambda v: (v or 0) + 1, max_attempts=1_000))
+        store.close()
+    except Exception:
+        errors.append(traceback.format_exc())
+    results.put({"worker": worker, "errors": errors, "seen": seen})

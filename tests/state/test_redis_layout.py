@@ -14,7 +14,7 @@ import redis
 
 from redis_support import with_prefix
 from chatstate.state import StateStoreError, StoreSettings, open_keyed_store, probe, sweep_expired
-from chatstate.state._redis import RedisOptions
+from chatstate.state._redis_options import RedisOptions
 from state_support import T0_MS, FakeClock
 
 

@@ -20,7 +20,7 @@ from chatstate.state import (
 )
 from state_support import T0_MS
 
-BACKEND_CALLS = ("write", "read", "take", "remove", "remove_all", "scan", "release")
+BACKEND_CALLS = ("write", "read", "read_many", "take", "remove", "remove_all", "scan", "count", "release")
 
 
 def public_methods(cls: type) -> dict[str, object]:
@@ -30,13 +30,24 @@ def public_methods(cls: type) -> dict[str, object]:
     }
 
 
+# Writes that capture their value at call time (issue 17, defect 3): plain methods returning an
+# awaitable, since an `async def` body runs only once the coroutine is first scheduled.
+CAPTURING = {"register", "register_if_absent", "compare_and_set"}
+
+
 def test_async_twin_has_the_same_methods_and_signatures():
     sync, aio = public_methods(KeyedStore), public_methods(AsyncKeyedStore)
     assert set(sync) == set(aio)
-    assert {"register", "register_if_absent", "lookup", "consume", "delete", "clear", "entries", "close"} <= set(sync)
+    assert {"register", "register_if_absent", "lookup", "consume", "delete", "clear", "entries", "close",
+            "compare_and_set", "delete_if", "update", "lookup_many", "count"} <= set(sync)
     for name in sync:
-        assert inspect.signature(aio[name]) == inspect.signature(sync[name]), name
-        assert inspect.iscoroutinefunction(aio[name]), name
+        got, want = inspect.signature(aio[name]), inspect.signature(sync[name])
+        if name in CAPTURING:
+            assert got.return_annotation == f"Awaitable[{want.return_annotation}]", name
+            got = got.replace(return_annotation=want.return_annotation)
+        else:
+            assert inspect.iscoroutinefunction(aio[name]), name
+        assert got == want, name
     opened = {open_async_keyed_store: "AsyncKeyedStore", open_keyed_store: "KeyedStore"}
     assert [inspect.signature(fn).replace(return_annotation=returns) for fn, returns in opened.items()] == [
         inspect.signature(open_keyed_store).replace(return_annotation=returns) for returns in opened.values()
@@ -87,19 +98,28 @@ async def test_disk_work_runs_off_the_event_loop_thread(target, monkeypatch):
     monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: (seen.setdefault("connect", set()).add(
         threading.get_ident()), real_connect(*a, **k))[1])
 
+    for name in ("_write_register", "_write_claim", "_write_match"):  # the twin's writes land here
+        spy(KeyedStore, name)
     store = await open_async_keyed_store("p", "ns", max_entries=10, **target)
     for name in BACKEND_CALLS:
         spy(type(store.sync._backend), name)
     await store.register("k", 1)
     await store.register_if_absent("c", 1)
     await store.lookup("k")
-    await store.lookup_entry("k")
-    await store.entries()
+    entry = await store.lookup_entry("k")
+    await store.compare_and_set("k", 2, version=entry.version)
+    await store.update("u", lambda v: (v or 0) + 1)
+    await store.lookup_many(["k", "c"])
+    await store.count()
+    await store.entries(limit=1)
     await store.consume("k")
+    await store.delete_if("u", version=1)
     await store.delete("c")
     await store.clear()
     await store.close()
-    expected = {f"KeyedStore.{n}" for n in public_methods(KeyedStore)}
+    on_the_caller = CAPTURING | {"update"}  # validated + serialized on the caller; applied below
+    expected = {f"KeyedStore.{n}" for n in public_methods(KeyedStore) if n not in on_the_caller}
+    expected |= {"KeyedStore._write_register", "KeyedStore._write_claim", "KeyedStore._write_match"}
     expected |= {f"{type(store.sync._backend).__name__}.{n}" for n in BACKEND_CALLS}
     assert expected <= set(seen)
     assert all(loop_thread not in threads for threads in seen.values()), seen

@@ -15,7 +15,7 @@ from chatstate.state.cli import main as cli_main
 from state_support import FakeClock
 
 SECRET = "SECRET-VALUE-MARKER"
-PROBE_STEPS = ["state-dir", "open", "schema", "write-read-delete", "checkpoint"]
+PROBE_STEPS = ["state-dir", "open", "schema", "write-read-delete", "checkpoint", "permissions"]
 
 
 @pytest.fixture

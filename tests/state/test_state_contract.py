@@ -238,68 +238,23 @@ def test_reject_new_refuses_a_new_key_but_updates_an_existing_one(make_store, cl
     assert [e.key for e in store.entries()] == ["a", "c"]
 
 
-# -- the per-plugin ceiling ----------------------------------------------------------------
-CEILING = StoreSettings(plugin_max_live_rows=5)
-
-
-def test_plugin_ceiling_evicts_inside_the_written_namespace_first(make_store, clock):
-    a = make_store("p", "a", max_entries=100, settings=CEILING)
-    b = make_store("p", "b", max_entries=100, settings=CEILING)
-    other = make_store("q", "a", max_entries=100, settings=CEILING)
-    for i in range(3):
-        b.register(f"b{i}", i)
-        clock.advance(1)
-    for i in range(2):
-        a.register(f"a{i}", i)
-        clock.advance(1)
-    for i in range(5):
-        other.register(f"q{i}", i)  # another plugin's rows never count
-    a.register("a2", 2)  # 6 > 5: the oldest row of "a" goes, not the older rows of "b"
-    assert [e.key for e in a.entries()] == ["a1", "a2"]
-    assert [e.key for e in b.entries()] == ["b0", "b1", "b2"]
-    assert len(other.entries()) == 5
-
-
-def test_plugin_ceiling_raises_when_the_namespace_has_nothing_left_to_evict(make_store, dump_rows):
-    a = make_store("p", "a", max_entries=100, settings=CEILING)
-    b = make_store("p", "b", max_entries=100, settings=CEILING)
-    for i in range(5):
-        a.register(f"a{i}", i)
-    before = dump_rows()
-    with pytest.raises(StateStoreError) as err:
-        b.register("b0", 0)
-    assert (err.value.code, err.value.operation) == ("LIMIT_EXCEEDED", "register")
-    assert "per-plugin limit is 5" in str(err.value)
-    assert dump_rows() == before
-    # Not locked up: the full namespace still takes writes, and freeing rows lets "b" write.
-    a.register("a5", 5)
-    assert len(a.entries()) == 5
-    assert a.delete("a5") is True
-    b.register("b0", 0)
-    assert b.lookup("b0") == 0
-
-
-def test_plugin_ceiling_ignores_expired_rows(make_store, clock):
-    a = make_store("p", "a", max_entries=100, settings=CEILING)
-    b = make_store("p", "b", max_entries=100, settings=CEILING)
-    for i in range(5):
-        a.register(f"a{i}", i, ttl_ms=10)
-    clock.advance(10)
-    for i in range(5):
-        b.register(f"b{i}", i)
-    assert len(b.entries()) == 5
-
-
-def test_plugin_ceiling_with_reject_new_refuses(make_store):
-    a = make_store("p", "a", max_entries=100, settings=CEILING)
-    b = make_store("p", "b", max_entries=100, overflow="reject-new", settings=CEILING)
-    for i in range(4):
+# -- no per-plugin ceiling (issue 17, defect 2) ----------------------------------------------
+def test_a_plugins_other_namespaces_never_lock_a_namespace_up(make_store):
+    """v1 refused this write forever once the plugin's other namespaces held the ceiling; v2 has
+    no per-plugin cap (the deprecated `plugin_max_live_rows` is accepted and ignored)."""
+    tiny = StoreSettings(plugin_max_live_rows=5)
+    a = make_store("p", "a", max_entries=100, settings=tiny)
+    b = make_store("p", "b", max_entries=2, overflow="reject-new", settings=tiny)
+    for i in range(20):
         a.register(f"a{i}", i)
     b.register("b0", 0)
-    with pytest.raises(StateStoreError) as err:
-        b.register("b1", 1)
-    assert err.value.code == "LIMIT_EXCEEDED"
-    assert [e.key for e in b.entries()] == ["b0"]
+    assert b.register_if_absent("b1", 1) is True
+    assert [e.key for e in b.entries()] == ["b0", "b1"]
+    assert len(a.entries()) == 20
+    with pytest.raises(StateStoreError) as err:  # only the namespace's own max_entries refuses
+        b.register("b2", 2)
+    assert "max_entries is 2" in str(err.value)
+
 
 
 # -- reopening -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,4 +87,45 @@ def test_a_forked_child_keeps_the_files_private(tmp_path: Path) -> None:
     store.register("k2", 2)  # and the parent's guard still works after its child's fork
     assert_private(db)
     assert store.lookup("from-child") == 1
+    store.close()
+
+
+def _child_with_inherited(store: Any, db: str, conn: "multiprocessing.connection.Connection") -> None:
+    import asyncio
+
+    from chatstate.state import StateStoreError, open_async_keyed_store
+
+    outcome: list[str] = []
+    try:
+        store.lookup("k")
+        outcome.append("inherited store answered")
+    except StateStoreError as exc:
+        outcome.append(f"{exc.code}")
+    with open_keyed_store("p", "ns", max_entries=100, path=db) as fresh:  # the child's own
+        outcome.append(str(fresh.lookup("k")))
+
+    async def use_async() -> str:
+        async with await open_async_keyed_store("p", "other", max_entries=10, path=db) as astore:
+            await astore.register("from-child-async", 2)
+            return str(await astore.lookup("from-child-async"))
+
+    outcome.append(asyncio.run(use_async()))
+    conn.send(outcome)
+
+
+def test_a_forked_child_starts_afresh_and_the_parent_is_untouched(tmp_path: Path) -> None:
+    """The one fork rule (state/_registry.py): stores inherited by a forked child are closed in
+    it; the child opens its own, sync and async; the parent's store keeps working."""
+    db = tmp_path / "plugin-state" / "state.sqlite"
+    store = open_keyed_store("p", "ns", max_entries=100, path=db)
+    store.register("k", 1)
+    ctx = multiprocessing.get_context("fork")
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=_child_with_inherited, args=(store, str(db), theirs))
+    child.start()
+    assert ours.recv() == ["UNAVAILABLE", "1", "2"]
+    child.join(30)
+    assert child.exitcode == 0
+    store.register("k2", 2)
+    assert store.lookup("k2") == 2
     store.close()

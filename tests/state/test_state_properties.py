@@ -17,9 +17,9 @@ from state_support import FakeClock
 EXAMPLES = settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-CEILING = 3  # per-plugin live rows: below the two namespaces' caps added up, so it bites
-STORE_SETTINGS = StoreSettings(plugin_max_live_rows=CEILING)
+STORE_SETTINGS = StoreSettings(plugin_max_live_rows=3)  # deprecated, no effect: v2 has no per-plugin cap
 _plugins = itertools.count()  # each example gets its own plugin id on the shared file
+Row = tuple[Any, int, "int | None", int]  # value, created, expires, version
 
 
 # -- the model -----------------------------------------------------------------------------
@@ -28,9 +28,9 @@ class ModelNamespace:
     max_entries: int
     default_ttl_ms: int | None
     overflow: str
-    rows: dict[str, tuple[Any, int, int | None]] = field(default_factory=dict)  # value, created, expires
+    rows: dict[str, Row] = field(default_factory=dict)
 
-    def live(self, now: int) -> dict[str, tuple[Any, int, int | None]]:
+    def live(self, now: int) -> dict[str, Row]:
         return {k: r for k, r in self.rows.items() if r[2] is None or r[2] > now}
 
 
@@ -39,40 +39,50 @@ class ModelError(Exception):
         self.code = code
 
 
-def oldest_first(rows: dict[str, tuple[Any, int, int | None]], keep: str) -> list[str]:
+def oldest_first(rows: dict[str, Row], keep: str) -> list[str]:
     return sorted((k for k in rows if k != keep), key=lambda k: (rows[k][1], k))
 
 
 class Model:
-    """What DESIGN.md §2 says the store does, written as directly as possible."""
+    """What docs/state.md says the store does, written as directly as possible.
+
+    Versions are opaque: the model does not know the number a write draws, so after each write
+    it applied, the test tells it (`learn`) what the store reports, and checks that the number
+    never repeats for the key.
+    """
 
     def __init__(self, namespaces: list[ModelNamespace]) -> None:
         self.namespaces = namespaces
+        self.history: dict[tuple[int, str], list[int]] = {}  # every version a key has had
 
-    def write(self, i: int, key: str, value: Any, ttl: int | None, now: int, *, if_absent: bool) -> bool:
+    def write(self, i: int, key: str, value: Any, ttl: int | None, now: int, *, mode: str,
+              expect: int | None = None) -> bool:
         ns = self.namespaces[i]
         rows = ns.live(now)
-        if if_absent and key in rows:
+        if mode == "claim" and key in rows:
+            return False
+        if mode == "match" and (key not in rows or rows[key][3] != expect):
             return False
         ttl = ttl if ttl is not None else ns.default_ttl_ms
-        rows[key] = (value, now, None if ttl is None else now + ttl)
+        rows[key] = (value, now, None if ttl is None else now + ttl, -1)  # version: learnt next
         if len(rows) > ns.max_entries:
             if ns.overflow == "reject-new":
                 raise ModelError("LIMIT_EXCEEDED")
             for victim in oldest_first(rows, key)[: len(rows) - ns.max_entries]:
                 del rows[victim]
-        others = sum(len(o.live(now)) for j, o in enumerate(self.namespaces) if j != i)
-        excess = others + len(rows) - CEILING
-        if excess > 0:
-            if ns.overflow == "reject-new":
-                raise ModelError("LIMIT_EXCEEDED")
-            victims = oldest_first(rows, key)[:excess]
-            if len(victims) < excess:
-                raise ModelError("LIMIT_EXCEEDED")
-            for victim in victims:
-                del rows[victim]
         ns.rows = rows
         return True
+
+    def learn(self, i: int, key: str, version: int) -> None:
+        seen = self.history.setdefault((i, key), [])
+        assert version not in seen, "a version repeated for one key"
+        seen.append(version)
+        value, created, expires, _ = self.namespaces[i].rows[key]
+        self.namespaces[i].rows[key] = (value, created, expires, version)
+
+    def current(self, i: int, key: str) -> int | None:
+        row = self.namespaces[i].rows.get(key)
+        return None if row is None else row[3]
 
     def lookup_entry(self, i: int, key: str, now: int) -> Entry | None:
         row = self.namespaces[i].live(now).get(key)
@@ -81,6 +91,10 @@ class Model:
     def lookup(self, i: int, key: str, now: int) -> Any:
         entry = self.lookup_entry(i, key, now)
         return None if entry is None else entry.value
+
+    def lookup_many(self, i: int, keys: list[str], now: int) -> dict[str, Any]:
+        rows = self.namespaces[i].live(now)
+        return {k: rows[k][0] for k in keys if k in rows}
 
     def consume(self, i: int, key: str, now: int) -> Any:
         entry = self.lookup_entry(i, key, now)
@@ -92,14 +106,27 @@ class Model:
         self.namespaces[i].rows.pop(key, None)
         return entry is not None
 
+    def delete_if(self, i: int, key: str, version: int, now: int) -> bool:
+        entry = self.lookup_entry(i, key, now)
+        if entry is None or entry.version != version:
+            return False
+        del self.namespaces[i].rows[key]
+        return True
+
     def clear(self, i: int, now: int) -> int:
         live = len(self.namespaces[i].live(now))
         self.namespaces[i].rows = {}
         return live
 
-    def entries(self, i: int, now: int) -> list[Entry]:
+    def count(self, i: int, now: int) -> int:
+        return len(self.namespaces[i].live(now))
+
+    def entries(self, i: int, now: int, limit: int | None = None, after: Entry | None = None) -> list[Entry]:
         rows = self.namespaces[i].live(now)
-        return [Entry(k, *rows[k]) for k in sorted(rows, key=lambda k: (rows[k][1], k))]
+        ordered = [Entry(k, *rows[k]) for k in sorted(rows, key=lambda k: (rows[k][1], k))]
+        if after is not None:
+            ordered = [e for e in ordered if (e.created_at, e.key) > (after.created_at, after.key)]
+        return ordered if limit is None else ordered[:limit]
 
 
 # -- strategies ----------------------------------------------------------------------------
@@ -112,13 +139,19 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=6,
 )
+WHICH_VERSION = st.sampled_from(["current", "current", "stale", "bogus"])
 WRITES = st.tuples(st.sampled_from(["register", "register", "register_if_absent"]), NS, KEYS, JSON, TTL)
-OPS = st.one_of(  # writes weighted up so namespaces fill, evict and hit the ceiling often
+OPS = st.one_of(  # writes weighted up so namespaces fill and evict often
     WRITES,
     WRITES,
     WRITES,
+    st.tuples(st.just("compare_and_set"), NS, KEYS, JSON, TTL, WHICH_VERSION),
+    st.tuples(st.just("delete_if"), NS, KEYS, WHICH_VERSION),
+    st.tuples(st.just("update"), NS, KEYS, TTL),
     st.tuples(st.sampled_from(["lookup", "lookup_entry", "consume", "delete"]), NS, KEYS),
-    st.tuples(st.sampled_from(["clear", "entries"]), NS),
+    st.tuples(st.just("lookup_many"), NS, st.lists(KEYS, max_size=5)),
+    st.tuples(st.sampled_from(["clear", "entries", "count"]), NS),
+    st.tuples(st.just("page"), NS, st.none() | st.integers(1, 3), st.integers(0, 8)),
     st.tuples(st.just("advance"), st.integers(0, 25)),
     st.tuples(st.just("sweep")),
 )
@@ -129,6 +162,15 @@ def observe(call) -> tuple[str, Any]:
         return ("ok", call())
     except (StateStoreError, ModelError) as exc:
         return ("error", str(exc.code))
+
+
+def pick_version(model: Model, i: int, key: str, which: str) -> int:
+    if which == "current" and model.current(i, key) is not None:
+        return model.current(i, key)  # type: ignore[return-value]
+    older = model.history.get((i, key), [])[:-1]
+    if which == "stale" and older:
+        return older[-1]
+    return 12345
 
 
 @EXAMPLES
@@ -143,6 +185,7 @@ def test_random_operations_match_a_dict_model(make_store, target, ops):
         for i, (m, d, o) in enumerate(shapes)
     ]
     model = Model([ModelNamespace(m, d, o) for m, d, o in shapes])
+    cursors: list[Entry] = []  # every Entry seen, stale ones too: paging must cope with both
     for op, *args in ops:
         now = clock()
         if op == "advance":
@@ -152,13 +195,41 @@ def test_random_operations_match_a_dict_model(make_store, target, ops):
             sweep_expired(**target, settings=STORE_SETTINGS, now_ms=now)
             continue
         i, store = args[0], stores[args[0]]
-        if op in ("register", "register_if_absent"):
-            _, key, value, ttl = args
-            got = observe(lambda: getattr(store, op)(key, value, ttl_ms=ttl))
-            want = observe(lambda: model.write(i, key.strip(), value, ttl, now, if_absent=op != "register"))
+        written: str | None = None  # the key whose new version the model must learn
+        if op in ("register", "register_if_absent", "compare_and_set"):
+            key, value, ttl = args[1], args[2], args[3]
+            k = key.strip()
+            mode = {"register": "upsert", "register_if_absent": "claim", "compare_and_set": "match"}[op]
+            extra = {"version": pick_version(model, i, k, args[4])} if op == "compare_and_set" else {}
+            got = observe(lambda: getattr(store, op)(key, value, ttl_ms=ttl, **extra))
+            want = observe(lambda: model.write(i, k, value, ttl, now, mode=mode, expect=extra.get("version")))
             if op == "register" and want[0] == "ok":
                 want = ("ok", None)
-        elif op in ("clear", "entries"):
+            if want[0] == "ok" and want[1] is not False:
+                written = k
+        elif op == "update":
+            key, ttl = args[1], args[2]
+            k = key.strip()
+            got = observe(lambda: store.update(key, lambda v: [v, 1], ttl_ms=ttl))
+            old = model.lookup(i, k, now)
+            mode = "claim" if model.lookup_entry(i, k, now) is None else "match"
+            want = observe(lambda: model.write(i, k, [old, 1], ttl, now, mode=mode, expect=model.current(i, k)) and [old, 1])
+            written = k if want[0] == "ok" else None
+        elif op == "delete_if":
+            k = args[1].strip()
+            version = pick_version(model, i, k, args[2])
+            got = observe(lambda: store.delete_if(args[1], version=version))
+            want = observe(lambda: model.delete_if(i, k, version, now))
+        elif op == "lookup_many":
+            keys = args[1]
+            got = observe(lambda: store.lookup_many(keys))
+            want = observe(lambda: model.lookup_many(i, [k.strip() for k in keys], now))
+        elif op == "page":
+            limit, pick = args[1], args[2]
+            after = cursors[pick % len(cursors)] if cursors and pick else None
+            got = observe(lambda: store.entries(limit=limit, after=after))
+            want = observe(lambda: model.entries(i, now, limit, after))
+        elif op in ("clear", "entries", "count"):
             got = observe(getattr(store, op))
             want = observe(lambda: getattr(model, op)(i, now))
         else:
@@ -166,8 +237,18 @@ def test_random_operations_match_a_dict_model(make_store, target, ops):
             got = observe(lambda: getattr(store, op)(key))
             want = observe(lambda: getattr(model, op)(i, key.strip(), now))
         assert got == want, (op, args)
+        if isinstance(got[1], list) and got[1] and isinstance(got[1][0], Entry):
+            assert [e.version for e in got[1]] == [e.version for e in want[1]], (op, args)
+            cursors.extend(got[1])
+        if isinstance(got[1], Entry):
+            assert got[1].version == want[1].version, (op, args)
+        if written is not None:
+            entry = store.lookup_entry(written)
+            assert entry is not None
+            model.learn(i, written, entry.version)
     for i, store in enumerate(stores):
         assert store.entries() == model.entries(i, clock())
+        assert [e.version for e in store.entries()] == [e.version for e in model.entries(i, clock())]
 
 
 # -- invalid input -------------------------------------------------------------------------

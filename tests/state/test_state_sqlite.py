@@ -34,7 +34,7 @@ def store_connections(monkeypatch: pytest.MonkeyPatch) -> list[sqlite3.Connectio
 
     def spy(*args, **kwargs):
         conn = real_connect(*args, **kwargs)
-        if not kwargs.get("uri"):  # uri=True is the read-only check of an existing file
+        if "mode=ro" not in str(args[0] if args else kwargs.get("database")):  # not the read-only check
             made.append(conn)
         return conn
 
@@ -84,7 +84,8 @@ def test_default_busy_timeout_is_at_least_5_s_and_lower_is_refused():
 def test_wal_schema_version_and_indexes_on_disk(store, query, db_path):
     store.register("k", 1)
     assert db_path.read_bytes()[18:20] == b"\x02\x02"  # file format: WAL
-    assert query("PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(1,)]
+    assert query("PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(2,)]
+    assert [r[1] for r in query("PRAGMA table_info(entries)")][-1] == "version"  # schema v2
     assert [r[5] for r in query("PRAGMA table_info(entries)") if r[5]] == [1, 2, 3]
     assert [r[1] for r in query("PRAGMA table_info(entries)") if r[5]] == ["plugin_id", "namespace", "key"]
     indexed = {
@@ -186,7 +187,8 @@ def test_unreadable_stored_json_is_corrupt_without_showing_it(store, query, db_p
         assert (err.value.code, err.value.operation, err.value.path) == ("CORRUPT", op, str(db_path))
         assert "SECRET" not in str(err.value)
     assert store.lookup("good") == 1
-    assert query("SELECT count(*) FROM entries WHERE key = 'bad'") == [(0,)]  # consume removed it
+    # Issue 17, defect 4: consume rolled back, so the row is kept for the operator to inspect.
+    assert query("SELECT value FROM entries WHERE key = 'bad'") == [('{"SECRET-MARKER',)]
 
 
 def test_last_close_checkpoints_the_wal(make_store, sqlite_target, db_path):

@@ -1,14 +1,18 @@
-"""Fixtures for the Matrix adapter tests: a homeserver simulator and a real gateway subprocess."""
+"""Fixtures for the Matrix adapter tests: the homeserver simulator, a private Synapse per test
+session (the real-homeserver tier, issue 13), and a real gateway subprocess."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.matrix import MatrixHomeserver
+from synapse_driver import SynapseRoomDriver
+from synapse_install import synapse_python
+from synapse_server import SynapseServer
 
 
 @pytest.fixture
@@ -21,3 +25,29 @@ async def gw(sim: MatrixHomeserver, tmp_path: Path) -> AsyncIterator[GatewayHarn
     """A gateway running the Matrix adapter in store mode against `sim`."""
     async with GatewayHarness([sim], modes="store", state_dir=tmp_path / "state") as h:
         yield h
+
+
+@pytest.fixture(scope="session")
+def synapse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynapseServer]:
+    """One Synapse for the session. A missing or broken Synapse fails the tier, never skips."""
+    try:
+        server = SynapseServer(tmp_path_factory.mktemp("synapse"), synapse_python())
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def synapse(synapse_server: SynapseServer) -> AsyncIterator[SynapseRoomDriver]:
+    """This test's bot device and room on the session Synapse (the bot joined out of band)."""
+    driver = SynapseRoomDriver(synapse_server)
+    try:
+        await driver.open()
+        yield driver
+    finally:
+        await driver.stop()
+        synapse_server.reset_ratelimit(driver.bot_user)

@@ -12,6 +12,9 @@ from typing import Any
 
 from chatstate.adapters.matrix import platform
 from chatstate.gateway.sim.matrix import SERVER_NAME, MatrixHomeserver
+from synapse_driver import SynapseRoomDriver
+
+Homeserver = MatrixHomeserver | SynapseRoomDriver  # the simulator, or this test's room on Synapse
 
 ROOM = f"!ops:{SERVER_NAME}"
 ALICE = f"@alice:{SERVER_NAME}"  # an approver
@@ -46,20 +49,20 @@ def rows(db: Path, plugin_id: str, namespace: str) -> dict[str, Row]:
     return {k: Row(k, json.loads(v), c, e) for k, v, c, e in found}
 
 
-def prompts(sim: MatrixHomeserver) -> list[dict[str, Any]]:
+def prompts(sim: Homeserver) -> list[dict[str, Any]]:
     """Prompts the bot posted (first delivery of each txn)."""
     return [s for s in sim.sent("m.room.message") if "expires_at" in s["content"].get(platform.APPROVAL_FIELD, {})]
 
 
-def outcomes(sim: MatrixHomeserver) -> list[dict[str, Any]]:
+def outcomes(sim: Homeserver) -> list[dict[str, Any]]:
     return [s for s in sim.sent("m.room.message") if "decision" in s["content"].get(platform.APPROVAL_FIELD, {})]
 
 
-def expired_notices(sim: MatrixHomeserver) -> list[dict[str, Any]]:
+def expired_notices(sim: Homeserver) -> list[dict[str, Any]]:
     return [s for s in sim.sent("m.room.message") if s["content"]["body"] == platform.EXPIRED_TEXT]
 
 
-def seeds(sim: MatrixHomeserver, prompt_id: str) -> list[str]:
+def seeds(sim: Homeserver, prompt_id: str) -> list[str]:
     """Reaction keys the bot seeded on `prompt_id`, in order."""
     return [
         s["content"]["m.relates_to"]["key"] for s in sim.sent("m.reaction")
@@ -67,14 +70,17 @@ def seeds(sim: MatrixHomeserver, prompt_id: str) -> list[str]:
     ]
 
 
-async def request(sim: MatrixHomeserver, action: str, *, command: str = "!approve", sender: str = ALICE) -> dict[str, Any]:
+async def request(
+    sim: Homeserver, action: str, *, command: str = "!approve", sender: str | None = None, room: str | None = None
+) -> dict[str, Any]:
     """Ask for an approval and wait until its prompt is posted and every reaction seeded.
 
     Returns the prompt as sent. Also serves as a barrier: the bot handles events in order, so
     once this prompt is complete every earlier event has been handled.
     """
-    request_id = await sim.send_message(ROOM, sender, f"{command} {action}")
-    approval_id = platform.approval_id(ROOM, request_id)
+    room = room or sim.room
+    request_id = await sim.send_message(room, sender or sim.alice, f"{command} {action}")
+    approval_id = platform.approval_id(room, request_id)
     wanted = len(platform.COMMANDS[command])
 
     def complete(_: object) -> bool:
@@ -85,6 +91,6 @@ async def request(sim: MatrixHomeserver, action: str, *, command: str = "!approv
     return next(p for p in prompts(sim) if p["content"][platform.APPROVAL_FIELD]["id"] == approval_id)
 
 
-async def barrier(sim: MatrixHomeserver) -> None:
-    """Wait until the bot has handled every event injected so far."""
-    await request(sim, f"barrier {len(sim.events)}")
+async def barrier(sim: Homeserver, room: str | None = None) -> None:
+    """Wait until the bot has handled every event injected so far (in `room`)."""
+    await request(sim, f"barrier {len(sim.events)}", room=room)

@@ -80,6 +80,7 @@ async def test_prompt_target_and_approval_are_on_disk_when_the_prompt_is_complet
     assert (status, matrix["status"], matrix["mode"], matrix["user"]) == (200, "ok", "store", sim.bot_user)
     assert {s["namespace"]: s["mode"] for s in matrix["stores"]} == {
         REACTIONS: "store", SYNC: "store", PENDING: "store",
+        "matrix.handled-events": "store", "matrix.requester-slots": "store",
     }
 
 

@@ -40,10 +40,10 @@ class FileRuntime:
         return await self._open(self.plugin_id, namespace, max_entries, default_ttl_ms)
 
     async def open_core_store(self, core_id: str, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None) -> state.AsyncKeyedStore:
-        return await self._open(core_id, namespace, max_entries, default_ttl_ms)
+        return await self._open(core_id, namespace, max_entries, default_ttl_ms, core=True)
 
-    async def _open(self, plugin_id: str, namespace: str, max_entries: int, ttl: int | None) -> state.AsyncKeyedStore:
-        store = await state.open_async_keyed_store(plugin_id, namespace, max_entries=max_entries, default_ttl_ms=ttl, path=self.db)
+    async def _open(self, plugin_id: str, namespace: str, max_entries: int, ttl: int | None, *, core: bool = False) -> state.AsyncKeyedStore:
+        store = await state.open_async_keyed_store(plugin_id, namespace, max_entries=max_entries, default_ttl_ms=ttl, path=self.db, core=core)
         self.opened.append(store)
         return store
 

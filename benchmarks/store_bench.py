@@ -49,6 +49,7 @@ import diskcache  # noqa: E402
 from chatstate import state  # noqa: E402
 from chatstate.state import _sqlite  # noqa: E402
 from chatstate.state import _sqlite_schema as sql  # noqa: E402  (the very statements the backend runs)
+from chatstate.gateway.clock import now_ms  # noqa: E402
 
 OPS = ("register", "lookup", "register_if_absent", "consume")  # run in this order: the claims
 # add fresh keys that consume then removes, so the live row count ends where it started.
@@ -72,10 +73,6 @@ TARGET_LOOP_GAP_MS = 20.0  # largest gap a 1 ms ticker sees while the async twin
 
 def key_of(i: int) -> str:
     return f"T0123ABCD:A0456:C0789EFGH:{1_712_345_000 + i}.{i % 1_000_000:06d}"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # -- columns: one function per backend per op ---------------------------------------------------

@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 
 from chatstate.adapters.matrix.config import MatrixSettings
-from chatstate.adapters.matrix.dispatch import EventDispatcher
+from chatstate.adapters.matrix.handlers import EventDispatcher
 from chatstate.adapters.matrix.handlers import ApprovalFlow
 from chatstate.adapters.matrix.platform import MatrixIO
 from chatstate.adapters.matrix.state import (
@@ -23,10 +23,11 @@ from chatstate.adapters.matrix.state import (
 )
 from chatstate.adapters.matrix.sync import SyncLoop
 from chatstate.gateway.approvals import ApprovalService
-from chatstate.gateway.plugin import Plugin, PluginRuntime
+from chatstate.gateway.plugin import PluginRuntime
+from chatstate.gateway.stateful import StatefulPlugin
 
 
-class MatrixPlugin(Plugin):
+class MatrixPlugin(StatefulPlugin):
     """Approval prompts answered by reaction, surviving restarts (`mode = "legacy"`: they don't)."""
 
     id = "matrix"
@@ -34,6 +35,7 @@ class MatrixPlugin(Plugin):
     settings_type = MatrixSettings
 
     def __init__(self) -> None:
+        super().__init__()
         self.config: MatrixSettings | None = None
         self.io: MatrixIO | None = None
         self.targets: ReactionTargets | None = None
@@ -58,8 +60,8 @@ class MatrixPlugin(Plugin):
         self.approvals = ApprovalService(legacy=runtime.legacy)
         self.ledger = HandledEvents(legacy=runtime.legacy)
         self.slots = RequesterSlots(legacy=runtime.legacy)
-        for part in self._parts():
-            await part.open(runtime)
+        for part in (self.targets, self.tokens, self.approvals, self.ledger, self.slots):
+            await self.open_state(part.state, runtime)
         self.io = io = MatrixIO(config.homeserver, config.access_token)
         flow = ApprovalFlow(
             io, self.targets, self.approvals, self.slots, approvers=config.approvers,
@@ -82,26 +84,22 @@ class MatrixPlugin(Plugin):
         runtime.log.info("matrix_started", extra={"user": io.user_id, "rooms": len(io.rooms), "resumed": resumed})
 
     async def stop(self) -> None:
-        """Stop syncing (letting a batch being handled finish and save its token), close nio."""
+        """Stop syncing (letting a batch being handled finish and save its token), close nio,
+        then the states."""
         if self._task is not None and self.loop is not None:
             await self.loop.stop(self._task)
             self._task = None
         if self.io is not None:
             await self.io.close()
-
-    def _parts(self) -> list[Any]:
-        parts = (self.targets, self.tokens, self.approvals, self.ledger, self.slots)
-        return [p for p in parts if p is not None]
+        await super().stop()  # the five states: closed here, not left to the gateway
 
     def health(self) -> dict[str, Any]:
         """Status, stores, and the sync loop's counters (failed events, back-fill bound hits)."""
-        parts = [p.state.health() for p in self._parts()]
-        degraded = any(p["mode"] == "degraded" for p in parts)
         sync = self.loop.health() if self.loop else {"sync_error": None}
         return {
-            "status": "degraded" if degraded or sync["sync_error"] else "ok",
+            "status": "degraded" if self.degraded() or sync["sync_error"] else "ok",
             "mode": "legacy" if self._legacy else "store",
             "user": self.io.user_id if self.io else None,
             **sync,
-            "stores": parts,
+            "stores": self.states_health(),
         }

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from chatstate.adapters.common import AdapterState, Clock, StateSpec, now_ms
+from chatstate.gateway.adapter_state import AdapterState, StateSpec
+from chatstate.gateway.clock import Clock, now_ms
 from chatstate.gateway.approvals import Decision
 
 if TYPE_CHECKING:

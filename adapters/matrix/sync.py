@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Collection
 from typing import Any
 
-from chatstate.adapters.matrix.dispatch import EventDispatcher
+from chatstate.adapters.matrix.handlers import EventDispatcher
 from chatstate.adapters.matrix.platform import MatrixError, MatrixIO
 from chatstate.adapters.matrix.state import SyncTokens
 from nio import InviteMemberEvent, SyncResponse

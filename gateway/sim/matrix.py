@@ -40,6 +40,7 @@ from aiohttp import web
 
 from chatstate.gateway.sim.base import Record, SimulatorServer
 from chatstate.gateway.sim.matrix_sync import messages_body, position, room_state, sync_body, timeline_limit
+from chatstate.gateway.clock import now_ms
 
 API = "/_matrix/client/v3"
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "matrix"
@@ -53,10 +54,6 @@ _KEPT_ON_REDACTION = ("event_id", "type", "room_id", "sender", "state_key", "ori
 def fixture(name: str) -> dict[str, Any]:
     """Load `fixtures/matrix/<name>.json` (a fresh copy each call)."""
     return json.loads((FIXTURES / f"{name}.json").read_text(encoding="utf-8"))
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class MatrixHomeserver(SimulatorServer):
@@ -205,7 +202,7 @@ class MatrixHomeserver(SimulatorServer):
         event = dict(template)
         event.update(
             event_id=f"${secrets.token_urlsafe(18)}", room_id=room_id, sender=sender,
-            origin_server_ts=_now_ms(), unsigned={},
+            origin_server_ts=now_ms(), unsigned={},
         )
         self.events.append(event)
         self._by_id[event["event_id"]] = event

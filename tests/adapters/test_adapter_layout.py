@@ -36,6 +36,4 @@ def test_every_bundled_adapter_has_the_five_files_and_the_table_names_the_rest()
 
 def test_adapter_modules_stay_small() -> None:
     for path in sorted((ROOT / "adapters").glob("*/*.py")):
-        if path.parent.name == "matrix":
-            continue  # reworked in parallel (issue 13); it joins this check when it joins the layout
         assert len(path.read_text().splitlines()) <= MAX_LINES, path

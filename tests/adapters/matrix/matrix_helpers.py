@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from chatstate.adapters.matrix import platform
+from chatstate.gateway.clock import now_ms
 from chatstate.gateway.sim.matrix import SERVER_NAME, MatrixHomeserver
 from synapse_driver import SynapseRoomDriver
 
@@ -42,7 +42,7 @@ def rows(db: Path, plugin_id: str, namespace: str) -> dict[str, Row]:
         found = con.execute(
             "SELECT key, value, created_at, expires_at FROM entries"
             " WHERE plugin_id = ? AND namespace = ? AND (expires_at IS NULL OR expires_at > ?)",
-            (plugin_id, namespace, time.time_ns() // 1_000_000),
+            (plugin_id, namespace, now_ms()),
         ).fetchall()
     finally:
         con.close()

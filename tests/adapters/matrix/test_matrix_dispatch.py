@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from nio import Event
 
-from chatstate.adapters.common import now_ms
+from chatstate.gateway.clock import now_ms
 from chatstate.adapters.matrix.config import MatrixSettings
-from chatstate.adapters.matrix.dispatch import EventDispatcher
+from chatstate.adapters.matrix.handlers import EventDispatcher
 from chatstate.adapters.matrix.handlers import ApprovalFlow
 from chatstate.adapters.matrix.platform import MatrixError, MatrixIO
 from chatstate.adapters.matrix.state import HandledEvents, ReactionTargets, RequesterSlots

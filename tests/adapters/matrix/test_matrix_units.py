@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from chatstate import state
-from chatstate.adapters.common import now_ms
+from chatstate.gateway.clock import now_ms
 from chatstate.adapters.matrix import platform
 from chatstate.adapters.matrix.config import DEFAULT_APPROVAL_TTL_MS, MatrixSettings
 from chatstate.gateway.exits import ConfigError

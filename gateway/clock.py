@@ -1,17 +1,13 @@
-"""The one wall clock of the gateway, its adapters and simulators: ms since the epoch.
+"""The one wall clock: ms since the epoch, for the gateway, its adapters and simulators.
 
-Every TTL, lease and expiry the gateway and adapters compute is in these ms, so they share one
-function (and tests pass their own `Clock` where they need time to move). The state package
-keeps its own (it sits below the gateway and imports nothing from it).
+Every TTL, lease and expiry is in these ms, so there is one function: the state package's own
+(`state/_entry.py`, which sits below the gateway and imports nothing from it), named here for
+everything above it. Tests pass their own `Clock` where they need time to move.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from chatstate.state._entry import Clock
+from chatstate.state._entry import wall_clock_ms as now_ms
 
-Clock = Callable[[], int]  # ms since epoch
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+__all__ = ["Clock", "now_ms"]

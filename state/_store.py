@@ -18,7 +18,7 @@ from ._paths import database_path, resolve_path, state_dir
 from ._registry import acquire_backend
 from ._settings import MAX_VALUE_BYTES, UPDATE_ATTEMPTS, StoreSettings
 
-__all__ = ["Clock", "Entry", "KeyedStore", "database_path", "open_keyed_store", "op_counts", "resolve_path",
+__all__ = ["Clock", "Entry", "KeyedStore", "database_path", "join_store", "open_keyed_store", "op_counts", "resolve_path",
            "state_dir", "wall_clock_ms"]
 
 _MEASURED_OPS = ("register", "register_if_absent", "compare_and_set", "update", "lookup", "lookup_many",
@@ -336,15 +336,53 @@ def open_keyed_store(
     INVALID_INPUT, LIMIT_EXCEEDED (namespace/plugin id size), OPEN_FAILED, CORRUPT,
     SCHEMA_UNSUPPORTED, UNAVAILABLE.
     """
-    plugin_id = check.plugin_id(plugin_id, core=core)
-    namespace = check.namespace(namespace)
-    max_entries = check.max_entries(max_entries)
-    default_ttl_ms = check.ttl_ms(default_ttl_ms, "open", "default_ttl_ms")
-    overflow = check.overflow(overflow)
-    max_value_bytes = check.max_value_bytes(max_value_bytes)
     if path is not None and url is not None:
         raise StateStoreError("INVALID_INPUT", "open", "give either path or url, not both")
-    backend = acquire_backend(path, url, settings or StoreSettings())
+    wanted = _checked(plugin_id, namespace, max_entries, default_ttl_ms, overflow, max_value_bytes, core)
+    return _bind(acquire_backend(path, url, settings or StoreSettings()), wanted, clock)
+
+
+def join_store(
+    backend: Callable[[], Backend],
+    plugin_id: str,
+    namespace: str,
+    *,
+    max_entries: int,
+    default_ttl_ms: int | None = None,
+    overflow: str = "evict-oldest",
+    max_value_bytes: int = MAX_VALUE_BYTES,
+    clock: Clock | None = None,
+    core: bool = False,
+) -> KeyedStore:
+    """`open_keyed_store` on the backend a `Database` holds (`backend()` returns it, opening it
+    on first use): the store takes its own user of it, as a store opened by path does."""
+    wanted = _checked(plugin_id, namespace, max_entries, default_ttl_ms, overflow, max_value_bytes, core)
+    shared = backend()
+    shared.acquire()
+    try:
+        if shared.closed:
+            raise StateStoreError("UNAVAILABLE", "open", "the database is closed", path=shared.location)
+        shared.reopened()  # modes are re-applied on every open, as state/_registry.py does
+    except BaseException:
+        shared.release()
+        raise
+    return _bind(shared, wanted, clock)
+
+
+_Wanted = tuple[str, str, int, "int | None", str, int]
+
+
+def _checked(plugin_id: str, namespace: str, max_entries: int, default_ttl_ms: int | None, overflow: str,
+             max_value_bytes: int, core: bool) -> _Wanted:
+    return (check.plugin_id(plugin_id, core=core), check.namespace(namespace), check.max_entries(max_entries),
+            check.ttl_ms(default_ttl_ms, "open", "default_ttl_ms"), check.overflow(overflow),
+            check.max_value_bytes(max_value_bytes))
+
+
+def _bind(backend: Backend, checked: _Wanted, clock: Clock | None) -> KeyedStore:
+    """Record the pair's settings (one set per pair per database) and make the store; on a
+    conflict, give back the backend user the caller took and raise INVALID_INPUT."""
+    plugin_id, namespace, max_entries, default_ttl_ms, overflow, max_value_bytes = checked
     ident = (os.getpid(), backend.location, plugin_id, namespace)
     wanted = (max_entries, default_ttl_ms, overflow, max_value_bytes)
     with _lock:

@@ -333,10 +333,10 @@ async def open_async_keyed_store(
     core: bool = False,
 ) -> AsyncKeyedStore:
     """Open an `AsyncKeyedStore` off the loop; arguments and errors as `open_keyed_store`."""
-    return await open_async_with(open_keyed_store, plugin_id, namespace, dict(
-        max_entries=max_entries, default_ttl_ms=default_ttl_ms, overflow=overflow,
-        max_value_bytes=max_value_bytes, path=path, url=url, settings=settings, clock=clock, core=core,
-    ))
+    return await open_async_with(open_keyed_store, plugin_id, namespace, {
+        "max_entries": max_entries, "default_ttl_ms": default_ttl_ms, "overflow": overflow,
+        "max_value_bytes": max_value_bytes, "path": path, "url": url, "settings": settings, "clock": clock, "core": core,
+    })
 
 
 async def open_async_with(

@@ -15,16 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from . import _files as files
+from ._aio import AsyncKeyedStore, open_async_with
 from ._backend import Backend, Limits, Mode
+from ._entry import new_version, wall_clock_ms
 from ._errors import StateStoreError
-from ._settings import StoreSettings
-from ._sqlite_schema import check_existing
 from ._paths import resolve_path
 from ._registry import acquire_backend
+from ._settings import MAX_VALUE_BYTES, StoreSettings
+from ._sqlite_schema import check_existing
 from ._store import Clock, KeyedStore, join_store
-from ._settings import MAX_VALUE_BYTES
-from ._entry import new_version, wall_clock_ms
-from ._aio import AsyncKeyedStore, open_async_with
 
 PROBE_PLUGIN = "core:probe"  # a core-owned pair: probe rows never land in a plugin's namespace
 PROBE_NAMESPACE = "probe"
@@ -85,10 +84,10 @@ class Database:
         core: bool = False,
     ) -> AsyncKeyedStore:
         """`state.open_async_keyed_store` on this database, opened off the loop."""
-        return await open_async_with(self.open_keyed_store, plugin_id, namespace, dict(
-            max_entries=max_entries, default_ttl_ms=default_ttl_ms, overflow=overflow,
-            max_value_bytes=max_value_bytes, clock=clock, core=core,
-        ))
+        return await open_async_with(self.open_keyed_store, plugin_id, namespace, {
+            "max_entries": max_entries, "default_ttl_ms": default_ttl_ms, "overflow": overflow,
+            "max_value_bytes": max_value_bytes, "clock": clock, "core": core,
+        })
 
     def sweep_expired(self, *, now_ms: int | None = None) -> int:
         """Delete expired rows of every plugin in batches of <= 1,024; returns how many went.

@@ -35,7 +35,7 @@ class Connections:
         self.location = str(path)
         self.settings = settings
         self._uri = f"{path.as_uri()}?nofollow=1"  # SQLite refuses to open a symlink itself too
-        self._local = threading.local()
+        self._local = _ThreadSlot()
         self._slots: list[_Slot] = []
         self._lock = threading.Lock()
         # One writer at a time inside this process. Threads that queue here are woken the moment
@@ -57,7 +57,7 @@ class Connections:
 
     def _slot(self, op: str) -> _Slot:
         """This thread's connection (opened on first use) and the lock close() waits on."""
-        slot: _Slot | None = getattr(self._local, "slot", None)
+        slot: _Slot | None = self._local.slot
         if slot is not None:
             return slot
         try:
@@ -240,7 +240,7 @@ class Connections:
         for slot in slots:  # ... and calls already running finish first (each holds its slot)
             slot.lock.acquire()
         try:
-            mine: _Slot | None = getattr(self._local, "slot", None)
+            mine: _Slot | None = self._local.slot
             conn = mine.conn if mine in slots else (slots[0].conn if slots else None)
             if conn is not None:
                 try:
@@ -254,7 +254,7 @@ class Connections:
                 slot.lock.release()
             if self._perms is not None:
                 self._perms.close()
-            self._local = threading.local()
+            self._local = _ThreadSlot()
         return True
 
     def abandon(self) -> None:
@@ -262,13 +262,19 @@ class Connections:
         UNAVAILABLE; the parent's connections and inotify watch are kept, never used or closed
         (closing a SQLite connection inherited across fork can disturb the parent's locks)."""
         _inherited.append((self._slots, self._perms))
-        self._local, self._slots, self._lock = threading.local(), [], threading.Lock()
+        self._local, self._slots, self._lock = _ThreadSlot(), [], threading.Lock()
         self._writer = threading.Lock()
         self._perms = None
         self._closed = True
 
 
 _inherited: list[object] = []  # what a forked child inherited: referenced so it is never closed here
+
+
+class _ThreadSlot(threading.local):
+    """This thread's connection slot on one database; None until the thread first uses it."""
+
+    slot: _Slot | None = None
 
 
 class _Slot:

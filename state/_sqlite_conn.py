@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import _sqlite_schema as sql
+from ._backend import Holders
 from ._errors import StateStoreError
 from ._perms import PermissionGuard
 from ._settings import StoreSettings
@@ -27,7 +28,7 @@ T = TypeVar("T")
 log = logging.getLogger("chatstate.state")
 
 
-class Connections:
+class Connections(Holders):
     """One database file as seen by this process; share it between stores via `acquire`."""
 
     def __init__(self, path: Path, settings: StoreSettings) -> None:
@@ -47,10 +48,6 @@ class Connections:
         self._fault: str | None = None  # the last post-commit permission failure, until one succeeds
         self._users = 0
         self._own_dir = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def _fail(self, code: str, op: str, message: str) -> StateStoreError:
         return StateStoreError(code, op, message, path=self.location)
@@ -224,20 +221,14 @@ class Connections:
     def fault(self) -> str | None:
         return self._fault
 
-    # -- users and closing ----------------------------------------------------------------
-    def acquire(self) -> None:
-        with self._lock:
-            self._users += 1
+    # -- closing (the users are counted by Holders, state/_backend.py) ---------------------
+    def _stop_calls(self) -> list[_Slot]:
+        slots, self._slots = self._slots, []
+        return slots
 
-    def release(self) -> bool:
-        """Drop one user; the last one drains in-flight calls, checkpoints and closes. True = closed."""
-        with self._lock:
-            self._users -= 1
-            if self._users > 0:
-                return False
-            self._closed = True  # new calls now fail with UNAVAILABLE ...
-            slots, self._slots = self._slots, []
-        for slot in slots:  # ... and calls already running finish first (each holds its slot)
+    def _close_now(self, slots: list[_Slot]) -> None:
+        """Let calls already running finish (each holds its slot), checkpoint, close."""
+        for slot in slots:
             slot.lock.acquire()
         try:
             mine: _Slot | None = self._local.slot
@@ -255,7 +246,6 @@ class Connections:
             if self._perms is not None:
                 self._perms.close()
             self._local = _ThreadSlot()
-        return True
 
     def abandon(self) -> None:
         """In a forked child (state/_registry.py's fork rule): closed here, calls raise

@@ -19,7 +19,8 @@ from ._settings import (
     SCHEMA_VERSION,
     StoreSettings,
 )
-from ._store import Entry, KeyedStore, database_path, op_counts, open_keyed_store, state_dir
+from ._open import open_keyed_store
+from ._store import Entry, KeyedStore, database_path, op_counts, state_dir
 
 __all__ = [
     "AsyncKeyedStore",

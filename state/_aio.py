@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from . import _validate as check
 from ._errors import StateStoreError
 from ._settings import MAX_VALUE_BYTES, UPDATE_ATTEMPTS, StoreSettings
-from ._store import Clock, Entry, KeyedStore, open_keyed_store
+from ._open import open_keyed_store
+from ._store import Clock, Entry, KeyedStore
 
 T = TypeVar("T")
 WORKER_THREADS = 4  # reads (and Redis writes) overlap on these

@@ -23,7 +23,8 @@ from ._paths import resolve_path
 from ._registry import acquire_backend
 from ._settings import MAX_VALUE_BYTES, StoreSettings
 from ._sqlite_schema import check_existing
-from ._store import Clock, KeyedStore, join_store
+from ._open import join_store
+from ._store import Clock, KeyedStore
 
 PROBE_PLUGIN = "core:probe"  # a core-owned pair: probe rows never land in a plugin's namespace
 PROBE_NAMESPACE = "probe"

@@ -16,7 +16,7 @@ from chatstate.gateway import health
 from chatstate.gateway.app import BROKER, build_app
 from chatstate.gateway.config import parse_config
 from chatstate.gateway.registry import load_plugins
-from chatstate.state import _database, _store
+from chatstate.state import _database, _open
 from gw_helpers import SECRET
 
 ROUNDS = 3
@@ -36,7 +36,7 @@ async def test_the_gateway_opens_one_database_for_its_lifetime(tmp_path: Path, m
         return acquire
 
     monkeypatch.setattr(_database, "acquire_backend", counted(_database.acquire_backend))
-    monkeypatch.setattr(_store, "acquire_backend", counted(_store.acquire_backend))
+    monkeypatch.setattr(_open, "acquire_backend", counted(_open.acquire_backend))
     real_init, real_sweep, real_probe = state.Database.__init__, state.Database.sweep_expired, state.Database.probe
 
     def init(self: state.Database, *args: Any, **kw: Any) -> None:

@@ -86,8 +86,10 @@ def build_app(config: GatewayConfig, plugins: Sequence[LoadedPlugin]) -> web.App
     app[PLUGINS] = list(plugins)
     app[LIFECYCLE] = Lifecycle()
     app[SWEEP] = SweepStatus(config.sweep_interval_s)
-    app[PROBE] = health.StoreProbe(path=path, url=url, settings=settings)
-    app[BROKER] = StoreBroker(path=path, url=url, settings=settings)
+    # The one Database of this app: no I/O here; opened on first use, closed by _stores_ctx.
+    database = state.Database(path, url=url, settings=settings)
+    app[PROBE] = health.StoreProbe(database)
+    app[BROKER] = StoreBroker(database)
     app.router.add_get(HEALTH_PATH, _healthz)
     app.router.add_get(metrics.METRICS_PATH, metrics.handler())
     _mount(app, plugins)
@@ -185,16 +187,21 @@ async def _stores_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     # Plugins are stopped by now: nothing writes any more. Sweep once more so a restart starts
     # clean, checkpoint so the WAL is folded into the main file, then close every store.
-    await sweep_once(app[SWEEP], path=broker.path, url=broker.url, settings=broker.settings)
-    if broker.url is None:
+    database = broker.database
+    await sweep_once(app[SWEEP], database)
+    if database.is_file:
         with logs.Timer() as t:
             try:
-                await asyncio.to_thread(state.checkpoint, broker.path, settings=broker.settings)
+                await asyncio.to_thread(database.checkpoint)
             except state.StateStoreError as exc:
                 logs.get("store").error("checkpoint_failed", extra={"op": "checkpoint", "code": str(exc.code)})
             else:
                 logs.get("store").info("checkpoint", extra={"op": "checkpoint", "duration_ms": t.ms})
     await broker.close_all()
+    try:  # last, the app's own hold on the database: the backend's final checkpoint and close
+        await asyncio.to_thread(database.close)
+    except state.StateStoreError:
+        logs.get("store").exception("store_close_failed", extra={"op": "close"})
 
 
 async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -227,7 +234,7 @@ async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
     broker = app[BROKER]
     stop = asyncio.Event()
     task = asyncio.create_task(
-        run_sweeper(app[SWEEP], stop, path=broker.path, url=broker.url, settings=broker.settings),
+        run_sweeper(app[SWEEP], stop, broker.database),
         name="gateway-sweeper",
     )
     yield

@@ -13,7 +13,6 @@ import asyncio
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from chatstate import state
@@ -25,11 +24,10 @@ PROBE_CACHE_S = 5.0  # seconds a store probe result is reused by /healthz
 
 
 class StoreProbe:
-    """Run `state.probe` off the loop, at most once per PROBE_CACHE_S, one caller at a time."""
+    """Run `Database.probe` off the loop, at most once per PROBE_CACHE_S, one caller at a time."""
 
-    def __init__(self, *, path: Path | None, url: str | None, settings: state.StoreSettings) -> None:
-        self._kw: dict[str, Any] = {"url": url, "settings": settings}
-        self._path = path
+    def __init__(self, database: state.Database) -> None:
+        self._database = database
         self._lock = asyncio.Lock()
         self._result: dict[str, Any] | None = None
         self._at = 0.0
@@ -38,7 +36,7 @@ class StoreProbe:
         """The latest probe summary: {ok, database_path, failed: [steps that failed]}."""
         async with self._lock:
             if self._result is None or time.monotonic() - self._at > PROBE_CACHE_S:
-                raw = await asyncio.to_thread(state.probe, self._path, **self._kw)
+                raw = await asyncio.to_thread(self._database.probe)
                 failed = [s for s in raw["steps"] if not s["ok"]]
                 self._result = {"ok": raw["ok"], "database_path": raw["database_path"], "failed": failed}
                 self._at = time.monotonic()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,18 +30,14 @@ class PluginNotTrusted(state.StateStoreError):
 
 
 class StoreBroker:
-    """Open async keyed stores against the gateway's one database and close them all at shutdown.
+    """Open async keyed stores on the gateway's one `state.Database` and close them all at shutdown.
 
     One broker per process; every runtime goes through it, so shutdown knows every store that
-    is open, whoever opened it.
+    is open, whoever opened it. The Database is the app's (gateway/app.py closes it last).
     """
 
-    def __init__(
-        self, *, path: Path | None, url: str | None, settings: state.StoreSettings
-    ) -> None:
-        self.path = path
-        self.url = url
-        self.settings = settings
+    def __init__(self, database: state.Database) -> None:
+        self.database = database
         self._open: dict[int, AsyncKeyedStore] = {}
         self._log = logs.get("store")
 
@@ -56,19 +51,16 @@ class StoreBroker:
         overflow: Overflow,
         core: bool = False,
     ) -> AsyncKeyedStore:
-        """Open (plugin_id, namespace); raises whatever `state.open_async_keyed_store` raises.
+        """Open (plugin_id, namespace); raises whatever `Database.open_async_keyed_store` raises.
 
         `core=True` for the gateway's own `core:` ids (the store refuses them otherwise)."""
         with logs.Timer() as t:
-            store = await state.open_async_keyed_store(
+            store = await self.database.open_async_keyed_store(
                 plugin_id,
                 namespace,
                 max_entries=max_entries,
                 default_ttl_ms=default_ttl_ms,
                 overflow=overflow,
-                path=self.path,
-                url=self.url,
-                settings=self.settings,
                 core=core,
             )
         self._open.setdefault(id(store), store)

@@ -1,6 +1,6 @@
 """Delete expired rows every `sweep_interval_s` (docs/state.md: 60 s), always off the loop.
 
-`state.sweep_expired` already works in bounded batches (<= 1,024 rows a transaction) so a
+`Database.sweep_expired` already works in bounded batches (<= 1,024 rows a transaction) so a
 sweep never holds the write lock long; this module only decides when, and keeps the outcome
 for /healthz. Expired rows are invisible to lookups before the sweep, so a late or failed
 sweep costs disk space, never correctness.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from chatstate import state
 from chatstate.gateway import logs, metrics
@@ -31,15 +30,13 @@ class SweepStatus:
                 "last_rows": self.last_rows, "last_error": self.last_error}
 
 
-async def sweep_once(
-    status: SweepStatus, *, path: Path | None, url: str | None, settings: state.StoreSettings
-) -> int | None:
+async def sweep_once(status: SweepStatus, database: state.Database) -> int | None:
     """Run one sweep in a worker thread; log it and record it in `status`; never raises
     StateStoreError (a failed sweep is retried next interval and shows as degraded)."""
     log = logs.get("sweeper")
     with logs.Timer() as t:
         try:
-            rows = await asyncio.to_thread(state.sweep_expired, path, url=url, settings=settings)
+            rows = await asyncio.to_thread(database.sweep_expired)
         except state.StateStoreError as exc:
             status.last_at, status.last_error = time.time(), str(exc.code)
             log.error("sweep_failed", extra={"op": "sweep", "code": str(exc.code)})
@@ -52,10 +49,7 @@ async def sweep_once(
     return rows
 
 
-async def run_sweeper(
-    status: SweepStatus, stop: asyncio.Event, *, path: Path | None, url: str | None,
-    settings: state.StoreSettings,
-) -> None:
+async def run_sweeper(status: SweepStatus, stop: asyncio.Event, database: state.Database) -> None:
     """Sweep every `status.interval_s` seconds until `stop` is set.
 
     Stopping by event rather than cancellation lets a sweep already running in its thread
@@ -66,4 +60,4 @@ async def run_sweeper(
             await asyncio.wait_for(stop.wait(), status.interval_s)
             return
         except TimeoutError:
-            await sweep_once(status, path=path, url=url, settings=settings)
+            await sweep_once(status, database)

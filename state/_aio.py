@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from . import _validate as check
 from ._errors import StateStoreError
 from ._settings import MAX_VALUE_BYTES, UPDATE_ATTEMPTS, StoreSettings
-from ._store import Clock, Entry, KeyedStore, open_keyed_store
+from ._open import open_keyed_store
+from ._store import Clock, Entry, KeyedStore
 
 T = TypeVar("T")
 WORKER_THREADS = 4  # reads (and Redis writes) overlap on these
@@ -333,10 +334,18 @@ async def open_async_keyed_store(
     core: bool = False,
 ) -> AsyncKeyedStore:
     """Open an `AsyncKeyedStore` off the loop; arguments and errors as `open_keyed_store`."""
-    opening = _submit(_pool, open_keyed_store, (plugin_id, namespace), dict(
-        max_entries=max_entries, default_ttl_ms=default_ttl_ms, overflow=overflow,
-        max_value_bytes=max_value_bytes, path=path, url=url, settings=settings, clock=clock, core=core,
-    ))
+    return await open_async_with(open_keyed_store, plugin_id, namespace, {
+        "max_entries": max_entries, "default_ttl_ms": default_ttl_ms, "overflow": overflow,
+        "max_value_bytes": max_value_bytes, "path": path, "url": url, "settings": settings, "clock": clock, "core": core,
+    })
+
+
+async def open_async_with(
+    opener: Callable[..., KeyedStore], plugin_id: str, namespace: str, kwargs: dict[str, Any]
+) -> AsyncKeyedStore:
+    """Run a sync `opener` (open_keyed_store, Database.open_keyed_store) off the loop and wrap
+    its store; used by both async opens."""
+    opening = _submit(_pool, opener, (plugin_id, namespace), kwargs)
     try:
         store = await asyncio.shield(opening)
     except asyncio.CancelledError:

@@ -8,6 +8,7 @@ Everything a caller of a backend uses is declared here, so nothing probes for at
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Any, NamedTuple, Protocol
@@ -117,3 +118,42 @@ class Backend(Protocol):
     def sweep(self, *, now_ms: int) -> int: ...
 
     def checkpoint(self, op: str = "close") -> None: ...
+
+
+class Holders:
+    """The one count of a backend's users (the Database that opened it, each open store), for
+    both backends: `acquire` adds one, the last `release` closes the backend. A backend sets
+    `_lock`, `_users = 0` and `_closed = False`, and says how it closes in two parts:
+    `_stop_calls` runs under `_lock` just after `_closed` is set (new calls now fail with
+    UNAVAILABLE; it gathers or waits for the calls still running), and `_close_now` runs
+    outside it with what `_stop_calls` returned (checkpoint, close connections)."""
+
+    _lock: threading.Lock
+    _users: int
+    _closed: bool
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def acquire(self) -> None:
+        """Add one user (a Database, a store); `release` drops it."""
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> bool:
+        """Drop one user; the last one closes the backend. True = closed."""
+        with self._lock:
+            self._users -= 1
+            if self._users > 0:
+                return False
+            self._closed = True
+            running = self._stop_calls()
+        self._close_now(running)
+        return True
+
+    def _stop_calls(self) -> Any:
+        raise NotImplementedError
+
+    def _close_now(self, running: Any) -> None:
+        raise NotImplementedError

@@ -36,7 +36,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from . import _redis_lua as lua
-from ._backend import Decode, Limits, Mode, Row
+from ._backend import Decode, Holders, Limits, Mode, Row
 from ._errors import StateStoreError
 from ._redis_options import split_url
 from ._settings import SCHEMA_VERSION, StoreSettings
@@ -48,7 +48,7 @@ MIGRATE_BATCH = 500  # rows one migration script call versions
 T = TypeVar("T")
 
 
-class RedisBackend:
+class RedisBackend(Holders):
     """One Redis database as seen by this process; share it between stores via `acquire`."""
 
     kind = "redis"
@@ -338,26 +338,13 @@ class RedisBackend:
         """Nothing to fold back (Redis persists on its own); a PING proves the server answers."""
         self._call(op, self._client.ping)
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    # -- closing (the users are counted by Holders, state/_backend.py) ---------------------
+    def _stop_calls(self) -> None:
+        while self._active:  # calls already running finish on an open pool first
+            self._idle.wait()
 
-    # -- users and closing ----------------------------------------------------------------
-    def acquire(self) -> None:
-        with self._lock:
-            self._users += 1
-
-    def release(self) -> bool:
-        """Drop one user; the last one closes the connection pool. True = closed."""
-        with self._lock:
-            self._users -= 1
-            if self._users > 0:
-                return False
-            self._closed = True  # new calls now fail with UNAVAILABLE ...
-            while self._active:  # ... and calls already running finish on an open pool first
-                self._idle.wait()
+    def _close_now(self, running: None) -> None:
         self._client.close()
-        return True
 
 
 def _live_row(key: str, value: str | None, created: str | None, expires: str | None, version: str | None,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import _sqlite_schema as sql
+from ._backend import Holders
 from ._errors import StateStoreError
 from ._perms import PermissionGuard
 from ._settings import StoreSettings
@@ -27,7 +28,7 @@ T = TypeVar("T")
 log = logging.getLogger("chatstate.state")
 
 
-class Connections:
+class Connections(Holders):
     """One database file as seen by this process; share it between stores via `acquire`."""
 
     def __init__(self, path: Path, settings: StoreSettings) -> None:
@@ -35,7 +36,7 @@ class Connections:
         self.location = str(path)
         self.settings = settings
         self._uri = f"{path.as_uri()}?nofollow=1"  # SQLite refuses to open a symlink itself too
-        self._local = threading.local()
+        self._local = _ThreadSlot()
         self._slots: list[_Slot] = []
         self._lock = threading.Lock()
         # One writer at a time inside this process. Threads that queue here are woken the moment
@@ -48,16 +49,12 @@ class Connections:
         self._users = 0
         self._own_dir = False
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def _fail(self, code: str, op: str, message: str) -> StateStoreError:
         return StateStoreError(code, op, message, path=self.location)
 
     def _slot(self, op: str) -> _Slot:
         """This thread's connection (opened on first use) and the lock close() waits on."""
-        slot: _Slot | None = getattr(self._local, "slot", None)
+        slot: _Slot | None = self._local.slot
         if slot is not None:
             return slot
         try:
@@ -224,23 +221,17 @@ class Connections:
     def fault(self) -> str | None:
         return self._fault
 
-    # -- users and closing ----------------------------------------------------------------
-    def acquire(self) -> None:
-        with self._lock:
-            self._users += 1
+    # -- closing (the users are counted by Holders, state/_backend.py) ---------------------
+    def _stop_calls(self) -> list[_Slot]:
+        slots, self._slots = self._slots, []
+        return slots
 
-    def release(self) -> bool:
-        """Drop one user; the last one drains in-flight calls, checkpoints and closes. True = closed."""
-        with self._lock:
-            self._users -= 1
-            if self._users > 0:
-                return False
-            self._closed = True  # new calls now fail with UNAVAILABLE ...
-            slots, self._slots = self._slots, []
-        for slot in slots:  # ... and calls already running finish first (each holds its slot)
+    def _close_now(self, slots: list[_Slot]) -> None:
+        """Let calls already running finish (each holds its slot), checkpoint, close."""
+        for slot in slots:
             slot.lock.acquire()
         try:
-            mine: _Slot | None = getattr(self._local, "slot", None)
+            mine: _Slot | None = self._local.slot
             conn = mine.conn if mine in slots else (slots[0].conn if slots else None)
             if conn is not None:
                 try:
@@ -254,21 +245,26 @@ class Connections:
                 slot.lock.release()
             if self._perms is not None:
                 self._perms.close()
-            self._local = threading.local()
-        return True
+            self._local = _ThreadSlot()
 
     def abandon(self) -> None:
         """In a forked child (state/_registry.py's fork rule): closed here, calls raise
         UNAVAILABLE; the parent's connections and inotify watch are kept, never used or closed
         (closing a SQLite connection inherited across fork can disturb the parent's locks)."""
         _inherited.append((self._slots, self._perms))
-        self._local, self._slots, self._lock = threading.local(), [], threading.Lock()
+        self._local, self._slots, self._lock = _ThreadSlot(), [], threading.Lock()
         self._writer = threading.Lock()
         self._perms = None
         self._closed = True
 
 
 _inherited: list[object] = []  # what a forked child inherited: referenced so it is never closed here
+
+
+class _ThreadSlot(threading.local):
+    """This thread's connection slot on one database; None until the thread first uses it."""
+
+    slot: _Slot | None = None
 
 
 class _Slot:

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _metrics as metrics
+from . import _pairs as pairs
 from . import _validate as check
 from ._backend import Backend, Limits, Mode, Row
 from ._entry import Clock, Entry, new_version, wall_clock_ms
 from ._errors import StateStoreError
 from ._paths import database_path, resolve_path, state_dir
-from ._registry import acquire_backend
-from ._settings import MAX_VALUE_BYTES, UPDATE_ATTEMPTS, StoreSettings
+from ._settings import MAX_VALUE_BYTES, UPDATE_ATTEMPTS
 
-__all__ = ["Clock", "Entry", "KeyedStore", "database_path", "open_keyed_store", "op_counts", "resolve_path",
+__all__ = ["Clock", "Entry", "KeyedStore", "database_path", "op_counts", "resolve_path",
            "state_dir", "wall_clock_ms"]
 
 _MEASURED_OPS = ("register", "register_if_absent", "compare_and_set", "update", "lookup", "lookup_many",
@@ -27,8 +26,6 @@ _MEASURED_OPS = ("register", "register_if_absent", "compare_and_set", "update", 
 
 op_counts = metrics.op_counts
 _raw_decode = json.JSONDecoder().raw_decode
-_lock = threading.Lock()  # guards _opened: one settings tuple per (database, plugin, namespace)
-_opened: dict[tuple[int, str, str, str], tuple[tuple[object, ...], int]] = {}
 
 
 class KeyedStore:
@@ -295,14 +292,7 @@ class KeyedStore:
             if self._closed:
                 return
             self._closed = True
-        ident = (os.getpid(), self._backend.location, self.plugin_id, self.namespace)
-        with _lock:
-            held = _opened.get(ident)
-            if held is not None:
-                if held[1] <= 1:
-                    del _opened[ident]
-                else:
-                    _opened[ident] = (held[0], held[1] - 1)
+        pairs.drop(self._backend.location, self.plugin_id, self.namespace)
         self._backend.release()
 
     def __enter__(self) -> KeyedStore:
@@ -310,58 +300,3 @@ class KeyedStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_keyed_store(
-    plugin_id: str,
-    namespace: str,
-    *,
-    max_entries: int,
-    default_ttl_ms: int | None = None,
-    overflow: str = "evict-oldest",
-    max_value_bytes: int = MAX_VALUE_BYTES,
-    path: str | os.PathLike[str] | None = None,
-    url: str | None = None,
-    settings: StoreSettings | None = None,
-    clock: Clock | None = None,
-    core: bool = False,
-) -> KeyedStore:
-    """Open a store bound to (plugin_id, namespace) on SQLite (default) or `url` (redis://).
-
-    `path` is the database file (an existing directory is taken as a state dir); default
-    `<state_dir>/plugin-state/state.sqlite`. `max_value_bytes` (default 65,536, at most
-    1,048,576) bounds one serialized value. Plugin ids starting `core:` are the gateway's and
-    need `core=True`. Reopening a pair in this process with a different max_entries,
-    default_ttl_ms, overflow or max_value_bytes is INVALID_INPUT. Raises StateStoreError:
-    INVALID_INPUT, LIMIT_EXCEEDED (namespace/plugin id size), OPEN_FAILED, CORRUPT,
-    SCHEMA_UNSUPPORTED, UNAVAILABLE.
-    """
-    plugin_id = check.plugin_id(plugin_id, core=core)
-    namespace = check.namespace(namespace)
-    max_entries = check.max_entries(max_entries)
-    default_ttl_ms = check.ttl_ms(default_ttl_ms, "open", "default_ttl_ms")
-    overflow = check.overflow(overflow)
-    max_value_bytes = check.max_value_bytes(max_value_bytes)
-    if path is not None and url is not None:
-        raise StateStoreError("INVALID_INPUT", "open", "give either path or url, not both")
-    backend = acquire_backend(path, url, settings or StoreSettings())
-    ident = (os.getpid(), backend.location, plugin_id, namespace)
-    wanted = (max_entries, default_ttl_ms, overflow, max_value_bytes)
-    with _lock:
-        held = _opened.get(ident)
-        conflict = held[0] if held is not None and held[0] != wanted else None
-        if conflict is None:
-            _opened[ident] = (wanted, (held[1] if held else 0) + 1)
-    if conflict is not None:
-        backend.release()
-        raise StateStoreError(
-            "INVALID_INPUT", "open",
-            f"{plugin_id}/{namespace} is already open with max_entries={conflict[0]}, "
-            f"default_ttl_ms={conflict[1]}, overflow={conflict[2]}, max_value_bytes={conflict[3]}; "
-            "reopen it with the same settings",
-            path=backend.location,
-        )
-    return KeyedStore(
-        backend, plugin_id, namespace, max_entries=max_entries, default_ttl_ms=default_ttl_ms,
-        overflow=overflow, clock=clock or wall_clock_ms, max_value_bytes=max_value_bytes,
-    )

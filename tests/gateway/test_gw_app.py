@@ -96,13 +96,14 @@ async def test_sweep_removes_expired_rows_and_records_it(tmp_path: Path) -> None
     store.close()
     await asyncio.sleep(0.01)  # let a 1 ms TTL pass on the wall clock (not synchronisation)
     status = SweepStatus(60)
-    assert await sweep_once(status, path=db, url=None, settings=settings) == 1
+    with state.Database(db, settings=settings) as database:
+        assert await sweep_once(status, database) == 1
     assert (status.last_rows, status.last_error) == (1, None)
 
 
 async def test_sweeper_stops_on_its_event(tmp_path: Path) -> None:
     stop = asyncio.Event()
-    task = asyncio.create_task(run_sweeper(SweepStatus(3600), stop, path=tmp_path / "s.sqlite",
-                                           url=None, settings=state.StoreSettings()))
-    stop.set()
-    await asyncio.wait_for(task, 5)
+    with state.Database(tmp_path / "s.sqlite", settings=state.StoreSettings()) as database:
+        task = asyncio.create_task(run_sweeper(SweepStatus(3600), stop, database))
+        stop.set()
+        await asyncio.wait_for(task, 5)

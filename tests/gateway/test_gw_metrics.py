@@ -72,7 +72,8 @@ async def test_sweeps_and_adapter_counters_report_to_the_default_registry(tmp_pa
     store = state.open_keyed_store("p", "ns", max_entries=10, path=db, clock=lambda: an_hour_ago)
     store.register("k", 1, ttl_ms=1)  # expired long ago by the real clock the sweep uses
     store.close()
-    rows = await sweep_once(SweepStatus(60.0), path=db, url=None, settings=state.StoreSettings())
+    with state.Database(db, settings=state.StoreSettings()) as database:
+        rows = await sweep_once(SweepStatus(60.0), database)
     assert rows == 1
     assert value("chatstate_sweep_seconds_count") == before[0] + 1
     assert value("chatstate_sweep_rows_total") == before[1] + 1

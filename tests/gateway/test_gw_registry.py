@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
 
@@ -78,8 +79,9 @@ def _runtime(plugin_id: str, origin: str, broker: StoreBroker, *, trusted: bool 
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> StoreBroker:
-    return StoreBroker(path=tmp_path / "state.sqlite", url=None, settings=state.StoreSettings())
+def broker(tmp_path: Path) -> Iterator[StoreBroker]:
+    with state.Database(tmp_path / "state.sqlite", settings=state.StoreSettings()) as database:
+        yield StoreBroker(database)
 
 
 async def test_external_plugin_is_denied_unless_trusted(broker: StoreBroker) -> None:

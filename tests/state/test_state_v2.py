@@ -18,6 +18,7 @@ import pytest
 import state_workers
 from chatstate.state import (
     MAX_BATCH_KEYS,
+    Database,
     Entry,
     StateStoreError,
     StoreSettings,
@@ -408,7 +409,8 @@ async def test_post_commit_permission_failure_keeps_the_write(sqlite_target, db_
         assert result["ok"] is False
         (failed,) = [s for s in result["steps"] if not s["ok"]]
         assert (failed["name"], failed["code"]) == ("permissions", "WRITE_FAILED")
-        health = await StoreProbe(path=db_path, url=None, settings=StoreSettings()).result()
+        with Database(db_path, settings=StoreSettings()) as database:
+            health = await StoreProbe(database).result()
         assert health["ok"] is False and [s["name"] for s in health["failed"]] == ["permissions"]
 
         monkeypatch.setattr(_perms.os, "chmod", real_chmod)

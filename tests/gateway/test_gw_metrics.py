@@ -3,7 +3,6 @@ real gateway process, and the functions adapters report through."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from prometheus_client import REGISTRY

@@ -109,8 +109,12 @@ async def one_task_round(store: state.AsyncKeyedStore, calls: int, offset: int) 
             lat.append(clock() - t)
         elapsed = clock() - start
     lat.sort()
-    return {"rate": calls / elapsed, "p50": _pct(lat, 0.5) * 1e6, "p99": _pct(lat, 0.99) * 1e6,
-            "gap_ms": ticker.worst * 1e3}
+    return {
+        "rate": calls / elapsed,
+        "p50": _pct(lat, 0.5) * 1e6,
+        "p99": _pct(lat, 0.99) * 1e6,
+        "gap_ms": ticker.worst * 1e3,
+    }
 
 
 async def many_tasks_round(store: state.AsyncKeyedStore, calls: int, tasks: int, offset: int) -> dict[str, float]:
@@ -131,8 +135,12 @@ async def many_tasks_round(store: state.AsyncKeyedStore, calls: int, tasks: int,
         await asyncio.gather(*(writer(n) for n in range(tasks)))
         elapsed = clock() - start
     lat.sort()
-    return {"rate": per_task * tasks / elapsed, "p50": _pct(lat, 0.5) * 1e6, "p99": _pct(lat, 0.99) * 1e6,
-            "gap_ms": ticker.worst * 1e3}
+    return {
+        "rate": per_task * tasks / elapsed,
+        "p50": _pct(lat, 0.5) * 1e6,
+        "p99": _pct(lat, 0.99) * 1e6,
+        "gap_ms": ticker.worst * 1e3,
+    }
 
 
 async def idle_gap(seconds: float) -> float:
@@ -181,8 +189,9 @@ async def run(args: argparse.Namespace) -> int:
         dbs = {name: Path(tmp) / name / "state.sqlite" for name in ("sync", "one", "many")}
         stores = {}
         for name, db in dbs.items():
-            stores[name] = state.open_keyed_store(PLUGIN, NAMESPACE, max_entries=MAX_ENTRIES,
-                                                  default_ttl_ms=TTL_MS, path=db, settings=_settings())
+            stores[name] = state.open_keyed_store(
+                PLUGIN, NAMESPACE, max_entries=MAX_ENTRIES, default_ttl_ms=TTL_MS, path=db, settings=_settings()
+            )
             for i in range(LIVE_ROWS):
                 stores[name].register(_key(i), _value(i))
         sync_store = stores["sync"]
@@ -198,7 +207,7 @@ async def run(args: argparse.Namespace) -> int:
         idle: list[float] = []
         for r in range(args.rounds):
             offset = LIVE_ROWS + r * args.calls
-            order = columns[r % 3:] + columns[:r % 3]
+            order = columns[r % 3 :] + columns[: r % 3]
             for col in order:
                 if col == "sync":
                     runs[col].append(sync_round(sync_store, args.calls, offset))
@@ -224,15 +233,19 @@ async def run(args: argparse.Namespace) -> int:
     def mr(values: list[float], fmt: str = "{:.2f}") -> str:
         return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
 
-    print(f"\nload average at start {load_start}, at end {load_end}; {os.cpu_count()} CPUs; "
-          f"{args.rounds} interleaved rounds; {LIVE_ROWS:,} live rows per database; SQLite {sqlite3.sqlite_version}\n")
+    print(
+        f"\nload average at start {load_start}, at end {load_end}; {os.cpu_count()} CPUs; "
+        f"{args.rounds} interleaved rounds; {LIVE_ROWS:,} live rows per database; SQLite {sqlite3.sqlite_version}\n"
+    )
     print("| column | writes/s | p50 us | p99 us | largest loop gap ms |")
     print("|---|---:|---:|---:|---:|")
     for col in columns:
         rs = runs[col]
         gap = mr([r["gap_ms"] for r in rs], "{:.1f}") if "gap_ms" in rs[0] else "-"
-        print(f"| {col} | {mr([r['rate'] for r in rs], '{:.0f}')} | {mr([r['p50'] for r in rs], '{:.1f}')} | "
-              f"{mr([r['p99'] for r in rs], '{:.1f}')} | {gap} |")
+        print(
+            f"| {col} | {mr([r['rate'] for r in rs], '{:.0f}')} | {mr([r['p50'] for r in rs], '{:.1f}')} | "
+            f"{mr([r['p99'] for r in rs], '{:.1f}')} | {gap} |"
+        )
     print(f"| ticker alone (machine noise) | - | - | - | {mr(idle, '{:.1f}')} |")
     print("\n(median [min-max] of the rounds)\n")
 
@@ -242,8 +255,12 @@ async def run(args: argparse.Namespace) -> int:
         ("2. largest loop gap, 1 task (ms)", gap1, "< 5", statistics.median(gap1) < 5.0),
         (f"2. largest loop gap, {args.tasks} tasks (ms)", gap64, "< 5", statistics.median(gap64) < 5.0),
         ("   (1 task writes/s / sync writes/s)", ratio["rate1"], "info", True),
-        (f"3. {args.tasks} tasks writes/s / sync writes/s", ratio["rate64"], ">= 3.0",
-         statistics.median(ratio["rate64"]) >= 3.0),
+        (
+            f"3. {args.tasks} tasks writes/s / sync writes/s",
+            ratio["rate64"],
+            ">= 3.0",
+            statistics.median(ratio["rate64"]) >= 3.0,
+        ),
     ]
     print("| target | per-round median [range] | target | verdict |")
     print("|---|---|---|---|")
@@ -254,8 +271,10 @@ async def run(args: argparse.Namespace) -> int:
         print(f"| {name} | {mr(values)} | {target} | {verdict} |")
     own_ok = checked > 0 and missing == 0
     failed += not own_ok
-    print(f"| 3. each await returns after its own commit | {checked - missing}/{checked} rows committed when "
-          f"their await returned | all | {'ok' if own_ok else 'MISSED'} |")
+    print(
+        f"| 3. each await returns after its own commit | {checked - missing}/{checked} rows committed when "
+        f"their await returned | all | {'ok' if own_ok else 'MISSED'} |"
+    )
     print(f"\n{'all targets met' if not failed else f'{failed} target(s) missed'}")
     return 1 if failed else 0
 

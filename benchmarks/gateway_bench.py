@@ -95,13 +95,13 @@ class _Conn(asyncio.Protocol):
                 head = bytes(buf[:end]).lower()
                 at = head.index(b"\r\ncontent-length:") + 17
                 stop = head.find(b"\r\n", at)
-                self.need = end + 4 + int(head[at:stop if stop >= 0 else None])
+                self.need = end + 4 + int(head[at : stop if stop >= 0 else None])
                 if head[9:12] != b"200":
                     self.run.fail(f"HTTP {head[9:12].decode()}")
                     return
             if len(buf) < self.need:
                 return
-            del buf[:self.need]
+            del buf[: self.need]
             self.need = 0
             self.waiting = False
             self.run.done(time.perf_counter() - self.sent_at)
@@ -175,12 +175,15 @@ async def _drive() -> None:
         run = _Run(requests)
         start = time.perf_counter()
         for _ in range(min(cmd["concurrency"], len(requests))):
-            await loop.create_connection(lambda: _Conn(run), "127.0.0.1", cmd["port"])
+            await loop.create_connection(lambda: _Conn(run), "127.0.0.1", cmd["port"])  # noqa: B023 -- called at once
         await run.finished
         elapsed = time.perf_counter() - start
         lat = sorted(run.latencies)
-        result = {"rps": run.total / elapsed, "p50": lat[len(lat) // 2] * 1000,
-                  "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000}
+        result = {
+            "rps": run.total / elapsed,
+            "p50": lat[len(lat) // 2] * 1000,
+            "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+        }
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()
 
@@ -190,7 +193,7 @@ class Driver:
 
     async def __aenter__(self) -> Driver:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--drive", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable, __file__, "--drive", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
         return self
 
@@ -199,11 +202,13 @@ class Driver:
         self.proc.stdin.close()
         try:
             await asyncio.wait_for(self.proc.wait(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.proc.kill()
             await self.proc.wait()
 
-    async def load(self, port: int, path: str, kind: str, n: int, concurrency: int, offset: int = 0) -> dict[str, float]:
+    async def load(
+        self, port: int, path: str, kind: str, n: int, concurrency: int, offset: int = 0
+    ) -> dict[str, float]:
         """Send n requests, `concurrency` in flight; req/s and p50/p99 latency (ms)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         cmd = {"port": port, "path": path, "kind": kind, "n": n, "concurrency": concurrency, "offset": offset}
@@ -232,7 +237,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
                 raw = fh.read()
         except OSError:
             continue
-        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
         name = "event loop" if tid == str(pid) else "other threads"  # 3.11 names no OS threads
         fields = raw.rpartition(")")[2].split()
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
@@ -271,8 +276,11 @@ async def throughput(requests: int, concurrency: int, rounds: int) -> dict[str, 
         targets: dict[str, tuple[int, int, str, str]] = {BARE: (bare.pid, port, "/bare", "bare")}
         async with AsyncExitStack() as stack:
             for access_log in (True, False):
-                gw = await stack.enter_async_context(GatewayHarness(
-                    adapters={"echo": {"secret": SECRET}}, config={"gateway": {"access_log": access_log}}))
+                gw = await stack.enter_async_context(
+                    GatewayHarness(
+                        adapters={"echo": {"secret": SECRET}}, config={"gateway": {"access_log": access_log}}
+                    )
+                )
                 assert gw.pid is not None and gw.port is not None
                 name = f"echo route (HMAC + durable write), access_log = {str(access_log).lower()}"
                 targets[name] = (gw.pid, gw.port, "/echo", "echo")
@@ -282,7 +290,7 @@ async def throughput(requests: int, concurrency: int, rounds: int) -> dict[str, 
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
             names = list(targets)
             for i in range(rounds):
-                for name in names[i % len(names):] + names[:i % len(names)]:
+                for name in names[i % len(names) :] + names[: i % len(names)]:
                     pid, tport, path, kind = targets[name]
                     cpu, threads = cpu_seconds(pid), thread_cpu(pid)
                     r = await driver.load(tport, path, kind, per_round, concurrency, WARMUP + i * per_round)
@@ -293,8 +301,10 @@ async def throughput(requests: int, concurrency: int, rounds: int) -> dict[str, 
     finally:
         bare.kill()
         await bare.wait()
-    out = {name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us")}
-           for name, rs in runs.items()}
+    out = {
+        name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us")}
+        for name, rs in runs.items()
+    }
     for name, rs in runs.items():
         ratios = [r["rps"] / b["rps"] for r, b in zip(rs, runs[BARE])]
         out[name]["ratio"] = statistics.median(ratios)
@@ -361,7 +371,8 @@ async def restart_to_ready(rows: int, rounds: int = 5) -> dict[str, float]:
         fill_s = await asyncio.to_thread(populate, db, rows)
         gw = GatewayHarness(
             adapters={"echo": {"secret": SECRET, "max_entries": rows * 2}},
-            config={"state": {"plugin_max_live_rows": rows * 2}}, state_dir=state_dir,
+            config={"state": {"plugin_max_live_rows": rows * 2}},
+            state_dir=state_dir,
         )
         stops, starts, kills = [], [], []
         rss: list[float] = []
@@ -391,27 +402,39 @@ async def restart_to_ready(rows: int, rounds: int = 5) -> dict[str, float]:
                 got = (await resp.json())["count"]
                 assert got == want, (got, want)
         db_mib = database_mib(db)
-    return {"rows": rows, "fill_s": fill_s, "rss_mib": statistics.median(rss), "db_mib": db_mib,
-            "stop_s": statistics.median(stops),
-            "start_s": statistics.median(starts), "start_after_kill_s": statistics.median(kills),
-            "start_max_s": max(starts + kills), "start_median_s": statistics.median(starts + kills)}
+    return {
+        "rows": rows,
+        "fill_s": fill_s,
+        "rss_mib": statistics.median(rss),
+        "db_mib": db_mib,
+        "stop_s": statistics.median(stops),
+        "start_s": statistics.median(starts),
+        "start_after_kill_s": statistics.median(kills),
+        "start_max_s": max(starts + kills),
+        "start_median_s": statistics.median(starts + kills),
+    }
 
 
 async def main(args: argparse.Namespace) -> int:
     failed = 0
     load_start = load_average()
     tp = await throughput(args.requests, args.concurrency, args.rounds)
-    print(f"\nload average at start {load_start}, after the throughput rounds {load_average()}; "
-          f"{os.cpu_count()} CPUs")
-    print(f"{args.requests // args.rounds} requests per server per round, {args.rounds} interleaved rounds "
-          f"(medians) after {WARMUP} warm-up, {args.concurrency} keep-alive connections with one request in "
-          "flight each, load generator in its own process, loopback\n")
-    print("| server | req/s (median [range]) | p50 ms | p99 ms | server CPU us/req | vs bare (median, min-max of rounds) |")
+    print(f"\nload average at start {load_start}, after the throughput rounds {load_average()}; {os.cpu_count()} CPUs")
+    print(
+        f"{args.requests // args.rounds} requests per server per round, {args.rounds} interleaved rounds "
+        f"(medians) after {WARMUP} warm-up, {args.concurrency} keep-alive connections with one request in "
+        "flight each, load generator in its own process, loopback\n"
+    )
+    print(
+        "| server | req/s (median [range]) | p50 ms | p99 ms | server CPU us/req | vs bare (median, min-max of rounds) |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in tp.items():
         lo, hi = r["rps_range"]  # type: ignore[misc]
-        print(f"| {name} | {r['rps']:.0f} [{lo:.0f}-{hi:.0f}] | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_us']:.0f} | "
-              f"{r['ratio']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |")
+        print(
+            f"| {name} | {r['rps']:.0f} [{lo:.0f}-{hi:.0f}] | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_us']:.0f} | "
+            f"{r['ratio']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |"
+        )
     print("\nserver CPU us/request by thread (median of the rounds):\n")
     for name, r in tp.items():
         parts = ", ".join(f"{t} {us:.0f}" for t, us in r["threads"].items() if us >= 0.5)  # type: ignore[attr-defined]
@@ -437,14 +460,18 @@ async def main(args: argparse.Namespace) -> int:
         rr = await restart_to_ready(args.rows, args.restarts)
         ok = rr["start_median_s"] < 1.0
         failed += not ok
-        print(f"\nrestart with {rr['rows']:,} live rows (median of {args.restarts} each; built in {rr['fill_s']:.1f} s; "
-              f"load average {load_average()})\n")
+        print(
+            f"\nrestart with {rr['rows']:,} live rows (median of {args.restarts} each; built in {rr['fill_s']:.1f} s; "
+            f"load average {load_average()})\n"
+        )
         print("| step | seconds |")
         print("|---|---:|")
         print(f"| SIGTERM -> exited (drain, final sweep, checkpoint) | {rr['stop_s']:.3f} |")
         print(f"| start -> /healthz ready, after SIGTERM | {rr['start_s']:.3f} |")
         print(f"| start -> /healthz ready, after SIGKILL | {rr['start_after_kill_s']:.3f} |")
-        print(f"| start -> ready, median of all {2 * args.restarts} (target < 1 s) | {rr['start_median_s']:.3f} {'ok' if ok else 'MISSED'} |")
+        print(
+            f"| start -> ready, median of all {2 * args.restarts} (target < 1 s) | {rr['start_median_s']:.3f} {'ok' if ok else 'MISSED'} |"
+        )
         print(f"| slowest start of the {2 * args.restarts} | {rr['start_max_s']:.3f} |")
         print(f"\nready gateway's RSS {rr['rss_mib']:.1f} MiB; database (+ -wal, -shm) {rr['db_mib']:.1f} MiB")
     print(f"\n{'all targets met' if not failed else f'{failed} target(s) missed'}")
@@ -454,11 +481,15 @@ async def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=21_000, help="requests per server, split over the rounds")
-    parser.add_argument("--concurrency", type=int, default=16, help="keep-alive connections, one request in flight each")
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="keep-alive connections, one request in flight each"
+    )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--rows", type=int, default=1_000_000, help="live rows for the restart timing (0 = skip it)")
     parser.add_argument("--restarts", type=int, default=5, help="SIGTERM restarts, and as many SIGKILL restarts")
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 500 requests, 10,000 rows, 1 restart each: a smoke run")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 rounds of 500 requests, 10,000 rows, 1 restart each: a smoke run"
+    )
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     ns = parser.parse_args()

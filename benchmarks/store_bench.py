@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import diskcache  # noqa: E402
 
 from chatstate import state  # noqa: E402
+from chatstate.gateway.clock import now_ms  # noqa: E402
 from chatstate.state import _sqlite  # noqa: E402
 from chatstate.state import _sqlite_schema as sql  # noqa: E402  (the very statements the backend runs)
-from chatstate.gateway.clock import now_ms  # noqa: E402
 
 OPS = ("register", "lookup", "register_if_absent", "consume")  # run in this order: the claims
 # add fresh keys that consume then removes, so the live row count ends where it started.
@@ -90,16 +90,21 @@ def sqlite_fill(path: Path, keys: range) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     now, text = now_ms(), json.dumps(VALUE, separators=(",", ":"))
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(sql.SQL_UPSERT, (
-        (PLUGIN, NAMESPACE, key_of(i), now + i, text, now + TTL_MS, i + 1) for i in keys))
+    conn.executemany(sql.SQL_UPSERT, ((PLUGIN, NAMESPACE, key_of(i), now + i, text, now + TTL_MS, i + 1) for i in keys))
     conn.execute("COMMIT")
     conn.close()
 
 
 # ours: the public API, exactly as an adapter calls it
 def ours_open(directory: Path, rows: int) -> state.KeyedStore:
-    return state.open_keyed_store(PLUGIN, NAMESPACE, max_entries=CAPACITY, default_ttl_ms=TTL_MS,
-                                  path=directory / "state.sqlite", settings=SETTINGS)
+    return state.open_keyed_store(
+        PLUGIN,
+        NAMESPACE,
+        max_entries=CAPACITY,
+        default_ttl_ms=TTL_MS,
+        path=directory / "state.sqlite",
+        settings=SETTINGS,
+    )
 
 
 def ours_fill(store: state.KeyedStore, directory: Path, keys: range) -> None:
@@ -139,8 +144,13 @@ def ours_entries_page(store: state.KeyedStore, key: str) -> list[Any]:
 
 
 OURS_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "register": ours_register, "lookup": ours_lookup, "register_if_absent": ours_register_if_absent,
-    "consume": ours_consume, "update": ours_update, "lookup_many": ours_lookup_many, "count": ours_count,
+    "register": ours_register,
+    "lookup": ours_lookup,
+    "register_if_absent": ours_register_if_absent,
+    "consume": ours_consume,
+    "update": ours_update,
+    "lookup_many": ours_lookup_many,
+    "count": ours_count,
     "entries_page": ours_entries_page,
 }
 
@@ -215,8 +225,13 @@ def bare_update(bare: Bare, key: str) -> Any:
     json.loads(row[0])
     value = VALUE
     conn.execute("BEGIN IMMEDIATE")
-    applied = conn.execute(sql.SQL_MATCH, (PLUGIN, NAMESPACE, key, now, json.dumps(value), now + TTL_MS,
-                                           random.getrandbits(63), row[3])).rowcount > 0
+    applied = (
+        conn.execute(
+            sql.SQL_MATCH,
+            (PLUGIN, NAMESPACE, key, now, json.dumps(value), now + TTL_MS, random.getrandbits(63), row[3]),
+        ).rowcount
+        > 0
+    )
     conn.execute("COMMIT")
     return value if applied else None
 
@@ -229,7 +244,9 @@ def bare_lookup_many(bare: Bare, keys: tuple[str, ...]) -> Any:
 
 
 def bare_count(bare: Bare, key: str) -> int:
-    return int(bare.conn.execute(sql.SQL_COUNT_LIVE, {"plugin": PLUGIN, "ns": NAMESPACE, "now": now_ms()}).fetchone()[0])
+    return int(
+        bare.conn.execute(sql.SQL_COUNT_LIVE, {"plugin": PLUGIN, "ns": NAMESPACE, "now": now_ms()}).fetchone()[0]
+    )
 
 
 def bare_entries_page(bare: Bare, key: str) -> list[Any]:
@@ -278,8 +295,9 @@ REDIS_URL: str | None = None  # set by main(): --redis-url, or a private redis-s
 def redis_open(directory: Path, rows: int) -> state.KeyedStore:
     assert REDIS_URL is not None
     url = f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}prefix=bench-{os.getpid()}-{rows}"
-    return state.open_keyed_store(PLUGIN, NAMESPACE, max_entries=CAPACITY, default_ttl_ms=TTL_MS,
-                                  url=url, settings=SETTINGS)
+    return state.open_keyed_store(
+        PLUGIN, NAMESPACE, max_entries=CAPACITY, default_ttl_ms=TTL_MS, url=url, settings=SETTINGS
+    )
 
 
 def redis_fill(store: state.KeyedStore, directory: Path, keys: range) -> None:
@@ -299,9 +317,25 @@ def redis_server(workdir: Path) -> Iterator[str | None]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir),
-                             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         import redis
 
@@ -324,16 +358,34 @@ def redis_server(workdir: Path) -> Iterator[str | None]:
 
 COLUMNS = (
     Column("ours", ours_open, ours_fill, OURS_OPS, lambda s: s.close()),
-    Column("bare sqlite3", bare_open, bare_fill,
-           {"register": bare_register, "lookup": bare_lookup,
-            "register_if_absent": bare_register_if_absent, "consume": bare_consume,
-            "update": bare_update, "lookup_many": bare_lookup_many, "count": bare_count,
-            "entries_page": bare_entries_page},
-           bare_close),
-    Column("diskcache", dc_open, dc_fill,
-           {"register": dc_register, "lookup": dc_lookup,
-            "register_if_absent": dc_register_if_absent, "consume": dc_consume},
-           lambda c: c.close()),
+    Column(
+        "bare sqlite3",
+        bare_open,
+        bare_fill,
+        {
+            "register": bare_register,
+            "lookup": bare_lookup,
+            "register_if_absent": bare_register_if_absent,
+            "consume": bare_consume,
+            "update": bare_update,
+            "lookup_many": bare_lookup_many,
+            "count": bare_count,
+            "entries_page": bare_entries_page,
+        },
+        bare_close,
+    ),
+    Column(
+        "diskcache",
+        dc_open,
+        dc_fill,
+        {
+            "register": dc_register,
+            "lookup": dc_lookup,
+            "register_if_absent": dc_register_if_absent,
+            "consume": dc_consume,
+        },
+        lambda c: c.close(),
+    ),
 )
 REDIS_COLUMN = Column("ours on redis", redis_open, redis_fill, OURS_OPS, lambda s: s.close())
 
@@ -379,8 +431,9 @@ def check_result(op: str, result: Any, rows: int) -> None:
         raise AssertionError(f"{op} saw {result if op == 'count' else len(result)} rows")
 
 
-def run_size(rows: int, count: int, rounds: int, workdir: Path,
-             columns: tuple[Column, ...] = COLUMNS) -> dict[str, dict[str, Sample]]:
+def run_size(
+    rows: int, count: int, rounds: int, workdir: Path, columns: tuple[Column, ...] = COLUMNS
+) -> dict[str, dict[str, Sample]]:
     handles: dict[str, Any] = {}
     for col in columns:
         directory = workdir / f"{col.name.replace(' ', '-')}-{rows}"
@@ -395,8 +448,8 @@ def run_size(rows: int, count: int, rounds: int, workdir: Path,
             keys = keys_for(op, rows, per_round * rounds, rng)
             runs = tuple(col for col in columns if op in col.ops)
             for r in range(rounds):
-                chunk = keys[r * per_round:(r + 1) * per_round]
-                order = runs[r % len(runs):] + runs[:r % len(runs)]
+                chunk = keys[r * per_round : (r + 1) * per_round]
+                order = runs[r % len(runs) :] + runs[: r % len(runs)]
                 for col in order:
                     fn, handle, sample = col.ops[op], handles[col.name], results[col.name][op]
                     lat = sample.latencies_ns
@@ -408,7 +461,7 @@ def run_size(rows: int, count: int, rounds: int, workdir: Path,
                         lat.append(time.perf_counter_ns() - t0)
                         check_result(op, result, rows)
                     sample.cpu_s += time.thread_time() - cpu0
-                    sample.round_ops_per_s.append(len(chunk) / (sum(lat[-len(chunk):]) / 1e9))
+                    sample.round_ops_per_s.append(len(chunk) / (sum(lat[-len(chunk) :]) / 1e9))
     finally:
         for col in columns:
             col.close(handles[col.name])
@@ -429,8 +482,10 @@ def rss_child(workdir: Path, instances: int, ops: int) -> dict[str, float]:
         warm.lookup(key_of(i))
     gc.collect()
     before = rss_bytes()
-    stores = [state.open_keyed_store(PLUGIN, f"ns-{n}", max_entries=100, default_ttl_ms=TTL_MS, path=path)
-              for n in range(instances)]
+    stores = [
+        state.open_keyed_store(PLUGIN, f"ns-{n}", max_entries=100, default_ttl_ms=TTL_MS, path=path)
+        for n in range(instances)
+    ]
     for i in range(ops):
         store, key = stores[i % instances], key_of(i // instances % 150)  # 150 keys > cap: evictions
         match i % 3:
@@ -445,14 +500,21 @@ def rss_child(workdir: Path, instances: int, ops: int) -> dict[str, float]:
     gc.collect()
     after = rss_bytes()
     warm.close()
-    return {"instances": instances, "ops": ops, "before_mib": before / 2**20, "after_mib": after / 2**20,
-            "growth_mib": (after - before) / 2**20}
+    return {
+        "instances": instances,
+        "ops": ops,
+        "before_mib": before / 2**20,
+        "after_mib": after / 2**20,
+        "growth_mib": (after - before) / 2**20,
+    }
 
 
 def run_rss(workdir: Path, instances: int, ops: int) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, __file__, "--rss-child", str(workdir), str(instances), str(ops)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return json.loads(out)
 
@@ -485,10 +547,21 @@ def run_sweep(workdir: Path, expired: int, live: int) -> dict[str, float]:
     conn = sqlite3.connect(path, isolation_level=None)
     now = now_ms()
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(sql.SQL_UPSERT, (  # expired rows spread over plugins and namespaces, plus live ones
-        (f"plugin-{i % 4}", f"ns-{i % 16}", key_of(i), now - 10_000, '{"v":1}',
-         (now - 1_000 - i % 5_000) if i < expired else now + TTL_MS, i + 1)
-        for i in range(expired + live)))
+    conn.executemany(
+        sql.SQL_UPSERT,
+        (  # expired rows spread over plugins and namespaces, plus live ones
+            (
+                f"plugin-{i % 4}",
+                f"ns-{i % 16}",
+                key_of(i),
+                now - 10_000,
+                '{"v":1}',
+                (now - 1_000 - i % 5_000) if i < expired else now + TTL_MS,
+                i + 1,
+            )
+            for i in range(expired + live)
+        ),
+    )
     conn.execute("COMMIT")
     conn.close()
     durations: list[float] = []
@@ -499,16 +572,23 @@ def run_sweep(workdir: Path, expired: int, live: int) -> dict[str, float]:
     total = time.perf_counter() - t0
     if removed != expired:
         raise AssertionError(f"sweep removed {removed} rows, expected {expired}")
-    return {"removed": removed, "batches": len(durations), "total_ms": total * 1e3,
-            "max_batch_ms": max(durations), "p50_batch_ms": statistics.median(durations),
-            "max_batch_cpu_ms": max(cpu), "cpu_of_longest_ms": cpu[durations.index(max(durations))],
-            "over_target": sum(d >= TARGET_SWEEP_BATCH_MS for d in durations)}
+    return {
+        "removed": removed,
+        "batches": len(durations),
+        "total_ms": total * 1e3,
+        "max_batch_ms": max(durations),
+        "p50_batch_ms": statistics.median(durations),
+        "max_batch_cpu_ms": max(cpu),
+        "cpu_of_longest_ms": cpu[durations.index(max(durations))],
+        "over_target": sum(d >= TARGET_SWEEP_BATCH_MS for d in durations),
+    }
 
 
 # -- the async twin and the event loop ---------------------------------------------------------
 async def loop_gap(workdir: Path, writes: int, writers: int) -> dict[str, float]:
-    store = await state.open_async_keyed_store(PLUGIN, "loop", max_entries=writes * 2,
-                                               default_ttl_ms=TTL_MS, path=workdir / "loop.sqlite")
+    store = await state.open_async_keyed_store(
+        PLUGIN, "loop", max_entries=writes * 2, default_ttl_ms=TTL_MS, path=workdir / "loop.sqlite"
+    )
     done = asyncio.Event()
     gaps: list[float] = []
 
@@ -531,8 +611,13 @@ async def loop_gap(workdir: Path, writes: int, writers: int) -> dict[str, float]
     done.set()
     await tick
     await store.close()
-    return {"writes": writes, "writers": writers, "writes_per_s": writes / elapsed,
-            "max_gap_ms": max(gaps) * 1e3, "p99_gap_ms": sorted(gaps)[int(0.99 * len(gaps))] * 1e3}
+    return {
+        "writes": writes,
+        "writers": writers,
+        "writes_per_s": writes / elapsed,
+        "max_gap_ms": max(gaps) * 1e3,
+        "p99_gap_ms": sorted(gaps)[int(0.99 * len(gaps))] * 1e3,
+    }
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -547,13 +632,20 @@ def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
-def report(sizes: dict[int, dict[str, dict[str, Sample]]], rss: dict[str, float], sweep: dict[str, float],
-           gap: dict[str, float]) -> bool:
+def report(
+    sizes: dict[int, dict[str, dict[str, Sample]]],
+    rss: dict[str, float],
+    sweep: dict[str, float],
+    gap: dict[str, float],
+) -> bool:
     names = list(next(iter(sizes.values())))  # every column that ran, Redis included
     ok = True
     print("\n## Throughput (ops/s) and latency (p50 / p99 us), per op and live-row count\n")
-    print("| rows | op | " + " | ".join(f"{n} ops/s | {n} p50/p99 us" for n in names)
-          + " | ours/bare | ours/diskcache | CPU us/op (ours, bare, diskcache) | CPU ours/bare, ours/diskcache |")
+    print(
+        "| rows | op | "
+        + " | ".join(f"{n} ops/s | {n} p50/p99 us" for n in names)
+        + " | ours/bare | ours/diskcache | CPU us/op (ours, bare, diskcache) | CPU ours/bare, ours/diskcache |"
+    )
     print("|" + "---|" * (2 + 2 * len(names) + 4))
     for rows, cols in sizes.items():
         for op in OPS:
@@ -566,15 +658,23 @@ def report(sizes: dict[int, dict[str, dict[str, Sample]]], rss: dict[str, float]
             r_dc = ours / cols["diskcache"][op].ops_per_s
             ok &= r_bare >= TARGET_BARE and r_dc >= TARGET_DISKCACHE
             cpu = [cols[n][op].cpu_us for n in names]
-            print(f"| {rows:,} | {op} | " + " | ".join(cells)
-                  + f" | {r_bare:.2f}x {verdict(r_bare >= TARGET_BARE)}, {paired(cols['ours'][op], cols['bare sqlite3'][op])}"
-                  + f" | {r_dc:.2f}x {verdict(r_dc >= TARGET_DISKCACHE)}, {paired(cols['ours'][op], cols['diskcache'][op])}"
-                  + f" | {cpu[0]:.1f}, {cpu[1]:.1f}, {cpu[2]:.1f} | {cpu[1] / cpu[0]:.2f}x, {cpu[2] / cpu[0]:.2f}x |")
+            print(
+                f"| {rows:,} | {op} | "
+                + " | ".join(cells)
+                + f" | {r_bare:.2f}x {verdict(r_bare >= TARGET_BARE)}, {paired(cols['ours'][op], cols['bare sqlite3'][op])}"
+                + f" | {r_dc:.2f}x {verdict(r_dc >= TARGET_DISKCACHE)}, {paired(cols['ours'][op], cols['diskcache'][op])}"
+                + f" | {cpu[0]:.1f}, {cpu[1]:.1f}, {cpu[2]:.1f} | {cpu[1] / cpu[0]:.2f}x, {cpu[2] / cpu[0]:.2f}x |"
+            )
     others = [n for n in names if n != "diskcache"]
-    print(f"\n## v2 operations (update = read + compare-and-set; lookup_many of {BATCH} keys; count; a page of"
-          f" {PAGE} entries); no diskcache column (it has no such calls)\n")
-    print("| rows | op | " + " | ".join(f"{n} ops/s | {n} p50/p99 us" for n in others)
-          + " | ours/bare | CPU us/op (ours, bare) | CPU ours/bare |")
+    print(
+        f"\n## v2 operations (update = read + compare-and-set; lookup_many of {BATCH} keys; count; a page of"
+        f" {PAGE} entries); no diskcache column (it has no such calls)\n"
+    )
+    print(
+        "| rows | op | "
+        + " | ".join(f"{n} ops/s | {n} p50/p99 us" for n in others)
+        + " | ours/bare | CPU us/op (ours, bare) | CPU ours/bare |"
+    )
     print("|" + "---|" * (2 + 2 * len(others) + 3))
     for rows, cols in sizes.items():
         for op in NEW_OPS:
@@ -585,21 +685,33 @@ def report(sizes: dict[int, dict[str, dict[str, Sample]]], rss: dict[str, float]
             r_bare = cols["ours"][op].ops_per_s / cols["bare sqlite3"][op].ops_per_s
             ok &= r_bare >= TARGET_BARE
             cpu = [cols[n][op].cpu_us for n in ("ours", "bare sqlite3")]
-            print(f"| {rows:,} | {op} | " + " | ".join(cells)
-                  + f" | {r_bare:.2f}x {verdict(r_bare >= TARGET_BARE)}, {paired(cols['ours'][op], cols['bare sqlite3'][op])}"
-                  + f" | {cpu[0]:.1f}, {cpu[1]:.1f} | {cpu[1] / cpu[0]:.2f}x |")
+            print(
+                f"| {rows:,} | {op} | "
+                + " | ".join(cells)
+                + f" | {r_bare:.2f}x {verdict(r_bare >= TARGET_BARE)}, {paired(cols['ours'][op], cols['bare sqlite3'][op])}"
+                + f" | {cpu[0]:.1f}, {cpu[1]:.1f} | {cpu[1] / cpu[0]:.2f}x |"
+            )
     checks = [
-        (f"RSS growth, {rss['ops']:,} ops across {rss['instances']} store instances",
-         f"{rss['growth_mib']:.2f} MiB ({rss['before_mib']:.1f} -> {rss['after_mib']:.1f})",
-         f"< {TARGET_RSS_MIB:g} MiB", rss["growth_mib"] < TARGET_RSS_MIB),
-        (f"Sweep of {sweep['removed']:,} expired rows: longest batch transaction",
-         f"{sweep['max_batch_ms']:.1f} ms, of it {sweep['cpu_of_longest_ms']:.1f} ms CPU (median"
-         f" {sweep['p50_batch_ms']:.1f} ms; {sweep['over_target']} of {sweep['batches']} batches >= 50 ms; most CPU"
-         f" in one batch {sweep['max_batch_cpu_ms']:.1f} ms; {sweep['total_ms']:,.0f} ms in all)", f"< {TARGET_SWEEP_BATCH_MS:g} ms",
-         sweep["max_batch_ms"] < TARGET_SWEEP_BATCH_MS),
-        (f"Largest event-loop gap, async twin writing {gap['writes']:,} rows ({gap['writers']} tasks)",
-         f"{gap['max_gap_ms']:.1f} ms (p99 {gap['p99_gap_ms']:.1f} ms; {gap['writes_per_s']:,.0f} writes/s)",
-         f"< {TARGET_LOOP_GAP_MS:g} ms", gap["max_gap_ms"] < TARGET_LOOP_GAP_MS),
+        (
+            f"RSS growth, {rss['ops']:,} ops across {rss['instances']} store instances",
+            f"{rss['growth_mib']:.2f} MiB ({rss['before_mib']:.1f} -> {rss['after_mib']:.1f})",
+            f"< {TARGET_RSS_MIB:g} MiB",
+            rss["growth_mib"] < TARGET_RSS_MIB,
+        ),
+        (
+            f"Sweep of {sweep['removed']:,} expired rows: longest batch transaction",
+            f"{sweep['max_batch_ms']:.1f} ms, of it {sweep['cpu_of_longest_ms']:.1f} ms CPU (median"
+            f" {sweep['p50_batch_ms']:.1f} ms; {sweep['over_target']} of {sweep['batches']} batches >= 50 ms; most CPU"
+            f" in one batch {sweep['max_batch_cpu_ms']:.1f} ms; {sweep['total_ms']:,.0f} ms in all)",
+            f"< {TARGET_SWEEP_BATCH_MS:g} ms",
+            sweep["max_batch_ms"] < TARGET_SWEEP_BATCH_MS,
+        ),
+        (
+            f"Largest event-loop gap, async twin writing {gap['writes']:,} rows ({gap['writers']} tasks)",
+            f"{gap['max_gap_ms']:.1f} ms (p99 {gap['p99_gap_ms']:.1f} ms; {gap['writes_per_s']:,.0f} writes/s)",
+            f"< {TARGET_LOOP_GAP_MS:g} ms",
+            gap["max_gap_ms"] < TARGET_LOOP_GAP_MS,
+        ),
     ]
     print("\n## Resource targets\n")
     print("| check | measured | target | |\n|---|---|---|---|")
@@ -613,8 +725,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer ops per measurement (smoke run)")
     parser.add_argument("--dir", help="where to put the databases (default: a temp dir, removed after)")
-    parser.add_argument("--redis-url", help="Redis for the 'ours on redis' column (default: start a private"
-                        " redis-server if one is installed, else leave the column out)")
+    parser.add_argument(
+        "--redis-url",
+        help="Redis for the 'ours on redis' column (default: start a private"
+        " redis-server if one is installed, else leave the column out)",
+    )
     parser.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
@@ -624,9 +739,11 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="store-bench-"))
     workdir = Path(tempfile.mkdtemp(dir=base))
     started = time.perf_counter()
-    print(f"# store_bench {'--quick ' if args.quick else ''}python {sys.version.split()[0]}, "
-          f"SQLite {sqlite3.sqlite_version}, diskcache {diskcache.__version__}, {os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()[0]:.2f}, dir {workdir}")
+    print(
+        f"# store_bench {'--quick ' if args.quick else ''}python {sys.version.split()[0]}, "
+        f"SQLite {sqlite3.sqlite_version}, diskcache {diskcache.__version__}, {os.cpu_count()} CPUs, "
+        f"load {os.getloadavg()[0]:.2f}, dir {workdir}"
+    )
     global REDIS_URL
     try:
         with contextlib.ExitStack() as stack:

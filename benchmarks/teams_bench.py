@@ -42,11 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiohttp.test_utils import make_mocked_request
 from botbuilder.schema import Activity
+
+from chatstate import state
 from chatstate.adapters.teams import TeamsPlugin
 from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.gateway.sim.teams import TeamsSimulator
-
-from chatstate import state
 
 TARGET_US = 50.0
 
@@ -64,16 +64,24 @@ class Runtime:
         self.log = logging.LoggerAdapter(logging.getLogger("bench.teams"), {})
         self.stores: list[state.AsyncKeyedStore] = []
 
-    async def open_keyed_store(self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None,
-                               overflow: str = "evict-oldest") -> state.AsyncKeyedStore:
-        store = await state.open_async_keyed_store(self.plugin_id, namespace, max_entries=max_entries,
-                                                   default_ttl_ms=default_ttl_ms, overflow=overflow, path=self.db)
+    async def open_keyed_store(
+        self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None, overflow: str = "evict-oldest"
+    ) -> state.AsyncKeyedStore:
+        store = await state.open_async_keyed_store(
+            self.plugin_id,
+            namespace,
+            max_entries=max_entries,
+            default_ttl_ms=default_ttl_ms,
+            overflow=overflow,
+            path=self.db,
+        )
         self.stores.append(store)
         return store
 
     async def open_core_store(self, namespace: str, **kwargs: Any) -> state.AsyncKeyedStore:
-        return await self.open_keyed_store(f"core.{namespace}" if not namespace.startswith("core.") else namespace,
-                                           **kwargs)
+        return await self.open_keyed_store(
+            f"core.{namespace}" if not namespace.startswith("core.") else namespace, **kwargs
+        )
 
 
 class _Body:
@@ -141,7 +149,6 @@ async def _measure(args: argparse.Namespace, sim: TeamsSimulator, plugin: TeamsP
         so a repeated id would be answered from its claim without a turn."""
         return json.dumps({**wire, "id": f"bench-{next(ids)}"}).encode()
 
-
     def request() -> Any:
         req = make_mocked_request("POST", "/api/messages", headers=headers, payload=_Body(fresh_body()))  # type: ignore[arg-type]
         return plugin._messages(req)
@@ -180,7 +187,7 @@ async def _measure(args: argparse.Namespace, sim: TeamsSimulator, plugin: TeamsP
     runs: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     try:
         for r in range(args.rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 runs[name].append(await timed(arms[name], args.calls))
     finally:
         auth.__dict__.pop("authenticate_request", None)
@@ -194,8 +201,10 @@ async def _measure(args: argparse.Namespace, sim: TeamsSimulator, plugin: TeamsP
     overhead = [a - b for a, b in zip(col("route, no-op validation", 0), col("bare turn", 0))]
     cross = [a - v - b for a, v, b in zip(col("route", 0), col("bare validation", 0), col("bare turn", 0))]
     overhead_cpu = [a - b for a, b in zip(col("route, no-op validation", 1), col("bare turn", 1))]
-    print(f"\nload average at start {load_start}, at end {load_average()}; {os.cpu_count()} CPUs; "
-          f"{args.rounds} interleaved rounds of {args.calls} calls per arm\n")
+    print(
+        f"\nload average at start {load_start}, at end {load_average()}; {os.cpu_count()} CPUs; "
+        f"{args.rounds} interleaved rounds of {args.calls} calls per arm\n"
+    )
     print("| arm | wall us per activity (median [range] of the per-round medians) | process CPU us per activity |")
     print("|---|---:|---:|")
     for name in names:
@@ -203,8 +212,10 @@ async def _measure(args: argparse.Namespace, sim: TeamsSimulator, plugin: TeamsP
     ok = statistics.median(overhead) <= TARGET_US
     print("\n| target | per-round median [range] | target | verdict |")
     print("|---|---|---|---|")
-    print(f"| 5. our overhead: route with no-op validation - bare turn (wall us) | {mr(overhead)} | <= {TARGET_US:.0f} | "
-          f"{'ok' if ok else 'MISSED'} |")
+    print(
+        f"| 5. our overhead: route with no-op validation - bare turn (wall us) | {mr(overhead)} | <= {TARGET_US:.0f} | "
+        f"{'ok' if ok else 'MISSED'} |"
+    )
     print(f"| 5. the same in process CPU us | {mr(overhead_cpu)} | info | info |")
     print(f"| 5. cross-check: route - bare validation - bare turn (wall us) | {mr(cross)} | info | info |")
     print(f"\n{'all targets met' if ok else '1 target missed'}")

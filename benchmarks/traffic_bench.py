@@ -50,8 +50,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chatstate.adapters.matrix import platform as mx  # noqa: E402  (txn ids: how a send is traced to its cause)
 from chatstate.adapters.discord.handlers import ALREADY_USED, EXPIRED  # noqa: E402
+from chatstate.adapters.matrix import platform as mx  # noqa: E402  (txn ids: how a send is traced to its cause)
 from chatstate.gateway.sim.base import Record  # noqa: E402
 from chatstate.gateway.sim.discord import ALICE as D_ALICE  # noqa: E402
 from chatstate.gateway.sim.discord import BOB as D_BOB  # noqa: E402
@@ -187,8 +187,11 @@ async def slack_post(run: Run, envelope: dict[str, Any]) -> tuple[int, str]:
     sim = run.slack
     body = json.dumps(envelope).encode()
     ts = str(int(time.time()))
-    headers = {"Content-Type": "application/json", "X-Slack-Request-Timestamp": ts,
-               "X-Slack-Signature": sign(sim.signing_secret, ts, body)}
+    headers = {
+        "Content-Type": "application/json",
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": sign(sim.signing_secret, ts, body),
+    }
     assert sim.gateway_url
     async with run.http.post(sim.gateway_url + EVENTS_PATH, data=body, headers=headers) as resp:
         return resp.status, await resp.text()
@@ -262,10 +265,18 @@ async def discord_conversation(run: Run, steps: int) -> None:
             ok = reply.status == 200 and reply.type == 9 and bool(reply.data.get("custom_id"))
             modal = reply.data
         else:
-            rows = [{"type": 1, "components": [{"type": 4, "custom_id": c["custom_id"], "value": "ship it"}
-                                                for c in row["components"]]} for row in modal["components"]]
-            payload = sim.interaction("modal_submit", user_id=D_ALICE,
-                                      data={"custom_id": modal["custom_id"], "components": rows})
+            rows = [
+                {
+                    "type": 1,
+                    "components": [
+                        {"type": 4, "custom_id": c["custom_id"], "value": "ship it"} for c in row["components"]
+                    ],
+                }
+                for row in modal["components"]
+            ]
+            payload = sim.interaction(
+                "modal_submit", user_id=D_ALICE, data={"custom_id": modal["custom_id"], "components": rows}
+            )
             payload["message"], payload["channel_id"] = message, message["channel_id"]
             reply = await deliver(payload)
             t1, step = time.perf_counter(), "modal submit"
@@ -291,7 +302,11 @@ async def teams_conversation(run: Run, steps: int) -> None:
         if i == 0:
             activity, step, expect = sim.activity("message_mention"), "mention", "[mention]"
         else:
-            activity, step, expect = sim.activity("message_reply", reply_to_id=bot_message), "reply to bot", "[reply_to_bot]"
+            activity, step, expect = (
+                sim.activity("message_reply", reply_to_id=bot_message),
+                "reply to bot",
+                "[reply_to_bot]",
+            )
         activity_id = str(activity["id"])
         run.sent["teams"].append(activity_id)
         answered = sim.waiters.future(activity_id)
@@ -372,7 +387,9 @@ async def play(run: Run, conversations: list[tuple[str, int, int | str]], concur
                 else:
                     await matrix_conversation(run, steps, n)
             except Exception as exc:  # counted as a wrong answer; the run goes on
-                run.add(adapter, "error", time.perf_counter(), time.perf_counter(), False, f"{type(exc).__name__}: {exc}")
+                run.add(
+                    adapter, "error", time.perf_counter(), time.perf_counter(), False, f"{type(exc).__name__}: {exc}"
+                )
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return queue.empty()
@@ -430,8 +447,13 @@ def verify(run: Run) -> dict[str, dict[str, Any]]:
 
 def _tally(sent: list[str], answers: Counter[Any], *, extra: int) -> dict[str, Any]:
     counts = Counter(answers.get(s, 0) for s in sent)
-    return {"sent": len(sent), "exactly_once": counts.get(1, 0), "unanswered": counts.get(0, 0),
-            "more_than_once": sum(v for k, v in counts.items() if k > 1), "extra": extra}
+    return {
+        "sent": len(sent),
+        "exactly_once": counts.get(1, 0),
+        "unanswered": counts.get(0, 0),
+        "more_than_once": sum(v for k, v in counts.items() if k > 1),
+        "extra": extra,
+    }
 
 
 # -- numbers ---------------------------------------------------------------------------------------
@@ -471,7 +493,9 @@ async def bench(events: int, concurrency: int, timeout_s: float, say: Callable[[
             # One channel token for the run, as a real Bot Connector reuses its token for an hour.
             run = Run(http, slack, discord, teams, matrix, teams_token=teams.token())
             # Warm up (connections, JWKS fetch, first sync); these events are checked, not timed.
-            await play(run, [(a, CONVERSATION_EVENTS[a], "warm-up") for a in ADAPTERS], len(ADAPTERS), time.monotonic() + 60)
+            await play(
+                run, [(a, CONVERSATION_EVENTS[a], "warm-up") for a in ADAPTERS], len(ADAPTERS), time.monotonic() + 60
+            )
             run.warmup, run.samples = run.samples, []
             conversations = plan(events)
             _, before = await gw.healthz()
@@ -484,14 +508,23 @@ async def bench(events: int, concurrency: int, timeout_s: float, say: Callable[[
             status, after = await gw.healthz()
             correctness = verify(run)
     ops_before, ops_after = before.get("store_ops", {}), after.get("store_ops", {})
-    ops = {k: ops_after.get(k, 0) - ops_before.get(k, 0) for k in sorted(ops_after) if ops_after.get(k, 0) != ops_before.get(k, 0)}
+    ops = {
+        k: ops_after.get(k, 0) - ops_before.get(k, 0)
+        for k in sorted(ops_after)
+        if ops_after.get(k, 0) != ops_before.get(k, 0)
+    }
     per: dict[str, dict[str, Any]] = {}
     for adapter in ADAPTERS:
         ss = [s for s in run.samples if s.adapter == adapter and s.step != "error"]
         lat = [s.latency_ms for s in ss]
         span = (max(s.started + s.latency_ms / 1000 for s in ss) - min(s.started for s in ss)) if ss else 0.0
-        per[adapter] = {"events": len(ss), "events_per_s": len(ss) / span if span else 0.0,
-                        "p50_ms": pct(lat, 0.50), "p99_ms": pct(lat, 0.99), "span_s": span}
+        per[adapter] = {
+            "events": len(ss),
+            "events_per_s": len(ss) / span if span else 0.0,
+            "p50_ms": pct(lat, 0.50),
+            "p99_ms": pct(lat, 0.99),
+            "span_s": span,
+        }
         if adapter == "matrix":
             prompt = [float(s.detail.split()[1]) for s in ss if s.step == "approval request"]
             per[adapter]["prompt_p50_ms"] = pct(prompt, 0.50)
@@ -499,14 +532,23 @@ async def bench(events: int, concurrency: int, timeout_s: float, say: Callable[[
     measured = sum(p["events"] for p in per.values())
     all_lat = [s.latency_ms for s in run.samples if s.step != "error"]
     return {
-        "events": measured, "requested_events": events, "finished": finished, "concurrency": concurrency,
-        "elapsed_s": elapsed, "events_per_s": measured / elapsed if elapsed else 0.0,
-        "p50_ms": pct(all_lat, 0.5), "p99_ms": pct(all_lat, 0.99),
-        "adapters": per, "store_ops": ops, "store_ops_per_s": sum(ops.values()) / elapsed if elapsed else 0.0,
-        "correctness": correctness, "ok": finished and all(c["ok"] for c in correctness.values()),
+        "events": measured,
+        "requested_events": events,
+        "finished": finished,
+        "concurrency": concurrency,
+        "elapsed_s": elapsed,
+        "events_per_s": measured / elapsed if elapsed else 0.0,
+        "p50_ms": pct(all_lat, 0.5),
+        "p99_ms": pct(all_lat, 0.99),
+        "adapters": per,
+        "store_ops": ops,
+        "store_ops_per_s": sum(ops.values()) / elapsed if elapsed else 0.0,
+        "correctness": correctness,
+        "ok": finished and all(c["ok"] for c in correctness.values()),
         "gateway_health": {"http": status, "status": after.get("status")},
         "cpu_s": {"gateway": gw_cpu1 - gw_cpu0, "driver_and_simulators": cpu1 - cpu0},
-        "load": {"before": load0, "after": load1}, "cpus": os.cpu_count(),
+        "load": {"before": load0, "after": load1},
+        "cpus": os.cpu_count(),
         "errors": [f"{s.adapter} {s.step}: {s.detail}" for s in [*run.warmup, *run.samples] if not s.ok][:10],
     }
 
@@ -521,13 +563,20 @@ def render(r: dict[str, Any]) -> str:
     ]
     for adapter, p in r["adapters"].items():
         c = r["correctness"][adapter]
-        verdict = f"{c['exactly_once']}/{c['sent']}" + ("" if c["ok"] else
-                  f" FAIL (unanswered {c['unanswered']}, twice+ {c['more_than_once']}, extra {c['extra']}, wrong {c['wrong_answers']})")
-        lines.append(f"| {adapter} | {p['events']} | {p['events_per_s']:.0f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {verdict} |")
+        verdict = f"{c['exactly_once']}/{c['sent']}" + (
+            ""
+            if c["ok"]
+            else f" FAIL (unanswered {c['unanswered']}, twice+ {c['more_than_once']}, extra {c['extra']}, wrong {c['wrong_answers']})"
+        )
+        lines.append(
+            f"| {adapter} | {p['events']} | {p['events_per_s']:.0f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {verdict} |"
+        )
     total_sent = sum(c["sent"] for c in r["correctness"].values())
     total_once = sum(c["exactly_once"] for c in r["correctness"].values())
-    lines.append(f"| **all** | {r['events']} | {r['events_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                 f"{total_once}/{total_sent}{'' if r['ok'] else ' FAIL'} |")
+    lines.append(
+        f"| **all** | {r['events']} | {r['events_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+        f"{total_once}/{total_sent}{'' if r['ok'] else ' FAIL'} |"
+    )
     m = r["adapters"]["matrix"]
     ops = ", ".join(f"{k} {v}" for k, v in r["store_ops"].items())
     lines += [
@@ -545,10 +594,14 @@ def render(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=DEFAULT_EVENTS, help=f"events to send (default {DEFAULT_EVENTS:,})")
+    parser.add_argument(
+        "--events", type=int, default=DEFAULT_EVENTS, help=f"events to send (default {DEFAULT_EVENTS:,})"
+    )
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_EVENTS:,} events")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="events in flight (default 16)")
-    parser.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, help="stop sending after this long (default 900)")
+    parser.add_argument(
+        "--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, help="stop sending after this long (default 900)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     args = parser.parse_args(argv)
     events = QUICK_EVENTS if args.quick else args.events

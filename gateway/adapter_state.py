@@ -122,8 +122,10 @@ class AdapterState:
             return
         if self.spec.core_id is not None:
             self._store = await runtime.open_core_store(
-                self.spec.core_id, self.spec.namespace,
-                max_entries=self.spec.max_entries, default_ttl_ms=self.spec.ttl_ms,
+                self.spec.core_id,
+                self.spec.namespace,
+                max_entries=self.spec.max_entries,
+                default_ttl_ms=self.spec.ttl_ms,
             )
         else:
             self._store = await runtime.open_keyed_store(
@@ -165,7 +167,9 @@ class AdapterState:
 
     def _degrade(self, exc: StateStoreError) -> None:
         if self.last_error is None:
-            self._log().warning("adapter_state_degraded", extra={"namespace": self.spec.namespace, "code": str(exc.code)})
+            self._log().warning(
+                "adapter_state_degraded", extra={"namespace": self.spec.namespace, "code": str(exc.code)}
+            )
         self.last_error = str(exc.code)
 
     async def recover(self) -> bool:
@@ -194,8 +198,7 @@ class AdapterState:
             self._pending.pop(key, None)
             replayed += 1
         if self.last_error is not None:
-            self._log().info("adapter_state_recovered", extra={"namespace": self.spec.namespace,
-                                                                "replayed": replayed})
+            self._log().info("adapter_state_recovered", extra={"namespace": self.spec.namespace, "replayed": replayed})
         self.last_error = None
         return True
 

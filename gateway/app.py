@@ -98,12 +98,17 @@ def build_app(config: GatewayConfig, plugins: Sequence[LoadedPlugin]) -> web.App
 
 
 def _mount(app: web.Application, plugins: Sequence[LoadedPlugin]) -> None:
-    taken: dict[tuple[str, str], str] = {("GET", HEALTH_PATH): "the gateway", ("GET", metrics.METRICS_PATH): "the gateway"}
+    taken: dict[tuple[str, str], str] = {
+        ("GET", HEALTH_PATH): "the gateway",
+        ("GET", metrics.METRICS_PATH): "the gateway",
+    }
     for lp in plugins:
         for route in lp.plugin.routes():
             claim = (route.method.upper(), route.path)
             if claim in taken:
-                raise ConfigError(f"adapters.{lp.id}", f"route {claim[0]} {claim[1]} is already served by {taken[claim]}")
+                raise ConfigError(
+                    f"adapters.{lp.id}", f"route {claim[0]} {claim[1]} is already served by {taken[claim]}"
+                )
             taken[claim] = lp.id
             app.router.add_route(route.method, route.path, _plugin_handler(lp.id, route.path, route.handler))
 
@@ -148,8 +153,9 @@ def _plugin_handler(plugin_id: str, route: str, handler: Handler) -> Handler:
         except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback per request
             tb = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             where = f"{Path(tb.filename).name}:{tb.lineno}" if tb else "?"
-            logs.get("ingress").warning("handler_failed", extra={"plugin": plugin_id, "error": type(exc).__name__,
-                                                                 "where": where})
+            logs.get("ingress").warning(
+                "handler_failed", extra={"plugin": plugin_id, "error": type(exc).__name__, "where": where}
+            )
             raise web.HTTPInternalServerError(text="internal error") from None
 
     async def plugin_handler(request: web.Request) -> web.StreamResponse:
@@ -175,8 +181,12 @@ async def _healthz(request: web.Request) -> web.Response:
     store = await app[PROBE].result() if life.ready and not life.draining else None
     plugins = app[PLUGINS]  # bound first: inside the call mypy would infer AppKey[Sequence[...]]
     code, body = health.summarize(
-        ready=life.ready, draining=life.draining, started_at=life.started_at, store=store,
-        adapters=health.adapter_health(plugins), sweeper=app[SWEEP],
+        ready=life.ready,
+        draining=life.draining,
+        started_at=life.started_at,
+        store=store,
+        adapters=health.adapter_health(plugins),
+        sweeper=app[SWEEP],
     )
     return web.json_response(body, status=code)
 
@@ -217,7 +227,9 @@ async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
                 except Exception as exc:
                     raise PluginStartError(lp.id, exc) from exc
             started.append(lp)
-            runtime.log.info("plugin_started", extra={"origin": lp.origin, "mode": lp.adapter.mode, "duration_ms": t.ms})
+            runtime.log.info(
+                "plugin_started", extra={"origin": lp.origin, "mode": lp.adapter.mode, "duration_ms": t.ms}
+            )
         yield
     finally:
         for lp in reversed(started):
@@ -233,10 +245,7 @@ async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
     broker = app[BROKER]
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_sweeper(app[SWEEP], stop, broker.database),
-        name="gateway-sweeper",
-    )
+    task = asyncio.create_task(run_sweeper(app[SWEEP], stop, broker.database), name="gateway-sweeper")
     yield
     stop.set()
     await task

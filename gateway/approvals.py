@@ -45,9 +45,14 @@ class Approval:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": VALUE_VERSION, "id": self.id, "action": self.action,
-            "requested_by": self.requested_by, "decisions": list(self.decisions),
-            "created_at": self.created_at, "expires_at": self.expires_at, "context": dict(self.context),
+            "version": VALUE_VERSION,
+            "id": self.id,
+            "action": self.action,
+            "requested_by": self.requested_by,
+            "decisions": list(self.decisions),
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "context": dict(self.context),
         }
 
     @classmethod
@@ -56,9 +61,13 @@ class Approval:
         if value.get("version") != VALUE_VERSION:
             raise ValueError(f"approval row version {value.get('version')!r} is not {VALUE_VERSION}")
         return cls(
-            id=value["id"], action=value["action"], requested_by=value["requested_by"],
-            decisions=tuple(value["decisions"]), created_at=value["created_at"],
-            expires_at=value["expires_at"], context=value.get("context", {}),
+            id=value["id"],
+            action=value["action"],
+            requested_by=value["requested_by"],
+            decisions=tuple(value["decisions"]),
+            created_at=value["created_at"],
+            expires_at=value["expires_at"],
+            context=value.get("context", {}),
         )
 
 

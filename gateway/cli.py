@@ -42,10 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start", help="run the gateway (foreground unless --detach)")
     _where(start)
     _listen(start)
-    start.add_argument("--detach", action="store_true",
-                       help="run in the background; return once /healthz is ready (log: <state-dir>/gateway.log)")
-    start.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S, metavar="S",
-                       help=f"with --detach: give up after S seconds (default {DEFAULT_READY_TIMEOUT_S:g})")
+    start.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in the background; return once /healthz is ready (log: <state-dir>/gateway.log)",
+    )
+    start.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=DEFAULT_READY_TIMEOUT_S,
+        metavar="S",
+        help=f"with --detach: give up after S seconds (default {DEFAULT_READY_TIMEOUT_S:g})",
+    )
     start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # see server._ReadyPipe
     start.add_argument("--check-only", action="store_true", help=argparse.SUPPRESS)  # restart's validation
     start.set_defaults(func=cmd_start)
@@ -58,17 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="is a gateway running: pid, uptime, address, health, store")
     _where(status)
     status.add_argument("--json", action="store_true", help="print JSON")
-    status.add_argument("--timeout", type=float, default=STATUS_TIMEOUT_S, metavar="S",
-                        help=f"seconds to wait for /healthz before 'not responding' (default {STATUS_TIMEOUT_S:g})")
+    status.add_argument(
+        "--timeout",
+        type=float,
+        default=STATUS_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds to wait for /healthz before 'not responding' (default {STATUS_TIMEOUT_S:g})",
+    )
     status.set_defaults(func=cmd_status)
 
     restart = sub.add_parser(
-        "restart", help="validate, then stop (if running) and start --detach; reuses the running config",
+        "restart",
+        help="validate, then stop (if running) and start --detach; reuses the running config",
         description="Without --config, start again what the running gateway runs (its recorded config "
         "file, overrides and CHATSTATE_* variables). The new configuration is validated completely "
-        "first; if that fails nothing is stopped (exit 2).")
-    restart.add_argument("--config", metavar="FILE",
-                         help="start this TOML config instead of the running gateway's")
+        "first; if that fails nothing is stopped (exit 2).",
+    )
+    restart.add_argument("--config", metavar="FILE", help="start this TOML config instead of the running gateway's")
     restart.add_argument("--state-dir", metavar="D", help="state dir of the gateway to restart")
     _listen(restart)
     _timeout(restart)
@@ -85,19 +99,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _where(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=os.environ.get(CONFIG_ENV), metavar="FILE",
-                   help=f"TOML config (default ${CONFIG_ENV}; without one, built-in defaults)")
-    p.add_argument("--state-dir", metavar="D", help="state dir (overrides [state] dir; default $CHATSTATE_HOME or ~/.chatstate)")
+    p.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_ENV),
+        metavar="FILE",
+        help=f"TOML config (default ${CONFIG_ENV}; without one, built-in defaults)",
+    )
+    p.add_argument(
+        "--state-dir", metavar="D", help="state dir (overrides [state] dir; default $CHATSTATE_HOME or ~/.chatstate)"
+    )
 
 
 def _listen(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="listen address (overrides [gateway] host; default 127.0.0.1)")
-    p.add_argument("--port", type=int, metavar="N", help="listen port (overrides [gateway] port; default 8787; 0 = any free)")
+    p.add_argument(
+        "--port", type=int, metavar="N", help="listen port (overrides [gateway] port; default 8787; 0 = any free)"
+    )
 
 
 def _timeout(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--timeout", type=float, default=DEFAULT_STOP_TIMEOUT_S, metavar="S",
-                   help=f"seconds to wait after SIGTERM before SIGKILL (default {DEFAULT_STOP_TIMEOUT_S:g})")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_STOP_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds to wait after SIGTERM before SIGKILL (default {DEFAULT_STOP_TIMEOUT_S:g})",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the flags around `state probe|inspect` are the state CLI's (and --config), which
         # argparse's REMAINDER would refuse when they start with --, so they skip this parser
         i = argv.index(command, 1)
-        args = argparse.Namespace(func=cmd_state, state_command=command, rest=argv[1:i] + argv[i + 1:])
+        args = argparse.Namespace(func=cmd_state, state_command=command, rest=argv[1:i] + argv[i + 1 :])
     else:
         args = parser.parse_args(argv)
     try:
@@ -127,8 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
-    return load_config(args.config, state_dir=args.state_dir,
-                       host=getattr(args, "host", None), port=getattr(args, "port", None))
+    return load_config(
+        args.config, state_dir=args.state_dir, host=getattr(args, "host", None), port=getattr(args, "port", None)
+    )
 
 
 def _launch(args: argparse.Namespace, config: GatewayConfig) -> Launch:
@@ -167,8 +195,10 @@ def _report_started(started: Started, config: GatewayConfig, *, previous: str = 
     if started.code == OK and started.ready is not None:
         print(json.dumps({**started.ready, "state_dir": str(config.state_dir), "log": str(started.log_path)}))
         return OK
-    print(f"gateway: failed to start (exit {started.code}): {started.reason}; log: {started.log_path}{previous}",
-          file=sys.stderr)
+    print(
+        f"gateway: failed to start (exit {started.code}): {started.reason}; log: {started.log_path}{previous}",
+        file=sys.stderr,
+    )
     return started.code
 
 
@@ -235,12 +265,20 @@ def cmd_restart(args: argparse.Namespace) -> int:
     recorded = info.get("launch") if info else None
     previous = Launch.from_record(recorded, state_dir) if isinstance(recorded, dict) else None
     if previous is not None and not explicit:
-        launch = replace(previous, host=args.host if args.host is not None else previous.host,
-                         port=args.port if args.port is not None else previous.port)
+        launch = replace(
+            previous,
+            host=args.host if args.host is not None else previous.host,
+            port=args.port if args.port is not None else previous.port,
+        )
     else:
         path = args.config or os.environ.get(CONFIG_ENV)
-        launch = Launch(state_dir, Path(path).expanduser().absolute() if path else None, args.host, args.port,
-                        launch_env(os.environ))
+        launch = Launch(
+            state_dir,
+            Path(path).expanduser().absolute() if path else None,
+            args.host,
+            args.port,
+            launch_env(os.environ),
+        )
     config = _refused_if_bad(lambda: validate(launch), state_dir)
     if info is not None:
         stop_gateway(state_dir, timeout_s=args.timeout, quiet=True)
@@ -249,7 +287,9 @@ def cmd_restart(args: argparse.Namespace) -> int:
     if info is not None and previous is not None:
         missing = sorted(set(previous.env) - set(os.environ))
         with_env = f" (with {', '.join(missing)} set as before)" if missing else ""
-        hint = f"; the previous gateway was stopped; to start its configuration again run: {previous.command()}{with_env}"
+        hint = (
+            f"; the previous gateway was stopped; to start its configuration again run: {previous.command()}{with_env}"
+        )
     return _report_started(started, config, previous=hint)
 
 
@@ -262,8 +302,9 @@ def _refused_if_bad(step: Callable[[], T], state_dir: Path) -> T:
         info = running_info(state_dir) if state_dir.is_dir() else None
         if info is None:
             raise
-        raise GatewayExit(exc.code, f"restart refused, the running gateway (pid {info.get('pid')}) "
-                          f"keeps serving: {exc}") from None
+        raise GatewayExit(
+            exc.code, f"restart refused, the running gateway (pid {info.get('pid')}) keeps serving: {exc}"
+        ) from None
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -287,13 +328,20 @@ def _state_parsers(sub: Any) -> None:
     """`chatstate state probe|inspect [--config FILE] [flags]`: real subcommands whose flags
     belong to the state CLI (python -m chatstate.state), which parses them and prints their
     --help, so the two never drift."""
-    st = sub.add_parser("state", help="probe|inspect the state database (python -m chatstate.state)",
-                        description="The state CLI (python -m chatstate.state) on this gateway's state dir; "
-                        "`chatstate state probe --help` lists a command's flags.")
+    st = sub.add_parser(
+        "state",
+        help="probe|inspect the state database (python -m chatstate.state)",
+        description="The state CLI (python -m chatstate.state) on this gateway's state dir; "
+        "`chatstate state probe --help` lists a command's flags.",
+    )
     st_sub = st.add_subparsers(dest="state_command", required=True, metavar="{probe,inspect}")
     for name, text in STATE_COMMANDS.items():
-        p = st_sub.add_parser(name, help=text, add_help=False,
-                              usage=f"chatstate state {name} [--config FILE] [flags of python -m chatstate.state {name}]")
+        p = st_sub.add_parser(
+            name,
+            help=text,
+            add_help=False,
+            usage=f"chatstate state {name} [--config FILE] [flags of python -m chatstate.state {name}]",
+        )
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=cmd_state)
 

@@ -20,8 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from chatstate.gateway.exits import ConfigError
-from chatstate.state import state_dir as resolve_state_dir
 from chatstate.gateway.settings import ENV_PREFIX, AdapterSettings, Mode, Settings, build, check_keys, env_prefix
+from chatstate.state import state_dir as resolve_state_dir
 
 # Defaults, one unit a line (docs/gateway.md lists every key and its environment variable).
 DEFAULT_HOST = "127.0.0.1"
@@ -195,8 +195,9 @@ def _adapters(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Adapt
         own_env = {k: v for k, v in env.items() if k.startswith(prefix)}
         base = {k: v for k, v in table.items() if k in AdapterSettings.model_fields}
         common = build(AdapterSettings, base, where=key, env=own_env, prefix=prefix)
-        out[adapter_id] = AdapterConfig(adapter_id, common.enabled, common.mode,
-                                        MappingProxyType(dict(table)), MappingProxyType(own_env))
+        out[adapter_id] = AdapterConfig(
+            adapter_id, common.enabled, common.mode, MappingProxyType(dict(table)), MappingProxyType(own_env)
+        )
     return out
 
 
@@ -207,5 +208,14 @@ def _table(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
-__all__ = ["AdapterConfig", "GatewayConfig", "GatewaySettings", "StateSettings", "TopLevelSettings",
-           "check_keys", "env_prefix", "load_config", "parse_config"]
+__all__ = [
+    "AdapterConfig",
+    "GatewayConfig",
+    "GatewaySettings",
+    "StateSettings",
+    "TopLevelSettings",
+    "check_keys",
+    "env_prefix",
+    "load_config",
+    "parse_config",
+]

@@ -64,19 +64,35 @@ def add_parser(sub: Any) -> None:
         help="restart a real gateway mid-conversation for every adapter, legacy maps vs keyed store",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    p.add_argument("--state-dir", help="keep each run's state and logs in a new D/run-<time>-<id> folder "
-                   "(default: a temp dir, removed)")
-    p.add_argument("--kill", choices=("term", "kill"), default="kill",
-                   help="how to stop the gateway mid-conversation: SIGTERM or SIGKILL (default)")
-    p.add_argument("--only", default=",".join(ADAPTERS),
-                   help="comma-separated adapters to play, each once (default: slack,discord,teams,matrix)")
-    p.add_argument("--transport", choices=tuple(TRANSPORTS), default="http",
-                   help="http: Events API / interactions endpoint (default); websocket: Slack Socket Mode and "
-                        "the Discord Gateway (slack and discord rows only); both: every row of each")
+    p.add_argument(
+        "--state-dir",
+        help="keep each run's state and logs in a new D/run-<time>-<id> folder (default: a temp dir, removed)",
+    )
+    p.add_argument(
+        "--kill",
+        choices=("term", "kill"),
+        default="kill",
+        help="how to stop the gateway mid-conversation: SIGTERM or SIGKILL (default)",
+    )
+    p.add_argument(
+        "--only",
+        default=",".join(ADAPTERS),
+        help="comma-separated adapters to play, each once (default: slack,discord,teams,matrix)",
+    )
+    p.add_argument(
+        "--transport",
+        choices=tuple(TRANSPORTS),
+        default="http",
+        help="http: Events API / interactions endpoint (default); websocket: Slack Socket Mode and "
+        "the Discord Gateway (slack and discord rows only); both: every row of each",
+    )
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON document")
-    p.add_argument("--hostile", action="store_true",
-                   help="turn every simulated platform edge behaviour on (retries, duplicate deliveries, "
-                        "429/5xx, deadlines, double clicks) and show which were hit")
+    p.add_argument(
+        "--hostile",
+        action="store_true",
+        help="turn every simulated platform edge behaviour on (retries, duplicate deliveries, "
+        "429/5xx, deadlines, double clicks) and show which were hit",
+    )
 
 
 @dataclass(frozen=True)
@@ -137,9 +153,13 @@ def run(args: argparse.Namespace) -> int:
         return 130
     ok = all(r.passed for r in rows)
     if opts.json:
-        doc: dict[str, Any] = {"ok": ok, "kill": opts.kill, "transport": opts.transport,
-                               "state_dir": str(root) if opts.keep_in else None,
-                               "rows": [asdict(r) | {"passed": r.passed} for r in rows]}
+        doc: dict[str, Any] = {
+            "ok": ok,
+            "kill": opts.kill,
+            "transport": opts.transport,
+            "state_dir": str(root) if opts.keep_in else None,
+            "rows": [asdict(r) | {"passed": r.passed} for r in rows],
+        }
         if opts.hostile:
             doc["hostile"] = hits
         print(json.dumps(doc, indent=2))
@@ -151,8 +171,11 @@ def run(args: argparse.Namespace) -> int:
         if opts.hostile:
             print("\nEdge behaviours the simulators played (legacy and store runs together):\n")
             print(render_hits(hits, list(opts.only)))
-        print("\nPASS: every conversation survived with the keyed store and was lost without it."
-              if ok else "\nFAIL: see the rows above.")
+        print(
+            "\nPASS: every conversation survived with the keyed store and was lost without it."
+            if ok
+            else "\nFAIL: see the rows above."
+        )
     return 0 if ok else 1
 
 
@@ -209,19 +232,27 @@ async def _play_transports(opts: Options, root: Path, say: Any, hits: dict[str, 
             say(f"\n#### transport: Slack Socket Mode / Discord Gateway ({', '.join(chosen)})")
             (root / "websocket").mkdir(mode=0o700, exist_ok=True)
             os.chmod(root / "websocket", 0o700)
-            rows += await _play(chosen, opts.kill, root / "websocket", say, websocket=True,
-                                hostile=opts.hostile, hits=hits)
+            rows += await _play(
+                chosen, opts.kill, root / "websocket", say, websocket=True, hostile=opts.hostile, hits=hits
+            )
     return rows
 
 
 async def _play(
-    only: list[str], kill: str, root: Path, say: Any, *, websocket: bool = False, hostile: bool = False,
+    only: list[str],
+    kill: str,
+    root: Path,
+    say: Any,
+    *,
+    websocket: bool = False,
+    hostile: bool = False,
     hits: dict[str, dict[str, int]] | None = None,
 ) -> list[Row]:
     results: dict[Mode, dict[tuple[str, str], tuple[bool, str, float]]] = {}
     for mode in ("legacy", "store"):
-        results[mode] = await _play_mode(mode, only, kill, root / mode, say, websocket=websocket,
-                                         hostile=hostile, hits=hits)
+        results[mode] = await _play_mode(
+            mode, only, kill, root / mode, say, websocket=websocket, hostile=hostile, hits=hits
+        )
     rows = []
     for (adapter, behaviour), (legacy_ok, legacy_detail, legacy_s) in results["legacy"].items():
         store_ok, store_detail, store_s = results["store"].get((adapter, behaviour), (False, "not run", 0.0))
@@ -230,8 +261,15 @@ async def _play(
 
 
 async def _play_mode(
-    mode: Mode, only: list[str], kill: str, state_dir: Path, say: Any, *, websocket: bool = False,
-    hostile: bool = False, hits: dict[str, dict[str, int]] | None = None,
+    mode: Mode,
+    only: list[str],
+    kill: str,
+    state_dir: Path,
+    say: Any,
+    *,
+    websocket: bool = False,
+    hostile: bool = False,
+    hits: dict[str, dict[str, int]] | None = None,
 ) -> dict[tuple[str, str], tuple[bool, str, float]]:
     from chatstate.gateway.sim.harness import GatewayHarness
     from chatstate.gateway.sim.scenarios import SCENARIOS, TRANSPORT_LABELS, WEBSOCKET_SCENARIOS
@@ -243,8 +281,12 @@ async def _play_mode(
     t0 = time.monotonic()
     state_dir.mkdir(mode=0o700)
     os.chmod(state_dir, 0o700)  # whatever the umask: its config holds the simulators' tokens
-    async with GatewayHarness(sims, modes=mode, state_dir=state_dir,
-                              adapters={s.adapter: s.adapter_config for s in scenarios if s.adapter_config}) as gw:
+    async with GatewayHarness(
+        sims,
+        modes=mode,
+        state_dir=state_dir,
+        adapters={s.adapter: s.adapter_config for s in scenarios if s.adapter_config},
+    ) as gw:
         say(f"  gateway ready on {gw.gateway_url} (pid {gw.pid}) in {time.monotonic() - t0:.1f} s")
         timings: dict[str, float] = {}
         contexts = []
@@ -259,8 +301,10 @@ async def _play_mode(
             if scenario.while_down is not None:  # e.g. a Discord Gateway dispatch while down
                 contexts[i] = await scenario.while_down(sims[i], contexts[i])
         await gw.start()
-        say(f"  gateway {'SIGKILLed' if kill == 'kill' else 'stopped by SIGTERM'} (exit {code}) "
-            f"and back in {time.monotonic() - t:.1f} s")
+        say(
+            f"  gateway {'SIGKILLed' if kill == 'kill' else 'stopped by SIGTERM'} (exit {code}) "
+            f"and back in {time.monotonic() - t:.1f} s"
+        )
         out: dict[tuple[str, str], tuple[bool, str, float]] = {}
         for scenario, sim, ctx in zip(scenarios, sims, contexts):
             t = time.monotonic()
@@ -279,17 +323,24 @@ async def _play_mode(
     return out
 
 
-TIME_NOTE = ("time: wall-clock time spent playing that conversation (its first half before the "
-             "restart plus its second half after it), the legacy and the keyed-store runs added; an "
-             "adapter with two rows shares its time between them; the restart itself is not counted.")
+TIME_NOTE = (
+    "time: wall-clock time spent playing that conversation (its first half before the "
+    "restart plus its second half after it), the legacy and the keyed-store runs added; an "
+    "adapter with two rows shares its time between them; the restart itself is not counted."
+)
 
 
 def render_table(rows: list[Row]) -> str:
     """The result table; `time` is explained by TIME_NOTE, printed under it."""
     head = ("adapter", "behaviour", "legacy after restart", "keyed store after restart", "time")
     body = [
-        (r.adapter, r.behaviour, "lost (expected)" if not r.legacy_survived else "kept (UNEXPECTED)",
-         "works" if r.store_survived else "LOST (FAIL)", f"{r.seconds * 1000:.0f} ms")
+        (
+            r.adapter,
+            r.behaviour,
+            "lost (expected)" if not r.legacy_survived else "kept (UNEXPECTED)",
+            "works" if r.store_survived else "LOST (FAIL)",
+            f"{r.seconds * 1000:.0f} ms",
+        )
         for r in rows
     ]
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
@@ -303,8 +354,10 @@ def render_hits(hits: dict[str, dict[str, int]], only: list[str]) -> str:
     with how often."""
     head = ("adapter", "edge behaviours hit (count)")
     names = [*hits, *(a for a in only if a not in hits)]
-    body = [(a, ", ".join(f"{k} {v}" for k, v in sorted(hits.get(a, {}).items())) or "none (no switches for it)")
-            for a in names]
+    body = [
+        (a, ", ".join(f"{k} {v}" for k, v in sorted(hits.get(a, {}).items())) or "none (no switches for it)")
+        for a in names
+    ]
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"

@@ -23,12 +23,12 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import Field
 
-from chatstate.state import StateStoreError
 from chatstate.gateway import ingress
 from chatstate.gateway.adapter_state import CALLER_ERRORS, AdapterState, StateSpec
 from chatstate.gateway.plugin import PluginRuntime, Route
 from chatstate.gateway.settings import AdapterSettings
 from chatstate.gateway.stateful import StatefulPlugin
+from chatstate.state import StateStoreError
 
 NAMESPACE = "echo.counters"
 DEFAULT_MAX_ENTRIES = 10_000  # counters kept; the oldest-written is evicted past this
@@ -74,10 +74,7 @@ class EchoPlugin(StatefulPlugin):
         self._locks: list[asyncio.Lock] = []
 
     def routes(self) -> Sequence[Route]:
-        return (
-            Route("POST", "/echo", self._increment),
-            Route("GET", "/echo/{key}", self._read),
-        )
+        return (Route("POST", "/echo", self._increment), Route("GET", "/echo/{key}", self._read))
 
     async def start(self, runtime: PluginRuntime) -> None:
         """Read the secret and open the counter store (StateStoreError if it cannot be opened)."""
@@ -90,8 +87,10 @@ class EchoPlugin(StatefulPlugin):
 
     def health(self) -> dict[str, Any]:
         last_error = self._counters.last_error if self._counters is not None else None
-        out: dict[str, Any] = {"status": "degraded" if last_error else "ok",
-                               "mode": "legacy" if self._legacy else "store"}
+        out: dict[str, Any] = {
+            "status": "degraded" if last_error else "ok",
+            "mode": "legacy" if self._legacy else "store",
+        }
         if last_error:
             out["last_error"] = last_error
         return out
@@ -158,8 +157,9 @@ class EchoPlugin(StatefulPlugin):
             result = await op
         except StateStoreError as exc:
             if exc.code in CALLER_ERRORS:
-                raise web.HTTPBadRequest(text=json.dumps({"error": str(exc.code)}),
-                                         content_type="application/json") from None
+                raise web.HTTPBadRequest(
+                    text=json.dumps({"error": str(exc.code)}), content_type="application/json"
+                ) from None
             raise self._unavailable() from None
         if self._counters.last_error is not None:
             raise self._unavailable()

@@ -61,16 +61,23 @@ def adapter_health(plugins: Sequence[LoadedPlugin]) -> dict[str, dict[str, Any]]
 
 
 def summarize(
-    *, ready: bool, draining: bool, started_at: float, store: dict[str, Any] | None,
-    adapters: dict[str, dict[str, Any]], sweeper: SweepStatus,
+    *,
+    ready: bool,
+    draining: bool,
+    started_at: float,
+    store: dict[str, Any] | None,
+    adapters: dict[str, dict[str, Any]],
+    sweeper: SweepStatus,
 ) -> tuple[int, dict[str, Any]]:
     """Return (HTTP status, body) for /healthz from its parts; pure, so it is unit-tested."""
     if draining:
         status = "stopping"
     elif not ready:
         status = "starting"
-    elif (store is not None and not store["ok"]) or sweeper.last_error or any(
-        a.get("status") != "ok" for a in adapters.values()
+    elif (
+        (store is not None and not store["ok"])
+        or sweeper.last_error
+        or any(a.get("status") != "ok" for a in adapters.values())
     ):
         status = "degraded"
     else:

@@ -64,8 +64,12 @@ class Launch:
         return shlex.join([*self.argv(), "--detach"])
 
     def record(self) -> dict[str, Any]:
-        return {"config": str(self.config) if self.config else None, "host": self.host,
-                "port": self.port, "env": dict(self.env)}
+        return {
+            "config": str(self.config) if self.config else None,
+            "host": self.host,
+            "port": self.port,
+            "env": dict(self.env),
+        }
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], state_dir: Path) -> Launch:
@@ -88,8 +92,9 @@ class Launch:
 
     def load(self) -> GatewayConfig:
         """Parse the configuration this launch would run. Raises ConfigError."""
-        return load_config(self.config, env=self.environment(), state_dir=self.state_dir,
-                           host=self.host, port=self.port)
+        return load_config(
+            self.config, env=self.environment(), state_dir=self.state_dir, host=self.host, port=self.port
+        )
 
 
 def validate(launch: Launch) -> GatewayConfig:
@@ -103,12 +108,19 @@ def validate(launch: Launch) -> GatewayConfig:
     """
     config = launch.load()
     check_state_dir(config.state_dir, create=False)
-    proc = subprocess.run([*launch.argv(), "--check-only"], env=launch.environment(), capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.run(
+        [*launch.argv(), "--check-only"],
+        env=launch.environment(),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     if proc.returncode != 0:
-        said = [line[len("gateway: "):] for line in proc.stderr.splitlines() if line.startswith("gateway: ")]
-        raise GatewayExit(proc.returncode, said[-1] if said else f"checking the configuration failed "
-                          f"(exit {proc.returncode})")
+        said = [line[len("gateway: ") :] for line in proc.stderr.splitlines() if line.startswith("gateway: ")]
+        raise GatewayExit(
+            proc.returncode, said[-1] if said else f"checking the configuration failed (exit {proc.returncode})"
+        )
     return config
 
 
@@ -132,8 +144,13 @@ def spawn_detached(launch: Launch, *, ready_timeout_s: float) -> Started:
     offset = os.fstat(fd).st_size
     with os.fdopen(fd, "ab") as log_file:
         proc = subprocess.Popen(
-            [*launch.argv(), "--ready-fd", str(write_end)], stdin=subprocess.DEVNULL, stdout=log_file,
-            stderr=log_file, pass_fds=(write_end,), start_new_session=True, env=launch.environment(),
+            [*launch.argv(), "--ready-fd", str(write_end)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            pass_fds=(write_end,),
+            start_new_session=True,
+            env=launch.environment(),
         )
     os.close(write_end)
     try:
@@ -180,5 +197,5 @@ def _child_reason(log_path: Path, offset: int) -> str:
             text = fh.read().decode(errors="replace")
     except OSError:
         return ""
-    lines = [line[len("gateway: "):] for line in text.splitlines() if line.startswith("gateway: ")]
+    lines = [line[len("gateway: ") :] for line in text.splitlines() if line.startswith("gateway: ")]
     return lines[-1] if lines else ""

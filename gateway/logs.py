@@ -103,11 +103,16 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         if _output is None or not _output.owns(self.logger):
-            self.logger.info("http_request", extra=fields(
-                plugin=request.get(PLUGIN_ID),
-                method=request.method, path=request.path,
-                status=response.status, duration_ms=round(time * 1000, 3),
-            ))
+            self.logger.info(
+                "http_request",
+                extra=fields(
+                    plugin=request.get(PLUGIN_ID),
+                    method=request.method,
+                    path=request.path,
+                    status=response.status,
+                    duration_ms=round(time * 1000, 3),
+                ),
+            )
             return
         line = {"ts": round(_now(), 3), "level": "info", "logger": self.logger.name, "event": "http_request"}
         plugin = request.get(PLUGIN_ID)
@@ -134,8 +139,12 @@ class _Output:
     def owns(self, logger: logging.Logger) -> bool:
         """True when `logger` logs info lines and only to our handler (nothing reconfigured)."""
         root = logging.getLogger()
-        return (logger.isEnabledFor(logging.INFO) and not logger.handlers
-                and root.handlers == [self.handler] and logger.propagate)
+        return (
+            logger.isEnabledFor(logging.INFO)
+            and not logger.handlers
+            and root.handlers == [self.handler]
+            and logger.propagate
+        )
 
     def queue(self, line: str) -> None:
         if not self.pending:

@@ -27,16 +27,19 @@ METRICS_PATH = "/metrics"
 MODES = ("store", "degraded", "legacy")
 
 REQUESTS = Counter(
-    "chatstate_http_requests", "HTTP requests answered, by plugin, route template and status",
+    "chatstate_http_requests",
+    "HTTP requests answered, by plugin, route template and status",
     ["plugin", "route", "status"],
 )
 REQUEST_SECONDS = Histogram(
-    "chatstate_http_request_seconds", "Time from routing to the handler's answer, by plugin and route",
+    "chatstate_http_request_seconds",
+    "Time from routing to the handler's answer, by plugin and route",
     ["plugin", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 SWEEP_SECONDS = Histogram(
-    "chatstate_sweep_seconds", "Duration of one sweep of expired rows",
+    "chatstate_sweep_seconds",
+    "Duration of one sweep of expired rows",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0),
 )
 SWEEP_ROWS = Counter("chatstate_sweep_rows", "Expired rows deleted by sweeps")
@@ -44,14 +47,13 @@ SWEEP_FAILURES = Counter("chatstate_sweep_failures", "Sweeps that failed (retrie
 DEDUPE_HITS = Counter(
     "chatstate_dedupe_hits",
     "Deliveries dropped because a store claim showed them already handled (Slack event ids, "
-    "Discord interaction ids, ...)", ["plugin", "kind"],
+    "Discord interaction ids, ...)",
+    ["plugin", "kind"],
 )
 MATRIX_BACKFILL_EVENTS = Counter(
-    "chatstate_matrix_backfill_events", "Events fetched by back-filling limited Matrix timelines",
+    "chatstate_matrix_backfill_events", "Events fetched by back-filling limited Matrix timelines"
 )
-MATRIX_SKIPPED_EVENTS = Counter(
-    "chatstate_matrix_skipped_events", "Matrix events not acted on, by reason", ["reason"],
-)
+MATRIX_SKIPPED_EVENTS = Counter("chatstate_matrix_skipped_events", "Matrix events not acted on, by reason", ["reason"])
 
 
 def record_dedupe_hit(plugin: str, kind: str) -> None:

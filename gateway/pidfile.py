@@ -43,16 +43,24 @@ def check_state_dir(state_dir: Path, *, create: bool = True) -> None:
     except OSError as exc:
         raise _unusable(state_dir, f"cannot be examined ({exc.strerror}); choose another --state-dir") from None
     if stat.S_ISLNK(st.st_mode):
-        raise _unusable(state_dir, f"is a symlink (to {os.readlink(state_dir)}), which the gateway never follows; "
-                        "pass the real directory as --state-dir")
+        raise _unusable(
+            state_dir,
+            f"is a symlink (to {os.readlink(state_dir)}), which the gateway never follows; "
+            "pass the real directory as --state-dir",
+        )
     if not stat.S_ISDIR(st.st_mode):
         raise _unusable(state_dir, "is not a directory; move that file away or pass another --state-dir")
     if st.st_uid != os.getuid():
-        raise _unusable(state_dir, f"is owned by uid {st.st_uid}, not by you (uid {os.getuid()}); "
-                        "use a directory you own, or chown it")
+        raise _unusable(
+            state_dir,
+            f"is owned by uid {st.st_uid}, not by you (uid {os.getuid()}); use a directory you own, or chown it",
+        )
     if not os.access(state_dir, os.W_OK | os.X_OK):
-        raise _unusable(state_dir, f"is not writable by you (mode {stat.S_IMODE(st.st_mode):04o}); "
-                        f"run `chmod 700 {state_dir}` or pass another --state-dir")
+        raise _unusable(
+            state_dir,
+            f"is not writable by you (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run `chmod 700 {state_dir}` or pass another --state-dir",
+        )
 
 
 def _make_dirs(path: Path) -> None:
@@ -67,8 +75,9 @@ def _make_dirs(path: Path) -> None:
         except FileExistsError:
             continue  # created meanwhile (another gateway starting): checked below
         except OSError as exc:
-            raise _unusable(path, f"cannot be created ({exc.strerror} at {p}); create it yourself "
-                            "or pass another --state-dir") from None
+            raise _unusable(
+                path, f"cannot be created ({exc.strerror} at {p}); create it yourself or pass another --state-dir"
+            ) from None
         os.chmod(p, DIR_MODE)  # mkdir's mode is masked by the umask; 0700 whatever it is
     if missing:
         check_state_dir(path)
@@ -135,8 +144,9 @@ def _open_private(path: Path, flags: int) -> int:
     try:
         fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
     except OSError as exc:
-        raise _unusable(path.parent, f"has an unusable {path.name} ({exc.strerror}); remove that file "
-                        "if no gateway runs there") from None
+        raise _unusable(
+            path.parent, f"has an unusable {path.name} ({exc.strerror}); remove that file if no gateway runs there"
+        ) from None
     os.fchmod(fd, FILE_MODE)
     return fd
 

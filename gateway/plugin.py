@@ -60,12 +60,7 @@ class PluginRuntime(Protocol):
         ...
 
     async def open_core_store(
-        self,
-        core_id: str,
-        namespace: str,
-        *,
-        max_entries: int,
-        default_ttl_ms: int | None = None,
+        self, core_id: str, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None
     ) -> AsyncKeyedStore:
         """Open a store owned by the core (plugin id `core:...`, e.g. `core:approvals`).
 
@@ -85,7 +80,7 @@ class Plugin(abc.ABC):
     # gateway validates the table (and CHATSTATE_<ID>_<KEY> variables) against it before start.
     settings_type: ClassVar[type[AdapterSettings]] = AdapterSettings
 
-    def check(self, settings: AdapterSettings) -> None:
+    def check(self, settings: AdapterSettings) -> None:  # noqa: B027 -- an optional hook
         """Offline checks beyond the field types (no network, no store): run by `start` and by
         `restart` before it stops the running gateway. Raise ValueError naming the key (never
         its value); the gateway then exits 2."""
@@ -98,7 +93,7 @@ class Plugin(abc.ABC):
     async def start(self, runtime: PluginRuntime) -> None:
         """Open stores and start background work; the gateway is ready only after this returns."""
 
-    async def stop(self) -> None:
+    async def stop(self) -> None:  # noqa: B027 -- an optional hook
         """Stop background work; stores are closed by the gateway afterwards."""
 
     def health(self) -> dict[str, Any]:

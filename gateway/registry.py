@@ -112,9 +112,7 @@ def load_plugins(config: GatewayConfig) -> list[LoadedPlugin]:
         cls = _plugin_class(import_object(spec, key=key), key=key, spec=spec)
         loaded.append(_checked(_instantiate(cls, key), "bundled", adapter))
     for i, (plugin_id, cls) in enumerate(external.items()):
-        adapter = config.adapters.get(plugin_id) or AdapterConfig(
-            plugin_id, True, "store", MappingProxyType({})
-        )
+        adapter = config.adapters.get(plugin_id) or AdapterConfig(plugin_id, True, "store", MappingProxyType({}))
         if adapter.enabled:  # listed external plugins run unless their table disables them
             loaded.append(_checked(_instantiate(cls, f"external_plugins[{i}]"), "external", adapter))
         else:
@@ -130,7 +128,9 @@ def validate_settings(plugin: Plugin, adapter: AdapterConfig) -> AdapterSettings
     key = f"adapters.{adapter.id}"
     settings_type = plugin.settings_type
     if not (isinstance(settings_type, type) and issubclass(settings_type, AdapterSettings)):
-        raise ConfigError(key, f"{type(plugin).__name__}.settings_type is not a gateway.settings.AdapterSettings subclass")
+        raise ConfigError(
+            key, f"{type(plugin).__name__}.settings_type is not a gateway.settings.AdapterSettings subclass"
+        )
     settings = build(settings_type, adapter.table, where=key, env=adapter.env, prefix=env_prefix(adapter.id))
     try:
         plugin.check(settings)

@@ -66,8 +66,14 @@ class StoreBroker:
         self._open.setdefault(id(store), store)
         self._log.info(
             "store_opened",
-            extra={"plugin": plugin_id, "namespace": namespace, "op": "open", "duration_ms": t.ms,
-                   "max_entries": max_entries, "default_ttl_ms": default_ttl_ms},
+            extra={
+                "plugin": plugin_id,
+                "namespace": namespace,
+                "op": "open",
+                "duration_ms": t.ms,
+                "max_entries": max_entries,
+                "default_ttl_ms": default_ttl_ms,
+            },
         )
         return store
 
@@ -120,17 +126,11 @@ class GatewayRuntime:
                 "add it there to give it keyed stores",
             )
         return await self._broker.open(
-            self.plugin_id, namespace, max_entries=max_entries,
-            default_ttl_ms=default_ttl_ms, overflow=overflow,
+            self.plugin_id, namespace, max_entries=max_entries, default_ttl_ms=default_ttl_ms, overflow=overflow
         )
 
     async def open_core_store(
-        self,
-        core_id: str,
-        namespace: str,
-        *,
-        max_entries: int,
-        default_ttl_ms: int | None = None,
+        self, core_id: str, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None
     ) -> AsyncKeyedStore:
         """Open a core-owned store (`core:...`); bundled plugins only.
 
@@ -142,10 +142,12 @@ class GatewayRuntime:
                 "INVALID_INPUT", "open", f"plugin {self.plugin_id!r}: only bundled plugins may open core stores"
             )
         if not core_id.startswith(CORE_PREFIX) or len(core_id) == len(CORE_PREFIX):
-            raise state.StateStoreError(
-                "INVALID_INPUT", "open", f"core store ids must look like '{CORE_PREFIX}<name>'"
-            )
+            raise state.StateStoreError("INVALID_INPUT", "open", f"core store ids must look like '{CORE_PREFIX}<name>'")
         return await self._broker.open(
-            core_id, namespace, max_entries=max_entries,
-            default_ttl_ms=default_ttl_ms, overflow="evict-oldest", core=True,
+            core_id,
+            namespace,
+            max_entries=max_entries,
+            default_ttl_ms=default_ttl_ms,
+            overflow="evict-oldest",
+            core=True,
         )

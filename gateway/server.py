@@ -77,14 +77,21 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise GatewayExit(IN_USE, f"port {port} on {host} is already in use") from None
-        raise GatewayExit(BAD_CONFIG, f"config error: gateway.host/port: cannot bind {host}:{port} ({exc.strerror})") from None
+        raise GatewayExit(
+            BAD_CONFIG, f"config error: gateway.host/port: cannot bind {host}:{port} ({exc.strerror})"
+        ) from None
     sock.setblocking(False)
     return sock
 
 
 async def _serve(
-    app: web.Application, config: GatewayConfig, sock: socket.socket, pidfile: PidFile,
-    *, ready_fd: int | None, t0: float,
+    app: web.Application,
+    config: GatewayConfig,
+    sock: socket.socket,
+    pidfile: PidFile,
+    *,
+    ready_fd: int | None,
+    t0: float,
 ) -> int:
     log = logs.get("server")
     stop = asyncio.Event()
@@ -114,8 +121,14 @@ async def _serve(
             host, port = sock.getsockname()[:2]
             url = f"http://{host}:{port}"
             pidfile.update(host=host, port=port, url=url, ready=True)
-            log.info("gateway_ready", extra={"url": url, "plugins": [lp.id for lp in app[PLUGINS]],
-                                             "duration_ms": round((time.monotonic() - t0) * 1000, 3)})
+            log.info(
+                "gateway_ready",
+                extra={
+                    "url": url,
+                    "plugins": [lp.id for lp in app[PLUGINS]],
+                    "duration_ms": round((time.monotonic() - t0) * 1000, 3),
+                },
+            )
             ready.send(url)
             await stop.wait()
         log.info("gateway_stopping", extra={"drain_timeout_s": config.drain_timeout_s})
@@ -164,8 +177,9 @@ def _exit_for(exc: BaseException) -> BaseException:
         return GatewayExit(STORE_UNUSABLE, f"state store unusable: {where}{cause}{hint}")
     if not isinstance(exc, PluginStartError):
         return exc
-    logs.get("plugins").error("plugin_start_failed", exc_info=cause,
-                              extra={"plugin": exc.plugin_id, "adapter": exc.plugin_id})
+    logs.get("plugins").error(
+        "plugin_start_failed", exc_info=cause, extra={"plugin": exc.plugin_id, "adapter": exc.plugin_id}
+    )
     if isinstance(cause, (ValueError, LookupError, TypeError)):
         return GatewayExit(BAD_CONFIG, f"config error: {where}{_one_line(cause)} (traceback in the log)")
     return GatewayExit(FAILED, f"{where}start failed: {_one_line(cause)} (traceback in the log)")

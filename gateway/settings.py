@@ -35,6 +35,7 @@ S = TypeVar("S", bound="Settings")
 
 Mode = Literal["store", "legacy"]  # "legacy": the old in-memory maps (the "before"); the one definition
 
+
 class Settings(BaseModel):
     """Base of every settings table: frozen, strict, unknown keys refused, inputs never echoed."""
 
@@ -166,7 +167,7 @@ def _config_error(exc: ValidationError, *, where: str, from_env: Mapping[str, st
     elif err["type"] == "extra_forbidden":
         why = "unknown key"
     elif why.startswith("Value error, "):
-        why = why[len("Value error, "):]
+        why = why[len("Value error, ") :]
         named = re.match(rf"^({re.escape(where)}\.\w+): (.*)$", why, re.S) if where else None
         if named:  # a model-level check that names its key itself
             key, why = named[1], named[2]

@@ -77,8 +77,13 @@ def _offline_store_summary(config: GatewayConfig) -> dict[str, Any]:
     try:
         state.check_database(path)
     except state.StateStoreError as exc:
-        return {"ok": False, "database_path": str(path), "code": str(exc.code), "message": str(exc),
-                "next": next_steps(str(path), str(exc.code))}
+        return {
+            "ok": False,
+            "database_path": str(path),
+            "code": str(exc.code),
+            "message": str(exc),
+            "next": next_steps(str(path), str(exc.code)),
+        }
     return {"ok": True, "database_path": str(path), "exists": True}
 
 
@@ -86,9 +91,11 @@ def next_steps(path: str, code: str) -> str:
     """What to do about an unusable database file (the gateway never moves or deletes it)."""
     if code == "SCHEMA_UNSUPPORTED":
         return "it was written by a newer chatstate: run that version, or move it aside to start empty"
-    return (f"move it aside to start with an empty store (mv {path} {path}.bad, and its -wal/-shm files "
-            f"if any), then check the old file with `sqlite3 {path}.bad 'PRAGMA integrity_check'` "
-            f"or `python -m chatstate state probe --path {path}.bad`")
+    return (
+        f"move it aside to start with an empty store (mv {path} {path}.bad, and its -wal/-shm files "
+        f"if any), then check the old file with `sqlite3 {path}.bad 'PRAGMA integrity_check'` "
+        f"or `python -m chatstate state probe --path {path}.bad`"
+    )
 
 
 def status_text(r: dict[str, Any]) -> str:
@@ -109,11 +116,18 @@ def status_text(r: dict[str, Any]) -> str:
         health = r["health"]
         lines.append(f"health: {health}" + (f" ({r['error']})" if r.get("error") else ""))
         if health.startswith("not responding"):
-            lines.append("  the process holds the state dir but does not answer GET /healthz: "
-                         "see its log, or `chatstate stop` (SIGKILL after --timeout)")
+            lines.append(
+                "  the process holds the state dir but does not answer GET /healthz: "
+                "see its log, or `chatstate stop` (SIGKILL after --timeout)"
+            )
         elif store:
-            failed = "; ".join(f"{s.get('name')}: {s.get('message') or s.get('code')}" for s in store.get("failed") or [])
-            lines.append(f"store: ok {store.get('database_path', '')}" if store.get("ok")
-                         else f"store: FAILING {store.get('database_path', '')} ({failed or 'probe failed'})")
+            failed = "; ".join(
+                f"{s.get('name')}: {s.get('message') or s.get('code')}" for s in store.get("failed") or []
+            )
+            lines.append(
+                f"store: ok {store.get('database_path', '')}"
+                if store.get("ok")
+                else f"store: FAILING {store.get('database_path', '')} ({failed or 'probe failed'})"
+            )
         lines += [f"adapter {k}: {v}" for k, v in (r.get("adapters") or {}).items()]
     return "\n".join(lines)

@@ -26,8 +26,12 @@ class SweepStatus:
     last_error: str | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {"interval_s": self.interval_s, "last_at": self.last_at,
-                "last_rows": self.last_rows, "last_error": self.last_error}
+        return {
+            "interval_s": self.interval_s,
+            "last_at": self.last_at,
+            "last_rows": self.last_rows,
+            "last_error": self.last_error,
+        }
 
 
 async def sweep_once(status: SweepStatus, database: state.Database) -> int | None:

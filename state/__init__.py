@@ -8,6 +8,7 @@ The contract lives in docs/state.md; `__all__` is what that page documents (a te
 from ._aio import AsyncKeyedStore, open_async_keyed_store
 from ._database import Database, check_database, checkpoint, probe, sweep_expired
 from ._errors import ErrorCode, StateStoreError
+from ._open import open_keyed_store
 from ._settings import (
     MAX_BATCH_KEYS,
     MAX_KEY_BYTES,
@@ -19,7 +20,6 @@ from ._settings import (
     SCHEMA_VERSION,
     StoreSettings,
 )
-from ._open import open_keyed_store
 from ._store import Entry, KeyedStore, database_path, op_counts, state_dir
 
 __all__ = [

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from . import _validate as check
 from ._errors import StateStoreError
-from ._settings import MAX_VALUE_BYTES, UPDATE_ATTEMPTS, StoreSettings
 from ._open import open_keyed_store
+from ._settings import MAX_VALUE_BYTES, UPDATE_ATTEMPTS, StoreSettings
 from ._store import Clock, Entry, KeyedStore
 
 T = TypeVar("T")
@@ -251,8 +251,9 @@ class AsyncKeyedStore:
         prepared = self.sync._prepare("compare_and_set", key, value, ttl_ms)
         return self._write(self.sync._write_match, (*prepared, expect))
 
-    async def update(self, key: str, fn: Callable[[Any], Any], *, ttl_ms: int | None = None,
-                     max_attempts: int = UPDATE_ATTEMPTS) -> Any:
+    async def update(
+        self, key: str, fn: Callable[[Any], Any], *, ttl_ms: int | None = None, max_attempts: int = UPDATE_ATTEMPTS
+    ) -> Any:
         """See `KeyedStore.update`; `fn` runs on the caller (the event loop), never on a worker."""
         attempts = check.attempts(max_attempts, "update")
         for _ in range(attempts):
@@ -265,8 +266,9 @@ class AsyncKeyedStore:
                 applied = await self._write(self.sync._write_match, (*prepared, entry.version))
             if applied:
                 return new
-        raise StateStoreError("CONFLICT", "update", f"the row kept changing: gave up after {attempts} attempts",
-                              path=self.location)
+        raise StateStoreError(
+            "CONFLICT", "update", f"the row kept changing: gave up after {attempts} attempts", path=self.location
+        )
 
     async def lookup(self, key: str) -> Any | None:
         """See `KeyedStore.lookup`."""
@@ -334,10 +336,22 @@ async def open_async_keyed_store(
     core: bool = False,
 ) -> AsyncKeyedStore:
     """Open an `AsyncKeyedStore` off the loop; arguments and errors as `open_keyed_store`."""
-    return await open_async_with(open_keyed_store, plugin_id, namespace, {
-        "max_entries": max_entries, "default_ttl_ms": default_ttl_ms, "overflow": overflow,
-        "max_value_bytes": max_value_bytes, "path": path, "url": url, "settings": settings, "clock": clock, "core": core,
-    })
+    return await open_async_with(
+        open_keyed_store,
+        plugin_id,
+        namespace,
+        {
+            "max_entries": max_entries,
+            "default_ttl_ms": default_ttl_ms,
+            "overflow": overflow,
+            "max_value_bytes": max_value_bytes,
+            "path": path,
+            "url": url,
+            "settings": settings,
+            "clock": clock,
+            "core": core,
+        },
+    )
 
 
 async def open_async_with(

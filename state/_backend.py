@@ -107,7 +107,12 @@ class Backend(Protocol):
     def remove_all(self, plugin_id: str, namespace: str, *, now_ms: int) -> int: ...
 
     def scan(
-        self, plugin_id: str, namespace: str, *, now_ms: int, limit: int | None = None,
+        self,
+        plugin_id: str,
+        namespace: str,
+        *,
+        now_ms: int,
+        limit: int | None = None,
         after: tuple[int, str] | None = None,
     ) -> list[Row]:
         """Live rows in (created_at, key) order, those after the cursor `after`, at most `limit`."""

@@ -19,11 +19,11 @@ from ._aio import AsyncKeyedStore, open_async_with
 from ._backend import Backend, Limits, Mode
 from ._entry import new_version, wall_clock_ms
 from ._errors import StateStoreError
+from ._open import join_store
 from ._paths import resolve_path
 from ._registry import acquire_backend
 from ._settings import MAX_VALUE_BYTES, StoreSettings
 from ._sqlite_schema import check_existing
-from ._open import join_store
 from ._store import Clock, KeyedStore
 
 PROBE_PLUGIN = "core:probe"  # a core-owned pair: probe rows never land in a plugin's namespace
@@ -41,8 +41,13 @@ class Database:
     or use `open_async_keyed_store`).
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, url: str | None = None,
-                 settings: StoreSettings | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        url: str | None = None,
+        settings: StoreSettings | None = None,
+    ) -> None:
         self._path = path  # ignored when `url` is given, as the one-call functions always did
         self.url = url
         self.settings = settings or StoreSettings()
@@ -71,24 +76,56 @@ class Database:
             return self._backend
 
     def open_keyed_store(
-        self, plugin_id: str, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None,
-        overflow: str = "evict-oldest", max_value_bytes: int = MAX_VALUE_BYTES, clock: Clock | None = None,
+        self,
+        plugin_id: str,
+        namespace: str,
+        *,
+        max_entries: int,
+        default_ttl_ms: int | None = None,
+        overflow: str = "evict-oldest",
+        max_value_bytes: int = MAX_VALUE_BYTES,
+        clock: Clock | None = None,
         core: bool = False,
     ) -> KeyedStore:
         """`state.open_keyed_store` on this database; arguments and errors the same."""
-        return join_store(self.backend, plugin_id, namespace, max_entries=max_entries, default_ttl_ms=default_ttl_ms,
-                          overflow=overflow, max_value_bytes=max_value_bytes, clock=clock, core=core)
+        return join_store(
+            self.backend,
+            plugin_id,
+            namespace,
+            max_entries=max_entries,
+            default_ttl_ms=default_ttl_ms,
+            overflow=overflow,
+            max_value_bytes=max_value_bytes,
+            clock=clock,
+            core=core,
+        )
 
     async def open_async_keyed_store(
-        self, plugin_id: str, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None,
-        overflow: str = "evict-oldest", max_value_bytes: int = MAX_VALUE_BYTES, clock: Clock | None = None,
+        self,
+        plugin_id: str,
+        namespace: str,
+        *,
+        max_entries: int,
+        default_ttl_ms: int | None = None,
+        overflow: str = "evict-oldest",
+        max_value_bytes: int = MAX_VALUE_BYTES,
+        clock: Clock | None = None,
         core: bool = False,
     ) -> AsyncKeyedStore:
         """`state.open_async_keyed_store` on this database, opened off the loop."""
-        return await open_async_with(self.open_keyed_store, plugin_id, namespace, {
-            "max_entries": max_entries, "default_ttl_ms": default_ttl_ms, "overflow": overflow,
-            "max_value_bytes": max_value_bytes, "clock": clock, "core": core,
-        })
+        return await open_async_with(
+            self.open_keyed_store,
+            plugin_id,
+            namespace,
+            {
+                "max_entries": max_entries,
+                "default_ttl_ms": default_ttl_ms,
+                "overflow": overflow,
+                "max_value_bytes": max_value_bytes,
+                "clock": clock,
+                "core": core,
+            },
+        )
 
     def sweep_expired(self, *, now_ms: int | None = None) -> int:
         """Delete expired rows of every plugin in batches of <= 1,024; returns how many went.
@@ -135,8 +172,7 @@ class Database:
                 step("permissions", lambda: _check_fault(backend))
         except StateStoreError:
             pass
-        return {"ok": all(s["ok"] for s in steps) and len(steps) >= 4, "database_path": self.location,
-                "steps": steps}
+        return {"ok": all(s["ok"] for s in steps) and len(steps) >= 4, "database_path": self.location, "steps": steps}
 
     def _reopen(self) -> Backend:
         with self._lock:
@@ -178,30 +214,36 @@ def check_database(path: str | os.PathLike[str] | None = None) -> None:
             raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory", path=str(p))
         st = files.check_file(p)
     except OSError as exc:
-        raise StateStoreError("OPEN_FAILED", "open", f"cannot check the state path ({exc.strerror})",
-                              path=str(p)) from None
+        raise StateStoreError(
+            "OPEN_FAILED", "open", f"cannot check the state path ({exc.strerror})", path=str(p)
+        ) from None
     if st is not None and st.st_size > 0:
         check_existing(p)
 
 
 def sweep_expired(
-    path: str | os.PathLike[str] | None = None, *, url: str | None = None,
-    settings: StoreSettings | None = None, now_ms: int | None = None,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    url: str | None = None,
+    settings: StoreSettings | None = None,
+    now_ms: int | None = None,
 ) -> int:
     """`Database.sweep_expired` on a Database opened for this one call (scripts, the CLI)."""
     with Database(path, url=url, settings=settings) as database:
         return database.sweep_expired(now_ms=now_ms)
 
 
-def checkpoint(path: str | os.PathLike[str] | None = None, *, url: str | None = None,
-               settings: StoreSettings | None = None) -> None:
+def checkpoint(
+    path: str | os.PathLike[str] | None = None, *, url: str | None = None, settings: StoreSettings | None = None
+) -> None:
     """`Database.checkpoint` on a Database opened for this one call (scripts, the CLI)."""
     with Database(path, url=url, settings=settings) as database:
         database.checkpoint()
 
 
-def probe(path: str | os.PathLike[str] | None = None, *, url: str | None = None,
-          settings: StoreSettings | None = None) -> dict[str, Any]:
+def probe(
+    path: str | os.PathLike[str] | None = None, *, url: str | None = None, settings: StoreSettings | None = None
+) -> dict[str, Any]:
     """`Database.probe` on a Database opened for this one call (scripts, the CLI)."""
     with Database(path, url=url, settings=settings) as database:
         return database.probe()
@@ -225,18 +267,28 @@ def _check_dir(directory: Path) -> None:
 def _check_schema(backend: Backend) -> None:
     version = backend.schema_version()
     if version < 1:
-        raise StateStoreError("SCHEMA_UNSUPPORTED", "probe", f"schema version {version} was not initialised",
-                              path=backend.location)
+        raise StateStoreError(
+            "SCHEMA_UNSUPPORTED", "probe", f"schema version {version} was not initialised", path=backend.location
+        )
 
 
 def _round_trip(backend: Backend) -> None:
     key, now = f"probe-{uuid.uuid4().hex}", wall_clock_ms()
-    backend.write(PROBE_PLUGIN, PROBE_NAMESPACE, key, '{"probe":true}', now_ms=now, expires_at=now + 60_000,
-                  limits=Limits(1_000, "evict-oldest"), mode=Mode.UPSERT, version=new_version())
+    backend.write(
+        PROBE_PLUGIN,
+        PROBE_NAMESPACE,
+        key,
+        '{"probe":true}',
+        now_ms=now,
+        expires_at=now + 60_000,
+        limits=Limits(1_000, "evict-oldest"),
+        mode=Mode.UPSERT,
+        version=new_version(),
+    )
     row = backend.read(PROBE_PLUGIN, PROBE_NAMESPACE, key, now_ms=now)
     if row is None or row.value != '{"probe":true}':
-        raise StateStoreError("READ_FAILED", "probe", "a row just written could not be read back",
-                              path=backend.location)
+        raise StateStoreError(
+            "READ_FAILED", "probe", "a row just written could not be read back", path=backend.location
+        )
     if not backend.remove(PROBE_PLUGIN, PROBE_NAMESPACE, key, now_ms=now):
-        raise StateStoreError("WRITE_FAILED", "probe", "a row just written could not be deleted",
-                              path=backend.location)
+        raise StateStoreError("WRITE_FAILED", "probe", "a row just written could not be deleted", path=backend.location)

@@ -45,9 +45,7 @@ class StateStoreError(Exception):
     Messages name the limit and the offending size, never a stored or offered value.
     """
 
-    def __init__(
-        self, code: ErrorCode | str, operation: str, message: str, *, path: str | None = None
-    ) -> None:
+    def __init__(self, code: ErrorCode | str, operation: str, message: str, *, path: str | None = None) -> None:
         self.code = ErrorCode(code)
         self.operation = operation
         self.path = path

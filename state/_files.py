@@ -45,13 +45,21 @@ def check_dir(directory: Path, op: str = "open") -> bool:
     if st is None:
         return False
     if stat.S_ISLNK(st.st_mode):
-        raise _refuse(directory, "the state directory is a symlink, which is never followed",
-                      "point the state dir at the real directory", op)
+        raise _refuse(
+            directory,
+            "the state directory is a symlink, which is never followed",
+            "point the state dir at the real directory",
+            op,
+        )
     if not stat.S_ISDIR(st.st_mode):
         raise _refuse(directory, "a state directory path is not a directory", "move that file away", op)
     if st.st_uid != os.geteuid():
-        raise _refuse(directory, f"the state directory is owned by uid {st.st_uid}, not this user "
-                      f"({os.geteuid()})", "use a state dir this user owns (or chown it)", op)
+        raise _refuse(
+            directory,
+            f"the state directory is owned by uid {st.st_uid}, not this user ({os.geteuid()})",
+            "use a state dir this user owns (or chown it)",
+            op,
+        )
     return True
 
 
@@ -61,13 +69,21 @@ def check_file(path: Path, op: str = "open") -> os.stat_result | None:
     if st is None:
         return None
     if stat.S_ISLNK(st.st_mode):
-        raise _refuse(path, "the state file is a symlink, which is never followed",
-                      "remove the link and point the state dir at where the file really is", op)
+        raise _refuse(
+            path,
+            "the state file is a symlink, which is never followed",
+            "remove the link and point the state dir at where the file really is",
+            op,
+        )
     if not stat.S_ISREG(st.st_mode):
         raise _refuse(path, "the state path is not a regular file", "move it away", op)
     if st.st_uid != os.geteuid():
-        raise _refuse(path, f"the state file is owned by uid {st.st_uid}, not this user ({os.geteuid()})",
-                      "run as its owner (or chown it)", op)
+        raise _refuse(
+            path,
+            f"the state file is owned by uid {st.st_uid}, not this user ({os.geteuid()})",
+            "run as its owner (or chown it)",
+            op,
+        )
     return st
 
 

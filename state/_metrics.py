@@ -35,11 +35,34 @@ SECONDS = Histogram(
     "chatstate_store_operation_seconds",
     "Duration of successful keyed-store operations in this process (the calling thread's wall time).",
     ["op", "backend"],
-    buckets=(0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-             0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    buckets=(
+        0.00001,
+        0.000025,
+        0.00005,
+        0.0001,
+        0.00025,
+        0.0005,
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+    ),
 )
-FAILURES = Counter("chatstate_store_operation_failures", "Failed store calls by error code (exposed as operations_total).",
-                   ["op", "backend", "outcome"], registry=None)  # not registered: _Operations exposes it
+FAILURES = Counter(
+    "chatstate_store_operation_failures",
+    "Failed store calls by error code (exposed as operations_total).",
+    ["op", "backend", "outcome"],
+    registry=None,
+)  # not registered: _Operations exposes it
 
 
 class _Operations(Collector):

@@ -78,29 +78,49 @@ def join_store(
 _Wanted = tuple[str, str, int, "int | None", str, int]
 
 
-def _checked(plugin_id: str, namespace: str, max_entries: int, default_ttl_ms: int | None, overflow: str,
-             max_value_bytes: int, core: bool) -> _Wanted:
-    return (check.plugin_id(plugin_id, core=core), check.namespace(namespace), check.max_entries(max_entries),
-            check.ttl_ms(default_ttl_ms, "open", "default_ttl_ms"), check.overflow(overflow),
-            check.max_value_bytes(max_value_bytes))
+def _checked(
+    plugin_id: str,
+    namespace: str,
+    max_entries: int,
+    default_ttl_ms: int | None,
+    overflow: str,
+    max_value_bytes: int,
+    core: bool,
+) -> _Wanted:
+    return (
+        check.plugin_id(plugin_id, core=core),
+        check.namespace(namespace),
+        check.max_entries(max_entries),
+        check.ttl_ms(default_ttl_ms, "open", "default_ttl_ms"),
+        check.overflow(overflow),
+        check.max_value_bytes(max_value_bytes),
+    )
 
 
 def _bind(backend: Backend, checked: _Wanted, clock: Clock | None) -> KeyedStore:
     """Record the pair's settings (one set per pair per database) and make the store; on a
     conflict, give back the backend user the caller took and raise INVALID_INPUT."""
     plugin_id, namespace, max_entries, default_ttl_ms, overflow, max_value_bytes = checked
-    conflict = pairs.hold(backend.location, plugin_id, namespace,
-                          (max_entries, default_ttl_ms, overflow, max_value_bytes))
+    conflict = pairs.hold(
+        backend.location, plugin_id, namespace, (max_entries, default_ttl_ms, overflow, max_value_bytes)
+    )
     if conflict is not None:
         backend.release()
         raise StateStoreError(
-            "INVALID_INPUT", "open",
+            "INVALID_INPUT",
+            "open",
             f"{plugin_id}/{namespace} is already open with max_entries={conflict[0]}, "
             f"default_ttl_ms={conflict[1]}, overflow={conflict[2]}, max_value_bytes={conflict[3]}; "
             "reopen it with the same settings",
             path=backend.location,
         )
     return KeyedStore(
-        backend, plugin_id, namespace, max_entries=max_entries, default_ttl_ms=default_ttl_ms,
-        overflow=overflow, clock=clock or wall_clock_ms, max_value_bytes=max_value_bytes,
+        backend,
+        plugin_id,
+        namespace,
+        max_entries=max_entries,
+        default_ttl_ms=default_ttl_ms,
+        overflow=overflow,
+        clock=clock or wall_clock_ms,
+        max_value_bytes=max_value_bytes,
     )

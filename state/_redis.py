@@ -86,8 +86,9 @@ class RedisBackend(Holders):
             self._open_schema()  # also the first connection: redis-py reads its URL options here
         except TypeError:
             self._client.close()
-            raise StateStoreError("INVALID_INPUT", "open", "the Redis URL has an option neither we nor redis-py know",
-                                  path=self.location) from None
+            raise StateStoreError(
+                "INVALID_INPUT", "open", "the Redis URL has an option neither we nor redis-py know", path=self.location
+            ) from None
         except BaseException:
             self._client.close()  # a failed open leaves no pool behind
             raise
@@ -128,18 +129,25 @@ class RedisBackend(Holders):
             raise StateStoreError("OPEN_FAILED", op, "Redis refused the credentials", path=self.location) from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StateStoreError(
-                "UNAVAILABLE", op, f"Redis unreachable after {self.options.retries} retries ({type(exc).__name__})",
+                "UNAVAILABLE",
+                op,
+                f"Redis unreachable after {self.options.retries} retries ({type(exc).__name__})",
                 path=self.location,
             ) from None
         except redis.ResponseError as exc:
             text = str(exc)
-            code = "CORRUPT" if text.startswith("WRONGTYPE") else (
-                "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in ("lookup", "entries") else "WRITE_FAILED"
+            code = (
+                "CORRUPT"
+                if text.startswith("WRONGTYPE")
+                else (
+                    "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in ("lookup", "entries") else "WRITE_FAILED"
+                )
             )
             raise StateStoreError(code, op, f"Redis said: {text.splitlines()[0][:200]}", path=self.location) from None
         except redis.RedisError as exc:
-            raise StateStoreError("UNAVAILABLE", op, f"Redis client failed ({type(exc).__name__})",
-                                  path=self.location) from None
+            raise StateStoreError(
+                "UNAVAILABLE", op, f"Redis client failed ({type(exc).__name__})", path=self.location
+            ) from None
 
     def _call(self, op: str, fn: Callable[[], T]) -> T:
         with self._lock:
@@ -161,7 +169,8 @@ class RedisBackend(Holders):
         version = self._schema_marker("open", create=True)
         if version > SCHEMA_VERSION:
             raise StateStoreError(
-                "SCHEMA_UNSUPPORTED", "open",
+                "SCHEMA_UNSUPPORTED",
+                "open",
                 f"the Redis prefix has schema version {version}; this code reads versions up to "
                 f"{SCHEMA_VERSION}: upgrade chatstate",
                 path=self.location,
@@ -181,7 +190,7 @@ class RedisBackend(Holders):
                     rows, order, _ = self._ns(plugin_id, namespace)
                     members = cast("list[str]", self._client.zrange(order, 0, -1))
                     for i in range(0, len(members), MIGRATE_BATCH):
-                        chunk = members[i:i + MIGRATE_BATCH]
+                        chunk = members[i : i + MIGRATE_BATCH]
                         self._migrate_v1(keys=[rows + k for k in chunk], args=[str(new_version()) for _ in chunk])
             self._client.set(f"{self._prefix}schema", SCHEMA_VERSION)
 
@@ -239,18 +248,38 @@ class RedisBackend(Holders):
         op = WRITE_OPS[mode]
         rows, order, exp = self._ns(plugin_id, namespace)
         pexpire = "" if expires_at is None else str(max(expires_at - now_ms, 1) + self.options.expiry_grace_ms)
-        keys = [rows + key, order, exp, self._namespaces_key(plugin_id), self._plugins_key,
-                "" if mode is Mode.UPSERT else self._op_key()]  # an upsert is idempotent: no retry cache
+        keys = [
+            rows + key,
+            order,
+            exp,
+            self._namespaces_key(plugin_id),
+            self._plugins_key,
+            "" if mode is Mode.UPSERT else self._op_key(),
+        ]  # an upsert is idempotent: no retry cache
         args: list[str | int] = [
-            key, value, now_ms, "" if expires_at is None else expires_at, pexpire, limits.max_entries,
-            limits.overflow, MODE_FLAGS[mode], self._ns_prefix(plugin_id), namespace,
-            self._plugin(plugin_id), self.options.op_result_ttl_ms, str(version),
+            key,
+            value,
+            now_ms,
+            "" if expires_at is None else expires_at,
+            pexpire,
+            limits.max_entries,
+            limits.overflow,
+            MODE_FLAGS[mode],
+            self._ns_prefix(plugin_id),
+            namespace,
+            self._plugin(plugin_id),
+            self.options.op_result_ttl_ms,
+            str(version),
             "" if expect is None else str(expect),
         ]
         result = self._call(op, lambda: self._write(keys=keys, args=args))
         if result == "NS_FULL":
-            raise StateStoreError("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {limits.max_entries} live rows",
-                                  path=self.location)
+            raise StateStoreError(
+                "LIMIT_EXCEEDED",
+                op,
+                f"namespace is full: max_entries is {limits.max_entries} live rows",
+                path=self.location,
+            )
         return result == "1"
 
     def read(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None:
@@ -265,18 +294,29 @@ class RedisBackend(Holders):
         wanted = list(keys)
         flat = self._call("lookup_many", lambda: self._read_many(keys=[rows + k for k in wanted], args=[now_ms]))
         return [
-            Row(wanted[int(flat[i]) - 1], flat[i + 1], int(flat[i + 2]), int(flat[i + 3]) if flat[i + 3] else None,
-                int(flat[i + 4]))
+            Row(
+                wanted[int(flat[i]) - 1],
+                flat[i + 1],
+                int(flat[i + 2]),
+                int(flat[i + 3]) if flat[i + 3] else None,
+                int(flat[i + 4]),
+            )
             for i in range(0, len(flat), 5)
         ]
 
-    def _take_row(self, op: str, plugin_id: str, namespace: str, key: str, now_ms: int, *, check: bool,
-                  expect: int | None) -> tuple[bool, Row | None]:
+    def _take_row(
+        self, op: str, plugin_id: str, namespace: str, key: str, now_ms: int, *, check: bool, expect: int | None
+    ) -> tuple[bool, Row | None]:
         """Run TAKE; (deleted, the row if one was live)."""
         rows, order, exp = self._ns(plugin_id, namespace)
         keys = [rows + key, order, exp, self._op_key()]
-        args: list[str | int] = [key, self.options.op_result_ttl_ms, now_ms, "1" if check else "0",
-                                 "" if expect is None else str(expect)]
+        args: list[str | int] = [
+            key,
+            self.options.op_result_ttl_ms,
+            now_ms,
+            "1" if check else "0",
+            "" if expect is None else str(expect),
+        ]
         text = self._call(op, lambda: self._take(keys=keys, args=args))
         if not text:
             return False, None
@@ -299,12 +339,22 @@ class RedisBackend(Holders):
         return int(self._call("clear", lambda: self._clear(keys=keys, args=args)))
 
     def scan(
-        self, plugin_id: str, namespace: str, *, now_ms: int, limit: int | None = None,
+        self,
+        plugin_id: str,
+        namespace: str,
+        *,
+        now_ms: int,
+        limit: int | None = None,
         after: tuple[int, str] | None = None,
     ) -> list[Row]:
         rows, order, _ = self._ns(plugin_id, namespace)
-        args: list[str | int] = [now_ms, rows, "" if limit is None else limit,
-                                 "" if after is None else after[0], "" if after is None else after[1]]
+        args: list[str | int] = [
+            now_ms,
+            rows,
+            "" if limit is None else limit,
+            "" if after is None else after[0],
+            "" if after is None else after[1],
+        ]
         flat = self._call("entries", lambda: self._scan(keys=[order], args=args))
         return [
             Row(flat[i], flat[i + 1], int(flat[i + 2]), int(flat[i + 3]) if flat[i + 3] else None, int(flat[i + 4]))
@@ -323,12 +373,12 @@ class RedisBackend(Holders):
         for plugin in cast("set[str]", self._call("sweep", lambda: self._client.smembers(self._plugins_key))):
             plugin_id = unquote(plugin)
             ns_key = self._namespaces_key(plugin_id)
-            for namespace in cast("set[str]", self._call("sweep", lambda: self._client.smembers(ns_key))):
+            for namespace in cast("set[str]", self._call("sweep", lambda: self._client.smembers(ns_key))):  # noqa: B023 -- called at once
                 _, order, _ = self._ns(plugin_id, namespace)
                 keys = [order, ns_key, self._plugins_key]
                 args: list[str | int] = [now_ms, self._ns_prefix(plugin_id), namespace, batch, plugin]
                 while True:
-                    n = int(self._call("sweep", lambda: self._sweep(keys=keys, args=args)))
+                    n = int(self._call("sweep", lambda: self._sweep(keys=keys, args=args)))  # noqa: B023 -- called at once
                     removed += n
                     if n < batch:
                         break
@@ -347,12 +397,12 @@ class RedisBackend(Holders):
         self._client.close()
 
 
-def _live_row(key: str, value: str | None, created: str | None, expires: str | None, version: str | None,
-              now_ms: int) -> Row | None:
+def _live_row(
+    key: str, value: str | None, created: str | None, expires: str | None, version: str | None, now_ms: int
+) -> Row | None:
     if value is None or created is None:
         return None
     expires_at = int(expires) if expires else None
     if expires_at is not None and expires_at <= now_ms:
         return None
     return Row(key, value, int(created), expires_at, int(version) if version else 0)
-

@@ -67,7 +67,9 @@ end
 #       mode ("u" upsert, "c" claim, "m" match), nsprefix, namespace, quoted plugin, op ttl ms,
 #       new version, expected version (mode "m")
 # Returns "1" written, "0" not applied (claim refused, version changed), or "NS_FULL".
-WRITE = _HELPERS + """
+WRITE = (
+    _HELPERS
+    + """
 local row, order, exp, pns, plugins, opkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local key, value, now_s, expires, pexpire = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local maxn, reject, mode = tonumber(ARGV[6]), ARGV[7] == 'reject-new', ARGV[8]
@@ -121,12 +123,15 @@ for _, k in ipairs(victims) do
 end
 return finish(opkey, opttl, '1')
 """
+)
 
 # KEYS: row, order, exp, op key.  ARGV: key, op ttl ms, now, check ("1": keep a live row whose
 # JSON cjson cannot read, and answer "K..." instead of deleting it), expected version ("" = any).
 # Returns "" (nothing deleted), "D<created>:<expires>:<version>:<json>" for a deleted row, or
 # "K..." for a live row kept because its JSON is unreadable (the caller raises CORRUPT).
-TAKE = _HELPERS + """
+TAKE = (
+    _HELPERS
+    + """
 local row, order, exp, opkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prior = cached(opkey)
 if prior then return prior end
@@ -141,10 +146,13 @@ redis.call('ZREM', order, ARGV[1])
 redis.call('ZREM', exp, ARGV[1])
 return finish(opkey, ARGV[2], 'D' .. body)
 """
+)
 
 # KEYS: order, exp, plugin-namespaces set, op key.  ARGV: now, nsprefix, namespace, op ttl ms.
 # Returns the number of live rows removed, as a string.
-CLEAR = _HELPERS + """
+CLEAR = (
+    _HELPERS
+    + """
 local order, exp, pns, opkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prior = cached(opkey)
 if prior then return prior end
@@ -156,12 +164,15 @@ redis.call('DEL', order, exp)
 redis.call('SREM', pns, ARGV[3])
 return finish(opkey, ARGV[4], tostring(live))
 """
+)
 
 # KEYS: order.  ARGV: now, row prefix, limit ("" = all), cursor created_at ("" = from the
 # start), cursor key. Returns flat [key, json, created_at, expires_at, version, ...] of live
 # rows in (created_at, key) order after the cursor: one script, so one consistent snapshot.
 # Equal scores are ordered by member bytes in a zset, as SQLite orders keys (BINARY).
-SCAN = _HELPERS + """
+SCAN = (
+    _HELPERS
+    + """
 local function bytes_after(a, b)  -- a > b byte by byte (Lua's < would use the locale)
   local la, lb = #a, #b
   for i = 1, math.min(la, lb) do
@@ -194,10 +205,13 @@ while not limit or n < limit do
 end
 return out
 """
+)
 
 # KEYS: the rows.  ARGV: now.  Returns flat [index, json, created_at, expires_at, version, ...]
 # of the live ones (index into KEYS, 1-based), one consistent snapshot.
-READ_MANY = _HELPERS + """
+READ_MANY = (
+    _HELPERS
+    + """
 local now, out = tonumber(ARGV[1]), {}
 for i, row in ipairs(KEYS) do
   local f = redis.call('HMGET', row, 'v', 'c', 'e', 'n')
@@ -208,6 +222,7 @@ for i, row in ipairs(KEYS) do
 end
 return out
 """
+)
 
 # KEYS: order, exp.  ARGV: now.  Live rows = all rows - rows whose expiry has passed.
 COUNT = """
@@ -226,7 +241,9 @@ return #KEYS
 # KEYS: order, plugin-namespaces set, plugins set.
 # ARGV: now, nsprefix, namespace, batch, quoted plugin.  Returns rows removed (<= batch).
 # An emptied namespace leaves the registry, so sweeps stay small.
-SWEEP = _HELPERS + """
+SWEEP = (
+    _HELPERS
+    + """
 local n = drop_expired(ARGV[2], ARGV[3], ARGV[1], tonumber(ARGV[4]))
 if redis.call('ZCARD', KEYS[1]) == 0 then
   redis.call('SREM', KEYS[2], ARGV[3])
@@ -234,3 +251,4 @@ if redis.call('ZCARD', KEYS[1]) == 0 then
 end
 return n
 """
+)

@@ -37,7 +37,8 @@ def acquire_backend(path: str | os.PathLike[str] | None, url: str | None, settin
         if backend is not None and not backend.closed:
             if backend.settings != settings:
                 raise StateStoreError(
-                    "INVALID_INPUT", "open",
+                    "INVALID_INPUT",
+                    "open",
                     "this database is already open in this process with different settings",
                     path=backend.location,
                 )

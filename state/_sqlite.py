@@ -109,8 +109,7 @@ class SQLiteBackend(Connections):
             if conn.execute(sql.SQL_CLAIM if mode is Mode.CLAIM else sql.SQL_UPSERT, params).rowcount == 0:
                 return False
             if conn.execute(sql.SQL_NS_ROWS_FAST, params[:2]).fetchone()[0] > limits.max_entries:
-                self._enforce_cap(conn, op, {"plugin": plugin_id, "ns": namespace, "key": key, "now": now_ms},
-                                  limits)
+                self._enforce_cap(conn, op, {"plugin": plugin_id, "ns": namespace, "key": key, "now": now_ms}, limits)
             return True
 
         return self._transact(op, work)
@@ -133,8 +132,10 @@ class SQLiteBackend(Connections):
     def read_many(self, plugin_id: str, namespace: str, keys: Sequence[str], *, now_ms: int) -> list[Row]:
         size = next(n for n in sql.READ_MANY_SIZES if n >= len(keys))
         padded = [*keys, *[keys[0]] * (size - len(keys))]
-        return [Row(*r) for r in self._query("lookup_many", sql.SQL_READ_MANY[size],
-                                             (plugin_id, namespace, now_ms, *padded))]
+        return [
+            Row(*r)
+            for r in self._query("lookup_many", sql.SQL_READ_MANY[size], (plugin_id, namespace, now_ms, *padded))
+        ]
 
     def take(self, plugin_id: str, namespace: str, key: str, *, now_ms: int, decode: Decode) -> Any:
         def work(conn: sqlite3.Connection) -> Any:
@@ -167,7 +168,12 @@ class SQLiteBackend(Connections):
         return self._transact("clear", work)
 
     def scan(
-        self, plugin_id: str, namespace: str, *, now_ms: int, limit: int | None = None,
+        self,
+        plugin_id: str,
+        namespace: str,
+        *,
+        now_ms: int,
+        limit: int | None = None,
         after: tuple[int, str] | None = None,
     ) -> list[Row]:
         args: dict[str, object] = {"plugin": plugin_id, "ns": namespace, "now": now_ms}

@@ -126,7 +126,8 @@ def is_corruption(exc: sqlite3.Error) -> bool:
 
 def newer_schema(version: int, op: str, where: str) -> StateStoreError:
     return StateStoreError(
-        "SCHEMA_UNSUPPORTED", op,
+        "SCHEMA_UNSUPPORTED",
+        op,
         f"the file has schema version {version}; this code reads versions up to {SCHEMA_VERSION}: "
         "upgrade chatstate, or restore the backup made before the upgrade",
         path=where,
@@ -183,7 +184,9 @@ def check_existing(path: Path) -> None:
         with open(path, "rb") as fh:
             header = fh.read(len(SQLITE_HEADER))
     except OSError as exc:
-        raise StateStoreError("OPEN_FAILED", "open", f"cannot read the state file ({exc.strerror})", path=where) from None
+        raise StateStoreError(
+            "OPEN_FAILED", "open", f"cannot read the state file ({exc.strerror})", path=where
+        ) from None
     if header != SQLITE_HEADER:
         raise StateStoreError("OPEN_FAILED", "open", "the file at the state path is not a SQLite database", path=where)
     try:

@@ -17,11 +17,22 @@ from ._errors import StateStoreError
 from ._paths import database_path, resolve_path, state_dir
 from ._settings import MAX_VALUE_BYTES, UPDATE_ATTEMPTS
 
-__all__ = ["Clock", "Entry", "KeyedStore", "database_path", "op_counts", "resolve_path",
-           "state_dir", "wall_clock_ms"]
+__all__ = ["Clock", "Entry", "KeyedStore", "database_path", "op_counts", "resolve_path", "state_dir", "wall_clock_ms"]
 
-_MEASURED_OPS = ("register", "register_if_absent", "compare_and_set", "update", "lookup", "lookup_many",
-                 "consume", "delete", "delete_if", "clear", "entries", "count")
+_MEASURED_OPS = (
+    "register",
+    "register_if_absent",
+    "compare_and_set",
+    "update",
+    "lookup",
+    "lookup_many",
+    "consume",
+    "delete",
+    "delete_if",
+    "clear",
+    "entries",
+    "count",
+)
 
 
 op_counts = metrics.op_counts
@@ -90,7 +101,9 @@ class KeyedStore:
             return json.loads(text)
         except ValueError:
             raise StateStoreError(
-                "CORRUPT", op, f"stored JSON for a key of {len(row.key.encode())} bytes is unreadable",
+                "CORRUPT",
+                op,
+                f"stored JSON for a key of {len(row.key.encode())} bytes is unreadable",
                 path=self.location,
             ) from None
 
@@ -104,18 +117,25 @@ class KeyedStore:
     def _prepare(self, op: str, key: str, value: object, ttl_ms: int | None) -> tuple[str, str, int | None]:
         """Validate and serialize a write now: the async twin calls this on the caller's thread,
         so a value mutated after the call is not what gets stored (issue 17, defect 3)."""
-        return (check.key(key, op), check.serialize_value(value, op, self.max_value_bytes),
-                check.ttl_ms(ttl_ms, op))
+        return (check.key(key, op), check.serialize_value(value, op, self.max_value_bytes), check.ttl_ms(ttl_ms, op))
 
-    def _apply_write(self, op: str, key: str, text: str, ttl_ms: int | None, mode: Mode,
-                    expect: int | None = None) -> bool:
+    def _apply_write(
+        self, op: str, key: str, text: str, ttl_ms: int | None, mode: Mode, expect: int | None = None
+    ) -> bool:
         """Write prepared input; see `register`, `register_if_absent`, `compare_and_set`."""
         now = self._now(op)
         ttl = self.default_ttl_ms if ttl_ms is None else ttl_ms
         return self._backend.write(
-            self.plugin_id, self.namespace, key, text, now_ms=now,
-            expires_at=None if ttl is None else now + ttl, limits=self._limits, mode=mode,
-            version=new_version(), expect=expect,
+            self.plugin_id,
+            self.namespace,
+            key,
+            text,
+            now_ms=now,
+            expires_at=None if ttl is None else now + ttl,
+            limits=self._limits,
+            mode=mode,
+            version=new_version(),
+            expect=expect,
         )
 
     @metrics.measured("register")
@@ -162,8 +182,9 @@ class KeyedStore:
         return self._write_match(*self._prepare(op, key, value, ttl_ms), expect)
 
     @metrics.measured("update")
-    def update(self, key: str, fn: Callable[[Any], Any], *, ttl_ms: int | None = None,
-               max_attempts: int = UPDATE_ATTEMPTS) -> Any:
+    def update(
+        self, key: str, fn: Callable[[Any], Any], *, ttl_ms: int | None = None, max_attempts: int = UPDATE_ATTEMPTS
+    ) -> Any:
         """Read the live value under `key` (None if absent), store `fn(value)`, return it.
 
         A claim when the row is absent, else a compare_and_set on the version read; a lost race
@@ -182,8 +203,9 @@ class KeyedStore:
                 applied = self._write_match(*prepared, entry.version)
             if applied:
                 return new
-        raise StateStoreError("CONFLICT", op, f"the row kept changing: gave up after {attempts} attempts",
-                              path=self.location)
+        raise StateStoreError(
+            "CONFLICT", op, f"the row kept changing: gave up after {attempts} attempts", path=self.location
+        )
 
     def lookup(self, key: str) -> Any | None:
         """Return the live value under `key`, or None. Raises INVALID_INPUT, READ_FAILED, CORRUPT."""
@@ -238,8 +260,9 @@ class KeyedStore:
         Raises INVALID_INPUT, WRITE_FAILED, CORRUPT, UNAVAILABLE.
         """
         key = check.key(key, "consume")
-        return self._backend.take(self.plugin_id, self.namespace, key, now_ms=self._now("consume"),
-                                  decode=self._decoder("consume"))
+        return self._backend.take(
+            self.plugin_id, self.namespace, key, now_ms=self._now("consume"), decode=self._decoder("consume")
+        )
 
     @metrics.measured("delete")
     def delete(self, key: str) -> bool:
@@ -278,8 +301,9 @@ class KeyedStore:
         while paging moves to the end and is seen there. Raises INVALID_INPUT, READ_FAILED, CORRUPT.
         """
         page_limit, cursor = check.page(limit, after)
-        rows = self._backend.scan(self.plugin_id, self.namespace, now_ms=self._now("entries"),
-                                  limit=page_limit, after=cursor)
+        rows = self._backend.scan(
+            self.plugin_id, self.namespace, now_ms=self._now("entries"), limit=page_limit, after=cursor
+        )
         return [self._entry(r, "entries") for r in rows]
 
     def close(self) -> None:

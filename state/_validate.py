@@ -51,9 +51,7 @@ def plugin_id(value: object, op: str = "open", *, core: bool = False) -> str:
     value = value.strip()
     size = _utf8_len(value, "plugin_id", op)
     if size > MAX_PLUGIN_ID_BYTES:
-        raise StateStoreError(
-            "LIMIT_EXCEEDED", op, f"plugin_id is {size} bytes; the limit is {MAX_PLUGIN_ID_BYTES}"
-        )
+        raise StateStoreError("LIMIT_EXCEEDED", op, f"plugin_id is {size} bytes; the limit is {MAX_PLUGIN_ID_BYTES}")
     is_core = value.lower().startswith(CORE_PREFIX)
     if is_core and not core:
         raise StateStoreError("INVALID_INPUT", op, f"plugin ids starting {CORE_PREFIX!r} are reserved for the gateway")
@@ -68,13 +66,9 @@ def namespace(value: object, op: str = "open") -> str:
     value = value.strip()
     size = _utf8_len(value, "namespace", op)
     if size > MAX_NAMESPACE_BYTES:
-        raise StateStoreError(
-            "LIMIT_EXCEEDED", op, f"namespace is {size} bytes; the limit is {MAX_NAMESPACE_BYTES}"
-        )
+        raise StateStoreError("LIMIT_EXCEEDED", op, f"namespace is {size} bytes; the limit is {MAX_NAMESPACE_BYTES}")
     if not NAMESPACE_RE.fullmatch(value):
-        raise StateStoreError(
-            "INVALID_INPUT", op, "namespace must match ^[a-z0-9][a-z0-9._-]*$ (case-insensitive)"
-        )
+        raise StateStoreError("INVALID_INPUT", op, "namespace must match ^[a-z0-9][a-z0-9._-]*$ (case-insensitive)")
     return value
 
 
@@ -87,9 +81,7 @@ def key(value: object, op: str) -> str:
     # An ASCII key (the usual case) is as many bytes as characters: skip encoding it.
     size = len(value) if value.isascii() else _utf8_len(value, "key", op)
     if size > MAX_KEY_BYTES:
-        raise StateStoreError(
-            "LIMIT_EXCEEDED", op, f"key is {size} bytes; the limit is {MAX_KEY_BYTES}"
-        )
+        raise StateStoreError("LIMIT_EXCEEDED", op, f"key is {size} bytes; the limit is {MAX_KEY_BYTES}")
     return value
 
 
@@ -170,9 +162,7 @@ def serialize_value(value: object, op: str, max_bytes: int = MAX_VALUE_BYTES) ->
         raise StateStoreError("INVALID_INPUT", op, "value contains an integer too large to serialize") from None
     size = len(text) if text.isascii() else _utf8_len(text, "value", op)
     if size > max_bytes:
-        raise StateStoreError(
-            "LIMIT_EXCEEDED", op, f"value is {size} bytes serialized; the limit is {max_bytes}"
-        )
+        raise StateStoreError("LIMIT_EXCEEDED", op, f"value is {size} bytes serialized; the limit is {max_bytes}")
     return text
 
 
@@ -182,9 +172,7 @@ _FLAT_SCALARS = frozenset({str, int, bool, type(None)})  # exact types; floats n
 def _check_shape(root: object, op: str) -> None:
     # The usual adapter value is one flat dict of strings and ints: accept it in one pass
     # (~1 us less per write); anything else, or anything odd in it, takes the general walk.
-    if type(root) is dict and all(
-        type(k) is str and type(v) in _FLAT_SCALARS for k, v in root.items()
-    ):
+    if type(root) is dict and all(type(k) is str and type(v) in _FLAT_SCALARS for k, v in root.items()):
         return
     # Iterative so a hostile 100,000-deep list cannot blow the Python stack before we say no.
     stack: list[tuple[object, int]] = [(root, 0)]
@@ -209,6 +197,4 @@ def _check_shape(root: object, op: str) -> None:
                     raise StateStoreError("INVALID_INPUT", op, "value has a non-string object key")
                 stack.append((item, depth + 1))
             continue
-        raise StateStoreError(
-            "INVALID_INPUT", op, f"value contains a {type(value).__name__}, which is not plain JSON"
-        )
+        raise StateStoreError("INVALID_INPUT", op, f"value contains a {type(value).__name__}, which is not plain JSON")

@@ -84,14 +84,23 @@ def _inspect(args: argparse.Namespace) -> int:
                 # and a sum over only NULLs is NULL, so such a namespace showed "expired": null.
                 " sum(expires_at IS NULL OR expires_at > :now),"
                 " sum(expires_at IS NOT NULL AND expires_at <= :now)"
-                f" FROM entries WHERE {cond} GROUP BY plugin_id, namespace ORDER BY 1, 2", params)
+                f" FROM entries WHERE {cond} GROUP BY plugin_id, namespace ORDER BY 1, 2",
+                params,
+            )
         ]
         keys: list[dict[str, Any]] = []
         if args.namespace:
             for p, k, v, created, expires in conn.execute(
                 f"SELECT plugin_id, key, value, created_at, expires_at FROM entries WHERE {cond}"
-                " AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key", params):
-                row: dict[str, Any] = {"plugin_id": p, "key": k, "created_at": _iso(created), "expires_at": _iso(expires)}
+                " AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key",
+                params,
+            ):
+                row: dict[str, Any] = {
+                    "plugin_id": p,
+                    "key": k,
+                    "created_at": _iso(created),
+                    "expires_at": _iso(expires),
+                }
                 if args.values:
                     row["value"] = json.loads(v)
                 keys.append(row)

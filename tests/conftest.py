@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from redis_support import RedisServer
 
 REDIS_URL_ENV = "CHATSTATE_TEST_REDIS_URL"

@@ -66,11 +66,29 @@ class RedisServer:
         log = self.workdir / "redis.log"
         self.proc = subprocess.Popen(
             [
-                self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir),
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
-                "--rename-command", "KEYS", "", "--logfile", str(log), "--daemonize", "no",
+                self.binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.workdir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "everysec",
+                "--rename-command",
+                "KEYS",
+                "",
+                "--logfile",
+                str(log),
+                "--daemonize",
+                "no",
             ],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + START_DEADLINE_S

@@ -65,8 +65,9 @@ class DiscordSettings(AdapterSettings):
         """
         if self.public_key is None:
             if self.transport == "http":
-                raise ValueError("adapters.discord.public_key: required for transport = \"http\" "
-                                 "(or set CHATSTATE_DISCORD_PUBLIC_KEY)")
+                raise ValueError(
+                    'adapters.discord.public_key: required for transport = "http" (or set CHATSTATE_DISCORD_PUBLIC_KEY)'
+                )
             return None
         try:
             return load_verify_key(self.public_key)

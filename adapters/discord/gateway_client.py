@@ -3,18 +3,13 @@
 Why not discord.py's own `DiscordWebSocket`: it is built from a logged-in `Client` (its
 `ConnectionState`, parsers and `HTTPClient`), and that client finds the gateway and answers
 interactions through `discord.http.Route.BASE`, a class variable shared by every discord.py user
-in the process; pointing one bot at a local URL would repoint them all (see `platform.py`).
-So the link is ours, about 300 lines, and the protocol's names come from discord.py: opcodes
-are `DiscordWebSocket`'s class constants, payloads are typed with `discord.types.gateway`,
-intents are `discord.Intents`.
+in the process; pointing one bot at a local URL would repoint them all (see `platform.py`). So
+the link is ours; the protocol's names come from discord.py (`DiscordWebSocket`'s opcode
+constants, `discord.types.gateway` payload types, `discord.Intents`).
 
-The protocol (https://discord.com/developers/docs/events/gateway): HELLO gives the heartbeat
-interval; the first heartbeat goes after `interval * random()`, then one per interval carrying
-the last sequence number; a heartbeat whose ACK has not come by the next one means a zombied
-link: close (code 4000, keeping the session) and RESUME. IDENTIFY gets READY (session_id,
-resume_gateway_url); RESUME gets the missed dispatches, then RESUMED. RECONNECT (op 7) and
-INVALID_SESSION with d=true: reconnect and RESUME. INVALID_SESSION with d=false (or close 4007 /
-4009): the session is gone, so wait 1-5 s and IDENTIFY afresh, saying so in the log and health.
+The protocol (https://discord.com/developers/docs/events/gateway): HELLO, heartbeats and their
+ACKs (a missing ACK: close 4000, RESUME), IDENTIFY/READY, RESUME/RESUMED, RECONNECT (op 7) and
+INVALID_SESSION (d=false, or close 4007/4009: IDENTIFY afresh after 1-5 s, said in log and health).
 
 Exactly-once: INTERACTION_CREATE is claimed by interaction id in the store before the bot
 answers (so a replay is answered once), answered through the HTTP interaction callback with
@@ -64,7 +59,7 @@ class GatewayClient:
         self, *, api_base: str, bot_token: str, state: GatewayState, answer: Answer,
         log: logging.LoggerAdapter[logging.Logger], intents: int = 0, shard: tuple[int, int] = (0, 1),
         reidentify_delay_s: float = 5.0, lease_ms: int = 15_000,
-    ) -> None:
+    ) -> None:  # fmt: skip
         self._api_base = api_base.rstrip("/")
         self._token = bot_token
         self._state = state
@@ -93,8 +88,8 @@ class GatewayClient:
         self.status = "starting"
         self.last_start: str | None = None  # "identified" | "resumed"
         self.identify_reason: str | None = None
-        self.counts = {"identifies": 0, "resumes": 0, "reconnects": 0, "missed_acks": 0,
-                       "received_after_resume": 0, "interactions": 0, "duplicates": 0, "callback_failures": 0}
+        names = ("identifies", "resumes", "reconnects", "missed_acks", "received_after_resume")
+        self.counts = dict.fromkeys((*names, "interactions", "duplicates", "callback_failures"), 0)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -133,9 +128,15 @@ class GatewayClient:
         self.status = "stopped"
 
     def health(self) -> dict[str, Any]:
-        return {"transport": "gateway", "status": self.status, "last_start": self.last_start,
-                "identify_reason": self.identify_reason, "seq": self._saved_seq,
-                "session_id": self._session.session_id if self._session else None, **self.counts}
+        return {
+            "transport": "gateway",
+            "status": self.status,
+            "last_start": self.last_start,
+            "identify_reason": self.identify_reason,
+            "seq": self._saved_seq,
+            "session_id": self._session.session_id if self._session else None,
+            **self.counts,
+        }
 
     # -- the connection loop ------------------------------------------------------------------
     async def _run(self) -> None:
@@ -213,13 +214,25 @@ class GatewayClient:
         if self._session is not None:
             self._resuming = True
             self._received = max(self._received, self._session.seq)
-            await ws.send_json({"op": Op.RESUME, "d": {
-                "token": self._token, "session_id": self._session.session_id, "seq": self._session.seq}})
+            await ws.send_json(
+                {
+                    "op": Op.RESUME,
+                    "d": {"token": self._token, "session_id": self._session.session_id, "seq": self._session.seq},
+                }
+            )
             return
         self._log.info("discord_gateway_identify", extra={"reason": self.identify_reason})
-        await ws.send_json({"op": Op.IDENTIFY, "d": {
-            "token": self._token, "intents": self._intents, "shard": list(self._shard),
-            "properties": {"os": sys.platform, "browser": "chatstate", "device": "chatstate"}}})
+        await ws.send_json(
+            {
+                "op": Op.IDENTIFY,
+                "d": {
+                    "token": self._token,
+                    "intents": self._intents,
+                    "shard": list(self._shard),
+                    "properties": {"os": sys.platform, "browser": "chatstate", "device": "chatstate"},
+                },
+            }
+        )
 
     async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse, interval_s: float) -> None:
         await asyncio.sleep(interval_s * random.random())  # jitter, as Discord asks
@@ -265,7 +278,9 @@ class GatewayClient:
             self.counts["identifies"] += 1
             await self._persist()  # durable before we report ready
             self._settled_as("identified")
-            self._log.info("discord_gateway_ready", extra={"session_id": ready["session_id"], "reason": self.identify_reason})
+            self._log.info(
+                "discord_gateway_ready", extra={"session_id": ready["session_id"], "reason": self.identify_reason}
+            )
         elif event == "RESUMED":
             self._resuming = False
             self.counts["resumes"] += 1
@@ -277,7 +292,9 @@ class GatewayClient:
                 self.counts["received_after_resume"] += 1
             if event == "INTERACTION_CREATE" and isinstance(data, dict) and seq not in self._in_hand:
                 gen = self._gen
-                self._in_hand[seq] = asyncio.create_task(self._interaction(gen, seq, data), name=f"discord-interaction-{seq}")
+                self._in_hand[seq] = asyncio.create_task(
+                    self._interaction(gen, seq, data), name=f"discord-interaction-{seq}"
+                )
 
     def _settled_as(self, how: str) -> None:
         self.status, self.last_start = "ready", how
@@ -315,7 +332,9 @@ class GatewayClient:
         async with self._http.post(url, json=response) as resp:
             if resp.status >= 300:
                 self.counts["callback_failures"] += 1
-                self._log.warning("discord_callback_failed", extra={"status": resp.status, "body": (await resp.text())[:200]})
+                self._log.warning(
+                    "discord_callback_failed", extra={"status": resp.status, "body": (await resp.text())[:200]}
+                )
 
     async def _persist(self) -> None:
         """Save the session with the highest sequence number below every dispatch in hand."""

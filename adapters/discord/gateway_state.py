@@ -81,10 +81,15 @@ class GatewayState:
 
     async def save(self, session: SavedSession) -> None:
         """Durable on return (a SIGKILL right after still RESUMEs from here)."""
-        await self.sessions.record(self._session_key, {
-            "session_id": session.session_id, "resume_gateway_url": session.resume_gateway_url,
-            "seq": session.seq, "saved_at": now_ms(),
-        })
+        await self.sessions.record(
+            self._session_key,
+            {
+                "session_id": session.session_id,
+                "resume_gateway_url": session.resume_gateway_url,
+                "seq": session.seq,
+                "saved_at": now_ms(),
+            },
+        )
 
     async def drop(self) -> None:
         """Forget a session Discord invalidated."""

@@ -44,13 +44,16 @@ EXPIRED = "This component has expired."
 NOT_FOR_YOU = "This component is not for you."
 ALREADY_USED = "This component was already used."
 YOU_ALREADY_USED = "You already used this component."
-QUOTA_REFUSED = ("You already have {limit} live panels, the most one person may have; "
-                 "your oldest expires in about {minutes} min.")
+QUOTA_REFUSED = (
+    "You already have {limit} live panels, the most one person may have; your oldest expires in about {minutes} min."
+)
 PANEL_COMMAND = "panel"  # /panel [restrict_to:<user>] posts a panel in the channel
 DEFER_AFTER_S = 2.0  # Discord's deadline is 3 s; answer "deferred" if the work is not done by then
-DEFERRABLE = (discord.InteractionType.application_command, discord.InteractionType.component,
-              discord.InteractionType.modal_submit)
-
+DEFERRABLE = (
+    discord.InteractionType.application_command,
+    discord.InteractionType.component,
+    discord.InteractionType.modal_submit,
+)
 
 
 def allowed(entry: ComponentEntry | ModalEntry, user_id: str) -> bool:
@@ -61,7 +64,11 @@ class DiscordBot:
     """Answers interactions; sends panels through `rest` and records them in `registry`."""
 
     def __init__(
-        self, registry: Registry, rest: DiscordRest, *, log: logging.LoggerAdapter[logging.Logger],
+        self,
+        registry: Registry,
+        rest: DiscordRest,
+        *,
+        log: logging.LoggerAdapter[logging.Logger],
         quota: PanelQuota | None = None,
     ) -> None:
         self.registry = registry
@@ -93,7 +100,10 @@ class DiscordBot:
         try:
             if kind == discord.InteractionResponseType.modal.value:  # a modal cannot follow a deferral
                 await self.rest.followup(it, {"content": "Please click again.", "flags": 64})
-            elif kind == discord.InteractionResponseType.message_update.value or it.type is not discord.InteractionType.component:
+            elif (
+                kind == discord.InteractionResponseType.message_update.value
+                or it.type is not discord.InteractionType.component
+            ):
                 await self.rest.edit_original(it, data)
             else:
                 await self.rest.followup(it, data)
@@ -135,8 +145,10 @@ class DiscordBot:
             wait_ms = await self.quota.admit(it.user_id, now_ms=now_ms())
             if wait_ms is not None:  # visible refusal: the user's own panels are the limit
                 self.log.info("panel_quota_refused", extra={"per_user": self.quota.per_user})
-                return platform.message(QUOTA_REFUSED.format(limit=self.quota.per_user,
-                                                             minutes=max(1, -(-wait_ms // 60_000))), ephemeral=True)
+                return platform.message(
+                    QUOTA_REFUSED.format(limit=self.quota.per_user, minutes=max(1, -(-wait_ms // 60_000))),
+                    ephemeral=True,
+                )
         restrict = it.options.get("restrict_to")
         panel = build_panel(allowed_user_ids=[str(restrict)] if restrict else [])
         # Entries first: a click can only follow the post, and a crash after the post must
@@ -237,7 +249,8 @@ def build_panel(*, allowed_user_ids: list[str]) -> Panel:
     }
     view = discord.ui.View(timeout=None)  # no discord.py timeout: the registry TTL rules
     colours: discord.ui.Select[discord.ui.View] = discord.ui.Select(
-        custom_id=new_custom_id("colour"), placeholder="Pick a colour",
+        custom_id=new_custom_id("colour"),
+        placeholder="Pick a colour",
         options=[discord.SelectOption(label=c.title(), value=c) for c in COLOURS],
     )
     items: list[tuple[discord.ui.Item[discord.ui.View], str, bool]] = [  # (item, action, single_use)
@@ -250,8 +263,9 @@ def build_panel(*, allowed_user_ids: list[str]) -> Panel:
     for item, action, single_use in items:
         view.add_item(item)
         custom_id = item.custom_id  # type: ignore[attr-defined]  # Button and Select both have one
-        entry = ComponentEntry(component_type=item.type.value, action=action, single_use=single_use,
-                               allowed_user_ids=allowed)
+        entry = ComponentEntry(
+            component_type=item.type.value, action=action, single_use=single_use, allowed_user_ids=allowed
+        )
         if action == "feedback":
             entry["modal_id"] = modal_id
         components[custom_id] = entry

@@ -113,19 +113,25 @@ def parse(body: bytes) -> Interaction:
             return Interaction(kind, "", "")
         user = (payload.get("member") or {}).get("user") or payload["user"]  # guild, else DM
         data = payload.get("data") or {}
-        common: _Common = {"type": kind, "user_id": _snowflake(user["id"]),
-                           "channel_id": _snowflake(payload.get("channel_id", ""), optional=True),
-                           "id": _snowflake(payload["id"]),
-                           "token": _token(payload.get("token", "")),
-                           "application_id": _snowflake(payload.get("application_id", ""), optional=True)}
+        common: _Common = {
+            "type": kind,
+            "user_id": _snowflake(user["id"]),
+            "channel_id": _snowflake(payload.get("channel_id", ""), optional=True),
+            "id": _snowflake(payload["id"]),
+            "token": _token(payload.get("token", "")),
+            "application_id": _snowflake(payload.get("application_id", ""), optional=True),
+        }
         if kind is discord.InteractionType.component:
             return Interaction(
-                **common, custom_id=_custom_id(data["custom_id"]),
+                **common,
+                custom_id=_custom_id(data["custom_id"]),
                 component_type=discord.ComponentType(data["component_type"]),
                 values=[_text(v, 100) for v in data.get("values", [])[:25]],
             )
         if kind is discord.InteractionType.modal_submit:
-            return Interaction(**common, custom_id=_custom_id(data["custom_id"]), fields=_modal_values(data["components"]))
+            return Interaction(
+                **common, custom_id=_custom_id(data["custom_id"]), fields=_modal_values(data["components"])
+            )
         if kind is discord.InteractionType.application_command:
             options = {str(o["name"]): o.get("value") for o in data.get("options", [])}
             restrict = options.get("restrict_to")

@@ -20,15 +20,15 @@ from typing import Any
 from aiohttp import web
 from nacl.signing import VerifyKey
 
-from chatstate.gateway.clock import now_ms
 from chatstate.adapters.discord import platform
-from chatstate.adapters.discord.handlers import DiscordBot
 from chatstate.adapters.discord.config import DiscordSettings
 from chatstate.adapters.discord.gateway_client import GatewayClient
 from chatstate.adapters.discord.gateway_state import GatewayState
+from chatstate.adapters.discord.handlers import DiscordBot
 from chatstate.adapters.discord.rest import DiscordRest
 from chatstate.adapters.discord.state import COMPONENTS, InteractionLedger, PanelQuota, Registry
 from chatstate.gateway import ingress
+from chatstate.gateway.clock import now_ms
 from chatstate.gateway.plugin import PluginRuntime, Route
 from chatstate.gateway.settings import AdapterSettings
 from chatstate.gateway.stateful import StatefulPlugin
@@ -72,8 +72,11 @@ class DiscordPlugin(StatefulPlugin):
         self._verify_key = config.verify_key()
         self._registry = Registry(legacy=runtime.legacy, ttl_ms=config.ttl_ms, max_entries=config.max_entries)
         self._ledger = InteractionLedger(legacy=runtime.legacy, window_s=config.timestamp_window_s)
-        self._quota = PanelQuota(legacy=runtime.legacy, per_user=config.panels_per_user,
-                                 panel_ttl_ms=self._registry.components.spec.ttl_ms or COMPONENTS.ttl_ms or 1)
+        self._quota = PanelQuota(
+            legacy=runtime.legacy,
+            per_user=config.panels_per_user,
+            panel_ttl_ms=self._registry.components.spec.ttl_ms or COMPONENTS.ttl_ms or 1,
+        )
         for state in (*self._registry.states, self._ledger.state, self._quota.state):
             await self.open_state(state, runtime)
         self._rest = DiscordRest(api_base=config.api_base_url, bot_token=config.bot_token)
@@ -85,9 +88,14 @@ class DiscordPlugin(StatefulPlugin):
             for state in self._gateway_state.states:
                 await self.open_state(state, runtime)
             self._gateway = GatewayClient(
-                api_base=config.api_base_url, bot_token=config.bot_token, state=self._gateway_state,
-                answer=self._answer_payload, log=runtime.log, intents=config.intents,
-                reidentify_delay_s=config.reidentify_delay_s, lease_ms=config.shard_lease_ms,
+                api_base=config.api_base_url,
+                bot_token=config.bot_token,
+                state=self._gateway_state,
+                answer=self._answer_payload,
+                log=runtime.log,
+                intents=config.intents,
+                reidentify_delay_s=config.reidentify_delay_s,
+                lease_ms=config.shard_lease_ms,
             )
             await self._gateway.start()
 
@@ -103,8 +111,7 @@ class DiscordPlugin(StatefulPlugin):
     def health(self) -> dict[str, Any]:
         if self._registry is None:
             return {"status": "starting"}
-        report: dict[str, Any] = {"status": "degraded" if self.degraded() else "ok",
-                                  "registries": self.states_health()}
+        report: dict[str, Any] = {"status": "degraded" if self.degraded() else "ok", "registries": self.states_health()}
         if self._gateway is not None:
             report["transport"] = self._gateway.health()
             if self._gateway.status == "failed":

@@ -67,21 +67,36 @@ class DiscordRest:
             content=content, view=view, allowed_mentions=discord.AllowedMentions.none()
         ) as params:
             payload = params.payload
-        return await self._call("POST", f"/channels/{channel_id}/messages", payload,
-                                route=f"POST /channels/{channel_id}/messages", what="create message")
+        return await self._call(
+            "POST",
+            f"/channels/{channel_id}/messages",
+            payload,
+            route=f"POST /channels/{channel_id}/messages",
+            what="create message",
+        )
 
     async def edit_original(self, it: Interaction, data: dict[str, Any]) -> dict[str, Any]:
         """PATCH the deferred (or original) response of `it` through its webhook.
 
         Raises InteractionGone (token expired / unknown / already answered) and RestError.
         """
-        return await self._call("PATCH", f"/webhooks/{it.application_id}/{it.token}/messages/@original", data,
-                                route=f"webhook {it.application_id}", what="edit original")
+        return await self._call(
+            "PATCH",
+            f"/webhooks/{it.application_id}/{it.token}/messages/@original",
+            data,
+            route=f"webhook {it.application_id}",
+            what="edit original",
+        )
 
     async def followup(self, it: Interaction, data: dict[str, Any]) -> dict[str, Any]:
         """POST a follow-up message to `it`'s webhook; raises as `edit_original`."""
-        return await self._call("POST", f"/webhooks/{it.application_id}/{it.token}", data,
-                                route=f"webhook {it.application_id}", what="follow-up")
+        return await self._call(
+            "POST",
+            f"/webhooks/{it.application_id}/{it.token}",
+            data,
+            route=f"webhook {it.application_id}",
+            what="follow-up",
+        )
 
     async def _call(self, method: str, path: str, payload: Any, *, route: str, what: str) -> dict[str, Any]:
         """One REST call with Discord's rate limits honoured: wait out an exhausted bucket

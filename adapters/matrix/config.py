@@ -72,4 +72,3 @@ class MatrixSettings(AdapterSettings):
         if bad:
             raise ValueError(f"not Matrix user ids: {', '.join(bad)}")  # user ids, not secrets
         return users
-

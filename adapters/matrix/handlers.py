@@ -45,18 +45,13 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from nio import ReactionEvent, RoomMessageText
+
 from chatstate.adapters.matrix import platform
 from chatstate.adapters.matrix.platform import MatrixError, MatrixIO
-from chatstate.adapters.matrix.state import (
-    HandledEvents,
-    Outcome,
-    ReactionTarget,
-    ReactionTargets,
-    RequesterSlots,
-)
+from chatstate.adapters.matrix.state import HandledEvents, Outcome, ReactionTarget, ReactionTargets, RequesterSlots
 from chatstate.gateway.approvals import Approval, ApprovalService
 from chatstate.gateway.clock import Clock, now_ms
-from nio import ReactionEvent, RoomMessageText
 
 SLOT_FIELD = "requester_slot"  # in the approval's context: which slot to free on resolution
 RETRY_DELAYS_S = (0.25, 1.0, 2.0)  # between attempts of one event; the last one repeats
@@ -96,15 +91,18 @@ class ApprovalFlow:
     def wants_message(self, event: object) -> bool:
         """True for an approval request: the only messages with effects."""
         return (
-            isinstance(event, RoomMessageText) and event.sender != self.account_id
+            isinstance(event, RoomMessageText)
+            and event.sender != self.account_id
             and platform.parse_command(event.body) is not None
         )
 
     def wants_reaction(self, event: object) -> bool:
         """True for a decision reaction by a listed approver: the only reactions with effects."""
         return (
-            isinstance(event, ReactionEvent) and event.sender != self.account_id
-            and event.sender in self.approvers and platform.decision_for(event.key) is not None
+            isinstance(event, ReactionEvent)
+            and event.sender != self.account_id
+            and event.sender in self.approvers
+            and platform.decision_for(event.key) is not None
         )
 
     # -- requests -------------------------------------------------------------------------
@@ -117,33 +115,44 @@ class ApprovalFlow:
         expires_at = self._clock() + self.approval_ttl_ms
         existing = await self.approvals.get(approval_id)  # a retried attempt of this event
         slot = await self.slots.take(
-            self.account_id, event.sender, approval_id, cap=self.max_pending,
+            self.account_id,
+            event.sender,
+            approval_id,
+            cap=self.max_pending,
             expires_at=existing.expires_at if existing else expires_at,
         )
         if slot is None:
             await self.io.send(
-                room_id, "m.room.message", platform.refused_content(event.sender, self.max_pending),
+                room_id,
+                "m.room.message",
+                platform.refused_content(event.sender, self.max_pending),
                 txn=platform.txn_id("refused", event.event_id),
             )
             self.log.info("matrix_request_refused", extra={"requester": event.sender, "room": room_id})
             return
         approval = await self.approvals.request(
-            approval_id, command.action, requested_by=event.sender, decisions=command.decisions,
+            approval_id,
+            command.action,
+            requested_by=event.sender,
+            decisions=command.decisions,
             ttl_ms=self.approval_ttl_ms,
             context={"room_id": room_id, "request_event_id": event.event_id, SLOT_FIELD: slot},
         )
         if approval.expires_at <= self._clock():
             return  # nothing left to ask
         prompt_id = await self.io.send(
-            room_id, "m.room.message", platform.prompt_content(approval),
-            txn=platform.txn_id("prompt", event.event_id),
+            room_id, "m.room.message", platform.prompt_content(approval), txn=platform.txn_id("prompt", event.event_id)
         )
         target = ReactionTarget(approval.id, approval.decisions)
-        if not await self.targets.register_target(self.account_id, room_id, prompt_id, target, expires_at=approval.expires_at):
+        if not await self.targets.register_target(
+            self.account_id, room_id, prompt_id, target, expires_at=approval.expires_at
+        ):
             return
         for decision in approval.decisions:
             await self.io.send(
-                room_id, "m.reaction", platform.reaction_content(prompt_id, platform.EMOJI[decision]),
+                room_id,
+                "m.reaction",
+                platform.reaction_content(prompt_id, platform.EMOJI[decision]),
                 txn=platform.txn_id(f"seed-{decision}", prompt_id),
             )
         self.log.info("matrix_prompt_posted", extra={"approval": approval.id, "room": room_id})
@@ -167,7 +176,9 @@ class ApprovalFlow:
         if await self._withdrawn(room_id, event):
             return
         await self.io.send(
-            room_id, "m.room.message", platform.outcome_content(approval, decision, event.sender),
+            room_id,
+            "m.room.message",
+            platform.outcome_content(approval, decision, event.sender),
             txn=platform.txn_id("outcome", approval.id),
         )
         resolution = await self.targets.resolve_target(self.account_id, room_id, event.reacts_to, decision)
@@ -197,7 +208,9 @@ class ApprovalFlow:
             await self._send_expired(room_id, event)
 
     async def _send_expired(self, room_id: str, event: ReactionEvent) -> None:
-        await self.io.send(room_id, "m.room.message", platform.expired_content(), txn=platform.txn_id("expired", event.event_id))
+        await self.io.send(
+            room_id, "m.room.message", platform.expired_content(), txn=platform.txn_id("expired", event.event_id)
+        )
 
     async def _free_slot(self, approval: Approval) -> None:
         slot = approval.context.get(SLOT_FIELD)
@@ -221,7 +234,12 @@ class EventDispatcher:
     """Route a room's events, in order, to the approval flow, each one isolated."""
 
     def __init__(
-        self, flow: ApprovalFlow, ledger: HandledEvents, *, max_attempts: int, log: logging.LoggerAdapter[logging.Logger]
+        self,
+        flow: ApprovalFlow,
+        ledger: HandledEvents,
+        *,
+        max_attempts: int,
+        log: logging.LoggerAdapter[logging.Logger],
     ) -> None:
         self.flow = flow
         self.ledger = ledger
@@ -242,7 +260,9 @@ class EventDispatcher:
                     continue
                 await self._one(room_id, event, self.flow.on_reaction)
 
-    async def _one(self, room_id: str, event: RoomMessageText | ReactionEvent, handler: Callable[[str, Any], Awaitable[None]]) -> None:
+    async def _one(
+        self, room_id: str, event: RoomMessageText | ReactionEvent, handler: Callable[[str, Any], Awaitable[None]]
+    ) -> None:
         account, device = self.flow.account_id, self.flow.io.device_id
         if not await self.ledger.claim(account, event.event_id, device):
             self.stats.replays_skipped += 1
@@ -267,7 +287,8 @@ class EventDispatcher:
                 if retry_after_ms:
                     delay = max(delay, min(retry_after_ms / 1000, MAX_RETRY_AFTER_S))
                 self.log.warning(
-                    "matrix_event_retry", extra={"event_id": event.event_id, "room": room_id, "attempt": attempt, "error": reason}
+                    "matrix_event_retry",
+                    extra={"event_id": event.event_id, "room": room_id, "attempt": attempt, "error": reason},
                 )
                 await asyncio.sleep(delay)
                 continue
@@ -278,5 +299,7 @@ class EventDispatcher:
     async def _give_up(self, room_id: str, event_id: str, reason: str, attempts: int) -> None:
         self.stats.failed += 1
         self.stats.last_failed = {"event_id": event_id, "room": room_id, "error": reason, "attempts": attempts}
-        self.log.error("matrix_event_failed", extra={"event_id": event_id, "room": room_id, "error": reason, "attempts": attempts})
+        self.log.error(
+            "matrix_event_failed", extra={"event_id": event_id, "room": room_id, "error": reason, "attempts": attempts}
+        )
         await self.ledger.mark_failed(self.flow.account_id, event_id, self.flow.io.device_id, reason)

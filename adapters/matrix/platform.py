@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from chatstate.gateway.approvals import DECISIONS, Approval, Decision
 from nio import (
     AsyncClient,
     AsyncClientConfig,
@@ -32,6 +31,8 @@ from nio import (
     UploadFilterResponse,
     WhoamiResponse,
 )
+
+from chatstate.gateway.approvals import DECISIONS, Approval, Decision
 
 EMOJI: Mapping[Decision, str] = {"allow-once": "✅", "allow-always": "♾️", "deny": "❌"}
 LABEL: Mapping[Decision, str] = {"allow-once": "allow once", "allow-always": "allow always", "deny": "deny"}
@@ -108,11 +109,7 @@ def prompt_content(approval: Approval) -> dict[str, Any]:
     """The m.room.message of a prompt; carries the approval id and expiry for later lookups."""
     choices = ", ".join(f"{EMOJI[d]} {LABEL[d]}" for d in approval.decisions)
     body = f"Approval needed: {approval.action} (requested by {approval.requested_by}). React with {choices}."
-    return {
-        "msgtype": "m.notice",
-        "body": body,
-        APPROVAL_FIELD: {"id": approval.id, "expires_at": approval.expires_at},
-    }
+    return {"msgtype": "m.notice", "body": body, APPROVAL_FIELD: {"id": approval.id, "expires_at": approval.expires_at}}
 
 
 def outcome_content(approval: Approval, decision: Decision, approver: str) -> dict[str, Any]:
@@ -152,8 +149,11 @@ class MatrixIO:
 
     def __init__(self, homeserver: str, access_token: str) -> None:
         config = AsyncClientConfig(
-            encryption_enabled=False, store_sync_tokens=False,  # our store keeps the token
-            request_timeout=REQUEST_TIMEOUT_S, max_timeouts=MAX_TIMEOUTS, max_limit_exceeded=MAX_429_RETRIES,
+            encryption_enabled=False,
+            store_sync_tokens=False,  # our store keeps the token
+            request_timeout=REQUEST_TIMEOUT_S,
+            max_timeouts=MAX_TIMEOUTS,
+            max_limit_exceeded=MAX_429_RETRIES,
         )
         self.client = AsyncClient(homeserver, config=config)
         self.client.access_token = access_token
@@ -195,7 +195,8 @@ class MatrixIO:
         Lazy-loaded members, no presence or global account data: the bot reads timelines only.
         """
         resp = await self.client.upload_filter(
-            presence={"not_types": ["*"]}, account_data={"not_types": ["*"]},
+            presence={"not_types": ["*"]},
+            account_data={"not_types": ["*"]},
             room={
                 "timeline": {"limit": timeline_limit},
                 "state": {"lazy_load_members": True},
@@ -214,9 +215,13 @@ class MatrixIO:
             raise MatrixError.of("sync", resp)
         return resp
 
-    async def messages_before(self, room_id: str, start: str, *, stop_at: str | None, limit: int) -> RoomMessagesResponse:
+    async def messages_before(
+        self, room_id: str, start: str, *, stop_at: str | None, limit: int
+    ) -> RoomMessagesResponse:
         """One page of /messages backwards from `start` (to `stop_at`, when given)."""
-        resp = await self.client.room_messages(room_id, start, end=stop_at, direction=MessageDirection.back, limit=limit)
+        resp = await self.client.room_messages(
+            room_id, start, end=stop_at, direction=MessageDirection.back, limit=limit
+        )
         if not isinstance(resp, RoomMessagesResponse):
             raise MatrixError.of("messages", resp)
         return resp

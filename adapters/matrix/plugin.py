@@ -12,15 +12,9 @@ import asyncio
 from typing import Any
 
 from chatstate.adapters.matrix.config import MatrixSettings
-from chatstate.adapters.matrix.handlers import EventDispatcher
-from chatstate.adapters.matrix.handlers import ApprovalFlow
+from chatstate.adapters.matrix.handlers import ApprovalFlow, EventDispatcher
 from chatstate.adapters.matrix.platform import MatrixIO
-from chatstate.adapters.matrix.state import (
-    HandledEvents,
-    ReactionTargets,
-    RequesterSlots,
-    SyncTokens,
-)
+from chatstate.adapters.matrix.state import HandledEvents, ReactionTargets, RequesterSlots, SyncTokens
 from chatstate.adapters.matrix.sync import SyncLoop
 from chatstate.gateway.approvals import ApprovalService
 from chatstate.gateway.plugin import PluginRuntime
@@ -64,15 +58,26 @@ class MatrixPlugin(StatefulPlugin):
             await self.open_state(part.state, runtime)
         self.io = io = MatrixIO(config.homeserver, config.access_token)
         flow = ApprovalFlow(
-            io, self.targets, self.approvals, self.slots, approvers=config.approvers,
-            approval_ttl_ms=config.approval_ttl_ms, max_pending_per_requester=config.max_pending_per_requester,
+            io,
+            self.targets,
+            self.approvals,
+            self.slots,
+            approvers=config.approvers,
+            approval_ttl_ms=config.approval_ttl_ms,
+            max_pending_per_requester=config.max_pending_per_requester,
             log=runtime.log,
         )
         dispatcher = EventDispatcher(flow, self.ledger, max_attempts=config.event_max_attempts, log=runtime.log)
         self.loop = SyncLoop(
-            io, self.tokens, dispatcher, timeout_ms=config.sync_timeout_ms,
-            timeline_limit=config.sync_timeline_limit, backfill_max_events=config.backfill_max_events,
-            auto_join=config.auto_join, inviters=config.inviters, log=runtime.log,
+            io,
+            self.tokens,
+            dispatcher,
+            timeout_ms=config.sync_timeout_ms,
+            timeline_limit=config.sync_timeline_limit,
+            backfill_max_events=config.backfill_max_events,
+            auto_join=config.auto_join,
+            inviters=config.inviters,
+            log=runtime.log,
         )
         try:
             await io.connect()

@@ -31,8 +31,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from chatstate.gateway.adapter_state import AdapterState, StateSpec
-from chatstate.gateway.clock import Clock, now_ms
 from chatstate.gateway.approvals import Decision
+from chatstate.gateway.clock import Clock, now_ms
 
 if TYPE_CHECKING:
     from chatstate.gateway.plugin import PluginRuntime
@@ -60,7 +60,10 @@ class ReactionTarget:
     decisions: tuple[Decision, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": VALUE_VERSION, "target": {"approval_id": self.approval_id, "decisions": list(self.decisions)}}
+        return {
+            "version": VALUE_VERSION,
+            "target": {"approval_id": self.approval_id, "decisions": list(self.decisions)},
+        }
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> ReactionTarget:

@@ -26,10 +26,11 @@ import secrets
 from collections.abc import Collection
 from typing import Any
 
+from nio import InviteMemberEvent, SyncResponse
+
 from chatstate.adapters.matrix.handlers import EventDispatcher
 from chatstate.adapters.matrix.platform import MatrixError, MatrixIO
 from chatstate.adapters.matrix.state import SyncTokens
-from nio import InviteMemberEvent, SyncResponse
 
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # backoff after a failed /sync, last one repeats
 STOP_GRACE_S = 5.0  # how long stop() lets a batch being handled finish before cancelling it
@@ -65,8 +66,13 @@ class SyncLoop:
         self.token: str | None = None
         self.last_error: str | None = None
         self.batches = 0
-        self.counters = {"backfilled_events": 0, "backfill_truncated": 0, "backfill_failed": 0,
-                         "invites_joined": 0, "invites_ignored": 0}
+        self.counters = {
+            "backfilled_events": 0,
+            "backfill_truncated": 0,
+            "backfill_failed": 0,
+            "invites_joined": 0,
+            "invites_ignored": 0,
+        }
         self.last_truncated: dict[str, Any] | None = None
         self._handled_invites: set[str] = set()
         self._handling = False  # a batch is being handled and its token is not saved yet
@@ -179,8 +185,11 @@ class SyncLoop:
             return
         self._handled_invites.add(room_id)
         inviter = next(
-            (e.sender for e in invite_state
-             if isinstance(e, InviteMemberEvent) and e.state_key == self.io.user_id and e.membership == "invite"),
+            (
+                e.sender
+                for e in invite_state
+                if isinstance(e, InviteMemberEvent) and e.state_key == self.io.user_id and e.membership == "invite"
+            ),
             None,
         )
         if not self.auto_join or inviter not in self.inviters:

@@ -65,8 +65,9 @@ class SlackSettings(AdapterSettings):
     @model_validator(mode="after")
     def _transport_keys(self) -> Self:
         if self.transport == "socket" and self.app_token is None:
-            raise ValueError('adapters.slack.app_token: required for transport = "socket" '
-                             "(or set CHATSTATE_SLACK_APP_TOKEN)")
+            raise ValueError(
+                'adapters.slack.app_token: required for transport = "socket" (or set CHATSTATE_SLACK_APP_TOKEN)'
+            )
         if self.transport == "http" and "signing_secret" not in self.model_fields_set:
             raise ValueError("adapters.slack.signing_secret: required (or set CHATSTATE_SLACK_SIGNING_SECRET)")
         return self

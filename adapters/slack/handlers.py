@@ -21,21 +21,18 @@ from enum import Enum
 from typing import Literal
 
 import aiohttp
-from chatstate.adapters.slack.config import SlackSettings
-from chatstate.adapters.slack.platform import BotIdentity, SlackApi, SlackMessage
-from chatstate.adapters.slack.state import (
-    EventLedger,
-    PendingWork,
-    ThreadParticipation,
-    ThreadQuota,
-    ThreadRef,
-)
-from chatstate.gateway.adapter_state import AdapterState
-from chatstate.gateway.clock import now_ms
 from slack_sdk.errors import SlackApiError
 
-QUOTA_NOTE = ("(You have {limit} threads I am following, the most one person may have, so I won't "
-              "follow this one: mention me here to get an answer.)")
+from chatstate.adapters.slack.config import SlackSettings
+from chatstate.adapters.slack.platform import BotIdentity, SlackApi, SlackMessage
+from chatstate.adapters.slack.state import EventLedger, PendingWork, ThreadParticipation, ThreadQuota, ThreadRef
+from chatstate.gateway.adapter_state import AdapterState
+from chatstate.gateway.clock import now_ms
+
+QUOTA_NOTE = (
+    "(You have {limit} threads I am following, the most one person may have, so I won't "
+    "follow this one: mention me here to get an answer.)"
+)
 STOP_TIMEOUT_S = 10.0  # how long stop() waits for replies still being written
 MIN_RECOVERY_INTERVAL_S = 0.2  # the recovery loop looks for orphaned held events every lease/2
 
@@ -198,7 +195,7 @@ class EventWork:
                 await self._finish_held(key)
                 return Outcome.ALREADY_DONE
             replied = await self._respond(message)
-        except (SlackApiError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, SlackApiError, aiohttp.ClientError) as exc:
             self._log.warning("slack_reply_failed", extra={"event_key": key, "error": type(exc).__name__})
             await self._events.release(key)
             return Outcome.FAILED
@@ -234,8 +231,9 @@ class EventWork:
             participated = await self._threads.replied_in(thread) is not None
         answer, _reason = self._policy.decide(message, self.bot.user_id, participated=participated)
         if answer:
-            await self.reply(thread, compose_reply(message, self.bot.user_id), event_id=message.event_id,
-                             requester=message.user)
+            await self.reply(
+                thread, compose_reply(message, self.bot.user_id), event_id=message.event_id, requester=message.user
+            )
         return answer
 
     # -- outbound: the one send path ------------------------------------------------------

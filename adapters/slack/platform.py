@@ -112,15 +112,25 @@ def parse_message(envelope: Mapping[str, Any]) -> SlackMessage | None:
     subtype = event.get("subtype")
     if event.get("type") not in MESSAGE_EVENTS or (subtype and subtype not in USER_SUBTYPES) or event.get("bot_id"):
         return None
-    fields = (envelope.get("team_id"), envelope.get("event_id"), event.get("channel"), event.get("user"), event.get("ts"))
+    fields = (
+        envelope.get("team_id"),
+        envelope.get("event_id"),
+        event.get("channel"),
+        event.get("user"),
+        event.get("ts"),
+    )
     if not all(isinstance(f, str) and f for f in fields):
         return None
     team_id, event_id, channel, user, ts = cast("tuple[str, str, str, str, str]", fields)  # checked just above
     thread_ts = event.get("thread_ts") or None
     parent_user_id = event.get("parent_user_id") or None
     for name, value, pattern in (
-        ("team_id", team_id, ID_PATTERN), ("event_id", event_id, ID_PATTERN), ("channel", channel, ID_PATTERN),
-        ("user", user, ID_PATTERN), ("ts", ts, TS_PATTERN), ("thread_ts", thread_ts, TS_PATTERN),
+        ("team_id", team_id, ID_PATTERN),
+        ("event_id", event_id, ID_PATTERN),
+        ("channel", channel, ID_PATTERN),
+        ("user", user, ID_PATTERN),
+        ("ts", ts, TS_PATTERN),
+        ("thread_ts", thread_ts, TS_PATTERN),
         ("parent_user_id", parent_user_id, ID_PATTERN),
     ):
         if value is not None and not (isinstance(value, str) and pattern.fullmatch(value)):
@@ -173,7 +183,11 @@ class _CheckBeforeRetry(AsyncRetryHandler):
     find_reply: FindReply
 
     async def _can_retry_async(
-        self, *, state: RetryState, request: HttpRequest, response: HttpResponse | None = None,
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
         error: Exception | None = None,
     ) -> bool:
         if not await super()._can_retry_async(state=state, request=request, response=response, error=error):
@@ -201,7 +215,11 @@ class BoundedRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
     """slack-sdk's 429 handler (waits Retry-After), refusing waits over MAX_RETRY_AFTER_S."""
 
     async def _can_retry_async(
-        self, *, state: RetryState, request: HttpRequest, response: HttpResponse | None = None,
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
         error: Exception | None = None,
     ) -> bool:
         if not await super()._can_retry_async(state=state, request=request, response=response, error=error):
@@ -235,7 +253,9 @@ class SlackApi:
     async def open(self) -> None:
         self._session = aiohttp.ClientSession()
         self._client = AsyncWebClient(
-            token=self._token, base_url=self._base_url, session=self._session,
+            token=self._token,
+            base_url=self._base_url,
+            session=self._session,
             retry_handlers=[
                 BoundedRateLimitRetryHandler(max_retry_count=RATE_LIMIT_RETRIES),
                 CheckedServerErrorRetryHandler(self._find_posted, max_retry_count=SERVER_ERROR_RETRIES),
@@ -272,7 +292,9 @@ class SlackApi:
         post = _Post(channel, thread_ts, event_id)
         token = _POSTING.set(post)
         try:
-            resp = await self.client.chat_postMessage(channel=channel, text=text, thread_ts=thread_ts, metadata=metadata)
+            resp = await self.client.chat_postMessage(
+                channel=channel, text=text, thread_ts=thread_ts, metadata=metadata
+            )
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
             if post.found_ts is None and _ambiguous(exc):
                 post.found_ts = await self._find_posted(post)
@@ -288,8 +310,9 @@ class SlackApi:
         unreadable thread counts as not posted, the caller's failure stands)."""
         token = _POSTING.set(None)  # the lookup is not the post: no guard for its own retries
         try:
-            return await self.find_reply(channel=post.channel, thread_ts=post.thread_ts,
-                                         after_ts=post.thread_ts, event_id=post.event_id)
+            return await self.find_reply(
+                channel=post.channel, thread_ts=post.thread_ts, after_ts=post.thread_ts, event_id=post.event_id
+            )
         except (SlackApiError, aiohttp.ClientError, TimeoutError):
             return None
         finally:
@@ -301,7 +324,10 @@ class SlackApi:
         Only a retried event whose earlier attempt may have died between posting and marking
         the event done needs this. Raises as `post_message`.
         """
-        return await self.find_reply(channel=channel, thread_ts=thread_ts, after_ts=after_ts, event_id=event_id) is not None
+        return (
+            await self.find_reply(channel=channel, thread_ts=thread_ts, after_ts=after_ts, event_id=event_id)
+            is not None
+        )
 
     async def find_reply(self, *, channel: str, thread_ts: str, after_ts: str, event_id: str) -> str | None:
         """The ts of our reply to `event_id` in the thread (posted after `after_ts`), or None."""
@@ -310,6 +336,9 @@ class SlackApi:
         )
         for message in resp.get("messages") or []:
             meta = message.get("metadata") or {}
-            if meta.get("event_type") == REPLY_METADATA_TYPE and (meta.get("event_payload") or {}).get("event_id") == event_id:
+            if (
+                meta.get("event_type") == REPLY_METADATA_TYPE
+                and (meta.get("event_payload") or {}).get("event_id") == event_id
+            ):
                 return str(message.get("ts"))
         return None

@@ -30,15 +30,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+
 from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.handlers import EventWork, Outcome
-from chatstate.adapters.slack.platform import (
-    RETRY_NUM_HEADER,
-    RequestVerifier,
-    SlackApi,
-    SlackMessage,
-    parse_message,
-)
+from chatstate.adapters.slack.platform import RETRY_NUM_HEADER, RequestVerifier, SlackApi, SlackMessage, parse_message
 from chatstate.adapters.slack.socket_mode import SocketModeTransport
 from chatstate.adapters.slack.state import (
     EventLedger,
@@ -97,15 +92,24 @@ class SlackPlugin(StatefulPlugin):
         await api.open()
         try:
             self.work = EventWork(
-                settings, api=api, bot=await api.auth_test(), threads=ThreadParticipation(threads),
-                events=EventLedger(events, lease_ms=settings.event_lease_ms), pending=PendingWork(pending),
+                settings,
+                api=api,
+                bot=await api.auth_test(),
+                threads=ThreadParticipation(threads),
+                events=EventLedger(events, lease_ms=settings.event_lease_ms),
+                pending=PendingWork(pending),
                 quota=ThreadQuota(starters, per_user=settings.threads_per_user, ttl_ms=settings.thread_ttl_ms),
-                states=[threads, events, pending, starters], legacy=runtime.legacy, log=runtime.log,
+                states=[threads, events, pending, starters],
+                legacy=runtime.legacy,
+                log=runtime.log,
             )
             if settings.transport == "socket":
                 self._socket = SocketModeTransport(
-                    app_token=settings.app_token, api_base_url=settings.api_base_url,
-                    handle=self.handle_envelope, log=runtime.log, ping_interval_s=settings.socket_ping_interval_s,
+                    app_token=settings.app_token,
+                    api_base_url=settings.api_base_url,
+                    handle=self.handle_envelope,
+                    log=runtime.log,
+                    ping_interval_s=settings.socket_ping_interval_s,
                 )
                 await self._socket.start()
         except BaseException:

@@ -44,8 +44,13 @@ class SocketModeTransport:
     """One Socket Mode link for the app; start it from the plugin's `start`, stop it in `stop`."""
 
     def __init__(
-        self, *, app_token: str, api_base_url: str, handle: EventHandler,
-        log: logging.LoggerAdapter[logging.Logger], ping_interval_s: float,
+        self,
+        *,
+        app_token: str,
+        api_base_url: str,
+        handle: EventHandler,
+        log: logging.LoggerAdapter[logging.Logger],
+        ping_interval_s: float,
     ) -> None:
         self._app_token = app_token
         self._api_base_url = api_base_url
@@ -66,7 +71,9 @@ class SocketModeTransport:
         web_client = AsyncWebClient(base_url=self._api_base_url)
         first = await web_client.apps_connections_open(app_token=self._app_token)
         client = SocketModeClient(
-            app_token=self._app_token, web_client=web_client, ping_interval=self._ping_interval_s,
+            app_token=self._app_token,
+            web_client=web_client,
+            ping_interval=self._ping_interval_s,
             logger=logging.getLogger("chatstate.adapters.slack.socket_mode.sdk"),
         )
         client.wss_uri = str(first["url"])
@@ -87,8 +94,11 @@ class SocketModeTransport:
             self._client = None
 
     def health(self) -> dict[str, Any]:
-        connected = self._client is not None and self._client.current_session is not None \
+        connected = (
+            self._client is not None
+            and self._client.current_session is not None
             and not self._client.current_session.closed
+        )
         return {"transport": "socket", "connected": connected, **self.counts}
 
     async def _on_frame(self, frame: WSMessage) -> None:

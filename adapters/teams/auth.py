@@ -125,7 +125,8 @@ class TokenCheck:
     # lifetime, and a verification was ~a quarter of the route's CPU (issue 20). A cache only
     # skips this early check: botframework-connector still validates every activity in full.
     _verified: OrderedDict[str, tuple[dict[str, Any], float]] = field(
-        default_factory=OrderedDict, compare=False, repr=False)
+        default_factory=OrderedDict, compare=False, repr=False
+    )
 
     async def verify(self, auth_header: str | None) -> dict[str, Any]:
         """Return the token's claims. Raises PermissionError or jwt.PyJWTError for a missing or
@@ -153,8 +154,13 @@ class TokenCheck:
         kid = header.get("kid")
         key = await self.keys.get(kid if isinstance(kid, str) else None)
         claims: dict[str, Any] = jwt.decode(
-            token, key.public_key, algorithms=["RS256"], audience=self.app_id, issuer=self.issuer,
-            leeway=CLOCK_SKEW_S, options={"require": ["exp", "iss", "aud"]},
+            token,
+            key.public_key,
+            algorithms=["RS256"],
+            audience=self.app_id,
+            issuer=self.issuer,
+            leeway=CLOCK_SKEW_S,
+            options={"require": ["exp", "iss", "aud"]},
         )
         return claims
 
@@ -180,4 +186,3 @@ def build_token_check(config: TeamsSettings) -> tuple[TokenCheck, list[SigningKe
     for keys in key_sets:
         install(keys)
     return TokenCheck(channel, issuer, app_id), key_sets
-

@@ -51,8 +51,9 @@ def _app_id(claims_identity: ClaimsIdentity | None) -> str | None:
     """The bot app id a turn acts as: the token's audience, else its appid (as botbuilder reads it)."""
     if claims_identity is None:
         return None
-    return claims_identity.get_claim_value(AuthenticationConstants.AUDIENCE_CLAIM) or \
-        claims_identity.get_claim_value(AuthenticationConstants.APP_ID_CLAIM)
+    return claims_identity.get_claim_value(AuthenticationConstants.AUDIENCE_CLAIM) or claims_identity.get_claim_value(
+        AuthenticationConstants.APP_ID_CLAIM
+    )
 
 
 class _ReusingConnectorFactory(ConnectorFactory):

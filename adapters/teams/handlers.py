@@ -105,9 +105,7 @@ class TeamsBot(ActivityHandler):
         ours = bool(activity.id) and await self.sent.forget(activity.conversation.id, activity.id)
         self.log.info("message_deleted", extra={"sent_by_bot": ours})
 
-    async def on_reactions_added(
-        self, message_reactions: list[MessageReaction], turn_context: TurnContext
-    ) -> None:
+    async def on_reactions_added(self, message_reactions: list[MessageReaction], turn_context: TurnContext) -> None:
         activity = turn_context.activity
         if not await self.sent.sent_by_bot(activity.conversation.id, activity.reply_to_id):
             self.log.info("classified", extra={"classification": "ignored", "activity_type": "messageReaction"})
@@ -116,9 +114,7 @@ class TeamsBot(ActivityHandler):
         kinds = ", ".join(r.type for r in message_reactions if r.type)
         await turn_context.send_activity(f"[{Classification.REPLY_TO_BOT}] thanks for the {kinds}")
 
-    async def on_members_added_activity(
-        self, members_added: list[ChannelAccount], turn_context: TurnContext
-    ) -> None:
+    async def on_members_added_activity(self, members_added: list[ChannelAccount], turn_context: TurnContext) -> None:
         bot_id = turn_context.activity.recipient.id
         if any(member.id == bot_id for member in members_added):
             await turn_context.send_activity("Hi! Mention me, or reply to one of my messages.")

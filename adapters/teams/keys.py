@@ -63,9 +63,12 @@ class FetchSettings:
         """Read `openid_connect_timeout_s`, `openid_read_timeout_s`, `openid_total_timeout_s`
         and `openid_retry_after_failure_s`; raises ValueError naming a key that is not > 0."""
         values: dict[str, float] = {}
-        for name, default in (("connect_timeout_s", cls.connect_timeout_s), ("read_timeout_s", cls.read_timeout_s),
-                              ("total_timeout_s", cls.total_timeout_s),
-                              ("retry_after_failure_s", cls.retry_after_failure_s)):
+        for name, default in (
+            ("connect_timeout_s", cls.connect_timeout_s),
+            ("read_timeout_s", cls.read_timeout_s),
+            ("total_timeout_s", cls.total_timeout_s),
+            ("retry_after_failure_s", cls.retry_after_failure_s),
+        ):
             raw = config.get(f"openid_{name}", default)
             try:
                 value = float(raw)
@@ -121,8 +124,7 @@ class SigningKeys:
                 await task
 
     def health(self) -> dict[str, Any]:
-        return {"keys": len(self._keys or []), "fetches": self.fetches,
-                "failing": self._clock() < self._failed_until}
+        return {"keys": len(self._keys or []), "fetches": self.fetches, "failing": self._clock() < self._failed_until}
 
     def _find(self, key_id: str | None) -> SigningKey | None:
         for jwk in self._keys or []:
@@ -132,8 +134,10 @@ class SigningKeys:
                 except Exception:  # noqa: BLE001 - a malformed JWK is just not a usable key
                     return None
                 endorsements = jwk.get("endorsements")
-                return SigningKey(public_key, [e for e in endorsements if isinstance(e, str)]
-                                  if isinstance(endorsements, list) else [])
+                return SigningKey(
+                    public_key,
+                    [e for e in endorsements if isinstance(e, str)] if isinstance(endorsements, list) else [],
+                )
         return None
 
     async def _refresh(self) -> None:
@@ -158,13 +162,17 @@ class SigningKeys:
             self._fetched_at = self._clock()
             return
         self._failed_until = self._clock() + self.settings.retry_after_failure_s
-        log.warning("openid_fetch_failed", extra={"url": self.url, "error": type(exc).__name__,
-                                                  "keys_kept": len(self._keys or [])})
+        log.warning(
+            "openid_fetch_failed",
+            extra={"url": self.url, "error": type(exc).__name__, "keys_kept": len(self._keys or [])},
+        )
 
     async def _fetch(self) -> list[dict[str, Any]]:
         self.fetches += 1
         s = self.settings
-        timeout = aiohttp.ClientTimeout(total=s.total_timeout_s, connect=s.connect_timeout_s, sock_read=s.read_timeout_s)
+        timeout = aiohttp.ClientTimeout(
+            total=s.total_timeout_s, connect=s.connect_timeout_s, sock_read=s.read_timeout_s
+        )
         async with aiohttp.ClientSession(timeout=timeout) as session:
             metadata = await _get_json(session, self.url)
             jwks = await _get_json(session, str(metadata["jwks_uri"]))

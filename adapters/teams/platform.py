@@ -20,16 +20,17 @@ from botbuilder.schema import Activity, ResourceResponse
 from botframework.connector.auth import AuthenticateRequestResult, BotFrameworkAuthentication
 from msrest.exceptions import ClientRequestError, DeserializationError, HttpOperationError
 
-from chatstate.gateway.claims import RequesterQuota
-from chatstate.gateway.clock import now_ms
 from chatstate.adapters.teams.auth import MAX_TOKEN_CHARS, TokenCheck
 from chatstate.adapters.teams.keys import KeysUnavailable
 from chatstate.gateway import ingress
+from chatstate.gateway.claims import RequesterQuota
+from chatstate.gateway.clock import now_ms
 from chatstate.gateway.ingress import short_id
 
 _T = TypeVar("_T")
-QUOTA_NOTE = ("(You have had many answers from me recently, so a reply to this message will need "
-              "an @mention to reach me.)")
+QUOTA_NOTE = (
+    "(You have had many answers from me recently, so a reply to this message will need an @mention to reach me.)"
+)
 OnSent = Callable[[str, Sequence[str | None]], Awaitable[None]]
 SEND_RETRIES = 3  # a send refused with 429 or 502/503/504 is tried again at most this often
 MAX_RETRY_AFTER_S = 10  # a longer Retry-After fails the send instead (the channel redelivers)
@@ -64,7 +65,10 @@ class TeamsCloudAdapter(CloudAdapterBase):
     """
 
     def __init__(
-        self, auth: BotFrameworkAuthentication, *, on_sent: OnSent,
+        self,
+        auth: BotFrameworkAuthentication,
+        *,
+        on_sent: OnSent,
         log: logging.LoggerAdapter[logging.Logger] | logging.Logger | None = None,
         quota: RequesterQuota | None = None,
     ) -> None:
@@ -73,9 +77,7 @@ class TeamsCloudAdapter(CloudAdapterBase):
         self._log = log or logging.getLogger("chatstate.adapters.teams")
         self._quota = quota  # sent rows per requester; None = unlimited
 
-    async def send_activities(
-        self, context: TurnContext, activities: list[Activity]
-    ) -> list[ResourceResponse]:
+    async def send_activities(self, context: TurnContext, activities: list[Activity]) -> list[ResourceResponse]:
         """Send each activity (429 and 502/503/504 retried, bounded) and record the id of the
         send that finally succeeded, once, unless the requester is over their quota (then the
         message carries a visible note instead). Raises HttpOperationError when retries run
@@ -108,8 +110,14 @@ class TeamsCloudAdapter(CloudAdapterBase):
                 delay = retry_delay(exc, attempt)
                 if delay is None or attempt == SEND_RETRIES:
                     raise
-                self._log.warning("bot_connector_retry", extra={
-                    "status": getattr(exc.response, "status_code", None), "attempt": attempt + 1, "delay_s": delay})
+                self._log.warning(
+                    "bot_connector_retry",
+                    extra={
+                        "status": getattr(exc.response, "status_code", None),
+                        "attempt": attempt + 1,
+                        "delay_s": delay,
+                    },
+                )
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -219,8 +227,12 @@ def _check_entities(entities: object) -> None:
         if entity["type"].lower() != "mention":
             continue
         mentioned = entity.get("mentioned")
-        if not (isinstance(entity.get("text"), str) and isinstance(mentioned, dict)
-                and isinstance(mentioned.get("id"), str) and isinstance(mentioned.get("name"), str)):
+        if not (
+            isinstance(entity.get("text"), str)
+            and isinstance(mentioned, dict)
+            and isinstance(mentioned.get("id"), str)
+            and isinstance(mentioned.get("name"), str)
+        ):
             raise web.HTTPBadRequest(text="a mention entity needs text and mentioned {id, name}")
 
 
@@ -231,7 +243,11 @@ def _check_shape(data: dict[str, object]) -> None:
     """Refuse fields of the wrong type before msrest coerces them into something botbuilder then
     fails on (a numeric conversation id, a list as replyToId; issue 15's signed fuzz)."""
     service_url = data.get("serviceUrl")
-    if not isinstance(service_url, str) or not service_url.startswith(("http://", "https://")) or len(service_url) > 2048:
+    if (
+        not isinstance(service_url, str)
+        or not service_url.startswith(("http://", "https://"))
+        or len(service_url) > 2048
+    ):
         raise web.HTTPBadRequest(text="serviceUrl must be an http(s) URL")
     for name in _OPTIONAL_TEXT:
         if data.get(name) is not None and not isinstance(data.get(name), str):
@@ -249,5 +265,6 @@ def _check_shape(data: dict[str, object]) -> None:
 def _is_id(value: object) -> bool:
     # Bot Framework ids hold ':', '@', ';', '=' but never URL path or query separators; they are
     # put into the Bot Connector's URL paths.
-    return isinstance(value, str) and 0 < len(value) <= 1024 and not any(c in value for c in "/?#") \
-        and value.isprintable()
+    return (
+        isinstance(value, str) and 0 < len(value) <= 1024 and not any(c in value for c in "/?#") and value.isprintable()
+    )

@@ -20,12 +20,7 @@ from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.handlers import ActivityGate, TeamsBot
 from chatstate.adapters.teams.keys import SigningKeys
 from chatstate.adapters.teams.platform import TeamsCloudAdapter
-from chatstate.adapters.teams.state import (
-    SentMessages,
-    open_activity_claims,
-    open_requester_quota,
-    open_sent_messages,
-)
+from chatstate.adapters.teams.state import SentMessages, open_activity_claims, open_requester_quota, open_sent_messages
 from chatstate.gateway.adapter_state import AdapterState
 from chatstate.gateway.plugin import PluginRuntime, Route
 from chatstate.gateway.settings import AdapterSettings
@@ -97,8 +92,13 @@ class TeamsPlugin(StatefulPlugin):
         signing = self._check.keys.health() if self._check is not None else None
         quota = self._quota.health() if self._quota is not None else None
         activities = self._activities.health() if self._activities is not None else None
-        return {"status": "degraded" if self.degraded() else "ok", **detail, "signing_keys": signing, "quota": quota,
-                "activities": activities}
+        return {
+            "status": "degraded" if self.degraded() else "ok",
+            **detail,
+            "signing_keys": signing,
+            "quota": quota,
+            "activities": activities,
+        }
 
     async def _messages(self, request: web.Request) -> web.Response:
         if self._adapter is None or self._bot is None or self._check is None or self._gate is None:

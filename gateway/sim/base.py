@@ -120,13 +120,9 @@ class SimulatorServer:
     def recorded(self, kind: str | None = None) -> list[Record]:
         return [r for r in self.records if kind is None or r.kind == kind]
 
-    async def wait_for(
-        self, predicate: Callable[[list[Record]], bool], *, timeout: float = 15.0
-    ) -> list[Record]:
+    async def wait_for(self, predicate: Callable[[list[Record]], bool], *, timeout: float = 15.0) -> list[Record]:
         """Wait until `predicate(self.records)` holds; raises TimeoutError after `timeout` s."""
         assert self._changed is not None, "start() the simulator first"
         async with self._changed:
-            await asyncio.wait_for(
-                self._changed.wait_for(lambda: predicate(self.records)), timeout
-            )
+            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.records)), timeout)
         return self.records

@@ -123,7 +123,9 @@ class DiscordSimulator(SimulatorServer):
     async def _create_message(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bot {self.bot_token}":
             return web.json_response({"message": "401: Unauthorized", "code": 0}, status=401)
-        limited, rl_headers = self._limiter.account(f"POST /channels/{request.match_info['channel_id']}/messages", self.edges)
+        limited, rl_headers = self._limiter.account(
+            f"POST /channels/{request.match_info['channel_id']}/messages", self.edges
+        )
         if limited is not None:
             return limited
         if self.edges.slow_messages_s:
@@ -159,8 +161,13 @@ class DiscordSimulator(SimulatorServer):
             return refused
         assert state is not None
         body = await request.json()
-        message = {"id": str(next(self._ids)), "content": body.get("content", ""), "flags": body.get("flags", 0),
-                   "components": body.get("components", []), "interaction_id": state.interaction_id}
+        message = {
+            "id": str(next(self._ids)),
+            "content": body.get("content", ""),
+            "flags": body.get("flags", 0),
+            "components": body.get("components", []),
+            "interaction_id": state.interaction_id,
+        }
         await self.record(kind, {"interaction_id": state.interaction_id, "request": body, "message": message})
         return web.json_response(message, headers=rl_headers)
 
@@ -180,12 +187,24 @@ class DiscordSimulator(SimulatorServer):
                 body = r.payload["body"]
                 if body.get("type") in (4, 7):
                     data = body.get("data") or {}
-                    out.append({"interaction_id": r.payload["request"].get("id"), "content": data.get("content", ""),
-                                "ephemeral": bool(data.get("flags", 0) & EPHEMERAL), "via": "response"})
+                    out.append(
+                        {
+                            "interaction_id": r.payload["request"].get("id"),
+                            "content": data.get("content", ""),
+                            "ephemeral": bool(data.get("flags", 0) & EPHEMERAL),
+                            "via": "response",
+                        }
+                    )
             elif r.kind in ("edit_original", "followup"):
                 req = r.payload["request"]
-                out.append({"interaction_id": r.payload["interaction_id"], "content": req.get("content", ""),
-                            "ephemeral": bool(req.get("flags", 0) & EPHEMERAL), "via": r.kind})
+                out.append(
+                    {
+                        "interaction_id": r.payload["interaction_id"],
+                        "content": req.get("content", ""),
+                        "ephemeral": bool(req.get("flags", 0) & EPHEMERAL),
+                        "via": r.kind,
+                    }
+                )
         return out
 
     # -- a user's client: build, sign and deliver interactions ---------------------------------
@@ -228,8 +247,9 @@ class DiscordSimulator(SimulatorServer):
             token_state.acknowledged = True
             if reply.type in DEFERRED_TYPES:
                 self.hit("deferred")
-        await self.record("interaction_response", {"request": payload, "status": reply.status, "body": reply.body,
-                                                   "on_time": on_time})
+        await self.record(
+            "interaction_response", {"request": payload, "status": reply.status, "body": reply.body, "on_time": on_time}
+        )
         return reply
 
     def interaction(self, name: str, *, user_id: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -257,11 +277,16 @@ class DiscordSimulator(SimulatorServer):
         reply = await self.deliver(payload)
         content = reply.content
         if reply.status == 200 and reply.type == 5:  # deferred: the answer comes as an edit
+
             def edited(records: list[Any]) -> bool:
                 return any(r.kind == "edit_original" and r.payload["interaction_id"] == payload["id"] for r in records)
+
             await self.wait_for(edited)
-            content = next(r.payload["request"].get("content", "") for r in self.records
-                           if r.kind == "edit_original" and r.payload["interaction_id"] == payload["id"])
+            content = next(
+                r.payload["request"].get("content", "")
+                for r in self.records
+                if r.kind == "edit_original" and r.payload["interaction_id"] == payload["id"]
+            )
         assert reply.status == 200 and "Panel posted" in content, (reply, content)
         # the bot posts before it answers, so the message is already recorded
         message_id = content.split("message ", 1)[1].rstrip(").")
@@ -302,7 +327,8 @@ class DiscordSimulator(SimulatorServer):
             self.hit("double_click")
             replies = await asyncio.gather(
                 self.deliver(self.click_payload(message, label, user_id=user_id, values=values)),
-                self.deliver(self.click_payload(message, label, user_id=user_id, values=values)))
+                self.deliver(self.click_payload(message, label, user_id=user_id, values=values)),
+            )
             return next((r for r in replies if r.body is not None and not r.ephemeral), replies[0])
         return await self.deliver(self.click_payload(message, label, user_id=user_id, values=values))
 
@@ -316,11 +342,18 @@ class DiscordSimulator(SimulatorServer):
     ) -> Reply:
         """Submit the modal a MODAL response opened (`modal` is that response's `data`)."""
         rows = [
-            {"type": 1, "components": [{"type": 4, "custom_id": c["custom_id"], "value": values.get(c["custom_id"], "")}
-                                        for c in row["components"]]}
+            {
+                "type": 1,
+                "components": [
+                    {"type": 4, "custom_id": c["custom_id"], "value": values.get(c["custom_id"], "")}
+                    for c in row["components"]
+                ],
+            }
             for row in modal["components"]
         ]
-        payload = self.interaction("modal_submit", user_id=user_id, data={"custom_id": modal["custom_id"], "components": rows})
+        payload = self.interaction(
+            "modal_submit", user_id=user_id, data={"custom_id": modal["custom_id"], "components": rows}
+        )
         payload["message"] = copy.deepcopy(message)
         payload["channel_id"] = message["channel_id"]
         return await self.deliver(payload)

@@ -94,7 +94,9 @@ class RateLimiter:
         }
         if bucket.used >= edges.bucket_size:
             self._hit("rate_limited")
-            headers.update({"X-RateLimit-Remaining": "0", "X-RateLimit-Scope": "user", "Retry-After": str(math.ceil(reset_after))})
+            headers.update(
+                {"X-RateLimit-Remaining": "0", "X-RateLimit-Scope": "user", "Retry-After": str(math.ceil(reset_after))}
+            )
             body = {"message": "You are being rate limited.", "retry_after": reset_after, "global": False}
             return web.json_response(body, status=429, headers=headers), headers
         bucket.used += 1
@@ -102,7 +104,9 @@ class RateLimiter:
         return None, headers
 
 
-def check_token(tokens: dict[str, Token], token: str, edges: DiscordEdges, hit: Callable[[str], None]) -> tuple[Token | None, web.Response | None]:
+def check_token(
+    tokens: dict[str, Token], token: str, edges: DiscordEdges, hit: Callable[[str], None]
+) -> tuple[Token | None, web.Response | None]:
     """Whether the webhook may use `token`: (its state, None) or (None, the refusal to send)."""
     state = tokens.get(token)
     if state is None or state.failed or not state.acknowledged:
@@ -114,5 +118,6 @@ def check_token(tokens: dict[str, Token], token: str, edges: DiscordEdges, hit: 
     if edges.already_acknowledged:
         hit("already_acknowledged")
         return None, web.json_response(
-            {"message": "Interaction has already been acknowledged.", "code": ALREADY_ACKNOWLEDGED}, status=400)
+            {"message": "Interaction has already been acknowledged.", "code": ALREADY_ACKNOWLEDGED}, status=400
+        )
     return state, None

@@ -73,8 +73,13 @@ class DiscordGatewaySimulator(DiscordSimulator):
     """The Discord simulator plus the Gateway; the gateway config says `transport = "gateway"`."""
 
     def __init__(
-        self, host: str = "127.0.0.1", *, heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS,
-        resume_window_s: float = RESUME_WINDOW_S, callback_window_s: float = CALLBACK_WINDOW_S, **config: Any,
+        self,
+        host: str = "127.0.0.1",
+        *,
+        heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS,
+        resume_window_s: float = RESUME_WINDOW_S,
+        callback_window_s: float = CALLBACK_WINDOW_S,
+        **config: Any,
     ) -> None:
         super().__init__(host, **config)
         self.heartbeat_interval_ms = heartbeat_interval_ms
@@ -112,10 +117,18 @@ class DiscordGatewaySimulator(DiscordSimulator):
     async def _gateway_bot(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bot {self.bot_token}":
             return web.json_response({"message": "401: Unauthorized", "code": 0}, status=401)
-        return web.json_response({
-            "url": self._ws_url(GATEWAY_PATH), "shards": 1,
-            "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 86_400_000, "max_concurrency": 1},
-        })
+        return web.json_response(
+            {
+                "url": self._ws_url(GATEWAY_PATH),
+                "shards": 1,
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 999,
+                    "reset_after": 86_400_000,
+                    "max_concurrency": 1,
+                },
+            }
+        )
 
     # -- the websocket ----------------------------------------------------------------------
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
@@ -157,8 +170,14 @@ class DiscordGatewaySimulator(DiscordSimulator):
                 session.disconnected_at = time.monotonic()
                 if client_close in (1000, 1001):
                     session.ended = True
-            await self.record("gateway_closed", {"link": link, "code": client_close or ws.close_code,
-                                                 "session_id": session.session_id if session else None})
+            await self.record(
+                "gateway_closed",
+                {
+                    "link": link,
+                    "code": client_close or ws.close_code,
+                    "session_id": session.session_id if session else None,
+                },
+            )
         return ws
 
     async def _identify(self, ws: web.WebSocketResponse, link: int, d: dict[str, Any]) -> Session | None:
@@ -168,13 +187,23 @@ class DiscordGatewaySimulator(DiscordSimulator):
         session = Session(secrets.token_hex(16), list(d.get("shard") or [0, 1]))
         session.ws = ws
         self.sessions[session.session_id] = session
-        await self.record("gateway_identify", {"link": link, "session_id": session.session_id, "intents": d.get("intents")})
+        await self.record(
+            "gateway_identify", {"link": link, "session_id": session.session_id, "intents": d.get("intents")}
+        )
         bot = {"id": "1200000000000000001", "username": "chatstate", "discriminator": "0", "bot": True, "avatar": None}
-        await self._send(session, "READY", {
-            "v": 10, "user": bot, "guilds": [], "session_id": session.session_id,
-            "resume_gateway_url": self._ws_url(RESUME_PATH), "shard": session.shard,
-            "application": {"id": "1200000000000000001", "flags": 0},
-        })
+        await self._send(
+            session,
+            "READY",
+            {
+                "v": 10,
+                "user": bot,
+                "guilds": [],
+                "session_id": session.session_id,
+                "resume_gateway_url": self._ws_url(RESUME_PATH),
+                "shard": session.shard,
+                "application": {"id": "1200000000000000001", "flags": 0},
+            },
+        )
         return session
 
     async def _resume(self, ws: web.WebSocketResponse, link: int, d: dict[str, Any]) -> Session | None:
@@ -192,8 +221,9 @@ class DiscordGatewaySimulator(DiscordSimulator):
         session.ws, session.disconnected_at = ws, None
         since = int(d.get("seq") or 0)
         missed = [f for f in session.buffer if f["s"] > since]
-        await self.record("gateway_resume", {"link": link, "session_id": session.session_id, "seq": since,
-                                             "replayed": len(missed)})
+        await self.record(
+            "gateway_resume", {"link": link, "session_id": session.session_id, "seq": since, "replayed": len(missed)}
+        )
         for frame in missed:
             await ws.send_json(frame)
         await self._send(session, "RESUMED", None)
@@ -226,12 +256,20 @@ class DiscordGatewaySimulator(DiscordSimulator):
         sent = False
         if session is not None:
             sent = await self._send(session, "INTERACTION_CREATE", payload)
-        await self.record("gateway_dispatch", {"id": payload["id"], "sent": sent,
-                                               "session_id": session.session_id if session else None,
-                                               "seq": session.seq if session else None})
+        await self.record(
+            "gateway_dispatch",
+            {
+                "id": payload["id"],
+                "sent": sent,
+                "session_id": session.session_id if session else None,
+                "seq": session.seq if session else None,
+            },
+        )
         return pending
 
-    async def deliver(self, payload: dict[str, Any], *, signature: str | None = None, timestamp: str | None = None) -> Reply:
+    async def deliver(
+        self, payload: dict[str, Any], *, signature: str | None = None, timestamp: str | None = None
+    ) -> Reply:
         """Dispatch `payload` over the Gateway and return the bot's callback (503 if none came)."""
         pending = await self.dispatch_interaction(payload)
         try:
@@ -269,7 +307,9 @@ class DiscordGatewaySimulator(DiscordSimulator):
         age = time.monotonic() - pending.dispatched_at
         await self.record("interaction_callback", {"id": request.match_info["id"], "body": body, "age_s": age})
         if pending.answered.done():
-            return web.json_response({"message": "Interaction has already been acknowledged.", "code": 40060}, status=400)
+            return web.json_response(
+                {"message": "Interaction has already been acknowledged.", "code": 40060}, status=400
+            )
         if age > self.callback_window_s:
             pending.answered.set_result(Reply(404, None))
             return web.json_response({"message": "Unknown interaction", "code": 10062}, status=404)
@@ -282,5 +322,6 @@ class DiscordGatewaySimulator(DiscordSimulator):
 
     async def wait_ready(self, *, count: int = 1, timeout: float = 15.0) -> None:
         """Wait until `count` IDENTIFY or RESUME handshakes have completed in total."""
-        await self.wait_for(lambda recs: sum(r.kind in ("gateway_identify", "gateway_resume") for r in recs) >= count,
-                            timeout=timeout)
+        await self.wait_for(
+            lambda recs: sum(r.kind in ("gateway_identify", "gateway_resume") for r in recs) >= count, timeout=timeout
+        )

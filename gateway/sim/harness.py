@@ -70,8 +70,15 @@ async def run_gateway_cli(
     """Run `python -m chatstate *args` to completion; for exit-code tests and `stop`/`status`.
     `cwd`: run it from another folder, as a person would (relative paths then resolve there)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "chatstate", *args, env=dict(env) if env is not None else None, cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "chatstate",
+        *args,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
@@ -218,10 +225,19 @@ class GatewayHarness:
             os.fchmod(log_fd, 0o600)
             with os.fdopen(log_fd, "ab") as log_file:  # the gateway's JSON log lines, one file per run
                 self.proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "chatstate", "start", "--config", str(self.config_path),
-                    "--ready-fd", str(write_end),
-                    env=self.env, stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file, stderr=log_file, pass_fds=(write_end,),
+                    sys.executable,
+                    "-m",
+                    "chatstate",
+                    "start",
+                    "--config",
+                    str(self.config_path),
+                    "--ready-fd",
+                    str(write_end),
+                    env=self.env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    pass_fds=(write_end,),
                 )
         except BaseException:
             os.close(read_end)

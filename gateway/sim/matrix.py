@@ -38,9 +38,9 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
+from chatstate.gateway.clock import now_ms
 from chatstate.gateway.sim.base import Record, SimulatorServer
 from chatstate.gateway.sim.matrix_sync import messages_body, position, room_state, sync_body, timeline_limit
-from chatstate.gateway.clock import now_ms
 
 API = "/_matrix/client/v3"
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "matrix"
@@ -186,7 +186,8 @@ class MatrixHomeserver(SimulatorServer):
     def sent(self, event_type: str | None = None, room_id: str | None = None) -> list[dict[str, Any]]:
         """What the bot sent (first delivery of each txn), oldest first."""
         return [
-            r.payload for r in self.recorded("room_send")
+            r.payload
+            for r in self.recorded("room_send")
             if (event_type is None or r.payload["type"] == event_type)
             and (room_id is None or r.payload["room_id"] == room_id)
         ]
@@ -201,8 +202,11 @@ class MatrixHomeserver(SimulatorServer):
             raise KeyError(f"unknown room {room_id}")
         event = dict(template)
         event.update(
-            event_id=f"${secrets.token_urlsafe(18)}", room_id=room_id, sender=sender,
-            origin_server_ts=now_ms(), unsigned={},
+            event_id=f"${secrets.token_urlsafe(18)}",
+            room_id=room_id,
+            sender=sender,
+            origin_server_ts=now_ms(),
+            unsigned={},
         )
         self.events.append(event)
         self._by_id[event["event_id"]] = event
@@ -218,7 +222,11 @@ class MatrixHomeserver(SimulatorServer):
     # -- endpoints ------------------------------------------------------------------------
     def _authorize(self, request: web.Request) -> str:
         header = request.headers.get("Authorization", "")
-        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else request.query.get("access_token", "")
+        token = (
+            header.removeprefix("Bearer ").strip()
+            if header.startswith("Bearer ")
+            else request.query.get("access_token", "")
+        )
         if not token:
             raise _error(401, "M_MISSING_TOKEN", "Missing access token")
         if token not in self.devices:
@@ -241,8 +249,13 @@ class MatrixHomeserver(SimulatorServer):
         self.sync_requests += 1
         since = request.query.get("since")
         filter_id = request.query.get("filter")
-        key = (token, since, request.query.get("timeout"), None if self.cache_ignores_filter else filter_id,
-               request.query.get("full_state"))
+        key = (
+            token,
+            since,
+            request.query.get("timeout"),
+            None if self.cache_ignores_filter else filter_id,
+            request.query.get("full_state"),
+        )
         cached = self._cache.get(key)
         if cached is not None and cached[0] > time.monotonic():
             await self.record("sync_cached", {"since": since})
@@ -260,12 +273,18 @@ class MatrixHomeserver(SimulatorServer):
                 except TimeoutError:
                     pass  # an empty long-poll answer, like a real server
         body = sync_body(
-            self.events, since=start, joined=self.joined, bot_user=self.bot_user,
-            limit=timeline_limit(self.filters.get(filter_id or "")), room_state=lambda room_id: room_state(room_id, self.bot_user, self.members),
+            self.events,
+            since=start,
+            joined=self.joined,
+            bot_user=self.bot_user,
+            limit=timeline_limit(self.filters.get(filter_id or "")),
+            room_state=lambda room_id: room_state(room_id, self.bot_user, self.members),
         )
         if body["rooms"]["join"] or body["rooms"]["invite"]:  # like Synapse: non-empty answers only
             self._cache[key] = (time.monotonic() + RESPONSE_CACHE_S, body)
-        await self.record("sync_answer", {"since": since, "next_batch": body["next_batch"], "rooms": list(body["rooms"]["join"])})
+        await self.record(
+            "sync_answer", {"since": since, "next_batch": body["next_batch"], "rooms": list(body["rooms"]["join"])}
+        )
         return web.json_response(body)
 
     async def _upload_filter(self, request: web.Request) -> web.Response:
@@ -310,7 +329,9 @@ class MatrixHomeserver(SimulatorServer):
             raise _error(403, "M_FORBIDDEN", "You may not post in this room")
         if self._throttle:
             retry_after_ms = self._throttle.pop(0)
-            await self.record("room_send_throttled", {"room_id": room_id, "txn_id": txn_id, "retry_after_ms": retry_after_ms})
+            await self.record(
+                "room_send_throttled", {"room_id": room_id, "txn_id": txn_id, "retry_after_ms": retry_after_ms}
+            )
             raise _error(429, "M_LIMIT_EXCEEDED", "Too Many Requests", retry_after_ms=retry_after_ms)
         try:
             content = await request.json()
@@ -320,12 +341,15 @@ class MatrixHomeserver(SimulatorServer):
             raise _error(400, "M_BAD_JSON", "Content must be an object")
         seen = self._txns.get((token, txn_id))
         if seen is not None:  # spec: a retried txnId returns the first event, sends nothing new
-            await self.record("room_send_retry", {"room_id": room_id, "type": event_type, "txn_id": txn_id, "event_id": seen})
+            await self.record(
+                "room_send_retry", {"room_id": room_id, "type": event_type, "txn_id": txn_id, "event_id": seen}
+            )
             return web.json_response({"event_id": seen})
         event_id = await self._append(room_id, self.bot_user, {"type": event_type, "content": content}, notify=False)
         self._txns[(token, txn_id)] = event_id
         await self.record(
-            "room_send", {"room_id": room_id, "type": event_type, "txn_id": txn_id, "content": content, "event_id": event_id}
+            "room_send",
+            {"room_id": room_id, "type": event_type, "txn_id": txn_id, "content": content, "event_id": event_id},
         )
         await self._notify()
         return web.json_response({"event_id": event_id})
@@ -340,7 +364,10 @@ class MatrixHomeserver(SimulatorServer):
 
 def _error(status: int, errcode: str, message: str, **extra: Any) -> web.HTTPException:
     cls = {
-        400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
+        400: web.HTTPBadRequest,
+        401: web.HTTPUnauthorized,
+        403: web.HTTPForbidden,
+        404: web.HTTPNotFound,
         429: web.HTTPTooManyRequests,
     }[status]
     return cls(text=json.dumps({"errcode": errcode, "error": message, **extra}), content_type="application/json")

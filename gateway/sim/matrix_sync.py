@@ -36,8 +36,13 @@ def client_event(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def sync_body(
-    stream: list[dict[str, Any]], *, since: int | None, joined: dict[str, int], bot_user: str,
-    limit: int, room_state: Callable[[str], list[dict[str, Any]]],
+    stream: list[dict[str, Any]],
+    *,
+    since: int | None,
+    joined: dict[str, int],
+    bot_user: str,
+    limit: int,
+    room_state: Callable[[str], list[dict[str, Any]]],
 ) -> dict[str, Any]:
     """The /sync answer for events after `since` (None: an initial sync). `joined` maps each
     joined room to the position the bot joined at; `room_state(room_id)` gives its state."""
@@ -51,7 +56,11 @@ def sync_body(
         shown = indexed[-limit:]
         first = shown[0][0] if shown else len(stream)
         join[room_id] = {
-            "timeline": {"events": [client_event(e) for _, e in shown], "limited": len(indexed) > limit, "prev_batch": f"s{first}"},
+            "timeline": {
+                "events": [client_event(e) for _, e in shown],
+                "limited": len(indexed) > limit,
+                "prev_batch": f"s{first}",
+            },
             "state": {"events": room_state(room_id) if since is None else []},
             "ephemeral": {"events": []},
             "account_data": {"events": []},
@@ -60,8 +69,10 @@ def sync_body(
     invite: dict[str, Any] = {}
     for _, e in window:
         if (
-            e["type"] == "m.room.member" and e.get("state_key") == bot_user
-            and e["content"].get("membership") == "invite" and e["room_id"] not in joined
+            e["type"] == "m.room.member"
+            and e.get("state_key") == bot_user
+            and e["content"].get("membership") == "invite"
+            and e["room_id"] not in joined
         ):
             stripped = {k: e[k] for k in ("type", "state_key", "sender", "content")}
             invite[e["room_id"]] = {"invite_state": {"events": [stripped]}}
@@ -101,12 +112,24 @@ def room_state(room_id: str, bot_user: str, members: list[str]) -> list[dict[str
     ts = 1_700_000_000_000
     creator = members[0] if members else bot_user
     state = [
-        {"type": "m.room.create", "state_key": "", "sender": creator, "event_id": f"$create-{room_id}",
-         "origin_server_ts": ts, "content": {"creator": creator, "room_version": "10"}},
+        {
+            "type": "m.room.create",
+            "state_key": "",
+            "sender": creator,
+            "event_id": f"$create-{room_id}",
+            "origin_server_ts": ts,
+            "content": {"creator": creator, "room_version": "10"},
+        }
     ]
     for i, user in enumerate([bot_user, *members]):
         state.append(
-            {"type": "m.room.member", "state_key": user, "sender": user, "event_id": f"$member-{i}-{room_id}",
-             "origin_server_ts": ts + i, "content": {"membership": "join", "displayname": user[1:].split(":")[0]}}
+            {
+                "type": "m.room.member",
+                "state_key": user,
+                "sender": user,
+                "event_id": f"$member-{i}-{room_id}",
+                "origin_server_ts": ts + i,
+                "content": {"membership": "join", "displayname": user[1:].split(":")[0]},
+            }
         )
     return state

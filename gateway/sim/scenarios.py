@@ -106,7 +106,9 @@ async def teams_second(sim: TeamsSimulator, bot_message_id: str) -> list[Outcome
     before = len(sim.sent())
     status = await sim.deliver(sim.activity("message_reply", reply_to_id=bot_message_id))
     # Teams handles the activity inside the request: by now the bot has answered or never will.
-    answered = status == 200 and len(sim.sent()) > before and str(sim.sent()[-1].get("text", "")).startswith("[reply_to_bot]")
+    answered = (
+        status == 200 and len(sim.sent()) > before and str(sim.sent()[-1].get("text", "")).startswith("[reply_to_bot]")
+    )
     detail = "classified reply_to_bot and answered" if answered else "reply not recognised: no answer"
     return [Outcome("teams", "reply to a pre-restart bot message", answered, detail)]
 
@@ -157,12 +159,30 @@ async def matrix_second(sim: MatrixHomeserver, prompt_id: str) -> list[Outcome]:
 
 
 SCENARIOS: dict[str, Scenario] = {
-    "slack": Scenario("slack", SlackSimulator, slack_first, slack_second, {},
-                      make_hostile=lambda: SlackSimulator(edges=SlackEdges.hostile())),
-    "discord": Scenario("discord", DiscordSimulator, discord_first, discord_second, {},
-                        make_hostile=lambda: DiscordSimulator(edges=DiscordEdges.hostile())),
-    "teams": Scenario("teams", TeamsSimulator, teams_first, teams_second, {},
-                      make_hostile=lambda: TeamsSimulator(edges=TeamsEdges.hostile())),
+    "slack": Scenario(
+        "slack",
+        SlackSimulator,
+        slack_first,
+        slack_second,
+        {},
+        make_hostile=lambda: SlackSimulator(edges=SlackEdges.hostile()),
+    ),
+    "discord": Scenario(
+        "discord",
+        DiscordSimulator,
+        discord_first,
+        discord_second,
+        {},
+        make_hostile=lambda: DiscordSimulator(edges=DiscordEdges.hostile()),
+    ),
+    "teams": Scenario(
+        "teams",
+        TeamsSimulator,
+        teams_first,
+        teams_second,
+        {},
+        make_hostile=lambda: TeamsSimulator(edges=TeamsEdges.hostile()),
+    ),
     "matrix": Scenario("matrix", MatrixHomeserver, matrix_first, matrix_second, {}),
 }
 
@@ -197,8 +217,11 @@ WEBSOCKET_SCENARIOS: dict[str, Scenario] = {
     # no edge switches on the websocket simulators (issue 14 covers the HTTP far ends)
     "slack": replace(SCENARIOS["slack"], make_simulator=SlackSocketSimulator, make_hostile=None),
     "discord": replace(
-        SCENARIOS["discord"], make_simulator=lambda: DiscordGatewaySimulator(callback_window_s=DEMO_CALLBACK_WINDOW_S),
-        while_down=discord_gateway_while_down, second_half=discord_gateway_second, make_hostile=None,
+        SCENARIOS["discord"],
+        make_simulator=lambda: DiscordGatewaySimulator(callback_window_s=DEMO_CALLBACK_WINDOW_S),
+        while_down=discord_gateway_while_down,
+        second_half=discord_gateway_second,
+        make_hostile=None,
     ),
 }
 TRANSPORT_LABELS = {"slack": "slack (socket mode)", "discord": "discord (gateway)"}

@@ -108,10 +108,17 @@ class SlackSimulator(SimulatorServer, SlackEvents):
     async def _auth_test(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return web.json_response({"ok": False, "error": "invalid_auth"})
-        return web.json_response({
-            "ok": True, "url": "https://sim.slack.test/", "team": "Simulated", "user": "bot",
-            "team_id": self.team_id, "user_id": self.bot_user_id, "bot_id": self.bot_id,
-        })
+        return web.json_response(
+            {
+                "ok": True,
+                "url": "https://sim.slack.test/",
+                "team": "Simulated",
+                "user": "bot",
+                "team_id": self.team_id,
+                "user_id": self.bot_user_id,
+                "bot_id": self.bot_id,
+            }
+        )
 
     async def _post_message(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -123,8 +130,11 @@ class SlackSimulator(SimulatorServer, SlackEvents):
         self.post_calls += 1
         fault = self._post_fault_hit(self.post_calls)
         if fault == "rate_limited":
-            return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
-                                     headers={"Retry-After": str(self.edges.retry_after_s)})
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"},
+                status=429,
+                headers={"Retry-After": str(self.edges.retry_after_s)},
+            )
         if fault == "server_error":
             return web.json_response({"ok": False, "error": "service_unavailable"}, status=503)
         if self.hold_posts is not None and not await asyncio.shield(self.hold_posts):
@@ -132,9 +142,15 @@ class SlackSimulator(SimulatorServer, SlackEvents):
         if self.fail_posts:
             return web.json_response({"ok": False, "error": "fatal_error"})
         ts = self.next_ts()
-        message = {"type": "message", "user": self.bot_user_id, "bot_id": self.bot_id,
-                   "text": args.get("text", ""), "ts": ts, "thread_ts": args.get("thread_ts"),
-                   "channel": args["channel"]}
+        message = {
+            "type": "message",
+            "user": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "text": args.get("text", ""),
+            "ts": ts,
+            "thread_ts": args.get("thread_ts"),
+            "channel": args["channel"],
+        }
         if isinstance(args.get("metadata"), dict):
             message["metadata"] = args["metadata"]
         await self.record(POST_MESSAGE, message)
@@ -179,15 +195,19 @@ class SlackSimulator(SimulatorServer, SlackEvents):
         if not q.get("channel") or not q.get("ts"):
             return web.json_response({"ok": False, "error": "invalid_arguments"})
         oldest = float(q.get("oldest") or 0)
-        messages = [m for m in self.posts(thread_ts=q["ts"])
-                    if m["channel"] == q["channel"] and float(m["ts"]) > oldest]
+        messages = [
+            m for m in self.posts(thread_ts=q["ts"]) if m["channel"] == q["channel"] and float(m["ts"]) > oldest
+        ]
         return web.json_response({"ok": True, "messages": messages, "has_more": False})
 
     # -- what tests read ------------------------------------------------------------------
     def posts(self, thread_ts: str | None = None) -> list[dict[str, Any]]:
         """Messages the bot posted, optionally only those in one thread."""
-        return [r.payload for r in self.recorded(POST_MESSAGE)
-                if thread_ts is None or r.payload.get("thread_ts") == thread_ts]
+        return [
+            r.payload
+            for r in self.recorded(POST_MESSAGE)
+            if thread_ts is None or r.payload.get("thread_ts") == thread_ts
+        ]
 
     async def wait_for_posts(self, count: int, *, timeout: float = 15.0) -> list[dict[str, Any]]:
         """Wait until the bot has posted at least `count` messages in total."""
@@ -215,11 +235,20 @@ class SlackSimulator(SimulatorServer, SlackEvents):
         last attempt is returned. Raises aiohttp.ClientError when no attempt reached the gateway.
         """
         if retry_num is not None or secret is not None or timestamp is not None or not signed:
-            return await self._send(payload, retry_num=retry_num, retry_reason=retry_reason, secret=secret,
-                                    timestamp=timestamp, signed=signed)
+            return await self._send(
+                payload,
+                retry_num=retry_num,
+                retry_reason=retry_reason,
+                secret=secret,
+                timestamp=timestamp,
+                signed=signed,
+            )
         event = payload.get("event") or {}
-        if (self.edges.double_mention and event.get("type") == "app_mention"
-                and not str(event.get("channel", "")).startswith("D")):
+        if (
+            self.edges.double_mention
+            and event.get("type") == "app_mention"
+            and not str(event.get("channel", "")).startswith("D")
+        ):
             self.hit("double_mention")  # Slack's `message` event for the same post, its own event_id
             twin = dict(event, type="message", channel_type="channel")
             self.spawn(self._deliver_quietly(self.envelope(twin)))
@@ -245,8 +274,9 @@ class SlackSimulator(SimulatorServer, SlackEvents):
                 self.hit(f"retry:{reason}")
             outcome: str
             try:
-                last = await self._send(payload, retry_num=attempt or None, retry_reason=reason or "",
-                                        timeout_s=self.edges.ack_deadline_s)
+                last = await self._send(
+                    payload, retry_num=attempt or None, retry_reason=reason or "", timeout_s=self.edges.ack_deadline_s
+                )
                 error = None
                 outcome = str(last.status)
             except TimeoutError:
@@ -254,8 +284,10 @@ class SlackSimulator(SimulatorServer, SlackEvents):
             except aiohttp.ClientError as exc:
                 error = exc
                 reason, outcome = "connection_failed", "connection_failed"
-            await self.record(DELIVERY, {"event_id": payload.get("event_id"), "retry_num": attempt,
-                                         "outcome": outcome, "at": time.monotonic()})
+            await self.record(
+                DELIVERY,
+                {"event_id": payload.get("event_id"), "retry_num": attempt, "outcome": outcome, "at": time.monotonic()},
+            )
             if last is not None and error is None and outcome != "timeout":
                 if 200 <= last.status < 300 or last.headers.get("X-Slack-No-Retry") == "1":
                     return last

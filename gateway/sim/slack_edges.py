@@ -42,12 +42,22 @@ class SlackEdges:
     @classmethod
     def hostile(cls, *, schedule_scale: float = 0.02) -> SlackEdges:
         """Every switch on: the profile of the demo's `--hostile` and the exactly-once tests."""
-        return cls(retries=True, schedule_scale=schedule_scale, double_mention=True, echo_bot_messages=True,
-                   edits=True, deletions=True, thread_broadcast=True,
-                   # every other reply meets all three: call 1 gets 429, its retry 503, the
-                   # next retry is posted and reset; call 4 goes through; call 5 starts over
-                   rate_limit_every=4, server_error_every=4, server_error_first=2,
-                   reset_after_post_every=4, reset_after_post_first=3)
+        return cls(
+            retries=True,
+            schedule_scale=schedule_scale,
+            double_mention=True,
+            echo_bot_messages=True,
+            edits=True,
+            deletions=True,
+            thread_broadcast=True,
+            # every other reply meets all three: call 1 gets 429, its retry 503, the
+            # next retry is posted and reset; call 4 goes through; call 5 starts over
+            rate_limit_every=4,
+            server_error_every=4,
+            server_error_first=2,
+            reset_after_post_every=4,
+            reset_after_post_first=3,
+        )
 
     def gateway_config(self) -> dict[str, Any]:
         """Adapter settings that scale with the compressed schedule: a dead process's lease on
@@ -59,9 +69,11 @@ class SlackEdges:
 
 def post_fault(e: SlackEdges, n: int) -> str | None:
     """Which fault chat.postMessage call `n` (1-based) meets, if any."""
-    for name, every, first in (("rate_limited", e.rate_limit_every, 1),
-                               ("server_error", e.server_error_every, e.server_error_first),
-                               ("reset_after_post", e.reset_after_post_every, e.reset_after_post_first)):
+    for name, every, first in (
+        ("rate_limited", e.rate_limit_every, 1),
+        ("server_error", e.server_error_every, e.server_error_first),
+        ("reset_after_post", e.reset_after_post_every, e.reset_after_post_first),
+    ):
         if every and n >= first and (n - first) % every == 0:
             return name
     return None

@@ -40,8 +40,14 @@ class SlackEvents:
     ) -> dict[str, Any]:
         """An `event_callback` envelope for a user's message, as the Events API sends it."""
         ts = self.next_ts()
-        event: dict[str, Any] = {"type": event_type, "user": user, "text": text, "ts": ts,
-                                 "channel": channel, "event_ts": ts}
+        event: dict[str, Any] = {
+            "type": event_type,
+            "user": user,
+            "text": text,
+            "ts": ts,
+            "channel": channel,
+            "event_ts": ts,
+        }
         if event_type == "message":
             event["channel_type"] = channel_type
         if thread_ts is not None:
@@ -59,8 +65,12 @@ class SlackEvents:
 
     def envelope(self, event: dict[str, Any]) -> dict[str, Any]:
         return {
-            "token": "legacy-verification-token", "team_id": self.team_id, "api_app_id": "A0SIM",
-            "event": event, "type": "event_callback", "event_id": f"Ev{next(self._event_ids):08d}",
+            "token": "legacy-verification-token",
+            "team_id": self.team_id,
+            "api_app_id": "A0SIM",
+            "event": event,
+            "type": "event_callback",
+            "event_id": f"Ev{next(self._event_ids):08d}",
             "event_time": int(time.time()),
             "authorizations": [{"team_id": self.team_id, "user_id": self.bot_user_id, "is_bot": True}],
         }
@@ -72,15 +82,35 @@ class SlackEvents:
         after.update(text=text, edited={"user": before.get("user"), "ts": self.next_ts()})
         after["type"] = "message"
         ts = self.next_ts()
-        return self.envelope({"type": "message", "subtype": "message_changed", "hidden": True,
-                              "channel": before["channel"], "channel_type": before.get("channel_type", "channel"),
-                              "ts": ts, "event_ts": ts, "message": after, "previous_message": dict(before)})
+        return self.envelope(
+            {
+                "type": "message",
+                "subtype": "message_changed",
+                "hidden": True,
+                "channel": before["channel"],
+                "channel_type": before.get("channel_type", "channel"),
+                "ts": ts,
+                "event_ts": ts,
+                "message": after,
+                "previous_message": dict(before),
+            }
+        )
 
     def delete_event(self, original: dict[str, Any]) -> dict[str, Any]:
         """The `message_deleted` envelope Slack sends when the message of `original` is deleted
         (`original` may be an envelope or a message the bot posted)."""
         before = original.get("event", original)
         ts = self.next_ts()
-        return self.envelope({"type": "message", "subtype": "message_deleted", "hidden": True,
-                              "channel": before["channel"], "channel_type": "channel", "ts": ts, "event_ts": ts,
-                              "deleted_ts": before["ts"], "previous_message": dict(before)})
+        return self.envelope(
+            {
+                "type": "message",
+                "subtype": "message_deleted",
+                "hidden": True,
+                "channel": before["channel"],
+                "channel_type": "channel",
+                "ts": ts,
+                "event_ts": ts,
+                "deleted_ts": before["ts"],
+                "previous_message": dict(before),
+            }
+        )

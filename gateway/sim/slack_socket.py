@@ -57,9 +57,14 @@ class Envelope:
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # acked, or Slack gave up
 
     def frame(self) -> dict[str, Any]:
-        return {"envelope_id": self.envelope_id, "type": self.type, "payload": self.payload,
-                "accepts_response_payload": self.accepts_response_payload,
-                "retry_attempt": self.attempt, "retry_reason": self.retry_reason}
+        return {
+            "envelope_id": self.envelope_id,
+            "type": self.type,
+            "payload": self.payload,
+            "accepts_response_payload": self.accepts_response_payload,
+            "retry_attempt": self.attempt,
+            "retry_reason": self.retry_reason,
+        }
 
 
 class SlackSocketSimulator(SlackSimulator):
@@ -68,9 +73,14 @@ class SlackSocketSimulator(SlackSimulator):
     name: ClassVar[str] = "slack"
 
     def __init__(
-        self, host: str = "127.0.0.1", *, app_token: str = "xapp-1-A0SIM-sim-token",
-        ack_timeout_s: float = ACK_TIMEOUT_S, retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S,
-        max_connections: int = MAX_CONNECTIONS, disconnect_grace_s: float = DISCONNECT_GRACE_S,
+        self,
+        host: str = "127.0.0.1",
+        *,
+        app_token: str = "xapp-1-A0SIM-sim-token",
+        ack_timeout_s: float = ACK_TIMEOUT_S,
+        retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S,
+        max_connections: int = MAX_CONNECTIONS,
+        disconnect_grace_s: float = DISCONNECT_GRACE_S,
         **kw: Any,
     ) -> None:
         super().__init__(host, **kw)
@@ -124,9 +134,14 @@ class SlackSocketSimulator(SlackSimulator):
             return ws
         self.connections[conn] = ws
         self.connected.set()
-        await ws.send_json({"type": "hello", "num_connections": len(self.connections),
-                            "debug_info": {"host": "sim", "approximate_connection_time": 18060},
-                            "connection_info": {"app_id": "A0SIM"}})
+        await ws.send_json(
+            {
+                "type": "hello",
+                "num_connections": len(self.connections),
+                "debug_info": {"host": "sim", "approximate_connection_time": 18060},
+                "connection_info": {"app_id": "A0SIM"},
+            }
+        )
         await self.record("socket_open", {"connection": conn})
         self._flush_waiting()
         try:
@@ -149,8 +164,15 @@ class SlackSocketSimulator(SlackSimulator):
         if env is None:
             await self.record("socket_unknown_ack", {"connection": conn, "frame": frame})
             return
-        await self.record("socket_ack", {"connection": conn, "envelope_id": env.envelope_id,
-                                         "attempt": env.attempt, "payload": frame.get("payload")})
+        await self.record(
+            "socket_ack",
+            {
+                "connection": conn,
+                "envelope_id": env.envelope_id,
+                "attempt": env.attempt,
+                "payload": frame.get("payload"),
+            },
+        )
         if not env.acked.is_set():
             env.ack_payload = frame.get("payload")
             env.acked.set()
@@ -192,9 +214,17 @@ class SlackSocketSimulator(SlackSimulator):
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.send_json(env.frame())
                 sent = True
-        await self.record("socket_envelope", {"connection": conn, "envelope_id": env.envelope_id,
-                                              "attempt": attempt, "retry_reason": env.retry_reason,
-                                              "sent": sent, "type": env.type})
+        await self.record(
+            "socket_envelope",
+            {
+                "connection": conn,
+                "envelope_id": env.envelope_id,
+                "attempt": attempt,
+                "retry_reason": env.retry_reason,
+                "sent": sent,
+                "type": env.type,
+            },
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(env.acked.wait(), self.ack_timeout_s)
             return

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections import Counter
 import itertools
 import json
 import secrets
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,9 +31,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from chatstate.gateway.clock import now_ms
 from chatstate.gateway.sim.base import SimulatorServer
 from chatstate.gateway.sim.teams_edges import RETRY_SCHEDULE_S, TeamsEdges
-from chatstate.gateway.clock import now_ms
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "teams"
 ISSUER = "https://api.botframework.com"  # what Azure puts in `iss`; the adapter is told to expect it
@@ -58,7 +58,10 @@ class TeamsSimulator(SimulatorServer):
     name: ClassVar[str] = "teams"
 
     def __init__(
-        self, host: str = "127.0.0.1", *, app_id: str = "00000000-0000-4000-8000-00000000b07",
+        self,
+        host: str = "127.0.0.1",
+        *,
+        app_id: str = "00000000-0000-4000-8000-00000000b07",
         edges: TeamsEdges | None = None,
     ) -> None:
         super().__init__(host)
@@ -99,13 +102,15 @@ class TeamsSimulator(SimulatorServer):
 
     # -- Azure: OpenID metadata and signing keys ----------------------------------------------
     async def _metadata(self, request: web.Request) -> web.Response:
-        return web.json_response({
-            "issuer": ISSUER,
-            "authorization_endpoint": self.base_url + "/v1/authorize",
-            "jwks_uri": self.base_url + KEYS_PATH,
-            "id_token_signing_alg_values_supported": ["RS256"],
-            "token_endpoint_auth_methods_supported": ["private_key_jwt"],
-        })
+        return web.json_response(
+            {
+                "issuer": ISSUER,
+                "authorization_endpoint": self.base_url + "/v1/authorize",
+                "jwks_uri": self.base_url + KEYS_PATH,
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+            }
+        )
 
     async def _keys(self, request: web.Request) -> web.Response:
         jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
@@ -157,9 +162,17 @@ class TeamsSimulator(SimulatorServer):
             self._faults[send_key] += 1
         if n and e.rate_limit_every and (n - 1) % e.rate_limit_every == 0:
             self.hit("rate_limited")
-            return web.json_response({"error": {"code": "TooManyRequests", "message": "slow down"}}, status=429,
-                                     headers={"Retry-After": str(e.retry_after_s)})
-        if n and e.server_error_every and n >= e.server_error_first and (n - e.server_error_first) % e.server_error_every == 0:
+            return web.json_response(
+                {"error": {"code": "TooManyRequests", "message": "slow down"}},
+                status=429,
+                headers={"Retry-After": str(e.retry_after_s)},
+            )
+        if (
+            n
+            and e.server_error_every
+            and n >= e.server_error_first
+            and (n - e.server_error_first) % e.server_error_every == 0
+        ):
             self.hit("server_error")
             status = (502, 503, 504)[self.hits["server_error"] % 3]
             return web.json_response({"error": {"code": "ServiceError", "message": "try again"}}, status=status)
@@ -178,8 +191,14 @@ class TeamsSimulator(SimulatorServer):
 
     def _fault_due(self, n: int) -> bool:
         e = self.edges
-        return bool((e.rate_limit_every and (n - 1) % e.rate_limit_every == 0) or (
-            e.server_error_every and n >= e.server_error_first and (n - e.server_error_first) % e.server_error_every == 0))
+        return bool(
+            (e.rate_limit_every and (n - 1) % e.rate_limit_every == 0)
+            or (
+                e.server_error_every
+                and n >= e.server_error_first
+                and (n - e.server_error_first) % e.server_error_every == 0
+            )
+        )
 
     def _delete_due(self) -> None:
         """Delete the bot messages marked for deletion (an owner's "Delete" in Teams, after the
@@ -194,7 +213,9 @@ class TeamsSimulator(SimulatorServer):
         self._authorized(request)
         body = await request.json()
         activity_id = request.match_info["activity_id"]
-        await self.record("update", {**body, "id": activity_id, "conversation_id": request.match_info["conversation_id"]})
+        await self.record(
+            "update", {**body, "id": activity_id, "conversation_id": request.match_info["conversation_id"]}
+        )
         return web.json_response({"id": activity_id})
 
     def sent(self) -> list[dict[str, Any]]:
@@ -334,5 +355,7 @@ class TeamsSimulator(SimulatorServer):
         finally:
             self.open_deliveries -= 1
             fields = activity if isinstance(activity, dict) else {}  # tests also send junk bodies
-            await self.record("delivery", {"id": fields.get("id"), "type": fields.get("type"),
-                                           "outcome": outcome, "at": time.monotonic()})
+            await self.record(
+                "delivery",
+                {"id": fields.get("id"), "type": fields.get("type"), "outcome": outcome, "at": time.monotonic()},
+            )

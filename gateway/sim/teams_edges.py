@@ -39,10 +39,19 @@ class TeamsEdges:
         # every other reply meets both faults (call 1: 429 for 1 s, then a 5xx, then through),
         # and that turn outlasts the channel's answer deadline (15 s, here shortened to 2/3 of
         # the scaled value so a 1.3 s turn is redelivered while the claim's lease still holds)
-        return cls(rate_limit_every=4, retry_after_s=1, server_error_every=4, server_error_first=2,
-                   redeliver_after_s=ANSWER_DEADLINE_S * schedule_scale * 2 / 3,
-                   max_faults_per_send=2, duplicate_every=3, retries=True, schedule_scale=schedule_scale,
-                   edits=True, delete_bot_messages_every=7)
+        return cls(
+            rate_limit_every=4,
+            retry_after_s=1,
+            server_error_every=4,
+            server_error_first=2,
+            redeliver_after_s=ANSWER_DEADLINE_S * schedule_scale * 2 / 3,
+            max_faults_per_send=2,
+            duplicate_every=3,
+            retries=True,
+            schedule_scale=schedule_scale,
+            edits=True,
+            delete_bot_messages_every=7,
+        )
 
     def gateway_config(self) -> dict[str, Any]:
         """Adapter settings that scale with a compressed schedule: a dead process's claim on an

@@ -15,8 +15,9 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _run(script: str) -> str:
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True, text=True, timeout=120, check=False
+    )
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     out = proc.stdout
     assert "| target |" in out and "load average" in out

@@ -24,15 +24,23 @@ BEHAVIOURS = {
 
 def demo(*args: str, tmp: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TMPDIR": str(tmp)}  # so the test can see what temp dirs it left
-    return subprocess.run([sys.executable, "-m", "chatstate", "demo", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "chatstate", "demo", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def processes_mentioning(text: str) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace"
+            ):
                 pids.append(int(proc.name))
         except OSError:
             continue
@@ -62,8 +70,15 @@ def test_hostile_far_ends_still_pass_and_the_table_names_the_edge_behaviours_hit
     assert all(r["store_survived"] and not r["legacy_survived"] for r in report["rows"]), report["rows"]
     hits = report["hostile"]
     # every conversation met its platform's edge behaviours, counted by the simulators
-    assert {"double_mention", "bot_echo", "edit", "thread_broadcast", "rate_limited", "server_error",
-            "reset_after_post"} <= set(hits["slack"]), hits
+    assert {
+        "double_mention",
+        "bot_echo",
+        "edit",
+        "thread_broadcast",
+        "rate_limited",
+        "server_error",
+        "reset_after_post",
+    } <= set(hits["slack"]), hits
     assert {"deferred", "double_click", "slow_message"} <= set(hits["discord"]), hits
     assert {"duplicate", "redelivered", "edit", "rate_limited", "server_error"} <= set(hits["teams"]), hits
     table = demo("--hostile", "--only", "slack", tmp=tmp_path)
@@ -103,9 +118,15 @@ CTRL_C_POINTS = [
 @pytest.mark.parametrize("point", CTRL_C_POINTS)
 def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path: Path, point: str, twice: bool) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    with subprocess.Popen([sys.executable, "-m", "chatstate", "demo"], env=env, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-m", "chatstate", "demo"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
         assert proc.stderr is not None and proc.stdout is not None
         seen = []
         for line in proc.stderr:  # wait for the point, then press Ctrl-C
@@ -152,12 +173,19 @@ def test_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
     """The demo's kept config holds tokens: files 0600 and folders 0700 even under umask 000."""
     keep = tmp_path / "kept" / "deeper"
     script = f"umask 000 && exec {sys.executable} -m chatstate demo --only slack --state-dir {keep}"
-    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=240,
-                            env={**os.environ, "TMPDIR": str(tmp_path)}, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        ["sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr
     modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "kept").rglob("*")}
     modes["kept"] = stat.S_IMODE((tmp_path / "kept").stat().st_mode)
     assert any(name.endswith("gateway.toml") for name in modes)
-    loose = {name: oct(mode) for name, mode in modes.items()
-             if mode != (0o700 if (tmp_path / name).is_dir() else 0o600)}
+    loose = {
+        name: oct(mode) for name, mode in modes.items() if mode != (0o700 if (tmp_path / name).is_dir() else 0o600)
+    }
     assert loose == {}

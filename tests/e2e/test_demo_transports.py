@@ -21,7 +21,11 @@ def test_websocket_transports_survive_a_sigkill_with_the_store_only(tmp_path: Pa
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     result = subprocess.run(
         [sys.executable, "-m", "chatstate", "demo", "--json", "--transport", "websocket"],
-        env=env, capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)

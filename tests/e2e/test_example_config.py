@@ -44,4 +44,6 @@ def test_the_example_shows_every_key_of_every_bundled_adapter() -> None:
     for adapter_id, spec in BUNDLED_SETTINGS.items():
         settings_type = import_object(spec, key=adapter_id)
         for key in settings_type.model_fields:
-            assert re.search(rf"^#? ?{key} = ", text, re.M), f"[adapters.{adapter_id}] {key} is missing from the example"
+            assert re.search(rf"^#? ?{key} = ", text, re.M), (
+                f"[adapters.{adapter_id}] {key} is missing from the example"
+            )

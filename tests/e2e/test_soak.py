@@ -81,12 +81,18 @@ async def test_restarts_under_steady_traffic_lose_nothing_and_never_double_reply
         # The scenario conversations: one decision per Matrix approval, one Discord approval per
         # panel, one Teams reply_to_bot answer per reply.
         matrix = sims[[s.adapter for s in scenarios].index("matrix")]
-        decisions = Counter(m["content"][APPROVAL_FIELD]["id"] for m in matrix.sent("m.room.message")
-                            if "decision" in m["content"].get(APPROVAL_FIELD, {}))
+        decisions = Counter(
+            m["content"][APPROVAL_FIELD]["id"]
+            for m in matrix.sent("m.room.message")
+            if "decision" in m["content"].get(APPROVAL_FIELD, {})
+        )
         assert len(decisions) == RESTARTS and set(decisions.values()) == {1}
         discord = sims[[s.adapter for s in scenarios].index("discord")]
-        approvals = [r for r in discord.recorded("interaction_response")
-                     if str((r.payload["body"] or {}).get("data", {}).get("content", "")).startswith("Approved by")]
+        approvals = [
+            r
+            for r in discord.recorded("interaction_response")
+            if str((r.payload["body"] or {}).get("data", {}).get("content", "")).startswith("Approved by")
+        ]
         assert len(approvals) == RESTARTS
         teams = sims[[s.adapter for s in scenarios].index("teams")]
         assert sum(str(a.get("text", "")).startswith("[reply_to_bot]") for a in teams.sent()) == RESTARTS

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from gw_helpers import SECRET
 
 from chatstate.gateway.sim.harness import GatewayHarness
-from gw_helpers import SECRET
 
 
 @pytest.fixture

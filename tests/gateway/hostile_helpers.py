@@ -34,7 +34,10 @@ async def raw_request(port: int, request: bytes, *, host: str = "127.0.0.1") -> 
 
 @contextlib.asynccontextmanager
 async def inprocess_gateway(
-    state_dir: Path, simulators: Sequence[SimulatorServer] = (), *, adapters: Mapping[str, Mapping[str, Any]] | None = None,
+    state_dir: Path,
+    simulators: Sequence[SimulatorServer] = (),
+    *,
+    adapters: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> AsyncIterator[TestClient]:
     """The real aiohttp app (same build_app as `chatstate start`) served in this process, with
     `simulators` started and pointed at it; yields the client. Fast enough for fuzzing."""

@@ -5,7 +5,6 @@ the writes, and replays them when the store is back."""
 from __future__ import annotations
 
 import logging
-
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -52,8 +51,12 @@ class Runtime:
 
 def rows(path: Path) -> dict[str, tuple[str, int, int | None]]:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
-        return {k: (v, c, e) for k, v, c, e in con.execute(
-            "SELECT key, value, created_at, expires_at FROM entries WHERE plugin_id = 'adapter'")}
+        return {
+            k: (v, c, e)
+            for k, v, c, e in con.execute(
+                "SELECT key, value, created_at, expires_at FROM entries WHERE plugin_id = 'adapter'"
+            )
+        }
 
 
 @pytest.fixture
@@ -165,8 +168,13 @@ async def test_keys_are_checked_exactly_as_the_store_checks_them(
     st = AdapterState(SPEC, legacy=legacy)
     await st.open(runtime)  # type: ignore[arg-type]
     try:
-        for call in (lambda: st.record(key, {"v": 1}), lambda: st.claim(key, {"v": 1}), lambda: st.get(key),
-                     lambda: st.take(key), lambda: st.forget(key)):
+        for call in (
+            lambda: st.record(key, {"v": 1}),
+            lambda: st.claim(key, {"v": 1}),
+            lambda: st.get(key),
+            lambda: st.take(key),
+            lambda: st.forget(key),
+        ):
             with pytest.raises(StateStoreError) as info:
                 await call()
             assert info.value.code == code

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from gw_helpers import SECRET
 
 from chatstate import state
 from chatstate.gateway.app import build_app
@@ -19,12 +20,17 @@ from chatstate.gateway.health import summarize
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 from chatstate.gateway.registry import LoadedPlugin, load_plugins
 from chatstate.gateway.sweeper import SweepStatus, run_sweeper, sweep_once
-from gw_helpers import SECRET
 
 
 def _summary(**kw: object) -> tuple[int, dict]:
-    args = {"ready": True, "draining": False, "started_at": time.time(),
-            "store": {"ok": True}, "adapters": {"echo": {"status": "ok"}}, "sweeper": SweepStatus(60)}
+    args = {
+        "ready": True,
+        "draining": False,
+        "started_at": time.time(),
+        "store": {"ok": True},
+        "adapters": {"echo": {"status": "ok"}},
+        "sweeper": SweepStatus(60),
+    }
     args.update(kw)
     return summarize(**args)  # type: ignore[arg-type]
 

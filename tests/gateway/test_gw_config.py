@@ -29,8 +29,12 @@ def test_defaults_without_a_file(tmp_path: Path) -> None:
 
 def test_env_overrides_and_supplies_adapter_secrets() -> None:
     raw = {"adapters": {"slack": {"signing_secret": "from-file"}, "ms-teams": {}}}
-    env = {"CHATSTATE_SLACK_SIGNING_SECRET": "from-env", "CHATSTATE_SLACK_BOT_TOKEN": "xoxb",
-           "CHATSTATE_MS_TEAMS_APP_PASSWORD": "pw", "CHATSTATE_DISCORD_PUBLIC_KEY": "no table"}
+    env = {
+        "CHATSTATE_SLACK_SIGNING_SECRET": "from-env",
+        "CHATSTATE_SLACK_BOT_TOKEN": "xoxb",
+        "CHATSTATE_MS_TEAMS_APP_PASSWORD": "pw",
+        "CHATSTATE_DISCORD_PUBLIC_KEY": "no table",
+    }
     config = parse_config(raw, env=env)
     slack = config.adapters["slack"]
     settings = SlackSettings.from_table(slack.table, env=slack.env)
@@ -86,8 +90,11 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
 def test_toml_writer_round_trips() -> None:
     import tomllib
 
-    doc = {"trusted_plugins": ["a"], "gateway": {"host": "h", "port": 1, "x": 1.5, "y": False},
-           "adapters": {"echo": {"secret": 'q"\n\\'}, "a.b": {}}}
+    doc = {
+        "trusted_plugins": ["a"],
+        "gateway": {"host": "h", "port": 1, "x": 1.5, "y": False},
+        "adapters": {"echo": {"secret": 'q"\n\\'}, "a.b": {}},
+    }
     assert tomllib.loads(dumps(doc)) == doc
     with pytest.raises(TypeError):
         dumps({"x": None})

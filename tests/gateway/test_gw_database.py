@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from gw_helpers import SECRET
 
 from chatstate import state
 from chatstate.gateway import health
@@ -17,7 +18,6 @@ from chatstate.gateway.app import BROKER, build_app
 from chatstate.gateway.config import parse_config
 from chatstate.gateway.registry import load_plugins
 from chatstate.state import _database, _open
-from gw_helpers import SECRET
 
 ROUNDS = 3
 
@@ -33,6 +33,7 @@ async def test_the_gateway_opens_one_database_for_its_lifetime(tmp_path: Path, m
             backend = real(path, url, settings)
             lookups.append(backend.location)
             return backend
+
         return acquire
 
     monkeypatch.setattr(_database, "acquire_backend", counted(_database.acquire_backend))
@@ -62,8 +63,9 @@ async def test_the_gateway_opens_one_database_for_its_lifetime(tmp_path: Path, m
     monkeypatch.setattr(state.Database, "probe", probe)
     monkeypatch.setattr(health, "PROBE_CACHE_S", 0.0)  # every /healthz probes
 
-    config = parse_config({"state": {"dir": str(tmp_path), "sweep_interval_s": 0.01},
-                           "adapters": {"echo": {"secret": SECRET}}}, env={})
+    config = parse_config(
+        {"state": {"dir": str(tmp_path), "sweep_interval_s": 0.01}, "adapters": {"echo": {"secret": SECRET}}}, env={}
+    )
     app = build_app(config, load_plugins(config))
     async with TestClient(TestServer(app)) as client:
         for _ in range(ROUNDS):

@@ -20,6 +20,8 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import TestClient
+from gw_helpers import SECRET
+from hostile_helpers import inprocess_gateway, table_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,17 +30,32 @@ from chatstate.gateway.sim.discord import ALICE, DiscordSimulator
 from chatstate.gateway.sim.slack import SlackSimulator
 from chatstate.gateway.sim.slack import sign as slack_sign
 from chatstate.gateway.sim.teams import TeamsSimulator
-from gw_helpers import SECRET
-from hostile_helpers import inprocess_gateway, table_rows
 
 FUZZ_EXAMPLES = 300  # per test; each route has a signed and an unsigned test
 FUZZ = settings(
-    max_examples=FUZZ_EXAMPLES, derandomize=True, database=None, deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    max_examples=FUZZ_EXAMPLES,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
 )
-SPECIAL_BODIES = [b"[" * 10_000 + b"]" * 10_000, b'{"a": "\\ud800"}', b"\xff\xfe", b"", b"null", b"{}", b"[]",
-                  b'{"type": 1}', b'{"type": "message"}', b'{"key": "' + b"k" * 600 + b'"}']
+SPECIAL_BODIES = [
+    b"[" * 10_000 + b"]" * 10_000,
+    b'{"a": "\\ud800"}',
+    b"\xff\xfe",
+    b"",
+    b"null",
+    b"{}",
+    b"[]",
+    b'{"type": 1}',
+    b'{"type": "message"}',
+    b'{"key": "' + b"k" * 600 + b'"}',
+]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
@@ -149,8 +166,10 @@ async def test_fuzz_echo_get(world: World, key: str, signed: bool) -> None:
 
 
 @FUZZ
-@given(query=st.text(max_size=40), headers=st.dictionaries(st.sampled_from(["Accept", "X-Forwarded-For", "Cookie"]),
-                                                            header_text, max_size=3))
+@given(
+    query=st.text(max_size=40),
+    headers=st.dictionaries(st.sampled_from(["Accept", "X-Forwarded-For", "Cookie"]), header_text, max_size=3),
+)
 async def test_fuzz_healthz(world: World, query: str, headers: dict[str, str]) -> None:
     resp = await world.client.get("/healthz?" + quote(query, safe="=&"), headers=headers)
     world.examples += 1
@@ -174,8 +193,11 @@ def _slack_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
 async def test_fuzz_slack_signed(world: World, data: st.DataObject) -> None:
     body = data.draw(bodies(_slack_base(world)))
     ts = str(int(time.time()))
-    headers = {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": slack_sign(world.slack.signing_secret, ts, body),
-               "Content-Type": "application/json"}
+    headers = {
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": slack_sign(world.slack.signing_secret, ts, body),
+        "Content-Type": "application/json",
+    }
     await world.check("POST", "/slack/events", body, headers)
 
 
@@ -183,8 +205,9 @@ async def test_fuzz_slack_signed(world: World, data: st.DataObject) -> None:
 @given(data=st.data(), signature=header_text, timestamp=header_text)
 async def test_fuzz_slack_unsigned(world: World, data: st.DataObject, signature: str, timestamp: str) -> None:
     body = data.draw(bodies(_slack_base(world)))
-    status = await world.check("POST", "/slack/events", body,
-                               {"X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": signature})
+    status = await world.check(
+        "POST", "/slack/events", body, {"X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": signature}
+    )
     assert status in (401, 413)
 
 
@@ -211,8 +234,11 @@ def _discord_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
 async def test_fuzz_discord_signed(world: World, data: st.DataObject) -> None:
     body = data.draw(bodies(_discord_base(world)))
     ts = str(int(time.time()))
-    headers = {"X-Signature-Ed25519": world.discord.sign(body, ts), "X-Signature-Timestamp": ts,
-               "Content-Type": "application/json"}
+    headers = {
+        "X-Signature-Ed25519": world.discord.sign(body, ts),
+        "X-Signature-Timestamp": ts,
+        "Content-Type": "application/json",
+    }
     await world.check("POST", "/discord/interactions", body, headers)
 
 
@@ -220,16 +246,23 @@ async def test_fuzz_discord_signed(world: World, data: st.DataObject) -> None:
 @given(data=st.data(), signature=header_text, timestamp=header_text)
 async def test_fuzz_discord_unsigned(world: World, data: st.DataObject, signature: str, timestamp: str) -> None:
     body = data.draw(bodies(_discord_base(world)))
-    status = await world.check("POST", "/discord/interactions", body,
-                               {"X-Signature-Ed25519": signature, "X-Signature-Timestamp": timestamp})
+    status = await world.check(
+        "POST", "/discord/interactions", body, {"X-Signature-Ed25519": signature, "X-Signature-Timestamp": timestamp}
+    )
     assert status in (401, 413)
 
 
 # -- teams ---------------------------------------------------------------------------------------
 def _teams_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
     teams = world.teams
-    return st.sampled_from([teams.activity("message_mention"), teams.activity("message_reply", reply_to_id="1"),
-                            teams.activity("message_reaction"), teams.activity("conversation_update")])
+    return st.sampled_from(
+        [
+            teams.activity("message_mention"),
+            teams.activity("message_reply", reply_to_id="1"),
+            teams.activity("message_reaction"),
+            teams.activity("conversation_update"),
+        ]
+    )
 
 
 @FUZZ
@@ -237,8 +270,9 @@ def _teams_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
 async def test_fuzz_teams_signed(world: World, data: st.DataObject) -> None:
     body = data.draw(bodies(_teams_base(world)))
     token = world.teams.token()
-    await world.check("POST", "/api/messages", body, {"Authorization": f"Bearer {token}",
-                                                       "Content-Type": "application/json"})
+    await world.check(
+        "POST", "/api/messages", body, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    )
 
 
 @FUZZ

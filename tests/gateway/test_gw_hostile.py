@@ -6,17 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from gw_helpers import SECRET, stored_counts
+from hostile_helpers import raw_request
 
 from chatstate.gateway import ingress
 from chatstate.gateway.app import build_app
 from chatstate.gateway.config import parse_config
 from chatstate.gateway.echo import sign
 from chatstate.gateway.registry import load_plugins
-from gw_helpers import SECRET, stored_counts
-from hostile_helpers import raw_request
-
-import pytest
 
 
 def _echo_app(tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -53,8 +52,9 @@ async def test_invalid_utf8_signature_header_is_401(tmp_path: Path) -> None:
     server = TestServer(_echo_app(tmp_path))
     async with TestClient(server):
         status, body = await raw_request(
-            server.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Echo-Signature: sha256=\xff\xfe\xc3\r\n"
-            b"Content-Length: 2\r\nConnection: close\r\n\r\n{}"
+            server.port,
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Echo-Signature: sha256=\xff\xfe\xc3\r\n"
+            b"Content-Length: 2\r\nConnection: close\r\n\r\n{}",
         )
     assert status == 401, body
     assert b"Traceback" not in body

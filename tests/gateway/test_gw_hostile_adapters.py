@@ -7,12 +7,14 @@ import json
 import time
 from pathlib import Path
 
+from hostile_helpers import inprocess_gateway, raw_request, table_rows
+
 from chatstate.adapters.discord.config import DEFAULT_PANELS_PER_USER
 from chatstate.gateway.sim.discord import ALICE, BOB, DiscordSimulator
 from chatstate.gateway.sim.discord import fixture as discord_fixture
+from chatstate.gateway.sim.slack import SlackSimulator
+from chatstate.gateway.sim.slack import sign as slack_sign
 from chatstate.gateway.sim.teams import TeamsSimulator, new_signing_key
-from chatstate.gateway.sim.slack import SlackSimulator, sign as slack_sign
-from hostile_helpers import inprocess_gateway, raw_request, table_rows
 
 
 def _db(tmp_path: Path) -> Path:
@@ -43,8 +45,11 @@ async def test_slack_long_channel_id_is_refused_before_the_reply(tmp_path: Path)
         event = slack.mention_event("hi", channel="C" + "X" * 600)
         body = json.dumps(event).encode()
         ts = str(int(time.time()))
-        headers = {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": slack_sign(slack.signing_secret, ts, body),
-                   "Content-Type": "application/json"}
+        headers = {
+            "X-Slack-Request-Timestamp": ts,
+            "X-Slack-Signature": slack_sign(slack.signing_secret, ts, body),
+            "Content-Type": "application/json",
+        }
         resp = await client.post("/slack/events", data=body, headers=headers)
         assert resp.status == 400, await resp.text()
         assert slack.posts() == []
@@ -78,7 +83,9 @@ async def test_teams_signed_junk_entities_and_long_ids_are_not_5xx(tmp_path: Pat
     async with inprocess_gateway(tmp_path, [teams]) as client:
         cases = [
             teams.activity("message_mention", entities=[{}]),
-            teams.activity("message_mention", entities=[{"type": "mention", "text": None, "mentioned": {"id": teams.bot_id}}]),
+            teams.activity(
+                "message_mention", entities=[{"type": "mention", "text": None, "mentioned": {"id": teams.bot_id}}]
+            ),
             teams.activity("message_mention", entities=[{"type": "mention", "mentioned": None}]),
             teams.activity("message_reply", reply_to_id="9" * 5000),
             teams.activity("message_reply", conversation_id="19:" + "c" * 5000),
@@ -174,7 +181,10 @@ async def test_a_10000_deep_body_is_400_signed_and_401_unsigned_on_every_route(t
     async with inprocess_gateway(tmp_path, [slack, discord_sim, teams]) as client:
         ts = str(int(time.time()))
         signed = {
-            "/slack/events": {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": slack_sign(slack.signing_secret, ts, deep)},
+            "/slack/events": {
+                "X-Slack-Request-Timestamp": ts,
+                "X-Slack-Signature": slack_sign(slack.signing_secret, ts, deep),
+            },
             "/discord/interactions": {"X-Signature-Ed25519": discord_sim.sign(deep, ts), "X-Signature-Timestamp": ts},
             "/api/messages": {"Authorization": f"Bearer {teams.token()}"},
         }
@@ -194,8 +204,12 @@ async def test_one_users_mention_spam_cannot_evict_another_users_sent_rows(tmp_p
         answer = teams.sent()[-1]
         for _ in range(30):
             assert await teams.deliver(teams.activity("message_mention", **{"from": spammer})) == 200
-        reply = teams.activity("message_reply", reply_to_id=answer["id"], **{"from": bob},
-                               conversation_id=f"{answer['conversation_id']};messageid={answer['id']}")
+        reply = teams.activity(
+            "message_reply",
+            reply_to_id=answer["id"],
+            **{"from": bob},
+            conversation_id=f"{answer['conversation_id']};messageid={answer['id']}",
+        )
         assert await teams.deliver(reply) == 200
         assert teams.sent()[-1]["text"].startswith("[reply_to_bot]"), teams.sent()[-1]["text"]
         noted = [a for a in teams.sent() if "need an @mention" in a["text"]]

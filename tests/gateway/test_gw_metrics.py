@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gw_helpers import bump
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatstate import state
 from chatstate.gateway import metrics
+from chatstate.gateway.clock import now_ms
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sweeper import SweepStatus, sweep_once
-from gw_helpers import bump
-from chatstate.gateway.clock import now_ms
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
@@ -51,7 +51,8 @@ async def test_adapter_state_mode_and_pending_writes(tmp_path: Path) -> None:
     h = GatewayHarness(
         adapters={"toy": {"secret": "toy-secret"}},
         config={"external_plugins": ["toy_adapter:ToyPlugin"], "trusted_plugins": ["toy"]},
-        pythonpath=[EXAMPLES], state_dir=tmp_path / "s",
+        pythonpath=[EXAMPLES],
+        state_dir=tmp_path / "s",
     )
     async with h:
         samples = await _scrape(h)

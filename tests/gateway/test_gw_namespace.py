@@ -13,8 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from chatstate.gateway.sim.harness import GatewayHarness, run_gateway_cli
 from gw_helpers import SECRET
+
+from chatstate.gateway.sim.harness import GatewayHarness, run_gateway_cli
 
 
 def _junk_folder(tmp_path: Path) -> Path:
@@ -22,7 +23,9 @@ def _junk_folder(tmp_path: Path) -> Path:
     here = tmp_path / "elsewhere"
     for name in ("state", "gateway", "adapters"):
         (here / name).mkdir(parents=True)
-        (here / name / "__init__.py").write_text(f"raise ImportError('the junk top-level {name!r} package was imported')\n")
+        (here / name / "__init__.py").write_text(
+            f"raise ImportError('the junk top-level {name!r} package was imported')\n"
+        )
     return here
 
 
@@ -49,7 +52,12 @@ async def test_status_of_a_running_gateway_from_such_a_folder(tmp_path: Path) ->
         status = await run_gateway_cli("status", "--json", "--state-dir", str(gw.state_dir), cwd=here)
         assert status.returncode == 0, status.stderr
         report = json.loads(status.stdout)
-        assert (report["running"], report["health"], report["adapters"], report["store"]["ok"]) == (True, "ok", {"echo": "ok"}, True)
+        assert (report["running"], report["health"], report["adapters"], report["store"]["ok"]) == (
+            True,
+            "ok",
+            {"echo": "ok"},
+            True,
+        )
 
 
 def test_the_junk_folder_really_shadows_top_level_names(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from gw_helpers import EXT_PLUGINS_DIR, SECRET, bump, read_count, stored_counts
 
 from chatstate.gateway.echo import sign
 from chatstate.gateway.sim.harness import GatewayHarness, GatewayStartError, free_port, run_gateway_cli
-from gw_helpers import EXT_PLUGINS_DIR, SECRET, bump, read_count, stored_counts
 
 
 async def test_sigterm_then_start_keeps_state(gw: GatewayHarness) -> None:
@@ -101,8 +101,11 @@ async def test_corrupt_state_file_exits_3_and_is_left_alone(tmp_path: Path) -> N
 
 async def test_bad_signature_is_401_and_writes_nothing(gw: GatewayHarness) -> None:
     body = json.dumps({"key": "x"}).encode()
-    for headers in ({}, {"X-Echo-Signature": "sha256=" + "0" * 64},
-                    {"X-Echo-Signature": sign("wrong-secret", "POST", "/echo", body)}):
+    for headers in (
+        {},
+        {"X-Echo-Signature": "sha256=" + "0" * 64},
+        {"X-Echo-Signature": sign("wrong-secret", "POST", "/echo", body)},
+    ):
         async with gw.http.post(f"{gw.gateway_url}/echo", data=body, headers=headers) as resp:
             assert resp.status == 401
     async with gw.http.get(f"{gw.gateway_url}/echo/x") as resp:
@@ -129,8 +132,9 @@ async def test_body_over_one_mib_is_413(gw: GatewayHarness) -> None:
 
 
 async def test_external_plugin_without_trust_is_refused(tmp_path: Path) -> None:
-    h = GatewayHarness(config={"external_plugins": ["gw_ext_plugin:NotesPlugin"]},
-                       pythonpath=[EXT_PLUGINS_DIR], state_dir=tmp_path)
+    h = GatewayHarness(
+        config={"external_plugins": ["gw_ext_plugin:NotesPlugin"]}, pythonpath=[EXT_PLUGINS_DIR], state_dir=tmp_path
+    )
     with pytest.raises(GatewayStartError) as info:
         async with h:
             pass
@@ -145,7 +149,9 @@ async def test_trusted_external_plugin_gets_a_store(tmp_path: Path) -> None:
         url = f"{h.gateway_url}/ext/notes"
         async with h.http.post(url, json={"key": "k", "value": 1}) as resp:
             assert resp.status == 401
-        async with h.http.post(url, json={"key": "k", "value": 1}, headers={"Authorization": "Bearer ext-token"}) as resp:
+        async with h.http.post(
+            url, json={"key": "k", "value": 1}, headers={"Authorization": "Bearer ext-token"}
+        ) as resp:
             assert resp.status == 200
         status, body = await h.healthz()
         assert body["adapters"]["ext-notes"]["origin"] == "external"  # not what the class claimed
@@ -159,7 +165,7 @@ async def test_trusted_external_plugin_gets_a_store(tmp_path: Path) -> None:
         ('[gateway]\nport = "80"\n', "gateway.port"),
         ("[gateway]\nprot = 80\n", "gateway.prot"),
         ('[adapters.echo]\nsecret = "s"\nmode = "memory"\n', "adapters.echo.mode"),
-        ('[adapters.nope]\nenabled = true\n', "adapters.nope"),
+        ("[adapters.nope]\nenabled = true\n", "adapters.nope"),
         ("[adapters.echo]\nenabled = true\n", "adapters.echo.secret"),  # the plugin's own check
         ("[state]\nsweep_interval_s = 0\n", "state.sweep_interval_s"),
         ("gateway = [\n", "gateway.toml"),
@@ -175,8 +181,9 @@ async def test_bad_config_exits_2_naming_the_key(tmp_path: Path, toml: str, key:
 
 async def test_detach_status_stop(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
-    config.write_text(f'[gateway]\nport = {free_port()}\n[state]\ndir = "{tmp_path / "s"}"\n'
-                      f'[adapters.echo]\nsecret = "{SECRET}"\n')
+    config.write_text(
+        f'[gateway]\nport = {free_port()}\n[state]\ndir = "{tmp_path / "s"}"\n[adapters.echo]\nsecret = "{SECRET}"\n'
+    )
     started = await run_gateway_cli("start", "--detach", "--config", str(config))
     assert started.returncode == 0, started.stderr
     pid = json.loads(started.stdout)["pid"]

@@ -8,14 +8,14 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from gw_helpers import EXT_PLUGINS_DIR
 
 from chatstate import state
 from chatstate.gateway.config import AdapterConfig, parse_config
-from chatstate.gateway.settings import AdapterSettings
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.registry import BUNDLED, LoadedPlugin, load_plugins
 from chatstate.gateway.runtime import GatewayRuntime, PluginNotTrusted, StoreBroker
-from gw_helpers import EXT_PLUGINS_DIR
+from chatstate.gateway.settings import AdapterSettings
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +52,16 @@ def test_origin_comes_from_where_the_plugin_was_listed() -> None:
     [
         ({"external_plugins": ["no_such_module_x:P"]}, "external_plugins[0]", "cannot import"),
         ({"external_plugins": ["gw_ext_plugin:Missing"]}, "external_plugins[0]", "no attribute"),
-        ({"external_plugins": ["chatstate.gateway.config:GatewayConfig"]}, "external_plugins[0]", "not a gateway.plugin.Plugin"),
-        ({"external_plugins": ["gw_ext_plugin:NotesPlugin", "gw_ext_plugin:NotesPlugin"]}, "external_plugins[1]", "twice"),
+        (
+            {"external_plugins": ["chatstate.gateway.config:GatewayConfig"]},
+            "external_plugins[0]",
+            "not a gateway.plugin.Plugin",
+        ),
+        (
+            {"external_plugins": ["gw_ext_plugin:NotesPlugin", "gw_ext_plugin:NotesPlugin"]},
+            "external_plugins[1]",
+            "twice",
+        ),
         ({"adapters": {"nope": {}}}, "adapters.nope", "no bundled or external plugin"),
     ],
 )

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from gw_helpers import EXT_PLUGINS_DIR, SECRET
 
 from chatstate.gateway.echo import sign
 from chatstate.gateway.sim.harness import CliResult, free_port, run_gateway_cli
-from gw_helpers import EXT_PLUGINS_DIR, SECRET
 
 
 @dataclass
@@ -45,8 +45,11 @@ async def operator(tmp_path: Path) -> AsyncIterator[Operator]:
     config_dir.mkdir()
     elsewhere.mkdir()
     # The secret only in the environment of the shell that started the gateway, as docs advise.
-    env = {**os.environ, "CHATSTATE_HOME": str(home),
-           "PYTHONPATH": os.pathsep.join([str(EXT_PLUGINS_DIR), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "CHATSTATE_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join([str(EXT_PLUGINS_DIR), os.environ.get("PYTHONPATH", "")]),
+    }
     env.pop("CHATSTATE_GATEWAY_CONFIG", None)
     (config_dir / "gw.toml").write_text(f"[gateway]\nport = {free_port()}\n[adapters.echo]\n")
     op = Operator(config_dir, elsewhere, home, env)
@@ -75,8 +78,9 @@ async def _bump(url: str, key: str) -> int:
 
 
 async def _start(op: Operator) -> dict:
-    started = await op.run("start", "--detach", "--config", "gw.toml", cwd=op.config_dir,
-                           env={**op.env, "CHATSTATE_ECHO_SECRET": SECRET})
+    started = await op.run(
+        "start", "--detach", "--config", "gw.toml", cwd=op.config_dir, env={**op.env, "CHATSTATE_ECHO_SECRET": SECRET}
+    )
     assert started.returncode == 0, started.stderr
     return json.loads(started.stdout)
 
@@ -149,10 +153,20 @@ async def test_ctrl_c_while_a_detached_start_waits_leaves_no_gateway(operator: O
     os.mkfifo(fifo)
     (operator.elsewhere / "slow.toml").write_text(
         f'external_plugins = ["gw_ext_plugin:SlowStartPlugin"]\n[gateway]\nport = {free_port()}\n'
-        f'[adapters.ext-slow]\nfifo = "{fifo}"\n')
+        f'[adapters.ext-slow]\nfifo = "{fifo}"\n'
+    )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "chatstate", "start", "--detach", "--config", "slow.toml", env=operator.env,
-        cwd=operator.elsewhere, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "chatstate",
+        "start",
+        "--detach",
+        "--config",
+        "slow.toml",
+        env=operator.env,
+        cwd=operator.elsewhere,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     said = await asyncio.to_thread(fifo.read_text)  # the gateway child is inside plugin.start
     assert said == "starting\n"
@@ -178,7 +192,8 @@ def _alive(pid: int) -> bool:
 async def test_restart_keeps_the_plugin_path_it_was_started_with(operator: Operator) -> None:
     (operator.config_dir / "ext.toml").write_text(
         'external_plugins = ["gw_ext_plugin:NotesPlugin"]\ntrusted_plugins = ["ext-notes"]\n'
-        f"[gateway]\nport = {free_port()}\n")
+        f"[gateway]\nport = {free_port()}\n"
+    )
     started = await operator.run("start", "--detach", "--config", "ext.toml", cwd=operator.config_dir)
     assert started.returncode == 0, started.stderr
     bare = {k: v for k, v in operator.env.items() if k != "PYTHONPATH"}  # another shell, no PYTHONPATH

@@ -8,13 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
+from gw_helpers import SECRET, bump
 
 from chatstate.gateway.config import GatewaySettings, StateSettings, TopLevelSettings, parse_config
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.registry import BUNDLED_SETTINGS, import_object
 from chatstate.gateway.settings import AdapterSettings, describe, env_prefix
 from chatstate.gateway.sim.harness import GatewayHarness, run_gateway_cli
-from gw_helpers import SECRET, bump
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 SLACK = {"signing_secret": "slack-signing-value", "bot_token": "xoxb-token-value"}
@@ -23,8 +23,16 @@ SLACK = {"signing_secret": "slack-signing-value", "bot_token": "xoxb-token-value
 async def _start(tmp_path: Path, toml: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     path = tmp_path / "gateway.toml"
     path.write_text(toml)
-    result = await run_gateway_cli("start", "--config", str(path), "--state-dir", str(tmp_path / "s"),
-                                   "--port", "0", env={**os.environ, **(env or {})})
+    result = await run_gateway_cli(
+        "start",
+        "--config",
+        str(path),
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--port",
+        "0",
+        env={**os.environ, **(env or {})},
+    )
     return result.returncode, result.stderr
 
 
@@ -33,8 +41,8 @@ async def _start(tmp_path: Path, toml: str, env: dict[str, str] | None = None) -
     [
         (f'[adapters.echo]\nsecret = "{SECRET}"\nmax_entires = 5\n', "adapters.echo.max_entires", "max_entries"),
         # a disabled adapter's typo fails too, before anyone switches it on
-        ('[adapters.slack]\nenabled = false\nthread_ttl_msec = 5\n', "adapters.slack.thread_ttl_msec", "thread_ttl_ms"),
-        ('[gateway]\nprot = 80\n', "gateway.prot", "port"),
+        ("[adapters.slack]\nenabled = false\nthread_ttl_msec = 5\n", "adapters.slack.thread_ttl_msec", "thread_ttl_ms"),
+        ("[gateway]\nprot = 80\n", "gateway.prot", "port"),
         ('[state]\ndri = "x"\n', "state.dri", "dir"),
         ('trusted_plugin = ["x"]\n', "trusted_plugin", "trusted_plugins"),
     ],
@@ -50,8 +58,12 @@ async def test_unknown_keys_exit_2_naming_the_key_and_the_known_ones(
 
 
 async def test_environment_values_are_typed_as_in_toml(tmp_path: Path) -> None:
-    env = {"CHATSTATE_SLACK_ENABLED": "false", "CHATSTATE_ECHO_MAX_ENTRIES": "2",
-           "CHATSTATE_GATEWAY_ACCESS_LOG": "false", "CHATSTATE_STATE_SWEEP_INTERVAL_S": "30"}
+    env = {
+        "CHATSTATE_SLACK_ENABLED": "false",
+        "CHATSTATE_ECHO_MAX_ENTRIES": "2",
+        "CHATSTATE_GATEWAY_ACCESS_LOG": "false",
+        "CHATSTATE_STATE_SWEEP_INTERVAL_S": "30",
+    }
     h = GatewayHarness(adapters={"echo": {"secret": SECRET}, "slack": SLACK}, env=env, state_dir=tmp_path / "s")
     async with h:
         _, body = await h.healthz()
@@ -65,8 +77,10 @@ async def test_environment_values_are_typed_as_in_toml(tmp_path: Path) -> None:
 
 
 def test_the_issue_examples_parse() -> None:
-    config = parse_config({"adapters": {"teams": {"app_id": "a"}, "slack": {}}},
-                          env={"CHATSTATE_TEAMS_SENT_TTL_MS": "5000", "CHATSTATE_SLACK_ENABLED": "false"})
+    config = parse_config(
+        {"adapters": {"teams": {"app_id": "a"}, "slack": {}}},
+        env={"CHATSTATE_TEAMS_SENT_TTL_MS": "5000", "CHATSTATE_SLACK_ENABLED": "false"},
+    )
     assert config.adapters["slack"].enabled is False
     teams_type = import_object(BUNDLED_SETTINGS["teams"], key="teams")
     teams = teams_type.from_table(config.adapters["teams"].table, env=config.adapters["teams"].env)
@@ -78,12 +92,15 @@ def test_the_issue_examples_parse() -> None:
 
 
 async def test_no_error_shows_a_value(tmp_path: Path) -> None:
-    toml = ('[adapters.slack]\nsigning_secret = "slack-signing-value"\nbot_token = "xoxb-token-value"\n'
-            'thread_ttl_ms = "ttl-secret-value"\n')
+    toml = (
+        '[adapters.slack]\nsigning_secret = "slack-signing-value"\nbot_token = "xoxb-token-value"\n'
+        'thread_ttl_ms = "ttl-secret-value"\n'
+    )
     code, stderr = await _start(tmp_path, toml)
     assert code == 2 and "adapters.slack.thread_ttl_ms" in stderr
-    code2, stderr2 = await _start(tmp_path, f'[adapters.echo]\nsecret = "{SECRET}"\n',
-                                  env={"CHATSTATE_ECHO_MAX_ENTRIES": "env-secret-value"})
+    code2, stderr2 = await _start(
+        tmp_path, f'[adapters.echo]\nsecret = "{SECRET}"\n', env={"CHATSTATE_ECHO_MAX_ENTRIES": "env-secret-value"}
+    )
     assert code2 == 2 and "$CHATSTATE_ECHO_MAX_ENTRIES" in stderr2
     for text in (stderr, stderr2):
         for value in ("slack-signing-value", "xoxb-token-value", "ttl-secret-value", "env-secret-value", SECRET):
@@ -93,8 +110,11 @@ async def test_no_error_shows_a_value(tmp_path: Path) -> None:
 def test_every_key_and_variable_is_documented() -> None:
     """docs/gateway.md and docs/migrations/<adapter>.md name each key's environment variable."""
     gateway_doc = (DOCS / "gateway.md").read_text()
-    tables = [(TopLevelSettings, "CHATSTATE_"), (GatewaySettings, env_prefix("gateway")),
-              (StateSettings, env_prefix("state"))]
+    tables = [
+        (TopLevelSettings, "CHATSTATE_"),
+        (GatewaySettings, env_prefix("gateway")),
+        (StateSettings, env_prefix("state")),
+    ]
     for cls, prefix in tables:
         for key, var, _type in describe(cls, prefix=prefix):
             assert f"`{var}`" in gateway_doc, f"{var} ({key}) is not in docs/gateway.md"

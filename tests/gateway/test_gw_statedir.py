@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+from gw_helpers import EXT_PLUGINS_DIR, SECRET
 
 from chatstate.gateway.sim.harness import GatewayHarness, free_port, run_gateway_cli
-from gw_helpers import EXT_PLUGINS_DIR, SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = {
@@ -64,7 +64,10 @@ async def test_an_unusable_state_dir_is_one_line_and_exit_3(tmp_path: Path, comm
 async def test_status_without_a_database_says_so(tmp_path: Path) -> None:
     result = await run_gateway_cli("status", "--state-dir", str(tmp_path / "fresh"))
     assert result.returncode == 1
-    assert result.stdout.splitlines()[1] == f"store: no database yet ({tmp_path / 'fresh' / 'plugin-state' / 'state.sqlite'})"
+    assert (
+        result.stdout.splitlines()[1]
+        == f"store: no database yet ({tmp_path / 'fresh' / 'plugin-state' / 'state.sqlite'})"
+    )
     assert not (tmp_path / "fresh").exists()  # status only looks
 
 
@@ -102,7 +105,9 @@ async def test_a_plugin_start_failure_is_one_line_with_the_traceback_in_the_log(
     config = tmp_path / "gw.toml"
     config.write_text(f'external_plugins = ["gw_ext_plugin:BrokenStartPlugin"]\n[gateway]\nport = {free_port()}\n')
     env = {**os.environ, "PYTHONPATH": str(EXT_PLUGINS_DIR)}
-    result = await run_gateway_cli("start", "--detach", "--config", str(config), "--state-dir", str(tmp_path / "s"), env=env)
+    result = await run_gateway_cli(
+        "start", "--detach", "--config", str(config), "--state-dir", str(tmp_path / "s"), env=env
+    )
     assert result.returncode == 1
     log = tmp_path / "s" / "gateway.log"
     assert result.stderr == (
@@ -141,20 +146,22 @@ def test_every_log_event_is_in_the_docs_table() -> None:
 def test_no_message_is_logged_without_an_event_name() -> None:
     """Log lines are events (`"event": "snake_case"`), never free text with %-arguments."""
     free_text = re.compile(r"\blog\w*\.(?:debug|info|warning|error|exception)\(\s*\"[^\"]*[ %]")
-    offenders = [str(p.relative_to(ROOT)) for folder in ("gateway", "adapters")
-                 for p in (ROOT / folder).rglob("*.py") if free_text.search(p.read_text())]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for folder in ("gateway", "adapters")
+        for p in (ROOT / folder).rglob("*.py")
+        if free_text.search(p.read_text())
+    ]
     assert offenders == []
-
-
 
 
 async def test_gateway_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
     """gateway.log, gateway.lock and gateway.pid 0600 and new dirs 0700, under umask 000 (issue 15)."""
     state_dir = tmp_path / "a" / "b"
-    script = (f"umask 000 && exec {sys.executable} -m chatstate start --detach --state-dir {state_dir} "
-              f"--port 0")
-    proc = await asyncio.create_subprocess_exec("sh", "-c", script, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    script = f"umask 000 && exec {sys.executable} -m chatstate start --detach --state-dir {state_dir} --port 0"
+    proc = await asyncio.create_subprocess_exec(
+        "sh", "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     _, err = await proc.communicate()
     assert proc.returncode == 0, err
     try:

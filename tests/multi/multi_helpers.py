@@ -23,8 +23,13 @@ HEALTH_DEADLINE_S = 40.0  # generous: 2 shared cores, probe results cached for 5
 
 @asynccontextmanager
 async def gateways(
-    simulators: Sequence[SimulatorServer], url: str, tmp_path: Path, *, count: int = 2,
-    state: dict[str, Any] | None = None, **kw: Any,
+    simulators: Sequence[SimulatorServer],
+    url: str,
+    tmp_path: Path,
+    *,
+    count: int = 2,
+    state: dict[str, Any] | None = None,
+    **kw: Any,
 ) -> AsyncIterator[list[GatewayHarness]]:
     """Start `count` gateways sharing `simulators` and the Redis at `url` (each with its own
     state dir, so nothing is shared through SQLite by accident); stop them in reverse.
@@ -54,7 +59,9 @@ def stored(url: str, plugin_id: str, namespace: str) -> dict[str, Entry]:
         return {e.key: e for e in store.entries()}
 
 
-async def wait_for_health(gw: GatewayHarness, want: Callable[[dict[str, Any]], bool], *, poke: Callable[[], Any] | None = None) -> dict[str, Any]:
+async def wait_for_health(
+    gw: GatewayHarness, want: Callable[[dict[str, Any]], bool], *, poke: Callable[[], Any] | None = None
+) -> dict[str, Any]:
     """Poll /healthz until `want(body)` holds (a deadline, not a sleep-as-sync); `poke` runs
     between polls, e.g. a request that lets a degraded adapter find the store again."""
     deadline = time.monotonic() + HEALTH_DEADLINE_S

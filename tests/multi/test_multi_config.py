@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from multi_helpers import stored, via
+
 from chatstate.gateway.config import parse_config
 from chatstate.gateway.sim.discord import DiscordSimulator
 from chatstate.gateway.sim.harness import GatewayHarness
-from multi_helpers import stored, via
 
 
 def test_the_env_variable_wins_over_the_config_file() -> None:
     raw = {"state": {"url": "redis://127.0.0.1:1/0"}}
     assert parse_config(raw, env={}).state_url == "redis://127.0.0.1:1/0"
-    assert parse_config(raw, env={"CHATSTATE_STATE_URL": "redis://10.0.0.1:6379/2"}).state_url == \
-        "redis://10.0.0.1:6379/2"
+    assert (
+        parse_config(raw, env={"CHATSTATE_STATE_URL": "redis://10.0.0.1:6379/2"}).state_url == "redis://10.0.0.1:6379/2"
+    )
     assert parse_config({}, env={}).state_url is None  # SQLite stays the default
 
 

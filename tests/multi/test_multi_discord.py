@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 
 import discord
+from multi_helpers import gateways, stored, via
 
 from chatstate.gateway.sim.discord import DiscordSimulator
-from multi_helpers import gateways, stored, via
 
 CHANNEL_MESSAGE = discord.InteractionResponseType.channel_message.value
 UPDATE_MESSAGE = discord.InteractionResponseType.message_update.value

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from multi_helpers import gateways, stored, via, wait_for_health
+from redis_support import RedisServer, with_prefix
 
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.slack import SlackSimulator
-from multi_helpers import gateways, stored, via, wait_for_health
-from redis_support import RedisServer, with_prefix
 
 LEASE_MS = 2_000  # a dead gateway's claim on an event blocks retries this long
 THREADS, EVENTS = "slack.thread-participation", "slack.events"
@@ -89,7 +89,6 @@ async def test_sigkill_of_one_gateway_mid_traffic_loses_nothing(shared_url: str,
         assert all("done_at" in e.value for e in stored(shared_url, "slack", EVENTS).values())
         status, health = await b.healthz()
         assert (status, health["status"]) == (200, "ok")
-
 
 
 async def test_redis_killed_and_restarted_mid_traffic(own_redis: RedisServer, tmp_path: Path) -> None:

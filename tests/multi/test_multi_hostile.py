@@ -11,11 +11,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from multi_helpers import gateways, stored
+
 from chatstate.gateway.sim.discord import DiscordEdges, DiscordSimulator
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.slack import SlackEdges, SlackSimulator
 from chatstate.gateway.sim.teams import TeamsEdges, TeamsSimulator
-from multi_helpers import gateways, stored
 
 SCALE = 0.02  # Slack's retry schedule 0 / 60 / 300 s -> 0 / 1.2 / 6 s
 ACTIONS = 24
@@ -88,9 +89,11 @@ async def test_slack_burst_through_two_gateways_with_one_killed(shared_url: str,
         await slack.settle()
         counts = answers()
         taken = [e for e in b.logs() if e.get("event") == "slack_held_event_taken"]
-        print(f"\nslack two gateways, A killed: {ACTIONS} actions, answers per action "
-              f"{sorted(Counter(counts.values()).items())}, acks {dict(acks)}, held events B took {len(taken)}, "
-              f"hits {dict(slack.hits)}")
+        print(
+            f"\nslack two gateways, A killed: {ACTIONS} actions, answers per action "
+            f"{sorted(Counter(counts.values()).items())}, acks {dict(acks)}, held events B took {len(taken)}, "
+            f"hits {dict(slack.hits)}"
+        )
         assert set(counts.values()) == {1}, counts
         assert len(slack.posts()) == ACTIONS
 
@@ -116,9 +119,11 @@ async def test_teams_burst_through_two_gateways_with_one_killed(shared_url: str,
         per_id = Counter(x.get("reply_to_id") for x in sim.sent())
         counts = Counter({i: per_id[i] for i in ids})
         duplicates = sum(n - 1 for n in counts.values() if n > 1)
-        print(f"\nteams two gateways, A killed: {ACTIONS} actions, answers per action "
-              f"{sorted(Counter(counts.values()).items())}, deliveries open at the kill {open_at_kill}, "
-              f"final statuses {dict(Counter(map(str, statuses)))}, hits {dict(sim.hits)}")
+        print(
+            f"\nteams two gateways, A killed: {ACTIONS} actions, answers per action "
+            f"{sorted(Counter(counts.values()).items())}, deliveries open at the kill {open_at_kill}, "
+            f"final statuses {dict(Counter(map(str, statuses)))}, hits {dict(sim.hits)}"
+        )
         assert 0 not in counts.values(), counts  # nothing lost
         assert duplicates <= open_at_kill, counts  # see tests/adapters/teams/test_teams_exactly_once.py
 
@@ -154,18 +159,31 @@ async def test_discord_double_clicks_through_two_gateways_with_one_killed(shared
             if not ok:  # "This interaction failed": the user clicks again, and B answers
                 await sim.deliver(sim.click_payload(panel, "Approve", user_id=who))
 
-        by_interaction = {r.payload["request"]["id"]: r.payload["request"]["message"]["id"]
-                          for r in sim.records if r.kind in ("interaction_response", "interaction_failed")
-                          and r.payload["request"].get("type") == 3}
+        by_interaction = {
+            r.payload["request"]["id"]: r.payload["request"]["message"]["id"]
+            for r in sim.records
+            if r.kind in ("interaction_response", "interaction_failed") and r.payload["request"].get("type") == 3
+        }
         outcomes: dict[str, Counter[str]] = {p["id"]: Counter() for p in panels}
         for ans in sim.answers():
             panel_id = by_interaction.get(ans["interaction_id"])
             if panel_id in outcomes:
-                outcomes[panel_id]["approved" if str(ans["content"]).startswith("Approved by") else str(ans["content"])] += 1
-        summary = Counter("approved once" if o["approved"] == 1 else
-                          ("refused: already used by you" if o["approved"] == 0 and o["You already used this component."]
-                           else repr(dict(o))) for o in outcomes.values())
-        print(f"\ndiscord two gateways, A killed: {len(panels)} buttons double-clicked (one click per gateway), "
-              f"outcomes {dict(summary)}, hits {dict(sim.hits)}")
+                outcomes[panel_id][
+                    "approved" if str(ans["content"]).startswith("Approved by") else str(ans["content"])
+                ] += 1
+        summary = Counter(
+            "approved once"
+            if o["approved"] == 1
+            else (
+                "refused: already used by you"
+                if o["approved"] == 0 and o["You already used this component."]
+                else repr(dict(o))
+            )
+            for o in outcomes.values()
+        )
+        print(
+            f"\ndiscord two gateways, A killed: {len(panels)} buttons double-clicked (one click per gateway), "
+            f"outcomes {dict(summary)}, hits {dict(sim.hits)}"
+        )
         assert all(o["approved"] <= 1 for o in outcomes.values()), outcomes
         assert set(summary) <= {"approved once", "refused: already used by you"}, outcomes

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from multi_helpers import gateways, stored, via
+
 from chatstate.gateway.sim.slack import SlackSimulator
 from chatstate.gateway.sim.teams import TeamsSimulator
-from multi_helpers import gateways, stored, via
 
 CHANNEL = "19:general0123456789@thread.tacv2"
 
@@ -28,7 +29,9 @@ async def test_slack_event_to_a_and_its_retry_to_b_reply_once(shared_url: str, t
         assert (follow.status, follow.body) == (200, "replied"), b.log_tail()
         assert [p["thread_ts"] for p in slack.posts()] == [root, root]
         assert set(stored(shared_url, "slack", "slack.events")) == {
-            f"T0SIM:{event['event_id']}", f"T0SIM:{untagged['event_id']}"}
+            f"T0SIM:{event['event_id']}",
+            f"T0SIM:{untagged['event_id']}",
+        }
 
 
 async def test_teams_reply_through_b_to_a_message_sent_by_a(shared_url: str, tmp_path: Path) -> None:
@@ -38,7 +41,8 @@ async def test_teams_reply_through_b_to_a_message_sent_by_a(shared_url: str, tmp
         [answer] = sim.sent()
         assert f"{answer['conversation_id']}:{answer['id']}" in stored(shared_url, "teams", "msteams.sent-messages")
 
-        reply = sim.activity("message_reply", reply_to_id=answer["id"],
-                             conversation_id=f"{CHANNEL};messageid={answer['id']}")
+        reply = sim.activity(
+            "message_reply", reply_to_id=answer["id"], conversation_id=f"{CHANNEL};messageid={answer['id']}"
+        )
         assert await via(b, sim).deliver(reply) == 200
         assert sim.sent()[-1]["text"] == "[reply_to_bot] you said: thanks, and one more thing"

@@ -14,18 +14,25 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from multi_helpers import gateways, stored
+
 from chatstate.gateway.sim.discord import ALICE
 from chatstate.gateway.sim.discord_gateway import DiscordGatewaySimulator
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.slack_socket import SlackSocketSimulator
-from multi_helpers import gateways, stored
 
 
 def replies_to(sim: SlackSocketSimulator, event: dict[str, Any]) -> list[dict[str, Any]]:
-    return [p for p in sim.posts() if (p.get("metadata") or {}).get("event_payload", {}).get("event_id") == event["event_id"]]
+    return [
+        p
+        for p in sim.posts()
+        if (p.get("metadata") or {}).get("event_payload", {}).get("event_id") == event["event_id"]
+    ]
 
 
-async def test_slack_socket_mode_spreads_envelopes_over_two_gateways_and_survives_a_kill(shared_url: str, tmp_path: Path) -> None:
+async def test_slack_socket_mode_spreads_envelopes_over_two_gateways_and_survives_a_kill(
+    shared_url: str, tmp_path: Path
+) -> None:
     sim = SlackSocketSimulator(ack_timeout_s=1.0, retry_delays_s=(0.0, 1.0, 5.0))
     sim.extra_config.update({"socket_ping_interval_s": 0.5, "event_lease_ms": 1_500})
     async with gateways([sim], shared_url, tmp_path) as (a, b):
@@ -60,9 +67,14 @@ async def test_discord_gateway_one_session_per_shard_and_failover_by_resume(shar
     sim.extra_config.update({"shard_lease_ms": 1_500, "reidentify_delay_s": 0.2})
     config = {"state": {"url": shared_url}}
     async with AsyncExitStack() as stack:
-        a, b = [await stack.enter_async_context(GatewayHarness(
-            [sim], config=config, state_dir=tmp_path / f"gw-{name}", env={"CHATSTATE_DISCORD_GATEWAY_ID": name}))
-            for name in ("a", "b")]
+        a, b = [
+            await stack.enter_async_context(
+                GatewayHarness(
+                    [sim], config=config, state_dir=tmp_path / f"gw-{name}", env={"CHATSTATE_DISCORD_GATEWAY_ID": name}
+                )
+            )
+            for name in ("a", "b")
+        ]
         _, health_b = await b.healthz()
         assert health_b["adapters"]["discord"]["transport"]["status"] == "standby"
         assert len(sim.recorded("gateway_identify")) == 1  # only A connected
@@ -70,8 +82,10 @@ async def test_discord_gateway_one_session_per_shard_and_failover_by_resume(shar
         session_id = sim.current_session().session_id  # type: ignore[union-attr]
 
         await a.kill()
-        while_down = [await sim.dispatch_interaction(sim.click_payload(message, label, user_id=ALICE))
-                      for label in ("Approve", "Refresh")]
+        while_down = [
+            await sim.dispatch_interaction(sim.click_payload(message, label, user_id=ALICE))
+            for label in ("Approve", "Refresh")
+        ]
         contents = [(await asyncio.wait_for(asyncio.shield(p.answered), 30)).content for p in while_down]
         assert contents[0].startswith("Approved by") and "refreshed by" in contents[1]
         resume = sim.recorded("gateway_resume")[0].payload

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from state_support import FakeClock, rows_in
 
 from chatstate.state import KeyedStore, StoreSettings, open_keyed_store
-from state_support import FakeClock, rows_in
 
 BACKENDS = ["sqlite", "redis"]  # redis: $CHATSTATE_TEST_REDIS_URL, else tests/conftest.py starts one
 
@@ -87,8 +87,15 @@ def make_store(target: dict[str, Any], clock: FakeClock) -> Iterator[StoreFactor
         **more: Any,  # v2 options such as max_value_bytes
     ) -> KeyedStore:
         store = open_keyed_store(
-            plugin_id, namespace, max_entries=max_entries, default_ttl_ms=default_ttl_ms,
-            overflow=overflow, clock=clock, settings=settings, **more, **target,
+            plugin_id,
+            namespace,
+            max_entries=max_entries,
+            default_ttl_ms=default_ttl_ms,
+            overflow=overflow,
+            clock=clock,
+            settings=settings,
+            **more,
+            **target,
         )
         opened.append(store)
         return store

@@ -23,9 +23,7 @@ def token(n: int) -> str:
     return f"token-{n}"
 
 
-def contend(
-    worker: int, target: dict[str, Any], n_ops: int, n_tokens: int, barrier: Any, results: Any
-) -> None:
+def contend(worker: int, target: dict[str, Any], n_ops: int, n_tokens: int, barrier: Any, results: Any) -> None:
     """Run `n_ops` mixed operations and put {worker, errors, mine, won, consumed} on `results`.
 
     Own keys (w<worker>-*) are checked against a local model on every call; shared keys only

@@ -9,12 +9,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-
 from redis_support import ReplyDroppingProxy, with_prefix
+
 from chatstate.state import StateStoreError, open_async_keyed_store, open_keyed_store
 
 FAST_RETRY = "&retries=2&backoff_base_s=0.01&backoff_cap_s=0.05"
-
 
 
 def test_unreachable_server_is_unavailable_then_recovers(own_redis):
@@ -22,8 +21,13 @@ def test_unreachable_server_is_unavailable_then_recovers(own_redis):
     with open_keyed_store("p", "ns", max_entries=10, url=url) as store:
         store.register("before", 1)
         own_redis.stop()
-        for call, op in [(lambda: store.register("k", 1), "register"), (lambda: store.lookup("k"), "lookup"),
-                         (lambda: store.consume("k"), "consume"), (store.entries, "entries"), (store.clear, "clear")]:
+        for call, op in [
+            (lambda: store.register("k", 1), "register"),
+            (lambda: store.lookup("k"), "lookup"),
+            (lambda: store.consume("k"), "consume"),
+            (store.entries, "entries"),
+            (store.clear, "clear"),
+        ]:
             with pytest.raises(StateStoreError) as err:
                 call()
             assert (err.value.code, err.value.operation) == ("UNAVAILABLE", op)

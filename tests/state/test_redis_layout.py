@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-
 from redis_support import with_prefix
+from state_support import T0_MS, FakeClock
+
 from chatstate.state import StateStoreError, StoreSettings, open_keyed_store, probe, sweep_expired
 from chatstate.state._redis_options import RedisOptions
-from state_support import T0_MS, FakeClock
 
 
 @pytest.fixture
@@ -41,8 +41,10 @@ def keys_under(client: redis.Redis, prefix: str) -> set[str]:
 
 def test_every_key_carries_the_prefix_and_prefixes_do_not_see_each_other(redis_url, client):
     a, b = f"a{uuid.uuid4().hex[:8]}", f"b{uuid.uuid4().hex[:8]}"
-    with open_keyed_store("slack", "slack.events", max_entries=10, url=with_prefix(redis_url, a)) as sa, \
-         open_keyed_store("slack", "slack.events", max_entries=10, url=with_prefix(redis_url, b)) as sb:
+    with (
+        open_keyed_store("slack", "slack.events", max_entries=10, url=with_prefix(redis_url, a)) as sa,
+        open_keyed_store("slack", "slack.events", max_entries=10, url=with_prefix(redis_url, b)) as sb,
+    ):
         sa.register("T1:E1", {"received_at": 1})
         assert sb.lookup("T1:E1") is None
         assert sb.register_if_absent("T1:E1", {"received_at": 2}) is True
@@ -54,8 +56,10 @@ def test_every_key_carries_the_prefix_and_prefixes_do_not_see_each_other(redis_u
 
 def test_plugin_ids_with_colons_cannot_alias_other_pairs(url):
     # "a:b" + namespace "c" must not share keys with plugin "a" + a namespace that looks alike.
-    with open_keyed_store("a:b", "c", max_entries=5, url=url) as s1, \
-         open_keyed_store("a", "b-c", max_entries=5, url=url) as s2:
+    with (
+        open_keyed_store("a:b", "c", max_entries=5, url=url) as s1,
+        open_keyed_store("a", "b-c", max_entries=5, url=url) as s2,
+    ):
         s1.register("k", 1)
         assert s2.lookup("k") is None
         assert s2.entries() == []
@@ -88,8 +92,10 @@ def test_expiry_grace_is_configurable(redis_url, prefix, client):
 def test_sweep_removes_expired_rows_and_index_entries_in_batches(url, prefix, client):
     clock = FakeClock()
     settings = StoreSettings(sweep_batch_rows=2)
-    with open_keyed_store("p", "one", max_entries=50, url=url, clock=clock, settings=settings) as one, \
-         open_keyed_store("p", "two", max_entries=50, url=url, clock=clock, settings=settings) as two:
+    with (
+        open_keyed_store("p", "one", max_entries=50, url=url, clock=clock, settings=settings) as one,
+        open_keyed_store("p", "two", max_entries=50, url=url, clock=clock, settings=settings) as two,
+    ):
         for i in range(5):
             one.register(f"old{i}", i, ttl_ms=10)
         for i in range(3):
@@ -144,8 +150,9 @@ def test_probe_of_an_unreachable_redis_says_unavailable_and_does_not_raise():
 
 
 def test_probe_cli_accepts_a_url(url):
-    out = subprocess.run([sys.executable, "-m", "chatstate.state", "probe", "--url", url],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "chatstate.state", "probe", "--url", url], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["ok"] is True
 

@@ -9,6 +9,7 @@ import threading
 import traceback
 
 import pytest
+from state_support import T0_MS
 
 from chatstate.state import (
     AsyncKeyedStore,
@@ -18,16 +19,12 @@ from chatstate.state import (
     open_async_keyed_store,
     open_keyed_store,
 )
-from state_support import T0_MS
 
 BACKEND_CALLS = ("write", "read", "read_many", "take", "remove", "remove_all", "scan", "count", "release")
 
 
 def public_methods(cls: type) -> dict[str, object]:
-    return {
-        name: fn for name, fn in vars(cls).items()
-        if not name.startswith("_") and inspect.isfunction(fn)
-    }
+    return {name: fn for name, fn in vars(cls).items() if not name.startswith("_") and inspect.isfunction(fn)}
 
 
 # Writes that capture their value at call time (issue 17, defect 3): plain methods returning an
@@ -38,8 +35,21 @@ CAPTURING = {"register", "register_if_absent", "compare_and_set"}
 def test_async_twin_has_the_same_methods_and_signatures():
     sync, aio = public_methods(KeyedStore), public_methods(AsyncKeyedStore)
     assert set(sync) == set(aio)
-    assert {"register", "register_if_absent", "lookup", "consume", "delete", "clear", "entries", "close",
-            "compare_and_set", "delete_if", "update", "lookup_many", "count"} <= set(sync)
+    assert {
+        "register",
+        "register_if_absent",
+        "lookup",
+        "consume",
+        "delete",
+        "clear",
+        "entries",
+        "close",
+        "compare_and_set",
+        "delete_if",
+        "update",
+        "lookup_many",
+        "count",
+    } <= set(sync)
     for name in sync:
         got, want = inspect.signature(aio[name]), inspect.signature(sync[name])
         if name in CAPTURING:
@@ -95,8 +105,11 @@ async def test_disk_work_runs_off_the_event_loop_thread(target, monkeypatch):
     for name in public_methods(KeyedStore):
         spy(KeyedStore, name)
     real_connect = sqlite3.connect
-    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: (seen.setdefault("connect", set()).add(
-        threading.get_ident()), real_connect(*a, **k))[1])
+    monkeypatch.setattr(
+        sqlite3,
+        "connect",
+        lambda *a, **k: (seen.setdefault("connect", set()).add(threading.get_ident()), real_connect(*a, **k))[1],
+    )
 
     for name in ("_write_register", "_write_claim", "_write_match"):  # the twin's writes land here
         spy(KeyedStore, name)
@@ -155,8 +168,9 @@ def test_close_while_other_threads_write_is_safe(target):
             if closed["a"].is_set() and i % 20 == 0:
                 later[name][n].set()
 
-    threads = [threading.Thread(target=writer, args=(name, store, n))
-               for name, store in (("a", a), ("b", b)) for n in range(2)]
+    threads = [
+        threading.Thread(target=writer, args=(name, store, n)) for name, store in (("a", a), ("b", b)) for n in range(2)
+    ]
     for t in threads:
         t.start()
     for event in progressed["a"] + progressed["b"]:
@@ -170,8 +184,10 @@ def test_close_while_other_threads_write_is_safe(target):
     for t in threads:
         t.join(60)
     assert not failures
-    with open_keyed_store("p", "a", max_entries=100_000, **target) as a2, \
-            open_keyed_store("p", "b", max_entries=100_000, **target) as b2:
+    with (
+        open_keyed_store("p", "a", max_entries=100_000, **target) as a2,
+        open_keyed_store("p", "b", max_entries=100_000, **target) as b2,
+    ):
         assert {e.key for e in a2.entries()} == set(acked["a"])
         assert {e.key for e in b2.entries()} == set(acked["b"])
 

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from state_support import FakeClock
 
 from chatstate.state import database_path, open_keyed_store, probe
 from chatstate.state.cli import main as cli_main
-from state_support import FakeClock
 
 SECRET = "SECRET-VALUE-MARKER"
 PROBE_STEPS = ["state-dir", "open", "schema", "write-read-delete", "checkpoint", "permissions"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 
 import pytest
+from state_support import T0_MS, FakeClock
 
 from chatstate.state import Entry, StateStoreError, StoreSettings, open_keyed_store
-from state_support import T0_MS, FakeClock
 
 
 # -- each method ---------------------------------------------------------------------------
@@ -26,10 +26,7 @@ def test_register_is_an_upsert_that_restarts_created_at(make_store, clock):
     store.register("b", 2)
     clock.advance(5)
     store.register("a", 3)
-    assert [(e.key, e.value, e.created_at) for e in store.entries()] == [
-        ("b", 2, T0_MS + 5),
-        ("a", 3, T0_MS + 10),
-    ]
+    assert [(e.key, e.value, e.created_at) for e in store.entries()] == [("b", 2, T0_MS + 5), ("a", 3, T0_MS + 10)]
 
 
 def test_register_returns_none_and_register_if_absent_claims_once(make_store):
@@ -254,7 +251,6 @@ def test_a_plugins_other_namespaces_never_lock_a_namespace_up(make_store):
     with pytest.raises(StateStoreError) as err:  # only the namespace's own max_entries refuses
         b.register("b2", 2)
     assert "max_entries is 2" in str(err.value)
-
 
 
 # -- reopening -----------------------------------------------------------------------------

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from state_support import T0_MS
 
 from chatstate import state
-from chatstate.state import Database, StateStoreError, checkpoint, open_keyed_store, probe, sweep_expired
-from chatstate.state import _database
-from state_support import T0_MS
+from chatstate.state import Database, StateStoreError, _database, checkpoint, open_keyed_store, probe, sweep_expired
 
 
 @pytest.fixture

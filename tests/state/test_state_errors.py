@@ -15,15 +15,36 @@ from chatstate.state._errors import OPERATIONS
 SECRET = "SECRET-VALUE-MARKER"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "state.md"
 
+
 def test_codes_and_operations_are_the_contracts():
     assert {c.value for c in ErrorCode} == {
-        "OPEN_FAILED", "SCHEMA_UNSUPPORTED", "WRITE_FAILED", "READ_FAILED", "CORRUPT",
-        "LIMIT_EXCEEDED", "INVALID_INPUT", "UNAVAILABLE", "CONFLICT",  # CONFLICT: v2's update()
+        "OPEN_FAILED",
+        "SCHEMA_UNSUPPORTED",
+        "WRITE_FAILED",
+        "READ_FAILED",
+        "CORRUPT",
+        "LIMIT_EXCEEDED",
+        "INVALID_INPUT",
+        "UNAVAILABLE",
+        "CONFLICT",  # CONFLICT: v2's update()
     }
     assert OPERATIONS == {
-        "open", "register", "register_if_absent", "lookup", "consume", "delete", "clear", "entries",
-        "sweep", "probe", "close",
-        "compare_and_set", "delete_if", "update", "lookup_many", "count",  # v2
+        "open",
+        "register",
+        "register_if_absent",
+        "lookup",
+        "consume",
+        "delete",
+        "clear",
+        "entries",
+        "sweep",
+        "probe",
+        "close",
+        "compare_and_set",
+        "delete_if",
+        "update",
+        "lookup_many",
+        "count",  # v2
     }
 
 

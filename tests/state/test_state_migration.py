@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from state_support import rows_in
 
 from chatstate.state import SCHEMA_VERSION, StateStoreError, check_database, open_keyed_store
-from state_support import rows_in
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "state" / "v1.sqlite"
 T0 = 1_700_000_000_000
@@ -24,8 +24,12 @@ NOW = T0 + 1_000  # when the test reads: btn:2 (expires T0+64) has expired, ever
 # (created_at, key) order, as the v1 code wrote them.
 V1_ROWS: dict[tuple[str, str], list[tuple[str, Any, int, int | None]]] = {
     ("slack", "slack.thread-participation"): [
-        (f"T1:A1:C{i}:1700000000.00{i}", {"agent_id": f"a{i}", "replied_at": T0 + i}, T0 + 7 * (i + 1),
-         T0 + 7 * (i + 1) + 86_400_000)
+        (
+            f"T1:A1:C{i}:1700000000.00{i}",
+            {"agent_id": f"a{i}", "replied_at": T0 + i},
+            T0 + 7 * (i + 1),
+            T0 + 7 * (i + 1) + 86_400_000,
+        )
         for i in range(5)
     ],
     ("slack", "slack.events"): [
@@ -33,8 +37,12 @@ V1_ROWS: dict[tuple[str, str], list[tuple[str, Any, int, int | None]]] = {
         ("T1:Ev2", {"received_at": T0 + 1}, T0 + 49, T0 + 49 + 3_600_000),
     ],
     ("discord", "discord.components"): [
-        ("btn:1", {"version": 1, "entry": {"label": "Approve ✓", "n": [1, 2.5, None, True]}}, T0 + 56,
-         T0 + 56 + 1_800_000),
+        (
+            "btn:1",
+            {"version": 1, "entry": {"label": "Approve ✓", "n": [1, 2.5, None, True]}},
+            T0 + 56,
+            T0 + 56 + 1_800_000,
+        ),
         ("btn:2", {"version": 1, "entry": {}}, T0 + 63, T0 + 64),
     ],
     ("echo", "echo.kv"): [
@@ -42,12 +50,14 @@ V1_ROWS: dict[tuple[str, str], list[tuple[str, Any, int, int | None]]] = {
         ("no-ttl", "rewritten, so newest", T0 + 84, None),
     ],
     ("matrix", "matrix.approval-reactions"): [
-        ('["acct","!room:hs","$event"]', {"version": 1, "target": "x"}, T0 + 91, T0 + 91 + 600_000),
+        ('["acct","!room:hs","$event"]', {"version": 1, "target": "x"}, T0 + 91, T0 + 91 + 600_000)
     ],
 }
 SHAPES = {  # what each namespace was opened with by the generator (the reopen check needs none)
-    ("slack", "slack.thread-participation"): 5_000, ("slack", "slack.events"): 50_000,
-    ("discord", "discord.components"): 500, ("echo", "echo.kv"): 100,
+    ("slack", "slack.thread-participation"): 5_000,
+    ("slack", "slack.events"): 50_000,
+    ("discord", "discord.components"): 500,
+    ("echo", "echo.kv"): 100,
     ("matrix", "matrix.approval-reactions"): 1_000,
 }
 
@@ -64,9 +74,12 @@ def v1_file(state_home: Path) -> Path:
 
 def dump(db: Path) -> list[Any]:
     """What a file holds: schema version, table shape and every row."""
-    return [rows_in(db, "PRAGMA user_version"), rows_in(db, "PRAGMA table_info(entries)"),
-            rows_in(db, "SELECT * FROM entries ORDER BY plugin_id, namespace, key"),
-            rows_in(db, "SELECT * FROM namespace_rows ORDER BY plugin_id, namespace")]
+    return [
+        rows_in(db, "PRAGMA user_version"),
+        rows_in(db, "PRAGMA table_info(entries)"),
+        rows_in(db, "SELECT * FROM entries ORDER BY plugin_id, namespace, key"),
+        rows_in(db, "SELECT * FROM namespace_rows ORDER BY plugin_id, namespace"),
+    ]
 
 
 def check_every_row(target: dict[str, Any]) -> list[int]:
@@ -135,8 +148,10 @@ def test_a_newer_schema_is_refused_naming_both_versions(v1_file: Path, sqlite_ta
     conn.commit()
     conn.close()
     before = v1_file.read_bytes()
-    for call in (lambda: check_database(v1_file),
-                 lambda: open_keyed_store("echo", "echo.kv", max_entries=100, **sqlite_target)):
+    for call in (
+        lambda: check_database(v1_file),
+        lambda: open_keyed_store("echo", "echo.kv", max_entries=100, **sqlite_target),
+    ):
         with pytest.raises(StateStoreError) as err:
             call()
         assert err.value.code == "SCHEMA_UNSUPPORTED"
@@ -154,8 +169,14 @@ def write_v1_layout(client: Any, prefix: str) -> None:
         for key, value, created, expires in rows:
             import json
 
-            client.hset(f"{base}:r:{key}", mapping={"v": json.dumps(value, ensure_ascii=False, separators=(",", ":")),
-                                                     "c": created, "e": "" if expires is None else expires})
+            client.hset(
+                f"{base}:r:{key}",
+                mapping={
+                    "v": json.dumps(value, ensure_ascii=False, separators=(",", ":")),
+                    "c": created,
+                    "e": "" if expires is None else expires,
+                },
+            )
             client.zadd(f"{base}:order", {key: created})
             if expires is not None:
                 client.zadd(f"{base}:exp", {key: expires})

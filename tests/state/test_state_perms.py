@@ -64,7 +64,7 @@ def test_guard_notices_a_file_created_after_it_started(tmp_path: Path) -> None:
     assert mode(late) == 0o600
 
 
-def _child_write(db: str, conn: "multiprocessing.connection.Connection") -> None:
+def _child_write(db: str, conn: multiprocessing.connection.Connection) -> None:
     store = open_keyed_store("p", "ns", max_entries=100, path=db)
     loosen(Path(db))
     store.register("from-child", 1)
@@ -90,7 +90,7 @@ def test_a_forked_child_keeps_the_files_private(tmp_path: Path) -> None:
     store.close()
 
 
-def _child_with_inherited(store: Any, db: str, conn: "multiprocessing.connection.Connection") -> None:
+def _child_with_inherited(store: Any, db: str, conn: multiprocessing.connection.Connection) -> None:
     import asyncio
 
     from chatstate.state import StateStoreError, open_async_keyed_store

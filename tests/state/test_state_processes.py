@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 import state_workers
+
 from chatstate.state import open_keyed_store
 
 PROCESSES = 8
@@ -46,8 +47,13 @@ def test_eight_processes_of_mixed_ops_agree_with_the_model(target):
         for r in reports:
             expected.update(r["mine"])
         expected.update({f"shared-{s}": {"shared": s} for s in range(state_workers.SHARED_KEYS)})
-        expected.update({state_workers.token(n): {"token": state_workers.token(n)}
-                         for n in range(TOKENS) if state_workers.token(n) not in consumed})
+        expected.update(
+            {
+                state_workers.token(n): {"token": state_workers.token(n)}
+                for n in range(TOKENS)
+                if state_workers.token(n) not in consumed
+            }
+        )
         assert {e.key: e.value for e in mixed.entries()} == expected
 
         winners = Counter(key for r in reports for key in r["won"])

@@ -10,13 +10,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from chatstate.state import Entry, StateStoreError, StoreSettings, sweep_expired
 from state_support import FakeClock
 
-EXAMPLES = settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+from chatstate.state import Entry, StateStoreError, StoreSettings, sweep_expired
+
+EXAMPLES = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 STORE_SETTINGS = StoreSettings(plugin_max_live_rows=3)  # deprecated, no effect: v2 has no per-plugin cap
 _plugins = itertools.count()  # each example gets its own plugin id on the shared file
 Row = tuple[Any, int, "int | None", int]  # value, created, expires, version
@@ -55,8 +53,9 @@ class Model:
         self.namespaces = namespaces
         self.history: dict[tuple[int, str], list[int]] = {}  # every version a key has had
 
-    def write(self, i: int, key: str, value: Any, ttl: int | None, now: int, *, mode: str,
-              expect: int | None = None) -> bool:
+    def write(
+        self, i: int, key: str, value: Any, ttl: int | None, now: int, *, mode: str, expect: int | None = None
+    ) -> bool:
         ns = self.namespaces[i]
         rows = ns.live(now)
         if mode == "claim" and key in rows:
@@ -134,8 +133,11 @@ KEYS = st.sampled_from(["a", "b", "c", "d", " a ", "b\t", "é", "😀", "k\x00z"
 NS = st.integers(0, 1)
 TTL = st.none() | st.integers(1, 30)
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=6),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=6),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=6,
 )
@@ -180,8 +182,7 @@ def test_random_operations_match_a_dict_model(make_store, target, ops):
     plugin = f"model-{next(_plugins)}"
     shapes = [(2, 20, "evict-oldest"), (2, None, "reject-new")]
     stores = [
-        make_store(plugin, f"ns{i}", max_entries=m, default_ttl_ms=d, overflow=o, clock=clock,
-                   settings=STORE_SETTINGS)
+        make_store(plugin, f"ns{i}", max_entries=m, default_ttl_ms=d, overflow=o, clock=clock, settings=STORE_SETTINGS)
         for i, (m, d, o) in enumerate(shapes)
     ]
     model = Model([ModelNamespace(m, d, o) for m, d, o in shapes])
@@ -213,7 +214,9 @@ def test_random_operations_match_a_dict_model(make_store, target, ops):
             got = observe(lambda: store.update(key, lambda v: [v, 1], ttl_ms=ttl))
             old = model.lookup(i, k, now)
             mode = "claim" if model.lookup_entry(i, k, now) is None else "match"
-            want = observe(lambda: model.write(i, k, [old, 1], ttl, now, mode=mode, expect=model.current(i, k)) and [old, 1])
+            want = observe(
+                lambda: model.write(i, k, [old, 1], ttl, now, mode=mode, expect=model.current(i, k)) and [old, 1]
+            )
             written = k if want[0] == "ok" else None
         elif op == "delete_if":
             k = args[1].strip()
@@ -259,8 +262,22 @@ def nest(leaf: Any, depth: int, as_dict: bool) -> Any:
 
 
 BAD_LEAVES = st.sampled_from(
-    [math.nan, math.inf, -math.inf, (1,), {1}, frozenset(), b"x", bytearray(), {1: "a"}, {None: 1},
-     "x\ud800", {"\udfff": 1}, object(), 10**5000]
+    [
+        math.nan,
+        math.inf,
+        -math.inf,
+        (1,),
+        {1},
+        frozenset(),
+        b"x",
+        bytearray(),
+        {1: "a"},
+        {None: 1},
+        "x\ud800",
+        {"\udfff": 1},
+        object(),
+        10**5000,
+    ]
 )
 BAD_VALUES = st.one_of(
     st.builds(nest, BAD_LEAVES, st.integers(0, 4), st.booleans()),
@@ -271,9 +288,7 @@ BAD_KEYS = st.one_of(
     st.sampled_from(["", " ", "\t\n", None, 1, 1.5, b"k", ("k",), "\ud800", "a\udc00b"]),
     st.builds(lambda n, c: c * n, st.integers(513, 700), st.sampled_from(["k", "é", "€", "😀"])),
 )
-BAD_TTLS = st.one_of(
-    st.integers(max_value=0), st.booleans(), st.floats(), st.sampled_from(["10", 2**53, [1]])
-)
+BAD_TTLS = st.one_of(st.integers(max_value=0), st.booleans(), st.floats(), st.sampled_from(["10", 2**53, [1]]))
 GOOD_KEYS = st.sampled_from(["a", "new", "€"])
 GOOD_VALUES = JSON
 GOOD_TTLS = st.none() | st.integers(1, 1_000)

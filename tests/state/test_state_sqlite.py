@@ -90,8 +90,9 @@ def test_wal_schema_version_and_indexes_on_disk(store, query, db_path):
     assert [r[1] for r in query("PRAGMA table_info(entries)") if r[5]] == ["plugin_id", "namespace", "key"]
     indexed = {
         name: [c[2] for c in query(f"PRAGMA index_info({name})")]
-        for (name,) in query("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'entries'"
-                             " AND sql IS NOT NULL")
+        for (name,) in query(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'entries' AND sql IS NOT NULL"
+        )
     }
     assert ["expires_at"] in indexed.values()
     assert ["plugin_id", "namespace", "created_at", "key"] in indexed.values()
@@ -180,8 +181,11 @@ def test_unreadable_stored_json_is_corrupt_without_showing_it(store, query, db_p
     conn.execute("UPDATE entries SET value = '{\"SECRET-MARKER' WHERE key = 'bad'")
     conn.commit()
     conn.close()
-    for op, call in [("lookup", lambda: store.lookup("bad")), ("entries", store.entries),
-                     ("consume", lambda: store.consume("bad"))]:
+    for op, call in [
+        ("lookup", lambda: store.lookup("bad")),
+        ("entries", store.entries),
+        ("consume", lambda: store.consume("bad")),
+    ]:
         with pytest.raises(StateStoreError) as err:
             call()
         assert (err.value.code, err.value.operation, err.value.path) == ("CORRUPT", op, str(db_path))

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import state_workers
+
 from chatstate.state import database_path, open_keyed_store
 
 CHILD_TIMEOUT_S = 300  # a hung child fails the test instead of hanging the suite
@@ -25,8 +26,7 @@ def test_eight_processes_creating_the_database_at_once_all_succeed(tmp_path: Pat
     for round_no in range(FIRST_OPEN_ROUNDS):
         db = database_path(tmp_path / f"round-{round_no}")  # neither the dir nor the file exists yet
         barrier, results = ctx.Barrier(8), ctx.Queue()
-        workers = [ctx.Process(target=state_workers.first_open, args=(i, str(db), barrier, results))
-                   for i in range(8)]
+        workers = [ctx.Process(target=state_workers.first_open, args=(i, str(db), barrier, results)) for i in range(8)]
         for w in workers:
             w.start()
         reports = [results.get(timeout=CHILD_TIMEOUT_S) for _ in workers]
@@ -40,6 +40,7 @@ def test_eight_processes_creating_the_database_at_once_all_succeed(tmp_path: Pat
         finally:
             store.close()
 
+
 CRASH_ROUNDS = 20
 
 
@@ -49,7 +50,9 @@ def test_sigkill_mid_write_loses_no_acknowledged_write(state_home: Path, db_path
     for round_no in range(CRASH_ROUNDS):
         with subprocess.Popen(
             [sys.executable, state_workers.__file__, "crash", str(state_home), str(round_no)],
-            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         ) as child:
             assert child.stdout is not None
             kill_after = rng.randrange(5, 150)

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import state_workers
+from state_support import T0_MS
+
 from chatstate.state import (
     MAX_BATCH_KEYS,
     Database,
@@ -27,7 +28,6 @@ from chatstate.state import (
     open_keyed_store,
     probe,
 )
-from state_support import T0_MS
 
 
 # -- versions, compare_and_set, delete_if -------------------------------------------------
@@ -167,8 +167,10 @@ def test_processes_counting_with_update_lose_no_increment(target):
     processes, per_process = 4, 40
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(processes), ctx.Queue()
-    workers = [ctx.Process(target=state_workers.count_up, args=(i, target, per_process, barrier, results))
-               for i in range(processes)]
+    workers = [
+        ctx.Process(target=state_workers.count_up, args=(i, target, per_process, barrier, results))
+        for i in range(processes)
+    ]
     for w in workers:
         w.start()
     reports = [results.get(timeout=120) for _ in workers]

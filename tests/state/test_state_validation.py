@@ -58,8 +58,7 @@ def test_namespace_pattern_accepts(make_store, ns):
 
 
 @pytest.mark.parametrize(
-    "ns",
-    ["", "   ", ".hidden", "-x", "_x", "a b", "a/b", "a:b", "é", "a\nb", "\u212aelvin", "\u017flack", "ns\x00"],
+    "ns", ["", "   ", ".hidden", "-x", "_x", "a b", "a/b", "a:b", "é", "a\nb", "\u212aelvin", "\u017flack", "ns\x00"]
 )
 def test_namespace_pattern_rejects(make_store, ns):
     # U+212A KELVIN SIGN and U+017F LONG S match [a-z] under Unicode case folding; the
@@ -177,8 +176,9 @@ def test_values_nested_up_to_depth_64_are_accepted(store, kind, depth):
 @pytest.mark.parametrize("leaf", [0, [], {}, SECRET])
 def test_value_nested_65_deep_is_limit_exceeded(store, dump_rows, kind, leaf):
     before = dump_rows()
-    err = rejects(lambda: store.register("deep", nested(MAX_VALUE_DEPTH + 1, leaf, kind=kind)), "LIMIT_EXCEEDED",
-                  "register")
+    err = rejects(
+        lambda: store.register("deep", nested(MAX_VALUE_DEPTH + 1, leaf, kind=kind)), "LIMIT_EXCEEDED", "register"
+    )
     assert "65" in str(err) and "64" in str(err) and SECRET not in str(err)
     assert dump_rows() == before
 

@@ -54,9 +54,14 @@ class FileRuntime:
         self.config: dict[str, Any] = {}
         self.log = logging.LoggerAdapter(logging.getLogger("test.discord"), {})
 
-    async def open_keyed_store(self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None,
-                               overflow: str = "evict-oldest") -> state.AsyncKeyedStore:
+    async def open_keyed_store(
+        self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None, overflow: str = "evict-oldest"
+    ) -> state.AsyncKeyedStore:
         return await state.open_async_keyed_store(
-            self.plugin_id, namespace, max_entries=max_entries, default_ttl_ms=default_ttl_ms,
-            overflow=overflow, path=self.db,
+            self.plugin_id,
+            namespace,
+            max_entries=max_entries,
+            default_ttl_ms=default_ttl_ms,
+            overflow=overflow,
+            path=self.db,
         )

@@ -6,18 +6,20 @@ import logging
 from pathlib import Path
 
 import discord
+from discord_helpers import FileRuntime
 
 from chatstate.adapters.discord import handlers, platform
 from chatstate.adapters.discord.handlers import EXPIRED, NOT_FOR_YOU, DiscordBot
 from chatstate.adapters.discord.rest import DiscordRest
 from chatstate.adapters.discord.state import Registry
-from discord_helpers import FileRuntime
 
 LOG = logging.LoggerAdapter(logging.getLogger("test.discord"), {})
 
 
 def click(custom_id: str, kind: discord.ComponentType, user_id: str = "1") -> platform.Interaction:
-    return platform.Interaction(discord.InteractionType.component, user_id, "10", custom_id=custom_id, component_type=kind)
+    return platform.Interaction(
+        discord.InteractionType.component, user_id, "10", custom_id=custom_id, component_type=kind
+    )
 
 
 async def test_wrong_kind_unknown_id_and_old_versions_read_as_expired(tmp_path: Path) -> None:

@@ -85,8 +85,9 @@ async def test_a_429_on_message_create_is_honoured_per_bucket(tmp_path: Path) ->
 
 
 async def test_a_429_on_the_webhook_is_honoured(tmp_path: Path) -> None:
-    sim = DiscordSimulator(edges=DiscordEdges(deadline=True, slow_messages_s=2.6, rate_limits=True,
-                                              bucket_size=1, bucket_window_s=1.0))
+    sim = DiscordSimulator(
+        edges=DiscordEdges(deadline=True, slow_messages_s=2.6, rate_limits=True, bucket_size=1, bucket_window_s=1.0)
+    )
     async with GatewayHarness([sim], state_dir=tmp_path / "state"):
         # two deferred commands in two channels finish together: one webhook bucket, one slot
         a = sim.interaction("application_command", user_id=ALICE)

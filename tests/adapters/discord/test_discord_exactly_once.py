@@ -73,10 +73,14 @@ async def test_double_clicks_through_a_sigkill_approve_each_button_once(tmp_path
                     raise AssertionError("the restarted gateway did not answer") from None
         outcomes = outcome_per_panel(sim, panels)
         summary = Counter(
-            "approved once" if o["approved"] == 1 else
-            ("refused: already used by you" if o["approved"] == 0 and o[YOU_ALREADY_USED] else repr(dict(o)))
-            for o in outcomes.values())
-        print(f"\ndiscord sigkill burst: {PANELS} buttons double-clicked, users retried {retried}, "
-              f"outcomes {dict(summary)}, hits {dict(sim.hits)}")
+            "approved once"
+            if o["approved"] == 1
+            else ("refused: already used by you" if o["approved"] == 0 and o[YOU_ALREADY_USED] else repr(dict(o)))
+            for o in outcomes.values()
+        )
+        print(
+            f"\ndiscord sigkill burst: {PANELS} buttons double-clicked, users retried {retried}, "
+            f"outcomes {dict(summary)}, hits {dict(sim.hits)}"
+        )
         assert all(o["approved"] <= 1 for o in outcomes.values()), outcomes  # never two effects
         assert set(summary) <= {"approved once", "refused: already used by you"}, outcomes

@@ -12,8 +12,8 @@ from typing import Literal
 
 import discord
 import pytest
-
 from discord_helpers import COMPONENTS, MODALS, custom_ids, rows
+
 from chatstate.gateway.sim.discord import ALICE, BOB, DiscordSimulator
 from chatstate.gateway.sim.harness import GatewayHarness
 
@@ -35,7 +35,9 @@ async def test_ping_is_answered_with_pong(sim: DiscordSimulator, gw: GatewayHarn
     assert (reply.status, reply.body) == (200, {"type": discord.InteractionResponseType.pong.value})
 
 
-async def test_panel_entries_are_on_disk_before_the_message_is_posted(sim: DiscordSimulator, gw: GatewayHarness) -> None:
+async def test_panel_entries_are_on_disk_before_the_message_is_posted(
+    sim: DiscordSimulator, gw: GatewayHarness
+) -> None:
     on_disk_at_post: list[set[str]] = []
     sim.on_message = lambda m: on_disk_at_post.append(
         set(rows(gw.database_path, COMPONENTS)) | set(rows(gw.database_path, MODALS))
@@ -162,7 +164,10 @@ async def test_entries_expire_after_their_ttl(tmp_path: Path) -> None:
         for label in ("Refresh", "Approve", "Feedback"):
             reply = await sim.click(message, label)
             assert (reply.content, reply.ephemeral) == (EXPIRED, True), label
-        modal = {"custom_id": modal_id, "components": [{"type": 1, "components": [{"type": 4, "custom_id": "comment"}]}]}
+        modal = {
+            "custom_id": modal_id,
+            "components": [{"type": 1, "components": [{"type": 4, "custom_id": "comment"}]}],
+        }
         submit = await sim.submit_modal(modal, {"comment": "late"}, message=message)
         assert submit.content == EXPIRED
 

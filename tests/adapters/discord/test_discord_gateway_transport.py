@@ -59,8 +59,14 @@ async def test_resume_after_restart_receives_what_was_dispatched_while_down(
             await sim.dispatch_interaction(sim.click_payload(message, "Approve", user_id=ALICE)),
             await sim.dispatch_interaction(sim.click_payload(message, "Refresh", user_id=BOB)),
         ]
-        submit = sim.interaction("modal_submit", user_id=ALICE, data={"custom_id": opened.data["custom_id"], "components": [
-            {"type": 1, "components": [{"type": 4, "custom_id": "comment", "value": "ship it"}]}]})
+        submit = sim.interaction(
+            "modal_submit",
+            user_id=ALICE,
+            data={
+                "custom_id": opened.data["custom_id"],
+                "components": [{"type": 1, "components": [{"type": 4, "custom_id": "comment", "value": "ship it"}]}],
+            },
+        )
         submit["channel_id"] = message["channel_id"]
         while_down.append(await sim.dispatch_interaction(submit))
         await gw.start()
@@ -79,8 +85,10 @@ async def test_resume_after_restart_receives_what_was_dispatched_while_down(
         # single-use entries were consumed by the replayed interactions, exactly as over HTTP
         again = await sim.click(message, "Approve", user_id=BOB)
         assert again.content in (ALREADY_USED, EXPIRED) and again.ephemeral
-        print(f"\n[issue19] discord RESUME after SIG{kind.upper()}: replayed={resume['replayed']}, "
-              f"received_after_resume={health['received_after_resume']}, answered={len(while_down)}")
+        print(
+            f"\n[issue19] discord RESUME after SIG{kind.upper()}: replayed={resume['replayed']}, "
+            f"received_after_resume={health['received_after_resume']}, answered={len(while_down)}"
+        )
 
 
 async def test_kill_with_an_answer_in_flight_is_not_answered_twice_after_resume(tmp_path: Path) -> None:
@@ -115,12 +123,17 @@ async def test_resume_refused_outside_the_window_identifies_afresh(tmp_path: Pat
         await gw.start()
 
         assert [r.kind for r in sim.records if r.kind in ("gateway_resume_refused", "gateway_identify")] == [
-            "gateway_identify", "gateway_resume_refused", "gateway_identify"]
+            "gateway_identify",
+            "gateway_resume_refused",
+            "gateway_identify",
+        ]
         health = await transport(gw)
         assert health["last_start"] == "identified"
         assert health["identify_reason"] == "resume refused (INVALID_SESSION)"
-        assert any(e.get("event") == "discord_gateway_session_lost" and e.get("reason") == health["identify_reason"]
-                   for e in gw.logs())
+        assert any(
+            e.get("event") == "discord_gateway_session_lost" and e.get("reason") == health["identify_reason"]
+            for e in gw.logs()
+        )
         assert not lost.answered.done()  # Discord dropped it with the session; nothing to replay
         # the registries are in the store, not the session: the panel still works
         refreshed = await sim.click(message, "Refresh", user_id=BOB)

@@ -63,7 +63,11 @@ def test_parse_reads_every_fixture() -> None:
 
     command = wire.parse(json.dumps(fixture("application_command")).encode())
     assert command.type is discord.InteractionType.application_command
-    assert (command.command, command.options, command.user_id) == ("panel", {"restrict_to": "1100000000000000002"}, "1100000000000000002")
+    assert (command.command, command.options, command.user_id) == (
+        "panel",
+        {"restrict_to": "1100000000000000002"},
+        "1100000000000000002",
+    )
 
     button = wire.parse(json.dumps(fixture("component_button")).encode())
     assert button.type is discord.InteractionType.component

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import discord
 import pytest
+from discord_helpers import FileRuntime
 
 from chatstate.adapters.discord import handlers
 from chatstate.adapters.discord.state import COMPONENTS, MODALS, Registry, unwrap, wrap
-from discord_helpers import FileRuntime
 
 
 def test_specs_are_the_design_table() -> None:
@@ -34,7 +34,9 @@ async def test_panel_entries_match_what_discord_py_serializes() -> None:
         entry = panel.components[c["custom_id"]]
         assert entry["component_type"] == c["type"]
         assert entry["allowed_user_ids"] == ["42"]
-    kinds = {e["action"]: (discord.ComponentType(e["component_type"]), e["single_use"]) for e in panel.components.values()}
+    kinds = {
+        e["action"]: (discord.ComponentType(e["component_type"]), e["single_use"]) for e in panel.components.values()
+    }
     assert kinds == {
         "refresh": (discord.ComponentType.button, False),
         "approve": (discord.ComponentType.button, True),

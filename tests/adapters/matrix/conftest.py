@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
-from chatstate.gateway.sim.harness import GatewayHarness
-from chatstate.gateway.sim.matrix import MatrixHomeserver
 from synapse_driver import SynapseRoomDriver
 from synapse_install import synapse_python
 from synapse_server import SynapseServer
+
+from chatstate.gateway.sim.harness import GatewayHarness
+from chatstate.gateway.sim.matrix import MatrixHomeserver
 
 
 @pytest.fixture

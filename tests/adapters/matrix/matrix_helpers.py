@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from synapse_driver import SynapseRoomDriver
+
 from chatstate.adapters.matrix import platform
 from chatstate.gateway.clock import now_ms
 from chatstate.gateway.sim.matrix import SERVER_NAME, MatrixHomeserver
-from synapse_driver import SynapseRoomDriver
 
 Homeserver = MatrixHomeserver | SynapseRoomDriver  # the simulator, or this test's room on Synapse
 
@@ -65,7 +66,8 @@ def expired_notices(sim: Homeserver) -> list[dict[str, Any]]:
 def seeds(sim: Homeserver, prompt_id: str) -> list[str]:
     """Reaction keys the bot seeded on `prompt_id`, in order."""
     return [
-        s["content"]["m.relates_to"]["key"] for s in sim.sent("m.reaction")
+        s["content"]["m.relates_to"]["key"]
+        for s in sim.sent("m.reaction")
         if s["content"]["m.relates_to"]["event_id"] == prompt_id
     ]
 

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from synapse_server import PASSWORD, SynapseServer
 
 from chatstate.gateway.sim.base import Record
-from synapse_server import PASSWORD, SynapseServer
 
 API = "/_matrix/client/v3"
 OBSERVER_LIMIT = 1000  # alice's timeline limit: far more than any test sends between two syncs
@@ -71,10 +71,18 @@ class SynapseRoomDriver:
 
     async def new_bot_device(self) -> str:
         """Log the bot in again (a new device and token; `gateway_config` now gives it)."""
-        login = await self.call("POST", "/login", self.bot_user, {
-            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": self.bot_user},
-            "password": PASSWORD, "initial_device_display_name": "chatstate-test",
-        }, token=None)
+        login = await self.call(
+            "POST",
+            "/login",
+            self.bot_user,
+            {
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": self.bot_user},
+                "password": PASSWORD,
+                "initial_device_display_name": "chatstate-test",
+            },
+            token=None,
+        )
         self.access_token = login["access_token"]
         self.tokens[self.bot_user] = self.access_token
         return self.access_token
@@ -90,9 +98,14 @@ class SynapseRoomDriver:
         if not bot_may_post:  # the bot may read but not post: its sends get M_FORBIDDEN
             levels = {"users": {self.bob: 50, self.mallory: 50}, "events_default": 50}
         people = [u for u in (self.alice, self.bob, self.mallory) if u != creator]
-        room = (await self.call("POST", "/createRoom", creator, {
-            "preset": "private_chat", "invite": people, "power_level_content_override": levels,
-        }))["room_id"]
+        room = (
+            await self.call(
+                "POST",
+                "/createRoom",
+                creator,
+                {"preset": "private_chat", "invite": people, "power_level_content_override": levels},
+            )
+        )["room_id"]
         for user in people:
             await self.call("POST", f"/join/{_q(room)}", user, {})
         self.tokens.setdefault(creator, self.tokens[creator])
@@ -125,10 +138,17 @@ class SynapseRoomDriver:
             self._http = None
 
     def gateway_config(self) -> dict[str, Any]:
-        return {"enabled": True, "homeserver": self.base_url, "access_token": self.access_token, "approvers": list(self.approvers)}
+        return {
+            "enabled": True,
+            "homeserver": self.base_url,
+            "access_token": self.access_token,
+            "approvers": list(self.approvers),
+        }
 
     # -- acting as people ------------------------------------------------------------------
-    async def call(self, method: str, path: str, as_user: str, body: Any = None, *, token: str | None = "") -> dict[str, Any]:
+    async def call(
+        self, method: str, path: str, as_user: str, body: Any = None, *, token: str | None = ""
+    ) -> dict[str, Any]:
         """A client-server call as `as_user`. Raises MatrixCallError for a non-2xx answer."""
         assert self._http is not None, "open() first"
         auth = self.tokens[as_user] if token == "" else token
@@ -157,8 +177,10 @@ class SynapseRoomDriver:
     # -- what the bot did, as alice sees it ----------------------------------------------
     def sent(self, event_type: str | None = None, room_id: str | None = None) -> list[dict[str, Any]]:
         return [
-            r.payload for r in self.records
-            if (event_type is None or r.payload["type"] == event_type) and (room_id is None or r.payload["room_id"] == room_id)
+            r.payload
+            for r in self.records
+            if (event_type is None or r.payload["type"] == event_type)
+            and (room_id is None or r.payload["room_id"] == room_id)
         ]
 
     def recorded(self, kind: str | None = None) -> list[Record]:
@@ -182,8 +204,11 @@ class SynapseRoomDriver:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._observer
         # a filter naming this test's rooms: never answered from another test's cached sync
-        flt = {"room": {"rooms": list(self.rooms), "timeline": {"limit": OBSERVER_LIMIT}},
-               "presence": {"not_types": ["*"]}, "account_data": {"not_types": ["*"]}}
+        flt = {
+            "room": {"rooms": list(self.rooms), "timeline": {"limit": OBSERVER_LIMIT}},
+            "presence": {"not_types": ["*"]},
+            "account_data": {"not_types": ["*"]},
+        }
         filter_id = (await self.call("POST", f"/user/{_q(self.alice)}/filter", self.alice, flt))["filter_id"]
         first = await self._sync(filter_id, None, 0)
         self._observer = asyncio.create_task(self._observe(filter_id, first), name="alice-observer")
@@ -209,10 +234,17 @@ class SynapseRoomDriver:
                 event = {**event, "room_id": room_id}
                 self.events.append(event)
                 if event["sender"] == self.bot_user:
-                    self.records.append(Record("room_send", {
-                        "room_id": room_id, "type": event["type"], "content": event.get("content", {}),
-                        "event_id": event["event_id"],
-                    }))
+                    self.records.append(
+                        Record(
+                            "room_send",
+                            {
+                                "room_id": room_id,
+                                "type": event["type"],
+                                "content": event.get("content", {}),
+                                "event_id": event["event_id"],
+                            },
+                        )
+                    )
         async with self._changed:
             self._changed.notify_all()
         return str(body["next_batch"])

@@ -35,7 +35,9 @@ def _check(python: str) -> str | None:
     try:
         out = subprocess.run(
             [python, "-c", "import synapse, sys; sys.stdout.write(synapse.__version__)"],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -63,7 +65,15 @@ def synapse_python() -> str:
         shutil.rmtree(venv, ignore_errors=True)
         steps = [
             [sys.executable, "-m", "venv", str(venv)],
-            [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"matrix-synapse=={SYNAPSE_VERSION}"],
+            [
+                python,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                f"matrix-synapse=={SYNAPSE_VERSION}",
+            ],
         ]
         for step in steps:
             done = subprocess.run(step, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)

@@ -71,10 +71,16 @@ class SynapseServer:
         return {
             "server_name": SERVER_NAME,
             "pid_file": str(data / "homeserver.pid"),
-            "listeners": [{
-                "port": self.port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
-                "x_forwarded": False, "resources": [{"names": ["client"], "compress": False}],
-            }],
+            "listeners": [
+                {
+                    "port": self.port,
+                    "bind_addresses": ["127.0.0.1"],
+                    "type": "http",
+                    "tls": False,
+                    "x_forwarded": False,
+                    "resources": [{"names": ["client"], "compress": False}],
+                }
+            ],
             "database": {"name": "sqlite3", "args": {"database": str(data / "homeserver.db")}},
             "log_config": None,  # INFO lines to stderr, which we send to synapse.log
             "media_store_path": str(data / "media"),
@@ -107,14 +113,19 @@ class SynapseServer:
         cfg.write_text(json.dumps(self.config(), indent=1))  # JSON is YAML
         keys = subprocess.run(
             [self.python, "-m", "synapse.app.homeserver", "-c", str(cfg), "--generate-keys"],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if keys.returncode != 0:
             raise RuntimeError(f"synapse --generate-keys failed:\n{keys.stderr[-2000:]}")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [self.python, "-m", "synapse.app.homeserver", "-c", str(cfg)],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=self.workdir,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
             )
         deadline = time.monotonic() + START_DEADLINE_S
         while True:  # Synapse has no readiness pipe: poll its first endpoint, bounded
@@ -168,7 +179,9 @@ class SynapseServer:
         """Register with the shared secret (Synapse admin API, HMAC-SHA1 over the fields)."""
         nonce = self.call("GET", "/_synapse/admin/v1/register")["nonce"]
         kind = "admin" if admin else "notadmin"
-        mac = hmac.new(self.secret.encode(), b"\x00".join(p.encode() for p in (nonce, localpart, PASSWORD, kind)), hashlib.sha1)
+        mac = hmac.new(
+            self.secret.encode(), b"\x00".join(p.encode() for p in (nonce, localpart, PASSWORD, kind)), hashlib.sha1
+        )
         body = {"nonce": nonce, "username": localpart, "password": PASSWORD, "admin": admin, "mac": mac.hexdigest()}
         out = self.call("POST", "/_synapse/admin/v1/register", body)
         return Account(out["user_id"], out["access_token"], out["device_id"])
@@ -176,10 +189,15 @@ class SynapseServer:
     def override_ratelimit(self, user_id: str, *, messages_per_second: float, burst_count: int) -> None:
         """Set `user_id`'s message rate limit (0/0 = unlimited) through the admin API."""
         self.call(
-            "POST", f"/_synapse/admin/v1/users/{user_id}/override_ratelimit",
+            "POST",
+            f"/_synapse/admin/v1/users/{user_id}/override_ratelimit",
             {"messages_per_second": messages_per_second, "burst_count": burst_count},
             token=self.accounts["alice"].access_token,
         )
 
     def reset_ratelimit(self, user_id: str) -> None:
-        self.call("DELETE", f"/_synapse/admin/v1/users/{user_id}/override_ratelimit", token=self.accounts["alice"].access_token)
+        self.call(
+            "DELETE",
+            f"/_synapse/admin/v1/users/{user_id}/override_ratelimit",
+            token=self.accounts["alice"].access_token,
+        )

@@ -13,17 +13,16 @@ from typing import Any
 
 import pytest
 from nio import Event
+from test_matrix_units import FileRuntime
 
-from chatstate.gateway.clock import now_ms
 from chatstate.adapters.matrix.config import MatrixSettings
-from chatstate.adapters.matrix.handlers import EventDispatcher
-from chatstate.adapters.matrix.handlers import ApprovalFlow
+from chatstate.adapters.matrix.handlers import ApprovalFlow, EventDispatcher
 from chatstate.adapters.matrix.platform import MatrixError, MatrixIO
 from chatstate.adapters.matrix.state import HandledEvents, ReactionTargets, RequesterSlots
 from chatstate.gateway.approvals import ApprovalService
+from chatstate.gateway.clock import now_ms
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.sim.matrix import fixture
-from test_matrix_units import FileRuntime
 
 BOT, ALICE, ROOM = "@chatstate-bot:sim.local", "@alice:sim.local", "!ops:sim.local"
 LOG = logging.LoggerAdapter(logging.getLogger("test.matrix.dispatch"))
@@ -35,7 +34,9 @@ class RecordingFlow(ApprovalFlow):
     def __init__(self, runtime_parts: tuple[Any, ...], failures: list[BaseException | None]) -> None:
         io = MatrixIO("http://127.0.0.1:9", "unused")  # never called: the handlers are replaced
         io.user_id = BOT
-        super().__init__(io, *runtime_parts, approvers=[ALICE], approval_ttl_ms=60_000, max_pending_per_requester=2, log=LOG)
+        super().__init__(
+            io, *runtime_parts, approvers=[ALICE], approval_ttl_ms=60_000, max_pending_per_requester=2, log=LOG
+        )
         self.calls: list[tuple[str, float]] = []
         self.failures = failures
 
@@ -66,7 +67,9 @@ async def parts(runtime: FileRuntime) -> tuple[Any, ...]:
     return made
 
 
-async def dispatcher(runtime: FileRuntime, failures: list[BaseException | None] | None = None, attempts: int = 3) -> EventDispatcher:
+async def dispatcher(
+    runtime: FileRuntime, failures: list[BaseException | None] | None = None, attempts: int = 3
+) -> EventDispatcher:
     ledger = HandledEvents(legacy=False)
     await ledger.open(runtime)
     return EventDispatcher(RecordingFlow(await parts(runtime), failures or []), ledger, max_attempts=attempts, log=LOG)
@@ -94,7 +97,12 @@ def redaction(of: str) -> Any:
 
 async def test_each_event_acts_once_across_dispatchers_on_one_file(runtime: FileRuntime) -> None:
     one, two = await dispatcher(runtime), await dispatcher(runtime)
-    batch = [request("$m1"), request("$chat", body="hello"), reaction("$r1"), reaction("$r2", sender="@mallory:sim.local")]
+    batch = [
+        request("$m1"),
+        request("$chat", body="hello"),
+        reaction("$r1"),
+        reaction("$r2", sender="@mallory:sim.local"),
+    ]
     await one.room_events(ROOM, batch)
     await two.room_events(ROOM, batch)  # a replayed batch: another run, device or gateway
     assert [c[0] for c in one.flow.calls] == ["$m1", "$r1"]  # type: ignore[attr-defined]
@@ -167,12 +175,21 @@ def test_config_keys_of_issue_13_and_15() -> None:
     cfg = MatrixSettings.from_table(base)
     assert (cfg.sync_timeline_limit, cfg.backfill_max_events, cfg.event_max_attempts) == (50, 1_000, 3)
     assert (cfg.auto_join, cfg.inviters, cfg.max_pending_per_requester) == (True, ("@a:s",), 5)
-    env = {"CHATSTATE_MATRIX_AUTO_JOIN": "false", "CHATSTATE_MATRIX_AUTO_JOIN_INVITERS": "@b:s,@c:s",
-           "CHATSTATE_MATRIX_SYNC_TIMELINE_LIMIT": "7"}
+    env = {
+        "CHATSTATE_MATRIX_AUTO_JOIN": "false",
+        "CHATSTATE_MATRIX_AUTO_JOIN_INVITERS": "@b:s,@c:s",
+        "CHATSTATE_MATRIX_SYNC_TIMELINE_LIMIT": "7",
+    }
     from_env = MatrixSettings.from_table(base, env=env)
     assert (from_env.auto_join, from_env.inviters, from_env.sync_timeline_limit) == (False, ("@b:s", "@c:s"), 7)
-    for key, value in [("auto_join", "maybe"), ("auto_join_inviters", ["bob"]), ("backfill_max_events", 0),
-                       ("event_max_attempts", 0), ("max_pending_per_requester", 0), ("sync_timeline_limit", 0)]:
+    for key, value in [
+        ("auto_join", "maybe"),
+        ("auto_join_inviters", ["bob"]),
+        ("backfill_max_events", 0),
+        ("event_max_attempts", 0),
+        ("max_pending_per_requester", 0),
+        ("sync_timeline_limit", 0),
+    ]:
         with pytest.raises(ConfigError, match=f"adapters.matrix.{key}"):
             MatrixSettings.from_table({**base, key: value})
 

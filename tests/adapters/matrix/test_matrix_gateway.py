@@ -14,10 +14,6 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-
-from chatstate.adapters.matrix import platform
-from chatstate.gateway.sim.harness import GatewayHarness, GatewayStartError
-from chatstate.gateway.sim.matrix import MatrixHomeserver
 from matrix_helpers import (
     ALICE,
     BOB,
@@ -34,6 +30,10 @@ from matrix_helpers import (
     rows,
     seeds,
 )
+
+from chatstate.adapters.matrix import platform
+from chatstate.gateway.sim.harness import GatewayHarness, GatewayStartError
+from chatstate.gateway.sim.matrix import MatrixHomeserver
 
 DEFAULT_TTL_MS = 30 * 60 * 1000
 CLOCK_READ_TOLERANCE_MS = 1_000
@@ -79,8 +79,11 @@ async def test_prompt_target_and_approval_are_on_disk_when_the_prompt_is_complet
     matrix = health["adapters"]["matrix"]
     assert (status, matrix["status"], matrix["mode"], matrix["user"]) == (200, "ok", "store", sim.bot_user)
     assert {s["namespace"]: s["mode"] for s in matrix["stores"]} == {
-        REACTIONS: "store", SYNC: "store", PENDING: "store",
-        "matrix.handled-events": "store", "matrix.requester-slots": "store",
+        REACTIONS: "store",
+        SYNC: "store",
+        PENDING: "store",
+        "matrix.handled-events": "store",
+        "matrix.requester-slots": "store",
     }
 
 
@@ -192,7 +195,9 @@ async def test_expired_approval_says_so_across_a_restart(sim: MatrixHomeserver, 
         assert target_key(sim, prompt) not in rows(gw.database_path, "matrix", REACTIONS)
 
 
-async def test_legacy_mode_forgets_prompts_and_missed_reactions_on_restart(sim: MatrixHomeserver, tmp_path: Path) -> None:
+async def test_legacy_mode_forgets_prompts_and_missed_reactions_on_restart(
+    sim: MatrixHomeserver, tmp_path: Path
+) -> None:
     async with GatewayHarness([sim], modes="legacy", state_dir=tmp_path / "state") as gw:
         first = await request(sim, "warm up")  # legacy works while it is up...
         await sim.react(ROOM, ALICE, first["event_id"], "✅")

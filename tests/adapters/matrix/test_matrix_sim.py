@@ -7,33 +7,30 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from matrix_helpers import ALICE, MALLORY, ROOM
 from nio import (
     AsyncClient,
+    AsyncClientConfig,
     Event,
+    InviteMemberEvent,
     JoinedRoomsResponse,
+    JoinResponse,
+    MessageDirection,
     ReactionEvent,
     RedactedEvent,
     RedactionEvent,
     RoomGetEventError,
+    RoomMessagesResponse,
     RoomMessageText,
+    RoomSendError,
     RoomSendResponse,
     SyncResponse,
+    UploadFilterResponse,
     WhoamiError,
     WhoamiResponse,
 )
 
-from nio import (
-    AsyncClientConfig,
-    InviteMemberEvent,
-    JoinResponse,
-    MessageDirection,
-    RoomMessagesResponse,
-    RoomSendError,
-    UploadFilterResponse,
-)
-
 from chatstate.gateway.sim.matrix import SERVER_NAME, MatrixHomeserver, fixture
-from matrix_helpers import ALICE, MALLORY, ROOM
 
 
 @pytest.fixture
@@ -67,7 +64,9 @@ async def test_whoami_joined_rooms_and_token_check(sim: MatrixHomeserver, client
     assert isinstance(await client.whoami(), WhoamiError)
 
 
-async def test_sync_long_polls_until_an_event_and_resumes_from_since(sim: MatrixHomeserver, client: AsyncClient) -> None:
+async def test_sync_long_polls_until_an_event_and_resumes_from_since(
+    sim: MatrixHomeserver, client: AsyncClient
+) -> None:
     await sim.send_message(ROOM, ALICE, "history")
     first = await client.sync(timeout=0, full_state=True)
     assert isinstance(first, SyncResponse)
@@ -80,7 +79,11 @@ async def test_sync_long_polls_until_an_event_and_resumes_from_since(sim: Matrix
     second = await poll
     assert isinstance(second, SyncResponse)
     (event,) = second.rooms.join[ROOM].timeline.events
-    assert isinstance(event, ReactionEvent) and (event.event_id, event.reacts_to, event.key) == (reaction_id, "$prompt", "✅")
+    assert isinstance(event, ReactionEvent) and (event.event_id, event.reacts_to, event.key) == (
+        reaction_id,
+        "$prompt",
+        "✅",
+    )
 
     replay = await client.sync(timeout=0, since=first.next_batch)  # an old token gets it again
     assert isinstance(replay, SyncResponse) and replay.next_batch == second.next_batch
@@ -103,7 +106,9 @@ async def test_send_is_idempotent_per_txn_and_recorded_once(sim: MatrixHomeserve
     one = await client.room_send(ROOM, "m.room.message", content, tx_id="t1")
     two = await client.room_send(ROOM, "m.room.message", content, tx_id="t1")
     three = await client.room_send(ROOM, "m.room.message", content, tx_id="t2")
-    assert isinstance(one, RoomSendResponse) and isinstance(two, RoomSendResponse) and isinstance(three, RoomSendResponse)
+    assert (
+        isinstance(one, RoomSendResponse) and isinstance(two, RoomSendResponse) and isinstance(three, RoomSendResponse)
+    )
     assert one.event_id == two.event_id != three.event_id
     assert [s["txn_id"] for s in sim.sent("m.room.message")] == ["t1", "t2"]
     assert len(sim.recorded("room_send_retry")) == 1
@@ -115,7 +120,9 @@ async def test_send_is_idempotent_per_txn_and_recorded_once(sim: MatrixHomeserve
 
 
 # -- what a real homeserver does (issue 13) ----------------------------------------------------
-async def test_a_limited_timeline_pages_back_with_messages_to_the_since_token(sim: MatrixHomeserver, client: AsyncClient) -> None:
+async def test_a_limited_timeline_pages_back_with_messages_to_the_since_token(
+    sim: MatrixHomeserver, client: AsyncClient
+) -> None:
     start = await client.sync(timeout=0)
     assert isinstance(start, SyncResponse)
     flt = await client.upload_filter(room={"timeline": {"limit": 3}})
@@ -128,7 +135,9 @@ async def test_a_limited_timeline_pages_back_with_messages_to_the_since_token(si
     assert isinstance(resp, SyncResponse)
     timeline = resp.rooms.join[ROOM].timeline
     assert timeline.limited and [e.body for e in timeline.events] == ["m5", "m6", "m7"]
-    page = await client.room_messages(ROOM, timeline.prev_batch, end=start.next_batch, direction=MessageDirection.back, limit=4)
+    page = await client.room_messages(
+        ROOM, timeline.prev_batch, end=start.next_batch, direction=MessageDirection.back, limit=4
+    )
     assert isinstance(page, RoomMessagesResponse) and [e.body for e in page.chunk] == ["m4", "m3", "m2", "m1"]
     rest = await client.room_messages(ROOM, page.end, end=start.next_batch, direction=MessageDirection.back, limit=4)
     assert isinstance(rest, RoomMessagesResponse) and [e.body for e in rest.chunk] == ["m0"]
@@ -136,7 +145,9 @@ async def test_a_limited_timeline_pages_back_with_messages_to_the_since_token(si
     assert isinstance(unfiltered, SyncResponse) and not unfiltered.rooms.join[ROOM].timeline.limited  # 8 <= 10
 
 
-async def test_an_identical_sync_is_answered_from_the_cache_a_new_filter_is_not(sim: MatrixHomeserver, client: AsyncClient) -> None:
+async def test_an_identical_sync_is_answered_from_the_cache_a_new_filter_is_not(
+    sim: MatrixHomeserver, client: AsyncClient
+) -> None:
     start = await client.sync(timeout=0)
     assert isinstance(start, SyncResponse)
     await sim.send_message(ROOM, ALICE, "before")
@@ -148,7 +159,10 @@ async def test_an_identical_sync_is_answered_from_the_cache_a_new_filter_is_not(
     flt = await client.upload_filter(room={"org.chatstate.start": "fresh"})
     assert isinstance(flt, UploadFilterResponse)
     fresh = await client.sync(timeout=0, since=start.next_batch, sync_filter=flt.filter_id)
-    assert isinstance(fresh, SyncResponse) and [e.body for e in fresh.rooms.join[ROOM].timeline.events] == ["before", "after"]
+    assert isinstance(fresh, SyncResponse) and [e.body for e in fresh.rooms.join[ROOM].timeline.events] == [
+        "before",
+        "after",
+    ]
 
 
 async def test_throttled_and_forbidden_sends_answer_like_synapse(sim: MatrixHomeserver) -> None:
@@ -157,7 +171,10 @@ async def test_throttled_and_forbidden_sends_answer_like_synapse(sim: MatrixHome
     try:
         sim.throttle(250)
         limited = await client.room_send(ROOM, "m.room.message", {"body": "x"}, tx_id="t1")
-        assert isinstance(limited, RoomSendError) and (limited.status_code, limited.retry_after_ms) == ("M_LIMIT_EXCEEDED", 250)
+        assert isinstance(limited, RoomSendError) and (limited.status_code, limited.retry_after_ms) == (
+            "M_LIMIT_EXCEEDED",
+            250,
+        )
         assert isinstance(await client.room_send(ROOM, "m.room.message", {"body": "x"}, tx_id="t1"), RoomSendResponse)
         sim.forbid(ROOM)
         forbidden = await client.room_send(ROOM, "m.room.message", {"body": "x"}, tx_id="t2")

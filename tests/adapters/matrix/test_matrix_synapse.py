@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from matrix_helpers import SYNC, barrier, expired_notices, outcomes, prompts, request, rows
+from synapse_driver import SynapseRoomDriver
 
 from chatstate import state
 from chatstate.gateway.sim.harness import GatewayHarness
-from matrix_helpers import SYNC, barrier, expired_notices, outcomes, prompts, request, rows
-from synapse_driver import SynapseRoomDriver
 
 SETTLE_DEADLINE_S = 20.0
 
@@ -30,7 +30,8 @@ def bodies(hs: SynapseRoomDriver) -> list[str]:
 def actions(hs: SynapseRoomDriver, room: str | None = None) -> list[str]:
     return [
         p["content"]["body"].split(": ", 1)[1].split(" (requested", 1)[0]
-        for p in prompts(hs) if room is None or p["room_id"] == room
+        for p in prompts(hs)
+        if room is None or p["room_id"] == room
     ]
 
 
@@ -53,9 +54,11 @@ async def until(check: Any, what: str) -> None:
 
 async def bot_long_polling(hs: SynapseRoomDriver, gw: GatewayHarness) -> None:
     """Wait until the bot has saved the current stream position (it then long-polls from it)."""
+
     async def saved_now() -> bool:
         saved = rows(gw.database_path, "matrix", SYNC).get(hs.bot_user)
         return saved is not None and saved.value["next_batch"] == await hs.stream_position()
+
     await until(saved_now, "the bot caught up with the stream")
 
 
@@ -108,7 +111,9 @@ async def test_legacy_mode_loses_the_prompt_and_the_reaction_sent_while_down(
 
 
 # -- issue 13, 1-6, on the real server ---------------------------------------------------------
-async def test_a_reaction_followed_by_12_events_while_down_is_handled(synapse: SynapseRoomDriver, tmp_path: Path) -> None:
+async def test_a_reaction_followed_by_12_events_while_down_is_handled(
+    synapse: SynapseRoomDriver, tmp_path: Path
+) -> None:
     async with harness(synapse, tmp_path, sync_timeline_limit=5) as gw:
         prompt = await request(synapse, "deploy prod")
         await gw.kill()
@@ -127,13 +132,17 @@ async def test_a_request_followed_by_12_messages_while_the_bot_gets_429s_is_prom
     async with harness(synapse, tmp_path, sync_timeline_limit=5) as gw:
         await barrier(synapse)
         # the bot may send one event, then one a second: its seeds for busy-1 get 429s
-        await asyncio.to_thread(synapse.server.override_ratelimit, synapse.bot_user, messages_per_second=1, burst_count=1)
+        await asyncio.to_thread(
+            synapse.server.override_ratelimit, synapse.bot_user, messages_per_second=1, burst_count=1
+        )
         await synapse.send_message(synapse.room, synapse.alice, "!approve busy-1")
         await synapse.wait_for(lambda _: "busy-1" in actions(synapse))
         await synapse.send_message(synapse.room, synapse.alice, "!approve busy-2")  # while it is throttled
         await filler(synapse, 12)
         assert len(synapse.sent("m.reaction")) < 3 + 3  # the barrier's seeds + busy-1's, not all sent yet
-        await asyncio.to_thread(synapse.server.reset_ratelimit, synapse.bot_user)  # the rush is over: back to the default limit
+        await asyncio.to_thread(
+            synapse.server.reset_ratelimit, synapse.bot_user
+        )  # the rush is over: back to the default limit
         await synapse.wait_for(lambda _: actions(synapse)[-2:] == ["busy-1", "busy-2"], timeout=60)
         health = await matrix_health(gw)
         assert health["events_failed"] == 0 and health["backfilled_events"] >= 1
@@ -175,7 +184,9 @@ async def test_a_reaction_redacted_while_down_has_no_effect(synapse: SynapseRoom
         await synapse.wait_for(lambda _: len(outcomes(synapse)) == 1)
 
 
-async def test_a_room_the_bot_may_not_post_in_does_not_stop_the_others(synapse: SynapseRoomDriver, tmp_path: Path) -> None:
+async def test_a_room_the_bot_may_not_post_in_does_not_stop_the_others(
+    synapse: SynapseRoomDriver, tmp_path: Path
+) -> None:
     locked = await synapse.create_room(bot_may_post=False)
     async with harness(synapse, tmp_path) as gw:
         await barrier(synapse)
@@ -187,6 +198,7 @@ async def test_a_room_the_bot_may_not_post_in_does_not_stop_the_others(synapse: 
 
         async def given_up() -> bool:
             return (await matrix_health(gw))["events_failed"] == 1
+
         await until(given_up, "the locked room's request recorded as failed")
         health = await matrix_health(gw)
         assert (health["status"], health["sync_error"]) == ("ok", None)
@@ -194,7 +206,9 @@ async def test_a_room_the_bot_may_not_post_in_does_not_stop_the_others(synapse: 
         await request(synapse, "still answering")
 
 
-async def test_invites_from_an_approver_are_joined_and_others_ignored(synapse: SynapseRoomDriver, tmp_path: Path) -> None:
+async def test_invites_from_an_approver_are_joined_and_others_ignored(
+    synapse: SynapseRoomDriver, tmp_path: Path
+) -> None:
     async with harness(synapse, tmp_path) as gw:
         await barrier(synapse)
         spam = await synapse.create_room(join_bot=False, creator=synapse.mallory)

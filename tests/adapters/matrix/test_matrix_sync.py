@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from matrix_helpers import ALICE, BOB, MALLORY, ROOM, SYNC, barrier, expired_notices, outcomes, prompts, request, rows
 
 from chatstate import state
 from chatstate.adapters.matrix import platform
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.matrix import SERVER_NAME, MatrixHomeserver
-from matrix_helpers import ALICE, BOB, MALLORY, ROOM, SYNC, barrier, expired_notices, outcomes, prompts, request, rows
 
 LOCKED = f"!locked:{SERVER_NAME}"  # a room the bot has joined but may not post in
 
@@ -46,7 +46,9 @@ async def filler(sim: MatrixHomeserver, count: int, room: str = ROOM) -> None:
 
 
 # -- 1/2: limited timelines are back-filled ----------------------------------------------------
-async def test_a_reaction_followed_by_12_events_while_down_is_handled_in_order(sim: MatrixHomeserver, tmp_path: Path) -> None:
+async def test_a_reaction_followed_by_12_events_while_down_is_handled_in_order(
+    sim: MatrixHomeserver, tmp_path: Path
+) -> None:
     async with harness(sim, tmp_path, sync_timeline_limit=5) as gw:
         prompt = await request(sim, "deploy prod")
         await gw.kill()
@@ -96,7 +98,9 @@ async def test_the_backfill_bound_cuts_short_and_says_so(sim: MatrixHomeserver, 
 
 
 # -- 2/3: no replays, with or without the homeserver's help ------------------------------------
-async def test_restarts_within_the_cache_window_replay_nothing_legacy_then_store(sim: MatrixHomeserver, tmp_path: Path) -> None:
+async def test_restarts_within_the_cache_window_replay_nothing_legacy_then_store(
+    sim: MatrixHomeserver, tmp_path: Path
+) -> None:
     async with harness(sim, tmp_path, mode="legacy") as gw:
         prompt = await request(sim, "deploy prod")
         await request(sim, "restart db")
@@ -207,10 +211,16 @@ async def test_a_room_the_bot_may_not_post_in_does_not_stop_the_others(tmp_path:
         health = await matrix_health(gw)
         assert (health["status"], health["sync_error"], health["events_failed"]) == ("ok", None, 2)
         assert health["last_failed_event"]["room"] == LOCKED and "M_FORBIDDEN" in health["last_failed_event"]["error"]
-        tries = [r for r in sim.recorded("room_send_forbidden") if r.payload["txn_id"] == platform.txn_id("prompt", locked_request)]
+        tries = [
+            r
+            for r in sim.recorded("room_send_forbidden")
+            if r.payload["txn_id"] == platform.txn_id("prompt", locked_request)
+        ]
         assert len(tries) == 3  # bounded retries, then given up
         ledger = rows(gw.database_path, "matrix", "matrix.handled-events")
-        assert "M_FORBIDDEN" in ledger[json.dumps([sim.bot_user, locked_request], separators=(",", ":"))].value["failed"]
+        assert (
+            "M_FORBIDDEN" in ledger[json.dumps([sim.bot_user, locked_request], separators=(",", ":"))].value["failed"]
+        )
         assert sum(e.get("event") == "matrix_event_failed" for e in gw.logs()) == 2
 
 
@@ -220,7 +230,9 @@ async def test_a_throttled_send_waits_retry_after_ms_and_then_succeeds(sim: Matr
         sim.throttle(600, 600, 600)  # nio waits out two itself; the third reaches our retry
         await request(sim, "deploy prod")
         throttled = sim.recorded("room_send_throttled")
-        first_prompt = next(r for r in sim.recorded("room_send") if r.payload["txn_id"] == throttled[0].payload["txn_id"])
+        first_prompt = next(
+            r for r in sim.recorded("room_send") if r.payload["txn_id"] == throttled[0].payload["txn_id"]
+        )
         assert len(throttled) == 3 and first_prompt.at - throttled[-1].at >= 0.6
         assert (await matrix_health(gw))["events_failed"] == 0
 
@@ -256,7 +268,9 @@ def refusals(sim: MatrixHomeserver) -> list[dict[str, Any]]:
     return [s for s in sim.sent("m.room.message") if s["content"]["body"].startswith(platform.REFUSED_TEXT)]
 
 
-async def test_one_requesters_flood_never_evicts_another_prompt_and_is_answered(sim: MatrixHomeserver, tmp_path: Path) -> None:
+async def test_one_requesters_flood_never_evicts_another_prompt_and_is_answered(
+    sim: MatrixHomeserver, tmp_path: Path
+) -> None:
     flood = 1_000
     async with harness(sim, tmp_path) as gw:
         prompt = await request(sim, "deploy prod")  # alice's prompt, posted before the flood
@@ -283,8 +297,12 @@ async def test_a_reaction_to_an_evicted_prompt_says_expired(sim: MatrixHomeserve
     async with harness(sim, tmp_path) as gw:
         prompt = await request(sim, "deploy prod")
         await gw.stop()
-        with state.open_keyed_store("matrix", "matrix.approval-reactions", max_entries=1_000, path=gw.database_path) as targets:
-            assert targets.delete(json.dumps([sim.bot_user, ROOM, prompt["event_id"]], separators=(",", ":")))  # evicted
+        with state.open_keyed_store(
+            "matrix", "matrix.approval-reactions", max_entries=1_000, path=gw.database_path
+        ) as targets:
+            assert targets.delete(
+                json.dumps([sim.bot_user, ROOM, prompt["event_id"]], separators=(",", ":"))
+            )  # evicted
         await gw.start()
         await sim.react(ROOM, ALICE, prompt["event_id"], "✅")
         await sim.wait_for(lambda _: len(expired_notices(sim)) == 1)

@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 
 from chatstate import state
-from chatstate.gateway.clock import now_ms
 from chatstate.adapters.matrix import platform
 from chatstate.adapters.matrix.config import DEFAULT_APPROVAL_TTL_MS, MatrixSettings
-from chatstate.gateway.exits import ConfigError
 from chatstate.adapters.matrix.state import Outcome, ReactionTarget, ReactionTargets, SyncTokens, target_key
 from chatstate.gateway.approvals import Approval, ApprovalService
-
+from chatstate.gateway.clock import now_ms
+from chatstate.gateway.exits import ConfigError
 
 CLOCK_READ_TOLERANCE_MS = 1_000
 
@@ -36,14 +35,22 @@ class FileRuntime:
         self.legacy = legacy
         self.opened: list[state.AsyncKeyedStore] = []
 
-    async def open_keyed_store(self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None, overflow: str = "evict-oldest") -> state.AsyncKeyedStore:
+    async def open_keyed_store(
+        self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None, overflow: str = "evict-oldest"
+    ) -> state.AsyncKeyedStore:
         return await self._open(self.plugin_id, namespace, max_entries, default_ttl_ms)
 
-    async def open_core_store(self, core_id: str, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None) -> state.AsyncKeyedStore:
+    async def open_core_store(
+        self, core_id: str, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None
+    ) -> state.AsyncKeyedStore:
         return await self._open(core_id, namespace, max_entries, default_ttl_ms, core=True)
 
-    async def _open(self, plugin_id: str, namespace: str, max_entries: int, ttl: int | None, *, core: bool = False) -> state.AsyncKeyedStore:
-        store = await state.open_async_keyed_store(plugin_id, namespace, max_entries=max_entries, default_ttl_ms=ttl, path=self.db, core=core)
+    async def _open(
+        self, plugin_id: str, namespace: str, max_entries: int, ttl: int | None, *, core: bool = False
+    ) -> state.AsyncKeyedStore:
+        store = await state.open_async_keyed_store(
+            plugin_id, namespace, max_entries=max_entries, default_ttl_ms=ttl, path=self.db, core=core
+        )
         self.opened.append(store)
         return store
 
@@ -87,7 +94,9 @@ def test_decision_for_reaction_keys(key: str, decision: str | None) -> None:
 
 def test_txn_ids_are_stable_per_cause_and_distinct_across_causes() -> None:
     assert platform.txn_id("prompt", "$a") == platform.txn_id("prompt", "$a")
-    assert len({platform.txn_id("prompt", "$a"), platform.txn_id("prompt", "$b"), platform.txn_id("outcome", "$a")}) == 3
+    assert (
+        len({platform.txn_id("prompt", "$a"), platform.txn_id("prompt", "$b"), platform.txn_id("outcome", "$a")}) == 3
+    )
     assert platform.approval_id("!r", "$a") != platform.approval_id("!s", "$a")
 
 
@@ -100,9 +109,14 @@ def test_prompt_expiry_only_for_the_bots_prompts() -> None:
 
 
 def test_config_defaults_env_strings_and_errors() -> None:
-    cfg = MatrixSettings.from_table({"homeserver": "http://h/", "access_token": "t"},
-                                    env={"CHATSTATE_MATRIX_APPROVERS": "@a:s, @b:s"})
-    assert (cfg.homeserver, cfg.approvers, cfg.approval_ttl_ms) == ("http://h", ("@a:s", "@b:s"), DEFAULT_APPROVAL_TTL_MS)
+    cfg = MatrixSettings.from_table(
+        {"homeserver": "http://h/", "access_token": "t"}, env={"CHATSTATE_MATRIX_APPROVERS": "@a:s, @b:s"}
+    )
+    assert (cfg.homeserver, cfg.approvers, cfg.approval_ttl_ms) == (
+        "http://h",
+        ("@a:s", "@b:s"),
+        DEFAULT_APPROVAL_TTL_MS,
+    )
     env = {"CHATSTATE_MATRIX_APPROVAL_TTL_MS": "1500", "CHATSTATE_MATRIX_APPROVERS": '["@c:s"]'}
     cfg = MatrixSettings.from_table({"homeserver": "h", "access_token": "t"}, env=env)
     assert (cfg.approval_ttl_ms, cfg.approvers) == (1500, ("@c:s",))

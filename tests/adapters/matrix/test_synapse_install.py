@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 
 import pytest
-
 import synapse_install
 from synapse_server import SynapseServer
 

@@ -26,8 +26,7 @@ class FakeRuntime:
     """`gateway.plugin.PluginRuntime` without the gateway: real async stores on `db`."""
 
     def __init__(
-        self, db: Path, *, config: Mapping[str, Any] | None = None, legacy: bool = False,
-        clock: Clock | None = None,
+        self, db: Path, *, config: Mapping[str, Any] | None = None, legacy: bool = False, clock: Clock | None = None
     ) -> None:
         self.plugin_id = PLUGIN_ID
         self.config = dict(config or {})
@@ -38,12 +37,16 @@ class FakeRuntime:
         self.opened: list[AsyncKeyedStore] = []
 
     async def open_keyed_store(
-        self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None,
-        overflow: str = "evict-oldest",
+        self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None, overflow: str = "evict-oldest"
     ) -> AsyncKeyedStore:
         store = await state.open_async_keyed_store(
-            self.plugin_id, namespace, max_entries=max_entries, default_ttl_ms=default_ttl_ms,
-            overflow=overflow, path=self.db, clock=self.clock,
+            self.plugin_id,
+            namespace,
+            max_entries=max_entries,
+            default_ttl_ms=default_ttl_ms,
+            overflow=overflow,
+            path=self.db,
+            clock=self.clock,
         )
         self.opened.append(store)
         return store

@@ -11,10 +11,11 @@ import asyncio
 import time
 from pathlib import Path
 
+from slack_helpers import stored
+
 from chatstate.adapters.slack.state import EVENTS_NAMESPACE, THREADS_NAMESPACE
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.slack import RETRY_SCHEDULE_S, SlackEdges, SlackSimulator
-from slack_helpers import stored
 
 SCALE = 0.02  # Slack's 0 s / 60 s / 300 s retry schedule -> 0 / 1.2 / 6 s
 
@@ -38,8 +39,7 @@ async def test_retries_follow_slacks_schedule_until_answered(tmp_path: Path) -> 
 
 async def test_a_late_ack_is_retried_with_http_timeout_and_answered_once(tmp_path: Path) -> None:
     # an adapter that does not ack within 3 s (here: told it may take 10) gets Slack's retry
-    slack = SlackSimulator(edges=SlackEdges(retries=True, schedule_scale=SCALE),
-                           extra_config={"ack_budget_s": 10})
+    slack = SlackSimulator(edges=SlackEdges(retries=True, schedule_scale=SCALE), extra_config={"ack_budget_s": 10})
     async with GatewayHarness([slack], state_dir=tmp_path / "state"):
         slack.hold_posts = asyncio.get_running_loop().create_future()
         event = slack.mention_event("slow one")

@@ -10,16 +10,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from slack_helpers import stored
+
 from chatstate.adapters.slack.state import PENDING_NAMESPACE
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.slack import SlackEdges, SlackSimulator
-from slack_helpers import stored
 
 SCALE = 0.02  # Slack's retry schedule 0 / 60 / 300 s -> 0 / 1.2 / 6 s
 ACTIONS = 24
 
 
-async def burst(slack: SlackSimulator, count: int, *, spacing_s: float = 0.05) -> tuple[list[str], list[asyncio.Task[Any]]]:
+async def burst(
+    slack: SlackSimulator, count: int, *, spacing_s: float = 0.05
+) -> tuple[list[str], list[asyncio.Task[Any]]]:
     """Start `count` channel mentions, one every `spacing_s`; return their roots and tasks."""
     roots: list[str] = []
     tasks: list[asyncio.Task[Any]] = []
@@ -61,7 +64,9 @@ async def test_every_mention_is_answered_once_through_a_sigkill(tmp_path: Path) 
         await slack.wait_for(lambda _r: all(answers_per_action(slack, roots).values()), timeout=30)
         await quiet(gw.database_path, slack)
         counts = answers_per_action(slack, roots)
-        print(f"\nslack sigkill burst: {ACTIONS} actions, answers per action {sorted(Counter(counts.values()).items())}, "
-              f"posts {len(slack.posts())}, acks {dict(acks)}, hits {dict(slack.hits)}")
+        print(
+            f"\nslack sigkill burst: {ACTIONS} actions, answers per action {sorted(Counter(counts.values()).items())}, "
+            f"posts {len(slack.posts())}, acks {dict(acks)}, hits {dict(slack.hits)}"
+        )
         assert set(counts.values()) == {1}, counts
         assert len(slack.posts()) == ACTIONS

@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 import aiohttp
 import pytest
+from slack_helpers import load_fixture, stored
 
 from chatstate.adapters.slack.state import EVENTS_NAMESPACE, THREADS_NAMESPACE
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.slack import SlackSimulator
-from slack_helpers import load_fixture, stored
 
 
 async def mention(slack: SlackSimulator, text: str = "status?") -> str:
@@ -49,7 +49,11 @@ async def test_fixtures_mention_thread_and_reply_to_bot(gw: GatewayHarness, slac
     assert (first.status, first.body) == (200, "replied")
     root = app_mention["event"]["ts"]
     [reply] = slack.posts()
-    assert (reply["channel"], reply["thread_ts"], reply["text"]) == ("C0GENERAL", root, "echo: what is the deploy status?")
+    assert (reply["channel"], reply["thread_ts"], reply["text"]) == (
+        "C0GENERAL",
+        root,
+        "echo: what is the deploy status?",
+    )
 
     retry = load_fixture("retry")
     again = await slack.deliver(retry["body"], retry_num=int(retry["headers"]["X-Slack-Retry-Num"]))
@@ -87,7 +91,11 @@ async def test_untagged_top_level_message_is_ignored(gw: GatewayHarness, slack: 
     [("store", "term", "replied"), ("store", "kill", "replied"), ("legacy", "term", "ignored")],
 )
 async def test_follow_up_after_restart(
-    slack: SlackSimulator, tmp_path: Path, mode: Literal["store", "legacy"], kind: Literal["term", "kill"], expected: str
+    slack: SlackSimulator,
+    tmp_path: Path,
+    mode: Literal["store", "legacy"],
+    kind: Literal["term", "kill"],
+    expected: str,
 ) -> None:
     async with GatewayHarness([slack], modes=mode, state_dir=tmp_path / "state") as gw:
         root = await mention(slack)  # answered only once participation is durable...

@@ -7,12 +7,12 @@ import json
 import time
 
 import pytest
+from slack_helpers import load_fixture
 
-from chatstate.adapters.slack.platform import RequestVerifier, parse_message
 from chatstate.adapters.slack.config import SlackSettings
+from chatstate.adapters.slack.platform import RequestVerifier, parse_message
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.sim.slack import sign
-from slack_helpers import load_fixture
 
 SECRET = "s3cret"
 
@@ -79,9 +79,10 @@ def test_settings_defaults_and_env_strings() -> None:
     assert (s.thread_ttl_ms, s.thread_max_entries) == (24 * 3600 * 1000, 5_000)
     assert (s.event_ttl_ms, s.event_max_entries) == (3600 * 1000, 50_000)
     assert s.api_base_url == "http://x/api/" and s.require_mention and not s.require_explicit_mention
-    env = SlackSettings.from_table({"signing_secret": "a", "bot_token": "b"},
-                                   env={"CHATSTATE_SLACK_THREAD_TTL_MS": "1500",
-                                        "CHATSTATE_SLACK_REQUIRE_EXPLICIT_MENTION": "true"})
+    env = SlackSettings.from_table(
+        {"signing_secret": "a", "bot_token": "b"},
+        env={"CHATSTATE_SLACK_THREAD_TTL_MS": "1500", "CHATSTATE_SLACK_REQUIRE_EXPLICIT_MENTION": "true"},
+    )
     assert env.thread_ttl_ms == 1500 and env.require_explicit_mention
 
 

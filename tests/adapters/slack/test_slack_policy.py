@@ -4,21 +4,33 @@ from __future__ import annotations
 
 import pytest
 
-from chatstate.adapters.slack.platform import SlackMessage
 from chatstate.adapters.slack.handlers import MentionPolicy
+from chatstate.adapters.slack.platform import SlackMessage
 
 BOT = "U0BOT"
 
 
-def msg(text: str = "hi", *, thread_ts: str | None = None, parent: str | None = None,
-        user: str = "U0ALICE", event_type: str = "message", channel_type: str | None = "channel") -> SlackMessage:
+def msg(
+    text: str = "hi",
+    *,
+    thread_ts: str | None = None,
+    parent: str | None = None,
+    user: str = "U0ALICE",
+    event_type: str = "message",
+    channel_type: str | None = "channel",
+) -> SlackMessage:
     return SlackMessage("T1", "Ev1", event_type, "C1", channel_type, user, text, "2.000", thread_ts, parent)
 
 
 @pytest.mark.parametrize(
     ("policy", "message", "participated", "expected"),
     [
-        (MentionPolicy(), msg(f"<@{BOT}> hi", event_type="app_mention", channel_type=None), False, (True, "explicit_mention")),
+        (
+            MentionPolicy(),
+            msg(f"<@{BOT}> hi", event_type="app_mention", channel_type=None),
+            False,
+            (True, "explicit_mention"),
+        ),
         (MentionPolicy(), msg(f"<@{BOT}> hi"), False, (False, "left_to_app_mention")),
         (MentionPolicy(), msg(f"<@{BOT}> hi", channel_type="im"), False, (True, "explicit_mention")),
         (MentionPolicy(), msg("hi", channel_type="im"), False, (True, "direct_message")),
@@ -27,8 +39,18 @@ def msg(text: str = "hi", *, thread_ts: str | None = None, parent: str | None = 
         (MentionPolicy(), msg("hi", thread_ts="1.000"), True, (True, "bot_thread_participant")),
         (MentionPolicy(), msg("hi", thread_ts="1.000", parent=BOT), False, (True, "reply_to_bot")),
         (MentionPolicy(require_explicit_mention=True), msg("hi", thread_ts="1.000"), True, (False, "no_mention")),
-        (MentionPolicy(require_explicit_mention=True), msg("hi", thread_ts="1.000", parent=BOT), False, (False, "no_mention")),
-        (MentionPolicy(require_explicit_mention=True), msg(f"<@{BOT}> x", event_type="app_mention"), False, (True, "explicit_mention")),
+        (
+            MentionPolicy(require_explicit_mention=True),
+            msg("hi", thread_ts="1.000", parent=BOT),
+            False,
+            (False, "no_mention"),
+        ),
+        (
+            MentionPolicy(require_explicit_mention=True),
+            msg(f"<@{BOT}> x", event_type="app_mention"),
+            False,
+            (True, "explicit_mention"),
+        ),
         (MentionPolicy(require_mention=False), msg("hi"), False, (True, "mention_not_required")),
         (MentionPolicy(), msg(f"<@{BOT}> me", user=BOT, event_type="app_mention"), True, (False, "own_message")),
     ],

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from slack_helpers import stored
 
 from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.state import EVENTS_NAMESPACE, THREADS_NAMESPACE
 from chatstate.gateway.sim.harness import GatewayHarness, GatewayStartError
 from chatstate.gateway.sim.slack_socket import Envelope, SlackSocketSimulator
-from slack_helpers import stored
 
 FAST = {"socket_ping_interval_s": 0.5}  # slack-sdk's reconnect loop ticks at this interval
 RETRIES = (0.0, 1.0, 5.0)  # Slack's redelivery schedule (at once, 1 min, 5 min) divided by 60
@@ -32,7 +32,11 @@ def socket_sim(**kw: Any) -> SlackSocketSimulator:
 
 def replies_to(sim: SlackSocketSimulator, event: dict[str, Any]) -> list[dict[str, Any]]:
     """The bot's posts answering `event` (each reply carries the event id as metadata)."""
-    return [p for p in sim.posts() if (p.get("metadata") or {}).get("event_payload", {}).get("event_id") == event["event_id"]]
+    return [
+        p
+        for p in sim.posts()
+        if (p.get("metadata") or {}).get("event_payload", {}).get("event_id") == event["event_id"]
+    ]
 
 
 async def test_envelopes_are_acked_within_3s_and_participation_survives_restarts(tmp_path: Path) -> None:
@@ -51,8 +55,10 @@ async def test_envelopes_are_acked_within_3s_and_participation_survives_restarts
             assert len(replies_to(sim, follow)) == 1, f"thread forgotten after SIG{kind.upper()}"
         untagged_top = sim.message_event("just chatting")
         assert (await sim.deliver(untagged_top)).status == 200 and replies_to(sim, untagged_top) == []
-        for kind, payload in (("slash_commands", {"command": "/deploy", "text": "now"}),
-                              ("interactive", {"type": "block_actions", "actions": []})):
+        for kind, payload in (
+            ("slash_commands", {"command": "/deploy", "text": "now"}),
+            ("interactive", {"type": "block_actions", "actions": []}),
+        ):
             assert await sim.wait_acked(sim.send_envelope(payload, type=kind)) is None  # acked, no answer
         assert len(sim.posts()) == 3
 
@@ -96,13 +102,20 @@ async def test_sigkill_with_unacked_envelopes_in_flight_each_handled_once(tmp_pa
         assert len(sim.posts()) == 4
         redelivered = sim.redelivered()
         assert set(redelivered) >= {env.envelope_id for env in envelopes[:3]}
-        assert all(a["retry_attempt"] >= 1 and a["retry_reason"] for env in envelopes[:3]
-                   for a in [{"retry_attempt": x["attempt"], "retry_reason": x["retry_reason"]}
-                             for x in sim.attempts(env.envelope_id)][1:])
+        assert all(
+            a["retry_attempt"] >= 1 and a["retry_reason"]
+            for env in envelopes[:3]
+            for a in [
+                {"retry_attempt": x["attempt"], "retry_reason": x["retry_reason"]}
+                for x in sim.attempts(env.envelope_id)
+            ][1:]
+        )
         threads = {e.key for e in stored(gw.database_path, THREADS_NAMESPACE)}
         assert threads == {f"T0SIM:default:C0GENERAL:{e['event']['ts']}" for e in [*in_flight, while_down]}
-        print(f"\n[issue19] slack sigkill posted={posted}: envelopes redelivered={len(redelivered)}, "
-              f"attempts={len(sim.recorded('socket_envelope'))}, replies={len(sim.posts())} for 4 events")
+        print(
+            f"\n[issue19] slack sigkill posted={posted}: envelopes redelivered={len(redelivered)}, "
+            f"attempts={len(sim.recorded('socket_envelope'))}, replies={len(sim.posts())} for 4 events"
+        )
 
 
 async def test_legacy_mode_answers_a_redelivered_envelope_twice(tmp_path: Path) -> None:

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from slack_helpers import FakeRuntime
 
-from chatstate.gateway.adapter_state import AdapterState
 from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
-from slack_helpers import FakeRuntime
+from chatstate.gateway.adapter_state import AdapterState
 
 TTL_MS = 10_000
 LEASE_MS = 1_000

@@ -13,10 +13,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from chatstate import state
-from chatstate.gateway.adapter_state import StateSpec
 from chatstate.adapters.teams import TeamsPlugin
 from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.state import SENT_MESSAGES
+from chatstate.gateway.adapter_state import StateSpec
 from chatstate.gateway.sim.teams import TeamsSimulator
 
 
@@ -33,11 +33,16 @@ class LocalRuntime:
         self.log = logging.LoggerAdapter(logging.getLogger("test.teams"), {})
         self.stores: list[state.AsyncKeyedStore] = []
 
-    async def open_keyed_store(self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None,
-                               overflow: str = "evict-oldest") -> state.AsyncKeyedStore:
+    async def open_keyed_store(
+        self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None, overflow: str = "evict-oldest"
+    ) -> state.AsyncKeyedStore:
         store = await state.open_async_keyed_store(
-            self.plugin_id, namespace, max_entries=max_entries, default_ttl_ms=default_ttl_ms,
-            overflow=overflow, path=self.db,
+            self.plugin_id,
+            namespace,
+            max_entries=max_entries,
+            default_ttl_ms=default_ttl_ms,
+            overflow=overflow,
+            path=self.db,
         )
         self.stores.append(store)
         return store

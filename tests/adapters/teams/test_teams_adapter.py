@@ -7,8 +7,8 @@ from pathlib import Path
 
 from botbuilder.core import TurnContext
 from botbuilder.schema import Activity, ConversationAccount
-
 from teams_helpers import LocalGateway, sent_rows
+
 from chatstate.gateway.sim.teams import TeamsSimulator, new_signing_key
 
 CHANNEL = "19:general0123456789@thread.tacv2"
@@ -29,8 +29,9 @@ async def test_reply_to_a_bot_message_in_its_thread_is_reply_to_bot(sim: TeamsSi
     async with LocalGateway(sim, db):
         await sim.deliver(sim.activity("message_mention"))
         [answer] = sim.sent()
-        reply = sim.activity("message_reply", reply_to_id=answer["id"],
-                             conversation_id=f"{CHANNEL};messageid={answer['id']}")
+        reply = sim.activity(
+            "message_reply", reply_to_id=answer["id"], conversation_id=f"{CHANNEL};messageid={answer['id']}"
+        )
         assert await sim.deliver(reply) == 200
         assert sim.sent()[-1]["text"] == "[reply_to_bot] you said: thanks, and one more thing"
 
@@ -77,8 +78,13 @@ async def test_proactive_send_new_post_and_update_go_through_the_one_recording_f
 
         async def post(ctx: TurnContext) -> None:
             await ctx.send_activity("build 42 is green")
-            new_post = Activity(type="message", text="new thread", conversation=ConversationAccount(id=CHANNEL),
-                                from_property=ctx.activity.recipient, recipient=ctx.activity.from_property)
+            new_post = Activity(
+                type="message",
+                text="new thread",
+                conversation=ConversationAccount(id=CHANNEL),
+                from_property=ctx.activity.recipient,
+                recipient=ctx.activity.from_property,
+            )
             await ctx.adapter.send_activities(ctx, [new_post])
 
         await adapter.continue_conversation(reference, post, bot_app_id=sim.app_id)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from teams_helpers import LocalGateway
+
 from chatstate.adapters.teams import clients
 from chatstate.adapters.teams.clients import ReusedClients
 from chatstate.gateway.sim.teams import TeamsSimulator
-from teams_helpers import LocalGateway
 
 
 async def test_turns_share_one_connector_client_and_one_user_token_client(sim: TeamsSimulator, db: Path) -> None:

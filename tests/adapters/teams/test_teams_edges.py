@@ -7,9 +7,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from teams_helpers import sent_rows
+
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.teams import TeamsEdges, TeamsSimulator
-from teams_helpers import sent_rows
 
 CHANNEL = "19:general0123456789@thread.tacv2"
 
@@ -19,7 +20,9 @@ def harness(sim: TeamsSimulator, tmp_path: Path) -> GatewayHarness:
 
 
 def thread_reply(sim: TeamsSimulator, root_id: str, **fields: Any) -> dict[str, Any]:
-    return sim.activity("message_reply", reply_to_id=root_id, conversation_id=f"{CHANNEL};messageid={root_id}", **fields)
+    return sim.activity(
+        "message_reply", reply_to_id=root_id, conversation_id=f"{CHANNEL};messageid={root_id}", **fields
+    )
 
 
 def row_ids(gw: GatewayHarness) -> list[str]:
@@ -99,8 +102,9 @@ async def test_a_deleted_bot_message_is_forgotten_and_replies_to_it_need_a_menti
         assert row_ids(gw) == []  # forgotten on messageDelete
         assert await sim.deliver(thread_reply(sim, answer["id"])) == 200
         assert len(sim.sent()) == 1  # not reply_to_bot any more, and no mention: ignored
-        mention = sim.activity("message_mention", reply_to_id=answer["id"],
-                               conversation_id=f"{CHANNEL};messageid={answer['id']}")
+        mention = sim.activity(
+            "message_mention", reply_to_id=answer["id"], conversation_id=f"{CHANNEL};messageid={answer['id']}"
+        )
         assert await sim.deliver(mention) == 200
         assert sim.sent()[-1]["text"].startswith("[mention]")
 

@@ -51,11 +51,20 @@ async def test_every_mention_is_answered_once_through_a_sigkill(tmp_path: Path) 
         await sim.settle()
         counts = answers_per_action(sim, ids)
         duplicates = sum(n - 1 for n in counts.values() if n > 1)
-        print(f"\nteams sigkill burst: {ACTIONS} actions, answers per action {sorted(Counter(counts.values()).items())}, "
-              f"turns open at the kill {open_at_kill}, final statuses {dict(Counter(map(str, statuses)))}, "
-              f"hits {dict(sim.hits)}")
+        print(
+            f"\nteams sigkill burst: {ACTIONS} actions, answers per action {sorted(Counter(counts.values()).items())}, "
+            f"turns open at the kill {open_at_kill}, final statuses {dict(Counter(map(str, statuses)))}, "
+            f"hits {dict(sim.hits)}"
+        )
         for lost in [i for i, n in counts.items() if n == 0]:
-            print("lost", lost, [(r.payload["outcome"], round(r.payload["at"], 2)) for r in sim.recorded("delivery")
-                                 if r.payload["id"] == lost and r.payload["type"] == "message"])
+            print(
+                "lost",
+                lost,
+                [
+                    (r.payload["outcome"], round(r.payload["at"], 2))
+                    for r in sim.recorded("delivery")
+                    if r.payload["id"] == lost and r.payload["type"] == "message"
+                ],
+            )
         assert 0 not in counts.values(), counts  # nothing lost
         assert duplicates <= open_at_kill, counts

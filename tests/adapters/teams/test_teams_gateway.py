@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from teams_helpers import sent_rows
 
 from chatstate import state
-from chatstate.gateway.adapter_state import StateSpec
 from chatstate.adapters.teams.state import NAMESPACE, SENT_MAX_ENTRIES, SENT_TTL_MS, sent_value
-from teams_helpers import sent_rows
+from chatstate.gateway.adapter_state import StateSpec
+from chatstate.gateway.clock import now_ms
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.teams import TeamsSimulator, new_signing_key
-from chatstate.gateway.clock import now_ms
 
 CHANNEL = "19:general0123456789@thread.tacv2"
 LAST_SECONDS_MS = 6_000  # how long before expiry the "closing" message is answered; margin for a slow box
@@ -28,7 +28,9 @@ LAST_SECONDS_MS = 6_000  # how long before expiry the "closing" message is answe
 
 def thread_reply(sim: TeamsSimulator, root_id: str, **fields: Any) -> dict[str, Any]:
     """A user's reply in the thread under the bot's message `root_id`."""
-    return sim.activity("message_reply", reply_to_id=root_id, conversation_id=f"{CHANNEL};messageid={root_id}", **fields)
+    return sim.activity(
+        "message_reply", reply_to_id=root_id, conversation_id=f"{CHANNEL};messageid={root_id}", **fields
+    )
 
 
 @pytest.fixture
@@ -38,8 +40,12 @@ def teams_sim() -> TeamsSimulator:
 
 
 def harness(sim: TeamsSimulator, tmp_path: Path, *, mode: str = "store", **table: Any) -> GatewayHarness:
-    return GatewayHarness([sim], modes=mode, adapters={"teams": table} if table else None,  # type: ignore[arg-type]
-                          state_dir=tmp_path / "state")
+    return GatewayHarness(
+        [sim],
+        modes=mode,
+        adapters={"teams": table} if table else None,  # type: ignore[arg-type]
+        state_dir=tmp_path / "state",
+    )
 
 
 @pytest.mark.parametrize("kind", ["term", "kill"])
@@ -96,8 +102,12 @@ async def test_expiry_counts_from_the_send_and_is_not_extended_across_restart(
         for activity_id, sent_ago_ms in ((stale, SENT_TTL_MS + 1_000), (closing, SENT_TTL_MS - LAST_SECONDS_MS)):
             sent_at = seed_at - sent_ago_ms
             with state.open_keyed_store(
-                "teams", NAMESPACE, max_entries=SENT_MAX_ENTRIES, default_ttl_ms=SENT_TTL_MS,
-                path=gw.database_path, clock=lambda t=sent_at: t,
+                "teams",
+                NAMESPACE,
+                max_entries=SENT_MAX_ENTRIES,
+                default_ttl_ms=SENT_TTL_MS,
+                path=gw.database_path,
+                clock=lambda t=sent_at: t,
             ) as store:
                 store.register(f"{CHANNEL}:{activity_id}", sent_value(sent_at))
         count = len(sim.sent())
@@ -121,7 +131,9 @@ async def test_cap_evicts_the_oldest_send_and_survives_restart(teams_sim: TeamsS
         for n in range(4):
             await sim.deliver(sim.activity("message_mention", text=f"<at>chatstate</at> number {n}"))
         first, second, third, fourth = (a["id"] for a in sim.sent())
-        assert list(sent_rows(gw.database_path, StateSpec(NAMESPACE, ttl_ms=SENT_TTL_MS, max_entries=3))) == [f"{CHANNEL}:{i}" for i in (second, third, fourth)]
+        assert list(sent_rows(gw.database_path, StateSpec(NAMESPACE, ttl_ms=SENT_TTL_MS, max_entries=3))) == [
+            f"{CHANNEL}:{i}" for i in (second, third, fourth)
+        ]
         await gw.restart(kind="kill")
         await sim.deliver(thread_reply(sim, first))
         assert len(sim.sent()) == 4  # the oldest was evicted: a reply to it needs a mention again

@@ -7,28 +7,30 @@ import ast
 from pathlib import Path
 
 import pytest
+from teams_helpers import LocalRuntime, sent_rows
 
 import chatstate.adapters.teams.state
-from chatstate.adapters.teams.state import SentMessages
+from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.state import (
     NAMESPACE,
     SENT_MAX_ENTRIES,
     SENT_MESSAGES,
     SENT_TTL_MS,
+    SentMessages,
     open_sent_messages,
     sent_key,
     spec_from_config,
 )
-from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.gateway.exits import ConfigError
-from teams_helpers import LocalRuntime, sent_rows
 
 CHANNEL = "19:general0123456789@thread.tacv2"
 
 
 def test_spec_is_the_design_table_row() -> None:
     assert (SENT_MESSAGES.namespace, SENT_MESSAGES.ttl_ms, SENT_MESSAGES.max_entries) == (
-        "msteams.sent-messages", 24 * 60 * 60 * 1000, 1_000,
+        "msteams.sent-messages",
+        24 * 60 * 60 * 1000,
+        1_000,
     )
     assert spec_from_config(_settings()) == SENT_MESSAGES
     assert spec_from_config(_settings(sent_ttl_ms=5, sent_max_entries=2)).max_entries == 2

@@ -256,7 +256,7 @@ class GatewayHarness:
                 await self.proc.wait()
             raise
         for sim in self.simulators:
-            sim.gateway_url = self.gateway_url  # type: ignore[attr-defined]
+            sim.gateway_url = self.gateway_url
 
     async def _ready_line(self, fd: int) -> bytes:
         loop = asyncio.get_running_loop()

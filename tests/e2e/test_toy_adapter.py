@@ -27,7 +27,7 @@ async def ack(gw: GatewayHarness, alert_id: str, user: str, *, secret: str = SEC
 
 def harness(tmp_path: Path, mode: str, *, trusted: bool = True) -> GatewayHarness:
     return GatewayHarness(
-        modes={"toy": mode},  # type: ignore[arg-type]
+        modes={"toy": mode},
         adapters={"toy": {"secret": SECRET}},
         config={"external_plugins": ["toy_adapter:ToyPlugin"], "trusted_plugins": ["toy"] if trusted else []},
         pythonpath=[EXAMPLES],

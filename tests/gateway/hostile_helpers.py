@@ -52,7 +52,7 @@ async def inprocess_gateway(
         client = TestClient(TestServer(build_app(config, load_plugins(config))))
         await stack.enter_async_context(client)
         for sim in simulators:
-            sim.gateway_url = str(client.make_url("")).rstrip("/")  # type: ignore[attr-defined]
+            sim.gateway_url = str(client.make_url("")).rstrip("/")
         yield client
 
 

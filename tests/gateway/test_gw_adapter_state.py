@@ -41,7 +41,8 @@ class Runtime:
     log = logging.LoggerAdapter(logging.getLogger("test.adapter"))
 
     def __init__(self, path: Path, clock: Any = None) -> None:
-        self.path, self.clock, self.stores = path, clock, []
+        self.path, self.clock = path, clock
+        self.stores: list[Any] = []
 
     async def open_keyed_store(self, namespace: str, **kw: Any) -> FlakyStore:
         store = FlakyStore(await open_async_keyed_store("adapter", namespace, path=self.path, clock=self.clock, **kw))
@@ -63,7 +64,7 @@ def rows(path: Path) -> dict[str, tuple[str, int, int | None]]:
 async def opened(tmp_path: Path) -> AsyncIterator[tuple[AdapterState, Runtime]]:
     runtime = Runtime(tmp_path / "state.sqlite")
     state = AdapterState(SPEC, legacy=False)
-    await state.open(runtime)  # type: ignore[arg-type]
+    await state.open(runtime)
     yield state, runtime
     await state.close()
 
@@ -78,12 +79,12 @@ async def test_read_through_keeps_the_stored_expiry(tmp_path: Path) -> None:
     now = [1_000_000]
     runtime = Runtime(tmp_path / "state.sqlite", clock=lambda: now[0])
     writer = AdapterState(SPEC, legacy=False, clock=lambda: now[0])
-    await writer.open(runtime)  # type: ignore[arg-type]
+    await writer.open(runtime)
     await writer.record("a", 1)
     await writer.close()
     now[0] += 50_000  # a "restart" 50 s later: a fresh process state, the same file
     reader = AdapterState(SPEC, legacy=False, clock=lambda: now[0])
-    await reader.open(runtime)  # type: ignore[arg-type]
+    await reader.open(runtime)
     entry = await reader.get_entry("a")
     assert entry is not None and entry.expires_at == 1_000_000 + 60_000  # not now + TTL
     now[0] += 10_001
@@ -94,7 +95,7 @@ async def test_read_through_keeps_the_stored_expiry(tmp_path: Path) -> None:
 async def test_legacy_mode_is_memory_only(tmp_path: Path) -> None:
     runtime = Runtime(tmp_path / "state.sqlite")
     state = AdapterState(SPEC, legacy=True)
-    await state.open(runtime)  # type: ignore[arg-type]
+    await state.open(runtime)
     await state.record("a", 1)
     assert await state.get("a") == 1 and runtime.stores == []
     assert state.health()["mode"] == "legacy"
@@ -126,8 +127,8 @@ async def test_store_failure_degrades_then_replays_on_recovery(opened: tuple[Ada
 async def test_claim_and_take_are_atomic_through_the_store(tmp_path: Path) -> None:
     runtime = Runtime(tmp_path / "state.sqlite")
     one, two = AdapterState(SPEC, legacy=False), AdapterState(SPEC, legacy=False)
-    await one.open(runtime)  # type: ignore[arg-type]
-    await two.open(runtime)  # type: ignore[arg-type]
+    await one.open(runtime)
+    await two.open(runtime)
     assert [await one.claim("k", 1), await two.claim("k", 2)] == [True, False]
     assert [await two.take("k"), await one.take("k")] == [1, None]  # one's memory copy is not trusted
     await one.close()
@@ -166,7 +167,7 @@ async def test_keys_are_checked_exactly_as_the_store_checks_them(
 ) -> None:
     runtime = Runtime(tmp_path / "state.sqlite")
     st = AdapterState(SPEC, legacy=legacy)
-    await st.open(runtime)  # type: ignore[arg-type]
+    await st.open(runtime)
     try:
         for call in (
             lambda: st.record(key, {"v": 1}),

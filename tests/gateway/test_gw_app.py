@@ -32,7 +32,7 @@ def _summary(**kw: object) -> tuple[int, dict]:
         "sweeper": SweepStatus(60),
     }
     args.update(kw)
-    return summarize(**args)  # type: ignore[arg-type]
+    return summarize(**args)
 
 
 def test_health_summary_states() -> None:
@@ -51,7 +51,7 @@ def _config(tmp_path: Path, **adapters: dict) -> object:
 
 async def test_app_serves_health_and_echo_in_process(tmp_path: Path) -> None:
     config = _config(tmp_path, echo={"secret": SECRET})
-    app = build_app(config, load_plugins(config))  # type: ignore[arg-type]
+    app = build_app(config, load_plugins(config))
     async with TestClient(TestServer(app)) as client:
         resp = await client.get("/healthz")
         body = await resp.json()
@@ -74,7 +74,7 @@ class _Degraded(Plugin):
 async def test_a_raising_health_degrades_instead_of_failing(tmp_path: Path) -> None:
     config = _config(tmp_path)
     lp = LoadedPlugin(_Degraded(), "bundled", parse_config({"adapters": {"sick": {}}}, env={}).adapters["sick"])
-    app = build_app(config, [lp])  # type: ignore[arg-type]
+    app = build_app(config, [lp])
     async with TestClient(TestServer(app)) as client:
         body = await (await client.get("/healthz")).json()
     assert body["status"] == "degraded"
@@ -86,11 +86,11 @@ def test_two_plugins_cannot_claim_one_route(tmp_path: Path) -> None:
         id = "clash"
 
         def routes(self) -> list[Route]:
-            return [Route("GET", "/healthz", lambda r: web.Response())]  # type: ignore[arg-type,return-value]
+            return [Route("GET", "/healthz", lambda r: web.Response())]
 
     lp = LoadedPlugin(Clash(), "bundled", parse_config({"adapters": {"clash": {}}}, env={}).adapters["clash"])
     with pytest.raises(ConfigError, match="already served"):
-        build_app(_config(tmp_path), [lp])  # type: ignore[arg-type]
+        build_app(_config(tmp_path), [lp])
 
 
 async def test_sweep_removes_expired_rows_and_records_it(tmp_path: Path) -> None:

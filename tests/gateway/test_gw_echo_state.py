@@ -60,7 +60,7 @@ async def _increment(client: TestClient[Any, Any], key: str) -> tuple[int, Any]:
 async def test_a_store_fault_is_503_counts_nothing_and_recovers(tmp_path: Path) -> None:
     runtime = Runtime(tmp_path / "state.sqlite")
     plugin = EchoPlugin()
-    await plugin.start(runtime)  # type: ignore[arg-type]
+    await plugin.start(runtime)
     app = web.Application()
     for route in plugin.routes():
         app.router.add_route(route.method, route.path, route.handler)

@@ -18,7 +18,7 @@ from chatstate.gateway.echo import sign
 from chatstate.gateway.registry import load_plugins
 
 
-def _echo_app(tmp_path: Path):  # type: ignore[no-untyped-def]
+def _echo_app(tmp_path: Path):
     config = parse_config({"state": {"dir": str(tmp_path)}, "adapters": {"echo": {"secret": SECRET}}}, env={})
     return build_app(config, load_plugins(config))
 

@@ -31,7 +31,7 @@ async def test_slack_non_ascii_signature_is_401(tmp_path: Path) -> None:
             b"X-Slack-Request-Timestamp: " + ts.encode() + b"\r\nX-Slack-Signature: v0=\xc3\xa9\xc3\xa9\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
         )
-        status, raw = await raw_request(client.port, request)  # type: ignore[arg-type]
+        status, raw = await raw_request(client.port, request)
         assert status == 401, raw
     assert slack.posts() == []
 
@@ -57,7 +57,7 @@ async def test_slack_long_channel_id_is_refused_before_the_reply(tmp_path: Path)
         assert (await (await client.get("/healthz")).json())["status"] == "ok"
 
 
-async def _teams_post(client, teams: TeamsSimulator, body: bytes, token: str | None) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+async def _teams_post(client, teams: TeamsSimulator, body: bytes, token: str | None) -> tuple[int, str]:
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -97,7 +97,7 @@ async def test_teams_signed_junk_entities_and_long_ids_are_not_5xx(tmp_path: Pat
         assert health["status"] == "ok", health
 
 
-def _panel_command(discord_sim: DiscordSimulator, user_id: str) -> dict:  # type: ignore[type-arg]
+def _panel_command(discord_sim: DiscordSimulator, user_id: str) -> dict:
     data = discord_fixture("application_command")["data"]
     data["options"] = []
     return discord_sim.interaction("application_command", user_id=user_id, data=data)

@@ -83,7 +83,7 @@ def _runtime(plugin_id: str, origin: str, broker: StoreBroker, *, trusted: bool 
     from gw_ext_plugin import NotesPlugin
 
     adapter = AdapterConfig(plugin_id, True, "store", MappingProxyType({"k": "v"}))
-    return GatewayRuntime(LoadedPlugin(NotesPlugin(), origin, adapter), broker=broker, trusted=trusted)  # type: ignore[arg-type]
+    return GatewayRuntime(LoadedPlugin(NotesPlugin(), origin, adapter), broker=broker, trusted=trusted)
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ def via(gw: GatewayHarness, sim: S) -> S:
     Safe for concurrent deliveries when the caller calls `deliver` right after this, in the
     same task: the simulators read `gateway_url` before their first await.
     """
-    sim.gateway_url = gw.gateway_url  # type: ignore[attr-defined]
+    sim.gateway_url = gw.gateway_url
     return sim
 
 

@@ -79,7 +79,7 @@ async def test_discord_gateway_one_session_per_shard_and_failover_by_resume(shar
         assert health_b["adapters"]["discord"]["transport"]["status"] == "standby"
         assert len(sim.recorded("gateway_identify")) == 1  # only A connected
         message = await sim.post_panel()
-        session_id = sim.current_session().session_id  # type: ignore[union-attr]
+        session_id = sim.current_session().session_id
 
         await a.kill()
         while_down = [

@@ -46,7 +46,7 @@ CRASH_ROUNDS = 20
 
 def test_sigkill_mid_write_loses_no_acknowledged_write(state_home: Path, db_path: Path):
     rng = random.Random(20)
-    acked: list[tuple[str, str]] = []
+    acked: list[tuple[str, ...]] = []
     for round_no in range(CRASH_ROUNDS):
         with subprocess.Popen(
             [sys.executable, state_workers.__file__, "crash", str(state_home), str(round_no)],

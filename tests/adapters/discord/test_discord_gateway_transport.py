@@ -52,7 +52,7 @@ async def test_resume_after_restart_receives_what_was_dispatched_while_down(
         message = await sim.post_panel()
         opened = await sim.click(message, "Feedback")
         assert opened.data.get("custom_id"), opened
-        session_id = sim.current_session().session_id  # type: ignore[union-attr]
+        session_id = sim.current_session().session_id
         await (gw.stop() if kind == "term" else gw.kill())
 
         while_down = [
@@ -144,7 +144,7 @@ async def test_reconnect_and_invalid_session_ops(tmp_path: Path) -> None:
     sim = gateway_sim()
     async with GatewayHarness([sim], state_dir=tmp_path / "state") as gw:
         message = await sim.post_panel()
-        first = sim.current_session().session_id  # type: ignore[union-attr]
+        first = sim.current_session().session_id
 
         await sim.reconnect()  # op 7: reconnect and RESUME the same session
         await sim.wait_for(lambda recs: any(r.kind == "gateway_resume" for r in recs))
@@ -156,7 +156,7 @@ async def test_reconnect_and_invalid_session_ops(tmp_path: Path) -> None:
         assert "refreshed by" in (await sim.click(message, "Refresh")).content
         health = await transport(gw)
         assert (health["last_start"], health["identify_reason"]) == ("identified", "INVALID_SESSION")
-        assert sim.current_session().session_id != first  # type: ignore[union-attr]
+        assert sim.current_session().session_id != first
 
 
 async def test_missing_heartbeat_ack_reconnects_and_resumes(tmp_path: Path) -> None:

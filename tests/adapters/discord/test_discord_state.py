@@ -20,8 +20,8 @@ def test_specs_are_the_design_table() -> None:
 
 def test_values_carry_a_version_and_other_versions_read_as_expired() -> None:
     entry = {"action": "x"}
-    assert wrap(entry) == {"version": 1, "entry": entry}  # type: ignore[arg-type]
-    assert unwrap(wrap(entry)) == entry  # type: ignore[arg-type]
+    assert wrap(entry) == {"version": 1, "entry": entry}
+    assert unwrap(wrap(entry)) == entry
     for old in ({"version": 2, "entry": entry}, entry, None, {"version": 1, "entry": "x"}):
         assert unwrap(old) is None
 

@@ -7,7 +7,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from synapse_driver import SynapseRoomDriver
 
@@ -15,7 +15,7 @@ from chatstate.adapters.matrix import platform
 from chatstate.gateway.clock import now_ms
 from chatstate.gateway.sim.matrix import SERVER_NAME, MatrixHomeserver
 
-Homeserver = MatrixHomeserver | SynapseRoomDriver  # the simulator, or this test's room on Synapse
+Homeserver: TypeAlias = MatrixHomeserver | SynapseRoomDriver  # the simulator, or this test's room on Synapse
 
 ROOM = f"!ops:{SERVER_NAME}"
 ALICE = f"@alice:{SERVER_NAME}"  # an approver

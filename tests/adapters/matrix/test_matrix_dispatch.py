@@ -105,15 +105,15 @@ async def test_each_event_acts_once_across_dispatchers_on_one_file(runtime: File
     ]
     await one.room_events(ROOM, batch)
     await two.room_events(ROOM, batch)  # a replayed batch: another run, device or gateway
-    assert [c[0] for c in one.flow.calls] == ["$m1", "$r1"]  # type: ignore[attr-defined]
-    assert two.flow.calls == []  # type: ignore[attr-defined]
+    assert [c[0] for c in one.flow.calls] == ["$m1", "$r1"]
+    assert two.flow.calls == []
     assert (one.stats.handled, two.stats.replays_skipped) == (2, 2)
 
 
 async def test_a_reaction_redacted_later_in_the_same_batch_is_not_acted_on(runtime: FileRuntime) -> None:
     d = await dispatcher(runtime)
     await d.room_events(ROOM, [reaction("$r1"), request("$m1"), redaction("$r1"), reaction("$r2")])
-    assert [c[0] for c in d.flow.calls] == ["$m1", "$r2"]  # type: ignore[attr-defined]
+    assert [c[0] for c in d.flow.calls] == ["$m1", "$r2"]
     assert d.stats.withdrawn == 1
 
 
@@ -122,16 +122,16 @@ async def test_a_failing_event_is_retried_honouring_retry_after_then_given_up_al
     forbidden = MatrixError("room_send failed: M_FORBIDDEN", errcode="M_FORBIDDEN")
     d = await dispatcher(runtime, failures=[limited, None, forbidden, forbidden, forbidden], attempts=3)
     await d.room_events(ROOM, [request("$ok"), request("$bad"), request("$after")])
-    calls = [c[0] for c in d.flow.calls]  # type: ignore[attr-defined]
+    calls = [c[0] for c in d.flow.calls]
     assert calls == ["$ok", "$ok", "$bad", "$bad", "$bad", "$after"]
-    times = [c[1] for c in d.flow.calls]  # type: ignore[attr-defined]
+    times = [c[1] for c in d.flow.calls]
     assert times[1] - times[0] >= 0.6  # waited retry_after_ms, not the shorter backoff
     assert (d.stats.handled, d.stats.failed) == (2, 1)
     assert d.stats.last_failed is not None and d.stats.last_failed["event_id"] == "$bad"
     assert d.stats.last_failed["attempts"] == 3 and "M_FORBIDDEN" in d.stats.last_failed["error"]
     again = await dispatcher(runtime)
     await again.room_events(ROOM, [request("$bad")])  # a failed event stays claimed: not retried forever
-    assert again.flow.calls == []  # type: ignore[attr-defined]
+    assert again.flow.calls == []
 
 
 async def test_a_stop_mid_event_releases_its_claim_for_the_next_start(runtime: FileRuntime) -> None:
@@ -142,7 +142,7 @@ async def test_a_stop_mid_event_releases_its_claim_for_the_next_start(runtime: F
         started.set()
         await asyncio.sleep(30)
 
-    d.flow.on_message = slow  # type: ignore[method-assign]
+    d.flow.on_message = slow
     task = asyncio.create_task(d.room_events(ROOM, [request("$m1")]))
     await started.wait()
     task.cancel()
@@ -150,7 +150,7 @@ async def test_a_stop_mid_event_releases_its_claim_for_the_next_start(runtime: F
         await task
     after = await dispatcher(runtime)
     await after.room_events(ROOM, [request("$m1")])
-    assert [c[0] for c in after.flow.calls] == ["$m1"]  # type: ignore[attr-defined]
+    assert [c[0] for c in after.flow.calls] == ["$m1"]
 
 
 async def test_requester_slots_cap_free_and_expire(runtime: FileRuntime) -> None:
@@ -201,9 +201,9 @@ async def test_a_claim_left_handling_by_a_dead_run_is_finished_by_the_same_devic
     other = await dispatcher(runtime)
     other.flow.io.device_id = "DEVICE2"  # another login: never takes it over
     await other.room_events(ROOM, [request("$m1")])
-    assert other.flow.calls == [] and other.stats.replays_skipped == 1  # type: ignore[attr-defined]
+    assert other.flow.calls == [] and other.stats.replays_skipped == 1
     same = await dispatcher(runtime)
     same.flow.io.device_id = "DEVICE1"  # the dead run's successor finishes it, once
     await same.room_events(ROOM, [request("$m1")])
     await same.room_events(ROOM, [request("$m1")])
-    assert [c[0] for c in same.flow.calls] == ["$m1"]  # type: ignore[attr-defined]
+    assert [c[0] for c in same.flow.calls] == ["$m1"]

@@ -36,7 +36,7 @@ from chatstate.gateway.sim.matrix import SERVER_NAME, MatrixHomeserver, fixture
 @pytest.fixture
 async def sim() -> AsyncIterator[MatrixHomeserver]:
     async with MatrixHomeserver() as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ async def test_send_is_idempotent_per_txn_and_recorded_once(sim: MatrixHomeserve
     assert sim.event(one.event_id)["sender"] == sim.bot_user
 
     fetched = await client.room_get_event(ROOM, one.event_id)
-    assert fetched.event.source["content"] == content  # type: ignore[union-attr]
+    assert fetched.event.source["content"] == content
     assert isinstance(await client.room_get_event(ROOM, "$nope"), RoomGetEventError)
 
 

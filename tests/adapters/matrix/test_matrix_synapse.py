@@ -36,7 +36,7 @@ def actions(hs: SynapseRoomDriver, room: str | None = None) -> list[str]:
 
 
 def harness(hs: SynapseRoomDriver, tmp_path: Path, mode: str = "store", **matrix: Any) -> GatewayHarness:
-    return GatewayHarness([hs], modes=mode, state_dir=tmp_path / "state", adapters={"matrix": matrix})  # type: ignore[arg-type,list-item]
+    return GatewayHarness([hs], modes=mode, state_dir=tmp_path / "state", adapters={"matrix": matrix})
 
 
 async def matrix_health(gw: GatewayHarness) -> dict[str, Any]:

@@ -37,7 +37,7 @@ async def matrix_health(gw: GatewayHarness) -> dict[str, Any]:
 
 
 def harness(sim: MatrixHomeserver, tmp_path: Path, mode: str = "store", **matrix: Any) -> GatewayHarness:
-    return GatewayHarness([sim], modes=mode, state_dir=tmp_path / "state", adapters={"matrix": matrix})  # type: ignore[arg-type]
+    return GatewayHarness([sim], modes=mode, state_dir=tmp_path / "state", adapters={"matrix": matrix})
 
 
 async def filler(sim: MatrixHomeserver, count: int, room: str = ROOM) -> None:

@@ -167,7 +167,7 @@ async def test_resolve_refuses_a_decision_the_approval_does_not_allow(runtime: F
         await service.resolve("a1", "allow-always")
     assert (await service.resolve("a1", "deny")) is not None
     with pytest.raises(ValueError):
-        await service.request("a2", "x", requested_by="@u:s", decisions=("maybe",), ttl_ms=1)  # type: ignore[arg-type]
+        await service.request("a2", "x", requested_by="@u:s", decisions=("maybe",), ttl_ms=1)
 
 
 # -- reaction targets and sync token ----------------------------------------------------------

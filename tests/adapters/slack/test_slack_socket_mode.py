@@ -193,7 +193,7 @@ async def test_simulator_allows_ten_connections_per_app() -> None:
             assert [h["type"] for h in hellos] == ["hello"] * 10 + ["disconnect"]
             assert hellos[-1]["reason"] == "too_many_websockets" and hellos[9]["num_connections"] == 10
             envs = [sim.send_envelope(sim.mention_event(f"spread {i}")) for i in range(20)]
-            got = [[] for _ in links[:10]]
+            got: list[list[Any]] = [[] for _ in links[:10]]
             for i, ws in enumerate(links[:10]):
                 for _ in range(2):
                     got[i].append((await ws.receive_json())["envelope_id"])

@@ -15,7 +15,7 @@ from chatstate.gateway.sim.teams import TeamsSimulator
 @pytest.fixture
 async def sim() -> AsyncIterator[TeamsSimulator]:
     async with TeamsSimulator() as simulator:
-        yield simulator  # type: ignore[misc]
+        yield simulator
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ def harness(sim: TeamsSimulator, tmp_path: Path, *, mode: str = "store", **table
     return GatewayHarness(
         [sim],
         modes=mode,
-        adapters={"teams": table} if table else None,  # type: ignore[arg-type]
+        adapters={"teams": table} if table else None,
         state_dir=tmp_path / "state",
     )
 
@@ -57,7 +57,7 @@ async def test_reply_and_reaction_to_a_pre_restart_message_are_reply_to_bot(
         assert await sim.deliver(sim.activity("message_mention")) == 200
         [answer] = sim.sent()
         assert answer["text"] == "[mention] you said: hello there"
-        await gw.restart(kind=kind)  # type: ignore[arg-type]
+        await gw.restart(kind=kind)
         assert await sim.deliver(thread_reply(sim, answer["id"])) == 200
         assert sim.sent()[-1]["text"] == "[reply_to_bot] you said: thanks, and one more thing"
         assert await sim.deliver(sim.activity("message_reaction", reply_to_id=answer["id"])) == 200

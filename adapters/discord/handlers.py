@@ -175,9 +175,9 @@ class DiscordBot:
         if entry["single_use"]:
             if not await self.registry.claim_use(it.custom_id, it.user_id, used_at=now_ms()):
                 return await self._used_or_expired(it, default=ALREADY_USED)
-            # the claim decided; consuming the entry is cleanup and need not delay the answer
-            # (if it is lost, the entry expires, and the claim refuses every click meanwhile)
-            self._background(self.registry.take_component(it.custom_id))
+            # the claim decided; consuming the entry is cleanup, awaited so the answer reports a
+            # finished action (if a crash loses it, the entry expires and the claim refuses meanwhile)
+            await self.registry.take_component(it.custom_id)
         action = entry["action"]
         if action == "refresh":
             return platform.update(f"Deployment panel: status refreshed by <@{it.user_id}>.")

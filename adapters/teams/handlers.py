@@ -115,8 +115,8 @@ class TeamsBot(ActivityHandler):
         await turn_context.send_activity(f"[{Classification.REPLY_TO_BOT}] thanks for the {kinds}")
 
     async def on_members_added_activity(self, members_added: list[ChannelAccount], turn_context: TurnContext) -> None:
-        bot_id = turn_context.activity.recipient.id
-        if any(member.id == bot_id for member in members_added):
+        recipient = turn_context.activity.recipient  # optional on the wire: no recipient, no greeting
+        if recipient is not None and any(member.id == recipient.id for member in members_added):
             await turn_context.send_activity("Hi! Mention me, or reply to one of my messages.")
 
 

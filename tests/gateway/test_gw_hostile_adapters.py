@@ -89,6 +89,8 @@ async def test_teams_signed_junk_entities_and_long_ids_are_not_5xx(tmp_path: Pat
             teams.activity("message_mention", entities=[{"type": "mention", "mentioned": None}]),
             teams.activity("message_reply", reply_to_id="9" * 5000),
             teams.activity("message_reply", conversation_id="19:" + "c" * 5000),
+            # a signed conversationUpdate without a recipient (found by the signed fuzz)
+            {k: v for k, v in teams.activity("conversation_update").items() if k != "recipient"},
         ]
         for activity in cases:
             status, text = await _teams_post(client, teams, json.dumps(activity).encode(), teams.token())

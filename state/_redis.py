@@ -39,11 +39,11 @@ from . import _redis_lua as lua
 from ._backend import Decode, Holders, Limits, Mode, Row
 from ._errors import StateStoreError
 from ._redis_options import split_url
-from ._settings import SCHEMA_VERSION, StoreSettings
+from ._redis_schema import open_schema, schema_marker
+from ._settings import StoreSettings
 
 WRITE_OPS = {Mode.UPSERT: "register", Mode.CLAIM: "register_if_absent", Mode.MATCH: "compare_and_set"}
 MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m"}
-MIGRATE_BATCH = 500  # rows one migration script call versions
 
 T = TypeVar("T")
 
@@ -83,7 +83,7 @@ class RedisBackend(Holders):
         self._count = self._client.register_script(lua.COUNT)
         self._migrate_v1 = self._client.register_script(lua.MIGRATE_V1)
         try:
-            self._open_schema()  # also the first connection: redis-py reads its URL options here
+            open_schema(self)  # also the first connection: redis-py reads its URL options here
         except TypeError:
             self._client.close()
             raise StateStoreError(
@@ -163,58 +163,8 @@ class RedisBackend(Holders):
                 if not self._active:
                     self._idle.notify_all()
 
-    def _open_schema(self) -> None:
-        """Mark this prefix with our schema version, migrating a v1 prefix in place; refuse a
-        newer one (SCHEMA_UNSUPPORTED naming both versions)."""
-        version = self._schema_marker("open", create=True)
-        if version > SCHEMA_VERSION:
-            raise StateStoreError(
-                "SCHEMA_UNSUPPORTED",
-                "open",
-                f"the Redis prefix has schema version {version}; this code reads versions up to "
-                f"{SCHEMA_VERSION}: upgrade chatstate",
-                path=self.location,
-            )
-        if version == 1:
-            self._migrate_from_v1()
-
-    def _migrate_from_v1(self) -> None:
-        """v1 rows had no version: give each one a fresh random version, namespace by namespace
-        (HSETNX, so two gateways migrating together agree), then mark the prefix v2."""
-        from ._entry import new_version
-
-        def run() -> None:
-            for plugin in cast("set[str]", self._client.smembers(self._plugins_key)):
-                plugin_id = unquote(plugin)
-                for namespace in cast("set[str]", self._client.smembers(self._namespaces_key(plugin_id))):
-                    rows, order, _ = self._ns(plugin_id, namespace)
-                    members = cast("list[str]", self._client.zrange(order, 0, -1))
-                    for i in range(0, len(members), MIGRATE_BATCH):
-                        chunk = members[i : i + MIGRATE_BATCH]
-                        self._migrate_v1(keys=[rows + k for k in chunk], args=[str(new_version()) for _ in chunk])
-            self._client.set(f"{self._prefix}schema", SCHEMA_VERSION)
-
-        self._call("open", run)
-
-    def _schema_marker(self, op: str, *, create: bool = False) -> int:
-        key = f"{self._prefix}schema"
-
-        def run() -> int:
-            if create and not self._client.exists(f"{self._prefix}plugins"):
-                self._client.set(key, SCHEMA_VERSION, nx=True)  # an empty prefix starts at v2
-            text = self._client.get(key)
-            if text is None and create:  # rows but no marker cannot happen: v1 always wrote one
-                self._client.set(key, 1, nx=True)
-                text = self._client.get(key)
-            return int(text) if text is not None else 0
-
-        try:
-            return self._call(op, run)
-        except ValueError:
-            raise StateStoreError("CORRUPT", op, "the schema marker is not a number", path=self.location) from None
-
     def schema_version(self) -> int:
-        return self._schema_marker("probe")
+        return schema_marker(self, "probe")
 
     def reopened(self) -> None:
         """Nothing to re-check: Redis has no files."""

@@ -42,13 +42,18 @@ def _bad_dir(tmp_path: Path, kind: str) -> tuple[Path, str]:
         path = tmp_path / "link"
         path.symlink_to(target)
         return path, "is a symlink"
+    if kind == "unwritable":  # root writes through any mode bits, but not into procfs
+        if os.getuid() == 0:
+            return Path("/proc/1"), "is not writable by you"
+        target.chmod(0o555)
+        return target, "is not writable by you"
     if os.getuid() == 0:  # foreign-owned: as root, give it to nobody; otherwise root's /usr/share
         os.chown(target, 65534, 65534)
         return target, "is owned by uid 65534"
     return Path("/usr/share"), "is owned by uid 0"
 
 
-@pytest.mark.parametrize("kind", ["file", "symlink", "foreign"])
+@pytest.mark.parametrize("kind", ["file", "symlink", "foreign", "unwritable"])
 @pytest.mark.parametrize("command", list(COMMANDS))
 async def test_an_unusable_state_dir_is_one_line_and_exit_3(tmp_path: Path, command: str, kind: str) -> None:
     path, phrase = _bad_dir(tmp_path, kind)

@@ -9,6 +9,16 @@ A migration recipe, one file per step:
   plugin.py    the gateway plugin
 """
 
-from chatstate.adapters.discord.plugin import DiscordPlugin
+from typing import Any
 
 __all__ = ["DiscordPlugin"]
+
+
+def __getattr__(name: str) -> Any:
+    """`DiscordPlugin` is imported on first use, not with the package: the gateway checks a disabled
+    adapter's table against its `config` module without importing the adapter or its SDK."""
+    if name == "DiscordPlugin":
+        from chatstate.adapters.discord.plugin import DiscordPlugin
+
+        return DiscordPlugin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,16 @@ legacy twin), `sent.py` (the one recording function), `bot.py` (the ActivityHand
 `plugin.py` (wiring).
 """
 
-from chatstate.adapters.teams.plugin import TeamsPlugin
+from typing import Any
 
 __all__ = ["TeamsPlugin"]
+
+
+def __getattr__(name: str) -> Any:
+    """`TeamsPlugin` is imported on first use, not with the package: the gateway checks a disabled
+    adapter's table against its `config` module without importing the adapter or its SDK."""
+    if name == "TeamsPlugin":
+        from chatstate.adapters.teams.plugin import TeamsPlugin
+
+        return TeamsPlugin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,11 +34,14 @@ def test_bundled_ids_are_fixed() -> None:
 
 
 def test_only_enabled_bundled_plugins_are_imported() -> None:
-    sys.modules.pop("chatstate.adapters.slack", None)
+    """A disabled adapter's table is checked against its settings type (its `config` module, so
+    its package is imported), but the adapter itself, and with it its SDK, is not."""
+    for name in ("chatstate.adapters.slack", "chatstate.adapters.slack.config", "chatstate.adapters.slack.plugin"):
+        sys.modules.pop(name, None)
     config = parse_config({"adapters": {"echo": {"secret": "s"}, "slack": {"enabled": False}}}, env={})
     loaded = load_plugins(config)
     assert [(lp.id, lp.origin) for lp in loaded] == [("echo", "bundled")]
-    assert "chatstate.adapters.slack" not in sys.modules
+    assert "chatstate.adapters.slack.plugin" not in sys.modules
 
 
 def test_origin_comes_from_where_the_plugin_was_listed() -> None:

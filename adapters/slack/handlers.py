@@ -246,20 +246,29 @@ class EventWork:
         the posted message's ts.
 
         Every message the bot sends goes through here, so no send path can forget to record
-        (a bug the reference system had). Returns only after the row is durable. A thread new
-        to the bot counts against `requester`'s quota (`threads_per_user`); past it the bot
-        still answers, says it will not follow the thread, and records nothing (issue 15).
-        Raises SlackApiError / aiohttp.ClientError when the post fails (nothing is recorded then).
+        (a bug the reference system had). The row is durable *before* the post, so once the
+        reply is visible in Slack a SIGKILL cannot lose the thread (an early-acked event's
+        recovery only runs after its lease). A thread new to the bot counts against
+        `requester`'s quota (`threads_per_user`); past it the bot still answers, says it will
+        not follow the thread, and records nothing (issue 15).
+        Raises SlackApiError / aiohttp.ClientError when the post fails; a row this call added
+        is removed again then (a failed send records nothing).
         """
         follow = requester is None or await self._may_follow(thread, requester)
-        if not follow:
-            text = f"{text}\n{QUOTA_NOTE.format(limit=self.settings.threads_per_user)}"
-        ts = await self._api.post_message(
-            channel=thread.channel_id, text=text, thread_ts=thread.thread_ts, event_id=event_id
-        )
+        added = False
         if follow:
+            added = await self._threads.replied_in(thread) is None
             await self._threads.record_participation(thread, agent_id=self.settings.agent_id)
-        return ts
+        else:
+            text = f"{text}\n{QUOTA_NOTE.format(limit=self.settings.threads_per_user)}"
+        try:
+            return await self._api.post_message(
+                channel=thread.channel_id, text=text, thread_ts=thread.thread_ts, event_id=event_id
+            )
+        except Exception:
+            if added:
+                await self._threads.forget(thread)
+            raise
 
     async def _may_follow(self, thread: ThreadRef, requester: str) -> bool:
         """True if `requester` is under their quota (one read, one write for a thread new to

@@ -74,6 +74,10 @@ class ThreadParticipation:
         value = await self.state.get(thread.key)
         return value if isinstance(value, dict) else None
 
+    async def forget(self, thread: ThreadRef) -> None:
+        """Drop `thread`'s row: a reply recorded ahead of a send that then failed."""
+        await self.state.forget(thread.key)
+
 
 class EventLedger(ClaimLedger):
     """Slack event ids already taken (`slack.events`): a short lease while the bot works on

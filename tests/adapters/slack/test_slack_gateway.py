@@ -234,7 +234,9 @@ async def test_kill_between_post_and_done_mark_does_not_reply_twice(slack: Slack
         slack.hold_posts = None
         await slack.wait_for_posts(1)
         [lease] = stored(gw.database_path, EVENTS_NAMESPACE)
-        assert "done_at" not in lease.value and stored(gw.database_path, THREADS_NAMESPACE) == []
+        assert "done_at" not in lease.value
+        # the participation row was durable before the post reached Slack, so the kill lost nothing
+        assert len(stored(gw.database_path, THREADS_NAMESPACE)) == 1
 
         await gw.start()
         assert lease.expires_at is not None

@@ -251,13 +251,12 @@ class EventWork:
         recovery only runs after its lease). A thread new to the bot counts against
         `requester`'s quota (`threads_per_user`); past it the bot still answers, says it will
         not follow the thread, and records nothing (issue 15).
-        Raises SlackApiError / aiohttp.ClientError when the post fails; a row this call added
-        is removed again then (a failed send records nothing).
+        Raises SlackApiError / aiohttp.ClientError when the post fails; the row is removed
+        again then (a failed send records nothing; the event is released, and the retry that
+        posts records it anew).
         """
         follow = requester is None or await self._may_follow(thread, requester)
-        added = False
         if follow:
-            added = await self._threads.replied_in(thread) is None
             await self._threads.record_participation(thread, agent_id=self.settings.agent_id)
         else:
             text = f"{text}\n{QUOTA_NOTE.format(limit=self.settings.threads_per_user)}"
@@ -266,7 +265,7 @@ class EventWork:
                 channel=thread.channel_id, text=text, thread_ts=thread.thread_ts, event_id=event_id
             )
         except Exception:
-            if added:
+            if follow:
                 await self._threads.forget(thread)
             raise
 

@@ -8,6 +8,7 @@ Everything a caller of a backend uses is declared here, so nothing probes for at
 
 from __future__ import annotations
 
+import abc
 import threading
 from collections.abc import Callable, Sequence
 from enum import Enum
@@ -125,7 +126,7 @@ class Backend(Protocol):
     def checkpoint(self, op: str = "close") -> None: ...
 
 
-class Holders:
+class Holders(abc.ABC):
     """The one count of a backend's users (the Database that opened it, each open store), for
     both backends: `acquire` adds one, the last `release` closes the backend. A backend sets
     `_lock`, `_users = 0` and `_closed = False`, and says how it closes in two parts:
@@ -157,8 +158,10 @@ class Holders:
         self._close_now(running)
         return True
 
+    @abc.abstractmethod
     def _stop_calls(self) -> Any:
-        raise NotImplementedError
+        """Under `_lock`, just after `_closed` is set: gather or wait for the calls in flight."""
 
+    @abc.abstractmethod
     def _close_now(self, running: Any) -> None:
-        raise NotImplementedError
+        """Outside `_lock`, with what `_stop_calls` returned: checkpoint, close connections."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 from ._errors import StateStoreError
@@ -173,13 +174,48 @@ def backup(source: Path, target: Path) -> None:
     os.replace(partial, target)
 
 
+# Files this process checked, by path: what they looked like on disk right after the check.
+# The gateway checks the file read-only before it binds, then the backend checks it again as it
+# opens; at 1M rows each quick_check reads the whole file (~0.2 s), so the second one is skipped
+# when neither the file nor its WAL changed in between (issue 20, target 6).
+_checked: dict[str, tuple[object, ...]] = {}
+_checked_lock = threading.Lock()
+
+
+def _fingerprint(path: Path) -> tuple[object, ...] | None:
+    parts: list[object] = []
+    for p in (path, Path(f"{path}-wal")):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            parts.append(None)
+            continue
+        except OSError:
+            return None
+        # An empty WAL holds nothing: a read-only check may create one without changing a byte.
+        parts.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) if st.st_size else None)
+    return tuple(parts)
+
+
 def check_existing(path: Path) -> None:
     """Refuse a file that is not a readable SQLite database of a known schema, read-only.
 
     Raises OPEN_FAILED (not SQLite), CORRUPT (damaged) or SCHEMA_UNSUPPORTED; the file, and its
-    permissions, are left exactly as they were.
+    permissions, are left exactly as they were. A file this process already checked and that has
+    not changed since (same inode, size, mtime and ctime, WAL included) is not read again.
     """
     where = str(path)
+    before = _fingerprint(path)
+    with _checked_lock:
+        if before is not None and _checked.get(where) == before:
+            return
+    _check_file(path, where)
+    if before is not None and _fingerprint(path) == before:  # unchanged while it was read
+        with _checked_lock:
+            _checked[where] = before
+
+
+def _check_file(path: Path, where: str) -> None:
     try:
         with open(path, "rb") as fh:
             header = fh.read(len(SQLITE_HEADER))

@@ -174,3 +174,28 @@ def test_a_healthy_database_passes_integrity_after_reopen(target, db_path):
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     finally:
         conn.close()
+
+
+def test_an_unchanged_file_is_checked_once_per_process_and_a_changed_one_again(target, db_path, monkeypatch):
+    """The gateway checks the file before it binds and the backend again as it opens; at 1M rows
+    each check reads the whole file, so the second is skipped while nothing changed (issue 20)."""
+    from chatstate.state import _sqlite_schema
+
+    healthy_database(target, db_path, rows=20)
+    reads: list[str] = []
+    real = _sqlite_schema._check_file
+    monkeypatch.setattr(_sqlite_schema, "_check_file", lambda path, where: (reads.append(where), real(path, where)))
+    check_database(target["path"])
+    store = open_keyed_store("p", "ns", max_entries=100, **target)
+    assert reads == [str(db_path)]  # the open did not read the file again
+    store.register("one-more", 1)  # the WAL changed: the next check reads again
+    check_database(target["path"])
+    assert reads == [str(db_path)] * 2
+    store.close()
+    good = db_path.read_bytes()
+    check_database(target["path"])
+    assert len(reads) == 3
+    db_path.write_bytes(good[:4096] + os.urandom(len(good) - 4096))  # same size, same inode
+    with pytest.raises(StateStoreError) as err:
+        check_database(target["path"])
+    assert err.value.code == "CORRUPT" and len(reads) == 4

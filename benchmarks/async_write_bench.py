@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chatstate import state
+from chatstate.gateway.cpu import check_cpu, pin_process
 
 PLUGIN = "bench"
 NAMESPACE = "bench.writes"
@@ -235,6 +236,7 @@ async def run(args: argparse.Namespace) -> int:
 
     print(
         f"\nload average at start {load_start}, at end {load_end}; {os.cpu_count()} CPUs; "
+        f"{'pinned to CPU ' + str(args.cpu) if args.cpu is not None else 'not pinned'}; "
         f"{args.rounds} interleaved rounds; {LIVE_ROWS:,} live rows per database; SQLite {sqlite3.sqlite_version}\n"
     )
     print("| column | writes/s | p50 us | p99 us | largest loop gap ms |")
@@ -286,7 +288,13 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="3 rounds of 300 writes: a smoke run")
     parser.add_argument("--dir", default=None, help="where the temporary databases go")
+    parser.add_argument(
+        "--cpu", type=int, help="pin the whole run to this CPU, as [gateway] cpu pins a gateway; default: not pinned"
+    )
     ns = parser.parse_args()
     if ns.quick:
         ns.rounds, ns.calls = 3, 300
+    if ns.cpu is not None:
+        check_cpu(ns.cpu)
+        pin_process(ns.cpu)
     sys.exit(asyncio.run(run(ns)))

@@ -36,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from chatstate.gateway.cpu import pin_process  # noqa: E402
 from chatstate.gateway.echo import NAMESPACE, SIGNATURE_HEADER, sign  # noqa: E402
 from chatstate.gateway.sim.harness import GatewayHarness, free_port  # noqa: E402
 
@@ -262,12 +263,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def throughput(requests: int, concurrency: int, rounds: int) -> dict[str, dict[str, float]]:
+async def throughput(requests: int, concurrency: int, rounds: int, cpu: int | None) -> dict[str, dict[str, float]]:
     """All servers up at once; interleaved rounds (first server rotating) so machine noise hits
-    each one alike. Medians of the rounds; `ratio` is the median of the per-round ratios."""
+    each one alike. Medians of the rounds; `ratio` is the median of the per-round ratios.
+    `cpu`: every server pinned to that CPU (the gateways by `[gateway] cpu`, the bare one alike)."""
     port = free_port()
     bare = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--serve-bare", str(port), stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        __file__,
+        "--serve-bare",
+        str(port),
+        *(["--cpu", str(cpu)] if cpu is not None else []),
+        stdout=asyncio.subprocess.PIPE,
     )
     per_round = requests // rounds
     try:
@@ -278,7 +285,8 @@ async def throughput(requests: int, concurrency: int, rounds: int) -> dict[str, 
             for access_log in (True, False):
                 gw = await stack.enter_async_context(
                     GatewayHarness(
-                        adapters={"echo": {"secret": SECRET}}, config={"gateway": {"access_log": access_log}}
+                        adapters={"echo": {"secret": SECRET}},
+                        config={"gateway": {"access_log": access_log, **({"cpu": cpu} if cpu is not None else {})}},
                     )
                 )
                 assert gw.pid is not None and gw.port is not None
@@ -418,8 +426,11 @@ async def restart_to_ready(rows: int, rounds: int = 5) -> dict[str, float]:
 async def main(args: argparse.Namespace) -> int:
     failed = 0
     load_start = load_average()
-    tp = await throughput(args.requests, args.concurrency, args.rounds)
-    print(f"\nload average at start {load_start}, after the throughput rounds {load_average()}; {os.cpu_count()} CPUs")
+    tp = await throughput(args.requests, args.concurrency, args.rounds, args.cpu)
+    print(
+        f"\nload average at start {load_start}, after the throughput rounds {load_average()}; {os.cpu_count()} CPUs; "
+        f"servers {'pinned to CPU ' + str(args.cpu) if args.cpu is not None else 'not pinned'}"
+    )
     print(
         f"{args.requests // args.rounds} requests per server per round, {args.rounds} interleaved rounds "
         f"(medians) after {WARMUP} warm-up, {args.concurrency} keep-alive connections with one request in "
@@ -490,10 +501,14 @@ if __name__ == "__main__":
     parser.add_argument(
         "--quick", action="store_true", help="2 rounds of 500 requests, 10,000 rows, 1 restart each: a smoke run"
     )
+    parser.add_argument(
+        "--cpu", type=int, help="pin every server to this CPU ([gateway] cpu; the bare one alike); default: not pinned"
+    )
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     ns = parser.parse_args()
     if ns.serve_bare:
+        pin_process(ns.cpu)
         asyncio.run(_serve_bare(ns.serve_bare))
     elif ns.drive:
         asyncio.run(_drive())

@@ -46,6 +46,7 @@ from botbuilder.schema import Activity
 from chatstate import state
 from chatstate.adapters.teams import TeamsPlugin
 from chatstate.adapters.teams.config import TeamsSettings
+from chatstate.gateway.cpu import check_cpu, pin_process
 from chatstate.gateway.sim.teams import TeamsSimulator
 
 TARGET_US = 50.0
@@ -203,6 +204,7 @@ async def _measure(args: argparse.Namespace, sim: TeamsSimulator, plugin: TeamsP
     overhead_cpu = [a - b for a, b in zip(col("route, no-op validation", 1), col("bare turn", 1))]
     print(
         f"\nload average at start {load_start}, at end {load_average()}; {os.cpu_count()} CPUs; "
+        f"{'pinned to CPU ' + str(args.cpu) if args.cpu is not None else 'not pinned'}; "
         f"{args.rounds} interleaved rounds of {args.calls} calls per arm\n"
     )
     print("| arm | wall us per activity (median [range] of the per-round medians) | process CPU us per activity |")
@@ -227,7 +229,13 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=300, help="activities per arm per round")
     parser.add_argument("--quick", action="store_true", help="3 rounds of 50: a smoke run")
+    parser.add_argument(
+        "--cpu", type=int, help="pin the whole run to this CPU, as [gateway] cpu pins a gateway; default: not pinned"
+    )
     ns = parser.parse_args()
     if ns.quick:
         ns.rounds, ns.calls = 3, 50
+    if ns.cpu is not None:
+        check_cpu(ns.cpu)
+        pin_process(ns.cpu)
     sys.exit(asyncio.run(run(ns)))

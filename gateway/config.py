@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from chatstate.gateway.cpu import check_cpu
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.settings import ENV_PREFIX, AdapterSettings, Mode, Settings, build, check_keys, env_prefix
 from chatstate.state import state_dir as resolve_state_dir
@@ -43,11 +44,19 @@ class GatewaySettings(Settings):
     drain_timeout_s: Annotated[float, Field(ge=0)] = DEFAULT_DRAIN_TIMEOUT_S
     access_log: bool = True  # one JSON line per HTTP request
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    cpu: Annotated[int, Field(ge=0)] | None = None  # pin the process to this CPU (gateway/cpu.py)
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("cpu")
+    @classmethod
+    def _usable_cpu(cls, value: int | None) -> int | None:
+        if value is not None:
+            check_cpu(value)
+        return value
 
 
 class StateSettings(Settings):
@@ -91,6 +100,7 @@ class GatewayConfig:
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     access_log: bool = True
     log_level: str = "info"
+    cpu: int | None = None
     state_dir: Path = field(default_factory=lambda: default_state_dir({}))
     state_url: str | None = None
     sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
@@ -172,6 +182,7 @@ def parse_config(
         drain_timeout_s=gw.drain_timeout_s,
         access_log=gw.access_log,
         log_level=gw.log_level,
+        cpu=gw.cpu,
         state_dir=resolved_dir.absolute(),
         state_url=st.url,
         sweep_interval_s=st.sweep_interval_s,

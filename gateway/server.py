@@ -1,6 +1,7 @@
 """Run one gateway process in the foreground, from checked config to a clean exit.
 
 Order matters, and each step fails with its own exit code before the next one can do harm:
+  0. pin to `[gateway] cpu` if set (exit 2: not a CPU this process may use)
   1. load plugins             (exit 2: bad plugin config)
   2. take the state-dir lock  (exit 4: a gateway already runs here)
   3. check the database, read-only (exit 3: not SQLite / corrupt / newer schema; untouched)
@@ -30,6 +31,7 @@ from chatstate import state
 from chatstate.gateway import logs
 from chatstate.gateway.app import LIFECYCLE, PLUGINS, PluginStartError, build_app, database_location
 from chatstate.gateway.config import GatewayConfig
+from chatstate.gateway.cpu import pin_process
 from chatstate.gateway.exits import BAD_CONFIG, FAILED, IN_USE, OK, STORE_UNUSABLE, UNUSABLE_STORE_CODES, GatewayExit
 from chatstate.gateway.pidfile import PidFile
 from chatstate.gateway.registry import load_plugins
@@ -47,6 +49,7 @@ def run(config: GatewayConfig, *, ready_fd: int | None = None, launch: dict[str,
     """
     t0 = process_started_monotonic()
     log = logs.get("server")
+    pin_process(config.cpu)
     plugins = load_plugins(config)
     with PidFile.acquire(config.state_dir) as pidfile:
         path, _ = database_location(config)

@@ -7,6 +7,7 @@ where a benchmark checks a correctness property, that the property held.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,13 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _run(script: str) -> str:
+def _run(script: str, *extra: str) -> str:
     proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, str(BENCHMARKS / script), "--quick", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     out = proc.stdout
@@ -40,3 +45,10 @@ def test_teams_bench_runs() -> None:
 def test_gateway_bench_runs_with_its_restart() -> None:
     out = _run("gateway_bench.py")
     assert "restart with 10,000 live rows" in out and "ready gateway's RSS" in out
+
+
+def test_benchmarks_pin_with_cpu() -> None:
+    """`--cpu N` measures `[gateway] cpu` (the gateways) and the same pin for the in-process runs."""
+    cpu = str(max(os.sched_getaffinity(0)))
+    assert f"pinned to CPU {cpu}" in _run("async_write_bench.py", "--cpu", cpu)
+    assert f"servers pinned to CPU {cpu}" in _run("gateway_bench.py", "--cpu", cpu)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 from pathlib import Path
 
 from ._errors import StateStoreError
@@ -177,9 +176,9 @@ def backup(source: Path, target: Path) -> None:
 # Files this process checked, by path: what they looked like on disk right after the check.
 # The gateway checks the file read-only before it binds, then the backend checks it again as it
 # opens; at 1M rows each quick_check reads the whole file (~0.2 s), so the second one is skipped
-# when neither the file nor its WAL changed in between (issue 20, target 6).
+# when neither the file nor its WAL changed in between (issue 20, target 6). A dict's get and
+# set are atomic under the GIL, so no lock (and nothing a fork could leave held).
 _checked: dict[str, tuple[object, ...]] = {}
-_checked_lock = threading.Lock()
 
 
 def _fingerprint(path: Path) -> tuple[object, ...] | None:
@@ -206,13 +205,11 @@ def check_existing(path: Path) -> None:
     """
     where = str(path)
     before = _fingerprint(path)
-    with _checked_lock:
-        if before is not None and _checked.get(where) == before:
-            return
+    if before is not None and _checked.get(where) == before:
+        return
     _check_file(path, where)
     if before is not None and _fingerprint(path) == before:  # unchanged while it was read
-        with _checked_lock:
-            _checked[where] = before
+        _checked[where] = before
 
 
 def _check_file(path: Path, where: str) -> None:

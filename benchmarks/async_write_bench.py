@@ -2,17 +2,23 @@
 
     python benchmarks/async_write_bench.py [--rounds 7] [--calls 2000] [--tasks 64] [--quick]
 
-Three columns, each on its own SQLite database with the same 1,000 live rows and the same store
+Four columns, each on its own SQLite database with the same 1,000 live rows and the same store
 settings, in interleaved rounds (the first column rotating) so a noisy neighbour slows each alike:
   sync      `KeyedStore.register` called in a plain loop: one transaction, one commit per write.
-  1 task    one coroutine awaiting `AsyncKeyedStore.register` in a loop (the async twin).
-  64 tasks  64 coroutines awaiting `register` at once (what the writer's group commit is for).
-Each awaited column runs with a 1 ms ticker task on the same event loop; the ticker's largest
-lateness is the loop's largest gap (the event loop blocked, or starved of the GIL, that long).
+  1 task    one coroutine awaiting `AsyncKeyedStore.register` in a loop (the async twin), nothing
+            else on the loop, as nothing else runs beside the sync column.
+  1 task + ticker   the same with a 1 ms ticker task on the loop: the ticker's largest lateness
+            is the loop's largest gap (the loop blocked, or starved of the GIL, that long).
+  64 tasks  64 coroutines awaiting `register` at once (what the writer's group commit is for),
+            with the ticker.
 The ticker also runs alone for a moment each round: its gap there is the machine's own noise.
+The latency target is read from the probe-free column, because waking the loop 1,000 times a
+second is itself a cost the sync column does not pay (pinned, it adds ~15 us to an awaited
+write's p50); the ticker column's latency is printed beside it.
 
 Targets (checked; exit 1 when one is missed, on the medians of the per-round ratios):
-  2. 1 task: p50 and p99 latency each <= 2x the sync register's; largest loop gap < 5 ms.
+  2. 1 task: p50 and p99 latency each <= 2x the sync register's; largest loop gap (1 task +
+     ticker, 64 tasks) < 5 ms.
   3. 64 tasks: writes/s >= 3x the sync one-commit-per-write rate, and every await returns only
      after its own commit: checked in a separate (untimed) round, where each task, right after
      its await returns and before it yields again, reads its row through an independent
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -98,10 +105,13 @@ def sync_round(store: state.KeyedStore, calls: int, offset: int) -> dict[str, fl
     return {"rate": calls / elapsed, "p50": _pct(lat, 0.5) * 1e6, "p99": _pct(lat, 0.99) * 1e6}
 
 
-async def one_task_round(store: state.AsyncKeyedStore, calls: int, offset: int) -> dict[str, float]:
+async def one_task_round(
+    store: state.AsyncKeyedStore, calls: int, offset: int, *, probe: bool = True
+) -> dict[str, float]:
     lat = []
     clock = time.perf_counter
-    with Ticker() as ticker:
+    ticker = Ticker() if probe else None
+    with ticker or contextlib.nullcontext():
         await asyncio.sleep(0)
         start = clock()
         for i in range(offset, offset + calls):
@@ -110,12 +120,10 @@ async def one_task_round(store: state.AsyncKeyedStore, calls: int, offset: int) 
             lat.append(clock() - t)
         elapsed = clock() - start
     lat.sort()
-    return {
-        "rate": calls / elapsed,
-        "p50": _pct(lat, 0.5) * 1e6,
-        "p99": _pct(lat, 0.99) * 1e6,
-        "gap_ms": ticker.worst * 1e3,
-    }
+    out = {"rate": calls / elapsed, "p50": _pct(lat, 0.5) * 1e6, "p99": _pct(lat, 0.99) * 1e6}
+    if ticker is not None:
+        out["gap_ms"] = ticker.worst * 1e3
+    return out
 
 
 async def many_tasks_round(store: state.AsyncKeyedStore, calls: int, tasks: int, offset: int) -> dict[str, float]:
@@ -187,7 +195,7 @@ def _settings() -> state.StoreSettings:
 async def run(args: argparse.Namespace) -> int:
     load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="i20-aw-", dir=args.dir) as tmp:
-        dbs = {name: Path(tmp) / name / "state.sqlite" for name in ("sync", "one", "many")}
+        dbs = {name: Path(tmp) / name / "state.sqlite" for name in ("sync", "one", "probed", "many")}
         stores = {}
         for name, db in dbs.items():
             stores[name] = state.open_keyed_store(
@@ -197,23 +205,27 @@ async def run(args: argparse.Namespace) -> int:
                 stores[name].register(_key(i), _value(i))
         sync_store = stores["sync"]
         one = state.AsyncKeyedStore(stores["one"])
+        probed = state.AsyncKeyedStore(stores["probed"])
         many = state.AsyncKeyedStore(stores["many"])
         # warm-up: threads started, statements cached, pages in memory
         sync_round(sync_store, 200, 0)
-        await one_task_round(one, 200, 0)
+        await one_task_round(one, 200, 0, probe=False)
+        await one_task_round(probed, 200, 0)
         await many_tasks_round(many, 640, args.tasks, 0)
 
-        columns = ["sync", "1 task", f"{args.tasks} tasks"]
+        columns = ["sync", "1 task", "1 task + ticker", f"{args.tasks} tasks"]
         runs: dict[str, list[dict[str, float]]] = {c: [] for c in columns}
         idle: list[float] = []
         for r in range(args.rounds):
             offset = LIVE_ROWS + r * args.calls
-            order = columns[r % 3 :] + columns[: r % 3]
+            order = columns[r % 4 :] + columns[: r % 4]
             for col in order:
                 if col == "sync":
                     runs[col].append(sync_round(sync_store, args.calls, offset))
                 elif col == "1 task":
-                    runs[col].append(await one_task_round(one, args.calls, offset))
+                    runs[col].append(await one_task_round(one, args.calls, offset, probe=False))
+                elif col == "1 task + ticker":
+                    runs[col].append(await one_task_round(probed, args.calls, offset))
                 else:
                     runs[col].append(await many_tasks_round(many, args.calls * 4, args.tasks, offset))
             idle.append(await idle_gap(0.2))
@@ -225,11 +237,12 @@ async def run(args: argparse.Namespace) -> int:
     ratio = {  # per round: async / sync for latency (lower is better), rate ratio for 64 tasks
         "p50": [o["p50"] / s["p50"] for o, s in zip(runs["1 task"], runs["sync"])],
         "p99": [o["p99"] / s["p99"] for o, s in zip(runs["1 task"], runs["sync"])],
+        "p50_probed": [o["p50"] / s["p50"] for o, s in zip(runs["1 task + ticker"], runs["sync"])],
         "rate1": [o["rate"] / s["rate"] for o, s in zip(runs["1 task"], runs["sync"])],
-        "rate64": [m["rate"] / s["rate"] for m, s in zip(runs[columns[2]], runs["sync"])],
+        "rate64": [m["rate"] / s["rate"] for m, s in zip(runs[columns[3]], runs["sync"])],
     }
-    gap1 = [r["gap_ms"] for r in runs["1 task"]]
-    gap64 = [r["gap_ms"] for r in runs[columns[2]]]
+    gap1 = [r["gap_ms"] for r in runs["1 task + ticker"]]
+    gap64 = [r["gap_ms"] for r in runs[columns[3]]]
 
     def mr(values: list[float], fmt: str = "{:.2f}") -> str:
         return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
@@ -254,7 +267,8 @@ async def run(args: argparse.Namespace) -> int:
     checks = [
         ("2. 1 task p50 latency / sync p50", ratio["p50"], "<= 2.0", statistics.median(ratio["p50"]) <= 2.0),
         ("2. 1 task p99 latency / sync p99", ratio["p99"], "<= 2.0", statistics.median(ratio["p99"]) <= 2.0),
-        ("2. largest loop gap, 1 task (ms)", gap1, "< 5", statistics.median(gap1) < 5.0),
+        ("   (1 task + ticker p50 / sync p50)", ratio["p50_probed"], "info", True),
+        ("2. largest loop gap, 1 task + ticker (ms)", gap1, "< 5", statistics.median(gap1) < 5.0),
         (f"2. largest loop gap, {args.tasks} tasks (ms)", gap64, "< 5", statistics.median(gap64) < 5.0),
         ("   (1 task writes/s / sync writes/s)", ratio["rate1"], "info", True),
         (

@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chatstate import state
-from chatstate.gateway.cpu import check_cpu, pin_process
+from chatstate.gateway.cpu import pin_process
 
 PLUGIN = "bench"
 NAMESPACE = "bench.writes"
@@ -308,7 +308,5 @@ if __name__ == "__main__":
     ns = parser.parse_args()
     if ns.quick:
         ns.rounds, ns.calls = 3, 300
-    if ns.cpu is not None:
-        check_cpu(ns.cpu)
-        pin_process(ns.cpu)
+    pin_process(ns.cpu)
     sys.exit(asyncio.run(run(ns)))

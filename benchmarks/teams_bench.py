@@ -46,7 +46,7 @@ from botbuilder.schema import Activity
 from chatstate import state
 from chatstate.adapters.teams import TeamsPlugin
 from chatstate.adapters.teams.config import TeamsSettings
-from chatstate.gateway.cpu import check_cpu, pin_process
+from chatstate.gateway.cpu import pin_process
 from chatstate.gateway.sim.teams import TeamsSimulator
 
 TARGET_US = 50.0
@@ -235,7 +235,5 @@ if __name__ == "__main__":
     ns = parser.parse_args()
     if ns.quick:
         ns.rounds, ns.calls = 3, 50
-    if ns.cpu is not None:
-        check_cpu(ns.cpu)
-        pin_process(ns.cpu)
+    pin_process(ns.cpu)
     sys.exit(asyncio.run(run(ns)))

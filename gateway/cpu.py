@@ -28,10 +28,11 @@ def check_cpu(cpu: int) -> None:
 
 
 def pin_process(cpu: int | None) -> None:
-    """Pin every thread of this process, and so every thread it starts later, to `cpu` (checked
-    by the config layer already)."""
+    """Pin every thread of this process, and so every thread it starts later, to `cpu`; raises
+    ValueError as `check_cpu` (the config layer has normally refused such a value already)."""
     if cpu is None:
         return
+    check_cpu(cpu)
     # sched_setaffinity applies to one thread: pin those already running (a logging thread),
     # and threads started afterwards inherit it from their creator.
     for tid in os.listdir("/proc/self/task"):

@@ -1,11 +1,8 @@
 """A Discord Gateway client on aiohttp websockets, with its session persisted for RESUME.
 
-Why not discord.py's own `DiscordWebSocket`: it is built from a logged-in `Client` (its
-`ConnectionState`, parsers and `HTTPClient`), and that client finds the gateway and answers
-interactions through `discord.http.Route.BASE`, a class variable shared by every discord.py user
-in the process; pointing one bot at a local URL would repoint them all (see `platform.py`). So
-the link is ours; the protocol's names come from discord.py (`DiscordWebSocket`'s opcode
-constants, `discord.types.gateway` payload types, `discord.Intents`).
+Not discord.py's `DiscordWebSocket`: it needs a logged-in `Client`, whose REST base URL is
+shared by every discord.py user in the process (see `platform.py`). So the link is ours; the
+protocol's names come from discord.py (opcodes, `discord.types.gateway`, `discord.Intents`).
 
 The protocol (https://discord.com/developers/docs/events/gateway): HELLO, heartbeats and their
 ACKs (a missing ACK: close 4000, RESUME), IDENTIFY/READY, RESUME/RESUMED, RECONNECT (op 7) and
@@ -18,17 +15,15 @@ into the persisted sequence number (the highest one whose dispatch, and every ea
 done). SIGTERM finishes the interactions in hand, saves, and closes with 4000 so the session
 stays resumable.
 
-A frame Discord would not send (not JSON, not an object, a dispatch without an integer `s`) is
-logged and dropped; the link reads on. Anything else that breaks a link ends in a reconnect,
-never in a reader that is gone: `live` is false, and the plugin's health says degraded, until
-the link is READY or RESUMED again.
+A frame Discord would not send (`platform.gateway_frame`) is logged and dropped; anything else
+that breaks a link ends in a reconnect, never in a reader that is gone. `live` is false, and the
+plugin's health degraded, until the link is READY or RESUMED again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import sys
@@ -40,6 +35,7 @@ import aiohttp
 import discord  # before discord.gateway: discord's own modules import in this order
 from discord.gateway import DiscordWebSocket as Op  # the opcode constants, nothing else
 
+from chatstate.adapters.discord import platform
 from chatstate.adapters.discord.gateway_state import GatewayState, SavedSession
 
 if TYPE_CHECKING:
@@ -180,7 +176,6 @@ class GatewayClient:
                 self._log.warning(
                     "discord_gateway_connect_failed", extra={"error": type(exc).__name__}, exc_info=not expected
                 )
-                self.status = "reconnecting"
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
             finally:
@@ -216,7 +211,7 @@ class GatewayClient:
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     break
-                frame, problem = _parse_frame(msg.data)
+                frame, problem = platform.gateway_frame(msg.data)
                 if frame is not None:
                     try:
                         await self._on_frame(ws, frame)
@@ -362,18 +357,3 @@ class GatewayClient:
             self._session = SavedSession(session.session_id, session.resume_gateway_url, seq)
             await self._state.save(self._session)
             self._saved_seq = seq
-
-
-def _parse_frame(text: str) -> tuple[dict[str, Any] | None, str]:
-    """A frame as Discord sends it: (the JSON object, "") or (None, why it is not one)."""
-    try:
-        frame = json.loads(text)
-    except ValueError:
-        return None, "not JSON"
-    if not isinstance(frame, dict):
-        return None, f"a JSON {type(frame).__name__}, not an object"
-    if frame.get("op") == Op.DISPATCH:
-        seq, event = frame.get("s"), frame.get("t")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1 or not isinstance(event, str):
-            return None, "a dispatch without an integer s and a string t"
-    return frame, ""

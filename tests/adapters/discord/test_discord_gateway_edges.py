@@ -73,7 +73,7 @@ async def test_a_frame_the_bot_cannot_read_is_dropped_and_the_link_reads_on(tmp_
         message = await sim.post_panel()
         click = sim.click_payload(message, "Refresh", user_id=ALICE)
         bad = {
-            "not JSON": ["{not json", "{\"op\": 11"],
+            "not JSON": ["{not json", '{"op": 11'],
             "not an object": ["[1, 2]", "42", "null", '"hello"'],
             "a dispatch without s": [json.dumps({"op": 0, "t": "INTERACTION_CREATE", "d": click})],
             "a READY without d": [json.dumps({"op": 0, "t": "READY", "s": 9})],

@@ -236,25 +236,18 @@ class GatewayClient:
         if self._session is not None:
             self._resuming = True
             self._received = max(self._received, self._session.seq)
-            await ws.send_json(
-                {
-                    "op": Op.RESUME,
-                    "d": {"token": self._token, "session_id": self._session.session_id, "seq": self._session.seq},
-                }
-            )
+            resume = {"token": self._token, "session_id": self._session.session_id, "seq": self._session.seq}
+            await ws.send_json({"op": Op.RESUME, "d": resume})
             return
         self._log.info("discord_gateway_identify", extra={"reason": self.identify_reason})
-        await ws.send_json(
-            {
-                "op": Op.IDENTIFY,
-                "d": {
-                    "token": self._token,
-                    "intents": self._intents,
-                    "shard": list(self._shard),
-                    "properties": {"os": sys.platform, "browser": "chatstate", "device": "chatstate"},
-                },
-            }
-        )
+        properties = {"os": sys.platform, "browser": "chatstate", "device": "chatstate"}
+        identify = {
+            "token": self._token,
+            "intents": self._intents,
+            "shard": list(self._shard),
+            "properties": properties,
+        }
+        await ws.send_json({"op": Op.IDENTIFY, "d": identify})
 
     async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse, interval_s: float) -> None:
         await asyncio.sleep(interval_s * random.random())  # jitter, as Discord asks

@@ -172,7 +172,7 @@ class GatewayClient:
                 self._settled.set()
                 return
             except Exception as exc:  # a refused or broken link, or a reply we could not follow
-                expected = isinstance(exc, (aiohttp.ClientError, OSError, TimeoutError))
+                expected = isinstance(exc, (aiohttp.ClientError, OSError, TimeoutError))  # else: a traceback
                 self._log.warning(
                     "discord_gateway_connect_failed", extra={"error": type(exc).__name__}, exc_info=not expected
                 )
@@ -306,10 +306,8 @@ class GatewayClient:
             if self._resuming:
                 self.counts["received_after_resume"] += 1
             if event == "INTERACTION_CREATE" and isinstance(data, dict) and seq not in self._in_hand:
-                gen = self._gen
-                self._in_hand[seq] = asyncio.create_task(
-                    self._interaction(gen, seq, data, time.monotonic()), name=f"discord-interaction-{seq}"
-                )
+                work = self._interaction(self._gen, seq, data, time.monotonic())
+                self._in_hand[seq] = asyncio.create_task(work, name=f"discord-interaction-{seq}")
 
     def _settled_as(self, how: str) -> None:
         self.status, self.last_start = "ready", how

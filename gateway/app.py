@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from chatstate import state
-from chatstate.gateway import health, ingress, logs, metrics
+from chatstate.gateway import health, ingress, logs, metrics, reply
 from chatstate.gateway.config import GatewayConfig
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.plugin import Handler
@@ -221,6 +221,7 @@ async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         for lp in app[PLUGINS]:
             runtime = GatewayRuntime(lp, broker=broker, trusted=lp.id in trusted)
+            reply.install(lp.id, lp.reply_hook)
             with logs.Timer() as t:
                 try:
                     await lp.plugin.start(runtime)

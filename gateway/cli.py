@@ -130,6 +130,10 @@ def _timeout(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit code (argparse itself exits 2 on bad usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # the `chatstate` script, like `python -m chatstate`, imports plugins and reply hooks
+        # from the folder it runs in (import errors say so)
+        sys.path.insert(0, os.getcwd())
     parser = build_parser()
     command = next((a for a in argv[1:] if a in STATE_COMMANDS), None) if argv[:1] == ["state"] else None
     if command is not None:

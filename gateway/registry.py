@@ -11,12 +11,14 @@ attribute: an external class that claims `origin = "bundled"` must not pass the 
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from chatstate.gateway import reply
 from chatstate.gateway.config import AdapterConfig, GatewayConfig
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.plugin import Origin, Plugin
@@ -57,6 +59,7 @@ class LoadedPlugin:
     origin: Origin
     adapter: AdapterConfig
     settings: AdapterSettings = AdapterSettings()
+    reply_hook: reply.Hook | None = None  # the user's reply hook for this adapter (gateway/reply.py)
 
     @property
     def id(self) -> str:
@@ -64,16 +67,43 @@ class LoadedPlugin:
 
 
 def import_object(spec: str, *, key: str) -> Any:
-    """Import `module:attr`; raises ConfigError naming `key` when it cannot."""
+    """Import `module:attr`; raises ConfigError naming `key` when it cannot (a module that is
+    not found: where it was looked for, and how to make it findable)."""
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
+            raise ConfigError(key, f"cannot import {module_name!r} ({type(exc).__name__}: {exc})") from None
+        raise ConfigError(key, _not_found(module_name, exc.name)) from None
     except Exception as exc:  # an import can fail any way a module's top level can
         raise ConfigError(key, f"cannot import {module_name!r} ({type(exc).__name__}: {exc})") from None
     try:
         return getattr(module, attr)
     except AttributeError:
         raise ConfigError(key, f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def _not_found(module_name: str, missing: str) -> str:
+    """Why `missing` (the module or a parent package of it) was not found, and the fix."""
+    top = missing.split(".")[0]
+    pythonpath = os.environ.get("PYTHONPATH")
+    return (
+        f"cannot import {module_name!r}: no module {missing!r} in the folder this command ran in "
+        f"({os.getcwd()}), on PYTHONPATH ({pythonpath or 'unset'}) or among the installed packages; "
+        f"run it from the folder that holds {top}/ or {top}.py, or add that folder to PYTHONPATH"
+    )
+
+
+def load_reply_hook(settings: AdapterSettings, *, key: str) -> reply.Hook | None:
+    """The `reply = "module:function"` hook of one adapter's settings, imported; None if unset.
+    Raises ConfigError naming `<key>.reply`."""
+    if settings.reply is None:
+        return None
+    function = import_object(settings.reply, key=f"{key}.reply")
+    if not callable(function):
+        raise ConfigError(f"{key}.reply", f"{settings.reply!r} is a {type(function).__name__}, not a function")
+    return reply.Hook(function, settings.reply, settings.reply_timeout_s, configured=True)
 
 
 def load_plugins(config: GatewayConfig) -> list[LoadedPlugin]:
@@ -143,7 +173,8 @@ def validate_settings(plugin: Plugin, adapter: AdapterConfig) -> AdapterSettings
 
 
 def _checked(plugin: Plugin, origin: Origin, adapter: AdapterConfig) -> LoadedPlugin:
-    return LoadedPlugin(plugin, origin, adapter, validate_settings(plugin, adapter))
+    settings = validate_settings(plugin, adapter)
+    return LoadedPlugin(plugin, origin, adapter, settings, load_reply_hook(settings, key=f"adapters.{adapter.id}"))
 
 
 def _plugin_class(obj: Any, *, key: str, spec: str) -> type[Plugin]:

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 from chatstate.gateway import logs
 from chatstate.gateway.config import GatewayConfig, default_state_dir, load_config
-from chatstate.gateway.exits import FAILED, INTERRUPTED, OK, STORE_UNUSABLE, GatewayExit
+from chatstate.gateway.exits import BAD_CONFIG, FAILED, INTERRUPTED, OK, STORE_UNUSABLE, GatewayExit
 from chatstate.gateway.launch import CONFIG_ENV, Launch, Started, launch_env, spawn_detached, validate
-from chatstate.gateway.pidfile import check_state_dir, running_info
+from chatstate.gateway.pidfile import LAST_LAUNCH_NAME, check_state_dir, last_launch, running_info
 
 DEFAULT_STOP_TIMEOUT_S = 30.0
 DEFAULT_READY_TIMEOUT_S = 60.0
@@ -165,7 +165,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
 
 def _launch(args: argparse.Namespace, config: GatewayConfig) -> Launch:
     """How this command line starts a gateway (recorded in the pid file for `restart`)."""
-    return Launch(config.state_dir, config.source, args.host, args.port, launch_env(os.environ))
+    return Launch(config.state_dir, config.source, args.host, args.port, launch_env(os.environ), Path.cwd())
 
 
 # -- start ----------------------------------------------------------------------------------
@@ -267,6 +267,19 @@ def cmd_restart(args: argparse.Namespace) -> int:
     check_state_dir(state_dir)
     info = running_info(state_dir)
     recorded = info.get("launch") if info else None
+    if info is None and not explicit:  # nothing runs: the last launch here, never a default gateway
+        recorded = last_launch(state_dir)
+        if recorded is None:
+            raise GatewayExit(
+                BAD_CONFIG,
+                f"no gateway is running on {state_dir} and none was started there before, so there is "
+                "nothing to restart; start one with: chatstate start --config FILE --detach",
+            )
+        print(
+            f"gateway: not running; starting the last launch on {state_dir} again "
+            f"(config {recorded.get('config') or 'none: built-in defaults'}, from {state_dir / LAST_LAUNCH_NAME})",
+            file=sys.stderr,
+        )
     previous = Launch.from_record(recorded, state_dir) if isinstance(recorded, dict) else None
     if previous is not None and not explicit:
         launch = replace(
@@ -282,6 +295,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
             args.host,
             args.port,
             launch_env(os.environ),
+            Path.cwd(),
         )
     config = _refused_if_bad(lambda: validate(launch), state_dir)
     if info is not None:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from chatstate.gateway import logs
 from chatstate.gateway.config import GatewayConfig, default_state_dir, load_config
 from chatstate.gateway.exits import BAD_CONFIG, FAILED, INTERRUPTED, OK, STORE_UNUSABLE, GatewayExit
-from chatstate.gateway.launch import CONFIG_ENV, Launch, Started, launch_env, spawn_detached, validate
+from chatstate.gateway.launch import CONFIG_ENV, WARNING, Launch, Started, launch_env, spawn_detached, validate
 from chatstate.gateway.pidfile import LAST_LAUNCH_NAME, check_state_dir, last_launch, running_info
 
 DEFAULT_STOP_TIMEOUT_S = 30.0
@@ -172,6 +172,7 @@ def _launch(args: argparse.Namespace, config: GatewayConfig) -> Launch:
 def cmd_start(args: argparse.Namespace) -> int:
     config = _config(args)
     launch = _launch(args, config)
+    _warn_variables(config)
     if args.check_only:  # everything a start checks before it touches anything; nothing is started
         from chatstate.gateway.registry import load_plugins
 
@@ -192,6 +193,14 @@ def cmd_start(args: argparse.Namespace) -> int:
     except Exception as exc:
         log.exception("gateway_crashed", extra={"exit_code": FAILED})
         raise GatewayExit(FAILED, f"unexpected error ({type(exc).__name__}: {exc}); traceback in the log") from None
+
+
+def _warn_variables(config: GatewayConfig) -> None:
+    """Say which CHATSTATE_* variables change nothing (a typo is otherwise silently ignored)."""
+    from chatstate.gateway.registry import variable_warnings
+
+    for line in variable_warnings(config):
+        print(f"{WARNING}{line}", file=sys.stderr)
 
 
 def _report_started(started: Started, config: GatewayConfig, *, previous: str = "") -> int:
@@ -298,6 +307,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
             Path.cwd(),
         )
     config = _refused_if_bad(lambda: validate(launch), state_dir)
+    _warn_variables(config)
     if info is not None:
         stop_gateway(state_dir, timeout_s=args.timeout, quiet=True)
     started = spawn_detached(launch, ready_timeout_s=args.ready_timeout)

@@ -31,6 +31,7 @@ from chatstate.gateway.settings import ENV_PREFIX
 
 LOG_NAME = "gateway.log"  # under the state dir, for --detach and restart
 CONFIG_ENV = "CHATSTATE_GATEWAY_CONFIG"  # the default for --config
+WARNING = "gateway: warning: "  # a line that is not the reason a command failed
 
 
 def launch_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -126,7 +127,7 @@ def validate(launch: Launch) -> GatewayConfig:
         check=False,
     )
     if proc.returncode != 0:
-        said = [line[len("gateway: ") :] for line in proc.stderr.splitlines() if line.startswith("gateway: ")]
+        said = [line[len("gateway: ") :] for line in proc.stderr.splitlines() if _is_reason(line)]
         raise GatewayExit(
             proc.returncode, said[-1] if said else f"checking the configuration failed (exit {proc.returncode})"
         )
@@ -207,5 +208,9 @@ def _child_reason(log_path: Path, offset: int) -> str:
             text = fh.read().decode(errors="replace")
     except OSError:
         return ""
-    lines = [line[len("gateway: ") :] for line in text.splitlines() if line.startswith("gateway: ")]
+    lines = [line[len("gateway: ") :] for line in text.splitlines() if _is_reason(line)]
     return lines[-1] if lines else ""
+
+
+def _is_reason(line: str) -> bool:
+    return line.startswith("gateway: ") and not line.startswith(WARNING)

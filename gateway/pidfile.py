@@ -112,7 +112,12 @@ class PidFile:
             os.close(fd)
             other = read_info(state_dir) or {}
             pid = other.get("pid", "unknown")
-            raise GatewayExit(IN_USE, f"a gateway is already running on {state_dir} (pid {pid})") from None
+            raise GatewayExit(
+                IN_USE,
+                f"a gateway is already running on {state_dir} (pid {pid}); stop it with "
+                f"`chatstate stop --state-dir {state_dir}` or restart it with `chatstate restart --state-dir {state_dir}`, "
+                "or give this one another --state-dir",
+            ) from None
         self = cls(state_dir, fd)
         self.update(pid=os.getpid(), started_at=time.time(), state_dir=str(state_dir), ready=False)
         return self

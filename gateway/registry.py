@@ -10,6 +10,7 @@ attribute: an external class that claims `origin = "bundled"` must not pass the 
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import re
@@ -19,10 +20,10 @@ from types import MappingProxyType
 from typing import Any
 
 from chatstate.gateway import reply
-from chatstate.gateway.config import AdapterConfig, GatewayConfig
+from chatstate.gateway.config import AdapterConfig, GatewayConfig, GatewaySettings, StateSettings, TopLevelSettings
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.plugin import Origin, Plugin
-from chatstate.gateway.settings import AdapterSettings, build, check_keys, env_prefix
+from chatstate.gateway.settings import ENV_PREFIX, AdapterSettings, build, check_keys, describe, env_prefix
 
 # The bundled plugins, one line each (docs/migrating-an-adapter.md: what else a new one needs).
 BUNDLED: Mapping[str, str] = MappingProxyType(
@@ -142,12 +143,74 @@ def load_plugins(config: GatewayConfig) -> list[LoadedPlugin]:
         cls = _plugin_class(import_object(spec, key=key), key=key, spec=spec)
         loaded.append(_checked(_instantiate(cls, key), "bundled", adapter))
     for i, (plugin_id, cls) in enumerate(external.items()):
-        adapter = config.adapters.get(plugin_id) or AdapterConfig(plugin_id, True, "store", MappingProxyType({}))
+        adapter = config.adapters.get(plugin_id) or _tableless(plugin_id, config)
         if adapter.enabled:  # listed external plugins run unless their table disables them
             loaded.append(_checked(_instantiate(cls, f"external_plugins[{i}]"), "external", adapter))
         else:
             check_keys(cls.settings_type, adapter.table, where=f"adapters.{plugin_id}")
     return loaded
+
+
+def _tableless(plugin_id: str, config: GatewayConfig) -> AdapterConfig:
+    """The config of a listed external plugin without a table. Raises ConfigError when
+    variables are set for it: they fill in a table's keys, so without the table they are lost."""
+    prefix = env_prefix(plugin_id)
+    stray = sorted(name for name in config.env if name.startswith(prefix))
+    if stray:
+        where = f" to {config.source}" if config.source else " to the config file"
+        raise ConfigError(
+            f"adapters.{plugin_id}",
+            f"{', '.join(stray)} {'is' if len(stray) == 1 else 'are'} set, but variables only fill in a table "
+            f"that is in the config, and there is no [adapters.{plugin_id}] table; add that line{where}",
+        )
+    return AdapterConfig(plugin_id, True, "store", MappingProxyType({}))
+
+
+# CHATSTATE_* variables read outside the tables: the default state dir and config file, and the
+# test suite's own (so a developer's shell is not warned about at every start)
+OTHER_VARIABLES = (
+    "CHATSTATE_HOME",
+    "CHATSTATE_GATEWAY_CONFIG",
+    "CHATSTATE_CACHE",
+    "CHATSTATE_SYNAPSE_PYTHON",
+    "CHATSTATE_TEST_REDIS_URL",
+    "CHATSTATE_SOAK_RESTARTS",
+)
+
+
+def variable_warnings(config: GatewayConfig) -> list[str]:
+    """A line for each CHATSTATE_* variable in `config.env` that changes nothing: no setting
+    has that name (with the closest one that does), or its adapter has no table in the file."""
+    known: dict[str, str] = dict.fromkeys(OTHER_VARIABLES, "")  # variable -> its adapter id, if any
+    for cls, prefix in ((TopLevelSettings, ENV_PREFIX), (GatewaySettings, env_prefix("gateway"))):
+        known.update({var: "" for _key, var, _type in describe(cls, prefix=prefix)})
+    known.update({var: "" for _key, var, _type in describe(StateSettings, prefix=env_prefix("state"))})
+    settings_types: dict[str, Any] = dict(BUNDLED_SETTINGS)
+    for spec in config.external_plugins:
+        try:
+            cls = import_object(spec, key="")
+            settings_types[cls.id] = cls.settings_type
+        except (ConfigError, AttributeError):
+            continue  # load_plugins says what is wrong with it
+    for adapter_id, settings_type in settings_types.items():
+        if isinstance(settings_type, str):
+            try:
+                settings_type = import_object(settings_type, key=adapter_id)
+            except ConfigError:
+                continue
+        known.update({var: adapter_id for _k, var, _t in describe(settings_type, prefix=env_prefix(adapter_id))})
+    lines = []
+    for name in sorted(config.env):
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            lines.append(f"{name} is not a chatstate variable and changes nothing{hint}")
+        elif known[name] and known[name] in BUNDLED and known[name] not in config.adapters:
+            lines.append(
+                f"{name} changes nothing: the config has no [adapters.{known[name]}] table, "
+                "and a bundled adapter runs only when its table is there"
+            )
+    return lines
 
 
 def validate_settings(plugin: Plugin, adapter: AdapterConfig) -> AdapterSettings:

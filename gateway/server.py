@@ -79,7 +79,11 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise GatewayExit(IN_USE, f"port {port} on {host} is already in use") from None
+            raise GatewayExit(
+                IN_USE,
+                f"port {port} on {host} is already in use; choose another with --port N, [gateway] port "
+                "in the config or CHATSTATE_GATEWAY_PORT (0 = any free port), or stop what listens there",
+            ) from None
         raise GatewayExit(
             BAD_CONFIG, f"config error: gateway.host/port: cannot bind {host}:{port} ({exc.strerror})"
         ) from None

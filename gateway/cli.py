@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chatstate import __version__
 from chatstate.gateway import logs
 from chatstate.gateway.config import GatewayConfig, default_state_dir, load_config
 from chatstate.gateway.exits import BAD_CONFIG, FAILED, INTERRUPTED, OK, STORE_UNUSABLE, GatewayExit
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 ok, 1 unexpected error, 2 bad usage/config, 3 state store unusable, "
         "4 port in use or already running",
     )
+    parser.add_argument("--version", action="version", version=f"chatstate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     start = sub.add_parser("start", help="run the gateway (foreground unless --detach)")
@@ -55,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"with --detach: give up after S seconds (default {DEFAULT_READY_TIMEOUT_S:g})",
     )
     start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # see server._ReadyPipe
-    start.add_argument("--check-only", action="store_true", help=argparse.SUPPRESS)  # restart's validation
+    start.add_argument(
+        "--check-only",
+        action="store_true",
+        help="check the config, the state dir, every enabled plugin's settings and reply hook, then exit "
+        "(0 = it would start); connects to nothing, starts nothing",
+    )
     start.set_defaults(func=cmd_start)
 
     stop = sub.add_parser("stop", help="SIGTERM the running gateway, SIGKILL after --timeout")
@@ -79,14 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
         "restart",
         help="validate, then stop (if running) and start --detach; reuses the running config",
         description="Without --config, start again what the running gateway runs (its recorded config "
-        "file, overrides and CHATSTATE_* variables). The new configuration is validated completely "
-        "first; if that fails nothing is stopped (exit 2).",
+        "file, overrides, CHATSTATE_* variables and folder), or, with nothing running, what was last "
+        "started on the state dir (said on stderr; exit 2 if nothing ever was). The new configuration is "
+        "validated completely first; if that fails nothing is stopped (exit 2).",
     )
     restart.add_argument("--config", metavar="FILE", help="start this TOML config instead of the running gateway's")
     restart.add_argument("--state-dir", metavar="D", help="state dir of the gateway to restart")
     _listen(restart)
     _timeout(restart)
-    restart.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S, metavar="S")
+    restart.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=DEFAULT_READY_TIMEOUT_S,
+        metavar="S",
+        help=f"give up on the new gateway (and kill it) if it is not ready after S seconds "
+        f"(default {DEFAULT_READY_TIMEOUT_S:g})",
+    )
     restart.set_defaults(func=cmd_restart, detach=True, ready_fd=None, check_only=False)
 
     _state_parsers(sub)
@@ -346,6 +361,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # -- state ------------------------------------------------------------------------------------
+STATE_CONFIG_HELP = (
+    f"--config FILE: the gateway config whose state dir (or [state] url) to use (default ${CONFIG_ENV}; "
+    "without one, --state-dir or $CHATSTATE_HOME or ~/.chatstate)"
+)
 STATE_COMMANDS = {
     "probe": "check state dir, open, schema, a write-read-delete and a checkpoint (JSON)",
     "inspect": "list namespaces with live/expired counts, and keys with created/expires",
@@ -369,6 +388,7 @@ def _state_parsers(sub: Any) -> None:
             help=text,
             add_help=False,
             usage=f"chatstate state {name} [--config FILE] [flags of python -m chatstate.state {name}]",
+            description=STATE_CONFIG_HELP,
         )
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=cmd_state)
@@ -399,5 +419,7 @@ def cmd_state(args: argparse.Namespace) -> int:
     try:
         code = state_cli.main(rest, prog="chatstate state")
     except SystemExit as exc:  # argparse in the state CLI: --help (0) or bad usage (2)
+        if {"-h", "--help"} & set(rest):  # the one flag the state CLI does not know of
+            print(f"\nchatstate state {args.state_command} also takes {STATE_CONFIG_HELP}")
         return int(exc.code or 0)
     return STORE_UNUSABLE if code == 1 else code

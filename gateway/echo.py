@@ -156,7 +156,7 @@ class EchoPlugin(StatefulPlugin):
         works again. A counter write is `or_raise`: a 503 increment is not counted, later either.
 
         A refusal of the caller's input (INVALID_INPUT, LIMIT_EXCEEDED) is the caller's error:
-        400, and health stays as it was (issue 15). `_checked` normally catches it first.
+        400, and health stays as it was. `_checked` normally catches it first.
         """
         assert self._counters is not None
         try:

@@ -3,7 +3,7 @@
 `[gateway]`, `[state]` and every `[adapters.<id>]` table (bundled adapters' `config.py`, and
 an external plugin's `settings_type`) are `Settings` subclasses: one annotated field per key,
 its default and a comment. `build()` is the only place a table is checked, so the five
-hand-written validators that disagreed about environment strings (issue 16) are gone.
+hand-written validators that disagreed about environment strings are gone.
 
 Typing rules, the same for the file and the environment:
 - TOML values are validated strictly: `port = "80"` is an error, as TOML has types.

@@ -87,9 +87,7 @@ def printable(run: list[str], corpus: str) -> bool:
 
     if any(ends(run[:i]) and starts(run[i:]) for i in range(1, len(run))):
         return True
-    return any(
-        (not run[:i] or ends(run[:i])) and (not run[i + 1 :] or starts(run[i + 1 :])) for i in range(len(run))
-    )
+    return any((not run[:i] or ends(run[:i])) and (not run[i + 1 :] or starts(run[i + 1 :])) for i in range(len(run)))
 
 
 def test_every_quoted_error_is_one_the_code_can_print() -> None:

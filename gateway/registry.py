@@ -104,7 +104,7 @@ def load_reply_hook(settings: AdapterSettings, *, key: str) -> reply.Hook | None
     function = import_object(settings.reply, key=f"{key}.reply")
     if not callable(function):
         raise ConfigError(f"{key}.reply", f"{settings.reply!r} is a {type(function).__name__}, not a function")
-    return reply.Hook(function, settings.reply, settings.reply_timeout_s, configured=True)
+    return reply.Hook(function, settings.reply, settings.reply_timeout_s)
 
 
 def load_plugins(config: GatewayConfig) -> list[LoadedPlugin]:

@@ -61,37 +61,41 @@ class Hook:
     function: ReplyFunction
     name: str  # "module:function", for the logs
     timeout_s: float = DEFAULT_TIMEOUT_S
-    configured: bool = False  # from the config (replaced at each start), not from register()
 
 
-_hooks: dict[str, Hook] = {}  # by adapter id
+_configured: dict[str, Hook] = {}  # by adapter id, from the config (replaced at each start)
+_registered: dict[str, Hook] = {}  # by adapter id, from register()
 
 
 def register(adapter_id: str, function: ReplyFunction, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     """Answer `adapter_id`'s messages with `function` (an embedding program calls this before
     `chatstate.gateway.cli.main()`); a `reply` key in that adapter's config wins over it."""
     name = f"{getattr(function, '__module__', '?')}:{getattr(function, '__qualname__', '?')}"
-    _hooks[adapter_id] = Hook(function, name, timeout_s)
+    _registered[adapter_id] = Hook(function, name, timeout_s)
 
 
 def install(adapter_id: str, hook: Hook | None) -> None:
     """Bind the hook an adapter's config names (`gateway.registry` loads it) before the gateway
-    starts that adapter; None drops a hook an earlier start configured (not a registered one)."""
-    if hook is not None:
-        _hooks[adapter_id] = hook
-    elif adapter_id in _hooks and _hooks[adapter_id].configured:
-        del _hooks[adapter_id]
+    starts that adapter; None: its config names none."""
+    if hook is None:
+        _configured.pop(adapter_id, None)
+    else:
+        _configured[adapter_id] = hook
 
 
 def hooked(adapter_id: str) -> bool:
     """True when `adapter_id` has a hook (an adapter may answer more kinds of message then)."""
-    return adapter_id in _hooks
+    return _hook(adapter_id) is not None
+
+
+def _hook(adapter_id: str) -> Hook | None:
+    return _configured.get(adapter_id) or _registered.get(adapter_id)
 
 
 async def answer(message: Message, *, default: str | None) -> str | None:
     """The text to send for `message`: the hook's, else `default`; None means send nothing.
     Never raises because of the hook (see the module doc)."""
-    hook = _hooks.get(message.platform)
+    hook = _hook(message.platform)
     if hook is None:
         return default
     log = logs.get("reply", adapter=message.platform)

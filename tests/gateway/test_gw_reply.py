@@ -112,3 +112,20 @@ async def test_a_reply_that_is_not_module_function_is_a_config_error(tmp_path: P
     config.write_text(f'[adapters.echo]\nsecret = "{SECRET}"\nreply = "mybot_logic.answer"\n')
     result = await run_gateway_cli("start", "--config", str(config), "--state-dir", str(tmp_path / "s"), "--check-only")
     assert result.returncode == 2 and "adapters.echo.reply" in result.stderr, result
+
+
+async def test_a_registered_function_answers_and_a_configured_one_wins() -> None:
+    from chatstate.gateway import reply
+
+    message = reply.Message("hi", "u1", "c1", "reg-test")
+    try:
+        assert await reply.answer(message, default="stand-in") == "stand-in"
+        reply.register("reg-test", lambda m: f"registered: {m.text}")  # a plain function: on a thread
+        assert await reply.answer(message, default="stand-in") == "registered: hi"
+        reply.install("reg-test", reply.Hook(lambda m: "configured", "cfg:fn"))
+        assert await reply.answer(message, default="stand-in") == "configured"
+        reply.install("reg-test", None)  # a later start without the key: the registered one again
+        assert await reply.answer(message, default="stand-in") == "registered: hi"
+    finally:
+        reply.install("reg-test", None)
+        reply._registered.pop("reg-test", None)

@@ -16,12 +16,12 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from chatstate import __version__
-from chatstate.gateway import logs
+from chatstate.gateway import logs, state_commands
 from chatstate.gateway.config import GatewayConfig, default_state_dir, load_config
-from chatstate.gateway.exits import BAD_CONFIG, FAILED, INTERRUPTED, OK, STORE_UNUSABLE, GatewayExit
+from chatstate.gateway.exits import BAD_CONFIG, FAILED, INTERRUPTED, OK, GatewayExit
 from chatstate.gateway.launch import CONFIG_ENV, WARNING, Launch, Started, launch_env, spawn_detached, validate
 from chatstate.gateway.pidfile import LAST_LAUNCH_NAME, check_state_dir, last_launch, running_info
 
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restart.set_defaults(func=cmd_restart, detach=True, ready_fd=None, check_only=False)
 
-    _state_parsers(sub)
+    state_commands.add_parsers(sub)
 
     from chatstate.gateway import demo  # light: the simulators and harness load only when it runs
 
@@ -150,12 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # from the folder it runs in (import errors say so)
         sys.path.insert(0, os.getcwd())
     parser = build_parser()
-    command = next((a for a in argv[1:] if a in STATE_COMMANDS), None) if argv[:1] == ["state"] else None
+    command = next((a for a in argv[1:] if a in state_commands.COMMANDS), None) if argv[:1] == ["state"] else None
     if command is not None:
         # the flags around `state probe|inspect` are the state CLI's (and --config), which
         # argparse's REMAINDER would refuse when they start with --, so they skip this parser
         i = argv.index(command, 1)
-        args = argparse.Namespace(func=cmd_state, state_command=command, rest=argv[1:i] + argv[i + 1 :])
+        args = argparse.Namespace(func=state_commands.run, state_command=command, rest=argv[1:i] + argv[i + 1 :])
     else:
         args = parser.parse_args(argv)
     try:
@@ -358,68 +358,3 @@ def cmd_status(args: argparse.Namespace) -> int:
     report = gateway_status(config, timeout_s=args.timeout)
     print(json.dumps(report, indent=2) if args.json else status_text(report))
     return OK if report["running"] else FAILED
-
-
-# -- state ------------------------------------------------------------------------------------
-STATE_CONFIG_HELP = (
-    f"--config FILE: the gateway config whose state dir (or [state] url) to use (default ${CONFIG_ENV}; "
-    "without one, --state-dir or $CHATSTATE_HOME or ~/.chatstate)"
-)
-STATE_COMMANDS = {
-    "probe": "check state dir, open, schema, a write-read-delete and a checkpoint (JSON)",
-    "inspect": "list namespaces with live/expired counts, and keys with created/expires",
-}
-
-
-def _state_parsers(sub: Any) -> None:
-    """`chatstate state probe|inspect [--config FILE] [flags]`: real subcommands whose flags
-    belong to the state CLI (python -m chatstate.state), which parses them and prints their
-    --help, so the two never drift."""
-    st = sub.add_parser(
-        "state",
-        help="probe|inspect the state database (python -m chatstate.state)",
-        description="The state CLI (python -m chatstate.state) on this gateway's state dir; "
-        "`chatstate state probe --help` lists a command's flags.",
-    )
-    st_sub = st.add_subparsers(dest="state_command", required=True, metavar="{probe,inspect}")
-    for name, text in STATE_COMMANDS.items():
-        p = st_sub.add_parser(
-            name,
-            help=text,
-            add_help=False,
-            usage=f"chatstate state {name} [--config FILE] [flags of python -m chatstate.state {name}]",
-            description=STATE_CONFIG_HELP,
-        )
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=cmd_state)
-
-
-def cmd_state(args: argparse.Namespace) -> int:
-    """Run the state CLI's command on this gateway's state dir (`--config FILE` anywhere among
-    the flags). Its "probe failed / unusable" (1) becomes exit 3, and an unusable state dir is
-    one `gateway:` line (exit 3), as for `start`."""
-    from chatstate.state import cli as state_cli
-
-    rest = [args.state_command, *args.rest]
-    config_path = os.environ.get(CONFIG_ENV)
-    if "--config" in rest:
-        i = rest.index("--config")
-        if i + 1 >= len(rest):
-            raise GatewayExit(2, "--config needs a FILE")
-        config_path = rest[i + 1]
-        del rest[i : i + 2]
-    if not {"--state-dir", "--path", "--url", "-h", "--help"} & set(rest):
-        config = load_config(config_path)
-        if config.state_url and args.state_command == "probe":
-            rest += ["--url", config.state_url]
-        else:
-            rest += ["--state-dir", str(config.state_dir)]
-    if "--state-dir" in rest and rest.index("--state-dir") + 1 < len(rest):
-        check_state_dir(Path(rest[rest.index("--state-dir") + 1]).expanduser().absolute(), create=False)
-    try:
-        code = state_cli.main(rest, prog="chatstate state")
-    except SystemExit as exc:  # argparse in the state CLI: --help (0) or bad usage (2)
-        if {"-h", "--help"} & set(rest):  # the one flag the state CLI does not know of
-            print(f"\nchatstate state {args.state_command} also takes {STATE_CONFIG_HELP}")
-        return int(exc.code or 0)
-    return STORE_UNUSABLE if code == 1 else code

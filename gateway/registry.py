@@ -182,10 +182,14 @@ def variable_warnings(config: GatewayConfig) -> list[str]:
     """A line for each CHATSTATE_* variable in `config.env` that changes nothing: no setting
     has that name (with the closest one that does), or its adapter has no table in the file."""
     known: dict[str, str] = dict.fromkeys(OTHER_VARIABLES, "")  # variable -> its adapter id, if any
-    for cls, prefix in ((TopLevelSettings, ENV_PREFIX), (GatewaySettings, env_prefix("gateway"))):
+    tables = (
+        (TopLevelSettings, ENV_PREFIX),
+        (GatewaySettings, env_prefix("gateway")),
+        (StateSettings, env_prefix("state")),
+    )
+    for cls, prefix in tables:
         known.update({var: "" for _key, var, _type in describe(cls, prefix=prefix)})
-    known.update({var: "" for _key, var, _type in describe(StateSettings, prefix=env_prefix("state"))})
-    settings_types: dict[str, Any] = dict(BUNDLED_SETTINGS)
+    settings_types: dict[str, Any] = dict(BUNDLED_SETTINGS)  # adapter id -> its settings type (or import path)
     for spec in config.external_plugins:
         try:
             cls = import_object(spec, key="")

@@ -20,7 +20,7 @@ from ._backend import Backend, Limits, Mode
 from ._entry import new_version, wall_clock_ms
 from ._errors import StateStoreError
 from ._open import join_store
-from ._paths import resolve_path
+from ._paths import resolve_path, shown_url
 from ._registry import acquire_backend
 from ._settings import MAX_VALUE_BYTES, StoreSettings
 from ._sqlite_schema import check_existing
@@ -51,7 +51,8 @@ class Database:
         self._path = path  # ignored when `url` is given, as the one-call functions always did
         self.url = url
         self.settings = settings or StoreSettings()
-        self.location = url if url is not None else str(resolve_path(path))  # what probe reports as database_path
+        # what probe reports as database_path: a URL's password is never part of it
+        self.location = shown_url(url) if url is not None else str(resolve_path(path))
         self._lock = threading.Lock()
         self._backend: Backend | None = None
         self._closed = False

@@ -16,17 +16,21 @@ Why this shape:
   is still live; the grace keeps server cleanup strictly after client-side expiry.
 - Connection failures are retried a bounded number of times with exponential backoff (redis-py
   `Retry`), then raise UNAVAILABLE. Claims, takes and clears carry a nonce, so a retry after a
-  lost reply returns the first result instead of applying the operation twice.
+  lost reply returns the first result instead of applying the operation twice. Which client a
+  URL makes (one server, Sentinel, Cluster, TLS) and what its errors mean: state/_redis_client.py.
 - No KEYS and no SCAN: each namespace has its own sorted sets, and a small registry of
   plugins and their namespaces lets `sweep` reach every namespace.
-Redis Cluster is not supported (scripts touch keys of several namespaces of one plugin).
+- Every key of one plugin carries the plugin as its hash tag (`{prefix}:p:{plugin}:...`), so all
+  of a plugin's namespaces live in one Redis Cluster slot: a script may touch any of them, and
+  so may one transaction over several namespaces of a plugin.
 
 The scripts. The Lua scripts of the Redis backend: every write, claim, take, clear and sweep is one script.
 
 Why scripts: Redis runs a script atomically, so "claim only if no live row", "write only if the
 version is still N", "read and delete", and "write, then evict the oldest live rows or refuse"
 cannot interleave with another gateway's call, exactly as one SQLite transaction cannot. Layout
-of one (plugin, namespace) under the namespace prefix `P` = `{prefix}:p:{quoted plugin}:n:`:
+of one (plugin, namespace) under the namespace prefix `P` = `{prefix}:p:{{quoted plugin}}:n:`
+(the braces are the plugin's hash tag; `quote` escapes any brace in the plugin id itself):
 
     P{ns}:r:{key}   hash  v = JSON text, c = created_at, e = expires_at ("" = never), n = version
     P{ns}:order     zset  score created_at, member key  -> (created_at, key) order, row count
@@ -41,9 +45,9 @@ clear) take a per-call nonce key: a retried call after a lost reply returns the 
 result instead of re-running (a claim would otherwise answer "taken" to its own winner, a
 consume would lose the value).
 
-The schema marker: a new prefix is stamped v2, a v1 prefix is migrated in place (rows get a
-version), a newer one is refused. The URL's own options (`?prefix=...&retries=...`) are
-`RedisOptions`.
+The schema marker `{prefix}:schema`: Redis prefixes count their own versions (REDIS_SCHEMA). A
+new prefix is stamped with the latest; an older one is migrated in place (v1 rows get a version;
+v2 keys are renamed under their plugin's hash tag); a newer one is refused.
 """
 
 from __future__ import annotations
@@ -52,70 +56,16 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from ._backend import Decode, Holders, Limits, Mode, Row
 from ._entry import new_version
 from ._errors import StateStoreError
-from ._settings import SCHEMA_VERSION, StoreSettings
-
-
-# -- the URL --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RedisOptions:
-    """Redis-only knobs, read from the URL query (`?prefix=...&retries=...`)."""
-
-    prefix: str = "chatstate"  # every key starts with "{prefix}:"; one prefix per project
-    retries: int = 3  # extra attempts after a connection error, then UNAVAILABLE
-    backoff_base_s: float = 0.05  # first retry waits this long, doubling each time ...
-    backoff_cap_s: float = 0.5  # ... up to this
-    socket_connect_timeout_s: float = 1.0
-    socket_timeout_s: float = 5.0
-    expiry_grace_ms: int = 60_000  # server-side cleanup runs this long after client-side expiry
-    op_result_ttl_ms: int = 60_000  # how long a claim/take result is kept for a retried call
-
-    @classmethod
-    def from_query(cls, query: dict[str, str]) -> RedisOptions:
-        """Raises INVALID_INPUT for an unknown option or a malformed number."""
-        kinds = {name: type(value) for name, value in cls().__dict__.items()}
-        values: dict[str, object] = {}
-        for name, text in query.items():
-            if name not in kinds:
-                raise StateStoreError("INVALID_INPUT", "open", f"unknown Redis URL option {name!r}")
-            try:
-                values[name] = kinds[name](text)
-            except ValueError:
-                raise StateStoreError("INVALID_INPUT", "open", f"Redis URL option {name!r} is malformed") from None
-        options = cls(**values)  # type: ignore[arg-type]
-        if not options.prefix or any(c in options.prefix for c in "{} \n"):
-            raise StateStoreError("INVALID_INPUT", "open", "Redis URL option 'prefix' must be a non-empty word")
-        if options.retries < 0 or options.expiry_grace_ms < 0 or options.op_result_ttl_ms < 1:
-            raise StateStoreError("INVALID_INPUT", "open", "Redis URL options must not be negative")
-        return options
-
-
-def split_url(url: str) -> tuple[str, RedisOptions, str]:
-    """Return (url for redis-py, our options, location without credentials)."""
-    parts = urlsplit(url)
-    ours = {f for f in RedisOptions.__dataclass_fields__}
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    options = RedisOptions.from_query({k: v for k, v in query if k in ours})
-    theirs = [(k, v) for k, v in query if k not in ours]
-    client_url = urlunsplit(parts._replace(query=urlencode(theirs)))
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    shown = [(k, v) for k, v in query if k not in ("password", "username")]
-    location = urlunsplit(parts._replace(netloc=netloc, query=urlencode(shown), fragment=""))
-    return client_url, options, location
-
+from ._redis_client import connect, translate
+from ._settings import StoreSettings
 
 # -- the scripts ----------------------------------------------------------------------
 # Helpers shared by the scripts below (prepended to each one; Redis caches a script by hash).
@@ -159,18 +109,19 @@ local function finish(opkey, ttl, result)
 end
 """
 
-# KEYS: row, order, exp, plugin-namespaces set, plugins set, op key ("" = no retry cache)
+# KEYS: row, order, exp, plugin-namespaces set, and an op key unless the call is an upsert (no
+#       empty key name: an ACL limited to the prefix, or a cluster slot check, would refuse it)
 # ARGV: key, value, now, expires ("" = never), pexpire_ms ("" = never), max_entries, overflow,
-#       mode ("u" upsert, "c" claim, "m" match), nsprefix, namespace, quoted plugin, op ttl ms,
+#       mode ("u" upsert, "c" claim, "m" match), nsprefix, namespace, op ttl ms,
 #       new version, expected version (mode "m")
 # Returns "1" written, "0" not applied (claim refused, version changed), or "NS_FULL".
 WRITE = (
     _HELPERS
     + """
-local row, order, exp, pns, plugins, opkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local row, order, exp, pns, opkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5] or ''
 local key, value, now_s, expires, pexpire = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local maxn, reject, mode = tonumber(ARGV[6]), ARGV[7] == 'reject-new', ARGV[8]
-local nsprefix, ns, plugin, opttl, version, expect = ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local nsprefix, ns, opttl, version, expect = ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 local now = tonumber(now_s)
 
 local prior = cached(opkey)
@@ -212,7 +163,6 @@ if pexpire ~= '' then redis.call('PEXPIRE', row, pexpire) end
 redis.call('ZADD', order, now_s, key)
 if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
 redis.call('SADD', pns, ns)
-redis.call('SADD', plugins, plugin)
 for _, k in ipairs(victims) do
   redis.call('DEL', nsprefix .. ns .. ':r:' .. k)
   redis.call('ZREM', order, k)
@@ -335,22 +285,33 @@ end
 return #KEYS
 """
 
-# KEYS: order, plugin-namespaces set, plugins set.
-# ARGV: now, nsprefix, namespace, batch, quoted plugin.  Returns rows removed (<= batch).
-# An emptied namespace leaves the registry, so sweeps stay small.
+# KEYS: order, plugin-namespaces set.  ARGV: now, nsprefix, namespace, batch.
+# Returns rows removed (<= batch). An emptied namespace leaves its plugin's registry, so sweeps
+# stay small; the plugin stays in the plugins set (another slot: no script touches it).
 SWEEP = (
     _HELPERS
     + """
 local n = drop_expired(ARGV[2], ARGV[3], ARGV[1], tonumber(ARGV[4]))
-if redis.call('ZCARD', KEYS[1]) == 0 then
-  redis.call('SREM', KEYS[2], ARGV[3])
-  if redis.call('SCARD', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[5]) end
-end
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[3]) end
 return n
 """
 )
 
+# ARGV: a namespace's v2 base name, its tagged base name.  Schema v2 -> v3 on one server (a
+# cluster never held v2 keys: the scripts could not run there): rename its rows and indexes.
+MIGRATE_TAGS = """
+local old, new = ARGV[1], ARGV[2]
+for _, k in ipairs(redis.call('ZRANGE', old .. ':order', 0, -1)) do
+  if redis.call('EXISTS', old .. ':r:' .. k) == 1 then redis.call('RENAME', old .. ':r:' .. k, new .. ':r:' .. k) end
+end
+for _, part in ipairs({':order', ':exp'}) do
+  if redis.call('EXISTS', old .. part) == 1 then redis.call('RENAME', old .. part, new .. part) end
+end
+return 1
+"""
 
+
+REDIS_SCHEMA = 3  # 1: rows without versions; 2: versions; 3: keys tagged by plugin (Cluster)
 MIGRATE_BATCH = 500  # rows one v1 -> v2 migration script call versions
 WRITE_OPS = {Mode.UPSERT: "register", Mode.CLAIM: "register_if_absent", Mode.MATCH: "compare_and_set"}
 MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m"}
@@ -365,7 +326,9 @@ class RedisBackend(Holders):
     one_writer = False  # Redis takes writes from many connections: the async pool runs them
 
     def __init__(self, url: str, settings: StoreSettings) -> None:
-        client_url, self.options, self.location = split_url(url)
+        self._conn = connect(url)
+        self._client = self._conn.client
+        self.options, self.location = self._conn.options, self._conn.location
         self.settings = settings
         self._prefix = f"{self.options.prefix}:"
         self._lock = threading.Lock()
@@ -373,17 +336,7 @@ class RedisBackend(Holders):
         self._active = 0  # calls in flight: release() waits for them before closing the pool
         self._users = 0
         self._closed = False
-        opts = self.options
-        try:
-            self._client = redis.Redis.from_url(
-                client_url,
-                decode_responses=True,
-                socket_connect_timeout=opts.socket_connect_timeout_s,
-                socket_timeout=opts.socket_timeout_s,
-                retry=Retry(ExponentialBackoff(cap=opts.backoff_cap_s, base=opts.backoff_base_s), opts.retries),
-            )
-        except ValueError as exc:
-            raise StateStoreError("INVALID_INPUT", "open", f"bad Redis URL ({exc})", path=self.location) from None
+        self._listed: set[str] = set()  # plugins this process has put in the plugins set
         self._write = self._client.register_script(WRITE)
         self._take = self._client.register_script(TAKE)
         self._clear = self._client.register_script(CLEAR)
@@ -392,6 +345,7 @@ class RedisBackend(Holders):
         self._read_many = self._client.register_script(READ_MANY)
         self._count = self._client.register_script(COUNT)
         self._migrate_v1 = self._client.register_script(MIGRATE_V1)
+        self._migrate_tags = self._client.register_script(MIGRATE_TAGS)
         try:
             self._open_schema()  # also the first connection: redis-py reads its URL options here
         except TypeError:
@@ -403,27 +357,38 @@ class RedisBackend(Holders):
             self._client.close()  # a failed open leaves no pool behind
             raise
 
+    def __repr__(self) -> str:
+        return f"<RedisBackend {self.location}>"
+
     # -- key names ----------------------------------------------------------------------
-    def _plugin(self, plugin_id: str) -> str:
-        return quote(plugin_id, safe="")  # ':' and '{' escaped: names stay unambiguous
+    def _plugin(self, plugin_id: str, *, tagged: bool = True) -> str:
+        quoted = quote(plugin_id, safe="")  # ':' and '{' escaped: names stay unambiguous
+        return f"{{{quoted}}}" if tagged else quoted
 
-    def _ns_prefix(self, plugin_id: str) -> str:
-        return f"{self._prefix}p:{self._plugin(plugin_id)}:n:"
+    def _ns_prefix(self, plugin_id: str, *, tagged: bool = True) -> str:
+        return f"{self._prefix}p:{self._plugin(plugin_id, tagged=tagged)}:n:"
 
-    def _ns(self, plugin_id: str, namespace: str) -> tuple[str, str, str]:
+    def _ns(self, plugin_id: str, namespace: str, *, tagged: bool = True) -> tuple[str, str, str]:
         """(row key prefix, order zset, expiry zset) of one namespace."""
-        base = self._ns_prefix(plugin_id) + namespace
+        base = self._ns_prefix(plugin_id, tagged=tagged) + namespace
         return f"{base}:r:", f"{base}:order", f"{base}:exp"
 
-    def _namespaces_key(self, plugin_id: str) -> str:
-        return f"{self._prefix}p:{self._plugin(plugin_id)}:namespaces"
+    def _namespaces_key(self, plugin_id: str, *, tagged: bool = True) -> str:
+        return f"{self._prefix}p:{self._plugin(plugin_id, tagged=tagged)}:namespaces"
 
     @property
     def _plugins_key(self) -> str:
         return f"{self._prefix}plugins"
 
-    def _op_key(self) -> str:
-        return f"{self._prefix}op:{uuid.uuid4().hex}"
+    def _op_key(self, plugin_id: str) -> str:
+        return f"{self._prefix}p:{self._plugin(plugin_id)}:op:{uuid.uuid4().hex}"
+
+    def _list_plugin(self, op: str, plugin_id: str) -> None:
+        """Put the plugin in the plugins set that `sweep` walks, once per process. Not in the
+        write script: that set lives in another cluster slot than the plugin's keys."""
+        if plugin_id not in self._listed:
+            self._call(op, lambda: self._client.sadd(self._plugins_key, self._plugin(plugin_id, tagged=False)))
+            self._listed.add(plugin_id)
 
     # -- shared machinery ---------------------------------------------------------------
     @contextmanager
@@ -435,29 +400,33 @@ class RedisBackend(Holders):
             yield
         except StateStoreError:
             raise
-        except redis.AuthenticationError:
-            raise StateStoreError("OPEN_FAILED", op, "Redis refused the credentials", path=self.location) from None
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except redis.RedisError as exc:
+            raise translate(self._conn, op, exc) from None
+
+    def _mutate(self, op: str, script: Any, keys: list[str], args: list[str | int]) -> Any:
+        """Run a changing script; with `min_replicas_acked`, on the same connection, WAIT for
+        that many replicas to have it, so an acknowledged write outlives a failover. Fewer acks
+        in time: UNAVAILABLE (applied on the primary, but its survival is not known)."""
+        want = self.options.min_replicas_acked
+        if not want:
+            return self._call(op, lambda: script(keys=keys, args=args))
+
+        def run() -> Any:
+            with self._client.pipeline(transaction=False) as pipe:
+                script(keys=keys, args=args, client=pipe)
+                pipe.execute_command("WAIT", want, self.options.replica_ack_timeout_ms)
+                return pipe.execute()
+
+        result, acked = self._call(op, run)
+        if int(acked) < want:
             raise StateStoreError(
                 "UNAVAILABLE",
                 op,
-                f"Redis unreachable after {self.options.retries} retries ({type(exc).__name__})",
+                f"applied on the primary, but {acked} of {want} replicas acknowledged it within "
+                f"{self.options.replica_ack_timeout_ms} ms: it may not survive a failover",
                 path=self.location,
-            ) from None
-        except redis.ResponseError as exc:
-            text = str(exc)
-            code = (
-                "CORRUPT"
-                if text.startswith("WRONGTYPE")
-                else (
-                    "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in ("lookup", "entries") else "WRITE_FAILED"
-                )
             )
-            raise StateStoreError(code, op, f"Redis said: {text.splitlines()[0][:200]}", path=self.location) from None
-        except redis.RedisError as exc:
-            raise StateStoreError(
-                "UNAVAILABLE", op, f"Redis client failed ({type(exc).__name__})", path=self.location
-            ) from None
+        return result
 
     def _call(self, op: str, fn: Callable[[], T]) -> T:
         with self._lock:
@@ -475,37 +444,41 @@ class RedisBackend(Holders):
 
     # -- the schema marker (once per open) ----------------------------------------------
     def _open_schema(self) -> None:
-        """Mark this prefix with our schema version, migrating a v1 prefix in place; refuse a
-        newer one (SCHEMA_UNSUPPORTED naming both versions)."""
+        """Mark this prefix with our schema version, migrating an older prefix in place; refuse
+        a newer one (SCHEMA_UNSUPPORTED naming both versions)."""
         version = self._schema_marker("open", create=True)
-        if version > SCHEMA_VERSION:
+        if version > REDIS_SCHEMA:
             raise StateStoreError(
                 "SCHEMA_UNSUPPORTED",
                 "open",
                 f"the Redis prefix has schema version {version}; this code reads versions up to "
-                f"{SCHEMA_VERSION}: upgrade chatstate",
+                f"{REDIS_SCHEMA}: upgrade chatstate",
                 path=self.location,
             )
-        if version == 1:
-            self._migrate_from_v1()
+        if version < REDIS_SCHEMA:
+            self._call("open", lambda: self._migrate(version))
 
-    def _migrate_from_v1(self) -> None:
-        """v1 rows had no version: give each one a fresh random version, namespace by namespace
-        (HSETNX, so two gateways migrating together agree), then mark the prefix v2."""
+    def _migrate(self, version: int) -> None:
+        """v1 rows had no version: each gets a fresh random one (HSETNX, so two gateways
+        migrating together agree); v2 keys then move under their plugin's hash tag (renamed only
+        while the old name exists, so a second migrator changes nothing). Then the marker."""
         client = self._client
-
-        def run() -> None:
-            for plugin in cast("set[str]", client.smembers(self._plugins_key)):
-                plugin_id = unquote(plugin)
-                for namespace in cast("set[str]", client.smembers(self._namespaces_key(plugin_id))):
-                    rows, order, _ = self._ns(plugin_id, namespace)
+        for plugin in cast("set[str]", client.smembers(self._plugins_key)):
+            plugin_id = unquote(plugin)
+            old_set = self._namespaces_key(plugin_id, tagged=False)
+            for namespace in cast("set[str]", client.smembers(old_set)):
+                if version == 1:
+                    rows, order, _ = self._ns(plugin_id, namespace, tagged=False)
                     members = cast("list[str]", client.zrange(order, 0, -1))
                     for i in range(0, len(members), MIGRATE_BATCH):
                         chunk = members[i : i + MIGRATE_BATCH]
                         self._migrate_v1(keys=[rows + k for k in chunk], args=[str(new_version()) for _ in chunk])
-            client.set(f"{self._prefix}schema", SCHEMA_VERSION)
-
-        self._call("open", run)
+                old, new = (self._ns_prefix(plugin_id, tagged=t) + namespace for t in (False, True))
+                self._migrate_tags(keys=[], args=[old, new])
+            if client.exists(old_set):
+                client.sunionstore(self._namespaces_key(plugin_id), [old_set, self._namespaces_key(plugin_id)])
+                client.delete(old_set)
+        client.set(f"{self._prefix}schema", REDIS_SCHEMA)
 
     def _schema_marker(self, op: str, *, create: bool = False) -> int:
         """The prefix's schema version (0 when unmarked); `create` stamps an empty prefix."""
@@ -514,7 +487,7 @@ class RedisBackend(Holders):
 
         def run() -> int:
             if create and not client.exists(self._plugins_key):
-                client.set(key, SCHEMA_VERSION, nx=True)  # an empty prefix starts at v2
+                client.set(key, REDIS_SCHEMA, nx=True)  # an empty prefix starts at the latest
             text = client.get(key)
             if text is None and create:  # rows but no marker cannot happen: v1 always wrote one
                 client.set(key, 1, nx=True)
@@ -561,14 +534,9 @@ class RedisBackend(Holders):
         op = WRITE_OPS[mode]
         rows, order, exp = self._ns(plugin_id, namespace)
         pexpire = "" if expires_at is None else str(max(expires_at - now_ms, 1) + self.options.expiry_grace_ms)
-        keys = [
-            rows + key,
-            order,
-            exp,
-            self._namespaces_key(plugin_id),
-            self._plugins_key,
-            "" if mode is Mode.UPSERT else self._op_key(),
-        ]  # an upsert is idempotent: no retry cache
+        keys = [rows + key, order, exp, self._namespaces_key(plugin_id)]
+        if mode is not Mode.UPSERT:  # an upsert is idempotent: no retry cache
+            keys.append(self._op_key(plugin_id))
         args: list[str | int] = [
             key,
             value,
@@ -580,12 +548,12 @@ class RedisBackend(Holders):
             MODE_FLAGS[mode],
             self._ns_prefix(plugin_id),
             namespace,
-            self._plugin(plugin_id),
             self.options.op_result_ttl_ms,
             str(version),
             "" if expect is None else str(expect),
         ]
-        result = self._call(op, lambda: self._write(keys=keys, args=args))
+        self._list_plugin(op, plugin_id)
+        result = self._mutate(op, self._write, keys, args)
         if result == "NS_FULL":
             raise StateStoreError(
                 "LIMIT_EXCEEDED",
@@ -622,7 +590,7 @@ class RedisBackend(Holders):
     ) -> tuple[bool, Row | None]:
         """Run TAKE; (deleted, the row if one was live)."""
         rows, order, exp = self._ns(plugin_id, namespace)
-        keys = [rows + key, order, exp, self._op_key()]
+        keys = [rows + key, order, exp, self._op_key(plugin_id)]
         args: list[str | int] = [
             key,
             self.options.op_result_ttl_ms,
@@ -630,7 +598,7 @@ class RedisBackend(Holders):
             "1" if check else "0",
             "" if expect is None else str(expect),
         ]
-        text = self._call(op, lambda: self._take(keys=keys, args=args))
+        text = self._mutate(op, self._take, keys, args)
         if not text:
             return False, None
         created, expires, version, value = text[1:].split(":", 3)
@@ -647,9 +615,9 @@ class RedisBackend(Holders):
 
     def remove_all(self, plugin_id: str, namespace: str, *, now_ms: int) -> int:
         _, order, exp = self._ns(plugin_id, namespace)
-        keys = [order, exp, self._namespaces_key(plugin_id), self._op_key()]
+        keys = [order, exp, self._namespaces_key(plugin_id), self._op_key(plugin_id)]
         args: list[str | int] = [now_ms, self._ns_prefix(plugin_id), namespace, self.options.op_result_ttl_ms]
-        return int(self._call("clear", lambda: self._clear(keys=keys, args=args)))
+        return int(self._mutate("clear", self._clear, keys, args))
 
     def scan(
         self,
@@ -688,8 +656,8 @@ class RedisBackend(Holders):
             ns_key = self._namespaces_key(plugin_id)
             for namespace in cast("set[str]", self._call("sweep", lambda: self._client.smembers(ns_key))):  # noqa: B023 -- called at once
                 _, order, _ = self._ns(plugin_id, namespace)
-                keys = [order, ns_key, self._plugins_key]
-                args: list[str | int] = [now_ms, self._ns_prefix(plugin_id), namespace, batch, plugin]
+                keys = [order, ns_key]
+                args: list[str | int] = [now_ms, self._ns_prefix(plugin_id), namespace, batch]
                 while True:
                     n = int(self._call("sweep", lambda: self._sweep(keys=keys, args=args)))  # noqa: B023 -- called at once
                     removed += n

@@ -57,13 +57,10 @@ def acquire_backend(path: str | os.PathLike[str] | None, url: str | None, settin
 
 
 def _redis_backend(url: str, settings: StoreSettings) -> Backend:
-    """A URL selects the Redis backend (`redis://`, `rediss://`, `unix://`); nothing else."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in ("redis", "rediss", "unix"):
-        from ._redis import RedisBackend  # imported lazily: SQLite users never load redis-py
+    """A URL selects the Redis backend; state/_redis_client.py says which URL forms it takes."""
+    from ._redis import RedisBackend  # imported lazily: SQLite users never load redis-py
 
-        return RedisBackend(url, settings)
-    raise StateStoreError("INVALID_INPUT", "open", f"unsupported state URL scheme {scheme!r}; use redis://")
+    return RedisBackend(url, settings)
 
 
 def _start_afresh_in_child() -> None:

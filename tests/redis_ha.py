@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -28,7 +29,7 @@ DOWN_AFTER_MS = 1_000  # a sentinel calls the primary down after this long witho
 READY_DEADLINE_S = 30.0
 
 
-def wait_until(check, what: str, deadline_s: float = READY_DEADLINE_S) -> None:  # type: ignore[no-untyped-def]
+def wait_until(check: Callable[[], object], what: str, deadline_s: float = READY_DEADLINE_S) -> None:
     """Poll `check()` until it is true; RuntimeError naming `what` after the deadline."""
     deadline = time.monotonic() + deadline_s
     while True:
@@ -110,6 +111,21 @@ class SentinelGroup:
         self.primary.stop()
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too, so both fit below 65536."""
+    for _ in range(200):
+        port = free_port()
+        if port > 55_535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair (port, port + 10000) for a cluster node")
+
+
 class ClusterGroup:
     """Three masters (no replicas) joined with `redis-cli --cluster create`."""
 
@@ -117,10 +133,19 @@ class ClusterGroup:
         self.nodes = [
             RedisServer(
                 workdir / f"node-{i}",
-                extra=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"],
+                extra=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
             )
             for i in range(3)
         ]
+        for node in self.nodes:
+            node.port = free_cluster_port()
 
     def url(self, query: str = "") -> str:
         hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
@@ -161,7 +186,7 @@ def make_certs(directory: Path) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1 / localhost and a client certificate, all
     signed by the CA, plus a second CA that signed nothing here (for "wrong CA" tests)."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     out: dict[str, Path] = {}
 
     def write(name: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:

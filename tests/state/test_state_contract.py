@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
-from state_support import T0_MS, FakeClock
+from state_support import HA_BACKENDS, T0_MS, FakeClock, fresh_target
 
 from chatstate.state import Entry, StateStoreError, StoreSettings, open_keyed_store
+
+
+@pytest.fixture(params=HA_BACKENDS)
+def target(request: pytest.FixtureRequest, state_home: Path) -> dict[str, Any]:
+    """The contract holds on every backend: SQLite, Redis, Valkey and a three-master cluster."""
+    return fresh_target(request, state_home)
 
 
 # -- each method ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import state_workers
-from state_support import T0_MS
+from state_support import HA_BACKENDS, T0_MS, fresh_target, raw_redis
 
 from chatstate.state import (
     MAX_BATCH_KEYS,
@@ -28,6 +28,12 @@ from chatstate.state import (
     open_keyed_store,
     probe,
 )
+
+
+@pytest.fixture(params=HA_BACKENDS)
+def target(request: pytest.FixtureRequest, state_home: Path) -> dict[str, Any]:
+    """v2 of the contract holds on every backend: SQLite, Redis, Valkey and a three-master cluster."""
+    return fresh_target(request, state_home)
 
 
 # -- versions, compare_and_set, delete_if -------------------------------------------------
@@ -333,9 +339,7 @@ async def test_async_write_refuses_bad_input_at_the_call(target):
 # -- defect 4: consume keeps a row whose JSON is unreadable ---------------------------------
 def corrupt(target: dict[str, Any], db_path: Path, plugin: str, namespace: str, key: str) -> None:
     if "url" in target:
-        import redis
-
-        client = redis.Redis.from_url(target["url"])
+        client = raw_redis(target["url"])
         try:
             (row,) = [k for k in client.scan_iter(match=f"*:n:{namespace}:r:{key}")]
             client.hset(row, "v", '{"SECRET-MARKER')

@@ -346,6 +346,8 @@ class RedisBackend(Holders):
         self._count = self._client.register_script(COUNT)
         self._migrate_v1 = self._client.register_script(MIGRATE_V1)
         self._migrate_tags = self._client.register_script(MIGRATE_TAGS)
+        for script in (self._write, self._take, self._clear, self._scan, self._sweep, self._read_many, self._count):
+            self._conn.scripts[script.sha] = script.script
         try:
             self._open_schema()  # also the first connection: redis-py reads its URL options here
         except TypeError:

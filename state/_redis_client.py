@@ -15,12 +15,14 @@ command (NOPERM), a replica (READONLY), an unknown Sentinel service, a migrating
 
 from __future__ import annotations
 
+import re
 import ssl
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
+from redis import exceptions as errors
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import parse_url
@@ -85,6 +87,7 @@ class Connection:
     cluster: bool = False
     sentinel: Sentinel | None = None
     service: str = ""
+    scripts: dict[str, str] = field(default_factory=dict)  # sha1 -> source, to name refusals
 
 
 def connect(url: str) -> Connection:
@@ -187,30 +190,50 @@ def translate(conn: Connection, op: str, exc: Exception) -> StateStoreError:
             path=where,
         )
     text = _reply(exc)
-    if isinstance(exc, redis.ResponseError) or text:
-        failed_op = "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in ("lookup", "entries") else "WRITE_FAILED"
+    failed_op = "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in ("lookup", "entries") else "WRITE_FAILED"
+    refused = _refused_in_script(conn, text)
+    if isinstance(exc, errors.NoPermissionError) or "NOPERM" in text or refused:
+        # redis-py strips the NOPERM code from a top-level refusal; put it back for the reader
+        said = refused or (text if "NOPERM" in text else f"NOPERM {text}")
+        return StateStoreError(failed_op, op, f"Redis refused a command ({said}): {ACL_HINT}", path=where)
+    if isinstance(exc, errors.ReadOnlyError) or text.startswith("READONLY"):
+        return StateStoreError(
+            "WRITE_FAILED",
+            op,
+            "Redis answered READONLY: the URL names a replica; name the primary, or use redis+sentinel://",
+            path=where,
+        )
+    if isinstance(exc, (errors.TryAgainError, errors.ClusterError, errors.AskError)):
+        return StateStoreError(
+            "UNAVAILABLE",
+            op,
+            f"the cluster is moving or missing this plugin's slot ({type(exc).__name__}: {str(exc)[:200]}); try again",
+            path=where,
+        )
+    if isinstance(exc, redis.ResponseError):
         if text.startswith("WRONGTYPE"):
             return StateStoreError("CORRUPT", op, f"Redis said: {text}", path=where)
-        if "NOPERM" in text:
-            return StateStoreError(failed_op, op, f"Redis refused a command ({text}): {ACL_HINT}", path=where)
-        if text.startswith("READONLY"):
-            return StateStoreError(
-                "WRITE_FAILED",
-                op,
-                "Redis answered READONLY: the URL names a replica; name the primary, or use redis+sentinel://",
-                path=where,
-            )
-        if text.startswith(("TRYAGAIN", "CLUSTERDOWN", "ASK", "MOVED")):
-            return StateStoreError(
-                "UNAVAILABLE", op, f"the cluster is moving this plugin's slot; try again ({text})", path=where
-            )
         return StateStoreError(failed_op, op, f"Redis said: {text}", path=where)
+    if isinstance(exc, errors.RedisClusterException):
+        return StateStoreError("UNAVAILABLE", op, f"Redis Cluster: {text}", path=where)
     return StateStoreError("UNAVAILABLE", op, f"Redis client failed ({type(exc).__name__})", path=where)
+
+
+def _refused_in_script(conn: Connection, text: str) -> str:
+    """Redis 6 reports a command a script may not run by script line only ("@user_script: 82:
+    The user executing the script can't run this command"); name the command from our script."""
+    found = re.search(r"f_([0-9a-f]{40}).*@user_script: ?(\d+): The user executing the script can't run", text)
+    if not found or found[1] not in conn.scripts:
+        return ""
+    lines = conn.scripts[found[1]].splitlines()
+    line = lines[int(found[2]) - 1] if int(found[2]) <= len(lines) else ""
+    command = re.search(r"redis\.call\('(\w+)'", line)
+    return f"NOPERM: the user may not run {command[1].lower() if command else 'a command'!r} in a script"
 
 
 def _reply(exc: Exception) -> str:
     """The server's error reply, first line, bounded (a script error wraps it: NOPERM inside)."""
-    if not isinstance(exc, (redis.ResponseError, redis.exceptions.RedisClusterException)):
+    if not isinstance(exc, (redis.ResponseError, errors.RedisClusterException)):
         return ""
     return (str(exc).splitlines() or [""])[0][:300]
 

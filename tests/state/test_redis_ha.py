@@ -15,7 +15,7 @@ import redis
 from redis_ha import SERVICE, ClusterGroup, SentinelGroup, TlsFront, make_certs, wait_until
 from redis_support import RedisServer, free_port, with_prefix
 
-from chatstate.state import StateStoreError, open_keyed_store, probe, sweep_expired
+from chatstate.state import KeyedStore, StateStoreError, open_keyed_store, probe, sweep_expired
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "state.md"
 FAST = "retries=1&backoff_base_s=0.01&backoff_cap_s=0.05&socket_timeout_s=1"
@@ -30,7 +30,7 @@ def sentinels(tmp_path: Path) -> Iterator[SentinelGroup]:
     group.stop()
 
 
-def write_until_it_lands(store, key: str) -> float:  # type: ignore[no-untyped-def]
+def write_until_it_lands(store: KeyedStore, key: str) -> float:
     """Write `key` until the store takes it; only UNAVAILABLE may come back meanwhile (never a
     wrong answer). Returns the seconds it took."""
     start = time.monotonic()

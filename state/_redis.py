@@ -114,7 +114,9 @@ end
 # ARGV: key, value, now, expires ("" = never), pexpire_ms ("" = never), max_entries, overflow,
 #       mode ("u" upsert, "c" claim, "m" match), nsprefix, namespace, op ttl ms,
 #       new version, expected version (mode "m")
-# Returns "1" written, "0" not applied (claim refused, version changed), or "NS_FULL".
+# Returns "1" written ("1n" when that also (re)registered the namespace with its plugin: the
+# caller then lists the plugin for sweep), "0" not applied (claim refused, version changed), or
+# "NS_FULL".
 WRITE = (
     _HELPERS
     + """
@@ -162,13 +164,13 @@ redis.call('HSET', row, 'v', value, 'c', now_s, 'e', expires, 'n', version)
 if pexpire ~= '' then redis.call('PEXPIRE', row, pexpire) end
 redis.call('ZADD', order, now_s, key)
 if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
-redis.call('SADD', pns, ns)
+local fresh = redis.call('SADD', pns, ns) == 1
 for _, k in ipairs(victims) do
   redis.call('DEL', nsprefix .. ns .. ':r:' .. k)
   redis.call('ZREM', order, k)
   redis.call('ZREM', exp, k)
 end
-return finish(opkey, opttl, '1')
+return finish(opkey, opttl, fresh and '1n' or '1')
 """
 )
 
@@ -336,7 +338,6 @@ class RedisBackend(Holders):
         self._active = 0  # calls in flight: release() waits for them before closing the pool
         self._users = 0
         self._closed = False
-        self._listed: set[str] = set()  # plugins this process has put in the plugins set
         self._write = self._client.register_script(WRITE)
         self._take = self._client.register_script(TAKE)
         self._clear = self._client.register_script(CLEAR)
@@ -386,11 +387,10 @@ class RedisBackend(Holders):
         return f"{self._prefix}p:{self._plugin(plugin_id)}:op:{uuid.uuid4().hex}"
 
     def _list_plugin(self, op: str, plugin_id: str) -> None:
-        """Put the plugin in the plugins set that `sweep` walks, once per process. Not in the
-        write script: that set lives in another cluster slot than the plugin's keys."""
-        if plugin_id not in self._listed:
-            self._call(op, lambda: self._client.sadd(self._plugins_key, self._plugin(plugin_id, tagged=False)))
-            self._listed.add(plugin_id)
+        """Put the plugin in the plugins set that `sweep` walks. Not in the write script: that
+        set lives in another cluster slot than the plugin's keys. Called when a write
+        (re)registered a namespace, so a Redis that lost its data gets the entry back."""
+        self._call(op, lambda: self._client.sadd(self._plugins_key, self._plugin(plugin_id, tagged=False)))
 
     # -- shared machinery ---------------------------------------------------------------
     @contextmanager
@@ -437,7 +437,16 @@ class RedisBackend(Holders):
             self._active += 1
         try:
             with self._translate(op):
-                return fn()
+                try:
+                    return fn()
+                except redis.ResponseError as exc:
+                    if self._conn.sentinel is None or "READONLY" not in str(exc):
+                        raise
+                    # A script reached a server that was demoted to a replica (Redis 6 runs the
+                    # script there and fails its first write: nothing was applied). Drop the
+                    # pool's connections so the next one asks the sentinels, and run it again.
+                    self._client.connection_pool.disconnect()
+                    return fn()
         finally:
             with self._lock:
                 self._active -= 1
@@ -502,7 +511,8 @@ class RedisBackend(Holders):
             raise StateStoreError("CORRUPT", op, "the schema marker is not a number", path=self.location) from None
 
     def schema_version(self) -> int:
-        return self._schema_marker("probe")
+        """The marker, stamped again if a Redis without persistence restarted empty (probe)."""
+        return self._schema_marker("probe", create=True)
 
     def reopened(self) -> None:
         """Nothing to re-check: Redis has no files."""
@@ -554,8 +564,9 @@ class RedisBackend(Holders):
             str(version),
             "" if expect is None else str(expect),
         ]
-        self._list_plugin(op, plugin_id)
         result = self._mutate(op, self._write, keys, args)
+        if result == "1n":
+            self._list_plugin(op, plugin_id)
         if result == "NS_FULL":
             raise StateStoreError(
                 "LIMIT_EXCEEDED",
@@ -563,7 +574,7 @@ class RedisBackend(Holders):
                 f"namespace is full: max_entries is {limits.max_entries} live rows",
                 path=self.location,
             )
-        return result == "1"
+        return result in ("1", "1n")
 
     def read(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None:
         rows, _, _ = self._ns(plugin_id, namespace)

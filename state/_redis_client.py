@@ -196,11 +196,13 @@ def translate(conn: Connection, op: str, exc: Exception) -> StateStoreError:
         # redis-py strips the NOPERM code from a top-level refusal; put it back for the reader
         said = refused or (text if "NOPERM" in text else f"NOPERM {text}")
         return StateStoreError(failed_op, op, f"Redis refused a command ({said}): {ACL_HINT}", path=where)
-    if isinstance(exc, errors.ReadOnlyError) or text.startswith("READONLY"):
+    if isinstance(exc, errors.ReadOnlyError) or "READONLY" in text:  # also inside a Redis 6 script
         return StateStoreError(
             "WRITE_FAILED",
             op,
-            "Redis answered READONLY: the URL names a replica; name the primary, or use redis+sentinel://",
+            "Redis answered READONLY twice: the sentinels still name a replica"
+            if conn.sentinel is not None
+            else "Redis answered READONLY: the URL names a replica; name the primary, or use redis+sentinel://",
             path=where,
         )
     if isinstance(exc, (errors.TryAgainError, errors.ClusterError, errors.AskError)):

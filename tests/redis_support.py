@@ -154,7 +154,11 @@ class RedisServer:
             return
         if self.proc.poll() is None:
             self.proc.kill() if kill else self.proc.terminate()
-            self.proc.wait(timeout=30)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # Redis ignores a SIGTERM while it writes its first AOF
+                self.proc.kill()
+                self.proc.wait(timeout=30)
         self.proc = None
 
     def restart(self, *, kill: bool = False) -> None:

@@ -84,7 +84,7 @@ def test_readonly_after_a_coordinated_failover_is_followed_not_reported(sentinel
         # sentinels CLIENT KILL, a client that reconnected to the old address mid-switch) is
         # put back by hand: READONLY there means "not applied", the claim goes to the new
         # primary and wins exactly once.
-        pool = store.backend._client.connection_pool  # type: ignore[attr-defined]
+        pool = store.backend._client.connection_pool
         stale = pool.make_connection()
         stale.connect_to(("127.0.0.1", old.port))
         pool._available_connections.append(stale)

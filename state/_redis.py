@@ -60,7 +60,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ._backend import Decode, Holders, Limits, Mode, Row
+from ._backend import Decode, Holders, Limits, Mode, Row, Staged
 from ._entry import new_version
 from ._errors import StateStoreError
 from ._settings import SCHEMA_VERSION, StoreSettings
@@ -351,6 +351,90 @@ return n
 )
 
 
+# A staged commit (`commit_staged`): several upserts and deletes over the namespaces of one
+# prefix, in order, all or nothing. A script that fails half-way keeps what it already did, so
+# every reject-new namespace is checked first on a simulated row count, and only then is anything
+# written; each upsert then does what WRITE does in mode "u", each delete what TAKE does.
+# KEYS: plugins set, then per write: row, order, exp, plugin-namespaces set.
+# ARGV: per write: kind ("u" upsert, "d" delete), key, value, now, expires ("" = never),
+#       pexpire_ms ("" = never), max_entries, overflow, nsprefix, namespace, quoted plugin, version.
+# Returns "1", or "NS_FULL:<i>" (1-based write) with nothing written.
+COMMIT = (
+    _HELPERS
+    + """
+local F, plugins = 12, KEYS[1]
+local n = #ARGV / F
+local sim = {}  -- order key -> {rows = live rows, live = {key -> bool}}: reject-new namespaces only
+for i = 0, n - 1 do
+  local a, k = i * F, 1 + i * 4
+  if ARGV[a + 8] == 'reject-new' then
+    local order, exp, key, now = KEYS[k + 2], KEYS[k + 3], ARGV[a + 2], tonumber(ARGV[a + 4])
+    local ns = sim[order]
+    if not ns then
+      ns = {rows = redis.call('ZCARD', order) - redis.call('ZCOUNT', exp, '-inf', now), live = {}}
+      sim[order] = ns
+    end
+    local live = ns.live[key]
+    if live == nil then
+      local e = redis.call('ZSCORE', exp, key)
+      live = redis.call('ZSCORE', order, key) ~= false and (e == false or tonumber(e) > now)
+    end
+    if ARGV[a + 1] == 'd' then
+      if live then ns.rows = ns.rows - 1 end
+      ns.live[key] = false
+    else
+      if not live then ns.rows = ns.rows + 1 end
+      if ns.rows > tonumber(ARGV[a + 7]) then return 'NS_FULL:' .. (i + 1) end
+      ns.live[key] = true
+    end
+  end
+end
+for i = 0, n - 1 do
+  local a, k = i * F, 1 + i * 4
+  local row, order, exp, pns = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local kind, key, value, now_s, expires, pexpire = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  local maxn, nsprefix, ns, plugin, version = tonumber(ARGV[a + 7]), ARGV[a + 9], ARGV[a + 10], ARGV[a + 11], ARGV[a + 12]
+  redis.call('DEL', row)
+  if kind == 'd' then
+    redis.call('ZREM', order, key)
+    redis.call('ZREM', exp, key)
+  else
+    local victims = {}
+    local ns_rows = redis.call('ZCARD', order) + ((redis.call('ZSCORE', order, key) == false) and 1 or 0)
+    if ns_rows > maxn then  -- expired rows never count: drop them before deciding
+      drop_expired(nsprefix, ns, now_s, nil)
+      ns_rows = redis.call('ZCARD', order) + ((redis.call('ZSCORE', order, key) == false) and 1 or 0)
+      local want, start = ns_rows - maxn, 0  -- oldest live rows by (created_at, key), never this key
+      while #victims < want do
+        local batch = redis.call('ZRANGE', order, start, start + want)
+        if #batch == 0 then break end
+        for _, v in ipairs(batch) do
+          if v ~= key then
+            victims[#victims + 1] = v
+            if #victims == want then break end
+          end
+        end
+        start = start + #batch
+      end
+    end
+    redis.call('HSET', row, 'v', value, 'c', now_s, 'e', expires, 'n', version)
+    if pexpire ~= '' then redis.call('PEXPIRE', row, pexpire) end
+    redis.call('ZADD', order, now_s, key)
+    if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
+    redis.call('SADD', pns, ns)
+    redis.call('SADD', plugins, plugin)
+    for _, v in ipairs(victims) do
+      redis.call('DEL', nsprefix .. ns .. ':r:' .. v)
+      redis.call('ZREM', order, v)
+      redis.call('ZREM', exp, v)
+    end
+  end
+end
+return '1'
+"""
+)
+
+
 MIGRATE_BATCH = 500  # rows one v1 -> v2 migration script call versions
 WRITE_OPS = {Mode.UPSERT: "register", Mode.CLAIM: "register_if_absent", Mode.MATCH: "compare_and_set"}
 MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m"}
@@ -392,6 +476,7 @@ class RedisBackend(Holders):
         self._read_many = self._client.register_script(READ_MANY)
         self._count = self._client.register_script(COUNT)
         self._migrate_v1 = self._client.register_script(MIGRATE_V1)
+        self._commit = self._client.register_script(COMMIT)
         try:
             self._open_schema()  # also the first connection: redis-py reads its URL options here
         except TypeError:
@@ -594,6 +679,39 @@ class RedisBackend(Holders):
                 path=self.location,
             )
         return result == "1"
+
+    def commit(self, writes: Sequence[Staged]) -> None:
+        """One COMMIT script over every write: atomic, and idempotent if redis-py retries it."""
+        keys: list[str] = [self._plugins_key]
+        args: list[str | int] = []
+        for w in writes:
+            rows, order, exp = self._ns(w.plugin_id, w.namespace)
+            keys += [rows + w.key, order, exp, self._namespaces_key(w.plugin_id)]
+            grace = self.options.expiry_grace_ms
+            pexpire = "" if w.expires_at is None else str(max(w.expires_at - w.now_ms, 1) + grace)
+            args += [
+                "d" if w.value is None else "u",
+                w.key,
+                w.value or "",
+                w.now_ms,
+                "" if w.expires_at is None else w.expires_at,
+                pexpire,
+                w.limits.max_entries,
+                w.limits.overflow,
+                self._ns_prefix(w.plugin_id),
+                w.namespace,
+                self._plugin(w.plugin_id),
+                str(w.version),
+            ]
+        result = self._call("commit", lambda: self._commit(keys=keys, args=args))
+        if result.startswith("NS_FULL"):
+            limits = writes[int(result.split(":")[1]) - 1].limits
+            raise StateStoreError(
+                "LIMIT_EXCEEDED",
+                "commit",
+                f"namespace is full: max_entries is {limits.max_entries} live rows",
+                path=self.location,
+            )
 
     def read(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None:
         rows, _, _ = self._ns(plugin_id, namespace)

@@ -48,6 +48,7 @@ version), a newer one is refused. The URL's own options (`?prefix=...&retries=..
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -60,10 +61,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ._backend import Decode, Holders, Limits, Mode, Row, Staged
-from ._entry import new_version
 from ._errors import StateStoreError
-from ._settings import SCHEMA_VERSION, StoreSettings
+from ._spec import SCHEMA_VERSION, Decode, Mode, NamespaceSpec, Row, StoreSettings, Write, new_version
 
 
 # -- the URL --------------------------------------------------------------------------
@@ -436,14 +435,13 @@ return '1'
 
 
 MIGRATE_BATCH = 500  # rows one v1 -> v2 migration script call versions
-WRITE_OPS = {Mode.UPSERT: "register", Mode.CLAIM: "register_if_absent", Mode.MATCH: "compare_and_set"}
 MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m"}
 
 T = TypeVar("T")
 
 
-class RedisBackend(Holders):
-    """One Redis database as seen by this process; share it between stores via `acquire`."""
+class RedisBackend:
+    """One Redis database as seen by this process, for the `Database` that owns it."""
 
     kind = "redis"
     one_writer = False  # Redis takes writes from many connections: the async pool runs them
@@ -454,9 +452,9 @@ class RedisBackend(Holders):
         self._prefix = f"{self.options.prefix}:"
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._active = 0  # calls in flight: release() waits for them before closing the pool
-        self._users = 0
+        self._active = 0  # calls in flight: close() waits for them before closing the pool
         self._closed = False
+        self._pid = os.getpid()  # the client's sockets are used only by the process that opened them
         opts = self.options
         try:
             self._client = redis.Redis.from_url(
@@ -546,7 +544,7 @@ class RedisBackend(Holders):
 
     def _call(self, op: str, fn: Callable[[], T]) -> T:
         with self._lock:
-            if self._closed:
+            if self._closed or self._pid != os.getpid():
                 raise StateStoreError("UNAVAILABLE", op, "the store is closed", path=self.location)
             self._active += 1
         try:
@@ -617,10 +615,6 @@ class RedisBackend(Holders):
     def reopened(self) -> None:
         """Nothing to re-check: Redis has no files."""
 
-    def abandon(self) -> None:
-        """In a forked child: closed here; the parent's sockets are left to it."""
-        self._closed = True
-
     def fault(self) -> str | None:
         return None
 
@@ -629,21 +623,9 @@ class RedisBackend(Holders):
         return None
 
     # -- operations ---------------------------------------------------------------------
-    def write(
-        self,
-        plugin_id: str,
-        namespace: str,
-        key: str,
-        value: str,
-        *,
-        now_ms: int,
-        expires_at: int | None,
-        limits: Limits,
-        mode: Mode,
-        version: int,
-        expect: int | None = None,
-    ) -> bool:
-        op = WRITE_OPS[mode]
+    def write(self, w: Write) -> bool:
+        spec, key, value, now_ms, expires_at, mode = w.spec, w.key, w.value, w.now_ms, w.expires_at, w.mode
+        plugin_id, namespace, op = spec.plugin_id, spec.namespace, mode.value
         rows, order, exp = self._ns(plugin_id, namespace)
         pexpire = "" if expires_at is None else str(max(expires_at - now_ms, 1) + self.options.expiry_grace_ms)
         keys = [
@@ -656,72 +638,73 @@ class RedisBackend(Holders):
         ]  # an upsert is idempotent: no retry cache
         args: list[str | int] = [
             key,
-            value,
+            value or "",
             now_ms,
             "" if expires_at is None else expires_at,
             pexpire,
-            limits.max_entries,
-            limits.overflow,
+            spec.max_entries,
+            spec.overflow,
             MODE_FLAGS[mode],
             self._ns_prefix(plugin_id),
             namespace,
             self._plugin(plugin_id),
             self.options.op_result_ttl_ms,
-            str(version),
-            "" if expect is None else str(expect),
+            str(w.version),
+            "" if w.expect is None else str(w.expect),
         ]
         result = self._call(op, lambda: self._write(keys=keys, args=args))
         if result == "NS_FULL":
             raise StateStoreError(
                 "LIMIT_EXCEEDED",
                 op,
-                f"namespace is full: max_entries is {limits.max_entries} live rows",
+                f"namespace is full: max_entries is {spec.max_entries} live rows",
                 path=self.location,
             )
         return result == "1"
 
-    def commit(self, writes: Sequence[Staged]) -> None:
+    def commit(self, writes: Sequence[Write]) -> None:
         """One COMMIT script over every write: atomic, and idempotent if redis-py retries it."""
         keys: list[str] = [self._plugins_key]
         args: list[str | int] = []
         for w in writes:
-            rows, order, exp = self._ns(w.plugin_id, w.namespace)
-            keys += [rows + w.key, order, exp, self._namespaces_key(w.plugin_id)]
+            spec = w.spec
+            rows, order, exp = self._ns(spec.plugin_id, spec.namespace)
+            keys += [rows + w.key, order, exp, self._namespaces_key(spec.plugin_id)]
             grace = self.options.expiry_grace_ms
             pexpire = "" if w.expires_at is None else str(max(w.expires_at - w.now_ms, 1) + grace)
             args += [
-                "d" if w.value is None else "u",
+                "d" if w.mode is Mode.DELETE else "u",
                 w.key,
                 w.value or "",
                 w.now_ms,
                 "" if w.expires_at is None else w.expires_at,
                 pexpire,
-                w.limits.max_entries,
-                w.limits.overflow,
-                self._ns_prefix(w.plugin_id),
-                w.namespace,
-                self._plugin(w.plugin_id),
+                spec.max_entries,
+                spec.overflow,
+                self._ns_prefix(spec.plugin_id),
+                spec.namespace,
+                self._plugin(spec.plugin_id),
                 str(w.version),
             ]
         result = self._call("commit", lambda: self._commit(keys=keys, args=args))
         if result.startswith("NS_FULL"):
-            limits = writes[int(result.split(":")[1]) - 1].limits
+            full = writes[int(result.split(":")[1]) - 1].spec
             raise StateStoreError(
                 "LIMIT_EXCEEDED",
                 "commit",
-                f"namespace is full: max_entries is {limits.max_entries} live rows",
+                f"namespace is full: max_entries is {full.max_entries} live rows",
                 path=self.location,
             )
 
-    def read(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None:
-        rows, _, _ = self._ns(plugin_id, namespace)
+    def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
+        rows, _, _ = self._ns(spec.plugin_id, spec.namespace)
         # decode_responses=True: redis-py's stubs say bytes | str, the replies are str
         reply = self._call("lookup", lambda: self._client.hmget(rows + key, "v", "c", "e", "n"))
         value, created, expires, version = cast("list[str | None]", reply)
         return _live_row(key, value, created, expires, version, now_ms)
 
-    def read_many(self, plugin_id: str, namespace: str, keys: Sequence[str], *, now_ms: int) -> list[Row]:
-        rows, _, _ = self._ns(plugin_id, namespace)
+    def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]:
+        rows, _, _ = self._ns(spec.plugin_id, spec.namespace)
         wanted = list(keys)
         flat = self._call("lookup_many", lambda: self._read_many(keys=[rows + k for k in wanted], args=[now_ms]))
         return [
@@ -736,10 +719,10 @@ class RedisBackend(Holders):
         ]
 
     def _take_row(
-        self, op: str, plugin_id: str, namespace: str, key: str, now_ms: int, *, check: bool, expect: int | None
+        self, op: str, spec: NamespaceSpec, key: str, now_ms: int, *, check: bool, expect: int | None
     ) -> tuple[bool, Row | None]:
         """Run TAKE; (deleted, the row if one was live)."""
-        rows, order, exp = self._ns(plugin_id, namespace)
+        rows, order, exp = self._ns(spec.plugin_id, spec.namespace)
         keys = [rows + key, order, exp, self._op_key()]
         args: list[str | int] = [
             key,
@@ -754,31 +737,24 @@ class RedisBackend(Holders):
         created, expires, version, value = text[1:].split(":", 3)
         return text[0] == "D", _live_row(key, value, created, expires, version, now_ms)
 
-    def take(self, plugin_id: str, namespace: str, key: str, *, now_ms: int, decode: Decode) -> Any:
-        _, row = self._take_row("consume", plugin_id, namespace, key, now_ms, check=True, expect=None)
+    def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any:
+        _, row = self._take_row("consume", spec, key, now_ms, check=True, expect=None)
         return None if row is None else decode(row)  # a kept (unreadable) row raises CORRUPT here
 
-    def remove(self, plugin_id: str, namespace: str, key: str, *, now_ms: int, expect: int | None = None) -> bool:
+    def remove(self, spec: NamespaceSpec, key: str, now_ms: int, expect: int | None = None) -> bool:
         op = "delete" if expect is None else "delete_if"
-        deleted, row = self._take_row(op, plugin_id, namespace, key, now_ms, check=False, expect=expect)
+        deleted, row = self._take_row(op, spec, key, now_ms, check=False, expect=expect)
         return deleted and row is not None
 
-    def remove_all(self, plugin_id: str, namespace: str, *, now_ms: int) -> int:
+    def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int:
+        plugin_id, namespace = spec.plugin_id, spec.namespace
         _, order, exp = self._ns(plugin_id, namespace)
         keys = [order, exp, self._namespaces_key(plugin_id), self._op_key()]
         args: list[str | int] = [now_ms, self._ns_prefix(plugin_id), namespace, self.options.op_result_ttl_ms]
         return int(self._call("clear", lambda: self._clear(keys=keys, args=args)))
 
-    def scan(
-        self,
-        plugin_id: str,
-        namespace: str,
-        *,
-        now_ms: int,
-        limit: int | None = None,
-        after: tuple[int, str] | None = None,
-    ) -> list[Row]:
-        rows, order, _ = self._ns(plugin_id, namespace)
+    def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
+        rows, order, _ = self._ns(spec.plugin_id, spec.namespace)
         args: list[str | int] = [
             now_ms,
             rows,
@@ -792,11 +768,11 @@ class RedisBackend(Holders):
             for i in range(0, len(flat), 5)
         ]
 
-    def count(self, plugin_id: str, namespace: str, *, now_ms: int) -> int:
-        _, order, exp = self._ns(plugin_id, namespace)
+    def count(self, spec: NamespaceSpec, now_ms: int) -> int:
+        _, order, exp = self._ns(spec.plugin_id, spec.namespace)
         return int(self._call("count", lambda: self._count(keys=[order, exp], args=[now_ms])))
 
-    def sweep(self, *, now_ms: int) -> int:
+    def sweep(self, now_ms: int) -> int:
         """Drop expired rows and their index entries, namespace by namespace, in batches."""
         batch = self.settings.sweep_batch_rows
         removed = 0
@@ -819,12 +795,12 @@ class RedisBackend(Holders):
         """Nothing to fold back (Redis persists on its own); a PING proves the server answers."""
         self._call(op, self._client.ping)
 
-    # -- closing (the users are counted by Holders, state/_backend.py) ---------------------
-    def _stop_calls(self) -> None:
-        while self._active:  # calls already running finish on an open pool first
-            self._idle.wait()
-
-    def _close_now(self, running: None) -> None:
+    def close(self) -> None:
+        """Calls already running finish on an open pool first; later calls raise UNAVAILABLE."""
+        with self._lock:
+            self._closed = True
+            while self._active:
+                self._idle.wait()
         self._client.close()
 
 

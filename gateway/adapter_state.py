@@ -31,7 +31,7 @@ from chatstate.gateway.clock import Clock, now_ms
 from chatstate.state import (
     Entry,
     StateStoreError,
-    _validate,  # the store's own key and value rules, applied in both modes
+    _spec,  # the store's own key and value rules, applied in both modes
 )
 
 if TYPE_CHECKING:
@@ -221,9 +221,9 @@ class AdapterState:
         as the store would: up front in both modes, so memory never holds a row the store would
         refuse (a degraded store replays memory's rows later). Raises StateStoreError
         INVALID_INPUT / LIMIT_EXCEEDED, in both modes alike."""
-        checked = _validate.key(key, op)
+        checked = _spec.check_key(key, op)
         if has_value:
-            _validate.serialize_value(value, op)
+            _spec.serialize_value(value, op)
         return checked
 
     async def record(self, key: str, value: Any, *, ttl_ms: int | None = None, or_raise: bool = False) -> None:

@@ -52,6 +52,7 @@ v2 keys are renamed under their plugin's hash tag); a newer one is refused.
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -61,11 +62,9 @@ from urllib.parse import quote, unquote
 
 import redis
 
-from ._backend import Decode, Holders, Limits, Mode, Row
-from ._entry import new_version
 from ._errors import StateStoreError
 from ._redis_client import connect, translate
-from ._settings import StoreSettings
+from ._spec import Decode, Mode, NamespaceSpec, Row, StoreSettings, Write, new_version
 
 # -- the scripts ----------------------------------------------------------------------
 # Helpers shared by the scripts below (prepended to each one; Redis caches a script by hash).
@@ -312,17 +311,99 @@ end
 return 1
 """
 
+# A staged commit (`commit_staged`): several upserts and deletes over the namespaces of one
+# prefix, in order, all or nothing. A script that fails half-way keeps what it already did, so
+# every reject-new namespace is checked first on a simulated row count, and only then is anything
+# written; each upsert then does what WRITE does in mode "u", each delete what TAKE does.
+# KEYS: per write: row, order, exp, plugin-namespaces set (the plugins set is the caller's).
+# ARGV: per write: kind ("u" upsert, "d" delete), key, value, now, expires ("" = never),
+#       pexpire_ms ("" = never), max_entries, overflow, nsprefix, namespace, quoted plugin, version.
+# Returns "1" ("1n" when a namespace was (re)registered: the caller lists the plugins), or
+# "NS_FULL:<i>" (1-based write) with nothing written.
+COMMIT = (
+    _HELPERS
+    + """
+local F, fresh = 12, false
+local n = #ARGV / F
+local sim = {}  -- order key -> {rows = live rows, live = {key -> bool}}: reject-new namespaces only
+for i = 0, n - 1 do
+  local a, k = i * F, i * 4
+  if ARGV[a + 8] == 'reject-new' then
+    local order, exp, key, now = KEYS[k + 2], KEYS[k + 3], ARGV[a + 2], tonumber(ARGV[a + 4])
+    local ns = sim[order]
+    if not ns then
+      ns = {rows = redis.call('ZCARD', order) - redis.call('ZCOUNT', exp, '-inf', now), live = {}}
+      sim[order] = ns
+    end
+    local live = ns.live[key]
+    if live == nil then
+      local e = redis.call('ZSCORE', exp, key)
+      live = redis.call('ZSCORE', order, key) ~= false and (e == false or tonumber(e) > now)
+    end
+    if ARGV[a + 1] == 'd' then
+      if live then ns.rows = ns.rows - 1 end
+      ns.live[key] = false
+    else
+      if not live then ns.rows = ns.rows + 1 end
+      if ns.rows > tonumber(ARGV[a + 7]) then return 'NS_FULL:' .. (i + 1) end
+      ns.live[key] = true
+    end
+  end
+end
+for i = 0, n - 1 do
+  local a, k = i * F, i * 4
+  local row, order, exp, pns = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local kind, key, value, now_s, expires, pexpire = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  local maxn, nsprefix, ns, plugin, version = tonumber(ARGV[a + 7]), ARGV[a + 9], ARGV[a + 10], ARGV[a + 11], ARGV[a + 12]
+  redis.call('DEL', row)
+  if kind == 'd' then
+    redis.call('ZREM', order, key)
+    redis.call('ZREM', exp, key)
+  else
+    local victims = {}
+    local ns_rows = redis.call('ZCARD', order) + ((redis.call('ZSCORE', order, key) == false) and 1 or 0)
+    if ns_rows > maxn then  -- expired rows never count: drop them before deciding
+      drop_expired(nsprefix, ns, now_s, nil)
+      ns_rows = redis.call('ZCARD', order) + ((redis.call('ZSCORE', order, key) == false) and 1 or 0)
+      local want, start = ns_rows - maxn, 0  -- oldest live rows by (created_at, key), never this key
+      while #victims < want do
+        local batch = redis.call('ZRANGE', order, start, start + want)
+        if #batch == 0 then break end
+        for _, v in ipairs(batch) do
+          if v ~= key then
+            victims[#victims + 1] = v
+            if #victims == want then break end
+          end
+        end
+        start = start + #batch
+      end
+    end
+    redis.call('HSET', row, 'v', value, 'c', now_s, 'e', expires, 'n', version)
+    if pexpire ~= '' then redis.call('PEXPIRE', row, pexpire) end
+    redis.call('ZADD', order, now_s, key)
+    if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
+    if redis.call('SADD', pns, ns) == 1 then fresh = true end
+    for _, v in ipairs(victims) do
+      redis.call('DEL', nsprefix .. ns .. ':r:' .. v)
+      redis.call('ZREM', order, v)
+      redis.call('ZREM', exp, v)
+    end
+  end
+end
+return fresh and '1n' or '1'
+"""
+)
+
 
 REDIS_SCHEMA = 3  # 1: rows without versions; 2: versions; 3: keys tagged by plugin (Cluster)
 MIGRATE_BATCH = 500  # rows one v1 -> v2 migration script call versions
-WRITE_OPS = {Mode.UPSERT: "register", Mode.CLAIM: "register_if_absent", Mode.MATCH: "compare_and_set"}
 MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m"}
 
 T = TypeVar("T")
 
 
-class RedisBackend(Holders):
-    """One Redis database as seen by this process; share it between stores via `acquire`."""
+class RedisBackend:
+    """One Redis database as seen by this process, for the `Database` that owns it."""
 
     kind = "redis"
     one_writer = False  # Redis takes writes from many connections: the async pool runs them
@@ -335,9 +416,9 @@ class RedisBackend(Holders):
         self._prefix = f"{self.options.prefix}:"
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._active = 0  # calls in flight: release() waits for them before closing the pool
-        self._users = 0
+        self._active = 0  # calls in flight: close() waits for them before closing the pool
         self._closed = False
+        self._pid = os.getpid()  # the client's sockets are used only by the process that opened them
         self._write = self._client.register_script(WRITE)
         self._take = self._client.register_script(TAKE)
         self._clear = self._client.register_script(CLEAR)
@@ -346,8 +427,18 @@ class RedisBackend(Holders):
         self._read_many = self._client.register_script(READ_MANY)
         self._count = self._client.register_script(COUNT)
         self._migrate_v1 = self._client.register_script(MIGRATE_V1)
+        self._commit = self._client.register_script(COMMIT)
         self._migrate_tags = self._client.register_script(MIGRATE_TAGS)
-        for script in (self._write, self._take, self._clear, self._scan, self._sweep, self._read_many, self._count):
+        for script in (
+            self._write,
+            self._take,
+            self._clear,
+            self._scan,
+            self._sweep,
+            self._read_many,
+            self._count,
+            self._commit,
+        ):
             self._conn.scripts[script.sha] = script.script
         try:
             self._open_schema()  # also the first connection: redis-py reads its URL options here
@@ -432,7 +523,7 @@ class RedisBackend(Holders):
 
     def _call(self, op: str, fn: Callable[[], T]) -> T:
         with self._lock:
-            if self._closed:
+            if self._closed or self._pid != os.getpid():
                 raise StateStoreError("UNAVAILABLE", op, "the store is closed", path=self.location)
             self._active += 1
         try:
@@ -517,10 +608,6 @@ class RedisBackend(Holders):
     def reopened(self) -> None:
         """Nothing to re-check: Redis has no files."""
 
-    def abandon(self) -> None:
-        """In a forked child: closed here; the parent's sockets are left to it."""
-        self._closed = True
-
     def fault(self) -> str | None:
         return None
 
@@ -529,21 +616,9 @@ class RedisBackend(Holders):
         return None
 
     # -- operations ---------------------------------------------------------------------
-    def write(
-        self,
-        plugin_id: str,
-        namespace: str,
-        key: str,
-        value: str,
-        *,
-        now_ms: int,
-        expires_at: int | None,
-        limits: Limits,
-        mode: Mode,
-        version: int,
-        expect: int | None = None,
-    ) -> bool:
-        op = WRITE_OPS[mode]
+    def write(self, w: Write) -> bool:
+        spec, key, value, now_ms, expires_at, mode = w.spec, w.key, w.value, w.now_ms, w.expires_at, w.mode
+        plugin_id, namespace, op = spec.plugin_id, spec.namespace, mode.value
         rows, order, exp = self._ns(plugin_id, namespace)
         pexpire = "" if expires_at is None else str(max(expires_at - now_ms, 1) + self.options.expiry_grace_ms)
         keys = [rows + key, order, exp, self._namespaces_key(plugin_id)]
@@ -551,18 +626,18 @@ class RedisBackend(Holders):
             keys.append(self._op_key(plugin_id))
         args: list[str | int] = [
             key,
-            value,
+            value or "",
             now_ms,
             "" if expires_at is None else expires_at,
             pexpire,
-            limits.max_entries,
-            limits.overflow,
+            spec.max_entries,
+            spec.overflow,
             MODE_FLAGS[mode],
             self._ns_prefix(plugin_id),
             namespace,
             self.options.op_result_ttl_ms,
-            str(version),
-            "" if expect is None else str(expect),
+            str(w.version),
+            "" if w.expect is None else str(w.expect),
         ]
         result = self._mutate(op, self._write, keys, args)
         if result == "1n":
@@ -571,20 +646,69 @@ class RedisBackend(Holders):
             raise StateStoreError(
                 "LIMIT_EXCEEDED",
                 op,
-                f"namespace is full: max_entries is {limits.max_entries} live rows",
+                f"namespace is full: max_entries is {spec.max_entries} live rows",
                 path=self.location,
             )
         return result in ("1", "1n")
 
-    def read(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None:
-        rows, _, _ = self._ns(plugin_id, namespace)
+    def commit(self, writes: Sequence[Write]) -> None:
+        """One COMMIT script over every write: atomic, and idempotent if redis-py retries it.
+
+        On Redis Cluster a script runs on one node, so the writes must be one plugin's (its
+        namespaces share a hash slot); several plugins' are INVALID_INPUT, naming them."""
+        plugins = sorted({w.spec.plugin_id for w in writes})
+        if self._conn.cluster and len(plugins) > 1:
+            raise StateStoreError(
+                "INVALID_INPUT",
+                "commit",
+                f"a staged commit over several plugins ({', '.join(plugins)}) cannot be one transaction on "
+                "Redis Cluster: each plugin's keys live in their own hash slot; commit each plugin's writes apart",
+                path=self.location,
+            )
+        keys: list[str] = []
+        args: list[str | int] = []
+        for w in writes:
+            spec = w.spec
+            rows, order, exp = self._ns(spec.plugin_id, spec.namespace)
+            keys += [rows + w.key, order, exp, self._namespaces_key(spec.plugin_id)]
+            grace = self.options.expiry_grace_ms
+            pexpire = "" if w.expires_at is None else str(max(w.expires_at - w.now_ms, 1) + grace)
+            args += [
+                "d" if w.mode is Mode.DELETE else "u",
+                w.key,
+                w.value or "",
+                w.now_ms,
+                "" if w.expires_at is None else w.expires_at,
+                pexpire,
+                spec.max_entries,
+                spec.overflow,
+                self._ns_prefix(spec.plugin_id),
+                spec.namespace,
+                self._plugin(spec.plugin_id),
+                str(w.version),
+            ]
+        result = self._mutate("commit", self._commit, keys, args)
+        if result == "1n":
+            for plugin_id in plugins:
+                self._list_plugin("commit", plugin_id)
+        if result.startswith("NS_FULL"):
+            full = writes[int(result.split(":")[1]) - 1].spec
+            raise StateStoreError(
+                "LIMIT_EXCEEDED",
+                "commit",
+                f"namespace is full: max_entries is {full.max_entries} live rows",
+                path=self.location,
+            )
+
+    def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
+        rows, _, _ = self._ns(spec.plugin_id, spec.namespace)
         # decode_responses=True: redis-py's stubs say bytes | str, the replies are str
         reply = self._call("lookup", lambda: self._client.hmget(rows + key, "v", "c", "e", "n"))
         value, created, expires, version = cast("list[str | None]", reply)
         return _live_row(key, value, created, expires, version, now_ms)
 
-    def read_many(self, plugin_id: str, namespace: str, keys: Sequence[str], *, now_ms: int) -> list[Row]:
-        rows, _, _ = self._ns(plugin_id, namespace)
+    def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]:
+        rows, _, _ = self._ns(spec.plugin_id, spec.namespace)
         wanted = list(keys)
         flat = self._call("lookup_many", lambda: self._read_many(keys=[rows + k for k in wanted], args=[now_ms]))
         return [
@@ -599,11 +723,11 @@ class RedisBackend(Holders):
         ]
 
     def _take_row(
-        self, op: str, plugin_id: str, namespace: str, key: str, now_ms: int, *, check: bool, expect: int | None
+        self, op: str, spec: NamespaceSpec, key: str, now_ms: int, *, check: bool, expect: int | None
     ) -> tuple[bool, Row | None]:
         """Run TAKE; (deleted, the row if one was live)."""
-        rows, order, exp = self._ns(plugin_id, namespace)
-        keys = [rows + key, order, exp, self._op_key(plugin_id)]
+        rows, order, exp = self._ns(spec.plugin_id, spec.namespace)
+        keys = [rows + key, order, exp, self._op_key(spec.plugin_id)]
         args: list[str | int] = [
             key,
             self.options.op_result_ttl_ms,
@@ -617,31 +741,24 @@ class RedisBackend(Holders):
         created, expires, version, value = text[1:].split(":", 3)
         return text[0] == "D", _live_row(key, value, created, expires, version, now_ms)
 
-    def take(self, plugin_id: str, namespace: str, key: str, *, now_ms: int, decode: Decode) -> Any:
-        _, row = self._take_row("consume", plugin_id, namespace, key, now_ms, check=True, expect=None)
+    def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any:
+        _, row = self._take_row("consume", spec, key, now_ms, check=True, expect=None)
         return None if row is None else decode(row)  # a kept (unreadable) row raises CORRUPT here
 
-    def remove(self, plugin_id: str, namespace: str, key: str, *, now_ms: int, expect: int | None = None) -> bool:
+    def remove(self, spec: NamespaceSpec, key: str, now_ms: int, expect: int | None = None) -> bool:
         op = "delete" if expect is None else "delete_if"
-        deleted, row = self._take_row(op, plugin_id, namespace, key, now_ms, check=False, expect=expect)
+        deleted, row = self._take_row(op, spec, key, now_ms, check=False, expect=expect)
         return deleted and row is not None
 
-    def remove_all(self, plugin_id: str, namespace: str, *, now_ms: int) -> int:
+    def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int:
+        plugin_id, namespace = spec.plugin_id, spec.namespace
         _, order, exp = self._ns(plugin_id, namespace)
         keys = [order, exp, self._namespaces_key(plugin_id), self._op_key(plugin_id)]
         args: list[str | int] = [now_ms, self._ns_prefix(plugin_id), namespace, self.options.op_result_ttl_ms]
         return int(self._mutate("clear", self._clear, keys, args))
 
-    def scan(
-        self,
-        plugin_id: str,
-        namespace: str,
-        *,
-        now_ms: int,
-        limit: int | None = None,
-        after: tuple[int, str] | None = None,
-    ) -> list[Row]:
-        rows, order, _ = self._ns(plugin_id, namespace)
+    def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
+        rows, order, _ = self._ns(spec.plugin_id, spec.namespace)
         args: list[str | int] = [
             now_ms,
             rows,
@@ -655,11 +772,11 @@ class RedisBackend(Holders):
             for i in range(0, len(flat), 5)
         ]
 
-    def count(self, plugin_id: str, namespace: str, *, now_ms: int) -> int:
-        _, order, exp = self._ns(plugin_id, namespace)
+    def count(self, spec: NamespaceSpec, now_ms: int) -> int:
+        _, order, exp = self._ns(spec.plugin_id, spec.namespace)
         return int(self._call("count", lambda: self._count(keys=[order, exp], args=[now_ms])))
 
-    def sweep(self, *, now_ms: int) -> int:
+    def sweep(self, now_ms: int) -> int:
         """Drop expired rows and their index entries, namespace by namespace, in batches."""
         batch = self.settings.sweep_batch_rows
         removed = 0
@@ -682,12 +799,12 @@ class RedisBackend(Holders):
         """Nothing to fold back (Redis persists on its own); a PING proves the server answers."""
         self._call(op, self._client.ping)
 
-    # -- closing (the users are counted by Holders, state/_backend.py) ---------------------
-    def _stop_calls(self) -> None:
-        while self._active:  # calls already running finish on an open pool first
-            self._idle.wait()
-
-    def _close_now(self, running: None) -> None:
+    def close(self) -> None:
+        """Calls already running finish on an open pool first; later calls raise UNAVAILABLE."""
+        with self._lock:
+            self._closed = True
+            while self._active:
+                self._idle.wait()
         self._client.close()
 
 

@@ -30,7 +30,7 @@ from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from ._errors import StateStoreError
-from ._paths import shown_url
+from ._spec import shown_url
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"

@@ -15,7 +15,7 @@ import redis
 from redis_ha import SERVICE, ClusterGroup, SentinelGroup, TlsFront, make_certs, wait_until
 from redis_support import RedisServer, free_port, with_prefix
 
-from chatstate.state import KeyedStore, StateStoreError, open_keyed_store, probe, sweep_expired
+from chatstate.state import KeyedStore, StateStoreError, commit_staged, open_keyed_store, probe, sweep_expired
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "state.md"
 FAST = "retries=1&backoff_base_s=0.01&backoff_cap_s=0.05&socket_timeout_s=1"
@@ -84,7 +84,7 @@ def test_readonly_after_a_coordinated_failover_is_followed_not_reported(sentinel
         # sentinels CLIENT KILL, a client that reconnected to the old address mid-switch) is
         # put back by hand: READONLY there means "not applied", the claim goes to the new
         # primary and wins exactly once.
-        pool = store.backend._client.connection_pool
+        pool = store._backend._client.connection_pool
         stale = pool.make_connection()
         stale.connect_to(("127.0.0.1", old.port))
         pool._available_connections.append(stale)
@@ -138,6 +138,23 @@ def test_every_key_of_a_plugin_hashes_to_one_cluster_slot(cluster):
             slots = {raw.keyslot(k) for k in keys if k.startswith("slots:p:{slack}")}
             assert len(slots) == 1 and {raw.keyslot(k) for k in keys} == slots | {raw.keyslot("{discord}")}
         assert sweep_expired(url=url) == 0
+
+
+def test_a_staged_commit_runs_on_a_cluster_for_one_plugin_and_says_why_not_across_plugins(cluster):
+    url = cluster.url("prefix=staged")
+    with (
+        open_keyed_store("slack", "slack.events", max_entries=10, url=url) as events,
+        open_keyed_store("slack", "slack.thread-participation", max_entries=10, url=url) as threads,
+        open_keyed_store("discord", "discord.components", max_entries=10, url=url) as buttons,
+    ):
+        commit_staged([events.stage_register("E1", {"done": True}), threads.stage_register("T1", {"agent": "a"})])
+        assert (events.lookup("E1"), threads.lookup("T1")) == ({"done": True}, {"agent": "a"})
+        with pytest.raises(StateStoreError) as err:
+            commit_staged([events.stage_register("E2", 1), buttons.stage_register("B1", 1)])
+        assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "commit")
+        assert "discord, slack" in str(err.value) and "hash slot" in str(err.value)
+        assert events.lookup("E2") is None and buttons.lookup("B1") is None  # nothing written
+    assert sweep_expired(url=url) == 0  # the registry sweep walks was kept by the commit
 
 
 def test_a_migrating_slot_is_unavailable_not_wrong(tmp_path):

@@ -330,8 +330,8 @@ def test_open_racing_the_last_close_gets_a_working_store(target):
     """The last close() releases the backend outside the global lock; an open() that saw the
     backend alive just before must not end up on the closed one (it used to: UNAVAILABLE)."""
     a = open_keyed_store("p", "a", max_entries=10, **target)
-    backend = a._backend
-    real_acquire, real_release = backend.acquire, backend.release
+    backend = a.database  # the open database the store is a view onto: its holders are counted there
+    real_acquire, real_release = backend.hold, backend.release
     in_release, opener_checked, released = threading.Event(), threading.Event(), threading.Event()
 
     def paused_release():  # a.close(): past its bookkeeping, about to release the backend
@@ -347,7 +347,7 @@ def test_open_racing_the_last_close_gets_a_working_store(target):
         assert released.wait(30)
         return real_acquire()
 
-    backend.release, backend.acquire = paused_release, late_acquire
+    backend.release, backend.hold = paused_release, late_acquire
     closer = threading.Thread(target=a.close)
     closer.start()
     assert in_release.wait(30)

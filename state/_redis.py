@@ -493,7 +493,7 @@ class RedisBackend:
             yield
         except StateStoreError:
             raise
-        except redis.RedisError as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
             raise translate(self._conn, op, exc) from None
 
     def _mutate(self, op: str, script: Any, keys: list[str], args: list[str | int]) -> Any:

@@ -136,7 +136,11 @@ def connect(url: str) -> Connection:
                 )
             kwargs.pop("db", None)
             nodes = [ClusterNode(h, p) for h, p in hosts]
-            return Connection(RedisCluster(startup_nodes=nodes, **kwargs, **common), options, location, cluster=True)
+            try:  # RedisCluster asks a node for the slot map at once
+                cluster = RedisCluster(startup_nodes=nodes, **kwargs, **common)
+            except (redis.RedisError, errors.RedisClusterException) as exc:
+                raise translate(Connection(None, options, location, cluster=True), "open", exc) from None
+            return Connection(cluster, options, location, cluster=True)
         if not service:
             raise StateStoreError(
                 "INVALID_INPUT",
@@ -166,7 +170,7 @@ def _host_port(text: str, location: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def translate(conn: Connection, op: str, exc: Exception) -> StateStoreError:
+def translate(conn: Connection, op: str, exc: BaseException) -> StateStoreError:
     """The StateStoreError for a redis-py error (retries are already behind us)."""
     where = conn.location
     if isinstance(exc, redis.AuthenticationError) or _reply(exc).startswith(("WRONGPASS", "NOAUTH")):
@@ -216,8 +220,8 @@ def translate(conn: Connection, op: str, exc: Exception) -> StateStoreError:
         if text.startswith("WRONGTYPE"):
             return StateStoreError("CORRUPT", op, f"Redis said: {text}", path=where)
         return StateStoreError(failed_op, op, f"Redis said: {text}", path=where)
-    if isinstance(exc, errors.RedisClusterException):
-        return StateStoreError("UNAVAILABLE", op, f"Redis Cluster: {text}", path=where)
+    if isinstance(exc, errors.RedisClusterException):  # e.g. no node answered
+        return StateStoreError("UNAVAILABLE", op, f"Redis Cluster: {str(exc)[:300]}", path=where)
     return StateStoreError("UNAVAILABLE", op, f"Redis client failed ({type(exc).__name__})", path=where)
 
 
@@ -233,7 +237,7 @@ def _refused_in_script(conn: Connection, text: str) -> str:
     return f"NOPERM: the user may not run {command[1].lower() if command else 'a command'!r} in a script"
 
 
-def _reply(exc: Exception) -> str:
+def _reply(exc: BaseException) -> str:
     """The server's error reply, first line, bounded (a script error wraps it: NOPERM inside)."""
     if not isinstance(exc, (redis.ResponseError, errors.RedisClusterException)):
         return ""

@@ -191,6 +191,13 @@ def test_a_migrating_slot_is_unavailable_not_wrong(tmp_path):
         group.stop()
 
 
+def test_a_cluster_nobody_answers_is_unavailable():
+    with pytest.raises(StateStoreError) as err:
+        open_keyed_store("p", "ns", max_entries=1, url=f"redis+cluster://u:pw@127.0.0.1:{free_port()}?{FAST}")
+    assert err.value.code == "UNAVAILABLE" and "reachable node" in str(err.value)
+    assert "u:***@" in str(err.value) and ":pw@" not in str(err.value)
+
+
 def test_replica_acks_are_refused_on_a_cluster_url(cluster):
     with pytest.raises(StateStoreError) as err:
         open_keyed_store("p", "ns", max_entries=1, url=cluster.url("min_replicas_acked=1"))

@@ -221,7 +221,10 @@ def translate(conn: Connection, op: str, exc: BaseException) -> StateStoreError:
             return StateStoreError("CORRUPT", op, f"Redis said: {text}", path=where)
         return StateStoreError(failed_op, op, f"Redis said: {text}", path=where)
     if isinstance(exc, errors.RedisClusterException):  # e.g. no node answered
-        return StateStoreError("UNAVAILABLE", op, f"Redis Cluster: {str(exc)[:300]}", path=where)
+        said = str(exc)[:300]
+        if "Cluster mode is not enabled" in said:  # what redis-py says when CLUSTER SLOTS is refused too
+            said += f" (or the user may not run CLUSTER SLOTS: {ACL_HINT})"
+        return StateStoreError("UNAVAILABLE", op, f"Redis Cluster: {said}", path=where)
     return StateStoreError("UNAVAILABLE", op, f"Redis client failed ({type(exc).__name__})", path=where)
 
 

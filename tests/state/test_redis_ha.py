@@ -259,6 +259,24 @@ def test_a_missing_acl_permission_is_named(acl_redis):
         assert "wrong" not in str(err.value) and "chatstate:***@" in str(err.value)
 
 
+def test_the_documented_acl_user_works_on_a_cluster_with_the_documented_extras(cluster):
+    extras = re.findall(r"A Cluster user also needs `([^`]+)`", " ".join(DOCS.read_text().split()))[0]
+    line = documented_acl_line().replace("chatstate ", "cluster_user ", 1).replace(">PASSWORD", ">s3cret")
+    url = cluster.url("prefix=chatstate").replace("redis+cluster://", "redis+cluster://cluster_user:s3cret@")
+    for node in cluster.nodes:
+        with redis.Redis(port=node.port) as admin:
+            admin.execute_command(*line.split())
+    with pytest.raises(StateStoreError) as err:  # without the extras redis-py cannot read the slot map
+        open_keyed_store("slack", "slack.events", max_entries=5, url=url)
+    assert "CLUSTER SLOTS" in str(err.value)
+    for node in cluster.nodes:
+        with redis.Redis(port=node.port) as admin:
+            admin.execute_command(*f"{line} {extras}".split())
+    with open_keyed_store("slack", "slack.events", max_entries=5, url=url) as store:
+        assert store.register_if_absent("E1", 1) is True and store.consume("E1") == 1
+    assert probe(url=url)["ok"] is True
+
+
 # -- TLS ------------------------------------------------------------------------------------
 @pytest.fixture
 def certs(tmp_path: Path) -> dict[str, Path]:

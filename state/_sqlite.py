@@ -128,9 +128,10 @@ SQL_DROP_EXPIRED_NS = """DELETE FROM entries INDEXED BY entries_by_expiry
 WHERE plugin_id = ?1 AND namespace = ?2 AND expires_at <= ?4"""
 # The oldest live rows by (created_at, key), never the row just written: one seek into
 # entries_by_order at the namespace's oldest row, then as many rows as must go.
-SQL_OLDEST = """SELECT key FROM entries INDEXED BY entries_by_order
-WHERE plugin_id = ?1 AND namespace = ?2 AND key != ?3 AND (expires_at IS NULL OR expires_at > ?4)
-ORDER BY created_at, key LIMIT ?5"""
+SQL_EVICT = """DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key IN (
+    SELECT key FROM entries INDEXED BY entries_by_order
+    WHERE plugin_id = ?1 AND namespace = ?2 AND key != ?3 AND (expires_at IS NULL OR expires_at > ?4)
+    ORDER BY created_at, key LIMIT ?5)"""
 SQL_SWEEP = """DELETE FROM entries WHERE (plugin_id, namespace, key) IN (
     SELECT plugin_id, namespace, key FROM entries WHERE expires_at <= :now LIMIT :batch)"""
 
@@ -512,9 +513,11 @@ class SQLiteBackend:
         return self._fail(code, op, f"SQLite said: {exc}")
 
     def _query(self, op: str, statement: str, params: tuple[object, ...] | dict[str, object]) -> list[Any]:
-        """Run one read statement on this thread's connection; close() waits for it."""
+        """Run one read statement on this thread's connection; close() waits for it. Inside
+        `run_batch` (an `update` on the writer) it reads the batch's open transaction, whose
+        lock this thread holds already."""
         slot = self._slot(op)
-        with slot.lock:
+        with contextlib.nullcontext() if slot.batch is not None else slot.lock:
             if self._closed:
                 raise self._fail("UNAVAILABLE", op, "the store is closed")
             try:
@@ -651,21 +654,16 @@ class SQLiteBackend:
             return conn.execute(SQL_MATCH, (*params, w.expect)).rowcount > 0
         if conn.execute(SQL_CLAIM if w.mode is Mode.CLAIM else SQL_UPSERT, params).rowcount == 0:
             return False
-        if conn.execute(SQL_NS_ROWS, params[:2]).fetchone()[0] > spec.max_entries:
-            self._enforce_cap(conn, op, params[:4], spec)
+        excess = conn.execute(SQL_NS_ROWS, params[:2]).fetchone()[0] - spec.max_entries
+        if excess > 0:  # over the cap: expired rows never count, so they go first (rules 8, 9)
+            excess -= conn.execute(SQL_DROP_EXPIRED_NS, params[:4]).rowcount
+            if excess > 0 and spec.overflow == "reject-new":
+                raise self._fail(
+                    "LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {spec.max_entries} live rows"
+                )
+            if excess > 0:
+                conn.execute(SQL_EVICT, (*params[:4], excess))
         return True
-
-    def _enforce_cap(self, conn: sqlite3.Connection, op: str, at: tuple[Any, ...], spec: NamespaceSpec) -> None:
-        """A write left the namespace over max_entries: drop its expired rows (they never count),
-        then evict the oldest live ones, or refuse (reject-new)."""
-        conn.execute(SQL_DROP_EXPIRED_NS, at)
-        excess = conn.execute(SQL_NS_ROWS, at[:2]).fetchone()[0] - spec.max_entries
-        if excess <= 0:
-            return
-        if spec.overflow == "reject-new":
-            raise self._fail("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {spec.max_entries} live rows")
-        victims = conn.execute(SQL_OLDEST, (*at, excess)).fetchall()
-        conn.executemany(SQL_DELETE, [(at[0], at[1], k) for (k,) in victims])
 
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
         rows = self._query("lookup", SQL_READ, (spec.plugin_id, spec.namespace, key, now_ms))

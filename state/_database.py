@@ -359,8 +359,10 @@ class Database:
             step("schema", lambda: _check_schema(backend))
             step("write-read-delete", lambda: _round_trip(backend))
             step("checkpoint", backend.checkpoint)
-            if self.is_file:  # file modes: SQLite only
-                step("permissions", lambda: _check_fault(backend))
+            if self.is_file and (fault := backend.fault()) is not None:  # file modes: SQLite only
+                steps.append({"name": "permissions", "ok": False, "code": "WRITE_FAILED", "message": fault})
+            elif self.is_file:
+                steps.append({"name": "permissions", "ok": True})
         except StateStoreError:
             pass
         return {"ok": all(s["ok"] for s in steps) and len(steps) >= 4, "database_path": self.location, "steps": steps}
@@ -427,12 +429,6 @@ def probe(
         return database.probe()
 
 
-def _check_fault(backend: Backend) -> None:
-    fault = backend.fault()
-    if fault is not None:
-        raise StateStoreError("WRITE_FAILED", "probe", fault, path=backend.location)
-
-
 def _check_dir(directory: Path) -> None:
     if not _sqlite.check_dir(directory, "probe"):
         _sqlite.make_dirs(directory)
@@ -443,8 +439,7 @@ def _check_dir(directory: Path) -> None:
 
 
 def _check_schema(backend: Backend) -> None:
-    version = backend.schema_version()
-    if version < 1:
+    if (version := backend.schema_version()) < 1:
         raise StateStoreError(
             "SCHEMA_UNSUPPORTED", "probe", f"schema version {version} was not initialised", path=backend.location
         )

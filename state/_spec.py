@@ -377,13 +377,14 @@ def serialize_value(value: object, op: str, max_bytes: int = MAX_VALUE_BYTES) ->
     Raises INVALID_INPUT for anything that is not plain JSON (tuples, sets, bytes, non-str dict
     keys, NaN/inf, lone surrogates) and LIMIT_EXCEEDED past the depth or size limit.
     """
-    if type(value) is Json:
-        return str(value)  # checked already (the async twin, on the caller); an exact str for the driver
-    _check_shape(value, op)
-    try:
-        text = _encode(value)
-    except ValueError:  # an int past Python's 4,300-digit str limit: it could never be read back
-        raise StateStoreError("INVALID_INPUT", op, "value contains an integer too large to serialize") from None
+    if type(value) is Json:  # checked already (the async twin, on the caller): only the size is ours
+        text = str(value)  # an exact str for the driver
+    else:
+        _check_shape(value, op)
+        try:
+            text = _encode(value)
+        except ValueError:  # an int past Python's 4,300-digit str limit: it could never be read back
+            raise StateStoreError("INVALID_INPUT", op, "value contains an integer too large to serialize") from None
     size = len(text) if text.isascii() else _utf8_len(text, "value", op)
     if size > max_bytes:
         raise StateStoreError("LIMIT_EXCEEDED", op, f"value is {size} bytes serialized; the limit is {max_bytes}")

@@ -128,9 +128,23 @@ SQL_DROP_EXPIRED_NS = """DELETE FROM entries INDEXED BY entries_by_expiry
 WHERE plugin_id = ?1 AND namespace = ?2 AND expires_at <= ?4"""
 # The oldest live rows by (created_at, key), never the row just written: one seek into
 # entries_by_order at the namespace's oldest row, then as many rows as must go.
-SQL_OLDEST = """SELECT key FROM entries INDEXED BY entries_by_order
-WHERE plugin_id = ?1 AND namespace = ?2 AND key != ?3 AND (expires_at IS NULL OR expires_at > ?4)
-ORDER BY created_at, key LIMIT ?5"""
+SQL_EVICT = """DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key IN (
+    SELECT key FROM entries INDEXED BY entries_by_order
+    WHERE plugin_id = ?1 AND namespace = ?2 AND key != ?3 AND (expires_at IS NULL OR expires_at > ?4)
+    ORDER BY created_at, key LIMIT ?5)"""
+# A namespace exactly at max_entries: a key already there is replaced in place (the count does
+# not change) ...
+SQL_REPLACE = """UPDATE entries SET value = ?5, created_at = ?4, expires_at = ?6, version = ?7
+WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"""
+SQL_REPLACE_EXPIRED = SQL_REPLACE + " AND expires_at IS NOT NULL AND expires_at <= ?4"  # a claim's
+SQL_EXISTS = "SELECT 1 FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
+# ... and a new key takes over the oldest live row: one UPDATE that evicts and writes at once, with
+# no row counted in or out (what an insert and an eviction would leave, for half the work).
+SQL_REKEY_OLDEST = """UPDATE entries SET key = ?3, value = ?5, created_at = ?4, expires_at = ?6, version = ?7
+WHERE plugin_id = ?1 AND namespace = ?2 AND key = (
+    SELECT key FROM entries INDEXED BY entries_by_order
+    WHERE plugin_id = ?1 AND namespace = ?2 AND (expires_at IS NULL OR expires_at > ?4)
+    ORDER BY created_at, key LIMIT 1)"""
 SQL_SWEEP = """DELETE FROM entries WHERE (plugin_id, namespace, key) IN (
     SELECT plugin_id, namespace, key FROM entries WHERE expires_at <= :now LIMIT :batch)"""
 
@@ -512,9 +526,11 @@ class SQLiteBackend:
         return self._fail(code, op, f"SQLite said: {exc}")
 
     def _query(self, op: str, statement: str, params: tuple[object, ...] | dict[str, object]) -> list[Any]:
-        """Run one read statement on this thread's connection; close() waits for it."""
+        """Run one read statement on this thread's connection; close() waits for it. Inside
+        `run_batch` (an `update` on the writer) it reads the batch's open transaction, whose
+        lock this thread holds already."""
         slot = self._slot(op)
-        with slot.lock:
+        with contextlib.nullcontext() if slot.batch is not None else slot.lock:
             if self._closed:
                 raise self._fail("UNAVAILABLE", op, "the store is closed")
             try:
@@ -641,31 +657,42 @@ class SQLiteBackend:
         self._transact("commit", work)
 
     def _apply(self, conn: sqlite3.Connection, op: str, w: Write) -> bool:
-        """One write inside the caller's transaction; then the namespace's cap (rules 8, 9)."""
-        spec = w.spec
+        """One write inside the caller's transaction, keeping the namespace's cap (rules 8, 9)."""
+        spec, claim = w.spec, w.mode is Mode.CLAIM
         params = (spec.plugin_id, spec.namespace, w.key, w.now_ms, w.value, w.expires_at, w.version)
         if w.mode is Mode.DELETE:
             conn.execute(SQL_DELETE, params[:3])
             return True
         if w.mode is Mode.MATCH:  # replaces a live row in place: the row count cannot grow
             return conn.execute(SQL_MATCH, (*params, w.expect)).rowcount > 0
-        if conn.execute(SQL_CLAIM if w.mode is Mode.CLAIM else SQL_UPSERT, params).rowcount == 0:
+        counted = conn.execute(SQL_NS_ROWS, params[:2]).fetchone()
+        rows = counted[0] if counted else 0
+        if rows < spec.max_entries:  # room for one more: nothing to evict
+            return conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params).rowcount > 0
+        if rows == spec.max_entries:  # exactly full, the usual case of a capped namespace
+            if conn.execute(SQL_REPLACE_EXPIRED if claim else SQL_REPLACE, params).rowcount:
+                return True  # the key was there: replaced in place, the count stays
+            if claim and conn.execute(SQL_EXISTS, params[:3]).fetchone():
+                return False  # a live row holds the key
+            # A new key into a full namespace: expired rows never count, so they go first.
+            if conn.execute(SQL_DROP_EXPIRED_NS, params[:4]).rowcount == 0:
+                if spec.overflow == "reject-new":
+                    raise self._full(op, spec)
+                return conn.execute(SQL_REKEY_OLDEST, params).rowcount > 0  # evict the oldest and write, at once
+            return conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params).rowcount > 0
+        # Over the cap (max_entries lowered since): write, then drop expired rows, then evict.
+        if conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params).rowcount == 0:
             return False
-        if conn.execute(SQL_NS_ROWS, params[:2]).fetchone()[0] > spec.max_entries:
-            self._enforce_cap(conn, op, params[:4], spec)
+        excess = conn.execute(SQL_NS_ROWS, params[:2]).fetchone()[0] - spec.max_entries
+        excess -= conn.execute(SQL_DROP_EXPIRED_NS, params[:4]).rowcount
+        if excess > 0 and spec.overflow == "reject-new":
+            raise self._full(op, spec)
+        if excess > 0:
+            conn.execute(SQL_EVICT, (*params[:4], excess))
         return True
 
-    def _enforce_cap(self, conn: sqlite3.Connection, op: str, at: tuple[Any, ...], spec: NamespaceSpec) -> None:
-        """A write left the namespace over max_entries: drop its expired rows (they never count),
-        then evict the oldest live ones, or refuse (reject-new)."""
-        conn.execute(SQL_DROP_EXPIRED_NS, at)
-        excess = conn.execute(SQL_NS_ROWS, at[:2]).fetchone()[0] - spec.max_entries
-        if excess <= 0:
-            return
-        if spec.overflow == "reject-new":
-            raise self._fail("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {spec.max_entries} live rows")
-        victims = conn.execute(SQL_OLDEST, (*at, excess)).fetchall()
-        conn.executemany(SQL_DELETE, [(at[0], at[1], k) for (k,) in victims])
+    def _full(self, op: str, spec: NamespaceSpec) -> StateStoreError:
+        return self._fail("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {spec.max_entries} live rows")
 
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
         rows = self._query("lookup", SQL_READ, (spec.plugin_id, spec.namespace, key, now_ms))

@@ -376,3 +376,19 @@ def test_entries_sort_keys_by_code_point_like_utf8_bytes(make_store):
     for key in keys:
         store.register(key, 1)
     assert [e.key for e in store.entries()] == sorted(keys)
+
+
+def test_a_namespace_reopened_with_a_smaller_cap_is_brought_down_to_it(make_store, clock):
+    """Issue 25 writes into a full namespace by re-keying its oldest row in place; a namespace
+    over its cap (max_entries lowered since) still goes back to it on the next write."""
+    big = make_store("p", "shrink", max_entries=10)
+    for i in range(6):
+        big.register(f"k{i}", i)
+        clock.advance(1)
+    big.close()
+    small = make_store("p", "shrink", max_entries=3)
+    small.register("k2", "again")  # an existing key: the oldest others go
+    assert [e.key for e in small.entries()] == ["k4", "k5", "k2"]
+    small.register("new", 1)  # exactly full: the oldest live row makes room
+    assert [e.key for e in small.entries()] == ["k5", "k2", "new"]
+    assert small.register_if_absent("k5", 0) is False and small.count() == 3

@@ -175,10 +175,13 @@ class EventWork:
 
     async def recover_held(self) -> None:
         """Finish events held in `slack.pending` that no task here is working on: those of a
-        process that died after acking them. The event claim decides who does it (a live
+        process that died after acking them; and try the store again for each degraded state. The event claim decides who does it (a live
         owner's lease makes this a no-op until it finishes or its lease runs out)."""
         interval = max(MIN_RECOVERY_INTERVAL_S, self.settings.event_lease_ms / 2000)
         while True:
+            for state in self._states:  # a degraded namespace nothing calls would stay degraded
+                if state.last_error is not None:
+                    await state.recover()
             for key, message in await self._pending.held():
                 if key not in self._inflight:
                     self._log.info("slack_held_event_taken", extra={"event_key": key})

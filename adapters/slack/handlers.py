@@ -26,6 +26,7 @@ from slack_sdk.errors import SlackApiError
 from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.platform import BotIdentity, SlackApi, SlackMessage
 from chatstate.adapters.slack.state import EventLedger, PendingWork, ThreadParticipation, ThreadQuota, ThreadRef
+from chatstate.gateway import reply
 from chatstate.gateway.adapter_state import AdapterState
 from chatstate.gateway.clock import now_ms
 
@@ -98,9 +99,13 @@ class Outcome(Enum):
     FAILED = "failed"  # the Web API call failed; the lease is released for Slack's retry
 
 
+def without_mention(message: SlackMessage, bot_user_id: str) -> str:
+    return message.text.replace(f"<@{bot_user_id}>", "").strip()
+
+
 def compose_reply(message: SlackMessage, bot_user_id: str) -> str:
-    """The bot's answer. A stand-in for an agent: it echoes the text without the mention."""
-    text = message.text.replace(f"<@{bot_user_id}>", "").strip()
+    """The answer when no reply hook is set: it echoes the text without the mention."""
+    text = without_mention(message, bot_user_id)
     return f"echo: {text}" if text else "echo"
 
 
@@ -170,10 +175,13 @@ class EventWork:
 
     async def recover_held(self) -> None:
         """Finish events held in `slack.pending` that no task here is working on: those of a
-        process that died after acking them. The event claim decides who does it (a live
+        process that died after acking them; and try the store again for each degraded state. The event claim decides who does it (a live
         owner's lease makes this a no-op until it finishes or its lease runs out)."""
         interval = max(MIN_RECOVERY_INTERVAL_S, self.settings.event_lease_ms / 2000)
         while True:
+            for state in self._states:  # a degraded namespace nothing calls would stay degraded
+                if state.last_error is not None:
+                    await state.recover()
             for key, message in await self._pending.held():
                 if key not in self._inflight:
                     self._log.info("slack_held_event_taken", extra={"event_key": key})
@@ -230,9 +238,13 @@ class EventWork:
         if self._policy.needs_participation(message, self.bot.user_id):
             participated = await self._threads.replied_in(thread) is not None
         answer, _reason = self._policy.decide(message, self.bot.user_id, participated=participated)
-        if answer:
-            await self.reply(
-                thread, compose_reply(message, self.bot.user_id), event_id=message.event_id, requester=message.user
+        if answer:  # the user's reply hook, if any, composes the text (gateway/reply.py)
+            answer = await reply.respond(
+                reply.Message(
+                    without_mention(message, self.bot.user_id), message.user, message.channel, "slack", thread.thread_ts
+                ),
+                default=compose_reply(message, self.bot.user_id),
+                send=lambda text: self.reply(thread, text, event_id=message.event_id, requester=message.user),
             )
         return answer
 

@@ -1,7 +1,7 @@
 """The migration pattern every adapter (and the core's approvals and echo) uses, written once.
 
 It lives in the gateway package so the gateway can use it without importing adapters; the
-exactly-once helpers built on it are in `gateway/claims.py`.
+exactly-once gate built on it is `gateway/gate.py`.
 
 Before: each adapter kept a process-global dict with a TTL and a cap, so a restart forgot
 every thread, button and approval. After: `AdapterState` keeps that dict as a hot cache, but
@@ -36,12 +36,23 @@ from chatstate.state import (
 
 if TYPE_CHECKING:
     from chatstate.gateway.plugin import PluginRuntime
-    from chatstate.state import AsyncKeyedStore
+    from chatstate.state import AsyncKeyedStore, StagedWrite
 
 # Store refusals of the key or value itself: raised to the caller (the gateway answers 400), never
 # a reason to degrade to memory, since the store is fine (issue 15: health degrades on faults only).
 CALLER_ERRORS = ("INVALID_INPUT", "LIMIT_EXCEEDED")
 log = logging.getLogger("chatstate.adapters")
+
+
+@dataclass(frozen=True)
+class Staged:
+    """One write held for the gate's done transaction (`AdapterState.stage`); `entry` None is a
+    delete, `write` None means memory only (legacy)."""
+
+    state: AdapterState
+    key: str
+    entry: Entry | None
+    write: StagedWrite | None
 
 
 @dataclass(frozen=True)
@@ -165,7 +176,7 @@ class AdapterState:
     def _log(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return self._logger
 
-    def _degrade(self, exc: StateStoreError) -> None:
+    def degrade(self, exc: StateStoreError) -> None:
         if self.last_error is None:
             self._log().warning(
                 "adapter_state_degraded", extra={"namespace": self.spec.namespace, "code": str(exc.code)}
@@ -193,7 +204,7 @@ class AdapterState:
                     if ttl is None or ttl > 0:
                         await self._store.register(key, entry.value, ttl_ms=ttl)
             except StateStoreError as exc:
-                self._degrade(exc)
+                self.degrade(exc)
                 return False
             self._pending.pop(key, None)
             replayed += 1
@@ -202,7 +213,7 @@ class AdapterState:
         self.last_error = None
         return True
 
-    def _remember(self, key: str, entry: Entry | None) -> None:
+    def remember(self, key: str, entry: Entry | None) -> None:
         """Queue a write (or, with None, a delete) for replay; bounded like the namespace itself,
         since rows past max_entries would be evicted on replay anyway."""
         self._pending.pop(key, None)
@@ -253,22 +264,54 @@ class AdapterState:
         if not await self._recover():
             if or_raise:
                 raise StateStoreError(self.last_error or "UNAVAILABLE", "register", "the store is failing")
-            self._remember(key, entry)
+            self.remember(key, entry)
             return
         try:
             await self._store.register(key, value, ttl_ms=ttl_ms)
         except StateStoreError as exc:
             if exc.code in CALLER_ERRORS:
                 raise
-            self._degrade(exc)
+            self.degrade(exc)
             if or_raise:
                 raise
-            self._remember(key, entry)
+            self.remember(key, entry)
 
-    async def get_entry(self, key: str) -> Entry | None:
-        """Return the live row: memory first, then the store (cached with its stored expiry)."""
+    def stage(self, key: str, value: Any = None, *, ttl_ms: int | None = None, delete: bool = False) -> Staged:
+        """Check a write (or delete) now and hold it for one transaction (`gate.Writes.commit`).
+        Memory shows it at once, so this process's next read (a quota count) sees it; a
+        discarded stage drops the key from memory and the next read goes to the store.
+        Raises StateStoreError INVALID_INPUT / LIMIT_EXCEEDED, in both modes alike."""
+        if delete:
+            key = self._checked(key, "delete")
+            self.memory.drop(key)
+            return Staged(self, key, None, None if self._store is None else self._store.stage_delete(key))
+        key = self._checked(key, "register", value, has_value=True)
+        entry = self._entry(key, value, ttl_ms)
+        write = None if self._store is None else self._store.stage_register(key, value, ttl_ms=ttl_ms)
+        self.memory.put(entry)
+        return Staged(self, key, entry, write)
+
+    async def take_over(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> bool:
+        """Replace the row at `version` (a lease whose owner died) if nobody changed it since."""
+        if self._store is None or not await self._recover():
+            self.memory.put(self._entry(key, value, ttl_ms))
+            return True
+        try:
+            won = await self._store.compare_and_set(key, value, version=version, ttl_ms=ttl_ms)
+        except StateStoreError as exc:
+            if exc.code in CALLER_ERRORS:
+                raise
+            self.degrade(exc)
+            return False
+        if won:
+            self.memory.put(self._entry(key, value, ttl_ms))
+        return won
+
+    async def get_entry(self, key: str, *, fresh: bool = False) -> Entry | None:
+        """Return the live row: memory first (unless `fresh`: another process may have changed
+        it, as with a lease), then the store (cached with its stored expiry)."""
         key = self._checked(key, "lookup")
-        entry = self.memory.get(key)
+        entry = None if fresh and self._store is not None else self.memory.get(key)
         if entry is not None or self._store is None:
             return entry
         try:
@@ -276,7 +319,7 @@ class AdapterState:
         except StateStoreError as exc:
             if exc.code in CALLER_ERRORS:
                 raise  # a bad key is the caller's error (400), never a degraded store
-            self._degrade(exc)
+            self.degrade(exc)
             return None
         if entry is not None:
             self.memory.put(entry)
@@ -296,7 +339,7 @@ class AdapterState:
             except StateStoreError as exc:
                 if exc.code in CALLER_ERRORS:
                     raise
-                self._degrade(exc)
+                self.degrade(exc)
             else:
                 if won:
                     self.memory.put(entry)
@@ -313,9 +356,9 @@ class AdapterState:
             except StateStoreError as exc:
                 if exc.code in CALLER_ERRORS:
                     raise
-                self._degrade(exc)
+                self.degrade(exc)
         if cached is not None and self._store is not None:
-            self._remember(key, None)  # the store still holds it: delete once it is back
+            self.remember(key, None)  # the store still holds it: delete once it is back
         return None if cached is None else cached.value
 
     async def entries(self) -> list[Entry]:
@@ -325,7 +368,7 @@ class AdapterState:
             try:
                 return await self._store.entries()
             except StateStoreError as exc:
-                self._degrade(exc)
+                self.degrade(exc)
         return self.memory.live()
 
     async def forget(self, key: str) -> bool:
@@ -336,7 +379,7 @@ class AdapterState:
             try:
                 return await self._store.delete(key) or removed
             except StateStoreError as exc:
-                self._degrade(exc)
+                self.degrade(exc)
         if self._store is not None:
-            self._remember(key, None)
+            self.remember(key, None)
         return removed

@@ -30,10 +30,12 @@ from typing import Any
 
 from aiohttp import web
 
-from chatstate.gateway import logs, metrics
+from chatstate.gateway import (
+    logs,
+    metrics,
+)
 from chatstate.gateway.adapter_state import CALLER_ERRORS, AdapterState, Staged
 from chatstate.gateway.clock import Clock, now_ms
-from chatstate.gateway import _staged_tmp  # noqa: F401
 from chatstate.state import StateStoreError, commit_staged_async
 
 STOP_TIMEOUT_S = 10.0  # how long stop() waits for items still being worked on

@@ -5,7 +5,7 @@
 The contract lives in docs/state.md; `__all__` is what that page documents (a test checks it).
 """
 
-from ._aio import AsyncKeyedStore, open_async_keyed_store
+from ._aio import AsyncKeyedStore, commit_staged_async, open_async_keyed_store
 from ._database import Database, check_database, checkpoint, probe, sweep_expired
 from ._errors import ErrorCode, StateStoreError
 from ._open import open_keyed_store
@@ -20,7 +20,7 @@ from ._settings import (
     SCHEMA_VERSION,
     StoreSettings,
 )
-from ._store import Entry, KeyedStore, database_path, op_counts, state_dir
+from ._store import Entry, KeyedStore, StagedWrite, commit_staged, database_path, op_counts, state_dir
 
 __all__ = [
     "AsyncKeyedStore",
@@ -36,10 +36,13 @@ __all__ = [
     "MAX_VALUE_BYTES_CEILING",
     "MAX_VALUE_DEPTH",
     "SCHEMA_VERSION",
+    "StagedWrite",
     "StateStoreError",
     "StoreSettings",
     "check_database",
     "checkpoint",
+    "commit_staged",
+    "commit_staged_async",
     "database_path",
     "open_async_keyed_store",
     "op_counts",

@@ -18,7 +18,7 @@ from . import _validate as check
 from ._errors import StateStoreError
 from ._open import open_keyed_store
 from ._settings import MAX_VALUE_BYTES, UPDATE_ATTEMPTS, StoreSettings
-from ._store import Clock, Entry, KeyedStore
+from ._store import Clock, Entry, KeyedStore, StagedWrite, _staged_list, commit_staged
 
 T = TypeVar("T")
 WORKER_THREADS = 4  # reads (and Redis writes) overlap on these
@@ -270,6 +270,14 @@ class AsyncKeyedStore:
             "CONFLICT", "update", f"the row kept changing: gave up after {attempts} attempts", path=self.location
         )
 
+    def stage_register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
+        """See `KeyedStore.stage_register`: a plain call (no I/O); commit with `commit_staged_async`."""
+        return self.sync.stage_register(key, value, ttl_ms=ttl_ms)
+
+    def stage_delete(self, key: str) -> StagedWrite:
+        """See `KeyedStore.stage_delete`: a plain call (no I/O)."""
+        return self.sync.stage_delete(key)
+
     async def lookup(self, key: str) -> Any | None:
         """See `KeyedStore.lookup`."""
         return await run_off_loop(self.sync.lookup, key)
@@ -315,6 +323,17 @@ class AsyncKeyedStore:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+async def commit_staged_async(writes: Iterable[StagedWrite]) -> None:
+    """`commit_staged` off the loop: on the database's writer thread (SQLite; it may share a
+    group commit with other writes, and is rerun alone if anything in that group fails), on the
+    worker threads for Redis. The list is taken at this call. Raises as `commit_staged`."""
+    staged = _staged_list(writes)
+    if not staged:
+        return
+    store = staged[0].store
+    await _submit(_writer_for(store), commit_staged, (staged,), {}, store.backend if store.backend.one_writer else None)
 
 
 async def _await(workers: _Workers, fn: Callable[..., T], args: tuple[Any, ...], backend: Any) -> T:

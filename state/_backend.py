@@ -30,6 +30,19 @@ class Limits(NamedTuple):
     overflow: str  # "evict-oldest" | "reject-new"
 
 
+class Staged(NamedTuple):
+    """One write of a staged commit (`commit_staged`), validated and serialized, with its clock read."""
+
+    plugin_id: str
+    namespace: str
+    key: str
+    value: str | None  # JSON text to upsert; None = delete the row
+    now_ms: int
+    expires_at: int | None
+    limits: Limits
+    version: int
+
+
 class Mode(Enum):
     """What a write requires of the row already under the key."""
 
@@ -91,6 +104,12 @@ class Backend(Protocol):
         expect: int | None = None,
     ) -> bool:
         """Write the row with `version` if `mode` allows, then enforce max_entries; False = not applied."""
+        ...
+
+    def commit(self, writes: Sequence[Staged]) -> None:
+        """Apply `writes` in order, all or nothing: each upsert as `write` in UPSERT mode (cap
+        and eviction included), each delete as `remove`. A full reject-new namespace raises
+        LIMIT_EXCEEDED (operation "commit") and nothing is written."""
         ...
 
     def read(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None: ...

@@ -35,6 +35,7 @@ OPERATIONS = frozenset(
         "sweep",
         "probe",
         "close",
+        "commit",  # commit_staged / commit_staged_async (issue 25; not in DESIGN.md's v1 list)
     }
 )
 

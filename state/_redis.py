@@ -7,7 +7,7 @@ Why this shape:
 - The sync redis-py client, not `redis.asyncio`: the store's rules live once in the sync core and
   the async twin runs that core on worker threads (state/_aio.py), so the loop never waits on
   Redis either, and there is no second copy of the logic to drift.
-- Every multi-step operation is one Lua script (state/_redis_lua.py), Redis's transaction.
+- Every multi-step operation is one Lua script (below), Redis's transaction.
 - Visibility is decided by the caller's clock (`now_ms`), exactly like SQLite, so a fake clock in
   the contract tests means the same thing on both backends. Redis still cleans up by itself:
   each row key gets a server-side expiry of its remaining TTL plus `expiry_grace_ms`, measured
@@ -20,6 +20,30 @@ Why this shape:
 - No KEYS and no SCAN: each namespace has its own sorted sets, and a small registry of
   plugins and their namespaces lets `sweep` reach every namespace.
 Redis Cluster is not supported (scripts touch keys of several namespaces of one plugin).
+
+The scripts. The Lua scripts of the Redis backend: every write, claim, take, clear and sweep is one script.
+
+Why scripts: Redis runs a script atomically, so "claim only if no live row", "write only if the
+version is still N", "read and delete", and "write, then evict the oldest live rows or refuse"
+cannot interleave with another gateway's call, exactly as one SQLite transaction cannot. Layout
+of one (plugin, namespace) under the namespace prefix `P` = `{prefix}:p:{quoted plugin}:n:`:
+
+    P{ns}:r:{key}   hash  v = JSON text, c = created_at, e = expires_at ("" = never), n = version
+    P{ns}:order     zset  score created_at, member key  -> (created_at, key) order, row count
+    P{ns}:exp       zset  score expires_at, member key  -> expired rows, oldest first
+
+Numbers cross the Lua boundary as strings only: Lua 5.1 prints large numbers as `1.7e+12`, so a
+number the script computed would lose digits on its way back into Redis or Python; versions
+(63-bit) are only ever compared as strings.
+
+Mutating scripts whose answer a retry must not change (claim, compare-and-set, take, delete-if,
+clear) take a per-call nonce key: a retried call after a lost reply returns the cached first
+result instead of re-running (a claim would otherwise answer "taken" to its own winner, a
+consume would lose the value).
+
+The schema marker: a new prefix is stamped v2, a v1 prefix is migrated in place (rows get a
+version), a newer one is refused. The URL's own options (`?prefix=...&retries=...`) are
+`RedisOptions`.
 """
 
 from __future__ import annotations
@@ -28,20 +52,390 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from . import _redis_lua as lua
-from ._backend import Decode, Holders, Limits, Mode, Row
+from ._backend import Decode, Holders, Limits, Mode, Row, Staged
+from ._entry import new_version
 from ._errors import StateStoreError
-from ._redis_options import split_url
-from ._redis_schema import open_schema, schema_marker
-from ._settings import StoreSettings
+from ._settings import SCHEMA_VERSION, StoreSettings
 
+
+# -- the URL --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RedisOptions:
+    """Redis-only knobs, read from the URL query (`?prefix=...&retries=...`)."""
+
+    prefix: str = "chatstate"  # every key starts with "{prefix}:"; one prefix per project
+    retries: int = 3  # extra attempts after a connection error, then UNAVAILABLE
+    backoff_base_s: float = 0.05  # first retry waits this long, doubling each time ...
+    backoff_cap_s: float = 0.5  # ... up to this
+    socket_connect_timeout_s: float = 1.0
+    socket_timeout_s: float = 5.0
+    expiry_grace_ms: int = 60_000  # server-side cleanup runs this long after client-side expiry
+    op_result_ttl_ms: int = 60_000  # how long a claim/take result is kept for a retried call
+
+    @classmethod
+    def from_query(cls, query: dict[str, str]) -> RedisOptions:
+        """Raises INVALID_INPUT for an unknown option or a malformed number."""
+        kinds = {name: type(value) for name, value in cls().__dict__.items()}
+        values: dict[str, object] = {}
+        for name, text in query.items():
+            if name not in kinds:
+                raise StateStoreError("INVALID_INPUT", "open", f"unknown Redis URL option {name!r}")
+            try:
+                values[name] = kinds[name](text)
+            except ValueError:
+                raise StateStoreError("INVALID_INPUT", "open", f"Redis URL option {name!r} is malformed") from None
+        options = cls(**values)  # type: ignore[arg-type]
+        if not options.prefix or any(c in options.prefix for c in "{} \n"):
+            raise StateStoreError("INVALID_INPUT", "open", "Redis URL option 'prefix' must be a non-empty word")
+        if options.retries < 0 or options.expiry_grace_ms < 0 or options.op_result_ttl_ms < 1:
+            raise StateStoreError("INVALID_INPUT", "open", "Redis URL options must not be negative")
+        return options
+
+
+def split_url(url: str) -> tuple[str, RedisOptions, str]:
+    """Return (url for redis-py, our options, location without credentials)."""
+    parts = urlsplit(url)
+    ours = {f for f in RedisOptions.__dataclass_fields__}
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    options = RedisOptions.from_query({k: v for k, v in query if k in ours})
+    theirs = [(k, v) for k, v in query if k not in ours]
+    client_url = urlunsplit(parts._replace(query=urlencode(theirs)))
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    shown = [(k, v) for k, v in query if k not in ("password", "username")]
+    location = urlunsplit(parts._replace(netloc=netloc, query=urlencode(shown), fragment=""))
+    return client_url, options, location
+
+
+# -- the scripts ----------------------------------------------------------------------
+# Helpers shared by the scripts below (prepended to each one; Redis caches a script by hash).
+_HELPERS = """
+local function is_live(e, now)
+  return e == '' or tonumber(e) > now
+end
+
+local function live_row(rowkey, now)
+  local e = redis.call('HGET', rowkey, 'e')
+  if not e then return false end
+  return is_live(e, now)
+end
+
+local function drop_expired(nsprefix, ns, now, limit)
+  local base = nsprefix .. ns
+  local gone
+  if limit then
+    gone = redis.call('ZRANGEBYSCORE', base .. ':exp', '-inf', now, 'LIMIT', 0, limit)
+  else
+    gone = redis.call('ZRANGEBYSCORE', base .. ':exp', '-inf', now)
+  end
+  for _, k in ipairs(gone) do
+    redis.call('DEL', base .. ':r:' .. k)
+    redis.call('ZREM', base .. ':order', k)
+    redis.call('ZREM', base .. ':exp', k)
+  end
+  return #gone
+end
+
+local function cached(opkey)
+  if opkey == '' then return false end
+  return redis.call('GET', opkey)
+end
+
+-- Only an applied change is remembered: re-running a refusal or a no-op on retry is harmless,
+-- and refusals then leave no trace in Redis.
+local function finish(opkey, ttl, result)
+  if opkey ~= '' and result ~= '' and result ~= '0' then redis.call('SET', opkey, result, 'PX', ttl) end
+  return result
+end
+"""
+
+# KEYS: row, order, exp, plugin-namespaces set, plugins set, op key ("" = no retry cache)
+# ARGV: key, value, now, expires ("" = never), pexpire_ms ("" = never), max_entries, overflow,
+#       mode ("u" upsert, "c" claim, "m" match), nsprefix, namespace, quoted plugin, op ttl ms,
+#       new version, expected version (mode "m")
+# Returns "1" written, "0" not applied (claim refused, version changed), or "NS_FULL".
+WRITE = (
+    _HELPERS
+    + """
+local row, order, exp, pns, plugins, opkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local key, value, now_s, expires, pexpire = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local maxn, reject, mode = tonumber(ARGV[6]), ARGV[7] == 'reject-new', ARGV[8]
+local nsprefix, ns, plugin, opttl, version, expect = ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local now = tonumber(now_s)
+
+local prior = cached(opkey)
+if prior then return prior end
+if mode == 'c' and live_row(row, now) then return '0' end
+if mode == 'm' then
+  local f = redis.call('HMGET', row, 'e', 'n')
+  if not f[1] or not is_live(f[1], now) or f[2] ~= expect then return '0' end
+end
+
+local victims = {}
+local add = (redis.call('ZSCORE', order, key) == false) and 1 or 0
+local ns_rows = redis.call('ZCARD', order) + add
+if ns_rows > maxn then  -- expired rows never count: drop them before deciding
+  drop_expired(nsprefix, ns, now_s, nil)
+  add = (redis.call('ZSCORE', order, key) == false) and 1 or 0
+  ns_rows = redis.call('ZCARD', order) + add
+  if ns_rows > maxn then
+    if reject then return 'NS_FULL' end
+    -- Oldest live rows by (created_at, key), never the key being written.
+    local want, start = ns_rows - maxn, 0
+    while #victims < want do
+      local batch = redis.call('ZRANGE', order, start, start + want)
+      if #batch == 0 then break end
+      for _, k in ipairs(batch) do
+        if k ~= key then
+          victims[#victims + 1] = k
+          if #victims == want then break end
+        end
+      end
+      start = start + #batch
+    end
+  end
+end
+
+redis.call('DEL', row)  -- drops an old server-side expiry along with the old fields
+redis.call('HSET', row, 'v', value, 'c', now_s, 'e', expires, 'n', version)
+if pexpire ~= '' then redis.call('PEXPIRE', row, pexpire) end
+redis.call('ZADD', order, now_s, key)
+if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
+redis.call('SADD', pns, ns)
+redis.call('SADD', plugins, plugin)
+for _, k in ipairs(victims) do
+  redis.call('DEL', nsprefix .. ns .. ':r:' .. k)
+  redis.call('ZREM', order, k)
+  redis.call('ZREM', exp, k)
+end
+return finish(opkey, opttl, '1')
+"""
+)
+
+# KEYS: row, order, exp, op key.  ARGV: key, op ttl ms, now, check ("1": keep a live row whose
+# JSON cjson cannot read, and answer "K..." instead of deleting it), expected version ("" = any).
+# Returns "" (nothing deleted), "D<created>:<expires>:<version>:<json>" for a deleted row, or
+# "K..." for a live row kept because its JSON is unreadable (the caller raises CORRUPT).
+TAKE = (
+    _HELPERS
+    + """
+local row, order, exp, opkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local prior = cached(opkey)
+if prior then return prior end
+local f = redis.call('HMGET', row, 'v', 'c', 'e', 'n')
+if not f[1] then return '' end
+local body = f[2] .. ':' .. f[3] .. ':' .. (f[4] or '0') .. ':' .. f[1]
+local live = is_live(f[3], tonumber(ARGV[3]))
+if ARGV[5] ~= '' and (not live or f[4] ~= ARGV[5]) then return '' end
+if ARGV[4] == '1' and live and not pcall(cjson.decode, f[1]) then return 'K' .. body end
+redis.call('DEL', row)
+redis.call('ZREM', order, ARGV[1])
+redis.call('ZREM', exp, ARGV[1])
+return finish(opkey, ARGV[2], 'D' .. body)
+"""
+)
+
+# KEYS: order, exp, plugin-namespaces set, op key.  ARGV: now, nsprefix, namespace, op ttl ms.
+# Returns the number of live rows removed, as a string.
+CLEAR = (
+    _HELPERS
+    + """
+local order, exp, pns, opkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local prior = cached(opkey)
+if prior then return prior end
+local live = redis.call('ZCARD', order) - redis.call('ZCOUNT', exp, '-inf', ARGV[1])
+for _, k in ipairs(redis.call('ZRANGE', order, 0, -1)) do
+  redis.call('DEL', ARGV[2] .. ARGV[3] .. ':r:' .. k)
+end
+redis.call('DEL', order, exp)
+redis.call('SREM', pns, ARGV[3])
+return finish(opkey, ARGV[4], tostring(live))
+"""
+)
+
+# KEYS: order.  ARGV: now, row prefix, limit ("" = all), cursor created_at ("" = from the
+# start), cursor key. Returns flat [key, json, created_at, expires_at, version, ...] of live
+# rows in (created_at, key) order after the cursor: one script, so one consistent snapshot.
+# Equal scores are ordered by member bytes in a zset, as SQLite orders keys (BINARY).
+SCAN = (
+    _HELPERS
+    + """
+local function bytes_after(a, b)  -- a > b byte by byte (Lua's < would use the locale)
+  local la, lb = #a, #b
+  for i = 1, math.min(la, lb) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x > y end
+  end
+  return la > lb
+end
+local now, prefix, out, n = tonumber(ARGV[1]), ARGV[2], {}, 0
+local limit = tonumber(ARGV[3])
+local ac, ak = ARGV[4], ARGV[5]
+local index = 0
+if ac ~= '' then index = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ac) end
+while not limit or n < limit do
+  local batch = redis.call('ZRANGE', KEYS[1], index, index + 255, 'WITHSCORES')
+  if #batch == 0 then break end
+  index = index + #batch / 2
+  for i = 1, #batch, 2 do
+    local k, s = batch[i], batch[i + 1]
+    if ac == '' or s ~= ac or bytes_after(k, ak) then
+      local f = redis.call('HMGET', prefix .. k, 'v', 'c', 'e', 'n')
+      if f[1] and is_live(f[3], now) then
+        out[#out + 1] = k; out[#out + 1] = f[1]; out[#out + 1] = f[2]; out[#out + 1] = f[3]
+        out[#out + 1] = f[4] or '0'
+        n = n + 1
+        if limit and n >= limit then break end
+      end
+    end
+  end
+end
+return out
+"""
+)
+
+# KEYS: the rows.  ARGV: now.  Returns flat [index, json, created_at, expires_at, version, ...]
+# of the live ones (index into KEYS, 1-based), one consistent snapshot.
+READ_MANY = (
+    _HELPERS
+    + """
+local now, out = tonumber(ARGV[1]), {}
+for i, row in ipairs(KEYS) do
+  local f = redis.call('HMGET', row, 'v', 'c', 'e', 'n')
+  if f[1] and is_live(f[3], now) then
+    out[#out + 1] = tostring(i); out[#out + 1] = f[1]; out[#out + 1] = f[2]; out[#out + 1] = f[3]
+    out[#out + 1] = f[4] or '0'
+  end
+end
+return out
+"""
+)
+
+# KEYS: order, exp.  ARGV: now.  Live rows = all rows - rows whose expiry has passed.
+COUNT = """
+return redis.call('ZCARD', KEYS[1]) - redis.call('ZCOUNT', KEYS[2], '-inf', ARGV[1])
+"""
+
+# KEYS: rows of one namespace.  ARGV: one fresh version per row.  Schema v1 -> v2: give every
+# row that still exists and has none a version (HSETNX: a second migrator changes nothing).
+MIGRATE_V1 = """
+for i, row in ipairs(KEYS) do
+  if redis.call('EXISTS', row) == 1 then redis.call('HSETNX', row, 'n', ARGV[i]) end
+end
+return #KEYS
+"""
+
+# KEYS: order, plugin-namespaces set, plugins set.
+# ARGV: now, nsprefix, namespace, batch, quoted plugin.  Returns rows removed (<= batch).
+# An emptied namespace leaves the registry, so sweeps stay small.
+SWEEP = (
+    _HELPERS
+    + """
+local n = drop_expired(ARGV[2], ARGV[3], ARGV[1], tonumber(ARGV[4]))
+if redis.call('ZCARD', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[2], ARGV[3])
+  if redis.call('SCARD', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[5]) end
+end
+return n
+"""
+)
+
+
+# A staged commit (`commit_staged`): several upserts and deletes over the namespaces of one
+# prefix, in order, all or nothing. A script that fails half-way keeps what it already did, so
+# every reject-new namespace is checked first on a simulated row count, and only then is anything
+# written; each upsert then does what WRITE does in mode "u", each delete what TAKE does.
+# KEYS: plugins set, then per write: row, order, exp, plugin-namespaces set.
+# ARGV: per write: kind ("u" upsert, "d" delete), key, value, now, expires ("" = never),
+#       pexpire_ms ("" = never), max_entries, overflow, nsprefix, namespace, quoted plugin, version.
+# Returns "1", or "NS_FULL:<i>" (1-based write) with nothing written.
+COMMIT = (
+    _HELPERS
+    + """
+local F, plugins = 12, KEYS[1]
+local n = #ARGV / F
+local sim = {}  -- order key -> {rows = live rows, live = {key -> bool}}: reject-new namespaces only
+for i = 0, n - 1 do
+  local a, k = i * F, 1 + i * 4
+  if ARGV[a + 8] == 'reject-new' then
+    local order, exp, key, now = KEYS[k + 2], KEYS[k + 3], ARGV[a + 2], tonumber(ARGV[a + 4])
+    local ns = sim[order]
+    if not ns then
+      ns = {rows = redis.call('ZCARD', order) - redis.call('ZCOUNT', exp, '-inf', now), live = {}}
+      sim[order] = ns
+    end
+    local live = ns.live[key]
+    if live == nil then
+      local e = redis.call('ZSCORE', exp, key)
+      live = redis.call('ZSCORE', order, key) ~= false and (e == false or tonumber(e) > now)
+    end
+    if ARGV[a + 1] == 'd' then
+      if live then ns.rows = ns.rows - 1 end
+      ns.live[key] = false
+    else
+      if not live then ns.rows = ns.rows + 1 end
+      if ns.rows > tonumber(ARGV[a + 7]) then return 'NS_FULL:' .. (i + 1) end
+      ns.live[key] = true
+    end
+  end
+end
+for i = 0, n - 1 do
+  local a, k = i * F, 1 + i * 4
+  local row, order, exp, pns = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local kind, key, value, now_s, expires, pexpire = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  local maxn, nsprefix, ns, plugin, version = tonumber(ARGV[a + 7]), ARGV[a + 9], ARGV[a + 10], ARGV[a + 11], ARGV[a + 12]
+  redis.call('DEL', row)
+  if kind == 'd' then
+    redis.call('ZREM', order, key)
+    redis.call('ZREM', exp, key)
+  else
+    local victims = {}
+    local ns_rows = redis.call('ZCARD', order) + ((redis.call('ZSCORE', order, key) == false) and 1 or 0)
+    if ns_rows > maxn then  -- expired rows never count: drop them before deciding
+      drop_expired(nsprefix, ns, now_s, nil)
+      ns_rows = redis.call('ZCARD', order) + ((redis.call('ZSCORE', order, key) == false) and 1 or 0)
+      local want, start = ns_rows - maxn, 0  -- oldest live rows by (created_at, key), never this key
+      while #victims < want do
+        local batch = redis.call('ZRANGE', order, start, start + want)
+        if #batch == 0 then break end
+        for _, v in ipairs(batch) do
+          if v ~= key then
+            victims[#victims + 1] = v
+            if #victims == want then break end
+          end
+        end
+        start = start + #batch
+      end
+    end
+    redis.call('HSET', row, 'v', value, 'c', now_s, 'e', expires, 'n', version)
+    if pexpire ~= '' then redis.call('PEXPIRE', row, pexpire) end
+    redis.call('ZADD', order, now_s, key)
+    if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
+    redis.call('SADD', pns, ns)
+    redis.call('SADD', plugins, plugin)
+    for _, v in ipairs(victims) do
+      redis.call('DEL', nsprefix .. ns .. ':r:' .. v)
+      redis.call('ZREM', order, v)
+      redis.call('ZREM', exp, v)
+    end
+  end
+end
+return '1'
+"""
+)
+
+
+MIGRATE_BATCH = 500  # rows one v1 -> v2 migration script call versions
 WRITE_OPS = {Mode.UPSERT: "register", Mode.CLAIM: "register_if_absent", Mode.MATCH: "compare_and_set"}
 MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m"}
 
@@ -74,16 +468,17 @@ class RedisBackend(Holders):
             )
         except ValueError as exc:
             raise StateStoreError("INVALID_INPUT", "open", f"bad Redis URL ({exc})", path=self.location) from None
-        self._write = self._client.register_script(lua.WRITE)
-        self._take = self._client.register_script(lua.TAKE)
-        self._clear = self._client.register_script(lua.CLEAR)
-        self._scan = self._client.register_script(lua.SCAN)
-        self._sweep = self._client.register_script(lua.SWEEP)
-        self._read_many = self._client.register_script(lua.READ_MANY)
-        self._count = self._client.register_script(lua.COUNT)
-        self._migrate_v1 = self._client.register_script(lua.MIGRATE_V1)
+        self._write = self._client.register_script(WRITE)
+        self._take = self._client.register_script(TAKE)
+        self._clear = self._client.register_script(CLEAR)
+        self._scan = self._client.register_script(SCAN)
+        self._sweep = self._client.register_script(SWEEP)
+        self._read_many = self._client.register_script(READ_MANY)
+        self._count = self._client.register_script(COUNT)
+        self._migrate_v1 = self._client.register_script(MIGRATE_V1)
+        self._commit = self._client.register_script(COMMIT)
         try:
-            open_schema(self)  # also the first connection: redis-py reads its URL options here
+            self._open_schema()  # also the first connection: redis-py reads its URL options here
         except TypeError:
             self._client.close()
             raise StateStoreError(
@@ -163,8 +558,61 @@ class RedisBackend(Holders):
                 if not self._active:
                     self._idle.notify_all()
 
+    # -- the schema marker (once per open) ----------------------------------------------
+    def _open_schema(self) -> None:
+        """Mark this prefix with our schema version, migrating a v1 prefix in place; refuse a
+        newer one (SCHEMA_UNSUPPORTED naming both versions)."""
+        version = self._schema_marker("open", create=True)
+        if version > SCHEMA_VERSION:
+            raise StateStoreError(
+                "SCHEMA_UNSUPPORTED",
+                "open",
+                f"the Redis prefix has schema version {version}; this code reads versions up to "
+                f"{SCHEMA_VERSION}: upgrade chatstate",
+                path=self.location,
+            )
+        if version == 1:
+            self._migrate_from_v1()
+
+    def _migrate_from_v1(self) -> None:
+        """v1 rows had no version: give each one a fresh random version, namespace by namespace
+        (HSETNX, so two gateways migrating together agree), then mark the prefix v2."""
+        client = self._client
+
+        def run() -> None:
+            for plugin in cast("set[str]", client.smembers(self._plugins_key)):
+                plugin_id = unquote(plugin)
+                for namespace in cast("set[str]", client.smembers(self._namespaces_key(plugin_id))):
+                    rows, order, _ = self._ns(plugin_id, namespace)
+                    members = cast("list[str]", client.zrange(order, 0, -1))
+                    for i in range(0, len(members), MIGRATE_BATCH):
+                        chunk = members[i : i + MIGRATE_BATCH]
+                        self._migrate_v1(keys=[rows + k for k in chunk], args=[str(new_version()) for _ in chunk])
+            client.set(f"{self._prefix}schema", SCHEMA_VERSION)
+
+        self._call("open", run)
+
+    def _schema_marker(self, op: str, *, create: bool = False) -> int:
+        """The prefix's schema version (0 when unmarked); `create` stamps an empty prefix."""
+        client = self._client
+        key = f"{self._prefix}schema"
+
+        def run() -> int:
+            if create and not client.exists(self._plugins_key):
+                client.set(key, SCHEMA_VERSION, nx=True)  # an empty prefix starts at v2
+            text = client.get(key)
+            if text is None and create:  # rows but no marker cannot happen: v1 always wrote one
+                client.set(key, 1, nx=True)
+                text = client.get(key)
+            return int(text) if text is not None else 0
+
+        try:
+            return self._call(op, run)
+        except ValueError:
+            raise StateStoreError("CORRUPT", op, "the schema marker is not a number", path=self.location) from None
+
     def schema_version(self) -> int:
-        return schema_marker(self, "probe")
+        return self._schema_marker("probe")
 
     def reopened(self) -> None:
         """Nothing to re-check: Redis has no files."""
@@ -231,6 +679,39 @@ class RedisBackend(Holders):
                 path=self.location,
             )
         return result == "1"
+
+    def commit(self, writes: Sequence[Staged]) -> None:
+        """One COMMIT script over every write: atomic, and idempotent if redis-py retries it."""
+        keys: list[str] = [self._plugins_key]
+        args: list[str | int] = []
+        for w in writes:
+            rows, order, exp = self._ns(w.plugin_id, w.namespace)
+            keys += [rows + w.key, order, exp, self._namespaces_key(w.plugin_id)]
+            grace = self.options.expiry_grace_ms
+            pexpire = "" if w.expires_at is None else str(max(w.expires_at - w.now_ms, 1) + grace)
+            args += [
+                "d" if w.value is None else "u",
+                w.key,
+                w.value or "",
+                w.now_ms,
+                "" if w.expires_at is None else w.expires_at,
+                pexpire,
+                w.limits.max_entries,
+                w.limits.overflow,
+                self._ns_prefix(w.plugin_id),
+                w.namespace,
+                self._plugin(w.plugin_id),
+                str(w.version),
+            ]
+        result = self._call("commit", lambda: self._commit(keys=keys, args=args))
+        if result.startswith("NS_FULL"):
+            limits = writes[int(result.split(":")[1]) - 1].limits
+            raise StateStoreError(
+                "LIMIT_EXCEEDED",
+                "commit",
+                f"namespace is full: max_entries is {limits.max_entries} live rows",
+                path=self.location,
+            )
 
     def read(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None:
         rows, _, _ = self._ns(plugin_id, namespace)

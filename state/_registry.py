@@ -22,10 +22,8 @@ _backends: dict[tuple[int, str], Backend] = {}
 
 def acquire_backend(path: str | os.PathLike[str] | None, url: str | None, settings: StoreSettings) -> Backend:
     if url is not None:
-        from ._url import backend_for_url
-
         ident = f"url:{url}"
-        factory: Callable[[], Backend] = lambda: backend_for_url(url, settings)  # noqa: E731
+        factory: Callable[[], Backend] = lambda: _redis_backend(url, settings)  # noqa: E731
     else:
         # abspath, not Path.absolute(): it also folds "x/../" so one file has one backend and
         # one reopen check, however the caller spelled the path.
@@ -56,6 +54,16 @@ def acquire_backend(path: str | os.PathLike[str] | None, url: str | None, settin
         _backends[(os.getpid(), ident)] = backend
         backend.acquire()
         return backend
+
+
+def _redis_backend(url: str, settings: StoreSettings) -> Backend:
+    """A URL selects the Redis backend (`redis://`, `rediss://`, `unix://`); nothing else."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("redis", "rediss", "unix"):
+        from ._redis import RedisBackend  # imported lazily: SQLite users never load redis-py
+
+        return RedisBackend(url, settings)
+    raise StateStoreError("INVALID_INPUT", "open", f"unsupported state URL scheme {scheme!r}; use redis://")
 
 
 def _start_afresh_in_child() -> None:

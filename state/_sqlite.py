@@ -17,7 +17,7 @@ from typing import Any
 
 from . import _files as files
 from . import _sqlite_schema as sql
-from ._backend import Decode, Limits, Mode, Row
+from ._backend import Decode, Limits, Mode, Row, Staged
 from ._perms import PermissionGuard
 from ._settings import SCHEMA_VERSION, StoreSettings
 from ._sqlite_conn import Connections
@@ -106,13 +106,29 @@ class SQLiteBackend(Connections):
         def work(conn: sqlite3.Connection) -> bool:
             if mode is Mode.MATCH:  # replaces a live row in place: the row count cannot grow
                 return conn.execute(sql.SQL_MATCH, (*params, expect)).rowcount > 0
-            if conn.execute(sql.SQL_CLAIM if mode is Mode.CLAIM else sql.SQL_UPSERT, params).rowcount == 0:
-                return False
-            if conn.execute(sql.SQL_NS_ROWS_FAST, params[:2]).fetchone()[0] > limits.max_entries:
-                self._enforce_cap(conn, op, {"plugin": plugin_id, "ns": namespace, "key": key, "now": now_ms}, limits)
-            return True
+            return self._put(conn, op, sql.SQL_CLAIM if mode is Mode.CLAIM else sql.SQL_UPSERT, params, limits)
 
         return self._transact(op, work)
+
+    def _put(self, conn: sqlite3.Connection, op: str, statement: str, params: tuple[Any, ...], limits: Limits) -> bool:
+        """Insert or replace one row (`statement` decides which), then keep the namespace's cap."""
+        if conn.execute(statement, params).rowcount == 0:
+            return False
+        if conn.execute(sql.SQL_NS_ROWS_FAST, params[:2]).fetchone()[0] > limits.max_entries:
+            plugin_id, namespace, key, now_ms = params[:4]
+            self._enforce_cap(conn, op, {"plugin": plugin_id, "ns": namespace, "key": key, "now": now_ms}, limits)
+        return True
+
+    def commit(self, writes: Sequence[Staged]) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            for w in writes:
+                if w.value is None:
+                    conn.execute(sql.SQL_DELETE, (w.plugin_id, w.namespace, w.key))
+                else:
+                    params = (w.plugin_id, w.namespace, w.key, w.now_ms, w.value, w.expires_at, w.version)
+                    self._put(conn, "commit", sql.SQL_UPSERT, params, w.limits)
+
+        self._transact("commit", work)
 
     def _enforce_cap(self, conn: sqlite3.Connection, op: str, args: dict[str, object], limits: Limits) -> None:
         """The slow path of a write that left the namespace over max_entries: drop expired rows,

@@ -90,6 +90,7 @@ WHERE plugin_id = ?1 AND namespace = ?2 AND (expires_at IS NULL OR expires_at > 
 SQL_READ_MANY = {size: sql_read_many(size) for size in READ_MANY_SIZES}
 SQL_TAKE = """DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3
 RETURNING value, created_at, expires_at, version"""
+SQL_DELETE = "DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
 SQL_REMOVE_MATCH = """DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3
 AND version = ?5 AND (expires_at IS NULL OR expires_at > ?4)"""
 SQL_NS_ROWS_FAST = "SELECT row_count FROM namespace_rows WHERE plugin_id = ?1 AND namespace = ?2"

@@ -6,18 +6,30 @@ import functools
 import json
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from . import _metrics as metrics
 from . import _pairs as pairs
 from . import _validate as check
-from ._backend import Backend, Limits, Mode, Row
+from ._backend import Backend, Limits, Mode, Row, Staged
 from ._entry import Clock, Entry, new_version, wall_clock_ms
 from ._errors import StateStoreError
 from ._paths import database_path, resolve_path, state_dir
 from ._settings import MAX_VALUE_BYTES, UPDATE_ATTEMPTS
 
-__all__ = ["Clock", "Entry", "KeyedStore", "database_path", "op_counts", "resolve_path", "state_dir", "wall_clock_ms"]
+__all__ = [
+    "Clock",
+    "Entry",
+    "KeyedStore",
+    "StagedWrite",
+    "commit_staged",
+    "database_path",
+    "op_counts",
+    "resolve_path",
+    "state_dir",
+    "wall_clock_ms",
+]
 
 _MEASURED_OPS = (
     "register",
@@ -32,6 +44,7 @@ _MEASURED_OPS = (
     "clear",
     "entries",
     "count",
+    "commit",
 )
 
 
@@ -306,6 +319,39 @@ class KeyedStore:
         )
         return [self._entry(r, "entries") for r in rows]
 
+    # -- staged writes: several namespaces of one database in one transaction ----------------
+    def stage_register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
+        """Validate and serialize a `register` now, to be applied by `commit_staged`; no I/O.
+
+        Raises StateStoreError (operation "commit"): INVALID_INPUT, LIMIT_EXCEEDED (as `register`).
+        """
+        key, text, ttl = self._prepare("commit", key, value, ttl_ms)
+        return StagedWrite(self, key, text, ttl)
+
+    def stage_delete(self, key: str) -> StagedWrite:
+        """Validate a `delete` now, to be applied by `commit_staged`; no I/O. Raises INVALID_INPUT,
+        LIMIT_EXCEEDED (operation "commit")."""
+        return StagedWrite(self, check.key(key, "commit"), None, None)
+
+    @metrics.measured("commit")
+    def _commit(self, staged: list[StagedWrite]) -> None:
+        """`commit_staged`, timed and counted under this store's backend."""
+        backend = self._backend
+        if any(w.store._backend is not backend for w in staged):
+            raise StateStoreError(
+                "INVALID_INPUT", "commit", "staged writes must all belong to stores on one database", path=self.location
+            )
+        writes = []
+        for w in staged:
+            store = w.store
+            now = store._now("commit")
+            ttl = store.default_ttl_ms if w.ttl_ms is None else w.ttl_ms
+            expires_at = None if ttl is None or w.value is None else now + ttl
+            writes.append(
+                Staged(store.plugin_id, store.namespace, w.key, w.value, now, expires_at, store._limits, new_version())
+            )
+        backend.commit(writes)
+
     def close(self) -> None:
         """Release the store; the last store on a database checkpoints the WAL and closes it.
 
@@ -324,3 +370,38 @@ class KeyedStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class StagedWrite:
+    """A write `stage_register` / `stage_delete` prepared (validated, value serialized) for
+    `commit_staged`; it holds the store it was staged on."""
+
+    store: KeyedStore
+    key: str
+    value: str | None  # the JSON text to store; None = delete
+    ttl_ms: int | None  # as given; None = the store's default_ttl_ms
+
+
+def commit_staged(writes: Iterable[StagedWrite]) -> None:
+    """Apply staged writes in order in one transaction: all of them, or none.
+
+    Every write must come from a store on one database (the same file or URL in this process),
+    else INVALID_INPUT and nothing is written; an empty list is a no-op. Each write keeps its
+    namespace's rules as `register` / `delete` do: TTL, a new version, eviction oldest first
+    (never the row just written); a full `overflow="reject-new"` namespace raises LIMIT_EXCEEDED
+    and rolls back the whole batch. Raises StateStoreError (operation "commit"): INVALID_INPUT,
+    LIMIT_EXCEEDED, WRITE_FAILED, UNAVAILABLE (a closed store, an unreachable backend).
+    """
+    staged = _staged_list(writes)
+    if staged:
+        staged[0].store._commit(staged)
+
+
+def _staged_list(writes: Iterable[StagedWrite]) -> list[StagedWrite]:
+    if isinstance(writes, (str, bytes)) or not isinstance(writes, Iterable):
+        raise StateStoreError("INVALID_INPUT", "commit", "writes must be a list of staged writes")
+    staged = list(writes)
+    if not all(isinstance(w, StagedWrite) for w in staged):
+        raise StateStoreError("INVALID_INPUT", "commit", "writes must come from stage_register / stage_delete")
+    return staged

@@ -120,9 +120,36 @@ def crash_writer(path: str, round_no: int) -> None:
         i += 1
 
 
+STAGED_KEYS = 10  # keys per namespace in one staged commit
+
+
+def staged_writer(target: dict[str, Any], round_no: int) -> None:
+    """Commit batches forever: STAGED_KEYS keys into each of two namespaces per batch; print the
+    batch number only after `commit_staged` returned (the acknowledgement)."""
+    from chatstate.state import commit_staged
+
+    left = open_keyed_store("staged", "left", max_entries=1_000_000, **target)
+    right = open_keyed_store("staged", "right", max_entries=1_000_000, **target)
+    i = 0
+    while True:
+        batch = [
+            store.stage_register(f"r{round_no}-{i}-{j}", {"i": i, "pad": "x" * 200})
+            for j in range(STAGED_KEYS)
+            for store in (left, right)
+        ]
+        commit_staged(batch)
+        sys.stdout.write(f"{i}\n")
+        sys.stdout.flush()
+        i += 1
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "crash":
         crash_writer(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1] == "staged":
+        import json
+
+        staged_writer(json.loads(sys.argv[2]), int(sys.argv[3]))
 
 
 def count_up(worker: int, target: dict[str, Any], n: int, barrier: Any, results: Any) -> None:

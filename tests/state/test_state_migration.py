@@ -161,7 +161,7 @@ def test_a_newer_schema_is_refused_naming_both_versions(v1_file: Path, sqlite_ta
 
 # -- Redis: the same rows in the v1 key layout -------------------------------------------------
 def write_v1_layout(client: Any, prefix: str) -> None:
-    """The v1 Redis backend's layout (state/_redis_lua.py at 6aa243c): hashes without `n`."""
+    """The v1 Redis backend's layout (the scripts in state/_redis_lua.py at 6aa243c, now state/_redis.py): hashes without `n`."""
     from urllib.parse import quote
 
     for (plugin, ns), rows in V1_ROWS.items():

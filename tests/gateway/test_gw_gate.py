@@ -67,7 +67,7 @@ class Process:
 
     async def open(self, **gate: Any) -> InboundGate:
         for st in (self.claims, self.rows, self.held):
-            await st.open(self.runtime)  # type: ignore[arg-type]
+            await st.open(self.runtime)
         self.gate = InboundGate(self.claims, lease_ms=LEASE_MS, clock=self.clock, **gate)
         return self.gate
 

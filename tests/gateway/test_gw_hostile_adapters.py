@@ -15,6 +15,7 @@ from chatstate.gateway.sim.discord import fixture as discord_fixture
 from chatstate.gateway.sim.slack import SlackSimulator
 from chatstate.gateway.sim.slack import sign as slack_sign
 from chatstate.gateway.sim.teams import TeamsSimulator, new_signing_key
+from chatstate.state import op_counts
 
 
 def _db(tmp_path: Path) -> Path:
@@ -174,6 +175,21 @@ async def test_one_users_mention_spam_cannot_evict_another_users_thread(tmp_path
         assert any("and staging?" in p["text"] for p in slack.posts(thread_ts=root)), slack.posts(thread_ts=root)
         refused = [p for p in slack.posts() if "won't follow" in p["text"]]
         assert len(refused) == 30 - 5  # each refusal is visible, in the spammer's own thread
+
+
+async def test_a_handled_slack_event_is_two_durable_writes(tmp_path: Path) -> None:
+    """The claim, then participation + quota count + done mark in one transaction: two writes
+    per answered event in a new thread, whatever the user already holds."""
+    slack = SlackSimulator(extra_config={"threads_per_user": 50})
+    async with inprocess_gateway(tmp_path, [slack]):
+        for i in range(40):  # the user holds 40 threads; the next one costs the same
+            assert (await slack.deliver(slack.mention_event(f"warm {i}"))).body == "replied"
+        before = op_counts()
+        assert (await slack.deliver(slack.mention_event("one more"))).body == "replied"
+        spent = {op: n - before.get(op, 0) for op, n in op_counts().items() if n != before.get(op, 0)}
+    write_ops = ("register", "register_if_absent", "compare_and_set", "consume", "delete", "delete_if", "commit")
+    writes = {op: n for op, n in spent.items() if op in write_ops}
+    assert writes == {"register_if_absent": 1, "commit": 1}, spent
 
 
 async def test_a_10000_deep_body_is_400_signed_and_401_unsigned_on_every_route(tmp_path: Path) -> None:

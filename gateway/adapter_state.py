@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatstate.gateway import metrics
 from chatstate.gateway.clock import Clock, now_ms
+from chatstate.gateway.memory import MemoryMap
 from chatstate.state import (
     Entry,
     StateStoreError,
@@ -63,50 +64,6 @@ class StateSpec:
     ttl_ms: int | None  # default TTL of a row; None = until deleted
     max_entries: int
     core_id: str | None = None  # set (e.g. "core:approvals") for a core-owned store
-
-
-class MemoryMap:
-    """The in-process map with TTL and cap: the legacy store, and the hot cache in front of
-    the keyed store. Order is (created_at, key) like the store, so eviction matches."""
-
-    def __init__(self, *, max_entries: int, clock: Clock = now_ms) -> None:
-        self.max_entries = max_entries
-        self._clock = clock
-        self._rows: OrderedDict[str, Entry] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def get(self, key: str) -> Entry | None:
-        entry = self._rows.get(key)
-        if entry is not None and entry.expires_at is not None and entry.expires_at <= self._clock():
-            del self._rows[key]
-            return None
-        return entry
-
-    def put(self, entry: Entry) -> None:
-        self._rows.pop(entry.key, None)
-        self._rows[entry.key] = entry
-        while len(self._rows) > self.max_entries:
-            self._rows.popitem(last=False)  # oldest first; the row just put is the newest
-
-    def claim(self, entry: Entry) -> bool:
-        if self.get(entry.key) is not None:
-            return False
-        self.put(entry)
-        return True
-
-    def take(self, key: str) -> Entry | None:
-        entry = self.get(key)
-        self._rows.pop(key, None)
-        return entry
-
-    def drop(self, key: str) -> bool:
-        return self._rows.pop(key, None) is not None
-
-    def live(self) -> list[Entry]:
-        """Live rows, oldest first."""
-        return [e for e in list(self._rows.values()) if self.get(e.key) is not None]
 
 
 class AdapterState:
@@ -173,24 +130,17 @@ class AdapterState:
             "cached": len(self.memory),
         }
 
-    def _log(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-        return self._logger
-
     def degrade(self, exc: StateStoreError) -> None:
         if self.last_error is None:
-            self._log().warning(
+            self._logger.warning(
                 "adapter_state_degraded", extra={"namespace": self.spec.namespace, "code": str(exc.code)}
             )
         self.last_error = str(exc.code)
 
     async def recover(self) -> bool:
-        """Try the store again now (replaying kept writes): True when it is usable. Reads served
-        from memory never touch the store, so a caller that must not act on memory alone while
-        degraded (echo's counters) calls this first."""
-        return await self._recover()
-
-    async def _recover(self) -> bool:
-        """Replay writes that failed while degraded; True when the store is usable."""
+        """Try the store again now, replaying writes kept while degraded: True when it is usable.
+        Reads served from memory never touch the store, so a caller that must not act on memory
+        alone while degraded (echo's counters) calls this first."""
         if self._store is None:
             return False
         replayed = 0
@@ -209,7 +159,7 @@ class AdapterState:
             self._pending.pop(key, None)
             replayed += 1
         if self.last_error is not None:
-            self._log().info("adapter_state_recovered", extra={"namespace": self.spec.namespace, "replayed": replayed})
+            self._logger.info("adapter_state_recovered", extra={"namespace": self.spec.namespace, "replayed": replayed})
         self.last_error = None
         return True
 
@@ -261,7 +211,7 @@ class AdapterState:
     async def _write(self, key: str, value: Any, entry: Entry, ttl_ms: int | None, *, or_raise: bool) -> None:
         if self._store is None:
             return
-        if not await self._recover():
+        if not await self.recover():
             if or_raise:
                 raise StateStoreError(self.last_error or "UNAVAILABLE", "register", "the store is failing")
             self.remember(key, entry)
@@ -293,7 +243,7 @@ class AdapterState:
 
     async def take_over(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> bool:
         """Replace the row at `version` (a lease whose owner died) if nobody changed it since."""
-        if self._store is None or not await self._recover():
+        if self._store is None or not await self.recover():
             self.memory.put(self._entry(key, value, ttl_ms))
             return True
         try:
@@ -333,7 +283,7 @@ class AdapterState:
         """Atomically take `key` if no live row holds it (across processes when not legacy)."""
         key = self._checked(key, "register_if_absent", value, has_value=True)
         entry = self._entry(key, value, ttl_ms)
-        if self._store is not None and await self._recover():
+        if self._store is not None and await self.recover():
             try:
                 won = await self._store.register_if_absent(key, value, ttl_ms=ttl_ms)
             except StateStoreError as exc:
@@ -350,7 +300,7 @@ class AdapterState:
         """Read and remove the live row in one atomic step (exactly one of racing callers wins)."""
         key = self._checked(key, "consume")
         cached = self.memory.take(key)
-        if self._store is not None and await self._recover():
+        if self._store is not None and await self.recover():
             try:
                 return await self._store.consume(key)
             except StateStoreError as exc:
@@ -364,7 +314,7 @@ class AdapterState:
     async def entries(self) -> list[Entry]:
         """Live rows, oldest first: the store's when it is reachable (every process's rows),
         else this process's memory."""
-        if self._store is not None and await self._recover():
+        if self._store is not None and await self.recover():
             try:
                 return await self._store.entries()
             except StateStoreError as exc:
@@ -375,7 +325,7 @@ class AdapterState:
         """Delete `key` everywhere; True if a live row was removed."""
         key = self._checked(key, "delete")
         removed = self.memory.drop(key)
-        if self._store is not None and await self._recover():
+        if self._store is not None and await self.recover():
             try:
                 return await self._store.delete(key) or removed
             except StateStoreError as exc:

@@ -22,6 +22,7 @@ Legacy mode (the "before") keeps claims in memory and never runs the check.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -145,6 +146,7 @@ class InboundGate:
         lease_ms: int,
         ack_budget_s: float | None = None,
         holding: Holding | None = None,
+        log: logging.LoggerAdapter[logging.Logger] | None = None,
         clock: Clock = now_ms,
     ) -> None:
         self.claims = claims
@@ -156,7 +158,7 @@ class InboundGate:
         self._held: set[str] = set()  # keys this process holds in `held`
         self._recovery: asyncio.Task[None] | None = None
         self._closing = False
-        self._log = logs.get("gate", namespace=claims.namespace)
+        self._log = log or logs.get("gate")  # the plugin's logger: events carry its id
 
     @property
     def in_flight(self) -> int:
@@ -219,7 +221,10 @@ class InboundGate:
             else:
                 answer = Answer(Outcome.DONE, await job.work(writes))
         except Exception as exc:
-            self._log.warning("gate_work_failed", extra={"key": job.key, "error": type(exc).__name__})
+            self._log.warning(
+                "gate_work_failed",
+                extra={"namespace": self.claims.namespace, "key": job.key, "error": type(exc).__name__},
+            )
             writes.discard()
             await self.claims.forget(job.key)
             return Answer(Outcome.FAILED, Outcome.FAILED.value)
@@ -259,7 +264,7 @@ class InboundGate:
                 if job is None:  # a row of another shape: nothing to finish
                     await holding.state.forget(entry.key)
                     continue
-                self._log.info("gate_held_item_taken", extra={"key": entry.key})
+                self._log.info("gate_held_item_taken", extra={"namespace": self.claims.namespace, "key": entry.key})
                 self._held.add(entry.key)
                 self._start(job)
             await asyncio.sleep(interval)

@@ -115,6 +115,7 @@ class SlackPlugin(StatefulPlugin[Running]):
                 lease_ms=settings.event_lease_ms,
                 ack_budget_s=settings.ack_budget_s,
                 holding=Holding(pending, bot.resume),
+                log=runtime.log,
             )
             running = Running(settings, RequestVerifier(settings.signing_secret), api, bot, gate, None, runtime.log)
             if settings.transport == "socket":

@@ -33,6 +33,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway_bench import cpu_seconds  # noqa: E402  (this directory: the process CPU reader)
+
 from chatstate import state  # noqa: E402
 from chatstate.gateway.sim.harness import GatewayHarness, free_port  # noqa: E402
 from chatstate.gateway.sim.slack import SlackSimulator, sign  # noqa: E402

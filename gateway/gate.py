@@ -10,8 +10,9 @@ check. The gate does the rest:
    compare-and-set, and then the check ALWAYS runs first: a redelivery after a reconnect can
    arrive as a first attempt, so what the delivery says about retries is never trusted;
 3. the work stages its state writes into `Writes`; the gate commits them with the done mark
-   in one transaction (state recorded ⇔ item done); a failed work stages nothing and releases
-   the claim, so the platform's retry gets the item;
+   in one transaction (state recorded ⇔ item done); a failed work commits nothing and releases
+   the claim (as a lease already run out), so the platform's retry takes the item over, checks,
+   and works;
 4. with an ack budget, an item still running when it runs out is held (its `hold` value in
    the `held` namespace) and finishes in the background; every gateway's recovery loop
    finishes held items whose owner died;
@@ -226,7 +227,10 @@ class InboundGate:
                 extra={"namespace": self.claims.namespace, "key": job.key, "error": type(exc).__name__},
             )
             writes.discard()
-            await self.claims.forget(job.key)
+            # released as a lease already run out, not deleted: the work may have had an effect
+            # before it failed (a post whose answer was lost), so the retry takes it over and
+            # runs the check first
+            await self.claims.record(job.key, {"received_at": received_at, "lease_until": 0})
             return Answer(Outcome.FAILED, Outcome.FAILED.value)
         writes.put(self.claims, job.key, {"received_at": received_at, "done_at": self._clock()})
         if job.key in self._held and self._holding is not None:

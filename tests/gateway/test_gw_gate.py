@@ -159,9 +159,9 @@ async def test_a_failed_work_discards_its_writes_and_releases_the_claim(procs: l
     failed = await p.gate.deliver(p.job("e1", fail=True))
     assert failed.outcome is Outcome.FAILED and failed.response().status == 503
     assert rows(tmp_path / "state.sqlite", "test.rows") == {} and await p.rows.get("e1") is None
-    assert rows(tmp_path / "state.sqlite", "test.claims") == {}  # released for the platform's retry
+    assert rows(tmp_path / "state.sqlite", "test.claims")["e1"]["lease_until"] == 0  # released: run out
     assert (await p.gate.deliver(p.job("e1"))).outcome is Outcome.DONE
-    assert p.calls == ["work e1", "work e1"]  # a fresh claim: no check
+    assert p.calls == ["work e1", "check e1", "work e1"]  # the work may have had an effect: checked first
 
 
 async def test_in_flight_duplicates_and_draining(procs: list[Process], tmp_path: Path) -> None:

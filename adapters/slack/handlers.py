@@ -135,9 +135,7 @@ class SlackBot:
         if not answer:
             return "ignored"
         text = compose_reply(message, self.bot.user_id)
-        await self.reply(
-            writes, thread, text, event_id=message.event_id, requester=message.user, requester_ts=message.ts
-        )
+        await self.reply(writes, thread, text, event_id=message.event_id, requester=message.user)
         return "replied"
 
     async def answered_before(self, message: SlackMessage, writes: Writes) -> bool:
@@ -147,7 +145,7 @@ class SlackBot:
         found = await self._api.answered(
             channel=thread.channel_id, thread_ts=thread.thread_ts, after_ts=message.ts, event_id=message.event_id
         )
-        if found and await self._may_follow(writes, thread, message.user, message.ts):
+        if found and await self._may_follow(writes, thread, message.user):
             self._threads.record_participation(writes, thread, agent_id=self.settings.agent_id)
         return found
 
@@ -156,9 +154,7 @@ class SlackBot:
         """The thread a reply to `message` goes to: keyed by the root, never a child ts."""
         return ThreadRef(message.team_id, self.settings.account_id, message.channel, message.thread_root)
 
-    async def reply(
-        self, writes: Writes, thread: ThreadRef, text: str, *, event_id: str, requester: str, requester_ts: str
-    ) -> str:
+    async def reply(self, writes: Writes, thread: ThreadRef, text: str, *, event_id: str, requester: str) -> str:
         """Post `text` in `thread`, answering `event_id`, and stage participation; returns the
         posted message's ts.
 
@@ -171,7 +167,7 @@ class SlackBot:
         Raises SlackApiError / aiohttp.ClientError when the post fails (the gate then discards
         the staged rows and releases the event for Slack's retry).
         """
-        follow = await self._may_follow(writes, thread, requester, requester_ts)
+        follow = await self._may_follow(writes, thread, requester)
         if not follow:
             text = f"{text}\n{QUOTA_NOTE.format(limit=self.settings.threads_per_user)}"
         ts = await self._api.post_message(
@@ -181,14 +177,12 @@ class SlackBot:
             self._threads.record_participation(writes, thread, agent_id=self.settings.agent_id)
         return ts
 
-    async def _may_follow(self, writes: Writes, thread: ThreadRef, requester: str, requester_ts: str) -> bool:
+    async def _may_follow(self, writes: Writes, thread: ThreadRef, requester: str) -> bool:
         """True if the bot already follows `thread`, or `requester` is under their quota (the
-        thread is counted against them, in `writes`), or the store is failing (fail open).
-        A thread rooted at the requester's own message (`requester_ts`) is new to the bot, so
-        its participation row is not read."""
+        thread is counted against them, in `writes`), or the store is failing (fail open)."""
         if any(st.last_error for st in self._states):
             return True  # the store is failing (the claim just found out): add no slow calls
-        if thread.thread_ts != requester_ts and await self._threads.replied_in(thread) is not None:
+        if await self._threads.replied_in(thread) is not None:
             return True  # a thread counts once, against the user who made the bot follow it
         if await self._quota.admit(f"{thread.team_id}:{requester}", writes) is None:
             return True

@@ -5,9 +5,9 @@ Request path (POST /slack/events), in this order:
 1. verify the v0 signature; 401 before anything is read or written;
 2. answer `url_verification` with its challenge;
 3. the gate claims `{team_id}:{event_id}` under a short lease (one durable write);
-4. the bot decides (mention policy + participation lookup) and replies in the thread, staging
-   participation and the user's quota count; the gate commits them with the done mark (one
-   transaction, the second write);
+4. the bot decides (mention policy + participation lookup), records a thread new to it (before
+   the post), and replies in the thread, staging the participation refresh and the user's quota
+   count; the gate commits them with the done mark (one transaction, the last write);
 5. ack 200 as soon as 4 is done, or after `ack_budget_s` (Slack's 3 s rule) with 4 still running
    in the background, the event held in `slack.pending` first (Slack will not retry it, so every
    gateway's recovery loop finishes held events whose owner died); `stop()` waits for them.

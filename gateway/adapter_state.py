@@ -1,7 +1,7 @@
 """The migration pattern every adapter (and the core's approvals and echo) uses, written once.
 
 It lives in the gateway package so the gateway can use it without importing adapters; the
-exactly-once helpers built on it are in `gateway/claims.py`.
+exactly-once gate built on it is `gateway/gate.py`.
 
 Before: each adapter kept a process-global dict with a TTL and a cap, so a restart forgot
 every thread, button and approval. After: `AdapterState` keeps that dict as a hot cache, but
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatstate.gateway import metrics
 from chatstate.gateway.clock import Clock, now_ms
+from chatstate.gateway.memory import MemoryMap
 from chatstate.state import (
     Entry,
     StateStoreError,
@@ -36,12 +37,23 @@ from chatstate.state import (
 
 if TYPE_CHECKING:
     from chatstate.gateway.plugin import PluginRuntime
-    from chatstate.state import AsyncKeyedStore
+    from chatstate.state import AsyncKeyedStore, StagedWrite
 
 # Store refusals of the key or value itself: raised to the caller (the gateway answers 400), never
 # a reason to degrade to memory, since the store is fine (issue 15: health degrades on faults only).
 CALLER_ERRORS = ("INVALID_INPUT", "LIMIT_EXCEEDED")
 log = logging.getLogger("chatstate.adapters")
+
+
+@dataclass(frozen=True)
+class Staged:
+    """One write held for the gate's done transaction (`AdapterState.stage`); `entry` None is a
+    delete, `write` None means memory only (legacy)."""
+
+    state: AdapterState
+    key: str
+    entry: Entry | None
+    write: StagedWrite | None
 
 
 @dataclass(frozen=True)
@@ -52,50 +64,6 @@ class StateSpec:
     ttl_ms: int | None  # default TTL of a row; None = until deleted
     max_entries: int
     core_id: str | None = None  # set (e.g. "core:approvals") for a core-owned store
-
-
-class MemoryMap:
-    """The in-process map with TTL and cap: the legacy store, and the hot cache in front of
-    the keyed store. Order is (created_at, key) like the store, so eviction matches."""
-
-    def __init__(self, *, max_entries: int, clock: Clock = now_ms) -> None:
-        self.max_entries = max_entries
-        self._clock = clock
-        self._rows: OrderedDict[str, Entry] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def get(self, key: str) -> Entry | None:
-        entry = self._rows.get(key)
-        if entry is not None and entry.expires_at is not None and entry.expires_at <= self._clock():
-            del self._rows[key]
-            return None
-        return entry
-
-    def put(self, entry: Entry) -> None:
-        self._rows.pop(entry.key, None)
-        self._rows[entry.key] = entry
-        while len(self._rows) > self.max_entries:
-            self._rows.popitem(last=False)  # oldest first; the row just put is the newest
-
-    def claim(self, entry: Entry) -> bool:
-        if self.get(entry.key) is not None:
-            return False
-        self.put(entry)
-        return True
-
-    def take(self, key: str) -> Entry | None:
-        entry = self.get(key)
-        self._rows.pop(key, None)
-        return entry
-
-    def drop(self, key: str) -> bool:
-        return self._rows.pop(key, None) is not None
-
-    def live(self) -> list[Entry]:
-        """Live rows, oldest first."""
-        return [e for e in list(self._rows.values()) if self.get(e.key) is not None]
 
 
 class AdapterState:
@@ -162,24 +130,17 @@ class AdapterState:
             "cached": len(self.memory),
         }
 
-    def _log(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-        return self._logger
-
-    def _degrade(self, exc: StateStoreError) -> None:
+    def degrade(self, exc: StateStoreError) -> None:
         if self.last_error is None:
-            self._log().warning(
+            self._logger.warning(
                 "adapter_state_degraded", extra={"namespace": self.spec.namespace, "code": str(exc.code)}
             )
         self.last_error = str(exc.code)
 
     async def recover(self) -> bool:
-        """Try the store again now (replaying kept writes): True when it is usable. Reads served
-        from memory never touch the store, so a caller that must not act on memory alone while
-        degraded (echo's counters) calls this first."""
-        return await self._recover()
-
-    async def _recover(self) -> bool:
-        """Replay writes that failed while degraded; True when the store is usable."""
+        """Try the store again now, replaying writes kept while degraded: True when it is usable.
+        Reads served from memory never touch the store, so a caller that must not act on memory
+        alone while degraded (echo's counters) calls this first."""
         if self._store is None:
             return False
         replayed = 0
@@ -193,16 +154,16 @@ class AdapterState:
                     if ttl is None or ttl > 0:
                         await self._store.register(key, entry.value, ttl_ms=ttl)
             except StateStoreError as exc:
-                self._degrade(exc)
+                self.degrade(exc)
                 return False
             self._pending.pop(key, None)
             replayed += 1
         if self.last_error is not None:
-            self._log().info("adapter_state_recovered", extra={"namespace": self.spec.namespace, "replayed": replayed})
+            self._logger.info("adapter_state_recovered", extra={"namespace": self.spec.namespace, "replayed": replayed})
         self.last_error = None
         return True
 
-    def _remember(self, key: str, entry: Entry | None) -> None:
+    def remember(self, key: str, entry: Entry | None) -> None:
         """Queue a write (or, with None, a delete) for replay; bounded like the namespace itself,
         since rows past max_entries would be evicted on replay anyway."""
         self._pending.pop(key, None)
@@ -251,25 +212,57 @@ class AdapterState:
     async def _write(self, key: str, text: str, entry: Entry, ttl_ms: int | None, *, or_raise: bool) -> None:
         if self._store is None:
             return
-        if not await self._recover():
+        if not await self.recover():
             if or_raise:
                 raise StateStoreError(self.last_error or "UNAVAILABLE", "register", "the store is failing")
-            self._remember(key, entry)
+            self.remember(key, entry)
             return
         try:
             await self._store.register(key, text, ttl_ms=ttl_ms)
         except StateStoreError as exc:
             if exc.code in CALLER_ERRORS:
                 raise
-            self._degrade(exc)
+            self.degrade(exc)
             if or_raise:
                 raise
-            self._remember(key, entry)
+            self.remember(key, entry)
 
-    async def get_entry(self, key: str) -> Entry | None:
-        """Return the live row: memory first, then the store (cached with its stored expiry)."""
+    def stage(self, key: str, value: Any = None, *, ttl_ms: int | None = None, delete: bool = False) -> Staged:
+        """Check a write (or delete) now and hold it for one transaction (`gate.Writes.commit`).
+        Memory shows it at once, so this process's next read (a quota count) sees it; a
+        discarded stage drops the key from memory and the next read goes to the store.
+        Raises StateStoreError INVALID_INPUT / LIMIT_EXCEEDED, in both modes alike."""
+        if delete:
+            key = self._checked(key, "delete")
+            self.memory.drop(key)
+            return Staged(self, key, None, None if self._store is None else self._store.stage_delete(key))
+        key = self._checked(key, "register", value, has_value=True)
+        entry = self._entry(key, value, ttl_ms)
+        write = None if self._store is None else self._store.stage_register(key, value, ttl_ms=ttl_ms)
+        self.memory.put(entry)
+        return Staged(self, key, entry, write)
+
+    async def take_over(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> bool:
+        """Replace the row at `version` (a lease whose owner died) if nobody changed it since."""
+        if self._store is None or not await self.recover():
+            self.memory.put(self._entry(key, value, ttl_ms))
+            return True
+        try:
+            won = await self._store.compare_and_set(key, value, version=version, ttl_ms=ttl_ms)
+        except StateStoreError as exc:
+            if exc.code in CALLER_ERRORS:
+                raise
+            self.degrade(exc)
+            return False
+        if won:
+            self.memory.put(self._entry(key, value, ttl_ms))
+        return won
+
+    async def get_entry(self, key: str, *, fresh: bool = False) -> Entry | None:
+        """Return the live row: memory first (unless `fresh`: another process may have changed
+        it, as with a lease), then the store (cached with its stored expiry)."""
         key = self._checked(key, "lookup")
-        entry = self.memory.get(key)
+        entry = None if fresh and self._store is not None else self.memory.get(key)
         if entry is not None or self._store is None:
             return entry
         try:
@@ -277,7 +270,7 @@ class AdapterState:
         except StateStoreError as exc:
             if exc.code in CALLER_ERRORS:
                 raise  # a bad key is the caller's error (400), never a degraded store
-            self._degrade(exc)
+            self.degrade(exc)
             return None
         if entry is not None:
             self.memory.put(entry)
@@ -291,13 +284,13 @@ class AdapterState:
         """Atomically take `key` if no live row holds it (across processes when not legacy)."""
         key = self._checked(key, "register_if_absent", value, has_value=True)
         entry = self._entry(key, value, ttl_ms)
-        if self._store is not None and await self._recover():
+        if self._store is not None and await self.recover():
             try:
                 won = await self._store.register_if_absent(key, value, ttl_ms=ttl_ms)
             except StateStoreError as exc:
                 if exc.code in CALLER_ERRORS:
                     raise
-                self._degrade(exc)
+                self.degrade(exc)
             else:
                 if won:
                     self.memory.put(entry)
@@ -308,36 +301,36 @@ class AdapterState:
         """Read and remove the live row in one atomic step (exactly one of racing callers wins)."""
         key = self._checked(key, "consume")
         cached = self.memory.take(key)
-        if self._store is not None and await self._recover():
+        if self._store is not None and await self.recover():
             try:
                 return await self._store.consume(key)
             except StateStoreError as exc:
                 if exc.code in CALLER_ERRORS:
                     raise
-                self._degrade(exc)
+                self.degrade(exc)
         if cached is not None and self._store is not None:
-            self._remember(key, None)  # the store still holds it: delete once it is back
+            self.remember(key, None)  # the store still holds it: delete once it is back
         return None if cached is None else cached.value
 
     async def entries(self) -> list[Entry]:
         """Live rows, oldest first: the store's when it is reachable (every process's rows),
         else this process's memory."""
-        if self._store is not None and await self._recover():
+        if self._store is not None and await self.recover():
             try:
                 return await self._store.entries()
             except StateStoreError as exc:
-                self._degrade(exc)
+                self.degrade(exc)
         return self.memory.live()
 
     async def forget(self, key: str) -> bool:
         """Delete `key` everywhere; True if a live row was removed."""
         key = self._checked(key, "delete")
         removed = self.memory.drop(key)
-        if self._store is not None and await self._recover():
+        if self._store is not None and await self.recover():
             try:
                 return await self._store.delete(key) or removed
             except StateStoreError as exc:
-                self._degrade(exc)
+                self.degrade(exc)
         if self._store is not None:
-            self._remember(key, None)
+            self.remember(key, None)
         return removed

@@ -15,26 +15,32 @@ Signature: header `X-Echo-Signature: sha256=<hex>` over `METHOD \\n raw-path \\n
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import Field
 
-from chatstate.gateway import ingress, reply
-from chatstate.gateway.adapter_state import CALLER_ERRORS, AdapterState, StateSpec
-from chatstate.gateway.plugin import PluginRuntime, Route
-from chatstate.gateway.settings import AdapterSettings
-from chatstate.gateway.stateful import StatefulPlugin
-from chatstate.state import StateStoreError
+from chatstate.gateway.sdk import (
+    CALLER_ERRORS,
+    AdapterSettings,
+    AdapterState,
+    KeyedLocks,
+    PluginRuntime,
+    Route,
+    StatefulPlugin,
+    StateSpec,
+    StateStoreError,
+    ingress,
+    reply,
+)
 
 NAMESPACE = "echo.counters"
 DEFAULT_MAX_ENTRIES = 10_000  # counters kept; the oldest-written is evicted past this
 SIGNATURE_HEADER = "X-Echo-Signature"
-_LOCK_STRIPES = 64  # read-modify-write locks, striped by key so memory stays bounded
 
 
 def _checked(key: str) -> str:
@@ -60,47 +66,45 @@ class EchoSettings(AdapterSettings):
     max_entries: Annotated[int, Field(ge=1)] = DEFAULT_MAX_ENTRIES
 
 
-class EchoPlugin(StatefulPlugin):
+@dataclass(frozen=True)
+class Running:
+    """Echo's parts, built once in `build`: the secret and the counters, read-modify-written
+    under one lock per key."""
+
+    secret: str
+    counters: AdapterState
+    legacy: bool
+    locks: KeyedLocks = field(default_factory=KeyedLocks)
+
+    async def close(self) -> None:
+        """Nothing runs in the background; the counters are closed by the base."""
+
+    def health(self) -> dict[str, Any]:
+        return {"mode": "legacy" if self.legacy else "store"}
+
+
+class EchoPlugin(StatefulPlugin[Running]):
     """Signed per-key counters in one keyed store (or a dict in legacy mode)."""
 
     id = "echo"
     origin = "bundled"
     settings_type = EchoSettings
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._secret = ""
-        self._counters: AdapterState | None = None  # legacy: memory only
-        self._legacy = False
-        self._locks: list[asyncio.Lock] = []
-
     def routes(self) -> Sequence[Route]:
         return (Route("POST", "/echo", self._increment), Route("GET", "/echo/{key}", self._read))
 
-    async def start(self, runtime: PluginRuntime) -> None:
+    async def build(self, runtime: PluginRuntime) -> Running:
         """Read the secret and open the counter store (StateStoreError if it cannot be opened)."""
         settings = EchoSettings.of(runtime)
-        self._secret = settings.secret
-        self._legacy = runtime.legacy
-        self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
         spec = StateSpec(NAMESPACE, ttl_ms=None, max_entries=settings.max_entries)
-        self._counters = await self.open_state(AdapterState(spec, legacy=runtime.legacy), runtime)
-
-    def health(self) -> dict[str, Any]:
-        last_error = self._counters.last_error if self._counters is not None else None
-        out: dict[str, Any] = {
-            "status": "degraded" if last_error else "ok",
-            "mode": "legacy" if self._legacy else "store",
-        }
-        if last_error:
-            out["last_error"] = last_error
-        return out
+        counters = await self.open_state(AdapterState(spec, legacy=runtime.legacy), runtime)
+        return Running(settings.secret, counters, runtime.legacy)
 
     # -- handlers ---------------------------------------------------------------------------
     async def _verified_body(self, request: web.Request) -> bytes:
         body = await request.read()  # over the app's client_max_size -> 413 from aiohttp
         given = ingress.credential(request.headers, SIGNATURE_HEADER) or ""  # junk reads as wrong
-        expected = sign(self._secret, request.method, request.raw_path, body)
+        expected = sign(self.running.secret, request.method, request.raw_path, body)
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise web.HTTPUnauthorized(text="bad signature")
         return body
@@ -115,7 +119,7 @@ class EchoPlugin(StatefulPlugin):
         if not isinstance(key, str) or not key.strip():
             raise web.HTTPBadRequest(text='body must be {"key": "<non-empty string>"}')
         key = _checked(key)
-        async with self._locks[hash(key) % _LOCK_STRIPES]:
+        async with self.running.locks.hold(key):
             count = await self._get(key) + 1
             await self._put(key, count)
         text = body_json.get("text")
@@ -134,21 +138,19 @@ class EchoPlugin(StatefulPlugin):
         """Memory first, then the store (DESIGN.md §3): this process is the only writer. While
         the store fails nothing is answered from memory alone (503): a counter read from a cold
         cache would start again from 0."""
-        assert self._counters is not None, "start() first"
-        if self._counters.last_error is not None and not await self._counters.recover():
+        counters = self.running.counters
+        if counters.last_error is not None and not await counters.recover():
             raise self._unavailable()
-        value = await self._guard(self._counters.get(key))
+        value = await self._guard(counters.get(key))
         return int(value["count"]) if isinstance(value, dict) else 0
 
     async def _put(self, key: str, count: int) -> None:
         """Durable first: the reply goes out only after this returns."""
-        assert self._counters is not None, "start() first"
-        await self._guard(self._counters.record(key, {"count": count}, or_raise=True))
+        await self._guard(self.running.counters.record(key, {"count": count}, or_raise=True))
 
     def _unavailable(self) -> web.HTTPServiceUnavailable:
-        assert self._counters is not None
         return web.HTTPServiceUnavailable(
-            text=json.dumps({"error": self._counters.last_error}), content_type="application/json"
+            text=json.dumps({"error": self.running.counters.last_error}), content_type="application/json"
         )
 
     async def _guard(self, op: Any) -> Any:
@@ -158,7 +160,6 @@ class EchoPlugin(StatefulPlugin):
         A refusal of the caller's input (INVALID_INPUT, LIMIT_EXCEEDED) is the caller's error:
         400, and health stays as it was. `_checked` normally catches it first.
         """
-        assert self._counters is not None
         try:
             result = await op
         except StateStoreError as exc:
@@ -167,6 +168,6 @@ class EchoPlugin(StatefulPlugin):
                     text=json.dumps({"error": str(exc.code)}), content_type="application/json"
                 ) from None
             raise self._unavailable() from None
-        if self._counters.last_error is not None:
+        if self.running.counters.last_error is not None:
             raise self._unavailable()
         return result

@@ -1,25 +1,61 @@
-"""The base class of a plugin that keeps `AdapterState`s: it opens them, closes them on stop and
-rolls their health up, so each adapter's plugin.py is wiring only.
+"""The base class of a plugin that keeps `AdapterState`s: it opens them, closes them on stop,
+holds the plugin's running parts as one frozen object, and rolls health up, so each adapter's
+plugin.py is wiring only.
 
-Before, every adapter wrote the same preamble (open each state, remember it, close it on stop or
-leave it to the gateway, scan each one's health for "degraded"). A subclass now calls
-`await self.open_state(state, runtime)` in `start`, reads `self.states_health()` /
-`self.degraded()` in `health`, and calls `await super().stop()` last in its own `stop`.
+A subclass implements `build(runtime)`: open its states with `await self.open_state(...)`,
+build its clients and gate, and return them as one frozen object with `close()` and
+`health()` (the `Running` protocol). Handlers reach it through `self.running`, which exists
+from the end of `start` to `stop`; nothing is optional in between.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from chatstate.gateway.adapter_state import AdapterState
 from chatstate.gateway.plugin import Plugin, PluginRuntime
 
 
-class StatefulPlugin(Plugin):
+class Running(Protocol):
+    """A plugin's running parts (clients, gate, transports), built once in `start`."""
+
+    async def close(self) -> None:
+        """Stop background work and close clients; the states are closed after this."""
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """Extra fields for /healthz (say `"status": "degraded"` to degrade the plugin)."""
+        ...
+
+
+R = TypeVar("R", bound=Running)
+
+
+class StatefulPlugin(Plugin, Generic[R]):
     """A plugin whose state is a set of `AdapterState`s it owns from `start` to `stop`."""
 
     def __init__(self) -> None:
         self._states: list[AdapterState] = []
+        self._running: R | None = None
+
+    async def build(self, runtime: PluginRuntime) -> R:
+        """Open the states and build the running parts; raise to refuse to start."""
+        raise NotImplementedError(f"{type(self).__name__}.build")
+
+    async def start(self, runtime: PluginRuntime) -> None:
+        """Build the running parts (see `build`); states opened before a failure are closed."""
+        try:
+            self._running = await self.build(runtime)
+        except BaseException:
+            await self.close_states()
+            raise
+
+    @property
+    def running(self) -> R:
+        """The running parts; RuntimeError before `start` (a route cannot be called then)."""
+        if self._running is None:
+            raise RuntimeError(f"plugin {self.id!r}: start() first")
+        return self._running
 
     async def open_state(self, state: AdapterState, runtime: PluginRuntime) -> AdapterState:
         """Open `state` through `runtime` and own it (closed by `stop`); returns it.
@@ -35,7 +71,9 @@ class StatefulPlugin(Plugin):
             await state.close()
 
     async def stop(self) -> None:
-        """Close the states; a subclass stops its own work first, then calls this."""
+        """Close the running parts, then the states."""
+        if self._running is not None:
+            await self._running.close()
         await self.close_states()
 
     def states_health(self) -> list[dict[str, Any]]:
@@ -45,3 +83,17 @@ class StatefulPlugin(Plugin):
     def degraded(self) -> bool:
         """True while any state runs from memory because its store failed."""
         return any(s.mode == "degraded" for s in self._states)
+
+    def health(self) -> dict[str, Any]:
+        """`status` (degraded while any state is), each state by namespace, and the running
+        parts' own fields."""
+        report: dict[str, Any] = {
+            "status": "degraded" if self.degraded() else "ok",
+            "state": {h["namespace"]: h for h in self.states_health()},
+        }
+        if self._running is not None:
+            extra = self._running.health()
+            if report["status"] == "degraded":
+                extra.pop("status", None)
+            report.update(extra)
+        return report

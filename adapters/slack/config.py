@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from chatstate.gateway.settings import AdapterSettings
+from chatstate.gateway.sdk import AdapterSettings
 
 # Defaults, one unit a line (issue 5; the table in docs/migrating-an-adapter.md).
 DEFAULT_API_BASE_URL = "https://slack.com/api/"

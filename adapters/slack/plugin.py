@@ -1,154 +1,149 @@
-"""The Slack plugin (wiring): one Events API route, acked fast, answered once per event_id;
-the claim/answer/ack work itself is handlers.py's `EventWork`.
+"""The Slack plugin (wiring): one Events API route (or Socket Mode), acked fast, answered once
+per event_id; `sdk.InboundGate` runs the exactly-once steps, handlers.py's `SlackBot` the work.
 
 Request path (POST /slack/events), in this order:
 1. verify the v0 signature; 401 before anything is read or written;
 2. answer `url_verification` with its challenge;
-3. claim `{team_id}:{event_id}` under a short lease (durable before anything else happens);
-4. decide (mention policy + participation lookup), reply in the thread, record participation,
-   then replace the lease with the done mark: each write awaited before the next step;
+3. the gate claims `{team_id}:{event_id}` under a short lease (one durable write);
+4. the bot decides (mention policy + participation lookup), records a thread new to it (before
+   the post), and replies in the thread, staging the participation refresh and the user's quota
+   count; the gate commits them with the done mark (one transaction, the last write);
 5. ack 200 as soon as 4 is done, or after `ack_budget_s` (Slack's 3 s rule) with 4 still running
-   in the background; `stop()` waits for background work so SIGTERM loses no reply. Before
-   that early 200 the event is held in `slack.pending` (awaited): Slack will not retry it, so
-   a recovery loop in every gateway finishes held events whose owner died (claim first, then
-   look for the reply in the thread, then answer), and the row goes when the event is done.
+   in the background, the event held in `slack.pending` first (Slack will not retry it, so every
+   gateway's recovery loop finishes held events whose owner died); `stop()` waits for them.
 
 SIGKILL, step by step: before the claim, or holding the lease without having replied, Slack
-gets no 2xx and retries; a retry that meets a live lease no task here owns gets 503 +
-Retry-After, and once the lease has expired the retry wins the claim and answers (no reply
-lost). After the done mark, a retry is acked and dropped (no double reply). Between Slack
-accepting chat.postMessage and the done mark landing, a retry that wins the expired lease first
-looks for its own reply in the thread (each reply carries the event_id as message metadata)
-and, finding it, records what the dead process could not and answers nothing.
+gets no 2xx and retries; a retry that meets a live lease gets 503 + Retry-After, and once the
+lease has run out the retry takes it over and answers (no reply lost). After the done mark, a
+retry is acked and dropped (no double reply). Between Slack accepting chat.postMessage and the
+done mark, the claim that takes over the expired lease always looks for its own reply in the
+thread first, whatever the delivery says about retries (Socket Mode redelivers after a
+reconnect as a first attempt), and finding it records the thread and answers nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
-import math
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 
 from chatstate.adapters.slack.config import SlackSettings
-from chatstate.adapters.slack.handlers import EventWork, Outcome
-from chatstate.adapters.slack.platform import RETRY_NUM_HEADER, RequestVerifier, SlackApi, SlackMessage, parse_message
+from chatstate.adapters.slack.handlers import SlackBot
+from chatstate.adapters.slack.platform import RequestVerifier, SlackApi, parse_message
 from chatstate.adapters.slack.socket_mode import SocketModeTransport
-from chatstate.adapters.slack.state import (
-    EventLedger,
-    PendingWork,
-    ThreadParticipation,
-    ThreadQuota,
-    events_spec,
-    pending_spec,
-    starters_spec,
-    thread_spec,
+from chatstate.adapters.slack.state import ThreadParticipation, events_spec, pending_spec, starters_spec, thread_spec
+from chatstate.gateway.sdk import (
+    AdapterState,
+    Holding,
+    InboundGate,
+    PluginRuntime,
+    Route,
+    StatefulPlugin,
+    UserQuota,
+    ingress,
 )
-from chatstate.gateway import ingress, metrics
-from chatstate.gateway.adapter_state import AdapterState
-from chatstate.gateway.plugin import PluginRuntime, Route
-from chatstate.gateway.stateful import StatefulPlugin
 
 EVENTS_PATH = "/slack/events"
 
 
-class SlackPlugin(StatefulPlugin):
-    """Slack Events API in, `chat.postMessage` out; state through `gateway.adapter_state`."""
+@dataclass(frozen=True)
+class Running:
+    """The Slack plugin's parts, built once in `build`."""
+
+    settings: SlackSettings
+    verifier: RequestVerifier
+    api: SlackApi
+    bot: SlackBot
+    gate: InboundGate
+    socket: SocketModeTransport | None  # transport = "socket"
+    log: logging.LoggerAdapter[logging.Logger]
+
+    async def close(self) -> None:
+        """Take no new envelopes, let replies in flight finish, then close the Web API client."""
+        if self.socket is not None:
+            await self.socket.stop()  # no new envelopes; those in hand are acked first
+        await self.gate.stop()
+        await self.api.close()
+
+    def health(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"in_flight": self.gate.in_flight}
+        if self.socket is not None:
+            report["transport"] = self.socket.health()
+        return report
+
+
+class SlackPlugin(StatefulPlugin[Running]):
+    """Slack Events API in, `chat.postMessage` out; state through `sdk.AdapterState`."""
 
     id = "slack"
     origin = "bundled"
     settings_type = SlackSettings
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.settings: SlackSettings | None = None
-        self.work: EventWork | None = None  # set by start()
-        self._verifier: RequestVerifier | None = None
-        self._api: SlackApi | None = None
-        self._recovery: asyncio.Task[None] | None = None
-        self._runtime: PluginRuntime | None = None
-        self._socket: SocketModeTransport | None = None  # transport = "socket"
-
     def routes(self) -> Sequence[Route]:
         return (Route("POST", EVENTS_PATH, self.handle_events),)
 
-    # -- lifecycle ------------------------------------------------------------------------
-    async def start(self, runtime: PluginRuntime) -> None:
+    async def build(self, runtime: PluginRuntime) -> Running:
         """Read the config, open the stores, and learn the bot's identity with `auth.test`.
 
         Raises ValueError (bad config), StateStoreError (opening a store) and
         slack_sdk.errors.SlackApiError / aiohttp.ClientError (auth.test failed).
         """
         settings = SlackSettings.of(runtime)
-        self._runtime = runtime
-        self.settings = settings
-        self._verifier = RequestVerifier(settings.signing_secret)
         threads, events, pending, starters = [
             await self.open_state(AdapterState(spec(settings), legacy=runtime.legacy), runtime)
             for spec in (thread_spec, events_spec, pending_spec, starters_spec)
         ]
-        self._api = api = SlackApi(token=settings.bot_token, base_url=settings.api_base_url)
+        api = SlackApi(token=settings.bot_token, base_url=settings.api_base_url)
         await api.open()
+        socket = None
         try:
-            self.work = EventWork(
+            bot = SlackBot(
                 settings,
                 api=api,
                 bot=await api.auth_test(),
                 threads=ThreadParticipation(threads),
-                events=EventLedger(events, lease_ms=settings.event_lease_ms),
-                pending=PendingWork(pending),
-                quota=ThreadQuota(starters, per_user=settings.threads_per_user, ttl_ms=settings.thread_ttl_ms),
-                states=[threads, events, pending, starters],
-                legacy=runtime.legacy,
+                quota=UserQuota(starters, per_user=settings.threads_per_user, ttl_ms=settings.thread_ttl_ms),
+                watched=[threads, events],
                 log=runtime.log,
             )
+            gate = InboundGate(
+                events,
+                lease_ms=settings.event_lease_ms,
+                ack_budget_s=settings.ack_budget_s,
+                holding=Holding(pending, bot.resume),
+                log=runtime.log,
+            )
+            running = Running(settings, RequestVerifier(settings.signing_secret), api, bot, gate, None, runtime.log)
             if settings.transport == "socket":
-                self._socket = SocketModeTransport(
+                socket = SocketModeTransport(
                     app_token=settings.app_token,
                     api_base_url=settings.api_base_url,
-                    handle=self.handle_envelope,
+                    handle=partial(handle_envelope, bot, gate, runtime.log),
                     log=runtime.log,
                     ping_interval_s=settings.socket_ping_interval_s,
                 )
-                await self._socket.start()
+                running = replace(running, socket=socket)
+                await socket.start()
         except BaseException:
-            if self._socket is not None:
-                await self._socket.stop()
+            if socket is not None:
+                await socket.stop()
             await api.close()
             raise
-        if not runtime.legacy:  # the "before" has no held events to recover
-            self._recovery = asyncio.create_task(self.work.recover_held(), name="slack-recovery")
-
-    async def stop(self) -> None:
-        """Let replies in flight finish (their writes are what a restart relies on), then close."""
-        if self._socket is not None:
-            await self._socket.stop()  # no new envelopes; those in hand are acked first
-        if self._recovery is not None:
-            self._recovery.cancel()
-            await asyncio.gather(self._recovery, return_exceptions=True)
-        if self.work is not None:
-            await self.work.drain()
-        if self._api is not None:
-            await self._api.close()
-        await super().stop()
-
-    def health(self) -> dict[str, Any]:
-        states = {h["namespace"]: h for h in self.states_health()}
-        in_flight = self.work.in_flight if self.work is not None else 0
-        report = {"status": "degraded" if self.degraded() else "ok", "in_flight": in_flight, "state": states}
-        if self._socket is not None:
-            report["transport"] = self._socket.health()
-        return report
+        gate.start()
+        return running
 
     # -- inbound --------------------------------------------------------------------------
     async def handle_events(self, request: web.Request) -> web.Response:
         """The Events API request URL. 401 for a bad signature, before any state is touched."""
-        assert self._verifier is not None and self.settings is not None, "start() first"
-        if self.settings.transport != "http":
+        run = self.running
+        if run.settings.transport != "http":
             raise web.HTTPNotFound(text="this gateway takes Slack events over Socket Mode")
         body = await request.read()
-        if not self._verifier.is_valid(body, request.headers):
+        if not run.verifier.is_valid(body, request.headers):
             raise web.HTTPUnauthorized(text="invalid Slack signature")
         try:
             envelope = ingress.json_object(body)  # depth-limited; 400 for anything else
@@ -159,35 +154,22 @@ class SlackPlugin(StatefulPlugin):
             raise web.HTTPBadRequest(text=str(exc)) from None
         if message is None:
             return web.Response(status=200)
-        outcome = await self.accept(message, retried=RETRY_NUM_HEADER in request.headers)
-        return self._answer(outcome)
+        return (await run.gate.deliver(run.bot.job(message))).response()
 
-    async def handle_envelope(self, payload: dict[str, Any], retry_attempt: int) -> bool:
-        """A Socket Mode `events_api` envelope: the same path as the Events API route; True when
-        the envelope may be acknowledged (the HTTP route answers 2xx then, 503 otherwise).
-        An envelope whose ids are not Slack's shape (the HTTP route's 400) is acked and dropped:
-        redelivering it would not make it valid."""
-        try:
-            message = parse_message(payload)
-        except ingress.BadInput as exc:
-            assert self._runtime is not None
-            self._runtime.log.warning("slack_envelope_refused", extra={"error": str(exc)})
-            return True
-        if message is None:
-            return True
-        outcome = await self.accept(message, retried=retry_attempt > 0)
-        return outcome not in (Outcome.LEASED, Outcome.FAILED)
 
-    async def accept(self, message: SlackMessage, *, retried: bool = False) -> Outcome | None:
-        """Hand `message` to the event work (see handlers.EventWork.accept)."""
-        assert self.work is not None, "start() first"
-        return await self.work.accept(message, retried=retried)
-
-    def _answer(self, outcome: Outcome | None) -> web.Response:
-        assert self.settings is not None
-        if outcome in (Outcome.ALREADY_DONE, Outcome.IN_PROGRESS):
-            metrics.record_dedupe_hit(self.id, "event")  # a retry or duplicate dropped by the claim
-        if outcome in (Outcome.LEASED, Outcome.FAILED):
-            retry_after = math.ceil(self.settings.event_lease_ms / 1000) if outcome is Outcome.LEASED else 1
-            return web.Response(status=503, headers={"Retry-After": str(retry_after)}, text=outcome.value)
-        return web.Response(status=200, text=outcome.value if outcome else "accepted")
+async def handle_envelope(
+    bot: SlackBot, gate: InboundGate, log: logging.LoggerAdapter[logging.Logger], payload: dict[str, Any], _retry: int
+) -> bool:
+    """A Socket Mode `events_api` envelope: the same path as the Events API route; True when the
+    envelope may be acknowledged (the HTTP route answers 2xx then, 503 otherwise). The retry
+    attempt is not trusted (a reconnect redelivers as attempt 0): the gate's claim decides.
+    An envelope whose ids are not Slack's shape (the HTTP route's 400) is acked and dropped:
+    redelivering it would not make it valid."""
+    try:
+        message = parse_message(payload)
+    except ingress.BadInput as exc:
+        log.warning("slack_envelope_refused", extra={"error": str(exc)})
+        return True
+    if message is None:
+        return True
+    return (await gate.deliver(bot.job(message))).taken

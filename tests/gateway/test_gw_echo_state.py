@@ -72,11 +72,17 @@ async def test_a_store_fault_is_503_counts_nothing_and_recovers(tmp_path: Path) 
             runtime.store.down = True
             assert (await _increment(client, "k"))[0] == 503  # a cached key: the write fails
             assert (await _increment(client, "cold"))[0] == 503  # an uncached key: the read fails
-            assert plugin.health()["status"] == "degraded" and plugin.health()["last_error"] == "UNAVAILABLE"
+            health = plugin.health()
+            assert health["status"] == "degraded" and health["state"]["echo.counters"]["last_error"] == "UNAVAILABLE"
             runtime.store.down = False
             assert await _increment(client, "k") == (200, {"key": "k", "count": 3})  # the 503 one was not counted
             assert await _increment(client, "cold") == (200, {"key": "cold", "count": 1})
-            assert plugin.health() == {"status": "ok", "mode": "store"}
+            health = plugin.health()
+            assert (health["status"], health["mode"], health["state"]["echo.counters"]["last_error"]) == (
+                "ok",
+                "store",
+                None,
+            )
             assert await runtime.store.lookup("k") == {"count": 3}
     finally:
         await plugin.stop()

@@ -237,7 +237,9 @@ async def test_healthz_reports_plugins_store_and_sweeper(gw: GatewayHarness) -> 
     assert status == 200
     assert body["status"] == "ok" and body["ready"] is True
     assert body["store"]["ok"] is True and body["store"]["database_path"] == str(gw.database_path)
-    assert body["adapters"]["echo"] == {"status": "ok", "mode": "store", "origin": "bundled"}
+    echo = body["adapters"]["echo"]
+    assert {k: echo[k] for k in ("status", "mode", "origin")} == {"status": "ok", "mode": "store", "origin": "bundled"}
+    assert echo["state"]["echo.counters"]["mode"] == "store"  # each namespace, rolled up by the plugin base
     assert body["sweeper"]["interval_s"] == 60.0
 
 

@@ -88,7 +88,7 @@ async def test_slack_burst_through_two_gateways_with_one_killed(shared_url: str,
             await asyncio.sleep(0.1)
         await slack.settle()
         counts = answers()
-        taken = [e for e in b.logs() if e.get("event") == "slack_held_event_taken"]
+        taken = [e for e in b.logs() if e.get("event") == "gate_held_item_taken"]
         print(
             f"\nslack two gateways, A killed: {ACTIONS} actions, answers per action "
             f"{sorted(Counter(counts.values()).items())}, acks {dict(acks)}, held events B took {len(taken)}, "

@@ -224,3 +224,33 @@ async def test_a_refused_app_token_fails_the_start_with_its_name(tmp_path: Path)
         async with GatewayHarness([sim], state_dir=tmp_path / "state"):
             pass
     assert "invalid_auth" in failed.value.log_tail and failed.value.exit_code != 0
+
+
+async def test_a_redelivery_as_first_attempt_after_a_sigkill_is_not_answered_twice(tmp_path: Path) -> None:
+    """Socket Mode re-sends an unacknowledged envelope after a reconnect with `retry_attempt: 0`.
+    The gateway died after its reply reached Slack and before the event was marked done: the
+    claim that takes over the expired lease must look for that reply whatever the attempt
+    number says, answer nothing more, and keep the thread it replied in."""
+    sim = socket_sim(ack_timeout_s=1.0, retry_delays_s=())  # never retried: the next copy is a first attempt
+    sim.extra_config["event_lease_ms"] = 1_000
+    async with GatewayHarness([sim], state_dir=tmp_path / "state") as gw:
+        await sim.wait_connected()
+        sim.hold_posts = asyncio.get_running_loop().create_future()
+        event = sim.mention_event("once only")
+        sim.send_envelope(event)
+        await sim.wait_for(lambda recs: any(r.kind == "post_arrived" for r in recs))
+        await gw.kill()  # the reply is in Slack's hands; the event is claimed, not done
+        sim.hold_posts.set_result(True)
+        sim.hold_posts = None
+        await sim.wait_for(lambda _r: len(replies_to(sim, event)) == 1)
+        await asyncio.sleep(1.0)  # the dead process's lease (taken before the post) runs out
+
+        await gw.start()
+        await sim.wait_connected()
+        again = sim.send_envelope(event)  # same event_id, new envelope, retry_attempt 0
+        assert again.attempt == 0
+        await sim.wait_acked(again, timeout=30)
+        assert len(replies_to(sim, event)) == 1
+        assert [e.value.get("done_at") is not None for e in stored(gw.database_path, EVENTS_NAMESPACE)] == [True]
+        threads = {e.key for e in stored(gw.database_path, THREADS_NAMESPACE)}
+        assert threads == {f"T0SIM:default:C0GENERAL:{event['event']['ts']}"}  # the thread is still followed

@@ -1,5 +1,5 @@
 """What the adapter keeps, over a real SQLite file and a controlled clock: participation that
-survives a restart without its window growing, and the event ledger's lease and done mark."""
+survives a restart without its window growing (the gate's claims are tests/gateway/test_gw_gate.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import pytest
 from slack_helpers import FakeRuntime
 
 from chatstate.adapters.slack.config import SlackSettings
-from chatstate.adapters.slack.state import EventLedger, ThreadParticipation, ThreadRef, events_spec, thread_spec
-from chatstate.gateway.adapter_state import AdapterState
+from chatstate.adapters.slack.state import ThreadParticipation, ThreadRef, thread_spec
+from chatstate.gateway.sdk import AdapterState, Writes
 
 TTL_MS = 10_000
-LEASE_MS = 1_000
 SETTINGS = SlackSettings(signing_secret="s", bot_token="t", thread_ttl_ms=TTL_MS)
 THREAD = ThreadRef("T1", "default", "C1", "1700000000.000100")
 
@@ -46,10 +45,10 @@ async def participation(rt: FakeRuntime, clock: Clock) -> ThreadParticipation:
     return ThreadParticipation(st, clock=clock)
 
 
-async def ledger(rt: FakeRuntime, clock: Clock) -> EventLedger:
-    st = AdapterState(events_spec(SETTINGS), legacy=rt.legacy, clock=clock)
-    await st.open(rt)
-    return EventLedger(st, lease_ms=LEASE_MS, clock=clock)
+async def record(threads: ThreadParticipation, thread: ThreadRef) -> None:
+    writes = Writes()
+    threads.record_participation(writes, thread, agent_id="main")
+    await writes.commit()
 
 
 def new_runtime(runtimes: list[FakeRuntime], tmp_path: Path, clock: Clock, *, legacy: bool = False) -> FakeRuntime:
@@ -62,7 +61,7 @@ async def test_participation_survives_restart_and_keeps_its_window(
     runtimes: list[FakeRuntime], tmp_path: Path, clock: Clock
 ) -> None:
     before = await participation(new_runtime(runtimes, tmp_path, clock), clock)
-    await before.record_participation(THREAD, agent_id="main")
+    await record(before, THREAD)
     replied_at = clock.now
 
     clock.now += TTL_MS - 10  # "restart" late in the window: a fresh process, empty memory
@@ -76,7 +75,7 @@ async def test_participation_survives_restart_and_keeps_its_window(
 
 async def test_legacy_twin_forgets_on_restart(runtimes: list[FakeRuntime], tmp_path: Path, clock: Clock) -> None:
     before = await participation(new_runtime(runtimes, tmp_path, clock, legacy=True), clock)
-    await before.record_participation(THREAD, agent_id="main")
+    await record(before, THREAD)
     assert await before.replied_in(THREAD) is not None
     after = await participation(new_runtime(runtimes, tmp_path, clock, legacy=True), clock)
     assert await after.replied_in(THREAD) is None
@@ -84,31 +83,3 @@ async def test_legacy_twin_forgets_on_restart(runtimes: list[FakeRuntime], tmp_p
 
 async def test_thread_key_is_the_documented_shape() -> None:
     assert THREAD.key == "T1:default:C1:1700000000.000100"
-
-
-async def test_event_lease_then_done(runtimes: list[FakeRuntime], tmp_path: Path, clock: Clock) -> None:
-    first = await ledger(new_runtime(runtimes, tmp_path, clock), clock)
-    key = EventLedger.key("T1", "Ev1")
-    assert key == "T1:Ev1"
-    assert await first.claim(key, received_at=clock.now)
-    assert not await first.claim(key, received_at=clock.now)  # a live lease holds it
-    assert not await first.is_done(key)
-
-    # a process that died holding the lease: after the lease, a new process takes the event
-    clock.now += LEASE_MS + 1
-    second = await ledger(new_runtime(runtimes, tmp_path, clock), clock)
-    assert await second.claim(key, received_at=clock.now)
-    await second.mark_done(key, received_at=clock.now)
-
-    clock.now += LEASE_MS * 10  # the done mark lives for the namespace's 1 h, not the lease
-    third = await ledger(new_runtime(runtimes, tmp_path, clock), clock)
-    assert await third.is_done(key)
-    assert not await third.claim(key, received_at=clock.now)
-
-
-async def test_released_lease_can_be_claimed_again(runtimes: list[FakeRuntime], tmp_path: Path, clock: Clock) -> None:
-    events = await ledger(new_runtime(runtimes, tmp_path, clock), clock)
-    key = EventLedger.key("T1", "Ev2")
-    assert await events.claim(key, received_at=clock.now)
-    await events.release(key)
-    assert await events.claim(key, received_at=clock.now)

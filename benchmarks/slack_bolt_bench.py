@@ -1,0 +1,203 @@
+"""Our Slack adapter against slack-bolt's `AsyncApp`, side by side on the same signed events.
+
+    python benchmarks/slack_bolt_bench.py [--events 2000] [--quick] [--concurrency 16] [--before DIR]
+
+Both servers are subprocesses answering the same Events API requests (signed `app_mention`s, each
+a new thread, from 20 users) against one Slack simulator, which counts the replies: none lost,
+none doubled, or the run fails. Bolt is the framework's documented default (`AsyncApp`, its
+aiohttp server, `say` in the listener) with one shared keep-alive `aiohttp` session for its Web
+API client, and keeps no state. Ours does durable exactly-once on SQLite: the claim, and the
+reply's state committed with the done mark. Ours runs twice: with every Slack namespace empty,
+and with each filled to its cap before start (50,000 events, 5,000 threads, 2,000 quota rows).
+
+Reported per server: events/s (from the first request to the last reply at the simulator) and
+server CPU per event (the process's user + system time over the run). `--before DIR` runs our
+side from another copy of the package (a directory holding `chatstate/`, e.g. main's code) for
+a before/after. Rounds alternate between the servers so a noisy neighbour slows all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gateway_bench import cpu_seconds  # noqa: E402  (this directory: the process CPU reader)
+
+from chatstate import state  # noqa: E402
+from chatstate.gateway.sim.harness import GatewayHarness, free_port  # noqa: E402
+from chatstate.gateway.sim.slack import SlackSimulator, sign  # noqa: E402
+
+USERS = 20
+FULL = {  # namespace: (max_entries, default_ttl_ms), as the adapter opens them
+    "slack.events": (50_000, 3_600_000),
+    "slack.thread-participation": (5_000, 86_400_000),
+    "slack.thread-starters": (2_000, 86_400_000),
+}
+
+
+def signed(sim: SlackSimulator, payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(payload).encode()
+    ts = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": sign(sim.signing_secret, ts, body),
+    }
+    return body, headers
+
+
+async def drive(sim: SlackSimulator, url: str, pid: int, events: int, concurrency: int) -> dict[str, float]:
+    """Send `events` mentions to `url`, `concurrency` at a time; wait for every reply."""
+    payloads = [sim.mention_event(f"job {i}", user=f"U{i % USERS:04d}") for i in range(events)]
+    roots = {p["event"]["ts"] for p in payloads}
+    posts_before = len(sim.posts())
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for p in payloads:
+        queue.put_nowait(p)
+    failures = 0
+
+    async def worker(http: aiohttp.ClientSession) -> None:
+        nonlocal failures
+        while not queue.empty():
+            body, headers = signed(sim, queue.get_nowait())
+            async with http.post(url, data=body, headers=headers) as resp:
+                await resp.read()
+                failures += resp.status != 200
+
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+    await sim.wait_for_posts(posts_before + events, timeout=120)
+    wall, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
+    await asyncio.sleep(0.5)  # a late duplicate would land now
+    per_root: dict[str, int] = {}
+    for post in sim.posts():
+        if post.get("thread_ts") in roots:
+            per_root[post["thread_ts"]] = per_root.get(post["thread_ts"], 0) + 1
+    lost, doubled = len(roots - set(per_root)), sum(1 for n in per_root.values() if n > 1)
+    if failures or lost or doubled:
+        raise SystemExit(f"{url}: {failures} non-200 answers, {lost} events lost, {doubled} answered twice")
+    return {"events_per_s": events / wall, "cpu_us_per_event": cpu / events * 1e6}
+
+
+def fill(db: Path) -> None:
+    """Fill each Slack namespace to its cap (rows of the shape the adapter writes)."""
+    now = int(time.time() * 1000)
+    for namespace, (cap, ttl) in FULL.items():
+        store = state.open_keyed_store("slack", namespace, max_entries=cap, default_ttl_ms=ttl, path=db)
+        try:
+            for i in range(cap):
+                store.register(f"TFILL:{namespace}:{i}", {"received_at": now, "done_at": now})
+        finally:
+            store.close()
+
+
+async def serve_bolt(port: int, api_base_url: str, token: str, secret: str) -> None:
+    """The bolt side (run in a subprocess): AsyncApp, one shared session, `say` in a thread."""
+    from aiohttp import web
+    from slack_bolt.async_app import AsyncApp
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    session = aiohttp.ClientSession()
+    app = AsyncApp(signing_secret=secret, client=AsyncWebClient(token=token, base_url=api_base_url, session=session))
+
+    @app.event("app_mention")
+    async def mention(event: dict[str, Any], say: Any) -> None:
+        text = event.get("text", "").split(">", 1)[-1].strip()
+        await say(text=f"echo: {text}", thread_ts=event.get("thread_ts") or event["ts"])
+
+    runner = web.AppRunner(app.web_app(path="/slack/events"), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+
+async def start_bolt(sim: SlackSimulator) -> tuple[asyncio.subprocess.Process, str]:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--serve-bolt",
+        str(port),
+        f"{sim.base_url}/api/",
+        sim.bot_token,
+        sim.signing_secret,
+    )
+    url = f"http://127.0.0.1:{port}/slack/events"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(200):
+            try:
+                async with http.post(url, data=b"{}") as resp:
+                    if resp.status:
+                        return proc, url
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+    raise SystemExit("bolt did not start")
+
+
+async def main(args: argparse.Namespace) -> int:
+    events = 300 if args.quick else args.events
+    rounds = 1 if args.quick else args.rounds
+    results: dict[str, list[dict[str, float]]] = {"bolt": [], "ours (empty)": [], "ours (full)": []}
+    config = {"threads_per_user": 1_000_000, "event_lease_ms": 60_000}
+    pythonpath = [args.before] if args.before else None
+    with tempfile.TemporaryDirectory() as tmp:
+        full_dir = Path(tmp) / "full"
+        (full_dir / "plugin-state").mkdir(parents=True)
+        fill(full_dir / "plugin-state" / "state.sqlite")
+        async with SlackSimulator(extra_config=config) as sim:
+            bolt, bolt_url = await start_bolt(sim)
+            try:
+                async with (
+                    GatewayHarness([sim], modes="store", state_dir=Path(tmp) / "empty", pythonpath=pythonpath) as empty,
+                    GatewayHarness([sim], modes="store", state_dir=full_dir, pythonpath=pythonpath) as full,
+                ):
+                    sides = {
+                        "bolt": (bolt_url, bolt.pid),
+                        "ours (empty)": (f"{empty.gateway_url}/slack/events", empty.proc.pid),  # type: ignore[union-attr]
+                        "ours (full)": (f"{full.gateway_url}/slack/events", full.proc.pid),  # type: ignore[union-attr]
+                    }
+                    for url, pid in sides.values():  # warm-up: imports, connections, caches
+                        await drive(sim, url, pid, min(100, events), args.concurrency)
+                    for _ in range(rounds):
+                        for name, (url, pid) in sides.items():
+                            results[name].append(await drive(sim, url, pid, events, args.concurrency))
+            finally:
+                bolt.terminate()
+                await bolt.wait()
+    bolt_med = {k: statistics.median(r[k] for r in results["bolt"]) for k in ("events_per_s", "cpu_us_per_event")}
+    print(f"\n{events} events x {rounds} rounds, concurrency {args.concurrency}, code: {args.before or 'this tree'}")
+    print(f"{'server':<14} {'events/s':>9} {'CPU us/event':>13} {'vs bolt ev/s':>13} {'vs bolt CPU':>12}")
+    for name, rs in results.items():
+        eps = statistics.median(r["events_per_s"] for r in rs)
+        cpu = statistics.median(r["cpu_us_per_event"] for r in rs)
+        print(
+            f"{name:<14} {eps:>9.0f} {cpu:>13.0f} "
+            f"{eps / bolt_med['events_per_s']:>12.2f}x {cpu / bolt_med['cpu_us_per_event']:>11.2f}x"
+        )
+    print("replies: every event answered exactly once on every server")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-bolt":
+        asyncio.run(serve_bolt(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]))
+        raise SystemExit(0)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=2_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="300 events, one round")
+    parser.add_argument("--before", help="run our side from this directory's chatstate/ (e.g. main's code)")
+    raise SystemExit(asyncio.run(main(parser.parse_args())))

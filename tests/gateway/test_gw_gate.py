@@ -1,0 +1,259 @@
+"""gateway/gate.py, quota.py and sdk.py over a real SQLite file: the claim is one write, a dead
+owner's lease is taken over and the check always runs, the work's writes land with the done
+mark, a failure releases, stop drains; the per-user quota's row does not grow; keyed locks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatstate.gateway.sdk import (
+    AdapterState,
+    Holding,
+    InboundGate,
+    Job,
+    KeyedLocks,
+    Outcome,
+    StateSpec,
+    UserQuota,
+    Writes,
+)
+from chatstate.state import open_async_keyed_store, open_keyed_store
+
+LEASE_MS = 1_000
+CLAIMS = StateSpec("test.claims", ttl_ms=3_600_000, max_entries=1_000)
+ROWS = StateSpec("test.rows", ttl_ms=None, max_entries=1_000)
+HELD = StateSpec("test.held", ttl_ms=3_600_000, max_entries=100)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+class Runtime:
+    plugin_id = "gate"
+    log = logging.LoggerAdapter(logging.getLogger("test.gate"))
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stores: list[Any] = []
+
+    async def open_keyed_store(self, namespace: str, **kw: Any) -> Any:
+        store = await open_async_keyed_store("gate", namespace, path=self.path, **kw)
+        self.stores.append(store)
+        return store
+
+
+class Process:
+    """One gateway's gate over the shared file: claims, the work's rows, held items."""
+
+    def __init__(self, path: Path, clock: Clock, *, legacy: bool = False) -> None:
+        self.runtime = Runtime(path)
+        self.claims = AdapterState(CLAIMS, legacy=legacy, clock=clock)
+        self.rows = AdapterState(ROWS, legacy=legacy, clock=clock)
+        self.held = AdapterState(HELD, legacy=legacy, clock=clock)
+        self.clock = clock
+        self.calls: list[str] = []
+
+    async def open(self, **gate: Any) -> InboundGate:
+        for st in (self.claims, self.rows, self.held):
+            await st.open(self.runtime)
+        self.gate = InboundGate(self.claims, lease_ms=LEASE_MS, clock=self.clock, **gate)
+        return self.gate
+
+    def job(self, key: str, *, answered: bool = False, fail: bool = False, wait: asyncio.Event | None = None) -> Job:
+        async def work(writes: Writes) -> str:
+            self.calls.append(f"work {key}")
+            if wait is not None:
+                await wait.wait()
+            writes.put(self.rows, key, {"by": "work"})
+            if fail:
+                raise ConnectionError("the platform did not answer")
+            return "replied"
+
+        async def check(writes: Writes) -> bool:
+            self.calls.append(f"check {key}")
+            if answered:
+                writes.put(self.rows, key, {"by": "check"})
+            return answered
+
+        return Job(key, work, check, hold={"key": key})
+
+
+def rows(path: Path, namespace: str) -> dict[str, Any]:
+    spec = next(s for s in (CLAIMS, ROWS, HELD) if s.namespace == namespace)
+    store = open_keyed_store("gate", namespace, max_entries=spec.max_entries, default_ttl_ms=spec.ttl_ms, path=path)
+    try:
+        return {e.key: e.value for e in store.entries()}
+    finally:
+        store.close()
+
+
+@pytest.fixture
+async def procs(tmp_path: Path) -> AsyncIterator[list[Process]]:
+    made: list[Process] = []
+    yield made
+    for p in made:
+        await p.gate.stop()
+        for store in p.runtime.stores:
+            await store.close()
+
+
+async def new(procs: list[Process], tmp_path: Path, clock: Clock, **gate: Any) -> Process:
+    p = Process(tmp_path / "state.sqlite", clock, legacy=gate.pop("legacy", False))
+    procs.append(p)
+    await p.open(**gate)
+    return p
+
+
+async def test_work_writes_land_with_the_done_mark_and_a_duplicate_is_already_done(
+    procs: list[Process], tmp_path: Path
+) -> None:
+    clock = Clock()
+    p = await new(procs, tmp_path, clock)
+    answer = await p.gate.deliver(p.job("e1"))
+    assert (answer.outcome, answer.text, answer.response().status) == (Outcome.DONE, "replied", 200)
+    db = tmp_path / "state.sqlite"
+    assert rows(db, "test.rows") == {"e1": {"by": "work"}}
+    assert rows(db, "test.claims")["e1"]["done_at"] == clock.now
+    again = await p.gate.deliver(p.job("e1"))
+    assert again.outcome is Outcome.ALREADY_DONE and again.taken
+    assert p.calls == ["work e1"]  # neither the work nor the check ran again
+
+
+async def test_a_dead_owners_lease_is_taken_over_and_the_check_always_runs(
+    procs: list[Process], tmp_path: Path
+) -> None:
+    clock = Clock()
+    dead, alive = await new(procs, tmp_path, clock), await new(procs, tmp_path, clock)
+    assert await dead.claims.claim("e1", {"received_at": clock.now, "lease_until": clock.now + LEASE_MS})
+    leased = await alive.gate.deliver(alive.job("e1", answered=True))
+    assert leased.outcome is Outcome.LEASED and not leased.taken
+    assert (leased.response().status, leased.response().headers["Retry-After"]) == (503, "1")
+
+    clock.now += LEASE_MS + 1  # the owner died: its lease runs out with no done mark
+    took = await alive.gate.deliver(alive.job("e1", answered=True))
+    assert took.outcome is Outcome.ALREADY_DONE
+    assert alive.calls == ["check e1"]  # answered before: the work did not run again
+    assert rows(tmp_path / "state.sqlite", "test.rows") == {"e1": {"by": "check"}}  # what the check staged
+
+    assert await dead.claims.claim("e2", {"received_at": clock.now, "lease_until": clock.now + LEASE_MS})
+    clock.now += LEASE_MS + 1
+    assert (await alive.gate.deliver(alive.job("e2"))).outcome is Outcome.DONE
+    assert alive.calls[1:] == ["check e2", "work e2"]  # not answered yet: the work runs once
+
+
+async def test_a_failed_work_discards_its_writes_and_releases_the_claim(procs: list[Process], tmp_path: Path) -> None:
+    clock = Clock()
+    p = await new(procs, tmp_path, clock)
+    failed = await p.gate.deliver(p.job("e1", fail=True))
+    assert failed.outcome is Outcome.FAILED and failed.response().status == 503
+    assert rows(tmp_path / "state.sqlite", "test.rows") == {} and await p.rows.get("e1") is None
+    assert rows(tmp_path / "state.sqlite", "test.claims")["e1"]["lease_until"] == 0  # released: run out
+    assert (await p.gate.deliver(p.job("e1"))).outcome is Outcome.DONE
+    assert p.calls == ["work e1", "check e1", "work e1"]  # the work may have had an effect: checked first
+
+
+async def test_in_flight_duplicates_and_draining(procs: list[Process], tmp_path: Path) -> None:
+    p = await new(procs, tmp_path, Clock())
+    release = asyncio.Event()
+    first = asyncio.create_task(p.gate.deliver(p.job("e1", wait=release)))
+    await asyncio.sleep(0.05)
+    assert (await p.gate.deliver(p.job("e1"))).outcome is Outcome.IN_PROGRESS
+    stopping = asyncio.create_task(p.gate.stop())
+    await asyncio.sleep(0)
+    draining = await p.gate.deliver(p.job("e2"))
+    assert (draining.outcome, draining.response().status, draining.response().headers["Retry-After"]) == (
+        Outcome.DRAINING,
+        503,
+        "1",
+    )
+    release.set()
+    await stopping  # waited for the item in flight
+    assert (await first).outcome is Outcome.DONE
+
+
+async def test_past_the_ack_budget_an_item_is_held_and_a_dead_owners_hold_is_finished(
+    procs: list[Process], tmp_path: Path
+) -> None:
+    clock = Clock()
+    dead = await new(procs, tmp_path, clock)
+    slow = asyncio.Event()
+    holding = Holding(dead.held, lambda key, value: dead.job(value["key"], wait=slow))
+    dead.gate = InboundGate(dead.claims, lease_ms=LEASE_MS, ack_budget_s=0.05, holding=holding, clock=clock)
+    accepted = await dead.gate.deliver(dead.job("e1", wait=slow))
+    assert accepted.outcome is Outcome.ACCEPTED and accepted.response().status == 200
+    assert rows(tmp_path / "state.sqlite", "test.held") == {"e1": {"key": "e1"}}
+    for task in list(dead.gate._inflight.values()):  # the process dies mid-work
+        task.cancel()
+
+    clock.now += LEASE_MS + 1
+    alive = await new(procs, tmp_path, clock)
+    alive.gate = InboundGate(
+        alive.claims,
+        lease_ms=LEASE_MS,
+        ack_budget_s=0.05,
+        holding=Holding(alive.held, lambda key, value: alive.job(value["key"])),
+        clock=clock,
+    )
+    alive.gate.start()
+    while rows(tmp_path / "state.sqlite", "test.held"):
+        await asyncio.sleep(0.05)
+    assert alive.calls == ["check e1", "work e1"]  # a takeover: checked, then answered once
+    assert rows(tmp_path / "state.sqlite", "test.rows") == {"e1": {"by": "work"}}
+
+
+async def test_legacy_mode_keeps_claims_in_memory_and_never_checks(procs: list[Process], tmp_path: Path) -> None:
+    clock = Clock()
+    p = await new(procs, tmp_path, clock, legacy=True)
+    assert await p.claims.claim("e1", {"received_at": clock.now, "lease_until": clock.now + LEASE_MS})
+    clock.now += LEASE_MS + 1
+    assert (await p.gate.deliver(p.job("e1", answered=True))).outcome is Outcome.DONE
+    assert p.calls == ["work e1"]  # the "before" has no check
+    assert rows(tmp_path / "state.sqlite", "test.claims") == {}
+
+
+async def test_the_quota_refuses_past_per_user_and_its_row_does_not_grow(procs: list[Process], tmp_path: Path) -> None:
+    clock = Clock()
+    p = await new(procs, tmp_path, clock)
+    quota = UserQuota(p.rows, per_user=500, ttl_ms=24 * 3_600_000, clock=clock)
+    sizes = []
+    for i in range(500):
+        writes = Writes()
+        assert await quota.admit("alice", writes) is None
+        await writes.commit()
+        sizes.append(len(json.dumps(rows(tmp_path / "state.sqlite", "test.rows")["alice"])) if i % 100 == 0 else 0)
+        clock.now += 1_000
+    assert max(sizes) < 40  # one counter per bucket: the same bytes at 1 item and at 500
+    refused = Writes()
+    wait_ms = await quota.admit("alice", refused)
+    assert wait_ms is not None and 0 < wait_ms <= 24 * 3_600_000 + 3_600_000 and refused.staged == []
+    bob = Writes()
+    assert await quota.admit("bob", bob) is None  # nobody else is touched by alice's refusal
+    clock.now += 26 * 3_600_000  # every item of alice's has expired
+    assert await quota.admit("alice", Writes()) is None
+
+
+async def test_keyed_locks_serialise_one_key_and_forget_it_after() -> None:
+    locks, order = KeyedLocks(), []
+
+    async def hold(key: str, tag: str) -> None:
+        async with locks.hold(key):
+            order.append(f"{tag} in")
+            await asyncio.sleep(0.01)
+            order.append(f"{tag} out")
+
+    await asyncio.gather(hold("a", "1"), hold("a", "2"), hold("b", "3"))
+    assert order.index("1 out") < order.index("2 in")  # same key: one at a time
+    assert order.index("3 in") < order.index("1 out")  # another key: not blocked
+    assert len(locks) == 0

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from chatstate.adapters.teams.keys import FetchSettings
 from chatstate.adapters.teams.state import ACTIVITY_LEASE_MS, SENT_MAX_ENTRIES, SENT_PER_USER, SENT_TTL_MS
-from chatstate.gateway.settings import AdapterSettings
+from chatstate.gateway.sdk import AdapterSettings
 
 Text = Annotated[str, Field(min_length=1)]
 Positive = Annotated[int, Field(ge=1)]
@@ -44,8 +44,8 @@ class TeamsSettings(AdapterSettings):
     sent_ttl_ms: Positive = SENT_TTL_MS
     sent_max_entries: Positive = SENT_MAX_ENTRIES
     sent_per_user: Positive = SENT_PER_USER  # fairness quota: live sent rows one user's messages may cause
-    activity_lease_ms: Positive = ACTIVITY_LEASE_MS  # one answer per activity (issue 14)
-    # the signing-key (OpenID metadata) fetch, seconds (issue 15)
+    activity_lease_ms: Positive = ACTIVITY_LEASE_MS  # one answer per activity
+    # the signing-key (OpenID metadata) fetch, seconds
     openid_connect_timeout_s: PositiveSeconds = FetchSettings.connect_timeout_s
     openid_read_timeout_s: PositiveSeconds = FetchSettings.read_timeout_s
     openid_total_timeout_s: PositiveSeconds = FetchSettings.total_timeout_s

@@ -140,16 +140,6 @@ class TeamsCloudAdapter(CloudAdapterBase):
             )
         return response
 
-    async def authenticate(self, activity: Activity, auth_header: str | None) -> AuthenticateRequestResult:
-        """Validate the bearer token of an incoming activity (see adapters.teams.auth).
-
-        On the loop: the library reads its signing keys from adapters.teams.keys (installed in
-        its metadata cache), a coroutine with timeouts, so nothing here blocks.
-        Raises PermissionError and PyJWT errors for a bad token, KeysUnavailable when no
-        signing keys can be had.
-        """
-        return await self.bot_framework_authentication.authenticate_request(activity, auth_header)
-
     async def read(self, request: web.Request, *, check: TokenCheck) -> tuple[AuthenticateRequestResult, Activity]:
         """Authenticate, then parse, one request: 401 (missing/bad token, before the body is
         read), 400 (not an Activity), 503 (no signing keys)."""
@@ -158,7 +148,11 @@ class TeamsCloudAdapter(CloudAdapterBase):
             raise web.HTTPUnauthorized(text="missing bearer token")
         await self._guarded(check.verify(auth_header))  # authentication before parsing
         activity = _parse(await request.read())
-        authenticated = await self._guarded(self.authenticate(activity, auth_header))
+        # the library's full validation (endorsement, serviceurl claim), on the loop: it reads
+        # the signing keys from keys.py (installed in its metadata cache), never `requests`
+        authenticated = await self._guarded(
+            self.bot_framework_authentication.authenticate_request(activity, auth_header)
+        )
         return authenticated, activity
 
     async def run(

@@ -275,6 +275,8 @@ class InboundGate:
         no-op until it finishes or its lease runs out)."""
         interval = max(MIN_RECOVERY_INTERVAL_S, self.lease_ms / 2000)
         while True:
+            if self.claims.last_error is not None:  # nothing else may call it while no item comes
+                await self.claims.recover()
             for entry in await holding.state.entries():
                 if entry.key in self._inflight:
                     continue

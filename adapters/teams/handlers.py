@@ -28,7 +28,7 @@ from botframework.connector.auth import AuthenticateRequestResult
 
 from chatstate.adapters.teams.platform import WRITES, TeamsCloudAdapter
 from chatstate.adapters.teams.state import SentMessages, sent_key
-from chatstate.gateway.sdk import InboundGate, Job, Writes
+from chatstate.gateway.sdk import InboundGate, Job, Writes, reply
 
 ANSWERED_TYPES = ("message", "messageReaction")  # the activity types the bot may answer: gated
 
@@ -117,7 +117,13 @@ class TeamsBot(ActivityHandler):
         if kind is Classification.IGNORED:
             return
         text = (TurnContext.remove_recipient_mention(activity) or "").strip()
-        await turn_context.send_activity(f"[{kind}] you said: {text}")
+        await reply.respond(  # the user's reply hook, if any, composes the text (gateway/reply.py)
+            reply.Message(
+                text, getattr(activity.from_property, "id", ""), activity.conversation.id, "teams", activity.reply_to_id
+            ),
+            default=f"[{kind}] you said: {text}",
+            send=turn_context.send_activity,
+        )
 
     async def on_message_update_activity(self, turn_context: TurnContext) -> None:
         self.log.info("classified", extra={"classification": "ignored", "activity_type": "messageUpdate"})

@@ -4,7 +4,8 @@ interaction), written once for every adapter (DESIGN.md §4).
 An adapter hands the gate a `Job`: its key, its work, and its "was this already answered?"
 check. The gate does the rest:
 1. claim the key under a lease, one write (`register_if_absent`); a duplicate of an item this
-   process is working on is "in progress", one done before is "already done", one leased by
+   process is working on waits for it (up to the ack budget) and is answered as it was, one
+   done before is "already done", one leased by
    another live process is "leased" (503 + Retry-After, the platform retries later);
 2. a lease whose owner died (its lease time passed with no done mark) is taken over with a
    compare-and-set, and then the check ALWAYS runs first: a redelivery after a reconnect can
@@ -49,7 +50,7 @@ class Outcome(Enum):
 
     DONE = "done"  # the work ran; its writes and the done mark are committed
     ALREADY_DONE = "already_done"  # a duplicate of a finished item (or the check found its answer)
-    IN_PROGRESS = "in_progress"  # a duplicate of an item this process is working on
+    IN_PROGRESS = "in_progress"  # a duplicate of an item this process still works on after the ack budget
     ACCEPTED = "accepted"  # still running after the ack budget: held, finishes in the background
     LEASED = "leased"  # a live lease of another process holds it
     FAILED = "failed"  # the work raised; the claim is released for the platform's retry
@@ -184,9 +185,10 @@ class InboundGate:
         after the ack budget (then it is held and finishes in the background)."""
         if self._closing:
             return Answer(Outcome.DRAINING, "draining")
-        if job.key in self._inflight:
+        running = self._inflight.get(job.key)
+        if running is not None:
             metrics.record_dedupe_hit(self.claims.plugin_id or "", "event")
-            return Answer(Outcome.IN_PROGRESS, Outcome.IN_PROGRESS.value)
+            return await self._join(running)
         task = self._start(job)
         done, _ = await asyncio.wait({task}, timeout=self.ack_budget_s)
         if done:
@@ -197,6 +199,18 @@ class InboundGate:
             self._held.add(job.key)
             await self._holding.state.record(job.key, job.hold)
         return Answer(Outcome.ACCEPTED, Outcome.ACCEPTED.value)
+
+    async def _join(self, running: asyncio.Task[Answer]) -> Answer:
+        """A duplicate of an item in flight waits for it (up to the ack budget) and is answered
+        as it was: a 2xx while the first copy's work may still fail would tell the platform the
+        item was handled, and if that work then fails (or the process dies) nobody retries it."""
+        done, _ = await asyncio.wait({running}, timeout=self.ack_budget_s)
+        if not done:
+            return Answer(Outcome.IN_PROGRESS, Outcome.IN_PROGRESS.value)
+        if running.cancelled() or running.exception() is not None:
+            return Answer(Outcome.FAILED, Outcome.FAILED.value)
+        first = running.result()
+        return first if not first.taken else Answer(Outcome.ALREADY_DONE, Outcome.ALREADY_DONE.value)
 
     def _start(self, job: Job) -> asyncio.Task[Answer]:
         task = asyncio.create_task(self._run(job), name=f"gate-{job.key}")
@@ -261,6 +275,8 @@ class InboundGate:
         no-op until it finishes or its lease runs out)."""
         interval = max(MIN_RECOVERY_INTERVAL_S, self.lease_ms / 2000)
         while True:
+            if self.claims.last_error is not None:  # nothing else may call it while no item comes
+                await self.claims.recover()
             for entry in await holding.state.entries():
                 if entry.key in self._inflight:
                     continue

@@ -80,6 +80,7 @@ class MentionPolicy:
 
 
 def without_mention(message: SlackMessage, bot_user_id: str) -> str:
+    """The message's text without the bot's mention."""
     return message.text.replace(f"<@{bot_user_id}>", "").strip()
 
 

@@ -110,7 +110,7 @@ def build_authentication(config: TeamsSettings) -> BotFrameworkAuthentication:
 
 @dataclass(frozen=True)
 class TokenCheck:
-    """Authenticate the bearer token alone, before the body is read or parsed (issue 15).
+    """Authenticate the bearer token alone, before the body is read or parsed.
 
     Checks what needs no Activity: RS256 signature by a key of the channel's key set, `iss`,
     `aud` = our app id, `exp`/`nbf`. botframework-connector then repeats its full validation
@@ -122,7 +122,7 @@ class TokenCheck:
     issuer: str
     app_id: str
     # token -> (claims, good until): the channel sends one token with every activity for its
-    # lifetime, and a verification was ~a quarter of the route's CPU (issue 20). A cache only
+    # lifetime, and a verification was ~a quarter of the route's CPU. A cache only
     # skips this early check: botframework-connector still validates every activity in full.
     _verified: OrderedDict[str, tuple[dict[str, Any], float]] = field(
         default_factory=OrderedDict, compare=False, repr=False
@@ -173,7 +173,12 @@ def build_token_check(config: TeamsSettings) -> tuple[TokenCheck, list[SigningKe
     """
     config.check_credentials()
     app_id = config.app_id
-    settings = FetchSettings.from_config(config.model_dump())
+    settings = FetchSettings(
+        config.openid_connect_timeout_s,
+        config.openid_read_timeout_s,
+        config.openid_total_timeout_s,
+        config.openid_retry_after_failure_s,
+    )
     metadata_url = config.openid_metadata_url
     if metadata_url is None:  # Azure: the channel's keys; emulator tokens are refused up front
         channel = SigningKeys(AuthenticationConstants.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL, settings)

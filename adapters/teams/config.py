@@ -1,19 +1,6 @@
-"""The `[adapters.teams]` table as a typed settings model (gateway.settings), checked at start.
-
-Keys (besides `enabled` and `mode`), each `CHATSTATE_TEAMS_<KEY>` in the environment, typed as
-in TOML (`CHATSTATE_TEAMS_SENT_TTL_MS=5000` is the integer 5000):
-  app_id               the bot's Microsoft app id                                   required
-  app_password         client secret for Azure AD (when no simulator is configured)
-  openid_metadata_url  a local Bot Connector simulator's OpenID metadata, with
-  token_issuer         ... the issuer of its tokens, and
-  connector_token      ... the static token the bot presents to it
-  sent_ttl_ms          msteams.sent-messages row lifetime                         default 24 h
-  sent_max_entries     rows kept                                                 default 1,000
-  sent_per_user        live sent rows one user's messages may cause (quota)        default 100
-  activity_lease_ms    a claimed, unanswered activity blocks its redeliveries this long  default 20 s
-  openid_connect_timeout_s, openid_read_timeout_s, openid_total_timeout_s,
-  openid_retry_after_failure_s   the signing-key fetch, seconds          default 3, 5, 10, 30
-To add a key: add one annotated field here (with a default unless it is required).
+"""The `[adapters.teams]` table as a typed settings model, checked at start; each key is also
+`CHATSTATE_TEAMS_<KEY>` in the environment, typed as in TOML. docs/migrations/teams.md lists
+every key; to add one, add an annotated field here (with a default unless it is required).
 """
 
 from __future__ import annotations
@@ -24,7 +11,7 @@ from pydantic import Field
 
 from chatstate.adapters.teams.keys import FetchSettings
 from chatstate.adapters.teams.state import ACTIVITY_LEASE_MS, SENT_MAX_ENTRIES, SENT_PER_USER, SENT_TTL_MS
-from chatstate.gateway.settings import AdapterSettings
+from chatstate.gateway.sdk import AdapterSettings
 
 Text = Annotated[str, Field(min_length=1)]
 Positive = Annotated[int, Field(ge=1)]
@@ -41,11 +28,11 @@ class TeamsSettings(AdapterSettings):
     openid_metadata_url: Text | None = None  # set = talk to a local simulator instead of Azure
     token_issuer: Text | None = None
     connector_token: Text | None = None  # secret
-    sent_ttl_ms: Positive = SENT_TTL_MS
-    sent_max_entries: Positive = SENT_MAX_ENTRIES
+    sent_ttl_ms: Positive = SENT_TTL_MS  # msteams.sent-messages row lifetime (tests shrink it)
+    sent_max_entries: Positive = SENT_MAX_ENTRIES  # sent rows kept, oldest evicted first
     sent_per_user: Positive = SENT_PER_USER  # fairness quota: live sent rows one user's messages may cause
-    activity_lease_ms: Positive = ACTIVITY_LEASE_MS  # one answer per activity (issue 14)
-    # the signing-key (OpenID metadata) fetch, seconds (issue 15)
+    activity_lease_ms: Positive = ACTIVITY_LEASE_MS  # one answer per activity
+    # the signing-key (OpenID metadata) fetch, seconds
     openid_connect_timeout_s: PositiveSeconds = FetchSettings.connect_timeout_s
     openid_read_timeout_s: PositiveSeconds = FetchSettings.read_timeout_s
     openid_total_timeout_s: PositiveSeconds = FetchSettings.total_timeout_s

@@ -1,56 +1,36 @@
-"""Teams behaviour: whether an activity is for the bot, and one answer per inbound activity.
-
-## When the bot answers (`TeamsBot`)
-
-When to answer in Teams, and how the sent-message cache decides it.
+"""Teams behaviour: whether an activity is for the bot, and the gate's work and check.
 
 In a channel or group chat the bot answers only when @mentioned, or when the message replies to
 (or reacts to) a message the bot itself sent within the last 24 h: `reply_to_bot`. In a personal
 chat it answers everything. Every answer starts with `[<classification>]`, so a person, the
-demo and the tests can see why the bot spoke.
+demo and the tests can see why the bot spoke. Edits (`messageUpdate`) are never answered: the
+message was answered (or not) when it was first sent. A deleted bot message (`messageDelete`
+naming one of ours) is forgotten, so a reply to it afterwards needs a mention again.
 
-Edits (`messageUpdate`) are never answered: the message was answered (or not) when it was
-first sent. A deleted bot message (`messageDelete` naming one of ours) is forgotten, so a reply
-to it afterwards is an ordinary message again (it needs a mention); see docs/migrations/teams.md.
-
-
-## One answer per activity (`ActivityGate`)
-
-However often the channel delivers an activity, it is answered once.
-
-Teams sends an activity again with the same id when the bot was slow to answer or the delivery
-failed; a second turn would mean a second reply. Each answerable activity (`message`,
-`messageReaction`) is claimed in `msteams.activities` before its turn runs:
-- a copy arriving while this process still runs the turn waits for it, then gets 200 if the
-  turn succeeded, 503 if it failed (a 200 would tell the channel the activity was handled);
-- a copy of a finished activity gets 200 and no turn;
-- a copy whose claim is a live lease of another process (one that died mid-turn, or is still
-  working) gets 503 + Retry-After, so the channel tries later; once the lease has run out the
-  activity is answered (nothing lost);
-- a turn whose send failed releases its claim, so the channel's redelivery can answer it.
-The claim is `gateway.claims.ClaimLedger`, atomic across gateways sharing a store.
-
+One answer per activity: each answerable activity (`message`, `messageReaction`) goes through
+`sdk.InboundGate`, keyed `{conversation_id}:{activity_id}` in `msteams.activities`. The work is
+the botbuilder turn; its sends stage their rows into the gate's `Writes` (platform.py). The
+check after a takeover (`answered_before`) cannot ask Teams: the Bot Connector has no call that
+reads back what the bot sent, so a turn killed between the connector accepting its reply and
+the done commit is answered again (docs/migrations/teams.md measures that window).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
-from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Any
+from functools import partial
 
 from aiohttp import web
 from botbuilder.core import ActivityHandler, TurnContext
 from botbuilder.schema import Activity, ChannelAccount, MessageReaction
+from botframework.connector.auth import AuthenticateRequestResult
 
-from chatstate.adapters.teams.state import ANSWERED_TYPES, SentMessages, activity_key
-from chatstate.gateway import reply
-from chatstate.gateway.claims import ClaimLedger
-from chatstate.gateway.clock import now_ms
+from chatstate.adapters.teams.platform import WRITES, TeamsCloudAdapter
+from chatstate.adapters.teams.state import SentMessages, sent_key
+from chatstate.gateway.sdk import InboundGate, Job, Writes, reply
 
-Turn = Callable[[], Awaitable[web.Response]]
+ANSWERED_TYPES = ("message", "messageReaction")  # the activity types the bot may answer: gated
 
 
 class Classification(StrEnum):
@@ -94,9 +74,50 @@ def text_for_bot(activity: Activity) -> str:
 class TeamsBot(ActivityHandler):
     """Answers mentions, personal chats and replies/reactions to its own recent messages."""
 
-    def __init__(self, sent: SentMessages, *, log: logging.LoggerAdapter[Any] | logging.Logger) -> None:
+    def __init__(
+        self,
+        sent: SentMessages,
+        *,
+        adapter: TeamsCloudAdapter,
+        gate: InboundGate,
+        log: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
         self.sent = sent
+        self.adapter = adapter
+        self.gate = gate
         self.log = log
+
+    async def answer(self, authenticated: AuthenticateRequestResult, activity: Activity) -> web.Response:
+        """Run the turn for an authenticated activity: through the gate when it may be answered
+        (200, or 503 + Retry-After when the channel must send it again), else directly with its
+        writes committed after it (502 when the Bot Connector refused a send)."""
+        if activity.type in ANSWERED_TYPES and activity.id:
+            return (await self.gate.deliver(self.job(authenticated, activity))).response()
+        writes = Writes()
+        try:
+            invoke = await self.adapter.run(authenticated, activity, self, writes)
+        except BaseException:
+            writes.discard()
+            raise
+        await writes.commit()
+        return web.Response(status=200) if invoke is None else web.json_response(invoke.body, status=invoke.status)
+
+    def job(self, authenticated: AuthenticateRequestResult, activity: Activity) -> Job:
+        """The gate's job for an answerable activity (parse guarantees its conversation)."""
+        return Job(
+            key=sent_key(activity.conversation.id, activity.id),
+            work=partial(self.turn, authenticated, activity),
+            answered=self.answered_before,
+        )
+
+    async def turn(self, authenticated: AuthenticateRequestResult, activity: Activity, writes: Writes) -> str:
+        await self.adapter.run(authenticated, activity, self, writes)
+        return "handled"
+
+    async def answered_before(self, _writes: Writes) -> bool:
+        """After a takeover: did the dead turn's reply reach Teams? Unknowable here (see the
+        module docstring), so the turn runs again: at least once, never lost."""
+        return False
 
     async def classify(self, activity: Activity) -> Classification:
         """Decide whether the bot is addressed; reads the sent-message cache for replies."""
@@ -127,7 +148,8 @@ class TeamsBot(ActivityHandler):
 
     async def on_message_delete_activity(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity
-        ours = bool(activity.id) and await self.sent.forget(activity.conversation.id, activity.id)
+        writes = turn_context.turn_state[WRITES]
+        ours = bool(activity.id) and await self.sent.forget(writes, activity.conversation.id, activity.id)
         self.log.info("message_deleted", extra={"sent_by_bot": ours})
 
     async def on_reactions_added(self, message_reactions: list[MessageReaction], turn_context: TurnContext) -> None:
@@ -143,48 +165,3 @@ class TeamsBot(ActivityHandler):
         recipient = turn_context.activity.recipient  # optional on the wire: no recipient, no greeting
         if recipient is not None and any(member.id == recipient.id for member in members_added):
             await turn_context.send_activity("Hi! Mention me, or reply to one of my messages.")
-
-
-class ActivityGate:
-    """Runs each answerable activity's turn at most once to completion (`msteams.activities`)."""
-
-    def __init__(self, ledger: ClaimLedger) -> None:
-        self.ledger = ledger
-        self._inflight: dict[str, asyncio.Task[web.Response]] = {}
-
-    async def once(self, activity: Activity, turn: Turn) -> web.Response:
-        """Run `turn` for `activity` unless a copy of it was (or is being) answered."""
-        if activity.type not in ANSWERED_TYPES or not activity.id or activity.conversation is None:
-            return await turn()
-        key = activity_key(activity.conversation.id, activity.id)
-        running = self._inflight.get(key)
-        if running is not None:
-            await asyncio.wait({running})  # the first copy's turn decides this copy's answer
-            failed = running.cancelled() or running.exception() is not None or running.result().status >= 300
-            if failed:
-                return web.Response(status=503, headers={"Retry-After": "1"}, text="the first copy failed")
-            return web.Response(status=200)
-        task = asyncio.create_task(self._claimed(key, turn), name=f"teams-activity-{key}")
-        self._inflight[key] = task
-        task.add_done_callback(lambda _t: self._inflight.pop(key, None))
-        return await asyncio.shield(task)
-
-    async def _claimed(self, key: str, turn: Turn) -> web.Response:
-        received_at = now_ms()
-        if not await self.ledger.claim(key, received_at=received_at):
-            if await self.ledger.is_done(key):
-                return web.Response(status=200)
-            retry_after = math.ceil(self.ledger.lease_ms / 1000)
-            return web.Response(status=503, headers={"Retry-After": str(retry_after)}, text="in progress elsewhere")
-        try:
-            response = await turn()
-        except BaseException:
-            await self.ledger.release(key)
-            raise
-        await self.ledger.mark_done(key, received_at=received_at)
-        return response
-
-    async def drain(self, timeout_s: float) -> None:
-        """Let turns in flight finish (their writes are what a restart relies on)."""
-        if self._inflight:
-            await asyncio.wait(list(self._inflight.values()), timeout=timeout_s)

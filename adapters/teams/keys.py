@@ -3,7 +3,7 @@
 botframework-connector fetches the OpenID metadata and JWKS itself with `requests.get` and no
 timeout, inside its coroutines; run on the loop's default executor, an unresponsive metadata
 host left those threads stuck forever, and a few forged tokens then wedged /healthz, the
-sweeper and SIGTERM (issue 15). So the keys come from here instead:
+sweeper and SIGTERM. So the keys come from here instead:
 
 - fetched by a coroutine (aiohttp) with connect, read and total timeouts and a size cap, so a
   stalled host costs at most `total_timeout_s` and is cancelled outright on shutdown: no
@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,33 +51,12 @@ class UnknownSigningKey(PermissionError):
 
 @dataclass(frozen=True)
 class FetchSettings:
-    """`[adapters.teams]` keys for the metadata fetch, in seconds."""
+    """The metadata fetch's limits in seconds (`[adapters.teams]` `openid_*_s`, checked there)."""
 
     connect_timeout_s: float = 3.0
     read_timeout_s: float = 5.0
     total_timeout_s: float = 10.0
     retry_after_failure_s: float = 30.0
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> FetchSettings:
-        """Read `openid_connect_timeout_s`, `openid_read_timeout_s`, `openid_total_timeout_s`
-        and `openid_retry_after_failure_s`; raises ValueError naming a key that is not > 0."""
-        values: dict[str, float] = {}
-        for name, default in (
-            ("connect_timeout_s", cls.connect_timeout_s),
-            ("read_timeout_s", cls.read_timeout_s),
-            ("total_timeout_s", cls.total_timeout_s),
-            ("retry_after_failure_s", cls.retry_after_failure_s),
-        ):
-            raw = config.get(f"openid_{name}", default)
-            try:
-                value = float(raw)
-            except (TypeError, ValueError):
-                value = -1.0
-            if isinstance(raw, bool) or not value > 0:
-                raise ValueError(f"adapters.teams.openid_{name}: must be a number > 0")
-            values[name] = value
-        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -10,28 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from http import HTTPStatus
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
-from botbuilder.core import Bot, CloudAdapterBase, TurnContext
+from botbuilder.core import Bot, CloudAdapterBase, InvokeResponse, TurnContext
 from botbuilder.schema import Activity, ResourceResponse
 from botframework.connector.auth import AuthenticateRequestResult, BotFrameworkAuthentication
 from msrest.exceptions import ClientRequestError, DeserializationError, HttpOperationError
 
 from chatstate.adapters.teams.auth import MAX_TOKEN_CHARS, TokenCheck
 from chatstate.adapters.teams.keys import KeysUnavailable
-from chatstate.gateway import ingress
-from chatstate.gateway.claims import RequesterQuota
-from chatstate.gateway.clock import now_ms
-from chatstate.gateway.ingress import short_id
+from chatstate.adapters.teams.state import SentMessages
+from chatstate.gateway.sdk import UserQuota, Writes, ingress
 
 _T = TypeVar("_T")
 QUOTA_NOTE = (
     "(You have had many answers from me recently, so a reply to this message will need an @mention to reach me.)"
 )
-OnSent = Callable[[str, Sequence[str | None]], Awaitable[None]]
+WRITES = "chatstate.writes"  # the turn state's key for the turn's staged writes (`run` sets it)
 SEND_RETRIES = 3  # a send refused with 429 or 502/503/504 is tried again at most this often
 MAX_RETRY_AFTER_S = 10  # a longer Retry-After fails the send instead (the channel redelivers)
 BACKOFF_S = 0.25  # 502/503/504: wait 0.25, 0.5, 1 s
@@ -56,48 +53,47 @@ def retry_delay(exc: HttpOperationError, attempt: int) -> float | None:
 
 
 class TeamsCloudAdapter(CloudAdapterBase):
-    """A botbuilder cloud adapter that reports every id the Bot Connector returns to `on_sent`.
+    """A botbuilder cloud adapter whose every send records the id the Bot Connector returned.
 
     `send_activities` and `update_activity` are where every botbuilder send path ends
-    (`send_activity`, replies, `send_activities`, `update_activity`, proactive turns), so
-    overriding just these two makes `on_sent` the single recording point; it is awaited before
-    the send returns to the bot's code.
+    (`send_activity`, replies, `send_activities`, `update_activity`), so these two are the one
+    send path: each stages its sent-message row (and the requester's quota count) into the
+    turn's `Writes`, committed with the activity's done mark. (botbuilder's
+    `on_send_activities` hooks run before the send and never see the returned ids.)
     """
 
     def __init__(
         self,
         auth: BotFrameworkAuthentication,
         *,
-        on_sent: OnSent,
-        log: logging.LoggerAdapter[logging.Logger] | logging.Logger | None = None,
-        quota: RequesterQuota | None = None,
+        sent: SentMessages,
+        quota: UserQuota,
+        log: logging.LoggerAdapter[logging.Logger],
     ) -> None:
         super().__init__(auth)
-        self._on_sent = on_sent
-        self._log = log or logging.getLogger("chatstate.adapters.teams")
-        self._quota = quota  # sent rows per requester; None = unlimited
+        self._sent = sent
+        self._quota = quota
+        self._log = log
 
     async def send_activities(self, context: TurnContext, activities: list[Activity]) -> list[ResourceResponse]:
-        """Send each activity (429 and 502/503/504 retried, bounded) and record the id of the
-        send that finally succeeded, once, unless the requester is over their quota (then the
-        message carries a visible note instead). Raises HttpOperationError when retries run
-        out; the quota rows of what was not sent are given back."""
+        """Send each activity (429 and 502/503/504 retried, bounded) and stage the id of the
+        send that finally succeeded, unless the requester is over their quota (then the message
+        carries a visible note instead and nothing is recorded). Raises HttpOperationError when
+        retries run out (the gate discards what was staged)."""
+        if WRITES not in context.turn_state:  # a proactive send, outside a turn
+            return await self._committed(context, lambda: self.send_activities(context, activities))
+        writes: Writes = context.turn_state[WRITES]
         requester = _requester(context)
-        recorded = [await self._admit(requester) for _ in activities]
-        for activity, admitted in zip(activities, recorded, strict=True):
-            if not admitted and activity.type == "message":  # visible: replies will need a mention
-                activity.text = f"{activity.text or ''}\n{QUOTA_NOTE}"
         responses = []
-        for i, activity in enumerate(activities):
-            try:
-                response = await self._send_one(context, activity)
-            except BaseException:
-                if requester is not None and self._quota is not None:
-                    for _ in filter(None, recorded[i:]):
-                        await self._quota.release(requester, now_ms=now_ms())
-                raise
-            if recorded[i] and activity.conversation is not None and response is not None:
-                await self._on_sent(activity.conversation.id, [response.id])
+        for activity in activities:
+            admitted = requester is None or await self._quota.admit(requester, writes) is None
+            if not admitted:
+                self._log.info("sent_quota_refused", extra={"per_user": self._quota.per_user})
+                if activity.type == "message":  # visible: replies will need a mention
+                    activity.text = f"{activity.text or ''}\n{QUOTA_NOTE}"
+            response = await self._send_one(context, activity)
+            if admitted and activity.conversation is not None and response is not None:
+                self._sent.record(writes, activity.conversation.id, response.id)
             responses.append(response)
         return responses
 
@@ -121,38 +117,28 @@ class TeamsCloudAdapter(CloudAdapterBase):
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _admit(self, requester: str | None) -> bool:
-        if self._quota is None or requester is None:
-            return True
-        if await self._quota.admit(requester, now_ms=now_ms()) is None:
-            return True
-        self._log.info("sent_quota_refused", extra={"per_user": self._quota.per_user})
-        return False
+    async def _committed(self, context: TurnContext, send: Callable[[], Awaitable[_T]]) -> _T:
+        """Run a send outside a turn with writes of its own, committed once it returns."""
+        writes = context.turn_state[WRITES] = Writes()
+        try:
+            result = await send()
+        except BaseException:
+            writes.discard()
+            raise
+        finally:
+            del context.turn_state[WRITES]
+        await writes.commit()
+        return result
 
     async def update_activity(self, context: TurnContext, activity: Activity) -> ResourceResponse | None:
+        if WRITES not in context.turn_state:  # a proactive update, outside a turn
+            return await self._committed(context, lambda: self.update_activity(context, activity))
         response = await super().update_activity(context, activity)
         if activity.conversation is not None:
-            await self._on_sent(activity.conversation.id, [response.id if response else activity.id])
+            self._sent.record(
+                context.turn_state[WRITES], activity.conversation.id, response.id if response else activity.id
+            )
         return response
-
-    async def authenticate(self, activity: Activity, auth_header: str | None) -> AuthenticateRequestResult:
-        """Validate the bearer token of an incoming activity (see adapters.teams.auth).
-
-        On the loop: the library reads its signing keys from adapters.teams.keys (installed in
-        its metadata cache), a coroutine with timeouts, so nothing here blocks; the worker
-        thread and second event loop this used to need (~300 µs a request) are gone.
-        Raises PermissionError and PyJWT errors for a bad token, KeysUnavailable when no
-        signing keys can be had.
-        """
-        return await self.bot_framework_authentication.authenticate_request(activity, auth_header)
-
-    async def handle(self, request: web.Request, bot: Bot, *, check: TokenCheck) -> web.Response:
-        """Serve `POST /api/messages`: 401 before the body is even read when the token is
-        missing or bad, 400 for a body that is not an Activity, 503 when no signing keys can be
-        fetched, 502 when the Bot Connector refused a send. Answers only after the turn, and
-        so every recording, is done."""
-        authenticated, activity = await self.read(request, check=check)
-        return await self.run(authenticated, activity, bot)
 
     async def read(self, request: web.Request, *, check: TokenCheck) -> tuple[AuthenticateRequestResult, Activity]:
         """Authenticate, then parse, one request: 401 (missing/bad token, before the body is
@@ -162,19 +148,28 @@ class TeamsCloudAdapter(CloudAdapterBase):
             raise web.HTTPUnauthorized(text="missing bearer token")
         await self._guarded(check.verify(auth_header))  # authentication before parsing
         activity = _parse(await request.read())
-        authenticated = await self._guarded(self.authenticate(activity, auth_header))
+        # the library's full validation (endorsement, serviceurl claim), on the loop: it reads
+        # the signing keys from keys.py (installed in its metadata cache), never `requests`
+        authenticated = await self._guarded(
+            self.bot_framework_authentication.authenticate_request(activity, auth_header)
+        )
         return authenticated, activity
 
-    async def run(self, authenticated: AuthenticateRequestResult, activity: Activity, bot: Bot) -> web.Response:
-        """Run the turn; 502 when the Bot Connector refused a send (after its retries)."""
+    async def run(
+        self, authenticated: AuthenticateRequestResult, activity: Activity, bot: Bot, writes: Writes
+    ) -> InvokeResponse | None:
+        """Run the turn, its sends staging into `writes`; 502 when the Bot Connector refused a
+        send (after its retries)."""
+
+        async def turn(context: TurnContext) -> None:
+            context.turn_state[WRITES] = writes
+            await bot.on_turn(context)
+
         try:
-            invoke = await self.process_activity(authenticated, activity, bot.on_turn)
+            return await self.process_activity(authenticated, activity, turn)
         except (HttpOperationError, ClientRequestError) as exc:
             self._log.error("bot_connector_failed", extra={"error": type(exc).__name__})
             raise web.HTTPBadGateway(text=f"bot connector call failed: {type(exc).__name__}") from None
-        if invoke is None:
-            return web.Response(status=HTTPStatus.OK)
-        return web.json_response(invoke.body, status=invoke.status)
 
     async def _guarded(self, auth: Awaitable[_T]) -> _T:
         """Await a token check: 503 when no keys can be had, 401 for any other failure."""
@@ -191,7 +186,11 @@ class TeamsCloudAdapter(CloudAdapterBase):
 def _requester(context: TurnContext) -> str | None:
     """The user whose activity this turn answers (None for a proactive send)."""
     sender = context.activity.from_property if context.activity is not None else None
-    return short_id(sender.id, limit=200) if sender is not None and isinstance(sender.id, str) and sender.id else None
+    return (
+        ingress.short_id(sender.id, limit=200)
+        if sender is not None and isinstance(sender.id, str) and sender.id
+        else None
+    )
 
 
 def _parse(body: bytes) -> Activity:

@@ -1,15 +1,23 @@
-"""The Teams plugin: wires auth, the sent-message cache, the botbuilder adapter and the bot.
+"""The Teams plugin (wiring): POST /api/messages, authenticated before anything is read or
+written, one answer per activity through `sdk.InboundGate`, handlers.py's `TeamsBot` the work.
 
-Config, the `[adapters.teams]` table (`config.TeamsSettings`; docs/migrations/teams.md lists every key):
-`app_id`; `openid_metadata_url`, `token_issuer`, `connector_token` for a local Bot Connector
-simulator, or `app_password` for Azure; `sent_ttl_ms` and `sent_max_entries` to shrink the 24 h /
-1,000 defaults in tests; `activity_lease_ms` (20 s) for the per-activity claim;
-`mode = "legacy"` keeps the sent-message cache and the claims in memory only.
+Request path, in this order:
+1. the bearer token is checked (401, before the body is read), then the body parsed (400);
+2. the gate claims `{conversation_id}:{activity_id}` under a lease (one durable write);
+3. the turn runs; its sends stage their sent-message rows and the requester's quota count;
+4. the gate commits them with the done mark (one transaction) and the channel gets 200.
+
+SIGKILL, step by step: before the claim, or holding the lease without having sent, the channel
+gets no 2xx and redelivers; a redelivery that meets a live lease gets 503 + Retry-After, and
+once the lease has run out it takes the activity over and answers (nothing lost). After the
+done mark a redelivery gets 200 and no turn. Between the connector accepting the reply and the
+done commit the takeover cannot tell (handlers.py), so the activity is answered again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -17,36 +25,50 @@ from aiohttp import web
 from chatstate.adapters.teams.auth import TokenCheck, build_authentication, build_token_check
 from chatstate.adapters.teams.clients import ReusedClients
 from chatstate.adapters.teams.config import TeamsSettings
-from chatstate.adapters.teams.handlers import ActivityGate, TeamsBot
+from chatstate.adapters.teams.handlers import TeamsBot
 from chatstate.adapters.teams.keys import SigningKeys
 from chatstate.adapters.teams.platform import TeamsCloudAdapter
-from chatstate.adapters.teams.state import SentMessages, open_activity_claims, open_requester_quota, open_sent_messages
-from chatstate.gateway.adapter_state import AdapterState
-from chatstate.gateway.plugin import PluginRuntime, Route
-from chatstate.gateway.settings import AdapterSettings
-from chatstate.gateway.stateful import StatefulPlugin
+from chatstate.adapters.teams.state import SentMessages, activities_spec, requesters_spec, spec_from_config
+from chatstate.gateway.sdk import (
+    AdapterSettings,
+    AdapterState,
+    InboundGate,
+    PluginRuntime,
+    Route,
+    StatefulPlugin,
+    UserQuota,
+)
 
 MESSAGES_PATH = "/api/messages"  # the Bot Framework messaging endpoint
-STOP_TIMEOUT_S = 10.0  # how long stop() waits for turns in flight
 
 
-class TeamsPlugin(StatefulPlugin):
+@dataclass(frozen=True)
+class Running:
+    """The Teams plugin's parts, built once in `build`."""
+
+    adapter: TeamsCloudAdapter
+    bot: TeamsBot
+    check: TokenCheck
+    key_sets: tuple[SigningKeys, ...]
+
+    async def close(self) -> None:
+        """Let turns in flight finish (their writes are what a restart relies on); cancel a
+        signing-key fetch still running (it holds no thread: nothing to wait for)."""
+        await self.bot.gate.stop()
+        for keys in self.key_sets:
+            await keys.close()
+
+    def health(self) -> dict[str, Any]:
+        # an unreachable metadata host is the far end's fault, not ours: reported, not degraded
+        return {"in_flight": self.bot.gate.in_flight, "signing_keys": self.check.keys.health()}
+
+
+class TeamsPlugin(StatefulPlugin[Running]):
     """Microsoft Teams through the Bot Framework: POST /api/messages."""
 
     id = "teams"
     origin = "bundled"
     settings_type = TeamsSettings
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._state: AdapterState | None = None
-        self._activities: AdapterState | None = None
-        self._quota: AdapterState | None = None
-        self._gate: ActivityGate | None = None
-        self._adapter: TeamsCloudAdapter | None = None
-        self._bot: TeamsBot | None = None
-        self._check: TokenCheck | None = None
-        self._key_sets: list[SigningKeys] = []
 
     def routes(self) -> Sequence[Route]:
         return (Route("POST", MESSAGES_PATH, self._messages),)
@@ -55,54 +77,25 @@ class TeamsPlugin(StatefulPlugin):
         """Azure or simulator credentials are complete (ValueError naming the missing key)."""
         TeamsSettings.of_settings(settings).check_credentials()
 
-    async def start(self, runtime: PluginRuntime) -> None:
-        """Build auth from the settings and open the sent-message cache, the per-activity
-        claims and the requester quota.
-
-        Raises StateStoreError from opening the store (it stops the gateway from starting).
-        """
+    async def build(self, runtime: PluginRuntime) -> Running:
+        """Build auth from the settings and open the sent messages, the activity claims and the
+        requester quota. Raises ValueError (bad config) and StateStoreError (opening a store)."""
         settings = TeamsSettings.of(runtime)
+        check, key_sets = build_token_check(settings)
+        sent, activities, requesters = [
+            await self.open_state(AdapterState(spec(settings), legacy=runtime.legacy), runtime)
+            for spec in (spec_from_config, activities_spec, requesters_spec)
+        ]
+        messages = SentMessages(sent)
+        quota = UserQuota(requesters, per_user=settings.sent_per_user, ttl_ms=settings.sent_ttl_ms)
         auth = ReusedClients(build_authentication(settings))  # clients built once, not per turn
-        self._check, self._key_sets = build_token_check(settings)
-        state = await self.open_state(open_sent_messages(settings, legacy=runtime.legacy), runtime)
-        claims = open_activity_claims(settings, legacy=runtime.legacy)
-        await self.open_state(claims.state, runtime)
-        quota = open_requester_quota(settings, legacy=runtime.legacy)
-        await self.open_state(quota.state, runtime)
-        sent = SentMessages(state)
-        self._state, self._activities, self._quota = state, claims.state, quota.state
-        self._gate = ActivityGate(claims)
-        self._adapter = TeamsCloudAdapter(auth, on_sent=sent.record, log=runtime.log, quota=quota)
-        self._bot = TeamsBot(sent, log=runtime.log)
-
-    async def stop(self) -> None:
-        """Let turns in flight finish (their writes are what a restart relies on); cancel a
-        signing-key fetch still running (it holds no thread: nothing to wait for)."""
-        if self._gate is not None:
-            await self._gate.drain(STOP_TIMEOUT_S)
-        for keys in self._key_sets:
-            await keys.close()
-        await super().stop()  # the states: closed here, not left to the gateway
-
-    def health(self) -> dict[str, Any]:
-        if self._state is None:
-            return {"status": "stopped"}
-        detail = self._state.health()
-        # An unreachable metadata host is the far end's fault, not ours: reported, not degraded.
-        signing = self._check.keys.health() if self._check is not None else None
-        quota = self._quota.health() if self._quota is not None else None
-        activities = self._activities.health() if self._activities is not None else None
-        return {
-            "status": "degraded" if self.degraded() else "ok",
-            **detail,
-            "signing_keys": signing,
-            "quota": quota,
-            "activities": activities,
-        }
+        adapter = TeamsCloudAdapter(auth, sent=messages, quota=quota, log=runtime.log)
+        gate = InboundGate(activities, lease_ms=settings.activity_lease_ms, log=runtime.log)
+        bot = TeamsBot(messages, adapter=adapter, gate=gate, log=runtime.log)
+        gate.start()
+        return Running(adapter, bot, check, tuple(key_sets))
 
     async def _messages(self, request: web.Request) -> web.Response:
-        if self._adapter is None or self._bot is None or self._check is None or self._gate is None:
-            raise web.HTTPServiceUnavailable(text="teams adapter is not started")
-        adapter, bot = self._adapter, self._bot
-        authenticated, activity = await adapter.read(request, check=self._check)  # 401/400 before any state
-        return await self._gate.once(activity, lambda: adapter.run(authenticated, activity, bot))
+        run = self.running
+        authenticated, activity = await run.adapter.read(request, check=run.check)  # 401/400 before any state
+        return await run.bot.answer(authenticated, activity)

@@ -169,7 +169,7 @@ async def test_in_flight_duplicates_and_draining(procs: list[Process], tmp_path:
     release = asyncio.Event()
     first = asyncio.create_task(p.gate.deliver(p.job("e1", wait=release)))
     await asyncio.sleep(0.05)
-    assert (await p.gate.deliver(p.job("e1"))).outcome is Outcome.IN_PROGRESS
+    joined = asyncio.create_task(p.gate.deliver(p.job("e1")))  # waits for the first copy
     stopping = asyncio.create_task(p.gate.stop())
     await asyncio.sleep(0)
     draining = await p.gate.deliver(p.job("e2"))
@@ -181,6 +181,21 @@ async def test_in_flight_duplicates_and_draining(procs: list[Process], tmp_path:
     release.set()
     await stopping  # waited for the item in flight
     assert (await first).outcome is Outcome.DONE
+    assert (await joined).outcome is Outcome.ALREADY_DONE  # answered as the first copy was
+    assert p.calls == ["work e1"]
+
+
+async def test_a_duplicate_in_flight_is_answered_as_the_first_copy(procs: list[Process], tmp_path: Path) -> None:
+    p = await new(procs, tmp_path, Clock(), ack_budget_s=0.05)
+    release = asyncio.Event()
+    first = asyncio.create_task(p.gate.deliver(p.job("e1", fail=True, wait=release)))
+    await asyncio.sleep(0.01)
+    assert (await p.gate.deliver(p.job("e1"))).outcome is Outcome.IN_PROGRESS  # past the ack budget
+    joined = asyncio.create_task(p.gate.deliver(p.job("e1")))
+    release.set()
+    failed = await joined  # the first copy failed: a 2xx now would leave the item to nobody
+    assert (failed.outcome, failed.response().status) == (Outcome.FAILED, 503)
+    assert (await first).outcome is Outcome.ACCEPTED  # acked at the budget; its work failed later
 
 
 async def test_past_the_ack_budget_an_item_is_held_and_a_dead_owners_hold_is_finished(

@@ -73,8 +73,7 @@ async def test_proactive_send_new_post_and_update_go_through_the_one_recording_f
     bot code recording anything itself."""
     async with LocalGateway(sim, db) as gw:
         reference = TurnContext.get_conversation_reference(Activity().deserialize(sim.activity("message_mention")))
-        adapter = gw.plugin._adapter
-        assert adapter is not None
+        adapter = gw.plugin.running.adapter
 
         async def post(ctx: TurnContext) -> None:
             await ctx.send_activity("build 42 is green")
@@ -124,9 +123,10 @@ async def test_bad_or_missing_tokens_get_401_and_change_nothing(sim: TeamsSimula
         assert await sim.deliver(activity) == 200  # the same activity with a good token
 
 
-async def test_bot_connector_refusing_the_send_is_502_and_records_nothing(sim: TeamsSimulator, db: Path) -> None:
+async def test_bot_connector_refusing_the_send_is_503_and_records_nothing(sim: TeamsSimulator, db: Path) -> None:
     async with LocalGateway(sim, db, connector_token="wrong"):
-        assert await sim.deliver(sim.activity("message_mention")) == 502
+        # the gate released the activity: 503 + Retry-After asks the channel to send it again
+        assert await sim.deliver(sim.activity("message_mention")) == 503
         assert sent_rows(db) == {}
 
 
@@ -136,7 +136,7 @@ async def test_legacy_mode_keeps_sends_in_memory_only(sim: TeamsSimulator, db: P
         [answer] = sim.sent()
         await sim.deliver(sim.activity("message_reply", reply_to_id=answer["id"]))
         assert sim.sent()[-1]["text"].startswith("[reply_to_bot]")  # same process: memory knows
-        assert gw.plugin.health()["mode"] == "legacy"
+        assert gw.plugin.health()["state"]["msteams.sent-messages"]["mode"] == "legacy"
     assert not db.exists() or sent_rows(db) == {}
 
 

@@ -2,11 +2,11 @@
 (every `TeamsEdges` switch on) while the gateway is SIGKILLed and restarted mid-burst; the
 bot's replies are counted from the simulator's records.
 
-The Bot Connector offers no way to look up an activity the bot sent, so a turn killed after the
-connector accepted its reply and before the done mark landed cannot know it answered: the
-activity is answered again when the channel redelivers it (at-least-once in that window of a
-few milliseconds). The test bounds that: never more duplicates than turns open at the kill,
-and never a lost action.
+The Bot Connector offers no way to read back what the bot sent, so a turn killed after the
+connector accepted its reply and before the gate's done commit cannot know it answered: the
+activity is answered again when the channel redelivers it. The kill here comes right as the
+connector records a reply, the worst moment. The test bounds the duplicates by the replies in
+that window at the kill (accepted, their activity not yet acked), and no action is ever lost.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.teams import TeamsEdges, TeamsSimulator
 
-SCALE = 0.1  # the channel's 15 s answer deadline -> 1.5 s; redeliveries after 0.1 / 0.5 / 3 s
+SCALE = 0.2  # the channel's 15 s answer deadline -> 3 s; redeliveries after 0.2 / 1 / 6 s, the last one
+# after a restart even on a loaded box (a gateway start took up to 3.5 s with the suite running)
 ACTIONS = 24
 
 
@@ -45,7 +46,15 @@ async def test_every_mention_is_answered_once_through_a_sigkill(tmp_path: Path) 
         await sim.wait_for(lambda _r: len(sim.sent()) >= ACTIONS // 3, timeout=30)
         open_at_kill = sim.open_deliveries
         assert await gw.kill() == -9  # mid-burst: turns and sends are in flight
+        acked = {
+            r.payload["id"]
+            for r in sim.recorded("delivery")
+            if r.payload["outcome"] == "200" and r.payload["type"] == "message"
+        }
         await gw.start()
+        # the window: replies the connector took (some finish arriving after the kill) to
+        # activities never acked, so their done mark may be missing
+        in_window = {a.get("reply_to_id") for a in sim.sent()} - acked
         await started
         statuses = await asyncio.gather(*tasks, return_exceptions=True)
         await sim.settle()
@@ -53,7 +62,7 @@ async def test_every_mention_is_answered_once_through_a_sigkill(tmp_path: Path) 
         duplicates = sum(n - 1 for n in counts.values() if n > 1)
         print(
             f"\nteams sigkill burst: {ACTIONS} actions, answers per action {sorted(Counter(counts.values()).items())}, "
-            f"turns open at the kill {open_at_kill}, final statuses {dict(Counter(map(str, statuses)))}, "
+            f"turns open at the kill {open_at_kill}, replies in the window {len(in_window)}, final statuses {dict(Counter(map(str, statuses)))}, "
             f"hits {dict(sim.hits)}"
         )
         for lost in [i for i, n in counts.items() if n == 0]:
@@ -67,4 +76,4 @@ async def test_every_mention_is_answered_once_through_a_sigkill(tmp_path: Path) 
                 ],
             )
         assert 0 not in counts.values(), counts  # nothing lost
-        assert duplicates <= open_at_kill, counts
+        assert duplicates <= len(in_window), (counts, in_window)

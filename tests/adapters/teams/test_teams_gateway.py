@@ -64,7 +64,7 @@ async def test_reply_and_reaction_to_a_pre_restart_message_are_reply_to_bot(
         assert sim.sent()[-1]["text"] == "[reply_to_bot] thanks for the like"
         status, health = await gw.healthz()
         assert status == 200
-        assert health["adapters"]["teams"]["mode"] == "store"
+        assert health["adapters"]["teams"]["state"][NAMESPACE]["mode"] == "store"
 
 
 async def test_legacy_mode_forgets_the_bots_messages_on_restart(teams_sim: TeamsSimulator, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestServer
 from botframework.connector.auth import JwtTokenExtractor
 from jwt.algorithms import RSAAlgorithm
 
+from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.keys import (
     KEYS_REFRESH_S,
     FetchSettings,
@@ -20,6 +21,7 @@ from chatstate.adapters.teams.keys import (
     UnknownSigningKey,
     install,
 )
+from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.sim.teams import new_signing_key
 
 
@@ -99,5 +101,5 @@ def test_install_puts_the_key_set_where_botframework_looks() -> None:
 
 @pytest.mark.parametrize("bad", [0, -1, "x", True])
 def test_fetch_settings_refuse_bad_values(bad: object) -> None:
-    with pytest.raises(ValueError, match="openid_read_timeout_s"):
-        FetchSettings.from_config({"openid_read_timeout_s": bad})
+    with pytest.raises(ConfigError, match="adapters.teams.openid_read_timeout_s"):
+        TeamsSettings.from_table({"app_id": "a", "openid_read_timeout_s": bad})

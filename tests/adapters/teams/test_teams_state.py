@@ -17,11 +17,11 @@ from chatstate.adapters.teams.state import (
     SENT_MESSAGES,
     SENT_TTL_MS,
     SentMessages,
-    open_sent_messages,
     sent_key,
     spec_from_config,
 )
 from chatstate.gateway.exits import ConfigError
+from chatstate.gateway.sdk import AdapterState, Writes
 
 CHANNEL = "19:general0123456789@thread.tacv2"
 
@@ -36,6 +36,14 @@ def test_spec_is_the_design_table_row() -> None:
     assert spec_from_config(_settings(sent_ttl_ms=5, sent_max_entries=2)).max_entries == 2
     from_env = TeamsSettings.from_table({"app_id": "a"}, env={"CHATSTATE_TEAMS_SENT_TTL_MS": "5000"})
     assert spec_from_config(from_env).ttl_ms == 5000  # issue 16: was refused as "must be an integer"
+
+
+async def record(sent: SentMessages, *ids: str) -> None:
+    """Record sends the way a turn does: staged, then committed (with the done mark)."""
+    writes = Writes()
+    for activity_id in ids:
+        sent.record(writes, CHANNEL, activity_id)
+    await writes.commit()
 
 
 def _settings(**table: object) -> TeamsSettings:
@@ -56,12 +64,12 @@ def test_thread_replies_and_channel_posts_share_the_channel_key() -> None:
 async def test_the_real_cap_evicts_the_oldest_send(tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite"
     runtime = LocalRuntime(db, {}, legacy=False)
-    cache = open_sent_messages(runtime.settings, legacy=False)
+    cache = AdapterState(spec_from_config(runtime.settings), legacy=False)
     await cache.open(runtime)
     sent = SentMessages(cache)
     try:
         for n in range(SENT_MAX_ENTRIES + 1):
-            await sent.record(CHANNEL, [str(1_000_000 + n)])
+            await record(sent, str(1_000_000 + n))
         rows = sent_rows(db)
         assert len(rows) == SENT_MAX_ENTRIES
         assert sent_key(CHANNEL, "1000000") not in rows
@@ -78,10 +86,10 @@ async def test_the_real_cap_evicts_the_oldest_send(tmp_path: Path) -> None:
 
 async def test_legacy_twin_has_the_same_cap_in_memory_and_touches_no_file(tmp_path: Path) -> None:
     runtime = LocalRuntime(tmp_path / "state.sqlite", {"sent_max_entries": 2}, legacy=True)
-    cache = open_sent_messages(runtime.settings, legacy=True)
+    cache = AdapterState(spec_from_config(runtime.settings), legacy=True)
     await cache.open(runtime)
     sent = SentMessages(cache)
-    await sent.record(CHANNEL, ["1", "2", "3"])
+    await record(sent, "1", "2", "3")
     assert [await sent.sent_by_bot(CHANNEL, i) for i in ("1", "2", "3")] == [False, True, True]
     assert runtime.stores == [] and not (tmp_path / "state.sqlite").exists()
 

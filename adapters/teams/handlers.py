@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from enum import StrEnum
 from functools import partial
+from typing import Any
 
 from aiohttp import web
 from botbuilder.core import ActivityHandler, TurnContext

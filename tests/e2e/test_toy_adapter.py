@@ -48,7 +48,7 @@ class ToyApi:
             await self._release.wait()
         return web.json_response({"id": f"m{len(self.answers)}"})
 
-    async def list(self, request: web.Request) -> web.Response:
+    async def find(self, request: web.Request) -> web.Response:
         found = [a for a in self.answers if a["reply_to"] == request.query["reply_to"]]
         return web.json_response({"messages": found})
 
@@ -57,7 +57,7 @@ class ToyApi:
 
     async def __aenter__(self) -> ToyApi:
         app = web.Application()
-        app.add_routes([web.post("/api/messages", self.post), web.get("/api/messages", self.list)])
+        app.add_routes([web.post("/api/messages", self.post), web.get("/api/messages", self.find)])
         self._runner = web.AppRunner(app, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

@@ -36,14 +36,16 @@ class ToyApi:
     def __init__(self) -> None:
         self.answers: list[dict[str, Any]] = []
         self.hang = False
-        self.recorded = asyncio.Event()
+        self.changed = asyncio.Condition()
         self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.url = ""
 
     async def post(self, request: web.Request) -> web.Response:
-        self.answers.append(await request.json())
-        self.recorded.set()
+        answer = await request.json()
+        async with self.changed:
+            self.answers.append(answer)
+            self.changed.notify_all()
         if self.hang:
             await self._release.wait()
         return web.json_response({"id": f"m{len(self.answers)}"})
@@ -51,6 +53,10 @@ class ToyApi:
     async def find(self, request: web.Request) -> web.Response:
         found = [a for a in self.answers if a["reply_to"] == request.query["reply_to"]]
         return web.json_response({"messages": found})
+
+    async def wait_for(self, count: int) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(lambda: len(self.answers) >= count), 30)
 
     def to(self, message_id: str) -> list[str]:
         return [a["text"] for a in self.answers if a["reply_to"] == message_id]
@@ -111,26 +117,32 @@ async def api() -> AsyncIterator[ToyApi]:
 async def test_one_answer_per_message_across_a_sigkill_mid_work(
     tmp_path: Path, api: ToyApi, mode: str, answers: int
 ) -> None:
-    """The gateway is killed after Toy recorded the answer and before the done mark; Toy sends
-    the message again to the restarted gateway. With the store the takeover's check finds the
-    answer (one answer, and it counts against the quota); legacy mode answers again."""
+    """The gateway is killed with three messages in flight, each answer recorded by Toy and not
+    yet marked done; Toy sends them again to the restarted gateway. With the store each
+    takeover's check finds its answer (one answer each, counted against the quota); legacy mode
+    answers again."""
+    users = {"m-1": "alice", "m-2": "bob", "m-3": "carol"}
     async with harness(tmp_path, mode, api.url, per_user=2) as gw:
         api.hang = True
-        first = asyncio.create_task(send(gw, "m-1", "is prod down?"))
-        await asyncio.wait_for(api.recorded.wait(), 30)
+        first = [asyncio.create_task(send(gw, m, f"is prod down? ({m})", user=u)) for m, u in users.items()]
+        await api.wait_for(len(users))
         await gw.restart(kind="kill")
-        with pytest.raises(aiohttp.ClientError):
-            await first  # Toy never got its 2xx, so it sends m-1 again
+        for task in first:
+            with pytest.raises(aiohttp.ClientError):
+                await task  # Toy never got its 2xx, so it sends the message again
         api.hang = False
-        assert await deliver(gw, "m-1", "is prod down?") == ("already_done" if mode == "store" else "answered")
-        assert api.to("m-1") == ["you asked: is prod down?"] * answers
+        for m, u in users.items():
+            assert await deliver(gw, m, f"is prod down? ({m})", user=u) == (
+                "already_done" if mode == "store" else "answered"
+            )
+            assert api.to(m) == [f"you asked: is prod down? ({m})"] * answers
         if mode == "store":
-            assert await deliver(gw, "m-2", "and now?") == "answered"
-            await deliver(gw, "m-3", "still?")
-            assert api.to("m-2") == ["you asked: and now?"]
-            assert api.to("m-3")[0].startswith("You asked 2 this hour; ask again in ")
-            assert await deliver(gw, "m-2", "and now?") == "already_done"  # a late duplicate
-            assert len(api.answers) == 3
+            assert await deliver(gw, "m-4", "and now?") == "answered"
+            await deliver(gw, "m-5", "still?")
+            assert api.to("m-4") == ["you asked: and now?"]
+            assert api.to("m-5")[0].startswith("You asked 2 this hour; ask again in ")
+            assert await deliver(gw, "m-4", "and now?") == "already_done"  # a late duplicate
+            assert len(api.answers) == 5
 
 
 @pytest.mark.parametrize("mode, refused", [("store", True), ("legacy", False)])

@@ -2,9 +2,8 @@
 the claim, the done mark, the ack budget and held events; plugin.py walks a SIGKILL through it).
 
 - work (`respond`): decide (`MentionPolicy` + the participation lookup) and reply in the thread;
-  `reply` is the one send path, and it stages participation (and the user's quota count) into
-  the event's done transaction, so no path can forget to record and a recorded thread is
-  always an answered event;
+  `reply` is the one send path, so no path can forget to record: a new thread is recorded
+  before the post, and the window's refresh and the user's quota count ride with the done mark;
 - check (`answered_before`), after a takeover of a dead process's lease: is our reply (it
   carries the event_id as metadata) already in the thread? Then stage what the dead process
   could not commit, and answer nothing more.
@@ -97,7 +96,7 @@ class SlackBot:
         bot: BotIdentity,
         threads: ThreadParticipation,
         quota: UserQuota,
-        states: list[AdapterState],
+        watched: list[AdapterState],
         log: logging.Logger | logging.LoggerAdapter[logging.Logger],
     ) -> None:
         self.settings = settings
@@ -105,7 +104,7 @@ class SlackBot:
         self._api = api
         self._threads = threads
         self._quota = quota
-        self._states = states
+        self._watched = watched
         self._log = log
         self._policy = MentionPolicy(settings.require_mention, settings.require_explicit_mention)
 
@@ -145,7 +144,7 @@ class SlackBot:
         found = await self._api.answered(
             channel=thread.channel_id, thread_ts=thread.thread_ts, after_ts=message.ts, event_id=message.event_id
         )
-        if found and await self._may_follow(writes, thread, message.user):
+        if found and await self._follow(writes, thread, message.user) != "refused":
             self._threads.record_participation(writes, thread, agent_id=self.settings.agent_id)
         return found
 
@@ -155,36 +154,48 @@ class SlackBot:
         return ThreadRef(message.team_id, self.settings.account_id, message.channel, message.thread_root)
 
     async def reply(self, writes: Writes, thread: ThreadRef, text: str, *, event_id: str, requester: str) -> str:
-        """Post `text` in `thread`, answering `event_id`, and stage participation; returns the
+        """Post `text` in `thread`, answering `event_id`, and record participation; returns the
         posted message's ts.
 
         Every message the bot sends goes through here, so no send path can forget to record (a
-        bug the reference system had). The row is committed with the event's done mark; a
-        SIGKILL between the post and that commit is mended by the gate's takeover check
-        (`answered_before`), which finds the reply and records the thread. A thread new to the
-        bot counts against `requester`'s quota (`threads_per_user`); past it the bot still
-        answers, says it will not follow the thread, and records nothing.
-        Raises SlackApiError / aiohttp.ClientError when the post fails (the gate then discards
-        the staged rows and releases the event for Slack's retry).
+        bug the reference system had). A thread new to the bot is recorded durably *before*
+        the post: once the reply is visible a SIGKILL must not forget the thread, and the next
+        follow-up may come before any redelivery of this event. Refreshing the window of a
+        thread the bot follows rides with the event's done mark (one transaction). A new thread
+        counts against `requester`'s quota (`threads_per_user`); past it the bot still answers,
+        says it will not follow the thread, and records nothing.
+        Raises SlackApiError / aiohttp.ClientError when the post fails; a row recorded ahead of
+        it is removed again (the gate discards the staged rows and releases the event).
         """
-        follow = await self._may_follow(writes, thread, requester)
-        if not follow:
+        follow = await self._follow(writes, thread, requester)
+        if follow == "refused":
             text = f"{text}\n{QUOTA_NOTE.format(limit=self.settings.threads_per_user)}"
-        ts = await self._api.post_message(
-            channel=thread.channel_id, text=text, thread_ts=thread.thread_ts, event_id=event_id
-        )
-        if follow:
+        elif follow == "new":
+            await self._threads.record_now(thread, agent_id=self.settings.agent_id)
+        try:
+            ts = await self._api.post_message(
+                channel=thread.channel_id, text=text, thread_ts=thread.thread_ts, event_id=event_id
+            )
+        except Exception:
+            if follow == "new":
+                await self._threads.forget(thread)
+            raise
+        if follow != "refused":
             self._threads.record_participation(writes, thread, agent_id=self.settings.agent_id)
         return ts
 
-    async def _may_follow(self, writes: Writes, thread: ThreadRef, requester: str) -> bool:
-        """True if the bot already follows `thread`, or `requester` is under their quota (the
-        thread is counted against them, in `writes`), or the store is failing (fail open)."""
-        if any(st.last_error for st in self._states):
-            return True  # the store is failing (the claim just found out): add no slow calls
+    async def _follow(self, writes: Writes, thread: ThreadRef, requester: str) -> Literal["known", "new", "refused"]:
+        """ "known": the bot follows `thread` already; "new": `requester` is under their quota (the
+        thread is counted against them, in `writes`); "refused": they are at it. While the store
+        fails every thread counts as known (fail open: an outage is not the time to refuse)."""
+        if any(st.last_error for st in self._watched):
+            # the store is failing (the claim just found out): follow uncounted and add no slow
+            # calls. The quota's own state is not watched: it recovers through the next commit
+            # it is part of, which this check would otherwise never let happen
+            return "known"
         if await self._threads.replied_in(thread) is not None:
-            return True  # a thread counts once, against the user who made the bot follow it
+            return "known"  # a thread counts once, against the user who made the bot follow it
         if await self._quota.admit(f"{thread.team_id}:{requester}", writes) is None:
-            return True
+            return "new"
         self._log.info("thread_quota_refused", extra={"per_user": self._quota.per_user})
-        return False
+        return "refused"

@@ -107,7 +107,7 @@ class SlackPlugin(StatefulPlugin[Running]):
                 bot=await api.auth_test(),
                 threads=ThreadParticipation(threads),
                 quota=UserQuota(starters, per_user=settings.threads_per_user, ttl_ms=settings.thread_ttl_ms),
-                states=[threads, events, pending, starters],
+                watched=[threads, events],
                 log=runtime.log,
             )
             gate = InboundGate(

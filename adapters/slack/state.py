@@ -57,6 +57,15 @@ class ThreadParticipation:
         """
         writes.put(self.state, thread.key, {"agent_id": agent_id, "replied_at": self._clock()})
 
+    async def record_now(self, thread: ThreadRef, *, agent_id: str) -> None:
+        """Record "`agent_id` replies in `thread`" durably now (a thread new to the bot, before
+        the post). Never raises for a store failure: AdapterState degrades and replays later."""
+        await self.state.record(thread.key, {"agent_id": agent_id, "replied_at": self._clock()})
+
+    async def forget(self, thread: ThreadRef) -> None:
+        """Drop `thread`'s row: recorded ahead of a post that then failed."""
+        await self.state.forget(thread.key)
+
     async def replied_in(self, thread: ThreadRef) -> dict[str, Any] | None:
         """The live participation row of `thread`, or None.
 

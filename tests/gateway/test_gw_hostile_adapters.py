@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from hostile_helpers import inprocess_gateway, raw_request, table_rows
 
@@ -177,19 +178,28 @@ async def test_one_users_mention_spam_cannot_evict_another_users_thread(tmp_path
         assert len(refused) == 30 - 5  # each refusal is visible, in the spammer's own thread
 
 
-async def test_a_handled_slack_event_is_two_durable_writes(tmp_path: Path) -> None:
-    """The claim, then participation + quota count + done mark in one transaction: two writes
-    per answered event in a new thread, whatever the user already holds."""
+async def test_a_handled_slack_event_is_two_durable_writes_and_a_new_thread_three(tmp_path: Path) -> None:
+    """The claim, then participation refresh + done mark in one transaction: two writes per
+    answered follow-up. A new thread adds one write before the post (participation, so a SIGKILL
+    after the visible reply cannot forget it); its quota count rides with the done mark, and
+    costs the same whatever the user already holds."""
     slack = SlackSimulator(extra_config={"threads_per_user": 50})
+    write_ops = ("register", "register_if_absent", "compare_and_set", "consume", "delete", "delete_if", "commit")
+
+    async def writes_of(event: dict[str, Any]) -> dict[str, int]:
+        before = op_counts()
+        assert (await slack.deliver(event)).body == "replied"
+        return {
+            op: n - before.get(op, 0) for op, n in op_counts().items() if op in write_ops and n != before.get(op, 0)
+        }
+
     async with inprocess_gateway(tmp_path, [slack]):
         for i in range(40):  # the user holds 40 threads; the next one costs the same
             assert (await slack.deliver(slack.mention_event(f"warm {i}"))).body == "replied"
-        before = op_counts()
-        assert (await slack.deliver(slack.mention_event("one more"))).body == "replied"
-        spent = {op: n - before.get(op, 0) for op, n in op_counts().items() if n != before.get(op, 0)}
-    write_ops = ("register", "register_if_absent", "compare_and_set", "consume", "delete", "delete_if", "commit")
-    writes = {op: n for op, n in spent.items() if op in write_ops}
-    assert writes == {"register_if_absent": 1, "commit": 1}, spent
+        new = slack.mention_event("one more")
+        assert await writes_of(new) == {"register_if_absent": 1, "register": 1, "commit": 1}
+        follow_up = slack.message_event("and then?", thread_ts=new["event"]["ts"])
+        assert await writes_of(follow_up) == {"register_if_absent": 1, "commit": 1}
 
 
 async def test_a_10000_deep_body_is_400_signed_and_401_unsigned_on_every_route(tmp_path: Path) -> None:

@@ -126,7 +126,7 @@ async def test_redis_killed_and_restarted_mid_traffic(own_redis: RedisServer, tm
         await background
 
         acked = [e for e in sent if lb.outcomes.get(e["event_id"]) in ACKED]
-        assert len(acked) == len(sent)
+        assert len(acked) == len(sent), [lb.outcomes.get(e["event_id"]) for e in sent if e not in acked]
         roots = {e["event"]["ts"] for e in acked}
         threads = stored(url, "slack", THREADS)
         # every acknowledged reply's participation row is in Redis: those written before the

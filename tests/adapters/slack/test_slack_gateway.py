@@ -234,9 +234,8 @@ async def test_kill_between_post_and_done_mark_does_not_reply_twice(slack: Slack
         await slack.wait_for_posts(1)
         [lease] = stored(gw.database_path, EVENTS_NAMESPACE)
         assert "done_at" not in lease.value
-        # participation is committed with the done mark, so the kill left none: the claim that
-        # takes over the lease finds the reply in the thread and records it then
-        assert stored(gw.database_path, THREADS_NAMESPACE) == []
+        # the participation row was durable before the post reached Slack, so the kill lost nothing
+        assert len(stored(gw.database_path, THREADS_NAMESPACE)) == 1
 
         await gw.start()
         await sleep_past(lease.value["lease_until"])

@@ -1,11 +1,10 @@
-"""A fifth adapter on the plugin SDK: a bot on "Toy", a made-up chat platform, that answers
-every message exactly once and at most `questions_per_user` questions per user an hour.
-
-Toy's wire: it POSTs each message to /toy/events as `{"id", "user", "channel", "text"}`, signed
-with `X-Toy-Signature: sha256=<hex HMAC-SHA256 of the body>`, and sends the same `id` again until
-it gets a 2xx. The bot answers with POST {api_url}/messages `{"channel", "text", "reply_to": id}`;
-GET {api_url}/messages?reply_to=<id> lists the messages that answer `id`.
-Each "# N." comment is step N of docs/migrating-an-adapter.md (a test checks the titles).
+"""A fifth adapter on the plugin SDK: a bot for "Toy", a made-up chat platform, that answers
+each message exactly once and at most `questions_per_user` questions per user an hour. Toy
+POSTs each message to /toy/events as `{"id", "user", "channel", "text"}`, signed with
+`X-Toy-Signature: sha256=<hex HMAC-SHA256 of the body>`, and sends the same `id` again until it
+gets a 2xx. The bot answers with POST {api_url}/messages `{"channel", "text", "reply_to": id}`;
+GET {api_url}/messages?reply_to=<id> lists the messages that answer `id`. Each "# N." comment
+is step N of docs/migrating-an-adapter.md (a test checks the titles).
 
 # 9. Register the plugin: in the gateway config, with this folder on PYTHONPATH
     external_plugins = ["toy_adapter:ToyPlugin"]
@@ -13,7 +12,6 @@ Each "# N." comment is step N of docs/migrating-an-adapter.md (a test checks the
     [adapters.toy]
     secret = "..."                           # or CHATSTATE_TOY_SECRET
     api_url = "https://toy.example/api"
-
 # 10. Test it across a real SIGKILL: tests/e2e/test_toy_adapter.py
 """
 
@@ -66,10 +64,9 @@ def parse(body: bytes) -> Message:
     values = [fields.get(name) for name in ("id", "user", "channel", "text")]
     if not all(isinstance(v, str) for v in values):
         raise sdk.ingress.BadInput('expected {"id", "user", "channel", "text"}, all strings')
-    message = Message(*values)
-    sdk.ingress.check_key(message.id, what="id")
-    sdk.ingress.check_key(message.user, what="user")
-    return message
+    sdk.ingress.check_key(values[0], what="id")
+    sdk.ingress.check_key(values[1], what="user")
+    return Message(*values)
 
 
 @dataclass(frozen=True)
@@ -127,10 +124,13 @@ class ToyPlugin(sdk.StatefulPlugin[Running]):
     # 6. Do the work, staging state writes: committed with the done mark, or not at all.
     async def work(self, message: Message, writes: sdk.Writes) -> str:
         wait_ms = await self.running.quota.admit(message.user, writes)
-        if wait_ms is None:
-            text = f"you asked: {message.text}"
+        if wait_ms is None:  # the user's reply hook (`reply = "module:function"`) writes the text
+            asked = sdk.reply.Message(message.text, message.user, message.channel, "toy")
+            text = await sdk.reply.answer(asked, default=f"you asked: {message.text}")
         else:
             text = f"You asked {self.running.quota.per_user} this hour; ask again in {wait_ms // 60_000 + 1} min."
+        if text is None:
+            return "ignored"  # the hook had nothing to say
         await self.send(message, text)
         return "answered"
 

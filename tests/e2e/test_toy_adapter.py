@@ -78,13 +78,15 @@ class ToyApi:
             await self._runner.cleanup()
 
 
-def harness(tmp_path: Path, mode: str, api_url: str, *, trusted: bool = True, per_user: int = 5) -> GatewayHarness:
-    table = {"secret": SECRET, "api_url": api_url, "questions_per_user": per_user, "lease_ms": LEASE_MS}
+def harness(
+    tmp_path: Path, mode: str, api_url: str, *, trusted: bool = True, per_user: int = 5, **extra: Any
+) -> GatewayHarness:
+    table = {"secret": SECRET, "api_url": api_url, "questions_per_user": per_user, "lease_ms": LEASE_MS, **extra}
     return GatewayHarness(
         modes={"toy": mode},
         adapters={"toy": table},
         config={"external_plugins": ["toy_adapter:ToyPlugin"], "trusted_plugins": ["toy"] if trusted else []},
-        pythonpath=[EXAMPLES],
+        pythonpath=[EXAMPLES, tmp_path],
         state_dir=tmp_path / "state",
     )
 
@@ -157,6 +159,18 @@ async def test_the_quota_survives_sigkill_only_with_the_store(
         assert api.to("q-3")[0].startswith("You asked 2") is refused
         await deliver(gw, "q-4", "from bob", user="bob")  # one user's quota is nobody else's
         assert api.to("q-4") == ["you asked: from bob"]
+
+
+async def test_the_users_reply_hook_writes_the_answers(tmp_path: Path, api: ToyApi) -> None:
+    """`reply = "module:function"` in [adapters.toy]: the hook's text is sent; None sends nothing."""
+    (tmp_path / "oncall.py").write_text(
+        "def answer(message):\n"
+        "    return None if message.text == 'thanks' else f'{message.platform}/{message.user}: paging on-call'\n"
+    )
+    async with harness(tmp_path, "store", api.url, reply="oncall:answer") as gw:
+        assert await deliver(gw, "h-1", "is prod down?") == "answered"
+        assert await deliver(gw, "h-2", "thanks") == "ignored"
+    assert api.to("h-1") == ["toy/alice: paging on-call"] and api.to("h-2") == []
 
 
 async def test_a_bad_signature_or_body_touches_no_state(tmp_path: Path, api: ToyApi) -> None:

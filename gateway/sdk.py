@@ -10,7 +10,7 @@ checks it). The pieces, in the order an adapter meets them:
 - `InboundGate`, `Job`, `Writes`, `Answer`, `Outcome`, `Holding`: exactly-once for inbound items;
 - `UserQuota`, `KeyedLocks`: the per-user quota and keyed async locks;
 - `ingress`: input checks (`BadInput`, `json_object`, `credential`, `check_key`, `short_id`);
-- `reply`: the user's reply hook (`reply.respond(message, default=..., send=...)`);
+- `reply`: the user's reply hook (`reply.Message`, `reply.answer`, `reply.respond`);
 - `now_ms`, `Clock`, `log`: the wall clock and the gateway's structured logging.
 """
 

@@ -136,15 +136,17 @@ class SlackBot:
         if self._policy.needs_participation(message, self.bot.user_id):
             participated = await self._threads.replied_in(thread) is not None
         answer, _reason = self._policy.decide(message, self.bot.user_id, participated=participated)
-        if answer:  # the user's reply hook, if any, composes the text (sdk.reply)
-            answer = await reply.respond(
-                reply.Message(
-                    without_mention(message, self.bot.user_id), message.user, message.channel, "slack", thread.thread_ts
-                ),
-                default=compose_reply(message, self.bot.user_id),
-                send=lambda text: self.reply(writes, thread, text, event_id=message.event_id, requester=message.user),
-            )
-        return "replied" if answer else "ignored"
+        if not answer:
+            return "ignored"
+        # the user's reply hook, if any, composes the text (sdk.reply); None: say nothing
+        said = await reply.respond(
+            reply.Message(
+                without_mention(message, self.bot.user_id), message.user, message.channel, "slack", thread.thread_ts
+            ),
+            default=compose_reply(message, self.bot.user_id),
+            send=lambda text: self.reply(writes, thread, text, event_id=message.event_id, requester=message.user),
+        )
+        return "replied" if said else "ignored"
 
     async def answered_before(self, message: SlackMessage, writes: Writes) -> bool:
         """Did a process that died holding this event post its reply before the done mark? If

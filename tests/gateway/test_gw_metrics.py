@@ -49,17 +49,17 @@ async def test_requests_by_plugin_route_and_status_with_latency(gw: GatewayHarne
 
 async def test_adapter_state_mode_and_pending_writes(tmp_path: Path) -> None:
     h = GatewayHarness(
-        adapters={"toy": {"secret": "toy-secret"}},
+        adapters={"toy": {"secret": "toy-secret", "api_url": "http://127.0.0.1:9/api"}},
         config={"external_plugins": ["toy_adapter:ToyPlugin"], "trusted_plugins": ["toy"]},
         pythonpath=[EXAMPLES],
         state_dir=tmp_path / "s",
     )
     async with h:
         samples = await _scrape(h)
-    labels = (("mode", "store"), ("namespace", "toy.acks"), ("plugin", "toy"))
+    labels = (("mode", "store"), ("namespace", "toy.events"), ("plugin", "toy"))
     assert samples[("chatstate_adapter_state_mode", labels)] == 1
     assert samples[("chatstate_adapter_state_mode", (("mode", "degraded"), *labels[1:]))] == 0
-    assert samples[("chatstate_adapter_pending_writes", (("namespace", "toy.acks"), ("plugin", "toy")))] == 0
+    assert samples[("chatstate_adapter_pending_writes", (("namespace", "toy.events"), ("plugin", "toy")))] == 0
 
 
 async def test_sweeps_and_adapter_counters_report_to_the_default_registry(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ checks it). The pieces, in the order an adapter meets them:
 - `AdapterState`, `StateSpec`: one namespace of its state, memory in front of the keyed store;
 - `InboundGate`, `Job`, `Writes`, `Answer`, `Outcome`, `Holding`: exactly-once for inbound items;
 - `UserQuota`, `KeyedLocks`: the per-user quota and keyed async locks;
+- `Approval`, `ApprovalService`, `Decision`, `DECISIONS`: pending approvals in the core store;
 - `ingress`: input checks (`BadInput`, `json_object`, `credential`, `check_key`, `short_id`);
 - `now_ms`, `Clock`, `log`: the wall clock and the gateway's structured logging.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from chatstate.gateway import ingress
 from chatstate.gateway.adapter_state import CALLER_ERRORS, AdapterState, StateSpec
+from chatstate.gateway.approvals import DECISIONS, Approval, ApprovalService, Decision
 from chatstate.gateway.clock import Clock, now_ms
 from chatstate.gateway.gate import Answer, Holding, InboundGate, Job, Outcome, Writes
 from chatstate.gateway.logs import get as log
@@ -28,6 +30,10 @@ from chatstate.state import StateStoreError
 
 __all__ = [
     "CALLER_ERRORS",
+    "DECISIONS",
+    "Approval",
+    "ApprovalService",
+    "Decision",
     "AdapterSettings",
     "AdapterState",
     "Answer",

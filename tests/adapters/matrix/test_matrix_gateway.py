@@ -274,3 +274,37 @@ async def test_a_refused_access_token_stops_the_gateway_from_starting(sim: Matri
             pass
     assert failed.value.exit_code not in (None, 0)
     assert "whoami failed" in failed.value.log_tail and "syt_revoked" not in failed.value.log_tail
+
+
+async def test_a_sigkill_mid_prompt_is_finished_by_a_new_device_with_one_prompt(
+    sim: MatrixHomeserver, tmp_path: Path
+) -> None:
+    """SIGKILL while the prompt is on its way (sent, nothing seeded or committed); the bot comes
+    back as another device, whose txn ids the homeserver does not know. Once the dead run's lease
+    is over, the takeover's check finds the prompt in the room, finishes it (seeds, rows) and
+    posts no second one; an approver's reaction then resolves it once."""
+    matrix = {"event_lease_ms": 1_500}
+    async with GatewayHarness([sim], modes="store", state_dir=tmp_path / "state", adapters={"matrix": matrix}) as gw:
+        await barrier(sim)
+        sim.hold_sends = asyncio.get_running_loop().create_future()
+        sim.send_arrived.clear()
+        await sim.send_message(ROOM, ALICE, "!approve deploy prod")
+        await asyncio.wait_for(sim.send_arrived.wait(), 15)
+        await gw.kill()
+        sim.hold_sends.set_result(None)
+        sim.hold_sends = None
+        await sim.wait_for(lambda _: any("deploy prod" in p["content"]["body"] for p in prompts(sim)))
+        [prompt] = [p for p in prompts(sim) if "deploy prod" in p["content"]["body"]]
+        assert seeds(sim, prompt["event_id"]) == []
+        sim.new_device()
+        gw.write_config()
+        await gw.start()
+        await sim.wait_for(lambda _: len(seeds(sim, prompt["event_id"])) == 3)
+        await sim.react(ROOM, BOB, prompt["event_id"], "❌")
+        await sim.wait_for(lambda _: len(outcomes(sim)) == 1)
+        await barrier(sim)
+        assert [p for p in prompts(sim) if "deploy prod" in p["content"]["body"]] == [prompt]
+        assert outcome_bodies(sim) == ["❌ deploy prod: denied by @bob:sim.local"] and expired_notices(sim) == []
+        assert sim.recorded("relations")  # it asked the homeserver before answering again
+        await settled(gw.database_path)
+        assert approval_of(prompt) not in rows(gw.database_path, "core:approvals", PENDING)

@@ -1,30 +1,15 @@
-"""What the bot does with each event: post approval prompts, resolve them by reaction. Each
-event with effects goes through `sdk.InboundGate` as one `Job` (claim, work, done).
-
-Request: a room member writes `!approve <action>` (all three decisions) or `!approve-once
-<action>` (no "allow always"). Over the requester's quota (`max_pending_per_requester` open
-approvals, `sdk.UserQuota`) the bot answers "too many pending approvals" and opens nothing, so
-one person's flood can never evict another's prompt. Otherwise it posts the prompt, seeds one
-reaction per allowed decision, and stages the pending approval, the reaction target and the
-quota count into the event's done transaction. The approval counts from the request message,
-so a request finished late (after a crash) keeps its first deadline, and past it opens nothing.
-
-Resolve: a listed approver reacts to the prompt with ✅ ♾️ or ❌. The bot re-fetches the
-reaction first: one the homeserver has redacted since the batch was produced (a stale or cached
-batch) has no effect. Then it posts the outcome and stages the end of the target and the
-approval and gives the requester's count back. Anything else (another sender, the bot's own
-seeds, another emoji, a reaction to a non-prompt event) is not an event with effects. A decision
-reaction to a prompt no longer answerable (its approval expired, or its target was evicted)
-gets "this approval has expired", never silence; a prompt already resolved stays silent.
-
-Takeover (the gate found a lease whose owner died): before working, the check asks the
-homeserver what the bot already said about the event (everything it says references its
-cause). A prompt found there is finished (its rows staged, missing seeds sent); an outcome
-found there stages the resolution; anything found means no second answer.
-
-A failing event is retried `max_attempts` times with backoff (the homeserver's `retry_after_ms`
-when it gave one), then given up and marked done (log `matrix_event_failed`, /healthz
-`events_failed`), so an `M_FORBIDDEN` room cannot stop the bot answering in the others.
+"""What the bot does with each event with effects, as one `sdk.InboundGate` job (claim, work,
+done; docs/migrations/matrix.md walks through it):
+- a request (`!approve <action>`, `!approve-once <action>`): within the requester's quota, post
+  the prompt and seed one reaction per allowed decision, staging the approval, the reaction
+  target and the quota count; over it, answer "too many pending approvals";
+- an approver's decision reaction: re-fetch it (a redacted one has no effect), post the outcome,
+  stage the end of the target and the approval and give the count back; a prompt no longer
+  answerable gets "this approval has expired", a resolved one silence;
+- the takeover check: what did the bot already say about the event (all it says references its
+  cause)? A prompt found is finished, an outcome found resolves; found anything: no new answer.
+A failing event is retried `event_max_attempts` times (honouring the homeserver's
+`retry_after_ms`), then given up and marked done, so one bad room cannot stop the others.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from nio import (
     AsyncClient,
@@ -51,6 +51,7 @@ COMMANDS: Mapping[str, tuple[Decision, ...]] = {
 REQUEST_TIMEOUT_S = 30.0  # one HTTP call to the homeserver, long-polls excluded
 MAX_TIMEOUTS = 3  # nio retries a timed-out call this often, then raises
 MAX_429_RETRIES = 2  # nio sleeps retry_after_ms and retries a 429 this often, then we see it
+R = TypeVar("R")
 REFUSED_TEXT = "too many pending approvals"  # start of the answer to a request over the quota
 REFERENCE = RelationshipType.reference.value  # what the bot says points at the event it answers
 ANNOTATION = RelationshipType.annotation.value  # a reaction
@@ -74,6 +75,13 @@ class MatrixError(RuntimeError):
             errcode=errcode if isinstance(errcode, str) else None,
             retry_after_ms=retry if isinstance(retry, int) else None,
         )
+
+
+def _ok(what: str, resp: object, expected: type[R]) -> R:
+    """`resp` if nio answered with `expected`, else MatrixError with the homeserver's reason."""
+    if not isinstance(resp, expected):
+        raise MatrixError.of(what, resp)
+    return resp
 
 
 @dataclass(frozen=True)
@@ -168,22 +176,16 @@ class MatrixIO:
 
     async def connect(self) -> str:
         """Check the token with /account/whoami, learn the joined rooms; returns the user id."""
-        who = await self.client.whoami()
-        if not isinstance(who, WhoamiResponse):
-            raise MatrixError.of("whoami", who)
+        who = _ok("whoami", await self.client.whoami(), WhoamiResponse)
         self.client.restore_login(who.user_id, who.device_id or "", self.client.access_token)
-        joined = await self.client.joined_rooms()
-        if not isinstance(joined, JoinedRoomsResponse):
-            raise MatrixError.of("joined_rooms", joined)
+        joined = _ok("joined_rooms", await self.client.joined_rooms(), JoinedRoomsResponse)
         self.user_id, self.device_id, self.rooms = who.user_id, who.device_id or "", list(joined.rooms)
         return self.user_id
 
     async def send(self, room_id: str, event_type: str, content: dict[str, Any], *, txn: str) -> str:
         """Send one event with `room_send`; returns its event id (the first one for a repeated txn)."""
         resp = await self.client.room_send(room_id, event_type, content, tx_id=txn)
-        if not isinstance(resp, RoomSendResponse):
-            raise MatrixError.of(f"room_send {event_type}", resp)
-        return resp.event_id
+        return _ok(f"room_send {event_type}", resp, RoomSendResponse).event_id
 
     async def fetch_event(self, room_id: str, event_id: str) -> dict[str, Any] | None:
         """The event's JSON as the homeserver has it, or None when it has no such event."""
@@ -219,15 +221,11 @@ class MatrixIO:
                 "org.chatstate.start": nonce,  # unknown keys are kept (forward compatibility)
             },
         )
-        if not isinstance(resp, UploadFilterResponse):
-            raise MatrixError.of("upload filter", resp)
-        return resp.filter_id
+        return _ok("upload filter", resp, UploadFilterResponse).filter_id
 
     async def sync(self, *, since: str | None, timeout_ms: int, filter_id: str) -> SyncResponse:
         resp = await self.client.sync(timeout=timeout_ms, since=since, sync_filter=filter_id)
-        if not isinstance(resp, SyncResponse):
-            raise MatrixError.of("sync", resp)
-        return resp
+        return _ok("sync", resp, SyncResponse)
 
     async def messages_before(
         self, room_id: str, start: str, *, stop_at: str | None, limit: int
@@ -236,14 +234,10 @@ class MatrixIO:
         resp = await self.client.room_messages(
             room_id, start, end=stop_at, direction=MessageDirection.back, limit=limit
         )
-        if not isinstance(resp, RoomMessagesResponse):
-            raise MatrixError.of("messages", resp)
-        return resp
+        return _ok("messages", resp, RoomMessagesResponse)
 
     async def join(self, room_id: str) -> None:
-        resp = await self.client.join(room_id)
-        if not isinstance(resp, JoinResponse):
-            raise MatrixError.of("join", resp)
+        _ok("join", await self.client.join(room_id), JoinResponse)
         if room_id not in self.rooms:
             self.rooms.append(room_id)
 

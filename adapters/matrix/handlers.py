@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -58,31 +58,19 @@ class Stats:
     last_failed: dict[str, Any] | None = None
 
 
+@dataclass
 class ApprovalFlow:
     """The bot's behaviour on one account's room events, handed to the gate one event at a time."""
 
-    def __init__(
-        self,
-        io: MatrixIO,
-        settings: MatrixSettings,
-        *,
-        gate: InboundGate,
-        targets: AdapterState,
-        approvals: ApprovalService,
-        quota: UserQuota,
-        log: logging.LoggerAdapter[logging.Logger],
-        clock: Clock = now_ms,
-    ) -> None:
-        self.io = io
-        self.settings = settings
-        self.gate = gate
-        self.targets = targets
-        self.approvals = approvals
-        self.quota = quota
-        self.approvers = frozenset(settings.approvers)
-        self.log = log
-        self.stats = Stats()
-        self._clock = clock
+    io: MatrixIO
+    settings: MatrixSettings
+    gate: InboundGate
+    targets: AdapterState  # matrix.approval-reactions
+    approvals: ApprovalService
+    quota: UserQuota
+    log: logging.LoggerAdapter[logging.Logger]
+    clock: Clock = now_ms
+    stats: Stats = field(default_factory=Stats)
 
     @property
     def account_id(self) -> str:
@@ -96,7 +84,7 @@ class ApprovalFlow:
             work, check = self._request, self._request_answered
         elif (
             isinstance(event, ReactionEvent)
-            and event.sender in self.approvers
+            and event.sender in self.settings.approvers
             and platform.decision_for(event.key) is not None
         ):
             work, check = self._reaction, self._reaction_answered
@@ -175,7 +163,7 @@ class ApprovalFlow:
         is behind), so every attempt and takeover gets the same deadline."""
         command = platform.parse_command(event.body)
         assert command is not None  # job() routes only commands here
-        asked = min(event.server_timestamp, self._clock())
+        asked = min(event.server_timestamp, self.clock())
         return Approval(
             platform.approval_id(room_id, event.event_id),
             command.action,
@@ -189,7 +177,7 @@ class ApprovalFlow:
     async def _request(self, room_id: str, event: RoomMessageText, writes: Writes) -> str:
         """Post the prompt and stage its rows, or refuse over the quota."""
         approval = self._approval(room_id, event)
-        if approval.expires_at <= self._clock():
+        if approval.expires_at <= self.clock():
             self.log.info("matrix_request_expired", extra={"approval": approval.id, "room": room_id})
             return "expired"
         if await self.quota.admit(json_key(self.account_id, event.sender), writes) is not None:
@@ -213,7 +201,7 @@ class ApprovalFlow:
         if not self.approvals.open(writes, approval):
             return  # expired meanwhile: nothing left to ask
         target = ReactionTarget(approval.id, approval.decisions).to_json()
-        remaining = approval.expires_at - self._clock()
+        remaining = approval.expires_at - self.clock()
         writes.put(self.targets, target_key(self.account_id, room_id, prompt_id), target, ttl_ms=max(remaining, 1))
         for decision in approval.decisions:
             emoji = platform.EMOJI[decision]
@@ -228,7 +216,7 @@ class ApprovalFlow:
         prompt = next((e for e in said if platform.prompt_expiry(e, self.account_id) is not None), None)
         if prompt is not None:
             approval = self._approval(room_id, event)
-            if approval.expires_at > self._clock():
+            if approval.expires_at > self.clock():
                 await self.quota.admit(json_key(self.account_id, event.sender), writes)  # counted if room
                 reactions = await self.io.said_about(room_id, prompt["event_id"], platform.ANNOTATION)
                 seeded = tuple(r["content"]["m.relates_to"].get("key", "") for r in reactions)
@@ -282,7 +270,7 @@ class ApprovalFlow:
             return "ignored"
         approval_id = prompt.get("content", {}).get(platform.APPROVAL_FIELD, {}).get("id")
         still_pending = isinstance(approval_id, str) and await self.approvals.get(approval_id) is not None
-        if expires_at <= self._clock() or still_pending:
+        if expires_at <= self.clock() or still_pending:
             return await self._send_expired(room_id, event)
         return "ignored"
 

@@ -10,13 +10,14 @@ checks it). The pieces, in the order an adapter meets them:
 - `InboundGate`, `Job`, `Writes`, `Answer`, `Outcome`, `Holding`: exactly-once for inbound items;
 - `UserQuota`, `KeyedLocks`: the per-user quota and keyed async locks;
 - `Approval`, `ApprovalService`, `Decision`, `DECISIONS`: pending approvals in the core store;
+- `reply`: the user's reply hook (`reply.respond(reply.Message(...), default=..., send=...)`);
 - `ingress`: input checks (`BadInput`, `json_object`, `credential`, `check_key`, `short_id`);
 - `now_ms`, `Clock`, `log`: the wall clock and the gateway's structured logging.
 """
 
 from __future__ import annotations
 
-from chatstate.gateway import ingress
+from chatstate.gateway import ingress, reply
 from chatstate.gateway.adapter_state import CALLER_ERRORS, AdapterState, StateSpec
 from chatstate.gateway.approvals import DECISIONS, Approval, ApprovalService, Decision
 from chatstate.gateway.clock import Clock, now_ms
@@ -51,6 +52,7 @@ __all__ = [
     "UserQuota",
     "Writes",
     "ingress",
+    "reply",
     "log",
     "now_ms",
 ]

@@ -6,6 +6,7 @@ done; docs/migrations/matrix.md walks through it):
 - an approver's decision reaction: re-fetch it (a redacted one has no effect), post the outcome,
   stage the end of the target and the approval and give the count back; a prompt no longer
   answerable gets "this approval has expired", a resolved one silence;
+- any other text, when the user set a reply hook: the hook's answer (`sdk.reply`);
 - the takeover check: what did the bot already say about the event (all it says references its
   cause)? A prompt found is finished, an outcome found resolves; found anything: no new answer.
 A failing event is retried `event_max_attempts` times (honouring the homeserver's
@@ -38,6 +39,7 @@ from chatstate.gateway.sdk import (
     UserQuota,
     Writes,
     now_ms,
+    reply,
 )
 
 RETRY_DELAYS_S = (0.25, 1.0, 2.0)  # between attempts of one event; the last one repeats
@@ -82,6 +84,8 @@ class ApprovalFlow:
             return None
         if isinstance(event, RoomMessageText) and platform.parse_command(event.body) is not None:
             work, check = self._request, self._request_answered
+        elif isinstance(event, RoomMessageText) and reply.hooked("matrix"):
+            work, check = self._reply, self._said_anything
         elif (
             isinstance(event, ReactionEvent)
             and event.sender in self.settings.approvers
@@ -156,6 +160,24 @@ class ApprovalFlow:
         self.stats.failed += 1
         self.stats.last_failed = {"event_id": event_id, "room": room_id, "error": reason, "attempts": attempts}
         self.log.error("matrix_event_failed", extra=self.stats.last_failed)
+
+    # -- plain messages: the user's reply hook ---------------------------------------------
+    async def _reply(self, room_id: str, event: RoomMessageText, writes: Writes) -> str:
+        """Any other text goes to the user's reply hook, when one is set (`sdk.reply`)."""
+        said = await reply.respond(
+            reply.Message(event.body, event.sender, room_id, "matrix"),
+            default=None,
+            send=lambda text: self.io.send(
+                room_id,
+                "m.room.message",
+                {**platform.notice(text, event.event_id), "msgtype": "m.text"},
+                txn=platform.txn_id("reply", event.event_id),
+            ),
+        )
+        return "replied" if said else "ignored"
+
+    async def _said_anything(self, room_id: str, event: RoomMessageText, writes: Writes) -> bool:
+        return bool(await self.io.said_about(room_id, event.event_id))
 
     # -- requests -------------------------------------------------------------------------
     def _approval(self, room_id: str, event: RoomMessageText) -> Approval:

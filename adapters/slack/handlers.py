@@ -190,8 +190,9 @@ class SlackBot:
     async def _may_follow(self, writes: Writes, thread: ThreadRef, requester: str) -> bool:
         """True if the bot already follows `thread`, or `requester` is under their quota (the
         thread is counted against them, in `writes`), or the store is failing (fail open)."""
-        if any(st.last_error for st in self._states):
-            return True  # the store is failing (the claim just found out): add no slow calls
+        for state in self._states:  # try each degraded state again, so one nothing else calls recovers too
+            if state.last_error is not None and not await state.recover():
+                return True  # the store is failing (the claim just found out): add no slow calls
         if await self._threads.replied_in(thread) is not None:
             return True  # a thread counts once, against the user who made the bot follow it
         if await self._quota.admit(f"{thread.team_id}:{requester}", writes) is None:

@@ -4,16 +4,16 @@ An adapter asks for an approval ("may the agent run `deploy prod`?"), shows it t
 its own way (a Matrix prompt with reactions, a Slack button...), and later resolves it with a
 decision. The reference system kept pending approvals in a process dict, so a restart turned
 every open prompt into a dead one; here each one is a row in the core-owned keyed store
-`core:approvals` / `pending`, written (awaited) before the adapter shows the prompt, with a TTL
-equal to the approval's lifetime. Resolving is an atomic `consume`: of any number of reactions,
-clicks or retried deliveries, exactly one resolves an approval.
+`core:approvals` / `pending`, with a TTL equal to the approval's lifetime. Its creation and its
+resolution are staged into the done transaction of the inbound event that caused them, so the
+gate's claim on that event (`gate.InboundGate`) is what makes each happen once.
 
 `legacy=True` keeps the rows in memory only (the "before"), for the side-by-side demos.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -21,7 +21,7 @@ from chatstate.gateway.adapter_state import AdapterState, StateSpec
 from chatstate.gateway.clock import Clock, now_ms
 
 if TYPE_CHECKING:
-    from chatstate.gateway.plugin import PluginRuntime
+    from chatstate.gateway.gate import Writes
 
 Decision = Literal["allow-once", "allow-always", "deny"]
 DECISIONS: tuple[Decision, ...] = get_args(Decision)
@@ -72,74 +72,29 @@ class Approval:
 
 
 class ApprovalService:
-    """Create, read and resolve pending approvals in the core store (or memory when legacy)."""
+    """Read pending approvals, and stage their creation and resolution into an inbound item's
+    done transaction (`gate.Writes`): an approval exists exactly when the event that opened it
+    is done, and is gone exactly when the event that resolved it is."""
 
     def __init__(self, *, legacy: bool, clock: Clock = now_ms) -> None:
         self._clock = clock
-        self.state = AdapterState(PENDING, legacy=legacy, clock=clock)
+        self.state = AdapterState(PENDING, legacy=legacy, clock=clock)  # opened by the plugin
 
-    async def open(self, runtime: PluginRuntime) -> None:
-        """Open `core:approvals`/`pending` through the runtime. Raises what it raises."""
-        await self.state.open(runtime)
-
-    async def close(self) -> None:
-        await self.state.close()
-
-    def health(self) -> dict[str, Any]:
-        return self.state.health()
-
-    async def request(
-        self,
-        approval_id: str,
-        action: str,
-        *,
-        requested_by: str,
-        decisions: Iterable[Decision] = DECISIONS,
-        ttl_ms: int,
-        requested_at: int | None = None,
-        context: Mapping[str, Any] | None = None,
-    ) -> Approval:
-        """Create the pending approval `approval_id`, or return the live one already there.
-
-        It expires `ttl_ms` after `requested_at` (ms since epoch: when the person asked, e.g. the
-        chat message's timestamp; never later than now; default now). Idempotent so a replayed
-        request (the same chat message delivered again after a crash) never opens a second
-        approval or restarts the first one's clock, even once the first has expired: given the
-        same `requested_at` it gets the same deadline, and an approval past its deadline is
-        returned as it is, not stored (`expires_at <= now`: nothing left to ask). Returns once
-        the row is durable. Raises ValueError for no/unknown decisions or ttl_ms < 1, and
-        StateStoreError INVALID_INPUT/LIMIT_EXCEEDED for an id or context the store refuses.
-        """
-        chosen = tuple(d for d in DECISIONS if d in set(decisions))
-        if not chosen or set(decisions) - set(DECISIONS):
-            raise ValueError(f"decisions must be a non-empty subset of {DECISIONS}")
-        if ttl_ms < 1:
-            raise ValueError("ttl_ms must be >= 1")
-        now = self._clock()
-        created = now if requested_at is None else min(requested_at, now)
-        approval = Approval(approval_id, action, requested_by, chosen, created, created + ttl_ms, dict(context or {}))
-        if approval.expires_at <= now:
-            return approval
-        if await self.state.claim(approval_id, approval.to_json(), ttl_ms=approval.expires_at - now):
-            return approval
-        existing = await self.get(approval_id)
-        return existing if existing is not None else approval
+    def open(self, writes: Writes, approval: Approval) -> bool:
+        """Stage `approval` as pending until its `expires_at`; False (nothing staged) once that
+        has passed: there is nothing left to ask. Raises StateStoreError INVALID_INPUT /
+        LIMIT_EXCEEDED for an id or context the store refuses."""
+        remaining = approval.expires_at - self._clock()
+        if remaining <= 0:
+            return False
+        writes.put(self.state, approval.id, approval.to_json(), ttl_ms=remaining)
+        return True
 
     async def get(self, approval_id: str) -> Approval | None:
         """Return the live approval, or None once it is resolved or expired."""
         value = await self.state.get(approval_id)
         return None if value is None else Approval.from_json(value)
 
-    async def resolve(self, approval_id: str, decision: Decision) -> Approval | None:
-        """Take the approval for `decision`; None if it is already resolved, expired or unknown.
-
-        Atomic across processes: of racing resolvers exactly one gets the approval back.
-        Raises ValueError for a decision this approval does not allow (it stays pending).
-        """
-        pending = await self.get(approval_id)
-        if pending is None:
-            return None
-        if decision not in pending.decisions:
-            raise ValueError(f"approval {approval_id!r} does not allow {decision!r}")
-        value = await self.state.take(approval_id)
-        return None if value is None else Approval.from_json(value)
+    def resolve(self, writes: Writes, approval_id: str) -> None:
+        """Stage the end of `approval_id` (answered): it is no longer pending."""
+        writes.delete(self.state, approval_id)

@@ -9,7 +9,10 @@ check. The gate does the rest:
    another live process is "leased" (503 + Retry-After, the platform retries later);
 2. a lease whose owner died (its lease time passed with no done mark) is taken over with a
    compare-and-set, and then the check ALWAYS runs first: a redelivery after a reconnect can
-   arrive as a first attempt, so what the delivery says about retries is never trusted;
+   arrive as a first attempt, so what the delivery says about retries is never trusted. A gate
+   given an `owner` (an identity only one live process holds at a time, like a Matrix device
+   that one process syncs) also takes over, at once, a lease of that owner that it is not
+   working on: its dead predecessor's, so a restart need not wait the lease out;
 3. the work stages its state writes into `Writes`; the gate commits them with the done mark
    in one transaction (state recorded ⇔ item done); a failed work commits nothing and releases
    the claim (as a lease already run out), so the platform's retry takes the item over, checks,
@@ -150,9 +153,11 @@ class InboundGate:
         holding: Holding | None = None,
         log: logging.LoggerAdapter[logging.Logger] | None = None,
         clock: Clock = now_ms,
+        owner: str | None = None,
     ) -> None:
         self.claims = claims
         self.lease_ms = lease_ms
+        self.owner = owner
         self.ack_budget_s = ack_budget_s
         self._holding = holding
         self._clock = clock
@@ -255,7 +260,9 @@ class InboundGate:
 
     async def _claim(self, key: str, now: int) -> str | Outcome:
         """ "won", "takeover" (a dead owner's lease), or why not. One write when uncontended."""
-        lease = {"received_at": now, "lease_until": now + self.lease_ms}
+        lease: dict[str, Any] = {"received_at": now, "lease_until": now + self.lease_ms}
+        if self.owner is not None:
+            lease["owner"] = self.owner
         if await self.claims.claim(key, lease):
             return "won"
         entry = await self.claims.get_entry(key, fresh=True)
@@ -265,7 +272,8 @@ class InboundGate:
         if "done_at" in value:
             return Outcome.ALREADY_DONE
         lease_until = value.get("lease_until")
-        if isinstance(lease_until, int) and lease_until > now:
+        mine = self.owner is not None and value.get("owner") == self.owner  # and not in flight here
+        if isinstance(lease_until, int) and lease_until > now and not mine:
             return Outcome.LEASED
         return "takeover" if await self.claims.take_over(key, lease, version=entry.version) else Outcome.LEASED
 

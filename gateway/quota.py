@@ -80,6 +80,18 @@ class UserQuota:
             writes.put(self.state, user, {"b": live}, ttl_ms=self.ttl_ms + self._bucket_ms)
             return None
 
+    async def release(self, user: str, writes: Writes) -> None:
+        """Give back one item of `user` (it ended before its time, e.g. an approval answered),
+        into `writes`. The oldest bucket gives it back: the counts left then never expire before
+        the items they stand for, so the quota is never exceeded."""
+        async with self._locks.hold(user):
+            live = self._live(await self.state.get(user), self._clock())
+            if live:
+                oldest = min(live, key=int)
+                live[oldest] -= 1
+                live = {b: n for b, n in live.items() if n > 0}
+                writes.put(self.state, user, {"b": live}, ttl_ms=self.ttl_ms + self._bucket_ms)
+
     def _expiry(self, bucket: int) -> int:
         return (bucket + 1) * self._bucket_ms + self.ttl_ms
 

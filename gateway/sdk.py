@@ -9,6 +9,8 @@ checks it). The pieces, in the order an adapter meets them:
 - `AdapterState`, `StateSpec`: one namespace of its state, memory in front of the keyed store;
 - `InboundGate`, `Job`, `Writes`, `Answer`, `Outcome`, `Holding`: exactly-once for inbound items;
 - `UserQuota`, `KeyedLocks`: the per-user quota and keyed async locks;
+- `Approval`, `ApprovalService`, `Decision`, `DECISIONS`: pending approvals in the core store;
+- `reply`: the user's reply hook (`reply.respond(reply.Message(...), default=..., send=...)`);
 - `ingress`: input checks (`BadInput`, `json_object`, `credential`, `check_key`, `short_id`);
 - `reply`: the user's reply hook (`reply.Message`, `reply.answer`, `reply.respond`);
 - `now_ms`, `Clock`, `log`: the wall clock and the gateway's structured logging.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from chatstate.gateway import ingress, reply
 from chatstate.gateway.adapter_state import CALLER_ERRORS, AdapterState, StateSpec
+from chatstate.gateway.approvals import DECISIONS, Approval, ApprovalService, Decision
 from chatstate.gateway.clock import Clock, now_ms
 from chatstate.gateway.gate import Answer, Holding, InboundGate, Job, Outcome, Writes
 from chatstate.gateway.logs import get as log
@@ -29,6 +32,10 @@ from chatstate.state import StateStoreError
 
 __all__ = [
     "CALLER_ERRORS",
+    "DECISIONS",
+    "Approval",
+    "ApprovalService",
+    "Decision",
     "AdapterSettings",
     "AdapterState",
     "Answer",
@@ -46,6 +53,7 @@ __all__ = [
     "UserQuota",
     "Writes",
     "ingress",
+    "reply",
     "log",
     "now_ms",
     "reply",

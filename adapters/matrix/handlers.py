@@ -1,325 +1,302 @@
-"""What the bot does with each event: post approval prompts, resolve them by reaction.
-
-Request: a room member writes `!approve <action>` (all three decisions) or `!approve-once
-<action>` (no "allow always"). The requester must hold a free slot (at most
-`max_pending_per_requester` open approvals each, issue 15): over it, the bot answers "too many
-pending approvals" and opens nothing, so one person's flood can never evict another's prompt.
-Otherwise the bot opens the pending approval (core store), posts the prompt, registers the
-reaction target (awaited: only now is the prompt "posted"), then seeds one reaction per allowed
-decision.
-
-Resolve: a listed approver reacts to the prompt with ✅ ♾️ or ❌. The bot re-fetches the
-reaction first: one the homeserver has redacted since the batch was produced (a stale or cached
-batch) has no effect. Then it posts the outcome and takes the target and the approval (atomic
-consumes) and frees the requester's slot. Anything else — another sender, the bot's own seed
-reactions, another emoji, a reaction to a non-prompt event — is ignored and leaves the target in
-place. A decision reaction to a prompt that is no longer answerable (its approval expired, or its
-target was evicted) gets "this approval has expired", never silence; a prompt already resolved
-stays silent. Each event reaches these callbacks at most once (the dispatcher's ledger).
-
-## The dispatcher (`EventDispatcher`; dispatch.py before issue 18)
-
-One event at a time: claim it in our ledger, run its handler, retry a bounded number of times,
-and give up on it alone — never on the batch, the room or the sync position (issue 13).
-
-Why a ledger and not the homeserver: Synapse serves a cached answer to an identical /sync for
-about two minutes and dedupes txn ids per device only, so a replayed batch after a restart, a
-new login or a second gateway on one Redis would otherwise act twice. An event with effects (an
-approval request, an approver's decision reaction) is claimed in `matrix.handled-events` before
-its first effect; whoever holds the claim acts, everyone else skips it. A claim still
-`handling` when its process died (SIGKILL mid-event, e.g. while waiting out a 429) is finished
-by the next start of the same device (its sends reuse their txn ids); a SIGTERM releases the
-claim so the next start redoes it. Another device never takes a claim over: for it, at most once.
-
-A failing handler is retried `max_attempts` times with backoff (the homeserver's
-`retry_after_ms` when it gave one), then recorded as failed (log event `matrix_event_failed`,
-counter in /healthz) and skipped, so an `M_FORBIDDEN` room cannot stop the bot answering in
-the others.
+"""What the bot does with each event with effects, as one `sdk.InboundGate` job (claim, work,
+done; docs/migrations/matrix.md walks through it):
+- a request (`!approve <action>`, `!approve-once <action>`): within the requester's quota, post
+  the prompt and seed one reaction per allowed decision, staging the approval, the reaction
+  target and the quota count; over it, answer "too many pending approvals";
+- an approver's decision reaction: re-fetch it (a redacted one has no effect), post the outcome,
+  stage the end of the target and the approval and give the count back; a prompt no longer
+  answerable gets "this approval has expired", a resolved one silence;
+- any other text, when the user set a reply hook: the hook's answer (`sdk.reply`);
+- the takeover check: what did the bot already say about the event (all it says references its
+  cause)? A prompt found is finished, an outcome found resolves; found anything: no new answer.
+A failing event is retried `event_max_attempts` times (honouring the homeserver's
+`retry_after_ms`), then given up and marked done, so one bad room cannot stop the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from nio import ReactionEvent, RoomMessageText
 
 from chatstate.adapters.matrix import platform
+from chatstate.adapters.matrix.config import MatrixSettings
 from chatstate.adapters.matrix.platform import MatrixError, MatrixIO
-from chatstate.adapters.matrix.state import HandledEvents, Outcome, ReactionTarget, ReactionTargets, RequesterSlots
-from chatstate.gateway import reply
-from chatstate.gateway.approvals import Approval, ApprovalService
-from chatstate.gateway.clock import Clock, now_ms
+from chatstate.adapters.matrix.state import ReactionTarget, json_key, target_key
+from chatstate.gateway.sdk import (
+    AdapterState,
+    Approval,
+    ApprovalService,
+    Clock,
+    InboundGate,
+    Job,
+    Outcome,
+    UserQuota,
+    Writes,
+    now_ms,
+    reply,
+)
 
-SLOT_FIELD = "requester_slot"  # in the approval's context: which slot to free on resolution
 RETRY_DELAYS_S = (0.25, 1.0, 2.0)  # between attempts of one event; the last one repeats
 MAX_RETRY_AFTER_S = 30.0  # a homeserver asking for longer is capped: the loop must move on
+LEASED_POLL_S = 0.5  # another gateway works on this event: look again this often
+
+Handler = Callable[[str, Any, Writes], Awaitable[str]]
 
 
+@dataclass
+class Stats:
+    """What /healthz shows about event handling."""
+
+    handled: int = 0
+    replays_skipped: int = 0  # done before: by an earlier run, another device or gateway
+    withdrawn: int = 0  # reactions redacted in the same batch
+    failed: int = 0
+    last_failed: dict[str, Any] | None = None
+
+
+@dataclass
 class ApprovalFlow:
-    """Event handlers for one bot account (called by `dispatch.EventDispatcher`)."""
+    """The bot's behaviour on one account's room events, handed to the gate one event at a time."""
 
-    def __init__(
-        self,
-        io: MatrixIO,
-        targets: ReactionTargets,
-        approvals: ApprovalService,
-        slots: RequesterSlots,
-        *,
-        approvers: Collection[str],
-        approval_ttl_ms: int,
-        max_pending_per_requester: int,
-        log: logging.LoggerAdapter[logging.Logger],
-        clock: Clock = now_ms,
-    ) -> None:
-        self.io = io
-        self.targets = targets
-        self.approvals = approvals
-        self.slots = slots
-        self.approvers = frozenset(approvers)
-        self.approval_ttl_ms = approval_ttl_ms
-        self.max_pending = max_pending_per_requester
-        self.log = log
-        self._clock = clock
+    io: MatrixIO
+    settings: MatrixSettings
+    gate: InboundGate
+    targets: AdapterState  # matrix.approval-reactions
+    approvals: ApprovalService
+    quota: UserQuota
+    log: logging.LoggerAdapter[logging.Logger]
+    clock: Clock = now_ms
+    stats: Stats = field(default_factory=Stats)
 
     @property
     def account_id(self) -> str:
         return self.io.user_id
 
-    def wants_message(self, event: object) -> bool:
-        """True for an approval request: the only messages with effects."""
-        return (
-            isinstance(event, RoomMessageText)
-            and event.sender != self.account_id
-            and (platform.parse_command(event.body) is not None or reply.hooked("matrix"))
-        )
-
-    def wants_reaction(self, event: object) -> bool:
-        """True for a decision reaction by a listed approver: the only reactions with effects."""
-        return (
+    def job(self, room_id: str, event: object) -> Job | None:
+        """The gate's job for an event with effects (a request, an approver's decision), else None."""
+        if event is None or getattr(event, "sender", self.account_id) == self.account_id:
+            return None
+        if isinstance(event, RoomMessageText) and platform.parse_command(event.body) is not None:
+            work, check = self._request, self._request_answered
+        elif isinstance(event, RoomMessageText) and reply.hooked("matrix"):
+            work, check = self._reply, self._said_anything
+        elif (
             isinstance(event, ReactionEvent)
-            and event.sender != self.account_id
-            and event.sender in self.approvers
+            and event.sender in self.settings.approvers
             and platform.decision_for(event.key) is not None
-        )
-
-    # -- requests -------------------------------------------------------------------------
-    async def on_message(self, room_id: str, event: RoomMessageText) -> None:
-        """Open an approval for `!approve ...` and post its prompt, or refuse over the quota."""
-        command = platform.parse_command(event.body)
-        if event.sender == self.account_id:
-            return
-        if command is None:  # any other text goes to the user's reply hook, if any (gateway/reply.py)
-            await reply.respond(
-                reply.Message(event.body, event.sender, room_id, "matrix"),
-                default=None,
-                send=lambda text: self.io.send(
-                    room_id,
-                    "m.room.message",
-                    {"msgtype": "m.text", "body": text},
-                    txn=platform.txn_id("reply", event.event_id),
-                ),
-            )
-            return
-        approval_id = platform.approval_id(room_id, event.event_id)
-        # the approval counts from the request, so a request finished after a crash keeps its
-        # first deadline (and, past it, opens nothing) instead of starting a new one
-        requested_at = min(event.server_timestamp, self._clock())
-        expires_at = requested_at + self.approval_ttl_ms
-        if expires_at <= self._clock():
-            self.log.info("matrix_request_expired", extra={"approval": approval_id, "room": room_id})
-            return
-        existing = await self.approvals.get(approval_id)  # a retried attempt of this event
-        slot = await self.slots.take(
-            self.account_id,
-            event.sender,
-            approval_id,
-            cap=self.max_pending,
-            expires_at=existing.expires_at if existing else expires_at,
-        )
-        if slot is None:
-            await self.io.send(
-                room_id,
-                "m.room.message",
-                platform.refused_content(event.sender, self.max_pending),
-                txn=platform.txn_id("refused", event.event_id),
-            )
-            self.log.info("matrix_request_refused", extra={"requester": event.sender, "room": room_id})
-            return
-        approval = await self.approvals.request(
-            approval_id,
-            command.action,
-            requested_by=event.sender,
-            decisions=command.decisions,
-            ttl_ms=self.approval_ttl_ms,
-            requested_at=requested_at,
-            context={"room_id": room_id, "request_event_id": event.event_id, SLOT_FIELD: slot},
-        )
-        if approval.expires_at <= self._clock():
-            return  # nothing left to ask
-        prompt_id = await self.io.send(
-            room_id, "m.room.message", platform.prompt_content(approval), txn=platform.txn_id("prompt", event.event_id)
-        )
-        target = ReactionTarget(approval.id, approval.decisions)
-        if not await self.targets.register_target(
-            self.account_id, room_id, prompt_id, target, expires_at=approval.expires_at
         ):
-            return
-        for decision in approval.decisions:
-            await self.io.send(
-                room_id,
-                "m.reaction",
-                platform.reaction_content(prompt_id, platform.EMOJI[decision]),
-                txn=platform.txn_id(f"seed-{decision}", prompt_id),
-            )
-        self.log.info("matrix_prompt_posted", extra={"approval": approval.id, "room": room_id})
-
-    # -- reactions ------------------------------------------------------------------------
-    async def on_reaction(self, room_id: str, event: ReactionEvent) -> None:
-        """Resolve the prompt `event` reacts to, if a listed approver chose an allowed decision."""
-        decision = platform.decision_for(event.key)
-        if not self.wants_reaction(event) or decision is None:
-            return
-        target = await self.targets.peek(self.account_id, room_id, event.reacts_to)
-        if target is None:
-            await self._not_answerable(room_id, event)
-            return
-        if decision not in target.decisions:
-            return
-        approval = await self.approvals.get(target.approval_id)
-        if approval is None:  # the approval's row expired a moment before the target's
-            await self._send_expired(room_id, event)
-            return
-        if await self._withdrawn(room_id, event):
-            return
-        await self.io.send(
-            room_id,
-            "m.room.message",
-            platform.outcome_content(approval, decision, event.sender),
-            txn=platform.txn_id("outcome", approval.id),
+            work, check = self._reaction, self._reaction_answered
+        else:
+            return None
+        return Job(
+            key=json_key(self.account_id, event.event_id),
+            work=partial(self._attempts, work, room_id, event),
+            answered=partial(check, room_id, event),
         )
-        resolution = await self.targets.resolve_target(self.account_id, room_id, event.reacts_to, decision)
-        if resolution.outcome is Outcome.RESOLVED:
-            await self.approvals.resolve(approval.id, decision)
-            await self._free_slot(approval)
-            self.log.info("matrix_approval_resolved", extra={"approval": approval.id, "decision": decision})
-
-    async def _withdrawn(self, room_id: str, event: ReactionEvent) -> bool:
-        """True when the homeserver now has the reaction redacted (our batch was stale)."""
-        current = await self.io.fetch_event(room_id, event.event_id)
-        if current is None or platform.is_redacted(current):
-            self.log.info("matrix_reaction_withdrawn", extra={"event_id": event.event_id, "room": room_id})
-            return True
-        return False
-
-    async def _not_answerable(self, room_id: str, event: ReactionEvent) -> None:
-        """No live target. Our prompt whose approval expired, or is still pending (its target
-        was evicted), gets "expired"; a resolved prompt or any other event stays silent."""
-        prompt = await self.io.fetch_event(room_id, event.reacts_to)
-        expires_at = None if prompt is None else platform.prompt_expiry(prompt, self.account_id)
-        if expires_at is None:
-            return
-        approval_id = prompt.get("content", {}).get(platform.APPROVAL_FIELD, {}).get("id") if prompt else None
-        still_pending = isinstance(approval_id, str) and await self.approvals.get(approval_id) is not None
-        if expires_at <= self._clock() or still_pending:
-            await self._send_expired(room_id, event)
-
-    async def _send_expired(self, room_id: str, event: ReactionEvent) -> None:
-        await self.io.send(
-            room_id, "m.room.message", platform.expired_content(), txn=platform.txn_id("expired", event.event_id)
-        )
-
-    async def _free_slot(self, approval: Approval) -> None:
-        slot = approval.context.get(SLOT_FIELD)
-        if isinstance(slot, int):
-            await self.slots.free(self.account_id, approval.requested_by, slot)
-
-
-# -- the dispatcher ----------------------------------------------------------------------------
-@dataclass
-class DispatchStats:
-    """What /healthz shows about event handling."""
-
-    handled: int = 0
-    replays_skipped: int = 0  # claimed before: by an earlier run, another device or gateway
-    withdrawn: int = 0  # reactions redacted in the same batch
-    failed: int = 0
-    last_failed: dict[str, Any] | None = field(default=None)
-
-
-class EventDispatcher:
-    """Route a room's events, in order, to the approval flow, each one isolated."""
-
-    def __init__(
-        self,
-        flow: ApprovalFlow,
-        ledger: HandledEvents,
-        *,
-        max_attempts: int,
-        log: logging.LoggerAdapter[logging.Logger],
-    ) -> None:
-        self.flow = flow
-        self.ledger = ledger
-        self.max_attempts = max_attempts
-        self.log = log
-        self.stats = DispatchStats()
 
     async def room_events(self, room_id: str, events: list[Any]) -> None:
-        """Handle `events` of one room in order. A reaction redacted later in the same list is
-        skipped (it was withdrawn before we acted). Raises only CancelledError."""
+        """Handle `events` of one room in order, each through the gate. A reaction redacted later
+        in the same list is skipped (it was withdrawn before we acted). Raises CancelledError
+        when the gate is draining (the batch is then replayed next start)."""
         redacted = {getattr(e, "redacts", None) for e in events} - {None}
         for event in events:
-            if self.flow.wants_message(event):
-                await self._one(room_id, event, self.flow.on_message)
-            elif self.flow.wants_reaction(event):
-                if event.event_id in redacted:
-                    self.stats.withdrawn += 1
-                    continue
-                await self._one(room_id, event, self.flow.on_reaction)
+            job = self.job(room_id, event)
+            if job is None:
+                continue
+            if isinstance(event, ReactionEvent) and event.event_id in redacted:
+                self.stats.withdrawn += 1
+                continue
+            await self._deliver(room_id, event.event_id, job)
 
-    async def _one(
-        self, room_id: str, event: RoomMessageText | ReactionEvent, handler: Callable[[str, Any], Awaitable[None]]
-    ) -> None:
-        account, device = self.flow.account_id, self.flow.io.device_id
-        if not await self.ledger.claim(account, event.event_id, device):
-            self.stats.replays_skipped += 1
-            self.log.info("matrix_event_replay_skipped", extra={"event_id": event.event_id, "room": room_id})
-            return
+    async def _deliver(self, room_id: str, event_id: str, job: Job) -> None:
+        failures = 0
+        while True:
+            answer = await self.gate.deliver(job)
+            if answer.outcome is Outcome.DONE:
+                self.stats.handled += answer.text != "failed"  # given up: counted in `failed`
+                return
+            if answer.outcome in (Outcome.ALREADY_DONE, Outcome.IN_PROGRESS):
+                self.stats.replays_skipped += 1
+                self.log.info("matrix_event_replay_skipped", extra={"event_id": event_id, "room": room_id})
+                return
+            if answer.outcome is Outcome.DRAINING:
+                raise asyncio.CancelledError
+            if answer.outcome is Outcome.FAILED:  # the takeover's check failed: try again, bounded
+                failures += 1
+                if failures >= self.settings.event_max_attempts:
+                    self._give_up(room_id, event_id, "the takeover check failed", failures)
+                    return
+            await asyncio.sleep(LEASED_POLL_S)  # LEASED: wait for its done mark or the lease's end
+
+    async def _attempts(self, handle: Handler, room_id: str, event: Any, writes: Writes) -> str:
+        """Run `handle` up to `event_max_attempts` times; given up, the event is done all the same."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                await handler(room_id, event)
-            except asyncio.CancelledError:
-                # stopping mid-event: let the next start redo it (its sends reuse their txn ids)
-                await asyncio.shield(self.ledger.release(account, event.event_id))
-                raise
+                return await handle(room_id, event, writes)
             except Exception as exc:
+                writes.discard()
                 reason = f"{type(exc).__name__}: {exc}"
-                if attempt >= self.max_attempts:
-                    await self._give_up(room_id, event.event_id, reason, attempt)
-                    return
+                if attempt >= self.settings.event_max_attempts:
+                    self._give_up(room_id, event.event_id, reason, attempt)
+                    return "failed"
                 delay = RETRY_DELAYS_S[min(attempt - 1, len(RETRY_DELAYS_S) - 1)]
-                retry_after_ms = exc.retry_after_ms if isinstance(exc, MatrixError) else None
-                if retry_after_ms:
-                    delay = max(delay, min(retry_after_ms / 1000, MAX_RETRY_AFTER_S))
+                if isinstance(exc, MatrixError) and exc.retry_after_ms:
+                    delay = max(delay, min(exc.retry_after_ms / 1000, MAX_RETRY_AFTER_S))
                 self.log.warning(
                     "matrix_event_retry",
                     extra={"event_id": event.event_id, "room": room_id, "attempt": attempt, "error": reason},
                 )
                 await asyncio.sleep(delay)
-                continue
-            await self.ledger.done(account, event.event_id, device)
-            self.stats.handled += 1
-            return
 
-    async def _give_up(self, room_id: str, event_id: str, reason: str, attempts: int) -> None:
+    def _give_up(self, room_id: str, event_id: str, reason: str, attempts: int) -> None:
         self.stats.failed += 1
         self.stats.last_failed = {"event_id": event_id, "room": room_id, "error": reason, "attempts": attempts}
-        self.log.error(
-            "matrix_event_failed", extra={"event_id": event_id, "room": room_id, "error": reason, "attempts": attempts}
+        self.log.error("matrix_event_failed", extra=self.stats.last_failed)
+
+    # -- plain messages: the user's reply hook ---------------------------------------------
+    async def _reply(self, room_id: str, event: RoomMessageText, writes: Writes) -> str:
+        """Any other text goes to the user's reply hook, when one is set (`sdk.reply`)."""
+        said = await reply.respond(
+            reply.Message(event.body, event.sender, room_id, "matrix"),
+            default=None,
+            send=lambda text: self.io.send(
+                room_id,
+                "m.room.message",
+                {**platform.notice(text, event.event_id), "msgtype": "m.text"},
+                txn=platform.txn_id("reply", event.event_id),
+            ),
         )
-        await self.ledger.mark_failed(self.flow.account_id, event_id, self.flow.io.device_id, reason)
+        return "replied" if said else "ignored"
+
+    async def _said_anything(self, room_id: str, event: RoomMessageText, writes: Writes) -> bool:
+        return bool(await self.io.said_about(room_id, event.event_id))
+
+    # -- requests -------------------------------------------------------------------------
+    def _approval(self, room_id: str, event: RoomMessageText) -> Approval:
+        """The approval `event` asks for; it counts from the request message (our clock if that
+        is behind), so every attempt and takeover gets the same deadline."""
+        command = platform.parse_command(event.body)
+        assert command is not None  # job() routes only commands here
+        asked = min(event.server_timestamp, self.clock())
+        return Approval(
+            platform.approval_id(room_id, event.event_id),
+            command.action,
+            event.sender,
+            command.decisions,
+            asked,
+            asked + self.settings.approval_ttl_ms,
+            {"room_id": room_id, "request_event_id": event.event_id},
+        )
+
+    async def _request(self, room_id: str, event: RoomMessageText, writes: Writes) -> str:
+        """Post the prompt and stage its rows, or refuse over the quota."""
+        approval = self._approval(room_id, event)
+        if approval.expires_at <= self.clock():
+            self.log.info("matrix_request_expired", extra={"approval": approval.id, "room": room_id})
+            return "expired"
+        if await self.quota.admit(json_key(self.account_id, event.sender), writes) is not None:
+            cap = self.settings.max_pending_per_requester
+            content = platform.refused_content(event.sender, cap, event.event_id)
+            await self.io.send(room_id, "m.room.message", content, txn=platform.txn_id("refused", event.event_id))
+            self.log.info("matrix_request_refused", extra={"requester": event.sender, "room": room_id})
+            return "refused"
+        content = platform.prompt_content(approval, event.event_id)
+        prompt_id = await self.io.send(
+            room_id, "m.room.message", content, txn=platform.txn_id("prompt", event.event_id)
+        )
+        await self._finish_prompt(writes, room_id, prompt_id, approval, seeded=())
+        return "prompted"
+
+    async def _finish_prompt(
+        self, writes: Writes, room_id: str, prompt_id: str, approval: Approval, *, seeded: tuple[str, ...]
+    ) -> None:
+        """Stage the approval and the prompt's target (they live as long as the approval), and
+        seed the reactions not in `seeded`."""
+        if not self.approvals.open(writes, approval):
+            return  # expired meanwhile: nothing left to ask
+        target = ReactionTarget(approval.id, approval.decisions).to_json()
+        remaining = approval.expires_at - self.clock()
+        writes.put(self.targets, target_key(self.account_id, room_id, prompt_id), target, ttl_ms=max(remaining, 1))
+        for decision in approval.decisions:
+            emoji = platform.EMOJI[decision]
+            if emoji not in seeded:
+                content = platform.reaction_content(prompt_id, emoji)
+                await self.io.send(room_id, "m.reaction", content, txn=platform.txn_id(f"seed-{decision}", prompt_id))
+        self.log.info("matrix_prompt_posted", extra={"approval": approval.id, "room": room_id})
+
+    async def _request_answered(self, room_id: str, event: RoomMessageText, writes: Writes) -> bool:
+        """After a takeover: did the bot already answer this request? A prompt found is finished."""
+        said = await self.io.said_about(room_id, event.event_id)
+        prompt = next((e for e in said if platform.prompt_expiry(e, self.account_id) is not None), None)
+        if prompt is not None:
+            approval = self._approval(room_id, event)
+            if approval.expires_at > self.clock():
+                await self.quota.admit(json_key(self.account_id, event.sender), writes)  # counted if room
+                reactions = await self.io.said_about(room_id, prompt["event_id"], platform.ANNOTATION)
+                seeded = tuple(r["content"]["m.relates_to"].get("key", "") for r in reactions)
+                await self._finish_prompt(writes, room_id, prompt["event_id"], approval, seeded=seeded)
+        return bool(said)
+
+    # -- reactions ------------------------------------------------------------------------
+    async def _reaction(self, room_id: str, event: ReactionEvent, writes: Writes) -> str:
+        """Resolve the prompt `event` reacts to, if the decision is one it offers."""
+        decision = platform.decision_for(event.key)
+        value = await self.targets.get(target_key(self.account_id, room_id, event.reacts_to))
+        if value is None:
+            return await self._not_answerable(room_id, event)
+        target = ReactionTarget.from_json(value)
+        if decision is None or decision not in target.decisions:
+            return "ignored"
+        approval = await self.approvals.get(target.approval_id)
+        if approval is None:  # the approval's row expired a moment before the target's
+            return await self._send_expired(room_id, event)
+        current = await self.io.fetch_event(room_id, event.event_id)
+        if current is None or platform.is_redacted(current):  # our batch was stale
+            self.log.info("matrix_reaction_withdrawn", extra={"event_id": event.event_id, "room": room_id})
+            return "withdrawn"
+        content = platform.outcome_content(approval, decision, event.sender, event.event_id)
+        await self.io.send(room_id, "m.room.message", content, txn=platform.txn_id("outcome", approval.id))
+        await self._resolve(writes, room_id, event.reacts_to, approval)
+        self.log.info("matrix_approval_resolved", extra={"approval": approval.id, "decision": decision})
+        return "resolved"
+
+    async def _resolve(self, writes: Writes, room_id: str, prompt_id: str, approval: Approval) -> None:
+        writes.delete(self.targets, target_key(self.account_id, room_id, prompt_id))
+        self.approvals.resolve(writes, approval.id)
+        await self.quota.release(json_key(self.account_id, approval.requested_by), writes)
+
+    async def _reaction_answered(self, room_id: str, event: ReactionEvent, writes: Writes) -> bool:
+        """After a takeover: did the bot already answer this reaction? An outcome found resolves."""
+        said = await self.io.said_about(room_id, event.event_id)
+        for answer in said:
+            approval_id = answer.get("content", {}).get(platform.APPROVAL_FIELD, {}).get("id")
+            approval = await self.approvals.get(approval_id) if isinstance(approval_id, str) else None
+            if approval is not None:
+                await self._resolve(writes, room_id, event.reacts_to, approval)
+        return bool(said)
+
+    async def _not_answerable(self, room_id: str, event: ReactionEvent) -> str:
+        """No live target. Our prompt whose approval expired, or is still pending (its target
+        was evicted), gets "expired"; a resolved prompt or any other event stays silent."""
+        prompt = await self.io.fetch_event(room_id, event.reacts_to)
+        expires_at = None if prompt is None else platform.prompt_expiry(prompt, self.account_id)
+        if prompt is None or expires_at is None:
+            return "ignored"
+        approval_id = prompt.get("content", {}).get(platform.APPROVAL_FIELD, {}).get("id")
+        still_pending = isinstance(approval_id, str) and await self.approvals.get(approval_id) is not None
+        if expires_at <= self.clock() or still_pending:
+            return await self._send_expired(room_id, event)
+        return "ignored"
+
+    async def _send_expired(self, room_id: str, event: ReactionEvent) -> str:
+        content = platform.notice(platform.EXPIRED_TEXT, event.event_id)
+        await self.io.send(room_id, "m.room.message", content, txn=platform.txn_id("expired", event.event_id))
+        return "expired"

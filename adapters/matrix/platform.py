@@ -4,7 +4,9 @@ Every event the bot sends carries a transaction id derived from what it answers
 (`txn_id("prompt", request_event_id)`, ...), so a retried send is recognisably the same send.
 That is hygiene, not our exactly-once: the homeserver forgets txn ids after a while and never
 shares them across devices (a new login), so whether an event is acted on at all is decided by
-our own ledger (`state.HandledEvents`), claimed before any effect.
+the gate's claim (`sdk.InboundGate`). Everything the bot says because of an event references
+that event (`m.reference`), so after a takeover the bot can ask the homeserver whether it
+already answered (`said_about`).
 
 Refusals come back as `MatrixError` with the homeserver's `errcode` and, for `M_LIMIT_EXCEEDED`,
 its `retry_after_ms`; nio itself retries a 429 only `MAX_429_RETRIES` times (honouring
@@ -16,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from nio import (
     AsyncClient,
@@ -31,8 +33,9 @@ from nio import (
     UploadFilterResponse,
     WhoamiResponse,
 )
+from nio.api import RelationshipType
 
-from chatstate.gateway.approvals import DECISIONS, Approval, Decision
+from chatstate.gateway.sdk import DECISIONS, Approval, Decision
 
 EMOJI: Mapping[Decision, str] = {"allow-once": "✅", "allow-always": "♾️", "deny": "❌"}
 LABEL: Mapping[Decision, str] = {"allow-once": "allow once", "allow-always": "allow always", "deny": "deny"}
@@ -48,7 +51,10 @@ COMMANDS: Mapping[str, tuple[Decision, ...]] = {
 REQUEST_TIMEOUT_S = 30.0  # one HTTP call to the homeserver, long-polls excluded
 MAX_TIMEOUTS = 3  # nio retries a timed-out call this often, then raises
 MAX_429_RETRIES = 2  # nio sleeps retry_after_ms and retries a 429 this often, then we see it
+R = TypeVar("R")
 REFUSED_TEXT = "too many pending approvals"  # start of the answer to a request over the quota
+REFERENCE = RelationshipType.reference.value  # what the bot says points at the event it answers
+ANNOTATION = RelationshipType.annotation.value  # a reaction
 
 
 class MatrixError(RuntimeError):
@@ -69,6 +75,13 @@ class MatrixError(RuntimeError):
             errcode=errcode if isinstance(errcode, str) else None,
             retry_after_ms=retry if isinstance(retry, int) else None,
         )
+
+
+def _ok(what: str, resp: object, expected: type[R]) -> R:
+    """`resp` if nio answered with `expected`, else MatrixError with the homeserver's reason."""
+    if not isinstance(resp, expected):
+        raise MatrixError.of(what, resp)
+    return resp
 
 
 @dataclass(frozen=True)
@@ -105,25 +118,25 @@ def approval_id(room_id: str, request_event_id: str) -> str:
     return "matrix-" + hashlib.sha256(f"{room_id}\n{request_event_id}".encode()).hexdigest()[:24]
 
 
-def prompt_content(approval: Approval) -> dict[str, Any]:
+def notice(body: str, cause: str, **extra: Any) -> dict[str, Any]:
+    """An m.notice the bot sends because of event `cause`, which it references."""
+    return {"msgtype": "m.notice", "body": body, "m.relates_to": {"rel_type": REFERENCE, "event_id": cause}, **extra}
+
+
+def prompt_content(approval: Approval, cause: str) -> dict[str, Any]:
     """The m.room.message of a prompt; carries the approval id and expiry for later lookups."""
     choices = ", ".join(f"{EMOJI[d]} {LABEL[d]}" for d in approval.decisions)
     body = f"Approval needed: {approval.action} (requested by {approval.requested_by}). React with {choices}."
-    return {"msgtype": "m.notice", "body": body, APPROVAL_FIELD: {"id": approval.id, "expires_at": approval.expires_at}}
+    return notice(body, cause, **{APPROVAL_FIELD: {"id": approval.id, "expires_at": approval.expires_at}})
 
 
-def outcome_content(approval: Approval, decision: Decision, approver: str) -> dict[str, Any]:
+def outcome_content(approval: Approval, decision: Decision, approver: str, cause: str) -> dict[str, Any]:
     body = f"{EMOJI[decision]} {approval.action}: {OUTCOME[decision]} by {approver}"
-    return {"msgtype": "m.notice", "body": body, APPROVAL_FIELD: {"id": approval.id, "decision": decision}}
+    return notice(body, cause, **{APPROVAL_FIELD: {"id": approval.id, "decision": decision}})
 
 
-def expired_content() -> dict[str, Any]:
-    return {"msgtype": "m.notice", "body": EXPIRED_TEXT}
-
-
-def refused_content(requester: str, cap: int) -> dict[str, Any]:
-    body = f"{REFUSED_TEXT} for {requester} ({cap} open); wait until one is answered or expires"
-    return {"msgtype": "m.notice", "body": body}
+def refused_content(requester: str, cap: int, cause: str) -> dict[str, Any]:
+    return notice(f"{REFUSED_TEXT} for {requester} ({cap} open); wait until one is answered or expires", cause)
 
 
 def is_redacted(event: Mapping[str, Any]) -> bool:
@@ -132,7 +145,7 @@ def is_redacted(event: Mapping[str, Any]) -> bool:
 
 
 def reaction_content(event_id: str, key: str) -> dict[str, Any]:
-    return {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
+    return {"m.relates_to": {"rel_type": ANNOTATION, "event_id": event_id, "key": key}}
 
 
 def prompt_expiry(event: Mapping[str, Any], bot_user: str) -> int | None:
@@ -163,22 +176,16 @@ class MatrixIO:
 
     async def connect(self) -> str:
         """Check the token with /account/whoami, learn the joined rooms; returns the user id."""
-        who = await self.client.whoami()
-        if not isinstance(who, WhoamiResponse):
-            raise MatrixError.of("whoami", who)
+        who = _ok("whoami", await self.client.whoami(), WhoamiResponse)
         self.client.restore_login(who.user_id, who.device_id or "", self.client.access_token)
-        joined = await self.client.joined_rooms()
-        if not isinstance(joined, JoinedRoomsResponse):
-            raise MatrixError.of("joined_rooms", joined)
+        joined = _ok("joined_rooms", await self.client.joined_rooms(), JoinedRoomsResponse)
         self.user_id, self.device_id, self.rooms = who.user_id, who.device_id or "", list(joined.rooms)
         return self.user_id
 
     async def send(self, room_id: str, event_type: str, content: dict[str, Any], *, txn: str) -> str:
         """Send one event with `room_send`; returns its event id (the first one for a repeated txn)."""
         resp = await self.client.room_send(room_id, event_type, content, tx_id=txn)
-        if not isinstance(resp, RoomSendResponse):
-            raise MatrixError.of(f"room_send {event_type}", resp)
-        return resp.event_id
+        return _ok(f"room_send {event_type}", resp, RoomSendResponse).event_id
 
     async def fetch_event(self, room_id: str, event_id: str) -> dict[str, Any] | None:
         """The event's JSON as the homeserver has it, or None when it has no such event."""
@@ -188,6 +195,15 @@ class MatrixIO:
         if getattr(resp, "status_code", None) == "M_NOT_FOUND":
             return None
         raise MatrixError.of("get event", resp)
+
+    async def said_about(self, room_id: str, event_id: str, rel_type: str = REFERENCE) -> list[dict[str, Any]]:
+        """The bot's own events relating to `event_id` by `rel_type` (its answers to it, or with
+        ANNOTATION its reactions), as the homeserver has them. Raises MatrixError."""
+        related = self.client.room_get_event_relations(room_id, event_id, RelationshipType(rel_type))
+        try:
+            return [e.source async for e in related if e.sender == self.user_id]
+        except AttributeError:  # nio reads a refused page as a page and trips over it
+            raise MatrixError(f"relations of {event_id} failed") from None
 
     async def upload_filter(self, *, timeline_limit: int, nonce: str) -> str:
         """Upload the sync filter; returns its id. `nonce` makes it a new filter (see sync.py).
@@ -205,15 +221,11 @@ class MatrixIO:
                 "org.chatstate.start": nonce,  # unknown keys are kept (forward compatibility)
             },
         )
-        if not isinstance(resp, UploadFilterResponse):
-            raise MatrixError.of("upload filter", resp)
-        return resp.filter_id
+        return _ok("upload filter", resp, UploadFilterResponse).filter_id
 
     async def sync(self, *, since: str | None, timeout_ms: int, filter_id: str) -> SyncResponse:
         resp = await self.client.sync(timeout=timeout_ms, since=since, sync_filter=filter_id)
-        if not isinstance(resp, SyncResponse):
-            raise MatrixError.of("sync", resp)
-        return resp
+        return _ok("sync", resp, SyncResponse)
 
     async def messages_before(
         self, room_id: str, start: str, *, stop_at: str | None, limit: int
@@ -222,14 +234,10 @@ class MatrixIO:
         resp = await self.client.room_messages(
             room_id, start, end=stop_at, direction=MessageDirection.back, limit=limit
         )
-        if not isinstance(resp, RoomMessagesResponse):
-            raise MatrixError.of("messages", resp)
-        return resp
+        return _ok("messages", resp, RoomMessagesResponse)
 
     async def join(self, room_id: str) -> None:
-        resp = await self.client.join(room_id)
-        if not isinstance(resp, JoinResponse):
-            raise MatrixError.of("join", resp)
+        _ok("join", await self.client.join(room_id), JoinResponse)
         if room_id not in self.rooms:
             self.rooms.append(room_id)
 

@@ -1,110 +1,84 @@
-"""The Matrix plugin: wires config, nio client, stores, callbacks and the sync loop together.
+"""The Matrix plugin (wiring): config, nio client, states, the gate and the sync loop.
 
-Start order matters: stores open, this start's sync filter is uploaded and the sync position is
+Start order matters: states open, this start's sync filter is uploaded and the sync position is
 settled (saved token, or a baseline initial sync whose history is not acted on) before the loop
 runs, and the gateway reports ready only after `start` returns, so every event sent after
-readiness is handled.
+readiness is handled. Stop: the loop ends (a batch being handled may finish and save its
+token), the gate lets events in flight finish, then nio closes and the states.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from chatstate.adapters.matrix.config import MatrixSettings
-from chatstate.adapters.matrix.handlers import ApprovalFlow, EventDispatcher
+from chatstate.adapters.matrix.handlers import ApprovalFlow
 from chatstate.adapters.matrix.platform import MatrixIO
-from chatstate.adapters.matrix.state import HandledEvents, ReactionTargets, RequesterSlots, SyncTokens
+from chatstate.adapters.matrix.state import HANDLED, REACTIONS, SYNC, SyncTokens, quota_spec
 from chatstate.adapters.matrix.sync import SyncLoop
-from chatstate.gateway.approvals import ApprovalService
-from chatstate.gateway.plugin import PluginRuntime
-from chatstate.gateway.stateful import StatefulPlugin
+from chatstate.gateway.sdk import AdapterState, ApprovalService, InboundGate, PluginRuntime, StatefulPlugin, UserQuota
 
 
-class MatrixPlugin(StatefulPlugin):
+@dataclass(frozen=True)
+class Running:
+    """The Matrix plugin's parts, built once in `build`."""
+
+    io: MatrixIO
+    gate: InboundGate
+    sync: SyncLoop
+    task: asyncio.Task[None]  # the sync loop
+
+    async def close(self) -> None:
+        await self.sync.stop(self.task)
+        await self.gate.stop()
+        await self.io.close()
+
+    def health(self) -> dict[str, Any]:
+        """The sync loop's counters (failed events, back-fill bound hits); degraded while /sync fails."""
+        sync = self.sync.health()
+        return {"status": "degraded" if sync["sync_error"] else "ok", "user": self.io.user_id, **sync}
+
+
+class MatrixPlugin(StatefulPlugin[Running]):
     """Approval prompts answered by reaction, surviving restarts (`mode = "legacy"`: they don't)."""
 
     id = "matrix"
     origin = "bundled"
     settings_type = MatrixSettings
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.config: MatrixSettings | None = None
-        self.io: MatrixIO | None = None
-        self.targets: ReactionTargets | None = None
-        self.tokens: SyncTokens | None = None
-        self.ledger: HandledEvents | None = None
-        self.slots: RequesterSlots | None = None
-        self.approvals: ApprovalService | None = None
-        self.loop: SyncLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._legacy = False
+    async def build(self, runtime: PluginRuntime) -> Running:
+        """Check config, open states, log in, settle the sync position, start syncing.
 
-    async def start(self, runtime: PluginRuntime) -> None:
-        """Check config, open stores, log in, settle the sync position, start syncing.
-
-        Raises StateStoreError (stores), MatrixError (homeserver
+        Raises ValueError (bad config), StateStoreError (states), MatrixError (the homeserver
         refused the token or the initial sync); the gateway then refuses to start.
         """
-        self.config = config = MatrixSettings.of(runtime)
-        self._legacy = runtime.legacy
-        self.targets = ReactionTargets(legacy=runtime.legacy)
-        self.tokens = SyncTokens(legacy=runtime.legacy)
-        self.approvals = ApprovalService(legacy=runtime.legacy)
-        self.ledger = HandledEvents(legacy=runtime.legacy)
-        self.slots = RequesterSlots(legacy=runtime.legacy)
-        for part in (self.targets, self.tokens, self.approvals, self.ledger, self.slots):
-            await self.open_state(part.state, runtime)
-        self.io = io = MatrixIO(config.homeserver, config.access_token)
-        flow = ApprovalFlow(
-            io,
-            self.targets,
-            self.approvals,
-            self.slots,
-            approvers=config.approvers,
-            approval_ttl_ms=config.approval_ttl_ms,
-            max_pending_per_requester=config.max_pending_per_requester,
-            log=runtime.log,
-        )
-        dispatcher = EventDispatcher(flow, self.ledger, max_attempts=config.event_max_attempts, log=runtime.log)
-        self.loop = SyncLoop(
-            io,
-            self.tokens,
-            dispatcher,
-            timeout_ms=config.sync_timeout_ms,
-            timeline_limit=config.sync_timeline_limit,
-            backfill_max_events=config.backfill_max_events,
-            auto_join=config.auto_join,
-            inviters=config.inviters,
-            log=runtime.log,
-        )
+        settings = MatrixSettings.of(runtime)
+        approvals = ApprovalService(legacy=runtime.legacy)
+        states = [
+            AdapterState(spec, legacy=runtime.legacy) for spec in (REACTIONS, SYNC, HANDLED, quota_spec(settings))
+        ]
+        for state in (*states, approvals.state):
+            await self.open_state(state, runtime)
+        targets, tokens, handled, counts = states
+        io = MatrixIO(settings.homeserver, settings.access_token)
         try:
             await io.connect()
-            resumed = await self.loop.resume()
+            # one process syncs a device at a time: a lease of this device that no task here
+            # holds was left by a run that died, and is taken over (with the check) at once
+            owner = f"{io.user_id}/{io.device_id}"
+            gate = InboundGate(handled, lease_ms=settings.event_lease_ms, log=runtime.log, owner=owner)
+            quota = UserQuota(counts, per_user=settings.max_pending_per_requester, ttl_ms=settings.approval_ttl_ms)
+            flow = ApprovalFlow(
+                io, settings, gate=gate, targets=targets, approvals=approvals, quota=quota, log=runtime.log
+            )
+            sync = SyncLoop(io, SyncTokens(tokens), flow, settings, log=runtime.log)
+            resumed = await sync.resume()
         except BaseException:
             await io.close()
             raise
-        self._task = asyncio.create_task(self.loop.run(), name="matrix-sync")
+        gate.start()
+        task = asyncio.create_task(sync.run(), name="matrix-sync")
         runtime.log.info("matrix_started", extra={"user": io.user_id, "rooms": len(io.rooms), "resumed": resumed})
-
-    async def stop(self) -> None:
-        """Stop syncing (letting a batch being handled finish and save its token), close nio,
-        then the states."""
-        if self._task is not None and self.loop is not None:
-            await self.loop.stop(self._task)
-            self._task = None
-        if self.io is not None:
-            await self.io.close()
-        await super().stop()  # the five states: closed here, not left to the gateway
-
-    def health(self) -> dict[str, Any]:
-        """Status, stores, and the sync loop's counters (failed events, back-fill bound hits)."""
-        sync = self.loop.health() if self.loop else {"sync_error": None}
-        return {
-            "status": "degraded" if self.degraded() or sync["sync_error"] else "ok",
-            "mode": "legacy" if self._legacy else "store",
-            "user": self.io.user_id if self.io else None,
-            **sync,
-            "stores": self.states_health(),
-        }
+        return Running(io, gate, sync, task)

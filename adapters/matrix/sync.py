@@ -1,6 +1,6 @@
 """The /sync loop: a filter of our own, gap-free timelines, the token saved after each batch.
 
-Three things a real homeserver (Synapse) does that this loop is built around (issue 13):
+Three things a real homeserver (Synapse) does that this loop is built around:
 - **Limited timelines.** A room with more new events than the filter's timeline limit comes
   back `limited: true` with a `prev_batch`. We page `/messages` backwards from `prev_batch` to
   our `since` token (`dir=b`, `to=since`) and handle the back-filled events first, in order.
@@ -9,12 +9,12 @@ Three things a real homeserver (Synapse) does that this loop is built around (is
 - **A response cache.** Synapse answers an identical /sync request from a ~2 minute cache,
   keyed by user, device and query. Our first sync of each start would be the same request as
   the last one of the previous run; so every start uploads a *new* filter (a nonce in it), and
-  no request of this run can be answered with a batch cached for an earlier one. The ledger in
-  `dispatch.py` makes replays harmless even when that does not hold (another proxy, a bug).
+  no request of this run can be answered with a batch cached for an earlier one. The gate's
+  claims (handlers.py) make replays harmless even when that does not hold (another proxy, a bug).
 - **Invites.** With `auto_join`, an invite from an allowed inviter is joined (others ignored).
 
 The token moves forward only after every event of the batch has been handled or given up
-(per-event isolation in `dispatch.py`), so a failing event never pins the loop to one batch.
+(per-event isolation in handlers.py), so a failing event never pins the loop to one batch.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Collection
 from typing import Any
 
 from nio import InviteMemberEvent, SyncResponse
 
-from chatstate.adapters.matrix.handlers import EventDispatcher
+from chatstate.adapters.matrix.config import MatrixSettings
+from chatstate.adapters.matrix.handlers import ApprovalFlow
 from chatstate.adapters.matrix.platform import MatrixError, MatrixIO
 from chatstate.adapters.matrix.state import SyncTokens
 
@@ -38,29 +38,25 @@ BACKFILL_PAGE = 100  # events per /messages call
 
 
 class SyncLoop:
-    """Long-poll the homeserver with our filter; back-fill gaps; hand each room to the dispatcher."""
+    """Long-poll the homeserver with our filter; back-fill gaps; hand each room to the flow."""
 
     def __init__(
         self,
         io: MatrixIO,
         tokens: SyncTokens,
-        dispatcher: EventDispatcher,
+        flow: ApprovalFlow,
+        settings: MatrixSettings,
         *,
-        timeout_ms: int,
-        timeline_limit: int,
-        backfill_max_events: int,
-        auto_join: bool,
-        inviters: Collection[str],
         log: logging.LoggerAdapter[logging.Logger],
     ) -> None:
         self.io = io
         self.tokens = tokens
-        self.dispatcher = dispatcher
-        self.timeout_ms = timeout_ms
-        self.timeline_limit = timeline_limit
-        self.backfill_max_events = backfill_max_events
-        self.auto_join = auto_join
-        self.inviters = frozenset(inviters)
+        self.flow = flow
+        self.timeout_ms = settings.sync_timeout_ms
+        self.timeline_limit = settings.sync_timeline_limit
+        self.backfill_max_events = settings.backfill_max_events
+        self.auto_join = settings.auto_join
+        self.inviters = frozenset(settings.inviters)
         self.log = log
         self.filter_id = ""
         self.token: str | None = None
@@ -79,7 +75,7 @@ class SyncLoop:
         self._stopping = False
 
     def health(self) -> dict[str, Any]:
-        stats = self.dispatcher.stats
+        stats = self.flow.stats
         return {
             "sync_error": self.last_error,
             "batches": self.batches,
@@ -109,7 +105,7 @@ class SyncLoop:
     async def stop(self, task: asyncio.Task[None]) -> None:
         """End `task` (running `run`): at once while it waits on the homeserver, else after the
         batch being handled is done and its token saved (up to STOP_GRACE_S). Cancelling is
-        safe: an unsaved batch is replayed next start and the ledger skips what was done."""
+        safe: an unsaved batch is replayed next start and the gate skips what was done."""
         self._stopping = True
         if self._handling:
             with contextlib.suppress(TimeoutError):
@@ -148,7 +144,7 @@ class SyncLoop:
             events = list(room.timeline.events)
             if room.timeline.limited and room.timeline.prev_batch and self.token is not None:
                 events = await self._backfill(room_id, room.timeline.prev_batch) + events
-            await self.dispatcher.room_events(room_id, events)
+            await self.flow.room_events(room_id, events)
 
     async def _backfill(self, room_id: str, prev_batch: str) -> list[Any]:
         """Events between our token and `prev_batch`, oldest first, at most the bound."""

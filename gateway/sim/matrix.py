@@ -11,6 +11,7 @@ Bearer` or `?access_token=`:
   GET  /rooms/{roomId}/messages?from=&to=&dir=b&limit=
   PUT  /rooms/{roomId}/send/{type}/{txnId}          -> idempotent per (access token, txnId)
   GET  /rooms/{roomId}/event/{eventId}
+  GET  /_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}   -> one page, newest first
   POST /join/{roomId}, /rooms/{roomId}/join
 Real-server behaviour it reproduces (`matrix_sync.py` shapes the bodies): limited timelines
 with `prev_batch` (timeline limit from the filter, 10 without one); a ~2 minute response cache
@@ -136,6 +137,8 @@ class MatrixHomeserver(SimulatorServer):
         app.router.add_post(f"{API}/rooms/{{room_id}}/join", self._join)
         app.router.add_put(f"{API}/rooms/{{room_id}}/send/{{event_type}}/{{txn_id}}", self._send)
         app.router.add_get(f"{API}/rooms/{{room_id}}/event/{{event_id}}", self._get_event)
+        relations = "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}"
+        app.router.add_get(relations, self._relations)
 
     # -- driving it (tests, demo) ---------------------------------------------------------
     async def send_message(self, room_id: str, sender: str, body: str) -> str:
@@ -367,6 +370,19 @@ class MatrixHomeserver(SimulatorServer):
         if event is None or event["room_id"] != request.match_info["room_id"]:
             raise _error(404, "M_NOT_FOUND", "Event not found")
         return web.json_response(event)
+
+    async def _relations(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        room_id, event_id, rel_type = (request.match_info[k] for k in ("room_id", "event_id", "rel_type"))
+        chunk = [
+            e
+            for e in reversed(self.events)
+            if e["room_id"] == room_id
+            and e.get("content", {}).get("m.relates_to", {}).get("event_id") == event_id
+            and e["content"]["m.relates_to"].get("rel_type") == rel_type
+        ]
+        await self.record("relations", {"room_id": room_id, "event_id": event_id, "rel_type": rel_type})
+        return web.json_response({"chunk": chunk})
 
 
 def _error(status: int, errcode: str, message: str, **extra: Any) -> web.HTTPException:

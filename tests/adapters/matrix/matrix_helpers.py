@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -24,6 +26,8 @@ MALLORY = f"@mallory:{SERVER_NAME}"  # a room member, not an approver
 REACTIONS = "matrix.approval-reactions"
 SYNC = "matrix.sync"
 PENDING = "pending"  # core:approvals
+HANDLED = "matrix.handled-events"  # the gate's claims
+SETTLE_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -96,3 +100,13 @@ async def request(
 async def barrier(sim: Homeserver, room: str | None = None) -> None:
     """Wait until the bot has handled every event injected so far (in `room`)."""
     await request(sim, f"barrier {len(sim.events)}", room=room)
+
+
+async def settled(db: Path) -> None:
+    """Wait until every event the bot claimed is done. An event's state is committed with its
+    done mark after its last send, so what the room shows runs a moment ahead of the disk."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while any("done_at" not in r.value for r in rows(db, "matrix", HANDLED).values()):
+        if time.monotonic() > deadline:
+            raise AssertionError("a claimed event never finished")
+        await asyncio.sleep(0.02)

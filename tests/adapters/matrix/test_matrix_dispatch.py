@@ -1,6 +1,7 @@
-"""The per-event machinery without a gateway (issue 13): the ledger, bounded retries honouring
-`retry_after_ms`, same-batch redactions, release on stop; requester slots; the new config keys.
-Real nio events (from fixtures/matrix), real stores over one SQLite file."""
+"""The per-event machinery without a gateway: each event through the gate once, bounded retries
+honouring `retry_after_ms`, same-batch redactions, takeovers (same device at once, another after
+the lease, the check first), the requester quota; the config keys. Real nio events (from
+fixtures/matrix), real stores over one SQLite file."""
 
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ from nio import Event
 from test_matrix_units import FileRuntime
 
 from chatstate.adapters.matrix.config import MatrixSettings
-from chatstate.adapters.matrix.handlers import ApprovalFlow, EventDispatcher
+from chatstate.adapters.matrix.handlers import ApprovalFlow
 from chatstate.adapters.matrix.platform import MatrixError, MatrixIO
-from chatstate.adapters.matrix.state import HandledEvents, ReactionTargets, RequesterSlots
-from chatstate.gateway.approvals import ApprovalService
-from chatstate.gateway.clock import now_ms
+from chatstate.adapters.matrix.state import HANDLED, REACTIONS, json_key
 from chatstate.gateway.exits import ConfigError
+from chatstate.gateway.sdk import AdapterState, ApprovalService, InboundGate, StateSpec, UserQuota, Writes
 from chatstate.gateway.sim.matrix import fixture
 
 BOT, ALICE, ROOM = "@chatstate-bot:sim.local", "@alice:sim.local", "!ops:sim.local"
@@ -29,28 +29,40 @@ LOG = logging.LoggerAdapter(logging.getLogger("test.matrix.dispatch"))
 
 
 class RecordingFlow(ApprovalFlow):
-    """The real flow's routing (`wants_*`), with handlers that record and fail on demand."""
+    """The real flow's routing and gate, with work that records and fails on demand."""
 
-    def __init__(self, runtime_parts: tuple[Any, ...], failures: list[BaseException | None]) -> None:
-        io = MatrixIO("http://127.0.0.1:9", "unused")  # never called: the handlers are replaced
+    def __init__(self, gate: InboundGate, failures: list[BaseException | None], attempts: int) -> None:
+        io = MatrixIO("http://127.0.0.1:9", "unused")  # never called: the work is replaced
         io.user_id = BOT
+        table = {"homeserver": "h", "access_token": "t", "approvers": [ALICE], "event_max_attempts": attempts}
+        quota = UserQuota(AdapterState(StateSpec("q", None, 10), legacy=True), per_user=2, ttl_ms=60_000)
+        targets = AdapterState(REACTIONS, legacy=True)
         super().__init__(
-            io, *runtime_parts, approvers=[ALICE], approval_ttl_ms=60_000, max_pending_per_requester=2, log=LOG
+            io,
+            MatrixSettings.from_table(table),
+            gate=gate,
+            targets=targets,
+            approvals=ApprovalService(legacy=True),
+            quota=quota,
+            log=LOG,
         )
         self.calls: list[tuple[str, float]] = []
+        self.checked: list[str] = []
         self.failures = failures
 
-    async def _record(self, event: Any) -> None:
+    async def _record(self, room_id: str, event: Any, writes: Writes) -> str:
         self.calls.append((event.event_id, time.monotonic()))
         failure = self.failures.pop(0) if self.failures else None  # None: this call succeeds
         if failure is not None:
             raise failure
+        return "recorded"
 
-    async def on_message(self, room_id: str, event: Any) -> None:
-        await self._record(event)
+    async def _check(self, room_id: str, event: Any, writes: Writes) -> bool:
+        self.checked.append(event.event_id)
+        return False
 
-    async def on_reaction(self, room_id: str, event: Any) -> None:
-        await self._record(event)
+    _request = _reaction = _record
+    _request_answered = _reaction_answered = _check
 
 
 @pytest.fixture
@@ -60,19 +72,18 @@ async def runtime(tmp_path: Path) -> AsyncIterator[FileRuntime]:
     await rt.close()
 
 
-async def parts(runtime: FileRuntime) -> tuple[Any, ...]:
-    made = (ReactionTargets(legacy=False), ApprovalService(legacy=False), RequesterSlots(legacy=False))
-    for p in made:
-        await p.open(runtime)
-    return made
-
-
-async def dispatcher(
-    runtime: FileRuntime, failures: list[BaseException | None] | None = None, attempts: int = 3
-) -> EventDispatcher:
-    ledger = HandledEvents(legacy=False)
-    await ledger.open(runtime)
-    return EventDispatcher(RecordingFlow(await parts(runtime), failures or []), ledger, max_attempts=attempts, log=LOG)
+async def flow(
+    runtime: FileRuntime,
+    failures: list[BaseException | None] | None = None,
+    *,
+    attempts: int = 3,
+    device: str = "DEVICE1",
+    lease_ms: int = 30_000,
+) -> RecordingFlow:
+    claims = AdapterState(HANDLED, legacy=False)
+    await claims.open(runtime)
+    gate = InboundGate(claims, lease_ms=lease_ms, log=LOG, owner=f"{BOT}/{device}")
+    return RecordingFlow(gate, failures or [], attempts)
 
 
 def reaction(event_id: str = "$r1", sender: str = ALICE) -> Any:
@@ -95,8 +106,8 @@ def redaction(of: str) -> Any:
     return Event.parse_event(raw)
 
 
-async def test_each_event_acts_once_across_dispatchers_on_one_file(runtime: FileRuntime) -> None:
-    one, two = await dispatcher(runtime), await dispatcher(runtime)
+async def test_each_event_acts_once_across_flows_on_one_file(runtime: FileRuntime) -> None:
+    one, two = await flow(runtime), await flow(runtime, device="DEVICE2")
     batch = [
         request("$m1"),
         request("$chat", body="hello"),
@@ -105,76 +116,81 @@ async def test_each_event_acts_once_across_dispatchers_on_one_file(runtime: File
     ]
     await one.room_events(ROOM, batch)
     await two.room_events(ROOM, batch)  # a replayed batch: another run, device or gateway
-    assert [c[0] for c in one.flow.calls] == ["$m1", "$r1"]
-    assert two.flow.calls == []
+    assert [c[0] for c in one.calls] == ["$m1", "$r1"]
+    assert two.calls == []
     assert (one.stats.handled, two.stats.replays_skipped) == (2, 2)
 
 
 async def test_a_reaction_redacted_later_in_the_same_batch_is_not_acted_on(runtime: FileRuntime) -> None:
-    d = await dispatcher(runtime)
-    await d.room_events(ROOM, [reaction("$r1"), request("$m1"), redaction("$r1"), reaction("$r2")])
-    assert [c[0] for c in d.flow.calls] == ["$m1", "$r2"]
-    assert d.stats.withdrawn == 1
+    f = await flow(runtime)
+    await f.room_events(ROOM, [reaction("$r1"), request("$m1"), redaction("$r1"), reaction("$r2")])
+    assert [c[0] for c in f.calls] == ["$m1", "$r2"]
+    assert f.stats.withdrawn == 1
 
 
 async def test_a_failing_event_is_retried_honouring_retry_after_then_given_up_alone(runtime: FileRuntime) -> None:
     limited = MatrixError("room_send failed: M_LIMIT_EXCEEDED", errcode="M_LIMIT_EXCEEDED", retry_after_ms=600)
     forbidden = MatrixError("room_send failed: M_FORBIDDEN", errcode="M_FORBIDDEN")
-    d = await dispatcher(runtime, failures=[limited, None, forbidden, forbidden, forbidden], attempts=3)
-    await d.room_events(ROOM, [request("$ok"), request("$bad"), request("$after")])
-    calls = [c[0] for c in d.flow.calls]
+    f = await flow(runtime, failures=[limited, None, forbidden, forbidden, forbidden], attempts=3)
+    await f.room_events(ROOM, [request("$ok"), request("$bad"), request("$after")])
+    calls = [c[0] for c in f.calls]
     assert calls == ["$ok", "$ok", "$bad", "$bad", "$bad", "$after"]
-    times = [c[1] for c in d.flow.calls]
+    times = [c[1] for c in f.calls]
     assert times[1] - times[0] >= 0.6  # waited retry_after_ms, not the shorter backoff
-    assert (d.stats.handled, d.stats.failed) == (2, 1)
-    assert d.stats.last_failed is not None and d.stats.last_failed["event_id"] == "$bad"
-    assert d.stats.last_failed["attempts"] == 3 and "M_FORBIDDEN" in d.stats.last_failed["error"]
-    again = await dispatcher(runtime)
-    await again.room_events(ROOM, [request("$bad")])  # a failed event stays claimed: not retried forever
-    assert again.flow.calls == []
+    assert (f.stats.handled, f.stats.failed) == (2, 1)
+    assert f.stats.last_failed is not None and f.stats.last_failed["event_id"] == "$bad"
+    assert f.stats.last_failed["attempts"] == 3 and "M_FORBIDDEN" in f.stats.last_failed["error"]
+    again = await flow(runtime)
+    await again.room_events(ROOM, [request("$bad")])  # a given-up event is done: not retried forever
+    assert again.calls == []
 
 
-async def test_a_stop_mid_event_releases_its_claim_for_the_next_start(runtime: FileRuntime) -> None:
-    d = await dispatcher(runtime)
-    started = asyncio.Event()
-
-    async def slow(room_id: str, event: Any) -> None:
-        started.set()
-        await asyncio.sleep(30)
-
-    d.flow.on_message = slow
-    task = asyncio.create_task(d.room_events(ROOM, [request("$m1")]))
-    await started.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    after = await dispatcher(runtime)
-    await after.room_events(ROOM, [request("$m1")])
-    assert [c[0] for c in after.flow.calls] == ["$m1"]
-
-
-async def test_requester_slots_cap_free_and_expire(runtime: FileRuntime) -> None:
-    slots = RequesterSlots(legacy=False)
-    await slots.open(runtime)
-    soon, later = now_ms() + 400, now_ms() + 60_000
-    assert await slots.take(BOT, ALICE, "a1", cap=2, expires_at=soon) == 0
-    assert await slots.take(BOT, ALICE, "a1", cap=2, expires_at=later) == 0  # the same approval: same slot
-    assert await slots.take(BOT, ALICE, "a2", cap=2, expires_at=later) == 1
-    assert await slots.take(BOT, ALICE, "a3", cap=2, expires_at=later) is None  # over the cap
-    assert await slots.take(BOT, "@bob:sim.local", "b1", cap=2, expires_at=later) == 0  # per requester
-    await slots.free(BOT, ALICE, 1)
-    assert await slots.take(BOT, ALICE, "a3", cap=2, expires_at=later) == 1
-    await asyncio.sleep(max(0.0, (soon - now_ms()) / 1000) + 0.05)  # a deadline: a1's approval expires
-    fresh = RequesterSlots(legacy=False)  # a new process: only the store remembers
-    await fresh.open(runtime)
-    assert await fresh.take(BOT, ALICE, "a4", cap=2, expires_at=later) == 0
+async def test_a_lease_left_by_a_dead_run_is_taken_over_with_the_check_by_its_device_at_once(
+    runtime: FileRuntime,
+) -> None:
+    dead = await flow(runtime, lease_ms=1_500)
+    assert await dead.gate.claims.claim(
+        json_key(BOT, "$m1"), {"received_at": 0, "lease_until": 2**62, "owner": f"{BOT}/DEVICE1"}
+    )  # a run of DEVICE1 claimed $m1, then was SIGKILLed
+    other = await flow(runtime, device="DEVICE2", lease_ms=1_500)
+    waiting = asyncio.create_task(other.room_events(ROOM, [request("$m1")]))
+    await asyncio.sleep(1.0)
+    assert other.calls == [] and not waiting.done()  # another device waits for the lease...
+    same = await flow(runtime, device="DEVICE1")
+    await same.room_events(ROOM, [request("$m1")])  # ...the dead run's successor takes over at once
+    assert same.checked == ["$m1"] and [c[0] for c in same.calls] == ["$m1"]
+    await asyncio.wait_for(waiting, 5)  # ...and then finds it done
+    assert other.calls == [] and other.stats.replays_skipped == 1
 
 
-def test_config_keys_of_issue_13_and_15() -> None:
+async def test_the_requester_quota_counts_gives_back_and_is_per_requester(runtime: FileRuntime) -> None:
+    state = AdapterState(StateSpec("matrix.requester-quota", 60_000, 100), legacy=False)
+    await state.open(runtime)
+    quota = UserQuota(state, per_user=2, ttl_ms=60_000)
+    writes = Writes()
+    assert await quota.admit("alice", writes) is None
+    assert await quota.admit("alice", writes) is None
+    assert await quota.admit("alice", writes) is not None  # over the cap
+    assert await quota.admit("bob", writes) is None  # per requester
+    await writes.commit()
+    given = Writes()
+    await quota.release("alice", given)  # one of hers was answered
+    await given.commit()
+    fresh = UserQuota(state, per_user=2, ttl_ms=60_000)
+    state.memory.drop("alice")  # read from the store, as a new process would
+    assert await fresh.admit("alice", Writes()) is None
+
+
+def test_config_keys() -> None:
     base = {"homeserver": "h", "access_token": "t", "approvers": ["@a:s"]}
     cfg = MatrixSettings.from_table(base)
     assert (cfg.sync_timeline_limit, cfg.backfill_max_events, cfg.event_max_attempts) == (50, 1_000, 3)
-    assert (cfg.auto_join, cfg.inviters, cfg.max_pending_per_requester) == (True, ("@a:s",), 5)
+    assert (cfg.auto_join, cfg.inviters, cfg.max_pending_per_requester, cfg.event_lease_ms) == (
+        True,
+        ("@a:s",),
+        5,
+        30_000,
+    )
     env = {
         "CHATSTATE_MATRIX_AUTO_JOIN": "false",
         "CHATSTATE_MATRIX_AUTO_JOIN_INVITERS": "@b:s,@c:s",
@@ -187,23 +203,9 @@ def test_config_keys_of_issue_13_and_15() -> None:
         ("auto_join_inviters", ["bob"]),
         ("backfill_max_events", 0),
         ("event_max_attempts", 0),
+        ("event_lease_ms", 0),
         ("max_pending_per_requester", 0),
         ("sync_timeline_limit", 0),
     ]:
         with pytest.raises(ConfigError, match=f"adapters.matrix.{key}"):
             MatrixSettings.from_table({**base, key: value})
-
-
-async def test_a_claim_left_handling_by_a_dead_run_is_finished_by_the_same_device_only(runtime: FileRuntime) -> None:
-    ledger = HandledEvents(legacy=False)
-    await ledger.open(runtime)
-    assert await ledger.claim(BOT, "$m1", "DEVICE1")  # a run of DEVICE1 claims, then is SIGKILLed
-    other = await dispatcher(runtime)
-    other.flow.io.device_id = "DEVICE2"  # another login: never takes it over
-    await other.room_events(ROOM, [request("$m1")])
-    assert other.flow.calls == [] and other.stats.replays_skipped == 1
-    same = await dispatcher(runtime)
-    same.flow.io.device_id = "DEVICE1"  # the dead run's successor finishes it, once
-    await same.room_events(ROOM, [request("$m1")])
-    await same.room_events(ROOM, [request("$m1")])
-    assert [c[0] for c in same.flow.calls] == ["$m1"]

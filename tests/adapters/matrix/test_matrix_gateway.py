@@ -29,6 +29,7 @@ from matrix_helpers import (
     request,
     rows,
     seeds,
+    settled,
 )
 
 from chatstate.adapters.matrix import platform
@@ -58,6 +59,7 @@ async def test_prompt_target_and_approval_are_on_disk_when_the_prompt_is_complet
     assert prompt["content"]["body"].startswith("Approval needed: deploy prod (requested by @alice:sim.local)")
     assert seeds(sim, prompt["event_id"]) == ["✅", "♾️", "❌"]
 
+    await settled(gw.database_path)
     targets = rows(gw.database_path, "matrix", REACTIONS)
     assert list(targets) == [target_key(sim, prompt)]
     row = targets[target_key(sim, prompt)]
@@ -79,13 +81,13 @@ async def test_prompt_target_and_approval_are_on_disk_when_the_prompt_is_complet
 
     status, health = await gw.healthz()
     matrix = health["adapters"]["matrix"]
-    assert (status, matrix["status"], matrix["mode"], matrix["user"]) == (200, "ok", "store", sim.bot_user)
-    assert {s["namespace"]: s["mode"] for s in matrix["stores"]} == {
+    assert (status, matrix["status"], matrix["user"]) == (200, "ok", sim.bot_user)
+    assert {ns: s["mode"] for ns, s in matrix["state"].items()} == {
         REACTIONS: "store",
         SYNC: "store",
         PENDING: "store",
         "matrix.handled-events": "store",
-        "matrix.requester-slots": "store",
+        "matrix.requester-quota": "store",
     }
 
 
@@ -97,6 +99,7 @@ async def test_approve_once_offers_only_its_decisions_and_refuses_the_others(
     await sim.react(ROOM, ALICE, prompt["event_id"], "♾️")
     await barrier(sim)
     assert outcomes(sim) == []
+    await settled(gw.database_path)
     assert target_key(sim, prompt) in rows(gw.database_path, "matrix", REACTIONS)
 
     await sim.react(ROOM, ALICE, prompt["event_id"], "❌")
@@ -118,6 +121,7 @@ async def test_prompt_survives_restart_and_resolves_exactly_once(
 
     assert outcome_bodies(sim) == ["♾️ deploy prod: approved always by @bob:sim.local"]
     assert expired_notices(sim) == []
+    await settled(gw.database_path)
     assert target_key(sim, prompt) not in rows(gw.database_path, "matrix", REACTIONS)
     assert approval_of(prompt) not in rows(gw.database_path, "core:approvals", PENDING)
     # the request before the restart was not handled again: one prompt for it, one for the barrier
@@ -153,6 +157,7 @@ async def test_others_bot_other_emoji_and_other_events_are_ignored(sim: MatrixHo
     await barrier(sim)
 
     assert outcomes(sim) == [] and expired_notices(sim) == []
+    await settled(gw.database_path)
     assert {target_key(sim, prompt), target_key(sim, other)} <= set(rows(gw.database_path, "matrix", REACTIONS))
 
     await sim.react(ROOM, ALICE, prompt["event_id"], "✅")
@@ -168,6 +173,7 @@ async def test_redactions_do_nothing(sim: MatrixHomeserver, gw: GatewayHarness) 
     await gw.start()
     await barrier(sim)
     assert outcomes(sim) == []
+    await settled(gw.database_path)
     assert target_key(sim, prompt) in rows(gw.database_path, "matrix", REACTIONS)
 
     reaction = await sim.react(ROOM, BOB, prompt["event_id"], "✅")
@@ -175,6 +181,7 @@ async def test_redactions_do_nothing(sim: MatrixHomeserver, gw: GatewayHarness) 
     await sim.redact(ROOM, BOB, reaction)  # withdrawn after it counted: the decision stands
     await barrier(sim)
     assert outcome_bodies(sim) == ["✅ deploy prod: approved once by @bob:sim.local"]
+    await settled(gw.database_path)
     assert target_key(sim, prompt) not in rows(gw.database_path, "matrix", REACTIONS)
 
 
@@ -194,6 +201,7 @@ async def test_expired_approval_says_so_across_a_restart(sim: MatrixHomeserver, 
         await sim.wait_for(lambda _: len(expired_notices(sim)) == 1)
         await barrier(sim)
         assert outcomes(sim) == [] and len(expired_notices(sim)) == 1
+        await settled(gw.database_path)
         assert target_key(sim, prompt) not in rows(gw.database_path, "matrix", REACTIONS)
 
 
@@ -226,6 +234,7 @@ async def test_a_request_finished_after_its_approval_expired_does_not_reopen_it(
         await barrier(sim)
         assert outcomes(sim) == [] and len(expired_notices(sim)) == 1
         assert len(prompts(sim)) == 2  # the original and the barrier's: the replay posted no new one
+        await settled(gw.database_path)
         assert approval_of(prompt) not in rows(gw.database_path, "core:approvals", PENDING)
 
 
@@ -265,3 +274,37 @@ async def test_a_refused_access_token_stops_the_gateway_from_starting(sim: Matri
             pass
     assert failed.value.exit_code not in (None, 0)
     assert "whoami failed" in failed.value.log_tail and "syt_revoked" not in failed.value.log_tail
+
+
+async def test_a_sigkill_mid_prompt_is_finished_by_a_new_device_with_one_prompt(
+    sim: MatrixHomeserver, tmp_path: Path
+) -> None:
+    """SIGKILL while the prompt is on its way (sent, nothing seeded or committed); the bot comes
+    back as another device, whose txn ids the homeserver does not know. Once the dead run's lease
+    is over, the takeover's check finds the prompt in the room, finishes it (seeds, rows) and
+    posts no second one; an approver's reaction then resolves it once."""
+    matrix = {"event_lease_ms": 1_500}
+    async with GatewayHarness([sim], modes="store", state_dir=tmp_path / "state", adapters={"matrix": matrix}) as gw:
+        await barrier(sim)
+        sim.hold_sends = asyncio.get_running_loop().create_future()
+        sim.send_arrived.clear()
+        await sim.send_message(ROOM, ALICE, "!approve deploy prod")
+        await asyncio.wait_for(sim.send_arrived.wait(), 15)
+        await gw.kill()
+        sim.hold_sends.set_result(None)
+        sim.hold_sends = None
+        await sim.wait_for(lambda _: any("deploy prod" in p["content"]["body"] for p in prompts(sim)))
+        [prompt] = [p for p in prompts(sim) if "deploy prod" in p["content"]["body"]]
+        assert seeds(sim, prompt["event_id"]) == []
+        sim.new_device()
+        gw.write_config()
+        await gw.start()
+        await sim.wait_for(lambda _: len(seeds(sim, prompt["event_id"])) == 3)
+        await sim.react(ROOM, BOB, prompt["event_id"], "❌")
+        await sim.wait_for(lambda _: len(outcomes(sim)) == 1)
+        await barrier(sim)
+        assert [p for p in prompts(sim) if "deploy prod" in p["content"]["body"]] == [prompt]
+        assert outcome_bodies(sim) == ["❌ deploy prod: denied by @bob:sim.local"] and expired_notices(sim) == []
+        assert sim.recorded("relations")  # it asked the homeserver before answering again
+        await settled(gw.database_path)
+        assert approval_of(prompt) not in rows(gw.database_path, "core:approvals", PENDING)

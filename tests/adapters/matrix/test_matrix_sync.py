@@ -12,7 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from matrix_helpers import ALICE, BOB, MALLORY, ROOM, SYNC, barrier, expired_notices, outcomes, prompts, request, rows
+from matrix_helpers import (
+    ALICE,
+    BOB,
+    MALLORY,
+    ROOM,
+    SYNC,
+    barrier,
+    expired_notices,
+    outcomes,
+    prompts,
+    request,
+    rows,
+    settled,
+)
 
 from chatstate import state
 from chatstate.adapters.matrix import platform
@@ -166,12 +179,13 @@ async def test_a_sigkill_while_waiting_out_a_429_loses_nothing(sim: MatrixHomese
         request_id = await sim.send_message(ROOM, ALICE, "!approve deploy prod")
         await sim.wait_for(lambda recs: any(r.kind == "room_send_throttled" for r in recs))
         await gw.kill()
-        await gw.start()  # same device: it finishes the claim its dead run left `handling`
+        await gw.start()  # same device: takes over its dead run's lease, finds no prompt, posts it
         await sim.wait_for(lambda _: "deploy prod" in actions(sim))
         await barrier(sim)
         assert actions(sim).count("deploy prod") == 1
+        await settled(gw.database_path)
         ledger = rows(gw.database_path, "matrix", "matrix.handled-events")
-        assert ledger[json.dumps([sim.bot_user, request_id], separators=(",", ":"))].value["state"] == "done"
+        assert "done_at" in ledger[json.dumps([sim.bot_user, request_id], separators=(",", ":"))].value
 
 
 # -- 4: redactions -----------------------------------------------------------------------------
@@ -219,10 +233,11 @@ async def test_a_room_the_bot_may_not_post_in_does_not_stop_the_others(tmp_path:
             if r.payload["txn_id"] == platform.txn_id("prompt", locked_request)
         ]
         assert len(tries) == 3  # bounded retries, then given up
+        await settled(gw.database_path)
         ledger = rows(gw.database_path, "matrix", "matrix.handled-events")
         assert (
-            "M_FORBIDDEN" in ledger[json.dumps([sim.bot_user, locked_request], separators=(",", ":"))].value["failed"]
-        )
+            "done_at" in ledger[json.dumps([sim.bot_user, locked_request], separators=(",", ":"))].value
+        )  # not retried
         assert sum(e.get("event") == "matrix_event_failed" for e in gw.logs()) == 2
 
 
@@ -283,6 +298,7 @@ async def test_one_requesters_flood_never_evicts_another_prompt_and_is_answered(
         assert actions(sim).count("deploy prod") == 1
         assert [a for a in actions(sim) if a.startswith("spam")] == [f"spam {i}" for i in range(5)]  # the cap
         assert refusals(sim)[0]["content"]["body"].startswith(f"{platform.REFUSED_TEXT} for {MALLORY} (5 open)")
+        await settled(gw.database_path)
         targets = rows(gw.database_path, "matrix", "matrix.approval-reactions")
         assert json.dumps([sim.bot_user, ROOM, prompt["event_id"]], separators=(",", ":")) in targets
         assert len(targets) == 1 + 5 + 1  # alice's, mallory's five, the barrier's

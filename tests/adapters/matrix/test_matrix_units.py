@@ -3,7 +3,6 @@ SQLite file (through a small runtime that opens stores the way the gateway's doe
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -15,10 +14,9 @@ import pytest
 from chatstate import state
 from chatstate.adapters.matrix import platform
 from chatstate.adapters.matrix.config import DEFAULT_APPROVAL_TTL_MS, MatrixSettings
-from chatstate.adapters.matrix.state import Outcome, ReactionTarget, ReactionTargets, SyncTokens, target_key
-from chatstate.gateway.approvals import Approval, ApprovalService
-from chatstate.gateway.clock import now_ms
+from chatstate.adapters.matrix.state import SYNC, ReactionTarget, SyncTokens, target_key
 from chatstate.gateway.exits import ConfigError
+from chatstate.gateway.sdk import AdapterState, Approval, ApprovalService, Writes, now_ms
 
 CLOCK_READ_TOLERANCE_MS = 1_000
 
@@ -102,7 +100,7 @@ def test_txn_ids_are_stable_per_cause_and_distinct_across_causes() -> None:
 
 def test_prompt_expiry_only_for_the_bots_prompts() -> None:
     approval = Approval("a1", "x", "@u:s", ("deny",), 1, 99)
-    prompt = {"sender": "@bot:s", "content": platform.prompt_content(approval)}
+    prompt = {"sender": "@bot:s", "content": platform.prompt_content(approval, "$request")}
     assert platform.prompt_expiry(prompt, "@bot:s") == 99
     assert platform.prompt_expiry(prompt, "@other:s") is None
     assert platform.prompt_expiry({"sender": "@bot:s", "content": {"body": "hi"}}, "@bot:s") is None
@@ -133,103 +131,52 @@ def test_config_defaults_env_strings_and_errors() -> None:
 
 
 # -- approvals (core store) -------------------------------------------------------------------
-async def test_request_is_idempotent_and_keeps_the_first_expiry(runtime: FileRuntime) -> None:
+async def test_an_approval_is_pending_until_its_deadline_and_past_it_opens_nothing(runtime: FileRuntime) -> None:
+    """Staged with the event's done mark; its row lives until the approval's deadline (counted
+    from the request), and an approval already past it stages nothing: nothing left to ask."""
     clock = [now_ms()]
     service = ApprovalService(legacy=False, clock=lambda: clock[0])
-    await service.open(runtime)
+    await service.state.open(runtime)
     raw = await runtime.open_core_store("core:approvals", "pending", max_entries=10_000)
-    first = await service.request("a1", "deploy", requested_by="@u:s", ttl_ms=60_000)
+    asked = clock[0] - 500  # the chat message is half a second old when handled
+    approval = Approval("a1", "deploy", "@u:s", ("allow-once", "deny"), asked, asked + 60_000, {"room_id": "!r"})
+    writes = Writes()
+    assert service.open(writes, approval)
+    assert await raw.lookup_entry("a1") is None  # staged, not yet written
+    await writes.commit()
     row = await raw.lookup_entry("a1")
-    clock[0] += 10_000  # a replayed request, later and in a new process: must not restart the clock
-    restarted = ApprovalService(legacy=False, clock=lambda: clock[0])
-    await restarted.open(runtime)
-    again = await restarted.request("a1", "other", requested_by="@v:s", ttl_ms=120_000)
-    assert again == first and again.expires_at == clock[0] - 10_000 + 60_000
-    assert await raw.lookup_entry("a1") == row  # not rewritten
+    assert row is not None and row.expires_at is not None
+    assert abs(row.expires_at - approval.expires_at) < CLOCK_READ_TOLERANCE_MS
+    assert await service.get("a1") == approval
 
+    clock[0] = approval.expires_at  # the same request handled again at its deadline
+    late = Writes()
+    assert not service.open(late, approval) and late.staged == []
 
-async def test_a_request_replayed_past_its_deadline_opens_nothing(runtime: FileRuntime) -> None:
-    """The deadline counts from `requested_at`, so a replay (the first approval's row already gone)
-    gets the same deadline, and past it nothing is stored: there is nothing left to ask."""
-    clock = [now_ms()]
-    asked = clock[0] - 500  # the chat message is half a second old when first handled
-    service = ApprovalService(legacy=False, clock=lambda: clock[0])
-    await service.open(runtime)
-    raw = await runtime.open_core_store("core:approvals", "pending", max_entries=10_000)
-    first = await service.request("a1", "deploy", requested_by="@u:s", ttl_ms=60_000, requested_at=asked)
-    assert (first.created_at, first.expires_at) == (asked, asked + 60_000)
-    await raw.delete("a1")  # as the row's TTL would
-    clock[0] = asked + 60_000  # the replay comes at the deadline
-    again = await service.request("a1", "deploy", requested_by="@u:s", ttl_ms=60_000, requested_at=asked)
-    assert again.expires_at == first.expires_at <= clock[0]
-    assert await raw.lookup_entry("a1") is None  # nothing stored
-    future = await service.request("a2", "x", requested_by="@u:s", ttl_ms=60_000, requested_at=clock[0] + 9_999)
-    assert future.created_at == clock[0]  # a timestamp ahead of our clock counts as now
-
-
-async def test_resolve_exactly_once_across_two_services_on_one_file(runtime: FileRuntime) -> None:
-    one, two = ApprovalService(legacy=False), ApprovalService(legacy=False)
-    await one.open(runtime)
-    await two.open(runtime)
-    await one.request("a1", "deploy", requested_by="@u:s", ttl_ms=60_000)
-    assert await two.get("a1") is not None  # read through from the store
-    results = await asyncio.gather(one.resolve("a1", "allow-once"), two.resolve("a1", "deny"))
-    assert sum(r is not None for r in results) == 1
-    assert await one.resolve("a1", "allow-once") is None
-
-
-async def test_resolve_refuses_a_decision_the_approval_does_not_allow(runtime: FileRuntime) -> None:
-    service = ApprovalService(legacy=False)
-    await service.open(runtime)
-    await service.request("a1", "deploy", requested_by="@u:s", decisions=("allow-once", "deny"), ttl_ms=60_000)
-    with pytest.raises(ValueError, match="allow-always"):
-        await service.resolve("a1", "allow-always")
-    assert (await service.resolve("a1", "deny")) is not None
-    with pytest.raises(ValueError):
-        await service.request("a2", "x", requested_by="@u:s", decisions=("maybe",), ttl_ms=1)
+    resolved = Writes()
+    service.resolve(resolved, "a1")
+    await resolved.commit()
+    assert await raw.lookup_entry("a1") is None
 
 
 # -- reaction targets and sync token ----------------------------------------------------------
-async def test_target_ttl_is_the_approvals_remaining_lifetime(runtime: FileRuntime) -> None:
-    targets = ReactionTargets(legacy=False)
-    await targets.open(runtime)
+def test_target_rows_round_trip_and_refuse_another_version() -> None:
     target = ReactionTarget("a1", ("allow-once", "deny"))
-    expires_at = now_ms() + 60_000
-    assert await targets.register_target("@bot:s", "!r:s", "$p", target, expires_at=expires_at)
-    assert not await targets.register_target("@bot:s", "!r:s", "$old", target, expires_at=now_ms() - 1)
-
-    key = target_key("@bot:s", "!r:s", "$p")
-    assert json.loads(key) == ["@bot:s", "!r:s", "$p"]
-    raw = await runtime.open_keyed_store("matrix.approval-reactions", max_entries=1_000)
-    entry = await raw.lookup_entry(key)
-    assert entry is not None and entry.expires_at is not None
-    assert entry.value == {"version": 1, "target": {"approval_id": "a1", "decisions": ["allow-once", "deny"]}}
-    # the store stamps its own clock a moment after ours; allow that read-to-read drift only
-    assert abs(entry.expires_at - expires_at) < CLOCK_READ_TOLERANCE_MS
-    assert await raw.lookup(target_key("@bot:s", "!r:s", "$old")) is None
-
-    assert (await targets.resolve_target("@bot:s", "!r:s", "$p", "allow-always")).outcome is Outcome.REFUSED
-    assert await raw.lookup(key) is not None
-    taken = await targets.resolve_target("@bot:s", "!r:s", "$p", "deny")
-    assert (taken.outcome, taken.target) == (Outcome.RESOLVED, target)
-    assert (await targets.resolve_target("@bot:s", "!r:s", "$p", "deny")).outcome is Outcome.MISSING
-    assert await raw.lookup(key) is None
+    assert json.loads(target_key("@bot:s", "!r:s", "$p")) == ["@bot:s", "!r:s", "$p"]
+    value = target.to_json()
+    assert value == {"version": 1, "target": {"approval_id": "a1", "decisions": ["allow-once", "deny"]}}
+    assert ReactionTarget.from_json(value) == target
+    with pytest.raises(ValueError, match="version"):
+        ReactionTarget.from_json({**value, "version": 2})
 
 
-async def test_targets_and_token_survive_a_new_instance_but_not_in_legacy(runtime: FileRuntime) -> None:
-    target = ReactionTarget("a1", ("deny",))
+async def test_the_token_survives_a_new_instance_but_not_in_legacy(runtime: FileRuntime) -> None:
     for legacy in (False, True):
         rt = FileRuntime(runtime.db, legacy=legacy)
-        targets, tokens = ReactionTargets(legacy=legacy), SyncTokens(legacy=legacy)
-        await targets.open(rt)
-        await tokens.open(rt)
-        await targets.register_target("@bot:s", "!r:s", f"$p{legacy}", target, expires_at=now_ms() + 60_000)
+        tokens = SyncTokens(AdapterState(SYNC, legacy=legacy))
+        await tokens.state.open(rt)
         await tokens.save(f"@bot{legacy}:s", "s42")
-        # a new adapter instance, as after a restart: only the store remembers
-        again_targets, again_tokens = ReactionTargets(legacy=legacy), SyncTokens(legacy=legacy)
-        await again_targets.open(rt)
-        await again_tokens.open(rt)
-        found = await again_targets.peek("@bot:s", "!r:s", f"$p{legacy}")
-        token = await again_tokens.load(f"@bot{legacy}:s")
-        assert (found, token) == ((None, None) if legacy else (target, "s42"))
+        again = SyncTokens(AdapterState(SYNC, legacy=legacy))  # a new instance, as after a restart
+        await again.state.open(rt)
+        assert await again.load(f"@bot{legacy}:s") == (None if legacy else "s42")
         await rt.close()

@@ -96,14 +96,19 @@ class ApprovalService:
         requested_by: str,
         decisions: Iterable[Decision] = DECISIONS,
         ttl_ms: int,
+        requested_at: int | None = None,
         context: Mapping[str, Any] | None = None,
     ) -> Approval:
         """Create the pending approval `approval_id`, or return the live one already there.
 
-        Idempotent so a replayed request (the same chat message delivered again after a crash)
-        never opens a second approval or restarts the first one's clock. Returns once the row is
-        durable. Raises ValueError for no/unknown decisions or ttl_ms < 1, and StateStoreError
-        INVALID_INPUT/LIMIT_EXCEEDED for an id or context the store refuses.
+        It expires `ttl_ms` after `requested_at` (ms since epoch: when the person asked, e.g. the
+        chat message's timestamp; never later than now; default now). Idempotent so a replayed
+        request (the same chat message delivered again after a crash) never opens a second
+        approval or restarts the first one's clock, even once the first has expired: given the
+        same `requested_at` it gets the same deadline, and an approval past its deadline is
+        returned as it is, not stored (`expires_at <= now`: nothing left to ask). Returns once
+        the row is durable. Raises ValueError for no/unknown decisions or ttl_ms < 1, and
+        StateStoreError INVALID_INPUT/LIMIT_EXCEEDED for an id or context the store refuses.
         """
         chosen = tuple(d for d in DECISIONS if d in set(decisions))
         if not chosen or set(decisions) - set(DECISIONS):
@@ -111,8 +116,11 @@ class ApprovalService:
         if ttl_ms < 1:
             raise ValueError("ttl_ms must be >= 1")
         now = self._clock()
-        approval = Approval(approval_id, action, requested_by, chosen, now, now + ttl_ms, dict(context or {}))
-        if await self.state.claim(approval_id, approval.to_json(), ttl_ms=ttl_ms):
+        created = now if requested_at is None else min(requested_at, now)
+        approval = Approval(approval_id, action, requested_by, chosen, created, created + ttl_ms, dict(context or {}))
+        if approval.expires_at <= now:
+            return approval
+        if await self.state.claim(approval_id, approval.to_json(), ttl_ms=approval.expires_at - now):
             return approval
         existing = await self.get(approval_id)
         return existing if existing is not None else approval

@@ -1,21 +1,23 @@
 """A Discord Gateway client on aiohttp websockets, with its session persisted for RESUME.
 
-Why not discord.py's own `DiscordWebSocket`: it is built from a logged-in `Client` (its
-`ConnectionState`, parsers and `HTTPClient`), and that client finds the gateway and answers
-interactions through `discord.http.Route.BASE`, a class variable shared by every discord.py user
-in the process; pointing one bot at a local URL would repoint them all (see `platform.py`). So
-the link is ours; the protocol's names come from discord.py (`DiscordWebSocket`'s opcode
-constants, `discord.types.gateway` payload types, `discord.Intents`).
+Not discord.py's `DiscordWebSocket`: it needs a logged-in `Client`, whose REST base URL is
+shared by every discord.py user in the process (see `platform.py`). So the link is ours; the
+protocol's names come from discord.py (opcodes, `discord.types.gateway`, `discord.Intents`).
 
 The protocol (https://discord.com/developers/docs/events/gateway): HELLO, heartbeats and their
 ACKs (a missing ACK: close 4000, RESUME), IDENTIFY/READY, RESUME/RESUMED, RECONNECT (op 7) and
 INVALID_SESSION (d=false, or close 4007/4009: IDENTIFY afresh after 1-5 s, said in log and health).
 
 Exactly-once: INTERACTION_CREATE is claimed by interaction id in the store before the bot
-answers (so a replay is answered once), answered through the HTTP interaction callback with
-the same `DiscordBot.answer` the HTTP route uses, and only then counted into the persisted
-sequence number (the highest one whose dispatch, and every earlier one, is done). SIGTERM
-finishes the interactions in hand, saves, and closes with 4000 so the session stays resumable.
+answers (so a replay is answered once), handed to `handle` (the plugin answers it through the
+interaction callback, the same `DiscordBot.respond` the HTTP route uses), and only then counted
+into the persisted sequence number (the highest one whose dispatch, and every earlier one, is
+done). SIGTERM finishes the interactions in hand, saves, and closes with 4000 so the session
+stays resumable.
+
+A frame Discord would not send (`platform.gateway_frame`) is logged and dropped; anything else
+that breaks a link ends in a reconnect, never in a reader that is gone. `live` is false, and the
+plugin's health degraded, until the link is READY or RESUMED again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import contextlib
 import logging
 import random
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -32,12 +35,13 @@ import aiohttp
 import discord  # before discord.gateway: discord's own modules import in this order
 from discord.gateway import DiscordWebSocket as Op  # the opcode constants, nothing else
 
+from chatstate.adapters.discord import platform
 from chatstate.adapters.discord.gateway_state import GatewayState, SavedSession
 
 if TYPE_CHECKING:
     from discord.types.gateway import GatewayBot, ReadyEvent
 
-Answer = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]  # interaction payload -> response
+Handle = Callable[[dict[str, Any], float], Awaitable[bool]]  # (payload, monotonic arrival) -> answered
 API_VERSION = 10
 FATAL_CLOSE_CODES = (4004, 4010, 4011, 4012, 4013, 4014)  # bad token, shard or intents: stop
 SESSION_GONE_CLOSE_CODES = (4007, 4009)  # invalid seq, session timed out: IDENTIFY afresh
@@ -56,14 +60,14 @@ class GatewayClient:
     lease another gateway holds; `stop` hands the session over intact."""
 
     def __init__(
-        self, *, api_base: str, bot_token: str, state: GatewayState, answer: Answer,
+        self, *, api_base: str, bot_token: str, state: GatewayState, handle: Handle,
         log: logging.LoggerAdapter[logging.Logger], intents: int = 0, shard: tuple[int, int] = (0, 1),
         reidentify_delay_s: float = 5.0, lease_ms: int = 15_000,
     ) -> None:  # fmt: skip
         self._api_base = api_base.rstrip("/")
         self._token = bot_token
         self._state = state
-        self._answer = answer
+        self._handle = handle
         self._log = log
         self._intents = discord.Intents.none().value | intents  # 0: INTERACTION_CREATE needs none
         self._shard = shard
@@ -89,7 +93,7 @@ class GatewayClient:
         self.last_start: str | None = None  # "identified" | "resumed"
         self.identify_reason: str | None = None
         names = ("identifies", "resumes", "reconnects", "missed_acks", "received_after_resume")
-        self.counts = dict.fromkeys((*names, "interactions", "duplicates", "callback_failures"), 0)
+        self.counts = dict.fromkeys((*names, "interactions", "duplicates", "callback_failures", "bad_frames"), 0)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -127,10 +131,17 @@ class GatewayClient:
             await self._http.close()
         self.status = "stopped"
 
+    @property
+    def live(self) -> bool:
+        """True while the link serves (READY/RESUMED) or stands by for another gateway's lease."""
+        running = self._runner is not None and not self._runner.done()
+        return running and self.status in ("ready", "standby")
+
     def health(self) -> dict[str, Any]:
         return {
             "transport": "gateway",
             "status": self.status,
+            "live": self.live,
             "last_start": self.last_start,
             "identify_reason": self.identify_reason,
             "seq": self._saved_seq,
@@ -160,8 +171,11 @@ class GatewayClient:
                 self._log.error("discord_gateway_failed", extra={"error": str(exc)})
                 self._settled.set()
                 return
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                self._log.warning("discord_gateway_connect_failed", extra={"error": type(exc).__name__})
+            except Exception as exc:  # a refused or broken link, or a reply we could not follow
+                expected = isinstance(exc, (aiohttp.ClientError, OSError, TimeoutError))  # else: a traceback
+                self._log.warning(
+                    "discord_gateway_connect_failed", extra={"error": type(exc).__name__}, exc_info=not expected
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
             finally:
@@ -197,7 +211,15 @@ class GatewayClient:
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     break
-                await self._on_frame(ws, msg.json())
+                frame, problem = platform.gateway_frame(msg.data)
+                if frame is not None:
+                    try:
+                        await self._on_frame(ws, frame)
+                    except (KeyError, TypeError, ValueError) as exc:  # e.g. a READY without session_id
+                        problem = f"{type(exc).__name__} in op {frame.get('op')}"
+                if problem:
+                    self.counts["bad_frames"] += 1
+                    self._log.warning("discord_gateway_bad_frame", extra={"reason": problem, "chars": len(msg.data)})
         finally:
             if beat is not None:
                 beat.cancel()
@@ -214,25 +236,18 @@ class GatewayClient:
         if self._session is not None:
             self._resuming = True
             self._received = max(self._received, self._session.seq)
-            await ws.send_json(
-                {
-                    "op": Op.RESUME,
-                    "d": {"token": self._token, "session_id": self._session.session_id, "seq": self._session.seq},
-                }
-            )
+            resume = {"token": self._token, "session_id": self._session.session_id, "seq": self._session.seq}
+            await ws.send_json({"op": Op.RESUME, "d": resume})
             return
         self._log.info("discord_gateway_identify", extra={"reason": self.identify_reason})
-        await ws.send_json(
-            {
-                "op": Op.IDENTIFY,
-                "d": {
-                    "token": self._token,
-                    "intents": self._intents,
-                    "shard": list(self._shard),
-                    "properties": {"os": sys.platform, "browser": "chatstate", "device": "chatstate"},
-                },
-            }
-        )
+        properties = {"os": sys.platform, "browser": "chatstate", "device": "chatstate"}
+        identify = {
+            "token": self._token,
+            "intents": self._intents,
+            "shard": list(self._shard),
+            "properties": properties,
+        }
+        await ws.send_json({"op": Op.IDENTIFY, "d": identify})
 
     async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse, interval_s: float) -> None:
         await asyncio.sleep(interval_s * random.random())  # jitter, as Discord asks
@@ -265,7 +280,7 @@ class GatewayClient:
                 await asyncio.sleep(random.uniform(min(1.0, self._reidentify_delay_s), self._reidentify_delay_s))
             await ws.close(code=KEEP_SESSION_CLOSE)
         elif op == Op.DISPATCH:
-            await self._on_dispatch(frame["t"], int(frame["s"]), frame.get("d"))
+            await self._on_dispatch(frame["t"], frame["s"], frame.get("d"))
 
     async def _on_dispatch(self, event: str, seq: int, data: Any) -> None:
         self._received = max(self._received, seq)
@@ -291,10 +306,8 @@ class GatewayClient:
             if self._resuming:
                 self.counts["received_after_resume"] += 1
             if event == "INTERACTION_CREATE" and isinstance(data, dict) and seq not in self._in_hand:
-                gen = self._gen
-                self._in_hand[seq] = asyncio.create_task(
-                    self._interaction(gen, seq, data), name=f"discord-interaction-{seq}"
-                )
+                work = self._interaction(self._gen, seq, data, time.monotonic())
+                self._in_hand[seq] = asyncio.create_task(work, name=f"discord-interaction-{seq}")
 
     def _settled_as(self, how: str) -> None:
         self.status, self.last_start = "ready", how
@@ -309,32 +322,19 @@ class GatewayClient:
         await self._state.drop()
 
     # -- interactions -------------------------------------------------------------------------
-    async def _interaction(self, gen: int, seq: int, data: dict[str, Any]) -> None:
+    async def _interaction(self, gen: int, seq: int, data: dict[str, Any], received_at: float) -> None:
         try:
-            interaction_id, token = str(data["id"]), str(data["token"])
-            if not await self._state.claim_interaction(interaction_id):
+            if not await self._state.claim_interaction(str(data["id"])):
                 self.counts["duplicates"] += 1  # a replay of one already answered (or in hand)
                 return
-            response = await self._answer(data)
-            await self._callback(interaction_id, token, response)
-            self.counts["interactions"] += 1
+            answered = await self._handle(data, received_at)
+            self.counts["interactions" if answered else "callback_failures"] += 1
         except Exception as exc:  # one bad interaction must not stop the link; say which
             self._log.exception("discord_interaction_failed", extra={"seq": seq, "error": type(exc).__name__})
         finally:
             if gen == self._gen:
                 self._in_hand.pop(seq, None)
                 await self._persist()
-
-    async def _callback(self, interaction_id: str, token: str, response: dict[str, Any]) -> None:
-        """POST the interaction response, as the HTTP route returns it in its body."""
-        assert self._http is not None
-        url = f"{self._api_base}/interactions/{interaction_id}/{token}/callback"
-        async with self._http.post(url, json=response) as resp:
-            if resp.status >= 300:
-                self.counts["callback_failures"] += 1
-                self._log.warning(
-                    "discord_callback_failed", extra={"status": resp.status, "body": (await resp.text())[:200]}
-                )
 
     async def _persist(self) -> None:
         """Save the session with the highest sequence number below every dispatch in hand."""

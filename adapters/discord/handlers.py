@@ -8,13 +8,13 @@ The order is the point of the migration (docs/migrations/discord.md):
    wins, the rest, and every later click on any gateway, are told "already used" (the winner:
    "you already used"). A crash between the claim and the answer leaves the use recorded.
 
-Discord wants the initial response within 3 s. `respond` gives the work DEFER_AFTER_S; work
-still running then is answered with a deferred response (type 5, or 6 for a click) and
-finished through the interaction webhook (edit the original, or a follow-up). A token that
-died meanwhile (10062, 50027) or an interaction already answered (40060) is logged, not
-raised: the work itself is done.
+Discord wants the initial response within 3 s of the interaction's arrival, over either
+transport. `respond` gives the work DEFER_AFTER_S from the arrival; work still running then is
+answered with a deferred response (type 5, or 6 for a click) and finished through the
+interaction webhook (edit the original, or a follow-up). A token that died meanwhile (10062,
+50027) or an interaction already answered (40060) is logged, not raised: the work itself is done.
 
-## The bot's messages (`build_panel`, `build_modal`; ui.py before issue 18)
+## The bot's messages (`build_panel`, `build_modal`)
 
 The bot's messages, built with discord.py's `discord.ui` and serialized by discord.py.
 
@@ -30,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +51,7 @@ QUOTA_REFUSED = (
 )
 PANEL_COMMAND = "panel"  # /panel [restrict_to:<user>] posts a panel in the channel
 DEFER_AFTER_S = 2.0  # Discord's deadline is 3 s; answer "deferred" if the work is not done by then
+Send = Callable[[dict[str, Any]], Awaitable[None]]  # delivers an initial response (Gateway transport)
 DEFERRABLE = (
     discord.InteractionType.application_command,
     discord.InteractionType.component,
@@ -77,20 +80,37 @@ class DiscordBot:
         self.quota = quota  # live panels per user; None = no quota (unit tests of the registry)
         self._finishing: set[asyncio.Future[Any]] = set()
 
-    async def respond(self, it: platform.Interaction, *, defer_after_s: float = DEFER_AFTER_S) -> dict[str, Any]:
-        """The HTTP answer to `it`: the full answer if ready within `defer_after_s`, else a
-        deferred one, the rest finishing in the background through the webhook."""
+    async def respond(
+        self, it: platform.Interaction, *, received_at: float, send: Send | None = None
+    ) -> dict[str, Any]:
+        """The initial response to `it` (received at monotonic `received_at`): the full answer
+        if the work is done DEFER_AFTER_S after that, else a deferred one, the rest finishing in
+        the background through the interaction webhook.
+
+        Both transports answer through here. The HTTP route returns the result as its response
+        body; the Gateway passes `send` (the interaction callback), which delivers it before
+        any webhook call can follow. Raises what `send` raises (the work still runs to its end).
+        """
         work = asyncio.create_task(self.answer(it))
-        done, _ = await asyncio.wait({work}, timeout=defer_after_s)
-        if done or it.type not in DEFERRABLE or not it.token:
-            return await work
-        if it.type is discord.InteractionType.component:
-            deferral = platform.defer_update()
+        done, _ = await asyncio.wait({work}, timeout=max(0.0, received_at + DEFER_AFTER_S - time.monotonic()))
+        deferred = not done and it.type in DEFERRABLE and bool(it.token)
+        if not deferred:
+            initial = await work
+        elif it.type is discord.InteractionType.component:
+            initial = platform.defer_update()
         else:  # /panel answers ephemerally; a modal submit answers in the channel
-            deferral = platform.defer_message(ephemeral=it.type is discord.InteractionType.application_command)
-        self._background(self._finish(it, work))
-        self.log.info("discord_deferred", extra={"interaction_type": it.type.name})
-        return deferral
+            initial = platform.defer_message(ephemeral=it.type is discord.InteractionType.application_command)
+        if send is not None:
+            try:
+                await send(initial)
+            except BaseException:
+                if deferred:
+                    self._background(work)  # it finishes; its answer has nowhere to go
+                raise
+        if deferred:
+            self._background(self._finish(it, work))
+            self.log.info("discord_deferred", extra={"interaction_type": it.type.name})
+        return initial
 
     async def _finish(self, it: platform.Interaction, work: asyncio.Task[dict[str, Any]]) -> None:
         """Send the answer of deferred work: an update edits the original message, a message

@@ -18,6 +18,7 @@ would. No state lives here.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, cast
@@ -33,6 +34,7 @@ DEFAULT_API_BASE = Route.BASE  # https://discord.com/api/v10
 SIGNATURE_HEADER = "X-Signature-Ed25519"
 TIMESTAMP_HEADER = "X-Signature-Timestamp"
 _LABEL = 18  # ComponentType.label: newer modals wrap each input in a label, not an action row
+_DISPATCH = 0  # the Gateway's op for events; each carries its sequence number `s`
 
 
 class BadRequest(ValueError):
@@ -231,3 +233,22 @@ def _data(content: str, *, flags: Any = discord.utils.MISSING) -> dict[str, Any]
         content=content, flags=flags, allowed_mentions=discord.AllowedMentions.none()
     ) as params:
         return dict(cast("dict[str, Any]", params.payload))  # None only when files are sent
+
+
+# -- the Gateway transport's frames ------------------------------------------------------------
+
+
+def gateway_frame(text: str) -> tuple[dict[str, Any] | None, str]:
+    """One Gateway text frame as Discord sends it: (the JSON object, "") or (None, why it is not
+    one): not JSON, not an object, or a dispatch (op 0) without an integer `s` and a string `t`."""
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        return None, "not JSON"
+    if not isinstance(frame, dict):
+        return None, f"a JSON {type(frame).__name__}, not an object"
+    if frame.get("op") == _DISPATCH:
+        seq, event = frame.get("s"), frame.get("t")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1 or not isinstance(event, str):
+            return None, "a dispatch without an integer s and a string t"
+    return frame, ""

@@ -3,11 +3,12 @@ or (`transport = "gateway"`) the Discord Gateway websocket (`gateway_client.py`)
 
 Every request is verified (Ed25519, `X-Signature-Ed25519` over `X-Signature-Timestamp + body`)
 before anything is parsed, read or written: a bad signature is 401 and touches no state. Then
-(issue 15) a timestamp outside `timestamp_window_s` is 401, the body is parsed (400 for junk,
+a timestamp outside `timestamp_window_s` is 401, the body is parsed (400 for junk,
 ids checked before any lookup), and the interaction id is claimed in `discord.interactions`:
 a replay of a captured, validly signed interaction answers 409 and does nothing.
-Both transports answer through the same `DiscordBot.answer`: over HTTP in the response body,
-over the Gateway through the interaction callback.
+Both transports answer through the same `DiscordBot.respond` (the answer, or a deferral within
+Discord's 3 s): over HTTP in the response body, over the Gateway through the interaction
+callback (`DiscordRest.callback`, 429s retried within the 3 s).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from chatstate.adapters.discord.config import DiscordSettings
 from chatstate.adapters.discord.gateway_client import GatewayClient
 from chatstate.adapters.discord.gateway_state import GatewayState
 from chatstate.adapters.discord.handlers import DiscordBot
-from chatstate.adapters.discord.rest import DiscordRest
+from chatstate.adapters.discord.rest import DiscordRest, RestError
 from chatstate.adapters.discord.state import COMPONENTS, InteractionLedger, PanelQuota, Registry
 from chatstate.gateway import ingress
 from chatstate.gateway.clock import now_ms
@@ -91,7 +92,7 @@ class DiscordPlugin(StatefulPlugin):
                 api_base=config.api_base_url,
                 bot_token=config.bot_token,
                 state=self._gateway_state,
-                answer=self._answer_payload,
+                handle=self._gateway_interaction,
                 log=runtime.log,
                 intents=config.intents,
                 reidentify_delay_s=config.reidentify_delay_s,
@@ -114,20 +115,35 @@ class DiscordPlugin(StatefulPlugin):
         report: dict[str, Any] = {"status": "degraded" if self.degraded() else "ok", "registries": self.states_health()}
         if self._gateway is not None:
             report["transport"] = self._gateway.health()
-            if self._gateway.status == "failed":
+            if not self._gateway.live:  # reconnecting, refused for good, or its reader ended
                 report["status"] = "degraded"
         return report
 
-    async def _answer_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """A Gateway INTERACTION_CREATE: the same parse and answer as the HTTP route.
-        Raises platform.BadRequest for a payload Discord would not send."""
-        assert self._bot is not None
-        return await self._bot.answer(platform.parse(json.dumps(payload).encode()))
+    async def _gateway_interaction(self, payload: dict[str, Any], received_at: float) -> bool:
+        """A Gateway INTERACTION_CREATE (received at monotonic `received_at`): the same parse and
+        `respond` as the HTTP route, the initial response sent through the interaction callback.
+        False when Discord did not take it (logged). Raises platform.BadRequest for a payload
+        Discord would not send."""
+        assert self._bot is not None and self._rest is not None
+        it, rest = platform.parse(json.dumps(payload).encode()), self._rest
+
+        async def send(response: dict[str, Any]) -> None:
+            await rest.callback(it, response, received_at=received_at)
+
+        try:
+            await self._bot.respond(it, received_at=received_at, send=send)
+        except RestError as exc:  # the action may have happened; the user saw "This interaction failed"
+            self._bot.log.warning(
+                "discord_callback_failed", extra={"error": str(exc), "interaction_type": it.type.name}
+            )
+            return False
+        return True
 
     async def _interactions(self, request: web.Request) -> web.Response:
         assert self._config is not None and self._bot is not None and self._ledger is not None, "start() first"
         if self._verify_key is None:  # transport = "gateway" without a public key
             raise web.HTTPNotFound(text="this gateway takes Discord interactions over the Gateway")
+        received_at = time.monotonic()
         body = await request.read()
         timestamp = ingress.credential(request.headers, platform.TIMESTAMP_HEADER)
         if not platform.verify(
@@ -145,4 +161,4 @@ class DiscordPlugin(StatefulPlugin):
             raise web.HTTPBadRequest(text=str(exc)) from None
         if interaction.id and not await self._ledger.claim(interaction.id, at_ms=now_ms()):
             raise web.HTTPConflict(text="interaction already handled")  # a replay: no second effect
-        return web.json_response(await self._bot.respond(interaction))
+        return web.json_response(await self._bot.respond(interaction, received_at=received_at))

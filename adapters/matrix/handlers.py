@@ -112,7 +112,13 @@ class ApprovalFlow:
         if command is None or event.sender == self.account_id:
             return
         approval_id = platform.approval_id(room_id, event.event_id)
-        expires_at = self._clock() + self.approval_ttl_ms
+        # the approval counts from the request, so a request finished after a crash keeps its
+        # first deadline (and, past it, opens nothing) instead of starting a new one
+        requested_at = min(event.server_timestamp, self._clock())
+        expires_at = requested_at + self.approval_ttl_ms
+        if expires_at <= self._clock():
+            self.log.info("matrix_request_expired", extra={"approval": approval_id, "room": room_id})
+            return
         existing = await self.approvals.get(approval_id)  # a retried attempt of this event
         slot = await self.slots.take(
             self.account_id,
@@ -136,6 +142,7 @@ class ApprovalFlow:
             requested_by=event.sender,
             decisions=command.decisions,
             ttl_ms=self.approval_ttl_ms,
+            requested_at=requested_at,
             context={"room_id": room_id, "request_event_id": event.event_id, SLOT_FIELD: slot},
         )
         if approval.expires_at <= self._clock():

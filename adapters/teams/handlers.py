@@ -61,14 +61,33 @@ class Classification(StrEnum):
     IGNORED = "ignored"
 
 
+def _bot_mentions(activity: Activity) -> list[dict[str, Any]]:
+    """The properties of each `mention` entity that names the bot (the recipient)."""
+    bot_id = activity.recipient.id if activity.recipient else None
+    if not bot_id:
+        return []
+    props = [m.additional_properties or {} for m in TurnContext.get_mentions(activity)]
+    return [p for p in props if (p.get("mentioned") or {}).get("id") == bot_id]
+
+
 def mentions_recipient(activity: Activity) -> bool:
     """True if one of the activity's `mention` entities names the bot (the recipient)."""
-    bot_id = activity.recipient.id if activity.recipient else None
-    for mention in TurnContext.get_mentions(activity):
-        mentioned = (mention.additional_properties or {}).get("mentioned") or {}
-        if bot_id and mentioned.get("id") == bot_id:
-            return True
-    return False
+    return bool(_bot_mentions(activity))
+
+
+def text_for_bot(activity: Activity) -> str:
+    """The message text without the bot's own @mention; "" when the text is null or absent (a
+    message that is only a card or an image).
+
+    Not botbuilder's `remove_recipient_mention`: it needs a recipient and a text, and uses the
+    mentioned name as a regular expression, so a null text, no recipient or a name such as
+    "C++ (bot)" would raise. The mention's `text` (`<at>name</at>`) is removed literally.
+    """
+    text = activity.text if isinstance(activity.text, str) else ""
+    for mention in _bot_mentions(activity):
+        if isinstance(mention.get("text"), str) and mention["text"]:
+            text = text.replace(mention["text"], "")
+    return text.strip()
 
 
 class TeamsBot(ActivityHandler):
@@ -94,8 +113,7 @@ class TeamsBot(ActivityHandler):
         self.log.info("classified", extra={"classification": str(kind), "activity_type": "message"})
         if kind is Classification.IGNORED:
             return
-        text = (TurnContext.remove_recipient_mention(activity) or "").strip()
-        await turn_context.send_activity(f"[{kind}] you said: {text}")
+        await turn_context.send_activity(f"[{kind}] you said: {text_for_bot(activity)}")
 
     async def on_message_update_activity(self, turn_context: TurnContext) -> None:
         self.log.info("classified", extra={"classification": "ignored", "activity_type": "messageUpdate"})

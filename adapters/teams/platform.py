@@ -214,7 +214,7 @@ def _parse(body: bytes) -> Activity:
 
 
 def _check_entities(entities: object) -> None:
-    """Refuse entities botbuilder's mention helpers would crash on (issue 15: `entities: [{}]`,
+    """Refuse entities botbuilder's mention helpers would crash on (`entities: [{}]`,
     a mention whose `text` is null). Each entity is an object with a string `type`; a mention
     also has a string `text` and `mentioned: {id, name}` of strings, as Teams always sends."""
     if entities is None:
@@ -237,11 +237,13 @@ def _check_entities(entities: object) -> None:
 
 
 _OPTIONAL_TEXT = ("id", "replyToId", "text", "channelId", "locale", "textFormat")
+_OPTIONAL_OBJECT_LISTS = ("membersAdded", "membersRemoved", "reactionsAdded", "reactionsRemoved", "attachments")
 
 
 def _check_shape(data: dict[str, object]) -> None:
     """Refuse fields of the wrong type before msrest coerces them into something botbuilder then
-    fails on (a numeric conversation id, a list as replyToId; issue 15's signed fuzz)."""
+    fails on (a numeric conversation id, a list as replyToId, a null member of membersAdded).
+    Every optional field may be null or absent."""
     service_url = data.get("serviceUrl")
     if (
         not isinstance(service_url, str)
@@ -252,6 +254,10 @@ def _check_shape(data: dict[str, object]) -> None:
     for name in _OPTIONAL_TEXT:
         if data.get(name) is not None and not isinstance(data.get(name), str):
             raise web.HTTPBadRequest(text=f"{name} must be a string")
+    for name in _OPTIONAL_OBJECT_LISTS:  # null or absent is fine; a null member is not
+        items = data.get(name)
+        if items is not None and not (isinstance(items, list) and all(isinstance(i, dict) for i in items)):
+            raise web.HTTPBadRequest(text=f"{name} must be a list of objects")
     for name, required in (("conversation", True), ("from", False), ("recipient", False)):
         account = data.get(name)
         if account is None and not required:

@@ -15,7 +15,14 @@ callback. The wire follows https://discord.com/developers/docs/events/gateway:
   keeps it resumable for `resume_window_s`, buffering what is dispatched meanwhile;
 - a connection that sends no heartbeat for 1.5 intervals is closed (code 4000, resumable);
 - an interaction's initial callback is accepted only within `callback_window_s` of its
-  dispatch (Discord: 3 s; error 10062 after) and only once (error 40060).
+  dispatch (Discord: 3 s; error 10062 after) and only once (error 40060); an accepted one
+  opens the interaction webhook (deferred answers, follow-ups) as the HTTP simulator's does;
+- `rate_limit_callbacks` answers the next N callbacks 429 with a JSON `retry_after`
+  (https://discord.com/developers/docs/topics/rate-limits): not processed, so the interaction
+  stays unanswered until a retry lands within its window;
+- hostile far-end behaviour a test switches on: `send_raw` puts any text frame on the link (a
+  frame that is not JSON, not an object, a dispatch without `s`), `refuse_links` answers new
+  connections 503 (the link cannot come back).
 Timings are constructor arguments so tests can compress them.
 """
 
@@ -24,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -31,7 +39,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from chatstate.gateway.sim.discord import API_PREFIX, DiscordSimulator, Reply
+from chatstate.gateway.sim.discord import API_PREFIX, DEFERRED_TYPES, DiscordSimulator, Reply
+from chatstate.gateway.sim.discord_edges import Token
 
 GATEWAY_PATH = "/gateway"
 RESUME_PATH = "/gateway-resume"  # READY's resume_gateway_url, so a RESUME visibly uses it
@@ -86,6 +95,9 @@ class DiscordGatewaySimulator(DiscordSimulator):
         self.resume_window_s = resume_window_s
         self.callback_window_s = callback_window_s
         self.ack_heartbeats = True  # False: swallow heartbeats (a zombied link, seen from the bot)
+        self.refuse_links = False  # True: new connections are answered 503
+        self.rate_limit_callbacks = 0  # the next N interaction callbacks are answered 429
+        self.callback_retry_after_s = 0.5  # the `retry_after` those 429s carry
         # while set, an interaction callback waits for this future before Discord takes it (a
         # test can kill the gateway with an answer in flight); `callback_arrived` fires first
         self.hold_callbacks: asyncio.Future[None] | None = None
@@ -131,7 +143,10 @@ class DiscordGatewaySimulator(DiscordSimulator):
         )
 
     # -- the websocket ----------------------------------------------------------------------
-    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        if self.refuse_links:
+            await self.record("gateway_refused", {"path": request.path})
+            return web.Response(status=503, text="upstream connect error")
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         link = next(self._links)
@@ -286,6 +301,13 @@ class DiscordGatewaySimulator(DiscordSimulator):
         await session.ws.send_json({"op": RECONNECT, "d": None, "s": None, "t": None})
         await self.record("gateway_reconnect_sent", {"session_id": session.session_id})
 
+    async def send_raw(self, text: str) -> None:
+        """Put `text` on the current session's link as one text frame, whatever it holds."""
+        session = self.current_session()
+        assert session is not None and session.ws is not None, "no connected session"
+        await session.ws.send_str(text)
+        await self.record("gateway_raw_sent", {"session_id": session.session_id, "text": text[:200]})
+
     async def invalidate(self, *, resumable: bool = False) -> None:
         """Send INVALID_SESSION (op 9); with `resumable` false the session is gone."""
         session = self.current_session()
@@ -301,6 +323,14 @@ class DiscordGatewaySimulator(DiscordSimulator):
         body = await request.json()
         if pending is None or pending.payload.get("token") != request.match_info["token"]:
             return web.json_response({"message": "Unknown interaction", "code": 10062}, status=404)
+        if self.rate_limit_callbacks > 0:
+            self.rate_limit_callbacks -= 1
+            self.hit("rate_limited")
+            await self.record("callback_rate_limited", {"id": request.match_info["id"]})
+            retry_after = self.callback_retry_after_s
+            body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": False}
+            headers = {"Retry-After": str(math.ceil(retry_after)), "X-RateLimit-Scope": "shared"}
+            return web.json_response(body, status=429, headers=headers)
         self.callback_arrived.set()
         if self.hold_callbacks is not None:
             await asyncio.shield(self.hold_callbacks)
@@ -310,9 +340,16 @@ class DiscordGatewaySimulator(DiscordSimulator):
             return web.json_response(
                 {"message": "Interaction has already been acknowledged.", "code": 40060}, status=400
             )
+        token = Token(request.match_info["id"], pending.dispatched_at)  # what the webhook checks
+        self._tokens[request.match_info["token"]] = token
         if age > self.callback_window_s:
+            token.failed = True
+            self.hit("deadline_missed")
             pending.answered.set_result(Reply(404, None))
             return web.json_response({"message": "Unknown interaction", "code": 10062}, status=404)
+        token.acknowledged = True
+        if body.get("type") in DEFERRED_TYPES:
+            self.hit("deferred")
         pending.answered.set_result(Reply(200, body))
         return web.Response(status=204)
 

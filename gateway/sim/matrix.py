@@ -90,6 +90,10 @@ class MatrixHomeserver(SimulatorServer):
         self._cache: dict[tuple[Any, ...], tuple[float, dict[str, Any]]] = {}
         self.forbidden_rooms: set[str] = set()
         self._throttle: list[int] = []  # retry_after_ms of the next sends to refuse with 429
+        # while set, a send waits for this future before it is taken (a test can kill the
+        # gateway mid-event); `send_arrived` fires first
+        self.hold_sends: asyncio.Future[None] | None = None
+        self.send_arrived = asyncio.Event()
         self._stream: asyncio.Condition | None = None
 
     @property
@@ -339,6 +343,9 @@ class MatrixHomeserver(SimulatorServer):
             raise _error(400, "M_NOT_JSON", "Content not JSON") from None
         if not isinstance(content, dict):
             raise _error(400, "M_BAD_JSON", "Content must be an object")
+        self.send_arrived.set()
+        if self.hold_sends is not None:
+            await asyncio.shield(self.hold_sends)
         seen = self._txns.get((token, txn_id))
         if seen is not None:  # spec: a retried txnId returns the first event, sends nothing new
             await self.record(

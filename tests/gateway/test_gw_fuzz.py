@@ -1,4 +1,4 @@
-"""Hypothesis fuzz of every route (issue 15): signed and unsigned, FUZZ_EXAMPLES inputs each,
+"""Hypothesis fuzz of every route: signed and unsigned, FUZZ_EXAMPLES inputs each,
 derandomized so CI is stable. Every answer is < 500 with no traceback in it, and a 4xx leaves
 the database and the far end exactly as they were.
 
@@ -130,10 +130,30 @@ def mutated(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+@st.composite
+def nulled(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
+    """`base` with one to three fields null or left out, as a platform sends optional fields."""
+    doc = copy.deepcopy(base)
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p in list(_paths(doc))[1:] if not isinstance(p[-1], int)]  # object fields
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent: Any = doc
+        for step in path[:-1]:
+            parent = parent[step]
+        if draw(st.booleans()):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = None
+    return doc
+
+
 def bodies(base: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[bytes]:
     return st.one_of(
         base.map(lambda d: json.dumps(d).encode()),
         base.flatmap(mutated).map(lambda d: json.dumps(d).encode()),
+        base.flatmap(nulled).map(lambda d: json.dumps(d).encode()),
         st.binary(max_size=300),
         json_values.map(lambda v: json.dumps(v).encode()),
         st.sampled_from(SPECIAL_BODIES),
@@ -255,14 +275,19 @@ async def test_fuzz_discord_unsigned(world: World, data: st.DataObject, signatur
 # -- teams ---------------------------------------------------------------------------------------
 def _teams_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
     teams = world.teams
-    return st.sampled_from(
-        [
-            teams.activity("message_mention"),
-            teams.activity("message_reply", reply_to_id="1"),
-            teams.activity("message_reaction"),
-            teams.activity("conversation_update"),
-        ]
-    )
+    bases = [
+        teams.activity("message_mention"),
+        teams.activity("message_reply", reply_to_id="1"),
+        teams.activity("message_reaction"),
+        teams.activity("conversation_update"),
+    ]
+
+    def fresh(pair: tuple[dict[str, Any], int]) -> dict[str, Any]:
+        doc = copy.deepcopy(pair[0])  # a new id each: a repeated one is answered once, then skipped
+        doc["id"] = f"1700{pair[1]:010d}"
+        return doc
+
+    return st.tuples(st.sampled_from(bases), st.integers(0, 10**9)).map(fresh)
 
 
 @FUZZ
@@ -273,6 +298,16 @@ async def test_fuzz_teams_signed(world: World, data: st.DataObject) -> None:
     await world.check(
         "POST", "/api/messages", body, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     )
+
+
+@FUZZ
+@given(data=st.data())
+async def test_fuzz_teams_signed_nulls(world: World, data: st.DataObject) -> None:
+    """Only nulls and omissions, each a field the Activity schema makes optional: answered, never 5xx."""
+    activity = data.draw(_teams_base(world).flatmap(nulled))
+    token = world.teams.token()
+    body = json.dumps(activity).encode()
+    await world.check("POST", "/api/messages", body, {"Authorization": f"Bearer {token}"})
 
 
 @FUZZ

@@ -1,8 +1,9 @@
-"""Hostile input on the adapters' routes (issue 15), each against the real app in process and a
+"""Hostile input on the adapters' routes, each against the real app in process and a
 real simulator: junk credentials, long ids, replays, signed junk. 4xx, no side effect."""
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -242,3 +243,77 @@ async def test_one_users_mention_spam_cannot_evict_another_users_sent_rows(tmp_p
         assert teams.sent()[-1]["text"].startswith("[reply_to_bot]"), teams.sent()[-1]["text"]
         noted = [a for a in teams.sent() if "need an @mention" in a["text"]]
         assert len(noted) == 30 - 5  # the spammer's extra answers say so, visibly
+
+
+# Every Activity field the Bot Framework schema makes optional, as a channel may send it: null or
+# absent (the Activity object of the Bot Connector REST API reference).
+NULLABLE_PATHS: tuple[tuple[str | int, ...], ...] = (
+    *((name,) for name in (
+        "text", "entities", "from", "recipient", "replyToId", "value", "attachments", "channelData", "id",
+        "timestamp", "localTimestamp", "channelId", "locale", "textFormat", "reactionsAdded", "reactionsRemoved",
+        "membersAdded", "membersRemoved", "conversation", "serviceUrl", "name", "summary", "speak",
+    )),
+    ("from", "id"), ("from", "name"), ("from", "aadObjectId"), ("recipient", "id"), ("recipient", "name"),
+    ("conversation", "id"), ("conversation", "conversationType"), ("conversation", "isGroup"),
+    ("conversation", "tenantId"), ("channelData", "tenant"), ("channelData", "team"), ("channelData", "channel"),
+    ("reactionsAdded", 0), ("reactionsAdded", 0, "type"), ("membersAdded", 0), ("membersAdded", 0, "id"),
+    ("attachments", 0), ("attachments", 0, "content"), ("attachments", 0, "contentType"), ("entities", 0),
+    ("entities", 0, "mentioned"), ("entities", 0, "text"), ("entities", 1, "type"),
+)  # fmt: skip
+
+
+def _nulled(activity: dict[str, Any], path: tuple[str | int, ...], *, omit: bool) -> dict[str, Any] | None:
+    """A copy of `activity` with the field at `path` null (or removed); None if it has none there."""
+    doc = copy.deepcopy(activity)
+    parent: Any = doc
+    try:
+        for step in path[:-1]:
+            parent = parent[step]
+        parent[path[-1]]  # noqa: B018 - only present fields are nulled or removed
+    except (KeyError, IndexError, TypeError):
+        return None
+    if omit:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = None
+    return doc
+
+
+async def test_teams_a_mention_with_null_text_is_answered(tmp_path: Path) -> None:
+    """A signed @mention whose `text` is null (a message that is only a card or an image) is
+    answered like any other mention, never a 500."""
+    teams = TeamsSimulator()
+    async with inprocess_gateway(tmp_path, [teams]) as client:
+        body = json.dumps(teams.activity("message_mention", text=None)).encode()
+        status, text = await _teams_post(client, teams, body, teams.token())
+        assert status == 200, (status, text)
+        assert [a["text"] for a in teams.sent()] == ["[mention] you said: "]
+        # botbuilder's own mention stripping would raise on these: no recipient in a personal
+        # chat, and a bot name that is not a valid regular expression
+        personal = teams.activity("message_mention", text=None, entities=None)
+        personal["conversation"]["conversationType"] = "personal"
+        del personal["recipient"]
+        odd_name = teams.activity("message_mention", text="<at>C++ (bot)</at> hi")
+        odd_name["entities"][0]["text"] = "<at>C++ (bot)</at>"
+        for activity in (personal, odd_name):
+            status, text = await _teams_post(client, teams, json.dumps(activity).encode(), teams.token())
+            assert status == 200, (status, text)
+        assert [a["text"] for a in teams.sent()[1:]] == ["[personal] you said: ", "[mention] you said: hi"]
+
+
+async def test_teams_every_optional_field_null_or_omitted_is_never_5xx(tmp_path: Path) -> None:
+    teams = TeamsSimulator()
+    async with inprocess_gateway(tmp_path, [teams]) as client:
+        sent = 0
+        for name in ("message_mention", "message_reply", "message_reaction", "conversation_update"):
+            for path in NULLABLE_PATHS:
+                for omit in (False, True):
+                    activity = _nulled(teams.activity(name), path, omit=omit)
+                    if activity is None:
+                        continue
+                    status, text = await _teams_post(client, teams, json.dumps(activity).encode(), teams.token())
+                    assert status < 500, (name, path, "omitted" if omit else "null", status, text[:200])
+                    sent += 1
+        assert sent > 150
+        health = await (await client.get("/healthz")).json()
+        assert health["status"] == "ok", health

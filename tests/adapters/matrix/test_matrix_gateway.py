@@ -72,7 +72,9 @@ async def test_prompt_target_and_approval_are_on_disk_when_the_prompt_is_complet
     announced = prompt["content"][platform.APPROVAL_FIELD]["expires_at"]
     assert abs(row.expires_at - announced) < CLOCK_READ_TOLERANCE_MS
     assert abs(approval.expires_at - announced) < CLOCK_READ_TOLERANCE_MS
-    assert approval.expires_at - approval.created_at == DEFAULT_TTL_MS
+    # the approval lives DEFAULT_TTL_MS from the request; its row, the part still left at the write
+    assert approval.value["expires_at"] - approval.value["created_at"] == DEFAULT_TTL_MS
+    assert DEFAULT_TTL_MS - CLOCK_READ_TOLERANCE_MS < approval.expires_at - approval.created_at <= DEFAULT_TTL_MS
     assert set(rows(gw.database_path, "matrix", SYNC)) == {sim.bot_user}
 
     status, health = await gw.healthz()
@@ -193,6 +195,38 @@ async def test_expired_approval_says_so_across_a_restart(sim: MatrixHomeserver, 
         await barrier(sim)
         assert outcomes(sim) == [] and len(expired_notices(sim)) == 1
         assert target_key(sim, prompt) not in rows(gw.database_path, "matrix", REACTIONS)
+
+
+async def test_a_request_finished_after_its_approval_expired_does_not_reopen_it(
+    sim: MatrixHomeserver, tmp_path: Path
+) -> None:
+    """SIGKILL mid-request (the prompt is sent, the event not yet marked handled); the next
+    start finishes the request after the approval's announced expiry. The approval counts from
+    the request, so the replay opens nothing new and a decision gets "expired", not "approved"."""
+    ttl_ms = 1500
+    async with GatewayHarness(
+        [sim], modes="store", state_dir=tmp_path / "state", adapters={"matrix": {"approval_ttl_ms": ttl_ms}}
+    ) as gw:
+        sim.hold_sends = asyncio.get_running_loop().create_future()
+        sim.send_arrived.clear()
+        await sim.send_message(ROOM, ALICE, "!approve deploy prod")
+        await asyncio.wait_for(sim.send_arrived.wait(), 15)  # the prompt is on its way
+        await gw.kill()
+        sim.hold_sends.set_result(None)
+        sim.hold_sends = None
+        await sim.wait_for(lambda _: len(prompts(sim)) == 1)
+        [prompt] = prompts(sim)
+        expires_at = prompt["content"][platform.APPROVAL_FIELD]["expires_at"]
+        # waiting for a deadline, not for an event: expiry is the passage of time itself
+        await asyncio.sleep(max(0.0, expires_at / 1000 - time.time()) + 0.05)
+        await gw.start()  # finishes the request it was killed in
+
+        await sim.react(ROOM, ALICE, prompt["event_id"], "✅")
+        await sim.wait_for(lambda _: len(expired_notices(sim)) == 1)
+        await barrier(sim)
+        assert outcomes(sim) == [] and len(expired_notices(sim)) == 1
+        assert len(prompts(sim)) == 2  # the original and the barrier's: the replay posted no new one
+        assert approval_of(prompt) not in rows(gw.database_path, "core:approvals", PENDING)
 
 
 async def test_legacy_mode_forgets_prompts_and_missed_reactions_on_restart(

@@ -148,6 +148,25 @@ async def test_request_is_idempotent_and_keeps_the_first_expiry(runtime: FileRun
     assert await raw.lookup_entry("a1") == row  # not rewritten
 
 
+async def test_a_request_replayed_past_its_deadline_opens_nothing(runtime: FileRuntime) -> None:
+    """The deadline counts from `requested_at`, so a replay (the first approval's row already gone)
+    gets the same deadline, and past it nothing is stored: there is nothing left to ask."""
+    clock = [now_ms()]
+    asked = clock[0] - 500  # the chat message is half a second old when first handled
+    service = ApprovalService(legacy=False, clock=lambda: clock[0])
+    await service.open(runtime)
+    raw = await runtime.open_core_store("core:approvals", "pending", max_entries=10_000)
+    first = await service.request("a1", "deploy", requested_by="@u:s", ttl_ms=60_000, requested_at=asked)
+    assert (first.created_at, first.expires_at) == (asked, asked + 60_000)
+    await raw.delete("a1")  # as the row's TTL would
+    clock[0] = asked + 60_000  # the replay comes at the deadline
+    again = await service.request("a1", "deploy", requested_by="@u:s", ttl_ms=60_000, requested_at=asked)
+    assert again.expires_at == first.expires_at <= clock[0]
+    assert await raw.lookup_entry("a1") is None  # nothing stored
+    future = await service.request("a2", "x", requested_by="@u:s", ttl_ms=60_000, requested_at=clock[0] + 9_999)
+    assert future.created_at == clock[0]  # a timestamp ahead of our clock counts as now
+
+
 async def test_resolve_exactly_once_across_two_services_on_one_file(runtime: FileRuntime) -> None:
     one, two = ApprovalService(legacy=False), ApprovalService(legacy=False)
     await one.open(runtime)

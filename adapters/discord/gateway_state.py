@@ -22,11 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from chatstate.gateway.adapter_state import AdapterState, StateSpec
-from chatstate.gateway.clock import now_ms
+from chatstate.gateway.sdk import AdapterState, StateSpec, now_ms
 
 if TYPE_CHECKING:
-    from chatstate.gateway.plugin import PluginRuntime
+    from chatstate.gateway.sdk import PluginRuntime
 
 SESSIONS = StateSpec("discord.gateway-session", ttl_ms=None, max_entries=64)
 INTERACTIONS = StateSpec("discord.gateway-interactions", ttl_ms=15 * 60 * 1000, max_entries=5_000)

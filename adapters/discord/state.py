@@ -28,11 +28,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
-from chatstate.gateway.adapter_state import AdapterState, StateSpec
-from chatstate.gateway.claims import RequesterQuota
+from chatstate.gateway.sdk import AdapterState, StateSpec
 
 if TYPE_CHECKING:
-    from chatstate.gateway.plugin import PluginRuntime
+    from chatstate.gateway.sdk import PluginRuntime
 
 ENTRY_VERSION = 1  # bump when the entry shape changes; other versions read as expired
 COMPONENTS = StateSpec("discord.components", ttl_ms=30 * 60 * 1000, max_entries=500)
@@ -110,9 +109,6 @@ class Registry:
         await self.modals.close()
         await self.components.close()
 
-    def health(self) -> list[dict[str, Any]]:
-        return [self.components.health(), self.modals.health(), self.used.health()]
-
     # -- writes: awaited before the message that shows them counts as sent -----------------
     async def register(self, components: dict[str, ComponentEntry], modals: dict[str, ModalEntry]) -> None:
         """Record every entry of one message; modals first so no trigger points at nothing."""
@@ -153,36 +149,21 @@ class Registry:
         return unwrap(await self.modals.take(custom_id))
 
 
-# -- hostile input (issue 15): replays and one user's spam -------------------------------------
-INTERACTIONS_NAMESPACE = "discord.interactions"
+# -- exactly-once and fairness -----------------------------------------------------------------
+INTERACTION_LEASE_MS = 15_000  # outlives Discord's 3 s answer window: a takeover is always too late
 INTERACTIONS_MAX_ENTRIES = 20_000  # claimed ids kept: replays stay refused up to ~33 interactions/s
-PANEL_OWNERS = StateSpec("discord.panel-owners", ttl_ms=30 * 60 * 1000, max_entries=5_000)
+PANEL_OWNERS_MAX_ENTRIES = 5_000  # users counted (`sdk.UserQuota`); evicting one forgets their count
 
 
-class InteractionLedger:
-    """Interaction ids already handled (`discord.interactions`): a signed interaction replayed
-    inside the freshness window finds its id taken and has no second effect.
-
-    The TTL is twice the window: a timestamp may be up to one window old or ahead, so a replay
-    is possible until one window after it; the claim outlives that.
-    """
-
-    def __init__(self, *, legacy: bool, window_s: int) -> None:
-        self.state = AdapterState(
-            StateSpec(INTERACTIONS_NAMESPACE, ttl_ms=2 * window_s * 1000, max_entries=INTERACTIONS_MAX_ENTRIES),
-            legacy=legacy,
-        )
-
-    async def claim(self, interaction_id: str, *, at_ms: int) -> bool:
-        """True for the first delivery of `interaction_id`, False for a replay (atomic in the store)."""
-        return await self.state.claim(interaction_id, {"at": at_ms})
+def interactions_spec(window_s: int) -> StateSpec:
+    """`discord.interactions`, the gate's claims by interaction id. The TTL is twice the
+    freshness window: a timestamp may be up to one window old or ahead, so a signed replay is
+    possible until one window after it; the done mark outlives that."""
+    return StateSpec("discord.interactions", ttl_ms=2 * window_s * 1000, max_entries=INTERACTIONS_MAX_ENTRIES)
 
 
-class PanelQuota(RequesterQuota):
-    """Live panels per user (`discord.panel-owners`, key = user id), so one user's `/panel` spam
-    cannot push the registries past their cap and evict another user's buttons (issue 15).
-    The registry TTL is the panel's lifetime."""
-
-    def __init__(self, *, legacy: bool, per_user: int, panel_ttl_ms: int) -> None:
-        state = AdapterState(replace(PANEL_OWNERS, ttl_ms=panel_ttl_ms), legacy=legacy)
-        super().__init__(state, per_user=per_user, ttl_ms=panel_ttl_ms)
+def panel_owners_spec(panel_ttl_ms: int) -> StateSpec:
+    """`discord.panel-owners`: live panels per user, so one user's `/panel` spam cannot push the
+    registries past their cap and evict another user's buttons. A panel lives as long as its
+    registry entries."""
+    return StateSpec("discord.panel-owners", ttl_ms=panel_ttl_ms, max_entries=PANEL_OWNERS_MAX_ENTRIES)

@@ -40,7 +40,7 @@ def test_adapter_modules_stay_small() -> None:
 
 
 # Adapters not yet moved onto the SDK, with what they still import; this shrinks to empty.
-NOT_YET_ON_THE_SDK = {"discord", "teams", "matrix"}
+NOT_YET_ON_THE_SDK = {"teams", "matrix"}
 
 
 def test_adapters_import_only_the_sdk_from_the_gateway() -> None:

@@ -12,6 +12,7 @@ from chatstate.adapters.discord import handlers, platform
 from chatstate.adapters.discord.handlers import EXPIRED, NOT_FOR_YOU, DiscordBot
 from chatstate.adapters.discord.rest import DiscordRest
 from chatstate.adapters.discord.state import Registry
+from chatstate.gateway.sdk import Writes
 
 LOG = logging.LoggerAdapter(logging.getLogger("test.discord"), {})
 
@@ -31,20 +32,20 @@ async def test_wrong_kind_unknown_id_and_old_versions_read_as_expired(tmp_path: 
         await registry.register(panel.components, panel.modals)
         approve = next(cid for cid, e in panel.components.items() if e["action"] == "approve")
 
-        wrong_kind = await bot.answer(click(approve, discord.ComponentType.string_select))
+        wrong_kind = await bot.answer(click(approve, discord.ComponentType.string_select), Writes())
         assert wrong_kind["data"]["content"] == EXPIRED
-        refused = await bot.answer(click(approve, discord.ComponentType.button, user_id="2"))
+        refused = await bot.answer(click(approve, discord.ComponentType.button, user_id="2"), Writes())
         assert refused["data"]["content"] == NOT_FOR_YOU
         assert await registry.peek_component(approve) is not None  # neither consumed it
 
-        unknown = await bot.answer(click("approve:ffffffffffffffff", discord.ComponentType.button))
+        unknown = await bot.answer(click("approve:ffffffffffffffff", discord.ComponentType.button), Writes())
         assert unknown["data"]["content"] == EXPIRED
 
         await registry.components.record(approve, {"version": 2, "entry": panel.components[approve]})
-        newer = await bot.answer(click(approve, discord.ComponentType.button))
+        newer = await bot.answer(click(approve, discord.ComponentType.button), Writes())
         assert newer["data"]["content"] == EXPIRED
 
-        ok = await bot.answer(click(next(iter(panel.components)), discord.ComponentType.button))
+        ok = await bot.answer(click(next(iter(panel.components)), discord.ComponentType.button), Writes())
         assert ok["type"] == discord.InteractionResponseType.message_update.value  # Refresh still works
     finally:
         await registry.close()

@@ -228,6 +228,12 @@ def defer_update() -> dict[str, Any]:
     return {"type": discord.InteractionResponseType.deferred_message_update.value}
 
 
+DEFERRALS = (
+    discord.InteractionResponseType.deferred_channel_message.value,
+    discord.InteractionResponseType.deferred_message_update.value,
+)
+
+
 def _data(content: str, *, flags: Any = discord.utils.MISSING) -> dict[str, Any]:
     with handle_message_parameters(
         content=content, flags=flags, allowed_mentions=discord.AllowedMentions.none()

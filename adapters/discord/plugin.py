@@ -179,11 +179,12 @@ class DiscordPlugin(StatefulPlugin[Running]):
         async def send(response: dict[str, Any]) -> None:
             initial.set_result(response)
 
-        # the gate's work goes on after the initial response (a deferral is finished through
-        # the webhook); the gate keeps it in flight and `stop` waits for it
         delivery = asyncio.ensure_future(run.gate.deliver(run.bot.job(interaction, send, received_at=received_at)))
         await asyncio.wait({initial, delivery}, return_when=asyncio.FIRST_COMPLETED)
         if initial.done():
+            if initial.result().get("type") not in platform.DEFERRALS:
+                await asyncio.wait({delivery})  # the done mark and the work's writes land first
+            # a deferral goes out now; the gate keeps the work in flight (`stop` waits for it)
             return web.json_response(initial.result())
         answer = delivery.result()
         if answer.outcome in (Outcome.ALREADY_DONE, Outcome.IN_PROGRESS):

@@ -118,8 +118,7 @@ class DiscordPlugin(StatefulPlugin[Running]):
         if config.transport == "gateway":
             # the lease owner is the gateway, not the process: a restart re-takes its own lease
             link_state = GatewayState(legacy=runtime.legacy, shard=(0, 1), owner=config.gateway_id)
-            for state in link_state.states:
-                await self.open_state(state, runtime)
+            await self.open_state(link_state.sessions, runtime)
             link = GatewayClient(
                 api_base=config.api_base_url,
                 bot_token=config.bot_token,
@@ -139,18 +138,21 @@ class DiscordPlugin(StatefulPlugin[Running]):
         return run
 
     @staticmethod
-    async def _gateway_interaction(run: Running, payload: dict[str, Any], received_at: float) -> bool:
+    async def _gateway_interaction(run: Running, payload: dict[str, Any], received_at: float) -> str:
         """A Gateway INTERACTION_CREATE (received at monotonic `received_at`): the same parse,
         gate and `respond` as the HTTP route, the initial response sent through the interaction
-        callback. False when Discord did not take it (logged). Raises platform.BadRequest for a
-        payload Discord would not send."""
+        callback. Says which count it adds to: "duplicates" (replayed after a RESUME, or held
+        by another gateway), "callback_failures" (Discord did not take the answer; logged) or
+        "interactions". Raises platform.BadRequest for a payload Discord would not send."""
         it = platform.parse(json.dumps(payload).encode())
 
         async def send(response: dict[str, Any]) -> None:
             await run.rest.callback(it, response, received_at=received_at)
 
         answer = await run.gate.deliver(run.bot.job(it, send, received_at=received_at))
-        return answer.taken and answer.text != CALLBACK_FAILED
+        if answer.outcome in (Outcome.ALREADY_DONE, Outcome.IN_PROGRESS, Outcome.LEASED):
+            return "duplicates"
+        return "interactions" if answer.taken and answer.text != CALLBACK_FAILED else "callback_failures"
 
     async def _interactions(self, request: web.Request) -> web.Response:
         run = self.running

@@ -155,11 +155,15 @@ INTERACTIONS_MAX_ENTRIES = 20_000  # claimed ids kept: replays stay refused up t
 PANEL_OWNERS_MAX_ENTRIES = 5_000  # users counted (`sdk.UserQuota`); evicting one forgets their count
 
 
+TOKEN_LIFETIME_MS = 15 * 60 * 1000  # a Gateway RESUME may replay an interaction while it lives
+
+
 def interactions_spec(window_s: int) -> StateSpec:
-    """`discord.interactions`, the gate's claims by interaction id. The TTL is twice the
-    freshness window: a timestamp may be up to one window old or ahead, so a signed replay is
-    possible until one window after it; the done mark outlives that."""
-    return StateSpec("discord.interactions", ttl_ms=2 * window_s * 1000, max_entries=INTERACTIONS_MAX_ENTRIES)
+    """`discord.interactions`, the gate's claims by interaction id. The done mark outlives both
+    ways a delivery comes again: a signed HTTP replay (a timestamp may be up to one window old
+    or ahead, so until two windows after it) and a Gateway replay (the token's lifetime)."""
+    ttl_ms = max(2 * window_s * 1000, TOKEN_LIFETIME_MS)
+    return StateSpec("discord.interactions", ttl_ms=ttl_ms, max_entries=INTERACTIONS_MAX_ENTRIES)
 
 
 def panel_owners_spec(panel_ttl_ms: int) -> StateSpec:

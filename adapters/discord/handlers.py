@@ -1,12 +1,10 @@
-"""What the bot does with each verified interaction: peek, check, consume, answer.
+"""What the bot does with each verified interaction: the gate's work (`respond`) and check.
 
-The order is the point of the migration (docs/migrations/discord.md):
-1. peek the entry (`get_entry`, memory then store): missing or expired -> "expired";
-2. check kind and user: a refused user gets an ephemeral "not for you" and the entry stays;
-3. only then, for single-use entries, claim the use (`discord.used`, register_if_absent: one
-   atomic write names the user), then consume the entry (`take`): of racing clicks exactly one
-   wins, the rest, and every later click on any gateway, are told "already used" (the winner:
-   "you already used"). A crash between the claim and the answer leaves the use recorded.
+The order of a click (docs/migrations/discord.md): peek the entry (missing or expired ->
+"expired"); check kind and user (a refused user gets an ephemeral "not for you", the entry
+stays); only then, for a single-use entry, claim its use in `discord.used` (one atomic write
+that names the user: of racing clicks exactly one wins, every later one is told "already used")
+and stage its consumption with the done mark.
 
 Discord wants the initial response within 3 s of the interaction's arrival, over either
 transport. `respond` gives the work DEFER_AFTER_S from the arrival; work still running then is

@@ -6,32 +6,24 @@
 | `discord.modals`     | custom_id | `{version:1, entry}` | 30 min / 500   |
 | `discord.used`       | custom_id | `{user_id, used_at}` | 30 min / 500   |
 
-`discord.used` decides who uses a single-use component: the click whose `register_if_absent`
-on the custom_id wins is the one use (one atomic write, across processes); the component row is
-consumed after it. Every later click (a double click, a click on another gateway, the winner
-clicking again after their answer was lost in a crash) is told "already used" (by you, or by
-someone), never "expired". Claiming first matters: consuming and then writing a tombstone is two
-writes, and a SIGKILL between them (a queue of writes under a burst) left used buttons that
-said "expired" and no record of who used them.
+| `discord.interactions` | interaction id | the gate's claim, then `{received_at, done_at}` | 15 min+ / 20,000 |
+| `discord.panel-owners` | user id | `{b: {bucket: count}}` (`sdk.UserQuota`) | panel ttl / 5,000 |
 
-Before: two process-global dicts, so every button and modal sent before a restart answered
-"This component has expired." after it. After: the same maps are `AdapterState`s in front of
-keyed stores; `legacy=True` keeps the memory-only "before" for side-by-side demos.
-
-A click is *peeked* (`get_entry`: exists, right kind, user allowed) and only then *consumed*
-(`take`: the store's atomic read+delete) when single-use, so a refused user leaves the entry
-in place and exactly one of racing clickers wins.
+A click is peeked (exists, right kind, user allowed) before anything is written, so a refused
+user leaves the entry in place. A single-use component's one use is decided by `discord.used`
+(register_if_absent names the user, atomic across processes): every later click is told
+"already used" (by you, or by someone), never "expired", even after a crash right after the
+claim. Consuming the component row, and the panel quota count, ride with the gate's done mark.
+A modal submit takes the modal row (atomic read+delete): of racing submits exactly one wins.
+`legacy=True` keeps the memory-only "before" for side-by-side demos.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from chatstate.gateway.sdk import AdapterState, StateSpec
-
-if TYPE_CHECKING:
-    from chatstate.gateway.sdk import PluginRuntime
 
 ENTRY_VERSION = 1  # bump when the entry shape changes; other versions read as expired
 COMPONENTS = StateSpec("discord.components", ttl_ms=30 * 60 * 1000, max_entries=500)
@@ -99,16 +91,6 @@ class Registry:
         """The three namespaces, in the order they open (and show in health)."""
         return (self.components, self.modals, self.used)
 
-    async def open(self, runtime: PluginRuntime) -> None:
-        """Open the keyed stores (nothing in legacy mode); raises what the runtime raises."""
-        for state in self.states:
-            await state.open(runtime)
-
-    async def close(self) -> None:
-        await self.used.close()
-        await self.modals.close()
-        await self.components.close()
-
     # -- writes: awaited before the message that shows them counts as sent -----------------
     async def register(self, components: dict[str, ComponentEntry], modals: dict[str, ModalEntry]) -> None:
         """Record every entry of one message; modals first so no trigger points at nothing."""
@@ -126,10 +108,6 @@ class Registry:
     # -- reads ------------------------------------------------------------------------------
     async def peek_component(self, custom_id: str) -> ComponentEntry | None:
         return unwrap(await self.components.get(custom_id))
-
-    async def take_component(self, custom_id: str) -> ComponentEntry | None:
-        """Consume a single-use component; None when another click got there first."""
-        return unwrap(await self.components.take(custom_id))
 
     async def claim_use(self, custom_id: str, user_id: str, *, used_at: int) -> bool:
         """Take the one use of a single-use component for `user_id`; False if someone (maybe

@@ -11,6 +11,11 @@ read from the plugin's memory cache, filled during warm-up); the bare handler re
 answers. Each row also shows the server process's CPU time per request (all its threads), which
 noise from other work on the machine moves far less than req/s, split by thread (/proc).
 
+The floor (issue 25, benchmarks/floor_server.py) runs in the same rounds: plain aiohttp that
+verifies the HMAC as echo does, parses, does one durable write through one writer thread with
+group commit and answers. Goal: the echo route (access log on) at >= 0.8x the floor's req/s and
+<= 1.25x its server CPU per request.
+
 Targets (issue 20, checked: exit 1 when one is missed; per-round ratios, their median):
   1. echo route with the access log on >= 0.5x the bare handler's req/s, and its server CPU per
      request <= 2x the bare handler's, 16 keep-alive connections.
@@ -27,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -44,6 +50,8 @@ SECRET = "bench-secret"
 KEYS = 1000  # distinct echo counters the load cycles through
 WARMUP = KEYS  # requests per server before the rounds: every key once, connections, caches
 BARE = "bare aiohttp handler"
+FLOOR = "floor (aiohttp + HMAC + parse + one group-committed durable write)"
+FLOOR_RPS, FLOOR_CPU = 0.8, 1.25  # issue 25: echo vs floor, req/s at least, CPU per request at most
 
 
 async def _serve_bare(port: int) -> None:
@@ -276,11 +284,24 @@ async def throughput(requests: int, concurrency: int, rounds: int, cpu: int | No
         *(["--cpu", str(cpu)] if cpu is not None else []),
         stdout=asyncio.subprocess.PIPE,
     )
+    floor_port, floor_dir = free_port(), tempfile.mkdtemp(prefix="floor-")
+    floor = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(Path(__file__).with_name("floor_server.py")),
+        str(floor_port),
+        floor_dir,
+        *(["--cpu", str(cpu)] if cpu is not None else []),
+        stdout=asyncio.subprocess.PIPE,
+    )
     per_round = requests // rounds
     try:
-        assert bare.stdout is not None
+        assert bare.stdout is not None and floor.stdout is not None
         await asyncio.wait_for(bare.stdout.readline(), 30)
-        targets: dict[str, tuple[int, int, str, str]] = {BARE: (bare.pid, port, "/bare", "bare")}
+        await asyncio.wait_for(floor.stdout.readline(), 30)
+        targets: dict[str, tuple[int, int, str, str]] = {
+            BARE: (bare.pid, port, "/bare", "bare"),
+            FLOOR: (floor.pid, floor_port, "/echo", "echo"),
+        }
         async with AsyncExitStack() as stack:
             for access_log in (True, False):
                 gw = await stack.enter_async_context(
@@ -307,8 +328,10 @@ async def throughput(requests: int, concurrency: int, rounds: int, cpu: int | No
                         r[f"thread:{tname}"] = (used - threads.get(tname, 0.0)) / per_round * 1e6
                     runs[name].append(r)
     finally:
-        bare.kill()
-        await bare.wait()
+        for proc in (bare, floor):
+            proc.kill()
+            await proc.wait()
+        shutil.rmtree(floor_dir, ignore_errors=True)
     out = {
         name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us")}
         for name, rs in runs.items()
@@ -320,6 +343,10 @@ async def throughput(requests: int, concurrency: int, rounds: int, cpu: int | No
         out[name]["ratio_max"] = max(ratios)
         cpu = [r["cpu_us"] / b["cpu_us"] for r, b in zip(rs, runs[BARE]) if b["cpu_us"] > 0]
         out[name]["cpu_ratios"] = cpu  # type: ignore[assignment]
+        out[name]["floor_rps"] = statistics.median(r["rps"] / f["rps"] for r, f in zip(rs, runs[FLOOR]))
+        out[name]["floor_cpu"] = statistics.median(
+            r["cpu_us"] / f["cpu_us"] if f["cpu_us"] > 0 else float("inf") for r, f in zip(rs, runs[FLOOR])
+        )
         out[name]["rps_range"] = (min(r["rps"] for r in rs), max(r["rps"] for r in rs))  # type: ignore[assignment]
         out[name]["threads"] = {  # type: ignore[assignment]
             k[7:]: statistics.median(r.get(k, 0.0) for r in rs)
@@ -437,14 +464,16 @@ async def main(args: argparse.Namespace) -> int:
         "flight each, load generator in its own process, loopback\n"
     )
     print(
-        "| server | req/s (median [range]) | p50 ms | p99 ms | server CPU us/req | vs bare (median, min-max of rounds) |"
+        "| server | req/s (median [range]) | p50 ms | p99 ms | server CPU us/req | vs bare (median, min-max of rounds) "
+        "| vs floor: req/s, CPU/req |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in tp.items():
         lo, hi = r["rps_range"]  # type: ignore[misc]
         print(
             f"| {name} | {r['rps']:.0f} [{lo:.0f}-{hi:.0f}] | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_us']:.0f} | "
-            f"{r['ratio']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |"
+            f"{r['ratio']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | "
+            f"{r['floor_rps']:.2f}x, {r['floor_cpu']:.2f}x |"
         )
     print("\nserver CPU us/request by thread (median of the rounds):\n")
     for name, r in tp.items():
@@ -453,9 +482,16 @@ async def main(args: argparse.Namespace) -> int:
     print("\n| target | per-round median [range] | target | verdict |")
     print("|---|---|---|---|")
     for name, r in tp.items():
-        if name == BARE:
+        if name in (BARE, FLOOR):
             continue
         checked = "access_log = true" in name
+        for label, value, ok, target in (
+            ("req/s vs floor", r["floor_rps"], r["floor_rps"] >= FLOOR_RPS, f">= {FLOOR_RPS}x"),
+            ("server CPU/request vs floor", r["floor_cpu"], r["floor_cpu"] <= FLOOR_CPU, f"<= {FLOOR_CPU}x"),
+        ):
+            verdict = ("ok" if ok else "MISSED") if checked else "info"
+            failed += verdict == "MISSED"
+            print(f"| issue 25. {name}: {label} | {value:.2f}x | {target} | {verdict} |")
         cpu = r["cpu_ratios"]  # type: ignore[assignment]
         cpu_med = statistics.median(cpu) if cpu else float("inf")
         for label, value, lo, hi, ok in (

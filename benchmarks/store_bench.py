@@ -16,7 +16,9 @@ Why it is shaped like this:
 Targets (issue 3, point 6): ours >= 0.7x bare and >= 1.0x diskcache for every op; RSS growth
 < 10 MiB over 30,000 ops across 100 store instances; no sweep batch transaction of 100,000
 expired rows longer than 50 ms; the largest event-loop gap while the async twin writes 10,000
-rows < 20 ms.
+rows < 20 ms. Issue 25: a register into a namespace at its max_entries (each write evicts the
+oldest row) costs at most 1.3x a plain register, at 1k, 100k and 1M rows (`--cap-only` runs
+just that part, through the public API only, so it also measures an older checkout).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -49,7 +52,7 @@ import diskcache  # noqa: E402
 from chatstate import state  # noqa: E402
 from chatstate.gateway.clock import now_ms  # noqa: E402
 from chatstate.state import _sqlite  # noqa: E402
-from chatstate.state import _sqlite_schema as sql  # noqa: E402  (the very statements the backend runs)
+from chatstate.state import _sqlite as sql  # noqa: E402  (the very statements the backend runs)
 
 OPS = ("register", "lookup", "register_if_absent", "consume")  # run in this order: the claims
 # add fresh keys that consume then removes, so the live row count ends where it started.
@@ -187,7 +190,7 @@ def _bare_write(bare: Bare, key: str, statement: str) -> bool:
     try:
         written = conn.execute(statement, params).rowcount > 0
         if written:  # the cap check SQLiteBackend.write runs (nothing is over a cap here)
-            conn.execute(sql.SQL_NS_ROWS_FAST, params[:2]).fetchone()
+            conn.execute(sql.SQL_NS_ROWS, params[:2]).fetchone()
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -721,6 +724,86 @@ def report(
     return ok
 
 
+# -- issue 25: a write at the cap costs what a plain write costs, at any size --------------------
+TARGET_AT_CAP = 1.3  # at-cap register / plain register, each size
+CAP_SIZES = (1_000, 100_000, 1_000_000)
+
+
+def run_cap(workdir: Path, count: int, rounds: int, sizes: tuple[int, ...] = CAP_SIZES) -> dict[int, dict[str, Sample]]:
+    """Per size: two namespaces of `rows` live rows in one file, one far below its max_entries
+    ("register": a plain register, rewriting live rows as the main table's register does) and one
+    at it ("at-cap": each fresh key evicts the oldest row), plus lookups of live rows; the three
+    take turns in short rounds."""
+    out: dict[int, dict[str, Sample]] = {}
+    for rows in sizes:
+        directory = workdir / f"cap-{rows}"
+        directory.mkdir()
+        path = directory / "state.sqlite"
+        now, text = now_ms(), json.dumps(VALUE, separators=(",", ":"))
+        plain = state.open_keyed_store(PLUGIN, "plain", max_entries=CAPACITY, default_ttl_ms=TTL_MS, path=path)
+        capped = state.open_keyed_store(PLUGIN, "capped", max_entries=rows, default_ttl_ms=TTL_MS, path=path)
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        for ns in ("plain", "capped"):
+            conn.executemany(
+                sql.SQL_UPSERT,
+                ((PLUGIN, ns, key_of(i), now - rows + i, text, now + TTL_MS, i + 1) for i in range(rows)),
+            )
+        conn.execute("COMMIT")
+        conn.close()
+        per_round = max(1, count // rounds)
+        ops: dict[str, Callable[[str], Any]] = {
+            "register": functools.partial(plain.register, value=VALUE),
+            "lookup": plain.lookup,
+            "at-cap": functools.partial(capped.register, value=VALUE),
+        }
+        samples = {op: Sample() for op in ops}
+        rng = random.Random(rows)
+        fresh = iter(range(rows, rows + 10 * count))
+        try:
+            for r in range(rounds):
+                names = list(ops)[r % 3 :] + list(ops)[: r % 3]
+                for op in names:
+                    keys = [
+                        key_of(rng.randrange(rows)) if op != "at-cap" else key_of(next(fresh)) for _ in range(per_round)
+                    ]
+                    fn, sample = ops[op], samples[op]
+                    gc.collect()
+                    cpu0 = time.thread_time()
+                    for key in keys:
+                        t0 = time.perf_counter_ns()
+                        fn(key)
+                        sample.latencies_ns.append(time.perf_counter_ns() - t0)
+                    sample.cpu_s += time.thread_time() - cpu0
+            if capped.count() != rows:
+                raise AssertionError("the capped namespace is not at its max_entries")
+        finally:
+            plain.close()
+            capped.close()
+        out[rows] = samples
+        shutil.rmtree(directory, ignore_errors=True)
+    return out
+
+
+def report_cap(cap: dict[int, dict[str, Sample]]) -> bool:
+    print("\n## Writes at the cap (issue 25): a new key into a namespace at max_entries vs a plain register, same file")
+    print(
+        "| rows | register us p50 | at-cap register us p50 | at-cap / register (mean) | lookup us p50 | CPU us register / at-cap | target |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    ok = True
+    for rows, s in cap.items():
+        ratio = s["register"].ops_per_s / s["at-cap"].ops_per_s
+        passed = ratio <= TARGET_AT_CAP
+        ok &= passed
+        print(
+            f"| {rows:,} | {s['register'].pct_us(0.5):.1f} | {s['at-cap'].pct_us(0.5):.1f} | {ratio:.2f}x "
+            f"| {s['lookup'].pct_us(0.5):.1f} | {s['register'].cpu_us:.1f} / {s['at-cap'].cpu_us:.1f} "
+            f"| <= {TARGET_AT_CAP}x {verdict(passed)} |"
+        )
+    return ok
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer ops per measurement (smoke run)")
@@ -730,6 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Redis for the 'ours on redis' column (default: start a private"
         " redis-server if one is installed, else leave the column out)",
     )
+    parser.add_argument("--cap-only", action="store_true", help="only the at-cap writes (issue 25), public API only")
     parser.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
@@ -745,6 +829,13 @@ def main(argv: list[str] | None = None) -> int:
         f"load {os.getloadavg()[0]:.2f}, dir {workdir}"
     )
     global REDIS_URL
+    if args.cap_only:
+        try:
+            ok = report_cap(run_cap(workdir, count, rounds))
+        finally:
+            shutil.rmtree(base if not args.dir else workdir, ignore_errors=True)
+        print(f"\n{'all targets met' if ok else 'some targets MISSED'} in {time.perf_counter() - started:.0f} s")
+        return 0 if ok else 1
     try:
         with contextlib.ExitStack() as stack:
             REDIS_URL = args.redis_url or stack.enter_context(redis_server(workdir))
@@ -754,7 +845,9 @@ def main(argv: list[str] | None = None) -> int:
         rss = run_rss(workdir, 100, 30_000)
         sweep = run_sweep(workdir, 100_000, 10_000)
         gap = asyncio.run(loop_gap(workdir, 10_000, 4))
+        cap = run_cap(workdir, count, rounds)
         ok = report(sizes, rss, sweep, gap)
+        ok = report_cap(cap) and ok
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         if not args.dir:

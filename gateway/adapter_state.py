@@ -32,7 +32,7 @@ from chatstate.gateway.memory import MemoryMap
 from chatstate.state import (
     Entry,
     StateStoreError,
-    _validate,  # the store's own key and value rules, applied in both modes
+    _spec,  # the store's own key and value rules, applied in both modes
 )
 
 if TYPE_CHECKING:
@@ -182,9 +182,9 @@ class AdapterState:
         as the store would: up front in both modes, so memory never holds a row the store would
         refuse (a degraded store replays memory's rows later). Raises StateStoreError
         INVALID_INPUT / LIMIT_EXCEEDED, in both modes alike."""
-        checked = _validate.key(key, op)
+        checked = _spec.check_key(key, op)
         if has_value:
-            _validate.serialize_value(value, op)
+            _spec.serialize_value(value, op)
         return checked
 
     async def record(self, key: str, value: Any, *, ttl_ms: int | None = None, or_raise: bool = False) -> None:
@@ -196,19 +196,20 @@ class AdapterState:
         and the StateStoreError is raised. INVALID_INPUT/LIMIT_EXCEEDED (a programming error)
         always raise, in legacy mode too, and leave nothing behind.
         """
-        key = self._checked(key, "register", value, has_value=True)
+        key = _spec.check_key(key, "register")
+        text = _spec.Json(_spec.serialize_value(value, "register"))  # once: the store takes it as is
         entry = self._entry(key, value, ttl_ms)
         previous = self.memory.get(key)
         self.memory.put(entry)
         try:
-            await self._write(key, value, entry, ttl_ms, or_raise=or_raise)
+            await self._write(key, text, entry, ttl_ms, or_raise=or_raise)
         except StateStoreError as exc:
             self.memory.drop(key)
             if previous is not None and exc.code not in CALLER_ERRORS:
                 self.memory.put(previous)  # or_raise: the write did not happen, the old row stands
             raise
 
-    async def _write(self, key: str, value: Any, entry: Entry, ttl_ms: int | None, *, or_raise: bool) -> None:
+    async def _write(self, key: str, text: str, entry: Entry, ttl_ms: int | None, *, or_raise: bool) -> None:
         if self._store is None:
             return
         if not await self.recover():
@@ -217,7 +218,7 @@ class AdapterState:
             self.remember(key, entry)
             return
         try:
-            await self._store.register(key, value, ttl_ms=ttl_ms)
+            await self._store.register(key, text, ttl_ms=ttl_ms)
         except StateStoreError as exc:
             if exc.code in CALLER_ERRORS:
                 raise

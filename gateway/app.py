@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from chatstate import state
-from chatstate.gateway import health, ingress, logs, metrics
+from chatstate.gateway import health, ingress, logs, metrics, reply
 from chatstate.gateway.config import GatewayConfig
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.plugin import Handler
@@ -119,7 +119,7 @@ def _plugin_handler(plugin_id: str, route: str, handler: Handler) -> Handler:
     plugin, route template and status (gateway.metrics).
 
     A wrapper, not a middleware: aiohttp builds the middleware chain anew for every request,
-    which cost more than the check (issue 4). Bodies without a Content-Length are capped by
+    which cost more than the check. Bodies without a Content-Length are capped by
     `client_max_size` when the handler reads them; /healthz takes no body. Metric children are
     looked up once per status, not per request.
     """
@@ -147,7 +147,7 @@ def _plugin_handler(plugin_id: str, route: str, handler: Handler) -> Handler:
             if exc.code not in CALLER_ERROR_CODES:
                 raise
             # A caller's input the plugin did not validate first: still the caller's error (400),
-            # one concise line, no traceback, no degraded health (issue 15).
+            # one concise line, no traceback, no degraded health.
             logs.get("ingress").warning("input_refused_by_store", extra={"plugin": plugin_id, "code": str(exc.code)})
             raise web.HTTPBadRequest(text=f"input refused: {exc.code}") from None
         except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback per request
@@ -221,6 +221,7 @@ async def _plugins_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         for lp in app[PLUGINS]:
             runtime = GatewayRuntime(lp, broker=broker, trusted=lp.id in trusted)
+            reply.install(lp.id, lp.reply_hook)
             with logs.Timer() as t:
                 try:
                     await lp.plugin.start(runtime)

@@ -16,13 +16,14 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from chatstate.gateway import logs
+from chatstate import __version__
+from chatstate.gateway import logs, state_commands
 from chatstate.gateway.config import GatewayConfig, default_state_dir, load_config
-from chatstate.gateway.exits import FAILED, INTERRUPTED, OK, STORE_UNUSABLE, GatewayExit
-from chatstate.gateway.launch import CONFIG_ENV, Launch, Started, launch_env, spawn_detached, validate
-from chatstate.gateway.pidfile import check_state_dir, running_info
+from chatstate.gateway.exits import BAD_CONFIG, FAILED, INTERRUPTED, OK, GatewayExit
+from chatstate.gateway.launch import CONFIG_ENV, WARNING, Launch, Started, launch_env, spawn_detached, validate
+from chatstate.gateway.pidfile import LAST_LAUNCH_NAME, check_state_dir, last_launch, running_info
 
 DEFAULT_STOP_TIMEOUT_S = 30.0
 DEFAULT_READY_TIMEOUT_S = 60.0
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 ok, 1 unexpected error, 2 bad usage/config, 3 state store unusable, "
         "4 port in use or already running",
     )
+    parser.add_argument("--version", action="version", version=f"chatstate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     start = sub.add_parser("start", help="run the gateway (foreground unless --detach)")
@@ -55,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"with --detach: give up after S seconds (default {DEFAULT_READY_TIMEOUT_S:g})",
     )
     start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # see server._ReadyPipe
-    start.add_argument("--check-only", action="store_true", help=argparse.SUPPRESS)  # restart's validation
+    start.add_argument(
+        "--check-only",
+        action="store_true",
+        help="check the config, the state dir, every enabled plugin's settings and reply hook, then exit "
+        "(0 = it would start); connects to nothing, starts nothing",
+    )
     start.set_defaults(func=cmd_start)
 
     stop = sub.add_parser("stop", help="SIGTERM the running gateway, SIGKILL after --timeout")
@@ -79,17 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
         "restart",
         help="validate, then stop (if running) and start --detach; reuses the running config",
         description="Without --config, start again what the running gateway runs (its recorded config "
-        "file, overrides and CHATSTATE_* variables). The new configuration is validated completely "
-        "first; if that fails nothing is stopped (exit 2).",
+        "file, overrides, CHATSTATE_* variables and folder), or, with nothing running, what was last "
+        "started on the state dir (said on stderr; exit 2 if nothing ever was). The new configuration is "
+        "validated completely first; if that fails nothing is stopped (exit 2).",
     )
     restart.add_argument("--config", metavar="FILE", help="start this TOML config instead of the running gateway's")
     restart.add_argument("--state-dir", metavar="D", help="state dir of the gateway to restart")
     _listen(restart)
     _timeout(restart)
-    restart.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S, metavar="S")
+    restart.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=DEFAULT_READY_TIMEOUT_S,
+        metavar="S",
+        help=f"give up on the new gateway (and kill it) if it is not ready after S seconds "
+        f"(default {DEFAULT_READY_TIMEOUT_S:g})",
+    )
     restart.set_defaults(func=cmd_restart, detach=True, ready_fd=None, check_only=False)
 
-    _state_parsers(sub)
+    state_commands.add_parsers(sub)
 
     from chatstate.gateway import demo  # light: the simulators and harness load only when it runs
 
@@ -130,13 +145,17 @@ def _timeout(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit code (argparse itself exits 2 on bad usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # the `chatstate` script, like `python -m chatstate`, imports plugins and reply hooks
+        # from the folder it runs in (import errors say so)
+        sys.path.insert(0, os.getcwd())
     parser = build_parser()
-    command = next((a for a in argv[1:] if a in STATE_COMMANDS), None) if argv[:1] == ["state"] else None
+    command = next((a for a in argv[1:] if a in state_commands.COMMANDS), None) if argv[:1] == ["state"] else None
     if command is not None:
         # the flags around `state probe|inspect` are the state CLI's (and --config), which
         # argparse's REMAINDER would refuse when they start with --, so they skip this parser
         i = argv.index(command, 1)
-        args = argparse.Namespace(func=cmd_state, state_command=command, rest=argv[1:i] + argv[i + 1 :])
+        args = argparse.Namespace(func=state_commands.run, state_command=command, rest=argv[1:i] + argv[i + 1 :])
     else:
         args = parser.parse_args(argv)
     try:
@@ -161,13 +180,14 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
 
 def _launch(args: argparse.Namespace, config: GatewayConfig) -> Launch:
     """How this command line starts a gateway (recorded in the pid file for `restart`)."""
-    return Launch(config.state_dir, config.source, args.host, args.port, launch_env(os.environ))
+    return Launch(config.state_dir, config.source, args.host, args.port, launch_env(os.environ), Path.cwd())
 
 
 # -- start ----------------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace) -> int:
     config = _config(args)
     launch = _launch(args, config)
+    _warn_variables(config)
     if args.check_only:  # everything a start checks before it touches anything; nothing is started
         from chatstate.gateway.registry import load_plugins
 
@@ -188,6 +208,14 @@ def cmd_start(args: argparse.Namespace) -> int:
     except Exception as exc:
         log.exception("gateway_crashed", extra={"exit_code": FAILED})
         raise GatewayExit(FAILED, f"unexpected error ({type(exc).__name__}: {exc}); traceback in the log") from None
+
+
+def _warn_variables(config: GatewayConfig) -> None:
+    """Say which CHATSTATE_* variables change nothing (a typo is otherwise silently ignored)."""
+    from chatstate.gateway.registry import variable_warnings
+
+    for line in variable_warnings(config):
+        print(f"{WARNING}{line}", file=sys.stderr)
 
 
 def _report_started(started: Started, config: GatewayConfig, *, previous: str = "") -> int:
@@ -263,6 +291,19 @@ def cmd_restart(args: argparse.Namespace) -> int:
     check_state_dir(state_dir)
     info = running_info(state_dir)
     recorded = info.get("launch") if info else None
+    if info is None and not explicit:  # nothing runs: the last launch here, never a default gateway
+        recorded = last_launch(state_dir)
+        if recorded is None:
+            raise GatewayExit(
+                BAD_CONFIG,
+                f"no gateway is running on {state_dir} and none was started there before, so there is "
+                "nothing to restart; start one with: chatstate start --config FILE --detach",
+            )
+        print(
+            f"gateway: not running; starting the last launch on {state_dir} again "
+            f"(config {recorded.get('config') or 'none: built-in defaults'}, from {state_dir / LAST_LAUNCH_NAME})",
+            file=sys.stderr,
+        )
     previous = Launch.from_record(recorded, state_dir) if isinstance(recorded, dict) else None
     if previous is not None and not explicit:
         launch = replace(
@@ -278,8 +319,10 @@ def cmd_restart(args: argparse.Namespace) -> int:
             args.host,
             args.port,
             launch_env(os.environ),
+            Path.cwd(),
         )
     config = _refused_if_bad(lambda: validate(launch), state_dir)
+    _warn_variables(config)
     if info is not None:
         stop_gateway(state_dir, timeout_s=args.timeout, quiet=True)
     started = spawn_detached(launch, ready_timeout_s=args.ready_timeout)
@@ -315,61 +358,3 @@ def cmd_status(args: argparse.Namespace) -> int:
     report = gateway_status(config, timeout_s=args.timeout)
     print(json.dumps(report, indent=2) if args.json else status_text(report))
     return OK if report["running"] else FAILED
-
-
-# -- state ------------------------------------------------------------------------------------
-STATE_COMMANDS = {
-    "probe": "check state dir, open, schema, a write-read-delete and a checkpoint (JSON)",
-    "inspect": "list namespaces with live/expired counts, and keys with created/expires",
-}
-
-
-def _state_parsers(sub: Any) -> None:
-    """`chatstate state probe|inspect [--config FILE] [flags]`: real subcommands whose flags
-    belong to the state CLI (python -m chatstate.state), which parses them and prints their
-    --help, so the two never drift."""
-    st = sub.add_parser(
-        "state",
-        help="probe|inspect the state database (python -m chatstate.state)",
-        description="The state CLI (python -m chatstate.state) on this gateway's state dir; "
-        "`chatstate state probe --help` lists a command's flags.",
-    )
-    st_sub = st.add_subparsers(dest="state_command", required=True, metavar="{probe,inspect}")
-    for name, text in STATE_COMMANDS.items():
-        p = st_sub.add_parser(
-            name,
-            help=text,
-            add_help=False,
-            usage=f"chatstate state {name} [--config FILE] [flags of python -m chatstate.state {name}]",
-        )
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=cmd_state)
-
-
-def cmd_state(args: argparse.Namespace) -> int:
-    """Run the state CLI's command on this gateway's state dir (`--config FILE` anywhere among
-    the flags). Its "probe failed / unusable" (1) becomes exit 3, and an unusable state dir is
-    one `gateway:` line (exit 3), as for `start`."""
-    from chatstate.state import cli as state_cli
-
-    rest = [args.state_command, *args.rest]
-    config_path = os.environ.get(CONFIG_ENV)
-    if "--config" in rest:
-        i = rest.index("--config")
-        if i + 1 >= len(rest):
-            raise GatewayExit(2, "--config needs a FILE")
-        config_path = rest[i + 1]
-        del rest[i : i + 2]
-    if not {"--state-dir", "--path", "--url", "-h", "--help"} & set(rest):
-        config = load_config(config_path)
-        if config.state_url and args.state_command == "probe":
-            rest += ["--url", config.state_url]
-        else:
-            rest += ["--state-dir", str(config.state_dir)]
-    if "--state-dir" in rest and rest.index("--state-dir") + 1 < len(rest):
-        check_state_dir(Path(rest[rest.index("--state-dir") + 1]).expanduser().absolute(), create=False)
-    try:
-        code = state_cli.main(rest, prog="chatstate state")
-    except SystemExit as exc:  # argparse in the state CLI: --help (0) or bad usage (2)
-        return int(exc.code or 0)
-    return STORE_UNUSABLE if code == 1 else code

@@ -63,7 +63,9 @@ class StateSettings(Settings):
     """`[state]`; environment: `CHATSTATE_STATE_<KEY>` (`CHATSTATE_HOME` is the default dir)."""
 
     dir: Annotated[str, Field(min_length=1)] | None = None  # default $CHATSTATE_HOME or ~/.chatstate
-    url: Annotated[str, Field(pattern=r"^(redis|rediss|unix)://")] | None = None  # shared Redis
+    url: Annotated[str, Field(pattern=r"^(redis|rediss|unix|redis\+sentinel|redis\+cluster)://")] | None = (
+        None  # shared Redis
+    )
     sweep_interval_s: Annotated[float, Field(gt=0)] = DEFAULT_SWEEP_INTERVAL_S
     plugin_max_live_rows: Annotated[int, Field(ge=1)] = DEFAULT_PLUGIN_MAX_LIVE_ROWS
 

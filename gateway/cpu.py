@@ -2,7 +2,7 @@
 
 Why: every awaited durable write crosses two threads (the event loop hands it to the store's
 writer thread, which wakes the loop when it has committed). On a VM each wake-up of a thread on
-another, idle, CPU costs a cross-CPU interrupt; issue 20 measured it as most of the difference
+another, idle, CPU costs a cross-CPU interrupt; we measured it as most of the difference
 between an awaited write and a sync one (docs/performance.md). With both threads on one CPU a
 wake-up is a local context switch. The GIL already keeps the gateway's Python on one core at a
 time, so the cost is the C work that could have overlapped (SQLite, TLS, hashing) and losing the

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from chatstate.gateway.settings import Mode
 
 ADAPTERS = tuple(a for a in BUNDLED if a != "echo")  # every bundled adapter has a scenario (gateway/sim/scenarios.py)
-TRANSPORTS = {  # --transport: which transports to play (issue 19)
+TRANSPORTS = {  # --transport: which transports to play
     "http": ("http",),
     "websocket": ("websocket",),  # Slack Socket Mode and the Discord Gateway
     "both": ("http", "websocket"),
@@ -104,7 +104,7 @@ class Options:
     json: bool
     keep_in: Path | None  # --state-dir: the parent of this run's own folder
     transport: str = "http"  # a key of TRANSPORTS
-    hostile: bool = False  # every simulator edge behaviour on (issue 14)
+    hostile: bool = False  # every simulator edge behaviour on
 
 
 def options(args: argparse.Namespace) -> Options:

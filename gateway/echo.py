@@ -2,7 +2,8 @@
 
 POST /echo with body `{"key": "k"}` adds one to k's counter and answers `{"key", "count"}` only
 after the new count is durably written (awaited), so a SIGKILL right after the answer loses
-nothing. Reads go to memory first, then the store (the adapters' pattern, DESIGN.md §3).
+nothing. With `"text": "..."` in the body the answer also carries `"reply"`: the user's reply
+hook's answer (gateway/reply.py; `key` is the user and the conversation), else `echo: <text>`. Reads go to memory first, then the store (the adapters' pattern, DESIGN.md §3).
 GET /echo/{key} reads it. Both routes check an HMAC-SHA256 signature before anything else and
 answer 401 without touching state when it is wrong, like a platform adapter would. The counters
 are an `AdapterState` like every adapter's: a store fault degrades to memory (shown in /healthz)
@@ -34,6 +35,7 @@ from chatstate.gateway.sdk import (
     StateSpec,
     StateStoreError,
     ingress,
+    reply,
 )
 
 NAMESPACE = "echo.counters"
@@ -110,16 +112,21 @@ class EchoPlugin(StatefulPlugin[Running]):
     async def _increment(self, request: web.Request) -> web.Response:
         body = await self._verified_body(request)
         try:
-            key = ingress.json_object(body).get("key")
+            body_json = ingress.json_object(body)
         except ingress.BadInput:
             raise web.HTTPBadRequest(text='body must be {"key": "<non-empty string>"}') from None
+        key = body_json.get("key")
         if not isinstance(key, str) or not key.strip():
             raise web.HTTPBadRequest(text='body must be {"key": "<non-empty string>"}')
         key = _checked(key)
         async with self.running.locks.hold(key):
             count = await self._get(key) + 1
             await self._put(key, count)
-        return web.json_response({"key": key, "count": count})
+        text = body_json.get("text")
+        if not isinstance(text, str):
+            return web.json_response({"key": key, "count": count})
+        answer = await reply.answer(reply.Message(text, key, key, "echo"), default=f"echo: {text}")
+        return web.json_response({"key": key, "count": count, "reply": answer})
 
     async def _read(self, request: web.Request) -> web.Response:
         await self._verified_body(request)

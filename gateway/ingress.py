@@ -1,5 +1,5 @@
 """What every route does with hostile input, written once: read headers safely, parse JSON with a
-depth limit, and answer a caller's mistake with a 4xx (issue 15).
+depth limit, and answer a caller's mistake with a 4xx.
 
 Rules (docs/gateway.md, "Security model"):
 - a credential header that is not printable ASCII is simply a wrong credential (401), never a

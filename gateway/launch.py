@@ -1,12 +1,13 @@
 """Start a gateway in the background, and restart one with the configuration it runs with.
 
-A foreground `chatstate start` records how it was launched in the pid file (`launch`: the
-config file, its command-line overrides and the CHATSTATE_* variables it read). `restart`
-without `--config` starts exactly that again, so an operator who learnt that `status` and
-`stop` need no `--config` does not silently lose every adapter (issue 16). Before it stops
-anything, `restart` validates the new configuration completely (parse, plugin imports, each
-plugin's settings and offline `check`), and refuses, leaving the old gateway serving, when that
-fails.
+A foreground `chatstate start` records how it was launched (`launch`: the config file, its
+command-line overrides, the CHATSTATE_* variables it read and the folder it ran in) in the pid
+file and, to outlive the process, in `<state-dir>/last-launch.json`. `restart` without
+`--config` starts exactly that again, from the recorded folder (where external plugins and
+reply hooks were found), so an operator who learnt that `status` and `stop` need no `--config`
+never silently gets a gateway with other adapters. Before it stops anything, `restart`
+validates the new configuration completely (parse, plugin imports, each plugin's settings and
+offline `check`), and refuses, leaving the old gateway serving, when that fails.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from chatstate.gateway.settings import ENV_PREFIX
 
 LOG_NAME = "gateway.log"  # under the state dir, for --detach and restart
 CONFIG_ENV = "CHATSTATE_GATEWAY_CONFIG"  # the default for --config
+WARNING = "gateway: warning: "  # a line that is not the reason a command failed
 
 
 def launch_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -47,6 +49,7 @@ class Launch:
     host: str | None = None  # command-line overrides only; None = the config's value
     port: int | None = None
     env: Mapping[str, str] = field(default_factory=dict)  # CHATSTATE_* variables and PYTHONPATH
+    cwd: Path | None = None  # the folder it was started from: plugins and hooks import from there
 
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "chatstate", "start", "--state-dir", str(self.state_dir)]
@@ -69,6 +72,7 @@ class Launch:
             "host": self.host,
             "port": self.port,
             "env": dict(self.env),
+            "cwd": str(self.cwd) if self.cwd else None,
         }
 
     @classmethod
@@ -80,7 +84,12 @@ class Launch:
             host=record.get("host") if isinstance(record.get("host"), str) else None,
             port=record.get("port") if isinstance(record.get("port"), int) else None,
             env={str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {},
+            cwd=Path(record["cwd"]) if isinstance(record.get("cwd"), str) else None,
         )
+
+    def folder(self) -> Path | None:
+        """The recorded folder to run in, if it still exists (else the caller's)."""
+        return self.cwd if self.cwd is not None and self.cwd.is_dir() else None
 
     def environment(self) -> dict[str, str]:
         """This process's environment, with recorded variables filling in what is unset (and no
@@ -111,13 +120,14 @@ def validate(launch: Launch) -> GatewayConfig:
     proc = subprocess.run(
         [*launch.argv(), "--check-only"],
         env=launch.environment(),
+        cwd=launch.folder(),
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
         check=False,
     )
     if proc.returncode != 0:
-        said = [line[len("gateway: ") :] for line in proc.stderr.splitlines() if line.startswith("gateway: ")]
+        said = [line[len("gateway: ") :] for line in proc.stderr.splitlines() if _is_reason(line)]
         raise GatewayExit(
             proc.returncode, said[-1] if said else f"checking the configuration failed (exit {proc.returncode})"
         )
@@ -151,6 +161,7 @@ def spawn_detached(launch: Launch, *, ready_timeout_s: float) -> Started:
             pass_fds=(write_end,),
             start_new_session=True,
             env=launch.environment(),
+            cwd=launch.folder(),
         )
     os.close(write_end)
     try:
@@ -197,5 +208,9 @@ def _child_reason(log_path: Path, offset: int) -> str:
             text = fh.read().decode(errors="replace")
     except OSError:
         return ""
-    lines = [line[len("gateway: ") :] for line in text.splitlines() if line.startswith("gateway: ")]
+    lines = [line[len("gateway: ") :] for line in text.splitlines() if _is_reason(line)]
     return lines[-1] if lines else ""
+
+
+def _is_reason(line: str) -> bool:
+    return line.startswith("gateway: ") and not line.startswith(WARNING)

@@ -93,7 +93,7 @@ def fields(**kw: Any) -> Mapping[str, Any]:
 class AccessLogger(AbstractAccessLogger):
     """aiohttp access log as one JSON line per request (with the plugin that served it).
 
-    The hot path of every request (issue 4: it was a fifth of the event loop's CPU in the echo
+    The hot path of every request (it was a fifth of the event loop's CPU in the echo
     benchmark). When `configure()` owns the output, the line is rendered here directly rather
     than through a LogRecord and the formatter, and the lines of one event-loop turn go out in
     one write, queued with `call_soon` so they are written before the loop next waits for I/O.

@@ -4,8 +4,10 @@ Two files under the state dir:
 - `gateway.lock` — `flock`ed exclusively for the life of the process and never deleted, so the
   kernel releases it however the process dies (SIGKILL included) and a stale pid file can never
   make a second gateway think the first still runs.
-- `gateway.pid` — JSON {pid, started_at, state_dir, host, port, url, ready}, replaced atomically
-  so a reader never sees half of it; removed on a clean exit.
+- `gateway.pid` — JSON {pid, started_at, state_dir, host, port, url, ready, launch}, replaced
+  atomically so a reader never sees half of it; removed on a clean exit.
+And `last-launch.json`, the `launch` of the last gateway started here, kept after it exits so
+`restart` with nothing running starts that again (gateway/launch.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from chatstate.gateway.exits import IN_USE, STORE_UNUSABLE, GatewayExit
 
 LOCK_NAME = "gateway.lock"
 PID_NAME = "gateway.pid"
+LAST_LAUNCH_NAME = "last-launch.json"
 DIR_MODE = 0o700  # the state dir holds adapter state (docs/state.md)
 FILE_MODE = 0o600
 
@@ -109,20 +112,23 @@ class PidFile:
             os.close(fd)
             other = read_info(state_dir) or {}
             pid = other.get("pid", "unknown")
-            raise GatewayExit(IN_USE, f"a gateway is already running on {state_dir} (pid {pid})") from None
+            raise GatewayExit(
+                IN_USE,
+                f"a gateway is already running on {state_dir} (pid {pid}); stop it with "
+                f"`chatstate stop --state-dir {state_dir}` or restart it with `chatstate restart --state-dir {state_dir}`, "
+                "or give this one another --state-dir",
+            ) from None
         self = cls(state_dir, fd)
         self.update(pid=os.getpid(), started_at=time.time(), state_dir=str(state_dir), ready=False)
         return self
 
     def update(self, **info: Any) -> None:
-        """Merge `info` into the pid file (write to a temp file, then rename over it)."""
+        """Merge `info` into the pid file (write to a temp file, then rename over it); a
+        `launch` is also kept as the state dir's last launch."""
         self.info.update(info)
-        path = self.state_dir / PID_NAME
-        tmp = path.with_name(f".{PID_NAME}.{os.getpid()}")
-        fd = _open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.info, fh)
-        os.replace(tmp, path)
+        _write_json(self.state_dir / PID_NAME, self.info)
+        if "launch" in info:
+            _write_json(self.state_dir / LAST_LAUNCH_NAME, info["launch"])
 
     def release(self) -> None:
         """Remove the pid file and drop the lock (the lock file stays; see module doc)."""
@@ -138,9 +144,26 @@ class PidFile:
         self.release()
 
 
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = _open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+
+
+def last_launch(state_dir: Path) -> dict[str, Any] | None:
+    """The `launch` of the last gateway started on `state_dir`, or None (never, or unreadable)."""
+    try:
+        record = json.loads((state_dir / LAST_LAUNCH_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _open_private(path: Path, flags: int) -> int:
     """Open (creating) a gateway file 0600: never through a symlink, and re-moded if it existed
-    looser (the state dir's files can hold tokens; issue 15)."""
+    looser (the state dir's files can hold tokens)."""
     try:
         fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
     except OSError as exc:

@@ -10,12 +10,14 @@ checks it). The pieces, in the order an adapter meets them:
 - `InboundGate`, `Job`, `Writes`, `Answer`, `Outcome`, `Holding`: exactly-once for inbound items;
 - `UserQuota`, `KeyedLocks`: the per-user quota and keyed async locks;
 - `ingress`: input checks (`BadInput`, `json_object`, `credential`, `check_key`, `short_id`);
-- `now_ms`, `Clock`, `log`: the wall clock and the gateway's structured logging.
+- `now_ms`, `Clock`, `log`: the wall clock and the gateway's structured logging;
+- `reply`: the user's reply hook (`reply.Message`, `reply.answer`, `reply.respond`), called
+  inside the gate's work so a hook's answer is sent once.
 """
 
 from __future__ import annotations
 
-from chatstate.gateway import ingress
+from chatstate.gateway import ingress, reply
 from chatstate.gateway.adapter_state import CALLER_ERRORS, AdapterState, StateSpec
 from chatstate.gateway.clock import Clock, now_ms
 from chatstate.gateway.gate import Answer, Holding, InboundGate, Job, Outcome, Writes
@@ -47,4 +49,5 @@ __all__ = [
     "ingress",
     "log",
     "now_ms",
+    "reply",
 ]

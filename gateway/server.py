@@ -79,7 +79,11 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise GatewayExit(IN_USE, f"port {port} on {host} is already in use") from None
+            raise GatewayExit(
+                IN_USE,
+                f"port {port} on {host} is already in use; choose another with --port N, [gateway] port "
+                "in the config or CHATSTATE_GATEWAY_PORT (0 = any free port), or stop what listens there",
+            ) from None
         raise GatewayExit(
             BAD_CONFIG, f"config error: gateway.host/port: cannot bind {host}:{port} ({exc.strerror})"
         ) from None
@@ -194,7 +198,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _next_steps(path: Path, exc: state.StateStoreError) -> str:
-    """What an operator does about a database file the gateway will not touch (issue 16)."""
+    """What an operator does about a database file the gateway will not touch."""
     if exc.code not in ("CORRUPT", "OPEN_FAILED", "SCHEMA_UNSUPPORTED") or not path.is_file() or path.is_symlink():
         return ""
     from chatstate.gateway.status import next_steps
@@ -204,7 +208,7 @@ def _next_steps(path: Path, exc: state.StateStoreError) -> str:
 
 def process_started_monotonic() -> float:
     """When this process started, on the monotonic clock: `gateway_ready.duration_ms` counts the
-    interpreter start and imports too (issue 16: 8 ms were reported for a 424 ms start).
+    interpreter start and imports too (counting from `run` alone reported 8 ms for a 424 ms start).
 
     Linux: /proc/self/stat field 22 (start time in clock ticks since boot) against
     CLOCK_BOOTTIME; elsewhere, now.

@@ -3,7 +3,7 @@
 `[gateway]`, `[state]` and every `[adapters.<id>]` table (bundled adapters' `config.py`, and
 an external plugin's `settings_type`) are `Settings` subclasses: one annotated field per key,
 its default and a comment. `build()` is the only place a table is checked, so the five
-hand-written validators that disagreed about environment strings (issue 16) are gone.
+hand-written validators that disagreed about environment strings are gone.
 
 Typing rules, the same for the file and the environment:
 - TOML values are validated strictly: `port = "80"` is an error, as TOML has types.
@@ -23,9 +23,9 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from chatstate.gateway.exits import ConfigError
 
@@ -49,6 +49,16 @@ class AdapterSettings(Settings):
 
     enabled: bool = True  # a bundled adapter runs only if its table exists and this is true
     mode: Mode = "store"  # "legacy": the old in-memory maps (the "before")
+    # Your own bot logic, "module:function" (gateway/reply.py); none = the adapter's stand-in answer
+    reply: str | None = None
+    reply_timeout_s: Annotated[float, Field(gt=0)] = 10.0  # a hook still running then: an apology is sent
+
+    @field_validator("reply")
+    @classmethod
+    def _import_string(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError("must be 'module:function', e.g. \"mybot.logic:answer\"")
+        return value
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Self:

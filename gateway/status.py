@@ -67,9 +67,11 @@ def _get_health(url: str, timeout_s: float) -> dict[str, Any]:
 
 def _offline_store_summary(config: GatewayConfig) -> dict[str, Any]:
     """Check the database read-only (no probe row is written while the gateway is down)."""
-    if config.state_url:
-        return {"ok": None, "url": config.state_url, "note": "not checked while the gateway is down"}
     from chatstate import state
+
+    if config.state_url:  # the Database's location: the URL with its password shown as ***
+        shown = state.Database(url=config.state_url).location
+        return {"ok": None, "url": shown, "note": "not checked while the gateway is down"}
 
     path = state.database_path(config.state_dir)
     if not path.exists():

@@ -3,13 +3,22 @@
     from chatstate.state import open_keyed_store, open_async_keyed_store, StateStoreError
 
 The contract lives in docs/state.md; `__all__` is what that page documents (a test checks it).
+A write goes from `register()` (state/_store.py) through its database (state/_database.py) to
+the backend (state/_sqlite.py or state/_redis.py).
 """
 
-from ._aio import AsyncKeyedStore, commit_staged_async, open_async_keyed_store
-from ._database import Database, check_database, checkpoint, probe, sweep_expired
+from ._aio import AsyncKeyedStore, commit_staged_async
+from ._database import (
+    Database,
+    check_database,
+    checkpoint,
+    open_async_keyed_store,
+    open_keyed_store,
+    probe,
+    sweep_expired,
+)
 from ._errors import ErrorCode, StateStoreError
-from ._open import open_keyed_store
-from ._settings import (
+from ._spec import (
     MAX_BATCH_KEYS,
     MAX_KEY_BYTES,
     MAX_NAMESPACE_BYTES,
@@ -18,9 +27,12 @@ from ._settings import (
     MAX_VALUE_BYTES_CEILING,
     MAX_VALUE_DEPTH,
     SCHEMA_VERSION,
+    Entry,
     StoreSettings,
+    database_path,
+    state_dir,
 )
-from ._store import Entry, KeyedStore, StagedWrite, commit_staged, database_path, op_counts, state_dir
+from ._store import KeyedStore, StagedWrite, commit_staged, op_counts
 
 __all__ = [
     "AsyncKeyedStore",
@@ -44,8 +56,8 @@ __all__ = [
     "commit_staged",
     "commit_staged_async",
     "database_path",
-    "open_async_keyed_store",
     "op_counts",
+    "open_async_keyed_store",
     "open_keyed_store",
     "probe",
     "state_dir",

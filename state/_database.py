@@ -1,10 +1,15 @@
-"""Whole-database chores the gateway (the core, not a plugin) runs: check, sweep, checkpoint,
-probe, as methods of `Database`, and the same as one-call functions for scripts and the CLI.
-Plugins never get these: a sweep touches every plugin's expired rows.
+"""One owner per database: a `Location` is a database (a SQLite file, or a Redis URL) open in this
+process. It alone opens and closes the backend (and so its connections), runs the writer thread
+that group-commits the async twin's writes, keeps the one spec per open (plugin_id, namespace),
+and counts its holders: each open store and each `Database`; the last to let go closes it. One
+registry maps a location to its `Location`. Fork safety is a pid check where a connection or a
+thread is used (no at-fork hooks): in a forked child the inherited stores answer UNAVAILABLE and
+the child opens its own.
 
-Why one object: a long-lived caller (the gateway) opens its database once and hands that one
-object to whatever needs it (store broker, sweeper, probe, final checkpoint), instead of each of
-them passing (path, url, settings) around and looking the backend up again on every call."""
+`Database` is what a long-lived caller (the gateway) holds: it opens its location on first use,
+keeps it for sweeps, probes and checkpoints, and hands out stores on it. The one-call wrappers
+(`sweep_expired`, `checkpoint`, `probe`) open a `Database` for that call.
+"""
 
 from __future__ import annotations
 
@@ -14,31 +19,214 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from . import _files as files
-from ._aio import AsyncKeyedStore, open_async_with
-from ._backend import Backend, Limits, Mode
-from ._entry import new_version, wall_clock_ms
+from . import _sqlite
+from ._aio import POOL, WORKER_PREFIX, AsyncKeyedStore, Workers, open_async
 from ._errors import StateStoreError
-from ._open import join_store
-from ._paths import resolve_path
-from ._registry import acquire_backend
-from ._settings import MAX_VALUE_BYTES, StoreSettings
-from ._sqlite_schema import check_existing
-from ._store import Clock, KeyedStore
+from ._spec import (
+    MAX_VALUE_BYTES,
+    Backend,
+    Clock,
+    NamespaceSpec,
+    StoreSettings,
+    Write,
+    new_version,
+    resolve_path,
+    shown_url,
+    wall_clock_ms,
+)
+from ._store import KeyedStore
 
-PROBE_PLUGIN = "core:probe"  # a core-owned pair: probe rows never land in a plugin's namespace
-PROBE_NAMESPACE = "probe"
+PROBE_SPEC = NamespaceSpec("core:probe", "probe", 1_000)  # a core-owned pair: never a plugin's namespace
+
+
+class Location:
+    """One database open in this process, shared by every store and `Database` on it."""
+
+    def __init__(self, ident: str, backend: Backend, settings: StoreSettings) -> None:
+        self.ident, self.backend, self.settings = ident, backend, settings
+        self.location = backend.location
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._closed = False
+        self._specs: dict[tuple[str, str], tuple[NamespaceSpec, int]] = {}  # open pairs, counted
+        self._writer: Workers | None = None
+
+    @property
+    def writer(self) -> Workers:
+        """Where the async twin sends writes: SQLite takes one writer at a time, so one thread per
+        database (more only queued on its lock, each fighting the loop for the GIL: issue 4) that
+        group-commits; Redis takes writes on many connections, so the shared pool."""
+        if not self.backend.one_writer:
+            return POOL
+        with self._lock:
+            if self._writer is None:
+                self._writer = Workers(1, f"{WORKER_PREFIX}-writer", self.backend.run_batch)
+            return self._writer
+
+    def hold(self) -> bool:
+        """One more holder; False if this location has closed already (open it afresh)."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._holders += 1
+            return True
+
+    def release(self) -> None:
+        """One holder less; the last one closes the backend (calls in flight finish first)."""
+        with self._lock:
+            self._holders -= 1
+            if self._holders > 0:
+                return
+            self._closed = True  # the registry entry stays until the next open replaces it
+        self.backend.close()
+
+    def open_store(self, spec: NamespaceSpec, clock: Clock | None) -> KeyedStore:
+        """A store on this location (the caller holds it for the store); one spec per pair: a
+        pair reopened with another is INVALID_INPUT, and the caller's hold is given back."""
+        pair = (spec.plugin_id, spec.namespace)
+        with self._lock:
+            held = self._specs.get(pair)
+            if held is None or held[0] == spec:
+                self._specs[pair] = (spec, (held[1] if held else 0) + 1)
+                return KeyedStore(self, spec, clock or wall_clock_ms)
+        self.release()
+        other = held[0]
+        raise StateStoreError(
+            "INVALID_INPUT",
+            "open",
+            f"{spec.plugin_id}/{spec.namespace} is already open with max_entries={other.max_entries}, "
+            f"default_ttl_ms={other.default_ttl_ms}, overflow={other.overflow}, "
+            f"max_value_bytes={other.max_value_bytes}; reopen it with the same settings",
+            path=self.location,
+        )
+
+    def close_store(self, spec: NamespaceSpec) -> None:
+        pair = (spec.plugin_id, spec.namespace)
+        with self._lock:
+            held = self._specs.pop(pair)
+            if held[1] > 1:
+                self._specs[pair] = (held[0], held[1] - 1)
+        self.release()
+
+
+# The one registry: location -> its open Location. Keyed by pid too, through the check below: a
+# forked child finds its parent's entries stale, keeps them referenced (closing a connection
+# inherited across fork can disturb the parent's locks) and opens its own.
+_registry_lock = threading.Lock()
+_locations: dict[str, Location] = {}
+_inherited: list[Location] = []
+
+
+def acquire(path: str | os.PathLike[str] | None, url: str | None, settings: StoreSettings) -> Location:
+    """The open Location of a database, opened now if no one holds it; the caller holds it once.
+
+    Raises as `open_keyed_store` (INVALID_INPUT for other settings than it is open with)."""
+    global _registry_lock
+    if url is not None:
+        ident = f"url:{url}"
+    else:  # abspath also folds "x/../": one file has one Location however the path is spelled
+        ident = os.path.abspath(resolve_path(path))
+    if _locations and next(iter(_locations.values())).pid != os.getpid():
+        _inherited.extend(_locations.values())  # forked: nothing here is ours
+        _locations.clear()
+        _registry_lock = threading.Lock()
+    with _registry_lock:
+        shared = _locations.get(ident)
+        if shared is not None and shared.hold():
+            if shared.settings != settings:
+                shared.release()
+                raise StateStoreError(
+                    "INVALID_INPUT",
+                    "open",
+                    "this database is already open in this process with different settings",
+                    path=shared.location,
+                )
+        else:
+            shared = _locations[ident] = Location(ident, _open_backend(ident, url, settings), settings)
+            shared.hold()
+            return shared
+    try:
+        shared.backend.reopened()  # modes are re-applied on every open, not on the first only
+    except BaseException:
+        shared.release()
+        raise
+    return shared
+
+
+def _open_backend(ident: str, url: str | None, settings: StoreSettings) -> Backend:
+    if url is None:
+        return _sqlite.SQLiteBackend(Path(ident), settings)
+    from ._redis import RedisBackend  # imported here: SQLite users never load redis-py (it checks the scheme)
+
+    return RedisBackend(url, settings)
+
+
+def open_keyed_store(
+    plugin_id: str,
+    namespace: str,
+    *,
+    max_entries: int,
+    default_ttl_ms: int | None = None,
+    overflow: str = "evict-oldest",
+    max_value_bytes: int = MAX_VALUE_BYTES,
+    path: str | os.PathLike[str] | None = None,
+    url: str | None = None,
+    settings: StoreSettings | None = None,
+    clock: Clock | None = None,
+    core: bool = False,
+) -> KeyedStore:
+    """Open a store bound to (plugin_id, namespace) on SQLite (default) or `url` (redis://).
+
+    `path` is the database file (an existing directory is taken as a state dir); default
+    `<state_dir>/plugin-state/state.sqlite`. `max_value_bytes` (default 65,536, at most
+    1,048,576) bounds one serialized value. Plugin ids starting `core:` are the gateway's and
+    need `core=True`. Reopening a pair in this process with a different max_entries,
+    default_ttl_ms, overflow or max_value_bytes is INVALID_INPUT. Raises StateStoreError:
+    INVALID_INPUT, LIMIT_EXCEEDED (namespace/plugin id size), OPEN_FAILED, CORRUPT,
+    SCHEMA_UNSUPPORTED, UNAVAILABLE.
+    """
+    if path is not None and url is not None:
+        raise StateStoreError("INVALID_INPUT", "open", "give either path or url, not both")
+    spec = NamespaceSpec.checked(
+        plugin_id,
+        namespace,
+        max_entries=max_entries,
+        default_ttl_ms=default_ttl_ms,
+        overflow=overflow,
+        max_value_bytes=max_value_bytes,
+        core=core,
+    )
+    return acquire(path, url, settings or StoreSettings()).open_store(spec, clock)
+
+
+async def open_async_keyed_store(
+    plugin_id: str,
+    namespace: str,
+    *,
+    max_entries: int,
+    default_ttl_ms: int | None = None,
+    overflow: str = "evict-oldest",
+    max_value_bytes: int = MAX_VALUE_BYTES,
+    path: str | os.PathLike[str] | None = None,
+    url: str | None = None,
+    settings: StoreSettings | None = None,
+    clock: Clock | None = None,
+    core: bool = False,
+) -> AsyncKeyedStore:
+    """Open an `AsyncKeyedStore` off the loop; arguments and errors as `open_keyed_store`."""
+    kwargs = dict(locals())
+    return await open_async(lambda: open_keyed_store(**kwargs))
 
 
 class Database:
-    """One database (a SQLite file, or a Redis URL) for as long as its owner needs it.
+    """One database (a SQLite file, or a Redis URL) held for as long as its owner needs it.
 
-    Creating one does no I/O; the backend is opened on first use (a failed open raises and is
-    tried again by the next call) and held until `close`, so sweeps, probes and checkpoints
-    reuse it instead of opening the database each time. Stores opened through it share its
-    backend; each store still closes on its own, and the backend closes when the Database and
-    the last of its stores are closed. Thread-safe; the methods block (call them off the loop,
-    or use `open_async_keyed_store`).
+    Creating one does no I/O; the database is opened on first use (a failed open raises and is
+    tried again by the next call) and held until `close`, so sweeps, probes and checkpoints reuse
+    it. Stores opened through it are views onto the same open database as stores opened by path;
+    each still closes on its own, and the database closes when this object and the last of its
+    stores are closed. Thread-safe; the methods block (call them off the loop).
     """
 
     def __init__(
@@ -51,11 +239,12 @@ class Database:
         self._path = path  # ignored when `url` is given, as the one-call functions always did
         self.url = url
         self.settings = settings or StoreSettings()
-        self.location = url if url is not None else str(resolve_path(path))  # what probe reports as database_path
+        # what probe reports as database_path: a URL's password is never part of it
+        self.location = shown_url(url) if url is not None else str(resolve_path(path))
         self._lock = threading.Lock()
-        self._backend: Backend | None = None
+        self._held: Location | None = None
         self._closed = False
-        self.opens = 0  # how many times the backend was opened by this object (0 or 1 once it works)
+        self.opens = 0  # how many times this object opened its database (0 or 1 once it works)
 
     def __repr__(self) -> str:
         return f"<Database {self.location}>"
@@ -65,15 +254,22 @@ class Database:
         """True for SQLite (a file and its directory to check), False for a server URL."""
         return self.url is None
 
-    def backend(self) -> Backend:
-        """The open backend, opened now if this is the first use. Raises as `open_keyed_store`."""
+    def _open(self, op: str = "open") -> Location:
+        """The open database, opened now on first use. Raises as `open_keyed_store`."""
         with self._lock:
             if self._closed:
-                raise StateStoreError("UNAVAILABLE", "open", "the database is closed", path=self.location)
-            if self._backend is None:
-                self._backend = acquire_backend(self._path, self.url, self.settings)
+                raise StateStoreError("UNAVAILABLE", op, "the database is closed", path=self.location)
+            if self._held is None:
+                self._held = self._acquire()
                 self.opens += 1
-            return self._backend
+            return self._held
+
+    def _acquire(self) -> Location:
+        return acquire(self._path, self.url, self.settings)
+
+    def backend(self) -> Backend:
+        """The open backend (opened now on first use)."""
+        return self._open().backend
 
     def open_keyed_store(
         self,
@@ -88,17 +284,24 @@ class Database:
         core: bool = False,
     ) -> KeyedStore:
         """`state.open_keyed_store` on this database; arguments and errors the same."""
-        return join_store(
-            self.backend,
+        spec = NamespaceSpec.checked(
             plugin_id,
             namespace,
             max_entries=max_entries,
             default_ttl_ms=default_ttl_ms,
             overflow=overflow,
             max_value_bytes=max_value_bytes,
-            clock=clock,
             core=core,
         )
+        shared = self._open()
+        if not shared.hold():
+            raise StateStoreError("UNAVAILABLE", "open", "the database is closed", path=self.location)
+        try:
+            shared.backend.reopened()  # modes are re-applied on every open, as by path
+        except BaseException:
+            shared.release()
+            raise
+        return shared.open_store(spec, clock)
 
     async def open_async_keyed_store(
         self,
@@ -113,39 +316,27 @@ class Database:
         core: bool = False,
     ) -> AsyncKeyedStore:
         """`state.open_async_keyed_store` on this database, opened off the loop."""
-        return await open_async_with(
-            self.open_keyed_store,
-            plugin_id,
-            namespace,
-            {
-                "max_entries": max_entries,
-                "default_ttl_ms": default_ttl_ms,
-                "overflow": overflow,
-                "max_value_bytes": max_value_bytes,
-                "clock": clock,
-                "core": core,
-            },
-        )
+        kwargs = {k: v for k, v in locals().items() if k != "self"}
+        return await open_async(lambda: self.open_keyed_store(**kwargs))
 
     def sweep_expired(self, *, now_ms: int | None = None) -> int:
         """Delete expired rows of every plugin in batches of <= 1,024; returns how many went.
 
         Raises StateStoreError WRITE_FAILED / UNAVAILABLE (operation "sweep"), or the open's errors.
         """
-        return self.backend().sweep(now_ms=wall_clock_ms() if now_ms is None else now_ms)
+        return self._open().backend.sweep(wall_clock_ms() if now_ms is None else now_ms)
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the database file (for Redis: a PING)."""
-        self.backend().checkpoint()
+        self._open().backend.checkpoint()
 
     def probe(self) -> dict[str, Any]:
         """Check the store end to end and say which step failed; never raises, never shows values.
 
         Returns {ok, database_path, steps: [{name, ok, code?, message?}]} for the steps state-dir,
         open, schema, write-read-delete (a temporary core row), checkpoint and permissions (a
-        post-commit permission failure that writes survived: they succeed, the probe says so).
-        On an open Database the "open" step checks the paths again and re-applies file modes, as
-        opening a store on it does.
+        post-commit permission failure that writes survived). On an open Database the "open" step
+        checks the paths again and re-applies file modes, as opening a store on it does.
         """
         steps: list[dict[str, Any]] = []
 
@@ -168,30 +359,31 @@ class Database:
             step("schema", lambda: _check_schema(backend))
             step("write-read-delete", lambda: _round_trip(backend))
             step("checkpoint", backend.checkpoint)
-            if self.is_file:  # file modes: SQLite only
-                step("permissions", lambda: _check_fault(backend))
+            if self.is_file and (fault := backend.fault()) is not None:  # file modes: SQLite only
+                steps.append({"name": "permissions", "ok": False, "code": "WRITE_FAILED", "message": fault})
+            elif self.is_file:
+                steps.append({"name": "permissions", "ok": True})
         except StateStoreError:
             pass
         return {"ok": all(s["ok"] for s in steps) and len(steps) >= 4, "database_path": self.location, "steps": steps}
 
     def _reopen(self) -> Backend:
-        with self._lock:
-            fresh = self._backend is None
-        backend = self.backend()
+        fresh = self._held is None
+        backend = self._open().backend
         if not fresh:
-            backend.reopened()  # what opening joins an open backend with (state/_registry.py)
+            backend.reopened()
         return backend
 
     def close(self) -> None:
-        """Drop this object's hold on the backend (the last holder checkpoints and closes it);
-        later calls raise UNAVAILABLE. Stores opened through it stay usable until closed."""
+        """Let go of the database (the last holder checkpoints and closes it); later calls raise
+        UNAVAILABLE. Stores opened through it stay usable until they are closed."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            backend, self._backend = self._backend, None
-        if backend is not None:
-            backend.release()
+            held, self._held = self._held, None
+        if held is not None:
+            held.release()
 
     def __enter__(self) -> Database:
         return self
@@ -206,19 +398,7 @@ def check_database(path: str | os.PathLike[str] | None = None) -> None:
     A missing or empty file is fine (it will be created). Raises StateStoreError OPEN_FAILED,
     CORRUPT or SCHEMA_UNSUPPORTED with the path; the file is never written.
     """
-    p = resolve_path(path)
-    try:
-        for d in files.guarded_dirs(p):
-            files.check_dir(d)
-        if p.is_dir() and not p.is_symlink():
-            raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory", path=str(p))
-        st = files.check_file(p)
-    except OSError as exc:
-        raise StateStoreError(
-            "OPEN_FAILED", "open", f"cannot check the state path ({exc.strerror})", path=str(p)
-        ) from None
-    if st is not None and st.st_size > 0:
-        check_existing(p)
+    _sqlite.check_database(resolve_path(path))
 
 
 def sweep_expired(
@@ -249,24 +429,17 @@ def probe(
         return database.probe()
 
 
-def _check_fault(backend: Backend) -> None:
-    fault = backend.fault()
-    if fault is not None:
-        raise StateStoreError("WRITE_FAILED", "probe", fault, path=backend.location)
-
-
 def _check_dir(directory: Path) -> None:
-    if not files.check_dir(directory, "probe"):
-        files.make_dirs(directory, "probe")
-    for d in files.guarded_dirs(directory / "state.sqlite"):
-        files.check_dir(d, "probe")
+    if not _sqlite.check_dir(directory, "probe"):
+        _sqlite.make_dirs(directory)
+    for d in _sqlite.guarded_dirs(directory / "state.sqlite"):
+        _sqlite.check_dir(d, "probe")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise StateStoreError("OPEN_FAILED", "probe", "the state directory is not writable", path=str(directory))
 
 
 def _check_schema(backend: Backend) -> None:
-    version = backend.schema_version()
-    if version < 1:
+    if (version := backend.schema_version()) < 1:
         raise StateStoreError(
             "SCHEMA_UNSUPPORTED", "probe", f"schema version {version} was not initialised", path=backend.location
         )
@@ -274,21 +447,11 @@ def _check_schema(backend: Backend) -> None:
 
 def _round_trip(backend: Backend) -> None:
     key, now = f"probe-{uuid.uuid4().hex}", wall_clock_ms()
-    backend.write(
-        PROBE_PLUGIN,
-        PROBE_NAMESPACE,
-        key,
-        '{"probe":true}',
-        now_ms=now,
-        expires_at=now + 60_000,
-        limits=Limits(1_000, "evict-oldest"),
-        mode=Mode.UPSERT,
-        version=new_version(),
-    )
-    row = backend.read(PROBE_PLUGIN, PROBE_NAMESPACE, key, now_ms=now)
+    backend.write(Write(PROBE_SPEC, key, '{"probe":true}', now, now + 60_000, new_version()))
+    row = backend.read(PROBE_SPEC, key, now)
     if row is None or row.value != '{"probe":true}':
         raise StateStoreError(
             "READ_FAILED", "probe", "a row just written could not be read back", path=backend.location
         )
-    if not backend.remove(PROBE_PLUGIN, PROBE_NAMESPACE, key, now_ms=now):
+    if not backend.remove(PROBE_SPEC, key, now):
         raise StateStoreError("WRITE_FAILED", "probe", "a row just written could not be deleted", path=backend.location)

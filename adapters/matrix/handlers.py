@@ -50,6 +50,7 @@ from nio import ReactionEvent, RoomMessageText
 from chatstate.adapters.matrix import platform
 from chatstate.adapters.matrix.platform import MatrixError, MatrixIO
 from chatstate.adapters.matrix.state import HandledEvents, Outcome, ReactionTarget, ReactionTargets, RequesterSlots
+from chatstate.gateway import reply
 from chatstate.gateway.approvals import Approval, ApprovalService
 from chatstate.gateway.clock import Clock, now_ms
 
@@ -93,7 +94,7 @@ class ApprovalFlow:
         return (
             isinstance(event, RoomMessageText)
             and event.sender != self.account_id
-            and platform.parse_command(event.body) is not None
+            and (platform.parse_command(event.body) is not None or reply.hooked("matrix"))
         )
 
     def wants_reaction(self, event: object) -> bool:
@@ -109,7 +110,19 @@ class ApprovalFlow:
     async def on_message(self, room_id: str, event: RoomMessageText) -> None:
         """Open an approval for `!approve ...` and post its prompt, or refuse over the quota."""
         command = platform.parse_command(event.body)
-        if command is None or event.sender == self.account_id:
+        if event.sender == self.account_id:
+            return
+        if command is None:  # any other text goes to the user's reply hook, if any (gateway/reply.py)
+            await reply.respond(
+                reply.Message(event.body, event.sender, room_id, "matrix"),
+                default=None,
+                send=lambda text: self.io.send(
+                    room_id,
+                    "m.room.message",
+                    {"msgtype": "m.text", "body": text},
+                    txn=platform.txn_id("reply", event.event_id),
+                ),
+            )
             return
         approval_id = platform.approval_id(room_id, event.event_id)
         # the approval counts from the request, so a request finished after a crash keeps its

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.platform import BotIdentity, SlackApi, SlackMessage
 from chatstate.adapters.slack.state import ThreadParticipation, ThreadRef
-from chatstate.gateway.sdk import AdapterState, Job, UserQuota, Writes
+from chatstate.gateway.sdk import AdapterState, Job, UserQuota, Writes, reply
 
 QUOTA_NOTE = (
     "(You have {limit} threads I am following, the most one person may have, so I won't "
@@ -79,9 +79,13 @@ class MentionPolicy:
         return False, "no_mention"
 
 
+def without_mention(message: SlackMessage, bot_user_id: str) -> str:
+    return message.text.replace(f"<@{bot_user_id}>", "").strip()
+
+
 def compose_reply(message: SlackMessage, bot_user_id: str) -> str:
-    """The bot's answer. A stand-in for an agent: it echoes the text without the mention."""
-    text = message.text.replace(f"<@{bot_user_id}>", "").strip()
+    """The answer when no reply hook is set: it echoes the text without the mention."""
+    text = without_mention(message, bot_user_id)
     return f"echo: {text}" if text else "echo"
 
 
@@ -133,9 +137,14 @@ class SlackBot:
         answer, _reason = self._policy.decide(message, self.bot.user_id, participated=participated)
         if not answer:
             return "ignored"
-        text = compose_reply(message, self.bot.user_id)
-        await self.reply(writes, thread, text, event_id=message.event_id, requester=message.user)
-        return "replied"
+        sent = await reply.respond(  # the user's reply hook, if any, composes the text (gateway/reply.py)
+            reply.Message(
+                without_mention(message, self.bot.user_id), message.user, message.channel, "slack", thread.thread_ts
+            ),
+            default=compose_reply(message, self.bot.user_id),
+            send=lambda text: self.reply(writes, thread, text, event_id=message.event_id, requester=message.user),
+        )
+        return "replied" if sent else "ignored"
 
     async def answered_before(self, message: SlackMessage, writes: Writes) -> bool:
         """Did a process that died holding this event post its reply before the done mark? If

@@ -46,6 +46,7 @@ from botbuilder.core import ActivityHandler, TurnContext
 from botbuilder.schema import Activity, ChannelAccount, MessageReaction
 
 from chatstate.adapters.teams.state import ANSWERED_TYPES, SentMessages, activity_key
+from chatstate.gateway import reply
 from chatstate.gateway.claims import ClaimLedger
 from chatstate.gateway.clock import now_ms
 
@@ -113,7 +114,14 @@ class TeamsBot(ActivityHandler):
         self.log.info("classified", extra={"classification": str(kind), "activity_type": "message"})
         if kind is Classification.IGNORED:
             return
-        await turn_context.send_activity(f"[{kind}] you said: {text_for_bot(activity)}")
+        text = text_for_bot(activity)
+        await reply.respond(  # the user's reply hook, if any, composes the text (gateway/reply.py)
+            reply.Message(
+                text, getattr(activity.from_property, "id", ""), activity.conversation.id, "teams", activity.reply_to_id
+            ),
+            default=f"[{kind}] you said: {text}",
+            send=turn_context.send_activity,
+        )
 
     async def on_message_update_activity(self, turn_context: TurnContext) -> None:
         self.log.info("classified", extra={"classification": "ignored", "activity_type": "messageUpdate"})

@@ -71,7 +71,10 @@ async def slack_second(sim: SlackSimulator, root: str) -> list[Outcome]:
     if delivery.body == "accepted":
         await sim.wait_for(lambda _r: len(sim.posts(thread_ts=root)) > before, timeout=30)
     answered = len(sim.posts(thread_ts=root)) > before
-    detail = "bot answered the untagged follow-up" if answered else f"follow-up {delivery.body}: thread forgotten"
+    said = sim.posts(thread_ts=root)[-1].get("text") if answered else None
+    detail = (
+        f"bot answered the untagged follow-up: {said!r}" if answered else f"follow-up {delivery.body}: thread forgotten"
+    )
     return [Outcome("slack", "untagged follow-up in a participated thread", answered, detail)]
 
 
@@ -88,7 +91,8 @@ async def discord_second(sim: DiscordSimulator, ctx: tuple[dict[str, Any], dict[
     click = await sim.click(message, "Approve")
     clicked = click.status == 200 and click.content.startswith("Approved by")
     submit = await sim.submit_modal(modal, {"comment": "ship it"}, message=message)
-    submitted = submit.status == 200 and "feedback received" in submit.content
+    # any answer but "expired": the text is the reply hook's, if one is set (docs/quickstart.md)
+    submitted = submit.status == 200 and bool(submit.content) and "has expired" not in submit.content
     return [
         Outcome("discord", "click a pre-restart single-use button", clicked, repr(click.content)),
         Outcome("discord", "submit a modal opened before the restart", submitted, repr(submit.content)),
@@ -106,10 +110,11 @@ async def teams_second(sim: TeamsSimulator, bot_message_id: str) -> list[Outcome
     before = len(sim.sent())
     status = await sim.deliver(sim.activity("message_reply", reply_to_id=bot_message_id))
     # Teams handles the activity inside the request: by now the bot has answered or never will.
-    answered = (
-        status == 200 and len(sim.sent()) > before and str(sim.sent()[-1].get("text", "")).startswith("[reply_to_bot]")
-    )
-    detail = "classified reply_to_bot and answered" if answered else "reply not recognised: no answer"
+    # Neither mentioned nor personal, so only a recognised reply to the bot gets an answer (its
+    # text is the reply hook's, if one is set: docs/quickstart.md).
+    answered = status == 200 and len(sim.sent()) > before
+    said = sim.sent()[-1].get("text") if answered else None
+    detail = f"classified reply_to_bot and answered {said!r}" if answered else "reply not recognised: no answer"
     return [Outcome("teams", "reply to a pre-restart bot message", answered, detail)]
 
 

@@ -17,7 +17,7 @@ from chatstate.gateway import health
 from chatstate.gateway.app import BROKER, build_app
 from chatstate.gateway.config import parse_config
 from chatstate.gateway.registry import load_plugins
-from chatstate.state import _database, _open
+from chatstate.state import _database
 
 ROUNDS = 3
 
@@ -36,8 +36,7 @@ async def test_the_gateway_opens_one_database_for_its_lifetime(tmp_path: Path, m
 
         return acquire
 
-    monkeypatch.setattr(_database, "acquire_backend", counted(_database.acquire_backend))
-    monkeypatch.setattr(_open, "acquire_backend", counted(_open.acquire_backend))
+    monkeypatch.setattr(_database, "acquire", counted(_database.acquire))  # by a Database or by path
     real_init, real_sweep, real_probe = state.Database.__init__, state.Database.sweep_expired, state.Database.probe
 
     def init(self: state.Database, *args: Any, **kw: Any) -> None:

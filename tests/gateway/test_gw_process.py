@@ -65,7 +65,12 @@ async def test_sigkill_mid_traffic_loses_no_acknowledged_write(gw: GatewayHarnes
 async def test_second_start_on_same_state_dir_exits_4(gw: GatewayHarness) -> None:
     result = await run_gateway_cli("start", "--config", str(gw.config_path), "--port", str(free_port()))
     assert result.returncode == 4
-    assert "already running" in result.stderr
+    state_dir = gw.state_dir.absolute()
+    assert result.stderr.splitlines()[-1] == (
+        f"gateway: a gateway is already running on {state_dir} (pid {gw.pid}); stop it with "
+        f"`chatstate stop --state-dir {state_dir}` or restart it with `chatstate restart --state-dir {state_dir}`, "
+        "or give this one another --state-dir"
+    )
     assert (await gw.healthz())[0] == 200  # the first one is unharmed
 
 
@@ -76,7 +81,10 @@ async def test_port_in_use_exits_4(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         result = await run_gateway_cli("start", "--state-dir", str(tmp_path), "--port", str(port))
     assert result.returncode == 4
-    assert f"port {port}" in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"gateway: port {port} on 127.0.0.1 is already in use; choose another with --port N, [gateway] port "
+        "in the config or CHATSTATE_GATEWAY_PORT (0 = any free port), or stop what listens there"
+    )
 
 
 async def test_corrupt_state_file_exits_3_and_is_left_alone(tmp_path: Path) -> None:

@@ -124,6 +124,7 @@ async def test_core_stores_are_for_bundled_plugins_only(broker: StoreBroker) -> 
 
 def test_runtime_shape(broker: StoreBroker) -> None:
     rt = _runtime("echo", "bundled", broker)
-    assert (rt.plugin_id, rt.legacy, dict(rt.config)) == ("ext-notes", False, {"enabled": True, "mode": "store"})
+    common = {"enabled": True, "mode": "store", "reply": None, "reply_timeout_s": 10.0}
+    assert (rt.plugin_id, rt.legacy, dict(rt.config)) == ("ext-notes", False, common)
     assert type(rt.settings) is AdapterSettings  # NotesPlugin declares no settings type of its own
     assert not hasattr(rt, "__dict__")  # slots: one small object per plugin, made once

@@ -1,5 +1,5 @@
-"""`chatstate restart` as an operator runs it (issue 16, item 1): from another folder, without
-`--config`, twice, with a typo, interrupted; every step a real `python -m chatstate` process."""
+"""`chatstate restart` as an operator runs it: from another folder, without `--config`, twice,
+with a typo, interrupted, with nothing running; every step a real `python -m chatstate` process."""
 
 from __future__ import annotations
 
@@ -201,3 +201,69 @@ async def test_restart_keeps_the_plugin_path_it_was_started_with(operator: Opera
     assert restarted.returncode == 0, restarted.stderr
     report = await operator.status()
     assert report["adapters"] == {"ext-notes": "ok"} and report["pid"] != json.loads(started.stdout)["pid"]
+
+
+@pytest.mark.parametrize("how", ["stop", "sigkill"])
+async def test_restart_with_nothing_running_starts_the_last_launch_and_says_so(operator: Operator, how: str) -> None:
+    first = await _start(operator)
+    assert await _bump(first["url"], "k") == 1
+    if how == "stop":
+        assert (await operator.run("stop")).returncode == 0
+    else:  # a crash: the pid file stays behind, the lock does not
+        os.kill(first["pid"], signal.SIGKILL)
+        assert _wait_gone(first["pid"])
+    for attempt in range(2):  # the second restart finds the first one's gateway running
+        restarted = await operator.run("restart", env={**operator.env, "CHATSTATE_ECHO_SECRET": SECRET})
+        assert restarted.returncode == 0, restarted.stderr
+        if attempt == 0:
+            assert restarted.stderr == (
+                f"gateway: not running; starting the last launch on {operator.home} again "
+                f"(config {operator.config_dir / 'gw.toml'}, from {operator.home / 'last-launch.json'})\n"
+            )
+        report = await operator.status()
+        assert report["adapters"] == {"echo": "ok"}  # the same adapters, never a default gateway
+        assert await _bump(report["url"], "k") == attempt + 2
+
+
+async def test_restart_with_nothing_ever_started_refuses_and_names_the_command(operator: Operator) -> None:
+    refused = await operator.run("restart")
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"gateway: no gateway is running on {operator.home} and none was started there before, so there is "
+        "nothing to restart; start one with: chatstate start --config FILE --detach\n"
+    )
+    assert (await operator.status())["running"] is False
+
+
+async def test_restart_from_another_folder_finds_a_plugin_imported_from_the_start_folder(operator: Operator) -> None:
+    (operator.config_dir / "my_notes.py").write_text((EXT_PLUGINS_DIR / "gw_ext_plugin.py").read_text())
+    (operator.config_dir / "ext.toml").write_text(
+        'external_plugins = ["my_notes:NotesPlugin"]\ntrusted_plugins = ["ext-notes"]\n'
+        f"[gateway]\nport = {free_port()}\n"
+    )
+    bare = {k: v for k, v in operator.env.items() if k != "PYTHONPATH"}  # found only in the folder it ran in
+    started = await operator.run("start", "--detach", "--config", "ext.toml", cwd=operator.config_dir, env=bare)
+    assert started.returncode == 0, started.stderr
+    for _ in range(2):
+        restarted = await operator.run("restart", env=bare)  # from operator.elsewhere
+        assert restarted.returncode == 0, restarted.stderr
+    assert (await operator.status())["adapters"] == {"ext-notes": "ok"}
+    assert (await operator.run("stop")).returncode == 0
+    # a fresh start from elsewhere says where it looked, and what to do
+    failed = await operator.run("start", "--config", str(operator.config_dir / "ext.toml"), env=bare)
+    assert failed.returncode == 2
+    assert failed.stderr.splitlines()[-1] == (  # after the JSON log line of a foreground start
+        "gateway: config error: external_plugins[0]: cannot import 'my_notes': no module 'my_notes' in the folder "
+        f"this command ran in ({operator.elsewhere}), on PYTHONPATH (unset) or among the installed packages; run "
+        "it from the folder that holds my_notes/ or my_notes.py, or add that folder to PYTHONPATH"
+    )
+
+
+def _wait_gone(pid: int, timeout_s: float = 10.0) -> bool:
+    fd = os.pidfd_open(pid)
+    try:
+        import select
+
+        return bool(select.select([fd], [], [], timeout_s)[0])
+    finally:
+        os.close(fd)

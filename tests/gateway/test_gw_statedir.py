@@ -161,7 +161,8 @@ def test_no_message_is_logged_without_an_event_name() -> None:
 
 
 async def test_gateway_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
-    """gateway.log, gateway.lock and gateway.pid 0600 and new dirs 0700, under umask 000 (issue 15)."""
+    """gateway.log, gateway.lock, gateway.pid and last-launch.json 0600 and new dirs 0700, under
+    umask 000: they can hold tokens."""
     state_dir = tmp_path / "a" / "b"
     script = f"umask 000 && exec {sys.executable} -m chatstate start --detach --state-dir {state_dir} --port 0"
     proc = await asyncio.create_subprocess_exec(
@@ -172,7 +173,8 @@ async def test_gateway_files_are_private_whatever_the_umask(tmp_path: Path) -> N
     try:
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "a", state_dir, *state_dir.iterdir()]}
         modes.pop("plugin-state", None)  # the state package's (docs/state.md)
-        assert modes == {"a": 0o700, "b": 0o700, "gateway.log": 0o600, "gateway.lock": 0o600, "gateway.pid": 0o600}
+        files = ("gateway.log", "gateway.lock", "gateway.pid", "last-launch.json")
+        assert modes == {"a": 0o700, "b": 0o700, **dict.fromkeys(files, 0o600)}
     finally:
         stopped = await run_gateway_cli("stop", "--state-dir", str(state_dir))
         assert stopped.returncode == 0

@@ -7,14 +7,18 @@ the simulator's `gateway_url` (the harness points it at the last gateway started
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
+
 from chatstate.gateway.sim.base import SimulatorServer
 from chatstate.gateway.sim.harness import GatewayHarness
+from chatstate.gateway.sim.slack import SlackSimulator
 from chatstate.state import Entry, open_keyed_store
 
 S = TypeVar("S", bound=SimulatorServer)
@@ -74,3 +78,33 @@ async def wait_for_health(
         if poke is not None:
             await poke()
         await asyncio.sleep(0.2)
+
+
+class LoadBalancer:
+    """Sends each Slack event to a gateway, round robin over the live ones, retrying as Slack
+    does until one answers 2xx; remembers what every event finally got."""
+
+    def __init__(self, slack: SlackSimulator, gws: list[GatewayHarness]) -> None:
+        self.slack = slack
+        self.gws = gws
+        self.down: set[int] = set()
+        self.outcomes: dict[str, str] = {}  # event_id -> body of the 2xx answer
+        self._turn = itertools.count()
+
+    async def send(self, event: dict[str, Any]) -> str:
+        for attempt in itertools.count():
+            gw = self.pick()
+            try:
+                got = await via(gw, self.slack).deliver(event, retry_num=attempt or None)
+            except aiohttp.ClientError:  # the process is gone: Slack retries, the LB picks another
+                continue
+            if got.status == 200:
+                self.outcomes[event["event_id"]] = got.body
+                return got.body
+            assert got.status == 503, got
+            await asyncio.sleep(int(got.headers.get("Retry-After", "1")))
+        raise AssertionError("unreachable")
+
+    def pick(self) -> GatewayHarness:
+        live = [gw for i, gw in enumerate(self.gws) if i not in self.down and gw.running]
+        return live[next(self._turn) % len(live)]

@@ -12,46 +12,14 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from multi_helpers import gateways, stored, via, wait_for_health
+from multi_helpers import LoadBalancer, gateways, stored, wait_for_health
 from redis_support import RedisServer, with_prefix
 
-from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.slack import SlackSimulator
 
 LEASE_MS = 2_000  # a dead gateway's claim on an event blocks retries this long
 THREADS, EVENTS = "slack.thread-participation", "slack.events"
 ACKED = ("replied", "already_done")
-
-
-class LoadBalancer:
-    """Sends each Slack event to a gateway, round robin over the live ones, retrying as Slack
-    does until one answers 2xx; remembers what every event finally got."""
-
-    def __init__(self, slack: SlackSimulator, gws: list[GatewayHarness]) -> None:
-        self.slack = slack
-        self.gws = gws
-        self.down: set[int] = set()
-        self.outcomes: dict[str, str] = {}  # event_id -> body of the 2xx answer
-        self._turn = itertools.count()
-
-    async def send(self, event: dict[str, Any]) -> str:
-        for attempt in itertools.count():
-            gw = self.pick()
-            try:
-                got = await via(gw, self.slack).deliver(event, retry_num=attempt or None)
-            except aiohttp.ClientError:  # the process is gone: Slack retries, the LB picks another
-                continue
-            if got.status == 200:
-                self.outcomes[event["event_id"]] = got.body
-                return got.body
-            assert got.status == 503, got
-            await asyncio.sleep(int(got.headers.get("Retry-After", "1")))
-        raise AssertionError("unreachable")
-
-    def pick(self) -> GatewayHarness:
-        live = [gw for i, gw in enumerate(self.gws) if i not in self.down and gw.running]
-        return live[next(self._turn) % len(live)]
 
 
 def roots_answered(slack: SlackSimulator) -> list[str]:

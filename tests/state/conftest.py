@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from state_support import FakeClock, rows_in
+from state_support import FakeClock, fresh_target, rows_in
 
 from chatstate.state import KeyedStore, StoreSettings, open_keyed_store
 
@@ -52,15 +52,7 @@ def target(request: pytest.FixtureRequest, state_home: Path) -> dict[str, Any]:
 
     Plain data, so it can be handed to child processes.
     """
-    if request.param == "sqlite":
-        return {"path": str(state_home)}
-    import redis
-
-    url = request.getfixturevalue("redis_url")
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    return {"url": url}
+    return fresh_target(request, state_home)
 
 
 StoreFactory = Callable[..., KeyedStore]
@@ -120,6 +112,9 @@ def _dump_sqlite(path: Path) -> list[tuple[Any, ...]]:
 def _dump_redis(url: str) -> list[tuple[Any, ...]]:
     import redis
 
+    if url.startswith("redis+cluster://"):
+        ports = [int(h.rsplit(":", 1)[1]) for h in url.split("://", 1)[1].split("?")[0].split(",")]
+        return sorted(row for port in ports for row in _dump_redis(f"redis://127.0.0.1:{port}/0"))
     client = redis.Redis.from_url(url)
     try:
         return sorted((k, client.dump(k), client.pttl(k) > 0) for k in client.scan_iter())

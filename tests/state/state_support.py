@@ -6,6 +6,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+HA_BACKENDS = ["sqlite", "redis", "valkey", "redis-cluster"]  # what the contract tests run on
 T0_MS = 1_700_000_000_000  # fake clocks start here: far from 0, exactly representable
 
 
@@ -30,3 +33,35 @@ def rows_in(db_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def fresh_target(request: pytest.FixtureRequest, state_home: Path) -> dict[str, Any]:
+    """The backend `request.param` names, emptied: "sqlite", "redis", "valkey" (a valkey-server)
+    or "redis-cluster" (three masters). Test modules that run on the last two too override
+    `target` with `HA_BACKENDS`: a module-level fixture of that name wins over conftest's."""
+    if request.param == "sqlite":
+        return {"path": str(state_home)}
+    import redis
+
+    if request.param == "redis-cluster":
+        group = request.getfixturevalue("cluster")
+        group.flush()
+        return {"url": group.url()}
+    url = request.getfixturevalue("valkey_url" if request.param == "valkey" else "redis_url")
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return {"url": url}
+
+
+def raw_redis(url: str) -> Any:
+    """A plain redis-py client for a test URL, to look underneath the store (a RedisCluster for
+    a `redis+cluster://` URL: its scan_iter walks every node)."""
+    import redis
+
+    if url.startswith("redis+cluster://"):
+        from redis.cluster import RedisCluster
+
+        host, port = url.split("://", 1)[1].split(",")[0].rsplit(":", 1)
+        return RedisCluster(host=host, port=int(port))
+    return redis.Redis.from_url(url)

@@ -9,9 +9,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 from redis_support import ReplyDroppingProxy, with_prefix
+from state_support import FakeClock
 
-from chatstate.state import StateStoreError, open_async_keyed_store, open_keyed_store
+from chatstate.state import StateStoreError, open_async_keyed_store, open_keyed_store, probe, sweep_expired
 
 FAST_RETRY = "&retries=2&backoff_base_s=0.01&backoff_cap_s=0.05"
 
@@ -101,3 +103,18 @@ async def test_fifty_concurrent_async_claims_have_one_winner(redis_url):
         assert [t for t in taken if t is not None] == [{"n": results.index(True)}]
     finally:
         await store.close()
+
+
+def test_a_redis_that_restarted_empty_is_swept_and_probed_again(own_redis):
+    # No persistence: Redis comes back with nothing, not even the schema marker or the registry
+    # of plugins that sweep walks. The store goes on; the registry and marker come back.
+    url = with_prefix(own_redis.url, "t") + FAST_RETRY
+    clock = FakeClock()
+    with open_keyed_store("p", "ns", max_entries=10, url=url, clock=clock) as store:
+        store.register("before", 1, ttl_ms=10)
+        with redis.Redis(port=own_redis.port) as raw:
+            raw.flushall()
+        store.register("after", 1, ttl_ms=10)
+        clock.advance(10)
+        assert sweep_expired(url=url, now_ms=clock()) == 1
+        assert probe(url=url)["ok"] is True

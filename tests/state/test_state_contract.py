@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
-from state_support import T0_MS, FakeClock
+from state_support import HA_BACKENDS, T0_MS, FakeClock, fresh_target
 
 from chatstate.state import Entry, StateStoreError, StoreSettings, open_keyed_store
+
+
+@pytest.fixture(params=HA_BACKENDS)
+def target(request: pytest.FixtureRequest, state_home: Path) -> dict[str, Any]:
+    """The contract holds on every backend: SQLite, Redis, Valkey and a three-master cluster."""
+    return fresh_target(request, state_home)
 
 
 # -- each method ---------------------------------------------------------------------------
@@ -322,8 +330,8 @@ def test_open_racing_the_last_close_gets_a_working_store(target):
     """The last close() releases the backend outside the global lock; an open() that saw the
     backend alive just before must not end up on the closed one (it used to: UNAVAILABLE)."""
     a = open_keyed_store("p", "a", max_entries=10, **target)
-    backend = a._backend
-    real_acquire, real_release = backend.acquire, backend.release
+    backend = a.database  # the open database the store is a view onto: its holders are counted there
+    real_acquire, real_release = backend.hold, backend.release
     in_release, opener_checked, released = threading.Event(), threading.Event(), threading.Event()
 
     def paused_release():  # a.close(): past its bookkeeping, about to release the backend
@@ -339,7 +347,7 @@ def test_open_racing_the_last_close_gets_a_working_store(target):
         assert released.wait(30)
         return real_acquire()
 
-    backend.release, backend.acquire = paused_release, late_acquire
+    backend.release, backend.hold = paused_release, late_acquire
     closer = threading.Thread(target=a.close)
     closer.start()
     assert in_release.wait(30)
@@ -368,3 +376,19 @@ def test_entries_sort_keys_by_code_point_like_utf8_bytes(make_store):
     for key in keys:
         store.register(key, 1)
     assert [e.key for e in store.entries()] == sorted(keys)
+
+
+def test_a_namespace_reopened_with_a_smaller_cap_is_brought_down_to_it(make_store, clock):
+    """Issue 25 writes into a full namespace by re-keying its oldest row in place; a namespace
+    over its cap (max_entries lowered since) still goes back to it on the next write."""
+    big = make_store("p", "shrink", max_entries=10)
+    for i in range(6):
+        big.register(f"k{i}", i)
+        clock.advance(1)
+    big.close()
+    small = make_store("p", "shrink", max_entries=3)
+    small.register("k2", "again")  # an existing key: the oldest others go
+    assert [e.key for e in small.entries()] == ["k4", "k5", "k2"]
+    small.register("new", 1)  # exactly full: the oldest live row makes room
+    assert [e.key for e in small.entries()] == ["k5", "k2", "new"]
+    assert small.register_if_absent("k5", 0) is False and small.count() == 3

@@ -15,16 +15,16 @@ from chatstate.state import Database, StateStoreError, _database, checkpoint, op
 
 @pytest.fixture
 def opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every backend lookup a Database makes (state/_registry.py's acquire_backend)."""
+    """Every backend lookup a Database makes (state/_database.py's `acquire`, through `Database._acquire`)."""
     seen: list[str] = []
-    real = _database.acquire_backend
+    real = _database.Database._acquire
 
-    def counting(path: Any, url: Any, settings: Any) -> Any:
-        backend = real(path, url, settings)
+    def counting(self: Any) -> Any:
+        backend = real(self)
         seen.append(backend.location)
         return backend
 
-    monkeypatch.setattr(_database, "acquire_backend", counting)
+    monkeypatch.setattr(_database.Database, "_acquire", counting)
     return seen
 
 

@@ -54,3 +54,24 @@ async def test_acknowledged_writes_are_on_disk(tmp_path, n):
     finally:
         other.close()
         await store.close()
+
+
+async def test_updates_batched_with_other_writes_complete(tmp_path):
+    """The twin's `update` runs on the writer, inside a group commit when others queued with it:
+    its read joins the batch's transaction (it used to wait for the lock the batch held)."""
+    store = await open_async_keyed_store("p", "ns", max_entries=100, path=tmp_path / "s.sqlite")
+    try:
+        for _ in range(5):
+            done = await asyncio.wait_for(
+                asyncio.gather(
+                    store.register("a", 1),
+                    store.update("n", lambda v: (v or 0) + 1),
+                    store.update("n", lambda v: (v or 0) + 1),
+                    store.consume("a"),
+                ),
+                30,
+            )
+            assert done[0] is None
+        assert await store.lookup("n") == 10
+    finally:
+        await store.close()

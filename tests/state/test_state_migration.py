@@ -124,7 +124,7 @@ def test_a_v1_file_is_migrated_in_place_after_a_backup(v1_file: Path, sqlite_tar
 
 
 def test_a_failed_migration_leaves_the_v1_file_as_it_was(v1_file: Path, sqlite_target, monkeypatch):
-    from chatstate.state import _sqlite_schema
+    from chatstate.state import _sqlite as _sqlite_schema
 
     original = dump(v1_file)
     monkeypatch.setitem(_sqlite_schema.MIGRATIONS, 1, (*_sqlite_schema.MIGRATIONS[1], "SELECT * FROM nowhere"))
@@ -196,13 +196,39 @@ def test_a_v1_redis_prefix_is_migrated_in_place(redis_url):
         write_v1_layout(client, "v1mig")
         versions = check_every_row({"url": url})
         assert len(versions) == len(set(versions)) == 11 and all(v > 0 for v in versions)
-        assert client.get("v1mig:schema") == "2"
-        client.set("v1mig:schema", 3)
+        assert client.get("v1mig:schema") == "3"
+        assert not [k for k in client.scan_iter(match="v1mig:p:*") if "{" not in k]  # all under tags
+        client.set("v1mig:schema", 4)
         with pytest.raises(StateStoreError) as err:
             open_keyed_store("echo", "echo.kv", max_entries=100, url=url)
         assert err.value.code == "SCHEMA_UNSUPPORTED"
-        assert "schema version 3" in str(err.value) and "up to 2" in str(err.value)
+        assert "schema version 4" in str(err.value) and "up to 3" in str(err.value)
     finally:
         for k in client.scan_iter(match="v1mig:*"):
+            client.delete(k)
+        client.close()
+
+
+def test_a_v2_redis_prefix_moves_under_plugin_hash_tags_keeping_versions(redis_url):
+    import redis
+
+    url = f"{redis_url}{'&' if '?' in redis_url else '?'}prefix=v2mig"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        for k in client.scan_iter(match="v2mig:*"):
+            client.delete(k)
+        write_v1_layout(client, "v2mig")
+        for row in [k for k in client.scan_iter(match="v2mig:p:*:r:*")]:
+            client.hset(row, "n", 1000 + len(row))  # the v2 layout: the same keys, rows versioned
+        client.set("v2mig:schema", 2)
+        before = {k: client.hget(k, "n") for k in client.scan_iter(match="v2mig:p:*:r:*")}
+        open_keyed_store("echo", "echo.kv", max_entries=100, url=url).close()  # the open migrates
+        assert client.get("v2mig:schema") == "3"
+        after = {k: client.hget(k, "n") for k in client.scan_iter(match="v2mig:p:*:r:*")}
+        assert len(after) == len(before) and all("{" in k for k in after)
+        assert sorted(after.values()) == sorted(before.values())  # versions survive the move
+        check_every_row({"url": url})
+    finally:
+        for k in client.scan_iter(match="v2mig:*"):
             client.delete(k)
         client.close()

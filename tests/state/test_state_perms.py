@@ -1,6 +1,7 @@
-"""state/_perms.py, the cheap permission check behind every write path: an outside chmod is
-undone by the next write however often it happens, in a forked child too, and without inotify
-(the fallback chmods on every write)."""
+"""The cheap permission check behind every write path (`_Modes` in state/_sqlite.py: an fstat on a
+descriptor it holds, an fchmod only when a mode is wrong): an outside chmod is undone by the
+next write however often it happens, for files created after the check started, for a file
+replaced under it, and in a forked child too."""
 
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from chatstate.state import _perms, open_keyed_store
+from chatstate.state import _sqlite, open_keyed_store
 
 
 def mode(path: Path) -> int:
@@ -43,25 +42,33 @@ def test_every_outside_chmod_is_undone_by_the_next_write(tmp_path: Path) -> None
     store.close()
 
 
-def test_guard_without_inotify_chmods_on_every_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_perms, "_LIBC", None)  # not Linux, or the inotify limit reached
+def test_guard_fixes_every_wrong_mode_on_every_call(tmp_path: Path) -> None:
     target = tmp_path / "f"
     target.write_text("x")
-    guard = _perms.PermissionGuard(tmp_path, ((tmp_path, 0o700), (target, 0o600)))
+    guard = _sqlite._Modes(((tmp_path, 0o700), (target, 0o600)))
     for _ in range(3):
         os.chmod(target, 0o644)
+        os.chmod(tmp_path, 0o755)
         guard.ensure()
         assert mode(target) == 0o600 and mode(tmp_path) == 0o700
+    replaced = tmp_path / "f.new"
+    replaced.write_text("y")
+    os.chmod(replaced, 0o644)
+    os.replace(replaced, target)  # a new inode at the path: the guard's descriptor is stale
+    guard.ensure()
+    assert mode(target) == 0o600
+    guard.close()
 
 
 def test_guard_notices_a_file_created_after_it_started(tmp_path: Path) -> None:
     late = tmp_path / "late-wal"
-    guard = _perms.PermissionGuard(tmp_path, ((late, 0o600),))
+    guard = _sqlite._Modes(((late, 0o600),))
     guard.ensure()
     late.write_text("x")
     os.chmod(late, 0o644)
     guard.ensure()
     assert mode(late) == 0o600
+    guard.close()
 
 
 def _child_write(db: str, conn: multiprocessing.connection.Connection) -> None:
@@ -114,7 +121,7 @@ def _child_with_inherited(store: Any, db: str, conn: multiprocessing.connection.
 
 
 def test_a_forked_child_starts_afresh_and_the_parent_is_untouched(tmp_path: Path) -> None:
-    """The one fork rule (state/_registry.py): stores inherited by a forked child are closed in
+    """The one fork rule (a pid check, state/_database.py): stores inherited by a forked child are closed in
     it; the child opens its own, sync and async; the parent's store keeps working."""
     db = tmp_path / "plugin-state" / "state.sqlite"
     store = open_keyed_store("p", "ns", max_entries=100, path=db)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import state_workers
-from state_support import T0_MS
+from state_support import HA_BACKENDS, T0_MS, fresh_target, raw_redis
 
 from chatstate.state import (
     MAX_BATCH_KEYS,
@@ -23,11 +23,17 @@ from chatstate.state import (
     Entry,
     StateStoreError,
     StoreSettings,
-    _perms,
+    _sqlite,
     open_async_keyed_store,
     open_keyed_store,
     probe,
 )
+
+
+@pytest.fixture(params=HA_BACKENDS)
+def target(request: pytest.FixtureRequest, state_home: Path) -> dict[str, Any]:
+    """v2 of the contract holds on every backend: SQLite, Redis, Valkey and a three-master cluster."""
+    return fresh_target(request, state_home)
 
 
 # -- versions, compare_and_set, delete_if -------------------------------------------------
@@ -333,9 +339,7 @@ async def test_async_write_refuses_bad_input_at_the_call(target):
 # -- defect 4: consume keeps a row whose JSON is unreadable ---------------------------------
 def corrupt(target: dict[str, Any], db_path: Path, plugin: str, namespace: str, key: str) -> None:
     if "url" in target:
-        import redis
-
-        client = redis.Redis.from_url(target["url"])
+        client = raw_redis(target["url"])
         try:
             (row,) = [k for k in client.scan_iter(match=f"*:n:{namespace}:r:{key}")]
             client.hset(row, "v", '{"SECRET-MARKER')
@@ -392,13 +396,13 @@ async def test_post_commit_permission_failure_keeps_the_write(sqlite_target, db_
     store = open_keyed_store("p", "ns", max_entries=10, **sqlite_target)
     try:
         store.register("claimed", 1)
-        real_chmod = os.chmod
+        real_fchmod = os.fchmod
 
         def refuse(path: Any, mode: int, *args: Any, **kwargs: Any) -> None:
             raise PermissionError(1, "Operation not permitted")
 
         os.chmod(db_path, 0o644)  # an outside chmod the next write must undo ...
-        monkeypatch.setattr(_perms.os, "chmod", refuse)  # ... but cannot
+        monkeypatch.setattr(_sqlite.os, "fchmod", refuse)  # ... but cannot
         caplog.set_level(logging.WARNING, logger="chatstate.state")
         store.register("k", {"v": 1})  # v1: WRITE_FAILED, with the row committed
         assert store.register_if_absent("c", 2) is True  # v1: WRITE_FAILED, the claim orphaned
@@ -415,7 +419,7 @@ async def test_post_commit_permission_failure_keeps_the_write(sqlite_target, db_
             health = await StoreProbe(database).result()
         assert health["ok"] is False and [s["name"] for s in health["failed"]] == ["permissions"]
 
-        monkeypatch.setattr(_perms.os, "chmod", real_chmod)
+        monkeypatch.setattr(_sqlite.os, "fchmod", real_fchmod)
         store.register("again", 1)  # the next write re-applies the modes and clears the fault
         assert oct(db_path.stat().st_mode & 0o777) == "0o600"
         assert probe(sqlite_target["path"])["ok"] is True

@@ -1,0 +1,422 @@
+"""What every layer passes: the limits, `StoreSettings`, the `NamespaceSpec` a store is opened
+with, rows and the backend interface; and the input checks, run before any write so a bad call
+changes nothing. Numbers come from the reference system.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, TypeGuard
+
+from ._errors import StateStoreError
+
+MAX_NAMESPACE_BYTES = 128  # UTF-8 bytes, after trimming
+MAX_KEY_BYTES = 512  # UTF-8 bytes, after trimming
+MAX_PLUGIN_ID_BYTES = 128
+MAX_VALUE_BYTES = 65_536  # default per-store limit: UTF-8 bytes of the compact JSON serialization
+MAX_VALUE_BYTES_CEILING = 1_048_576  # the most a store may allow with `max_value_bytes=`
+MAX_VALUE_DEPTH = 64  # nesting depth; the root value is depth 0
+MAX_BATCH_KEYS = 1_000  # keys one `lookup_many` call may ask for
+MAX_PAGE_ROWS = 10_000  # rows one `entries(limit=...)` page may hold
+MAX_TTL_MS = 2**53 - 1  # keeps now + ttl inside SQLite's and Lua's exact integer range
+UPDATE_ATTEMPTS = 8  # default tries of `update` before it raises CONFLICT
+SCHEMA_VERSION = 2  # PRAGMA user_version (and the Redis schema marker) written by this code
+CORE_PREFIX = "core:"  # plugin ids with this prefix belong to the gateway (open with core=True)
+OVERFLOW_POLICIES = ("evict-oldest", "reject-new")
+# re.ASCII: under Unicode case folding [a-z] also matches U+212A (Kelvin) and U+017F (long s).
+NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9._-]*", re.IGNORECASE | re.ASCII)
+
+Clock = Callable[[], int]  # ms since epoch
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_version() -> int:
+    """A fresh row version: 63 random bits (never 0, the "no version" of a v1 row). Random, not a
+    counter, so no shared sequence row is written by every write; `random` is reseeded in a
+    forked child, so two processes do not draw the same sequence."""
+    return random.getrandbits(63) or 1
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Per-database tunables; the defaults are what the gateway uses."""
+
+    # Deprecated, no effect since v2 (issue 17: a per-plugin ceiling could lock a namespace up);
+    # still accepted and checked so existing configs (`state.plugin_max_live_rows`) keep loading.
+    plugin_max_live_rows: int = 50_000
+    busy_timeout_s: float = 10.0  # how long a writer waits for the SQLite write lock (>= 5 s)
+    sweep_batch_rows: int = 1_024  # expired rows deleted per sweep transaction (<= 1,024)
+
+    def __post_init__(self) -> None:
+        if not _positive_int(self.plugin_max_live_rows):
+            raise StateStoreError("INVALID_INPUT", "open", "plugin_max_live_rows must be an integer >= 1")
+        if not (isinstance(self.busy_timeout_s, (int, float)) and self.busy_timeout_s >= 5):
+            raise StateStoreError("INVALID_INPUT", "open", "busy_timeout_s must be >= 5")
+        if not (_positive_int(self.sweep_batch_rows) and self.sweep_batch_rows <= 1_024):
+            raise StateStoreError("INVALID_INPUT", "open", "sweep_batch_rows must be 1..1024")
+
+
+@dataclass(frozen=True)
+class NamespaceSpec:
+    """What a store is opened with, checked once: every layer passes this, none repeats it.
+    One spec per (database, plugin_id, namespace) in a process (docs/state.md rule 11)."""
+
+    plugin_id: str
+    namespace: str
+    max_entries: int
+    default_ttl_ms: int | None = None
+    overflow: str = "evict-oldest"  # or "reject-new"
+    max_value_bytes: int = MAX_VALUE_BYTES
+
+    @classmethod
+    def checked(
+        cls,
+        plugin_id: object,
+        namespace: object,
+        *,
+        max_entries: object,
+        default_ttl_ms: object = None,
+        overflow: object = "evict-oldest",
+        max_value_bytes: object = MAX_VALUE_BYTES,
+        core: bool = False,
+    ) -> NamespaceSpec:
+        """Raises INVALID_INPUT, or LIMIT_EXCEEDED for an oversized plugin id or namespace."""
+        if not _is_int(max_entries) or max_entries < 1:
+            raise StateStoreError("INVALID_INPUT", "open", "max_entries must be an integer >= 1")
+        if overflow not in OVERFLOW_POLICIES:
+            raise StateStoreError("INVALID_INPUT", "open", f"overflow must be one of {OVERFLOW_POLICIES}")
+        if not _is_int(max_value_bytes) or not 1 <= max_value_bytes <= MAX_VALUE_BYTES_CEILING:
+            raise StateStoreError(
+                "INVALID_INPUT", "open", f"max_value_bytes must be an integer from 1 to {MAX_VALUE_BYTES_CEILING}"
+            )
+        return cls(
+            check_plugin_id(plugin_id, core=core),
+            check_namespace(namespace),
+            max_entries,
+            check_ttl(default_ttl_ms, "open", "default_ttl_ms"),
+            str(overflow),
+            max_value_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One live row as `entries()`, `lookup_entry()` return it. `version` changes on every write
+    of the key (compare_and_set / delete_if take it); it is left out of equality so an Entry
+    compares by what it holds."""
+
+    key: str
+    value: Any
+    created_at: int  # ms since epoch
+    expires_at: int | None  # ms since epoch; None = never
+    version: int = field(default=0, compare=False)
+
+
+# -- the backend interface -------------------------------------------------------------------
+class Row(NamedTuple):
+    key: str
+    value: str  # JSON text as stored
+    created_at: int  # ms since epoch
+    expires_at: int | None  # ms since epoch; None = never
+    version: int
+
+
+class Mode(Enum):
+    """What a write requires of the row already under the key."""
+
+    UPSERT = "register"  # nothing: write whatever is there
+    CLAIM = "register_if_absent"  # no live row
+    MATCH = "compare_and_set"  # a live row whose version is `expect`
+    DELETE = "delete"  # staged deletes only (commit)
+
+
+class Write(NamedTuple):
+    """One write as a backend applies it: validated, serialized, its clock read."""
+
+    spec: NamespaceSpec
+    key: str
+    value: str | None  # JSON text; None = delete (staged writes only)
+    now_ms: int
+    expires_at: int | None
+    version: int
+    mode: Mode = Mode.UPSERT
+    expect: int | None = None  # the version a MATCH write requires
+
+
+Decode = Callable[[Row], Any]  # raises StateStoreError CORRUPT for unreadable JSON
+
+
+class Backend(Protocol):
+    """Storage under a `Database` (state/_database.py): it gets checked, serialized input and the
+    caller's `now_ms`, and makes every write atomic on its own (one statement, transaction or
+    script), because two processes may race on one key."""
+
+    kind: str  # "sqlite" | "redis": the `backend` label of the metrics
+    location: str  # a file path or a URL without credentials: goes into error messages
+    one_writer: bool  # True: the async twin sends every write of this backend to one thread
+
+    def write(self, w: Write) -> bool:
+        """Apply `w` if its mode allows, then enforce max_entries; False = not applied."""
+        ...
+
+    def commit(self, writes: Sequence[Write]) -> None:
+        """Apply upserts and deletes in order, all or nothing (staged writes, op "commit")."""
+        ...
+
+    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]] | None:
+        """Run several writes in one transaction (group commit), or None to run them alone."""
+        ...
+
+    def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None: ...
+    def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]: ...
+    def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any:
+        """Delete the live row and return `decode(row)`, or None; if decode raises, keep the row."""
+        ...
+
+    def remove(self, spec: NamespaceSpec, key: str, now_ms: int, expect: int | None = None) -> bool: ...
+    def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int: ...
+    def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
+        """Live rows in (created_at, key) order after the cursor `after`, at most `limit`."""
+        ...
+
+    def count(self, spec: NamespaceSpec, now_ms: int) -> int: ...
+    def sweep(self, now_ms: int) -> int: ...
+    def checkpoint(self, op: str = "close") -> None: ...
+    def schema_version(self) -> int: ...
+    def reopened(self) -> None:
+        """Another store joined: check the paths again (raises OPEN_FAILED) and re-apply modes."""
+        ...
+
+    def fault(self) -> str | None:
+        """The last post-commit problem that did not fail a write (a refused chmod), or None."""
+        ...
+
+    def close(self) -> None:
+        """Wait for calls in flight, checkpoint, close; later calls raise UNAVAILABLE."""
+        ...
+
+
+# -- where the database is: the SQLite file, or a URL as it may be shown ---------------------------------------------------------------
+def state_dir(state_dir: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> Path:
+    """Resolve the state dir: the argument, else $CHATSTATE_HOME (from `env`, default the
+    process environment), else ~/.chatstate. The one resolver: the gateway's config uses it too."""
+    if state_dir is not None:
+        return Path(state_dir).expanduser()
+    home = (os.environ if env is None else env).get("CHATSTATE_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".chatstate"
+
+
+def database_path(state_dir_: str | os.PathLike[str] | None = None) -> Path:
+    """Where the SQLite file lives: `<state_dir>/plugin-state/state.sqlite`."""
+    return state_dir(state_dir_) / "plugin-state" / "state.sqlite"
+
+
+def resolve_path(path: str | os.PathLike[str] | None) -> Path:
+    """`path` names the database file; an existing directory is taken as a state dir."""
+    if path is None:
+        return database_path()
+    p = Path(path).expanduser()
+    if p.is_dir() and not p.is_symlink():  # a symlink is refused by the backend, never followed
+        return database_path(p)
+    return p
+
+
+SECRET_QUERY_KEYS = frozenset({"password", "sentinel_password"})  # query options never shown
+
+
+def shown_url(url: str) -> str:
+    """`url` as it may be printed anywhere (probe, /healthz, logs, errors): the password, in the
+    user part or the query, replaced by `***`; the user, hosts, database and options kept, so
+    an operator still sees which server and which user. `redis://u:pw@h:6379/0` shows as
+    `redis://u:***@h:6379/0`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***"  # not a URL at all: nothing in it is safe to echo
+    netloc, slash, tail = rest.partition("/")
+    path, qmark, query = tail.partition("?")
+    if not slash and "?" in netloc:
+        netloc, _, query = netloc.partition("?")
+        qmark = "?"
+    creds, at, hosts = netloc.rpartition("@")
+    if at:
+        user, colon, _ = creds.partition(":")
+        # a lone `x@` is shown as `***@` too: people put a password there by mistake
+        netloc = f"{user}:***@{hosts}" if colon else f"***@{hosts}"
+    pairs = [p.partition("=") for p in query.split("&")] if query else []
+    query = "&".join(f"{k}={'***' if k.lower() in SECRET_QUERY_KEYS else v}" if eq else k for k, eq, v in pairs)
+    return f"{scheme}{sep}{netloc}{slash}{path.partition('#')[0]}{qmark}{query.partition('#')[0]}"
+
+
+# -- input checks ----------------------------------------------------------------------------
+# Compact JSON, non-ASCII kept, NaN/inf refused; one encoder built once (json.dumps with options
+# builds one per call). No circular-reference markers: `_check_shape` has bounded the depth.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False).encode
+_FLAT_SCALARS = frozenset({str, int, bool, type(None)})  # exact types; floats need a finiteness check
+
+
+class Json(str):
+    """JSON text `serialize_value` already checked: a store takes it as is (the async twin
+    serializes on the caller, at the call, and hands this to the sync store's write)."""
+
+
+def _positive_int(n: object) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 1
+
+
+def _is_int(n: object) -> TypeGuard[int]:
+    return isinstance(n, int) and not isinstance(n, bool)
+
+
+def _utf8_len(text: str, what: str, op: str) -> int:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise StateStoreError("INVALID_INPUT", op, f"{what} is not valid Unicode") from None
+
+
+def check_plugin_id(value: object, op: str = "open", *, core: bool = False) -> str:
+    """A plugin id; ids starting `core:` are the gateway's own and need `core=True` (and only they)."""
+    if not isinstance(value, str) or not value.strip():
+        raise StateStoreError("INVALID_INPUT", op, "plugin_id must be a non-empty string")
+    value = value.strip()
+    size = _utf8_len(value, "plugin_id", op)
+    if size > MAX_PLUGIN_ID_BYTES:
+        raise StateStoreError("LIMIT_EXCEEDED", op, f"plugin_id is {size} bytes; the limit is {MAX_PLUGIN_ID_BYTES}")
+    is_core = value.lower().startswith(CORE_PREFIX)
+    if is_core and not core:
+        raise StateStoreError("INVALID_INPUT", op, f"plugin ids starting {CORE_PREFIX!r} are reserved for the gateway")
+    if core and (not is_core or len(value) == len(CORE_PREFIX)):
+        raise StateStoreError("INVALID_INPUT", op, f"a core store id must look like '{CORE_PREFIX}<name>'")
+    return value
+
+
+def check_namespace(value: object, op: str = "open") -> str:
+    if not isinstance(value, str):
+        raise StateStoreError("INVALID_INPUT", op, "namespace must be a string")
+    value = value.strip()
+    size = _utf8_len(value, "namespace", op)
+    if size > MAX_NAMESPACE_BYTES:
+        raise StateStoreError("LIMIT_EXCEEDED", op, f"namespace is {size} bytes; the limit is {MAX_NAMESPACE_BYTES}")
+    if not NAMESPACE_RE.fullmatch(value):
+        raise StateStoreError("INVALID_INPUT", op, "namespace must match ^[a-z0-9][a-z0-9._-]*$ (case-insensitive)")
+    return value
+
+
+def check_key(value: object, op: str) -> str:
+    if not isinstance(value, str):
+        raise StateStoreError("INVALID_INPUT", op, "key must be a string")
+    value = value.strip()
+    if not value:
+        raise StateStoreError("INVALID_INPUT", op, "key must not be empty")
+    # An ASCII key (the usual case) is as many bytes as characters: skip encoding it.
+    size = len(value) if value.isascii() else _utf8_len(value, "key", op)
+    if size > MAX_KEY_BYTES:
+        raise StateStoreError("LIMIT_EXCEEDED", op, f"key is {size} bytes; the limit is {MAX_KEY_BYTES}")
+    return value
+
+
+def check_ttl(value: object, op: str, what: str = "ttl_ms") -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value) or not 1 <= value <= MAX_TTL_MS:
+        raise StateStoreError("INVALID_INPUT", op, f"{what} must be an integer from 1 to {MAX_TTL_MS}")
+    return value
+
+
+def check_version(value: object, op: str) -> int:
+    if not _is_int(value) or not 0 <= value < 2**63:
+        raise StateStoreError("INVALID_INPUT", op, "version must be an integer from Entry.version")
+    return value
+
+
+def check_attempts(value: object, op: str) -> int:
+    if not _is_int(value) or not 1 <= value <= 1_000:
+        raise StateStoreError("INVALID_INPUT", op, "max_attempts must be an integer from 1 to 1000")
+    return value
+
+
+def check_keys(values: object, op: str) -> list[str]:
+    """A batch of keys: a list/tuple/set of at most MAX_BATCH_KEYS valid keys, duplicates folded."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, set, frozenset)):
+        raise StateStoreError("INVALID_INPUT", op, "keys must be a list of strings")
+    if len(values) > MAX_BATCH_KEYS:
+        raise StateStoreError(
+            "LIMIT_EXCEEDED", op, f"{len(values)} keys asked for; the limit is {MAX_BATCH_KEYS} a call"
+        )
+    return list(dict.fromkeys(check_key(k, op) for k in values))
+
+
+def check_page(limit: object, after: object, op: str = "entries") -> tuple[int | None, tuple[int, str] | None]:
+    """`entries(limit=, after=)`: limit 1..MAX_PAGE_ROWS or None; after an Entry (its
+    (created_at, key) is the cursor) or None."""
+    if limit is not None and (not _is_int(limit) or not 1 <= limit <= MAX_PAGE_ROWS):
+        raise StateStoreError("INVALID_INPUT", op, f"limit must be an integer from 1 to {MAX_PAGE_ROWS}")
+    if after is None:
+        return limit, None
+    created, k = getattr(after, "created_at", None), getattr(after, "key", None)
+    if not _is_int(created) or not isinstance(k, str):
+        raise StateStoreError("INVALID_INPUT", op, "after must be an Entry this store returned")
+    return limit, (created, k)
+
+
+def serialize_value(value: object, op: str, max_bytes: int = MAX_VALUE_BYTES) -> str:
+    """Return the compact JSON text stored for `value`.
+
+    Raises INVALID_INPUT for anything that is not plain JSON (tuples, sets, bytes, non-str dict
+    keys, NaN/inf, lone surrogates) and LIMIT_EXCEEDED past the depth or size limit.
+    """
+    if type(value) is Json:  # checked already (the async twin, on the caller): only the size is ours
+        text = str(value)  # an exact str for the driver
+    else:
+        _check_shape(value, op)
+        try:
+            text = _encode(value)
+        except ValueError:  # an int past Python's 4,300-digit str limit: it could never be read back
+            raise StateStoreError("INVALID_INPUT", op, "value contains an integer too large to serialize") from None
+    size = len(text) if text.isascii() else _utf8_len(text, "value", op)
+    if size > max_bytes:
+        raise StateStoreError("LIMIT_EXCEEDED", op, f"value is {size} bytes serialized; the limit is {max_bytes}")
+    return text
+
+
+def _check_shape(root: object, op: str) -> None:
+    # The usual adapter value is one flat dict of strings and ints: accept it in one pass; anything
+    # else, or anything odd in it, takes the general walk.
+    if type(root) is dict and all(type(k) is str and type(v) in _FLAT_SCALARS for k, v in root.items()):
+        return
+    # Iterative so a hostile 100,000-deep list cannot blow the Python stack before we say no.
+    stack: list[tuple[object, int]] = [(root, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_VALUE_DEPTH:
+            raise StateStoreError(
+                "LIMIT_EXCEEDED", op, f"value nests {depth} levels deep; the limit is {MAX_VALUE_DEPTH}"
+            )
+        if value is None or isinstance(value, (bool, int, str)):
+            continue  # str validity (surrogates) is checked when encoding
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise StateStoreError("INVALID_INPUT", op, "value contains a non-finite float")
+            continue
+        if type(value) is list:
+            stack.extend((item, depth + 1) for item in value)
+            continue
+        if type(value) is dict:
+            for k, item in value.items():
+                if not isinstance(k, str):
+                    raise StateStoreError("INVALID_INPUT", op, "value has a non-string object key")
+                stack.append((item, depth + 1))
+            continue
+        raise StateStoreError("INVALID_INPUT", op, f"value contains a {type(value).__name__}, which is not plain JSON")

@@ -1,0 +1,48 @@
+"""`--version` prints the one version (chatstate/__init__.py, which pyproject.toml reads), and
+every flag a command accepts is described in its --help."""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from pathlib import Path
+
+from chatstate import __version__
+from chatstate.gateway.cli import build_parser
+from chatstate.gateway.sim.harness import run_gateway_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+INTERNAL = {"--ready-fd"}  # between a detaching parent and its child, never typed by a person
+
+
+def _parsers(parser: argparse.ArgumentParser, name: str = "chatstate") -> list[tuple[str, argparse.ArgumentParser]]:
+    out = [(name, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                out += _parsers(sub, f"{name} {sub_name}")
+    return out
+
+
+def test_every_flag_is_described() -> None:
+    for name, parser in _parsers(build_parser()):
+        for action in parser._actions:
+            flags = set(action.option_strings)
+            if not flags or flags & INTERNAL or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help and action.help != argparse.SUPPRESS, f"{name} {sorted(flags)} has no help"
+
+
+async def test_version_is_single_sourced() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "chatstate.__version__"}
+    result = await run_gateway_cli("--version")
+    assert (result.returncode, result.stdout) == (0, f"chatstate {__version__}\n")
+
+
+async def test_state_help_names_the_config_flag() -> None:
+    for command in ("probe", "inspect"):
+        result = await run_gateway_cli("state", command, "--help")
+        assert result.returncode == 0
+        assert f"chatstate state {command} also takes --config FILE" in result.stdout

@@ -1,0 +1,74 @@
+"""The Redis password is never shown: a real gateway on a password-protected Redis, and every
+place that prints a location — /healthz (up, degraded, recovered), /metrics, `chatstate
+status` (running and stopped, text and JSON), `chatstate state probe`, the gateway's logs, the
+error of a refused start, a Database's location and repr — grepped for it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from redis_support import RedisServer
+
+from chatstate import state
+from chatstate.gateway.sim.harness import GatewayHarness, free_port, run_gateway_cli
+
+PASSWORD = "Hunter2-never-shown"
+WRONG = "Wrong-pw-never-shown"
+HEALTH_DEADLINE_S = 15.0
+
+
+async def wait_health(gw: GatewayHarness, status: str) -> dict[str, Any]:
+    deadline = time.monotonic() + HEALTH_DEADLINE_S
+    while True:
+        _, body = await gw.healthz()
+        if body["status"] == status:
+            return body
+        assert time.monotonic() < deadline, body["store"]
+        await gw.http.get(f"{gw.gateway_url}/metrics")  # any request; the probe runs on /healthz
+        time.sleep(0.2)  # noqa: ASYNC251 -- a short pause between polls of a real process
+
+
+async def test_the_redis_password_appears_nowhere(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis", extra=["--requirepass", PASSWORD], password=PASSWORD)
+    server.start()
+    url = f"redis://default:{PASSWORD}@127.0.0.1:{server.port}/0?prefix=secrets&retries=1&backoff_cap_s=0.05"
+    shown: list[str] = []
+    try:
+        gw = GatewayHarness(
+            [], adapters={"echo": {"secret": "s"}}, config={"state": {"url": url}}, state_dir=tmp_path / "gw"
+        )
+        async with gw:
+            shown.append(str(await wait_health(gw, "ok")))
+            async with gw.http.get(f"{gw.gateway_url}/metrics") as resp:
+                shown.append(await resp.text())
+            for args in (("status",), ("status", "--json"), ("state", "probe")):
+                result = await gw.cli(*args)
+                shown += [result.stdout, result.stderr]
+            server.stop(kill=True)
+            shown.append(str(await wait_health(gw, "degraded")))  # the failed probe names the location
+            server.start()
+            shown.append(str(await wait_health(gw, "ok")))
+        for args in (("status",), ("status", "--json")):  # stopped: the config's URL, not probed
+            result = await gw.cli(*args)
+            shown += [result.stdout, result.stderr]
+        shown += [p.read_text() for p in gw.state_dir.glob("*.log")]
+
+        bad = tmp_path / "bad.toml"
+        bad.write_text(
+            f'[gateway]\nport = {free_port()}\n[state]\ndir = "{tmp_path / "bad"}"\n'
+            f'url = "{url.replace(PASSWORD, WRONG)}"\n[adapters.echo]\nsecret = "s"\n'
+        )
+        refused = await run_gateway_cli("start", "--config", str(bad))
+        assert refused.returncode == 3 and "credentials" in refused.stderr, refused
+        shown += [refused.stdout, refused.stderr]
+        database = state.Database(url=url)
+        shown += [database.location, repr(database), str(state.probe(url=url.replace(PASSWORD, WRONG)))]
+    finally:
+        server.stop()
+
+    everything = "\n".join(shown)
+    assert PASSWORD not in everything and WRONG not in everything
+    # not vacuous: the location is there, with the user and the password's place kept
+    assert everything.count(f"redis://default:***@127.0.0.1:{server.port}/0") >= 8

@@ -12,7 +12,6 @@ checks it). The pieces, in the order an adapter meets them:
 - `Approval`, `ApprovalService`, `Decision`, `DECISIONS`: pending approvals in the core store;
 - `reply`: the user's reply hook (`reply.respond(reply.Message(...), default=..., send=...)`);
 - `ingress`: input checks (`BadInput`, `json_object`, `credential`, `check_key`, `short_id`);
-- `reply`: the user's reply hook (`reply.Message`, `reply.answer`, `reply.respond`);
 - `now_ms`, `Clock`, `log`: the wall clock and the gateway's structured logging.
 """
 
@@ -53,7 +52,6 @@ __all__ = [
     "UserQuota",
     "Writes",
     "ingress",
-    "reply",
     "log",
     "now_ms",
     "reply",

@@ -29,7 +29,7 @@ from nacl.signing import VerifyKey
 from pydantic import Field
 
 from chatstate.adapters.discord.platform import DEFAULT_API_BASE, load_verify_key
-from chatstate.gateway.settings import AdapterSettings
+from chatstate.gateway.sdk import AdapterSettings
 
 DEFAULT_TIMESTAMP_WINDOW_S = 300  # 5 min: a signed interaction older (or newer) than this is refused
 DEFAULT_PANELS_PER_USER = 10  # x 4 components = 40 of the registry's 500: no one user can fill it

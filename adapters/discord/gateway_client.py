@@ -41,7 +41,8 @@ from chatstate.adapters.discord.gateway_state import GatewayState, SavedSession
 if TYPE_CHECKING:
     from discord.types.gateway import GatewayBot, ReadyEvent
 
-Handle = Callable[[dict[str, Any], float], Awaitable[bool]]  # (payload, monotonic arrival) -> answered
+# (payload, monotonic arrival) -> "interactions" (answered), "duplicates" or "callback_failures"
+Handle = Callable[[dict[str, Any], float], Awaitable[str]]
 API_VERSION = 10
 FATAL_CLOSE_CODES = (4004, 4010, 4011, 4012, 4013, 4014)  # bad token, shard or intents: stop
 SESSION_GONE_CLOSE_CODES = (4007, 4009)  # invalid seq, session timed out: IDENTIFY afresh
@@ -324,11 +325,7 @@ class GatewayClient:
     # -- interactions -------------------------------------------------------------------------
     async def _interaction(self, gen: int, seq: int, data: dict[str, Any], received_at: float) -> None:
         try:
-            if not await self._state.claim_interaction(str(data["id"])):
-                self.counts["duplicates"] += 1  # a replay of one already answered (or in hand)
-                return
-            answered = await self._handle(data, received_at)
-            self.counts["interactions" if answered else "callback_failures"] += 1
+            self.counts[await self._handle(data, received_at)] += 1
         except Exception as exc:  # one bad interaction must not stop the link; say which
             self._log.exception("discord_interaction_failed", extra={"seq": seq, "error": type(exc).__name__})
         finally:

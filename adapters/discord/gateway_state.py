@@ -1,35 +1,27 @@
-"""What the Discord Gateway transport keeps (issue 19), next to the registries of `state.py`.
+"""What the Discord Gateway transport keeps, next to the registries of `state.py`.
 
 | namespace                      | key                  | value                                          | ttl / max      |
 |--------------------------------|----------------------|------------------------------------------------|----------------|
 | `discord.gateway-session`      | `shard:{id}/{count}` | `{session_id, resume_gateway_url, seq, saved_at}` | none / 64   |
 | `discord.gateway-session`      | `lease:{id}/{count}` | `{owner, at}` (which gateway holds the shard)  | lease_ms / 64  |
-| `discord.gateway-interactions` | interaction id       | `{received_at}`                                | 15 min / 5,000 |
 
 Why each exists:
 - the session row lets a restarted gateway RESUME instead of IDENTIFY, so Discord replays what
   it dispatched while the gateway was down. `seq` is the highest sequence number whose dispatch
   and every earlier one are fully handled, so a replay never skips one still in hand; Discord
   decides how long a session stays resumable, so the row has no TTL of its own;
-- the interaction claim makes each INTERACTION_CREATE answered at most once across a replay,
-  a RESUME after SIGKILL, and two gateways (15 min: an interaction token's lifetime);
 - the shard lease makes one gateway of several hold the shard's session at a time (Discord runs
   one session per shard; two would both get every event and fight over RESUME).
+An INTERACTION_CREATE replayed after a RESUME meets the plugin's gate like an HTTP replay.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from chatstate.gateway.adapter_state import AdapterState, StateSpec
-from chatstate.gateway.clock import now_ms
-
-if TYPE_CHECKING:
-    from chatstate.gateway.plugin import PluginRuntime
+from chatstate.gateway.sdk import AdapterState, StateSpec, now_ms
 
 SESSIONS = StateSpec("discord.gateway-session", ttl_ms=None, max_entries=64)
-INTERACTIONS = StateSpec("discord.gateway-interactions", ttl_ms=15 * 60 * 1000, max_entries=5_000)
 
 
 @dataclass(frozen=True)
@@ -42,30 +34,13 @@ class SavedSession:
 
 
 class GatewayState:
-    """The session row, the shard lease and the interaction claims of one shard."""
+    """The session row and the shard lease of one shard."""
 
     def __init__(self, *, legacy: bool, shard: tuple[int, int], owner: str) -> None:
         self.sessions = AdapterState(SESSIONS, legacy=legacy)
-        self.interactions = AdapterState(INTERACTIONS, legacy=legacy)
         self.owner = owner
         self._session_key = f"shard:{shard[0]}/{shard[1]}"
         self._lease_key = f"lease:{shard[0]}/{shard[1]}"
-
-    @property
-    def states(self) -> tuple[AdapterState, ...]:
-        """Both namespaces, in the order they open (and show in health)."""
-        return (self.sessions, self.interactions)
-
-    async def open(self, runtime: PluginRuntime) -> None:
-        await self.sessions.open(runtime)
-        await self.interactions.open(runtime)
-
-    async def close(self) -> None:
-        await self.interactions.close()
-        await self.sessions.close()
-
-    def health(self) -> list[dict[str, Any]]:
-        return [self.sessions.health(), self.interactions.health()]
 
     # -- the session ------------------------------------------------------------------------
     async def load(self) -> SavedSession | None:
@@ -116,8 +91,3 @@ class GatewayState:
         held = await self.sessions.get(self._lease_key)
         if isinstance(held, dict) and held.get("owner") == self.owner:
             await self.sessions.forget(self._lease_key)
-
-    # -- interactions -----------------------------------------------------------------------
-    async def claim_interaction(self, interaction_id: str) -> bool:
-        """True for the first taker of this interaction id, across restarts and gateways."""
-        return await self.interactions.claim(interaction_id, {"received_at": now_ms()})

@@ -1,12 +1,10 @@
-"""What the bot does with each verified interaction: peek, check, consume, answer.
+"""What the bot does with each verified interaction: the gate's work (`respond`) and check.
 
-The order is the point of the migration (docs/migrations/discord.md):
-1. peek the entry (`get_entry`, memory then store): missing or expired -> "expired";
-2. check kind and user: a refused user gets an ephemeral "not for you" and the entry stays;
-3. only then, for single-use entries, claim the use (`discord.used`, register_if_absent: one
-   atomic write names the user), then consume the entry (`take`): of racing clicks exactly one
-   wins, the rest, and every later click on any gateway, are told "already used" (the winner:
-   "you already used"). A crash between the claim and the answer leaves the use recorded.
+The order of a click (docs/migrations/discord.md): peek the entry (missing or expired ->
+"expired"); check kind and user (a refused user gets an ephemeral "not for you", the entry
+stays); only then, for a single-use entry, claim its use in `discord.used` (one atomic write
+that names the user: of racing clicks exactly one wins, every later one is told "already used")
+and stage its consumption with the done mark.
 
 Discord wants the initial response within 3 s of the interaction's arrival, over either
 transport. `respond` gives the work DEFER_AFTER_S from the arrival; work still running then is
@@ -33,15 +31,15 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import discord
 
 from chatstate.adapters.discord import platform
 from chatstate.adapters.discord.rest import DiscordRest, InteractionGone, RestError
-from chatstate.adapters.discord.state import ComponentEntry, ModalEntry, ModalField, PanelQuota, Registry
-from chatstate.gateway import reply
-from chatstate.gateway.clock import now_ms
+from chatstate.adapters.discord.state import ComponentEntry, ModalEntry, ModalField, Registry
+from chatstate.gateway.sdk import Job, UserQuota, Writes, now_ms, reply
 
 EXPIRED = "This component has expired."
 NOT_FOR_YOU = "This component is not for you."
@@ -52,7 +50,8 @@ QUOTA_REFUSED = (
 )
 PANEL_COMMAND = "panel"  # /panel [restrict_to:<user>] posts a panel in the channel
 DEFER_AFTER_S = 2.0  # Discord's deadline is 3 s; answer "deferred" if the work is not done by then
-Send = Callable[[dict[str, Any]], Awaitable[None]]  # delivers an initial response (Gateway transport)
+CALLBACK_FAILED = "callback_failed"  # the work's word when Discord refused the initial response
+Send = Callable[[dict[str, Any]], Awaitable[None]]  # delivers the initial response
 DEFERRABLE = (
     discord.InteractionType.application_command,
     discord.InteractionType.component,
@@ -64,6 +63,14 @@ def allowed(entry: ComponentEntry | ModalEntry, user_id: str) -> bool:
     return not entry["allowed_user_ids"] or user_id in entry["allowed_user_ids"]
 
 
+async def too_late(_writes: Writes) -> bool:
+    """The gate's check after taking over a dead process's claim: the lease (15 s) outlives
+    Discord's 3 s window for the initial response, so the interaction was either answered
+    already or can no longer be; either way applying its effect now would be an effect the
+    user is never told about."""
+    return True
+
+
 class DiscordBot:
     """Answers interactions; sends panels through `rest` and records them in `registry`."""
 
@@ -73,26 +80,27 @@ class DiscordBot:
         rest: DiscordRest,
         *,
         log: logging.LoggerAdapter[logging.Logger],
-        quota: PanelQuota | None = None,
+        quota: UserQuota | None = None,
     ) -> None:
         self.registry = registry
         self.rest = rest
         self.log = log
         self.quota = quota  # live panels per user; None = no quota (unit tests of the registry)
-        self._finishing: set[asyncio.Future[Any]] = set()
 
-    async def respond(
-        self, it: platform.Interaction, *, received_at: float, send: Send | None = None
-    ) -> dict[str, Any]:
-        """The initial response to `it` (received at monotonic `received_at`): the full answer
-        if the work is done DEFER_AFTER_S after that, else a deferred one, the rest finishing in
-        the background through the interaction webhook.
+    def job(self, it: platform.Interaction, send: Send, *, received_at: float) -> Job:
+        """The gate's job for `it`: keyed by the interaction id (a replay has no second effect)."""
+        return Job(key=it.id, work=partial(self.respond, it, send, received_at=received_at), answered=too_late)
 
-        Both transports answer through here. The HTTP route returns the result as its response
-        body; the Gateway passes `send` (the interaction callback), which delivers it before
-        any webhook call can follow. Raises what `send` raises (the work still runs to its end).
-        """
-        work = asyncio.create_task(self.answer(it))
+    async def respond(self, it: platform.Interaction, send: Send, writes: Writes, *, received_at: float) -> str:
+        """Answer `it` (received at monotonic `received_at`) through `send`: the full answer if
+        the work is done DEFER_AFTER_S after that, else a deferred one, the rest finished through
+        the interaction webhook. Returns "answered", "deferred" or CALLBACK_FAILED.
+
+        Both transports answer through here: the HTTP route's `send` hands the response to the
+        route's body, the Gateway's is the interaction callback (`DiscordRest.callback`). The
+        work always runs to its end, so its state writes are staged even when Discord refused
+        the answer (the effect happened; the user saw "This interaction failed")."""
+        work = asyncio.create_task(self.answer(it, writes))
         done, _ = await asyncio.wait({work}, timeout=max(0.0, received_at + DEFER_AFTER_S - time.monotonic()))
         deferred = not done and it.type in DEFERRABLE and bool(it.token)
         if not deferred:
@@ -101,22 +109,21 @@ class DiscordBot:
             initial = platform.defer_update()
         else:  # /panel answers ephemerally; a modal submit answers in the channel
             initial = platform.defer_message(ephemeral=it.type is discord.InteractionType.application_command)
-        if send is not None:
-            try:
-                await send(initial)
-            except BaseException:
-                if deferred:
-                    self._background(work)  # it finishes; its answer has nowhere to go
-                raise
-        if deferred:
-            self._background(self._finish(it, work))
-            self.log.info("discord_deferred", extra={"interaction_type": it.type.name})
-        return initial
+        try:
+            await send(initial)
+        except RestError as exc:
+            self.log.warning("discord_callback_failed", extra={"error": str(exc), "interaction_type": it.type.name})
+            await work
+            return CALLBACK_FAILED
+        if not deferred:
+            return "answered"
+        self.log.info("discord_deferred", extra={"interaction_type": it.type.name})
+        await self._finish(it, await work)
+        return "deferred"
 
-    async def _finish(self, it: platform.Interaction, work: asyncio.Task[dict[str, Any]]) -> None:
+    async def _finish(self, it: platform.Interaction, answer: dict[str, Any]) -> None:
         """Send the answer of deferred work: an update edits the original message, a message
         becomes the edit of the "thinking" placeholder (command, submit) or a follow-up (click)."""
-        answer = await work
         kind, data = answer.get("type"), dict(answer.get("data") or {})
         try:
             if kind == discord.InteractionResponseType.modal.value:  # a modal cannot follow a deferral
@@ -133,37 +140,29 @@ class DiscordBot:
         except RestError as exc:
             self.log.warning("discord_deferred_answer_failed", extra={"error": str(exc)})
 
-    def _background(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
-
-    async def drain(self, timeout_s: float) -> None:
-        """Let deferred answers and entry cleanups in flight finish."""
-        if self._finishing:
-            await asyncio.wait(list(self._finishing), timeout=timeout_s)
-
-    async def answer(self, it: platform.Interaction) -> dict[str, Any]:
+    async def answer(self, it: platform.Interaction, writes: Writes) -> dict[str, Any]:
         """The interaction response for `it` (never raises for a user's mistake)."""
         kind = it.type
         if kind is discord.InteractionType.ping:
             return platform.pong()
         if kind is discord.InteractionType.application_command:
-            return await self.command(it)
+            return await self.command(it, writes)
         if kind is discord.InteractionType.component:
-            return await self.click(it)
+            return await self.click(it, writes)
         if kind is discord.InteractionType.modal_submit:
             return await self.submit(it)
         return platform.message("This interaction is not supported.", ephemeral=True)
 
-    async def command(self, it: platform.Interaction) -> dict[str, Any]:
-        """`/panel`: remember the panel's entries (awaited), then post it; only then "sent"."""
+    async def command(self, it: platform.Interaction, writes: Writes) -> dict[str, Any]:
+        """`/panel`: remember the panel's entries (awaited), then post it; only then "sent".
+        The user's quota count rides with the done mark, and only for a panel that was posted."""
         if it.command != PANEL_COMMAND:
             return platform.message(f"Unknown command /{it.command}.", ephemeral=True)
         if not it.channel_id:
             return platform.message("/panel works in a channel.", ephemeral=True)
+        counted = Writes()
         if self.quota is not None:
-            wait_ms = await self.quota.admit(it.user_id, now_ms=now_ms())
+            wait_ms = await self.quota.admit(it.user_id, counted)
             if wait_ms is not None:  # visible refusal: the user's own panels are the limit
                 self.log.info("panel_quota_refused", extra={"per_user": self.quota.per_user})
                 return platform.message(
@@ -180,12 +179,12 @@ class DiscordBot:
         except RestError as exc:
             self.log.warning("panel_not_sent", extra={"error": str(exc), "entries_forgotten": len(panel.custom_ids)})
             await self.registry.forget(panel.custom_ids)
-            if self.quota is not None:
-                await self.quota.release(it.user_id, now_ms=now_ms())
+            counted.discard()
             return platform.message("Could not post the panel; try again.", ephemeral=True)
+        writes.staged.extend(counted.staged)
         return platform.message(f"Panel posted (message {sent.get('id')}).", ephemeral=True)
 
-    async def click(self, it: platform.Interaction) -> dict[str, Any]:
+    async def click(self, it: platform.Interaction, writes: Writes) -> dict[str, Any]:
         entry = await self.registry.peek_component(it.custom_id)
         if entry is None:
             return await self._used_or_expired(it)
@@ -196,9 +195,9 @@ class DiscordBot:
         if entry["single_use"]:
             if not await self.registry.claim_use(it.custom_id, it.user_id, used_at=now_ms()):
                 return await self._used_or_expired(it, default=ALREADY_USED)
-            # the claim decided; consuming the entry is cleanup, awaited so the answer reports a
-            # finished action (if a crash loses it, the entry expires and the claim refuses meanwhile)
-            await self.registry.take_component(it.custom_id)
+            # the claim decided; consuming the entry is cleanup that rides with the done mark
+            # (if a crash loses it, the entry expires and the claim refuses meanwhile)
+            writes.delete(self.registry.components, it.custom_id)
         action = entry["action"]
         if action == "refresh":
             return platform.update(f"Deployment panel: status refreshed by <@{it.user_id}>.")

@@ -28,7 +28,7 @@ from discord.http import Route, handle_message_parameters
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from chatstate.gateway import ingress
+from chatstate.gateway.sdk import ingress
 
 DEFAULT_API_BASE = Route.BASE  # https://discord.com/api/v10
 SIGNATURE_HEADER = "X-Signature-Ed25519"
@@ -59,7 +59,7 @@ def fresh(timestamp: str | None, *, window_s: float, now_s: float) -> bool:
     """True when the signed `X-Signature-Timestamp` (unix seconds) is within `window_s` of now.
 
     Discord signs the timestamp with the body, so an old capture replayed verbatim still
-    verifies; this window (plus the interaction-id claim in state.InteractionLedger) stops it.
+    verifies; this window (plus the interaction-id claim in the gate, `discord.interactions`) stops it.
     """
     if not timestamp or not timestamp.isdigit() or len(timestamp) > 12:
         return False
@@ -226,6 +226,12 @@ def defer_message(*, ephemeral: bool) -> dict[str, Any]:
 def defer_update() -> dict[str, Any]:
     """DEFERRED_UPDATE_MESSAGE: acknowledge a click now, answer through the webhook later."""
     return {"type": discord.InteractionResponseType.deferred_message_update.value}
+
+
+DEFERRALS = (
+    discord.InteractionResponseType.deferred_channel_message.value,
+    discord.InteractionResponseType.deferred_message_update.value,
+)
 
 
 def _data(content: str, *, flags: Any = discord.utils.MISSING) -> dict[str, Any]:

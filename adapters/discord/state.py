@@ -6,33 +6,24 @@
 | `discord.modals`     | custom_id | `{version:1, entry}` | 30 min / 500   |
 | `discord.used`       | custom_id | `{user_id, used_at}` | 30 min / 500   |
 
-`discord.used` decides who uses a single-use component: the click whose `register_if_absent`
-on the custom_id wins is the one use (one atomic write, across processes); the component row is
-consumed after it. Every later click (a double click, a click on another gateway, the winner
-clicking again after their answer was lost in a crash) is told "already used" (by you, or by
-someone), never "expired". Claiming first matters: consuming and then writing a tombstone is two
-writes, and a SIGKILL between them (a queue of writes under a burst) left used buttons that
-said "expired" and no record of who used them.
+| `discord.interactions` | interaction id | the gate's claim, then `{received_at, done_at}` | 15 min+ / 20,000 |
+| `discord.panel-owners` | user id | `{b: {bucket: count}}` (`sdk.UserQuota`) | panel ttl / 5,000 |
 
-Before: two process-global dicts, so every button and modal sent before a restart answered
-"This component has expired." after it. After: the same maps are `AdapterState`s in front of
-keyed stores; `legacy=True` keeps the memory-only "before" for side-by-side demos.
-
-A click is *peeked* (`get_entry`: exists, right kind, user allowed) and only then *consumed*
-(`take`: the store's atomic read+delete) when single-use, so a refused user leaves the entry
-in place and exactly one of racing clickers wins.
+A click is peeked (exists, right kind, user allowed) before anything is written, so a refused
+user leaves the entry in place. A single-use component's one use is decided by `discord.used`
+(register_if_absent names the user, atomic across processes): every later click is told
+"already used" (by you, or by someone), never "expired", even after a crash right after the
+claim. Consuming the component row, and the panel quota count, ride with the gate's done mark.
+A modal submit takes the modal row (atomic read+delete): of racing submits exactly one wins.
+`legacy=True` keeps the memory-only "before" for side-by-side demos.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
-from chatstate.gateway.adapter_state import AdapterState, StateSpec
-from chatstate.gateway.claims import RequesterQuota
-
-if TYPE_CHECKING:
-    from chatstate.gateway.plugin import PluginRuntime
+from chatstate.gateway.sdk import AdapterState, StateSpec
 
 ENTRY_VERSION = 1  # bump when the entry shape changes; other versions read as expired
 COMPONENTS = StateSpec("discord.components", ttl_ms=30 * 60 * 1000, max_entries=500)
@@ -100,19 +91,6 @@ class Registry:
         """The three namespaces, in the order they open (and show in health)."""
         return (self.components, self.modals, self.used)
 
-    async def open(self, runtime: PluginRuntime) -> None:
-        """Open the keyed stores (nothing in legacy mode); raises what the runtime raises."""
-        for state in self.states:
-            await state.open(runtime)
-
-    async def close(self) -> None:
-        await self.used.close()
-        await self.modals.close()
-        await self.components.close()
-
-    def health(self) -> list[dict[str, Any]]:
-        return [self.components.health(), self.modals.health(), self.used.health()]
-
     # -- writes: awaited before the message that shows them counts as sent -----------------
     async def register(self, components: dict[str, ComponentEntry], modals: dict[str, ModalEntry]) -> None:
         """Record every entry of one message; modals first so no trigger points at nothing."""
@@ -130,10 +108,6 @@ class Registry:
     # -- reads ------------------------------------------------------------------------------
     async def peek_component(self, custom_id: str) -> ComponentEntry | None:
         return unwrap(await self.components.get(custom_id))
-
-    async def take_component(self, custom_id: str) -> ComponentEntry | None:
-        """Consume a single-use component; None when another click got there first."""
-        return unwrap(await self.components.take(custom_id))
 
     async def claim_use(self, custom_id: str, user_id: str, *, used_at: int) -> bool:
         """Take the one use of a single-use component for `user_id`; False if someone (maybe
@@ -153,36 +127,25 @@ class Registry:
         return unwrap(await self.modals.take(custom_id))
 
 
-# -- hostile input (issue 15): replays and one user's spam -------------------------------------
-INTERACTIONS_NAMESPACE = "discord.interactions"
+# -- exactly-once and fairness -----------------------------------------------------------------
+INTERACTION_LEASE_MS = 15_000  # outlives Discord's 3 s answer window: a takeover is always too late
 INTERACTIONS_MAX_ENTRIES = 20_000  # claimed ids kept: replays stay refused up to ~33 interactions/s
-PANEL_OWNERS = StateSpec("discord.panel-owners", ttl_ms=30 * 60 * 1000, max_entries=5_000)
+PANEL_OWNERS_MAX_ENTRIES = 5_000  # users counted (`sdk.UserQuota`); evicting one forgets their count
 
 
-class InteractionLedger:
-    """Interaction ids already handled (`discord.interactions`): a signed interaction replayed
-    inside the freshness window finds its id taken and has no second effect.
-
-    The TTL is twice the window: a timestamp may be up to one window old or ahead, so a replay
-    is possible until one window after it; the claim outlives that.
-    """
-
-    def __init__(self, *, legacy: bool, window_s: int) -> None:
-        self.state = AdapterState(
-            StateSpec(INTERACTIONS_NAMESPACE, ttl_ms=2 * window_s * 1000, max_entries=INTERACTIONS_MAX_ENTRIES),
-            legacy=legacy,
-        )
-
-    async def claim(self, interaction_id: str, *, at_ms: int) -> bool:
-        """True for the first delivery of `interaction_id`, False for a replay (atomic in the store)."""
-        return await self.state.claim(interaction_id, {"at": at_ms})
+TOKEN_LIFETIME_MS = 15 * 60 * 1000  # a Gateway RESUME may replay an interaction while it lives
 
 
-class PanelQuota(RequesterQuota):
-    """Live panels per user (`discord.panel-owners`, key = user id), so one user's `/panel` spam
-    cannot push the registries past their cap and evict another user's buttons (issue 15).
-    The registry TTL is the panel's lifetime."""
+def interactions_spec(window_s: int) -> StateSpec:
+    """`discord.interactions`, the gate's claims by interaction id. The done mark outlives both
+    ways a delivery comes again: a signed HTTP replay (a timestamp may be up to one window old
+    or ahead, so until two windows after it) and a Gateway replay (the token's lifetime)."""
+    ttl_ms = max(2 * window_s * 1000, TOKEN_LIFETIME_MS)
+    return StateSpec("discord.interactions", ttl_ms=ttl_ms, max_entries=INTERACTIONS_MAX_ENTRIES)
 
-    def __init__(self, *, legacy: bool, per_user: int, panel_ttl_ms: int) -> None:
-        state = AdapterState(replace(PANEL_OWNERS, ttl_ms=panel_ttl_ms), legacy=legacy)
-        super().__init__(state, per_user=per_user, ttl_ms=panel_ttl_ms)
+
+def panel_owners_spec(panel_ttl_ms: int) -> StateSpec:
+    """`discord.panel-owners`: live panels per user, so one user's `/panel` spam cannot push the
+    registries past their cap and evict another user's buttons. A panel lives as long as its
+    registry entries."""
+    return StateSpec("discord.panel-owners", ttl_ms=panel_ttl_ms, max_entries=PANEL_OWNERS_MAX_ENTRIES)

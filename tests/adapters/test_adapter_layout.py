@@ -39,14 +39,8 @@ def test_adapter_modules_stay_small() -> None:
         assert len(path.read_text().splitlines()) <= MAX_LINES, path
 
 
-# Adapters not yet moved onto the SDK, with what they still import; this shrinks to empty.
-NOT_YET_ON_THE_SDK = {"discord"}
-
-
 def test_adapters_import_only_the_sdk_from_the_gateway() -> None:
     pattern = re.compile(r"^\s*(?:from|import)\s+(chatstate\.gateway[\w.]*)", re.MULTILINE)
     for path in sorted((ROOT / "adapters").glob("*/*.py")):
-        if path.parent.name in NOT_YET_ON_THE_SDK:
-            continue
         imported = set(pattern.findall(path.read_text()))
         assert imported <= {"chatstate.gateway.sdk"}, (path, imported - {"chatstate.gateway.sdk"})

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from chatstate import state
+from chatstate.adapters.discord.state import Registry
 
 COMPONENTS = "discord.components"
 MODALS = "discord.modals"
@@ -41,6 +42,17 @@ def rows(db: Path, namespace: str) -> dict[str, Row]:
 
 def custom_ids(message: dict[str, Any]) -> set[str]:
     return {c["custom_id"] for row in message["components"] for c in row["components"]}
+
+
+async def open_registry(registry: Registry, runtime: FileRuntime) -> None:
+    """Open the registry's states as the plugin does (its base opens each one)."""
+    for st in registry.states:
+        await st.open(runtime)
+
+
+async def close_registry(registry: Registry) -> None:
+    for st in registry.states:
+        await st.close()
 
 
 class FileRuntime:

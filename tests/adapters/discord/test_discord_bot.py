@@ -6,12 +6,13 @@ import logging
 from pathlib import Path
 
 import discord
-from discord_helpers import FileRuntime
+from discord_helpers import FileRuntime, close_registry, open_registry
 
 from chatstate.adapters.discord import handlers, platform
 from chatstate.adapters.discord.handlers import EXPIRED, NOT_FOR_YOU, DiscordBot
 from chatstate.adapters.discord.rest import DiscordRest
 from chatstate.adapters.discord.state import Registry
+from chatstate.gateway.sdk import Writes
 
 LOG = logging.LoggerAdapter(logging.getLogger("test.discord"), {})
 
@@ -24,27 +25,27 @@ def click(custom_id: str, kind: discord.ComponentType, user_id: str = "1") -> pl
 
 async def test_wrong_kind_unknown_id_and_old_versions_read_as_expired(tmp_path: Path) -> None:
     registry = Registry(legacy=False)
-    await registry.open(FileRuntime(tmp_path / "state.sqlite"))
+    await open_registry(registry, FileRuntime(tmp_path / "state.sqlite"))
     bot = DiscordBot(registry, DiscordRest(api_base="http://127.0.0.1:9", bot_token="unused"), log=LOG)
     try:
         panel = handlers.build_panel(allowed_user_ids=["1"])
         await registry.register(panel.components, panel.modals)
         approve = next(cid for cid, e in panel.components.items() if e["action"] == "approve")
 
-        wrong_kind = await bot.answer(click(approve, discord.ComponentType.string_select))
+        wrong_kind = await bot.answer(click(approve, discord.ComponentType.string_select), Writes())
         assert wrong_kind["data"]["content"] == EXPIRED
-        refused = await bot.answer(click(approve, discord.ComponentType.button, user_id="2"))
+        refused = await bot.answer(click(approve, discord.ComponentType.button, user_id="2"), Writes())
         assert refused["data"]["content"] == NOT_FOR_YOU
         assert await registry.peek_component(approve) is not None  # neither consumed it
 
-        unknown = await bot.answer(click("approve:ffffffffffffffff", discord.ComponentType.button))
+        unknown = await bot.answer(click("approve:ffffffffffffffff", discord.ComponentType.button), Writes())
         assert unknown["data"]["content"] == EXPIRED
 
         await registry.components.record(approve, {"version": 2, "entry": panel.components[approve]})
-        newer = await bot.answer(click(approve, discord.ComponentType.button))
+        newer = await bot.answer(click(approve, discord.ComponentType.button), Writes())
         assert newer["data"]["content"] == EXPIRED
 
-        ok = await bot.answer(click(next(iter(panel.components)), discord.ComponentType.button))
+        ok = await bot.answer(click(next(iter(panel.components)), discord.ComponentType.button), Writes())
         assert ok["type"] == discord.InteractionResponseType.message_update.value  # Refresh still works
     finally:
-        await registry.close()
+        await close_registry(registry)

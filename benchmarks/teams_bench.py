@@ -137,8 +137,7 @@ async def run(args: argparse.Namespace) -> int:
 async def _measure(args: argparse.Namespace, sim: TeamsSimulator, plugin: TeamsPlugin, load_start: str) -> int:
     import json
 
-    adapter, bot = plugin._adapter, plugin._bot  # the benchmark reaches in to time the pieces apart
-    assert adapter is not None and bot is not None
+    adapter, bot = plugin.running.adapter, plugin.running.bot  # to time the pieces apart
     auth = adapter.bot_framework_authentication
     header = f"Bearer {sim.token()}"
     wire = sim.activity("message_mention", entities=[], text="hello, nobody in particular")

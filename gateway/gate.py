@@ -217,13 +217,13 @@ class InboundGate:
         first = running.result()
         return first if not first.taken else Answer(Outcome.ALREADY_DONE, Outcome.ALREADY_DONE.value)
 
-    def _start(self, job: Job) -> asyncio.Task[Answer]:
-        task = asyncio.create_task(self._run(job), name=f"gate-{job.key}")
+    def _start(self, job: Job, *, recovered: bool = False) -> asyncio.Task[Answer]:
+        task = asyncio.create_task(self._run(job, recovered=recovered), name=f"gate-{job.key}")
         self._inflight[job.key] = task
         task.add_done_callback(lambda _t: self._inflight.pop(job.key, None))
         return task
 
-    async def _run(self, job: Job) -> Answer:
+    async def _run(self, job: Job, *, recovered: bool = False) -> Answer:
         received_at = self._clock()
         claim = await self._claim(job.key, received_at)
         if isinstance(claim, Outcome):
@@ -236,7 +236,10 @@ class InboundGate:
             return Answer(claim, claim.value, retry_after)
         writes = Writes()
         try:
-            if claim == "takeover" and not self.claims.legacy and await job.answered(writes):
+            # a held item was acked and maybe worked on by a process whose claim the store may
+            # never have seen (claimed in memory while degraded): "won" proves nothing, check
+            check = claim == "takeover" or recovered
+            if check and not self.claims.legacy and await job.answered(writes):
                 answer = Answer(Outcome.ALREADY_DONE, Outcome.ALREADY_DONE.value)
             else:
                 answer = Answer(Outcome.DONE, await job.work(writes))
@@ -294,5 +297,5 @@ class InboundGate:
                     continue
                 self._log.info("gate_held_item_taken", extra={"namespace": self.claims.namespace, "key": entry.key})
                 self._held.add(entry.key)
-                self._start(job)
+                self._start(job, recovered=True)
             await asyncio.sleep(interval)

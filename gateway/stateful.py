@@ -10,6 +10,7 @@ from the end of `start` to `stop`; nothing is optional in between.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Generic, Protocol, TypeVar
 
 from chatstate.gateway.adapter_state import AdapterState
@@ -38,9 +39,9 @@ class StatefulPlugin(Plugin, Generic[R]):
         self._states: list[AdapterState] = []
         self._running: R | None = None
 
+    @abc.abstractmethod
     async def build(self, runtime: PluginRuntime) -> R:
         """Open the states and build the running parts; raise to refuse to start."""
-        raise NotImplementedError(f"{type(self).__name__}.build")
 
     async def start(self, runtime: PluginRuntime) -> None:
         """Build the running parts (see `build`); states opened before a failure are closed."""

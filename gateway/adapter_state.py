@@ -236,11 +236,26 @@ class AdapterState:
             key = self._checked(key, "delete")
             self.memory.drop(key)
             return Staged(self, key, None, None if self._store is None else self._store.stage_delete(key))
-        key = self._checked(key, "register", value, has_value=True)
+        key = self._checked(key, "register")
+        text = _spec.Json(_spec.serialize_value(value, "register"))  # once: the store takes it as is
         entry = self._entry(key, value, ttl_ms)
-        write = None if self._store is None else self._store.stage_register(key, value, ttl_ms=ttl_ms)
+        write = None if self._store is None else self._store.stage_register(key, text, ttl_ms=ttl_ms)
         self.memory.put(entry)
         return Staged(self, key, entry, write)
+
+    def stage_claim(self, key: str, value: Any, *, version: int | None = None, ttl_ms: int | None = None) -> Staged:
+        """Check a claim of `key` and hold it for one transaction (`gate.Claim`): it holds only
+        if no live row is under `key` (as `claim`), or with `version` only if the row is still at
+        that version (as `take_over`). Memory shows it only once it holds. Raises StateStoreError
+        INVALID_INPUT / LIMIT_EXCEEDED, in both modes alike."""
+        key = self._checked(key, "register_if_absent")
+        text = _spec.Json(_spec.serialize_value(value, "register_if_absent"))  # once, as `stage`
+        write = None
+        if self._store is not None and version is None:
+            write = self._store.stage_register_if_absent(key, text, ttl_ms=ttl_ms)
+        elif self._store is not None and version is not None:
+            write = self._store.stage_compare_and_set(key, text, version=version, ttl_ms=ttl_ms)
+        return Staged(self, key, self._entry(key, value, ttl_ms), write)
 
     async def take_over(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> bool:
         """Replace the row at `version` (a lease whose owner died) if nobody changed it since."""

@@ -57,7 +57,8 @@ class MatrixPlugin(StatefulPlugin[Running]):
         settings = MatrixSettings.of(runtime)
         approvals = ApprovalService(legacy=runtime.legacy)
         states = [
-            AdapterState(spec, legacy=runtime.legacy) for spec in (REACTIONS, SYNC, HANDLED, quota_spec(settings))
+            AdapterState(spec, legacy=runtime.legacy)
+            for spec in (REACTIONS, SYNC, HANDLED, quota_spec(settings.approval_ttl_ms))
         ]
         for state in (*states, approvals.state):
             await self.open_state(state, runtime)
@@ -73,7 +74,7 @@ class MatrixPlugin(StatefulPlugin[Running]):
             flow = ApprovalFlow(
                 io, settings, gate=gate, targets=targets, approvals=approvals, quota=quota, log=runtime.log
             )
-            sync = SyncLoop(io, SyncTokens(tokens), flow, settings, log=runtime.log)
+            sync = SyncLoop(flow, SyncTokens(tokens))
             resumed = await sync.resume()
         except BaseException:
             await io.close()

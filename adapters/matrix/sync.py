@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import secrets
+from dataclasses import asdict
 from typing import Any
 
 from nio import InviteMemberEvent, SyncResponse
 
-from chatstate.adapters.matrix.config import MatrixSettings
 from chatstate.adapters.matrix.handlers import ApprovalFlow
-from chatstate.adapters.matrix.platform import MatrixError, MatrixIO
+from chatstate.adapters.matrix.platform import MatrixError
 from chatstate.adapters.matrix.state import SyncTokens
 
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # backoff after a failed /sync, last one repeats
@@ -40,59 +39,30 @@ BACKFILL_PAGE = 100  # events per /messages call
 class SyncLoop:
     """Long-poll the homeserver with our filter; back-fill gaps; hand each room to the flow."""
 
-    def __init__(
-        self,
-        io: MatrixIO,
-        tokens: SyncTokens,
-        flow: ApprovalFlow,
-        settings: MatrixSettings,
-        *,
-        log: logging.LoggerAdapter[logging.Logger],
-    ) -> None:
-        self.io = io
+    def __init__(self, flow: ApprovalFlow, tokens: SyncTokens) -> None:
+        self.flow, self.io, self.settings, self.log = flow, flow.io, flow.settings, flow.log
         self.tokens = tokens
-        self.flow = flow
-        self.timeout_ms = settings.sync_timeout_ms
-        self.timeline_limit = settings.sync_timeline_limit
-        self.backfill_max_events = settings.backfill_max_events
-        self.auto_join = settings.auto_join
-        self.inviters = frozenset(settings.inviters)
-        self.log = log
         self.filter_id = ""
         self.token: str | None = None
         self.last_error: str | None = None
         self.batches = 0
-        self.counters = {
-            "backfilled_events": 0,
-            "backfill_truncated": 0,
-            "backfill_failed": 0,
-            "invites_joined": 0,
-            "invites_ignored": 0,
-        }
+        counted = ("backfilled_events", "backfill_truncated", "backfill_failed", "invites_joined", "invites_ignored")
+        self.counters = dict.fromkeys(counted, 0)
         self.last_truncated: dict[str, Any] | None = None
         self._handled_invites: set[str] = set()
         self._handling = False  # a batch is being handled and its token is not saved yet
         self._stopping = False
 
     def health(self) -> dict[str, Any]:
-        stats = self.flow.stats
-        return {
-            "sync_error": self.last_error,
-            "batches": self.batches,
-            "events_handled": stats.handled,
-            "events_failed": stats.failed,
-            "last_failed_event": stats.last_failed,
-            "replays_skipped": stats.replays_skipped,
-            "reactions_withdrawn": stats.withdrawn,
-            **self.counters,
-            "last_backfill_truncated": self.last_truncated,
-        }
+        counts = {"sync_error": self.last_error, "batches": self.batches, **asdict(self.flow.stats), **self.counters}
+        return {**counts, "last_backfill_truncated": self.last_truncated}
 
     async def resume(self) -> bool:
         """Upload this start's filter; load the saved token, else take a baseline sync whose
         history is not acted on (its open invites are). Returns True when a saved token was found. Raises
         MatrixError when the homeserver refuses the filter or the baseline sync."""
-        self.filter_id = await self.io.upload_filter(timeline_limit=self.timeline_limit, nonce=secrets.token_hex(8))
+        limit = self.settings.sync_timeline_limit
+        self.filter_id = await self.io.upload_filter(timeline_limit=limit, nonce=secrets.token_hex(8))
         self.token = await self.tokens.load(self.io.user_id)
         if self.token is not None:
             return True
@@ -119,7 +89,8 @@ class SyncLoop:
         failures = 0
         while not self._stopping:
             try:
-                resp = await self.io.sync(since=self.token, timeout_ms=self.timeout_ms, filter_id=self.filter_id)
+                timeout_ms = self.settings.sync_timeout_ms
+                resp = await self.io.sync(since=self.token, timeout_ms=timeout_ms, filter_id=self.filter_id)
                 self._handling = True
                 await self.handle(resp)
                 await self._advance(resp.next_batch)
@@ -150,13 +121,15 @@ class SyncLoop:
         """Events between our token and `prev_batch`, oldest first, at most the bound."""
         older: list[Any] = []  # newest first while paging backwards
         start: str | None = prev_batch
+        bound = self.settings.backfill_max_events
         try:
-            while start and len(older) < self.backfill_max_events:
-                want = min(BACKFILL_PAGE, self.backfill_max_events - len(older))
-                page = await self.io.messages_before(room_id, start, stop_at=self.token, limit=want)
+            while start and len(older) < bound:
+                page = await self.io.messages_before(
+                    room_id, start, stop_at=self.token, limit=min(BACKFILL_PAGE, bound - len(older))
+                )
                 older.extend(page.chunk)
                 start = page.end if page.chunk and page.end != start else None  # None: reached our token
-            if start and len(older) >= self.backfill_max_events:
+            if start and len(older) >= bound:
                 await self._note_truncated(room_id, start, len(older))
         except MatrixError as exc:  # e.g. left the room meanwhile: handle what the timeline has
             self.counters["backfill_failed"] += 1
@@ -173,22 +146,16 @@ class SyncLoop:
         if not probe.chunk:
             return
         self.counters["backfill_truncated"] += 1
-        self.last_truncated = {"room": room_id, "backfilled": fetched, "bound": self.backfill_max_events}
+        self.last_truncated = {"room": room_id, "backfilled": fetched, "bound": self.settings.backfill_max_events}
         self.log.error("matrix_backfill_truncated", extra=self.last_truncated)
 
     async def _invite(self, room_id: str, invite_state: list[Any]) -> None:
         if room_id in self._handled_invites:
             return
         self._handled_invites.add(room_id)
-        inviter = next(
-            (
-                e.sender
-                for e in invite_state
-                if isinstance(e, InviteMemberEvent) and e.state_key == self.io.user_id and e.membership == "invite"
-            ),
-            None,
-        )
-        if not self.auto_join or inviter not in self.inviters:
+        mine = [e for e in invite_state if isinstance(e, InviteMemberEvent) and e.state_key == self.io.user_id]
+        inviter = next((e.sender for e in mine if e.membership == "invite"), None)
+        if not self.settings.auto_join or inviter not in self.settings.inviters:
             self.counters["invites_ignored"] += 1
             self.log.info("matrix_invite_ignored", extra={"room": room_id, "inviter": inviter})
             return

@@ -1,8 +1,6 @@
-"""The `[adapters.matrix]` table as a typed settings model (gateway.settings), checked at start.
-
-One annotated field per key, with its default and why; every key also has a
-`CHATSTATE_MATRIX_<KEY>` variable typed as in TOML (docs/migrations/matrix.md shows the table).
-"""
+"""The `[adapters.matrix]` table as a typed settings model (gateway.settings), checked at start:
+one annotated field per key, with its default and why. Every key also has a `CHATSTATE_MATRIX_<KEY>`
+variable typed as in TOML (docs/migrations/matrix.md shows the table)."""
 
 from __future__ import annotations
 

@@ -46,8 +46,6 @@ RETRY_DELAYS_S = (0.25, 1.0, 2.0)  # between attempts of one event; the last one
 MAX_RETRY_AFTER_S = 30.0  # a homeserver asking for longer is capped: the loop must move on
 LEASED_POLL_S = 0.5  # another gateway works on this event: look again this often
 
-Handler = Callable[[str, Any, Writes], Awaitable[str]]
-
 
 @dataclass
 class Stats:
@@ -92,11 +90,8 @@ class ApprovalFlow:
             work, check = self._reaction, self._reaction_answered
         else:
             return None
-        return Job(
-            key=self.key(event.event_id),
-            work=partial(self._attempts, work, room_id, event),
-            answered=partial(check, room_id, event),
-        )
+        attempts = partial(self._attempts, work, room_id, event)
+        return Job(self.key(event.event_id), attempts, partial(check, room_id, event))
 
     async def room_events(self, room_id: str, events: list[Any]) -> None:
         """Handle `events` of one room in order, each through the gate. A reaction redacted later
@@ -129,7 +124,7 @@ class ApprovalFlow:
                     return self._give_up(room_id, event_id, "the takeover check failed", failures)
             await asyncio.sleep(LEASED_POLL_S)  # LEASED: wait for its done mark or the lease's end
 
-    async def _attempts(self, handle: Handler, room_id: str, event: Any, writes: Writes) -> str:
+    async def _attempts(self, handle: Callable[..., Awaitable[str]], room_id: str, event: Any, writes: Writes) -> str:
         """Run `handle` up to `event_max_attempts` times; given up, the event is done all the same."""
         for attempt in range(1, self.settings.event_max_attempts + 1):
             try:
@@ -155,11 +150,12 @@ class ApprovalFlow:
 
     # -- plain messages: the user's reply hook ---------------------------------------------
     async def _reply(self, room_id: str, event: RoomMessageText, writes: Writes) -> str:
-        message = reply.Message(event.body, event.sender, room_id, "matrix")
-        content = partial(platform.notice, cause=event.event_id, msgtype="m.text")
-        said = await reply.respond(
-            message, default=None, send=lambda text: self.io.say(room_id, content(text), "reply", event.event_id)
-        )
+        def send(text: str) -> Awaitable[str]:
+            return self.io.say(
+                room_id, platform.notice(text, event.event_id, msgtype="m.text"), "reply", event.event_id
+            )
+
+        said = await reply.respond(reply.Message(event.body, event.sender, room_id, "matrix"), default=None, send=send)
         return "replied" if said else "ignored"
 
     async def _said_anything(self, room_id: str, event: RoomMessageText, writes: Writes) -> bool:
@@ -188,9 +184,8 @@ class ApprovalFlow:
             await self.io.say(room_id, content, "refused", event.event_id)
             self.log.info("matrix_request_refused", extra={"requester": event.sender, "room": room_id})
             return "refused"
-        prompt_id = await self.io.say(
-            room_id, platform.prompt_content(approval, event.event_id), "prompt", event.event_id
-        )
+        content = platform.prompt_content(approval, event.event_id)
+        prompt_id = await self.io.say(room_id, content, "prompt", event.event_id)
         await self._finish_prompt(writes, room_id, prompt_id, approval, seeded=())
         return "prompted"
 

@@ -1,16 +1,13 @@
 """Matrix I/O through matrix-nio: log in with an access token, parse commands, send events.
 
-Every event the bot sends carries a transaction id derived from what it answers
-(`txn_id("prompt", request_event_id)`, ...), so a retried send is recognisably the same send.
-That is hygiene, not our exactly-once: the homeserver forgets txn ids after a while and never
-shares them across devices (a new login), so whether an event is acted on at all is decided by
-the gate's claim (`sdk.InboundGate`). Everything the bot says because of an event references
-that event (`m.reference`), so after a takeover the bot can ask the homeserver whether it
-already answered (`said_about`).
-
-Refusals come back as `MatrixError` with the homeserver's `errcode` and, for `M_LIMIT_EXCEEDED`,
-its `retry_after_ms`; nio itself retries a 429 only `MAX_429_RETRIES` times (honouring
-`retry_after_ms`) so one throttled event cannot hold the sync loop forever.
+Each event the bot sends has a transaction id derived from what it answers (`txn_id("prompt",
+request_event_id)`, ...), so a retried send is recognisably the same send: hygiene, not our
+exactly-once (the homeserver forgets txn ids after a while and never shares them across
+devices); the gate's claim (`sdk.InboundGate`) decides whether an event is acted on at all. All
+the bot says because of an event references it (`m.reference`), so after a takeover the bot can
+ask the homeserver whether it already answered (`said_about`). Refusals raise `MatrixError`
+(`errcode`, and `retry_after_ms` for `M_LIMIT_EXCEEDED`); nio retries a 429 (honouring
+`retry_after_ms`) only `MAX_429_RETRIES` times, so one throttled event cannot hold the loop.
 """
 
 from __future__ import annotations
@@ -48,8 +45,6 @@ COMMANDS: Mapping[str, tuple[Decision, ...]] = {
     "!approve": DECISIONS,  # allow once, allow always, deny
     "!approve-once": ("allow-once", "deny"),  # no "always" for this action
 }
-REQUEST_TIMEOUT_S = 30.0  # one HTTP call to the homeserver, long-polls excluded
-MAX_TIMEOUTS = 3  # nio retries a timed-out call this often, then raises
 MAX_429_RETRIES = 2  # nio sleeps retry_after_ms and retries a 429 this often, then we see it
 REFERENCE = RelationshipType.reference.value  # what the bot says points at the event it answers
 ANNOTATION = RelationshipType.annotation.value  # a reaction
@@ -61,8 +56,7 @@ class MatrixError(RuntimeError):
 
     def __init__(self, message: str, *, errcode: str | None = None, retry_after_ms: int | None = None) -> None:
         super().__init__(message)
-        self.errcode = errcode
-        self.retry_after_ms = retry_after_ms
+        self.errcode, self.retry_after_ms = errcode, retry_after_ms
 
     @classmethod
     def of(cls, what: str, resp: object) -> MatrixError:
@@ -149,8 +143,8 @@ class MatrixIO:
         config = AsyncClientConfig(
             encryption_enabled=False,
             store_sync_tokens=False,  # our store keeps the token
-            request_timeout=REQUEST_TIMEOUT_S,
-            max_timeouts=MAX_TIMEOUTS,
+            request_timeout=30.0,  # one HTTP call to the homeserver, long-polls excluded
+            max_timeouts=3,  # nio retries a timed-out call this often, then raises
             max_limit_exceeded=MAX_429_RETRIES,
         )
         self.client = AsyncClient(homeserver, config=config)
@@ -193,7 +187,7 @@ class MatrixIO:
         except AttributeError:  # nio reads a refused page as a page and trips over it
             raise MatrixError(f"relations of {event_id} failed") from None
 
-    async def upload_filter(self, *, timeline_limit: int, nonce: str) -> str:
+    async def upload_filter(self, timeline_limit: int, nonce: str) -> str:
         """Upload the sync filter (the bot reads timelines only: lazy-loaded members, no presence
         or account data); returns its id. `nonce` makes it a new filter (see sync.py)."""
         none = {"not_types": ["*"]}
@@ -202,12 +196,10 @@ class MatrixIO:
         resp = await self.client.upload_filter(presence=none, account_data=none, room=room)
         return _ok("upload filter", resp, UploadFilterResponse).filter_id
 
-    async def sync(self, *, since: str | None, timeout_ms: int, filter_id: str) -> SyncResponse:
+    async def sync(self, since: str | None, timeout_ms: int, filter_id: str) -> SyncResponse:
         return _ok("sync", await self.client.sync(timeout=timeout_ms, since=since, sync_filter=filter_id), SyncResponse)
 
-    async def messages_before(
-        self, room_id: str, start: str, *, stop_at: str | None, limit: int
-    ) -> RoomMessagesResponse:
+    async def messages_before(self, room_id: str, start: str, stop_at: str | None, limit: int) -> RoomMessagesResponse:
         """One page of /messages backwards from `start` (to `stop_at`, when given)."""
         resp = await self.client.room_messages(
             room_id, start, end=stop_at, direction=MessageDirection.back, limit=limit

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from chatstate.gateway.sdk import AdapterState, Decision, StateSpec
+from chatstate.gateway.sdk import Decision, StateSpec
 
 REACTIONS = StateSpec("matrix.approval-reactions", ttl_ms=None, max_entries=1_000)  # TTL per row
 SYNC = StateSpec("matrix.sync", ttl_ms=None, max_entries=16)  # one row per bot account
@@ -62,18 +62,3 @@ class ReactionTarget:
         if value.get("version") != VALUE_VERSION:
             raise ValueError(f"reaction target version {value.get('version')!r} is not {VALUE_VERSION}")
         return cls(value["target"]["approval_id"], tuple(value["target"]["decisions"]))
-
-
-@dataclass(frozen=True)
-class SyncTokens:
-    """`matrix.sync`: where each bot account's /sync stream resumes."""
-
-    state: AdapterState
-
-    async def load(self, account_id: str) -> str | None:
-        value = await self.state.get(account_id)
-        return None if value is None else str(value["next_batch"])
-
-    async def save(self, account_id: str, next_batch: str) -> None:
-        """Persist `next_batch` (awaited): call only after every event before it was handled."""
-        await self.state.record(account_id, {"version": VALUE_VERSION, "next_batch": next_batch})

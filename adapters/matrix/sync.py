@@ -1,20 +1,15 @@
 """The /sync loop: a filter of our own, gap-free timelines, the token saved after each batch.
 
-Three things a real homeserver (Synapse) does that this loop is built around:
-- **Limited timelines.** A room with more new events than the filter's timeline limit comes
-  back `limited: true` with a `prev_batch`. We page `/messages` backwards from `prev_batch` to
-  our `since` token (`dir=b`, `to=since`) and handle the back-filled events first, in order.
-  At most `backfill_max_events` per room per sync: past that the oldest are skipped, which is
-  counted (`backfill_truncated`) and logged, never silent.
-- **A response cache.** Synapse answers an identical /sync request from a ~2 minute cache,
-  keyed by user, device and query. Our first sync of each start would be the same request as
-  the last one of the previous run; so every start uploads a *new* filter (a nonce in it), and
-  no request of this run can be answered with a batch cached for an earlier one. The gate's
-  claims (handlers.py) make replays harmless even when that does not hold (another proxy, a bug).
-- **Invites.** With `auto_join`, an invite from an allowed inviter is joined (others ignored).
-
-The token moves forward only after every event of the batch has been handled or given up
-(per-event isolation in handlers.py), so a failing event never pins the loop to one batch.
+Built around three things a real homeserver (Synapse) does:
+- **Limited timelines** (`limited: true` with a `prev_batch`): we page `/messages` backwards
+  from `prev_batch` to our `since` token and handle those events first, in order; past
+  `backfill_max_events` per room per sync the oldest are skipped, counted and logged.
+- **A ~2 minute response cache**, keyed by user, device and query: a start's first sync would
+  repeat the previous run's last request, so every start uploads a *new* filter (a nonce in
+  it). The gate's claims make replays harmless even where that does not hold (a proxy, a bug).
+- **Invites**: with `auto_join`, one from an allowed inviter is joined (others ignored).
+The token moves on only after every event of its batch was handled or given up (per-event
+isolation in handlers.py), so a failing event never pins the loop to one batch.
 """
 
 from __future__ import annotations
@@ -29,7 +24,8 @@ from nio import InviteMemberEvent, SyncResponse
 
 from chatstate.adapters.matrix.handlers import ApprovalFlow
 from chatstate.adapters.matrix.platform import MatrixError
-from chatstate.adapters.matrix.state import SyncTokens
+from chatstate.adapters.matrix.state import VALUE_VERSION
+from chatstate.gateway.sdk import AdapterState
 
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # backoff after a failed /sync, last one repeats
 STOP_GRACE_S = 5.0  # how long stop() lets a batch being handled finish before cancelling it
@@ -39,9 +35,9 @@ BACKFILL_PAGE = 100  # events per /messages call
 class SyncLoop:
     """Long-poll the homeserver with our filter; back-fill gaps; hand each room to the flow."""
 
-    def __init__(self, flow: ApprovalFlow, tokens: SyncTokens) -> None:
+    def __init__(self, flow: ApprovalFlow, tokens: AdapterState) -> None:
         self.flow, self.io, self.settings, self.log = flow, flow.io, flow.settings, flow.log
-        self.tokens = tokens
+        self.tokens = tokens  # matrix.sync: where each bot account's /sync stream resumes
         self.filter_id = ""
         self.token: str | None = None
         self.last_error: str | None = None
@@ -58,15 +54,15 @@ class SyncLoop:
         return {**counts, "last_backfill_truncated": self.last_truncated}
 
     async def resume(self) -> bool:
-        """Upload this start's filter; load the saved token, else take a baseline sync whose
-        history is not acted on (its open invites are). Returns True when a saved token was found. Raises
-        MatrixError when the homeserver refuses the filter or the baseline sync."""
-        limit = self.settings.sync_timeline_limit
-        self.filter_id = await self.io.upload_filter(timeline_limit=limit, nonce=secrets.token_hex(8))
-        self.token = await self.tokens.load(self.io.user_id)
-        if self.token is not None:
+        """Upload this start's filter; load the saved token (returns True), else take a baseline
+        sync whose history is not acted on (its open invites are). Raises MatrixError when the
+        homeserver refuses the filter or the baseline sync."""
+        self.filter_id = await self.io.upload_filter(self.settings.sync_timeline_limit, secrets.token_hex(8))
+        saved = await self.tokens.get(self.io.user_id)
+        if saved is not None:
+            self.token = str(saved["next_batch"])
             return True
-        resp = await self.io.sync(since=None, timeout_ms=0, filter_id=self.filter_id)
+        resp = await self.io.sync(None, 0, self.filter_id)
         for room_id, info in resp.rooms.invite.items():  # invites are not history: still open
             await self._invite(room_id, info.invite_state)
         await self._advance(resp.next_batch)
@@ -89,8 +85,7 @@ class SyncLoop:
         failures = 0
         while not self._stopping:
             try:
-                timeout_ms = self.settings.sync_timeout_ms
-                resp = await self.io.sync(since=self.token, timeout_ms=timeout_ms, filter_id=self.filter_id)
+                resp = await self.io.sync(self.token, self.settings.sync_timeout_ms, self.filter_id)
                 self._handling = True
                 await self.handle(resp)
                 await self._advance(resp.next_batch)
@@ -124,13 +119,14 @@ class SyncLoop:
         bound = self.settings.backfill_max_events
         try:
             while start and len(older) < bound:
-                page = await self.io.messages_before(
-                    room_id, start, stop_at=self.token, limit=min(BACKFILL_PAGE, bound - len(older))
-                )
+                page = await self.io.messages_before(room_id, start, self.token, min(BACKFILL_PAGE, bound - len(older)))
                 older.extend(page.chunk)
                 start = page.end if page.chunk and page.end != start else None  # None: reached our token
-            if start and len(older) >= bound:
-                await self._note_truncated(room_id, start, len(older))
+            # the bound was hit: more remain unless the last page ended at our token (one more tells)
+            if start and len(older) >= bound and (await self.io.messages_before(room_id, start, self.token, 1)).chunk:
+                self.counters["backfill_truncated"] += 1
+                self.last_truncated = {"room": room_id, "backfilled": len(older), "bound": bound}
+                self.log.error("matrix_backfill_truncated", extra=self.last_truncated)
         except MatrixError as exc:  # e.g. left the room meanwhile: handle what the timeline has
             self.counters["backfill_failed"] += 1
             self.log.error("matrix_backfill_failed", extra={"room": room_id, "error": str(exc)})
@@ -139,15 +135,6 @@ class SyncLoop:
             self.log.info("matrix_backfilled", extra={"room": room_id, "events": len(older)})
         older.reverse()
         return older
-
-    async def _note_truncated(self, room_id: str, start: str, fetched: int) -> None:
-        # more may remain only if the last page was full; ask for one more event to be sure
-        probe = await self.io.messages_before(room_id, start, stop_at=self.token, limit=1)
-        if not probe.chunk:
-            return
-        self.counters["backfill_truncated"] += 1
-        self.last_truncated = {"room": room_id, "backfilled": fetched, "bound": self.settings.backfill_max_events}
-        self.log.error("matrix_backfill_truncated", extra=self.last_truncated)
 
     async def _invite(self, room_id: str, invite_state: list[Any]) -> None:
         if room_id in self._handled_invites:
@@ -169,8 +156,9 @@ class SyncLoop:
         self.log.info("matrix_invite_joined", extra={"room": room_id, "inviter": inviter})
 
     async def _advance(self, next_batch: str) -> None:
+        """Save `next_batch` once every event before it was handled: a restart resumes after it."""
         if next_batch != self.token:
-            await self.tokens.save(self.io.user_id, next_batch)
+            await self.tokens.record(self.io.user_id, {"version": VALUE_VERSION, "next_batch": next_batch})
             self.token = next_batch
             self.batches += 1
         self._handling = False

@@ -14,7 +14,7 @@ import pytest
 from chatstate import state
 from chatstate.adapters.matrix import platform
 from chatstate.adapters.matrix.config import MatrixSettings
-from chatstate.adapters.matrix.state import SYNC, ReactionTarget, SyncTokens, json_key
+from chatstate.adapters.matrix.state import SYNC, ReactionTarget, json_key
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.sdk import AdapterState, Approval, ApprovalService, Writes, now_ms
 
@@ -172,10 +172,10 @@ def test_target_rows_round_trip_and_refuse_another_version() -> None:
 async def test_the_token_survives_a_new_instance_but_not_in_legacy(runtime: FileRuntime) -> None:
     for legacy in (False, True):
         rt = FileRuntime(runtime.db, legacy=legacy)
-        tokens = SyncTokens(AdapterState(SYNC, legacy=legacy))
-        await tokens.state.open(rt)
-        await tokens.save(f"@bot{legacy}:s", "s42")
-        again = SyncTokens(AdapterState(SYNC, legacy=legacy))  # a new instance, as after a restart
-        await again.state.open(rt)
-        assert await again.load(f"@bot{legacy}:s") == (None if legacy else "s42")
+        tokens = AdapterState(SYNC, legacy=legacy)
+        await tokens.open(rt)
+        await tokens.record(f"@bot{legacy}:s", {"version": 1, "next_batch": "s42"})
+        again = AdapterState(SYNC, legacy=legacy)  # a new instance, as after a restart
+        await again.open(rt)
+        assert await again.get(f"@bot{legacy}:s") == (None if legacy else {"version": 1, "next_batch": "s42"})
         await rt.close()

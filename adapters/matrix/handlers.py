@@ -26,7 +26,7 @@ from nio import ReactionEvent, RoomMessageText
 
 from chatstate.adapters.matrix import platform
 from chatstate.adapters.matrix.config import MatrixSettings
-from chatstate.adapters.matrix.platform import MatrixError, MatrixIO
+from chatstate.adapters.matrix.platform import MatrixError, MatrixIO, decision_for
 from chatstate.adapters.matrix.state import ReactionTarget, json_key
 from chatstate.gateway.sdk import (
     AdapterState,
@@ -84,9 +84,7 @@ class ApprovalFlow:
             work, check = self._request, self._request_answered
         elif isinstance(event, RoomMessageText) and reply.hooked("matrix"):
             work, check = self._reply, self._said_anything
-        elif isinstance(event, ReactionEvent) and event.sender in self.settings.approvers:
-            if platform.decision_for(event.key) is None:
-                return None
+        elif isinstance(event, ReactionEvent) and event.sender in self.settings.approvers and decision_for(event.key):
             work, check = self._reaction, self._reaction_answered
         else:
             return None
@@ -151,9 +149,8 @@ class ApprovalFlow:
     # -- plain messages: the user's reply hook ---------------------------------------------
     async def _reply(self, room_id: str, event: RoomMessageText, writes: Writes) -> str:
         def send(text: str) -> Awaitable[str]:
-            return self.io.say(
-                room_id, platform.notice(text, event.event_id, msgtype="m.text"), "reply", event.event_id
-            )
+            content = platform.notice(text, event.event_id, msgtype="m.text")
+            return self.io.say(room_id, content, kind="reply", cause=event.event_id)
 
         said = await reply.respond(reply.Message(event.body, event.sender, room_id, "matrix"), default=None, send=send)
         return "replied" if said else "ignored"
@@ -181,11 +178,11 @@ class ApprovalFlow:
             return "expired"
         if await self.quota.admit(self.key(event.sender), writes) is not None:
             content = platform.refused_content(event.sender, self.settings.max_pending_per_requester, event.event_id)
-            await self.io.say(room_id, content, "refused", event.event_id)
+            await self.io.say(room_id, content, kind="refused", cause=event.event_id)
             self.log.info("matrix_request_refused", extra={"requester": event.sender, "room": room_id})
             return "refused"
         content = platform.prompt_content(approval, event.event_id)
-        prompt_id = await self.io.say(room_id, content, "prompt", event.event_id)
+        prompt_id = await self.io.say(room_id, content, kind="prompt", cause=event.event_id)
         await self._finish_prompt(writes, room_id, prompt_id, approval, seeded=())
         return "prompted"
 
@@ -202,7 +199,7 @@ class ApprovalFlow:
         for decision in approval.decisions:
             if (emoji := platform.EMOJI[decision]) not in seeded:
                 content = {"m.relates_to": {"rel_type": platform.ANNOTATION, "event_id": prompt_id, "key": emoji}}
-                await self.io.say(room_id, content, f"seed-{decision}", prompt_id, "m.reaction")
+                await self.io.say(room_id, content, kind=f"seed-{decision}", cause=prompt_id, event_type="m.reaction")
         self.log.info("matrix_prompt_posted", extra={"approval": approval.id, "room": room_id})
 
     async def _request_answered(self, room_id: str, event: RoomMessageText, writes: Writes) -> bool:
@@ -220,7 +217,7 @@ class ApprovalFlow:
     # -- reactions ------------------------------------------------------------------------
     async def _reaction(self, room_id: str, event: ReactionEvent, writes: Writes) -> str:
         """Resolve the prompt `event` reacts to, if the decision is one it offers."""
-        decision = platform.decision_for(event.key)
+        decision = decision_for(event.key)
         value = await self.targets.get(self.key(room_id, event.reacts_to))
         if value is None:
             return await self._not_answerable(room_id, event)
@@ -235,7 +232,7 @@ class ApprovalFlow:
             self.log.info("matrix_reaction_withdrawn", extra={"event_id": event.event_id, "room": room_id})
             return "withdrawn"
         content = platform.outcome_content(approval, decision, event.sender, event.event_id)
-        await self.io.say(room_id, content, "outcome", approval.id)
+        await self.io.say(room_id, content, kind="outcome", cause=approval.id)
         await self._resolve(writes, room_id, event.reacts_to, approval)
         self.log.info("matrix_approval_resolved", extra={"approval": approval.id, "decision": decision})
         return "resolved"
@@ -270,5 +267,6 @@ class ApprovalFlow:
         return "ignored"
 
     async def _send_expired(self, room_id: str, event: ReactionEvent) -> str:
-        await self.io.say(room_id, platform.notice(platform.EXPIRED_TEXT, event.event_id), "expired", event.event_id)
+        content = platform.notice(platform.EXPIRED_TEXT, event.event_id)
+        await self.io.say(room_id, content, kind="expired", cause=event.event_id)
         return "expired"

@@ -149,7 +149,7 @@ class MatrixIO:
         )
         self.client = AsyncClient(homeserver, config=config)
         self.client.access_token = access_token
-        self.user_id = self.device_id = ""
+        self.user_id = self.device_id = self.filter_id = ""
         self.rooms: list[str] = []
 
     async def connect(self) -> str:
@@ -165,9 +165,11 @@ class MatrixIO:
         resp = await self.client.room_send(room_id, event_type, content, tx_id=txn)
         return _ok(f"room_send {event_type}", resp, RoomSendResponse).event_id
 
-    async def say(self, room_id: str, content: dict[str, Any], kind: str, cause: str, event_type: str = "") -> str:
-        """Send a message (or `event_type`) because of event `cause`, as the `kind` send for it."""
-        return await self.send(room_id, event_type or "m.room.message", content, txn=txn_id(kind, cause))
+    async def say(
+        self, room_id: str, content: dict[str, Any], *, kind: str, cause: str, event_type: str = "m.room.message"
+    ) -> str:
+        """Send `content` because of event `cause`, as the `kind` send for it (its txn id)."""
+        return await self.send(room_id, event_type, content, txn=txn_id(kind, cause))
 
     async def fetch_event(self, room_id: str, event_id: str) -> dict[str, Any] | None:
         """The event's JSON as the homeserver has it, or None when it has no such event."""
@@ -187,23 +189,22 @@ class MatrixIO:
         except AttributeError:  # nio reads a refused page as a page and trips over it
             raise MatrixError(f"relations of {event_id} failed") from None
 
-    async def upload_filter(self, timeline_limit: int, nonce: str) -> str:
-        """Upload the sync filter (the bot reads timelines only: lazy-loaded members, no presence
-        or account data); returns its id. `nonce` makes it a new filter (see sync.py)."""
+    async def upload_filter(self, *, timeline_limit: int, nonce: str) -> None:
+        """Upload the filter `sync` uses (the bot reads timelines only: lazy-loaded members, no
+        presence or account data). `nonce` makes it a new filter (see sync.py)."""
         none = {"not_types": ["*"]}
         room: dict[str, Any] = {"timeline": {"limit": timeline_limit}, "state": {"lazy_load_members": True}}
         room |= {"account_data": none, "ephemeral": none, "org.chatstate.start": nonce}  # unknown keys are kept
         resp = await self.client.upload_filter(presence=none, account_data=none, room=room)
-        return _ok("upload filter", resp, UploadFilterResponse).filter_id
+        self.filter_id = _ok("upload filter", resp, UploadFilterResponse).filter_id
 
-    async def sync(self, since: str | None, timeout_ms: int, filter_id: str) -> SyncResponse:
-        return _ok("sync", await self.client.sync(timeout=timeout_ms, since=since, sync_filter=filter_id), SyncResponse)
+    async def sync(self, *, since: str | None, timeout_ms: int) -> SyncResponse:
+        resp = await self.client.sync(timeout=timeout_ms, since=since, sync_filter=self.filter_id)
+        return _ok("sync", resp, SyncResponse)
 
-    async def messages_before(self, room_id: str, start: str, stop_at: str | None, limit: int) -> RoomMessagesResponse:
-        """One page of /messages backwards from `start` (to `stop_at`, when given)."""
-        resp = await self.client.room_messages(
-            room_id, start, end=stop_at, direction=MessageDirection.back, limit=limit
-        )
+    async def messages_before(self, room_id: str, start: str, *, to: str | None, limit: int) -> RoomMessagesResponse:
+        """One page of /messages backwards from `start` (down to `to`, when given)."""
+        resp = await self.client.room_messages(room_id, start, end=to, direction=MessageDirection.back, limit=limit)
         return _ok("messages", resp, RoomMessagesResponse)
 
     async def join(self, room_id: str) -> None:

@@ -67,7 +67,9 @@ class MatrixPlugin(StatefulPlugin[Running]):
             owner = f"{io.user_id}/{io.device_id}"
             gate = InboundGate(handled, lease_ms=settings.event_lease_ms, log=runtime.log, owner=owner)
             quota = UserQuota(counts, per_user=settings.max_pending_per_requester, ttl_ms=settings.approval_ttl_ms)
-            flow = ApprovalFlow(io, settings, gate, targets, approvals, quota, runtime.log)
+            flow = ApprovalFlow(
+                io, settings, gate=gate, targets=targets, approvals=approvals, quota=quota, log=runtime.log
+            )
             sync = SyncLoop(flow, tokens)
             resumed = await sync.resume()
         except BaseException:

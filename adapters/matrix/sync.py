@@ -38,7 +38,6 @@ class SyncLoop:
     def __init__(self, flow: ApprovalFlow, tokens: AdapterState) -> None:
         self.flow, self.io, self.settings, self.log = flow, flow.io, flow.settings, flow.log
         self.tokens = tokens  # matrix.sync: where each bot account's /sync stream resumes
-        self.filter_id = ""
         self.token: str | None = None
         self.last_error: str | None = None
         self.batches = 0
@@ -57,12 +56,12 @@ class SyncLoop:
         """Upload this start's filter; load the saved token (returns True), else take a baseline
         sync whose history is not acted on (its open invites are). Raises MatrixError when the
         homeserver refuses the filter or the baseline sync."""
-        self.filter_id = await self.io.upload_filter(self.settings.sync_timeline_limit, secrets.token_hex(8))
+        await self.io.upload_filter(timeline_limit=self.settings.sync_timeline_limit, nonce=secrets.token_hex(8))
         saved = await self.tokens.get(self.io.user_id)
         if saved is not None:
             self.token = str(saved["next_batch"])
             return True
-        resp = await self.io.sync(None, 0, self.filter_id)
+        resp = await self.io.sync(since=None, timeout_ms=0)
         for room_id, info in resp.rooms.invite.items():  # invites are not history: still open
             await self._invite(room_id, info.invite_state)
         await self._advance(resp.next_batch)
@@ -85,12 +84,10 @@ class SyncLoop:
         failures = 0
         while not self._stopping:
             try:
-                resp = await self.io.sync(self.token, self.settings.sync_timeout_ms, self.filter_id)
+                resp = await self.io.sync(since=self.token, timeout_ms=self.settings.sync_timeout_ms)
                 self._handling = True
                 await self.handle(resp)
                 await self._advance(resp.next_batch)
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # the network, the homeserver or our store: retry the sync
                 self._handling = False
                 if self._stopping:
@@ -119,14 +116,16 @@ class SyncLoop:
         bound = self.settings.backfill_max_events
         try:
             while start and len(older) < bound:
-                page = await self.io.messages_before(room_id, start, self.token, min(BACKFILL_PAGE, bound - len(older)))
+                want = min(BACKFILL_PAGE, bound - len(older))
+                page = await self.io.messages_before(room_id, start, to=self.token, limit=want)
                 older.extend(page.chunk)
                 start = page.end if page.chunk and page.end != start else None  # None: reached our token
-            # the bound was hit: more remain unless the last page ended at our token (one more tells)
-            if start and len(older) >= bound and (await self.io.messages_before(room_id, start, self.token, 1)).chunk:
-                self.counters["backfill_truncated"] += 1
-                self.last_truncated = {"room": room_id, "backfilled": len(older), "bound": bound}
-                self.log.error("matrix_backfill_truncated", extra=self.last_truncated)
+            if start and len(older) >= bound:  # more remain unless the last page ended at our token
+                probe = await self.io.messages_before(room_id, start, to=self.token, limit=1)
+                if probe.chunk:
+                    self.counters["backfill_truncated"] += 1
+                    self.last_truncated = {"room": room_id, "backfilled": len(older), "bound": bound}
+                    self.log.error("matrix_backfill_truncated", extra=self.last_truncated)
         except MatrixError as exc:  # e.g. left the room meanwhile: handle what the timeline has
             self.counters["backfill_failed"] += 1
             self.log.error("matrix_backfill_failed", extra={"room": room_id, "error": str(exc)})

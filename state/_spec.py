@@ -53,18 +53,13 @@ def new_version() -> int:
 class StoreSettings:
     """Per-database tunables; the defaults are what the gateway uses."""
 
-    # Deprecated, no effect since v2 (issue 17: a per-plugin ceiling could lock a namespace up);
-    # still accepted and checked so existing configs (`state.plugin_max_live_rows`) keep loading.
-    plugin_max_live_rows: int = 50_000
     busy_timeout_s: float = 10.0  # how long a writer waits for the SQLite write lock (>= 5 s)
     sweep_batch_rows: int = 1_024  # expired rows deleted per sweep transaction (<= 1,024)
 
     def __post_init__(self) -> None:
-        if not _positive_int(self.plugin_max_live_rows):
-            raise StateStoreError("INVALID_INPUT", "open", "plugin_max_live_rows must be an integer >= 1")
         if not (isinstance(self.busy_timeout_s, (int, float)) and self.busy_timeout_s >= 5):
             raise StateStoreError("INVALID_INPUT", "open", "busy_timeout_s must be >= 5")
-        if not (_positive_int(self.sweep_batch_rows) and self.sweep_batch_rows <= 1_024):
+        if not _int_in(self.sweep_batch_rows, 1, 1_024):
             raise StateStoreError("INVALID_INPUT", "open", "sweep_batch_rows must be 1..1024")
 
 
@@ -93,11 +88,11 @@ class NamespaceSpec:
         core: bool = False,
     ) -> NamespaceSpec:
         """Raises INVALID_INPUT, or LIMIT_EXCEEDED for an oversized plugin id or namespace."""
-        if not _is_int(max_entries) or max_entries < 1:
+        if not _int_in(max_entries, 1, 2**63 - 1):
             raise StateStoreError("INVALID_INPUT", "open", "max_entries must be an integer >= 1")
         if overflow not in OVERFLOW_POLICIES:
             raise StateStoreError("INVALID_INPUT", "open", f"overflow must be one of {OVERFLOW_POLICIES}")
-        if not _is_int(max_value_bytes) or not 1 <= max_value_bytes <= MAX_VALUE_BYTES_CEILING:
+        if not _int_in(max_value_bytes, 1, MAX_VALUE_BYTES_CEILING):
             raise StateStoreError(
                 "INVALID_INPUT", "open", f"max_value_bytes must be an integer from 1 to {MAX_VALUE_BYTES_CEILING}"
             )
@@ -272,12 +267,9 @@ class Json(str):
     serializes on the caller, at the call, and hands this to the sync store's write)."""
 
 
-def _positive_int(n: object) -> bool:
-    return isinstance(n, int) and not isinstance(n, bool) and n >= 1
-
-
-def _is_int(n: object) -> TypeGuard[int]:
-    return isinstance(n, int) and not isinstance(n, bool)
+def _int_in(n: object, low: int, high: int) -> TypeGuard[int]:
+    """An int (never a bool) from `low` to `high`."""
+    return isinstance(n, int) and not isinstance(n, bool) and low <= n <= high
 
 
 def _utf8_len(text: str, what: str, op: str) -> int:
@@ -331,19 +323,19 @@ def check_key(value: object, op: str) -> str:
 def check_ttl(value: object, op: str, what: str = "ttl_ms") -> int | None:
     if value is None:
         return None
-    if not _is_int(value) or not 1 <= value <= MAX_TTL_MS:
+    if not _int_in(value, 1, MAX_TTL_MS):
         raise StateStoreError("INVALID_INPUT", op, f"{what} must be an integer from 1 to {MAX_TTL_MS}")
     return value
 
 
 def check_version(value: object, op: str) -> int:
-    if not _is_int(value) or not 0 <= value < 2**63:
+    if not _int_in(value, 0, 2**63 - 1):
         raise StateStoreError("INVALID_INPUT", op, "version must be an integer from Entry.version")
     return value
 
 
 def check_attempts(value: object, op: str) -> int:
-    if not _is_int(value) or not 1 <= value <= 1_000:
+    if not _int_in(value, 1, 1_000):
         raise StateStoreError("INVALID_INPUT", op, "max_attempts must be an integer from 1 to 1000")
     return value
 
@@ -362,12 +354,12 @@ def check_keys(values: object, op: str) -> list[str]:
 def check_page(limit: object, after: object, op: str = "entries") -> tuple[int | None, tuple[int, str] | None]:
     """`entries(limit=, after=)`: limit 1..MAX_PAGE_ROWS or None; after an Entry (its
     (created_at, key) is the cursor) or None."""
-    if limit is not None and (not _is_int(limit) or not 1 <= limit <= MAX_PAGE_ROWS):
+    if limit is not None and not _int_in(limit, 1, MAX_PAGE_ROWS):
         raise StateStoreError("INVALID_INPUT", op, f"limit must be an integer from 1 to {MAX_PAGE_ROWS}")
     if after is None:
         return limit, None
     created, k = getattr(after, "created_at", None), getattr(after, "key", None)
-    if not _is_int(created) or not isinstance(k, str):
+    if not isinstance(created, int) or isinstance(created, bool) or not isinstance(k, str):
         raise StateStoreError("INVALID_INPUT", op, "after must be an Entry this store returned")
     return limit, (created, k)
 

@@ -49,31 +49,13 @@ if TYPE_CHECKING:
 # -- metrics ---------------------------------------------------------------------------------
 OPERATIONS_NAME = "chatstate_store_operations"  # exposed as chatstate_store_operations_total
 OPERATIONS_HELP = "Keyed-store operations finished in this process, by outcome (ok or the error code)."
+BUCKETS_S = (*(float(f"{m}e{e}") for e in range(-5, 1) for m in (1, 2.5, 5)), 10.0)  # 10 us .. 10 s, 1-2.5-5
 SECONDS = Histogram(
     "chatstate_store_operation_seconds",
     "Duration of successful keyed-store operations in this process (the calling thread's wall time).",
     ["op", "backend"],
-    buckets=(
-        1e-5,
-        2.5e-5,
-        5e-5,
-        1e-4,
-        2.5e-4,
-        5e-4,
-        1e-3,
-        2.5e-3,
-        5e-3,
-        0.01,
-        0.025,
-        0.05,
-        0.1,
-        0.25,
-        0.5,
-        1,
-        2.5,
-        5,
-        10,
-    ),
+    buckets=BUCKETS_S,
+    # fmt: on
 )
 FAILURES = Counter(
     "chatstate_store_operation_failures",
@@ -206,32 +188,27 @@ class KeyedStore:
     # -- the contract ---------------------------------------------------------------------
     @measured("register")
     def register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
-        """Store `value` under `key` (upsert); created_at restarts, so the row becomes newest.
+        """Store `value` under `key` (upsert) with a new version; the row becomes the newest.
 
-        TTL is `ttl_ms`, else the store's default_ttl_ms, else never. The row gets a new
-        version. After the write, live rows over max_entries are evicted oldest first (never
-        this key), or with overflow="reject-new" the write is refused. Raises StateStoreError:
-        INVALID_INPUT (key/value/ttl shape), LIMIT_EXCEEDED (size, depth, full namespace with
-        reject-new), WRITE_FAILED, UNAVAILABLE.
+        TTL: `ttl_ms`, else default_ttl_ms, else never. Live rows over max_entries are evicted
+        oldest first (never this key), or with overflow="reject-new" the write is refused.
+        Raises INVALID_INPUT, LIMIT_EXCEEDED (size, depth, full reject-new namespace),
+        WRITE_FAILED, UNAVAILABLE.
         """
         self._write(Mode.UPSERT, key, value, ttl_ms)
 
     @measured("register_if_absent")
     def register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> bool:
-        """Claim `key` atomically: True if written, False if a live row already holds it.
-
-        An expired row counts as absent. Two processes claiming one key: exactly one gets True.
-        Raises as `register`.
-        """
+        """Claim `key` atomically: True if written, False if a live row holds it (an expired
+        row counts as absent; of racing claimers exactly one wins). Raises as `register`."""
         return self._write(Mode.CLAIM, key, value, ttl_ms)
 
     @measured("compare_and_set")
     def compare_and_set(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> bool:
-        """Write `value` only if the live row under `key` still has `version` (from an Entry).
+        """Write as `register` only if the live row under `key` still has `version` (an Entry's).
 
-        True if written (the row gets a new version, created_at restarts, TTL as `register`);
-        False if the row changed, expired or is gone since that version was read. Atomic
-        across threads and processes (SQLite) and gateways (Redis). Raises as `register`.
+        False if the row changed, expired or went since; atomic across threads, processes and
+        gateways. Raises as `register`.
         """
         return self._write(Mode.MATCH, key, value, ttl_ms, check_version(version, "compare_and_set"))
 
@@ -239,11 +216,10 @@ class KeyedStore:
     def update(
         self, key: str, fn: Callable[[Any], Any], *, ttl_ms: int | None = None, max_attempts: int = UPDATE_ATTEMPTS
     ) -> Any:
-        """Read the live value under `key` (None if absent), store `fn(value)`, return it.
+        """Store `fn(live value or None)` under `key` and return it.
 
-        A claim when the row is absent, else a compare_and_set on the version read; a lost race
-        reads again and calls `fn` again, up to `max_attempts` times, then raises CONFLICT. `fn`
-        must be pure (it may run more than once). Raises as `register`, and CONFLICT.
+        A claim or a compare_and_set on the version read; a lost race reads and calls `fn` (keep
+        it pure) again, up to `max_attempts` times. Raises as `register`, and CONFLICT.
         """
         attempts = check_attempts(max_attempts, "update")
         for _ in range(attempts):
@@ -267,19 +243,15 @@ class KeyedStore:
 
     @measured("lookup")
     def lookup_entry(self, key: str) -> Entry | None:
-        """Return the live row under `key` with its created_at, expires_at and version, or None.
-
-        Adapters use it to keep the stored expiry in their memory cache. Raises as `lookup`.
-        """
+        """Return the live row under `key` as an Entry (with its version), or None. Raises as `lookup`."""
         row = self._backend.read(self.spec, check_key(key, "lookup"), self._now("lookup"))
         return None if row is None else self._entry(row, "lookup")
 
     @measured("lookup_many")
     def lookup_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """Return {key: value} for the live rows among `keys` (at most 1,000 a call), one round trip.
+        """Return {key: value} for the live rows among `keys` (at most 1,000), in one round trip.
 
-        Keys are trimmed as every call trims them; absent and expired keys are left out. Raises
-        INVALID_INPUT, LIMIT_EXCEEDED (too many keys), READ_FAILED, CORRUPT.
+        Raises INVALID_INPUT, LIMIT_EXCEEDED (too many keys), READ_FAILED, CORRUPT.
         """
         wanted = check_keys(keys, "lookup_many")
         if not wanted:
@@ -289,11 +261,10 @@ class KeyedStore:
 
     @measured("consume")
     def consume(self, key: str) -> Any | None:
-        """Read and delete the live row under `key` in one atomic step; None if there was none.
+        """Read and delete the live row under `key` atomically (one racer gets it); None if none.
 
-        Of two callers racing on one key, exactly one gets the value. A row whose stored JSON
-        is unreadable is kept (CORRUPT is raised, nothing is deleted) so it can be inspected.
-        Raises INVALID_INPUT, WRITE_FAILED, CORRUPT, UNAVAILABLE.
+        Unreadable stored JSON raises CORRUPT and the row is kept, to be inspected. Raises
+        INVALID_INPUT, WRITE_FAILED, CORRUPT, UNAVAILABLE.
         """
         key = check_key(key, "consume")
         decode = functools.partial(self._decode, op="consume")
@@ -306,10 +277,9 @@ class KeyedStore:
 
     @measured("delete_if")
     def delete_if(self, key: str, *, version: int) -> bool:
-        """Delete the live row under `key` only if it still has `version`; True if it went.
+        """Delete the live row under `key` only if it still has `version` ("only if still mine").
 
-        "Delete only if still mine": False when the row changed, expired or is gone. Atomic as
-        `compare_and_set`. Raises INVALID_INPUT, WRITE_FAILED, UNAVAILABLE.
+        True if it went. Raises INVALID_INPUT, WRITE_FAILED, UNAVAILABLE.
         """
         key, expect = check_key(key, "delete_if"), check_version(version, "delete_if")
         return self._backend.remove(self.spec, key, self._now("delete_if"), expect)
@@ -326,11 +296,10 @@ class KeyedStore:
 
     @measured("entries")
     def entries(self, *, limit: int | None = None, after: Entry | None = None) -> list[Entry]:
-        """Return live rows ordered by (created_at, key); a page of at most `limit` (1..10,000)
-        rows that come after the Entry `after` (the last one of the previous page) when given.
+        """Return live rows by (created_at, key): at most `limit` (1..10,000), after the Entry `after`.
 
-        The cursor is the (created_at, key) of `after`, so paging is stable: a row written
-        while paging moves to the end and is seen there. Raises INVALID_INPUT, READ_FAILED, CORRUPT.
+        Paging by that cursor is stable: a row written meanwhile moves to the end. Raises
+        INVALID_INPUT, READ_FAILED, CORRUPT.
         """
         page_limit, cursor = check_page(limit, after)
         rows = self._backend.scan(self.spec, self._now("entries"), page_limit, cursor)
@@ -387,10 +356,9 @@ class KeyedStore:
         return self._backend.commit(writes)
 
     def close(self) -> None:
-        """Release the store; the last store on a database checkpoints the WAL and closes it.
+        """Release the store; the database's last holder checkpoints and closes it.
 
-        Safe while other threads still call this or other stores: they finish first, later calls
-        raise UNAVAILABLE. Closing twice is a no-op.
+        Calls in flight finish first, later ones raise UNAVAILABLE; closing twice is a no-op.
         """
         with self._close_lock:
             if self._closed:

@@ -1,17 +1,12 @@
 """The SQLite backend: one file per state dir, one connection per thread, every write in one
-BEGIN IMMEDIATE transaction through `_transact` (diskcache's habit), and the filesystem rules.
+BEGIN IMMEDIATE transaction through `_transact`, and the filesystem rules.
 
 Why this shape: WAL lets readers run beside the single writer; BEGIN IMMEDIATE takes the write
 lock up front so two processes never deadlock upgrading a read lock; an in-process writer lock
-wakes queued writers the moment the current one commits (issue 4); `run_batch` lets the
-database's writer thread commit several writes at once (group commit). A per-namespace row
-count kept by triggers makes the max_entries check O(1). Schema v2 (PRAGMA user_version = 2)
-adds `entries.version`.
-
-Files: never through a symlink, never in someone else's directory (OPEN_FAILED naming the path
-and what to do); what the store creates it creates private whatever the umask (each missing
-directory 0700, one by one; the database 0600), and after every write it re-applies those
-modes on descriptors it holds: an fstat each, an fchmod only when one is wrong.
+wakes queued writers the moment the current one commits; `run_batch` lets the writer thread
+commit several writes at once (group commit); a row count kept by triggers makes the
+max_entries check O(1). Files are never reached through a symlink or adopted from another uid;
+what the store creates is private whatever the umask, and modes are re-applied after every write.
 """
 
 from __future__ import annotations
@@ -110,8 +105,6 @@ RETURNING value, created_at, expires_at, version"""
 SQL_DELETE = "DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
 SQL_REMOVE_MATCH = SQL_DELETE + " AND version = ?5 AND (expires_at IS NULL OR expires_at > ?4)"
 SQL_NS_ROWS = "SELECT row_count FROM namespace_rows WHERE plugin_id = ?1 AND namespace = ?2"
-SQL_SCAN = f"""SELECT key, value, created_at, expires_at, version FROM entries
-WHERE plugin_id = :plugin AND namespace = :ns AND {LIVE} ORDER BY created_at, key"""
 # The page after a cursor: the row-value comparison walks entries_by_order from the cursor on.
 SQL_SCAN_PAGE = f"""SELECT key, value, created_at, expires_at, version FROM entries
 WHERE plugin_id = :plugin AND namespace = :ns AND (created_at, key) > (:after_c, :after_k) AND {LIVE}
@@ -745,12 +738,9 @@ class SQLiteBackend:
         return self._transact("clear", work)
 
     def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
-        args: dict[str, object] = {"plugin": spec.plugin_id, "ns": spec.namespace, "now": now_ms}
-        if limit is None and after is None:
-            return [Row(*r) for r in self._query("entries", SQL_SCAN, args)]
         after_c, after_k = after or NO_CURSOR
-        args.update(after_c=after_c, after_k=after_k, limit=-1 if limit is None else limit)
-        return [Row(*r) for r in self._query("entries", SQL_SCAN_PAGE, args)]
+        args = {"plugin": spec.plugin_id, "ns": spec.namespace, "now": now_ms, "after_c": after_c, "after_k": after_k}
+        return [Row(*r) for r in self._query("entries", SQL_SCAN_PAGE, {**args, "limit": limit or -1})]
 
     def count(self, spec: NamespaceSpec, now_ms: int) -> int:
         args = {"plugin": spec.plugin_id, "ns": spec.namespace, "now": now_ms}

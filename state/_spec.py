@@ -1,6 +1,5 @@
-"""What every layer passes: the limits, `StoreSettings`, the `NamespaceSpec` a store is opened
-with, rows and the backend interface; and the input checks, run before any write so a bad call
-changes nothing. Numbers come from the reference system.
+"""What every layer passes (limits, `StoreSettings`, `NamespaceSpec`, rows, the backend
+interface) and the input checks, run before any write so a bad call changes nothing.
 """
 
 from __future__ import annotations
@@ -43,9 +42,8 @@ def wall_clock_ms() -> int:
 
 
 def new_version() -> int:
-    """A fresh row version: 63 random bits (never 0, the "no version" of a v1 row). Random, not a
-    counter, so no shared sequence row is written by every write; `random` is reseeded in a
-    forked child, so two processes do not draw the same sequence."""
+    """A fresh row version: 63 random bits, never 0 (a v1 row's). Random, so no shared counter row
+    is written by every write; a forked child reseeds `random`."""
     return random.getrandbits(63) or 1
 
 
@@ -65,8 +63,7 @@ class StoreSettings:
 
 @dataclass(frozen=True)
 class NamespaceSpec:
-    """What a store is opened with, checked once: every layer passes this, none repeats it.
-    One spec per (database, plugin_id, namespace) in a process (docs/state.md rule 11)."""
+    """What a store is opened with, checked once; one per (database, plugin_id, namespace) in a process."""
 
     plugin_id: str
     namespace: str
@@ -108,9 +105,8 @@ class NamespaceSpec:
 
 @dataclass(frozen=True)
 class Entry:
-    """One live row as `entries()`, `lookup_entry()` return it. `version` changes on every write
-    of the key (compare_and_set / delete_if take it); it is left out of equality so an Entry
-    compares by what it holds."""
+    """One live row. `version` changes on every write (compare_and_set / delete_if take it); it is
+    left out of equality so an Entry compares by what it holds."""
 
     key: str
     value: Any
@@ -154,9 +150,8 @@ Decode = Callable[[Row], Any]  # raises StateStoreError CORRUPT for unreadable J
 
 
 class Backend(Protocol):
-    """Storage under a `Database` (state/_database.py): it gets checked, serialized input and the
-    caller's `now_ms`, and makes every write atomic on its own (one statement, transaction or
-    script), because two processes may race on one key."""
+    """Storage under a `Database`: it gets checked, serialized input and the caller's `now_ms`, and
+    makes every write atomic on its own (two processes may race on one key)."""
 
     kind: str  # "sqlite" | "redis": the `backend` label of the metrics
     location: str  # a file path or a URL without credentials: goes into error messages
@@ -164,28 +159,23 @@ class Backend(Protocol):
 
     def write(self, w: Write) -> bool:
         """Apply `w` if its mode allows, then enforce max_entries; False = not applied."""
-        ...
 
     def commit(self, writes: Sequence[Write]) -> bool:
         """Apply writes in order, all or nothing (staged writes, op "commit"); False, with nothing
         written, when a CLAIM or MATCH write's condition fails."""
-        ...
 
     def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]] | None:
         """Run several writes in one transaction (group commit), or None to run them alone."""
-        ...
 
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None: ...
     def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]: ...
     def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any:
         """Delete the live row and return `decode(row)`, or None; if decode raises, keep the row."""
-        ...
 
     def remove(self, spec: NamespaceSpec, key: str, now_ms: int, expect: int | None = None) -> bool: ...
     def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int: ...
     def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
         """Live rows in (created_at, key) order after the cursor `after`, at most `limit`."""
-        ...
 
     def count(self, spec: NamespaceSpec, now_ms: int) -> int: ...
     def sweep(self, now_ms: int) -> int: ...
@@ -193,21 +183,18 @@ class Backend(Protocol):
     def schema_version(self) -> int: ...
     def reopened(self) -> None:
         """Another store joined: check the paths again (raises OPEN_FAILED) and re-apply modes."""
-        ...
 
     def fault(self) -> str | None:
         """The last post-commit problem that did not fail a write (a refused chmod), or None."""
-        ...
 
     def close(self) -> None:
         """Wait for calls in flight, checkpoint, close; later calls raise UNAVAILABLE."""
-        ...
 
 
-# -- where the database is: the SQLite file, or a URL as it may be shown ---------------------------------------------------------------
+# -- where the database is: the SQLite file, or a URL as it may be shown ---------------------
 def state_dir(state_dir: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> Path:
-    """Resolve the state dir: the argument, else $CHATSTATE_HOME (from `env`, default the
-    process environment), else ~/.chatstate. The one resolver: the gateway's config uses it too."""
+    """The state dir: the argument, else $CHATSTATE_HOME (from `env`, default os.environ), else
+    ~/.chatstate. The one resolver: the gateway's config uses it too."""
     if state_dir is not None:
         return Path(state_dir).expanduser()
     home = (os.environ if env is None else env).get("CHATSTATE_HOME")
@@ -233,10 +220,8 @@ SECRET_QUERY_KEYS = frozenset({"password", "sentinel_password"})  # query option
 
 
 def shown_url(url: str) -> str:
-    """`url` as it may be printed anywhere (probe, /healthz, logs, errors): the password, in the
-    user part or the query, replaced by `***`; the user, hosts, database and options kept, so
-    an operator still sees which server and which user. `redis://u:pw@h:6379/0` shows as
-    `redis://u:***@h:6379/0`."""
+    """`url` as it may be printed anywhere: passwords (user part or query) shown as `***`, the rest
+    kept, so an operator still sees which server and user: `redis://u:***@h:6379/0`."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "***"  # not a URL at all: nothing in it is safe to echo
@@ -256,15 +241,15 @@ def shown_url(url: str) -> str:
 
 
 # -- input checks ----------------------------------------------------------------------------
-# Compact JSON, non-ASCII kept, NaN/inf refused; one encoder built once (json.dumps with options
-# builds one per call). No circular-reference markers: `_check_shape` has bounded the depth.
+# Compact JSON, non-ASCII kept, NaN/inf refused; built once (json.dumps with options builds one
+# per call); no circular-reference markers: `_check_shape` has bounded the depth.
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False).encode
 _FLAT_SCALARS = frozenset({str, int, bool, type(None)})  # exact types; floats need a finiteness check
 
 
 class Json(str):
     """JSON text `serialize_value` already checked: a store takes it as is (the async twin
-    serializes on the caller, at the call, and hands this to the sync store's write)."""
+    serializes on the caller and hands this on)."""
 
 
 def _int_in(n: object, low: int, high: int) -> TypeGuard[int]:
@@ -341,7 +326,7 @@ def check_attempts(value: object, op: str) -> int:
 
 
 def check_keys(values: object, op: str) -> list[str]:
-    """A batch of keys: a list/tuple/set of at most MAX_BATCH_KEYS valid keys, duplicates folded."""
+    """A list/tuple/set of at most MAX_BATCH_KEYS valid keys, duplicates folded."""
     if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, set, frozenset)):
         raise StateStoreError("INVALID_INPUT", op, "keys must be a list of strings")
     if len(values) > MAX_BATCH_KEYS:
@@ -352,8 +337,7 @@ def check_keys(values: object, op: str) -> list[str]:
 
 
 def check_page(limit: object, after: object, op: str = "entries") -> tuple[int | None, tuple[int, str] | None]:
-    """`entries(limit=, after=)`: limit 1..MAX_PAGE_ROWS or None; after an Entry (its
-    (created_at, key) is the cursor) or None."""
+    """`entries(limit=, after=)`: limit 1..MAX_PAGE_ROWS or None; `after` an Entry (the cursor) or None."""
     if limit is not None and not _int_in(limit, 1, MAX_PAGE_ROWS):
         raise StateStoreError("INVALID_INPUT", op, f"limit must be an integer from 1 to {MAX_PAGE_ROWS}")
     if after is None:
@@ -367,8 +351,8 @@ def check_page(limit: object, after: object, op: str = "entries") -> tuple[int |
 def serialize_value(value: object, op: str, max_bytes: int = MAX_VALUE_BYTES) -> str:
     """Return the compact JSON text stored for `value`.
 
-    Raises INVALID_INPUT for anything that is not plain JSON (tuples, sets, bytes, non-str dict
-    keys, NaN/inf, lone surrogates) and LIMIT_EXCEEDED past the depth or size limit.
+    Raises INVALID_INPUT for anything but plain JSON (tuples, sets, bytes, non-str keys, NaN/inf,
+    lone surrogates), LIMIT_EXCEEDED past the depth or size limit.
     """
     if type(value) is Json:  # checked already (the async twin, on the caller): only the size is ours
         text = str(value)  # an exact str for the driver
@@ -385,8 +369,7 @@ def serialize_value(value: object, op: str, max_bytes: int = MAX_VALUE_BYTES) ->
 
 
 def _check_shape(root: object, op: str) -> None:
-    # The usual adapter value is one flat dict of strings and ints: accept it in one pass; anything
-    # else, or anything odd in it, takes the general walk.
+    # The usual value, a flat dict of strings and ints, passes in one pass; the rest takes the walk.
     if type(root) is dict and all(type(k) is str and type(v) in _FLAT_SCALARS for k, v in root.items()):
         return
     # Iterative so a hostile 100,000-deep list cannot blow the Python stack before we say no.

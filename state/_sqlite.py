@@ -397,8 +397,8 @@ def backup(source: Path, target: Path) -> None:
 
 # -- the backend ------------------------------------------------------------------------------
 class _ConditionFailed(Exception):
-    """A staged CLAIM or MATCH did not hold: `commit` rolls back and answers False. In a group
-    commit it spoils the batch like any error, so each call is rerun alone and gets its answer."""
+    """Roll the transaction back: a staged CLAIM or MATCH did not hold (`commit` answers False;
+    in a group commit each call is then rerun alone), or a call of a group commit failed."""
 
 
 class _Slot:
@@ -446,21 +446,8 @@ class SQLiteBackend:
                 check_existing(self.path)  # never writes: a bad file stays exactly as it was
         except OSError as exc:
             raise self._fail("OPEN_FAILED", "open", f"cannot prepare the state path ({exc.strerror})") from None
-        conn = self._slot("open").conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise newer_schema(version, "open", self.location)
-                if version < SCHEMA_VERSION:
-                    migrate(conn, self.path, version)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise self._driver_error("open", exc) from None
+            self._transact("open", self._migrate)
         except OSError as exc:  # the backup before a migration could not be written
             raise self._fail("OPEN_FAILED", "open", f"cannot write the pre-migration backup ({exc.strerror})") from None
         files = tuple((Path(f"{self.path}{s}"), FILE_MODE) for s in ("", *SIDE_FILES))
@@ -469,6 +456,13 @@ class SQLiteBackend:
             self._modes.ensure()
         except OSError as exc:
             raise self._fail("OPEN_FAILED", "open", f"cannot set permissions ({exc.strerror})") from None
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise newer_schema(version, "open", self.location)
+        if version < SCHEMA_VERSION:
+            migrate(conn, self.path, version)
 
     def _slot(self, op: str) -> _Slot:
         """This thread's connection, opened on first use; refused in a forked child (the pid
@@ -568,24 +562,17 @@ class SQLiteBackend:
         return result
 
     def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]] | None:
-        """Run several writes of this thread in one transaction (group commit: the database's
-        writer thread runs the writes that queued up while it was busy).
+        """Run several writes of this thread in one transaction (group commit), each call's
+        `_transact` joining it: a write costs about half.
 
-        Each call's `_transact` joins the open transaction, so a write costs about half (issue 4).
-        Returns every call's (result, error) after the COMMIT, or None, with nothing written, when
+        Returns every call's (result, error) after the COMMIT; or None, with nothing written, when
         a call failed inside the transaction or BEGIN or COMMIT failed: the caller then runs the
-        calls one by one, so each gets exactly what it would have had alone. A call refused
-        before it touched the database (validation) does not spoil the batch.
+        calls one by one, so each gets what it would have had alone. A call refused before it
+        touched the database (validation) does not spoil the batch.
         """
         slot = self._slot("register")
-        with slot.lock, self._writer:
-            if self._closed:
-                return None
-            conn = slot.conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error:
-                return None
+
+        def work(conn: sqlite3.Connection) -> list[tuple[Any, Exception | None]]:
             slot.batch = spoiled = [False]
             outcomes: list[tuple[Any, Exception | None]] = []
             try:
@@ -594,19 +581,16 @@ class SQLiteBackend:
                         outcomes.append((call(), None))
                     except Exception as exc:  # handed to that call's caller, not swallowed
                         outcomes.append((None, exc))
-                slot.batch = None
-                conn.execute("ROLLBACK" if spoiled[0] else "COMMIT")
-            except sqlite3.Error:
-                return None
             finally:
                 slot.batch = None
-                if conn.in_transaction:  # a failed COMMIT, or an exception that is not a driver error
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-        if spoiled[0]:
+            if spoiled[0]:
+                raise _ConditionFailed  # any failure inside: roll back, rerun alone
+            return outcomes
+
+        try:
+            return self._transact("register", work)
+        except (StateStoreError, _ConditionFailed):  # closed, or BEGIN / COMMIT failed
             return None
-        self._after_commit("register")
-        return outcomes
 
     def _after_commit(self, op: str) -> None:
         """Re-apply 0700/0600 after every write: an outside chmod must not stick.

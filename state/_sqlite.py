@@ -86,9 +86,10 @@ ON CONFLICT (plugin_id, namespace, key) DO UPDATE SET
 """
 # A claim overwrites only a row that has expired: the conflict clause is the atomic check.
 SQL_CLAIM = SQL_UPSERT + " WHERE entries.expires_at IS NOT NULL AND entries.expires_at <= ?4"
-SQL_MATCH = """UPDATE entries SET value = ?5, created_at = ?4, expires_at = ?6, version = ?7
-WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3 AND version = ?8
-AND (expires_at IS NULL OR expires_at > ?4)"""
+# Replaces the row under the key in place (the row count does not change).
+SQL_REPLACE = """UPDATE entries SET value = ?5, created_at = ?4, expires_at = ?6, version = ?7
+WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"""
+SQL_MATCH = SQL_REPLACE + " AND version = ?8 AND (expires_at IS NULL OR expires_at > ?4)"
 SQL_READ = """SELECT value, created_at, expires_at, version FROM entries
 WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3 AND (expires_at IS NULL OR expires_at > ?4)"""
 # lookup_many binds its keys one per parameter (a JSON array through json_each would lose keys
@@ -109,8 +110,8 @@ SQL_NS_ROWS = "SELECT row_count FROM namespace_rows WHERE plugin_id = ?1 AND nam
 SQL_SCAN_PAGE = f"""SELECT key, value, created_at, expires_at, version FROM entries
 WHERE plugin_id = :plugin AND namespace = :ns AND (created_at, key) > (:after_c, :after_k) AND {LIVE}
 ORDER BY created_at, key LIMIT :limit"""
-# Live rows = the trigger-kept row count minus the namespace's expired rows, which the expiry
-# index finds among the few expired rows (swept every 60 s): O(expired), not O(namespace).
+# Live rows = the trigger-kept row count minus the namespace's expired rows (few: swept every
+# 60 s, found by the expiry index): O(expired), not O(namespace).
 SQL_COUNT_LIVE = """SELECT coalesce((SELECT row_count FROM namespace_rows WHERE plugin_id = :plugin AND namespace = :ns), 0)
     - (SELECT count(*) FROM entries INDEXED BY entries_by_expiry
        WHERE expires_at <= :now AND plugin_id = :plugin AND namespace = :ns)"""
@@ -125,14 +126,11 @@ SQL_EVICT = """DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND k
     SELECT key FROM entries INDEXED BY entries_by_order
     WHERE plugin_id = ?1 AND namespace = ?2 AND key != ?3 AND (expires_at IS NULL OR expires_at > ?4)
     ORDER BY created_at, key LIMIT ?5)"""
-# A namespace exactly at max_entries: a key already there is replaced in place (the count does
-# not change) ...
-SQL_REPLACE = """UPDATE entries SET value = ?5, created_at = ?4, expires_at = ?6, version = ?7
-WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"""
+# A namespace exactly at max_entries: a key already there is replaced in place ...
 SQL_REPLACE_EXPIRED = SQL_REPLACE + " AND expires_at IS NOT NULL AND expires_at <= ?4"  # a claim's
 SQL_EXISTS = "SELECT 1 FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
-# ... and a new key takes over the oldest live row: one UPDATE that evicts and writes at once, with
-# no row counted in or out (what an insert and an eviction would leave, for half the work).
+# ... and a new key takes over the oldest live row: one UPDATE evicts and writes at once, for
+# half the work of an insert and an eviction.
 SQL_REKEY_OLDEST = """UPDATE entries SET key = ?3, value = ?5, created_at = ?4, expires_at = ?6, version = ?7
 WHERE plugin_id = ?1 AND namespace = ?2 AND key = (
     SELECT key FROM entries INDEXED BY entries_by_order

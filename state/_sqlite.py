@@ -343,21 +343,23 @@ def _check_file(path: Path, where: str) -> None:
         raise newer_schema(version, "open", where)
 
 
-def check_database(path: Path) -> None:
-    """Refuse a state file that is not SQLite, is damaged or has a newer schema, read-only (the
-    public `check_database`); a missing or empty file is fine."""
+def check_database(path: Path, *, create: bool = False) -> bool:
+    """Check the database's place (and make it when `create`), then refuse read-only a file that
+    is not SQLite, is damaged or has a newer schema; a missing or empty file is fine. Returns
+    whether the directory is the store's own (see `prepare`). Raises OPEN_FAILED, CORRUPT,
+    SCHEMA_UNSUPPORTED."""
     try:
-        for d in guarded_dirs(path):
-            check_dir(d)
         if path.is_dir() and not path.is_symlink():
             raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory", path=str(path))
-        st = check_file(path)
+        own_dir, has_content = prepare(path, create=create)
     except OSError as exc:
+        doing = "prepare" if create else "check"
         raise StateStoreError(
-            "OPEN_FAILED", "open", f"cannot check the state path ({exc.strerror})", path=str(path)
+            "OPEN_FAILED", "open", f"cannot {doing} the state path ({exc.strerror})", path=str(path)
         ) from None
-    if st is not None and st.st_size > 0:
-        check_existing(path)
+    if has_content:
+        check_existing(path)  # never writes: a bad file stays exactly as it was
+    return own_dir
 
 
 def migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
@@ -436,14 +438,7 @@ class SQLiteBackend:
         return StateStoreError(code, op, message, path=self.location)
 
     def _open(self) -> None:
-        try:
-            if self.path.is_dir() and not self.path.is_symlink():
-                raise self._fail("OPEN_FAILED", "open", "the state path is a directory")
-            own_dir, has_content = prepare(self.path)
-            if has_content:
-                check_existing(self.path)  # never writes: a bad file stays exactly as it was
-        except OSError as exc:
-            raise self._fail("OPEN_FAILED", "open", f"cannot prepare the state path ({exc.strerror})") from None
+        own_dir = check_database(self.path, create=True)
         try:
             self._transact("open", self._migrate)
         except OSError as exc:  # the backup before a migration could not be written

@@ -1,12 +1,9 @@
 """The sync store: a view of one (plugin_id, namespace) onto an open database. Validation, JSON,
 versions and clocks are written here once, on top of either backend; every call is counted and
-timed in Prometheus metrics (prometheus_client's default REGISTRY):
+timed on prometheus_client's default REGISTRY:
 
     chatstate_store_operations_total{op, backend, outcome}   outcome "ok" or the error code
     chatstate_store_operation_seconds{op, backend}           histogram of successful calls
-
-The "ok" series is read from the histogram's count by a collector at scrape time, so a
-successful call pays one metric update, not two; failures are counted by code in a plain Counter.
 """
 
 from __future__ import annotations
@@ -16,13 +13,11 @@ import json
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Histogram
 
 from ._errors import StateStoreError
 from ._spec import (
@@ -47,61 +42,34 @@ if TYPE_CHECKING:
     from ._database import Location
 
 # -- metrics ---------------------------------------------------------------------------------
-OPERATIONS_NAME = "chatstate_store_operations"  # exposed as chatstate_store_operations_total
-OPERATIONS_HELP = "Keyed-store operations finished in this process, by outcome (ok or the error code)."
+OPERATIONS = Counter(
+    "chatstate_store_operations",
+    "Keyed-store operations finished in this process, by outcome (ok or the error code).",
+    ["op", "backend", "outcome"],
+)
 BUCKETS_S = (*(float(f"{m}e{e}") for e in range(-5, 1) for m in (1, 2.5, 5)), 10.0)  # 10 us .. 10 s, 1-2.5-5
 SECONDS = Histogram(
     "chatstate_store_operation_seconds",
     "Duration of successful keyed-store operations in this process (the calling thread's wall time).",
     ["op", "backend"],
     buckets=BUCKETS_S,
-    # fmt: on
 )
-FAILURES = Counter(
-    "chatstate_store_operation_failures",
-    "Failed store calls by error code (exposed as operations_total).",
-    ["op", "backend", "outcome"],
-    registry=None,
-)  # not registered: _Operations exposes it
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _Operations(Collector):
-    """`chatstate_store_operations_total`: ok from the histogram's counts, the rest from FAILURES."""
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(OPERATIONS_NAME, OPERATIONS_HELP, labels=["op", "backend", "outcome"])
-        for metric in SECONDS.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_count"):
-                    family.add_metric([sample.labels["op"], sample.labels["backend"], "ok"], sample.value)
-        for metric in FAILURES.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_total"):
-                    labels = sample.labels
-                    family.add_metric([labels["op"], labels["backend"], labels["outcome"]], sample.value)
-        yield family
-
-    def describe(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(OPERATIONS_NAME, OPERATIONS_HELP, labels=["op", "backend", "outcome"])
-
-
-REGISTRY.register(_Operations())
-
-
 def op_counts() -> dict[str, int]:
-    """How many store operations this process has run, by operation name (all outcomes; an
-    operation never run is left out)."""
+    """How many store operations this process has run, by name (all outcomes; none run: left out)."""
     total: Tally[str] = Tally()
-    for metric in _Operations().collect():
+    for metric in OPERATIONS.collect():
         for sample in metric.samples:
-            total[sample.labels["op"]] += int(sample.value)
+            if sample.name.endswith("_total"):
+                total[sample.labels["op"]] += int(sample.value)
     return {op: n for op, n in total.items() if n}
 
 
 def measured(op: str) -> Callable[[F], F]:
-    """Decorate a store method: time a successful call under `op`, count a failed one by code.
-    The labelled child is looked up once per store (`labels()` costs more than the update)."""
+    """Decorate a store method: count every call by outcome under `op`, time a successful one.
+    The labelled children are looked up once per store (`labels()` costs more than the update)."""
 
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
@@ -111,9 +79,11 @@ def measured(op: str) -> Callable[[F], F]:
                 result = fn(self, *args, **kwargs)
             except BaseException as exc:
                 code = exc.code.value if isinstance(exc, StateStoreError) else "error"
-                FAILURES.labels(op, self.backend_kind, code).inc()
+                OPERATIONS.labels(op, self.backend_kind, code).inc()
                 raise
-            self._ok[op](time.perf_counter() - started)
+            ok, observe = self._ok[op]
+            ok()
+            observe(time.perf_counter() - started)
             return result
 
         return run  # type: ignore[return-value]
@@ -136,7 +106,8 @@ class KeyedStore:
         self.overflow, self.max_value_bytes = spec.overflow, spec.max_value_bytes
         self._backend = database.backend
         self.backend_kind = self._backend.kind  # the `backend` label of the metrics
-        self._ok = {op: SECONDS.labels(op, self.backend_kind).observe for op in _MEASURED}
+        kind = self.backend_kind
+        self._ok = {op: (OPERATIONS.labels(op, kind, "ok").inc, SECONDS.labels(op, kind).observe) for op in _MEASURED}
         self._clock = clock
         self._closed = False
         self._close_lock = threading.Lock()

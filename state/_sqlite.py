@@ -126,16 +126,23 @@ SQL_EVICT = """DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND k
     SELECT key FROM entries INDEXED BY entries_by_order
     WHERE plugin_id = ?1 AND namespace = ?2 AND key != ?3 AND (expires_at IS NULL OR expires_at > ?4)
     ORDER BY created_at, key LIMIT ?5)"""
-# A namespace exactly at max_entries: a key already there is replaced in place ...
+# A namespace exactly at max_entries: a write takes over, in one UPDATE, the row of its own key,
+# else an expired row (they never count), else (evict-oldest) the oldest live row: an eviction
+# and an insert at once, for the work of one write.
 SQL_REPLACE_EXPIRED = SQL_REPLACE + " AND expires_at IS NOT NULL AND expires_at <= ?4"  # a claim's
 SQL_EXISTS = "SELECT 1 FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
-# ... and a new key takes over the oldest live row: one UPDATE evicts and writes at once, for
-# half the work of an insert and an eviction.
-SQL_REKEY_OLDEST = """UPDATE entries SET key = ?3, value = ?5, created_at = ?4, expires_at = ?6, version = ?7
-WHERE plugin_id = ?1 AND namespace = ?2 AND key = (
-    SELECT key FROM entries INDEXED BY entries_by_order
+_OWN_KEY = "SELECT key FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
+_EXPIRED_KEY = """SELECT key FROM entries INDEXED BY entries_by_expiry
+    WHERE expires_at <= ?4 AND plugin_id = ?1 AND namespace = ?2 LIMIT 1"""
+_OLDEST_KEY = """SELECT key FROM entries INDEXED BY entries_by_order
     WHERE plugin_id = ?1 AND namespace = ?2 AND (expires_at IS NULL OR expires_at > ?4)
-    ORDER BY created_at, key LIMIT 1)"""
+    ORDER BY created_at, key LIMIT 1"""
+_TAKE_OVER = """UPDATE entries SET key = ?3, value = ?5, created_at = ?4, expires_at = ?6, version = ?7
+WHERE plugin_id = ?1 AND namespace = ?2 AND key = coalesce"""
+SQL_TAKE_OVER = {
+    "evict-oldest": f"{_TAKE_OVER}(({_OWN_KEY}), ({_EXPIRED_KEY}), ({_OLDEST_KEY}))",
+    "reject-new": f"{_TAKE_OVER}(({_OWN_KEY}), ({_EXPIRED_KEY}))",
+}
 SQL_SWEEP = """DELETE FROM entries WHERE (plugin_id, namespace, key) IN (
     SELECT plugin_id, namespace, key FROM entries WHERE expires_at <= :now LIMIT :batch)"""
 
@@ -650,16 +657,15 @@ class SQLiteBackend:
         if rows < spec.max_entries:  # room for one more: nothing to evict
             return conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params).rowcount > 0
         if rows == spec.max_entries:  # exactly full, the usual case of a capped namespace
-            if conn.execute(SQL_REPLACE_EXPIRED if claim else SQL_REPLACE, params).rowcount:
-                return True  # the key was there: replaced in place, the count stays
+            if claim and conn.execute(SQL_REPLACE_EXPIRED, params).rowcount:
+                return True  # its own expired row, replaced in place
             if claim and conn.execute(SQL_EXISTS, params[:3]).fetchone():
                 return False  # a live row holds the key
-            # A new key into a full namespace: expired rows never count, so they go first.
-            if conn.execute(SQL_DROP_EXPIRED_NS, params[:4]).rowcount == 0:
-                if spec.overflow == "reject-new":
-                    raise self._full(op, spec)
-                return conn.execute(SQL_REKEY_OLDEST, params).rowcount > 0  # evict the oldest and write, at once
-            return conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params).rowcount > 0
+            if conn.execute(SQL_TAKE_OVER[spec.overflow], params).rowcount:
+                return True
+            if spec.overflow == "reject-new":
+                raise self._full(op, spec)
+            return False
         # Over the cap (max_entries lowered since): write, then drop expired rows, then evict.
         if conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params).rowcount == 0:
             return False

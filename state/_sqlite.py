@@ -161,7 +161,7 @@ def guarded_dirs(db: Path) -> tuple[Path, ...]:
     return (parent.parent, parent) if parent.name == "plugin-state" else (parent,)
 
 
-def _unsafe(path: Path, is_dir: bool, op: str) -> os.stat_result | None:
+def check_path(path: Path, is_dir: bool, op: str = "open") -> os.stat_result | None:
     """Refuse a symlink (dangling or not), the wrong kind of file or one of another uid (OPEN_FAILED,
     saying what to do); None if `path` is missing."""
     st = _lstat(path)
@@ -187,16 +187,6 @@ def _unsafe(path: Path, is_dir: bool, op: str) -> os.stat_result | None:
     raise StateStoreError("OPEN_FAILED", op, problem, path=str(path))
 
 
-def check_dir(directory: Path, op: str = "open") -> bool:
-    """Refuse a symlink, a non-directory or a directory of another uid; False if it is missing."""
-    return _unsafe(directory, True, op) is not None
-
-
-def check_file(path: Path, op: str = "open") -> os.stat_result | None:
-    """Refuse a symlink (dangling or not), a non-regular file or a file of another uid."""
-    return _unsafe(path, False, op)
-
-
 def make_dirs(directory: Path) -> list[Path]:
     """Create `directory` and its missing parents, each 0700 whatever the umask; return those made."""
     missing: list[Path] = []
@@ -216,17 +206,16 @@ def make_dirs(directory: Path) -> list[Path]:
 
 
 def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, bool]:
-    """Check (and unless `create` is False, make) the database's place. Returns (directory made
-    by us or a `plugin-state` dir, database has content). Raises OPEN_FAILED for every refused
-    path; OSError for what the filesystem refused."""
+    """Check (and with `create`, make) the database's place. Returns (the directory is the store's
+    own: made by it, or `plugin-state`; the file has content). Raises OPEN_FAILED, OSError."""
     made: list[Path] = []
     for d in guarded_dirs(db):  # top down: a symlinked state dir is refused before anything is made in it
-        if not check_dir(d, op) and create:
+        if check_path(d, True, op) is None and create:
             made += make_dirs(d)
-            check_dir(d, op)
+            check_path(d, True, op)
     for side in SIDE_FILES:
-        check_file(Path(f"{db}{side}"), op)
-    st = check_file(db, op)
+        check_path(Path(f"{db}{side}"), False, op)
+    st = check_path(db, False, op)
     if st is None and create:
         fd = os.open(db, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
         try:
@@ -237,10 +226,9 @@ def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, b
 
 
 class _Modes:
-    """Keep `targets` (path, mode) at their modes after every write, cheaply: each target is
-    opened once (never through a symlink) and checked with an fstat on that descriptor; only a
-    wrong mode costs an fchmod. A target not there yet (-wal, -shm) is tried again next time;
-    one replaced or deleted since (no links left) is opened afresh."""
+    """Keep `targets` (path, mode) at their modes, cheaply: each is opened once (never through a
+    symlink) and checked by fstat; only a wrong mode costs an fchmod. A target missing (-wal,
+    -shm) is tried again next time; one deleted since (no links left) is opened afresh."""
 
     def __init__(self, targets: tuple[tuple[Path, int], ...]) -> None:
         self._targets = targets
@@ -287,10 +275,9 @@ def newer_schema(version: int, op: str, where: str) -> StateStoreError:
     )
 
 
-# Files this process checked, by path: what they looked like right after the check. The gateway
-# checks the file read-only before it binds, then the backend again as it opens; at 1M rows each
-# quick_check reads the whole file (~0.2 s), so the second is skipped when neither the file nor
-# its WAL changed in between (issue 20, target 6). A dict's get and set are atomic under the GIL.
+# Files this process checked, by path, as they looked right after the check. The gateway checks
+# the file before it binds and again as it opens; at 1M rows a quick_check reads ~0.2 s, so the
+# second is skipped when neither the file nor its WAL changed. get/set are atomic under the GIL.
 _checked: dict[str, tuple[object, ...]] = {}
 
 
@@ -310,9 +297,8 @@ def _fingerprint(path: Path) -> tuple[object, ...] | None:
 
 
 def check_existing(path: Path) -> None:
-    """Refuse a file that is not a readable SQLite database of a known schema, read-only: OPEN_FAILED
-    (not SQLite), CORRUPT (damaged) or SCHEMA_UNSUPPORTED; the file and its modes are left exactly
-    as they were. A file this process checked that has not changed since is not read again."""
+    """Refuse, read-only, a file that is not SQLite (OPEN_FAILED), is damaged (CORRUPT) or newer
+    (SCHEMA_UNSUPPORTED); a file checked before and unchanged since is not read again."""
     where = str(path)
     before = _fingerprint(path)
     if before is not None and _checked.get(where) == before:
@@ -370,10 +356,8 @@ def check_database(path: Path, *, create: bool = False) -> bool:
 
 
 def migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
-    """Bring a database at schema `version` to SCHEMA_VERSION inside the caller's BEGIN IMMEDIATE:
-    first a full copy of the file (nothing can change it: the caller holds the write lock) goes to
-    `<file>.v<N>.bak`, 0600; then every step runs in the one transaction, so a failure leaves the
-    file at its old version, untouched."""
+    """Bring a database at schema `version` to SCHEMA_VERSION inside the caller's transaction: a
+    copy goes to `<file>.v<N>.bak` (0600) first, and a failed step leaves the file untouched."""
     if version == 0:
         for statement in SCHEMA:
             conn.execute(statement)
@@ -386,8 +370,8 @@ def migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
 
 
 def backup(source: Path, target: Path) -> None:
-    """Copy the database with SQLite's backup API from a second, read-only connection (WAL lets it
-    read beside the caller's write lock) into a fresh 0600 file, then move it into place."""
+    """Copy the database with SQLite's backup API from a read-only connection (WAL lets it read
+    beside the caller's write lock) into a fresh 0600 file, then move it into place."""
     partial = Path(f"{target}.partial")
     partial.unlink(missing_ok=True)
     os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE))
@@ -432,9 +416,8 @@ class SQLiteBackend:
         self._local = threading.local()
         self._slots: list[_Slot] = []
         self._lock = threading.Lock()  # guards _slots and _closed
-        # One writer at a time inside this process: threads queued here are woken the moment the
-        # writer commits; without it they collide on BEGIN IMMEDIATE and SQLite's busy handler
-        # sleeps 1, 2, 5, ... ms between retries, however soon the lock frees (issue 4).
+        # One writer at a time in this process, woken the moment the last commits: without it they
+        # collide on BEGIN IMMEDIATE and SQLite's busy handler sleeps 1, 2, 5, ... ms between tries.
         self._writer = threading.Lock()
         self._closed = False
         self._modes: _Modes | None = None  # set once the file is known good
@@ -465,8 +448,7 @@ class SQLiteBackend:
             migrate(conn, self.path, version)
 
     def _slot(self, op: str) -> _Slot:
-        """This thread's connection, opened on first use; refused in a forked child (the pid
-        check: a connection is never used by a process that did not open it)."""
+        """This thread's connection, opened on first use; refused in a forked child (pid check)."""
         slot: _Slot | None = getattr(self._local, "slot", None)
         if slot is not None and self._pid == os.getpid():
             return slot
@@ -495,9 +477,8 @@ class SQLiteBackend:
         return slot
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
-        """Switch to WAL, waiting up to busy_timeout_s like every other statement: SQLite does not
-        call the busy handler for this mode change, so processes creating the database together got
-        "database is locked" at once."""
+        """Switch to WAL, waiting up to busy_timeout_s: SQLite does not call the busy handler for
+        this, so processes creating the database together got "database is locked" at once."""
         deadline = time.monotonic() + self.settings.busy_timeout_s
         while True:
             try:
@@ -518,9 +499,8 @@ class SQLiteBackend:
         return self._fail(code, op, f"SQLite said: {exc}")
 
     def _query(self, op: str, statement: str, params: tuple[object, ...] | dict[str, object]) -> list[Any]:
-        """Run one read statement on this thread's connection; close() waits for it. Inside
-        `run_batch` (an `update` on the writer) it reads the batch's open transaction, whose
-        lock this thread holds already."""
+        """Run one read on this thread's connection; close() waits for it. Inside `run_batch` it
+        reads the batch's open transaction, whose lock this thread holds already."""
         slot = self._slot(op)
         with contextlib.nullcontext() if slot.batch is not None else slot.lock:
             if self._closed:
@@ -532,8 +512,8 @@ class SQLiteBackend:
 
     def _transact(self, op: str, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(conn)` as one write: BEGIN IMMEDIATE, ROLLBACK if it raises, else COMMIT, then
-        re-apply permissions (best effort: `_after_commit`). Inside `run_batch` it joins the
-        batch's open transaction instead. The slot's lock is held throughout, so close() waits."""
+        re-apply permissions. Inside `run_batch` it joins the batch's transaction instead. The
+        slot's lock is held throughout, so close() waits."""
         slot = self._slot(op)
         if slot.batch is not None:  # run_batch commits, or rolls back and reruns one by one
             try:
@@ -593,12 +573,11 @@ class SQLiteBackend:
             return None
 
     def _after_commit(self, op: str) -> None:
-        """Re-apply 0700/0600 after every write: an outside chmod must not stick.
+        """Re-apply 0700/0600 after every write, so an outside chmod does not stick.
 
-        Best effort on purpose (issue 17, defect 1): the write is committed, so a chmod that fails
-        here must not turn it into an error (a claim would be orphaned, a consumed value lost, a
-        retry would answer twice). The failure is logged once and shown by `fault()` (probe and
-        /healthz) until a later re-application succeeds.
+        Best effort: the write is committed, and failing it now would orphan a claim, lose a
+        consumed value or make a retry answer twice. A failure is logged once and shown by
+        `fault()` (probe, /healthz) until a later re-application succeeds.
         """
         modes = self._modes
         if modes is None:
@@ -619,8 +598,7 @@ class SQLiteBackend:
         return self._fault
 
     def reopened(self) -> None:
-        """Another store joins: check the paths again (raises OPEN_FAILED) and re-apply modes
-        (best effort, as after a write)."""
+        """Another store joins: check the paths again (OPEN_FAILED) and re-apply modes."""
         try:
             prepare(self.path, create=False)
         except OSError as exc:
@@ -732,10 +710,9 @@ class SQLiteBackend:
     def sweep(self, now_ms: int) -> int:
         """Delete expired rows in batches, each its own short transaction.
 
-        A batch dirties hundreds of pages, so SQLite's automatic checkpoint would run inside almost
-        every other COMMIT, fsyncs included, while the write lock is held. Instead auto-checkpoint
-        is off for this connection during the sweep, and a PASSIVE checkpoint (which other writers
-        do not wait for) follows each batch.
+        A batch dirties hundreds of pages, so the automatic checkpoint would run (fsyncs included)
+        inside almost every COMMIT, under the write lock; instead it is off during the sweep and a
+        PASSIVE checkpoint, which writers do not wait for, follows each batch.
         """
         args = {"now": now_ms, "batch": self.settings.sweep_batch_rows}
         removed = 0
@@ -758,8 +735,7 @@ class SQLiteBackend:
         return int(self._query("probe", "PRAGMA user_version", ())[0][0])
 
     def close(self) -> None:
-        """Let calls already running finish (each holds its slot), checkpoint, close every
-        connection; later calls raise UNAVAILABLE."""
+        """Let running calls finish, checkpoint, close every connection; later calls: UNAVAILABLE."""
         with self._lock:
             self._closed = True
             slots, self._slots = self._slots, []

@@ -105,8 +105,7 @@ class KeyedStore:
         self.max_entries, self.default_ttl_ms = spec.max_entries, spec.default_ttl_ms
         self.overflow, self.max_value_bytes = spec.overflow, spec.max_value_bytes
         self._backend = database.backend
-        self.backend_kind = self._backend.kind  # the `backend` label of the metrics
-        kind = self.backend_kind
+        self.backend_kind = kind = self._backend.kind  # the `backend` label of the metrics
         self._ok = {op: (OPERATIONS.labels(op, kind, "ok").inc, SECONDS.labels(op, kind).observe) for op in _MEASURED}
         self._clock = clock
         self._closed = False
@@ -127,21 +126,18 @@ class KeyedStore:
         return self._clock()
 
     def _decode(self, row: Row, op: str = "lookup") -> Any:
-        text = row.value
         try:  # stored JSON is compact: raw_decode skips json.loads' two whitespace regex matches
-            value, end = _raw_decode(text)
-            if end == len(text):
+            value, end = _raw_decode(row.value)
+            if end == len(row.value):
                 return value
         except ValueError:
             pass
         try:
-            return json.loads(text)
+            return json.loads(row.value)
         except ValueError:
+            size = len(row.key.encode())
             raise StateStoreError(
-                "CORRUPT",
-                op,
-                f"stored JSON for a key of {len(row.key.encode())} bytes is unreadable",
-                path=self.location,
+                "CORRUPT", op, f"stored JSON for a key of {size} bytes is unreadable", path=self.location
             ) from None
 
     def _entry(self, row: Row, op: str) -> Entry:

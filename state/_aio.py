@@ -9,6 +9,7 @@ SQLite database's writes run on its writer thread, which group-commits what queu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import queue
@@ -46,7 +47,7 @@ class Workers:
 
     def _start(self) -> None:
         self._pid = os.getpid()
-        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()  # calls; lists of them for a writer
+        self._calls: queue.SimpleQueue[list[_Call]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
         self._pending: dict[asyncio.AbstractEventLoop, list[_Call]] = {}  # a writer's, this loop turn
@@ -55,9 +56,7 @@ class Workers:
         if self._pid != os.getpid():  # the parent's threads do not exist in a forked child
             self._start()
         if self._batch is None:
-            self._calls.put(call)
-            self._ensure_thread()
-            return
+            return self._put([call])
         # One wake-up of the writer per loop turn, not per call (each could fight the loop for the GIL).
         loop = call[0]
         pending = self._pending.get(loop)
@@ -67,7 +66,10 @@ class Workers:
         pending.append(call)
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._calls.put(self._pending.pop(loop))
+        self._put(self._pending.pop(loop))
+
+    def _put(self, calls: list[_Call]) -> None:
+        self._calls.put(calls)
         self._ensure_thread()
 
     def _ensure_thread(self) -> None:
@@ -80,7 +82,7 @@ class Workers:
             name = f"{self._prefix}_{self._threads - 1}"
         threading.Thread(target=self._work, name=name, daemon=True).start()
 
-    def _next(self) -> Any:
+    def _next(self) -> list[_Call] | None:
         """The next queued item, or None once the queue stayed empty for IDLE_EXIT_S."""
         while True:
             try:
@@ -93,26 +95,21 @@ class Workers:
 
     def _work(self) -> None:
         # Daemon threads: a write cut by interpreter exit is rolled back, and nobody awaits it.
-        calls = self._calls
-        while (first := self._next()) is not None:
-            batch = first if self._batch is not None else [first]  # a writer's items are lists
+        while (batch := self._next()) is not None:
             while len(batch) < DELIVER_BATCH:
                 try:
-                    more = calls.get_nowait()
+                    batch += self._calls.get_nowait()
                 except queue.Empty:
                     break
-                batch += more if self._batch is not None else [more]
             outcomes = None
             if self._batch is not None and len(batch) > 1:
-                try:
+                with contextlib.suppress(Exception):  # e.g. the database closed: each call, run alone, says so
                     outcomes = self._batch([c[2] for c in batch])
-                except Exception:  # e.g. the database closed: run alone, each call says so itself
-                    outcomes = None
             if outcomes is None:
                 _post_all([_run(c) for c in batch])
             else:
                 _post_all([(c[0], c[1], result, exc) for c, (result, exc) in zip(batch, outcomes)])
-            del batch, first, outcomes  # hold no caller's objects while idle
+            del batch, outcomes  # hold no caller's objects while idle
 
 
 def _run(call: _Call) -> _Done:

@@ -1,42 +1,34 @@
-"""The Redis backend: the same contract as SQLite for several gateways sharing one Redis.
+"""The Redis backend: the SQLite contract for several gateways sharing one Redis.
 
-    redis://[user:pass@]host:6379/0?prefix=p                       one server (also unix:///path.sock)
+    redis://[user:pass@]host:6379/0?prefix=p                      one server (also unix:///path.sock)
     rediss://host:6380/0?ssl_ca_certs=ca.pem&ssl_certfile=c.pem&ssl_keyfile=c.key   TLS
-    redis+sentinel://[user:pass@]s1:26379,s2:26379/mymaster?db=0   a Sentinel-managed primary
-    redis+cluster://[user:pass@]n1:6379,n2:6379                    Redis Cluster
+    redis+sentinel://[user:pass@]s1:26379,s2:26379/mymaster?db=0  a Sentinel-managed primary
+    redis+cluster://[user:pass@]n1:6379,n2:6379                   Redis Cluster
 
 Why this shape:
-- The sync redis-py client, not `redis.asyncio`: the store's rules live once in the sync core and
-  the async twin runs that core on worker threads (state/_aio.py), so the loop never waits on
-  Redis either, and there is no second copy of the logic to drift.
-- Every operation that reads more than one key or changes anything is one call of one Lua
-  script (LUA below), Redis's transaction: "claim only if no live row", "write only if the
-  version is still N", "read and delete", "write, then evict the oldest live rows or refuse"
-  cannot interleave with another gateway's call, exactly as one SQLite transaction cannot.
-- Visibility is decided by the caller's clock (`now_ms`), exactly like SQLite, so a fake clock
-  means the same on both backends. Redis still cleans up by itself: each row key gets a
-  server-side expiry of its remaining TTL plus `expiry_grace_ms`, counted from the write
-  (PEXPIRE): a PEXPIREAT of the client's expires_at would let a skewed or fake client clock
-  delete a row the contract still calls live.
-- Failover and slot routing are redis-py's (`Sentinel.master_for`, `RedisCluster`), never ours.
-  Connection failures are retried with exponential backoff (redis-py `Retry`), then UNAVAILABLE;
-  claims, takes and clears carry a nonce, so a retry after a lost reply (or after READONLY from
-  a demoted primary: the script did not run) answers like the first run instead of applying twice.
+- The sync redis-py client: the async twin runs the sync core on worker threads (state/_aio.py),
+  so the rules are written once and the event loop never waits on Redis either.
+- Whatever changes data, or reads more than one key, is one call of one Lua script (LUA), which
+  Redis runs atomically: a claim, a compare-and-set, a take, "write, then evict or refuse"
+  cannot interleave with another gateway's call, as one SQLite transaction cannot.
+- The caller's clock (`now_ms`) decides what is live, as on SQLite, so a fake clock means the
+  same on both. Redis also drops a row by itself, its remaining TTL plus `expiry_grace_ms` after
+  the write (PEXPIRE, not PEXPIREAT: a skewed client clock must not delete a live row).
+- Failover and slot routing are redis-py's (`Sentinel.master_for`, `RedisCluster`, `Retry`).
+  Conditional writes, takes and clears carry a nonce: a call retried after a lost reply (or after READONLY
+  from a demoted primary, where the script did not run) gets the first run's answer.
 - No KEYS and no SCAN: each namespace has its own sorted sets, and a registry of plugins and
-  their namespaces lets `sweep` reach every namespace.
-- Each plugin's keys carry it as their hash tag, so all of a plugin's namespaces share one
-  Cluster slot: a script, or a staged commit, may touch any of them.
+  their namespaces lets `sweep` reach them all. Each plugin's keys carry it as their hash tag,
+  so one script (or staged commit) may touch all of its namespaces on a Cluster.
 
-Layout under the namespace base `B` = `{prefix}:p:{{quoted plugin}}:n:{namespace}`:
+Under a namespace's base `B` = `{prefix}:p:{{quoted plugin}}:n:{namespace}`:
 
     B:r:{key}   hash  v = JSON text, c = created_at, e = expires_at ("" = never), n = version
-    B:order     zset  score created_at, member key  -> (created_at, key) order, row count
-    B:exp       zset  score expires_at, member key  -> expired rows, oldest first
+    B:order     zset  created_at -> key: (created_at, key) order and the row count
+    B:exp       zset  expires_at -> key: expired rows, oldest first
 
-Numbers cross the Lua boundary as strings only: Lua 5.1 prints large numbers as `1.7e+12`, so a
-number the script computed would lose digits on its way back; versions (63-bit) are only ever
-compared as strings. The marker `{prefix}:schema` counts Redis layouts (REDIS_SCHEMA): a new
-prefix gets the latest, an older one is migrated in place, a newer one is refused.
+Numbers cross into Lua as strings and stay strings (Lua 5.1 prints 1.7e+12 and would lose
+digits). `{prefix}:schema` counts Redis layouts: older ones are migrated in place on open.
 """
 
 from __future__ import annotations
@@ -47,8 +39,7 @@ import re
 import ssl
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
@@ -69,6 +60,7 @@ MIGRATE_BATCH = 500  # rows one v1 -> v2 migration call versions
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m", Mode.DELETE: "d"}
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
+READONLY_HINT = "name the primary, or use redis+sentinel://"
 T = TypeVar("T")
 
 
@@ -113,60 +105,44 @@ class RedisOptions:
         return options
 
 
-# One script, called with its entry point's name in ARGV[1] (the table at its end) and that
-# entry's arguments after it (`A`). Each entry says what its KEYS and A hold.
+# One script: ARGV[1] names the entry (the table at the end), `A` holds that entry's arguments.
 LUA = """
 local A = {}
 for i = 2, #ARGV do A[i - 1] = ARGV[i] end
 
 local function is_live(e, now) return e == '' or tonumber(e) > now end
-
-local function live_row(row, now)
-  local e = redis.call('HGET', row, 'e')
-  return e ~= false and is_live(e, now)
-end
-
-local function live_count(order, exp, now)
-  return redis.call('ZCARD', order) - redis.call('ZCOUNT', exp, '-inf', now)
-end
-
+local function live_row(row, now) local e = redis.call('HGET', row, 'e') return e ~= false and is_live(e, now) end
+local function live_count(order, exp, now) return redis.call('ZCARD', order) - redis.call('ZCOUNT', exp, '-inf', now) end
 local function cached(opkey) return opkey ~= '' and redis.call('GET', opkey) end
 
--- Only an applied change is remembered: re-running a refusal or a no-op on retry is harmless.
+-- Keep an applied result for a retry of this call; a refusal or a no-op is harmless to re-run.
 local function finish(opkey, ttl, result)
   if opkey ~= '' and result ~= '' and result ~= '0' then redis.call('SET', opkey, result, 'PX', ttl) end
   return result
 end
 
--- A script that stops half-way keeps what it did, so a commit that may still fail keeps an undo
--- log: while `saving`, each row is remembered before it changes, and `rollback` puts them back
--- newest first, the server-side expiry counted again as a write counts it (no PTTL: one more
--- command for the ACL).
+-- A script stopped half-way keeps what it did. While `saving`, each row is remembered before it
+-- changes, and `rollback` puts them back, newest first, its server-side expiry counted as a
+-- write counts it (PTTL would be one more command for the ACL to grant).
 local saving, undo, clock, grace = false, {}, 0, 0
-
 local function save(base, k)
   if not saving then return end
   local row = base .. ':r:' .. k
   undo[#undo + 1] = {base = base, k = k, clock = clock, f = redis.call('HMGET', row, 'v', 'c', 'e', 'n'),
-    o = redis.call('ZSCORE', base .. ':order', k), x = redis.call('ZSCORE', base .. ':exp', k)}
+    order = redis.call('ZSCORE', base .. ':order', k), exp = redis.call('ZSCORE', base .. ':exp', k)}
 end
-
 local function rollback()
   for i = #undo, 1, -1 do
     local u = undo[i]
-    if u.set then
-      redis.call('SREM', u.set, u.member)
-    else
+    if u.set then redis.call('SREM', u.set, u.member) else
       local row, f = u.base .. ':r:' .. u.k, u.f
       redis.call('DEL', row)
-      if f[1] then
-        redis.call('HSET', row, 'v', f[1], 'c', f[2], 'e', f[3], 'n', f[4] or '0')
-        if f[3] ~= '' then
-          redis.call('PEXPIRE', row, string.format('%d', math.max(tonumber(f[3]) - u.clock, 1) + grace))
-        end
+      if f[1] then redis.call('HSET', row, 'v', f[1], 'c', f[2], 'e', f[3], 'n', f[4] or '0') end
+      if f[1] and f[3] ~= '' then
+        redis.call('PEXPIRE', row, string.format('%d', math.max(tonumber(f[3]) - u.clock, 1) + grace))
       end
-      for part, score in pairs({[':order'] = u.o, [':exp'] = u.x}) do
-        if score then redis.call('ZADD', u.base .. part, score, u.k) else redis.call('ZREM', u.base .. part, u.k) end
+      for _, z in ipairs({'order', 'exp'}) do
+        if u[z] then redis.call('ZADD', u.base .. ':' .. z, u[z], u.k) else redis.call('ZREM', u.base .. ':' .. z, u.k) end
       end
     end
   end
@@ -178,35 +154,28 @@ local function remove(base, k)
   redis.call('ZREM', base .. ':order', k)
   redis.call('ZREM', base .. ':exp', k)
 end
-
 local function drop_expired(base, now, limit)
-  local gone
-  if limit then
-    gone = redis.call('ZRANGEBYSCORE', base .. ':exp', '-inf', now, 'LIMIT', 0, limit)
-  else
-    gone = redis.call('ZRANGEBYSCORE', base .. ':exp', '-inf', now)
-  end
+  local gone = redis.call('ZRANGEBYSCORE', base .. ':exp', '-inf', now, 'LIMIT', 0, limit or -1)
   for _, k in ipairs(gone) do remove(base, k) end
   return #gone
 end
 
 -- Room for `key` among `maxn` live rows: expired rows go first, then the oldest live rows by
 -- (created_at, key), never `key` itself. False, with nothing changed, when reject-new and full.
-local function make_room(base, key, now_s, maxn, reject)
+local function make_room(base, key, now, maxn, reject)
   local order = base .. ':order'
   local function rows() return redis.call('ZCARD', order) + (redis.call('ZSCORE', order, key) and 0 or 1) end
   if rows() <= maxn then return true end
   if reject then
-    local adds = live_row(base .. ':r:' .. key, tonumber(now_s)) and 0 or 1
-    if live_count(order, base .. ':exp', now_s) + adds > maxn then return false end
+    local adds = live_row(base .. ':r:' .. key, tonumber(now)) and 0 or 1
+    if live_count(order, base .. ':exp', now) + adds > maxn then return false end
   end
-  drop_expired(base, now_s, nil)
-  local want, evicted = rows() - maxn, 0
-  if want <= 0 then return true end
-  for _, k in ipairs(redis.call('ZRANGE', order, 0, want)) do  -- want + 1: one may be `key`
-    if k ~= key and evicted < want then
+  drop_expired(base, now, nil)
+  local want = rows() - maxn
+  for _, k in ipairs(want > 0 and redis.call('ZRANGE', order, 0, want) or {}) do  -- want + 1: one may be `key`
+    if k ~= key and want > 0 then
       remove(base, k)
-      evicted = evicted + 1
+      want = want - 1
     end
   end
   return true
@@ -214,14 +183,13 @@ end
 
 -- Every write: a register, claim or compare-and-set, or a staged commit of several, in order.
 -- KEYS: per write: row, order, exp, plugin's namespaces set; then an op key when a write has a
---   condition (never an empty key name: an ACL limited to the prefix, or a cluster slot check,
---   would refuse it).
+--   condition (never an empty key name: an ACL or a cluster slot check would refuse it).
 -- A: op ttl ms, expiry grace ms, then per write: mode ('u' upsert, 'c' claim: no live row, 'm'
 --   match: a live row of version `expect`, 'd' delete), key, value, now, expires ('' = never),
 --   pexpire ms ('' = never), max_entries, overflow, namespace base, namespace, version, expect.
--- Returns '1' all applied ('1n' when a namespace was (re)registered with its plugin: the caller
--- lists the plugins for sweep), '0' a condition failed, 'NS_FULL:<i>' write i met a full
--- reject-new namespace; after '0' or 'NS_FULL' nothing is written.
+-- Returns '1' ('1n' when a namespace was (re)registered with its plugin: the caller lists the
+-- plugin for sweep), or with nothing written '0' (a condition failed) or 'NS_FULL:<i>' (write i
+-- meets a full reject-new namespace).
 local function write()
   local F, fresh, last = 12, false, 0
   local n = (#A - 2) / F
@@ -232,25 +200,24 @@ local function write()
   local function apply(i)  -- nil when write i is applied, else the script's answer
     local a, k = (i - 1) * F + 2, (i - 1) * 4
     local row, order, exp, pns = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-    local mode, key, now_s, expires, pexpire = A[a + 1], A[a + 2], A[a + 4], A[a + 5], A[a + 6]
-    local base, ns = A[a + 9], A[a + 10]
-    clock = tonumber(now_s)
+    local mode, key, now, expires, base = A[a + 1], A[a + 2], A[a + 4], A[a + 5], A[a + 9]
+    clock = tonumber(now)
     if mode == 'd' then return remove(base, key) end
     if mode == 'c' and live_row(row, clock) then return '0' end
     if mode == 'm' then
       local f = redis.call('HMGET', row, 'e', 'n')
       if not f[1] or not is_live(f[1], clock) or f[2] ~= A[a + 12] then return '0' end
     end
-    if not make_room(base, key, now_s, tonumber(A[a + 7]), A[a + 8] == 'reject-new') then return 'NS_FULL:' .. i end
+    if not make_room(base, key, now, tonumber(A[a + 7]), A[a + 8] == 'reject-new') then return 'NS_FULL:' .. i end
     save(base, key)
     redis.call('DEL', row)  -- drops an old server-side expiry along with the old fields
-    redis.call('HSET', row, 'v', A[a + 3], 'c', now_s, 'e', expires, 'n', A[a + 11])
-    if pexpire ~= '' then redis.call('PEXPIRE', row, pexpire) end
-    redis.call('ZADD', order, now_s, key)
+    redis.call('HSET', row, 'v', A[a + 3], 'c', now, 'e', expires, 'n', A[a + 11])
+    if A[a + 6] ~= '' then redis.call('PEXPIRE', row, A[a + 6]) end
+    redis.call('ZADD', order, now, key)
     if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
-    if redis.call('SADD', pns, ns) == 1 then
+    if redis.call('SADD', pns, A[a + 10]) == 1 then
       fresh = true
-      if saving then undo[#undo + 1] = {set = pns, member = ns} end
+      if saving then undo[#undo + 1] = {set = pns, member = A[a + 10]} end
     end
   end
   for i = 1, n do  -- only the writes before the last one that can fail need an undo log
@@ -270,15 +237,13 @@ end
 
 -- KEYS: row, order, exp, op key. A: key, op ttl ms, now, check ('1': keep a live row whose JSON
 -- cjson cannot read), expected version ('' = any), namespace base. Returns '' (nothing deleted),
--- 'D<created>:<expires>:<version>:<json>' for a deleted row, or 'K...' for a live row kept
--- because its JSON is unreadable (the caller raises CORRUPT).
+-- 'D<created>:<expires>:<version>:<json>' (deleted), or 'K...' (kept: the caller raises CORRUPT).
 local function take()
   local prior = cached(KEYS[4])
   if prior then return prior end
   local f = redis.call('HMGET', KEYS[1], 'v', 'c', 'e', 'n')
   if not f[1] then return '' end
-  local body = f[2] .. ':' .. f[3] .. ':' .. (f[4] or '0') .. ':' .. f[1]
-  local live = is_live(f[3], tonumber(A[3]))
+  local body, live = f[2] .. ':' .. f[3] .. ':' .. (f[4] or '0') .. ':' .. f[1], is_live(f[3], tonumber(A[3]))
   if A[5] ~= '' and (not live or f[4] ~= A[5]) then return '' end
   if A[4] == '1' and live and not pcall(cjson.decode, f[1]) then return 'K' .. body end
   remove(A[6], A[1])
@@ -297,7 +262,7 @@ local function clear()
   return finish(KEYS[4], A[4], tostring(live))
 end
 
-local function emit(out, key, row, now)  -- append a live row as key, json, created, expires, version
+local function emit(out, key, row, now)  -- a live row as key, json, created, expires, version
   local f = redis.call('HMGET', row, 'v', 'c', 'e', 'n')
   if not (f[1] and is_live(f[3], now)) then return false end
   for _, x in ipairs({key, f[1], f[2], f[3], f[4] or '0'}) do out[#out + 1] = x end
@@ -312,12 +277,11 @@ local function bytes_after(a, b)  -- a > b byte by byte (Lua's < would use the l
   return #a > #b
 end
 
--- KEYS: order. A: now, row key prefix, limit ('' = all), cursor created_at ('' = from the
--- start), cursor key. Returns the live rows in (created_at, key) order after the cursor, as
--- `emit` lays them out. Equal scores are ordered by member bytes, as SQLite orders keys (BINARY).
+-- KEYS: order. A: now, row key prefix, limit ('' = all), cursor created_at and key ('' = from
+-- the start). Live rows in (created_at, key) order after the cursor, as `emit` lays them out (a
+-- zset orders equal scores by member bytes, as SQLite orders keys).
 local function scan()
-  local now, limit, ac, ak = tonumber(A[1]), tonumber(A[3]), A[4], A[5]
-  local out, n, index = {}, 0, 0
+  local now, limit, ac, ak, out, n, index = tonumber(A[1]), tonumber(A[3]), A[4], A[5], {}, 0, 0
   if ac ~= '' then index = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ac) end
   while not limit or n < limit do
     local batch = redis.call('ZRANGE', KEYS[1], index, index + 255, 'WITHSCORES')
@@ -327,56 +291,49 @@ local function scan()
       local k, s = batch[i], batch[i + 1]
       if (ac == '' or s ~= ac or bytes_after(k, ak)) and emit(out, k, A[2] .. k, now) then
         n = n + 1
-        if limit and n >= limit then break end
+        if n == limit then break end
       end
     end
   end
   return out
 end
 
--- KEYS: rows. A: now, row key prefix. Returns the live ones, as `emit` lays them out.
+-- KEYS: rows. A: now, row key prefix. The live ones, as `emit` lays them out.
 local function read_many()
   local out = {}
   for _, row in ipairs(KEYS) do emit(out, string.sub(row, #A[2] + 1), row, tonumber(A[1])) end
   return out
 end
 
--- KEYS: order, exp. A: now.
-local function count() return live_count(KEYS[1], KEYS[2], A[1]) end
-
 -- KEYS: order, plugin's namespaces set. A: now, namespace base, namespace, batch. Returns rows
--- removed (<= batch). An emptied namespace leaves its plugin's registry, so sweeps stay small.
+-- removed (<= batch); an emptied namespace leaves the registry, so sweeps stay small.
 local function sweep()
   local n = drop_expired(A[2], A[1], tonumber(A[4]))
   if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], A[3]) end
   return n
 end
 
--- Schema 1 -> 2. KEYS: rows of one namespace. A: one fresh version per row, set where the row
--- still exists and has none (HSETNX: a second migrator changes nothing).
+-- Schema 1 -> 2. KEYS: rows. A: a version per row, for each row still there (HSETNX: a second
+-- migrator changes nothing).
 local function migrate_v1()
   for i, row in ipairs(KEYS) do
     if redis.call('EXISTS', row) == 1 then redis.call('HSETNX', row, 'n', A[i]) end
   end
-  return #KEYS
 end
 
--- Schema 2 -> 3, on one server (a cluster never held v2 keys: the scripts could not run there).
--- A: a namespace's v2 base, its tagged base. Renames its rows and indexes that still exist.
+-- Schema 2 -> 3 on one server (a cluster never held v2 keys). A: a namespace's v2 base, its
+-- tagged base: what still exists is renamed.
 local function migrate_tags()
-  local old, new = A[1], A[2]
-  for _, k in ipairs(redis.call('ZRANGE', old .. ':order', 0, -1)) do
-    if redis.call('EXISTS', old .. ':r:' .. k) == 1 then redis.call('RENAME', old .. ':r:' .. k, new .. ':r:' .. k) end
+  local names = {':order', ':exp'}
+  for _, k in ipairs(redis.call('ZRANGE', A[1] .. ':order', 0, -1)) do names[#names + 1] = ':r:' .. k end
+  for _, name in ipairs(names) do
+    if redis.call('EXISTS', A[1] .. name) == 1 then redis.call('RENAME', A[1] .. name, A[2] .. name) end
   end
-  for _, part in ipairs({':order', ':exp'}) do
-    if redis.call('EXISTS', old .. part) == 1 then redis.call('RENAME', old .. part, new .. part) end
-  end
-  return 1
 end
 
-local entries = {write = write, take = take, clear = clear, scan = scan, read_many = read_many, count = count,
-  sweep = sweep, migrate_v1 = migrate_v1, migrate_tags = migrate_tags}
-return entries[ARGV[1]]()
+return ({write = write, take = take, clear = clear, scan = scan, read_many = read_many, sweep = sweep,
+  count = function() return live_count(KEYS[1], KEYS[2], A[1]) end,
+  migrate_v1 = migrate_v1, migrate_tags = migrate_tags})[ARGV[1]]()
 """
 LUA_SHA = hashlib.sha1(LUA.encode()).hexdigest()  # what Redis names the script in its errors
 
@@ -402,9 +359,8 @@ class RedisBackend:
             self._open_schema()  # also the first connection: redis-py reads its URL options here
         except TypeError:
             self._client.close()
-            raise StateStoreError(
-                "INVALID_INPUT", "open", "the Redis URL has an option neither we nor redis-py know", path=self.location
-            ) from None
+            unknown = "the Redis URL has an option neither we nor redis-py know"
+            raise self._fail("INVALID_INPUT", "open", unknown) from None
         except BaseException:
             self._client.close()  # a failed open leaves no pool behind
             raise
@@ -412,29 +368,21 @@ class RedisBackend:
     def __repr__(self) -> str:
         return f"<RedisBackend {self.location}>"
 
-    # -- the client a URL makes ---------------------------------------------------------
     def _connect(self, url: str) -> Any:
-        """Build the client for `url` (no I/O, but a cluster reads its slot map). Raises
-        INVALID_INPUT for an unknown scheme or option, or a malformed URL, naming what to write."""
+        """The client for `url` (a cluster reads its slot map). Raises INVALID_INPUT for an
+        unknown scheme or option, or a malformed URL, naming what to write instead."""
         scheme = url.partition("://")[0].lower() if "://" in url else ""
         if scheme not in SCHEMES:
-            raise self._fail(
-                "INVALID_INPUT",
-                "open",
-                f"unsupported state URL scheme {scheme!r}; use redis://, rediss:// (TLS), unix://, "
-                "redis+sentinel:// or redis+cluster://",
-            )
+            forms = "redis://, rediss:// (TLS), unix://, redis+sentinel:// or redis+cluster://"
+            raise self._fail("INVALID_INPUT", "open", f"unsupported state URL scheme {scheme!r}; use {forms}")
         parts = urlsplit(url)
         known = {f.name for f in fields(RedisOptions)}
         query = parse_qsl(parts.query, keep_blank_values=True)
-        self.options = options = RedisOptions.from_query({k: v for k, v in query if k in known})
+        self.options = opts = RedisOptions.from_query({k: v for k, v in query if k in known})
         theirs = urlencode([(k, v) for k, v in query if k not in known])
-        common: dict[str, Any] = {
-            "decode_responses": True,
-            "socket_connect_timeout": options.socket_connect_timeout_s,
-            "socket_timeout": options.socket_timeout_s,
-            "retry": Retry(ExponentialBackoff(cap=options.backoff_cap_s, base=options.backoff_base_s), options.retries),
-        }
+        timeouts = {"socket_connect_timeout": opts.socket_connect_timeout_s, "socket_timeout": opts.socket_timeout_s}
+        backoff = ExponentialBackoff(cap=opts.backoff_cap_s, base=opts.backoff_base_s)
+        common: dict[str, Any] = {"decode_responses": True, "retry": Retry(backoff, opts.retries), **timeouts}
         try:
             if scheme in ("redis", "rediss", "unix"):
                 return redis.Redis.from_url(urlunsplit(parts._replace(query=theirs)), **common)
@@ -443,35 +391,24 @@ class RedisBackend:
             hosts = [self._host_port(h) for h in hosts_text.split(",")]
             service, _, db = parts.path.strip("/").partition("/")
             kwargs = parse_url(f"redis://{creds}{at}localhost/{db if scheme == 'redis+sentinel' else ''}?{theirs}")
-            kwargs.pop("host", None)
-            kwargs.pop("port", None)
+            for name in ("host", "port", "db") if scheme == "redis+cluster" else ("host", "port"):
+                kwargs.pop(name, None)
+            if scheme == "redis+cluster" and opts.min_replicas_acked:
+                why = "URLs; on a cluster run each shard's replicas with min-replicas-to-write instead"
+                raise self._fail(
+                    "INVALID_INPUT", "open", f"min_replicas_acked is for redis:// and redis+sentinel:// {why}"
+                )
             if scheme == "redis+cluster":
-                if options.min_replicas_acked:
-                    raise self._fail(
-                        "INVALID_INPUT",
-                        "open",
-                        "min_replicas_acked is for redis:// and redis+sentinel:// URLs; on a cluster "
-                        "run each shard's replicas with min-replicas-to-write instead",
-                    )
-                kwargs.pop("db", None)
                 self.cluster = True
                 try:  # RedisCluster asks a node for the slot map at once
                     return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], **kwargs, **common)
                 except (redis.RedisError, errors.RedisClusterException) as exc:
                     raise self._error("open", exc) from None
             if not service:
-                raise self._fail(
-                    "INVALID_INPUT",
-                    "open",
-                    "a redis+sentinel:// URL names the service after the hosts: redis+sentinel://host:26379/mymaster",
-                )
-            sentinel_kwargs = {
-                "username": options.sentinel_username or None,
-                "password": options.sentinel_password or None,
-                "socket_connect_timeout": options.socket_connect_timeout_s,
-                "socket_timeout": options.socket_timeout_s,
-            }
-            self._sentinel, self._service = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs), service
+                how = "names the service after the hosts: redis+sentinel://host:26379/mymaster"
+                raise self._fail("INVALID_INPUT", "open", f"a redis+sentinel:// URL {how}")
+            creds_kw = {"username": opts.sentinel_username or None, "password": opts.sentinel_password or None}
+            self._sentinel, self._service = Sentinel(hosts, sentinel_kwargs={**creds_kw, **timeouts}), service
             return self._sentinel.master_for(service, **kwargs, **common)
         except (ValueError, TypeError, redis.RedisError) as exc:
             raise self._fail("INVALID_INPUT", "open", f"bad Redis URL ({exc})") from None
@@ -487,52 +424,44 @@ class RedisBackend:
         return StateStoreError(code, op, message, path=self.location)
 
     def _error(self, op: str, exc: BaseException) -> StateStoreError:
-        """The StateStoreError for a redis-py error (retries are already behind us)."""
-        text = _reply(exc)
+        """The StateStoreError for a redis-py error (its retries are already behind us)."""
+        return self._fail(*self._meaning(op, exc))
+
+    def _meaning(self, op: str, exc: BaseException) -> tuple[str, str, str]:
+        text, name = _reply(exc), type(exc).__name__
         if isinstance(exc, redis.AuthenticationError) or text.startswith(("WRONGPASS", "NOAUTH")):
-            return self._fail(
-                "OPEN_FAILED", op, "Redis refused the credentials: check the user and password in the URL"
-            )
+            return "OPEN_FAILED", op, "Redis refused the credentials: check the user and password in the URL"
         if isinstance(exc, MasterNotFoundError):
             return self._no_master(op)
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-            failed = _tls_failure(exc)
-            if failed is not None:
-                return self._fail("OPEN_FAILED", op, failed)
-            if isinstance(exc, redis.ConnectionError) and "previous master is now a slave" in str(exc):
-                return self._fail("UNAVAILABLE", op, "the primary was demoted (failover) and no new one answered yet")
-            retries = self.options.retries
-            return self._fail("UNAVAILABLE", op, f"Redis unreachable after {retries} retries ({type(exc).__name__})")
-        failed_op = "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in ("lookup", "entries") else "WRITE_FAILED"
+            if (tls := _tls_failure(exc)) is not None:
+                return "OPEN_FAILED", op, tls
+            if "previous master is now a slave" in str(exc):
+                return "UNAVAILABLE", op, "the primary was demoted (failover) and no new one answered yet"
+            return "UNAVAILABLE", op, f"Redis unreachable after {self.options.retries} retries ({name})"
+        failed = "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in ("lookup", "entries") else "WRITE_FAILED"
         refused = _refused_in_script(text)
         if isinstance(exc, errors.NoPermissionError) or "NOPERM" in text or refused:
             # redis-py strips the NOPERM code from a top-level refusal; put it back for the reader
             said = refused or (text if "NOPERM" in text else f"NOPERM {text}")
-            return self._fail(failed_op, op, f"Redis refused a command ({said}): {ACL_HINT}")
+            return failed, op, f"Redis refused a command ({said}): {ACL_HINT}"
         if isinstance(exc, errors.ReadOnlyError) or "READONLY" in text:  # also inside a Redis 6 script
-            return self._fail(
-                "WRITE_FAILED",
-                op,
-                "Redis answered READONLY twice: the sentinels still name a replica"
-                if self._sentinel is not None
-                else "Redis answered READONLY: the URL names a replica; name the primary, or use redis+sentinel://",
-            )
+            if self._sentinel is not None:
+                return "WRITE_FAILED", op, "Redis answered READONLY twice: the sentinels still name a replica"
+            return "WRITE_FAILED", op, f"Redis answered READONLY: the URL names a replica; {READONLY_HINT}"
         if isinstance(exc, (errors.TryAgainError, errors.ClusterError, errors.AskError)):
-            return self._fail(
-                "UNAVAILABLE",
-                op,
-                f"the cluster is moving or missing this plugin's slot ({type(exc).__name__}: {str(exc)[:200]}); try again",
-            )
+            said = f"({name}: {str(exc)[:200]}); try again"
+            return "UNAVAILABLE", op, f"the cluster is moving or missing this plugin's slot {said}"
         if isinstance(exc, redis.ResponseError):
-            return self._fail("CORRUPT" if text.startswith("WRONGTYPE") else failed_op, op, f"Redis said: {text}")
+            return "CORRUPT" if text.startswith("WRONGTYPE") else failed, op, f"Redis said: {text}"
         if isinstance(exc, errors.RedisClusterException):  # e.g. no node answered
             said = str(exc)[:300]
             if "Cluster mode is not enabled" in said:  # what redis-py says when CLUSTER SLOTS is refused too
                 said += f" (or the user may not run CLUSTER SLOTS: {ACL_HINT})"
-            return self._fail("UNAVAILABLE", op, f"Redis Cluster: {said}")
-        return self._fail("UNAVAILABLE", op, f"Redis client failed ({type(exc).__name__})")
+            return "UNAVAILABLE", op, f"Redis Cluster: {said}"
+        return "UNAVAILABLE", op, f"Redis client failed ({name})"
 
-    def _no_master(self, op: str) -> StateStoreError:
+    def _no_master(self, op: str) -> tuple[str, str, str]:
         """No primary from the sentinels: all of them down, or a service they do not monitor."""
         sentinels = self._sentinel.sentinels if self._sentinel is not None else []
         known: set[str] = set()
@@ -544,94 +473,60 @@ class RedisBackend:
             except redis.RedisError:
                 continue
         if not answered:
-            hosts = ", ".join(
-                f"{s.connection_pool.connection_kwargs['host']}:{s.connection_pool.connection_kwargs['port']}"
-                for s in sentinels
-            )
-            return self._fail("UNAVAILABLE", op, f"no Sentinel answered ({hosts}): start them, or fix the addresses")
+            hosts = ", ".join("{host}:{port}".format(**s.connection_pool.connection_kwargs) for s in sentinels)
+            return "UNAVAILABLE", op, f"no Sentinel answered ({hosts}): start them, or fix the addresses"
+        service, they = repr(self._service), f"(they monitor {sorted(known)}): fix the URL's path"
         if self._service not in known:
-            return self._fail(
-                "OPEN_FAILED",
-                op,
-                f"no Sentinel monitors a service named {self._service!r} (they monitor {sorted(known)}): fix the URL's path",
-            )
-        return self._fail(
-            "UNAVAILABLE", op, f"the Sentinels know no healthy primary for {self._service!r} (failover in progress)"
-        )
+            return "OPEN_FAILED", op, f"no Sentinel monitors a service named {service} {they}"
+        return "UNAVAILABLE", op, f"the Sentinels know no healthy primary for {service} (failover in progress)"
 
     # -- key names ----------------------------------------------------------------------
     def _plugin(self, plugin_id: str, *, tagged: bool = True) -> str:
         quoted = quote(plugin_id, safe="")  # ':' and '{' escaped: names stay unambiguous
         return f"{{{quoted}}}" if tagged else quoted
 
-    def _base(self, plugin_id: str, namespace: str = "", *, tagged: bool = True) -> str:
-        """A namespace's base name (the namespace prefix when `namespace` is empty)."""
-        return f"{self._prefix}p:{self._plugin(plugin_id, tagged=tagged)}:n:{namespace}"
+    def _key(self, plugin_id: str, name: str, *, tagged: bool = True) -> str:
+        """A key of one plugin: its namespaces set, a namespace's base, an op key."""
+        return f"{self._prefix}p:{self._plugin(plugin_id, tagged=tagged)}:{name}"
 
     def _ns(self, spec: NamespaceSpec) -> tuple[str, str, str, str]:
         """(base, row key prefix, order zset, expiry zset) of one namespace."""
-        base = self._base(spec.plugin_id, spec.namespace)
+        base = self._key(spec.plugin_id, f"n:{spec.namespace}")
         return base, f"{base}:r:", f"{base}:order", f"{base}:exp"
 
-    def _namespaces_key(self, plugin_id: str, *, tagged: bool = True) -> str:
-        return f"{self._prefix}p:{self._plugin(plugin_id, tagged=tagged)}:namespaces"
-
-    def _op_key(self, plugin_id: str) -> str:
-        return f"{self._prefix}p:{self._plugin(plugin_id)}:op:{uuid.uuid4().hex}"
-
-    def _list_plugin(self, op: str, plugin_id: str) -> None:
-        """Put the plugin in the plugins set that `sweep` walks. Not in a script: that set lives
-        in another cluster slot than the plugin's keys. Called when a write (re)registered a
-        namespace, so a Redis that lost its data gets the entry back."""
-        self._call(op, lambda: self._client.sadd(f"{self._prefix}plugins", self._plugin(plugin_id, tagged=False)))
-
     # -- running calls ------------------------------------------------------------------
-    @contextmanager
-    def _translate(self, op: str) -> Iterator[None]:
-        """Turn redis-py errors into StateStoreError where they happen; retries are behind us."""
-        if self._closed:
-            raise self._fail("UNAVAILABLE", op, "the store is closed")
-        try:
-            yield
-        except StateStoreError:
-            raise
-        except (redis.RedisError, errors.RedisClusterException) as exc:
-            raise self._error(op, exc) from None
-
     def _call(self, op: str, fn: Callable[[], T]) -> T:
+        """Run `fn` on the client; redis-py's errors become StateStoreError here."""
         with self._lock:
             if self._closed or self._pid != os.getpid():
                 raise self._fail("UNAVAILABLE", op, "the store is closed")
             self._active += 1
         try:
-            with self._translate(op):
-                try:
-                    return fn()
-                except redis.ResponseError as exc:
-                    if self._sentinel is None or "READONLY" not in str(exc):
-                        raise
-                    # A script reached a server that was demoted to a replica (Redis 6 runs the
-                    # script there and fails its first write: nothing was applied). Drop the
-                    # pool's connections so the next one asks the sentinels, and run it again.
-                    self._client.connection_pool.disconnect()
-                    return fn()
+            try:
+                return fn()
+            except redis.ResponseError as exc:
+                if self._sentinel is None or "READONLY" not in str(exc):
+                    raise
+                # A script reached a server that was demoted to a replica (Redis 6 runs the
+                # script there and fails its first write: nothing was applied). Drop the
+                # pool's connections so the next one asks the sentinels, and run it again.
+                self._client.connection_pool.disconnect()
+                return fn()
+        except (redis.RedisError, errors.RedisClusterException) as exc:
+            raise self._error(op, exc) from None
         finally:
             with self._lock:
                 self._active -= 1
                 if not self._active:
                     self._idle.notify_all()
 
-    def _run(self, op: str, entry: str, keys: list[str], args: Sequence[str | int]) -> Any:
-        """Call the script's `entry` (reads, and sweeps: nothing a replica must acknowledge)."""
-        return self._call(op, lambda: self._script(keys=keys, args=[entry, *args]))
-
-    def _mutate(self, op: str, entry: str, keys: list[str], args: Sequence[str | int]) -> Any:
-        """Call the script's `entry`, changing data; with `min_replicas_acked`, on the same
-        connection, WAIT for that many replicas to have it, so an acknowledged write outlives a
-        failover. Fewer acks in time: UNAVAILABLE (applied on the primary, survival unknown)."""
-        want = self.options.min_replicas_acked
+    def _run(self, op: str, entry: str, keys: list[str], args: Sequence[str | int], *, acked: bool = False) -> Any:
+        """Call the script's `entry`. `acked` (a change): with `min_replicas_acked`, WAIT on the
+        same connection until that many replicas have it, so an acknowledged write outlives a
+        failover; fewer in time is UNAVAILABLE (applied on the primary, survival unknown)."""
+        want = self.options.min_replicas_acked if acked else 0
         if not want:
-            return self._run(op, entry, keys, args)
+            return self._call(op, lambda: self._script(keys=keys, args=[entry, *args]))
 
         def run() -> Any:
             with self._client.pipeline(transaction=False) as pipe:
@@ -639,65 +534,56 @@ class RedisBackend:
                 pipe.execute_command("WAIT", want, self.options.replica_ack_timeout_ms)
                 return pipe.execute()
 
-        result, acked = self._call(op, run)
-        if int(acked) < want:
-            raise self._fail(
-                "UNAVAILABLE",
-                op,
-                f"applied on the primary, but {acked} of {want} replicas acknowledged it within "
-                f"{self.options.replica_ack_timeout_ms} ms: it may not survive a failover",
-            )
+        result, got = self._call(op, run)
+        if int(got) < want:
+            late = f"{got} of {want} replicas acknowledged it within {self.options.replica_ack_timeout_ms} ms"
+            raise self._fail("UNAVAILABLE", op, f"applied on the primary, but {late}: it may not survive a failover")
         return result
 
     # -- the schema marker (once per open) ----------------------------------------------
     def _open_schema(self) -> None:
         """Mark this prefix with our schema version, migrating an older prefix in place; refuse
         a newer one (SCHEMA_UNSUPPORTED naming both versions)."""
-        version = self._schema_marker("open", create=True)
+        version = self._schema_marker("open")
         if version > REDIS_SCHEMA:
-            raise self._fail(
-                "SCHEMA_UNSUPPORTED",
-                "open",
-                f"the Redis prefix has schema version {version}; this code reads versions up to "
-                f"{REDIS_SCHEMA}: upgrade chatstate",
-            )
+            why = f"this code reads versions up to {REDIS_SCHEMA}: upgrade chatstate"
+            raise self._fail("SCHEMA_UNSUPPORTED", "open", f"the Redis prefix has schema version {version}; {why}")
         if version < REDIS_SCHEMA:
             self._call("open", lambda: self._migrate(version))
 
     def _migrate(self, version: int) -> None:
-        """v1 rows had no version: each gets a fresh random one (HSETNX, so two gateways
-        migrating together agree); v2 keys then move under their plugin's hash tag (renamed only
-        while the old name exists, so a second migrator changes nothing). Then the marker."""
+        """v1 rows had no version: each gets a fresh random one; v2 keys then move under their
+        plugin's hash tag. Each step changes nothing the second time, so two gateways may
+        migrate together. Then the marker."""
         client = self._client
-        for plugin in cast("set[str]", client.smembers(f"{self._prefix}plugins")):
-            plugin_id = unquote(plugin)
-            old_set, new_set = (self._namespaces_key(plugin_id, tagged=t) for t in (False, True))
+        for plugin_id in map(unquote, cast("set[str]", client.smembers(f"{self._prefix}plugins"))):
+            old_set, new_set = (self._key(plugin_id, "namespaces", tagged=t) for t in (False, True))
             for namespace in cast("set[str]", client.smembers(old_set)):
-                old, new = (self._base(plugin_id, namespace, tagged=t) for t in (False, True))
-                if version == 1:
-                    members = cast("list[str]", client.zrange(f"{old}:order", 0, -1))
-                    for i in range(0, len(members), MIGRATE_BATCH):
-                        chunk = members[i : i + MIGRATE_BATCH]
-                        rows, versions = [f"{old}:r:{k}" for k in chunk], [str(new_version()) for _ in chunk]
-                        self._script(keys=rows, args=["migrate_v1", *versions])
+                old, new = (self._key(plugin_id, f"n:{namespace}", tagged=t) for t in (False, True))
+                members = cast("list[str]", client.zrange(f"{old}:order", 0, -1)) if version == 1 else []
+                for i in range(0, len(members), MIGRATE_BATCH):
+                    chunk = members[i : i + MIGRATE_BATCH]
+                    self._script(
+                        keys=[f"{old}:r:{k}" for k in chunk], args=["migrate_v1", *(new_version() for _ in chunk)]
+                    )
                 self._script(keys=[], args=["migrate_tags", old, new])
             if client.exists(old_set):
                 client.sunionstore(new_set, [old_set, new_set])
                 client.delete(old_set)
         client.set(f"{self._prefix}schema", REDIS_SCHEMA)
 
-    def _schema_marker(self, op: str, *, create: bool = False) -> int:
-        """The prefix's schema version (0 when unmarked); `create` stamps an empty prefix."""
+    def _schema_marker(self, op: str) -> int:
+        """The prefix's schema version; an empty prefix is stamped with the latest first."""
         client, key = self._client, f"{self._prefix}schema"
 
         def run() -> int:
-            if create and not client.exists(f"{self._prefix}plugins"):
-                client.set(key, REDIS_SCHEMA, nx=True)  # an empty prefix starts at the latest
+            if not client.exists(f"{self._prefix}plugins"):
+                client.set(key, REDIS_SCHEMA, nx=True)
             text = client.get(key)
-            if text is None and create:  # rows but no marker cannot happen: v1 always wrote one
+            if text is None:  # rows but no marker cannot happen: v1 always wrote one
                 client.set(key, 1, nx=True)
                 text = client.get(key)
-            return int(text) if text is not None else 0
+            return int(text)
 
         try:
             return self._call(op, run)
@@ -706,7 +592,7 @@ class RedisBackend:
 
     def schema_version(self) -> int:
         """The marker, stamped again if a Redis without persistence restarted empty (probe)."""
-        return self._schema_marker("probe", create=True)
+        return self._schema_marker("probe")
 
     def reopened(self) -> None:
         """Nothing to re-check: Redis has no files."""
@@ -724,61 +610,61 @@ class RedisBackend:
 
     def commit(self, writes: Sequence[Write]) -> bool:
         """Every write in one script call, in order: all applied (True), or a condition failed
-        and none is (False); idempotent if redis-py retries it.
-
-        On Redis Cluster a script runs on one node, so the writes must be one plugin's (its
-        namespaces share a hash slot); several plugins' are INVALID_INPUT, naming them."""
+        and none is (False). On Redis Cluster a script runs on one node, so the writes must be
+        one plugin's (its namespaces share a hash slot); several plugins' are INVALID_INPUT."""
         plugins = sorted({w.spec.plugin_id for w in writes})
         if self.cluster and len(plugins) > 1:
-            raise self._fail(
-                "INVALID_INPUT",
-                "commit",
-                f"a staged commit over several plugins ({', '.join(plugins)}) cannot be one transaction on "
-                "Redis Cluster: each plugin's keys live in their own hash slot; commit each plugin's writes apart",
-            )
+            why = "each plugin's keys live in their own hash slot; commit each plugin's writes apart"
+            several = f"a staged commit over several plugins ({', '.join(plugins)})"
+            raise self._fail("INVALID_INPUT", "commit", f"{several} cannot be one transaction on Redis Cluster: {why}")
         return self._write("commit", writes) if writes else True
 
     def _write(self, op: str, writes: Sequence[Write]) -> bool:
-        """The script's `write` over `writes`; raises LIMIT_EXCEEDED for a full reject-new namespace."""
+        """The script's `write`; raises LIMIT_EXCEEDED for a full reject-new namespace."""
         keys: list[str] = []
         args: list[str | int] = [self.options.op_result_ttl_ms, self.options.expiry_grace_ms]
         for w in writes:
-            spec = w.spec
-            base, rows, order, exp = self._ns(spec)
-            keys += [rows + w.key, order, exp, self._namespaces_key(spec.plugin_id)]
+            base, rows, order, exp = self._ns(w.spec)
+            keys += [rows + w.key, order, exp, self._key(w.spec.plugin_id, "namespaces")]
             expires = "" if w.expires_at is None else w.expires_at
             pexpire = "" if w.expires_at is None else max(w.expires_at - w.now_ms, 1) + self.options.expiry_grace_ms
-            expect = "" if w.expect is None else str(w.expect)
-            args += [MODE_FLAGS[w.mode], w.key, w.value or "", w.now_ms, expires, pexpire]
-            args += [spec.max_entries, spec.overflow, base, spec.namespace, str(w.version), expect]
+            args += [MODE_FLAGS[w.mode], w.key, w.value or "", w.now_ms, expires, pexpire, w.spec.max_entries]
+            args += [w.spec.overflow, base, w.spec.namespace, str(w.version), "" if w.expect is None else str(w.expect)]
         if any(w.mode in (Mode.CLAIM, Mode.MATCH) for w in writes):  # upserts, deletes: idempotent
-            keys.append(self._op_key(writes[0].spec.plugin_id))
-        result = self._mutate(op, "write", keys, args)
-        if result == "1n":
-            for plugin_id in sorted({w.spec.plugin_id for w in writes}):
-                self._list_plugin(op, plugin_id)
+            keys.append(self._key(writes[0].spec.plugin_id, f"op:{uuid.uuid4().hex}"))
+        result = self._run(op, "write", keys, args, acked=True)
+        if result == "1n":  # the plugins set lives in another cluster slot: not in the script
+            for plugin_id in {w.spec.plugin_id for w in writes}:
+                plugin = self._plugin(plugin_id, tagged=False)
+                self._call(op, lambda: self._client.sadd(f"{self._prefix}plugins", plugin))  # noqa: B023 -- called at once
         if result.startswith("NS_FULL"):
-            full = writes[int(result.split(":")[1]) - 1].spec
-            raise self._fail("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {full.max_entries} live rows")
+            full = writes[int(result.split(":")[1]) - 1].spec.max_entries
+            raise self._fail("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {full} live rows")
         return result != "0"
 
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
-        _, rows, _, _ = self._ns(spec)
         # decode_responses=True: redis-py's stubs say bytes | str, the replies are str
-        reply = self._call("lookup", lambda: self._client.hmget(rows + key, "v", "c", "e", "n"))
+        reply = self._call("lookup", lambda: self._client.hmget(self._ns(spec)[1] + key, "v", "c", "e", "n"))
         value, created, expires, version = cast("list[str | None]", reply)
         return _live_row(key, value, created, expires, version, now_ms)
 
     def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]:
-        _, rows, _, _ = self._ns(spec)
+        rows = self._ns(spec)[1]
         return _rows(self._run("lookup_many", "read_many", [rows + k for k in keys], [now_ms, rows]))
 
     def _take(self, op: str, spec: NamespaceSpec, key: str, now_ms: int, *, check: bool, expect: int | None) -> Any:
         """The script's `take`: (deleted, the row if one was live)."""
         base, rows, order, exp = self._ns(spec)
-        keys = [rows + key, order, exp, self._op_key(spec.plugin_id)]
-        ttl = self.options.op_result_ttl_ms
-        text = self._mutate(op, "take", keys, [key, ttl, now_ms, int(check), "" if expect is None else expect, base])
+        keys = [rows + key, order, exp, self._key(spec.plugin_id, f"op:{uuid.uuid4().hex}")]
+        args: list[str | int] = [
+            key,
+            self.options.op_result_ttl_ms,
+            now_ms,
+            int(check),
+            "" if expect is None else expect,
+            base,
+        ]
+        text = self._run(op, "take", keys, args, acked=True)
         if not text:
             return False, None
         created, expires, version, value = text[1:].split(":", 3)
@@ -795,8 +681,14 @@ class RedisBackend:
 
     def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int:
         base, _, order, exp = self._ns(spec)
-        keys = [order, exp, self._namespaces_key(spec.plugin_id), self._op_key(spec.plugin_id)]
-        return int(self._mutate("clear", "clear", keys, [now_ms, base, spec.namespace, self.options.op_result_ttl_ms]))
+        keys = [
+            order,
+            exp,
+            self._key(spec.plugin_id, "namespaces"),
+            self._key(spec.plugin_id, f"op:{uuid.uuid4().hex}"),
+        ]
+        ttl = self.options.op_result_ttl_ms
+        return int(self._run("clear", "clear", keys, [now_ms, base, spec.namespace, ttl], acked=True))
 
     def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
         _, rows, order, _ = self._ns(spec)
@@ -813,14 +705,12 @@ class RedisBackend:
         # decode_responses=True: the members are str, whatever redis-py's stubs say
         plugins = self._call("sweep", lambda: self._client.smembers(f"{self._prefix}plugins"))
         for plugin_id in map(unquote, cast("set[str]", plugins)):
-            ns_key = self._namespaces_key(plugin_id)
+            ns_key = self._key(plugin_id, "namespaces")
             for namespace in cast("set[str]", self._call("sweep", lambda: self._client.smembers(ns_key))):  # noqa: B023 -- called at once
-                base = self._base(plugin_id, namespace)
-                while True:
+                base, n = self._key(plugin_id, f"n:{namespace}"), batch
+                while n == batch:
                     n = int(self._run("sweep", "sweep", [f"{base}:order", ns_key], [now_ms, base, namespace, batch]))
                     removed += n
-                    if n < batch:
-                        break
         return removed
 
     def checkpoint(self, op: str = "close") -> None:
@@ -837,12 +727,10 @@ class RedisBackend:
 
 
 def _live_row(
-    key: str, value: str | None, created: str | None, expires: str | None, version: str | None, now_ms: int
+    key: str, value: str | None, created: str | None, expires: str | None, version: str | None, now: int
 ) -> Row | None:
-    if value is None or created is None:
-        return None
     expires_at = int(expires) if expires else None
-    if expires_at is not None and expires_at <= now_ms:
+    if value is None or created is None or (expires_at is not None and expires_at <= now):
         return None
     return Row(key, value, int(created), expires_at, int(version) if version else 0)
 
@@ -856,13 +744,12 @@ def _rows(flat: list[str]) -> list[Row]:
 
 
 def _refused_in_script(text: str) -> str:
-    """Redis 6 reports a command a script may not run by script line only ("@user_script: 82:
-    The user executing the script can't run this command"); name the command from our script."""
+    """Redis 6 names a command a script may not run only by script line ("@user_script: 82:
+    The user executing the script can't run this command"); name it from our script."""
     found = re.search(r"f_([0-9a-f]{40}).*@user_script: ?(\d+): The user executing the script can't run", text)
     if not found or found[1] != LUA_SHA:
         return ""
-    lines = LUA.splitlines()
-    line = lines[int(found[2]) - 1] if int(found[2]) <= len(lines) else ""
+    line = (LUA.splitlines() + [""] * int(found[2]))[int(found[2]) - 1]
     command = re.search(r"redis\.call\('(\w+)'", line)
     return f"NOPERM: the user may not run {command[1].lower() if command else 'a command'!r} in a script"
 
@@ -875,7 +762,7 @@ def _reply(exc: BaseException) -> str:
 
 
 def _tls_failure(exc: BaseException) -> str | None:
-    """What failed in the TLS handshake, or None when it was not TLS (the location names host and port)."""
+    """What failed in a TLS handshake (the location names host and port), or None: not TLS."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
@@ -883,7 +770,4 @@ def _tls_failure(exc: BaseException) -> str | None:
         if isinstance(seen, ssl.SSLError):
             return f"TLS handshake failed ({seen.reason or seen})"
         seen = seen.__cause__ or seen.__context__
-    text = str(exc)
-    if "SSL" in text or "certificate" in text.lower():
-        return f"TLS handshake failed: {text[:300]}"
-    return None
+    return f"TLS handshake failed: {str(exc)[:300]}" if "SSL" in str(exc) or "certificate" in str(exc).lower() else None

@@ -8,18 +8,17 @@
 Why this shape:
 - The sync redis-py client: the async twin runs the sync core on worker threads (state/_aio.py),
   so the rules are written once and the event loop never waits on Redis either.
-- Whatever changes data, or reads more than one key, is one call of one Lua script (LUA), which
-  Redis runs atomically: a claim, a compare-and-set, a take, "write, then evict or refuse"
-  cannot interleave with another gateway's call, as one SQLite transaction cannot.
-- The caller's clock (`now_ms`) decides what is live, as on SQLite, so a fake clock means the
-  same on both. Redis also drops a row by itself, its remaining TTL plus `expiry_grace_ms` after
-  the write (PEXPIRE, not PEXPIREAT: a skewed client clock must not delete a live row).
-- Failover and slot routing are redis-py's (`Sentinel.master_for`, `RedisCluster`, `Retry`).
-  Conditional writes, takes and clears carry a nonce: a call retried after a lost reply (or after READONLY
-  from a demoted primary, where the script did not run) gets the first run's answer.
-- No KEYS and no SCAN: each namespace has its own sorted sets, and a registry of plugins and
-  their namespaces lets `sweep` reach them all. Each plugin's keys carry it as their hash tag,
-  so one script (or staged commit) may touch all of its namespaces on a Cluster.
+- Whatever changes data or reads several keys is one call of one Lua script (LUA), which Redis
+  runs atomically, as SQLite runs a transaction: a claim, a take, "write, then evict or refuse".
+- The caller's clock (`now_ms`) decides what is live, as on SQLite. Redis also drops a row by
+  itself, `expiry_grace_ms` later (PEXPIRE of the remaining TTL: a PEXPIREAT of a skewed client
+  clock could delete a live row).
+- Failover, slot routing and retries are redis-py's. Conditional writes, takes and clears carry
+  a nonce: a call retried after a lost reply (or after READONLY from a demoted primary, where
+  the script did not run) gets the first run's answer instead of running twice.
+- No KEYS, no SCAN: each namespace has its own sorted sets, and a registry of plugins and their
+  namespaces lets `sweep` reach them. A plugin's keys carry it as their hash tag: one Cluster
+  slot holds all of its namespaces, so one script may touch any of them.
 
 Under a namespace's base `B` = `{prefix}:p:{{quoted plugin}}:n:{namespace}`:
 
@@ -27,8 +26,8 @@ Under a namespace's base `B` = `{prefix}:p:{{quoted plugin}}:n:{namespace}`:
     B:order     zset  created_at -> key: (created_at, key) order and the row count
     B:exp       zset  expires_at -> key: expired rows, oldest first
 
-Numbers cross into Lua as strings and stay strings (Lua 5.1 prints 1.7e+12 and would lose
-digits). `{prefix}:schema` counts Redis layouts: older ones are migrated in place on open.
+Numbers cross into Lua as strings and stay strings (Lua 5.1 prints 1.7e+12, losing digits).
+`{prefix}:schema` counts Redis layouts; older ones are migrated in place on open.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ import ssl
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
@@ -56,7 +56,6 @@ from ._errors import StateStoreError
 from ._spec import Decode, Mode, NamespaceSpec, Row, StoreSettings, Write, new_version, shown_url
 
 REDIS_SCHEMA = 3  # 1: rows without versions; 2: versions; 3: keys tagged by plugin (Cluster)
-MIGRATE_BATCH = 500  # rows one v1 -> v2 migration call versions
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m", Mode.DELETE: "d"}
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
@@ -93,11 +92,9 @@ class RedisOptions:
                 raise StateStoreError("INVALID_INPUT", "open", f"Redis URL option {name!r} is malformed") from None
         options = cls(**values)  # type: ignore[arg-type]
         if not options.prefix or any(c in options.prefix for c in "{} \n"):
+            why = "(keys carry their own hash tag, one per plugin, for Redis Cluster)"
             raise StateStoreError(
-                "INVALID_INPUT",
-                "open",
-                "Redis URL option 'prefix' must be a non-empty word without braces "
-                "(keys carry their own hash tag, one per plugin, for Redis Cluster)",
+                "INVALID_INPUT", "open", f"Redis URL option 'prefix' must be a non-empty word without braces {why}"
             )
         numbers = (options.retries, options.expiry_grace_ms, options.min_replicas_acked)
         if min(numbers) < 0 or options.op_result_ttl_ms < 1 or options.replica_ack_timeout_ms < 1:
@@ -138,9 +135,7 @@ local function rollback()
       local row, f = u.base .. ':r:' .. u.k, u.f
       redis.call('DEL', row)
       if f[1] then redis.call('HSET', row, 'v', f[1], 'c', f[2], 'e', f[3], 'n', f[4] or '0') end
-      if f[1] and f[3] ~= '' then
-        redis.call('PEXPIRE', row, string.format('%d', math.max(tonumber(f[3]) - u.clock, 1) + grace))
-      end
+      if f[1] and f[3] ~= '' then redis.call('PEXPIRE', row, string.format('%d', math.max(f[3] - u.clock, 1) + grace)) end
       for _, z in ipairs({'order', 'exp'}) do
         if u[z] then redis.call('ZADD', u.base .. ':' .. z, u[z], u.k) else redis.call('ZREM', u.base .. ':' .. z, u.k) end
       end
@@ -166,10 +161,8 @@ local function make_room(base, key, now, maxn, reject)
   local order = base .. ':order'
   local function rows() return redis.call('ZCARD', order) + (redis.call('ZSCORE', order, key) and 0 or 1) end
   if rows() <= maxn then return true end
-  if reject then
-    local adds = live_row(base .. ':r:' .. key, tonumber(now)) and 0 or 1
-    if live_count(order, base .. ':exp', now) + adds > maxn then return false end
-  end
+  local adds = reject and (live_row(base .. ':r:' .. key, tonumber(now)) and 0 or 1)
+  if adds and live_count(order, base .. ':exp', now) + adds > maxn then return false end
   drop_expired(base, now, nil)
   local want = rows() - maxn
   for _, k in ipairs(want > 0 and redis.call('ZRANGE', order, 0, want) or {}) do  -- want + 1: one may be `key`
@@ -181,15 +174,14 @@ local function make_room(base, key, now, maxn, reject)
   return true
 end
 
--- Every write: a register, claim or compare-and-set, or a staged commit of several, in order.
--- KEYS: per write: row, order, exp, plugin's namespaces set; then an op key when a write has a
---   condition (never an empty key name: an ACL or a cluster slot check would refuse it).
--- A: op ttl ms, expiry grace ms, then per write: mode ('u' upsert, 'c' claim: no live row, 'm'
---   match: a live row of version `expect`, 'd' delete), key, value, now, expires ('' = never),
---   pexpire ms ('' = never), max_entries, overflow, namespace base, namespace, version, expect.
--- Returns '1' ('1n' when a namespace was (re)registered with its plugin: the caller lists the
--- plugin for sweep), or with nothing written '0' (a condition failed) or 'NS_FULL:<i>' (write i
--- meets a full reject-new namespace).
+-- Writes in order: one register, claim or compare-and-set, or a staged commit of several.
+-- KEYS: per write: row, order, exp, plugin's namespaces set; then an op key if a write has a
+-- condition (no empty key name: an ACL or a cluster slot check refuses it). A: op ttl ms, grace
+-- ms, then per write: mode ('u' upsert, 'c' claim: no live row, 'm' match: a live row of version
+-- `expect`, 'd' delete), key, value, now, expires and pexpire ms ('' = never), max_entries,
+-- overflow, namespace base, namespace, version, expect. Returns '1' ('1n' when a namespace was
+-- (re)registered: the caller lists its plugin for sweep), or with nothing written '0' (a
+-- condition failed) or 'NS_FULL:<i>' (write i met a full reject-new namespace).
 local function write()
   local F, fresh, last = 12, false, 0
   local n = (#A - 2) / F
@@ -204,10 +196,8 @@ local function write()
     clock = tonumber(now)
     if mode == 'd' then return remove(base, key) end
     if mode == 'c' and live_row(row, clock) then return '0' end
-    if mode == 'm' then
-      local f = redis.call('HMGET', row, 'e', 'n')
-      if not f[1] or not is_live(f[1], clock) or f[2] ~= A[a + 12] then return '0' end
-    end
+    local f = mode == 'm' and redis.call('HMGET', row, 'e', 'n')
+    if f and not (f[1] and is_live(f[1], clock) and f[2] == A[a + 12]) then return '0' end
     if not make_room(base, key, now, tonumber(A[a + 7]), A[a + 8] == 'reject-new') then return 'NS_FULL:' .. i end
     save(base, key)
     redis.call('DEL', row)  -- drops an old server-side expiry along with the old fields
@@ -227,10 +217,7 @@ local function write()
   for i = 1, n do
     saving = i < last
     local failed = apply(i)
-    if failed then
-      rollback()
-      return failed
-    end
+    if failed then return rollback() or failed end
   end
   return finish(opkey, A[1], fresh and '1n' or '1')
 end
@@ -313,27 +300,22 @@ local function sweep()
   return n
 end
 
--- Schema 1 -> 2. KEYS: rows. A: a version per row, for each row still there (HSETNX: a second
--- migrator changes nothing).
-local function migrate_v1()
-  for i, row in ipairs(KEYS) do
-    if redis.call('EXISTS', row) == 1 then redis.call('HSETNX', row, 'n', A[i]) end
-  end
-end
-
--- Schema 2 -> 3 on one server (a cluster never held v2 keys). A: a namespace's v2 base, its
--- tagged base: what still exists is renamed.
-local function migrate_tags()
+-- Schema 1 or 2 -> 3, one namespace, on one server (a cluster never held older keys). A: its old
+-- base, its tagged base, then from schema 1 a version per row in order, set where a row has none
+-- (HSETNX). What still exists is renamed, so a second migrator finds nothing left to do.
+local function migrate()
   local names = {':order', ':exp'}
-  for _, k in ipairs(redis.call('ZRANGE', A[1] .. ':order', 0, -1)) do names[#names + 1] = ':r:' .. k end
+  for i, k in ipairs(redis.call('ZRANGE', A[1] .. ':order', 0, -1)) do
+    names[#names + 1] = ':r:' .. k
+    if A[i + 2] and redis.call('EXISTS', A[1] .. ':r:' .. k) == 1 then redis.call('HSETNX', A[1] .. ':r:' .. k, 'n', A[i + 2]) end
+  end
   for _, name in ipairs(names) do
     if redis.call('EXISTS', A[1] .. name) == 1 then redis.call('RENAME', A[1] .. name, A[2] .. name) end
   end
 end
 
 return ({write = write, take = take, clear = clear, scan = scan, read_many = read_many, sweep = sweep,
-  count = function() return live_count(KEYS[1], KEYS[2], A[1]) end,
-  migrate_v1 = migrate_v1, migrate_tags = migrate_tags})[ARGV[1]]()
+  count = function() return live_count(KEYS[1], KEYS[2], A[1]) end, migrate = migrate})[ARGV[1]]()
 """
 LUA_SHA = hashlib.sha1(LUA.encode()).hexdigest()  # what Redis names the script in its errors
 
@@ -346,17 +328,23 @@ class RedisBackend:
 
     def __init__(self, url: str, settings: StoreSettings) -> None:
         self.location, self.settings = shown_url(url), settings
-        self.cluster, self._sentinel, self._service = False, cast("Sentinel | None", None), ""
+        self._sentinel, self._service = cast("Sentinel | None", None), ""
         self._client: Any = self._connect(url)  # redis.Redis, or redis.cluster.RedisCluster
         self._prefix = f"{self.options.prefix}:"
+        self._plugins = f"{self._prefix}plugins"  # the set `sweep` walks (percent-encoded plugin ids)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._active = 0  # calls in flight: close() waits for them before closing the pool
         self._closed = False
         self._pid = os.getpid()  # the client's sockets are used only by the process that opened them
         self._script = self._client.register_script(LUA)
-        try:
-            self._open_schema()  # also the first connection: redis-py reads its URL options here
+        try:  # the first connection: redis-py reads its URL options here
+            version = self.schema_version("open")
+            if version > REDIS_SCHEMA:
+                why = f"this code reads versions up to {REDIS_SCHEMA}: upgrade chatstate"
+                raise self._fail("SCHEMA_UNSUPPORTED", "open", f"the Redis prefix has schema version {version}; {why}")
+            if version < REDIS_SCHEMA:  # migrated in place
+                self._call("open", lambda: self._migrate(version))
         except TypeError:
             self._client.close()
             unknown = "the Redis URL has an option neither we nor redis-py know"
@@ -399,11 +387,10 @@ class RedisBackend:
                     "INVALID_INPUT", "open", f"min_replicas_acked is for redis:// and redis+sentinel:// {why}"
                 )
             if scheme == "redis+cluster":
-                self.cluster = True
                 try:  # RedisCluster asks a node for the slot map at once
                     return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], **kwargs, **common)
                 except (redis.RedisError, errors.RedisClusterException) as exc:
-                    raise self._error("open", exc) from None
+                    raise self._fail(*self._explain("open", exc)) from None
             if not service:
                 how = "names the service after the hosts: redis+sentinel://host:26379/mymaster"
                 raise self._fail("INVALID_INPUT", "open", f"a redis+sentinel:// URL {how}")
@@ -423,12 +410,11 @@ class RedisBackend:
     def _fail(self, code: str, op: str, message: str) -> StateStoreError:
         return StateStoreError(code, op, message, path=self.location)
 
-    def _error(self, op: str, exc: BaseException) -> StateStoreError:
-        """The StateStoreError for a redis-py error (its retries are already behind us)."""
-        return self._fail(*self._meaning(op, exc))
-
-    def _meaning(self, op: str, exc: BaseException) -> tuple[str, str, str]:
-        text, name = _reply(exc), type(exc).__name__
+    def _explain(self, op: str, exc: BaseException) -> tuple[str, str, str]:
+        """Code, operation and message for a redis-py error (its retries are already behind us)."""
+        # the server's reply, first line, bounded (a script error wraps it: NOPERM inside)
+        replied = isinstance(exc, (redis.ResponseError, errors.RedisClusterException))
+        text, name = (str(exc).splitlines() or [""])[0][:300] if replied else "", type(exc).__name__
         if isinstance(exc, redis.AuthenticationError) or text.startswith(("WRONGPASS", "NOAUTH")):
             return "OPEN_FAILED", op, "Redis refused the credentials: check the user and password in the URL"
         if isinstance(exc, MasterNotFoundError):
@@ -464,15 +450,12 @@ class RedisBackend:
     def _no_master(self, op: str) -> tuple[str, str, str]:
         """No primary from the sentinels: all of them down, or a service they do not monitor."""
         sentinels = self._sentinel.sentinels if self._sentinel is not None else []
-        known: set[str] = set()
-        answered = 0
+        answers: list[set[str]] = []
         for s in sentinels:
-            try:
-                known |= set(cast("dict[str, Any]", s.sentinel_masters()))
-                answered += 1
-            except redis.RedisError:
-                continue
-        if not answered:
+            with suppress(redis.RedisError):
+                answers.append(set(cast("dict[str, Any]", s.sentinel_masters())))
+        known = set().union(*answers)
+        if not answers:
             hosts = ", ".join("{host}:{port}".format(**s.connection_pool.connection_kwargs) for s in sentinels)
             return "UNAVAILABLE", op, f"no Sentinel answered ({hosts}): start them, or fix the addresses"
         service, they = repr(self._service), f"(they monitor {sorted(known)}): fix the URL's path"
@@ -488,6 +471,9 @@ class RedisBackend:
     def _key(self, plugin_id: str, name: str, *, tagged: bool = True) -> str:
         """A key of one plugin: its namespaces set, a namespace's base, an op key."""
         return f"{self._prefix}p:{self._plugin(plugin_id, tagged=tagged)}:{name}"
+
+    def _op_key(self, plugin_id: str) -> str:
+        return self._key(plugin_id, f"op:{uuid.uuid4().hex}")  # one per call: its retries share it
 
     def _ns(self, spec: NamespaceSpec) -> tuple[str, str, str, str]:
         """(base, row key prefix, order zset, expiry zset) of one namespace."""
@@ -513,7 +499,7 @@ class RedisBackend:
                 self._client.connection_pool.disconnect()
                 return fn()
         except (redis.RedisError, errors.RedisClusterException) as exc:
-            raise self._error(op, exc) from None
+            raise self._fail(*self._explain(op, exc)) from None
         finally:
             with self._lock:
                 self._active -= 1
@@ -540,59 +526,36 @@ class RedisBackend:
             raise self._fail("UNAVAILABLE", op, f"applied on the primary, but {late}: it may not survive a failover")
         return result
 
-    # -- the schema marker (once per open) ----------------------------------------------
-    def _open_schema(self) -> None:
-        """Mark this prefix with our schema version, migrating an older prefix in place; refuse
-        a newer one (SCHEMA_UNSUPPORTED naming both versions)."""
-        version = self._schema_marker("open")
-        if version > REDIS_SCHEMA:
-            why = f"this code reads versions up to {REDIS_SCHEMA}: upgrade chatstate"
-            raise self._fail("SCHEMA_UNSUPPORTED", "open", f"the Redis prefix has schema version {version}; {why}")
-        if version < REDIS_SCHEMA:
-            self._call("open", lambda: self._migrate(version))
-
+    # -- the schema marker ----------------------------------------------------------------
     def _migrate(self, version: int) -> None:
-        """v1 rows had no version: each gets a fresh random one; v2 keys then move under their
-        plugin's hash tag. Each step changes nothing the second time, so two gateways may
-        migrate together. Then the marker."""
+        """v1 rows had no version: each gets a fresh random one; then every key moves under its
+        plugin's hash tag. Two gateways may migrate together: the second finds nothing to do."""
         client = self._client
-        for plugin_id in map(unquote, cast("set[str]", client.smembers(f"{self._prefix}plugins"))):
+        for plugin_id in map(unquote, cast("set[str]", client.smembers(self._plugins))):
             old_set, new_set = (self._key(plugin_id, "namespaces", tagged=t) for t in (False, True))
             for namespace in cast("set[str]", client.smembers(old_set)):
                 old, new = (self._key(plugin_id, f"n:{namespace}", tagged=t) for t in (False, True))
-                members = cast("list[str]", client.zrange(f"{old}:order", 0, -1)) if version == 1 else []
-                for i in range(0, len(members), MIGRATE_BATCH):
-                    chunk = members[i : i + MIGRATE_BATCH]
-                    self._script(
-                        keys=[f"{old}:r:{k}" for k in chunk], args=["migrate_v1", *(new_version() for _ in chunk)]
-                    )
-                self._script(keys=[], args=["migrate_tags", old, new])
+                versions = [new_version() for _ in range(client.zcard(f"{old}:order") if version == 1 else 0)]
+                self._script(keys=[], args=["migrate", old, new, *versions])
             if client.exists(old_set):
                 client.sunionstore(new_set, [old_set, new_set])
                 client.delete(old_set)
         client.set(f"{self._prefix}schema", REDIS_SCHEMA)
 
-    def _schema_marker(self, op: str) -> int:
-        """The prefix's schema version; an empty prefix is stamped with the latest first."""
+    def schema_version(self, op: str = "probe") -> int:
+        """The prefix's schema version. An empty prefix (a new one, or a Redis without
+        persistence that restarted empty) is stamped with the latest first."""
         client, key = self._client, f"{self._prefix}schema"
 
         def run() -> int:
-            if not client.exists(f"{self._prefix}plugins"):
+            if not client.exists(self._plugins):
                 client.set(key, REDIS_SCHEMA, nx=True)
-            text = client.get(key)
-            if text is None:  # rows but no marker cannot happen: v1 always wrote one
-                client.set(key, 1, nx=True)
-                text = client.get(key)
-            return int(text)
+            return int(client.get(key) or 1)  # rows but no marker: v1 (which always wrote one)
 
         try:
             return self._call(op, run)
         except ValueError:
             raise self._fail("CORRUPT", op, "the schema marker is not a number") from None
-
-    def schema_version(self) -> int:
-        """The marker, stamped again if a Redis without persistence restarted empty (probe)."""
-        return self._schema_marker("probe")
 
     def reopened(self) -> None:
         """Nothing to re-check: Redis has no files."""
@@ -613,7 +576,7 @@ class RedisBackend:
         and none is (False). On Redis Cluster a script runs on one node, so the writes must be
         one plugin's (its namespaces share a hash slot); several plugins' are INVALID_INPUT."""
         plugins = sorted({w.spec.plugin_id for w in writes})
-        if self.cluster and len(plugins) > 1:
+        if isinstance(self._client, RedisCluster) and len(plugins) > 1:
             why = "each plugin's keys live in their own hash slot; commit each plugin's writes apart"
             several = f"a staged commit over several plugins ({', '.join(plugins)})"
             raise self._fail("INVALID_INPUT", "commit", f"{several} cannot be one transaction on Redis Cluster: {why}")
@@ -631,12 +594,12 @@ class RedisBackend:
             args += [MODE_FLAGS[w.mode], w.key, w.value or "", w.now_ms, expires, pexpire, w.spec.max_entries]
             args += [w.spec.overflow, base, w.spec.namespace, str(w.version), "" if w.expect is None else str(w.expect)]
         if any(w.mode in (Mode.CLAIM, Mode.MATCH) for w in writes):  # upserts, deletes: idempotent
-            keys.append(self._key(writes[0].spec.plugin_id, f"op:{uuid.uuid4().hex}"))
+            keys.append(self._op_key(writes[0].spec.plugin_id))
         result = self._run(op, "write", keys, args, acked=True)
         if result == "1n":  # the plugins set lives in another cluster slot: not in the script
             for plugin_id in {w.spec.plugin_id for w in writes}:
                 plugin = self._plugin(plugin_id, tagged=False)
-                self._call(op, lambda: self._client.sadd(f"{self._prefix}plugins", plugin))  # noqa: B023 -- called at once
+                self._call(op, lambda: self._client.sadd(self._plugins, plugin))  # noqa: B023 -- called at once
         if result.startswith("NS_FULL"):
             full = writes[int(result.split(":")[1]) - 1].spec.max_entries
             raise self._fail("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {full} live rows")
@@ -645,30 +608,23 @@ class RedisBackend:
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
         # decode_responses=True: redis-py's stubs say bytes | str, the replies are str
         reply = self._call("lookup", lambda: self._client.hmget(self._ns(spec)[1] + key, "v", "c", "e", "n"))
-        value, created, expires, version = cast("list[str | None]", reply)
-        return _live_row(key, value, created, expires, version, now_ms)
+        return _row(key, cast("list[str | None]", reply), now_ms)
 
     def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]:
         rows = self._ns(spec)[1]
-        return _rows(self._run("lookup_many", "read_many", [rows + k for k in keys], [now_ms, rows]))
+        return _rows(self._run("lookup_many", "read_many", [rows + k for k in keys], [now_ms, rows]), now_ms)
 
     def _take(self, op: str, spec: NamespaceSpec, key: str, now_ms: int, *, check: bool, expect: int | None) -> Any:
         """The script's `take`: (deleted, the row if one was live)."""
         base, rows, order, exp = self._ns(spec)
-        keys = [rows + key, order, exp, self._key(spec.plugin_id, f"op:{uuid.uuid4().hex}")]
-        args: list[str | int] = [
-            key,
-            self.options.op_result_ttl_ms,
-            now_ms,
-            int(check),
-            "" if expect is None else expect,
-            base,
-        ]
+        keys = [rows + key, order, exp, self._op_key(spec.plugin_id)]
+        ttl, version = self.options.op_result_ttl_ms, "" if expect is None else expect
+        args: list[str | int] = [key, ttl, now_ms, int(check), version, base]
         text = self._run(op, "take", keys, args, acked=True)
         if not text:
             return False, None
         created, expires, version, value = text[1:].split(":", 3)
-        return text[0] == "D", _live_row(key, value, created, expires, version, now_ms)
+        return text[0] == "D", _row(key, [value, created, expires, version], now_ms)
 
     def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any:
         _, row = self._take("consume", spec, key, now_ms, check=True, expect=None)
@@ -681,19 +637,14 @@ class RedisBackend:
 
     def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int:
         base, _, order, exp = self._ns(spec)
-        keys = [
-            order,
-            exp,
-            self._key(spec.plugin_id, "namespaces"),
-            self._key(spec.plugin_id, f"op:{uuid.uuid4().hex}"),
-        ]
+        keys = [order, exp, self._key(spec.plugin_id, "namespaces"), self._op_key(spec.plugin_id)]
         ttl = self.options.op_result_ttl_ms
         return int(self._run("clear", "clear", keys, [now_ms, base, spec.namespace, ttl], acked=True))
 
     def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
         _, rows, order, _ = self._ns(spec)
         args: list[str | int] = [now_ms, rows, "" if limit is None else limit, *(after or ("", ""))]
-        return _rows(self._run("entries", "scan", [order], args))
+        return _rows(self._run("entries", "scan", [order], args), now_ms)
 
     def count(self, spec: NamespaceSpec, now_ms: int) -> int:
         _, _, order, exp = self._ns(spec)
@@ -703,7 +654,7 @@ class RedisBackend:
         """Drop expired rows and their index entries, namespace by namespace, in batches."""
         batch, removed = self.settings.sweep_batch_rows, 0
         # decode_responses=True: the members are str, whatever redis-py's stubs say
-        plugins = self._call("sweep", lambda: self._client.smembers(f"{self._prefix}plugins"))
+        plugins = self._call("sweep", lambda: self._client.smembers(self._plugins))
         for plugin_id in map(unquote, cast("set[str]", plugins)):
             ns_key = self._key(plugin_id, "namespaces")
             for namespace in cast("set[str]", self._call("sweep", lambda: self._client.smembers(ns_key))):  # noqa: B023 -- called at once
@@ -726,21 +677,18 @@ class RedisBackend:
         self._client.close()
 
 
-def _live_row(
-    key: str, value: str | None, created: str | None, expires: str | None, version: str | None, now: int
-) -> Row | None:
+def _row(key: str, fields: Sequence[str | None], now_ms: int) -> Row | None:
+    """The live row of `fields` (json, created_at, expires_at, version as Redis keeps them), or None."""
+    value, created, expires, version = fields
     expires_at = int(expires) if expires else None
-    if value is None or created is None or (expires_at is not None and expires_at <= now):
+    if value is None or created is None or (expires_at is not None and expires_at <= now_ms):
         return None
-    return Row(key, value, int(created), expires_at, int(version) if version else 0)
+    return Row(key, value, int(created), expires_at, int(version or 0))
 
 
-def _rows(flat: list[str]) -> list[Row]:
-    """Rows from the script's flat key, json, created, expires, version lists."""
-    return [
-        Row(flat[i], flat[i + 1], int(flat[i + 2]), int(flat[i + 3]) if flat[i + 3] else None, int(flat[i + 4]))
-        for i in range(0, len(flat), 5)
-    ]
+def _rows(flat: list[str], now_ms: int) -> list[Row]:
+    """The rows of the script's flat lists (key, then the fields of `_row`, for each row)."""
+    return [row for i in range(0, len(flat), 5) if (row := _row(flat[i], flat[i + 1 : i + 5], now_ms))]
 
 
 def _refused_in_script(text: str) -> str:
@@ -752,13 +700,6 @@ def _refused_in_script(text: str) -> str:
     line = (LUA.splitlines() + [""] * int(found[2]))[int(found[2]) - 1]
     command = re.search(r"redis\.call\('(\w+)'", line)
     return f"NOPERM: the user may not run {command[1].lower() if command else 'a command'!r} in a script"
-
-
-def _reply(exc: BaseException) -> str:
-    """The server's error reply, first line, bounded (a script error wraps it: NOPERM inside)."""
-    if not isinstance(exc, (redis.ResponseError, errors.RedisClusterException)):
-        return ""
-    return (str(exc).splitlines() or [""])[0][:300]
 
 
 def _tls_failure(exc: BaseException) -> str | None:

@@ -10,24 +10,23 @@ Why this shape:
   so the rules are written once and the event loop never waits on Redis either.
 - Whatever changes data or reads several keys is one call of one Lua script (LUA), which Redis
   runs atomically, as SQLite runs a transaction: a claim, a take, "write, then evict or refuse".
-- The caller's clock (`now_ms`) decides what is live, as on SQLite. Redis also drops a row by
-  itself, `expiry_grace_ms` later (PEXPIRE of the remaining TTL: a PEXPIREAT of a skewed client
-  clock could delete a live row).
+- The caller's clock (`now_ms`) decides what is live, as on SQLite; Redis drops a row itself
+  `expiry_grace_ms` later (PEXPIRE of the remaining TTL: a PEXPIREAT of a skewed client clock
+  could delete a live row).
 - Failover, slot routing and retries are redis-py's. Conditional writes, takes and clears carry
-  a nonce: a call retried after a lost reply (or after READONLY from a demoted primary, where
-  the script did not run) gets the first run's answer instead of running twice.
+  a nonce: a call retried after a lost reply (or READONLY from a demoted primary: the script
+  did not run) gets the first run's answer instead of running twice.
 - No KEYS, no SCAN: each namespace has its own sorted sets, and a registry of plugins and their
-  namespaces lets `sweep` reach them. A plugin's keys carry it as their hash tag: one Cluster
-  slot holds all of its namespaces, so one script may touch any of them.
+  namespaces lets `sweep` reach them. A plugin's keys carry it as their hash tag, so one
+  Cluster slot holds all its namespaces and one script may touch any of them.
+- Numbers cross into Lua as strings and stay strings (Lua 5.1 prints 1.7e+12, losing digits).
 
-Under a namespace's base `B` = `{prefix}:p:{{quoted plugin}}:n:{namespace}`:
+Under a namespace's base `B` = `{prefix}:p:{{quoted plugin}}:n:{namespace}`, beside the layout's
+version `{prefix}:schema` (an older layout is migrated in place on open):
 
     B:r:{key}   hash  v = JSON text, c = created_at, e = expires_at ("" = never), n = version
     B:order     zset  created_at -> key: (created_at, key) order and the row count
     B:exp       zset  expires_at -> key: expired rows, oldest first
-
-Numbers cross into Lua as strings and stay strings (Lua 5.1 prints 1.7e+12, losing digits).
-`{prefix}:schema` counts Redis layouts; older ones are migrated in place on open.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
@@ -81,25 +80,25 @@ class RedisOptions:
     sentinel_password: str = ""
 
     @classmethod
-    def from_query(cls, query: dict[str, str]) -> RedisOptions:
-        """Raises INVALID_INPUT for an unknown option or a malformed number."""
+    def from_query(cls, query: str) -> tuple[RedisOptions, str]:
+        """Ours of a URL query's options, and the others (redis-py's) as a query again. Raises
+        INVALID_INPUT for a malformed or negative number, or a prefix with braces."""
         kinds = {name: type(value) for name, value in cls().__dict__.items()}
         values: dict[str, object] = {}
-        for name, text in query.items():
+        pairs = parse_qsl(query, keep_blank_values=True)
+        for name, text in ((k, v) for k, v in pairs if k in kinds):
             try:
                 values[name] = kinds[name](text)
             except ValueError:
                 raise StateStoreError("INVALID_INPUT", "open", f"Redis URL option {name!r} is malformed") from None
         options = cls(**values)  # type: ignore[arg-type]
         if not options.prefix or any(c in options.prefix for c in "{} \n"):
-            why = "(keys carry their own hash tag, one per plugin, for Redis Cluster)"
-            raise StateStoreError(
-                "INVALID_INPUT", "open", f"Redis URL option 'prefix' must be a non-empty word without braces {why}"
-            )
+            why = "a non-empty word without braces (keys carry their own hash tag, one per plugin, for Redis Cluster)"
+            raise StateStoreError("INVALID_INPUT", "open", f"Redis URL option 'prefix' must be {why}")
         numbers = (options.retries, options.expiry_grace_ms, options.min_replicas_acked)
         if min(numbers) < 0 or options.op_result_ttl_ms < 1 or options.replica_ack_timeout_ms < 1:
             raise StateStoreError("INVALID_INPUT", "open", "Redis URL options must not be negative")
-        return options
+        return options, urlencode([(k, v) for k, v in pairs if k not in kinds])
 
 
 # One script: ARGV[1] names the entry (the table at the end), `A` holds that entry's arguments.
@@ -119,8 +118,8 @@ local function finish(opkey, ttl, result)
 end
 
 -- A script stopped half-way keeps what it did. While `saving`, each row is remembered before it
--- changes, and `rollback` puts them back, newest first, its server-side expiry counted as a
--- write counts it (PTTL would be one more command for the ACL to grant).
+-- changes; `rollback` puts them back, newest first (the expiry counted as a write counts it: PTTL
+-- would be one more command for the ACL).
 local saving, undo, clock, grace = false, {}, 0, 0
 local function save(base, k)
   if not saving then return end
@@ -166,10 +165,7 @@ local function make_room(base, key, now, maxn, reject)
   drop_expired(base, now, nil)
   local want = rows() - maxn
   for _, k in ipairs(want > 0 and redis.call('ZRANGE', order, 0, want) or {}) do  -- want + 1: one may be `key`
-    if k ~= key and want > 0 then
-      remove(base, k)
-      want = want - 1
-    end
+    if k ~= key and want > 0 then remove(base, k) want = want - 1 end
   end
   return true
 end
@@ -186,8 +182,7 @@ local function write()
   local F, fresh, last = 12, false, 0
   local n = (#A - 2) / F
   local opkey = KEYS[n * 4 + 1] or ''
-  local prior = cached(opkey)
-  if prior then return prior end
+  local prior = cached(opkey) if prior then return prior end
   grace = tonumber(A[2])
   local function apply(i)  -- nil when write i is applied, else the script's answer
     local a, k = (i - 1) * F + 2, (i - 1) * 4
@@ -226,8 +221,7 @@ end
 -- cjson cannot read), expected version ('' = any), namespace base. Returns '' (nothing deleted),
 -- 'D<created>:<expires>:<version>:<json>' (deleted), or 'K...' (kept: the caller raises CORRUPT).
 local function take()
-  local prior = cached(KEYS[4])
-  if prior then return prior end
+  local prior = cached(KEYS[4]) if prior then return prior end
   local f = redis.call('HMGET', KEYS[1], 'v', 'c', 'e', 'n')
   if not f[1] then return '' end
   local body, live = f[2] .. ':' .. f[3] .. ':' .. (f[4] or '0') .. ':' .. f[1], is_live(f[3], tonumber(A[3]))
@@ -240,8 +234,7 @@ end
 -- KEYS: order, exp, plugin's namespaces set, op key. A: now, namespace base, namespace, op ttl
 -- ms. Returns the number of live rows removed.
 local function clear()
-  local prior = cached(KEYS[4])
-  if prior then return prior end
+  local prior = cached(KEYS[4]) if prior then return prior end
   local live = live_count(KEYS[1], KEYS[2], A[1])
   for _, k in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('DEL', A[2] .. ':r:' .. k) end
   redis.call('DEL', KEYS[1], KEYS[2])
@@ -258,8 +251,7 @@ end
 
 local function bytes_after(a, b)  -- a > b byte by byte (Lua's < would use the locale)
   for i = 1, math.min(#a, #b) do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x > y end
+    if a:byte(i) ~= b:byte(i) then return a:byte(i) > b:byte(i) end
   end
   return #a > #b
 end
@@ -268,18 +260,15 @@ end
 -- the start). Live rows in (created_at, key) order after the cursor, as `emit` lays them out (a
 -- zset orders equal scores by member bytes, as SQLite orders keys).
 local function scan()
-  local now, limit, ac, ak, out, n, index = tonumber(A[1]), tonumber(A[3]), A[4], A[5], {}, 0, 0
+  local now, limit, ac, ak, out, index = tonumber(A[1]), tonumber(A[3]), A[4], A[5], {}, 0
   if ac ~= '' then index = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ac) end
-  while not limit or n < limit do
+  while not limit or #out / 5 < limit do
     local batch = redis.call('ZRANGE', KEYS[1], index, index + 255, 'WITHSCORES')
     if #batch == 0 then break end
     index = index + #batch / 2
     for i = 1, #batch, 2 do
       local k, s = batch[i], batch[i + 1]
-      if (ac == '' or s ~= ac or bytes_after(k, ak)) and emit(out, k, A[2] .. k, now) then
-        n = n + 1
-        if n == limit then break end
-      end
+      if (ac == '' or s ~= ac or bytes_after(k, ak)) and emit(out, k, A[2] .. k, now) and #out / 5 == limit then break end
     end
   end
   return out
@@ -334,8 +323,7 @@ class RedisBackend:
         self._plugins = f"{self._prefix}plugins"  # the set `sweep` walks (percent-encoded plugin ids)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._active = 0  # calls in flight: close() waits for them before closing the pool
-        self._closed = False
+        self._active, self._closed = 0, False  # calls in flight: close() waits for them
         self._pid = os.getpid()  # the client's sockets are used only by the process that opened them
         self._script = self._client.register_script(LUA)
         try:  # the first connection: redis-py reads its URL options here
@@ -364,10 +352,8 @@ class RedisBackend:
             forms = "redis://, rediss:// (TLS), unix://, redis+sentinel:// or redis+cluster://"
             raise self._fail("INVALID_INPUT", "open", f"unsupported state URL scheme {scheme!r}; use {forms}")
         parts = urlsplit(url)
-        known = {f.name for f in fields(RedisOptions)}
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        self.options = opts = RedisOptions.from_query({k: v for k, v in query if k in known})
-        theirs = urlencode([(k, v) for k, v in query if k not in known])
+        self.options, theirs = RedisOptions.from_query(parts.query)
+        opts = self.options
         timeouts = {"socket_connect_timeout": opts.socket_connect_timeout_s, "socket_timeout": opts.socket_timeout_s}
         backoff = ExponentialBackoff(cap=opts.backoff_cap_s, base=opts.backoff_base_s)
         common: dict[str, Any] = {"decode_responses": True, "retry": Retry(backoff, opts.retries), **timeouts}
@@ -411,8 +397,8 @@ class RedisBackend:
         return StateStoreError(code, op, message, path=self.location)
 
     def _explain(self, op: str, exc: BaseException) -> tuple[str, str, str]:
-        """Code, operation and message for a redis-py error (its retries are already behind us)."""
-        # the server's reply, first line, bounded (a script error wraps it: NOPERM inside)
+        """Code, operation and message for a redis-py error, its retries behind us (`text`: the
+        server's reply, first line, bounded; a script error wraps it, NOPERM inside)."""
         replied = isinstance(exc, (redis.ResponseError, errors.RedisClusterException))
         text, name = (str(exc).splitlines() or [""])[0][:300] if replied else "", type(exc).__name__
         if isinstance(exc, redis.AuthenticationError) or text.startswith(("WRONGPASS", "NOAUTH")):
@@ -597,9 +583,8 @@ class RedisBackend:
             keys.append(self._op_key(writes[0].spec.plugin_id))
         result = self._run(op, "write", keys, args, acked=True)
         if result == "1n":  # the plugins set lives in another cluster slot: not in the script
-            for plugin_id in {w.spec.plugin_id for w in writes}:
-                plugin = self._plugin(plugin_id, tagged=False)
-                self._call(op, lambda: self._client.sadd(self._plugins, plugin))  # noqa: B023 -- called at once
+            plugins = {self._plugin(w.spec.plugin_id, tagged=False) for w in writes}
+            self._call(op, lambda: self._client.sadd(self._plugins, *plugins))
         if result.startswith("NS_FULL"):
             full = writes[int(result.split(":")[1]) - 1].spec.max_entries
             raise self._fail("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {full} live rows")

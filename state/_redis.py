@@ -8,8 +8,8 @@
 Why this shape:
 - The sync redis-py client: the async twin runs the sync core on worker threads (state/_aio.py),
   so the rules are written once and the event loop never waits on Redis either.
-- Whatever changes data or reads several keys is one call of one Lua script (LUA), which Redis
-  runs atomically, as SQLite runs a transaction: a claim, a take, "write, then evict or refuse".
+- Whatever changes data or reads several keys is one call of one Lua script (SCRIPTS), which
+  Redis runs atomically, as SQLite runs a transaction: a claim, a take, "write, then evict or refuse".
 - The caller's clock (`now_ms`) decides what is live, as on SQLite; Redis drops a row itself
   `expiry_grace_ms` later (PEXPIRE of the remaining TTL: a PEXPIREAT of a skewed client clock
   could delete a live row).
@@ -101,11 +101,11 @@ class RedisOptions:
         return options, urlencode([(k, v) for k, v in pairs if k not in kinds])
 
 
-# One script: ARGV[1] names the entry (the table at the end), `A` holds that entry's arguments.
-LUA = """
-local A = {}
-for i = 2, #ARGV do A[i - 1] = ARGV[i] end
-
+# Lua pieces, each script made of the ones it needs: Redis runs a script's whole text on every
+# call, so one script for every entry would define every function every time (measured: ~10 µs
+# more server time per call).
+_CORE = """
+local A = ARGV
 local function is_live(e, now) return e == '' or tonumber(e) > now end
 local function live_row(row, now) local e = redis.call('HGET', row, 'e') return e ~= false and is_live(e, now) end
 local function live_count(order, exp, now) return redis.call('ZCARD', order) - redis.call('ZCOUNT', exp, '-inf', now) end
@@ -116,7 +116,8 @@ local function finish(opkey, ttl, result)
   if opkey ~= '' and result ~= '' and result ~= '0' then redis.call('SET', opkey, result, 'PX', ttl) end
   return result
 end
-
+"""
+_ROWS = """
 -- A script stopped half-way keeps what it did. While `saving`, each row is remembered before it
 -- changes; `rollback` puts them back, newest first (the expiry counted as a write counts it: PTTL
 -- would be one more command for the ACL).
@@ -153,7 +154,27 @@ local function drop_expired(base, now, limit)
   for _, k in ipairs(gone) do remove(base, k) end
   return #gone
 end
-
+"""
+_LIST = """
+local function emit(out, key, row, now)  -- a live row as key, json, created, expires, version
+  local f = redis.call('HMGET', row, 'v', 'c', 'e', 'n')
+  if not (f[1] and is_live(f[3], now)) then return false end
+  for _, x in ipairs({key, f[1], f[2], f[3], f[4] or '0'}) do out[#out + 1] = x end
+  return true
+end
+"""
+SCRIPTS = {
+    # Writes in order: one register, claim or compare-and-set, or a staged commit of several.
+    # KEYS: per write: row, order, exp, plugin's namespaces set; then an op key if a write has a
+    # condition (no empty key name: an ACL or a cluster slot check refuses it). ARGV: op ttl ms,
+    # grace ms, then per write: mode ("u" upsert, "c" claim: no live row, "m" match: a live row of
+    # version `expect`, "d" delete), key, value, now, expires and pexpire ms ("" = never),
+    # max_entries, overflow, namespace base, namespace, version, expect. Returns "1" ("1n" when a
+    # namespace was (re)registered: the caller lists its plugin for sweep), or with nothing
+    # written "0" (a condition failed) or "NS_FULL:<i>" (write i met a full reject-new namespace).
+    "write": _CORE
+    + _ROWS
+    + """
 -- Room for `key` among `maxn` live rows: expired rows go first, then the oldest live rows by
 -- (created_at, key), never `key` itself. False, with nothing changed, when reject-new and full.
 local function make_room(base, key, now, maxn, reject)
@@ -170,143 +191,129 @@ local function make_room(base, key, now, maxn, reject)
   return true
 end
 
--- Writes in order: one register, claim or compare-and-set, or a staged commit of several.
--- KEYS: per write: row, order, exp, plugin's namespaces set; then an op key if a write has a
--- condition (no empty key name: an ACL or a cluster slot check refuses it). A: op ttl ms, grace
--- ms, then per write: mode ('u' upsert, 'c' claim: no live row, 'm' match: a live row of version
--- `expect`, 'd' delete), key, value, now, expires and pexpire ms ('' = never), max_entries,
--- overflow, namespace base, namespace, version, expect. Returns '1' ('1n' when a namespace was
--- (re)registered: the caller lists its plugin for sweep), or with nothing written '0' (a
--- condition failed) or 'NS_FULL:<i>' (write i met a full reject-new namespace).
-local function write()
-  local F, fresh, last = 12, false, 0
-  local n = (#A - 2) / F
-  local opkey = KEYS[n * 4 + 1] or ''
-  local prior = cached(opkey) if prior then return prior end
-  grace = tonumber(A[2])
-  local function apply(i)  -- nil when write i is applied, else the script's answer
-    local a, k = (i - 1) * F + 2, (i - 1) * 4
-    local row, order, exp, pns = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-    local mode, key, now, expires, base = A[a + 1], A[a + 2], A[a + 4], A[a + 5], A[a + 9]
-    clock = tonumber(now)
-    if mode == 'd' then return remove(base, key) end
-    if mode == 'c' and live_row(row, clock) then return '0' end
-    local f = mode == 'm' and redis.call('HMGET', row, 'e', 'n')
-    if f and not (f[1] and is_live(f[1], clock) and f[2] == A[a + 12]) then return '0' end
-    if not make_room(base, key, now, tonumber(A[a + 7]), A[a + 8] == 'reject-new') then return 'NS_FULL:' .. i end
-    save(base, key)
-    redis.call('DEL', row)  -- drops an old server-side expiry along with the old fields
-    redis.call('HSET', row, 'v', A[a + 3], 'c', now, 'e', expires, 'n', A[a + 11])
-    if A[a + 6] ~= '' then redis.call('PEXPIRE', row, A[a + 6]) end
-    redis.call('ZADD', order, now, key)
-    if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
-    if redis.call('SADD', pns, A[a + 10]) == 1 then
-      fresh = true
-      if saving then undo[#undo + 1] = {set = pns, member = A[a + 10]} end
-    end
+local F, fresh, last = 12, false, 0
+local n = (#A - 2) / F
+local opkey = KEYS[n * 4 + 1] or ''
+local prior = cached(opkey) if prior then return prior end
+grace = tonumber(A[2])
+local function apply(i)  -- nil when write i is applied, else the script's answer
+  local a, k = (i - 1) * F + 2, (i - 1) * 4
+  local row, order, exp, pns = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local mode, key, now, expires, base = A[a + 1], A[a + 2], A[a + 4], A[a + 5], A[a + 9]
+  clock = tonumber(now)
+  if mode == 'd' then return remove(base, key) end
+  if mode == 'c' and live_row(row, clock) then return '0' end
+  local f = mode == 'm' and redis.call('HMGET', row, 'e', 'n')
+  if f and not (f[1] and is_live(f[1], clock) and f[2] == A[a + 12]) then return '0' end
+  if not make_room(base, key, now, tonumber(A[a + 7]), A[a + 8] == 'reject-new') then return 'NS_FULL:' .. i end
+  save(base, key)
+  redis.call('DEL', row)  -- drops an old server-side expiry along with the old fields
+  redis.call('HSET', row, 'v', A[a + 3], 'c', now, 'e', expires, 'n', A[a + 11])
+  if A[a + 6] ~= '' then redis.call('PEXPIRE', row, A[a + 6]) end
+  redis.call('ZADD', order, now, key)
+  if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
+  if redis.call('SADD', pns, A[a + 10]) == 1 then
+    fresh = true
+    if saving then undo[#undo + 1] = {set = pns, member = A[a + 10]} end
   end
-  for i = 1, n do  -- only the writes before the last one that can fail need an undo log
-    local a = (i - 1) * F + 2
-    if A[a + 1] == 'c' or A[a + 1] == 'm' or (A[a + 1] == 'u' and A[a + 8] == 'reject-new') then last = i end
-  end
-  for i = 1, n do
-    saving = i < last
-    local failed = apply(i)
-    if failed then return rollback() or failed end
-  end
-  return finish(opkey, A[1], fresh and '1n' or '1')
 end
-
--- KEYS: row, order, exp, op key. A: key, op ttl ms, now, check ('1': keep a live row whose JSON
--- cjson cannot read), expected version ('' = any), namespace base. Returns '' (nothing deleted),
--- 'D<created>:<expires>:<version>:<json>' (deleted), or 'K...' (kept: the caller raises CORRUPT).
-local function take()
-  local prior = cached(KEYS[4]) if prior then return prior end
-  local f = redis.call('HMGET', KEYS[1], 'v', 'c', 'e', 'n')
-  if not f[1] then return '' end
-  local body, live = f[2] .. ':' .. f[3] .. ':' .. (f[4] or '0') .. ':' .. f[1], is_live(f[3], tonumber(A[3]))
-  if A[5] ~= '' and (not live or f[4] ~= A[5]) then return '' end
-  if A[4] == '1' and live and not pcall(cjson.decode, f[1]) then return 'K' .. body end
-  remove(A[6], A[1])
-  return finish(KEYS[4], A[2], 'D' .. body)
+for i = 1, n do  -- only the writes before the last one that can fail need an undo log
+  local a = (i - 1) * F + 2
+  if A[a + 1] == 'c' or A[a + 1] == 'm' or (A[a + 1] == 'u' and A[a + 8] == 'reject-new') then last = i end
 end
-
--- KEYS: order, exp, plugin's namespaces set, op key. A: now, namespace base, namespace, op ttl
--- ms. Returns the number of live rows removed.
-local function clear()
-  local prior = cached(KEYS[4]) if prior then return prior end
-  local live = live_count(KEYS[1], KEYS[2], A[1])
-  for _, k in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('DEL', A[2] .. ':r:' .. k) end
-  redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('SREM', KEYS[3], A[3])
-  return finish(KEYS[4], A[4], tostring(live))
+for i = 1, n do
+  saving = i < last
+  local failed = apply(i)
+  if failed then return rollback() or failed end
 end
-
-local function emit(out, key, row, now)  -- a live row as key, json, created, expires, version
-  local f = redis.call('HMGET', row, 'v', 'c', 'e', 'n')
-  if not (f[1] and is_live(f[3], now)) then return false end
-  for _, x in ipairs({key, f[1], f[2], f[3], f[4] or '0'}) do out[#out + 1] = x end
-  return true
-end
-
+return finish(opkey, A[1], fresh and '1n' or '1')
+""",
+    # KEYS: row, order, exp, op key. ARGV: key, op ttl ms, now, check ("1": keep a live row whose
+    # JSON cjson cannot read), expected version ("" = any), namespace base. Returns "" (nothing
+    # deleted), "D<created>:<expires>:<version>:<json>" (deleted), or "K..." (kept: the caller
+    # raises CORRUPT).
+    "take": _CORE
+    + _ROWS
+    + """
+local prior = cached(KEYS[4]) if prior then return prior end
+local f = redis.call('HMGET', KEYS[1], 'v', 'c', 'e', 'n')
+if not f[1] then return '' end
+local body, live = f[2] .. ':' .. f[3] .. ':' .. (f[4] or '0') .. ':' .. f[1], is_live(f[3], tonumber(A[3]))
+if A[5] ~= '' and (not live or f[4] ~= A[5]) then return '' end
+if A[4] == '1' and live and not pcall(cjson.decode, f[1]) then return 'K' .. body end
+remove(A[6], A[1])
+return finish(KEYS[4], A[2], 'D' .. body)
+""",
+    # KEYS: order, exp, plugin's namespaces set, op key. ARGV: now, namespace base, namespace, op
+    # ttl ms. Returns the number of live rows removed.
+    "clear": _CORE
+    + """
+local prior = cached(KEYS[4]) if prior then return prior end
+local live = live_count(KEYS[1], KEYS[2], A[1])
+for _, k in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('DEL', A[2] .. ':r:' .. k) end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SREM', KEYS[3], A[3])
+return finish(KEYS[4], A[4], tostring(live))
+""",
+    # KEYS: order. ARGV: now, row key prefix, limit ("" = all), cursor created_at and key ("" =
+    # from the start). Live rows in (created_at, key) order after the cursor, as `emit` lays them
+    # out (a zset orders equal scores by member bytes, as SQLite orders keys).
+    "scan": _CORE
+    + _LIST
+    + """
 local function bytes_after(a, b)  -- a > b byte by byte (Lua's < would use the locale)
   for i = 1, math.min(#a, #b) do
     if a:byte(i) ~= b:byte(i) then return a:byte(i) > b:byte(i) end
   end
   return #a > #b
 end
-
--- KEYS: order. A: now, row key prefix, limit ('' = all), cursor created_at and key ('' = from
--- the start). Live rows in (created_at, key) order after the cursor, as `emit` lays them out (a
--- zset orders equal scores by member bytes, as SQLite orders keys).
-local function scan()
-  local now, limit, ac, ak, out, index = tonumber(A[1]), tonumber(A[3]), A[4], A[5], {}, 0
-  if ac ~= '' then index = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ac) end
-  while not limit or #out / 5 < limit do
-    local batch = redis.call('ZRANGE', KEYS[1], index, index + 255, 'WITHSCORES')
-    if #batch == 0 then break end
-    index = index + #batch / 2
-    for i = 1, #batch, 2 do
-      local k, s = batch[i], batch[i + 1]
-      if (ac == '' or s ~= ac or bytes_after(k, ak)) and emit(out, k, A[2] .. k, now) and #out / 5 == limit then break end
-    end
-  end
-  return out
-end
-
--- KEYS: rows. A: now, row key prefix. The live ones, as `emit` lays them out.
-local function read_many()
-  local out = {}
-  for _, row in ipairs(KEYS) do emit(out, string.sub(row, #A[2] + 1), row, tonumber(A[1])) end
-  return out
-end
-
--- KEYS: order, plugin's namespaces set. A: now, namespace base, namespace, batch. Returns rows
--- removed (<= batch); an emptied namespace leaves the registry, so sweeps stay small.
-local function sweep()
-  local n = drop_expired(A[2], A[1], tonumber(A[4]))
-  if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], A[3]) end
-  return n
-end
-
--- Schema 1 or 2 -> 3, one namespace, on one server (a cluster never held older keys). A: its old
--- base, its tagged base, then from schema 1 a version per row in order, set where a row has none
--- (HSETNX). What still exists is renamed, so a second migrator finds nothing left to do.
-local function migrate()
-  local names = {':order', ':exp'}
-  for i, k in ipairs(redis.call('ZRANGE', A[1] .. ':order', 0, -1)) do
-    names[#names + 1] = ':r:' .. k
-    if A[i + 2] and redis.call('EXISTS', A[1] .. ':r:' .. k) == 1 then redis.call('HSETNX', A[1] .. ':r:' .. k, 'n', A[i + 2]) end
-  end
-  for _, name in ipairs(names) do
-    if redis.call('EXISTS', A[1] .. name) == 1 then redis.call('RENAME', A[1] .. name, A[2] .. name) end
+local now, limit, ac, ak, out, index = tonumber(A[1]), tonumber(A[3]), A[4], A[5], {}, 0
+if ac ~= '' then index = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ac) end
+while not limit or #out / 5 < limit do
+  local batch = redis.call('ZRANGE', KEYS[1], index, index + 255, 'WITHSCORES')
+  if #batch == 0 then break end
+  index = index + #batch / 2
+  for i = 1, #batch, 2 do
+    local k, s = batch[i], batch[i + 1]
+    if (ac == '' or s ~= ac or bytes_after(k, ak)) and emit(out, k, A[2] .. k, now) and #out / 5 == limit then break end
   end
 end
-
-return ({write = write, take = take, clear = clear, scan = scan, read_many = read_many, sweep = sweep,
-  count = function() return live_count(KEYS[1], KEYS[2], A[1]) end, migrate = migrate})[ARGV[1]]()
-"""
-LUA_SHA = hashlib.sha1(LUA.encode()).hexdigest()  # what Redis names the script in its errors
+return out
+""",
+    # KEYS: rows. ARGV: now, row key prefix. The live ones, as `emit` lays them out.
+    "read_many": _CORE
+    + _LIST
+    + """
+local out = {}
+for _, row in ipairs(KEYS) do emit(out, string.sub(row, #A[2] + 1), row, tonumber(A[1])) end
+return out
+""",
+    # KEYS: order, exp. ARGV: now.
+    "count": _CORE + "return live_count(KEYS[1], KEYS[2], A[1])\n",
+    # KEYS: order, plugin's namespaces set. ARGV: now, namespace base, namespace, batch. Returns
+    # rows removed (<= batch); an emptied namespace leaves the registry, so sweeps stay small.
+    "sweep": _CORE
+    + _ROWS
+    + """
+local n = drop_expired(A[2], A[1], tonumber(A[4]))
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], A[3]) end
+return n
+""",
+    # Schema 1 or 2 -> 3, one namespace, on one server (a cluster never held older keys). ARGV:
+    # its old base, its tagged base, then from schema 1 a version per row in order, set where a
+    # row has none (HSETNX). What still exists is renamed: a second migrator finds nothing to do.
+    "migrate": """
+local names = {':order', ':exp'}
+for i, k in ipairs(redis.call('ZRANGE', ARGV[1] .. ':order', 0, -1)) do
+  names[#names + 1] = ':r:' .. k
+  if ARGV[i + 2] and redis.call('EXISTS', ARGV[1] .. ':r:' .. k) == 1 then redis.call('HSETNX', ARGV[1] .. ':r:' .. k, 'n', ARGV[i + 2]) end
+end
+for _, name in ipairs(names) do
+  if redis.call('EXISTS', ARGV[1] .. name) == 1 then redis.call('RENAME', ARGV[1] .. name, ARGV[2] .. name) end
+end
+""",
+}
+SOURCES = {hashlib.sha1(text.encode()).hexdigest(): text for text in SCRIPTS.values()}  # to name refusals
 
 
 class RedisBackend:
@@ -325,7 +332,7 @@ class RedisBackend:
         self._idle = threading.Condition(self._lock)
         self._active, self._closed = 0, False  # calls in flight: close() waits for them
         self._pid = os.getpid()  # the client's sockets are used only by the process that opened them
-        self._script = self._client.register_script(LUA)
+        self._scripts = {name: self._client.register_script(text) for name, text in SCRIPTS.items()}
         try:  # the first connection: redis-py reads its URL options here
             version = self.schema_version("open")
             if version > REDIS_SCHEMA:
@@ -493,16 +500,16 @@ class RedisBackend:
                     self._idle.notify_all()
 
     def _run(self, op: str, entry: str, keys: list[str], args: Sequence[str | int], *, acked: bool = False) -> Any:
-        """Call the script's `entry`. `acked` (a change): with `min_replicas_acked`, WAIT on the
+        """Call the script `entry`. `acked` (a change): with `min_replicas_acked`, WAIT on the
         same connection until that many replicas have it, so an acknowledged write outlives a
         failover; fewer in time is UNAVAILABLE (applied on the primary, survival unknown)."""
         want = self.options.min_replicas_acked if acked else 0
         if not want:
-            return self._call(op, lambda: self._script(keys=keys, args=[entry, *args]))
+            return self._call(op, lambda: self._scripts[entry](keys=keys, args=args))
 
         def run() -> Any:
             with self._client.pipeline(transaction=False) as pipe:
-                self._script(keys=keys, args=[entry, *args], client=pipe)
+                self._scripts[entry](keys=keys, args=args, client=pipe)
                 pipe.execute_command("WAIT", want, self.options.replica_ack_timeout_ms)
                 return pipe.execute()
 
@@ -522,7 +529,7 @@ class RedisBackend:
             for namespace in cast("set[str]", client.smembers(old_set)):
                 old, new = (self._key(plugin_id, f"n:{namespace}", tagged=t) for t in (False, True))
                 versions = [new_version() for _ in range(client.zcard(f"{old}:order") if version == 1 else 0)]
-                self._script(keys=[], args=["migrate", old, new, *versions])
+                self._scripts["migrate"](keys=[], args=[old, new, *versions])
             if client.exists(old_set):
                 client.sunionstore(new_set, [old_set, new_set])
                 client.delete(old_set)
@@ -569,7 +576,7 @@ class RedisBackend:
         return self._write("commit", writes) if writes else True
 
     def _write(self, op: str, writes: Sequence[Write]) -> bool:
-        """The script's `write`; raises LIMIT_EXCEEDED for a full reject-new namespace."""
+        """Run the `write` script; raises LIMIT_EXCEEDED for a full reject-new namespace."""
         keys: list[str] = []
         args: list[str | int] = [self.options.op_result_ttl_ms, self.options.expiry_grace_ms]
         for w in writes:
@@ -600,7 +607,7 @@ class RedisBackend:
         return _rows(self._run("lookup_many", "read_many", [rows + k for k in keys], [now_ms, rows]), now_ms)
 
     def _take(self, op: str, spec: NamespaceSpec, key: str, now_ms: int, *, check: bool, expect: int | None) -> Any:
-        """The script's `take`: (deleted, the row if one was live)."""
+        """Run the `take` script: (deleted, the row if one was live)."""
         base, rows, order, exp = self._ns(spec)
         keys = [rows + key, order, exp, self._op_key(spec.plugin_id)]
         ttl, version = self.options.op_result_ttl_ms, "" if expect is None else expect
@@ -672,7 +679,7 @@ def _row(key: str, fields: Sequence[str | None], now_ms: int) -> Row | None:
 
 
 def _rows(flat: list[str], now_ms: int) -> list[Row]:
-    """The rows of the script's flat lists (key, then the fields of `_row`, for each row)."""
+    """The rows of a script's flat list (key, then the fields of `_row`, for each row)."""
     return [row for i in range(0, len(flat), 5) if (row := _row(flat[i], flat[i + 1 : i + 5], now_ms))]
 
 
@@ -680,9 +687,9 @@ def _refused_in_script(text: str) -> str:
     """Redis 6 names a command a script may not run only by script line ("@user_script: 82:
     The user executing the script can't run this command"); name it from our script."""
     found = re.search(r"f_([0-9a-f]{40}).*@user_script: ?(\d+): The user executing the script can't run", text)
-    if not found or found[1] != LUA_SHA:
+    if not found or found[1] not in SOURCES:
         return ""
-    line = (LUA.splitlines() + [""] * int(found[2]))[int(found[2]) - 1]
+    line = (SOURCES[found[1]].splitlines() + [""] * int(found[2]))[int(found[2]) - 1]
     command = re.search(r"redis\.call\('(\w+)'", line)
     return f"NOPERM: the user may not run {command[1].lower() if command else 'a command'!r} in a script"
 

@@ -101,9 +101,8 @@ class RedisOptions:
         return options, urlencode([(k, v) for k, v in pairs if k not in kinds])
 
 
-# Lua pieces, each script made of the ones it needs: Redis runs a script's whole text on every
-# call, so one script for every entry would define every function every time (measured: ~10 µs
-# more server time per call).
+# Lua pieces, joined into one script per entry (SCRIPTS): Redis runs a script's whole text each
+# call, so one script for all would define every function every time (~10 µs more a call).
 _CORE = """
 local A = ARGV
 local function is_live(e, now) return e == '' or tonumber(e) > now end
@@ -118,9 +117,8 @@ local function finish(opkey, ttl, result)
 end
 """
 _ROWS = """
--- A script stopped half-way keeps what it did. While `saving`, each row is remembered before it
--- changes; `rollback` puts them back, newest first (the expiry counted as a write counts it: PTTL
--- would be one more command for the ACL).
+-- A script stopped half-way keeps what it did: while `saving`, each row is remembered before it
+-- changes, and `rollback` restores them newest first (expiry recounted: PTTL needs an ACL grant).
 local saving, undo, clock, grace = false, {}, 0, 0
 local function save(base, k)
   if not saving then return end
@@ -163,18 +161,15 @@ local function emit(out, key, row, now)  -- a live row as key, json, created, ex
   return true
 end
 """
-SCRIPTS = {
-    # Writes in order: one register, claim or compare-and-set, or a staged commit of several.
-    # KEYS: per write: row, order, exp, plugin's namespaces set; then an op key if a write has a
-    # condition (no empty key name: an ACL or a cluster slot check refuses it). ARGV: op ttl ms,
-    # grace ms, then per write: mode ("u" upsert, "c" claim: no live row, "m" match: a live row of
-    # version `expect`, "d" delete), key, value, now, expires and pexpire ms ("" = never),
-    # max_entries, overflow, namespace base, namespace, version, expect. Returns "1" ("1n" when a
-    # namespace was (re)registered: the caller lists its plugin for sweep), or with nothing
-    # written "0" (a condition failed) or "NS_FULL:<i>" (write i met a full reject-new namespace).
-    "write": _CORE
-    + _ROWS
-    + """
+# Writes in order: one register, claim or compare-and-set, or a staged commit of several. KEYS:
+# per write: row, order, exp, plugin's namespaces set; then an op key if a write has a condition
+# (no empty key name: an ACL or a cluster slot check refuses it). ARGV: op ttl ms, grace ms, then
+# per write: mode ("u" upsert, "c" claim: no live row, "m" match: a live row of version `expect`,
+# "d" delete), key, value, now, expires and pexpire ms ("" = never), max_entries, overflow,
+# namespace base, namespace, version, expect. Returns "1" ("1n" when a namespace was
+# (re)registered: the caller lists its plugin for sweep), or with nothing written "0" (a
+# condition failed) or "NS_FULL:<i>" (write i met a full reject-new namespace).
+_WRITE = """
 -- Room for `key` among `maxn` live rows: expired rows go first, then the oldest live rows by
 -- (created_at, key), never `key` itself. False, with nothing changed, when reject-new and full.
 local function make_room(base, key, now, maxn, reject)
@@ -227,14 +222,11 @@ for i = 1, n do
   if failed then return rollback() or failed end
 end
 return finish(opkey, A[1], fresh and '1n' or '1')
-""",
-    # KEYS: row, order, exp, op key. ARGV: key, op ttl ms, now, check ("1": keep a live row whose
-    # JSON cjson cannot read), expected version ("" = any), namespace base. Returns "" (nothing
-    # deleted), "D<created>:<expires>:<version>:<json>" (deleted), or "K..." (kept: the caller
-    # raises CORRUPT).
-    "take": _CORE
-    + _ROWS
-    + """
+"""
+# KEYS: row, order, exp, op key. ARGV: key, op ttl ms, now, check ("1": keep a live row whose JSON
+# cjson cannot read), expected version ("" = any), namespace base. Returns "" (none deleted),
+# "D<created>:<expires>:<version>:<json>" (deleted) or "K..." (kept: the caller raises CORRUPT).
+_TAKE = """
 local prior = cached(KEYS[4]) if prior then return prior end
 local f = redis.call('HMGET', KEYS[1], 'v', 'c', 'e', 'n')
 if not f[1] then return '' end
@@ -243,24 +235,21 @@ if A[5] ~= '' and (not live or f[4] ~= A[5]) then return '' end
 if A[4] == '1' and live and not pcall(cjson.decode, f[1]) then return 'K' .. body end
 remove(A[6], A[1])
 return finish(KEYS[4], A[2], 'D' .. body)
-""",
-    # KEYS: order, exp, plugin's namespaces set, op key. ARGV: now, namespace base, namespace, op
-    # ttl ms. Returns the number of live rows removed.
-    "clear": _CORE
-    + """
+"""
+# KEYS: order, exp, plugin's namespaces set, op key. ARGV: now, namespace base, namespace, op
+# ttl ms. Returns the number of live rows removed.
+_CLEAR = """
 local prior = cached(KEYS[4]) if prior then return prior end
 local live = live_count(KEYS[1], KEYS[2], A[1])
 for _, k in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('DEL', A[2] .. ':r:' .. k) end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SREM', KEYS[3], A[3])
 return finish(KEYS[4], A[4], tostring(live))
-""",
-    # KEYS: order. ARGV: now, row key prefix, limit ("" = all), cursor created_at and key ("" =
-    # from the start). Live rows in (created_at, key) order after the cursor, as `emit` lays them
-    # out (a zset orders equal scores by member bytes, as SQLite orders keys).
-    "scan": _CORE
-    + _LIST
-    + """
+"""
+# KEYS: order. ARGV: now, row key prefix, limit ("" = all), cursor created_at and key ("" =
+# from the start). Live rows in (created_at, key) order after the cursor, as `emit` lays them
+# out (a zset orders equal scores by member bytes, as SQLite orders keys).
+_SCAN = """
 local function bytes_after(a, b)  -- a > b byte by byte (Lua's < would use the locale)
   for i = 1, math.min(#a, #b) do
     if a:byte(i) ~= b:byte(i) then return a:byte(i) > b:byte(i) end
@@ -279,39 +268,43 @@ while not limit or #out / 5 < limit do
   end
 end
 return out
-""",
-    # KEYS: rows. ARGV: now, row key prefix. The live ones, as `emit` lays them out.
-    "read_many": _CORE
-    + _LIST
-    + """
+"""
+# KEYS: rows. ARGV: now, row key prefix. The live ones, as `emit` lays them out.
+_READ_MANY = """
 local out = {}
 for _, row in ipairs(KEYS) do emit(out, string.sub(row, #A[2] + 1), row, tonumber(A[1])) end
 return out
-""",
-    # KEYS: order, exp. ARGV: now.
-    "count": _CORE + "return live_count(KEYS[1], KEYS[2], A[1])\n",
-    # KEYS: order, plugin's namespaces set. ARGV: now, namespace base, namespace, batch. Returns
-    # rows removed (<= batch); an emptied namespace leaves the registry, so sweeps stay small.
-    "sweep": _CORE
-    + _ROWS
-    + """
+"""
+# KEYS: order, plugin's namespaces set. ARGV: now, namespace base, namespace, batch. Returns
+# rows removed (<= batch); an emptied namespace leaves the registry, so sweeps stay small.
+_SWEEP = """
 local n = drop_expired(A[2], A[1], tonumber(A[4]))
 if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], A[3]) end
 return n
-""",
-    # Schema 1 or 2 -> 3, one namespace, on one server (a cluster never held older keys). ARGV:
-    # its old base, its tagged base, then from schema 1 a version per row in order, set where a
-    # row has none (HSETNX). What still exists is renamed: a second migrator finds nothing to do.
-    "migrate": """
+"""
+# Schema 1 or 2 -> 3, one namespace, on one server (a cluster never held older keys). ARGV:
+# its old base, its tagged base, then from schema 1 a version per row in order, set where a
+# row has none (HSETNX). What still exists is renamed: a second migrator finds nothing to do.
+_MIGRATE = """
 local names = {':order', ':exp'}
 for i, k in ipairs(redis.call('ZRANGE', ARGV[1] .. ':order', 0, -1)) do
   names[#names + 1] = ':r:' .. k
-  if ARGV[i + 2] and redis.call('EXISTS', ARGV[1] .. ':r:' .. k) == 1 then redis.call('HSETNX', ARGV[1] .. ':r:' .. k, 'n', ARGV[i + 2]) end
+  local row = ARGV[1] .. ':r:' .. k
+  if ARGV[i + 2] and redis.call('EXISTS', row) == 1 then redis.call('HSETNX', row, 'n', ARGV[i + 2]) end
 end
 for _, name in ipairs(names) do
   if redis.call('EXISTS', ARGV[1] .. name) == 1 then redis.call('RENAME', ARGV[1] .. name, ARGV[2] .. name) end
 end
-""",
+"""
+SCRIPTS = {  # Lua pieces joined: each script holds only the helpers it calls
+    "write": _CORE + _ROWS + _WRITE,
+    "take": _CORE + _ROWS + _TAKE,
+    "clear": _CORE + _CLEAR,
+    "scan": _CORE + _LIST + _SCAN,
+    "read_many": _CORE + _LIST + _READ_MANY,
+    "count": _CORE + "return live_count(KEYS[1], KEYS[2], A[1])\n",
+    "sweep": _CORE + _ROWS + _SWEEP,
+    "migrate": _MIGRATE,
 }
 SOURCES = {hashlib.sha1(text.encode()).hexdigest(): text for text in SCRIPTS.values()}  # to name refusals
 

@@ -368,9 +368,9 @@ class RedisBackend:
             for name in ("host", "port", "db") if scheme == "redis+cluster" else ("host", "port"):
                 kwargs.pop(name, None)
             if scheme == "redis+cluster" and opts.min_replicas_acked:
-                why = "URLs; on a cluster run each shard's replicas with min-replicas-to-write instead"
+                instead = "on a cluster run each shard's replicas with min-replicas-to-write instead"
                 raise self._fail(
-                    "INVALID_INPUT", "open", f"min_replicas_acked is for redis:// and redis+sentinel:// {why}"
+                    "INVALID_INPUT", "open", f"min_replicas_acked is for redis:// and redis+sentinel:// URLs; {instead}"
                 )
             if scheme == "redis+cluster":
                 try:  # RedisCluster asks a node for the slot map at once

@@ -7,12 +7,11 @@ demo and the tests can see why the bot spoke. Edits (`messageUpdate`) are never 
 message was answered (or not) when it was first sent. A deleted bot message (`messageDelete`
 naming one of ours) is forgotten, so a reply to it afterwards needs a mention again.
 
-One answer per activity: each answerable activity (`message`, `messageReaction`) goes through
-`sdk.InboundGate`, keyed `{conversation_id}:{activity_id}` in `msteams.activities`. The work is
-the botbuilder turn; its sends stage their rows into the gate's `Writes` (platform.py). The
-check after a takeover (`answered_before`) cannot ask Teams: the Bot Connector has no call that
-reads back what the bot sent, so a turn killed between the connector accepting its reply and
-the done commit is answered again (docs/migrations/teams.md measures that window).
+One answer per `message` and `messageReaction`: `sdk.InboundGate` keyed like `state.sent_key`;
+the work is the botbuilder turn, its sends staging into the gate's `Writes` (platform.py). The
+check after a takeover cannot ask Teams (the Bot Connector has no call that reads back what the
+bot sent), so a turn killed between the connector accepting its reply and the done commit is
+answered again (docs/migrations/teams.md measures that window).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from botbuilder.core import ActivityHandler, TurnContext
 from botbuilder.schema import Activity, ChannelAccount, MessageReaction
 from botframework.connector.auth import AuthenticateRequestResult
 
-from chatstate.adapters.teams.platform import WRITES, TeamsCloudAdapter
+from chatstate.adapters.teams.platform import WRITES, TeamsCloudAdapter, committed
 from chatstate.adapters.teams.state import SentMessages, sent_key
 from chatstate.gateway.sdk import InboundGate, Job, Writes, reply
 
@@ -46,15 +45,8 @@ class Classification(StrEnum):
 def _bot_mentions(activity: Activity) -> list[dict[str, Any]]:
     """The properties of each `mention` entity that names the bot (the recipient)."""
     bot_id = activity.recipient.id if activity.recipient else None
-    if not bot_id:
-        return []
     props = [m.additional_properties or {} for m in TurnContext.get_mentions(activity)]
-    return [p for p in props if (p.get("mentioned") or {}).get("id") == bot_id]
-
-
-def mentions_recipient(activity: Activity) -> bool:
-    """True if one of the activity's `mention` entities names the bot (the recipient)."""
-    return bool(_bot_mentions(activity))
+    return [p for p in props if bot_id and (p.get("mentioned") or {}).get("id") == bot_id]
 
 
 def text_for_bot(activity: Activity) -> str:
@@ -94,26 +86,17 @@ class TeamsBot(ActivityHandler):
         writes committed after it (502 when the Bot Connector refused a send)."""
         if activity.type in ANSWERED_TYPES and activity.id:
             return (await self.gate.deliver(self.job(authenticated, activity))).response()
-        writes = Writes()
-        try:
-            invoke = await self.adapter.run(authenticated, activity, self, writes)
-        except BaseException:
-            writes.discard()
-            raise
-        await writes.commit()
+        invoke = await committed(partial(self.adapter.run, authenticated, activity, self))
         return web.Response(status=200) if invoke is None else web.json_response(invoke.body, status=invoke.status)
 
     def job(self, authenticated: AuthenticateRequestResult, activity: Activity) -> Job:
         """The gate's job for an answerable activity (parse guarantees its conversation)."""
-        return Job(
-            key=sent_key(activity.conversation.id, activity.id),
-            work=partial(self.turn, authenticated, activity),
-            answered=self.answered_before,
-        )
 
-    async def turn(self, authenticated: AuthenticateRequestResult, activity: Activity, writes: Writes) -> str:
-        await self.adapter.run(authenticated, activity, self, writes)
-        return "handled"
+        async def turn(writes: Writes) -> str:
+            await self.adapter.run(authenticated, activity, self, writes)
+            return "handled"
+
+        return Job(sent_key(activity.conversation.id, activity.id), turn, answered=self.answered_before)
 
     async def answered_before(self, _writes: Writes) -> bool:
         """After a takeover: did the dead turn's reply reach Teams? Unknowable here (see the
@@ -124,7 +107,7 @@ class TeamsBot(ActivityHandler):
         """Decide whether the bot is addressed; reads the sent-message cache for replies."""
         if await self.sent.sent_by_bot(activity.conversation.id, activity.reply_to_id):
             return Classification.REPLY_TO_BOT
-        if mentions_recipient(activity):
+        if _bot_mentions(activity):
             return Classification.MENTION
         if activity.conversation.conversation_type == "personal":
             return Classification.PERSONAL

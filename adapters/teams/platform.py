@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -19,9 +20,8 @@ from botbuilder.schema import Activity, ResourceResponse
 from botframework.connector.auth import AuthenticateRequestResult, BotFrameworkAuthentication
 from msrest.exceptions import ClientRequestError, DeserializationError, HttpOperationError
 
-from chatstate.adapters.teams.auth import MAX_TOKEN_CHARS, TokenCheck
-from chatstate.adapters.teams.keys import KeysUnavailable
-from chatstate.adapters.teams.state import SentMessages
+from chatstate.adapters.teams.auth import MAX_TOKEN_CHARS, KeysUnavailable, TokenCheck
+from chatstate.adapters.teams.state import ID_HASH_CHARS, SentMessages
 from chatstate.gateway.sdk import UserQuota, Writes, ingress
 
 _T = TypeVar("_T")
@@ -32,7 +32,6 @@ WRITES = "chatstate.writes"  # the turn state's key for the turn's staged writes
 SEND_RETRIES = 3  # a send refused with 429 or 502/503/504 is tried again at most this often
 MAX_RETRY_AFTER_S = 10  # a longer Retry-After fails the send instead (the channel redelivers)
 BACKOFF_S = 0.25  # 502/503/504: wait 0.25, 0.5, 1 s
-TRANSIENT = (502, 503, 504)
 
 
 def retry_delay(exc: HttpOperationError, attempt: int) -> float | None:
@@ -40,16 +39,27 @@ def retry_delay(exc: HttpOperationError, attempt: int) -> float | None:
     429 honours Retry-After (bounded), 502/503/504 back off; anything else is final."""
     response: Any = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
-    if status == 429:
-        headers = getattr(response, "headers", None) or {}
-        try:
-            wait = float(headers.get("Retry-After", 1))
-        except (TypeError, ValueError):
-            return None
-        return wait if 0 <= wait <= MAX_RETRY_AFTER_S else None
-    if status in TRANSIENT:
+    if status in (502, 503, 504):
         return BACKOFF_S * 2**attempt
-    return None
+    if status != 429:
+        return None
+    try:
+        wait = float((getattr(response, "headers", None) or {}).get("Retry-After", 1))
+    except (TypeError, ValueError):
+        return None
+    return wait if 0 <= wait <= MAX_RETRY_AFTER_S else None
+
+
+async def committed(work: Callable[[Writes], Awaitable[_T]]) -> _T:
+    """Run `work` with writes of its own, committed once it returns (dropped if it raises)."""
+    writes = Writes()
+    try:
+        result = await work(writes)
+    except BaseException:
+        writes.discard()
+        raise
+    await writes.commit()
+    return result
 
 
 class TeamsCloudAdapter(CloudAdapterBase):
@@ -58,8 +68,9 @@ class TeamsCloudAdapter(CloudAdapterBase):
     `send_activities` and `update_activity` are where every botbuilder send path ends
     (`send_activity`, replies, `send_activities`, `update_activity`), so these two are the one
     send path: each stages its sent-message row (and the requester's quota count) into the
-    turn's `Writes`, committed with the activity's done mark. (botbuilder's
-    `on_send_activities` hooks run before the send and never see the returned ids.)
+    turn's `Writes`, committed with the activity's done mark; a send outside a turn (proactive)
+    commits its own. (botbuilder's `on_send_activities` hooks run before the send and never see
+    the returned ids.)
     """
 
     def __init__(
@@ -80,10 +91,11 @@ class TeamsCloudAdapter(CloudAdapterBase):
         send that finally succeeded, unless the requester is over their quota (then the message
         carries a visible note instead and nothing is recorded). Raises HttpOperationError when
         retries run out (the gate discards what was staged)."""
-        if WRITES not in context.turn_state:  # a proactive send, outside a turn
-            return await self._committed(context, lambda: self.send_activities(context, activities))
+        if WRITES not in context.turn_state:
+            return await self._outside_turn(context, partial(self.send_activities, context, activities))
         writes: Writes = context.turn_state[WRITES]
-        requester = _requester(context)
+        sender = getattr(getattr(context.activity, "from_property", None), "id", None)
+        requester = ingress.short_id(sender, limit=ID_HASH_CHARS) if isinstance(sender, str) and sender else None
         responses = []
         for activity in activities:
             admitted = requester is None or await self._quota.admit(requester, writes) is None
@@ -106,39 +118,34 @@ class TeamsCloudAdapter(CloudAdapterBase):
                 delay = retry_delay(exc, attempt)
                 if delay is None or attempt == SEND_RETRIES:
                     raise
+                status = getattr(exc.response, "status_code", None)
                 self._log.warning(
-                    "bot_connector_retry",
-                    extra={
-                        "status": getattr(exc.response, "status_code", None),
-                        "attempt": attempt + 1,
-                        "delay_s": delay,
-                    },
+                    "bot_connector_retry", extra={"status": status, "attempt": attempt + 1, "delay_s": delay}
                 )
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _committed(self, context: TurnContext, send: Callable[[], Awaitable[_T]]) -> _T:
-        """Run a send outside a turn with writes of its own, committed once it returns."""
-        writes = context.turn_state[WRITES] = Writes()
-        try:
-            result = await send()
-        except BaseException:
-            writes.discard()
-            raise
-        finally:
-            del context.turn_state[WRITES]
-        await writes.commit()
-        return result
-
     async def update_activity(self, context: TurnContext, activity: Activity) -> ResourceResponse | None:
-        if WRITES not in context.turn_state:  # a proactive update, outside a turn
-            return await self._committed(context, lambda: self.update_activity(context, activity))
+        if WRITES not in context.turn_state:
+            return await self._outside_turn(context, partial(self.update_activity, context, activity))
         response = await super().update_activity(context, activity)
         if activity.conversation is not None:
             self._sent.record(
                 context.turn_state[WRITES], activity.conversation.id, response.id if response else activity.id
             )
         return response
+
+    async def _outside_turn(self, context: TurnContext, send: Callable[[], Awaitable[_T]]) -> _T:
+        """A proactive send: staged into writes of its own, committed once it returns."""
+
+        async def staged(writes: Writes) -> _T:
+            context.turn_state[WRITES] = writes
+            try:
+                return await send()
+            finally:
+                del context.turn_state[WRITES]
+
+        return await committed(staged)
 
     async def read(self, request: web.Request, *, check: TokenCheck) -> tuple[AuthenticateRequestResult, Activity]:
         """Authenticate, then parse, one request: 401 (missing/bad token, before the body is
@@ -149,7 +156,7 @@ class TeamsCloudAdapter(CloudAdapterBase):
         await self._guarded(check.verify(auth_header))  # authentication before parsing
         activity = _parse(await request.read())
         # the library's full validation (endorsement, serviceurl claim), on the loop: it reads
-        # the signing keys from keys.py (installed in its metadata cache), never `requests`
+        # the signing keys auth.py installed in its metadata cache, never `requests`
         authenticated = await self._guarded(
             self.bot_framework_authentication.authenticate_request(activity, auth_header)
         )
@@ -183,14 +190,12 @@ class TeamsCloudAdapter(CloudAdapterBase):
             raise web.HTTPUnauthorized(text="invalid bearer token") from None
 
 
-def _requester(context: TurnContext) -> str | None:
-    """The user whose activity this turn answers (None for a proactive send)."""
-    sender = context.activity.from_property if context.activity is not None else None
-    return (
-        ingress.short_id(sender.id, limit=200)
-        if sender is not None and isinstance(sender.id, str) and sender.id
-        else None
-    )
+# Every optional field may be null or absent; what no channel sends is refused before msrest
+# coerces it into something botbuilder then fails on (a numeric conversation id, a list as
+# replyToId, a null member of membersAdded, an entity or mention its helpers would crash on).
+_TEXT = ("id", "replyToId", "text", "channelId", "locale", "textFormat")
+_OBJECT_LISTS = ("membersAdded", "membersRemoved", "reactionsAdded", "reactionsRemoved", "attachments", "entities")
+_ACCOUNTS = (("conversation", True), ("from", False), ("recipient", False))  # (field, required)
 
 
 def _parse(body: bytes) -> Activity:
@@ -202,7 +207,6 @@ def _parse(body: bytes) -> Activity:
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise web.HTTPBadRequest(text="body is not an Activity")
     _check_shape(data)
-    _check_entities(data.get("entities"))
     try:
         activity = Activity().deserialize(data)
     except (DeserializationError, ValueError, TypeError, AttributeError):  # msrest names the field, never echoes values
@@ -212,52 +216,18 @@ def _parse(body: bytes) -> Activity:
     return activity
 
 
-def _check_entities(entities: object) -> None:
-    """Refuse entities botbuilder's mention helpers would crash on (`entities: [{}]`,
-    a mention whose `text` is null). Each entity is an object with a string `type`; a mention
-    also has a string `text` and `mentioned: {id, name}` of strings, as Teams always sends."""
-    if entities is None:
-        return
-    if not isinstance(entities, list):
-        raise web.HTTPBadRequest(text="entities must be a list")
-    for entity in entities:
-        if not isinstance(entity, dict) or not isinstance(entity.get("type"), str):
-            raise web.HTTPBadRequest(text="each entity needs a string type")
-        if entity["type"].lower() != "mention":
-            continue
-        mentioned = entity.get("mentioned")
-        if not (
-            isinstance(entity.get("text"), str)
-            and isinstance(mentioned, dict)
-            and isinstance(mentioned.get("id"), str)
-            and isinstance(mentioned.get("name"), str)
-        ):
-            raise web.HTTPBadRequest(text="a mention entity needs text and mentioned {id, name}")
-
-
-_OPTIONAL_TEXT = ("id", "replyToId", "text", "channelId", "locale", "textFormat")
-_OPTIONAL_OBJECT_LISTS = ("membersAdded", "membersRemoved", "reactionsAdded", "reactionsRemoved", "attachments")
-
-
-def _check_shape(data: dict[str, object]) -> None:
-    """Refuse fields of the wrong type before msrest coerces them into something botbuilder then
-    fails on (a numeric conversation id, a list as replyToId, a null member of membersAdded).
-    Every optional field may be null or absent."""
-    service_url = data.get("serviceUrl")
-    if (
-        not isinstance(service_url, str)
-        or not service_url.startswith(("http://", "https://"))
-        or len(service_url) > 2048
-    ):
+def _check_shape(data: dict[str, Any]) -> None:
+    url = data.get("serviceUrl")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048:
         raise web.HTTPBadRequest(text="serviceUrl must be an http(s) URL")
-    for name in _OPTIONAL_TEXT:
+    for name in _TEXT:
         if data.get(name) is not None and not isinstance(data.get(name), str):
             raise web.HTTPBadRequest(text=f"{name} must be a string")
-    for name in _OPTIONAL_OBJECT_LISTS:  # null or absent is fine; a null member is not
+    for name in _OBJECT_LISTS:
         items = data.get(name)
         if items is not None and not (isinstance(items, list) and all(isinstance(i, dict) for i in items)):
             raise web.HTTPBadRequest(text=f"{name} must be a list of objects")
-    for name, required in (("conversation", True), ("from", False), ("recipient", False)):
+    for name, required in _ACCOUNTS:
         account = data.get(name)
         if account is None and not required:
             continue
@@ -265,6 +235,16 @@ def _check_shape(data: dict[str, object]) -> None:
             raise web.HTTPBadRequest(text=f"{name}.id must be a non-empty string without '/', '?' or '#'")
         if account.get("name") is not None and not isinstance(account.get("name"), str):
             raise web.HTTPBadRequest(text=f"{name}.name must be a string")
+    for entity in data.get("entities") or []:  # as Teams always sends: a typed mention names {id, name}
+        mentioned = entity.get("mentioned")
+        if not isinstance(entity.get("type"), str):
+            raise web.HTTPBadRequest(text="each entity needs a string type")
+        if entity["type"].lower() == "mention" and not (
+            isinstance(entity.get("text"), str)
+            and isinstance(mentioned, dict)
+            and all(isinstance(mentioned.get(k), str) for k in ("id", "name"))
+        ):
+            raise web.HTTPBadRequest(text="a mention entity needs text and mentioned {id, name}")
 
 
 def _is_id(value: object) -> bool:

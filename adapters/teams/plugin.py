@@ -1,17 +1,14 @@
 """The Teams plugin (wiring): POST /api/messages, authenticated before anything is read or
 written, one answer per activity through `sdk.InboundGate`, handlers.py's `TeamsBot` the work.
 
-Request path, in this order:
-1. the bearer token is checked (401, before the body is read), then the body parsed (400);
-2. the gate claims `{conversation_id}:{activity_id}` under a lease (one durable write);
-3. the turn runs; its sends stage their sent-message rows and the requester's quota count;
-4. the gate commits them with the done mark (one transaction) and the channel gets 200.
-
-SIGKILL, step by step: before the claim, or holding the lease without having sent, the channel
-gets no 2xx and redelivers; a redelivery that meets a live lease gets 503 + Retry-After, and
-once the lease has run out it takes the activity over and answers (nothing lost). After the
-done mark a redelivery gets 200 and no turn. Between the connector accepting the reply and the
-done commit the takeover cannot tell (handlers.py), so the activity is answered again.
+A request: the bearer token is checked (401, before the body is read), the body parsed (400);
+the gate claims `{conversation_id}:{activity_id}` under a lease (one durable write); the turn
+runs, its sends staging their sent-message rows and the requester's quota count; the gate
+commits those with the done mark (one transaction) and the channel gets 200. A SIGKILL before
+the claim, or while holding the lease, leaves no 2xx: the channel redelivers, gets 503 +
+Retry-After while the lease lives, then takes the activity over and answers (nothing lost);
+after the done mark a redelivery gets 200 and no turn. A reply the connector accepted before
+the done commit is answered again (handlers.py says why).
 """
 
 from __future__ import annotations
@@ -22,13 +19,12 @@ from typing import Any
 
 from aiohttp import web
 
-from chatstate.adapters.teams.auth import TokenCheck, build_authentication, build_token_check
+from chatstate.adapters.teams.auth import SigningKeys, TokenCheck, build_authentication, build_token_check
 from chatstate.adapters.teams.clients import ReusedClients
 from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.handlers import TeamsBot
-from chatstate.adapters.teams.keys import SigningKeys
 from chatstate.adapters.teams.platform import TeamsCloudAdapter
-from chatstate.adapters.teams.state import SentMessages, activities_spec, requesters_spec, spec_from_config
+from chatstate.adapters.teams.state import ACTIVITIES, SentMessages, requesters_spec, spec_from_config
 from chatstate.gateway.sdk import (
     AdapterSettings,
     AdapterState,
@@ -83,8 +79,8 @@ class TeamsPlugin(StatefulPlugin[Running]):
         settings = TeamsSettings.of(runtime)
         check, key_sets = build_token_check(settings)
         sent, activities, requesters = [
-            await self.open_state(AdapterState(spec(settings), legacy=runtime.legacy), runtime)
-            for spec in (spec_from_config, activities_spec, requesters_spec)
+            await self.open_state(AdapterState(spec, legacy=runtime.legacy), runtime)
+            for spec in (spec_from_config(settings), ACTIVITIES, requesters_spec(settings))
         ]
         messages = SentMessages(sent)
         quota = UserQuota(requesters, per_user=settings.sent_per_user, ttl_ms=settings.sent_ttl_ms)

@@ -3,23 +3,20 @@
 Inbound, the token is checked twice: `TokenCheck` before the body is read (RS256 signature by a
 key of the channel's set, `iss`, `aud` = our app id, `exp`/`nbf`), then botframework-connector's
 own full validation of the parsed Activity (the key's `msteams` endorsement, the `serviceurl`
-claim). Its public factory takes the OpenID metadata URL and issuer, so pointing it at a
-simulator needs no code of ours; we did not write our own validation of what it checks.
+claim), pointed at a simulator through its public factory's metadata URL and issuer.
 
 Both read the signing keys from `SigningKeys`, never from the library's own fetch: that calls
 `requests.get` with no timeout inside its coroutines, so an unresponsive metadata host left the
 loop's executor threads stuck forever and a few forged tokens wedged /healthz, the sweeper and
-SIGTERM. `SigningKeys` fetches with aiohttp under connect, read and total timeouts and a size
-cap (no thread: a fetch is cancelled outright on shutdown), one fetch at a time per URL, keeps
-the last good set while a refresh fails, and after a failure does not fetch again for
-`retry_after_failure_s` (an unknown `kid` refreshes at most every UNKNOWN_KID_REFRESH_S), so
-forged tokens cannot become a stream of fetches. `install` puts a key set into the library's
-public metadata cache (`JwtTokenExtractor.metadataCache`, which it fills with `setdefault`).
+SIGTERM. `SigningKeys` fetches with aiohttp under timeouts and a size cap (no thread: cancelled
+outright on shutdown), one fetch at a time per URL; it keeps the last good set while a refresh
+fails, and fetches again neither for `openid_retry_after_failure_s` after a failure nor for an
+unknown `kid` more than every UNKNOWN_KID_REFRESH_S, so forged tokens cannot become a stream of
+fetches. `install` puts a key set into the library's public `JwtTokenExtractor.metadataCache`.
 
 Outbound, against Azure `app_password` gets a token from Azure AD through MSAL. MSAL only talks
-to an https authority, so for a local simulator the config names a pre-issued `connector_token`,
-presented on every Bot Connector call (`StaticTokenCredentialFactory`); no `connector_token`,
-no static token.
+to an https authority, so for a local simulator the config names a pre-issued `connector_token`
+that `StaticTokenCredentialFactory` presents on every Bot Connector call.
 """
 
 from __future__ import annotations
@@ -46,7 +43,6 @@ from botframework.connector.auth import (
     BotFrameworkAuthenticationFactory,
     JwtTokenExtractor,
     PasswordServiceClientCredentialFactory,
-    ServiceClientCredentialsFactory,
 )
 from jwt.algorithms import RSAAlgorithm
 
@@ -91,7 +87,7 @@ class SigningKeys:
         self._keys: list[dict[str, Any]] | None = None  # the last good JWKS "keys"
         self._fetched_at = float("-inf")
         self._failed_until = float("-inf")
-        self._inflight: asyncio.Task[list[dict[str, Any]]] | None = None
+        self._inflight: asyncio.Task[None] | None = None
         self.fetches = 0  # fetch attempts, for tests and /healthz
 
     async def get(self, key_id: str | None) -> SigningKey:
@@ -133,41 +129,33 @@ class SigningKeys:
         )
 
     async def _refresh(self) -> None:
-        """Fetch once (joining a fetch already running); on failure keep the last good set."""
+        """Fetch once (joining a fetch already running); a failure keeps the last good set."""
         if self._clock() < self._failed_until:
             return  # negative cache: a recent fetch failed, do not hammer (or wait on) the host
         if self._inflight is None:
             self._inflight = asyncio.create_task(self._fetch(), name=f"teams-openid-{self.url}")
-            self._inflight.add_done_callback(self._fetched)
-        # a failed fetch is the far end's fault and _fetched logged it: the caller falls back
-        with contextlib.suppress(Exception):
-            await asyncio.shield(self._inflight)
+        await asyncio.shield(self._inflight)
 
-    def _fetched(self, task: asyncio.Task[list[dict[str, Any]]]) -> None:
-        self._inflight = None
-        if task.cancelled():
-            return
-        if (exc := task.exception()) is None:
-            self._keys, self._fetched_at = task.result(), self._clock()
-            return
-        self._failed_until = self._clock() + self.settings.openid_retry_after_failure_s
-        log.warning(
-            "openid_fetch_failed",
-            extra={"url": self.url, "error": type(exc).__name__, "keys_kept": len(self._keys or [])},
-        )
-
-    async def _fetch(self) -> list[dict[str, Any]]:
+    async def _fetch(self) -> None:
         self.fetches += 1
         s = self.settings
         timeout = aiohttp.ClientTimeout(
             total=s.openid_total_timeout_s, connect=s.openid_connect_timeout_s, sock_read=s.openid_read_timeout_s
         )
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            metadata = await _get_json(session, self.url)
-            keys = (await _get_json(session, str(metadata["jwks_uri"])))["keys"]
-        if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
-            raise ValueError("JWKS keys is not a list of objects")
-        return keys
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                metadata = await _get_json(session, self.url)
+                keys = (await _get_json(session, str(metadata["jwks_uri"])))["keys"]
+            if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
+                raise ValueError("JWKS keys is not a list of objects")
+            self._keys, self._fetched_at = keys, self._clock()
+        except Exception as exc:  # noqa: BLE001 - the far end's fault: logged, the last good set kept
+            self._failed_until = self._clock() + s.openid_retry_after_failure_s
+            extra = {"url": self.url, "error": type(exc).__name__, "keys_kept": len(self._keys or [])}
+            log.warning("openid_fetch_failed", extra=extra)
+        finally:
+            if self._inflight is asyncio.current_task():
+                self._inflight = None
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
@@ -240,18 +228,12 @@ class StaticTokenCredentials(AppCredentials):
         return self._token
 
 
-class StaticTokenCredentialFactory(ServiceClientCredentialsFactory):
+class StaticTokenCredentialFactory(PasswordServiceClientCredentialFactory):
     """Credentials for the bot's own app id only, carrying the configured connector token."""
 
     def __init__(self, app_id: str, token: str) -> None:
-        self.app_id = app_id
+        super().__init__(app_id)
         self.token = token
-
-    async def is_valid_app_id(self, app_id: str) -> bool:
-        return app_id == self.app_id
-
-    async def is_authentication_disabled(self) -> bool:
-        return False  # inbound tokens are always required
 
     async def create_credentials(
         self, app_id: str, oauth_scope: str, login_endpoint: str, validate_authority: bool

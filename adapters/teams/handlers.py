@@ -17,6 +17,7 @@ answered again (docs/migrations/teams.md measures that window).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 from typing import Any
@@ -64,21 +65,14 @@ def text_for_bot(activity: Activity) -> str:
     return text.strip()
 
 
+@dataclass(eq=False)
 class TeamsBot(ActivityHandler):
     """Answers mentions, personal chats and replies/reactions to its own recent messages."""
 
-    def __init__(
-        self,
-        sent: SentMessages,
-        *,
-        adapter: TeamsCloudAdapter,
-        gate: InboundGate,
-        log: logging.LoggerAdapter[logging.Logger],
-    ) -> None:
-        self.sent = sent
-        self.adapter = adapter
-        self.gate = gate
-        self.log = log
+    sent: SentMessages
+    adapter: TeamsCloudAdapter
+    gate: InboundGate
+    log: logging.LoggerAdapter[logging.Logger]
 
     async def answer(self, authenticated: AuthenticateRequestResult, activity: Activity) -> web.Response:
         """Run the turn for an authenticated activity: through the gate when it may be answered

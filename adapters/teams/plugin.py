@@ -1,14 +1,11 @@
-"""The Teams plugin (wiring): POST /api/messages, authenticated before anything is read or
-written, one answer per activity through `sdk.InboundGate`, handlers.py's `TeamsBot` the work.
+"""The Teams plugin (wiring): POST /api/messages.
 
 A request: the bearer token is checked (401, before the body is read), the body parsed (400);
-the gate claims `{conversation_id}:{activity_id}` under a lease (one durable write); the turn
-runs, its sends staging their sent-message rows and the requester's quota count; the gate
-commits those with the done mark (one transaction) and the channel gets 200. A SIGKILL before
-the claim, or while holding the lease, leaves no 2xx: the channel redelivers, gets 503 +
-Retry-After while the lease lives, then takes the activity over and answers (nothing lost);
-after the done mark a redelivery gets 200 and no turn. A reply the connector accepted before
-the done commit is answered again (handlers.py says why).
+`sdk.InboundGate` claims the activity under a lease (one durable write); the turn runs, its
+sends staging their sent-message rows and quota counts; the gate commits those with the done
+mark (one transaction) and the channel gets 200. Killed before the done mark, the activity is
+redelivered and taken over once the lease runs out (handlers.py: answered again if its reply
+had reached the connector); after it, a redelivery gets 200 and no turn.
 """
 
 from __future__ import annotations
@@ -74,8 +71,8 @@ class TeamsPlugin(StatefulPlugin[Running]):
         TeamsSettings.of_settings(settings).check_credentials()
 
     async def build(self, runtime: PluginRuntime) -> Running:
-        """Build auth from the settings and open the sent messages, the activity claims and the
-        requester quota. Raises ValueError (bad config) and StateStoreError (opening a store)."""
+        """Build auth and open the three states. Raises ValueError (bad config) and
+        StateStoreError (opening a store)."""
         settings = TeamsSettings.of(runtime)
         check, key_sets = build_token_check(settings)
         sent, activities, requesters = [

@@ -6,14 +6,14 @@
 | `msteams.activities`      | `{conversation_id}:{activity_id}` | the gate's claim (`sdk.InboundGate`) | 1 h / 10,000 |
 | `msteams.sent-requesters` | the user's id                     | `{b: {bucket: count}}` (`sdk.UserQuota`) | 24 h / 5,000 |
 
-Before, the sent ids were a process-global dict, so after a restart a reply to the bot's earlier
-message looked like a stranger's and was ignored for lack of an @mention; `AdapterState(legacy=
-True)` is that dict, kept for the before/after demo. This module imports no Bot Framework code,
-so a move to another Teams SDK leaves it untouched.
+Before, the sent ids were a process-global dict: after a restart a reply to the bot's message
+looked like a stranger's (no @mention) and was ignored. `AdapterState(legacy=True)` is that dict,
+for the before/after demo. No Bot Framework import here: another Teams SDK leaves this as it is.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chatstate.gateway.sdk import AdapterState, Clock, StateSpec, Writes, ingress, now_ms
@@ -64,6 +64,7 @@ def sent_value(sent_at_ms: int) -> dict[str, int]:
     return {"sent_at": sent_at_ms}
 
 
+@dataclass(frozen=True)
 class SentMessages:
     """Which activities did this bot send? One recording function, one question.
 
@@ -72,14 +73,13 @@ class SentMessages:
     (platform.py), after the Bot Connector returned the id.
     """
 
-    def __init__(self, state: AdapterState, *, clock: Clock = now_ms) -> None:
-        self.state = state
-        self._clock = clock
+    state: AdapterState
+    clock: Clock = now_ms
 
     def record(self, writes: Writes, conversation_id: str, activity_id: str | None) -> None:
         """Stage "the bot sent `activity_id`" into the turn's writes (committed with its done mark)."""
         if activity_id:
-            writes.put(self.state, sent_key(conversation_id, activity_id), sent_value(self._clock()))
+            writes.put(self.state, sent_key(conversation_id, activity_id), sent_value(self.clock()))
 
     async def forget(self, writes: Writes, conversation_id: str, activity_id: str) -> bool:
         """Stage the removal of a bot message Teams deleted (`messageDelete`); True if it was ours."""

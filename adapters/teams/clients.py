@@ -1,17 +1,12 @@
 """One Bot Connector client per (app id, serviceUrl, audience), not one per activity.
 
-botbuilder's `CloudAdapterBase.process_activity` asks the authentication for a new
-`ConnectorClient` and a new user-token client on every turn. Each builds an msrest pipeline
-whose `ClientRetryPolicy` computes its retry status list with a quadratic list scan: ~2 ms of
-CPU apiece, so ~4 ms of the ~6 ms an activity cost the gateway went to building two clients it
-used at most once (benchmarks/teams_bench.py, docs/performance.md "Issue 20"). botbuilder's own
-older `BotFrameworkAdapter` kept a cache of connector clients keyed by serviceUrl, app id and
-scope for the same reason; this puts that cache back, around the public
-`BotFrameworkAuthentication` interface, so the library's validation and turn run unchanged.
-
-Reusing a client is safe: its credentials fetch and refresh their own token, and the gateway
-serves every turn from one event loop. The caches are bounded (a serviceUrl comes from an
-authenticated activity, but a cache keyed by request data is bounded all the same).
+botbuilder's `CloudAdapterBase.process_activity` builds a new `ConnectorClient` and a new
+user-token client on every turn, each an msrest pipeline whose `ClientRetryPolicy` computes its
+retry status list with a quadratic scan: ~4 ms of the ~6 ms an activity cost went to two clients
+used at most once (benchmarks/teams_bench.py, docs/performance.md "Issue 20"). botbuilder's older
+`BotFrameworkAdapter` cached connector clients for the same reason; this puts a bounded cache
+back around the public `BotFrameworkAuthentication` interface. Reuse is safe: a client's
+credentials refresh their own token, and every turn runs on one event loop.
 """
 
 from __future__ import annotations
@@ -66,7 +61,8 @@ class _ReusingConnectorFactory(ConnectorFactory):
 
 class ReusedClients(BotFrameworkAuthentication):
     """`inner` with its connector and user-token clients built once and reused across turns;
-    validation is `inner`'s, unchanged (only the factories in its results are wrapped)."""
+    validation is `inner`'s, unchanged (only the factories in its results are wrapped). The
+    skill-host calls are left out: this bot hosts no skills."""
 
     def __init__(self, inner: BotFrameworkAuthentication) -> None:
         self.inner = inner
@@ -96,12 +92,3 @@ class ReusedClients(BotFrameworkAuthentication):
     async def create_user_token_client(self, claims_identity: ClaimsIdentity) -> UserTokenClient:
         make = partial(self.inner.create_user_token_client, claims_identity)
         return await self.user_token_clients.get_or_make(_app_id(claims_identity), make)
-
-    def create_bot_framework_client(self) -> Any:
-        return self.inner.create_bot_framework_client()
-
-    def get_originating_audience(self) -> str:
-        return self.inner.get_originating_audience()
-
-    async def authenticate_channel_request(self, auth_header: str) -> ClaimsIdentity:
-        return await self.inner.authenticate_channel_request(auth_header)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -27,7 +26,7 @@ from botbuilder.core import ActivityHandler, TurnContext
 from botbuilder.schema import Activity, ChannelAccount, MessageReaction
 from botframework.connector.auth import AuthenticateRequestResult
 
-from chatstate.adapters.teams.platform import WRITES, TeamsCloudAdapter, committed
+from chatstate.adapters.teams.platform import WRITES, TeamsCloudAdapter, staged
 from chatstate.adapters.teams.state import SentMessages, sent_key
 from chatstate.gateway.sdk import InboundGate, Job, Writes, reply
 
@@ -80,7 +79,8 @@ class TeamsBot(ActivityHandler):
         writes committed after it (502 when the Bot Connector refused a send)."""
         if activity.type in ANSWERED_TYPES and activity.id:
             return (await self.gate.deliver(self.job(authenticated, activity))).response()
-        invoke = await committed(partial(self.adapter.run, authenticated, activity, self))
+        async with staged() as writes:
+            invoke = await self.adapter.run(authenticated, activity, self, writes)
         return web.Response(status=200) if invoke is None else web.json_response(invoke.body, status=invoke.status)
 
     def job(self, authenticated: AuthenticateRequestResult, activity: Activity) -> Job:

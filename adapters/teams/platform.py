@@ -9,9 +9,9 @@ botframework-connector's `ConnectorClient`, so the simulator receives exactly wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from functools import partial
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -50,16 +50,20 @@ def retry_delay(exc: HttpOperationError, attempt: int) -> float | None:
     return wait if 0 <= wait <= MAX_RETRY_AFTER_S else None
 
 
-async def committed(work: Callable[[Writes], Awaitable[_T]]) -> _T:
-    """Run `work` with writes of its own, committed once it returns (dropped if it raises)."""
-    writes = Writes()
+@contextlib.asynccontextmanager
+async def staged(writes: Writes | None = None) -> AsyncIterator[Writes]:
+    """`writes` (a turn's, committed with its done mark) or, outside a turn, writes of its own:
+    committed when the block ends, dropped if it raises."""
+    if writes is not None:
+        yield writes
+        return
+    own = Writes()
     try:
-        result = await work(writes)
+        yield own
     except BaseException:
-        writes.discard()
+        own.discard()
         raise
-    await writes.commit()
-    return result
+    await own.commit()
 
 
 class TeamsCloudAdapter(CloudAdapterBase):
@@ -91,22 +95,20 @@ class TeamsCloudAdapter(CloudAdapterBase):
         send that finally succeeded, unless the requester is over their quota (then the message
         carries a visible note instead and nothing is recorded). Raises HttpOperationError when
         retries run out (the gate discards what was staged)."""
-        if WRITES not in context.turn_state:
-            return await self._outside_turn(context, partial(self.send_activities, context, activities))
-        writes: Writes = context.turn_state[WRITES]
         sender = getattr(getattr(context.activity, "from_property", None), "id", None)
         requester = ingress.short_id(sender, limit=ID_HASH_CHARS) if isinstance(sender, str) and sender else None
         responses = []
-        for activity in activities:
-            admitted = requester is None or await self._quota.admit(requester, writes) is None
-            if not admitted:
-                self._log.info("sent_quota_refused", extra={"per_user": self._quota.per_user})
-                if activity.type == "message":  # visible: replies will need a mention
-                    activity.text = f"{activity.text or ''}\n{QUOTA_NOTE}"
-            response = await self._send_one(context, activity)
-            if admitted and activity.conversation is not None and response is not None:
-                self._sent.record(writes, activity.conversation.id, response.id)
-            responses.append(response)
+        async with staged(context.turn_state.get(WRITES)) as writes:
+            for activity in activities:
+                admitted = requester is None or await self._quota.admit(requester, writes) is None
+                if not admitted:
+                    self._log.info("sent_quota_refused", extra={"per_user": self._quota.per_user})
+                    if activity.type == "message":  # visible: replies will need a mention
+                        activity.text = f"{activity.text or ''}\n{QUOTA_NOTE}"
+                response = await self._send_one(context, activity)
+                if admitted and activity.conversation is not None and response is not None:
+                    self._sent.record(writes, activity.conversation.id, response.id)
+                responses.append(response)
         return responses
 
     async def _send_one(self, context: TurnContext, activity: Activity) -> ResourceResponse:
@@ -126,26 +128,11 @@ class TeamsCloudAdapter(CloudAdapterBase):
         raise AssertionError("unreachable")
 
     async def update_activity(self, context: TurnContext, activity: Activity) -> ResourceResponse | None:
-        if WRITES not in context.turn_state:
-            return await self._outside_turn(context, partial(self.update_activity, context, activity))
-        response = await super().update_activity(context, activity)
-        if activity.conversation is not None:
-            self._sent.record(
-                context.turn_state[WRITES], activity.conversation.id, response.id if response else activity.id
-            )
+        async with staged(context.turn_state.get(WRITES)) as writes:
+            response = await super().update_activity(context, activity)
+            if activity.conversation is not None:
+                self._sent.record(writes, activity.conversation.id, response.id if response else activity.id)
         return response
-
-    async def _outside_turn(self, context: TurnContext, send: Callable[[], Awaitable[_T]]) -> _T:
-        """A proactive send: staged into writes of its own, committed once it returns."""
-
-        async def staged(writes: Writes) -> _T:
-            context.turn_state[WRITES] = writes
-            try:
-                return await send()
-            finally:
-                del context.turn_state[WRITES]
-
-        return await committed(staged)
 
     async def read(self, request: web.Request, *, check: TokenCheck) -> tuple[AuthenticateRequestResult, Activity]:
         """Authenticate, then parse, one request: 401 (missing/bad token, before the body is

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from botbuilder.core import ActivityHandler, TurnContext
@@ -33,13 +32,7 @@ from chatstate.gateway.sdk import InboundGate, Job, Writes, reply
 ANSWERED_TYPES = ("message", "messageReaction")  # the activity types the bot may answer: gated
 
 
-class Classification(StrEnum):
-    """Why an incoming activity is (or is not) for the bot."""
-
-    MENTION = "mention"
-    REPLY_TO_BOT = "reply_to_bot"
-    PERSONAL = "personal"
-    IGNORED = "ignored"
+Classification = Literal["mention", "reply_to_bot", "personal", "ignored"]  # why it is (not) for the bot
 
 
 def _bot_mentions(activity: Activity) -> list[dict[str, Any]]:
@@ -50,13 +43,10 @@ def _bot_mentions(activity: Activity) -> list[dict[str, Any]]:
 
 
 def text_for_bot(activity: Activity) -> str:
-    """The message text without the bot's own @mention; "" when the text is null or absent (a
-    message that is only a card or an image).
-
-    Not botbuilder's `remove_recipient_mention`: it needs a recipient and a text, and uses the
-    mentioned name as a regular expression, so a null text, no recipient or a name such as
-    "C++ (bot)" would raise. The mention's `text` (`<at>name</at>`) is removed literally.
-    """
+    """The message text without the bot's own @mention (its `<at>name</at>`, removed literally);
+    "" when the text is null or absent (a card or an image only). Not botbuilder's
+    `remove_recipient_mention`: a null text, no recipient or a name such as "C++ (bot)" (it is
+    used as a regular expression) would raise."""
     text = activity.text if isinstance(activity.text, str) else ""
     for mention in _bot_mentions(activity):
         if isinstance(mention.get("text"), str) and mention["text"]:
@@ -100,18 +90,16 @@ class TeamsBot(ActivityHandler):
     async def classify(self, activity: Activity) -> Classification:
         """Decide whether the bot is addressed; reads the sent-message cache for replies."""
         if await self.sent.sent_by_bot(activity.conversation.id, activity.reply_to_id):
-            return Classification.REPLY_TO_BOT
+            return "reply_to_bot"
         if _bot_mentions(activity):
-            return Classification.MENTION
-        if activity.conversation.conversation_type == "personal":
-            return Classification.PERSONAL
-        return Classification.IGNORED
+            return "mention"
+        return "personal" if activity.conversation.conversation_type == "personal" else "ignored"
 
     async def on_message_activity(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity
         kind = await self.classify(activity)
-        self.log.info("classified", extra={"classification": str(kind), "activity_type": "message"})
-        if kind is Classification.IGNORED:
+        self.log.info("classified", extra={"classification": kind, "activity_type": "message"})
+        if kind == "ignored":
             return
         text = text_for_bot(activity)
         sender = getattr(activity.from_property, "id", None) or ""  # `from` may be null or absent
@@ -132,12 +120,12 @@ class TeamsBot(ActivityHandler):
 
     async def on_reactions_added(self, message_reactions: list[MessageReaction], turn_context: TurnContext) -> None:
         activity = turn_context.activity
-        if not await self.sent.sent_by_bot(activity.conversation.id, activity.reply_to_id):
-            self.log.info("classified", extra={"classification": "ignored", "activity_type": "messageReaction"})
-            return
-        self.log.info("classified", extra={"classification": "reply_to_bot", "activity_type": "messageReaction"})
-        kinds = ", ".join(r.type for r in message_reactions if r.type)
-        await turn_context.send_activity(f"[{Classification.REPLY_TO_BOT}] thanks for the {kinds}")
+        ours = await self.sent.sent_by_bot(activity.conversation.id, activity.reply_to_id)
+        kind = "reply_to_bot" if ours else "ignored"
+        self.log.info("classified", extra={"classification": kind, "activity_type": "messageReaction"})
+        if ours:
+            kinds = ", ".join(r.type for r in message_reactions if r.type)
+            await turn_context.send_activity(f"[reply_to_bot] thanks for the {kinds}")
 
     async def on_members_added_activity(self, members_added: list[ChannelAccount], turn_context: TurnContext) -> None:
         recipient = turn_context.activity.recipient  # optional on the wire: no recipient, no greeting

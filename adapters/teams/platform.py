@@ -34,17 +34,9 @@ MAX_RETRY_AFTER_S = 10  # a longer Retry-After fails the send instead (the chann
 BACKOFF_S = 0.25  # 502/503/504: wait 0.25, 0.5, 1 s
 
 
-def retry_delay(exc: HttpOperationError, attempt: int) -> float | None:
-    """Seconds to wait before sending again after `exc`, or None when it must not be retried:
-    429 honours Retry-After (bounded), 502/503/504 back off; anything else is final."""
-    response: Any = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    if status in (502, 503, 504):
-        return BACKOFF_S * 2**attempt
-    if status != 429:
-        return None
+def _retry_after(exc: HttpOperationError) -> float | None:
     try:
-        wait = float((getattr(response, "headers", None) or {}).get("Retry-After", 1))
+        wait = float((getattr(exc.response, "headers", None) or {}).get("Retry-After", 1))
     except (TypeError, ValueError):
         return None
     return wait if 0 <= wait <= MAX_RETRY_AFTER_S else None
@@ -112,18 +104,20 @@ class TeamsCloudAdapter(CloudAdapterBase):
         return responses
 
     async def _send_one(self, context: TurnContext, activity: Activity) -> ResourceResponse:
+        """Send; a 429 again after its Retry-After, a 502/503/504 after a backoff; anything else,
+        or SEND_RETRIES retries, raises."""
         for attempt in range(SEND_RETRIES + 1):
             try:
                 [response] = await super().send_activities(context, [activity])
                 return response
             except HttpOperationError as exc:
-                delay = retry_delay(exc, attempt)
+                status = getattr(exc.response, "status_code", None)
+                delay = BACKOFF_S * 2**attempt if status in (502, 503, 504) else None
+                delay = _retry_after(exc) if status == 429 else delay
                 if delay is None or attempt == SEND_RETRIES:
                     raise
-                status = getattr(exc.response, "status_code", None)
-                self._log.warning(
-                    "bot_connector_retry", extra={"status": status, "attempt": attempt + 1, "delay_s": delay}
-                )
+                extra = {"status": status, "attempt": attempt + 1, "delay_s": delay}
+                self._log.warning("bot_connector_retry", extra=extra)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 

@@ -1,22 +1,20 @@
 """Who may call the bot (the bearer token on every activity), and how the bot calls back.
 
-Inbound, the token is checked twice: `TokenCheck` before the body is read (RS256 signature by a
-key of the channel's set, `iss`, `aud` = our app id, `exp`/`nbf`), then botframework-connector's
-own full validation of the parsed Activity (the key's `msteams` endorsement, the `serviceurl`
-claim), pointed at a simulator through its public factory's metadata URL and issuer.
+Inbound, the token is checked twice: `TokenCheck` before the body is read (RS256 signature, `iss`,
+`aud` = our app id, `exp`/`nbf`), then botframework-connector's own full validation of the
+parsed Activity (the key's `msteams` endorsement, the `serviceurl` claim), pointed at a
+simulator through its public factory's metadata URL and issuer.
 
 Both read the signing keys from `SigningKeys`, never from the library's own fetch: that calls
 `requests.get` with no timeout inside its coroutines, so an unresponsive metadata host left the
 loop's executor threads stuck forever and a few forged tokens wedged /healthz, the sweeper and
-SIGTERM. `SigningKeys` fetches with aiohttp under timeouts and a size cap (no thread: cancelled
-outright on shutdown), one fetch at a time per URL; it keeps the last good set while a refresh
-fails, and fetches again neither for `openid_retry_after_failure_s` after a failure nor for an
-unknown `kid` more than every UNKNOWN_KID_REFRESH_S, so forged tokens cannot become a stream of
-fetches. `install` puts a key set into the library's public `JwtTokenExtractor.metadataCache`.
+SIGTERM. `SigningKeys` fetches with aiohttp under timeouts and a size cap (no thread, cancelled
+outright on shutdown), one fetch at a time per URL, keeps the last good set while a refresh
+fails, and after a failure waits `openid_retry_after_failure_s`, so forged tokens cannot become a
+stream of fetches. `install` puts a key set into the library's `JwtTokenExtractor.metadataCache`.
 
-Outbound, against Azure `app_password` gets a token from Azure AD through MSAL. MSAL only talks
-to an https authority, so for a local simulator the config names a pre-issued `connector_token`
-that `StaticTokenCredentialFactory` presents on every Bot Connector call.
+Outbound, Azure's `app_password` gets a token through MSAL, which only talks to an https
+authority; a local simulator's pre-issued `connector_token` is presented instead.
 """
 
 from __future__ import annotations
@@ -243,43 +241,38 @@ class StaticTokenCredentialFactory(PasswordServiceClientCredentialFactory):
         return StaticTokenCredentials(app_id, self.token)
 
 
-def build_authentication(config: TeamsSettings) -> BotFrameworkAuthentication:
-    """The Bot Framework authentication for `[adapters.teams]`: `app_password` for Azure, or
-    `openid_metadata_url` + `token_issuer` + `connector_token` for a simulator. Raises
-    ValueError naming a missing key."""
+def build_authentication(config: TeamsSettings) -> tuple[BotFrameworkAuthentication, TokenCheck, list[SigningKeys]]:
+    """botbuilder's authentication for `[adapters.teams]` (`app_password` for Azure, or
+    `openid_metadata_url`, `token_issuer` and `connector_token` for a simulator), the pre-parse
+    token check, and every key set the library may read, installed into its metadata cache.
+    Raises ValueError naming a missing key."""
     config.check_credentials()
-    if config.openid_metadata_url is None:
-        return BotFrameworkAuthenticationFactory.create(
-            credential_factory=PasswordServiceClientCredentialFactory(config.app_id, str(config.app_password)),
-            auth_configuration=AuthenticationConfiguration(),
-        )
-    origin = "{0.scheme}://{0.netloc}".format(urlsplit(config.openid_metadata_url))
-    return BotFrameworkAuthenticationFactory.create(
-        to_channel_from_bot_login_url=origin,  # unused: the static token needs no login
-        to_channel_from_bot_oauth_scope=BOT_FRAMEWORK_SCOPE,
-        to_bot_from_channel_token_issuer=config.token_issuer,
-        oauth_url=origin,  # the user-token service; this bot never signs users in
-        to_bot_from_channel_open_id_metadata_url=config.openid_metadata_url,
-        to_bot_from_emulator_open_id_metadata_url=config.openid_metadata_url,
-        caller_id=CallerIdConstants.public_azure_channel,
-        credential_factory=StaticTokenCredentialFactory(config.app_id, str(config.connector_token)),
-        auth_configuration=AuthenticationConfiguration(),
-    )
-
-
-def build_token_check(config: TeamsSettings) -> tuple[TokenCheck, list[SigningKeys]]:
-    """The pre-parse token check, and every key set botframework-connector may read, installed
-    into its metadata cache. Raises ValueError naming a missing key."""
-    config.check_credentials()
-    if config.openid_metadata_url is None:  # Azure: the channel's keys; emulator tokens are refused up front
+    url = config.openid_metadata_url
+    if url is None:  # Azure: the channel's keys; emulator tokens are refused up front
         urls = [
             AuthenticationConstants.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL,
             AuthenticationConstants.TO_BOT_FROM_EMULATOR_OPENID_METADATA_URL,
         ]
         issuer = AuthenticationConstants.TO_BOT_FROM_CHANNEL_TOKEN_ISSUER
+        library = BotFrameworkAuthenticationFactory.create(
+            credential_factory=PasswordServiceClientCredentialFactory(config.app_id, str(config.app_password)),
+            auth_configuration=AuthenticationConfiguration(),
+        )
     else:
-        urls, issuer = [config.openid_metadata_url], str(config.token_issuer)
-    key_sets = [SigningKeys(url, config) for url in urls]
+        urls, issuer = [url], str(config.token_issuer)
+        origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
+        library = BotFrameworkAuthenticationFactory.create(
+            to_channel_from_bot_login_url=origin,  # unused: the static token needs no login
+            to_channel_from_bot_oauth_scope=BOT_FRAMEWORK_SCOPE,
+            to_bot_from_channel_token_issuer=issuer,
+            oauth_url=origin,  # the user-token service; this bot never signs users in
+            to_bot_from_channel_open_id_metadata_url=url,
+            to_bot_from_emulator_open_id_metadata_url=url,
+            caller_id=CallerIdConstants.public_azure_channel,
+            credential_factory=StaticTokenCredentialFactory(config.app_id, str(config.connector_token)),
+            auth_configuration=AuthenticationConfiguration(),
+        )
+    key_sets = [SigningKeys(u, config) for u in urls]
     for keys in key_sets:
         install(keys)
-    return TokenCheck(key_sets[0], issuer, config.app_id), key_sets
+    return library, TokenCheck(key_sets[0], issuer, config.app_id), key_sets

@@ -16,7 +16,6 @@ answered again (docs/migrations/teams.md measures that window).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,7 +24,7 @@ from botbuilder.core import ActivityHandler, TurnContext
 from botbuilder.schema import Activity, ChannelAccount, MessageReaction
 from botframework.connector.auth import AuthenticateRequestResult
 
-from chatstate.adapters.teams.platform import WRITES, TeamsCloudAdapter, staged
+from chatstate.adapters.teams.platform import WRITES, Log, TeamsCloudAdapter, staged
 from chatstate.adapters.teams.state import SentMessages, sent_key
 from chatstate.gateway.sdk import InboundGate, Job, Writes, reply
 
@@ -61,7 +60,7 @@ class TeamsBot(ActivityHandler):
     sent: SentMessages
     adapter: TeamsCloudAdapter
     gate: InboundGate
-    log: logging.LoggerAdapter[logging.Logger]
+    log: Log
 
     async def answer(self, authenticated: AuthenticateRequestResult, activity: Activity) -> web.Response:
         """Run the turn for an authenticated activity: through the gate when it may be answered

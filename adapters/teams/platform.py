@@ -25,6 +25,7 @@ from chatstate.adapters.teams.state import ID_HASH_CHARS, SentMessages
 from chatstate.gateway.sdk import UserQuota, Writes, ingress
 
 _T = TypeVar("_T")
+Log = logging.LoggerAdapter[logging.Logger]
 QUOTA_NOTE = (
     "(You have had many answers from me recently, so a reply to this message will need an @mention to reach me.)"
 )
@@ -69,18 +70,9 @@ class TeamsCloudAdapter(CloudAdapterBase):
     the returned ids.)
     """
 
-    def __init__(
-        self,
-        auth: BotFrameworkAuthentication,
-        *,
-        sent: SentMessages,
-        quota: UserQuota,
-        log: logging.LoggerAdapter[logging.Logger],
-    ) -> None:
+    def __init__(self, auth: BotFrameworkAuthentication, *, sent: SentMessages, quota: UserQuota, log: Log) -> None:
         super().__init__(auth)
-        self._sent = sent
-        self._quota = quota
-        self._log = log
+        self._sent, self._quota, self._log = sent, quota, log
 
     async def send_activities(self, context: TurnContext, activities: list[Activity]) -> list[ResourceResponse]:
         """Send each activity (429 and 502/503/504 retried, bounded) and stage the id of the
@@ -188,13 +180,10 @@ def _parse(body: bytes) -> Activity:
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise web.HTTPBadRequest(text="body is not an Activity")
     _check_shape(data)
-    try:
-        activity = Activity().deserialize(data)
+    try:  # serviceUrl and conversation are there: _check_shape requires them
+        return Activity().deserialize(data)
     except (DeserializationError, ValueError, TypeError, AttributeError):  # msrest names the field, never echoes values
         raise web.HTTPBadRequest(text="body is not a valid Activity") from None
-    if not activity.service_url or activity.conversation is None:
-        raise web.HTTPBadRequest(text="an Activity needs serviceUrl and conversation")
-    return activity
 
 
 def _check_shape(data: dict[str, Any]) -> None:

@@ -1,11 +1,6 @@
-"""The Teams plugin (wiring): POST /api/messages.
-
-A request: the bearer token is checked (401, before the body is read), the body parsed (400);
-`sdk.InboundGate` claims the activity under a lease (one durable write); the turn runs, its
-sends staging their sent-message rows and quota counts; the gate commits those with the done
-mark (one transaction) and the channel gets 200. Killed before the done mark, the activity is
-redelivered and taken over once the lease runs out (handlers.py: answered again if its reply
-had reached the connector); after it, a redelivery gets 200 and no turn.
+"""The Teams plugin (wiring): POST /api/messages. A request's token is checked before its body
+is read (401), the body parsed (400), then `TeamsBot.answer` runs the turn through the gate: one
+durable claim, then the turn's staged rows committed with the done mark, then 200.
 """
 
 from __future__ import annotations
@@ -16,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from chatstate.adapters.teams.auth import SigningKeys, TokenCheck, build_authentication, build_token_check
+from chatstate.adapters.teams.auth import SigningKeys, TokenCheck, build_authentication
 from chatstate.adapters.teams.clients import ReusedClients
 from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.handlers import TeamsBot
@@ -74,15 +69,14 @@ class TeamsPlugin(StatefulPlugin[Running]):
         """Build auth and open the three states. Raises ValueError (bad config) and
         StateStoreError (opening a store)."""
         settings = TeamsSettings.of(runtime)
-        check, key_sets = build_token_check(settings)
+        library, check, key_sets = build_authentication(settings)
         sent, activities, requesters = [
             await self.open_state(AdapterState(spec, legacy=runtime.legacy), runtime)
             for spec in (spec_from_config(settings), ACTIVITIES, requesters_spec(settings))
         ]
         messages = SentMessages(sent)
         quota = UserQuota(requesters, per_user=settings.sent_per_user, ttl_ms=settings.sent_ttl_ms)
-        auth = ReusedClients(build_authentication(settings))  # clients built once, not per turn
-        adapter = TeamsCloudAdapter(auth, sent=messages, quota=quota, log=runtime.log)
+        adapter = TeamsCloudAdapter(ReusedClients(library), sent=messages, quota=quota, log=runtime.log)
         gate = InboundGate(activities, lease_ms=settings.activity_lease_ms, log=runtime.log)
         bot = TeamsBot(messages, adapter=adapter, gate=gate, log=runtime.log)
         gate.start()

@@ -82,7 +82,7 @@ class SigningKeys:
         self.url = url
         self.settings = settings
         self._clock = clock
-        self._keys: list[dict[str, Any]] | None = None  # the last good JWKS "keys"
+        self._keys: dict[str, SigningKey] | None = None  # the last good set, by `kid`
         self._fetched_at = float("-inf")
         self._failed_until = float("-inf")
         self._inflight: asyncio.Task[None] | None = None
@@ -92,10 +92,10 @@ class SigningKeys:
         """The key named `key_id`. Raises UnknownSigningKey (401) or KeysUnavailable (503)."""
         if self._keys is None or self._clock() - self._fetched_at > KEYS_REFRESH_S:
             await self._refresh()
-        key = self._find(key_id)
+        key = (self._keys or {}).get(key_id or "")
         if key is None and self._keys is not None and self._clock() - self._fetched_at > UNKNOWN_KID_REFRESH_S:
             await self._refresh()
-            key = self._find(key_id)
+            key = (self._keys or {}).get(key_id or "")
         if key is not None:
             return key
         if self._keys is None:
@@ -112,19 +112,6 @@ class SigningKeys:
 
     def health(self) -> dict[str, Any]:
         return {"keys": len(self._keys or []), "fetches": self.fetches, "failing": self._clock() < self._failed_until}
-
-    def _find(self, key_id: str | None) -> SigningKey | None:
-        jwk = next((k for k in self._keys or [] if key_id and k.get("kid") == key_id), None)
-        if jwk is None:
-            return None
-        try:
-            public_key = RSAAlgorithm.from_jwk(json.dumps(jwk))
-        except Exception:  # noqa: BLE001 - a malformed JWK is just not a usable key
-            return None
-        endorsements = jwk.get("endorsements")
-        return SigningKey(
-            public_key, [e for e in endorsements if isinstance(e, str)] if isinstance(endorsements, list) else []
-        )
 
     async def _refresh(self) -> None:
         """Fetch once (joining a fetch already running); a failure keeps the last good set."""
@@ -146,7 +133,7 @@ class SigningKeys:
                 keys = (await _get_json(session, str(metadata["jwks_uri"])))["keys"]
             if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
                 raise ValueError("JWKS keys is not a list of objects")
-            self._keys, self._fetched_at = keys, self._clock()
+            self._keys, self._fetched_at = dict(filter(None, map(_signing_key, keys))), self._clock()
         except Exception as exc:  # noqa: BLE001 - the far end's fault: logged, the last good set kept
             self._failed_until = self._clock() + s.openid_retry_after_failure_s
             extra = {"url": self.url, "error": type(exc).__name__, "keys_kept": len(self._keys or [])}
@@ -165,6 +152,17 @@ async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
             if len(body) > MAX_DOCUMENT_BYTES:
                 raise ValueError(f"{url}: document over {MAX_DOCUMENT_BYTES} bytes")
     return json.loads(bytes(body))
+
+
+def _signing_key(jwk: dict[str, Any]) -> tuple[str, SigningKey] | None:
+    """`(kid, key)` for a usable JWK; None for any other (a malformed JWK is just not usable)."""
+    endorsements = jwk.get("endorsements")
+    try:
+        public_key = RSAAlgorithm.from_jwk(json.dumps(jwk))
+    except Exception:  # noqa: BLE001 - the library raises several types for a bad JWK
+        return None
+    endorsed = [e for e in endorsements if isinstance(e, str)] if isinstance(endorsements, list) else []
+    return (kid, SigningKey(public_key, endorsed)) if isinstance(kid := jwk.get("kid"), str) and kid else None
 
 
 def install(keys: SigningKeys) -> None:

@@ -1,11 +1,10 @@
 """Teams behaviour: whether an activity is for the bot, and the gate's work and check.
 
 In a channel or group chat the bot answers only when @mentioned, or when the message replies to
-(or reacts to) a message the bot itself sent within the last 24 h: `reply_to_bot`. In a personal
-chat it answers everything. Every answer starts with `[<classification>]`, so a person, the
-demo and the tests can see why the bot spoke. Edits (`messageUpdate`) are never answered: the
-message was answered (or not) when it was first sent. A deleted bot message (`messageDelete`
-naming one of ours) is forgotten, so a reply to it afterwards needs a mention again.
+(or reacts to) a message the bot itself sent within the last 24 h: `reply_to_bot`; in a personal
+chat, everything. Every answer starts with `[<classification>]`, so people and tests see why the
+bot spoke. An edit (`messageUpdate`) is never answered: its message was, or was not, when sent.
+A deleted bot message (`messageDelete`) is forgotten: a reply to it needs a mention again.
 
 One answer per `message` and `messageReaction`: `sdk.InboundGate` keyed like `state.sent_key`;
 the work is the botbuilder turn, its sends staging into the gate's `Writes` (platform.py). The

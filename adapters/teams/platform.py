@@ -62,13 +62,10 @@ async def staged(writes: Writes | None = None) -> AsyncIterator[Writes]:
 class TeamsCloudAdapter(CloudAdapterBase):
     """A botbuilder cloud adapter whose every send records the id the Bot Connector returned.
 
-    `send_activities` and `update_activity` are where every botbuilder send path ends
-    (`send_activity`, replies, `send_activities`, `update_activity`), so these two are the one
-    send path: each stages its sent-message row (and the requester's quota count) into the
-    turn's `Writes`, committed with the activity's done mark; a send outside a turn (proactive)
-    commits its own. (botbuilder's `on_send_activities` hooks run before the send and never see
-    the returned ids.)
-    """
+    Every botbuilder send path ends in `send_activities` or `update_activity`, so these two are
+    the one send path: each stages its sent-message row (and the quota count) into the turn's
+    `Writes` (see `staged`). botbuilder's `on_send_activities` hooks run before the send and never
+    see the returned ids."""
 
     def __init__(self, auth: BotFrameworkAuthentication, *, sent: SentMessages, quota: UserQuota, log: Log) -> None:
         super().__init__(auth)
@@ -124,16 +121,11 @@ class TeamsCloudAdapter(CloudAdapterBase):
         """Authenticate, then parse, one request: 401 (missing/bad token, before the body is
         read), 400 (not an Activity), 503 (no signing keys)."""
         auth_header = ingress.credential(request.headers, "Authorization", max_chars=MAX_TOKEN_CHARS + 7)
-        if not auth_header:
-            raise web.HTTPUnauthorized(text="missing bearer token")
         await self._guarded(check.verify(auth_header))  # authentication before parsing
         activity = _parse(await request.read())
-        # the library's full validation (endorsement, serviceurl claim), on the loop: it reads
-        # the signing keys auth.py installed in its metadata cache, never `requests`
-        authenticated = await self._guarded(
-            self.bot_framework_authentication.authenticate_request(activity, auth_header)
-        )
-        return authenticated, activity
+        # the library's full validation, on the loop: it reads the keys auth.py installed
+        library = self.bot_framework_authentication
+        return await self._guarded(library.authenticate_request(activity, str(auth_header))), activity
 
     async def run(
         self, authenticated: AuthenticateRequestResult, activity: Activity, bot: Bot, writes: Writes

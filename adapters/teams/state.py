@@ -66,12 +66,9 @@ def sent_value(sent_at_ms: int) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class SentMessages:
-    """Which activities did this bot send? One recording function, one question.
-
-    The reference system recorded in each send helper and one of them forgot. Here `record`
-    is the only writer, called from the two adapter methods every botbuilder send path ends in
-    (platform.py), after the Bot Connector returned the id.
-    """
+    """Which activities did this bot send? The reference system recorded in each send helper and
+    one of them forgot; here `record` is the only writer, called where every botbuilder send path
+    ends (platform.py), after the Bot Connector returned the id."""
 
     state: AdapterState
     clock: Clock = now_ms

@@ -178,9 +178,7 @@ class TokenCheck:
     issuer: str
     app_id: str
     # token -> (claims, good until), least recently used first
-    _verified: OrderedDict[str, tuple[dict[str, Any], float]] = field(
-        default_factory=OrderedDict, compare=False, repr=False
-    )
+    _verified: OrderedDict[str, tuple[dict[str, Any], float]] = field(default_factory=OrderedDict, repr=False)
 
     async def verify(self, auth_header: str | None) -> dict[str, Any]:
         """Return the token's claims. Raises PermissionError or jwt.PyJWTError for a missing or
@@ -240,10 +238,9 @@ class StaticTokenCredentialFactory(PasswordServiceClientCredentialFactory):
 
 
 def build_authentication(config: TeamsSettings) -> tuple[BotFrameworkAuthentication, TokenCheck, list[SigningKeys]]:
-    """botbuilder's authentication for `[adapters.teams]` (`app_password` for Azure, or
-    `openid_metadata_url`, `token_issuer` and `connector_token` for a simulator), the pre-parse
-    token check, and every key set the library may read, installed into its metadata cache.
-    Raises ValueError naming a missing key."""
+    """botbuilder's authentication (for Azure or a simulator), the pre-parse token check, and
+    every key set the library may read, installed into its metadata cache. Raises ValueError
+    naming a missing key (config.py: `check_credentials`)."""
     config.check_credentials()
     url = config.openid_metadata_url
     if url is None:  # Azure: the channel's keys; emulator tokens are refused up front

@@ -43,11 +43,8 @@ class _Lru(OrderedDict[Hashable, Any]):
 
 def _app_id(claims: ClaimsIdentity | None) -> str | None:
     """The bot app id a turn acts as: the token's audience, else its appid (as botbuilder reads it)."""
-    if claims is None:
-        return None
-    return claims.get_claim_value(AuthenticationConstants.AUDIENCE_CLAIM) or claims.get_claim_value(
-        AuthenticationConstants.APP_ID_CLAIM
-    )
+    claim = claims.get_claim_value if claims is not None else lambda _name: None
+    return claim(AuthenticationConstants.AUDIENCE_CLAIM) or claim(AuthenticationConstants.APP_ID_CLAIM)
 
 
 class _ReusingConnectorFactory(ConnectorFactory):

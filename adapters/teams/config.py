@@ -39,9 +39,7 @@ class TeamsSettings(AdapterSettings):
 
     def check_credentials(self) -> None:
         """Azure needs `app_password`; a simulator needs `token_issuer` and `connector_token`.
-
-        Raises ValueError naming the missing key (offline: nothing is fetched).
-        """
+        Raises ValueError naming the missing key (offline: nothing is fetched)."""
         needed = ("app_password",) if self.openid_metadata_url is None else ("token_issuer", "connector_token")
         for key in needed:
             if getattr(self, key) is None:

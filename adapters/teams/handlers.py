@@ -28,8 +28,6 @@ from chatstate.adapters.teams.state import SentMessages, sent_key
 from chatstate.gateway.sdk import InboundGate, Job, Writes, reply
 
 ANSWERED_TYPES = ("message", "messageReaction")  # the activity types the bot may answer: gated
-
-
 Classification = Literal["mention", "reply_to_bot", "personal", "ignored"]  # why it is (not) for the bot
 
 
@@ -62,9 +60,8 @@ class TeamsBot(ActivityHandler):
     log: Log
 
     async def answer(self, authenticated: AuthenticateRequestResult, activity: Activity) -> web.Response:
-        """Run the turn for an authenticated activity: through the gate when it may be answered
-        (200, or 503 + Retry-After when the channel must send it again), else directly with its
-        writes committed after it (502 when the Bot Connector refused a send)."""
+        """Run the turn: through the gate if it may be answered (200, or 503 + Retry-After: send it
+        again), else with its writes committed after it (502 when the Bot Connector refused)."""
         if activity.type in ANSWERED_TYPES and activity.id:
             return (await self.gate.deliver(self.job(authenticated, activity))).response()
         async with staged() as writes:
@@ -81,8 +78,7 @@ class TeamsBot(ActivityHandler):
         return Job(sent_key(activity.conversation.id, activity.id), turn, answered=self.answered_before)
 
     async def answered_before(self, _writes: Writes) -> bool:
-        """After a takeover: did the dead turn's reply reach Teams? Unknowable here (see the
-        module docstring), so the turn runs again: at least once, never lost."""
+        """Did a dead turn's reply reach Teams? Unknowable (module docstring): answer again."""
         return False
 
     async def classify(self, activity: Activity) -> Classification:

@@ -40,8 +40,7 @@ class Running:
     key_sets: tuple[SigningKeys, ...]
 
     async def close(self) -> None:
-        """Let turns in flight finish (their writes are what a restart relies on); cancel a
-        signing-key fetch still running (it holds no thread: nothing to wait for)."""
+        """Let turns in flight finish (a restart relies on their writes); cancel key fetches."""
         await self.bot.gate.stop()
         for keys in self.key_sets:
             await keys.close()

@@ -1,18 +1,12 @@
 """The Discord Gateway transport: one shard's websocket on aiohttp, its session saved for RESUME.
 
 Not discord.py's `DiscordWebSocket`: it needs a logged-in `Client`, whose REST base URL is shared
-by every discord.py user in the process (platform.py). The names are discord.py's (opcodes,
-`discord.types.gateway`, `discord.Intents`). The protocol
-(https://discord.com/developers/docs/events/gateway): HELLO, heartbeats and their ACKs (a missing
-ACK: close 4000, RESUME), IDENTIFY/READY, RESUME/RESUMED, RECONNECT (op 7), INVALID_SESSION
-(d=false, or close 4007/4009: IDENTIFY afresh after 1-5 s, said in log and health).
-
-An INTERACTION_CREATE goes to `handle` (the plugin's gate and `DiscordBot.respond`, so a replay
-is answered once) and only then counts into the saved sequence number: the highest one whose
-dispatch, and every earlier one, is done. Stopping finishes the interactions in hand, saves, and
-closes with 4000 so the session stays resumable. A frame Discord would not send is logged and
-dropped; anything else that breaks a link ends in a reconnect. `live` is false (and the plugin
-degraded) until the link is READY or RESUMED again.
+by every discord.py user in the process (platform.py); the names are discord.py's. It follows
+https://discord.com/developers/docs/events/gateway (heartbeats, a missing ACK: close 4000 and
+RESUME; INVALID_SESSION d=false or close 4007/4009: IDENTIFY afresh after 1-5 s). A dispatch
+counts into the saved sequence number only once handled, so a RESUME replays what is in hand;
+the gate answers a replay once. A frame Discord would not send is logged and dropped; anything
+else that breaks a link ends in a reconnect, and `live` is false until READY or RESUMED again.
 """
 
 from __future__ import annotations
@@ -65,10 +59,9 @@ class GatewayClient:
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._settled = asyncio.Event()  # first READY/RESUMED, standby, or failure
+        self._settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # READY, standby, failure
         self._stopping = self._resuming = False
         self._acked = True
-        self._failure: BaseException | None = None
         self._session: SavedSession | None = None  # in memory; the store has it as of the last save
         self._gen = 0  # bumped per session, so late tasks of an old one change nothing
         self._received = 0  # highest sequence number received (what heartbeats carry)
@@ -89,9 +82,7 @@ class GatewayClient:
                     raise GatewayFailed(f"GET /gateway/bot: HTTP {resp.status}")
                 url = cast("GatewayBot", await resp.json())["url"]
             self._runner = asyncio.create_task(self._run(url), name="discord-gateway")
-            await asyncio.wait_for(self._settled.wait(), START_TIMEOUT_S)
-            if self._failure is not None:
-                raise self._failure
+            await asyncio.wait_for(self._settled, START_TIMEOUT_S)
         except BaseException:
             await self.stop()
             raise
@@ -132,7 +123,7 @@ class GatewayClient:
         while not self._stopping:
             if not await self._state.take_lease(self._config.shard_lease_ms):
                 self.status = "standby"  # another gateway holds this shard's session
-                self._settled.set()
+                self._settle()
                 await asyncio.sleep(self._lease_s / 3)
                 continue
             if self.status in ("starting", "standby"):
@@ -144,9 +135,9 @@ class GatewayClient:
                 await self._connect_once(self._session.resume_gateway_url if self._session else url)
                 backoff = 0.5
             except GatewayFailed as exc:
-                self._failure, self.status = exc, "failed"
+                self.status = "failed"
                 self._log.error("discord_gateway_failed", extra={"error": str(exc)})
-                self._settled.set()
+                self._settle(exc)
                 return
             except Exception as exc:  # a refused or broken link, or a reply we could not follow
                 expected = isinstance(exc, (aiohttp.ClientError, OSError, TimeoutError))  # else: a traceback
@@ -261,22 +252,27 @@ class GatewayClient:
             self._received = seq
             self._session = SavedSession(ready["session_id"], ready["resume_gateway_url"], seq)
             self.counts["identifies"] += 1
-            await self._settle("identified", extra={"session_id": ready["session_id"], "reason": self.identify_reason})
+            await self._ready("identified", extra={"session_id": ready["session_id"], "reason": self.identify_reason})
         elif event == "RESUMED":
             self._resuming, self.identify_reason = False, None
             self.counts["resumes"] += 1
-            await self._settle("resumed", extra={"seq": seq})
+            await self._ready("resumed", extra={"seq": seq})
         else:
             self.counts["received_after_resume"] += int(self._resuming)
             if event == "INTERACTION_CREATE" and isinstance(data, dict) and seq not in self._in_hand:
                 work = self._interaction(self._gen, seq, data, time.monotonic())
                 self._in_hand[seq] = asyncio.create_task(work, name=f"discord-interaction-{seq}")
 
-    async def _settle(self, how: str, *, extra: dict[str, Any]) -> None:
+    async def _ready(self, how: str, *, extra: dict[str, Any]) -> None:
         await self._persist()  # durable before we report ready
         self.status, self.last_start = "ready", how
-        self._settled.set()
+        self._settle()
         self._log.info("discord_gateway_ready" if how == "identified" else "discord_gateway_resumed", extra=extra)
+
+    def _settle(self, failure: BaseException | None = None) -> None:
+        """Let `start` return (or raise `failure`): the first READY/RESUMED, standby or failure."""
+        if not self._settled.done():
+            self._settled.set_result(None) if failure is None else self._settled.set_exception(failure)
 
     async def _forget_session(self, reason: str) -> None:
         self._log.warning("discord_gateway_session_lost", extra={"reason": reason})

@@ -1,19 +1,11 @@
 """What the bot does with each verified interaction: the gate's work (`respond`) and check.
 
-A click (docs/migrations/discord.md): peek the entry (missing or expired -> "expired"); check
-kind and user (a refused user gets an ephemeral "not for you", the entry stays); only then,
-for a single-use entry, claim its use (`Registry.claim_use`: of racing clicks exactly one wins,
-every later one is told "already used") and stage the entry's removal with the done mark.
-
-Discord wants the initial response within 3 s of the arrival, over either transport. Work
-still running DEFER_AFTER_S after the arrival is answered with a deferral and finished through
-the interaction webhook. A token that died meanwhile (10062, 50027) or an interaction answered
-already (40060) is logged, not raised: the work itself is done.
-
-A panel is one message built with `discord.ui`: a reusable "Refresh" button, a single-use
-"Approve" button, a reusable colour select and a "Feedback" button that opens a modal. Each
-custom_id is fresh (`<action>:<random>`), so the registry entry is the only thing that knows
-what a click means; the modal is rebuilt from its entry, so both work after a restart.
+A click: peek the entry (missing or expired -> "expired"); check kind and user (a refused user
+is told "not for you", the entry stays); only then, for a single-use entry, claim its use
+(`Registry.claim_use`) and stage the entry's removal with the done mark. Discord wants the
+initial response within 3 s of the arrival: work still running DEFER_AFTER_S after it is
+answered with a deferral and finished through the interaction webhook. A panel's custom_ids are
+fresh (`<action>:<random>`), so its registry entries are all that knows what a click means.
 """
 
 from __future__ import annotations
@@ -71,13 +63,10 @@ class DiscordBot:
         return Job(key=it.id, work=partial(self.respond, it, send, received_at=received_at), answered=too_late)
 
     async def respond(self, it: platform.Interaction, send: Send, writes: Writes, *, received_at: float) -> str:
-        """Answer `it` (arrived at monotonic `received_at`) through `send`: the full answer if
-        the work is done DEFER_AFTER_S after that, else a deferral and the answer through the
-        webhook. Returns "answered", "deferred" or CALLBACK_FAILED.
-
-        The HTTP route's `send` hands the response to its body, the Gateway's is the callback.
-        The work always runs to its end, so its writes are staged even when Discord refused the
-        answer (the effect happened; the user saw "This interaction failed")."""
+        """Answer `it` (arrived at monotonic `received_at`) through `send` (the HTTP body, or the
+        Gateway's callback): in full, or deferred and then through the webhook. Returns
+        "answered", "deferred" or CALLBACK_FAILED. The work always runs to its end, so its writes
+        are staged even when Discord refused the answer (the effect happened)."""
         work = asyncio.create_task(self.answer(it, writes))
         done, _ = await asyncio.wait({work}, timeout=max(0.0, received_at + DEFER_AFTER_S - time.monotonic()))
         deferred = not done and it.type in DEFERRABLE and bool(it.token)
@@ -90,15 +79,13 @@ class DiscordBot:
         if not deferred:
             return "answered"
         self.log.info("discord_deferred", extra={"interaction_type": it.type.name})
-        answer = await work
-        kind, data = answer.get("type"), dict(answer.get("data") or {})
+        kind, data = (answer := await work).get("type"), dict(answer.get("data") or {})
         try:  # an update edits the message; a command's or submit's answer replaces "thinking..."
             if kind == platform.Kind.modal.value:  # a modal cannot follow a deferral
-                await self.rest.followup(it, {"content": "Please click again.", "flags": 64})
-            elif kind == platform.Kind.message_update.value or it.type is not Kind.component:
-                await self.rest.edit_original(it, data)
+                await self.rest.webhook(it, {"content": "Please click again.", "flags": 64}, edit=False)
             else:
-                await self.rest.followup(it, data)
+                edit = kind == platform.Kind.message_update.value or it.type is not Kind.component
+                await self.rest.webhook(it, data, edit=edit)
         except InteractionGone as exc:
             self.log.warning("discord_interaction_gone", extra={"code": exc.code, "interaction_type": it.type.name})
         except RestError as exc:
@@ -107,15 +94,17 @@ class DiscordBot:
 
     async def answer(self, it: platform.Interaction, writes: Writes) -> dict[str, Any]:
         """The interaction response for `it` (never raises for a user's mistake)."""
-        if it.type is Kind.ping:
-            return platform.pong()
         if it.type is Kind.application_command:
             return await self.command(it, writes)
         if it.type is Kind.component:
             return await self.click(it, writes)
         if it.type is Kind.modal_submit:
             return await self.submit(it)
-        return platform.message("This interaction is not supported.", ephemeral=True)
+        return (
+            platform.pong()
+            if it.type is Kind.ping
+            else platform.message("This interaction is not supported.", ephemeral=True)
+        )
 
     async def command(self, it: platform.Interaction, writes: Writes) -> dict[str, Any]:
         """`/panel`: record the panel's entries (`Registry.register`), then post it; the user's
@@ -207,39 +196,29 @@ def new_custom_id(action: str) -> str:
 
 
 def build_panel(*, allowed_user_ids: list[str]) -> Panel:
-    """The demo panel; `allowed_user_ids` (empty = anyone) restricts every component of it."""
+    """The demo panel: a reusable Refresh, a single-use Approve, a colour select and a Feedback
+    button that opens a modal; `allowed_user_ids` (empty = anyone) restricts all of them."""
     allowed = list(allowed_user_ids)
     modal_id = new_custom_id("feedback-modal")
     comment = ModalField(custom_id="comment", label="Comment", style="paragraph", required=True)
     modals = {modal_id: ModalEntry(action="feedback", title="Feedback", fields=[comment], allowed_user_ids=allowed)}
     view = discord.ui.View(timeout=None)  # no discord.py timeout: the registry TTL rules
-
-    def button(label: str, style: discord.ButtonStyle) -> discord.ui.Button[Any]:
-        return discord.ui.Button(label=label, style=style, custom_id=new_custom_id(label.lower()))
-
     options = [discord.SelectOption(label=c.title(), value=c) for c in COLOURS]
-    colours: discord.ui.Select[Any] = discord.ui.Select(
-        custom_id=new_custom_id("colour"), placeholder="Pick a colour", options=options
+    items: tuple[discord.ui.Item[Any], ...] = (
+        discord.ui.Button(label="Refresh", style=discord.ButtonStyle.secondary, custom_id=new_custom_id("refresh")),
+        discord.ui.Button(label="Approve", style=discord.ButtonStyle.success, custom_id=new_custom_id("approve")),
+        discord.ui.Select(custom_id=new_custom_id("colour"), placeholder="Pick a colour", options=options),
+        discord.ui.Button(label="Feedback", style=discord.ButtonStyle.primary, custom_id=new_custom_id("feedback")),
     )
-    items: list[
-        tuple[discord.ui.Button[Any] | discord.ui.Select[Any], bool]
-    ] = [  # (item, single use); an item's action is its custom_id's prefix
-        (button("Refresh", discord.ButtonStyle.secondary), False),
-        (button("Approve", discord.ButtonStyle.success), True),
-        (colours, False),
-        (button("Feedback", discord.ButtonStyle.primary), False),
-    ]
     components: dict[str, ComponentEntry] = {}
-    for item, single_use in items:
+    for item in items:
         view.add_item(item)
-        custom_id = str(item.custom_id)
+        custom_id: str = item.custom_id  # type: ignore[attr-defined]  # Button and Select have one
         action = custom_id.split(":")[0]
         entry = ComponentEntry(
-            component_type=item.type.value, action=action, single_use=single_use, allowed_user_ids=allowed
+            component_type=item.type.value, action=action, single_use=action == "approve", allowed_user_ids=allowed
         )
-        if action == "feedback":
-            entry["modal_id"] = modal_id
-        components[custom_id] = entry
+        components[custom_id] = {**entry, "modal_id": modal_id} if action == "feedback" else entry
     who = " for " + ", ".join(f"<@{u}>" for u in allowed) if allowed else ""
     return Panel(f"Deployment panel{who}.", view, components, modals)
 

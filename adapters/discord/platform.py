@@ -1,14 +1,10 @@
 """Discord's wire: verify and parse interactions and Gateway frames, build responses, and the
-bot's REST calls. No state lives here.
+bot's REST calls. No state lives here. Enums and message bodies are discord.py's.
 
-Inbound, Discord signs every interaction with the application's Ed25519 key over
-`X-Signature-Timestamp + raw body` (https://discord.com/developers/docs/interactions/receiving-and-responding).
-Enums and message bodies are discord.py's, so nothing is a hand-written component dict.
-
-Outbound goes through aiohttp, not discord.py's `HTTPClient`: its base URL is
-`discord.http.Route.BASE`, a class variable shared by the whole process, and `static_login`
-always calls `GET /users/@me` on it, so pointing one bot at a simulator would repoint every
-discord.py user in the gateway. The body is still discord.py's (`handle_message_parameters`).
+The REST calls go through aiohttp, not discord.py's `HTTPClient`: its base URL,
+`discord.http.Route.BASE`, is a class variable shared by the whole process and `static_login`
+calls `GET /users/@me` on it, so pointing one bot at a simulator would repoint every discord.py
+user in the gateway. The body is still discord.py's (`handle_message_parameters`).
 """
 
 from __future__ import annotations
@@ -100,7 +96,7 @@ def parse(body: bytes) -> Interaction:
         token = payload.get("token", "")
         if token != "" and not (isinstance(token, str) and TOKEN_PATTERN.fullmatch(token)):
             raise ValueError("not an interaction token")
-        common: dict[str, Any] = {
+        parts: dict[str, Any] = {
             "type": kind,
             "user_id": _snowflake(user["id"]),
             "channel_id": _snowflake(payload.get("channel_id", ""), optional=True),
@@ -108,22 +104,19 @@ def parse(body: bytes) -> Interaction:
             "token": token,
             "application_id": _snowflake(payload.get("application_id", ""), optional=True),
         }
+        if kind in (discord.InteractionType.component, discord.InteractionType.modal_submit):
+            parts["custom_id"] = _text(data["custom_id"], 100)  # Discord's custom_id limit
         if kind is discord.InteractionType.component:
-            return Interaction(
-                **common,
-                custom_id=_text(data["custom_id"], 100),  # Discord's custom_id limit
-                component_type=discord.ComponentType(data["component_type"]),
-                values=[_text(v, 100) for v in data.get("values", [])[:25]],
-            )
-        if kind is discord.InteractionType.modal_submit:
-            fields = _modal_values(data["components"])
-            return Interaction(**common, custom_id=_text(data["custom_id"], 100), fields=fields)
-        if kind is discord.InteractionType.application_command:
+            parts["component_type"] = discord.ComponentType(data["component_type"])
+            parts["values"] = [_text(v, 100) for v in data.get("values", [])[:25]]
+        elif kind is discord.InteractionType.modal_submit:
+            parts["fields"] = _modal_values(data["components"])
+        elif kind is discord.InteractionType.application_command:
             options = {str(o["name"]): o.get("value") for o in data.get("options", [])}
             if options.get("restrict_to") is not None:
                 options["restrict_to"] = _snowflake(options["restrict_to"])
-            return Interaction(**common, command=_text(data["name"], 32), options=options)
-        return Interaction(**common)
+            parts.update(command=_text(data["name"], 32), options=options)
+        return Interaction(**parts)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ingress.BadInput is a ValueError
         raise BadRequest(f"not an interaction payload ({type(exc).__name__})") from None
 
@@ -266,15 +259,11 @@ class DiscordRest:
         path = f"/interactions/{it.id}/{it.token}/callback"
         await self._call("POST", path, response, route=f"callback {it.id}", deadline=deadline)
 
-    async def edit_original(self, it: Interaction, data: dict[str, Any]) -> dict[str, Any]:
-        """PATCH the deferred (or original) answer of `it`. Raises InteractionGone and RestError."""
-        path = f"/webhooks/{it.application_id}/{it.token}/messages/@original"
-        return await self._call("PATCH", path, data, route=f"webhook {it.application_id}")
-
-    async def followup(self, it: Interaction, data: dict[str, Any]) -> dict[str, Any]:
-        """POST a follow-up message to `it`'s webhook; raises as `edit_original`."""
-        path = f"/webhooks/{it.application_id}/{it.token}"
-        return await self._call("POST", path, data, route=f"webhook {it.application_id}")
+    async def webhook(self, it: Interaction, data: dict[str, Any], *, edit: bool) -> dict[str, Any]:
+        """Through `it`'s webhook: PATCH its deferred (or original) answer (`edit`), else POST a
+        follow-up message. Raises InteractionGone and RestError."""
+        path = f"/webhooks/{it.application_id}/{it.token}" + ("/messages/@original" if edit else "")
+        return await self._call("PATCH" if edit else "POST", path, data, route=f"webhook {it.application_id}")
 
     async def _call(
         self, method: str, path: str, payload: Any, *, route: str, deadline: float | None = None
@@ -286,8 +275,7 @@ class DiscordRest:
         what = f"{method} {path.split('/')[1]}"  # never the token
         for attempt in range(RATE_LIMIT_RETRIES + 1):
             remaining, reset_at = self._buckets.get(route, (1, 0.0))
-            wait = _seconds(reset_at - time.monotonic())
-            if remaining <= 0 and wait and _in_time(wait, deadline):
+            if remaining <= 0 and (wait := _wait(reset_at - time.monotonic(), deadline)):
                 await asyncio.sleep(wait)
             try:
                 async with self._session.request(method, self.api_base + path, json=payload) as resp:
@@ -298,8 +286,8 @@ class DiscordRest:
                     body = await resp.json() if resp.content_type == "application/json" else {}
                     body = body if isinstance(body, dict) else {}
                     if resp.status == 429 and attempt < RATE_LIMIT_RETRIES:
-                        wait = _seconds(body.get("retry_after", headers.get("Retry-After")))
-                        if wait is not None and _in_time(wait, deadline):
+                        wait = _wait(body.get("retry_after", headers.get("Retry-After")), deadline)
+                        if wait is not None:
                             await asyncio.sleep(wait)
                             continue
                     if resp.status >= 300:
@@ -312,15 +300,12 @@ class DiscordRest:
         raise RestError(f"{what}: still rate limited after {RATE_LIMIT_RETRIES} retries")
 
 
-def _seconds(value: Any) -> float | None:
-    """A wait Discord asks for, in seconds, if it is one we honour (0..MAX_RETRY_AFTER_S)."""
+def _wait(value: Any, deadline: float | None) -> float | None:
+    """A wait Discord asks for, in seconds, if we honour it: 0..MAX_RETRY_AFTER_S, and a call
+    retried after it still lands before `deadline` (monotonic; None: no limit)."""
     try:
         wait = float(value)
     except (TypeError, ValueError):
         return None
-    return wait if 0 <= wait <= MAX_RETRY_AFTER_S else None
-
-
-def _in_time(wait_s: float, deadline: float | None) -> bool:
-    """Whether a call retried after `wait_s` still lands before `deadline` (monotonic; None: no limit)."""
-    return deadline is None or time.monotonic() + wait_s < deadline
+    in_time = deadline is None or time.monotonic() + wait < deadline
+    return wait if 0 <= wait <= MAX_RETRY_AFTER_S and in_time else None

@@ -22,32 +22,14 @@ import discord
 from aiohttp import web
 from nacl.signing import VerifyKey
 
-from chatstate.adapters.discord import platform
+import chatstate.gateway.sdk as sdk
+from chatstate.adapters.discord import platform, state
 from chatstate.adapters.discord.config import DiscordSettings
 from chatstate.adapters.discord.gateway_client import GatewayClient
 from chatstate.adapters.discord.handlers import CALLBACK_FAILED, DiscordBot, Send
-from chatstate.adapters.discord.state import (
-    INTERACTION_LEASE_MS,
-    GatewayState,
-    Registry,
-    interactions_spec,
-    panel_owners_spec,
-)
-from chatstate.gateway.sdk import (
-    AdapterSettings,
-    AdapterState,
-    Answer,
-    InboundGate,
-    Outcome,
-    PluginRuntime,
-    Route,
-    StatefulPlugin,
-    UserQuota,
-    ingress,
-)
 
 INTERACTIONS_PATH = "/discord/interactions"
-REPLAYED = (Outcome.ALREADY_DONE, Outcome.IN_PROGRESS)  # a duplicate of an interaction answered here
+REPLAYED = (sdk.Outcome.ALREADY_DONE, sdk.Outcome.IN_PROGRESS)  # a duplicate of an interaction answered here
 
 
 @dataclass(frozen=True)
@@ -58,10 +40,10 @@ class Running:
     verify_key: VerifyKey | None  # None: transport = "gateway" without a public key (no HTTP route)
     rest: platform.DiscordRest
     bot: DiscordBot
-    gate: InboundGate
+    gate: sdk.InboundGate
     link: GatewayClient | None = None  # transport = "gateway"
 
-    async def deliver(self, it: platform.Interaction, send: Send, received_at: float) -> Answer:
+    async def deliver(self, it: platform.Interaction, send: Send, received_at: float) -> sdk.Answer:
         return await self.gate.deliver(self.bot.job(it, send, received_at=received_at))
 
     async def close(self) -> None:
@@ -91,46 +73,45 @@ class Running:
             await self.rest.callback(it, response, received_at=received_at)
 
         answer = await self.deliver(it, send, received_at)
-        if answer.outcome in (*REPLAYED, Outcome.LEASED):
+        if answer.outcome in (*REPLAYED, sdk.Outcome.LEASED):
             return "duplicates"
         return "interactions" if answer.taken and answer.text != CALLBACK_FAILED else "callback_failures"
 
 
-class DiscordPlugin(StatefulPlugin[Running]):
+class DiscordPlugin(sdk.StatefulPlugin[Running]):
     """Components and modals whose registries survive a gateway restart."""
 
     id = "discord"
     origin = "bundled"
     settings_type = DiscordSettings
 
-    def routes(self) -> Sequence[Route]:
-        return (Route("POST", INTERACTIONS_PATH, self._interactions),)
+    def routes(self) -> Sequence[sdk.Route]:
+        return (sdk.Route("POST", INTERACTIONS_PATH, self._interactions),)
 
-    def check(self, settings: AdapterSettings) -> None:
+    def check(self, settings: sdk.AdapterSettings) -> None:
         """The public key parses (and is there for transport = "http"); ValueError naming it."""
         DiscordSettings.of_settings(settings).verify_key()
 
-    async def build(self, runtime: PluginRuntime) -> Running:
+    async def build(self, runtime: sdk.PluginRuntime) -> Running:
         """Open the registries, the gate's claims, the quota, the REST session and (transport
         = "gateway") the Gateway link. Raises StateStoreError from opening a store."""
         config = DiscordSettings.of(runtime)
-        registry = Registry(legacy=runtime.legacy, ttl_ms=config.ttl_ms, max_entries=config.max_entries)
+        registry = state.Registry(legacy=runtime.legacy, ttl_ms=config.ttl_ms, max_entries=config.max_entries)
         panel_ttl_ms = registry.components.spec.ttl_ms or 1
-        specs = (interactions_spec(config.timestamp_window_s), panel_owners_spec(panel_ttl_ms))
-        states = [AdapterState(spec, legacy=runtime.legacy) for spec in specs]
-        for state in (*registry.states, *states):
-            await self.open_state(state, runtime)
-        claims, owners = states
-        quota = UserQuota(owners, per_user=config.panels_per_user, ttl_ms=panel_ttl_ms)
+        specs = (state.interactions_spec(config.timestamp_window_s), state.panel_owners_spec(panel_ttl_ms))
+        claims, owners = [sdk.AdapterState(spec, legacy=runtime.legacy) for spec in specs]
+        for opened in (*registry.states, claims, owners):
+            await self.open_state(opened, runtime)
+        quota = sdk.UserQuota(owners, per_user=config.panels_per_user, ttl_ms=panel_ttl_ms)
         rest = platform.DiscordRest(api_base=config.api_base_url, bot_token=config.bot_token)
         await rest.open()
         bot = DiscordBot(registry, rest, log=runtime.log, quota=quota)
-        gate = InboundGate(claims, lease_ms=INTERACTION_LEASE_MS, log=runtime.log)
+        gate = sdk.InboundGate(claims, lease_ms=state.INTERACTION_LEASE_MS, log=runtime.log)
         run = Running(config, config.verify_key(), rest, bot, gate)
         if config.transport == "http":
             return run
         # the lease owner is the gateway, not the process: a restart re-takes its own lease
-        link_state = GatewayState(legacy=runtime.legacy, shard=(0, 1), owner=config.gateway_id)
+        link_state = state.GatewayState(legacy=runtime.legacy, shard=(0, 1), owner=config.gateway_id)
         await self.open_state(link_state.sessions, runtime)
         link = GatewayClient(config, state=link_state, handle=run.from_gateway, log=runtime.log)
         try:
@@ -146,8 +127,8 @@ class DiscordPlugin(StatefulPlugin[Running]):
             raise web.HTTPNotFound(text="this gateway takes Discord interactions over the Gateway")
         received_at = time.monotonic()
         body = await request.read()
-        timestamp = ingress.credential(request.headers, platform.TIMESTAMP_HEADER)
-        signature = ingress.credential(request.headers, platform.SIGNATURE_HEADER)
+        timestamp = sdk.ingress.credential(request.headers, platform.TIMESTAMP_HEADER)
+        signature = sdk.ingress.credential(request.headers, platform.SIGNATURE_HEADER)
         if not platform.verify(run.verify_key, signature=signature, timestamp=timestamp, body=body):
             raise web.HTTPUnauthorized(text="invalid request signature")
         if not platform.fresh(timestamp, window_s=run.settings.timestamp_window_s, now_s=time.time()):

@@ -1,26 +1,22 @@
 """The state the Discord adapter keeps (DESIGN.md §3); `legacy=True` keeps it in memory only.
 
-| namespace                 | key                | value                                     | ttl / max        |
-|---------------------------|--------------------|-------------------------------------------|------------------|
-| `discord.components`      | custom_id          | `{version:1, entry}`                      | 30 min / 500     |
-| `discord.modals`          | custom_id          | `{version:1, entry}`                      | 30 min / 500     |
-| `discord.used`            | custom_id          | `{user_id, used_at}`                      | 30 min / 500     |
-| `discord.interactions`    | interaction id     | the gate's claim, then its done mark      | 15 min+ / 20,000 |
-| `discord.panel-owners`    | user id            | `sdk.UserQuota`'s counters                | panel ttl / 5,000|
-| `discord.gateway-session` | `shard:{id}/{n}`   | `{session_id, resume_gateway_url, seq, saved_at}` | none / 64 |
-| `discord.gateway-session` | `lease:{id}/{n}`   | `{owner, at}`: which gateway holds the shard | lease / 64    |
+  namespace                key             value                                  ttl / max
+  discord.components       custom_id       {version:1, entry}                     30 min / 500
+  discord.modals           custom_id       {version:1, entry}                     30 min / 500
+  discord.used             custom_id       {user_id, used_at}                     30 min / 500
+  discord.interactions     interaction id  the gate's claim, then its done mark   15 min+ / 20,000
+  discord.panel-owners     user id         sdk.UserQuota's counters               panel ttl / 5,000
+  discord.gateway-session  shard:{id}/{n}  {session_id, resume_gateway_url, seq}  none / 64
+                           lease:{id}/{n}  {owner, at}: the gateway holding it    lease / 64
 
-A panel's entries are written in one transaction before it is posted, its quota count with the
-gate's done mark. A single-use component's one use is
-claimed in `discord.used` before the answer (see `claim_use`). The session row lets a restart
-RESUME, so Discord replays what it dispatched meanwhile; its `seq` is the highest sequence
-number whose dispatch, and every earlier one, is fully handled, and Discord decides how long a
-session lives (no TTL). The shard lease makes one gateway of several hold the session.
+The session row lets a restart RESUME, so Discord replays what it dispatched meanwhile; `seq` is
+the highest sequence number whose dispatch, and every earlier one, is fully handled. The shard
+lease makes one gateway of several hold the session (two would both get every event).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, NotRequired, TypedDict
 
 from chatstate.gateway.sdk import AdapterState, StateSpec, Writes, now_ms
@@ -123,6 +119,9 @@ class Registry:
     async def peek_component(self, custom_id: str) -> ComponentEntry | None:
         return unwrap(await self.components.get(custom_id))
 
+    async def peek_modal(self, custom_id: str) -> ModalEntry | None:
+        return unwrap(await self.modals.get(custom_id))
+
     async def claim_use(self, custom_id: str, user_id: str, *, used_at: int) -> bool:
         """Take the one use of a single-use component for `user_id`; False if someone (maybe
         this user) has. Its own write, durable before the answer, not staged with the done
@@ -135,9 +134,6 @@ class Registry:
         """The user who consumed `custom_id`, or None (never used, or the tombstone expired)."""
         value = await self.used.get(custom_id)
         return str(value["user_id"]) if isinstance(value, dict) and "user_id" in value else None
-
-    async def peek_modal(self, custom_id: str) -> ModalEntry | None:
-        return unwrap(await self.modals.get(custom_id))
 
     async def take_modal(self, custom_id: str) -> ModalEntry | None:
         """Consume a modal on submit (atomic read+delete: of racing submits one wins); None
@@ -164,17 +160,15 @@ class GatewayState:
 
     async def load(self) -> SavedSession | None:
         """The saved session, read from the store (another gateway may have written it since)."""
-        entry = await self.sessions.get_entry(self._session_key, fresh=True)
         try:
-            value = entry.value if entry is not None else {}
+            value: Any = getattr(await self.sessions.get_entry(self._session_key, fresh=True), "value", None)
             return SavedSession(str(value["session_id"]), str(value["resume_gateway_url"]), int(value["seq"]))
         except (KeyError, TypeError, ValueError):
             return None  # none, or a row of another shape: IDENTIFY afresh
 
     async def save(self, session: SavedSession) -> None:
         """Durable on return (a SIGKILL right after still RESUMEs from here)."""
-        value = {**session.__dict__, "saved_at": now_ms()}
-        await self.sessions.record(self._session_key, value)
+        await self.sessions.record(self._session_key, {**asdict(session), "saved_at": now_ms()})
 
     async def drop(self) -> None:
         """Forget a session Discord invalidated."""

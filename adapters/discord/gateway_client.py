@@ -38,8 +38,8 @@ KEEP_SESSION = 4000  # any close code but 1000/1001 keeps the session resumable
 START_TIMEOUT_S = 30.0  # start() waits this long for READY / RESUMED (or standby)
 STOP_TIMEOUT_S = 10.0  # stop() lets interactions in hand finish for this long
 MAX_BACKOFF_S = 10.0
-COUNTS = ("identifies", "resumes", "reconnects", "missed_acks", "received_after_resume")
-COUNTS_OF_HANDLE = ("interactions", "duplicates", "callback_failures", "bad_frames")
+COUNTS: tuple[str, ...] = ("identifies", "resumes", "reconnects", "missed_acks", "received_after_resume", "bad_frames")
+COUNTS += ("interactions", "duplicates", "callback_failures")  # the names `handle` returns
 
 
 class GatewayFailed(RuntimeError):
@@ -71,7 +71,7 @@ class GatewayClient:
         self.status = "starting"
         self.last_start: str | None = None  # "identified" | "resumed"
         self.identify_reason: str | None = None
-        self.counts = dict.fromkeys((*COUNTS, *COUNTS_OF_HANDLE), 0)
+        self.counts = dict.fromkeys(COUNTS, 0)
 
     async def start(self) -> None:
         """Connect; raises GatewayFailed (or aiohttp.ClientError) when Discord will not have us."""
@@ -154,14 +154,13 @@ class GatewayClient:
 
     async def _renew_lease(self) -> None:
         """Renew every third of the lease; a lost lease closes the link (another gateway has it)."""
-        while True:
+        await asyncio.sleep(self._lease_s / 3)  # `_run` has just taken it
+        while await self._state.take_lease(self._config.shard_lease_ms):
             await asyncio.sleep(self._lease_s / 3)
-            if not await self._state.take_lease(self._config.shard_lease_ms):
-                self._log.warning("discord_gateway_lease_lost")
-                self.status = "standby"
-                if self._ws is not None:
-                    await self._ws.close(code=KEEP_SESSION)
-                return
+        self._log.warning("discord_gateway_lease_lost")
+        self.status = "standby"
+        if self._ws is not None:
+            await self._ws.close(code=KEEP_SESSION)
 
     async def _connect_once(self, url: str) -> None:
         assert self._http is not None
@@ -198,16 +197,14 @@ class GatewayClient:
 
     def _hello_reply(self) -> dict[str, Any]:
         """RESUME the saved session, else IDENTIFY (INTERACTION_CREATE needs no intents)."""
-        if self._session is not None:
-            self._resuming = True
-            self._received = max(self._received, self._session.seq)
-            resume = {"token": self._config.bot_token, "session_id": self._session.session_id}
-            return {"op": Op.RESUME, "d": {**resume, "seq": self._session.seq}}
+        token, session = self._config.bot_token, self._session
+        if session is not None:
+            self._resuming, self._received = True, max(self._received, session.seq)
+            return {"op": Op.RESUME, "d": {"token": token, "session_id": session.session_id, "seq": session.seq}}
         self._log.info("discord_gateway_identify", extra={"reason": self.identify_reason})
+        identify = {"token": token, "intents": discord.Intents.none().value | self._config.intents}
         properties = {"os": sys.platform, "browser": "chatstate", "device": "chatstate"}
-        intents = discord.Intents.none().value | self._config.intents
-        identify = {"token": self._config.bot_token, "intents": intents, "shard": list(self._shard)}
-        return {"op": Op.IDENTIFY, "d": {**identify, "properties": properties}}
+        return {"op": Op.IDENTIFY, "d": {**identify, "shard": list(self._shard), "properties": properties}}
 
     async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse, interval_s: float) -> None:
         await asyncio.sleep(interval_s * random.random())  # jitter, as Discord asks
@@ -297,6 +294,6 @@ class GatewayClient:
                 return
             seq = min(self._in_hand) - 1 if self._in_hand else self._received
             if seq != self._saved_seq:
-                self._session = SavedSession(self._session.session_id, self._session.resume_gateway_url, seq)
+                self._session = self._session._replace(seq=seq)
                 await self._state.save(self._session)
                 self._saved_seq = seq

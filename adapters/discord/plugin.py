@@ -1,12 +1,8 @@
-"""The Discord plugin: `POST /discord/interactions` (Discord's interactions endpoint) or, with
-`transport = "gateway"`, the Gateway websocket (`gateway_client.py`).
-
-Every HTTP request is verified (Ed25519) before anything is parsed, read or written: a bad
-signature, or a timestamp outside `timestamp_window_s`, is 401 and touches no state. Then the
-body is parsed (400 for junk) and `sdk.InboundGate` claims the interaction id: a replay of a
-captured, validly signed interaction answers 409 and does nothing. Both transports answer
-through `DiscordBot.respond`: over HTTP in the response body, over the Gateway through the
-interaction callback (429s retried within Discord's 3 s).
+"""The Discord plugin: `POST /discord/interactions`, or the Gateway websocket with
+`transport = "gateway"`. An HTTP request is verified (Ed25519, and a fresh timestamp) before
+anything is parsed, read or written (401 otherwise), then parsed (400 for junk); the gate claims
+the interaction id, so a replayed capture answers 409 and does nothing. Both transports answer
+through `DiscordBot.respond`: in the HTTP body, or through the interaction callback.
 """
 
 from __future__ import annotations
@@ -47,8 +43,7 @@ class Running:
         return await self.gate.deliver(self.bot.job(it, send, received_at=received_at))
 
     async def close(self) -> None:
-        """Take no new dispatches (the session stays resumable), let answers in flight finish,
-        then close the REST session."""
+        """Take no new dispatches (the session stays resumable); let answers in flight finish."""
         if self.link is not None:
             await self.link.stop()
         await self.gate.stop()
@@ -63,10 +58,9 @@ class Running:
         return report
 
     async def from_gateway(self, payload: dict[str, Any], received_at: float) -> str:
-        """A Gateway INTERACTION_CREATE: the HTTP route's parse, gate and `respond`, answered
-        through the callback. Returns the count it adds to: "duplicates" (replayed after a
-        RESUME, or held by another gateway), "callback_failures" (Discord did not take the
-        answer) or "interactions". Raises platform.BadRequest for what Discord would not send."""
+        """A Gateway INTERACTION_CREATE, answered through the callback; the count it adds to:
+        "duplicates" (a RESUME's replay, or another gateway's), "callback_failures" (Discord
+        did not take the answer) or "interactions". Raises platform.BadRequest."""
         it = platform.parse(json.dumps(payload).encode())
 
         async def send(response: dict[str, Any]) -> None:

@@ -16,8 +16,8 @@ lease makes one gateway of several hold the session (two would both get every ev
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any, NotRequired, TypedDict
+from dataclasses import replace
+from typing import Any, NamedTuple, NotRequired, TypedDict
 
 from chatstate.gateway.sdk import AdapterState, StateSpec, Writes, now_ms
 
@@ -84,8 +84,7 @@ def panel_owners_spec(panel_ttl_ms: int) -> StateSpec:
 
 
 class Registry:
-    """The component and modal registries of one adapter instance; `register` is the one
-    recording function every message with components goes through."""
+    """The component and modal registries; every message with components goes through `register`."""
 
     def __init__(self, *, legacy: bool, ttl_ms: int | None = None, max_entries: int | None = None) -> None:
         def spec(base: StateSpec) -> StateSpec:
@@ -98,9 +97,8 @@ class Registry:
         self.states = (self.components, self.modals, self.used)  # opened, and shown in health, in this order
 
     async def register(self, components: dict[str, ComponentEntry], modals: dict[str, ModalEntry]) -> None:
-        """Record every entry of one message in one transaction, before the message is posted
-        (not with the done mark): a SIGKILL right after the post must leave buttons that work
-        (test_discord_writes.py), and a click can only follow the post."""
+        """Record every entry of one message in one transaction before it is posted, not with
+        the done mark: a SIGKILL right after the post must leave buttons that work."""
         writes = Writes()
         for custom_id, modal in modals.items():
             writes.put(self.modals, custom_id, wrap(modal))
@@ -123,11 +121,10 @@ class Registry:
         return unwrap(await self.modals.get(custom_id))
 
     async def claim_use(self, custom_id: str, user_id: str, *, used_at: int) -> bool:
-        """Take the one use of a single-use component for `user_id`; False if someone (maybe
-        this user) has. Its own write, durable before the answer, not staged with the done
-        mark: racing clicks are different interactions (the gate's claim does not order them),
-        and a SIGKILL after the answer but before the done mark must still leave the use
-        taken, else the user's retry is a second approval (test_discord_exactly_once.py)."""
+        """Take the one use of a single-use component for `user_id`; False if someone has. Its
+        own write before the answer, not staged with the done mark: racing clicks are different
+        interactions, on one gateway or two, and a SIGKILL between the answer and the done mark
+        must leave the use taken, else the retry approves again (test_discord_exactly_once.py)."""
         return await self.used.claim(custom_id, {"user_id": user_id, "used_at": used_at})
 
     async def used_by(self, custom_id: str) -> str | None:
@@ -136,13 +133,11 @@ class Registry:
         return str(value["user_id"]) if isinstance(value, dict) and "user_id" in value else None
 
     async def take_modal(self, custom_id: str) -> ModalEntry | None:
-        """Consume a modal on submit (atomic read+delete: of racing submits one wins); None
-        when it was already submitted."""
+        """Consume a modal on submit (atomic: of racing submits one wins); None if it was."""
         return unwrap(await self.modals.take(custom_id))
 
 
-@dataclass(frozen=True)
-class SavedSession:
+class SavedSession(NamedTuple):
     """Where a RESUME goes and from which sequence number."""
 
     session_id: str
@@ -168,7 +163,7 @@ class GatewayState:
 
     async def save(self, session: SavedSession) -> None:
         """Durable on return (a SIGKILL right after still RESUMEs from here)."""
-        await self.sessions.record(self._session_key, {**asdict(session), "saved_at": now_ms()})
+        await self.sessions.record(self._session_key, {**session._asdict(), "saved_at": now_ms()})
 
     async def drop(self) -> None:
         """Forget a session Discord invalidated."""
@@ -180,7 +175,8 @@ class GatewayState:
         value = {"owner": self.owner, "at": now_ms()}
         if await self.sessions.claim(self._lease_key, value, ttl_ms=lease_ms):
             return True
-        held = await self.sessions.get_entry(self._lease_key, fresh=True)
+        # the store's row (its version), or this process's own while the store is unreachable
+        held = await self.sessions.get_entry(self._lease_key, fresh=True) or self.sessions.memory.get(self._lease_key)
         if held is None or not isinstance(held.value, dict) or held.value.get("owner") != self.owner:
             return False
         return await self.sessions.take_over(self._lease_key, value, version=held.version, ttl_ms=lease_ms)

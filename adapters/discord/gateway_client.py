@@ -1,12 +1,11 @@
-"""The Discord Gateway transport: one shard's websocket on aiohttp, its session saved for RESUME.
+"""The Discord Gateway transport: one shard's websocket on aiohttp, its session saved for RESUME
+(https://discord.com/developers/docs/events/gateway). Not discord.py's `DiscordWebSocket`: it
+needs a logged-in `Client`, whose REST base URL is shared process-wide (platform.py).
 
-Not discord.py's `DiscordWebSocket`: it needs a logged-in `Client`, whose REST base URL is shared
-by every discord.py user in the process (platform.py); the names are discord.py's. It follows
-https://discord.com/developers/docs/events/gateway (heartbeats, a missing ACK: close 4000 and
-RESUME; INVALID_SESSION d=false or close 4007/4009: IDENTIFY afresh after 1-5 s). A dispatch
-counts into the saved sequence number only once handled, so a RESUME replays what is in hand;
-the gate answers a replay once. A frame Discord would not send is logged and dropped; anything
-else that breaks a link ends in a reconnect, and `live` is false until READY or RESUMED again.
+A dispatch counts into the saved sequence number only once handled, so a RESUME replays what
+was in hand and the gate answers a replay once. A frame Discord would not send is logged and
+dropped; anything else that breaks a link ends in a reconnect; `live` is false until READY or
+RESUMED again.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """What the bot does with each verified interaction: the gate's work (`respond`) and check.
 
-A click: peek the entry (missing or expired -> "expired"); check kind and user (a refused user
-is told "not for you", the entry stays); only then, for a single-use entry, claim its use
-(`Registry.claim_use`) and stage the entry's removal with the done mark. Discord wants the
-initial response within 3 s of the arrival: work still running DEFER_AFTER_S after it is
-answered with a deferral and finished through the interaction webhook. A panel's custom_ids are
-fresh (`<action>:<random>`), so its registry entries are all that knows what a click means.
+A click peeks its entry, checks kind and user (a refused user leaves the entry in place), and
+only then claims a single-use entry's use. Work still running DEFER_AFTER_S after the arrival
+is answered with a deferral (Discord wants an answer within 3 s) and finished through the
+webhook. A panel's custom_ids are random, so its registry entries alone say what a click means.
 """
 
 from __future__ import annotations
@@ -94,17 +92,15 @@ class DiscordBot:
 
     async def answer(self, it: platform.Interaction, writes: Writes) -> dict[str, Any]:
         """The interaction response for `it` (never raises for a user's mistake)."""
+        if it.type is Kind.ping:
+            return platform.pong()
         if it.type is Kind.application_command:
             return await self.command(it, writes)
         if it.type is Kind.component:
             return await self.click(it, writes)
         if it.type is Kind.modal_submit:
             return await self.submit(it)
-        return (
-            platform.pong()
-            if it.type is Kind.ping
-            else platform.message("This interaction is not supported.", ephemeral=True)
-        )
+        return platform.message("This interaction is not supported.", ephemeral=True)
 
     async def command(self, it: platform.Interaction, writes: Writes) -> dict[str, Any]:
         """`/panel`: record the panel's entries (`Registry.register`), then post it; the user's

@@ -1,10 +1,7 @@
-"""Discord's wire: verify and parse interactions and Gateway frames, build responses, and the
-bot's REST calls. No state lives here. Enums and message bodies are discord.py's.
-
-The REST calls go through aiohttp, not discord.py's `HTTPClient`: its base URL,
-`discord.http.Route.BASE`, is a class variable shared by the whole process and `static_login`
-calls `GET /users/@me` on it, so pointing one bot at a simulator would repoint every discord.py
-user in the gateway. The body is still discord.py's (`handle_message_parameters`).
+"""Discord's wire: verify and parse interactions and Gateway frames, build responses (enums and
+bodies are discord.py's), and the bot's REST calls. No state lives here. The calls go through
+aiohttp, not discord.py's `HTTPClient`: its base URL (`Route.BASE`) is one class variable for
+the whole process, so pointing one bot at a simulator would repoint every discord.py user.
 """
 
 from __future__ import annotations

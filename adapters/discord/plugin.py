@@ -50,12 +50,10 @@ class Running:
         await self.rest.close()
 
     def health(self) -> dict[str, Any]:
-        report: dict[str, Any] = {"in_flight": self.gate.in_flight}
-        if self.link is not None:
-            report["transport"] = self.link.health()
-            if not self.link.live:  # reconnecting, refused for good, or its reader ended
-                report["status"] = "degraded"
-        return report
+        if self.link is None:
+            return {"in_flight": self.gate.in_flight}
+        down = {} if self.link.live else {"status": "degraded"}  # reconnecting, refused, or its reader ended
+        return {"in_flight": self.gate.in_flight, "transport": self.link.health(), **down}
 
     async def from_gateway(self, payload: dict[str, Any], received_at: float) -> str:
         """A Gateway INTERACTION_CREATE, answered through the callback; the count it adds to:

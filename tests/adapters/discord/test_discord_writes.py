@@ -74,7 +74,7 @@ async def test_a_sigkill_at_the_post_leaves_a_panel_whose_buttons_work(tmp_path:
         with pytest.raises(aiohttp.ClientError):
             await sim.post_panel()
         sim.on_message = None
-        assert await gw.kill() == -9
+        await gw.kill()  # reaps it (its exit code depends on who saw the SIGKILL first)
         await gw.start()
         [message] = sim.messages.values()
         assert (await sim.click(message, "Approve")).content.startswith("Approved by")

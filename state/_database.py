@@ -387,10 +387,7 @@ def probe(
 
 
 def _check_dir(directory: Path) -> None:
-    if _sqlite.check_path(directory, True, "probe") is None:
-        _sqlite.make_dirs(directory)
-    for d in _sqlite.guarded_dirs(directory / "state.sqlite"):
-        _sqlite.check_path(d, True, "probe")
+    _sqlite.prepare_dirs(directory / "state.sqlite", op="probe")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise StateStoreError("OPEN_FAILED", "probe", "the state directory is not writable", path=str(directory))
 

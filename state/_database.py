@@ -257,10 +257,6 @@ class Database:
     def _acquire(self) -> Location:
         return acquire(self._path, self.url, self.settings)
 
-    def backend(self) -> Backend:
-        """The open backend (opened now on first use)."""
-        return self._open().backend
-
     def open_keyed_store(
         self, plugin_id: str, namespace: str, *, clock: Clock | None = None, **options: Any
     ) -> KeyedStore:

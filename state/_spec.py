@@ -57,8 +57,7 @@ class StoreSettings:
     def __post_init__(self) -> None:
         if not (isinstance(self.busy_timeout_s, (int, float)) and self.busy_timeout_s >= 5):
             raise StateStoreError("INVALID_INPUT", "open", "busy_timeout_s must be >= 5")
-        if not _int_in(self.sweep_batch_rows, 1, 1_024):
-            raise StateStoreError("INVALID_INPUT", "open", "sweep_batch_rows must be 1..1024")
+        check_int(self.sweep_batch_rows, 1, 1_024, "open", "sweep_batch_rows")
 
 
 @dataclass(frozen=True)

@@ -150,9 +150,13 @@ class KeyedStore:
         op = mode.value
         key, text, ttl = check_key(key, op), serialize_value(value, op, self.max_value_bytes), check_ttl(ttl_ms, op)
         now = self._now(op)
-        ttl = self.default_ttl_ms if ttl is None else ttl
-        expires_at = None if ttl is None else now + ttl
+        expires_at = self._expires(ttl, now)
         return self._backend.write(Write(self.spec, key, text, now, expires_at, new_version(), mode, expect))
+
+    def _expires(self, ttl_ms: int | None, now: int) -> int | None:
+        """When a row written now expires: `ttl_ms`, else the store's default_ttl_ms, else never."""
+        ttl = self.default_ttl_ms if ttl_ms is None else ttl_ms
+        return None if ttl is None else now + ttl
 
     # -- the contract ---------------------------------------------------------------------
     @measured("register")
@@ -309,8 +313,7 @@ class KeyedStore:
                 message = "staged writes must all belong to stores on one database"
                 raise StateStoreError("INVALID_INPUT", "commit", message, path=self.location)
             now = store._now("commit")
-            ttl = store.default_ttl_ms if w.ttl_ms is None else w.ttl_ms
-            expires_at = None if ttl is None or w.value is None else now + ttl
+            expires_at = None if w.value is None else store._expires(w.ttl_ms, now)  # a delete has none
             writes.append(Write(store.spec, w.key, w.value, now, expires_at, new_version(), w.mode, w.expect))
         return self._backend.commit(writes)
 

@@ -42,6 +42,10 @@ class DiscordSettings(AdapterSettings):
     # who holds the shard lease: a restart with the same id re-takes it at once, another waits
     gateway_id: Text = Field(default_factory=socket.gethostname)
 
+    def check(self) -> None:
+        """The public key parses (and is there for transport = "http"); ValueError naming it."""
+        self.verify_key()
+
     def verify_key(self) -> VerifyKey | None:
         """The Ed25519 key (None only with transport = "gateway" and no key). Raises ValueError
         naming the key when it is missing for HTTP or not 32 hex bytes (run by `check`)."""

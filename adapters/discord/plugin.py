@@ -74,15 +74,10 @@ class DiscordPlugin(sdk.StatefulPlugin[Running]):
     """Components and modals whose registries survive a gateway restart."""
 
     id = "discord"
-    origin = "bundled"
     settings_type = DiscordSettings
 
     def routes(self) -> Sequence[sdk.Route]:
         return (sdk.Route("POST", INTERACTIONS_PATH, self._interactions),)
-
-    def check(self, settings: sdk.AdapterSettings) -> None:
-        """The public key parses (and is there for transport = "http"); ValueError naming it."""
-        DiscordSettings.of_settings(settings).verify_key()
 
     async def build(self, runtime: sdk.PluginRuntime) -> Running:
         """Open the registries, the gate's claims, the quota, the REST session and (transport

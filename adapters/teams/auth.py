@@ -240,8 +240,8 @@ class StaticTokenCredentialFactory(PasswordServiceClientCredentialFactory):
 def build_authentication(config: TeamsSettings) -> tuple[BotFrameworkAuthentication, TokenCheck, list[SigningKeys]]:
     """botbuilder's authentication (for Azure or a simulator), the pre-parse token check, and
     every key set the library may read, installed into its metadata cache. Raises ValueError
-    naming a missing key (config.py: `check_credentials`)."""
-    config.check_credentials()
+    naming a missing key (config.py: `check`)."""
+    config.check()
     url = config.openid_metadata_url
     if url is None:  # Azure: the channel's keys; emulator tokens are refused up front
         urls = [

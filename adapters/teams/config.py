@@ -37,7 +37,7 @@ class TeamsSettings(AdapterSettings):
     openid_total_timeout_s: PositiveSeconds = 10.0
     openid_retry_after_failure_s: PositiveSeconds = 30.0  # after a failed fetch, none for this long
 
-    def check_credentials(self) -> None:
+    def check(self) -> None:
         """Azure needs `app_password`; a simulator needs `token_issuer` and `connector_token`.
         Raises ValueError naming the missing key (offline: nothing is fetched)."""
         needed = ("app_password",) if self.openid_metadata_url is None else ("token_issuer", "connector_token")

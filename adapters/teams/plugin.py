@@ -18,7 +18,6 @@ from chatstate.adapters.teams.handlers import TeamsBot
 from chatstate.adapters.teams.platform import TeamsCloudAdapter
 from chatstate.adapters.teams.state import ACTIVITIES, SentMessages, requesters_spec, spec_from_config
 from chatstate.gateway.sdk import (
-    AdapterSettings,
     AdapterState,
     InboundGate,
     PluginRuntime,
@@ -54,15 +53,10 @@ class TeamsPlugin(StatefulPlugin[Running]):
     """Microsoft Teams through the Bot Framework: POST /api/messages."""
 
     id = "teams"
-    origin = "bundled"
     settings_type = TeamsSettings
 
     def routes(self) -> Sequence[Route]:
         return (Route("POST", MESSAGES_PATH, self._messages),)
-
-    def check(self, settings: AdapterSettings) -> None:
-        """Azure or simulator credentials are complete (ValueError naming the missing key)."""
-        TeamsSettings.of_settings(settings).check_credentials()
 
     async def build(self, runtime: PluginRuntime) -> Running:
         """Build auth and open the three states. Raises ValueError (bad config) and

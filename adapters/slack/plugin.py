@@ -75,7 +75,6 @@ class SlackPlugin(StatefulPlugin[Running]):
     """Slack Events API in, `chat.postMessage` out; state through `sdk.AdapterState`."""
 
     id = "slack"
-    origin = "bundled"
     settings_type = SlackSettings
 
     def routes(self) -> Sequence[Route]:

@@ -46,21 +46,21 @@ async def test_each_interaction_is_its_claim_and_one_done_transaction(tmp_path: 
     async with served(sim, tmp_path):
         before = op_counts()
         message = await sim.post_panel()
-        assert writes_since(before) == {"register_if_absent": 1, "commit": 2}  # was 7: five registers
+        assert writes_since(before) == {"commit": 3}  # the claim, the entries, the done mark (was 7)
 
         before = op_counts()
         assert "refreshed by" in (await sim.click(message, "Refresh")).content
-        assert writes_since(before) == {"register_if_absent": 1, "commit": 1}
+        assert writes_since(before) == {"commit": 2}  # the claim, the done mark
 
         before = op_counts()
         assert (await sim.click(message, "Approve")).content.startswith("Approved by")
-        assert writes_since(before) == {"register_if_absent": 2, "commit": 1}  # the use, then the entry's removal
+        assert writes_since(before) == {"commit": 2, "register_if_absent": 1}  # + the use's claim
 
         modal = await sim.click(message, "Feedback")
         before = op_counts()
         submitted = await sim.submit_modal(modal.data, {"comment": "ok"}, message=message)
         assert submitted.content.endswith("feedback received: ok")
-        assert writes_since(before) == {"register_if_absent": 1, "consume": 1, "commit": 1}
+        assert writes_since(before) == {"consume": 1, "commit": 2}
 
 
 async def test_a_sigkill_at_the_post_leaves_a_panel_whose_buttons_work(tmp_path: Path) -> None:

@@ -101,16 +101,16 @@ class EchoPlugin(StatefulPlugin[Running]):
         return Running(settings.secret, counters, runtime.legacy)
 
     # -- handlers ---------------------------------------------------------------------------
-    async def _verified_body(self, request: web.Request) -> bytes:
-        body = await request.read()  # over the app's client_max_size -> 413 from aiohttp
+    def _verify(self, request: web.Request, body: bytes) -> None:
+        """401 unless the signature header is right for this request and `body`."""
         given = ingress.credential(request.headers, SIGNATURE_HEADER) or ""  # junk reads as wrong
         expected = sign(self.running.secret, request.method, request.raw_path, body)
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise web.HTTPUnauthorized(text="bad signature")
-        return body
 
     async def _increment(self, request: web.Request) -> web.Response:
-        body = await self._verified_body(request)
+        body = await request.read()  # over the app's client_max_size -> 413 from aiohttp
+        self._verify(request, body)
         try:
             body_json = ingress.json_object(body)
         except ingress.BadInput:
@@ -119,9 +119,13 @@ class EchoPlugin(StatefulPlugin[Running]):
         if not isinstance(key, str) or not key.strip():
             raise web.HTTPBadRequest(text='body must be {"key": "<non-empty string>"}')
         key = _checked(key)
-        async with self.running.locks.hold(key):
+        running = self.running
+        async with running.locks.hold(key):
             count = await self._get(key) + 1
-            await self._put(key, count)
+            try:  # durable first: the reply goes out only after this returns
+                await running.counters.record(key, {"count": count}, or_raise=True)
+            except StateStoreError as exc:
+                raise self._refused(exc) from None
         text = body_json.get("text")
         if not isinstance(text, str):
             return web.json_response({"key": key, "count": count})
@@ -129,7 +133,7 @@ class EchoPlugin(StatefulPlugin[Running]):
         return web.json_response({"key": key, "count": count, "reply": answer})
 
     async def _read(self, request: web.Request) -> web.Response:
-        await self._verified_body(request)
+        self._verify(request, await request.read())
         key = _checked(request.match_info["key"])
         return web.json_response({"key": key, "count": await self._get(key)})
 
@@ -137,37 +141,32 @@ class EchoPlugin(StatefulPlugin[Running]):
     async def _get(self, key: str) -> int:
         """Memory first, then the store (DESIGN.md §3): this process is the only writer. While
         the store fails nothing is answered from memory alone (503): a counter read from a cold
-        cache would start again from 0."""
+        cache would start again from 0. A key held in memory costs no await."""
         counters = self.running.counters
         if counters.last_error is not None and not await counters.recover():
             raise self._unavailable()
-        value = await self._guard(counters.get(key))
-        return int(value["count"]) if isinstance(value, dict) else 0
-
-    async def _put(self, key: str, count: int) -> None:
-        """Durable first: the reply goes out only after this returns."""
-        await self._guard(self.running.counters.record(key, {"count": count}, or_raise=True))
+        entry = counters.memory.get(key.strip())  # the key as the store keeps it
+        if entry is None:
+            try:
+                entry = await counters.get_entry(key)
+            except StateStoreError as exc:
+                raise self._refused(exc) from None
+            if counters.last_error is not None:  # the read met a store fault
+                raise self._unavailable()
+        return int(entry.value["count"]) if entry is not None and isinstance(entry.value, dict) else 0
 
     def _unavailable(self) -> web.HTTPServiceUnavailable:
         return web.HTTPServiceUnavailable(
             text=json.dumps({"error": self.running.counters.last_error}), content_type="application/json"
         )
 
-    async def _guard(self, op: Any) -> Any:
-        """Await a state call; a store fault answers 503 and shows in /healthz until the store
-        works again. A counter write is `or_raise`: a 503 increment is not counted, later either.
+    def _refused(self, exc: StateStoreError) -> web.HTTPException:
+        """A state call raised: a store fault answers 503 and shows in /healthz until the store
+        works again (a counter write is `or_raise`: a 503 increment is not counted, later either).
 
         A refusal of the caller's input (INVALID_INPUT, LIMIT_EXCEEDED) is the caller's error:
         400, and health stays as it was. `_checked` normally catches it first.
         """
-        try:
-            result = await op
-        except StateStoreError as exc:
-            if exc.code in CALLER_ERRORS:
-                raise web.HTTPBadRequest(
-                    text=json.dumps({"error": str(exc.code)}), content_type="application/json"
-                ) from None
-            raise self._unavailable() from None
-        if self.running.counters.last_error is not None:
-            raise self._unavailable()
-        return result
+        if exc.code in CALLER_ERRORS:
+            return web.HTTPBadRequest(text=json.dumps({"error": str(exc.code)}), content_type="application/json")
+        return self._unavailable()

@@ -11,19 +11,19 @@ read from the plugin's memory cache, filled during warm-up); the bare handler re
 answers. Each row also shows the server process's CPU time per request (all its threads), which
 noise from other work on the machine moves far less than req/s, split by thread (/proc).
 
-The floor (issue 25, benchmarks/floor_server.py) runs in the same rounds: plain aiohttp that
+The floor (benchmarks/floor_server.py) runs in the same rounds: plain aiohttp that
 verifies the HMAC as echo does, parses, does one durable write through one writer thread with
 group commit and answers. Goal: the echo route (access log on) at >= 0.8x the floor's req/s and
 <= 1.25x its server CPU per request.
 
-Targets (issue 20, checked: exit 1 when one is missed; per-round ratios, their median):
+Targets (checked: exit 1 when one is missed; per-round ratios, their median):
   1. echo route with the access log on >= 0.5x the bare handler's req/s, and its server CPU per
      request <= 2x the bare handler's, 16 keep-alive connections.
   6. restart to ready < 1 s with 1,000,000 live rows (RSS and database size reported). The rows
      are built in one transaction: one row written through the public API, then copied
      `rows - 1` times by one INSERT ... SELECT on the documented `entries` table (whatever its
      other columns), so the triggers keep the row counts right.
-Prints Markdown tables (docs/performance.md, "## Gateway" and "Issue 20").
+Prints Markdown tables (docs/performance.md, "## Gateway").
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ KEYS = 1000  # distinct echo counters the load cycles through
 WARMUP = KEYS  # requests per server before the rounds: every key once, connections, caches
 BARE = "bare aiohttp handler"
 FLOOR = "floor (aiohttp + HMAC + parse + one group-committed durable write)"
-FLOOR_RPS, FLOOR_CPU = 0.8, 1.25  # issue 25: echo vs floor, req/s at least, CPU per request at most
+FLOOR_RPS, FLOOR_CPU = 0.8, 1.25  # echo vs floor: req/s at least, CPU per request at most
 
 
 async def _serve_bare(port: int) -> None:
@@ -491,7 +491,7 @@ async def main(args: argparse.Namespace) -> int:
         ):
             verdict = ("ok" if ok else "MISSED") if checked else "info"
             failed += verdict == "MISSED"
-            print(f"| issue 25. {name}: {label} | {value:.2f}x | {target} | {verdict} |")
+            print(f"| {name}: {label} | {value:.2f}x | {target} | {verdict} |")
         cpu = r["cpu_ratios"]  # type: ignore[assignment]
         cpu_med = statistics.median(cpu) if cpu else float("inf")
         for label, value, lo, hi, ok in (

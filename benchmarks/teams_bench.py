@@ -44,8 +44,8 @@ from aiohttp.test_utils import make_mocked_request
 from botbuilder.schema import Activity
 
 from chatstate import state
-from chatstate.adapters.teams import TeamsPlugin
 from chatstate.adapters.teams.config import TeamsSettings
+from chatstate.adapters.teams.plugin import TeamsPlugin
 from chatstate.gateway.cpu import pin_process
 from chatstate.gateway.sim.teams import TeamsSimulator
 

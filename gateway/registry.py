@@ -29,20 +29,21 @@ from chatstate.gateway.settings import ENV_PREFIX, AdapterSettings, build, check
 BUNDLED: Mapping[str, str] = MappingProxyType(
     {
         "echo": "chatstate.gateway.echo:EchoPlugin",
-        "slack": "chatstate.adapters.slack:SlackPlugin",
-        "discord": "chatstate.adapters.discord:DiscordPlugin",
-        "teams": "chatstate.adapters.teams:TeamsPlugin",
-        "matrix": "chatstate.adapters.matrix:MatrixPlugin",
+        "slack": "chatstate.adapters.slack.plugin:SlackPlugin",
+        "discord": "chatstate.adapters.discord.plugin:DiscordPlugin",
+        "teams": "chatstate.adapters.teams.plugin:TeamsPlugin",
+        "matrix": "chatstate.adapters.matrix.plugin:MatrixPlugin",
     }
 )
 
 
 def _settings_path(plugin_path: str) -> str:
-    """Where a bundled plugin's settings type lives, by convention: `<Name>Settings` beside
-    `<Name>Plugin`, in the adapter package's `config.py` (the core's echo keeps both in one module)."""
+    """Where a bundled plugin's settings type lives, by convention: `<Name>Settings` in the
+    `config.py` beside an adapter's `plugin.py` (the core's echo keeps both in one module)."""
     module, cls = plugin_path.split(":")
     name = cls.removesuffix("Plugin") + "Settings"
-    return f"{module}.config:{name}" if module.startswith("chatstate.adapters.") else f"{module}:{name}"
+    package, _, leaf = module.rpartition(".")
+    return f"{package}.config:{name}" if leaf == "plugin" else f"{module}:{name}"
 
 
 # Each bundled adapter's settings type, importable without its SDK: a disabled adapter's table

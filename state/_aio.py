@@ -222,6 +222,14 @@ class AsyncKeyedStore:
         """See `KeyedStore.stage_register`: a plain call (no I/O); commit with `commit_staged_async`."""
         return self.sync.stage_register(key, value, ttl_ms=ttl_ms)
 
+    def stage_register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
+        """See `KeyedStore.stage_register_if_absent`: a plain call (no I/O)."""
+        return self.sync.stage_register_if_absent(key, value, ttl_ms=ttl_ms)
+
+    def stage_compare_and_set(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> StagedWrite:
+        """See `KeyedStore.stage_compare_and_set`: a plain call (no I/O)."""
+        return self.sync.stage_compare_and_set(key, value, version=version, ttl_ms=ttl_ms)
+
     def stage_delete(self, key: str) -> StagedWrite:
         """See `KeyedStore.stage_delete`: a plain call (no I/O)."""
         return self.sync.stage_delete(key)
@@ -273,13 +281,12 @@ class AsyncKeyedStore:
         await self.close()
 
 
-async def commit_staged_async(writes: Iterable[StagedWrite]) -> None:
+async def commit_staged_async(writes: Iterable[StagedWrite]) -> bool:
     """`commit_staged` off the loop, on the database's writer thread (SQLite: it may share a group
     commit with other writes, and is rerun alone if anything in that group fails) or on the pool
-    (Redis). The list is taken at this call. Raises as `commit_staged`."""
+    (Redis). The list is taken at this call. Returns and raises as `commit_staged`."""
     staged = staged_list(writes)
-    if staged:
-        await submit(staged[0].store.database.writer, commit_staged, staged)
+    return await submit(staged[0].store.database.writer, commit_staged, staged) if staged else True
 
 
 async def open_async(opener: Callable[[], KeyedStore]) -> AsyncKeyedStore:

@@ -79,19 +79,51 @@ local function live_row(rowkey, now)
   return is_live(e, now)
 end
 
-local function drop_expired(nsprefix, ns, now, limit)
-  local base = nsprefix .. ns
+-- A script that stops half-way keeps what it did, so a staged commit that may still fail keeps
+-- an undo log: while `saving`, each row is remembered before it changes, and `rollback` puts
+-- every one back, newest first.
+local saving, undo = false, {}
+
+local function save(base, k)
+  if not saving then return end
+  local row = base .. ':r:' .. k
+  undo[#undo + 1] = {base = base, k = k, f = redis.call('HMGET', row, 'v', 'c', 'e', 'n'),
+    ttl = redis.call('PTTL', row), o = redis.call('ZSCORE', base .. ':order', k),
+    x = redis.call('ZSCORE', base .. ':exp', k)}
+end
+
+local function rollback()
+  for i = #undo, 1, -1 do
+    local u = undo[i]
+    if u.set then
+      redis.call('SREM', u.set, u.member)
+    else
+      local row, f = u.base .. ':r:' .. u.k, u.f
+      redis.call('DEL', row)
+      if f[1] then redis.call('HSET', row, 'v', f[1], 'c', f[2], 'e', f[3], 'n', f[4] or '0') end
+      if u.ttl > 0 then redis.call('PEXPIRE', row, u.ttl) end
+      for part, score in pairs({[':order'] = u.o, [':exp'] = u.x}) do
+        if score then redis.call('ZADD', u.base .. part, score, u.k) else redis.call('ZREM', u.base .. part, u.k) end
+      end
+    end
+  end
+end
+
+local function remove(base, k)
+  save(base, k)
+  redis.call('DEL', base .. ':r:' .. k)
+  redis.call('ZREM', base .. ':order', k)
+  redis.call('ZREM', base .. ':exp', k)
+end
+
+local function drop_expired(base, now, limit)
   local gone
   if limit then
     gone = redis.call('ZRANGEBYSCORE', base .. ':exp', '-inf', now, 'LIMIT', 0, limit)
   else
     gone = redis.call('ZRANGEBYSCORE', base .. ':exp', '-inf', now)
   end
-  for _, k in ipairs(gone) do
-    redis.call('DEL', base .. ':r:' .. k)
-    redis.call('ZREM', base .. ':order', k)
-    redis.call('ZREM', base .. ':exp', k)
-  end
+  for _, k in ipairs(gone) do remove(base, k) end
   return #gone
 end
 
@@ -108,68 +140,96 @@ local function finish(opkey, ttl, result)
 end
 """
 
-# KEYS: row, order, exp, plugin-namespaces set, and an op key unless the call is an upsert (no
-#       empty key name: an ACL limited to the prefix, or a cluster slot check, would refuse it)
-# ARGV: key, value, now, expires ("" = never), pexpire_ms ("" = never), max_entries, overflow,
-#       mode ("u" upsert, "c" claim, "m" match), nsprefix, namespace, op ttl ms,
-#       new version, expected version (mode "m")
-# Returns "1" written ("1n" when that also (re)registered the namespace with its plugin: the
-# caller then lists the plugin for sweep), "0" not applied (claim refused, version changed), or
-# "NS_FULL".
+# Every write: one register, claim, compare-and-set, or a staged commit of several over the
+# namespaces of one prefix, applied in order, all or nothing.
+# KEYS: per write: row, order, exp, plugin-namespaces set; then an op key when a write has a
+#       condition (no empty key name: an ACL limited to the prefix, or a cluster slot check,
+#       would refuse it).
+# ARGV: op ttl ms, then per write: mode ("u" upsert, "c" claim: no live row, "m" match: a live
+#       row of version `expect`, "d" delete), key, value, now, expires ("" = never), pexpire_ms
+#       ("" = never), max_entries, overflow, namespace base (its prefix and name), namespace,
+#       new version, expect.
+# Returns "1" all applied ("1n" when that also (re)registered a namespace with its plugin: the
+# caller then lists the plugins for sweep), "0" a condition failed, or "NS_FULL:<i>" (1-based
+# write); after "0" or "NS_FULL" nothing is written.
 WRITE = (
     _HELPERS
     + """
-local row, order, exp, pns, opkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5] or ''
-local key, value, now_s, expires, pexpire = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local maxn, reject, mode = tonumber(ARGV[6]), ARGV[7] == 'reject-new', ARGV[8]
-local nsprefix, ns, opttl, version, expect = ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13]
-local now = tonumber(now_s)
-
+local F = 12
+local n = (#ARGV - 1) / F
+local opkey = KEYS[n * 4 + 1] or ''
 local prior = cached(opkey)
 if prior then return prior end
-if mode == 'c' and live_row(row, now) then return '0' end
-if mode == 'm' then
-  local f = redis.call('HMGET', row, 'e', 'n')
-  if not f[1] or not is_live(f[1], now) or f[2] ~= expect then return '0' end
-end
 
-local victims = {}
-local add = (redis.call('ZSCORE', order, key) == false) and 1 or 0
-local ns_rows = redis.call('ZCARD', order) + add
-if ns_rows > maxn then  -- expired rows never count: drop them before deciding
-  drop_expired(nsprefix, ns, now_s, nil)
-  add = (redis.call('ZSCORE', order, key) == false) and 1 or 0
-  ns_rows = redis.call('ZCARD', order) + add
-  if ns_rows > maxn then
-    if reject then return 'NS_FULL' end
-    -- Oldest live rows by (created_at, key), never the key being written.
-    local want, start = ns_rows - maxn, 0
-    while #victims < want do
-      local batch = redis.call('ZRANGE', order, start, start + want)
-      if #batch == 0 then break end
-      for _, k in ipairs(batch) do
-        if k ~= key then
-          victims[#victims + 1] = k
-          if #victims == want then break end
-        end
-      end
-      start = start + #batch
+-- Room for `key` among `maxn` live rows: expired rows go first, then the oldest live rows by
+-- (created_at, key), never `key` itself. False, with nothing changed, when reject-new and full.
+local function make_room(base, key, now_s, maxn, reject)
+  local order = base .. ':order'
+  local function rows() return redis.call('ZCARD', order) + (redis.call('ZSCORE', order, key) and 0 or 1) end
+  if rows() <= maxn then return true end
+  if reject then
+    local live = redis.call('ZCARD', order) - redis.call('ZCOUNT', base .. ':exp', '-inf', now_s)
+    if live + (live_row(base .. ':r:' .. key, tonumber(now_s)) and 0 or 1) > maxn then return false end
+  end
+  drop_expired(base, now_s, nil)
+  local want, evicted = rows() - maxn, 0
+  if want <= 0 then return true end
+  for _, k in ipairs(redis.call('ZRANGE', order, 0, want)) do  -- want + 1: one may be `key`
+    if k ~= key and evicted < want then
+      remove(base, k)
+      evicted = evicted + 1
     end
   end
+  return true
 end
 
-redis.call('DEL', row)  -- drops an old server-side expiry along with the old fields
-redis.call('HSET', row, 'v', value, 'c', now_s, 'e', expires, 'n', version)
-if pexpire ~= '' then redis.call('PEXPIRE', row, pexpire) end
-redis.call('ZADD', order, now_s, key)
-if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
-local fresh = redis.call('SADD', pns, ns) == 1
-for _, k in ipairs(victims) do
-  redis.call('DEL', nsprefix .. ns .. ':r:' .. k)
-  redis.call('ZREM', order, k)
-  redis.call('ZREM', exp, k)
+local fresh = false
+-- Write i; nil when applied, else what the script answers.
+local function apply(i)
+  local a, k = (i - 1) * F + 1, (i - 1) * 4
+  local row, order, exp, pns = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local mode, key, value, now_s, expires, pexpire = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  local maxn, reject, base, ns = tonumber(ARGV[a + 7]), ARGV[a + 8] == 'reject-new', ARGV[a + 9], ARGV[a + 10]
+  local now = tonumber(now_s)
+  if mode == 'd' then
+    remove(base, key)
+    return nil
+  end
+  if mode == 'c' and live_row(row, now) then return '0' end
+  if mode == 'm' then
+    local f = redis.call('HMGET', row, 'e', 'n')
+    if not f[1] or not is_live(f[1], now) or f[2] ~= ARGV[a + 12] then return '0' end
+  end
+  if not make_room(base, key, now_s, maxn, reject) then return 'NS_FULL:' .. i end
+  save(base, key)
+  redis.call('DEL', row)  -- drops an old server-side expiry along with the old fields
+  redis.call('HSET', row, 'v', value, 'c', now_s, 'e', expires, 'n', ARGV[a + 11])
+  if pexpire ~= '' then redis.call('PEXPIRE', row, pexpire) end
+  redis.call('ZADD', order, now_s, key)
+  if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
+  if redis.call('SADD', pns, ns) == 1 then
+    fresh = true
+    if saving then undo[#undo + 1] = {set = pns, member = ns} end
+  end
+  return nil
 end
-return finish(opkey, opttl, fresh and '1n' or '1')
+
+-- Only the writes before the last one that can fail need remembering.
+local last = 0
+for i = 1, n do
+  local a = (i - 1) * F + 1
+  local mode = ARGV[a + 1]
+  if mode == 'c' or mode == 'm' or (mode == 'u' and ARGV[a + 8] == 'reject-new') then last = i end
+end
+for i = 1, n do
+  saving = i < last
+  local failed = apply(i)
+  if failed then
+    rollback()
+    return failed
+  end
+end
+return finish(opkey, ARGV[1], fresh and '1n' or '1')
 """
 )
 
@@ -292,7 +352,7 @@ return #KEYS
 SWEEP = (
     _HELPERS
     + """
-local n = drop_expired(ARGV[2], ARGV[3], ARGV[1], tonumber(ARGV[4]))
+local n = drop_expired(ARGV[2] .. ARGV[3], ARGV[1], tonumber(ARGV[4]))
 if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[3]) end
 return n
 """
@@ -311,93 +371,9 @@ end
 return 1
 """
 
-# A staged commit (`commit_staged`): several upserts and deletes over the namespaces of one
-# prefix, in order, all or nothing. A script that fails half-way keeps what it already did, so
-# every reject-new namespace is checked first on a simulated row count, and only then is anything
-# written; each upsert then does what WRITE does in mode "u", each delete what TAKE does.
-# KEYS: per write: row, order, exp, plugin-namespaces set (the plugins set is the caller's).
-# ARGV: per write: kind ("u" upsert, "d" delete), key, value, now, expires ("" = never),
-#       pexpire_ms ("" = never), max_entries, overflow, nsprefix, namespace, quoted plugin, version.
-# Returns "1" ("1n" when a namespace was (re)registered: the caller lists the plugins), or
-# "NS_FULL:<i>" (1-based write) with nothing written.
-COMMIT = (
-    _HELPERS
-    + """
-local F, fresh = 12, false
-local n = #ARGV / F
-local sim = {}  -- order key -> {rows = live rows, live = {key -> bool}}: reject-new namespaces only
-for i = 0, n - 1 do
-  local a, k = i * F, i * 4
-  if ARGV[a + 8] == 'reject-new' then
-    local order, exp, key, now = KEYS[k + 2], KEYS[k + 3], ARGV[a + 2], tonumber(ARGV[a + 4])
-    local ns = sim[order]
-    if not ns then
-      ns = {rows = redis.call('ZCARD', order) - redis.call('ZCOUNT', exp, '-inf', now), live = {}}
-      sim[order] = ns
-    end
-    local live = ns.live[key]
-    if live == nil then
-      local e = redis.call('ZSCORE', exp, key)
-      live = redis.call('ZSCORE', order, key) ~= false and (e == false or tonumber(e) > now)
-    end
-    if ARGV[a + 1] == 'd' then
-      if live then ns.rows = ns.rows - 1 end
-      ns.live[key] = false
-    else
-      if not live then ns.rows = ns.rows + 1 end
-      if ns.rows > tonumber(ARGV[a + 7]) then return 'NS_FULL:' .. (i + 1) end
-      ns.live[key] = true
-    end
-  end
-end
-for i = 0, n - 1 do
-  local a, k = i * F, i * 4
-  local row, order, exp, pns = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local kind, key, value, now_s, expires, pexpire = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
-  local maxn, nsprefix, ns, plugin, version = tonumber(ARGV[a + 7]), ARGV[a + 9], ARGV[a + 10], ARGV[a + 11], ARGV[a + 12]
-  redis.call('DEL', row)
-  if kind == 'd' then
-    redis.call('ZREM', order, key)
-    redis.call('ZREM', exp, key)
-  else
-    local victims = {}
-    local ns_rows = redis.call('ZCARD', order) + ((redis.call('ZSCORE', order, key) == false) and 1 or 0)
-    if ns_rows > maxn then  -- expired rows never count: drop them before deciding
-      drop_expired(nsprefix, ns, now_s, nil)
-      ns_rows = redis.call('ZCARD', order) + ((redis.call('ZSCORE', order, key) == false) and 1 or 0)
-      local want, start = ns_rows - maxn, 0  -- oldest live rows by (created_at, key), never this key
-      while #victims < want do
-        local batch = redis.call('ZRANGE', order, start, start + want)
-        if #batch == 0 then break end
-        for _, v in ipairs(batch) do
-          if v ~= key then
-            victims[#victims + 1] = v
-            if #victims == want then break end
-          end
-        end
-        start = start + #batch
-      end
-    end
-    redis.call('HSET', row, 'v', value, 'c', now_s, 'e', expires, 'n', version)
-    if pexpire ~= '' then redis.call('PEXPIRE', row, pexpire) end
-    redis.call('ZADD', order, now_s, key)
-    if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
-    if redis.call('SADD', pns, ns) == 1 then fresh = true end
-    for _, v in ipairs(victims) do
-      redis.call('DEL', nsprefix .. ns .. ':r:' .. v)
-      redis.call('ZREM', order, v)
-      redis.call('ZREM', exp, v)
-    end
-  end
-end
-return fresh and '1n' or '1'
-"""
-)
-
-
 REDIS_SCHEMA = 3  # 1: rows without versions; 2: versions; 3: keys tagged by plugin (Cluster)
 MIGRATE_BATCH = 500  # rows one v1 -> v2 migration script call versions
-MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m"}
+MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m", Mode.DELETE: "d"}
 
 T = TypeVar("T")
 
@@ -427,7 +403,6 @@ class RedisBackend:
         self._read_many = self._client.register_script(READ_MANY)
         self._count = self._client.register_script(COUNT)
         self._migrate_v1 = self._client.register_script(MIGRATE_V1)
-        self._commit = self._client.register_script(COMMIT)
         self._migrate_tags = self._client.register_script(MIGRATE_TAGS)
         for script in (
             self._write,
@@ -437,7 +412,6 @@ class RedisBackend:
             self._sweep,
             self._read_many,
             self._count,
-            self._commit,
         ):
             self._conn.scripts[script.sha] = script.script
         try:
@@ -617,42 +591,11 @@ class RedisBackend:
 
     # -- operations ---------------------------------------------------------------------
     def write(self, w: Write) -> bool:
-        spec, key, value, now_ms, expires_at, mode = w.spec, w.key, w.value, w.now_ms, w.expires_at, w.mode
-        plugin_id, namespace, op = spec.plugin_id, spec.namespace, mode.value
-        rows, order, exp = self._ns(plugin_id, namespace)
-        pexpire = "" if expires_at is None else str(max(expires_at - now_ms, 1) + self.options.expiry_grace_ms)
-        keys = [rows + key, order, exp, self._namespaces_key(plugin_id)]
-        if mode is not Mode.UPSERT:  # an upsert is idempotent: no retry cache
-            keys.append(self._op_key(plugin_id))
-        args: list[str | int] = [
-            key,
-            value or "",
-            now_ms,
-            "" if expires_at is None else expires_at,
-            pexpire,
-            spec.max_entries,
-            spec.overflow,
-            MODE_FLAGS[mode],
-            self._ns_prefix(plugin_id),
-            namespace,
-            self.options.op_result_ttl_ms,
-            str(w.version),
-            "" if w.expect is None else str(w.expect),
-        ]
-        result = self._mutate(op, self._write, keys, args)
-        if result == "1n":
-            self._list_plugin(op, plugin_id)
-        if result == "NS_FULL":
-            raise StateStoreError(
-                "LIMIT_EXCEEDED",
-                op,
-                f"namespace is full: max_entries is {spec.max_entries} live rows",
-                path=self.location,
-            )
-        return result in ("1", "1n")
+        return self._apply(w.mode.value, [w])
 
-    def commit(self, writes: Sequence[Write]) -> None:
-        """One COMMIT script over every write: atomic, and idempotent if redis-py retries it.
+    def commit(self, writes: Sequence[Write]) -> bool:
+        """Every write in one WRITE script, in order: all applied (True), or a condition failed
+        and none is (False); idempotent if redis-py retries it.
 
         On Redis Cluster a script runs on one node, so the writes must be one plugin's (its
         namespaces share a hash slot); several plugins' are INVALID_INPUT, naming them."""
@@ -665,8 +608,12 @@ class RedisBackend:
                 "Redis Cluster: each plugin's keys live in their own hash slot; commit each plugin's writes apart",
                 path=self.location,
             )
+        return self._apply("commit", writes) if writes else True
+
+    def _apply(self, op: str, writes: Sequence[Write]) -> bool:
+        """Run WRITE over `writes`; raises LIMIT_EXCEEDED for a full reject-new namespace."""
         keys: list[str] = []
-        args: list[str | int] = []
+        args: list[str | int] = [self.options.op_result_ttl_ms]
         for w in writes:
             spec = w.spec
             rows, order, exp = self._ns(spec.plugin_id, spec.namespace)
@@ -674,7 +621,7 @@ class RedisBackend:
             grace = self.options.expiry_grace_ms
             pexpire = "" if w.expires_at is None else str(max(w.expires_at - w.now_ms, 1) + grace)
             args += [
-                "d" if w.mode is Mode.DELETE else "u",
+                MODE_FLAGS[w.mode],
                 w.key,
                 w.value or "",
                 w.now_ms,
@@ -682,23 +629,26 @@ class RedisBackend:
                 pexpire,
                 spec.max_entries,
                 spec.overflow,
-                self._ns_prefix(spec.plugin_id),
+                self._ns_prefix(spec.plugin_id) + spec.namespace,
                 spec.namespace,
-                self._plugin(spec.plugin_id),
                 str(w.version),
+                "" if w.expect is None else str(w.expect),
             ]
-        result = self._mutate("commit", self._commit, keys, args)
+        if any(w.mode in (Mode.CLAIM, Mode.MATCH) for w in writes):  # upserts, deletes: idempotent
+            keys.append(self._op_key(writes[0].spec.plugin_id))
+        result = self._mutate(op, self._write, keys, args)
         if result == "1n":
-            for plugin_id in plugins:
-                self._list_plugin("commit", plugin_id)
+            for plugin_id in sorted({w.spec.plugin_id for w in writes}):
+                self._list_plugin(op, plugin_id)
         if result.startswith("NS_FULL"):
             full = writes[int(result.split(":")[1]) - 1].spec
             raise StateStoreError(
                 "LIMIT_EXCEEDED",
-                "commit",
+                op,
                 f"namespace is full: max_entries is {full.max_entries} live rows",
                 path=self.location,
             )
+        return result != "0"
 
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
         rows, _, _ = self._ns(spec.plugin_id, spec.namespace)

@@ -171,8 +171,9 @@ class Backend(Protocol):
         """Apply `w` if its mode allows, then enforce max_entries; False = not applied."""
         ...
 
-    def commit(self, writes: Sequence[Write]) -> None:
-        """Apply upserts and deletes in order, all or nothing (staged writes, op "commit")."""
+    def commit(self, writes: Sequence[Write]) -> bool:
+        """Apply writes in order, all or nothing (staged writes, op "commit"); False, with nothing
+        written, when a CLAIM or MATCH write's condition fails."""
         ...
 
     def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]] | None:

@@ -403,6 +403,11 @@ def backup(source: Path, target: Path) -> None:
 
 
 # -- the backend ------------------------------------------------------------------------------
+class _ConditionFailed(Exception):
+    """A staged CLAIM or MATCH did not hold: `commit` rolls back and answers False. In a group
+    commit it spoils the batch like any error, so each call is rerun alone and gets its answer."""
+
+
 class _Slot:
     """One thread's connection, and the lock its calls hold so close() can wait for them."""
 
@@ -649,12 +654,17 @@ class SQLiteBackend:
     def write(self, w: Write) -> bool:
         return self._transact(w.mode.value, lambda conn: self._apply(conn, w.mode.value, w))
 
-    def commit(self, writes: Sequence[Write]) -> None:
+    def commit(self, writes: Sequence[Write]) -> bool:
         def work(conn: sqlite3.Connection) -> None:
             for w in writes:
-                self._apply(conn, "commit", w)
+                if not self._apply(conn, "commit", w):
+                    raise _ConditionFailed  # rolls the whole transaction back
 
-        self._transact("commit", work)
+        try:
+            self._transact("commit", work)
+        except _ConditionFailed:
+            return False
+        return True
 
     def _apply(self, conn: sqlite3.Connection, op: str, w: Write) -> bool:
         """One write inside the caller's transaction, keeping the namespace's cap (rules 8, 9)."""

@@ -337,21 +337,38 @@ class KeyedStore:
         return [self._entry(r, "entries") for r in rows]
 
     # -- staged writes: several namespaces of one database in one transaction ----------------
+    def _stage(self, mode: Mode, key: str, value: Any, ttl_ms: int | None, expect: int | None = None) -> StagedWrite:
+        text = None if mode is Mode.DELETE else serialize_value(value, "commit", self.max_value_bytes)
+        return StagedWrite(self, check_key(key, "commit"), text, check_ttl(ttl_ms, "commit"), mode, expect)
+
     def stage_register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
         """Check and serialize a `register` now, for `commit_staged`; no I/O.
 
         Raises StateStoreError (operation "commit"): INVALID_INPUT, LIMIT_EXCEEDED (as `register`).
         """
-        text = serialize_value(value, "commit", self.max_value_bytes)
-        return StagedWrite(self, check_key(key, "commit"), text, check_ttl(ttl_ms, "commit"))
+        return self._stage(Mode.UPSERT, key, value, ttl_ms)
+
+    def stage_register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
+        """Stage a `register_if_absent`: the whole commit holds only if no live row is under `key`.
+
+        No I/O; raises as `stage_register`.
+        """
+        return self._stage(Mode.CLAIM, key, value, ttl_ms)
+
+    def stage_compare_and_set(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> StagedWrite:
+        """Stage a `compare_and_set`: the whole commit holds only if the live row has `version`.
+
+        No I/O; raises as `stage_register`.
+        """
+        return self._stage(Mode.MATCH, key, value, ttl_ms, check_version(version, "commit"))
 
     def stage_delete(self, key: str) -> StagedWrite:
         """Check a `delete` now, for `commit_staged`; no I/O. Raises INVALID_INPUT, LIMIT_EXCEEDED
         (operation "commit")."""
-        return StagedWrite(self, check_key(key, "commit"), None, None)
+        return self._stage(Mode.DELETE, key, None, None)
 
     @measured("commit")
-    def _commit(self, staged: list[StagedWrite]) -> None:
+    def _commit(self, staged: list[StagedWrite]) -> bool:
         """`commit_staged`, timed and counted under this store's backend."""
         writes = []
         for w in staged:
@@ -366,9 +383,8 @@ class KeyedStore:
             now = store._now("commit")
             ttl = store.default_ttl_ms if w.ttl_ms is None else w.ttl_ms
             expires_at = None if ttl is None or w.value is None else now + ttl
-            mode = Mode.DELETE if w.value is None else Mode.UPSERT
-            writes.append(Write(store.spec, w.key, w.value, now, expires_at, new_version(), mode))
-        self._backend.commit(writes)
+            writes.append(Write(store.spec, w.key, w.value, now, expires_at, new_version(), w.mode, w.expect))
+        return self._backend.commit(writes)
 
     def close(self) -> None:
         """Release the store; the last store on a database checkpoints the WAL and closes it.
@@ -397,28 +413,31 @@ _MEASURED = (
 
 @dataclass(frozen=True)
 class StagedWrite:
-    """A write `stage_register` / `stage_delete` prepared (checked, value serialized) for
-    `commit_staged`; it holds the store it was staged on."""
+    """A write the `stage_*` methods prepared (checked, value serialized) for `commit_staged`;
+    it holds the store it was staged on."""
 
     store: KeyedStore
     key: str
     value: str | None  # the JSON text to store; None = delete
     ttl_ms: int | None  # as given; None = the store's default_ttl_ms
+    mode: Mode = Mode.UPSERT  # CLAIM / MATCH: a condition the whole commit depends on
+    expect: int | None = None  # the version a MATCH write requires
 
 
-def commit_staged(writes: Iterable[StagedWrite]) -> None:
+def commit_staged(writes: Iterable[StagedWrite]) -> bool:
     """Apply staged writes in order in one transaction: all of them, or none.
 
+    Returns True when every write was applied; False when a staged `register_if_absent` found a
+    live row or a staged `compare_and_set` found another version, and then nothing is written.
     Every write must come from a store on one database (the same file or URL in this process),
-    else INVALID_INPUT and nothing is written; an empty list is a no-op. Each write keeps its
-    namespace's rules as `register` / `delete` do: TTL, a new version, eviction oldest first
+    else INVALID_INPUT and nothing is written; an empty list is a no-op (True). Each write keeps
+    its namespace's rules as `register` / `delete` do: TTL, a new version, eviction oldest first
     (never the row just written); a full `overflow="reject-new"` namespace raises LIMIT_EXCEEDED
     and rolls back the whole batch. Raises StateStoreError (operation "commit"): INVALID_INPUT,
     LIMIT_EXCEEDED, WRITE_FAILED, UNAVAILABLE (a closed store, an unreachable backend).
     """
     staged = staged_list(writes)
-    if staged:
-        staged[0].store._commit(staged)
+    return staged[0].store._commit(staged) if staged else True
 
 
 def staged_list(writes: Iterable[StagedWrite]) -> list[StagedWrite]:
@@ -427,5 +446,5 @@ def staged_list(writes: Iterable[StagedWrite]) -> list[StagedWrite]:
         raise StateStoreError("INVALID_INPUT", "commit", "writes must be a list of staged writes")
     staged = list(writes)
     if not all(isinstance(w, StagedWrite) for w in staged):
-        raise StateStoreError("INVALID_INPUT", "commit", "writes must come from stage_register / stage_delete")
+        raise StateStoreError("INVALID_INPUT", "commit", "writes must come from the stage_* methods of a store")
     return staged

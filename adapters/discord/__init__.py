@@ -10,17 +10,3 @@ A migration recipe, one file per step:
   gateway_client.py  the Gateway transport (websocket), its session persisted for RESUME
   gateway_state.py   what the Gateway transport keeps
 """
-
-from typing import Any
-
-__all__ = ["DiscordPlugin"]
-
-
-def __getattr__(name: str) -> Any:
-    """`DiscordPlugin` is imported on first use, not with the package: the gateway checks a disabled
-    adapter's table against its `config` module without importing the adapter or its SDK."""
-    if name == "DiscordPlugin":
-        from chatstate.adapters.discord.plugin import DiscordPlugin
-
-        return DiscordPlugin
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

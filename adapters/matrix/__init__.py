@@ -11,17 +11,3 @@ A migration recipe in five files and a transport:
   plugin.py   — the gateway plugin; `mode = "legacy"` is the in-memory "before"
 Pending approvals themselves live in the core store (`sdk.ApprovalService`).
 """
-
-from typing import Any
-
-__all__ = ["MatrixPlugin"]
-
-
-def __getattr__(name: str) -> Any:
-    """`MatrixPlugin` is imported on first use, not with the package: the gateway checks a disabled
-    adapter's table against its `config` module without importing the adapter or its SDK."""
-    if name == "MatrixPlugin":
-        from chatstate.adapters.matrix.plugin import MatrixPlugin
-
-        return MatrixPlugin
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,17 +7,3 @@ Files, in the order a migration reads: `platform.py` (the wire: authenticate, pa
 `state.py` (namespaces, keys, values, TTLs, caps), `handlers.py` (when to answer; the gate's
 work and check), `config.py` (the `[adapters.teams]` table), `plugin.py` (wiring).
 """
-
-from typing import Any
-
-__all__ = ["TeamsPlugin"]
-
-
-def __getattr__(name: str) -> Any:
-    """`TeamsPlugin` is imported on first use, not with the package: the gateway checks a disabled
-    adapter's table against its `config` module without importing the adapter or its SDK."""
-    if name == "TeamsPlugin":
-        from chatstate.adapters.teams.plugin import TeamsPlugin
-
-        return TeamsPlugin
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

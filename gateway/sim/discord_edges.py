@@ -1,4 +1,4 @@
-"""Discord's edge behaviours as the simulator plays them (issue 14), apart from the simulator's
+"""Discord's edge behaviours as the simulator plays them, apart from the simulator's
 REST and interaction plumbing: the switches (`DiscordEdges`, all off by default, all at once with
 `DiscordEdges.hostile()`), the per-route rate-limit buckets, and the interaction-token rules.
 

@@ -197,7 +197,7 @@ class GatewayHarness:
     def write_config(self) -> Path:
         """(Re)write the TOML config; call again after changing modes or tables, then restart."""
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # 0600 whatever the umask: the config holds the adapters' tokens (issue 15)
+        # 0600 whatever the umask: the config holds the adapters' tokens
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as fh:

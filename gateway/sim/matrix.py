@@ -1,5 +1,5 @@
 """A Matrix homeserver, as far as a bot using matrix-nio sees one — including what a real
-Synapse does that a naive client gets wrong (issue 13).
+Synapse does that a naive client gets wrong.
 
 Client-server endpoints (spec v1.x, `/_matrix/client/v3`), access token as `Authorization:
 Bearer` or `?access_token=`:

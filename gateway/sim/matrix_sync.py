@@ -1,7 +1,7 @@
 """The homeserver simulator's /sync and /messages answers, shaped the way Synapse shapes them.
 
 Kept apart from the endpoints (`matrix.py`) because this is where the real server's behaviour
-that broke the adapter lives (issue 13):
+that broke the adapter lives:
 - a filter's `room.timeline.limit` (default 10 without a filter, like Synapse): a room with more
   new events answers the newest `limit`, `limited: true`, and a `prev_batch` from which
   `/messages?dir=b` pages back (to `to`, when given);

@@ -156,7 +156,7 @@ async def matrix_second(sim: MatrixHomeserver, prompt_id: str) -> list[Outcome]:
     before = len(_approval_messages(sim, "decision"))
     await sim.react(ROOM, BOB, prompt_id, "✅")
     # the reaction has been handled once this returns; the barrier is asked by a user of its own,
-    # since it is never answered and one requester may keep only 5 approvals open (issue 15)
+    # since it is never answered and one requester may keep only 5 approvals open
     await matrix_request(sim, "barrier", sender=f"@barrier-{len(sim.events)}:{SERVER_NAME}")
     resolved = len(_approval_messages(sim, "decision")) > before
     detail = "approval resolved by the reaction" if resolved else "reaction ignored: target forgotten"
@@ -191,7 +191,7 @@ SCENARIOS: dict[str, Scenario] = {
     "matrix": Scenario("matrix", MatrixHomeserver, matrix_first, matrix_second, {}),
 }
 
-# Issue 19: the same Slack and Discord conversations over the websocket transports. The Socket
+# The same Slack and Discord conversations over the websocket transports. The Socket
 # Mode simulator's `deliver` returns once the envelope is acked (after the reply, within 3 s) and
 # the Gateway simulator's returns the interaction callback, so the halves above run unchanged.
 # Discord adds what only the Gateway has: a click dispatched while the gateway is down, which a
@@ -219,7 +219,7 @@ async def discord_gateway_second(sim: DiscordGatewaySimulator, ctx: Any) -> list
 
 
 WEBSOCKET_SCENARIOS: dict[str, Scenario] = {
-    # no edge switches on the websocket simulators (issue 14 covers the HTTP far ends)
+    # no edge switches on the websocket simulators (the HTTP far ends have them)
     "slack": replace(SCENARIOS["slack"], make_simulator=SlackSocketSimulator, make_hostile=None),
     "discord": replace(
         SCENARIOS["discord"],

@@ -1,4 +1,4 @@
-"""Slack's documented edge behaviours as the simulator plays them (issue 14), one switch each
+"""Slack's documented edge behaviours as the simulator plays them, one switch each
 (all off by default, all at once with `SlackEdges.hostile()`): the 3-second ack deadline and the
 retry schedule with `X-Slack-Retry-Num`/`-Reason`, a channel mention delivered as both
 `app_mention` and `message`, the bot's own posts echoed back as `message` events, edits and thread

@@ -1,4 +1,4 @@
-"""The Teams channel's edge behaviours as the Bot Connector simulator plays them (issue 14), one
+"""The Teams channel's edge behaviours as the Bot Connector simulator plays them, one
 switch each (all off by default, all at once with `TeamsEdges.hostile()`): 429 + Retry-After and
 502/503/504 on the bot's sends, an activity delivered again with the same id when the bot is slow
 (or simply twice), redelivery after a failed delivery, users' edits (`messageUpdate`), and bot

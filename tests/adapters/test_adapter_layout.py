@@ -1,5 +1,5 @@
 """Every bundled adapter has the same five files, and docs/migrating-an-adapter.md's file table
-names each module an adapter has beyond them (issue 18): a new or renamed module that the table
+names each module an adapter has beyond them: a new or renamed module that the table
 does not mention fails here, so the table stays the map of every adapter."""
 
 from __future__ import annotations

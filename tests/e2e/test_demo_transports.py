@@ -1,4 +1,4 @@
-"""`chatstate demo --transport` (issue 19): the Slack and Discord conversations over Socket Mode and
+"""`chatstate demo --transport`: the Slack and Discord conversations over Socket Mode and
 the Discord Gateway, split by a SIGKILL, pass with the keyed store and fail without it."""
 
 from __future__ import annotations

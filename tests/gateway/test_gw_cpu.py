@@ -1,4 +1,4 @@
-"""`[gateway] cpu` (issue 20): an opt-in pin of the whole gateway process to one CPU, so the event
+"""`[gateway] cpu`: an opt-in pin of the whole gateway process to one CPU, so the event
 loop and the store's writer thread wake each other on the same CPU. Real gateway processes; the
 affinity is read back from the kernel for every thread of the running gateway."""
 

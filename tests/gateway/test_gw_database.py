@@ -1,4 +1,4 @@
-"""The gateway opens its database once, as one `state.Database`, for its whole lifetime (issue 18):
+"""The gateway opens its database once, as one `state.Database`, for its whole lifetime:
 plugin stores, every sweep, every /healthz probe and the final checkpoint share it."""
 
 from __future__ import annotations

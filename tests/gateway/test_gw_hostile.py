@@ -1,4 +1,4 @@
-"""Hostile input on the gateway's own routes (issue 15): junk credentials, deep JSON, caller
+"""Hostile input on the gateway's own routes: junk credentials, deep JSON, caller
 errors. Each is answered 4xx, with no state written and /healthz left as it was."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GET /metrics (issue 16, item 5): Prometheus text from the gateway's own listener, read from a
+"""GET /metrics: Prometheus text from the gateway's own listener, read from a
 real gateway process, and the functions adapters report through."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One import namespace (issue 18, item 1): the CLI runs from a folder that holds `state/`,
+"""One import namespace: the CLI runs from a folder that holds `state/`,
 `gateway/` and `adapters/` folders of its own (a checkout of something else, or this repository's
 own top-level folders). Before, the distribution installed top-level `state`, `gateway` and
 `adapters` packages, and `python -m gateway status` there failed with `AttributeError: module

@@ -10,6 +10,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+from chatstate.gateway.registry import BUNDLED
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.scenarios import SCENARIOS
 
@@ -93,7 +94,8 @@ def test_the_walk_finds_the_demo_path_to_the_simulators() -> None:
 
 async def test_a_gateway_running_every_adapter_imports_no_simulator(tmp_path: Path) -> None:
     """Every adapter enabled (as fixtures/gateway.example.toml lists them) and used once, then a
-    clean stop: `PYTHONPROFILEIMPORTTIME` makes the process log every module it imports."""
+    clean stop: `PYTHONPROFILEIMPORTTIME` makes the process log every module an import statement
+    loads (how any module reaches the simulators)."""
     scenarios = list(SCENARIOS.values())
     sims = [s.make_simulator() for s in scenarios]
     gw = GatewayHarness(
@@ -109,5 +111,8 @@ async def test_a_gateway_running_every_adapter_imports_no_simulator(tmp_path: Pa
         assert set(health["adapters"]) == {"echo", "slack", "discord", "teams", "matrix"}
         await gw.stop()
         imported = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", gw.log_path(1).read_text(), re.M)
-    assert "chatstate.adapters.slack.plugin" in imported and "chatstate.adapters.matrix.sync" in imported
+    # The log names what an import statement loads, not what `importlib.import_module` does (the
+    # registry's own load of each plugin module): each adapter shows in the modules its plugin imports.
+    adapters = {m.split(".")[2] for m in imported if m.startswith("chatstate.adapters.")}
+    assert adapters == set(BUNDLED) - {"echo"}
     assert [m for m in imported if m.startswith(SIM)] == []

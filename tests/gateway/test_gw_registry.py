@@ -26,10 +26,10 @@ def _ext_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bundled_ids_are_fixed() -> None:
     assert dict(BUNDLED) == {
         "echo": "chatstate.gateway.echo:EchoPlugin",
-        "slack": "chatstate.adapters.slack:SlackPlugin",
-        "discord": "chatstate.adapters.discord:DiscordPlugin",
-        "teams": "chatstate.adapters.teams:TeamsPlugin",
-        "matrix": "chatstate.adapters.matrix:MatrixPlugin",
+        "slack": "chatstate.adapters.slack.plugin:SlackPlugin",
+        "discord": "chatstate.adapters.discord.plugin:DiscordPlugin",
+        "teams": "chatstate.adapters.teams.plugin:TeamsPlugin",
+        "matrix": "chatstate.adapters.matrix.plugin:MatrixPlugin",
     }
 
 
@@ -41,6 +41,7 @@ def test_only_enabled_bundled_plugins_are_imported() -> None:
     config = parse_config({"adapters": {"echo": {"secret": "s"}, "slack": {"enabled": False}}}, env={})
     loaded = load_plugins(config)
     assert [(lp.id, lp.origin) for lp in loaded] == [("echo", "bundled")]
+    assert "chatstate.adapters.slack.config" in sys.modules
     assert "chatstate.adapters.slack.plugin" not in sys.modules
 
 

@@ -1,4 +1,4 @@
-"""The typed config layer (issue 16, item 2), through real `chatstate start` processes: unknown keys
+"""The typed config layer, through real `chatstate start` processes: unknown keys
 anywhere exit 2 naming the key and the known ones, environment variables are typed as TOML, and no
 error ever shows a value."""
 

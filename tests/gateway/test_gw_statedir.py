@@ -1,5 +1,5 @@
 """Unusable state dirs, `status`, a corrupt database and plugin start failures, as an operator
-meets them (issue 16, item 4): one `gateway:` line naming the path and what to do, no traceback,
+meets them: one `gateway:` line naming the path and what to do, no traceback,
 the documented exit code; every case a real `python -m chatstate` process."""
 
 from __future__ import annotations

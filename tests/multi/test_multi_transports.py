@@ -1,4 +1,4 @@
-"""Two gateways on one Redis over the websocket transports (issue 19).
+"""Two gateways on one Redis over the websocket transports.
 
 What each transport allows: Slack Socket Mode lets an app hold up to 10 connections and sends
 each envelope to one of them, so both gateways take a share and the `slack.events` claim in

@@ -30,7 +30,12 @@ def public_methods(cls: type) -> dict[str, object]:
 # Writes that capture their value at call time (issue 17, defect 3): plain methods returning an
 # awaitable, since an `async def` body runs only once the coroutine is first scheduled.
 CAPTURING = {"register", "register_if_absent", "compare_and_set"}
-STAGING = {"stage_register", "stage_delete"}  # plain calls on both: no I/O until commit_staged
+STAGING = {
+    "stage_register",
+    "stage_register_if_absent",
+    "stage_compare_and_set",
+    "stage_delete",
+}  # plain calls on both: no I/O until commit_staged
 
 
 def test_async_twin_has_the_same_methods_and_signatures():

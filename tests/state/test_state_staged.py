@@ -107,6 +107,120 @@ def test_a_batch_that_fails_in_its_last_write_leaves_nothing(make_store, dump_ro
     assert full.lookup("b") == 3
 
 
+# -- conditional staged writes: a claim or a version check the whole commit depends on ----------
+def test_a_claim_that_wins_writes_every_row(make_store):
+    gate = make_store("p", "gate", max_entries=10)
+    data = make_store("p", "data", max_entries=10)
+    assert commit_staged([gate.stage_register_if_absent("msg-1", "claimed"), data.stage_register("k", 1)]) is True
+    assert (gate.lookup("msg-1"), data.lookup("k")) == ("claimed", 1)
+
+
+def test_a_claim_that_loses_writes_nothing_and_keeps_the_row(make_store, dump_rows):
+    gate = make_store("p", "gate", max_entries=10)
+    data = make_store("p", "data", max_entries=10)
+    gate.register("msg-1", "first")
+    held = gate.lookup_entry("msg-1")
+    assert held is not None
+    before = dump_rows()
+    batch = [data.stage_register("k", 1), gate.stage_register_if_absent("msg-1", "second"), data.stage_delete("x")]
+    assert commit_staged(batch) is False
+    assert dump_rows() == before
+    after = gate.lookup_entry("msg-1")
+    assert after is not None and (after.value, after.version) == ("first", held.version)
+    assert data.lookup("k") is None
+
+
+def test_a_staged_claim_counts_an_expired_row_as_absent(make_store, clock):
+    gate = make_store("p", "gate", max_entries=10)
+    gate.register("msg-1", "old", ttl_ms=10)
+    clock.advance(10)
+    assert commit_staged([gate.stage_register_if_absent("msg-1", "new")]) is True
+    entry = gate.lookup_entry("msg-1")
+    assert entry is not None and (entry.value, entry.expires_at) == ("new", None)
+
+
+def test_a_staged_compare_and_set_holds_only_on_its_version(make_store, dump_rows):
+    store = make_store("p", "ns", max_entries=10)
+    other = make_store("p", "other", max_entries=10)
+    store.register("k", 1)
+    seen = store.lookup_entry("k")
+    assert seen is not None
+    store.register("k", 2)  # the version read is stale now
+    before = dump_rows()
+    assert (
+        commit_staged([other.stage_register("a", 1), store.stage_compare_and_set("k", 3, version=seen.version)])
+        is False
+    )
+    assert dump_rows() == before
+    fresh = store.lookup_entry("k")
+    assert fresh is not None
+    assert commit_staged([other.stage_register("a", 1), store.stage_compare_and_set("k", 3, version=fresh.version)])
+    after = store.lookup_entry("k")
+    assert after is not None and after.value == 3 and after.version != fresh.version
+    assert other.lookup("a") == 1
+    # a row that is gone matches no version
+    assert commit_staged([store.stage_delete("k"), store.stage_compare_and_set("k", 4, version=after.version)]) is False
+    assert store.lookup("k") == 3
+
+
+def test_conditional_writes_mix_with_deletes(make_store):
+    store = make_store("p", "ns", max_entries=10)
+    store.register("old", 1)
+    seen = store.lookup_entry("old")
+    assert seen is not None
+    batch = [
+        store.stage_compare_and_set("old", 2, version=seen.version),
+        store.stage_delete("old"),
+        store.stage_register_if_absent("old", 3),  # the delete made it absent again
+        store.stage_register_if_absent("new", 4),
+    ]
+    assert commit_staged(batch) is True
+    assert (store.lookup("old"), store.lookup("new")) == (3, 4)
+
+
+def test_a_conditional_commit_into_a_full_reject_new_namespace_raises_and_writes_nothing(make_store, dump_rows):
+    gate = make_store("p", "gate", max_entries=10)
+    full = make_store("p", "full", max_entries=1, overflow="reject-new")
+    full.register("taken", 1)
+    before = dump_rows()
+    with pytest.raises(StateStoreError) as err:
+        commit_staged([gate.stage_register_if_absent("msg-1", 1), full.stage_register_if_absent("b", 2)])
+    assert (err.value.code, err.value.operation) == ("LIMIT_EXCEEDED", "commit")
+    assert dump_rows() == before
+
+
+def test_bad_conditional_input_is_refused_when_staged(make_store):
+    store = make_store("p", "ns", max_entries=10)
+    for call in (
+        lambda: store.stage_register_if_absent("", 1),
+        lambda: store.stage_compare_and_set("k", 1, version=-1),
+        lambda: store.stage_compare_and_set("k", 1, version="1"),
+        lambda: store.stage_register_if_absent("k", float("nan")),
+    ):
+        with pytest.raises(StateStoreError) as err:
+            call()
+        assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "commit")
+
+
+async def test_the_async_twin_commits_conditional_writes(target):
+    a = await open_async_keyed_store("p", "a", max_entries=10, **target)
+    try:
+        assert await commit_staged_async([]) is True
+        assert await commit_staged_async([a.stage_register_if_absent("k", 1)]) is True
+        # a losing claim among plain writes of the same loop turn: it alone answers False
+        results = await asyncio.gather(
+            a.register("x", 1), commit_staged_async([a.stage_register_if_absent("k", 2)]), a.register("y", 2)
+        )
+        assert results == [None, False, None]
+        assert (await a.lookup("k"), await a.lookup("x"), await a.lookup("y")) == (1, 1, 2)
+        entry = await a.lookup_entry("k")
+        assert entry is not None
+        assert await commit_staged_async([a.stage_compare_and_set("k", 5, version=entry.version)]) is True
+        assert await a.lookup("k") == 5
+    finally:
+        await a.close()
+
+
 def test_bad_input_is_refused_when_staged(make_store, dump_rows):
     store = make_store("p", "ns", max_entries=10, max_value_bytes=10)
     before = dump_rows()
@@ -224,7 +338,7 @@ def test_sigkill_mid_commit_leaves_each_batch_whole_or_absent(target):
 
 
 def test_stage_calls_are_plain_on_both_twins():
-    for name in ("stage_register", "stage_delete"):
+    for name in ("stage_register", "stage_register_if_absent", "stage_compare_and_set", "stage_delete"):
         sync, aio = getattr(KeyedStore, name), getattr(AsyncKeyedStore, name)
         assert not inspect.iscoroutinefunction(aio)
         assert inspect.signature(sync) == inspect.signature(aio)

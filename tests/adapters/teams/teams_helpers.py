@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from chatstate import state
-from chatstate.adapters.teams import TeamsPlugin
 from chatstate.adapters.teams.config import TeamsSettings
+from chatstate.adapters.teams.plugin import TeamsPlugin
 from chatstate.adapters.teams.state import SENT_MESSAGES
 from chatstate.gateway.adapter_state import StateSpec
 from chatstate.gateway.sim.teams import TeamsSimulator

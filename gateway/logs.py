@@ -138,12 +138,13 @@ class _Output:
 
     def owns(self, logger: logging.Logger) -> bool:
         """True when `logger` logs info lines and only to our handler (nothing reconfigured)."""
-        root = logging.getLogger()
+        handlers = logging.root.handlers
         return (
-            logger.isEnabledFor(logging.INFO)
+            len(handlers) == 1
+            and handlers[0] is self.handler
             and not logger.handlers
-            and root.handlers == [self.handler]
             and logger.propagate
+            and logger.isEnabledFor(logging.INFO)
         )
 
     def queue(self, line: str) -> None:

@@ -362,8 +362,7 @@ def populate(db: Path, rows: int) -> float:
     from chatstate import state
 
     t = time.perf_counter()
-    settings = state.StoreSettings(plugin_max_live_rows=rows * 2)
-    store = state.open_keyed_store("echo", NAMESPACE, max_entries=rows * 2, path=db, settings=settings)
+    store = state.open_keyed_store("echo", NAMESPACE, max_entries=rows * 2, path=db)
     try:
         store.register("row-0000000", {"count": 0})
     finally:

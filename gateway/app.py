@@ -71,7 +71,7 @@ def database_location(config: GatewayConfig) -> tuple[Path | None, str | None]:
 
 def store_settings(config: GatewayConfig) -> state.StoreSettings:
     """The one StoreSettings of this process (the state package insists they never differ)."""
-    return state.StoreSettings(plugin_max_live_rows=config.plugin_max_live_rows)
+    return state.StoreSettings()
 
 
 def build_app(config: GatewayConfig, plugins: Sequence[LoadedPlugin]) -> web.Application:

@@ -1,15 +1,16 @@
 """The async twin: the sync store's public methods, awaitable, each run on a worker thread.
 
-Why threads and not an async driver: SQLite has no async API, and the sync store holds every
-rule; running it off the loop (Starlette's `run_in_threadpool` idea) writes the rules once and
-the event loop never waits on disk I/O or on SQLite's write lock. Reads (and Redis calls) run
-on a small pool; a SQLite database's writes run on its own writer thread (owned by its
-`Database`, state/_database.py), which commits the writes that queued up together at once.
+Threads, not an async driver: SQLite has no async API and the sync store holds every rule, so
+running it off the loop (Starlette's `run_in_threadpool` idea) writes the rules once and the
+loop never waits on disk I/O or the write lock. Reads (and Redis calls) run on a small pool; a
+SQLite database's writes run on its writer thread, which group-commits what queued up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import queue
 import threading
@@ -25,22 +26,19 @@ WORKER_PREFIX = "chatstate-state"
 DELIVER_BATCH = 16  # at most this many finished calls wait for one wake-up of their loop
 IDLE_EXIT_S = 10.0  # a worker thread with nothing to do for this long exits (restarted on demand)
 
-_Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+_Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
 _Done = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Any, "BaseException | None"]
 Batch = Callable[[Sequence[Callable[[], Any]]], "list[tuple[Any, Exception | None]] | None"]
 
 
 class Workers:
-    """`threads` worker threads fed by one queue; each result goes straight to its caller's future.
+    """Up to `threads` threads on one queue; each result goes straight to its caller's future.
 
-    Not `loop.run_in_executor`: that wraps every call in a concurrent Future (a Condition and its
-    lock), chains it to an asyncio Future and wakes the loop once per call, which cost more than
-    the SQLite write it carried (issue 4). A worker that finds more calls queued runs them before
-    it wakes the loop (up to DELIVER_BATCH) and hands all their results over in one
-    `call_soon_threadsafe`. A writer (`batch` given: its backend's `run_batch`) takes the calls
-    of one event-loop turn together and runs the writes that queued up in one transaction (group
-    commit), answering none of them before that COMMIT. Idle threads exit after IDLE_EXIT_S.
-    Used in one process only: a forked child that submits starts afresh (a pid check).
+    Not `loop.run_in_executor`: its concurrent Future, the chaining and one loop wake-up per call
+    cost more than the SQLite write carried. A worker runs what queued up (up to DELIVER_BATCH)
+    and wakes the loop once for all of it. A writer (`batch`: its backend's `run_batch`) gets one
+    loop turn's calls together and runs them in one transaction (group commit), answering none
+    before that COMMIT. Idle threads exit after IDLE_EXIT_S; a forked child starts afresh.
     """
 
     def __init__(self, threads: int, prefix: str, batch: Batch | None = None) -> None:
@@ -49,7 +47,7 @@ class Workers:
 
     def _start(self) -> None:
         self._pid = os.getpid()
-        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()  # calls; lists of them for a writer
+        self._calls: queue.SimpleQueue[list[_Call]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
         self._pending: dict[asyncio.AbstractEventLoop, list[_Call]] = {}  # a writer's, this loop turn
@@ -58,11 +56,8 @@ class Workers:
         if self._pid != os.getpid():  # the parent's threads do not exist in a forked child
             self._start()
         if self._batch is None:
-            self._calls.put(call)
-            self._ensure_thread()
-            return
-        # A writer gets one loop turn's calls together, at the end of that turn: one wake-up of its
-        # thread instead of one per call (each could preempt the loop and fight it for the GIL).
+            return self._put([call])
+        # One wake-up of the writer per loop turn, not per call (each could fight the loop for the GIL).
         loop = call[0]
         pending = self._pending.get(loop)
         if pending is None:
@@ -71,12 +66,15 @@ class Workers:
         pending.append(call)
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._calls.put(self._pending.pop(loop))
+        self._put(self._pending.pop(loop))
+
+    def _put(self, calls: list[_Call]) -> None:
+        self._calls.put(calls)
         self._ensure_thread()
 
     def _ensure_thread(self) -> None:
-        """Start a thread if fewer than the maximum run; called after every put, so a thread
-        that is retiring (see `_next`) either sees the new call or is replaced."""
+        """Start a thread if fewer than the maximum run; called after every put, so a retiring
+        thread (`_next`) either sees the new call or is replaced."""
         with self._lock:
             if self._threads >= self._max_threads:
                 return
@@ -84,7 +82,7 @@ class Workers:
             name = f"{self._prefix}_{self._threads - 1}"
         threading.Thread(target=self._work, name=name, daemon=True).start()
 
-    def _next(self) -> Any:
+    def _next(self) -> list[_Call] | None:
         """The next queued item, or None once the queue stayed empty for IDLE_EXIT_S."""
         while True:
             try:
@@ -96,38 +94,28 @@ class Workers:
                         return None
 
     def _work(self) -> None:
-        # Daemon threads: an unacknowledged write cut by interpreter exit is rolled back by
-        # SQLite, and no caller can be waiting for it any more.
-        calls = self._calls
-        while (first := self._next()) is not None:
-            batch = first if self._batch is not None else [first]  # a writer's items are lists
+        # Daemon threads: a write cut by interpreter exit is rolled back, and nobody awaits it.
+        while (batch := self._next()) is not None:
             while len(batch) < DELIVER_BATCH:
                 try:
-                    more = calls.get_nowait()
+                    batch += self._calls.get_nowait()
                 except queue.Empty:
                     break
-                batch += more if self._batch is not None else [more]
             outcomes = None
             if self._batch is not None and len(batch) > 1:
-                try:
-                    outcomes = self._batch([_bound(c) for c in batch])
-                except Exception:  # e.g. the database closed: run alone, each call says so itself
-                    outcomes = None
+                with contextlib.suppress(Exception):  # e.g. the database closed: each call, run alone, says so
+                    outcomes = self._batch([c[2] for c in batch])
             if outcomes is None:
                 _post_all([_run(c) for c in batch])
             else:
                 _post_all([(c[0], c[1], result, exc) for c, (result, exc) in zip(batch, outcomes)])
-            del batch, first, outcomes  # hold no caller's objects while idle
-
-
-def _bound(call: _Call) -> Callable[[], Any]:
-    return lambda: call[2](*call[3], **call[4])
+            del batch, outcomes  # hold no caller's objects while idle
 
 
 def _run(call: _Call) -> _Done:
-    loop, future, fn, args, kwargs = call
+    loop, future, fn = call
     try:
-        return (loop, future, fn(*args, **kwargs), None)
+        return (loop, future, fn(), None)
     except BaseException as exc:  # delivered to the awaiting coroutine, not lost here
         return (loop, future, None, exc)
 
@@ -159,7 +147,7 @@ def submit(workers: Workers, fn: Callable[..., T], *args: Any, **kwargs: Any) ->
     """Run `fn` on `workers`; the future is answered on the calling loop."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
-    workers.submit((loop, future, fn, args, kwargs))
+    workers.submit((loop, future, functools.partial(fn, *args, **kwargs)))
     return future
 
 
@@ -168,14 +156,11 @@ async def _wait(future: asyncio.Future[T]) -> T:
 
 
 class AsyncKeyedStore:
-    """Awaitable twin of `KeyedStore`; same method names, parameters and errors.
+    """Awaitable twin of `KeyedStore`: each method runs the sync one of the same name on a worker.
 
-    Each method runs the sync store's method of the same name on a worker. The value-carrying
-    writes (register, register_if_absent, compare_and_set) are plain methods that return an
-    awaitable: they check the key and ttl and serialize the value on the calling thread, at call
-    time, and hand only the JSON text on, so `create_task(store.register(k, v))` stores `v` as it
-    was at that call whatever the caller does to it next (issue 17, defect 3); bad input raises
-    at the call itself.
+    register, register_if_absent and compare_and_set are plain methods returning an awaitable:
+    they check and serialize on the caller, at the call, so `create_task(store.register(k, v))`
+    stores `v` as it was then, and bad input raises at the call itself.
     """
 
     def __init__(self, store: KeyedStore) -> None:
@@ -282,9 +267,8 @@ class AsyncKeyedStore:
 
 
 async def commit_staged_async(writes: Iterable[StagedWrite]) -> bool:
-    """`commit_staged` off the loop, on the database's writer thread (SQLite: it may share a group
-    commit with other writes, and is rerun alone if anything in that group fails) or on the pool
-    (Redis). The list is taken at this call. Returns and raises as `commit_staged`."""
+    """`commit_staged` off the loop, on the database's writer (a group commit that fails is rerun
+    call by call) or the pool (Redis); the list is taken at this call."""
     staged = staged_list(writes)
     return await submit(staged[0].store.database.writer, commit_staged, staged) if staged else True
 
@@ -295,8 +279,7 @@ async def open_async(opener: Callable[[], KeyedStore]) -> AsyncKeyedStore:
     try:
         store = await asyncio.shield(opening)
     except asyncio.CancelledError:
-        # Cancelled while the open ran (SIGTERM during startup): the store it returns has no
-        # owner, so close it, or it would hold the pair's settings and the database open.
+        # Cancelled while opening (SIGTERM at startup): close the ownerless store it returns.
         opening.add_done_callback(_close_abandoned)
         raise
     return AsyncKeyedStore(store)

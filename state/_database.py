@@ -1,14 +1,10 @@
-"""One owner per database: a `Location` is a database (a SQLite file, or a Redis URL) open in this
-process. It alone opens and closes the backend (and so its connections), runs the writer thread
-that group-commits the async twin's writes, keeps the one spec per open (plugin_id, namespace),
-and counts its holders: each open store and each `Database`; the last to let go closes it. One
-registry maps a location to its `Location`. Fork safety is a pid check where a connection or a
-thread is used (no at-fork hooks): in a forked child the inherited stores answer UNAVAILABLE and
-the child opens its own.
+"""One owner per database. A `Location` is a database (SQLite file or Redis URL) open in this
+process: it alone opens and closes the backend, runs the writer thread (group commit), keeps one
+spec per open (plugin_id, namespace) and counts its holders (stores and `Database`s); the last
+one closes it. One registry maps a location to its `Location`. Fork safety is a pid check where
+a connection or thread is used: a forked child's inherited stores answer UNAVAILABLE.
 
-`Database` is what a long-lived caller (the gateway) holds: it opens its location on first use,
-keeps it for sweeps, probes and checkpoints, and hands out stores on it. The one-call wrappers
-(`sweep_expired`, `checkpoint`, `probe`) open a `Database` for that call.
+`Database` is what a long-lived caller (the gateway) holds for sweeps, probes and checkpoints.
 """
 
 from __future__ import annotations
@@ -54,9 +50,9 @@ class Location:
 
     @property
     def writer(self) -> Workers:
-        """Where the async twin sends writes: SQLite takes one writer at a time, so one thread per
-        database (more only queued on its lock, each fighting the loop for the GIL: issue 4) that
-        group-commits; Redis takes writes on many connections, so the shared pool."""
+        """Where the async twin sends writes: SQLite takes one writer at a time, so one thread (more
+        would only queue on its lock and fight the loop for the GIL) that group-commits; Redis
+        takes writes on many connections, so the shared pool."""
         if not self.backend.one_writer:
             return POOL
         with self._lock:
@@ -82,8 +78,8 @@ class Location:
         self.backend.close()
 
     def open_store(self, spec: NamespaceSpec, clock: Clock | None) -> KeyedStore:
-        """A store on this location (the caller holds it for the store); one spec per pair: a
-        pair reopened with another is INVALID_INPUT, and the caller's hold is given back."""
+        """A store on this location, held by the caller; a pair reopened with another spec is
+        INVALID_INPUT (and the hold is given back)."""
         pair = (spec.plugin_id, spec.namespace)
         with self._lock:
             held = self._specs.get(pair)
@@ -110,18 +106,17 @@ class Location:
         self.release()
 
 
-# The one registry: location -> its open Location. Keyed by pid too, through the check below: a
-# forked child finds its parent's entries stale, keeps them referenced (closing a connection
-# inherited across fork can disturb the parent's locks) and opens its own.
+# The one registry: location -> its open Location. A forked child finds its parent's entries
+# stale (the pid check below), keeps them referenced (closing a connection inherited across fork
+# can disturb the parent's locks) and opens its own.
 _registry_lock = threading.Lock()
 _locations: dict[str, Location] = {}
 _inherited: list[Location] = []
 
 
 def acquire(path: str | os.PathLike[str] | None, url: str | None, settings: StoreSettings) -> Location:
-    """The open Location of a database, opened now if no one holds it; the caller holds it once.
-
-    Raises as `open_keyed_store` (INVALID_INPUT for other settings than it is open with)."""
+    """The open Location of a database (opened now if no one holds it), held once for the caller.
+    Raises as `open_keyed_store`."""
     global _registry_lock
     if url is not None:
         ident = f"url:{url}"
@@ -178,13 +173,10 @@ def open_keyed_store(
 ) -> KeyedStore:
     """Open a store bound to (plugin_id, namespace) on SQLite (default) or `url` (redis://).
 
-    `path` is the database file (an existing directory is taken as a state dir); default
-    `<state_dir>/plugin-state/state.sqlite`. `max_value_bytes` (default 65,536, at most
-    1,048,576) bounds one serialized value. Plugin ids starting `core:` are the gateway's and
-    need `core=True`. Reopening a pair in this process with a different max_entries,
-    default_ttl_ms, overflow or max_value_bytes is INVALID_INPUT. Raises StateStoreError:
-    INVALID_INPUT, LIMIT_EXCEEDED (namespace/plugin id size), OPEN_FAILED, CORRUPT,
-    SCHEMA_UNSUPPORTED, UNAVAILABLE.
+    `path`: the database file, or an existing state dir; default
+    `<state_dir>/plugin-state/state.sqlite`. `core=True` for the gateway's `core:` ids. A pair
+    reopened in this process with other options is INVALID_INPUT. Raises INVALID_INPUT,
+    LIMIT_EXCEEDED (namespace/plugin id size), OPEN_FAILED, CORRUPT, SCHEMA_UNSUPPORTED, UNAVAILABLE.
     """
     if path is not None and url is not None:
         raise StateStoreError("INVALID_INPUT", "open", "give either path or url, not both")
@@ -220,13 +212,11 @@ async def open_async_keyed_store(
 
 
 class Database:
-    """One database (a SQLite file, or a Redis URL) held for as long as its owner needs it.
+    """One database (SQLite file or Redis URL) held for as long as its owner needs it.
 
-    Creating one does no I/O; the database is opened on first use (a failed open raises and is
-    tried again by the next call) and held until `close`, so sweeps, probes and checkpoints reuse
-    it. Stores opened through it are views onto the same open database as stores opened by path;
-    each still closes on its own, and the database closes when this object and the last of its
-    stores are closed. Thread-safe; the methods block (call them off the loop).
+    No I/O until first use (a failed open is tried again by the next call); held until `close`.
+    Its stores share the open database with stores opened by path and close on their own.
+    Thread-safe; the methods block (call them off the loop).
     """
 
     def __init__(
@@ -272,27 +262,11 @@ class Database:
         return self._open().backend
 
     def open_keyed_store(
-        self,
-        plugin_id: str,
-        namespace: str,
-        *,
-        max_entries: int,
-        default_ttl_ms: int | None = None,
-        overflow: str = "evict-oldest",
-        max_value_bytes: int = MAX_VALUE_BYTES,
-        clock: Clock | None = None,
-        core: bool = False,
+        self, plugin_id: str, namespace: str, *, clock: Clock | None = None, **options: Any
     ) -> KeyedStore:
-        """`state.open_keyed_store` on this database; arguments and errors the same."""
-        spec = NamespaceSpec.checked(
-            plugin_id,
-            namespace,
-            max_entries=max_entries,
-            default_ttl_ms=default_ttl_ms,
-            overflow=overflow,
-            max_value_bytes=max_value_bytes,
-            core=core,
-        )
+        """`state.open_keyed_store` on this database: the same options but path, url and settings;
+        the same errors."""
+        spec = NamespaceSpec.checked(plugin_id, namespace, **options)
         shared = self._open()
         if not shared.hold():
             raise StateStoreError("UNAVAILABLE", "open", "the database is closed", path=self.location)
@@ -303,27 +277,13 @@ class Database:
             raise
         return shared.open_store(spec, clock)
 
-    async def open_async_keyed_store(
-        self,
-        plugin_id: str,
-        namespace: str,
-        *,
-        max_entries: int,
-        default_ttl_ms: int | None = None,
-        overflow: str = "evict-oldest",
-        max_value_bytes: int = MAX_VALUE_BYTES,
-        clock: Clock | None = None,
-        core: bool = False,
-    ) -> AsyncKeyedStore:
+    async def open_async_keyed_store(self, plugin_id: str, namespace: str, **options: Any) -> AsyncKeyedStore:
         """`state.open_async_keyed_store` on this database, opened off the loop."""
-        kwargs = {k: v for k, v in locals().items() if k != "self"}
-        return await open_async(lambda: self.open_keyed_store(**kwargs))
+        return await open_async(lambda: self.open_keyed_store(plugin_id, namespace, **options))
 
     def sweep_expired(self, *, now_ms: int | None = None) -> int:
-        """Delete expired rows of every plugin in batches of <= 1,024; returns how many went.
-
-        Raises StateStoreError WRITE_FAILED / UNAVAILABLE (operation "sweep"), or the open's errors.
-        """
+        """Delete expired rows of every plugin in batches of <= 1,024; return how many went.
+        Raises WRITE_FAILED / UNAVAILABLE (operation "sweep"), or the open's errors."""
         return self._open().backend.sweep(wall_clock_ms() if now_ms is None else now_ms)
 
     def checkpoint(self) -> None:
@@ -331,12 +291,11 @@ class Database:
         self._open().backend.checkpoint()
 
     def probe(self) -> dict[str, Any]:
-        """Check the store end to end and say which step failed; never raises, never shows values.
+        """Check the store end to end; never raises, never shows values.
 
-        Returns {ok, database_path, steps: [{name, ok, code?, message?}]} for the steps state-dir,
-        open, schema, write-read-delete (a temporary core row), checkpoint and permissions (a
-        post-commit permission failure that writes survived). On an open Database the "open" step
-        checks the paths again and re-applies file modes, as opening a store on it does.
+        Returns {ok, database_path, steps: [{name, ok, code?, message?}]} for state-dir, open
+        (on an open Database: the paths checked and modes re-applied again), schema,
+        write-read-delete (a temporary core row), checkpoint and permissions (SQLite).
         """
         steps: list[dict[str, Any]] = []
 
@@ -375,8 +334,7 @@ class Database:
         return backend
 
     def close(self) -> None:
-        """Let go of the database (the last holder checkpoints and closes it); later calls raise
-        UNAVAILABLE. Stores opened through it stay usable until they are closed."""
+        """Let go of the database; later calls raise UNAVAILABLE. Its stores stay usable."""
         with self._lock:
             if self._closed:
                 return
@@ -393,10 +351,9 @@ class Database:
 
 
 def check_database(path: str | os.PathLike[str] | None = None) -> None:
-    """Refuse a state file that is not SQLite, is damaged, or has a newer schema, read-only.
+    """Refuse, read-only, a state file that is not SQLite, is damaged or has a newer schema.
 
-    A missing or empty file is fine (it will be created). Raises StateStoreError OPEN_FAILED,
-    CORRUPT or SCHEMA_UNSUPPORTED with the path; the file is never written.
+    A missing or empty file is fine. Raises OPEN_FAILED, CORRUPT or SCHEMA_UNSUPPORTED.
     """
     _sqlite.check_database(resolve_path(path))
 
@@ -430,10 +387,10 @@ def probe(
 
 
 def _check_dir(directory: Path) -> None:
-    if not _sqlite.check_dir(directory, "probe"):
+    if _sqlite.check_path(directory, True, "probe") is None:
         _sqlite.make_dirs(directory)
     for d in _sqlite.guarded_dirs(directory / "state.sqlite"):
-        _sqlite.check_dir(d, "probe")
+        _sqlite.check_path(d, True, "probe")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise StateStoreError("OPEN_FAILED", "probe", "the state directory is not writable", path=str(directory))
 

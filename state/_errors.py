@@ -17,26 +17,10 @@ class ErrorCode(StrEnum):
     CONFLICT = "CONFLICT"  # `update` lost the race for a row more times than it may retry
 
 
+# What `StateStoreError.operation` may say; "commit" is commit_staged / commit_staged_async.
 OPERATIONS = frozenset(
-    {
-        "open",
-        "register",
-        "register_if_absent",
-        "lookup",
-        "consume",
-        "delete",
-        "clear",
-        "entries",
-        "compare_and_set",
-        "delete_if",
-        "update",
-        "lookup_many",
-        "count",
-        "sweep",
-        "probe",
-        "close",
-        "commit",  # commit_staged / commit_staged_async (issue 25; not in DESIGN.md's v1 list)
-    }
+    "open register register_if_absent compare_and_set update lookup lookup_many consume delete delete_if "
+    "clear count entries sweep probe close commit".split()
 )
 
 

@@ -1,109 +1,141 @@
-"""The Redis backend: the same contract as SQLite for several gateways sharing one Redis.
+"""The Redis backend: the SQLite contract for several gateways sharing one Redis.
 
-    open_keyed_store("discord", "discord.components", max_entries=500,
-                     url="redis://127.0.0.1:6379/0?prefix=myproject")
+    redis://[user:pass@]host:6379/0?prefix=p                      one server (also unix:///path.sock)
+    rediss://host:6380/0?ssl_ca_certs=ca.pem&ssl_certfile=c.pem&ssl_keyfile=c.key   TLS
+    redis+sentinel://[user:pass@]s1:26379,s2:26379/mymaster?db=0  a Sentinel-managed primary
+    redis+cluster://[user:pass@]n1:6379,n2:6379                   Redis Cluster
 
 Why this shape:
-- The sync redis-py client, not `redis.asyncio`: the store's rules live once in the sync core and
-  the async twin runs that core on worker threads (state/_aio.py), so the loop never waits on
-  Redis either, and there is no second copy of the logic to drift.
-- Every multi-step operation is one Lua script (below), Redis's transaction.
-- Visibility is decided by the caller's clock (`now_ms`), exactly like SQLite, so a fake clock in
-  the contract tests means the same thing on both backends. Redis still cleans up by itself:
-  each row key gets a server-side expiry of its remaining TTL plus `expiry_grace_ms`, measured
-  from the write (PEXPIRE, i.e. PEXPIREAT on the server's clock). Absolute PEXPIREAT of the
-  client's expires_at would let a skewed or fake client clock delete a row the contract says
-  is still live; the grace keeps server cleanup strictly after client-side expiry.
-- Connection failures are retried a bounded number of times with exponential backoff (redis-py
-  `Retry`), then raise UNAVAILABLE. Claims, takes and clears carry a nonce, so a retry after a
-  lost reply returns the first result instead of applying the operation twice. Which client a
-  URL makes (one server, Sentinel, Cluster, TLS) and what its errors mean: state/_redis_client.py.
-- No KEYS and no SCAN: each namespace has its own sorted sets, and a small registry of
-  plugins and their namespaces lets `sweep` reach every namespace.
-- Every key of one plugin carries the plugin as its hash tag (`{prefix}:p:{plugin}:...`), so all
-  of a plugin's namespaces live in one Redis Cluster slot: a script may touch any of them, and
-  so may one transaction over several namespaces of a plugin.
+- The sync redis-py client: the async twin runs the sync core on worker threads (state/_aio.py),
+  so the rules are written once and the event loop never waits on Redis either.
+- Whatever changes data or reads several keys is one call of one Lua script (SCRIPTS), which
+  Redis runs atomically, as SQLite runs a transaction: a claim, a take, "write, then evict or refuse".
+- The caller's clock (`now_ms`) decides what is live, as on SQLite; Redis drops a row itself
+  `expiry_grace_ms` later (PEXPIRE of the remaining TTL: a PEXPIREAT of a skewed client clock
+  could delete a live row).
+- Failover, slot routing and retries are redis-py's. Conditional writes, takes and clears carry
+  a nonce: a call retried after a lost reply (or READONLY from a demoted primary: the script
+  did not run) gets the first run's answer instead of running twice.
+- No KEYS, no SCAN: each namespace has its own sorted sets, and a registry of plugins and their
+  namespaces lets `sweep` reach them. A plugin's keys carry it as their hash tag, so one
+  Cluster slot holds all its namespaces and one script may touch any of them.
+- Numbers cross into Lua as strings and stay strings (Lua 5.1 prints 1.7e+12, losing digits).
 
-The scripts. The Lua scripts of the Redis backend: every write, claim, take, clear and sweep is one script.
+Under a namespace's base `B` = `{prefix}:p:{{quoted plugin}}:n:{namespace}`, beside the layout's
+version `{prefix}:schema` (an older layout is migrated in place on open):
 
-Why scripts: Redis runs a script atomically, so "claim only if no live row", "write only if the
-version is still N", "read and delete", and "write, then evict the oldest live rows or refuse"
-cannot interleave with another gateway's call, exactly as one SQLite transaction cannot. Layout
-of one (plugin, namespace) under the namespace prefix `P` = `{prefix}:p:{{quoted plugin}}:n:`
-(the braces are the plugin's hash tag; `quote` escapes any brace in the plugin id itself):
-
-    P{ns}:r:{key}   hash  v = JSON text, c = created_at, e = expires_at ("" = never), n = version
-    P{ns}:order     zset  score created_at, member key  -> (created_at, key) order, row count
-    P{ns}:exp       zset  score expires_at, member key  -> expired rows, oldest first
-
-Numbers cross the Lua boundary as strings only: Lua 5.1 prints large numbers as `1.7e+12`, so a
-number the script computed would lose digits on its way back into Redis or Python; versions
-(63-bit) are only ever compared as strings.
-
-Mutating scripts whose answer a retry must not change (claim, compare-and-set, take, delete-if,
-clear) take a per-call nonce key: a retried call after a lost reply returns the cached first
-result instead of re-running (a claim would otherwise answer "taken" to its own winner, a
-consume would lose the value).
-
-The schema marker `{prefix}:schema`: Redis prefixes count their own versions (REDIS_SCHEMA). A
-new prefix is stamped with the latest; an older one is migrated in place (v1 rows get a version;
-v2 keys are renamed under their plugin's hash tag); a newer one is refused.
+    B:r:{key}   hash  v = JSON text, c = created_at, e = expires_at ("" = never), n = version
+    B:order     zset  created_at -> key: (created_at, key) order and the row count
+    B:exp       zset  expires_at -> key: expired rows, oldest first
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import ssl
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
+from redis import exceptions as errors
+from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import parse_url
+from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from ._errors import StateStoreError
-from ._redis_client import connect, translate
-from ._spec import Decode, Mode, NamespaceSpec, Row, StoreSettings, Write, new_version
+from ._spec import Decode, Mode, NamespaceSpec, Row, StoreSettings, Write, new_version, shown_url
 
-# -- the scripts ----------------------------------------------------------------------
-# Helpers shared by the scripts below (prepended to each one; Redis caches a script by hash).
-_HELPERS = """
-local function is_live(e, now)
-  return e == '' or tonumber(e) > now
+REDIS_SCHEMA = 3  # 1: rows without versions; 2: versions; 3: keys tagged by plugin (Cluster)
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m", Mode.DELETE: "d"}
+ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
+READONLY_HINT = "name the primary, or use redis+sentinel://"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RedisOptions:
+    """Redis-only knobs, read from the URL query (`?prefix=...&retries=...`)."""
+
+    prefix: str = "chatstate"  # every key starts with "{prefix}:"; one prefix per project
+    retries: int = 3  # extra attempts after a connection error, then UNAVAILABLE
+    backoff_base_s: float = 0.05  # first retry waits this long, doubling each time ...
+    backoff_cap_s: float = 0.5  # ... up to this
+    socket_connect_timeout_s: float = 1.0
+    socket_timeout_s: float = 5.0
+    expiry_grace_ms: int = 60_000  # server-side cleanup runs this long after client-side expiry
+    op_result_ttl_ms: int = 60_000  # how long a claim/take result is kept for a retried call
+    min_replicas_acked: int = 0  # > 0: each write waits (WAIT) until this many replicas have it
+    replica_ack_timeout_ms: int = 1_000  # ... for at most this long, else UNAVAILABLE
+    sentinel_username: str = ""  # the sentinels' own credentials, when they have any
+    sentinel_password: str = ""
+
+    @classmethod
+    def from_query(cls, query: str) -> tuple[RedisOptions, str]:
+        """Ours of a URL query's options, and the others (redis-py's) as a query again. Raises
+        INVALID_INPUT for a malformed or negative number, or a prefix with braces."""
+        kinds = {name: type(value) for name, value in cls().__dict__.items()}
+        values: dict[str, object] = {}
+        pairs = parse_qsl(query, keep_blank_values=True)
+        for name, text in ((k, v) for k, v in pairs if k in kinds):
+            try:
+                values[name] = kinds[name](text)
+            except ValueError:
+                raise StateStoreError("INVALID_INPUT", "open", f"Redis URL option {name!r} is malformed") from None
+        options = cls(**values)  # type: ignore[arg-type]
+        if not options.prefix or any(c in options.prefix for c in "{} \n"):
+            why = "a non-empty word without braces (keys carry their own hash tag, one per plugin, for Redis Cluster)"
+            raise StateStoreError("INVALID_INPUT", "open", f"Redis URL option 'prefix' must be {why}")
+        numbers = (options.retries, options.expiry_grace_ms, options.min_replicas_acked)
+        if min(numbers) < 0 or options.op_result_ttl_ms < 1 or options.replica_ack_timeout_ms < 1:
+            raise StateStoreError("INVALID_INPUT", "open", "Redis URL options must not be negative")
+        return options, urlencode([(k, v) for k, v in pairs if k not in kinds])
+
+
+# Lua pieces, joined into one script per entry (SCRIPTS): Redis runs a script's whole text each
+# call, so one script for all would define every function every time (~10 µs more a call).
+_CORE = """
+local A = ARGV
+local function is_live(e, now) return e == '' or tonumber(e) > now end
+local function live_row(row, now) local e = redis.call('HGET', row, 'e') return e ~= false and is_live(e, now) end
+local function live_count(order, exp, now) return redis.call('ZCARD', order) - redis.call('ZCOUNT', exp, '-inf', now) end
+local function cached(opkey) return opkey ~= '' and redis.call('GET', opkey) end
+
+-- Keep an applied result for a retry of this call; a refusal or a no-op is harmless to re-run.
+local function finish(opkey, ttl, result)
+  if opkey ~= '' and result ~= '' and result ~= '0' then redis.call('SET', opkey, result, 'PX', ttl) end
+  return result
 end
-
-local function live_row(rowkey, now)
-  local e = redis.call('HGET', rowkey, 'e')
-  if not e then return false end
-  return is_live(e, now)
-end
-
--- A script that stops half-way keeps what it did, so a staged commit that may still fail keeps
--- an undo log: while `saving`, each row is remembered before it changes, and `rollback` puts
--- every one back, newest first.
-local saving, undo = false, {}
-
+"""
+_ROWS = """
+-- A script stopped half-way keeps what it did: while `saving`, each row is remembered before it
+-- changes, and `rollback` restores them newest first (expiry recounted: PTTL needs an ACL grant).
+local saving, undo, clock, grace = false, {}, 0, 0
 local function save(base, k)
   if not saving then return end
   local row = base .. ':r:' .. k
-  undo[#undo + 1] = {base = base, k = k, f = redis.call('HMGET', row, 'v', 'c', 'e', 'n'),
-    ttl = redis.call('PTTL', row), o = redis.call('ZSCORE', base .. ':order', k),
-    x = redis.call('ZSCORE', base .. ':exp', k)}
+  undo[#undo + 1] = {base = base, k = k, clock = clock, f = redis.call('HMGET', row, 'v', 'c', 'e', 'n'),
+    order = redis.call('ZSCORE', base .. ':order', k), exp = redis.call('ZSCORE', base .. ':exp', k)}
 end
-
 local function rollback()
   for i = #undo, 1, -1 do
     local u = undo[i]
-    if u.set then
-      redis.call('SREM', u.set, u.member)
-    else
+    if u.set then redis.call('SREM', u.set, u.member) else
       local row, f = u.base .. ':r:' .. u.k, u.f
       redis.call('DEL', row)
       if f[1] then redis.call('HSET', row, 'v', f[1], 'c', f[2], 'e', f[3], 'n', f[4] or '0') end
-      if u.ttl > 0 then redis.call('PEXPIRE', row, u.ttl) end
-      for part, score in pairs({[':order'] = u.o, [':exp'] = u.x}) do
-        if score then redis.call('ZADD', u.base .. part, score, u.k) else redis.call('ZREM', u.base .. part, u.k) end
+      if f[1] and f[3] ~= '' then redis.call('PEXPIRE', row, string.format('%d', math.max(f[3] - u.clock, 1) + grace)) end
+      for _, z in ipairs({'order', 'exp'}) do
+        if u[z] then redis.call('ZADD', u.base .. ':' .. z, u[z], u.k) else redis.call('ZREM', u.base .. ':' .. z, u.k) end
       end
     end
   end
@@ -115,267 +147,166 @@ local function remove(base, k)
   redis.call('ZREM', base .. ':order', k)
   redis.call('ZREM', base .. ':exp', k)
 end
-
 local function drop_expired(base, now, limit)
-  local gone
-  if limit then
-    gone = redis.call('ZRANGEBYSCORE', base .. ':exp', '-inf', now, 'LIMIT', 0, limit)
-  else
-    gone = redis.call('ZRANGEBYSCORE', base .. ':exp', '-inf', now)
-  end
+  local gone = redis.call('ZRANGEBYSCORE', base .. ':exp', '-inf', now, 'LIMIT', 0, limit or -1)
   for _, k in ipairs(gone) do remove(base, k) end
   return #gone
 end
-
-local function cached(opkey)
-  if opkey == '' then return false end
-  return redis.call('GET', opkey)
-end
-
--- Only an applied change is remembered: re-running a refusal or a no-op on retry is harmless,
--- and refusals then leave no trace in Redis.
-local function finish(opkey, ttl, result)
-  if opkey ~= '' and result ~= '' and result ~= '0' then redis.call('SET', opkey, result, 'PX', ttl) end
-  return result
+"""
+_LIST = """
+local function emit(out, key, row, now)  -- a live row as key, json, created, expires, version
+  local f = redis.call('HMGET', row, 'v', 'c', 'e', 'n')
+  if not (f[1] and is_live(f[3], now)) then return false end
+  for _, x in ipairs({key, f[1], f[2], f[3], f[4] or '0'}) do out[#out + 1] = x end
+  return true
 end
 """
-
-# Every write: one register, claim, compare-and-set, or a staged commit of several over the
-# namespaces of one prefix, applied in order, all or nothing.
-# KEYS: per write: row, order, exp, plugin-namespaces set; then an op key when a write has a
-#       condition (no empty key name: an ACL limited to the prefix, or a cluster slot check,
-#       would refuse it).
-# ARGV: op ttl ms, then per write: mode ("u" upsert, "c" claim: no live row, "m" match: a live
-#       row of version `expect`, "d" delete), key, value, now, expires ("" = never), pexpire_ms
-#       ("" = never), max_entries, overflow, namespace base (its prefix and name), namespace,
-#       new version, expect.
-# Returns "1" all applied ("1n" when that also (re)registered a namespace with its plugin: the
-# caller then lists the plugins for sweep), "0" a condition failed, or "NS_FULL:<i>" (1-based
-# write); after "0" or "NS_FULL" nothing is written.
-WRITE = (
-    _HELPERS
-    + """
-local F = 12
-local n = (#ARGV - 1) / F
-local opkey = KEYS[n * 4 + 1] or ''
-local prior = cached(opkey)
-if prior then return prior end
-
+# Writes in order: one register, claim or compare-and-set, or a staged commit of several. KEYS:
+# per write: row, order, exp, plugin's namespaces set; then an op key if a write has a condition
+# (no empty key name: an ACL or a cluster slot check refuses it). ARGV: op ttl ms, grace ms, then
+# per write: mode ("u" upsert, "c" claim: no live row, "m" match: a live row of version `expect`,
+# "d" delete), key, value, now, expires and pexpire ms ("" = never), max_entries, overflow,
+# namespace base, namespace, version, expect. Returns "1" ("1n" when a namespace was
+# (re)registered: the caller lists its plugin for sweep), or with nothing written "0" (a
+# condition failed) or "NS_FULL:<i>" (write i met a full reject-new namespace).
+_WRITE = """
 -- Room for `key` among `maxn` live rows: expired rows go first, then the oldest live rows by
 -- (created_at, key), never `key` itself. False, with nothing changed, when reject-new and full.
-local function make_room(base, key, now_s, maxn, reject)
+local function make_room(base, key, now, maxn, reject)
   local order = base .. ':order'
   local function rows() return redis.call('ZCARD', order) + (redis.call('ZSCORE', order, key) and 0 or 1) end
   if rows() <= maxn then return true end
-  if reject then
-    local live = redis.call('ZCARD', order) - redis.call('ZCOUNT', base .. ':exp', '-inf', now_s)
-    if live + (live_row(base .. ':r:' .. key, tonumber(now_s)) and 0 or 1) > maxn then return false end
-  end
-  drop_expired(base, now_s, nil)
-  local want, evicted = rows() - maxn, 0
-  if want <= 0 then return true end
-  for _, k in ipairs(redis.call('ZRANGE', order, 0, want)) do  -- want + 1: one may be `key`
-    if k ~= key and evicted < want then
-      remove(base, k)
-      evicted = evicted + 1
-    end
+  local adds = reject and (live_row(base .. ':r:' .. key, tonumber(now)) and 0 or 1)
+  if adds and live_count(order, base .. ':exp', now) + adds > maxn then return false end
+  drop_expired(base, now, nil)
+  local want = rows() - maxn
+  for _, k in ipairs(want > 0 and redis.call('ZRANGE', order, 0, want) or {}) do  -- want + 1: one may be `key`
+    if k ~= key and want > 0 then remove(base, k) want = want - 1 end
   end
   return true
 end
 
-local fresh = false
--- Write i; nil when applied, else what the script answers.
-local function apply(i)
-  local a, k = (i - 1) * F + 1, (i - 1) * 4
+local F, fresh, last = 12, false, 0
+local n = (#A - 2) / F
+local opkey = KEYS[n * 4 + 1] or ''
+local prior = cached(opkey) if prior then return prior end
+grace = tonumber(A[2])
+local function apply(i)  -- nil when write i is applied, else the script's answer
+  local a, k = (i - 1) * F + 2, (i - 1) * 4
   local row, order, exp, pns = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local mode, key, value, now_s, expires, pexpire = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
-  local maxn, reject, base, ns = tonumber(ARGV[a + 7]), ARGV[a + 8] == 'reject-new', ARGV[a + 9], ARGV[a + 10]
-  local now = tonumber(now_s)
-  if mode == 'd' then
-    remove(base, key)
-    return nil
-  end
-  if mode == 'c' and live_row(row, now) then return '0' end
-  if mode == 'm' then
-    local f = redis.call('HMGET', row, 'e', 'n')
-    if not f[1] or not is_live(f[1], now) or f[2] ~= ARGV[a + 12] then return '0' end
-  end
-  if not make_room(base, key, now_s, maxn, reject) then return 'NS_FULL:' .. i end
+  local mode, key, now, expires, base = A[a + 1], A[a + 2], A[a + 4], A[a + 5], A[a + 9]
+  clock = tonumber(now)
+  if mode == 'd' then return remove(base, key) end
+  if mode == 'c' and live_row(row, clock) then return '0' end
+  local f = mode == 'm' and redis.call('HMGET', row, 'e', 'n')
+  if f and not (f[1] and is_live(f[1], clock) and f[2] == A[a + 12]) then return '0' end
+  if not make_room(base, key, now, tonumber(A[a + 7]), A[a + 8] == 'reject-new') then return 'NS_FULL:' .. i end
   save(base, key)
   redis.call('DEL', row)  -- drops an old server-side expiry along with the old fields
-  redis.call('HSET', row, 'v', value, 'c', now_s, 'e', expires, 'n', ARGV[a + 11])
-  if pexpire ~= '' then redis.call('PEXPIRE', row, pexpire) end
-  redis.call('ZADD', order, now_s, key)
+  redis.call('HSET', row, 'v', A[a + 3], 'c', now, 'e', expires, 'n', A[a + 11])
+  if A[a + 6] ~= '' then redis.call('PEXPIRE', row, A[a + 6]) end
+  redis.call('ZADD', order, now, key)
   if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
-  if redis.call('SADD', pns, ns) == 1 then
+  if redis.call('SADD', pns, A[a + 10]) == 1 then
     fresh = true
-    if saving then undo[#undo + 1] = {set = pns, member = ns} end
+    if saving then undo[#undo + 1] = {set = pns, member = A[a + 10]} end
   end
-  return nil
 end
-
--- Only the writes before the last one that can fail need remembering.
-local last = 0
-for i = 1, n do
-  local a = (i - 1) * F + 1
-  local mode = ARGV[a + 1]
-  if mode == 'c' or mode == 'm' or (mode == 'u' and ARGV[a + 8] == 'reject-new') then last = i end
+for i = 1, n do  -- only the writes before the last one that can fail need an undo log
+  local a = (i - 1) * F + 2
+  if A[a + 1] == 'c' or A[a + 1] == 'm' or (A[a + 1] == 'u' and A[a + 8] == 'reject-new') then last = i end
 end
 for i = 1, n do
   saving = i < last
   local failed = apply(i)
-  if failed then
-    rollback()
-    return failed
-  end
+  if failed then return rollback() or failed end
 end
-return finish(opkey, ARGV[1], fresh and '1n' or '1')
+return finish(opkey, A[1], fresh and '1n' or '1')
 """
-)
-
-# KEYS: row, order, exp, op key.  ARGV: key, op ttl ms, now, check ("1": keep a live row whose
-# JSON cjson cannot read, and answer "K..." instead of deleting it), expected version ("" = any).
-# Returns "" (nothing deleted), "D<created>:<expires>:<version>:<json>" for a deleted row, or
-# "K..." for a live row kept because its JSON is unreadable (the caller raises CORRUPT).
-TAKE = (
-    _HELPERS
-    + """
-local row, order, exp, opkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local prior = cached(opkey)
-if prior then return prior end
-local f = redis.call('HMGET', row, 'v', 'c', 'e', 'n')
+# KEYS: row, order, exp, op key. ARGV: key, op ttl ms, now, check ("1": keep a live row whose JSON
+# cjson cannot read), expected version ("" = any), namespace base. Returns "" (none deleted),
+# "D<created>:<expires>:<version>:<json>" (deleted) or "K..." (kept: the caller raises CORRUPT).
+_TAKE = """
+local prior = cached(KEYS[4]) if prior then return prior end
+local f = redis.call('HMGET', KEYS[1], 'v', 'c', 'e', 'n')
 if not f[1] then return '' end
-local body = f[2] .. ':' .. f[3] .. ':' .. (f[4] or '0') .. ':' .. f[1]
-local live = is_live(f[3], tonumber(ARGV[3]))
-if ARGV[5] ~= '' and (not live or f[4] ~= ARGV[5]) then return '' end
-if ARGV[4] == '1' and live and not pcall(cjson.decode, f[1]) then return 'K' .. body end
-redis.call('DEL', row)
-redis.call('ZREM', order, ARGV[1])
-redis.call('ZREM', exp, ARGV[1])
-return finish(opkey, ARGV[2], 'D' .. body)
+local body, live = f[2] .. ':' .. f[3] .. ':' .. (f[4] or '0') .. ':' .. f[1], is_live(f[3], tonumber(A[3]))
+if A[5] ~= '' and (not live or f[4] ~= A[5]) then return '' end
+if A[4] == '1' and live and not pcall(cjson.decode, f[1]) then return 'K' .. body end
+remove(A[6], A[1])
+return finish(KEYS[4], A[2], 'D' .. body)
 """
-)
-
-# KEYS: order, exp, plugin-namespaces set, op key.  ARGV: now, nsprefix, namespace, op ttl ms.
-# Returns the number of live rows removed, as a string.
-CLEAR = (
-    _HELPERS
-    + """
-local order, exp, pns, opkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local prior = cached(opkey)
-if prior then return prior end
-local live = redis.call('ZCARD', order) - redis.call('ZCOUNT', exp, '-inf', ARGV[1])
-for _, k in ipairs(redis.call('ZRANGE', order, 0, -1)) do
-  redis.call('DEL', ARGV[2] .. ARGV[3] .. ':r:' .. k)
-end
-redis.call('DEL', order, exp)
-redis.call('SREM', pns, ARGV[3])
-return finish(opkey, ARGV[4], tostring(live))
+# KEYS: order, exp, plugin's namespaces set, op key. ARGV: now, namespace base, namespace, op
+# ttl ms. Returns the number of live rows removed.
+_CLEAR = """
+local prior = cached(KEYS[4]) if prior then return prior end
+local live = live_count(KEYS[1], KEYS[2], A[1])
+for _, k in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('DEL', A[2] .. ':r:' .. k) end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SREM', KEYS[3], A[3])
+return finish(KEYS[4], A[4], tostring(live))
 """
-)
-
-# KEYS: order.  ARGV: now, row prefix, limit ("" = all), cursor created_at ("" = from the
-# start), cursor key. Returns flat [key, json, created_at, expires_at, version, ...] of live
-# rows in (created_at, key) order after the cursor: one script, so one consistent snapshot.
-# Equal scores are ordered by member bytes in a zset, as SQLite orders keys (BINARY).
-SCAN = (
-    _HELPERS
-    + """
+# KEYS: order. ARGV: now, row key prefix, limit ("" = all), cursor created_at and key ("" =
+# from the start). Live rows in (created_at, key) order after the cursor, as `emit` lays them
+# out (a zset orders equal scores by member bytes, as SQLite orders keys).
+_SCAN = """
 local function bytes_after(a, b)  -- a > b byte by byte (Lua's < would use the locale)
-  local la, lb = #a, #b
-  for i = 1, math.min(la, lb) do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x > y end
+  for i = 1, math.min(#a, #b) do
+    if a:byte(i) ~= b:byte(i) then return a:byte(i) > b:byte(i) end
   end
-  return la > lb
+  return #a > #b
 end
-local now, prefix, out, n = tonumber(ARGV[1]), ARGV[2], {}, 0
-local limit = tonumber(ARGV[3])
-local ac, ak = ARGV[4], ARGV[5]
-local index = 0
+local now, limit, ac, ak, out, index = tonumber(A[1]), tonumber(A[3]), A[4], A[5], {}, 0
 if ac ~= '' then index = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ac) end
-while not limit or n < limit do
+while not limit or #out / 5 < limit do
   local batch = redis.call('ZRANGE', KEYS[1], index, index + 255, 'WITHSCORES')
   if #batch == 0 then break end
   index = index + #batch / 2
   for i = 1, #batch, 2 do
     local k, s = batch[i], batch[i + 1]
-    if ac == '' or s ~= ac or bytes_after(k, ak) then
-      local f = redis.call('HMGET', prefix .. k, 'v', 'c', 'e', 'n')
-      if f[1] and is_live(f[3], now) then
-        out[#out + 1] = k; out[#out + 1] = f[1]; out[#out + 1] = f[2]; out[#out + 1] = f[3]
-        out[#out + 1] = f[4] or '0'
-        n = n + 1
-        if limit and n >= limit then break end
-      end
-    end
+    if (ac == '' or s ~= ac or bytes_after(k, ak)) and emit(out, k, A[2] .. k, now) and #out / 5 == limit then break end
   end
 end
 return out
 """
-)
-
-# KEYS: the rows.  ARGV: now.  Returns flat [index, json, created_at, expires_at, version, ...]
-# of the live ones (index into KEYS, 1-based), one consistent snapshot.
-READ_MANY = (
-    _HELPERS
-    + """
-local now, out = tonumber(ARGV[1]), {}
-for i, row in ipairs(KEYS) do
-  local f = redis.call('HMGET', row, 'v', 'c', 'e', 'n')
-  if f[1] and is_live(f[3], now) then
-    out[#out + 1] = tostring(i); out[#out + 1] = f[1]; out[#out + 1] = f[2]; out[#out + 1] = f[3]
-    out[#out + 1] = f[4] or '0'
-  end
-end
+# KEYS: rows. ARGV: now, row key prefix. The live ones, as `emit` lays them out.
+_READ_MANY = """
+local out = {}
+for _, row in ipairs(KEYS) do emit(out, string.sub(row, #A[2] + 1), row, tonumber(A[1])) end
 return out
 """
-)
-
-# KEYS: order, exp.  ARGV: now.  Live rows = all rows - rows whose expiry has passed.
-COUNT = """
-return redis.call('ZCARD', KEYS[1]) - redis.call('ZCOUNT', KEYS[2], '-inf', ARGV[1])
-"""
-
-# KEYS: rows of one namespace.  ARGV: one fresh version per row.  Schema v1 -> v2: give every
-# row that still exists and has none a version (HSETNX: a second migrator changes nothing).
-MIGRATE_V1 = """
-for i, row in ipairs(KEYS) do
-  if redis.call('EXISTS', row) == 1 then redis.call('HSETNX', row, 'n', ARGV[i]) end
-end
-return #KEYS
-"""
-
-# KEYS: order, plugin-namespaces set.  ARGV: now, nsprefix, namespace, batch.
-# Returns rows removed (<= batch). An emptied namespace leaves its plugin's registry, so sweeps
-# stay small; the plugin stays in the plugins set (another slot: no script touches it).
-SWEEP = (
-    _HELPERS
-    + """
-local n = drop_expired(ARGV[2] .. ARGV[3], ARGV[1], tonumber(ARGV[4]))
-if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[3]) end
+# KEYS: order, plugin's namespaces set. ARGV: now, namespace base, namespace, batch. Returns
+# rows removed (<= batch); an emptied namespace leaves the registry, so sweeps stay small.
+_SWEEP = """
+local n = drop_expired(A[2], A[1], tonumber(A[4]))
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], A[3]) end
 return n
 """
-)
-
-# ARGV: a namespace's v2 base name, its tagged base name.  Schema v2 -> v3 on one server (a
-# cluster never held v2 keys: the scripts could not run there): rename its rows and indexes.
-MIGRATE_TAGS = """
-local old, new = ARGV[1], ARGV[2]
-for _, k in ipairs(redis.call('ZRANGE', old .. ':order', 0, -1)) do
-  if redis.call('EXISTS', old .. ':r:' .. k) == 1 then redis.call('RENAME', old .. ':r:' .. k, new .. ':r:' .. k) end
+# Schema 1 or 2 -> 3, one namespace, on one server (a cluster never held older keys). ARGV:
+# its old base, its tagged base, then from schema 1 a version per row in order, set where a
+# row has none (HSETNX). What still exists is renamed: a second migrator finds nothing to do.
+_MIGRATE = """
+local names = {':order', ':exp'}
+for i, k in ipairs(redis.call('ZRANGE', ARGV[1] .. ':order', 0, -1)) do
+  names[#names + 1] = ':r:' .. k
+  local row = ARGV[1] .. ':r:' .. k
+  if ARGV[i + 2] and redis.call('EXISTS', row) == 1 then redis.call('HSETNX', row, 'n', ARGV[i + 2]) end
 end
-for _, part in ipairs({':order', ':exp'}) do
-  if redis.call('EXISTS', old .. part) == 1 then redis.call('RENAME', old .. part, new .. part) end
+for _, name in ipairs(names) do
+  if redis.call('EXISTS', ARGV[1] .. name) == 1 then redis.call('RENAME', ARGV[1] .. name, ARGV[2] .. name) end
 end
-return 1
 """
-
-REDIS_SCHEMA = 3  # 1: rows without versions; 2: versions; 3: keys tagged by plugin (Cluster)
-MIGRATE_BATCH = 500  # rows one v1 -> v2 migration script call versions
-MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m", Mode.DELETE: "d"}
-
-T = TypeVar("T")
+SCRIPTS = {  # Lua pieces joined: each script holds only the helpers it calls
+    "write": _CORE + _ROWS + _WRITE,
+    "take": _CORE + _ROWS + _TAKE,
+    "clear": _CORE + _CLEAR,
+    "scan": _CORE + _LIST + _SCAN,
+    "read_many": _CORE + _LIST + _READ_MANY,
+    "count": _CORE + "return live_count(KEYS[1], KEYS[2], A[1])\n",
+    "sweep": _CORE + _ROWS + _SWEEP,
+    "migrate": _MIGRATE,
+}
+SOURCES = {hashlib.sha1(text.encode()).hexdigest(): text for text in SCRIPTS.values()}  # to name refusals
 
 
 class RedisBackend:
@@ -385,42 +316,27 @@ class RedisBackend:
     one_writer = False  # Redis takes writes from many connections: the async pool runs them
 
     def __init__(self, url: str, settings: StoreSettings) -> None:
-        self._conn = connect(url)
-        self._client = self._conn.client
-        self.options, self.location = self._conn.options, self._conn.location
-        self.settings = settings
+        self.location, self.settings = shown_url(url), settings
+        self._sentinel, self._service = cast("Sentinel | None", None), ""
+        self._client: Any = self._connect(url)  # redis.Redis, or redis.cluster.RedisCluster
         self._prefix = f"{self.options.prefix}:"
+        self._plugins = f"{self._prefix}plugins"  # the set `sweep` walks (percent-encoded plugin ids)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._active = 0  # calls in flight: close() waits for them before closing the pool
-        self._closed = False
+        self._active, self._closed = 0, False  # calls in flight: close() waits for them
         self._pid = os.getpid()  # the client's sockets are used only by the process that opened them
-        self._write = self._client.register_script(WRITE)
-        self._take = self._client.register_script(TAKE)
-        self._clear = self._client.register_script(CLEAR)
-        self._scan = self._client.register_script(SCAN)
-        self._sweep = self._client.register_script(SWEEP)
-        self._read_many = self._client.register_script(READ_MANY)
-        self._count = self._client.register_script(COUNT)
-        self._migrate_v1 = self._client.register_script(MIGRATE_V1)
-        self._migrate_tags = self._client.register_script(MIGRATE_TAGS)
-        for script in (
-            self._write,
-            self._take,
-            self._clear,
-            self._scan,
-            self._sweep,
-            self._read_many,
-            self._count,
-        ):
-            self._conn.scripts[script.sha] = script.script
-        try:
-            self._open_schema()  # also the first connection: redis-py reads its URL options here
+        self._scripts = {name: self._client.register_script(text) for name, text in SCRIPTS.items()}
+        try:  # the first connection: redis-py reads its URL options here
+            version = self.schema_version("open")
+            if version > REDIS_SCHEMA:
+                why = f"this code reads versions up to {REDIS_SCHEMA}: upgrade chatstate"
+                raise self._fail("SCHEMA_UNSUPPORTED", "open", f"the Redis prefix has schema version {version}; {why}")
+            if version < REDIS_SCHEMA:  # migrated in place
+                self._call("open", lambda: self._migrate(version))
         except TypeError:
             self._client.close()
-            raise StateStoreError(
-                "INVALID_INPUT", "open", "the Redis URL has an option neither we nor redis-py know", path=self.location
-            ) from None
+            unknown = "the Redis URL has an option neither we nor redis-py know"
+            raise self._fail("INVALID_INPUT", "open", unknown) from None
         except BaseException:
             self._client.close()  # a failed open leaves no pool behind
             raise
@@ -428,156 +344,204 @@ class RedisBackend:
     def __repr__(self) -> str:
         return f"<RedisBackend {self.location}>"
 
+    def _connect(self, url: str) -> Any:
+        """The client for `url` (a cluster reads its slot map). Raises INVALID_INPUT for an
+        unknown scheme or option, or a malformed URL, naming what to write instead."""
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        if scheme not in SCHEMES:
+            forms = "redis://, rediss:// (TLS), unix://, redis+sentinel:// or redis+cluster://"
+            raise self._fail("INVALID_INPUT", "open", f"unsupported state URL scheme {scheme!r}; use {forms}")
+        parts = urlsplit(url)
+        self.options, theirs = RedisOptions.from_query(parts.query)
+        opts = self.options
+        timeouts = {"socket_connect_timeout": opts.socket_connect_timeout_s, "socket_timeout": opts.socket_timeout_s}
+        backoff = ExponentialBackoff(cap=opts.backoff_cap_s, base=opts.backoff_base_s)
+        common: dict[str, Any] = {"decode_responses": True, "retry": Retry(backoff, opts.retries), **timeouts}
+        try:
+            if scheme in ("redis", "rediss", "unix"):
+                return redis.Redis.from_url(urlunsplit(parts._replace(query=theirs)), **common)
+            # Several hosts: redis-py's own parser reads the credentials and options of one.
+            creds, at, hosts_text = parts.netloc.rpartition("@")
+            hosts = [self._host_port(h) for h in hosts_text.split(",")]
+            service, _, db = parts.path.strip("/").partition("/")
+            kwargs = parse_url(f"redis://{creds}{at}localhost/{db if scheme == 'redis+sentinel' else ''}?{theirs}")
+            for name in ("host", "port", "db") if scheme == "redis+cluster" else ("host", "port"):
+                kwargs.pop(name, None)
+            if scheme == "redis+cluster" and opts.min_replicas_acked:
+                instead = "on a cluster run each shard's replicas with min-replicas-to-write instead"
+                raise self._fail(
+                    "INVALID_INPUT", "open", f"min_replicas_acked is for redis:// and redis+sentinel:// URLs; {instead}"
+                )
+            if scheme == "redis+cluster":
+                try:  # RedisCluster asks a node for the slot map at once
+                    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], **kwargs, **common)
+                except (redis.RedisError, errors.RedisClusterException) as exc:
+                    raise self._fail(*self._explain("open", exc)) from None
+            if not service:
+                how = "names the service after the hosts: redis+sentinel://host:26379/mymaster"
+                raise self._fail("INVALID_INPUT", "open", f"a redis+sentinel:// URL {how}")
+            creds_kw = {"username": opts.sentinel_username or None, "password": opts.sentinel_password or None}
+            self._sentinel, self._service = Sentinel(hosts, sentinel_kwargs={**creds_kw, **timeouts}), service
+            return self._sentinel.master_for(service, **kwargs, **common)
+        except (ValueError, TypeError, redis.RedisError) as exc:
+            raise self._fail("INVALID_INPUT", "open", f"bad Redis URL ({exc})") from None
+
+    def _host_port(self, text: str) -> tuple[str, int]:
+        host, colon, port = text.rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise self._fail("INVALID_INPUT", "open", f"host {text!r} needs a port (host:port)")
+        return host.strip("[]"), int(port)
+
+    # -- what redis-py's errors mean ----------------------------------------------------
+    def _fail(self, code: str, op: str, message: str) -> StateStoreError:
+        return StateStoreError(code, op, message, path=self.location)
+
+    def _explain(self, op: str, exc: BaseException) -> tuple[str, str, str]:
+        """Code, operation and message for a redis-py error, its retries behind us (`text`: the
+        server's reply, first line, bounded; a script error wraps it, NOPERM inside)."""
+        replied = isinstance(exc, (redis.ResponseError, errors.RedisClusterException))
+        text, name = (str(exc).splitlines() or [""])[0][:300] if replied else "", type(exc).__name__
+        if isinstance(exc, redis.AuthenticationError) or text.startswith(("WRONGPASS", "NOAUTH")):
+            return "OPEN_FAILED", op, "Redis refused the credentials: check the user and password in the URL"
+        if isinstance(exc, MasterNotFoundError):
+            return self._no_master(op)
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            if (tls := _tls_failure(exc)) is not None:
+                return "OPEN_FAILED", op, tls
+            if "previous master is now a slave" in str(exc):
+                return "UNAVAILABLE", op, "the primary was demoted (failover) and no new one answered yet"
+            return "UNAVAILABLE", op, f"Redis unreachable after {self.options.retries} retries ({name})"
+        failed = "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in ("lookup", "entries") else "WRITE_FAILED"
+        refused = _refused_in_script(text)
+        if isinstance(exc, errors.NoPermissionError) or "NOPERM" in text or refused:
+            # redis-py strips the NOPERM code from a top-level refusal; put it back for the reader
+            said = refused or (text if "NOPERM" in text else f"NOPERM {text}")
+            return failed, op, f"Redis refused a command ({said}): {ACL_HINT}"
+        if isinstance(exc, errors.ReadOnlyError) or "READONLY" in text:  # also inside a Redis 6 script
+            if self._sentinel is not None:
+                return "WRITE_FAILED", op, "Redis answered READONLY twice: the sentinels still name a replica"
+            return "WRITE_FAILED", op, f"Redis answered READONLY: the URL names a replica; {READONLY_HINT}"
+        if isinstance(exc, (errors.TryAgainError, errors.ClusterError, errors.AskError)):
+            said = f"({name}: {str(exc)[:200]}); try again"
+            return "UNAVAILABLE", op, f"the cluster is moving or missing this plugin's slot {said}"
+        if isinstance(exc, redis.ResponseError):
+            return "CORRUPT" if text.startswith("WRONGTYPE") else failed, op, f"Redis said: {text}"
+        if isinstance(exc, errors.RedisClusterException):  # e.g. no node answered
+            said = str(exc)[:300]
+            if "Cluster mode is not enabled" in said:  # what redis-py says when CLUSTER SLOTS is refused too
+                said += f" (or the user may not run CLUSTER SLOTS: {ACL_HINT})"
+            return "UNAVAILABLE", op, f"Redis Cluster: {said}"
+        return "UNAVAILABLE", op, f"Redis client failed ({name})"
+
+    def _no_master(self, op: str) -> tuple[str, str, str]:
+        """No primary from the sentinels: all of them down, or a service they do not monitor."""
+        sentinels = self._sentinel.sentinels if self._sentinel is not None else []
+        answers: list[set[str]] = []
+        for s in sentinels:
+            with suppress(redis.RedisError):
+                answers.append(set(cast("dict[str, Any]", s.sentinel_masters())))
+        known = set().union(*answers)
+        if not answers:
+            hosts = ", ".join("{host}:{port}".format(**s.connection_pool.connection_kwargs) for s in sentinels)
+            return "UNAVAILABLE", op, f"no Sentinel answered ({hosts}): start them, or fix the addresses"
+        service, they = repr(self._service), f"(they monitor {sorted(known)}): fix the URL's path"
+        if self._service not in known:
+            return "OPEN_FAILED", op, f"no Sentinel monitors a service named {service} {they}"
+        return "UNAVAILABLE", op, f"the Sentinels know no healthy primary for {service} (failover in progress)"
+
     # -- key names ----------------------------------------------------------------------
     def _plugin(self, plugin_id: str, *, tagged: bool = True) -> str:
         quoted = quote(plugin_id, safe="")  # ':' and '{' escaped: names stay unambiguous
         return f"{{{quoted}}}" if tagged else quoted
 
-    def _ns_prefix(self, plugin_id: str, *, tagged: bool = True) -> str:
-        return f"{self._prefix}p:{self._plugin(plugin_id, tagged=tagged)}:n:"
-
-    def _ns(self, plugin_id: str, namespace: str, *, tagged: bool = True) -> tuple[str, str, str]:
-        """(row key prefix, order zset, expiry zset) of one namespace."""
-        base = self._ns_prefix(plugin_id, tagged=tagged) + namespace
-        return f"{base}:r:", f"{base}:order", f"{base}:exp"
-
-    def _namespaces_key(self, plugin_id: str, *, tagged: bool = True) -> str:
-        return f"{self._prefix}p:{self._plugin(plugin_id, tagged=tagged)}:namespaces"
-
-    @property
-    def _plugins_key(self) -> str:
-        return f"{self._prefix}plugins"
+    def _key(self, plugin_id: str, name: str, *, tagged: bool = True) -> str:
+        """A key of one plugin: its namespaces set, a namespace's base, an op key."""
+        return f"{self._prefix}p:{self._plugin(plugin_id, tagged=tagged)}:{name}"
 
     def _op_key(self, plugin_id: str) -> str:
-        return f"{self._prefix}p:{self._plugin(plugin_id)}:op:{uuid.uuid4().hex}"
+        return self._key(plugin_id, f"op:{uuid.uuid4().hex}")  # one per call: its retries share it
 
-    def _list_plugin(self, op: str, plugin_id: str) -> None:
-        """Put the plugin in the plugins set that `sweep` walks. Not in the write script: that
-        set lives in another cluster slot than the plugin's keys. Called when a write
-        (re)registered a namespace, so a Redis that lost its data gets the entry back."""
-        self._call(op, lambda: self._client.sadd(self._plugins_key, self._plugin(plugin_id, tagged=False)))
+    def _ns(self, spec: NamespaceSpec) -> tuple[str, str, str, str]:
+        """(base, row key prefix, order zset, expiry zset) of one namespace."""
+        base = self._key(spec.plugin_id, f"n:{spec.namespace}")
+        return base, f"{base}:r:", f"{base}:order", f"{base}:exp"
 
-    # -- shared machinery ---------------------------------------------------------------
-    @contextmanager
-    def _translate(self, op: str) -> Iterator[None]:
-        """Turn redis-py errors into StateStoreError where they happen; retries are behind us."""
-        if self._closed:
-            raise StateStoreError("UNAVAILABLE", op, "the store is closed", path=self.location)
-        try:
-            yield
-        except StateStoreError:
-            raise
-        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
-            raise translate(self._conn, op, exc) from None
-
-    def _mutate(self, op: str, script: Any, keys: list[str], args: list[str | int]) -> Any:
-        """Run a changing script; with `min_replicas_acked`, on the same connection, WAIT for
-        that many replicas to have it, so an acknowledged write outlives a failover. Fewer acks
-        in time: UNAVAILABLE (applied on the primary, but its survival is not known)."""
-        want = self.options.min_replicas_acked
-        if not want:
-            return self._call(op, lambda: script(keys=keys, args=args))
-
-        def run() -> Any:
-            with self._client.pipeline(transaction=False) as pipe:
-                script(keys=keys, args=args, client=pipe)
-                pipe.execute_command("WAIT", want, self.options.replica_ack_timeout_ms)
-                return pipe.execute()
-
-        result, acked = self._call(op, run)
-        if int(acked) < want:
-            raise StateStoreError(
-                "UNAVAILABLE",
-                op,
-                f"applied on the primary, but {acked} of {want} replicas acknowledged it within "
-                f"{self.options.replica_ack_timeout_ms} ms: it may not survive a failover",
-                path=self.location,
-            )
-        return result
-
+    # -- running calls ------------------------------------------------------------------
     def _call(self, op: str, fn: Callable[[], T]) -> T:
+        """Run `fn` on the client; redis-py's errors become StateStoreError here."""
         with self._lock:
             if self._closed or self._pid != os.getpid():
-                raise StateStoreError("UNAVAILABLE", op, "the store is closed", path=self.location)
+                raise self._fail("UNAVAILABLE", op, "the store is closed")
             self._active += 1
         try:
-            with self._translate(op):
-                try:
-                    return fn()
-                except redis.ResponseError as exc:
-                    if self._conn.sentinel is None or "READONLY" not in str(exc):
-                        raise
-                    # A script reached a server that was demoted to a replica (Redis 6 runs the
-                    # script there and fails its first write: nothing was applied). Drop the
-                    # pool's connections so the next one asks the sentinels, and run it again.
-                    self._client.connection_pool.disconnect()
-                    return fn()
+            try:
+                return fn()
+            except redis.ResponseError as exc:
+                if self._sentinel is None or "READONLY" not in str(exc):
+                    raise
+                # A script reached a server that was demoted to a replica (Redis 6 runs the
+                # script there and fails its first write: nothing was applied). Drop the
+                # pool's connections so the next one asks the sentinels, and run it again.
+                self._client.connection_pool.disconnect()
+                return fn()
+        except (redis.RedisError, errors.RedisClusterException) as exc:
+            raise self._fail(*self._explain(op, exc)) from None
         finally:
             with self._lock:
                 self._active -= 1
                 if not self._active:
                     self._idle.notify_all()
 
-    # -- the schema marker (once per open) ----------------------------------------------
-    def _open_schema(self) -> None:
-        """Mark this prefix with our schema version, migrating an older prefix in place; refuse
-        a newer one (SCHEMA_UNSUPPORTED naming both versions)."""
-        version = self._schema_marker("open", create=True)
-        if version > REDIS_SCHEMA:
-            raise StateStoreError(
-                "SCHEMA_UNSUPPORTED",
-                "open",
-                f"the Redis prefix has schema version {version}; this code reads versions up to "
-                f"{REDIS_SCHEMA}: upgrade chatstate",
-                path=self.location,
-            )
-        if version < REDIS_SCHEMA:
-            self._call("open", lambda: self._migrate(version))
+    def _run(self, op: str, entry: str, keys: list[str], args: Sequence[str | int], *, acked: bool = False) -> Any:
+        """Call the script `entry`. `acked` (a change): with `min_replicas_acked`, WAIT on the
+        same connection until that many replicas have it, so an acknowledged write outlives a
+        failover; fewer in time is UNAVAILABLE (applied on the primary, survival unknown)."""
+        want = self.options.min_replicas_acked if acked else 0
+        if not want:
+            return self._call(op, lambda: self._scripts[entry](keys=keys, args=args))
 
+        def run() -> Any:
+            with self._client.pipeline(transaction=False) as pipe:
+                self._scripts[entry](keys=keys, args=args, client=pipe)
+                pipe.execute_command("WAIT", want, self.options.replica_ack_timeout_ms)
+                return pipe.execute()
+
+        result, got = self._call(op, run)
+        if int(got) < want:
+            late = f"{got} of {want} replicas acknowledged it within {self.options.replica_ack_timeout_ms} ms"
+            raise self._fail("UNAVAILABLE", op, f"applied on the primary, but {late}: it may not survive a failover")
+        return result
+
+    # -- the schema marker ----------------------------------------------------------------
     def _migrate(self, version: int) -> None:
-        """v1 rows had no version: each gets a fresh random one (HSETNX, so two gateways
-        migrating together agree); v2 keys then move under their plugin's hash tag (renamed only
-        while the old name exists, so a second migrator changes nothing). Then the marker."""
+        """v1 rows had no version: each gets a fresh random one; then every key moves under its
+        plugin's hash tag. Two gateways may migrate together: the second finds nothing to do."""
         client = self._client
-        for plugin in cast("set[str]", client.smembers(self._plugins_key)):
-            plugin_id = unquote(plugin)
-            old_set = self._namespaces_key(plugin_id, tagged=False)
+        for plugin_id in map(unquote, cast("set[str]", client.smembers(self._plugins))):
+            old_set, new_set = (self._key(plugin_id, "namespaces", tagged=t) for t in (False, True))
             for namespace in cast("set[str]", client.smembers(old_set)):
-                if version == 1:
-                    rows, order, _ = self._ns(plugin_id, namespace, tagged=False)
-                    members = cast("list[str]", client.zrange(order, 0, -1))
-                    for i in range(0, len(members), MIGRATE_BATCH):
-                        chunk = members[i : i + MIGRATE_BATCH]
-                        self._migrate_v1(keys=[rows + k for k in chunk], args=[str(new_version()) for _ in chunk])
-                old, new = (self._ns_prefix(plugin_id, tagged=t) + namespace for t in (False, True))
-                self._migrate_tags(keys=[], args=[old, new])
+                old, new = (self._key(plugin_id, f"n:{namespace}", tagged=t) for t in (False, True))
+                versions = [new_version() for _ in range(client.zcard(f"{old}:order") if version == 1 else 0)]
+                self._scripts["migrate"](keys=[], args=[old, new, *versions])
             if client.exists(old_set):
-                client.sunionstore(self._namespaces_key(plugin_id), [old_set, self._namespaces_key(plugin_id)])
+                client.sunionstore(new_set, [old_set, new_set])
                 client.delete(old_set)
         client.set(f"{self._prefix}schema", REDIS_SCHEMA)
 
-    def _schema_marker(self, op: str, *, create: bool = False) -> int:
-        """The prefix's schema version (0 when unmarked); `create` stamps an empty prefix."""
-        client = self._client
-        key = f"{self._prefix}schema"
+    def schema_version(self, op: str = "probe") -> int:
+        """The prefix's schema version. An empty prefix (a new one, or a Redis without
+        persistence that restarted empty) is stamped with the latest first."""
+        client, key = self._client, f"{self._prefix}schema"
 
         def run() -> int:
-            if create and not client.exists(self._plugins_key):
-                client.set(key, REDIS_SCHEMA, nx=True)  # an empty prefix starts at the latest
-            text = client.get(key)
-            if text is None and create:  # rows but no marker cannot happen: v1 always wrote one
-                client.set(key, 1, nx=True)
-                text = client.get(key)
-            return int(text) if text is not None else 0
+            if not client.exists(self._plugins):
+                client.set(key, REDIS_SCHEMA, nx=True)
+            return int(client.get(key) or 1)  # rows but no marker: v1 (which always wrote one)
 
         try:
             return self._call(op, run)
         except ValueError:
-            raise StateStoreError("CORRUPT", op, "the schema marker is not a number", path=self.location) from None
-
-    def schema_version(self) -> int:
-        """The marker, stamped again if a Redis without persistence restarted empty (probe)."""
-        return self._schema_marker("probe", create=True)
+            raise self._fail("CORRUPT", op, "the schema marker is not a number") from None
 
     def reopened(self) -> None:
         """Nothing to re-check: Redis has no files."""
@@ -591,158 +555,98 @@ class RedisBackend:
 
     # -- operations ---------------------------------------------------------------------
     def write(self, w: Write) -> bool:
-        return self._apply(w.mode.value, [w])
+        return self._write(w.mode.value, [w])
 
     def commit(self, writes: Sequence[Write]) -> bool:
-        """Every write in one WRITE script, in order: all applied (True), or a condition failed
-        and none is (False); idempotent if redis-py retries it.
-
-        On Redis Cluster a script runs on one node, so the writes must be one plugin's (its
-        namespaces share a hash slot); several plugins' are INVALID_INPUT, naming them."""
+        """Every write in one script call, in order: all applied (True), or a condition failed
+        and none is (False). On Redis Cluster a script runs on one node, so the writes must be
+        one plugin's (its namespaces share a hash slot); several plugins' are INVALID_INPUT."""
         plugins = sorted({w.spec.plugin_id for w in writes})
-        if self._conn.cluster and len(plugins) > 1:
-            raise StateStoreError(
-                "INVALID_INPUT",
-                "commit",
-                f"a staged commit over several plugins ({', '.join(plugins)}) cannot be one transaction on "
-                "Redis Cluster: each plugin's keys live in their own hash slot; commit each plugin's writes apart",
-                path=self.location,
-            )
-        return self._apply("commit", writes) if writes else True
+        if isinstance(self._client, RedisCluster) and len(plugins) > 1:
+            why = "each plugin's keys live in their own hash slot; commit each plugin's writes apart"
+            several = f"a staged commit over several plugins ({', '.join(plugins)})"
+            raise self._fail("INVALID_INPUT", "commit", f"{several} cannot be one transaction on Redis Cluster: {why}")
+        return self._write("commit", writes) if writes else True
 
-    def _apply(self, op: str, writes: Sequence[Write]) -> bool:
-        """Run WRITE over `writes`; raises LIMIT_EXCEEDED for a full reject-new namespace."""
+    def _write(self, op: str, writes: Sequence[Write]) -> bool:
+        """Run the `write` script; raises LIMIT_EXCEEDED for a full reject-new namespace."""
         keys: list[str] = []
-        args: list[str | int] = [self.options.op_result_ttl_ms]
+        args: list[str | int] = [self.options.op_result_ttl_ms, self.options.expiry_grace_ms]
         for w in writes:
-            spec = w.spec
-            rows, order, exp = self._ns(spec.plugin_id, spec.namespace)
-            keys += [rows + w.key, order, exp, self._namespaces_key(spec.plugin_id)]
-            grace = self.options.expiry_grace_ms
-            pexpire = "" if w.expires_at is None else str(max(w.expires_at - w.now_ms, 1) + grace)
-            args += [
-                MODE_FLAGS[w.mode],
-                w.key,
-                w.value or "",
-                w.now_ms,
-                "" if w.expires_at is None else w.expires_at,
-                pexpire,
-                spec.max_entries,
-                spec.overflow,
-                self._ns_prefix(spec.plugin_id) + spec.namespace,
-                spec.namespace,
-                str(w.version),
-                "" if w.expect is None else str(w.expect),
-            ]
+            base, rows, order, exp = self._ns(w.spec)
+            keys += [rows + w.key, order, exp, self._key(w.spec.plugin_id, "namespaces")]
+            expires = "" if w.expires_at is None else w.expires_at
+            pexpire = "" if w.expires_at is None else max(w.expires_at - w.now_ms, 1) + self.options.expiry_grace_ms
+            args += [MODE_FLAGS[w.mode], w.key, w.value or "", w.now_ms, expires, pexpire, w.spec.max_entries]
+            args += [w.spec.overflow, base, w.spec.namespace, str(w.version), "" if w.expect is None else str(w.expect)]
         if any(w.mode in (Mode.CLAIM, Mode.MATCH) for w in writes):  # upserts, deletes: idempotent
             keys.append(self._op_key(writes[0].spec.plugin_id))
-        result = self._mutate(op, self._write, keys, args)
-        if result == "1n":
-            for plugin_id in sorted({w.spec.plugin_id for w in writes}):
-                self._list_plugin(op, plugin_id)
+        result = self._run(op, "write", keys, args, acked=True)
+        if result == "1n":  # the plugins set lives in another cluster slot: not in the script
+            plugins = {self._plugin(w.spec.plugin_id, tagged=False) for w in writes}
+            self._call(op, lambda: self._client.sadd(self._plugins, *plugins))
         if result.startswith("NS_FULL"):
-            full = writes[int(result.split(":")[1]) - 1].spec
-            raise StateStoreError(
-                "LIMIT_EXCEEDED",
-                op,
-                f"namespace is full: max_entries is {full.max_entries} live rows",
-                path=self.location,
-            )
+            full = writes[int(result.split(":")[1]) - 1].spec.max_entries
+            raise self._fail("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {full} live rows")
         return result != "0"
 
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
-        rows, _, _ = self._ns(spec.plugin_id, spec.namespace)
         # decode_responses=True: redis-py's stubs say bytes | str, the replies are str
-        reply = self._call("lookup", lambda: self._client.hmget(rows + key, "v", "c", "e", "n"))
-        value, created, expires, version = cast("list[str | None]", reply)
-        return _live_row(key, value, created, expires, version, now_ms)
+        reply = self._call("lookup", lambda: self._client.hmget(self._ns(spec)[1] + key, "v", "c", "e", "n"))
+        return _row(key, cast("list[str | None]", reply), now_ms)
 
     def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]:
-        rows, _, _ = self._ns(spec.plugin_id, spec.namespace)
-        wanted = list(keys)
-        flat = self._call("lookup_many", lambda: self._read_many(keys=[rows + k for k in wanted], args=[now_ms]))
-        return [
-            Row(
-                wanted[int(flat[i]) - 1],
-                flat[i + 1],
-                int(flat[i + 2]),
-                int(flat[i + 3]) if flat[i + 3] else None,
-                int(flat[i + 4]),
-            )
-            for i in range(0, len(flat), 5)
-        ]
+        rows = self._ns(spec)[1]
+        return _rows(self._run("lookup_many", "read_many", [rows + k for k in keys], [now_ms, rows]), now_ms)
 
-    def _take_row(
-        self, op: str, spec: NamespaceSpec, key: str, now_ms: int, *, check: bool, expect: int | None
-    ) -> tuple[bool, Row | None]:
-        """Run TAKE; (deleted, the row if one was live)."""
-        rows, order, exp = self._ns(spec.plugin_id, spec.namespace)
+    def _take(self, op: str, spec: NamespaceSpec, key: str, now_ms: int, *, check: bool, expect: int | None) -> Any:
+        """Run the `take` script: (deleted, the row if one was live)."""
+        base, rows, order, exp = self._ns(spec)
         keys = [rows + key, order, exp, self._op_key(spec.plugin_id)]
-        args: list[str | int] = [
-            key,
-            self.options.op_result_ttl_ms,
-            now_ms,
-            "1" if check else "0",
-            "" if expect is None else str(expect),
-        ]
-        text = self._mutate(op, self._take, keys, args)
+        ttl, version = self.options.op_result_ttl_ms, "" if expect is None else expect
+        args: list[str | int] = [key, ttl, now_ms, int(check), version, base]
+        text = self._run(op, "take", keys, args, acked=True)
         if not text:
             return False, None
         created, expires, version, value = text[1:].split(":", 3)
-        return text[0] == "D", _live_row(key, value, created, expires, version, now_ms)
+        return text[0] == "D", _row(key, [value, created, expires, version], now_ms)
 
     def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any:
-        _, row = self._take_row("consume", spec, key, now_ms, check=True, expect=None)
+        _, row = self._take("consume", spec, key, now_ms, check=True, expect=None)
         return None if row is None else decode(row)  # a kept (unreadable) row raises CORRUPT here
 
     def remove(self, spec: NamespaceSpec, key: str, now_ms: int, expect: int | None = None) -> bool:
         op = "delete" if expect is None else "delete_if"
-        deleted, row = self._take_row(op, spec, key, now_ms, check=False, expect=expect)
+        deleted, row = self._take(op, spec, key, now_ms, check=False, expect=expect)
         return deleted and row is not None
 
     def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int:
-        plugin_id, namespace = spec.plugin_id, spec.namespace
-        _, order, exp = self._ns(plugin_id, namespace)
-        keys = [order, exp, self._namespaces_key(plugin_id), self._op_key(plugin_id)]
-        args: list[str | int] = [now_ms, self._ns_prefix(plugin_id), namespace, self.options.op_result_ttl_ms]
-        return int(self._mutate("clear", self._clear, keys, args))
+        base, _, order, exp = self._ns(spec)
+        keys = [order, exp, self._key(spec.plugin_id, "namespaces"), self._op_key(spec.plugin_id)]
+        ttl = self.options.op_result_ttl_ms
+        return int(self._run("clear", "clear", keys, [now_ms, base, spec.namespace, ttl], acked=True))
 
     def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
-        rows, order, _ = self._ns(spec.plugin_id, spec.namespace)
-        args: list[str | int] = [
-            now_ms,
-            rows,
-            "" if limit is None else limit,
-            "" if after is None else after[0],
-            "" if after is None else after[1],
-        ]
-        flat = self._call("entries", lambda: self._scan(keys=[order], args=args))
-        return [
-            Row(flat[i], flat[i + 1], int(flat[i + 2]), int(flat[i + 3]) if flat[i + 3] else None, int(flat[i + 4]))
-            for i in range(0, len(flat), 5)
-        ]
+        _, rows, order, _ = self._ns(spec)
+        args: list[str | int] = [now_ms, rows, "" if limit is None else limit, *(after or ("", ""))]
+        return _rows(self._run("entries", "scan", [order], args), now_ms)
 
     def count(self, spec: NamespaceSpec, now_ms: int) -> int:
-        _, order, exp = self._ns(spec.plugin_id, spec.namespace)
-        return int(self._call("count", lambda: self._count(keys=[order, exp], args=[now_ms])))
+        _, _, order, exp = self._ns(spec)
+        return int(self._run("count", "count", [order, exp], [now_ms]))
 
     def sweep(self, now_ms: int) -> int:
         """Drop expired rows and their index entries, namespace by namespace, in batches."""
-        batch = self.settings.sweep_batch_rows
-        removed = 0
+        batch, removed = self.settings.sweep_batch_rows, 0
         # decode_responses=True: the members are str, whatever redis-py's stubs say
-        for plugin in cast("set[str]", self._call("sweep", lambda: self._client.smembers(self._plugins_key))):
-            plugin_id = unquote(plugin)
-            ns_key = self._namespaces_key(plugin_id)
+        plugins = self._call("sweep", lambda: self._client.smembers(self._plugins))
+        for plugin_id in map(unquote, cast("set[str]", plugins)):
+            ns_key = self._key(plugin_id, "namespaces")
             for namespace in cast("set[str]", self._call("sweep", lambda: self._client.smembers(ns_key))):  # noqa: B023 -- called at once
-                _, order, _ = self._ns(plugin_id, namespace)
-                keys = [order, ns_key]
-                args: list[str | int] = [now_ms, self._ns_prefix(plugin_id), namespace, batch]
-                while True:
-                    n = int(self._call("sweep", lambda: self._sweep(keys=keys, args=args)))  # noqa: B023 -- called at once
+                base, n = self._key(plugin_id, f"n:{namespace}"), batch
+                while n == batch:
+                    n = int(self._run("sweep", "sweep", [f"{base}:order", ns_key], [now_ms, base, namespace, batch]))
                     removed += n
-                    if n < batch:
-                        break
         return removed
 
     def checkpoint(self, op: str = "close") -> None:
@@ -758,12 +662,38 @@ class RedisBackend:
         self._client.close()
 
 
-def _live_row(
-    key: str, value: str | None, created: str | None, expires: str | None, version: str | None, now_ms: int
-) -> Row | None:
-    if value is None or created is None:
-        return None
+def _row(key: str, fields: Sequence[str | None], now_ms: int) -> Row | None:
+    """The live row of `fields` (json, created_at, expires_at, version as Redis keeps them), or None."""
+    value, created, expires, version = fields
     expires_at = int(expires) if expires else None
-    if expires_at is not None and expires_at <= now_ms:
+    if value is None or created is None or (expires_at is not None and expires_at <= now_ms):
         return None
-    return Row(key, value, int(created), expires_at, int(version) if version else 0)
+    return Row(key, value, int(created), expires_at, int(version or 0))
+
+
+def _rows(flat: list[str], now_ms: int) -> list[Row]:
+    """The rows of a script's flat list (key, then the fields of `_row`, for each row)."""
+    return [row for i in range(0, len(flat), 5) if (row := _row(flat[i], flat[i + 1 : i + 5], now_ms))]
+
+
+def _refused_in_script(text: str) -> str:
+    """Redis 6 names a command a script may not run only by script line ("@user_script: 82:
+    The user executing the script can't run this command"); name it from our script."""
+    found = re.search(r"f_([0-9a-f]{40}).*@user_script: ?(\d+): The user executing the script can't run", text)
+    if not found or found[1] not in SOURCES:
+        return ""
+    line = (SOURCES[found[1]].splitlines() + [""] * int(found[2]))[int(found[2]) - 1]
+    command = re.search(r"redis\.call\('(\w+)'", line)
+    return f"NOPERM: the user may not run {command[1].lower() if command else 'a command'!r} in a script"
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """What failed in a TLS handshake (the location names host and port), or None: not TLS."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"TLS: the server's certificate failed verification: {seen.verify_message or seen.reason}"
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS handshake failed ({seen.reason or seen})"
+        seen = seen.__cause__ or seen.__context__
+    return f"TLS handshake failed: {str(exc)[:300]}" if "SSL" in str(exc) or "certificate" in str(exc).lower() else None

@@ -1,6 +1,5 @@
-"""What every layer passes: the limits, `StoreSettings`, the `NamespaceSpec` a store is opened
-with, rows and the backend interface; and the input checks, run before any write so a bad call
-changes nothing. Numbers come from the reference system.
+"""What every layer passes (limits, `StoreSettings`, `NamespaceSpec`, rows, the backend
+interface) and the input checks, run before any write so a bad call changes nothing.
 """
 
 from __future__ import annotations
@@ -43,9 +42,8 @@ def wall_clock_ms() -> int:
 
 
 def new_version() -> int:
-    """A fresh row version: 63 random bits (never 0, the "no version" of a v1 row). Random, not a
-    counter, so no shared sequence row is written by every write; `random` is reseeded in a
-    forked child, so two processes do not draw the same sequence."""
+    """A fresh row version: 63 random bits, never 0 (a v1 row's). Random, so no shared counter row
+    is written by every write; a forked child reseeds `random`."""
     return random.getrandbits(63) or 1
 
 
@@ -53,25 +51,19 @@ def new_version() -> int:
 class StoreSettings:
     """Per-database tunables; the defaults are what the gateway uses."""
 
-    # Deprecated, no effect since v2 (issue 17: a per-plugin ceiling could lock a namespace up);
-    # still accepted and checked so existing configs (`state.plugin_max_live_rows`) keep loading.
-    plugin_max_live_rows: int = 50_000
     busy_timeout_s: float = 10.0  # how long a writer waits for the SQLite write lock (>= 5 s)
     sweep_batch_rows: int = 1_024  # expired rows deleted per sweep transaction (<= 1,024)
 
     def __post_init__(self) -> None:
-        if not _positive_int(self.plugin_max_live_rows):
-            raise StateStoreError("INVALID_INPUT", "open", "plugin_max_live_rows must be an integer >= 1")
         if not (isinstance(self.busy_timeout_s, (int, float)) and self.busy_timeout_s >= 5):
             raise StateStoreError("INVALID_INPUT", "open", "busy_timeout_s must be >= 5")
-        if not (_positive_int(self.sweep_batch_rows) and self.sweep_batch_rows <= 1_024):
+        if not _int_in(self.sweep_batch_rows, 1, 1_024):
             raise StateStoreError("INVALID_INPUT", "open", "sweep_batch_rows must be 1..1024")
 
 
 @dataclass(frozen=True)
 class NamespaceSpec:
-    """What a store is opened with, checked once: every layer passes this, none repeats it.
-    One spec per (database, plugin_id, namespace) in a process (docs/state.md rule 11)."""
+    """What a store is opened with, checked once; one per (database, plugin_id, namespace) in a process."""
 
     plugin_id: str
     namespace: str
@@ -93,11 +85,11 @@ class NamespaceSpec:
         core: bool = False,
     ) -> NamespaceSpec:
         """Raises INVALID_INPUT, or LIMIT_EXCEEDED for an oversized plugin id or namespace."""
-        if not _is_int(max_entries) or max_entries < 1:
+        if not _int_in(max_entries, 1, 2**63 - 1):
             raise StateStoreError("INVALID_INPUT", "open", "max_entries must be an integer >= 1")
         if overflow not in OVERFLOW_POLICIES:
             raise StateStoreError("INVALID_INPUT", "open", f"overflow must be one of {OVERFLOW_POLICIES}")
-        if not _is_int(max_value_bytes) or not 1 <= max_value_bytes <= MAX_VALUE_BYTES_CEILING:
+        if not _int_in(max_value_bytes, 1, MAX_VALUE_BYTES_CEILING):
             raise StateStoreError(
                 "INVALID_INPUT", "open", f"max_value_bytes must be an integer from 1 to {MAX_VALUE_BYTES_CEILING}"
             )
@@ -113,9 +105,8 @@ class NamespaceSpec:
 
 @dataclass(frozen=True)
 class Entry:
-    """One live row as `entries()`, `lookup_entry()` return it. `version` changes on every write
-    of the key (compare_and_set / delete_if take it); it is left out of equality so an Entry
-    compares by what it holds."""
+    """One live row. `version` changes on every write (compare_and_set / delete_if take it); it is
+    left out of equality so an Entry compares by what it holds."""
 
     key: str
     value: Any
@@ -159,9 +150,8 @@ Decode = Callable[[Row], Any]  # raises StateStoreError CORRUPT for unreadable J
 
 
 class Backend(Protocol):
-    """Storage under a `Database` (state/_database.py): it gets checked, serialized input and the
-    caller's `now_ms`, and makes every write atomic on its own (one statement, transaction or
-    script), because two processes may race on one key."""
+    """Storage under a `Database`: it gets checked, serialized input and the caller's `now_ms`, and
+    makes every write atomic on its own (two processes may race on one key)."""
 
     kind: str  # "sqlite" | "redis": the `backend` label of the metrics
     location: str  # a file path or a URL without credentials: goes into error messages
@@ -169,28 +159,23 @@ class Backend(Protocol):
 
     def write(self, w: Write) -> bool:
         """Apply `w` if its mode allows, then enforce max_entries; False = not applied."""
-        ...
 
     def commit(self, writes: Sequence[Write]) -> bool:
         """Apply writes in order, all or nothing (staged writes, op "commit"); False, with nothing
         written, when a CLAIM or MATCH write's condition fails."""
-        ...
 
     def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]] | None:
         """Run several writes in one transaction (group commit), or None to run them alone."""
-        ...
 
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None: ...
     def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]: ...
     def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any:
         """Delete the live row and return `decode(row)`, or None; if decode raises, keep the row."""
-        ...
 
     def remove(self, spec: NamespaceSpec, key: str, now_ms: int, expect: int | None = None) -> bool: ...
     def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int: ...
     def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
         """Live rows in (created_at, key) order after the cursor `after`, at most `limit`."""
-        ...
 
     def count(self, spec: NamespaceSpec, now_ms: int) -> int: ...
     def sweep(self, now_ms: int) -> int: ...
@@ -198,21 +183,18 @@ class Backend(Protocol):
     def schema_version(self) -> int: ...
     def reopened(self) -> None:
         """Another store joined: check the paths again (raises OPEN_FAILED) and re-apply modes."""
-        ...
 
     def fault(self) -> str | None:
         """The last post-commit problem that did not fail a write (a refused chmod), or None."""
-        ...
 
     def close(self) -> None:
         """Wait for calls in flight, checkpoint, close; later calls raise UNAVAILABLE."""
-        ...
 
 
-# -- where the database is: the SQLite file, or a URL as it may be shown ---------------------------------------------------------------
+# -- where the database is: the SQLite file, or a URL as it may be shown ---------------------
 def state_dir(state_dir: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> Path:
-    """Resolve the state dir: the argument, else $CHATSTATE_HOME (from `env`, default the
-    process environment), else ~/.chatstate. The one resolver: the gateway's config uses it too."""
+    """The state dir: the argument, else $CHATSTATE_HOME (from `env`, default os.environ), else
+    ~/.chatstate. The one resolver: the gateway's config uses it too."""
     if state_dir is not None:
         return Path(state_dir).expanduser()
     home = (os.environ if env is None else env).get("CHATSTATE_HOME")
@@ -238,10 +220,8 @@ SECRET_QUERY_KEYS = frozenset({"password", "sentinel_password"})  # query option
 
 
 def shown_url(url: str) -> str:
-    """`url` as it may be printed anywhere (probe, /healthz, logs, errors): the password, in the
-    user part or the query, replaced by `***`; the user, hosts, database and options kept, so
-    an operator still sees which server and which user. `redis://u:pw@h:6379/0` shows as
-    `redis://u:***@h:6379/0`."""
+    """`url` as it may be printed anywhere: passwords (user part or query) shown as `***`, the rest
+    kept, so an operator still sees which server and user: `redis://u:***@h:6379/0`."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "***"  # not a URL at all: nothing in it is safe to echo
@@ -261,23 +241,20 @@ def shown_url(url: str) -> str:
 
 
 # -- input checks ----------------------------------------------------------------------------
-# Compact JSON, non-ASCII kept, NaN/inf refused; one encoder built once (json.dumps with options
-# builds one per call). No circular-reference markers: `_check_shape` has bounded the depth.
+# Compact JSON, non-ASCII kept, NaN/inf refused; built once (json.dumps with options builds one
+# per call); no circular-reference markers: `_check_shape` has bounded the depth.
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False).encode
 _FLAT_SCALARS = frozenset({str, int, bool, type(None)})  # exact types; floats need a finiteness check
 
 
 class Json(str):
     """JSON text `serialize_value` already checked: a store takes it as is (the async twin
-    serializes on the caller, at the call, and hands this to the sync store's write)."""
+    serializes on the caller and hands this on)."""
 
 
-def _positive_int(n: object) -> bool:
-    return isinstance(n, int) and not isinstance(n, bool) and n >= 1
-
-
-def _is_int(n: object) -> TypeGuard[int]:
-    return isinstance(n, int) and not isinstance(n, bool)
+def _int_in(n: object, low: int, high: int) -> TypeGuard[int]:
+    """An int (never a bool) from `low` to `high`."""
+    return isinstance(n, int) and not isinstance(n, bool) and low <= n <= high
 
 
 def _utf8_len(text: str, what: str, op: str) -> int:
@@ -331,25 +308,25 @@ def check_key(value: object, op: str) -> str:
 def check_ttl(value: object, op: str, what: str = "ttl_ms") -> int | None:
     if value is None:
         return None
-    if not _is_int(value) or not 1 <= value <= MAX_TTL_MS:
+    if not _int_in(value, 1, MAX_TTL_MS):
         raise StateStoreError("INVALID_INPUT", op, f"{what} must be an integer from 1 to {MAX_TTL_MS}")
     return value
 
 
 def check_version(value: object, op: str) -> int:
-    if not _is_int(value) or not 0 <= value < 2**63:
+    if not _int_in(value, 0, 2**63 - 1):
         raise StateStoreError("INVALID_INPUT", op, "version must be an integer from Entry.version")
     return value
 
 
 def check_attempts(value: object, op: str) -> int:
-    if not _is_int(value) or not 1 <= value <= 1_000:
+    if not _int_in(value, 1, 1_000):
         raise StateStoreError("INVALID_INPUT", op, "max_attempts must be an integer from 1 to 1000")
     return value
 
 
 def check_keys(values: object, op: str) -> list[str]:
-    """A batch of keys: a list/tuple/set of at most MAX_BATCH_KEYS valid keys, duplicates folded."""
+    """A list/tuple/set of at most MAX_BATCH_KEYS valid keys, duplicates folded."""
     if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, set, frozenset)):
         raise StateStoreError("INVALID_INPUT", op, "keys must be a list of strings")
     if len(values) > MAX_BATCH_KEYS:
@@ -360,14 +337,13 @@ def check_keys(values: object, op: str) -> list[str]:
 
 
 def check_page(limit: object, after: object, op: str = "entries") -> tuple[int | None, tuple[int, str] | None]:
-    """`entries(limit=, after=)`: limit 1..MAX_PAGE_ROWS or None; after an Entry (its
-    (created_at, key) is the cursor) or None."""
-    if limit is not None and (not _is_int(limit) or not 1 <= limit <= MAX_PAGE_ROWS):
+    """`entries(limit=, after=)`: limit 1..MAX_PAGE_ROWS or None; `after` an Entry (the cursor) or None."""
+    if limit is not None and not _int_in(limit, 1, MAX_PAGE_ROWS):
         raise StateStoreError("INVALID_INPUT", op, f"limit must be an integer from 1 to {MAX_PAGE_ROWS}")
     if after is None:
         return limit, None
     created, k = getattr(after, "created_at", None), getattr(after, "key", None)
-    if not _is_int(created) or not isinstance(k, str):
+    if not isinstance(created, int) or isinstance(created, bool) or not isinstance(k, str):
         raise StateStoreError("INVALID_INPUT", op, "after must be an Entry this store returned")
     return limit, (created, k)
 
@@ -375,8 +351,8 @@ def check_page(limit: object, after: object, op: str = "entries") -> tuple[int |
 def serialize_value(value: object, op: str, max_bytes: int = MAX_VALUE_BYTES) -> str:
     """Return the compact JSON text stored for `value`.
 
-    Raises INVALID_INPUT for anything that is not plain JSON (tuples, sets, bytes, non-str dict
-    keys, NaN/inf, lone surrogates) and LIMIT_EXCEEDED past the depth or size limit.
+    Raises INVALID_INPUT for anything but plain JSON (tuples, sets, bytes, non-str keys, NaN/inf,
+    lone surrogates), LIMIT_EXCEEDED past the depth or size limit.
     """
     if type(value) is Json:  # checked already (the async twin, on the caller): only the size is ours
         text = str(value)  # an exact str for the driver
@@ -393,8 +369,7 @@ def serialize_value(value: object, op: str, max_bytes: int = MAX_VALUE_BYTES) ->
 
 
 def _check_shape(root: object, op: str) -> None:
-    # The usual adapter value is one flat dict of strings and ints: accept it in one pass; anything
-    # else, or anything odd in it, takes the general walk.
+    # The usual value, a flat dict of strings and ints, passes in one pass; the rest takes the walk.
     if type(root) is dict and all(type(k) is str and type(v) in _FLAT_SCALARS for k, v in root.items()):
         return
     # Iterative so a hostile 100,000-deep list cannot blow the Python stack before we say no.

@@ -1,17 +1,12 @@
 """The SQLite backend: one file per state dir, one connection per thread, every write in one
-BEGIN IMMEDIATE transaction through `_transact` (diskcache's habit), and the filesystem rules.
+BEGIN IMMEDIATE transaction through `_transact`, and the filesystem rules.
 
 Why this shape: WAL lets readers run beside the single writer; BEGIN IMMEDIATE takes the write
 lock up front so two processes never deadlock upgrading a read lock; an in-process writer lock
-wakes queued writers the moment the current one commits (issue 4); `run_batch` lets the
-database's writer thread commit several writes at once (group commit). A per-namespace row
-count kept by triggers makes the max_entries check O(1). Schema v2 (PRAGMA user_version = 2)
-adds `entries.version`.
-
-Files: never through a symlink, never in someone else's directory (OPEN_FAILED naming the path
-and what to do); what the store creates it creates private whatever the umask (each missing
-directory 0700, one by one; the database 0600), and after every write it re-applies those
-modes on descriptors it holds: an fstat each, an fchmod only when one is wrong.
+wakes queued writers the moment the current one commits; `run_batch` lets the writer thread
+commit several writes at once (group commit); a row count kept by triggers makes the
+max_entries check O(1). Files are never reached through a symlink or adopted from another uid;
+what the store creates is private whatever the umask, and modes are re-applied after every write.
 """
 
 from __future__ import annotations
@@ -91,9 +86,10 @@ ON CONFLICT (plugin_id, namespace, key) DO UPDATE SET
 """
 # A claim overwrites only a row that has expired: the conflict clause is the atomic check.
 SQL_CLAIM = SQL_UPSERT + " WHERE entries.expires_at IS NOT NULL AND entries.expires_at <= ?4"
-SQL_MATCH = """UPDATE entries SET value = ?5, created_at = ?4, expires_at = ?6, version = ?7
-WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3 AND version = ?8
-AND (expires_at IS NULL OR expires_at > ?4)"""
+# Replaces the row under the key in place (the row count does not change).
+SQL_REPLACE = """UPDATE entries SET value = ?5, created_at = ?4, expires_at = ?6, version = ?7
+WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"""
+SQL_MATCH = SQL_REPLACE + " AND version = ?8 AND (expires_at IS NULL OR expires_at > ?4)"
 SQL_READ = """SELECT value, created_at, expires_at, version FROM entries
 WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3 AND (expires_at IS NULL OR expires_at > ?4)"""
 # lookup_many binds its keys one per parameter (a JSON array through json_each would lose keys
@@ -110,14 +106,12 @@ RETURNING value, created_at, expires_at, version"""
 SQL_DELETE = "DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
 SQL_REMOVE_MATCH = SQL_DELETE + " AND version = ?5 AND (expires_at IS NULL OR expires_at > ?4)"
 SQL_NS_ROWS = "SELECT row_count FROM namespace_rows WHERE plugin_id = ?1 AND namespace = ?2"
-SQL_SCAN = f"""SELECT key, value, created_at, expires_at, version FROM entries
-WHERE plugin_id = :plugin AND namespace = :ns AND {LIVE} ORDER BY created_at, key"""
 # The page after a cursor: the row-value comparison walks entries_by_order from the cursor on.
 SQL_SCAN_PAGE = f"""SELECT key, value, created_at, expires_at, version FROM entries
 WHERE plugin_id = :plugin AND namespace = :ns AND (created_at, key) > (:after_c, :after_k) AND {LIVE}
 ORDER BY created_at, key LIMIT :limit"""
-# Live rows = the trigger-kept row count minus the namespace's expired rows, which the expiry
-# index finds among the few expired rows (swept every 60 s): O(expired), not O(namespace).
+# Live rows = the trigger-kept row count minus the namespace's expired rows (few: swept every
+# 60 s, found by the expiry index): O(expired), not O(namespace).
 SQL_COUNT_LIVE = """SELECT coalesce((SELECT row_count FROM namespace_rows WHERE plugin_id = :plugin AND namespace = :ns), 0)
     - (SELECT count(*) FROM entries INDEXED BY entries_by_expiry
        WHERE expires_at <= :now AND plugin_id = :plugin AND namespace = :ns)"""
@@ -132,19 +126,23 @@ SQL_EVICT = """DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND k
     SELECT key FROM entries INDEXED BY entries_by_order
     WHERE plugin_id = ?1 AND namespace = ?2 AND key != ?3 AND (expires_at IS NULL OR expires_at > ?4)
     ORDER BY created_at, key LIMIT ?5)"""
-# A namespace exactly at max_entries: a key already there is replaced in place (the count does
-# not change) ...
-SQL_REPLACE = """UPDATE entries SET value = ?5, created_at = ?4, expires_at = ?6, version = ?7
-WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"""
+# A namespace exactly at max_entries: a write takes over, in one UPDATE, the row of its own key,
+# else an expired row (they never count), else (evict-oldest) the oldest live row: an eviction
+# and an insert at once, for the work of one write.
 SQL_REPLACE_EXPIRED = SQL_REPLACE + " AND expires_at IS NOT NULL AND expires_at <= ?4"  # a claim's
 SQL_EXISTS = "SELECT 1 FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
-# ... and a new key takes over the oldest live row: one UPDATE that evicts and writes at once, with
-# no row counted in or out (what an insert and an eviction would leave, for half the work).
-SQL_REKEY_OLDEST = """UPDATE entries SET key = ?3, value = ?5, created_at = ?4, expires_at = ?6, version = ?7
-WHERE plugin_id = ?1 AND namespace = ?2 AND key = (
-    SELECT key FROM entries INDEXED BY entries_by_order
+_OWN_KEY = "SELECT key FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
+_EXPIRED_KEY = """SELECT key FROM entries INDEXED BY entries_by_expiry
+    WHERE expires_at <= ?4 AND plugin_id = ?1 AND namespace = ?2 LIMIT 1"""
+_OLDEST_KEY = """SELECT key FROM entries INDEXED BY entries_by_order
     WHERE plugin_id = ?1 AND namespace = ?2 AND (expires_at IS NULL OR expires_at > ?4)
-    ORDER BY created_at, key LIMIT 1)"""
+    ORDER BY created_at, key LIMIT 1"""
+_TAKE_OVER = """UPDATE entries SET key = ?3, value = ?5, created_at = ?4, expires_at = ?6, version = ?7
+WHERE plugin_id = ?1 AND namespace = ?2 AND key = coalesce"""
+SQL_TAKE_OVER = {
+    "evict-oldest": f"{_TAKE_OVER}(({_OWN_KEY}), ({_EXPIRED_KEY}), ({_OLDEST_KEY}))",
+    "reject-new": f"{_TAKE_OVER}(({_OWN_KEY}), ({_EXPIRED_KEY}))",
+}
 SQL_SWEEP = """DELETE FROM entries WHERE (plugin_id, namespace, key) IN (
     SELECT plugin_id, namespace, key FROM entries WHERE expires_at <= :now LIMIT :batch)"""
 
@@ -163,7 +161,7 @@ def guarded_dirs(db: Path) -> tuple[Path, ...]:
     return (parent.parent, parent) if parent.name == "plugin-state" else (parent,)
 
 
-def _unsafe(path: Path, is_dir: bool, op: str) -> os.stat_result | None:
+def check_path(path: Path, is_dir: bool, op: str = "open") -> os.stat_result | None:
     """Refuse a symlink (dangling or not), the wrong kind of file or one of another uid (OPEN_FAILED,
     saying what to do); None if `path` is missing."""
     st = _lstat(path)
@@ -189,16 +187,6 @@ def _unsafe(path: Path, is_dir: bool, op: str) -> os.stat_result | None:
     raise StateStoreError("OPEN_FAILED", op, problem, path=str(path))
 
 
-def check_dir(directory: Path, op: str = "open") -> bool:
-    """Refuse a symlink, a non-directory or a directory of another uid; False if it is missing."""
-    return _unsafe(directory, True, op) is not None
-
-
-def check_file(path: Path, op: str = "open") -> os.stat_result | None:
-    """Refuse a symlink (dangling or not), a non-regular file or a file of another uid."""
-    return _unsafe(path, False, op)
-
-
 def make_dirs(directory: Path) -> list[Path]:
     """Create `directory` and its missing parents, each 0700 whatever the umask; return those made."""
     missing: list[Path] = []
@@ -218,17 +206,16 @@ def make_dirs(directory: Path) -> list[Path]:
 
 
 def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, bool]:
-    """Check (and unless `create` is False, make) the database's place. Returns (directory made
-    by us or a `plugin-state` dir, database has content). Raises OPEN_FAILED for every refused
-    path; OSError for what the filesystem refused."""
+    """Check (and with `create`, make) the database's place. Returns (the directory is the store's
+    own: made by it, or `plugin-state`; the file has content). Raises OPEN_FAILED, OSError."""
     made: list[Path] = []
     for d in guarded_dirs(db):  # top down: a symlinked state dir is refused before anything is made in it
-        if not check_dir(d, op) and create:
+        if check_path(d, True, op) is None and create:
             made += make_dirs(d)
-            check_dir(d, op)
+            check_path(d, True, op)
     for side in SIDE_FILES:
-        check_file(Path(f"{db}{side}"), op)
-    st = check_file(db, op)
+        check_path(Path(f"{db}{side}"), False, op)
+    st = check_path(db, False, op)
     if st is None and create:
         fd = os.open(db, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
         try:
@@ -239,10 +226,9 @@ def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, b
 
 
 class _Modes:
-    """Keep `targets` (path, mode) at their modes after every write, cheaply: each target is
-    opened once (never through a symlink) and checked with an fstat on that descriptor; only a
-    wrong mode costs an fchmod. A target not there yet (-wal, -shm) is tried again next time;
-    one replaced or deleted since (no links left) is opened afresh."""
+    """Keep `targets` (path, mode) at their modes, cheaply: each is opened once (never through a
+    symlink) and checked by fstat; only a wrong mode costs an fchmod. A target missing (-wal,
+    -shm) is tried again next time; one deleted since (no links left) is opened afresh."""
 
     def __init__(self, targets: tuple[tuple[Path, int], ...]) -> None:
         self._targets = targets
@@ -289,10 +275,9 @@ def newer_schema(version: int, op: str, where: str) -> StateStoreError:
     )
 
 
-# Files this process checked, by path: what they looked like right after the check. The gateway
-# checks the file read-only before it binds, then the backend again as it opens; at 1M rows each
-# quick_check reads the whole file (~0.2 s), so the second is skipped when neither the file nor
-# its WAL changed in between (issue 20, target 6). A dict's get and set are atomic under the GIL.
+# Files this process checked, by path, as they looked right after the check. The gateway checks
+# the file before it binds and again as it opens; at 1M rows a quick_check reads ~0.2 s, so the
+# second is skipped when neither the file nor its WAL changed. get/set are atomic under the GIL.
 _checked: dict[str, tuple[object, ...]] = {}
 
 
@@ -312,9 +297,8 @@ def _fingerprint(path: Path) -> tuple[object, ...] | None:
 
 
 def check_existing(path: Path) -> None:
-    """Refuse a file that is not a readable SQLite database of a known schema, read-only: OPEN_FAILED
-    (not SQLite), CORRUPT (damaged) or SCHEMA_UNSUPPORTED; the file and its modes are left exactly
-    as they were. A file this process checked that has not changed since is not read again."""
+    """Refuse, read-only, a file that is not SQLite (OPEN_FAILED), is damaged (CORRUPT) or newer
+    (SCHEMA_UNSUPPORTED); a file checked before and unchanged since is not read again."""
     where = str(path)
     before = _fingerprint(path)
     if before is not None and _checked.get(where) == before:
@@ -352,28 +336,28 @@ def _check_file(path: Path, where: str) -> None:
         raise newer_schema(version, "open", where)
 
 
-def check_database(path: Path) -> None:
-    """Refuse a state file that is not SQLite, is damaged or has a newer schema, read-only (the
-    public `check_database`); a missing or empty file is fine."""
+def check_database(path: Path, *, create: bool = False) -> bool:
+    """Check the database's place (and make it when `create`), then refuse read-only a file that
+    is not SQLite, is damaged or has a newer schema; a missing or empty file is fine. Returns
+    whether the directory is the store's own (see `prepare`). Raises OPEN_FAILED, CORRUPT,
+    SCHEMA_UNSUPPORTED."""
     try:
-        for d in guarded_dirs(path):
-            check_dir(d)
         if path.is_dir() and not path.is_symlink():
             raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory", path=str(path))
-        st = check_file(path)
+        own_dir, has_content = prepare(path, create=create)
     except OSError as exc:
+        doing = "prepare" if create else "check"
         raise StateStoreError(
-            "OPEN_FAILED", "open", f"cannot check the state path ({exc.strerror})", path=str(path)
+            "OPEN_FAILED", "open", f"cannot {doing} the state path ({exc.strerror})", path=str(path)
         ) from None
-    if st is not None and st.st_size > 0:
-        check_existing(path)
+    if has_content:
+        check_existing(path)  # never writes: a bad file stays exactly as it was
+    return own_dir
 
 
 def migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
-    """Bring a database at schema `version` to SCHEMA_VERSION inside the caller's BEGIN IMMEDIATE:
-    first a full copy of the file (nothing can change it: the caller holds the write lock) goes to
-    `<file>.v<N>.bak`, 0600; then every step runs in the one transaction, so a failure leaves the
-    file at its old version, untouched."""
+    """Bring a database at schema `version` to SCHEMA_VERSION inside the caller's transaction: a
+    copy goes to `<file>.v<N>.bak` (0600) first, and a failed step leaves the file untouched."""
     if version == 0:
         for statement in SCHEMA:
             conn.execute(statement)
@@ -386,8 +370,8 @@ def migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
 
 
 def backup(source: Path, target: Path) -> None:
-    """Copy the database with SQLite's backup API from a second, read-only connection (WAL lets it
-    read beside the caller's write lock) into a fresh 0600 file, then move it into place."""
+    """Copy the database with SQLite's backup API from a read-only connection (WAL lets it read
+    beside the caller's write lock) into a fresh 0600 file, then move it into place."""
     partial = Path(f"{target}.partial")
     partial.unlink(missing_ok=True)
     os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE))
@@ -404,8 +388,8 @@ def backup(source: Path, target: Path) -> None:
 
 # -- the backend ------------------------------------------------------------------------------
 class _ConditionFailed(Exception):
-    """A staged CLAIM or MATCH did not hold: `commit` rolls back and answers False. In a group
-    commit it spoils the batch like any error, so each call is rerun alone and gets its answer."""
+    """Roll the transaction back: a staged CLAIM or MATCH did not hold (`commit` answers False;
+    in a group commit each call is then rerun alone), or a call of a group commit failed."""
 
 
 class _Slot:
@@ -432,9 +416,8 @@ class SQLiteBackend:
         self._local = threading.local()
         self._slots: list[_Slot] = []
         self._lock = threading.Lock()  # guards _slots and _closed
-        # One writer at a time inside this process: threads queued here are woken the moment the
-        # writer commits; without it they collide on BEGIN IMMEDIATE and SQLite's busy handler
-        # sleeps 1, 2, 5, ... ms between retries, however soon the lock frees (issue 4).
+        # One writer at a time in this process, woken the moment the last commits: without it they
+        # collide on BEGIN IMMEDIATE and SQLite's busy handler sleeps 1, 2, 5, ... ms between tries.
         self._writer = threading.Lock()
         self._closed = False
         self._modes: _Modes | None = None  # set once the file is known good
@@ -445,29 +428,9 @@ class SQLiteBackend:
         return StateStoreError(code, op, message, path=self.location)
 
     def _open(self) -> None:
+        own_dir = check_database(self.path, create=True)
         try:
-            if self.path.is_dir() and not self.path.is_symlink():
-                raise self._fail("OPEN_FAILED", "open", "the state path is a directory")
-            own_dir, has_content = prepare(self.path)
-            if has_content:
-                check_existing(self.path)  # never writes: a bad file stays exactly as it was
-        except OSError as exc:
-            raise self._fail("OPEN_FAILED", "open", f"cannot prepare the state path ({exc.strerror})") from None
-        conn = self._slot("open").conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise newer_schema(version, "open", self.location)
-                if version < SCHEMA_VERSION:
-                    migrate(conn, self.path, version)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise self._driver_error("open", exc) from None
+            self._transact("open", self._migrate)
         except OSError as exc:  # the backup before a migration could not be written
             raise self._fail("OPEN_FAILED", "open", f"cannot write the pre-migration backup ({exc.strerror})") from None
         files = tuple((Path(f"{self.path}{s}"), FILE_MODE) for s in ("", *SIDE_FILES))
@@ -477,9 +440,15 @@ class SQLiteBackend:
         except OSError as exc:
             raise self._fail("OPEN_FAILED", "open", f"cannot set permissions ({exc.strerror})") from None
 
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise newer_schema(version, "open", self.location)
+        if version < SCHEMA_VERSION:
+            migrate(conn, self.path, version)
+
     def _slot(self, op: str) -> _Slot:
-        """This thread's connection, opened on first use; refused in a forked child (the pid
-        check: a connection is never used by a process that did not open it)."""
+        """This thread's connection, opened on first use; refused in a forked child (pid check)."""
         slot: _Slot | None = getattr(self._local, "slot", None)
         if slot is not None and self._pid == os.getpid():
             return slot
@@ -508,9 +477,8 @@ class SQLiteBackend:
         return slot
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
-        """Switch to WAL, waiting up to busy_timeout_s like every other statement: SQLite does not
-        call the busy handler for this mode change, so processes creating the database together got
-        "database is locked" at once."""
+        """Switch to WAL, waiting up to busy_timeout_s: SQLite does not call the busy handler for
+        this, so processes creating the database together got "database is locked" at once."""
         deadline = time.monotonic() + self.settings.busy_timeout_s
         while True:
             try:
@@ -531,9 +499,8 @@ class SQLiteBackend:
         return self._fail(code, op, f"SQLite said: {exc}")
 
     def _query(self, op: str, statement: str, params: tuple[object, ...] | dict[str, object]) -> list[Any]:
-        """Run one read statement on this thread's connection; close() waits for it. Inside
-        `run_batch` (an `update` on the writer) it reads the batch's open transaction, whose
-        lock this thread holds already."""
+        """Run one read on this thread's connection; close() waits for it. Inside `run_batch` it
+        reads the batch's open transaction, whose lock this thread holds already."""
         slot = self._slot(op)
         with contextlib.nullcontext() if slot.batch is not None else slot.lock:
             if self._closed:
@@ -545,8 +512,8 @@ class SQLiteBackend:
 
     def _transact(self, op: str, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(conn)` as one write: BEGIN IMMEDIATE, ROLLBACK if it raises, else COMMIT, then
-        re-apply permissions (best effort: `_after_commit`). Inside `run_batch` it joins the
-        batch's open transaction instead. The slot's lock is held throughout, so close() waits."""
+        re-apply permissions. Inside `run_batch` it joins the batch's transaction instead. The
+        slot's lock is held throughout, so close() waits."""
         slot = self._slot(op)
         if slot.batch is not None:  # run_batch commits, or rolls back and reruns one by one
             try:
@@ -575,24 +542,17 @@ class SQLiteBackend:
         return result
 
     def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]] | None:
-        """Run several writes of this thread in one transaction (group commit: the database's
-        writer thread runs the writes that queued up while it was busy).
+        """Run several writes of this thread in one transaction (group commit), each call's
+        `_transact` joining it: a write costs about half.
 
-        Each call's `_transact` joins the open transaction, so a write costs about half (issue 4).
-        Returns every call's (result, error) after the COMMIT, or None, with nothing written, when
+        Returns every call's (result, error) after the COMMIT; or None, with nothing written, when
         a call failed inside the transaction or BEGIN or COMMIT failed: the caller then runs the
-        calls one by one, so each gets exactly what it would have had alone. A call refused
-        before it touched the database (validation) does not spoil the batch.
+        calls one by one, so each gets what it would have had alone. A call refused before it
+        touched the database (validation) does not spoil the batch.
         """
         slot = self._slot("register")
-        with slot.lock, self._writer:
-            if self._closed:
-                return None
-            conn = slot.conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error:
-                return None
+
+        def work(conn: sqlite3.Connection) -> list[tuple[Any, Exception | None]]:
             slot.batch = spoiled = [False]
             outcomes: list[tuple[Any, Exception | None]] = []
             try:
@@ -601,27 +561,23 @@ class SQLiteBackend:
                         outcomes.append((call(), None))
                     except Exception as exc:  # handed to that call's caller, not swallowed
                         outcomes.append((None, exc))
-                slot.batch = None
-                conn.execute("ROLLBACK" if spoiled[0] else "COMMIT")
-            except sqlite3.Error:
-                return None
             finally:
                 slot.batch = None
-                if conn.in_transaction:  # a failed COMMIT, or an exception that is not a driver error
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-        if spoiled[0]:
+            if spoiled[0]:
+                raise _ConditionFailed  # any failure inside: roll back, rerun alone
+            return outcomes
+
+        try:
+            return self._transact("register", work)
+        except (StateStoreError, _ConditionFailed):  # closed, or BEGIN / COMMIT failed
             return None
-        self._after_commit("register")
-        return outcomes
 
     def _after_commit(self, op: str) -> None:
-        """Re-apply 0700/0600 after every write: an outside chmod must not stick.
+        """Re-apply 0700/0600 after every write, so an outside chmod does not stick.
 
-        Best effort on purpose (issue 17, defect 1): the write is committed, so a chmod that fails
-        here must not turn it into an error (a claim would be orphaned, a consumed value lost, a
-        retry would answer twice). The failure is logged once and shown by `fault()` (probe and
-        /healthz) until a later re-application succeeds.
+        Best effort: the write is committed, and failing it now would orphan a claim, lose a
+        consumed value or make a retry answer twice. A failure is logged once and shown by
+        `fault()` (probe, /healthz) until a later re-application succeeds.
         """
         modes = self._modes
         if modes is None:
@@ -642,8 +598,7 @@ class SQLiteBackend:
         return self._fault
 
     def reopened(self) -> None:
-        """Another store joins: check the paths again (raises OPEN_FAILED) and re-apply modes
-        (best effort, as after a write)."""
+        """Another store joins: check the paths again (OPEN_FAILED) and re-apply modes."""
         try:
             prepare(self.path, create=False)
         except OSError as exc:
@@ -680,16 +635,15 @@ class SQLiteBackend:
         if rows < spec.max_entries:  # room for one more: nothing to evict
             return conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params).rowcount > 0
         if rows == spec.max_entries:  # exactly full, the usual case of a capped namespace
-            if conn.execute(SQL_REPLACE_EXPIRED if claim else SQL_REPLACE, params).rowcount:
-                return True  # the key was there: replaced in place, the count stays
+            if claim and conn.execute(SQL_REPLACE_EXPIRED, params).rowcount:
+                return True  # its own expired row, replaced in place
             if claim and conn.execute(SQL_EXISTS, params[:3]).fetchone():
                 return False  # a live row holds the key
-            # A new key into a full namespace: expired rows never count, so they go first.
-            if conn.execute(SQL_DROP_EXPIRED_NS, params[:4]).rowcount == 0:
-                if spec.overflow == "reject-new":
-                    raise self._full(op, spec)
-                return conn.execute(SQL_REKEY_OLDEST, params).rowcount > 0  # evict the oldest and write, at once
-            return conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params).rowcount > 0
+            if conn.execute(SQL_TAKE_OVER[spec.overflow], params).rowcount:
+                return True
+            if spec.overflow == "reject-new":
+                raise self._full(op, spec)
+            return False
         # Over the cap (max_entries lowered since): write, then drop expired rows, then evict.
         if conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params).rowcount == 0:
             return False
@@ -745,12 +699,9 @@ class SQLiteBackend:
         return self._transact("clear", work)
 
     def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
-        args: dict[str, object] = {"plugin": spec.plugin_id, "ns": spec.namespace, "now": now_ms}
-        if limit is None and after is None:
-            return [Row(*r) for r in self._query("entries", SQL_SCAN, args)]
         after_c, after_k = after or NO_CURSOR
-        args.update(after_c=after_c, after_k=after_k, limit=-1 if limit is None else limit)
-        return [Row(*r) for r in self._query("entries", SQL_SCAN_PAGE, args)]
+        args = {"plugin": spec.plugin_id, "ns": spec.namespace, "now": now_ms, "after_c": after_c, "after_k": after_k}
+        return [Row(*r) for r in self._query("entries", SQL_SCAN_PAGE, {**args, "limit": limit or -1})]
 
     def count(self, spec: NamespaceSpec, now_ms: int) -> int:
         args = {"plugin": spec.plugin_id, "ns": spec.namespace, "now": now_ms}
@@ -759,10 +710,9 @@ class SQLiteBackend:
     def sweep(self, now_ms: int) -> int:
         """Delete expired rows in batches, each its own short transaction.
 
-        A batch dirties hundreds of pages, so SQLite's automatic checkpoint would run inside almost
-        every other COMMIT, fsyncs included, while the write lock is held. Instead auto-checkpoint
-        is off for this connection during the sweep, and a PASSIVE checkpoint (which other writers
-        do not wait for) follows each batch.
+        A batch dirties hundreds of pages, so the automatic checkpoint would run (fsyncs included)
+        inside almost every COMMIT, under the write lock; instead it is off during the sweep and a
+        PASSIVE checkpoint, which writers do not wait for, follows each batch.
         """
         args = {"now": now_ms, "batch": self.settings.sweep_batch_rows}
         removed = 0
@@ -785,8 +735,7 @@ class SQLiteBackend:
         return int(self._query("probe", "PRAGMA user_version", ())[0][0])
 
     def close(self) -> None:
-        """Let calls already running finish (each holds its slot), checkpoint, close every
-        connection; later calls raise UNAVAILABLE."""
+        """Let running calls finish, checkpoint, close every connection; later calls: UNAVAILABLE."""
         with self._lock:
             self._closed = True
             slots, self._slots = self._slots, []

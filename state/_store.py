@@ -1,12 +1,9 @@
 """The sync store: a view of one (plugin_id, namespace) onto an open database. Validation, JSON,
 versions and clocks are written here once, on top of either backend; every call is counted and
-timed in Prometheus metrics (prometheus_client's default REGISTRY):
+timed on prometheus_client's default REGISTRY:
 
     chatstate_store_operations_total{op, backend, outcome}   outcome "ok" or the error code
     chatstate_store_operation_seconds{op, backend}           histogram of successful calls
-
-The "ok" series is read from the histogram's count by a collector at scrape time, so a
-successful call pays one metric update, not two; failures are counted by code in a plain Counter.
 """
 
 from __future__ import annotations
@@ -16,13 +13,11 @@ import json
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Histogram
 
 from ._errors import StateStoreError
 from ._spec import (
@@ -47,79 +42,34 @@ if TYPE_CHECKING:
     from ._database import Location
 
 # -- metrics ---------------------------------------------------------------------------------
-OPERATIONS_NAME = "chatstate_store_operations"  # exposed as chatstate_store_operations_total
-OPERATIONS_HELP = "Keyed-store operations finished in this process, by outcome (ok or the error code)."
+OPERATIONS = Counter(
+    "chatstate_store_operations",
+    "Keyed-store operations finished in this process, by outcome (ok or the error code).",
+    ["op", "backend", "outcome"],
+)
+BUCKETS_S = (*(float(f"{m}e{e}") for e in range(-5, 1) for m in (1, 2.5, 5)), 10.0)  # 10 us .. 10 s, 1-2.5-5
 SECONDS = Histogram(
     "chatstate_store_operation_seconds",
     "Duration of successful keyed-store operations in this process (the calling thread's wall time).",
     ["op", "backend"],
-    buckets=(
-        1e-5,
-        2.5e-5,
-        5e-5,
-        1e-4,
-        2.5e-4,
-        5e-4,
-        1e-3,
-        2.5e-3,
-        5e-3,
-        0.01,
-        0.025,
-        0.05,
-        0.1,
-        0.25,
-        0.5,
-        1,
-        2.5,
-        5,
-        10,
-    ),
+    buckets=BUCKETS_S,
 )
-FAILURES = Counter(
-    "chatstate_store_operation_failures",
-    "Failed store calls by error code (exposed as operations_total).",
-    ["op", "backend", "outcome"],
-    registry=None,
-)  # not registered: _Operations exposes it
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _Operations(Collector):
-    """`chatstate_store_operations_total`: ok from the histogram's counts, the rest from FAILURES."""
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(OPERATIONS_NAME, OPERATIONS_HELP, labels=["op", "backend", "outcome"])
-        for metric in SECONDS.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_count"):
-                    family.add_metric([sample.labels["op"], sample.labels["backend"], "ok"], sample.value)
-        for metric in FAILURES.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_total"):
-                    labels = sample.labels
-                    family.add_metric([labels["op"], labels["backend"], labels["outcome"]], sample.value)
-        yield family
-
-    def describe(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(OPERATIONS_NAME, OPERATIONS_HELP, labels=["op", "backend", "outcome"])
-
-
-REGISTRY.register(_Operations())
-
-
 def op_counts() -> dict[str, int]:
-    """How many store operations this process has run, by operation name (all outcomes; an
-    operation never run is left out)."""
+    """How many store operations this process has run, by name (all outcomes; none run: left out)."""
     total: Tally[str] = Tally()
-    for metric in _Operations().collect():
+    for metric in OPERATIONS.collect():
         for sample in metric.samples:
-            total[sample.labels["op"]] += int(sample.value)
+            if sample.name.endswith("_total"):
+                total[sample.labels["op"]] += int(sample.value)
     return {op: n for op, n in total.items() if n}
 
 
 def measured(op: str) -> Callable[[F], F]:
-    """Decorate a store method: time a successful call under `op`, count a failed one by code.
-    The labelled child is looked up once per store (`labels()` costs more than the update)."""
+    """Decorate a store method: count every call by outcome under `op`, time a successful one.
+    The labelled children are looked up once per store (`labels()` costs more than the update)."""
 
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
@@ -129,9 +79,11 @@ def measured(op: str) -> Callable[[F], F]:
                 result = fn(self, *args, **kwargs)
             except BaseException as exc:
                 code = exc.code.value if isinstance(exc, StateStoreError) else "error"
-                FAILURES.labels(op, self.backend_kind, code).inc()
+                OPERATIONS.labels(op, self.backend_kind, code).inc()
                 raise
-            self._ok[op](time.perf_counter() - started)
+            ok, observe = self._ok[op]
+            ok()
+            observe(time.perf_counter() - started)
             return result
 
         return run  # type: ignore[return-value]
@@ -153,8 +105,8 @@ class KeyedStore:
         self.max_entries, self.default_ttl_ms = spec.max_entries, spec.default_ttl_ms
         self.overflow, self.max_value_bytes = spec.overflow, spec.max_value_bytes
         self._backend = database.backend
-        self.backend_kind = self._backend.kind  # the `backend` label of the metrics
-        self._ok = {op: SECONDS.labels(op, self.backend_kind).observe for op in _MEASURED}
+        self.backend_kind = kind = self._backend.kind  # the `backend` label of the metrics
+        self._ok = {op: (OPERATIONS.labels(op, kind, "ok").inc, SECONDS.labels(op, kind).observe) for op in _MEASURED}
         self._clock = clock
         self._closed = False
         self._close_lock = threading.Lock()
@@ -174,21 +126,18 @@ class KeyedStore:
         return self._clock()
 
     def _decode(self, row: Row, op: str = "lookup") -> Any:
-        text = row.value
         try:  # stored JSON is compact: raw_decode skips json.loads' two whitespace regex matches
-            value, end = _raw_decode(text)
-            if end == len(text):
+            value, end = _raw_decode(row.value)
+            if end == len(row.value):
                 return value
         except ValueError:
             pass
         try:
-            return json.loads(text)
+            return json.loads(row.value)
         except ValueError:
+            size = len(row.key.encode())
             raise StateStoreError(
-                "CORRUPT",
-                op,
-                f"stored JSON for a key of {len(row.key.encode())} bytes is unreadable",
-                path=self.location,
+                "CORRUPT", op, f"stored JSON for a key of {size} bytes is unreadable", path=self.location
             ) from None
 
     def _entry(self, row: Row, op: str) -> Entry:
@@ -206,32 +155,27 @@ class KeyedStore:
     # -- the contract ---------------------------------------------------------------------
     @measured("register")
     def register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
-        """Store `value` under `key` (upsert); created_at restarts, so the row becomes newest.
+        """Store `value` under `key` (upsert) with a new version; the row becomes the newest.
 
-        TTL is `ttl_ms`, else the store's default_ttl_ms, else never. The row gets a new
-        version. After the write, live rows over max_entries are evicted oldest first (never
-        this key), or with overflow="reject-new" the write is refused. Raises StateStoreError:
-        INVALID_INPUT (key/value/ttl shape), LIMIT_EXCEEDED (size, depth, full namespace with
-        reject-new), WRITE_FAILED, UNAVAILABLE.
+        TTL: `ttl_ms`, else default_ttl_ms, else never. Live rows over max_entries are evicted
+        oldest first (never this key), or with overflow="reject-new" the write is refused.
+        Raises INVALID_INPUT, LIMIT_EXCEEDED (size, depth, full reject-new namespace),
+        WRITE_FAILED, UNAVAILABLE.
         """
         self._write(Mode.UPSERT, key, value, ttl_ms)
 
     @measured("register_if_absent")
     def register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> bool:
-        """Claim `key` atomically: True if written, False if a live row already holds it.
-
-        An expired row counts as absent. Two processes claiming one key: exactly one gets True.
-        Raises as `register`.
-        """
+        """Claim `key` atomically: True if written, False if a live row holds it (an expired
+        row counts as absent; of racing claimers exactly one wins). Raises as `register`."""
         return self._write(Mode.CLAIM, key, value, ttl_ms)
 
     @measured("compare_and_set")
     def compare_and_set(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> bool:
-        """Write `value` only if the live row under `key` still has `version` (from an Entry).
+        """Write as `register` only if the live row under `key` still has `version` (an Entry's).
 
-        True if written (the row gets a new version, created_at restarts, TTL as `register`);
-        False if the row changed, expired or is gone since that version was read. Atomic
-        across threads and processes (SQLite) and gateways (Redis). Raises as `register`.
+        False if the row changed, expired or went since; atomic across threads, processes and
+        gateways. Raises as `register`.
         """
         return self._write(Mode.MATCH, key, value, ttl_ms, check_version(version, "compare_and_set"))
 
@@ -239,11 +183,10 @@ class KeyedStore:
     def update(
         self, key: str, fn: Callable[[Any], Any], *, ttl_ms: int | None = None, max_attempts: int = UPDATE_ATTEMPTS
     ) -> Any:
-        """Read the live value under `key` (None if absent), store `fn(value)`, return it.
+        """Store `fn(live value or None)` under `key` and return it.
 
-        A claim when the row is absent, else a compare_and_set on the version read; a lost race
-        reads again and calls `fn` again, up to `max_attempts` times, then raises CONFLICT. `fn`
-        must be pure (it may run more than once). Raises as `register`, and CONFLICT.
+        A claim or a compare_and_set on the version read; a lost race reads and calls `fn` (keep
+        it pure) again, up to `max_attempts` times. Raises as `register`, and CONFLICT.
         """
         attempts = check_attempts(max_attempts, "update")
         for _ in range(attempts):
@@ -267,19 +210,15 @@ class KeyedStore:
 
     @measured("lookup")
     def lookup_entry(self, key: str) -> Entry | None:
-        """Return the live row under `key` with its created_at, expires_at and version, or None.
-
-        Adapters use it to keep the stored expiry in their memory cache. Raises as `lookup`.
-        """
+        """Return the live row under `key` as an Entry (with its version), or None. Raises as `lookup`."""
         row = self._backend.read(self.spec, check_key(key, "lookup"), self._now("lookup"))
         return None if row is None else self._entry(row, "lookup")
 
     @measured("lookup_many")
     def lookup_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """Return {key: value} for the live rows among `keys` (at most 1,000 a call), one round trip.
+        """Return {key: value} for the live rows among `keys` (at most 1,000), in one round trip.
 
-        Keys are trimmed as every call trims them; absent and expired keys are left out. Raises
-        INVALID_INPUT, LIMIT_EXCEEDED (too many keys), READ_FAILED, CORRUPT.
+        Raises INVALID_INPUT, LIMIT_EXCEEDED (too many keys), READ_FAILED, CORRUPT.
         """
         wanted = check_keys(keys, "lookup_many")
         if not wanted:
@@ -289,11 +228,10 @@ class KeyedStore:
 
     @measured("consume")
     def consume(self, key: str) -> Any | None:
-        """Read and delete the live row under `key` in one atomic step; None if there was none.
+        """Read and delete the live row under `key` atomically (one racer gets it); None if none.
 
-        Of two callers racing on one key, exactly one gets the value. A row whose stored JSON
-        is unreadable is kept (CORRUPT is raised, nothing is deleted) so it can be inspected.
-        Raises INVALID_INPUT, WRITE_FAILED, CORRUPT, UNAVAILABLE.
+        Unreadable stored JSON raises CORRUPT and the row is kept, to be inspected. Raises
+        INVALID_INPUT, WRITE_FAILED, CORRUPT, UNAVAILABLE.
         """
         key = check_key(key, "consume")
         decode = functools.partial(self._decode, op="consume")
@@ -306,10 +244,9 @@ class KeyedStore:
 
     @measured("delete_if")
     def delete_if(self, key: str, *, version: int) -> bool:
-        """Delete the live row under `key` only if it still has `version`; True if it went.
+        """Delete the live row under `key` only if it still has `version` ("only if still mine").
 
-        "Delete only if still mine": False when the row changed, expired or is gone. Atomic as
-        `compare_and_set`. Raises INVALID_INPUT, WRITE_FAILED, UNAVAILABLE.
+        True if it went. Raises INVALID_INPUT, WRITE_FAILED, UNAVAILABLE.
         """
         key, expect = check_key(key, "delete_if"), check_version(version, "delete_if")
         return self._backend.remove(self.spec, key, self._now("delete_if"), expect)
@@ -326,11 +263,10 @@ class KeyedStore:
 
     @measured("entries")
     def entries(self, *, limit: int | None = None, after: Entry | None = None) -> list[Entry]:
-        """Return live rows ordered by (created_at, key); a page of at most `limit` (1..10,000)
-        rows that come after the Entry `after` (the last one of the previous page) when given.
+        """Return live rows by (created_at, key): at most `limit` (1..10,000), after the Entry `after`.
 
-        The cursor is the (created_at, key) of `after`, so paging is stable: a row written
-        while paging moves to the end and is seen there. Raises INVALID_INPUT, READ_FAILED, CORRUPT.
+        Paging by that cursor is stable: a row written meanwhile moves to the end. Raises
+        INVALID_INPUT, READ_FAILED, CORRUPT.
         """
         page_limit, cursor = check_page(limit, after)
         rows = self._backend.scan(self.spec, self._now("entries"), page_limit, cursor)
@@ -387,10 +323,9 @@ class KeyedStore:
         return self._backend.commit(writes)
 
     def close(self) -> None:
-        """Release the store; the last store on a database checkpoints the WAL and closes it.
+        """Release the store; the database's last holder checkpoints and closes it.
 
-        Safe while other threads still call this or other stores: they finish first, later calls
-        raise UNAVAILABLE. Closing twice is a no-op.
+        Calls in flight finish first, later ones raise UNAVAILABLE; closing twice is a no-op.
         """
         with self._close_lock:
             if self._closed:

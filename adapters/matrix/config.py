@@ -1,24 +1,6 @@
-"""The `[adapters.matrix]` table as a typed settings model (gateway.settings), checked at start.
-
-    [adapters.matrix]
-    enabled = true
-    mode = "store"                  # or "legacy": in-memory targets and sync token (the "before")
-    homeserver = "https://matrix.example.org"
-    access_token = "syt_..."        # or CHATSTATE_MATRIX_ACCESS_TOKEN
-    approvers = ["@alice:example.org"]   # env: a TOML array, or comma-separated
-    approval_ttl_ms = 1800000       # how long a prompt can be answered (default 30 min)
-    sync_timeout_ms = 30000         # /sync long-poll
-    sync_timeline_limit = 50        # timeline events per room per /sync (our uploaded filter)
-    backfill_max_events = 1000      # /messages back-fill bound per room per sync (reported if hit)
-    event_max_attempts = 3          # tries of one failing event before it is recorded and skipped
-    event_lease_ms = 30000          # another device may take over a claimed, unfinished event after this
-    auto_join = true                # join rooms when invited by an allowed inviter
-    auto_join_inviters = []         # who may invite the bot (default: the approvers)
-    max_pending_per_requester = 5   # open approvals one requester may hold
-
-Every key has a `CHATSTATE_MATRIX_<KEY>` variable typed as in TOML.
-To add a key: add one annotated field here (with a default unless it is required).
-"""
+"""The `[adapters.matrix]` table as a typed settings model (gateway.settings), checked at start:
+one annotated field per key, with its default and why. Every key also has a `CHATSTATE_MATRIX_<KEY>`
+variable typed as in TOML (docs/migrations/matrix.md shows the table)."""
 
 from __future__ import annotations
 
@@ -28,17 +10,8 @@ from pydantic import Field, field_validator
 
 from chatstate.gateway.sdk import AdapterSettings
 
-DEFAULT_APPROVAL_TTL_MS = 30 * 60 * 1000  # 30 min, like the reference system's exec approvals
-DEFAULT_SYNC_TIMEOUT_MS = 30_000  # Matrix clients' customary long-poll
-DEFAULT_TIMELINE_LIMIT = 50  # Synapse's own default without a filter is 10
-DEFAULT_BACKFILL_MAX_EVENTS = 1_000  # per room per sync
-DEFAULT_EVENT_MAX_ATTEMPTS = 3
-# Longer than one event's work takes (a send nio retries after a 429 included), so no other
-# device takes over an event still being worked on (a restart of the same device need not wait).
-DEFAULT_EVENT_LEASE_MS = 30_000
-DEFAULT_MAX_PENDING_PER_REQUESTER = 5  # one person's flood cannot crowd out others' prompts
-
 Text = Annotated[str, Field(min_length=1, pattern=r"\S")]
+Positive = Annotated[int, Field(ge=1)]
 
 
 class MatrixSettings(AdapterSettings):
@@ -49,19 +22,20 @@ class MatrixSettings(AdapterSettings):
     homeserver: Text
     access_token: Text  # secret
     approvers: tuple[str, ...] = Field((), strict=False)  # Matrix user ids allowed to approve
-    approval_ttl_ms: Annotated[int, Field(ge=1)] = DEFAULT_APPROVAL_TTL_MS
-    sync_timeout_ms: Annotated[int, Field(ge=0)] = DEFAULT_SYNC_TIMEOUT_MS
-    sync_timeline_limit: Annotated[int, Field(ge=1)] = DEFAULT_TIMELINE_LIMIT
-    backfill_max_events: Annotated[int, Field(ge=1)] = DEFAULT_BACKFILL_MAX_EVENTS
-    event_max_attempts: Annotated[int, Field(ge=1)] = DEFAULT_EVENT_MAX_ATTEMPTS
-    event_lease_ms: Annotated[int, Field(ge=1)] = DEFAULT_EVENT_LEASE_MS
-    auto_join: bool = True
-    auto_join_inviters: tuple[str, ...] = Field((), strict=False)  # empty: the approvers
-    max_pending_per_requester: Annotated[int, Field(ge=1)] = DEFAULT_MAX_PENDING_PER_REQUESTER
+    approval_ttl_ms: Positive = 30 * 60 * 1000  # how long a prompt can be answered (like exec approvals)
+    sync_timeout_ms: Annotated[int, Field(ge=0)] = 30_000  # /sync long-poll, Matrix clients' custom
+    sync_timeline_limit: Positive = 50  # events per room per /sync (Synapse's own default is 10)
+    backfill_max_events: Positive = 1_000  # /messages back-fill per room per sync (reported if hit)
+    event_max_attempts: Positive = 3  # tries of one failing event before it is recorded and skipped
+    # After this another device may take over a claimed, unfinished event: longer than one event's
+    # work (a send nio retries after a 429 included); a restart of the same device need not wait.
+    event_lease_ms: Positive = 30_000
+    auto_join: bool = True  # join rooms when invited by an allowed inviter
+    auto_join_inviters: tuple[str, ...] = Field((), strict=False)  # who may invite; empty: the approvers
+    max_pending_per_requester: Positive = 5  # one person's flood cannot crowd out others' prompts
 
     @property
     def inviters(self) -> tuple[str, ...]:
-        """Whose invites `auto_join` accepts: `auto_join_inviters`, else the approvers."""
         return self.auto_join_inviters or self.approvers
 
     @field_validator("homeserver", "access_token")

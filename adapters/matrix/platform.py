@@ -1,23 +1,19 @@
 """Matrix I/O through matrix-nio: log in with an access token, parse commands, send events.
 
-Every event the bot sends carries a transaction id derived from what it answers
-(`txn_id("prompt", request_event_id)`, ...), so a retried send is recognisably the same send.
-That is hygiene, not our exactly-once: the homeserver forgets txn ids after a while and never
-shares them across devices (a new login), so whether an event is acted on at all is decided by
-the gate's claim (`sdk.InboundGate`). Everything the bot says because of an event references
-that event (`m.reference`), so after a takeover the bot can ask the homeserver whether it
-already answered (`said_about`).
-
-Refusals come back as `MatrixError` with the homeserver's `errcode` and, for `M_LIMIT_EXCEEDED`,
-its `retry_after_ms`; nio itself retries a 429 only `MAX_429_RETRIES` times (honouring
-`retry_after_ms`) so one throttled event cannot hold the sync loop forever.
+Each event the bot sends has a transaction id derived from what it answers (`txn_id("prompt",
+request_event_id)`, ...), so a retried send is recognisably the same send: hygiene, not our
+exactly-once (the homeserver forgets txn ids after a while and never shares them across
+devices); the gate's claim (`sdk.InboundGate`) decides whether an event is acted on at all. All
+the bot says because of an event references it (`m.reference`), so after a takeover the bot can
+ask the homeserver whether it already answered (`said_about`). Refusals raise `MatrixError`
+(`errcode`, and `retry_after_ms` for `M_LIMIT_EXCEEDED`); nio retries a 429 (honouring
+`retry_after_ms`) only `MAX_429_RETRIES` times, so one throttled event cannot hold the loop.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from nio import (
@@ -44,17 +40,15 @@ _VS16 = "\ufe0f"  # clients send ♾ with or without the emoji presentation sele
 _BY_EMOJI: Mapping[str, Decision] = {e.replace(_VS16, ""): d for d, e in EMOJI.items()}
 APPROVAL_FIELD = "org.chatstate.approval"  # namespaced custom content on the prompt event
 EXPIRED_TEXT = "this approval has expired"
+REFUSED_TEXT = "too many pending approvals"  # start of the answer to a request over the quota
 COMMANDS: Mapping[str, tuple[Decision, ...]] = {
     "!approve": DECISIONS,  # allow once, allow always, deny
     "!approve-once": ("allow-once", "deny"),  # no "always" for this action
 }
-REQUEST_TIMEOUT_S = 30.0  # one HTTP call to the homeserver, long-polls excluded
-MAX_TIMEOUTS = 3  # nio retries a timed-out call this often, then raises
 MAX_429_RETRIES = 2  # nio sleeps retry_after_ms and retries a 429 this often, then we see it
-R = TypeVar("R")
-REFUSED_TEXT = "too many pending approvals"  # start of the answer to a request over the quota
 REFERENCE = RelationshipType.reference.value  # what the bot says points at the event it answers
 ANNOTATION = RelationshipType.annotation.value  # a reaction
+R = TypeVar("R")
 
 
 class MatrixError(RuntimeError):
@@ -62,14 +56,12 @@ class MatrixError(RuntimeError):
 
     def __init__(self, message: str, *, errcode: str | None = None, retry_after_ms: int | None = None) -> None:
         super().__init__(message)
-        self.errcode = errcode
-        self.retry_after_ms = retry_after_ms
+        self.errcode, self.retry_after_ms = errcode, retry_after_ms
 
     @classmethod
     def of(cls, what: str, resp: object) -> MatrixError:
         """Build from a nio ErrorResponse (or anything else nio returned)."""
-        errcode = getattr(resp, "status_code", None)
-        retry = getattr(resp, "retry_after_ms", None)
+        errcode, retry = getattr(resp, "status_code", None), getattr(resp, "retry_after_ms", None)
         return cls(
             f"{what} failed: {errcode or ''} {getattr(resp, 'message', resp)}".replace("  ", " "),
             errcode=errcode if isinstance(errcode, str) else None,
@@ -84,22 +76,11 @@ def _ok(what: str, resp: object, expected: type[R]) -> R:
     return resp
 
 
-@dataclass(frozen=True)
-class Command:
-    """A parsed approval request: `!approve <action>` or `!approve-once <action>`."""
-
-    action: str
-    decisions: tuple[Decision, ...]
-
-
-def parse_command(body: str) -> Command | None:
-    """Parse a message body; None if it is not an approval request with an action."""
+def parse_command(body: str) -> tuple[str, tuple[Decision, ...]] | None:
+    """`(action, decisions)` of an approval request (`!approve <action>`), else None."""
     word, _, rest = body.strip().partition(" ")
-    decisions = COMMANDS.get(word)
-    action = " ".join(rest.split())
-    if decisions is None or not action:
-        return None
-    return Command(action, decisions)
+    decisions, action = COMMANDS.get(word), " ".join(rest.split())
+    return (action, decisions) if decisions is not None and action else None
 
 
 def decision_for(key: str) -> Decision | None:
@@ -109,8 +90,7 @@ def decision_for(key: str) -> Decision | None:
 
 def txn_id(kind: str, source_event_id: str) -> str:
     """A stable transaction id for what the bot sends because of `source_event_id`."""
-    digest = hashlib.sha256(f"{kind}\n{source_event_id}".encode()).hexdigest()[:32]
-    return f"chatstate.{kind}.{digest}"
+    return f"chatstate.{kind}." + hashlib.sha256(f"{kind}\n{source_event_id}".encode()).hexdigest()[:32]
 
 
 def approval_id(room_id: str, request_event_id: str) -> str:
@@ -144,16 +124,15 @@ def is_redacted(event: Mapping[str, Any]) -> bool:
     return bool(event.get("unsigned", {}).get("redacted_because")) or not event.get("content")
 
 
-def reaction_content(event_id: str, key: str) -> dict[str, Any]:
-    return {"m.relates_to": {"rel_type": ANNOTATION, "event_id": event_id, "key": key}}
+def approval_of(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The approval fields (`id`, `expires_at` or `decision`) of a prompt or outcome, else {}."""
+    meta = event.get("content", {}).get(APPROVAL_FIELD)
+    return meta if isinstance(meta, dict) else {}
 
 
 def prompt_expiry(event: Mapping[str, Any], bot_user: str) -> int | None:
     """`expires_at` of a prompt event the bot sent, or None for any other event."""
-    if event.get("sender") != bot_user:
-        return None
-    meta = event.get("content", {}).get(APPROVAL_FIELD)
-    expires_at = meta.get("expires_at") if isinstance(meta, dict) else None
+    expires_at = approval_of(event).get("expires_at") if event.get("sender") == bot_user else None
     return expires_at if isinstance(expires_at, int) else None
 
 
@@ -164,14 +143,13 @@ class MatrixIO:
         config = AsyncClientConfig(
             encryption_enabled=False,
             store_sync_tokens=False,  # our store keeps the token
-            request_timeout=REQUEST_TIMEOUT_S,
-            max_timeouts=MAX_TIMEOUTS,
+            request_timeout=30.0,  # one HTTP call to the homeserver, long-polls excluded
+            max_timeouts=3,  # nio retries a timed-out call this often, then raises
             max_limit_exceeded=MAX_429_RETRIES,
         )
         self.client = AsyncClient(homeserver, config=config)
         self.client.access_token = access_token
-        self.user_id = ""
-        self.device_id = ""
+        self.user_id = self.device_id = self.filter_id = ""
         self.rooms: list[str] = []
 
     async def connect(self) -> str:
@@ -186,6 +164,12 @@ class MatrixIO:
         """Send one event with `room_send`; returns its event id (the first one for a repeated txn)."""
         resp = await self.client.room_send(room_id, event_type, content, tx_id=txn)
         return _ok(f"room_send {event_type}", resp, RoomSendResponse).event_id
+
+    async def say(
+        self, room_id: str, content: dict[str, Any], *, kind: str, cause: str, event_type: str = "m.room.message"
+    ) -> str:
+        """Send `content` because of event `cause`, as the `kind` send for it (its txn id)."""
+        return await self.send(room_id, event_type, content, txn=txn_id(kind, cause))
 
     async def fetch_event(self, room_id: str, event_id: str) -> dict[str, Any] | None:
         """The event's JSON as the homeserver has it, or None when it has no such event."""
@@ -205,35 +189,22 @@ class MatrixIO:
         except AttributeError:  # nio reads a refused page as a page and trips over it
             raise MatrixError(f"relations of {event_id} failed") from None
 
-    async def upload_filter(self, *, timeline_limit: int, nonce: str) -> str:
-        """Upload the sync filter; returns its id. `nonce` makes it a new filter (see sync.py).
+    async def upload_filter(self, *, timeline_limit: int, nonce: str) -> None:
+        """Upload the filter `sync` uses (the bot reads timelines only: lazy-loaded members, no
+        presence or account data). `nonce` makes it a new filter (see sync.py)."""
+        none = {"not_types": ["*"]}
+        room: dict[str, Any] = {"timeline": {"limit": timeline_limit}, "state": {"lazy_load_members": True}}
+        room |= {"account_data": none, "ephemeral": none, "org.chatstate.start": nonce}  # unknown keys are kept
+        resp = await self.client.upload_filter(presence=none, account_data=none, room=room)
+        self.filter_id = _ok("upload filter", resp, UploadFilterResponse).filter_id
 
-        Lazy-loaded members, no presence or global account data: the bot reads timelines only.
-        """
-        resp = await self.client.upload_filter(
-            presence={"not_types": ["*"]},
-            account_data={"not_types": ["*"]},
-            room={
-                "timeline": {"limit": timeline_limit},
-                "state": {"lazy_load_members": True},
-                "account_data": {"not_types": ["*"]},
-                "ephemeral": {"not_types": ["*"]},
-                "org.chatstate.start": nonce,  # unknown keys are kept (forward compatibility)
-            },
-        )
-        return _ok("upload filter", resp, UploadFilterResponse).filter_id
-
-    async def sync(self, *, since: str | None, timeout_ms: int, filter_id: str) -> SyncResponse:
-        resp = await self.client.sync(timeout=timeout_ms, since=since, sync_filter=filter_id)
+    async def sync(self, *, since: str | None, timeout_ms: int) -> SyncResponse:
+        resp = await self.client.sync(timeout=timeout_ms, since=since, sync_filter=self.filter_id)
         return _ok("sync", resp, SyncResponse)
 
-    async def messages_before(
-        self, room_id: str, start: str, *, stop_at: str | None, limit: int
-    ) -> RoomMessagesResponse:
-        """One page of /messages backwards from `start` (to `stop_at`, when given)."""
-        resp = await self.client.room_messages(
-            room_id, start, end=stop_at, direction=MessageDirection.back, limit=limit
-        )
+    async def messages_before(self, room_id: str, start: str, *, to: str | None, limit: int) -> RoomMessagesResponse:
+        """One page of /messages backwards from `start` (down to `to`, when given)."""
+        resp = await self.client.room_messages(room_id, start, end=to, direction=MessageDirection.back, limit=limit)
         return _ok("messages", resp, RoomMessagesResponse)
 
     async def join(self, room_id: str) -> None:

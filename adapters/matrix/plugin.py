@@ -16,7 +16,7 @@ from typing import Any
 from chatstate.adapters.matrix.config import MatrixSettings
 from chatstate.adapters.matrix.handlers import ApprovalFlow
 from chatstate.adapters.matrix.platform import MatrixIO
-from chatstate.adapters.matrix.state import HANDLED, REACTIONS, SYNC, SyncTokens, quota_spec
+from chatstate.adapters.matrix.state import HANDLED, REACTIONS, SYNC, quota_spec
 from chatstate.adapters.matrix.sync import SyncLoop
 from chatstate.gateway.sdk import AdapterState, ApprovalService, InboundGate, PluginRuntime, StatefulPlugin, UserQuota
 
@@ -49,16 +49,13 @@ class MatrixPlugin(StatefulPlugin[Running]):
     settings_type = MatrixSettings
 
     async def build(self, runtime: PluginRuntime) -> Running:
-        """Check config, open states, log in, settle the sync position, start syncing.
-
-        Raises ValueError (bad config), StateStoreError (states), MatrixError (the homeserver
-        refused the token or the initial sync); the gateway then refuses to start.
-        """
+        """Open states, log in, settle the sync position, start syncing. Raises ValueError (bad
+        config), StateStoreError (states), MatrixError (the homeserver refused the token or the
+        initial sync); the gateway then refuses to start."""
         settings = MatrixSettings.of(runtime)
         approvals = ApprovalService(legacy=runtime.legacy)
-        states = [
-            AdapterState(spec, legacy=runtime.legacy) for spec in (REACTIONS, SYNC, HANDLED, quota_spec(settings))
-        ]
+        specs = (REACTIONS, SYNC, HANDLED, quota_spec(settings.approval_ttl_ms))
+        states = [AdapterState(spec, legacy=runtime.legacy) for spec in specs]
         for state in (*states, approvals.state):
             await self.open_state(state, runtime)
         targets, tokens, handled, counts = states
@@ -73,7 +70,7 @@ class MatrixPlugin(StatefulPlugin[Running]):
             flow = ApprovalFlow(
                 io, settings, gate=gate, targets=targets, approvals=approvals, quota=quota, log=runtime.log
             )
-            sync = SyncLoop(io, SyncTokens(tokens), flow, settings, log=runtime.log)
+            sync = SyncLoop(flow, tokens)
             resumed = await sync.resume()
         except BaseException:
             await io.close()

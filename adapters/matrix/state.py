@@ -22,8 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from chatstate.adapters.matrix.config import MatrixSettings
-from chatstate.gateway.sdk import AdapterState, Decision, StateSpec
+from chatstate.gateway.sdk import Decision, StateSpec
 
 REACTIONS = StateSpec("matrix.approval-reactions", ttl_ms=None, max_entries=1_000)  # TTL per row
 SYNC = StateSpec("matrix.sync", ttl_ms=None, max_entries=16)  # one row per bot account
@@ -31,23 +30,17 @@ SYNC = StateSpec("matrix.sync", ttl_ms=None, max_entries=16)  # one row per bot 
 # docs/state.md rule 10): 1,000 + 16 + 40,000 + 5,000. Over the ceiling the store evicts from
 # the namespace being written, so a busy ledger can never shrink the reaction targets.
 HANDLED = StateSpec("matrix.handled-events", ttl_ms=24 * 3600 * 1000, max_entries=40_000)  # >= 24 h
-QUOTA_NAMESPACE = "matrix.requester-quota"
 QUOTA_MAX_ENTRIES = 5_000  # requesters counted; evicting one only forgets what they hold open
 VALUE_VERSION = 1
 
 
-def quota_spec(settings: MatrixSettings) -> StateSpec:
-    return StateSpec(QUOTA_NAMESPACE, settings.approval_ttl_ms, QUOTA_MAX_ENTRIES)
+def quota_spec(approval_ttl_ms: int) -> StateSpec:
+    return StateSpec("matrix.requester-quota", approval_ttl_ms, QUOTA_MAX_ENTRIES)
 
 
 def json_key(*parts: str) -> str:
     """A store key of several ids: JSON `[...]`, no spaces (ids may hold any character)."""
     return json.dumps(list(parts), separators=(",", ":"), ensure_ascii=False)
-
-
-def target_key(account_id: str, room_id: str, event_id: str) -> str:
-    """The store key of a prompt: JSON `[account_id, room_id, event_id]`."""
-    return json_key(account_id, room_id, event_id)
 
 
 @dataclass(frozen=True)
@@ -68,20 +61,4 @@ class ReactionTarget:
         """Rebuild a stored target. Raises ValueError for a row of another version."""
         if value.get("version") != VALUE_VERSION:
             raise ValueError(f"reaction target version {value.get('version')!r} is not {VALUE_VERSION}")
-        target = value["target"]
-        return cls(target["approval_id"], tuple(target["decisions"]))
-
-
-class SyncTokens:
-    """`matrix.sync`: where each bot account's /sync stream resumes."""
-
-    def __init__(self, state: AdapterState) -> None:
-        self.state = state
-
-    async def load(self, account_id: str) -> str | None:
-        value = await self.state.get(account_id)
-        return None if value is None else str(value["next_batch"])
-
-    async def save(self, account_id: str, next_batch: str) -> None:
-        """Persist `next_batch` (awaited): call only after every event before it was handled."""
-        await self.state.record(account_id, {"version": VALUE_VERSION, "next_batch": next_batch})
+        return cls(value["target"]["approval_id"], tuple(value["target"]["decisions"]))

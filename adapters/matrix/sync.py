@@ -1,36 +1,31 @@
 """The /sync loop: a filter of our own, gap-free timelines, the token saved after each batch.
 
-Three things a real homeserver (Synapse) does that this loop is built around:
-- **Limited timelines.** A room with more new events than the filter's timeline limit comes
-  back `limited: true` with a `prev_batch`. We page `/messages` backwards from `prev_batch` to
-  our `since` token (`dir=b`, `to=since`) and handle the back-filled events first, in order.
-  At most `backfill_max_events` per room per sync: past that the oldest are skipped, which is
-  counted (`backfill_truncated`) and logged, never silent.
-- **A response cache.** Synapse answers an identical /sync request from a ~2 minute cache,
-  keyed by user, device and query. Our first sync of each start would be the same request as
-  the last one of the previous run; so every start uploads a *new* filter (a nonce in it), and
-  no request of this run can be answered with a batch cached for an earlier one. The gate's
-  claims (handlers.py) make replays harmless even when that does not hold (another proxy, a bug).
-- **Invites.** With `auto_join`, an invite from an allowed inviter is joined (others ignored).
-
-The token moves forward only after every event of the batch has been handled or given up
-(per-event isolation in handlers.py), so a failing event never pins the loop to one batch.
+Built around three things a real homeserver (Synapse) does:
+- **Limited timelines** (`limited: true` with a `prev_batch`): we page `/messages` backwards
+  from `prev_batch` to our `since` token and handle those events first, in order; past
+  `backfill_max_events` per room per sync the oldest are skipped, counted and logged.
+- **A ~2 minute response cache**, keyed by user, device and query: a start's first sync would
+  repeat the previous run's last request, so every start uploads a *new* filter (a nonce in
+  it). The gate's claims make replays harmless even where that does not hold (a proxy, a bug).
+- **Invites**: with `auto_join`, one from an allowed inviter is joined (others ignored).
+The token moves on only after every event of its batch was handled or given up (per-event
+isolation in handlers.py), so a failing event never pins the loop to one batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import secrets
+from dataclasses import asdict
 from typing import Any
 
 from nio import InviteMemberEvent, SyncResponse
 
-from chatstate.adapters.matrix.config import MatrixSettings
 from chatstate.adapters.matrix.handlers import ApprovalFlow
-from chatstate.adapters.matrix.platform import MatrixError, MatrixIO
-from chatstate.adapters.matrix.state import SyncTokens
+from chatstate.adapters.matrix.platform import MatrixError
+from chatstate.adapters.matrix.state import VALUE_VERSION
+from chatstate.gateway.sdk import AdapterState
 
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # backoff after a failed /sync, last one repeats
 STOP_GRACE_S = 5.0  # how long stop() lets a batch being handled finish before cancelling it
@@ -40,63 +35,33 @@ BACKFILL_PAGE = 100  # events per /messages call
 class SyncLoop:
     """Long-poll the homeserver with our filter; back-fill gaps; hand each room to the flow."""
 
-    def __init__(
-        self,
-        io: MatrixIO,
-        tokens: SyncTokens,
-        flow: ApprovalFlow,
-        settings: MatrixSettings,
-        *,
-        log: logging.LoggerAdapter[logging.Logger],
-    ) -> None:
-        self.io = io
-        self.tokens = tokens
-        self.flow = flow
-        self.timeout_ms = settings.sync_timeout_ms
-        self.timeline_limit = settings.sync_timeline_limit
-        self.backfill_max_events = settings.backfill_max_events
-        self.auto_join = settings.auto_join
-        self.inviters = frozenset(settings.inviters)
-        self.log = log
-        self.filter_id = ""
+    def __init__(self, flow: ApprovalFlow, tokens: AdapterState) -> None:
+        self.flow, self.io, self.settings, self.log = flow, flow.io, flow.settings, flow.log
+        self.tokens = tokens  # matrix.sync: where each bot account's /sync stream resumes
         self.token: str | None = None
         self.last_error: str | None = None
         self.batches = 0
-        self.counters = {
-            "backfilled_events": 0,
-            "backfill_truncated": 0,
-            "backfill_failed": 0,
-            "invites_joined": 0,
-            "invites_ignored": 0,
-        }
+        counted = ("backfilled_events", "backfill_truncated", "backfill_failed", "invites_joined", "invites_ignored")
+        self.counters = dict.fromkeys(counted, 0)
         self.last_truncated: dict[str, Any] | None = None
         self._handled_invites: set[str] = set()
         self._handling = False  # a batch is being handled and its token is not saved yet
         self._stopping = False
 
     def health(self) -> dict[str, Any]:
-        stats = self.flow.stats
-        return {
-            "sync_error": self.last_error,
-            "batches": self.batches,
-            "events_handled": stats.handled,
-            "events_failed": stats.failed,
-            "last_failed_event": stats.last_failed,
-            "replays_skipped": stats.replays_skipped,
-            "reactions_withdrawn": stats.withdrawn,
-            **self.counters,
-            "last_backfill_truncated": self.last_truncated,
-        }
+        counts = {"sync_error": self.last_error, "batches": self.batches, **asdict(self.flow.stats), **self.counters}
+        return {**counts, "last_backfill_truncated": self.last_truncated}
 
     async def resume(self) -> bool:
-        """Upload this start's filter; load the saved token, else take a baseline sync whose
-        history is not acted on (its open invites are). Returns True when a saved token was found. Raises
-        MatrixError when the homeserver refuses the filter or the baseline sync."""
-        self.filter_id = await self.io.upload_filter(timeline_limit=self.timeline_limit, nonce=secrets.token_hex(8))
-        self.token = await self.tokens.load(self.io.user_id)
-        if self.token is not None:
+        """Upload this start's filter; load the saved token (returns True), else take a baseline
+        sync whose history is not acted on (its open invites are). Raises MatrixError when the
+        homeserver refuses the filter or the baseline sync."""
+        await self.io.upload_filter(timeline_limit=self.settings.sync_timeline_limit, nonce=secrets.token_hex(8))
+        saved = await self.tokens.get(self.io.user_id)
+        if saved is not None:
+            self.token = str(saved["next_batch"])
             return True
-        resp = await self.io.sync(since=None, timeout_ms=0, filter_id=self.filter_id)
+        resp = await self.io.sync(since=None, timeout_ms=0)
         for room_id, info in resp.rooms.invite.items():  # invites are not history: still open
             await self._invite(room_id, info.invite_state)
         await self._advance(resp.next_batch)
@@ -119,12 +84,10 @@ class SyncLoop:
         failures = 0
         while not self._stopping:
             try:
-                resp = await self.io.sync(since=self.token, timeout_ms=self.timeout_ms, filter_id=self.filter_id)
+                resp = await self.io.sync(since=self.token, timeout_ms=self.settings.sync_timeout_ms)
                 self._handling = True
                 await self.handle(resp)
                 await self._advance(resp.next_batch)
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # the network, the homeserver or our store: retry the sync
                 self._handling = False
                 if self._stopping:
@@ -150,14 +113,19 @@ class SyncLoop:
         """Events between our token and `prev_batch`, oldest first, at most the bound."""
         older: list[Any] = []  # newest first while paging backwards
         start: str | None = prev_batch
+        bound = self.settings.backfill_max_events
         try:
-            while start and len(older) < self.backfill_max_events:
-                want = min(BACKFILL_PAGE, self.backfill_max_events - len(older))
-                page = await self.io.messages_before(room_id, start, stop_at=self.token, limit=want)
+            while start and len(older) < bound:
+                want = min(BACKFILL_PAGE, bound - len(older))
+                page = await self.io.messages_before(room_id, start, to=self.token, limit=want)
                 older.extend(page.chunk)
                 start = page.end if page.chunk and page.end != start else None  # None: reached our token
-            if start and len(older) >= self.backfill_max_events:
-                await self._note_truncated(room_id, start, len(older))
+            if start and len(older) >= bound:  # more remain unless the last page ended at our token
+                probe = await self.io.messages_before(room_id, start, to=self.token, limit=1)
+                if probe.chunk:
+                    self.counters["backfill_truncated"] += 1
+                    self.last_truncated = {"room": room_id, "backfilled": len(older), "bound": bound}
+                    self.log.error("matrix_backfill_truncated", extra=self.last_truncated)
         except MatrixError as exc:  # e.g. left the room meanwhile: handle what the timeline has
             self.counters["backfill_failed"] += 1
             self.log.error("matrix_backfill_failed", extra={"room": room_id, "error": str(exc)})
@@ -167,28 +135,13 @@ class SyncLoop:
         older.reverse()
         return older
 
-    async def _note_truncated(self, room_id: str, start: str, fetched: int) -> None:
-        # more may remain only if the last page was full; ask for one more event to be sure
-        probe = await self.io.messages_before(room_id, start, stop_at=self.token, limit=1)
-        if not probe.chunk:
-            return
-        self.counters["backfill_truncated"] += 1
-        self.last_truncated = {"room": room_id, "backfilled": fetched, "bound": self.backfill_max_events}
-        self.log.error("matrix_backfill_truncated", extra=self.last_truncated)
-
     async def _invite(self, room_id: str, invite_state: list[Any]) -> None:
         if room_id in self._handled_invites:
             return
         self._handled_invites.add(room_id)
-        inviter = next(
-            (
-                e.sender
-                for e in invite_state
-                if isinstance(e, InviteMemberEvent) and e.state_key == self.io.user_id and e.membership == "invite"
-            ),
-            None,
-        )
-        if not self.auto_join or inviter not in self.inviters:
+        mine = [e for e in invite_state if isinstance(e, InviteMemberEvent) and e.state_key == self.io.user_id]
+        inviter = next((e.sender for e in mine if e.membership == "invite"), None)
+        if not self.settings.auto_join or inviter not in self.settings.inviters:
             self.counters["invites_ignored"] += 1
             self.log.info("matrix_invite_ignored", extra={"room": room_id, "inviter": inviter})
             return
@@ -202,8 +155,9 @@ class SyncLoop:
         self.log.info("matrix_invite_joined", extra={"room": room_id, "inviter": inviter})
 
     async def _advance(self, next_batch: str) -> None:
+        """Save `next_batch` once every event before it was handled: a restart resumes after it."""
         if next_batch != self.token:
-            await self.tokens.save(self.io.user_id, next_batch)
+            await self.tokens.record(self.io.user_id, {"version": VALUE_VERSION, "next_batch": next_batch})
             self.token = next_batch
             self.batches += 1
         self._handling = False

@@ -15,7 +15,7 @@ from redis_support import with_prefix
 from state_support import T0_MS, FakeClock
 
 from chatstate.state import StateStoreError, StoreSettings, open_keyed_store, probe, sweep_expired
-from chatstate.state._redis_client import RedisOptions
+from chatstate.state._redis import RedisOptions
 
 
 @pytest.fixture

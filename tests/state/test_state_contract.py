@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from state_support import HA_BACKENDS, T0_MS, FakeClock, fresh_target
 
-from chatstate.state import Entry, StateStoreError, StoreSettings, open_keyed_store
+from chatstate.state import Entry, StateStoreError, open_keyed_store
 
 
 @pytest.fixture(params=HA_BACKENDS)
@@ -246,10 +246,9 @@ def test_reject_new_refuses_a_new_key_but_updates_an_existing_one(make_store, cl
 # -- no per-plugin ceiling (issue 17, defect 2) ----------------------------------------------
 def test_a_plugins_other_namespaces_never_lock_a_namespace_up(make_store):
     """v1 refused this write forever once the plugin's other namespaces held the ceiling; v2 has
-    no per-plugin cap (the deprecated `plugin_max_live_rows` is accepted and ignored)."""
-    tiny = StoreSettings(plugin_max_live_rows=5)
-    a = make_store("p", "a", max_entries=100, settings=tiny)
-    b = make_store("p", "b", max_entries=2, overflow="reject-new", settings=tiny)
+    no per-plugin cap."""
+    a = make_store("p", "a", max_entries=100)
+    b = make_store("p", "b", max_entries=2, overflow="reject-new")
     for i in range(20):
         a.register(f"a{i}", i)
     b.register("b0", 0)

@@ -15,7 +15,7 @@ from state_support import FakeClock
 from chatstate.state import Entry, StateStoreError, StoreSettings, sweep_expired
 
 EXAMPLES = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-STORE_SETTINGS = StoreSettings(plugin_max_live_rows=3)  # deprecated, no effect: v2 has no per-plugin cap
+STORE_SETTINGS = StoreSettings()
 _plugins = itertools.count()  # each example gets its own plugin id on the shared file
 Row = tuple[Any, int, "int | None", int]  # value, created, expires, version
 

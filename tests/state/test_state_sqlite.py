@@ -216,7 +216,7 @@ def test_a_second_settings_object_for_an_open_database_is_refused(sqlite_target)
     a = open_keyed_store("p", "a", max_entries=1, **sqlite_target)
     try:
         with pytest.raises(StateStoreError) as err:
-            open_keyed_store("p", "b", max_entries=1, settings=StoreSettings(plugin_max_live_rows=3), **sqlite_target)
+            open_keyed_store("p", "b", max_entries=1, settings=StoreSettings(busy_timeout_s=6), **sqlite_target)
         assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "open")
     finally:
         a.close()

@@ -118,14 +118,14 @@ async def test_each_event_acts_once_across_flows_on_one_file(runtime: FileRuntim
     await two.room_events(ROOM, batch)  # a replayed batch: another run, device or gateway
     assert [c[0] for c in one.calls] == ["$m1", "$r1"]
     assert two.calls == []
-    assert (one.stats.handled, two.stats.replays_skipped) == (2, 2)
+    assert (one.stats.events_handled, two.stats.replays_skipped) == (2, 2)
 
 
 async def test_a_reaction_redacted_later_in_the_same_batch_is_not_acted_on(runtime: FileRuntime) -> None:
     f = await flow(runtime)
     await f.room_events(ROOM, [reaction("$r1"), request("$m1"), redaction("$r1"), reaction("$r2")])
     assert [c[0] for c in f.calls] == ["$m1", "$r2"]
-    assert f.stats.withdrawn == 1
+    assert f.stats.reactions_withdrawn == 1
 
 
 async def test_a_failing_event_is_retried_honouring_retry_after_then_given_up_alone(runtime: FileRuntime) -> None:
@@ -137,9 +137,9 @@ async def test_a_failing_event_is_retried_honouring_retry_after_then_given_up_al
     assert calls == ["$ok", "$ok", "$bad", "$bad", "$bad", "$after"]
     times = [c[1] for c in f.calls]
     assert times[1] - times[0] >= 0.6  # waited retry_after_ms, not the shorter backoff
-    assert (f.stats.handled, f.stats.failed) == (2, 1)
-    assert f.stats.last_failed is not None and f.stats.last_failed["event_id"] == "$bad"
-    assert f.stats.last_failed["attempts"] == 3 and "M_FORBIDDEN" in f.stats.last_failed["error"]
+    assert (f.stats.events_handled, f.stats.events_failed) == (2, 1)
+    assert f.stats.last_failed_event is not None and f.stats.last_failed_event["event_id"] == "$bad"
+    assert f.stats.last_failed_event["attempts"] == 3 and "M_FORBIDDEN" in f.stats.last_failed_event["error"]
     again = await flow(runtime)
     await again.room_events(ROOM, [request("$bad")])  # a given-up event is done: not retried forever
     assert again.calls == []

@@ -54,6 +54,8 @@ def test_both_renderings_carry_the_same_fields(stream: io.StringIO, raw_path: st
     fast, slow = _lines(stream)
     assert fast.pop("ts") == pytest.approx(slow.pop("ts"), abs=5)
     assert fast == slow
-    expected = {"level": "info", "logger": "gateway.access", "event": "http_request", "method": "POST"}
-    expected |= {"path": request.path, "status": 201, "duration_ms": 12.346}
+    expected: dict[str, object] = {
+        **{"level": "info", "logger": "gateway.access", "event": "http_request", "method": "POST"},
+        **{"path": request.path, "status": 201, "duration_ms": 12.346},
+    }
     assert fast == expected | ({"plugin": plugin} if plugin else {})

@@ -87,7 +87,6 @@ class EchoPlugin(StatefulPlugin[Running]):
     """Signed per-key counters in one keyed store (or a dict in legacy mode)."""
 
     id = "echo"
-    origin = "bundled"
     settings_type = EchoSettings
 
     def routes(self) -> Sequence[Route]:

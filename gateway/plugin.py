@@ -72,18 +72,20 @@ class PluginRuntime(Protocol):
 
 
 class Plugin(abc.ABC):
-    """Base class of every adapter; subclasses set `id` and `origin`."""
+    """Base class of every adapter; subclasses set `id` (the registry decides the origin: where
+    the plugin was listed, never what the class says)."""
 
     id: ClassVar[str]
-    origin: ClassVar[Origin] = "external"
     # The `[adapters.<id>]` table's type: subclass AdapterSettings with one field per key. The
     # gateway validates the table (and CHATSTATE_<ID>_<KEY> variables) against it before start.
     settings_type: ClassVar[type[AdapterSettings]] = AdapterSettings
 
-    def check(self, settings: AdapterSettings) -> None:  # noqa: B027 -- an optional hook
+    def check(self, settings: AdapterSettings) -> None:
         """Offline checks beyond the field types (no network, no store): run by `start` and by
         `restart` before it stops the running gateway. Raise ValueError naming the key (never
-        its value); the gateway then exits 2."""
+        its value); the gateway then exits 2. By default the settings' own `check()`: a rule
+        about the config belongs next to its fields, in the adapter's config.py."""
+        settings.check()
 
     def routes(self) -> Sequence[Route]:
         """Routes to mount on the ingress; the handler verifies the platform signature first."""

@@ -74,6 +74,10 @@ class AdapterSettings(Settings):
         """
         return cls.of_settings(runtime.settings)
 
+    def check(self) -> None:
+        """Offline checks across fields that the field types cannot say (none by default);
+        raise ValueError naming the key, never its value. `Plugin.check` runs it."""
+
     @classmethod
     def of_settings(cls, settings: AdapterSettings) -> Self:
         """`settings` as this type, for `Plugin.check`; raises TypeError if it is not one."""

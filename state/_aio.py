@@ -156,7 +156,8 @@ async def _wait(future: asyncio.Future[T]) -> T:
 
 
 class AsyncKeyedStore:
-    """Awaitable twin of `KeyedStore`: each method runs the sync one of the same name on a worker.
+    """Awaitable twin of `KeyedStore`: each method runs the sync one of the same name (see its
+    docstring) on a worker; the stage_* methods do no I/O and are plain calls.
 
     register, register_if_absent and compare_and_set are plain methods returning an awaitable:
     they check and serialize on the caller, at the call, so `create_task(store.register(k, v))`
@@ -182,17 +183,14 @@ class AsyncKeyedStore:
         return check_key(key, op), Json(serialize_value(value, op, self.max_value_bytes))
 
     def register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> Awaitable[None]:
-        """See `KeyedStore.register`; the value is captured (serialized) at this call."""
         key, text = self._captured("register", key, value, ttl_ms)
         return _wait(submit(self._writer, self.sync.register, key, text, ttl_ms=ttl_ms))
 
     def register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> Awaitable[bool]:
-        """See `KeyedStore.register_if_absent`; the value is captured at this call."""
         key, text = self._captured("register_if_absent", key, value, ttl_ms)
         return _wait(submit(self._writer, self.sync.register_if_absent, key, text, ttl_ms=ttl_ms))
 
     def compare_and_set(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> Awaitable[bool]:
-        """See `KeyedStore.compare_and_set`; the value is captured at this call."""
         check_version(version, "compare_and_set")
         key, text = self._captured("compare_and_set", key, value, ttl_ms)
         return _wait(submit(self._writer, self.sync.compare_and_set, key, text, version=version, ttl_ms=ttl_ms))
@@ -200,63 +198,49 @@ class AsyncKeyedStore:
     async def update(
         self, key: str, fn: Callable[[Any], Any], *, ttl_ms: int | None = None, max_attempts: int = UPDATE_ATTEMPTS
     ) -> Any:
-        """See `KeyedStore.update`; runs on the writer, so `fn` runs there too (keep it pure and quick)."""
+        """Runs on the writer, so `fn` runs there too: keep it pure and quick."""
         return await submit(self._writer, self.sync.update, key, fn, ttl_ms=ttl_ms, max_attempts=max_attempts)
 
     def stage_register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
-        """See `KeyedStore.stage_register`: a plain call (no I/O); commit with `commit_staged_async`."""
         return self.sync.stage_register(key, value, ttl_ms=ttl_ms)
 
     def stage_register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
-        """See `KeyedStore.stage_register_if_absent`: a plain call (no I/O)."""
         return self.sync.stage_register_if_absent(key, value, ttl_ms=ttl_ms)
 
     def stage_compare_and_set(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> StagedWrite:
-        """See `KeyedStore.stage_compare_and_set`: a plain call (no I/O)."""
         return self.sync.stage_compare_and_set(key, value, version=version, ttl_ms=ttl_ms)
 
     def stage_delete(self, key: str) -> StagedWrite:
-        """See `KeyedStore.stage_delete`: a plain call (no I/O)."""
         return self.sync.stage_delete(key)
 
     async def lookup(self, key: str) -> Any | None:
-        """See `KeyedStore.lookup`."""
         return await submit(POOL, self.sync.lookup, key)
 
     async def lookup_entry(self, key: str) -> Entry | None:
-        """See `KeyedStore.lookup_entry`."""
         return await submit(POOL, self.sync.lookup_entry, key)
 
     async def lookup_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """See `KeyedStore.lookup_many`; `keys` is copied at this call."""
-        return await submit(POOL, self.sync.lookup_many, check_keys(keys, "lookup_many"))
+        return await submit(POOL, self.sync.lookup_many, check_keys(keys, "lookup_many"))  # copied at the call
 
     async def consume(self, key: str) -> Any | None:
-        """See `KeyedStore.consume`."""
         return await submit(self._writer, self.sync.consume, key)
 
     async def delete(self, key: str) -> bool:
-        """See `KeyedStore.delete`."""
         return await submit(self._writer, self.sync.delete, key)
 
     async def delete_if(self, key: str, *, version: int) -> bool:
-        """See `KeyedStore.delete_if`."""
         return await submit(self._writer, self.sync.delete_if, key, version=version)
 
     async def clear(self) -> int:
-        """See `KeyedStore.clear`."""
         return await submit(self._writer, self.sync.clear)
 
     async def count(self) -> int:
-        """See `KeyedStore.count`."""
         return await submit(POOL, self.sync.count)
 
     async def entries(self, *, limit: int | None = None, after: Entry | None = None) -> list[Entry]:
-        """See `KeyedStore.entries`."""
         return await submit(POOL, self.sync.entries, limit=limit, after=after)
 
     async def close(self) -> None:
-        """See `KeyedStore.close`."""
         return await submit(POOL, self.sync.close)
 
     async def __aenter__(self) -> AsyncKeyedStore:

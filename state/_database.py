@@ -38,8 +38,8 @@ PROBE_SPEC = NamespaceSpec("core:probe", "probe", 1_000)  # a core-owned pair: n
 class Location:
     """One database open in this process, shared by every store and `Database` on it."""
 
-    def __init__(self, ident: str, backend: Backend, settings: StoreSettings) -> None:
-        self.ident, self.backend, self.settings = ident, backend, settings
+    def __init__(self, backend: Backend, settings: StoreSettings) -> None:
+        self.backend, self.settings = backend, settings
         self.location = backend.location
         self.pid = os.getpid()
         self._lock = threading.Lock()
@@ -67,6 +67,15 @@ class Location:
                 return False
             self._holders += 1
             return True
+
+    def rejoin(self) -> None:
+        """Check the paths again and re-apply modes for a holder just added (on every open, not
+        on the first only); if that fails, the hold is given back. Raises OPEN_FAILED."""
+        try:
+            self.backend.reopened()
+        except BaseException:
+            self.release()
+            raise
 
     def release(self) -> None:
         """One holder less; the last one closes the backend (calls in flight finish first)."""
@@ -128,24 +137,15 @@ def acquire(path: str | os.PathLike[str] | None, url: str | None, settings: Stor
         _registry_lock = threading.Lock()
     with _registry_lock:
         shared = _locations.get(ident)
-        if shared is not None and shared.hold():
-            if shared.settings != settings:
-                shared.release()
-                raise StateStoreError(
-                    "INVALID_INPUT",
-                    "open",
-                    "this database is already open in this process with different settings",
-                    path=shared.location,
-                )
-        else:
-            shared = _locations[ident] = Location(ident, _open_backend(ident, url, settings), settings)
+        if shared is None or not shared.hold():
+            shared = _locations[ident] = Location(_open_backend(ident, url, settings), settings)
             shared.hold()
             return shared
-    try:
-        shared.backend.reopened()  # modes are re-applied on every open, not on the first only
-    except BaseException:
+    if shared.settings != settings:
         shared.release()
-        raise
+        message = "this database is already open in this process with different settings"
+        raise StateStoreError("INVALID_INPUT", "open", message, path=shared.location)
+    shared.rejoin()
     return shared
 
 
@@ -257,10 +257,6 @@ class Database:
     def _acquire(self) -> Location:
         return acquire(self._path, self.url, self.settings)
 
-    def backend(self) -> Backend:
-        """The open backend (opened now on first use)."""
-        return self._open().backend
-
     def open_keyed_store(
         self, plugin_id: str, namespace: str, *, clock: Clock | None = None, **options: Any
     ) -> KeyedStore:
@@ -270,11 +266,7 @@ class Database:
         shared = self._open()
         if not shared.hold():
             raise StateStoreError("UNAVAILABLE", "open", "the database is closed", path=self.location)
-        try:
-            shared.backend.reopened()  # modes are re-applied on every open, as by path
-        except BaseException:
-            shared.release()
-            raise
+        shared.rejoin()
         return shared.open_store(spec, clock)
 
     async def open_async_keyed_store(self, plugin_id: str, namespace: str, **options: Any) -> AsyncKeyedStore:
@@ -387,10 +379,7 @@ def probe(
 
 
 def _check_dir(directory: Path) -> None:
-    if _sqlite.check_path(directory, True, "probe") is None:
-        _sqlite.make_dirs(directory)
-    for d in _sqlite.guarded_dirs(directory / "state.sqlite"):
-        _sqlite.check_path(d, True, "probe")
+    _sqlite.prepare_dirs(directory / "state.sqlite", op="probe")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise StateStoreError("OPEN_FAILED", "probe", "the state directory is not writable", path=str(directory))
 

@@ -57,8 +57,7 @@ class StoreSettings:
     def __post_init__(self) -> None:
         if not (isinstance(self.busy_timeout_s, (int, float)) and self.busy_timeout_s >= 5):
             raise StateStoreError("INVALID_INPUT", "open", "busy_timeout_s must be >= 5")
-        if not _int_in(self.sweep_batch_rows, 1, 1_024):
-            raise StateStoreError("INVALID_INPUT", "open", "sweep_batch_rows must be 1..1024")
+        check_int(self.sweep_batch_rows, 1, 1_024, "open", "sweep_batch_rows")
 
 
 @dataclass(frozen=True)
@@ -89,17 +88,13 @@ class NamespaceSpec:
             raise StateStoreError("INVALID_INPUT", "open", "max_entries must be an integer >= 1")
         if overflow not in OVERFLOW_POLICIES:
             raise StateStoreError("INVALID_INPUT", "open", f"overflow must be one of {OVERFLOW_POLICIES}")
-        if not _int_in(max_value_bytes, 1, MAX_VALUE_BYTES_CEILING):
-            raise StateStoreError(
-                "INVALID_INPUT", "open", f"max_value_bytes must be an integer from 1 to {MAX_VALUE_BYTES_CEILING}"
-            )
         return cls(
             check_plugin_id(plugin_id, core=core),
             check_namespace(namespace),
             max_entries,
             check_ttl(default_ttl_ms, "open", "default_ttl_ms"),
             str(overflow),
-            max_value_bytes,
+            check_int(max_value_bytes, 1, MAX_VALUE_BYTES_CEILING, "open", "max_value_bytes"),
         )
 
 
@@ -257,6 +252,13 @@ def _int_in(n: object, low: int, high: int) -> TypeGuard[int]:
     return isinstance(n, int) and not isinstance(n, bool) and low <= n <= high
 
 
+def check_int(value: object, low: int, high: int, op: str, what: str) -> int:
+    """`value` if it is an int (never a bool) from `low` to `high`, else INVALID_INPUT naming the range."""
+    if not _int_in(value, low, high):
+        raise StateStoreError("INVALID_INPUT", op, f"{what} must be an integer from {low} to {high}")
+    return value
+
+
 def _utf8_len(text: str, what: str, op: str) -> int:
     try:
         return len(text.encode("utf-8"))
@@ -306,22 +308,12 @@ def check_key(value: object, op: str) -> str:
 
 
 def check_ttl(value: object, op: str, what: str = "ttl_ms") -> int | None:
-    if value is None:
-        return None
-    if not _int_in(value, 1, MAX_TTL_MS):
-        raise StateStoreError("INVALID_INPUT", op, f"{what} must be an integer from 1 to {MAX_TTL_MS}")
-    return value
+    return None if value is None else check_int(value, 1, MAX_TTL_MS, op, what)
 
 
 def check_version(value: object, op: str) -> int:
     if not _int_in(value, 0, 2**63 - 1):
         raise StateStoreError("INVALID_INPUT", op, "version must be an integer from Entry.version")
-    return value
-
-
-def check_attempts(value: object, op: str) -> int:
-    if not _int_in(value, 1, 1_000):
-        raise StateStoreError("INVALID_INPUT", op, "max_attempts must be an integer from 1 to 1000")
     return value
 
 
@@ -338,8 +330,7 @@ def check_keys(values: object, op: str) -> list[str]:
 
 def check_page(limit: object, after: object, op: str = "entries") -> tuple[int | None, tuple[int, str] | None]:
     """`entries(limit=, after=)`: limit 1..MAX_PAGE_ROWS or None; `after` an Entry (the cursor) or None."""
-    if limit is not None and not _int_in(limit, 1, MAX_PAGE_ROWS):
-        raise StateStoreError("INVALID_INPUT", op, f"limit must be an integer from 1 to {MAX_PAGE_ROWS}")
+    limit = None if limit is None else check_int(limit, 1, MAX_PAGE_ROWS, op, "limit")
     if after is None:
         return limit, None
     created, k = getattr(after, "created_at", None), getattr(after, "key", None)

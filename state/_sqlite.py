@@ -12,6 +12,7 @@ what the store creates is private whatever the umask, and modes are re-applied a
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sqlite3
@@ -77,6 +78,7 @@ MIGRATIONS = {1: (ADD_VERSION, VERSION_V1_ROWS)}  # from version N to N + 1, in 
 # dict):  ?1 plugin_id  ?2 namespace  ?3 key  ?4 now_ms  ?5 value  ?6 expires_at  ?7 the new
 # version  ?8 the version a compare_and_set expects
 LIVE = "(expires_at IS NULL OR expires_at > :now)"
+LIVE4 = "(expires_at IS NULL OR expires_at > ?4)"
 SQL_UPSERT = """
 INSERT INTO entries (plugin_id, namespace, key, value, created_at, expires_at, version)
 VALUES (?1, ?2, ?3, ?5, ?4, ?6, ?7)
@@ -89,9 +91,9 @@ SQL_CLAIM = SQL_UPSERT + " WHERE entries.expires_at IS NOT NULL AND entries.expi
 # Replaces the row under the key in place (the row count does not change).
 SQL_REPLACE = """UPDATE entries SET value = ?5, created_at = ?4, expires_at = ?6, version = ?7
 WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"""
-SQL_MATCH = SQL_REPLACE + " AND version = ?8 AND (expires_at IS NULL OR expires_at > ?4)"
-SQL_READ = """SELECT value, created_at, expires_at, version FROM entries
-WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3 AND (expires_at IS NULL OR expires_at > ?4)"""
+SQL_MATCH = f"{SQL_REPLACE} AND version = ?8 AND {LIVE4}"
+SQL_ROW = "FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
+SQL_READ = f"SELECT value, created_at, expires_at, version {SQL_ROW} AND {LIVE4}"
 # lookup_many binds its keys one per parameter (a JSON array through json_each would lose keys
 # holding NUL), padded with repeats of a key to one of a few sizes, so the statement cache holds
 # a handful of statements, not one per batch size.
@@ -101,10 +103,10 @@ SQL_READ_MANY = {
     f" AND (expires_at IS NULL OR expires_at > ?3) AND key IN ({', '.join(f'?{n}' for n in range(4, 4 + size))})"
     for size in READ_MANY_SIZES
 }
-SQL_TAKE = """DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3
-RETURNING value, created_at, expires_at, version"""
-SQL_DELETE = "DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
-SQL_REMOVE_MATCH = SQL_DELETE + " AND version = ?5 AND (expires_at IS NULL OR expires_at > ?4)"
+SQL_DELETE = f"DELETE {SQL_ROW}"
+SQL_TAKE = f"{SQL_DELETE} RETURNING value, created_at, expires_at, version"
+# delete (?5 NULL: any row; True if it was live) and delete_if (only the live row of version ?5)
+SQL_REMOVE = f"{SQL_DELETE} AND (?5 IS NULL OR (version = ?5 AND {LIVE4})) RETURNING expires_at"
 SQL_NS_ROWS = "SELECT row_count FROM namespace_rows WHERE plugin_id = ?1 AND namespace = ?2"
 # The page after a cursor: the row-value comparison walks entries_by_order from the cursor on.
 SQL_SCAN_PAGE = f"""SELECT key, value, created_at, expires_at, version FROM entries
@@ -122,26 +124,24 @@ SQL_DROP_EXPIRED_NS = """DELETE FROM entries INDEXED BY entries_by_expiry
 WHERE plugin_id = ?1 AND namespace = ?2 AND expires_at <= ?4"""
 # The oldest live rows by (created_at, key), never the row just written: one seek into
 # entries_by_order at the namespace's oldest row, then as many rows as must go.
-SQL_EVICT = """DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key IN (
+SQL_EVICT = f"""DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key IN (
     SELECT key FROM entries INDEXED BY entries_by_order
-    WHERE plugin_id = ?1 AND namespace = ?2 AND key != ?3 AND (expires_at IS NULL OR expires_at > ?4)
+    WHERE plugin_id = ?1 AND namespace = ?2 AND key != ?3 AND {LIVE4}
     ORDER BY created_at, key LIMIT ?5)"""
 # A namespace exactly at max_entries: a write takes over, in one UPDATE, the row of its own key,
 # else an expired row (they never count), else (evict-oldest) the oldest live row: an eviction
 # and an insert at once, for the work of one write.
 SQL_REPLACE_EXPIRED = SQL_REPLACE + " AND expires_at IS NOT NULL AND expires_at <= ?4"  # a claim's
-SQL_EXISTS = "SELECT 1 FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
-_OWN_KEY = "SELECT key FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
+SQL_OWN_KEY = f"SELECT key {SQL_ROW}"
 _EXPIRED_KEY = """SELECT key FROM entries INDEXED BY entries_by_expiry
     WHERE expires_at <= ?4 AND plugin_id = ?1 AND namespace = ?2 LIMIT 1"""
-_OLDEST_KEY = """SELECT key FROM entries INDEXED BY entries_by_order
-    WHERE plugin_id = ?1 AND namespace = ?2 AND (expires_at IS NULL OR expires_at > ?4)
-    ORDER BY created_at, key LIMIT 1"""
+_OLDEST_KEY = f"""SELECT key FROM entries INDEXED BY entries_by_order
+    WHERE plugin_id = ?1 AND namespace = ?2 AND {LIVE4} ORDER BY created_at, key LIMIT 1"""
 _TAKE_OVER = """UPDATE entries SET key = ?3, value = ?5, created_at = ?4, expires_at = ?6, version = ?7
 WHERE plugin_id = ?1 AND namespace = ?2 AND key = coalesce"""
 SQL_TAKE_OVER = {
-    "evict-oldest": f"{_TAKE_OVER}(({_OWN_KEY}), ({_EXPIRED_KEY}), ({_OLDEST_KEY}))",
-    "reject-new": f"{_TAKE_OVER}(({_OWN_KEY}), ({_EXPIRED_KEY}))",
+    "evict-oldest": f"{_TAKE_OVER}(({SQL_OWN_KEY}), ({_EXPIRED_KEY}), ({_OLDEST_KEY}))",
+    "reject-new": f"{_TAKE_OVER}(({SQL_OWN_KEY}), ({_EXPIRED_KEY}))",
 }
 SQL_SWEEP = """DELETE FROM entries WHERE (plugin_id, namespace, key) IN (
     SELECT plugin_id, namespace, key FROM entries WHERE expires_at <= :now LIMIT :batch)"""
@@ -205,14 +205,22 @@ def make_dirs(directory: Path) -> list[Path]:
     return made
 
 
-def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, bool]:
-    """Check (and with `create`, make) the database's place. Returns (the directory is the store's
-    own: made by it, or `plugin-state`; the file has content). Raises OPEN_FAILED, OSError."""
+def prepare_dirs(db: Path, *, create: bool = True, op: str = "open") -> bool:
+    """Check (and with `create`, make) the directories the rules cover, top down, so a symlinked
+    state dir is refused before anything is made in it; True if any was made. Raises
+    OPEN_FAILED, OSError."""
     made: list[Path] = []
-    for d in guarded_dirs(db):  # top down: a symlinked state dir is refused before anything is made in it
+    for d in guarded_dirs(db):
         if check_path(d, True, op) is None and create:
             made += make_dirs(d)
             check_path(d, True, op)
+    return bool(made)
+
+
+def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, bool]:
+    """Check (and with `create`, make) the database's place. Returns (the directory is the store's
+    own: made by it, or `plugin-state`; the file has content). Raises OPEN_FAILED, OSError."""
+    made = prepare_dirs(db, create=create, op=op)
     for side in SIDE_FILES:
         check_path(Path(f"{db}{side}"), False, op)
     st = check_path(db, False, op)
@@ -222,7 +230,7 @@ def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, b
             os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask did to os.open's mode
         finally:
             os.close(fd)
-    return bool(made) or db.parent.name == "plugin-state", st is not None and st.st_size > 0
+    return made or db.parent.name == "plugin-state", st is not None and st.st_size > 0
 
 
 class _Modes:
@@ -266,13 +274,9 @@ def is_corruption(exc: sqlite3.Error) -> bool:
 
 
 def newer_schema(version: int, op: str, where: str) -> StateStoreError:
-    return StateStoreError(
-        "SCHEMA_UNSUPPORTED",
-        op,
-        f"the file has schema version {version}; this code reads versions up to {SCHEMA_VERSION}: "
-        "upgrade chatstate, or restore the backup made before the upgrade",
-        path=where,
-    )
+    fix = "upgrade chatstate, or restore the backup made before the upgrade"
+    message = f"the file has schema version {version}; this code reads versions up to {SCHEMA_VERSION}: {fix}"
+    return StateStoreError("SCHEMA_UNSUPPORTED", op, message, path=where)
 
 
 # Files this process checked, by path, as they looked right after the check. The gateway checks
@@ -355,20 +359,6 @@ def check_database(path: Path, *, create: bool = False) -> bool:
     return own_dir
 
 
-def migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
-    """Bring a database at schema `version` to SCHEMA_VERSION inside the caller's transaction: a
-    copy goes to `<file>.v<N>.bak` (0600) first, and a failed step leaves the file untouched."""
-    if version == 0:
-        for statement in SCHEMA:
-            conn.execute(statement)
-    else:
-        backup(path, Path(f"{path}.v{version}.bak"))
-        for step in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[step]:
-                conn.execute(statement)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-
 def backup(source: Path, target: Path) -> None:
     """Copy the database with SQLite's backup API from a read-only connection (WAL lets it read
     beside the caller's write lock) into a fresh 0600 file, then move it into place."""
@@ -441,11 +431,20 @@ class SQLiteBackend:
             raise self._fail("OPEN_FAILED", "open", f"cannot set permissions ({exc.strerror})") from None
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the file to SCHEMA_VERSION inside the open's transaction: a new file gets the
+        schema; an older one is copied to `<file>.v<N>.bak` (0600) first, and a failed step leaves
+        the file untouched. A newer one is SCHEMA_UNSUPPORTED."""
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise newer_schema(version, "open", self.location)
-        if version < SCHEMA_VERSION:
-            migrate(conn, self.path, version)
+        if version == SCHEMA_VERSION:
+            return
+        if version:
+            backup(self.path, Path(f"{self.path}.v{version}.bak"))
+        steps = [SCHEMA] if version == 0 else [MIGRATIONS[n] for n in range(version, SCHEMA_VERSION)]
+        for statement in itertools.chain.from_iterable(steps):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _slot(self, op: str) -> _Slot:
         """This thread's connection, opened on first use; refused in a forked child (pid check)."""
@@ -637,7 +636,7 @@ class SQLiteBackend:
         if rows == spec.max_entries:  # exactly full, the usual case of a capped namespace
             if claim and conn.execute(SQL_REPLACE_EXPIRED, params).rowcount:
                 return True  # its own expired row, replaced in place
-            if claim and conn.execute(SQL_EXISTS, params[:3]).fetchone():
+            if claim and conn.execute(SQL_OWN_KEY, params[:3]).fetchone():
                 return False  # a live row holds the key
             if conn.execute(SQL_TAKE_OVER[spec.overflow], params).rowcount:
                 return True
@@ -678,15 +677,11 @@ class SQLiteBackend:
         return self._transact("consume", work)
 
     def remove(self, spec: NamespaceSpec, key: str, now_ms: int, expect: int | None = None) -> bool:
-        if expect is not None:
-            params = (spec.plugin_id, spec.namespace, key, now_ms, expect)
-            return self._transact("delete_if", lambda conn: conn.execute(SQL_REMOVE_MATCH, params).rowcount > 0)
-
         def work(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(SQL_TAKE, (spec.plugin_id, spec.namespace, key)).fetchone()
-            return row is not None and (row[2] is None or row[2] > now_ms)
+            row = conn.execute(SQL_REMOVE, (spec.plugin_id, spec.namespace, key, now_ms, expect)).fetchone()
+            return row is not None and (row[0] is None or row[0] > now_ms)
 
-        return self._transact("delete", work)
+        return self._transact("delete" if expect is None else "delete_if", work)
 
     def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int:
         args = {"plugin": spec.plugin_id, "ns": spec.namespace, "now": now_ms}

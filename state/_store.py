@@ -28,7 +28,7 @@ from ._spec import (
     NamespaceSpec,
     Row,
     Write,
-    check_attempts,
+    check_int,
     check_key,
     check_keys,
     check_page,
@@ -55,6 +55,7 @@ SECONDS = Histogram(
     buckets=BUCKETS_S,
 )
 F = TypeVar("F", bound=Callable[..., Any])
+_MEASURED: set[str] = set()  # the ops `measured` counts: a store looks their metric children up once
 
 
 def op_counts() -> dict[str, int]:
@@ -70,6 +71,7 @@ def op_counts() -> dict[str, int]:
 def measured(op: str) -> Callable[[F], F]:
     """Decorate a store method: count every call by outcome under `op`, time a successful one.
     The labelled children are looked up once per store (`labels()` costs more than the update)."""
+    _MEASURED.add(op)
 
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
@@ -148,9 +150,13 @@ class KeyedStore:
         op = mode.value
         key, text, ttl = check_key(key, op), serialize_value(value, op, self.max_value_bytes), check_ttl(ttl_ms, op)
         now = self._now(op)
-        ttl = self.default_ttl_ms if ttl is None else ttl
-        expires_at = None if ttl is None else now + ttl
+        expires_at = self._expires(ttl, now)
         return self._backend.write(Write(self.spec, key, text, now, expires_at, new_version(), mode, expect))
+
+    def _expires(self, ttl_ms: int | None, now: int) -> int | None:
+        """When a row written now expires: `ttl_ms`, else the store's default_ttl_ms, else never."""
+        ttl = self.default_ttl_ms if ttl_ms is None else ttl_ms
+        return None if ttl is None else now + ttl
 
     # -- the contract ---------------------------------------------------------------------
     @measured("register")
@@ -188,7 +194,7 @@ class KeyedStore:
         A claim or a compare_and_set on the version read; a lost race reads and calls `fn` (keep
         it pure) again, up to `max_attempts` times. Raises as `register`, and CONFLICT.
         """
-        attempts = check_attempts(max_attempts, "update")
+        attempts = check_int(max_attempts, 1, 1_000, "update", "max_attempts")
         for _ in range(attempts):
             entry = self.lookup_entry(key)
             new = fn(None if entry is None else entry.value)
@@ -280,27 +286,21 @@ class KeyedStore:
     def stage_register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
         """Check and serialize a `register` now, for `commit_staged`; no I/O.
 
-        Raises StateStoreError (operation "commit"): INVALID_INPUT, LIMIT_EXCEEDED (as `register`).
+        Raises StateStoreError (operation "commit"): INVALID_INPUT, LIMIT_EXCEEDED (as `register`);
+        so do the other stage_* methods.
         """
         return self._stage(Mode.UPSERT, key, value, ttl_ms)
 
     def stage_register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
-        """Stage a `register_if_absent`: the whole commit holds only if no live row is under `key`.
-
-        No I/O; raises as `stage_register`.
-        """
+        """Stage a `register_if_absent`: the whole commit holds only if no live row is under `key`."""
         return self._stage(Mode.CLAIM, key, value, ttl_ms)
 
     def stage_compare_and_set(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> StagedWrite:
-        """Stage a `compare_and_set`: the whole commit holds only if the live row has `version`.
-
-        No I/O; raises as `stage_register`.
-        """
+        """Stage a `compare_and_set`: the whole commit holds only if the live row has `version`."""
         return self._stage(Mode.MATCH, key, value, ttl_ms, check_version(version, "commit"))
 
     def stage_delete(self, key: str) -> StagedWrite:
-        """Check a `delete` now, for `commit_staged`; no I/O. Raises INVALID_INPUT, LIMIT_EXCEEDED
-        (operation "commit")."""
+        """Check a `delete` now, for `commit_staged`."""
         return self._stage(Mode.DELETE, key, None, None)
 
     @measured("commit")
@@ -310,15 +310,10 @@ class KeyedStore:
         for w in staged:
             store = w.store
             if store._backend is not self._backend:
-                raise StateStoreError(
-                    "INVALID_INPUT",
-                    "commit",
-                    "staged writes must all belong to stores on one database",
-                    path=self.location,
-                )
+                message = "staged writes must all belong to stores on one database"
+                raise StateStoreError("INVALID_INPUT", "commit", message, path=self.location)
             now = store._now("commit")
-            ttl = store.default_ttl_ms if w.ttl_ms is None else w.ttl_ms
-            expires_at = None if ttl is None or w.value is None else now + ttl
+            expires_at = None if w.value is None else store._expires(w.ttl_ms, now)  # a delete has none
             writes.append(Write(store.spec, w.key, w.value, now, expires_at, new_version(), w.mode, w.expect))
         return self._backend.commit(writes)
 
@@ -338,12 +333,6 @@ class KeyedStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-_MEASURED = (
-    *("register", "register_if_absent", "compare_and_set", "update", "lookup", "lookup_many", "consume"),
-    *("delete", "delete_if", "clear", "count", "entries", "commit"),
-)
 
 
 @dataclass(frozen=True)

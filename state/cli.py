@@ -68,14 +68,8 @@ def _inspect(args: argparse.Namespace) -> int:
     now = wall_clock_ms()
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        where, params = ["1=1"], {"now": now}
-        if args.plugin:
-            where.append("plugin_id = :plugin")
-            params["plugin"] = args.plugin
-        if args.namespace:
-            where.append("namespace = :ns")
-            params["ns"] = args.namespace
-        cond = " AND ".join(where)
+        params = {"now": now, "plugin": args.plugin or None, "ns": args.namespace or None}
+        cond = "(:plugin IS NULL OR plugin_id = :plugin) AND (:ns IS NULL OR namespace = :ns)"
         namespaces = [
             {"plugin_id": p, "namespace": n, "live": live, "expired": expired}
             for p, n, live, expired in conn.execute(
@@ -89,21 +83,14 @@ def _inspect(args: argparse.Namespace) -> int:
             )
         ]
         keys: list[dict[str, Any]] = []
-        if args.namespace:
-            for p, k, v, created, expires in conn.execute(
-                f"SELECT plugin_id, key, value, created_at, expires_at FROM entries WHERE {cond}"
-                " AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key",
-                params,
-            ):
-                row: dict[str, Any] = {
-                    "plugin_id": p,
-                    "key": k,
-                    "created_at": _iso(created),
-                    "expires_at": _iso(expires),
-                }
-                if args.values:
-                    row["value"] = json.loads(v)
-                keys.append(row)
+        live_rows = (
+            f"SELECT plugin_id, key, value, created_at, expires_at FROM entries WHERE {cond}"
+            " AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key"
+        )
+        for p, k, v, created, expires in conn.execute(live_rows, params) if args.namespace else ():
+            keys.append({"plugin_id": p, "key": k, "created_at": _iso(created), "expires_at": _iso(expires)})
+            if args.values:
+                keys[-1]["value"] = json.loads(v)
     except sqlite3.Error as exc:
         print(f"cannot read {path}: {exc}", file=sys.stderr)
         return 1

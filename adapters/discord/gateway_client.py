@@ -1,23 +1,11 @@
-"""A Discord Gateway client on aiohttp websockets, with its session persisted for RESUME.
+"""The Discord Gateway transport: one shard's websocket on aiohttp, its session saved for RESUME
+(https://discord.com/developers/docs/events/gateway). Not discord.py's `DiscordWebSocket`: it
+needs a logged-in `Client`, whose REST base URL is shared process-wide (platform.py).
 
-Not discord.py's `DiscordWebSocket`: it needs a logged-in `Client`, whose REST base URL is
-shared by every discord.py user in the process (see `platform.py`). So the link is ours; the
-protocol's names come from discord.py (opcodes, `discord.types.gateway`, `discord.Intents`).
-
-The protocol (https://discord.com/developers/docs/events/gateway): HELLO, heartbeats and their
-ACKs (a missing ACK: close 4000, RESUME), IDENTIFY/READY, RESUME/RESUMED, RECONNECT (op 7) and
-INVALID_SESSION (d=false, or close 4007/4009: IDENTIFY afresh after 1-5 s, said in log and health).
-
-Exactly-once: INTERACTION_CREATE is claimed by interaction id in the store before the bot
-answers (so a replay is answered once), handed to `handle` (the plugin answers it through the
-interaction callback, the same `DiscordBot.respond` the HTTP route uses), and only then counted
-into the persisted sequence number (the highest one whose dispatch, and every earlier one, is
-done). SIGTERM finishes the interactions in hand, saves, and closes with 4000 so the session
-stays resumable.
-
-A frame Discord would not send (`platform.gateway_frame`) is logged and dropped; anything else
-that breaks a link ends in a reconnect, never in a reader that is gone. `live` is false, and the
-plugin's health degraded, until the link is READY or RESUMED again.
+A dispatch counts into the saved sequence number only once handled, so a RESUME replays what
+was in hand and the gate answers a replay once. A frame Discord would not send is logged and
+dropped; anything else that breaks a link ends in a reconnect; `live` is false until READY or
+RESUMED again.
 """
 
 from __future__ import annotations
@@ -36,20 +24,21 @@ import discord  # before discord.gateway: discord's own modules import in this o
 from discord.gateway import DiscordWebSocket as Op  # the opcode constants, nothing else
 
 from chatstate.adapters.discord import platform
-from chatstate.adapters.discord.gateway_state import GatewayState, SavedSession
+from chatstate.adapters.discord.config import DiscordSettings
+from chatstate.adapters.discord.state import GatewayState, SavedSession
 
 if TYPE_CHECKING:
     from discord.types.gateway import GatewayBot, ReadyEvent
 
-# (payload, monotonic arrival) -> "interactions" (answered), "duplicates" or "callback_failures"
-Handle = Callable[[dict[str, Any], float], Awaitable[str]]
-API_VERSION = 10
+Handle = Callable[[dict[str, Any], float], Awaitable[str]]  # (payload, monotonic arrival) -> a count's name
 FATAL_CLOSE_CODES = (4004, 4010, 4011, 4012, 4013, 4014)  # bad token, shard or intents: stop
 SESSION_GONE_CLOSE_CODES = (4007, 4009)  # invalid seq, session timed out: IDENTIFY afresh
-KEEP_SESSION_CLOSE = 4000  # any code but 1000/1001 keeps the session resumable
+KEEP_SESSION = 4000  # any close code but 1000/1001 keeps the session resumable
 START_TIMEOUT_S = 30.0  # start() waits this long for READY / RESUMED (or standby)
 STOP_TIMEOUT_S = 10.0  # stop() lets interactions in hand finish for this long
 MAX_BACKOFF_S = 10.0
+COUNTS: tuple[str, ...] = ("identifies", "resumes", "reconnects", "missed_acks", "received_after_resume", "bad_frames")
+COUNTS += ("interactions", "duplicates", "callback_failures")  # the names `handle` returns
 
 
 class GatewayFailed(RuntimeError):
@@ -61,55 +50,38 @@ class GatewayClient:
     lease another gateway holds; `stop` hands the session over intact."""
 
     def __init__(
-        self, *, api_base: str, bot_token: str, state: GatewayState, handle: Handle,
-        log: logging.LoggerAdapter[logging.Logger], intents: int = 0, shard: tuple[int, int] = (0, 1),
-        reidentify_delay_s: float = 5.0, lease_ms: int = 15_000,
+        self, config: DiscordSettings, *, state: GatewayState, handle: Handle,
+        log: logging.LoggerAdapter[logging.Logger], shard: tuple[int, int] = (0, 1),
     ) -> None:  # fmt: skip
-        self._api_base = api_base.rstrip("/")
-        self._token = bot_token
-        self._state = state
-        self._handle = handle
-        self._log = log
-        self._intents = discord.Intents.none().value | intents  # 0: INTERACTION_CREATE needs none
-        self._shard = shard
-        self._reidentify_delay_s = reidentify_delay_s
-        self._lease_ms = lease_ms
+        self._config, self._state, self._handle, self._log, self._shard = config, state, handle, log, shard
+        self._lease_s = config.shard_lease_ms / 1000
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._url = ""  # from GET /gateway/bot
-        self._settled = asyncio.Event()  # first READY/RESUMED, standby, or failure
-        self._stopping = False
-        self._failure: BaseException | None = None
-        # the session, in memory; the store has it as of the last save
-        self._session: SavedSession | None = None
+        self._settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # READY, standby, failure
+        self._stopping = self._resuming = False
+        self._acked = True
+        self._session: SavedSession | None = None  # in memory; the store has it as of the last save
         self._gen = 0  # bumped per session, so late tasks of an old one change nothing
         self._received = 0  # highest sequence number received (what heartbeats carry)
         self._in_hand: dict[int, asyncio.Task[None]] = {}
         self._saved_seq: int | None = None
         self._save_lock = asyncio.Lock()
-        self._acked = True
-        self._resuming = False
         self.status = "starting"
         self.last_start: str | None = None  # "identified" | "resumed"
         self.identify_reason: str | None = None
-        names = ("identifies", "resumes", "reconnects", "missed_acks", "received_after_resume")
-        self.counts = dict.fromkeys((*names, "interactions", "duplicates", "callback_failures", "bad_frames"), 0)
+        self.counts = dict.fromkeys(COUNTS, 0)
 
-    # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect; raises GatewayFailed (or aiohttp.ClientError) when Discord will not have us."""
-        self._http = aiohttp.ClientSession(headers={"Authorization": f"Bot {self._token}"})
+        self._http = aiohttp.ClientSession(headers={"Authorization": f"Bot {self._config.bot_token}"})
         try:
-            async with self._http.get(f"{self._api_base}/gateway/bot") as resp:
+            async with self._http.get(f"{self._config.api_base_url.rstrip('/')}/gateway/bot") as resp:
                 if resp.status != 200:
                     raise GatewayFailed(f"GET /gateway/bot: HTTP {resp.status}")
-                info = cast("GatewayBot", await resp.json())
-            self._url = info["url"]
-            self._runner = asyncio.create_task(self._run(), name="discord-gateway")
-            await asyncio.wait_for(self._settled.wait(), START_TIMEOUT_S)
-            if self._failure is not None:
-                raise self._failure
+                url = cast("GatewayBot", await resp.json())["url"]
+            self._runner = asyncio.create_task(self._run(url), name="discord-gateway")
+            await asyncio.wait_for(self._settled, START_TIMEOUT_S)
         except BaseException:
             await self.stop()
             raise
@@ -121,7 +93,7 @@ class GatewayClient:
         with contextlib.suppress(Exception):
             await self._persist()
         if self._ws is not None:
-            await self._ws.close(code=KEEP_SESSION_CLOSE)  # a restart may RESUME this session
+            await self._ws.close(code=KEEP_SESSION)  # a restart may RESUME this session
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -135,29 +107,23 @@ class GatewayClient:
     @property
     def live(self) -> bool:
         """True while the link serves (READY/RESUMED) or stands by for another gateway's lease."""
-        running = self._runner is not None and not self._runner.done()
-        return running and self.status in ("ready", "standby")
+        return self._runner is not None and not self._runner.done() and self.status in ("ready", "standby")
 
     def health(self) -> dict[str, Any]:
         return {
-            "transport": "gateway",
-            "status": self.status,
-            "live": self.live,
-            "last_start": self.last_start,
-            "identify_reason": self.identify_reason,
-            "seq": self._saved_seq,
-            "session_id": self._session.session_id if self._session else None,
-            **self.counts,
-        }
+            "transport": "gateway", "status": self.status, "live": self.live, "last_start": self.last_start,
+            "identify_reason": self.identify_reason, "seq": self._saved_seq,
+            "session_id": self._session.session_id if self._session else None, **self.counts,
+        }  # fmt: skip
 
     # -- the connection loop ------------------------------------------------------------------
-    async def _run(self) -> None:
+    async def _run(self, url: str) -> None:
         backoff = 0.5
         while not self._stopping:
-            if not await self._state.take_lease(self._lease_ms):
+            if not await self._state.take_lease(self._config.shard_lease_ms):
                 self.status = "standby"  # another gateway holds this shard's session
-                self._settled.set()
-                await asyncio.sleep(self._lease_ms / 3000)
+                self._settle()
+                await asyncio.sleep(self._lease_s / 3)
                 continue
             if self.status in ("starting", "standby"):
                 self._session = await self._state.load()  # the latest save, ours or another's
@@ -165,12 +131,12 @@ class GatewayClient:
                     self.identify_reason = "no saved session"
             renew = asyncio.create_task(self._renew_lease(), name="discord-gateway-lease")
             try:
-                await self._connect_once()
+                await self._connect_once(self._session.resume_gateway_url if self._session else url)
                 backoff = 0.5
             except GatewayFailed as exc:
-                self._failure, self.status = exc, "failed"
+                self.status = "failed"
                 self._log.error("discord_gateway_failed", extra={"error": str(exc)})
-                self._settled.set()
+                self._settle(exc)
                 return
             except Exception as exc:  # a refused or broken link, or a reply we could not follow
                 expected = isinstance(exc, (aiohttp.ClientError, OSError, TimeoutError))  # else: a traceback
@@ -186,21 +152,18 @@ class GatewayClient:
                 self.status = "reconnecting"
 
     async def _renew_lease(self) -> None:
-        while True:
-            await asyncio.sleep(self._lease_ms / 3000)
-            if not await self._state.take_lease(self._lease_ms):
-                self._log.warning("discord_gateway_lease_lost")
-                self.status = "standby"
-                if self._ws is not None:
-                    await self._ws.close(code=KEEP_SESSION_CLOSE)
-                return
+        """Renew every third of the lease; a lost lease closes the link (another gateway has it)."""
+        await asyncio.sleep(self._lease_s / 3)  # `_run` has just taken it
+        while await self._state.take_lease(self._config.shard_lease_ms):
+            await asyncio.sleep(self._lease_s / 3)
+        self._log.warning("discord_gateway_lease_lost")
+        self.status = "standby"
+        if self._ws is not None:
+            await self._ws.close(code=KEEP_SESSION)
 
-    async def _connect_once(self) -> None:
+    async def _connect_once(self, url: str) -> None:
         assert self._http is not None
-        url = self._session.resume_gateway_url if self._session else self._url
-        query = {"v": str(API_VERSION), "encoding": "json"}  # Discord's URLs carry no query of their own
-        ws = await self._http.ws_connect(url, params=query)
-        self._ws = ws
+        ws = self._ws = await self._http.ws_connect(url, params={"v": "10", "encoding": "json"})
         beat: asyncio.Task[None] | None = None
         try:
             hello = await ws.receive_json(timeout=30)
@@ -208,7 +171,7 @@ class GatewayClient:
                 raise aiohttp.ClientError(f"expected HELLO, got op {hello.get('op')}")
             self._acked = True
             beat = asyncio.create_task(self._heartbeat(ws, hello["d"]["heartbeat_interval"] / 1000))
-            await self._hello_reply(ws)
+            await ws.send_json(self._hello_reply())
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     break
@@ -224,31 +187,23 @@ class GatewayClient:
         finally:
             if beat is not None:
                 beat.cancel()
-            if not ws.closed:
-                await ws.close(code=KEEP_SESSION_CLOSE)
+            await ws.close(code=KEEP_SESSION)
             self._ws = None
-        code = ws.close_code
-        if code in FATAL_CLOSE_CODES:
-            raise GatewayFailed(f"Discord closed the gateway with {code}")
-        if code in SESSION_GONE_CLOSE_CODES:
-            await self._forget_session(f"closed with {code}")
+        if ws.close_code in FATAL_CLOSE_CODES:
+            raise GatewayFailed(f"Discord closed the gateway with {ws.close_code}")
+        if ws.close_code in SESSION_GONE_CLOSE_CODES:
+            await self._forget_session(f"closed with {ws.close_code}")
 
-    async def _hello_reply(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        if self._session is not None:
-            self._resuming = True
-            self._received = max(self._received, self._session.seq)
-            resume = {"token": self._token, "session_id": self._session.session_id, "seq": self._session.seq}
-            await ws.send_json({"op": Op.RESUME, "d": resume})
-            return
+    def _hello_reply(self) -> dict[str, Any]:
+        """RESUME the saved session, else IDENTIFY (INTERACTION_CREATE needs no intents)."""
+        token, session = self._config.bot_token, self._session
+        if session is not None:
+            self._resuming, self._received = True, max(self._received, session.seq)
+            return {"op": Op.RESUME, "d": {"token": token, "session_id": session.session_id, "seq": session.seq}}
         self._log.info("discord_gateway_identify", extra={"reason": self.identify_reason})
+        identify = {"token": token, "intents": discord.Intents.none().value | self._config.intents}
         properties = {"os": sys.platform, "browser": "chatstate", "device": "chatstate"}
-        identify = {
-            "token": self._token,
-            "intents": self._intents,
-            "shard": list(self._shard),
-            "properties": properties,
-        }
-        await ws.send_json({"op": Op.IDENTIFY, "d": identify})
+        return {"op": Op.IDENTIFY, "d": {**identify, "shard": list(self._shard), "properties": properties}}
 
     async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse, interval_s: float) -> None:
         await asyncio.sleep(interval_s * random.random())  # jitter, as Discord asks
@@ -256,7 +211,7 @@ class GatewayClient:
             if not self._acked:
                 self.counts["missed_acks"] += 1
                 self._log.warning("discord_heartbeat_ack_missing", extra={"seq": self._received})
-                await ws.close(code=KEEP_SESSION_CLOSE)  # zombied: reconnect and RESUME
+                await ws.close(code=KEEP_SESSION)  # zombied: reconnect and RESUME
                 return
             self._acked = False
             try:
@@ -274,12 +229,13 @@ class GatewayClient:
             await ws.send_json({"op": Op.HEARTBEAT, "d": self._received or None})
         elif op == Op.RECONNECT:
             self._log.info("discord_gateway_reconnect_requested")
-            await ws.close(code=KEEP_SESSION_CLOSE)
+            await ws.close(code=KEEP_SESSION)
         elif op == Op.INVALIDATE_SESSION:
             if not frame.get("d"):
                 await self._forget_session("resume refused (INVALID_SESSION)" if self._resuming else "INVALID_SESSION")
-                await asyncio.sleep(random.uniform(min(1.0, self._reidentify_delay_s), self._reidentify_delay_s))
-            await ws.close(code=KEEP_SESSION_CLOSE)
+                delay_s = self._config.reidentify_delay_s
+                await asyncio.sleep(random.uniform(min(1.0, delay_s), delay_s))
+            await ws.close(code=KEEP_SESSION)
         elif op == Op.DISPATCH:
             await self._on_dispatch(frame["t"], frame["s"], frame.get("d"))
 
@@ -292,29 +248,27 @@ class GatewayClient:
             self._received = seq
             self._session = SavedSession(ready["session_id"], ready["resume_gateway_url"], seq)
             self.counts["identifies"] += 1
-            await self._persist()  # durable before we report ready
-            self._settled_as("identified")
-            self._log.info(
-                "discord_gateway_ready", extra={"session_id": ready["session_id"], "reason": self.identify_reason}
-            )
+            await self._ready("identified", extra={"session_id": ready["session_id"], "reason": self.identify_reason})
         elif event == "RESUMED":
-            self._resuming = False
+            self._resuming, self.identify_reason = False, None
             self.counts["resumes"] += 1
-            await self._persist()
-            self._settled_as("resumed")
-            self._log.info("discord_gateway_resumed", extra={"seq": seq})
+            await self._ready("resumed", extra={"seq": seq})
         else:
-            if self._resuming:
-                self.counts["received_after_resume"] += 1
+            self.counts["received_after_resume"] += int(self._resuming)
             if event == "INTERACTION_CREATE" and isinstance(data, dict) and seq not in self._in_hand:
                 work = self._interaction(self._gen, seq, data, time.monotonic())
                 self._in_hand[seq] = asyncio.create_task(work, name=f"discord-interaction-{seq}")
 
-    def _settled_as(self, how: str) -> None:
+    async def _ready(self, how: str, *, extra: dict[str, Any]) -> None:
+        await self._persist()  # durable before we report ready
         self.status, self.last_start = "ready", how
-        if how == "resumed":
-            self.identify_reason = None
-        self._settled.set()
+        self._settle()
+        self._log.info("discord_gateway_ready" if how == "identified" else "discord_gateway_resumed", extra=extra)
+
+    def _settle(self, failure: BaseException | None = None) -> None:
+        """Let `start` return (or raise `failure`): the first READY/RESUMED, standby or failure."""
+        if not self._settled.done():
+            self._settled.set_result(None) if failure is None else self._settled.set_exception(failure)
 
     async def _forget_session(self, reason: str) -> None:
         self._log.warning("discord_gateway_session_lost", extra={"reason": reason})
@@ -322,7 +276,6 @@ class GatewayClient:
         self._session, self._resuming, self._saved_seq, self._received = None, False, None, 0
         await self._state.drop()
 
-    # -- interactions -------------------------------------------------------------------------
     async def _interaction(self, gen: int, seq: int, data: dict[str, Any], received_at: float) -> None:
         try:
             self.counts[await self._handle(data, received_at)] += 1
@@ -336,12 +289,10 @@ class GatewayClient:
     async def _persist(self) -> None:
         """Save the session with the highest sequence number below every dispatch in hand."""
         async with self._save_lock:
-            session = self._session
-            if session is None:
+            if self._session is None:
                 return
             seq = min(self._in_hand) - 1 if self._in_hand else self._received
-            if seq == self._saved_seq:
-                return
-            self._session = SavedSession(session.session_id, session.resume_gateway_url, seq)
-            await self._state.save(self._session)
-            self._saved_seq = seq
+            if seq != self._saved_seq:
+                self._session = self._session._replace(seq=seq)
+                await self._state.save(self._session)
+                self._saved_seq = seq

@@ -1,30 +1,23 @@
-"""Discord's wire, and nothing else: verify and parse interactions, build responses (sending
-them is rest.py's `DiscordRest`).
-
-Inbound: Discord POSTs every interaction to the bot's endpoint, signed with the application's Ed25519
-key over `X-Signature-Timestamp + raw body`; the endpoint answers in the HTTP response with an
-interaction response (`InteractionResponseType`). Payload shapes follow
-https://discord.com/developers/docs/interactions/receiving-and-responding; enums and message
-bodies come from discord.py so we never hand-write what the library already knows.
-
-Outbound (`rest.py`, kept apart for size): the bot's message posts go through aiohttp, not discord.py's `HTTPClient`: its base
-URL is `discord.http.Route.BASE`, a class variable shared by the whole process, and
-`HTTPClient.static_login` always calls `GET /users/@me` on it, so pointing one bot at a
-simulator would repoint every discord.py user in the gateway. The request is ours
-(`Authorization: Bot <token>`); the body is discord.py's: `handle_message_parameters`
-serializes content, allowed mentions and the `discord.ui.View` exactly as `Messageable.send`
-would. No state lives here.
+"""Discord's wire: verify and parse interactions and Gateway frames, build responses (enums and
+bodies are discord.py's), and the bot's REST calls. No state lives here. The calls go through
+aiohttp, not discord.py's `HTTPClient`: its base URL (`Route.BASE`) is one class variable for
+the whole process, so pointing one bot at a simulator would repoint every discord.py user.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
+import time
 from dataclasses import dataclass, field
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
+import aiohttp
 import discord
 from discord.http import Route, handle_message_parameters
+from nacl.encoding import HexEncoder
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
@@ -34,7 +27,7 @@ DEFAULT_API_BASE = Route.BASE  # https://discord.com/api/v10
 SIGNATURE_HEADER = "X-Signature-Ed25519"
 TIMESTAMP_HEADER = "X-Signature-Timestamp"
 _LABEL = 18  # ComponentType.label: newer modals wrap each input in a label, not an action row
-_DISPATCH = 0  # the Gateway's op for events; each carries its sequence number `s`
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,500}")  # an interaction token goes into webhook URLs
 
 
 class BadRequest(ValueError):
@@ -42,25 +35,17 @@ class BadRequest(ValueError):
 
 
 def load_verify_key(public_key_hex: str) -> VerifyKey:
-    """The application's public key as shown in the developer portal (64 hex characters).
-
-    Raises ValueError when it is not a 32-byte hex key.
-    """
+    """The application's public key as the developer portal shows it (64 hex characters).
+    Raises ValueError naming `public_key` when it is not 32 bytes of hex."""
     try:
-        raw = bytes.fromhex(public_key_hex)
-    except ValueError:
-        raise ValueError("public_key: must be hex") from None
-    if len(raw) != 32:
-        raise ValueError(f"public_key: must be 32 bytes (64 hex characters), got {len(raw)} bytes")
-    return VerifyKey(raw)
+        return VerifyKey(public_key_hex.encode(), encoder=HexEncoder)
+    except (ValueError, TypeError):  # nacl's errors subclass these, as does binascii.Error
+        raise ValueError("public_key: must be 32 bytes of hex (64 characters)") from None
 
 
 def fresh(timestamp: str | None, *, window_s: float, now_s: float) -> bool:
-    """True when the signed `X-Signature-Timestamp` (unix seconds) is within `window_s` of now.
-
-    Discord signs the timestamp with the body, so an old capture replayed verbatim still
-    verifies; this window (plus the interaction-id claim in the gate, `discord.interactions`) stops it.
-    """
+    """True when the signed timestamp (unix seconds) is within `window_s` of now: an old capture
+    replayed verbatim still verifies, so this window and the gate's claim stop it."""
     if not timestamp or not timestamp.isdigit() or len(timestamp) > 12:
         return False
     return abs(now_s - int(timestamp)) <= window_s
@@ -95,19 +80,9 @@ class Interaction:
     id: str = ""  # the interaction's snowflake (claimed once: a replay has no second effect)
 
 
-class _Common(TypedDict):
-    """The Interaction fields every non-ping kind shares."""
-
-    type: discord.InteractionType
-    user_id: str
-    channel_id: str
-    id: str
-    token: str
-    application_id: str
-
-
 def parse(body: bytes) -> Interaction:
-    """Parse a verified body. Raises BadRequest for JSON or shapes Discord would not send."""
+    """Parse a verified body; ids are checked here, before any lookup uses them as keys.
+    Raises BadRequest for JSON or shapes Discord would not send."""
     try:
         payload = ingress.json_object(body)  # depth-limited
         kind = discord.InteractionType(payload["type"])
@@ -115,32 +90,30 @@ def parse(body: bytes) -> Interaction:
             return Interaction(kind, "", "")
         user = (payload.get("member") or {}).get("user") or payload["user"]  # guild, else DM
         data = payload.get("data") or {}
-        common: _Common = {
+        token = payload.get("token", "")
+        if token != "" and not (isinstance(token, str) and TOKEN_PATTERN.fullmatch(token)):
+            raise ValueError("not an interaction token")
+        parts: dict[str, Any] = {
             "type": kind,
             "user_id": _snowflake(user["id"]),
             "channel_id": _snowflake(payload.get("channel_id", ""), optional=True),
             "id": _snowflake(payload["id"]),
-            "token": _token(payload.get("token", "")),
+            "token": token,
             "application_id": _snowflake(payload.get("application_id", ""), optional=True),
         }
+        if kind in (discord.InteractionType.component, discord.InteractionType.modal_submit):
+            parts["custom_id"] = _text(data["custom_id"], 100)  # Discord's custom_id limit
         if kind is discord.InteractionType.component:
-            return Interaction(
-                **common,
-                custom_id=_custom_id(data["custom_id"]),
-                component_type=discord.ComponentType(data["component_type"]),
-                values=[_text(v, 100) for v in data.get("values", [])[:25]],
-            )
-        if kind is discord.InteractionType.modal_submit:
-            return Interaction(
-                **common, custom_id=_custom_id(data["custom_id"]), fields=_modal_values(data["components"])
-            )
-        if kind is discord.InteractionType.application_command:
+            parts["component_type"] = discord.ComponentType(data["component_type"])
+            parts["values"] = [_text(v, 100) for v in data.get("values", [])[:25]]
+        elif kind is discord.InteractionType.modal_submit:
+            parts["fields"] = _modal_values(data["components"])
+        elif kind is discord.InteractionType.application_command:
             options = {str(o["name"]): o.get("value") for o in data.get("options", [])}
-            restrict = options.get("restrict_to")
-            if restrict is not None:
-                options["restrict_to"] = _snowflake(restrict)
-            return Interaction(**common, command=_text(data["name"], 32), options=options)
-        return Interaction(**common)
+            if options.get("restrict_to") is not None:
+                options["restrict_to"] = _snowflake(options["restrict_to"])
+            parts.update(command=_text(data["name"], 32), options=options)
+        return Interaction(**parts)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ingress.BadInput is a ValueError
         raise BadRequest(f"not an interaction payload ({type(exc).__name__})") from None
 
@@ -148,29 +121,9 @@ def parse(body: bytes) -> Interaction:
 def _snowflake(value: Any, *, optional: bool = False) -> str:
     """A Discord id: digits, at most 20 (it ends up in state keys and REST URLs)."""
     text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
-    if optional and text == "":
-        return text
-    if not (text.isascii() and text.isdigit() and len(text) <= 20):
+    if not (optional and text == "") and not (text.isascii() and text.isdigit() and len(text) <= 20):
         raise ValueError("not a snowflake")
     return text
-
-
-TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,500}")
-
-
-def _token(value: Any) -> str:
-    """An interaction token (it goes into webhook URLs): URL-safe characters, bounded; "" if
-    absent (then the answer cannot be deferred)."""
-    if value == "":
-        return ""
-    if not (isinstance(value, str) and TOKEN_PATTERN.fullmatch(value)):
-        raise ValueError("not an interaction token")
-    return value
-
-
-def _custom_id(value: Any) -> str:
-    """Discord caps custom_id at 100 characters; it is a state key, checked before any lookup."""
-    return _text(value, 100)
 
 
 def _text(value: Any, limit: int) -> str:
@@ -187,74 +140,169 @@ def _modal_values(rows: list[dict[str, Any]]) -> dict[str, str]:
             inputs.extend(row["components"])
         elif row["type"] == _LABEL:
             inputs.append(row["component"])
-    return {
-        str(i["custom_id"]): str(i.get("value", ""))
-        for i in inputs
-        if i["type"] == discord.ComponentType.text_input.value
-    }
-
-
-# -- responses (the HTTP body answering the interaction) ---------------------------------------
-def pong() -> dict[str, Any]:
-    return {"type": discord.InteractionResponseType.pong.value}
-
-
-def message(content: str, *, ephemeral: bool = False) -> dict[str, Any]:
-    """CHANNEL_MESSAGE_WITH_SOURCE; `ephemeral` shows it only to the user who clicked."""
-    flags = discord.MessageFlags(ephemeral=True) if ephemeral else discord.utils.MISSING
-    return {"type": discord.InteractionResponseType.channel_message.value, "data": _data(content, flags=flags)}
-
-
-def update(content: str) -> dict[str, Any]:
-    """UPDATE_MESSAGE: edit the message the component is on; its components stay."""
-    return {"type": discord.InteractionResponseType.message_update.value, "data": _data(content)}
-
-
-def modal(view: discord.ui.Modal) -> dict[str, Any]:
-    """MODAL: open `view` for the user who clicked (not valid in answer to a modal submit)."""
-    return {"type": discord.InteractionResponseType.modal.value, "data": view.to_dict()}
-
-
-def defer_message(*, ephemeral: bool) -> dict[str, Any]:
-    """DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE: "thinking...", the answer follows as an edit."""
-    body: dict[str, Any] = {"type": discord.InteractionResponseType.deferred_channel_message.value}
-    if ephemeral:
-        body["data"] = {"flags": discord.MessageFlags(ephemeral=True).value}
-    return body
-
-
-def defer_update() -> dict[str, Any]:
-    """DEFERRED_UPDATE_MESSAGE: acknowledge a click now, answer through the webhook later."""
-    return {"type": discord.InteractionResponseType.deferred_message_update.value}
-
-
-DEFERRALS = (
-    discord.InteractionResponseType.deferred_channel_message.value,
-    discord.InteractionResponseType.deferred_message_update.value,
-)
-
-
-def _data(content: str, *, flags: Any = discord.utils.MISSING) -> dict[str, Any]:
-    with handle_message_parameters(
-        content=content, flags=flags, allowed_mentions=discord.AllowedMentions.none()
-    ) as params:
-        return dict(cast("dict[str, Any]", params.payload))  # None only when files are sent
-
-
-# -- the Gateway transport's frames ------------------------------------------------------------
+    text_input = discord.ComponentType.text_input.value
+    return {str(i["custom_id"]): str(i.get("value", "")) for i in inputs if i["type"] == text_input}
 
 
 def gateway_frame(text: str) -> tuple[dict[str, Any] | None, str]:
-    """One Gateway text frame as Discord sends it: (the JSON object, "") or (None, why it is not
-    one): not JSON, not an object, or a dispatch (op 0) without an integer `s` and a string `t`."""
+    """One Gateway text frame: (the JSON object, "") or (None, why Discord would not send it):
+    not JSON, not an object, or a dispatch (op 0) without an integer `s` and a string `t`."""
     try:
         frame = json.loads(text)
     except ValueError:
         return None, "not JSON"
     if not isinstance(frame, dict):
         return None, f"a JSON {type(frame).__name__}, not an object"
-    if frame.get("op") == _DISPATCH:
-        seq, event = frame.get("s"), frame.get("t")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1 or not isinstance(event, str):
-            return None, "a dispatch without an integer s and a string t"
+    seq = frame.get("s")
+    if frame.get("op") == 0 and (not isinstance(frame.get("t"), str) or type(seq) is not int or seq < 1):
+        return None, "a dispatch without an integer s and a string t"
     return frame, ""
+
+
+# -- responses (an interaction's answer, in the HTTP body or through the callback) ---------------
+Kind = discord.InteractionResponseType
+DEFERRALS = (Kind.deferred_channel_message.value, Kind.deferred_message_update.value)
+
+
+def pong() -> dict[str, Any]:
+    return {"type": Kind.pong.value}
+
+
+def message(content: str, *, ephemeral: bool = False) -> dict[str, Any]:
+    """CHANNEL_MESSAGE_WITH_SOURCE; `ephemeral` shows it only to the user who clicked."""
+    flags = discord.MessageFlags(ephemeral=True) if ephemeral else discord.utils.MISSING
+    return {"type": Kind.channel_message.value, "data": _body(content=content, flags=flags)}
+
+
+def update(content: str) -> dict[str, Any]:
+    """UPDATE_MESSAGE: edit the message the component is on; its components stay."""
+    return {"type": Kind.message_update.value, "data": _body(content=content)}
+
+
+def modal(view: discord.ui.Modal) -> dict[str, Any]:
+    """MODAL: open `view` for the user who clicked (not valid in answer to a modal submit)."""
+    return {"type": Kind.modal.value, "data": view.to_dict()}
+
+
+def defer(it: Interaction) -> dict[str, Any]:
+    """The deferral for `it`: a click's (DEFERRED_UPDATE_MESSAGE) or "thinking..." whose edit
+    follows, ephemeral for a command (its answer is for the user) and not for a submit."""
+    if it.type is discord.InteractionType.component:
+        return {"type": Kind.deferred_message_update.value}
+    body: dict[str, Any] = {"type": Kind.deferred_channel_message.value}
+    if it.type is discord.InteractionType.application_command:
+        body["data"] = {"flags": discord.MessageFlags(ephemeral=True).value}
+    return body
+
+
+def _body(**params: Any) -> dict[str, Any]:
+    with handle_message_parameters(allowed_mentions=discord.AllowedMentions.none(), **params) as p:
+        return dict(cast("dict[str, Any]", p.payload))  # None only when files are sent
+
+
+# -- REST ----------------------------------------------------------------------------------------
+REQUEST_TIMEOUT_S = 10.0  # a send that takes longer fails
+RESPONSE_DEADLINE_S = 3.0  # Discord takes an interaction's initial response this long after it arrives
+RATE_LIMIT_RETRIES = 3  # a call answered 429 is tried again at most this often
+MAX_RETRY_AFTER_S = 10.0  # a longer wait fails the call instead
+GONE_CODES = {10062: "unknown interaction", 50027: "invalid webhook token", 40060: "already acknowledged"}
+
+
+class RestError(Exception):
+    """Discord refused a REST call or could not be reached."""
+
+
+class InteractionGone(RestError):
+    """The interaction takes no (more) answers: its token expired or was never valid (10062,
+    50027), or it was answered already (40060). Nothing to retry; `code` says which."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"interaction gone: {code} {GONE_CODES.get(code, '')}".strip())
+        self.code = code
+
+
+class DiscordRest:
+    """One aiohttp session for the bot's REST calls, Discord's rate limits honoured; `open`
+    in the plugin's build, `close` on stop."""
+
+    def __init__(self, *, api_base: str, bot_token: str) -> None:
+        self.api_base = api_base.rstrip("/")
+        self._headers = {
+            "Authorization": f"Bot {bot_token}",
+            "User-Agent": f"DiscordBot (https://github.com/Rapptz/discord.py {discord.__version__}) chatstate",
+        }
+        self._session: aiohttp.ClientSession | None = None
+        self._buckets: dict[str, tuple[int, float]] = {}  # route -> (remaining, monotonic reset time)
+
+    async def open(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        self._session = aiohttp.ClientSession(headers=self._headers, timeout=timeout)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def send_message(self, channel_id: str, *, content: str, view: discord.ui.View) -> dict[str, Any]:
+        """POST /channels/{channel_id}/messages; Discord's message object. Raises RestError."""
+        path = f"/channels/{channel_id}/messages"
+        return await self._call("POST", path, _body(content=content, view=view), route=f"POST {path}")
+
+    async def callback(self, it: Interaction, response: dict[str, Any], *, received_at: float) -> None:
+        """POST the initial response of `it` (arrived at monotonic `received_at`) to its
+        callback: how the Gateway transport answers. A 429 is retried while the retry still
+        lands within RESPONSE_DEADLINE_S of the arrival; later, Discord failed it anyway.
+        Raises InteractionGone and RestError."""
+        deadline = received_at + RESPONSE_DEADLINE_S
+        path = f"/interactions/{it.id}/{it.token}/callback"
+        await self._call("POST", path, response, route=f"callback {it.id}", deadline=deadline)
+
+    async def webhook(self, it: Interaction, data: dict[str, Any], *, edit: bool) -> dict[str, Any]:
+        """Through `it`'s webhook: PATCH its deferred (or original) answer (`edit`), else POST a
+        follow-up message. Raises InteractionGone and RestError."""
+        path = f"/webhooks/{it.application_id}/{it.token}" + ("/messages/@original" if edit else "")
+        return await self._call("PATCH" if edit else "POST", path, data, route=f"webhook {it.application_id}")
+
+    async def _call(
+        self, method: str, path: str, payload: Any, *, route: str, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """One call: wait out an exhausted bucket (`X-RateLimit-Remaining: 0` until
+        `Reset-After`); on 429 wait `retry_after` (JSON body, else Retry-After) and try again,
+        at most RATE_LIMIT_RETRIES times, MAX_RETRY_AFTER_S a wait, never past `deadline`."""
+        assert self._session is not None, "open() first"
+        what = f"{method} {path.split('/')[1]}"  # never the token
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            remaining, reset_at = self._buckets.get(route, (1, 0.0))
+            if remaining <= 0 and (wait := _wait(reset_at - time.monotonic(), deadline)):
+                await asyncio.sleep(wait)
+            try:
+                async with self._session.request(method, self.api_base + path, json=payload) as resp:
+                    headers = resp.headers
+                    with contextlib.suppress(KeyError, ValueError):  # no (or a broken) bucket
+                        reset = time.monotonic() + float(headers["X-RateLimit-Reset-After"])
+                        self._buckets[route] = (int(headers["X-RateLimit-Remaining"]), reset)
+                    body = await resp.json() if resp.content_type == "application/json" else {}
+                    body = body if isinstance(body, dict) else {}
+                    if resp.status == 429 and attempt < RATE_LIMIT_RETRIES:
+                        wait = _wait(body.get("retry_after", headers.get("Retry-After")), deadline)
+                        if wait is not None:
+                            await asyncio.sleep(wait)
+                            continue
+                    if resp.status >= 300:
+                        if body.get("code") in GONE_CODES:
+                            raise InteractionGone(int(body["code"]))
+                        raise RestError(f"{what}: HTTP {resp.status}")
+                    return body
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise RestError(f"{what}: {type(exc).__name__}") from None
+        raise RestError(f"{what}: still rate limited after {RATE_LIMIT_RETRIES} retries")
+
+
+def _wait(value: Any, deadline: float | None) -> float | None:
+    """A wait Discord asks for, in seconds, if we honour it: 0..MAX_RETRY_AFTER_S, and a call
+    retried after it still lands before `deadline` (monotonic; None: no limit)."""
+    try:
+        wait = float(value)
+    except (TypeError, ValueError):
+        return None
+    in_time = deadline is None or time.monotonic() + wait < deadline
+    return wait if 0 <= wait <= MAX_RETRY_AFTER_S and in_time else None

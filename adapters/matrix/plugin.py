@@ -45,7 +45,6 @@ class MatrixPlugin(StatefulPlugin[Running]):
     """Approval prompts answered by reaction, surviving restarts (`mode = "legacy"`: they don't)."""
 
     id = "matrix"
-    origin = "bundled"
     settings_type = MatrixSettings
 
     async def build(self, runtime: PluginRuntime) -> Running:

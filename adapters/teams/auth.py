@@ -1,28 +1,36 @@
-"""Who may call the bot, and how the bot authenticates to the Bot Connector.
+"""Who may call the bot (the bearer token on every activity), and how the bot calls back.
 
-Inbound: botframework-connector validates the `Authorization: Bearer <JWT>` itself. Its public
-`BotFrameworkAuthenticationFactory.create` takes the OpenID metadata URL and the token issuer,
-so pointing it at the simulator needs no code of ours: the library fetches the metadata, then
-the JWKS, checks the RS256 signature, the issuer, the `msteams` endorsement of the signing key,
-`aud` = our app id and the `serviceurl` claim = the activity's serviceUrl. (So we did not write
-our own PyJWT validation.)
+Inbound, the token is checked twice: `TokenCheck` before the body is read (RS256 signature, `iss`,
+`aud` = our app id, `exp`/`nbf`), then botframework-connector's own full validation of the
+parsed Activity (the key's `msteams` endorsement, the `serviceurl` claim), pointed at a
+simulator through its public factory's metadata URL and issuer.
 
-Outbound: against Azure the bot gets a token from Azure AD through MSAL
-(`PasswordServiceClientCredentialFactory`). MSAL only talks to an https authority, so a local
-simulator cannot stand in for Azure AD. For the simulator the config names a pre-issued
-`connector_token` instead; `StaticTokenCredentialFactory` presents it on every Bot Connector
-call and the simulator refuses calls without it. That switch is explicit: no `connector_token`
-in the config, no static token.
+Both read the signing keys from `SigningKeys`, never from the library's own fetch: that calls
+`requests.get` with no timeout inside its coroutines, so an unresponsive metadata host left the
+loop's executor threads stuck forever and a few forged tokens wedged /healthz, the sweeper and
+SIGTERM. `SigningKeys` fetches with aiohttp under timeouts and a size cap (no thread, cancelled
+outright on shutdown), one fetch at a time per URL, keeps the last good set while a refresh
+fails, and after a failure waits `openid_retry_after_failure_s`, so forged tokens cannot become a
+stream of fetches. `install` puts a key set into the library's `JwtTokenExtractor.metadataCache`.
+
+Outbound, Azure's `app_password` gets a token through MSAL, which only talks to an https
+authority; a local simulator's pre-issued `connector_token` is presented instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import jwt
 from botbuilder.schema import CallerIdConstants
 from botframework.connector.auth import (
@@ -31,18 +39,176 @@ from botframework.connector.auth import (
     AuthenticationConstants,
     BotFrameworkAuthentication,
     BotFrameworkAuthenticationFactory,
+    JwtTokenExtractor,
     PasswordServiceClientCredentialFactory,
-    ServiceClientCredentialsFactory,
 )
+from jwt.algorithms import RSAAlgorithm
 
 from chatstate.adapters.teams.config import TeamsSettings
-from chatstate.adapters.teams.keys import FetchSettings, SigningKeys, install
 
 BOT_FRAMEWORK_SCOPE = "https://api.botframework.com"  # the audience of tokens the bot presents
+MAX_TOKEN_CHARS = 8192  # a bearer token longer than this is refused unread
+CLOCK_SKEW_S = 300  # leeway on exp/nbf, the library's own (5 min)
+# the channel sends one token with every activity for its lifetime and a verification was ~a
+# quarter of the route's CPU, so verified tokens are remembered (the library still validates all)
 VERIFIED_TOKENS = 256  # verified bearer tokens remembered (least recently used leaves first)
 VERIFIED_FOR_S = 300.0  # a remembered token is verified again after this long (or at its exp)
-CLOCK_SKEW_S = 300  # leeway on exp/nbf, the library's own (5 min)
-MAX_TOKEN_CHARS = 8192  # a bearer token longer than this is refused unread
+KEYS_REFRESH_S = 24 * 60 * 60  # a good key set is refetched once a day (the library's rule)
+UNKNOWN_KID_REFRESH_S = 5 * 60  # an unknown `kid` refetches at most this often
+MAX_DOCUMENT_BYTES = 256 * 1024  # metadata or JWKS larger than this is refused
+log = logging.getLogger("chatstate.adapters.teams")
+
+
+class KeysUnavailable(Exception):
+    """No key set could be fetched (and none was fetched before): answered 503."""
+
+
+class UnknownSigningKey(PermissionError):
+    """The token names a `kid` the key set does not hold: answered 401."""
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """What botframework-connector's extractor reads from a metadata lookup."""
+
+    public_key: Any
+    endorsements: list[str]
+
+
+class SigningKeys:
+    """The key set behind one OpenID metadata URL, fetched under `settings`' `openid_*_s` limits."""
+
+    def __init__(self, url: str, settings: TeamsSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.url = url
+        self.settings = settings
+        self._clock = clock
+        self._keys: dict[str, SigningKey] | None = None  # the last good set, by `kid`
+        self._fetched_at = float("-inf")
+        self._failed_until = float("-inf")
+        self._inflight: asyncio.Task[None] | None = None
+        self.fetches = 0  # fetch attempts, for tests and /healthz
+
+    async def get(self, key_id: str | None) -> SigningKey:
+        """The key named `key_id`. Raises UnknownSigningKey (401) or KeysUnavailable (503)."""
+        if self._keys is None or self._clock() - self._fetched_at > KEYS_REFRESH_S:
+            await self._refresh()
+        key = (self._keys or {}).get(key_id or "")
+        if key is None and self._keys is not None and self._clock() - self._fetched_at > UNKNOWN_KID_REFRESH_S:
+            await self._refresh()
+            key = (self._keys or {}).get(key_id or "")
+        if key is not None:
+            return key
+        if self._keys is None:
+            raise KeysUnavailable(f"no signing keys from {self.url}")
+        raise UnknownSigningKey("the token's signing key is not in the key set")
+
+    async def close(self) -> None:
+        """Cancel a fetch in flight (shutdown never waits on a far end)."""
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    def health(self) -> dict[str, Any]:
+        return {"keys": len(self._keys or []), "fetches": self.fetches, "failing": self._clock() < self._failed_until}
+
+    async def _refresh(self) -> None:
+        """Fetch once (joining a fetch already running); a failure keeps the last good set."""
+        if self._clock() < self._failed_until:
+            return  # negative cache: a recent fetch failed, do not hammer (or wait on) the host
+        if self._inflight is None:
+            self._inflight = asyncio.create_task(self._fetch(), name=f"teams-openid-{self.url}")
+        await asyncio.shield(self._inflight)
+
+    async def _fetch(self) -> None:
+        self.fetches += 1
+        s = self.settings
+        timeout = aiohttp.ClientTimeout(
+            total=s.openid_total_timeout_s, connect=s.openid_connect_timeout_s, sock_read=s.openid_read_timeout_s
+        )
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                metadata = await _get_json(session, self.url)
+                keys = (await _get_json(session, str(metadata["jwks_uri"])))["keys"]
+            if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
+                raise ValueError("JWKS keys is not a list of objects")
+            self._keys, self._fetched_at = dict(filter(None, map(_signing_key, keys))), self._clock()
+        except Exception as exc:  # noqa: BLE001 - the far end's fault: logged, the last good set kept
+            self._failed_until = self._clock() + s.openid_retry_after_failure_s
+            extra = {"url": self.url, "error": type(exc).__name__, "keys_kept": len(self._keys or [])}
+            log.warning("openid_fetch_failed", extra=extra)
+        finally:
+            if self._inflight is asyncio.current_task():
+                self._inflight = None
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
+    async with session.get(url) as resp:
+        resp.raise_for_status()
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > MAX_DOCUMENT_BYTES:
+                raise ValueError(f"{url}: document over {MAX_DOCUMENT_BYTES} bytes")
+    return json.loads(bytes(body))
+
+
+def _signing_key(jwk: dict[str, Any]) -> tuple[str, SigningKey] | None:
+    """`(kid, key)` for a usable JWK; None for any other (a malformed JWK is just not usable)."""
+    endorsements = jwk.get("endorsements")
+    try:
+        public_key = RSAAlgorithm.from_jwk(json.dumps(jwk))
+    except Exception:  # noqa: BLE001 - the library raises several types for a bad JWK
+        return None
+    endorsed = [e for e in endorsements if isinstance(e, str)] if isinstance(endorsements, list) else []
+    return (kid, SigningKey(public_key, endorsed)) if isinstance(kid := jwk.get("kid"), str) and kid else None
+
+
+def install(keys: SigningKeys) -> None:
+    """Make botframework-connector validate against `keys` for their metadata URL."""
+    JwtTokenExtractor.metadataCache[keys.url] = keys
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    """The pre-parse check of the bearer token (see the module docstring)."""
+
+    keys: SigningKeys
+    issuer: str
+    app_id: str
+    # token -> (claims, good until), least recently used first
+    _verified: OrderedDict[str, tuple[dict[str, Any], float]] = field(default_factory=OrderedDict, repr=False)
+
+    async def verify(self, auth_header: str | None) -> dict[str, Any]:
+        """Return the token's claims. Raises PermissionError or jwt.PyJWTError for a missing or
+        bad token (401) and KeysUnavailable when no key set can be had (503)."""
+        scheme, _, token = (auth_header or "").partition(" ")
+        if scheme != "Bearer" or not token or len(token) > MAX_TOKEN_CHARS or not token.isascii():
+            raise PermissionError("missing or malformed bearer token")
+        hit = self._verified.get(token)
+        if hit is not None and time.time() < hit[1]:
+            self._verified.move_to_end(token)
+            return dict(hit[0])
+        header = jwt.get_unverified_header(token)
+        if header.get("alg") != "RS256":
+            raise PermissionError("token is not RS256")
+        key = await self.keys.get(kid if isinstance(kid := header.get("kid"), str) else None)
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key.public_key,
+            algorithms=["RS256"],
+            audience=self.app_id,
+            issuer=self.issuer,
+            leeway=CLOCK_SKEW_S,
+            options={"require": ["exp", "iss", "aud"]},
+        )
+        if isinstance(exp := claims.get("exp"), (int, float)):  # kept until exp, at most VERIFIED_FOR_S
+            self._verified[token] = (dict(claims), min(float(exp), time.time() + VERIFIED_FOR_S))
+            self._verified.move_to_end(token)
+            if len(self._verified) > VERIFIED_TOKENS:
+                self._verified.popitem(last=False)
+        return claims
 
 
 class StaticTokenCredentials(AppCredentials):
@@ -56,18 +222,12 @@ class StaticTokenCredentials(AppCredentials):
         return self._token
 
 
-class StaticTokenCredentialFactory(ServiceClientCredentialsFactory):
+class StaticTokenCredentialFactory(PasswordServiceClientCredentialFactory):
     """Credentials for the bot's own app id only, carrying the configured connector token."""
 
     def __init__(self, app_id: str, token: str) -> None:
-        self.app_id = app_id
+        super().__init__(app_id)
         self.token = token
-
-    async def is_valid_app_id(self, app_id: str) -> bool:
-        return app_id == self.app_id
-
-    async def is_authentication_disabled(self) -> bool:
-        return False  # inbound tokens are always required
 
     async def create_credentials(
         self, app_id: str, oauth_scope: str, login_endpoint: str, validate_authority: bool
@@ -77,117 +237,37 @@ class StaticTokenCredentialFactory(ServiceClientCredentialsFactory):
         return StaticTokenCredentials(app_id, self.token)
 
 
-def build_authentication(config: TeamsSettings) -> BotFrameworkAuthentication:
-    """Build the Bot Framework authentication described by `[adapters.teams]`.
-
-    Keys: `app_id` (required); `openid_metadata_url` + `token_issuer` + `connector_token` for a
-    simulator, or `app_password` for Azure. Raises ValueError naming the missing key.
-    """
-    config.check_credentials()
-    app_id = config.app_id
-    metadata_url = config.openid_metadata_url
-    if metadata_url is None:
-        password = str(config.app_password)
-        return BotFrameworkAuthenticationFactory.create(
-            credential_factory=PasswordServiceClientCredentialFactory(app_id, password),
+def build_authentication(config: TeamsSettings) -> tuple[BotFrameworkAuthentication, TokenCheck, list[SigningKeys]]:
+    """botbuilder's authentication (for Azure or a simulator), the pre-parse token check, and
+    every key set the library may read, installed into its metadata cache. Raises ValueError
+    naming a missing key (config.py: `check`)."""
+    config.check()
+    url = config.openid_metadata_url
+    if url is None:  # Azure: the channel's keys; emulator tokens are refused up front
+        urls = [
+            AuthenticationConstants.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL,
+            AuthenticationConstants.TO_BOT_FROM_EMULATOR_OPENID_METADATA_URL,
+        ]
+        issuer = AuthenticationConstants.TO_BOT_FROM_CHANNEL_TOKEN_ISSUER
+        library = BotFrameworkAuthenticationFactory.create(
+            credential_factory=PasswordServiceClientCredentialFactory(config.app_id, str(config.app_password)),
             auth_configuration=AuthenticationConfiguration(),
         )
-    issuer = str(config.token_issuer)
-    token = str(config.connector_token)
-    origin = "{0.scheme}://{0.netloc}".format(urlsplit(str(metadata_url)))
-    return BotFrameworkAuthenticationFactory.create(
-        to_channel_from_bot_login_url=origin,  # unused: the static token needs no login
-        to_channel_from_bot_oauth_scope=BOT_FRAMEWORK_SCOPE,
-        to_bot_from_channel_token_issuer=issuer,
-        oauth_url=origin,  # the user-token service; this bot never signs users in
-        to_bot_from_channel_open_id_metadata_url=str(metadata_url),
-        to_bot_from_emulator_open_id_metadata_url=str(metadata_url),
-        caller_id=CallerIdConstants.public_azure_channel,
-        credential_factory=StaticTokenCredentialFactory(app_id, token),
-        auth_configuration=AuthenticationConfiguration(),
-    )
-
-
-@dataclass(frozen=True)
-class TokenCheck:
-    """Authenticate the bearer token alone, before the body is read or parsed.
-
-    Checks what needs no Activity: RS256 signature by a key of the channel's key set, `iss`,
-    `aud` = our app id, `exp`/`nbf`. botframework-connector then repeats its full validation
-    with the parsed Activity (endorsement for its channel, `serviceurl` claim = its
-    serviceUrl), reading the same cached keys.
-    """
-
-    keys: SigningKeys
-    issuer: str
-    app_id: str
-    # token -> (claims, good until): the channel sends one token with every activity for its
-    # lifetime, and a verification was ~a quarter of the route's CPU. A cache only
-    # skips this early check: botframework-connector still validates every activity in full.
-    _verified: OrderedDict[str, tuple[dict[str, Any], float]] = field(
-        default_factory=OrderedDict, compare=False, repr=False
-    )
-
-    async def verify(self, auth_header: str | None) -> dict[str, Any]:
-        """Return the token's claims. Raises PermissionError or jwt.PyJWTError for a missing or
-        bad token (401) and keys.KeysUnavailable when no key set can be had (503)."""
-        scheme, _, token = (auth_header or "").partition(" ")
-        if scheme != "Bearer" or not token or len(token) > MAX_TOKEN_CHARS or not token.isascii():
-            raise PermissionError("missing or malformed bearer token")
-        hit = self._verified.get(token)
-        if hit is not None and time.time() < hit[1]:
-            self._verified.move_to_end(token)
-            return dict(hit[0])
-        claims = await self._verify(token)
-        exp = claims.get("exp")
-        if isinstance(exp, (int, float)):  # until it expires, re-checked at least every VERIFIED_FOR_S
-            self._verified[token] = (dict(claims), min(float(exp), time.time() + VERIFIED_FOR_S))
-            self._verified.move_to_end(token)
-            if len(self._verified) > VERIFIED_TOKENS:
-                self._verified.popitem(last=False)
-        return claims
-
-    async def _verify(self, token: str) -> dict[str, Any]:
-        header = jwt.get_unverified_header(token)
-        if header.get("alg") != "RS256":
-            raise PermissionError("token is not RS256")
-        kid = header.get("kid")
-        key = await self.keys.get(kid if isinstance(kid, str) else None)
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            key.public_key,
-            algorithms=["RS256"],
-            audience=self.app_id,
-            issuer=self.issuer,
-            leeway=CLOCK_SKEW_S,
-            options={"require": ["exp", "iss", "aud"]},
-        )
-        return claims
-
-
-def build_token_check(config: TeamsSettings) -> tuple[TokenCheck, list[SigningKeys]]:
-    """The pre-parse token check for `[adapters.teams]`, and every key set botframework-connector
-    may read, installed into its metadata cache (so it never fetches with `requests`).
-
-    Raises ValueError naming a bad key.
-    """
-    config.check_credentials()
-    app_id = config.app_id
-    settings = FetchSettings(
-        config.openid_connect_timeout_s,
-        config.openid_read_timeout_s,
-        config.openid_total_timeout_s,
-        config.openid_retry_after_failure_s,
-    )
-    metadata_url = config.openid_metadata_url
-    if metadata_url is None:  # Azure: the channel's keys; emulator tokens are refused up front
-        channel = SigningKeys(AuthenticationConstants.TO_BOT_FROM_CHANNEL_OPENID_METADATA_URL, settings)
-        key_sets = [channel, SigningKeys(AuthenticationConstants.TO_BOT_FROM_EMULATOR_OPENID_METADATA_URL, settings)]
-        issuer = AuthenticationConstants.TO_BOT_FROM_CHANNEL_TOKEN_ISSUER
     else:
-        channel = SigningKeys(str(metadata_url), settings)
-        key_sets = [channel]
-        issuer = str(config.token_issuer)
+        urls, issuer = [url], str(config.token_issuer)
+        origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
+        library = BotFrameworkAuthenticationFactory.create(
+            to_channel_from_bot_login_url=origin,  # unused: the static token needs no login
+            to_channel_from_bot_oauth_scope=BOT_FRAMEWORK_SCOPE,
+            to_bot_from_channel_token_issuer=issuer,
+            oauth_url=origin,  # the user-token service; this bot never signs users in
+            to_bot_from_channel_open_id_metadata_url=url,
+            to_bot_from_emulator_open_id_metadata_url=url,
+            caller_id=CallerIdConstants.public_azure_channel,
+            credential_factory=StaticTokenCredentialFactory(config.app_id, str(config.connector_token)),
+            auth_configuration=AuthenticationConfiguration(),
+        )
+    key_sets = [SigningKeys(u, config) for u in urls]
     for keys in key_sets:
         install(keys)
-    return TokenCheck(channel, issuer, app_id), key_sets
+    return library, TokenCheck(key_sets[0], issuer, config.app_id), key_sets

@@ -1,23 +1,19 @@
 """One Bot Connector client per (app id, serviceUrl, audience), not one per activity.
 
-botbuilder's `CloudAdapterBase.process_activity` asks the authentication for a new
-`ConnectorClient` and a new user-token client on every turn. Each builds an msrest pipeline
-whose `ClientRetryPolicy` computes its retry status list with a quadratic list scan: ~2 ms of
-CPU apiece, so ~4 ms of the ~6 ms an activity cost the gateway went to building two clients it
-used at most once (benchmarks/teams_bench.py, docs/performance.md "Issue 20"). botbuilder's own
-older `BotFrameworkAdapter` kept a cache of connector clients keyed by serviceUrl, app id and
-scope for the same reason; this puts that cache back, around the public
-`BotFrameworkAuthentication` interface, so the library's validation and turn run unchanged.
-
-Reusing a client is safe: its credentials fetch and refresh their own token, and the gateway
-serves every turn from one event loop. The caches are bounded (a serviceUrl comes from an
-authenticated activity, but a cache keyed by request data is bounded all the same).
+botbuilder's `CloudAdapterBase.process_activity` builds a new `ConnectorClient` and a new
+user-token client on every turn, each an msrest pipeline whose `ClientRetryPolicy` computes its
+retry status list with a quadratic scan: ~4 ms of the ~6 ms an activity cost went to two clients
+used at most once (benchmarks/teams_bench.py, docs/performance.md "Issue 20"). botbuilder's older
+`BotFrameworkAdapter` cached connector clients for the same reason; this puts a bounded cache
+back around the public `BotFrameworkAuthentication` interface. Reuse is safe: a client's
+credentials refresh their own token, and every turn runs on one event loop.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
+from functools import partial
 from typing import Any, TypeVar
 
 from botbuilder.schema import Activity
@@ -37,43 +33,33 @@ _V = TypeVar("_V")
 
 class _Lru(OrderedDict[Hashable, Any]):
     async def get_or_make(self, key: Hashable, make: Callable[[], Awaitable[_V]]) -> _V:
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        value = await make()
-        self[key] = value
-        if len(self) > MAX_CLIENTS:
-            self.popitem(last=False)
-        return value
+        if key not in self:
+            self[key] = await make()
+            if len(self) > MAX_CLIENTS:
+                self.popitem(last=False)
+        self.move_to_end(key)
+        return self[key]
 
 
-def _app_id(claims_identity: ClaimsIdentity | None) -> str | None:
+def _app_id(claims: ClaimsIdentity | None) -> str | None:
     """The bot app id a turn acts as: the token's audience, else its appid (as botbuilder reads it)."""
-    if claims_identity is None:
-        return None
-    return claims_identity.get_claim_value(AuthenticationConstants.AUDIENCE_CLAIM) or claims_identity.get_claim_value(
-        AuthenticationConstants.APP_ID_CLAIM
-    )
+    claim = claims.get_claim_value if claims is not None else lambda _name: None
+    return claim(AuthenticationConstants.AUDIENCE_CLAIM) or claim(AuthenticationConstants.APP_ID_CLAIM)
 
 
 class _ReusingConnectorFactory(ConnectorFactory):
     def __init__(self, inner: ConnectorFactory, app_id: str | None, cache: _Lru) -> None:
-        self._inner = inner
-        self._app_id = app_id
-        self._cache = cache
+        self._inner, self._app_id, self._cache = inner, app_id, cache
 
     async def create(self, service_url: str, audience: str | None = None) -> ConnectorClient:
-        return await self._cache.get_or_make(
-            (self._app_id, service_url, audience), lambda: self._inner.create(service_url, audience)
-        )
+        make = partial(self._inner.create, service_url, audience)
+        return await self._cache.get_or_make((self._app_id, service_url, audience), make)
 
 
 class ReusedClients(BotFrameworkAuthentication):
-    """`inner` with its connector and user-token clients built once and reused across turns.
-
-    Validation (`authenticate_request` and friends) is `inner`'s, unchanged; only the factories
-    in its results are wrapped.
-    """
+    """`inner` with its connector and user-token clients built once and reused across turns;
+    validation is `inner`'s, unchanged (only the factories in its results are wrapped). The
+    skill-host calls are left out: this bot hosts no skills."""
 
     def __init__(self, inner: BotFrameworkAuthentication) -> None:
         self.inner = inner
@@ -82,8 +68,9 @@ class ReusedClients(BotFrameworkAuthentication):
 
     def _wrap(self, result: AuthenticateRequestResult) -> AuthenticateRequestResult:
         if result.connector_factory is not None:
+            app_id = _app_id(result.claims_identity)
             result.connector_factory = _ReusingConnectorFactory(
-                result.connector_factory, _app_id(result.claims_identity), self.connector_clients
+                result.connector_factory, app_id, self.connector_clients
             )
         return result
 
@@ -96,20 +83,9 @@ class ReusedClients(BotFrameworkAuthentication):
         return self._wrap(await self.inner.authenticate_streaming_request(auth_header, channel_id_header))
 
     def create_connector_factory(self, claims_identity: ClaimsIdentity) -> ConnectorFactory:
-        return _ReusingConnectorFactory(
-            self.inner.create_connector_factory(claims_identity), _app_id(claims_identity), self.connector_clients
-        )
+        inner = self.inner.create_connector_factory(claims_identity)
+        return _ReusingConnectorFactory(inner, _app_id(claims_identity), self.connector_clients)
 
     async def create_user_token_client(self, claims_identity: ClaimsIdentity) -> UserTokenClient:
-        return await self.user_token_clients.get_or_make(
-            _app_id(claims_identity), lambda: self.inner.create_user_token_client(claims_identity)
-        )
-
-    def create_bot_framework_client(self) -> Any:
-        return self.inner.create_bot_framework_client()
-
-    def get_originating_audience(self) -> str:
-        return self.inner.get_originating_audience()
-
-    async def authenticate_channel_request(self, auth_header: str) -> ClaimsIdentity:
-        return await self.inner.authenticate_channel_request(auth_header)
+        make = partial(self.inner.create_user_token_client, claims_identity)
+        return await self.user_token_clients.get_or_make(_app_id(claims_identity), make)

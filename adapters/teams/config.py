@@ -9,7 +9,6 @@ from typing import Annotated
 
 from pydantic import Field
 
-from chatstate.adapters.teams.keys import FetchSettings
 from chatstate.adapters.teams.state import ACTIVITY_LEASE_MS, SENT_MAX_ENTRIES, SENT_PER_USER, SENT_TTL_MS
 from chatstate.gateway.sdk import AdapterSettings
 
@@ -32,17 +31,15 @@ class TeamsSettings(AdapterSettings):
     sent_max_entries: Positive = SENT_MAX_ENTRIES  # sent rows kept, oldest evicted first
     sent_per_user: Positive = SENT_PER_USER  # fairness quota: live sent rows one user's messages may cause
     activity_lease_ms: Positive = ACTIVITY_LEASE_MS  # one answer per activity
-    # the signing-key (OpenID metadata) fetch, seconds
-    openid_connect_timeout_s: PositiveSeconds = FetchSettings.connect_timeout_s
-    openid_read_timeout_s: PositiveSeconds = FetchSettings.read_timeout_s
-    openid_total_timeout_s: PositiveSeconds = FetchSettings.total_timeout_s
-    openid_retry_after_failure_s: PositiveSeconds = FetchSettings.retry_after_failure_s
+    # the signing-key (OpenID metadata) fetch (auth.SigningKeys), seconds
+    openid_connect_timeout_s: PositiveSeconds = 3.0
+    openid_read_timeout_s: PositiveSeconds = 5.0
+    openid_total_timeout_s: PositiveSeconds = 10.0
+    openid_retry_after_failure_s: PositiveSeconds = 30.0  # after a failed fetch, none for this long
 
-    def check_credentials(self) -> None:
+    def check(self) -> None:
         """Azure needs `app_password`; a simulator needs `token_issuer` and `connector_token`.
-
-        Raises ValueError naming the missing key (offline: nothing is fetched).
-        """
+        Raises ValueError naming the missing key (offline: nothing is fetched)."""
         needed = ("app_password",) if self.openid_metadata_url is None else ("token_issuer", "connector_token")
         for key in needed:
             if getattr(self, key) is None:

@@ -1,70 +1,48 @@
 """Teams behaviour: whether an activity is for the bot, and the gate's work and check.
 
 In a channel or group chat the bot answers only when @mentioned, or when the message replies to
-(or reacts to) a message the bot itself sent within the last 24 h: `reply_to_bot`. In a personal
-chat it answers everything. Every answer starts with `[<classification>]`, so a person, the
-demo and the tests can see why the bot spoke. Edits (`messageUpdate`) are never answered: the
-message was answered (or not) when it was first sent. A deleted bot message (`messageDelete`
-naming one of ours) is forgotten, so a reply to it afterwards needs a mention again.
+(or reacts to) a message the bot itself sent within the last 24 h: `reply_to_bot`; in a personal
+chat, everything. Every answer starts with `[<classification>]`, so people and tests see why the
+bot spoke. An edit (`messageUpdate`) is never answered: its message was, or was not, when sent.
+A deleted bot message (`messageDelete`) is forgotten: a reply to it needs a mention again.
 
-One answer per activity: each answerable activity (`message`, `messageReaction`) goes through
-`sdk.InboundGate`, keyed `{conversation_id}:{activity_id}` in `msteams.activities`. The work is
-the botbuilder turn; its sends stage their rows into the gate's `Writes` (platform.py). The
-check after a takeover (`answered_before`) cannot ask Teams: the Bot Connector has no call that
-reads back what the bot sent, so a turn killed between the connector accepting its reply and
-the done commit is answered again (docs/migrations/teams.md measures that window).
+One answer per `message` and `messageReaction`: `sdk.InboundGate` keyed like `state.sent_key`;
+the work is the botbuilder turn, its sends staging into the gate's `Writes` (platform.py). The
+check after a takeover cannot ask Teams (the Bot Connector has no call that reads back what the
+bot sent), so a turn killed between the connector accepting its reply and the done commit is
+answered again (docs/migrations/teams.md measures that window).
 """
 
 from __future__ import annotations
 
-import logging
-from enum import StrEnum
-from functools import partial
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from aiohttp import web
 from botbuilder.core import ActivityHandler, TurnContext
 from botbuilder.schema import Activity, ChannelAccount, MessageReaction
 from botframework.connector.auth import AuthenticateRequestResult
 
-from chatstate.adapters.teams.platform import WRITES, TeamsCloudAdapter
+from chatstate.adapters.teams.platform import WRITES, Log, TeamsCloudAdapter, staged
 from chatstate.adapters.teams.state import SentMessages, sent_key
 from chatstate.gateway.sdk import InboundGate, Job, Writes, reply
 
 ANSWERED_TYPES = ("message", "messageReaction")  # the activity types the bot may answer: gated
-
-
-class Classification(StrEnum):
-    """Why an incoming activity is (or is not) for the bot."""
-
-    MENTION = "mention"
-    REPLY_TO_BOT = "reply_to_bot"
-    PERSONAL = "personal"
-    IGNORED = "ignored"
+Classification = Literal["mention", "reply_to_bot", "personal", "ignored"]  # why it is (not) for the bot
 
 
 def _bot_mentions(activity: Activity) -> list[dict[str, Any]]:
     """The properties of each `mention` entity that names the bot (the recipient)."""
     bot_id = activity.recipient.id if activity.recipient else None
-    if not bot_id:
-        return []
     props = [m.additional_properties or {} for m in TurnContext.get_mentions(activity)]
-    return [p for p in props if (p.get("mentioned") or {}).get("id") == bot_id]
-
-
-def mentions_recipient(activity: Activity) -> bool:
-    """True if one of the activity's `mention` entities names the bot (the recipient)."""
-    return bool(_bot_mentions(activity))
+    return [p for p in props if bot_id and (p.get("mentioned") or {}).get("id") == bot_id]
 
 
 def text_for_bot(activity: Activity) -> str:
-    """The message text without the bot's own @mention; "" when the text is null or absent (a
-    message that is only a card or an image).
-
-    Not botbuilder's `remove_recipient_mention`: it needs a recipient and a text, and uses the
-    mentioned name as a regular expression, so a null text, no recipient or a name such as
-    "C++ (bot)" would raise. The mention's `text` (`<at>name</at>`) is removed literally.
-    """
+    """The message text without the bot's own @mention (its `<at>name</at>`, removed literally);
+    "" when the text is null or absent (a card or an image only). Not botbuilder's
+    `remove_recipient_mention`: a null text, no recipient or a name such as "C++ (bot)" (it is
+    used as a regular expression) would raise."""
     text = activity.text if isinstance(activity.text, str) else ""
     for mention in _bot_mentions(activity):
         if isinstance(mention.get("text"), str) and mention["text"]:
@@ -72,69 +50,50 @@ def text_for_bot(activity: Activity) -> str:
     return text.strip()
 
 
+@dataclass(eq=False)
 class TeamsBot(ActivityHandler):
     """Answers mentions, personal chats and replies/reactions to its own recent messages."""
 
-    def __init__(
-        self,
-        sent: SentMessages,
-        *,
-        adapter: TeamsCloudAdapter,
-        gate: InboundGate,
-        log: logging.LoggerAdapter[logging.Logger],
-    ) -> None:
-        self.sent = sent
-        self.adapter = adapter
-        self.gate = gate
-        self.log = log
+    sent: SentMessages
+    adapter: TeamsCloudAdapter
+    gate: InboundGate
+    log: Log
 
     async def answer(self, authenticated: AuthenticateRequestResult, activity: Activity) -> web.Response:
-        """Run the turn for an authenticated activity: through the gate when it may be answered
-        (200, or 503 + Retry-After when the channel must send it again), else directly with its
-        writes committed after it (502 when the Bot Connector refused a send)."""
+        """Run the turn: through the gate if it may be answered (200, or 503 + Retry-After: send it
+        again), else with its writes committed after it (502 when the Bot Connector refused)."""
         if activity.type in ANSWERED_TYPES and activity.id:
             return (await self.gate.deliver(self.job(authenticated, activity))).response()
-        writes = Writes()
-        try:
+        async with staged() as writes:
             invoke = await self.adapter.run(authenticated, activity, self, writes)
-        except BaseException:
-            writes.discard()
-            raise
-        await writes.commit()
         return web.Response(status=200) if invoke is None else web.json_response(invoke.body, status=invoke.status)
 
     def job(self, authenticated: AuthenticateRequestResult, activity: Activity) -> Job:
         """The gate's job for an answerable activity (parse guarantees its conversation)."""
-        return Job(
-            key=sent_key(activity.conversation.id, activity.id),
-            work=partial(self.turn, authenticated, activity),
-            answered=self.answered_before,
-        )
 
-    async def turn(self, authenticated: AuthenticateRequestResult, activity: Activity, writes: Writes) -> str:
-        await self.adapter.run(authenticated, activity, self, writes)
-        return "handled"
+        async def turn(writes: Writes) -> str:
+            await self.adapter.run(authenticated, activity, self, writes)
+            return "handled"
+
+        return Job(sent_key(activity.conversation.id, activity.id), turn, answered=self.answered_before)
 
     async def answered_before(self, _writes: Writes) -> bool:
-        """After a takeover: did the dead turn's reply reach Teams? Unknowable here (see the
-        module docstring), so the turn runs again: at least once, never lost."""
+        """Did a dead turn's reply reach Teams? Unknowable (module docstring): answer again."""
         return False
 
     async def classify(self, activity: Activity) -> Classification:
         """Decide whether the bot is addressed; reads the sent-message cache for replies."""
         if await self.sent.sent_by_bot(activity.conversation.id, activity.reply_to_id):
-            return Classification.REPLY_TO_BOT
-        if mentions_recipient(activity):
-            return Classification.MENTION
-        if activity.conversation.conversation_type == "personal":
-            return Classification.PERSONAL
-        return Classification.IGNORED
+            return "reply_to_bot"
+        if _bot_mentions(activity):
+            return "mention"
+        return "personal" if activity.conversation.conversation_type == "personal" else "ignored"
 
     async def on_message_activity(self, turn_context: TurnContext) -> None:
         activity = turn_context.activity
         kind = await self.classify(activity)
-        self.log.info("classified", extra={"classification": str(kind), "activity_type": "message"})
-        if kind is Classification.IGNORED:
+        self.log.info("classified", extra={"classification": kind, "activity_type": "message"})
+        if kind == "ignored":
             return
         text = text_for_bot(activity)
         sender = getattr(activity.from_property, "id", None) or ""  # `from` may be null or absent
@@ -155,12 +114,12 @@ class TeamsBot(ActivityHandler):
 
     async def on_reactions_added(self, message_reactions: list[MessageReaction], turn_context: TurnContext) -> None:
         activity = turn_context.activity
-        if not await self.sent.sent_by_bot(activity.conversation.id, activity.reply_to_id):
-            self.log.info("classified", extra={"classification": "ignored", "activity_type": "messageReaction"})
-            return
-        self.log.info("classified", extra={"classification": "reply_to_bot", "activity_type": "messageReaction"})
-        kinds = ", ".join(r.type for r in message_reactions if r.type)
-        await turn_context.send_activity(f"[{Classification.REPLY_TO_BOT}] thanks for the {kinds}")
+        ours = await self.sent.sent_by_bot(activity.conversation.id, activity.reply_to_id)
+        kind = "reply_to_bot" if ours else "ignored"
+        self.log.info("classified", extra={"classification": kind, "activity_type": "messageReaction"})
+        if ours:
+            kinds = ", ".join(r.type for r in message_reactions if r.type)
+            await turn_context.send_activity(f"[reply_to_bot] thanks for the {kinds}")
 
     async def on_members_added_activity(self, members_added: list[ChannelAccount], turn_context: TurnContext) -> None:
         recipient = turn_context.activity.recipient  # optional on the wire: no recipient, no greeting

@@ -9,8 +9,9 @@ botframework-connector's `ConnectorClient`, so the simulator receives exactly wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -19,12 +20,12 @@ from botbuilder.schema import Activity, ResourceResponse
 from botframework.connector.auth import AuthenticateRequestResult, BotFrameworkAuthentication
 from msrest.exceptions import ClientRequestError, DeserializationError, HttpOperationError
 
-from chatstate.adapters.teams.auth import MAX_TOKEN_CHARS, TokenCheck
-from chatstate.adapters.teams.keys import KeysUnavailable
-from chatstate.adapters.teams.state import SentMessages
+from chatstate.adapters.teams.auth import MAX_TOKEN_CHARS, KeysUnavailable, TokenCheck
+from chatstate.adapters.teams.state import ID_HASH_CHARS, SentMessages
 from chatstate.gateway.sdk import UserQuota, Writes, ingress
 
 _T = TypeVar("_T")
+Log = logging.LoggerAdapter[logging.Logger]
 QUOTA_NOTE = (
     "(You have had many answers from me recently, so a reply to this message will need an @mention to reach me.)"
 )
@@ -32,128 +33,99 @@ WRITES = "chatstate.writes"  # the turn state's key for the turn's staged writes
 SEND_RETRIES = 3  # a send refused with 429 or 502/503/504 is tried again at most this often
 MAX_RETRY_AFTER_S = 10  # a longer Retry-After fails the send instead (the channel redelivers)
 BACKOFF_S = 0.25  # 502/503/504: wait 0.25, 0.5, 1 s
-TRANSIENT = (502, 503, 504)
 
 
-def retry_delay(exc: HttpOperationError, attempt: int) -> float | None:
-    """Seconds to wait before sending again after `exc`, or None when it must not be retried:
-    429 honours Retry-After (bounded), 502/503/504 back off; anything else is final."""
-    response: Any = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    if status == 429:
-        headers = getattr(response, "headers", None) or {}
-        try:
-            wait = float(headers.get("Retry-After", 1))
-        except (TypeError, ValueError):
-            return None
-        return wait if 0 <= wait <= MAX_RETRY_AFTER_S else None
-    if status in TRANSIENT:
-        return BACKOFF_S * 2**attempt
-    return None
+def _retry_after(exc: HttpOperationError) -> float | None:
+    try:
+        wait = float((getattr(exc.response, "headers", None) or {}).get("Retry-After", 1))
+    except (TypeError, ValueError):
+        return None
+    return wait if 0 <= wait <= MAX_RETRY_AFTER_S else None
+
+
+@contextlib.asynccontextmanager
+async def staged(writes: Writes | None = None) -> AsyncIterator[Writes]:
+    """`writes` (a turn's, committed with its done mark) or, outside a turn, writes of its own:
+    committed when the block ends, dropped if it raises."""
+    if writes is not None:
+        yield writes
+        return
+    own = Writes()
+    try:
+        yield own
+    except BaseException:
+        own.discard()
+        raise
+    await own.commit()
 
 
 class TeamsCloudAdapter(CloudAdapterBase):
     """A botbuilder cloud adapter whose every send records the id the Bot Connector returned.
 
-    `send_activities` and `update_activity` are where every botbuilder send path ends
-    (`send_activity`, replies, `send_activities`, `update_activity`), so these two are the one
-    send path: each stages its sent-message row (and the requester's quota count) into the
-    turn's `Writes`, committed with the activity's done mark. (botbuilder's
-    `on_send_activities` hooks run before the send and never see the returned ids.)
-    """
+    Every botbuilder send path ends in `send_activities` or `update_activity`, so these two are
+    the one send path: each stages its sent-message row (and the quota count) into the turn's
+    `Writes` (see `staged`). botbuilder's `on_send_activities` hooks run before the send and never
+    see the returned ids."""
 
-    def __init__(
-        self,
-        auth: BotFrameworkAuthentication,
-        *,
-        sent: SentMessages,
-        quota: UserQuota,
-        log: logging.LoggerAdapter[logging.Logger],
-    ) -> None:
+    def __init__(self, auth: BotFrameworkAuthentication, *, sent: SentMessages, quota: UserQuota, log: Log) -> None:
         super().__init__(auth)
-        self._sent = sent
-        self._quota = quota
-        self._log = log
+        self._sent, self._quota, self._log = sent, quota, log
 
     async def send_activities(self, context: TurnContext, activities: list[Activity]) -> list[ResourceResponse]:
         """Send each activity (429 and 502/503/504 retried, bounded) and stage the id of the
         send that finally succeeded, unless the requester is over their quota (then the message
         carries a visible note instead and nothing is recorded). Raises HttpOperationError when
         retries run out (the gate discards what was staged)."""
-        if WRITES not in context.turn_state:  # a proactive send, outside a turn
-            return await self._committed(context, lambda: self.send_activities(context, activities))
-        writes: Writes = context.turn_state[WRITES]
-        requester = _requester(context)
+        sender = getattr(getattr(context.activity, "from_property", None), "id", None)
+        requester = ingress.short_id(sender, limit=ID_HASH_CHARS) if isinstance(sender, str) and sender else None
         responses = []
-        for activity in activities:
-            admitted = requester is None or await self._quota.admit(requester, writes) is None
-            if not admitted:
-                self._log.info("sent_quota_refused", extra={"per_user": self._quota.per_user})
-                if activity.type == "message":  # visible: replies will need a mention
-                    activity.text = f"{activity.text or ''}\n{QUOTA_NOTE}"
-            response = await self._send_one(context, activity)
-            if admitted and activity.conversation is not None and response is not None:
-                self._sent.record(writes, activity.conversation.id, response.id)
-            responses.append(response)
+        async with staged(context.turn_state.get(WRITES)) as writes:
+            for activity in activities:
+                admitted = requester is None or await self._quota.admit(requester, writes) is None
+                if not admitted:
+                    self._log.info("sent_quota_refused", extra={"per_user": self._quota.per_user})
+                    if activity.type == "message":  # visible: replies will need a mention
+                        activity.text = f"{activity.text or ''}\n{QUOTA_NOTE}"
+                response = await self._send_one(context, activity)
+                if admitted and activity.conversation is not None and response is not None:
+                    self._sent.record(writes, activity.conversation.id, response.id)
+                responses.append(response)
         return responses
 
     async def _send_one(self, context: TurnContext, activity: Activity) -> ResourceResponse:
+        """Send; a 429 again after its Retry-After, a 502/503/504 after a backoff; anything else,
+        or SEND_RETRIES retries, raises."""
         for attempt in range(SEND_RETRIES + 1):
             try:
                 [response] = await super().send_activities(context, [activity])
                 return response
             except HttpOperationError as exc:
-                delay = retry_delay(exc, attempt)
+                status = getattr(exc.response, "status_code", None)
+                delay = BACKOFF_S * 2**attempt if status in (502, 503, 504) else None
+                delay = _retry_after(exc) if status == 429 else delay
                 if delay is None or attempt == SEND_RETRIES:
                     raise
-                self._log.warning(
-                    "bot_connector_retry",
-                    extra={
-                        "status": getattr(exc.response, "status_code", None),
-                        "attempt": attempt + 1,
-                        "delay_s": delay,
-                    },
-                )
+                extra = {"status": status, "attempt": attempt + 1, "delay_s": delay}
+                self._log.warning("bot_connector_retry", extra=extra)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _committed(self, context: TurnContext, send: Callable[[], Awaitable[_T]]) -> _T:
-        """Run a send outside a turn with writes of its own, committed once it returns."""
-        writes = context.turn_state[WRITES] = Writes()
-        try:
-            result = await send()
-        except BaseException:
-            writes.discard()
-            raise
-        finally:
-            del context.turn_state[WRITES]
-        await writes.commit()
-        return result
-
     async def update_activity(self, context: TurnContext, activity: Activity) -> ResourceResponse | None:
-        if WRITES not in context.turn_state:  # a proactive update, outside a turn
-            return await self._committed(context, lambda: self.update_activity(context, activity))
-        response = await super().update_activity(context, activity)
-        if activity.conversation is not None:
-            self._sent.record(
-                context.turn_state[WRITES], activity.conversation.id, response.id if response else activity.id
-            )
+        async with staged(context.turn_state.get(WRITES)) as writes:
+            response = await super().update_activity(context, activity)
+            if activity.conversation is not None:
+                self._sent.record(writes, activity.conversation.id, response.id if response else activity.id)
         return response
 
     async def read(self, request: web.Request, *, check: TokenCheck) -> tuple[AuthenticateRequestResult, Activity]:
         """Authenticate, then parse, one request: 401 (missing/bad token, before the body is
         read), 400 (not an Activity), 503 (no signing keys)."""
         auth_header = ingress.credential(request.headers, "Authorization", max_chars=MAX_TOKEN_CHARS + 7)
-        if not auth_header:
-            raise web.HTTPUnauthorized(text="missing bearer token")
         await self._guarded(check.verify(auth_header))  # authentication before parsing
         activity = _parse(await request.read())
-        # the library's full validation (endorsement, serviceurl claim), on the loop: it reads
-        # the signing keys from keys.py (installed in its metadata cache), never `requests`
-        authenticated = await self._guarded(
-            self.bot_framework_authentication.authenticate_request(activity, auth_header)
-        )
-        return authenticated, activity
+        # the library's full validation, on the loop: it reads the keys auth.py installed
+        library = self.bot_framework_authentication
+        return await self._guarded(library.authenticate_request(activity, str(auth_header))), activity
 
     async def run(
         self, authenticated: AuthenticateRequestResult, activity: Activity, bot: Bot, writes: Writes
@@ -183,14 +155,12 @@ class TeamsCloudAdapter(CloudAdapterBase):
             raise web.HTTPUnauthorized(text="invalid bearer token") from None
 
 
-def _requester(context: TurnContext) -> str | None:
-    """The user whose activity this turn answers (None for a proactive send)."""
-    sender = context.activity.from_property if context.activity is not None else None
-    return (
-        ingress.short_id(sender.id, limit=200)
-        if sender is not None and isinstance(sender.id, str) and sender.id
-        else None
-    )
+# Every optional field may be null or absent; what no channel sends is refused before msrest
+# coerces it into something botbuilder then fails on (a numeric conversation id, a list as
+# replyToId, a null member of membersAdded, an entity or mention its helpers would crash on).
+_TEXT = ("id", "replyToId", "text", "channelId", "locale", "textFormat")
+_OBJECT_LISTS = ("membersAdded", "membersRemoved", "reactionsAdded", "reactionsRemoved", "attachments", "entities")
+_ACCOUNTS = (("conversation", True), ("from", False), ("recipient", False))  # (field, required)
 
 
 def _parse(body: bytes) -> Activity:
@@ -202,62 +172,24 @@ def _parse(body: bytes) -> Activity:
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise web.HTTPBadRequest(text="body is not an Activity")
     _check_shape(data)
-    _check_entities(data.get("entities"))
-    try:
-        activity = Activity().deserialize(data)
+    try:  # serviceUrl and conversation are there: _check_shape requires them
+        return Activity().deserialize(data)
     except (DeserializationError, ValueError, TypeError, AttributeError):  # msrest names the field, never echoes values
         raise web.HTTPBadRequest(text="body is not a valid Activity") from None
-    if not activity.service_url or activity.conversation is None:
-        raise web.HTTPBadRequest(text="an Activity needs serviceUrl and conversation")
-    return activity
 
 
-def _check_entities(entities: object) -> None:
-    """Refuse entities botbuilder's mention helpers would crash on (`entities: [{}]`,
-    a mention whose `text` is null). Each entity is an object with a string `type`; a mention
-    also has a string `text` and `mentioned: {id, name}` of strings, as Teams always sends."""
-    if entities is None:
-        return
-    if not isinstance(entities, list):
-        raise web.HTTPBadRequest(text="entities must be a list")
-    for entity in entities:
-        if not isinstance(entity, dict) or not isinstance(entity.get("type"), str):
-            raise web.HTTPBadRequest(text="each entity needs a string type")
-        if entity["type"].lower() != "mention":
-            continue
-        mentioned = entity.get("mentioned")
-        if not (
-            isinstance(entity.get("text"), str)
-            and isinstance(mentioned, dict)
-            and isinstance(mentioned.get("id"), str)
-            and isinstance(mentioned.get("name"), str)
-        ):
-            raise web.HTTPBadRequest(text="a mention entity needs text and mentioned {id, name}")
-
-
-_OPTIONAL_TEXT = ("id", "replyToId", "text", "channelId", "locale", "textFormat")
-_OPTIONAL_OBJECT_LISTS = ("membersAdded", "membersRemoved", "reactionsAdded", "reactionsRemoved", "attachments")
-
-
-def _check_shape(data: dict[str, object]) -> None:
-    """Refuse fields of the wrong type before msrest coerces them into something botbuilder then
-    fails on (a numeric conversation id, a list as replyToId, a null member of membersAdded).
-    Every optional field may be null or absent."""
-    service_url = data.get("serviceUrl")
-    if (
-        not isinstance(service_url, str)
-        or not service_url.startswith(("http://", "https://"))
-        or len(service_url) > 2048
-    ):
+def _check_shape(data: dict[str, Any]) -> None:
+    url = data.get("serviceUrl")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048:
         raise web.HTTPBadRequest(text="serviceUrl must be an http(s) URL")
-    for name in _OPTIONAL_TEXT:
+    for name in _TEXT:
         if data.get(name) is not None and not isinstance(data.get(name), str):
             raise web.HTTPBadRequest(text=f"{name} must be a string")
-    for name in _OPTIONAL_OBJECT_LISTS:  # null or absent is fine; a null member is not
+    for name in _OBJECT_LISTS:
         items = data.get(name)
         if items is not None and not (isinstance(items, list) and all(isinstance(i, dict) for i in items)):
             raise web.HTTPBadRequest(text=f"{name} must be a list of objects")
-    for name, required in (("conversation", True), ("from", False), ("recipient", False)):
+    for name, required in _ACCOUNTS:
         account = data.get(name)
         if account is None and not required:
             continue
@@ -265,6 +197,16 @@ def _check_shape(data: dict[str, object]) -> None:
             raise web.HTTPBadRequest(text=f"{name}.id must be a non-empty string without '/', '?' or '#'")
         if account.get("name") is not None and not isinstance(account.get("name"), str):
             raise web.HTTPBadRequest(text=f"{name}.name must be a string")
+    for entity in data.get("entities") or []:  # as Teams always sends: a typed mention names {id, name}
+        mentioned = entity.get("mentioned")
+        if not isinstance(entity.get("type"), str):
+            raise web.HTTPBadRequest(text="each entity needs a string type")
+        if entity["type"].lower() == "mention" and not (
+            isinstance(entity.get("text"), str)
+            and isinstance(mentioned, dict)
+            and all(isinstance(mentioned.get(k), str) for k in ("id", "name"))
+        ):
+            raise web.HTTPBadRequest(text="a mention entity needs text and mentioned {id, name}")
 
 
 def _is_id(value: object) -> bool:

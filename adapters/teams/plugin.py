@@ -1,17 +1,6 @@
-"""The Teams plugin (wiring): POST /api/messages, authenticated before anything is read or
-written, one answer per activity through `sdk.InboundGate`, handlers.py's `TeamsBot` the work.
-
-Request path, in this order:
-1. the bearer token is checked (401, before the body is read), then the body parsed (400);
-2. the gate claims `{conversation_id}:{activity_id}` under a lease (one durable write);
-3. the turn runs; its sends stage their sent-message rows and the requester's quota count;
-4. the gate commits them with the done mark (one transaction) and the channel gets 200.
-
-SIGKILL, step by step: before the claim, or holding the lease without having sent, the channel
-gets no 2xx and redelivers; a redelivery that meets a live lease gets 503 + Retry-After, and
-once the lease has run out it takes the activity over and answers (nothing lost). After the
-done mark a redelivery gets 200 and no turn. Between the connector accepting the reply and the
-done commit the takeover cannot tell (handlers.py), so the activity is answered again.
+"""The Teams plugin (wiring): POST /api/messages. A request's token is checked before its body
+is read (401), the body parsed (400), then `TeamsBot.answer` runs the turn through the gate: one
+durable claim, then the turn's staged rows committed with the done mark, then 200.
 """
 
 from __future__ import annotations
@@ -22,15 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
-from chatstate.adapters.teams.auth import TokenCheck, build_authentication, build_token_check
+from chatstate.adapters.teams.auth import SigningKeys, TokenCheck, build_authentication
 from chatstate.adapters.teams.clients import ReusedClients
 from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.handlers import TeamsBot
-from chatstate.adapters.teams.keys import SigningKeys
 from chatstate.adapters.teams.platform import TeamsCloudAdapter
-from chatstate.adapters.teams.state import SentMessages, activities_spec, requesters_spec, spec_from_config
+from chatstate.adapters.teams.state import ACTIVITIES, SentMessages, requesters_spec, spec_from_config
 from chatstate.gateway.sdk import (
-    AdapterSettings,
     AdapterState,
     InboundGate,
     PluginRuntime,
@@ -52,8 +39,7 @@ class Running:
     key_sets: tuple[SigningKeys, ...]
 
     async def close(self) -> None:
-        """Let turns in flight finish (their writes are what a restart relies on); cancel a
-        signing-key fetch still running (it holds no thread: nothing to wait for)."""
+        """Let turns in flight finish (a restart relies on their writes); cancel key fetches."""
         await self.bot.gate.stop()
         for keys in self.key_sets:
             await keys.close()
@@ -67,29 +53,23 @@ class TeamsPlugin(StatefulPlugin[Running]):
     """Microsoft Teams through the Bot Framework: POST /api/messages."""
 
     id = "teams"
-    origin = "bundled"
     settings_type = TeamsSettings
 
     def routes(self) -> Sequence[Route]:
         return (Route("POST", MESSAGES_PATH, self._messages),)
 
-    def check(self, settings: AdapterSettings) -> None:
-        """Azure or simulator credentials are complete (ValueError naming the missing key)."""
-        TeamsSettings.of_settings(settings).check_credentials()
-
     async def build(self, runtime: PluginRuntime) -> Running:
-        """Build auth from the settings and open the sent messages, the activity claims and the
-        requester quota. Raises ValueError (bad config) and StateStoreError (opening a store)."""
+        """Build auth and open the three states. Raises ValueError (bad config) and
+        StateStoreError (opening a store)."""
         settings = TeamsSettings.of(runtime)
-        check, key_sets = build_token_check(settings)
+        library, check, key_sets = build_authentication(settings)
         sent, activities, requesters = [
-            await self.open_state(AdapterState(spec(settings), legacy=runtime.legacy), runtime)
-            for spec in (spec_from_config, activities_spec, requesters_spec)
+            await self.open_state(AdapterState(spec, legacy=runtime.legacy), runtime)
+            for spec in (spec_from_config(settings), ACTIVITIES, requesters_spec(settings))
         ]
         messages = SentMessages(sent)
         quota = UserQuota(requesters, per_user=settings.sent_per_user, ttl_ms=settings.sent_ttl_ms)
-        auth = ReusedClients(build_authentication(settings))  # clients built once, not per turn
-        adapter = TeamsCloudAdapter(auth, sent=messages, quota=quota, log=runtime.log)
+        adapter = TeamsCloudAdapter(ReusedClients(library), sent=messages, quota=quota, log=runtime.log)
         gate = InboundGate(activities, lease_ms=settings.activity_lease_ms, log=runtime.log)
         bot = TeamsBot(messages, adapter=adapter, gate=gate, log=runtime.log)
         gate.start()

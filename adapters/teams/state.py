@@ -6,14 +6,14 @@
 | `msteams.activities`      | `{conversation_id}:{activity_id}` | the gate's claim (`sdk.InboundGate`) | 1 h / 10,000 |
 | `msteams.sent-requesters` | the user's id                     | `{b: {bucket: count}}` (`sdk.UserQuota`) | 24 h / 5,000 |
 
-Before: a process-global dict of sent ids, so after a restart a reply to the bot's earlier
-message looked like a stranger's and was ignored for lack of an @mention. After: the same rows
-in the keyed store; `AdapterState(legacy=True)` is that dict, kept for the before/after demo.
-This module imports no Bot Framework code, so a move to another Teams SDK leaves it untouched.
+Before, the sent ids were a process-global dict: after a restart a reply to the bot's message
+looked like a stranger's (no @mention) and was ignored. `AdapterState(legacy=True)` is that dict,
+for the before/after demo. No Bot Framework import here: another Teams SDK leaves this as it is.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chatstate.gateway.sdk import AdapterState, Clock, StateSpec, Writes, ingress, now_ms
@@ -25,18 +25,16 @@ NAMESPACE = "msteams.sent-messages"
 SENT_TTL_MS = 24 * 60 * 60 * 1000  # 24 h: a reply to an older bot message needs a mention again
 SENT_MAX_ENTRIES = 1_000  # the reference system's cap; the oldest send is forgotten first
 SENT_PER_USER = 100  # fairness quota: live sent rows made in answer to one user (10% of the cap)
-REQUESTERS_NAMESPACE = "msteams.sent-requesters"
 REQUESTERS_MAX_ENTRIES = 5_000  # users counted; evicting one only forgets their count
-ACTIVITIES_NAMESPACE = "msteams.activities"
-ACTIVITY_TTL_MS = 60 * 60 * 1000  # a done activity id is remembered 1 h
-ACTIVITY_MAX_ENTRIES = 10_000  # ~3 activities a second for the hour
 # a claimed, unanswered activity may be taken over after this: longer than a turn (sends retry
 # for at most ~3 x 10 s), shorter than the channel's redelivery window
 ACTIVITY_LEASE_MS = 20 * 1000
-ID_HASH_CHARS = 200  # a conversation or activity id longer than this is keyed by its SHA-256
+ID_HASH_CHARS = 200  # a conversation, activity or user id longer than this is keyed by its SHA-256
 THREAD_MARKER = ";messageid="  # Teams channel thread: "<channel conversation id>;messageid=<root>"
 
 SENT_MESSAGES = StateSpec(NAMESPACE, ttl_ms=SENT_TTL_MS, max_entries=SENT_MAX_ENTRIES)
+# a done activity id is remembered 1 h; ~3 activities a second for the hour
+ACTIVITIES = StateSpec("msteams.activities", ttl_ms=60 * 60 * 1000, max_entries=10_000)
 
 
 def spec_from_config(config: TeamsSettings) -> StateSpec:
@@ -44,12 +42,9 @@ def spec_from_config(config: TeamsSettings) -> StateSpec:
     return StateSpec(NAMESPACE, ttl_ms=config.sent_ttl_ms, max_entries=config.sent_max_entries)
 
 
-def activities_spec(config: TeamsSettings) -> StateSpec:
-    return StateSpec(ACTIVITIES_NAMESPACE, ttl_ms=ACTIVITY_TTL_MS, max_entries=ACTIVITY_MAX_ENTRIES)
-
-
 def requesters_spec(config: TeamsSettings) -> StateSpec:
-    return StateSpec(REQUESTERS_NAMESPACE, ttl_ms=config.sent_ttl_ms, max_entries=REQUESTERS_MAX_ENTRIES)
+    """The quota's rows live as long as the sent rows they count."""
+    return StateSpec("msteams.sent-requesters", ttl_ms=config.sent_ttl_ms, max_entries=REQUESTERS_MAX_ENTRIES)
 
 
 def sent_key(conversation_id: str, activity_id: str) -> str:
@@ -69,22 +64,19 @@ def sent_value(sent_at_ms: int) -> dict[str, int]:
     return {"sent_at": sent_at_ms}
 
 
+@dataclass(frozen=True)
 class SentMessages:
-    """Which activities did this bot send? One recording function, one question.
+    """Which activities did this bot send? The reference system recorded in each send helper and
+    one of them forgot; here `record` is the only writer, called where every botbuilder send path
+    ends (platform.py), after the Bot Connector returned the id."""
 
-    The reference system recorded in each send helper and one of them forgot. Here `record`
-    is the only writer, called from the two adapter methods every botbuilder send path ends in
-    (platform.py), after the Bot Connector returned the id.
-    """
-
-    def __init__(self, state: AdapterState, *, clock: Clock = now_ms) -> None:
-        self.state = state
-        self._clock = clock
+    state: AdapterState
+    clock: Clock = now_ms
 
     def record(self, writes: Writes, conversation_id: str, activity_id: str | None) -> None:
         """Stage "the bot sent `activity_id`" into the turn's writes (committed with its done mark)."""
         if activity_id:
-            writes.put(self.state, sent_key(conversation_id, activity_id), sent_value(self._clock()))
+            writes.put(self.state, sent_key(conversation_id, activity_id), sent_value(self.clock()))
 
     async def forget(self, writes: Writes, conversation_id: str, activity_id: str) -> bool:
         """Stage the removal of a bot message Teams deleted (`messageDelete`); True if it was ours."""

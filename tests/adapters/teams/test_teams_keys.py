@@ -12,15 +12,8 @@ from aiohttp.test_utils import TestServer
 from botframework.connector.auth import JwtTokenExtractor
 from jwt.algorithms import RSAAlgorithm
 
+from chatstate.adapters.teams.auth import KEYS_REFRESH_S, KeysUnavailable, SigningKeys, UnknownSigningKey, install
 from chatstate.adapters.teams.config import TeamsSettings
-from chatstate.adapters.teams.keys import (
-    KEYS_REFRESH_S,
-    FetchSettings,
-    KeysUnavailable,
-    SigningKeys,
-    UnknownSigningKey,
-    install,
-)
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.sim.teams import new_signing_key
 
@@ -59,7 +52,11 @@ async def test_single_flight_last_good_and_negative_cache() -> None:
     host = _Host()
     now = [1000.0]
     async with TestServer(host.app()) as server:
-        keys = SigningKeys(str(server.make_url("/meta")), FetchSettings(retry_after_failure_s=30), clock=lambda: now[0])
+        keys = SigningKeys(
+            str(server.make_url("/meta")),
+            TeamsSettings(app_id="a", openid_retry_after_failure_s=30),
+            clock=lambda: now[0],
+        )
         host.release.clear()
         waiting = [asyncio.create_task(keys.get("k1")) for _ in range(20)]
         await asyncio.wait_for(host.arrived.wait(), 5)  # the fetch is held; all 20 are waiting on it
@@ -86,7 +83,7 @@ async def test_no_keys_ever_is_unavailable_and_not_refetched() -> None:
     host = _Host()
     host.up = False
     async with TestServer(host.app()) as server:
-        keys = SigningKeys(str(server.make_url("/meta")), FetchSettings())
+        keys = SigningKeys(str(server.make_url("/meta")), TeamsSettings(app_id="a"))
         for _ in range(5):
             with pytest.raises(KeysUnavailable):
                 await keys.get("k1")
@@ -94,7 +91,7 @@ async def test_no_keys_ever_is_unavailable_and_not_refetched() -> None:
 
 
 def test_install_puts_the_key_set_where_botframework_looks() -> None:
-    keys = SigningKeys("http://127.0.0.1:1/meta-install-test", FetchSettings())
+    keys = SigningKeys("http://127.0.0.1:1/meta-install-test", TeamsSettings(app_id="a"))
     install(keys)
     assert JwtTokenExtractor.get_open_id_metadata("http://127.0.0.1:1/meta-install-test") is keys
 

@@ -9,13 +9,13 @@ import jwt
 import pytest
 
 from chatstate.adapters.teams import auth
-from chatstate.adapters.teams.auth import TokenCheck
-from chatstate.adapters.teams.keys import FetchSettings, SigningKeys
+from chatstate.adapters.teams.auth import SigningKeys, TokenCheck
+from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.gateway.sim.teams import ISSUER, METADATA_PATH, TeamsSimulator, new_signing_key
 
 
 def _check(sim: TeamsSimulator) -> TokenCheck:
-    return TokenCheck(SigningKeys(sim.base_url + METADATA_PATH, FetchSettings()), ISSUER, sim.app_id)
+    return TokenCheck(SigningKeys(sim.base_url + METADATA_PATH, TeamsSettings(app_id=sim.app_id)), ISSUER, sim.app_id)
 
 
 async def test_a_verified_token_is_remembered_until_it_expires_at_the_latest(sim: TeamsSimulator) -> None:

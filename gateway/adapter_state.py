@@ -229,7 +229,7 @@ class AdapterState:
             self.remember(key, entry)
 
     def stage(self, key: str, value: Any = None, *, ttl_ms: int | None = None, delete: bool = False) -> Staged:
-        """Check a write (or delete) now and hold it for one transaction (`gate.Writes.commit`).
+        """Check a write (or delete) now and hold it for one transaction (`writes.Writes.commit`).
         Memory shows it at once, so this process's next read (a quota count) sees it; a
         discarded stage drops the key from memory and the next read goes to the store.
         Raises StateStoreError INVALID_INPUT / LIMIT_EXCEEDED, in both modes alike."""
@@ -237,11 +237,25 @@ class AdapterState:
             key = self._checked(key, "delete")
             self.memory.drop(key)
             return Staged(self, key, None, None if self._store is None else self._store.stage_delete(key))
-        key = self._checked(key, "register", value, has_value=True)
+        key = self._checked(key, "register")
+        text = _spec.Json(_spec.serialize_value(value, "register"))  # once: the store takes it as is
         entry = self._entry(key, value, ttl_ms)
-        write = None if self._store is None else self._store.stage_register(key, value, ttl_ms=ttl_ms)
+        write = None if self._store is None else self._store.stage_register(key, text, ttl_ms=ttl_ms)
         self.memory.put(entry)
         return Staged(self, key, entry, write)
+
+    def stage_claim(self, key: str, value: Any, *, version: int | None = None, ttl_ms: int | None = None) -> Staged:
+        """Check a claim of `key` for one transaction (`writes.Claim`): it holds only if no live row
+        is under `key` (as `claim`), or with `version` only if the row is still at that version (as
+        `take_over`); memory shows it once it holds. Raises as `stage`."""
+        key = self._checked(key, "register_if_absent")
+        text = _spec.Json(_spec.serialize_value(value, "register_if_absent"))  # once, as `stage`
+        store, entry = self._store, self._entry(key, value, ttl_ms)
+        if store is None:
+            return Staged(self, key, entry, None)
+        if version is None:
+            return Staged(self, key, entry, store.stage_register_if_absent(key, text, ttl_ms=ttl_ms))
+        return Staged(self, key, entry, store.stage_compare_and_set(key, text, version=version, ttl_ms=ttl_ms))
 
     async def take_over(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> bool:
         """Replace the row at `version` (a lease whose owner died) if nobody changed it since."""

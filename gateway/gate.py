@@ -1,27 +1,31 @@
 """`InboundGate`: exactly-once for inbound items (a Slack event, a Teams activity, a Discord
 interaction), written once for every adapter (DESIGN.md §4).
 
-An adapter hands the gate a `Job`: its key, its work, and its "was this already answered?"
-check. The gate does the rest:
-1. claim the key under a lease, one write (`register_if_absent`); a duplicate of an item this
-   process is working on waits for it (up to the ack budget) and is answered as it was, one
-   done before is "already done", one leased by
+An adapter hands the gate a `Job`: its key, its work, its "was this already answered?" check
+and, if it needs one, its prepare. The gate does the rest, in two durable writes an item:
+1. the prepare reads what the work needs and stages what must be durable before the work's
+   effect (say, the thread a reply makes the bot follow); the gate commits that with the
+   claim (a lease on the key) in one conditional write, so nothing is written for a claim it
+   loses. A duplicate of an item this process is working on waits for it (up to the ack
+   budget) and is answered as it was, one done before is "already done", one leased by
    another live process is "leased" (503 + Retry-After, the platform retries later);
 2. a lease whose owner died (its lease time passed with no done mark) is taken over with a
-   compare-and-set, and then the check ALWAYS runs first: a redelivery after a reconnect can
-   arrive as a first attempt, so what the delivery says about retries is never trusted. A gate
-   given an `owner` (an identity only one live process holds at a time, like a Matrix device
-   that one process syncs) also takes over, at once, a lease of that owner that it is not
-   working on: its dead predecessor's, so a restart need not wait the lease out;
-3. the work stages its state writes into `Writes`; the gate commits them with the done mark
-   in one transaction (state recorded ⇔ item done); a failed work commits nothing and releases
-   the claim (as a lease already run out), so the platform's retry takes the item over, checks,
-   and works;
+   compare-and-set (and the prepared writes), and then the check ALWAYS runs first: a
+   redelivery after a reconnect can arrive as a first attempt, so what the delivery says about
+   retries is never trusted. A gate given an `owner` (an identity only one live process holds
+   at a time, like a Matrix device that one process syncs) also takes over, at once, a lease
+   of that owner that it is not working on: its dead predecessor's;
+3. the work stages its state writes; the gate commits them with the done mark in one
+   transaction (state recorded ⇔ item done). A failed work releases the claim (as a lease
+   already run out) and puts the prepared rows back, in one write, so the platform's retry
+   takes the item over, checks, and works. A job without work is its prepared writes alone:
+   its claim row is written already done, with them, in one conditional write;
 4. with an ack budget, an item still running when it runs out is held (its `hold` value in
    the `held` namespace) and finishes in the background; every gateway's recovery loop
    finishes held items whose owner died;
 5. `stop` refuses new items (503 + Retry-After) and waits for those in flight.
-Legacy mode (the "before") keeps claims in memory and never runs the check.
+Legacy mode (the "before") keeps claims in memory and never runs the check; while the store
+fails, claims are decided in memory and writes replayed later (AdapterState's rule).
 """
 
 from __future__ import annotations
@@ -30,19 +34,18 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from aiohttp import web
 
-from chatstate.gateway import (
-    logs,
-    metrics,
-)
-from chatstate.gateway.adapter_state import CALLER_ERRORS, AdapterState, Staged
+from chatstate.gateway import logs, metrics
+from chatstate.gateway.adapter_state import AdapterState
 from chatstate.gateway.clock import Clock, now_ms
-from chatstate.state import StateStoreError, commit_staged_async
+from chatstate.gateway.writes import Claim, Writes
+
+__all__ = ["Answer", "Holding", "InboundGate", "Job", "Outcome", "Writes"]
 
 STOP_TIMEOUT_S = 10.0  # how long stop() waits for items still being worked on
 MIN_RECOVERY_INTERVAL_S = 0.2  # the recovery loop looks for orphaned held items every lease/2
@@ -83,45 +86,6 @@ class Answer:
         return web.Response(status=503, headers={"Retry-After": str(self.retry_after_s)}, text=self.text)
 
 
-@dataclass
-class Writes:
-    """State writes staged by one item's work, committed with its done mark in one transaction."""
-
-    staged: list[Staged] = field(default_factory=list)
-
-    def put(self, state: AdapterState, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
-        self.staged.append(state.stage(key, value, ttl_ms=ttl_ms))
-
-    def delete(self, state: AdapterState, key: str) -> None:
-        self.staged.append(state.stage(key, delete=True))
-
-    def discard(self) -> None:
-        """Forget the staged writes (memory drops the keys; the next read goes to the store)."""
-        for s in self.staged:
-            s.state.memory.drop(s.key)
-        self.staged.clear()
-
-    async def commit(self) -> None:
-        """Write everything in one transaction. A store failure does not raise: each state
-        degrades to memory and replays its writes once the store is back (AdapterState's rule).
-        Raises StateStoreError INVALID_INPUT / LIMIT_EXCEEDED (a programming error)."""
-        stored = [s for s in self.staged if s.write is not None]
-        states = list({id(s.state): s.state for s in stored}.values())
-        if not stored:
-            return
-        if all([await st.recover() for st in states]):
-            try:
-                await commit_staged_async([s.write for s in stored if s.write is not None])
-                return
-            except StateStoreError as exc:
-                if exc.code in CALLER_ERRORS:
-                    raise
-                for st in states:
-                    st.degrade(exc)
-        for s in stored:
-            s.state.remember(s.key, s.entry)
-
-
 @dataclass(frozen=True)
 class Holding:
     """Where items acked before their work is done are kept (`state`), and how the adapter
@@ -136,9 +100,14 @@ class Job:
     """One inbound item, as an adapter hands it to the gate."""
 
     key: str
-    work: Callable[[Writes], Awaitable[str]]  # do it, stage state writes; returns a word ("replied")
-    answered: Callable[[Writes], Awaitable[bool]]  # after a takeover: already answered? (stage what's missing)
+    work: Callable[[Writes], Awaitable[str]] | None = None  # do it, stage state writes; returns a word ("replied")
+    answered: Callable[[Writes], Awaitable[bool]] | None = (
+        None  # after a takeover: already answered? (stage what's missing)
+    )
     hold: Any = None  # JSON the adapter's `resume` rebuilds this job from, if it outlives the ack budget
+    # read what the work needs and stage what must be durable before its effect (committed with
+    # the claim, in one transaction); a job without `work` is its prepared writes alone
+    prepare: Callable[[Writes], Awaitable[None]] | None = None
 
 
 class InboundGate:
@@ -225,8 +194,19 @@ class InboundGate:
 
     async def _run(self, job: Job, *, recovered: bool = False) -> Answer:
         received_at = self._clock()
-        claim = await self._claim(job.key, received_at)
+        prepared = Writes(clock=self._clock)
+        try:
+            if job.prepare is not None:
+                await job.prepare(prepared)
+            if job.work is None and job.key in self._held and self._holding is not None:
+                prepared.delete(self._holding.state, job.key)  # with the claim: the job is done then
+            claim = await self._claim(job.key, received_at, prepared, done=job.work is None)
+        except Exception as exc:
+            self._failed(job, exc)
+            prepared.discard()
+            return Answer(Outcome.FAILED, Outcome.FAILED.value)
         if isinstance(claim, Outcome):
+            prepared.discard()
             if claim is Outcome.ALREADY_DONE:
                 metrics.record_dedupe_hit(self.claims.plugin_id or "", "event")
                 if job.key in self._held and self._holding is not None:
@@ -234,25 +214,29 @@ class InboundGate:
                     await self._holding.state.forget(job.key)
             retry_after = math.ceil(self.lease_ms / 1000) if claim is Outcome.LEASED else 1
             return Answer(claim, claim.value, retry_after)
-        writes = Writes()
+        if job.work is None:
+            self._held.discard(job.key)
+            return Answer(Outcome.DONE, Outcome.DONE.value)
+        writes = Writes(clock=self._clock)
         try:
             # a held item was acked and maybe worked on by a process whose claim the store may
             # never have seen (claimed in memory while degraded): "won" proves nothing, check
-            check = claim == "takeover" or recovered
-            if check and not self.claims.legacy and await job.answered(writes):
+            check = job.answered if (claim == "takeover" or recovered) and not self.claims.legacy else None
+            if check is not None and await check(writes):
                 answer = Answer(Outcome.ALREADY_DONE, Outcome.ALREADY_DONE.value)
             else:
                 answer = Answer(Outcome.DONE, await job.work(writes))
         except Exception as exc:
-            self._log.warning(
-                "gate_work_failed",
-                extra={"namespace": self.claims.namespace, "key": job.key, "error": type(exc).__name__},
-            )
+            self._failed(job, exc)
             writes.discard()
             # released as a lease already run out, not deleted: the work may have had an effect
             # before it failed (a post whose answer was lost), so the retry takes it over and
-            # runs the check first
-            await self.claims.record(job.key, {"received_at": received_at, "lease_until": 0})
+            # runs the check first. The prepared rows are put back in the same write: a thread
+            # recorded for a post that failed must not stay followed
+            release = Writes(clock=self._clock)
+            prepared.undo(release)
+            release.put(self.claims, job.key, {"received_at": received_at, "lease_until": 0})
+            await release.commit()
             return Answer(Outcome.FAILED, Outcome.FAILED.value)
         writes.put(self.claims, job.key, {"received_at": received_at, "done_at": self._clock()})
         if job.key in self._held and self._holding is not None:
@@ -261,16 +245,23 @@ class InboundGate:
         await writes.commit()
         return answer
 
-    async def _claim(self, key: str, now: int) -> str | Outcome:
-        """ "won", "takeover" (a dead owner's lease), or why not. One write when uncontended."""
+    def _failed(self, job: Job, exc: Exception) -> None:
+        extra = {"namespace": self.claims.namespace, "key": job.key, "error": type(exc).__name__}
+        self._log.warning("gate_work_failed", extra=extra)
+
+    async def _claim(self, key: str, now: int, prepared: Writes, *, done: bool) -> str | Outcome:
+        """ "won", "takeover" (a dead owner's lease), or why not. One write when uncontended: the
+        claim row (a lease; with `done`, the done mark) and the prepared writes, together."""
         lease: dict[str, Any] = {"received_at": now, "lease_until": now + self.lease_ms}
-        if self.owner is not None:
+        if done:
+            lease = {"received_at": now, "done_at": now}
+        elif self.owner is not None:
             lease["owner"] = self.owner
-        if await self.claims.claim(key, lease):
+        if await prepared.commit(Claim(self.claims.stage_claim(key, lease))):
             return "won"
         entry = await self.claims.get_entry(key, fresh=True)
         if entry is None:  # released (or expired) in between
-            return "won" if await self.claims.claim(key, lease) else Outcome.LEASED
+            return "won" if await prepared.commit(Claim(self.claims.stage_claim(key, lease))) else Outcome.LEASED
         value = entry.value if isinstance(entry.value, dict) else {}
         if "done_at" in value:
             return Outcome.ALREADY_DONE
@@ -278,7 +269,8 @@ class InboundGate:
         mine = self.owner is not None and value.get("owner") == self.owner  # and not in flight here
         if isinstance(lease_until, int) and lease_until > now and not mine:
             return Outcome.LEASED
-        return "takeover" if await self.claims.take_over(key, lease, version=entry.version) else Outcome.LEASED
+        took = Claim(self.claims.stage_claim(key, lease, version=entry.version), entry.version)
+        return "takeover" if await prepared.commit(took) else Outcome.LEASED
 
     async def _recover(self, holding: Holding) -> None:
         """Finish items held in `held` that no task here works on: those of a process that died

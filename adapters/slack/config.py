@@ -14,26 +14,12 @@ from pydantic import Field, field_validator, model_validator
 
 from chatstate.gateway.sdk import AdapterSettings
 
-# Defaults, one unit a line (issue 5; the table in docs/migrating-an-adapter.md).
-DEFAULT_API_BASE_URL = "https://slack.com/api/"
-DEFAULT_ACCOUNT_ID = "default"  # the bot account this gateway runs as (part of the thread key)
-DEFAULT_AGENT_ID = "main"  # stored with each participation row: which agent replied
-THREAD_TTL_MS = 24 * 60 * 60 * 1000  # answer untagged follow-ups for 24 h after the last reply
-THREAD_MAX_ENTRIES = 5_000
-THREADS_PER_USER = 500  # threads one user may make the bot follow at once: 10% of the 5,000 cap
-EVENT_TTL_MS = 60 * 60 * 1000  # a done event_id is remembered 1 h (Slack retries within ~5 min)
-EVENT_MAX_ENTRIES = 50_000
-EVENT_LEASE_MS = 60 * 1000  # a claimed-but-unfinished event may be retaken after this
-ACK_BUDGET_S = 2.5  # Slack wants a 2xx within 3 s; we wait at most this long for the reply
-TRANSPORTS = ("http", "socket")  # Events API request URL, or Socket Mode (issue 19)
-SOCKET_PING_INTERVAL_S = 5.0  # slack-sdk's default; its pong watchdog reconnects after 4 misses
-
 Text = Annotated[str, Field(min_length=1, pattern=r"\S")]
 Positive = Annotated[int, Field(gt=0)]
 
 
 class SlackSettings(AdapterSettings):
-    """Everything the Slack adapter reads from its config table."""
+    """Everything the Slack adapter reads from its config table; defaults one unit a line."""
 
     adapter_id = "slack"
 
@@ -41,21 +27,21 @@ class SlackSettings(AdapterSettings):
     # (the app-level token authenticates the link), so there it may be left out.
     signing_secret: Text = "unused"
     bot_token: Text  # xoxb-... for the Web API; secret
-    api_base_url: Text = DEFAULT_API_BASE_URL  # a simulator's in tests
-    account_id: Text = DEFAULT_ACCOUNT_ID
-    agent_id: Text = DEFAULT_AGENT_ID
+    api_base_url: Text = "https://slack.com/api/"  # a simulator's in tests
+    account_id: Text = "default"  # the bot account this gateway runs as (part of the thread key)
+    agent_id: Text = "main"  # stored with each participation row: which agent replied
     require_mention: bool = True  # channel messages need an @mention ...
     require_explicit_mention: bool = False  # ... and true turns off thread/reply implicit mentions
-    thread_ttl_ms: Positive = THREAD_TTL_MS
-    thread_max_entries: Positive = THREAD_MAX_ENTRIES
-    threads_per_user: Positive = THREADS_PER_USER
-    event_ttl_ms: Positive = EVENT_TTL_MS
-    event_max_entries: Positive = EVENT_MAX_ENTRIES
-    event_lease_ms: Positive = EVENT_LEASE_MS
-    ack_budget_s: Annotated[float, Field(gt=0)] = ACK_BUDGET_S
-    transport: Literal["http", "socket"] = "http"  # `transport`, not `mode` (the store/legacy key)
+    thread_ttl_ms: Positive = 24 * 60 * 60 * 1000  # answer untagged follow-ups for 24 h after the last reply
+    thread_max_entries: Positive = 5_000
+    threads_per_user: Positive = 500  # threads one user may make the bot follow at once: 10% of the cap
+    event_ttl_ms: Positive = 60 * 60 * 1000  # a done event_id is remembered 1 h (Slack retries within ~5 min)
+    event_max_entries: Positive = 50_000
+    event_lease_ms: Positive = 60 * 1000  # a claimed-but-unfinished event may be retaken after this
+    ack_budget_s: Annotated[float, Field(gt=0)] = 2.5  # Slack wants a 2xx within 3 s; we wait this long at most
+    transport: Literal["http", "socket"] = "http"  # Events API or Socket Mode; not `mode` (store/legacy)
     app_token: Text | None = None  # app-level token (xapp-...), required for transport = "socket"
-    socket_ping_interval_s: Annotated[float, Field(gt=0)] = SOCKET_PING_INTERVAL_S
+    socket_ping_interval_s: Annotated[float, Field(gt=0)] = 5.0  # slack-sdk's; 4 missed pongs: a new link
 
     @field_validator("api_base_url")
     @classmethod

@@ -1,25 +1,25 @@
-"""What the Slack bot does with an event: the gate's work and check (`sdk.InboundGate` does
-the claim, the done mark, the ack budget and held events; plugin.py walks a SIGKILL through it).
+"""What the Slack bot does with an event: the gate's prepare, work and check (`sdk.InboundGate`
+does the claim, the done mark, the ack budget and held events).
 
-- work (`respond`): decide (`MentionPolicy` + the participation lookup) and reply in the thread;
-  `reply` is the one send path, so no path can forget to record: a new thread is recorded
-  before the post, and the window's refresh and the user's quota count ride with the done mark;
+- prepare: decide (`MentionPolicy` + the participation lookup); a thread new to the bot is
+  counted against the user's quota and recorded with the claim, before the post: once the reply
+  is visible a SIGKILL must not forget it (a follow-up may come before any redelivery);
+- work (`respond`): reply through `reply`, the one send path, so no path can forget to record;
 - check (`answered_before`), after a takeover of a dead process's lease: is our reply (it
   carries the event_id as metadata) already in the thread? Then stage what the dead process
   could not commit, and answer nothing more.
-The mention policy is kept apart from where participation is stored, so it can be tested (and
-changed) without a store and the store without it.
+The mention policy is apart from where participation is stored: each is tested without the other.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
 
 from chatstate.adapters.slack.config import SlackSettings
-from chatstate.adapters.slack.platform import BotIdentity, SlackApi, SlackMessage
+from chatstate.adapters.slack.platform import SlackApi, SlackMessage
 from chatstate.adapters.slack.state import ThreadParticipation, ThreadRef
 from chatstate.gateway.sdk import AdapterState, Job, UserQuota, Writes, reply
 
@@ -27,11 +27,9 @@ QUOTA_NOTE = (
     "(You have {limit} threads I am following, the most one person may have, so I won't "
     "follow this one: mention me here to get an answer.)"
 )
-
 Reason = Literal[
     "explicit_mention",  # the text @mentions the bot
-    "left_to_app_mention",  # a channel `message` event that @mentions the bot: Slack also
-    #                         sends an `app_mention` event for it, and that one is answered
+    "left_to_app_mention",  # a channel `message` that @mentions the bot: its `app_mention` twin is answered
     "direct_message",  # a DM needs no mention
     "mention_not_required",  # require_mention = false
     "reply_to_bot",  # implicit: the thread's parent message is the bot's
@@ -39,7 +37,7 @@ Reason = Literal[
     "own_message",  # never answer ourselves
     "no_mention",  # nothing above applies
 ]
-IMPLICIT: frozenset[Reason] = frozenset({"reply_to_bot", "bot_thread_participant"})
+Follow = Literal["known", "new", "refused"]  # the bot follows the thread already / starts to / may not
 
 
 @dataclass(frozen=True)
@@ -79,47 +77,42 @@ class MentionPolicy:
         return False, "no_mention"
 
 
-def without_mention(message: SlackMessage, bot_user_id: str) -> str:
-    """The message's text without the bot's mention."""
-    return message.text.replace(f"<@{bot_user_id}>", "").strip()
+@dataclass
+class Turn:
+    """One event on its way through the gate: what its prepare decided, for its work and check."""
+
+    message: SlackMessage
+    thread: ThreadRef  # keyed by the thread's root, never a child ts
+    answer: bool = False
+    follow: Follow = "known"
+    prepared: Writes = field(default_factory=Writes)
 
 
-def compose_reply(message: SlackMessage, bot_user_id: str) -> str:
-    """The answer when no reply hook is set: it echoes the text without the mention."""
-    text = without_mention(message, bot_user_id)
-    return f"echo: {text}" if text else "echo"
-
-
+@dataclass
 class SlackBot:
     """The bot's behaviour on Slack messages, handed to the gate as one `Job` per event."""
 
-    def __init__(
-        self,
-        settings: SlackSettings,
-        *,
-        api: SlackApi,
-        bot: BotIdentity,
-        threads: ThreadParticipation,
-        quota: UserQuota,
-        watched: list[AdapterState],
-        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
-    ) -> None:
-        self.settings = settings
-        self.bot = bot
-        self._api = api
-        self._threads = threads
-        self._quota = quota
-        self._watched = watched
-        self._log = log
-        self._policy = MentionPolicy(settings.require_mention, settings.require_explicit_mention)
+    settings: SlackSettings
+    api: SlackApi
+    bot_user_id: str
+    threads: ThreadParticipation
+    quota: UserQuota
+    watched: list[AdapterState]  # while one fails, every thread counts as known (`_follow`)
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+    def __post_init__(self) -> None:
+        self.policy = MentionPolicy(self.settings.require_mention, self.settings.require_explicit_mention)
 
     def job(self, message: SlackMessage) -> Job:
         """The gate's job for `message`: keyed `{team_id}:{event_id}`, held as its fields."""
+        thread = ThreadRef(message.team_id, self.settings.account_id, message.channel, message.thread_root)
+        turn = Turn(message, thread)
         return Job(
             key=f"{message.team_id}:{message.event_id}",
-            work=partial(self.respond, message),
-            answered=partial(self.answered_before, message),
-            hold=asdict(message),
+            work=partial(self.respond, turn),
+            answered=partial(self.answered_before, turn),
+            hold=vars(message),  # its fields, all plain JSON
+            prepare=partial(self.prepare, turn),
         )
 
     def resume(self, _key: str, held: Any) -> Job | None:
@@ -129,84 +122,77 @@ class SlackBot:
         except TypeError:
             return None
 
-    async def respond(self, message: SlackMessage, writes: Writes) -> str:
-        """Apply the mention policy and reply if it says so: "replied" or "ignored"."""
-        thread = self.thread_of(message)
+    async def prepare(self, turn: Turn, writes: Writes) -> None:
+        """Apply the mention policy; to answer in a thread new to the bot, count it against the
+        user's quota and record it, into `writes` (committed with the claim)."""
+        turn.prepared = writes
+        message, bot_user_id = turn.message, self.bot_user_id
         participated = False
-        if self._policy.needs_participation(message, self.bot.user_id):
-            participated = await self._threads.replied_in(thread) is not None
-        answer, _reason = self._policy.decide(message, self.bot.user_id, participated=participated)
-        if not answer:
+        if self.policy.needs_participation(message, bot_user_id):
+            participated = await self.threads.replied_in(turn.thread) is not None
+        turn.answer, _reason = self.policy.decide(message, bot_user_id, participated=participated)
+        if turn.answer:
+            turn.follow = await self._follow(writes, turn.thread, message)
+
+    async def respond(self, turn: Turn, writes: Writes) -> str:
+        """Reply if the prepare decided so: "replied" or "ignored"."""
+        if not turn.answer:
             return "ignored"
+        message = turn.message
+        text = message.text.replace(f"<@{self.bot_user_id}>", "").strip()  # without the bot's mention
         # the user's reply hook, if any, composes the text (sdk.reply); None: say nothing
         said = await reply.respond(
-            reply.Message(
-                without_mention(message, self.bot.user_id), message.user, message.channel, "slack", thread.thread_ts
-            ),
-            default=compose_reply(message, self.bot.user_id),
-            send=lambda text: self.reply(writes, thread, text, event_id=message.event_id, requester=message.user),
+            reply.Message(text, message.user, message.channel, "slack", turn.thread.thread_ts),
+            default=f"echo: {text}" if text else "echo",
+            send=lambda answer: self.reply(writes, turn.thread, answer, event_id=message.event_id, follow=turn.follow),
         )
+        if not said:
+            turn.prepared.undo(writes)  # nothing posted: the thread it was prepared for is not followed
         return "replied" if said else "ignored"
 
-    async def answered_before(self, message: SlackMessage, writes: Writes) -> bool:
+    async def answered_before(self, turn: Turn, writes: Writes) -> bool:
         """Did a process that died holding this event post its reply before the done mark? If
         so, stage the participation it could not commit. Raises as `SlackApi.find_reply`."""
-        thread = self.thread_of(message)
-        found = await self._api.answered(
+        thread, message = turn.thread, turn.message
+        found = await self.api.find_reply(
             channel=thread.channel_id, thread_ts=thread.thread_ts, after_ts=message.ts, event_id=message.event_id
         )
-        if found and await self._follow(writes, thread, message.user) != "refused":
-            self._threads.record_participation(writes, thread, agent_id=self.settings.agent_id)
-        return found
+        if found is not None and turn.follow == "known":  # a new thread's row came with the claim
+            self.threads.record_participation(writes, thread, agent_id=self.settings.agent_id)
+        return found is not None
 
-    # -- outbound: the one send path ------------------------------------------------------
-    def thread_of(self, message: SlackMessage) -> ThreadRef:
-        """The thread a reply to `message` goes to: keyed by the root, never a child ts."""
-        return ThreadRef(message.team_id, self.settings.account_id, message.channel, message.thread_root)
-
-    async def reply(self, writes: Writes, thread: ThreadRef, text: str, *, event_id: str, requester: str) -> str:
-        """Post `text` in `thread`, answering `event_id`, and record participation; returns the
-        posted message's ts.
-
-        Every message the bot sends goes through here, so no send path can forget to record (a
-        bug the reference system had). A thread new to the bot is recorded durably *before*
-        the post: once the reply is visible a SIGKILL must not forget the thread, and the next
-        follow-up may come before any redelivery of this event. Refreshing the window of a
-        thread the bot follows rides with the event's done mark (one transaction). A new thread
-        counts against `requester`'s quota (`threads_per_user`); past it the bot still answers,
-        says it will not follow the thread, and records nothing.
-        Raises SlackApiError / aiohttp.ClientError when the post fails; a row recorded ahead of
-        it is removed again (the gate discards the staged rows and releases the event).
-        """
-        follow = await self._follow(writes, thread, requester)
+    async def reply(self, writes: Writes, thread: ThreadRef, text: str, *, event_id: str, follow: Follow) -> str:
+        """Post `text` in `thread`, answering `event_id`; returns the posted ts. Every message the
+        bot sends goes through here, so no send path can forget to record (a bug the reference
+        system had): a thread the bot follows has its window refreshed (it runs from the last
+        reply); a new one was recorded with the claim, just now. Past the user's quota (`follow`
+        "refused") the bot answers, says it will not follow the thread, and records nothing.
+        Raises SlackApiError / aiohttp.ClientError when the post fails (the gate then puts the
+        prepared rows back and releases the event)."""
         if follow == "refused":
             text = f"{text}\n{QUOTA_NOTE.format(limit=self.settings.threads_per_user)}"
-        elif follow == "new":
-            await self._threads.record_now(thread, agent_id=self.settings.agent_id)
-        try:
-            ts = await self._api.post_message(
-                channel=thread.channel_id, text=text, thread_ts=thread.thread_ts, event_id=event_id
-            )
-        except Exception:
-            if follow == "new":
-                await self._threads.forget(thread)
-            raise
-        if follow != "refused":
-            self._threads.record_participation(writes, thread, agent_id=self.settings.agent_id)
+        ts = await self.api.post_message(
+            channel=thread.channel_id, text=text, thread_ts=thread.thread_ts, event_id=event_id
+        )
+        if follow == "known":
+            self.threads.record_participation(writes, thread, agent_id=self.settings.agent_id)
         return ts
 
-    async def _follow(self, writes: Writes, thread: ThreadRef, requester: str) -> Literal["known", "new", "refused"]:
-        """ "known": the bot follows `thread` already; "new": `requester` is under their quota (the
-        thread is counted against them, in `writes`); "refused": they are at it. While the store
-        fails every thread counts as known (fail open: an outage is not the time to refuse)."""
-        if any(st.last_error for st in self._watched):
-            # the store is failing (the claim just found out): follow uncounted and add no slow
-            # calls. The quota's own state is not watched: it recovers through the next commit
-            # it is part of, which this check would otherwise never let happen
+    async def _follow(self, writes: Writes, thread: ThreadRef, message: SlackMessage) -> Follow:
+        """ "known": the bot follows `thread` already; "new": the user is under their quota (the
+        thread is counted against them and recorded, in `writes`); "refused": they are at it."""
+        if any(st.last_error for st in self.watched):
+            # the store is failing: fail open (an outage is not the time to refuse), follow
+            # uncounted, add no slow calls. The quota's own state is not watched: it recovers
+            # through the next commit it is part of, which this would otherwise never let happen
             return "known"
-        if await self._threads.replied_in(thread) is not None:
+        # a top-level message roots a thread new to the bot (a redelivery of an answered event
+        # loses its claim, and nothing staged here is written; only a dead owner's retry counts
+        # the thread once more): only a thread reply needs the read
+        if message.thread_ts is not None and await self.threads.replied_in(thread) is not None:
             return "known"  # a thread counts once, against the user who made the bot follow it
-        if await self._quota.admit(f"{thread.team_id}:{requester}", writes) is None:
+        if await self.quota.admit(f"{thread.team_id}:{message.user}", writes) is None:
+            self.threads.record_participation(writes, thread, agent_id=self.settings.agent_id)
             return "new"
-        self._log.info("thread_quota_refused", extra={"per_user": self._quota.per_user})
+        self.log.info("thread_quota_refused", extra={"per_user": self.quota.per_user})
         return "refused"

@@ -1,8 +1,6 @@
-"""Slack's wire, and nothing else: verify an inbound request, parse an event, call the Web API.
-
-Everything here is slack-sdk used as its docs say: `SignatureVerifier` for the v0 request
-signature and `AsyncWebClient(base_url=...)` for `auth.test` and `chat.postMessage`, so the
-only thing a test swaps is the far end (the simulator's URL). No state lives here.
+"""Slack's wire, and nothing else: verify an inbound request, parse an event, call the Web API,
+all with slack-sdk as its docs say (`SignatureVerifier`, `AsyncWebClient(base_url=...)`), so a
+test swaps only the far end (the simulator's URL). No state lives here.
 """
 
 from __future__ import annotations
@@ -11,7 +9,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -21,18 +19,11 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
-from slack_sdk.http_retry.request import HttpRequest
-from slack_sdk.http_retry.response import HttpResponse
-from slack_sdk.http_retry.state import RetryState
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from chatstate.gateway.sdk import ingress
 
-SIGNATURE_HEADER = "X-Slack-Signature"
-TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
-RETRY_NUM_HEADER = "X-Slack-Retry-Num"
-RETRY_REASON_HEADER = "X-Slack-Retry-Reason"
 MESSAGE_EVENTS = ("app_mention", "message")  # the event types the bot may answer
 REPLY_METADATA_TYPE = "chatstate_reply"  # message metadata on each reply: which event it answers
 USER_SUBTYPES = ("thread_broadcast",)  # message subtypes that are still a user talking to us
@@ -41,32 +32,26 @@ RATE_LIMIT_RETRIES = 2  # 429: wait Retry-After (+ <1 s jitter), then again
 MAX_RETRY_AFTER_S = 20  # a longer Retry-After fails the call instead: Slack's event retry comes later
 SERVER_ERROR_RETRIES = 2  # 500/503
 CONNECTION_RETRIES = 2  # reset / disconnected
-# Shapes of the ids that end up in state keys and Web API calls (issue 15): Slack's ids are short
-# uppercase words and its timestamps "<seconds>.<micro>"; anything else is a 400 before any
-# side effect, so a key can never pass the store's 512-byte limit after the reply is posted.
+# Shapes of the ids that end up in state keys and Web API calls: Slack's ids are short words and
+# its timestamps "<seconds>.<micro>"; anything else is a 400 before any side effect, so a key
+# can never pass the store's 512-byte limit after the reply is posted.
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TS_PATTERN = re.compile(r"[0-9]{1,12}\.[0-9]{1,8}")
 
 
 class RequestVerifier:
-    """Check Slack's `X-Slack-Signature` (v0, HMAC-SHA256) and the 5-minute timestamp window."""
+    """Slack's v0 request signature (HMAC-SHA256) and 5-minute window: slack-sdk's `SignatureVerifier`."""
 
     def __init__(self, signing_secret: str) -> None:
         self._verifier = SignatureVerifier(signing_secret)
 
     def is_valid(self, body: bytes, headers: Mapping[str, str]) -> bool:
-        """True only for a correctly signed, fresh request; never raises on junk headers.
-
-        A signature or timestamp that is not short printable ASCII is wrong before it reaches
-        `hmac.compare_digest` (which raises TypeError for a non-ASCII str, issue 15).
-        """
-        signature = ingress.credential(headers, SIGNATURE_HEADER)
-        timestamp = ingress.credential(headers, TIMESTAMP_HEADER)
-        if signature is None or timestamp is None:
-            return False
+        """True only for a correctly signed, fresh request. Junk in a header (a timestamp that is
+        no number, a non-ASCII signature, on which `hmac.compare_digest` raises) is a wrong
+        signature, never an error."""
         try:
-            return self._verifier.is_valid(body, timestamp, signature)
-        except (ValueError, TypeError, UnicodeDecodeError):  # a non-numeric timestamp, a non-UTF-8 body
+            return self._verifier.is_valid_request(body, headers)
+        except (ValueError, TypeError):
             return False
 
 
@@ -87,10 +72,8 @@ class SlackMessage:
 
     @property
     def thread_root(self) -> str:
-        """The thread this message belongs to: its `thread_ts`, or its own `ts` if top-level.
-
-        Participation is always keyed by this, never by a child message's `ts`.
-        """
+        """The thread this message belongs to (its `thread_ts`, or its own `ts` if top-level):
+        participation is always keyed by this, never by a child message's `ts`."""
         return self.thread_ts or self.ts
 
     def mentions(self, user_id: str) -> bool:
@@ -112,52 +95,23 @@ def parse_message(envelope: Mapping[str, Any]) -> SlackMessage | None:
     subtype = event.get("subtype")
     if event.get("type") not in MESSAGE_EVENTS or (subtype and subtype not in USER_SUBTYPES) or event.get("bot_id"):
         return None
-    fields = (
-        envelope.get("team_id"),
-        envelope.get("event_id"),
-        event.get("channel"),
-        event.get("user"),
-        event.get("ts"),
-    )
-    if not all(isinstance(f, str) and f for f in fields):
+    ids: dict[str, Any] = {"team_id": envelope.get("team_id"), "event_id": envelope.get("event_id")}
+    ids |= {name: event.get(name) for name in ("channel", "user", "ts")}
+    if not all(isinstance(value, str) and value for value in ids.values()):
         return None
-    team_id, event_id, channel, user, ts = cast("tuple[str, str, str, str, str]", fields)  # checked just above
-    thread_ts = event.get("thread_ts") or None
-    parent_user_id = event.get("parent_user_id") or None
-    for name, value, pattern in (
-        ("team_id", team_id, ID_PATTERN),
-        ("event_id", event_id, ID_PATTERN),
-        ("channel", channel, ID_PATTERN),
-        ("user", user, ID_PATTERN),
-        ("ts", ts, TS_PATTERN),
-        ("thread_ts", thread_ts, TS_PATTERN),
-        ("parent_user_id", parent_user_id, ID_PATTERN),
-    ):
+    optional: dict[str, Any] = {name: event.get(name) or None for name in ("thread_ts", "parent_user_id")}
+    for name, value in (ids | optional).items():
+        pattern = TS_PATTERN if name.endswith("ts") else ID_PATTERN
         if value is not None and not (isinstance(value, str) and pattern.fullmatch(value)):
             raise ingress.BadInput(f"event field {name} is not a Slack id")
-    text = event.get("text")
-    channel_type = event.get("channel_type")
+    text, channel_type = event.get("text"), event.get("channel_type")
     return SlackMessage(
-        team_id=team_id,
-        event_id=event_id,
         event_type=event["type"],
-        channel=channel,
         channel_type=channel_type if isinstance(channel_type, str) else None,
-        user=user,
         text=text if isinstance(text, str) else "",
-        ts=ts,
-        thread_ts=thread_ts,
-        parent_user_id=parent_user_id,
+        **ids,
+        **optional,
     )
-
-
-@dataclass(frozen=True)
-class BotIdentity:
-    """Who the bot is, from `auth.test`."""
-
-    user_id: str
-    team_id: str
-    bot_id: str | None
 
 
 @dataclass
@@ -180,81 +134,53 @@ class _CheckBeforeRetry(AsyncRetryHandler):
     posted the message and lost only the answer, so before retrying chat.postMessage ask the
     thread whether our reply (found by its event_id metadata) is already there."""
 
-    find_reply: FindReply
+    def __init__(self, find_reply: FindReply, *, max_retry_count: int) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.find_reply = find_reply
 
-    async def _can_retry_async(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> bool:
-        if not await super()._can_retry_async(state=state, request=request, response=response, error=error):
+    async def _can_retry_async(self, **call: Any) -> bool:
+        if not await super()._can_retry_async(**call):
             return False
         post = _POSTING.get()
-        if post is None or not request.url.endswith("/chat.postMessage"):
+        if post is None or not call["request"].url.endswith("/chat.postMessage"):
             return True
         post.found_ts = await self.find_reply(post)
         return post.found_ts is None
 
 
 class CheckedServerErrorRetryHandler(_CheckBeforeRetry, AsyncServerErrorRetryHandler):
-    def __init__(self, find_reply: FindReply, *, max_retry_count: int) -> None:
-        super().__init__(max_retry_count=max_retry_count)
-        self.find_reply = find_reply
+    """slack-sdk's 500/503 handler, checking the thread before posting again."""
 
 
 class CheckedConnectionErrorRetryHandler(_CheckBeforeRetry, AsyncConnectionErrorRetryHandler):
-    def __init__(self, find_reply: FindReply, *, max_retry_count: int) -> None:
-        super().__init__(max_retry_count=max_retry_count)
-        self.find_reply = find_reply
+    """slack-sdk's connection-reset handler, checking the thread before posting again."""
 
 
 class BoundedRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
     """slack-sdk's 429 handler (waits Retry-After), refusing waits over MAX_RETRY_AFTER_S."""
 
-    async def _can_retry_async(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> bool:
-        if not await super()._can_retry_async(state=state, request=request, response=response, error=error):
+    async def _can_retry_async(self, **call: Any) -> bool:
+        if not await super()._can_retry_async(**call):
             return False
-        assert response is not None  # the 429 handler only retries a response
-        retry_after = next((v for k, v in response.headers.items() if k.lower() == "retry-after"), ["1"])
+        headers = call["response"].headers  # the 429 handler only retries a response
+        retry_after = next((v for k, v in headers.items() if k.lower() == "retry-after"), ["1"])
         try:
             return int(retry_after[0]) <= MAX_RETRY_AFTER_S
         except (TypeError, ValueError):
             return False
 
 
-def _ambiguous(exc: Exception) -> bool:
-    """Did the failed call possibly take effect? (5xx or no answer: yes; 429 or ok=false: no)"""
-    if isinstance(exc, SlackApiError):
-        return exc.response.status_code >= 500
-    return isinstance(exc, (aiohttp.ClientError, TimeoutError))
-
-
 class SlackApi:
-    """The Web API calls the adapter makes, through one `AsyncWebClient` and one HTTP session,
-    with slack-sdk's retry handlers: 429 (Retry-After honoured), 500/503 and connection resets,
-    each bounded; the last two check the thread before posting again."""
+    """The Web API calls the adapter makes, through one `AsyncWebClient` and one HTTP session
+    (made on the running loop), with slack-sdk's retry handlers: 429 (Retry-After honoured),
+    500/503 and connection resets, each bounded; the last two check the thread before posting
+    again."""
 
     def __init__(self, *, token: str, base_url: str) -> None:
-        self._token = token
-        self._base_url = base_url
-        self._session: aiohttp.ClientSession | None = None
-        self._client: AsyncWebClient | None = None
-
-    async def open(self) -> None:
         self._session = aiohttp.ClientSession()
-        self._client = AsyncWebClient(
-            token=self._token,
-            base_url=self._base_url,
+        self.client = AsyncWebClient(
+            token=token,
+            base_url=base_url,
             session=self._session,
             retry_handlers=[
                 BoundedRateLimitRetryHandler(max_retry_count=RATE_LIMIT_RETRIES),
@@ -264,29 +190,20 @@ class SlackApi:
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        self._session = self._client = None
+        await self._session.close()
 
-    @property
-    def client(self) -> AsyncWebClient:
-        if self._client is None:
-            raise RuntimeError("SlackApi.open() first")
-        return self._client
-
-    async def auth_test(self) -> BotIdentity:
-        """Call `auth.test`. Raises slack_sdk.errors.SlackApiError (e.g. invalid_auth)."""
-        resp = await self.client.auth_test()
-        return BotIdentity(user_id=resp["user_id"], team_id=resp["team_id"], bot_id=resp.get("bot_id"))
+    async def auth_test(self) -> str:
+        """The bot's user id, from `auth.test`. Raises slack_sdk.errors.SlackApiError (e.g. invalid_auth)."""
+        return str((await self.client.auth_test())["user_id"])
 
     async def post_message(self, *, channel: str, text: str, thread_ts: str, event_id: str) -> str:
         """Post `text` into the thread `thread_ts` of `channel`; returns the new message's ts.
 
         The message carries metadata naming the `event_id` it answers, so a retry after a crash
-        can find it (`answered`), and so can the retry guard after an ambiguous failure: when the
-        call fails with a 5xx or no answer, the thread is checked and a reply found there counts
-        as posted (no second post). Raises slack_sdk.errors.SlackApiError (ok=false, or retries
-        exhausted) and aiohttp.ClientError (network).
+        can find it (`find_reply`), and so can the retry guard after an ambiguous failure: when
+        the call fails with a 5xx or no answer, the thread is checked and a reply found there
+        counts as posted (no second post). Raises slack_sdk.errors.SlackApiError (ok=false, or
+        retries exhausted) and aiohttp.ClientError (network).
         """
         metadata = {"event_type": REPLY_METADATA_TYPE, "event_payload": {"event_id": event_id}}
         post = _Post(channel, thread_ts, event_id)
@@ -296,7 +213,9 @@ class SlackApi:
                 channel=channel, text=text, thread_ts=thread_ts, metadata=metadata
             )
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
-            if post.found_ts is None and _ambiguous(exc):
+            # 5xx or no answer: the call may have taken effect (429 or ok=false: it did not)
+            ambiguous = exc.response.status_code >= 500 if isinstance(exc, SlackApiError) else True
+            if post.found_ts is None and ambiguous:
                 post.found_ts = await self._find_posted(post)
             if post.found_ts is not None:
                 return post.found_ts
@@ -310,29 +229,20 @@ class SlackApi:
         unreadable thread counts as not posted, the caller's failure stands)."""
         token = _POSTING.set(None)  # the lookup is not the post: no guard for its own retries
         try:
-            return await self.find_reply(
-                channel=post.channel, thread_ts=post.thread_ts, after_ts=post.thread_ts, event_id=post.event_id
-            )
+            return await self.find_reply(channel=post.channel, thread_ts=post.thread_ts, event_id=post.event_id)
         except (SlackApiError, aiohttp.ClientError, TimeoutError):
             return None
         finally:
             _POSTING.reset(token)
 
-    async def answered(self, *, channel: str, thread_ts: str, after_ts: str, event_id: str) -> bool:
-        """Whether the thread already holds our reply to `event_id` (posted after `after_ts`).
-
-        Only a retried event whose earlier attempt may have died between posting and marking
-        the event done needs this. Raises as `post_message`.
-        """
-        return (
-            await self.find_reply(channel=channel, thread_ts=thread_ts, after_ts=after_ts, event_id=event_id)
-            is not None
-        )
-
-    async def find_reply(self, *, channel: str, thread_ts: str, after_ts: str, event_id: str) -> str | None:
-        """The ts of our reply to `event_id` in the thread (posted after `after_ts`), or None."""
+    async def find_reply(
+        self, *, channel: str, thread_ts: str, event_id: str, after_ts: str | None = None
+    ) -> str | None:
+        """The ts of our reply to `event_id` in the thread (posted after `after_ts`, default the
+        root), or None. Only an event whose earlier attempt may have died between posting and
+        its done mark, or a post that failed ambiguously, needs this. Raises as `post_message`."""
         resp = await self.client.conversations_replies(
-            channel=channel, ts=thread_ts, oldest=after_ts, include_all_metadata=True, limit=200
+            channel=channel, ts=thread_ts, oldest=after_ts or thread_ts, include_all_metadata=True, limit=200
         )
         for message in resp.get("messages") or []:
             meta = message.get("metadata") or {}

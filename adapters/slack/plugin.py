@@ -1,31 +1,29 @@
 """The Slack plugin (wiring): one Events API route (or Socket Mode), acked fast, answered once
-per event_id; `sdk.InboundGate` runs the exactly-once steps, handlers.py's `SlackBot` the work.
+per event_id; `sdk.InboundGate` runs the exactly-once steps, handlers.py's `SlackBot` the rest.
 
 Request path (POST /slack/events), in this order:
-1. verify the v0 signature; 401 before anything is read or written;
-2. answer `url_verification` with its challenge;
-3. the gate claims `{team_id}:{event_id}` under a short lease (one durable write);
-4. the bot decides (mention policy + participation lookup), records a thread new to it (before
-   the post), and replies in the thread, staging the participation refresh and the user's quota
-   count; the gate commits them with the done mark (one transaction, the last write);
-5. ack 200 as soon as 4 is done, or after `ack_budget_s` (Slack's 3 s rule) with 4 still running
+1. verify the v0 signature; 401 before anything is read or written; answer `url_verification`;
+2. the bot decides (mention policy + participation lookup) and the gate claims
+   `{team_id}:{event_id}` under a short lease, with a thread new to the bot recorded and
+   counted against the user's quota in the same write;
+3. the bot replies in the thread; the gate commits the participation refresh with the done
+   mark (one transaction, the second and last write);
+4. ack 200 as soon as 3 is done, or after `ack_budget_s` (Slack's 3 s rule) with 3 still running
    in the background, the event held in `slack.pending` first (Slack will not retry it, so every
    gateway's recovery loop finishes held events whose owner died); `stop()` waits for them.
 
-SIGKILL, step by step: before the claim, or holding the lease without having replied, Slack
-gets no 2xx and retries; a retry that meets a live lease gets 503 + Retry-After, and once the
-lease has run out the retry takes it over and answers (no reply lost). After the done mark, a
-retry is acked and dropped (no double reply). Between Slack accepting chat.postMessage and the
-done mark, the claim that takes over the expired lease always looks for its own reply in the
-thread first, whatever the delivery says about retries (Socket Mode redelivers after a
-reconnect as a first attempt), and finding it records the thread and answers nothing.
+SIGKILL at any step loses no reply and doubles none (docs/migrations/slack.md walks each step):
+before the done mark Slack gets no 2xx and retries; a retry meeting a live lease gets 503 +
+Retry-After; once the lease has run out the retry takes it over and first looks for its own
+reply in the thread, whatever the delivery says about retries (Socket Mode redelivers after a
+reconnect as a first attempt); after the done mark a retry is acked and dropped.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -35,7 +33,7 @@ from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.handlers import SlackBot
 from chatstate.adapters.slack.platform import RequestVerifier, SlackApi, parse_message
 from chatstate.adapters.slack.socket_mode import SocketModeTransport
-from chatstate.adapters.slack.state import ThreadParticipation, events_spec, pending_spec, starters_spec, thread_spec
+from chatstate.adapters.slack.state import ThreadParticipation, specs
 from chatstate.gateway.sdk import (
     AdapterState,
     Holding,
@@ -60,7 +58,6 @@ class Running:
     bot: SlackBot
     gate: InboundGate
     socket: SocketModeTransport | None  # transport = "socket"
-    log: logging.LoggerAdapter[logging.Logger]
 
     async def close(self) -> None:
         """Take no new envelopes, let replies in flight finish, then close the Web API client."""
@@ -70,43 +67,36 @@ class Running:
         await self.api.close()
 
     def health(self) -> dict[str, Any]:
-        report: dict[str, Any] = {"in_flight": self.gate.in_flight}
-        if self.socket is not None:
-            report["transport"] = self.socket.health()
-        return report
+        transport = {} if self.socket is None else {"transport": self.socket.health()}
+        return {"in_flight": self.gate.in_flight, **transport}
 
 
 class SlackPlugin(StatefulPlugin[Running]):
     """Slack Events API in, `chat.postMessage` out; state through `sdk.AdapterState`."""
 
     id = "slack"
-    origin = "bundled"
     settings_type = SlackSettings
 
     def routes(self) -> Sequence[Route]:
         return (Route("POST", EVENTS_PATH, self.handle_events),)
 
     async def build(self, runtime: PluginRuntime) -> Running:
-        """Read the config, open the stores, and learn the bot's identity with `auth.test`.
-
-        Raises ValueError (bad config), StateStoreError (opening a store) and
-        slack_sdk.errors.SlackApiError / aiohttp.ClientError (auth.test failed).
-        """
+        """Read the config, open the stores, and learn the bot's user id with `auth.test`. Raises
+        ValueError (bad config), StateStoreError (opening a store) and SlackApiError /
+        aiohttp.ClientError (auth.test failed)."""
         settings = SlackSettings.of(runtime)
         threads, events, pending, starters = [
-            await self.open_state(AdapterState(spec(settings), legacy=runtime.legacy), runtime)
-            for spec in (thread_spec, events_spec, pending_spec, starters_spec)
+            await self.open_state(AdapterState(spec, legacy=runtime.legacy), runtime) for spec in specs(settings)
         ]
         api = SlackApi(token=settings.bot_token, base_url=settings.api_base_url)
-        await api.open()
         socket = None
         try:
             bot = SlackBot(
                 settings,
-                api=api,
-                bot=await api.auth_test(),
-                threads=ThreadParticipation(threads),
-                quota=UserQuota(starters, per_user=settings.threads_per_user, ttl_ms=settings.thread_ttl_ms),
+                api,
+                await api.auth_test(),
+                ThreadParticipation(threads),
+                UserQuota(starters, per_user=settings.threads_per_user, ttl_ms=settings.thread_ttl_ms),
                 watched=[threads, events],
                 log=runtime.log,
             )
@@ -117,16 +107,8 @@ class SlackPlugin(StatefulPlugin[Running]):
                 holding=Holding(pending, bot.resume),
                 log=runtime.log,
             )
-            running = Running(settings, RequestVerifier(settings.signing_secret), api, bot, gate, None, runtime.log)
             if settings.transport == "socket":
-                socket = SocketModeTransport(
-                    app_token=settings.app_token,
-                    api_base_url=settings.api_base_url,
-                    handle=partial(handle_envelope, bot, gate, runtime.log),
-                    log=runtime.log,
-                    ping_interval_s=settings.socket_ping_interval_s,
-                )
-                running = replace(running, socket=socket)
+                socket = SocketModeTransport(settings, partial(handle_envelope, bot, gate, runtime.log), runtime.log)
                 await socket.start()
         except BaseException:
             if socket is not None:
@@ -134,9 +116,8 @@ class SlackPlugin(StatefulPlugin[Running]):
             await api.close()
             raise
         gate.start()
-        return running
+        return Running(settings, RequestVerifier(settings.signing_secret), api, bot, gate, socket)
 
-    # -- inbound --------------------------------------------------------------------------
     async def handle_events(self, request: web.Request) -> web.Response:
         """The Events API request URL. 401 for a bad signature, before any state is touched."""
         run = self.running
@@ -158,13 +139,11 @@ class SlackPlugin(StatefulPlugin[Running]):
 
 
 async def handle_envelope(
-    bot: SlackBot, gate: InboundGate, log: logging.LoggerAdapter[logging.Logger], payload: dict[str, Any], _retry: int
+    bot: SlackBot, gate: InboundGate, log: logging.LoggerAdapter[logging.Logger], payload: dict[str, Any]
 ) -> bool:
-    """A Socket Mode `events_api` envelope: the same path as the Events API route; True when the
-    envelope may be acknowledged (the HTTP route answers 2xx then, 503 otherwise). The retry
-    attempt is not trusted (a reconnect redelivers as attempt 0): the gate's claim decides.
-    An envelope whose ids are not Slack's shape (the HTTP route's 400) is acked and dropped:
-    redelivering it would not make it valid."""
+    """A Socket Mode `events_api` envelope, down the Events API route's path: True to ack it (where
+    that route answers 2xx). A reconnect redelivers as attempt 0, so the gate's claim decides,
+    never the retry attempt. Ids not of Slack's shape (that route's 400): acked and dropped."""
     try:
         message = parse_message(payload)
     except ingress.BadInput as exc:

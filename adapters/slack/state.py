@@ -7,10 +7,9 @@
 | `slack.pending`              | `{team_id}:{event_id}`                            | the message (`SlackMessage` fields) | 1 h / 1,000 |
 | `slack.thread-starters`      | `{team_id}:{user_id}`                             | `{b: {bucket: count}}` (`sdk.UserQuota`) | 24 h / 2,000 |
 
-`slack.events` is the gate's claim (`sdk.InboundGate`); `slack.pending` holds an event Slack
-was told "accepted" (acked at the 3 s deadline) before its reply was done, so if the process
-dies another one (or this one restarted) finishes it. Every namespace is an `sdk.AdapterState`,
-which is also the legacy in-memory twin (`legacy=True`: the same TTL and cap, memory only).
+`slack.events` is the gate's claim; `slack.pending` holds an event acked before its reply was
+done (at Slack's 3 s deadline), for whichever process finishes it if this one dies. Each is an
+`sdk.AdapterState`, also the legacy in-memory twin (`legacy=True`: same TTL and cap, memory only).
 """
 
 from __future__ import annotations
@@ -51,27 +50,14 @@ class ThreadParticipation:
         self._clock = clock
 
     def record_participation(self, writes: Writes, thread: ThreadRef, *, agent_id: str) -> None:
-        """Stage "`agent_id` just replied in `thread`" into the event's done transaction.
-
-        Each reply restarts the thread's 24 h window (the window runs from the *last* reply).
-        """
+        """Stage "`agent_id` replies in `thread`" into `writes`: each reply restarts the thread's
+        24 h window (the window runs from the *last* reply)."""
         writes.put(self.state, thread.key, {"agent_id": agent_id, "replied_at": self._clock()})
 
-    async def record_now(self, thread: ThreadRef, *, agent_id: str) -> None:
-        """Record "`agent_id` replies in `thread`" durably now (a thread new to the bot, before
-        the post). Never raises for a store failure: AdapterState degrades and replays later."""
-        await self.state.record(thread.key, {"agent_id": agent_id, "replied_at": self._clock()})
-
-    async def forget(self, thread: ThreadRef) -> None:
-        """Drop `thread`'s row: recorded ahead of a post that then failed."""
-        await self.state.forget(thread.key)
-
     async def replied_in(self, thread: ThreadRef) -> dict[str, Any] | None:
-        """The live participation row of `thread`, or None.
-
-        Reads memory, then the store; a row read back from the store keeps its stored expiry,
-        so looking it up (e.g. after a restart) never extends the 24 h window.
-        """
+        """The live participation row of `thread`, or None. Reads memory, then the store; a row
+        read back keeps its stored expiry, so a lookup (say, after a restart) never extends the
+        window."""
         value = await self.state.get(thread.key)
         return value if isinstance(value, dict) else None
 
@@ -80,13 +66,11 @@ def thread_spec(settings: SlackSettings) -> StateSpec:
     return StateSpec(THREADS_NAMESPACE, settings.thread_ttl_ms, settings.thread_max_entries)
 
 
-def events_spec(settings: SlackSettings) -> StateSpec:
-    return StateSpec(EVENTS_NAMESPACE, settings.event_ttl_ms, settings.event_max_entries)
-
-
-def pending_spec(settings: SlackSettings) -> StateSpec:
-    return StateSpec(PENDING_NAMESPACE, settings.event_ttl_ms, PENDING_MAX_ENTRIES)
-
-
-def starters_spec(settings: SlackSettings) -> StateSpec:
-    return StateSpec(STARTERS_NAMESPACE, settings.thread_ttl_ms, STARTERS_MAX_ENTRIES)
+def specs(settings: SlackSettings) -> list[StateSpec]:
+    """The four namespaces, in the order the plugin opens them (the table above)."""
+    return [
+        thread_spec(settings),
+        StateSpec(EVENTS_NAMESPACE, settings.event_ttl_ms, settings.event_max_entries),
+        StateSpec(PENDING_NAMESPACE, settings.event_ttl_ms, PENDING_MAX_ENTRIES),
+        StateSpec(STARTERS_NAMESPACE, settings.thread_ttl_ms, STARTERS_MAX_ENTRIES),
+    ]

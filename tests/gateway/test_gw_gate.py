@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from chatstate.gateway.sdk import (
     UserQuota,
     Writes,
 )
-from chatstate.state import open_async_keyed_store, open_keyed_store
+from chatstate.state import StateStoreError, op_counts, open_async_keyed_store, open_keyed_store
 
 LEASE_MS = 1_000
 CLAIMS = StateSpec("test.claims", ttl_ms=3_600_000, max_entries=1_000)
@@ -272,3 +273,140 @@ async def test_keyed_locks_serialise_one_key_and_forget_it_after() -> None:
     assert order.index("1 out") < order.index("2 in")  # same key: one at a time
     assert order.index("3 in") < order.index("1 out")  # another key: not blocked
     assert len(locks) == 0
+
+
+WRITE_OPS = ("register", "register_if_absent", "compare_and_set", "consume", "delete", "delete_if", "commit")
+
+
+def writes_since(before: dict[str, int]) -> dict[str, int]:
+    """Store write operations started since `before` (op_counts), by name."""
+    return {op: n - before.get(op, 0) for op, n in op_counts().items() if op in WRITE_OPS and n != before.get(op, 0)}
+
+
+def preparing(p: Process, *, row: str = "new") -> Callable[[Writes], Awaitable[None]]:
+    """A prepare that reads `kept` and `row`, bumps `kept` and creates `row`."""
+
+    async def prepare(writes: Writes) -> None:
+        p.calls.append("prepare")
+        kept = await p.rows.get("kept")
+        assert await p.rows.get(row) is None
+        writes.put(p.rows, "kept", {"n": (kept or {"n": 0})["n"] + 1})
+        writes.put(p.rows, row, {"by": "prepare"})
+
+    return prepare
+
+
+async def test_prepared_writes_land_with_the_claim_in_one_write(procs: list[Process], tmp_path: Path) -> None:
+    clock = Clock()
+    p = await new(procs, tmp_path, clock)
+    db = tmp_path / "state.sqlite"
+    before = op_counts()
+    done = await p.gate.deliver(replace(p.job("e1"), prepare=preparing(p)))
+    assert done.outcome is Outcome.DONE
+    assert writes_since(before) == {"commit": 2}  # claim + prepared, then the work's rows + done
+    assert rows(db, "test.rows") == {"kept": {"n": 1}, "new": {"by": "prepare"}, "e1": {"by": "work"}}
+
+    before = op_counts()
+    again = await p.gate.deliver(replace(p.job("e1"), prepare=preparing(p, row="other")))
+    assert again.outcome is Outcome.ALREADY_DONE
+    assert writes_since(before) == {"commit": 1}  # the claim that lost, and nothing with it
+    assert rows(db, "test.rows") == {"kept": {"n": 1}, "new": {"by": "prepare"}, "e1": {"by": "work"}}
+    assert await p.rows.get("other") is None and await p.rows.get("kept") == {"n": 1}  # memory forgot too
+    assert p.calls == ["prepare", "work e1", "prepare"]
+
+
+async def test_a_failed_work_puts_the_prepared_rows_back_in_the_release(procs: list[Process], tmp_path: Path) -> None:
+    clock = Clock()
+    p = await new(procs, tmp_path, clock)
+    db = tmp_path / "state.sqlite"
+    await p.rows.record("kept", {"n": 5}, ttl_ms=60_000)
+    before = op_counts()
+    failed = await p.gate.deliver(replace(p.job("e1", fail=True), prepare=preparing(p)))
+    assert failed.outcome is Outcome.FAILED
+    assert writes_since(before) == {"commit": 2}  # claim + prepared, then release + undo
+    assert rows(db, "test.rows") == {"kept": {"n": 5}}  # bumped row restored, new row gone
+    assert rows(db, "test.claims")["e1"]["lease_until"] == 0
+    assert p.rows.memory.get("kept").expires_at == clock.now + 60_000  # restored with the expiry it had
+    assert await p.rows.get("new") is None and await p.rows.get("kept") == {"n": 5}
+
+    retried = await p.gate.deliver(replace(p.job("e1"), prepare=preparing(p)))
+    assert retried.outcome is Outcome.DONE  # a takeover: prepared again, checked, worked
+    assert rows(db, "test.rows") == {"kept": {"n": 6}, "new": {"by": "prepare"}, "e1": {"by": "work"}}
+    assert p.calls == ["prepare", "work e1", "prepare", "check e1", "work e1"]
+
+
+async def test_a_prepare_that_fails_claims_nothing(procs: list[Process], tmp_path: Path) -> None:
+    p = await new(procs, tmp_path, Clock())
+
+    async def broken(writes: Writes) -> None:
+        writes.put(p.rows, "half", {"by": "prepare"})
+        raise ConnectionError("the platform did not answer")
+
+    failed = await p.gate.deliver(replace(p.job("e1"), prepare=broken))
+    assert (failed.outcome, failed.response().status) == (Outcome.FAILED, 503)
+    assert rows(tmp_path / "state.sqlite", "test.claims") == {} and await p.rows.get("half") is None
+    assert (await p.gate.deliver(p.job("e1"))).outcome is Outcome.DONE  # the retry is a first claim
+
+
+async def test_a_job_without_work_is_one_conditional_write(procs: list[Process], tmp_path: Path) -> None:
+    clock = Clock()
+    p = await new(procs, tmp_path, clock)
+    db = tmp_path / "state.sqlite"
+    before = op_counts()
+    done = await p.gate.deliver(Job("e1", prepare=preparing(p)))
+    assert (done.outcome, done.response().status) == (Outcome.DONE, 200)
+    assert writes_since(before) == {"commit": 1}
+    assert rows(db, "test.claims")["e1"] == {"received_at": clock.now, "done_at": clock.now}
+    assert rows(db, "test.rows") == {"kept": {"n": 1}, "new": {"by": "prepare"}}
+
+    before = op_counts()
+    duplicate = await p.gate.deliver(Job("e1", prepare=preparing(p, row="other")))
+    assert duplicate.outcome is Outcome.ALREADY_DONE and duplicate.taken
+    assert writes_since(before) == {"commit": 1}  # the claim that lost; nothing was written
+    assert rows(db, "test.rows") == {"kept": {"n": 1}, "new": {"by": "prepare"}}
+
+
+async def test_a_takeover_commits_the_prepared_writes_with_its_compare_and_set(
+    procs: list[Process], tmp_path: Path
+) -> None:
+    clock = Clock()
+    alive = await new(procs, tmp_path, clock)
+    store = open_keyed_store(
+        "gate", "test.claims", max_entries=1_000, default_ttl_ms=CLAIMS.ttl_ms, path=tmp_path / "state.sqlite"
+    )
+    store.register("e1", {"received_at": clock.now, "lease_until": clock.now + LEASE_MS})  # a dead owner's
+    store.close()
+    leased = await alive.gate.deliver(replace(alive.job("e1"), prepare=preparing(alive)))
+    assert leased.outcome is Outcome.LEASED and await alive.rows.get("kept") is None  # nothing kept
+    clock.now += LEASE_MS + 1
+    took = await alive.gate.deliver(replace(alive.job("e1", answered=True), prepare=preparing(alive)))
+    assert took.outcome is Outcome.ALREADY_DONE
+    assert rows(tmp_path / "state.sqlite", "test.rows") == {
+        "kept": {"n": 1},
+        "new": {"by": "prepare"},
+        "e1": {"by": "check"},
+    }
+
+
+async def test_while_the_store_fails_the_claim_is_decided_in_memory_and_the_writes_replayed(
+    procs: list[Process], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    p = await new(procs, tmp_path, clock)
+
+    async def unreachable(writes: Any) -> bool:
+        raise StateStoreError("UNAVAILABLE", "commit", "backend unreachable (test)")
+
+    monkeypatch.setattr("chatstate.gateway.writes.commit_staged_async", unreachable)
+    done = await p.gate.deliver(replace(p.job("e1"), prepare=preparing(p)))
+    assert done.outcome is Outcome.DONE  # worked from memory
+    assert (await p.gate.deliver(p.job("e1"))).outcome is Outcome.ALREADY_DONE  # the claim, in memory
+    assert p.rows.mode == p.claims.mode == "degraded" and p.rows.pending_writes >= 1
+    monkeypatch.undo()
+    assert await p.rows.recover() and await p.claims.recover()
+    assert rows(tmp_path / "state.sqlite", "test.rows") == {
+        "kept": {"n": 1},
+        "new": {"by": "prepare"},
+        "e1": {"by": "work"},
+    }
+    assert "done_at" in rows(tmp_path / "state.sqlite", "test.claims")["e1"]

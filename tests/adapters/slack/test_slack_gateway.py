@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from slack_helpers import load_fixture, stored
 
-from chatstate.adapters.slack.state import EVENTS_NAMESPACE, THREADS_NAMESPACE
+from chatstate.adapters.slack.state import EVENTS_NAMESPACE, STARTERS_NAMESPACE, THREADS_NAMESPACE
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.slack import SlackSimulator
 
@@ -163,10 +163,12 @@ async def test_failed_post_releases_the_event_for_the_retry(gw: GatewayHarness, 
     failed = await slack.deliver(event)
     assert failed.status == 503 and slack.posts() == []
     assert stored(gw.database_path, THREADS_NAMESPACE) == []  # nothing recorded for a failed send
+    assert stored(gw.database_path, STARTERS_NAMESPACE) == []  # nor counted against the user
     slack.fail_posts = False
     retry = await slack.deliver(event, retry_num=1)
     assert (retry.status, retry.body) == (200, "replied")
     assert len(slack.posts()) == 1
+    assert len(stored(gw.database_path, THREADS_NAMESPACE)) == len(stored(gw.database_path, STARTERS_NAMESPACE)) == 1
 
 
 async def test_duplicate_concurrent_deliveries_reply_once(gw: GatewayHarness, slack: SlackSimulator) -> None:

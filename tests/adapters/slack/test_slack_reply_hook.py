@@ -10,8 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from slack_helpers import stored
 from test_slack_exactly_once import quiet
 
+from chatstate.adapters.slack.state import STARTERS_NAMESPACE, THREADS_NAMESPACE
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.slack import SlackSimulator
 
@@ -65,3 +67,28 @@ async def test_a_sigkill_mid_hook_still_gives_exactly_one_answer(tmp_path: Path)
         posts = await slack.wait_for_posts(1, timeout=30)
         await quiet(gw.database_path, slack)
         assert [p["text"] for p in slack.posts()] == [f"my bot heard {event['event']['user']}: deploy please"], posts
+
+
+SILENT = 'def answer(message):\n    return None if "quiet" in message.text else f"heard {message.text}"\n'
+
+
+async def test_a_hook_that_says_nothing_leaves_a_new_thread_unfollowed(tmp_path: Path) -> None:
+    """The thread was recorded and counted with the claim, before the hook ran: saying nothing
+    puts both back with the done mark, so the bot does not answer untagged follow-ups there."""
+    folder = tmp_path / "bot"
+    folder.mkdir()
+    (folder / "slack_silent.py").write_text(SILENT)
+    slack = SlackSimulator(extra_config={"reply": "slack_silent:answer"})
+    async with GatewayHarness([slack], state_dir=tmp_path / "state", pythonpath=[folder]) as gw:
+        event = slack.mention_event("quiet please")
+        assert (await slack.deliver(event)).body == "ignored"
+        assert stored(gw.database_path, THREADS_NAMESPACE) == stored(gw.database_path, STARTERS_NAMESPACE) == []
+        follow_up = slack.message_event("and now?", thread_ts=event["event"]["ts"])
+        assert (await slack.deliver(follow_up)).body == "ignored"
+        assert slack.posts() == []
+        answered = slack.mention_event("speak up")
+        assert (await slack.deliver(answered)).body == "replied"
+        assert [p["text"] for p in slack.posts()] == ["heard speak up"]
+        assert (
+            len(stored(gw.database_path, THREADS_NAMESPACE)) == len(stored(gw.database_path, STARTERS_NAMESPACE)) == 1
+        )

@@ -1,0 +1,105 @@
+"""The writes of one inbound item, committed in one transaction: what its prepare stages (with
+the gate's claim, one conditional write), and what its work stages (with the done mark).
+
+Each write goes through `AdapterState.stage`, so memory shows it at once and a store failure
+degrades to memory and replays (AdapterState's rule). A staged row remembers the row this
+process saw before it, so a prepare whose work then fails can be put back (`undo`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatstate.gateway.adapter_state import CALLER_ERRORS, AdapterState, Staged
+from chatstate.gateway.clock import Clock, now_ms
+from chatstate.state import Entry, StateStoreError, commit_staged_async
+
+
+@dataclass
+class Writes:
+    """State writes staged by one item's prepare or work, committed in one transaction."""
+
+    staged: list[Staged] = field(default_factory=list)
+    clock: Clock = now_ms
+    _before: list[Entry | None] = field(default_factory=list)  # each row as this process saw it before
+
+    def put(self, state: AdapterState, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
+        before = state.memory.get(key)
+        self.staged.append(state.stage(key, value, ttl_ms=ttl_ms))
+        self._before.append(before)
+
+    def delete(self, state: AdapterState, key: str) -> None:
+        before = state.memory.get(key)
+        self.staged.append(state.stage(key, delete=True))
+        self._before.append(before)
+
+    def discard(self) -> None:
+        """Forget the staged writes (memory drops the keys; the next read goes to the store)."""
+        for s in self.staged:
+            s.state.memory.drop(s.key)
+        self.staged.clear()
+        self._before.clear()
+
+    def undo(self, into: Writes) -> None:
+        """Stage into `into` the writes that put these rows back as this process saw them
+        before they were staged (a row that was absent is deleted). A row written again since
+        (memory holds a newer value: another item's) is left as it is. The undo knows only what
+        was read: stage a row after reading it (`AdapterState.get`), as a prepare does."""
+        now = self.clock()
+        for s, before in zip(self.staged, self._before, strict=True):
+            if s.state.memory.get(s.key) is not s.entry:
+                continue
+            if before is None or (before.expires_at is not None and before.expires_at <= now):
+                into.delete(s.state, s.key)
+            else:
+                ttl = None if before.expires_at is None else before.expires_at - now
+                into.put(s.state, s.key, before.value, ttl_ms=ttl)
+
+    async def commit(self, claim: Claim | None = None) -> bool:
+        """Write everything in one transaction; with `claim`, only if the claim holds (True),
+        else nothing is written (False). A store failure does not raise: each state degrades to
+        memory and replays its writes once the store is back (AdapterState's rule), and the
+        claim is decided in memory. Raises StateStoreError INVALID_INPUT / LIMIT_EXCEEDED (a
+        programming error)."""
+        stored = [s for s in self.staged if s.write is not None]
+        if claim is not None and claim.staged.write is not None:
+            stored.insert(0, claim.staged)
+        states = list({id(s.state): s.state for s in stored}.values())
+        if stored and all([await st.recover() for st in states]):
+            try:
+                if not await commit_staged_async([s.write for s in stored if s.write is not None]):
+                    return False
+            except StateStoreError as exc:
+                if exc.code in CALLER_ERRORS:
+                    raise
+                for st in states:
+                    st.degrade(exc)
+            else:
+                if claim is not None:
+                    claim.staged.state.memory.put(claim.staged.entry)
+                return True
+        if claim is not None and not claim.in_memory():
+            return False
+        for s in stored:
+            if s is not getattr(claim, "staged", None):
+                s.state.remember(s.key, s.entry)
+        return True
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A conditional write of the gate's claim row (`AdapterState.stage_claim`): it holds if
+    no live row is under its key, or, with `version`, if the row is still at that version
+    (a dead owner's lease). While the store fails it is decided in memory, as
+    `AdapterState.claim` / `take_over` do."""
+
+    staged: Staged
+    version: int | None = None
+
+    def in_memory(self) -> bool:
+        assert self.staged.entry is not None  # a claim writes a row
+        if self.version is None:
+            return self.staged.state.memory.claim(self.staged.entry)
+        self.staged.state.memory.put(self.staged.entry)
+        return True

@@ -212,7 +212,8 @@ class AdapterState:
     async def _write(self, key: str, text: str, entry: Entry, ttl_ms: int | None, *, or_raise: bool) -> None:
         if self._store is None:
             return
-        if not await self.recover():
+        # a healthy state has nothing to replay: no await for recover() on every write
+        if (self.last_error is not None or self._pending) and not await self.recover():
             if or_raise:
                 raise StateStoreError(self.last_error or "UNAVAILABLE", "register", "the store is failing")
             self.remember(key, entry)

@@ -133,39 +133,23 @@ def _plugin_handler(plugin_id: str, route: str, handler: Handler) -> Handler:
             child = counted[status] = metrics.REQUESTS.labels(plugin_id, route, str(status))
         child.inc()
 
-    async def answer(request: web.Request) -> web.StreamResponse:
-        size = request.content_length
-        if size is not None and size > MAX_BODY_BYTES:
-            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=size)
-        try:
-            return await handler(request)
-        except web.HTTPException:
-            raise
-        except ingress.BadInput as exc:
-            raise ingress.bad_request(exc) from None
-        except state.StateStoreError as exc:
-            if exc.code not in CALLER_ERROR_CODES:
-                raise
-            # A caller's input the plugin did not validate first: still the caller's error (400),
-            # one concise line, no traceback, no degraded health.
-            logs.get("ingress").warning("input_refused_by_store", extra={"plugin": plugin_id, "code": str(exc.code)})
-            raise web.HTTPBadRequest(text=f"input refused: {exc.code}") from None
-        except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback per request
-            tb = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-            where = f"{Path(tb.filename).name}:{tb.lineno}" if tb else "?"
-            logs.get("ingress").warning(
-                "handler_failed", extra={"plugin": plugin_id, "error": type(exc).__name__, "where": where}
-            )
-            raise web.HTTPInternalServerError(text="internal error") from None
-
     async def plugin_handler(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         request[logs.PLUGIN_ID] = plugin_id
         try:
-            response = await answer(request)
+            size = request.content_length
+            if size is not None and size > MAX_BODY_BYTES:
+                raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=size)
+            response = await handler(request)
         except web.HTTPException as exc:
             count(exc.status, started)
             raise
+        except Exception as exc:
+            refusal = _refusal(plugin_id, exc)
+            count(500 if refusal is None else refusal.status, started)
+            if refusal is None:
+                raise  # a store fault: aiohttp's own 500, with its traceback
+            raise refusal from None
         except BaseException:
             count(500, started)  # the client went away mid-request (cancelled): still counted
             raise
@@ -173,6 +157,27 @@ def _plugin_handler(plugin_id: str, route: str, handler: Handler) -> Handler:
         return response
 
     return plugin_handler
+
+
+def _refusal(plugin_id: str, exc: Exception) -> web.HTTPException | None:
+    """The HTTP answer for what a plugin handler raised: a caller's bad input is 400, any other
+    bug 500 with one log line (the last line of defence: no traceback per request); None for a
+    store fault, which aiohttp answers 500 itself."""
+    if isinstance(exc, ingress.BadInput):
+        return ingress.bad_request(exc)
+    if isinstance(exc, state.StateStoreError):
+        if exc.code not in CALLER_ERROR_CODES:
+            return None
+        # A caller's input the plugin did not validate first: still the caller's error (400),
+        # one concise line, no traceback, no degraded health.
+        logs.get("ingress").warning("input_refused_by_store", extra={"plugin": plugin_id, "code": str(exc.code)})
+        return web.HTTPBadRequest(text=f"input refused: {exc.code}")
+    tb = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f"{Path(tb.filename).name}:{tb.lineno}" if tb else "?"
+    logs.get("ingress").warning(
+        "handler_failed", extra={"plugin": plugin_id, "error": type(exc).__name__, "where": where}
+    )
+    return web.HTTPInternalServerError(text="internal error")
 
 
 async def _healthz(request: web.Request) -> web.Response:

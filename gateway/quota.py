@@ -10,9 +10,7 @@ the gate's done transaction (counted ⇔ the event is done).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chatstate.gateway.adapter_state import AdapterState
 from chatstate.gateway.clock import Clock, now_ms
@@ -25,27 +23,46 @@ BUCKETS = 24  # counters per user row: each item's expiry is rounded up to ttl/2
 
 class KeyedLocks:
     """One `asyncio.Lock` per key, alive only while someone holds or waits for it, so memory is
-    bounded by the keys in use, not by every key ever seen."""
+    bounded by the keys in use, not by every key ever seen. `async with locks.hold(key):`."""
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks: dict[str, list[Any]] = {}  # key -> [its lock, tasks holding or waiting]
 
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+    def hold(self, key: str) -> _Held:
+        return _Held(self._locks, key)
 
     def __len__(self) -> int:
         return len(self._locks)
+
+
+class _Held:
+    """One `hold`: a plain async context manager, not a generator one, since it runs on every
+    request that writes (echo's counters) and the generator machinery cost more than the lock."""
+
+    __slots__ = ("_key", "_locks", "_slot")
+
+    def __init__(self, locks: dict[str, list[Any]], key: str) -> None:
+        self._locks, self._key = locks, key
+
+    async def __aenter__(self) -> None:
+        slot = self._slot = self._locks.setdefault(self._key, [None, 0])
+        if slot[0] is None:
+            slot[0] = asyncio.Lock()
+        slot[1] += 1
+        try:
+            await slot[0].acquire()
+        except BaseException:  # cancelled while waiting: no longer a user
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._slot[0].release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self._slot[1] -= 1
+        if self._slot[1] == 0:
+            del self._locks[self._key]
 
 
 class UserQuota:

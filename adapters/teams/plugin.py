@@ -12,10 +12,9 @@ from typing import Any
 from aiohttp import web
 
 from chatstate.adapters.teams.auth import SigningKeys, TokenCheck, build_authentication
-from chatstate.adapters.teams.clients import ReusedClients
 from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.handlers import TeamsBot
-from chatstate.adapters.teams.platform import TeamsCloudAdapter
+from chatstate.adapters.teams.platform import ReusedClients, TeamsCloudAdapter
 from chatstate.adapters.teams.state import ACTIVITIES, SentMessages, requesters_spec, spec_from_config
 from chatstate.gateway.sdk import (
     AdapterState,

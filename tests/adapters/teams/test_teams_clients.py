@@ -1,4 +1,4 @@
-"""The Bot Connector clients are built once and reused across turns (issue 20: building two
+"""The Bot Connector clients are built once and reused across turns (building two
 msrest clients per activity was ~4 ms of CPU each turn); replies still reach the Bot Connector."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from pathlib import Path
 
 from teams_helpers import LocalGateway
 
-from chatstate.adapters.teams import clients
-from chatstate.adapters.teams.clients import ReusedClients
+from chatstate.adapters.teams import platform
+from chatstate.adapters.teams.platform import ReusedClients
 from chatstate.gateway.sim.teams import TeamsSimulator
 
 
@@ -25,15 +25,15 @@ async def test_turns_share_one_connector_client_and_one_user_token_client(sim: T
 
 
 async def test_the_client_cache_is_bounded_least_recently_used_first() -> None:
-    cache = clients._Lru()
+    cache = platform._Lru()
 
     async def make() -> object:
         return object()
 
     first = await cache.get_or_make("k0", make)
-    for n in range(1, clients.MAX_CLIENTS):
+    for n in range(1, platform.MAX_CLIENTS):
         await cache.get_or_make(f"k{n}", make)
     assert await cache.get_or_make("k0", make) is first  # used again: now the most recent
     await cache.get_or_make("new", make)
-    assert len(cache) == clients.MAX_CLIENTS
+    assert len(cache) == platform.MAX_CLIENTS
     assert "k1" not in cache and "k0" in cache

@@ -200,6 +200,7 @@ class InboundGate:
                 await job.prepare(prepared)
             if job.work is None and job.key in self._held and self._holding is not None:
                 prepared.delete(self._holding.state, job.key)  # with the claim: the job is done then
+            claiming_at = self._clock()
             claim = await self._claim(job.key, received_at, prepared, done=job.work is None)
         except Exception as exc:
             self._failed(job, exc)
@@ -217,6 +218,12 @@ class InboundGate:
         if job.work is None:
             self._held.discard(job.key)
             return Answer(Outcome.DONE, Outcome.DONE.value)
+        if self._clock() - claiming_at >= self.lease_ms:
+            # the claim's write took longer than a lease (a store failing over): another process
+            # may already have taken the item over, so working now could answer it twice. Leave
+            # it to the platform's retry (or, held, to a recovery loop): both check first
+            self._log.warning("gate_claim_too_late", extra={"namespace": self.claims.namespace, "key": job.key})
+            return Answer(Outcome.LEASED, Outcome.LEASED.value, math.ceil(self.lease_ms / 1000))
         writes = Writes(clock=self._clock)
         try:
             # a held item was acked and maybe worked on by a process whose claim the store may
@@ -249,12 +256,15 @@ class InboundGate:
         extra = {"namespace": self.claims.namespace, "key": job.key, "error": type(exc).__name__}
         self._log.warning("gate_work_failed", extra=extra)
 
-    async def _claim(self, key: str, now: int, prepared: Writes, *, done: bool) -> str | Outcome:
+    async def _claim(self, key: str, received_at: int, prepared: Writes, *, done: bool) -> str | Outcome:
         """ "won", "takeover" (a dead owner's lease), or why not. One write when uncontended: the
-        claim row (a lease; with `done`, the done mark) and the prepared writes, together."""
-        lease: dict[str, Any] = {"received_at": now, "lease_until": now + self.lease_ms}
+        claim row (a lease; with `done`, the done mark) and the prepared writes, together. The
+        lease runs from now, not from `received_at`: a prepare whose reads stalled (a failover)
+        must not write a lease another process may take over at once."""
+        now = self._clock()
+        lease: dict[str, Any] = {"received_at": received_at, "lease_until": now + self.lease_ms}
         if done:
-            lease = {"received_at": now, "done_at": now}
+            lease = {"received_at": received_at, "done_at": now}
         elif self.owner is not None:
             lease["owner"] = self.owner
         if await prepared.commit(Claim(self.claims.stage_claim(key, lease))):

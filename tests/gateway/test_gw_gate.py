@@ -410,3 +410,48 @@ async def test_while_the_store_fails_the_claim_is_decided_in_memory_and_the_writ
         "e1": {"by": "work"},
     }
     assert "done_at" in rows(tmp_path / "state.sqlite", "test.claims")["e1"]
+
+
+async def test_a_slow_prepare_does_not_write_a_lease_that_has_already_run_out(
+    procs: list[Process], tmp_path: Path
+) -> None:
+    """The lease starts when the claim is written, not when the item arrived: a prepare whose
+    reads stalled longer than a lease (a Redis failover) must not hand the item to another
+    process while this one goes on to answer it (two answers)."""
+    clock = Clock()
+    first, second = await new(procs, tmp_path, clock), await new(procs, tmp_path, clock)
+
+    async def stalled_reads(_writes: Writes) -> None:
+        clock.now += 2 * LEASE_MS
+
+    release = asyncio.Event()
+    running = asyncio.create_task(first.gate.deliver(replace(first.job("e1", wait=release), prepare=stalled_reads)))
+    while "work e1" not in first.calls:
+        await asyncio.sleep(0.01)
+    again = await second.gate.deliver(second.job("e1"))
+    assert again.outcome is Outcome.LEASED and second.calls == []
+    release.set()
+    assert (await running).outcome is Outcome.DONE
+
+
+async def test_a_claim_written_after_its_lease_ran_out_does_not_start_the_work(
+    procs: list[Process], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's own write stalled past the lease: another process may hold the item by now,
+    so the work does not start; the platform's retry takes it over and checks first."""
+    clock = Clock()
+    p = await new(procs, tmp_path, clock)
+    commit = Writes.commit
+
+    async def stalled(self: Writes, claim: Any = None) -> bool:
+        if claim is not None:
+            clock.now += LEASE_MS
+        return await commit(self, claim)
+
+    monkeypatch.setattr(Writes, "commit", stalled)
+    answer = await p.gate.deliver(p.job("e1"))
+    assert (answer.outcome, answer.response().status, p.calls) == (Outcome.LEASED, 503, [])
+    monkeypatch.setattr(Writes, "commit", commit)
+    clock.now += LEASE_MS
+    retried = await p.gate.deliver(p.job("e1"))
+    assert retried.outcome is Outcome.DONE and p.calls == ["check e1", "work e1"]

@@ -1,12 +1,10 @@
-"""The SQLite backend: one file per state dir, one connection per thread, every write in one
-BEGIN IMMEDIATE transaction through `_transact`, and the filesystem rules.
+"""The SQLite backend: one file, one connection per thread, every write one BEGIN IMMEDIATE
+transaction through `_transact`, and the filesystem rules.
 
-Why this shape: WAL lets readers run beside the single writer; BEGIN IMMEDIATE takes the write
-lock up front so two processes never deadlock upgrading a read lock; an in-process writer lock
-wakes queued writers the moment the current one commits; `run_batch` lets the writer thread
-commit several writes at once (group commit); a row count kept by triggers makes the
-max_entries check O(1). Files are never reached through a symlink or adopted from another uid;
-what the store creates is private whatever the umask, and modes are re-applied after every write.
+WAL lets readers run beside the one writer; BEGIN IMMEDIATE takes the write lock up front, so two
+processes never deadlock upgrading a read lock; trigger-kept row counts make the max_entries check
+O(1). Files are never reached through a symlink nor adopted from another uid; what the store
+creates is private whatever the umask, and modes are re-applied after every write.
 """
 
 from __future__ import annotations
@@ -69,103 +67,72 @@ END""",
 # v2: a row version, new (random 63-bit) on every write; 0 only before a v1 file is migrated.
 ADD_VERSION = "ALTER TABLE entries ADD COLUMN version INTEGER NOT NULL DEFAULT 0"
 # random() >> 1 is in [-2^62, 2^62): abs() + 1 is never 0 and never overflows.
-VERSION_V1_ROWS = "UPDATE entries SET version = abs(random() >> 1) + 1"
 SCHEMA = (*SCHEMA_V1, ADD_VERSION)  # a new file: v1's tables plus the version column
-MIGRATIONS = {1: (ADD_VERSION, VERSION_V1_ROWS)}  # from version N to N + 1, in one transaction
+MIGRATIONS = {1: (ADD_VERSION, "UPDATE entries SET version = abs(random() >> 1) + 1")}  # N -> N + 1
 
 # -- statements -----------------------------------------------------------------------------
 # The hot statements bind a tuple to numbered parameters (about 10% of a lookup cheaper than a
-# dict):  ?1 plugin_id  ?2 namespace  ?3 key  ?4 now_ms  ?5 value  ?6 expires_at  ?7 the new
-# version  ?8 the version a compare_and_set expects
-LIVE = "(expires_at IS NULL OR expires_at > :now)"
-LIVE4 = "(expires_at IS NULL OR expires_at > ?4)"
-SQL_UPSERT = """
-INSERT INTO entries (plugin_id, namespace, key, value, created_at, expires_at, version)
-VALUES (?1, ?2, ?3, ?5, ?4, ?6, ?7)
-ON CONFLICT (plugin_id, namespace, key) DO UPDATE SET
-    value = excluded.value, created_at = excluded.created_at, expires_at = excluded.expires_at,
-    version = excluded.version
-"""
-# A claim overwrites only a row that has expired: the conflict clause is the atomic check.
-SQL_CLAIM = SQL_UPSERT + " WHERE entries.expires_at IS NOT NULL AND entries.expires_at <= ?4"
-# Replaces the row under the key in place (the row count does not change).
-SQL_REPLACE = """UPDATE entries SET value = ?5, created_at = ?4, expires_at = ?6, version = ?7
-WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"""
-SQL_MATCH = f"{SQL_REPLACE} AND version = ?8 AND {LIVE4}"
-SQL_ROW = "FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key = ?3"
-SQL_READ = f"SELECT value, created_at, expires_at, version {SQL_ROW} AND {LIVE4}"
+# dict): ?1 plugin_id ?2 namespace ?3 key ?4 now_ms ?5 value ?6 expires_at ?7 the new version
+# ?8 the version a compare_and_set expects. The rest bind :plugin :ns :now by name.
+LIVE = "(expires_at IS NULL OR expires_at > ?4)"
+NS = "plugin_id = ?1 AND namespace = ?2"
+ROW = f"FROM entries WHERE {NS} AND key = ?3"
+SET = "value = ?5, created_at = ?4, expires_at = ?6, version = ?7"
+COLUMNS = "value, created_at, expires_at, version"
+SQL_UPSERT = f"""INSERT INTO entries (plugin_id, namespace, key, value, created_at, expires_at, version)
+VALUES (?1, ?2, ?3, ?5, ?4, ?6, ?7) ON CONFLICT (plugin_id, namespace, key) DO UPDATE SET {SET}"""
+# A claim overwrites only an expired row: the conflict clause is the atomic check.
+SQL_CLAIM = f"{SQL_UPSERT} WHERE entries.expires_at IS NOT NULL AND entries.expires_at <= ?4"
+SQL_MATCH = f"UPDATE entries SET {SET} WHERE {NS} AND key = ?3 AND version = ?8 AND {LIVE}"
+SQL_READ = f"SELECT {COLUMNS} {ROW} AND {LIVE}"
 # lookup_many binds its keys one per parameter (a JSON array through json_each would lose keys
 # holding NUL), padded with repeats of a key to one of a few sizes, so the statement cache holds
 # a handful of statements, not one per batch size.
 READ_MANY_SIZES = (1, 4, 16, 64, 256, 1_000)
 SQL_READ_MANY = {
-    size: "SELECT key, value, created_at, expires_at, version FROM entries WHERE plugin_id = ?1 AND namespace = ?2"
-    f" AND (expires_at IS NULL OR expires_at > ?3) AND key IN ({', '.join(f'?{n}' for n in range(4, 4 + size))})"
-    for size in READ_MANY_SIZES
+    n: f"SELECT key, {COLUMNS} FROM entries WHERE {NS} AND (expires_at IS NULL OR expires_at > ?3)"
+    f" AND key IN ({', '.join(f'?{i}' for i in range(4, 4 + n))})"
+    for n in READ_MANY_SIZES
 }
-SQL_DELETE = f"DELETE {SQL_ROW}"
-SQL_TAKE = f"{SQL_DELETE} RETURNING value, created_at, expires_at, version"
+SQL_DELETE = f"DELETE {ROW}"
+SQL_TAKE = f"{SQL_DELETE} RETURNING {COLUMNS}"
 # delete (?5 NULL: any row; True if it was live) and delete_if (only the live row of version ?5)
-SQL_REMOVE = f"{SQL_DELETE} AND (?5 IS NULL OR (version = ?5 AND {LIVE4})) RETURNING expires_at"
-SQL_NS_ROWS = "SELECT row_count FROM namespace_rows WHERE plugin_id = ?1 AND namespace = ?2"
+SQL_REMOVE = f"{SQL_DELETE} AND (?5 IS NULL OR (version = ?5 AND {LIVE})) RETURNING expires_at"
+SQL_NS_ROWS = f"SELECT row_count FROM namespace_rows WHERE {NS}"
 # The page after a cursor: the row-value comparison walks entries_by_order from the cursor on.
-SQL_SCAN_PAGE = f"""SELECT key, value, created_at, expires_at, version FROM entries
-WHERE plugin_id = :plugin AND namespace = :ns AND (created_at, key) > (:after_c, :after_k) AND {LIVE}
-ORDER BY created_at, key LIMIT :limit"""
+SQL_SCAN_PAGE = f"""SELECT key, {COLUMNS} FROM entries
+WHERE plugin_id = :plugin AND namespace = :ns AND (created_at, key) > (:after_c, :after_k)
+AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key LIMIT :limit"""
 # Live rows = the trigger-kept row count minus the namespace's expired rows (few: swept every
 # 60 s, found by the expiry index): O(expired), not O(namespace).
 SQL_COUNT_LIVE = """SELECT coalesce((SELECT row_count FROM namespace_rows WHERE plugin_id = :plugin AND namespace = :ns), 0)
     - (SELECT count(*) FROM entries INDEXED BY entries_by_expiry
        WHERE expires_at <= :now AND plugin_id = :plugin AND namespace = :ns)"""
 SQL_CLEAR = "DELETE FROM entries WHERE plugin_id = :plugin AND namespace = :ns"
-# Only runs when a namespace is over max_entries: walking the (few, swept every 60 s) expired
-# rows beats the planner's choice of scanning the whole namespace by primary key.
-SQL_DROP_EXPIRED_NS = """DELETE FROM entries INDEXED BY entries_by_expiry
-WHERE plugin_id = ?1 AND namespace = ?2 AND expires_at <= ?4"""
-# The oldest live rows by (created_at, key), never the row just written: one seek into
-# entries_by_order at the namespace's oldest row, then as many rows as must go.
-SQL_EVICT = f"""DELETE FROM entries WHERE plugin_id = ?1 AND namespace = ?2 AND key IN (
-    SELECT key FROM entries INDEXED BY entries_by_order
-    WHERE plugin_id = ?1 AND namespace = ?2 AND key != ?3 AND {LIVE4}
-    ORDER BY created_at, key LIMIT ?5)"""
+# Over max_entries only: walking the (few) expired rows beats scanning the namespace by key.
+SQL_DROP_EXPIRED = f"DELETE FROM entries INDEXED BY entries_by_expiry WHERE expires_at <= ?4 AND {NS}"
+# The oldest live rows by (created_at, key): one seek into entries_by_order, never the key ?3.
+OLDEST = (
+    f"SELECT key FROM entries INDEXED BY entries_by_order WHERE {NS} AND {LIVE} AND key != ?3\nORDER BY created_at, key"
+)
+SQL_EVICT = f"DELETE FROM entries WHERE {NS} AND key IN ({OLDEST} LIMIT ?5)"
 # A namespace exactly at max_entries: a write takes over, in one UPDATE, the row of its own key,
-# else an expired row (they never count), else (evict-oldest) the oldest live row: an eviction
-# and an insert at once, for the work of one write.
-SQL_REPLACE_EXPIRED = SQL_REPLACE + " AND expires_at IS NOT NULL AND expires_at <= ?4"  # a claim's
-SQL_OWN_KEY = f"SELECT key {SQL_ROW}"
-_EXPIRED_KEY = """SELECT key FROM entries INDEXED BY entries_by_expiry
-    WHERE expires_at <= ?4 AND plugin_id = ?1 AND namespace = ?2 LIMIT 1"""
-_OLDEST_KEY = f"""SELECT key FROM entries INDEXED BY entries_by_order
-    WHERE plugin_id = ?1 AND namespace = ?2 AND {LIVE4} ORDER BY created_at, key LIMIT 1"""
-_TAKE_OVER = """UPDATE entries SET key = ?3, value = ?5, created_at = ?4, expires_at = ?6, version = ?7
-WHERE plugin_id = ?1 AND namespace = ?2 AND key = coalesce"""
-SQL_TAKE_OVER = {
-    "evict-oldest": f"{_TAKE_OVER}(({SQL_OWN_KEY}), ({_EXPIRED_KEY}), ({_OLDEST_KEY}))",
-    "reject-new": f"{_TAKE_OVER}(({SQL_OWN_KEY}), ({_EXPIRED_KEY}))",
-}
+# else an expired one (they never count), else (evict-oldest) the oldest live one: an eviction
+# and an insert for the work of one write.
+_TAKE_OVER = f"""UPDATE entries SET key = ?3, {SET} WHERE {NS} AND key = coalesce((SELECT key {ROW}),
+(SELECT key FROM entries INDEXED BY entries_by_expiry WHERE expires_at <= ?4 AND {NS} LIMIT 1)"""
+SQL_TAKE_OVER = {"evict-oldest": f"{_TAKE_OVER}, ({OLDEST} LIMIT 1))", "reject-new": f"{_TAKE_OVER})"}
 SQL_SWEEP = """DELETE FROM entries WHERE (plugin_id, namespace, key) IN (
     SELECT plugin_id, namespace, key FROM entries WHERE expires_at <= :now LIMIT :batch)"""
 
 
 # -- files: never follow, never adopt ---------------------------------------------------------
-def _lstat(path: Path) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-
-
-def guarded_dirs(db: Path) -> tuple[Path, ...]:
-    """The directories the rules cover: the database's, and the state dir above `plugin-state`."""
-    parent = db.parent
-    return (parent.parent, parent) if parent.name == "plugin-state" else (parent,)
-
-
 def check_path(path: Path, is_dir: bool, op: str = "open") -> os.stat_result | None:
     """Refuse a symlink (dangling or not), the wrong kind of file or one of another uid (OPEN_FAILED,
     saying what to do); None if `path` is missing."""
-    st = _lstat(path)
-    if st is None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
         return None
     what = "state directory" if is_dir else "state file"
     if stat.S_ISLNK(st.st_mode):
@@ -187,34 +154,20 @@ def check_path(path: Path, is_dir: bool, op: str = "open") -> os.stat_result | N
     raise StateStoreError("OPEN_FAILED", op, problem, path=str(path))
 
 
-def make_dirs(directory: Path) -> list[Path]:
-    """Create `directory` and its missing parents, each 0700 whatever the umask; return those made."""
-    missing: list[Path] = []
-    probe = directory
-    while _lstat(probe) is None and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
-    made: list[Path] = []
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, DIR_MODE)
-        except FileExistsError:  # another process made it first: checked like any other
-            continue
-        os.chmod(d, DIR_MODE)  # mkdir's mode is masked by the umask
-        made.append(d)
-    return made
-
-
 def prepare_dirs(db: Path, *, create: bool = True, op: str = "open") -> bool:
-    """Check (and with `create`, make) the directories the rules cover, top down, so a symlinked
-    state dir is refused before anything is made in it; True if any was made. Raises
-    OPEN_FAILED, OSError."""
-    made: list[Path] = []
-    for d in guarded_dirs(db):
+    """Check (and with `create`, make 0700) the database's directory and the state dir above
+    `plugin-state`, top down, so a symlinked state dir is refused before anything is made in it;
+    True if any was made. Raises OPEN_FAILED, OSError."""
+    made = False
+    for d in (db.parent.parent, db.parent) if db.parent.name == "plugin-state" else (db.parent,):
         if check_path(d, True, op) is None and create:
-            made += make_dirs(d)
+            missing = [p for p in (d, *d.parents) if not os.path.lexists(p)]
+            os.makedirs(d, DIR_MODE, exist_ok=True)
+            for p in missing:
+                os.chmod(p, DIR_MODE)  # makedirs' mode is masked by the umask
+            made = made or bool(missing)
             check_path(d, True, op)
-    return bool(made)
+    return made
 
 
 def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, bool]:
@@ -226,22 +179,18 @@ def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, b
     st = check_path(db, False, op)
     if st is None and create:
         fd = os.open(db, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-        try:
-            os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask did to os.open's mode
-        finally:
-            os.close(fd)
+        os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask did to os.open's mode
+        os.close(fd)
     return made or db.parent.name == "plugin-state", st is not None and st.st_size > 0
 
 
 class _Modes:
     """Keep `targets` (path, mode) at their modes, cheaply: each is opened once (never through a
-    symlink) and checked by fstat; only a wrong mode costs an fchmod. A target missing (-wal,
-    -shm) is tried again next time; one deleted since (no links left) is opened afresh."""
+    symlink) and checked by fstat; only a wrong mode costs an fchmod. A missing target (-wal, -shm)
+    is tried again next time; one deleted or replaced since (no links left) is opened afresh."""
 
     def __init__(self, targets: tuple[tuple[Path, int], ...]) -> None:
-        self._targets = targets
-        self._fds: dict[Path, int] = {}
-        self._lock = threading.Lock()
+        self._targets, self._fds, self._lock = targets, dict[Path, int](), threading.Lock()
 
     def ensure(self) -> None:
         """Raises OSError if an fchmod fails."""
@@ -291,28 +240,17 @@ def _fingerprint(path: Path) -> tuple[object, ...] | None:
         try:
             st = os.stat(p)
         except FileNotFoundError:
-            parts.append(None)
-            continue
+            st = None
         except OSError:
             return None
         # An empty WAL holds nothing: a read-only check may create one without changing a byte.
-        parts.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) if st.st_size else None)
+        parts.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) if st and st.st_size else None)
     return tuple(parts)
 
 
-def check_existing(path: Path) -> None:
-    """Refuse, read-only, a file that is not SQLite (OPEN_FAILED), is damaged (CORRUPT) or newer
-    (SCHEMA_UNSUPPORTED); a file checked before and unchanged since is not read again."""
-    where = str(path)
-    before = _fingerprint(path)
-    if before is not None and _checked.get(where) == before:
-        return
-    _check_file(path, where)
-    if before is not None and _fingerprint(path) == before:  # unchanged while it was read
-        _checked[where] = before
-
-
 def _check_file(path: Path, where: str) -> None:
+    """Refuse, read-only, a file that is not SQLite (OPEN_FAILED), is damaged (CORRUPT) or newer
+    (SCHEMA_UNSUPPORTED)."""
     try:
         with open(path, "rb") as fh:
             header = fh.read(len(SQLITE_HEADER))
@@ -341,21 +279,24 @@ def _check_file(path: Path, where: str) -> None:
 
 
 def check_database(path: Path, *, create: bool = False) -> bool:
-    """Check the database's place (and make it when `create`), then refuse read-only a file that
-    is not SQLite, is damaged or has a newer schema; a missing or empty file is fine. Returns
-    whether the directory is the store's own (see `prepare`). Raises OPEN_FAILED, CORRUPT,
-    SCHEMA_UNSUPPORTED."""
+    """Check the database's place (and make it when `create`), then `_check_file` a file with
+    content, unless this process checked it and it is unchanged since. Returns whether the
+    directory is the store's own (see `prepare`). Raises OPEN_FAILED, CORRUPT, SCHEMA_UNSUPPORTED."""
+    where = str(path)
     try:
         if path.is_dir() and not path.is_symlink():
-            raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory", path=str(path))
+            raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory", path=where)
         own_dir, has_content = prepare(path, create=create)
     except OSError as exc:
         doing = "prepare" if create else "check"
         raise StateStoreError(
-            "OPEN_FAILED", "open", f"cannot {doing} the state path ({exc.strerror})", path=str(path)
+            "OPEN_FAILED", "open", f"cannot {doing} the state path ({exc.strerror})", path=where
         ) from None
-    if has_content:
-        check_existing(path)  # never writes: a bad file stays exactly as it was
+    before = _fingerprint(path) if has_content else None
+    if has_content and (before is None or _checked.get(where) != before):
+        _check_file(path, where)  # never writes: a bad file stays exactly as it was
+        if before is not None and _fingerprint(path) == before:  # unchanged while it was read
+            _checked[where] = before
     return own_dir
 
 
@@ -366,8 +307,7 @@ def backup(source: Path, target: Path) -> None:
     partial.unlink(missing_ok=True)
     os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE))
     os.chmod(partial, FILE_MODE)  # whatever the umask
-    src = sqlite3.connect(f"{source.as_uri()}?mode=ro", uri=True)
-    dst = sqlite3.connect(partial)
+    src, dst = sqlite3.connect(f"{source.as_uri()}?mode=ro", uri=True), sqlite3.connect(partial)
     try:
         src.backup(dst)
     finally:
@@ -378,8 +318,8 @@ def backup(source: Path, target: Path) -> None:
 
 # -- the backend ------------------------------------------------------------------------------
 class _ConditionFailed(Exception):
-    """Roll the transaction back: a staged CLAIM or MATCH did not hold (`commit` answers False;
-    in a group commit each call is then rerun alone), or a call of a group commit failed."""
+    """Roll the transaction back: a staged CLAIM or MATCH did not hold (`commit` answers False),
+    or a call of a group commit failed (each call is then rerun alone)."""
 
 
 class _Slot:
@@ -388,9 +328,15 @@ class _Slot:
     __slots__ = ("conn", "lock", "batch")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.lock = threading.Lock()
+        self.conn, self.lock = conn, threading.Lock()
         self.batch: list[bool] | None = None  # set while `run_batch` holds a transaction: [spoiled]
+
+
+def _outcome(call: Callable[[], Any]) -> tuple[Any, Exception | None]:
+    try:
+        return call(), None
+    except Exception as exc:  # handed to that call's caller, not swallowed
+        return None, exc
 
 
 class SQLiteBackend:
@@ -412,23 +358,20 @@ class SQLiteBackend:
         self._closed = False
         self._modes: _Modes | None = None  # set once the file is known good
         self._fault: str | None = None  # the last post-commit permission failure, until one succeeds
-        self._open()
-
-    def _fail(self, code: str, op: str, message: str) -> StateStoreError:
-        return StateStoreError(code, op, message, path=self.location)
-
-    def _open(self) -> None:
-        own_dir = check_database(self.path, create=True)
+        own_dir = check_database(path, create=True)
         try:
             self._transact("open", self._migrate)
         except OSError as exc:  # the backup before a migration could not be written
             raise self._fail("OPEN_FAILED", "open", f"cannot write the pre-migration backup ({exc.strerror})") from None
-        files = tuple((Path(f"{self.path}{s}"), FILE_MODE) for s in ("", *SIDE_FILES))
-        self._modes = _Modes((((self.path.parent, DIR_MODE),) + files) if own_dir else files)
+        files = tuple((Path(f"{path}{s}"), FILE_MODE) for s in ("", *SIDE_FILES))
+        self._modes = _Modes(((path.parent, DIR_MODE), *files) if own_dir else files)
         try:
             self._modes.ensure()
         except OSError as exc:
             raise self._fail("OPEN_FAILED", "open", f"cannot set permissions ({exc.strerror})") from None
+
+    def _fail(self, code: str, op: str, message: str) -> StateStoreError:
+        return StateStoreError(code, op, message, path=self.location)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring the file to SCHEMA_VERSION inside the open's transaction: a new file gets the
@@ -449,20 +392,25 @@ class SQLiteBackend:
     def _slot(self, op: str) -> _Slot:
         """This thread's connection, opened on first use; refused in a forked child (pid check)."""
         slot: _Slot | None = getattr(self._local, "slot", None)
-        if slot is not None and self._pid == os.getpid():
-            return slot
         if self._pid != os.getpid():
             raise self._fail("UNAVAILABLE", op, "the store was opened by another process (before a fork)")
-        try:
+        if slot is not None:
+            return slot
+        try:  # isolation_level None: BEGIN IMMEDIATE / COMMIT are ours; close() closes from any thread
             conn = sqlite3.connect(
-                self._uri,
-                uri=True,
-                timeout=self.settings.busy_timeout_s,
-                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
-                check_same_thread=False,  # only closed from another thread, by close()
+                self._uri, uri=True, timeout=self.settings.busy_timeout_s, isolation_level=None, check_same_thread=False
             )
-            conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_s * 1000)}")
-            self._enable_wal(conn)
+            # SQLite does not call the busy handler for this, so processes creating the database
+            # together got "database is locked" at once: retry for up to busy_timeout_s.
+            deadline = time.monotonic() + self.settings.busy_timeout_s
+            while True:
+                try:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(WAL_RETRY_S)
             conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
             raise self._driver_error(op, exc, open_error=True) from None
@@ -475,19 +423,6 @@ class SQLiteBackend:
         self._local.slot = slot
         return slot
 
-    def _enable_wal(self, conn: sqlite3.Connection) -> None:
-        """Switch to WAL, waiting up to busy_timeout_s: SQLite does not call the busy handler for
-        this, so processes creating the database together got "database is locked" at once."""
-        deadline = time.monotonic() + self.settings.busy_timeout_s
-        while True:
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    raise
-                time.sleep(WAL_RETRY_S)
-
     def _driver_error(self, op: str, exc: sqlite3.Error, *, open_error: bool = False) -> StateStoreError:
         if is_corruption(exc):
             code = "CORRUPT"
@@ -497,7 +432,7 @@ class SQLiteBackend:
             code = "READ_FAILED" if op in READ_OPS else "WRITE_FAILED"
         return self._fail(code, op, f"SQLite said: {exc}")
 
-    def _query(self, op: str, statement: str, params: tuple[object, ...] | dict[str, object]) -> list[Any]:
+    def _query(self, op: str, statement: str, params: tuple[object, ...] | dict[str, object] = ()) -> list[Any]:
         """Run one read on this thread's connection; close() waits for it. Inside `run_batch` it
         reads the batch's open transaction, whose lock this thread holds already."""
         slot = self._slot(op)
@@ -511,10 +446,10 @@ class SQLiteBackend:
 
     def _transact(self, op: str, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work(conn)` as one write: BEGIN IMMEDIATE, ROLLBACK if it raises, else COMMIT, then
-        re-apply permissions. Inside `run_batch` it joins the batch's transaction instead. The
-        slot's lock is held throughout, so close() waits."""
+        re-apply permissions; the slot's lock is held throughout, so close() waits. Inside
+        `run_batch` it joins the batch's transaction, and a failure spoils the batch."""
         slot = self._slot(op)
-        if slot.batch is not None:  # run_batch commits, or rolls back and reruns one by one
+        if slot.batch is not None:
             try:
                 return work(slot.conn)
             except BaseException as exc:
@@ -541,29 +476,23 @@ class SQLiteBackend:
         return result
 
     def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]] | None:
-        """Run several writes of this thread in one transaction (group commit), each call's
-        `_transact` joining it: a write costs about half.
+        """Run several writes of this thread in one transaction (group commit: a write costs about
+        half), each call's `_transact` joining it; every call's (result, error) after the COMMIT.
 
-        Returns every call's (result, error) after the COMMIT; or None, with nothing written, when
-        a call failed inside the transaction or BEGIN or COMMIT failed: the caller then runs the
-        calls one by one, so each gets what it would have had alone. A call refused before it
-        touched the database (validation) does not spoil the batch.
+        None, with nothing written, if a call failed inside the transaction or BEGIN / COMMIT
+        failed: the caller reruns the calls one by one, so each gets what it would have alone. A
+        call refused before it touched the database (validation) does not spoil the batch.
         """
         slot = self._slot("register")
 
         def work(conn: sqlite3.Connection) -> list[tuple[Any, Exception | None]]:
             slot.batch = spoiled = [False]
-            outcomes: list[tuple[Any, Exception | None]] = []
             try:
-                for call in calls:
-                    try:
-                        outcomes.append((call(), None))
-                    except Exception as exc:  # handed to that call's caller, not swallowed
-                        outcomes.append((None, exc))
+                outcomes = [_outcome(call) for call in calls]
             finally:
                 slot.batch = None
             if spoiled[0]:
-                raise _ConditionFailed  # any failure inside: roll back, rerun alone
+                raise _ConditionFailed
             return outcomes
 
         try:
@@ -578,11 +507,10 @@ class SQLiteBackend:
         consumed value or make a retry answer twice. A failure is logged once and shown by
         `fault()` (probe, /healthz) until a later re-application succeeds.
         """
-        modes = self._modes
-        if modes is None:
+        if self._modes is None:
             return
         try:
-            modes.ensure()
+            self._modes.ensure()
         except OSError as exc:
             message = f"{op}: cannot re-apply permissions after commit ({exc.strerror}); the write is kept"
             if self._fault is None:
@@ -610,9 +538,8 @@ class SQLiteBackend:
 
     def commit(self, writes: Sequence[Write]) -> bool:
         def work(conn: sqlite3.Connection) -> None:
-            for w in writes:
-                if not self._apply(conn, "commit", w):
-                    raise _ConditionFailed  # rolls the whole transaction back
+            if not all(self._apply(conn, "commit", w) for w in writes):
+                raise _ConditionFailed  # rolls the whole transaction back
 
         try:
             self._transact("commit", work)
@@ -631,27 +558,25 @@ class SQLiteBackend:
             return conn.execute(SQL_MATCH, (*params, w.expect)).rowcount > 0
         counted = conn.execute(SQL_NS_ROWS, params[:2]).fetchone()
         rows = counted[0] if counted else 0
-        if rows < spec.max_entries:  # room for one more: nothing to evict
-            return conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params).rowcount > 0
         if rows == spec.max_entries:  # exactly full, the usual case of a capped namespace
-            if claim and conn.execute(SQL_REPLACE_EXPIRED, params).rowcount:
-                return True  # its own expired row, replaced in place
-            if claim and conn.execute(SQL_OWN_KEY, params[:3]).fetchone():
+            if claim and conn.execute(SQL_READ, params[:4]).fetchone():
                 return False  # a live row holds the key
             if conn.execute(SQL_TAKE_OVER[spec.overflow], params).rowcount:
                 return True
             if spec.overflow == "reject-new":
                 raise self._full(op, spec)
             return False
-        # Over the cap (max_entries lowered since): write, then drop expired rows, then evict.
+        # Room for one more; or over the cap (max_entries lowered since): write, drop the
+        # namespace's expired rows, then evict.
         if conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params).rowcount == 0:
             return False
-        excess = conn.execute(SQL_NS_ROWS, params[:2]).fetchone()[0] - spec.max_entries
-        excess -= conn.execute(SQL_DROP_EXPIRED_NS, params[:4]).rowcount
-        if excess > 0 and spec.overflow == "reject-new":
-            raise self._full(op, spec)
-        if excess > 0:
-            conn.execute(SQL_EVICT, (*params[:4], excess))
+        if rows > spec.max_entries:
+            excess = conn.execute(SQL_NS_ROWS, params[:2]).fetchone()[0] - spec.max_entries
+            excess -= conn.execute(SQL_DROP_EXPIRED, params[:4]).rowcount
+            if excess > 0 and spec.overflow == "reject-new":
+                raise self._full(op, spec)
+            if excess > 0:
+                conn.execute(SQL_EVICT, (*params[:4], excess))
         return True
 
     def _full(self, op: str, spec: NamespaceSpec) -> StateStoreError:
@@ -663,8 +588,7 @@ class SQLiteBackend:
 
     def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]:
         size = next(n for n in READ_MANY_SIZES if n >= len(keys))
-        padded = [*keys, *[keys[0]] * (size - len(keys))]
-        params = (spec.plugin_id, spec.namespace, now_ms, *padded)
+        params = (spec.plugin_id, spec.namespace, now_ms, *keys, *[keys[0]] * (size - len(keys)))
         return [Row(*r) for r in self._query("lookup_many", SQL_READ_MANY[size], params)]
 
     def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any:
@@ -711,23 +635,23 @@ class SQLiteBackend:
         """
         args = {"now": now_ms, "batch": self.settings.sweep_batch_rows}
         removed = 0
-        self._query("sweep", "PRAGMA wal_autocheckpoint = 0", ())
+        self._query("sweep", "PRAGMA wal_autocheckpoint = 0")
         try:
             while True:
                 n = self._transact("sweep", lambda conn: int(conn.execute(SQL_SWEEP, args).rowcount))
                 removed += n
-                self._query("sweep", "PRAGMA wal_checkpoint(PASSIVE)", ())
+                self._query("sweep", "PRAGMA wal_checkpoint(PASSIVE)")
                 if n < self.settings.sweep_batch_rows:
                     return removed
         finally:
-            self._query("sweep", f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}", ())
+            self._query("sweep", f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
 
     def checkpoint(self, op: str = "close") -> None:
-        self._query(op, "PRAGMA wal_checkpoint(TRUNCATE)", ())
+        self._query(op, "PRAGMA wal_checkpoint(TRUNCATE)")
         self._after_commit(op)
 
     def schema_version(self) -> int:
-        return int(self._query("probe", "PRAGMA user_version", ())[0][0])
+        return int(self._query("probe", "PRAGMA user_version")[0][0])
 
     def close(self) -> None:
         """Let running calls finish, checkpoint, close every connection; later calls: UNAVAILABLE."""

@@ -1,10 +1,8 @@
-"""One owner per database. A `Location` is a database (SQLite file or Redis URL) open in this
-process: it alone opens and closes the backend, runs the writer thread (group commit), keeps one
+"""One owner per database: a `Location` is a database (SQLite file or Redis URL) open in this
+process. It alone opens and closes the backend, runs the writer thread (group commit), keeps one
 spec per open (plugin_id, namespace) and counts its holders (stores and `Database`s); the last
-one closes it. One registry maps a location to its `Location`. Fork safety is a pid check where
-a connection or thread is used: a forked child's inherited stores answer UNAVAILABLE.
-
-`Database` is what a long-lived caller (the gateway) holds for sweeps, probes and checkpoints.
+one closes it. One registry maps a location to its `Location`. Fork safety is a pid check where a
+connection or thread is used: a forked child's inherited stores answer UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -12,8 +10,9 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from . import _sqlite
 from ._aio import POOL, WORKER_PREFIX, AsyncKeyedStore, Workers, open_async
@@ -32,6 +31,8 @@ from ._spec import (
 )
 from ._store import KeyedStore
 
+P = ParamSpec("P")
+T = TypeVar("T")
 PROBE_SPEC = NamespaceSpec("core:probe", "probe", 1_000)  # a core-owned pair: never a plugin's namespace
 
 
@@ -50,9 +51,8 @@ class Location:
 
     @property
     def writer(self) -> Workers:
-        """Where the async twin sends writes: SQLite takes one writer at a time, so one thread (more
-        would only queue on its lock and fight the loop for the GIL) that group-commits; Redis
-        takes writes on many connections, so the shared pool."""
+        """Where the async twin sends writes: for SQLite one thread that group-commits (more would
+        only queue on the write lock and fight the loop for the GIL); for Redis the shared pool."""
         if not self.backend.one_writer:
             return POOL
         with self._lock:
@@ -63,14 +63,13 @@ class Location:
     def hold(self) -> bool:
         """One more holder; False if this location has closed already (open it afresh)."""
         with self._lock:
-            if self._closed:
-                return False
-            self._holders += 1
-            return True
+            if not self._closed:
+                self._holders += 1
+            return not self._closed
 
     def rejoin(self) -> None:
-        """Check the paths again and re-apply modes for a holder just added (on every open, not
-        on the first only); if that fails, the hold is given back. Raises OPEN_FAILED."""
+        """Check the paths again and re-apply modes for a holder just added, giving the hold back
+        if that fails. Raises OPEN_FAILED."""
         try:
             self.backend.reopened()
         except BaseException:
@@ -81,9 +80,9 @@ class Location:
         """One holder less; the last one closes the backend (calls in flight finish first)."""
         with self._lock:
             self._holders -= 1
-            if self._holders > 0:
+            self._closed = self._holders == 0  # the registry entry stays until an open replaces it
+            if not self._closed:
                 return
-            self._closed = True  # the registry entry stays until the next open replaces it
         self.backend.close()
 
     def open_store(self, spec: NamespaceSpec, clock: Clock | None) -> KeyedStore:
@@ -96,14 +95,11 @@ class Location:
                 self._specs[pair] = (spec, (held[1] if held else 0) + 1)
                 return KeyedStore(self, spec, clock or wall_clock_ms)
         self.release()
-        other = held[0]
+        o = held[0]
+        message = f"{spec.plugin_id}/{spec.namespace} is already open with max_entries={o.max_entries}, "
+        message += f"default_ttl_ms={o.default_ttl_ms}, overflow={o.overflow}, max_value_bytes={o.max_value_bytes}"
         raise StateStoreError(
-            "INVALID_INPUT",
-            "open",
-            f"{spec.plugin_id}/{spec.namespace} is already open with max_entries={other.max_entries}, "
-            f"default_ttl_ms={other.default_ttl_ms}, overflow={other.overflow}, "
-            f"max_value_bytes={other.max_value_bytes}; reopen it with the same settings",
-            path=self.location,
+            "INVALID_INPUT", "open", f"{message}; reopen it with the same settings", path=self.location
         )
 
     def close_store(self, spec: NamespaceSpec) -> None:
@@ -192,23 +188,23 @@ def open_keyed_store(
     return acquire(path, url, settings or StoreSettings()).open_store(spec, clock)
 
 
-async def open_async_keyed_store(
-    plugin_id: str,
-    namespace: str,
-    *,
-    max_entries: int,
-    default_ttl_ms: int | None = None,
-    overflow: str = "evict-oldest",
-    max_value_bytes: int = MAX_VALUE_BYTES,
-    path: str | os.PathLike[str] | None = None,
-    url: str | None = None,
-    settings: StoreSettings | None = None,
-    clock: Clock | None = None,
-    core: bool = False,
-) -> AsyncKeyedStore:
+def _arguments_of(
+    sync: Callable[P, Any],
+) -> Callable[[Callable[..., Coroutine[Any, Any, T]]], Callable[P, Coroutine[Any, Any, T]]]:
+    """Give an async opener `sync`'s arguments: for mypy, and for `inspect.signature` (which
+    follows `__wrapped__`), so the two are declared once."""
+
+    def wrap(opener: Callable[..., Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        opener.__wrapped__ = sync  # type: ignore[attr-defined]
+        return opener
+
+    return wrap
+
+
+@_arguments_of(open_keyed_store)
+async def open_async_keyed_store(*args: Any, **kwargs: Any) -> AsyncKeyedStore:
     """Open an `AsyncKeyedStore` off the loop; arguments and errors as `open_keyed_store`."""
-    kwargs = dict(locals())
-    return await open_async(lambda: open_keyed_store(**kwargs))
+    return await open_async(lambda: open_keyed_store(*args, **kwargs))
 
 
 class Database:
@@ -226,11 +222,10 @@ class Database:
         url: str | None = None,
         settings: StoreSettings | None = None,
     ) -> None:
-        self._path = path  # ignored when `url` is given, as the one-call functions always did
-        self.url = url
-        self.settings = settings or StoreSettings()
+        self._path, self.url, self.settings = path, url, settings or StoreSettings()  # path is ignored with a url
         # what probe reports as database_path: a URL's password is never part of it
         self.location = shown_url(url) if url is not None else str(resolve_path(path))
+        self.is_file = url is None  # SQLite: a file and its directory to check
         self._lock = threading.Lock()
         self._held: Location | None = None
         self._closed = False
@@ -238,11 +233,6 @@ class Database:
 
     def __repr__(self) -> str:
         return f"<Database {self.location}>"
-
-    @property
-    def is_file(self) -> bool:
-        """True for SQLite (a file and its directory to check), False for a server URL."""
-        return self.url is None
 
     def _open(self, op: str = "open") -> Location:
         """The open database, opened now on first use. Raises as `open_keyed_store`."""
@@ -291,7 +281,7 @@ class Database:
         """
         steps: list[dict[str, Any]] = []
 
-        def step(name: str, fn: Any) -> Any:
+        def step(name: str, fn: Callable[[], T]) -> T:
             try:
                 result = fn()
             except StateStoreError as exc:
@@ -319,6 +309,7 @@ class Database:
         return {"ok": all(s["ok"] for s in steps) and len(steps) >= 4, "database_path": self.location, "steps": steps}
 
     def _reopen(self) -> Backend:
+        """The open backend; on a Database open already, its paths checked and modes re-applied."""
         fresh = self._held is None
         backend = self._open().backend
         if not fresh:
@@ -350,6 +341,11 @@ def check_database(path: str | os.PathLike[str] | None = None) -> None:
     _sqlite.check_database(resolve_path(path))
 
 
+def _for_one_call(method: Callable[[Database], T], /, path: Any, url: str | None, settings: StoreSettings | None) -> T:
+    with Database(path, url=url, settings=settings) as database:
+        return method(database)
+
+
 def sweep_expired(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -358,24 +354,21 @@ def sweep_expired(
     now_ms: int | None = None,
 ) -> int:
     """`Database.sweep_expired` on a Database opened for this one call (scripts, the CLI)."""
-    with Database(path, url=url, settings=settings) as database:
-        return database.sweep_expired(now_ms=now_ms)
+    return _for_one_call(lambda db: db.sweep_expired(now_ms=now_ms), path, url, settings)
 
 
 def checkpoint(
     path: str | os.PathLike[str] | None = None, *, url: str | None = None, settings: StoreSettings | None = None
 ) -> None:
     """`Database.checkpoint` on a Database opened for this one call (scripts, the CLI)."""
-    with Database(path, url=url, settings=settings) as database:
-        database.checkpoint()
+    _for_one_call(Database.checkpoint, path, url, settings)
 
 
 def probe(
     path: str | os.PathLike[str] | None = None, *, url: str | None = None, settings: StoreSettings | None = None
 ) -> dict[str, Any]:
     """`Database.probe` on a Database opened for this one call (scripts, the CLI)."""
-    with Database(path, url=url, settings=settings) as database:
-        return database.probe()
+    return _for_one_call(Database.probe, path, url, settings)
 
 
 def _check_dir(directory: Path) -> None:
@@ -386,9 +379,8 @@ def _check_dir(directory: Path) -> None:
 
 def _check_schema(backend: Backend) -> None:
     if (version := backend.schema_version()) < 1:
-        raise StateStoreError(
-            "SCHEMA_UNSUPPORTED", "probe", f"schema version {version} was not initialised", path=backend.location
-        )
+        message = f"schema version {version} was not initialised"
+        raise StateStoreError("SCHEMA_UNSUPPORTED", "probe", message, path=backend.location)
 
 
 def _round_trip(backend: Backend) -> None:
@@ -396,8 +388,8 @@ def _round_trip(backend: Backend) -> None:
     backend.write(Write(PROBE_SPEC, key, '{"probe":true}', now, now + 60_000, new_version()))
     row = backend.read(PROBE_SPEC, key, now)
     if row is None or row.value != '{"probe":true}':
-        raise StateStoreError(
-            "READ_FAILED", "probe", "a row just written could not be read back", path=backend.location
-        )
+        message = "a row just written could not be read back"
+        raise StateStoreError("READ_FAILED", "probe", message, path=backend.location)
     if not backend.remove(PROBE_SPEC, key, now):
-        raise StateStoreError("WRITE_FAILED", "probe", "a row just written could not be deleted", path=backend.location)
+        message = "a row just written could not be deleted"
+        raise StateStoreError("WRITE_FAILED", "probe", message, path=backend.location)

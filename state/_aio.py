@@ -1,9 +1,9 @@
 """The async twin: the sync store's public methods, awaitable, each run on a worker thread.
 
 Threads, not an async driver: SQLite has no async API and the sync store holds every rule, so
-running it off the loop (Starlette's `run_in_threadpool` idea) writes the rules once and the
-loop never waits on disk I/O or the write lock. Reads (and Redis calls) run on a small pool; a
-SQLite database's writes run on its writer thread, which group-commits what queued up.
+running it off the loop (Starlette's `run_in_threadpool` idea) writes the rules once and the loop
+never waits on disk I/O or the write lock. Reads (and Redis calls) run on a small pool; a SQLite
+database's writes run on its writer thread, which group-commits what queued up.
 """
 
 from __future__ import annotations
@@ -32,13 +32,12 @@ Batch = Callable[[Sequence[Callable[[], Any]]], "list[tuple[Any, Exception | Non
 
 
 class Workers:
-    """Up to `threads` threads on one queue; each result goes straight to its caller's future.
+    """Up to `threads` threads on one queue, each result set on its caller's future.
 
-    Not `loop.run_in_executor`: its concurrent Future, the chaining and one loop wake-up per call
-    cost more than the SQLite write carried. A worker runs what queued up (up to DELIVER_BATCH)
-    and wakes the loop once for all of it. A writer (`batch`: its backend's `run_batch`) gets one
-    loop turn's calls together and runs them in one transaction (group commit), answering none
-    before that COMMIT. Idle threads exit after IDLE_EXIT_S; a forked child starts afresh.
+    Not `run_in_executor`: its concurrent Future and one loop wake-up per call cost more than the
+    SQLite write. A worker runs what queued up (up to DELIVER_BATCH) and wakes the loop once; a
+    writer (`batch`: the backend's `run_batch`) takes one loop turn's calls and commits them
+    together (group commit). Idle threads exit after IDLE_EXIT_S; a forked child starts afresh.
     """
 
     def __init__(self, threads: int, prefix: str, batch: Batch | None = None) -> None:
@@ -46,10 +45,8 @@ class Workers:
         self._start()
 
     def _start(self) -> None:
-        self._pid = os.getpid()
+        self._pid, self._lock, self._threads = os.getpid(), threading.Lock(), 0
         self._calls: queue.SimpleQueue[list[_Call]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads = 0
         self._pending: dict[asyncio.AbstractEventLoop, list[_Call]] = {}  # a writer's, this loop turn
 
     def submit(self, call: _Call) -> None:
@@ -59,22 +56,15 @@ class Workers:
             return self._put([call])
         # One wake-up of the writer per loop turn, not per call (each could fight the loop for the GIL).
         loop = call[0]
-        pending = self._pending.get(loop)
-        if pending is None:
-            pending = self._pending[loop] = []
-            loop.call_soon(self._hand_over, loop)
-        pending.append(call)
-
-    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._put(self._pending.pop(loop))
+        if loop not in self._pending:
+            self._pending[loop] = []
+            loop.call_soon(lambda: self._put(self._pending.pop(loop)))
+        self._pending[loop].append(call)
 
     def _put(self, calls: list[_Call]) -> None:
+        """Queue `calls`, then start a thread if fewer than the maximum run: a retiring thread
+        (`_next`) either sees the new calls or is replaced."""
         self._calls.put(calls)
-        self._ensure_thread()
-
-    def _ensure_thread(self) -> None:
-        """Start a thread if fewer than the maximum run; called after every put, so a retiring
-        thread (`_next`) either sees the new call or is replaced."""
         with self._lock:
             if self._threads >= self._max_threads:
                 return
@@ -89,7 +79,7 @@ class Workers:
                 return self._calls.get(timeout=IDLE_EXIT_S)
             except queue.Empty:
                 with self._lock:
-                    if self._calls.empty():  # puts happen before _ensure_thread takes this lock
+                    if self._calls.empty():  # puts happen before _put takes this lock
                         self._threads -= 1
                         return None
 
@@ -121,13 +111,13 @@ def _run(call: _Call) -> _Done:
 
 
 def _post_all(done: list[_Done]) -> None:
-    loop = done[0][0]
-    groups = [done] if all(d[0] is loop for d in done) else [[d] for d in done]
-    for group in groups:
-        try:
-            group[0][0].call_soon_threadsafe(_deliver, group)
-        except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
-            pass
+    """Wake each caller's loop once for all of its results."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
+    for d in done:
+        by_loop.setdefault(d[0], []).append(d)
+    for loop, group in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(_deliver, group)
 
 
 def _deliver(done: list[_Done]) -> None:
@@ -157,11 +147,9 @@ async def _wait(future: asyncio.Future[T]) -> T:
 
 class AsyncKeyedStore:
     """Awaitable twin of `KeyedStore`: each method runs the sync one of the same name (see its
-    docstring) on a worker; the stage_* methods do no I/O and are plain calls.
-
-    register, register_if_absent and compare_and_set are plain methods returning an awaitable:
-    they check and serialize on the caller, at the call, so `create_task(store.register(k, v))`
-    stores `v` as it was then, and bad input raises at the call itself.
+    docstring) on a worker; the stage_* methods do no I/O and are plain calls. register,
+    register_if_absent and compare_and_set check and serialize at the call and return an
+    awaitable, so `create_task(store.register(k, v))` stores `v` as it was then.
     """
 
     def __init__(self, store: KeyedStore) -> None:
@@ -169,31 +157,26 @@ class AsyncKeyedStore:
         self.plugin_id, self.namespace = store.plugin_id, store.namespace
         self.max_entries, self.default_ttl_ms = store.max_entries, store.default_ttl_ms
         self.overflow, self.max_value_bytes = store.overflow, store.max_value_bytes
+        self.location = store.location
         self._writer = store.database.writer  # this database's writer thread, or the pool (Redis)
-
-    @property
-    def location(self) -> str:
-        return self.sync.location
 
     def __repr__(self) -> str:
         return f"<AsyncKeyedStore {self.plugin_id}/{self.namespace} at {self.location}>"
 
-    def _captured(self, op: str, key: str, value: Any, ttl_ms: int | None) -> tuple[str, Json]:
+    def _write(self, op: str, key: str, value: Any, ttl_ms: int | None, **version: int) -> Awaitable[Any]:
+        """Check and serialize at the call, then run the sync write of `op` on the writer."""
         check_ttl(ttl_ms, op)
-        return check_key(key, op), Json(serialize_value(value, op, self.max_value_bytes))
+        key, text = check_key(key, op), Json(serialize_value(value, op, self.max_value_bytes))
+        return _wait(submit(self._writer, getattr(self.sync, op), key, text, ttl_ms=ttl_ms, **version))
 
     def register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> Awaitable[None]:
-        key, text = self._captured("register", key, value, ttl_ms)
-        return _wait(submit(self._writer, self.sync.register, key, text, ttl_ms=ttl_ms))
+        return self._write("register", key, value, ttl_ms)
 
     def register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> Awaitable[bool]:
-        key, text = self._captured("register_if_absent", key, value, ttl_ms)
-        return _wait(submit(self._writer, self.sync.register_if_absent, key, text, ttl_ms=ttl_ms))
+        return self._write("register_if_absent", key, value, ttl_ms)
 
     def compare_and_set(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> Awaitable[bool]:
-        check_version(version, "compare_and_set")
-        key, text = self._captured("compare_and_set", key, value, ttl_ms)
-        return _wait(submit(self._writer, self.sync.compare_and_set, key, text, version=version, ttl_ms=ttl_ms))
+        return self._write("compare_and_set", key, value, ttl_ms, version=check_version(version, "compare_and_set"))
 
     async def update(
         self, key: str, fn: Callable[[Any], Any], *, ttl_ms: int | None = None, max_attempts: int = UPDATE_ATTEMPTS

@@ -42,8 +42,8 @@ def wall_clock_ms() -> int:
 
 
 def new_version() -> int:
-    """A fresh row version: 63 random bits, never 0 (a v1 row's). Random, so no shared counter row
-    is written by every write; a forked child reseeds `random`."""
+    """A fresh row version: 63 random bits, never 0 (a v1 row's); random, so no counter row is
+    written by every write."""
     return random.getrandbits(63) or 1
 
 
@@ -72,30 +72,17 @@ class NamespaceSpec:
     max_value_bytes: int = MAX_VALUE_BYTES
 
     @classmethod
-    def checked(
-        cls,
-        plugin_id: object,
-        namespace: object,
-        *,
-        max_entries: object,
-        default_ttl_ms: object = None,
-        overflow: object = "evict-oldest",
-        max_value_bytes: object = MAX_VALUE_BYTES,
-        core: bool = False,
-    ) -> NamespaceSpec:
-        """Raises INVALID_INPUT, or LIMIT_EXCEEDED for an oversized plugin id or namespace."""
-        if not _int_in(max_entries, 1, 2**63 - 1):
+    def checked(cls, plugin_id: object, namespace: object, *, core: bool = False, **options: Any) -> NamespaceSpec:
+        """A spec from `open_keyed_store`'s arguments. Raises INVALID_INPUT, or LIMIT_EXCEEDED for
+        an oversized plugin id or namespace; TypeError for an unknown option."""
+        spec = cls(check_plugin_id(plugin_id, core=core), check_namespace(namespace), **options)
+        if not _int_in(spec.max_entries, 1, 2**63 - 1):
             raise StateStoreError("INVALID_INPUT", "open", "max_entries must be an integer >= 1")
-        if overflow not in OVERFLOW_POLICIES:
+        if spec.overflow not in OVERFLOW_POLICIES:
             raise StateStoreError("INVALID_INPUT", "open", f"overflow must be one of {OVERFLOW_POLICIES}")
-        return cls(
-            check_plugin_id(plugin_id, core=core),
-            check_namespace(namespace),
-            max_entries,
-            check_ttl(default_ttl_ms, "open", "default_ttl_ms"),
-            str(overflow),
-            check_int(max_value_bytes, 1, MAX_VALUE_BYTES_CEILING, "open", "max_value_bytes"),
-        )
+        check_ttl(spec.default_ttl_ms, "open", "default_ttl_ms")
+        check_int(spec.max_value_bytes, 1, MAX_VALUE_BYTES_CEILING, "open", "max_value_bytes")
+        return spec
 
 
 @dataclass(frozen=True)
@@ -152,38 +139,26 @@ class Backend(Protocol):
     location: str  # a file path or a URL without credentials: goes into error messages
     one_writer: bool  # True: the async twin sends every write of this backend to one thread
 
-    def write(self, w: Write) -> bool:
-        """Apply `w` if its mode allows, then enforce max_entries; False = not applied."""
-
-    def commit(self, writes: Sequence[Write]) -> bool:
-        """Apply writes in order, all or nothing (staged writes, op "commit"); False, with nothing
-        written, when a CLAIM or MATCH write's condition fails."""
-
-    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]] | None:
-        """Run several writes in one transaction (group commit), or None to run them alone."""
-
+    def write(self, w: Write) -> bool: ...  # apply `w` if its mode allows, keep max_entries; False = not applied
+    # staged writes in order, all or nothing; False (nothing written) when a CLAIM or MATCH fails
+    def commit(self, writes: Sequence[Write]) -> bool: ...
+    # several writes in one transaction (group commit); None: run them one by one instead
+    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]] | None: ...
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None: ...
     def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]: ...
-    def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any:
-        """Delete the live row and return `decode(row)`, or None; if decode raises, keep the row."""
-
+    # delete the live row and return `decode(row)`, or None; if decode raises, the row is kept
+    def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any: ...
     def remove(self, spec: NamespaceSpec, key: str, now_ms: int, expect: int | None = None) -> bool: ...
     def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int: ...
-    def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
-        """Live rows in (created_at, key) order after the cursor `after`, at most `limit`."""
-
+    # live rows in (created_at, key) order after the cursor `after`, at most `limit`
+    def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]: ...
     def count(self, spec: NamespaceSpec, now_ms: int) -> int: ...
     def sweep(self, now_ms: int) -> int: ...
     def checkpoint(self, op: str = "close") -> None: ...
     def schema_version(self) -> int: ...
-    def reopened(self) -> None:
-        """Another store joined: check the paths again (raises OPEN_FAILED) and re-apply modes."""
-
-    def fault(self) -> str | None:
-        """The last post-commit problem that did not fail a write (a refused chmod), or None."""
-
-    def close(self) -> None:
-        """Wait for calls in flight, checkpoint, close; later calls raise UNAVAILABLE."""
+    def reopened(self) -> None: ...  # another store joined: check the paths (OPEN_FAILED), re-apply modes
+    def fault(self) -> str | None: ...  # the last post-commit problem that did not fail a write, or None
+    def close(self) -> None: ...  # wait for calls in flight, checkpoint, close; later calls: UNAVAILABLE
 
 
 # -- where the database is: the SQLite file, or a URL as it may be shown ---------------------
@@ -260,20 +235,25 @@ def check_int(value: object, low: int, high: int, op: str, what: str) -> int:
 
 
 def _utf8_len(text: str, what: str, op: str) -> int:
-    try:
-        return len(text.encode("utf-8"))
+    try:  # an ASCII text (the usual case) is as many bytes as characters: skip encoding it
+        return len(text) if text.isascii() else len(text.encode("utf-8"))
     except UnicodeEncodeError:
         raise StateStoreError("INVALID_INPUT", op, f"{what} is not valid Unicode") from None
+
+
+def _sized(value: str, what: str, limit: int, op: str) -> str:
+    """`value` stripped, if it is at most `limit` UTF-8 bytes (else LIMIT_EXCEEDED)."""
+    value = value.strip()
+    if (size := _utf8_len(value, what, op)) > limit:
+        raise StateStoreError("LIMIT_EXCEEDED", op, f"{what} is {size} bytes; the limit is {limit}")
+    return value
 
 
 def check_plugin_id(value: object, op: str = "open", *, core: bool = False) -> str:
     """A plugin id; ids starting `core:` are the gateway's own and need `core=True` (and only they)."""
     if not isinstance(value, str) or not value.strip():
         raise StateStoreError("INVALID_INPUT", op, "plugin_id must be a non-empty string")
-    value = value.strip()
-    size = _utf8_len(value, "plugin_id", op)
-    if size > MAX_PLUGIN_ID_BYTES:
-        raise StateStoreError("LIMIT_EXCEEDED", op, f"plugin_id is {size} bytes; the limit is {MAX_PLUGIN_ID_BYTES}")
+    value = _sized(value, "plugin_id", MAX_PLUGIN_ID_BYTES, op)
     is_core = value.lower().startswith(CORE_PREFIX)
     if is_core and not core:
         raise StateStoreError("INVALID_INPUT", op, f"plugin ids starting {CORE_PREFIX!r} are reserved for the gateway")
@@ -285,10 +265,7 @@ def check_plugin_id(value: object, op: str = "open", *, core: bool = False) -> s
 def check_namespace(value: object, op: str = "open") -> str:
     if not isinstance(value, str):
         raise StateStoreError("INVALID_INPUT", op, "namespace must be a string")
-    value = value.strip()
-    size = _utf8_len(value, "namespace", op)
-    if size > MAX_NAMESPACE_BYTES:
-        raise StateStoreError("LIMIT_EXCEEDED", op, f"namespace is {size} bytes; the limit is {MAX_NAMESPACE_BYTES}")
+    value = _sized(value, "namespace", MAX_NAMESPACE_BYTES, op)
     if not NAMESPACE_RE.fullmatch(value):
         raise StateStoreError("INVALID_INPUT", op, "namespace must match ^[a-z0-9][a-z0-9._-]*$ (case-insensitive)")
     return value
@@ -297,13 +274,9 @@ def check_namespace(value: object, op: str = "open") -> str:
 def check_key(value: object, op: str) -> str:
     if not isinstance(value, str):
         raise StateStoreError("INVALID_INPUT", op, "key must be a string")
-    value = value.strip()
+    value = _sized(value, "key", MAX_KEY_BYTES, op)
     if not value:
         raise StateStoreError("INVALID_INPUT", op, "key must not be empty")
-    # An ASCII key (the usual case) is as many bytes as characters: skip encoding it.
-    size = len(value) if value.isascii() else _utf8_len(value, "key", op)
-    if size > MAX_KEY_BYTES:
-        raise StateStoreError("LIMIT_EXCEEDED", op, f"key is {size} bytes; the limit is {MAX_KEY_BYTES}")
     return value
 
 
@@ -353,8 +326,7 @@ def serialize_value(value: object, op: str, max_bytes: int = MAX_VALUE_BYTES) ->
             text = _encode(value)
         except ValueError:  # an int past Python's 4,300-digit str limit: it could never be read back
             raise StateStoreError("INVALID_INPUT", op, "value contains an integer too large to serialize") from None
-    size = len(text) if text.isascii() else _utf8_len(text, "value", op)
-    if size > max_bytes:
+    if (size := _utf8_len(text, "value", op)) > max_bytes:
         raise StateStoreError("LIMIT_EXCEEDED", op, f"value is {size} bytes serialized; the limit is {max_bytes}")
     return text
 

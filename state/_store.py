@@ -1,6 +1,6 @@
 """The sync store: a view of one (plugin_id, namespace) onto an open database. Validation, JSON,
-versions and clocks are written here once, on top of either backend; every call is counted and
-timed on prometheus_client's default REGISTRY:
+versions and clocks are written here once for both backends; every call is counted and timed on
+prometheus_client's default REGISTRY:
 
     chatstate_store_operations_total{op, backend, outcome}   outcome "ok" or the error code
     chatstate_store_operation_seconds{op, backend}           histogram of successful calls
@@ -107,22 +107,18 @@ class KeyedStore:
         self.max_entries, self.default_ttl_ms = spec.max_entries, spec.default_ttl_ms
         self.overflow, self.max_value_bytes = spec.overflow, spec.max_value_bytes
         self._backend = database.backend
+        self.location = self._backend.location  # the file, or the URL without credentials
         self.backend_kind = kind = self._backend.kind  # the `backend` label of the metrics
         self._ok = {op: (OPERATIONS.labels(op, kind, "ok").inc, SECONDS.labels(op, kind).observe) for op in _MEASURED}
         self._clock = clock
         self._closed = False
         self._close_lock = threading.Lock()
 
-    @property
-    def location(self) -> str:
-        """The database path (or backend URL without credentials), for messages and probes."""
-        return self._backend.location
-
     def __repr__(self) -> str:
         return f"<KeyedStore {self.plugin_id}/{self.namespace} at {self.location}>"
 
     def _now(self, op: str) -> int:
-        """Every operation reads the clock here: refuse a closed store first."""
+        """The clock, read by every operation: refused on a closed store."""
         if self._closed:
             raise StateStoreError("UNAVAILABLE", op, "the store is closed", path=self.location)
         return self._clock()
@@ -146,27 +142,27 @@ class KeyedStore:
         return Entry(row.key, self._decode(row, op), row.created_at, row.expires_at, row.version)
 
     def _write(self, mode: Mode, key: str, value: Any, ttl_ms: int | None, expect: int | None = None) -> bool:
-        """Check and serialize, read the clock, apply: `register`, `register_if_absent`, `compare_and_set`."""
+        """Check and serialize, then apply: `register`, `register_if_absent`, `compare_and_set`."""
         op = mode.value
         key, text, ttl = check_key(key, op), serialize_value(value, op, self.max_value_bytes), check_ttl(ttl_ms, op)
-        now = self._now(op)
-        expires_at = self._expires(ttl, now)
-        return self._backend.write(Write(self.spec, key, text, now, expires_at, new_version(), mode, expect))
+        return self._backend.write(self._prepared(op, mode, key, text, ttl, expect))
 
-    def _expires(self, ttl_ms: int | None, now: int) -> int | None:
-        """When a row written now expires: `ttl_ms`, else the store's default_ttl_ms, else never."""
-        ttl = self.default_ttl_ms if ttl_ms is None else ttl_ms
-        return None if ttl is None else now + ttl
+    def _prepared(self, op: str, mode: Mode, key: str, text: str | None, ttl: int | None, expect: int | None) -> Write:
+        """The Write a backend applies, the clock read now: it expires after `ttl`, else the
+        store's default_ttl_ms, else never (a delete: no expiry)."""
+        now = self._now(op)
+        ttl = self.default_ttl_ms if ttl is None else ttl
+        expires_at = None if ttl is None or text is None else now + ttl
+        return Write(self.spec, key, text, now, expires_at, new_version(), mode, expect)
 
     # -- the contract ---------------------------------------------------------------------
     @measured("register")
     def register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
         """Store `value` under `key` (upsert) with a new version; the row becomes the newest.
 
-        TTL: `ttl_ms`, else default_ttl_ms, else never. Live rows over max_entries are evicted
-        oldest first (never this key), or with overflow="reject-new" the write is refused.
-        Raises INVALID_INPUT, LIMIT_EXCEEDED (size, depth, full reject-new namespace),
-        WRITE_FAILED, UNAVAILABLE.
+        TTL: `ttl_ms`, else default_ttl_ms, else never. Live rows over max_entries are evicted oldest
+        first (never this key); with overflow="reject-new" the write is refused. Raises
+        INVALID_INPUT, LIMIT_EXCEEDED (size, depth, full reject-new namespace), WRITE_FAILED, UNAVAILABLE.
         """
         self._write(Mode.UPSERT, key, value, ttl_ms)
 
@@ -178,22 +174,17 @@ class KeyedStore:
 
     @measured("compare_and_set")
     def compare_and_set(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> bool:
-        """Write as `register` only if the live row under `key` still has `version` (an Entry's).
-
-        False if the row changed, expired or went since; atomic across threads, processes and
-        gateways. Raises as `register`.
-        """
+        """Write as `register` only if the live row under `key` still has `version` (an Entry's);
+        False if it changed, expired or went since. Atomic across processes. Raises as `register`."""
         return self._write(Mode.MATCH, key, value, ttl_ms, check_version(version, "compare_and_set"))
 
     @measured("update")
     def update(
         self, key: str, fn: Callable[[Any], Any], *, ttl_ms: int | None = None, max_attempts: int = UPDATE_ATTEMPTS
     ) -> Any:
-        """Store `fn(live value or None)` under `key` and return it.
-
-        A claim or a compare_and_set on the version read; a lost race reads and calls `fn` (keep
-        it pure) again, up to `max_attempts` times. Raises as `register`, and CONFLICT.
-        """
+        """Store `fn(live value or None)` under `key` and return it: a claim or a compare_and_set
+        on the version read; a lost race calls `fn` (keep it pure) again, up to `max_attempts`
+        times. Raises as `register`, and CONFLICT."""
         attempts = check_int(max_attempts, 1, 1_000, "update", "max_attempts")
         for _ in range(attempts):
             entry = self.lookup_entry(key)
@@ -223,9 +214,7 @@ class KeyedStore:
     @measured("lookup_many")
     def lookup_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Return {key: value} for the live rows among `keys` (at most 1,000), in one round trip.
-
-        Raises INVALID_INPUT, LIMIT_EXCEEDED (too many keys), READ_FAILED, CORRUPT.
-        """
+        Raises INVALID_INPUT, LIMIT_EXCEEDED (too many keys), READ_FAILED, CORRUPT."""
         wanted = check_keys(keys, "lookup_many")
         if not wanted:
             return {}
@@ -235,10 +224,7 @@ class KeyedStore:
     @measured("consume")
     def consume(self, key: str) -> Any | None:
         """Read and delete the live row under `key` atomically (one racer gets it); None if none.
-
-        Unreadable stored JSON raises CORRUPT and the row is kept, to be inspected. Raises
-        INVALID_INPUT, WRITE_FAILED, CORRUPT, UNAVAILABLE.
-        """
+        Unreadable JSON raises CORRUPT and the row is kept. Raises INVALID_INPUT, WRITE_FAILED, UNAVAILABLE."""
         key = check_key(key, "consume")
         decode = functools.partial(self._decode, op="consume")
         return self._backend.take(self.spec, key, self._now("consume"), decode)
@@ -250,10 +236,8 @@ class KeyedStore:
 
     @measured("delete_if")
     def delete_if(self, key: str, *, version: int) -> bool:
-        """Delete the live row under `key` only if it still has `version` ("only if still mine").
-
-        True if it went. Raises INVALID_INPUT, WRITE_FAILED, UNAVAILABLE.
-        """
+        """Delete the live row under `key` only if it still has `version` ("only if still mine");
+        True if it went. Raises INVALID_INPUT, WRITE_FAILED, UNAVAILABLE."""
         key, expect = check_key(key, "delete_if"), check_version(version, "delete_if")
         return self._backend.remove(self.spec, key, self._now("delete_if"), expect)
 
@@ -269,11 +253,8 @@ class KeyedStore:
 
     @measured("entries")
     def entries(self, *, limit: int | None = None, after: Entry | None = None) -> list[Entry]:
-        """Return live rows by (created_at, key): at most `limit` (1..10,000), after the Entry `after`.
-
-        Paging by that cursor is stable: a row written meanwhile moves to the end. Raises
-        INVALID_INPUT, READ_FAILED, CORRUPT.
-        """
+        """Return live rows by (created_at, key): at most `limit` (1..10,000), after the Entry `after`
+        (stable: a row written meanwhile moves to the end). Raises INVALID_INPUT, READ_FAILED, CORRUPT."""
         page_limit, cursor = check_page(limit, after)
         rows = self._backend.scan(self.spec, self._now("entries"), page_limit, cursor)
         return [self._entry(r, "entries") for r in rows]
@@ -284,11 +265,8 @@ class KeyedStore:
         return StagedWrite(self, check_key(key, "commit"), text, check_ttl(ttl_ms, "commit"), mode, expect)
 
     def stage_register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
-        """Check and serialize a `register` now, for `commit_staged`; no I/O.
-
-        Raises StateStoreError (operation "commit"): INVALID_INPUT, LIMIT_EXCEEDED (as `register`);
-        so do the other stage_* methods.
-        """
+        """Check and serialize a `register` now, for `commit_staged`; no I/O. Raises (operation
+        "commit") INVALID_INPUT, LIMIT_EXCEEDED as `register`; so do the other stage_* methods."""
         return self._stage(Mode.UPSERT, key, value, ttl_ms)
 
     def stage_register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
@@ -306,22 +284,16 @@ class KeyedStore:
     @measured("commit")
     def _commit(self, staged: list[StagedWrite]) -> bool:
         """`commit_staged`, timed and counted under this store's backend."""
-        writes = []
-        for w in staged:
-            store = w.store
-            if store._backend is not self._backend:
-                message = "staged writes must all belong to stores on one database"
-                raise StateStoreError("INVALID_INPUT", "commit", message, path=self.location)
-            now = store._now("commit")
-            expires_at = None if w.value is None else store._expires(w.ttl_ms, now)  # a delete has none
-            writes.append(Write(store.spec, w.key, w.value, now, expires_at, new_version(), w.mode, w.expect))
-        return self._backend.commit(writes)
+        if any(w.store._backend is not self._backend for w in staged):
+            message = "staged writes must all belong to stores on one database"
+            raise StateStoreError("INVALID_INPUT", "commit", message, path=self.location)
+        return self._backend.commit(
+            [w.store._prepared("commit", w.mode, w.key, w.value, w.ttl_ms, w.expect) for w in staged]
+        )
 
     def close(self) -> None:
-        """Release the store; the database's last holder checkpoints and closes it.
-
-        Calls in flight finish first, later ones raise UNAVAILABLE; closing twice is a no-op.
-        """
+        """Release the store (the database's last holder checkpoints and closes it). Calls in
+        flight finish first, later ones raise UNAVAILABLE; closing twice is a no-op."""
         with self._close_lock:
             if self._closed:
                 return
@@ -351,14 +323,11 @@ class StagedWrite:
 def commit_staged(writes: Iterable[StagedWrite]) -> bool:
     """Apply staged writes in order in one transaction: all of them, or none.
 
-    Returns True when every write was applied; False when a staged `register_if_absent` found a
-    live row or a staged `compare_and_set` found another version, and then nothing is written.
-    Every write must come from a store on one database (the same file or URL in this process),
-    else INVALID_INPUT and nothing is written; an empty list is a no-op (True). Each write keeps
-    its namespace's rules as `register` / `delete` do: TTL, a new version, eviction oldest first
-    (never the row just written); a full `overflow="reject-new"` namespace raises LIMIT_EXCEEDED
-    and rolls back the whole batch. Raises StateStoreError (operation "commit"): INVALID_INPUT,
-    LIMIT_EXCEEDED, WRITE_FAILED, UNAVAILABLE (a closed store, an unreachable backend).
+    True when every write was applied; False, with nothing written, when a staged claim found a
+    live row or a staged compare_and_set another version. The writes must come from stores on one
+    database (else INVALID_INPUT); an empty list is a no-op. Each keeps its namespace's rules (TTL,
+    a new version, eviction); a full reject-new namespace raises LIMIT_EXCEEDED and rolls all back.
+    Raises (operation "commit") INVALID_INPUT, LIMIT_EXCEEDED, WRITE_FAILED, UNAVAILABLE.
     """
     staged = staged_list(writes)
     return staged[0].store._commit(staged) if staged else True

@@ -1,11 +1,5 @@
-"""chatstate's keyed store: small adapter state that survives a gateway restart.
-
-    from chatstate.state import open_keyed_store, open_async_keyed_store, StateStoreError
-
-The contract lives in docs/state.md; `__all__` is what that page documents (a test checks it).
-A write goes from `register()` (state/_store.py) through its database (state/_database.py) to
-the backend (state/_sqlite.py or state/_redis.py).
-"""
+"""chatstate's keyed store: small adapter state that survives a gateway restart; the contract and
+`__all__` (the names it documents, a test checks them) in docs/state.md."""
 
 from ._aio import AsyncKeyedStore, commit_staged_async
 from ._database import (

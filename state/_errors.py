@@ -25,10 +25,8 @@ OPERATIONS = frozenset(
 
 
 class StateStoreError(Exception):
-    """Raised by every store call that fails; `code` is stable, the message is for people.
-
-    Messages name the limit and the offending size, never a stored or offered value.
-    """
+    """Raised by every store call that fails; `code` is stable, the message is for people: it
+    names the limit and the offending size, never a stored or offered value."""
 
     def __init__(self, code: ErrorCode | str, operation: str, message: str, *, path: str | None = None) -> None:
         self.code = ErrorCode(code)

@@ -17,20 +17,24 @@ from ._database import check_database, probe
 from ._errors import StateStoreError
 from ._spec import database_path, resolve_path, wall_clock_ms
 
-
-def _db_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state-dir", help="state dir (default $CHATSTATE_HOME or ~/.chatstate)")
-    p.add_argument("--path", help="the database file itself, instead of --state-dir")
+WHERE = "(:plugin IS NULL OR plugin_id = :plugin) AND (:ns IS NULL OR namespace = :ns)"
+# "IS NOT NULL AND": a bare `expires_at <= :now` is NULL for never-expiring rows, and a sum of
+# only NULLs is NULL, so such a namespace showed "expired": null.
+NAMESPACES = f"""SELECT plugin_id, namespace, sum(expires_at IS NULL OR expires_at > :now),
+sum(expires_at IS NOT NULL AND expires_at <= :now) FROM entries WHERE {WHERE} GROUP BY plugin_id, namespace ORDER BY 1, 2"""
+LIVE_KEYS = f"""SELECT plugin_id, key, value, created_at, expires_at FROM entries WHERE {WHERE}
+AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key"""
 
 
 def build_parser(prog: str = "python -m chatstate.state") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Inspect chatstate's keyed-store database.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("probe", help="check state dir, open, schema, a write-read-delete and a checkpoint (JSON)")
-    _db_args(p)
-    p.add_argument("--url", help="probe a redis:// backend instead of the SQLite file")
     i = sub.add_parser("inspect", help="list namespaces with live/expired counts and keys with created/expires")
-    _db_args(i)
+    for each in (p, i):
+        each.add_argument("--state-dir", help="state dir (default $CHATSTATE_HOME or ~/.chatstate)")
+        each.add_argument("--path", help="the database file itself, instead of --state-dir")
+    p.add_argument("--url", help="probe a redis:// backend instead of the SQLite file")
     i.add_argument("--plugin", help="only this plugin id")
     i.add_argument("--namespace", help="only this namespace (lists its keys)")
     i.add_argument("--values", action="store_true", help="also print stored values (off by default)")
@@ -65,29 +69,13 @@ def _inspect(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"no state database at {path}", file=sys.stderr)
         return 1
-    now = wall_clock_ms()
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        params = {"now": now, "plugin": args.plugin or None, "ns": args.namespace or None}
-        cond = "(:plugin IS NULL OR plugin_id = :plugin) AND (:ns IS NULL OR namespace = :ns)"
-        namespaces = [
-            {"plugin_id": p, "namespace": n, "live": live, "expired": expired}
-            for p, n, live, expired in conn.execute(
-                "SELECT plugin_id, namespace,"
-                # "IS NOT NULL AND": a bare `expires_at <= :now` is NULL for never-expiring rows,
-                # and a sum over only NULLs is NULL, so such a namespace showed "expired": null.
-                " sum(expires_at IS NULL OR expires_at > :now),"
-                " sum(expires_at IS NOT NULL AND expires_at <= :now)"
-                f" FROM entries WHERE {cond} GROUP BY plugin_id, namespace ORDER BY 1, 2",
-                params,
-            )
-        ]
+        params = {"now": wall_clock_ms(), "plugin": args.plugin or None, "ns": args.namespace or None}
+        columns = ("plugin_id", "namespace", "live", "expired")
+        namespaces = [dict(zip(columns, row)) for row in conn.execute(NAMESPACES, params)]
         keys: list[dict[str, Any]] = []
-        live_rows = (
-            f"SELECT plugin_id, key, value, created_at, expires_at FROM entries WHERE {cond}"
-            " AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key"
-        )
-        for p, k, v, created, expires in conn.execute(live_rows, params) if args.namespace else ():
+        for p, k, v, created, expires in conn.execute(LIVE_KEYS, params) if args.namespace else ():
             keys.append({"plugin_id": p, "key": k, "created_at": _iso(created), "expires_at": _iso(expires)})
             if args.values:
                 keys[-1]["value"] = json.loads(v)

@@ -7,6 +7,7 @@ connection or thread is used: a forked child's inherited stores answer UNAVAILAB
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import uuid
@@ -44,7 +45,7 @@ class Location:
         self.location = backend.location
         self.pid = os.getpid()
         self._lock = threading.Lock()
-        self._holders = 0
+        self._holders = 1  # the opener
         self._closed = False
         self._specs: dict[tuple[str, str], tuple[NamespaceSpec, int]] = {}  # open pairs, counted
         self._writer: Workers | None = None
@@ -61,20 +62,18 @@ class Location:
             return self._writer
 
     def hold(self) -> bool:
-        """One more holder; False if this location has closed already (open it afresh)."""
+        """One more holder, the paths checked again and modes re-applied (on every open, not the
+        first only); False if this location has closed already (open it afresh). Raises OPEN_FAILED."""
         with self._lock:
-            if not self._closed:
-                self._holders += 1
-            return not self._closed
-
-    def rejoin(self) -> None:
-        """Check the paths again and re-apply modes for a holder just added, giving the hold back
-        if that fails. Raises OPEN_FAILED."""
+            if self._closed:
+                return False
+            self._holders += 1
         try:
             self.backend.reopened()
         except BaseException:
             self.release()
             raise
+        return True
 
     def release(self) -> None:
         """One holder less; the last one closes the backend (calls in flight finish first)."""
@@ -135,13 +134,11 @@ def acquire(path: str | os.PathLike[str] | None, url: str | None, settings: Stor
         shared = _locations.get(ident)
         if shared is None or not shared.hold():
             shared = _locations[ident] = Location(_open_backend(ident, url, settings), settings)
-            shared.hold()
             return shared
     if shared.settings != settings:
         shared.release()
         message = "this database is already open in this process with different settings"
         raise StateStoreError("INVALID_INPUT", "open", message, path=shared.location)
-    shared.rejoin()
     return shared
 
 
@@ -191,14 +188,8 @@ def open_keyed_store(
 def _arguments_of(
     sync: Callable[P, Any],
 ) -> Callable[[Callable[..., Coroutine[Any, Any, T]]], Callable[P, Coroutine[Any, Any, T]]]:
-    """Give an async opener `sync`'s arguments: for mypy, and for `inspect.signature` (which
-    follows `__wrapped__`), so the two are declared once."""
-
-    def wrap(opener: Callable[..., Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-        opener.__wrapped__ = sync  # type: ignore[attr-defined]
-        return opener
-
-    return wrap
+    """Declare an async opener's arguments once: `sync`'s, for mypy and `inspect.signature`."""
+    return lambda opener: functools.update_wrapper(opener, sync, assigned=(), updated=())
 
 
 @_arguments_of(open_keyed_store)
@@ -208,12 +199,9 @@ async def open_async_keyed_store(*args: Any, **kwargs: Any) -> AsyncKeyedStore:
 
 
 class Database:
-    """One database (SQLite file or Redis URL) held for as long as its owner needs it.
-
-    No I/O until first use (a failed open is tried again by the next call); held until `close`.
-    Its stores share the open database with stores opened by path and close on their own.
-    Thread-safe; the methods block (call them off the loop).
-    """
+    """One database (SQLite file or Redis URL) held for as long as its owner needs it: opened on
+    first use (a failed open is tried again by the next call), held until `close`; its stores
+    close on their own. Thread-safe; the methods block (call them off the loop)."""
 
     def __init__(
         self,
@@ -256,7 +244,6 @@ class Database:
         shared = self._open()
         if not shared.hold():
             raise StateStoreError("UNAVAILABLE", "open", "the database is closed", path=self.location)
-        shared.rejoin()
         return shared.open_store(spec, clock)
 
     async def open_async_keyed_store(self, plugin_id: str, namespace: str, **options: Any) -> AsyncKeyedStore:
@@ -273,12 +260,9 @@ class Database:
         self._open().backend.checkpoint()
 
     def probe(self) -> dict[str, Any]:
-        """Check the store end to end; never raises, never shows values.
-
-        Returns {ok, database_path, steps: [{name, ok, code?, message?}]} for state-dir, open
-        (on an open Database: the paths checked and modes re-applied again), schema,
-        write-read-delete (a temporary core row), checkpoint and permissions (SQLite).
-        """
+        """Check the store end to end; never raises, never shows values. Returns {ok, database_path,
+        steps: [{name, ok, code?, message?}]} for state-dir, open, schema, write-read-delete (a
+        temporary core row), checkpoint and permissions (SQLite)."""
         steps: list[dict[str, Any]] = []
 
         def step(name: str, fn: Callable[[], T]) -> T:

@@ -163,8 +163,7 @@ class Backend(Protocol):
 
 # -- where the database is: the SQLite file, or a URL as it may be shown ---------------------
 def state_dir(state_dir: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> Path:
-    """The state dir: the argument, else $CHATSTATE_HOME (from `env`, default os.environ), else
-    ~/.chatstate. The one resolver: the gateway's config uses it too."""
+    """The state dir: the argument, else $CHATSTATE_HOME (from `env`, default os.environ), else ~/.chatstate."""
     if state_dir is not None:
         return Path(state_dir).expanduser()
     home = (os.environ if env is None else env).get("CHATSTATE_HOME")
@@ -218,8 +217,7 @@ _FLAT_SCALARS = frozenset({str, int, bool, type(None)})  # exact types; floats n
 
 
 class Json(str):
-    """JSON text `serialize_value` already checked: a store takes it as is (the async twin
-    serializes on the caller and hands this on)."""
+    """JSON text `serialize_value` checked already (the async twin's, on the caller): taken as is."""
 
 
 def _int_in(n: object, low: int, high: int) -> TypeGuard[int]:
@@ -295,9 +293,8 @@ def check_keys(values: object, op: str) -> list[str]:
     if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, set, frozenset)):
         raise StateStoreError("INVALID_INPUT", op, "keys must be a list of strings")
     if len(values) > MAX_BATCH_KEYS:
-        raise StateStoreError(
-            "LIMIT_EXCEEDED", op, f"{len(values)} keys asked for; the limit is {MAX_BATCH_KEYS} a call"
-        )
+        message = f"{len(values)} keys asked for; the limit is {MAX_BATCH_KEYS} a call"
+        raise StateStoreError("LIMIT_EXCEEDED", op, message)
     return list(dict.fromkeys(check_key(k, op) for k in values))
 
 
@@ -313,11 +310,9 @@ def check_page(limit: object, after: object, op: str = "entries") -> tuple[int |
 
 
 def serialize_value(value: object, op: str, max_bytes: int = MAX_VALUE_BYTES) -> str:
-    """Return the compact JSON text stored for `value`.
-
-    Raises INVALID_INPUT for anything but plain JSON (tuples, sets, bytes, non-str keys, NaN/inf,
-    lone surrogates), LIMIT_EXCEEDED past the depth or size limit.
-    """
+    """Return the compact JSON text stored for `value`. Raises INVALID_INPUT for anything but plain
+    JSON (tuples, sets, bytes, non-str keys, NaN/inf, lone surrogates), LIMIT_EXCEEDED past the
+    depth or size limit."""
     if type(value) is Json:  # checked already (the async twin, on the caller): only the size is ours
         text = str(value)  # an exact str for the driver
     else:
@@ -343,19 +338,15 @@ def _check_shape(root: object, op: str) -> None:
             raise StateStoreError(
                 "LIMIT_EXCEEDED", op, f"value nests {depth} levels deep; the limit is {MAX_VALUE_DEPTH}"
             )
-        if value is None or isinstance(value, (bool, int, str)):
-            continue  # str validity (surrogates) is checked when encoding
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                raise StateStoreError("INVALID_INPUT", op, "value contains a non-finite float")
-            continue
         if type(value) is list:
             stack.extend((item, depth + 1) for item in value)
-            continue
-        if type(value) is dict:
-            for k, item in value.items():
-                if not isinstance(k, str):
-                    raise StateStoreError("INVALID_INPUT", op, "value has a non-string object key")
-                stack.append((item, depth + 1))
-            continue
-        raise StateStoreError("INVALID_INPUT", op, f"value contains a {type(value).__name__}, which is not plain JSON")
+        elif type(value) is dict:
+            if not all(isinstance(k, str) for k in value):
+                raise StateStoreError("INVALID_INPUT", op, "value has a non-string object key")
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise StateStoreError("INVALID_INPUT", op, "value contains a non-finite float")
+        elif not (value is None or isinstance(value, (bool, int, float, str))):  # str: surrogates fail encoding
+            raise StateStoreError(
+                "INVALID_INPUT", op, f"value contains a {type(value).__name__}, which is not plain JSON"
+            )

@@ -112,9 +112,8 @@ SQL_CLEAR = "DELETE FROM entries WHERE plugin_id = :plugin AND namespace = :ns"
 # Over max_entries only: walking the (few) expired rows beats scanning the namespace by key.
 SQL_DROP_EXPIRED = f"DELETE FROM entries INDEXED BY entries_by_expiry WHERE expires_at <= ?4 AND {NS}"
 # The oldest live rows by (created_at, key): one seek into entries_by_order, never the key ?3.
-OLDEST = (
-    f"SELECT key FROM entries INDEXED BY entries_by_order WHERE {NS} AND {LIVE} AND key != ?3\nORDER BY created_at, key"
-)
+OLDEST = f"""SELECT key FROM entries INDEXED BY entries_by_order WHERE {NS} AND {LIVE} AND key != ?3
+ORDER BY created_at, key"""
 SQL_EVICT = f"DELETE FROM entries WHERE {NS} AND key IN ({OLDEST} LIMIT ?5)"
 # A namespace exactly at max_entries: a write takes over, in one UPDATE, the row of its own key,
 # else an expired one (they never count), else (evict-oldest) the oldest live one: an eviction
@@ -235,17 +234,15 @@ _checked: dict[str, tuple[object, ...]] = {}
 
 
 def _fingerprint(path: Path) -> tuple[object, ...] | None:
-    parts: list[object] = []
-    for p in (path, Path(f"{path}-wal")):
-        try:
-            st = os.stat(p)
-        except FileNotFoundError:
-            st = None
-        except OSError:
-            return None
-        # An empty WAL holds nothing: a read-only check may create one without changing a byte.
-        parts.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) if st and st.st_size else None)
-    return tuple(parts)
+    """The file and its WAL as they look now (an empty WAL holds nothing: a read-only check may
+    create one), or None if that cannot be told."""
+    try:
+        stats = [os.stat(p) if os.path.lexists(p) else None for p in (path, Path(f"{path}-wal"))]
+    except OSError:
+        return None
+    return tuple(
+        (s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) if s and s.st_size else None for s in stats
+    )
 
 
 def _check_file(path: Path, where: str) -> None:
@@ -424,12 +421,8 @@ class SQLiteBackend:
         return slot
 
     def _driver_error(self, op: str, exc: sqlite3.Error, *, open_error: bool = False) -> StateStoreError:
-        if is_corruption(exc):
-            code = "CORRUPT"
-        elif open_error or op == "open":
-            code = "OPEN_FAILED"
-        else:
-            code = "READ_FAILED" if op in READ_OPS else "WRITE_FAILED"
+        code = "READ_FAILED" if op in READ_OPS else "WRITE_FAILED"
+        code = "CORRUPT" if is_corruption(exc) else "OPEN_FAILED" if open_error or op == "open" else code
         return self._fail(code, op, f"SQLite said: {exc}")
 
     def _query(self, op: str, statement: str, params: tuple[object, ...] | dict[str, object] = ()) -> list[Any]:

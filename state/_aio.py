@@ -27,7 +27,7 @@ DELIVER_BATCH = 16  # at most this many finished calls wait for one wake-up of t
 IDLE_EXIT_S = 10.0  # a worker thread with nothing to do for this long exits (restarted on demand)
 
 _Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
-_Done = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Any, "BaseException | None"]
+_Done = tuple["asyncio.Future[Any]", Any, "BaseException | None"]
 Batch = Callable[[Sequence[Callable[[], Any]]], "list[tuple[Any, Exception | None]] | None"]
 
 
@@ -95,33 +95,29 @@ class Workers:
             if self._batch is not None and len(batch) > 1:
                 with contextlib.suppress(Exception):  # e.g. the database closed: each call, run alone, says so
                     outcomes = self._batch([c[2] for c in batch])
-            if outcomes is None:
-                _post_all([_run(c) for c in batch])
-            else:
-                _post_all([(c[0], c[1], result, exc) for c, (result, exc) in zip(batch, outcomes)])
+            _post_all(batch, outcomes or [_outcome(c[2]) for c in batch])
             del batch, outcomes  # hold no caller's objects while idle
 
 
-def _run(call: _Call) -> _Done:
-    loop, future, fn = call
+def _outcome(fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
     try:
-        return (loop, future, fn(), None)
+        return fn(), None
     except BaseException as exc:  # delivered to the awaiting coroutine, not lost here
-        return (loop, future, None, exc)
+        return None, exc
 
 
-def _post_all(done: list[_Done]) -> None:
+def _post_all(calls: list[_Call], outcomes: Sequence[tuple[Any, BaseException | None]]) -> None:
     """Wake each caller's loop once for all of its results."""
     by_loop: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
-    for d in done:
-        by_loop.setdefault(d[0], []).append(d)
-    for loop, group in by_loop.items():
+    for (loop, future, _), (result, exc) in zip(calls, outcomes):
+        by_loop.setdefault(loop, []).append((future, result, exc))
+    for loop, done in by_loop.items():
         with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting any more
-            loop.call_soon_threadsafe(_deliver, group)
+            loop.call_soon_threadsafe(_deliver, done)
 
 
 def _deliver(done: list[_Done]) -> None:
-    for _, future, result, exc in done:
+    for future, result, exc in done:
         if future.done():  # the awaiting task was cancelled; the call still ran
             continue
         if exc is None:

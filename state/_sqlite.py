@@ -185,8 +185,8 @@ def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, b
 
 class _Modes:
     """Keep `targets` (path, mode) at their modes, cheaply: each is opened once (never through a
-    symlink) and checked by fstat; only a wrong mode costs an fchmod. A missing target (-wal, -shm)
-    is tried again next time; one deleted or replaced since (no links left) is opened afresh."""
+    symlink), checked by fstat and fchmod-ed only when wrong; a missing one (-wal, -shm) is tried
+    again next time, one deleted or replaced since (no links left) opened afresh."""
 
     def __init__(self, targets: tuple[tuple[Path, int], ...]) -> None:
         self._targets, self._fds, self._lock = targets, dict[Path, int](), threading.Lock()
@@ -315,8 +315,7 @@ def backup(source: Path, target: Path) -> None:
 
 # -- the backend ------------------------------------------------------------------------------
 class _ConditionFailed(Exception):
-    """Roll the transaction back: a staged CLAIM or MATCH did not hold (`commit` answers False),
-    or a call of a group commit failed (each call is then rerun alone)."""
+    """Roll back: a staged CLAIM or MATCH did not hold, or a call of a group commit failed."""
 
 
 class _Slot:
@@ -470,12 +469,8 @@ class SQLiteBackend:
 
     def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]] | None:
         """Run several writes of this thread in one transaction (group commit: a write costs about
-        half), each call's `_transact` joining it; every call's (result, error) after the COMMIT.
-
-        None, with nothing written, if a call failed inside the transaction or BEGIN / COMMIT
-        failed: the caller reruns the calls one by one, so each gets what it would have alone. A
-        call refused before it touched the database (validation) does not spoil the batch.
-        """
+        half); every call's (result, error) after the COMMIT. None, with nothing written, if a call
+        failed in the transaction (not in validation) or BEGIN / COMMIT did: rerun them alone."""
         slot = self._slot("register")
 
         def work(conn: sqlite3.Connection) -> list[tuple[Any, Exception | None]]:
@@ -494,12 +489,9 @@ class SQLiteBackend:
             return None
 
     def _after_commit(self, op: str) -> None:
-        """Re-apply 0700/0600 after every write, so an outside chmod does not stick.
-
-        Best effort: the write is committed, and failing it now would orphan a claim, lose a
-        consumed value or make a retry answer twice. A failure is logged once and shown by
-        `fault()` (probe, /healthz) until a later re-application succeeds.
-        """
+        """Re-apply 0700/0600 after every write, so an outside chmod does not stick. Best effort:
+        failing a committed write would orphan a claim, lose a consumed value or make a retry
+        answer twice; a failure is logged once and shown by `fault()` until one succeeds."""
         if self._modes is None:
             return
         try:
@@ -534,11 +526,10 @@ class SQLiteBackend:
             if not all(self._apply(conn, "commit", w) for w in writes):
                 raise _ConditionFailed  # rolls the whole transaction back
 
-        try:
+        with contextlib.suppress(_ConditionFailed):
             self._transact("commit", work)
-        except _ConditionFailed:
-            return False
-        return True
+            return True
+        return False
 
     def _apply(self, conn: sqlite3.Connection, op: str, w: Write) -> bool:
         """One write inside the caller's transaction, keeping the namespace's cap (rules 8, 9)."""
@@ -620,12 +611,9 @@ class SQLiteBackend:
         return int(self._query("count", SQL_COUNT_LIVE, args)[0][0])
 
     def sweep(self, now_ms: int) -> int:
-        """Delete expired rows in batches, each its own short transaction.
-
-        A batch dirties hundreds of pages, so the automatic checkpoint would run (fsyncs included)
-        inside almost every COMMIT, under the write lock; instead it is off during the sweep and a
-        PASSIVE checkpoint, which writers do not wait for, follows each batch.
-        """
+        """Delete expired rows in batches, each its own short transaction. A batch dirties hundreds
+        of pages, so the automatic checkpoint (fsyncs included) would run in almost every COMMIT,
+        under the write lock: it is off meanwhile, and a PASSIVE one follows each batch."""
         args = {"now": now_ms, "batch": self.settings.sweep_batch_rows}
         removed = 0
         self._query("sweep", "PRAGMA wal_autocheckpoint = 0")

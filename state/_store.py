@@ -8,6 +8,7 @@ prometheus_client's default REGISTRY:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
@@ -124,19 +125,15 @@ class KeyedStore:
         return self._clock()
 
     def _decode(self, row: Row, op: str = "lookup") -> Any:
-        try:  # stored JSON is compact: raw_decode skips json.loads' two whitespace regex matches
+        with contextlib.suppress(ValueError):  # stored JSON is compact: raw_decode skips json.loads' regexes
             value, end = _raw_decode(row.value)
             if end == len(row.value):
                 return value
-        except ValueError:
-            pass
         try:
             return json.loads(row.value)
         except ValueError:
-            size = len(row.key.encode())
-            raise StateStoreError(
-                "CORRUPT", op, f"stored JSON for a key of {size} bytes is unreadable", path=self.location
-            ) from None
+            message = f"stored JSON for a key of {len(row.key.encode())} bytes is unreadable"
+            raise StateStoreError("CORRUPT", op, message, path=self.location) from None
 
     def _entry(self, row: Row, op: str) -> Entry:
         return Entry(row.key, self._decode(row, op), row.created_at, row.expires_at, row.version)
@@ -158,12 +155,10 @@ class KeyedStore:
     # -- the contract ---------------------------------------------------------------------
     @measured("register")
     def register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
-        """Store `value` under `key` (upsert) with a new version; the row becomes the newest.
-
-        TTL: `ttl_ms`, else default_ttl_ms, else never. Live rows over max_entries are evicted oldest
-        first (never this key); with overflow="reject-new" the write is refused. Raises
-        INVALID_INPUT, LIMIT_EXCEEDED (size, depth, full reject-new namespace), WRITE_FAILED, UNAVAILABLE.
-        """
+        """Store `value` under `key` (upsert) with a new version, as the newest row; TTL `ttl_ms`,
+        else default_ttl_ms, else never. Over max_entries the oldest live rows (never this key) are
+        evicted, or with overflow="reject-new" the write is refused. Raises INVALID_INPUT,
+        LIMIT_EXCEEDED (size, depth, full reject-new namespace), WRITE_FAILED, UNAVAILABLE."""
         self._write(Mode.UPSERT, key, value, ttl_ms)
 
     @measured("register_if_absent")
@@ -195,9 +190,8 @@ class KeyedStore:
                 applied = self.compare_and_set(key, new, version=entry.version, ttl_ms=ttl_ms)
             if applied:
                 return new
-        raise StateStoreError(
-            "CONFLICT", "update", f"the row kept changing: gave up after {attempts} attempts", path=self.location
-        )
+        message = f"the row kept changing: gave up after {attempts} attempts"
+        raise StateStoreError("CONFLICT", "update", message, path=self.location)
 
     @measured("lookup")
     def lookup(self, key: str) -> Any | None:

@@ -1,4 +1,4 @@
-"""The floor for the echo route (issue 25): plain aiohttp doing only what the route must.
+"""The floor for the echo route: plain aiohttp doing only what the route must.
 
     python benchmarks/floor_server.py PORT DIR [--cpu N]    # prints "ready" once it listens
 

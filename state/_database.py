@@ -79,7 +79,7 @@ class Location:
         """One holder less; the last one closes the backend (calls in flight finish first)."""
         with self._lock:
             self._holders -= 1
-            self._closed = self._holders == 0  # the registry entry stays until an open replaces it
+            self._closed = self._holders <= 0  # the registry entry stays until an open replaces it
             if not self._closed:
                 return
         self.backend.close()
@@ -94,12 +94,13 @@ class Location:
                 self._specs[pair] = (spec, (held[1] if held else 0) + 1)
                 return KeyedStore(self, spec, clock or wall_clock_ms)
         self.release()
-        o = held[0]
-        message = f"{spec.plugin_id}/{spec.namespace} is already open with max_entries={o.max_entries}, "
-        message += f"default_ttl_ms={o.default_ttl_ms}, overflow={o.overflow}, max_value_bytes={o.max_value_bytes}"
-        raise StateStoreError(
-            "INVALID_INPUT", "open", f"{message}; reopen it with the same settings", path=self.location
+        was = held[0]
+        message = f"{spec.plugin_id}/{spec.namespace} is already open with max_entries={was.max_entries}, "
+        message += (
+            f"default_ttl_ms={was.default_ttl_ms}, overflow={was.overflow}, max_value_bytes={was.max_value_bytes}"
         )
+        message += "; reopen it with the same settings"
+        raise StateStoreError("INVALID_INPUT", "open", message, path=self.location)
 
     def close_store(self, spec: NamespaceSpec) -> None:
         pair = (spec.plugin_id, spec.namespace)

@@ -642,11 +642,9 @@ class SQLiteBackend:
         for slot in slots:
             slot.lock.acquire()
         try:
-            mine: _Slot | None = getattr(self._local, "slot", None)
-            conn = mine.conn if mine in slots else (slots[0].conn if slots else None)
-            if conn is not None:
+            if slots:  # any connection will do: every lock is held, so none is in a call
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                    slots[0].conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 except sqlite3.Error as exc:
                     raise self._driver_error("close", exc) from None
                 self._after_commit("close")

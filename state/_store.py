@@ -8,7 +8,6 @@ prometheus_client's default REGISTRY:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import threading
@@ -125,10 +124,12 @@ class KeyedStore:
         return self._clock()
 
     def _decode(self, row: Row, op: str = "lookup") -> Any:
-        with contextlib.suppress(ValueError):  # stored JSON is compact: raw_decode skips json.loads' regexes
+        try:  # stored JSON is compact: raw_decode skips json.loads' two whitespace regex matches
             value, end = _raw_decode(row.value)
             if end == len(row.value):
                 return value
+        except ValueError:
+            pass
         try:
             return json.loads(row.value)
         except ValueError:

@@ -171,15 +171,21 @@ def prepare_dirs(db: Path, *, create: bool = True, op: str = "open") -> bool:
 
 def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, bool]:
     """Check (and with `create`, make) the database's place. Returns (the directory is the store's
-    own: made by it, or `plugin-state`; the file has content). Raises OPEN_FAILED, OSError."""
-    made = prepare_dirs(db, create=create, op=op)
-    for side in SIDE_FILES:
-        check_path(Path(f"{db}{side}"), False, op)
-    st = check_path(db, False, op)
-    if st is None and create:
-        fd = os.open(db, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-        os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask did to os.open's mode
-        os.close(fd)
+    own: made by it, or `plugin-state`; the file has content). Raises OPEN_FAILED."""
+    try:
+        made = prepare_dirs(db, create=create, op=op)
+        for side in SIDE_FILES:
+            check_path(Path(f"{db}{side}"), False, op)
+        st = check_path(db, False, op)
+        if st is None and create:
+            fd = os.open(db, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+            os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask did to os.open's mode
+            os.close(fd)
+    except OSError as exc:
+        doing = "prepare" if create else "check"
+        raise StateStoreError(
+            "OPEN_FAILED", op, f"cannot {doing} the state path ({exc.strerror})", path=str(db)
+        ) from None
     return made or db.parent.name == "plugin-state", st is not None and st.st_size > 0
 
 
@@ -280,15 +286,9 @@ def check_database(path: Path, *, create: bool = False) -> bool:
     content, unless this process checked it and it is unchanged since. Returns whether the
     directory is the store's own (see `prepare`). Raises OPEN_FAILED, CORRUPT, SCHEMA_UNSUPPORTED."""
     where = str(path)
-    try:
-        if path.is_dir() and not path.is_symlink():
-            raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory", path=where)
-        own_dir, has_content = prepare(path, create=create)
-    except OSError as exc:
-        doing = "prepare" if create else "check"
-        raise StateStoreError(
-            "OPEN_FAILED", "open", f"cannot {doing} the state path ({exc.strerror})", path=where
-        ) from None
+    if path.is_dir() and not path.is_symlink():
+        raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory", path=where)
+    own_dir, has_content = prepare(path, create=create)
     before = _fingerprint(path) if has_content else None
     if has_content and (before is None or _checked.get(where) != before):
         _check_file(path, where)  # never writes: a bad file stays exactly as it was
@@ -511,10 +511,7 @@ class SQLiteBackend:
 
     def reopened(self) -> None:
         """Another store joins: check the paths again (OPEN_FAILED) and re-apply modes."""
-        try:
-            prepare(self.path, create=False)
-        except OSError as exc:
-            raise self._fail("OPEN_FAILED", "open", f"cannot check the state path ({exc.strerror})") from None
+        prepare(self.path, create=False)
         self._after_commit("open")
 
     # -- operations ---------------------------------------------------------------------

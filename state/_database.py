@@ -48,18 +48,9 @@ class Location:
         self._holders = 1  # the opener
         self._closed = False
         self._specs: dict[tuple[str, str], tuple[NamespaceSpec, int]] = {}  # open pairs, counted
-        self._writer: Workers | None = None
-
-    @property
-    def writer(self) -> Workers:
-        """Where the async twin sends writes: for SQLite one thread that group-commits (more would
-        only queue on the write lock and fight the loop for the GIL); for Redis the shared pool."""
-        if not self.backend.one_writer:
-            return POOL
-        with self._lock:
-            if self._writer is None:
-                self._writer = Workers(1, f"{WORKER_PREFIX}-writer", self.backend.run_batch)
-            return self._writer
+        # Where the async twin sends writes: for SQLite one thread that group-commits (more would only
+        # queue on the write lock and fight the loop for the GIL); for Redis the shared pool.
+        self.writer = Workers(1, f"{WORKER_PREFIX}-writer", backend.run_batch) if backend.one_writer else POOL
 
     def hold(self) -> bool:
         """One more holder, the paths checked again and modes re-applied (on every open, not the

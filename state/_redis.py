@@ -56,6 +56,7 @@ REDIS_SCHEMA = 3  # 1: rows without versions; 2: versions; 3: keys tagged by plu
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m", Mode.DELETE: "d"}
 ACKED = ("write", "take", "clear")  # the scripts whose changes wait for replicas (min_replicas_acked)
+READONLY_HINT = "name the primary, or use redis+sentinel://"
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
 Block = tuple[list[str], list[Any]]  # one namespace's KEYS and ARGV in a script call
 T = TypeVar("T")
@@ -111,18 +112,14 @@ local function is_live(e, t) return e == '' or tonumber(e) > t end
 local function live_count(z, e, t) return redis.call('ZCARD', z) - redis.call('ZCOUNT', e, '-inf', t) end
 local function cached(opkey) return opkey ~= '' and redis.call('GET', opkey) end
 -- Keep an applied result for a retry of this call; a refusal or a no-op is harmless to re-run.
-local function finish(opkey, result)
-  if opkey ~= '' and result ~= '' and result ~= '0' then redis.call('SET', opkey, result, 'PX', ttl) end
-  return result
-end
+local function finish(opkey, r) if opkey ~= '' and r ~= '' and r ~= '0' then redis.call('SET', opkey, r, 'PX', ttl) end return r end
 """
 _ROWS = """
 local save = function(b, k) end  -- the write script's undo log replaces it
 local function remove(b, k)
   save(b, k)
   redis.call('DEL', b .. ':r:' .. k)
-  redis.call('ZREM', b .. ':order', k)
-  redis.call('ZREM', b .. ':exp', k)
+  redis.call('ZREM', b .. ':order', k) redis.call('ZREM', b .. ':exp', k)
 end
 local function drop_expired(b, t, limit)
   local gone = redis.call('ZRANGEBYSCORE', b .. ':exp', '-inf', t, 'LIMIT', 0, limit or -1)
@@ -139,32 +136,32 @@ local function emit(out, key, row)  -- a live row as key, json, created, expires
 end
 """
 # Writes in order, all or none: a register, claim or compare-and-set, or a staged commit. A block
-# per write (its row; the fields named below; mode "u" upsert, "c" claim: no live row, "m" match: a
-# live row of version `expect`, "d" delete), then an op key if a write has a condition. Returns "1"
-# ("1n": a namespace was (re)registered, so its plugin goes on the sweep list) or, with nothing
-# written, "0" (a condition failed) or "NS_FULL:<i>" (write i met a full reject-new namespace).
+# and a row per write, then an op key if a write has a condition. Returns "1" ("1n": a namespace
+# was (re)registered, so its plugin goes on the sweep list) or, with nothing written, "0" (a
+# condition failed) or "NS_FULL:<i>" (write i met a full reject-new namespace).
 _WRITE = """
+-- A row and its index entries; Redis drops it `grace` after its expiry, counted from `t` (the
+-- caller's clock may be skewed) as the remaining TTL (PTTL would need one more ACL grant).
+local function put(b, k, v, c, e, n, t)
+  local row = b .. ':r:' .. k
+  redis.call('DEL', row)  -- drops an old server-side expiry along with the old fields
+  redis.call('HSET', row, 'v', v, 'c', c, 'e', e, 'n', n)
+  if e ~= '' then redis.call('PEXPIRE', row, string.format('%d', math.max(e - t, 1) + grace)) end
+  redis.call('ZADD', b .. ':order', c, k)
+  if e ~= '' then redis.call('ZADD', b .. ':exp', e, k) else redis.call('ZREM', b .. ':exp', k) end
+end
 -- A commit that fails half-way undoes what it did: while `saving`, each row is remembered before
--- it changes, and `rollback` restores them newest first (expiry recounted: PTTL needs an ACL grant).
+-- it changes, and `rollback` puts them back newest first.
 local saving, undo = false, {}
 save = function(b, k)
-  if not saving then return end
-  local row = b .. ':r:' .. k
-  undo[#undo + 1] = {b = b, k = k, clock = clock, f = redis.call('HMGET', row, 'v', 'c', 'e', 'n'),
-    order = redis.call('ZSCORE', b .. ':order', k), exp = redis.call('ZSCORE', b .. ':exp', k)}
+  if saving then undo[#undo + 1] = {b, k, clock, redis.call('HMGET', b .. ':r:' .. k, 'v', 'c', 'e', 'n')} end
 end
 local function rollback()
+  saving = false
   for i = #undo, 1, -1 do
-    local u = undo[i]
-    if u.set then redis.call('SREM', u.set, u.member) else
-      local row, f = u.b .. ':r:' .. u.k, u.f
-      redis.call('DEL', row)
-      if f[1] then redis.call('HSET', row, 'v', f[1], 'c', f[2], 'e', f[3], 'n', f[4] or '0') end
-      if f[1] and f[3] ~= '' then redis.call('PEXPIRE', row, string.format('%d', math.max(f[3] - u.clock, 1) + grace)) end
-      for _, z in ipairs({'order', 'exp'}) do
-        if u[z] then redis.call('ZADD', u.b .. ':' .. z, u[z], u.k) else redis.call('ZREM', u.b .. ':' .. z, u.k) end
-      end
-    end
+    local b, k, t, f = unpack(undo[i])
+    if t == 'member' then redis.call('SREM', b, k) else remove(b, k) end
+    if f and f[1] then put(b, k, f[1], f[2], f[3], f[4] or '0', t) end
   end
 end
 
@@ -185,28 +182,23 @@ local function make_room(b, key, t, maxn, reject)
   return true
 end
 
-local n, fresh = (#A - 2) / 12, false
+local n, fresh = (#A - 2) / 11, false
 local opkey = KEYS[n * 4 + 1] or ''
 local prior = cached(opkey) if prior then return prior end
 local function apply(i)  -- nil when write i is applied, else the script's answer
-  local order, exp, pns, row = unpack(KEYS, i * 4 - 3, i * 4)
-  local now, base, ns, mode, key, value = unpack(A, i * 12 - 9, i * 12 - 4)
-  local expires, pexpire, maxn, overflow, version, expect = unpack(A, i * 12 - 3, i * 12 + 2)
+  local pns, row = KEYS[i * 4 - 1], KEYS[i * 4]
+  local now, base, ns, mode, key, value, expires, maxn, overflow, version, expect = unpack(A, i * 11 - 8, i * 11 + 2)
   clock = tonumber(now)
-  if mode == 'd' then return remove(base, key) end
+  if mode == 'd' then return remove(base, key) end  -- modes: u upsert, c claim, m match `expect`, d delete
   if mode == 'c' and live_row(row) then return '0' end
   local f = mode == 'm' and redis.call('HMGET', row, 'e', 'n')
   if f and not (f[1] and is_live(f[1], clock) and f[2] == expect) then return '0' end
   if not make_room(base, key, now, tonumber(maxn), overflow == 'reject-new') then return 'NS_FULL:' .. i end
   save(base, key)
-  redis.call('DEL', row)  -- drops an old server-side expiry along with the old fields
-  redis.call('HSET', row, 'v', value, 'c', now, 'e', expires, 'n', version)
-  if pexpire ~= '' then redis.call('PEXPIRE', row, pexpire) end
-  redis.call('ZADD', order, now, key)
-  if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
+  put(base, key, value, now, expires, version, clock)
   if redis.call('SADD', pns, ns) == 1 then
     fresh = true
-    if saving then undo[#undo + 1] = {set = pns, member = ns} end
+    if saving then undo[#undo + 1] = {pns, ns, 'member'} end
   end
 end
 for i = 1, n do
@@ -276,14 +268,13 @@ return n
 # old base, its tagged base, then a fresh version per row in order, set where a row has none
 # (HSETNX). What still exists is renamed: a second migrator finds nothing to do.
 _MIGRATE = """
-local names = {':order', ':exp'}
 for i, k in ipairs(redis.call('ZRANGE', ARGV[1] .. ':order', 0, -1)) do
-  names[#names + 1] = ':r:' .. k
   local row = ARGV[1] .. ':r:' .. k
   if ARGV[i + 2] and redis.call('EXISTS', row) == 1 then redis.call('HSETNX', row, 'n', ARGV[i + 2]) end
+  if redis.call('EXISTS', row) == 1 then redis.call('RENAME', row, ARGV[2] .. ':r:' .. k) end
 end
-for _, name in ipairs(names) do
-  if redis.call('EXISTS', ARGV[1] .. name) == 1 then redis.call('RENAME', ARGV[1] .. name, ARGV[2] .. name) end
+for _, z in ipairs({':order', ':exp'}) do
+  if redis.call('EXISTS', ARGV[1] .. z) == 1 then redis.call('RENAME', ARGV[1] .. z, ARGV[2] .. z) end
 end
 """
 SCRIPTS = {
@@ -316,18 +307,18 @@ class RedisBackend:
         self._pid = os.getpid()  # the client's sockets are used only by the process that opened them
         self._scripts = {name: self._client.register_script(text) for name, text in SCRIPTS.items()}
         try:  # the first connection: redis-py reads its URL options here
-            version = self.schema_version("open")
-            if version > REDIS_SCHEMA:
+            if (version := self.schema_version("open")) > REDIS_SCHEMA:
                 why = f"this code reads versions up to {REDIS_SCHEMA}: upgrade chatstate"
                 raise self._fail("SCHEMA_UNSUPPORTED", "open", f"the Redis prefix has schema version {version}; {why}")
             if version < REDIS_SCHEMA:  # migrated in place
                 self._call("open", self._migrate)
-        except BaseException as exc:
-            self._client.close()  # a failed open leaves no pool behind
-            if not isinstance(exc, TypeError):
-                raise
+        except TypeError:
+            self._client.close()
             unknown = "the Redis URL has an option neither we nor redis-py know"
             raise self._fail("INVALID_INPUT", "open", unknown) from None
+        except BaseException:
+            self._client.close()  # a failed open leaves no pool behind
+            raise
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self.location}>"
@@ -341,7 +332,7 @@ class RedisBackend:
             raise self._fail("INVALID_INPUT", "open", f"unsupported state URL scheme {scheme!r}; use {forms}")
         parts = urlsplit(url)
         self.options, theirs = RedisOptions.from_query(parts.query)
-        o = self.options
+        o, cluster = self.options, scheme == "redis+cluster"
         timeouts = {"socket_connect_timeout": o.socket_connect_timeout_s, "socket_timeout": o.socket_timeout_s}
         retry = Retry(ExponentialBackoff(cap=o.backoff_cap_s, base=o.backoff_base_s), o.retries)
         common: dict[str, Any] = {"decode_responses": True, "retry": retry, **timeouts}
@@ -352,15 +343,12 @@ class RedisBackend:
             creds, at, hosts_text = parts.netloc.rpartition("@")
             hosts = [self._host_port(h) for h in hosts_text.split(",")]
             service, _, db = parts.path.strip("/").partition("/")
-            cluster = scheme == "redis+cluster"
             kwargs = parse_url(f"redis://{creds}{at}localhost/{'' if cluster else db}?{theirs}")
             for name in ("host", "port", "db") if cluster else ("host", "port"):
                 kwargs.pop(name, None)
             if cluster and o.min_replicas_acked:
-                why = "is for redis:// and redis+sentinel:// URLs; on a cluster run each shard's replicas"
-                raise self._fail(
-                    "INVALID_INPUT", "open", f"min_replicas_acked {why} with min-replicas-to-write instead"
-                )
+                why = "is for redis:// and redis+sentinel:// URLs; on a cluster run each shard's replicas with"
+                raise self._fail("INVALID_INPUT", "open", f"min_replicas_acked {why} min-replicas-to-write instead")
             if cluster:
                 try:  # RedisCluster asks a node for the slot map at once
                     return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], **kwargs, **common)
@@ -409,11 +397,7 @@ class RedisBackend:
         if isinstance(exc, errors.ReadOnlyError) or "READONLY" in text:  # also inside a Redis 6 script
             if self._sentinel is not None:
                 return "WRITE_FAILED", op, "Redis answered READONLY twice: the sentinels still name a replica"
-            return (
-                "WRITE_FAILED",
-                op,
-                "Redis answered READONLY: the URL names a replica; name the primary, or use redis+sentinel://",
-            )
+            return "WRITE_FAILED", op, f"Redis answered READONLY: the URL names a replica; {READONLY_HINT}"
         if isinstance(exc, (errors.TryAgainError, errors.ClusterError, errors.AskError)):
             said = f"({name}: {str(exc)[:200]}); try again"
             return "UNAVAILABLE", op, f"the cluster is moving or missing this plugin's slot {said}"
@@ -437,11 +421,8 @@ class RedisBackend:
             return "UNAVAILABLE", op, f"no Sentinel answered ({hosts}): start them, or fix the addresses"
         known, service = set().union(*answers), repr(self._service)
         if self._service not in known:
-            return (
-                "OPEN_FAILED",
-                op,
-                f"no Sentinel monitors a service named {service} (they monitor {sorted(known)}): fix the URL's path",
-            )
+            they = f"(they monitor {sorted(known)}): fix the URL's path"
+            return "OPEN_FAILED", op, f"no Sentinel monitors a service named {service} {they}"
         return "UNAVAILABLE", op, f"the Sentinels know no healthy primary for {service} (failover in progress)"
 
     # -- running scripts ----------------------------------------------------------------
@@ -469,9 +450,8 @@ class RedisBackend:
             except redis.ResponseError as exc:
                 if self._sentinel is None or "READONLY" not in str(exc):
                     raise
-                # A script reached a server that was demoted to a replica (Redis 6 runs the
-                # script there and fails its first write: nothing was applied). Drop the
-                # pool's connections so the next one asks the sentinels, and run it again.
+                # A script reached a demoted primary (Redis 6 runs it there and fails its first
+                # write: nothing applied). Drop the pool so the next connection asks the sentinels.
                 self._client.connection_pool.disconnect()
                 return fn()
         except (redis.RedisError, errors.RedisClusterException) as exc:
@@ -483,11 +463,9 @@ class RedisBackend:
                     self._idle.notify_all()
 
     def _run(self, op: str, entry: str, blocks: Sequence[Block], once: str | None = None) -> Any:
-        """Call the script `entry` on `blocks`. `once`: a plugin whose op key, one per call (its
-        retries share it), keeps the result (none otherwise: an ACL or a cluster slot check
-        refuses an empty key name). A change (ACKED) with `min_replicas_acked` WAITs on the same
-        connection until that many replicas have it, so an acknowledged write outlives a
-        failover; fewer in time is UNAVAILABLE (applied on the primary, survival unknown)."""
+        """Call the script `entry`. `once`: the plugin whose op key, one per call (its retries share
+        it), keeps the result. A change (ACKED) with `min_replicas_acked` WAITs on the same
+        connection for that many replicas, so an acknowledged write outlives a failover."""
         keys = [k for b in blocks for k in b[0]] + ([self._key(once, f"op:{uuid.uuid4().hex}")] if once else [])
         args = [self.options.op_result_ttl_ms, self.options.expiry_grace_ms, *(a for b in blocks for a in b[1])]
         script, want = self._scripts[entry], self.options.min_replicas_acked if entry in ACKED else 0
@@ -501,7 +479,7 @@ class RedisBackend:
                 return pipe.execute()
 
         result, got = self._call(op, run)
-        if int(got) < want:
+        if int(got) < want:  # applied on the primary, survival unknown
             late = f"{got} of {want} replicas acknowledged it within {self.options.replica_ack_timeout_ms} ms"
             raise self._fail("UNAVAILABLE", op, f"applied on the primary, but {late}: it may not survive a failover")
         return result
@@ -509,7 +487,7 @@ class RedisBackend:
     # -- the schema marker ----------------------------------------------------------------
     def _migrate(self) -> None:
         """Every key moves under its plugin's hash tag, and a row without a version (schema 1)
-        gets a fresh random one. Two gateways may migrate together: the second finds nothing to do."""
+        gets a fresh one. Two gateways may migrate together: the second finds nothing to do."""
         client = self._client
         for plugin_id in map(unquote, cast("set[str]", client.smembers(self._plugins))):
             old_set, new_set = (self._key(plugin_id, "namespaces", tagged=t) for t in (False, True))
@@ -522,8 +500,8 @@ class RedisBackend:
         client.set(f"{self._prefix}schema", REDIS_SCHEMA)
 
     def schema_version(self, op: str = "probe") -> int:
-        """The prefix's schema version. An empty prefix (a new one, or a Redis without
-        persistence that restarted empty) is stamped with the latest first."""
+        """The prefix's schema version; an empty prefix (a new one, or a Redis without persistence
+        that restarted empty) is stamped with the latest first."""
         client, key = self._client, f"{self._prefix}schema"
 
         def run() -> int:
@@ -551,9 +529,8 @@ class RedisBackend:
         return self._write(w.mode.value, [w])
 
     def commit(self, writes: Sequence[Write]) -> bool:
-        """Every write in one script call, in order: all applied (True), or a condition failed
-        and none is (False). On Redis Cluster a script runs on one node, so the writes must be
-        one plugin's (its namespaces share a hash slot); several plugins' are INVALID_INPUT."""
+        """All writes applied in one script call, or none when a condition fails (False). A script
+        runs on one Cluster node, so there the writes must be one plugin's (one hash slot)."""
         plugins = sorted({w.spec.plugin_id for w in writes})
         if isinstance(self._client, RedisCluster) and len(plugins) > 1:
             why = "each plugin's keys live in their own hash slot; commit each plugin's writes apart"
@@ -563,14 +540,11 @@ class RedisBackend:
 
     def _write(self, op: str, writes: Sequence[Write]) -> bool:
         """Run the `write` script; raises LIMIT_EXCEEDED for a full reject-new namespace."""
-        blocks, grace = [], self.options.expiry_grace_ms
+        blocks = []
         for w in writes:
-            e, spec = w.expires_at, w.spec
-            expires, pexpire = ("", "") if e is None else (e, max(e - w.now_ms, 1) + grace)
-            fields = (MODE_FLAGS[w.mode], w.key, w.value or "", expires, pexpire, spec.max_entries, spec.overflow)
-            blocks.append(
-                self._block(spec, w.now_ms, *fields, w.version, "" if w.expect is None else w.expect, rows=[w.key])
-            )
+            expires, expect = ("" if v is None else v for v in (w.expires_at, w.expect))
+            fields = (MODE_FLAGS[w.mode], w.key, w.value or "", expires, w.spec.max_entries, w.spec.overflow)
+            blocks.append(self._block(w.spec, w.now_ms, *fields, w.version, expect, rows=[w.key]))
         conditional = any(w.mode in (Mode.CLAIM, Mode.MATCH) for w in writes)  # upserts, deletes: idempotent
         result = self._run(op, "write", blocks, writes[0].spec.plugin_id if conditional else None)
         if result == "1n":  # the plugins set lives in another cluster slot: not in the script
@@ -583,12 +557,8 @@ class RedisBackend:
 
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
         row = f"{self._key(spec.plugin_id, f'n:{spec.namespace}')}:r:{key}"
-        # decode_responses=True: redis-py's stubs say bytes | str, the replies are str
-        return _row(
-            key,
-            cast("list[str | None]", self._call("lookup", lambda: self._client.hmget(row, "v", "c", "e", "n"))),
-            now_ms,
-        )
+        reply = self._call("lookup", lambda: self._client.hmget(row, "v", "c", "e", "n"))
+        return _row(key, cast("list[str | None]", reply), now_ms)  # decode_responses: str, whatever the stubs say
 
     def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]:
         return _rows(self._run("lookup_many", "read_many", [self._block(spec, now_ms, rows=keys)]), now_ms)
@@ -596,8 +566,7 @@ class RedisBackend:
     def _take(self, op: str, spec: NamespaceSpec, key: str, now_ms: int, *, check: bool, expect: int | None) -> Any:
         """Run the `take` script: (deleted, the row if one was live)."""
         block = self._block(spec, now_ms, key, int(check), "" if expect is None else expect, rows=[key])
-        text = self._run(op, "take", [block], spec.plugin_id)
-        if not text:
+        if not (text := self._run(op, "take", [block], spec.plugin_id)):
             return False, None
         created, expires, version, value = text[1:].split(":", 3)
         return text[0] == "D", _row(key, [value, created, expires, version], now_ms)
@@ -629,7 +598,7 @@ class RedisBackend:
         for plugin_id in map(unquote, cast("set[str]", plugins)):
             ns_key = self._key(plugin_id, "namespaces")
             for namespace in cast("set[str]", self._call("sweep", lambda: self._client.smembers(ns_key))):  # noqa: B023 -- called at once
-                block, n = self._block(NamespaceSpec(plugin_id, namespace, batch), now_ms, batch), batch  # names only
+                block, n = self._block(NamespaceSpec(plugin_id, namespace, batch), now_ms, batch), batch
                 while n == batch:
                     n = int(self._run("sweep", "sweep", [block]))
                     removed += n

@@ -5,22 +5,14 @@
     redis+sentinel://[user:pass@]s1:26379,s2:26379/mymaster?db=0  a Sentinel-managed primary
     redis+cluster://[user:pass@]n1:6379,n2:6379                   Redis Cluster
 
-- The sync redis-py client: the async twin runs this core on worker threads (state/_aio.py).
-- Whatever changes data or reads several keys is one call of one Lua script, which Redis runs
-  atomically, as SQLite runs a transaction: a claim, a take, "write, then evict or refuse".
-- The caller's clock (`now_ms`) decides what is live, as on SQLite; Redis drops a row itself
-  `expiry_grace_ms` later (PEXPIRE of the remaining TTL: a PEXPIREAT of a skewed client clock
-  could delete a live row).
-- Failover, slot routing and retries are redis-py's. Conditional writes, takes and clears carry
-  a nonce: a call retried after a lost reply (or READONLY from a demoted primary: the script
-  did not run) gets the first run's answer instead of running twice.
-- No KEYS, no SCAN: each namespace has its own sorted sets, and a registry of plugins and their
-  namespaces lets `sweep` reach them. A plugin's keys carry it as their hash tag, so one
-  Cluster slot holds all its namespaces and one script may touch any of them.
-- Numbers cross into Lua as strings and stay strings (Lua 5.1 prints 1.7e+12, losing digits).
-
-Beside the layout's version `{prefix}:schema` (an older layout is migrated in place on open),
-under a namespace's base `B` = `{prefix}:p:{{quoted plugin}}:n:{namespace}`:
+Whatever changes data or reads several keys is one Lua script call, atomic as a SQLite
+transaction; the caller's clock (`now_ms`) decides what is live, as on SQLite. Failover, slot
+routing and retries are redis-py's; a conditional write, take or clear carries a nonce, so a
+call retried after a lost reply (or READONLY from a demoted primary) gets the first run's answer.
+No KEYS, no SCAN: each namespace has two sorted sets, and a registry of plugins and their
+namespaces lets `sweep` reach them; a plugin's keys share its hash tag (one Cluster slot).
+Under a namespace's base `B` = `{prefix}:p:{{quoted plugin}}:n:{namespace}`, beside the layout's
+version `{prefix}:schema` (an older layout is migrated in place on open):
 
     B:r:{key}   hash  v = JSON text, c = created_at, e = expires_at ("" = never), n = version
     B:order     zset  created_at -> key: (created_at, key) order and the row count
@@ -90,20 +82,20 @@ class RedisOptions:
                 values[name] = kinds[name](text)
             except ValueError:
                 raise StateStoreError("INVALID_INPUT", "open", f"Redis URL option {name!r} is malformed") from None
-        options = cls(**values)
-        if not options.prefix or any(c in options.prefix for c in "{} \n"):
+        o = cls(**values)
+        if not o.prefix or any(c in o.prefix for c in "{} \n"):
             why = "a non-empty word without braces (keys carry their own hash tag, one per plugin, for Redis Cluster)"
             raise StateStoreError("INVALID_INPUT", "open", f"Redis URL option 'prefix' must be {why}")
-        numbers = (options.retries, options.expiry_grace_ms, options.min_replicas_acked)
-        if min(numbers) < 0 or options.op_result_ttl_ms < 1 or options.replica_ack_timeout_ms < 1:
+        numbers = (o.retries, o.expiry_grace_ms, o.min_replicas_acked)
+        if min(numbers) < 0 or o.op_result_ttl_ms < 1 or o.replica_ack_timeout_ms < 1:
             raise StateStoreError("INVALID_INPUT", "open", "Redis URL options must not be negative")
-        return options, urlencode([(k, v) for k, v in pairs if k not in kinds])
+        return o, urlencode([(k, v) for k, v in pairs if k not in kinds])
 
 
-# Lua pieces, joined into one script per operation (SCRIPTS): Redis runs a script's whole text on
-# every call, so each holds only the helpers it calls. Every call passes ARGV op result ttl and
-# grace ms, then a block per namespace (one, but in `write`): KEYS order, exp, the plugin's
-# namespaces set, then the rows it names; ARGV now, base, namespace, then the script's own.
+# Lua pieces, one script per operation (SCRIPTS): Redis runs a script's whole text on every call,
+# so each holds only the helpers it calls. ARGV: op result ttl and grace ms, then a block per
+# namespace (one, but in `write`): KEYS order, exp, the plugin's namespaces set, then rows named;
+# ARGV now, base, namespace, then the script's own. Numbers stay strings (Lua 5.1 prints 1.7e+12).
 _CORE = """
 local A = ARGV
 local ttl, grace, now, base, ns, clock = A[1], tonumber(A[2]), A[3], A[4], A[5], tonumber(A[3])
@@ -111,8 +103,10 @@ local order, exp, pns = KEYS[1], KEYS[2], KEYS[3]
 local function is_live(e, t) return e == '' or tonumber(e) > t end
 local function live_count(z, e, t) return redis.call('ZCARD', z) - redis.call('ZCOUNT', e, '-inf', t) end
 local function cached(opkey) return opkey ~= '' and redis.call('GET', opkey) end
--- Keep an applied result for a retry of this call; a refusal or a no-op is harmless to re-run.
-local function finish(opkey, r) if opkey ~= '' and r ~= '' and r ~= '0' then redis.call('SET', opkey, r, 'PX', ttl) end return r end
+local function finish(opkey, r)  -- keep an applied result for a retry (a refusal or a no-op is harmless to re-run)
+  if opkey ~= '' and r ~= '' and r ~= '0' then redis.call('SET', opkey, r, 'PX', ttl) end
+  return r
+end
 """
 _ROWS = """
 local save = function(b, k) end  -- the write script's undo log replaces it
@@ -238,8 +232,8 @@ local function bytes_after(a, b)  -- a > b byte by byte (Lua's < would use the l
   for i = 1, math.min(#a, #b) do if a:byte(i) ~= b:byte(i) then return a:byte(i) > b:byte(i) end end
   return #a > #b
 end
-local limit, ac, ak, out, index = tonumber(A[6]), A[7], A[8], {}, 0
-if ac ~= '' then index = redis.call('ZCOUNT', order, '-inf', '(' .. ac) end
+local limit, ac, ak, out = tonumber(A[6]), A[7], A[8], {}
+local index = ac == '' and 0 or redis.call('ZCOUNT', order, '-inf', '(' .. ac)
 while not limit or #out / 5 < limit do
   local batch = redis.call('ZRANGE', order, index, index + 255, 'WITHSCORES')
   if #batch == 0 then break end
@@ -251,12 +245,8 @@ while not limit or #out / 5 < limit do
 end
 return out
 """
-# KEYS + rows. The live ones, as `emit` lays them out.
-_READ_MANY = """
-local out = {}
-for i = 4, #KEYS do emit(out, string.sub(KEYS[i], #base + 4), KEYS[i]) end
-return out
-"""
+# KEYS + rows: the live ones, as `emit` lays them out.
+_READ_MANY = "local out = {}\nfor i = 4, #KEYS do emit(out, KEYS[i]:sub(#base + 4), KEYS[i]) end\nreturn out"
 # ARGV + batch. Returns rows removed (<= batch); an emptied namespace leaves the registry, so
 # sweeps stay small.
 _SWEEP = """
@@ -283,7 +273,7 @@ SCRIPTS = {
     "clear": _CORE + _CLEAR,
     "scan": _CORE + _LIST + _SCAN,
     "read_many": _CORE + _LIST + _READ_MANY,
-    "count": _CORE + "return live_count(order, exp, now)\n",
+    "count": _CORE + "return live_count(order, exp, now)",
     "sweep": _CORE + _ROWS + _SWEEP,
     "migrate": _MIGRATE,
 }
@@ -302,9 +292,8 @@ class RedisBackend:
         self._client: Any = self._connect(url)  # redis.Redis, or redis.cluster.RedisCluster
         self._prefix = f"{self.options.prefix}:"
         self._plugins = f"{self._prefix}plugins"  # the set `sweep` walks (percent-encoded plugin ids)
-        self._idle = threading.Condition(threading.Lock())
-        self._active, self._closed = 0, False  # calls in flight: close() waits for them
-        self._pid = os.getpid()  # the client's sockets are used only by the process that opened them
+        self._idle = threading.Condition(threading.Lock())  # close() waits for the calls in flight
+        self._active, self._closed, self._pid = 0, False, os.getpid()  # sockets: this process's only
         self._scripts = {name: self._client.register_script(text) for name, text in SCRIPTS.items()}
         try:  # the first connection: redis-py reads its URL options here
             if (version := self.schema_version("open")) > REDIS_SCHEMA:
@@ -502,15 +491,11 @@ class RedisBackend:
     def schema_version(self, op: str = "probe") -> int:
         """The prefix's schema version; an empty prefix (a new one, or a Redis without persistence
         that restarted empty) is stamped with the latest first."""
-        client, key = self._client, f"{self._prefix}schema"
-
-        def run() -> int:
-            if not client.exists(self._plugins):
-                client.set(key, REDIS_SCHEMA, nx=True)
-            return int(client.get(key) or 1)  # rows but no marker: v1 (which always wrote one)
-
-        try:
-            return self._call(op, run)
+        key = f"{self._prefix}schema"
+        if not self._call(op, lambda: self._client.exists(self._plugins)):
+            self._call(op, lambda: self._client.set(key, REDIS_SCHEMA, nx=True))
+        try:  # rows but no marker: v1 (which always wrote one)
+            return int(self._call(op, lambda: self._client.get(key)) or 1)
         except ValueError:
             raise self._fail("CORRUPT", op, "the schema marker is not a number") from None
 

@@ -30,6 +30,8 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import lru_cache, partial
+from itertools import chain
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
@@ -51,6 +53,7 @@ ACKED = ("write", "take", "clear")  # the scripts whose changes wait for replica
 READONLY_HINT = "name the primary, or use redis+sentinel://"
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
 Block = tuple[list[str], list[Any]]  # one namespace's KEYS and ARGV in a script call
+_quoted = lru_cache(4096)(partial(quote, safe=""))  # ':' and '{' escaped in key names, so they stay unambiguous
 T = TypeVar("T")
 
 
@@ -292,7 +295,8 @@ class RedisBackend:
         self._client: Any = self._connect(url)  # redis.Redis, or redis.cluster.RedisCluster
         self._prefix = f"{self.options.prefix}:"
         self._plugins = f"{self._prefix}plugins"  # the set `sweep` walks (percent-encoded plugin ids)
-        self._idle = threading.Condition(threading.Lock())  # close() waits for the calls in flight
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # close() waits for the calls in flight
         self._active, self._closed, self._pid = 0, False, os.getpid()  # sockets: this process's only
         self._scripts = {name: self._client.register_script(text) for name, text in SCRIPTS.items()}
         try:  # the first connection: redis-py reads its URL options here
@@ -416,9 +420,8 @@ class RedisBackend:
 
     # -- running scripts ----------------------------------------------------------------
     def _key(self, plugin_id: str, name: str, *, tagged: bool = True) -> str:
-        """A key of one plugin (its namespaces set, a namespace's base, an op key) under its hash
-        tag; percent-quoting escapes ':' and '{', so names stay unambiguous."""
-        quoted = quote(plugin_id, safe="")
+        """A key of one plugin (its namespaces set, a namespace's base, an op key) under its hash tag."""
+        quoted = _quoted(plugin_id)
         return f"{self._prefix}p:{{{quoted}}}:{name}" if tagged else f"{self._prefix}p:{quoted}:{name}"
 
     def _block(self, spec: NamespaceSpec, now_ms: int, *args: Any, rows: Iterable[str] = ()) -> Block:
@@ -429,7 +432,7 @@ class RedisBackend:
 
     def _call(self, op: str, fn: Callable[[], T]) -> T:
         """Run `fn` on the client; redis-py's errors become StateStoreError here."""
-        with self._idle:
+        with self._lock:
             if self._closed or self._pid != os.getpid():
                 raise self._fail("UNAVAILABLE", op, "the store is closed")
             self._active += 1
@@ -446,17 +449,17 @@ class RedisBackend:
         except (redis.RedisError, errors.RedisClusterException) as exc:
             raise self._fail(*self._explain(op, exc)) from None
         finally:
-            with self._idle:
+            with self._lock:
                 self._active -= 1
                 if not self._active:
                     self._idle.notify_all()
 
-    def _run(self, op: str, entry: str, blocks: Sequence[Block], once: str | None = None) -> Any:
+    def _run(self, op: str, entry: str, keys: list[str], args: list[Any], once: str | None = None) -> Any:
         """Call the script `entry`. `once`: the plugin whose op key, one per call (its retries share
         it), keeps the result. A change (ACKED) with `min_replicas_acked` WAITs on the same
         connection for that many replicas, so an acknowledged write outlives a failover."""
-        keys = [k for b in blocks for k in b[0]] + ([self._key(once, f"op:{uuid.uuid4().hex}")] if once else [])
-        args = [self.options.op_result_ttl_ms, self.options.expiry_grace_ms, *(a for b in blocks for a in b[1])]
+        keys = [*keys, self._key(once, f"op:{uuid.uuid4().hex}")] if once else keys
+        args = [self.options.op_result_ttl_ms, self.options.expiry_grace_ms, *args]
         script, want = self._scripts[entry], self.options.min_replicas_acked if entry in ACKED else 0
         if not want:
             return self._call(op, lambda: script(keys=keys, args=args))
@@ -531,7 +534,8 @@ class RedisBackend:
             fields = (MODE_FLAGS[w.mode], w.key, w.value or "", expires, w.spec.max_entries, w.spec.overflow)
             blocks.append(self._block(w.spec, w.now_ms, *fields, w.version, expect, rows=[w.key]))
         conditional = any(w.mode in (Mode.CLAIM, Mode.MATCH) for w in writes)  # upserts, deletes: idempotent
-        result = self._run(op, "write", blocks, writes[0].spec.plugin_id if conditional else None)
+        keys, args = (list(chain.from_iterable(part)) for part in zip(*blocks))  # blocks in order
+        result = self._run(op, "write", keys, args, writes[0].spec.plugin_id if conditional else None)
         if result == "1n":  # the plugins set lives in another cluster slot: not in the script
             plugins = {quote(w.spec.plugin_id, safe="") for w in writes}
             self._call(op, lambda: self._client.sadd(self._plugins, *plugins))
@@ -546,12 +550,12 @@ class RedisBackend:
         return _row(key, cast("list[str | None]", reply), now_ms)  # decode_responses: str, whatever the stubs say
 
     def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]:
-        return _rows(self._run("lookup_many", "read_many", [self._block(spec, now_ms, rows=keys)]), now_ms)
+        return _rows(self._run("lookup_many", "read_many", *self._block(spec, now_ms, rows=keys)), now_ms)
 
     def _take(self, op: str, spec: NamespaceSpec, key: str, now_ms: int, *, check: bool, expect: int | None) -> Any:
         """Run the `take` script: (deleted, the row if one was live)."""
         block = self._block(spec, now_ms, key, int(check), "" if expect is None else expect, rows=[key])
-        if not (text := self._run(op, "take", [block], spec.plugin_id)):
+        if not (text := self._run(op, "take", *block, spec.plugin_id)):
             return False, None
         created, expires, version, value = text[1:].split(":", 3)
         return text[0] == "D", _row(key, [value, created, expires, version], now_ms)
@@ -566,14 +570,14 @@ class RedisBackend:
         return deleted and row is not None
 
     def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int:
-        return int(self._run("clear", "clear", [self._block(spec, now_ms)], spec.plugin_id))
+        return int(self._run("clear", "clear", *self._block(spec, now_ms), spec.plugin_id))
 
     def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
         block = self._block(spec, now_ms, "" if limit is None else limit, *(after or ("", "")))
-        return _rows(self._run("entries", "scan", [block]), now_ms)
+        return _rows(self._run("entries", "scan", *block), now_ms)
 
     def count(self, spec: NamespaceSpec, now_ms: int) -> int:
-        return int(self._run("count", "count", [self._block(spec, now_ms)]))
+        return int(self._run("count", "count", *self._block(spec, now_ms)))
 
     def sweep(self, now_ms: int) -> int:
         """Drop expired rows and their index entries, namespace by namespace, in batches."""
@@ -585,7 +589,7 @@ class RedisBackend:
             for namespace in cast("set[str]", self._call("sweep", lambda: self._client.smembers(ns_key))):  # noqa: B023 -- called at once
                 block, n = self._block(NamespaceSpec(plugin_id, namespace, batch), now_ms, batch), batch
                 while n == batch:
-                    n = int(self._run("sweep", "sweep", [block]))
+                    n = int(self._run("sweep", "sweep", *block))
                     removed += n
         return removed
 
@@ -595,7 +599,7 @@ class RedisBackend:
 
     def close(self) -> None:
         """Calls already running finish on an open pool first; later calls raise UNAVAILABLE."""
-        with self._idle:
+        with self._lock:
             self._closed = True
             while self._active:
                 self._idle.wait()

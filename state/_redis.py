@@ -537,7 +537,7 @@ class RedisBackend:
         keys, args = (list(chain.from_iterable(part)) for part in zip(*blocks))  # blocks in order
         result = self._run(op, "write", keys, args, writes[0].spec.plugin_id if conditional else None)
         if result == "1n":  # the plugins set lives in another cluster slot: not in the script
-            plugins = {quote(w.spec.plugin_id, safe="") for w in writes}
+            plugins = {_quoted(w.spec.plugin_id) for w in writes}
             self._call(op, lambda: self._client.sadd(self._plugins, *plugins))
         if result.startswith("NS_FULL"):
             full = writes[int(result.split(":")[1]) - 1].spec.max_entries
@@ -601,8 +601,7 @@ class RedisBackend:
         """Calls already running finish on an open pool first; later calls raise UNAVAILABLE."""
         with self._lock:
             self._closed = True
-            while self._active:
-                self._idle.wait()
+            self._idle.wait_for(lambda: not self._active)
         self._client.close()
 
 

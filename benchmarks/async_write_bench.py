@@ -1,4 +1,4 @@
-"""Awaited writes against the same sync write: issue 20's targets 2 and 3.
+"""Awaited writes against the same sync write: latency, loop gaps and group commit.
 
     python benchmarks/async_write_bench.py [--rounds 7] [--calls 2000] [--tasks 64] [--quick]
 

@@ -1,4 +1,4 @@
-"""The floor for the echo route (issue 25): plain aiohttp doing only what the route must.
+"""The floor for the echo route: plain aiohttp doing only what the route must.
 
     python benchmarks/floor_server.py PORT DIR [--cpu N]    # prints "ready" once it listens
 
@@ -35,11 +35,12 @@ SECRET = "bench-secret"
 
 class Writer:
     """One thread, one connection: each wake-up commits every write queued so far in one
-    transaction, then answers their futures in one call_soon_threadsafe."""
+    transaction, then answers their futures (each with its statement's rowcount) in one
+    call_soon_threadsafe."""
 
     def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.calls: queue.SimpleQueue[tuple[asyncio.Future[None], tuple[object, ...]]] = queue.SimpleQueue()
+        self.calls: queue.SimpleQueue[tuple[asyncio.Future[int], str, tuple[object, ...]]] = queue.SimpleQueue()
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")
@@ -47,9 +48,9 @@ class Writer:
             self.conn.execute(statement)
         threading.Thread(target=self.run, daemon=True).start()
 
-    def write(self, params: tuple[object, ...]) -> asyncio.Future[None]:
+    def write(self, params: tuple[object, ...], statement: str = sql.SQL_UPSERT) -> asyncio.Future[int]:
         future = self.loop.create_future()
-        self.calls.put((future, params))
+        self.calls.put((future, statement, params))
         return future
 
     def run(self) -> None:
@@ -61,16 +62,15 @@ class Writer:
                 except queue.Empty:
                     break
             self.conn.execute("BEGIN IMMEDIATE")
-            for _, params in batch:
-                self.conn.execute(sql.SQL_UPSERT, params)
+            counts = [self.conn.execute(statement, params).rowcount for _, statement, params in batch]
             self.conn.execute("COMMIT")
-            self.loop.call_soon_threadsafe(_answer, [f for f, _ in batch])
+            self.loop.call_soon_threadsafe(_answer, [(f, n) for (f, _, _), n in zip(batch, counts)])
 
 
-def _answer(futures: list[asyncio.Future[None]]) -> None:
-    for f in futures:
+def _answer(answers: list[tuple[asyncio.Future[int], int]]) -> None:
+    for f, rowcount in answers:
         if not f.done():
-            f.set_result(None)
+            f.set_result(rowcount)
 
 
 async def serve(port: int, directory: Path) -> None:

@@ -6,12 +6,16 @@ Both servers are subprocesses answering the same Events API requests (signed `ap
 a new thread, from 20 users) against one Slack simulator, which counts the replies: none lost,
 none doubled, or the run fails. Bolt is the framework's documented default (`AsyncApp`, its
 aiohttp server, `say` in the listener) with one shared keep-alive `aiohttp` session for its Web
-API client, and keeps no state. Ours does durable exactly-once on SQLite: the claim, and the
-reply's state committed with the done mark. Ours runs twice: with every Slack namespace empty,
+API client, and keeps no state. A second bolt adds the least that durable exactly-once costs:
+the event's claim committed before bolt acknowledges the request and its done mark after `say`, through one group-committing
+writer thread (the echo floor's, benchmarks/floor_server.py) — the floor for any server that
+answers each event once across restarts. Ours does durable exactly-once on SQLite: the claim
+(with the new thread's row and quota count), and the reply's state committed with the done mark. Ours runs twice: with every Slack namespace empty,
 and with each filled to its cap before start (50,000 events, 5,000 threads, 2,000 quota rows).
 
 Reported per server: events/s (from the first request to the last reply at the simulator) and
-server CPU per event (the process's user + system time over the run). `--before DIR` runs our
+server CPU per event (the process's user + system time over the run), and CPU per event as a
+ratio to bolt's and to the durable bolt's. `--before DIR` runs our
 side from another copy of the package (a directory holding `chatstate/`, e.g. main's code) for
 a before/after. Rounds alternate between the servers so a noisy neighbour slows all alike.
 """
@@ -25,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,8 @@ from chatstate.gateway.sim.harness import GatewayHarness, free_port  # noqa: E40
 from chatstate.gateway.sim.slack import SlackSimulator, sign  # noqa: E402
 
 USERS = 20
+BOLT = "bolt"
+DURABLE_BOLT = "bolt + claim/done (durable)"
 FULL = {  # namespace: (max_entries, default_ttl_ms), as the adapter opens them
     "slack.events": (50_000, 3_600_000),
     "slack.thread-participation": (5_000, 86_400_000),
@@ -103,19 +110,47 @@ def fill(db: Path) -> None:
             store.close()
 
 
-async def serve_bolt(port: int, api_base_url: str, token: str, secret: str) -> None:
-    """The bolt side (run in a subprocess): AsyncApp, one shared session, `say` in a thread."""
+async def serve_bolt(port: int, api_base_url: str, token: str, secret: str, durable_dir: str = "") -> None:
+    """The bolt side (run in a subprocess): AsyncApp, one shared session, `say` in the listener.
+
+    With `durable_dir`, bolt plus the least durable exactly-once can cost: the event's claim
+    (a conditional insert) committed in a middleware, before bolt acknowledges the request (so
+    an acknowledged event is never lost), its done mark after `say`, both awaited, through the
+    floor server's one group-committing writer thread (benchmarks/floor_server.py). No state beyond
+    that: no thread rows, no quota, no cap on the table.
+    """
     from aiohttp import web
+    from floor_server import Writer
+    from slack_bolt import BoltResponse
     from slack_bolt.async_app import AsyncApp
     from slack_sdk.web.async_client import AsyncWebClient
 
+    from chatstate.state._sqlite import SQL_CLAIM
+
     session = aiohttp.ClientSession()
     app = AsyncApp(signing_secret=secret, client=AsyncWebClient(token=token, base_url=api_base_url, session=session))
+    writer = Writer(Path(durable_dir) / "bolt.sqlite", asyncio.get_running_loop()) if durable_dir else None
+    version = iter(range(1, 2**62))
+
+    def row(event_id: str, value: str, ttl_ms: int) -> tuple[object, ...]:
+        now = time.time_ns() // 1_000_000
+        return ("bolt", "events", event_id, now, value, now + ttl_ms, next(version))
+
+    if writer is not None:
+
+        @app.middleware
+        async def claim(body: dict[str, Any], next: Callable[[], Awaitable[BoltResponse]]) -> BoltResponse:
+            """Before bolt acknowledges: an event Slack must not lose is claimed durably first."""
+            if "event_id" in body and not await writer.write(row(body["event_id"], '"claimed"', 60_000), SQL_CLAIM):
+                return BoltResponse(status=200, body="")  # a live claim or a done mark: answered once
+            return await next()
 
     @app.event("app_mention")
-    async def mention(event: dict[str, Any], say: Any) -> None:
+    async def mention(body: dict[str, Any], event: dict[str, Any], say: Any) -> None:
         text = event.get("text", "").split(">", 1)[-1].strip()
         await say(text=f"echo: {text}", thread_ts=event.get("thread_ts") or event["ts"])
+        if writer is not None:
+            await writer.write(row(body["event_id"], '"done"', 3_600_000))
 
     runner = web.AppRunner(app.web_app(path="/slack/events"), access_log=None)
     await runner.setup()
@@ -123,7 +158,7 @@ async def serve_bolt(port: int, api_base_url: str, token: str, secret: str) -> N
     await asyncio.Event().wait()
 
 
-async def start_bolt(sim: SlackSimulator) -> tuple[asyncio.subprocess.Process, str]:
+async def start_bolt(sim: SlackSimulator, durable_dir: str = "") -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -133,6 +168,7 @@ async def start_bolt(sim: SlackSimulator) -> tuple[asyncio.subprocess.Process, s
         f"{sim.base_url}/api/",
         sim.bot_token,
         sim.signing_secret,
+        durable_dir,
     )
     url = f"http://127.0.0.1:{port}/slack/events"
     async with aiohttp.ClientSession() as http:
@@ -149,7 +185,9 @@ async def start_bolt(sim: SlackSimulator) -> tuple[asyncio.subprocess.Process, s
 async def main(args: argparse.Namespace) -> int:
     events = 300 if args.quick else args.events
     rounds = 1 if args.quick else args.rounds
-    results: dict[str, list[dict[str, float]]] = {"bolt": [], "ours (empty)": [], "ours (full)": []}
+    results: dict[str, list[dict[str, float]]] = {
+        name: [] for name in (BOLT, DURABLE_BOLT, "ours (empty)", "ours (full)")
+    }
     config = {"threads_per_user": 1_000_000, "event_lease_ms": 60_000}
     pythonpath = [args.before] if args.before else None
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,13 +196,15 @@ async def main(args: argparse.Namespace) -> int:
         fill(full_dir / "plugin-state" / "state.sqlite")
         async with SlackSimulator(extra_config=config) as sim:
             bolt, bolt_url = await start_bolt(sim)
+            durable, durable_url = await start_bolt(sim, durable_dir=tmp)
             try:
                 async with (
                     GatewayHarness([sim], modes="store", state_dir=Path(tmp) / "empty", pythonpath=pythonpath) as empty,
                     GatewayHarness([sim], modes="store", state_dir=full_dir, pythonpath=pythonpath) as full,
                 ):
                     sides = {
-                        "bolt": (bolt_url, bolt.pid),
+                        BOLT: (bolt_url, bolt.pid),
+                        DURABLE_BOLT: (durable_url, durable.pid),
                         "ours (empty)": (f"{empty.gateway_url}/slack/events", empty.proc.pid),  # type: ignore[union-attr]
                         "ours (full)": (f"{full.gateway_url}/slack/events", full.proc.pid),  # type: ignore[union-attr]
                     }
@@ -174,17 +214,24 @@ async def main(args: argparse.Namespace) -> int:
                         for name, (url, pid) in sides.items():
                             results[name].append(await drive(sim, url, pid, events, args.concurrency))
             finally:
-                bolt.terminate()
-                await bolt.wait()
-    bolt_med = {k: statistics.median(r[k] for r in results["bolt"]) for k in ("events_per_s", "cpu_us_per_event")}
+                for proc in (bolt, durable):
+                    proc.terminate()
+                    await proc.wait()
     print(f"\n{events} events x {rounds} rounds, concurrency {args.concurrency}, code: {args.before or 'this tree'}")
-    print(f"{'server':<14} {'events/s':>9} {'CPU us/event':>13} {'vs bolt ev/s':>13} {'vs bolt CPU':>12}")
+    print("ratios: the median of the per-round ratios (rounds alternate the servers)")
+    print(
+        f"{'server':<26} {'events/s':>9} {'CPU us/event':>13} {'ev/s vs bolt':>13} {'CPU vs bolt':>12} {'CPU vs durable':>15}"
+    )
     for name, rs in results.items():
         eps = statistics.median(r["events_per_s"] for r in rs)
         cpu = statistics.median(r["cpu_us_per_event"] for r in rs)
+
+        def ratio(key: str, base: str, rs: list[dict[str, float]] = rs) -> float:
+            return statistics.median(r[key] / b[key] for r, b in zip(rs, results[base]))
+
         print(
-            f"{name:<14} {eps:>9.0f} {cpu:>13.0f} "
-            f"{eps / bolt_med['events_per_s']:>12.2f}x {cpu / bolt_med['cpu_us_per_event']:>11.2f}x"
+            f"{name:<26} {eps:>9.0f} {cpu:>13.0f} {ratio('events_per_s', BOLT):>12.2f}x "
+            f"{ratio('cpu_us_per_event', BOLT):>11.2f}x {ratio('cpu_us_per_event', DURABLE_BOLT):>14.2f}x"
         )
     print("replies: every event answered exactly once on every server")
     return 0
@@ -192,7 +239,7 @@ async def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-bolt":
-        asyncio.run(serve_bolt(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]))
+        asyncio.run(serve_bolt(int(sys.argv[2]), sys.argv[3], sys.argv[4], *sys.argv[5:7]))
         raise SystemExit(0)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=2_000)

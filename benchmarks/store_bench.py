@@ -13,10 +13,10 @@ Why it is shaped like this:
   json.loads any hand-written JSON store needs; it skips what the contract adds on top
   (validation, close-safety bookkeeping, permission re-application, error translation).
 - ours and bare start from identical files: the same bulk fill runs against both.
-Targets (issue 3, point 6): ours >= 0.7x bare and >= 1.0x diskcache for every op; RSS growth
+Targets: ours >= 0.7x bare and >= 1.0x diskcache for every op; RSS growth
 < 10 MiB over 30,000 ops across 100 store instances; no sweep batch transaction of 100,000
 expired rows longer than 50 ms; the largest event-loop gap while the async twin writes 10,000
-rows < 20 ms. Issue 25: a register into a namespace at its max_entries (each write evicts the
+rows < 20 ms. A register into a namespace at its max_entries (each write evicts the
 oldest row) costs at most 1.3x a plain register, at 1k, 100k and 1M rows (`--cap-only` runs
 just that part, through the public API only, so it also measures an older checkout).
 """
@@ -56,7 +56,7 @@ from chatstate.state import _sqlite as sql  # noqa: E402  (the very statements t
 
 OPS = ("register", "lookup", "register_if_absent", "consume")  # run in this order: the claims
 # add fresh keys that consume then removes, so the live row count ends where it started.
-NEW_OPS = ("update", "lookup_many", "count", "entries_page")  # v2 (issue 17): ours and bare only
+NEW_OPS = ("update", "lookup_many", "count", "entries_page")  # v2: ours and bare only
 ALL_OPS = OPS + NEW_OPS
 BATCH = 10  # keys per lookup_many
 PAGE = 100  # rows per entries page
@@ -291,7 +291,7 @@ def dc_consume(cache: diskcache.Cache, key: str) -> Any:
     return cache.pop(key)
 
 
-# redis: the same public API on the Redis backend (issue 10), against a server of our own
+# redis: the same public API on the Redis backend, against a server of our own
 REDIS_URL: str | None = None  # set by main(): --redis-url, or a private redis-server it starts
 
 
@@ -724,7 +724,7 @@ def report(
     return ok
 
 
-# -- issue 25: a write at the cap costs what a plain write costs, at any size --------------------
+# -- a write at the cap costs what a plain write costs, at any size --------------------
 TARGET_AT_CAP = 1.3  # at-cap register / plain register, each size
 CAP_SIZES = (1_000, 100_000, 1_000_000)
 
@@ -786,7 +786,7 @@ def run_cap(workdir: Path, count: int, rounds: int, sizes: tuple[int, ...] = CAP
 
 
 def report_cap(cap: dict[int, dict[str, Sample]]) -> bool:
-    print("\n## Writes at the cap (issue 25): a new key into a namespace at max_entries vs a plain register, same file")
+    print("\n## Writes at the cap: a new key into a namespace at max_entries vs a plain register, same file")
     print(
         "| rows | register us p50 | at-cap register us p50 | at-cap / register (mean) | lookup us p50 | CPU us register / at-cap | target |"
     )
@@ -813,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Redis for the 'ours on redis' column (default: start a private"
         " redis-server if one is installed, else leave the column out)",
     )
-    parser.add_argument("--cap-only", action="store_true", help="only the at-cap writes (issue 25), public API only")
+    parser.add_argument("--cap-only", action="store_true", help="only the at-cap writes, public API only")
     parser.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:

@@ -1,4 +1,4 @@
-"""Teams: what our code adds to an activity around botbuilder's own work (issue 20, target 5).
+"""Teams: what our code adds to an activity around botbuilder's own work.
 
     python benchmarks/teams_bench.py [--rounds 7] [--calls 300] [--quick]
 

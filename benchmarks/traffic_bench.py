@@ -484,7 +484,7 @@ async def bench(events: int, concurrency: int, timeout_s: float, say: Callable[[
     sims = (BenchSlack(), BenchDiscord(), BenchTeams(), BenchMatrix())
     slack, discord, teams, matrix = sims
     # every Matrix request comes from one user, up to `concurrency` of them open at once: lift the
-    # per-requester quota (issue 15, default 5) so the bench measures throughput, not refusals
+    # per-requester quota (default 5) so the bench measures throughput, not refusals
     quota = {"matrix": {"max_pending_per_requester": max(concurrency, 5)}}
     async with GatewayHarness(list(sims), modes="store", adapters=quota) as gw:
         say(f"gateway pid {gw.pid} on {gw.gateway_url}, state {gw.database_path}")

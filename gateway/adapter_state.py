@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from chatstate.state import AsyncKeyedStore, StagedWrite
 
 # Store refusals of the key or value itself: raised to the caller (the gateway answers 400), never
-# a reason to degrade to memory, since the store is fine (issue 15: health degrades on faults only).
+# a reason to degrade to memory, since the store is fine (health degrades on faults only).
 CALLER_ERRORS = ("INVALID_INPUT", "LIMIT_EXCEEDED")
 log = logging.getLogger("chatstate.adapters")
 

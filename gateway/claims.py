@@ -40,7 +40,7 @@ class ClaimLedger:
 
 
 class RequesterQuota:
-    """At most `per_user` live rows created on behalf of one requester (issue 15's fairness).
+    """At most `per_user` live rows created on behalf of one requester (fairness).
 
     A capped namespace evicts its oldest rows, so without this one user's spam evicts everyone
     else's live state. The quota keeps one row per requester in its own namespace (`state`):

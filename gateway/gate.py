@@ -19,7 +19,10 @@ and, if it needs one, its prepare. The gate does the rest, in two durable writes
    transaction (state recorded ⇔ item done). A failed work releases the claim (as a lease
    already run out) and puts the prepared rows back, in one write, so the platform's retry
    takes the item over, checks, and works. A job without work is its prepared writes alone:
-   its claim row is written already done, with them, in one conditional write;
+   its claim row is written already done, with them, in one conditional write. While a work
+   runs, its lease is renewed (a compare-and-set every third of a lease), so a slow work (a
+   platform answering 429s) is never taken over by another gateway while it may still answer:
+   only the lease of an owner that stopped renewing it (it died) runs out;
 4. with an ack budget, an item still running when it runs out is held (its `hold` value in
    the `held` namespace) and finishes in the background; every gateway's recovery loop
    finishes held items whose owner died;
@@ -31,6 +34,7 @@ fails, claims are decided in memory and writes replayed later (AdapterState's ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -44,11 +48,13 @@ from chatstate.gateway import logs, metrics
 from chatstate.gateway.adapter_state import AdapterState
 from chatstate.gateway.clock import Clock, now_ms
 from chatstate.gateway.writes import Claim, Writes
+from chatstate.state import StateStoreError
 
 __all__ = ["Answer", "Holding", "InboundGate", "Job", "Outcome", "Writes"]
 
 STOP_TIMEOUT_S = 10.0  # how long stop() waits for items still being worked on
 MIN_RECOVERY_INTERVAL_S = 0.2  # the recovery loop looks for orphaned held items every lease/2
+RENEWALS_PER_LEASE = 3  # a running work's lease is renewed once a third of it has passed
 
 
 class Outcome(Enum):
@@ -101,9 +107,8 @@ class Job:
 
     key: str
     work: Callable[[Writes], Awaitable[str]] | None = None  # do it, stage state writes; returns a word ("replied")
-    answered: Callable[[Writes], Awaitable[bool]] | None = (
-        None  # after a takeover: already answered? (stage what's missing)
-    )
+    # after a takeover: was it already answered? (then stage what is missing)
+    answered: Callable[[Writes], Awaitable[bool]] | None = None
     hold: Any = None  # JSON the adapter's `resume` rebuilds this job from, if it outlives the ack budget
     # read what the work needs and stage what must be durable before its effect (committed with
     # the claim, in one transaction); a job without `work` is its prepared writes alone
@@ -133,6 +138,8 @@ class InboundGate:
         self._inflight: dict[str, asyncio.Task[Answer]] = {}
         self._held: set[str] = set()  # keys this process holds in `held`
         self._recovery: asyncio.Task[None] | None = None
+        self._working: dict[str, dict[str, Any]] = {}  # key -> the lease held while its work runs
+        self._renewal: asyncio.Task[None] | None = None  # started with the first work (store mode)
         self._closing = False
         self._log = log or logs.get("gate")  # the plugin's logger: events carry its id
 
@@ -153,6 +160,9 @@ class InboundGate:
             await asyncio.gather(self._recovery, return_exceptions=True)
         if self._inflight:
             await asyncio.wait(list(self._inflight.values()), timeout=timeout_s)
+        if self._renewal is not None:  # after the drain: a work still running keeps its lease till then
+            self._renewal.cancel()
+            await asyncio.gather(self._renewal, return_exceptions=True)
 
     async def deliver(self, job: Job) -> Answer:
         """Start (or join) the work on `job`; its answer, or ACCEPTED if it is still running
@@ -201,7 +211,8 @@ class InboundGate:
             if job.work is None and job.key in self._held and self._holding is not None:
                 prepared.delete(self._holding.state, job.key)  # with the claim: the job is done then
             claiming_at = self._clock()
-            claim = await self._claim(job.key, received_at, prepared, done=job.work is None)
+            lease = self._lease(received_at, done=job.work is None)
+            claim = await self._claim(job.key, lease, prepared)
         except Exception as exc:
             self._failed(job, exc)
             prepared.discard()
@@ -225,6 +236,7 @@ class InboundGate:
             self._log.warning("gate_claim_too_late", extra={"namespace": self.claims.namespace, "key": job.key})
             return Answer(Outcome.LEASED, Outcome.LEASED.value, math.ceil(self.lease_ms / 1000))
         writes = Writes(clock=self._clock)
+        self._keep_leased(job.key, lease)
         try:
             # a held item was acked and maybe worked on by a process whose claim the store may
             # never have seen (claimed in memory while degraded): "won" proves nothing, check
@@ -245,6 +257,8 @@ class InboundGate:
             release.put(self.claims, job.key, {"received_at": received_at, "lease_until": 0})
             await release.commit()
             return Answer(Outcome.FAILED, Outcome.FAILED.value)
+        finally:
+            self._working.pop(job.key, None)
         writes.put(self.claims, job.key, {"received_at": received_at, "done_at": self._clock()})
         if job.key in self._held and self._holding is not None:
             self._held.discard(job.key)
@@ -256,17 +270,22 @@ class InboundGate:
         extra = {"namespace": self.claims.namespace, "key": job.key, "error": type(exc).__name__}
         self._log.warning("gate_work_failed", extra=extra)
 
-    async def _claim(self, key: str, received_at: int, prepared: Writes, *, done: bool) -> str | Outcome:
-        """ "won", "takeover" (a dead owner's lease), or why not. One write when uncontended: the
-        claim row (a lease; with `done`, the done mark) and the prepared writes, together. The
-        lease runs from now, not from `received_at`: a prepare whose reads stalled (a failover)
-        must not write a lease another process may take over at once."""
+    def _lease(self, received_at: int, *, done: bool) -> dict[str, Any]:
+        """The claim row: a lease running from now, not from `received_at` (a prepare whose reads
+        stalled through a failover must not write a lease another process may take over at
+        once); with `done`, the done mark."""
         now = self._clock()
-        lease: dict[str, Any] = {"received_at": received_at, "lease_until": now + self.lease_ms}
         if done:
-            lease = {"received_at": received_at, "done_at": now}
-        elif self.owner is not None:
+            return {"received_at": received_at, "done_at": now}
+        lease: dict[str, Any] = {"received_at": received_at, "lease_until": now + self.lease_ms}
+        if self.owner is not None:
             lease["owner"] = self.owner
+        return lease
+
+    async def _claim(self, key: str, lease: dict[str, Any], prepared: Writes) -> str | Outcome:
+        """ "won", "takeover" (a dead owner's lease), or why not. One write when uncontended: the
+        claim row (`lease`) and the prepared writes, together."""
+        now = self._clock()
         if await prepared.commit(Claim(self.claims.stage_claim(key, lease))):
             return "won"
         entry = await self.claims.get_entry(key, fresh=True)
@@ -281,6 +300,35 @@ class InboundGate:
             return Outcome.LEASED
         took = Claim(self.claims.stage_claim(key, lease, version=entry.version), entry.version)
         return "takeover" if await prepared.commit(took) else Outcome.LEASED
+
+    def _keep_leased(self, key: str, lease: dict[str, Any]) -> None:
+        """Renew `lease` while the work on `key` runs (one loop for all items: a fast work costs
+        no task and no write)."""
+        if self.claims.legacy:
+            return  # claims in this process's memory only: nobody else to take them over
+        self._working[key] = lease
+        if self._renewal is None:
+            self._renewal = asyncio.create_task(self._renew_leases(), name=f"gate-lease-{self.claims.namespace}")
+
+    async def _renew_leases(self) -> None:
+        interval_ms = self.lease_ms / RENEWALS_PER_LEASE
+        while True:
+            await asyncio.sleep(interval_ms / 1000)
+            for key, lease in list(self._working.items()):
+                if lease["lease_until"] - self._clock() < self.lease_ms - interval_ms:
+                    with contextlib.suppress(StateStoreError):  # a failing store: the next round tries again
+                        await self._renew(key, lease)
+
+    async def _renew(self, key: str, lease: dict[str, Any]) -> None:
+        """Extend `lease` if the claim row is still it (a compare-and-set on the row's version):
+        a row done, released or taken over meanwhile is left alone."""
+        entry = await self.claims.get_entry(key, fresh=True)
+        if entry is None or not isinstance(entry.value, dict) or entry.value.get("lease_until") != lease["lease_until"]:
+            return
+        renewed = {**lease, "lease_until": self._clock() + self.lease_ms}
+        held = Claim(self.claims.stage_claim(key, renewed, version=entry.version), entry.version)
+        if await Writes(clock=self._clock).commit(held) and self._working.get(key) is lease:
+            self._working[key] = renewed
 
     async def _recover(self, holding: Holding) -> None:
         """Finish items held in `held` that no task here works on: those of a process that died

@@ -455,3 +455,27 @@ async def test_a_claim_written_after_its_lease_ran_out_does_not_start_the_work(
     clock.now += LEASE_MS
     retried = await p.gate.deliver(p.job("e1"))
     assert retried.outcome is Outcome.DONE and p.calls == ["check e1", "work e1"]
+
+
+async def test_a_slow_work_renews_its_lease_and_is_not_taken_over(procs: list[Process], tmp_path: Path) -> None:
+    """A work that outlasts its lease (a platform answering 429s for a while) renews the lease
+    while it runs, so another gateway meets a live lease, not a dead owner's: one answer."""
+    clock = Clock()
+    first, second = await new(procs, tmp_path, clock), await new(procs, tmp_path, clock)
+    release = asyncio.Event()
+    running = asyncio.create_task(first.gate.deliver(first.job("e1", wait=release)))
+    while "work e1" not in first.calls:
+        await asyncio.sleep(0.01)
+    for _ in range(4):  # two leases pass while the work runs, each renewal seen in the file
+        clock.now += LEASE_MS // 2
+        for _ in range(200):
+            if rows(tmp_path / "state.sqlite", "test.claims")["e1"]["lease_until"] > clock.now + LEASE_MS // 2:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the running work's lease was not renewed")
+    again = await second.gate.deliver(second.job("e1"))
+    assert again.outcome is Outcome.LEASED and second.calls == []
+    release.set()
+    assert (await running).outcome is Outcome.DONE and first.calls == ["work e1"]
+    assert "done_at" in rows(tmp_path / "state.sqlite", "test.claims")["e1"]

@@ -1,4 +1,4 @@
-"""Teams cannot be wedged from outside (issue 15, defect 1): with the OpenID metadata host
+"""Teams cannot be wedged from outside: with the OpenID metadata host
 accepting connections and never answering, forged tokens leave /healthz, other adapters and
 SIGTERM unaffected. A real subprocess gateway."""
 

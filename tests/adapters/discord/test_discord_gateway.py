@@ -74,7 +74,7 @@ async def test_clicks_work_before_and_after_restart(
     assert (picked.content, picked.ephemeral) == ("You picked blue.", True)
     assert approved(await sim.click(message, "Approve"))
     second = await sim.click(message, "Approve")
-    # issue 14: a consumed button says who used it (its `discord.used` tombstone), not "expired"
+    # a consumed button says who used it (its `discord.used` tombstone), not "expired"
     assert (second.content, second.ephemeral) == (YOU_ALREADY_USED, True)
 
 

@@ -1,4 +1,4 @@
-"""The Discord adapter over the Discord Gateway (issue 19), in a real gateway subprocess against
+"""The Discord adapter over the Discord Gateway, in a real gateway subprocess against
 the Gateway simulator: RESUME after SIGTERM and SIGKILL receives what was dispatched while the
 gateway was down; a refused RESUME, INVALID_SESSION and RECONNECT; a missing HEARTBEAT_ACK.
 
@@ -86,7 +86,7 @@ async def test_resume_after_restart_receives_what_was_dispatched_while_down(
         again = await sim.click(message, "Approve", user_id=BOB)
         assert again.content in (ALREADY_USED, EXPIRED) and again.ephemeral
         print(
-            f"\n[issue19] discord RESUME after SIG{kind.upper()}: replayed={resume['replayed']}, "
+            f"\ndiscord RESUME after SIG{kind.upper()}: replayed={resume['replayed']}, "
             f"received_after_resume={health['received_after_resume']}, answered={len(while_down)}"
         )
 

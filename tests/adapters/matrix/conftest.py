@@ -1,5 +1,5 @@
 """Fixtures for the Matrix adapter tests: the homeserver simulator, a private Synapse per test
-session (the real-homeserver tier, issue 13), and a real gateway subprocess."""
+session (the real-homeserver tier), and a real gateway subprocess."""
 
 from __future__ import annotations
 

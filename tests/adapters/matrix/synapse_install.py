@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SYNAPSE_VERSION = "1.163.2"  # pinned: the tier checks behaviour of this release (issue 13)
+SYNAPSE_VERSION = "1.163.2"  # pinned: the tier checks behaviour of this release
 PYTHON_ENV = "CHATSTATE_SYNAPSE_PYTHON"
 CACHE_ENV = "CHATSTATE_CACHE"
 INSTALL_TIMEOUT_S = 900.0  # a cold pip install of Synapse and its wheels

@@ -119,7 +119,7 @@ async def test_send_is_idempotent_per_txn_and_recorded_once(sim: MatrixHomeserve
     assert isinstance(await client.room_get_event(ROOM, "$nope"), RoomGetEventError)
 
 
-# -- what a real homeserver does (issue 13) ----------------------------------------------------
+# -- what a real homeserver does ----------------------------------------------------
 async def test_a_limited_timeline_pages_back_with_messages_to_the_since_token(
     sim: MatrixHomeserver, client: AsyncClient
 ) -> None:

@@ -1,4 +1,4 @@
-"""The Matrix adapter against a real Synapse (issue 13): the restart scenarios an operator runs,
+"""The Matrix adapter against a real Synapse: the restart scenarios an operator runs,
 and one test for each way the real server differed from our simulator.
 
 Each test gets a fresh bot device and room on the session's Synapse (`synapse` fixture) and a
@@ -110,7 +110,7 @@ async def test_legacy_mode_loses_the_prompt_and_the_reaction_sent_while_down(
         assert outcomes(synapse) == []  # the "before": the reaction sent while down is lost
 
 
-# -- issue 13, 1-6, on the real server ---------------------------------------------------------
+# -- the homeserver's behaviours, on the real server ---------------------------------------------------------
 async def test_a_reaction_followed_by_12_events_while_down_is_handled(
     synapse: SynapseRoomDriver, tmp_path: Path
 ) -> None:

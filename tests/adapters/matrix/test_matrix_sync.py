@@ -1,8 +1,8 @@
-"""Issue 13 against the simulator: what a real homeserver does (limited timelines, a response
+"""Against the simulator: what a real homeserver does (limited timelines, a response
 cache, redactions, 429s, 403s, invites, new devices) and the adapter's answer to each. The same
 scenarios run against a real Synapse in test_matrix_synapse.py; these are the fast guards.
 
-Each test here fails on the adapter before issue 13 (checked by running it against that code).
+Each test here failed on the adapter before it handled these cases.
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ async def test_an_invite_sent_before_the_first_start_is_joined(sim: MatrixHomese
         await request(sim, "deploy in team", room=team)
 
 
-# -- issue 15's Matrix fairness quota ----------------------------------------------------------
+# -- the Matrix fairness quota ----------------------------------------------------------
 def refusals(sim: MatrixHomeserver) -> list[dict[str, Any]]:
     return [s for s in sim.sent("m.room.message") if s["content"]["body"].startswith(platform.REFUSED_TEXT)]
 

@@ -1,4 +1,4 @@
-"""The Slack adapter over Socket Mode (issue 19), in a real gateway subprocess against the
+"""The Slack adapter over Socket Mode, in a real gateway subprocess against the
 Socket Mode simulator: acks within 3 s, thread participation across restarts, un-acked
 envelopes redelivered after a SIGKILL and handled once, disconnect frames without loss or repeat.
 
@@ -113,7 +113,7 @@ async def test_sigkill_with_unacked_envelopes_in_flight_each_handled_once(tmp_pa
         threads = {e.key for e in stored(gw.database_path, THREADS_NAMESPACE)}
         assert threads == {f"T0SIM:default:C0GENERAL:{e['event']['ts']}" for e in [*in_flight, while_down]}
         print(
-            f"\n[issue19] slack sigkill posted={posted}: envelopes redelivered={len(redelivered)}, "
+            f"\nslack sigkill posted={posted}: envelopes redelivered={len(redelivered)}, "
             f"attempts={len(sim.recorded('socket_envelope'))}, replies={len(sim.posts())} for 4 events"
         )
 

@@ -1,4 +1,4 @@
-"""The signing-key cache (issue 15): one fetch at a time, last good set kept while the host
+"""The signing-key cache: one fetch at a time, last good set kept while the host
 fails, failures not retried for a while, and botframework-connector reading the same keys."""
 
 from __future__ import annotations

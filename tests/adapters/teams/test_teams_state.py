@@ -35,7 +35,7 @@ def test_spec_is_the_design_table_row() -> None:
     assert spec_from_config(_settings()) == SENT_MESSAGES
     assert spec_from_config(_settings(sent_ttl_ms=5, sent_max_entries=2)).max_entries == 2
     from_env = TeamsSettings.from_table({"app_id": "a"}, env={"CHATSTATE_TEAMS_SENT_TTL_MS": "5000"})
-    assert spec_from_config(from_env).ttl_ms == 5000  # issue 16: was refused as "must be an integer"
+    assert spec_from_config(from_env).ttl_ms == 5000  # a number from the environment is an integer, not a refusal
 
 
 async def record(sent: SentMessages, *ids: str) -> None:

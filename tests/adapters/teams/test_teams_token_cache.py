@@ -1,4 +1,4 @@
-"""The pre-parse token check remembers tokens it verified (issue 20): the channel sends one token
+"""The pre-parse token check remembers tokens it verified: the channel sends one token
 with every activity, and verifying it again each time was ~a quarter of the route's CPU."""
 
 from __future__ import annotations

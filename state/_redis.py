@@ -133,12 +133,12 @@ local function emit(out, key, row)  -- a live row as key, json, created, expires
 end
 """
 # Writes in order, all or none: a register, claim or compare-and-set, or a staged commit. A block
-# and a row per write, then an op key if a write has a condition. Returns "1" ("1n": a namespace
+# (with its row) per write, then an op key if a write has a condition. Returns "1" ("1n": a namespace
 # was (re)registered, so its plugin goes on the sweep list) or, with nothing written, "0" (a
 # condition failed) or "NS_FULL:<i>" (write i met a full reject-new namespace).
 _WRITE = """
--- A row and its index entries; Redis drops it `grace` after its expiry, counted from `t` (the
--- caller's clock may be skewed) as the remaining TTL (PTTL would need one more ACL grant).
+-- A row and its index entries. Redis drops it `grace` after its expiry, as a PEXPIRE of the TTL
+-- left at `t` (a PEXPIREAT of a skewed caller's clock could drop a live row; PTTL needs an ACL grant).
 local function put(b, k, v, c, e, n, t)
   local row = b .. ':r:' .. k
   redis.call('DEL', row)  -- drops an old server-side expiry along with the old fields

@@ -19,10 +19,9 @@ and, if it needs one, its prepare. The gate does the rest, in two durable writes
    transaction (state recorded ⇔ item done). A failed work releases the claim (as a lease
    already run out) and puts the prepared rows back, in one write, so the platform's retry
    takes the item over, checks, and works. A job without work is its prepared writes alone:
-   its claim row is written already done, with them, in one conditional write. While a work
-   runs, its lease is renewed (a compare-and-set every third of a lease), so a slow work (a
-   platform answering 429s) is never taken over by another gateway while it may still answer:
-   only the lease of an owner that stopped renewing it (it died) runs out;
+   its claim row is written already done, with them, in one conditional write. A running
+   work's lease is renewed every third of a lease: only the lease of an owner that died runs
+   out, never that of a slow work (a platform answering 429s) that may still answer;
 4. with an ack budget, an item still running when it runs out is held (its `hold` value in
    the `held` namespace) and finishes in the background; every gateway's recovery loop
    finishes held items whose owner died;
@@ -302,8 +301,7 @@ class InboundGate:
         return "takeover" if await prepared.commit(took) else Outcome.LEASED
 
     def _keep_leased(self, key: str, lease: dict[str, Any]) -> None:
-        """Renew `lease` while the work on `key` runs (one loop for all items: a fast work costs
-        no task and no write)."""
+        """Renew `lease` while the work on `key` runs (one loop for all: a fast work costs nothing)."""
         if self.claims.legacy:
             return  # claims in this process's memory only: nobody else to take them over
         self._working[key] = lease
@@ -320,14 +318,17 @@ class InboundGate:
                         await self._renew(key, lease)
 
     async def _renew(self, key: str, lease: dict[str, Any]) -> None:
-        """Extend `lease` if the claim row is still it (a compare-and-set on the row's version):
-        a row done, released or taken over meanwhile is left alone."""
+        """Extend `lease` if the claim row is still it (a compare-and-set on its version), in the
+        store only: a row done, released or taken over meanwhile is left alone, and while the
+        store fails there is nothing to renew (claims are decided in memory then)."""
+        if self.claims.last_error is not None:
+            return
         entry = await self.claims.get_entry(key, fresh=True)
-        if entry is None or not isinstance(entry.value, dict) or entry.value.get("lease_until") != lease["lease_until"]:
+        value = entry.value if entry is not None and isinstance(entry.value, dict) else {}
+        if entry is None or self._working.get(key) is not lease or value.get("lease_until") != lease["lease_until"]:
             return
         renewed = {**lease, "lease_until": self._clock() + self.lease_ms}
-        held = Claim(self.claims.stage_claim(key, renewed, version=entry.version), entry.version)
-        if await Writes(clock=self._clock).commit(held) and self._working.get(key) is lease:
+        if await self.claims.take_over(key, renewed, version=entry.version) and self._working.get(key) is lease:
             self._working[key] = renewed
 
     async def _recover(self, holding: Holding) -> None:

@@ -5,22 +5,12 @@
     redis+sentinel://[user:pass@]s1:26379,s2:26379/mymaster?db=0  a Sentinel-managed primary
     redis+cluster://[user:pass@]n1:6379,n2:6379                   Redis Cluster
 
-Why this shape:
-- The sync redis-py client: the async twin runs the sync core on worker threads (state/_aio.py),
-  so the rules are written once and the event loop never waits on Redis either.
-- Whatever changes data or reads several keys is one call of one Lua script (SCRIPTS), which
-  Redis runs atomically, as SQLite runs a transaction: a claim, a take, "write, then evict or refuse".
-- The caller's clock (`now_ms`) decides what is live, as on SQLite; Redis drops a row itself
-  `expiry_grace_ms` later (PEXPIRE of the remaining TTL: a PEXPIREAT of a skewed client clock
-  could delete a live row).
-- Failover, slot routing and retries are redis-py's. Conditional writes, takes and clears carry
-  a nonce: a call retried after a lost reply (or READONLY from a demoted primary: the script
-  did not run) gets the first run's answer instead of running twice.
-- No KEYS, no SCAN: each namespace has its own sorted sets, and a registry of plugins and their
-  namespaces lets `sweep` reach them. A plugin's keys carry it as their hash tag, so one
-  Cluster slot holds all its namespaces and one script may touch any of them.
-- Numbers cross into Lua as strings and stay strings (Lua 5.1 prints 1.7e+12, losing digits).
-
+Whatever changes data or reads several keys is one Lua script call, atomic as a SQLite
+transaction; the caller's clock (`now_ms`) decides what is live, as on SQLite. Failover, slot
+routing and retries are redis-py's; a conditional write, take or clear carries a nonce, so a
+call retried after a lost reply (or READONLY from a demoted primary) gets the first run's answer.
+No KEYS, no SCAN: each namespace has two sorted sets, and a registry of plugins and their
+namespaces lets `sweep` reach them; a plugin's keys share its hash tag (one Cluster slot).
 Under a namespace's base `B` = `{prefix}:p:{{quoted plugin}}:n:{namespace}`, beside the layout's
 version `{prefix}:schema` (an older layout is migrated in place on open):
 
@@ -37,9 +27,11 @@ import re
 import ssl
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import lru_cache, partial
+from itertools import chain
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
@@ -57,8 +49,11 @@ from ._spec import Decode, Mode, NamespaceSpec, Row, StoreSettings, Write, new_v
 REDIS_SCHEMA = 3  # 1: rows without versions; 2: versions; 3: keys tagged by plugin (Cluster)
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m", Mode.DELETE: "d"}
-ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
+ACKED = ("write", "take", "clear")  # the scripts whose changes wait for replicas (min_replicas_acked)
 READONLY_HINT = "name the primary, or use redis+sentinel://"
+ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
+Block = tuple[list[str], list[Any]]  # one namespace's KEYS and ARGV in a script call
+_quoted = lru_cache(4096)(partial(quote, safe=""))  # ':' and '{' escaped in key names, so they stay unambiguous
 T = TypeVar("T")
 
 
@@ -84,225 +79,204 @@ class RedisOptions:
         """Ours of a URL query's options, and the others (redis-py's) as a query again. Raises
         INVALID_INPUT for a malformed or negative number, or a prefix with braces."""
         kinds = {name: type(value) for name, value in cls().__dict__.items()}
-        values: dict[str, object] = {}
-        pairs = parse_qsl(query, keep_blank_values=True)
+        pairs, values = parse_qsl(query, keep_blank_values=True), {}
         for name, text in ((k, v) for k, v in pairs if k in kinds):
             try:
                 values[name] = kinds[name](text)
             except ValueError:
                 raise StateStoreError("INVALID_INPUT", "open", f"Redis URL option {name!r} is malformed") from None
-        options = cls(**values)  # type: ignore[arg-type]
-        if not options.prefix or any(c in options.prefix for c in "{} \n"):
+        o = cls(**values)
+        if not o.prefix or any(c in o.prefix for c in "{} \n"):
             why = "a non-empty word without braces (keys carry their own hash tag, one per plugin, for Redis Cluster)"
             raise StateStoreError("INVALID_INPUT", "open", f"Redis URL option 'prefix' must be {why}")
-        numbers = (options.retries, options.expiry_grace_ms, options.min_replicas_acked)
-        if min(numbers) < 0 or options.op_result_ttl_ms < 1 or options.replica_ack_timeout_ms < 1:
+        numbers = (o.retries, o.expiry_grace_ms, o.min_replicas_acked)
+        if min(numbers) < 0 or o.op_result_ttl_ms < 1 or o.replica_ack_timeout_ms < 1:
             raise StateStoreError("INVALID_INPUT", "open", "Redis URL options must not be negative")
-        return options, urlencode([(k, v) for k, v in pairs if k not in kinds])
+        return o, urlencode([(k, v) for k, v in pairs if k not in kinds])
 
 
-# Lua pieces, joined into one script per entry (SCRIPTS): Redis runs a script's whole text each
-# call, so one script for all would define every function every time (~10 µs more a call).
+# Lua pieces, one script per operation (SCRIPTS): Redis runs a script's whole text on every call,
+# so each holds only the helpers it calls. ARGV: op result ttl and grace ms, then a block per
+# namespace (one, but in `write`): KEYS order, exp, the plugin's namespaces set, then rows named;
+# ARGV now, base, namespace, then the script's own. Numbers stay strings (Lua 5.1 prints 1.7e+12).
 _CORE = """
 local A = ARGV
-local function is_live(e, now) return e == '' or tonumber(e) > now end
-local function live_row(row, now) local e = redis.call('HGET', row, 'e') return e ~= false and is_live(e, now) end
-local function live_count(order, exp, now) return redis.call('ZCARD', order) - redis.call('ZCOUNT', exp, '-inf', now) end
+local ttl, grace, now, base, ns, clock = A[1], tonumber(A[2]), A[3], A[4], A[5], tonumber(A[3])
+local order, exp, pns = KEYS[1], KEYS[2], KEYS[3]
+local function is_live(e, t) return e == '' or tonumber(e) > t end
+local function live_count(z, e, t) return redis.call('ZCARD', z) - redis.call('ZCOUNT', e, '-inf', t) end
 local function cached(opkey) return opkey ~= '' and redis.call('GET', opkey) end
-
--- Keep an applied result for a retry of this call; a refusal or a no-op is harmless to re-run.
-local function finish(opkey, ttl, result)
-  if opkey ~= '' and result ~= '' and result ~= '0' then redis.call('SET', opkey, result, 'PX', ttl) end
-  return result
+local function finish(opkey, r)  -- keep an applied result for a retry (a refusal or a no-op is harmless to re-run)
+  if opkey ~= '' and r ~= '' and r ~= '0' then redis.call('SET', opkey, r, 'PX', ttl) end
+  return r
 end
 """
 _ROWS = """
--- A script stopped half-way keeps what it did: while `saving`, each row is remembered before it
--- changes, and `rollback` restores them newest first (expiry recounted: PTTL needs an ACL grant).
-local saving, undo, clock, grace = false, {}, 0, 0
-local function save(base, k)
-  if not saving then return end
-  local row = base .. ':r:' .. k
-  undo[#undo + 1] = {base = base, k = k, clock = clock, f = redis.call('HMGET', row, 'v', 'c', 'e', 'n'),
-    order = redis.call('ZSCORE', base .. ':order', k), exp = redis.call('ZSCORE', base .. ':exp', k)}
+local save = function(b, k) end  -- the write script's undo log replaces it
+local function remove(b, k)
+  save(b, k)
+  redis.call('DEL', b .. ':r:' .. k)
+  redis.call('ZREM', b .. ':order', k) redis.call('ZREM', b .. ':exp', k)
 end
-local function rollback()
-  for i = #undo, 1, -1 do
-    local u = undo[i]
-    if u.set then redis.call('SREM', u.set, u.member) else
-      local row, f = u.base .. ':r:' .. u.k, u.f
-      redis.call('DEL', row)
-      if f[1] then redis.call('HSET', row, 'v', f[1], 'c', f[2], 'e', f[3], 'n', f[4] or '0') end
-      if f[1] and f[3] ~= '' then redis.call('PEXPIRE', row, string.format('%d', math.max(f[3] - u.clock, 1) + grace)) end
-      for _, z in ipairs({'order', 'exp'}) do
-        if u[z] then redis.call('ZADD', u.base .. ':' .. z, u[z], u.k) else redis.call('ZREM', u.base .. ':' .. z, u.k) end
-      end
-    end
-  end
-end
-
-local function remove(base, k)
-  save(base, k)
-  redis.call('DEL', base .. ':r:' .. k)
-  redis.call('ZREM', base .. ':order', k)
-  redis.call('ZREM', base .. ':exp', k)
-end
-local function drop_expired(base, now, limit)
-  local gone = redis.call('ZRANGEBYSCORE', base .. ':exp', '-inf', now, 'LIMIT', 0, limit or -1)
-  for _, k in ipairs(gone) do remove(base, k) end
+local function drop_expired(b, t, limit)
+  local gone = redis.call('ZRANGEBYSCORE', b .. ':exp', '-inf', t, 'LIMIT', 0, limit or -1)
+  for _, k in ipairs(gone) do remove(b, k) end
   return #gone
 end
 """
 _LIST = """
-local function emit(out, key, row, now)  -- a live row as key, json, created, expires, version
+local function emit(out, key, row)  -- a live row as key, json, created, expires, version
   local f = redis.call('HMGET', row, 'v', 'c', 'e', 'n')
-  if not (f[1] and is_live(f[3], now)) then return false end
+  if not (f[1] and is_live(f[3], clock)) then return false end
   for _, x in ipairs({key, f[1], f[2], f[3], f[4] or '0'}) do out[#out + 1] = x end
   return true
 end
 """
-# Writes in order: one register, claim or compare-and-set, or a staged commit of several. KEYS:
-# per write: row, order, exp, plugin's namespaces set; then an op key if a write has a condition
-# (no empty key name: an ACL or a cluster slot check refuses it). ARGV: op ttl ms, grace ms, then
-# per write: mode ("u" upsert, "c" claim: no live row, "m" match: a live row of version `expect`,
-# "d" delete), key, value, now, expires and pexpire ms ("" = never), max_entries, overflow,
-# namespace base, namespace, version, expect. Returns "1" ("1n" when a namespace was
-# (re)registered: the caller lists its plugin for sweep), or with nothing written "0" (a
+# Writes in order, all or none: a register, claim or compare-and-set, or a staged commit. A block
+# (with its row) per write, then an op key if a write has a condition. Returns "1" ("1n": a namespace
+# was (re)registered, so its plugin goes on the sweep list) or, with nothing written, "0" (a
 # condition failed) or "NS_FULL:<i>" (write i met a full reject-new namespace).
 _WRITE = """
+-- A row and its index entries. Redis drops it `grace` after its expiry, as a PEXPIRE of the TTL
+-- left at `t` (a PEXPIREAT of a skewed caller's clock could drop a live row; PTTL needs an ACL grant).
+local function put(b, k, v, c, e, n, t)
+  local row = b .. ':r:' .. k
+  redis.call('DEL', row)  -- drops an old server-side expiry along with the old fields
+  redis.call('HSET', row, 'v', v, 'c', c, 'e', e, 'n', n)
+  if e ~= '' then redis.call('PEXPIRE', row, string.format('%d', math.max(e - t, 1) + grace)) end
+  redis.call('ZADD', b .. ':order', c, k)
+  if e ~= '' then redis.call('ZADD', b .. ':exp', e, k) else redis.call('ZREM', b .. ':exp', k) end
+end
+-- A commit that fails half-way undoes what it did: while `saving`, each row is remembered before
+-- it changes, and `rollback` puts them back newest first.
+local saving, undo = false, {}
+save = function(b, k)
+  if saving then undo[#undo + 1] = {b, k, clock, redis.call('HMGET', b .. ':r:' .. k, 'v', 'c', 'e', 'n')} end
+end
+local function rollback()
+  saving = false
+  for i = #undo, 1, -1 do
+    local b, k, t, f = unpack(undo[i])
+    if t == 'member' then redis.call('SREM', b, k) else remove(b, k) end
+    if f and f[1] then put(b, k, f[1], f[2], f[3], f[4] or '0', t) end
+  end
+end
+
+local function live_row(row) local e = redis.call('HGET', row, 'e') return e ~= false and is_live(e, clock) end
 -- Room for `key` among `maxn` live rows: expired rows go first, then the oldest live rows by
 -- (created_at, key), never `key` itself. False, with nothing changed, when reject-new and full.
-local function make_room(base, key, now, maxn, reject)
-  local order = base .. ':order'
-  local function rows() return redis.call('ZCARD', order) + (redis.call('ZSCORE', order, key) and 0 or 1) end
+local function make_room(b, key, t, maxn, reject)
+  local z = b .. ':order'
+  local function rows() return redis.call('ZCARD', z) + (redis.call('ZSCORE', z, key) and 0 or 1) end
   if rows() <= maxn then return true end
-  local adds = reject and (live_row(base .. ':r:' .. key, tonumber(now)) and 0 or 1)
-  if adds and live_count(order, base .. ':exp', now) + adds > maxn then return false end
-  drop_expired(base, now, nil)
+  local adds = reject and (live_row(b .. ':r:' .. key) and 0 or 1)
+  if adds and live_count(z, b .. ':exp', t) + adds > maxn then return false end
+  drop_expired(b, t, nil)
   local want = rows() - maxn
-  for _, k in ipairs(want > 0 and redis.call('ZRANGE', order, 0, want) or {}) do  -- want + 1: one may be `key`
-    if k ~= key and want > 0 then remove(base, k) want = want - 1 end
+  for _, k in ipairs(want > 0 and redis.call('ZRANGE', z, 0, want) or {}) do  -- want + 1: one may be `key`
+    if k ~= key and want > 0 then remove(b, k) want = want - 1 end
   end
   return true
 end
 
-local F, fresh, last = 12, false, 0
-local n = (#A - 2) / F
+local n, fresh = (#A - 2) / 11, false
 local opkey = KEYS[n * 4 + 1] or ''
 local prior = cached(opkey) if prior then return prior end
-grace = tonumber(A[2])
 local function apply(i)  -- nil when write i is applied, else the script's answer
-  local a, k = (i - 1) * F + 2, (i - 1) * 4
-  local row, order, exp, pns = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local mode, key, now, expires, base = A[a + 1], A[a + 2], A[a + 4], A[a + 5], A[a + 9]
+  local pns, row = KEYS[i * 4 - 1], KEYS[i * 4]
+  local now, base, ns, mode, key, value, expires, maxn, overflow, version, expect = unpack(A, i * 11 - 8, i * 11 + 2)
   clock = tonumber(now)
-  if mode == 'd' then return remove(base, key) end
-  if mode == 'c' and live_row(row, clock) then return '0' end
+  if mode == 'd' then return remove(base, key) end  -- modes: u upsert, c claim, m match `expect`, d delete
+  if mode == 'c' and live_row(row) then return '0' end
   local f = mode == 'm' and redis.call('HMGET', row, 'e', 'n')
-  if f and not (f[1] and is_live(f[1], clock) and f[2] == A[a + 12]) then return '0' end
-  if not make_room(base, key, now, tonumber(A[a + 7]), A[a + 8] == 'reject-new') then return 'NS_FULL:' .. i end
+  if f and not (f[1] and is_live(f[1], clock) and f[2] == expect) then return '0' end
+  if not make_room(base, key, now, tonumber(maxn), overflow == 'reject-new') then return 'NS_FULL:' .. i end
   save(base, key)
-  redis.call('DEL', row)  -- drops an old server-side expiry along with the old fields
-  redis.call('HSET', row, 'v', A[a + 3], 'c', now, 'e', expires, 'n', A[a + 11])
-  if A[a + 6] ~= '' then redis.call('PEXPIRE', row, A[a + 6]) end
-  redis.call('ZADD', order, now, key)
-  if expires ~= '' then redis.call('ZADD', exp, expires, key) else redis.call('ZREM', exp, key) end
-  if redis.call('SADD', pns, A[a + 10]) == 1 then
+  put(base, key, value, now, expires, version, clock)
+  if redis.call('SADD', pns, ns) == 1 then
     fresh = true
-    if saving then undo[#undo + 1] = {set = pns, member = A[a + 10]} end
+    if saving then undo[#undo + 1] = {pns, ns, 'member'} end
   end
 end
-for i = 1, n do  -- only the writes before the last one that can fail need an undo log
-  local a = (i - 1) * F + 2
-  if A[a + 1] == 'c' or A[a + 1] == 'm' or (A[a + 1] == 'u' and A[a + 8] == 'reject-new') then last = i end
-end
 for i = 1, n do
-  saving = i < last
+  saving = i < n  -- a write that fails changes nothing itself: only the ones before it need undoing
   local failed = apply(i)
   if failed then return rollback() or failed end
 end
-return finish(opkey, A[1], fresh and '1n' or '1')
+return finish(opkey, fresh and '1n' or '1')
 """
-# KEYS: row, order, exp, op key. ARGV: key, op ttl ms, now, check ("1": keep a live row whose JSON
-# cjson cannot read), expected version ("" = any), namespace base. Returns "" (none deleted),
-# "D<created>:<expires>:<version>:<json>" (deleted) or "K..." (kept: the caller raises CORRUPT).
+# KEYS + row, op key; ARGV + key, check ("1": keep a live row whose JSON cjson cannot read), the
+# expected version ("" = any). Returns "" (none deleted), "D<created>:<expires>:<version>:<json>"
+# (deleted) or "K..." (kept: the caller raises CORRUPT).
 _TAKE = """
-local prior = cached(KEYS[4]) if prior then return prior end
-local f = redis.call('HMGET', KEYS[1], 'v', 'c', 'e', 'n')
+local prior = cached(KEYS[5]) if prior then return prior end
+local f = redis.call('HMGET', KEYS[4], 'v', 'c', 'e', 'n')
 if not f[1] then return '' end
-local body, live = f[2] .. ':' .. f[3] .. ':' .. (f[4] or '0') .. ':' .. f[1], is_live(f[3], tonumber(A[3]))
-if A[5] ~= '' and (not live or f[4] ~= A[5]) then return '' end
-if A[4] == '1' and live and not pcall(cjson.decode, f[1]) then return 'K' .. body end
-remove(A[6], A[1])
-return finish(KEYS[4], A[2], 'D' .. body)
+local body, live = f[2] .. ':' .. f[3] .. ':' .. (f[4] or '0') .. ':' .. f[1], is_live(f[3], clock)
+if A[8] ~= '' and (not live or f[4] ~= A[8]) then return '' end
+if A[7] == '1' and live and not pcall(cjson.decode, f[1]) then return 'K' .. body end
+remove(base, A[6])
+return finish(KEYS[5], 'D' .. body)
 """
-# KEYS: order, exp, plugin's namespaces set, op key. ARGV: now, namespace base, namespace, op
-# ttl ms. Returns the number of live rows removed.
+# KEYS + op key. Returns the number of live rows removed.
 _CLEAR = """
 local prior = cached(KEYS[4]) if prior then return prior end
-local live = live_count(KEYS[1], KEYS[2], A[1])
-for _, k in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('DEL', A[2] .. ':r:' .. k) end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('SREM', KEYS[3], A[3])
-return finish(KEYS[4], A[4], tostring(live))
+local live = live_count(order, exp, now)
+for _, k in ipairs(redis.call('ZRANGE', order, 0, -1)) do redis.call('DEL', base .. ':r:' .. k) end
+redis.call('DEL', order, exp)
+redis.call('SREM', pns, ns)
+return finish(KEYS[4], tostring(live))
 """
-# KEYS: order. ARGV: now, row key prefix, limit ("" = all), cursor created_at and key ("" =
-# from the start). Live rows in (created_at, key) order after the cursor, as `emit` lays them
-# out (a zset orders equal scores by member bytes, as SQLite orders keys).
+# ARGV + limit ("" = all), cursor created_at and key ("" = from the start). Live rows in
+# (created_at, key) order after the cursor, as `emit` lays them out (a zset orders equal scores
+# by member bytes, as SQLite orders keys).
 _SCAN = """
 local function bytes_after(a, b)  -- a > b byte by byte (Lua's < would use the locale)
-  for i = 1, math.min(#a, #b) do
-    if a:byte(i) ~= b:byte(i) then return a:byte(i) > b:byte(i) end
-  end
+  for i = 1, math.min(#a, #b) do if a:byte(i) ~= b:byte(i) then return a:byte(i) > b:byte(i) end end
   return #a > #b
 end
-local now, limit, ac, ak, out, index = tonumber(A[1]), tonumber(A[3]), A[4], A[5], {}, 0
-if ac ~= '' then index = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ac) end
+local limit, ac, ak, out = tonumber(A[6]), A[7], A[8], {}
+local index = ac == '' and 0 or redis.call('ZCOUNT', order, '-inf', '(' .. ac)
 while not limit or #out / 5 < limit do
-  local batch = redis.call('ZRANGE', KEYS[1], index, index + 255, 'WITHSCORES')
+  local batch = redis.call('ZRANGE', order, index, index + 255, 'WITHSCORES')
   if #batch == 0 then break end
   index = index + #batch / 2
   for i = 1, #batch, 2 do
     local k, s = batch[i], batch[i + 1]
-    if (ac == '' or s ~= ac or bytes_after(k, ak)) and emit(out, k, A[2] .. k, now) and #out / 5 == limit then break end
+    if (ac == '' or s ~= ac or bytes_after(k, ak)) and emit(out, k, base .. ':r:' .. k) and #out / 5 == limit then break end
   end
 end
 return out
 """
-# KEYS: rows. ARGV: now, row key prefix. The live ones, as `emit` lays them out.
-_READ_MANY = """
-local out = {}
-for _, row in ipairs(KEYS) do emit(out, string.sub(row, #A[2] + 1), row, tonumber(A[1])) end
-return out
-"""
-# KEYS: order, plugin's namespaces set. ARGV: now, namespace base, namespace, batch. Returns
-# rows removed (<= batch); an emptied namespace leaves the registry, so sweeps stay small.
+# KEYS + rows: the live ones, as `emit` lays them out.
+_READ_MANY = "local out = {}\nfor i = 4, #KEYS do emit(out, KEYS[i]:sub(#base + 4), KEYS[i]) end\nreturn out"
+# ARGV + batch. Returns rows removed (<= batch); an emptied namespace leaves the registry, so
+# sweeps stay small.
 _SWEEP = """
-local n = drop_expired(A[2], A[1], tonumber(A[4]))
-if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], A[3]) end
+local n = drop_expired(base, now, tonumber(A[6]))
+if redis.call('ZCARD', order) == 0 then redis.call('SREM', pns, ns) end
 return n
 """
-# Schema 1 or 2 -> 3, one namespace, on one server (a cluster never held older keys). ARGV:
-# its old base, its tagged base, then from schema 1 a version per row in order, set where a
-# row has none (HSETNX). What still exists is renamed: a second migrator finds nothing to do.
+# Schema 1 or 2 -> 3, one namespace, on one server (a cluster never held older keys). ARGV: its
+# old base, its tagged base, then a fresh version per row in order, set where a row has none
+# (HSETNX). What still exists is renamed: a second migrator finds nothing to do.
 _MIGRATE = """
-local names = {':order', ':exp'}
 for i, k in ipairs(redis.call('ZRANGE', ARGV[1] .. ':order', 0, -1)) do
-  names[#names + 1] = ':r:' .. k
   local row = ARGV[1] .. ':r:' .. k
   if ARGV[i + 2] and redis.call('EXISTS', row) == 1 then redis.call('HSETNX', row, 'n', ARGV[i + 2]) end
+  if redis.call('EXISTS', row) == 1 then redis.call('RENAME', row, ARGV[2] .. ':r:' .. k) end
 end
-for _, name in ipairs(names) do
-  if redis.call('EXISTS', ARGV[1] .. name) == 1 then redis.call('RENAME', ARGV[1] .. name, ARGV[2] .. name) end
+for _, z in ipairs({':order', ':exp'}) do
+  if redis.call('EXISTS', ARGV[1] .. z) == 1 then redis.call('RENAME', ARGV[1] .. z, ARGV[2] .. z) end
 end
 """
-SCRIPTS = {  # Lua pieces joined: each script holds only the helpers it calls
+SCRIPTS = {
     "write": _CORE + _ROWS + _WRITE,
     "take": _CORE + _ROWS + _TAKE,
     "clear": _CORE + _CLEAR,
     "scan": _CORE + _LIST + _SCAN,
     "read_many": _CORE + _LIST + _READ_MANY,
-    "count": _CORE + "return live_count(KEYS[1], KEYS[2], A[1])\n",
+    "count": _CORE + "return live_count(order, exp, now)",
     "sweep": _CORE + _ROWS + _SWEEP,
     "migrate": _MIGRATE,
 }
@@ -322,17 +296,15 @@ class RedisBackend:
         self._prefix = f"{self.options.prefix}:"
         self._plugins = f"{self._prefix}plugins"  # the set `sweep` walks (percent-encoded plugin ids)
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._active, self._closed = 0, False  # calls in flight: close() waits for them
-        self._pid = os.getpid()  # the client's sockets are used only by the process that opened them
+        self._idle = threading.Condition(self._lock)  # close() waits for the calls in flight
+        self._active, self._closed, self._pid = 0, False, os.getpid()  # sockets: this process's only
         self._scripts = {name: self._client.register_script(text) for name, text in SCRIPTS.items()}
         try:  # the first connection: redis-py reads its URL options here
-            version = self.schema_version("open")
-            if version > REDIS_SCHEMA:
+            if (version := self.schema_version("open")) > REDIS_SCHEMA:
                 why = f"this code reads versions up to {REDIS_SCHEMA}: upgrade chatstate"
                 raise self._fail("SCHEMA_UNSUPPORTED", "open", f"the Redis prefix has schema version {version}; {why}")
             if version < REDIS_SCHEMA:  # migrated in place
-                self._call("open", lambda: self._migrate(version))
+                self._call("open", self._migrate)
         except TypeError:
             self._client.close()
             unknown = "the Redis URL has an option neither we nor redis-py know"
@@ -353,10 +325,10 @@ class RedisBackend:
             raise self._fail("INVALID_INPUT", "open", f"unsupported state URL scheme {scheme!r}; use {forms}")
         parts = urlsplit(url)
         self.options, theirs = RedisOptions.from_query(parts.query)
-        opts = self.options
-        timeouts = {"socket_connect_timeout": opts.socket_connect_timeout_s, "socket_timeout": opts.socket_timeout_s}
-        backoff = ExponentialBackoff(cap=opts.backoff_cap_s, base=opts.backoff_base_s)
-        common: dict[str, Any] = {"decode_responses": True, "retry": Retry(backoff, opts.retries), **timeouts}
+        o, cluster = self.options, scheme == "redis+cluster"
+        timeouts = {"socket_connect_timeout": o.socket_connect_timeout_s, "socket_timeout": o.socket_timeout_s}
+        retry = Retry(ExponentialBackoff(cap=o.backoff_cap_s, base=o.backoff_base_s), o.retries)
+        common: dict[str, Any] = {"decode_responses": True, "retry": retry, **timeouts}
         try:
             if scheme in ("redis", "rediss", "unix"):
                 return redis.Redis.from_url(urlunsplit(parts._replace(query=theirs)), **common)
@@ -364,15 +336,13 @@ class RedisBackend:
             creds, at, hosts_text = parts.netloc.rpartition("@")
             hosts = [self._host_port(h) for h in hosts_text.split(",")]
             service, _, db = parts.path.strip("/").partition("/")
-            kwargs = parse_url(f"redis://{creds}{at}localhost/{db if scheme == 'redis+sentinel' else ''}?{theirs}")
-            for name in ("host", "port", "db") if scheme == "redis+cluster" else ("host", "port"):
+            kwargs = parse_url(f"redis://{creds}{at}localhost/{'' if cluster else db}?{theirs}")
+            for name in ("host", "port", "db") if cluster else ("host", "port"):
                 kwargs.pop(name, None)
-            if scheme == "redis+cluster" and opts.min_replicas_acked:
-                instead = "on a cluster run each shard's replicas with min-replicas-to-write instead"
-                raise self._fail(
-                    "INVALID_INPUT", "open", f"min_replicas_acked is for redis:// and redis+sentinel:// URLs; {instead}"
-                )
-            if scheme == "redis+cluster":
+            if cluster and o.min_replicas_acked:
+                why = "is for redis:// and redis+sentinel:// URLs; on a cluster run each shard's replicas with"
+                raise self._fail("INVALID_INPUT", "open", f"min_replicas_acked {why} min-replicas-to-write instead")
+            if cluster:
                 try:  # RedisCluster asks a node for the slot map at once
                     return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], **kwargs, **common)
                 except (redis.RedisError, errors.RedisClusterException) as exc:
@@ -380,7 +350,7 @@ class RedisBackend:
             if not service:
                 how = "names the service after the hosts: redis+sentinel://host:26379/mymaster"
                 raise self._fail("INVALID_INPUT", "open", f"a redis+sentinel:// URL {how}")
-            creds_kw = {"username": opts.sentinel_username or None, "password": opts.sentinel_password or None}
+            creds_kw = {"username": o.sentinel_username or None, "password": o.sentinel_password or None}
             self._sentinel, self._service = Sentinel(hosts, sentinel_kwargs={**creds_kw, **timeouts}), service
             return self._sentinel.master_for(service, **kwargs, **common)
         except (ValueError, TypeError, redis.RedisError) as exc:
@@ -435,38 +405,31 @@ class RedisBackend:
 
     def _no_master(self, op: str) -> tuple[str, str, str]:
         """No primary from the sentinels: all of them down, or a service they do not monitor."""
-        sentinels = self._sentinel.sentinels if self._sentinel is not None else []
-        answers: list[set[str]] = []
+        sentinels, answers = self._sentinel.sentinels if self._sentinel is not None else [], []
         for s in sentinels:
             with suppress(redis.RedisError):
                 answers.append(set(cast("dict[str, Any]", s.sentinel_masters())))
-        known = set().union(*answers)
         if not answers:
             hosts = ", ".join("{host}:{port}".format(**s.connection_pool.connection_kwargs) for s in sentinels)
             return "UNAVAILABLE", op, f"no Sentinel answered ({hosts}): start them, or fix the addresses"
-        service, they = repr(self._service), f"(they monitor {sorted(known)}): fix the URL's path"
+        known, service = set().union(*answers), repr(self._service)
         if self._service not in known:
+            they = f"(they monitor {sorted(known)}): fix the URL's path"
             return "OPEN_FAILED", op, f"no Sentinel monitors a service named {service} {they}"
         return "UNAVAILABLE", op, f"the Sentinels know no healthy primary for {service} (failover in progress)"
 
-    # -- key names ----------------------------------------------------------------------
-    def _plugin(self, plugin_id: str, *, tagged: bool = True) -> str:
-        quoted = quote(plugin_id, safe="")  # ':' and '{' escaped: names stay unambiguous
-        return f"{{{quoted}}}" if tagged else quoted
-
+    # -- running scripts ----------------------------------------------------------------
     def _key(self, plugin_id: str, name: str, *, tagged: bool = True) -> str:
-        """A key of one plugin: its namespaces set, a namespace's base, an op key."""
-        return f"{self._prefix}p:{self._plugin(plugin_id, tagged=tagged)}:{name}"
+        """A key of one plugin (its namespaces set, a namespace's base, an op key) under its hash tag."""
+        quoted = _quoted(plugin_id)
+        return f"{self._prefix}p:{{{quoted}}}:{name}" if tagged else f"{self._prefix}p:{quoted}:{name}"
 
-    def _op_key(self, plugin_id: str) -> str:
-        return self._key(plugin_id, f"op:{uuid.uuid4().hex}")  # one per call: its retries share it
-
-    def _ns(self, spec: NamespaceSpec) -> tuple[str, str, str, str]:
-        """(base, row key prefix, order zset, expiry zset) of one namespace."""
+    def _block(self, spec: NamespaceSpec, now_ms: int, *args: Any, rows: Iterable[str] = ()) -> Block:
+        """One namespace's KEYS and ARGV in a script call, as _CORE reads them."""
         base = self._key(spec.plugin_id, f"n:{spec.namespace}")
-        return base, f"{base}:r:", f"{base}:order", f"{base}:exp"
+        keys = [f"{base}:order", f"{base}:exp", self._key(spec.plugin_id, "namespaces")]
+        return keys + [f"{base}:r:{k}" for k in rows], [now_ms, base, spec.namespace, *args]
 
-    # -- running calls ------------------------------------------------------------------
     def _call(self, op: str, fn: Callable[[], T]) -> T:
         """Run `fn` on the client; redis-py's errors become StateStoreError here."""
         with self._lock:
@@ -479,9 +442,8 @@ class RedisBackend:
             except redis.ResponseError as exc:
                 if self._sentinel is None or "READONLY" not in str(exc):
                     raise
-                # A script reached a server that was demoted to a replica (Redis 6 runs the
-                # script there and fails its first write: nothing was applied). Drop the
-                # pool's connections so the next one asks the sentinels, and run it again.
+                # A script reached a demoted primary (Redis 6 runs it there and fails its first
+                # write: nothing applied). Drop the pool so the next connection asks the sentinels.
                 self._client.connection_pool.disconnect()
                 return fn()
         except (redis.RedisError, errors.RedisClusterException) as exc:
@@ -492,54 +454,51 @@ class RedisBackend:
                 if not self._active:
                     self._idle.notify_all()
 
-    def _run(self, op: str, entry: str, keys: list[str], args: Sequence[str | int], *, acked: bool = False) -> Any:
-        """Call the script `entry`. `acked` (a change): with `min_replicas_acked`, WAIT on the
-        same connection until that many replicas have it, so an acknowledged write outlives a
-        failover; fewer in time is UNAVAILABLE (applied on the primary, survival unknown)."""
-        want = self.options.min_replicas_acked if acked else 0
+    def _run(self, op: str, entry: str, keys: list[str], args: list[Any], once: str | None = None) -> Any:
+        """Call the script `entry`. `once`: the plugin whose op key, one per call (its retries share
+        it), keeps the result. A change (ACKED) with `min_replicas_acked` WAITs on the same
+        connection for that many replicas, so an acknowledged write outlives a failover."""
+        keys = [*keys, self._key(once, f"op:{uuid.uuid4().hex}")] if once else keys
+        args = [self.options.op_result_ttl_ms, self.options.expiry_grace_ms, *args]
+        script, want = self._scripts[entry], self.options.min_replicas_acked if entry in ACKED else 0
         if not want:
-            return self._call(op, lambda: self._scripts[entry](keys=keys, args=args))
+            return self._call(op, lambda: script(keys=keys, args=args))
 
         def run() -> Any:
             with self._client.pipeline(transaction=False) as pipe:
-                self._scripts[entry](keys=keys, args=args, client=pipe)
+                script(keys=keys, args=args, client=pipe)
                 pipe.execute_command("WAIT", want, self.options.replica_ack_timeout_ms)
                 return pipe.execute()
 
         result, got = self._call(op, run)
-        if int(got) < want:
+        if int(got) < want:  # applied on the primary, survival unknown
             late = f"{got} of {want} replicas acknowledged it within {self.options.replica_ack_timeout_ms} ms"
             raise self._fail("UNAVAILABLE", op, f"applied on the primary, but {late}: it may not survive a failover")
         return result
 
     # -- the schema marker ----------------------------------------------------------------
-    def _migrate(self, version: int) -> None:
-        """v1 rows had no version: each gets a fresh random one; then every key moves under its
-        plugin's hash tag. Two gateways may migrate together: the second finds nothing to do."""
+    def _migrate(self) -> None:
+        """Every key moves under its plugin's hash tag, and a row without a version (schema 1)
+        gets a fresh one. Two gateways may migrate together: the second finds nothing to do."""
         client = self._client
         for plugin_id in map(unquote, cast("set[str]", client.smembers(self._plugins))):
             old_set, new_set = (self._key(plugin_id, "namespaces", tagged=t) for t in (False, True))
             for namespace in cast("set[str]", client.smembers(old_set)):
                 old, new = (self._key(plugin_id, f"n:{namespace}", tagged=t) for t in (False, True))
-                versions = [new_version() for _ in range(client.zcard(f"{old}:order") if version == 1 else 0)]
+                versions = [new_version() for _ in range(client.zcard(f"{old}:order"))]
                 self._scripts["migrate"](keys=[], args=[old, new, *versions])
-            if client.exists(old_set):
-                client.sunionstore(new_set, [old_set, new_set])
-                client.delete(old_set)
+            client.sunionstore(new_set, [old_set, new_set])
+            client.delete(old_set)
         client.set(f"{self._prefix}schema", REDIS_SCHEMA)
 
     def schema_version(self, op: str = "probe") -> int:
-        """The prefix's schema version. An empty prefix (a new one, or a Redis without
-        persistence that restarted empty) is stamped with the latest first."""
-        client, key = self._client, f"{self._prefix}schema"
-
-        def run() -> int:
-            if not client.exists(self._plugins):
-                client.set(key, REDIS_SCHEMA, nx=True)
-            return int(client.get(key) or 1)  # rows but no marker: v1 (which always wrote one)
-
-        try:
-            return self._call(op, run)
+        """The prefix's schema version; an empty prefix (a new one, or a Redis without persistence
+        that restarted empty) is stamped with the latest first."""
+        key = f"{self._prefix}schema"
+        if not self._call(op, lambda: self._client.exists(self._plugins)):
+            self._call(op, lambda: self._client.set(key, REDIS_SCHEMA, nx=True))
+        try:  # rows but no marker: v1 (which always wrote one)
+            return int(self._call(op, lambda: self._client.get(key)) or 1)
         except ValueError:
             raise self._fail("CORRUPT", op, "the schema marker is not a number") from None
 
@@ -558,9 +517,8 @@ class RedisBackend:
         return self._write(w.mode.value, [w])
 
     def commit(self, writes: Sequence[Write]) -> bool:
-        """Every write in one script call, in order: all applied (True), or a condition failed
-        and none is (False). On Redis Cluster a script runs on one node, so the writes must be
-        one plugin's (its namespaces share a hash slot); several plugins' are INVALID_INPUT."""
+        """All writes applied in one script call, or none when a condition fails (False). A script
+        runs on one Cluster node, so there the writes must be one plugin's (one hash slot)."""
         plugins = sorted({w.spec.plugin_id for w in writes})
         if isinstance(self._client, RedisCluster) and len(plugins) > 1:
             why = "each plugin's keys live in their own hash slot; commit each plugin's writes apart"
@@ -570,20 +528,16 @@ class RedisBackend:
 
     def _write(self, op: str, writes: Sequence[Write]) -> bool:
         """Run the `write` script; raises LIMIT_EXCEEDED for a full reject-new namespace."""
-        keys: list[str] = []
-        args: list[str | int] = [self.options.op_result_ttl_ms, self.options.expiry_grace_ms]
+        blocks = []
         for w in writes:
-            base, rows, order, exp = self._ns(w.spec)
-            keys += [rows + w.key, order, exp, self._key(w.spec.plugin_id, "namespaces")]
-            expires = "" if w.expires_at is None else w.expires_at
-            pexpire = "" if w.expires_at is None else max(w.expires_at - w.now_ms, 1) + self.options.expiry_grace_ms
-            args += [MODE_FLAGS[w.mode], w.key, w.value or "", w.now_ms, expires, pexpire, w.spec.max_entries]
-            args += [w.spec.overflow, base, w.spec.namespace, str(w.version), "" if w.expect is None else str(w.expect)]
-        if any(w.mode in (Mode.CLAIM, Mode.MATCH) for w in writes):  # upserts, deletes: idempotent
-            keys.append(self._op_key(writes[0].spec.plugin_id))
-        result = self._run(op, "write", keys, args, acked=True)
+            expires, expect = ("" if v is None else v for v in (w.expires_at, w.expect))
+            fields = (MODE_FLAGS[w.mode], w.key, w.value or "", expires, w.spec.max_entries, w.spec.overflow)
+            blocks.append(self._block(w.spec, w.now_ms, *fields, w.version, expect, rows=[w.key]))
+        conditional = any(w.mode in (Mode.CLAIM, Mode.MATCH) for w in writes)  # upserts, deletes: idempotent
+        keys, args = (list(chain.from_iterable(part)) for part in zip(*blocks))  # blocks in order
+        result = self._run(op, "write", keys, args, writes[0].spec.plugin_id if conditional else None)
         if result == "1n":  # the plugins set lives in another cluster slot: not in the script
-            plugins = {self._plugin(w.spec.plugin_id, tagged=False) for w in writes}
+            plugins = {_quoted(w.spec.plugin_id) for w in writes}
             self._call(op, lambda: self._client.sadd(self._plugins, *plugins))
         if result.startswith("NS_FULL"):
             full = writes[int(result.split(":")[1]) - 1].spec.max_entries
@@ -591,22 +545,17 @@ class RedisBackend:
         return result != "0"
 
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
-        # decode_responses=True: redis-py's stubs say bytes | str, the replies are str
-        reply = self._call("lookup", lambda: self._client.hmget(self._ns(spec)[1] + key, "v", "c", "e", "n"))
-        return _row(key, cast("list[str | None]", reply), now_ms)
+        row = f"{self._key(spec.plugin_id, f'n:{spec.namespace}')}:r:{key}"
+        reply = self._call("lookup", lambda: self._client.hmget(row, "v", "c", "e", "n"))
+        return _row(key, cast("list[str | None]", reply), now_ms)  # decode_responses: str, whatever the stubs say
 
     def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]:
-        rows = self._ns(spec)[1]
-        return _rows(self._run("lookup_many", "read_many", [rows + k for k in keys], [now_ms, rows]), now_ms)
+        return _rows(self._run("lookup_many", "read_many", *self._block(spec, now_ms, rows=keys)), now_ms)
 
     def _take(self, op: str, spec: NamespaceSpec, key: str, now_ms: int, *, check: bool, expect: int | None) -> Any:
         """Run the `take` script: (deleted, the row if one was live)."""
-        base, rows, order, exp = self._ns(spec)
-        keys = [rows + key, order, exp, self._op_key(spec.plugin_id)]
-        ttl, version = self.options.op_result_ttl_ms, "" if expect is None else expect
-        args: list[str | int] = [key, ttl, now_ms, int(check), version, base]
-        text = self._run(op, "take", keys, args, acked=True)
-        if not text:
+        block = self._block(spec, now_ms, key, int(check), "" if expect is None else expect, rows=[key])
+        if not (text := self._run(op, "take", *block, spec.plugin_id)):
             return False, None
         created, expires, version, value = text[1:].split(":", 3)
         return text[0] == "D", _row(key, [value, created, expires, version], now_ms)
@@ -621,19 +570,14 @@ class RedisBackend:
         return deleted and row is not None
 
     def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int:
-        base, _, order, exp = self._ns(spec)
-        keys = [order, exp, self._key(spec.plugin_id, "namespaces"), self._op_key(spec.plugin_id)]
-        ttl = self.options.op_result_ttl_ms
-        return int(self._run("clear", "clear", keys, [now_ms, base, spec.namespace, ttl], acked=True))
+        return int(self._run("clear", "clear", *self._block(spec, now_ms), spec.plugin_id))
 
     def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
-        _, rows, order, _ = self._ns(spec)
-        args: list[str | int] = [now_ms, rows, "" if limit is None else limit, *(after or ("", ""))]
-        return _rows(self._run("entries", "scan", [order], args), now_ms)
+        block = self._block(spec, now_ms, "" if limit is None else limit, *(after or ("", "")))
+        return _rows(self._run("entries", "scan", *block), now_ms)
 
     def count(self, spec: NamespaceSpec, now_ms: int) -> int:
-        _, _, order, exp = self._ns(spec)
-        return int(self._run("count", "count", [order, exp], [now_ms]))
+        return int(self._run("count", "count", *self._block(spec, now_ms)))
 
     def sweep(self, now_ms: int) -> int:
         """Drop expired rows and their index entries, namespace by namespace, in batches."""
@@ -643,9 +587,9 @@ class RedisBackend:
         for plugin_id in map(unquote, cast("set[str]", plugins)):
             ns_key = self._key(plugin_id, "namespaces")
             for namespace in cast("set[str]", self._call("sweep", lambda: self._client.smembers(ns_key))):  # noqa: B023 -- called at once
-                base, n = self._key(plugin_id, f"n:{namespace}"), batch
+                block, n = self._block(NamespaceSpec(plugin_id, namespace, batch), now_ms, batch), batch
                 while n == batch:
-                    n = int(self._run("sweep", "sweep", [f"{base}:order", ns_key], [now_ms, base, namespace, batch]))
+                    n = int(self._run("sweep", "sweep", *block))
                     removed += n
         return removed
 
@@ -657,8 +601,7 @@ class RedisBackend:
         """Calls already running finish on an open pool first; later calls raise UNAVAILABLE."""
         with self._lock:
             self._closed = True
-            while self._active:
-                self._idle.wait()
+            self._idle.wait_for(lambda: not self._active)
         self._client.close()
 
 

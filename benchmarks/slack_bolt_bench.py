@@ -6,16 +6,16 @@ Both servers are subprocesses answering the same Events API requests (signed `ap
 a new thread, from 20 users) against one Slack simulator, which counts the replies: none lost,
 none doubled, or the run fails. Bolt is the framework's documented default (`AsyncApp`, its
 aiohttp server, `say` in the listener) with one shared keep-alive `aiohttp` session for its Web
-API client, and keeps no state. A second bolt adds the least that durable exactly-once costs:
-the event's claim committed before bolt acknowledges the request and its done mark after `say`, through one group-committing
-writer thread (the echo floor's, benchmarks/floor_server.py) — the floor for any server that
-answers each event once across restarts. Ours does durable exactly-once on SQLite: the claim
-(with the new thread's row and quota count), and the reply's state committed with the done mark. Ours runs twice: with every Slack namespace empty,
+API client, and keeps no state. A second bolt adds the least durable exactly-once needs: the
+event's claim committed before bolt acknowledges the request, its done mark after `say`, through
+one group-committing writer thread (the echo floor's, benchmarks/floor_server.py). Ours does
+durable exactly-once on SQLite: the claim (with the new thread's row and quota count), and the
+reply's state committed with the done mark. Ours runs twice: with every Slack namespace empty,
 and with each filled to its cap before start (50,000 events, 5,000 threads, 2,000 quota rows).
 
-Reported per server: events/s (from the first request to the last reply at the simulator) and
-server CPU per event (the process's user + system time over the run), and CPU per event as a
-ratio to bolt's and to the durable bolt's. `--before DIR` runs our
+Reported per server: events/s (from the first request to the last reply at the simulator),
+server CPU per event (the process's user + system time over the run), and that CPU as a ratio
+to bolt's and to the durable bolt's (medians of the per-round ratios). `--before DIR` runs our
 side from another copy of the package (a directory holding `chatstate/`, e.g. main's code) for
 a before/after. Rounds alternate between the servers so a noisy neighbour slows all alike.
 """
@@ -116,7 +116,7 @@ async def serve_bolt(port: int, api_base_url: str, token: str, secret: str, dura
     With `durable_dir`, bolt plus the least durable exactly-once can cost: the event's claim
     (a conditional insert) committed in a middleware, before bolt acknowledges the request (so
     an acknowledged event is never lost), its done mark after `say`, both awaited, through the
-    floor server's one group-committing writer thread (benchmarks/floor_server.py). No state beyond
+    floor server's group-committing writer thread (benchmarks/floor_server.py). No state beyond
     that: no thread rows, no quota, no cap on the table.
     """
     from aiohttp import web

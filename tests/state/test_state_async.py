@@ -27,7 +27,7 @@ def public_methods(cls: type) -> dict[str, object]:
     return {name: fn for name, fn in vars(cls).items() if not name.startswith("_") and inspect.isfunction(fn)}
 
 
-# Writes that capture their value at call time (issue 17, defect 3): plain methods returning an
+# Writes that capture their value at call time: plain methods returning an
 # awaitable, since an `async def` body runs only once the coroutine is first scheduled.
 CAPTURING = {"register", "register_if_absent", "compare_and_set"}
 STAGING = {

@@ -243,7 +243,7 @@ def test_reject_new_refuses_a_new_key_but_updates_an_existing_one(make_store, cl
     assert [e.key for e in store.entries()] == ["a", "c"]
 
 
-# -- no per-plugin ceiling (issue 17, defect 2) ----------------------------------------------
+# -- no per-plugin ceiling ---------------------------------------------------------------
 def test_a_plugins_other_namespaces_never_lock_a_namespace_up(make_store):
     """v1 refused this write forever once the plugin's other namespaces held the ceiling; v2 has
     no per-plugin cap."""
@@ -378,8 +378,8 @@ def test_entries_sort_keys_by_code_point_like_utf8_bytes(make_store):
 
 
 def test_a_namespace_reopened_with_a_smaller_cap_is_brought_down_to_it(make_store, clock):
-    """Issue 25 writes into a full namespace by re-keying its oldest row in place; a namespace
-    over its cap (max_entries lowered since) still goes back to it on the next write."""
+    """A write into a full namespace re-keys its oldest row in place; a namespace over its cap
+    (max_entries lowered since) still goes back to it on the next write."""
     big = make_store("p", "shrink", max_entries=10)
     for i in range(6):
         big.register(f"k{i}", i)

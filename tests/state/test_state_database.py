@@ -1,4 +1,4 @@
-"""`Database`: one location opened once, and the one-call wrappers built on it (issue 18)."""
+"""`Database`: one location opened once, and the one-call wrappers built on it."""
 
 from __future__ import annotations
 

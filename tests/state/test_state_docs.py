@@ -1,4 +1,4 @@
-"""The docs follow the code (issue 25): every module path the docs name exists, and the module
+"""The docs follow the code: every module path the docs name exists, and the module
 table in docs/state.md is exactly the files of `state/`."""
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def test_codes_and_operations_are_the_contracts():
         "update",
         "lookup_many",
         "count",  # v2
-        "commit",  # issue 25: commit_staged
+        "commit",  # commit_staged
     }
 
 

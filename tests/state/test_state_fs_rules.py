@@ -1,4 +1,4 @@
-"""Issue 15's state-side filesystem rules: never follow a symlink, never adopt a directory or
+"""The state side's filesystem rules: never follow a symlink, never adopt a directory or
 file of another uid, and create every directory 0700 and file 0600 whatever the umask.
 
 Each refusal is OPEN_FAILED naming the path and what to do, and leaves the target untouched.

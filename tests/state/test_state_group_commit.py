@@ -1,5 +1,5 @@
 """Group commit: writes that queue up on a SQLite database's writer thread share one transaction,
-and each caller still gets exactly the result or error it would have had alone (issue 4)."""
+and each caller still gets exactly the result or error it would have had alone."""
 
 from __future__ import annotations
 

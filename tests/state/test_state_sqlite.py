@@ -191,7 +191,7 @@ def test_unreadable_stored_json_is_corrupt_without_showing_it(store, query, db_p
         assert (err.value.code, err.value.operation, err.value.path) == ("CORRUPT", op, str(db_path))
         assert "SECRET" not in str(err.value)
     assert store.lookup("good") == 1
-    # Issue 17, defect 4: consume rolled back, so the row is kept for the operator to inspect.
+    # A consume rolled back, so the row is kept for the operator to inspect.
     assert query("SELECT value FROM entries WHERE key = 'bad'") == [('{"SECRET-MARKER',)]
 
 

@@ -178,7 +178,7 @@ def test_a_healthy_database_passes_integrity_after_reopen(target, db_path):
 
 def test_an_unchanged_file_is_checked_once_per_process_and_a_changed_one_again(target, db_path, monkeypatch):
     """The gateway checks the file before it binds and the backend again as it opens; at 1M rows
-    each check reads the whole file, so the second is skipped while nothing changed (issue 20)."""
+    each check reads the whole file, so the second is skipped while nothing changed."""
     from chatstate.state import _sqlite as _sqlite_schema
 
     healthy_database(target, db_path, rows=20)

@@ -1,4 +1,4 @@
-"""Issue 17 (state core v2), on every backend: row versions, compare_and_set, delete_if, update,
+"""State core v2, on every backend: row versions, compare_and_set, delete_if, update,
 lookup_many, count, paged entries, max_value_bytes, and the defects v1 had (each test here
 fails on the v1 code)."""
 

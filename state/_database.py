@@ -86,11 +86,9 @@ class Location:
                 return KeyedStore(self, spec, clock or wall_clock_ms)
         self.release()
         was = held[0]
-        message = f"{spec.plugin_id}/{spec.namespace} is already open with max_entries={was.max_entries}, "
-        message += (
-            f"default_ttl_ms={was.default_ttl_ms}, overflow={was.overflow}, max_value_bytes={was.max_value_bytes}"
-        )
-        message += "; reopen it with the same settings"
+        limits = f"max_entries={was.max_entries}, default_ttl_ms={was.default_ttl_ms}, "
+        limits += f"overflow={was.overflow}, max_value_bytes={was.max_value_bytes}"
+        message = f"{spec.plugin_id}/{spec.namespace} is already open with {limits}; reopen it with the same settings"
         raise StateStoreError("INVALID_INPUT", "open", message, path=self.location)
 
     def close_store(self, spec: NamespaceSpec) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeGuard
+from urllib.parse import unquote_plus
 
 from ._errors import StateStoreError
 
@@ -185,7 +186,10 @@ def resolve_path(path: str | os.PathLike[str] | None) -> Path:
     return p
 
 
-SECRET_QUERY_KEYS = frozenset({"password", "sentinel_password"})  # query options never shown
+def _secret_option(name: str) -> bool:
+    """A query option never shown: any whose name, as redis-py decodes it, mentions a password
+    (`password`, `sentinel_password`, `ssl_password`, `%70assword`)."""
+    return "password" in unquote_plus(name).lower()
 
 
 def shown_url(url: str) -> str:
@@ -194,18 +198,21 @@ def shown_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "***"  # not a URL at all: nothing in it is safe to echo
+    # The user part ends at the last '@', wherever it is: a password holding an unencoded '/',
+    # '?' or '#' stays hidden (the backend refuses such a URL, and its error shows this form).
+    creds, at, rest = rest.rpartition("@")
     netloc, slash, tail = rest.partition("/")
     path, qmark, query = tail.partition("?")
     if not slash and "?" in netloc:
         netloc, _, query = netloc.partition("?")
         qmark = "?"
-    creds, at, hosts = netloc.rpartition("@")
     if at:
         user, colon, _ = creds.partition(":")
-        # a lone `x@` is shown as `***@` too: people put a password there by mistake
-        netloc = f"{user}:***@{hosts}" if colon else f"***@{hosts}"
+        # a lone `x@` is shown as `***@` too: people put a password there by mistake; and a user
+        # part that is not plain (an '@' past the host) is shown as nothing but `***`
+        netloc = f"{user}:***@{netloc}" if colon and not any(c in creds for c in "/?#") else f"***@{netloc}"
     pairs = [p.partition("=") for p in query.split("&")] if query else []
-    query = "&".join(f"{k}={'***' if k.lower() in SECRET_QUERY_KEYS else v}" if eq else k for k, eq, v in pairs)
+    query = "&".join(f"{k}={'***' if _secret_option(k) else v}" if eq else k for k, eq, v in pairs)
     return f"{scheme}{sep}{netloc}{slash}{path.partition('#')[0]}{qmark}{query.partition('#')[0]}"
 
 

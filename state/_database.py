@@ -243,11 +243,11 @@ class Database:
     def sweep_expired(self, *, now_ms: int | None = None) -> int:
         """Delete expired rows of every plugin in batches of <= 1,024; return how many went.
         Raises WRITE_FAILED / UNAVAILABLE (operation "sweep"), or the open's errors."""
-        return self._open().backend.sweep(wall_clock_ms() if now_ms is None else now_ms)
+        return self._open("sweep").backend.sweep(wall_clock_ms() if now_ms is None else now_ms)
 
     def checkpoint(self) -> None:
-        """Fold the WAL back into the database file (for Redis: a PING)."""
-        self._open().backend.checkpoint()
+        """Fold the WAL back into the database file (for Redis: a PING). Raises as `close`."""
+        self._open("close").backend.checkpoint()
 
     def probe(self) -> dict[str, Any]:
         """Check the store end to end; never raises, never shows values. Returns {ok, database_path,

@@ -86,6 +86,8 @@ async def test_a_bad_redis_url_is_a_config_error_that_hides_the_password(tmp_pat
             f'url = "{url}"\n[adapters.echo]\nsecret = "s"\n'
         )
         refused = await run_gateway_cli("start", "--config", str(config))
-        assert refused.returncode == 2 and "config error" in refused.stderr and "INVALID_INPUT" in refused.stderr, refused
+        assert refused.returncode == 2 and "config error" in refused.stderr and "INVALID_INPUT" in refused.stderr, (
+            refused
+        )
         logged = "".join(p.read_text() for p in (tmp_path / "gw").glob("*.log"))
         assert PASSWORD not in refused.stdout + refused.stderr + logged

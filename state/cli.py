@@ -67,7 +67,8 @@ def _inspect(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     if not path.exists():
-        print(f"no state database at {path}", file=sys.stderr)
+        where = "pass the right one with --state-dir D or --path FILE, or start a gateway on it first"
+        print(f"no state database at {path}: nothing was stored there yet; {where}", file=sys.stderr)
         return 1
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:

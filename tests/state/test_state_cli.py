@@ -130,6 +130,12 @@ def test_inspect_of_a_missing_database_exits_1(tmp_path):
     assert not (tmp_path / "nothing-here").exists()
 
 
+def test_inspect_of_a_missing_database_says_what_to_do(tmp_path):
+    done = run_cli("inspect", "--path", str(tmp_path / "typo.sqlite"))
+    assert done.returncode == 1
+    assert str(tmp_path / "typo.sqlite") in done.stderr and "--state-dir" in done.stderr and "--path" in done.stderr
+
+
 def test_inspect_values_of_unreadable_json_is_a_clear_error(populated, db_path, capsys):
     conn = sqlite3.connect(db_path)
     conn.execute("UPDATE entries SET value = '{\"" + SECRET + "' WHERE key = 'T1:Ev1'")

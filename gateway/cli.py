@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import select
 import signal
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start.add_argument(
         "--ready-timeout",
-        type=float,
+        type=_seconds,
         default=DEFAULT_READY_TIMEOUT_S,
         metavar="S",
         help=f"with --detach: give up after S seconds (default {DEFAULT_READY_TIMEOUT_S:g})",
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=STATUS_TIMEOUT_S,
         metavar="S",
         help=f"seconds to wait for /healthz before 'not responding' (default {STATUS_TIMEOUT_S:g})",
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _timeout(restart)
     restart.add_argument(
         "--ready-timeout",
-        type=float,
+        type=_seconds,
         default=DEFAULT_READY_TIMEOUT_S,
         metavar="S",
         help=f"give up on the new gateway (and kill it) if it is not ready after S seconds "
@@ -111,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     sub.choices["demo"].set_defaults(func=demo.run)
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A wait given on the command line: a finite number of seconds >= 0, else argparse's usage
+    error (exit 2) naming the flag, before anything is signalled or started."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def _where(p: argparse.ArgumentParser) -> None:
@@ -135,7 +148,7 @@ def _listen(p: argparse.ArgumentParser) -> None:
 def _timeout(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=DEFAULT_STOP_TIMEOUT_S,
         metavar="S",
         help=f"seconds to wait after SIGTERM before SIGKILL (default {DEFAULT_STOP_TIMEOUT_S:g})",

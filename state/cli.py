@@ -31,10 +31,11 @@ def build_parser(prog: str = "python -m chatstate.state") -> argparse.ArgumentPa
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("probe", help="check state dir, open, schema, a write-read-delete and a checkpoint (JSON)")
     i = sub.add_parser("inspect", help="list namespaces with live/expired counts and keys with created/expires")
-    for each in (p, i):
-        each.add_argument("--state-dir", help="state dir (default $CHATSTATE_HOME or ~/.chatstate)")
-        each.add_argument("--path", help="the database file itself, instead of --state-dir")
-    p.add_argument("--url", help="probe a redis:// backend instead of the SQLite file")
+    where = {each: each.add_mutually_exclusive_group() for each in (p, i)}  # one place to look, never a silent pick
+    for group in where.values():
+        group.add_argument("--state-dir", help="state dir (default $CHATSTATE_HOME or ~/.chatstate)")
+        group.add_argument("--path", help="the database file itself, instead of --state-dir")
+    where[p].add_argument("--url", help="probe a redis:// backend instead of the SQLite file")
     i.add_argument("--plugin", help="only this plugin id")
     i.add_argument("--namespace", help="only this namespace (lists its keys)")
     i.add_argument("--values", action="store_true", help="also print stored values (off by default)")

@@ -87,6 +87,21 @@ def test_cli_bad_usage_exits_2():
     assert run_cli().returncode == 2
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        ["probe", "--state-dir", "d", "--path", "f"],
+        ["probe", "--path", "f", "--url", "redis://h:6379/0"],
+        ["probe", "--state-dir", "d", "--url", "redis://h:6379/0"],
+        ["inspect", "--state-dir", "d", "--path", "f"],
+    ],
+)
+def test_two_places_to_look_are_bad_usage_not_a_silent_choice(where, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli_main(where)
+    assert done.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
 def test_inspect_lists_namespaces_with_live_and_expired_counts(populated, capsys):
     assert cli_main(["inspect", "--state-dir", str(populated), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

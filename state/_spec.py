@@ -176,6 +176,20 @@ def database_path(state_dir_: str | os.PathLike[str] | None = None) -> Path:
     return state_dir(state_dir_) / "plugin-state" / "state.sqlite"
 
 
+def check_where(path: object, url: object, settings: object, op: str = "open") -> None:
+    """Where and how a database is opened: `path` None or a non-blank str or os.PathLike (never
+    the current folder by accident), `url` None or a str, `settings` None or a StoreSettings.
+    Raises INVALID_INPUT otherwise."""
+    if url is not None and not isinstance(url, str):
+        raise StateStoreError("INVALID_INPUT", op, "url must be a string: redis://...")
+    if path is not None:
+        text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+        if not (isinstance(text, str) and text.strip()):
+            raise StateStoreError("INVALID_INPUT", op, "path must be a non-empty str or os.PathLike of str")
+    if settings is not None and not isinstance(settings, StoreSettings):
+        raise StateStoreError("INVALID_INPUT", op, "settings must be a StoreSettings")
+
+
 def resolve_path(path: str | os.PathLike[str] | None) -> Path:
     """`path` names the database file; an existing directory is taken as a state dir."""
     if path is None:

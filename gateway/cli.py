@@ -25,6 +25,7 @@ from chatstate.gateway.config import GatewayConfig, default_state_dir, load_conf
 from chatstate.gateway.exits import BAD_CONFIG, FAILED, INTERRUPTED, OK, GatewayExit
 from chatstate.gateway.launch import CONFIG_ENV, WARNING, Launch, Started, launch_env, spawn_detached, validate
 from chatstate.gateway.pidfile import LAST_LAUNCH_NAME, check_state_dir, last_launch, running_info
+from chatstate.state.cli import path_text
 
 DEFAULT_STOP_TIMEOUT_S = 30.0
 DEFAULT_READY_TIMEOUT_S = 60.0
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "validated completely first; if that fails nothing is stopped (exit 2).",
     )
     restart.add_argument("--config", metavar="FILE", help="start this TOML config instead of the running gateway's")
-    restart.add_argument("--state-dir", metavar="D", help="state dir of the gateway to restart")
+    restart.add_argument("--state-dir", type=path_text, metavar="D", help="state dir of the gateway to restart")
     _listen(restart)
     _timeout(restart)
     restart.add_argument(
@@ -134,7 +135,10 @@ def _where(p: argparse.ArgumentParser) -> None:
         help=f"TOML config (default ${CONFIG_ENV}; without one, built-in defaults)",
     )
     p.add_argument(
-        "--state-dir", metavar="D", help="state dir (overrides [state] dir; default $CHATSTATE_HOME or ~/.chatstate)"
+        "--state-dir",
+        type=path_text,
+        metavar="D",
+        help="state dir (overrides [state] dir; default $CHATSTATE_HOME or ~/.chatstate)",
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -26,6 +27,13 @@ LIVE_KEYS = f"""SELECT plugin_id, key, value, created_at, expires_at FROM entrie
 AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key"""
 
 
+def path_text(text: str) -> str:
+    """A --state-dir / --path value (argparse `type`): never blank, which would be the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (an empty path would be the current folder)")
+    return text
+
+
 def build_parser(prog: str = "python -m chatstate.state") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Inspect chatstate's keyed-store database.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,8 +41,8 @@ def build_parser(prog: str = "python -m chatstate.state") -> argparse.ArgumentPa
     i = sub.add_parser("inspect", help="list namespaces with live/expired counts and keys with created/expires")
     where = {each: each.add_mutually_exclusive_group() for each in (p, i)}  # one place to look, never a silent pick
     for group in where.values():
-        group.add_argument("--state-dir", help="state dir (default $CHATSTATE_HOME or ~/.chatstate)")
-        group.add_argument("--path", help="the database file itself, instead of --state-dir")
+        group.add_argument("--state-dir", type=path_text, help="state dir (default $CHATSTATE_HOME or ~/.chatstate)")
+        group.add_argument("--path", type=path_text, help="the database file itself, instead of --state-dir")
     where[p].add_argument("--url", help="probe a redis:// backend instead of the SQLite file")
     i.add_argument("--plugin", help="only this plugin id")
     i.add_argument("--namespace", help="only this namespace (lists its keys)")
@@ -49,11 +57,15 @@ def _path(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m chatstate.state") -> int:
     args = build_parser(prog).parse_args(argv)
-    if args.command == "probe":
-        result = probe(url=args.url) if args.url else probe(_path(args))
-        print(json.dumps(result, indent=2))
-        return 0 if result["ok"] else 1
-    return _inspect(args)
+    try:
+        if args.command == "probe":
+            result = probe(url=args.url) if args.url else probe(_path(args))
+            print(json.dumps(result, indent=2), flush=True)
+            return 0 if result["ok"] else 1
+        return _inspect(args)
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted; no traceback at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _iso(ms: int | None) -> str | None:

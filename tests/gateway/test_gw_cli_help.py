@@ -52,6 +52,19 @@ def test_every_seconds_flag_refuses_what_is_not_a_wait(value: str, capsys: pytes
     assert build_parser().parse_args(["stop", "--timeout", "0"]).timeout == 0
 
 
+def test_an_empty_state_dir_is_bad_usage_not_the_current_folder(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (
+        ["start", "--state-dir", ""],
+        ["stop", "--state-dir", " "],
+        ["status", "--state-dir", ""],
+        ["restart", "--state-dir", ""],
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(argv)
+        assert exit_.value.code == 2, argv
+        assert "--state-dir: must not be empty" in capsys.readouterr().err, argv
+
+
 async def test_version_is_single_sourced() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "version" not in project["project"] and "version" in project["project"]["dynamic"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -100,6 +101,32 @@ def test_two_places_to_look_are_bad_usage_not_a_silent_choice(where, capsys):
     with pytest.raises(SystemExit) as done:
         cli_main(where)
     assert done.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "where", [["probe", "--state-dir", ""], ["probe", "--path", " "], ["inspect", "--state-dir", ""]]
+)
+def test_an_empty_place_to_look_is_bad_usage_not_the_current_folder(where, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        cli_main(where)
+    assert done.value.code == 2 and "must not be empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(populated):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `... | head -0`: the reader is gone before the JSON is written
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "chatstate.state", "probe", "--state-dir", str(populated)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, b"")
 
 
 def test_inspect_lists_namespaces_with_live_and_expired_counts(populated, capsys):

@@ -97,10 +97,12 @@ def test_cli_bad_usage_exits_2():
         ["inspect", "--state-dir", "d", "--path", "f"],
     ],
 )
-def test_two_places_to_look_are_bad_usage_not_a_silent_choice(where, capsys):
+def test_two_places_to_look_are_bad_usage_not_a_silent_choice(where, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as done:
         cli_main(where)
     assert done.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,35 @@ class RedisOptions:
         return o, urlencode([(k, v) for k, v in pairs if k not in kinds])
 
 
+def database_of(url: str) -> tuple[str, tuple[Any, ...]]:
+    """Which database `url` names, and how it is reached: one spelling per database whatever
+    the URL says (scheme and host case, port 6379 and db 0 left out or written, `?db=` or the
+    path, option order, options at their defaults, Sentinels and Cluster seeds in any order),
+    so the process keeps one `Location` (and one reopen check) per database and prefix. How
+    it is reached: the credentials and every other option, which must agree when two opens
+    share it. A URL this cannot read is its own database (opening it names what is wrong)."""
+    try:
+        parts = urlsplit(url)
+        options, theirs = RedisOptions.from_query(parts.query)
+        scheme, pairs = parts.scheme.lower(), parse_qsl(theirs, keep_blank_values=True)
+        creds, _, hosts_text = parts.netloc.rpartition("@")
+        service, db = "", parts.path.strip("/")
+        if scheme == "unix":
+            hosts, db = [parts.path], ""
+        elif scheme in ("redis", "rediss"):
+            hosts = [f"{parts.hostname or ''}:{parts.port or 6379}"]
+        else:  # Sentinels or Cluster seeds: host:port each, in any order
+            hosts = [
+                f"{h.strip('[]').lower()}:{int(p)}" for h, _, p in (t.rpartition(":") for t in hosts_text.split(","))
+            ]
+            service, _, db = db.partition("/")
+        db = "0" if scheme == "redis+cluster" else str(int(dict(pairs).get("db", db) or 0))
+    except (ValueError, StateStoreError):
+        return f"url:{url}", ()
+    named = f"url:{scheme}://{','.join(sorted(set(hosts)))}/{service}/{db}?prefix={options.prefix}"
+    return named, (creds, options, sorted(p for p in pairs if p[0] != "db"))
+
+
 # Lua pieces, one script per operation (SCRIPTS): Redis runs a script's whole text on every call,
 # so each holds only the helpers it calls. ARGV: op result ttl and grace ms, then a block per
 # namespace (one, but in `write`): KEYS order, exp, the plugin's namespaces set, then rows named;

@@ -261,6 +261,18 @@ def test_a_missing_acl_permission_is_named(acl_redis):
         assert "wrong" not in str(err.value) and "chatstate:***@" in str(err.value)
 
 
+def test_a_prefix_outside_the_users_key_pattern_is_named_with_the_fix(acl_redis):
+    with redis.Redis(port=acl_redis.port) as admin:
+        admin.execute_command(*documented_acl_line().replace(">PASSWORD", ">s3cret").split())
+    url = f"redis://chatstate:s3cret@127.0.0.1:{acl_redis.port}/0?prefix=other&{FAST}"
+    with pytest.raises(StateStoreError) as err:
+        open_keyed_store("slack", "slack.events", max_entries=2, url=url)
+    assert err.value.code == "OPEN_FAILED"
+    message = str(err.value).split("[")[0]
+    assert "NOPERM" in message and "~other:*" in message, message
+    assert "grant the user the commands" not in message  # the commands are all there: the keys are not
+
+
 def test_the_documented_acl_user_works_on_a_cluster_with_the_documented_extras(cluster):
     extras = re.findall(r"A Cluster user also needs `([^`]+)`", " ".join(DOCS.read_text().split()))[0]
     line = documented_acl_line().replace("chatstate ", "cluster_user ", 1).replace(">PASSWORD", ">s3cret")
@@ -317,6 +329,25 @@ def test_a_certificate_failure_is_named_not_called_unreachable(tls_front, certs)
     with pytest.raises(StateStoreError) as err:
         open_keyed_store("p", "ns", max_entries=5, url=unreachable)
     assert err.value.code == "UNAVAILABLE" and "TLS" not in str(err.value).split("[")[0]
+
+
+def test_tls_set_up_wrong_is_named_not_called_unreachable(tls_front, certs, redis_url):
+    plain_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    ca, prefix = certs["ca_crt"], f"prefix=t{uuid.uuid4().hex[:8]}&{FAST}"
+
+    def refusal(url: str) -> tuple[str, str]:
+        with pytest.raises(StateStoreError) as err:
+            open_keyed_store("p", "ns", max_entries=5, url=url)
+        return str(err.value.code), str(err.value).split("[")[0]
+
+    code, message = refusal(f"rediss://127.0.0.1:{plain_port}/0?ssl_ca_certs={ca}&{prefix}")  # a plain port
+    assert "TLS" in message and "redis://" in message, message
+    code, message = refusal(f"rediss://127.0.0.1:{tls_front.port}/0?ssl_ca_certs={ca}.missing&{prefix}")
+    assert code == "OPEN_FAILED" and "TLS" in message and "ssl_ca_certs" in message, message
+    code, message = refusal(f"rediss://127.0.0.1:{tls_front.port}/0?ssl_ca_certs={ca}&{prefix}")  # no client cert
+    assert "TLS" in message and "ssl_certfile" in message, message
+    code, message = refusal(f"redis://127.0.0.1:{tls_front.port}/0?{prefix}")  # plain text to a TLS port
+    assert "rediss://" in message, message
 
 
 def test_an_unknown_scheme_names_the_forms_that_work(redis_url):

@@ -252,7 +252,9 @@ def test_the_spellings_of_one_redis_database_name_it_once(one, other):
         ("redis://h/0", "redis://h/0?prefix=q"),
         ("redis+sentinel://a:1/m", "redis+sentinel://a:1/n"),
         ("redis+cluster://a:1,b:2", "redis+cluster://a:1,c:2"),
+        ("redis://u:pw@h/0", "redis://u:other@h/0"),  # another user's connection: that user's rights
     ],
 )
 def test_different_redis_databases_are_named_apart(one, other):
     assert database_of(one)[0] != database_of(other)[0]
+    assert "pw" not in database_of(one)[0]

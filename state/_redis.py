@@ -52,9 +52,9 @@ MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m", Mode.DELETE: "
 ACKED = ("write", "take", "clear")  # the scripts whose changes wait for replicas (min_replicas_acked)
 READONLY_HINT = "name the primary, or use redis+sentinel://"
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
-CLOSED_HINTS = {  # what a connection closed before any reply most often means, by the URL's TLS
-    False: ": a TLS port closes a plain connection so; use rediss:// for it",
-    True: ": a TLS server that wants a client certificate closes it so; give one (ssl_certfile, ssl_keyfile)",
+CLOSED_HINTS = {  # what a first connection closed before any reply most often means, by the URL's TLS
+    False: ": closed at once; if that port speaks TLS, use rediss://",
+    True: ": closed at once; if the TLS server wants a client certificate, give one (ssl_certfile, ssl_keyfile)",
 }
 ENCODE_HINT = (
     "percent-encode '/', '?', '#', '@' and '[' in the user name and password, and an '@' anywhere after the "
@@ -429,8 +429,8 @@ class RedisBackend:
             if "previous master is now a slave" in str(exc):
                 return "UNAVAILABLE", op, "the primary was demoted (failover) and no new one answered yet"
             why = name
-            if str(exc).startswith("Connection closed by server"):  # at once, before any reply
-                why += CLOSED_HINTS[self._tls]
+            if op == "open" and str(exc).startswith("Connection closed by server"):  # before any reply
+                why += CLOSED_HINTS[self._tls]  # later, the same words are a dropped link, nothing more
             return "UNAVAILABLE", op, f"Redis unreachable after {self.options.retries} retries ({why})"
         failed = "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in ("lookup", "entries") else "WRITE_FAILED"
         refused = _refused_in_script(text)

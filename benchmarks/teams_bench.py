@@ -137,7 +137,8 @@ async def run(args: argparse.Namespace) -> int:
 async def _measure(args: argparse.Namespace, sim: TeamsSimulator, plugin: TeamsPlugin, load_start: str) -> int:
     import json
 
-    adapter, bot = plugin.running.adapter, plugin.running.bot  # to time the pieces apart
+    bot = plugin.running.bot
+    adapter = bot.adapter  # to time the pieces apart
     auth = adapter.bot_framework_authentication
     header = f"Bearer {sim.token()}"
     wire = sim.activity("message_mention", entities=[], text="hello, nobody in particular")
@@ -151,7 +152,7 @@ async def _measure(args: argparse.Namespace, sim: TeamsSimulator, plugin: TeamsP
 
     def request() -> Any:
         req = make_mocked_request("POST", "/api/messages", headers=headers, payload=_Body(fresh_body()))  # type: ignore[arg-type]
-        return plugin._messages(req)
+        return plugin.handle(req)
 
     async def check_route() -> None:
         resp = await request()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,22 +111,31 @@ def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
         yield from _paths(v, (*prefix, k))
 
 
+def _field(draw: st.DrawFn, doc: Any, *, objects_only: bool = False) -> tuple[Any, Any] | None:
+    """A field of `doc` drawn at random (with `objects_only`, no list item), as (its parent, its
+    key or index); None when `doc` has no such field."""
+    paths = [p for p in list(_paths(doc))[1:] if not (objects_only and isinstance(p[-1], int))]
+    if not paths:
+        return None
+    path = draw(st.sampled_from(paths))
+    parent: Any = doc
+    for step in path[:-1]:
+        parent = parent[step]
+    return parent, path[-1]
+
+
 @st.composite
 def mutated(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
     """`base` with one to three fields replaced by arbitrary JSON or deleted."""
     doc = copy.deepcopy(base)
     for _ in range(draw(st.integers(1, 3))):
-        paths = list(_paths(doc))[1:]
-        if not paths:
+        if (field := _field(draw, doc)) is None:
             break
-        path = draw(st.sampled_from(paths))
-        parent: Any = doc
-        for step in path[:-1]:
-            parent = parent[step]
+        parent, key = field
         if isinstance(parent, dict) and draw(st.booleans()):
-            del parent[path[-1]]
+            del parent[key]
         else:
-            parent[path[-1]] = draw(json_values)
+            parent[key] = draw(json_values)
     return doc
 
 
@@ -135,17 +144,13 @@ def nulled(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
     """`base` with one to three fields null or left out, as a platform sends optional fields."""
     doc = copy.deepcopy(base)
     for _ in range(draw(st.integers(1, 3))):
-        paths = [p for p in list(_paths(doc))[1:] if not isinstance(p[-1], int)]  # object fields
-        if not paths:
+        if (field := _field(draw, doc, objects_only=True)) is None:
             break
-        path = draw(st.sampled_from(paths))
-        parent: Any = doc
-        for step in path[:-1]:
-            parent = parent[step]
+        parent, key = field
         if draw(st.booleans()):
-            del parent[path[-1]]
+            del parent[key]
         else:
-            parent[path[-1]] = None
+            parent[key] = None
     return doc
 
 
@@ -196,42 +201,17 @@ async def test_fuzz_healthz(world: World, query: str, headers: dict[str, str]) -
     assert resp.status == 200 and (await resp.json())["status"] == "ok"
 
 
-# -- slack ---------------------------------------------------------------------------------------
+# -- slack and discord: a signature over (timestamp, body), in two headers ------------------------
+def fresh(doc: dict[str, Any], **ids: str) -> dict[str, Any]:
+    """A copy of `doc` with new ids: a repeated id is answered once, then skipped."""
+    return {**copy.deepcopy(doc), **ids}
+
+
 def _slack_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
     event = world.slack.mention_event("hello")
-
-    def fresh(n: int) -> dict[str, Any]:
-        doc = copy.deepcopy(event)
-        doc["event_id"] = f"EvF{n:08d}"
-        return doc
-
-    return st.integers(0, 10**8).map(fresh)
+    return st.integers(0, 10**8).map(lambda n: fresh(event, event_id=f"EvF{n:08d}"))
 
 
-@FUZZ
-@given(data=st.data())
-async def test_fuzz_slack_signed(world: World, data: st.DataObject) -> None:
-    body = data.draw(bodies(_slack_base(world)))
-    ts = str(int(time.time()))
-    headers = {
-        "X-Slack-Request-Timestamp": ts,
-        "X-Slack-Signature": slack_sign(world.slack.signing_secret, ts, body),
-        "Content-Type": "application/json",
-    }
-    await world.check("POST", "/slack/events", body, headers)
-
-
-@FUZZ
-@given(data=st.data(), signature=header_text, timestamp=header_text)
-async def test_fuzz_slack_unsigned(world: World, data: st.DataObject, signature: str, timestamp: str) -> None:
-    body = data.draw(bodies(_slack_base(world)))
-    status = await world.check(
-        "POST", "/slack/events", body, {"X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": signature}
-    )
-    assert status in (401, 413)
-
-
-# -- discord -------------------------------------------------------------------------------------
 def _discord_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
     sim = world.discord
     bases = [
@@ -240,35 +220,61 @@ def _discord_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
         sim.interaction("modal_submit", user_id=ALICE),
         sim.interaction("application_command", user_id=ALICE, data={"name": "unknown", "options": []}),
     ]
-
-    def fresh(pair: tuple[dict[str, Any], str]) -> dict[str, Any]:
-        doc = copy.deepcopy(pair[0])
-        doc["id"] = pair[1]
-        return doc
-
-    return st.tuples(st.sampled_from(bases), snowflakes).map(fresh)
+    return st.tuples(st.sampled_from(bases), snowflakes).map(lambda pair: fresh(pair[0], id=pair[1]))
 
 
+@dataclass(frozen=True)
+class Timestamped:
+    """A route its platform signs over (timestamp, body): where, in which headers, and how."""
+
+    path: str
+    signature_header: str
+    timestamp_header: str
+    sign: Callable[[World, bytes, str], str]  # (world, body, timestamp) -> the signature
+    base: Callable[[World], st.SearchStrategy[dict[str, Any]]]  # deliveries the bodies start from
+
+
+TIMESTAMPED = {
+    "slack": Timestamped(
+        "/slack/events",
+        "X-Slack-Signature",
+        "X-Slack-Request-Timestamp",
+        lambda world, body, ts: slack_sign(world.slack.signing_secret, ts, body),
+        _slack_base,
+    ),
+    "discord": Timestamped(
+        "/discord/interactions",
+        "X-Signature-Ed25519",
+        "X-Signature-Timestamp",
+        lambda world, body, ts: world.discord.sign(body, ts),
+        _discord_base,
+    ),
+}
+
+
+@pytest.mark.parametrize("route", TIMESTAMPED.values(), ids=TIMESTAMPED.keys())
 @FUZZ
 @given(data=st.data())
-async def test_fuzz_discord_signed(world: World, data: st.DataObject) -> None:
-    body = data.draw(bodies(_discord_base(world)))
+async def test_fuzz_timestamped_signed(world: World, route: Timestamped, data: st.DataObject) -> None:
+    body = data.draw(bodies(route.base(world)))
     ts = str(int(time.time()))
     headers = {
-        "X-Signature-Ed25519": world.discord.sign(body, ts),
-        "X-Signature-Timestamp": ts,
+        route.signature_header: route.sign(world, body, ts),
+        route.timestamp_header: ts,
         "Content-Type": "application/json",
     }
-    await world.check("POST", "/discord/interactions", body, headers)
+    await world.check("POST", route.path, body, headers)
 
 
+@pytest.mark.parametrize("route", TIMESTAMPED.values(), ids=TIMESTAMPED.keys())
 @FUZZ
 @given(data=st.data(), signature=header_text, timestamp=header_text)
-async def test_fuzz_discord_unsigned(world: World, data: st.DataObject, signature: str, timestamp: str) -> None:
-    body = data.draw(bodies(_discord_base(world)))
-    status = await world.check(
-        "POST", "/discord/interactions", body, {"X-Signature-Ed25519": signature, "X-Signature-Timestamp": timestamp}
-    )
+async def test_fuzz_timestamped_unsigned(
+    world: World, route: Timestamped, data: st.DataObject, signature: str, timestamp: str
+) -> None:
+    body = data.draw(bodies(route.base(world)))
+    headers = {route.signature_header: signature, route.timestamp_header: timestamp}
+    status = await world.check("POST", route.path, body, headers)
     assert status in (401, 413)
 
 
@@ -281,13 +287,7 @@ def _teams_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
         teams.activity("message_reaction"),
         teams.activity("conversation_update"),
     ]
-
-    def fresh(pair: tuple[dict[str, Any], int]) -> dict[str, Any]:
-        doc = copy.deepcopy(pair[0])  # a new id each: a repeated one is answered once, then skipped
-        doc["id"] = f"1700{pair[1]:010d}"
-        return doc
-
-    return st.tuples(st.sampled_from(bases), st.integers(0, 10**9)).map(fresh)
+    return st.tuples(st.sampled_from(bases), st.integers(0, 10**9)).map(lambda p: fresh(p[0], id=f"1700{p[1]:010d}"))
 
 
 @FUZZ

@@ -4,6 +4,7 @@ when it is set up wrong."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 from redis_ha import SERVICE, ClusterGroup, SentinelGroup, TlsFront, make_certs, wait_until
-from redis_support import RedisServer, free_port, with_prefix
+from redis_support import free_port, with_prefix
 
 from chatstate.state import KeyedStore, StateStoreError, commit_staged, open_keyed_store, probe, sweep_expired
 
@@ -124,13 +125,20 @@ def test_sentinel_mistakes_are_named(sentinels):
 
 
 # -- Cluster --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def two_plugins(url: str) -> Iterator[tuple[KeyedStore, KeyedStore, KeyedStore]]:
+    """Two namespaces of the slack plugin and one of discord's, on `url`."""
+    with (
+        open_keyed_store("slack", "slack.events", max_entries=10, url=url) as events,
+        open_keyed_store("slack", "slack.thread-participation", max_entries=10, url=url) as threads,
+        open_keyed_store("discord", "discord.components", max_entries=10, url=url) as buttons,
+    ):
+        yield events, threads, buttons
+
+
 def test_every_key_of_a_plugin_hashes_to_one_cluster_slot(cluster):
     url = cluster.url("prefix=slots")
-    with (
-        open_keyed_store("slack", "slack.events", max_entries=10, url=url) as a,
-        open_keyed_store("slack", "slack.thread-participation", max_entries=10, url=url) as b,
-        open_keyed_store("discord", "discord.components", max_entries=10, url=url) as c,
-    ):
+    with two_plugins(url) as (a, b, c):
         for store in (a, b, c):
             store.register("{not-a-tag}:k", 1, ttl_ms=60_000)  # a brace in a key changes nothing
             assert store.register_if_absent("claim", 1) is True
@@ -144,11 +152,7 @@ def test_every_key_of_a_plugin_hashes_to_one_cluster_slot(cluster):
 
 def test_a_staged_commit_runs_on_a_cluster_for_one_plugin_and_says_why_not_across_plugins(cluster):
     url = cluster.url("prefix=staged")
-    with (
-        open_keyed_store("slack", "slack.events", max_entries=10, url=url) as events,
-        open_keyed_store("slack", "slack.thread-participation", max_entries=10, url=url) as threads,
-        open_keyed_store("discord", "discord.components", max_entries=10, url=url) as buttons,
-    ):
+    with two_plugins(url) as (events, threads, buttons):
         commit_staged([events.stage_register("E1", {"done": True}), threads.stage_register("T1", {"agent": "a"})])
         assert (events.lookup("E1"), threads.lookup("T1")) == ({"done": True}, {"agent": "a"})
         with pytest.raises(StateStoreError) as err:
@@ -212,18 +216,10 @@ def documented_acl_line() -> str:
     return line
 
 
-@pytest.fixture
-def acl_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "acl")
-    server.start()
-    yield server
-    server.stop()
-
-
-def test_the_documented_acl_user_runs_every_operation(acl_redis):
-    with redis.Redis(port=acl_redis.port) as admin:
+def test_the_documented_acl_user_runs_every_operation(own_redis):
+    with redis.Redis(port=own_redis.port) as admin:
         admin.execute_command(*documented_acl_line().replace(">PASSWORD", ">s3cret").split())
-        url = f"redis://chatstate:s3cret@127.0.0.1:{acl_redis.port}/0"
+        url = f"redis://chatstate:s3cret@127.0.0.1:{own_redis.port}/0"
         with open_keyed_store("slack", "slack.events", max_entries=2, url=url) as store:
             store.register("a", 1, ttl_ms=1)
             assert store.register_if_absent("b", 2) is True and store.consume("b") == 2
@@ -241,11 +237,11 @@ def test_the_documented_acl_user_runs_every_operation(acl_redis):
         )  # redis-py's optional CLIENT SETINFO is the only refusal
 
 
-def test_a_missing_acl_permission_is_named(acl_redis):
-    with redis.Redis(port=acl_redis.port) as admin:
+def test_a_missing_acl_permission_is_named(own_redis):
+    with redis.Redis(port=own_redis.port) as admin:
         line = documented_acl_line().replace(">PASSWORD", ">s3cret")
         admin.execute_command(*line.replace(" +zadd", "").split())
-        url = f"redis://chatstate:s3cret@127.0.0.1:{acl_redis.port}/0"
+        url = f"redis://chatstate:s3cret@127.0.0.1:{own_redis.port}/0"
         with open_keyed_store("slack", "slack.events", max_entries=2, url=url) as store:
             with pytest.raises(StateStoreError) as err:
                 store.register("a", 1)

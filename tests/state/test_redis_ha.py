@@ -257,10 +257,10 @@ def test_a_missing_acl_permission_is_named(own_redis):
         assert "wrong" not in str(err.value) and "chatstate:***@" in str(err.value)
 
 
-def test_a_prefix_outside_the_users_key_pattern_is_named_with_the_fix(acl_redis):
-    with redis.Redis(port=acl_redis.port) as admin:
+def test_a_prefix_outside_the_users_key_pattern_is_named_with_the_fix(own_redis):
+    with redis.Redis(port=own_redis.port) as admin:
         admin.execute_command(*documented_acl_line().replace(">PASSWORD", ">s3cret").split())
-    url = f"redis://chatstate:s3cret@127.0.0.1:{acl_redis.port}/0?prefix=other&{FAST}"
+    url = f"redis://chatstate:s3cret@127.0.0.1:{own_redis.port}/0?prefix=other&{FAST}"
     with pytest.raises(StateStoreError) as err:
         open_keyed_store("slack", "slack.events", max_entries=2, url=url)
     assert err.value.code == "OPEN_FAILED"

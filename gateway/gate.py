@@ -23,8 +23,9 @@ and, if it needs one, its prepare. The gate does the rest, in two durable writes
    work's lease is renewed every third of a lease: only the lease of an owner that died runs
    out, never that of a slow work (a platform answering 429s) that may still answer;
 4. with an ack budget, an item still running when it runs out is held (its `hold` value in
-   the `held` namespace) and finishes in the background; every gateway's recovery loop
-   finishes held items whose owner died;
+   the `held` namespace) and finishes in the background; so is one whose work failed on the
+   platform's last attempt (`deliver(..., last_attempt=True)`: nobody would send it again).
+   Every gateway's recovery loop finishes held items whose owner died or whose work failed;
 5. `stop` refuses new items (503 + Retry-After) and waits for those in flight.
 Legacy mode (the "before") keeps claims in memory and never runs the check; while the store
 fails, claims are decided in memory and writes replayed later (AdapterState's rule).
@@ -163,16 +164,18 @@ class InboundGate:
             self._renewal.cancel()
             await asyncio.gather(self._renewal, return_exceptions=True)
 
-    async def deliver(self, job: Job) -> Answer:
+    async def deliver(self, job: Job, *, last_attempt: bool = False) -> Answer:
         """Start (or join) the work on `job`; its answer, or ACCEPTED if it is still running
-        after the ack budget (then it is held and finishes in the background)."""
+        after the ack budget (then it is held and finishes in the background). `last_attempt`:
+        the platform will not send this item again (Slack's third retry), so a work that fails
+        is held for the recovery loop instead of released to a retry that never comes."""
         if self._closing:
             return Answer(Outcome.DRAINING, "draining")
         running = self._inflight.get(job.key)
         if running is not None:
             metrics.record_dedupe_hit(self.claims.plugin_id or "", "event")
             return await self._join(running)
-        task = self._start(job)
+        task = self._start(job, last_attempt=last_attempt)
         done, _ = await asyncio.wait({task}, timeout=self.ack_budget_s)
         if done:
             return task.result()
@@ -195,13 +198,15 @@ class InboundGate:
         first = running.result()
         return first if not first.taken else Answer(Outcome.ALREADY_DONE, Outcome.ALREADY_DONE.value)
 
-    def _start(self, job: Job, *, recovered: bool = False) -> asyncio.Task[Answer]:
-        task = asyncio.create_task(self._run(job, recovered=recovered), name=f"gate-{job.key}")
+    def _start(self, job: Job, *, recovered: bool = False, last_attempt: bool = False) -> asyncio.Task[Answer]:
+        task = asyncio.create_task(
+            self._run(job, recovered=recovered, last_attempt=last_attempt), name=f"gate-{job.key}"
+        )
         self._inflight[job.key] = task
         task.add_done_callback(lambda _t: self._inflight.pop(job.key, None))
         return task
 
-    async def _run(self, job: Job, *, recovered: bool = False) -> Answer:
+    async def _run(self, job: Job, *, recovered: bool = False, last_attempt: bool = False) -> Answer:
         received_at = self._clock()
         prepared = Writes(clock=self._clock)
         try:
@@ -254,8 +259,16 @@ class InboundGate:
             release = Writes(clock=self._clock)
             prepared.undo(release)
             release.put(self.claims, job.key, {"received_at": received_at, "lease_until": 0})
+            # nobody sends it again: released and held in one write, for the recovery loop
+            keep = last_attempt and not self.claims.legacy and job.key not in self._held
+            holding = self._holding if keep else None
+            if holding is not None:
+                release.put(holding.state, job.key, job.hold)
             await release.commit()
-            return Answer(Outcome.FAILED, Outcome.FAILED.value)
+            if holding is None:
+                return Answer(Outcome.FAILED, Outcome.FAILED.value)
+            self._held.add(job.key)
+            return Answer(Outcome.ACCEPTED, Outcome.ACCEPTED.value)
         finally:
             self._working.pop(job.key, None)
         writes.put(self.claims, job.key, {"received_at": received_at, "done_at": self._clock()})

@@ -32,6 +32,9 @@ RATE_LIMIT_RETRIES = 2  # 429: wait Retry-After (+ <1 s jitter), then again
 MAX_RETRY_AFTER_S = 20  # a longer Retry-After fails the call instead: Slack's event retry comes later
 SERVER_ERROR_RETRIES = 2  # 500/503
 CONNECTION_RETRIES = 2  # reset / disconnected
+# Slack retries a failed event delivery three times (at once, after 1 min, after 5 min), then
+# drops it: the third retry is its last attempt (X-Slack-Retry-Num / Socket Mode retry_attempt).
+LAST_RETRY = 3
 # Shapes of the ids that end up in state keys and Web API calls: Slack's ids are short words and
 # its timestamps "<seconds>.<micro>"; anything else is a 400 before any side effect, so a key
 # can never pass the store's 512-byte limit after the reply is posted.
@@ -78,6 +81,13 @@ class SlackMessage:
 
     def mentions(self, user_id: str) -> bool:
         return f"<@{user_id}>" in self.text
+
+
+def is_last_attempt(retry_num: object) -> bool:
+    """Is this delivery Slack's last attempt at the event (its third retry)? A missing or
+    malformed retry number counts as an earlier attempt."""
+    text = str(retry_num) if isinstance(retry_num, int | str) else ""
+    return text.isascii() and text.isdecimal() and int(text) >= LAST_RETRY
 
 
 def parse_message(envelope: Mapping[str, Any]) -> SlackMessage | None:

@@ -10,7 +10,8 @@ Request path (POST /slack/events), in this order:
    mark (one transaction, the second and last write);
 4. ack 200 as soon as 3 is done, or after `ack_budget_s` (Slack's 3 s rule) with 3 still running
    in the background, the event held in `slack.pending` first (Slack will not retry it, so every
-   gateway's recovery loop finishes held events whose owner died); `stop()` waits for them.
+   gateway's recovery loop finishes held events whose owner died); a reply that fails on Slack's
+   last retry is held the same way (acked: nothing else would send it again); `stop()` waits.
 
 SIGKILL at any step loses no reply and doubles none (docs/migrations/slack.md walks each step):
 before the done mark Slack gets no 2xx and retries; a retry meeting a live lease gets 503 +
@@ -30,7 +31,7 @@ from aiohttp import web
 
 from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.handlers import SlackBot
-from chatstate.adapters.slack.platform import RequestVerifier, SlackApi, parse_message
+from chatstate.adapters.slack.platform import RequestVerifier, SlackApi, is_last_attempt, parse_message
 from chatstate.adapters.slack.socket_mode import SocketModeTransport
 from chatstate.adapters.slack.state import ThreadParticipation, specs
 from chatstate.gateway.sdk import (
@@ -131,11 +132,16 @@ class SlackPlugin(StatefulPlugin[Running]):
             raise web.HTTPBadRequest(text=str(exc)) from None
         if message is None:
             return web.Response(status=200)
-        return (await run.gate.deliver(run.bot.job(message))).response()
+        last_attempt = is_last_attempt(request.headers.get("X-Slack-Retry-Num"))
+        return (await run.gate.deliver(run.bot.job(message), last_attempt=last_attempt)).response()
 
 
 async def handle_envelope(
-    bot: SlackBot, gate: InboundGate, log: logging.LoggerAdapter[logging.Logger], payload: dict[str, Any]
+    bot: SlackBot,
+    gate: InboundGate,
+    log: logging.LoggerAdapter[logging.Logger],
+    payload: dict[str, Any],
+    retry_attempt: int | None,
 ) -> bool:
     """A Socket Mode `events_api` envelope, down the Events API route's path: True to ack it (where
     that route answers 2xx). A reconnect redelivers as attempt 0, so the gate's claim decides,
@@ -147,4 +153,4 @@ async def handle_envelope(
         return True
     if message is None:
         return True
-    return (await gate.deliver(bot.job(message))).taken
+    return (await gate.deliver(bot.job(message), last_attempt=is_last_attempt(retry_attempt))).taken

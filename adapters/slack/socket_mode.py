@@ -29,7 +29,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from chatstate.adapters.slack.config import SlackSettings
 
-EventHandler = Callable[[dict[str, Any]], Awaitable[bool]]  # an event_callback payload -> ack it?
+EventHandler = Callable[[dict[str, Any], int | None], Awaitable[bool]]  # payload, retry_attempt -> ack it?
 STOP_TIMEOUT_S = 10.0  # how long stop() lets envelopes in hand finish and be acked
 
 
@@ -97,7 +97,7 @@ class SocketModeTransport:
         try:
             self.counts["envelopes"] += 1
             self.counts["redelivered"] += bool(req.retry_attempt)
-            if req.type == "events_api" and not await self._handle(req.payload):
+            if req.type == "events_api" and not await self._handle(req.payload, req.retry_attempt):
                 self.counts["not_acked"] += 1
                 extra = {"envelope_id": req.envelope_id, "retry_attempt": req.retry_attempt or 0}
                 self._log.info("slack_envelope_not_acked", extra=extra)

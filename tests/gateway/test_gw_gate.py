@@ -229,6 +229,32 @@ async def test_past_the_ack_budget_an_item_is_held_and_a_dead_owners_hold_is_fin
     assert rows(tmp_path / "state.sqlite", "test.rows") == {"e1": {"by": "work"}}
 
 
+async def test_a_work_failing_on_the_last_attempt_is_held_and_finished_by_the_recovery_loop(
+    procs: list[Process], tmp_path: Path
+) -> None:
+    clock = Clock()
+    p = await new(procs, tmp_path, clock)
+    failing = [True]
+    holding = Holding(p.held, lambda key, value: p.job(value["key"], fail=failing[0]))
+    p.gate = InboundGate(p.claims, lease_ms=LEASE_MS, holding=holding, clock=clock)
+    earlier = await p.gate.deliver(p.job("e1", fail=True))  # the platform will send it again
+    assert earlier.outcome is Outcome.FAILED and rows(tmp_path / "state.sqlite", "test.held") == {}
+
+    last = await p.gate.deliver(p.job("e1", fail=True), last_attempt=True)  # nobody sends it again
+    assert (last.outcome, last.response().status) == (Outcome.ACCEPTED, 200)
+    assert rows(tmp_path / "state.sqlite", "test.held") == {"e1": {"key": "e1"}}
+    assert rows(tmp_path / "state.sqlite", "test.claims")["e1"]["lease_until"] == 0  # released with it
+    p.gate.start()
+    while p.calls.count("check e1") < 2:  # the recovery loop retries while the work fails
+        await asyncio.sleep(0.05)
+    failing[0] = False
+    while rows(tmp_path / "state.sqlite", "test.held"):
+        await asyncio.sleep(0.05)
+    assert rows(tmp_path / "state.sqlite", "test.rows") == {"e1": {"by": "work"}}
+    assert "done_at" in rows(tmp_path / "state.sqlite", "test.claims")["e1"]
+    assert p.calls[-2:] == ["check e1", "work e1"] and p.calls.count("work e1") == p.calls.count("check e1") + 1
+
+
 async def test_legacy_mode_keeps_claims_in_memory_and_never_checks(procs: list[Process], tmp_path: Path) -> None:
     clock = Clock()
     p = await new(procs, tmp_path, clock, legacy=True)

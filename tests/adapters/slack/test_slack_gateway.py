@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from slack_helpers import load_fixture, stored
 
-from chatstate.adapters.slack.state import EVENTS_NAMESPACE, STARTERS_NAMESPACE, THREADS_NAMESPACE
+from chatstate.adapters.slack.state import EVENTS_NAMESPACE, PENDING_NAMESPACE, STARTERS_NAMESPACE, THREADS_NAMESPACE
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.slack import SlackSimulator
 
@@ -176,6 +176,27 @@ async def test_failed_post_releases_the_event_for_the_retry(gw: GatewayHarness, 
     assert (retry.status, retry.body) == (200, "replied")
     assert len(slack.posts()) == 1
     assert len(stored(gw.database_path, THREADS_NAMESPACE)) == len(stored(gw.database_path, STARTERS_NAMESPACE)) == 1
+
+
+async def test_a_reply_failing_on_slacks_last_retry_is_held_and_posted_later(
+    slack: SlackSimulator, tmp_path: Path
+) -> None:
+    slack.extra_config["event_lease_ms"] = 1_000  # the recovery loop looks every half lease
+    async with GatewayHarness([slack], state_dir=tmp_path / "state") as gw:
+        event = slack.mention_event("last chance")
+        slack.fail_posts = True
+        third = await slack.deliver(event, retry_num=3)  # Slack sends it no more after this
+        assert (third.status, third.body) == (200, "accepted")  # taken: the gateway keeps it
+        assert slack.posts() == [] and len(stored(gw.database_path, PENDING_NAMESPACE)) == 1
+        slack.fail_posts = False
+        await slack.wait_for_posts(1, timeout=15)  # the recovery loop answered it
+        deadline = time.monotonic() + 15
+        while stored(gw.database_path, PENDING_NAMESPACE):
+            assert time.monotonic() < deadline, "the held event was never finished"
+            await asyncio.sleep(0.1)
+        assert len(slack.posts(thread_ts=event["event"]["ts"])) == 1
+        [claim] = stored(gw.database_path, EVENTS_NAMESPACE)
+        assert "done_at" in claim.value
 
 
 async def test_duplicate_concurrent_deliveries_reply_once(gw: GatewayHarness, slack: SlackSimulator) -> None:

@@ -5,6 +5,9 @@ In a channel or group chat the bot answers only when @mentioned, or when the mes
 chat, everything. Every answer starts with `[<classification>]`, so people and tests see why the
 bot spoke. An edit (`messageUpdate`) is never answered: its message was, or was not, when sent.
 A deleted bot message (`messageDelete`) is forgotten: a reply to it needs a mention again.
+An `invoke` the bot does not implement (a card action, a task module, a message extension) is
+acknowledged 200 with a null body, like every other activity it does not act on: botbuilder's 501
+would be a server error on the channel's side for a well-formed request.
 
 One answer per `message` and `messageReaction`: `sdk.InboundGate` keyed like `state.sent_key`;
 the work is the botbuilder turn, its sends staging into the gate's `Writes` (platform.py). The
@@ -16,10 +19,11 @@ answered again (docs/migrations/teams.md measures that window).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Literal
 
 from aiohttp import web
-from botbuilder.core import ActivityHandler, TurnContext
+from botbuilder.core import ActivityHandler, InvokeResponse, TurnContext
 from botbuilder.schema import Activity, ChannelAccount, MessageReaction
 from botframework.connector.auth import AuthenticateRequestResult
 
@@ -102,6 +106,14 @@ class TeamsBot(ActivityHandler):
             default=f"[{kind}] you said: {text}",
             send=turn_context.send_activity,
         )
+
+    async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse | None:
+        """botbuilder's answer (sign-in invokes), or 200 with a null body where it says "not implemented"."""
+        response = await super().on_invoke_activity(turn_context)
+        if response is not None and response.status == HTTPStatus.NOT_IMPLEMENTED:
+            self.log.info("classified", extra={"classification": "ignored", "activity_type": "invoke"})
+            return InvokeResponse(status=HTTPStatus.OK)
+        return response
 
     async def on_message_update_activity(self, turn_context: TurnContext) -> None:
         self.log.info("classified", extra={"classification": "ignored", "activity_type": "messageUpdate"})

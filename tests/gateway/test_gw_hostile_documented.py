@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 from hostile_helpers import inprocess_gateway
 
+from chatstate.gateway.sim.discord import ALICE, DiscordSimulator
 from chatstate.gateway.sim.teams import TeamsSimulator
 
 # Invoke names Teams documents (universal actions, task modules, message extensions, file
@@ -57,3 +59,47 @@ async def test_teams_an_invoke_the_bot_does_not_implement_is_200_and_sends_nothi
         # an invoke's answer is the HTTP response, not a message: it costs the user no quota
         assert await teams.deliver(teams.activity("message_mention")) == 200
         assert [a["text"] for a in teams.sent()] == ["[mention] you said: hello there"]
+
+
+def _discord_headers(discord: DiscordSimulator, body: bytes) -> dict[str, str]:
+    ts = str(int(time.time()))
+    return {
+        "X-Signature-Ed25519": discord.sign(body, ts),
+        "X-Signature-Timestamp": ts,
+        "Content-Type": "application/json",
+    }
+
+
+async def test_discord_autocomplete_dm_and_subcommand_interactions_get_their_documented_answers(
+    tmp_path: Path,
+) -> None:
+    """Autocomplete (type 4) takes only APPLICATION_COMMAND_AUTOCOMPLETE_RESULT (8); a command
+    in a DM carries `user`, no `member` nor `guild_id`; a subcommand's option has `options`, no
+    `value`. Before: autocomplete was answered with a message (4), which Discord refuses."""
+    discord = DiscordSimulator()
+    async with inprocess_gateway(tmp_path, [discord]) as client:
+        command = discord.interaction("application_command", user_id=ALICE)
+        autocomplete = copy.deepcopy(command)
+        autocomplete.update(type=4, id="1100000000000000001")
+        autocomplete["data"]["options"] = [{"name": "restrict_to", "type": 6, "value": "12", "focused": True}]
+        in_dm = copy.deepcopy(command)
+        in_dm.update(id="1100000000000000002", user=in_dm.pop("member")["user"])
+        in_dm.pop("guild_id", None)
+        subcommand = copy.deepcopy(command)
+        subcommand["id"] = "1100000000000000003"
+        subcommand["data"]["options"] = [
+            {"name": "now", "type": 1, "options": [{"name": "x", "type": 3, "value": "v"}]}
+        ]
+        answers = []
+        for payload in (autocomplete, in_dm, subcommand):
+            body = json.dumps(payload).encode()
+            resp = await client.post("/discord/interactions", data=body, headers=_discord_headers(discord, body))
+            assert resp.status == 200, (payload["id"], resp.status, await resp.text())
+            answers.append(await resp.json())
+        assert answers[0] == {"type": 8, "data": {"choices": []}}
+        assert [a["type"] for a in answers[1:]] == [4, 4]
+        assert all("Panel posted" in a["data"]["content"] for a in answers[1:])
+        assert len(discord.recorded("message_create")) == 2  # one panel each, the autocomplete none
+        body = json.dumps(autocomplete).encode()  # a replay of the autocomplete: no second answer
+        resp = await client.post("/discord/interactions", data=body, headers=_discord_headers(discord, body))
+        assert resp.status == 409

@@ -6,16 +6,21 @@ reactions naming no event). Each is answered 2xx/4xx as documented, at most once
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+from aiohttp.test_utils import TestClient
 from hostile_helpers import inprocess_gateway
 
 from chatstate.gateway.sim.discord import ALICE, DiscordSimulator
+from chatstate.gateway.sim.slack_socket import SlackSocketSimulator
 from chatstate.gateway.sim.teams import TeamsSimulator
+
+HEALTH_DEADLINE_S = 10.0  # how long /healthz may take to show a link's change
 
 # Invoke names Teams documents (universal actions, task modules, message extensions, file
 # consent, sign-in, actionable messages) and two a channel may send with no name at all.
@@ -103,3 +108,58 @@ async def test_discord_autocomplete_dm_and_subcommand_interactions_get_their_doc
         body = json.dumps(autocomplete).encode()  # a replay of the autocomplete: no second answer
         resp = await client.post("/discord/interactions", data=body, headers=_discord_headers(discord, body))
         assert resp.status == 409
+
+
+async def _health_until(client: TestClient, want: str) -> dict[str, Any]:
+    """/healthz's body once its status is `want` (a deadline, not a sleep-as-sync)."""
+    deadline = time.monotonic() + HEALTH_DEADLINE_S
+    while (body := await (await client.get("/healthz")).json())["status"] != want:
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.05)
+    return body
+
+
+async def test_slack_socket_reader_survives_junk_frames_and_health_is_degraded_while_the_link_is_down(
+    tmp_path: Path,
+) -> None:
+    """Frames Slack documents (`hello`, `disconnect` with odd reasons, envelopes of other types)
+    and frames it does not (not JSON, null payloads, binary) leave the reader running; an event
+    after them is answered once. Before: with Socket Mode turned off (`link_disabled`, every
+    reconnect refused) /healthz stayed "ok" over a dead link."""
+    sim = SlackSocketSimulator()
+    sim.extra_config["socket_ping_interval_s"] = 0.5  # slack-sdk's reconnect loop ticks at this
+    async with inprocess_gateway(tmp_path, [sim]) as client:
+        await sim.wait_connected()
+        odd = [
+            ({"type": "event_callback", "event": None}, "events_api"),
+            ({"event": {"type": "app_mention", "text": None}}, "events_api"),
+            ({}, "hello"),
+            ({"type": "view_submission", "view": None}, "interactive"),
+        ]
+        for payload, kind in odd:
+            assert await sim.wait_acked(sim.send_envelope(payload, type=kind)) is None
+        [ws] = sim.connections.values()
+        for frame in (
+            '{"type": "events_api", "envelope_id": "e1", "payload": null}',
+            '{"type": "events_api", "envelope_id": null, "payload": {"event": 5}}',
+            '{"type": "events_api"}',
+            '{"type": "disconnect", "reason": null}',
+            "null",
+            "[]",
+            "not json",
+        ):
+            await ws.send_str(frame)
+        await ws.send_bytes(b"\xff\x00")
+        event = sim.mention_event("after the junk")
+        assert (await sim.deliver(event)).status == 200
+        assert [p["text"] for p in sim.posts()] == ["echo: after the junk"]
+        assert (await _health_until(client, "ok"))["adapters"]["slack"]["transport"]["connected"]
+
+        await sim.disconnect("link_disabled")
+        await sim.wait_for(lambda _r: not sim.connections)
+        body = await _health_until(client, "degraded")
+        assert body["adapters"]["slack"]["status"] == "degraded"
+        assert not body["adapters"]["slack"]["transport"]["connected"]
+        sim.enable_link()
+        await sim.wait_connected()
+        assert (await _health_until(client, "ok"))["adapters"]["slack"]["transport"]["connected"]

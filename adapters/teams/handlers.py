@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 from botbuilder.core import ActivityHandler, InvokeResponse, TurnContext
-from botbuilder.schema import Activity, ChannelAccount, MessageReaction
+from botbuilder.schema import Activity, AdaptiveCardInvokeResponse, ChannelAccount, MessageReaction
 from botframework.connector.auth import AuthenticateRequestResult
 
 from chatstate.adapters.teams.platform import WRITES, Log, TeamsCloudAdapter, staged
@@ -108,11 +108,20 @@ class TeamsBot(ActivityHandler):
         )
 
     async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse | None:
-        """botbuilder's answer (sign-in invokes), or 200 with a null body where it says "not implemented"."""
+        """botbuilder's answer (sign-in invokes; 400 for a malformed card action, its error in the
+        documented JSON form), or 200 with a null body where it says "not implemented"."""
         response = await super().on_invoke_activity(turn_context)
         if response is not None and response.status == HTTPStatus.NOT_IMPLEMENTED:
             self.log.info("classified", extra={"classification": "ignored", "activity_type": "invoke"})
             return InvokeResponse(status=HTTPStatus.OK)
+        error = response.body if response is not None else None
+        if isinstance(error, AdaptiveCardInvokeResponse) and isinstance(error.value, Exception):
+            # botbuilder puts an Exception(code, message) in the body, which is no JSON
+            code, message = [*map(str, error.value.args), "", ""][:2]
+            value = {"code": code, "message": message}
+            return InvokeResponse(
+                status=response.status, body={"statusCode": error.status_code, "type": error.type, "value": value}
+            )
         return response
 
     async def on_message_update_activity(self, turn_context: TurnContext) -> None:

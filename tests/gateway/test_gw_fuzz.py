@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from chatstate.gateway.echo import sign as echo_sign
 from chatstate.gateway.sim.discord import ALICE, DiscordSimulator
+from chatstate.gateway.sim.discord import fixture as discord_fixture
 from chatstate.gateway.sim.slack import SlackSimulator
 from chatstate.gateway.sim.slack import sign as slack_sign
 from chatstate.gateway.sim.teams import TeamsSimulator
@@ -198,14 +199,45 @@ async def test_fuzz_healthz(world: World, query: str, headers: dict[str, str]) -
 
 # -- slack ---------------------------------------------------------------------------------------
 def _slack_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
-    event = world.slack.mention_event("hello")
+    """The Events API payloads Slack documents for what the adapter reads: a mention, channel
+    and DM messages, a thread reply, an edit, a deletion, a bot's message, a thread broadcast,
+    `url_verification` and `app_rate_limited`."""
+    slack = world.slack
+    mention = slack.mention_event("hello")
+    reply = slack.message_event("and?", thread_ts=mention["event"]["ts"], parent_user_id=slack.bot_user_id)
+    bot = slack.message_event("beep")
+    bot["event"].update(subtype="bot_message", bot_id="B0OTHER", username="other")
+    broadcast = slack.message_event("also here", thread_ts=mention["event"]["ts"])
+    broadcast["event"]["subtype"] = "thread_broadcast"
+    bases = [
+        mention,
+        reply,
+        bot,
+        broadcast,
+        slack.message_event("in a channel"),
+        slack.message_event("direct", channel="D0ALICE", channel_type="im"),
+        slack.edit_event(mention, "hello (edited)"),
+        slack.delete_event(mention),
+        {"token": "t", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P", "type": "url_verification"},
+        {"token": "t", "team_id": slack.team_id, "minute_rate_limited": 1518467820, "api_app_id": "A0SIM",
+         "type": "app_rate_limited"},
+    ]  # fmt: skip
 
-    def fresh(n: int) -> dict[str, Any]:
-        doc = copy.deepcopy(event)
-        doc["event_id"] = f"EvF{n:08d}"
+    def fresh(pair: tuple[dict[str, Any], int]) -> dict[str, Any]:
+        doc = copy.deepcopy(pair[0])
+        if "event_id" in doc:
+            doc["event_id"] = f"EvF{pair[1]:08d}"
         return doc
 
-    return st.integers(0, 10**8).map(fresh)
+    return st.tuples(st.sampled_from(bases), st.integers(0, 10**8)).map(fresh)
+
+
+retry_headers: st.SearchStrategy[dict[str, str]] = st.one_of(
+    st.just({}),
+    st.fixed_dictionaries(
+        {"X-Slack-Retry-Num": st.sampled_from(["1", "2", "3", "0", "x", ""]), "X-Slack-Retry-Reason": header_text}
+    ),
+)
 
 
 @FUZZ
@@ -217,6 +249,7 @@ async def test_fuzz_slack_signed(world: World, data: st.DataObject) -> None:
         "X-Slack-Request-Timestamp": ts,
         "X-Slack-Signature": slack_sign(world.slack.signing_secret, ts, body),
         "Content-Type": "application/json",
+        **data.draw(retry_headers),  # a redelivery says so; junk there is not Slack's, and ignored
     }
     await world.check("POST", "/slack/events", body, headers)
 
@@ -234,11 +267,22 @@ async def test_fuzz_slack_unsigned(world: World, data: st.DataObject, signature:
 # -- discord -------------------------------------------------------------------------------------
 def _discord_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
     sim = world.discord
+    command = sim.interaction("application_command", user_id=ALICE, data={"name": "unknown", "options": []})
+    in_dm = copy.deepcopy(command)  # a DM: `user`, no `member` nor `guild_id`
+    in_dm["user"] = in_dm.pop("member")["user"]
+    in_dm.pop("guild_id", None)
+    autocomplete = copy.deepcopy(command)
+    autocomplete.update(
+        type=4, data={"name": "panel", "options": [{"name": "restrict_to", "type": 6, "focused": True}]}
+    )
     bases = [
         sim.click_payload(world.panel, "Refresh", user_id=ALICE),
         sim.click_payload(world.panel, "Pick a colour", user_id=ALICE, values=["red"]),
         sim.interaction("modal_submit", user_id=ALICE),
-        sim.interaction("application_command", user_id=ALICE, data={"name": "unknown", "options": []}),
+        command,
+        in_dm,
+        autocomplete,
+        discord_fixture("ping"),
     ]
 
     def fresh(pair: tuple[dict[str, Any], str]) -> dict[str, Any]:
@@ -275,11 +319,24 @@ async def test_fuzz_discord_unsigned(world: World, data: st.DataObject, signatur
 # -- teams ---------------------------------------------------------------------------------------
 def _teams_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
     teams = world.teams
+
+    def named(kind: str, name: str, value: Any) -> dict[str, Any]:
+        """An `invoke` or `event` activity: the fixture's addressing, its own name and value."""
+        activity = teams.activity("message_mention", type=kind, value=value)
+        activity["name"] = name
+        return activity
+
     bases = [
         teams.activity("message_mention"),
         teams.activity("message_reply", reply_to_id="1"),
         teams.activity("message_reaction"),
         teams.activity("conversation_update"),
+        named("invoke", "adaptiveCard/action", {"action": {}}),
+        named("invoke", "task/fetch", {"data": None}),
+        teams.edit_activity(teams.activity("message_mention"), "edited"),
+        teams.delete_activity("1", conversation_id="19:general@thread.tacv2"),
+        named("event", "application/vnd.microsoft.meetingStart", None),
+        teams.activity("conversation_update", type="installationUpdate", action="add"),
     ]
 
     def fresh(pair: tuple[dict[str, Any], int]) -> dict[str, Any]:

@@ -66,6 +66,23 @@ async def test_teams_an_invoke_the_bot_does_not_implement_is_200_and_sends_nothi
         assert [a["text"] for a in teams.sent()] == ["[mention] you said: hello there"]
 
 
+async def test_teams_a_malformed_card_action_is_400_with_the_documented_error_body(tmp_path: Path) -> None:
+    """Before: botbuilder's 400 for these carries an Exception in its body; serializing it
+    failed, and the channel got a 500."""
+    teams = TeamsSimulator()
+    async with inprocess_gateway(tmp_path, [teams]) as client:
+        headers = {"Authorization": f"Bearer {teams.token()}", "Content-Type": "application/json"}
+        for value in ({"action": {}}, {"action": {"type": "Action.Submit"}}, {"action": None}, {"nope": 1}, None):
+            activity = _invoke(teams, "adaptiveCard/action", value)
+            activity["value"] = value  # null included: the card action's value is required
+            resp = await client.post("/api/messages", data=json.dumps(activity).encode(), headers=headers)
+            assert resp.status == 400, (value, resp.status, await resp.text())
+            body = await resp.json()
+            assert body["statusCode"] == 400 and body["type"] == "application/vnd.microsoft.error", body
+            assert body["value"]["code"] in ("BadRequest", "NotSupported") and body["value"]["message"], body
+        assert teams.sent() == []
+
+
 def _discord_headers(discord: DiscordSimulator, body: bytes) -> dict[str, str]:
     ts = str(int(time.time()))
     return {

@@ -72,7 +72,8 @@ async def test_teams_a_malformed_card_action_is_400_with_the_documented_error_bo
     teams = TeamsSimulator()
     async with inprocess_gateway(tmp_path, [teams]) as client:
         headers = {"Authorization": f"Bearer {teams.token()}", "Content-Type": "application/json"}
-        for value in ({"action": {}}, {"action": {"type": "Action.Submit"}}, {"action": None}, {"nope": 1}, None):
+        values: list[Any] = [{"action": {}}, {"action": {"type": "Action.Submit"}}, {"action": None}, {"nope": 1}, None]
+        for value in values:
             activity = _invoke(teams, "adaptiveCard/action", value)
             activity["value"] = value  # null included: the card action's value is required
             resp = await client.post("/api/messages", data=json.dumps(activity).encode(), headers=headers)

@@ -7,7 +7,8 @@ done; docs/migrations/matrix.md walks through it):
 - an approver's decision reaction (to something of an event id's shape): re-fetch it (a redacted one has no effect), post the outcome,
   stage the end of the target and the approval and give the count back; a prompt no longer
   answerable gets "this approval has expired", a resolved one silence;
-- any other text, when the user set a reply hook: the hook's answer (`sdk.reply`);
+- any other text, when the user set a reply hook: the hook's answer (`sdk.reply`); an edit
+  (`m.replace`) is never acted on, as on the other platforms: its message was, or was not;
 - the takeover check: what did the bot already say about the event (all it says references its
   cause)? A prompt found is finished, an outcome found resolves; found anything: no new answer.
 A failing event is retried `event_max_attempts` times (honouring the homeserver's
@@ -80,6 +81,8 @@ class ApprovalFlow:
     def job(self, room_id: str, event: object) -> Job | None:
         """The gate's job for an event with effects (a request, an approver's decision), else None."""
         if event is None or getattr(event, "sender", self.io.user_id) == self.io.user_id:
+            return None
+        if isinstance(event, RoomMessageText) and platform.is_edit(event.source):
             return None
         if isinstance(event, RoomMessageText) and platform.parse_command(event.body) is not None:
             work, check = self._request, self._request_answered

@@ -52,6 +52,7 @@ MAX_ACTION_CHARS = 2_000  # a longer `!approve` action is refused: its prompt an
 MAX_429_RETRIES = 2  # nio sleeps retry_after_ms and retries a 429 this often, then we see it
 REFERENCE = RelationshipType.reference.value  # what the bot says points at the event it answers
 ANNOTATION = RelationshipType.annotation.value  # a reaction
+REPLACE = RelationshipType.replacement.value  # an edit of an earlier message
 R = TypeVar("R")
 
 
@@ -91,6 +92,13 @@ def is_event_id(value: object) -> bool:
     """True for a string of an event id's shape: a reaction naming anything else names no event,
     and is ignored before any lookup (a lookup the homeserver refuses would be retried)."""
     return isinstance(value, str) and EVENT_ID.fullmatch(value) is not None
+
+
+def is_edit(event: Mapping[str, Any]) -> bool:
+    """True for an edit (`m.replace`): its message was answered, or not, when it was sent."""
+    content = event.get("content")
+    relates = content.get("m.relates_to") if isinstance(content, dict) else None
+    return isinstance(relates, dict) and relates.get("rel_type") == REPLACE
 
 
 def decision_for(key: str) -> Decision | None:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from matrix_helpers import ALICE, BOB, MALLORY, ROOM, barrier, outcomes, prompts, request
 
 from chatstate.adapters.matrix import platform
+from chatstate.gateway.clock import now_ms
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.matrix import MatrixHomeserver, fixture
 
@@ -72,12 +73,33 @@ async def test_an_overlong_action_is_refused_visibly_and_once(sim: MatrixHomeser
     _healthy(await matrix_health(gw))
 
 
+async def test_an_edited_request_opens_no_second_approval(sim: MatrixHomeserver, gw: GatewayHarness) -> None:
+    """An edit (`m.replace`, spec "Event replacements") whose fallback body is a command, with
+    or without the customary "* ". Before: each opened an approval of its own."""
+    prompt = await request(sim, "deploy")
+    request_id = prompt["content"]["m.relates_to"]["event_id"]
+    for body in ("!approve deploy now", "* !approve deploy now"):
+        edit = _template("m.room.message")
+        edit["content"] = {
+            "msgtype": "m.text",
+            "body": body,
+            "m.new_content": {"msgtype": "m.text", "body": body.removeprefix("* ")},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": request_id},
+        }
+        await sim.append_raw(ROOM, ALICE, edit)
+    await barrier(sim)
+    bodies = [p["content"]["body"] for p in prompts(sim)]
+    assert len(bodies) == 2 and not any("deploy now" in b for b in bodies), bodies  # the first and the barrier
+    _healthy(await matrix_health(gw))
+
+
 # -- documented shapes, made hostile --------------------------------------------------------------
 def _template(name: str) -> dict[str, Any]:
-    """A fixture event without the ids the simulator assigns (event_id, room_id, sender)."""
+    """A fixture event without the ids the simulator assigns (event_id, room_id, sender), sent now."""
     event = fixture(name)
     for key in ("event_id", "room_id", "sender", "unsigned"):
         event.pop(key, None)
+    event["origin_server_ts"] = now_ms()  # a request from the fixture's 2023 would have expired
     return event
 
 

@@ -9,8 +9,9 @@ An `invoke` the bot does not implement (a card action, a task module, a message 
 acknowledged 200 with a null body, like every other activity it does not act on: botbuilder's 501
 would be a server error on the channel's side for a well-formed request.
 
-One answer per `message` and `messageReaction`: `sdk.InboundGate` keyed like `state.sent_key`;
-the work is the botbuilder turn, its sends staging into the gate's `Writes` (platform.py). The
+One answer per `message`, `messageReaction` and `conversationUpdate` (the greeting):
+`sdk.InboundGate` keyed like `state.sent_key`; the work is the botbuilder turn, its sends staging
+into the gate's `Writes` (platform.py). The
 check after a takeover cannot ask Teams (the Bot Connector has no call that reads back what the
 bot sent), so a turn killed between the connector accepting its reply and the done commit is
 answered again (docs/migrations/teams.md measures that window).
@@ -31,7 +32,9 @@ from chatstate.adapters.teams.platform import WRITES, Log, TeamsCloudAdapter, st
 from chatstate.adapters.teams.state import SentMessages, sent_key
 from chatstate.gateway.sdk import InboundGate, Job, Writes, reply
 
-ANSWERED_TYPES = ("message", "messageReaction")  # the activity types the bot may answer: gated
+# the activity types the bot may answer (a greeting answers a conversationUpdate): gated, so a
+# redelivered copy is answered once
+ANSWERED_TYPES = ("message", "messageReaction", "conversationUpdate")
 Classification = Literal["mention", "reply_to_bot", "personal", "ignored"]  # why it is (not) for the bot
 
 

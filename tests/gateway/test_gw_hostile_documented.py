@@ -66,6 +66,18 @@ async def test_teams_an_invoke_the_bot_does_not_implement_is_200_and_sends_nothi
         assert [a["text"] for a in teams.sent()] == ["[mention] you said: hello there"]
 
 
+async def test_teams_a_redelivered_conversation_update_greets_once(tmp_path: Path) -> None:
+    """The channel sends an activity again, same id, when the bot was slow. Before: each copy
+    of the conversationUpdate adding the bot was greeted again."""
+    teams = TeamsSimulator()
+    async with inprocess_gateway(tmp_path, [teams]) as client:
+        headers = {"Authorization": f"Bearer {teams.token()}", "Content-Type": "application/json"}
+        body = json.dumps(teams.activity("conversation_update")).encode()
+        for _ in range(3):
+            assert (await client.post("/api/messages", data=body, headers=headers)).status == 200
+        assert [a["text"] for a in teams.sent()] == ["Hi! Mention me, or reply to one of my messages."]
+
+
 async def test_teams_a_malformed_card_action_is_400_with_the_documented_error_body(tmp_path: Path) -> None:
     """Before: botbuilder's 400 for these carries an Exception in its body; serializing it
     failed, and the channel got a 500."""

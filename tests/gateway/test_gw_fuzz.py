@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from gw_helpers import SECRET
 from hostile_helpers import inprocess_gateway, table_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from json_strategies import json_values, mutated, nulled
 
 from chatstate.gateway.echo import sign as echo_sign
 from chatstate.gateway.sim.discord import ALICE, DiscordSimulator
@@ -58,11 +59,6 @@ SPECIAL_BODIES = [
     b'{"key": "' + b"k" * 600 + b'"}',
 ]
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
-    max_leaves=12,
-)
 header_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
 
 
@@ -105,51 +101,6 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 
 # -- body strategies ------------------------------------------------------------------------------
-def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    yield prefix
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
-    for k, v in items:
-        yield from _paths(v, (*prefix, k))
-
-
-@st.composite
-def mutated(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
-    """`base` with one to three fields replaced by arbitrary JSON or deleted."""
-    doc = copy.deepcopy(base)
-    for _ in range(draw(st.integers(1, 3))):
-        paths = list(_paths(doc))[1:]
-        if not paths:
-            break
-        path = draw(st.sampled_from(paths))
-        parent: Any = doc
-        for step in path[:-1]:
-            parent = parent[step]
-        if isinstance(parent, dict) and draw(st.booleans()):
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = draw(json_values)
-    return doc
-
-
-@st.composite
-def nulled(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
-    """`base` with one to three fields null or left out, as a platform sends optional fields."""
-    doc = copy.deepcopy(base)
-    for _ in range(draw(st.integers(1, 3))):
-        paths = [p for p in list(_paths(doc))[1:] if not isinstance(p[-1], int)]  # object fields
-        if not paths:
-            break
-        path = draw(st.sampled_from(paths))
-        parent: Any = doc
-        for step in path[:-1]:
-            parent = parent[step]
-        if draw(st.booleans()):
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = None
-    return doc
-
-
 def bodies(base: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[bytes]:
     return st.one_of(
         base.map(lambda d: json.dumps(d).encode()),

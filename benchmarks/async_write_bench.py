@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import sqlite3
 import statistics
 import sys
@@ -42,8 +41,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_support import load_average, machine, median_range, parse_rounds, rounds_options, verdict_exit
+
 from chatstate import state
-from chatstate.gateway.cpu import pin_process
 
 PLUGIN = "bench"
 NAMESPACE = "bench.writes"
@@ -63,10 +63,6 @@ def _value(i: int) -> dict[str, object]:
 
 def _pct(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 class Ticker:
@@ -244,24 +240,20 @@ async def run(args: argparse.Namespace) -> int:
     gap1 = [r["gap_ms"] for r in runs["1 task + ticker"]]
     gap64 = [r["gap_ms"] for r in runs[columns[3]]]
 
-    def mr(values: list[float], fmt: str = "{:.2f}") -> str:
-        return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
-
     print(
-        f"\nload average at start {load_start}, at end {load_end}; {os.cpu_count()} CPUs; "
-        f"{'pinned to CPU ' + str(args.cpu) if args.cpu is not None else 'not pinned'}; "
+        f"\n{machine(load_start, load_end, args.cpu)}; "
         f"{args.rounds} interleaved rounds; {LIVE_ROWS:,} live rows per database; SQLite {sqlite3.sqlite_version}\n"
     )
     print("| column | writes/s | p50 us | p99 us | largest loop gap ms |")
     print("|---|---:|---:|---:|---:|")
     for col in columns:
         rs = runs[col]
-        gap = mr([r["gap_ms"] for r in rs], "{:.1f}") if "gap_ms" in rs[0] else "-"
+        gap = median_range([r["gap_ms"] for r in rs], "{:.1f}") if "gap_ms" in rs[0] else "-"
         print(
-            f"| {col} | {mr([r['rate'] for r in rs], '{:.0f}')} | {mr([r['p50'] for r in rs], '{:.1f}')} | "
-            f"{mr([r['p99'] for r in rs], '{:.1f}')} | {gap} |"
+            f"| {col} | {median_range([r['rate'] for r in rs], '{:.0f}')} | {median_range([r['p50'] for r in rs], '{:.1f}')} | "
+            f"{median_range([r['p99'] for r in rs], '{:.1f}')} | {gap} |"
         )
-    print(f"| ticker alone (machine noise) | - | - | - | {mr(idle, '{:.1f}')} |")
+    print(f"| ticker alone (machine noise) | - | - | - | {median_range(idle, '{:.1f}')} |")
     print("\n(median [min-max] of the rounds)\n")
 
     checks = [
@@ -284,29 +276,20 @@ async def run(args: argparse.Namespace) -> int:
     for name, values, target, ok in checks:
         verdict = "info" if target == "info" else ("ok" if ok else "MISSED")
         failed += verdict == "MISSED"
-        print(f"| {name} | {mr(values)} | {target} | {verdict} |")
+        print(f"| {name} | {median_range(values)} | {target} | {verdict} |")
     own_ok = checked > 0 and missing == 0
     failed += not own_ok
     print(
         f"| 3. each await returns after its own commit | {checked - missing}/{checked} rows committed when "
         f"their await returned | all | {'ok' if own_ok else 'MISSED'} |"
     )
-    print(f"\n{'all targets met' if not failed else f'{failed} target(s) missed'}")
-    return 1 if failed else 0
+    return verdict_exit(failed)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=2_000, help="writes per round (the 64-task column: 4x)")
-    parser.add_argument("--tasks", type=int, default=64)
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 300 writes: a smoke run")
-    parser.add_argument("--dir", default=None, help="where the temporary databases go")
-    parser.add_argument(
-        "--cpu", type=int, help="pin the whole run to this CPU, as [gateway] cpu pins a gateway; default: not pinned"
+    parser = rounds_options(
+        __doc__, calls=2_000, quick_calls=300, calls_help="writes per round (the 64-task column: 4x)"
     )
-    ns = parser.parse_args()
-    if ns.quick:
-        ns.rounds, ns.calls = 3, 300
-    pin_process(ns.cpu)
-    sys.exit(asyncio.run(run(ns)))
+    parser.add_argument("--tasks", type=int, default=64)
+    parser.add_argument("--dir", default=None, help="where the temporary databases go")
+    sys.exit(asyncio.run(run(parse_rounds(parser))))

@@ -26,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_support import serve_app  # noqa: E402
+
 from chatstate.gateway.cpu import pin_process  # noqa: E402
 from chatstate.gateway.echo import SIGNATURE_HEADER, sign  # noqa: E402
 from chatstate.state import _sqlite as sql  # noqa: E402
@@ -93,11 +95,7 @@ async def serve(port: int, directory: Path) -> None:
 
     app = web.Application()
     app.router.add_post("/echo", echo)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    print("ready", flush=True)
-    await asyncio.Event().wait()
+    await serve_app(app, port)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_support import load_average, serve_app, verdict_exit  # noqa: E402
+
 from chatstate.gateway.cpu import pin_process  # noqa: E402
 from chatstate.gateway.echo import NAMESPACE, SIGNATURE_HEADER, sign  # noqa: E402
 from chatstate.gateway.sim.harness import GatewayHarness, free_port  # noqa: E402
@@ -63,11 +65,7 @@ async def _serve_bare(port: int) -> None:
 
     app = web.Application()
     app.router.add_post("/bare", bare)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    print("ready", flush=True)
-    await asyncio.Event().wait()
+    await serve_app(app, port)
 
 
 class _Conn(asyncio.Protocol):
@@ -226,10 +224,6 @@ class Driver:
         if not line:
             raise RuntimeError(f"the load generator exited ({await self.proc.wait()})")
         return json.loads(line)
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -520,8 +514,7 @@ async def main(args: argparse.Namespace) -> int:
         )
         print(f"| slowest start of the {2 * args.restarts} | {rr['start_max_s']:.3f} |")
         print(f"\nready gateway's RSS {rr['rss_mib']:.1f} MiB; database (+ -wal, -shm) {rr['db_mib']:.1f} MiB")
-    print(f"\n{'all targets met' if not failed else f'{failed} target(s) missed'}")
-    return 1 if failed else 0
+    return verdict_exit(failed)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from gateway_bench import cpu_seconds  # noqa: E402  (this directory: the proces
 
 from chatstate import state  # noqa: E402
 from chatstate.gateway.sim.harness import GatewayHarness, free_port  # noqa: E402
-from chatstate.gateway.sim.slack import SlackSimulator, sign  # noqa: E402
+from chatstate.gateway.sim.slack import SlackSimulator  # noqa: E402
 
 USERS = 20
 BOLT = "bolt"
@@ -55,13 +55,7 @@ FULL = {  # namespace: (max_entries, default_ttl_ms), as the adapter opens them
 
 def signed(sim: SlackSimulator, payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
     body = json.dumps(payload).encode()
-    ts = str(int(time.time()))
-    headers = {
-        "Content-Type": "application/json",
-        "X-Slack-Request-Timestamp": ts,
-        "X-Slack-Signature": sign(sim.signing_secret, ts, body),
-    }
-    return body, headers
+    return body, sim.signed_headers(body)
 
 
 async def drive(sim: SlackSimulator, url: str, pid: int, events: int, concurrency: int) -> dict[str, float]:

@@ -29,60 +29,28 @@ import argparse
 import asyncio
 import itertools
 import logging
-import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' plugin runtime
 
 from aiohttp.test_utils import make_mocked_request
+from bench_support import load_average, machine, median_range, parse_rounds, rounds_options, verdict_exit
 from botbuilder.schema import Activity
+from runtime_support import FileRuntime
 
 from chatstate import state
 from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.plugin import TeamsPlugin
-from chatstate.gateway.cpu import pin_process
 from chatstate.gateway.sim.teams import TeamsSimulator
 
 TARGET_US = 50.0
-
-
-class Runtime:
-    """`gateway.plugin.PluginRuntime` without the gateway: the plugin's stores on one SQLite file."""
-
-    plugin_id = "teams"
-
-    def __init__(self, db: Path, config: Mapping[str, Any]) -> None:
-        self.db = db
-        self.settings = TeamsSettings.from_table(dict(config))
-        self.config = self.settings.model_dump()
-        self.legacy = False
-        self.log = logging.LoggerAdapter(logging.getLogger("bench.teams"), {})
-        self.stores: list[state.AsyncKeyedStore] = []
-
-    async def open_keyed_store(
-        self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None, overflow: str = "evict-oldest"
-    ) -> state.AsyncKeyedStore:
-        store = await state.open_async_keyed_store(
-            self.plugin_id,
-            namespace,
-            max_entries=max_entries,
-            default_ttl_ms=default_ttl_ms,
-            overflow=overflow,
-            path=self.db,
-        )
-        self.stores.append(store)
-        return store
-
-    async def open_core_store(self, namespace: str, **kwargs: Any) -> state.AsyncKeyedStore:
-        return await self.open_keyed_store(
-            f"core.{namespace}" if not namespace.startswith("core.") else namespace, **kwargs
-        )
 
 
 class _Body:
@@ -97,10 +65,6 @@ class _Body:
     async def readany(self) -> bytes:
         data, self._data = self._data, b""
         return data
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 async def timed(make: Callable[[], Awaitable[Any]], calls: int) -> tuple[float, float]:
@@ -119,25 +83,26 @@ async def timed(make: Callable[[], Awaitable[Any]], calls: int) -> tuple[float, 
 
 
 async def run(args: argparse.Namespace) -> int:
-    logging.getLogger("bench.teams").setLevel(logging.WARNING)
     load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="i20-teams-") as tmp:
         async with TeamsSimulator() as sim:
-            runtime = Runtime(state.database_path(Path(tmp)), sim.gateway_config())
+            settings = TeamsSettings.from_table(sim.gateway_config())
+            runtime = FileRuntime("teams", state.database_path(Path(tmp)), settings=settings)
+            runtime.log.logger.setLevel(logging.WARNING)
             plugin = TeamsPlugin()
             await plugin.start(runtime)
             try:
                 return await _measure(args, sim, plugin, load_start)
             finally:
                 await plugin.stop()
-                for store in runtime.stores:
-                    await store.close()
+                await runtime.close()
 
 
 async def _measure(args: argparse.Namespace, sim: TeamsSimulator, plugin: TeamsPlugin, load_start: str) -> int:
     import json
 
-    adapter, bot = plugin.running.adapter, plugin.running.bot  # to time the pieces apart
+    bot = plugin.running.bot
+    adapter = bot.adapter  # to time the pieces apart
     auth = adapter.bot_framework_authentication
     header = f"Bearer {sim.token()}"
     wire = sim.activity("message_mention", entities=[], text="hello, nobody in particular")
@@ -151,7 +116,7 @@ async def _measure(args: argparse.Namespace, sim: TeamsSimulator, plugin: TeamsP
 
     def request() -> Any:
         req = make_mocked_request("POST", "/api/messages", headers=headers, payload=_Body(fresh_body()))  # type: ignore[arg-type]
-        return plugin._messages(req)
+        return plugin.handle(req)
 
     async def check_route() -> None:
         resp = await request()
@@ -196,14 +161,13 @@ async def _measure(args: argparse.Namespace, sim: TeamsSimulator, plugin: TeamsP
         return [x[i] for x in runs[name]]
 
     def mr(values: list[float]) -> str:
-        return f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]"
+        return median_range(values, "{:.1f}")
 
     overhead = [a - b for a, b in zip(col("route, no-op validation", 0), col("bare turn", 0))]
     cross = [a - v - b for a, v, b in zip(col("route", 0), col("bare validation", 0), col("bare turn", 0))]
     overhead_cpu = [a - b for a, b in zip(col("route, no-op validation", 1), col("bare turn", 1))]
     print(
-        f"\nload average at start {load_start}, at end {load_average()}; {os.cpu_count()} CPUs; "
-        f"{'pinned to CPU ' + str(args.cpu) if args.cpu is not None else 'not pinned'}; "
+        f"\n{machine(load_start, load_average(), args.cpu)}; "
         f"{args.rounds} interleaved rounds of {args.calls} calls per arm\n"
     )
     print("| arm | wall us per activity (median [range] of the per-round medians) | process CPU us per activity |")
@@ -219,20 +183,9 @@ async def _measure(args: argparse.Namespace, sim: TeamsSimulator, plugin: TeamsP
     )
     print(f"| 5. the same in process CPU us | {mr(overhead_cpu)} | info | info |")
     print(f"| 5. cross-check: route - bare validation - bare turn (wall us) | {mr(cross)} | info | info |")
-    print(f"\n{'all targets met' if ok else '1 target missed'}")
-    return 0 if ok else 1
+    return verdict_exit(0 if ok else 1)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=300, help="activities per arm per round")
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 50: a smoke run")
-    parser.add_argument(
-        "--cpu", type=int, help="pin the whole run to this CPU, as [gateway] cpu pins a gateway; default: not pinned"
-    )
-    ns = parser.parse_args()
-    if ns.quick:
-        ns.rounds, ns.calls = 3, 50
-    pin_process(ns.cpu)
-    sys.exit(asyncio.run(run(ns)))
+    parser = rounds_options(__doc__, calls=300, quick_calls=50, calls_help="activities per arm per round")
+    sys.exit(asyncio.run(run(parse_rounds(parser))))

@@ -58,7 +58,7 @@ from chatstate.gateway.sim.discord import BOB as D_BOB  # noqa: E402
 from chatstate.gateway.sim.discord import DiscordSimulator, Reply, fixture  # noqa: E402
 from chatstate.gateway.sim.harness import GatewayHarness  # noqa: E402
 from chatstate.gateway.sim.matrix import SERVER_NAME, MatrixHomeserver  # noqa: E402
-from chatstate.gateway.sim.slack import EVENTS_PATH, SlackSimulator, sign  # noqa: E402
+from chatstate.gateway.sim.slack import EVENTS_PATH, SlackSimulator  # noqa: E402
 from chatstate.gateway.sim.teams import TeamsSimulator  # noqa: E402
 
 ADAPTERS = ("slack", "discord", "teams", "matrix")
@@ -186,14 +186,8 @@ async def _at(fut: asyncio.Future[float]) -> float:
 async def slack_post(run: Run, envelope: dict[str, Any]) -> tuple[int, str]:
     sim = run.slack
     body = json.dumps(envelope).encode()
-    ts = str(int(time.time()))
-    headers = {
-        "Content-Type": "application/json",
-        "X-Slack-Request-Timestamp": ts,
-        "X-Slack-Signature": sign(sim.signing_secret, ts, body),
-    }
     assert sim.gateway_url
-    async with run.http.post(sim.gateway_url + EVENTS_PATH, data=body, headers=headers) as resp:
+    async with run.http.post(sim.gateway_url + EVENTS_PATH, data=body, headers=sim.signed_headers(body)) as resp:
         return resp.status, await resp.text()
 
 

@@ -23,7 +23,16 @@ from chatstate import __version__
 from chatstate.gateway import logs, state_commands
 from chatstate.gateway.config import GatewayConfig, default_state_dir, load_config
 from chatstate.gateway.exits import BAD_CONFIG, FAILED, INTERRUPTED, OK, GatewayExit
-from chatstate.gateway.launch import CONFIG_ENV, WARNING, Launch, Started, launch_env, spawn_detached, validate
+from chatstate.gateway.launch import (
+    CONFIG_ENV,
+    WARNING,
+    Launch,
+    Started,
+    config_path,
+    launch_env,
+    spawn_detached,
+    validate,
+)
 from chatstate.gateway.pidfile import LAST_LAUNCH_NAME, check_state_dir, last_launch, running_info
 from chatstate.state.cli import path_text
 
@@ -130,7 +139,7 @@ def _seconds(text: str) -> float:
 def _where(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
-        default=os.environ.get(CONFIG_ENV),
+        default=config_path(os.environ),
         metavar="FILE",
         help=f"TOML config (default ${CONFIG_ENV}; without one, built-in defaults)",
     )
@@ -304,7 +313,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     elif explicit:  # the gateway to restart is the one on the new config's state dir
         state_dir = _refused_if_bad(lambda: load_config(args.config).state_dir, default_state_dir(os.environ))
     else:
-        state_dir = load_config(os.environ.get(CONFIG_ENV)).state_dir
+        state_dir = load_config(config_path(os.environ)).state_dir
     check_state_dir(state_dir)
     info = running_info(state_dir)
     recorded = info.get("launch") if info else None
@@ -329,7 +338,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
             port=args.port if args.port is not None else previous.port,
         )
     else:
-        path = args.config or os.environ.get(CONFIG_ENV)
+        path = args.config or config_path(os.environ)
         launch = Launch(
             state_dir,
             Path(path).expanduser().absolute() if path else None,

@@ -62,6 +62,7 @@ class GatewaySettings(Settings):
 class StateSettings(Settings):
     """`[state]`; environment: `CHATSTATE_STATE_<KEY>` (`CHATSTATE_HOME` is the default dir)."""
 
+    path_keys = ("dir",)
     dir: Annotated[str, Field(min_length=1)] | None = None  # default $CHATSTATE_HOME or ~/.chatstate
     url: Annotated[str, Field(pattern=r"^(redis|rediss|unix|redis\+sentinel|redis\+cluster)://")] | None = (
         None  # shared Redis

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -225,102 +225,86 @@ async def _play_transports(opts: Options, root: Path, say: Any, hits: dict[str, 
     rows: list[Row] = []
     for transport in TRANSPORTS[opts.transport]:
         if transport == "http":
-            rows += await _play(list(opts.only), opts.kill, root, say, hostile=opts.hostile, hits=hits)
+            rows += await Play(opts, say, hits).rows(root)
             continue
-        chosen = [a for a in opts.only if a in WEBSOCKET_SCENARIOS]
+        chosen = tuple(a for a in opts.only if a in WEBSOCKET_SCENARIOS)
         if chosen:
             say(f"\n#### transport: Slack Socket Mode / Discord Gateway ({', '.join(chosen)})")
             (root / "websocket").mkdir(mode=0o700, exist_ok=True)
             os.chmod(root / "websocket", 0o700)
-            rows += await _play(
-                chosen, opts.kill, root / "websocket", say, websocket=True, hostile=opts.hostile, hits=hits
+            rows += await Play(replace(opts, only=chosen), say, hits, websocket=True).rows(root / "websocket")
+    return rows
+
+
+@dataclass(frozen=True)
+class Play:
+    """One transport's play of the chosen scenarios, with the legacy maps and then the store."""
+
+    opts: Options  # only, kill, hostile
+    say: Any
+    hits: dict[str, dict[str, int]]  # filled in: adapter -> edge behaviour -> times played
+    websocket: bool = False  # Slack Socket Mode and the Discord Gateway instead of HTTP
+
+    async def rows(self, root: Path) -> list[Row]:
+        results = {mode: await self._mode(mode, root / mode) for mode in ("legacy", "store")}
+        rows = []
+        for (adapter, behaviour), (legacy_ok, legacy_detail, legacy_s) in results["legacy"].items():
+            store_ok, store_detail, store_s = results["store"].get((adapter, behaviour), (False, "not run", 0.0))
+            rows.append(Row(adapter, behaviour, legacy_ok, store_ok, legacy_detail, store_detail, legacy_s + store_s))
+        return rows
+
+    async def _mode(self, mode: Mode, state_dir: Path) -> dict[tuple[str, str], tuple[bool, str, float]]:
+        from chatstate.gateway.sim.harness import GatewayHarness
+        from chatstate.gateway.sim.scenarios import SCENARIOS, TRANSPORT_LABELS, WEBSOCKET_SCENARIOS
+
+        scenarios = [(WEBSOCKET_SCENARIOS if self.websocket else SCENARIOS)[a] for a in self.opts.only]
+        sims = [(s.make_hostile or s.make_simulator)() if self.opts.hostile else s.make_simulator() for s in scenarios]
+        label = "legacy in-memory maps" if mode == "legacy" else "keyed store (SQLite)"
+        self.say(f"\n== {label} ==")
+        t0 = time.monotonic()
+        state_dir.mkdir(mode=0o700)
+        os.chmod(state_dir, 0o700)  # whatever the umask: its config holds the simulators' tokens
+        async with GatewayHarness(
+            sims,
+            modes=mode,
+            state_dir=state_dir,
+            adapters={s.adapter: s.adapter_config for s in scenarios if s.adapter_config},
+        ) as gw:
+            self.say(f"  gateway ready on {gw.gateway_url} (pid {gw.pid}) in {time.monotonic() - t0:.1f} s")
+            timings: dict[str, float] = {}
+            contexts = []
+            for scenario, sim in zip(scenarios, sims):
+                t = time.monotonic()
+                contexts.append(await scenario.first_half(sim))
+                timings[scenario.adapter] = time.monotonic() - t
+                self.say(f"  {scenario.adapter:<8} first half done")
+            t = time.monotonic()
+            code = await (gw.stop() if self.opts.kill == "term" else gw.kill())
+            for i, scenario in enumerate(scenarios):
+                if scenario.while_down is not None:  # e.g. a Discord Gateway dispatch while down
+                    contexts[i] = await scenario.while_down(sims[i], contexts[i])
+            await gw.start()
+            self.say(
+                f"  gateway {'SIGKILLed' if self.opts.kill == 'kill' else 'stopped by SIGTERM'} (exit {code}) "
+                f"and back in {time.monotonic() - t:.1f} s"
             )
-    return rows
-
-
-async def _play(
-    only: list[str],
-    kill: str,
-    root: Path,
-    say: Any,
-    *,
-    websocket: bool = False,
-    hostile: bool = False,
-    hits: dict[str, dict[str, int]] | None = None,
-) -> list[Row]:
-    results: dict[Mode, dict[tuple[str, str], tuple[bool, str, float]]] = {}
-    for mode in ("legacy", "store"):
-        results[mode] = await _play_mode(
-            mode, only, kill, root / mode, say, websocket=websocket, hostile=hostile, hits=hits
-        )
-    rows = []
-    for (adapter, behaviour), (legacy_ok, legacy_detail, legacy_s) in results["legacy"].items():
-        store_ok, store_detail, store_s = results["store"].get((adapter, behaviour), (False, "not run", 0.0))
-        rows.append(Row(adapter, behaviour, legacy_ok, store_ok, legacy_detail, store_detail, legacy_s + store_s))
-    return rows
-
-
-async def _play_mode(
-    mode: Mode,
-    only: list[str],
-    kill: str,
-    state_dir: Path,
-    say: Any,
-    *,
-    websocket: bool = False,
-    hostile: bool = False,
-    hits: dict[str, dict[str, int]] | None = None,
-) -> dict[tuple[str, str], tuple[bool, str, float]]:
-    from chatstate.gateway.sim.harness import GatewayHarness
-    from chatstate.gateway.sim.scenarios import SCENARIOS, TRANSPORT_LABELS, WEBSOCKET_SCENARIOS
-
-    scenarios = [(WEBSOCKET_SCENARIOS if websocket else SCENARIOS)[a] for a in only]
-    sims = [(s.make_hostile or s.make_simulator)() if hostile else s.make_simulator() for s in scenarios]
-    label = "legacy in-memory maps" if mode == "legacy" else "keyed store (SQLite)"
-    say(f"\n== {label} ==")
-    t0 = time.monotonic()
-    state_dir.mkdir(mode=0o700)
-    os.chmod(state_dir, 0o700)  # whatever the umask: its config holds the simulators' tokens
-    async with GatewayHarness(
-        sims,
-        modes=mode,
-        state_dir=state_dir,
-        adapters={s.adapter: s.adapter_config for s in scenarios if s.adapter_config},
-    ) as gw:
-        say(f"  gateway ready on {gw.gateway_url} (pid {gw.pid}) in {time.monotonic() - t0:.1f} s")
-        timings: dict[str, float] = {}
-        contexts = []
-        for scenario, sim in zip(scenarios, sims):
-            t = time.monotonic()
-            contexts.append(await scenario.first_half(sim))
-            timings[scenario.adapter] = time.monotonic() - t
-            say(f"  {scenario.adapter:<8} first half done")
-        t = time.monotonic()
-        code = await (gw.stop() if kill == "term" else gw.kill())
-        for i, scenario in enumerate(scenarios):
-            if scenario.while_down is not None:  # e.g. a Discord Gateway dispatch while down
-                contexts[i] = await scenario.while_down(sims[i], contexts[i])
-        await gw.start()
-        say(
-            f"  gateway {'SIGKILLed' if kill == 'kill' else 'stopped by SIGTERM'} (exit {code}) "
-            f"and back in {time.monotonic() - t:.1f} s"
-        )
-        out: dict[tuple[str, str], tuple[bool, str, float]] = {}
-        for scenario, sim, ctx in zip(scenarios, sims, contexts):
-            t = time.monotonic()
-            outcomes = await scenario.second_half(sim, ctx)
-            spent = timings[scenario.adapter] + time.monotonic() - t
-            for o in outcomes:
-                adapter = TRANSPORT_LABELS[o.adapter] if websocket else o.adapter
-                out[(adapter, o.behaviour)] = (o.survived, o.detail, spent / len(outcomes))
-                say(f"  {adapter:<8} {o.behaviour}: {'works' if o.survived else 'LOST'} ({o.detail})")
-        for scenario, sim in zip(scenarios, sims):
-            await sim.settle(timeout=30)  # redeliveries and echoes still on their way count too
-            if hits is not None:
-                counted = hits.setdefault(TRANSPORT_LABELS[scenario.adapter] if websocket else scenario.adapter, {})
+            out: dict[tuple[str, str], tuple[bool, str, float]] = {}
+            for scenario, sim, ctx in zip(scenarios, sims, contexts):
+                t = time.monotonic()
+                outcomes = await scenario.second_half(sim, ctx)
+                spent = timings[scenario.adapter] + time.monotonic() - t
+                for o in outcomes:
+                    adapter = TRANSPORT_LABELS[o.adapter] if self.websocket else o.adapter
+                    out[(adapter, o.behaviour)] = (o.survived, o.detail, spent / len(outcomes))
+                    self.say(f"  {adapter:<8} {o.behaviour}: {'works' if o.survived else 'LOST'} ({o.detail})")
+            for scenario, sim in zip(scenarios, sims):
+                await sim.settle(timeout=30)  # redeliveries and echoes still on their way count too
+                counted = self.hits.setdefault(
+                    TRANSPORT_LABELS[scenario.adapter] if self.websocket else scenario.adapter, {}
+                )
                 for behaviour, n in sim.hits.items():
                     counted[behaviour] = counted.get(behaviour, 0) + n
-    return out
+        return out
 
 
 TIME_NOTE = (

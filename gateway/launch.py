@@ -28,10 +28,16 @@ from chatstate.gateway.config import GatewayConfig, load_config
 from chatstate.gateway.exits import FAILED, OK, GatewayExit
 from chatstate.gateway.pidfile import FILE_MODE, check_state_dir
 from chatstate.gateway.settings import ENV_PREFIX
+from chatstate.state._spec import env_path
 
 LOG_NAME = "gateway.log"  # under the state dir, for --detach and restart
 CONFIG_ENV = "CHATSTATE_GATEWAY_CONFIG"  # the default for --config
 WARNING = "gateway: warning: "  # a line that is not the reason a command failed
+
+
+def config_path(env: Mapping[str, str]) -> str | None:
+    """The default for --config: $CHATSTATE_GATEWAY_CONFIG, unset when empty (never the current folder)."""
+    return env_path(env, CONFIG_ENV)
 
 
 def launch_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -5,7 +5,7 @@ the gateway, so the gateway may change behind this surface (tests/adapters/test_
 checks it). The pieces, in the order an adapter meets them:
 - `AdapterSettings`: the base of its `config.py` settings type;
 - `StatefulPlugin`, `PluginRuntime`, `Route`: the plugin base (one frozen running object built
-  in `build`, health rolled up) and what the gateway hands it;
+  in `build`, health rolled up, its `webhook` POSTed to `handle`) and what the gateway hands it;
 - `AdapterState`, `StateSpec`: one namespace of its state, memory in front of the keyed store;
 - `InboundGate`, `Job`, `Writes`, `Answer`, `Outcome`, `Holding`: exactly-once for inbound items;
 - `UserQuota`, `KeyedLocks`: the per-user quota and keyed async locks;

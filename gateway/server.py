@@ -36,6 +36,7 @@ from chatstate.gateway.exits import BAD_CONFIG, FAILED, IN_USE, OK, STORE_UNUSAB
 from chatstate.gateway.pidfile import PidFile
 from chatstate.gateway.registry import load_plugins
 from chatstate.gateway.runtime import PluginNotTrusted
+from chatstate.state.cli import to_go_on
 
 
 def run(config: GatewayConfig, *, ready_fd: int | None = None, launch: dict[str, Any] | None = None) -> int:
@@ -57,7 +58,7 @@ def run(config: GatewayConfig, *, ready_fd: int | None = None, launch: dict[str,
             try:
                 state.check_database(path)
             except state.StateStoreError as exc:
-                raise GatewayExit(STORE_UNUSABLE, f"state store unusable: {exc}{_next_steps(path, exc)}") from None
+                raise GatewayExit(STORE_UNUSABLE, f"state store unusable: {exc}{to_go_on(path, exc)}") from None
         sock = _bind(config.host, config.port)
         try:
             app = build_app(config, plugins)
@@ -180,7 +181,7 @@ def _exit_for(exc: BaseException) -> BaseException:
     if isinstance(cause, PluginNotTrusted):
         return GatewayExit(BAD_CONFIG, f"config error: trusted_plugins: {cause}")
     if isinstance(cause, state.StateStoreError) and cause.code in UNUSABLE_STORE_CODES:
-        hint = _next_steps(Path(cause.path), cause) if cause.path else ""
+        hint = to_go_on(Path(cause.path), cause) if cause.path else ""
         return GatewayExit(STORE_UNUSABLE, f"state store unusable: {where}{cause}{hint}")
     if not isinstance(exc, PluginStartError):
         return exc
@@ -198,15 +199,6 @@ def _exit_for(exc: BaseException) -> BaseException:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
-
-
-def _next_steps(path: Path, exc: state.StateStoreError) -> str:
-    """What an operator does about a database file the gateway will not touch."""
-    if exc.code not in ("CORRUPT", "OPEN_FAILED", "SCHEMA_UNSUPPORTED") or not path.is_file() or path.is_symlink():
-        return ""
-    from chatstate.gateway.status import next_steps
-
-    return f". To go on: {next_steps(str(path), str(exc.code))}"
 
 
 def process_started_monotonic() -> float:

@@ -28,6 +28,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from chatstate.gateway.exits import ConfigError
+from chatstate.state._spec import env_path
 
 ENV_PREFIX = "CHATSTATE_"
 S = TypeVar("S", bound="Settings")
@@ -40,6 +41,7 @@ class Settings(BaseModel):
     """Base of every settings table: frozen, strict, unknown keys refused, inputs never echoed."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, hide_input_in_errors=True)
+    path_keys: ClassVar[tuple[str, ...]] = ()  # keys naming a file or folder: an empty variable is unset
 
 
 class AdapterSettings(Settings):
@@ -106,8 +108,9 @@ def build(cls: type[S], table: Mapping[str, Any], *, where: str, env: Mapping[st
     from_env: dict[str, str] = {}
     for name, field in cls.model_fields.items():
         var = env_var(prefix, name)
-        if var in env:
-            data[name] = from_env_text(field.annotation, env[var])
+        text = env_path(env, var) if name in cls.path_keys else env.get(var)
+        if text is not None:
+            data[name] = from_env_text(field.annotation, text)
             from_env[name] = var
     try:
         return cls.model_validate(data)

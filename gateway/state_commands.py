@@ -10,7 +10,7 @@ from typing import Any
 
 from chatstate.gateway.config import load_config
 from chatstate.gateway.exits import STORE_UNUSABLE, GatewayExit
-from chatstate.gateway.launch import CONFIG_ENV
+from chatstate.gateway.launch import CONFIG_ENV, config_path
 from chatstate.gateway.pidfile import check_state_dir
 
 CONFIG_HELP = (
@@ -53,15 +53,15 @@ def run(args: argparse.Namespace) -> int:
     from chatstate.state import cli as state_cli
 
     rest = [args.state_command, *args.rest]
-    config_path = os.environ.get(CONFIG_ENV)
+    config_file = config_path(os.environ)
     if "--config" in rest:
         i = rest.index("--config")
         if i + 1 >= len(rest):
             raise GatewayExit(2, "--config needs a FILE")
-        config_path = rest[i + 1]
+        config_file = rest[i + 1]
         del rest[i : i + 2]
     if not {"--state-dir", "--path", "--url", "-h", "--help"} & set(rest):
-        config = load_config(config_path)
+        config = load_config(config_file)
         if config.state_url and args.state_command == "probe":
             rest += ["--url", config.state_url]
         else:

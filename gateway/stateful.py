@@ -5,16 +5,20 @@ plugin.py is wiring only.
 A subclass implements `build(runtime)`: open its states with `await self.open_state(...)`,
 build its clients and gate, and return them as one frozen object with `close()` and
 `health()` (the `Running` protocol). Handlers reach it through `self.running`, which exists
-from the end of `start` to `stop`; nothing is optional in between.
+from the end of `start` to `stop`; nothing is optional in between. A plugin that the platform
+calls over HTTP names the request URL it serves as `webhook` and answers it in `handle`.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from aiohttp import web
 
 from chatstate.gateway.adapter_state import AdapterState
-from chatstate.gateway.plugin import Plugin, PluginRuntime
+from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 
 class Running(Protocol):
@@ -35,6 +39,10 @@ R = TypeVar("R", bound=Running)
 class StatefulPlugin(Plugin, Generic[R]):
     """A plugin whose state is a set of `AdapterState`s it owns from `start` to `stop`."""
 
+    # The path of the platform's request URL, mounted as POST to `handle`; None for a plugin the
+    # platform never calls over HTTP (Matrix: the plugin polls /sync).
+    webhook: ClassVar[str | None] = None
+
     def __init__(self) -> None:
         self._states: list[AdapterState] = []
         self._running: R | None = None
@@ -50,6 +58,15 @@ class StatefulPlugin(Plugin, Generic[R]):
         except BaseException:
             await self.close_states()
             raise
+
+    def routes(self) -> Sequence[Route]:
+        """POST `webhook` to `handle`, for a plugin that has a webhook."""
+        return () if self.webhook is None else (Route("POST", self.webhook, self.handle),)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Answer one request to `webhook`: the platform's signature is checked first (401),
+        before anything is parsed, read or written."""
+        raise NotImplementedError(f"plugin {self.id!r} has a webhook and no handle()")
 
     @property
     def running(self) -> R:

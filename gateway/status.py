@@ -68,6 +68,7 @@ def _get_health(url: str, timeout_s: float) -> dict[str, Any]:
 def _offline_store_summary(config: GatewayConfig) -> dict[str, Any]:
     """Check the database read-only (no probe row is written while the gateway is down)."""
     from chatstate import state
+    from chatstate.state.cli import next_steps
 
     if config.state_url:  # the Database's location: the URL with its password shown as ***
         shown = state.Database(url=config.state_url).location
@@ -87,17 +88,6 @@ def _offline_store_summary(config: GatewayConfig) -> dict[str, Any]:
             "next": next_steps(str(path), str(exc.code)),
         }
     return {"ok": True, "database_path": str(path), "exists": True}
-
-
-def next_steps(path: str, code: str) -> str:
-    """What to do about an unusable database file (the gateway never moves or deletes it)."""
-    if code == "SCHEMA_UNSUPPORTED":
-        return "it was written by a newer chatstate: run that version, or move it aside to start empty"
-    return (
-        f"move it aside to start with an empty store (mv {path} {path}.bad, and its -wal/-shm files "
-        f"if any), then check the old file with `sqlite3 {path}.bad 'PRAGMA integrity_check'` "
-        f"or `python -m chatstate state probe --path {path}.bad`"
-    )
 
 
 def status_text(r: dict[str, Any]) -> str:

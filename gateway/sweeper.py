@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from chatstate import state
 from chatstate.gateway import logs, metrics
@@ -26,12 +26,7 @@ class SweepStatus:
     last_error: str | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "interval_s": self.interval_s,
-            "last_at": self.last_at,
-            "last_rows": self.last_rows,
-            "last_error": self.last_error,
-        }
+        return asdict(self)  # /healthz shows the fields under their own names
 
 
 async def sweep_once(status: SweepStatus, database: state.Database) -> int | None:

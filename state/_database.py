@@ -41,8 +41,8 @@ PROBE_SPEC = NamespaceSpec("core:probe", "probe", 1_000)  # a core-owned pair: n
 class Location:
     """One database open in this process, shared by every store and `Database` on it."""
 
-    def __init__(self, backend: Backend, settings: StoreSettings) -> None:
-        self.backend, self.settings = backend, settings
+    def __init__(self, backend: Backend, settings: StoreSettings, how: tuple[Any, ...] = ()) -> None:
+        self.backend, self.settings, self.how = backend, settings, how  # how: a URL's credentials and options
         self.location = backend.location
         self.pid = os.getpid()
         self._lock = threading.Lock()
@@ -116,8 +116,11 @@ def acquire(path: str | os.PathLike[str] | None, url: str | None, settings: Stor
     """The open Location of a database (opened now if no one holds it), held once for the caller.
     Raises as `open_keyed_store`."""
     global _registry_lock
-    if url is not None:
-        ident = f"url:{url}"
+    how: tuple[Any, ...] = ()
+    if url is not None:  # one Location per database however its URL is spelled
+        from ._redis import database_of  # imported here: SQLite users never load redis-py
+
+        ident, how = database_of(url)
     else:  # abspath also folds "x/../": one file has one Location however the path is spelled
         ident = os.path.abspath(resolve_path(path))
     if _locations and next(iter(_locations.values())).pid != os.getpid():
@@ -127,9 +130,9 @@ def acquire(path: str | os.PathLike[str] | None, url: str | None, settings: Stor
     with _registry_lock:
         shared = _locations.get(ident)
         if shared is None or not shared.hold():
-            shared = _locations[ident] = Location(_open_backend(ident, url, settings), settings)
+            shared = _locations[ident] = Location(_open_backend(ident, url, settings), settings, how)
             return shared
-    if shared.settings != settings:
+    if (shared.settings, shared.how) != (settings, how):
         shared.release()
         message = "this database is already open in this process with different settings"
         raise StateStoreError("INVALID_INPUT", "open", message, path=shared.location)

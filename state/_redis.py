@@ -52,6 +52,10 @@ MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m", Mode.DELETE: "
 ACKED = ("write", "take", "clear")  # the scripts whose changes wait for replicas (min_replicas_acked)
 READONLY_HINT = "name the primary, or use redis+sentinel://"
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
+CLOSED_HINTS = {  # what a first connection closed before any reply most often means, by the URL's TLS
+    False: ": closed at once; if that port speaks TLS, use rediss://",
+    True: ": closed at once; if the TLS server wants a client certificate, give one (ssl_certfile, ssl_keyfile)",
+}
 ENCODE_HINT = (
     "percent-encode '/', '?', '#', '@' and '[' in the user name and password, and an '@' anywhere after the "
     "host (%2F, %3F, %23, %40, %5B)"
@@ -97,6 +101,37 @@ class RedisOptions:
         if min(numbers) < 0 or o.op_result_ttl_ms < 1 or o.replica_ack_timeout_ms < 1:
             raise StateStoreError("INVALID_INPUT", "open", "Redis URL options must not be negative")
         return o, urlencode([(k, v) for k, v in pairs if k not in kinds])
+
+
+def database_of(url: str) -> tuple[str, tuple[Any, ...]]:
+    """Which database `url` names as whom, and its other options: one spelling per database
+    whatever the URL says (scheme and host case, port 6379 and db 0 left out or written, `?db=`
+    or the path, option order, options at their defaults, Sentinels and Cluster seeds in any
+    order), so the process keeps one `Location` (and one reopen check) per database, prefix and
+    credentials (other credentials: another connection, with the rights of that user). The other
+    options must agree when two opens share it. A URL this cannot read is its own database
+    (opening it names what is wrong)."""
+    try:
+        parts = urlsplit(url)
+        options, theirs = RedisOptions.from_query(parts.query)
+        scheme, pairs = parts.scheme.lower(), parse_qsl(theirs, keep_blank_values=True)
+        creds, _, hosts_text = parts.netloc.rpartition("@")
+        service, db = "", parts.path.strip("/")
+        if scheme == "unix":
+            hosts, db = [parts.path], ""
+        elif scheme in ("redis", "rediss"):
+            hosts = [f"{parts.hostname or ''}:{parts.port or 6379}"]
+        else:  # Sentinels or Cluster seeds: host:port each, in any order
+            hosts = [
+                f"{h.strip('[]').lower()}:{int(p)}" for h, _, p in (t.rpartition(":") for t in hosts_text.split(","))
+            ]
+            service, _, db = db.partition("/")
+        db = "0" if scheme == "redis+cluster" else str(int(dict(pairs).get("db", db) or 0))
+    except (ValueError, StateStoreError):
+        return f"url:{url}", ()
+    who = hashlib.sha256(creds.encode()).hexdigest()[:32]  # the password is never part of a name
+    named = f"url:{scheme}://{who}@{','.join(sorted(set(hosts)))}/{service}/{db}?prefix={options.prefix}"
+    return named, (options, sorted(p for p in pairs if p[0] != "db"))
 
 
 # Lua pieces, one script per operation (SCRIPTS): Redis runs a script's whole text on every call,
@@ -295,7 +330,7 @@ class RedisBackend:
 
     def __init__(self, url: str, settings: StoreSettings) -> None:
         self.location, self.settings = shown_url(url), settings
-        self._sentinel, self._service = cast("Sentinel | None", None), ""
+        self._sentinel, self._service, self._tls = cast("Sentinel | None", None), "", False
         self._client: Any = self._connect(url)  # redis.Redis, or redis.cluster.RedisCluster
         self._prefix = f"{self.options.prefix}:"
         self._plugins = f"{self._prefix}plugins"  # the set `sweep` walks (percent-encoded plugin ids)
@@ -337,6 +372,8 @@ class RedisBackend:
             raise self._fail("INVALID_INPUT", "open", f"the URL has an '@' after its host part; {ENCODE_HINT}")
         self.options, theirs = RedisOptions.from_query(parts.query)
         o, cluster = self.options, scheme == "redis+cluster"
+        ssl_option = dict(parse_qsl(theirs)).get("ssl", "").lower() in ("1", "true", "yes", "on")
+        self._tls = scheme == "rediss" or ssl_option  # redis-py's `ssl=true` for Sentinel or Cluster
         timeouts = {"socket_connect_timeout": o.socket_connect_timeout_s, "socket_timeout": o.socket_timeout_s}
         retry = Retry(ExponentialBackoff(cap=o.backoff_cap_s, base=o.backoff_base_s), o.retries)
         common: dict[str, Any] = {"decode_responses": True, "retry": retry, **timeouts}
@@ -387,16 +424,22 @@ class RedisBackend:
         if isinstance(exc, MasterNotFoundError):
             return self._no_master(op)
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-            if (tls := _tls_failure(exc)) is not None:
-                return "OPEN_FAILED", op, tls
+            if (tls := _tls_failure(exc, self._tls)) is not None:
+                return tls[0], op, tls[1]
             if "previous master is now a slave" in str(exc):
                 return "UNAVAILABLE", op, "the primary was demoted (failover) and no new one answered yet"
-            return "UNAVAILABLE", op, f"Redis unreachable after {self.options.retries} retries ({name})"
+            why = name
+            if op == "open" and str(exc).startswith("Connection closed by server"):  # before any reply
+                why += CLOSED_HINTS[self._tls]  # later, the same words are a dropped link, nothing more
+            return "UNAVAILABLE", op, f"Redis unreachable after {self.options.retries} retries ({why})"
         failed = "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in ("lookup", "entries") else "WRITE_FAILED"
         refused = _refused_in_script(text)
         if isinstance(exc, errors.NoPermissionError) or "NOPERM" in text or refused:
             # redis-py strips the NOPERM code from a top-level refusal; put it back for the reader
             said = refused or (text if "NOPERM" in text else f"NOPERM {text}")
+            if "key" in said and not refused:  # every command allowed, but not this prefix's keys
+                fix = f"allow the user this store's keys (~{self.options.prefix}:*), or use the prefix it is allowed"
+                return failed, op, f"Redis refused a key ({said}): {fix}"
             return failed, op, f"Redis refused a command ({said}): {ACL_HINT}"
         if isinstance(exc, errors.ReadOnlyError) or "READONLY" in text:  # also inside a Redis 6 script
             if self._sentinel is not None:
@@ -641,13 +684,25 @@ def _refused_in_script(text: str) -> str:
     return f"NOPERM: the user may not run {command[1].lower() if command else 'a command'!r} in a script"
 
 
-def _tls_failure(exc: BaseException) -> str | None:
-    """What failed in a TLS handshake (the location names host and port), or None: not TLS."""
+def _tls_failure(exc: BaseException, tls: bool) -> tuple[str, str] | None:
+    """Code and message for what failed in TLS (the location names host and port), or None:
+    not TLS. `tls`: the URL asks for it, so an unreadable file is one of its own."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
-            return f"TLS: the server's certificate failed verification: {seen.verify_message or seen.reason}"
+            return (
+                "OPEN_FAILED",
+                f"TLS: the server's certificate failed verification: {seen.verify_message or seen.reason}",
+            )
         if isinstance(seen, ssl.SSLError):
-            return f"TLS handshake failed ({seen.reason or seen})"
+            return "OPEN_FAILED", f"TLS handshake failed ({seen.reason or seen})"
+        if tls and isinstance(seen, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            what = "ssl_ca_certs, ssl_certfile or ssl_keyfile names a file that cannot be read"
+            return "OPEN_FAILED", f"TLS: {what} ({seen.strerror}): fix the path in the URL"
+        if tls and isinstance(seen, TimeoutError) and "handshake" in str(seen):  # a plain server waits for a command
+            why = "the server may not speak TLS (a plain port takes redis://), or answered too slowly"
+            return "UNAVAILABLE", f"TLS handshake got no answer within socket_connect_timeout_s: {why}"
         seen = seen.__cause__ or seen.__context__
-    return f"TLS handshake failed: {str(exc)[:300]}" if "SSL" in str(exc) or "certificate" in str(exc).lower() else None
+    if "SSL" in str(exc) or "certificate" in str(exc).lower():
+        return "OPEN_FAILED", f"TLS handshake failed: {str(exc)[:300]}"
+    return None

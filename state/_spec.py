@@ -167,8 +167,15 @@ def state_dir(state_dir: str | os.PathLike[str] | None = None, *, env: Mapping[s
     """The state dir: the argument, else $CHATSTATE_HOME (from `env`, default os.environ), else ~/.chatstate."""
     if state_dir is not None:
         return Path(state_dir).expanduser()
-    home = (os.environ if env is None else env).get("CHATSTATE_HOME")
+    home = env_path(os.environ if env is None else env, "CHATSTATE_HOME")
     return Path(home).expanduser() if home else Path.home() / ".chatstate"
+
+
+def env_path(env: Mapping[str, str], name: str) -> str | None:
+    """The path in variable `name`; an empty or blank one is unset (read as a path it would be
+    the current folder)."""
+    value = env.get(name)
+    return value if value and value.strip() else None
 
 
 def database_path(state_dir_: str | os.PathLike[str] | None = None) -> Path:

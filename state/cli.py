@@ -12,6 +12,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ._database import check_database, probe
@@ -68,6 +69,25 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m chatstate.sta
         return 0
 
 
+def next_steps(path: str, code: str) -> str:
+    """What to do about an unusable database file (nothing here moves or deletes it)."""
+    if code == "SCHEMA_UNSUPPORTED":
+        return "it was written by a newer chatstate: run that version, or move it aside to start empty"
+    return (
+        f"move it aside to start with an empty store (mv {path} {path}.bad, and its -wal/-shm files "
+        f"if any), then check the old file with `sqlite3 {path}.bad 'PRAGMA integrity_check'` "
+        f"or `python -m chatstate state probe --path {path}.bad`"
+    )
+
+
+def to_go_on(path: Path, exc: StateStoreError) -> str:
+    """ ". To go on: <next_steps>" for a database file refused as unusable, to follow the error;
+    "" for any other failure (nothing to move aside)."""
+    if exc.code not in ("CORRUPT", "OPEN_FAILED", "SCHEMA_UNSUPPORTED") or not path.is_file() or path.is_symlink():
+        return ""
+    return f". To go on: {next_steps(str(path), str(exc.code))}"
+
+
 def _iso(ms: int | None) -> str | None:
     return None if ms is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
@@ -77,7 +97,7 @@ def _inspect(args: argparse.Namespace) -> int:
     try:
         check_database(path)  # read-only: a damaged file is reported, never touched
     except StateStoreError as exc:
-        print(str(exc), file=sys.stderr)
+        print(f"{exc}{to_go_on(path, exc)}", file=sys.stderr)
         return 1
     if not path.exists():
         where = "pass the right one with --state-dir D or --path FILE, or start a gateway on it first"

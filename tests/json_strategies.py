@@ -25,29 +25,44 @@ def field_paths(obj: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, .
         yield from field_paths(v, (*prefix, k))
 
 
+def _field(draw: st.DrawFn, doc: Any, *, objects_only: bool = False) -> tuple[Any, Any] | None:
+    """A field of `doc` drawn at random (with `objects_only`, no list item), as (its parent, its
+    key or index); None when `doc` has no such field."""
+    paths = [p for p in list(field_paths(doc))[1:] if not (objects_only and isinstance(p[-1], int))]
+    if not paths:
+        return None
+    path = draw(st.sampled_from(paths))
+    parent: Any = doc
+    for step in path[:-1]:
+        parent = parent[step]
+    return parent, path[-1]
+
+
 @st.composite
-def _edited(draw: st.DrawFn, base: dict[str, Any], *, nulls: bool) -> dict[str, Any]:
+def mutated(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
+    """`base` with one to three fields replaced by arbitrary JSON or deleted."""
     doc = copy.deepcopy(base)
     for _ in range(draw(st.integers(1, 3))):
-        paths = [p for p in list(field_paths(doc))[1:] if not (nulls and isinstance(p[-1], int))]
-        if not paths:
+        if (field := _field(draw, doc)) is None:
             break
-        path = draw(st.sampled_from(paths))
-        parent: Any = doc
-        for step in path[:-1]:
-            parent = parent[step]
+        parent, key = field
         if isinstance(parent, dict) and draw(st.booleans()):
-            del parent[path[-1]]
+            del parent[key]
         else:
-            parent[path[-1]] = None if nulls else draw(json_values)
+            parent[key] = draw(json_values)
     return doc
 
 
-def mutated(base: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
-    """`base` with one to three fields replaced by arbitrary JSON or deleted."""
-    return _edited(base, nulls=False)
-
-
-def nulled(base: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
-    """`base` with one to three object fields null or left out, as a platform sends optional fields."""
-    return _edited(base, nulls=True)
+@st.composite
+def nulled(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
+    """`base` with one to three fields null or left out, as a platform sends optional fields."""
+    doc = copy.deepcopy(base)
+    for _ in range(draw(st.integers(1, 3))):
+        if (field := _field(draw, doc, objects_only=True)) is None:
+            break
+        parent, key = field
+        if draw(st.booleans()):
+            del parent[key]
+        else:
+            parent[key] = None
+    return doc

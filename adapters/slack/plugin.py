@@ -22,7 +22,6 @@ reconnect as a first attempt); after the done mark a retry is acked and dropped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -39,7 +38,6 @@ from chatstate.gateway.sdk import (
     Holding,
     InboundGate,
     PluginRuntime,
-    Route,
     StatefulPlugin,
     UserQuota,
     ingress,
@@ -81,9 +79,7 @@ class SlackPlugin(StatefulPlugin[Running]):
 
     id = "slack"
     settings_type = SlackSettings
-
-    def routes(self) -> Sequence[Route]:
-        return (Route("POST", EVENTS_PATH, self.handle_events),)
+    webhook = EVENTS_PATH
 
     async def build(self, runtime: PluginRuntime) -> Running:
         """Read the config, open the stores, and learn the bot's user id with `auth.test`. Raises
@@ -123,7 +119,7 @@ class SlackPlugin(StatefulPlugin[Running]):
         gate.start()
         return Running(settings, RequestVerifier(settings.signing_secret), api, bot, gate, socket)
 
-    async def handle_events(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         """The Events API request URL. 401 for a bad signature, before any state is touched."""
         run = self.running
         if run.settings.transport != "http":

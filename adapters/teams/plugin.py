@@ -5,7 +5,6 @@ durable claim, then the turn's staged rows committed with the done mark, then 20
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,6 @@ from chatstate.gateway.sdk import (
     AdapterState,
     InboundGate,
     PluginRuntime,
-    Route,
     StatefulPlugin,
     UserQuota,
 )
@@ -30,9 +28,8 @@ MESSAGES_PATH = "/api/messages"  # the Bot Framework messaging endpoint
 
 @dataclass(frozen=True)
 class Running:
-    """The Teams plugin's parts, built once in `build`."""
+    """The Teams plugin's parts, built once in `build` (the bot holds the adapter and the gate)."""
 
-    adapter: TeamsCloudAdapter
     bot: TeamsBot
     check: TokenCheck
     key_sets: tuple[SigningKeys, ...]
@@ -53,9 +50,7 @@ class TeamsPlugin(StatefulPlugin[Running]):
 
     id = "teams"
     settings_type = TeamsSettings
-
-    def routes(self) -> Sequence[Route]:
-        return (Route("POST", MESSAGES_PATH, self._messages),)
+    webhook = MESSAGES_PATH
 
     async def build(self, runtime: PluginRuntime) -> Running:
         """Build auth and open the three states. Raises ValueError (bad config) and
@@ -72,9 +67,9 @@ class TeamsPlugin(StatefulPlugin[Running]):
         gate = InboundGate(activities, lease_ms=settings.activity_lease_ms, log=runtime.log)
         bot = TeamsBot(messages, adapter=adapter, gate=gate, log=runtime.log)
         gate.start()
-        return Running(adapter, bot, check, tuple(key_sets))
+        return Running(bot, check, tuple(key_sets))
 
-    async def _messages(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         run = self.running
-        authenticated, activity = await run.adapter.read(request, check=run.check)  # 401/400 before any state
+        authenticated, activity = await run.bot.adapter.read(request, check=run.check)  # 401/400 before any state
         return await run.bot.answer(authenticated, activity)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
@@ -90,9 +89,7 @@ class Running:
 class ToyPlugin(sdk.StatefulPlugin[Running]):
     id = "toy"
     settings_type = ToySettings
-
-    def routes(self) -> Sequence[sdk.Route]:
-        return (sdk.Route("POST", "/toy/events", self.on_event),)
+    webhook = "/toy/events"  # Toy's request URL: POSTed to `handle`
 
     # 3. Build the running parts once: states (memory only in legacy mode), gate, quota, client.
     async def build(self, runtime: sdk.PluginRuntime) -> Running:
@@ -107,7 +104,7 @@ class ToyPlugin(sdk.StatefulPlugin[Running]):
             sdk.UserQuota(asked, per_user=settings.questions_per_user, ttl_ms=HOUR_MS),
         )
 
-    async def on_event(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         # 4. Verify before touching state: a forged request claims nothing and counts nothing.
         given = sdk.ingress.credential(request.headers, "X-Toy-Signature") or ""

@@ -19,7 +19,7 @@ import itertools
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict, Unpack
 
 import aiohttp
 from aiohttp import web
@@ -37,6 +37,16 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     """Slack's v0 request signature for `body` sent at `timestamp` (unix seconds)."""
     base = b"v0:" + timestamp.encode() + b":" + body
     return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+
+
+class Forgery(TypedDict, total=False):
+    """How `SlackSimulator.deliver` may send an event unlike Slack (then exactly once)."""
+
+    retry_num: int | None  # adds X-Slack-Retry-Num and X-Slack-Retry-Reason
+    retry_reason: str  # default "http_timeout"
+    secret: str | None  # signs with this secret instead of the app's
+    timestamp: int | None  # signs as sent at this unix time
+    signed: bool  # False: no signature headers at all
 
 
 @dataclass(frozen=True)
@@ -215,34 +225,22 @@ class SlackSimulator(SimulatorServer, SlackEvents):
         return self.posts()
 
     # -- Events API -----------------------------------------------------------------------
-    async def deliver(
-        self,
-        payload: dict[str, Any],
-        *,
-        retry_num: int | None = None,
-        retry_reason: str = "http_timeout",
-        secret: str | None = None,
-        timestamp: int | None = None,
-        signed: bool = True,
-    ) -> Delivery:
+    async def deliver(self, payload: dict[str, Any], **forged: Unpack[Forgery]) -> Delivery:
         """POST `payload` to the gateway's Events URL, signed as Slack signs it.
 
         `retry_num` adds Slack's `X-Slack-Retry-Num`/`-Reason` headers and sends exactly once;
         `secret`/`timestamp` forge a bad or stale signature; `signed=False` leaves the headers
-        out. Without those, this is one user action as Slack delivers it under `edges`: the
-        `message` twin of a channel mention and the edit go out alongside (in the background),
-        and with `retries` a failed attempt is retried on Slack's schedule; the answer of the
-        last attempt is returned. Raises aiohttp.ClientError when no attempt reached the gateway.
+        out (`Forgery`). Without those, this is one user action as Slack delivers it under
+        `edges`: the `message` twin of a channel mention and the edit go out alongside (in the
+        background), and with `retries` a failed attempt is retried on Slack's schedule; the
+        answer of the last attempt is returned. Raises aiohttp.ClientError when no attempt
+        reached the gateway.
         """
-        if retry_num is not None or secret is not None or timestamp is not None or not signed:
-            return await self._send(
-                payload,
-                retry_num=retry_num,
-                retry_reason=retry_reason,
-                secret=secret,
-                timestamp=timestamp,
-                signed=signed,
-            )
+        as_slack_would = forged.get("signed", True) and all(
+            forged.get(name) is None for name in ("retry_num", "secret", "timestamp")
+        )
+        if not as_slack_would:
+            return await self._send(payload, **forged)
         event = payload.get("event") or {}
         if (
             self.edges.double_mention
@@ -299,15 +297,7 @@ class SlackSimulator(SimulatorServer, SlackEvents):
         raise error or aiohttp.ServerTimeoutError(f"no answer within {self.edges.ack_deadline_s} s")
 
     async def _send(
-        self,
-        payload: dict[str, Any],
-        *,
-        retry_num: int | None = None,
-        retry_reason: str = "http_timeout",
-        secret: str | None = None,
-        timestamp: int | None = None,
-        signed: bool = True,
-        timeout_s: float | None = None,
+        self, payload: dict[str, Any], *, timeout_s: float | None = None, **forged: Unpack[Forgery]
     ) -> Delivery:
         """One signed POST; raises TimeoutError after `timeout_s`, aiohttp.ClientError."""
         gateway_url = self.gateway_url  # read once, before the first await (tests/multi's balancers)
@@ -315,18 +305,27 @@ class SlackSimulator(SimulatorServer, SlackEvents):
             raise RuntimeError("gateway_url is not set (the harness sets it)")
         url = gateway_url + EVENTS_PATH
         body = json.dumps(payload).encode()
-        ts = str(int(time.time()) if timestamp is None else timestamp)
-        headers = {"Content-Type": "application/json"}
-        if signed:
-            headers["X-Slack-Request-Timestamp"] = ts
-            headers["X-Slack-Signature"] = sign(secret or self.signing_secret, ts, body)
-        if retry_num is not None:
+        if forged.get("signed", True):
+            headers = self.signed_headers(body, timestamp=forged.get("timestamp"), secret=forged.get("secret"))
+        else:
+            headers = {"Content-Type": "application/json"}
+        if (retry_num := forged.get("retry_num")) is not None:
             headers["X-Slack-Retry-Num"] = str(retry_num)
-            headers["X-Slack-Retry-Reason"] = retry_reason
+            headers["X-Slack-Retry-Reason"] = forged.get("retry_reason", "http_timeout")
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             async with session.post(url, data=body, headers=headers) as resp:
                 return Delivery(resp.status, await resp.text(), dict(resp.headers))
+
+    def signed_headers(self, body: bytes, *, timestamp: int | None = None, secret: str | None = None) -> dict[str, str]:
+        """The headers Slack POSTs `body` with: signed now with the app's signing secret (or as
+        sent at `timestamp`, or with another `secret`)."""
+        ts = str(int(time.time()) if timestamp is None else timestamp)
+        return {
+            "Content-Type": "application/json",
+            "X-Slack-Request-Timestamp": ts,
+            "X-Slack-Signature": sign(secret or self.signing_secret, ts, body),
+        }
 
     def deliveries(self, event_id: str | None = None) -> list[dict[str, Any]]:
         """Every Events API attempt the retrying sender made (first tries and retries)."""

@@ -81,36 +81,28 @@ class SlackEvents:
         after = {k: v for k, v in before.items() if k not in ("event_ts", "channel_type", "subtype")}
         after.update(text=text, edited={"user": before.get("user"), "ts": self.next_ts()})
         after["type"] = "message"
-        ts = self.next_ts()
-        return self.envelope(
-            {
-                "type": "message",
-                "subtype": "message_changed",
-                "hidden": True,
-                "channel": before["channel"],
-                "channel_type": before.get("channel_type", "channel"),
-                "ts": ts,
-                "event_ts": ts,
-                "message": after,
-                "previous_message": dict(before),
-            }
-        )
+        return self._hidden("message_changed", before, before.get("channel_type", "channel"), message=after)
 
     def delete_event(self, original: dict[str, Any]) -> dict[str, Any]:
         """The `message_deleted` envelope Slack sends when the message of `original` is deleted
         (`original` may be an envelope or a message the bot posted)."""
         before = original.get("event", original)
+        return self._hidden("message_deleted", before, "channel", deleted_ts=before["ts"])
+
+    def _hidden(self, subtype: str, before: dict[str, Any], channel_type: str, **change: Any) -> dict[str, Any]:
+        """The envelope of a hidden `message` event: `subtype` and `change` say what became of the
+        message `before` (an edit or a deletion), stamped with a new ts."""
         ts = self.next_ts()
         return self.envelope(
             {
                 "type": "message",
-                "subtype": "message_deleted",
+                "subtype": subtype,
                 "hidden": True,
                 "channel": before["channel"],
-                "channel_type": "channel",
+                "channel_type": channel_type,
                 "ts": ts,
                 "event_ts": ts,
-                "deleted_ts": before["ts"],
+                **change,
                 "previous_message": dict(before),
             }
         )

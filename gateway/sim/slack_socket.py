@@ -28,7 +28,7 @@ import itertools
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -70,24 +70,21 @@ class Envelope:
 class SlackSocketSimulator(SlackSimulator):
     """The Slack simulator plus Socket Mode; the gateway config says `transport = "socket"`."""
 
-    name: ClassVar[str] = "slack"
+    app_token = "xapp-1-A0SIM-sim-token"  # the app-level token apps.connections.open accepts
+    max_connections = MAX_CONNECTIONS
 
     def __init__(
         self,
         host: str = "127.0.0.1",
         *,
-        app_token: str = "xapp-1-A0SIM-sim-token",
         ack_timeout_s: float = ACK_TIMEOUT_S,
         retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S,
-        max_connections: int = MAX_CONNECTIONS,
         disconnect_grace_s: float = DISCONNECT_GRACE_S,
         **kw: Any,
     ) -> None:
         super().__init__(host, **kw)
-        self.app_token = app_token
         self.ack_timeout_s = ack_timeout_s
         self.retry_delays_s = tuple(retry_delays_s)
-        self.max_connections = max_connections
         self.disconnect_grace_s = disconnect_grace_s
         self.link_enabled = True  # False after a link_disabled disconnect, until enable_link()
         self.connections: dict[int, web.WebSocketResponse] = {}

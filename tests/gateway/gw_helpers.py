@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
+from typing import Any
 
 from chatstate import state
 from chatstate.gateway.echo import NAMESPACE, sign
 from chatstate.gateway.sim.harness import GatewayHarness
+from chatstate.state import AsyncKeyedStore, StateStoreError
 
 SECRET = "echo-test-secret"
 EXT_PLUGINS_DIR = Path(__file__).parent / "extplugins"
@@ -36,3 +39,34 @@ def stored_counts(db: Path) -> dict[str, int]:
         return {e.key: e.value["count"] for e in store.entries()}
     finally:
         store.close()
+
+
+class FlakyStore:
+    """A real store whose calls fail, as an unreachable backend's do, while `down`."""
+
+    def __init__(self, store: AsyncKeyedStore) -> None:
+        self.store = store
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+        if not callable(method):
+            return method
+
+        def down() -> None:
+            if self.down and name != "close":
+                raise StateStoreError("UNAVAILABLE", name, "backend unreachable (test)")
+
+        if not inspect.iscoroutinefunction(method) and name.startswith("stage_"):
+
+            def stage(*args: Any, **kwargs: Any) -> Any:  # a staged write: refused while down
+                down()
+                return method(*args, **kwargs)
+
+            return stage
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            down()
+            return await method(*args, **kwargs)
+
+        return call

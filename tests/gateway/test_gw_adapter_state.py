@@ -11,29 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gw_helpers import FlakyStore
 
 from chatstate.gateway.adapter_state import AdapterState, StateSpec
-from chatstate.state import AsyncKeyedStore, StateStoreError, open_async_keyed_store
+from chatstate.state import StateStoreError, open_async_keyed_store
 
 SPEC = StateSpec("test.things", ttl_ms=60_000, max_entries=3)
-
-
-class FlakyStore:
-    """A real store whose calls can be made to fail as an unreachable backend fails."""
-
-    def __init__(self, store: AsyncKeyedStore) -> None:
-        self.store = store
-        self.down = False
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.store, name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            if self.down and name != "close":
-                raise StateStoreError("UNAVAILABLE", name, "backend unreachable (test)")
-            return await method(*args, **kwargs)
-
-        return call
 
 
 class Runtime:

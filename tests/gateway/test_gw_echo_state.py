@@ -7,7 +7,6 @@ concurrent copies, a SIGKILL mid-traffic and a store fault each count it once, i
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 from pathlib import Path
@@ -16,43 +15,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from gw_helpers import FlakyStore
 
 from chatstate.gateway.echo import NAMESPACE, EchoPlugin, EchoSettings, sign
 from chatstate.gateway.sim.harness import GatewayHarness
-from chatstate.state import AsyncKeyedStore, StateStoreError, op_counts, open_async_keyed_store
+from chatstate.state import op_counts, open_async_keyed_store
 
 SECRET = "echo-test-secret"
-
-
-class FlakyStore:
-    """A real store whose calls fail, as an unreachable backend's do, while `down`."""
-
-    def __init__(self, store: AsyncKeyedStore) -> None:
-        self.store = store
-        self.down = False
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.store, name)
-        if not callable(method):
-            return method
-
-        def down() -> None:
-            if self.down and name != "close":
-                raise StateStoreError("UNAVAILABLE", name, "backend unreachable (test)")
-
-        if not inspect.iscoroutinefunction(method) and name.startswith("stage_"):
-
-            def stage(*args: Any, **kwargs: Any) -> Any:  # a staged write: refused while down
-                down()
-                return method(*args, **kwargs)
-
-            return stage
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            down()
-            return await method(*args, **kwargs)
-
-        return call
 
 
 class Runtime:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,7 +148,12 @@ async def test_fuzz_healthz(world: World, query: str, headers: dict[str, str]) -
     assert resp.status == 200 and (await resp.json())["status"] == "ok"
 
 
-# -- slack ---------------------------------------------------------------------------------------
+# -- slack and discord: a signature over (timestamp, body), in two headers ------------------------
+def fresh(doc: dict[str, Any], **ids: str) -> dict[str, Any]:
+    """A copy of `doc` with new ids: a repeated id is answered once, then skipped."""
+    return {**copy.deepcopy(doc), **ids}
+
+
 def _slack_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
     """The Events API payloads Slack documents for what the adapter reads: a mention, channel
     and DM messages, a thread reply, an edit, a deletion, a bot's message, a thread broadcast,
@@ -174,16 +179,15 @@ def _slack_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
          "type": "app_rate_limited"},
     ]  # fmt: skip
 
-    def fresh(pair: tuple[dict[str, Any], int]) -> dict[str, Any]:
-        doc = copy.deepcopy(pair[0])
-        if "event_id" in doc:
-            doc["event_id"] = f"EvF{pair[1]:08d}"
-        return doc
+    def fresh_event(pair: tuple[dict[str, Any], int]) -> dict[str, Any]:
+        doc, n = pair
+        return fresh(doc, event_id=f"EvF{n:08d}") if "event_id" in doc else fresh(doc)
 
-    return st.tuples(st.sampled_from(bases), st.integers(0, 10**8)).map(fresh)
+    return st.tuples(st.sampled_from(bases), st.integers(0, 10**8)).map(fresh_event)
 
 
-retry_headers: st.SearchStrategy[dict[str, str]] = st.one_of(
+# a redelivery says so in two headers; junk there is not Slack's, and ignored
+slack_retry_headers: st.SearchStrategy[dict[str, str]] = st.one_of(
     st.just({}),
     st.fixed_dictionaries(
         {"X-Slack-Retry-Num": st.sampled_from(["1", "2", "3", "0", "x", ""]), "X-Slack-Retry-Reason": header_text}
@@ -191,31 +195,6 @@ retry_headers: st.SearchStrategy[dict[str, str]] = st.one_of(
 )
 
 
-@FUZZ
-@given(data=st.data())
-async def test_fuzz_slack_signed(world: World, data: st.DataObject) -> None:
-    body = data.draw(bodies(_slack_base(world)))
-    ts = str(int(time.time()))
-    headers = {
-        "X-Slack-Request-Timestamp": ts,
-        "X-Slack-Signature": slack_sign(world.slack.signing_secret, ts, body),
-        "Content-Type": "application/json",
-        **data.draw(retry_headers),  # a redelivery says so; junk there is not Slack's, and ignored
-    }
-    await world.check("POST", "/slack/events", body, headers)
-
-
-@FUZZ
-@given(data=st.data(), signature=header_text, timestamp=header_text)
-async def test_fuzz_slack_unsigned(world: World, data: st.DataObject, signature: str, timestamp: str) -> None:
-    body = data.draw(bodies(_slack_base(world)))
-    status = await world.check(
-        "POST", "/slack/events", body, {"X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": signature}
-    )
-    assert status in (401, 413)
-
-
-# -- discord -------------------------------------------------------------------------------------
 def _discord_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
     sim = world.discord
     command = sim.interaction("application_command", user_id=ALICE, data={"name": "unknown", "options": []})
@@ -235,35 +214,64 @@ def _discord_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
         autocomplete,
         discord_fixture("ping"),
     ]
-
-    def fresh(pair: tuple[dict[str, Any], str]) -> dict[str, Any]:
-        doc = copy.deepcopy(pair[0])
-        doc["id"] = pair[1]
-        return doc
-
-    return st.tuples(st.sampled_from(bases), snowflakes).map(fresh)
+    return st.tuples(st.sampled_from(bases), snowflakes).map(lambda pair: fresh(pair[0], id=pair[1]))
 
 
+@dataclass(frozen=True)
+class Timestamped:
+    """A route its platform signs over (timestamp, body): where, in which headers, and how."""
+
+    path: str
+    signature_header: str
+    timestamp_header: str
+    sign: Callable[[World, bytes, str], str]  # (world, body, timestamp) -> the signature
+    base: Callable[[World], st.SearchStrategy[dict[str, Any]]]  # deliveries the bodies start from
+    extra: st.SearchStrategy[dict[str, str]] = st.just({})  # other headers the platform may add
+
+
+TIMESTAMPED = {
+    "slack": Timestamped(
+        "/slack/events",
+        "X-Slack-Signature",
+        "X-Slack-Request-Timestamp",
+        lambda world, body, ts: slack_sign(world.slack.signing_secret, ts, body),
+        _slack_base,
+        slack_retry_headers,
+    ),
+    "discord": Timestamped(
+        "/discord/interactions",
+        "X-Signature-Ed25519",
+        "X-Signature-Timestamp",
+        lambda world, body, ts: world.discord.sign(body, ts),
+        _discord_base,
+    ),
+}
+
+
+@pytest.mark.parametrize("route", TIMESTAMPED.values(), ids=TIMESTAMPED.keys())
 @FUZZ
 @given(data=st.data())
-async def test_fuzz_discord_signed(world: World, data: st.DataObject) -> None:
-    body = data.draw(bodies(_discord_base(world)))
+async def test_fuzz_timestamped_signed(world: World, route: Timestamped, data: st.DataObject) -> None:
+    body = data.draw(bodies(route.base(world)))
     ts = str(int(time.time()))
     headers = {
-        "X-Signature-Ed25519": world.discord.sign(body, ts),
-        "X-Signature-Timestamp": ts,
+        route.signature_header: route.sign(world, body, ts),
+        route.timestamp_header: ts,
         "Content-Type": "application/json",
+        **data.draw(route.extra),
     }
-    await world.check("POST", "/discord/interactions", body, headers)
+    await world.check("POST", route.path, body, headers)
 
 
+@pytest.mark.parametrize("route", TIMESTAMPED.values(), ids=TIMESTAMPED.keys())
 @FUZZ
 @given(data=st.data(), signature=header_text, timestamp=header_text)
-async def test_fuzz_discord_unsigned(world: World, data: st.DataObject, signature: str, timestamp: str) -> None:
-    body = data.draw(bodies(_discord_base(world)))
-    status = await world.check(
-        "POST", "/discord/interactions", body, {"X-Signature-Ed25519": signature, "X-Signature-Timestamp": timestamp}
-    )
+async def test_fuzz_timestamped_unsigned(
+    world: World, route: Timestamped, data: st.DataObject, signature: str, timestamp: str
+) -> None:
+    body = data.draw(bodies(route.base(world)))
+    headers = {route.signature_header: signature, route.timestamp_header: timestamp}
+    status = await world.check("POST", route.path, body, headers)
     assert status in (401, 413)
 
 
@@ -289,13 +297,7 @@ def _teams_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
         named("event", "application/vnd.microsoft.meetingStart", None),
         teams.activity("conversation_update", type="installationUpdate", action="add"),
     ]
-
-    def fresh(pair: tuple[dict[str, Any], int]) -> dict[str, Any]:
-        doc = copy.deepcopy(pair[0])  # a new id each: a repeated one is answered once, then skipped
-        doc["id"] = f"1700{pair[1]:010d}"
-        return doc
-
-    return st.tuples(st.sampled_from(bases), st.integers(0, 10**9)).map(fresh)
+    return st.tuples(st.sampled_from(bases), st.integers(0, 10**9)).map(lambda p: fresh(p[0], id=f"1700{p[1]:010d}"))
 
 
 @FUZZ

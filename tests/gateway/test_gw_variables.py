@@ -10,6 +10,7 @@ from pathlib import Path
 from gw_helpers import EXT_PLUGINS_DIR, SECRET
 
 from chatstate.gateway.config import parse_config
+from chatstate.gateway.launch import config_path
 from chatstate.gateway.registry import variable_warnings
 from chatstate.gateway.sim.harness import run_gateway_cli
 
@@ -69,3 +70,23 @@ async def test_a_variable_for_an_external_plugin_without_a_table_says_what_to_ad
         "start", "--config", str(config), "--state-dir", str(tmp_path / "s"), "--check-only", env=env
     )
     assert result.returncode == 0, result.stderr
+
+
+async def test_an_empty_config_variable_is_unset_not_the_current_folder(tmp_path: Path) -> None:
+    env = _env(CHATSTATE_GATEWAY_CONFIG="", CHATSTATE_HOME=str(tmp_path / "home"))
+    started = await run_gateway_cli("start", "--state-dir", str(tmp_path / "s"), "--check-only", env=env, cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    inspected = await run_gateway_cli("state", "inspect", env=env, cwd=tmp_path)
+    assert "no state database at " + str(tmp_path / "home") in inspected.stderr
+    assert "directory" not in started.stderr + inspected.stderr
+
+
+def test_an_empty_path_variable_is_unset_not_the_current_folder(tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    assert parse_config({}, env={"CHATSTATE_STATE_DIR": "", "CHATSTATE_HOME": home}).state_dir == Path(home)
+    assert (
+        parse_config({}, env={"CHATSTATE_STATE_DIR": " ", "CHATSTATE_HOME": " "}).state_dir
+        == Path.home() / ".chatstate"
+    )
+    assert config_path({"CHATSTATE_GATEWAY_CONFIG": " "}) is None
+    assert config_path({"CHATSTATE_GATEWAY_CONFIG": "gw.toml"}) == "gw.toml"

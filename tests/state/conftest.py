@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from state_support import FakeClock, fresh_target, rows_in
 
-from chatstate.state import KeyedStore, StoreSettings, open_keyed_store
+from chatstate.state import KeyedStore, open_keyed_store
 
 BACKENDS = ["sqlite", "redis"]  # redis: $CHATSTATE_TEST_REDIS_URL, else tests/conftest.py starts one
 
@@ -60,35 +60,16 @@ StoreFactory = Callable[..., KeyedStore]
 
 @pytest.fixture
 def make_store(target: dict[str, Any], clock: FakeClock) -> Iterator[StoreFactory]:
-    """Factory: make_store(plugin_id, namespace, *, max_entries, default_ttl_ms=None,
-    overflow="evict-oldest", clock=<the test's FakeClock>, settings=None).
+    """Factory: make_store(plugin_id, namespace, *, clock=<the test's FakeClock>, **options):
+    `state.open_keyed_store` on the test's target (a path or a Redis URL), its other options
+    (max_entries, default_ttl_ms, overflow, settings, ...) as given.
 
     Every store it opens is closed at teardown, so the process-wide reopen table stays clean.
     """
     opened: list[KeyedStore] = []
 
-    def make(
-        plugin_id: str,
-        namespace: str,
-        *,
-        max_entries: int,
-        default_ttl_ms: int | None = None,
-        overflow: str = "evict-oldest",
-        clock: Callable[[], int] | None = clock,
-        settings: StoreSettings | None = None,
-        **more: Any,  # v2 options such as max_value_bytes
-    ) -> KeyedStore:
-        store = open_keyed_store(
-            plugin_id,
-            namespace,
-            max_entries=max_entries,
-            default_ttl_ms=default_ttl_ms,
-            overflow=overflow,
-            clock=clock,
-            settings=settings,
-            **more,
-            **target,
-        )
+    def make(plugin_id: str, namespace: str, *, clock: Callable[[], int] | None = clock, **options: Any) -> KeyedStore:
+        store = open_keyed_store(plugin_id, namespace, clock=clock, **options, **target)
         opened.append(store)
         return store
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,25 @@ import pytest
 
 HA_BACKENDS = ["sqlite", "redis", "valkey", "redis-cluster"]  # what the contract tests run on
 T0_MS = 1_700_000_000_000  # fake clocks start here: far from 0, exactly representable
+CHILD_TIMEOUT_S = 300  # a hung child fails the test instead of hanging the suite
+WORKERS = Path(__file__).with_name("state_workers.py")
+# The keyed store's operations that are methods, on the sync store and its async twin alike
+# (DESIGN.md section 2, then v2's); StateStoreError's operations are these and a few more.
+STORE_METHODS = {
+    "register",
+    "register_if_absent",
+    "lookup",
+    "consume",
+    "delete",
+    "clear",
+    "entries",
+    "close",
+    "compare_and_set",
+    "delete_if",
+    "update",
+    "lookup_many",
+    "count",
+}
 
 
 class FakeClock:
@@ -65,3 +88,26 @@ def raw_redis(url: str) -> Any:
         host, port = url.split("://", 1)[1].split(",")[0].rsplit(":", 1)
         return RedisCluster(host=host, port=int(port))
     return redis.Redis.from_url(url)
+
+
+def killed_writer(args: list[str], *, kill_after: int) -> list[str]:
+    """Run `state_workers.py *args` (a writer printing a line per acknowledged write), SIGKILL it
+    once it has printed `kill_after` lines, and return every line it printed: those still in the
+    pipe were acknowledged too."""
+    with subprocess.Popen(
+        [sys.executable, str(WORKERS), *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    ) as child:
+        assert child.stdout is not None
+        lines = []
+        for line in child.stdout:
+            lines.append(line)
+            if len(lines) >= kill_after:
+                break
+        child.send_signal(signal.SIGKILL)
+        lines.extend(child.stdout)
+        assert child.wait(timeout=CHILD_TIMEOUT_S) == -signal.SIGKILL
+    assert len(lines) >= kill_after, "the writer died before it was killed"
+    return lines

@@ -118,3 +118,16 @@ def test_a_redis_that_restarted_empty_is_swept_and_probed_again(own_redis):
         clock.advance(10)
         assert sweep_expired(url=url, now_ms=clock()) == 1
         assert probe(url=url)["ok"] is True
+
+
+def test_a_reply_lost_with_no_retry_left_is_unavailable_never_a_guess(proxy):
+    url = with_prefix(proxy.url, f"t{uuid.uuid4().hex[:10]}") + "&retries=0&socket_timeout_s=1"
+    with open_keyed_store("discord", "discord.components", max_entries=10, url=url) as store:
+        store.register_if_absent("warm-up", 0)  # the scripts loaded: the dropped EVALSHA really runs
+        store.consume("warm-up")
+        for call in (lambda: store.register_if_absent("a", 1), lambda: store.consume("a"), store.clear):
+            proxy.arm()
+            with pytest.raises(StateStoreError) as err:
+                call()
+            assert proxy.dropped.wait(5) and err.value.code == "UNAVAILABLE"  # set just after the cut
+            assert "TLS" not in str(err.value)  # a dropped link, not a set-up mistake

@@ -4,6 +4,7 @@ when it is set up wrong."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 from redis_ha import SERVICE, ClusterGroup, SentinelGroup, TlsFront, make_certs, wait_until
-from redis_support import RedisServer, free_port, with_prefix
+from redis_support import free_port, with_prefix
 
 from chatstate.state import KeyedStore, StateStoreError, commit_staged, open_keyed_store, probe, sweep_expired
 
@@ -124,13 +125,20 @@ def test_sentinel_mistakes_are_named(sentinels):
 
 
 # -- Cluster --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def two_plugins(url: str) -> Iterator[tuple[KeyedStore, KeyedStore, KeyedStore]]:
+    """Two namespaces of the slack plugin and one of discord's, on `url`."""
+    with (
+        open_keyed_store("slack", "slack.events", max_entries=10, url=url) as events,
+        open_keyed_store("slack", "slack.thread-participation", max_entries=10, url=url) as threads,
+        open_keyed_store("discord", "discord.components", max_entries=10, url=url) as buttons,
+    ):
+        yield events, threads, buttons
+
+
 def test_every_key_of_a_plugin_hashes_to_one_cluster_slot(cluster):
     url = cluster.url("prefix=slots")
-    with (
-        open_keyed_store("slack", "slack.events", max_entries=10, url=url) as a,
-        open_keyed_store("slack", "slack.thread-participation", max_entries=10, url=url) as b,
-        open_keyed_store("discord", "discord.components", max_entries=10, url=url) as c,
-    ):
+    with two_plugins(url) as (a, b, c):
         for store in (a, b, c):
             store.register("{not-a-tag}:k", 1, ttl_ms=60_000)  # a brace in a key changes nothing
             assert store.register_if_absent("claim", 1) is True
@@ -144,11 +152,7 @@ def test_every_key_of_a_plugin_hashes_to_one_cluster_slot(cluster):
 
 def test_a_staged_commit_runs_on_a_cluster_for_one_plugin_and_says_why_not_across_plugins(cluster):
     url = cluster.url("prefix=staged")
-    with (
-        open_keyed_store("slack", "slack.events", max_entries=10, url=url) as events,
-        open_keyed_store("slack", "slack.thread-participation", max_entries=10, url=url) as threads,
-        open_keyed_store("discord", "discord.components", max_entries=10, url=url) as buttons,
-    ):
+    with two_plugins(url) as (events, threads, buttons):
         commit_staged([events.stage_register("E1", {"done": True}), threads.stage_register("T1", {"agent": "a"})])
         assert (events.lookup("E1"), threads.lookup("T1")) == ({"done": True}, {"agent": "a"})
         with pytest.raises(StateStoreError) as err:
@@ -212,18 +216,10 @@ def documented_acl_line() -> str:
     return line
 
 
-@pytest.fixture
-def acl_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "acl")
-    server.start()
-    yield server
-    server.stop()
-
-
-def test_the_documented_acl_user_runs_every_operation(acl_redis):
-    with redis.Redis(port=acl_redis.port) as admin:
+def test_the_documented_acl_user_runs_every_operation(own_redis):
+    with redis.Redis(port=own_redis.port) as admin:
         admin.execute_command(*documented_acl_line().replace(">PASSWORD", ">s3cret").split())
-        url = f"redis://chatstate:s3cret@127.0.0.1:{acl_redis.port}/0"
+        url = f"redis://chatstate:s3cret@127.0.0.1:{own_redis.port}/0"
         with open_keyed_store("slack", "slack.events", max_entries=2, url=url) as store:
             store.register("a", 1, ttl_ms=1)
             assert store.register_if_absent("b", 2) is True and store.consume("b") == 2
@@ -241,11 +237,11 @@ def test_the_documented_acl_user_runs_every_operation(acl_redis):
         )  # redis-py's optional CLIENT SETINFO is the only refusal
 
 
-def test_a_missing_acl_permission_is_named(acl_redis):
-    with redis.Redis(port=acl_redis.port) as admin:
+def test_a_missing_acl_permission_is_named(own_redis):
+    with redis.Redis(port=own_redis.port) as admin:
         line = documented_acl_line().replace(">PASSWORD", ">s3cret")
         admin.execute_command(*line.replace(" +zadd", "").split())
-        url = f"redis://chatstate:s3cret@127.0.0.1:{acl_redis.port}/0"
+        url = f"redis://chatstate:s3cret@127.0.0.1:{own_redis.port}/0"
         with open_keyed_store("slack", "slack.events", max_entries=2, url=url) as store:
             with pytest.raises(StateStoreError) as err:
                 store.register("a", 1)
@@ -259,6 +255,18 @@ def test_a_missing_acl_permission_is_named(acl_redis):
             open_keyed_store("slack", "x", max_entries=2, url=url.replace("s3cret", "wrong"))
         assert err.value.code == "OPEN_FAILED" and "credentials" in str(err.value)
         assert "wrong" not in str(err.value) and "chatstate:***@" in str(err.value)
+
+
+def test_a_prefix_outside_the_users_key_pattern_is_named_with_the_fix(own_redis):
+    with redis.Redis(port=own_redis.port) as admin:
+        admin.execute_command(*documented_acl_line().replace(">PASSWORD", ">s3cret").split())
+    url = f"redis://chatstate:s3cret@127.0.0.1:{own_redis.port}/0?prefix=other&{FAST}"
+    with pytest.raises(StateStoreError) as err:
+        open_keyed_store("slack", "slack.events", max_entries=2, url=url)
+    assert err.value.code == "OPEN_FAILED"
+    message = str(err.value).split("[")[0]
+    assert "NOPERM" in message and "~other:*" in message, message
+    assert "grant the user the commands" not in message  # the commands are all there: the keys are not
 
 
 def test_the_documented_acl_user_works_on_a_cluster_with_the_documented_extras(cluster):
@@ -317,6 +325,25 @@ def test_a_certificate_failure_is_named_not_called_unreachable(tls_front, certs)
     with pytest.raises(StateStoreError) as err:
         open_keyed_store("p", "ns", max_entries=5, url=unreachable)
     assert err.value.code == "UNAVAILABLE" and "TLS" not in str(err.value).split("[")[0]
+
+
+def test_tls_set_up_wrong_is_named_not_called_unreachable(tls_front, certs, redis_url):
+    plain_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    ca, prefix = certs["ca_crt"], f"prefix=t{uuid.uuid4().hex[:8]}&{FAST}"
+
+    def refusal(url: str) -> tuple[str, str]:
+        with pytest.raises(StateStoreError) as err:
+            open_keyed_store("p", "ns", max_entries=5, url=url)
+        return str(err.value.code), str(err.value).split("[")[0]
+
+    code, message = refusal(f"rediss://127.0.0.1:{plain_port}/0?ssl_ca_certs={ca}&{prefix}")  # a plain port
+    assert "TLS" in message and "redis://" in message, message
+    code, message = refusal(f"rediss://127.0.0.1:{tls_front.port}/0?ssl_ca_certs={ca}.missing&{prefix}")
+    assert code == "OPEN_FAILED" and "TLS" in message and "ssl_ca_certs" in message, message
+    code, message = refusal(f"rediss://127.0.0.1:{tls_front.port}/0?ssl_ca_certs={ca}&{prefix}")  # no client cert
+    assert "TLS" in message and "ssl_certfile" in message, message
+    code, message = refusal(f"redis://127.0.0.1:{tls_front.port}/0?{prefix}")  # plain text to a TLS port
+    assert "rediss://" in message, message
 
 
 def test_an_unknown_scheme_names_the_forms_that_work(redis_url):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -15,7 +16,7 @@ from redis_support import with_prefix
 from state_support import T0_MS, FakeClock
 
 from chatstate.state import Database, StateStoreError, StoreSettings, open_keyed_store, probe, sweep_expired
-from chatstate.state._redis import RedisOptions
+from chatstate.state._redis import RedisOptions, database_of
 
 
 @pytest.fixture
@@ -189,3 +190,71 @@ def test_large_expiry_and_clock_values_survive_the_lua_boundary(url):
         (entry,) = store.entries()
         assert (entry.created_at, entry.expires_at) == (T0_MS + 123, T0_MS + 123 + 2**53 - 1)
         assert store.lookup_entry("k") == entry
+
+
+def test_one_redis_database_spelled_several_ways_is_one_database_for_the_reopen_check(redis_url, prefix):
+    parts = urlsplit(redis_url)
+    db = parts.path.strip("/") or "0"
+    a = open_keyed_store("p", "ns", max_entries=5, url=f"redis://{parts.netloc}/{db}?prefix={prefix}")
+    try:
+        others = [  # scheme case, db as an option, options reordered or at their defaults
+            f"REDIS://{parts.netloc}/?prefix={prefix}&db={db}",
+            f"redis://{parts.netloc}/{db}?retries=3&prefix={prefix}",
+            f"redis://{parts.netloc}/{db}?prefix={prefix}&socket_timeout_s=5.0&expiry_grace_ms=60000",
+        ]
+        for url in others:
+            with pytest.raises(StateStoreError) as err:
+                open_keyed_store("p", "ns", max_entries=9, url=url)
+            assert err.value.code == "INVALID_INPUT", url
+            b = open_keyed_store("p", "ns", max_entries=5, url=url)
+            try:
+                b.register("k", 1)
+                assert a.lookup("k") == 1
+            finally:
+                b.close()
+        elsewhere = open_keyed_store("p", "ns", max_entries=9, url=f"redis://{parts.netloc}/{db}?prefix={prefix}x")
+        elsewhere.close()  # another prefix is another keyspace: its own reopen check
+    finally:
+        a.close()
+
+
+def test_one_redis_database_opened_with_other_options_is_invalid_input(url):
+    a = open_keyed_store("p", "ns", max_entries=5, url=url)
+    try:
+        with pytest.raises(StateStoreError) as err:
+            open_keyed_store("p", "other", max_entries=5, url=f"{url}&retries=7")
+        assert (err.value.code, err.value.path) == ("INVALID_INPUT", a.location)
+        assert "different settings" in str(err.value)
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("redis://h/0", "redis://H:6379"),
+        ("rediss://u:pw@h:6379/0?ssl_ca_certs=a&db=0", "rediss://u:pw@h/?db=0&ssl_ca_certs=a"),
+        ("redis+sentinel://a:1,b:2/m?db=0", "redis+sentinel://B:2,a:1,a:1/m/0"),
+        ("redis+cluster://a:1,b:2?prefix=p", "redis+cluster://b:2,a:1/?prefix=p&retries=3"),
+        ("unix:///tmp/r.sock", "unix:///tmp/r.sock?db=0"),
+    ],
+)
+def test_the_spellings_of_one_redis_database_name_it_once(one, other):
+    assert database_of(one) == database_of(other)
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("redis://h/0", "redis://h/1"),
+        ("redis://h/0", "redis://h:6380/0"),
+        ("redis://h/0", "rediss://h/0"),
+        ("redis://h/0", "redis://h/0?prefix=q"),
+        ("redis+sentinel://a:1/m", "redis+sentinel://a:1/n"),
+        ("redis+cluster://a:1,b:2", "redis+cluster://a:1,c:2"),
+        ("redis://u:pw@h/0", "redis://u:other@h/0"),  # another user's connection: that user's rights
+    ],
+)
+def test_different_redis_databases_are_named_apart(one, other):
+    assert database_of(one)[0] != database_of(other)[0]
+    assert "pw" not in database_of(one)[0]

@@ -9,7 +9,7 @@ import threading
 import traceback
 
 import pytest
-from state_support import T0_MS
+from state_support import STORE_METHODS, T0_MS
 
 from chatstate.state import (
     AsyncKeyedStore,
@@ -41,21 +41,7 @@ STAGING = {
 def test_async_twin_has_the_same_methods_and_signatures():
     sync, aio = public_methods(KeyedStore), public_methods(AsyncKeyedStore)
     assert set(sync) == set(aio)
-    assert {
-        "register",
-        "register_if_absent",
-        "lookup",
-        "consume",
-        "delete",
-        "clear",
-        "entries",
-        "close",
-        "compare_and_set",
-        "delete_if",
-        "update",
-        "lookup_many",
-        "count",
-    } <= set(sync)
+    assert STORE_METHODS <= set(sync)
     for name in sync:
         got, want = inspect.signature(aio[name]), inspect.signature(sync[name])
         if name in CAPTURING:

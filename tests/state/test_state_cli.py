@@ -189,3 +189,13 @@ def test_inspect_values_of_unreadable_json_is_a_clear_error(populated, db_path, 
     err = capsys.readouterr().err
     assert "CORRUPT" in err and "T1:Ev1" in err and str(db_path) in err and SECRET not in err
     assert cli_main(["inspect", "--state-dir", str(populated), "--namespace", "slack.events"]) == 0
+
+
+def test_inspect_of_a_damaged_database_says_how_to_move_it_aside_and_check_it(state_home, db_path, capsys):
+    db_path.parent.mkdir(parents=True, mode=0o700)
+    db_path.write_bytes(b"this is not a SQLite database\n" * 200)
+    assert cli_main(["inspect", "--state-dir", str(state_home)]) == 1
+    err = capsys.readouterr().err
+    assert "not a SQLite database" in err
+    assert f"mv {db_path} {db_path}.bad" in err and f"sqlite3 {db_path}.bad 'PRAGMA integrity_check'" in err
+    assert db_path.read_bytes() == b"this is not a SQLite database\n" * 200

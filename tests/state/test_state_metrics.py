@@ -18,24 +18,22 @@ def test_every_call_is_counted_by_outcome_and_timed(make_store, target):
     ok = dict(op="register", backend=backend, outcome="ok")
     full = dict(op="register", backend=backend, outcome="LIMIT_EXCEEDED")
     timed = dict(op="register", backend=backend)
-    before = (
-        sample("chatstate_store_operations_total", **ok),
-        sample("chatstate_store_operations_total", **full),
-        sample("chatstate_store_operation_seconds_count", **timed),
-        sample("chatstate_store_operation_seconds_sum", **timed),
-        op_counts().get("register", 0),
-    )
+
+    def readings() -> tuple[float, ...]:
+        return (
+            sample("chatstate_store_operations_total", **ok),
+            sample("chatstate_store_operations_total", **full),
+            sample("chatstate_store_operation_seconds_count", **timed),
+            sample("chatstate_store_operation_seconds_sum", **timed),
+            op_counts().get("register", 0),
+        )
+
+    before = readings()
     store.register("a", 1)
     store.register("a", 2)
     with pytest.raises(StateStoreError):
         store.register("b", 3)
-    after = (
-        sample("chatstate_store_operations_total", **ok),
-        sample("chatstate_store_operations_total", **full),
-        sample("chatstate_store_operation_seconds_count", **timed),
-        sample("chatstate_store_operation_seconds_sum", **timed),
-        op_counts().get("register", 0),
-    )
+    after = readings()
     assert after[0] - before[0] == 2
     assert after[1] - before[1] == 1
     assert after[2] - before[2] == 2  # the histogram times successful calls

@@ -4,10 +4,12 @@ prefix likewise. A newer schema is refused naming both versions."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,14 +187,25 @@ def write_v1_layout(client: Any, prefix: str) -> None:
     client.set(f"{prefix}:schema", 1)
 
 
-def test_a_v1_redis_prefix_is_migrated_in_place(redis_url):
+@contextlib.contextmanager
+def emptied_prefix(redis_url: str, prefix: str) -> Iterator[tuple[str, Any]]:
+    """(a store URL under `prefix`, a client of the same server); nothing under `prefix` before
+    or after."""
     import redis
 
-    url = f"{redis_url}{'&' if '?' in redis_url else '?'}prefix=v1mig"
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        for k in client.scan_iter(match="v1mig:*"):
+        for k in client.scan_iter(match=f"{prefix}:*"):
             client.delete(k)
+        yield f"{redis_url}{'&' if '?' in redis_url else '?'}prefix={prefix}", client
+    finally:
+        for k in client.scan_iter(match=f"{prefix}:*"):
+            client.delete(k)
+        client.close()
+
+
+def test_a_v1_redis_prefix_is_migrated_in_place(redis_url):
+    with emptied_prefix(redis_url, "v1mig") as (url, client):
         write_v1_layout(client, "v1mig")
         versions = check_every_row({"url": url})
         assert len(versions) == len(set(versions)) == 11 and all(v > 0 for v in versions)
@@ -203,20 +216,10 @@ def test_a_v1_redis_prefix_is_migrated_in_place(redis_url):
             open_keyed_store("echo", "echo.kv", max_entries=100, url=url)
         assert err.value.code == "SCHEMA_UNSUPPORTED"
         assert "schema version 4" in str(err.value) and "up to 3" in str(err.value)
-    finally:
-        for k in client.scan_iter(match="v1mig:*"):
-            client.delete(k)
-        client.close()
 
 
 def test_a_v2_redis_prefix_moves_under_plugin_hash_tags_keeping_versions(redis_url):
-    import redis
-
-    url = f"{redis_url}{'&' if '?' in redis_url else '?'}prefix=v2mig"
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        for k in client.scan_iter(match="v2mig:*"):
-            client.delete(k)
+    with emptied_prefix(redis_url, "v2mig") as (url, client):
         write_v1_layout(client, "v2mig")
         for row in [k for k in client.scan_iter(match="v2mig:p:*:r:*")]:
             client.hset(row, "n", 1000 + len(row))  # the v2 layout: the same keys, rows versioned
@@ -228,7 +231,3 @@ def test_a_v2_redis_prefix_moves_under_plugin_hash_tags_keeping_versions(redis_u
         assert len(after) == len(before) and all("{" in k for k in after)
         assert sorted(after.values()) == sorted(before.values())  # versions survive the move
         check_every_row({"url": url})
-    finally:
-        for k in client.scan_iter(match="v2mig:*"):
-            client.delete(k)
-        client.close()

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import state_workers
+from state_support import CHILD_TIMEOUT_S, killed_writer
 
 from chatstate.state import database_path, open_keyed_store
 
-CHILD_TIMEOUT_S = 300  # a hung child fails the test instead of hanging the suite
 FIRST_OPEN_ROUNDS = 5  # the race is narrow: a few rounds of 8 make it show up reliably
 
 
@@ -48,23 +44,7 @@ def test_sigkill_mid_write_loses_no_acknowledged_write(state_home: Path, db_path
     rng = random.Random(20)
     acked: list[tuple[str, ...]] = []
     for round_no in range(CRASH_ROUNDS):
-        with subprocess.Popen(
-            [sys.executable, state_workers.__file__, "crash", str(state_home), str(round_no)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        ) as child:
-            assert child.stdout is not None
-            kill_after = rng.randrange(5, 150)
-            lines = []
-            for line in child.stdout:
-                lines.append(line)
-                if len(lines) >= kill_after:
-                    break
-            child.send_signal(signal.SIGKILL)
-            lines.extend(child.stdout)  # acknowledgements already in the pipe count too
-            assert child.wait(timeout=CHILD_TIMEOUT_S) == -signal.SIGKILL
-        assert len(lines) >= kill_after, "the writer died before it was killed"
+        lines = killed_writer(["crash", str(state_home), str(round_no)], kill_after=rng.randrange(5, 150))
         acked.extend(tuple(line.split()) for line in lines)
 
     conn = sqlite3.connect(db_path)

@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 
 import pytest
 import state_workers
+from state_support import killed_writer
 
 from chatstate.state import (
     AsyncKeyedStore,
@@ -24,8 +21,6 @@ from chatstate.state import (
     open_async_keyed_store,
     open_keyed_store,
 )
-
-CHILD_TIMEOUT_S = 300
 
 
 def test_one_commit_writes_and_deletes_across_namespaces(make_store, clock):
@@ -303,23 +298,7 @@ def test_sigkill_mid_commit_leaves_each_batch_whole_or_absent(target):
     rng = random.Random(25)
     acked: list[int] = []
     for round_no in range(STAGED_ROUNDS):
-        with subprocess.Popen(
-            [sys.executable, state_workers.__file__, "staged", json.dumps(target), str(round_no)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        ) as child:
-            assert child.stdout is not None
-            kill_after = rng.randrange(3, 40)
-            lines = []
-            for line in child.stdout:
-                lines.append(line)
-                if len(lines) >= kill_after:
-                    break
-            child.send_signal(signal.SIGKILL)
-            lines.extend(child.stdout)
-            assert child.wait(timeout=CHILD_TIMEOUT_S) == -signal.SIGKILL
-        assert len(lines) >= kill_after, "the writer died before it was killed"
+        lines = killed_writer(["staged", json.dumps(target), str(round_no)], kill_after=rng.randrange(3, 40))
         acked.extend(round_no * 1_000_000 + int(line) for line in lines)
     left = open_keyed_store("staged", "left", max_entries=1_000_000, **target)
     right = open_keyed_store("staged", "right", max_entries=1_000_000, **target)

@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 import discord
-from discord_helpers import FileRuntime, close_registry, open_registry
+from discord_helpers import close_registry, open_registry
+from runtime_support import FileRuntime
 
 from chatstate.adapters.discord import handlers, platform
 from chatstate.adapters.discord.handlers import EXPIRED, NOT_FOR_YOU, DiscordBot
@@ -24,7 +25,7 @@ def click(custom_id: str, kind: discord.ComponentType, user_id: str = "1") -> pl
 
 async def test_wrong_kind_unknown_id_and_old_versions_read_as_expired(tmp_path: Path) -> None:
     registry = Registry(legacy=False)
-    await open_registry(registry, FileRuntime(tmp_path / "state.sqlite"))
+    await open_registry(registry, FileRuntime("discord", tmp_path / "state.sqlite"))
     bot = DiscordBot(registry, platform.DiscordRest(api_base="http://127.0.0.1:9", bot_token="unused"), log=LOG)
     try:
         panel = handlers.build_panel(allowed_user_ids=["1"])

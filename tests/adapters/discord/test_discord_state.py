@@ -7,7 +7,8 @@ from pathlib import Path
 
 import discord
 import pytest
-from discord_helpers import FileRuntime, close_registry, open_registry
+from discord_helpers import close_registry, open_registry
+from runtime_support import FileRuntime
 
 from chatstate.adapters.discord import handlers
 from chatstate.adapters.discord.state import COMPONENTS, MODALS, Registry, unwrap, wrap
@@ -53,14 +54,14 @@ async def test_entries_survive_reopening_only_in_store_mode(tmp_path: Path, lega
     db = tmp_path / "state.sqlite"
     panel = handlers.build_panel(allowed_user_ids=[])
     first = Registry(legacy=legacy, ttl_ms=60_000)
-    await open_registry(first, FileRuntime(db, legacy=legacy))
+    await open_registry(first, FileRuntime("discord", db, legacy=legacy))
     await first.register(panel.components, panel.modals)
     approve = next(cid for cid, e in panel.components.items() if e["action"] == "approve")
     assert (await first.peek_component(approve)) == panel.components[approve]
     await close_registry(first)
 
     second = Registry(legacy=legacy, ttl_ms=60_000)  # a new process, same file
-    await open_registry(second, FileRuntime(db, legacy=legacy))
+    await open_registry(second, FileRuntime("discord", db, legacy=legacy))
     try:
         if legacy:
             assert await second.peek_component(approve) is None
@@ -77,7 +78,7 @@ async def test_entries_survive_reopening_only_in_store_mode(tmp_path: Path, lega
 async def test_forget_removes_every_entry_of_an_unsent_message(tmp_path: Path) -> None:
     panel = handlers.build_panel(allowed_user_ids=[])
     registries = Registry(legacy=False)
-    await open_registry(registries, FileRuntime(tmp_path / "state.sqlite"))
+    await open_registry(registries, FileRuntime("discord", tmp_path / "state.sqlite"))
     try:
         await registries.register(panel.components, panel.modals)
         await registries.forget(panel.custom_ids)

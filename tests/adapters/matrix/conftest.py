@@ -1,5 +1,6 @@
-"""Fixtures for the Matrix adapter tests: the homeserver simulator, a private Synapse per test
-session (the real-homeserver tier), and a real gateway subprocess."""
+"""Fixtures for the Matrix adapter tests: the homeserver simulator (`gw` runs a real gateway on
+it), a private Synapse per test session (the real-homeserver tier), and the plugin's runtime
+over one SQLite file."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from runtime_support import FileRuntime
 from synapse_driver import SynapseRoomDriver
 from synapse_install import synapse_python
 from synapse_server import SynapseServer
 
-from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.matrix import MatrixHomeserver
 
 
@@ -21,10 +22,10 @@ def sim() -> MatrixHomeserver:
 
 
 @pytest.fixture
-async def gw(sim: MatrixHomeserver, tmp_path: Path) -> AsyncIterator[GatewayHarness]:
-    """A gateway running the Matrix adapter in store mode against `sim`."""
-    async with GatewayHarness([sim], modes="store", state_dir=tmp_path / "state") as h:
-        yield h
+async def runtime(tmp_path: Path) -> AsyncIterator[FileRuntime]:
+    rt = FileRuntime("matrix", tmp_path / "state.sqlite")
+    yield rt
+    await rt.close()
 
 
 @pytest.fixture(scope="session")

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from runtime_support import Row, rows_on_disk
 from synapse_driver import SynapseRoomDriver
 
 from chatstate.adapters.matrix import platform
@@ -30,28 +28,9 @@ HANDLED = "matrix.handled-events"  # the gate's claims
 SETTLE_TIMEOUT_S = 15.0
 
 
-@dataclass(frozen=True)
-class Row:
-    key: str
-    value: Any
-    created_at: int
-    expires_at: int | None
-
-
 def rows(db: Path, plugin_id: str, namespace: str) -> dict[str, Row]:
     """Live rows of (plugin_id, namespace) in the gateway's database."""
-    if not db.exists():
-        return {}
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        found = con.execute(
-            "SELECT key, value, created_at, expires_at FROM entries"
-            " WHERE plugin_id = ? AND namespace = ? AND (expires_at IS NULL OR expires_at > ?)",
-            (plugin_id, namespace, now_ms()),
-        ).fetchall()
-    finally:
-        con.close()
-    return {k: Row(k, json.loads(v), c, e) for k, v, c, e in found}
+    return rows_on_disk(db, plugin_id, namespace, live_at_ms=now_ms())
 
 
 def prompts(sim: Homeserver) -> list[dict[str, Any]]:

@@ -8,13 +8,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from nio import Event
-from test_matrix_units import FileRuntime
+from runtime_support import FileRuntime
 
 from chatstate.adapters.matrix.config import MatrixSettings
 from chatstate.adapters.matrix.handlers import ApprovalFlow
@@ -63,13 +61,6 @@ class RecordingFlow(ApprovalFlow):
 
     _request = _reaction = _record
     _request_answered = _reaction_answered = _check
-
-
-@pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[FileRuntime]:
-    rt = FileRuntime(tmp_path / "state.sqlite")
-    yield rt
-    await rt.close()
 
 
 async def flow(

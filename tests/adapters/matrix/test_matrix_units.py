@@ -1,17 +1,13 @@
 """The Matrix adapter's pieces without a gateway: parsing, config, and its state over a real
-SQLite file (through a small runtime that opens stores the way the gateway's does)."""
+SQLite file (through conftest's `runtime`, which opens stores the way the gateway's does)."""
 
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import pytest
+from runtime_support import FileRuntime
 
-from chatstate import state
 from chatstate.adapters.matrix import platform
 from chatstate.adapters.matrix.config import MatrixSettings
 from chatstate.adapters.matrix.state import SYNC, ReactionTarget, json_key
@@ -19,49 +15,6 @@ from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.sdk import AdapterState, Approval, ApprovalService, Writes, now_ms
 
 CLOCK_READ_TOLERANCE_MS = 1_000
-
-
-class FileRuntime:
-    """A PluginRuntime for the "matrix" plugin over one SQLite file."""
-
-    plugin_id = "matrix"
-    config: dict[str, Any] = {}
-    log = logging.LoggerAdapter(logging.getLogger("test.matrix"))
-
-    def __init__(self, db: Path, *, legacy: bool = False) -> None:
-        self.db = db
-        self.legacy = legacy
-        self.opened: list[state.AsyncKeyedStore] = []
-
-    async def open_keyed_store(
-        self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None, overflow: str = "evict-oldest"
-    ) -> state.AsyncKeyedStore:
-        return await self._open(self.plugin_id, namespace, max_entries, default_ttl_ms)
-
-    async def open_core_store(
-        self, core_id: str, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None
-    ) -> state.AsyncKeyedStore:
-        return await self._open(core_id, namespace, max_entries, default_ttl_ms, core=True)
-
-    async def _open(
-        self, plugin_id: str, namespace: str, max_entries: int, ttl: int | None, *, core: bool = False
-    ) -> state.AsyncKeyedStore:
-        store = await state.open_async_keyed_store(
-            plugin_id, namespace, max_entries=max_entries, default_ttl_ms=ttl, path=self.db, core=core
-        )
-        self.opened.append(store)
-        return store
-
-    async def close(self) -> None:
-        for store in self.opened:
-            await store.close()
-
-
-@pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[FileRuntime]:
-    rt = FileRuntime(tmp_path / "state.sqlite")
-    yield rt
-    await rt.close()
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -171,7 +124,7 @@ def test_target_rows_round_trip_and_refuse_another_version() -> None:
 
 async def test_the_token_survives_a_new_instance_but_not_in_legacy(runtime: FileRuntime) -> None:
     for legacy in (False, True):
-        rt = FileRuntime(runtime.db, legacy=legacy)
+        rt = FileRuntime("matrix", runtime.db, legacy=legacy)
         tokens = AdapterState(SYNC, legacy=legacy)
         await tokens.open(rt)
         await tokens.record(f"@bot{legacy}:s", {"version": 1, "next_batch": "s42"})

@@ -1,13 +1,9 @@
-"""Fixtures for the Slack adapter tests: the simulator and a real gateway subprocess."""
+"""Fixtures for the Slack adapter tests: the simulator (`gw` runs a real gateway on it)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
-from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.slack import SlackSimulator
 
 
@@ -17,7 +13,6 @@ def slack() -> SlackSimulator:
 
 
 @pytest.fixture
-async def gw(slack: SlackSimulator, tmp_path: Path) -> AsyncIterator[GatewayHarness]:
-    """A gateway running the Slack adapter in store mode against `slack`."""
-    async with GatewayHarness([slack], modes="store", state_dir=tmp_path / "state") as h:
-        yield h
+def sim(slack: SlackSimulator) -> SlackSimulator:
+    """The simulator the shared `gw` fixture (tests/adapters/conftest.py) plays against."""
+    return slack

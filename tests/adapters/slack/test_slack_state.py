@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from slack_helpers import FakeRuntime
+from runtime_support import FileRuntime
 
 from chatstate.adapters.slack.config import SlackSettings
 from chatstate.adapters.slack.state import ThreadParticipation, ThreadRef, thread_spec
@@ -32,14 +32,14 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def runtimes(tmp_path: Path, clock: Clock) -> AsyncIterator[list[FakeRuntime]]:
-    made: list[FakeRuntime] = []
+async def runtimes(tmp_path: Path, clock: Clock) -> AsyncIterator[list[FileRuntime]]:
+    made: list[FileRuntime] = []
     yield made
     for rt in made:
         await rt.close()
 
 
-async def participation(rt: FakeRuntime, clock: Clock) -> ThreadParticipation:
+async def participation(rt: FileRuntime, clock: Clock) -> ThreadParticipation:
     st = AdapterState(thread_spec(SETTINGS), legacy=rt.legacy, clock=clock)
     await st.open(rt)
     return ThreadParticipation(st, clock=clock)
@@ -51,14 +51,14 @@ async def record(threads: ThreadParticipation, thread: ThreadRef) -> None:
     await writes.commit()
 
 
-def new_runtime(runtimes: list[FakeRuntime], tmp_path: Path, clock: Clock, *, legacy: bool = False) -> FakeRuntime:
-    rt = FakeRuntime(tmp_path / "state.sqlite", legacy=legacy, clock=clock)
+def new_runtime(runtimes: list[FileRuntime], tmp_path: Path, clock: Clock, *, legacy: bool = False) -> FileRuntime:
+    rt = FileRuntime("slack", tmp_path / "state.sqlite", legacy=legacy, clock=clock)
     runtimes.append(rt)
     return rt
 
 
 async def test_participation_survives_restart_and_keeps_its_window(
-    runtimes: list[FakeRuntime], tmp_path: Path, clock: Clock
+    runtimes: list[FileRuntime], tmp_path: Path, clock: Clock
 ) -> None:
     before = await participation(new_runtime(runtimes, tmp_path, clock), clock)
     await record(before, THREAD)
@@ -73,7 +73,7 @@ async def test_participation_survives_restart_and_keeps_its_window(
     assert await after.replied_in(THREAD) is None
 
 
-async def test_legacy_twin_forgets_on_restart(runtimes: list[FakeRuntime], tmp_path: Path, clock: Clock) -> None:
+async def test_legacy_twin_forgets_on_restart(runtimes: list[FileRuntime], tmp_path: Path, clock: Clock) -> None:
     before = await participation(new_runtime(runtimes, tmp_path, clock, legacy=True), clock)
     await record(before, THREAD)
     assert await before.replied_in(THREAD) is not None

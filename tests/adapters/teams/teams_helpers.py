@@ -1,16 +1,16 @@
-"""Helpers for the Teams adapter tests: the plugin served in-process (aiohttp TestServer) with a
-small runtime over a real SQLite file, and a reader for the stored rows. The restart tests in
-test_teams_gateway.py use the real gateway subprocess instead."""
+"""Helpers for the Teams adapter tests: the plugin served in-process (aiohttp TestServer) on
+tests/runtime_support.py's runtime over a real SQLite file, and a reader for the stored rows.
+The restart tests in test_teams_gateway.py use the real gateway subprocess instead."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from runtime_support import FileRuntime
 
 from chatstate import state
 from chatstate.adapters.teams.config import TeamsSettings
@@ -20,39 +20,9 @@ from chatstate.gateway.adapter_state import StateSpec
 from chatstate.gateway.sim.teams import TeamsSimulator
 
 
-class LocalRuntime:
-    """`gateway.plugin.PluginRuntime` without the gateway: stores on one SQLite file."""
-
-    plugin_id = "teams"
-
-    def __init__(self, db: Path, config: Mapping[str, Any], *, legacy: bool) -> None:
-        self.db = db
-        self.settings = TeamsSettings.from_table({"app_id": "test-app", **config})
-        self.config = self.settings.model_dump()
-        self.legacy = legacy
-        self.log = logging.LoggerAdapter(logging.getLogger("test.teams"), {})
-        self.stores: list[state.AsyncKeyedStore] = []
-
-    async def open_keyed_store(
-        self, namespace: str, *, max_entries: int, default_ttl_ms: int | None = None, overflow: str = "evict-oldest"
-    ) -> state.AsyncKeyedStore:
-        store = await state.open_async_keyed_store(
-            self.plugin_id,
-            namespace,
-            max_entries=max_entries,
-            default_ttl_ms=default_ttl_ms,
-            overflow=overflow,
-            path=self.db,
-        )
-        self.stores.append(store)
-        return store
-
-    async def open_core_store(self, *args: Any, **kwargs: Any) -> state.AsyncKeyedStore:
-        raise AssertionError("the teams adapter opens no core store")
-
-    async def close(self) -> None:
-        for store in self.stores:
-            await store.close()
+def local_runtime(db: Path, config: Mapping[str, Any], *, legacy: bool) -> FileRuntime:
+    """The Teams plugin's runtime over `db`, with `config` over a test app id."""
+    return FileRuntime("teams", db, settings=TeamsSettings.from_table({"app_id": "test-app", **config}), legacy=legacy)
 
 
 class LocalGateway:
@@ -60,7 +30,7 @@ class LocalGateway:
 
     def __init__(self, sim: TeamsSimulator, db: Path, *, legacy: bool = False, **config: Any) -> None:
         self.sim = sim
-        self.runtime = LocalRuntime(db, {**sim.gateway_config(), **config}, legacy=legacy)
+        self.runtime = local_runtime(db, {**sim.gateway_config(), **config}, legacy=legacy)
         self.plugin = TeamsPlugin()
         self.server: TestServer | None = None
 

@@ -73,7 +73,7 @@ async def test_proactive_send_new_post_and_update_go_through_the_one_recording_f
     bot code recording anything itself."""
     async with LocalGateway(sim, db) as gw:
         reference = TurnContext.get_conversation_reference(Activity().deserialize(sim.activity("message_mention")))
-        adapter = gw.plugin.running.adapter
+        adapter = gw.plugin.running.bot.adapter
 
         async def post(ctx: TurnContext) -> None:
             await ctx.send_activity("build 42 is green")

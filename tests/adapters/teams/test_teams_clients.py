@@ -17,7 +17,7 @@ async def test_turns_share_one_connector_client_and_one_user_token_client(sim: T
         for n in range(3):
             assert await sim.deliver(sim.activity("message_mention", text=f"<at>chatstate</at> hello {n}")) == 200
         assert [a["text"] for a in sim.sent()] == [f"[mention] you said: hello {n}" for n in range(3)]
-        auth = gw.plugin.running.adapter.bot_framework_authentication
+        auth = gw.plugin.running.bot.adapter.bot_framework_authentication
         assert isinstance(auth, ReusedClients)
         [(app_id, service_url, _)] = list(auth.connector_clients)
         assert (app_id, service_url) == (sim.app_id, sim.base_url)

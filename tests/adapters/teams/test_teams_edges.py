@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from teams_helpers import sent_rows
 
 from chatstate.gateway.sim.harness import GatewayHarness
@@ -27,6 +28,22 @@ def thread_reply(sim: TeamsSimulator, root_id: str, **fields: Any) -> dict[str, 
 
 def row_ids(gw: GatewayHarness) -> list[str]:
     return sorted(k.rsplit(":", 1)[1] for k in sent_rows(gw.database_path))
+
+
+async def redelivered_while_held(sim: TeamsSimulator, activity: dict[str, Any]) -> asyncio.Task[int]:
+    """Deliver `activity` with the bot's sends held until the channel's redelivered copy is on its
+    way to the bot, then let the sends go; returns the first delivery, still running."""
+    held: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    sim.hold_sends = held
+    delivery = asyncio.create_task(sim.deliver(activity))
+    await asyncio.wait_for(sim.send_arrived.wait(), 20)
+    while not sim.hits["redelivered"]:
+        await asyncio.sleep(0.05)  # the channel's own 0.5 s deadline, not a synchronisation
+    while sim.open_deliveries < 2:  # the redelivered copy is on its way to the bot
+        await asyncio.sleep(0.01)
+    held.set_result(True)
+    sim.hold_sends = None
+    return delivery
 
 
 async def test_a_429_is_retried_after_retry_after_and_the_final_id_recorded_once(tmp_path: Path) -> None:
@@ -56,40 +73,30 @@ async def test_send_retries_are_bounded(tmp_path: Path) -> None:
         assert row_ids(gw) == []
 
 
-async def test_an_activity_delivered_twice_gets_one_reply(tmp_path: Path) -> None:
-    sim = TeamsSimulator(edges=TeamsEdges(duplicate_every=1))
+@pytest.mark.parametrize(
+    ("edges", "behaviour"),
+    [(TeamsEdges(duplicate_every=1), "duplicate"), (TeamsEdges(edits=True), "edit")],
+    ids=["delivered twice", "edited"],
+)
+async def test_an_activity_delivered_twice_or_edited_gets_one_reply(
+    tmp_path: Path, edges: TeamsEdges, behaviour: str
+) -> None:
+    sim = TeamsSimulator(edges=edges)
     async with harness(sim, tmp_path):
         assert await sim.deliver(sim.activity("message_mention")) == 200
         await sim.settle()
-        assert sim.hits["duplicate"] == 1
+        assert sim.hits[behaviour] == 1
         assert len(sim.sent()) == 1
 
 
 async def test_a_slow_turn_redelivered_by_the_channel_gets_one_reply(tmp_path: Path) -> None:
     sim = TeamsSimulator(edges=TeamsEdges(redeliver_after_s=0.5))
     async with harness(sim, tmp_path) as gw:
-        sim.hold_sends = asyncio.get_running_loop().create_future()
-        delivery = asyncio.create_task(sim.deliver(sim.activity("message_mention")))
-        await asyncio.wait_for(sim.send_arrived.wait(), 20)
-        while not sim.hits["redelivered"]:
-            await asyncio.sleep(0.05)  # the channel's own 0.5 s deadline, not a synchronisation
-        while sim.open_deliveries < 2:  # the redelivered copy is on its way to the bot
-            await asyncio.sleep(0.01)
-        sim.hold_sends.set_result(True)
-        sim.hold_sends = None
+        delivery = await redelivered_while_held(sim, sim.activity("message_mention"))
         assert await delivery == 200
         await sim.settle()
         assert len(sim.sent()) == 1
         assert len(row_ids(gw)) == 1
-
-
-async def test_an_edit_is_not_answered(tmp_path: Path) -> None:
-    sim = TeamsSimulator(edges=TeamsEdges(edits=True))
-    async with harness(sim, tmp_path):
-        assert await sim.deliver(sim.activity("message_mention")) == 200
-        await sim.settle()
-        assert sim.hits["edit"] == 1
-        assert len(sim.sent()) == 1
 
 
 async def test_a_deleted_bot_message_is_forgotten_and_replies_to_it_need_a_mention(tmp_path: Path) -> None:
@@ -114,16 +121,8 @@ async def test_a_redelivered_copy_of_a_failed_turn_is_not_acknowledged(tmp_path:
     # channel's redelivered copy waits for it: that copy must not say 200 either
     sim = TeamsSimulator(edges=TeamsEdges(redeliver_after_s=0.5, rate_limit_every=1, retry_after_s=0))
     async with harness(sim, tmp_path):
-        sim.hold_sends = asyncio.get_running_loop().create_future()
         activity = sim.activity("message_mention")
-        delivery = asyncio.create_task(sim.deliver(activity))
-        await asyncio.wait_for(sim.send_arrived.wait(), 20)
-        while not sim.hits["redelivered"]:
-            await asyncio.sleep(0.05)  # the channel's own 0.5 s deadline, not a synchronisation
-        while sim.open_deliveries < 2:  # the redelivered copy is on its way to the bot
-            await asyncio.sleep(0.01)
-        sim.hold_sends.set_result(True)
-        await delivery
+        await (await redelivered_while_held(sim, activity))
         await sim.settle()
         outcomes = [r.payload["outcome"] for r in sim.recorded("delivery") if r.payload["id"] == activity["id"]]
         assert len(outcomes) == 2 and "200" not in outcomes, outcomes

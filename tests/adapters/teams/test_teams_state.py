@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from teams_helpers import LocalRuntime, sent_rows
+from teams_helpers import local_runtime, sent_rows
 
 import chatstate.adapters.teams.state
 from chatstate.adapters.teams.config import TeamsSettings
@@ -63,7 +63,7 @@ def test_thread_replies_and_channel_posts_share_the_channel_key() -> None:
 
 async def test_the_real_cap_evicts_the_oldest_send(tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite"
-    runtime = LocalRuntime(db, {}, legacy=False)
+    runtime = local_runtime(db, {}, legacy=False)
     cache = AdapterState(spec_from_config(runtime.settings), legacy=False)
     await cache.open(runtime)
     sent = SentMessages(cache)
@@ -85,7 +85,7 @@ async def test_the_real_cap_evicts_the_oldest_send(tmp_path: Path) -> None:
 
 
 async def test_legacy_twin_has_the_same_cap_in_memory_and_touches_no_file(tmp_path: Path) -> None:
-    runtime = LocalRuntime(tmp_path / "state.sqlite", {"sent_max_entries": 2}, legacy=True)
+    runtime = local_runtime(tmp_path / "state.sqlite", {"sent_max_entries": 2}, legacy=True)
     cache = AdapterState(spec_from_config(runtime.settings), legacy=True)
     await cache.open(runtime)
     sent = SentMessages(cache)

@@ -100,6 +100,8 @@ class DiscordBot:
             return await self.click(it, writes)
         if it.type is Kind.modal_submit:
             return await self.submit(it)
+        if it.type is Kind.autocomplete:
+            return platform.no_choices()
         return platform.message("This interaction is not supported.", ephemeral=True)
 
     async def command(self, it: platform.Interaction, writes: Writes) -> dict[str, Any]:

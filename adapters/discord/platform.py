@@ -168,6 +168,12 @@ def pong() -> dict[str, Any]:
     return {"type": Kind.pong.value}
 
 
+def no_choices() -> dict[str, Any]:
+    """APPLICATION_COMMAND_AUTOCOMPLETE_RESULT with no choices: the only answer Discord takes
+    for an autocomplete interaction (the bot's options offer none)."""
+    return {"type": Kind.autocomplete_result.value, "data": {"choices": []}}
+
+
 def message(content: str, *, ephemeral: bool = False) -> dict[str, Any]:
     """CHANNEL_MESSAGE_WITH_SOURCE; `ephemeral` shows it only to the user who clicked."""
     flags = discord.MessageFlags(ephemeral=True) if ephemeral else discord.utils.MISSING

@@ -2,11 +2,13 @@
 done; docs/migrations/matrix.md walks through it):
 - a request (`!approve <action>`, `!approve-once <action>`): within the requester's quota, post
   the prompt and seed one reaction per allowed decision, staging the approval, the reaction
-  target and the quota count; over it, answer "too many pending approvals";
-- an approver's decision reaction: re-fetch it (a redacted one has no effect), post the outcome,
+  target and the quota count; over it, answer "too many pending approvals"; an action longer
+  than `platform.MAX_ACTION_CHARS`, answer that it is too long;
+- an approver's decision reaction (to something of an event id's shape): re-fetch it (a redacted one has no effect), post the outcome,
   stage the end of the target and the approval and give the count back; a prompt no longer
   answerable gets "this approval has expired", a resolved one silence;
-- any other text, when the user set a reply hook: the hook's answer (`sdk.reply`);
+- any other text, when the user set a reply hook: the hook's answer (`sdk.reply`); an edit
+  (`m.replace`) is never acted on, as on the other platforms: its message was, or was not;
 - the takeover check: what did the bot already say about the event (all it says references its
   cause)? A prompt found is finished, an outcome found resolves; found anything: no new answer.
 A failing event is retried `event_max_attempts` times (honouring the homeserver's
@@ -80,11 +82,18 @@ class ApprovalFlow:
         """The gate's job for an event with effects (a request, an approver's decision), else None."""
         if event is None or getattr(event, "sender", self.io.user_id) == self.io.user_id:
             return None
+        if isinstance(event, RoomMessageText) and platform.is_edit(event.source):
+            return None
         if isinstance(event, RoomMessageText) and platform.parse_command(event.body) is not None:
             work, check = self._request, self._request_answered
         elif isinstance(event, RoomMessageText) and reply.hooked("matrix"):
             work, check = self._reply, self._said_anything
-        elif isinstance(event, ReactionEvent) and event.sender in self.settings.approvers and decision_for(event.key):
+        elif (
+            isinstance(event, ReactionEvent)
+            and event.sender in self.settings.approvers
+            and decision_for(event.key)
+            and platform.is_event_id(event.reacts_to)
+        ):
             work, check = self._reaction, self._reaction_answered
         else:
             return None
@@ -176,6 +185,11 @@ class ApprovalFlow:
         if approval.expires_at <= self.clock():
             self.log.info("matrix_request_expired", extra={"approval": approval.id, "room": room_id})
             return "expired"
+        if len(approval.action) > platform.MAX_ACTION_CHARS:
+            content = platform.too_long_content(len(approval.action), event.event_id)
+            await self.io.say(room_id, content, kind="refused", cause=event.event_id)
+            self.log.info("matrix_request_refused", extra={"requester": event.sender, "room": room_id})
+            return "refused"
         if await self.quota.admit(self.key(event.sender), writes) is not None:
             content = platform.refused_content(event.sender, self.settings.max_pending_per_requester, event.event_id)
             await self.io.say(room_id, content, kind="refused", cause=event.event_id)

@@ -13,9 +13,11 @@ ask the homeserver whether it already answered (`said_about`). Refusals raise `M
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from aiohttp import ClientResponse
 from nio import (
     AsyncClient,
     AsyncClientConfig,
@@ -45,9 +47,12 @@ COMMANDS: Mapping[str, tuple[Decision, ...]] = {
     "!approve": DECISIONS,  # allow once, allow always, deny
     "!approve-once": ("allow-once", "deny"),  # no "always" for this action
 }
+EVENT_ID = re.compile(r"\$[!-~]{1,254}")  # the spec's event id: "$", opaque printable ASCII, 255 bytes at most
+MAX_ACTION_CHARS = 2_000  # a longer `!approve` action is refused: its prompt and row must stay far below 64 KiB
 MAX_429_RETRIES = 2  # nio sleeps retry_after_ms and retries a 429 this often, then we see it
 REFERENCE = RelationshipType.reference.value  # what the bot says points at the event it answers
 ANNOTATION = RelationshipType.annotation.value  # a reaction
+REPLACE = RelationshipType.replacement.value  # an edit of an earlier message
 R = TypeVar("R")
 
 
@@ -81,6 +86,19 @@ def parse_command(body: str) -> tuple[str, tuple[Decision, ...]] | None:
     word, _, rest = body.strip().partition(" ")
     decisions, action = COMMANDS.get(word), " ".join(rest.split())
     return (action, decisions) if decisions is not None and action else None
+
+
+def is_event_id(value: object) -> bool:
+    """True for a string of an event id's shape: a reaction naming anything else names no event,
+    and is ignored before any lookup (a lookup the homeserver refuses would be retried)."""
+    return isinstance(value, str) and EVENT_ID.fullmatch(value) is not None
+
+
+def is_edit(event: Mapping[str, Any]) -> bool:
+    """True for an edit (`m.replace`): its message was answered, or not, when it was sent."""
+    content = event.get("content")
+    relates = content.get("m.relates_to") if isinstance(content, dict) else None
+    return isinstance(relates, dict) and relates.get("rel_type") == REPLACE
 
 
 def decision_for(key: str) -> Decision | None:
@@ -119,6 +137,10 @@ def refused_content(requester: str, cap: int, cause: str) -> dict[str, Any]:
     return notice(f"{REFUSED_TEXT} for {requester} ({cap} open); wait until one is answered or expires", cause)
 
 
+def too_long_content(length: int, cause: str) -> dict[str, Any]:
+    return notice(f"this action is too long ({length} characters; at most {MAX_ACTION_CHARS})", cause)
+
+
 def is_redacted(event: Mapping[str, Any]) -> bool:
     """True for an event the homeserver has redacted (content stripped, `redacted_because`)."""
     return bool(event.get("unsigned", {}).get("redacted_because")) or not event.get("content")
@@ -136,6 +158,45 @@ def prompt_expiry(event: Mapping[str, Any], bot_user: str) -> int | None:
     return expires_at if isinstance(expires_at, int) else None
 
 
+# The fields the spec's ClientEvent requires. nio raises on some events without them (KeyError on
+# a message with no `content`), and that fails the whole /sync it came in, again on each retry.
+_CLIENT_EVENT: tuple[tuple[str, type], ...] = (
+    ("event_id", str), ("type", str), ("sender", str), ("origin_server_ts", int), ("content", dict),
+)  # fmt: skip
+
+
+def well_formed(event: object) -> bool:
+    """True for an event with every field the spec's ClientEvent requires, of its type."""
+    return isinstance(event, dict) and all(isinstance(event.get(k), t) for k, t in _CLIENT_EVENT)
+
+
+def _event_lists(body: dict[str, Any]) -> list[list[Any]]:
+    """The event lists of a /sync body (joined and left rooms' timelines and state) or of a
+    /messages or /relations page (`chunk`)."""
+    found = [body["chunk"]] if isinstance(body.get("chunk"), list) else []
+    rooms = body.get("rooms")
+    for section in (rooms.get("join"), rooms.get("leave")) if isinstance(rooms, dict) else ():
+        for room in section.values() if isinstance(section, dict) else ():
+            for part in (room.get(p) for p in ("timeline", "state")) if isinstance(room, dict) else ():
+                if isinstance(part, dict) and isinstance(part.get("events"), list):
+                    found.append(part["events"])
+    return found
+
+
+class _Client(AsyncClient):
+    """nio's client, dropping events without a required field before nio parses them."""
+
+    malformed = 0  # events dropped so far (shown in /healthz as `events_malformed`)
+
+    async def parse_body(self, transport_response: ClientResponse) -> dict[Any, Any]:
+        body = await super().parse_body(transport_response)
+        for events in _event_lists(body) if isinstance(body, dict) else ():
+            kept = [e for e in events if well_formed(e)]
+            self.malformed += len(events) - len(kept)
+            events[:] = kept
+        return body
+
+
 class MatrixIO:
     """The bot's nio client: connect, send and fetch; raises MatrixError on refusals."""
 
@@ -147,7 +208,7 @@ class MatrixIO:
             max_timeouts=3,  # nio retries a timed-out call this often, then raises
             max_limit_exceeded=MAX_429_RETRIES,
         )
-        self.client = AsyncClient(homeserver, config=config)
+        self.client = _Client(homeserver, config=config)
         self.client.access_token = access_token
         self.user_id = self.device_id = self.filter_id = ""
         self.rooms: list[str] = []

@@ -66,8 +66,13 @@ class Running:
         await self.api.close()
 
     def health(self) -> dict[str, Any]:
-        transport = {} if self.socket is None else {"transport": self.socket.health()}
-        return {"in_flight": self.gate.in_flight, **transport}
+        """The gate's in-flight count and, in Socket Mode, the link: degraded while it is down
+        (reconnecting, or `apps.connections.open` refusing), as no event can arrive then."""
+        if self.socket is None:
+            return {"in_flight": self.gate.in_flight}
+        transport = self.socket.health()
+        down = {} if transport["connected"] else {"status": "degraded"}
+        return {"in_flight": self.gate.in_flight, "transport": transport, **down}
 
 
 class SlackPlugin(StatefulPlugin[Running]):

@@ -5,9 +5,13 @@ In a channel or group chat the bot answers only when @mentioned, or when the mes
 chat, everything. Every answer starts with `[<classification>]`, so people and tests see why the
 bot spoke. An edit (`messageUpdate`) is never answered: its message was, or was not, when sent.
 A deleted bot message (`messageDelete`) is forgotten: a reply to it needs a mention again.
+An `invoke` the bot does not implement (a card action, a task module, a message extension) is
+acknowledged 200 with a null body, like every other activity it does not act on: botbuilder's 501
+would be a server error on the channel's side for a well-formed request.
 
-One answer per `message` and `messageReaction`: `sdk.InboundGate` keyed like `state.sent_key`;
-the work is the botbuilder turn, its sends staging into the gate's `Writes` (platform.py). The
+One answer per `message`, `messageReaction` and `conversationUpdate` (the greeting):
+`sdk.InboundGate` keyed like `state.sent_key`; the work is the botbuilder turn, its sends staging
+into the gate's `Writes` (platform.py). The
 check after a takeover cannot ask Teams (the Bot Connector has no call that reads back what the
 bot sent), so a turn killed between the connector accepting its reply and the done commit is
 answered again (docs/migrations/teams.md measures that window).
@@ -16,18 +20,21 @@ answered again (docs/migrations/teams.md measures that window).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Literal
 
 from aiohttp import web
-from botbuilder.core import ActivityHandler, TurnContext
-from botbuilder.schema import Activity, ChannelAccount, MessageReaction
+from botbuilder.core import ActivityHandler, InvokeResponse, TurnContext
+from botbuilder.schema import Activity, AdaptiveCardInvokeResponse, ChannelAccount, MessageReaction
 from botframework.connector.auth import AuthenticateRequestResult
 
 from chatstate.adapters.teams.platform import WRITES, Log, TeamsCloudAdapter, staged
 from chatstate.adapters.teams.state import SentMessages, sent_key
 from chatstate.gateway.sdk import InboundGate, Job, Writes, reply
 
-ANSWERED_TYPES = ("message", "messageReaction")  # the activity types the bot may answer: gated
+# the activity types the bot may answer (a greeting answers a conversationUpdate): gated, so a
+# redelivered copy is answered once
+ANSWERED_TYPES = ("message", "messageReaction", "conversationUpdate")
 Classification = Literal["mention", "reply_to_bot", "personal", "ignored"]  # why it is (not) for the bot
 
 
@@ -102,6 +109,23 @@ class TeamsBot(ActivityHandler):
             default=f"[{kind}] you said: {text}",
             send=turn_context.send_activity,
         )
+
+    async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse | None:
+        """botbuilder's answer (sign-in invokes; 400 for a malformed card action, its error in the
+        documented JSON form), or 200 with a null body where it says "not implemented"."""
+        response = await super().on_invoke_activity(turn_context)
+        if response is not None and response.status == HTTPStatus.NOT_IMPLEMENTED:
+            self.log.info("classified", extra={"classification": "ignored", "activity_type": "invoke"})
+            return InvokeResponse(status=HTTPStatus.OK)
+        error = response.body if response is not None else None
+        if isinstance(error, AdaptiveCardInvokeResponse) and isinstance(error.value, Exception):
+            # botbuilder puts an Exception(code, message) in the body, which is no JSON
+            code, message = [*map(str, error.value.args), "", ""][:2]
+            value = {"code": code, "message": message}
+            return InvokeResponse(
+                status=response.status, body={"statusCode": error.status_code, "type": error.type, "value": value}
+            )
+        return response
 
     async def on_message_update_activity(self, turn_context: TurnContext) -> None:
         self.log.info("classified", extra={"classification": "ignored", "activity_type": "messageUpdate"})

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from botbuilder.core import Bot, CloudAdapterBase, InvokeResponse, TurnContext
-from botbuilder.schema import Activity, ResourceResponse
+from botbuilder.schema import Activity, ActivityTypes, ResourceResponse
 from botframework.connector import ConnectorClient
 from botframework.connector.auth import (
     AuthenticateRequestResult,
@@ -85,7 +85,7 @@ class TeamsCloudAdapter(CloudAdapterBase):
 
     async def send_activities(self, context: TurnContext, activities: list[Activity]) -> list[ResourceResponse]:
         """Send each activity (429 and 502/503/504 retried, bounded) and stage the id of the
-        send that finally succeeded, unless the requester is over their quota (then the message
+        send that finally succeeded (an invoke's response is the HTTP answer: neither), unless the requester is over their quota (then the message
         carries a visible note instead and nothing is recorded). Raises HttpOperationError when
         retries run out (the gate discards what was staged)."""
         sender = getattr(getattr(context.activity, "from_property", None), "id", None)
@@ -93,6 +93,9 @@ class TeamsCloudAdapter(CloudAdapterBase):
         responses = []
         async with staged(context.turn_state.get(WRITES)) as writes:
             for activity in activities:
+                if activity.type == ActivityTypes.invoke_response:  # the HTTP answer: no message, no count
+                    responses.extend(await super().send_activities(context, [activity]))
+                    continue
                 admitted = requester is None or await self._quota.admit(requester, writes) is None
                 if not admitted:
                     self._log.info("sent_quota_refused", extra={"per_user": self._quota.per_user})

@@ -175,6 +175,18 @@ class MatrixHomeserver(SimulatorServer):
         event = {"type": "m.room.member", "state_key": self.bot_user, "content": {"membership": "invite"}}
         return await self._append(room_id, inviter, event)
 
+    async def append_raw(self, room_id: str, sender: str, event: dict[str, Any]) -> str:
+        """Append `event` as given, malformed or not (hostile-input tests): only its `event_id`,
+        `room_id` and `sender` are the server's; returns the event id."""
+        fields: dict[str, Any] = {k: event[k] for k in ("origin_server_ts", "unsigned") if k in event}
+        event_id = await self._append(room_id, sender, event, notify=False)
+        stored = self._by_id[event_id]
+        for k in ("origin_server_ts", "unsigned"):
+            stored.pop(k)
+        stored.update(fields)
+        await self._notify()
+        return event_id
+
     def throttle(self, *retry_after_ms: int) -> None:
         """Refuse the bot's next sends with 429 M_LIMIT_EXCEEDED, one per value given."""
         self._throttle.extend(retry_after_ms)

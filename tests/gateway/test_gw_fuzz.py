@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,11 @@ from gw_helpers import SECRET
 from hostile_helpers import inprocess_gateway, table_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from json_strategies import json_values, mutated, nulled
 
 from chatstate.gateway.echo import sign as echo_sign
 from chatstate.gateway.sim.discord import ALICE, DiscordSimulator
+from chatstate.gateway.sim.discord import fixture as discord_fixture
 from chatstate.gateway.sim.slack import SlackSimulator
 from chatstate.gateway.sim.slack import sign as slack_sign
 from chatstate.gateway.sim.teams import TeamsSimulator
@@ -57,11 +59,6 @@ SPECIAL_BODIES = [
     b'{"key": "' + b"k" * 600 + b'"}',
 ]
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
-    max_leaves=12,
-)
 header_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
 
 
@@ -104,56 +101,6 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 
 # -- body strategies ------------------------------------------------------------------------------
-def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    yield prefix
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
-    for k, v in items:
-        yield from _paths(v, (*prefix, k))
-
-
-def _field(draw: st.DrawFn, doc: Any, *, objects_only: bool = False) -> tuple[Any, Any] | None:
-    """A field of `doc` drawn at random (with `objects_only`, no list item), as (its parent, its
-    key or index); None when `doc` has no such field."""
-    paths = [p for p in list(_paths(doc))[1:] if not (objects_only and isinstance(p[-1], int))]
-    if not paths:
-        return None
-    path = draw(st.sampled_from(paths))
-    parent: Any = doc
-    for step in path[:-1]:
-        parent = parent[step]
-    return parent, path[-1]
-
-
-@st.composite
-def mutated(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
-    """`base` with one to three fields replaced by arbitrary JSON or deleted."""
-    doc = copy.deepcopy(base)
-    for _ in range(draw(st.integers(1, 3))):
-        if (field := _field(draw, doc)) is None:
-            break
-        parent, key = field
-        if isinstance(parent, dict) and draw(st.booleans()):
-            del parent[key]
-        else:
-            parent[key] = draw(json_values)
-    return doc
-
-
-@st.composite
-def nulled(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
-    """`base` with one to three fields null or left out, as a platform sends optional fields."""
-    doc = copy.deepcopy(base)
-    for _ in range(draw(st.integers(1, 3))):
-        if (field := _field(draw, doc, objects_only=True)) is None:
-            break
-        parent, key = field
-        if draw(st.booleans()):
-            del parent[key]
-        else:
-            parent[key] = None
-    return doc
-
-
 def bodies(base: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[bytes]:
     return st.one_of(
         base.map(lambda d: json.dumps(d).encode()),
@@ -208,17 +155,64 @@ def fresh(doc: dict[str, Any], **ids: str) -> dict[str, Any]:
 
 
 def _slack_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
-    event = world.slack.mention_event("hello")
-    return st.integers(0, 10**8).map(lambda n: fresh(event, event_id=f"EvF{n:08d}"))
+    """The Events API payloads Slack documents for what the adapter reads: a mention, channel
+    and DM messages, a thread reply, an edit, a deletion, a bot's message, a thread broadcast,
+    `url_verification` and `app_rate_limited`."""
+    slack = world.slack
+    mention = slack.mention_event("hello")
+    reply = slack.message_event("and?", thread_ts=mention["event"]["ts"], parent_user_id=slack.bot_user_id)
+    bot = slack.message_event("beep")
+    bot["event"].update(subtype="bot_message", bot_id="B0OTHER", username="other")
+    broadcast = slack.message_event("also here", thread_ts=mention["event"]["ts"])
+    broadcast["event"]["subtype"] = "thread_broadcast"
+    bases = [
+        mention,
+        reply,
+        bot,
+        broadcast,
+        slack.message_event("in a channel"),
+        slack.message_event("direct", channel="D0ALICE", channel_type="im"),
+        slack.edit_event(mention, "hello (edited)"),
+        slack.delete_event(mention),
+        {"token": "t", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P", "type": "url_verification"},
+        {"token": "t", "team_id": slack.team_id, "minute_rate_limited": 1518467820, "api_app_id": "A0SIM",
+         "type": "app_rate_limited"},
+    ]  # fmt: skip
+
+    def fresh_event(pair: tuple[dict[str, Any], int]) -> dict[str, Any]:
+        doc, n = pair
+        return fresh(doc, event_id=f"EvF{n:08d}") if "event_id" in doc else fresh(doc)
+
+    return st.tuples(st.sampled_from(bases), st.integers(0, 10**8)).map(fresh_event)
+
+
+# a redelivery says so in two headers; junk there is not Slack's, and ignored
+slack_retry_headers: st.SearchStrategy[dict[str, str]] = st.one_of(
+    st.just({}),
+    st.fixed_dictionaries(
+        {"X-Slack-Retry-Num": st.sampled_from(["1", "2", "3", "0", "x", ""]), "X-Slack-Retry-Reason": header_text}
+    ),
+)
 
 
 def _discord_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
     sim = world.discord
+    command = sim.interaction("application_command", user_id=ALICE, data={"name": "unknown", "options": []})
+    in_dm = copy.deepcopy(command)  # a DM: `user`, no `member` nor `guild_id`
+    in_dm["user"] = in_dm.pop("member")["user"]
+    in_dm.pop("guild_id", None)
+    autocomplete = copy.deepcopy(command)
+    autocomplete.update(
+        type=4, data={"name": "panel", "options": [{"name": "restrict_to", "type": 6, "focused": True}]}
+    )
     bases = [
         sim.click_payload(world.panel, "Refresh", user_id=ALICE),
         sim.click_payload(world.panel, "Pick a colour", user_id=ALICE, values=["red"]),
         sim.interaction("modal_submit", user_id=ALICE),
-        sim.interaction("application_command", user_id=ALICE, data={"name": "unknown", "options": []}),
+        command,
+        in_dm,
+        autocomplete,
+        discord_fixture("ping"),
     ]
     return st.tuples(st.sampled_from(bases), snowflakes).map(lambda pair: fresh(pair[0], id=pair[1]))
 
@@ -232,6 +226,7 @@ class Timestamped:
     timestamp_header: str
     sign: Callable[[World, bytes, str], str]  # (world, body, timestamp) -> the signature
     base: Callable[[World], st.SearchStrategy[dict[str, Any]]]  # deliveries the bodies start from
+    extra: st.SearchStrategy[dict[str, str]] = st.just({})  # other headers the platform may add
 
 
 TIMESTAMPED = {
@@ -241,6 +236,7 @@ TIMESTAMPED = {
         "X-Slack-Request-Timestamp",
         lambda world, body, ts: slack_sign(world.slack.signing_secret, ts, body),
         _slack_base,
+        slack_retry_headers,
     ),
     "discord": Timestamped(
         "/discord/interactions",
@@ -262,6 +258,7 @@ async def test_fuzz_timestamped_signed(world: World, route: Timestamped, data: s
         route.signature_header: route.sign(world, body, ts),
         route.timestamp_header: ts,
         "Content-Type": "application/json",
+        **data.draw(route.extra),
     }
     await world.check("POST", route.path, body, headers)
 
@@ -281,11 +278,24 @@ async def test_fuzz_timestamped_unsigned(
 # -- teams ---------------------------------------------------------------------------------------
 def _teams_base(world: World) -> st.SearchStrategy[dict[str, Any]]:
     teams = world.teams
+
+    def named(kind: str, name: str, value: Any) -> dict[str, Any]:
+        """An `invoke` or `event` activity: the fixture's addressing, its own name and value."""
+        activity = teams.activity("message_mention", type=kind, value=value)
+        activity["name"] = name
+        return activity
+
     bases = [
         teams.activity("message_mention"),
         teams.activity("message_reply", reply_to_id="1"),
         teams.activity("message_reaction"),
         teams.activity("conversation_update"),
+        named("invoke", "adaptiveCard/action", {"action": {}}),
+        named("invoke", "task/fetch", {"data": None}),
+        teams.edit_activity(teams.activity("message_mention"), "edited"),
+        teams.delete_activity("1", conversation_id="19:general@thread.tacv2"),
+        named("event", "application/vnd.microsoft.meetingStart", None),
+        teams.activity("conversation_update", type="installationUpdate", action="add"),
     ]
     return st.tuples(st.sampled_from(bases), st.integers(0, 10**9)).map(lambda p: fresh(p[0], id=f"1700{p[1]:010d}"))
 

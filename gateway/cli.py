@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import select
 import signal
@@ -25,6 +26,7 @@ from chatstate.gateway.config import GatewayConfig, default_state_dir, load_conf
 from chatstate.gateway.exits import BAD_CONFIG, FAILED, INTERRUPTED, OK, GatewayExit
 from chatstate.gateway.launch import CONFIG_ENV, WARNING, Launch, Started, launch_env, spawn_detached, validate
 from chatstate.gateway.pidfile import LAST_LAUNCH_NAME, check_state_dir, last_launch, running_info
+from chatstate.state.cli import path_text
 
 DEFAULT_STOP_TIMEOUT_S = 30.0
 DEFAULT_READY_TIMEOUT_S = 60.0
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start.add_argument(
         "--ready-timeout",
-        type=float,
+        type=_seconds,
         default=DEFAULT_READY_TIMEOUT_S,
         metavar="S",
         help=f"with --detach: give up after S seconds (default {DEFAULT_READY_TIMEOUT_S:g})",
@@ -76,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=STATUS_TIMEOUT_S,
         metavar="S",
         help=f"seconds to wait for /healthz before 'not responding' (default {STATUS_TIMEOUT_S:g})",
@@ -92,12 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         "validated completely first; if that fails nothing is stopped (exit 2).",
     )
     restart.add_argument("--config", metavar="FILE", help="start this TOML config instead of the running gateway's")
-    restart.add_argument("--state-dir", metavar="D", help="state dir of the gateway to restart")
+    restart.add_argument("--state-dir", type=path_text, metavar="D", help="state dir of the gateway to restart")
     _listen(restart)
     _timeout(restart)
     restart.add_argument(
         "--ready-timeout",
-        type=float,
+        type=_seconds,
         default=DEFAULT_READY_TIMEOUT_S,
         metavar="S",
         help=f"give up on the new gateway (and kill it) if it is not ready after S seconds "
@@ -114,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seconds(text: str) -> float:
+    """A wait given on the command line: a finite number of seconds >= 0, else argparse's usage
+    error (exit 2) naming the flag, before anything is signalled or started."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
 def _where(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -122,7 +136,10 @@ def _where(p: argparse.ArgumentParser) -> None:
         help=f"TOML config (default ${CONFIG_ENV}; without one, built-in defaults)",
     )
     p.add_argument(
-        "--state-dir", metavar="D", help="state dir (overrides [state] dir; default $CHATSTATE_HOME or ~/.chatstate)"
+        "--state-dir",
+        type=path_text,
+        metavar="D",
+        help="state dir (overrides [state] dir; default $CHATSTATE_HOME or ~/.chatstate)",
     )
 
 
@@ -136,7 +153,7 @@ def _listen(p: argparse.ArgumentParser) -> None:
 def _timeout(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=DEFAULT_STOP_TIMEOUT_S,
         metavar="S",
         help=f"seconds to wait after SIGTERM before SIGKILL (default {DEFAULT_STOP_TIMEOUT_S:g})",

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from chatstate import state
 from chatstate.gateway import logs
-from chatstate.gateway.app import LIFECYCLE, PLUGINS, PluginStartError, build_app, database_location
+from chatstate.gateway.app import CALLER_ERROR_CODES, LIFECYCLE, PLUGINS, PluginStartError, build_app, database_location
 from chatstate.gateway.config import GatewayConfig
 from chatstate.gateway.cpu import pin_process
 from chatstate.gateway.exits import BAD_CONFIG, FAILED, IN_USE, OK, STORE_UNUSABLE, UNUSABLE_STORE_CODES, GatewayExit
@@ -187,7 +187,10 @@ def _exit_for(exc: BaseException) -> BaseException:
     logs.get("plugins").error(
         "plugin_start_failed", exc_info=cause, extra={"plugin": exc.plugin_id, "adapter": exc.plugin_id}
     )
-    if isinstance(cause, (ValueError, LookupError, TypeError)):
+    # A store refusing the open's own input (a bad [state] url, a namespace or limit from the
+    # plugin's settings) is its configuration too, as a ValueError would be.
+    refused = isinstance(cause, state.StateStoreError) and cause.code in CALLER_ERROR_CODES
+    if refused or isinstance(cause, (ValueError, LookupError, TypeError)):
         return GatewayExit(BAD_CONFIG, f"config error: {where}{_one_line(cause)} (traceback in the log)")
     return GatewayExit(FAILED, f"{where}start failed: {_one_line(cause)} (traceback in the log)")
 

@@ -25,6 +25,7 @@ from ._spec import (
     NamespaceSpec,
     StoreSettings,
     Write,
+    check_where,
     new_version,
     resolve_path,
     shown_url,
@@ -79,6 +80,9 @@ class Location:
         """A store on this location, held by the caller; a pair reopened with another spec is
         INVALID_INPUT (and the hold is given back)."""
         pair = (spec.plugin_id, spec.namespace)
+        if clock is not None and not callable(clock):
+            self.release()
+            raise StateStoreError("INVALID_INPUT", "open", "clock must be a function returning ms since the epoch")
         with self._lock:
             held = self._specs.get(pair)
             if held is None or held[0] == spec:
@@ -163,6 +167,7 @@ def open_keyed_store(
     """
     if path is not None and url is not None:
         raise StateStoreError("INVALID_INPUT", "open", "give either path or url, not both")
+    check_where(path, url, settings)
     spec = NamespaceSpec.checked(
         plugin_id,
         namespace,
@@ -200,6 +205,7 @@ class Database:
         url: str | None = None,
         settings: StoreSettings | None = None,
     ) -> None:
+        check_where(path, url, settings)
         self._path, self.url, self.settings = path, url, settings or StoreSettings()  # path is ignored with a url
         # what probe reports as database_path: a URL's password is never part of it
         self.location = shown_url(url) if url is not None else str(resolve_path(path))
@@ -243,11 +249,11 @@ class Database:
     def sweep_expired(self, *, now_ms: int | None = None) -> int:
         """Delete expired rows of every plugin in batches of <= 1,024; return how many went.
         Raises WRITE_FAILED / UNAVAILABLE (operation "sweep"), or the open's errors."""
-        return self._open().backend.sweep(wall_clock_ms() if now_ms is None else now_ms)
+        return self._open("sweep").backend.sweep(wall_clock_ms() if now_ms is None else now_ms)
 
     def checkpoint(self) -> None:
-        """Fold the WAL back into the database file (for Redis: a PING)."""
-        self._open().backend.checkpoint()
+        """Fold the WAL back into the database file (for Redis: a PING). Raises as `close`."""
+        self._open("close").backend.checkpoint()
 
     def probe(self) -> dict[str, Any]:
         """Check the store end to end; never raises, never shows values. Returns {ok, database_path,
@@ -341,8 +347,15 @@ def checkpoint(
 def probe(
     path: str | os.PathLike[str] | None = None, *, url: str | None = None, settings: StoreSettings | None = None
 ) -> dict[str, Any]:
-    """`Database.probe` on a Database opened for this one call (scripts, the CLI)."""
-    return _for_one_call(Database.probe, path, url, settings)
+    """`Database.probe` on a Database opened for this one call (scripts, the CLI); arguments no
+    Database can be made of are a failed `open` step, since probe never raises."""
+    try:
+        database = Database(path, url=url, settings=settings)
+    except StateStoreError as exc:
+        step = {"name": "open", "ok": False, "code": str(exc.code), "message": str(exc)}
+        return {"ok": False, "database_path": "(not a location)", "steps": [step]}
+    with database:
+        return database.probe()
 
 
 def _check_dir(directory: Path) -> None:

@@ -52,6 +52,10 @@ MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m", Mode.DELETE: "
 ACKED = ("write", "take", "clear")  # the scripts whose changes wait for replicas (min_replicas_acked)
 READONLY_HINT = "name the primary, or use redis+sentinel://"
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
+ENCODE_HINT = (
+    "percent-encode '/', '?', '#', '@' and '[' in the user name and password, and an '@' anywhere after the "
+    "host (%2F, %3F, %23, %40, %5B)"
+)
 Block = tuple[list[str], list[Any]]  # one namespace's KEYS and ARGV in a script call
 _quoted = lru_cache(4096)(partial(quote, safe=""))  # ':' and '{' escaped in key names, so they stay unambiguous
 T = TypeVar("T")
@@ -323,7 +327,14 @@ class RedisBackend:
         if scheme not in SCHEMES:
             forms = "redis://, rediss:// (TLS), unix://, redis+sentinel:// or redis+cluster://"
             raise self._fail("INVALID_INPUT", "open", f"unsupported state URL scheme {scheme!r}; use {forms}")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # an unbalanced '[': the URL's own text may be a password
+            raise self._fail("INVALID_INPUT", "open", f"bad Redis URL ({exc}); {ENCODE_HINT}") from None
+        if "@" in parts.path + parts.query + parts.fragment:
+            # A '/', '?' or '#' in the password ended the host part early: redis-py would take a
+            # piece of the password for the host or port, and quote it in its error.
+            raise self._fail("INVALID_INPUT", "open", f"the URL has an '@' after its host part; {ENCODE_HINT}")
         self.options, theirs = RedisOptions.from_query(parts.query)
         o, cluster = self.options, scheme == "redis+cluster"
         timeouts = {"socket_connect_timeout": o.socket_connect_timeout_s, "socket_timeout": o.socket_timeout_s}

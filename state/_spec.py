@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeGuard
+from urllib.parse import unquote_plus
 
 from ._errors import StateStoreError
 
@@ -175,6 +176,20 @@ def database_path(state_dir_: str | os.PathLike[str] | None = None) -> Path:
     return state_dir(state_dir_) / "plugin-state" / "state.sqlite"
 
 
+def check_where(path: object, url: object, settings: object, op: str = "open") -> None:
+    """Where and how a database is opened: `path` None or a non-blank str or os.PathLike (never
+    the current folder by accident), `url` None or a str, `settings` None or a StoreSettings.
+    Raises INVALID_INPUT otherwise."""
+    if url is not None and not isinstance(url, str):
+        raise StateStoreError("INVALID_INPUT", op, "url must be a string: redis://...")
+    if path is not None:
+        text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+        if not (isinstance(text, str) and text.strip()):
+            raise StateStoreError("INVALID_INPUT", op, "path must be a non-empty str or os.PathLike of str")
+    if settings is not None and not isinstance(settings, StoreSettings):
+        raise StateStoreError("INVALID_INPUT", op, "settings must be a StoreSettings")
+
+
 def resolve_path(path: str | os.PathLike[str] | None) -> Path:
     """`path` names the database file; an existing directory is taken as a state dir."""
     if path is None:
@@ -185,7 +200,10 @@ def resolve_path(path: str | os.PathLike[str] | None) -> Path:
     return p
 
 
-SECRET_QUERY_KEYS = frozenset({"password", "sentinel_password"})  # query options never shown
+def _secret_option(name: str) -> bool:
+    """A query option never shown: any whose name, as redis-py decodes it, mentions a password
+    (`password`, `sentinel_password`, `ssl_password`, `%70assword`)."""
+    return "password" in unquote_plus(name).lower()
 
 
 def shown_url(url: str) -> str:
@@ -194,18 +212,21 @@ def shown_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "***"  # not a URL at all: nothing in it is safe to echo
+    # The user part ends at the last '@', wherever it is: a password holding an unencoded '/',
+    # '?' or '#' stays hidden (the backend refuses such a URL, and its error shows this form).
+    creds, at, rest = rest.rpartition("@")
     netloc, slash, tail = rest.partition("/")
     path, qmark, query = tail.partition("?")
     if not slash and "?" in netloc:
         netloc, _, query = netloc.partition("?")
         qmark = "?"
-    creds, at, hosts = netloc.rpartition("@")
     if at:
         user, colon, _ = creds.partition(":")
-        # a lone `x@` is shown as `***@` too: people put a password there by mistake
-        netloc = f"{user}:***@{hosts}" if colon else f"***@{hosts}"
+        # a lone `x@` is shown as `***@` too: people put a password there by mistake; and a user
+        # part that is not plain (an '@' past the host) is shown as nothing but `***`
+        netloc = f"{user}:***@{netloc}" if colon and not any(c in creds for c in "/?#") else f"***@{netloc}"
     pairs = [p.partition("=") for p in query.split("&")] if query else []
-    query = "&".join(f"{k}={'***' if k.lower() in SECRET_QUERY_KEYS else v}" if eq else k for k, eq, v in pairs)
+    query = "&".join(f"{k}={'***' if _secret_option(k) else v}" if eq else k for k, eq, v in pairs)
     return f"{scheme}{sep}{netloc}{slash}{path.partition('#')[0]}{qmark}{query.partition('#')[0]}"
 
 

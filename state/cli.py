@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -26,15 +27,23 @@ LIVE_KEYS = f"""SELECT plugin_id, key, value, created_at, expires_at FROM entrie
 AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key"""
 
 
+def path_text(text: str) -> str:
+    """A --state-dir / --path value (argparse `type`): never blank, which would be the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (an empty path would be the current folder)")
+    return text
+
+
 def build_parser(prog: str = "python -m chatstate.state") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Inspect chatstate's keyed-store database.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("probe", help="check state dir, open, schema, a write-read-delete and a checkpoint (JSON)")
     i = sub.add_parser("inspect", help="list namespaces with live/expired counts and keys with created/expires")
-    for each in (p, i):
-        each.add_argument("--state-dir", help="state dir (default $CHATSTATE_HOME or ~/.chatstate)")
-        each.add_argument("--path", help="the database file itself, instead of --state-dir")
-    p.add_argument("--url", help="probe a redis:// backend instead of the SQLite file")
+    where = {each: each.add_mutually_exclusive_group() for each in (p, i)}  # one place to look, never a silent pick
+    for group in where.values():
+        group.add_argument("--state-dir", type=path_text, help="state dir (default $CHATSTATE_HOME or ~/.chatstate)")
+        group.add_argument("--path", type=path_text, help="the database file itself, instead of --state-dir")
+    where[p].add_argument("--url", help="probe a redis:// backend instead of the SQLite file")
     i.add_argument("--plugin", help="only this plugin id")
     i.add_argument("--namespace", help="only this namespace (lists its keys)")
     i.add_argument("--values", action="store_true", help="also print stored values (off by default)")
@@ -48,11 +57,15 @@ def _path(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m chatstate.state") -> int:
     args = build_parser(prog).parse_args(argv)
-    if args.command == "probe":
-        result = probe(url=args.url) if args.url else probe(_path(args))
-        print(json.dumps(result, indent=2))
-        return 0 if result["ok"] else 1
-    return _inspect(args)
+    try:
+        if args.command == "probe":
+            result = probe(url=args.url) if args.url else probe(_path(args))
+            print(json.dumps(result, indent=2), flush=True)
+            return 0 if result["ok"] else 1
+        return _inspect(args)
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted; no traceback at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _iso(ms: int | None) -> str | None:
@@ -67,7 +80,8 @@ def _inspect(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     if not path.exists():
-        print(f"no state database at {path}", file=sys.stderr)
+        where = "pass the right one with --state-dir D or --path FILE, or start a gateway on it first"
+        print(f"no state database at {path}: nothing was stored there yet; {where}", file=sys.stderr)
         return 1
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:

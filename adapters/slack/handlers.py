@@ -186,10 +186,10 @@ class SlackBot:
             # uncounted, add no slow calls. The quota's own state is not watched: it recovers
             # through the next commit it is part of, which this would otherwise never let happen
             return "known"
-        # a top-level message roots a thread new to the bot (a redelivery of an answered event
-        # loses its claim, and nothing staged here is written; only a dead owner's retry counts
-        # the thread once more): only a thread reply needs the read
-        if message.thread_ts is not None and await self.threads.replied_in(thread) is not None:
+        # read even for a top-level message: a process that died holding this event committed
+        # the thread's row and its count with its claim, and the retry that takes it over must
+        # find them, not count the thread a second time
+        if await self.threads.replied_in(thread) is not None:
             return "known"  # a thread counts once, against the user who made the bot follow it
         if await self.quota.admit(f"{thread.team_id}:{message.user}", writes) is None:
             self.threads.record_participation(writes, thread, agent_id=self.settings.agent_id)

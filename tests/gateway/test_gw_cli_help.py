@@ -7,6 +7,8 @@ import argparse
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from chatstate import __version__
 from chatstate.gateway.cli import build_parser
 from chatstate.gateway.sim.harness import run_gateway_cli
@@ -31,6 +33,36 @@ def test_every_flag_is_described() -> None:
             if not flags or flags & INTERNAL or isinstance(action, argparse._HelpAction):
                 continue
             assert action.help and action.help != argparse.SUPPRESS, f"{name} {sorted(flags)} has no help"
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])
+def test_every_seconds_flag_refuses_what_is_not_a_wait(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # a negative or NaN wait once reached select() and ended `stop` in a traceback after its SIGTERM
+    for argv in (
+        ["start", "--detach", "--ready-timeout", value],
+        ["stop", "--timeout", value],
+        ["status", "--timeout", value],
+        ["restart", "--timeout", value],
+        ["restart", "--ready-timeout", value],
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(argv)
+        assert exit_.value.code == 2, argv
+        assert f"{argv[-2]}: must be a number of seconds >= 0" in capsys.readouterr().err, argv
+    assert build_parser().parse_args(["stop", "--timeout", "0"]).timeout == 0
+
+
+def test_an_empty_state_dir_is_bad_usage_not_the_current_folder(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (
+        ["start", "--state-dir", ""],
+        ["stop", "--state-dir", " "],
+        ["status", "--state-dir", ""],
+        ["restart", "--state-dir", ""],
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(argv)
+        assert exit_.value.code == 2, argv
+        assert "--state-dir: must not be empty" in capsys.readouterr().err, argv
 
 
 async def test_version_is_single_sourced() -> None:

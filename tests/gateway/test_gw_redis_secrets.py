@@ -72,3 +72,22 @@ async def test_the_redis_password_appears_nowhere(tmp_path: Path) -> None:
     assert PASSWORD not in everything and WRONG not in everything
     # not vacuous: the location is there, with the user and the password's place kept
     assert everything.count(f"redis://default:***@127.0.0.1:{server.port}/0") >= 8
+
+
+async def test_a_bad_redis_url_is_a_config_error_that_hides_the_password(tmp_path: Path) -> None:
+    # an option nobody knows, and a password with an unencoded '/' (its URL's host part ends early)
+    for url in (
+        f"redis://default:{PASSWORD}@127.0.0.1:{free_port()}/0?bogus=1",
+        f"redis://default:ab{PASSWORD}/x@127.0.0.1:{free_port()}/0",
+    ):
+        config = tmp_path / "bad-url.toml"
+        config.write_text(
+            f'[gateway]\nport = {free_port()}\n[state]\ndir = "{tmp_path / "gw"}"\n'
+            f'url = "{url}"\n[adapters.echo]\nsecret = "s"\n'
+        )
+        refused = await run_gateway_cli("start", "--config", str(config))
+        assert refused.returncode == 2 and "config error" in refused.stderr and "INVALID_INPUT" in refused.stderr, (
+            refused
+        )
+        logged = "".join(p.read_text() for p in (tmp_path / "gw").glob("*.log"))
+        assert PASSWORD not in refused.stdout + refused.stderr + logged

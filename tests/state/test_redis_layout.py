@@ -14,7 +14,7 @@ import redis
 from redis_support import with_prefix
 from state_support import T0_MS, FakeClock
 
-from chatstate.state import StateStoreError, StoreSettings, open_keyed_store, probe, sweep_expired
+from chatstate.state import Database, StateStoreError, StoreSettings, open_keyed_store, probe, sweep_expired
 from chatstate.state._redis import RedisOptions
 
 
@@ -134,6 +134,30 @@ def test_credentials_never_reach_locations_or_messages():
     assert err.value.code == "UNAVAILABLE"
     assert "hunter2" not in str(err.value)
     assert err.value.path == "redis://someone:***@127.0.0.1:1/0?retries=0"
+
+
+HIDDEN = "hunter2secret"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://u:ab{HIDDEN}/x@127.0.0.1:1/0?retries=0",  # a '/' in the password, not percent-encoded
+        f"redis://u:ab{HIDDEN}?x@127.0.0.1:1?retries=0",  # a '?' in it, and no /db after the host
+        f"redis://u:a#{HIDDEN}@127.0.0.1:1/0?retries=0",  # a '#'
+        f"redis://u:{HIDDEN}[x@127.0.0.1:1/0?retries=0",  # a '[': Python's URL parser raises
+        f"redis://u:{HIDDEN}@127.0.0.1:1/0?retries=0&ssl_certfile=/home/a@b/c.pem",  # '@' in an option
+        f"rediss://127.0.0.1:1/0?retries=0&ssl_password={HIDDEN}",  # redis-py's key-file password
+        f"redis://127.0.0.1:1/0?retries=0&%70assword={HIDDEN}",  # an option name percent-encoded
+        f"redis+sentinel://u:ab{HIDDEN}/x@127.0.0.1:1/mymaster?retries=0",
+    ],
+)
+def test_a_password_is_never_shown_however_the_url_is_spelled(url):
+    with pytest.raises(StateStoreError) as err:
+        open_keyed_store("p", "ns", max_entries=1, url=url)
+    assert err.value.operation == "open"
+    shown = [str(err.value), str(err.value.path), Database(url=url).location, json.dumps(probe(url=url))]
+    assert HIDDEN not in "\n".join(shown)
 
 
 def test_probe_with_url_runs_every_step_and_leaves_no_probe_rows(url, prefix, client):

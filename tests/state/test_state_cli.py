@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -87,6 +88,49 @@ def test_cli_bad_usage_exits_2():
     assert run_cli().returncode == 2
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        ["probe", "--state-dir", "d", "--path", "f"],
+        ["probe", "--path", "f", "--url", "redis://h:6379/0"],
+        ["probe", "--state-dir", "d", "--url", "redis://h:6379/0"],
+        ["inspect", "--state-dir", "d", "--path", "f"],
+    ],
+)
+def test_two_places_to_look_are_bad_usage_not_a_silent_choice(where, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        cli_main(where)
+    assert done.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "where", [["probe", "--state-dir", ""], ["probe", "--path", " "], ["inspect", "--state-dir", ""]]
+)
+def test_an_empty_place_to_look_is_bad_usage_not_the_current_folder(where, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        cli_main(where)
+    assert done.value.code == 2 and "must not be empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(populated):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `... | head -0`: the reader is gone before the JSON is written
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "chatstate.state", "probe", "--state-dir", str(populated)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, b"")
+
+
 def test_inspect_lists_namespaces_with_live_and_expired_counts(populated, capsys):
     assert cli_main(["inspect", "--state-dir", str(populated), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -128,6 +172,12 @@ def test_inspect_of_a_missing_database_exits_1(tmp_path):
     done = run_cli("inspect", "--state-dir", str(tmp_path / "nothing-here"))
     assert done.returncode == 1 and "no state database" in done.stderr
     assert not (tmp_path / "nothing-here").exists()
+
+
+def test_inspect_of_a_missing_database_says_what_to_do(tmp_path):
+    done = run_cli("inspect", "--path", str(tmp_path / "typo.sqlite"))
+    assert done.returncode == 1
+    assert str(tmp_path / "typo.sqlite") in done.stderr and "--state-dir" in done.stderr and "--path" in done.stderr
 
 
 def test_inspect_values_of_unreadable_json_is_a_clear_error(populated, db_path, capsys):

@@ -65,6 +65,20 @@ def test_stores_outlive_the_database_that_opened_them(target: dict[str, Any]) ->
     assert err.value.code == "UNAVAILABLE"
 
 
+def test_a_closed_database_names_the_refused_call(target: dict[str, Any]) -> None:
+    db = Database(**target)
+    db.close()
+    calls = {
+        "sweep": db.sweep_expired,
+        "close": db.checkpoint,  # the operation checkpoint() reports, as on an open database
+        "open": lambda: db.open_keyed_store("p", "ns", max_entries=10),
+    }
+    for operation, call in calls.items():
+        with pytest.raises(StateStoreError) as err:
+            call()
+        assert (err.value.code, err.value.operation) == ("UNAVAILABLE", operation)
+
+
 def test_a_failed_open_is_tried_again_by_the_next_call(tmp_path: Path) -> None:
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the state dir should be")

@@ -8,7 +8,16 @@ from decimal import Decimal
 
 import pytest
 
-from chatstate.state import MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, MAX_VALUE_BYTES, MAX_VALUE_DEPTH, StateStoreError
+from chatstate.state import (
+    MAX_KEY_BYTES,
+    MAX_NAMESPACE_BYTES,
+    MAX_VALUE_BYTES,
+    MAX_VALUE_DEPTH,
+    Database,
+    StateStoreError,
+    open_keyed_store,
+    probe,
+)
 
 SECRET = "SECRET-VALUE-MARKER"
 
@@ -272,3 +281,26 @@ def test_the_largest_ttl_ms_round_trips_exactly(store, clock):
 @pytest.mark.parametrize("overflow", ["evict-newest", "", None, "EVICT-OLDEST"])
 def test_overflow_must_be_a_known_policy(make_store, overflow):
     rejects(lambda: make_store("p", "ns", max_entries=1, overflow=overflow), "INVALID_INPUT", "open")
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"url": 123},
+        {"url": b"redis://127.0.0.1:6379/0"},
+        {"path": 123},
+        {"path": b"/tmp"},
+        {"path": ""},  # would have been the current folder
+        {"path": "   "},
+        {"settings": "fast"},
+        {"clock": "now"},
+    ],
+)
+def test_where_and_how_to_open_are_checked_like_every_other_argument(where, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rejects(lambda: open_keyed_store("p", "ns", max_entries=1, **where), "INVALID_INPUT", "open")
+    if "clock" not in where:  # a Database takes no clock
+        rejects(lambda: Database(**{"path": None, **where}).sweep_expired(), "INVALID_INPUT", "open")
+        result = probe(**where)  # never raises
+        assert result["ok"] is False and result["steps"][-1]["code"] == "INVALID_INPUT", result
+    assert list(tmp_path.iterdir()) == []  # nothing created where the process happens to run

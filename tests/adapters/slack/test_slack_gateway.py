@@ -160,6 +160,8 @@ async def test_crash_before_reply_is_retried_after_the_lease(slack: SlackSimulat
         late = await slack.deliver(event, retry_num=2)
         assert (late.status, late.body) == (200, "replied")  # no reply lost
         assert len(slack.posts()) == 1
+        [quota] = stored(gw.database_path, STARTERS_NAMESPACE)  # the taken-over thread counted once
+        assert sum(quota.value["b"].values()) == 1
 
 
 async def test_failed_post_releases_the_event_for_the_retry(gw: GatewayHarness, slack: SlackSimulator) -> None:
@@ -250,6 +252,9 @@ async def test_kill_between_post_and_done_mark_does_not_reply_twice(slack: Slack
         assert (retry.status, retry.body) == (200, "already_done")  # found its reply in the thread
         assert len(slack.posts()) == 1
         assert await follow_up(slack, root) == "replied"  # and recorded the participation it missed
+        # the dead process counted the thread against the user with its claim: counted once
+        [quota] = stored(gw.database_path, STARTERS_NAMESPACE)
+        assert sum(quota.value["b"].values()) == 1
 
 
 def rows_as_written(db: Path, namespace: str) -> dict[str, tuple[int, int | None, int]]:

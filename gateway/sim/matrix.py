@@ -96,6 +96,7 @@ class MatrixHomeserver(SimulatorServer):
         self.hold_sends: asyncio.Future[None] | None = None
         self.send_arrived = asyncio.Event()
         self._stream: asyncio.Condition | None = None
+        self._stopping = False  # set by stop(): open long-polls answer at once
 
     @property
     def room(self) -> str:
@@ -127,6 +128,7 @@ class MatrixHomeserver(SimulatorServer):
 
     def build(self, app: web.Application) -> None:
         self._stream = asyncio.Condition()
+        self._stopping = False
         app.router.add_get("/_matrix/client/versions", self._versions)
         app.router.add_get(f"{API}/account/whoami", self._whoami)
         app.router.add_get(f"{API}/joined_rooms", self._joined_rooms)
@@ -233,6 +235,14 @@ class MatrixHomeserver(SimulatorServer):
             await self._notify()
         return event["event_id"]
 
+    async def stop(self) -> None:
+        # A long-poll outlives the client that sent it (aiohttp does not cancel a handler when
+        # its client goes away), and the server's stop waits for open handlers: end them now.
+        self._stopping = True
+        if self._stream is not None:
+            await self._notify()
+        await super().stop()
+
     async def _notify(self) -> None:
         assert self._stream is not None, "start() the simulator first"
         async with self._stream:
@@ -288,7 +298,9 @@ class MatrixHomeserver(SimulatorServer):
             await self.record("sync_wait", {"since": since, "timeout_ms": timeout_ms})  # tests await this
             async with self._stream:
                 try:
-                    await asyncio.wait_for(self._stream.wait_for(lambda: len(self.events) > start), timeout_ms / 1000)
+                    await asyncio.wait_for(
+                        self._stream.wait_for(lambda: self._stopping or len(self.events) > start), timeout_ms / 1000
+                    )
                 except TimeoutError:
                     pass  # an empty long-poll answer, like a real server
         body = sync_body(

@@ -179,12 +179,18 @@ class InboundGate:
         done, _ = await asyncio.wait({task}, timeout=self.ack_budget_s)
         if done:
             return task.result()
-        if self._holding is not None and not self.claims.legacy:
-            # the platform gets its 2xx now and will not retry: hold the item first, so a crash
-            # before the work lands leaves it to the recovery loop instead of losing it
-            self._held.add(job.key)
-            await self._holding.state.record(job.key, job.hold)
+        # the platform gets its 2xx now and will not retry: hold the item first, so a crash
+        # before the work lands leaves it to the recovery loop instead of losing it
+        await self._hold(job)
         return Answer(Outcome.ACCEPTED, Outcome.ACCEPTED.value)
+
+    async def _hold(self, job: Job) -> bool:
+        """Keep `job` in the `held` namespace for the recovery loop (store mode with a holding)."""
+        if self._holding is None or self.claims.legacy:
+            return False
+        self._held.add(job.key)
+        await self._holding.state.record(job.key, job.hold)
+        return True
 
     async def _join(self, running: asyncio.Task[Answer]) -> Answer:
         """A duplicate of an item in flight waits for it (up to the ack budget) and is answered
@@ -238,6 +244,8 @@ class InboundGate:
             # may already have taken the item over, so working now could answer it twice. Leave
             # it to the platform's retry (or, held, to a recovery loop): both check first
             self._log.warning("gate_claim_too_late", extra={"namespace": self.claims.namespace, "key": job.key})
+            if last_attempt and job.key not in self._held and await self._hold(job):
+                return Answer(Outcome.ACCEPTED, Outcome.ACCEPTED.value)  # no retry will come: held
             return Answer(Outcome.LEASED, Outcome.LEASED.value, math.ceil(self.lease_ms / 1000))
         writes = Writes(clock=self._clock)
         self._keep_leased(job.key, lease)

@@ -483,6 +483,33 @@ async def test_a_claim_written_after_its_lease_ran_out_does_not_start_the_work(
     assert retried.outcome is Outcome.DONE and p.calls == ["check e1", "work e1"]
 
 
+async def test_a_claim_written_too_late_on_the_last_attempt_is_held_for_the_recovery_loop(
+    procs: list[Process], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    p = await new(procs, tmp_path, clock)
+    p.gate = InboundGate(
+        p.claims, lease_ms=LEASE_MS, holding=Holding(p.held, lambda k, v: p.job(v["key"])), clock=clock
+    )
+    commit = Writes.commit
+
+    async def stalled(self: Writes, claim: Any = None) -> bool:
+        if claim is not None:
+            clock.now += LEASE_MS
+        return await commit(self, claim)
+
+    monkeypatch.setattr(Writes, "commit", stalled)
+    answer = await p.gate.deliver(p.job("e1"), last_attempt=True)  # no retry will come
+    assert (answer.outcome, answer.response().status, p.calls) == (Outcome.ACCEPTED, 200, [])
+    assert rows(tmp_path / "state.sqlite", "test.held") == {"e1": {"key": "e1"}}
+    monkeypatch.setattr(Writes, "commit", commit)
+    clock.now += LEASE_MS + 1  # the late claim's lease runs out: the recovery loop takes it over
+    p.gate.start()
+    while rows(tmp_path / "state.sqlite", "test.held"):
+        await asyncio.sleep(0.05)
+    assert p.calls == ["check e1", "work e1"]
+
+
 async def test_a_slow_work_renews_its_lease_and_is_not_taken_over(procs: list[Process], tmp_path: Path) -> None:
     """A work that outlasts its lease (a platform answering 429s for a while) renews the lease
     while it runs, so another gateway meets a live lease, not a dead owner's: one answer."""

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from aiohttp import web
 
 from chatstate.gateway.adapter_state import AdapterState
+from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.plugin import Plugin, PluginRuntime, Route
 
 
@@ -60,13 +61,18 @@ class StatefulPlugin(Plugin, Generic[R]):
             raise
 
     def routes(self) -> Sequence[Route]:
-        """POST `webhook` to `handle`, for a plugin that has a webhook."""
-        return () if self.webhook is None else (Route("POST", self.webhook, self.handle),)
+        """POST `webhook` to `handle`, for a plugin that has a webhook (refused at start, with
+        the fix, if it defines no `handle`)."""
+        if self.webhook is None:
+            return ()
+        if type(self).handle is StatefulPlugin.handle:
+            raise ConfigError(f"adapters.{self.id}", f"webhook = {self.webhook!r} needs a handle(request) method")
+        return (Route("POST", self.webhook, self.handle),)
 
     async def handle(self, request: web.Request) -> web.Response:
         """Answer one request to `webhook`: the platform's signature is checked first (401),
         before anything is parsed, read or written."""
-        raise NotImplementedError(f"plugin {self.id!r} has a webhook and no handle()")
+        raise web.HTTPNotFound()  # never routed: `routes` refuses a webhook without a handle
 
     @property
     def running(self) -> R:

@@ -460,13 +460,8 @@ async def test_a_slow_prepare_does_not_write_a_lease_that_has_already_run_out(
     assert (await running).outcome is Outcome.DONE
 
 
-async def test_a_claim_written_after_its_lease_ran_out_does_not_start_the_work(
-    procs: list[Process], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The claim's own write stalled past the lease: another process may hold the item by now,
-    so the work does not start; the platform's retry takes it over and checks first."""
-    clock = Clock()
-    p = await new(procs, tmp_path, clock)
+def stall_claims(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> Any:
+    """Make every claim's write take a whole lease (a store failing over); returns the real commit."""
     commit = Writes.commit
 
     async def stalled(self: Writes, claim: Any = None) -> bool:
@@ -475,6 +470,17 @@ async def test_a_claim_written_after_its_lease_ran_out_does_not_start_the_work(
         return await commit(self, claim)
 
     monkeypatch.setattr(Writes, "commit", stalled)
+    return commit
+
+
+async def test_a_claim_written_after_its_lease_ran_out_does_not_start_the_work(
+    procs: list[Process], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's own write stalled past the lease: another process may hold the item by now,
+    so the work does not start; the platform's retry takes it over and checks first."""
+    clock = Clock()
+    p = await new(procs, tmp_path, clock)
+    commit = stall_claims(monkeypatch, clock)
     answer = await p.gate.deliver(p.job("e1"))
     assert (answer.outcome, answer.response().status, p.calls) == (Outcome.LEASED, 503, [])
     monkeypatch.setattr(Writes, "commit", commit)
@@ -491,14 +497,7 @@ async def test_a_claim_written_too_late_on_the_last_attempt_is_held_for_the_reco
     p.gate = InboundGate(
         p.claims, lease_ms=LEASE_MS, holding=Holding(p.held, lambda k, v: p.job(v["key"])), clock=clock
     )
-    commit = Writes.commit
-
-    async def stalled(self: Writes, claim: Any = None) -> bool:
-        if claim is not None:
-            clock.now += LEASE_MS
-        return await commit(self, claim)
-
-    monkeypatch.setattr(Writes, "commit", stalled)
+    commit = stall_claims(monkeypatch, clock)
     answer = await p.gate.deliver(p.job("e1"), last_attempt=True)  # no retry will come
     assert (answer.outcome, answer.response().status, p.calls) == (Outcome.ACCEPTED, 200, [])
     assert rows(tmp_path / "state.sqlite", "test.held") == {"e1": {"key": "e1"}}

@@ -11,6 +11,7 @@ import pytest
 from gw_helpers import EXT_PLUGINS_DIR
 
 from chatstate import state
+from chatstate.gateway import sdk
 from chatstate.gateway.config import AdapterConfig, parse_config
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.registry import BUNDLED, LoadedPlugin, load_plugins
@@ -129,3 +130,15 @@ def test_runtime_shape(broker: StoreBroker) -> None:
     assert (rt.plugin_id, rt.legacy, dict(rt.config)) == ("ext-notes", False, common)
     assert type(rt.settings) is AdapterSettings  # NotesPlugin declares no settings type of its own
     assert not hasattr(rt, "__dict__")  # slots: one small object per plugin, made once
+
+
+def test_a_plugin_with_a_webhook_and_no_handle_is_refused_at_start_with_the_fix() -> None:
+    class NoHandle(sdk.StatefulPlugin[None]):
+        id = "nohandle"
+        webhook = "/nohandle/events"
+
+        async def build(self, runtime: sdk.PluginRuntime) -> None:
+            return None
+
+    with pytest.raises(ConfigError, match=r"adapters\.nohandle: webhook = '/nohandle/events' needs a handle"):
+        NoHandle().routes()

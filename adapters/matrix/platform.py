@@ -171,25 +171,34 @@ def well_formed(event: object) -> bool:
 
 
 def _event_lists(body: dict[str, Any]) -> list[list[Any]]:
-    """The event lists of a /sync body (joined and left rooms' timelines and state) or of a
-    /messages or /relations page (`chunk`)."""
+    """The event lists of a /sync body (joined and left rooms' timelines and state; one left out
+    is empty, as a server that omits empty lists means) or of a /messages or /relations page."""
     found = [body["chunk"]] if isinstance(body.get("chunk"), list) else []
     rooms = body.get("rooms")
     for section in (rooms.get("join"), rooms.get("leave")) if isinstance(rooms, dict) else ():
         for room in section.values() if isinstance(section, dict) else ():
             for part in (room.get(p) for p in ("timeline", "state")) if isinstance(room, dict) else ():
-                if isinstance(part, dict) and isinstance(part.get("events"), list):
+                if isinstance(part, dict) and isinstance(part.setdefault("events", []), list):
                     found.append(part["events"])
     return found
 
 
+def nulls_absent(value: Any) -> Any:
+    """`value` with every null member of an object left out: the spec lets a server omit an
+    optional field, some send null instead, and nio's schemas refuse the whole answer for it."""
+    if isinstance(value, dict):
+        return {k: nulls_absent(v) for k, v in value.items() if v is not None}
+    return [nulls_absent(v) for v in value] if isinstance(value, list) else value
+
+
 class _Client(AsyncClient):
-    """nio's client, dropping events without a required field before nio parses them."""
+    """nio's client, reading null as absent and dropping events without a required field
+    before nio parses them."""
 
     malformed = 0  # events dropped so far (shown in /healthz as `events_malformed`)
 
     async def parse_body(self, transport_response: ClientResponse) -> dict[Any, Any]:
-        body = await super().parse_body(transport_response)
+        body = nulls_absent(await super().parse_body(transport_response))
         for events in _event_lists(body) if isinstance(body, dict) else ():
             kept = [e for e in events if well_formed(e)]
             self.malformed += len(events) - len(kept)
@@ -212,6 +221,7 @@ class MatrixIO:
         self.client.access_token = access_token
         self.user_id = self.device_id = self.filter_id = ""
         self.rooms: list[str] = []
+        self.malformed_syncs = 0  # answered 200 with what nio could not read (e.g. no `next_batch`)
 
     async def connect(self) -> str:
         """Check the token with /account/whoami, learn the joined rooms; returns the user id."""
@@ -261,6 +271,7 @@ class MatrixIO:
 
     async def sync(self, *, since: str | None, timeout_ms: int) -> SyncResponse:
         resp = await self.client.sync(timeout=timeout_ms, since=since, sync_filter=self.filter_id)
+        self.malformed_syncs += not isinstance(resp, SyncResponse) and resp.transport_response.status == 200
         return _ok("sync", resp, SyncResponse)
 
     async def messages_before(self, room_id: str, start: str, *, to: str | None, limit: int) -> RoomMessagesResponse:

@@ -50,7 +50,7 @@ class SyncLoop:
 
     def health(self) -> dict[str, Any]:
         counts = {"sync_error": self.last_error, "batches": self.batches, **asdict(self.flow.stats), **self.counters}
-        counts["events_malformed"] = self.io.client.malformed
+        counts |= {"events_malformed": self.io.client.malformed, "syncs_malformed": self.io.malformed_syncs}
         return {**counts, "last_backfill_truncated": self.last_truncated}
 
     async def resume(self) -> bool:

@@ -19,7 +19,7 @@ for identical non-empty /sync requests per access token (`cache_ignores_filter =
 ignores the filter, to test our defences behind the fresh-filter one); redactions that strip the
 stored event; `M_LIMIT_EXCEEDED` with `retry_after_ms` (`throttle`); `M_FORBIDDEN` on send in a
 room the bot may not post in (`forbid`); invites (`invite`); a second login with its own txn-id
-space (`new_device`).
+space (`new_device`); answers with nulls or omissions some servers send (`reshape_sync`).
 
 One global stream orders every event; `next_batch` is `s<position>`. Tests and the demo drive it
 with `send_message`, `react`, `redact`, `invite` (events built from `fixtures/matrix/`), and read
@@ -33,7 +33,7 @@ import copy
 import json
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -89,6 +89,8 @@ class MatrixHomeserver(SimulatorServer):
         self.sync_requests = 0
         self.cache_ignores_filter = False
         self._cache: dict[tuple[Any, ...], tuple[float, dict[str, Any]]] = {}
+        # a test's change to the next /sync answer with a joined room (the cache keeps it unchanged)
+        self.reshape_sync: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.forbidden_rooms: set[str] = set()
         self._throttle: list[int] = []  # retry_after_ms of the next sends to refuse with 429
         # while set, a send waits for this future before it is taken (a test can kill the
@@ -288,7 +290,7 @@ class MatrixHomeserver(SimulatorServer):
         cached = self._cache.get(key)
         if cached is not None and cached[0] > time.monotonic():
             await self.record("sync_cached", {"since": since})
-            return web.json_response(cached[1])
+            return web.json_response(self._reshaped(cached[1]))
         start = None if since is None else position(since)
         if since is not None and start is None:
             raise _error(400, "M_INVALID_PARAM", "Unknown sync token")
@@ -316,7 +318,13 @@ class MatrixHomeserver(SimulatorServer):
         await self.record(
             "sync_answer", {"since": since, "next_batch": body["next_batch"], "rooms": list(body["rooms"]["join"])}
         )
-        return web.json_response(body)
+        return web.json_response(self._reshaped(body))
+
+    def _reshaped(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.reshape_sync is None or not body["rooms"]["join"]:
+            return body
+        reshape, self.reshape_sync = self.reshape_sync, None  # once; a reshape may re-arm itself
+        return reshape(copy.deepcopy(body))
 
     async def _upload_filter(self, request: web.Request) -> web.Response:
         self._authorize(request)

@@ -7,6 +7,7 @@ given up as failed, /healthz stays ok, and each request after them is answered e
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from json_strategies import mutated, nulled
-from matrix_helpers import ALICE, BOB, MALLORY, ROOM, barrier, outcomes, prompts, request
+from json_strategies import mutated, null_out, nulled, nullings
+from matrix_helpers import ALICE, BOB, MALLORY, ROOM, SYNC, barrier, outcomes, prompts, request, rows
 
 from chatstate.adapters.matrix import platform
 from chatstate.gateway.clock import now_ms
 from chatstate.gateway.sim.harness import GatewayHarness
 from chatstate.gateway.sim.matrix import MatrixHomeserver, fixture
+from chatstate.gateway.sim.matrix_sync import sync_body
 
 EXAMPLES = 150  # batches of events, each followed by a barrier request (one gateway for all)
 
@@ -166,3 +168,124 @@ async def test_hostile_room_events_never_stop_the_loop_and_each_request_is_answe
     request_id = prompt["content"]["m.relates_to"]["event_id"]
     assert [p["content"]["m.relates_to"]["event_id"] for p in prompts(sim)].count(request_id) == 1
     _healthy(await matrix_health(gw))
+
+
+# -- /sync answers with optional fields null or left out -----------------------------------------
+# The spec's /sync answer requires only `next_batch` (and a timeline's `events`); every other
+# field may be omitted, and some servers send null for one instead. A server sends the same
+# answer again to the same request, so each reshaped answer is served on every retry.
+SYNC_EXAMPLES = 60  # answers reshaped, each followed by a barrier request (one gateway for all)
+MALFORMED_SERVED = 3  # a malformed answer is served this often, then the server is well again
+
+
+def _nulls(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` with null for each optional field of its rooms and events."""
+    for room in body["rooms"]["join"].values():
+        room["timeline"] |= {"prev_batch": None, "limited": None}
+        room |= dict.fromkeys(("state", "ephemeral", "account_data", "unread_notifications"))
+        for event in room["timeline"]["events"]:
+            event["unsigned"] = None
+    return body | dict.fromkeys(("presence", "account_data", "to_device", "device_lists"))
+
+
+async def test_a_sync_answer_with_its_optional_fields_null_is_handled(
+    sim: MatrixHomeserver, gw: GatewayHarness
+) -> None:
+    """Before: `prev_batch: null` (or any of these) failed the whole /sync, nio's schema wanting
+    a string, again on every retry: the bot answered nothing more."""
+
+    def nulls(body: dict[str, Any]) -> dict[str, Any]:
+        sim.reshape_sync = nulls  # every answer: this server always sends them
+        return _nulls(body)
+
+    sim.reshape_sync = nulls
+    await request(sim, "deploy")
+    await barrier(sim)
+    _healthy(await matrix_health(gw))
+
+
+async def test_a_sync_answer_without_next_batch_is_retried_from_the_same_token_and_counted(
+    sim: MatrixHomeserver, gw: GatewayHarness
+) -> None:
+    """A malformed answer (no `next_batch`, the one field the spec requires) never moves the
+    token: /healthz says degraded while it lasts and counts it; the batch is handled after."""
+
+    def malformed(body: dict[str, Any]) -> dict[str, Any]:
+        sim.reshape_sync = malformed  # every answer, until the test stops it
+        return body | {"next_batch": None}
+
+    sim.reshape_sync = malformed
+    token = rows(gw.database_path, "matrix", SYNC)[sim.bot_user].value["next_batch"]
+    request_id = await sim.send_message(ROOM, BOB, "!approve deploy")
+    await sim.wait_for(lambda recs: len([r for r in recs if r.kind == "sync_cached"]) >= 2)  # retried
+    status, body = await gw.healthz()
+    health = body["adapters"]["matrix"]
+    assert health["status"] == "degraded" and "sync" in health["sync_error"] and health["syncs_malformed"] >= 2
+    assert not [p for p in prompts(sim) if p["content"]["m.relates_to"]["event_id"] == request_id]
+    assert rows(gw.database_path, "matrix", SYNC)[sim.bot_user].value["next_batch"] == token
+    sim.reshape_sync = None
+    await barrier(sim)
+    assert [p["content"]["m.relates_to"]["event_id"] for p in prompts(sim)].count(request_id) == 1
+    _healthy(await matrix_health(gw))
+
+
+def _sync_member(path: tuple[Any, ...]) -> bool:
+    """A member of the answer's own objects, or an event's `unsigned` (events' other fields are
+    the property above)."""
+    items = [i for i, step in enumerate(path) if isinstance(step, int)]
+    return not items or path[items[0] + 1 :] == ("unsigned",)
+
+
+@settings(
+    max_examples=SYNC_EXAMPLES,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+async def test_any_optional_sync_field_null_or_absent_loses_nothing_the_answer_carries(
+    sim: MatrixHomeserver, gw: GatewayHarness, data: st.DataObject
+) -> None:
+    """A request's /sync answer with one to three fields null or left out: the request is
+    answered once if the answer still carries it (or was malformed, and so retried), else never;
+    the loop goes on (the next request is answered once) and /healthz is ok."""
+    request = {**_template("m.room.message"), "content": {"msgtype": "m.text", "body": "!approve x"}, "unsigned": {}}
+    shape = sync_body(  # the answer the request will come in, with a stand-in for it
+        [*sim.events, {**request, "event_id": "$e", "room_id": ROOM, "sender": BOB}],
+        since=len(sim.events),
+        joined=sim.joined,
+        bot_user=sim.bot_user,
+        limit=50,
+        room_state=lambda _: [],
+    )
+    changes = data.draw(nullings(shape, _sync_member), label="changes")
+    answer: list[dict[str, Any]] = []  # as sent
+    served = 0
+
+    def reshape(body: dict[str, Any]) -> dict[str, Any]:
+        nonlocal served
+        answer[:] = answer or [null_out(copy.deepcopy(body), changes)]
+        malformed = not isinstance(answer[0].get("next_batch"), str)
+        if body["next_batch"] != shape["next_batch"] or (malformed and served == MALFORMED_SERVED):
+            return body  # a later answer, or the server is well again
+        served += 1
+        sim.reshape_sync = reshape
+        return copy.deepcopy(answer[0])
+
+    sim.reshape_sync = reshape
+    request_id = await sim.append_raw(ROOM, BOB, request)
+    # the bot has moved past the reshaped answer before the barrier's event is sent
+    await sim.wait_for(
+        lambda recs: any(r.kind.startswith("sync_") and r.payload["since"] == shape["next_batch"] for r in recs)
+    )
+    await barrier(sim)
+    sim.reshape_sync = None
+    malformed = not isinstance(answer[0].get("next_batch"), str)
+    carried = malformed or request_id in json.dumps(answer[0])
+    answered = [p["content"]["m.relates_to"]["event_id"] for p in prompts(sim)].count(request_id)
+    assert answered == carried, changes
+    health = await matrix_health(gw)
+    _healthy(health)
+    assert health["syncs_malformed"] >= malformed * MALFORMED_SERVED

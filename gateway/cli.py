@@ -1,8 +1,7 @@
 """`chatstate start|stop|status|restart|state`: the command line of the gateway process.
 
-Exit codes (gateway.exits): 0 ok, 1 unexpected error (see the log), 2 bad usage or config,
-3 state store unusable, 4 port in use or a gateway already running on the state dir.
-`status` exits 0 when a gateway runs and 1 when none does. docs/gateway.md has the details.
+Exit codes are gateway.exits' (`build_parser`'s epilog lists them); `status` exits 0 when a
+gateway runs and 1 when none does. docs/gateway.md has the details.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from chatstate.state.cli import path_text
 DEFAULT_STOP_TIMEOUT_S = 30.0
 DEFAULT_READY_TIMEOUT_S = 60.0
 STATUS_TIMEOUT_S = 3.0  # gateway.status.STATUS_TIMEOUT_S, here so --help needs no import
+STOP_TIMEOUT_HELP = "seconds to wait after SIGTERM before SIGKILL"
 T = TypeVar("T")
 
 
@@ -61,13 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run in the background; return once /healthz is ready (log: <state-dir>/gateway.log)",
     )
-    start.add_argument(
-        "--ready-timeout",
-        type=_seconds,
-        default=DEFAULT_READY_TIMEOUT_S,
-        metavar="S",
-        help=f"with --detach: give up after S seconds (default {DEFAULT_READY_TIMEOUT_S:g})",
-    )
+    _wait_option(start, "--ready-timeout", DEFAULT_READY_TIMEOUT_S, "with --detach: give up after S seconds")
     start.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # see server._ReadyPipe
     start.add_argument(
         "--check-only",
@@ -79,19 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     stop = sub.add_parser("stop", help="SIGTERM the running gateway, SIGKILL after --timeout")
     _where(stop)
-    _timeout(stop)
+    _wait_option(stop, "--timeout", DEFAULT_STOP_TIMEOUT_S, STOP_TIMEOUT_HELP)
     stop.set_defaults(func=cmd_stop)
 
     status = sub.add_parser("status", help="is a gateway running: pid, uptime, address, health, store")
     _where(status)
     status.add_argument("--json", action="store_true", help="print JSON")
-    status.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=STATUS_TIMEOUT_S,
-        metavar="S",
-        help=f"seconds to wait for /healthz before 'not responding' (default {STATUS_TIMEOUT_S:g})",
-    )
+    _wait_option(status, "--timeout", STATUS_TIMEOUT_S, "seconds to wait for /healthz before 'not responding'")
     status.set_defaults(func=cmd_status)
 
     restart = sub.add_parser(
@@ -105,15 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     restart.add_argument("--config", metavar="FILE", help="start this TOML config instead of the running gateway's")
     restart.add_argument("--state-dir", type=path_text, metavar="D", help="state dir of the gateway to restart")
     _listen(restart)
-    _timeout(restart)
-    restart.add_argument(
-        "--ready-timeout",
-        type=_seconds,
-        default=DEFAULT_READY_TIMEOUT_S,
-        metavar="S",
-        help=f"give up on the new gateway (and kill it) if it is not ready after S seconds "
-        f"(default {DEFAULT_READY_TIMEOUT_S:g})",
-    )
+    _wait_option(restart, "--timeout", DEFAULT_STOP_TIMEOUT_S, STOP_TIMEOUT_HELP)
+    ready_help = "give up on the new gateway (and kill it) if it is not ready after S seconds"
+    _wait_option(restart, "--ready-timeout", DEFAULT_READY_TIMEOUT_S, ready_help)
     restart.set_defaults(func=cmd_restart, detach=True, ready_fd=None, check_only=False)
 
     state_commands.add_parsers(sub)
@@ -159,14 +141,9 @@ def _listen(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _timeout(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=DEFAULT_STOP_TIMEOUT_S,
-        metavar="S",
-        help=f"seconds to wait after SIGTERM before SIGKILL (default {DEFAULT_STOP_TIMEOUT_S:g})",
-    )
+def _wait_option(p: argparse.ArgumentParser, flag: str, default_s: float, what: str) -> None:
+    """A wait in seconds (`_seconds`), its default said in its help."""
+    p.add_argument(flag, type=_seconds, default=default_s, metavar="S", help=f"{what} (default {default_s:g})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,14 +166,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except GatewayExit as exc:
         if str(exc):
-            print(f"gateway: {exc}", file=sys.stderr)
+            _say(str(exc))
         return exc.code
     except KeyboardInterrupt:  # Ctrl-C: whatever this command started is already undone
-        print("gateway: interrupted", file=sys.stderr)
+        _say("interrupted")
         return INTERRUPTED
     except BrokenPipeError:  # `chatstate status | head -1`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return OK
+
+
+def _say(text: str) -> None:
+    """One line on stderr, as every message of the gateway's commands: `gateway: <text>`."""
+    print(f"gateway: {text}", file=sys.stderr)
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
@@ -205,15 +187,15 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
     )
 
 
-def _launch(args: argparse.Namespace, config: GatewayConfig) -> Launch:
+def _launch(args: argparse.Namespace, state_dir: Path, config: Path | None) -> Launch:
     """How this command line starts a gateway (recorded in the pid file for `restart`)."""
-    return Launch(config.state_dir, config.source, args.host, args.port, launch_env(os.environ), Path.cwd())
+    return Launch(state_dir, config, args.host, args.port, launch_env(os.environ), Path.cwd())
 
 
 # -- start ----------------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace) -> int:
     config = _config(args)
-    launch = _launch(args, config)
+    launch = _launch(args, config.state_dir, config.source)
     _warn_variables(config)
     if args.check_only:  # everything a start checks before it touches anything; nothing is started
         from chatstate.gateway.registry import load_plugins
@@ -255,10 +237,7 @@ def _report_started(started: Started, config: GatewayConfig, *, previous: str = 
     if started.code == OK and started.ready is not None:
         print(json.dumps({**started.ready, "state_dir": str(config.state_dir), "log": str(started.log_path)}))
         return OK
-    print(
-        f"gateway: failed to start (exit {started.code}): {started.reason}; log: {started.log_path}{previous}",
-        file=sys.stderr,
-    )
+    _say(f"failed to start (exit {started.code}): {started.reason}; log: {started.log_path}{previous}")
     return started.code
 
 
@@ -266,30 +245,27 @@ def _report_started(started: Started, config: GatewayConfig, *, previous: str = 
 def cmd_stop(args: argparse.Namespace) -> int:
     state_dir = _config(args).state_dir
     check_state_dir(state_dir, create=False)
-    if not state_dir.exists():
-        print("gateway: not running", file=sys.stderr)
-        return OK
-    return stop_gateway(state_dir, timeout_s=args.timeout)
+    return stop_gateway(state_dir, timeout_s=args.timeout)  # a state dir not there: "not running"
 
 
 def stop_gateway(state_dir: Path, *, timeout_s: float, quiet: bool = False) -> int:
     """SIGTERM the gateway running on `state_dir`, SIGKILL it after `timeout_s`; 0 once gone.
     `quiet`: no "stopped" line (restart reports the outcome in one line of its own)."""
-    say = (lambda _text: None) if quiet else (lambda text: print(text, file=sys.stderr))
+    say = (lambda _text: None) if quiet else _say
     info = running_info(state_dir)
     if info is None:
-        say("gateway: not running")
+        say("not running")
         return OK
     pid = info.get("pid")
     if not isinstance(pid, int):
         raise GatewayExit(FAILED, f"a gateway holds {state_dir} but its pid file is unreadable")
     os.kill(pid, signal.SIGTERM)
     if _wait_exit(pid, timeout_s):
-        say(f"gateway: stopped (pid {pid})")
+        say(f"stopped (pid {pid})")
         return OK
     os.kill(pid, signal.SIGKILL)
     _wait_exit(pid, 10.0)
-    say(f"gateway: pid {pid} did not stop within {timeout_s:g}s; sent SIGKILL")
+    say(f"pid {pid} did not stop within {timeout_s:g}s; sent SIGKILL")
     return OK
 
 
@@ -300,8 +276,7 @@ def _wait_exit(pid: int, timeout_s: float) -> bool:
     except ProcessLookupError:
         return True
     try:
-        readable, _, _ = select.select([pidfd], [], [], timeout_s)
-        return bool(readable)
+        return bool(select.select([pidfd], [], [], timeout_s)[0])  # readable once it exited
     finally:
         os.close(pidfd)
 
@@ -331,28 +306,15 @@ def cmd_restart(args: argparse.Namespace) -> int:
                 f"no gateway is running on {state_dir} and none was started there before, so there is "
                 "nothing to restart; start one with: chatstate start --config FILE --detach",
             )
-        print(
-            f"gateway: not running; starting the last launch on {state_dir} again "
-            f"(config {recorded.get('config') or 'none: built-in defaults'}, from {state_dir / LAST_LAUNCH_NAME})",
-            file=sys.stderr,
-        )
+        where = f"config {recorded.get('config') or 'none: built-in defaults'}, from {state_dir / LAST_LAUNCH_NAME}"
+        _say(f"not running; starting the last launch on {state_dir} again ({where})")
     previous = Launch.from_record(recorded, state_dir) if isinstance(recorded, dict) else None
     if previous is not None and not explicit:
-        launch = replace(
-            previous,
-            host=args.host if args.host is not None else previous.host,
-            port=args.port if args.port is not None else previous.port,
-        )
+        given = {flag: getattr(args, flag) for flag in ("host", "port") if getattr(args, flag) is not None}
+        launch = replace(previous, **given)  # the overrides it ran with, but for those given now
     else:
         path = args.config or config_path(os.environ)
-        launch = Launch(
-            state_dir,
-            Path(path).expanduser().absolute() if path else None,
-            args.host,
-            args.port,
-            launch_env(os.environ),
-            Path.cwd(),
-        )
+        launch = _launch(args, state_dir, Path(path).expanduser().absolute() if path else None)
     config = _refused_if_bad(lambda: validate(launch), state_dir)
     _warn_variables(config)
     if info is not None:
@@ -360,11 +322,9 @@ def cmd_restart(args: argparse.Namespace) -> int:
     started = spawn_detached(launch, ready_timeout_s=args.ready_timeout)
     hint = ""
     if info is not None and previous is not None:
-        missing = sorted(set(previous.env) - set(os.environ))
-        with_env = f" (with {', '.join(missing)} set as before)" if missing else ""
-        hint = (
-            f"; the previous gateway was stopped; to start its configuration again run: {previous.command()}{with_env}"
-        )
+        missing = ", ".join(sorted(set(previous.env) - set(os.environ)))
+        hint = f"; the previous gateway was stopped; to start its configuration again run: {previous.command()}"
+        hint += f" (with {missing} set as before)" if missing else ""
     return _report_started(started, config, previous=hint)
 
 
@@ -377,16 +337,14 @@ def _refused_if_bad(step: Callable[[], T], state_dir: Path) -> T:
         info = running_info(state_dir) if state_dir.is_dir() else None
         if info is None:
             raise
-        raise GatewayExit(
-            exc.code, f"restart refused, the running gateway (pid {info.get('pid')}) keeps serving: {exc}"
-        ) from None
+        kept = f"restart refused, the running gateway (pid {info.get('pid')}) keeps serving"
+        raise GatewayExit(exc.code, f"{kept}: {exc}") from None
 
 
 # -- status -----------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
     from chatstate.gateway.status import gateway_status, status_text
 
-    config = _config(args)
-    report = gateway_status(config, timeout_s=args.timeout)
+    report = gateway_status(_config(args), timeout_s=args.timeout)
     print(json.dumps(report, indent=2) if args.json else status_text(report))
     return OK if report["running"] else FAILED

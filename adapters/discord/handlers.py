@@ -22,7 +22,7 @@ import discord
 from chatstate.adapters.discord import platform
 from chatstate.adapters.discord.platform import InteractionGone, RestError
 from chatstate.adapters.discord.state import ComponentEntry, ModalEntry, ModalField, Registry
-from chatstate.gateway.sdk import Job, UserQuota, Writes, now_ms, reply
+from chatstate.gateway.sdk import Job, UserQuota, Writes, reply
 
 EXPIRED = "This component has expired."
 NOT_FOR_YOU = "This component is not for you."
@@ -137,7 +137,7 @@ class DiscordBot:
         if entry["allowed_user_ids"] and it.user_id not in entry["allowed_user_ids"]:
             return platform.message(NOT_FOR_YOU, ephemeral=True)
         if entry["single_use"]:
-            if not await self.registry.claim_use(it.custom_id, it.user_id, used_at=now_ms()):
+            if not await self.registry.claim_use(it.custom_id, it.user_id):
                 return await self._used_or_expired(it, default=ALREADY_USED)
             # the claim decided; removing the entry is cleanup (lost in a crash, it expires)
             writes.delete(self.registry.components, it.custom_id)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, NamedTuple, NotRequired, TypedDict
 
+from chatstate.adapters.discord.platform import RESPONSE_DEADLINE_S
 from chatstate.gateway.sdk import AdapterState, StateSpec, Writes, now_ms
 
 ENTRY_VERSION = 1  # bump when the entry shape changes; other versions read as expired
@@ -29,6 +30,7 @@ SESSIONS = StateSpec("discord.gateway-session", ttl_ms=None, max_entries=64)
 INTERACTION_LEASE_MS = 15_000  # outlives Discord's 3 s answer window: a takeover is always too late
 INTERACTIONS_MAX_ENTRIES = 20_000  # claimed ids kept: replays stay refused up to ~33 interactions/s
 PANEL_OWNERS_MAX_ENTRIES = 5_000  # users counted; evicting one forgets their count
+UNANSWERED_MS = int(RESPONSE_DEADLINE_S * 1000)  # a live click is answered by then (or deferred)
 TOKEN_LIFETIME_MS = 15 * 60 * 1000  # a Gateway RESUME may replay an interaction while it lives
 
 
@@ -120,12 +122,22 @@ class Registry:
     async def peek_modal(self, custom_id: str) -> ModalEntry | None:
         return unwrap(await self.modals.get(custom_id))
 
-    async def claim_use(self, custom_id: str, user_id: str, *, used_at: int) -> bool:
+    async def claim_use(self, custom_id: str, user_id: str) -> bool:
         """Take the one use of a single-use component for `user_id`; False if someone has. Its
         own write before the answer, not staged with the done mark: racing clicks are different
         interactions, on one gateway or two, and a SIGKILL between the answer and the done mark
-        must leave the use taken, else the retry approves again (test_discord_exactly_once.py)."""
-        return await self.used.claim(custom_id, {"user_id": user_id, "used_at": used_at})
+        must leave the use taken, else the retry approves again (test_discord_exactly_once.py).
+        The caller saw the entry, which the done mark removes: `user_id`'s own use UNANSWERED_MS
+        old was never answered (its process died), so it is taken again (a compare-and-set: one
+        of racing retries wins) and the user is shown the outcome they missed."""
+        use = {"user_id": user_id, "used_at": now_ms()}
+        if await self.used.claim(custom_id, use):
+            return True
+        held = await self.used.get_entry(custom_id, fresh=True)
+        old = held.value if held is not None and isinstance(held.value, dict) else {}
+        if held is None or old.get("user_id") != user_id or use["used_at"] - old.get("used_at", 0) < UNANSWERED_MS:
+            return False
+        return await self.used.take_over(custom_id, use, version=held.version)
 
     async def used_by(self, custom_id: str) -> str | None:
         """The user who consumed `custom_id`, or None (never used, or the tombstone expired)."""

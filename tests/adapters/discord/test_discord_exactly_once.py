@@ -5,23 +5,29 @@ mid-burst; what users saw is counted from the simulator's records.
 Discord never redelivers an interaction: a click that died with the gateway shows "This
 interaction failed" and its user clicks again. So each button must end with exactly one
 approval, or, when the kill fell between the consume and the answer, with its clicker's retry
-told "You already used this component." (the documented refusal); never two approvals.
+told "You already used this component." (the documented refusal); never two approvals. A
+retry once Discord has failed that click is shown its outcome instead (the last test).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from discord_helpers import kill_at_callback, rows
 
-from chatstate.gateway.sim.discord import DiscordEdges, DiscordSimulator
+from chatstate.adapters.discord.platform import RESPONSE_DEADLINE_S
+from chatstate.gateway.sim.discord import ALICE, BOB, DiscordEdges, DiscordSimulator
+from chatstate.gateway.sim.discord_gateway import DiscordGatewaySimulator
 from chatstate.gateway.sim.harness import GatewayHarness
 
 PANELS = 40
 YOU_ALREADY_USED = "You already used this component."
+ALREADY_USED = "This component was already used."
 
 
 def user(i: int) -> str:
@@ -84,3 +90,23 @@ async def test_double_clicks_through_a_sigkill_approve_each_button_once(tmp_path
         )
         assert all(o["approved"] <= 1 for o in outcomes.values()), outcomes  # never two effects
         assert set(summary) <= {"approved once", "refused: already used by you"}, outcomes
+
+
+async def test_a_click_killed_before_its_answer_shows_its_outcome_when_clicked_again(tmp_path: Path) -> None:
+    """SIGKILL once the click has taken the button's use (committed) and before Discord has its
+    answer (the callback is held, then dropped): the same user's next click, after Discord has
+    failed the first, is shown what the first would have said, once; others are refused."""
+    sim = DiscordGatewaySimulator(heartbeat_interval_ms=2_000)
+    sim.extra_config["reidentify_delay_s"] = 0.2
+    async with GatewayHarness([sim], state_dir=tmp_path / "state") as gw:
+        message = await sim.post_panel()
+        first = await kill_at_callback(sim, gw, sim.click_payload(message, "Approve", user_id=ALICE), delivered=False)
+        await gw.start()
+        [use] = rows(gw.database_path, "discord.used").values()
+        # the user clicks again once Discord has shown "This interaction failed" for the first
+        await asyncio.sleep(max(0.0, use.value["used_at"] / 1000 + RESPONSE_DEADLINE_S - time.time()))
+        again = await sim.click(message, "Approve", user_id=ALICE)
+        assert (again.content, again.ephemeral) == (f"Approved by <@{ALICE}>.", False)
+        assert (await sim.click(message, "Approve", user_id=ALICE)).content == YOU_ALREADY_USED
+        assert (await sim.click(message, "Approve", user_id=BOB)).content == ALREADY_USED
+        assert not first.answered.done() and not sim.callbacks(str(first.payload["id"]))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from discord_helpers import kill_at_callback
 
 from chatstate.gateway.sim.discord import ALICE, BOB
 from chatstate.gateway.sim.discord_gateway import DiscordGatewaySimulator, Pending
@@ -97,13 +98,8 @@ async def test_kill_with_an_answer_in_flight_is_not_answered_twice_after_resume(
     sim = gateway_sim()
     async with GatewayHarness([sim], state_dir=tmp_path / "state") as gw:
         message = await sim.post_panel()
-        sim.hold_callbacks = asyncio.get_running_loop().create_future()
-        sim.callback_arrived.clear()  # the panel's own callback set it
-        click = await sim.dispatch_interaction(sim.click_payload(message, "Refresh", user_id=ALICE))
-        await asyncio.wait_for(sim.callback_arrived.wait(), 15)
-        await gw.kill()  # the answer is in Discord's hands; `seq` still points before the click
-        sim.hold_callbacks.set_result(None)
-        sim.hold_callbacks = None
+        # the answer is in Discord's hands; `seq` still points before the click
+        click = await kill_at_callback(sim, gw, sim.click_payload(message, "Refresh", user_id=ALICE), delivered=True)
         assert "refreshed by" in await answered(click)
         await gw.start()
         resume = sim.recorded("gateway_resume")[0].payload

@@ -3,6 +3,7 @@ panel's entries, which must match what discord.py serializes onto the message.""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import discord
@@ -11,7 +12,8 @@ from discord_helpers import close_registry, open_registry
 from runtime_support import FileRuntime
 
 from chatstate.adapters.discord import handlers
-from chatstate.adapters.discord.state import COMPONENTS, MODALS, Registry, unwrap, wrap
+from chatstate.adapters.discord.state import COMPONENTS, MODALS, UNANSWERED_MS, Registry, unwrap, wrap
+from chatstate.gateway.clock import now_ms
 
 
 def test_specs_are_the_design_table() -> None:
@@ -88,3 +90,22 @@ async def test_forget_removes_every_entry_of_an_unsent_message(tmp_path: Path) -
             assert await registries.peek_modal(cid) is None
     finally:
         await close_registry(registries)
+
+
+async def test_a_use_is_taken_again_only_by_its_user_once_its_answer_window_is_over(tmp_path: Path) -> None:
+    """A click still within Discord's answer window may yet be answered: its user's second
+    click is refused. Past it, unanswered (the entry is still there), one retry of its user
+    takes the use again, with a new time; another user never does."""
+    registry = Registry(legacy=False)
+    await open_registry(registry, FileRuntime("discord", tmp_path / "state.sqlite"))
+    try:
+        assert await registry.claim_use("approve:1", "alice")
+        assert not await registry.claim_use("approve:1", "alice")  # in flight: it may still answer
+        await registry.used.record("approve:1", {"user_id": "alice", "used_at": now_ms() - UNANSWERED_MS})
+        assert not await registry.claim_use("approve:1", "bob")
+        retries = await asyncio.gather(*(registry.claim_use("approve:1", "alice") for _ in range(3)))
+        assert sorted(retries) == [False, False, True]
+        assert await registry.used_by("approve:1") == "alice"
+        assert not await registry.claim_use("approve:1", "alice")  # the retry's own window now
+    finally:
+        await close_registry(registry)

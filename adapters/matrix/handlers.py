@@ -26,23 +26,12 @@ from typing import Any
 
 from nio import ReactionEvent, RoomMessageText
 
+import chatstate.gateway.sdk as sdk
 from chatstate.adapters.matrix import platform
 from chatstate.adapters.matrix.config import MatrixSettings
 from chatstate.adapters.matrix.platform import MatrixError, MatrixIO, decision_for
 from chatstate.adapters.matrix.state import ReactionTarget, json_key
-from chatstate.gateway.sdk import (
-    AdapterState,
-    Approval,
-    ApprovalService,
-    Clock,
-    InboundGate,
-    Job,
-    Outcome,
-    UserQuota,
-    Writes,
-    now_ms,
-    reply,
-)
+from chatstate.gateway.sdk import Approval, Job, Outcome, Writes, reply
 
 RETRY_DELAYS_S = (0.25, 1.0, 2.0)  # between attempts of one event; the last one repeats
 MAX_RETRY_AFTER_S = 30.0  # a homeserver asking for longer is capped: the loop must move on
@@ -66,12 +55,12 @@ class ApprovalFlow:
 
     io: MatrixIO
     settings: MatrixSettings
-    gate: InboundGate
-    targets: AdapterState  # matrix.approval-reactions
-    approvals: ApprovalService
-    quota: UserQuota
+    gate: sdk.InboundGate
+    targets: sdk.AdapterState  # matrix.approval-reactions
+    approvals: sdk.ApprovalService
+    quota: sdk.UserQuota
     log: logging.LoggerAdapter[logging.Logger]
-    clock: Clock = now_ms
+    clock: sdk.Clock = sdk.now_ms
     stats: Stats = field(default_factory=Stats)
 
     def key(self, *ids: str) -> str:
@@ -185,14 +174,13 @@ class ApprovalFlow:
         if approval.expires_at <= self.clock():
             self.log.info("matrix_request_expired", extra={"approval": approval.id, "room": room_id})
             return "expired"
+        refusal = None
         if len(approval.action) > platform.MAX_ACTION_CHARS:
-            content = platform.too_long_content(len(approval.action), event.event_id)
-            await self.io.say(room_id, content, kind="refused", cause=event.event_id)
-            self.log.info("matrix_request_refused", extra={"requester": event.sender, "room": room_id})
-            return "refused"
-        if await self.quota.admit(self.key(event.sender), writes) is not None:
-            content = platform.refused_content(event.sender, self.settings.max_pending_per_requester, event.event_id)
-            await self.io.say(room_id, content, kind="refused", cause=event.event_id)
+            refusal = platform.too_long_content(len(approval.action), event.event_id)
+        elif await self.quota.admit(self.key(event.sender), writes) is not None:
+            refusal = platform.refused_content(event.sender, self.settings.max_pending_per_requester, event.event_id)
+        if refusal is not None:
+            await self.io.say(room_id, refusal, kind="refused", cause=event.event_id)
             self.log.info("matrix_request_refused", extra={"requester": event.sender, "room": room_id})
             return "refused"
         content = platform.prompt_content(approval, event.event_id)

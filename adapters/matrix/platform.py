@@ -192,8 +192,7 @@ def nulls_absent(value: Any) -> Any:
 
 
 class _Client(AsyncClient):
-    """nio's client, reading null as absent and dropping events without a required field
-    before nio parses them."""
+    """nio's client, reading null as absent and dropping events without a required field."""
 
     malformed = 0  # events dropped so far (shown in /healthz as `events_malformed`)
 

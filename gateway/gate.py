@@ -214,15 +214,11 @@ class InboundGate:
 
     async def _run(self, job: Job, *, recovered: bool = False, last_attempt: bool = False) -> Answer:
         received_at = self._clock()
-        prepared = Writes(clock=self._clock)
+        # a held item may have been worked on by a process whose claim the store never saw
+        prepared = Writes(clock=self._clock, earlier_attempt=recovered)
         try:
-            if job.prepare is not None:
-                await job.prepare(prepared)
-            if job.work is None and job.key in self._held and self._holding is not None:
-                prepared.delete(self._holding.state, job.key)  # with the claim: the job is done then
-            claiming_at = self._clock()
-            lease = self._lease(received_at, done=job.work is None)
-            claim = await self._claim(job.key, lease, prepared)
+            await self._prepare(job, prepared)
+            claim, lease = await self._claim(job, received_at, prepared)
         except Exception as exc:
             self._failed(job, exc)
             prepared.discard()
@@ -239,7 +235,7 @@ class InboundGate:
         if job.work is None:
             self._held.discard(job.key)
             return Answer(Outcome.DONE, Outcome.DONE.value)
-        if self._clock() - claiming_at >= self.lease_ms:
+        if self._clock() >= lease["lease_until"]:
             # the claim's write took longer than a lease (a store failing over): another process
             # may already have taken the item over, so working now could answer it twice. Leave
             # it to the platform's retry (or, held, to a recovery loop): both check first
@@ -302,24 +298,38 @@ class InboundGate:
             lease["owner"] = self.owner
         return lease
 
-    async def _claim(self, key: str, lease: dict[str, Any], prepared: Writes) -> str | Outcome:
-        """ "won", "takeover" (a dead owner's lease), or why not. One write when uncontended: the
-        claim row (`lease`) and the prepared writes, together."""
-        now = self._clock()
+    async def _prepare(self, job: Job, prepared: Writes) -> None:
+        if job.prepare is not None:
+            await job.prepare(prepared)
+        if job.work is None and job.key in self._held and self._holding is not None:
+            prepared.delete(self._holding.state, job.key)  # with the claim: the job is done then
+
+    async def _claim(self, job: Job, received_at: int, prepared: Writes) -> tuple[str | Outcome, dict[str, Any]]:
+        """ "won", "takeover" (a dead owner's lease), or why not; and the claim row. One write
+        when uncontended: the claim row and the prepared writes, together. A prepare that
+        skipped reading what an earlier attempt could have written runs again before a takeover."""
+        now, key = self._clock(), job.key
+        lease = self._lease(received_at, done=job.work is None)
         if await prepared.commit(Claim(self.claims.stage_claim(key, lease))):
-            return "won"
+            return "won", lease
         entry = await self.claims.get_entry(key, fresh=True)
         if entry is None:  # released (or expired) in between
-            return "won" if await prepared.commit(Claim(self.claims.stage_claim(key, lease))) else Outcome.LEASED
+            won = await prepared.commit(Claim(self.claims.stage_claim(key, lease)))
+            return "won" if won else Outcome.LEASED, lease
         value = entry.value if isinstance(entry.value, dict) else {}
         if "done_at" in value:
-            return Outcome.ALREADY_DONE
+            return Outcome.ALREADY_DONE, lease
         lease_until = value.get("lease_until")
         mine = self.owner is not None and value.get("owner") == self.owner  # and not in flight here
         if isinstance(lease_until, int) and lease_until > now and not mine:
-            return Outcome.LEASED
+            return Outcome.LEASED, lease
+        if prepared.skipped_reads:
+            prepared.discard()
+            prepared.earlier_attempt, prepared.skipped_reads = True, False
+            await self._prepare(job, prepared)
+            lease = self._lease(received_at, done=job.work is None)
         took = Claim(self.claims.stage_claim(key, lease, version=entry.version), entry.version)
-        return "takeover" if await prepared.commit(took) else Outcome.LEASED
+        return "takeover" if await prepared.commit(took) else Outcome.LEASED, lease
 
     def _keep_leased(self, key: str, lease: dict[str, Any]) -> None:
         """Renew `lease` while the work on `key` runs (one loop for all: a fast work costs nothing)."""

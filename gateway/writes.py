@@ -22,6 +22,11 @@ class Writes:
 
     staged: list[Staged] = field(default_factory=list)
     clock: Clock = now_ms
+    # for a prepare: may an earlier attempt at this item have written rows (the gate takes over
+    # a dead owner's lease, or finishes a held item)? If not, the prepare may skip reading such
+    # rows, saying so (`skipped_reads`): the gate then prepares again should the claim meet one
+    earlier_attempt: bool = False
+    skipped_reads: bool = False
     _before: list[Entry | None] = field(default_factory=list)  # each row as this process saw it before
 
     def put(self, state: AdapterState, key: str, value: Any, *, ttl_ms: int | None = None) -> None:

@@ -10,7 +10,8 @@ and, if it needs one, its prepare. The gate does the rest, in two durable writes
    budget) and is answered as it was, one done before is "already done", one leased by
    another live process is "leased" (503 + Retry-After, the platform retries later);
 2. a lease whose owner died (its lease time passed with no done mark) is taken over with a
-   compare-and-set (and the prepared writes), and then the check ALWAYS runs first: a
+   compare-and-set (and the prepared writes: a prepare that skipped reading what only such an
+   earlier attempt could have written runs again first), then the check ALWAYS runs first: a
    redelivery after a reconnect can arrive as a first attempt, so what the delivery says about
    retries is never trusted. A gate given an `owner` (an identity only one live process holds
    at a time, like a Matrix device that one process syncs) also takes over, at once, a lease
@@ -37,7 +38,6 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -47,7 +47,7 @@ from aiohttp import web
 from chatstate.gateway import logs, metrics
 from chatstate.gateway.adapter_state import AdapterState
 from chatstate.gateway.clock import Clock, now_ms
-from chatstate.gateway.writes import Claim, Writes
+from chatstate.gateway.writes import Claim, Holding, Job, Writes
 from chatstate.state import StateStoreError
 
 __all__ = ["Answer", "Holding", "InboundGate", "Job", "Outcome", "Writes"]
@@ -87,32 +87,8 @@ class Answer:
 
     def response(self) -> web.Response:
         """The HTTP answer: 200, or 503 + Retry-After when the platform must send it again."""
-        if self.taken:
-            return web.Response(status=200, text=self.text)
-        return web.Response(status=503, headers={"Retry-After": str(self.retry_after_s)}, text=self.text)
-
-
-@dataclass(frozen=True)
-class Holding:
-    """Where items acked before their work is done are kept (`state`), and how the adapter
-    rebuilds a `Job` from a held row (`resume`; None for a row it cannot use)."""
-
-    state: AdapterState
-    resume: Callable[[str, Any], Job | None]
-
-
-@dataclass(frozen=True)
-class Job:
-    """One inbound item, as an adapter hands it to the gate."""
-
-    key: str
-    work: Callable[[Writes], Awaitable[str]] | None = None  # do it, stage state writes; returns a word ("replied")
-    # after a takeover: was it already answered? (then stage what is missing)
-    answered: Callable[[Writes], Awaitable[bool]] | None = None
-    hold: Any = None  # JSON the adapter's `resume` rebuilds this job from, if it outlives the ack budget
-    # read what the work needs and stage what must be durable before its effect (committed with
-    # the claim, in one transaction); a job without `work` is its prepared writes alone
-    prepare: Callable[[Writes], Awaitable[None]] | None = None
+        headers = None if self.taken else {"Retry-After": str(self.retry_after_s)}
+        return web.Response(status=200 if self.taken else 503, headers=headers, text=self.text)
 
 
 class InboundGate:
@@ -129,12 +105,9 @@ class InboundGate:
         clock: Clock = now_ms,
         owner: str | None = None,
     ) -> None:
-        self.claims = claims
-        self.lease_ms = lease_ms
-        self.owner = owner
-        self.ack_budget_s = ack_budget_s
-        self._holding = holding
-        self._clock = clock
+        self.claims, self.lease_ms, self.owner, self.ack_budget_s = claims, lease_ms, owner, ack_budget_s
+        self._holding, self._clock = holding, clock
+        self._retry_after_s = math.ceil(lease_ms / 1000)  # a leased item's Retry-After
         self._inflight: dict[str, asyncio.Task[Answer]] = {}
         self._held: set[str] = set()  # keys this process holds in `held`
         self._recovery: asyncio.Task[None] | None = None
@@ -201,28 +174,22 @@ class InboundGate:
             return Answer(Outcome.IN_PROGRESS, Outcome.IN_PROGRESS.value)
         if running.cancelled() or running.exception() is not None:
             return Answer(Outcome.FAILED, Outcome.FAILED.value)
-        first = running.result()
-        return first if not first.taken else Answer(Outcome.ALREADY_DONE, Outcome.ALREADY_DONE.value)
+        return Answer(Outcome.ALREADY_DONE, Outcome.ALREADY_DONE.value) if running.result().taken else running.result()
 
     def _start(self, job: Job, *, recovered: bool = False, last_attempt: bool = False) -> asyncio.Task[Answer]:
-        task = asyncio.create_task(
-            self._run(job, recovered=recovered, last_attempt=last_attempt), name=f"gate-{job.key}"
-        )
+        run = self._run(job, recovered=recovered, last_attempt=last_attempt)
+        task = asyncio.create_task(run, name=f"gate-{job.key}")
         self._inflight[job.key] = task
         task.add_done_callback(lambda _t: self._inflight.pop(job.key, None))
         return task
 
     async def _run(self, job: Job, *, recovered: bool = False, last_attempt: bool = False) -> Answer:
         received_at = self._clock()
-        prepared = Writes(clock=self._clock)
+        # a held item may have been worked on by a process whose claim the store never saw
+        prepared = Writes(clock=self._clock, earlier_attempt=recovered)
         try:
-            if job.prepare is not None:
-                await job.prepare(prepared)
-            if job.work is None and job.key in self._held and self._holding is not None:
-                prepared.delete(self._holding.state, job.key)  # with the claim: the job is done then
-            claiming_at = self._clock()
-            lease = self._lease(received_at, done=job.work is None)
-            claim = await self._claim(job.key, lease, prepared)
+            await self._prepare(job, prepared)
+            claim, lease = await self._claim(job, received_at, prepared)
         except Exception as exc:
             self._failed(job, exc)
             prepared.discard()
@@ -234,19 +201,18 @@ class InboundGate:
                 if job.key in self._held and self._holding is not None:
                     self._held.discard(job.key)
                     await self._holding.state.forget(job.key)
-            retry_after = math.ceil(self.lease_ms / 1000) if claim is Outcome.LEASED else 1
-            return Answer(claim, claim.value, retry_after)
+            return Answer(claim, claim.value, self._retry_after_s if claim is Outcome.LEASED else 1)
         if job.work is None:
             self._held.discard(job.key)
             return Answer(Outcome.DONE, Outcome.DONE.value)
-        if self._clock() - claiming_at >= self.lease_ms:
+        if self._clock() >= lease["lease_until"]:
             # the claim's write took longer than a lease (a store failing over): another process
             # may already have taken the item over, so working now could answer it twice. Leave
             # it to the platform's retry (or, held, to a recovery loop): both check first
             self._log.warning("gate_claim_too_late", extra={"namespace": self.claims.namespace, "key": job.key})
             if last_attempt and job.key not in self._held and await self._hold(job):
                 return Answer(Outcome.ACCEPTED, Outcome.ACCEPTED.value)  # no retry will come: held
-            return Answer(Outcome.LEASED, Outcome.LEASED.value, math.ceil(self.lease_ms / 1000))
+            return Answer(Outcome.LEASED, Outcome.LEASED.value, self._retry_after_s)
         writes = Writes(clock=self._clock)
         self._keep_leased(job.key, lease)
         try:
@@ -268,8 +234,7 @@ class InboundGate:
             prepared.undo(release)
             release.put(self.claims, job.key, {"received_at": received_at, "lease_until": 0})
             # nobody sends it again: released and held in one write, for the recovery loop
-            keep = last_attempt and not self.claims.legacy and job.key not in self._held
-            holding = self._holding if keep else None
+            holding = self._holding if last_attempt and not self.claims.legacy and job.key not in self._held else None
             if holding is not None:
                 release.put(holding.state, job.key, job.hold)
             await release.commit()
@@ -297,29 +262,41 @@ class InboundGate:
         now = self._clock()
         if done:
             return {"received_at": received_at, "done_at": now}
-        lease: dict[str, Any] = {"received_at": received_at, "lease_until": now + self.lease_ms}
-        if self.owner is not None:
-            lease["owner"] = self.owner
-        return lease
+        owner = {} if self.owner is None else {"owner": self.owner}
+        return {"received_at": received_at, "lease_until": now + self.lease_ms, **owner}
 
-    async def _claim(self, key: str, lease: dict[str, Any], prepared: Writes) -> str | Outcome:
-        """ "won", "takeover" (a dead owner's lease), or why not. One write when uncontended: the
-        claim row (`lease`) and the prepared writes, together."""
-        now = self._clock()
+    async def _prepare(self, job: Job, prepared: Writes) -> None:
+        if job.prepare is not None:
+            await job.prepare(prepared)
+        if job.work is None and job.key in self._held and self._holding is not None:
+            prepared.delete(self._holding.state, job.key)  # with the claim: the job is done then
+
+    async def _claim(self, job: Job, received_at: int, prepared: Writes) -> tuple[str | Outcome, dict[str, Any]]:
+        """ "won", "takeover" (a dead owner's lease), or why not; and the claim row. One write
+        when uncontended: the claim row and the prepared writes, together. A prepare that
+        skipped reading what an earlier attempt could have written runs again before a takeover."""
+        now, key = self._clock(), job.key
+        lease = self._lease(received_at, done=job.work is None)
         if await prepared.commit(Claim(self.claims.stage_claim(key, lease))):
-            return "won"
+            return "won", lease
         entry = await self.claims.get_entry(key, fresh=True)
         if entry is None:  # released (or expired) in between
-            return "won" if await prepared.commit(Claim(self.claims.stage_claim(key, lease))) else Outcome.LEASED
+            won = await prepared.commit(Claim(self.claims.stage_claim(key, lease)))
+            return "won" if won else Outcome.LEASED, lease
         value = entry.value if isinstance(entry.value, dict) else {}
         if "done_at" in value:
-            return Outcome.ALREADY_DONE
+            return Outcome.ALREADY_DONE, lease
         lease_until = value.get("lease_until")
         mine = self.owner is not None and value.get("owner") == self.owner  # and not in flight here
         if isinstance(lease_until, int) and lease_until > now and not mine:
-            return Outcome.LEASED
+            return Outcome.LEASED, lease
+        if prepared.skipped_reads:
+            prepared.discard()
+            prepared.earlier_attempt, prepared.skipped_reads = True, False
+            await self._prepare(job, prepared)
+            lease = self._lease(received_at, done=job.work is None)
         took = Claim(self.claims.stage_claim(key, lease, version=entry.version), entry.version)
-        return "takeover" if await prepared.commit(took) else Outcome.LEASED
+        return "takeover" if await prepared.commit(took) else Outcome.LEASED, lease
 
     def _keep_leased(self, key: str, lease: dict[str, Any]) -> None:
         """Renew `lease` while the work on `key` runs (one loop for all: a fast work costs nothing)."""

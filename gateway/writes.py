@@ -1,5 +1,7 @@
-"""The writes of one inbound item, committed in one transaction: what its prepare stages (with
-the gate's claim, one conditional write), and what its work stages (with the done mark).
+"""An inbound item as an adapter hands it to the gate (`Job`; `Holding`: where one acked before
+its work is done is kept), and its writes, each set committed in one transaction: what its
+prepare stages (with the gate's claim, one conditional write), and what its work stages (with
+the done mark).
 
 Each write goes through `AdapterState.stage`, so memory shows it at once and a store failure
 degrades to memory and replays (AdapterState's rule). A staged row remembers the row this
@@ -8,6 +10,7 @@ process saw before it, so a prepare whose work then fails can be put back (`undo
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +25,11 @@ class Writes:
 
     staged: list[Staged] = field(default_factory=list)
     clock: Clock = now_ms
+    # for a prepare: may an earlier attempt at this item have written rows (the gate takes over
+    # a dead owner's lease, or finishes a held item)? If not, the prepare may skip reading such
+    # rows, saying so (`skipped_reads`): the gate then prepares again should the claim meet one
+    earlier_attempt: bool = False
+    skipped_reads: bool = False
     _before: list[Entry | None] = field(default_factory=list)  # each row as this process saw it before
 
     def put(self, state: AdapterState, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
@@ -66,7 +74,8 @@ class Writes:
         if claim is not None and claim.staged.write is not None:
             stored.insert(0, claim.staged)
         states = list({id(s.state): s.state for s in stored}.values())
-        if stored and all([await st.recover() for st in states]):
+        # a healthy state has nothing to replay: no await for recover() on every commit
+        if stored and all([(st.last_error is None and not st.pending_writes) or await st.recover() for st in states]):
             try:
                 if not await commit_staged_async([s.write for s in stored if s.write is not None]):
                     return False
@@ -103,3 +112,26 @@ class Claim:
             return self.staged.state.memory.claim(self.staged.entry)
         self.staged.state.memory.put(self.staged.entry)
         return True
+
+
+@dataclass(frozen=True)
+class Holding:
+    """Where items acked before their work is done are kept (`state`), and how the adapter
+    rebuilds a `Job` from a held row (`resume`; None for a row it cannot use)."""
+
+    state: AdapterState
+    resume: Callable[[str, Any], Job | None]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One inbound item, as an adapter hands it to the gate."""
+
+    key: str
+    work: Callable[[Writes], Awaitable[str]] | None = None  # do it, stage state writes; returns a word ("replied")
+    # after a takeover: was it already answered? (then stage what is missing)
+    answered: Callable[[Writes], Awaitable[bool]] | None = None
+    hold: Any = None  # JSON the adapter's `resume` rebuilds this job from, if it outlives the ack budget
+    # read what the work needs and stage what must be durable before its effect (committed with
+    # the claim, in one transaction); a job without `work` is its prepared writes alone
+    prepare: Callable[[Writes], Awaitable[None]] | None = None

@@ -186,10 +186,12 @@ class SlackBot:
             # uncounted, add no slow calls. The quota's own state is not watched: it recovers
             # through the next commit it is part of, which this would otherwise never let happen
             return "known"
-        # read even for a top-level message: a process that died holding this event committed
-        # the thread's row and its count with its claim, and the retry that takes it over must
-        # find them, not count the thread a second time
-        if await self.threads.replied_in(thread) is not None:
+        # a top-level message starts its thread: only an earlier attempt at this event (a
+        # process that died holding it, having committed the thread's row and count with its
+        # claim) can have recorded it, and the gate prepares again, reading, to take that over
+        if message.thread_ts is None and not writes.earlier_attempt:
+            writes.skipped_reads = True
+        elif await self.threads.replied_in(thread) is not None:
             return "known"  # a thread counts once, against the user who made the bot follow it
         if await self.quota.admit(f"{thread.team_id}:{message.user}", writes) is None:
             self.threads.record_participation(writes, thread, agent_id=self.settings.agent_id)

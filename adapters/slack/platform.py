@@ -5,6 +5,7 @@ test swaps only the far end (the simulator's URL). No state lives here.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -180,6 +181,17 @@ class BoundedRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
             return False
 
 
+def sdk_logger() -> logging.Logger:
+    """The logger for slack-sdk's client. slack-sdk formats its debug lines (each call's headers,
+    parameters and response body) whenever its logger's *own* level is unset, emitted or not:
+    this child of its logger carries the level logging has now (the gateway configures it at
+    start), so nothing is formatted unless debug is on."""
+    parent = logging.getLogger("slack_sdk.web.async_base_client")
+    logger = parent.getChild("chatstate")
+    logger.setLevel(parent.getEffectiveLevel())
+    return logger
+
+
 class SlackApi:
     """The Web API calls the adapter makes, through one `AsyncWebClient` and one HTTP session
     (made on the running loop), with slack-sdk's retry handlers: 429 (Retry-After honoured),
@@ -192,6 +204,7 @@ class SlackApi:
             token=token,
             base_url=base_url,
             session=self._session,
+            logger=sdk_logger(),
             retry_handlers=[
                 BoundedRateLimitRetryHandler(max_retry_count=RATE_LIMIT_RETRIES),
                 CheckedServerErrorRetryHandler(self._find_posted, max_retry_count=SERVER_ERROR_RETRIES),

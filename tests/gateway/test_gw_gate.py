@@ -392,16 +392,23 @@ async def test_a_job_without_work_is_one_conditional_write(procs: list[Process],
     assert rows(db, "test.rows") == {"kept": {"n": 1}, "new": {"by": "prepare"}}
 
 
+async def beside_a_dead_owner(procs: list[Process], tmp_path: Path, key: str) -> tuple[Clock, Process]:
+    """A live process, and the lease of one that died holding `key` (it runs out after LEASE_MS)."""
+    clock = Clock()
+    alive = await new(procs, tmp_path, clock)
+    path = tmp_path / "state.sqlite"
+    store = open_keyed_store("gate", "test.claims", max_entries=1_000, default_ttl_ms=CLAIMS.ttl_ms, path=path)
+    try:
+        store.register(key, {"received_at": clock.now, "lease_until": clock.now + LEASE_MS})
+    finally:
+        store.close()
+    return clock, alive
+
+
 async def test_a_takeover_commits_the_prepared_writes_with_its_compare_and_set(
     procs: list[Process], tmp_path: Path
 ) -> None:
-    clock = Clock()
-    alive = await new(procs, tmp_path, clock)
-    store = open_keyed_store(
-        "gate", "test.claims", max_entries=1_000, default_ttl_ms=CLAIMS.ttl_ms, path=tmp_path / "state.sqlite"
-    )
-    store.register("e1", {"received_at": clock.now, "lease_until": clock.now + LEASE_MS})  # a dead owner's
-    store.close()
+    clock, alive = await beside_a_dead_owner(procs, tmp_path, "e1")
     leased = await alive.gate.deliver(replace(alive.job("e1"), prepare=preparing(alive)))
     assert leased.outcome is Outcome.LEASED and await alive.rows.get("kept") is None  # nothing kept
     clock.now += LEASE_MS + 1
@@ -412,6 +419,35 @@ async def test_a_takeover_commits_the_prepared_writes_with_its_compare_and_set(
         "new": {"by": "prepare"},
         "e1": {"by": "check"},
     }
+
+
+async def test_a_prepare_that_skipped_its_reads_runs_again_before_a_takeover(
+    procs: list[Process], tmp_path: Path
+) -> None:
+    clock, alive = await beside_a_dead_owner(procs, tmp_path, "e1")
+    await alive.rows.record("kept", {"n": 1})  # committed with that claim: e1 counted already
+    await alive.rows.record("counted e1", {"by": "prepare"})
+    passes: list[tuple[str, bool]] = []
+
+    def counting(key: str) -> Callable[[Writes], Awaitable[None]]:
+        async def prepare(writes: Writes) -> None:  # counts `key` once; only an earlier attempt could have
+            passes.append((key, writes.earlier_attempt))
+            if not writes.earlier_attempt:
+                writes.skipped_reads = True
+            elif await alive.rows.get(f"counted {key}") is not None:
+                return
+            kept = await alive.rows.get("kept")
+            writes.put(alive.rows, "kept", {"n": (kept or {"n": 0})["n"] + 1})
+            writes.put(alive.rows, f"counted {key}", {"by": "prepare"})
+
+        return prepare
+
+    clock.now += LEASE_MS + 1
+    took = await alive.gate.deliver(replace(alive.job("e1", answered=True), prepare=counting("e1")))
+    fresh = await alive.gate.deliver(replace(alive.job("e2"), prepare=counting("e2")))
+    assert (took.outcome, fresh.outcome) == (Outcome.ALREADY_DONE, Outcome.DONE)
+    assert passes == [("e1", False), ("e1", True), ("e2", False)]  # read again only to take over
+    assert rows(tmp_path / "state.sqlite", "test.rows")["kept"] == {"n": 2}  # e1 and e2, each once
 
 
 async def test_while_the_store_fails_the_claim_is_decided_in_memory_and_the_writes_replayed(

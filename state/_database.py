@@ -17,12 +17,12 @@ from typing import Any, ParamSpec, TypeVar
 
 from . import _sqlite
 from ._aio import POOL, WORKER_PREFIX, AsyncKeyedStore, Workers, open_async
-from ._errors import StateStoreError
 from ._spec import (
     MAX_VALUE_BYTES,
     Backend,
     Clock,
     NamespaceSpec,
+    StateStoreError,
     StoreSettings,
     Write,
     check_where,

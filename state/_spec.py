@@ -1,9 +1,10 @@
-"""What every layer passes (limits, `StoreSettings`, `NamespaceSpec`, rows, the backend
-interface) and the input checks, run before any write so a bad call changes nothing.
-"""
+"""Errors, spec and input validation: what every layer passes (`StateStoreError`, the limits,
+`StoreSettings`, `NamespaceSpec`, rows, the backend interface) and the checks, run before any write
+so a bad call changes nothing."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -12,12 +13,10 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeGuard
 from urllib.parse import unquote_plus
-
-from ._errors import StateStoreError
 
 MAX_NAMESPACE_BYTES = 128  # UTF-8 bytes, after trimming
 MAX_KEY_BYTES = 512  # UTF-8 bytes, after trimming
@@ -36,6 +35,38 @@ OVERFLOW_POLICIES = ("evict-oldest", "reject-new")
 NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9._-]*", re.IGNORECASE | re.ASCII)
 
 Clock = Callable[[], int]  # ms since epoch
+
+
+# -- errors: one public type, with stable codes a caller can branch on ---------------------------
+class ErrorCode(StrEnum):
+    OPEN_FAILED = "OPEN_FAILED"  # cannot open/create the database (not SQLite, no permission)
+    SCHEMA_UNSUPPORTED = "SCHEMA_UNSUPPORTED"  # user_version newer than this code knows
+    WRITE_FAILED = "WRITE_FAILED"
+    READ_FAILED = "READ_FAILED"
+    CORRUPT = "CORRUPT"  # the file or a stored JSON value is unreadable
+    LIMIT_EXCEEDED = "LIMIT_EXCEEDED"  # a size, depth or row-count limit
+    INVALID_INPUT = "INVALID_INPUT"
+    UNAVAILABLE = "UNAVAILABLE"  # backend unreachable, or the store was closed
+    CONFLICT = "CONFLICT"  # `update` lost the race for a row more times than it may retry
+
+
+# What `StateStoreError.operation` may say; "commit" is commit_staged / commit_staged_async.
+OPERATIONS = frozenset(
+    "open register register_if_absent compare_and_set update lookup lookup_many consume delete delete_if "
+    "clear count entries sweep probe close commit".split()
+)
+
+
+class StateStoreError(Exception):
+    """Raised by every store call that fails; `code` is stable, the message is for people: it
+    names the limit and the offending size, never a stored or offered value."""
+
+    def __init__(self, code: ErrorCode | str, operation: str, message: str, *, path: str | None = None) -> None:
+        self.code, self.operation, self.path, self._message = ErrorCode(code), operation, path, message
+        super().__init__(f"{self.code} during {operation}: {message}" + (f" [{path}]" if path else ""))
+
+    def __reduce__(self) -> tuple[object, ...]:  # keep code/operation/path across processes
+        return functools.partial(StateStoreError, path=self.path), (self.code.value, self.operation, self._message)
 
 
 def wall_clock_ms() -> int:

@@ -21,8 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._errors import StateStoreError
-from ._spec import SCHEMA_VERSION, Decode, Mode, NamespaceSpec, Row, StoreSettings, Write
+from ._spec import SCHEMA_VERSION, Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write
 
 DIR_MODE, FILE_MODE = 0o700, 0o600
 SIDE_FILES = ("-wal", "-shm")

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._database import check_database, probe
-from ._errors import StateStoreError
-from ._spec import database_path, resolve_path, wall_clock_ms
+from ._spec import StateStoreError, database_path, resolve_path, wall_clock_ms
 
 WHERE = "(:plugin IS NULL OR plugin_id = :plugin) AND (:ns IS NULL OR namespace = :ns)"
 # "IS NOT NULL AND": a bare `expires_at <= :now` is NULL for never-expiring rows, and a sum of

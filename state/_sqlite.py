@@ -3,8 +3,7 @@ through `_transact`, and the filesystem rules.
 
 WAL lets readers run beside the one writer; BEGIN IMMEDIATE takes the write lock up front, so two processes
 never deadlock upgrading a read lock; trigger-kept row counts make the max_entries check O(1). Files are never
-reached through a symlink nor adopted from another uid; what the store creates is private whatever the umask,
-and modes are re-applied after every write."""
+reached through a symlink nor adopted from another uid, and stay private (modes re-applied after every write)."""
 
 from __future__ import annotations
 
@@ -44,8 +43,7 @@ SCHEMA_V1 = (
     PRIMARY KEY (plugin_id, namespace, key)
 ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS entries_by_expiry ON entries (expires_at) WHERE expires_at IS NOT NULL",
-    # No (plugin_id, namespace, expires_at) index: every register moves a row in each index, and
-    # a third one cost ~27% of a write's CPU (benchmarks/store_bench.py).
+    # No (plugin_id, namespace, expires_at) index: a register moves a row in each index; a third cost ~27% CPU.
     "CREATE INDEX IF NOT EXISTS entries_by_order ON entries (plugin_id, namespace, created_at, key)",
     """CREATE TABLE IF NOT EXISTS namespace_rows (
     plugin_id TEXT NOT NULL,
@@ -69,9 +67,8 @@ SCHEMA = (*SCHEMA_V1, ADD_VERSION)  # a new file: v1's tables plus the version c
 MIGRATIONS = {1: (ADD_VERSION, "UPDATE entries SET version = abs(random() >> 1) + 1")}
 
 # -- statements -----------------------------------------------------------------------------
-# The hot statements bind a tuple to numbered parameters (about 10% of a lookup cheaper than a
-# dict): ?1 plugin_id ?2 namespace ?3 key ?4 now_ms ?5 value ?6 expires_at ?7 the new version
-# ?8 the version a compare_and_set expects. The rest bind :plugin :ns :now by name.
+# Hot statements bind numbered parameters (a lookup ~10% cheaper than by name): ?1 plugin_id ?2 namespace
+# ?3 key ?4 now_ms ?5 value ?6 expires_at ?7 new version ?8 expected version. The rest bind :plugin :ns :now.
 LIVE = "(expires_at IS NULL OR expires_at > ?4)"
 NS = "plugin_id = ?1 AND namespace = ?2"
 ROW = f"FROM entries WHERE {NS} AND key = ?3"
@@ -92,16 +89,14 @@ SQL_READ_MANY = {
 }
 SQL_DELETE = f"DELETE {ROW}"
 SQL_TAKE = f"{SQL_DELETE} RETURNING {COLUMNS}"
-# delete (?5 NULL: any row) and delete_if (only the live row of version ?5). RETURNING {LIVE} would
-# read ?4 as NULL (SQLite 3.40): the caller compares expires_at itself.
+# delete (?5 NULL: any row), delete_if (the live row of version ?5); RETURNING {LIVE} reads ?4 as NULL (3.40)
 SQL_REMOVE = f"{SQL_DELETE} AND (?5 IS NULL OR (version = ?5 AND {LIVE})) RETURNING expires_at"
 SQL_NS_ROWS = f"SELECT row_count FROM namespace_rows WHERE {NS}"
 # The page after a cursor: the row-value comparison walks entries_by_order from the cursor on.
 SQL_SCAN_PAGE = f"""SELECT key, {COLUMNS} FROM entries
 WHERE plugin_id = :plugin AND namespace = :ns AND (created_at, key) > (:after_c, :after_k)
 AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key LIMIT :limit"""
-# Live rows = the trigger-kept row count minus the namespace's expired rows (few: swept every
-# 60 s, found by the expiry index): O(expired), not O(namespace).
+# Live rows = the trigger-kept count minus the expired rows (few: swept every 60 s): O(expired), not O(namespace).
 SQL_COUNT_LIVE = """SELECT coalesce((SELECT row_count FROM namespace_rows WHERE plugin_id = :plugin AND namespace = :ns), 0)
     - (SELECT count(*) FROM entries INDEXED BY entries_by_expiry
        WHERE expires_at <= :now AND plugin_id = :plugin AND namespace = :ns)"""
@@ -112,9 +107,8 @@ SQL_DROP_EXPIRED = f"DELETE FROM entries INDEXED BY entries_by_expiry WHERE expi
 OLDEST = f"""SELECT key FROM entries INDEXED BY entries_by_order WHERE {NS} AND {LIVE} AND key != ?3
 ORDER BY created_at, key"""
 SQL_EVICT = f"DELETE FROM entries WHERE {NS} AND key IN ({OLDEST} LIMIT ?5)"
-# A namespace exactly at max_entries: a write takes over, in one UPDATE, the row of its own key,
-# else an expired one (they never count), else (evict-oldest) the oldest live one: an eviction
-# and an insert for the work of one write.
+# A namespace exactly at max_entries: one UPDATE takes over the row of its own key, else an expired one, else
+# (evict-oldest) the oldest live one: an eviction and an insert for the work of one write.
 _TAKE_OVER = f"""UPDATE entries SET key = ?3, {SET} WHERE {NS} AND key = coalesce((SELECT key {ROW}),
 (SELECT key FROM entries INDEXED BY entries_by_expiry WHERE expires_at <= ?4 AND {NS} LIMIT 1)"""
 SQL_TAKE_OVER = {"evict-oldest": f"{_TAKE_OVER}, ({OLDEST} LIMIT 1))", "reject-new": f"{_TAKE_OVER})"}
@@ -162,7 +156,7 @@ def prepare_dirs(db: Path, *, create: bool = True, op: str = "open") -> None:
 def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, bool]:
     """Check (with `create`, make) the database's place: (the directory is the store's own, `plugin-state` or
     made now; the file has content). Raises OPEN_FAILED."""
-    own_dir = db.parent.name == "plugin-state" or not os.path.lexists(db.parent)
+    own_dir = db.parent.name == "plugin-state" or (create and not os.path.lexists(db.parent))
     try:
         prepare_dirs(db, create=create, op=op)
         for side in SIDE_FILES:
@@ -192,9 +186,8 @@ class _Modes:
         """Raises OSError if an fchmod fails."""
         with self._lock:
             for path, mode in self._targets:
-                fd = self._fds.get(path)
-                st = None if fd is None else os.fstat(fd)
-                if fd is None or st is None or st.st_nlink == 0:
+                st = None if (fd := self._fds.get(path)) is None else os.fstat(fd)
+                if st is None or st.st_nlink == 0:
                     if fd is not None:
                         os.close(self._fds.pop(path))
                     try:
@@ -223,9 +216,8 @@ def newer_schema(version: int, op: str, where: str) -> StateStoreError:
     return StateStoreError("SCHEMA_UNSUPPORTED", op, message, path=where)
 
 
-# Files this process checked, by path, as they looked right after the check. The gateway checks the file
-# before it binds and again as it opens; at 1M rows a quick_check reads ~0.2 s, so the second is skipped when
-# neither the file nor its WAL changed (an empty WAL holds nothing: a read-only check may create one).
+# Files this process checked, as they looked then: the gateway checks before it binds and again as it opens, and
+# at 1M rows a quick_check reads ~0.2 s. An empty WAL holds nothing (a read-only check may create one).
 _checked: dict[str, tuple[object, ...]] = {}
 
 
@@ -336,8 +328,7 @@ class SQLiteBackend:
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring the file to SCHEMA_VERSION in the open's transaction, an older one backed up to `<file>.v<N>.bak`."""
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
+        if (version := conn.execute("PRAGMA user_version").fetchone()[0]) > SCHEMA_VERSION:
             raise newer_schema(version, "open", self.location)
         if version == SCHEMA_VERSION:
             return
@@ -349,19 +340,19 @@ class SQLiteBackend:
 
     def _slot(self, op: str) -> _Slot:
         """This thread's connection, opened on first use; refused in a forked child (pid check)."""
-        slot: _Slot | None = getattr(self._local, "slot", None)
         if self._pid != os.getpid():
             raise self._fail("UNAVAILABLE", op, "the store was opened by another process (before a fork)")
-        if slot is not None:
+        if (slot := getattr(self._local, "slot", None)) is not None:
             return slot
+        # isolation_level None: BEGIN IMMEDIATE / COMMIT are ours; check_same_thread: close() closes from any
+        # thread. SQLite calls no busy handler for the switch to WAL, so processes creating the database together
+        # got "database is locked" at once: it is retried for up to busy_timeout_s.
         timeout_s = self.settings.busy_timeout_s
-        try:  # isolation_level None: BEGIN IMMEDIATE / COMMIT are ours; close() closes from any thread
+        deadline = time.monotonic() + timeout_s
+        try:
             conn = sqlite3.connect(
                 self._uri, uri=True, timeout=timeout_s, isolation_level=None, check_same_thread=False
             )
-            # SQLite calls no busy handler for this, so processes creating the database together got
-            # "database is locked" at once: retry for up to busy_timeout_s.
-            deadline = time.monotonic() + timeout_s
             while True:
                 try:
                     conn.execute("PRAGMA journal_mode = WAL")
@@ -383,9 +374,8 @@ class SQLiteBackend:
 
     def _driver_error(self, op: str, exc: sqlite3.Error, *, open_error: bool = False) -> StateStoreError:
         code = "OPEN_FAILED" if open_error or op == "open" else "READ_FAILED" if op in READ_OPS else "WRITE_FAILED"
-        return self._fail(
-            "CORRUPT" if any(w in str(exc).lower() for w in CORRUPTION) else code, op, f"SQLite said: {exc}"
-        )
+        code = "CORRUPT" if any(w in str(exc).lower() for w in CORRUPTION) else code
+        return self._fail(code, op, f"SQLite said: {exc}")
 
     def _query(self, op: str, statement: str, params: tuple[object, ...] | dict[str, object] = ()) -> list[Any]:
         """Run one read; close() waits for it. In `run_batch` it reads the batch's transaction, its lock held."""
@@ -447,9 +437,8 @@ class SQLiteBackend:
             return None
 
     def _after_commit(self, op: str) -> None:
-        """Re-apply 0700/0600, so an outside chmod does not stick. Best effort: failing a committed write would
-        orphan a claim, lose a consumed value or make a retry answer twice; a failure is logged once and shown by
-        `fault()` until one succeeds."""
+        """Re-apply 0700/0600, best effort: failing a committed write would orphan a claim, lose a consumed value or
+        make a retry answer twice. A failure is logged once and shown by `fault()` until one succeeds."""
         try:
             self._modes.ensure()
         except OSError as exc:
@@ -553,9 +542,8 @@ class SQLiteBackend:
         return int(self._query("count", SQL_COUNT_LIVE, _named(spec, now_ms))[0][0])
 
     def sweep(self, now_ms: int) -> int:
-        """Delete expired rows in batches, each its own short transaction. A batch dirties hundreds of pages, so
-        the automatic checkpoint (fsyncs included) would run in almost every COMMIT, under the write lock: it is
-        off meanwhile, and a PASSIVE one follows each batch."""
+        """Delete expired rows in batches of short transactions; the automatic checkpoint (fsyncs included) would
+        run in almost every one, under the write lock: it is off meanwhile, a PASSIVE one follows each batch."""
         args, removed, n = {"now": now_ms, "batch": self.settings.sweep_batch_rows}, 0, self.settings.sweep_batch_rows
         self._query("sweep", "PRAGMA wal_autocheckpoint = 0")
         try:

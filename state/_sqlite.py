@@ -187,7 +187,7 @@ class _Modes:
         with self._lock:
             for path, mode in self._targets:
                 st = None if (fd := self._fds.get(path)) is None else os.fstat(fd)
-                if st is None or st.st_nlink == 0:
+                if fd is None or st is None or st.st_nlink == 0:
                     if fd is not None:
                         os.close(self._fds.pop(path))
                     try:

@@ -118,8 +118,7 @@ SQL_SWEEP = """DELETE FROM entries WHERE (plugin_id, namespace, key) IN (
 
 # -- files: never follow, never adopt ---------------------------------------------------------
 def check_path(path: Path, is_dir: bool, op: str = "open") -> os.stat_result | None:
-    """Refuse a symlink (dangling or not), the wrong kind of file or one of another uid (OPEN_FAILED, saying what
-    to do); None if `path` is missing."""
+    """Refuse a symlink, the wrong kind of file or another uid's (OPEN_FAILED, saying what to do); None if missing."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -154,8 +153,7 @@ def prepare_dirs(db: Path, *, create: bool = True, op: str = "open") -> None:
 
 
 def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, bool]:
-    """Check (with `create`, make) the database's place: (the directory is the store's own, `plugin-state` or
-    made now; the file has content). Raises OPEN_FAILED."""
+    """Check (with `create`, make) the database's place: (the directory is the store's own, the file has content)."""
     own_dir = db.parent.name == "plugin-state" or (create and not os.path.lexists(db.parent))
     try:
         prepare_dirs(db, create=create, op=op)
@@ -270,8 +268,7 @@ def check_database(path: Path, *, create: bool = False) -> bool:
 
 
 def backup(source: Path, target: Path) -> None:
-    """Copy the database into a fresh 0600 file, then move it into place; SQLite's backup API reads from a
-    read-only connection, which WAL lets read beside the caller's write lock."""
+    """Copy the database into a fresh 0600 file, then move it into place (WAL lets it read beside our write lock)."""
     partial = Path(f"{target}.partial")
     partial.unlink(missing_ok=True)
     _create_private(partial, os.O_EXCL)
@@ -311,17 +308,14 @@ class SQLiteBackend:
         self._lock, self._writer = threading.Lock(), threading.Lock()
         self._modes = _Modes()  # set once the file is known good
         self._fault: str | None = None  # the last permission failure after a commit, until one works
-        own_dir = check_database(path, create=True)
+        own_dir, doing = check_database(path, create=True), "write the pre-migration backup"
+        files = tuple((Path(f"{path}{s}"), FILE_MODE) for s in ("", *SIDE_FILES))
         try:
             self._transact("open", self._migrate)
-        except OSError as exc:  # the backup before a migration could not be written
-            raise self._fail("OPEN_FAILED", "open", f"cannot write the pre-migration backup ({exc.strerror})") from None
-        files = tuple((Path(f"{path}{s}"), FILE_MODE) for s in ("", *SIDE_FILES))
-        self._modes = _Modes(((path.parent, DIR_MODE), *files) if own_dir else files)
-        try:
+            self._modes, doing = _Modes(((path.parent, DIR_MODE), *files) if own_dir else files), "set permissions"
             self._modes.ensure()
         except OSError as exc:
-            raise self._fail("OPEN_FAILED", "open", f"cannot set permissions ({exc.strerror})") from None
+            raise self._fail("OPEN_FAILED", "open", f"cannot {doing} ({exc.strerror})") from None
 
     def _fail(self, code: str, op: str, message: str = "the store is closed") -> StateStoreError:
         return StateStoreError(code, op, message, path=self.location)
@@ -347,12 +341,10 @@ class SQLiteBackend:
         # isolation_level None: BEGIN IMMEDIATE / COMMIT are ours; check_same_thread: close() closes from any
         # thread. SQLite calls no busy handler for the switch to WAL, so processes creating the database together
         # got "database is locked" at once: it is retried for up to busy_timeout_s.
-        timeout_s = self.settings.busy_timeout_s
-        deadline = time.monotonic() + timeout_s
+        wait_s = self.settings.busy_timeout_s
+        deadline = time.monotonic() + wait_s
         try:
-            conn = sqlite3.connect(
-                self._uri, uri=True, timeout=timeout_s, isolation_level=None, check_same_thread=False
-            )
+            conn = sqlite3.connect(self._uri, uri=True, timeout=wait_s, isolation_level=None, check_same_thread=False)
             while True:
                 try:
                     conn.execute("PRAGMA journal_mode = WAL")

@@ -15,6 +15,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -235,9 +236,8 @@ def _check_file(path: Path, where: str) -> None:
         with open(path, "rb") as fh:
             header = fh.read(len(SQLITE_HEADER))
     except OSError as exc:
-        raise StateStoreError(
-            "OPEN_FAILED", "open", f"cannot read the state file ({exc.strerror})", path=where
-        ) from None
+        message = f"cannot read the state file ({exc.strerror})"
+        raise StateStoreError("OPEN_FAILED", "open", message, path=where) from None
     if header != SQLITE_HEADER:
         raise StateStoreError("OPEN_FAILED", "open", "the file at the state path is not a SQLite database", path=where)
     try:
@@ -282,14 +282,13 @@ class _Rollback(Exception):
     """A staged CLAIM or MATCH did not hold, or a call of a group commit failed: undo the transaction."""
 
 
+@dataclass(slots=True, eq=False)
 class _Slot:
     """One thread's connection, and the lock its calls hold so close() can wait for them."""
 
-    __slots__ = ("conn", "lock", "batch")
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn, self.lock = conn, threading.Lock()
-        self.batch: list[bool] | None = None  # [spoiled] while `run_batch` holds a transaction
+    conn: sqlite3.Connection
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    batch: list[bool] | None = None  # [spoiled] while `run_batch` holds a transaction
 
 
 class SQLiteBackend:
@@ -511,10 +510,8 @@ class SQLiteBackend:
         return self._transact("consume", work)
 
     def remove(self, spec: NamespaceSpec, key: str, now_ms: int, expect: int | None = None) -> bool:
-        params = (spec.plugin_id, spec.namespace, key, now_ms, expect)
-        gone = self._transact(
-            "delete" if expect is None else "delete_if", lambda c: c.execute(SQL_REMOVE, params).fetchall()
-        )
+        op, params = "delete" if expect is None else "delete_if", (spec.plugin_id, spec.namespace, key, now_ms, expect)
+        gone = self._transact(op, lambda c: c.execute(SQL_REMOVE, params).fetchall())
         return bool(gone) and (gone[0][0] is None or gone[0][0] > now_ms)
 
     def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int:

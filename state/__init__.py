@@ -11,7 +11,6 @@ from ._database import (
     probe,
     sweep_expired,
 )
-from ._errors import ErrorCode, StateStoreError
 from ._spec import (
     MAX_BATCH_KEYS,
     MAX_KEY_BYTES,
@@ -22,6 +21,8 @@ from ._spec import (
     MAX_VALUE_DEPTH,
     SCHEMA_VERSION,
     Entry,
+    ErrorCode,
+    StateStoreError,
     StoreSettings,
     database_path,
     state_dir,

@@ -1,9 +1,7 @@
-"""One owner per database: a `Location` is a database (SQLite file or Redis URL) open in this
-process. It alone opens and closes the backend, runs the writer thread (group commit), keeps one
-spec per open (plugin_id, namespace) and counts its holders (stores and `Database`s); the last
-one closes it. One registry maps a location to its `Location`. Fork safety is a pid check where a
-connection or thread is used: a forked child's inherited stores answer UNAVAILABLE.
-"""
+"""One owner per database: a `Location` (SQLite file or Redis URL open in this process) alone opens and closes
+the backend, runs the writer thread (group commit), keeps one spec per open (plugin_id, namespace) and counts its
+holders (stores and `Database`s); the last one closes it. One registry maps a location to its `Location`. Fork
+safety is a pid check where a connection or thread is used."""
 
 from __future__ import annotations
 
@@ -12,17 +10,18 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Coroutine
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 from . import _sqlite
 from ._aio import POOL, WORKER_PREFIX, AsyncKeyedStore, Workers, open_async
-from ._errors import StateStoreError
 from ._spec import (
     MAX_VALUE_BYTES,
     Backend,
     Clock,
     NamespaceSpec,
+    StateStoreError,
     StoreSettings,
     Write,
     check_where,
@@ -35,6 +34,7 @@ from ._store import KeyedStore
 
 P = ParamSpec("P")
 T = TypeVar("T")
+PathArg: TypeAlias = "str | os.PathLike[str] | None"
 PROBE_SPEC = NamespaceSpec("core:probe", "probe", 1_000)  # a core-owned pair: never a plugin's namespace
 
 
@@ -43,19 +43,16 @@ class Location:
 
     def __init__(self, backend: Backend, settings: StoreSettings, how: tuple[Any, ...] = ()) -> None:
         self.backend, self.settings, self.how = backend, settings, how  # how: a URL's credentials and options
-        self.location = backend.location
-        self.pid = os.getpid()
-        self._lock = threading.Lock()
-        self._holders = 1  # the opener
-        self._closed = False
+        self.location, self.pid, self._lock = backend.location, os.getpid(), threading.Lock()
+        self._holders, self._closed = 1, False  # the opener holds it
         self._specs: dict[tuple[str, str], tuple[NamespaceSpec, int]] = {}  # open pairs, counted
-        # Where the async twin sends writes: for SQLite one thread that group-commits (more would only
-        # queue on the write lock and fight the loop for the GIL); for Redis the shared pool.
+        # Where the async twin sends writes: for SQLite one thread that group-commits (more would only queue on
+        # the write lock and fight the loop for the GIL); for Redis the shared pool.
         self.writer = Workers(1, f"{WORKER_PREFIX}-writer", backend.run_batch) if backend.one_writer else POOL
 
     def hold(self) -> bool:
-        """One more holder, the paths checked again and modes re-applied (on every open, not the
-        first only); False if this location has closed already (open it afresh). Raises OPEN_FAILED."""
+        """One more holder, the paths checked and modes re-applied again (on every open, not the first only);
+        False if this location has closed already (open it afresh). Raises OPEN_FAILED."""
         with self._lock:
             if self._closed:
                 return False
@@ -77,8 +74,7 @@ class Location:
         self.backend.close()
 
     def open_store(self, spec: NamespaceSpec, clock: Clock | None) -> KeyedStore:
-        """A store on this location, held by the caller; a pair reopened with another spec is
-        INVALID_INPUT (and the hold is given back)."""
+        """A store on this location, held by the caller; a pair reopened with another spec is INVALID_INPUT."""
         pair = (spec.plugin_id, spec.namespace)
         if clock is not None and not callable(clock):
             self.release()
@@ -89,40 +85,38 @@ class Location:
                 self._specs[pair] = (spec, (held[1] if held else 0) + 1)
                 return KeyedStore(self, spec, clock or wall_clock_ms)
         self.release()
-        was = held[0]
-        limits = f"max_entries={was.max_entries}, default_ttl_ms={was.default_ttl_ms}, "
-        limits += f"overflow={was.overflow}, max_value_bytes={was.max_value_bytes}"
+        limits = ", ".join(f"{f.name}={getattr(held[0], f.name)}" for f in fields(NamespaceSpec)[2:])
         message = f"{spec.plugin_id}/{spec.namespace} is already open with {limits}; reopen it with the same settings"
         raise StateStoreError("INVALID_INPUT", "open", message, path=self.location)
 
     def close_store(self, spec: NamespaceSpec) -> None:
         pair = (spec.plugin_id, spec.namespace)
         with self._lock:
-            held = self._specs.pop(pair)
-            if held[1] > 1:
+            if (held := self._specs.pop(pair))[1] > 1:
                 self._specs[pair] = (held[0], held[1] - 1)
         self.release()
 
 
-# The one registry: location -> its open Location. A forked child finds its parent's entries
-# stale (the pid check below), keeps them referenced (closing a connection inherited across fork
-# can disturb the parent's locks) and opens its own.
+# The one registry: location -> its open Location. A forked child finds its parent's entries stale (the pid
+# check below), keeps them referenced (closing a connection inherited across fork can disturb the parent's
+# locks) and opens its own.
 _registry_lock = threading.Lock()
 _locations: dict[str, Location] = {}
 _inherited: list[Location] = []
 
 
-def acquire(path: str | os.PathLike[str] | None, url: str | None, settings: StoreSettings) -> Location:
-    """The open Location of a database (opened now if no one holds it), held once for the caller.
-    Raises as `open_keyed_store`."""
+def acquire(path: PathArg, url: str | None, settings: StoreSettings) -> Location:
+    """The open Location of a database (opened now if no one holds it), held once for the caller."""
     global _registry_lock
     how: tuple[Any, ...] = ()
     if url is not None:  # one Location per database however its URL is spelled
-        from ._redis import database_of  # imported here: SQLite users never load redis-py
+        from ._redis import RedisBackend, database_of  # imported here: SQLite users never load redis-py
 
         ident, how = database_of(url)
+        opener: Callable[[], Backend] = functools.partial(RedisBackend, url, settings)
     else:  # abspath also folds "x/../": one file has one Location however the path is spelled
         ident = os.path.abspath(resolve_path(path))
+        opener = functools.partial(_sqlite.SQLiteBackend, Path(ident), settings)
     if _locations and next(iter(_locations.values())).pid != os.getpid():
         _inherited.extend(_locations.values())  # forked: nothing here is ours
         _locations.clear()
@@ -130,21 +124,13 @@ def acquire(path: str | os.PathLike[str] | None, url: str | None, settings: Stor
     with _registry_lock:
         shared = _locations.get(ident)
         if shared is None or not shared.hold():
-            shared = _locations[ident] = Location(_open_backend(ident, url, settings), settings, how)
+            shared = _locations[ident] = Location(opener(), settings, how)
             return shared
     if (shared.settings, shared.how) != (settings, how):
         shared.release()
         message = "this database is already open in this process with different settings"
         raise StateStoreError("INVALID_INPUT", "open", message, path=shared.location)
     return shared
-
-
-def _open_backend(ident: str, url: str | None, settings: StoreSettings) -> Backend:
-    if url is None:
-        return _sqlite.SQLiteBackend(Path(ident), settings)
-    from ._redis import RedisBackend  # imported here: SQLite users never load redis-py (it checks the scheme)
-
-    return RedisBackend(url, settings)
 
 
 def open_keyed_store(
@@ -155,7 +141,7 @@ def open_keyed_store(
     default_ttl_ms: int | None = None,
     overflow: str = "evict-oldest",
     max_value_bytes: int = MAX_VALUE_BYTES,
-    path: str | os.PathLike[str] | None = None,
+    path: PathArg = None,
     url: str | None = None,
     settings: StoreSettings | None = None,
     clock: Clock | None = None,
@@ -163,23 +149,16 @@ def open_keyed_store(
 ) -> KeyedStore:
     """Open a store bound to (plugin_id, namespace) on SQLite (default) or `url` (redis://).
 
-    `path`: the database file, or an existing state dir; default
-    `<state_dir>/plugin-state/state.sqlite`. `core=True` for the gateway's `core:` ids. A pair
-    reopened in this process with other options is INVALID_INPUT. Raises INVALID_INPUT,
-    LIMIT_EXCEEDED (namespace/plugin id size), OPEN_FAILED, CORRUPT, SCHEMA_UNSUPPORTED, UNAVAILABLE.
+    `path`: the database file, or an existing state dir; default `<state_dir>/plugin-state/state.sqlite`.
+    `core=True` for the gateway's `core:` ids. A pair reopened in this process with other options is
+    INVALID_INPUT. Raises INVALID_INPUT, LIMIT_EXCEEDED (namespace/plugin id size), OPEN_FAILED, CORRUPT,
+    SCHEMA_UNSUPPORTED, UNAVAILABLE.
     """
     if path is not None and url is not None:
         raise StateStoreError("INVALID_INPUT", "open", "give either path or url, not both")
     check_where(path, url, settings)
-    spec = NamespaceSpec.checked(
-        plugin_id,
-        namespace,
-        max_entries=max_entries,
-        default_ttl_ms=default_ttl_ms,
-        overflow=overflow,
-        max_value_bytes=max_value_bytes,
-        core=core,
-    )
+    options = {"default_ttl_ms": default_ttl_ms, "overflow": overflow, "max_value_bytes": max_value_bytes}
+    spec = NamespaceSpec.checked(plugin_id, namespace, max_entries=max_entries, core=core, **options)
     return acquire(path, url, settings or StoreSettings()).open_store(spec, clock)
 
 
@@ -197,25 +176,18 @@ async def open_async_keyed_store(*args: Any, **kwargs: Any) -> AsyncKeyedStore:
 
 
 class Database:
-    """One database (SQLite file or Redis URL) held for as long as its owner needs it: opened on
-    first use (a failed open is tried again by the next call), held until `close`; its stores
-    close on their own. Thread-safe; the methods block (call them off the loop)."""
+    """One database (SQLite file or Redis URL) held for as long as its owner needs it: opened on first use (a
+    failed open is tried again by the next call), held until `close`; its stores close on their own.
+    Thread-safe; the methods block (call them off the loop)."""
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str] | None = None,
-        *,
-        url: str | None = None,
-        settings: StoreSettings | None = None,
-    ) -> None:
+    def __init__(self, path: PathArg = None, *, url: str | None = None, settings: StoreSettings | None = None) -> None:
         check_where(path, url, settings)
         self._path, self.url, self.settings = path, url, settings or StoreSettings()  # path is ignored with a url
         # what probe reports as database_path: a URL's password is never part of it
         self.location = shown_url(url) if url is not None else str(resolve_path(path))
         self.is_file = url is None  # SQLite: a file and its directory to check
-        self._lock = threading.Lock()
+        self._lock, self._closed = threading.Lock(), False
         self._held: Location | None = None
-        self._closed = False
         self.opens = 0  # how many times this object opened its database (0 or 1 once it works)
 
     def __repr__(self) -> str:
@@ -237,8 +209,7 @@ class Database:
     def open_keyed_store(
         self, plugin_id: str, namespace: str, *, clock: Clock | None = None, **options: Any
     ) -> KeyedStore:
-        """`state.open_keyed_store` on this database: the same options but path, url and settings;
-        the same errors."""
+        """`state.open_keyed_store` on this database: its options but path, url and settings; its errors."""
         spec = NamespaceSpec.checked(plugin_id, namespace, **options)
         shared = self._open()
         if not shared.hold():
@@ -250,8 +221,8 @@ class Database:
         return await open_async(lambda: self.open_keyed_store(plugin_id, namespace, **options))
 
     def sweep_expired(self, *, now_ms: int | None = None) -> int:
-        """Delete expired rows of every plugin in batches of <= 1,024; return how many went.
-        Raises WRITE_FAILED / UNAVAILABLE (operation "sweep"), or the open's errors."""
+        """Delete expired rows of every plugin in batches of <= 1,024; how many went. Raises WRITE_FAILED /
+        UNAVAILABLE (operation "sweep"), or the open's errors."""
         return self._open("sweep").backend.sweep(wall_clock_ms() if now_ms is None else now_ms)
 
     def checkpoint(self) -> None:
@@ -259,9 +230,9 @@ class Database:
         self._open("close").backend.checkpoint()
 
     def probe(self) -> dict[str, Any]:
-        """Check the store end to end; never raises, never shows values. Returns {ok, database_path,
-        steps: [{name, ok, code?, message?}]} for state-dir, open, schema, write-read-delete (a
-        temporary core row), checkpoint and permissions (SQLite)."""
+        """Check the store end to end; never raises, never shows values. Returns {ok, database_path, steps: [{name,
+        ok, code?, message?}]} for state-dir, open, schema, write-read-delete (a temporary core row), checkpoint and
+        permissions (SQLite)."""
         steps: list[dict[str, Any]] = []
 
         def step(name: str, fn: Callable[[], T]) -> T:
@@ -283,10 +254,9 @@ class Database:
             step("schema", lambda: _check_schema(backend))
             step("write-read-delete", lambda: _round_trip(backend))
             step("checkpoint", backend.checkpoint)
-            if self.is_file and (fault := backend.fault()) is not None:  # file modes: SQLite only
-                steps.append({"name": "permissions", "ok": False, "code": "WRITE_FAILED", "message": fault})
-            elif self.is_file:
-                steps.append({"name": "permissions", "ok": True})
+            if self.is_file:  # file modes: SQLite only
+                fault = {"ok": False, "code": "WRITE_FAILED", "message": f} if (f := backend.fault()) else {"ok": True}
+                steps.append({"name": "permissions", **fault})
         except StateStoreError:
             pass
         return {"ok": all(s["ok"] for s in steps) and len(steps) >= 4, "database_path": self.location, "steps": steps}
@@ -302,10 +272,7 @@ class Database:
     def close(self) -> None:
         """Let go of the database; later calls raise UNAVAILABLE. Its stores stay usable."""
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            held, self._held = self._held, None
+            held, self._held, self._closed = self._held, None, True
         if held is not None:
             held.release()
 
@@ -316,42 +283,29 @@ class Database:
         self.close()
 
 
-def check_database(path: str | os.PathLike[str] | None = None) -> None:
-    """Refuse, read-only, a state file that is not SQLite, is damaged or has a newer schema.
-
-    A missing or empty file is fine. Raises OPEN_FAILED, CORRUPT or SCHEMA_UNSUPPORTED.
-    """
+def check_database(path: PathArg = None) -> None:
+    """Refuse, read-only, a state file that is not SQLite (OPEN_FAILED), is damaged (CORRUPT) or has a newer
+    schema (SCHEMA_UNSUPPORTED); a missing or empty file is fine."""
     _sqlite.check_database(resolve_path(path))
 
 
-def _for_one_call(method: Callable[[Database], T], /, path: Any, url: str | None, settings: StoreSettings | None) -> T:
-    with Database(path, url=url, settings=settings) as database:
-        return method(database)
-
-
 def sweep_expired(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    url: str | None = None,
-    settings: StoreSettings | None = None,
-    now_ms: int | None = None,
+    path: PathArg = None, *, url: str | None = None, settings: StoreSettings | None = None, now_ms: int | None = None
 ) -> int:
     """`Database.sweep_expired` on a Database opened for this one call (scripts, the CLI)."""
-    return _for_one_call(lambda db: db.sweep_expired(now_ms=now_ms), path, url, settings)
+    with Database(path, url=url, settings=settings) as database:
+        return database.sweep_expired(now_ms=now_ms)
 
 
-def checkpoint(
-    path: str | os.PathLike[str] | None = None, *, url: str | None = None, settings: StoreSettings | None = None
-) -> None:
+def checkpoint(path: PathArg = None, *, url: str | None = None, settings: StoreSettings | None = None) -> None:
     """`Database.checkpoint` on a Database opened for this one call (scripts, the CLI)."""
-    _for_one_call(Database.checkpoint, path, url, settings)
+    with Database(path, url=url, settings=settings) as database:
+        database.checkpoint()
 
 
-def probe(
-    path: str | os.PathLike[str] | None = None, *, url: str | None = None, settings: StoreSettings | None = None
-) -> dict[str, Any]:
-    """`Database.probe` on a Database opened for this one call (scripts, the CLI); arguments no
-    Database can be made of are a failed `open` step, since probe never raises."""
+def probe(path: PathArg = None, *, url: str | None = None, settings: StoreSettings | None = None) -> dict[str, Any]:
+    """`Database.probe` on a Database opened for this one call (scripts, the CLI); arguments no Database can be
+    made of are a failed `open` step, since probe never raises."""
     try:
         database = Database(path, url=url, settings=settings)
     except StateStoreError as exc:
@@ -369,17 +323,17 @@ def _check_dir(directory: Path) -> None:
 
 def _check_schema(backend: Backend) -> None:
     if (version := backend.schema_version()) < 1:
-        message = f"schema version {version} was not initialised"
-        raise StateStoreError("SCHEMA_UNSUPPORTED", "probe", message, path=backend.location)
+        raise _failed(backend, "SCHEMA_UNSUPPORTED", f"schema version {version} was not initialised")
 
 
 def _round_trip(backend: Backend) -> None:
-    key, now = f"probe-{uuid.uuid4().hex}", wall_clock_ms()
-    backend.write(Write(PROBE_SPEC, key, '{"probe":true}', now, now + 60_000, new_version()))
-    row = backend.read(PROBE_SPEC, key, now)
-    if row is None or row.value != '{"probe":true}':
-        message = "a row just written could not be read back"
-        raise StateStoreError("READ_FAILED", "probe", message, path=backend.location)
+    key, now, value = f"probe-{uuid.uuid4().hex}", wall_clock_ms(), '{"probe":true}'
+    backend.write(Write(PROBE_SPEC, key, value, now, now + 60_000, new_version()))
+    if (row := backend.read(PROBE_SPEC, key, now)) is None or row.value != value:
+        raise _failed(backend, "READ_FAILED", "a row just written could not be read back")
     if not backend.remove(PROBE_SPEC, key, now):
-        message = "a row just written could not be deleted"
-        raise StateStoreError("WRITE_FAILED", "probe", message, path=backend.location)
+        raise _failed(backend, "WRITE_FAILED", "a row just written could not be deleted")
+
+
+def _failed(backend: Backend, code: str, message: str) -> StateStoreError:
+    return StateStoreError(code, "probe", message, path=backend.location)

@@ -43,8 +43,7 @@ from redis.connection import parse_url
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
-from ._errors import StateStoreError
-from ._spec import Decode, Mode, NamespaceSpec, Row, StoreSettings, Write, new_version, shown_url
+from ._spec import Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write, new_version, shown_url
 
 REDIS_SCHEMA = 3  # 1: rows without versions; 2: versions; 3: keys tagged by plugin (Cluster)
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")

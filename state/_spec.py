@@ -1,9 +1,9 @@
-"""What every layer passes (limits, `StoreSettings`, `NamespaceSpec`, rows, the backend
-interface) and the input checks, run before any write so a bad call changes nothing.
-"""
+"""Errors, spec and input validation: what every layer passes (`StateStoreError`, the limits, `StoreSettings`,
+`NamespaceSpec`, rows, the backend interface) and the checks, run before any write so a bad call changes nothing."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -12,12 +12,10 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeGuard
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import unquote_plus
-
-from ._errors import StateStoreError
 
 MAX_NAMESPACE_BYTES = 128  # UTF-8 bytes, after trimming
 MAX_KEY_BYTES = 512  # UTF-8 bytes, after trimming
@@ -38,13 +36,44 @@ NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9._-]*", re.IGNORECASE | re.ASCII)
 Clock = Callable[[], int]  # ms since epoch
 
 
+# -- errors: one public type, with stable codes a caller can branch on ---------------------------
+class ErrorCode(StrEnum):
+    OPEN_FAILED = "OPEN_FAILED"  # cannot open/create the database (not SQLite, no permission)
+    SCHEMA_UNSUPPORTED = "SCHEMA_UNSUPPORTED"  # user_version newer than this code knows
+    WRITE_FAILED = "WRITE_FAILED"
+    READ_FAILED = "READ_FAILED"
+    CORRUPT = "CORRUPT"  # the file or a stored JSON value is unreadable
+    LIMIT_EXCEEDED = "LIMIT_EXCEEDED"  # a size, depth or row-count limit
+    INVALID_INPUT = "INVALID_INPUT"
+    UNAVAILABLE = "UNAVAILABLE"  # backend unreachable, or the store was closed
+    CONFLICT = "CONFLICT"  # `update` lost the race for a row more times than it may retry
+
+
+# What `StateStoreError.operation` may say; "commit" is commit_staged / commit_staged_async.
+OPERATIONS = frozenset(
+    "open register register_if_absent compare_and_set update lookup lookup_many consume delete delete_if "
+    "clear count entries sweep probe close commit".split()
+)
+
+
+class StateStoreError(Exception):
+    """Raised by every store call that fails; `code` is stable, the message is for people: it
+    names the limit and the offending size, never a stored or offered value."""
+
+    def __init__(self, code: ErrorCode | str, operation: str, message: str, *, path: str | None = None) -> None:
+        self.code, self.operation, self.path, self._message = ErrorCode(code), operation, path, message
+        super().__init__(f"{self.code} during {operation}: {message}" + (f" [{path}]" if path else ""))
+
+    def __reduce__(self) -> tuple[object, ...]:  # keep code/operation/path across processes
+        return functools.partial(StateStoreError, path=self.path), (self.code.value, self.operation, self._message)
+
+
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 def new_version() -> int:
-    """A fresh row version: 63 random bits, never 0 (a v1 row's); random, so no counter row is
-    written by every write."""
+    """A fresh row version: 63 random bits, never 0 (a v1 row's); random, so no write updates a counter row."""
     return random.getrandbits(63) or 1
 
 
@@ -77,8 +106,7 @@ class NamespaceSpec:
         """A spec from `open_keyed_store`'s arguments. Raises INVALID_INPUT, or LIMIT_EXCEEDED for
         an oversized plugin id or namespace; TypeError for an unknown option."""
         spec = cls(check_plugin_id(plugin_id, core=core), check_namespace(namespace), **options)
-        if not _int_in(spec.max_entries, 1, 2**63 - 1):
-            raise StateStoreError("INVALID_INPUT", "open", "max_entries must be an integer >= 1")
+        check_int(spec.max_entries, 1, 2**63 - 1, "open", "max_entries", "max_entries must be an integer >= 1")
         if spec.overflow not in OVERFLOW_POLICIES:
             raise StateStoreError("INVALID_INPUT", "open", f"overflow must be one of {OVERFLOW_POLICIES}")
         check_ttl(spec.default_ttl_ms, "open", "default_ttl_ms")
@@ -88,8 +116,7 @@ class NamespaceSpec:
 
 @dataclass(frozen=True)
 class Entry:
-    """One live row. `version` changes on every write (compare_and_set / delete_if take it); it is
-    left out of equality so an Entry compares by what it holds."""
+    """One live row; `version` (new on every write) is left out of equality: an Entry compares by what it holds."""
 
     key: str
     value: Any
@@ -165,17 +192,13 @@ class Backend(Protocol):
 # -- where the database is: the SQLite file, or a URL as it may be shown ---------------------
 def state_dir(state_dir: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> Path:
     """The state dir: the argument, else $CHATSTATE_HOME (from `env`, default os.environ), else ~/.chatstate."""
-    if state_dir is not None:
-        return Path(state_dir).expanduser()
-    home = env_path(os.environ if env is None else env, "CHATSTATE_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".chatstate"
+    home = state_dir if state_dir is not None else env_path(os.environ if env is None else env, "CHATSTATE_HOME")
+    return Path(home).expanduser() if home is not None else Path.home() / ".chatstate"
 
 
 def env_path(env: Mapping[str, str], name: str) -> str | None:
-    """The path in variable `name`; an empty or blank one is unset (read as a path it would be
-    the current folder)."""
-    value = env.get(name)
-    return value if value and value.strip() else None
+    """The path in variable `name`; a blank one is unset (as a path it would be the current folder)."""
+    return value if (value := env.get(name)) and value.strip() else None
 
 
 def database_path(state_dir_: str | os.PathLike[str] | None = None) -> Path:
@@ -184,15 +207,13 @@ def database_path(state_dir_: str | os.PathLike[str] | None = None) -> Path:
 
 
 def check_where(path: object, url: object, settings: object, op: str = "open") -> None:
-    """Where and how a database is opened: `path` None or a non-blank str or os.PathLike (never
-    the current folder by accident), `url` None or a str, `settings` None or a StoreSettings.
-    Raises INVALID_INPUT otherwise."""
+    """Where and how a database is opened: `path` None or a non-blank str or os.PathLike (never the
+    current folder by accident), `url` None or a str, `settings` None or a StoreSettings; else INVALID_INPUT."""
     if url is not None and not isinstance(url, str):
         raise StateStoreError("INVALID_INPUT", op, "url must be a string: redis://...")
-    if path is not None:
-        text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
-        if not (isinstance(text, str) and text.strip()):
-            raise StateStoreError("INVALID_INPUT", op, "path must be a non-empty str or os.PathLike of str")
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if path is not None and not (isinstance(text, str) and text.strip()):
+        raise StateStoreError("INVALID_INPUT", op, "path must be a non-empty str or os.PathLike of str")
     if settings is not None and not isinstance(settings, StoreSettings):
         raise StateStoreError("INVALID_INPUT", op, "settings must be a StoreSettings")
 
@@ -201,16 +222,8 @@ def resolve_path(path: str | os.PathLike[str] | None) -> Path:
     """`path` names the database file; an existing directory is taken as a state dir."""
     if path is None:
         return database_path()
-    p = Path(path).expanduser()
-    if p.is_dir() and not p.is_symlink():  # a symlink is refused by the backend, never followed
-        return database_path(p)
-    return p
-
-
-def _secret_option(name: str) -> bool:
-    """A query option never shown: any whose name, as redis-py decodes it, mentions a password
-    (`password`, `sentinel_password`, `ssl_password`, `%70assword`)."""
-    return "password" in unquote_plus(name).lower()
+    p = Path(path).expanduser()  # a symlink is never taken for a directory: the backend refuses it
+    return database_path(p) if p.is_dir() and not p.is_symlink() else p
 
 
 def shown_url(url: str) -> str:
@@ -225,15 +238,16 @@ def shown_url(url: str) -> str:
     netloc, slash, tail = rest.partition("/")
     path, qmark, query = tail.partition("?")
     if not slash and "?" in netloc:
-        netloc, _, query = netloc.partition("?")
-        qmark = "?"
+        netloc, qmark, query = netloc.partition("?")
     if at:
         user, colon, _ = creds.partition(":")
         # a lone `x@` is shown as `***@` too: people put a password there by mistake; and a user
         # part that is not plain (an '@' past the host) is shown as nothing but `***`
         netloc = f"{user}:***@{netloc}" if colon and not any(c in creds for c in "/?#") else f"***@{netloc}"
+    # A query option whose name, as redis-py decodes it, mentions a password is never shown
+    # (`password`, `sentinel_password`, `ssl_password`, `%70assword`).
     pairs = [p.partition("=") for p in query.split("&")] if query else []
-    query = "&".join(f"{k}={'***' if _secret_option(k) else v}" if eq else k for k, eq, v in pairs)
+    query = "&".join(f"{k}={'***' if 'password' in unquote_plus(k).lower() else v}" if eq else k for k, eq, v in pairs)
     return f"{scheme}{sep}{netloc}{slash}{path.partition('#')[0]}{qmark}{query.partition('#')[0]}"
 
 
@@ -248,15 +262,10 @@ class Json(str):
     """JSON text `serialize_value` checked already (the async twin's, on the caller): taken as is."""
 
 
-def _int_in(n: object, low: int, high: int) -> TypeGuard[int]:
-    """An int (never a bool) from `low` to `high`."""
-    return isinstance(n, int) and not isinstance(n, bool) and low <= n <= high
-
-
-def check_int(value: object, low: int, high: int, op: str, what: str) -> int:
-    """`value` if it is an int (never a bool) from `low` to `high`, else INVALID_INPUT naming the range."""
-    if not _int_in(value, low, high):
-        raise StateStoreError("INVALID_INPUT", op, f"{what} must be an integer from {low} to {high}")
+def check_int(value: object, low: int, high: int, op: str, what: str, message: str | None = None) -> int:
+    """`value` if an int (never a bool) from `low` to `high`; else INVALID_INPUT: `message`, or the range."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+        raise StateStoreError("INVALID_INPUT", op, message or f"{what} must be an integer from {low} to {high}")
     return value
 
 
@@ -267,8 +276,10 @@ def _utf8_len(text: str, what: str, op: str) -> int:
         raise StateStoreError("INVALID_INPUT", op, f"{what} is not valid Unicode") from None
 
 
-def _sized(value: str, what: str, limit: int, op: str) -> str:
-    """`value` stripped, if it is at most `limit` UTF-8 bytes (else LIMIT_EXCEEDED)."""
+def _sized(value: object, what: str, limit: int, op: str) -> str:
+    """`value` stripped, if it is a str (else INVALID_INPUT) of at most `limit` UTF-8 bytes (else LIMIT_EXCEEDED)."""
+    if not isinstance(value, str):
+        raise StateStoreError("INVALID_INPUT", op, f"{what} must be a string")
     value = value.strip()
     if (size := _utf8_len(value, what, op)) > limit:
         raise StateStoreError("LIMIT_EXCEEDED", op, f"{what} is {size} bytes; the limit is {limit}")
@@ -289,19 +300,13 @@ def check_plugin_id(value: object, op: str = "open", *, core: bool = False) -> s
 
 
 def check_namespace(value: object, op: str = "open") -> str:
-    if not isinstance(value, str):
-        raise StateStoreError("INVALID_INPUT", op, "namespace must be a string")
-    value = _sized(value, "namespace", MAX_NAMESPACE_BYTES, op)
-    if not NAMESPACE_RE.fullmatch(value):
+    if not NAMESPACE_RE.fullmatch(value := _sized(value, "namespace", MAX_NAMESPACE_BYTES, op)):
         raise StateStoreError("INVALID_INPUT", op, "namespace must match ^[a-z0-9][a-z0-9._-]*$ (case-insensitive)")
     return value
 
 
 def check_key(value: object, op: str) -> str:
-    if not isinstance(value, str):
-        raise StateStoreError("INVALID_INPUT", op, "key must be a string")
-    value = _sized(value, "key", MAX_KEY_BYTES, op)
-    if not value:
+    if not (value := _sized(value, "key", MAX_KEY_BYTES, op)):
         raise StateStoreError("INVALID_INPUT", op, "key must not be empty")
     return value
 
@@ -311,9 +316,7 @@ def check_ttl(value: object, op: str, what: str = "ttl_ms") -> int | None:
 
 
 def check_version(value: object, op: str) -> int:
-    if not _int_in(value, 0, 2**63 - 1):
-        raise StateStoreError("INVALID_INPUT", op, "version must be an integer from Entry.version")
-    return value
+    return check_int(value, 0, 2**63 - 1, op, "version", "version must be an integer from Entry.version")
 
 
 def check_keys(values: object, op: str) -> list[str]:
@@ -338,9 +341,8 @@ def check_page(limit: object, after: object, op: str = "entries") -> tuple[int |
 
 
 def serialize_value(value: object, op: str, max_bytes: int = MAX_VALUE_BYTES) -> str:
-    """Return the compact JSON text stored for `value`. Raises INVALID_INPUT for anything but plain
-    JSON (tuples, sets, bytes, non-str keys, NaN/inf, lone surrogates), LIMIT_EXCEEDED past the
-    depth or size limit."""
+    """The compact JSON text stored for `value`. Raises INVALID_INPUT for anything but plain JSON (tuples,
+    sets, bytes, non-str keys, NaN/inf, lone surrogates), LIMIT_EXCEEDED past the depth or size limit."""
     if type(value) is Json:  # checked already (the async twin, on the caller): only the size is ours
         text = str(value)  # an exact str for the driver
     else:
@@ -363,9 +365,8 @@ def _check_shape(root: object, op: str) -> None:
     while stack:
         value, depth = stack.pop()
         if depth > MAX_VALUE_DEPTH:
-            raise StateStoreError(
-                "LIMIT_EXCEEDED", op, f"value nests {depth} levels deep; the limit is {MAX_VALUE_DEPTH}"
-            )
+            message = f"value nests {depth} levels deep; the limit is {MAX_VALUE_DEPTH}"
+            raise StateStoreError("LIMIT_EXCEEDED", op, message)
         if type(value) is list:
             stack.extend((item, depth + 1) for item in value)
         elif type(value) is dict:
@@ -375,6 +376,5 @@ def _check_shape(root: object, op: str) -> None:
         elif isinstance(value, float) and not math.isfinite(value):
             raise StateStoreError("INVALID_INPUT", op, "value contains a non-finite float")
         elif not (value is None or isinstance(value, (bool, int, float, str))):  # str: surrogates fail encoding
-            raise StateStoreError(
-                "INVALID_INPUT", op, f"value contains a {type(value).__name__}, which is not plain JSON"
-            )
+            message = f"value contains a {type(value).__name__}, which is not plain JSON"
+            raise StateStoreError("INVALID_INPUT", op, message)

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import Counter, Histogram
 
-from ._errors import StateStoreError
 from ._spec import (
     UPDATE_ATTEMPTS,
     Clock,
@@ -27,6 +26,7 @@ from ._spec import (
     Mode,
     NamespaceSpec,
     Row,
+    StateStoreError,
     Write,
     check_int,
     check_key,

@@ -11,7 +11,7 @@ from state_support import STORE_METHODS
 
 from chatstate import state
 from chatstate.state import ErrorCode, StateStoreError, open_keyed_store
-from chatstate.state._errors import OPERATIONS
+from chatstate.state._spec import OPERATIONS
 
 SECRET = "SECRET-VALUE-MARKER"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "state.md"

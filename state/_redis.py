@@ -8,18 +8,16 @@ run's answer. No KEYS, no SCAN: `sweep` walks a registry of plugins and their na
 
 from __future__ import annotations
 
-import hashlib
 import os
 import ssl
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
 from functools import partial
 from itertools import chain
 from typing import Any, cast
-from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlunsplit
 
 import redis
 from redis import exceptions as errors
@@ -29,95 +27,13 @@ from redis.connection import parse_url
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
-from . import _redis_scripts as lua
+from . import _redis_layout as layout
 from ._errors import StateStoreError
+from ._redis_layout import database_of as database_of  # where _database.py looks for it
 from ._spec import Decode, Mode, NamespaceSpec, Row, StoreSettings, Write, new_version, shown_url
 
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
-ENCODE_HINT = "percent-encode '/', '?', '#', '@' and '[' in the user name and password, and an '@' anywhere after "
-ENCODE_HINT += "the host (%2F, %3F, %23, %40, %5B)"
 CLIENT_ERRORS = (redis.RedisError, errors.RedisClusterException)  # what redis-py raises
-
-
-@dataclass(frozen=True)
-class RedisOptions:
-    """Redis-only knobs, read from the URL query (`?prefix=...&retries=...`)."""
-
-    prefix: str = "chatstate"  # every key starts with "{prefix}:"; one prefix per project
-    retries: int = 3  # extra attempts after a connection error, then UNAVAILABLE
-    backoff_base_s: float = 0.05  # first retry waits this long, doubling each time ...
-    backoff_cap_s: float = 0.5  # ... up to this
-    socket_connect_timeout_s: float = 1.0
-    socket_timeout_s: float = 5.0
-    expiry_grace_ms: int = 60_000  # server-side cleanup runs this long after client-side expiry
-    op_result_ttl_ms: int = 60_000  # how long a claim/take result is kept for a retried call
-    min_replicas_acked: int = 0  # > 0: each write waits (WAIT) until this many replicas have it
-    replica_ack_timeout_ms: int = 1_000  # ... for at most this long, else UNAVAILABLE
-    sentinel_username: str = ""  # the sentinels' own credentials, when they have any
-    sentinel_password: str = ""
-
-    @classmethod
-    def from_query(cls, query: str) -> tuple[RedisOptions, str]:
-        """Ours of a URL query's options, and redis-py's as a query again. Raises INVALID_INPUT."""
-        kinds, bad = {k: type(v) for k, v in cls().__dict__.items()}, partial(StateStoreError, "INVALID_INPUT", "open")
-        pairs, values = parse_qsl(query, keep_blank_values=True), {}
-        for name, text in ((k, v) for k, v in pairs if k in kinds):
-            try:
-                values[name] = kinds[name](text)
-            except ValueError:
-                raise bad(f"Redis URL option {name!r} is malformed") from None
-        o = cls(**values)
-        if not o.prefix or any(c in o.prefix for c in "{} \n"):
-            why = "a non-empty word without braces (keys carry their own hash tag, one per plugin, for Redis Cluster)"
-            raise bad(f"Redis URL option 'prefix' must be {why}")
-        numbers = (o.retries, o.expiry_grace_ms, o.min_replicas_acked)
-        if min(numbers) < 0 or min(o.op_result_ttl_ms, o.replica_ack_timeout_ms) < 1:
-            raise bad("Redis URL options must not be negative")
-        return o, urlencode([(k, v) for k, v in pairs if k not in kinds])
-
-
-def _split(url: str, path: str) -> tuple[SplitResult, RedisOptions, str, list[tuple[str, int]], str, str]:
-    """A Redis URL's parts, our options and redis-py's (a query), and for Sentinel or Cluster its
-    hosts, service and db (redis-py reads one host only). Raises INVALID_INPUT saying what to write."""
-    bad = partial(StateStoreError, "INVALID_INPUT", "open", path=path)
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
-        forms = "redis://, rediss:// (TLS), unix://, redis+sentinel:// or redis+cluster://"
-        raise bad(f"unsupported state URL scheme {scheme!r}; use {forms}")
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:  # an unbalanced '[': the URL's own text may be a password
-        raise bad(f"bad Redis URL ({exc}); {ENCODE_HINT}") from None
-    if "@" in parts.path + parts.query + parts.fragment:  # a '/', '?' or '#' in the password ended the
-        raise bad(f"the URL has an '@' after its host part; {ENCODE_HINT}")  # host: redis-py would quote it
-    options, theirs = RedisOptions.from_query(parts.query)
-    hosts, service, db = [], "", parts.path.strip("/")
-    if scheme in ("redis+sentinel", "redis+cluster"):
-        for text in parts.netloc.rpartition("@")[2].split(","):
-            host, colon, port = text.rpartition(":")
-            if not colon or not host or not port.isdigit():
-                raise bad(f"host {text!r} needs a port (host:port)")
-            hosts.append((host.strip("[]"), int(port)))
-        service, _, db = db.partition("/")
-    return parts, options, theirs, hosts, service, db
-
-
-def database_of(url: str) -> tuple[str, tuple[Any, ...]]:
-    """The database `url` names, as whom, and its other options (which two opens must agree on):
-    one name however the URL spells it, so the process keeps one `Location` per database, prefix
-    and user. A URL this cannot read is its own database (opening it says what is wrong)."""
-    try:
-        parts, options, theirs, hosts, service, db = _split(url, "")
-        pairs = parse_qsl(theirs, keep_blank_values=True)
-        if parts.scheme == "unix":
-            hosts, db = [(parts.path, 0)], ""
-        hosts = [(h.lower(), p) for h, p in hosts or [(parts.hostname or "", parts.port or 6379)]]
-        db = "0" if parts.scheme == "redis+cluster" else str(int(dict(pairs).get("db", db) or 0))
-    except (ValueError, StateStoreError):
-        return f"url:{url}", ()
-    who = hashlib.sha256(parts.netloc.rpartition("@")[0].encode()).hexdigest()[:32]  # never the password
-    where = f"{','.join(sorted({f'{h}:{p}' for h, p in hosts}))}/{service}/{db}?prefix={options.prefix}"
-    return f"url:{parts.scheme}://{who}@{where}", (options, sorted(p for p in pairs if p[0] != "db"))
 
 
 class RedisBackend:
@@ -134,12 +50,12 @@ class RedisBackend:
         self._plugins = f"{self._prefix}plugins"  # the set `sweep` walks (percent-encoded plugin ids)
         self._idle = threading.Condition()  # close() waits for the calls in flight
         self._active, self._closed, self._pid = 0, False, os.getpid()  # sockets: this process's only
-        self._scripts = {name: self._client.register_script(text) for name, text in lua.SCRIPTS.items()}
+        self._scripts = {name: self._client.register_script(text) for name, text in layout.SCRIPTS.items()}
         try:  # the first connection: redis-py reads its URL options here
-            if (version := self.schema_version("open")) > lua.REDIS_SCHEMA:
-                why = f"this code reads versions up to {lua.REDIS_SCHEMA}: upgrade chatstate"
+            if (version := self.schema_version("open")) > layout.REDIS_SCHEMA:
+                why = f"this code reads versions up to {layout.REDIS_SCHEMA}: upgrade chatstate"
                 raise self._fail("SCHEMA_UNSUPPORTED", "open", f"the Redis prefix has schema version {version}; {why}")
-            if version < lua.REDIS_SCHEMA:  # migrated in place
+            if version < layout.REDIS_SCHEMA:  # migrated in place
                 self._call("open", self._migrate)
         except BaseException as exc:
             self._client.close()  # a failed open leaves no pool behind
@@ -149,9 +65,8 @@ class RedisBackend:
             raise
 
     def _connect(self, url: str) -> Any:
-        """The client for `url` (a cluster reads its slot map). Raises INVALID_INPUT for a URL we
-        cannot read, naming what to write instead."""
-        parts, o, theirs, hosts, service, db = _split(url, self.location)
+        """The client for `url` (a cluster reads its slot map). Raises INVALID_INPUT (see split_url)."""
+        parts, o, theirs, hosts, service, db = layout.split_url(url, self.location)
         self.options, cluster = o, parts.scheme == "redis+cluster"
         ssl_option = dict(parse_qsl(theirs)).get("ssl", "").lower() in ("1", "true", "yes", "on")
         self._tls = parts.scheme == "rediss" or ssl_option  # redis-py's `ssl=true` for Sentinel or Cluster
@@ -182,7 +97,6 @@ class RedisBackend:
         except (ValueError, TypeError, redis.RedisError) as exc:
             raise self._fail("INVALID_INPUT", "open", f"bad Redis URL ({exc})") from None
 
-    # -- what redis-py's errors mean ----------------------------------------------------
     def _fail(self, code: str, op: str, message: str) -> StateStoreError:
         return StateStoreError(code, op, message, path=self.location)
 
@@ -191,7 +105,7 @@ class RedisBackend:
         replied = isinstance(exc, (redis.ResponseError, errors.RedisClusterException))  # text: the server's reply
         text, name = (str(exc).splitlines() or [""])[0][:300] if replied else "", type(exc).__name__
         failed = "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in ("lookup", "entries") else "WRITE_FAILED"
-        refused = lua.refused_in_script(text)  # a script's error wraps the server's reply, NOPERM inside
+        refused = layout.refused_in_script(text)  # a script's error wraps the server's reply, NOPERM inside
         if isinstance(exc, redis.AuthenticationError) or text.startswith(("WRONGPASS", "NOAUTH")):
             return "OPEN_FAILED", op, "Redis refused the credentials: check the user and password in the URL"
         if isinstance(exc, MasterNotFoundError):
@@ -222,8 +136,7 @@ class RedisBackend:
         return "UNAVAILABLE", op, f"Redis client failed ({name})"
 
     def _unreachable(self, op: str, exc: BaseException) -> tuple[str, str, str]:
-        """Code, operation and message for a connection error: what failed in TLS, if anything did
-        (an unreadable file is one of the URL's own when it asks for TLS)."""
+        """Code, operation and message for a connection error, saying what failed in TLS if anything did."""
         seen: BaseException | None = exc
         while seen is not None:
             if isinstance(seen, ssl.SSLCertVerificationError):
@@ -244,11 +157,8 @@ class RedisBackend:
             return "UNAVAILABLE", op, "the primary was demoted (failover) and no new one answered yet"
         why = type(exc).__name__
         if op == "open" and str(exc).startswith("Connection closed by server"):  # before any reply (later: a lost link)
-            why += ": closed at once; " + (
-                "if the TLS server wants a client certificate, give one (ssl_certfile, ssl_keyfile)"
-                if self._tls
-                else "if that port speaks TLS, use rediss://"
-            )
+            fix = "the TLS server wants a client certificate, give one (ssl_certfile, ssl_keyfile)"
+            why += f": closed at once; if {fix if self._tls else 'that port speaks TLS, use rediss://'}"
         return "UNAVAILABLE", op, f"Redis unreachable after {self.options.retries} retries ({why})"
 
     def _no_master(self, op: str) -> tuple[str, str, str]:
@@ -265,7 +175,6 @@ class RedisBackend:
             return "OPEN_FAILED", op, f"no Sentinel monitors a service named {self._service!r} {they}"
         return "UNAVAILABLE", op, f"the Sentinels know no healthy primary for {self._service!r} (failover in progress)"
 
-    # -- running commands and scripts ---------------------------------------------------
     def _call(self, op: str, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the client; redis-py's errors become StateStoreError here."""
         with self._idle:
@@ -290,17 +199,17 @@ class RedisBackend:
                 self._idle.notify_all()
 
     def _run(self, op: str, name: str, spec: NamespaceSpec, now_ms: int, *args: Any, rows: Sequence[str] = ()) -> Any:
-        """Call the script `name` on one namespace (KEYS and ARGV as lua.block lays them out)."""
-        keys, argv = lua.block(self._prefix, spec, now_ms, *args, rows=rows)
-        return self._script(op, name, keys, argv, spec.plugin_id if name in lua.ONCE else None)
+        """Call the script `name` on one namespace (KEYS and ARGV as layout.block lays them out)."""
+        keys, argv = layout.block(self._prefix, spec, now_ms, *args, rows=rows)
+        return self._script(op, name, keys, argv, spec.plugin_id if name in layout.ONCE else None)
 
     def _script(self, op: str, name: str, keys: list[str], args: list[Any], once: str | None) -> Any:
         """Call the script `name`. `once`: the plugin whose op key (one per call, shared by its
         retries) keeps the result. A change with `min_replicas_acked` WAITs on the same connection
         for that many replicas, so an acknowledged write outlives a failover."""
-        keys = [*keys, lua.plugin_key(self._prefix, once, f"op:{uuid.uuid4().hex}")] if once else keys
-        args = [self.options.op_result_ttl_ms, self.options.expiry_grace_ms, *args]
-        script, want = self._scripts[name], self.options.min_replicas_acked if name in lua.ACKED else 0
+        keys = [*keys, layout.plugin_key(self._prefix, once, f"op:{uuid.uuid4().hex}")] if once else keys
+        args = [self.options.op_result_ttl_ms, self.options.expiry_grace_ms, "1" if once else "", *args]
+        script, want = self._scripts[name], self.options.min_replicas_acked if name in layout.ACKED else 0
         if not want:
             return self._call(op, lambda: script(keys=keys, args=args))
 
@@ -316,11 +225,10 @@ class RedisBackend:
             raise self._fail("UNAVAILABLE", op, f"applied on the primary, but {late}: it may not survive a failover")
         return result
 
-    # -- the schema marker ----------------------------------------------------------------
     def _migrate(self) -> None:
-        """Move every key under its plugin's hash tag, giving a row without a version (schema 1) a
-        fresh one. Two gateways may migrate together: the second finds nothing to do."""
-        client, key = self._client, partial(lua.plugin_key, self._prefix)
+        """Move every key under its plugin's hash tag, and version unversioned (schema 1) rows. Two
+        gateways may migrate together: the second finds nothing to do."""
+        client, key = self._client, partial(layout.plugin_key, self._prefix)
         for plugin_id in map(unquote, client.smembers(self._plugins)):
             old_set, new_set = (key(plugin_id, "namespaces", tagged=t) for t in (False, True))
             for namespace in client.smembers(old_set):
@@ -329,14 +237,14 @@ class RedisBackend:
                 self._scripts["migrate"](keys=[], args=[old, new, *versions])
             client.sunionstore(new_set, [old_set, new_set])
             client.delete(old_set)
-        client.set(f"{self._prefix}schema", lua.REDIS_SCHEMA)
+        client.set(f"{self._prefix}schema", layout.REDIS_SCHEMA)
 
     def schema_version(self, op: str = "probe") -> int:
         """The prefix's schema version; an empty prefix (a new one, or a Redis without persistence
         that restarted empty) is stamped with the latest first."""
         key = f"{self._prefix}schema"
         if not self._call(op, lambda: self._client.exists(self._plugins)):
-            self._call(op, lambda: self._client.set(key, lua.REDIS_SCHEMA, nx=True))
+            self._call(op, lambda: self._client.set(key, layout.REDIS_SCHEMA, nx=True))
         try:  # rows but no marker: v1 (which always wrote one)
             return int(self._call(op, lambda: self._client.get(key)) or 1)
         except ValueError:
@@ -352,50 +260,47 @@ class RedisBackend:
         """No group commit on Redis: each script is its own transaction already."""
         return None
 
-    # -- operations ---------------------------------------------------------------------
     def write(self, w: Write) -> bool:
-        return self._write(w.mode.value, [w])
+        return self.commit([w], w.mode.value)
 
-    def commit(self, writes: Sequence[Write]) -> bool:
-        """All writes applied in one script call, or none when a condition fails (False). A script
-        runs on one Cluster node, so there the writes must be one plugin's (one hash slot)."""
-        plugins = sorted({w.spec.plugin_id for w in writes})
-        if isinstance(self._client, RedisCluster) and len(plugins) > 1:
+    def commit(self, writes: Sequence[Write], op: str = "commit") -> bool:
+        """Apply all writes in one script call, or none when a condition fails (False). Raises
+        LIMIT_EXCEEDED for a full reject-new namespace. A script runs on one Cluster node, so
+        there the writes must be one plugin's (one hash slot)."""
+        if isinstance(self._client, RedisCluster) and len(plugins := sorted({w.spec.plugin_id for w in writes})) > 1:
             why = "each plugin's keys live in their own hash slot; commit each plugin's writes apart"
             several = f"a staged commit over several plugins ({', '.join(plugins)})"
             raise self._fail("INVALID_INPUT", "commit", f"{several} cannot be one transaction on Redis Cluster: {why}")
-        return self._write("commit", writes) if writes else True
-
-    def _write(self, op: str, writes: Sequence[Write]) -> bool:
-        """Run the `write` script; raises LIMIT_EXCEEDED for a full reject-new namespace."""
+        if not writes:
+            return True
         blocks = []
         for w in writes:
             expires, expect = ("" if v is None else v for v in (w.expires_at, w.expect))
-            fields = (lua.MODE_FLAGS[w.mode], w.key, w.value or "", expires, w.spec.max_entries, w.spec.overflow)
-            blocks.append(lua.block(self._prefix, w.spec, w.now_ms, *fields, w.version, expect, rows=[w.key]))
+            fields = (layout.MODE_FLAGS[w.mode], w.key, w.value or "", expires, w.spec.max_entries, w.spec.overflow)
+            blocks.append(layout.block(self._prefix, w.spec, w.now_ms, *fields, w.version, expect, rows=[w.key]))
         conditional = any(w.mode in (Mode.CLAIM, Mode.MATCH) for w in writes)  # upserts, deletes: idempotent
         keys, args = (list(chain.from_iterable(part)) for part in zip(*blocks))  # blocks in order
         result = self._script(op, "write", keys, args, writes[0].spec.plugin_id if conditional else None)
         if result == "1n":  # the plugins set lives in another cluster slot: not in the script
-            plugins = {lua.quoted(w.spec.plugin_id) for w in writes}
-            self._call(op, lambda: self._client.sadd(self._plugins, *plugins))
+            members = {layout.quoted(w.spec.plugin_id) for w in writes}
+            self._call(op, lambda: self._client.sadd(self._plugins, *members))
         if result.startswith("NS_FULL"):
             full = writes[int(result.split(":")[1]) - 1].spec.max_entries
             raise self._fail("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {full} live rows")
         return result != "0"
 
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
-        name = f"{lua.plugin_key(self._prefix, spec.plugin_id, f'n:{spec.namespace}')}:r:{key}"
-        return lua.row(key, self._call("lookup", lambda: self._client.hmget(name, "v", "c", "e", "n")), now_ms)
+        name = f"{layout.plugin_key(self._prefix, spec.plugin_id, f'n:{spec.namespace}')}:r:{key}"
+        return layout.row(key, self._call("lookup", lambda: self._client.hmget(name, "v", "c", "e", "n")), now_ms)
 
     def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]:
-        return lua.rows(self._run("lookup_many", "read_many", spec, now_ms, rows=keys), now_ms)
+        return layout.rows(self._run("lookup_many", "read_many", spec, now_ms, rows=keys), now_ms)
 
     def _take(self, op: str, spec: NamespaceSpec, key: str, now_ms: int, check: bool, expect: int | None) -> Any:
         """Run the `take` script: (deleted, the row if one was live)."""
         text = self._run(op, "take", spec, now_ms, key, int(check), "" if expect is None else expect, rows=[key])
         created, expires, version, value = text[1:].split(":", 3) if text else (None, "", None, None)
-        return text[:1] == "D", lua.row(key, [value, created, expires, version], now_ms)
+        return text[:1] == "D", layout.row(key, [value, created, expires, version], now_ms)
 
     def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any:
         found = self._take("consume", spec, key, now_ms, True, None)[1]
@@ -409,9 +314,8 @@ class RedisBackend:
         return int(self._run("clear", "clear", spec, now_ms))
 
     def scan(self, spec: NamespaceSpec, now_ms: int, limit: int | None, after: tuple[int, str] | None) -> list[Row]:
-        return lua.rows(
-            self._run("entries", "scan", spec, now_ms, "" if limit is None else limit, *(after or ("", ""))), now_ms
-        )
+        cursor = after or ("", "")
+        return layout.rows(self._run("entries", "scan", spec, now_ms, "" if limit is None else limit, *cursor), now_ms)
 
     def count(self, spec: NamespaceSpec, now_ms: int) -> int:
         return int(self._run("count", "count", spec, now_ms))
@@ -420,7 +324,7 @@ class RedisBackend:
         """Drop expired rows and their index entries, namespace by namespace, in batches."""
         batch, removed = self.settings.sweep_batch_rows, 0
         for plugin_id in map(unquote, self._call("sweep", lambda: self._client.smembers(self._plugins))):
-            ns_key = lua.plugin_key(self._prefix, plugin_id, "namespaces")
+            ns_key = layout.plugin_key(self._prefix, plugin_id, "namespaces")
             for namespace in self._call("sweep", lambda: self._client.smembers(ns_key)):  # noqa: B023 -- called at once
                 n = batch
                 while n == batch:

@@ -1,5 +1,6 @@
-"""The Redis key layout (docs/state.md, "Key layout") and the Lua scripts that keep it: one per
-operation, atomic as a SQLite transaction, on the caller's clock (`now_ms`). A plugin's keys
+"""What needs no connection to Redis: the options and database a URL names, the key layout
+(docs/state.md, "Key layout"), the Lua scripts that keep it and the rows they return. A script is
+one operation, atomic as a SQLite transaction, on the caller's clock (`now_ms`); a plugin's keys
 share its hash tag, so each script runs in one Cluster slot.
 """
 
@@ -8,17 +9,102 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit
 
+from ._errors import StateStoreError
 from ._spec import Mode, NamespaceSpec, Row
 
+ENCODE_HINT = "percent-encode '/', '?', '#', '@' and '[' in the user name and password, and an '@' anywhere after "
+ENCODE_HINT += "the host (%2F, %3F, %23, %40, %5B)"
 REDIS_SCHEMA = 3  # 1: rows without versions; 2: versions; 3: keys tagged by plugin (Cluster)
 MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m", Mode.DELETE: "d"}
 ACKED = ("write", "take", "clear")  # the scripts whose changes wait for replicas (min_replicas_acked)
 ONCE = ("take", "clear")  # ... and those that keep their result for a retried call (`write`: if conditional)
 quoted = lru_cache(4096)(partial(quote, safe=""))  # ':' and '{' escaped in key names, so they stay unambiguous
+
+
+@dataclass(frozen=True)
+class RedisOptions:
+    """Redis-only knobs, read from the URL query (`?prefix=...&retries=...`)."""
+
+    prefix: str = "chatstate"  # every key starts with "{prefix}:"; one prefix per project
+    retries: int = 3  # extra attempts after a connection error, then UNAVAILABLE
+    backoff_base_s: float = 0.05  # first retry waits this long, doubling each time ...
+    backoff_cap_s: float = 0.5  # ... up to this
+    socket_connect_timeout_s: float = 1.0
+    socket_timeout_s: float = 5.0
+    expiry_grace_ms: int = 60_000  # server-side cleanup runs this long after client-side expiry
+    op_result_ttl_ms: int = 60_000  # how long a claim/take result is kept for a retried call
+    min_replicas_acked: int = 0  # > 0: each write waits (WAIT) until this many replicas have it
+    replica_ack_timeout_ms: int = 1_000  # ... for at most this long, else UNAVAILABLE
+    sentinel_username: str = ""  # the sentinels' own credentials, when they have any
+    sentinel_password: str = ""
+
+    @classmethod
+    def from_query(cls, query: str) -> tuple[RedisOptions, str]:
+        """Ours of a URL query's options, and redis-py's as a query again. Raises INVALID_INPUT."""
+        kinds, bad = {k: type(v) for k, v in cls().__dict__.items()}, partial(StateStoreError, "INVALID_INPUT", "open")
+        pairs, values = parse_qsl(query, keep_blank_values=True), {}
+        for name, text in ((k, v) for k, v in pairs if k in kinds):
+            try:
+                values[name] = kinds[name](text)
+            except ValueError:
+                raise bad(f"Redis URL option {name!r} is malformed") from None
+        o = cls(**values)
+        if not o.prefix or any(c in o.prefix for c in "{} \n"):
+            why = "a non-empty word without braces (keys carry their own hash tag, one per plugin, for Redis Cluster)"
+            raise bad(f"Redis URL option 'prefix' must be {why}")
+        numbers = (o.retries, o.expiry_grace_ms, o.min_replicas_acked)
+        if min(numbers) < 0 or min(o.op_result_ttl_ms, o.replica_ack_timeout_ms) < 1:
+            raise bad("Redis URL options must not be negative")
+        return o, urlencode([(k, v) for k, v in pairs if k not in kinds])
+
+
+def split_url(url: str, path: str) -> tuple[SplitResult, RedisOptions, str, list[tuple[str, int]], str, str]:
+    """A Redis URL's parts, our options, redis-py's (a query), and hosts, service and db for Sentinel
+    or Cluster (redis-py reads one host only). Raises INVALID_INPUT saying what to write."""
+    bad = partial(StateStoreError, "INVALID_INPUT", "open", path=path)
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
+        forms = "redis://, rediss:// (TLS), unix://, redis+sentinel:// or redis+cluster://"
+        raise bad(f"unsupported state URL scheme {scheme!r}; use {forms}")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unbalanced '[': the URL's own text may be a password
+        raise bad(f"bad Redis URL ({exc}); {ENCODE_HINT}") from None
+    if "@" in parts.path + parts.query + parts.fragment:  # a '/', '?' or '#' in the password ended the
+        raise bad(f"the URL has an '@' after its host part; {ENCODE_HINT}")  # host: redis-py would quote it
+    options, theirs = RedisOptions.from_query(parts.query)
+    hosts, service, db = [], "", parts.path.strip("/")
+    if scheme in ("redis+sentinel", "redis+cluster"):
+        for text in parts.netloc.rpartition("@")[2].split(","):
+            host, colon, port = text.rpartition(":")
+            if not colon or not host or not port.isdigit():
+                raise bad(f"host {text!r} needs a port (host:port)")
+            hosts.append((host.strip("[]"), int(port)))
+        service, _, db = db.partition("/")
+    return parts, options, theirs, hosts, service, db
+
+
+def database_of(url: str) -> tuple[str, tuple[Any, ...]]:
+    """The database `url` names, as whom, and its other options (which two opens must agree on):
+    one name however the URL spells it, so the process keeps one `Location` per database, prefix
+    and user. A URL this cannot read is its own database (opening it says what is wrong)."""
+    try:
+        parts, options, theirs, hosts, service, db = split_url(url, "")
+        pairs = parse_qsl(theirs, keep_blank_values=True)
+        if parts.scheme == "unix":
+            hosts, db = [(parts.path, 0)], ""
+        hosts = [(h.lower(), p) for h, p in hosts or [(parts.hostname or "", parts.port or 6379)]]
+        db = "0" if parts.scheme == "redis+cluster" else str(int(dict(pairs).get("db", db) or 0))
+    except (ValueError, StateStoreError):
+        return f"url:{url}", ()
+    who = hashlib.sha256(parts.netloc.rpartition("@")[0].encode()).hexdigest()[:32]  # never the password
+    where = f"{','.join(sorted({f'{h}:{p}' for h, p in hosts}))}/{service}/{db}?prefix={options.prefix}"
+    return f"url:{parts.scheme}://{who}@{where}", (options, sorted(p for p in pairs if p[0] != "db"))
 
 
 def plugin_key(prefix: str, plugin_id: str, name: str, *, tagged: bool = True) -> str:
@@ -33,21 +119,23 @@ def block(prefix: str, spec: NamespaceSpec, now_ms: int, *args: Any, rows: Itera
     return keys + [f"{base}:r:{k}" for k in rows], [now_ms, base, spec.namespace, *args]
 
 
-# ARGV: op result ttl and grace ms, then a block per namespace (one, but in `write`): KEYS order,
-# exp, the namespaces set, then the rows named; ARGV now, base, namespace, then the script's own.
-# Last, an op key for a call whose retry must get the first run's answer. Numbers stay strings
-# (Lua 5.1 prints 1.7e+12). Rows come back flat: key, json, created, expires, version each.
+# ARGV: op result ttl and grace ms, "1" if the last KEY is an op key (a retried call gets the
+# first run's answer from it), then a block per namespace (one, but in `write`): KEYS order, exp,
+# the namespaces set, then the rows named; ARGV now, base, namespace, then the script's own.
+# Numbers stay strings (Lua 5.1 prints 1.7e+12). Rows come back flat: key, json, created,
+# expires, version each.
 _CORE = """
 local A = ARGV
-local ttl, grace, now, base, ns, clock = A[1], tonumber(A[2]), A[3], A[4], A[5], tonumber(A[3])
-local order, exp, pns = KEYS[1], KEYS[2], KEYS[3]
-local function is_live(e, t) return e == '' or tonumber(e) > t end
-local function live_count(z, e, t) return redis.call('ZCARD', z) - redis.call('ZCOUNT', e, '-inf', t) end
-local function cached(opkey) return opkey ~= '' and redis.call('GET', opkey) end
-local function finish(opkey, r)  -- keep an applied result for a retry (a refusal or a no-op is harmless to re-run)
-  if opkey ~= '' and r ~= '' and r ~= '0' then redis.call('SET', opkey, r, 'PX', ttl) end
+local ttl, grace, now, base, ns, clock = A[1], tonumber(A[2]), A[4], A[5], A[6], tonumber(A[4])
+local order, exp, pns, opkey = KEYS[1], KEYS[2], KEYS[3], A[3] == '1' and KEYS[#KEYS]
+local prior = opkey and redis.call('GET', opkey)
+if prior then return prior end
+local function finish(r)  -- keep an applied result for a retry (a refusal or a no-op is harmless to re-run)
+  if opkey and r ~= '' and r ~= '0' then redis.call('SET', opkey, r, 'PX', ttl) end
   return r
 end
+local function is_live(e, t) return e == '' or tonumber(e) > t end
+local function live_count(z, e, t) return redis.call('ZCARD', z) - redis.call('ZCOUNT', e, '-inf', t) end
 local save = function(b, k) end  -- the write script's undo log replaces it
 local function remove(b, k)
   save(b, k)
@@ -114,12 +202,10 @@ local function make_room(b, key, t, maxn, reject)
   end
   return true
 end
-local n, fresh = (#A - 2) / 11, false
-local opkey = KEYS[n * 4 + 1] or ''
-local prior = cached(opkey) if prior then return prior end
+local n, fresh = (#A - 3) / 11, false
 local function apply(i)  -- nil when write i is applied, else the script's answer
   local pns, row = KEYS[i * 4 - 1], KEYS[i * 4]
-  local now, base, ns, mode, key, value, expires, maxn, overflow, version, expect = unpack(A, i * 11 - 8, i * 11 + 2)
+  local now, base, ns, mode, key, value, expires, maxn, overflow, version, expect = unpack(A, i * 11 - 7, i * 11 + 3)
   clock = tonumber(now)
   if mode == 'd' then return remove(base, key) end  -- modes: u upsert, c claim, m match `expect`, d delete
   if mode == 'c' and live_row(row) then return '0' end
@@ -138,29 +224,27 @@ for i = 1, n do
   local failed = apply(i)
   if failed then return rollback() or failed end
 end
-return finish(opkey, fresh and '1n' or '1')
+return finish(fresh and '1n' or '1')
 """,
     # ARGV + key, check ("1": keep a live row whose JSON cjson cannot read), the expected version
     # ("" = any). Returns "" (none deleted), "D<created>:<expires>:<version>:<json>" (deleted) or
     # "K..." (kept: the caller raises CORRUPT).
     "take": """
-local prior = cached(KEYS[5]) if prior then return prior end
 local f = redis.call('HMGET', KEYS[4], 'v', 'c', 'e', 'n')
 if not f[1] then return '' end
 local body, live = f[2] .. ':' .. f[3] .. ':' .. (f[4] or '0') .. ':' .. f[1], is_live(f[3], clock)
-if A[8] ~= '' and (not live or f[4] ~= A[8]) then return '' end
-if A[7] == '1' and live and not pcall(cjson.decode, f[1]) then return 'K' .. body end
-remove(base, A[6])
-return finish(KEYS[5], 'D' .. body)
+if A[9] ~= '' and (not live or f[4] ~= A[9]) then return '' end
+if A[8] == '1' and live and not pcall(cjson.decode, f[1]) then return 'K' .. body end
+remove(base, A[7])
+return finish('D' .. body)
 """,
     # Returns the number of live rows removed.
     "clear": """
-local prior = cached(KEYS[4]) if prior then return prior end
 local live = live_count(order, exp, now)
 for _, k in ipairs(redis.call('ZRANGE', order, 0, -1)) do redis.call('DEL', base .. ':r:' .. k) end
 redis.call('DEL', order, exp)
 redis.call('SREM', pns, ns)
-return finish(KEYS[4], tostring(live))
+return finish(tostring(live))
 """,
     # ARGV + limit ("" = all), cursor created_at and key ("" = from the start): live rows after the
     # cursor in (created_at, key) order (a zset orders equal scores by member bytes, as SQLite keys).
@@ -169,7 +253,7 @@ local function bytes_after(a, b)  -- a > b byte by byte (Lua's < would use the l
   for i = 1, math.min(#a, #b) do if a:byte(i) ~= b:byte(i) then return a:byte(i) > b:byte(i) end end
   return #a > #b
 end
-local limit, ac, ak, out = tonumber(A[6]), A[7], A[8], {}
+local limit, ac, ak, out = tonumber(A[7]), A[8], A[9], {}
 local index = ac == '' and 0 or redis.call('ZCOUNT', order, '-inf', '(' .. ac)
 while not limit or #out / 5 < limit do
   local batch = redis.call('ZRANGE', order, index, index + 255, 'WITHSCORES')
@@ -186,7 +270,7 @@ return out
     "count": "return live_count(order, exp, now)",
     # ARGV + batch. Returns rows removed (<= batch); an emptied namespace leaves the registry.
     "sweep": """
-local n = drop_expired(base, now, tonumber(A[6]))
+local n = drop_expired(base, now, tonumber(A[7]))
 if redis.call('ZCARD', order) == 0 then redis.call('SREM', pns, ns) end
 return n
 """,

@@ -122,20 +122,25 @@ def block(prefix: str, spec: NamespaceSpec, now_ms: int, *args: Any, rows: Itera
 # ARGV: op result ttl and grace ms, "1" if the last KEY is an op key (a retried call gets the
 # first run's answer from it), then a block per namespace (one, but in `write`): KEYS order, exp,
 # the namespaces set, then the rows named; ARGV now, base, namespace, then the script's own.
-# Numbers stay strings (Lua 5.1 prints 1.7e+12). Rows come back flat: key, json, created,
-# expires, version each.
+# Numbers stay strings (Lua 5.1 prints 1.7e+12). Redis runs a script's whole text on every call,
+# so each takes only the pieces it calls: _CORE, then _ONCE, _ROWS or _LIST as needed.
 _CORE = """
 local A = ARGV
 local ttl, grace, now, base, ns, clock = A[1], tonumber(A[2]), A[4], A[5], A[6], tonumber(A[4])
-local order, exp, pns, opkey = KEYS[1], KEYS[2], KEYS[3], A[3] == '1' and KEYS[#KEYS]
+local order, exp, pns = KEYS[1], KEYS[2], KEYS[3]
+local function is_live(e, t) return e == '' or tonumber(e) > t end
+local function live_count(z, e, t) return redis.call('ZCARD', z) - redis.call('ZCOUNT', e, '-inf', t) end
+"""
+_ONCE = """
+local opkey = A[3] == '1' and KEYS[#KEYS]
 local prior = opkey and redis.call('GET', opkey)
 if prior then return prior end
 local function finish(r)  -- keep an applied result for a retry (a refusal or a no-op is harmless to re-run)
   if opkey and r ~= '' and r ~= '0' then redis.call('SET', opkey, r, 'PX', ttl) end
   return r
 end
-local function is_live(e, t) return e == '' or tonumber(e) > t end
-local function live_count(z, e, t) return redis.call('ZCARD', z) - redis.call('ZCOUNT', e, '-inf', t) end
+"""
+_ROWS = """
 local save = function(b, k) end  -- the write script's undo log replaces it
 local function remove(b, k)
   save(b, k)
@@ -147,15 +152,16 @@ local function drop_expired(b, t, limit)
   for _, k in ipairs(gone) do remove(b, k) end
   return #gone
 end
-local function emit(out, key, row)  -- a live row, flat
+"""
+_LIST = """
+local function emit(out, key, row)  -- a live row as key, json, created, expires, version
   local f = redis.call('HMGET', row, 'v', 'c', 'e', 'n')
   if not (f[1] and is_live(f[3], clock)) then return false end
   for _, x in ipairs({key, f[1], f[2], f[3], f[4] or '0'}) do out[#out + 1] = x end
   return true
 end
 """
-# Each operation's script: _CORE, then its own part.
-_OWN = {
+_OWN = {  # each operation's script, after _CORE
     # Writes in order, all or none: a register, claim or compare-and-set, or a staged commit; a
     # block (with its row) per write. Returns "1" ("1n": a namespace was (re)registered, so its
     # plugin goes on the sweep list) or, nothing written, "0" (a condition failed) or "NS_FULL:<i>"
@@ -288,7 +294,8 @@ for _, z in ipairs({':order', ':exp'}) do
   if redis.call('EXISTS', ARGV[1] .. z) == 1 then redis.call('RENAME', ARGV[1] .. z, ARGV[2] .. z) end
 end
 """
-SCRIPTS = {name: _CORE + text for name, text in _OWN.items()} | {"migrate": _MIGRATE}
+_NEEDS = dict(write=_ONCE + _ROWS, take=_ONCE + _ROWS, clear=_ONCE, sweep=_ROWS, scan=_LIST, read_many=_LIST)
+SCRIPTS = {name: _CORE + _NEEDS.get(name, "") + text for name, text in _OWN.items()} | {"migrate": _MIGRATE}
 _SOURCES = {hashlib.sha1(text.encode()).hexdigest(): text for text in SCRIPTS.values()}
 
 

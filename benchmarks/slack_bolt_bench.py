@@ -16,8 +16,9 @@ and with each filled to its cap before start (50,000 events, 5,000 threads, 2,00
 Reported per server: events/s (from the first request to the last reply at the simulator),
 server CPU per event (the process's user + system time over the run), and that CPU as a ratio
 to bolt's and to the durable bolt's (medians of the per-round ratios). `--before DIR` runs our
-side from another copy of the package (a directory holding `chatstate/`, e.g. main's code) for
-a before/after. Rounds alternate between the servers so a noisy neighbour slows all alike.
+side from another copy of the package for a before/after: an installed copy, as
+`pip install --no-deps --target DIR <checkout>` makes it (a checkout itself will not do: its
+`chatstate/` holds only the top module, so the editable install would supply this tree's code). Rounds alternate between the servers so a noisy neighbour slows all alike.
 """
 
 from __future__ import annotations
@@ -240,5 +241,12 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="300 events, one round")
-    parser.add_argument("--before", help="run our side from this directory's chatstate/ (e.g. main's code)")
-    raise SystemExit(asyncio.run(main(parser.parse_args())))
+    parser.add_argument("--before", help="run our side from this installed copy (pip install --no-deps --target DIR)")
+    parsed = parser.parse_args()
+    if parsed.before and not (Path(parsed.before) / "chatstate" / "state" / "__init__.py").is_file():
+        # a checkout's chatstate/ holds only the top module: the rest would silently be this tree's
+        parser.error(
+            f"--before {parsed.before}: no installed chatstate there; make one with "
+            f"pip install --no-deps --target {parsed.before} <checkout of the code to compare>"
+        )
+    raise SystemExit(asyncio.run(main(parsed)))

@@ -52,3 +52,18 @@ def test_benchmarks_pin_with_cpu() -> None:
     cpu = str(max(os.sched_getaffinity(0)))
     assert f"pinned to CPU {cpu}" in _run("async_write_bench.py", "--cpu", cpu)
     assert f"servers pinned to CPU {cpu}" in _run("gateway_bench.py", "--cpu", cpu)
+
+
+def test_bolt_bench_refuses_a_before_dir_without_an_installed_copy(tmp_path: Path) -> None:
+    """A checkout's `chatstate/` holds only the top module: run from it, the editable install
+    would supply this tree's code and the "before" would silently measure the after."""
+    (tmp_path / "chatstate").mkdir()
+    (tmp_path / "chatstate" / "__init__.py").write_text("")
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "slack_bolt_bench.py"), "--quick", "--before", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "pip install --no-deps --target" in proc.stderr, proc.stderr

@@ -126,18 +126,16 @@ class Registry:
         """Take the one use of a single-use component for `user_id`; False if someone has. Its
         own write before the answer, not staged with the done mark: racing clicks are different
         interactions, on one gateway or two, and a SIGKILL between the answer and the done mark
-        must leave the use taken, else the retry approves again (test_discord_exactly_once.py).
-        The caller saw the entry, which the done mark removes: `user_id`'s own use UNANSWERED_MS
-        old was never answered (its process died), so it is taken again (a compare-and-set: one
-        of racing retries wins) and the user is shown the outcome they missed."""
+        must leave the use taken, else the retry approves again. `user_id`'s own use still held
+        UNANSWERED_MS after it was taken was never answered (the done mark removes it): it is
+        taken again, by compare-and-set, and the user is shown the outcome they missed."""
         use = {"user_id": user_id, "used_at": now_ms()}
         if await self.used.claim(custom_id, use):
             return True
         held = await self.used.get_entry(custom_id, fresh=True)
         old = held.value if held is not None and isinstance(held.value, dict) else {}
-        if held is None or old.get("user_id") != user_id or use["used_at"] - old.get("used_at", 0) < UNANSWERED_MS:
-            return False
-        return await self.used.take_over(custom_id, use, version=held.version)
+        unanswered = old.get("user_id") == user_id and use["used_at"] - old.get("used_at", 0) >= UNANSWERED_MS
+        return held is not None and unanswered and await self.used.take_over(custom_id, use, version=held.version)
 
     async def used_by(self, custom_id: str) -> str | None:
         """The user who consumed `custom_id`, or None (never used, or the tombstone expired)."""

@@ -186,9 +186,8 @@ class SlackBot:
             # uncounted, add no slow calls. The quota's own state is not watched: it recovers
             # through the next commit it is part of, which this would otherwise never let happen
             return "known"
-        # a top-level message starts its thread: only an earlier attempt at this event (a
-        # process that died holding it, having committed the thread's row and count with its
-        # claim) can have recorded it, and the gate prepares again, reading, to take that over
+        # a top-level message starts its thread: only an earlier attempt at this event can have
+        # recorded it (with its claim), and the gate prepares again, reading, before a takeover
         if message.thread_ts is None and not writes.earlier_attempt:
             writes.skipped_reads = True
         elif await self.threads.replied_in(thread) is not None:

@@ -182,10 +182,8 @@ class BoundedRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
 
 
 def sdk_logger() -> logging.Logger:
-    """The logger for slack-sdk's client. slack-sdk formats its debug lines (each call's headers,
-    parameters and response body) whenever its logger's *own* level is unset, emitted or not:
-    this child of its logger carries the level logging has now (the gateway configures it at
-    start), so nothing is formatted unless debug is on."""
+    """slack-sdk formats each call's debug lines, emitted or not, while its logger's own level is
+    unset: this child carries the level logging has at start, so nothing is formatted needlessly."""
     parent = logging.getLogger("slack_sdk.web.async_base_client")
     logger = parent.getChild("chatstate")
     logger.setLevel(parent.getEffectiveLevel())

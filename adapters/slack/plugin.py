@@ -3,21 +3,18 @@ per event_id; `sdk.InboundGate` runs the exactly-once steps, handlers.py's `Slac
 
 Request path (POST /slack/events), in this order:
 1. verify the v0 signature; 401 before anything is read or written; answer `url_verification`;
-2. the bot decides (mention policy + participation lookup) and the gate claims
-   `{team_id}:{event_id}` under a short lease, with a thread new to the bot recorded and
-   counted against the user's quota in the same write;
+2. the bot decides (mention policy; a reply's thread looked up) and the gate claims
+   `{team_id}:{event_id}` under a short lease, a thread new to the bot recorded and counted
+   against the user's quota in the same write;
 3. the bot replies in the thread; the gate commits the participation refresh with the done
    mark (one transaction, the second and last write);
-4. ack 200 as soon as 3 is done, or after `ack_budget_s` (Slack's 3 s rule) with 3 still running
-   in the background, the event held in `slack.pending` first (Slack will not retry it, so every
-   gateway's recovery loop finishes held events whose owner died); a reply that fails on Slack's
-   last retry is held the same way (acked: nothing else would send it again); `stop()` waits.
+4. ack 200 once 3 is done, or after `ack_budget_s` (Slack's 3 s rule) with 3 running on, the
+   event held in `slack.pending` first (every gateway's recovery loop finishes held events whose
+   owner died); so is a reply failing on Slack's last retry; `stop()` waits.
 
 SIGKILL at any step loses no reply and doubles none (docs/migrations/slack.md walks each step):
-before the done mark Slack gets no 2xx and retries; a retry meeting a live lease gets 503 +
-Retry-After; once the lease has run out the retry takes it over and first looks for its own
-reply in the thread, whatever the delivery says about retries (Socket Mode redelivers after a
-reconnect as a first attempt); after the done mark a retry is acked and dropped.
+a retry meets a live lease (503 + Retry-After), or takes a dead one over and first looks for its
+own reply in the thread, whatever the delivery says; after the done mark it is acked and dropped.
 """
 
 from __future__ import annotations

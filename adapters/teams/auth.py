@@ -6,12 +6,11 @@ parsed Activity (the key's `msteams` endorsement, the `serviceurl` claim), point
 simulator through its public factory's metadata URL and issuer.
 
 Both read the signing keys from `SigningKeys`, never from the library's own fetch: that calls
-`requests.get` with no timeout inside its coroutines, so an unresponsive metadata host left the
-loop's executor threads stuck forever and a few forged tokens wedged /healthz, the sweeper and
-SIGTERM. `SigningKeys` fetches with aiohttp under timeouts and a size cap (no thread, cancelled
-outright on shutdown), one fetch at a time per URL, keeps the last good set while a refresh
-fails, and after a failure waits `openid_retry_after_failure_s`, so forged tokens cannot become a
-stream of fetches. `install` puts a key set into the library's `JwtTokenExtractor.metadataCache`.
+`requests.get` with no timeout inside its coroutines, so an unresponsive metadata host would
+wedge the loop's executor threads. `SigningKeys` fetches with aiohttp under timeouts and a size
+cap, one fetch at a time per URL, keeps the last good set while a refresh fails and waits
+`openid_retry_after_failure_s` after a failure (forged tokens cannot become a stream of fetches);
+`install` puts a key set into the library's `JwtTokenExtractor.metadataCache`.
 
 Outbound, Azure's `app_password` gets a token through MSAL, which only talks to an https
 authority; a local simulator's pre-issued `connector_token` is presented instead.

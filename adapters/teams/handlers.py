@@ -11,10 +11,9 @@ would be a server error on the channel's side for a well-formed request.
 
 One answer per `message`, `messageReaction` and `conversationUpdate` (the greeting):
 `sdk.InboundGate` keyed like `state.sent_key`; the work is the botbuilder turn, its sends staging
-into the gate's `Writes` (platform.py). The
-check after a takeover cannot ask Teams (the Bot Connector has no call that reads back what the
-bot sent), so a turn killed between the connector accepting its reply and the done commit is
-answered again (docs/migrations/teams.md measures that window).
+into the gate's `Writes` (platform.py). The check after a takeover cannot ask Teams (no Bot
+Connector call reads back what the bot sent), so a turn killed between the connector accepting
+its reply and the done commit is answered again (docs/migrations/teams.md measures that window).
 """
 
 from __future__ import annotations

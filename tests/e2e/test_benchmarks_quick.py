@@ -1,4 +1,4 @@
-"""Each issue-20 benchmark still runs end to end in its --quick mode (seconds each).
+"""Each benchmark still runs end to end in its --quick mode (seconds each).
 
 No timing is asserted here (a busy CI machine decides those numbers): only that the script runs
 to its verdict, exits 0 (met) or 1 (missed) rather than crashing, prints its target table, and,

@@ -16,8 +16,10 @@ from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit
 
 from ._spec import Mode, NamespaceSpec, Row, StateStoreError
 
-ENCODE_HINT = "percent-encode '/', '?', '#', '@' and '[' in the user name and password, and an '@' anywhere after "
-ENCODE_HINT += "the host (%2F, %3F, %23, %40, %5B)"
+ENCODE_HINT = (
+    "percent-encode '/', '?', '#', '@' and '[' in the user name and password, and an '@' anywhere after the host "
+    "(%2F, %3F, %23, %40, %5B)"
+)
 REDIS_SCHEMA = 3  # 1: rows without versions; 2: versions; 3: keys tagged by plugin (Cluster)
 MODE_FLAGS = {Mode.UPSERT: "u", Mode.CLAIM: "c", Mode.MATCH: "m", Mode.DELETE: "d"}
 ACKED = ("write", "take", "clear")  # the scripts whose changes wait for replicas (min_replicas_acked)

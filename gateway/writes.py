@@ -74,8 +74,7 @@ class Writes:
         if claim is not None and claim.staged.write is not None:
             stored.insert(0, claim.staged)
         states = list({id(s.state): s.state for s in stored}.values())
-        # a healthy state has nothing to replay: no await for recover() on every commit
-        if stored and all([(st.last_error is None and not st.pending_writes) or await st.recover() for st in states]):
+        if stored and all([await st.recover() for st in states]):
             try:
                 if not await commit_staged_async([s.write for s in stored if s.write is not None]):
                     return False

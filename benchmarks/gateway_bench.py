@@ -1,6 +1,7 @@
 """Gateway benchmark: echo route vs a bare aiohttp handler, and restart-to-ready with 1M rows.
 
     python benchmarks/gateway_bench.py [--requests 21000] [--rounds 7] [--concurrency 16] [--rows 1000000] [--quick]
+                                       [--before DIR]
 
 The bare handler and two echo gateways (access log on, off) are real subprocesses on loopback,
 loaded in the same run, in interleaved rounds, by the same bounded load generator: its own
@@ -14,7 +15,9 @@ noise from other work on the machine moves far less than req/s, split by thread 
 The floor (benchmarks/floor_server.py) runs in the same rounds: plain aiohttp that
 verifies the HMAC as echo does, parses, does one durable write through one writer thread with
 group commit and answers. Goal: the echo route (access log on) at >= 0.8x the floor's req/s and
-<= 1.25x its server CPU per request.
+<= 1.25x its server CPU per request. `--before DIR` adds a third echo gateway (access log on) run
+from another copy of the package (`pip install --no-deps --target DIR <checkout>`) in the same
+rounds, for a before/after side by side; its rows are information, not targets.
 
 Targets (checked: exit 1 when one is missed; per-round ratios, their median):
   1. echo route with the access log on >= 0.5x the bare handler's req/s, and its server CPU per
@@ -54,6 +57,7 @@ WARMUP = KEYS  # requests per server before the rounds: every key once, connecti
 BARE = "bare aiohttp handler"
 FLOOR = "floor (aiohttp + HMAC + parse + one group-committed durable write)"
 FLOOR_RPS, FLOOR_CPU = 0.8, 1.25  # echo vs floor: req/s at least, CPU per request at most
+BEFORE = "code before:"  # names the --before gateway's rows
 
 
 async def _serve_bare(port: int) -> None:
@@ -265,10 +269,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def throughput(requests: int, concurrency: int, rounds: int, cpu: int | None) -> dict[str, dict[str, float]]:
+async def throughput(
+    requests: int, concurrency: int, rounds: int, cpu: int | None, before: str | None = None
+) -> dict[str, dict[str, float]]:
     """All servers up at once; interleaved rounds (first server rotating) so machine noise hits
     each one alike. Medians of the rounds; `ratio` is the median of the per-round ratios.
-    `cpu`: every server pinned to that CPU (the gateways by `[gateway] cpu`, the bare one alike)."""
+    `cpu`: every server pinned to that CPU (the gateways by `[gateway] cpu`, the bare one alike).
+    `before`: an installed copy of the package that a third echo gateway runs from."""
     port = free_port()
     bare = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -297,16 +304,17 @@ async def throughput(requests: int, concurrency: int, rounds: int, cpu: int | No
             FLOOR: (floor.pid, floor_port, "/echo", "echo"),
         }
         async with AsyncExitStack() as stack:
-            for access_log in (True, False):
+            for access_log, code in ((True, None), (False, None), *(((True, before),) if before else ())):
                 gw = await stack.enter_async_context(
                     GatewayHarness(
                         adapters={"echo": {"secret": SECRET}},
                         config={"gateway": {"access_log": access_log, **({"cpu": cpu} if cpu is not None else {})}},
+                        pythonpath=[code] if code else (),
                     )
                 )
                 assert gw.pid is not None and gw.port is not None
                 name = f"echo route (HMAC + durable write), access_log = {str(access_log).lower()}"
-                targets[name] = (gw.pid, gw.port, "/echo", "echo")
+                targets[name + (f", {BEFORE} {code}" if code else "")] = (gw.pid, gw.port, "/echo", "echo")
             driver = await stack.enter_async_context(Driver())
             for _, tport, path, kind in targets.values():  # warm-up: connections, caches, every key once
                 await driver.load(tport, path, kind, WARMUP, concurrency)
@@ -446,7 +454,7 @@ async def restart_to_ready(rows: int, rounds: int = 5) -> dict[str, float]:
 async def main(args: argparse.Namespace) -> int:
     failed = 0
     load_start = load_average()
-    tp = await throughput(args.requests, args.concurrency, args.rounds, args.cpu)
+    tp = await throughput(args.requests, args.concurrency, args.rounds, args.cpu, args.before)
     print(
         f"\nload average at start {load_start}, after the throughput rounds {load_average()}; {os.cpu_count()} CPUs; "
         f"servers {'pinned to CPU ' + str(args.cpu) if args.cpu is not None else 'not pinned'}"
@@ -477,7 +485,7 @@ async def main(args: argparse.Namespace) -> int:
     for name, r in tp.items():
         if name in (BARE, FLOOR):
             continue
-        checked = "access_log = true" in name
+        checked = "access_log = true" in name and BEFORE not in name
         for label, value, ok, target in (
             ("req/s vs floor", r["floor_rps"], r["floor_rps"] >= FLOOR_RPS, f">= {FLOOR_RPS}x"),
             ("server CPU/request vs floor", r["floor_cpu"], r["floor_cpu"] <= FLOOR_CPU, f"<= {FLOOR_CPU}x"),
@@ -532,6 +540,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--cpu", type=int, help="pin every server to this CPU ([gateway] cpu; the bare one alike); default: not pinned"
     )
+    parser.add_argument(
+        "--before", help="also run an echo gateway from this installed copy (pip install --no-deps --target DIR)"
+    )
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     ns = parser.parse_args()
@@ -540,6 +551,12 @@ if __name__ == "__main__":
         asyncio.run(_serve_bare(ns.serve_bare))
     elif ns.drive:
         asyncio.run(_drive())
+    elif ns.before and not (Path(ns.before) / "chatstate" / "gateway" / "echo.py").is_file():
+        # a checkout's chatstate/ holds only the top module: the rest would silently be this tree's
+        parser.error(
+            f"--before {ns.before}: no installed chatstate there; make one with "
+            f"pip install --no-deps --target {ns.before} <checkout of the code to compare>"
+        )
     else:
         if ns.quick:
             ns.requests, ns.rounds, ns.rows, ns.restarts = 1_000, 2, 10_000, 1

@@ -201,32 +201,24 @@ class AdapterState:
         entry = self._entry(key, value, ttl_ms)
         previous = self.memory.get(key)
         self.memory.put(entry)
+        store = self._store
+        if store is None:
+            return
         try:
-            await self._write(key, text, entry, ttl_ms, or_raise=or_raise)
+            # a healthy state has nothing to replay: no await for recover() on every write
+            if (self.last_error is not None or self._pending) and not await self.recover():
+                raise StateStoreError(self.last_error or "UNAVAILABLE", "register", "the store is failing")
+            await store.register(key, text, ttl_ms=ttl_ms)
         except StateStoreError as exc:
+            if exc.code not in CALLER_ERRORS:
+                self.degrade(exc)
+                if not or_raise:
+                    self.remember(key, entry)  # kept in memory, replayed once the store is back
+                    return
             self.memory.drop(key)
             if previous is not None and exc.code not in CALLER_ERRORS:
                 self.memory.put(previous)  # or_raise: the write did not happen, the old row stands
             raise
-
-    async def _write(self, key: str, text: str, entry: Entry, ttl_ms: int | None, *, or_raise: bool) -> None:
-        if self._store is None:
-            return
-        # a healthy state has nothing to replay: no await for recover() on every write
-        if (self.last_error is not None or self._pending) and not await self.recover():
-            if or_raise:
-                raise StateStoreError(self.last_error or "UNAVAILABLE", "register", "the store is failing")
-            self.remember(key, entry)
-            return
-        try:
-            await self._store.register(key, text, ttl_ms=ttl_ms)
-        except StateStoreError as exc:
-            if exc.code in CALLER_ERRORS:
-                raise
-            self.degrade(exc)
-            if or_raise:
-                raise
-            self.remember(key, entry)
 
     def stage(self, key: str, value: Any = None, *, ttl_ms: int | None = None, delete: bool = False) -> Staged:
         """Check a write (or delete) now and hold it for one transaction (`writes.Writes.commit`).

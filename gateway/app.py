@@ -18,7 +18,6 @@ import traceback
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -120,41 +119,32 @@ def _plugin_handler(plugin_id: str, route: str, handler: Handler) -> Handler:
 
     A wrapper, not a middleware: aiohttp builds the middleware chain anew for every request,
     which cost more than the check. Bodies without a Content-Length are capped by
-    `client_max_size` when the handler reads them; /healthz takes no body. Metric children are
-    looked up once per status, not per request.
+    `client_max_size` when the handler reads them; /healthz takes no body.
     """
-    seconds = metrics.REQUEST_SECONDS.labels(plugin_id, route)
-    counted: dict[int, Any] = {}
-
-    def count(status: int, started: float) -> None:
-        seconds.observe(time.perf_counter() - started)
-        child = counted.get(status)
-        if child is None:
-            child = counted[status] = metrics.REQUESTS.labels(plugin_id, route, str(status))
-        child.inc()
+    requests = metrics.route_requests(plugin_id, route)
 
     async def plugin_handler(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         request[logs.PLUGIN_ID] = plugin_id
+        status = 500  # unless answered: a store fault, or the client went away (cancelled)
         try:
             size = request.content_length
             if size is not None and size > MAX_BODY_BYTES:
                 raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=size)
             response = await handler(request)
+            status = response.status
+            return response
         except web.HTTPException as exc:
-            count(exc.status, started)
+            status = exc.status
             raise
         except Exception as exc:
             refusal = _refusal(plugin_id, exc)
-            count(500 if refusal is None else refusal.status, started)
             if refusal is None:
                 raise  # a store fault: aiohttp's own 500, with its traceback
+            status = refusal.status
             raise refusal from None
-        except BaseException:
-            count(500, started)  # the client went away mid-request (cancelled): still counted
-            raise
-        count(response.status, started)
-        return response
+        finally:
+            requests.record(status, time.perf_counter() - started)
 
     return plugin_handler
 

@@ -59,7 +59,7 @@ def loads(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise BadInput("body is not JSON") from None
     if body.count(b"[") + body.count(b"{") > max_depth and _depth(value) > max_depth:
         raise BadInput(f"body nests deeper than {max_depth} levels")
-    if "\\ud" in text.lower() and not _encodable(value):
+    if ("\\ud" in text or "\\uD" in text) and not _encodable(value):  # a surrogate's escape; no lower-cased copy
         raise BadInput("body holds a lone surrogate")
     return value
 

@@ -101,6 +101,12 @@ class AccessLogger(AbstractAccessLogger):
     duration_ms.
     """
 
+    def __init__(self, logger: logging.Logger, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        # what every line of this logger says between its time and its request (aiohttp makes
+        # one AccessLogger per connection, so this is escaped once a connection, not a request)
+        self._event = f'"level":"info","logger":{_quote(logger.name)},"event":"http_request"'
+
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         if _output is None or not _output.owns(self.logger):
             self.logger.info(
@@ -117,9 +123,8 @@ class AccessLogger(AbstractAccessLogger):
         plugin = request.get(PLUGIN_ID)
         served_by = "" if plugin is None else f',"plugin":{_quote(plugin)}'
         _output.queue(
-            f'{{"ts":{_now():.3f},"level":"info","logger":{_quote(self.logger.name)},"event":"http_request"'
-            f'{served_by},"method":{_quote(request.method)},"path":{_quote(request.path)},'
-            f'"status":{response.status},"duration_ms":{time * 1000:.3f}}}'
+            f'{{"ts":{_now():.3f},{self._event}{served_by},"method":{_quote(request.method)},'
+            f'"path":{_quote(request.path)},"status":{response.status},"duration_ms":{time * 1000:.3f}}}'
         )
 
 

@@ -67,3 +67,17 @@ def test_bolt_bench_refuses_a_before_dir_without_an_installed_copy(tmp_path: Pat
         check=False,
     )
     assert proc.returncode == 2 and "pip install --no-deps --target" in proc.stderr, proc.stderr
+
+
+def test_gateway_bench_refuses_a_before_dir_without_an_installed_copy(tmp_path: Path) -> None:
+    """As the bolt bench: the echo gateway run from a checkout's top module would be this tree's."""
+    (tmp_path / "chatstate").mkdir()
+    (tmp_path / "chatstate" / "__init__.py").write_text("")
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gateway_bench.py"), "--quick", "--before", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "pip install --no-deps --target" in proc.stderr, proc.stderr

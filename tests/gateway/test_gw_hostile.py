@@ -75,6 +75,13 @@ def test_depth_scan_ignores_brackets_in_strings() -> None:
     assert ingress.loads(b"[" * 32 + b"]" * 32) is not None
 
 
+@pytest.mark.parametrize("escape", [b"\\ud800", b"\\uD800", b"\\uDc01"])
+def test_a_lone_surrogate_is_refused_whatever_the_case_of_its_escape(escape: bytes) -> None:
+    with pytest.raises(ingress.BadInput, match="lone surrogate"):
+        ingress.loads(b'{"key": "a' + escape + b'"}')
+    assert ingress.loads(b'{"key": "\\ud83d\\uDE00"}') == {"key": "\U0001f600"}  # a pair is fine
+
+
 def test_credential_header_refuses_junk() -> None:
     assert ingress.credential({"h": "sha256=\udcff"}, "h") is None
     assert ingress.credential({"h": "v0=é"}, "h") is None

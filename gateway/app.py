@@ -18,6 +18,7 @@ import traceback
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -119,9 +120,11 @@ def _plugin_handler(plugin_id: str, route: str, handler: Handler) -> Handler:
 
     A wrapper, not a middleware: aiohttp builds the middleware chain anew for every request,
     which cost more than the check. Bodies without a Content-Length are capped by
-    `client_max_size` when the handler reads them; /healthz takes no body.
+    `client_max_size` when the handler reads them; /healthz takes no body. Metric children are
+    looked up once per status, not per request.
     """
-    requests = metrics.route_requests(plugin_id, route)
+    seconds = metrics.REQUEST_SECONDS.labels(plugin_id, route)
+    counted: dict[int, Any] = {}
 
     async def plugin_handler(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -144,7 +147,10 @@ def _plugin_handler(plugin_id: str, route: str, handler: Handler) -> Handler:
             status = refusal.status
             raise refusal from None
         finally:
-            requests.record(status, time.perf_counter() - started)
+            seconds.observe(time.perf_counter() - started)
+            if (child := counted.get(status)) is None:
+                child = counted[status] = metrics.REQUESTS.labels(plugin_id, route, str(status))
+            child.inc()
 
     return plugin_handler
 

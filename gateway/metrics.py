@@ -13,9 +13,6 @@ status codes, store namespaces and a few fixed reasons. Nothing derived from a r
 
 from __future__ import annotations
 
-import bisect
-import itertools
-import time
 import weakref
 from collections.abc import Iterator
 from typing import Protocol
@@ -23,14 +20,23 @@ from typing import Protocol
 from aiohttp.typedefs import Handler
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.aiohttp import make_aiohttp_handler
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 METRICS_PATH = "/metrics"
 MODES = ("store", "degraded", "legacy")
-REQUEST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
+REQUESTS = Counter(
+    "chatstate_http_requests",
+    "HTTP requests answered, by plugin, route template and status",
+    ["plugin", "route", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "chatstate_http_request_seconds",
+    "Time from routing to the handler's answer, by plugin and route",
+    ["plugin", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 SWEEP_SECONDS = Histogram(
     "chatstate_sweep_seconds",
     "Duration of one sweep of expired rows",
@@ -72,79 +78,6 @@ def record_sweep(seconds: float, rows: int | None) -> None:
         SWEEP_FAILURES.inc()
     else:
         SWEEP_ROWS.inc(rows)
-
-
-class RouteRequests:
-    """`chatstate_http_requests_total` and `chatstate_http_request_seconds` of one plugin route,
-    as plain numbers: one `record` per request, turned into metric families when scraped.
-
-    Requests are answered, and /metrics is scraped, on the event loop, so nothing here needs
-    the lock and label checks prometheus-client's Counter and Histogram spend on every update.
-    """
-
-    def __init__(self, plugin: str, route: str) -> None:
-        self.plugin, self.route = plugin, route
-        self.created = time.time()
-        self.by_status: dict[int, int] = {}
-        self.status_created: dict[int, float] = {}
-        self.buckets = [0] * (len(REQUEST_BUCKETS_S) + 1)  # per bucket (not cumulative), +Inf last
-        self.seconds = 0.0
-
-    def record(self, status: int, seconds: float) -> None:
-        """One request answered with `status`, `seconds` after routing."""
-        count = self.by_status.get(status)
-        if count is None:
-            self.status_created[status] = time.time()
-            count = 0
-        self.by_status[status] = count + 1
-        self.buckets[bisect.bisect_left(REQUEST_BUCKETS_S, seconds)] += 1  # le: at most the bound
-        self.seconds += seconds
-
-
-class _HttpRequests(Collector):
-    """Every plugin route's RouteRequests, exposed as the two documented metrics."""
-
-    def __init__(self) -> None:
-        self._routes: dict[tuple[str, str], RouteRequests] = {}
-
-    def route(self, plugin: str, route: str) -> RouteRequests:
-        return self._routes.setdefault((plugin, route), RouteRequests(plugin, route))
-
-    def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily(
-            "chatstate_http_requests",
-            "HTTP requests answered, by plugin, route template and status",
-            labels=["plugin", "route", "status"],
-        )
-        seconds = HistogramMetricFamily(
-            "chatstate_http_request_seconds",
-            "Time from routing to the handler's answer, by plugin and route",
-            labels=["plugin", "route"],
-        )
-        bounds = [floatToGoString(b) for b in (*REQUEST_BUCKETS_S, float("inf"))]
-        for route in list(self._routes.values()):
-            for status, count in sorted(route.by_status.items()):
-                requests.add_metric(
-                    [route.plugin, route.route, str(status)], count, created=route.status_created[status]
-                )
-            cumulative = itertools.accumulate(route.buckets)
-            seconds.add_metric([route.plugin, route.route], list(zip(bounds, cumulative)), route.seconds)
-            labels = {"plugin": route.plugin, "route": route.route}
-            seconds.add_sample("chatstate_http_request_seconds_created", labels, route.created)
-        yield requests
-        yield seconds
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())  # collected on demand; nothing to check for name clashes up front
-
-
-_HTTP_REQUESTS = _HttpRequests()
-REGISTRY.register(_HTTP_REQUESTS)
-
-
-def route_requests(plugin: str, route: str) -> RouteRequests:
-    """The request counts and latencies of `plugin`'s `route` (a route template), for /metrics."""
-    return _HTTP_REQUESTS.route(plugin, route)
 
 
 class TrackedState(Protocol):

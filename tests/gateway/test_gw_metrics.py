@@ -93,37 +93,3 @@ def test_every_metric_is_documented() -> None:
     names |= {"chatstate_store_operations", "chatstate_store_operation_seconds"}  # state/ defines these
     for name in names:
         assert f"`{name}" in doc, name
-
-
-def test_route_requests_expose_what_a_prometheus_counter_and_histogram_would() -> None:
-    """The request metrics are plain numbers turned into families when scraped: the samples are
-    those of prometheus-client's own Counter and Histogram fed the same requests (bounds
-    included: a latency equal to a bucket's bound counts in that bucket)."""
-    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-
-    ours = metrics._HttpRequests()
-    theirs = CollectorRegistry()
-    counter = Counter("chatstate_http_requests", "c", ["plugin", "route", "status"], registry=theirs)
-    histogram = Histogram(
-        "chatstate_http_request_seconds", "h", ["plugin", "route"], buckets=metrics.REQUEST_BUCKETS_S, registry=theirs
-    )
-    route = ours.route("echo", "/echo/{key}")
-    for status, seconds in [(200, 0.0003), (200, 0.001), (401, 0.0025), (200, 5.0), (503, 7.5), (200, 0.02)]:
-        route.record(status, seconds)
-        counter.labels("echo", "/echo/{key}", str(status)).inc()
-        histogram.labels("echo", "/echo/{key}").observe(seconds)
-
-    def samples(registry: object) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
-        text = generate_latest(registry).decode()  # type: ignore[arg-type]
-        return {
-            (s.name, tuple(sorted(s.labels.items())), s.value)
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if not s.name.endswith("_created")  # a timestamp of its own on either side
-        }
-
-    registry = CollectorRegistry()
-    registry.register(ours)
-    assert samples(registry) == samples(theirs)
-    created = {s.name for f in registry.collect() for s in f.samples if s.name.endswith("_created")}
-    assert created == {"chatstate_http_requests_created", "chatstate_http_request_seconds_created"}

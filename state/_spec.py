@@ -262,6 +262,10 @@ class Json(str):
     """JSON text `serialize_value` checked already (the async twin's, on the caller): taken as is."""
 
 
+class Key(str):
+    """A key `check_key` returned already (the async twin's, on the caller): taken as is."""
+
+
 def check_int(value: object, low: int, high: int, op: str, what: str, message: str | None = None) -> int:
     """`value` if an int (never a bool) from `low` to `high`; else INVALID_INPUT: `message`, or the range."""
     if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
@@ -306,6 +310,8 @@ def check_namespace(value: object, op: str = "open") -> str:
 
 
 def check_key(value: object, op: str) -> str:
+    if type(value) is Key:
+        return str(value)  # an exact str for the driver
     if not (value := _sized(value, "key", MAX_KEY_BYTES, op)):
         raise StateStoreError("INVALID_INPUT", op, "key must not be empty")
     return value

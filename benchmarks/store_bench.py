@@ -53,6 +53,7 @@ from chatstate import state  # noqa: E402
 from chatstate.gateway.clock import now_ms  # noqa: E402
 from chatstate.state import _sqlite  # noqa: E402
 from chatstate.state import _sqlite as sql  # noqa: E402  (the very statements the backend runs)
+from chatstate.state._spec import Mode  # noqa: E402
 
 OPS = ("register", "lookup", "register_if_absent", "consume")  # run in this order: the claims
 # add fresh keys that consume then removes, so the live row count ends where it started.
@@ -182,15 +183,14 @@ def bare_fill(bare: Bare, directory: Path, keys: range) -> None:
     sqlite_fill(directory / "state.sqlite", keys)
 
 
-def _bare_write(bare: Bare, key: str, statement: str) -> bool:
+def _bare_write(bare: Bare, key: str, mode: Mode) -> bool:
+    """The one statement SQLiteBackend.write runs below the cap (nothing here is at a cap)."""
     now = now_ms()
-    params = (PLUGIN, NAMESPACE, key, now, json.dumps(VALUE), now + TTL_MS, random.getrandbits(63))
+    params = (PLUGIN, NAMESPACE, key, now, json.dumps(VALUE), now + TTL_MS, random.getrandbits(63), CAPACITY)
     conn = bare.conn
     conn.execute("BEGIN IMMEDIATE")
     try:
-        written = conn.execute(statement, params).rowcount > 0
-        if written:  # the cap check SQLiteBackend.write runs (nothing is over a cap here)
-            conn.execute(sql.SQL_NS_ROWS, params[:2]).fetchone()
+        written = conn.execute(sql.SQL_BELOW_CAP[mode], params).rowcount > 0
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -199,11 +199,11 @@ def _bare_write(bare: Bare, key: str, statement: str) -> bool:
 
 
 def bare_register(bare: Bare, key: str) -> None:
-    _bare_write(bare, key, sql.SQL_UPSERT)
+    _bare_write(bare, key, Mode.UPSERT)
 
 
 def bare_register_if_absent(bare: Bare, key: str) -> bool:
-    return _bare_write(bare, key, sql.SQL_CLAIM)
+    return _bare_write(bare, key, Mode.CLAIM)
 
 
 def bare_lookup(bare: Bare, key: str) -> Any:

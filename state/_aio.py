@@ -17,7 +17,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from ._spec import UPDATE_ATTEMPTS, Entry, Json, check_key, check_keys, check_ttl, check_version, serialize_value
+from ._spec import UPDATE_ATTEMPTS, Entry, Json, Key, check_key, check_keys, check_ttl, check_version, serialize_value
 from ._store import KeyedStore, StagedWrite, commit_staged, staged_list
 
 T = TypeVar("T")
@@ -163,9 +163,9 @@ class AsyncKeyedStore:
         return f"<AsyncKeyedStore {self.plugin_id}/{self.namespace} at {self.location}>"
 
     def _write(self, op: str, key: str, value: Any, ttl_ms: int | None, **version: int) -> Awaitable[Any]:
-        """Check and serialize at the call, then run the sync write of `op` on the writer."""
+        """Check and serialize at the call, then run the sync write of `op` on the writer (which takes both as is)."""
         check_ttl(ttl_ms, op)
-        key, text = check_key(key, op), Json(serialize_value(value, op, self.max_value_bytes))
+        key, text = Key(check_key(key, op)), Json(serialize_value(value, op, self.max_value_bytes))
         return _wait(submit(self._writer, getattr(self.sync, op), key, text, ttl_ms=ttl_ms, **version))
 
     def register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> Awaitable[None]:

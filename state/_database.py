@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 from . import _sqlite
 from ._aio import POOL, WORKER_PREFIX, AsyncKeyedStore, Workers, open_async
+from ._redis_layout import database_of, shown_url  # no redis-py here
 from ._spec import (
     MAX_VALUE_BYTES,
     Backend,
@@ -24,10 +25,8 @@ from ._spec import (
     StateStoreError,
     StoreSettings,
     Write,
-    check_where,
     new_version,
     resolve_path,
-    shown_url,
     wall_clock_ms,
 )
 from ._store import KeyedStore
@@ -105,12 +104,24 @@ _locations: dict[str, Location] = {}
 _inherited: list[Location] = []
 
 
+def check_where(path: object, url: object, settings: object, op: str = "open") -> None:
+    """Where and how a database is opened: `path` None or a non-blank str or os.PathLike (never the
+    current folder by accident), `url` None or a str, `settings` None or a StoreSettings; else INVALID_INPUT."""
+    if url is not None and not isinstance(url, str):
+        raise StateStoreError("INVALID_INPUT", op, "url must be a string: redis://...")
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if path is not None and not (isinstance(text, str) and text.strip()):
+        raise StateStoreError("INVALID_INPUT", op, "path must be a non-empty str or os.PathLike of str")
+    if settings is not None and not isinstance(settings, StoreSettings):
+        raise StateStoreError("INVALID_INPUT", op, "settings must be a StoreSettings")
+
+
 def acquire(path: PathArg, url: str | None, settings: StoreSettings) -> Location:
     """The open Location of a database (opened now if no one holds it), held once for the caller."""
     global _registry_lock
     how: tuple[Any, ...] = ()
     if url is not None:  # one Location per database however its URL is spelled
-        from ._redis import RedisBackend, database_of  # imported here: SQLite users never load redis-py
+        from ._redis import RedisBackend  # imported here: SQLite users never load redis-py
 
         ident, how = database_of(url)
         opener: Callable[[], Backend] = functools.partial(RedisBackend, url, settings)

@@ -28,8 +28,8 @@ from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from . import _redis_layout as layout
-from ._redis_layout import database_of as database_of  # where _database.py looks for it
-from ._spec import Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write, new_version, shown_url
+from ._redis_layout import shown_url
+from ._spec import Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write, new_version
 
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
 CLIENT_ERRORS = (redis.RedisError, errors.RedisClusterException)  # what redis-py raises

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote_plus, urlencode, urlsplit
 
 from ._spec import Mode, NamespaceSpec, Row, StateStoreError
 
@@ -106,6 +106,31 @@ def database_of(url: str) -> tuple[str, tuple[Any, ...]]:
     who = hashlib.sha256(parts.netloc.rpartition("@")[0].encode()).hexdigest()[:32]  # never the password
     where = f"{','.join(sorted({f'{h}:{p}' for h, p in hosts}))}/{service}/{db}?prefix={options.prefix}"
     return f"url:{parts.scheme}://{who}@{where}", (options, sorted(p for p in pairs if p[0] != "db"))
+
+
+def shown_url(url: str) -> str:
+    """`url` as it may be printed anywhere: passwords (user part or query) shown as `***`, the rest
+    kept, so an operator still sees which server and user: `redis://u:***@h:6379/0`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***"  # not a URL at all: nothing in it is safe to echo
+    # The user part ends at the last '@', wherever it is: a password holding an unencoded '/',
+    # '?' or '#' stays hidden (the backend refuses such a URL, and its error shows this form).
+    creds, at, rest = rest.rpartition("@")
+    netloc, slash, tail = rest.partition("/")
+    path, qmark, query = tail.partition("?")
+    if not slash and "?" in netloc:
+        netloc, qmark, query = netloc.partition("?")
+    if at:
+        user, colon, _ = creds.partition(":")
+        # a lone `x@` is shown as `***@` too: people put a password there by mistake; and a user
+        # part that is not plain (an '@' past the host) is shown as nothing but `***`
+        netloc = f"{user}:***@{netloc}" if colon and not any(c in creds for c in "/?#") else f"***@{netloc}"
+    # A query option whose name, as redis-py decodes it, mentions a password is never shown
+    # (`password`, `sentinel_password`, `ssl_password`, `%70assword`).
+    pairs = [p.partition("=") for p in query.split("&")] if query else []
+    query = "&".join(f"{k}={'***' if 'password' in unquote_plus(k).lower() else v}" if eq else k for k, eq, v in pairs)
+    return f"{scheme}{sep}{netloc}{slash}{path.partition('#')[0]}{qmark}{query.partition('#')[0]}"
 
 
 def plugin_key(prefix: str, plugin_id: str, name: str, *, tagged: bool = True) -> str:

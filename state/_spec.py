@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
-from urllib.parse import unquote_plus
 
 MAX_NAMESPACE_BYTES = 128  # UTF-8 bytes, after trimming
 MAX_KEY_BYTES = 512  # UTF-8 bytes, after trimming
@@ -189,7 +188,7 @@ class Backend(Protocol):
     def close(self) -> None: ...  # wait for calls in flight, checkpoint, close; later calls: UNAVAILABLE
 
 
-# -- where the database is: the SQLite file, or a URL as it may be shown ---------------------
+# -- where the SQLite database is -------------------------------------------------------------
 def state_dir(state_dir: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> Path:
     """The state dir: the argument, else $CHATSTATE_HOME (from `env`, default os.environ), else ~/.chatstate."""
     home = state_dir if state_dir is not None else env_path(os.environ if env is None else env, "CHATSTATE_HOME")
@@ -206,49 +205,12 @@ def database_path(state_dir_: str | os.PathLike[str] | None = None) -> Path:
     return state_dir(state_dir_) / "plugin-state" / "state.sqlite"
 
 
-def check_where(path: object, url: object, settings: object, op: str = "open") -> None:
-    """Where and how a database is opened: `path` None or a non-blank str or os.PathLike (never the
-    current folder by accident), `url` None or a str, `settings` None or a StoreSettings; else INVALID_INPUT."""
-    if url is not None and not isinstance(url, str):
-        raise StateStoreError("INVALID_INPUT", op, "url must be a string: redis://...")
-    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
-    if path is not None and not (isinstance(text, str) and text.strip()):
-        raise StateStoreError("INVALID_INPUT", op, "path must be a non-empty str or os.PathLike of str")
-    if settings is not None and not isinstance(settings, StoreSettings):
-        raise StateStoreError("INVALID_INPUT", op, "settings must be a StoreSettings")
-
-
 def resolve_path(path: str | os.PathLike[str] | None) -> Path:
     """`path` names the database file; an existing directory is taken as a state dir."""
     if path is None:
         return database_path()
     p = Path(path).expanduser()  # a symlink is never taken for a directory: the backend refuses it
     return database_path(p) if p.is_dir() and not p.is_symlink() else p
-
-
-def shown_url(url: str) -> str:
-    """`url` as it may be printed anywhere: passwords (user part or query) shown as `***`, the rest
-    kept, so an operator still sees which server and user: `redis://u:***@h:6379/0`."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "***"  # not a URL at all: nothing in it is safe to echo
-    # The user part ends at the last '@', wherever it is: a password holding an unencoded '/',
-    # '?' or '#' stays hidden (the backend refuses such a URL, and its error shows this form).
-    creds, at, rest = rest.rpartition("@")
-    netloc, slash, tail = rest.partition("/")
-    path, qmark, query = tail.partition("?")
-    if not slash and "?" in netloc:
-        netloc, qmark, query = netloc.partition("?")
-    if at:
-        user, colon, _ = creds.partition(":")
-        # a lone `x@` is shown as `***@` too: people put a password there by mistake; and a user
-        # part that is not plain (an '@' past the host) is shown as nothing but `***`
-        netloc = f"{user}:***@{netloc}" if colon and not any(c in creds for c in "/?#") else f"***@{netloc}"
-    # A query option whose name, as redis-py decodes it, mentions a password is never shown
-    # (`password`, `sentinel_password`, `ssl_password`, `%70assword`).
-    pairs = [p.partition("=") for p in query.split("&")] if query else []
-    query = "&".join(f"{k}={'***' if 'password' in unquote_plus(k).lower() else v}" if eq else k for k, eq, v in pairs)
-    return f"{scheme}{sep}{netloc}{slash}{path.partition('#')[0]}{qmark}{query.partition('#')[0]}"
 
 
 # -- input checks ----------------------------------------------------------------------------
@@ -260,6 +222,10 @@ _FLAT_SCALARS = frozenset({str, int, bool, type(None)})  # exact types; floats n
 
 class Json(str):
     """JSON text `serialize_value` checked already (the async twin's, on the caller): taken as is."""
+
+
+class Key(str):
+    """A key `check_key` returned already (the async twin's, on the caller): taken as is."""
 
 
 def check_int(value: object, low: int, high: int, op: str, what: str, message: str | None = None) -> int:
@@ -306,6 +272,8 @@ def check_namespace(value: object, op: str = "open") -> str:
 
 
 def check_key(value: object, op: str) -> str:
+    if type(value) is Key:
+        return str(value)  # an exact str for the driver
     if not (value := _sized(value, "key", MAX_KEY_BYTES, op)):
         raise StateStoreError("INVALID_INPUT", op, "key must not be empty")
     return value

@@ -69,7 +69,8 @@ MIGRATIONS = {1: (ADD_VERSION, "UPDATE entries SET version = abs(random() >> 1) 
 
 # -- statements -----------------------------------------------------------------------------
 # Hot statements bind numbered parameters (a lookup ~10% cheaper than by name): ?1 plugin_id ?2 namespace
-# ?3 key ?4 now_ms ?5 value ?6 expires_at ?7 new version ?8 expected version. The rest bind :plugin :ns :now.
+# ?3 key ?4 now_ms ?5 value ?6 expires_at ?7 new version ?8 max_entries (a MATCH: the expected version).
+# The rest bind :plugin :ns :now.
 LIVE = "(expires_at IS NULL OR expires_at > ?4)"
 NS = "plugin_id = ?1 AND namespace = ?2"
 ROW = f"FROM entries WHERE {NS} AND key = ?3"
@@ -77,7 +78,16 @@ SET = "value = ?5, created_at = ?4, expires_at = ?6, version = ?7"
 COLUMNS = "value, created_at, expires_at, version"
 SQL_UPSERT = f"""INSERT INTO entries (plugin_id, namespace, key, value, created_at, expires_at, version)
 VALUES (?1, ?2, ?3, ?5, ?4, ?6, ?7) ON CONFLICT (plugin_id, namespace, key) DO UPDATE SET {SET}"""
-SQL_CLAIM = f"{SQL_UPSERT} WHERE entries.expires_at IS NOT NULL AND entries.expires_at <= ?4"  # the atomic check
+CLAIMABLE = "WHERE entries.expires_at IS NOT NULL AND entries.expires_at <= ?4"  # a claim's atomic check
+SQL_CLAIM = f"{SQL_UPSERT} {CLAIMABLE}"
+SQL_NS_ROWS = f"SELECT row_count FROM namespace_rows WHERE {NS}"
+# Below max_entries rows: the upsert or claim; at or over it nothing, the key being NULL, which OR IGNORE drops.
+# (INSERT ... SELECT ... WHERE says it plainer, but for the count trigger SQLite stages that row in a temporary
+# table, which costs more than a separate count query.)
+_BELOW_CAP = f"""INSERT OR IGNORE INTO entries (plugin_id, namespace, key, value, created_at, expires_at, version)
+VALUES (?1, ?2, CASE WHEN ({SQL_NS_ROWS}) >= ?8 THEN NULL ELSE ?3 END, ?5, ?4, ?6, ?7)
+ON CONFLICT (plugin_id, namespace, key) DO UPDATE SET {SET}"""
+SQL_BELOW_CAP = {Mode.UPSERT: _BELOW_CAP, Mode.CLAIM: f"{_BELOW_CAP} {CLAIMABLE}"}
 SQL_MATCH = f"UPDATE entries SET {SET} WHERE {NS} AND key = ?3 AND version = ?8 AND {LIVE}"
 SQL_READ = f"SELECT {COLUMNS} {ROW} AND {LIVE}"
 # lookup_many binds each key to its own parameter (keys holding NUL would not survive json_each),
@@ -92,7 +102,6 @@ SQL_DELETE = f"DELETE {ROW}"
 SQL_TAKE = f"{SQL_DELETE} RETURNING {COLUMNS}"
 # delete (?5 NULL: any row), delete_if (the live row of version ?5); RETURNING {LIVE} reads ?4 as NULL (3.40)
 SQL_REMOVE = f"{SQL_DELETE} AND (?5 IS NULL OR (version = ?5 AND {LIVE})) RETURNING expires_at"
-SQL_NS_ROWS = f"SELECT row_count FROM namespace_rows WHERE {NS}"
 # The page after a cursor: the row-value comparison walks entries_by_order from the cursor on.
 SQL_SCAN_PAGE = f"""SELECT key, {COLUMNS} FROM entries
 WHERE plugin_id = :plugin AND namespace = :ns AND (created_at, key) > (:after_c, :after_k)
@@ -108,10 +117,10 @@ SQL_DROP_EXPIRED = f"DELETE FROM entries INDEXED BY entries_by_expiry WHERE expi
 OLDEST = f"""SELECT key FROM entries INDEXED BY entries_by_order WHERE {NS} AND {LIVE} AND key != ?3
 ORDER BY created_at, key"""
 SQL_EVICT = f"DELETE FROM entries WHERE {NS} AND key IN ({OLDEST} LIMIT ?5)"
-# A namespace exactly at max_entries: one UPDATE takes over the row of its own key, else an expired one, else
+# A namespace exactly at max_entries (the count checked in the statement): one UPDATE takes over the row of its own key, else an expired one, else
 # (evict-oldest) the oldest live one: an eviction and an insert for the work of one write.
-_TAKE_OVER = f"""UPDATE entries SET key = ?3, {SET} WHERE {NS} AND key = coalesce((SELECT key {ROW}),
-(SELECT key FROM entries INDEXED BY entries_by_expiry WHERE expires_at <= ?4 AND {NS} LIMIT 1)"""
+_TAKE_OVER = f"""UPDATE entries SET key = ?3, {SET} WHERE ({SQL_NS_ROWS}) = ?8 AND {NS} AND key = coalesce(
+(SELECT key {ROW}), (SELECT key FROM entries INDEXED BY entries_by_expiry WHERE expires_at <= ?4 AND {NS} LIMIT 1)"""
 SQL_TAKE_OVER = {"evict-oldest": f"{_TAKE_OVER}, ({OLDEST} LIMIT 1))", "reject-new": f"{_TAKE_OVER})"}
 SQL_SWEEP = """DELETE FROM entries WHERE (plugin_id, namespace, key) IN (
     SELECT plugin_id, namespace, key FROM entries WHERE expires_at <= :now LIMIT :batch)"""
@@ -307,6 +316,7 @@ class SQLiteBackend:
         self._lock, self._writer = threading.Lock(), threading.Lock()
         self._modes = _Modes()  # set once the file is known good
         self._fault: str | None = None  # the last permission failure after a commit, until one works
+        self._full = set[tuple[str, str]]()  # namespaces whose last write found them at max_entries
         own_dir, doing = check_database(path, create=True), "write the pre-migration backup"
         files = tuple((Path(f"{path}{s}"), FILE_MODE) for s in ("", *SIDE_FILES))
         try:
@@ -466,30 +476,37 @@ class SQLiteBackend:
     def _apply(self, conn: sqlite3.Connection, op: str, w: Write) -> bool:
         """One write inside the caller's transaction, keeping the namespace's cap (rules 8, 9)."""
         spec, claim = w.spec, w.mode is Mode.CLAIM
-        params = (spec.plugin_id, spec.namespace, w.key, w.now_ms, w.value, w.expires_at, w.version)
+        params = (spec.plugin_id, spec.namespace, w.key, w.now_ms, w.value, w.expires_at, w.version, spec.max_entries)
         if w.mode is Mode.DELETE:
             conn.execute(SQL_DELETE, params[:3])
             return True
         if w.mode is Mode.MATCH:  # replaces a live row in place: the row count cannot grow
-            return conn.execute(SQL_MATCH, (*params, w.expect)).rowcount > 0
-        rows = (conn.execute(SQL_NS_ROWS, params[:2]).fetchone() or (0,))[0]
-        if rows == spec.max_entries:  # exactly full, the usual case of a capped namespace
-            if claim and conn.execute(SQL_READ, params[:4]).fetchone():
-                return False  # a live row holds the key
-            excess = 1 - conn.execute(SQL_TAKE_OVER[spec.overflow], params).rowcount
-        elif conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params).rowcount == 0:
-            return False
-        elif rows < spec.max_entries:
+            return conn.execute(SQL_MATCH, (*params[:7], w.expect)).rowcount > 0
+        # One statement: below the cap the upsert, at it the take-over (SQL_BELOW_CAP, SQL_TAKE_OVER), each reading
+        # the trigger-kept row count itself and writing nothing on the other side of the cap. The one this
+        # namespace's last write needed goes first (`_full`, a guess: each checks the count in this transaction).
+        full = params[:2] in self._full
+        if not full and conn.execute(SQL_BELOW_CAP[w.mode], params).rowcount:
             return True
-        else:  # over the cap (max_entries lowered since): drop the namespace's expired rows, then evict
+        if claim and conn.execute(SQL_READ, params[:4]).fetchone():
+            return False  # a live row holds the key
+        if conn.execute(SQL_TAKE_OVER[spec.overflow], params).rowcount:
+            self._full.add(params[:2])
+            return True
+        self._full.discard(params[:2])
+        if full and conn.execute(SQL_BELOW_CAP[w.mode], params).rowcount:
+            return True
+        excess = 1  # a full reject-new namespace with no row to take over
+        if conn.execute(SQL_NS_ROWS, params[:2]).fetchone()[0] > spec.max_entries:
+            conn.execute(SQL_CLAIM if claim else SQL_UPSERT, params[:7])  # no live row holds a claim's key
             excess = conn.execute(SQL_NS_ROWS, params[:2]).fetchone()[0] - spec.max_entries
             excess -= conn.execute(SQL_DROP_EXPIRED, params[:4]).rowcount
             if excess > 0 and spec.overflow == "evict-oldest":
                 conn.execute(SQL_EVICT, (*params[:4], excess))
                 return True
-        if excess > 0 and spec.overflow == "reject-new":
+        if excess > 0:
             raise self._fail("LIMIT_EXCEEDED", op, f"namespace is full: max_entries is {spec.max_entries} live rows")
-        return excess <= 0
+        return True
 
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
         rows = self._query("lookup", SQL_READ, (spec.plugin_id, spec.namespace, key, now_ms))

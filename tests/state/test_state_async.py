@@ -16,6 +16,7 @@ from chatstate.state import (
     Entry,
     KeyedStore,
     StateStoreError,
+    _spec,
     open_async_keyed_store,
     open_keyed_store,
 )
@@ -81,6 +82,30 @@ async def test_async_methods_behave_like_the_sync_ones(target, clock):
     with pytest.raises(StateStoreError) as err:
         await store.lookup("a")
     assert err.value.code == "UNAVAILABLE"
+
+
+async def test_a_write_checks_its_key_and_serializes_its_value_once_on_the_way_to_the_backend(
+    sqlite_target, monkeypatch
+):
+    """Sync and async alike: the async twin's checks at the call are the only ones."""
+    counted = {"key": 0, "value": 0}
+
+    def count(name: str, real):
+        def counting(*args, **kwargs):
+            counted[name] += 1
+            return real(*args, **kwargs)
+
+        return counting
+
+    monkeypatch.setattr(_spec, "_sized", count("key", _spec._sized))
+    monkeypatch.setattr(_spec, "_encode", count("value", _spec._encode))
+    async with await open_async_keyed_store("p", "ns", max_entries=10, **sqlite_target) as store:
+        for write in (store.register, store.register_if_absent, store.sync.register, store.sync.register_if_absent):
+            counted.update(key=0, value=0)
+            result = write(" k ", {"n": 1})
+            if inspect.isawaitable(result):
+                await result
+            assert counted == {"key": 1, "value": 1}, write
 
 
 async def test_disk_work_runs_off_the_event_loop_thread(target, monkeypatch):

@@ -391,3 +391,41 @@ def test_a_namespace_reopened_with_a_smaller_cap_is_brought_down_to_it(make_stor
     small.register("new", 1)  # exactly full: the oldest live row makes room
     assert [e.key for e in small.entries()] == ["k5", "k2", "new"]
     assert small.register_if_absent("k5", 0) is False and small.count() == 3
+
+
+def test_a_claim_at_the_cap_takes_an_expired_row_of_its_own_key_or_another(make_store, clock):
+    """At max_entries a claim of a key whose row expired writes that row again; a claim of a new key
+    takes an expired row's place first, in a reject-new namespace too, and only then is refused."""
+    for overflow in ("evict-oldest", "reject-new"):
+        store = make_store("p", overflow, max_entries=2, overflow=overflow)
+        store.register("live", 1)
+        store.register("short", 1, ttl_ms=5)
+        clock.advance(5)
+        assert store.register_if_absent("short", 2) is True  # its own expired row
+        assert [(e.key, e.value) for e in store.entries()] == [("live", 1), ("short", 2)]
+        assert store.register_if_absent("short", 3) is False  # live now: the row stays
+        if overflow == "reject-new":
+            with pytest.raises(StateStoreError, match="max_entries is 2"):
+                store.register_if_absent("brief", 1)
+            store.register("live", 1, ttl_ms=5)  # an update: no growth
+        else:
+            store.register("brief", 1, ttl_ms=5)  # evicts "live"
+        clock.advance(5)
+        assert store.register_if_absent("new", 4) is True  # an expired row's place
+        assert store.count() == 2 and store.lookup("new") == 4
+
+
+def test_a_namespace_over_its_cap_refuses_a_claim_on_a_live_key_and_evicts_for_a_new_one(target, clock):
+    big = open_keyed_store("p", "ns", max_entries=5, clock=clock, **target)
+    for i in range(5):
+        big.register(f"k{i}", i)
+        clock.advance(1)
+    big.close()
+    small = open_keyed_store("p", "ns", max_entries=2, clock=clock, **target)
+    try:
+        assert small.register_if_absent("k3", "again") is False  # nothing written, nothing evicted
+        assert small.count() == 5
+        assert small.register_if_absent("new", 1) is True
+        assert [e.key for e in small.entries()] == ["k4", "new"]
+    finally:
+        small.close()

@@ -270,3 +270,42 @@ def test_one_file_spelled_two_ways_is_one_database_for_the_reopen_check(state_ho
             b.close()
     finally:
         a.close()
+
+
+def test_a_write_below_or_at_the_cap_is_one_statement(store_connections, make_store, clock):
+    """The row count is read by the write itself: one statement between BEGIN and COMMIT, whether
+    the namespace has room or is full (each write then takes the oldest row's place)."""
+    store = make_store("p", "capped", max_entries=3)
+    statements: list[str] = []
+    for i in range(6):
+        for conn in store_connections:
+            conn.set_trace_callback(statements.append)
+        store.register(f"k{i}", i)
+        clock.advance(1)
+        # a statement's triggers are traced under its own text: count distinct texts
+        inside = {s for s in statements if s.split()[0].upper() not in ("BEGIN", "COMMIT")}
+        assert len(inside) == 1 or i == 3, inside  # the first write at the cap tries the upsert first
+        statements.clear()
+    assert [e.key for e in store.entries()] == ["k3", "k4", "k5"]
+
+
+def test_the_cap_holds_when_another_process_changed_the_namespace_between_writes(make_store, db_path, clock):
+    """Which statement a write tries first is a guess from this process's last write; the row count
+    is read in the write's own transaction, so rows another process added or removed count."""
+    store = make_store("p", "shared", max_entries=3)
+    for i in range(4):  # full: the fourth write took the oldest row's place
+        store.register(f"k{i}", i)
+        clock.advance(1)
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("DELETE FROM entries WHERE namespace = 'shared' AND key IN ('k1', 'k2')")
+        store.register("room", 1)  # room for it: nothing is evicted
+        assert [e.key for e in store.entries()] == ["k3", "room"]
+        store.register("more", 1)
+        insert = "INSERT INTO entries VALUES ('p', 'shared', ?, '1', ?, NULL, 1)"
+        other.executemany(insert, [("x1", clock() + 1), ("x2", clock() + 2)])  # 5 rows: over the cap
+        clock.advance(10)
+        store.register("last", 1)
+        assert [e.key for e in store.entries()] == ["x1", "x2", "last"]
+    finally:
+        other.close()

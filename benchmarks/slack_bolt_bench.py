@@ -20,9 +20,9 @@ CPU as a ratio to bolt's and to the durable bolt's (medians of the per-round rat
 `--before DIR` adds our side run from another copy of the package, empty and full, to the same
 rounds (before and after side by side): an installed copy, as `pip install --no-deps --target DIR
 <checkout>` makes it (a checkout itself will not do: its `chatstate/` holds only the top module,
-so the editable install would supply this tree's code). The servers take turns in each round, the
-first one rotating, so a noisy neighbour (or a far end slowing as it counts more replies) hits all
-alike.
+so the editable install would supply this tree's code). The servers take turns in each round, in
+a new order each round (seeded: the same orders every run), so a noisy neighbour, a far end
+slowing as it counts more replies, or what the server before leaves running, hits all alike.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -222,13 +223,13 @@ async def main(args: argparse.Namespace) -> int:
                     sides[f"{code} ({fill_state})"] = (f"{gateway.gateway_url}/slack/events", gateway.pid or 0)
             for url, pid in sides.values():  # warm-up: imports, connections, caches
                 await drive(sim, url, pid, min(100, events), args.concurrency)
-            order = list(sides.items())
-            for round_no in range(rounds):  # the first server rotates: none always runs after the same one
-                turn = round_no % len(order)
-                for name, (url, pid) in order[turn:] + order[:turn]:
+            order, shuffle = list(sides.items()), random.Random(0).shuffle
+            for _ in range(rounds):  # a new order each round: no server always runs first, or after the same one
+                shuffle(order)
+                for name, (url, pid) in order:
                     results[name].append(await drive(sim, url, pid, events, args.concurrency))
     print(f"\n{events} events x {rounds} rounds, concurrency {args.concurrency}; before: {args.before or '-'}")
-    print("ratios: the median of the per-round ratios (each round starts with the next server)")
+    print("ratios: the median of the per-round ratios (the servers in a new order each round)")
     print(
         f"{'server':<28} {'events/s':>9} {'CPU us/event':>13} {'of it loop':>11} "
         f"{'ev/s vs bolt':>13} {'CPU vs bolt':>12} {'CPU vs durable':>15}"

@@ -35,6 +35,7 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -175,7 +176,7 @@ async def start_bolt(sim: SlackSimulator, durable_dir: str = "") -> tuple[asynci
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        __file__,
+        str(Path(__file__).resolve()),
         "--serve-bolt",
         str(port),
         f"{sim.base_url}/api/",
@@ -198,11 +199,13 @@ async def start_bolt(sim: SlackSimulator, durable_dir: str = "") -> tuple[asynci
 async def main(args: argparse.Namespace) -> int:
     events = 300 if args.quick else args.events
     rounds = 1 if args.quick else args.rounds
-    codes = {"ours": None} | ({"before": [args.before]} if args.before else {})
+    codes = {"ours": None} | ({"before": [str(Path(args.before).resolve())]} if args.before else {})
     names = [BOLT, DURABLE_BOLT] + [f"{code} ({fill_state})" for code in codes for fill_state in ("empty", "full")]
     results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     config = {"threads_per_user": 1_000_000, "event_lease_ms": 60_000}
-    with tempfile.TemporaryDirectory() as tmp:
+    # the gateways run from `tmp`: `python -m chatstate` puts its working directory first on the
+    # path, and from a checkout that is this tree's code whatever PYTHONPATH says
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         filled = Path(tmp) / "filled" / "plugin-state"
         filled.mkdir(parents=True)
         fill(filled / "state.sqlite")
@@ -250,6 +253,14 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def gateway_code(pythonpath: list[str], cwd: Path) -> Path | None:
+    """The file a gateway started in `cwd` with `pythonpath` imports its server from (None: none)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)}
+    probe = "import chatstate.gateway.server as s; print(s.__file__)"
+    found = subprocess.run([sys.executable, "-c", probe], cwd=cwd, env=env, capture_output=True, text=True)
+    return Path(found.stdout.strip()).resolve() if found.returncode == 0 else None
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-bolt":
         asyncio.run(serve_bolt(int(sys.argv[2]), sys.argv[3], sys.argv[4], *sys.argv[5:7]))
@@ -269,4 +280,9 @@ if __name__ == "__main__":
             f"--before {parsed.before}: no installed chatstate there; make one with "
             f"pip install --no-deps --target {parsed.before} <checkout of the code to compare>"
         )
+    if parsed.before:
+        with tempfile.TemporaryDirectory() as elsewhere:  # where main() runs the gateways from
+            code = gateway_code([parsed.before], Path(elsewhere))
+        if code is None or not code.is_relative_to(Path(parsed.before).resolve()):
+            parser.error(f"--before {parsed.before}: a gateway started with it on its path runs {code or 'nothing'}")
     raise SystemExit(asyncio.run(main(parsed)))

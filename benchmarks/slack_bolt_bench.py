@@ -14,19 +14,28 @@ reply's state committed with the done mark. Ours runs twice: with every Slack na
 and with each filled to its cap before start (50,000 events, 5,000 threads, 2,000 quota rows).
 
 Reported per server: events/s (from the first request to the last reply at the simulator),
-server CPU per event (the process's user + system time over the run), and that CPU as a ratio
-to bolt's and to the durable bolt's (medians of the per-round ratios). `--before DIR` runs our
-side from another copy of the package for a before/after: an installed copy, as
-`pip install --no-deps --target DIR <checkout>` makes it (a checkout itself will not do: its
-`chatstate/` holds only the top module, so the editable install would supply this tree's code). Rounds alternate between the servers so a noisy neighbour slows all alike.
+server CPU per event (the process's user + system time over the run), the part of it on the
+event loop's thread (the rest is other threads: our SQLite writer, the durable bolt's), and that
+CPU as a ratio to bolt's and to the durable bolt's (medians of the per-round ratios).
+`--before DIR` adds our side run from another copy of the package, empty and full, to the same
+rounds (before and after side by side): an installed copy, as `pip install --no-deps --target DIR
+<checkout>` makes it (a checkout itself will not do: its `chatstate/` holds only the top module,
+so the editable install would supply this tree's code). The servers take turns in each round, in
+a new order each round (seeded: the same orders every run), so a noisy neighbour, a far end
+slowing as it counts more replies, or what the server before leaves running, hits all alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import random
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,11 +86,11 @@ async def drive(sim: SlackSimulator, url: str, pid: int, events: int, concurrenc
                 await resp.read()
                 failures += resp.status != 200
 
-    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    cpu0, loop0, t0 = cpu_seconds(pid), loop_cpu_seconds(pid), time.monotonic()
     async with aiohttp.ClientSession() as http:
         await asyncio.gather(*(worker(http) for _ in range(concurrency)))
     await sim.wait_for_posts(posts_before + events, timeout=120)
-    wall, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
+    wall, cpu, loop = time.monotonic() - t0, cpu_seconds(pid) - cpu0, loop_cpu_seconds(pid) - loop0
     await asyncio.sleep(0.5)  # a late duplicate would land now
     per_root: dict[str, int] = {}
     for post in sim.posts():
@@ -90,7 +99,17 @@ async def drive(sim: SlackSimulator, url: str, pid: int, events: int, concurrenc
     lost, doubled = len(roots - set(per_root)), sum(1 for n in per_root.values() if n > 1)
     if failures or lost or doubled:
         raise SystemExit(f"{url}: {failures} non-200 answers, {lost} events lost, {doubled} answered twice")
-    return {"events_per_s": events / wall, "cpu_us_per_event": cpu / events * 1e6}
+    return {"events_per_s": events / wall, "cpu_us_per_event": cpu / events * 1e6, "loop_us": loop / events * 1e6}
+
+
+def loop_cpu_seconds(pid: int) -> float:
+    """CPU time of the process's main thread (each server's event loop runs there); Linux /proc, else 0."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def fill(db: Path) -> None:
@@ -157,7 +176,7 @@ async def start_bolt(sim: SlackSimulator, durable_dir: str = "") -> tuple[asynci
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        __file__,
+        str(Path(__file__).resolve()),
         "--serve-bolt",
         str(port),
         f"{sim.base_url}/api/",
@@ -180,56 +199,66 @@ async def start_bolt(sim: SlackSimulator, durable_dir: str = "") -> tuple[asynci
 async def main(args: argparse.Namespace) -> int:
     events = 300 if args.quick else args.events
     rounds = 1 if args.quick else args.rounds
-    results: dict[str, list[dict[str, float]]] = {
-        name: [] for name in (BOLT, DURABLE_BOLT, "ours (empty)", "ours (full)")
-    }
+    codes = {"ours": None} | ({"before": [str(Path(args.before).resolve())]} if args.before else {})
+    names = [BOLT, DURABLE_BOLT] + [f"{code} ({fill_state})" for code in codes for fill_state in ("empty", "full")]
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     config = {"threads_per_user": 1_000_000, "event_lease_ms": 60_000}
-    pythonpath = [args.before] if args.before else None
-    with tempfile.TemporaryDirectory() as tmp:
-        full_dir = Path(tmp) / "full"
-        (full_dir / "plugin-state").mkdir(parents=True)
-        fill(full_dir / "plugin-state" / "state.sqlite")
-        async with SlackSimulator(extra_config=config) as sim:
+    # the gateways run from `tmp`: `python -m chatstate` puts its working directory first on the
+    # path, and from a checkout that is this tree's code whatever PYTHONPATH says
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        filled = Path(tmp) / "filled" / "plugin-state"
+        filled.mkdir(parents=True)
+        fill(filled / "state.sqlite")
+        async with SlackSimulator(extra_config=config) as sim, contextlib.AsyncExitStack() as servers:
             bolt, bolt_url = await start_bolt(sim)
             durable, durable_url = await start_bolt(sim, durable_dir=tmp)
-            try:
-                async with (
-                    GatewayHarness([sim], modes="store", state_dir=Path(tmp) / "empty", pythonpath=pythonpath) as empty,
-                    GatewayHarness([sim], modes="store", state_dir=full_dir, pythonpath=pythonpath) as full,
-                ):
-                    sides = {
-                        BOLT: (bolt_url, bolt.pid),
-                        DURABLE_BOLT: (durable_url, durable.pid),
-                        "ours (empty)": (f"{empty.gateway_url}/slack/events", empty.proc.pid),  # type: ignore[union-attr]
-                        "ours (full)": (f"{full.gateway_url}/slack/events", full.proc.pid),  # type: ignore[union-attr]
-                    }
-                    for url, pid in sides.values():  # warm-up: imports, connections, caches
-                        await drive(sim, url, pid, min(100, events), args.concurrency)
-                    for _ in range(rounds):
-                        for name, (url, pid) in sides.items():
-                            results[name].append(await drive(sim, url, pid, events, args.concurrency))
-            finally:
-                for proc in (bolt, durable):
-                    proc.terminate()
-                    await proc.wait()
-    print(f"\n{events} events x {rounds} rounds, concurrency {args.concurrency}, code: {args.before or 'this tree'}")
-    print("ratios: the median of the per-round ratios (rounds alternate the servers)")
+            for proc in (bolt, durable):  # on exit, last in first: terminate, then wait
+                servers.push_async_callback(proc.wait)
+                servers.callback(proc.terminate)
+            sides = {BOLT: (bolt_url, bolt.pid), DURABLE_BOLT: (durable_url, durable.pid)}
+            for code, pythonpath in codes.items():
+                for fill_state in ("empty", "full"):
+                    state_dir = Path(tmp) / f"{code}-{fill_state}"
+                    if fill_state == "full":
+                        shutil.copytree(filled, state_dir / "plugin-state")
+                    gateway = GatewayHarness([sim], modes="store", state_dir=state_dir, pythonpath=pythonpath or ())
+                    await servers.enter_async_context(gateway)
+                    sides[f"{code} ({fill_state})"] = (f"{gateway.gateway_url}/slack/events", gateway.pid or 0)
+            for url, pid in sides.values():  # warm-up: imports, connections, caches
+                await drive(sim, url, pid, min(100, events), args.concurrency)
+            order, shuffle = list(sides.items()), random.Random(0).shuffle
+            for _ in range(rounds):  # a new order each round: no server always runs first, or after the same one
+                shuffle(order)
+                for name, (url, pid) in order:
+                    results[name].append(await drive(sim, url, pid, events, args.concurrency))
+    print(f"\n{events} events x {rounds} rounds, concurrency {args.concurrency}; before: {args.before or '-'}")
+    print("ratios: the median of the per-round ratios (the servers in a new order each round)")
     print(
-        f"{'server':<26} {'events/s':>9} {'CPU us/event':>13} {'ev/s vs bolt':>13} {'CPU vs bolt':>12} {'CPU vs durable':>15}"
+        f"{'server':<28} {'events/s':>9} {'CPU us/event':>13} {'of it loop':>11} "
+        f"{'ev/s vs bolt':>13} {'CPU vs bolt':>12} {'CPU vs durable':>15}"
     )
     for name, rs in results.items():
         eps = statistics.median(r["events_per_s"] for r in rs)
         cpu = statistics.median(r["cpu_us_per_event"] for r in rs)
+        loop = statistics.median(r["loop_us"] for r in rs)
 
         def ratio(key: str, base: str, rs: list[dict[str, float]] = rs) -> float:
             return statistics.median(r[key] / b[key] for r, b in zip(rs, results[base]))
 
         print(
-            f"{name:<26} {eps:>9.0f} {cpu:>13.0f} {ratio('events_per_s', BOLT):>12.2f}x "
+            f"{name:<28} {eps:>9.0f} {cpu:>13.0f} {loop:>11.0f} {ratio('events_per_s', BOLT):>12.2f}x "
             f"{ratio('cpu_us_per_event', BOLT):>11.2f}x {ratio('cpu_us_per_event', DURABLE_BOLT):>14.2f}x"
         )
     print("replies: every event answered exactly once on every server")
     return 0
+
+
+def gateway_code(pythonpath: list[str], cwd: Path) -> Path | None:
+    """The file a gateway started in `cwd` with `pythonpath` imports its server from (None: none)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)}
+    probe = "import chatstate.gateway.server as s; print(s.__file__)"
+    found = subprocess.run([sys.executable, "-c", probe], cwd=cwd, env=env, capture_output=True, text=True)
+    return Path(found.stdout.strip()).resolve() if found.returncode == 0 else None
 
 
 if __name__ == "__main__":
@@ -241,7 +270,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="300 events, one round")
-    parser.add_argument("--before", help="run our side from this installed copy (pip install --no-deps --target DIR)")
+    parser.add_argument(
+        "--before", help="add our side run from this installed copy (pip install --no-deps --target DIR)"
+    )
     parsed = parser.parse_args()
     if parsed.before and not (Path(parsed.before) / "chatstate" / "state" / "__init__.py").is_file():
         # a checkout's chatstate/ holds only the top module: the rest would silently be this tree's
@@ -249,4 +280,9 @@ if __name__ == "__main__":
             f"--before {parsed.before}: no installed chatstate there; make one with "
             f"pip install --no-deps --target {parsed.before} <checkout of the code to compare>"
         )
+    if parsed.before:
+        with tempfile.TemporaryDirectory() as elsewhere:  # where main() runs the gateways from
+            code = gateway_code([parsed.before], Path(elsewhere))
+        if code is None or not code.is_relative_to(Path(parsed.before).resolve()):
+            parser.error(f"--before {parsed.before}: a gateway started with it on its path runs {code or 'nothing'}")
     raise SystemExit(asyncio.run(main(parsed)))

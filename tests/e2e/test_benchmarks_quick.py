@@ -69,6 +69,25 @@ def test_bolt_bench_refuses_a_before_dir_without_an_installed_copy(tmp_path: Pat
     assert proc.returncode == 2 and "pip install --no-deps --target" in proc.stderr, proc.stderr
 
 
+def test_bolt_bench_refuses_a_before_dir_whose_code_its_gateways_would_not_run(tmp_path: Path) -> None:
+    """`python -m chatstate` puts its working directory first on the path: started from a
+    checkout, a gateway given DIR on PYTHONPATH runs the checkout's code, and "before" measures
+    the after. The bench starts its gateways elsewhere, and refuses a DIR they would not run."""
+    for module in ("__init__.py", "state/__init__.py"):  # the shape of an installed copy, no gateway
+        (tmp_path / "chatstate" / module).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "chatstate" / module).write_text("")
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "slack_bolt_bench.py"), "--quick", "--before", str(tmp_path)],
+        cwd=BENCHMARKS.parent,  # a checkout
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "a gateway started with it on its path runs nothing" in proc.stderr, proc.stderr
+
+
+
 def test_gateway_bench_refuses_a_before_dir_without_an_installed_copy(tmp_path: Path) -> None:
     """As the bolt bench: the echo gateway run from a checkout's top module would be this tree's."""
     (tmp_path / "chatstate").mkdir()

@@ -8,6 +8,10 @@ import argparse
 import asyncio
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chatstate.gateway.cpu import pin_process  # the scripts put the checkout on sys.path first
@@ -71,3 +75,23 @@ async def serve_app(app: web.Application, port: int) -> None:
     await web.TCPSite(runner, "127.0.0.1", port).start()
     print("ready", flush=True)
     await asyncio.Event().wait()
+
+
+def check_before(parser: argparse.ArgumentParser, before: str) -> str:
+    """`--before DIR`, resolved, once a gateway started from an empty folder (as the benches start
+    theirs: `python -m chatstate` puts its working directory first on the path, so from a
+    checkout it would run the checkout) with DIR on its path runs DIR's code; else exit 2."""
+    if not (Path(before) / "chatstate" / "state" / "__init__.py").is_file():
+        # a checkout's chatstate/ holds only the top module: the rest would silently be this tree's
+        parser.error(
+            f"--before {before}: no installed chatstate there; make one with "
+            f"pip install --no-deps --target {before} <checkout of the code to compare>"
+        )
+    probe = "import chatstate.gateway.server as s; print(s.__file__)"
+    with tempfile.TemporaryDirectory() as elsewhere:
+        env = {**os.environ, "PYTHONPATH": before}
+        found = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True)
+    code = Path(found.stdout.strip()).resolve() if found.returncode == 0 else None
+    if code is None or not code.is_relative_to(Path(before).resolve()):
+        parser.error(f"--before {before}: a gateway started with it on its path runs {code or 'nothing'}")
+    return str(Path(before).resolve())

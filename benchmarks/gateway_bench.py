@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -45,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_support import load_average, serve_app, verdict_exit  # noqa: E402
+from bench_support import check_before, load_average, serve_app, verdict_exit  # noqa: E402
 
 from chatstate.gateway.cpu import pin_process  # noqa: E402
 from chatstate.gateway.echo import NAMESPACE, SIGNATURE_HEADER, sign  # noqa: E402
@@ -551,13 +552,11 @@ if __name__ == "__main__":
         asyncio.run(_serve_bare(ns.serve_bare))
     elif ns.drive:
         asyncio.run(_drive())
-    elif ns.before and not (Path(ns.before) / "chatstate" / "gateway" / "echo.py").is_file():
-        # a checkout's chatstate/ holds only the top module: the rest would silently be this tree's
-        parser.error(
-            f"--before {ns.before}: no installed chatstate there; make one with "
-            f"pip install --no-deps --target {ns.before} <checkout of the code to compare>"
-        )
     else:
         if ns.quick:
             ns.requests, ns.rounds, ns.rows, ns.restarts = 1_000, 2, 10_000, 1
-        sys.exit(asyncio.run(main(ns)))
+        ns.before = ns.before and check_before(parser, ns.before)
+        # The gateways run from an empty folder: `python -m chatstate` puts its working directory
+        # first on the path, so started from a checkout, the --before gateway would run the checkout.
+        with tempfile.TemporaryDirectory() as away, contextlib.chdir(away):
+            sys.exit(asyncio.run(main(ns)))

@@ -35,7 +35,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_support import check_before  # noqa: E402  (this directory)
 from gateway_bench import cpu_seconds  # noqa: E402  (this directory: the process CPU reader)
 
 from chatstate import state  # noqa: E402
@@ -253,14 +253,6 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def gateway_code(pythonpath: list[str], cwd: Path) -> Path | None:
-    """The file a gateway started in `cwd` with `pythonpath` imports its server from (None: none)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)}
-    probe = "import chatstate.gateway.server as s; print(s.__file__)"
-    found = subprocess.run([sys.executable, "-c", probe], cwd=cwd, env=env, capture_output=True, text=True)
-    return Path(found.stdout.strip()).resolve() if found.returncode == 0 else None
-
-
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-bolt":
         asyncio.run(serve_bolt(int(sys.argv[2]), sys.argv[3], sys.argv[4], *sys.argv[5:7]))
@@ -274,15 +266,6 @@ if __name__ == "__main__":
         "--before", help="add our side run from this installed copy (pip install --no-deps --target DIR)"
     )
     parsed = parser.parse_args()
-    if parsed.before and not (Path(parsed.before) / "chatstate" / "state" / "__init__.py").is_file():
-        # a checkout's chatstate/ holds only the top module: the rest would silently be this tree's
-        parser.error(
-            f"--before {parsed.before}: no installed chatstate there; make one with "
-            f"pip install --no-deps --target {parsed.before} <checkout of the code to compare>"
-        )
     if parsed.before:
-        with tempfile.TemporaryDirectory() as elsewhere:  # where main() runs the gateways from
-            code = gateway_code([parsed.before], Path(elsewhere))
-        if code is None or not code.is_relative_to(Path(parsed.before).resolve()):
-            parser.error(f"--before {parsed.before}: a gateway started with it on its path runs {code or 'nothing'}")
+        parsed.before = check_before(parser, parsed.before)
     raise SystemExit(asyncio.run(main(parsed)))

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -69,15 +71,16 @@ def test_bolt_bench_refuses_a_before_dir_without_an_installed_copy(tmp_path: Pat
     assert proc.returncode == 2 and "pip install --no-deps --target" in proc.stderr, proc.stderr
 
 
-def test_bolt_bench_refuses_a_before_dir_whose_code_its_gateways_would_not_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bench", ["slack_bolt_bench.py", "gateway_bench.py"])
+def test_a_bench_refuses_a_before_dir_whose_code_its_gateways_would_not_run(tmp_path: Path, bench: str) -> None:
     """`python -m chatstate` puts its working directory first on the path: started from a
     checkout, a gateway given DIR on PYTHONPATH runs the checkout's code, and "before" measures
-    the after. The bench starts its gateways elsewhere, and refuses a DIR they would not run."""
-    for module in ("__init__.py", "state/__init__.py"):  # the shape of an installed copy, no gateway
+    the after. The benches start their gateways elsewhere, and refuse a DIR they would not run."""
+    for module in ("__init__.py", "state/__init__.py", "gateway/echo.py"):  # an installed copy's shape, no server
         (tmp_path / "chatstate" / module).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "chatstate" / module).write_text("")
     proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "slack_bolt_bench.py"), "--quick", "--before", str(tmp_path)],
+        [sys.executable, str(BENCHMARKS / bench), "--quick", "--before", str(tmp_path)],
         cwd=BENCHMARKS.parent,  # a checkout
         capture_output=True,
         text=True,
@@ -85,7 +88,6 @@ def test_bolt_bench_refuses_a_before_dir_whose_code_its_gateways_would_not_run(t
         check=False,
     )
     assert proc.returncode == 2 and "a gateway started with it on its path runs nothing" in proc.stderr, proc.stderr
-
 
 
 def test_gateway_bench_refuses_a_before_dir_without_an_installed_copy(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ IDLE_EXIT_S = 10.0  # a worker thread with nothing to do for this long exits (re
 
 _Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
 _Done = tuple["asyncio.Future[Any]", Any, "BaseException | None"]
-Batch = Callable[[Sequence[Callable[[], Any]]], "list[tuple[Any, Exception | None]] | None"]
+Batch = Callable[[Sequence[Callable[[], Any]]], "list[tuple[Any, BaseException | None]] | None"]
 
 
 class Workers:
@@ -58,11 +58,8 @@ class Workers:
         loop = call[0]
         if loop not in self._pending:
             self._pending[loop] = []
-            loop.call_soon(self._hand_over, loop)
+            loop.call_soon(lambda: self._put(self._pending.pop(loop)))
         self._pending[loop].append(call)
-
-    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._put(self._pending.pop(loop))
 
     def _put(self, calls: list[_Call]) -> None:
         """Queue `calls`, then start a thread if fewer than the maximum run: a retiring thread
@@ -98,14 +95,15 @@ class Workers:
             if self._batch is not None and len(batch) > 1:
                 with contextlib.suppress(Exception):  # e.g. the database closed: each call, run alone, says so
                     outcomes = self._batch([c[2] for c in batch])
-            _post_all(batch, outcomes or [_outcome(c[2]) for c in batch])
+            _post_all(batch, outcomes or [outcome(c[2]) for c in batch])
             del batch, outcomes  # hold no caller's objects while idle
 
 
-def _outcome(fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
+def outcome(call: Callable[[], Any]) -> tuple[Any, BaseException | None]:
+    """`call()`'s (result, None), or (None, what it raised): handed to that call's caller, never swallowed."""
     try:
-        return fn(), None
-    except BaseException as exc:  # delivered to the awaiting coroutine, not lost here
+        return call(), None
+    except BaseException as exc:
         return None, exc
 
 

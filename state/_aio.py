@@ -58,8 +58,11 @@ class Workers:
         loop = call[0]
         if loop not in self._pending:
             self._pending[loop] = []
-            loop.call_soon(lambda: self._put(self._pending.pop(loop)))
+            loop.call_soon(self._hand_over, loop)
         self._pending[loop].append(call)
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._put(self._pending.pop(loop))
 
     def _put(self, calls: list[_Call]) -> None:
         """Queue `calls`, then start a thread if fewer than the maximum run: a retiring thread

@@ -28,7 +28,7 @@ IDLE_EXIT_S = 10.0  # a worker thread with nothing to do for this long exits (re
 
 _Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
 _Done = tuple["asyncio.Future[Any]", Any, "BaseException | None"]
-Batch = Callable[[Sequence[Callable[[], Any]]], "list[tuple[Any, Exception | None]] | None"]
+Batch = Callable[[Sequence[Callable[[], Any]]], "list[tuple[Any, BaseException | None]] | None"]
 
 
 class Workers:
@@ -98,14 +98,15 @@ class Workers:
             if self._batch is not None and len(batch) > 1:
                 with contextlib.suppress(Exception):  # e.g. the database closed: each call, run alone, says so
                     outcomes = self._batch([c[2] for c in batch])
-            _post_all(batch, outcomes or [_outcome(c[2]) for c in batch])
+            _post_all(batch, outcomes or [outcome(c[2]) for c in batch])
             del batch, outcomes  # hold no caller's objects while idle
 
 
-def _outcome(fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
+def outcome(call: Callable[[], Any]) -> tuple[Any, BaseException | None]:
+    """`call()`'s (result, None), or (None, what it raised): handed to that call's caller, never swallowed."""
     try:
-        return fn(), None
-    except BaseException as exc:  # delivered to the awaiting coroutine, not lost here
+        return call(), None
+    except BaseException as exc:
         return None, exc
 
 

@@ -255,7 +255,7 @@ class RedisBackend:
     def fault(self) -> str | None:
         return None
 
-    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]] | None:
+    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]] | None:
         """No group commit on Redis: each script is its own transaction already."""
         return None
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ._aio import outcome
 from ._spec import SCHEMA_VERSION, Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write
 
 DIR_MODE, FILE_MODE = 0o700, 0o600
@@ -276,16 +277,6 @@ def check_database(path: Path, *, create: bool = False) -> bool:
     return own_dir
 
 
-def backup(source: Path, target: Path) -> None:
-    """Copy the database into a fresh 0600 file, then move it into place (WAL lets it read beside our write lock)."""
-    partial = Path(f"{target}.partial")
-    partial.unlink(missing_ok=True)
-    _create_private(partial, os.O_EXCL)
-    with contextlib.closing(read_only(source)) as src, contextlib.closing(sqlite3.connect(partial)) as dst:
-        src.backup(dst)
-    os.replace(partial, target)
-
-
 # -- the backend ------------------------------------------------------------------------------
 class _Rollback(Exception):
     """A staged CLAIM or MATCH did not hold, or a call of a group commit failed: undo the transaction."""
@@ -330,13 +321,18 @@ class SQLiteBackend:
         return StateStoreError(code, op, message, path=self.location)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Bring the file to SCHEMA_VERSION in the open's transaction, an older one backed up to `<file>.v<N>.bak`."""
+        """Bring the file to SCHEMA_VERSION in the open's transaction, an older one first copied to a fresh 0600
+        `<file>.v<N>.bak.partial` then moved to `<file>.v<N>.bak` (WAL lets it read beside our write lock)."""
         if (version := conn.execute("PRAGMA user_version").fetchone()[0]) > SCHEMA_VERSION:
             raise newer_schema(version, "open", self.location)
         if version == SCHEMA_VERSION:
             return
         if version:
-            backup(self.path, Path(f"{self.path}.v{version}.bak"))
+            (partial := Path(f"{self.path}.v{version}.bak.partial")).unlink(missing_ok=True)
+            _create_private(partial, os.O_EXCL)
+            with contextlib.closing(read_only(self.path)) as src, contextlib.closing(sqlite3.connect(partial)) as dst:
+                src.backup(dst)
+            os.replace(partial, Path(f"{self.path}.v{version}.bak"))
         for statement in SCHEMA if version == 0 else [s for n in range(version, SCHEMA_VERSION) for s in MIGRATIONS[n]]:
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -417,15 +413,15 @@ class SQLiteBackend:
         self._after_commit(op)
         return result
 
-    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]] | None:
+    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]] | None:
         """Run several writes of this thread in one transaction (group commit: a write costs about half); each
         call's (result, error). None, nothing written, if one failed in the transaction: rerun them alone."""
         slot = self._slot("register")
 
-        def work(conn: sqlite3.Connection) -> list[tuple[Any, Exception | None]]:
+        def work(conn: sqlite3.Connection) -> list[tuple[Any, BaseException | None]]:
             slot.batch = spoiled = [False]
             try:
-                outcomes = [_outcome(call) for call in calls]
+                outcomes = [outcome(call) for call in calls]
             finally:
                 slot.batch = None
             if spoiled[0]:
@@ -587,13 +583,6 @@ class SQLiteBackend:
                 slot.lock.release()
             self._modes.close()
             self._local = threading.local()
-
-
-def _outcome(call: Callable[[], Any]) -> tuple[Any, Exception | None]:
-    try:
-        return call(), None
-    except Exception as exc:  # handed to that call's caller, not swallowed
-        return None, exc
 
 
 def _named(spec: NamespaceSpec, now_ms: int, **more: object) -> dict[str, object]:

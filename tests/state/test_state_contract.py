@@ -288,12 +288,17 @@ def test_reopen_after_close_may_change_settings(target):
         second.close()
 
 
-def test_a_smaller_max_entries_after_reopen_evicts_down_on_the_next_write(target, clock):
-    big = open_keyed_store("p", "ns", max_entries=10, clock=clock, **target)
-    for i in range(10):
+def _fill_and_close(target, clock, rows: int) -> None:
+    """Rows k0..k<rows-1>, one ms apart, in a namespace opened with max_entries=rows, then closed."""
+    big = open_keyed_store("p", "ns", max_entries=rows, clock=clock, **target)
+    for i in range(rows):
         big.register(f"k{i}", i)
         clock.advance(1)
     big.close()
+
+
+def test_a_smaller_max_entries_after_reopen_evicts_down_on_the_next_write(target, clock):
+    _fill_and_close(target, clock, 10)
     small = open_keyed_store("p", "ns", max_entries=3, clock=clock, **target)
     try:
         assert len(small.entries()) == 10  # nothing is evicted until a write
@@ -416,11 +421,7 @@ def test_a_claim_at_the_cap_takes_an_expired_row_of_its_own_key_or_another(make_
 
 
 def test_a_namespace_over_its_cap_refuses_a_claim_on_a_live_key_and_evicts_for_a_new_one(target, clock):
-    big = open_keyed_store("p", "ns", max_entries=5, clock=clock, **target)
-    for i in range(5):
-        big.register(f"k{i}", i)
-        clock.advance(1)
-    big.close()
+    _fill_and_close(target, clock, 5)
     small = open_keyed_store("p", "ns", max_entries=2, clock=clock, **target)
     try:
         assert small.register_if_absent("k3", "again") is False  # nothing written, nothing evicted

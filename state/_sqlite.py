@@ -118,8 +118,8 @@ SQL_DROP_EXPIRED = f"DELETE FROM entries INDEXED BY entries_by_expiry WHERE expi
 OLDEST = f"""SELECT key FROM entries INDEXED BY entries_by_order WHERE {NS} AND {LIVE} AND key != ?3
 ORDER BY created_at, key"""
 SQL_EVICT = f"DELETE FROM entries WHERE {NS} AND key IN ({OLDEST} LIMIT ?5)"
-# A namespace exactly at max_entries (the count checked in the statement): one UPDATE takes over the row of its own key, else an expired one, else
-# (evict-oldest) the oldest live one: an eviction and an insert for the work of one write.
+# A namespace exactly at max_entries (the statement checks the count): one UPDATE takes over the row of its own
+# key, else an expired one, else (evict-oldest) the oldest live one: an eviction and an insert for one write.
 _TAKE_OVER = f"""UPDATE entries SET key = ?3, {SET} WHERE ({SQL_NS_ROWS}) = ?8 AND {NS} AND key = coalesce(
 (SELECT key {ROW}), (SELECT key FROM entries INDEXED BY entries_by_expiry WHERE expires_at <= ?4 AND {NS} LIMIT 1)"""
 SQL_TAKE_OVER = {"evict-oldest": f"{_TAKE_OVER}, ({OLDEST} LIMIT 1))", "reject-new": f"{_TAKE_OVER})"}

@@ -245,7 +245,6 @@ def thread_cpu(pid: int) -> dict[str, float]:
                 raw = fh.read()
         except OSError:
             continue
-        name = raw[raw.index("(") + 1 : raw.rindex(")")]
         name = "event loop" if tid == str(pid) else "other threads"  # 3.11 names no OS threads
         fields = raw.rpartition(")")[2].split()
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick

@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
 import shutil
 import statistics
@@ -47,7 +46,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_support import check_before  # noqa: E402  (this directory)
-from gateway_bench import cpu_seconds  # noqa: E402  (this directory: the process CPU reader)
+from gateway_bench import cpu_seconds, thread_cpu  # noqa: E402  (this directory: the process CPU readers)
 
 from chatstate import state  # noqa: E402
 from chatstate.gateway.sim.harness import GatewayHarness, free_port  # noqa: E402
@@ -86,11 +85,11 @@ async def drive(sim: SlackSimulator, url: str, pid: int, events: int, concurrenc
                 await resp.read()
                 failures += resp.status != 200
 
-    cpu0, loop0, t0 = cpu_seconds(pid), loop_cpu_seconds(pid), time.monotonic()
+    cpu0, loop0, t0 = cpu_seconds(pid), loop_cpu(pid), time.monotonic()
     async with aiohttp.ClientSession() as http:
         await asyncio.gather(*(worker(http) for _ in range(concurrency)))
     await sim.wait_for_posts(posts_before + events, timeout=120)
-    wall, cpu, loop = time.monotonic() - t0, cpu_seconds(pid) - cpu0, loop_cpu_seconds(pid) - loop0
+    wall, cpu, loop = time.monotonic() - t0, cpu_seconds(pid) - cpu0, loop_cpu(pid) - loop0
     await asyncio.sleep(0.5)  # a late duplicate would land now
     per_root: dict[str, int] = {}
     for post in sim.posts():
@@ -102,14 +101,9 @@ async def drive(sim: SlackSimulator, url: str, pid: int, events: int, concurrenc
     return {"events_per_s": events / wall, "cpu_us_per_event": cpu / events * 1e6, "loop_us": loop / events * 1e6}
 
 
-def loop_cpu_seconds(pid: int) -> float:
-    """CPU time of the process's main thread (each server's event loop runs there); Linux /proc, else 0."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/stat") as fh:
-            fields = fh.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def loop_cpu(pid: int) -> float:
+    """CPU seconds of the process's event-loop thread (each server's loop runs on its main thread)."""
+    return thread_cpu(pid).get("event loop", 0.0)
 
 
 def fill(db: Path) -> None:

@@ -12,10 +12,11 @@ import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, ParamSpec, TypeAlias, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from . import _sqlite
+from . import _files, _sqlite
 from ._aio import POOL, WORKER_PREFIX, AsyncKeyedStore, Workers, open_async
+from ._files import PathArg, check_where, resolve_path
 from ._redis_layout import database_of, shown_url  # no redis-py here
 from ._spec import (
     MAX_VALUE_BYTES,
@@ -26,14 +27,12 @@ from ._spec import (
     StoreSettings,
     Write,
     new_version,
-    resolve_path,
     wall_clock_ms,
 )
 from ._store import KeyedStore
 
 P = ParamSpec("P")
 T = TypeVar("T")
-PathArg: TypeAlias = "str | os.PathLike[str] | None"
 PROBE_SPEC = NamespaceSpec("core:probe", "probe", 1_000)  # a core-owned pair: never a plugin's namespace
 
 
@@ -102,18 +101,6 @@ class Location:
 _registry_lock = threading.Lock()
 _locations: dict[str, Location] = {}
 _inherited: list[Location] = []
-
-
-def check_where(path: object, url: object, settings: object, op: str = "open") -> None:
-    """Where and how a database is opened: `path` None or a non-blank str or os.PathLike (never the
-    current folder by accident), `url` None or a str, `settings` None or a StoreSettings; else INVALID_INPUT."""
-    if url is not None and not isinstance(url, str):
-        raise StateStoreError("INVALID_INPUT", op, "url must be a string: redis://...")
-    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
-    if path is not None and not (isinstance(text, str) and text.strip()):
-        raise StateStoreError("INVALID_INPUT", op, "path must be a non-empty str or os.PathLike of str")
-    if settings is not None and not isinstance(settings, StoreSettings):
-        raise StateStoreError("INVALID_INPUT", op, "settings must be a StoreSettings")
 
 
 def acquire(path: PathArg, url: str | None, settings: StoreSettings) -> Location:
@@ -260,7 +247,7 @@ class Database:
 
         try:
             if self.is_file:
-                step("state-dir", lambda: _check_dir(Path(self.location).parent))
+                step("state-dir", lambda: _files.check_dir(Path(self.location).parent))
             backend = step("open", self._reopen)
             step("schema", lambda: _check_schema(backend))
             step("write-read-delete", lambda: _round_trip(backend))
@@ -294,12 +281,6 @@ class Database:
         self.close()
 
 
-def check_database(path: PathArg = None) -> None:
-    """Refuse, read-only, a state file that is not SQLite (OPEN_FAILED), is damaged (CORRUPT) or has a newer
-    schema (SCHEMA_UNSUPPORTED); a missing or empty file is fine."""
-    _sqlite.check_database(resolve_path(path))
-
-
 def sweep_expired(
     path: PathArg = None, *, url: str | None = None, settings: StoreSettings | None = None, now_ms: int | None = None
 ) -> int:
@@ -324,12 +305,6 @@ def probe(path: PathArg = None, *, url: str | None = None, settings: StoreSettin
         return {"ok": False, "database_path": "(not a location)", "steps": [step]}
     with database:
         return database.probe()
-
-
-def _check_dir(directory: Path) -> None:
-    _sqlite.prepare_dirs(directory / "state.sqlite", op="probe")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise StateStoreError("OPEN_FAILED", "probe", "the state directory is not writable", path=str(directory))
 
 
 def _check_schema(backend: Backend) -> None:

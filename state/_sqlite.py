@@ -1,9 +1,8 @@
-"""The SQLite backend: one file, one connection per thread, every write one BEGIN IMMEDIATE transaction
-through `_transact`, and the filesystem rules.
+"""The SQLite backend: the statements, one connection per thread, every write one BEGIN IMMEDIATE transaction
+through `_transact` followed by the permission step (the file itself, its schema and rules: `_files`).
 
 WAL lets readers run beside the one writer; BEGIN IMMEDIATE takes the write lock up front, so two processes
-never deadlock upgrading a read lock; trigger-kept row counts make the max_entries check O(1). Files are never
-reached through a symlink nor adopted from another uid, and stay private (modes re-applied after every write)."""
+never deadlock upgrading a read lock; trigger-kept row counts make the max_entries check O(1)."""
 
 from __future__ import annotations
 
@@ -18,49 +17,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._aio import outcome
-from ._files import CORRUPTION, Modes, backup, check_file, newer_schema, prepare
-from ._spec import SCHEMA_VERSION, Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write
+from ._files import CORRUPTION, Modes, check_file, migrate, prepare
+from ._spec import Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write
 
 WAL_AUTOCHECKPOINT_PAGES = 1_000  # SQLite's default, restored after a sweep
 WAL_RETRY_S = 0.005  # pause between attempts to switch a brand-new database to WAL
 READ_OPS = frozenset({"lookup", "lookup_many", "entries", "count"})
 NO_CURSOR = (-(2**63), "")  # sorts before every (created_at, key)
 T = TypeVar("T")
-
-# -- schema (its text is what the file stores) ----------------------------------------------
-SCHEMA_V1 = (
-    """CREATE TABLE IF NOT EXISTS entries (
-    plugin_id  TEXT    NOT NULL,
-    namespace  TEXT    NOT NULL,
-    key        TEXT    NOT NULL,
-    value      TEXT    NOT NULL,   -- compact JSON
-    created_at INTEGER NOT NULL,   -- ms since epoch; reset by every register
-    expires_at INTEGER,            -- ms since epoch; NULL = never
-    PRIMARY KEY (plugin_id, namespace, key)
-) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS entries_by_expiry ON entries (expires_at) WHERE expires_at IS NOT NULL",
-    # No (plugin_id, namespace, expires_at) index: a register moves a row in each index; a third cost ~27% CPU.
-    "CREATE INDEX IF NOT EXISTS entries_by_order ON entries (plugin_id, namespace, created_at, key)",
-    """CREATE TABLE IF NOT EXISTS namespace_rows (
-    plugin_id TEXT NOT NULL,
-    namespace TEXT NOT NULL,
-    row_count INTEGER NOT NULL,    -- all rows, live and not yet swept
-    PRIMARY KEY (plugin_id, namespace)
-) WITHOUT ROWID""",
-    """CREATE TRIGGER IF NOT EXISTS entries_count_insert AFTER INSERT ON entries BEGIN
-    INSERT INTO namespace_rows VALUES (new.plugin_id, new.namespace, 1)
-    ON CONFLICT (plugin_id, namespace) DO UPDATE SET row_count = row_count + 1;
-END""",
-    """CREATE TRIGGER IF NOT EXISTS entries_count_delete AFTER DELETE ON entries BEGIN
-    UPDATE namespace_rows SET row_count = row_count - 1
-    WHERE plugin_id = old.plugin_id AND namespace = old.namespace;
-END""",
-)
-# v2: a row version, new (random 63-bit) on every write; 0 only before a v1 file is migrated.
-ADD_VERSION = "ALTER TABLE entries ADD COLUMN version INTEGER NOT NULL DEFAULT 0"
-SCHEMA = (*SCHEMA_V1, ADD_VERSION)  # a new file: v1's tables plus the version column
-# N -> N + 1. random() >> 1 is in [-2^62, 2^62): abs() + 1 is never 0 and never overflows.
-MIGRATIONS = {1: (ADD_VERSION, "UPDATE entries SET version = abs(random() >> 1) + 1")}
 
 # -- statements -----------------------------------------------------------------------------
 # Hot statements bind numbered parameters (a lookup ~10% cheaper than by name): ?1 plugin_id ?2 namespace
@@ -153,7 +117,7 @@ class SQLiteBackend:
         self._full = set[tuple[str, str]]()  # namespaces whose last write found them at max_entries
         own_dir, doing = check_file(path, create=True), "write the pre-migration backup"
         try:
-            self._transact("open", self._migrate)
+            self._transact("open", lambda conn: migrate(conn, path))
             self._modes, doing = Modes.of(path, own_dir), "set permissions"
             self._modes.ensure()
         except OSError as exc:
@@ -161,19 +125,6 @@ class SQLiteBackend:
 
     def _fail(self, code: str, op: str, message: str = "the store is closed") -> StateStoreError:
         return StateStoreError(code, op, message, path=self.location)
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Bring the file to SCHEMA_VERSION in the open's transaction, an older one backed up first (WAL lets the
-        copy read beside our write lock)."""
-        if (version := conn.execute("PRAGMA user_version").fetchone()[0]) > SCHEMA_VERSION:
-            raise newer_schema(version, "open", self.location)
-        if version == SCHEMA_VERSION:
-            return
-        if version:
-            backup(self.path, version)
-        for statement in SCHEMA if version == 0 else [s for n in range(version, SCHEMA_VERSION) for s in MIGRATIONS[n]]:
-            conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _slot(self, op: str) -> _Slot:
         """This thread's connection, opened on first use; refused in a forked child (pid check)."""

@@ -145,13 +145,8 @@ def open_keyed_store(
     clock: Clock | None = None,
     core: bool = False,
 ) -> KeyedStore:
-    """Open a store bound to (plugin_id, namespace) on SQLite (default) or `url` (redis://).
-
-    `path`: the database file, or an existing state dir; default `<state_dir>/plugin-state/state.sqlite`.
-    `core=True` for the gateway's `core:` ids. A pair reopened in this process with other options is
-    INVALID_INPUT. Raises INVALID_INPUT, LIMIT_EXCEEDED (namespace/plugin id size), OPEN_FAILED, CORRUPT,
-    SCHEMA_UNSUPPORTED, UNAVAILABLE.
-    """
+    """Open a store bound to (plugin_id, namespace) on SQLite (default) or `url` (redis://); the arguments and
+    errors are docs/state.md's "Opening". A pair reopened in this process with other options is INVALID_INPUT."""
     if path is not None and url is not None:
         raise StateStoreError("INVALID_INPUT", "open", "give either path or url, not both")
     check_where(path, url, settings)
@@ -191,14 +186,17 @@ class Database:
     def __repr__(self) -> str:
         return f"<Database {self.location}>"
 
-    def _open(self, op: str = "open") -> Location:
-        """The open database, opened now on first use. Raises as `open_keyed_store`."""
+    def _open(self, op: str = "open", *, recheck: bool = False) -> Location:
+        """The open database, opened now on first use (raises as `open_keyed_store`); `recheck`: one open already
+        has its paths checked and modes re-applied, as opening one more store does."""
         with self._lock:
             if self._closed:
                 raise StateStoreError("UNAVAILABLE", op, "the database is closed", path=self.location)
             if self._held is None:
                 self._held = self._acquire()
                 self.opens += 1
+            elif recheck:
+                self._held.backend.reopened()
             return self._held
 
     def _acquire(self) -> Location:
@@ -248,7 +246,7 @@ class Database:
         try:
             if self.is_file:
                 step("state-dir", lambda: _files.check_dir(Path(self.location).parent))
-            backend = step("open", self._reopen)
+            backend = step("open", lambda: self._open(recheck=True).backend)
             step("schema", lambda: _check_schema(backend))
             step("write-read-delete", lambda: _round_trip(backend))
             step("checkpoint", backend.checkpoint)
@@ -258,14 +256,6 @@ class Database:
         except StateStoreError:
             pass
         return {"ok": all(s["ok"] for s in steps) and len(steps) >= 4, "database_path": self.location, "steps": steps}
-
-    def _reopen(self) -> Backend:
-        """The open backend; on a Database open already, its paths checked and modes re-applied."""
-        fresh = self._held is None
-        backend = self._open().backend
-        if not fresh:
-            backend.reopened()
-        return backend
 
     def close(self) -> None:
         """Let go of the database; later calls raise UNAVAILABLE. Its stores stay usable."""

@@ -120,15 +120,6 @@ def _create_private(path: Path, flags: int = 0) -> None:
     os.close(fd)
 
 
-def backup(path: Path, version: int) -> None:
-    """Copy the database to a fresh 0600 `<file>.v<N>.bak.partial`, then move that to `<file>.v<N>.bak`."""
-    (partial := Path(f"{path}.v{version}.bak.partial")).unlink(missing_ok=True)
-    _create_private(partial, os.O_EXCL)
-    with contextlib.closing(read_only(path)) as src, contextlib.closing(sqlite3.connect(partial)) as dst:
-        src.backup(dst)
-    os.replace(partial, Path(f"{path}.v{version}.bak"))
-
-
 class Modes:
     """Keep `targets` (path, mode) at their modes, cheaply: each opened once (never through a symlink), fstat-ed,
     fchmod-ed only when wrong; a missing one is tried again next time, one deleted or replaced opened afresh."""
@@ -216,6 +207,15 @@ ADD_VERSION = "ALTER TABLE entries ADD COLUMN version INTEGER NOT NULL DEFAULT 0
 SCHEMA = (*SCHEMA_V1, ADD_VERSION)  # a new file: v1's tables plus the version column
 # N -> N + 1. random() >> 1 is in [-2^62, 2^62): abs() + 1 is never 0 and never overflows.
 MIGRATIONS = {1: (ADD_VERSION, "UPDATE entries SET version = abs(random() >> 1) + 1")}
+
+
+def backup(path: Path, version: int) -> None:
+    """Copy the database to a fresh 0600 `<file>.v<N>.bak.partial`, then move that to `<file>.v<N>.bak`."""
+    (partial := Path(f"{path}.v{version}.bak.partial")).unlink(missing_ok=True)
+    _create_private(partial, os.O_EXCL)
+    with contextlib.closing(read_only(path)) as src, contextlib.closing(sqlite3.connect(partial)) as dst:
+        src.backup(dst)
+    os.replace(partial, Path(f"{path}.v{version}.bak"))
 
 
 def migrate(conn: sqlite3.Connection, path: Path) -> None:

@@ -31,6 +31,7 @@ from bench_support import serve_app  # noqa: E402
 from chatstate.gateway.cpu import pin_process  # noqa: E402
 from chatstate.gateway.echo import SIGNATURE_HEADER, sign  # noqa: E402
 from chatstate.state import _sqlite as sql  # noqa: E402
+from chatstate.state._files import SCHEMA  # noqa: E402
 
 SECRET = "bench-secret"
 
@@ -46,7 +47,7 @@ class Writer:
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")
-        for statement in sql.SCHEMA:
+        for statement in SCHEMA:
             self.conn.execute(statement)
         threading.Thread(target=self.run, daemon=True).start()
 

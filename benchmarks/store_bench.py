@@ -53,6 +53,7 @@ from chatstate import state  # noqa: E402
 from chatstate.gateway.clock import now_ms  # noqa: E402
 from chatstate.state import _sqlite  # noqa: E402
 from chatstate.state import _sqlite as sql  # noqa: E402  (the very statements the backend runs)
+from chatstate.state._files import SCHEMA  # noqa: E402
 from chatstate.state._spec import Mode  # noqa: E402
 
 OPS = ("register", "lookup", "register_if_absent", "consume")  # run in this order: the claims
@@ -172,7 +173,7 @@ def bare_open(directory: Path, rows: int) -> Bare:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("BEGIN IMMEDIATE")
-    for statement in sql.SCHEMA:
+    for statement in SCHEMA:
         conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {state.SCHEMA_VERSION}")
     conn.execute("COMMIT")

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the state CLI's command on this gateway's state dir (`--config FILE` anywhere among
     the flags). Its "probe failed / unusable" (1) becomes exit 3, and an unusable state dir is
     one `gateway:` line (exit 3), as for `start`."""
-    from chatstate.state import cli as state_cli
+    from chatstate.state import __main__ as state_cli
 
     rest = [args.state_command, *args.rest]
     config_file = config_path(os.environ)

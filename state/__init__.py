@@ -2,15 +2,8 @@
 `__all__` (the names it documents, a test checks them) in docs/state.md."""
 
 from ._aio import AsyncKeyedStore, commit_staged_async
-from ._database import (
-    Database,
-    check_database,
-    checkpoint,
-    open_async_keyed_store,
-    open_keyed_store,
-    probe,
-    sweep_expired,
-)
+from ._database import Database, checkpoint, open_async_keyed_store, open_keyed_store, probe, sweep_expired
+from ._files import check_database, database_path, state_dir
 from ._spec import (
     MAX_BATCH_KEYS,
     MAX_KEY_BYTES,
@@ -24,8 +17,6 @@ from ._spec import (
     ErrorCode,
     StateStoreError,
     StoreSettings,
-    database_path,
-    state_dir,
 )
 from ._store import KeyedStore, StagedWrite, commit_staged, op_counts
 

@@ -1,5 +1,125 @@
+"""`python -m chatstate.state probe|inspect`: look at a state database without writing to plugin rows.
+
+Exit codes: 0 ok, 1 the probe failed or the database is unusable, 2 bad usage."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sqlite3
 import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from .cli import main
+from ._database import probe
+from ._files import check_database, database_path, read_only, resolve_path
+from ._spec import StateStoreError, wall_clock_ms
 
-sys.exit(main())
+WHERE = "(:plugin IS NULL OR plugin_id = :plugin) AND (:ns IS NULL OR namespace = :ns)"
+# "IS NOT NULL AND": `expires_at <= :now` alone is NULL for a never-expiring row; a sum of NULLs is NULL, not 0.
+NAMESPACES = f"""SELECT plugin_id, namespace, sum(expires_at IS NULL OR expires_at > :now),
+sum(expires_at IS NOT NULL AND expires_at <= :now) FROM entries WHERE {WHERE} GROUP BY plugin_id, namespace ORDER BY 1, 2"""
+LIVE_KEYS = f"""SELECT plugin_id, key, value, created_at, expires_at FROM entries WHERE {WHERE}
+AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key"""
+
+
+def path_text(text: str) -> str:
+    """A --state-dir / --path value (argparse `type`): never blank, which would be the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (an empty path would be the current folder)")
+    return text
+
+
+def build_parser(prog: str = "python -m chatstate.state") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Inspect chatstate's keyed-store database.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("probe", help="check state dir, open, schema, a write-read-delete and a checkpoint (JSON)")
+    i = sub.add_parser("inspect", help="list namespaces with live/expired counts and keys with created/expires")
+    where = {each: each.add_mutually_exclusive_group() for each in (p, i)}  # one place to look, never a silent pick
+    for group in where.values():
+        group.add_argument("--state-dir", type=path_text, help="state dir (default $CHATSTATE_HOME or ~/.chatstate)")
+        group.add_argument("--path", type=path_text, help="the database file itself, instead of --state-dir")
+    where[p].add_argument("--url", help="probe a redis:// backend instead of the SQLite file")
+    i.add_argument("--plugin", help="only this plugin id")
+    i.add_argument("--namespace", help="only this namespace (lists its keys)")
+    i.add_argument("--values", action="store_true", help="also print stored values (off by default)")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m chatstate.state") -> int:
+    args = build_parser(prog).parse_args(argv)
+    path = resolve_path(args.path) if args.path else database_path(args.state_dir)
+    try:
+        if args.command == "probe":
+            result = probe(url=args.url) if args.url else probe(path)
+            print(json.dumps(result, indent=2), flush=True)
+            return 0 if result["ok"] else 1
+        return _inspect(args, path)
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted; no traceback at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def next_steps(path: str, code: str) -> str:
+    """What to do about an unusable database file (nothing here moves or deletes it)."""
+    if code == "SCHEMA_UNSUPPORTED":
+        return "it was written by a newer chatstate: run that version, or move it aside to start empty"
+    moved = f"move it aside to start with an empty store (mv {path} {path}.bad, and its -wal/-shm files if any)"
+    check = f"`sqlite3 {path}.bad 'PRAGMA integrity_check'` or `python -m chatstate state probe --path {path}.bad`"
+    return f"{moved}, then check the old file with {check}"
+
+
+def to_go_on(path: Path, exc: StateStoreError) -> str:
+    """ ". To go on: <next_steps>" after the error refusing a database file as unusable, else "" (nothing to move)."""
+    unusable = exc.code in ("CORRUPT", "OPEN_FAILED", "SCHEMA_UNSUPPORTED") and path.is_file() and not path.is_symlink()
+    return f". To go on: {next_steps(str(path), str(exc.code))}" if unusable else ""
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def _inspect(args: argparse.Namespace, path: Path) -> int:
+    try:
+        check_database(path)  # read-only: a damaged file is reported, never touched
+    except StateStoreError as exc:
+        print(f"{exc}{to_go_on(path, exc)}", file=sys.stderr)
+        return 1
+    if not path.exists():
+        where = "pass the right one with --state-dir D or --path FILE, or start a gateway on it first"
+        print(f"no state database at {path}: nothing was stored there yet; {where}", file=sys.stderr)
+        return 1
+    params = {"now": wall_clock_ms(), "plugin": args.plugin or None, "ns": args.namespace or None}
+    columns, keys = ("plugin_id", "namespace", "live", "expired"), list[dict[str, Any]]()
+    try:
+        with contextlib.closing(read_only(path)) as conn:
+            namespaces = [dict(zip(columns, row)) for row in conn.execute(NAMESPACES, params)]
+            for p, k, v, created, expires in conn.execute(LIVE_KEYS, params) if args.namespace else ():
+                keys.append({"plugin_id": p, "key": k, "created_at": _iso(created), "expires_at": _iso(expires)})
+                if args.values:
+                    keys[-1]["value"] = json.loads(v)
+    except sqlite3.Error as exc:
+        print(f"cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    except ValueError:  # json.loads: say which key, never echo the unreadable text
+        print(f"CORRUPT: the stored JSON of key {k!r} is unreadable [{path}]", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"database_path": str(path), "namespaces": namespaces, "keys": keys}, indent=2))
+        return 0
+    print(f"database: {path}")
+    for row in [("plugin", "namespace", "live", "expired"), *(ns.values() for ns in namespaces)]:
+        print("{:<24} {:<36} {:>8} {:>8}".format(*row))
+    for k in keys:
+        extra = f"  value={json.dumps(k['value'])}" if args.values else ""
+        print(f"  {k['key']}  created={k['created_at']}  expires={k['expires_at'] or 'never'}{extra}")
+    return 0
+
+
+if __name__ == "__main__":  # imported, it only defines: the gateway runs `main` with its own prog
+    sys.exit(main())

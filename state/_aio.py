@@ -146,11 +146,8 @@ async def _wait(future: asyncio.Future[T]) -> T:
 
 
 class AsyncKeyedStore:
-    """Awaitable twin of `KeyedStore`: each method runs the sync one of the same name (see its
-    docstring) on a worker; the stage_* methods do no I/O and are plain calls. register,
-    register_if_absent and compare_and_set check and serialize at the call and return an
-    awaitable, so `create_task(store.register(k, v))` stores `v` as it was then.
-    """
+    """Awaitable twin of `KeyedStore`: each method runs the sync one of the same name on a worker; stage_* are plain
+    calls (no I/O), and register & co. check and serialize at the call, so a task stores `v` as it was then."""
 
     def __init__(self, store: KeyedStore) -> None:
         self.sync = store

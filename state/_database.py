@@ -12,10 +12,11 @@ import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, ParamSpec, TypeAlias, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from . import _sqlite
+from . import _files, _sqlite
 from ._aio import POOL, WORKER_PREFIX, AsyncKeyedStore, Workers, open_async
+from ._files import PathArg, check_where, resolve_path
 from ._redis_layout import database_of, shown_url  # no redis-py here
 from ._spec import (
     MAX_VALUE_BYTES,
@@ -26,14 +27,12 @@ from ._spec import (
     StoreSettings,
     Write,
     new_version,
-    resolve_path,
     wall_clock_ms,
 )
 from ._store import KeyedStore
 
 P = ParamSpec("P")
 T = TypeVar("T")
-PathArg: TypeAlias = "str | os.PathLike[str] | None"
 PROBE_SPEC = NamespaceSpec("core:probe", "probe", 1_000)  # a core-owned pair: never a plugin's namespace
 
 
@@ -104,18 +103,6 @@ _locations: dict[str, Location] = {}
 _inherited: list[Location] = []
 
 
-def check_where(path: object, url: object, settings: object, op: str = "open") -> None:
-    """Where and how a database is opened: `path` None or a non-blank str or os.PathLike (never the
-    current folder by accident), `url` None or a str, `settings` None or a StoreSettings; else INVALID_INPUT."""
-    if url is not None and not isinstance(url, str):
-        raise StateStoreError("INVALID_INPUT", op, "url must be a string: redis://...")
-    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
-    if path is not None and not (isinstance(text, str) and text.strip()):
-        raise StateStoreError("INVALID_INPUT", op, "path must be a non-empty str or os.PathLike of str")
-    if settings is not None and not isinstance(settings, StoreSettings):
-        raise StateStoreError("INVALID_INPUT", op, "settings must be a StoreSettings")
-
-
 def acquire(path: PathArg, url: str | None, settings: StoreSettings) -> Location:
     """The open Location of a database (opened now if no one holds it), held once for the caller."""
     global _registry_lock
@@ -158,13 +145,8 @@ def open_keyed_store(
     clock: Clock | None = None,
     core: bool = False,
 ) -> KeyedStore:
-    """Open a store bound to (plugin_id, namespace) on SQLite (default) or `url` (redis://).
-
-    `path`: the database file, or an existing state dir; default `<state_dir>/plugin-state/state.sqlite`.
-    `core=True` for the gateway's `core:` ids. A pair reopened in this process with other options is
-    INVALID_INPUT. Raises INVALID_INPUT, LIMIT_EXCEEDED (namespace/plugin id size), OPEN_FAILED, CORRUPT,
-    SCHEMA_UNSUPPORTED, UNAVAILABLE.
-    """
+    """Open a store bound to (plugin_id, namespace) on SQLite (default) or `url` (redis://); the arguments and
+    errors are docs/state.md's "Opening". A pair reopened in this process with other options is INVALID_INPUT."""
     if path is not None and url is not None:
         raise StateStoreError("INVALID_INPUT", "open", "give either path or url, not both")
     check_where(path, url, settings)
@@ -204,14 +186,17 @@ class Database:
     def __repr__(self) -> str:
         return f"<Database {self.location}>"
 
-    def _open(self, op: str = "open") -> Location:
-        """The open database, opened now on first use. Raises as `open_keyed_store`."""
+    def _open(self, op: str = "open", *, recheck: bool = False) -> Location:
+        """The open database, opened now on first use (raises as `open_keyed_store`); `recheck`: one open already
+        has its paths checked and modes re-applied, as opening one more store does."""
         with self._lock:
             if self._closed:
                 raise StateStoreError("UNAVAILABLE", op, "the database is closed", path=self.location)
             if self._held is None:
                 self._held = self._acquire()
                 self.opens += 1
+            elif recheck:
+                self._held.backend.reopened()
             return self._held
 
     def _acquire(self) -> Location:
@@ -260,8 +245,8 @@ class Database:
 
         try:
             if self.is_file:
-                step("state-dir", lambda: _check_dir(Path(self.location).parent))
-            backend = step("open", self._reopen)
+                step("state-dir", lambda: _files.check_dir(Path(self.location).parent))
+            backend = step("open", lambda: self._open(recheck=True).backend)
             step("schema", lambda: _check_schema(backend))
             step("write-read-delete", lambda: _round_trip(backend))
             step("checkpoint", backend.checkpoint)
@@ -271,14 +256,6 @@ class Database:
         except StateStoreError:
             pass
         return {"ok": all(s["ok"] for s in steps) and len(steps) >= 4, "database_path": self.location, "steps": steps}
-
-    def _reopen(self) -> Backend:
-        """The open backend; on a Database open already, its paths checked and modes re-applied."""
-        fresh = self._held is None
-        backend = self._open().backend
-        if not fresh:
-            backend.reopened()
-        return backend
 
     def close(self) -> None:
         """Let go of the database; later calls raise UNAVAILABLE. Its stores stay usable."""
@@ -292,12 +269,6 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def check_database(path: PathArg = None) -> None:
-    """Refuse, read-only, a state file that is not SQLite (OPEN_FAILED), is damaged (CORRUPT) or has a newer
-    schema (SCHEMA_UNSUPPORTED); a missing or empty file is fine."""
-    _sqlite.check_database(resolve_path(path))
 
 
 def sweep_expired(
@@ -324,12 +295,6 @@ def probe(path: PathArg = None, *, url: str | None = None, settings: StoreSettin
         return {"ok": False, "database_path": "(not a location)", "steps": [step]}
     with database:
         return database.probe()
-
-
-def _check_dir(directory: Path) -> None:
-    _sqlite.prepare_dirs(directory / "state.sqlite", op="probe")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise StateStoreError("OPEN_FAILED", "probe", "the state directory is not writable", path=str(directory))
 
 
 def _check_schema(backend: Backend) -> None:

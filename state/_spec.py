@@ -6,14 +6,12 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 MAX_NAMESPACE_BYTES = 128  # UTF-8 bytes, after trimming
@@ -188,29 +186,9 @@ class Backend(Protocol):
     def close(self) -> None: ...  # wait for calls in flight, checkpoint, close; later calls: UNAVAILABLE
 
 
-# -- where the SQLite database is -------------------------------------------------------------
-def state_dir(state_dir: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> Path:
-    """The state dir: the argument, else $CHATSTATE_HOME (from `env`, default os.environ), else ~/.chatstate."""
-    home = state_dir if state_dir is not None else env_path(os.environ if env is None else env, "CHATSTATE_HOME")
-    return Path(home).expanduser() if home is not None else Path.home() / ".chatstate"
-
-
 def env_path(env: Mapping[str, str], name: str) -> str | None:
     """The path in variable `name`; a blank one is unset (as a path it would be the current folder)."""
     return value if (value := env.get(name)) and value.strip() else None
-
-
-def database_path(state_dir_: str | os.PathLike[str] | None = None) -> Path:
-    """Where the SQLite file lives: `<state_dir>/plugin-state/state.sqlite`."""
-    return state_dir(state_dir_) / "plugin-state" / "state.sqlite"
-
-
-def resolve_path(path: str | os.PathLike[str] | None) -> Path:
-    """`path` names the database file; an existing directory is taken as a state dir."""
-    if path is None:
-        return database_path()
-    p = Path(path).expanduser()  # a symlink is never taken for a directory: the backend refuses it
-    return database_path(p) if p.is_dir() and not p.is_symlink() else p
 
 
 # -- input checks ----------------------------------------------------------------------------

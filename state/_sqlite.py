@@ -1,17 +1,14 @@
-"""The SQLite backend: one file, one connection per thread, every write one BEGIN IMMEDIATE transaction
-through `_transact`, and the filesystem rules.
+"""The SQLite backend: the statements, one connection per thread, every write one BEGIN IMMEDIATE transaction
+through `_transact` followed by the permission step (the file itself, its schema and rules: `_files`).
 
 WAL lets readers run beside the one writer; BEGIN IMMEDIATE takes the write lock up front, so two processes
-never deadlock upgrading a read lock; trigger-kept row counts make the max_entries check O(1). Files are never
-reached through a symlink nor adopted from another uid, and stay private (modes re-applied after every write)."""
+never deadlock upgrading a read lock; trigger-kept row counts make the max_entries check O(1)."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,53 +17,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._aio import outcome
-from ._spec import SCHEMA_VERSION, Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write
+from ._files import CORRUPTION, Modes, check_file, migrate, prepare
+from ._spec import Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write
 
-DIR_MODE, FILE_MODE = 0o700, 0o600
-SIDE_FILES = ("-wal", "-shm")
-SQLITE_HEADER = b"SQLite format 3\x00"
 WAL_AUTOCHECKPOINT_PAGES = 1_000  # SQLite's default, restored after a sweep
 WAL_RETRY_S = 0.005  # pause between attempts to switch a brand-new database to WAL
 READ_OPS = frozenset({"lookup", "lookup_many", "entries", "count"})
-CORRUPTION = ("malformed", "not a database", "corrupt")  # what SQLite says of a damaged file
 NO_CURSOR = (-(2**63), "")  # sorts before every (created_at, key)
 T = TypeVar("T")
-log = logging.getLogger("chatstate.state")
-
-# -- schema (its text is what the file stores) ----------------------------------------------
-SCHEMA_V1 = (
-    """CREATE TABLE IF NOT EXISTS entries (
-    plugin_id  TEXT    NOT NULL,
-    namespace  TEXT    NOT NULL,
-    key        TEXT    NOT NULL,
-    value      TEXT    NOT NULL,   -- compact JSON
-    created_at INTEGER NOT NULL,   -- ms since epoch; reset by every register
-    expires_at INTEGER,            -- ms since epoch; NULL = never
-    PRIMARY KEY (plugin_id, namespace, key)
-) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS entries_by_expiry ON entries (expires_at) WHERE expires_at IS NOT NULL",
-    # No (plugin_id, namespace, expires_at) index: a register moves a row in each index; a third cost ~27% CPU.
-    "CREATE INDEX IF NOT EXISTS entries_by_order ON entries (plugin_id, namespace, created_at, key)",
-    """CREATE TABLE IF NOT EXISTS namespace_rows (
-    plugin_id TEXT NOT NULL,
-    namespace TEXT NOT NULL,
-    row_count INTEGER NOT NULL,    -- all rows, live and not yet swept
-    PRIMARY KEY (plugin_id, namespace)
-) WITHOUT ROWID""",
-    """CREATE TRIGGER IF NOT EXISTS entries_count_insert AFTER INSERT ON entries BEGIN
-    INSERT INTO namespace_rows VALUES (new.plugin_id, new.namespace, 1)
-    ON CONFLICT (plugin_id, namespace) DO UPDATE SET row_count = row_count + 1;
-END""",
-    """CREATE TRIGGER IF NOT EXISTS entries_count_delete AFTER DELETE ON entries BEGIN
-    UPDATE namespace_rows SET row_count = row_count - 1
-    WHERE plugin_id = old.plugin_id AND namespace = old.namespace;
-END""",
-)
-# v2: a row version, new (random 63-bit) on every write; 0 only before a v1 file is migrated.
-ADD_VERSION = "ALTER TABLE entries ADD COLUMN version INTEGER NOT NULL DEFAULT 0"
-SCHEMA = (*SCHEMA_V1, ADD_VERSION)  # a new file: v1's tables plus the version column
-# N -> N + 1. random() >> 1 is in [-2^62, 2^62): abs() + 1 is never 0 and never overflows.
-MIGRATIONS = {1: (ADD_VERSION, "UPDATE entries SET version = abs(random() >> 1) + 1")}
 
 # -- statements -----------------------------------------------------------------------------
 # Hot statements bind numbered parameters (a lookup ~10% cheaper than by name): ?1 plugin_id ?2 namespace
@@ -127,156 +85,6 @@ SQL_SWEEP = """DELETE FROM entries WHERE (plugin_id, namespace, key) IN (
     SELECT plugin_id, namespace, key FROM entries WHERE expires_at <= :now LIMIT :batch)"""
 
 
-# -- files: never follow, never adopt ---------------------------------------------------------
-def check_path(path: Path, is_dir: bool, op: str = "open") -> os.stat_result | None:
-    """Refuse a symlink, the wrong kind of file or another uid's (OPEN_FAILED, saying what to do); None if missing."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    what, uid = ("state directory" if is_dir else "state file"), os.geteuid()
-    if stat.S_ISLNK(st.st_mode):
-        fix = "remove the link and point the state dir at where the file really is"
-        fix = "point the state dir at the real directory" if is_dir else fix
-        problem = f"the {what} is a symlink, which is never followed; {fix}"
-    elif is_dir and not stat.S_ISDIR(st.st_mode):
-        problem = "a state directory path is not a directory; move that file away"
-    elif not is_dir and not stat.S_ISREG(st.st_mode):
-        problem = "the state path is not a regular file; move it away"
-    elif st.st_uid != uid:
-        fix = "use a state dir this user owns (or chown it)" if is_dir else "run as its owner (or chown it)"
-        problem = f"the {what} is owned by uid {st.st_uid}, not this user ({uid}); {fix}"
-    else:
-        return st
-    raise StateStoreError("OPEN_FAILED", op, problem, path=str(path))
-
-
-def prepare_dirs(db: Path, *, create: bool = True, op: str = "open") -> None:
-    """Check (with `create`, make 0700) the database's directory and the state dir above `plugin-state`, top
-    down, so a symlinked state dir is refused before anything is made in it. Raises OPEN_FAILED, OSError."""
-    for d in (db.parent.parent, db.parent) if db.parent.name == "plugin-state" else (db.parent,):
-        if check_path(d, True, op) is None and create:
-            missing = [p for p in (d, *d.parents) if not os.path.lexists(p)]
-            os.makedirs(d, DIR_MODE, exist_ok=True)
-            for p in missing:
-                os.chmod(p, DIR_MODE)  # makedirs' mode is masked by the umask
-            check_path(d, True, op)
-
-
-def prepare(db: Path, *, create: bool = True, op: str = "open") -> tuple[bool, bool]:
-    """Check (with `create`, make) the database's place: (the directory is the store's own, the file has content)."""
-    own_dir = db.parent.name == "plugin-state" or (create and not os.path.lexists(db.parent))
-    try:
-        prepare_dirs(db, create=create, op=op)
-        for side in SIDE_FILES:
-            check_path(Path(f"{db}{side}"), False, op)
-        if (st := check_path(db, False, op)) is None and create:
-            _create_private(db)
-    except OSError as exc:
-        message = f"cannot {'prepare' if create else 'check'} the state path ({exc.strerror})"
-        raise StateStoreError("OPEN_FAILED", op, message, path=str(db)) from None
-    return own_dir, st is not None and st.st_size > 0
-
-
-def _create_private(path: Path, flags: int = 0) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | flags, FILE_MODE)
-    os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask did to os.open's mode
-    os.close(fd)
-
-
-class _Modes:
-    """Keep `targets` (path, mode) at their modes, cheaply: each opened once (never through a symlink), fstat-ed,
-    fchmod-ed only when wrong; a missing one is tried again next time, one deleted or replaced opened afresh."""
-
-    def __init__(self, targets: tuple[tuple[Path, int], ...] = ()) -> None:
-        self._targets, self._fds, self._lock = targets, dict[Path, int](), threading.Lock()
-
-    def ensure(self) -> None:
-        """Raises OSError if an fchmod fails."""
-        with self._lock:
-            for path, mode in self._targets:
-                st = None if (fd := self._fds.get(path)) is None else os.fstat(fd)
-                if fd is None or st is None or st.st_nlink == 0:
-                    if fd is not None:
-                        os.close(self._fds.pop(path))
-                    try:
-                        fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                    except FileNotFoundError:
-                        continue
-                    st = os.fstat(fd)
-                if stat.S_IMODE(st.st_mode) != mode:
-                    os.fchmod(fd, mode)
-
-    def close(self) -> None:
-        with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
-
-
-# -- the read-only check of an existing file --------------------------------------------------
-def read_only(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
-
-
-def newer_schema(version: int, op: str, where: str) -> StateStoreError:
-    fix = "upgrade chatstate, or restore the backup made before the upgrade"
-    message = f"the file has schema version {version}; this code reads versions up to {SCHEMA_VERSION}: {fix}"
-    return StateStoreError("SCHEMA_UNSUPPORTED", op, message, path=where)
-
-
-# Files this process checked, as they looked then: the gateway checks before it binds and again as it opens, and
-# at 1M rows a quick_check reads ~0.2 s. An empty WAL holds nothing (a read-only check may create one).
-_checked: dict[str, tuple[object, ...]] = {}
-
-
-def _fingerprint(path: Path) -> tuple[object, ...] | None:
-    try:
-        stats = [os.stat(p) if os.path.lexists(p) else None for p in (path, Path(f"{path}-wal"))]
-    except OSError:
-        return None
-    return tuple(
-        (s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns) if s and s.st_size else None for s in stats
-    )
-
-
-def _check_file(path: Path, where: str) -> None:
-    """Refuse, read-only, a file that is not SQLite (OPEN_FAILED), damaged (CORRUPT) or newer (SCHEMA_UNSUPPORTED)."""
-    try:
-        with open(path, "rb") as fh:
-            header = fh.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        message = f"cannot read the state file ({exc.strerror})"
-        raise StateStoreError("OPEN_FAILED", "open", message, path=where) from None
-    if header != SQLITE_HEADER:
-        raise StateStoreError("OPEN_FAILED", "open", "the file at the state path is not a SQLite database", path=where)
-    try:
-        with contextlib.closing(read_only(path)) as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            result = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
-    except sqlite3.Error as exc:
-        code = "CORRUPT" if any(w in str(exc).lower() for w in (*CORRUPTION, "disk i/o")) else "OPEN_FAILED"
-        raise StateStoreError(code, "open", f"SQLite said: {exc}", path=where) from None
-    if result != "ok":
-        raise StateStoreError("CORRUPT", "open", f"integrity check failed: {result}", path=where)
-    if version > SCHEMA_VERSION:
-        raise newer_schema(version, "open", where)
-
-
-def check_database(path: Path, *, create: bool = False) -> bool:
-    """Check the database's place (with `create`, make it), then `_check_file` a file with content unless this
-    process checked it unchanged; whether the directory is the store's own (see `prepare`)."""
-    if path.is_dir() and not path.is_symlink():
-        raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory", path=str(path))
-    own_dir, has_content = prepare(path, create=create)
-    before = _fingerprint(path) if has_content else None
-    if has_content and (before is None or _checked.get(str(path)) != before):
-        _check_file(path, str(path))  # never writes: a bad file stays exactly as it was
-        if before is not None and _fingerprint(path) == before:  # unchanged while it was read
-            _checked[str(path)] = before
-    return own_dir
-
-
 # -- the backend ------------------------------------------------------------------------------
 class _Rollback(Exception):
     """A staged CLAIM or MATCH did not hold, or a call of a group commit failed: undo the transaction."""
@@ -305,37 +113,18 @@ class SQLiteBackend:
         # _lock guards _slots and _closed. _writer: one writer at a time in this process, woken the moment the
         # last commits; without it they collide on BEGIN IMMEDIATE, and the busy handler sleeps 1, 2, 5, ... ms.
         self._lock, self._writer = threading.Lock(), threading.Lock()
-        self._modes = _Modes()  # set once the file is known good
-        self._fault: str | None = None  # the last permission failure after a commit, until one works
+        self._modes = Modes()  # set once the file is known good
         self._full = set[tuple[str, str]]()  # namespaces whose last write found them at max_entries
-        own_dir, doing = check_database(path, create=True), "write the pre-migration backup"
-        files = tuple((Path(f"{path}{s}"), FILE_MODE) for s in ("", *SIDE_FILES))
+        own_dir, doing = check_file(path, create=True), "write the pre-migration backup"
         try:
-            self._transact("open", self._migrate)
-            self._modes, doing = _Modes(((path.parent, DIR_MODE), *files) if own_dir else files), "set permissions"
+            self._transact("open", lambda conn: migrate(conn, path))
+            self._modes, doing = Modes.of(path, own_dir), "set permissions"
             self._modes.ensure()
         except OSError as exc:
             raise self._fail("OPEN_FAILED", "open", f"cannot {doing} ({exc.strerror})") from None
 
     def _fail(self, code: str, op: str, message: str = "the store is closed") -> StateStoreError:
         return StateStoreError(code, op, message, path=self.location)
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Bring the file to SCHEMA_VERSION in the open's transaction, an older one first copied to a fresh 0600
-        `<file>.v<N>.bak.partial` then moved to `<file>.v<N>.bak` (WAL lets it read beside our write lock)."""
-        if (version := conn.execute("PRAGMA user_version").fetchone()[0]) > SCHEMA_VERSION:
-            raise newer_schema(version, "open", self.location)
-        if version == SCHEMA_VERSION:
-            return
-        if version:
-            (partial := Path(f"{self.path}.v{version}.bak.partial")).unlink(missing_ok=True)
-            _create_private(partial, os.O_EXCL)
-            with contextlib.closing(read_only(self.path)) as src, contextlib.closing(sqlite3.connect(partial)) as dst:
-                src.backup(dst)
-            os.replace(partial, Path(f"{self.path}.v{version}.bak"))
-        for statement in SCHEMA if version == 0 else [s for n in range(version, SCHEMA_VERSION) for s in MIGRATIONS[n]]:
-            conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _slot(self, op: str) -> _Slot:
         """This thread's connection, opened on first use; refused in a forked child (pid check)."""
@@ -410,7 +199,7 @@ class SQLiteBackend:
                     raise
         except sqlite3.Error as exc:
             raise self._driver_error(op, exc) from None
-        self._after_commit(op)
+        self._modes.after_commit(op)
         return result
 
     def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]] | None:
@@ -433,27 +222,12 @@ class SQLiteBackend:
         except (StateStoreError, _Rollback):  # closed, or BEGIN / COMMIT failed
             return None
 
-    def _after_commit(self, op: str) -> None:
-        """Re-apply 0700/0600, best effort: failing a committed write would orphan a claim, lose a consumed value or
-        make a retry answer twice. A failure is logged once and shown by `fault()` until one succeeds."""
-        try:
-            self._modes.ensure()
-        except OSError as exc:
-            message = f"{op}: cannot re-apply permissions after commit ({exc.strerror}); the write is kept"
-            if self._fault is None:
-                log.warning("state_permissions_failed", extra={"op": op, "path": self.location, "error": message})
-            self._fault = message
-            return
-        if self._fault is not None:
-            self._fault = None
-            log.info("state_permissions_restored", extra={"op": op, "path": self.location})
-
     def fault(self) -> str | None:
-        return self._fault
+        return self._modes.fault
 
     def reopened(self) -> None:
         prepare(self.path, create=False)
-        self._after_commit("open")
+        self._modes.after_commit("open")
 
     # -- operations ---------------------------------------------------------------------
     def write(self, w: Write) -> bool:
@@ -559,7 +333,7 @@ class SQLiteBackend:
 
     def checkpoint(self, op: str = "close") -> None:
         self._query(op, "PRAGMA wal_checkpoint(TRUNCATE)")
-        self._after_commit(op)
+        self._modes.after_commit(op)
 
     def schema_version(self) -> int:
         return int(self._query("probe", "PRAGMA user_version")[0][0])
@@ -576,7 +350,7 @@ class SQLiteBackend:
                     slots[0].conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 except sqlite3.Error as exc:
                     raise self._driver_error("close", exc) from None
-                self._after_commit("close")
+                self._modes.after_commit("close")
         finally:
             for slot in slots:
                 slot.conn.close()

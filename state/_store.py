@@ -156,10 +156,8 @@ class KeyedStore:
     # -- the contract ---------------------------------------------------------------------
     @measured("register")
     def register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
-        """Store `value` under `key` (upsert) with a new version, as the newest row; TTL `ttl_ms`,
-        else default_ttl_ms, else never. Over max_entries the oldest live rows (never this key) are
-        evicted, or with overflow="reject-new" the write is refused. Raises INVALID_INPUT,
-        LIMIT_EXCEEDED (size, depth, full reject-new namespace), WRITE_FAILED, UNAVAILABLE."""
+        """Upsert `value` under `key`: a new version, the newest row, TTL `ttl_ms` or default_ttl_ms;
+        then the cap (rules 8, 9). Raises INVALID_INPUT, LIMIT_EXCEEDED, WRITE_FAILED, UNAVAILABLE."""
         self._write(Mode.UPSERT, key, value, ttl_ms)
 
     @measured("register_if_absent")
@@ -178,9 +176,8 @@ class KeyedStore:
     def update(
         self, key: str, fn: Callable[[Any], Any], *, ttl_ms: int | None = None, max_attempts: int = UPDATE_ATTEMPTS
     ) -> Any:
-        """Store `fn(live value or None)` under `key` and return it: a claim or a compare_and_set
-        on the version read; a lost race calls `fn` (keep it pure) again, up to `max_attempts`
-        times. Raises as `register`, and CONFLICT."""
+        """Store and return `fn(live value or None)`: a claim or a compare_and_set on the version read, `fn`
+        (pure) called again on a lost race, up to `max_attempts` times. Raises as `register`, and CONFLICT."""
         attempts = check_int(max_attempts, 1, 1_000, "update", "max_attempts")
         for _ in range(attempts):
             entry = self.lookup_entry(key)
@@ -316,14 +313,9 @@ class StagedWrite:
 
 
 def commit_staged(writes: Iterable[StagedWrite]) -> bool:
-    """Apply staged writes in order in one transaction: all of them, or none.
-
-    True when every write was applied; False, with nothing written, when a staged claim found a
-    live row or a staged compare_and_set another version. The writes must come from stores on one
-    database (else INVALID_INPUT); an empty list is a no-op. Each keeps its namespace's rules (TTL,
-    a new version, eviction); a full reject-new namespace raises LIMIT_EXCEEDED and rolls all back.
-    Raises (operation "commit") INVALID_INPUT, LIMIT_EXCEEDED, WRITE_FAILED, UNAVAILABLE.
-    """
+    """Apply staged writes of stores on one database in order in one transaction, all or none: False, nothing
+    written, when a staged condition failed (docs/state.md, "Staged writes"). Raises (operation "commit")
+    INVALID_INPUT, LIMIT_EXCEEDED, WRITE_FAILED, UNAVAILABLE."""
     staged = staged_list(writes)
     return staged[0].store._commit(staged) if staged else True
 

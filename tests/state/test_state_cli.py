@@ -13,7 +13,7 @@ import pytest
 from state_support import FakeClock
 
 from chatstate.state import database_path, open_keyed_store, probe
-from chatstate.state.cli import main as cli_main
+from chatstate.state.__main__ import main as cli_main
 
 SECRET = "SECRET-VALUE-MARKER"
 PROBE_STEPS = ["state-dir", "open", "schema", "write-read-delete", "checkpoint", "permissions"]

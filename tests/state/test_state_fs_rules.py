@@ -161,7 +161,7 @@ def test_under_umask_000_every_directory_is_0700_and_every_file_0600(tmp_path: P
 
 
 def test_read_only_tools_create_nothing(tmp_path: Path) -> None:
-    from chatstate.state import cli
+    from chatstate.state import __main__ as cli
 
     home = tmp_path / "never-made"
     check_database(database_path(home))

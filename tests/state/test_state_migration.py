@@ -126,10 +126,10 @@ def test_a_v1_file_is_migrated_in_place_after_a_backup(v1_file: Path, sqlite_tar
 
 
 def test_a_failed_migration_leaves_the_v1_file_as_it_was(v1_file: Path, sqlite_target, monkeypatch):
-    from chatstate.state import _sqlite as _sqlite_schema
+    from chatstate.state import _files
 
     original = dump(v1_file)
-    monkeypatch.setitem(_sqlite_schema.MIGRATIONS, 1, (*_sqlite_schema.MIGRATIONS[1], "SELECT * FROM nowhere"))
+    monkeypatch.setitem(_files.MIGRATIONS, 1, (*_files.MIGRATIONS[1], "SELECT * FROM nowhere"))
     with pytest.raises(StateStoreError) as err:
         open_keyed_store("echo", "echo.kv", max_entries=100, **sqlite_target)
     assert err.value.code == "OPEN_FAILED"

@@ -1,4 +1,4 @@
-"""The cheap permission check behind every write path (`_Modes` in state/_sqlite.py: an fstat on a
+"""The cheap permission check behind every write path (`Modes` in state/_files.py: an fstat on a
 descriptor it holds, an fchmod only when a mode is wrong): an outside chmod is undone by the
 next write however often it happens, for files created after the check started, for a file
 replaced under it, and in a forked child too."""
@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from chatstate.state import _sqlite, open_keyed_store
+from chatstate.state import _files, open_keyed_store
 
 
 def mode(path: Path) -> int:
@@ -45,7 +45,7 @@ def test_every_outside_chmod_is_undone_by_the_next_write(tmp_path: Path) -> None
 def test_guard_fixes_every_wrong_mode_on_every_call(tmp_path: Path) -> None:
     target = tmp_path / "f"
     target.write_text("x")
-    guard = _sqlite._Modes(((tmp_path, 0o700), (target, 0o600)))
+    guard = _files.Modes(((tmp_path, 0o700), (target, 0o600)))
     for _ in range(3):
         os.chmod(target, 0o644)
         os.chmod(tmp_path, 0o755)
@@ -62,7 +62,7 @@ def test_guard_fixes_every_wrong_mode_on_every_call(tmp_path: Path) -> None:
 
 def test_guard_notices_a_file_created_after_it_started(tmp_path: Path) -> None:
     late = tmp_path / "late-wal"
-    guard = _sqlite._Modes(((late, 0o600),))
+    guard = _files.Modes(((late, 0o600),))
     guard.ensure()
     late.write_text("x")
     os.chmod(late, 0o644)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chatstate.state import StateStoreError, check_database, open_keyed_store, probe, sweep_expired
-from chatstate.state.cli import main as cli_main
+from chatstate.state.__main__ import main as cli_main
 
 
 @pytest.fixture
@@ -179,12 +179,12 @@ def test_a_healthy_database_passes_integrity_after_reopen(target, db_path):
 def test_an_unchanged_file_is_checked_once_per_process_and_a_changed_one_again(target, db_path, monkeypatch):
     """The gateway checks the file before it binds and the backend again as it opens; at 1M rows
     each check reads the whole file, so the second is skipped while nothing changed."""
-    from chatstate.state import _sqlite as _sqlite_schema
+    from chatstate.state import _files
 
     healthy_database(target, db_path, rows=20)
     reads: list[str] = []
-    real = _sqlite_schema._check_file
-    monkeypatch.setattr(_sqlite_schema, "_check_file", lambda path, where: (reads.append(where), real(path, where)))
+    real = _files._check_file
+    monkeypatch.setattr(_files, "_check_file", lambda path, where: (reads.append(where), real(path, where)))
     check_database(target["path"])
     store = open_keyed_store("p", "ns", max_entries=100, **target)
     assert reads == [str(db_path)]  # the open did not read the file again

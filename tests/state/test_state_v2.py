@@ -23,7 +23,7 @@ from chatstate.state import (
     Entry,
     StateStoreError,
     StoreSettings,
-    _sqlite,
+    _files,
     open_async_keyed_store,
     open_keyed_store,
     probe,
@@ -402,7 +402,7 @@ async def test_post_commit_permission_failure_keeps_the_write(sqlite_target, db_
             raise PermissionError(1, "Operation not permitted")
 
         os.chmod(db_path, 0o644)  # an outside chmod the next write must undo ...
-        monkeypatch.setattr(_sqlite.os, "fchmod", refuse)  # ... but cannot
+        monkeypatch.setattr(_files.os, "fchmod", refuse)  # ... but cannot
         caplog.set_level(logging.WARNING, logger="chatstate.state")
         store.register("k", {"v": 1})  # v1: WRITE_FAILED, with the row committed
         assert store.register_if_absent("c", 2) is True  # v1: WRITE_FAILED, the claim orphaned
@@ -419,7 +419,7 @@ async def test_post_commit_permission_failure_keeps_the_write(sqlite_target, db_
             health = await StoreProbe(database).result()
         assert health["ok"] is False and [s["name"] for s in health["failed"]] == ["permissions"]
 
-        monkeypatch.setattr(_sqlite.os, "fchmod", real_fchmod)
+        monkeypatch.setattr(_files.os, "fchmod", real_fchmod)
         store.register("again", 1)  # the next write re-applies the modes and clears the fault
         assert oct(db_path.stat().st_mode & 0o777) == "0o600"
         assert probe(sqlite_target["path"])["ok"] is True

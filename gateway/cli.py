@@ -34,7 +34,7 @@ from chatstate.gateway.launch import (
     validate,
 )
 from chatstate.gateway.pidfile import LAST_LAUNCH_NAME, check_state_dir, last_launch, running_info
-from chatstate.state.__main__ import path_text
+from chatstate.state._files import path_text
 
 DEFAULT_STOP_TIMEOUT_S = 30.0
 DEFAULT_READY_TIMEOUT_S = 60.0

@@ -37,7 +37,7 @@ from chatstate.gateway.exits import BAD_CONFIG, FAILED, IN_USE, OK, STORE_UNUSAB
 from chatstate.gateway.pidfile import PidFile
 from chatstate.gateway.registry import load_plugins
 from chatstate.gateway.runtime import PluginNotTrusted
-from chatstate.state.__main__ import to_go_on
+from chatstate.state._files import to_go_on
 
 # CPython's default, a young collection every 700 new objects, runs one every few requests (each
 # makes about a hundred: coroutines, futures, rows), and it walks the objects of the requests still

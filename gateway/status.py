@@ -68,7 +68,7 @@ def _get_health(url: str, timeout_s: float) -> dict[str, Any]:
 def _offline_store_summary(config: GatewayConfig) -> dict[str, Any]:
     """Check the database read-only (no probe row is written while the gateway is down)."""
     from chatstate import state
-    from chatstate.state.__main__ import next_steps
+    from chatstate.state._files import next_steps
 
     if config.state_url:  # the Database's location: the URL with its password shown as ***
         shown = state.Database(url=config.state_url).location

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._database import probe
-from ._files import check_database, database_path, read_only, resolve_path
+from ._files import check_database, database_path, path_text, read_only, resolve_path, to_go_on
 from ._spec import StateStoreError, wall_clock_ms
 
 WHERE = "(:plugin IS NULL OR plugin_id = :plugin) AND (:ns IS NULL OR namespace = :ns)"
@@ -25,13 +25,6 @@ NAMESPACES = f"""SELECT plugin_id, namespace, sum(expires_at IS NULL OR expires_
 sum(expires_at IS NOT NULL AND expires_at <= :now) FROM entries WHERE {WHERE} GROUP BY plugin_id, namespace ORDER BY 1, 2"""
 LIVE_KEYS = f"""SELECT plugin_id, key, value, created_at, expires_at FROM entries WHERE {WHERE}
 AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key"""
-
-
-def path_text(text: str) -> str:
-    """A --state-dir / --path value (argparse `type`): never blank, which would be the current folder."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty (an empty path would be the current folder)")
-    return text
 
 
 def build_parser(prog: str = "python -m chatstate.state") -> argparse.ArgumentParser:
@@ -63,21 +56,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m chatstate.sta
     except BrokenPipeError:  # `... | head`: the reader has what it wanted; no traceback at exit either
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-
-
-def next_steps(path: str, code: str) -> str:
-    """What to do about an unusable database file (nothing here moves or deletes it)."""
-    if code == "SCHEMA_UNSUPPORTED":
-        return "it was written by a newer chatstate: run that version, or move it aside to start empty"
-    moved = f"move it aside to start with an empty store (mv {path} {path}.bad, and its -wal/-shm files if any)"
-    check = f"`sqlite3 {path}.bad 'PRAGMA integrity_check'` or `python -m chatstate state probe --path {path}.bad`"
-    return f"{moved}, then check the old file with {check}"
-
-
-def to_go_on(path: Path, exc: StateStoreError) -> str:
-    """ ". To go on: <next_steps>" after the error refusing a database file as unusable, else "" (nothing to move)."""
-    unusable = exc.code in ("CORRUPT", "OPEN_FAILED", "SCHEMA_UNSUPPORTED") and path.is_file() and not path.is_symlink()
-    return f". To go on: {next_steps(str(path), str(exc.code))}" if unusable else ""
 
 
 def _iso(ms: int | None) -> str | None:

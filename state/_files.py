@@ -4,6 +4,7 @@ modes kept after every write) and the read-only check of an existing file (openi
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -299,3 +300,25 @@ def check_database(path: PathArg = None) -> None:
     """Refuse, read-only, a state file that is not SQLite (OPEN_FAILED), is damaged (CORRUPT) or has a newer
     schema (SCHEMA_UNSUPPORTED); a missing or empty file is fine."""
     check_file(resolve_path(path))
+
+
+def path_text(text: str) -> str:
+    """A --state-dir / --path value (argparse `type`): never blank, which would be the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (an empty path would be the current folder)")
+    return text
+
+
+def next_steps(path: str, code: str) -> str:
+    """What to do about an unusable database file (nothing here moves or deletes it)."""
+    if code == "SCHEMA_UNSUPPORTED":
+        return "it was written by a newer chatstate: run that version, or move it aside to start empty"
+    moved = f"move it aside to start with an empty store (mv {path} {path}.bad, and its -wal/-shm files if any)"
+    check = f"`sqlite3 {path}.bad 'PRAGMA integrity_check'` or `python -m chatstate state probe --path {path}.bad`"
+    return f"{moved}, then check the old file with {check}"
+
+
+def to_go_on(path: Path, exc: StateStoreError) -> str:
+    """ ". To go on: <next_steps>" after the error refusing a database file as unusable, else "" (nothing to move)."""
+    unusable = exc.code in ("CORRUPT", "OPEN_FAILED", "SCHEMA_UNSUPPORTED") and path.is_file() and not path.is_symlink()
+    return f". To go on: {next_steps(str(path), str(exc.code))}" if unusable else ""

@@ -231,7 +231,8 @@ class SQLiteBackend:
 
     # -- operations ---------------------------------------------------------------------
     def write(self, w: Write) -> bool:
-        return self._transact(w.mode.value, lambda conn: self._apply(conn, w.mode.value, w))
+        op = w.mode.value  # once: an Enum's value is a Python-level property
+        return self._transact(op, lambda conn: self._apply(conn, op, w))
 
     def commit(self, writes: Sequence[Write]) -> bool:
         def work(conn: sqlite3.Connection) -> None:

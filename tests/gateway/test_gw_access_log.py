@@ -4,6 +4,7 @@ LogRecord through the formatter), for any path a caller can send."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -32,6 +33,21 @@ def stream() -> Iterator[io.StringIO]:
         root.setLevel(level)
 
 
+@contextlib.contextmanager
+def _owned(access: logs.AccessLogger) -> Iterator[None]:
+    """pytest's log capture puts its own handlers on the root for each test phase: taken off here,
+    so the line tested is the preformatted one, not a LogRecord through the formatter."""
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    assert logs._output is not None
+    root.handlers[:] = [logs._output.handler]
+    try:
+        assert logs._output.owns(access.logger)
+        yield
+    finally:
+        root.handlers[:] = handlers
+
+
 def _lines(out: io.StringIO) -> list[dict[str, object]]:
     logs.flush()
     return [json.loads(line) for line in out.getvalue().splitlines()]
@@ -44,7 +60,8 @@ def test_both_renderings_carry_the_same_fields(stream: io.StringIO, raw_path: st
     request = make_mocked_request("POST", raw_path)
     if plugin is not None:
         request[logs.PLUGIN_ID] = plugin
-    access.log(request, web.Response(status=201), 0.0123456)  # the preformatted line
+    with _owned(access):
+        access.log(request, web.Response(status=201), 0.0123456)  # the preformatted line
     extra = logging.StreamHandler(io.StringIO())
     logging.getLogger().addHandler(extra)  # logging reconfigured: the record goes through the formatter
     try:
@@ -59,3 +76,21 @@ def test_both_renderings_carry_the_same_fields(stream: io.StringIO, raw_path: st
         **{"path": request.path, "status": 201, "duration_ms": 12.346},
     }
     assert fast == expected | ({"plugin": plugin} if plugin else {})
+
+
+def test_each_line_names_its_own_request_on_one_connection(stream: io.StringIO) -> None:
+    access = logs.AccessLogger(logs.get("access").logger, "")  # aiohttp makes one per connection
+    asked = [
+        ("POST", "/echo", "echo"),
+        ("POST", "/echo", "echo"),
+        ("GET", "/echo/k", "echo"),
+        ("GET", "/healthz", None),
+    ]
+    with _owned(access):
+        for method, path, plugin in asked:
+            request = make_mocked_request(method, path)
+            if plugin is not None:
+                request[logs.PLUGIN_ID] = plugin
+            access.log(request, web.Response(status=200), 0.001)
+    got = [(line["method"], line["path"], line.get("plugin")) for line in _lines(stream)]
+    assert got == asked

@@ -33,7 +33,7 @@ import hmac
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import Field
@@ -56,9 +56,6 @@ from chatstate.gateway.sdk import (
     reply,
 )
 
-if TYPE_CHECKING:
-    from chatstate.state import Entry
-
 NAMESPACE = "echo.counters"
 DEFAULT_MAX_ENTRIES = 10_000  # counters kept; the oldest-written is evicted past this
 IDS_NAMESPACE = "echo.ids"  # the gate's claims: one done mark per request id
@@ -79,10 +76,6 @@ def _checked(key: str, what: str = "key") -> str:
         return ingress.check_key(key, what=what)
     except ingress.BadInput as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
-
-
-def _count(entry: Entry) -> int:
-    return int(entry.value["count"]) if isinstance(entry.value, dict) else 0
 
 
 def sign(secret: str, method: str, raw_path: str, body: bytes = b"") -> str:
@@ -184,11 +177,9 @@ class EchoPlugin(StatefulPlugin[Running]):
         """One plain write, durable before the answer; a 503 is never counted."""
         running = self.running
         async with running.locks.hold(key):
-            counters = running.counters  # a counter in memory of a healthy state is read with no await
-            cached = None if counters.last_error is not None else counters.memory.get(key.strip())
-            count = (await self._get(key) if cached is None else _count(cached)) + 1
+            count = await self._get(key) + 1
             try:
-                await counters.record(key, {"count": count}, or_raise=True)
+                await running.counters.record(key, {"count": count}, or_raise=True)
             except StateStoreError as exc:
                 raise self._refused(exc) from None
         return count
@@ -232,7 +223,7 @@ class EchoPlugin(StatefulPlugin[Running]):
                 raise self._refused(exc) from None
             if counters.last_error is not None:  # the read met a store fault
                 raise self._unavailable()
-        return 0 if entry is None else _count(entry)
+        return int(entry.value["count"]) if entry is not None and isinstance(entry.value, dict) else 0
 
     def _unavailable(self) -> web.HTTPServiceUnavailable:
         return web.HTTPServiceUnavailable(

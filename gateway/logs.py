@@ -106,10 +106,6 @@ class AccessLogger(AbstractAccessLogger):
         # what every line of this logger says between its time and its request (aiohttp makes
         # one AccessLogger per connection, so this is escaped once a connection, not a request)
         self._event = f'"level":"info","logger":{_quote(logger.name)},"event":"http_request"'
-        # a keep-alive connection mostly asks one route: its escaped plugin, method and path are
-        # kept until the next request differs
-        self._route: tuple[object, str, str] | None = None
-        self._route_text = ""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         if _output is None or not _output.owns(self.logger):
@@ -124,14 +120,11 @@ class AccessLogger(AbstractAccessLogger):
                 ),
             )
             return
-        route = (request.get(PLUGIN_ID), request.method, request.path)
-        if route != self._route:
-            plugin, method, path = route
-            served_by = "" if plugin is None else f',"plugin":{_quote(plugin)}'
-            self._route, self._route_text = route, f'{served_by},"method":{_quote(method)},"path":{_quote(path)}'
+        plugin = request.get(PLUGIN_ID)
+        served_by = "" if plugin is None else f',"plugin":{_quote(plugin)}'
         _output.queue(
-            f'{{"ts":{_now():.3f},{self._event}{self._route_text},"status":{response.status},'
-            f'"duration_ms":{time * 1000:.3f}}}'
+            f'{{"ts":{_now():.3f},{self._event}{served_by},"method":{_quote(request.method)},'
+            f'"path":{_quote(request.path)},"status":{response.status},"duration_ms":{time * 1000:.3f}}}'
         )
 
 

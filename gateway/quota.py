@@ -4,7 +4,7 @@ A capped namespace evicts its oldest rows, so without a quota one user's spam wo
 everyone else's live state (threads, panels, rows, approvals). `UserQuota` keeps one small row
 per user in its own namespace: counters in time buckets, so an admission reads and writes the
 same few bytes whether the user holds one item or five hundred, and its write is staged into
-the gate's done transaction (counted ⇔ the event is done).
+the caller's gate transaction (the claim's or the done mark's): counted ⇔ that one commits.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class UserQuota:
         self._locks = KeyedLocks()
 
     async def admit(self, user: str, writes: Writes) -> int | None:
-        """Count one more item for `user` into `writes` (committed with the done mark): None
+        """Count one more item for `user` into `writes` (counted once they commit): None
         when admitted, else the ms until their oldest item expires (for "try again in ...")."""
         async with self._locks.hold(user):
             now = self._clock()

@@ -2,8 +2,8 @@
 does the claim, the done mark, the ack budget and held events).
 
 - prepare: decide (`MentionPolicy` + the participation lookup); a thread new to the bot is
-  counted against the user's quota and recorded with the claim, before the post: once the reply
-  is visible a SIGKILL must not forget it (a follow-up may come before any redelivery);
+  recorded and counted against the user's quota with the claim, before the post: a SIGKILL after
+  it must not lose the thread (a follow-up may come first) nor its count (the retry finds it known);
 - work (`respond`): reply through `reply`, the one send path, so no path can forget to record;
 - check (`answered_before`), after a takeover of a dead process's lease: is our reply (it
   carries the event_id as metadata) already in the thread? Then stage what the dead process

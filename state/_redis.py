@@ -29,7 +29,7 @@ from redis.sentinel import MasterNotFoundError, Sentinel
 
 from . import _redis_layout as layout
 from ._redis_layout import shown_url
-from ._spec import Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write, new_version
+from ._spec import READ_OPS, Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write, new_version
 
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
 CLIENT_ERRORS = (redis.RedisError, errors.RedisClusterException)  # what redis-py raises
@@ -103,7 +103,7 @@ class RedisBackend:
         """Code, operation and message for a redis-py error, its retries behind us."""
         replied = isinstance(exc, (redis.ResponseError, errors.RedisClusterException))  # text: the server's reply
         text, name = (str(exc).splitlines() or [""])[0][:300] if replied else "", type(exc).__name__
-        failed = "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in ("lookup", "entries") else "WRITE_FAILED"
+        failed = "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in READ_OPS else "WRITE_FAILED"
         refused = layout.refused_in_script(text)  # a script's error wraps the server's reply, NOPERM inside
         if isinstance(exc, redis.AuthenticationError) or text.startswith(("WRONGPASS", "NOAUTH")):
             return "OPEN_FAILED", op, "Redis refused the credentials: check the user and password in the URL"

@@ -51,6 +51,7 @@ OPERATIONS = frozenset(
     "open register register_if_absent compare_and_set update lookup lookup_many consume delete delete_if "
     "clear count entries sweep probe close commit".split()
 )
+READ_OPS = frozenset({"lookup", "lookup_many", "entries", "count"})  # their driver faults are READ_FAILED
 
 
 class StateStoreError(Exception):

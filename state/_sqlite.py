@@ -18,11 +18,10 @@ from typing import Any, TypeVar
 
 from ._aio import outcome
 from ._files import CORRUPTION, Modes, check_file, migrate, prepare
-from ._spec import Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write
+from ._spec import READ_OPS, Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write
 
 WAL_AUTOCHECKPOINT_PAGES = 1_000  # SQLite's default, restored after a sweep
 WAL_RETRY_S = 0.005  # pause between attempts to switch a brand-new database to WAL
-READ_OPS = frozenset({"lookup", "lookup_many", "entries", "count"})
 NO_CURSOR = (-(2**63), "")  # sorts before every (created_at, key)
 T = TypeVar("T")
 

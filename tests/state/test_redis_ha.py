@@ -257,6 +257,19 @@ def test_a_missing_acl_permission_is_named(own_redis):
         assert "wrong" not in str(err.value) and "chatstate:***@" in str(err.value)
 
 
+def test_a_refused_read_is_read_failed_whichever_read_it_is(own_redis):
+    """The reads that run a script (lookup_many, count, entries) fail as reads, as on SQLite."""
+    with redis.Redis(port=own_redis.port) as admin:
+        line = documented_acl_line().replace(">PASSWORD", ">s3cret")
+        admin.execute_command(*line.replace(" +evalsha", "").replace(" +eval ", " ").split())
+        url = f"redis://chatstate:s3cret@127.0.0.1:{own_redis.port}/0"
+        with open_keyed_store("slack", "slack.events", max_entries=2, url=url) as store:
+            for read in (lambda: store.lookup_many(["a"]), store.count, store.entries):
+                with pytest.raises(StateStoreError) as err:
+                    read()
+                assert err.value.code == "READ_FAILED" and "NOPERM" in str(err.value), err.value
+
+
 def test_a_prefix_outside_the_users_key_pattern_is_named_with_the_fix(own_redis):
     with redis.Redis(port=own_redis.port) as admin:
         admin.execute_command(*documented_acl_line().replace(">PASSWORD", ">s3cret").split())

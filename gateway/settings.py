@@ -28,7 +28,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from chatstate.gateway.exits import ConfigError
-from chatstate.state._spec import env_path
+from chatstate.state._files import env_path
 
 ENV_PREFIX = "CHATSTATE_"
 S = TypeVar("S", bound="Settings")

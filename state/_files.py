@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeAlias
 
-from ._spec import SCHEMA_VERSION, StateStoreError, StoreSettings, env_path
+from ._spec import SCHEMA_VERSION, StateStoreError, StoreSettings
 
 PathArg: TypeAlias = "str | os.PathLike[str] | None"
 DIR_MODE, FILE_MODE = 0o700, 0o600
@@ -26,6 +26,11 @@ log = logging.getLogger("chatstate.state")
 
 
 # -- where the database is ------------------------------------------------------------------
+def env_path(env: Mapping[str, str], name: str) -> str | None:
+    """The path in variable `name`; a blank one is unset (as a path it would be the current folder)."""
+    return value if (value := env.get(name)) and value.strip() else None
+
+
 def state_dir(state_dir: PathArg = None, *, env: Mapping[str, str] | None = None) -> Path:
     """The state dir: the argument, else $CHATSTATE_HOME (from `env`, default os.environ), else ~/.chatstate."""
     home = state_dir if state_dir is not None else env_path(os.environ if env is None else env, "CHATSTATE_HOME")

@@ -9,7 +9,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, NamedTuple, Protocol
@@ -185,11 +185,6 @@ class Backend(Protocol):
     def reopened(self) -> None: ...  # another store joined: check the paths (OPEN_FAILED), re-apply modes
     def fault(self) -> str | None: ...  # the last post-commit problem that did not fail a write, or None
     def close(self) -> None: ...  # wait for calls in flight, checkpoint, close; later calls: UNAVAILABLE
-
-
-def env_path(env: Mapping[str, str], name: str) -> str | None:
-    """The path in variable `name`; a blank one is unset (as a path it would be the current folder)."""
-    return value if (value := env.get(name)) and value.strip() else None
 
 
 # -- input checks ----------------------------------------------------------------------------

@@ -272,7 +272,7 @@ class GatewayClient:
 
     async def _forget_session(self, reason: str) -> None:
         self._log.warning("discord_gateway_session_lost", extra={"reason": reason})
-        self.identify_reason = reason
+        self.identify_reason, self.status = reason, "reconnecting"  # no session: serves nothing until READY
         self._session, self._resuming, self._saved_seq, self._received = None, False, None, 0
         await self._state.drop()
 

@@ -105,11 +105,11 @@ def parse(body: bytes) -> Interaction:
             parts["custom_id"] = _text(data["custom_id"], 100)  # Discord's custom_id limit
         if kind is discord.InteractionType.component:
             parts["component_type"] = discord.ComponentType(data["component_type"])
-            parts["values"] = [_text(v, 100) for v in data.get("values", [])[:25]]
+            parts["values"] = [_text(v, 100) for v in (data.get("values") or [])[:25]]
         elif kind is discord.InteractionType.modal_submit:
             parts["fields"] = _modal_values(data["components"])
         elif kind is discord.InteractionType.application_command:
-            options = {str(o["name"]): o.get("value") for o in data.get("options", [])}
+            options = {str(o["name"]): o.get("value") for o in data.get("options") or []}
             if options.get("restrict_to") is not None:
                 options["restrict_to"] = _snowflake(options["restrict_to"])
             parts.update(command=_text(data["name"], 32), options=options)
@@ -141,7 +141,7 @@ def _modal_values(rows: list[dict[str, Any]]) -> dict[str, str]:
         elif row["type"] == _LABEL:
             inputs.append(row["component"])
     text_input = discord.ComponentType.text_input.value
-    return {str(i["custom_id"]): str(i.get("value", "")) for i in inputs if i["type"] == text_input}
+    return {str(i["custom_id"]): str(i.get("value") or "") for i in inputs if i["type"] == text_input}
 
 
 def gateway_frame(text: str) -> tuple[dict[str, Any] | None, str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -30,6 +31,7 @@ from chatstate.gateway.sdk import AdapterState
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # backoff after a failed /sync, last one repeats
 STOP_GRACE_S = 5.0  # how long stop() lets a batch being handled finish before cancelling it
 BACKFILL_PAGE = 100  # events per /messages call
+SYNC_GRACE_S = 15.0  # nio's: a long-poll unanswered this long past its timeout has timed out (and is retried)
 
 
 class SyncLoop:
@@ -46,10 +48,13 @@ class SyncLoop:
         self.last_truncated: dict[str, Any] | None = None
         self._handled_invites: set[str] = set()
         self._handling = False  # a batch is being handled and its token is not saved yet
+        self._answer_by: float | None = None  # monotonic time by which the /sync in flight is late
         self._stopping = False
 
     def health(self) -> dict[str, Any]:
-        counts = {"sync_error": self.last_error, "batches": self.batches, **asdict(self.flow.stats), **self.counters}
+        late = self._answer_by is not None and time.monotonic() > self._answer_by  # a hung homeserver
+        error = self.last_error or ("/sync unanswered past its timeout" if late else None)
+        counts = {"sync_error": error, "batches": self.batches, **asdict(self.flow.stats), **self.counters}
         counts |= {"events_malformed": self.io.client.malformed, "syncs_malformed": self.io.malformed_syncs}
         return {**counts, "last_backfill_truncated": self.last_truncated}
 
@@ -85,8 +90,9 @@ class SyncLoop:
         failures = 0
         while not self._stopping:
             try:
+                self._answer_by = time.monotonic() + self.settings.sync_timeout_ms / 1000 + SYNC_GRACE_S
                 resp = await self.io.sync(since=self.token, timeout_ms=self.settings.sync_timeout_ms)
-                self._handling = True
+                self._handling, self._answer_by = True, None
                 await self.handle(resp)
                 await self._advance(resp.next_batch)
             except Exception as exc:  # the network, the homeserver or our store: retry the sync

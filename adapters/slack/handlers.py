@@ -60,7 +60,7 @@ class MentionPolicy:
         """Return (answer?, why). `participated`: the bot has a live row for this thread."""
         if message.user == bot_user_id:
             return False, "own_message"
-        if message.mentions(bot_user_id):
+        if message.event_type == "app_mention" or message.mentions(bot_user_id):  # whatever its text says
             if message.event_type == "message" and message.channel_type != "im":
                 return False, "left_to_app_mention"
             return True, "explicit_mention"

@@ -15,13 +15,7 @@ from chatstate.adapters.teams.config import TeamsSettings
 from chatstate.adapters.teams.handlers import TeamsBot
 from chatstate.adapters.teams.platform import ReusedClients, TeamsCloudAdapter
 from chatstate.adapters.teams.state import ACTIVITIES, SentMessages, requesters_spec, spec_from_config
-from chatstate.gateway.sdk import (
-    AdapterState,
-    InboundGate,
-    PluginRuntime,
-    StatefulPlugin,
-    UserQuota,
-)
+from chatstate.gateway.sdk import AdapterState, InboundGate, PluginRuntime, StatefulPlugin, UserQuota
 
 MESSAGES_PATH = "/api/messages"  # the Bot Framework messaging endpoint
 

@@ -155,6 +155,26 @@ async def test_reconnect_and_invalid_session_ops(tmp_path: Path) -> None:
         assert sim.current_session().session_id != first
 
 
+async def test_healthz_is_degraded_from_invalid_session_until_the_new_ready(tmp_path: Path) -> None:
+    """INVALID_SESSION d=false ends the session; the bot waits 1-5 s before IDENTIFY, as Discord
+    asks. Nothing can arrive meanwhile, so /healthz must not say the link serves."""
+    sim = gateway_sim()
+    sim.extra_config["reidentify_delay_s"] = 5.0  # the wait before IDENTIFY is at least 1 s
+    async with GatewayHarness([sim], state_dir=tmp_path / "state") as gw:
+        await sim.invalidate(resumable=False)
+        async with asyncio.timeout(10):
+            while not any(e.get("event") == "discord_gateway_session_lost" for e in gw.logs()):
+                await asyncio.sleep(0.05)
+        _, body = await gw.healthz()
+        assert body["adapters"]["discord"]["status"] == "degraded", body["adapters"]["discord"]
+        await sim.wait_for(lambda recs: sum(r.kind == "gateway_identify" for r in recs) == 2)
+        async with asyncio.timeout(10):
+            while (await transport(gw))["status"] != "ready":
+                await asyncio.sleep(0.05)
+        _, body = await gw.healthz()
+        assert body["adapters"]["discord"].get("status", "ok") != "degraded"
+
+
 async def test_missing_heartbeat_ack_reconnects_and_resumes(tmp_path: Path) -> None:
     sim = gateway_sim(heartbeat_interval_ms=1_000)
     async with GatewayHarness([sim], state_dir=tmp_path / "state") as gw:

@@ -93,6 +93,20 @@ def test_parse_reads_label_wrapped_modal_inputs_and_dm_users() -> None:
     assert (parsed.fields, parsed.user_id) == ({"comment": "via label"}, "1100000000000000002")
 
 
+def test_parse_reads_a_null_optional_field_as_absent() -> None:
+    """Optional fields sent as null (options, values, a text input's value) read as absent: a
+    400 would leave the user's command or click unanswered, and a null comment is not "None"."""
+    command = fixture("application_command")
+    command["data"]["options"] = None
+    assert wire.parse(json.dumps(command).encode()).options == {}
+    select = fixture("component_select")
+    select["data"]["values"] = None
+    assert wire.parse(json.dumps(select).encode()).values == []
+    submit = fixture("modal_submit")
+    submit["data"]["components"][0]["components"][0]["value"] = None
+    assert wire.parse(json.dumps(submit).encode()).fields == {"comment": ""}
+
+
 @pytest.mark.parametrize(
     "body", [b"not json", b"[]", b'{"type": 99}', b'{"type": 3}', b'{"type": 3, "user": {"id": "1"}, "data": {}}']
 )

@@ -132,3 +132,32 @@ async def test_the_token_survives_a_new_instance_but_not_in_legacy(runtime: File
         await again.open(rt)
         assert await again.get(f"@bot{legacy}:s") == (None if legacy else {"version": 1, "next_batch": "s42"})
         await rt.close()
+
+
+async def test_a_sync_unanswered_past_its_timeout_is_a_sync_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A homeserver that takes the /sync and never answers (hung, not down): nio waits the
+    long-poll's timeout plus its grace, then retries, minutes in all; /healthz must not stay ok."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from chatstate.adapters.matrix import sync
+    from chatstate.adapters.matrix.handlers import Stats
+
+    monkeypatch.setattr(sync, "SYNC_GRACE_S", 0.05, raising=False)
+    asked = asyncio.Event()
+
+    async def hang(**_: object) -> None:
+        asked.set()
+        await asyncio.Event().wait()
+
+    io = SimpleNamespace(sync=hang, client=SimpleNamespace(malformed=0), malformed_syncs=0)
+    settings = MatrixSettings.from_table({"homeserver": "http://hs", "access_token": "t", "sync_timeout_ms": 0})
+    loop = sync.SyncLoop(SimpleNamespace(io=io, settings=settings, log=None, stats=Stats()), tokens=None)
+    task = asyncio.create_task(loop.run())
+    try:
+        await asyncio.wait_for(asked.wait(), 5)
+        assert loop.health()["sync_error"] is None  # within its timeout: a long-poll, not a fault
+        await asyncio.sleep(0.1)
+        assert loop.health()["sync_error"] == "/sync unanswered past its timeout"
+    finally:
+        await loop.stop(task)

@@ -31,6 +31,10 @@ def msg(
             False,
             (True, "explicit_mention"),
         ),
+        # an app_mention is Slack saying the bot was mentioned: a null text or the legacy
+        # `<@U..|name>` form does not make it a message with no mention
+        (MentionPolicy(), msg("", event_type="app_mention", channel_type=None), False, (True, "explicit_mention")),
+        (MentionPolicy(), msg(f"<@{BOT}|bot> hi", event_type="app_mention"), False, (True, "explicit_mention")),
         (MentionPolicy(), msg(f"<@{BOT}> hi"), False, (False, "left_to_app_mention")),
         (MentionPolicy(), msg(f"<@{BOT}> hi", channel_type="im"), False, (True, "explicit_mention")),
         (MentionPolicy(), msg("hi", channel_type="im"), False, (True, "direct_message")),

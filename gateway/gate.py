@@ -22,7 +22,9 @@ and, if it needs one, its prepare. The gate does the rest, in two durable writes
    takes the item over, checks, and works. A job without work is its prepared writes alone:
    its claim row is written already done, with them, in one conditional write. A running
    work's lease is renewed every third of a lease: only the lease of an owner that died runs
-   out, never that of a slow work (a platform answering 429s) that may still answer;
+   out, never that of a slow work (a platform answering 429s) that may still answer. A work
+   the platform refused for good (`Refused`: say, the bot is not in the channel) is marked
+   done with the prepared rows put back, and answered 2xx: a retry could only be refused again;
 4. with an ack budget, an item still running when it runs out is held (its `hold` value in
    the `held` namespace) and finishes in the background; so is one whose work failed on the
    platform's last attempt (`deliver(..., last_attempt=True)`: nobody would send it again).
@@ -38,57 +40,19 @@ import asyncio
 import contextlib
 import logging
 import math
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
-
-from aiohttp import web
 
 from chatstate.gateway import logs, metrics
 from chatstate.gateway.adapter_state import AdapterState
 from chatstate.gateway.clock import Clock, now_ms
-from chatstate.gateway.writes import Claim, Holding, Job, Writes
+from chatstate.gateway.writes import Answer, Claim, Holding, Job, Outcome, Refused, Writes
 from chatstate.state import StateStoreError
 
-__all__ = ["Answer", "Holding", "InboundGate", "Job", "Outcome", "Writes"]
+__all__ = ["Answer", "Holding", "InboundGate", "Job", "Outcome", "Refused", "Writes"]
 
 STOP_TIMEOUT_S = 10.0  # how long stop() waits for items still being worked on
 MIN_RECOVERY_INTERVAL_S = 0.2  # the recovery loop looks for orphaned held items every lease/2
 RENEWALS_PER_LEASE = 3  # a running work's lease is renewed once a third of it has passed
-
-
-class Outcome(Enum):
-    """What became of one delivery."""
-
-    DONE = "done"  # the work ran; its writes and the done mark are committed
-    ALREADY_DONE = "already_done"  # a duplicate of a finished item (or the check found its answer)
-    IN_PROGRESS = "in_progress"  # a duplicate of an item this process still works on after the ack budget
-    ACCEPTED = "accepted"  # still running after the ack budget: held, finishes in the background
-    LEASED = "leased"  # a live lease of another process holds it
-    FAILED = "failed"  # the work raised; the claim is released for the platform's retry
-    DRAINING = "draining"  # the gateway is stopping
-
-
-NOT_TAKEN = (Outcome.LEASED, Outcome.FAILED, Outcome.DRAINING)  # the platform must send it again
-
-
-@dataclass(frozen=True)
-class Answer:
-    """The gate's verdict on one delivery: `taken` says whether to ack it (2xx), `text` is the
-    work's own word for DONE ("replied"), else the outcome's name."""
-
-    outcome: Outcome
-    text: str
-    retry_after_s: int = 1
-
-    @property
-    def taken(self) -> bool:
-        return self.outcome not in NOT_TAKEN
-
-    def response(self) -> web.Response:
-        """The HTTP answer: 200, or 503 + Retry-After when the platform must send it again."""
-        headers = None if self.taken else {"Retry-After": str(self.retry_after_s)}
-        return web.Response(status=200 if self.taken else 503, headers=headers, text=self.text)
 
 
 class InboundGate:
@@ -232,6 +196,10 @@ class InboundGate:
             # recorded for a post that failed must not stay followed
             release = Writes(clock=self._clock)
             prepared.undo(release)
+            if isinstance(exc, Refused):  # every retry would be refused too: done, with nothing of it kept
+                self._mark_done(release, job, received_at)
+                await release.commit()
+                return Answer(Outcome.REFUSED, Outcome.REFUSED.value)
             release.put(self.claims, job.key, {"received_at": received_at, "lease_until": 0})
             # nobody sends it again: released and held in one write, for the recovery loop
             holding = self._holding if last_attempt and not self.claims.legacy and job.key not in self._held else None
@@ -244,15 +212,22 @@ class InboundGate:
             return Answer(Outcome.ACCEPTED, Outcome.ACCEPTED.value)
         finally:
             self._working.pop(job.key, None)
+        self._mark_done(writes, job, received_at)
+        await writes.commit()
+        return answer
+
+    def _mark_done(self, writes: Writes, job: Job, received_at: int) -> None:
+        """Stage `job`'s done mark, and the end of its holding if it was held."""
         writes.put(self.claims, job.key, {"received_at": received_at, "done_at": self._clock()})
         if job.key in self._held and self._holding is not None:
             self._held.discard(job.key)
             writes.delete(self._holding.state, job.key)
-        await writes.commit()
-        return answer
 
     def _failed(self, job: Job, exc: Exception) -> None:
         extra = {"namespace": self.claims.namespace, "key": job.key, "error": type(exc).__name__}
+        if isinstance(exc, Refused):  # the platform's reason: what an operator fixes (a bot not in a channel)
+            self._log.error("gate_work_refused", extra={**extra, "reason": str(exc)})
+            return
         self._log.warning("gate_work_failed", extra=extra)
 
     def _lease(self, received_at: int, *, done: bool) -> dict[str, Any]:

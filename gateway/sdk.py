@@ -7,7 +7,8 @@ checks it). The pieces, in the order an adapter meets them:
 - `StatefulPlugin`, `PluginRuntime`, `Route`: the plugin base (one frozen running object built
   in `build`, health rolled up, its `webhook` POSTed to `handle`) and what the gateway hands it;
 - `AdapterState`, `StateSpec`: one namespace of its state, memory in front of the keyed store;
-- `InboundGate`, `Job`, `Writes`, `Answer`, `Outcome`, `Holding`: exactly-once for inbound items;
+- `InboundGate`, `Job`, `Writes`, `Answer`, `Outcome`, `Holding`, `Refused`: exactly-once for
+  inbound items;
 - `UserQuota`, `KeyedLocks`: the per-user quota and keyed async locks;
 - `Approval`, `ApprovalService`, `Decision`, `DECISIONS`: pending approvals in the core store;
 - `reply`: the user's reply hook (`reply.respond(reply.Message(...), default=..., send=...)`);
@@ -21,7 +22,7 @@ from chatstate.gateway import ingress, reply
 from chatstate.gateway.adapter_state import CALLER_ERRORS, AdapterState, StateSpec
 from chatstate.gateway.approvals import DECISIONS, Approval, ApprovalService, Decision
 from chatstate.gateway.clock import Clock, now_ms
-from chatstate.gateway.gate import Answer, Holding, InboundGate, Job, Outcome, Writes
+from chatstate.gateway.gate import Answer, Holding, InboundGate, Job, Outcome, Refused, Writes
 from chatstate.gateway.logs import get as log
 from chatstate.gateway.plugin import PluginRuntime, Route
 from chatstate.gateway.quota import KeyedLocks, UserQuota
@@ -45,6 +46,7 @@ __all__ = [
     "KeyedLocks",
     "Outcome",
     "PluginRuntime",
+    "Refused",
     "Route",
     "StateSpec",
     "StateStoreError",

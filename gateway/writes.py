@@ -1,5 +1,6 @@
-"""An inbound item as an adapter hands it to the gate (`Job`; `Holding`: where one acked before
-its work is done is kept), and its writes, each set committed in one transaction: what its
+"""The gate's vocabulary: an inbound item as an adapter hands it to the gate (`Job`; `Holding`:
+where one acked before its work is done is kept), what the gate answers (`Outcome`, `Answer`;
+`Refused`, raised by a work the platform refused for good), and the item's writes, each set committed in one transaction: what its
 prepare stages (with the gate's claim, one conditional write), and what its work stages (with
 the done mark).
 
@@ -12,7 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
+
+from aiohttp import web
 
 from chatstate.gateway.adapter_state import CALLER_ERRORS, AdapterState, Staged
 from chatstate.gateway.clock import Clock, now_ms
@@ -134,3 +138,43 @@ class Job:
     # read what the work needs and stage what must be durable before its effect (committed with
     # the claim, in one transaction); a job without `work` is its prepared writes alone
     prepare: Callable[[Writes], Awaitable[None]] | None = None
+
+
+class Outcome(Enum):
+    """What became of one delivery."""
+
+    DONE = "done"  # the work ran; its writes and the done mark are committed
+    ALREADY_DONE = "already_done"  # a duplicate of a finished item (or the check found its answer)
+    IN_PROGRESS = "in_progress"  # a duplicate of an item this process still works on after the ack budget
+    ACCEPTED = "accepted"  # still running after the ack budget: held, finishes in the background
+    LEASED = "leased"  # a live lease of another process holds it
+    FAILED = "failed"  # the work raised; the claim is released for the platform's retry
+    REFUSED = "refused"  # the platform refused the work's effect for good: done, nothing to retry
+    DRAINING = "draining"  # the gateway is stopping
+
+
+NOT_TAKEN = (Outcome.LEASED, Outcome.FAILED, Outcome.DRAINING)  # the platform must send it again
+
+
+class Refused(Exception):
+    """Raised by a work whose effect the platform refused for good (a documented final error,
+    like Slack's `not_in_channel`): the same call would be refused on every retry."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The gate's verdict on one delivery: `taken` says whether to ack it (2xx), `text` is the
+    work's own word for DONE ("replied"), else the outcome's name."""
+
+    outcome: Outcome
+    text: str
+    retry_after_s: int = 1
+
+    @property
+    def taken(self) -> bool:
+        return self.outcome not in NOT_TAKEN
+
+    def response(self) -> web.Response:
+        """The HTTP answer: 200, or 503 + Retry-After when the platform must send it again."""
+        headers = None if self.taken else {"Retry-After": str(self.retry_after_s)}
+        return web.Response(status=200 if self.taken else 503, headers=headers, text=self.text)

@@ -23,10 +23,12 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from chatstate.gateway.sdk import ingress
+from chatstate.gateway.sdk import Refused, ingress
 
 MESSAGE_EVENTS = ("app_mention", "message")  # the event types the bot may answer
 REPLY_METADATA_TYPE = "chatstate_reply"  # message metadata on each reply: which event it answers
+# chat.postMessage's errors that the same post meets on every retry (the rest, auth ones included, may pass later)
+FINAL_ERRORS = {"channel_not_found", "not_in_channel", "is_archived", "msg_too_long", "no_text", "restricted_action"}
 USER_SUBTYPES = ("thread_broadcast",)  # message subtypes that are still a user talking to us
 # Web API retries (slack-sdk's own handlers), bounded: each caps the attempts it may add.
 RATE_LIMIT_RETRIES = 2  # 429: wait Retry-After (+ <1 s jitter), then again
@@ -223,8 +225,8 @@ class SlackApi:
         The message carries metadata naming the `event_id` it answers, so a retry after a crash
         can find it (`find_reply`), and so can the retry guard after an ambiguous failure: when
         the call fails with a 5xx or no answer, the thread is checked and a reply found there
-        counts as posted (no second post). Raises slack_sdk.errors.SlackApiError (ok=false, or
-        retries exhausted) and aiohttp.ClientError (network).
+        counts as posted (no second post). Raises `Refused` for an error no retry helps, else
+        slack_sdk.errors.SlackApiError (ok=false, or retries exhausted), aiohttp.ClientError.
         """
         metadata = {"event_type": REPLY_METADATA_TYPE, "event_payload": {"event_id": event_id}}
         post = _Post(channel, thread_ts, event_id)
@@ -240,6 +242,9 @@ class SlackApi:
                 post.found_ts = await self._find_posted(post)
             if post.found_ts is not None:
                 return post.found_ts
+            data = exc.response.data if isinstance(exc, SlackApiError) and not ambiguous else None
+            if isinstance(data, dict) and data.get("error") in FINAL_ERRORS:
+                raise Refused(f"chat.postMessage: {data['error']}") from exc
             raise
         finally:
             _POSTING.reset(token)

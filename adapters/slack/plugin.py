@@ -31,15 +31,7 @@ from chatstate.adapters.slack.handlers import SlackBot
 from chatstate.adapters.slack.platform import RequestVerifier, SlackApi, is_last_attempt, parse_message
 from chatstate.adapters.slack.socket_mode import SocketModeTransport
 from chatstate.adapters.slack.state import ThreadParticipation, specs
-from chatstate.gateway.sdk import (
-    AdapterState,
-    Holding,
-    InboundGate,
-    PluginRuntime,
-    StatefulPlugin,
-    UserQuota,
-    ingress,
-)
+from chatstate.gateway.sdk import AdapterState, Holding, InboundGate, PluginRuntime, StatefulPlugin, UserQuota, ingress
 
 EVENTS_PATH = "/slack/events"
 

@@ -4,10 +4,9 @@ In a channel or group chat the bot answers only when @mentioned, or when the mes
 (or reacts to) a message the bot itself sent within the last 24 h: `reply_to_bot`; in a personal
 chat, everything. Every answer starts with `[<classification>]`, so people and tests see why the
 bot spoke. An edit (`messageUpdate`) is never answered: its message was, or was not, when sent.
-A deleted bot message (`messageDelete`) is forgotten: a reply to it needs a mention again.
-An `invoke` the bot does not implement (a card action, a task module, a message extension) is
-acknowledged 200 with a null body, like every other activity it does not act on: botbuilder's 501
-would be a server error on the channel's side for a well-formed request.
+A deleted bot message (`messageDelete`) is forgotten: a reply to it needs a mention again. An
+`invoke` the bot does not implement (a card action, a task module) is acked 200 with a null body:
+botbuilder's 501 would be a server error on the channel's side for a well-formed request.
 
 One answer per `message`, `messageReaction` and `conversationUpdate` (the greeting):
 `sdk.InboundGate` keyed like `state.sent_key`; the work is the botbuilder turn, its sends staging
@@ -29,11 +28,9 @@ from botframework.connector.auth import AuthenticateRequestResult
 
 from chatstate.adapters.teams.platform import WRITES, Log, TeamsCloudAdapter, staged
 from chatstate.adapters.teams.state import SentMessages, sent_key
-from chatstate.gateway.sdk import InboundGate, Job, Writes, reply
+from chatstate.gateway.sdk import InboundGate, Job, Refused, Writes, reply
 
-# the activity types the bot may answer (a greeting answers a conversationUpdate): gated, so a
-# redelivered copy is answered once
-ANSWERED_TYPES = ("message", "messageReaction", "conversationUpdate")
+ANSWERED_TYPES = ("message", "messageReaction", "conversationUpdate")  # gated: a redelivered copy is answered once
 Classification = Literal["mention", "reply_to_bot", "personal", "ignored"]  # why it is (not) for the bot
 
 
@@ -46,9 +43,8 @@ def _bot_mentions(activity: Activity) -> list[dict[str, Any]]:
 
 def text_for_bot(activity: Activity) -> str:
     """The message text without the bot's own @mention (its `<at>name</at>`, removed literally);
-    "" when the text is null or absent (a card or an image only). Not botbuilder's
-    `remove_recipient_mention`: a null text, no recipient or a name such as "C++ (bot)" (it is
-    used as a regular expression) would raise."""
+    "" when the text is null or absent. Not botbuilder's `remove_recipient_mention`: a null text,
+    no recipient or a name such as "C++ (bot)" (used as a regular expression) would raise."""
     text = activity.text if isinstance(activity.text, str) else ""
     for mention in _bot_mentions(activity):
         if isinstance(mention.get("text"), str) and mention["text"]:
@@ -66,12 +62,15 @@ class TeamsBot(ActivityHandler):
     log: Log
 
     async def answer(self, authenticated: AuthenticateRequestResult, activity: Activity) -> web.Response:
-        """Run the turn: through the gate if it may be answered (200, or 503 + Retry-After: send it
-        again), else with its writes committed after it (502 when the Bot Connector refused)."""
+        """Run the turn: through the gate if it may be answered (200, or 503 + Retry-After), else
+        with its writes committed after it (502 when the Bot Connector failed; 200 if `Refused`)."""
         if activity.type in ANSWERED_TYPES and activity.id:
             return (await self.gate.deliver(self.job(authenticated, activity))).response()
-        async with staged() as writes:
-            invoke = await self.adapter.run(authenticated, activity, self, writes)
+        try:
+            async with staged() as writes:
+                invoke = await self.adapter.run(authenticated, activity, self, writes)
+        except Refused:  # logged as bot_connector_failed
+            invoke = None
         return web.Response(status=200) if invoke is None else web.json_response(invoke.body, status=invoke.status)
 
     def job(self, authenticated: AuthenticateRequestResult, activity: Activity) -> Job:

@@ -32,7 +32,7 @@ from msrest.exceptions import ClientRequestError, DeserializationError, HttpOper
 
 from chatstate.adapters.teams.auth import MAX_TOKEN_CHARS, KeysUnavailable, TokenCheck
 from chatstate.adapters.teams.state import ID_HASH_CHARS, SentMessages
-from chatstate.gateway.sdk import UserQuota, Writes, ingress
+from chatstate.gateway.sdk import Refused, UserQuota, Writes, ingress
 
 _T = TypeVar("_T")
 _V = TypeVar("_V")
@@ -44,6 +44,7 @@ WRITES = "chatstate.writes"  # the turn state's key for the turn's staged writes
 SEND_RETRIES = 3  # a send refused with 429 or 502/503/504 is tried again at most this often
 MAX_RETRY_AFTER_S = 10  # a longer Retry-After fails the send instead (the channel redelivers)
 BACKOFF_S = 0.25  # 502/503/504: wait 0.25, 0.5, 1 s
+FINAL_STATUSES = (400, 403, 404)  # a send every retry meets too: malformed or too big, bot blocked or removed
 MAX_CLIENTS = 64  # distinct (app id, serviceUrl, audience) kept; the least recently used leaves
 
 
@@ -146,7 +147,7 @@ class TeamsCloudAdapter(CloudAdapterBase):
         self, authenticated: AuthenticateRequestResult, activity: Activity, bot: Bot, writes: Writes
     ) -> InvokeResponse | None:
         """Run the turn, its sends staging into `writes`; 502 when the Bot Connector refused a
-        send (after its retries)."""
+        send (after its retries), `Refused` when it refused it for good (FINAL_STATUSES)."""
 
         async def turn(context: TurnContext) -> None:
             context.turn_state[WRITES] = writes
@@ -155,7 +156,10 @@ class TeamsCloudAdapter(CloudAdapterBase):
         try:
             return await self.process_activity(authenticated, activity, turn)
         except (HttpOperationError, ClientRequestError) as exc:
-            self._log.error("bot_connector_failed", extra={"error": type(exc).__name__})
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            self._log.error("bot_connector_failed", extra={"error": type(exc).__name__, "status": status})
+            if status in FINAL_STATUSES:
+                raise Refused(f"bot connector {status}") from None
             raise web.HTTPBadGateway(text=f"bot connector call failed: {type(exc).__name__}") from None
 
     async def _guarded(self, auth: Awaitable[_T]) -> _T:

@@ -89,9 +89,11 @@ class SlackSimulator(SimulatorServer, SlackEvents):
         self._epoch = int(time.time())
         # Fault knobs for tests: while `hold_posts` is set, chat.postMessage waits for that
         # future: True posts as usual, False drops the message (Slack never got it). `fail_posts`
-        # answers ok=false without posting.
+        # answers ok=false without posting (a transient `fatal_error`); `refuse_posts` names an
+        # error that every retry meets too (say "not_in_channel": the bot was removed).
         self.hold_posts: asyncio.Future[bool] | None = None
         self.fail_posts = False
+        self.refuse_posts: str | None = None
         self.post_arrived = asyncio.Event()  # set when a chat.postMessage reaches the simulator
         self.post_calls = 0
 
@@ -149,8 +151,8 @@ class SlackSimulator(SimulatorServer, SlackEvents):
             return web.json_response({"ok": False, "error": "service_unavailable"}, status=503)
         if self.hold_posts is not None and not await asyncio.shield(self.hold_posts):
             return web.json_response({"ok": False, "error": "request_timeout"})
-        if self.fail_posts:
-            return web.json_response({"ok": False, "error": "fatal_error"})
+        if self.fail_posts or self.refuse_posts:
+            return web.json_response({"ok": False, "error": self.refuse_posts or "fatal_error"})
         ts = self.next_ts()
         message = {
             "type": "message",

@@ -71,6 +71,7 @@ class TeamsSimulator(SimulatorServer):
         self.deleted: set[str] = set()  # ids of bot messages deleted (soft-deleted in Teams)
         # while set, a send waits for this future before Teams takes it (a slow Bot Connector)
         self.hold_sends: asyncio.Future[bool] | None = None
+        self.refuse_sends: int | None = None  # a status every send meets (403: the bot was removed)
         self.send_arrived = asyncio.Event()
         self.open_deliveries = 0  # activities POSTed to the gateway and not yet answered
         self._faults: Counter[str] = Counter()  # transient faults played per send body
@@ -154,6 +155,8 @@ class TeamsSimulator(SimulatorServer):
         self.send_arrived.set()
         if self.hold_sends is not None:
             await asyncio.shield(self.hold_sends)
+        if self.refuse_sends is not None:
+            return web.json_response({"error": {"code": "Forbidden", "message": "no"}}, status=self.refuse_sends)
         n, e = self.send_calls, self.edges
         send_key = json.dumps([request.path, body], sort_keys=True)
         if e.max_faults_per_send is not None and self._faults[send_key] >= e.max_faults_per_send:

@@ -21,6 +21,7 @@ from chatstate.gateway.sdk import (
     Job,
     KeyedLocks,
     Outcome,
+    Refused,
     StateSpec,
     UserQuota,
     Writes,
@@ -359,6 +360,31 @@ async def test_a_failed_work_puts_the_prepared_rows_back_in_the_release(procs: l
     assert retried.outcome is Outcome.DONE  # a takeover: prepared again, checked, worked
     assert rows(db, "test.rows") == {"kept": {"n": 6}, "new": {"by": "prepare"}, "e1": {"by": "work"}}
     assert p.calls == ["prepare", "work e1", "prepare", "check e1", "work e1"]
+
+
+async def test_a_work_refused_for_good_is_done_with_the_prepared_rows_put_back(
+    procs: list[Process], tmp_path: Path
+) -> None:
+    clock = Clock()
+    p = await new(procs, tmp_path, clock)
+    p.gate = InboundGate(p.claims, lease_ms=LEASE_MS, holding=Holding(p.held, lambda k, v: None), clock=clock)
+    db = tmp_path / "state.sqlite"
+    await p.rows.record("kept", {"n": 5}, ttl_ms=60_000)
+
+    async def refused(writes: Writes) -> str:
+        writes.put(p.rows, "e1", {"by": "work"})
+        raise Refused("not_in_channel")
+
+    before = op_counts()
+    job = replace(p.job("e1"), work=refused, prepare=preparing(p))
+    answer = await p.gate.deliver(job, last_attempt=True)  # not held: nothing is left to finish
+    assert (answer.outcome, answer.text, answer.response().status) == (Outcome.REFUSED, "refused", 200)
+    assert writes_since(before) == {"commit": 2}  # claim + prepared, then done + undo
+    assert rows(db, "test.rows") == {"kept": {"n": 5}}  # bumped row restored, new rows gone
+    assert rows(db, "test.claims")["e1"]["done_at"] == clock.now and rows(db, "test.held") == {}
+    clock.now += 2 * LEASE_MS
+    again = await p.gate.deliver(replace(p.job("e1"), prepare=preparing(p)))  # the platform's retry
+    assert again.outcome is Outcome.ALREADY_DONE and p.calls == ["prepare", "prepare"]  # no check, no work
 
 
 async def test_a_prepare_that_fails_claims_nothing(procs: list[Process], tmp_path: Path) -> None:

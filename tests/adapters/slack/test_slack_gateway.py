@@ -178,6 +178,30 @@ async def test_failed_post_releases_the_event_for_the_retry(gw: GatewayHarness, 
     assert len(stored(gw.database_path, THREADS_NAMESPACE)) == len(stored(gw.database_path, STARTERS_NAMESPACE)) == 1
 
 
+@pytest.mark.parametrize("error", ["not_in_channel", "is_archived", "msg_too_long"])
+async def test_a_post_slack_refuses_for_good_is_done_not_retried(
+    gw: GatewayHarness, slack: SlackSimulator, error: str
+) -> None:
+    """An error every retry would meet too (the bot was removed from the channel): the event is
+    acked and marked done, nothing is recorded or counted, and Slack's retries post nothing."""
+    event = slack.mention_event("anyone?")
+    slack.refuse_posts = error
+    first = await slack.deliver(event)
+    assert (first.status, first.body) == (200, "refused")
+    slack.refuse_posts = None  # a retry that went through now would be a late second effect
+    for retry_num in (1, 2, 3):
+        retry = await slack.deliver(event, retry_num=retry_num)
+        assert (retry.status, retry.body) == (200, "already_done")
+    assert slack.posts() == [] and slack.post_calls == 1
+    [claim] = stored(gw.database_path, EVENTS_NAMESPACE)
+    assert "done_at" in claim.value
+    assert stored(gw.database_path, THREADS_NAMESPACE) == []  # the thread is not followed
+    assert stored(gw.database_path, STARTERS_NAMESPACE) == []  # nor counted against the user
+    assert stored(gw.database_path, PENDING_NAMESPACE) == []
+    [refused] = [e for e in gw.logs() if e.get("event") == "gate_work_refused"]
+    assert refused["reason"] == f"chat.postMessage: {error}"  # what the operator reads and fixes
+
+
 async def test_a_reply_failing_on_slacks_last_retry_is_held_and_posted_later(
     slack: SlackSimulator, tmp_path: Path
 ) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from botbuilder.core import TurnContext
 from botbuilder.schema import Activity, ConversationAccount
 from teams_helpers import LocalGateway, sent_rows
 
+from chatstate.adapters.teams.state import ACTIVITIES
 from chatstate.gateway.sim.teams import TeamsSimulator, new_signing_key
 
 CHANNEL = "19:general0123456789@thread.tacv2"
@@ -128,6 +130,25 @@ async def test_bot_connector_refusing_the_send_is_503_and_records_nothing(sim: T
         # the gate released the activity: 503 + Retry-After asks the channel to send it again
         assert await sim.deliver(sim.activity("message_mention")) == 503
         assert sent_rows(db) == {}
+
+
+@pytest.mark.parametrize("status", [400, 403, 404])
+async def test_a_send_refused_for_good_is_200_done_and_not_sent_again(
+    sim: TeamsSimulator, db: Path, status: int
+) -> None:
+    """The bot removed from the conversation (403), it gone (404), the activity refused (400):
+    every redelivery would meet the same answer, so the activity is acked and marked done."""
+    async with LocalGateway(sim, db):
+        activity = sim.activity("message_mention")
+        sim.refuse_sends = status
+        assert await sim.deliver(activity) == 200
+        sim.refuse_sends = None
+        assert await sim.deliver(activity) == 200  # the redelivery: already done, nothing sent
+        assert sim.send_calls == 1 and sim.sent() == [] and sent_rows(db) == {}
+        [claim] = sent_rows(db, ACTIVITIES).values()
+        assert "done_at" in claim.value
+        sim.refuse_sends = status
+        assert await sim.deliver(sim.activity("message_mention", id=None)) == 200  # not gated: the same
 
 
 async def test_legacy_mode_keeps_sends_in_memory_only(sim: TeamsSimulator, db: Path) -> None:

@@ -47,7 +47,10 @@ def resolve_path(path: PathArg) -> Path:
     if path is None:
         return database_path()
     p = Path(path).expanduser()  # a symlink is never taken for a directory: the backend refuses it
-    return database_path(p) if p.is_dir() and not p.is_symlink() else p
+    # A directory at `plugin-state/state.sqlite` (what the gateway and the CLI pass) is the database file's place
+    # taken, refused by the open (rule 18), never a state dir to nest a second database in.
+    at_file = p.name == "state.sqlite" and p.parent.name == "plugin-state"
+    return database_path(p) if p.is_dir() and not p.is_symlink() and not at_file else p
 
 
 def check_where(path: object, url: object, settings: object, op: str = "open") -> None:
@@ -291,7 +294,7 @@ def check_file(path: Path, *, create: bool = False) -> bool:
     """Check the database's place (with `create`, make it), then `_check_file` a file with content unless this
     process checked it unchanged; whether the directory is the store's own (see `prepare`)."""
     if path.is_dir() and not path.is_symlink():
-        raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory", path=str(path))
+        raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory; move it away", path=str(path))
     own_dir, has_content = prepare(path, create=create)
     before = _fingerprint(path) if has_content else None
     if has_content and (before is None or _checked.get(str(path)) != before):

@@ -15,15 +15,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from functools import partial
+from inspect import signature
 from itertools import chain
 from typing import Any, cast
-from urllib.parse import parse_qsl, unquote, urlunsplit
+from urllib.parse import parse_qsl, unquote
 
 import redis
 from redis import exceptions as errors
 from redis.backoff import ExponentialBackoff
-from redis.cluster import ClusterNode, RedisCluster
-from redis.connection import parse_url
+from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
+from redis.connection import AbstractConnection, SSLConnection, parse_url
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
@@ -33,6 +34,17 @@ from ._spec import READ_OPS, Decode, Mode, NamespaceSpec, Row, StateStoreError, 
 
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
 CLIENT_ERRORS = (redis.RedisError, errors.RedisClusterException)  # what redis-py raises
+# What a cluster URL's query may hold: the cluster client's own arguments and what it hands its connections
+# (REDIS_ALLOWED_KEYS), plus any other connection argument, which redis-py takes and the cluster client ignores.
+CLUSTER_KNOWN = frozenset(
+    chain(
+        REDIS_ALLOWED_KEYS,
+        *(
+            signature(f).parameters
+            for f in (RedisCluster.__init__, AbstractConnection.__init__, SSLConnection.__init__)
+        ),
+    )
+)
 
 
 class RedisBackend:
@@ -58,9 +70,8 @@ class RedisBackend:
                 self._call("open", self._migrate)
         except BaseException as exc:
             self._client.close()  # a failed open leaves no pool behind
-            if isinstance(exc, TypeError):
-                unknown = "the Redis URL has an option neither we nor redis-py know"
-                raise self._fail("INVALID_INPUT", "open", unknown) from None
+            if isinstance(exc, TypeError):  # redis-py's "unexpected keyword argument 'name'": a name, never a value
+                raise self._unknown_option(str(exc).rpartition(" ")[2].strip("'")) from None
             raise
 
     def _connect(self, url: str) -> Any:
@@ -74,7 +85,8 @@ class RedisBackend:
         common: dict[str, Any] = {"decode_responses": True, "retry": retry, **timeouts}
         try:
             if not hosts:
-                return redis.Redis.from_url(urlunsplit(parts._replace(query=theirs)), **common)
+                # spelled out: urlunsplit drops the '//' of a scheme it does not know (unix:///run/r.sock)
+                return redis.Redis.from_url(f"{parts.scheme}://{parts.netloc}{parts.path}?{theirs}", **common)
             creds, at, _ = parts.netloc.rpartition("@")  # redis-py's parser reads the rest, one host's worth
             kwargs = parse_url(f"redis://{creds}{at}localhost/{'' if cluster else db}?{theirs}")
             for name in ("host", "port", "db") if cluster else ("host", "port"):
@@ -83,6 +95,8 @@ class RedisBackend:
                 why = "is for redis:// and redis+sentinel:// URLs; on a cluster run each shard's replicas with"
                 raise self._fail("INVALID_INPUT", "open", f"min_replicas_acked {why} min-replicas-to-write instead")
             if cluster:
+                if unknown := sorted(set(kwargs) - CLUSTER_KNOWN):  # RedisCluster would drop them silently
+                    raise self._unknown_option(", ".join(unknown))
                 try:  # RedisCluster asks a node for the slot map at once
                     return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], **kwargs, **common)
                 except CLIENT_ERRORS as exc:
@@ -95,6 +109,11 @@ class RedisBackend:
             return self._sentinel.master_for(service, **kwargs, **common)
         except (ValueError, TypeError, redis.RedisError) as exc:
             raise self._fail("INVALID_INPUT", "open", f"bad Redis URL ({exc})") from None
+
+    def _unknown_option(self, names: str) -> StateStoreError:
+        ours = "prefix, retries, min_replicas_acked, ... (docs/state.md)"
+        message = f"the Redis URL has an option neither we nor redis-py know: {names}; ours are {ours}"
+        return self._fail("INVALID_INPUT", "open", message)
 
     def _fail(self, code: str, op: str, message: str) -> StateStoreError:
         return StateStoreError(code, op, message, path=self.location)

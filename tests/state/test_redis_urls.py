@@ -1,0 +1,47 @@
+"""The Redis URL forms docs/state.md lists, opened as an operator writes them: `unix://` to a real
+server's socket, and an option nobody knows named (on every form, a cluster included)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis_ha import ClusterGroup
+from redis_support import RedisServer, with_prefix
+
+from chatstate.state import StateStoreError, open_keyed_store, probe
+
+
+@pytest.fixture
+def unix_socket() -> Iterator[Path]:
+    """A real server listening on a socket only (port 0): a short folder, a socket path has ~100 bytes."""
+    with tempfile.TemporaryDirectory(prefix="cs-") as folder:
+        sock = Path(folder) / "redis.sock"
+        server = RedisServer(Path(folder), extra=["--unixsocket", str(sock), "--unixsocketperm", "700"])
+        server.start()  # its readiness PING goes to the TCP port it also listens on
+        try:
+            yield sock
+        finally:
+            server.stop()
+
+
+def test_a_unix_socket_url_opens_and_keeps_the_contract(unix_socket):
+    url = f"unix://{unix_socket}?prefix=t&db=1"
+    with open_keyed_store("p", "ns", max_entries=1, url=url) as store:
+        store.register("a", {"v": 1})
+        store.register("b", {"v": 2})  # evicts a
+        assert (store.lookup("a"), store.lookup("b"), store.location) == (None, {"v": 2}, url)
+    assert probe(url=url)["ok"] is True
+
+
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+def test_an_unknown_option_is_invalid_input_naming_it(kind, redis_url, cluster: ClusterGroup):
+    url = with_prefix(redis_url, "t") if kind == "redis" else cluster.url("prefix=t")
+    with pytest.raises(StateStoreError) as err:
+        open_keyed_store("p", "ns", max_entries=1, url=f"{url}&prefx=typo")  # a typo of prefix
+    assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "open")
+    assert "neither we nor redis-py know: prefx;" in str(err.value)
+    with open_keyed_store("p", "ns", max_entries=1, url=f"{url}&socket_keepalive=true") as store:  # redis-py's own
+        store.register("k", 1)

@@ -173,11 +173,11 @@ class RedisBackend:
             return "OPEN_FAILED", op, f"TLS handshake failed: {str(exc)[:300]}"
         if "previous master is now a slave" in str(exc):
             return "UNAVAILABLE", op, "the primary was demoted (failover) and no new one answered yet"
-        why = type(exc).__name__
+        why, fix = type(exc).__name__, ": start it, or fix the address in the URL"
         if op == "open" and str(exc).startswith("Connection closed by server"):  # before any reply (later: a lost link)
-            fix = "the TLS server wants a client certificate, give one (ssl_certfile, ssl_keyfile)"
-            why += f": closed at once; if {fix if self._tls else 'that port speaks TLS, use rediss://'}"
-        return "UNAVAILABLE", op, f"Redis unreachable after {self.options.retries} retries ({why})"
+            tls = "the TLS server wants a client certificate, give one (ssl_certfile, ssl_keyfile)"
+            why, fix = f"{why}: closed at once; if {tls if self._tls else 'that port speaks TLS, use rediss://'}", ""
+        return "UNAVAILABLE", op, f"Redis unreachable after {self.options.retries} retries ({why}){fix}"
 
     def _no_master(self, op: str) -> tuple[str, str, str]:
         """No primary from the sentinels: all of them down, or a service they do not monitor."""

@@ -23,6 +23,7 @@ WHERE = "(:plugin IS NULL OR plugin_id = :plugin) AND (:ns IS NULL OR namespace 
 # "IS NOT NULL AND": `expires_at <= :now` alone is NULL for a never-expiring row; a sum of NULLs is NULL, not 0.
 NAMESPACES = f"""SELECT plugin_id, namespace, sum(expires_at IS NULL OR expires_at > :now),
 sum(expires_at IS NOT NULL AND expires_at <= :now) FROM entries WHERE {WHERE} GROUP BY plugin_id, namespace ORDER BY 1, 2"""
+FOREIGN = ". Is that the state database? It lives at <state dir>/plugin-state/state.sqlite: give --state-dir D"
 LIVE_KEYS = f"""SELECT plugin_id, key, value, created_at, expires_at FROM entries WHERE {WHERE}
 AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key"""
 
@@ -66,7 +67,11 @@ def _inspect(args: argparse.Namespace, path: Path) -> int:
     try:
         check_database(path)  # read-only: a damaged file is reported, never touched
     except StateStoreError as exc:
-        print(f"{exc}{to_go_on(path, exc)}", file=sys.stderr)
+        # Moving a file aside starts an empty store only for the store's own file; any other is someone's file.
+        hint = (
+            to_go_on(path, exc) if path.parent.name == "plugin-state" else FOREIGN if exc.code == "OPEN_FAILED" else ""
+        )
+        print(f"{exc}{hint}", file=sys.stderr)
         return 1
     if not path.exists():
         where = "pass the right one with --state-dir D or --path FILE, or start a gateway on it first"

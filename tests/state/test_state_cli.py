@@ -195,3 +195,14 @@ def test_inspect_of_a_damaged_database_says_how_to_move_it_aside_and_check_it(st
     assert "not a SQLite database" in err
     assert f"mv {db_path} {db_path}.bad" in err and f"sqlite3 {db_path}.bad 'PRAGMA integrity_check'" in err
     assert db_path.read_bytes() == b"this is not a SQLite database\n" * 200
+
+
+def test_inspect_of_a_file_elsewhere_that_is_not_sqlite_never_advises_moving_it(tmp_path, capsys):
+    """`--path` at someone's file (a typo, the wrong argument): moving it aside would start no store."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    assert cli_main(["inspect", "--path", str(notes)]) == 1
+    err = capsys.readouterr().err
+    assert "not a SQLite database" in err and f"mv {notes}" not in err
+    assert "plugin-state/state.sqlite" in err and "--state-dir" in err
+    assert notes.read_text() == "my notes\n"

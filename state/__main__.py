@@ -37,12 +37,19 @@ def build_parser(prog: str = "python -m chatstate.state") -> argparse.ArgumentPa
     for group in where.values():
         group.add_argument("--state-dir", type=path_text, help="state dir (default $CHATSTATE_HOME or ~/.chatstate)")
         group.add_argument("--path", type=path_text, help="the database file itself, instead of --state-dir")
-    where[p].add_argument("--url", help="probe a redis:// backend instead of the SQLite file")
+    where[p].add_argument("--url", type=_url_text, help="probe a redis:// backend instead of the SQLite file")
     i.add_argument("--plugin", help="only this plugin id")
     i.add_argument("--namespace", help="only this namespace (lists its keys)")
     i.add_argument("--values", action="store_true", help="also print stored values (off by default)")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _url_text(text: str) -> str:
+    """A --url value (argparse `type`): never blank (`--url "$UNSET"`), which would probe the SQLite file instead."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (an empty --url would probe the SQLite file instead)")
+    return text
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m chatstate.state") -> int:

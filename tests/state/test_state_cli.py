@@ -102,10 +102,13 @@ EMPTY_PLACE = "must not be empty"  # an empty place to look is not the current f
         (["probe", "--state-dir", ""], EMPTY_PLACE),
         (["probe", "--path", " "], EMPTY_PLACE),
         (["inspect", "--state-dir", ""], EMPTY_PLACE),
+        (["probe", "--url", ""], EMPTY_PLACE),  # `--url "$UNSET"`: never the SQLite file instead
+        (["probe", "--url", " "], EMPTY_PLACE),
     ],
 )
 def test_a_place_to_look_given_twice_or_empty_is_bad_usage(where, said, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHATSTATE_HOME", str(tmp_path / "home"))
     with pytest.raises(SystemExit) as done:
         cli_main(where)
     assert done.value.code == 2 and said in capsys.readouterr().err

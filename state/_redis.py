@@ -34,17 +34,10 @@ from ._spec import READ_OPS, Decode, Mode, NamespaceSpec, Row, StateStoreError, 
 
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
 CLIENT_ERRORS = (redis.RedisError, errors.RedisClusterException)  # what redis-py raises
-# What a cluster URL's query may hold: the cluster client's own arguments and what it hands its connections
-# (REDIS_ALLOWED_KEYS), plus any other connection argument, which redis-py takes and the cluster client ignores.
-CLUSTER_KNOWN = frozenset(
-    chain(
-        REDIS_ALLOWED_KEYS,
-        *(
-            signature(f).parameters
-            for f in (RedisCluster.__init__, AbstractConnection.__init__, SSLConnection.__init__)
-        ),
-    )
-)
+# A cluster URL's options: the cluster client's arguments and any connection argument (redis-py ignores those the
+# cluster client does not pass on); anything else is a typo RedisCluster would drop silently.
+_INITS = (RedisCluster.__init__, AbstractConnection.__init__, SSLConnection.__init__)
+CLUSTER_KNOWN = frozenset(chain(REDIS_ALLOWED_KEYS, *(signature(f).parameters for f in _INITS)))
 
 
 class RedisBackend:
@@ -85,8 +78,8 @@ class RedisBackend:
         common: dict[str, Any] = {"decode_responses": True, "retry": retry, **timeouts}
         try:
             if not hosts:
-                # spelled out: urlunsplit drops the '//' of a scheme it does not know (unix:///run/r.sock)
-                return redis.Redis.from_url(f"{parts.scheme}://{parts.netloc}{parts.path}?{theirs}", **common)
+                one = f"{parts.scheme}://{parts.netloc}{parts.path}?{theirs}"  # urlunsplit drops unix:///'s '//'
+                return redis.Redis.from_url(one, **common)
             creds, at, _ = parts.netloc.rpartition("@")  # redis-py's parser reads the rest, one host's worth
             kwargs = parse_url(f"redis://{creds}{at}localhost/{'' if cluster else db}?{theirs}")
             for name in ("host", "port", "db") if cluster else ("host", "port"):

@@ -82,6 +82,10 @@ class RedisBackend:
                 return redis.Redis.from_url(one, **common)
             creds, at, _ = parts.netloc.rpartition("@")  # redis-py's parser reads the rest, one host's worth
             kwargs = parse_url(f"redis://{creds}{at}localhost/{'' if cluster else db}?{theirs}")
+            if cluster and {service or "0", db or "0", str(kwargs.get("db", 0))} != {"0"}:  # else dropped silently
+                raise self._fail(
+                    "INVALID_INPUT", "open", "a Redis Cluster has one database (0): drop the /db from the URL"
+                )
             for name in ("host", "port", "db") if cluster else ("host", "port"):
                 kwargs.pop(name, None)
             if cluster and o.min_replicas_acked:

@@ -45,3 +45,16 @@ def test_an_unknown_option_is_invalid_input_naming_it(kind, redis_url, cluster: 
     assert "neither we nor redis-py know: prefx;" in str(err.value)
     with open_keyed_store("p", "ns", max_entries=1, url=f"{url}&socket_keepalive=true") as store:  # redis-py's own
         store.register("k", 1)
+
+
+@pytest.mark.parametrize(("where", "refused"), [("/3", True), ("?db=2&", True), ("/0", False), ("?db=0&", False)])
+def test_a_cluster_url_naming_a_database_other_than_0_is_refused(where, refused, cluster: ClusterGroup):
+    """A cluster has database 0 only: a /3 was dropped silently, and the rows went to 0."""
+    url = cluster.url().rstrip("/") + (where if where.startswith("?") else f"{where}?") + "prefix=t"
+    if refused:
+        with pytest.raises(StateStoreError) as err:
+            open_keyed_store("p", "ns", max_entries=1, url=url)
+        assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "open") and "one database" in str(err.value)
+    else:
+        with open_keyed_store("p", "ns", max_entries=1, url=url) as store:
+            store.register("k", 1)

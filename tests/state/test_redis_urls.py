@@ -58,3 +58,19 @@ def test_a_cluster_url_naming_a_database_other_than_0_is_refused(where, refused,
     else:
         with open_keyed_store("p", "ns", max_entries=1, url=url) as store:
             store.register("k", 1)
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ("retries=abc", "'retries' is malformed: it takes a whole number"),
+        ("retries=-1", "retries must be >= 0"),
+        ("op_result_ttl_ms=0&expiry_grace_ms=-5", "expiry_grace_ms must be >= 0; op_result_ttl_ms must be >= 1"),
+    ],
+)
+def test_a_bad_option_of_ours_is_named_with_its_range_and_the_url(query, said):
+    url = f"redis://u:pw@127.0.0.1:1/0?{query}"  # refused before any connection
+    with pytest.raises(StateStoreError) as err:
+        open_keyed_store("p", "ns", max_entries=1, url=url)
+    assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "open") and said in str(err.value)
+    assert err.value.path == url.replace(":pw@", ":***@")  # which URL, its password hidden

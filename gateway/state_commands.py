@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from chatstate.gateway.config import load_config
-from chatstate.gateway.exits import STORE_UNUSABLE, GatewayExit
+from chatstate.gateway.exits import BAD_CONFIG, STORE_UNUSABLE, GatewayExit
 from chatstate.gateway.launch import CONFIG_ENV, config_path
 from chatstate.gateway.pidfile import check_state_dir
 
@@ -64,6 +64,14 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(config_file)
         if config.state_url and args.state_command == "probe":
             rest += ["--url", config.state_url]
+        elif config.state_url:  # the SQLite file in the state dir is not this gateway's store: never list it instead
+            from chatstate.state._redis_layout import shown_url
+
+            raise GatewayExit(
+                BAD_CONFIG,
+                f"state inspect reads a SQLite file, but this gateway's store is Redis ({shown_url(config.state_url)}): "
+                "check it with `chatstate state probe`, or give --state-dir D or --path FILE to inspect a SQLite file",
+            )
         else:
             rest += ["--state-dir", str(config.state_dir)]
     if "--state-dir" in rest and rest.index("--state-dir") + 1 < len(rest):

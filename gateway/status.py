@@ -68,7 +68,7 @@ def _get_health(url: str, timeout_s: float) -> dict[str, Any]:
 def _offline_store_summary(config: GatewayConfig) -> dict[str, Any]:
     """Check the database read-only (no probe row is written while the gateway is down)."""
     from chatstate import state
-    from chatstate.state._files import next_steps
+    from chatstate.state._files import to_go_on
 
     if config.state_url:  # the Database's location: the URL with its password shown as ***
         shown = state.Database(url=config.state_url).location
@@ -80,13 +80,10 @@ def _offline_store_summary(config: GatewayConfig) -> dict[str, Any]:
     try:
         state.check_database(path)
     except state.StateStoreError as exc:
-        return {
-            "ok": False,
-            "database_path": str(path),
-            "code": str(exc.code),
-            "message": str(exc),
-            "next": next_steps(str(path), str(exc.code)),
-        }
+        refused = {"ok": False, "database_path": str(path), "code": str(exc.code), "message": str(exc)}
+        if steps := to_go_on(path, exc).removeprefix(". To go on: "):  # none when its owner or place is the fault
+            refused["next"] = steps
+        return refused
     return {"ok": True, "database_path": str(path), "exists": True}
 
 
@@ -101,7 +98,8 @@ def status_text(r: dict[str, Any]) -> str:
         elif store["ok"]:
             line = f"store: ok {store.get('database_path', '')}"
         else:
-            line = f"store: UNUSABLE ({store.get('code')}) {store.get('message')}; {store.get('next')}"
+            line = f"store: UNUSABLE ({store.get('code')}) {store.get('message')}"
+            line += f"; {store['next']}" if "next" in store else ""
         return f"gateway: not running (state dir {r['state_dir']})\n{line}"
     lines = [f"gateway: running pid {r.get('pid')} up {r.get('uptime_s', 0):.1f}s at {r.get('url') or '(starting)'}"]
     if "health" in r:

@@ -23,6 +23,7 @@ WHERE = "(:plugin IS NULL OR plugin_id = :plugin) AND (:ns IS NULL OR namespace 
 # "IS NOT NULL AND": `expires_at <= :now` alone is NULL for a never-expiring row; a sum of NULLs is NULL, not 0.
 NAMESPACES = f"""SELECT plugin_id, namespace, sum(expires_at IS NULL OR expires_at > :now),
 sum(expires_at IS NOT NULL AND expires_at <= :now) FROM entries WHERE {WHERE} GROUP BY plugin_id, namespace ORDER BY 1, 2"""
+FOREIGN = ". Is that the state database? It lives at <state dir>/plugin-state/state.sqlite: give --state-dir D"
 LIVE_KEYS = f"""SELECT plugin_id, key, value, created_at, expires_at FROM entries WHERE {WHERE}
 AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key"""
 
@@ -36,12 +37,19 @@ def build_parser(prog: str = "python -m chatstate.state") -> argparse.ArgumentPa
     for group in where.values():
         group.add_argument("--state-dir", type=path_text, help="state dir (default $CHATSTATE_HOME or ~/.chatstate)")
         group.add_argument("--path", type=path_text, help="the database file itself, instead of --state-dir")
-    where[p].add_argument("--url", help="probe a redis:// backend instead of the SQLite file")
+    where[p].add_argument("--url", type=_url_text, help="probe a redis:// backend instead of the SQLite file")
     i.add_argument("--plugin", help="only this plugin id")
     i.add_argument("--namespace", help="only this namespace (lists its keys)")
     i.add_argument("--values", action="store_true", help="also print stored values (off by default)")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _url_text(text: str) -> str:
+    """A --url value (argparse `type`): never blank (`--url "$UNSET"`), which would probe the SQLite file instead."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (an empty --url would probe the SQLite file instead)")
+    return text
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m chatstate.state") -> int:
@@ -66,7 +74,11 @@ def _inspect(args: argparse.Namespace, path: Path) -> int:
     try:
         check_database(path)  # read-only: a damaged file is reported, never touched
     except StateStoreError as exc:
-        print(f"{exc}{to_go_on(path, exc)}", file=sys.stderr)
+        # Moving a file aside starts an empty store only for the store's own file; any other is someone's file.
+        hint = (
+            to_go_on(path, exc) if path.parent.name == "plugin-state" else FOREIGN if exc.code == "OPEN_FAILED" else ""
+        )
+        print(f"{exc}{hint}", file=sys.stderr)
         return 1
     if not path.exists():
         where = "pass the right one with --state-dir D or --path FILE, or start a gateway on it first"

@@ -21,6 +21,7 @@ PathArg: TypeAlias = "str | os.PathLike[str] | None"
 DIR_MODE, FILE_MODE = 0o700, 0o600
 SIDE_FILES = ("-wal", "-shm")
 SQLITE_HEADER = b"SQLite format 3\x00"
+NOT_SQLITE = "the file at the state path is not a SQLite database"
 CORRUPTION = ("malformed", "not a database", "corrupt")  # what SQLite says of a damaged file
 log = logging.getLogger("chatstate.state")
 
@@ -47,7 +48,10 @@ def resolve_path(path: PathArg) -> Path:
     if path is None:
         return database_path()
     p = Path(path).expanduser()  # a symlink is never taken for a directory: the backend refuses it
-    return database_path(p) if p.is_dir() and not p.is_symlink() else p
+    # A directory at `plugin-state/state.sqlite` (what the gateway and the CLI pass) is the database file's place
+    # taken, refused by the open (rule 18), never a state dir to nest a second database in.
+    at_file = p.name == "state.sqlite" and p.parent.name == "plugin-state"
+    return database_path(p) if p.is_dir() and not p.is_symlink() and not at_file else p
 
 
 def check_where(path: object, url: object, settings: object, op: str = "open") -> None:
@@ -273,7 +277,7 @@ def _check_file(path: Path, where: str) -> None:
         message = f"cannot read the state file ({exc.strerror})"
         raise StateStoreError("OPEN_FAILED", "open", message, path=where) from None
     if header != SQLITE_HEADER:
-        raise StateStoreError("OPEN_FAILED", "open", "the file at the state path is not a SQLite database", path=where)
+        raise StateStoreError("OPEN_FAILED", "open", NOT_SQLITE, path=where)
     try:
         with contextlib.closing(read_only(path)) as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -291,7 +295,7 @@ def check_file(path: Path, *, create: bool = False) -> bool:
     """Check the database's place (with `create`, make it), then `_check_file` a file with content unless this
     process checked it unchanged; whether the directory is the store's own (see `prepare`)."""
     if path.is_dir() and not path.is_symlink():
-        raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory", path=str(path))
+        raise StateStoreError("OPEN_FAILED", "open", "the state path is a directory; move it away", path=str(path))
     own_dir, has_content = prepare(path, create=create)
     before = _fingerprint(path) if has_content else None
     if has_content and (before is None or _checked.get(str(path)) != before):
@@ -324,6 +328,8 @@ def next_steps(path: str, code: str) -> str:
 
 
 def to_go_on(path: Path, exc: StateStoreError) -> str:
-    """ ". To go on: <next_steps>" after the error refusing a database file as unusable, else "" (nothing to move)."""
-    unusable = exc.code in ("CORRUPT", "OPEN_FAILED", "SCHEMA_UNSUPPORTED") and path.is_file() and not path.is_symlink()
+    """ ". To go on: <next_steps>" after the error refusing a database file for what it holds, else "": a file refused
+    for where it is (a symlink, another uid's, a directory of another uid) is fine, and moving it aside fixes nothing."""
+    content = exc.code in ("CORRUPT", "SCHEMA_UNSUPPORTED") or (exc.code == "OPEN_FAILED" and NOT_SQLITE in str(exc))
+    unusable = content and path.is_file() and not path.is_symlink()
     return f". To go on: {next_steps(str(path), str(exc.code))}" if unusable else ""

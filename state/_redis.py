@@ -15,15 +15,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from functools import partial
+from inspect import signature
 from itertools import chain
 from typing import Any, cast
-from urllib.parse import parse_qsl, unquote, urlunsplit
+from urllib.parse import parse_qsl, unquote
 
 import redis
 from redis import exceptions as errors
 from redis.backoff import ExponentialBackoff
-from redis.cluster import ClusterNode, RedisCluster
-from redis.connection import parse_url
+from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
+from redis.connection import AbstractConnection, SSLConnection, parse_url
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
@@ -33,6 +34,10 @@ from ._spec import READ_OPS, Decode, Mode, NamespaceSpec, Row, StateStoreError, 
 
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
 CLIENT_ERRORS = (redis.RedisError, errors.RedisClusterException)  # what redis-py raises
+# A cluster URL's options: the cluster client's arguments and any connection argument (redis-py ignores those the
+# cluster client does not pass on); anything else is a typo RedisCluster would drop silently.
+_INITS = (RedisCluster.__init__, AbstractConnection.__init__, SSLConnection.__init__)
+CLUSTER_KNOWN = frozenset(chain(REDIS_ALLOWED_KEYS, *(signature(f).parameters for f in _INITS)))
 
 
 class RedisBackend:
@@ -58,9 +63,8 @@ class RedisBackend:
                 self._call("open", self._migrate)
         except BaseException as exc:
             self._client.close()  # a failed open leaves no pool behind
-            if isinstance(exc, TypeError):
-                unknown = "the Redis URL has an option neither we nor redis-py know"
-                raise self._fail("INVALID_INPUT", "open", unknown) from None
+            if isinstance(exc, TypeError):  # redis-py's "unexpected keyword argument 'name'": a name, never a value
+                raise self._unknown_option(str(exc).rpartition(" ")[2].strip("'")) from None
             raise
 
     def _connect(self, url: str) -> Any:
@@ -74,15 +78,22 @@ class RedisBackend:
         common: dict[str, Any] = {"decode_responses": True, "retry": retry, **timeouts}
         try:
             if not hosts:
-                return redis.Redis.from_url(urlunsplit(parts._replace(query=theirs)), **common)
+                one = f"{parts.scheme}://{parts.netloc}{parts.path}?{theirs}"  # urlunsplit drops unix:///'s '//'
+                return redis.Redis.from_url(one, **common)
             creds, at, _ = parts.netloc.rpartition("@")  # redis-py's parser reads the rest, one host's worth
             kwargs = parse_url(f"redis://{creds}{at}localhost/{'' if cluster else db}?{theirs}")
+            if cluster and {service or "0", db or "0", str(kwargs.get("db", 0))} != {"0"}:  # else dropped silently
+                raise self._fail(
+                    "INVALID_INPUT", "open", "a Redis Cluster has one database (0): drop the /db from the URL"
+                )
             for name in ("host", "port", "db") if cluster else ("host", "port"):
                 kwargs.pop(name, None)
             if cluster and o.min_replicas_acked:
                 why = "is for redis:// and redis+sentinel:// URLs; on a cluster run each shard's replicas with"
                 raise self._fail("INVALID_INPUT", "open", f"min_replicas_acked {why} min-replicas-to-write instead")
             if cluster:
+                if unknown := sorted(set(kwargs) - CLUSTER_KNOWN):  # RedisCluster would drop them silently
+                    raise self._unknown_option(", ".join(unknown))
                 try:  # RedisCluster asks a node for the slot map at once
                     return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], **kwargs, **common)
                 except CLIENT_ERRORS as exc:
@@ -95,6 +106,11 @@ class RedisBackend:
             return self._sentinel.master_for(service, **kwargs, **common)
         except (ValueError, TypeError, redis.RedisError) as exc:
             raise self._fail("INVALID_INPUT", "open", f"bad Redis URL ({exc})") from None
+
+    def _unknown_option(self, names: str) -> StateStoreError:
+        ours = "prefix, retries, min_replicas_acked, ... (docs/state.md)"
+        message = f"the Redis URL has an option neither we nor redis-py know: {names}; ours are {ours}"
+        return self._fail("INVALID_INPUT", "open", message)
 
     def _fail(self, code: str, op: str, message: str) -> StateStoreError:
         return StateStoreError(code, op, message, path=self.location)
@@ -154,11 +170,11 @@ class RedisBackend:
             return "OPEN_FAILED", op, f"TLS handshake failed: {str(exc)[:300]}"
         if "previous master is now a slave" in str(exc):
             return "UNAVAILABLE", op, "the primary was demoted (failover) and no new one answered yet"
-        why = type(exc).__name__
+        why, fix = type(exc).__name__, ": start it, or fix the address in the URL"
         if op == "open" and str(exc).startswith("Connection closed by server"):  # before any reply (later: a lost link)
-            fix = "the TLS server wants a client certificate, give one (ssl_certfile, ssl_keyfile)"
-            why += f": closed at once; if {fix if self._tls else 'that port speaks TLS, use rediss://'}"
-        return "UNAVAILABLE", op, f"Redis unreachable after {self.options.retries} retries ({why})"
+            tls = "the TLS server wants a client certificate, give one (ssl_certfile, ssl_keyfile)"
+            why, fix = f"{why}: closed at once; if {tls if self._tls else 'that port speaks TLS, use rediss://'}", ""
+        return "UNAVAILABLE", op, f"Redis unreachable after {self.options.retries} retries ({why}){fix}"
 
     def _no_master(self, op: str) -> tuple[str, str, str]:
         """No primary from the sentinels: all of them down, or a service they do not monitor."""

@@ -45,22 +45,26 @@ class RedisOptions:
     sentinel_password: str = ""
 
     @classmethod
-    def from_query(cls, query: str) -> tuple[RedisOptions, str]:
-        """Ours of a URL query's options, and redis-py's as a query again. Raises INVALID_INPUT."""
-        kinds, bad = {k: type(v) for k, v in cls().__dict__.items()}, partial(StateStoreError, "INVALID_INPUT", "open")
+    def from_query(cls, query: str, path: str = "") -> tuple[RedisOptions, str]:
+        """Ours of a URL query's options, and redis-py's as a query again. Raises INVALID_INPUT (at `path`)."""
+        kinds = {k: type(v) for k, v in cls().__dict__.items()}
+        bad = partial(StateStoreError, "INVALID_INPUT", "open", path=path or None)
         pairs, values = parse_qsl(query, keep_blank_values=True), {}
         for name, text in ((k, v) for k, v in pairs if k in kinds):
             try:
                 values[name] = kinds[name](text)
             except ValueError:
-                raise bad(f"Redis URL option {name!r} is malformed") from None
+                raise bad(
+                    f"Redis URL option {name!r} is malformed: it takes a {'whole ' if kinds[name] is int else ''}number"
+                ) from None
         o = cls(**values)
         if not o.prefix or any(c in o.prefix for c in "{} \n"):
             why = "a non-empty word without braces (keys carry their own hash tag, one per plugin, for Redis Cluster)"
             raise bad(f"Redis URL option 'prefix' must be {why}")
-        numbers = (o.retries, o.expiry_grace_ms, o.min_replicas_acked)
-        if min(numbers) < 0 or min(o.op_result_ttl_ms, o.replica_ack_timeout_ms) < 1:
-            raise bad("Redis URL options must not be negative")
+        floors = {"retries": 0, "expiry_grace_ms": 0, "min_replicas_acked": 0, "op_result_ttl_ms": 1}
+        floors["replica_ack_timeout_ms"] = 1
+        if low := [f"{k} must be >= {m}" for k, m in floors.items() if getattr(o, k) < m]:
+            raise bad(f"Redis URL options must not be negative: {'; '.join(low)}")
         return o, urlencode([(k, v) for k, v in pairs if k not in kinds])
 
 
@@ -78,7 +82,7 @@ def split_url(url: str, path: str) -> tuple[SplitResult, RedisOptions, str, list
         raise bad(f"bad Redis URL ({exc}); {ENCODE_HINT}") from None
     if "@" in parts.path + parts.query + parts.fragment:  # a '/', '?' or '#' in the password ended the
         raise bad(f"the URL has an '@' after its host part; {ENCODE_HINT}")  # host: redis-py would quote it
-    options, theirs = RedisOptions.from_query(parts.query)
+    options, theirs = RedisOptions.from_query(parts.query, path)
     hosts, service, db = [], "", parts.path.strip("/")
     if scheme in ("redis+sentinel", "redis+cluster"):
         for text in parts.netloc.rpartition("@")[2].split(","):

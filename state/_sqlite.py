@@ -98,6 +98,10 @@ class _Slot:
     batch: list[bool] | None = None  # [spoiled] while `run_batch` holds a transaction
 
 
+# A lock wait that ran out: whose lock it was and what to do (a busy store cannot tell it from a stuck one).
+LOCKED = " after busy_timeout_s: another process held the write lock (a second gateway on this state dir?); stop it"
+
+
 class SQLiteBackend:
     """The keyed store's statements on one database file, for the `Database` that owns it."""
 
@@ -160,7 +164,7 @@ class SQLiteBackend:
     def _driver_error(self, op: str, exc: sqlite3.Error, *, open_error: bool = False) -> StateStoreError:
         code = "OPEN_FAILED" if open_error or op == "open" else "READ_FAILED" if op in READ_OPS else "WRITE_FAILED"
         code = "CORRUPT" if any(w in str(exc).lower() for w in CORRUPTION) else code
-        return self._fail(code, op, f"SQLite said: {exc}")
+        return self._fail(code, op, f"SQLite said: {exc}{LOCKED if 'locked' in str(exc) else ''}")
 
     def _query(self, op: str, statement: str, params: tuple[object, ...] | dict[str, object] = ()) -> list[Any]:
         """Run one read; close() waits for it. In `run_batch` it reads the batch's transaction, its lock held."""

@@ -23,6 +23,7 @@ from ._spec import (
     UPDATE_ATTEMPTS,
     Clock,
     Entry,
+    Json,
     Mode,
     NamespaceSpec,
     Row,
@@ -179,13 +180,15 @@ class KeyedStore:
         """Store and return `fn(live value or None)`: a claim or a compare_and_set on the version read, `fn`
         (pure) called again on a lost race, up to `max_attempts` times. Raises as `register`, and CONFLICT."""
         attempts = check_int(max_attempts, 1, 1_000, "update", "max_attempts")
+        check_ttl(ttl_ms, "update")
         for _ in range(attempts):
             entry = self.lookup_entry(key)
             new = fn(None if entry is None else entry.value)
+            text = Json(serialize_value(new, "update", self.max_value_bytes))  # fn's bad value: update's error
             if entry is None:
-                applied = self.register_if_absent(key, new, ttl_ms=ttl_ms)
+                applied = self.register_if_absent(key, text, ttl_ms=ttl_ms)
             else:
-                applied = self.compare_and_set(key, new, version=entry.version, ttl_ms=ttl_ms)
+                applied = self.compare_and_set(key, text, version=entry.version, ttl_ms=ttl_ms)
             if applied:
                 return new
         message = f"the row kept changing: gave up after {attempts} attempts"

@@ -106,6 +106,22 @@ async def test_a_corrupt_database_says_how_to_move_it_aside_and_check_it(tmp_pat
     assert db.read_bytes() == b"this is not a SQLite database\n" * 200
 
 
+async def test_a_database_of_another_uid_says_chown_never_move_it_aside(tmp_path: Path) -> None:
+    """A healthy file whose owner is wrong: moving it aside would start an empty store and drop its rows."""
+    assert os.geteuid() == 0, "chowning to another uid needs root (the CI container runs as root)"
+    from chatstate.state import database_path, open_keyed_store
+
+    with open_keyed_store("p", "ns", max_entries=1, path=database_path(tmp_path / "s")) as store:
+        store.register("k", 1)
+    os.chown(database_path(tmp_path / "s"), 65534, 65534)
+    started = await run_gateway_cli("start", "--state-dir", str(tmp_path / "s"), "--port", "0")
+    status = await run_gateway_cli("status", "--state-dir", str(tmp_path / "s"))
+    assert started.returncode == 3 and status.returncode == 1
+    for text in (started.stderr, status.stdout):
+        assert "owned by uid 65534" in text and "chown" in text
+        assert "move it aside" not in text and "mv " not in text
+
+
 async def test_a_plugin_start_failure_is_one_line_with_the_traceback_in_the_log(tmp_path: Path) -> None:
     config = tmp_path / "gw.toml"
     config.write_text(f'external_plugins = ["gw_ext_plugin:BrokenStartPlugin"]\n[gateway]\nport = {free_port()}\n')

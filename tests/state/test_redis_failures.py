@@ -34,6 +34,7 @@ def test_unreachable_server_is_unavailable_then_recovers(own_redis):
                 call()
             assert (err.value.code, err.value.operation) == ("UNAVAILABLE", op)
             assert err.value.path == url
+            assert "start it, or fix the address in the URL" in str(err.value)  # what the operator can do
         own_redis.start()  # same port: the same store object reconnects on its own
         store.register("after", 2)
         assert [e.key for e in store.entries()] == ["before", "after"]  # appendonly kept "before"

@@ -102,10 +102,13 @@ EMPTY_PLACE = "must not be empty"  # an empty place to look is not the current f
         (["probe", "--state-dir", ""], EMPTY_PLACE),
         (["probe", "--path", " "], EMPTY_PLACE),
         (["inspect", "--state-dir", ""], EMPTY_PLACE),
+        (["probe", "--url", ""], EMPTY_PLACE),  # `--url "$UNSET"`: never the SQLite file instead
+        (["probe", "--url", " "], EMPTY_PLACE),
     ],
 )
 def test_a_place_to_look_given_twice_or_empty_is_bad_usage(where, said, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHATSTATE_HOME", str(tmp_path / "home"))
     with pytest.raises(SystemExit) as done:
         cli_main(where)
     assert done.value.code == 2 and said in capsys.readouterr().err
@@ -195,3 +198,14 @@ def test_inspect_of_a_damaged_database_says_how_to_move_it_aside_and_check_it(st
     assert "not a SQLite database" in err
     assert f"mv {db_path} {db_path}.bad" in err and f"sqlite3 {db_path}.bad 'PRAGMA integrity_check'" in err
     assert db_path.read_bytes() == b"this is not a SQLite database\n" * 200
+
+
+def test_inspect_of_a_file_elsewhere_that_is_not_sqlite_never_advises_moving_it(tmp_path, capsys):
+    """`--path` at someone's file (a typo, the wrong argument): moving it aside would start no store."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    assert cli_main(["inspect", "--path", str(notes)]) == 1
+    err = capsys.readouterr().err
+    assert "not a SQLite database" in err and f"mv {notes}" not in err
+    assert "plugin-state/state.sqlite" in err and "--state-dir" in err
+    assert notes.read_text() == "my notes\n"

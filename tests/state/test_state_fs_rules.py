@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from chatstate.state import StateStoreError, check_database, database_path, open_keyed_store, probe
+from chatstate.state.__main__ import main as cli_main
 
 OTHER_UID = 54_321
 
@@ -138,6 +139,19 @@ def test_a_database_file_of_another_uid_is_refused(foreign: Path) -> None:
     db = database_path(home)
     os.chown(db, OTHER_UID, OTHER_UID)
     refused(home, db, what=f"owned by uid {OTHER_UID}")
+
+
+def test_a_file_refused_for_its_owner_is_never_advised_moved_aside(foreign: Path, capsys) -> None:
+    """The file is healthy, only its owner is wrong: "move it aside to start with an empty store" would drop
+    every row for nothing; the message says the fix (chown, or run as its owner) and nothing else."""
+    home = foreign / "home"
+    with open_keyed_store("p", "ns", max_entries=1, path=database_path(home)) as store:
+        store.register("k", 1)
+    os.chown(database_path(home), OTHER_UID, OTHER_UID)
+    assert cli_main(["inspect", "--state-dir", str(home)]) == 1
+    err = capsys.readouterr().err
+    assert f"owned by uid {OTHER_UID}" in err and "chown" in err
+    assert "move it aside" not in err and " mv " not in err
 
 
 def test_under_umask_000_every_directory_is_0700_and_every_file_0600(tmp_path: Path) -> None:

@@ -222,6 +222,24 @@ def test_a_second_settings_object_for_an_open_database_is_refused(sqlite_target)
         a.close()
 
 
+def test_a_write_lock_held_past_busy_timeout_is_write_failed_saying_whose(sqlite_target, db_path):
+    """ "database is locked" alone leaves the operator guessing: say the wait ran out on another process's lock."""
+    store = open_keyed_store("p", "ns", max_entries=10, settings=StoreSettings(busy_timeout_s=5), **sqlite_target)
+    store.register("k", 1)
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another holder of the write lock, for longer than busy_timeout_s
+    try:
+        with pytest.raises(StateStoreError) as err:
+            store.register("k", 2)
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    assert (err.value.code, err.value.operation) == ("WRITE_FAILED", "register")
+    assert "busy_timeout_s" in str(err.value) and "another process held the write lock" in str(err.value)
+    assert store.lookup("k") == 1
+    store.close()
+
+
 async def test_the_loop_runs_while_a_write_waits_for_the_sqlite_lock(sqlite_target, db_path, monkeypatch):
     loop = asyncio.get_running_loop()
     waiting = asyncio.Event()

@@ -151,6 +151,21 @@ def test_a_directory_at_the_state_path_is_open_failed(state_home, db_path):
     assert db_path.is_dir()
 
 
+def test_a_directory_at_the_database_path_is_refused_never_taken_for_a_state_dir(state_home, db_path):
+    """The gateway and the CLI name the file itself (`database_path(state_dir)`): a directory there is refused
+    (rule 18), not taken as one more state dir with a second database nested inside it."""
+    db_path.mkdir(parents=True)
+    with pytest.raises(StateStoreError) as err:
+        open_keyed_store("p", "ns", max_entries=1, path=db_path)
+    assert (err.value.code, err.value.path) == ("OPEN_FAILED", str(db_path))
+    assert "directory" in str(err.value)
+    result = probe(db_path)
+    assert (result["ok"], result["database_path"], result["steps"][-1]["code"]) == (False, str(db_path), "OPEN_FAILED")
+    assert cli_main(["probe", "--state-dir", str(state_home)]) == 1
+    assert cli_main(["inspect", "--state-dir", str(state_home)]) == 1
+    assert list(db_path.iterdir()) == []  # nothing nested inside
+
+
 def test_an_empty_file_at_the_state_path_becomes_a_database(target, db_path):
     db_path.parent.mkdir(mode=0o700)
     db_path.touch()

@@ -150,6 +150,24 @@ def test_update_retries_a_lost_race_then_gives_up_with_conflict(make_store):
     assert store.lookup("n") == 300
 
 
+@pytest.mark.parametrize("present", [False, True])
+def test_update_refuses_a_bad_value_or_ttl_as_update(make_store, present):
+    """docs/state.md: `update` raises as `register`, under its own name (only what its lookup raises is `lookup`'s),
+    whether its write would be the claim or the compare_and_set."""
+    store = make_store("p", "ns", max_entries=10)
+    if present:
+        store.register("n", 1)
+    for call, code in [
+        (lambda: store.update("n", lambda v: {1, 2}), "INVALID_INPUT"),
+        (lambda: store.update("n", lambda v: "x" * 70_000), "LIMIT_EXCEEDED"),
+        (lambda: store.update("n", lambda v: 2, ttl_ms=0), "INVALID_INPUT"),
+    ]:
+        with pytest.raises(StateStoreError) as err:
+            call()
+        assert (err.value.code, err.value.operation) == (code, "update")
+    assert store.lookup("n") == (1 if present else None)
+
+
 def test_threads_counting_with_update_lose_no_increment(make_store):
     store = make_store("p", "ns", max_entries=10)
     threads, per_thread = 4, 50

@@ -1,0 +1,76 @@
+"""The Redis URL forms docs/state.md lists, opened as an operator writes them: `unix://` to a real
+server's socket, and an option nobody knows named (on every form, a cluster included)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis_ha import ClusterGroup
+from redis_support import RedisServer, with_prefix
+
+from chatstate.state import StateStoreError, open_keyed_store, probe
+
+
+@pytest.fixture
+def unix_socket() -> Iterator[Path]:
+    """A real server listening on a socket only (port 0): a short folder, a socket path has ~100 bytes."""
+    with tempfile.TemporaryDirectory(prefix="cs-") as folder:
+        sock = Path(folder) / "redis.sock"
+        server = RedisServer(Path(folder), extra=["--unixsocket", str(sock), "--unixsocketperm", "700"])
+        server.start()  # its readiness PING goes to the TCP port it also listens on
+        try:
+            yield sock
+        finally:
+            server.stop()
+
+
+def test_a_unix_socket_url_opens_and_keeps_the_contract(unix_socket):
+    url = f"unix://{unix_socket}?prefix=t&db=1"
+    with open_keyed_store("p", "ns", max_entries=1, url=url) as store:
+        store.register("a", {"v": 1})
+        store.register("b", {"v": 2})  # evicts a
+        assert (store.lookup("a"), store.lookup("b"), store.location) == (None, {"v": 2}, url)
+    assert probe(url=url)["ok"] is True
+
+
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+def test_an_unknown_option_is_invalid_input_naming_it(kind, redis_url, cluster: ClusterGroup):
+    url = with_prefix(redis_url, "t") if kind == "redis" else cluster.url("prefix=t")
+    with pytest.raises(StateStoreError) as err:
+        open_keyed_store("p", "ns", max_entries=1, url=f"{url}&prefx=typo")  # a typo of prefix
+    assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "open")
+    assert "neither we nor redis-py know: prefx;" in str(err.value)
+    with open_keyed_store("p", "ns", max_entries=1, url=f"{url}&socket_keepalive=true") as store:  # redis-py's own
+        store.register("k", 1)
+
+
+@pytest.mark.parametrize(("where", "refused"), [("/3", True), ("?db=2&", True), ("/0", False), ("?db=0&", False)])
+def test_a_cluster_url_naming_a_database_other_than_0_is_refused(where, refused, cluster: ClusterGroup):
+    """A cluster has database 0 only: a /3 was dropped silently, and the rows went to 0."""
+    url = cluster.url().rstrip("/") + (where if where.startswith("?") else f"{where}?") + "prefix=t"
+    if refused:
+        with pytest.raises(StateStoreError) as err:
+            open_keyed_store("p", "ns", max_entries=1, url=url)
+        assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "open") and "one database" in str(err.value)
+    else:
+        with open_keyed_store("p", "ns", max_entries=1, url=url) as store:
+            store.register("k", 1)
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ("retries=abc", "'retries' is malformed: it takes a whole number"),
+        ("retries=-1", "retries must be >= 0"),
+        ("op_result_ttl_ms=0&expiry_grace_ms=-5", "expiry_grace_ms must be >= 0; op_result_ttl_ms must be >= 1"),
+    ],
+)
+def test_a_bad_option_of_ours_is_named_with_its_range_and_the_url(query, said):
+    url = f"redis://u:pw@127.0.0.1:1/0?{query}"  # refused before any connection
+    with pytest.raises(StateStoreError) as err:
+        open_keyed_store("p", "ns", max_entries=1, url=url)
+    assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "open") and said in str(err.value)
+    assert err.value.path == url.replace(":pw@", ":***@")  # which URL, its password hidden

@@ -61,10 +61,9 @@ class RedisOptions:
         if not o.prefix or any(c in o.prefix for c in "{} \n"):
             why = "a non-empty word without braces (keys carry their own hash tag, one per plugin, for Redis Cluster)"
             raise bad(f"Redis URL option 'prefix' must be {why}")
-        floors = {"retries": 0, "expiry_grace_ms": 0, "min_replicas_acked": 0, "op_result_ttl_ms": 1}
-        floors["replica_ack_timeout_ms"] = 1
+        floors = dict(retries=0, expiry_grace_ms=0, min_replicas_acked=0, op_result_ttl_ms=1, replica_ack_timeout_ms=1)
         if low := [f"{k} must be >= {m}" for k, m in floors.items() if getattr(o, k) < m]:
-            raise bad(f"Redis URL options must not be negative: {'; '.join(low)}")
+            raise bad(f"Redis URL options out of range: {'; '.join(low)}")
         return o, urlencode([(k, v) for k, v in pairs if k not in kinds])
 
 

@@ -2,10 +2,9 @@
 (https://discord.com/developers/docs/events/gateway). Not discord.py's `DiscordWebSocket`: it
 needs a logged-in `Client`, whose REST base URL is shared process-wide (platform.py).
 
-A dispatch counts into the saved sequence number only once handled, so a RESUME replays what
-was in hand and the gate answers a replay once. A frame Discord would not send is logged and
-dropped; anything else that breaks a link ends in a reconnect; `live` is false until READY or
-RESUMED again.
+A dispatch counts into the saved sequence number only once handled, so a RESUME replays what was
+in hand and the gate answers a replay once. A frame Discord would not send is logged and dropped;
+anything else that breaks a link ends in a reconnect; `live` is false until READY or RESUMED.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ SESSION_GONE_CLOSE_CODES = (4007, 4009)  # invalid seq, session timed out: IDENT
 KEEP_SESSION = 4000  # any close code but 1000/1001 keeps the session resumable
 START_TIMEOUT_S = 30.0  # start() waits this long for READY / RESUMED (or standby)
 STOP_TIMEOUT_S = 10.0  # stop() lets interactions in hand finish for this long
-MAX_BACKOFF_S = 10.0
+MAX_BACKOFF_S = 10.0  # after 3 failed connects (4 s) a RESUME goes to the main URL: the resume one may be down
 COUNTS: tuple[str, ...] = ("identifies", "resumes", "reconnects", "missed_acks", "received_after_resume", "bad_frames")
 COUNTS += ("interactions", "duplicates", "callback_failures")  # the names `handle` returns
 
@@ -131,7 +130,7 @@ class GatewayClient:
                     self.identify_reason = "no saved session"
             renew = asyncio.create_task(self._renew_lease(), name="discord-gateway-lease")
             try:
-                await self._connect_once(self._session.resume_gateway_url if self._session else url)
+                await self._connect_once(self._session.resume_gateway_url if self._session and backoff < 4 else url)
                 backoff = 0.5
             except GatewayFailed as exc:
                 self.status = "failed"

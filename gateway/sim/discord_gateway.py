@@ -96,6 +96,7 @@ class DiscordGatewaySimulator(DiscordSimulator):
         self.callback_window_s = callback_window_s
         self.ack_heartbeats = True  # False: swallow heartbeats (a zombied link, seen from the bot)
         self.refuse_links = False  # True: new connections are answered 503
+        self.resume_gateway_url: str | None = None  # READY's, when not this server's own resume path
         self.rate_limit_callbacks = 0  # the next N interaction callbacks are answered 429
         self.callback_retry_after_s = 0.5  # the `retry_after` those 429s carry
         # while set, an interaction callback waits for this future before Discord takes it (a
@@ -214,7 +215,7 @@ class DiscordGatewaySimulator(DiscordSimulator):
                 "user": bot,
                 "guilds": [],
                 "session_id": session.session_id,
-                "resume_gateway_url": self._ws_url(RESUME_PATH),
+                "resume_gateway_url": self.resume_gateway_url or self._ws_url(RESUME_PATH),
                 "shard": session.shard,
                 "application": {"id": "1200000000000000001", "flags": 0},
             },

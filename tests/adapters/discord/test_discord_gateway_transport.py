@@ -12,6 +12,7 @@ real restart).
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,6 +154,25 @@ async def test_reconnect_and_invalid_session_ops(tmp_path: Path) -> None:
         health = await transport(gw)
         assert (health["last_start"], health["identify_reason"]) == ("identified", "INVALID_SESSION")
         assert sim.current_session().session_id != first
+
+
+async def test_an_unreachable_resume_url_is_given_up_for_the_main_one(tmp_path: Path) -> None:
+    """READY's resume_gateway_url may be down for good: after a few refused connects the RESUME
+    goes to the main gateway URL, which takes it, and the link serves again (it never did)."""
+    sim = gateway_sim()
+    with socket.socket() as closed:  # a port nobody listens on: every connect is refused
+        closed.bind(("127.0.0.1", 0))
+        sim.resume_gateway_url = f"ws://127.0.0.1:{closed.getsockname()[1]}/gateway-resume"
+    async with GatewayHarness([sim], state_dir=tmp_path / "state") as gw:
+        message = await sim.post_panel()
+        await sim.reconnect()  # op 7: RESUME at the resume URL, which refuses
+        await sim.wait_for(lambda recs: any(r.kind == "gateway_resume" for r in recs), timeout=30)
+        async with asyncio.timeout(10):
+            while (await transport(gw))["status"] != "ready":
+                await asyncio.sleep(0.05)
+        health = await transport(gw)
+        assert (health["last_start"], health["reconnects"] >= 3) == ("resumed", True)
+        assert "refreshed by" in (await sim.click(message, "Refresh")).content
 
 
 async def test_healthz_is_degraded_from_invalid_session_until_the_new_ready(tmp_path: Path) -> None:

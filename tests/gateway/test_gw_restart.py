@@ -4,13 +4,14 @@ with a typo, interrupted, with nothing running; every step a real `python -m cha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +149,18 @@ async def test_a_new_gateway_that_fails_to_start_names_the_log_and_the_command(o
     assert report["adapters"] == {"echo": "ok"} and report["pid"] != first["pid"]
 
 
+@pytest.fixture(params=["terminal", "background"])
+def runner_sigint(request: pytest.FixtureRequest) -> Iterator[None]:
+    """How the suite itself was started: from a terminal (SIGINT handled), or as `pytest &` from a
+    script, which a shell starts with SIGINT ignored, and every process the suite starts inherits."""
+    previous = signal.signal(
+        signal.SIGINT, signal.SIG_IGN if request.param == "background" else signal.default_int_handler
+    )
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("runner_sigint")
 async def test_ctrl_c_while_a_detached_start_waits_leaves_no_gateway(operator: Operator) -> None:
     fifo = operator.elsewhere / "started.fifo"
     os.mkfifo(fifo)
@@ -155,19 +168,20 @@ async def test_ctrl_c_while_a_detached_start_waits_leaves_no_gateway(operator: O
         f'external_plugins = ["gw_ext_plugin:SlowStartPlugin"]\n[gateway]\nport = {free_port()}\n'
         f'[adapters.ext-slow]\nfifo = "{fifo}"\n'
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "chatstate",
-        "start",
-        "--detach",
-        "--config",
-        "slow.toml",
-        env=operator.env,
-        cwd=operator.elsewhere,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    with _sigint_as_a_terminal_gives():  # the Ctrl-C below is a person's, typed where they started it
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "chatstate",
+            "start",
+            "--detach",
+            "--config",
+            "slow.toml",
+            env=operator.env,
+            cwd=operator.elsewhere,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
     said = await asyncio.to_thread(fifo.read_text)  # the gateway child is inside plugin.start
     assert said == "starting\n"
     child = _pid_info(operator.home)
@@ -179,6 +193,18 @@ async def test_ctrl_c_while_a_detached_start_waits_leaves_no_gateway(operator: O
     assert not _alive(child["pid"])
     report = await operator.status()
     assert report["running"] is False
+
+
+@contextlib.contextmanager
+def _sigint_as_a_terminal_gives() -> Iterator[None]:
+    """Start processes with SIGINT at its default, as a shell starts a command typed at a terminal,
+    whatever this process has: an ignored signal stays ignored across fork and exec (and Python
+    then never raises KeyboardInterrupt), while a handled one is reset to the default by exec."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _alive(pid: int) -> bool:

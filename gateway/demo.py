@@ -33,6 +33,7 @@ from chatstate.gateway.registry import BUNDLED
 
 if TYPE_CHECKING:
     from chatstate.gateway.settings import Mode
+    from chatstate.gateway.sim.harness import GatewayStartError
 
 ADAPTERS = tuple(a for a in BUNDLED if a != "echo")  # every bundled adapter has a scenario (gateway/sim/scenarios.py)
 TRANSPORTS = {  # --transport: which transports to play
@@ -131,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"gateway demo: {exc}", file=sys.stderr)
         return 2
+    from chatstate.gateway.sim.harness import GatewayStartError  # here: `--help` stays light
+
     say = (lambda *_: None) if opts.json else (lambda text: print(text, file=sys.stderr, flush=True))
     interrupted = threading.Event()
     root: Path | None = None
@@ -140,10 +143,13 @@ def run(args: argparse.Namespace) -> int:
         if opts.keep_in is not None:
             say(f"keeping this run's state and logs in {root}")
         rows = asyncio.run(_interruptible(_play_transports(opts, root, say, hits), interrupted))
-    except BaseException:
-        if not interrupted.is_set():
+    except BaseException as exc:
+        if interrupted.is_set():
+            rows = None
+        elif isinstance(exc, GatewayStartError):
+            return _start_failed(exc)
+        else:
             raise
-        rows = None
     finally:
         with _sigint_ignored():
             if opts.keep_in is None and root is not None:
@@ -177,6 +183,15 @@ def run(args: argparse.Namespace) -> int:
             else "\nFAIL: see the rows above."
         )
     return 0 if ok else 1
+
+
+def _start_failed(exc: GatewayStartError) -> int:
+    """The gateway refused to start (a typo in a reply hook, a bad CHATSTATE_* variable): its own
+    `gateway:` line says what and how to fix it, so that line and no traceback of the demo's;
+    exit 2 for a config error, like `chatstate start`, else 1."""
+    reason = [line for line in exc.log_tail.splitlines() if line.startswith("gateway:")][-1:]
+    print(f"gateway demo: the gateway failed to start (exit {exc.exit_code})", *reason, sep="\n", file=sys.stderr)
+    return 2 if exc.exit_code == 2 else 1
 
 
 def _run_dir(keep_in: Path | None) -> Path:

@@ -64,11 +64,17 @@ class StateSettings(Settings):
 
     path_keys = ("dir",)
     dir: Annotated[str, Field(min_length=1)] | None = None  # default $CHATSTATE_HOME or ~/.chatstate
-    url: Annotated[str, Field(pattern=r"^(redis|rediss|unix|redis\+sentinel|redis\+cluster)://")] | None = (
-        None  # shared Redis
-    )
+    url: str | None = None  # shared Redis
     sweep_interval_s: Annotated[float, Field(gt=0)] = DEFAULT_SWEEP_INTERVAL_S
     plugin_max_live_rows: Annotated[int, Field(ge=1)] = DEFAULT_PLUGIN_MAX_LIVE_ROWS
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"(redis|rediss|unix|redis\+sentinel|redis\+cluster)://", value):
+            forms = "redis://, rediss:// (TLS), unix://, redis+sentinel:// or redis+cluster://"
+            raise ValueError(f"must start with {forms} (docs/state.md)")  # not pydantic's regex, nor the URL
+        return value
 
 
 class TopLevelSettings(Settings):

@@ -49,6 +49,23 @@ def _http_url(value: str) -> str:
 
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]  # a far end's base URL, without a trailing slash
+Text = Annotated[str, Field(min_length=1, pattern=r"\S")]  # a required text: not empty, not blank
+
+
+def token_kind(expected: str, kinds: Mapping[str, str]) -> AfterValidator:
+    """Refuse a token whose first characters show another kind than the key takes (`kinds`: prefix
+    -> what such a token is, e.g. Slack's `xapp-` app-level token pasted as the `xoxb-` bot
+    token): offline, so `--check-only` names both kinds, and never the value."""
+
+    def check(value: str) -> str:
+        found = next((p for p in kinds if p != expected and value.lstrip().startswith(p)), None)
+        if found is not None:
+            raise ValueError(
+                f"this is {kinds[found]} ({found}...), but the key takes {kinds[expected]} ({expected}...)"
+            )
+        return value
+
+    return AfterValidator(check)
 
 
 class Settings(BaseModel):

@@ -8,9 +8,8 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from chatstate.gateway.sdk import AdapterSettings, HttpUrl
+from chatstate.gateway.sdk import AdapterSettings, HttpUrl, Text
 
-Text = Annotated[str, Field(min_length=1, pattern=r"\S")]
 Positive = Annotated[int, Field(ge=1)]
 
 

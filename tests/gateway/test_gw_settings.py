@@ -148,10 +148,48 @@ def test_every_key_and_variable_is_documented() -> None:
             {"CHATSTATE_MATRIX_ACCESS_TOKEN": "syt_token_value"},
             "adapters.matrix.homeserver: must be a URL starting with https://",
         ),
+        # a token of the wrong kind: xoxp- made the bot post as the installing user, xapp- failed at
+        # start with Slack's not_allowed_token_type and no hint of the fix
+        (
+            "[adapters.slack]\n",
+            {"CHATSTATE_SLACK_SIGNING_SECRET": "slack-signing-value", "CHATSTATE_SLACK_BOT_TOKEN": "xoxp-user-value"},
+            "adapters.slack.bot_token: this is a user token (xoxp-...), but the key takes a bot token (xoxb-...)",
+        ),
+        (
+            '[adapters.slack]\ntransport = "socket"\n',
+            {"CHATSTATE_SLACK_BOT_TOKEN": "xapp-1-app-value", "CHATSTATE_SLACK_APP_TOKEN": "xapp-1-app-value"},
+            "adapters.slack.bot_token: this is an app-level token (xapp-...), but the key takes a bot token (xoxb-...)",
+        ),
+        (
+            '[adapters.slack]\ntransport = "socket"\n',
+            {"CHATSTATE_SLACK_BOT_TOKEN": "xoxb-bot-value", "CHATSTATE_SLACK_APP_TOKEN": "xoxb-bot-value"},
+            "adapters.slack.app_token: this is a bot token (xoxb-...), but the key takes an app-level token (xapp-...)",
+        ),
+        (
+            "[adapters.teams]\n",
+            {"CHATSTATE_TEAMS_APP_ID": " ", "CHATSTATE_TEAMS_APP_PASSWORD": "app-password-value"},
+            "adapters.teams.app_id: must not be empty or blank (from $CHATSTATE_TEAMS_APP_ID)",
+        ),
+        # pydantic's "String should match pattern '^(redis|rediss|...)://'" showed a regex
+        (
+            "",
+            {"CHATSTATE_STATE_URL": "redis//:redis-password-value@127.0.0.1:6379/0"},
+            "state.url: must start with redis://, rediss:// (TLS), unix://, redis+sentinel:// or redis+cluster://",
+        ),
     ],
-    ids=["blank-secret", "empty-secret", "homeserver-no-scheme", "homeserver-host-port"],
+    ids=[
+        "blank-secret",
+        "empty-secret",
+        "homeserver-no-scheme",
+        "homeserver-host-port",
+        "user-token-as-bot-token",
+        "app-token-as-bot-token",
+        "bot-token-as-app-token",
+        "blank-teams-app-id",
+        "state-url-scheme",
+    ],
 )
-async def test_check_only_names_a_blank_secret_and_a_homeserver_without_scheme(
+async def test_check_only_names_a_blank_secret_a_token_of_the_wrong_kind_and_a_bad_homeserver(
     tmp_path: Path, toml: str, env: dict[str, str], line: str
 ) -> None:
     path = tmp_path / "bot.toml"
@@ -162,7 +200,8 @@ async def test_check_only_names_a_blank_secret_and_a_homeserver_without_scheme(
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"gateway: config error: {line}"), result.stderr
-    assert "Traceback" not in result.stderr and "syt_token_value" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not any(value in result.stderr for value in ("syt_token_value", "-value"))  # no secret shown
 
 
 def test_a_homeserver_url_loses_its_trailing_slash() -> None:

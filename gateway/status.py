@@ -39,7 +39,8 @@ def gateway_status(config: GatewayConfig, *, timeout_s: float = STATUS_TIMEOUT_S
     if info.get("url"):
         # `--timeout 0` means "do not wait": urllib would try a non-blocking connect and call a
         # healthy gateway unreachable (EINPROGRESS), so it is not asked at all
-        health = _get_health(info["url"], timeout_s) if timeout_s > 0 else {"status": "not checked (--timeout 0)"}
+        not_asked: dict[str, Any] = {"status": "not checked (--timeout 0)"}
+        health = _get_health(info["url"], timeout_s) if timeout_s > 0 else not_asked
         report["health"] = health.get("status", "unreachable")
         report["store"] = health.get("store")
         report["adapters"] = {k: v.get("status") for k, v in (health.get("adapters") or {}).items()}

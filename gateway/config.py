@@ -149,14 +149,17 @@ def load_config(
     if path is not None:
         source = Path(path).expanduser().absolute()
         try:
-            with source.open("rb") as fh:
-                raw = tomllib.load(fh)
+            raw = tomllib.loads(source.read_bytes().decode("utf-8-sig"))  # a leading BOM (Notepad's) is no error
         except IsADirectoryError:
             raise ConfigError(str(source), "is a directory, not a TOML file") from None
         except OSError as exc:
             raise ConfigError(str(source), f"cannot read config file ({exc.strerror})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(source), f"not valid TOML ({exc})") from None
+        except UnicodeDecodeError as exc:  # e.g. saved as UTF-16 by an editor; TOML is UTF-8
+            raise ConfigError(
+                str(source), f"not valid TOML (not UTF-8 at byte {exc.start}); save it as UTF-8"
+            ) from None
     return parse_config(raw, env=env, source=source, state_dir=state_dir, host=host, port=port)
 
 

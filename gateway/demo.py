@@ -33,7 +33,6 @@ from chatstate.gateway.registry import BUNDLED
 
 if TYPE_CHECKING:
     from chatstate.gateway.settings import Mode
-    from chatstate.gateway.sim.harness import GatewayStartError
 
 ADAPTERS = tuple(a for a in BUNDLED if a != "echo")  # every bundled adapter has a scenario (gateway/sim/scenarios.py)
 TRANSPORTS = {  # --transport: which transports to play
@@ -146,8 +145,10 @@ def run(args: argparse.Namespace) -> int:
     except BaseException as exc:
         if interrupted.is_set():
             rows = None
-        elif isinstance(exc, GatewayStartError):
-            return _start_failed(exc)
+        elif isinstance(exc, GatewayStartError):  # e.g. a typo in a reply hook: its own line, no traceback
+            why = [x for x in exc.log_tail.splitlines() if x.startswith("gateway:")][-1:]
+            print(f"gateway demo: the gateway failed to start (exit {exc.exit_code})", *why, sep="\n", file=sys.stderr)
+            return 2 if exc.exit_code == 2 else 1  # 2: its config, as `chatstate start` says
         else:
             raise
     finally:
@@ -183,15 +184,6 @@ def run(args: argparse.Namespace) -> int:
             else "\nFAIL: see the rows above."
         )
     return 0 if ok else 1
-
-
-def _start_failed(exc: GatewayStartError) -> int:
-    """The gateway refused to start (a typo in a reply hook, a bad CHATSTATE_* variable): its own
-    `gateway:` line says what and how to fix it, so that line and no traceback of the demo's;
-    exit 2 for a config error, like `chatstate start`, else 1."""
-    reason = [line for line in exc.log_tail.splitlines() if line.startswith("gateway:")][-1:]
-    print(f"gateway demo: the gateway failed to start (exit {exc.exit_code})", *reason, sep="\n", file=sys.stderr)
-    return 2 if exc.exit_code == 2 else 1
 
 
 def _run_dir(keep_in: Path | None) -> Path:

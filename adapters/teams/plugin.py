@@ -36,9 +36,9 @@ class Running:
 
     def health(self) -> dict[str, Any]:
         # a kept key set still verifies tokens while the metadata host is down; with none ever
-        # fetched every activity is refused (503): a dead link, so not a green /healthz
+        # fetched and the last fetch failed, every activity is refused (503): not a green /healthz
         keys = self.check.keys.health()
-        dead = {"status": "degraded"} if keys["fetches"] and not keys["keys"] else {}
+        dead = {"status": "degraded"} if keys["failing"] and not keys["keys"] else {}
         return {"in_flight": self.bot.gate.in_flight, "signing_keys": keys, **dead}
 
 

@@ -64,11 +64,17 @@ class StateSettings(Settings):
 
     path_keys = ("dir",)
     dir: Annotated[str, Field(min_length=1)] | None = None  # default $CHATSTATE_HOME or ~/.chatstate
-    url: Annotated[str, Field(pattern=r"^(redis|rediss|unix|redis\+sentinel|redis\+cluster)://")] | None = (
-        None  # shared Redis
-    )
+    url: str | None = None  # shared Redis
     sweep_interval_s: Annotated[float, Field(gt=0)] = DEFAULT_SWEEP_INTERVAL_S
     plugin_max_live_rows: Annotated[int, Field(ge=1)] = DEFAULT_PLUGIN_MAX_LIVE_ROWS
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"(redis|rediss|unix|redis\+sentinel|redis\+cluster)://", value):
+            forms = "redis://, rediss:// (TLS), unix://, redis+sentinel:// or redis+cluster://"
+            raise ValueError(f"must start with {forms} (docs/state.md)")  # not pydantic's regex, nor the URL
+        return value
 
 
 class TopLevelSettings(Settings):
@@ -143,14 +149,17 @@ def load_config(
     if path is not None:
         source = Path(path).expanduser().absolute()
         try:
-            with source.open("rb") as fh:
-                raw = tomllib.load(fh)
+            raw = tomllib.loads(source.read_bytes().decode("utf-8-sig"))  # a leading BOM (Notepad's) is no error
         except IsADirectoryError:
             raise ConfigError(str(source), "is a directory, not a TOML file") from None
         except OSError as exc:
             raise ConfigError(str(source), f"cannot read config file ({exc.strerror})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(source), f"not valid TOML ({exc})") from None
+        except UnicodeDecodeError as exc:  # e.g. saved as UTF-16 by an editor; TOML is UTF-8
+            raise ConfigError(
+                str(source), f"not valid TOML (not UTF-8 at byte {exc.start}); save it as UTF-8"
+            ) from None
     return parse_config(raw, env=env, source=source, state_dir=state_dir, host=host, port=port)
 
 

@@ -131,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"gateway demo: {exc}", file=sys.stderr)
         return 2
+    from chatstate.gateway.sim.harness import GatewayStartError  # here: `--help` stays light
+
     say = (lambda *_: None) if opts.json else (lambda text: print(text, file=sys.stderr, flush=True))
     interrupted = threading.Event()
     root: Path | None = None
@@ -140,10 +142,15 @@ def run(args: argparse.Namespace) -> int:
         if opts.keep_in is not None:
             say(f"keeping this run's state and logs in {root}")
         rows = asyncio.run(_interruptible(_play_transports(opts, root, say, hits), interrupted))
-    except BaseException:
-        if not interrupted.is_set():
+    except BaseException as exc:
+        if interrupted.is_set():
+            rows = None
+        elif isinstance(exc, GatewayStartError):  # e.g. a typo in a reply hook: its own line, no traceback
+            why = [x for x in exc.log_tail.splitlines() if x.startswith("gateway:")][-1:]
+            print(f"gateway demo: the gateway failed to start (exit {exc.exit_code})", *why, sep="\n", file=sys.stderr)
+            return 2 if exc.exit_code == 2 else 1  # 2: its config, as `chatstate start` says
+        else:
             raise
-        rows = None
     finally:
         with _sigint_ignored():
             if opts.keep_in is None and root is not None:

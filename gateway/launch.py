@@ -69,8 +69,10 @@ class Launch:
 
     def command(self) -> str:
         """The shell command that starts this configuration in the background (no values of
-        variables: secrets stay out of terminals; the names are listed instead)."""
-        return shlex.join([*self.argv(), "--detach"])
+        variables: secrets stay out of terminals; the names are listed instead), from the folder
+        its plugins and reply hooks were imported from, so it works wherever it is pasted."""
+        start = shlex.join([*self.argv(), "--detach"])
+        return f"cd {shlex.quote(str(self.cwd))} && {start}" if self.cwd is not None else start
 
     def record(self) -> dict[str, Any]:
         return {

@@ -35,13 +35,19 @@ def check_state_dir(state_dir: Path, *, create: bool = True) -> None:
 
     Refused (GatewayExit STORE_UNUSABLE, exit 3, one message naming the path and what to do):
     a path that is a file, a symlink (never followed: docs/state.md), a directory owned by
-    another user, or one this user cannot write to; also a directory that cannot be created.
+    another user, or one this user cannot write to; also a directory that cannot be created
+    (when only looking: one under a folder this user cannot write to).
     """
     try:
         st = os.lstat(state_dir)
     except FileNotFoundError:
         if create:
             _make_dirs(state_dir)
+        else:  # only looking (`--check-only`, `restart`'s validation, `status`): could it be made?
+            above = next(p for p in state_dir.parents if os.path.lexists(p))
+            if not os.access(above, os.W_OK | os.X_OK):
+                why = f"cannot be created ({above} is not writable by you); create it yourself or pass another --state-dir"
+                raise _unusable(state_dir, why) from None
         return
     except OSError as exc:
         raise _unusable(state_dir, f"cannot be examined ({exc.strerror}); choose another --state-dir") from None

@@ -22,10 +22,11 @@ import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from chatstate.gateway.exits import ConfigError
 from chatstate.state._files import env_path
@@ -35,6 +36,36 @@ S = TypeVar("S", bound="Settings")
 
 
 Mode = Literal["store", "legacy"]  # "legacy": the old in-memory maps (the "before"); the one definition
+
+
+def _http_url(value: str) -> str:
+    """A base URL an HTTP client can call, checked offline: `matrix.example.org` (no scheme) is
+    refused by `--check-only` with the fix, not at the first request with the client's error."""
+    url = value.strip()
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be a URL starting with https:// (or http://), e.g. https://matrix.example.org")
+    return url.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]  # a far end's base URL, without a trailing slash
+Text = Annotated[str, Field(min_length=1, pattern=r"\S")]  # a required text: not empty, not blank
+
+
+def token_kind(expected: str, kinds: Mapping[str, str]) -> AfterValidator:
+    """Refuse a token whose first characters show another kind than the key takes (`kinds`: prefix
+    -> what such a token is, e.g. Slack's `xapp-` app-level token pasted as the `xoxb-` bot
+    token): offline, so `--check-only` names both kinds, and never the value."""
+
+    def check(value: str) -> str:
+        found = next((p for p in kinds if p != expected and value.lstrip().startswith(p)), None)
+        if found is not None:
+            raise ValueError(
+                f"this is {kinds[found]} ({found}...), but the key takes {kinds[expected]} ({expected}...)"
+            )
+        return value
+
+    return AfterValidator(check)
 
 
 class Settings(BaseModel):
@@ -183,6 +214,8 @@ def _config_error(exc: ValidationError, *, where: str, from_env: Mapping[str, st
         why = f"required (or set {env_var(_prefix_of(where), field)})" if where else "required"
     elif err["type"] == "extra_forbidden":
         why = "unknown key"
+    elif why in ("String should have at least 1 character", "String should match pattern '\\S'"):
+        why = "must not be empty or blank"  # what the `\S` pattern of a required text means
     elif why.startswith("Value error, "):
         why = why[len("Value error, ") :]
         named = re.match(rf"^({re.escape(where)}\.\w+): (.*)$", why, re.S) if where else None

@@ -14,10 +14,9 @@ from nacl.signing import VerifyKey
 from pydantic import Field
 
 from chatstate.adapters.discord.platform import DEFAULT_API_BASE, load_verify_key
-from chatstate.gateway.sdk import AdapterSettings
+from chatstate.gateway.sdk import AdapterSettings, Text
 
 DEFAULT_PANELS_PER_USER = 10  # x 4 components = 40 of the registry's 500: no one user can fill it
-Text = Annotated[str, Field(min_length=1)]
 Positive = Annotated[int, Field(ge=1)]
 
 

@@ -8,9 +8,8 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from chatstate.gateway.sdk import AdapterSettings
+from chatstate.gateway.sdk import AdapterSettings, HttpUrl, Text
 
-Text = Annotated[str, Field(min_length=1, pattern=r"\S")]
 Positive = Annotated[int, Field(ge=1)]
 
 
@@ -19,7 +18,7 @@ class MatrixSettings(AdapterSettings):
 
     adapter_id = "matrix"
 
-    homeserver: Text
+    homeserver: HttpUrl
     access_token: Text  # secret
     approvers: tuple[str, ...] = Field((), strict=False)  # Matrix user ids allowed to approve
     approval_ttl_ms: Positive = 30 * 60 * 1000  # how long a prompt can be answered (like exec approvals)

@@ -12,9 +12,9 @@ from typing import Annotated, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from chatstate.gateway.sdk import AdapterSettings
+from chatstate.gateway.sdk import AdapterSettings, Text, token_kind
 
-Text = Annotated[str, Field(min_length=1, pattern=r"\S")]
+TOKENS = {"xoxb-": "a bot token", "xapp-": "an app-level token", "xoxp-": "a user token"}  # Slack's, by prefix
 Positive = Annotated[int, Field(gt=0)]
 
 
@@ -26,7 +26,7 @@ class SlackSettings(AdapterSettings):
     # verifies every Events API request (v0 HMAC); secret. Socket Mode requests are not signed
     # (the app-level token authenticates the link), so there it may be left out.
     signing_secret: Text = "unused"
-    bot_token: Text  # xoxb-... for the Web API; secret
+    bot_token: Annotated[Text, token_kind("xoxb-", TOKENS)]  # xoxb-... for the Web API; secret
     api_base_url: Text = "https://slack.com/api/"  # a simulator's in tests
     account_id: Text = "default"  # the bot account this gateway runs as (part of the thread key)
     agent_id: Text = "main"  # stored with each participation row: which agent replied
@@ -40,7 +40,7 @@ class SlackSettings(AdapterSettings):
     event_lease_ms: Positive = 60 * 1000  # a claimed-but-unfinished event may be retaken after this
     ack_budget_s: Annotated[float, Field(gt=0)] = 2.5  # Slack wants a 2xx within 3 s; we wait this long at most
     transport: Literal["http", "socket"] = "http"  # Events API or Socket Mode; not `mode` (store/legacy)
-    app_token: Text | None = None  # app-level token (xapp-...), required for transport = "socket"
+    app_token: Annotated[Text, token_kind("xapp-", TOKENS)] | None = None  # required for transport = "socket"
     socket_ping_interval_s: Annotated[float, Field(gt=0)] = 5.0  # slack-sdk's; 4 missed pongs: a new link
 
     @field_validator("api_base_url")

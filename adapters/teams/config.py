@@ -10,9 +10,8 @@ from typing import Annotated
 from pydantic import Field
 
 from chatstate.adapters.teams.state import ACTIVITY_LEASE_MS, SENT_MAX_ENTRIES, SENT_PER_USER, SENT_TTL_MS
-from chatstate.gateway.sdk import AdapterSettings
+from chatstate.gateway.sdk import AdapterSettings, Text
 
-Text = Annotated[str, Field(min_length=1)]
 Positive = Annotated[int, Field(ge=1)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
 

@@ -35,8 +35,11 @@ class Running:
             await keys.close()
 
     def health(self) -> dict[str, Any]:
-        # an unreachable metadata host is the far end's fault, not ours: reported, not degraded
-        return {"in_flight": self.bot.gate.in_flight, "signing_keys": self.check.keys.health()}
+        # a kept key set still verifies tokens while the metadata host is down; with none ever
+        # fetched and the last fetch failed, every activity is refused (503): not a green /healthz
+        keys = self.check.keys.health()
+        dead = {"status": "degraded"} if keys["failing"] and not keys["keys"] else {}
+        return {"in_flight": self.bot.gate.in_flight, "signing_keys": keys, **dead}
 
 
 class TeamsPlugin(StatefulPlugin[Running]):

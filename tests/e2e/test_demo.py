@@ -103,6 +103,18 @@ def test_unknown_adapter_is_bad_usage(tmp_path: Path) -> None:
     assert "--only" in result.stderr
 
 
+def test_a_reply_hook_typo_is_one_line_naming_the_key_not_a_traceback(tmp_path: Path) -> None:
+    """docs/quickstart.md step 2: a typo in `mybot:answer` stops the gateway with a line naming the key."""
+    (tmp_path / "mybot.py").write_text("def answer(message):\n    return 'hi'\n")
+    env = {**os.environ, "TMPDIR": str(tmp_path), "CHATSTATE_SLACK_REPLY": "mybot:answr"}
+    cmd = [sys.executable, "-m", "chatstate", "demo", "--only", "slack"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "gateway: config error: adapters.slack.reply: module 'mybot' has no attribute 'answr'" in result.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / "mybot.py"]  # its temp dir is gone
+
+
 # Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group (the demo and the
 # gateway it started), at several points of the run, each recognised by a progress line.
 CTRL_C_POINTS = [

@@ -87,6 +87,18 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
         load_config(bad)
 
 
+def test_a_config_saved_as_utf16_is_a_config_error_and_a_utf8_bom_is_read(tmp_path: Path) -> None:
+    """An editor's encodings: UTF-16 was a UnicodeDecodeError traceback (exit 1), a BOM 'Invalid statement'."""
+    utf16 = tmp_path / "utf16.toml"
+    utf16.write_text("[gateway]\nport = 8788\n", encoding="utf-16")
+    with pytest.raises(ConfigError, match=r"not valid TOML \(not UTF-8 at byte 0\); save it as UTF-8") as info:
+        load_config(utf16, env={})
+    assert info.value.code == 2
+    bom = tmp_path / "bom.toml"
+    bom.write_text("[gateway]\nport = 8788\n", encoding="utf-8-sig")
+    assert load_config(bom, env={}).port == 8788
+
+
 def test_toml_writer_round_trips() -> None:
     import tomllib
 

@@ -148,6 +148,36 @@ async def test_fuzz_healthz(world: World, query: str, headers: dict[str, str]) -
     assert resp.status == 200 and (await resp.json())["status"] == "ok"
 
 
+@FUZZ
+@given(
+    query=st.text(max_size=40),
+    headers=st.dictionaries(st.sampled_from(["Accept", "Accept-Encoding", "X-Forwarded-For"]), header_text, max_size=3),
+)
+async def test_fuzz_metrics(world: World, query: str, headers: dict[str, str]) -> None:
+    """/metrics takes no credential: any query and headers get the Prometheus text, no secret in it."""
+    resp = await world.client.get("/metrics?" + quote(query, safe="=&"), headers=headers)
+    world.examples += 1
+    text = await resp.text()
+    assert resp.status == 200 and "Traceback" not in text
+    assert SECRET not in text and world.slack.signing_secret not in text and world.slack.bot_token not in text
+
+
+@FUZZ
+@given(
+    method=st.sampled_from(["POST", "PUT", "DELETE", "PATCH", "GET"]),
+    path=st.one_of(
+        st.sampled_from(["/healthz", "/metrics", "/slack/events/", "/api/messages/x"]), st.text(max_size=30)
+    ),
+    body=st.one_of(st.binary(max_size=300), st.sampled_from(SPECIAL_BODIES)),
+)
+async def test_fuzz_other_methods_and_paths(world: World, method: str, path: str, body: bytes) -> None:
+    """A method a route does not take (POST /healthz, GET /slack/events) or a path nothing serves: 4xx."""
+    if method == "GET" and path.split("?")[0] in ("/healthz", "/metrics"):
+        path = "/healthz/x"  # the routes' own GETs are fuzzed above
+    status = await world.check(method, "/" + quote(path.lstrip("/"), safe="/"), body, {})
+    assert 400 <= status < 500
+
+
 # -- slack and discord: a signature over (timestamp, body), in two headers ------------------------
 def fresh(doc: dict[str, Any], **ids: str) -> dict[str, Any]:
     """A copy of `doc` with new ids: a repeated id is answered once, then skipped."""

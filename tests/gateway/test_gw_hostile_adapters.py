@@ -3,12 +3,15 @@ real simulator: junk credentials, long ids, replays, signed junk. 4xx, no side e
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from hostile_helpers import inprocess_gateway, raw_request, table_rows
 
 from chatstate.adapters.discord.config import DEFAULT_PANELS_PER_USER
@@ -16,7 +19,7 @@ from chatstate.gateway.sim.discord import ALICE, BOB, DiscordSimulator
 from chatstate.gateway.sim.discord import fixture as discord_fixture
 from chatstate.gateway.sim.slack import SlackSimulator
 from chatstate.gateway.sim.slack import sign as slack_sign
-from chatstate.gateway.sim.teams import TeamsSimulator, new_signing_key
+from chatstate.gateway.sim.teams import KEYS_PATH, TeamsSimulator, new_signing_key
 from chatstate.state import op_counts
 
 
@@ -318,3 +321,26 @@ async def test_teams_every_optional_field_null_or_omitted_is_never_5xx(tmp_path:
         assert sent > 150
         health = await (await client.get("/healthz")).json()
         assert health["status"] == "ok", health
+
+
+async def test_teams_without_any_signing_key_is_not_a_green_healthz(tmp_path: Path) -> None:
+    """Every activity is 503 while no key set was ever fetched and the last fetch failed: /healthz
+    says degraded (an in-flight fetch does not: tests/gateway/test_gw_teams_wedge.py)."""
+    teams, up = TeamsSimulator(), [False]
+
+    async def metadata(request: web.Request) -> web.Response:  # Azure's OpenID host, down, then back
+        return web.json_response({"jwks_uri": teams.base_url + KEYS_PATH}) if up[0] else web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_get("/meta", metadata)
+    async with TestServer(app) as host:
+        table = {"teams": {"openid_metadata_url": str(host.make_url("/meta")), "openid_retry_after_failure_s": 2.0}}
+        async with inprocess_gateway(tmp_path, [teams], adapters=table) as client:
+            assert (await (await client.get("/healthz")).json())["status"] == "ok"  # nothing known yet
+            assert await teams.deliver(teams.activity("message_mention")) == 503
+            body = await (await client.get("/healthz")).json()
+            assert body["status"] == "degraded" and body["adapters"]["teams"]["status"] == "degraded"
+            up[0] = True
+            await asyncio.sleep(2.1)  # past openid_retry_after_failure_s: the next activity fetches again
+            assert await teams.deliver(teams.activity("message_mention")) == 200
+            assert (await (await client.get("/healthz")).json())["adapters"]["teams"]["status"] == "ok"

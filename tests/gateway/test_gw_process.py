@@ -222,6 +222,17 @@ async def test_detach_status_stop(tmp_path: Path) -> None:
             pass
 
 
+async def test_status_timeout_0_does_not_wait_and_does_not_call_a_healthy_gateway_unreachable(
+    gw: GatewayHarness,
+) -> None:
+    """docs/gateway.md: every `S` is >= 0, `0`: do not wait."""
+    text = await gw.cli("status", "--timeout", "0")
+    assert text.returncode == 0, text.stderr
+    assert "health: not checked (--timeout 0)" in text.stdout and "unreachable" not in text.stdout
+    report = json.loads((await gw.cli("status", "--json", "--timeout", "0")).stdout)
+    assert report["running"] is True and report["health"] == "not checked (--timeout 0)" and "error" not in report
+
+
 async def test_state_commands_delegate_to_the_state_cli(gw: GatewayHarness) -> None:
     await bump(gw, "a")
     probe = await gw.cli("state", "probe")

@@ -141,9 +141,12 @@ async def test_a_new_gateway_that_fails_to_start_names_the_log_and_the_command(o
     assert "CHATSTATE_ECHO_SECRET set as before" in line  # named, never its value
     assert SECRET not in failed.stderr
     command = line.split("run: ", 1)[1].split(" (with ", 1)[0]
-    argv = shlex.split(command)
+    cd, _, start = command.partition(" && ")
+    assert shlex.split(cd) == ["cd", str(operator.config_dir)]  # the folder it was started from
+    argv = shlex.split(start)
     assert argv[:3] == [sys.executable, "-m", "chatstate"] and "--detach" in argv
-    again = await run_gateway_cli(*argv[3:], env={**operator.env, "CHATSTATE_ECHO_SECRET": SECRET})
+    env = {**operator.env, "CHATSTATE_ECHO_SECRET": SECRET}
+    again = await run_gateway_cli(*argv[3:], env=env, cwd=operator.config_dir)
     assert again.returncode == 0, again.stderr
     report = await operator.status()
     assert report["adapters"] == {"echo": "ok"} and report["pid"] != first["pid"]
@@ -293,3 +296,24 @@ def _wait_gone(pid: int, timeout_s: float = 10.0) -> bool:
         return bool(select.select([fd], [], [], timeout_s)[0])
     finally:
         os.close(fd)
+
+
+async def test_the_command_a_failed_restart_prints_works_pasted_in_another_folder(operator: Operator) -> None:
+    """The previous gateway's reply hook imports from the folder it was started from: the command
+    starts there, wherever it is pasted (it used to fail with "cannot import 'mybot'")."""
+    (operator.config_dir / "mybot.py").write_text("def answer(message):\n    return 'hi ' + message.user\n")
+    port = free_port()
+    (operator.config_dir / "gw.toml").write_text(f'[gateway]\nport = {port}\n[adapters.echo]\nreply = "mybot:answer"\n')
+    await _start(operator)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        failed = await operator.run("restart", "--port", str(taken.getsockname()[1]))
+    assert failed.returncode == 4, failed.stderr
+    command = failed.stderr.split("run: ", 1)[1].split(" (with ", 1)[0]
+    env = {**operator.env, "CHATSTATE_ECHO_SECRET": SECRET}
+    pasted = await asyncio.create_subprocess_shell(command, cwd=operator.elsewhere, env=env, stdout=-1, stderr=-1)
+    out, err = await pasted.communicate()
+    assert pasted.returncode == 0, err.decode()
+    assert json.loads(out)["url"] == f"http://127.0.0.1:{port}"
+    assert (await operator.status())["adapters"] == {"echo": "ok"}

@@ -124,3 +124,87 @@ def test_every_key_and_variable_is_documented() -> None:
             if key not in AdapterSettings.model_fields:  # enabled/mode: CHATSTATE_<ID>_ENABLED in gateway.md
                 assert f"`{var}`" in doc, f"{var} ({key}) is not documented for {adapter_id}"
     assert "`CHATSTATE_<ID>_ENABLED`" in gateway_doc and "`CHATSTATE_<ID>_MODE`" in gateway_doc
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "line"),
+    [
+        # a secret pasted as blanks: pydantic's "should match pattern '\S'" said neither what nor how
+        (
+            "[adapters.slack]\n",
+            {"CHATSTATE_SLACK_SIGNING_SECRET": "   ", "CHATSTATE_SLACK_BOT_TOKEN": "xoxb-token-value"},
+            "adapters.slack.signing_secret: must not be empty or blank (from $CHATSTATE_SLACK_SIGNING_SECRET)",
+        ),
+        ('[adapters.echo]\nsecret = ""\n', {}, "adapters.echo.secret: must not be empty or blank"),
+        # a homeserver without its scheme passed --check-only and failed at start with
+        # aiohttp's NonHttpUrlClientError (exit 1) or InvalidUrlClientError (exit 2)
+        (
+            '[adapters.matrix]\nhomeserver = "matrix.example.org"\napprovers = ["@you:example.org"]\n',
+            {"CHATSTATE_MATRIX_ACCESS_TOKEN": "syt_token_value"},
+            "adapters.matrix.homeserver: must be a URL starting with https:// (or http://), e.g. https://matrix.example.org",
+        ),
+        (
+            '[adapters.matrix]\nhomeserver = "127.0.0.1:8008"\napprovers = ["@you:example.org"]\n',
+            {"CHATSTATE_MATRIX_ACCESS_TOKEN": "syt_token_value"},
+            "adapters.matrix.homeserver: must be a URL starting with https://",
+        ),
+        # a token of the wrong kind: xoxp- made the bot post as the installing user, xapp- failed at
+        # start with Slack's not_allowed_token_type and no hint of the fix
+        (
+            "[adapters.slack]\n",
+            {"CHATSTATE_SLACK_SIGNING_SECRET": "slack-signing-value", "CHATSTATE_SLACK_BOT_TOKEN": "xoxp-user-value"},
+            "adapters.slack.bot_token: this is a user token (xoxp-...), but the key takes a bot token (xoxb-...)",
+        ),
+        (
+            '[adapters.slack]\ntransport = "socket"\n',
+            {"CHATSTATE_SLACK_BOT_TOKEN": "xapp-1-app-value", "CHATSTATE_SLACK_APP_TOKEN": "xapp-1-app-value"},
+            "adapters.slack.bot_token: this is an app-level token (xapp-...), but the key takes a bot token (xoxb-...)",
+        ),
+        (
+            '[adapters.slack]\ntransport = "socket"\n',
+            {"CHATSTATE_SLACK_BOT_TOKEN": "xoxb-bot-value", "CHATSTATE_SLACK_APP_TOKEN": "xoxb-bot-value"},
+            "adapters.slack.app_token: this is a bot token (xoxb-...), but the key takes an app-level token (xapp-...)",
+        ),
+        (
+            "[adapters.teams]\n",
+            {"CHATSTATE_TEAMS_APP_ID": " ", "CHATSTATE_TEAMS_APP_PASSWORD": "app-password-value"},
+            "adapters.teams.app_id: must not be empty or blank (from $CHATSTATE_TEAMS_APP_ID)",
+        ),
+        # pydantic's "String should match pattern '^(redis|rediss|...)://'" showed a regex
+        (
+            "",
+            {"CHATSTATE_STATE_URL": "redis//:redis-password-value@127.0.0.1:6379/0"},
+            "state.url: must start with redis://, rediss:// (TLS), unix://, redis+sentinel:// or redis+cluster://",
+        ),
+    ],
+    ids=[
+        "blank-secret",
+        "empty-secret",
+        "homeserver-no-scheme",
+        "homeserver-host-port",
+        "user-token-as-bot-token",
+        "app-token-as-bot-token",
+        "bot-token-as-app-token",
+        "blank-teams-app-id",
+        "state-url-scheme",
+    ],
+)
+async def test_check_only_names_a_blank_secret_a_token_of_the_wrong_kind_and_a_bad_homeserver(
+    tmp_path: Path, toml: str, env: dict[str, str], line: str
+) -> None:
+    path = tmp_path / "bot.toml"
+    path.write_text(toml)
+    env = {**os.environ, **env}
+    result = await run_gateway_cli(
+        "start", "--config", str(path), "--state-dir", str(tmp_path / "s"), "--check-only", env=env
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"gateway: config error: {line}"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not any(value in result.stderr for value in ("syt_token_value", "-value"))  # no secret shown
+
+
+def test_a_homeserver_url_loses_its_trailing_slash() -> None:
+    matrix_type = import_object(BUNDLED_SETTINGS["matrix"], key="matrix")
+    table = {"homeserver": " https://matrix.example.org/ ", "access_token": "t", "approvers": ["@a:b"]}
+    assert matrix_type.from_table(table, env={}).homeserver == "https://matrix.example.org"

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = {
     "start": ["start", "--port", "0"],
     "start --detach": ["start", "--detach", "--port", "0"],
+    "start --check-only": ["start", "--check-only"],
     "restart": ["restart", "--port", "0"],
     "status": ["status"],
     "stop": ["stop"],
@@ -42,6 +43,8 @@ def _bad_dir(tmp_path: Path, kind: str) -> tuple[Path, str]:
         path = tmp_path / "link"
         path.symlink_to(target)
         return path, "is a symlink"
+    if kind == "uncreatable":  # missing, under a folder nobody may write to (not even root: procfs)
+        return Path("/proc/1/state"), "cannot be created"
     if kind == "unwritable":  # root writes through any mode bits, but not into procfs
         if os.getuid() == 0:
             return Path("/proc/1"), "is not writable by you"
@@ -53,7 +56,7 @@ def _bad_dir(tmp_path: Path, kind: str) -> tuple[Path, str]:
     return Path("/usr/share"), "is owned by uid 0"
 
 
-@pytest.mark.parametrize("kind", ["file", "symlink", "foreign", "unwritable"])
+@pytest.mark.parametrize("kind", ["file", "symlink", "foreign", "unwritable", "uncreatable"])
 @pytest.mark.parametrize("command", list(COMMANDS))
 async def test_an_unusable_state_dir_is_one_line_and_exit_3(tmp_path: Path, command: str, kind: str) -> None:
     path, phrase = _bad_dir(tmp_path, kind)

@@ -32,7 +32,7 @@ class RecordingFlow(ApprovalFlow):
     def __init__(self, gate: InboundGate, failures: list[BaseException | None], attempts: int) -> None:
         io = MatrixIO("http://127.0.0.1:9", "unused")  # never called: the work is replaced
         io.user_id = BOT
-        table = {"homeserver": "h", "access_token": "t", "approvers": [ALICE], "event_max_attempts": attempts}
+        table = {"homeserver": "http://h", "access_token": "t", "approvers": [ALICE], "event_max_attempts": attempts}
         quota = UserQuota(AdapterState(StateSpec("q", None, 10), legacy=True), per_user=2, ttl_ms=60_000)
         targets = AdapterState(REACTIONS, legacy=True)
         super().__init__(
@@ -173,7 +173,7 @@ async def test_the_requester_quota_counts_gives_back_and_is_per_requester(runtim
 
 
 def test_config_keys() -> None:
-    base = {"homeserver": "h", "access_token": "t", "approvers": ["@a:s"]}
+    base = {"homeserver": "http://h", "access_token": "t", "approvers": ["@a:s"]}
     cfg = MatrixSettings.from_table(base)
     assert (cfg.sync_timeline_limit, cfg.backfill_max_events, cfg.event_max_attempts) == (50, 1_000, 3)
     assert (cfg.auto_join, cfg.inviters, cfg.max_pending_per_requester, cfg.event_lease_ms) == (

@@ -68,15 +68,15 @@ def test_config_defaults_env_strings_and_errors() -> None:
         30 * 60 * 1000,  # the documented default
     )
     env = {"CHATSTATE_MATRIX_APPROVAL_TTL_MS": "1500", "CHATSTATE_MATRIX_APPROVERS": '["@c:s"]'}
-    cfg = MatrixSettings.from_table({"homeserver": "h", "access_token": "t"}, env=env)
+    cfg = MatrixSettings.from_table({"homeserver": "http://h", "access_token": "t"}, env=env)
     assert (cfg.approval_ttl_ms, cfg.approvers) == (1500, ("@c:s",))
     for table, key in [
         ({"access_token": "t"}, "homeserver"),
-        ({"homeserver": "h"}, "access_token"),
-        ({"homeserver": "h", "access_token": "t", "approvers": ["alice"]}, "approvers"),
-        ({"homeserver": "h", "access_token": "t", "approval_ttl_ms": 0}, "approval_ttl_ms"),
-        ({"homeserver": "h", "access_token": "t", "sync_timeout_ms": True}, "sync_timeout_ms"),
-        ({"homeserver": "h", "access_token": "t", "approval_ttl_ms": "1500"}, "approval_ttl_ms"),
+        ({"homeserver": "http://h"}, "access_token"),
+        ({"homeserver": "http://h", "access_token": "t", "approvers": ["alice"]}, "approvers"),
+        ({"homeserver": "http://h", "access_token": "t", "approval_ttl_ms": 0}, "approval_ttl_ms"),
+        ({"homeserver": "http://h", "access_token": "t", "sync_timeout_ms": True}, "sync_timeout_ms"),
+        ({"homeserver": "http://h", "access_token": "t", "approval_ttl_ms": "1500"}, "approval_ttl_ms"),
     ]:
         with pytest.raises(ConfigError, match=f"adapters.matrix.{key}"):
             MatrixSettings.from_table(table)

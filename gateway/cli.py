@@ -308,10 +308,17 @@ def cmd_restart(args: argparse.Namespace) -> int:
             )
         where = f"config {recorded.get('config') or 'none: built-in defaults'}, from {state_dir / LAST_LAUNCH_NAME}"
         _say(f"not running; starting the last launch on {state_dir} again ({where})")
-    previous = Launch.from_record(recorded, state_dir) if isinstance(recorded, dict) else None
+    pid = info.get("pid") if info else None
+    previous = Launch.from_record(recorded, state_dir, pid=pid) if isinstance(recorded, dict) else None
     if previous is not None and not explicit:
         given = {flag: getattr(args, flag) for flag in ("host", "port") if getattr(args, flag) is not None}
         launch = replace(previous, **given)  # the overrides it ran with, but for those given now
+        if unset := launch.unset():
+            raise GatewayExit(
+                BAD_CONFIG,
+                f"{', '.join(unset)} held a secret when the gateway on {state_dir} was started, and secrets are "
+                "never written to disk; set it in this shell and run restart again",
+            )
     else:
         path = args.config or config_path(os.environ)
         launch = _launch(args, state_dir, Path(path).expanduser().absolute() if path else None)
@@ -322,7 +329,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     started = spawn_detached(launch, ready_timeout_s=args.ready_timeout)
     hint = ""
     if info is not None and previous is not None:
-        missing = ", ".join(sorted(set(previous.env) - set(os.environ)))
+        missing = ", ".join(sorted((set(previous.env) | set(previous.secrets)) - set(os.environ)))
         hint = f"; the previous gateway was stopped; to start its configuration again run: {previous.command()}"
         hint += f" (with {missing} set as before)" if missing else ""
     return _report_started(started, config, previous=hint)

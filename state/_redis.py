@@ -235,7 +235,8 @@ class RedisBackend:
                 return pipe.execute()
 
         result, got = self._call(op, run)
-        if int(got) < want:  # applied on the primary, survival unknown
+        # a condition that failed ("0": a claim lost, a version moved) wrote nothing: its "no" stands
+        if int(got) < want and not (name == "write" and result == "0"):  # applied on the primary, survival unknown
             late = f"{got} of {want} replicas acknowledged it within {self.options.replica_ack_timeout_ms} ms"
             raise self._fail("UNAVAILABLE", op, f"applied on the primary, but {late}: it may not survive a failover")
         return result

@@ -31,7 +31,8 @@ and, if it needs one, its prepare. The gate does the rest, in two durable writes
    Every gateway's recovery loop finishes held items whose owner died or whose work failed;
 5. `stop` refuses new items (503 + Retry-After) and waits for those in flight.
 Legacy mode (the "before") keeps claims in memory and never runs the check; while the store
-fails, claims are decided in memory and writes replayed later (AdapterState's rule).
+fails, claims are decided in memory and writes replayed later (AdapterState's rule), except on a
+shared store during a failover's length (`Claim.in_memory`): there a delivery is not taken.
 """
 
 from __future__ import annotations

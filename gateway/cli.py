@@ -308,17 +308,11 @@ def cmd_restart(args: argparse.Namespace) -> int:
             )
         where = f"config {recorded.get('config') or 'none: built-in defaults'}, from {state_dir / LAST_LAUNCH_NAME}"
         _say(f"not running; starting the last launch on {state_dir} again ({where})")
-    pid = info.get("pid") if info else None
+    pid = info.get("pid") if info else None  # a running gateway's environment holds its secrets
     previous = Launch.from_record(recorded, state_dir, pid=pid) if isinstance(recorded, dict) else None
     if previous is not None and not explicit:
         given = {flag: getattr(args, flag) for flag in ("host", "port") if getattr(args, flag) is not None}
         launch = replace(previous, **given)  # the overrides it ran with, but for those given now
-        if unset := launch.unset():
-            raise GatewayExit(
-                BAD_CONFIG,
-                f"{', '.join(unset)} held a secret when the gateway on {state_dir} was started, and secrets are "
-                "never written to disk; set it in this shell and run restart again",
-            )
     else:
         path = args.config or config_path(os.environ)
         launch = _launch(args, state_dir, Path(path).expanduser().absolute() if path else None)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from chatstate.gateway.config import GatewayConfig, load_config
-from chatstate.gateway.exits import FAILED, OK, GatewayExit
+from chatstate.gateway.exits import BAD_CONFIG, FAILED, OK, GatewayExit
 from chatstate.gateway.pidfile import FILE_MODE, check_state_dir
 from chatstate.gateway.settings import ENV_PREFIX
 from chatstate.state._files import env_path
@@ -157,6 +157,9 @@ def validate(launch: Launch) -> GatewayConfig:
     only works there is judged there. Raises ConfigError / GatewayExit with the child's own
     message and exit code (2 config, 3 state dir).
     """
+    if unset := launch.unset():
+        why = f"held a secret when the gateway on {launch.state_dir} was started, and secrets are never written to disk"
+        raise GatewayExit(BAD_CONFIG, f"{', '.join(unset)} {why}; set it in this shell and run restart again")
     config = launch.load()
     check_state_dir(config.state_dir, create=False)
     proc = subprocess.run(

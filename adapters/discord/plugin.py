@@ -39,8 +39,7 @@ class Running:
     link: GatewayClient | None = None  # transport = "gateway"
 
     async def deliver(self, it: platform.Interaction, send: Send, received_at: float) -> sdk.Answer:
-        job = self.bot.job(it, send, received_at=received_at)  # Discord never sends an interaction again:
-        return await self.gate.deliver(job, last_attempt=True)  # a failing-over store cannot be waited out
+        return await self.gate.deliver(self.bot.job(it, send, received_at=received_at))
 
     async def close(self) -> None:
         """Take no new dispatches (the session stays resumable); let answers in flight finish."""

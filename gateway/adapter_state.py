@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 # Store refusals of the key or value itself: raised to the caller (the gateway answers 400), never
 # a reason to degrade to memory, since the store is fine (health degrades on faults only).
 CALLER_ERRORS = ("INVALID_INPUT", "LIMIT_EXCEEDED")
+SHARED_OUTAGE_WAIT_MS = 10_000  # longer than a Sentinel election or a Cluster failover takes
 log = logging.getLogger("chatstate.adapters")
 
 
@@ -77,6 +78,8 @@ class AdapterState:
         self._store: AsyncKeyedStore | None = None
         self._pending: OrderedDict[str, Entry | None] = OrderedDict()  # None = a failed delete
         self.last_error: str | None = None
+        self.failing_since: int | None = None  # first failure of the store's latest outage (ms)
+        self._failed_at = 0  # its latest failure: a failure within SHARED_OUTAGE_WAIT_MS of it is the same outage
         self.plugin_id: str | None = None  # set by open(); labels metrics and log lines
         self._logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = log
 
@@ -113,6 +116,11 @@ class AdapterState:
         return "degraded" if self.last_error else "store"
 
     @property
+    def shared(self) -> bool:
+        """Do other gateways use this store too (Redis), so that memory alone cannot decide a claim?"""
+        return getattr(getattr(self._store, "sync", None), "backend_kind", None) == "redis"
+
+    @property
     def namespace(self) -> str:
         return self.spec.namespace
 
@@ -131,6 +139,10 @@ class AdapterState:
         }
 
     def degrade(self, exc: StateStoreError) -> None:
+        now = self._clock()
+        if self.failing_since is None or now - self._failed_at >= SHARED_OUTAGE_WAIT_MS:
+            self.failing_since = now
+        self._failed_at = now
         if self.last_error is None:
             self._logger.warning(
                 "adapter_state_degraded", extra={"namespace": self.spec.namespace, "code": str(exc.code)}

@@ -308,7 +308,8 @@ def cmd_restart(args: argparse.Namespace) -> int:
             )
         where = f"config {recorded.get('config') or 'none: built-in defaults'}, from {state_dir / LAST_LAUNCH_NAME}"
         _say(f"not running; starting the last launch on {state_dir} again ({where})")
-    previous = Launch.from_record(recorded, state_dir) if isinstance(recorded, dict) else None
+    pid = info.get("pid") if info else None  # a running gateway's environment holds its secrets
+    previous = Launch.from_record(recorded, state_dir, pid=pid) if isinstance(recorded, dict) else None
     if previous is not None and not explicit:
         given = {flag: getattr(args, flag) for flag in ("host", "port") if getattr(args, flag) is not None}
         launch = replace(previous, **given)  # the overrides it ran with, but for those given now
@@ -322,7 +323,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     started = spawn_detached(launch, ready_timeout_s=args.ready_timeout)
     hint = ""
     if info is not None and previous is not None:
-        missing = ", ".join(sorted(set(previous.env) - set(os.environ)))
+        missing = ", ".join(sorted((set(previous.env) | set(previous.secrets)) - set(os.environ)))
         hint = f"; the previous gateway was stopped; to start its configuration again run: {previous.command()}"
         hint += f" (with {missing} set as before)" if missing else ""
     return _report_started(started, config, previous=hint)

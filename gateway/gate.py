@@ -31,7 +31,8 @@ and, if it needs one, its prepare. The gate does the rest, in two durable writes
    Every gateway's recovery loop finishes held items whose owner died or whose work failed;
 5. `stop` refuses new items (503 + Retry-After) and waits for those in flight.
 Legacy mode (the "before") keeps claims in memory and never runs the check; while the store
-fails, claims are decided in memory and writes replayed later (AdapterState's rule).
+fails, claims are decided in memory and writes replayed later (AdapterState's rule), except on a
+shared store during a failover's length (`Claim.in_memory`): there a delivery is not taken.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ class InboundGate:
         prepared = Writes(clock=self._clock, earlier_attempt=recovered)
         try:
             await self._prepare(job, prepared)
-            claim, lease = await self._claim(job, received_at, prepared)
+            claim, lease = await self._claim(job, received_at, prepared, patient=not last_attempt)
         except Exception as exc:
             self._failed(job, exc)
             prepared.discard()
@@ -165,7 +166,9 @@ class InboundGate:
                 if job.key in self._held and self._holding is not None:
                     self._held.discard(job.key)
                     await self._holding.state.forget(job.key)
-            return Answer(claim, claim.value, self._retry_after_s if claim is Outcome.LEASED else 1)
+            # while a shared store fails over (Claim.in_memory) it is retried in a second, not after a lease
+            failing = self.claims.last_error is not None
+            return Answer(claim, claim.value, self._retry_after_s if claim is Outcome.LEASED and not failing else 1)
         if job.work is None:
             self._held.discard(job.key)
             return Answer(Outcome.DONE, Outcome.DONE.value)
@@ -246,17 +249,22 @@ class InboundGate:
         if job.work is None and job.key in self._held and self._holding is not None:
             prepared.delete(self._holding.state, job.key)  # with the claim: the job is done then
 
-    async def _claim(self, job: Job, received_at: int, prepared: Writes) -> tuple[str | Outcome, dict[str, Any]]:
+    async def _claim(
+        self, job: Job, received_at: int, prepared: Writes, *, patient: bool = True
+    ) -> tuple[str | Outcome, dict[str, Any]]:
         """ "won", "takeover" (a dead owner's lease), or why not; and the claim row. One write
         when uncontended: the claim row and the prepared writes, together. A prepare that
-        skipped reading what an earlier attempt could have written runs again before a takeover."""
+        skipped reading what an earlier attempt could have written runs again before a takeover.
+        `patient`: the platform will retry, so a shared store's failover may be waited out."""
         now, key = self._clock(), job.key
         lease = self._lease(received_at, done=job.work is None)
-        if await prepared.commit(Claim(self.claims.stage_claim(key, lease))):
+        if await prepared.commit(Claim(self.claims.stage_claim(key, lease), patient=patient)):
             return "won", lease
+        if self.claims.shared and self.claims.last_error is not None and self.claims.memory.get(key) is None:
+            return Outcome.LEASED, lease  # a shared store failing over: nothing to read, the platform retries
         entry = await self.claims.get_entry(key, fresh=True)
         if entry is None:  # released (or expired) in between
-            won = await prepared.commit(Claim(self.claims.stage_claim(key, lease)))
+            won = await prepared.commit(Claim(self.claims.stage_claim(key, lease), patient=patient))
             return "won" if won else Outcome.LEASED, lease
         value = entry.value if isinstance(entry.value, dict) else {}
         if "done_at" in value:
@@ -270,7 +278,7 @@ class InboundGate:
             prepared.earlier_attempt, prepared.skipped_reads = True, False
             await self._prepare(job, prepared)
             lease = self._lease(received_at, done=job.work is None)
-        took = Claim(self.claims.stage_claim(key, lease, version=entry.version), entry.version)
+        took = Claim(self.claims.stage_claim(key, lease, version=entry.version), entry.version, patient)
         return "takeover" if await prepared.commit(took) else Outcome.LEASED, lease
 
     def _keep_leased(self, key: str, lease: dict[str, Any]) -> None:

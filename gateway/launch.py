@@ -25,14 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from chatstate.gateway.config import GatewayConfig, load_config
-from chatstate.gateway.exits import FAILED, OK, GatewayExit
+from chatstate.gateway.exits import BAD_CONFIG, FAILED, OK, GatewayExit
 from chatstate.gateway.pidfile import FILE_MODE, check_state_dir
 from chatstate.gateway.settings import ENV_PREFIX
 from chatstate.state._files import env_path
+from chatstate.state._redis_layout import shown_url
 
 LOG_NAME = "gateway.log"  # under the state dir, for --detach and restart
 CONFIG_ENV = "CHATSTATE_GATEWAY_CONFIG"  # the default for --config
 WARNING = "gateway: warning: "  # a line that is not the reason a command failed
+SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD")  # in a variable's name: its value is a credential
 
 
 def config_path(env: Mapping[str, str]) -> str | None:
@@ -41,9 +43,24 @@ def config_path(env: Mapping[str, str]) -> str | None:
 
 
 def launch_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The variables a launch records: every CHATSTATE_* one (config values, secrets) and
+    """The variables a launch keeps: every CHATSTATE_* one (config values, secrets) and
     PYTHONPATH (where external plugins are imported from)."""
     return {k: v for k, v in env.items() if k.startswith(ENV_PREFIX) or k == "PYTHONPATH"}
+
+
+def is_secret(name: str, value: str) -> bool:
+    """A variable whose value is never written to disk: a credential by its name, or a URL
+    carrying a password (`CHATSTATE_STATE_URL=redis://user:pw@...`)."""
+    return any(word in name for word in SECRET_WORDS) or ("://" in value and shown_url(value) != value)
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    """The environment process `pid` was started with (Linux, same user), or {} if unreadable."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.decode(errors="replace").partition("=")[::2] for item in raw.split(b"\0") if b"=" in item)
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,7 @@ class Launch:
     port: int | None = None
     env: Mapping[str, str] = field(default_factory=dict)  # CHATSTATE_* variables and PYTHONPATH
     cwd: Path | None = None  # the folder it was started from: plugins and hooks import from there
+    secrets: tuple[str, ...] = ()  # variables it had whose values are recorded nowhere (is_secret)
 
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "chatstate", "start", "--state-dir", str(self.state_dir)]
@@ -75,25 +93,43 @@ class Launch:
         return f"cd {shlex.quote(str(self.cwd))} && {start}" if self.cwd is not None else start
 
     def record(self) -> dict[str, Any]:
+        """What the pid file and last-launch.json keep: a secret variable by its name only
+        (those files outlive the process and get copied; the secret stays in the config file
+        or in the environment of the shell and the process)."""
+        secret = {k for k, v in self.env.items() if is_secret(k, v)} | set(self.secrets)
         return {
             "config": str(self.config) if self.config else None,
             "host": self.host,
             "port": self.port,
-            "env": dict(self.env),
+            "env": {k: v for k, v in self.env.items() if k not in secret},
+            "secret_env": sorted(secret),
             "cwd": str(self.cwd) if self.cwd else None,
         }
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any], state_dir: Path) -> Launch:
+    def from_record(cls, record: Mapping[str, Any], state_dir: Path, *, pid: int | None = None) -> Launch:
+        """The launch `record` describes; the values of its secret variables are taken from the
+        environment of the running gateway `pid` when given (else the caller's shell must have them)."""
         env = record.get("env")
+        names = record.get("secret_env")
+        secrets = tuple(str(n) for n in names) if isinstance(names, list) else ()
+        running = environ_of(pid) if pid else {}
         return cls(
             state_dir=state_dir,
             config=Path(record["config"]) if record.get("config") else None,
             host=record.get("host") if isinstance(record.get("host"), str) else None,
             port=record.get("port") if isinstance(record.get("port"), int) else None,
-            env={str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {},
+            env={
+                **({str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}),
+                **{k: running[k] for k in secrets if k in running},
+            },
             cwd=Path(record["cwd"]) if isinstance(record.get("cwd"), str) else None,
+            secrets=secrets,
         )
+
+    def unset(self) -> list[str]:
+        """The variables this launch had that neither its record nor this shell can give again."""
+        return sorted(set(self.secrets) - set(self.env) - set(os.environ))
 
     def folder(self) -> Path | None:
         """The recorded folder to run in, if it still exists (else the caller's)."""
@@ -123,6 +159,9 @@ def validate(launch: Launch) -> GatewayConfig:
     only works there is judged there. Raises ConfigError / GatewayExit with the child's own
     message and exit code (2 config, 3 state dir).
     """
+    if unset := launch.unset():
+        why = f"held a secret when the gateway on {launch.state_dir} was started, and secrets are never written to disk"
+        raise GatewayExit(BAD_CONFIG, f"{', '.join(unset)} {why}; set it in this shell and run restart again")
     config = launch.load()
     check_state_dir(config.state_dir, create=False)
     proc = subprocess.run(

@@ -12,6 +12,7 @@ calls over HTTP names the request URL it serves as `webhook` and answers it in `
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -35,6 +36,7 @@ class Running(Protocol):
 
 
 R = TypeVar("R", bound=Running)
+RECOVER_INTERVAL_S = 1.0  # how often a degraded state tries its store again, traffic or not
 
 
 class StatefulPlugin(Plugin, Generic[R]):
@@ -47,6 +49,7 @@ class StatefulPlugin(Plugin, Generic[R]):
     def __init__(self) -> None:
         self._states: list[AdapterState] = []
         self._running: R | None = None
+        self._recovery: asyncio.Task[None] | None = None
 
     @abc.abstractmethod
     async def build(self, runtime: PluginRuntime) -> R:
@@ -59,6 +62,17 @@ class StatefulPlugin(Plugin, Generic[R]):
         except BaseException:
             await self.close_states()
             raise
+        self._recovery = asyncio.create_task(self._recover_states(), name=f"recover-{self.id}")
+
+    async def _recover_states(self) -> None:
+        """Replay each degraded state's kept writes once its store answers again, without waiting
+        for a call to that state: a write kept only in memory is lost if the process dies, and
+        /healthz turns green when the store is back, not when the next user comes."""
+        while True:
+            await asyncio.sleep(RECOVER_INTERVAL_S)
+            for state in self._states:
+                if state.last_error is not None or state.pending_writes:
+                    await state.recover()
 
     def routes(self) -> Sequence[Route]:
         """POST `webhook` to `handle`, for a plugin that has a webhook (refused at start, with
@@ -96,6 +110,9 @@ class StatefulPlugin(Plugin, Generic[R]):
 
     async def stop(self) -> None:
         """Close the running parts, then the states."""
+        if self._recovery is not None:
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
         if self._running is not None:
             await self._running.close()
         await self.close_states()

@@ -13,7 +13,6 @@ import ssl
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from functools import partial
 from inspect import signature
 from itertools import chain
@@ -178,10 +177,15 @@ class RedisBackend:
 
     def _no_master(self, op: str) -> tuple[str, str, str]:
         """No primary from the sentinels: all of them down, or a service they do not monitor."""
-        sentinels, answers = self._sentinel.sentinels if self._sentinel is not None else [], []
+        sentinels, answers, refused = self._sentinel.sentinels if self._sentinel is not None else [], [], False
         for s in sentinels:
-            with suppress(redis.RedisError):
+            try:
                 answers.append(set(cast("dict[str, Any]", s.sentinel_masters())))
+            except redis.RedisError as exc:
+                refused |= isinstance(exc, redis.AuthenticationError)  # it answered: wants other credentials
+        if not answers and refused:
+            fix = "check sentinel_password (and sentinel_username) in the URL; its own password is the primary's"
+            return "OPEN_FAILED", op, f"the Sentinels refused the credentials: {fix}"
         if not answers:
             hosts = ", ".join("{host}:{port}".format(**s.connection_pool.connection_kwargs) for s in sentinels)
             return "UNAVAILABLE", op, f"no Sentinel answered ({hosts}): start them, or fix the addresses"
@@ -235,7 +239,8 @@ class RedisBackend:
                 return pipe.execute()
 
         result, got = self._call(op, run)
-        if int(got) < want:  # applied on the primary, survival unknown
+        # a condition that failed ("0": a claim lost, a version moved) wrote nothing: its "no" stands
+        if int(got) < want and not (name == "write" and result == "0"):  # applied on the primary, survival unknown
             late = f"{got} of {want} replicas acknowledged it within {self.options.replica_ack_timeout_ms} ms"
             raise self._fail("UNAVAILABLE", op, f"applied on the primary, but {late}: it may not survive a failover")
         return result

@@ -38,8 +38,8 @@ class Running:
     gate: sdk.InboundGate
     link: GatewayClient | None = None  # transport = "gateway"
 
-    async def deliver(self, it: platform.Interaction, send: Send, received_at: float) -> sdk.Answer:
-        return await self.gate.deliver(self.bot.job(it, send, received_at=received_at))
+    async def deliver(self, it: platform.Interaction, send: Send, received_at: float, last: bool = False) -> sdk.Answer:
+        return await self.gate.deliver(self.bot.job(it, send, received_at=received_at), last_attempt=last)
 
     async def close(self) -> None:
         """Take no new dispatches (the session stays resumable); let answers in flight finish."""
@@ -63,7 +63,7 @@ class Running:
         async def send(response: dict[str, Any]) -> None:
             await self.rest.callback(it, response, received_at=received_at)
 
-        answer = await self.deliver(it, send, received_at)
+        answer = await self.deliver(it, send, received_at, True)  # one session per shard, never sent again
         if answer.outcome in (*REPLAYED, sdk.Outcome.LEASED):
             return "duplicates"
         return "interactions" if answer.taken and answer.text != CALLBACK_FAILED else "callback_failures"

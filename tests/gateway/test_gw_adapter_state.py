@@ -4,6 +4,7 @@ the writes, and replays them when the store is back."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -170,3 +171,45 @@ async def test_keys_are_checked_exactly_as_the_store_checks_them(
         assert await st.get("padded") == {"v": 2}
     finally:
         await st.close()
+
+
+async def test_a_degraded_state_replays_once_the_store_is_back_with_no_traffic(tmp_path: Path) -> None:
+    """A plugin's state that degraded and then sees no call (a namespace written only on some
+    paths, or a quiet hour) still replays its kept writes once the store answers, and /healthz
+    turns green: a write kept only in memory is lost if the process dies, and the health of a
+    store that is back must not wait for the next user."""
+    from dataclasses import dataclass
+
+    from chatstate.gateway.stateful import StatefulPlugin
+
+    @dataclass(frozen=True)
+    class Parts:
+        async def close(self) -> None:
+            return None
+
+        def health(self) -> dict[str, Any]:
+            return {}
+
+    class Quiet(StatefulPlugin[Parts]):
+        id = "quiet"
+
+        async def build(self, runtime: Any) -> Parts:
+            self.things = await self.open_state(AdapterState(SPEC, legacy=False), runtime)
+            return Parts()
+
+    runtime = Runtime(tmp_path / "state.sqlite")
+    plugin = Quiet()
+    await plugin.start(runtime)
+    try:
+        runtime.stores[0].down = True
+        await plugin.things.record("kept in memory", 1)
+        assert plugin.health()["status"] == "degraded"
+        runtime.stores[0].down = False  # the store is back; nobody calls the state
+        for _ in range(100):
+            if plugin.health()["status"] == "ok":
+                break
+            await asyncio.sleep(0.05)  # polling the plugin's own recovery, with a deadline
+        assert plugin.health()["status"] == "ok"
+        assert set(rows(runtime.path)) == {"kept in memory"}
+    finally:
+        await plugin.stop()

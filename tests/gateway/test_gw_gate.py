@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_support import RedisServer
 
+from chatstate.gateway.adapter_state import SHARED_OUTAGE_WAIT_MS
 from chatstate.gateway.sdk import (
     AdapterState,
     Holding,
@@ -593,3 +595,54 @@ async def test_a_slow_work_renews_its_lease_and_is_not_taken_over(procs: list[Pr
     release.set()
     assert (await running).outcome is Outcome.DONE and first.calls == ["work e1"]
     assert "done_at" in rows(tmp_path / "state.sqlite", "test.claims")["e1"]
+
+
+async def test_while_a_shared_store_fails_over_two_gateways_never_both_answer(own_redis: RedisServer) -> None:
+    """On Redis other gateways get the same deliveries (a load balancer, a redelivery). While the
+    store fails (a failover), a claim decided in one process's memory would be decided in the
+    other's too, and both would answer: for the length of a failover the delivery is refused
+    with a short Retry-After instead, and once the store is back exactly one gateway works on it.
+    An outage longer than that falls back to memory, so the bot keeps answering."""
+    url = f"{own_redis.url}?prefix=gate&retries=0&socket_connect_timeout_s=0.2"
+    clock, calls, gates = Clock(), [], []
+
+    class Shared:
+        plugin_id, log = "gate", logging.LoggerAdapter(logging.getLogger("test.gate"))
+
+        async def open_keyed_store(self, namespace: str, **kw: Any) -> Any:
+            return await open_async_keyed_store("gate", namespace, url=url, **kw)
+
+    for _ in "ab":
+        claims = AdapterState(CLAIMS, legacy=False, clock=clock)
+        await claims.open(Shared())
+        gates.append(InboundGate(claims, lease_ms=LEASE_MS, clock=clock))
+
+    def job(name: str, key: str) -> Job:
+        async def work(writes: Writes) -> str:
+            calls.append(name)
+            return "answered"
+
+        return Job(key, work=work)
+
+    try:
+        own_redis.stop(kill=True)
+        during = await asyncio.gather(*(g.deliver(job(n, "k")) for g, n in zip(gates, "ab")))
+        assert calls == [] and [(a.outcome, a.retry_after_s) for a in during] == [(Outcome.LEASED, 1)] * 2
+        own_redis.start()
+        after = await asyncio.gather(*(g.deliver(job(n, "k")) for g, n in zip(gates, "ab")))
+        assert len(calls) == 1 and sorted(a.outcome.value for a in after) in (
+            ["done", "leased"],
+            ["already_done", "done"],
+        )
+
+        clock.now += 2 * SHARED_OUTAGE_WAIT_MS
+        own_redis.stop(kill=True)  # a long outage: past a failover's length, memory decides
+        for _ in range(2):  # retried through the outage, refused while it is younger than a failover
+            assert (await gates[0].deliver(job("a", "k2"))).outcome is Outcome.LEASED
+            clock.now += SHARED_OUTAGE_WAIT_MS // 2
+        assert (await gates[0].deliver(job("a", "k2"))).outcome is Outcome.DONE
+        assert calls[-1] == "a" and len(calls) == 2
+    finally:
+        own_redis.start()
+        for g in gates:
+            await g.claims.close()

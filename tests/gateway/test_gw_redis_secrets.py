@@ -5,6 +5,8 @@ error of a refused start, a Database's location and repr — grepped for it."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,8 @@ from typing import Any
 from redis_support import RedisServer
 
 from chatstate import state
-from chatstate.gateway.sim.harness import GatewayHarness, free_port, run_gateway_cli
+from chatstate.gateway.sim.harness import CliResult, GatewayHarness, free_port, run_gateway_cli
+from chatstate.state._redis_layout import shown_url
 
 PASSWORD = "Hunter2-never-shown"
 WRONG = "Wrong-pw-never-shown"
@@ -91,3 +94,49 @@ async def test_a_bad_redis_url_is_a_config_error_that_hides_the_password(tmp_pat
         )
         logged = "".join(p.read_text() for p in (tmp_path / "gw").glob("*.log"))
         assert PASSWORD not in refused.stdout + refused.stderr + logged
+
+
+async def test_a_password_given_in_the_environment_is_never_written_to_the_state_dir(tmp_path: Path) -> None:
+    """`CHATSTATE_STATE_URL` with a password, as operators keep secrets out of config files:
+    the launch record (gateway.pid, last-launch.json) names the variable but holds no value, and
+    `restart` still starts the same store — from the running gateway's environment, else from
+    this shell's, and refuses naming the variable when neither has it."""
+    server = RedisServer(tmp_path / "redis", extra=["--requirepass", PASSWORD], password=PASSWORD)
+    server.start()
+    url = f"redis://default:{PASSWORD}@127.0.0.1:{server.port}/0?prefix=envsecret"
+    state_dir = tmp_path / "gw"
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[gateway]\nport = {free_port()}\n[state]\ndir = "{state_dir}"\n[adapters.echo]\nsecret = "s"\n')
+    shell = {k: v for k, v in os.environ.items() if not k.startswith("CHATSTATE_")}
+    with_url = {**shell, "CHATSTATE_STATE_URL": url}
+    shown: list[str] = []
+    try:
+
+        async def run(*args: str, env: dict[str, str]) -> CliResult:
+            result = await run_gateway_cli(*args, "--state-dir", str(state_dir), env=env)
+            shown.extend((result.stdout, result.stderr, *(p.read_text() for p in sorted(state_dir.iterdir()))))
+            return result
+
+        async def store_is_redis() -> None:
+            report = json.loads((await run("status", "--json", env=shell)).stdout)
+            assert (report["health"], report["store"]["database_path"]) == ("ok", shown_url(url)), report
+
+        started = await run("start", "--detach", "--config", str(config), env=with_url)
+        assert started.returncode == 0, started.stderr
+        await store_is_redis()
+        restarted = await run("restart", env=shell)  # running: its own environment has the URL
+        assert restarted.returncode == 0, restarted.stderr
+        await store_is_redis()
+        assert (await run("stop", env=shell)).returncode == 0
+        refused = await run("restart", env=shell)  # nothing runs, and this shell lacks it
+        assert refused.returncode == 2 and "CHATSTATE_STATE_URL" in refused.stderr, refused
+        again = await run("restart", env=with_url)
+        assert again.returncode == 0, again.stderr
+        await store_is_redis()
+        assert (await run("stop", env=shell)).returncode == 0
+    finally:
+        await run_gateway_cli("stop", "--state-dir", str(state_dir))
+        server.stop()
+    everything = "\n".join(shown)
+    assert PASSWORD not in everything
+    assert "CHATSTATE_STATE_URL" in (state_dir / "last-launch.json").read_text()  # named, not written

@@ -146,3 +146,19 @@ def test_single_claims_and_matches_answer_as_before(stores):
     assert backend.write(staged(claims, "k", "c", mode=Mode.MATCH, expect=entry.version)) is True
     assert backend.write(staged(claims, "k", "d", mode=Mode.MATCH, expect=entry.version)) is False
     assert claims.lookup("k") == "c"
+
+
+def test_a_refused_claim_is_an_answer_even_when_no_replica_acknowledges(redis_url: str) -> None:
+    """With `min_replicas_acked`, a write the replicas did not acknowledge in time is UNAVAILABLE:
+    it may not survive a failover. A claim (or compare-and-set) the primary refused wrote nothing,
+    so there is nothing to survive: its "no" is the answer. Made UNAVAILABLE, it would send two
+    gateways racing through a failover to decide the claim in memory, and both would work."""
+    url = with_prefix(redis_url, f"t{uuid.uuid4().hex[:12]}&min_replicas_acked=1&replica_ack_timeout_ms=20")
+    with open_keyed_store("p", "claims", max_entries=10, url=url) as store:  # no replica at all
+        with pytest.raises(StateStoreError) as unacked:
+            store.register_if_absent("k", {"owner": "a"})  # applied on the primary, unacknowledged
+        assert unacked.value.code == "UNAVAILABLE"
+        assert store.register_if_absent("k", {"owner": "b"}) is False
+        version = store.lookup_entry("k").version
+        assert store.compare_and_set("k", {"owner": "b"}, version=version + 1) is False
+        assert store.lookup("k") == {"owner": "a"}

@@ -123,6 +123,18 @@ def test_sentinel_mistakes_are_named(sentinels):
         assert err.value.code == "UNAVAILABLE"
         assert "0 of 1 replicas acknowledged it within 100 ms" in str(err.value)
 
+    for port in sentinels.sentinel_ports:  # sentinels that want a password of their own
+        with redis.Redis(port=port) as sentinel:
+            sentinel.execute_command("ACL", "SETUSER", "default", "resetpass", ">sentinel-pw")
+    for given in ("", "&sentinel_password=wrong"):  # they answer, and refuse: not "no Sentinel answered"
+        with pytest.raises(StateStoreError) as err:
+            open_keyed_store("p", "ns", max_entries=1, url=sentinels.url(f"prefix=t&{FAST}{given}"))
+        assert err.value.code == "OPEN_FAILED" and "sentinel_password" in str(err.value), err.value
+    with open_keyed_store(
+        "p", "ns", max_entries=1, url=sentinels.url(f"prefix=t&{FAST}&sentinel_password=sentinel-pw")
+    ):
+        pass
+
 
 # -- Cluster --------------------------------------------------------------------------------
 @contextlib.contextmanager

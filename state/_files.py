@@ -311,25 +311,22 @@ def check_database(path: PathArg = None) -> None:
     check_file(resolve_path(path))
 
 
-def path_text(text: str) -> str:
-    """A --state-dir / --path value (argparse `type`): never blank, which would be the current folder."""
+def path_text(text: str, why: str = "an empty path would be the current folder") -> str:
+    """A --state-dir / --path value (argparse `type`; --url's through a partial with its own `why`): never blank."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty (an empty path would be the current folder)")
+        raise argparse.ArgumentTypeError(f"must not be empty ({why})")
     return text
 
 
-def next_steps(path: str, code: str) -> str:
-    """What to do about an unusable database file (nothing here moves or deletes it)."""
-    if code == "SCHEMA_UNSUPPORTED":
-        return "it was written by a newer chatstate: run that version, or move it aside to start empty"
+def to_go_on(path: Path, exc: StateStoreError) -> str:
+    """ ". To go on: <what to do>" after the error refusing a database file for what it holds (nothing here moves it),
+    else "": a file refused for where it is (a symlink, another uid's, a directory of another uid) is fine, and
+    moving it aside fixes nothing."""
+    content = exc.code in ("CORRUPT", "SCHEMA_UNSUPPORTED") or (exc.code == "OPEN_FAILED" and NOT_SQLITE in str(exc))
+    if not (content and path.is_file() and not path.is_symlink()):
+        return ""
+    if exc.code == "SCHEMA_UNSUPPORTED":
+        return ". To go on: it was written by a newer chatstate: run that version, or move it aside to start empty"
     moved = f"move it aside to start with an empty store (mv {path} {path}.bad, and its -wal/-shm files if any)"
     check = f"`sqlite3 {path}.bad 'PRAGMA integrity_check'` or `python -m chatstate state probe --path {path}.bad`"
-    return f"{moved}, then check the old file with {check}"
-
-
-def to_go_on(path: Path, exc: StateStoreError) -> str:
-    """ ". To go on: <next_steps>" after the error refusing a database file for what it holds, else "": a file refused
-    for where it is (a symlink, another uid's, a directory of another uid) is fine, and moving it aside fixes nothing."""
-    content = exc.code in ("CORRUPT", "SCHEMA_UNSUPPORTED") or (exc.code == "OPEN_FAILED" and NOT_SQLITE in str(exc))
-    unusable = content and path.is_file() and not path.is_symlink()
-    return f". To go on: {next_steps(str(path), str(exc.code))}" if unusable else ""
+    return f". To go on: {moved}, then check the old file with {check}"

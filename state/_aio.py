@@ -1,10 +1,9 @@
 """The async twin: the sync store's public methods, awaitable, each run on a worker thread.
 
-Threads, not an async driver: SQLite has no async API and the sync store holds every rule, so
-running it off the loop (Starlette's `run_in_threadpool` idea) writes the rules once and the loop
-never waits on disk I/O or the write lock. Reads (and Redis calls) run on a small pool; a SQLite
-database's writes run on its writer thread, which group-commits what queued up.
-"""
+Threads, not an async driver: SQLite has no async API and the sync store holds every rule, so running it off the loop
+(Starlette's `run_in_threadpool` idea) writes the rules once and the loop never waits on disk I/O or the write lock.
+Reads (and Redis calls) run on a small pool; a SQLite database's writes run on its writer thread, which group-commits
+what queued up."""
 
 from __future__ import annotations
 
@@ -35,11 +34,10 @@ Batch = Callable[[Sequence[Callable[[], Any]]], "list[tuple[Any, BaseException |
 class Workers:
     """Up to `threads` threads on one queue, each result set on its caller's future.
 
-    Not `run_in_executor`: its concurrent Future and one loop wake-up per call cost more than the
-    SQLite write. A worker runs what queued up (up to DELIVER_BATCH) and wakes the loop once; a
-    writer (`batch`: the backend's `run_batch`) takes one loop turn's calls and commits them
-    together (group commit). Idle threads exit after IDLE_EXIT_S; a forked child starts afresh.
-    """
+    Not `run_in_executor`: its concurrent Future and one loop wake-up per call cost more than the SQLite write. A worker
+    runs what queued up (up to DELIVER_BATCH) and wakes the loop once; a writer (`batch`: the backend's `run_batch`)
+    takes one loop turn's calls and commits them together (group commit). Idle threads exit after IDLE_EXIT_S; a forked
+    child starts afresh."""
 
     def __init__(self, threads: int, prefix: str, batch: Batch | None = None) -> None:
         self._max_threads, self._prefix, self._batch = threads, prefix, batch
@@ -161,7 +159,7 @@ def _plain(method: Callable[Concatenate[KeyedStore, P], T]) -> Callable[Concaten
     return functools.wraps(method)(lambda self, *args, **kwargs: getattr(self.sync, method.__name__)(*args, **kwargs))
 
 
-class AsyncKeyedStore:
+class AsyncKeyedStore(contextlib.AbstractAsyncContextManager["AsyncKeyedStore"]):
     """Awaitable twin of `KeyedStore`: each method runs the sync one of the same name on a worker; stage_* are plain
     calls (no I/O), and register & co. check and serialize at the call, so a task stores `v` as it was then."""
 
@@ -211,9 +209,6 @@ class AsyncKeyedStore:
     count = _awaitable(KeyedStore.count)
     entries = _awaitable(KeyedStore.entries)
     close = _awaitable(KeyedStore.close)
-
-    async def __aenter__(self) -> AsyncKeyedStore:
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()

@@ -10,6 +10,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -168,7 +169,7 @@ async def open_async_keyed_store(*args: Any, **kwargs: Any) -> AsyncKeyedStore:
     return await open_async(lambda: open_keyed_store(*args, **kwargs))
 
 
-class Database:
+class Database(AbstractContextManager["Database"]):
     """One database (SQLite file or Redis URL) held for as long as its owner needs it: opened on first use (a
     failed open is tried again by the next call), held until `close`; its stores close on their own.
     Thread-safe; the methods block (call them off the loop)."""
@@ -217,18 +218,16 @@ class Database:
         return await open_async(lambda: self.open_keyed_store(plugin_id, namespace, **options))
 
     def sweep_expired(self, *, now_ms: int | None = None) -> int:
-        """Delete expired rows of every plugin in batches of <= 1,024; how many went. Raises WRITE_FAILED /
-        UNAVAILABLE (operation "sweep"), or the open's errors."""
+        """Delete expired rows of every plugin in batches of <= 1,024; how many went (errors: operation "sweep")."""
         return self._open("sweep").backend.sweep(wall_clock_ms() if now_ms is None else now_ms)
 
     def checkpoint(self) -> None:
-        """Fold the WAL back into the database file (for Redis: a PING). Raises as `close`."""
+        """Fold the WAL back into the database file (for Redis: a PING); errors: operation "close"."""
         self._open("close").backend.checkpoint()
 
     def probe(self) -> dict[str, Any]:
-        """Check the store end to end; never raises, never shows values. Returns {ok, database_path, steps: [{name,
-        ok, code?, message?}]} for state-dir, open, schema, write-read-delete (a temporary core row), checkpoint and
-        permissions (SQLite)."""
+        """Check the store end to end, step by step (docs/state.md, "probe and the CLI"); never raises, never shows
+        values. The write-read-delete step uses a temporary row of a core-owned pair."""
         steps: list[dict[str, Any]] = []
 
         def step(name: str, fn: Callable[[], T]) -> T:
@@ -264,9 +263,6 @@ class Database:
         if held is not None:
             held.release()
 
-    def __enter__(self) -> Database:
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.close()
 
@@ -286,8 +282,7 @@ def checkpoint(path: PathArg = None, *, url: str | None = None, settings: StoreS
 
 
 def probe(path: PathArg = None, *, url: str | None = None, settings: StoreSettings | None = None) -> dict[str, Any]:
-    """`Database.probe` on a Database opened for this one call (scripts, the CLI); arguments no Database can be
-    made of are a failed `open` step, since probe never raises."""
+    """`Database.probe` on a Database opened for this one call; arguments no Database takes are a failed `open` step."""
     try:
         database = Database(path, url=url, settings=settings)
     except StateStoreError as exc:

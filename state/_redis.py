@@ -1,10 +1,9 @@
-"""The Redis backend: the SQLite contract for several gateways sharing one Redis, through
-redis-py (one server, TLS, a unix socket, Sentinel or Cluster: the URL forms in docs/state.md).
+"""The Redis backend: the SQLite contract for several gateways sharing one Redis, through redis-py (one server, TLS, a
+unix socket, Sentinel or Cluster: the URL forms in docs/state.md).
 
-Failover, slot routing and retries are redis-py's; a conditional write, take or clear carries a
-nonce, so a call retried after a lost reply (or READONLY from a demoted primary) gets the first
-run's answer. No KEYS, no SCAN: `sweep` walks a registry of plugins and their namespaces.
-"""
+Failover, slot routing and retries are redis-py's; a conditional write, take or clear carries a nonce, so a call retried
+after a lost reply (or READONLY from a demoted primary) gets the first run's answer. No KEYS, no SCAN: `sweep` walks a
+registry of plugins and their namespaces."""
 
 from __future__ import annotations
 

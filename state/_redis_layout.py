@@ -1,8 +1,7 @@
-"""What needs no connection to Redis: the options and database a URL names, the key layout
-(docs/state.md, "Key layout"), the Lua scripts that keep it and the rows they return. A script is
-one operation, atomic as a SQLite transaction, on the caller's clock (`now_ms`); a plugin's keys
-share its hash tag, so each script runs in one Cluster slot.
-"""
+"""What needs no connection to Redis: the options and database a URL names, the key layout (docs/state.md, "Key
+layout"), the Lua scripts that keep it and the rows they return. A script is one operation, atomic as a SQLite
+transaction, on the caller's clock (`now_ms`); a plugin's keys share its hash tag, so each script runs in one Cluster
+slot."""
 
 from __future__ import annotations
 
@@ -148,11 +147,10 @@ def block(prefix: str, spec: NamespaceSpec, now_ms: int, *args: Any, rows: Itera
     return keys + [f"{base}:r:{k}" for k in rows], [now_ms, base, spec.namespace, *args]
 
 
-# ARGV: op result ttl and grace ms, "1" if the last KEY is an op key (a retried call gets the
-# first run's answer from it), then a block per namespace (one, but in `write`): KEYS order, exp,
-# the namespaces set, then the rows named; ARGV now, base, namespace, then the script's own.
-# Numbers stay strings (Lua 5.1 prints 1.7e+12). Redis runs a script's whole text on every call,
-# so each takes only the pieces it calls: _CORE, then _ONCE, _ROWS or _LIST as needed.
+# ARGV: op result ttl and grace ms, "1" if the last KEY is an op key (a retried call gets the first run's answer from
+# it), then a block per namespace (one, but in `write`): KEYS order, exp, the namespaces set, then the rows named; ARGV
+# now, base, namespace, then the script's own. Numbers stay strings (Lua 5.1 prints 1.7e+12). Redis runs a script's
+# whole text on every call, so each takes only the pieces it calls: _CORE, then _ONCE, _ROWS or _LIST as needed.
 _CORE = """
 local A = ARGV
 local ttl, grace, now, base, ns, clock = A[1], tonumber(A[2]), A[4], A[5], A[6], tonumber(A[4])
@@ -191,10 +189,9 @@ local function emit(out, key, row)  -- a live row as key, json, created, expires
 end
 """
 _OWN = {  # each operation's script, after _CORE
-    # Writes in order, all or none: a register, claim or compare-and-set, or a staged commit; a
-    # block (with its row) per write. Returns "1" ("1n": a namespace was (re)registered, so its
-    # plugin goes on the sweep list) or, nothing written, "0" (a condition failed) or "NS_FULL:<i>"
-    # (write i met a full reject-new namespace).
+    # Writes in order, all or none: a register, claim or compare-and-set, or a staged commit; a block (with its row) per
+    # write. Returns "1" ("1n": a namespace was (re)registered, so its plugin goes on the sweep list) or, nothing
+    # written, "0" (a condition failed) or "NS_FULL:<i>" (write i met a full reject-new namespace).
     "write": """
 -- A row and its index entries. Redis drops it `grace` after its expiry, as a PEXPIRE of the TTL
 -- left at `t` (a PEXPIREAT of a skewed caller's clock could drop a live row; PTTL needs an ACL grant).
@@ -261,9 +258,8 @@ for i = 1, n do
 end
 return finish(fresh and '1n' or '1')
 """,
-    # ARGV + key, check ("1": keep a live row whose JSON cjson cannot read), the expected version
-    # ("" = any). Returns "" (none deleted), "D<created>:<expires>:<version>:<json>" (deleted) or
-    # "K..." (kept: the caller raises CORRUPT).
+    # ARGV + key, check ("1": keep a live row whose JSON cjson cannot read), the expected version ("" = any). Returns ""
+    # (none deleted), "D<created>:<expires>:<version>:<json>" (deleted) or "K..." (kept: the caller raises CORRUPT).
     "take": """
 local f = redis.call('HMGET', KEYS[4], 'v', 'c', 'e', 'n')
 if not f[1] then return '' end

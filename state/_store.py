@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -94,7 +95,7 @@ _raw_decode = json.JSONDecoder().raw_decode
 
 
 # -- the store -------------------------------------------------------------------------------
-class KeyedStore:
+class KeyedStore(AbstractContextManager["KeyedStore"]):
     """A keyed store bound to one (plugin_id, namespace); every call sees only that pair."""
 
     def __init__(self, database: Location, spec: NamespaceSpec, clock: Clock) -> None:
@@ -284,9 +285,6 @@ class KeyedStore:
                 return
             self._closed = True
         self.database.close_store(self.spec)
-
-    def __enter__(self) -> KeyedStore:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -101,12 +101,22 @@ class NamespaceSpec:
 
     @classmethod
     def checked(cls, plugin_id: object, namespace: object, *, core: bool = False, **options: Any) -> NamespaceSpec:
-        """A spec from `open_keyed_store`'s arguments. Raises INVALID_INPUT, or LIMIT_EXCEEDED for
-        an oversized plugin id or namespace; TypeError for an unknown option."""
-        spec = cls(check_plugin_id(plugin_id, core=core), check_namespace(namespace), **options)
+        """A spec from `open_keyed_store`'s arguments, or INVALID_INPUT (LIMIT_EXCEEDED: an oversized plugin id or
+        namespace; TypeError: an unknown option). Ids starting `core:` are the gateway's: they need `core=True`."""
+        bad = functools.partial(StateStoreError, "INVALID_INPUT", "open")
+        if not isinstance(plugin_id, str) or not plugin_id.strip():
+            raise bad("plugin_id must be a non-empty string")
+        plugin_id = _sized(plugin_id, "plugin_id", MAX_PLUGIN_ID_BYTES, "open")
+        if (is_core := plugin_id.lower().startswith(CORE_PREFIX)) and not core:
+            raise bad(f"plugin ids starting {CORE_PREFIX!r} are reserved for the gateway")
+        if core and (not is_core or len(plugin_id) == len(CORE_PREFIX)):
+            raise bad(f"a core store id must look like '{CORE_PREFIX}<name>'")
+        if not NAMESPACE_RE.fullmatch(namespace := _sized(namespace, "namespace", MAX_NAMESPACE_BYTES, "open")):
+            raise bad("namespace must match ^[a-z0-9][a-z0-9._-]*$ (case-insensitive)")
+        spec = cls(plugin_id, namespace, **options)
         check_int(spec.max_entries, 1, 2**63 - 1, "open", "max_entries", "max_entries must be an integer >= 1")
         if spec.overflow not in OVERFLOW_POLICIES:
-            raise StateStoreError("INVALID_INPUT", "open", f"overflow must be one of {OVERFLOW_POLICIES}")
+            raise bad(f"overflow must be one of {OVERFLOW_POLICIES}")
         check_ttl(spec.default_ttl_ms, "open", "default_ttl_ms")
         check_int(spec.max_value_bytes, 1, MAX_VALUE_BYTES_CEILING, "open", "max_value_bytes")
         return spec
@@ -223,25 +233,6 @@ def _sized(value: object, what: str, limit: int, op: str) -> str:
     value = value.strip()
     if (size := _utf8_len(value, what, op)) > limit:
         raise StateStoreError("LIMIT_EXCEEDED", op, f"{what} is {size} bytes; the limit is {limit}")
-    return value
-
-
-def check_plugin_id(value: object, op: str = "open", *, core: bool = False) -> str:
-    """A plugin id; ids starting `core:` are the gateway's own and need `core=True` (and only they)."""
-    if not isinstance(value, str) or not value.strip():
-        raise StateStoreError("INVALID_INPUT", op, "plugin_id must be a non-empty string")
-    value = _sized(value, "plugin_id", MAX_PLUGIN_ID_BYTES, op)
-    is_core = value.lower().startswith(CORE_PREFIX)
-    if is_core and not core:
-        raise StateStoreError("INVALID_INPUT", op, f"plugin ids starting {CORE_PREFIX!r} are reserved for the gateway")
-    if core and (not is_core or len(value) == len(CORE_PREFIX)):
-        raise StateStoreError("INVALID_INPUT", op, f"a core store id must look like '{CORE_PREFIX}<name>'")
-    return value
-
-
-def check_namespace(value: object, op: str = "open") -> str:
-    if not NAMESPACE_RE.fullmatch(value := _sized(value, "namespace", MAX_NAMESPACE_BYTES, op)):
-        raise StateStoreError("INVALID_INPUT", op, "namespace must match ^[a-z0-9][a-z0-9._-]*$ (case-insensitive)")
     return value
 
 

@@ -168,8 +168,8 @@ Decode = Callable[[Row], Any]  # raises StateStoreError CORRUPT for unreadable J
 
 
 class Backend(Protocol):
-    """Storage under a `Database`: it gets checked, serialized input and the caller's `now_ms`, and
-    makes every write atomic on its own (two processes may race on one key)."""
+    """Storage under a `Database`: it gets checked, serialized input and the caller's `now_ms`, and makes every write
+    atomic on its own (two processes may race on one key). Both backends subclass it for the methods with a body."""
 
     kind: str  # "sqlite" | "redis": the `backend` label of the metrics
     location: str  # a file path or a URL without credentials: goes into error messages
@@ -178,8 +178,6 @@ class Backend(Protocol):
     def write(self, w: Write) -> bool: ...  # apply `w` if its mode allows, keep max_entries; False = not applied
     # staged writes in order, all or nothing; False (nothing written) when a CLAIM or MATCH fails
     def commit(self, writes: Sequence[Write]) -> bool: ...
-    # several writes in one transaction (group commit); None: run them one by one instead
-    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]] | None: ...
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None: ...
     def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]: ...
     # delete the live row and return `decode(row)`, or None; if decode raises, the row is kept
@@ -192,9 +190,25 @@ class Backend(Protocol):
     def sweep(self, now_ms: int) -> int: ...
     def checkpoint(self, op: str = "close") -> None: ...
     def schema_version(self) -> int: ...
-    def reopened(self) -> None: ...  # another store joined: check the paths (OPEN_FAILED), re-apply modes
-    def fault(self) -> str | None: ...  # the last post-commit problem that did not fail a write, or None
     def close(self) -> None: ...  # wait for calls in flight, checkpoint, close; later calls: UNAVAILABLE
+
+    # What a backend without files or group commit (Redis) does; SQLite overrides these three.
+    def reopened(self) -> None:  # another store joined: check the paths (OPEN_FAILED), re-apply modes
+        return None
+
+    def fault(self) -> str | None:  # the last post-commit problem that did not fail a write, or None
+        return None
+
+    # several writes in one transaction (group commit); None: run them one by one instead
+    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]] | None:
+        return None
+
+    def _fail(self, code: str, op: str, message: str = "the store is closed") -> StateStoreError:
+        return StateStoreError(code, op, message, path=self.location)
+
+    def _failed(self, op: str) -> str:
+        """The code of a driver fault during `op`."""
+        return "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in READ_OPS else "WRITE_FAILED"
 
 
 # -- input checks ----------------------------------------------------------------------------

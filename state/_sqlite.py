@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from ._aio import outcome
 from ._files import CORRUPTION, Modes, check_file, migrate, prepare
-from ._spec import READ_OPS, Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write
+from ._spec import Backend, Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write
 
 WAL_AUTOCHECKPOINT_PAGES = 1_000  # SQLite's default, restored after a sweep
 WAL_RETRY_S = 0.005  # pause between attempts to switch a brand-new database to WAL
@@ -102,7 +102,7 @@ class _Slot:
 LOCKED = " after busy_timeout_s: another process held the write lock (a second gateway on this state dir?); stop it"
 
 
-class SQLiteBackend:
+class SQLiteBackend(Backend):
     """The keyed store's statements on one database file, for the `Database` that owns it."""
 
     kind = "sqlite"
@@ -125,9 +125,6 @@ class SQLiteBackend:
             self._modes.ensure()
         except OSError as exc:
             raise self._fail("OPEN_FAILED", "open", f"cannot {doing} ({exc.strerror})") from None
-
-    def _fail(self, code: str, op: str, message: str = "the store is closed") -> StateStoreError:
-        return StateStoreError(code, op, message, path=self.location)
 
     def _slot(self, op: str) -> _Slot:
         """This thread's connection, opened on first use; refused in a forked child (pid check)."""
@@ -162,7 +159,7 @@ class SQLiteBackend:
         return slot
 
     def _driver_error(self, op: str, exc: sqlite3.Error, *, open_error: bool = False) -> StateStoreError:
-        code = "OPEN_FAILED" if open_error or op == "open" else "READ_FAILED" if op in READ_OPS else "WRITE_FAILED"
+        code = "OPEN_FAILED" if open_error else self._failed(op)
         code = "CORRUPT" if any(w in str(exc).lower() for w in CORRUPTION) else code
         return self._fail(code, op, f"SQLite said: {exc}{LOCKED if 'locked' in str(exc) else ''}")
 

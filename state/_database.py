@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import os
 import threading
-import uuid
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
 from dataclasses import fields
@@ -19,22 +18,11 @@ from . import _files, _sqlite
 from ._aio import POOL, WORKER_PREFIX, AsyncKeyedStore, Workers, open_async
 from ._files import PathArg, check_where, resolve_path
 from ._redis_layout import database_of, shown_url  # no redis-py here
-from ._spec import (
-    MAX_VALUE_BYTES,
-    Backend,
-    Clock,
-    NamespaceSpec,
-    StateStoreError,
-    StoreSettings,
-    Write,
-    new_version,
-    wall_clock_ms,
-)
+from ._spec import MAX_VALUE_BYTES, Backend, Clock, NamespaceSpec, StateStoreError, StoreSettings, wall_clock_ms
 from ._store import KeyedStore
 
 P = ParamSpec("P")
 T = TypeVar("T")
-PROBE_SPEC = NamespaceSpec("core:probe", "probe", 1_000)  # a core-owned pair: never a plugin's namespace
 
 
 class Location:
@@ -227,7 +215,7 @@ class Database(AbstractContextManager["Database"]):
 
     def probe(self) -> dict[str, Any]:
         """Check the store end to end, step by step (docs/state.md, "probe and the CLI"); never raises, never shows
-        values. The write-read-delete step uses a temporary row of a core-owned pair."""
+        values."""
         steps: list[dict[str, Any]] = []
 
         def step(name: str, fn: Callable[[], T]) -> T:
@@ -246,8 +234,8 @@ class Database(AbstractContextManager["Database"]):
             if self.is_file:
                 step("state-dir", lambda: _files.check_dir(Path(self.location).parent))
             backend = step("open", lambda: self._open(recheck=True).backend)
-            step("schema", lambda: _check_schema(backend))
-            step("write-read-delete", lambda: _round_trip(backend))
+            step("schema", backend.probe_schema)
+            step("write-read-delete", backend.probe_round_trip)
             step("checkpoint", backend.checkpoint)
             if self.is_file:  # file modes: SQLite only
                 fault = {"ok": False, "code": "WRITE_FAILED", "message": f} if (f := backend.fault()) else {"ok": True}
@@ -290,21 +278,3 @@ def probe(path: PathArg = None, *, url: str | None = None, settings: StoreSettin
         return {"ok": False, "database_path": "(not a location)", "steps": [step]}
     with database:
         return database.probe()
-
-
-def _check_schema(backend: Backend) -> None:
-    if (version := backend.schema_version()) < 1:
-        raise _failed(backend, "SCHEMA_UNSUPPORTED", f"schema version {version} was not initialised")
-
-
-def _round_trip(backend: Backend) -> None:
-    key, now, value = f"probe-{uuid.uuid4().hex}", wall_clock_ms(), '{"probe":true}'
-    backend.write(Write(PROBE_SPEC, key, value, now, now + 60_000, new_version()))
-    if (row := backend.read(PROBE_SPEC, key, now)) is None or row.value != value:
-        raise _failed(backend, "READ_FAILED", "a row just written could not be read back")
-    if not backend.remove(PROBE_SPEC, key, now):
-        raise _failed(backend, "WRITE_FAILED", "a row just written could not be deleted")
-
-
-def _failed(backend: Backend, code: str, message: str) -> StateStoreError:
-    return StateStoreError(code, "probe", message, path=backend.location)

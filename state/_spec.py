@@ -9,6 +9,7 @@ import math
 import random
 import re
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -209,6 +210,20 @@ class Backend(Protocol):
     def _failed(self, op: str) -> str:
         """The code of a driver fault during `op`."""
         return "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in READ_OPS else "WRITE_FAILED"
+
+    def probe_schema(self) -> None:  # the probe's "schema" step
+        if (version := self.schema_version()) < 1:
+            raise self._fail("SCHEMA_UNSUPPORTED", "probe", f"schema version {version} was not initialised")
+
+    def probe_round_trip(self) -> None:
+        """The probe's "write-read-delete" step, on a core-owned pair (never a plugin's namespace)."""
+        spec, key = NamespaceSpec("core:probe", "probe", 1_000), f"probe-{uuid.uuid4().hex}"
+        now, value = wall_clock_ms(), '{"probe":true}'
+        self.write(Write(spec, key, value, now, now + 60_000, new_version()))
+        if (row := self.read(spec, key, now)) is None or row.value != value:
+            raise self._fail("READ_FAILED", "probe", "a row just written could not be read back")
+        if not self.remove(spec, key, now):
+            raise self._fail("WRITE_FAILED", "probe", "a row just written could not be deleted")
 
 
 # -- input checks ----------------------------------------------------------------------------

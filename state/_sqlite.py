@@ -39,9 +39,8 @@ VALUES (?1, ?2, ?3, ?5, ?4, ?6, ?7) ON CONFLICT (plugin_id, namespace, key) DO U
 CLAIMABLE = "WHERE entries.expires_at IS NOT NULL AND entries.expires_at <= ?4"  # a claim's atomic check
 SQL_CLAIM = f"{SQL_UPSERT} {CLAIMABLE}"
 SQL_NS_ROWS = f"SELECT row_count FROM namespace_rows WHERE {NS}"
-# Below max_entries rows: the upsert or claim; at or over it nothing, the key being NULL, which OR IGNORE drops.
-# (INSERT ... SELECT ... WHERE says it plainer, but for the count trigger SQLite stages that row in a temporary
-# table, which costs more than a separate count query.)
+# Below max_entries rows: the upsert or claim; at or over it nothing, the key being NULL, which OR IGNORE drops. (Not
+# INSERT ... SELECT ... WHERE: for the count trigger SQLite stages that row in a temporary table, dearer than a count.)
 _BELOW_CAP = f"""INSERT OR IGNORE INTO entries (plugin_id, namespace, key, value, created_at, expires_at, version)
 VALUES (?1, ?2, CASE WHEN ({SQL_NS_ROWS}) >= ?8 THEN NULL ELSE ?3 END, ?5, ?4, ?6, ?7)
 ON CONFLICT (plugin_id, namespace, key) DO UPDATE SET {SET}"""
@@ -132,9 +131,8 @@ class SQLiteBackend(Backend):
             raise self._fail("UNAVAILABLE", op, "the store was opened by another process (before a fork)")
         if (slot := getattr(self._local, "slot", None)) is not None:
             return slot
-        # isolation_level None: BEGIN IMMEDIATE / COMMIT are ours; check_same_thread: close() closes from any
-        # thread. SQLite calls no busy handler for the switch to WAL, so processes creating the database together
-        # got "database is locked" at once: it is retried for up to busy_timeout_s.
+        # isolation_level None: the transactions are ours; check_same_thread: close() closes from any thread. The
+        # switch to WAL gets no busy handler (processes creating the file together saw "database is locked"): retried.
         wait_s = self.settings.busy_timeout_s
         deadline = time.monotonic() + wait_s
         try:
@@ -159,8 +157,8 @@ class SQLiteBackend(Backend):
         return slot
 
     def _driver_error(self, op: str, exc: sqlite3.Error, *, open_error: bool = False) -> StateStoreError:
-        code = "OPEN_FAILED" if open_error else self._failed(op)
-        code = "CORRUPT" if any(w in str(exc).lower() for w in CORRUPTION) else code
+        corrupt = any(w in str(exc).lower() for w in CORRUPTION)
+        code = "CORRUPT" if corrupt else "OPEN_FAILED" if open_error else self._failed(op)
         return self._fail(code, op, f"SQLite said: {exc}{LOCKED if 'locked' in str(exc) else ''}")
 
     def _query(self, op: str, statement: str, params: tuple[object, ...] | dict[str, object] = ()) -> list[Any]:
@@ -204,10 +202,8 @@ class SQLiteBackend(Backend):
 
         def work(conn: sqlite3.Connection) -> list[tuple[Any, BaseException | None]]:
             slot.batch = spoiled = [False]
-            try:
-                outcomes = [outcome(call) for call in calls]
-            finally:
-                slot.batch = None
+            outcomes = [outcome(call) for call in calls]  # never raises: each call's error is its outcome
+            slot.batch = None
             if spoiled[0]:
                 raise _Rollback
             return outcomes

@@ -70,9 +70,8 @@ def _inspect(args: argparse.Namespace, path: Path) -> int:
         check_database(path)  # read-only: a damaged file is reported, never touched
     except StateStoreError as exc:
         # Moving a file aside starts an empty store only for the store's own file; any other is someone's file.
-        hint = (
-            to_go_on(path, exc) if path.parent.name == "plugin-state" else FOREIGN if exc.code == "OPEN_FAILED" else ""
-        )
+        own = path.parent.name == "plugin-state"
+        hint = to_go_on(path, exc) if own else FOREIGN if exc.code == "OPEN_FAILED" else ""
         print(f"{exc}{hint}", file=sys.stderr)
         return 1
     if not path.exists():

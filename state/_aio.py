@@ -215,8 +215,7 @@ class AsyncKeyedStore(contextlib.AbstractAsyncContextManager["AsyncKeyedStore"])
 
 
 async def commit_staged_async(writes: Iterable[StagedWrite]) -> bool:
-    """`commit_staged` off the loop, on the database's writer (a group commit that fails is rerun
-    call by call) or the pool (Redis); the list is taken at this call."""
+    """`commit_staged` off the loop, on the database's writer or the pool (Redis); the list is taken at this call."""
     staged = staged_list(writes)
     return await submit(staged[0].store.database.writer, commit_staged, staged) if staged else True
 

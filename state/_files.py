@@ -55,8 +55,7 @@ def resolve_path(path: PathArg) -> Path:
 
 
 def check_where(path: object, url: object, settings: object, op: str = "open") -> None:
-    """Where and how a database is opened: `path` None or a non-blank str or os.PathLike (never the
-    current folder by accident), `url` None or a str, `settings` None or a StoreSettings; else INVALID_INPUT."""
+    """The types of `path` (never blank: that would be the current folder), `url` and `settings`; else INVALID_INPUT."""
     if url is not None and not isinstance(url, str):
         raise StateStoreError("INVALID_INPUT", op, "url must be a string: redis://...")
     text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
@@ -306,8 +305,7 @@ def check_file(path: Path, *, create: bool = False) -> bool:
 
 
 def check_database(path: PathArg = None) -> None:
-    """Refuse, read-only, a state file that is not SQLite (OPEN_FAILED), is damaged (CORRUPT) or has a newer
-    schema (SCHEMA_UNSUPPORTED); a missing or empty file is fine."""
+    """Refuse, read-only, a state file that is not SQLite, damaged or newer (docs/state.md); missing or empty: fine."""
     check_file(resolve_path(path))
 
 

@@ -53,9 +53,8 @@ class RedisOptions:
             try:
                 values[name] = kinds[name](text)
             except ValueError:
-                raise bad(
-                    f"Redis URL option {name!r} is malformed: it takes a {'whole ' if kinds[name] is int else ''}number"
-                ) from None
+                what = "a whole number" if kinds[name] is int else "a number"
+                raise bad(f"Redis URL option {name!r} is malformed: it takes {what}") from None
         o = cls(**values)
         if not o.prefix or any(c in o.prefix for c in "{} \n"):
             why = "a non-empty word without braces (keys carry their own hash tag, one per plugin, for Redis Cluster)"

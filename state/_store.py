@@ -108,9 +108,7 @@ class KeyedStore(AbstractContextManager["KeyedStore"]):
         self.location = self._backend.location  # the file, or the URL without credentials
         self.backend_kind = kind = self._backend.kind  # the `backend` label of the metrics
         self._ok = {op: (OPERATIONS.labels(op, kind, "ok").inc, SECONDS.labels(op, kind).observe) for op in _MEASURED}
-        self._clock = clock
-        self._closed = False
-        self._close_lock = threading.Lock()
+        self._clock, self._closed, self._close_lock = clock, False, threading.Lock()
 
     def __repr__(self) -> str:
         return f"<KeyedStore {self.plugin_id}/{self.namespace} at {self.location}>"
@@ -292,8 +290,7 @@ class KeyedStore(AbstractContextManager["KeyedStore"]):
 
 @dataclass(frozen=True)
 class StagedWrite:
-    """A write the `stage_*` methods prepared (checked, value serialized) for `commit_staged`;
-    it holds the store it was staged on."""
+    """A write a `stage_*` method checked and serialized for `commit_staged`, with the store it was staged on."""
 
     store: KeyedStore
     key: str

@@ -16,7 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from . import _files, _sqlite
 from ._aio import POOL, WORKER_PREFIX, AsyncKeyedStore, Workers, open_async
-from ._files import PathArg, check_where, resolve_path
+from ._files import PathArg, resolve_path
 from ._redis_layout import database_of, shown_url  # no redis-py here
 from ._spec import MAX_VALUE_BYTES, Backend, Clock, NamespaceSpec, StateStoreError, StoreSettings, wall_clock_ms
 from ._store import KeyedStore
@@ -118,6 +118,17 @@ def acquire(path: PathArg, url: str | None, settings: StoreSettings) -> Location
         message = "this database is already open in this process with different settings"
         raise StateStoreError("INVALID_INPUT", "open", message, path=shared.location)
     return shared
+
+
+def check_where(path: object, url: object, settings: object) -> None:
+    """The types of `path` (never blank: that would be the current folder), `url` and `settings`; else INVALID_INPUT."""
+    if url is not None and not isinstance(url, str):
+        raise StateStoreError("INVALID_INPUT", "open", "url must be a string: redis://...")
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if path is not None and not (isinstance(text, str) and text.strip()):
+        raise StateStoreError("INVALID_INPUT", "open", "path must be a non-empty str or os.PathLike of str")
+    if settings is not None and not isinstance(settings, StoreSettings):
+        raise StateStoreError("INVALID_INPUT", "open", "settings must be a StoreSettings")
 
 
 def open_keyed_store(

@@ -11,11 +11,12 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeAlias
 
-from ._spec import SCHEMA_VERSION, StateStoreError, StoreSettings
+from ._spec import SCHEMA_VERSION, StateStoreError
 
 PathArg: TypeAlias = "str | os.PathLike[str] | None"
 DIR_MODE, FILE_MODE = 0o700, 0o600
@@ -23,6 +24,7 @@ SIDE_FILES = ("-wal", "-shm")
 SQLITE_HEADER = b"SQLite format 3\x00"
 NOT_SQLITE = "the file at the state path is not a SQLite database"
 CORRUPTION = ("malformed", "not a database", "corrupt")  # what SQLite says of a damaged file
+WAL_RETRY_S = 0.005  # pause between attempts to switch a brand-new database to WAL
 log = logging.getLogger("chatstate.state")
 
 
@@ -52,17 +54,6 @@ def resolve_path(path: PathArg) -> Path:
     # taken, refused by the open (rule 18), never a state dir to nest a second database in.
     at_file = p.name == "state.sqlite" and p.parent.name == "plugin-state"
     return database_path(p) if p.is_dir() and not p.is_symlink() and not at_file else p
-
-
-def check_where(path: object, url: object, settings: object, op: str = "open") -> None:
-    """The types of `path` (never blank: that would be the current folder), `url` and `settings`; else INVALID_INPUT."""
-    if url is not None and not isinstance(url, str):
-        raise StateStoreError("INVALID_INPUT", op, "url must be a string: redis://...")
-    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
-    if path is not None and not (isinstance(text, str) and text.strip()):
-        raise StateStoreError("INVALID_INPUT", op, "path must be a non-empty str or os.PathLike of str")
-    if settings is not None and not isinstance(settings, StoreSettings):
-        raise StateStoreError("INVALID_INPUT", op, "settings must be a StoreSettings")
 
 
 # -- never follow, never adopt -----------------------------------------------------------------
@@ -239,6 +230,25 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
     for statement in SCHEMA if version == 0 else [s for n in range(version, SCHEMA_VERSION) for s in MIGRATIONS[n]]:
         conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def connect(path: Path, wait_s: float) -> sqlite3.Connection:
+    """A connection in WAL mode (`nofollow`: SQLite refuses to open a symlink itself too). isolation_level None: the
+    transactions are the caller's; check_same_thread: close() may run on any thread. The switch to WAL gets no busy
+    handler (processes creating the file together saw "database is locked"): it is retried for up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    uri = f"{path.as_uri()}?nofollow=1"
+    conn = sqlite3.connect(uri, uri=True, timeout=wait_s, isolation_level=None, check_same_thread=False)
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(WAL_RETRY_S)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
 
 
 # -- the read-only check of an existing file --------------------------------------------------

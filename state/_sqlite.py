@@ -10,18 +10,16 @@ import contextlib
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ._aio import outcome
-from ._files import CORRUPTION, Modes, check_file, migrate, prepare
+from ._files import CORRUPTION, Modes, check_file, connect, migrate, prepare
 from ._spec import Backend, Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write
 
 WAL_AUTOCHECKPOINT_PAGES = 1_000  # SQLite's default, restored after a sweep
-WAL_RETRY_S = 0.005  # pause between attempts to switch a brand-new database to WAL
 NO_CURSOR = (-(2**63), "")  # sorts before every (created_at, key)
 T = TypeVar("T")
 
@@ -109,7 +107,6 @@ class SQLiteBackend(Backend):
 
     def __init__(self, path: Path, settings: StoreSettings) -> None:
         self.path, self.location, self.settings = path, str(path), settings
-        self._uri = f"{path.as_uri()}?nofollow=1"  # SQLite refuses to open a symlink itself too
         self._pid = os.getpid()  # connections are used only by the process that opened them
         self._local, self._slots, self._closed = threading.local(), list[_Slot](), False
         # _lock guards _slots and _closed. _writer: one writer at a time in this process, woken the moment the
@@ -131,21 +128,8 @@ class SQLiteBackend(Backend):
             raise self._fail("UNAVAILABLE", op, "the store was opened by another process (before a fork)")
         if (slot := getattr(self._local, "slot", None)) is not None:
             return slot
-        # isolation_level None: the transactions are ours; check_same_thread: close() closes from any thread. The
-        # switch to WAL gets no busy handler (processes creating the file together saw "database is locked"): retried.
-        wait_s = self.settings.busy_timeout_s
-        deadline = time.monotonic() + wait_s
         try:
-            conn = sqlite3.connect(self._uri, uri=True, timeout=wait_s, isolation_level=None, check_same_thread=False)
-            while True:
-                try:
-                    conn.execute("PRAGMA journal_mode = WAL")
-                    break
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or time.monotonic() >= deadline:
-                        raise
-                    time.sleep(WAL_RETRY_S)
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn = connect(self.path, self.settings.busy_timeout_s)
         except sqlite3.Error as exc:
             raise self._driver_error(op, exc, open_error=True) from None
         with self._lock:

@@ -144,8 +144,7 @@ async def _wait(future: asyncio.Future[T]) -> T:
 def _awaitable(
     method: Callable[Concatenate[KeyedStore, P], T], *, writes: bool = False
 ) -> Callable[Concatenate[AsyncKeyedStore, P], Coroutine[Any, Any, T]]:
-    """The sync store's method of `method`'s name as a coroutine function: run once awaited, on the
-    database's writer (`writes`) or the read pool."""
+    """The sync store's method of `method`'s name, run once awaited: on the writer (`writes`) or the read pool."""
 
     @functools.wraps(method)
     async def run(self: AsyncKeyedStore, *args: P.args, **kwargs: P.kwargs) -> T:

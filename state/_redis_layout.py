@@ -188,9 +188,10 @@ local function emit(out, key, row)  -- a live row as key, json, created, expires
 end
 """
 _OWN = {  # each operation's script, after _CORE
-    # Writes in order, all or none: a register, claim or compare-and-set, or a staged commit; a block (with its row) per
-    # write. Returns "1" ("1n": a namespace was (re)registered, so its plugin goes on the sweep list) or, nothing
-    # written, "0" (a condition failed) or "NS_FULL:<i>" (write i met a full reject-new namespace).
+    # Writes in order, all or none: a register, claim or compare-and-set, or a staged commit; a
+    # block (with its row) per write. Returns "1" ("1n": a namespace was (re)registered, so its
+    # plugin goes on the sweep list) or, nothing written, "0" (a condition failed) or "NS_FULL:<i>"
+    # (write i met a full reject-new namespace).
     "write": """
 -- A row and its index entries. Redis drops it `grace` after its expiry, as a PEXPIRE of the TTL
 -- left at `t` (a PEXPIREAT of a skewed caller's clock could drop a live row; PTTL needs an ACL grant).
@@ -257,8 +258,9 @@ for i = 1, n do
 end
 return finish(fresh and '1n' or '1')
 """,
-    # ARGV + key, check ("1": keep a live row whose JSON cjson cannot read), the expected version ("" = any). Returns ""
-    # (none deleted), "D<created>:<expires>:<version>:<json>" (deleted) or "K..." (kept: the caller raises CORRUPT).
+    # ARGV + key, check ("1": keep a live row whose JSON cjson cannot read), the expected version
+    # ("" = any). Returns "" (none deleted), "D<created>:<expires>:<version>:<json>" (deleted) or
+    # "K..." (kept: the caller raises CORRUPT).
     "take": """
 local f = redis.call('HMGET', KEYS[4], 'v', 'c', 'e', 'n')
 if not f[1] then return '' end

@@ -172,8 +172,13 @@ class SQLiteBackend(Backend):
                 if self._closed:
                     raise self._fail("UNAVAILABLE", op)
                 conn.execute("BEGIN IMMEDIATE")
-                with conn:  # sqlite3 COMMITs, or ROLLs BACK what `work` or a failed COMMIT left
+                try:
                     result = work(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:  # also after a failed COMMIT
+                        conn.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             raise self._driver_error(op, exc) from None
         self._modes.after_commit(op)

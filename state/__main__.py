@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -26,6 +27,7 @@ sum(expires_at IS NOT NULL AND expires_at <= :now) FROM entries WHERE {WHERE} GR
 FOREIGN = ". Is that the state database? It lives at <state dir>/plugin-state/state.sqlite: give --state-dir D"
 LIVE_KEYS = f"""SELECT plugin_id, key, value, created_at, expires_at FROM entries WHERE {WHERE}
 AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key"""
+URL_TEXT = functools.partial(path_text, why="an empty --url would probe the SQLite file instead")  # `--url "$UNSET"`
 
 
 def build_parser(prog: str = "python -m chatstate.state") -> argparse.ArgumentParser:
@@ -37,19 +39,12 @@ def build_parser(prog: str = "python -m chatstate.state") -> argparse.ArgumentPa
     for group in where.values():
         group.add_argument("--state-dir", type=path_text, help="state dir (default $CHATSTATE_HOME or ~/.chatstate)")
         group.add_argument("--path", type=path_text, help="the database file itself, instead of --state-dir")
-    where[p].add_argument("--url", type=_url_text, help="probe a redis:// backend instead of the SQLite file")
+    where[p].add_argument("--url", type=URL_TEXT, help="probe a redis:// backend instead of the SQLite file")
     i.add_argument("--plugin", help="only this plugin id")
     i.add_argument("--namespace", help="only this namespace (lists its keys)")
     i.add_argument("--values", action="store_true", help="also print stored values (off by default)")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
-
-
-def _url_text(text: str) -> str:
-    """A --url value (argparse `type`): never blank (`--url "$UNSET"`), which would probe the SQLite file instead."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty (an empty --url would probe the SQLite file instead)")
-    return text
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m chatstate.state") -> int:
@@ -75,9 +70,8 @@ def _inspect(args: argparse.Namespace, path: Path) -> int:
         check_database(path)  # read-only: a damaged file is reported, never touched
     except StateStoreError as exc:
         # Moving a file aside starts an empty store only for the store's own file; any other is someone's file.
-        hint = (
-            to_go_on(path, exc) if path.parent.name == "plugin-state" else FOREIGN if exc.code == "OPEN_FAILED" else ""
-        )
+        own = path.parent.name == "plugin-state"
+        hint = to_go_on(path, exc) if own else FOREIGN if exc.code == "OPEN_FAILED" else ""
         print(f"{exc}{hint}", file=sys.stderr)
         return 1
     if not path.exists():

@@ -1,10 +1,9 @@
 """The async twin: the sync store's public methods, awaitable, each run on a worker thread.
 
-Threads, not an async driver: SQLite has no async API and the sync store holds every rule, so
-running it off the loop (Starlette's `run_in_threadpool` idea) writes the rules once and the loop
-never waits on disk I/O or the write lock. Reads (and Redis calls) run on a small pool; a SQLite
-database's writes run on its writer thread, which group-commits what queued up.
-"""
+Threads, not an async driver: SQLite has no async API and the sync store holds every rule, so running it off the loop
+(Starlette's `run_in_threadpool` idea) writes the rules once and the loop never waits on disk I/O or the write lock.
+Reads (and Redis calls) run on a small pool; a SQLite database's writes run on its writer thread, which group-commits
+what queued up."""
 
 from __future__ import annotations
 
@@ -14,13 +13,14 @@ import functools
 import os
 import queue
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from ._spec import UPDATE_ATTEMPTS, Entry, Json, Key, check_key, check_keys, check_ttl, check_version, serialize_value
+from ._spec import Json, Key, check_key, check_keys, check_ttl, check_version, serialize_value
 from ._store import KeyedStore, StagedWrite, commit_staged, staged_list
 
 T = TypeVar("T")
+P = ParamSpec("P")
 WORKER_THREADS = 4  # reads (and Redis writes) overlap on these
 WORKER_PREFIX = "chatstate-state"
 DELIVER_BATCH = 16  # at most this many finished calls wait for one wake-up of their loop
@@ -34,11 +34,10 @@ Batch = Callable[[Sequence[Callable[[], Any]]], "list[tuple[Any, BaseException |
 class Workers:
     """Up to `threads` threads on one queue, each result set on its caller's future.
 
-    Not `run_in_executor`: its concurrent Future and one loop wake-up per call cost more than the
-    SQLite write. A worker runs what queued up (up to DELIVER_BATCH) and wakes the loop once; a
-    writer (`batch`: the backend's `run_batch`) takes one loop turn's calls and commits them
-    together (group commit). Idle threads exit after IDLE_EXIT_S; a forked child starts afresh.
-    """
+    Not `run_in_executor`: its concurrent Future and one loop wake-up per call cost more than the SQLite write. A worker
+    runs what queued up (up to DELIVER_BATCH) and wakes the loop once; a writer (`batch`: the backend's `run_batch`)
+    takes one loop turn's calls and commits them together (group commit). Idle threads exit after IDLE_EXIT_S; a forked
+    child starts afresh."""
 
     def __init__(self, threads: int, prefix: str, batch: Batch | None = None) -> None:
         self._max_threads, self._prefix, self._batch = threads, prefix, batch
@@ -58,11 +57,8 @@ class Workers:
         loop = call[0]
         if loop not in self._pending:
             self._pending[loop] = []
-            loop.call_soon(self._hand_over, loop)
+            loop.call_soon(lambda: self._put(self._pending.pop(loop)))
         self._pending[loop].append(call)
-
-    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._put(self._pending.pop(loop))
 
     def _put(self, calls: list[_Call]) -> None:
         """Queue `calls`, then start a thread if fewer than the maximum run: a retiring thread
@@ -145,7 +141,24 @@ async def _wait(future: asyncio.Future[T]) -> T:
     return await future
 
 
-class AsyncKeyedStore:
+def _awaitable(
+    method: Callable[Concatenate[KeyedStore, P], T], *, writes: bool = False
+) -> Callable[Concatenate[AsyncKeyedStore, P], Coroutine[Any, Any, T]]:
+    """The sync store's method of `method`'s name, run once awaited: on the writer (`writes`) or the read pool."""
+
+    @functools.wraps(method)
+    async def run(self: AsyncKeyedStore, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await submit(self._writer if writes else POOL, getattr(self.sync, method.__name__), *args, **kwargs)
+
+    return run
+
+
+def _plain(method: Callable[Concatenate[KeyedStore, P], T]) -> Callable[Concatenate[AsyncKeyedStore, P], T]:
+    """The sync store's method of `method`'s name, called as it is (no I/O)."""
+    return functools.wraps(method)(lambda self, *args, **kwargs: getattr(self.sync, method.__name__)(*args, **kwargs))
+
+
+class AsyncKeyedStore(contextlib.AbstractAsyncContextManager["AsyncKeyedStore"]):
     """Awaitable twin of `KeyedStore`: each method runs the sync one of the same name on a worker; stage_* are plain
     calls (no I/O), and register & co. check and serialize at the call, so a task stores `v` as it was then."""
 
@@ -175,64 +188,33 @@ class AsyncKeyedStore:
     def compare_and_set(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> Awaitable[bool]:
         return self._write("compare_and_set", key, value, ttl_ms, version=check_version(version, "compare_and_set"))
 
-    async def update(
-        self, key: str, fn: Callable[[Any], Any], *, ttl_ms: int | None = None, max_attempts: int = UPDATE_ATTEMPTS
-    ) -> Any:
-        """Runs on the writer, so `fn` runs there too: keep it pure and quick."""
-        return await submit(self._writer, self.sync.update, key, fn, ttl_ms=ttl_ms, max_attempts=max_attempts)
-
-    def stage_register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
-        return self.sync.stage_register(key, value, ttl_ms=ttl_ms)
-
-    def stage_register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
-        return self.sync.stage_register_if_absent(key, value, ttl_ms=ttl_ms)
-
-    def stage_compare_and_set(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> StagedWrite:
-        return self.sync.stage_compare_and_set(key, value, version=version, ttl_ms=ttl_ms)
-
-    def stage_delete(self, key: str) -> StagedWrite:
-        return self.sync.stage_delete(key)
-
-    async def lookup(self, key: str) -> Any | None:
-        return await submit(POOL, self.sync.lookup, key)
-
-    async def lookup_entry(self, key: str) -> Entry | None:
-        return await submit(POOL, self.sync.lookup_entry, key)
+    # The sync method of the same name (its signature and docstring), run once awaited: reads on the
+    # pool, writes on the writer (`update`'s `fn` too: keep it pure and quick); stage_* are plain calls.
+    update = _awaitable(KeyedStore.update, writes=True)
+    stage_register = _plain(KeyedStore.stage_register)
+    stage_register_if_absent = _plain(KeyedStore.stage_register_if_absent)
+    stage_compare_and_set = _plain(KeyedStore.stage_compare_and_set)
+    stage_delete = _plain(KeyedStore.stage_delete)
+    lookup = _awaitable(KeyedStore.lookup)
+    lookup_entry = _awaitable(KeyedStore.lookup_entry)
 
     async def lookup_many(self, keys: Iterable[str]) -> dict[str, Any]:
         return await submit(POOL, self.sync.lookup_many, check_keys(keys, "lookup_many"))  # copied at the call
 
-    async def consume(self, key: str) -> Any | None:
-        return await submit(self._writer, self.sync.consume, key)
-
-    async def delete(self, key: str) -> bool:
-        return await submit(self._writer, self.sync.delete, key)
-
-    async def delete_if(self, key: str, *, version: int) -> bool:
-        return await submit(self._writer, self.sync.delete_if, key, version=version)
-
-    async def clear(self) -> int:
-        return await submit(self._writer, self.sync.clear)
-
-    async def count(self) -> int:
-        return await submit(POOL, self.sync.count)
-
-    async def entries(self, *, limit: int | None = None, after: Entry | None = None) -> list[Entry]:
-        return await submit(POOL, self.sync.entries, limit=limit, after=after)
-
-    async def close(self) -> None:
-        return await submit(POOL, self.sync.close)
-
-    async def __aenter__(self) -> AsyncKeyedStore:
-        return self
+    consume = _awaitable(KeyedStore.consume, writes=True)
+    delete = _awaitable(KeyedStore.delete, writes=True)
+    delete_if = _awaitable(KeyedStore.delete_if, writes=True)
+    clear = _awaitable(KeyedStore.clear, writes=True)
+    count = _awaitable(KeyedStore.count)
+    entries = _awaitable(KeyedStore.entries)
+    close = _awaitable(KeyedStore.close)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
 
 async def commit_staged_async(writes: Iterable[StagedWrite]) -> bool:
-    """`commit_staged` off the loop, on the database's writer (a group commit that fails is rerun
-    call by call) or the pool (Redis); the list is taken at this call."""
+    """`commit_staged` off the loop, on the database's writer or the pool (Redis); the list is taken at this call."""
     staged = staged_list(writes)
     return await submit(staged[0].store.database.writer, commit_staged, staged) if staged else True
 

@@ -8,32 +8,21 @@ from __future__ import annotations
 import functools
 import os
 import threading
-import uuid
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from . import _files, _sqlite
 from ._aio import POOL, WORKER_PREFIX, AsyncKeyedStore, Workers, open_async
-from ._files import PathArg, check_where, resolve_path
+from ._files import PathArg, resolve_path
 from ._redis_layout import database_of, shown_url  # no redis-py here
-from ._spec import (
-    MAX_VALUE_BYTES,
-    Backend,
-    Clock,
-    NamespaceSpec,
-    StateStoreError,
-    StoreSettings,
-    Write,
-    new_version,
-    wall_clock_ms,
-)
+from ._spec import MAX_VALUE_BYTES, Backend, Clock, NamespaceSpec, StateStoreError, StoreSettings, wall_clock_ms
 from ._store import KeyedStore
 
 P = ParamSpec("P")
 T = TypeVar("T")
-PROBE_SPEC = NamespaceSpec("core:probe", "probe", 1_000)  # a core-owned pair: never a plugin's namespace
 
 
 class Location:
@@ -131,6 +120,17 @@ def acquire(path: PathArg, url: str | None, settings: StoreSettings) -> Location
     return shared
 
 
+def check_where(path: object, url: object, settings: object) -> None:
+    """The types of `path` (never blank: that would be the current folder), `url` and `settings`; else INVALID_INPUT."""
+    if url is not None and not isinstance(url, str):
+        raise StateStoreError("INVALID_INPUT", "open", "url must be a string: redis://...")
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if path is not None and not (isinstance(text, str) and text.strip()):
+        raise StateStoreError("INVALID_INPUT", "open", "path must be a non-empty str or os.PathLike of str")
+    if settings is not None and not isinstance(settings, StoreSettings):
+        raise StateStoreError("INVALID_INPUT", "open", "settings must be a StoreSettings")
+
+
 def open_keyed_store(
     plugin_id: str,
     namespace: str,
@@ -168,7 +168,7 @@ async def open_async_keyed_store(*args: Any, **kwargs: Any) -> AsyncKeyedStore:
     return await open_async(lambda: open_keyed_store(*args, **kwargs))
 
 
-class Database:
+class Database(AbstractContextManager["Database"]):
     """One database (SQLite file or Redis URL) held for as long as its owner needs it: opened on first use (a
     failed open is tried again by the next call), held until `close`; its stores close on their own.
     Thread-safe; the methods block (call them off the loop)."""
@@ -217,18 +217,16 @@ class Database:
         return await open_async(lambda: self.open_keyed_store(plugin_id, namespace, **options))
 
     def sweep_expired(self, *, now_ms: int | None = None) -> int:
-        """Delete expired rows of every plugin in batches of <= 1,024; how many went. Raises WRITE_FAILED /
-        UNAVAILABLE (operation "sweep"), or the open's errors."""
+        """Delete expired rows of every plugin in batches of <= 1,024; how many went (errors: operation "sweep")."""
         return self._open("sweep").backend.sweep(wall_clock_ms() if now_ms is None else now_ms)
 
     def checkpoint(self) -> None:
-        """Fold the WAL back into the database file (for Redis: a PING). Raises as `close`."""
+        """Fold the WAL back into the database file (for Redis: a PING); errors: operation "close"."""
         self._open("close").backend.checkpoint()
 
     def probe(self) -> dict[str, Any]:
-        """Check the store end to end; never raises, never shows values. Returns {ok, database_path, steps: [{name,
-        ok, code?, message?}]} for state-dir, open, schema, write-read-delete (a temporary core row), checkpoint and
-        permissions (SQLite)."""
+        """Check the store end to end, step by step (docs/state.md, "probe and the CLI"); never raises, never shows
+        values."""
         steps: list[dict[str, Any]] = []
 
         def step(name: str, fn: Callable[[], T]) -> T:
@@ -247,8 +245,8 @@ class Database:
             if self.is_file:
                 step("state-dir", lambda: _files.check_dir(Path(self.location).parent))
             backend = step("open", lambda: self._open(recheck=True).backend)
-            step("schema", lambda: _check_schema(backend))
-            step("write-read-delete", lambda: _round_trip(backend))
+            step("schema", backend.probe_schema)
+            step("write-read-delete", backend.probe_round_trip)
             step("checkpoint", backend.checkpoint)
             if self.is_file:  # file modes: SQLite only
                 fault = {"ok": False, "code": "WRITE_FAILED", "message": f} if (f := backend.fault()) else {"ok": True}
@@ -263,9 +261,6 @@ class Database:
             held, self._held, self._closed = self._held, None, True
         if held is not None:
             held.release()
-
-    def __enter__(self) -> Database:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -286,8 +281,7 @@ def checkpoint(path: PathArg = None, *, url: str | None = None, settings: StoreS
 
 
 def probe(path: PathArg = None, *, url: str | None = None, settings: StoreSettings | None = None) -> dict[str, Any]:
-    """`Database.probe` on a Database opened for this one call (scripts, the CLI); arguments no Database can be
-    made of are a failed `open` step, since probe never raises."""
+    """`Database.probe` on a Database opened for this one call; arguments no Database takes are a failed `open` step."""
     try:
         database = Database(path, url=url, settings=settings)
     except StateStoreError as exc:
@@ -295,21 +289,3 @@ def probe(path: PathArg = None, *, url: str | None = None, settings: StoreSettin
         return {"ok": False, "database_path": "(not a location)", "steps": [step]}
     with database:
         return database.probe()
-
-
-def _check_schema(backend: Backend) -> None:
-    if (version := backend.schema_version()) < 1:
-        raise _failed(backend, "SCHEMA_UNSUPPORTED", f"schema version {version} was not initialised")
-
-
-def _round_trip(backend: Backend) -> None:
-    key, now, value = f"probe-{uuid.uuid4().hex}", wall_clock_ms(), '{"probe":true}'
-    backend.write(Write(PROBE_SPEC, key, value, now, now + 60_000, new_version()))
-    if (row := backend.read(PROBE_SPEC, key, now)) is None or row.value != value:
-        raise _failed(backend, "READ_FAILED", "a row just written could not be read back")
-    if not backend.remove(PROBE_SPEC, key, now):
-        raise _failed(backend, "WRITE_FAILED", "a row just written could not be deleted")
-
-
-def _failed(backend: Backend, code: str, message: str) -> StateStoreError:
-    return StateStoreError(code, "probe", message, path=backend.location)

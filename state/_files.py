@@ -11,11 +11,12 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeAlias
 
-from ._spec import SCHEMA_VERSION, StateStoreError, StoreSettings
+from ._spec import SCHEMA_VERSION, StateStoreError
 
 PathArg: TypeAlias = "str | os.PathLike[str] | None"
 DIR_MODE, FILE_MODE = 0o700, 0o600
@@ -23,6 +24,7 @@ SIDE_FILES = ("-wal", "-shm")
 SQLITE_HEADER = b"SQLite format 3\x00"
 NOT_SQLITE = "the file at the state path is not a SQLite database"
 CORRUPTION = ("malformed", "not a database", "corrupt")  # what SQLite says of a damaged file
+WAL_RETRY_S = 0.005  # pause between attempts to switch a brand-new database to WAL
 log = logging.getLogger("chatstate.state")
 
 
@@ -52,18 +54,6 @@ def resolve_path(path: PathArg) -> Path:
     # taken, refused by the open (rule 18), never a state dir to nest a second database in.
     at_file = p.name == "state.sqlite" and p.parent.name == "plugin-state"
     return database_path(p) if p.is_dir() and not p.is_symlink() and not at_file else p
-
-
-def check_where(path: object, url: object, settings: object, op: str = "open") -> None:
-    """Where and how a database is opened: `path` None or a non-blank str or os.PathLike (never the
-    current folder by accident), `url` None or a str, `settings` None or a StoreSettings; else INVALID_INPUT."""
-    if url is not None and not isinstance(url, str):
-        raise StateStoreError("INVALID_INPUT", op, "url must be a string: redis://...")
-    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
-    if path is not None and not (isinstance(text, str) and text.strip()):
-        raise StateStoreError("INVALID_INPUT", op, "path must be a non-empty str or os.PathLike of str")
-    if settings is not None and not isinstance(settings, StoreSettings):
-        raise StateStoreError("INVALID_INPUT", op, "settings must be a StoreSettings")
 
 
 # -- never follow, never adopt -----------------------------------------------------------------
@@ -242,6 +232,25 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
+def connect(path: Path, wait_s: float) -> sqlite3.Connection:
+    """A connection in WAL mode (`nofollow`: SQLite refuses to open a symlink itself too). isolation_level None: the
+    transactions are the caller's; check_same_thread: close() may run on any thread. The switch to WAL gets no busy
+    handler (processes creating the file together saw "database is locked"): it is retried for up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    uri = f"{path.as_uri()}?nofollow=1"
+    conn = sqlite3.connect(uri, uri=True, timeout=wait_s, isolation_level=None, check_same_thread=False)
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(WAL_RETRY_S)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
 # -- the read-only check of an existing file --------------------------------------------------
 def read_only(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
@@ -306,30 +315,26 @@ def check_file(path: Path, *, create: bool = False) -> bool:
 
 
 def check_database(path: PathArg = None) -> None:
-    """Refuse, read-only, a state file that is not SQLite (OPEN_FAILED), is damaged (CORRUPT) or has a newer
-    schema (SCHEMA_UNSUPPORTED); a missing or empty file is fine."""
+    """Refuse, read-only, a state file that is not SQLite, damaged or newer (docs/state.md); missing or empty: fine."""
     check_file(resolve_path(path))
 
 
-def path_text(text: str) -> str:
-    """A --state-dir / --path value (argparse `type`): never blank, which would be the current folder."""
+def path_text(text: str, why: str = "an empty path would be the current folder") -> str:
+    """A --state-dir / --path value (argparse `type`; --url's through a partial with its own `why`): never blank."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty (an empty path would be the current folder)")
+        raise argparse.ArgumentTypeError(f"must not be empty ({why})")
     return text
 
 
-def next_steps(path: str, code: str) -> str:
-    """What to do about an unusable database file (nothing here moves or deletes it)."""
-    if code == "SCHEMA_UNSUPPORTED":
-        return "it was written by a newer chatstate: run that version, or move it aside to start empty"
+def to_go_on(path: Path, exc: StateStoreError) -> str:
+    """ ". To go on: <what to do>" after the error refusing a database file for what it holds (nothing here moves it),
+    else "": a file refused for where it is (a symlink, another uid's, a directory of another uid) is fine, and
+    moving it aside fixes nothing."""
+    content = exc.code in ("CORRUPT", "SCHEMA_UNSUPPORTED") or (exc.code == "OPEN_FAILED" and NOT_SQLITE in str(exc))
+    if not (content and path.is_file() and not path.is_symlink()):
+        return ""
+    if exc.code == "SCHEMA_UNSUPPORTED":
+        return ". To go on: it was written by a newer chatstate: run that version, or move it aside to start empty"
     moved = f"move it aside to start with an empty store (mv {path} {path}.bad, and its -wal/-shm files if any)"
     check = f"`sqlite3 {path}.bad 'PRAGMA integrity_check'` or `python -m chatstate state probe --path {path}.bad`"
-    return f"{moved}, then check the old file with {check}"
-
-
-def to_go_on(path: Path, exc: StateStoreError) -> str:
-    """ ". To go on: <next_steps>" after the error refusing a database file for what it holds, else "": a file refused
-    for where it is (a symlink, another uid's, a directory of another uid) is fine, and moving it aside fixes nothing."""
-    content = exc.code in ("CORRUPT", "SCHEMA_UNSUPPORTED") or (exc.code == "OPEN_FAILED" and NOT_SQLITE in str(exc))
-    unusable = content and path.is_file() and not path.is_symlink()
-    return f". To go on: {next_steps(str(path), str(exc.code))}" if unusable else ""
+    return f". To go on: {moved}, then check the old file with {check}"

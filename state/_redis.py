@@ -1,10 +1,9 @@
-"""The Redis backend: the SQLite contract for several gateways sharing one Redis, through
-redis-py (one server, TLS, a unix socket, Sentinel or Cluster: the URL forms in docs/state.md).
+"""The Redis backend: the SQLite contract for several gateways sharing one Redis, through redis-py (one server, TLS, a
+unix socket, Sentinel or Cluster: the URL forms in docs/state.md).
 
-Failover, slot routing and retries are redis-py's; a conditional write, take or clear carries a
-nonce, so a call retried after a lost reply (or READONLY from a demoted primary) gets the first
-run's answer. No KEYS, no SCAN: `sweep` walks a registry of plugins and their namespaces.
-"""
+Failover, slot routing and retries are redis-py's; a conditional write, take or clear carries a nonce, so a call retried
+after a lost reply (or READONLY from a demoted primary) gets the first run's answer. No KEYS, no SCAN: `sweep` walks a
+registry of plugins and their namespaces."""
 
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ from redis.sentinel import MasterNotFoundError, Sentinel
 
 from . import _redis_layout as layout
 from ._redis_layout import shown_url
-from ._spec import READ_OPS, Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write, new_version
+from ._spec import Backend, Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write, new_version
 
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
 CLIENT_ERRORS = (redis.RedisError, errors.RedisClusterException)  # what redis-py raises
@@ -39,7 +38,7 @@ _INITS = (RedisCluster.__init__, AbstractConnection.__init__, SSLConnection.__in
 CLUSTER_KNOWN = frozenset(chain(REDIS_ALLOWED_KEYS, *(signature(f).parameters for f in _INITS)))
 
 
-class RedisBackend:
+class RedisBackend(Backend):
     """One Redis database as seen by this process, for the `Database` that owns it."""
 
     kind = "redis"
@@ -111,14 +110,11 @@ class RedisBackend:
         message = f"the Redis URL has an option neither we nor redis-py know: {names}; ours are {ours}"
         return self._fail("INVALID_INPUT", "open", message)
 
-    def _fail(self, code: str, op: str, message: str) -> StateStoreError:
-        return StateStoreError(code, op, message, path=self.location)
-
     def _explain(self, op: str, exc: BaseException) -> tuple[str, str, str]:
         """Code, operation and message for a redis-py error, its retries behind us."""
         replied = isinstance(exc, (redis.ResponseError, errors.RedisClusterException))  # text: the server's reply
         text, name = (str(exc).splitlines() or [""])[0][:300] if replied else "", type(exc).__name__
-        failed = "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in READ_OPS else "WRITE_FAILED"
+        failed = self._failed(op)
         refused = layout.refused_in_script(text)  # a script's error wraps the server's reply, NOPERM inside
         if isinstance(exc, redis.AuthenticationError) or text.startswith(("WRONGPASS", "NOAUTH")):
             return "OPEN_FAILED", op, "Redis refused the credentials: check the user and password in the URL"
@@ -269,16 +265,6 @@ class RedisBackend:
             return int(self._call(op, lambda: self._client.get(key)) or 1)
         except ValueError:
             raise self._fail("CORRUPT", op, "the schema marker is not a number") from None
-
-    def reopened(self) -> None:
-        """Nothing to re-check: Redis has no files."""
-
-    def fault(self) -> str | None:
-        return None
-
-    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]] | None:
-        """No group commit on Redis: each script is its own transaction already."""
-        return None
 
     def write(self, w: Write) -> bool:
         return self.commit([w], w.mode.value)

@@ -1,8 +1,7 @@
-"""What needs no connection to Redis: the options and database a URL names, the key layout
-(docs/state.md, "Key layout"), the Lua scripts that keep it and the rows they return. A script is
-one operation, atomic as a SQLite transaction, on the caller's clock (`now_ms`); a plugin's keys
-share its hash tag, so each script runs in one Cluster slot.
-"""
+"""What needs no connection to Redis: the options and database a URL names, the key layout (docs/state.md, "Key
+layout"), the Lua scripts that keep it and the rows they return. A script is one operation, atomic as a SQLite
+transaction, on the caller's clock (`now_ms`); a plugin's keys share its hash tag, so each script runs in one Cluster
+slot."""
 
 from __future__ import annotations
 
@@ -54,9 +53,8 @@ class RedisOptions:
             try:
                 values[name] = kinds[name](text)
             except ValueError:
-                raise bad(
-                    f"Redis URL option {name!r} is malformed: it takes a {'whole ' if kinds[name] is int else ''}number"
-                ) from None
+                what = "a whole number" if kinds[name] is int else "a number"
+                raise bad(f"Redis URL option {name!r} is malformed: it takes {what}") from None
         o = cls(**values)
         if not o.prefix or any(c in o.prefix for c in "{} \n"):
             why = "a non-empty word without braces (keys carry their own hash tag, one per plugin, for Redis Cluster)"
@@ -148,11 +146,10 @@ def block(prefix: str, spec: NamespaceSpec, now_ms: int, *args: Any, rows: Itera
     return keys + [f"{base}:r:{k}" for k in rows], [now_ms, base, spec.namespace, *args]
 
 
-# ARGV: op result ttl and grace ms, "1" if the last KEY is an op key (a retried call gets the
-# first run's answer from it), then a block per namespace (one, but in `write`): KEYS order, exp,
-# the namespaces set, then the rows named; ARGV now, base, namespace, then the script's own.
-# Numbers stay strings (Lua 5.1 prints 1.7e+12). Redis runs a script's whole text on every call,
-# so each takes only the pieces it calls: _CORE, then _ONCE, _ROWS or _LIST as needed.
+# ARGV: op result ttl and grace ms, "1" if the last KEY is an op key (a retried call gets the first run's answer from
+# it), then a block per namespace (one, but in `write`): KEYS order, exp, the namespaces set, then the rows named; ARGV
+# now, base, namespace, then the script's own. Numbers stay strings (Lua 5.1 prints 1.7e+12). Redis runs a script's
+# whole text on every call, so each takes only the pieces it calls: _CORE, then _ONCE, _ROWS or _LIST as needed.
 _CORE = """
 local A = ARGV
 local ttl, grace, now, base, ns, clock = A[1], tonumber(A[2]), A[4], A[5], A[6], tonumber(A[4])

@@ -9,6 +9,7 @@ import math
 import random
 import re
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -101,12 +102,22 @@ class NamespaceSpec:
 
     @classmethod
     def checked(cls, plugin_id: object, namespace: object, *, core: bool = False, **options: Any) -> NamespaceSpec:
-        """A spec from `open_keyed_store`'s arguments. Raises INVALID_INPUT, or LIMIT_EXCEEDED for
-        an oversized plugin id or namespace; TypeError for an unknown option."""
-        spec = cls(check_plugin_id(plugin_id, core=core), check_namespace(namespace), **options)
+        """A spec from `open_keyed_store`'s arguments, or INVALID_INPUT (LIMIT_EXCEEDED: an oversized plugin id or
+        namespace; TypeError: an unknown option). Ids starting `core:` are the gateway's: they need `core=True`."""
+        bad = functools.partial(StateStoreError, "INVALID_INPUT", "open")
+        if not isinstance(plugin_id, str) or not plugin_id.strip():
+            raise bad("plugin_id must be a non-empty string")
+        plugin_id = _sized(plugin_id, "plugin_id", MAX_PLUGIN_ID_BYTES, "open")
+        if (is_core := plugin_id.lower().startswith(CORE_PREFIX)) and not core:
+            raise bad(f"plugin ids starting {CORE_PREFIX!r} are reserved for the gateway")
+        if core and (not is_core or len(plugin_id) == len(CORE_PREFIX)):
+            raise bad(f"a core store id must look like '{CORE_PREFIX}<name>'")
+        if not NAMESPACE_RE.fullmatch(namespace := _sized(namespace, "namespace", MAX_NAMESPACE_BYTES, "open")):
+            raise bad("namespace must match ^[a-z0-9][a-z0-9._-]*$ (case-insensitive)")
+        spec = cls(plugin_id, namespace, **options)
         check_int(spec.max_entries, 1, 2**63 - 1, "open", "max_entries", "max_entries must be an integer >= 1")
         if spec.overflow not in OVERFLOW_POLICIES:
-            raise StateStoreError("INVALID_INPUT", "open", f"overflow must be one of {OVERFLOW_POLICIES}")
+            raise bad(f"overflow must be one of {OVERFLOW_POLICIES}")
         check_ttl(spec.default_ttl_ms, "open", "default_ttl_ms")
         check_int(spec.max_value_bytes, 1, MAX_VALUE_BYTES_CEILING, "open", "max_value_bytes")
         return spec
@@ -158,8 +169,8 @@ Decode = Callable[[Row], Any]  # raises StateStoreError CORRUPT for unreadable J
 
 
 class Backend(Protocol):
-    """Storage under a `Database`: it gets checked, serialized input and the caller's `now_ms`, and
-    makes every write atomic on its own (two processes may race on one key)."""
+    """Storage under a `Database`: it gets checked, serialized input and the caller's `now_ms`, and makes every write
+    atomic on its own (two processes may race on one key). Both backends subclass it for the methods with a body."""
 
     kind: str  # "sqlite" | "redis": the `backend` label of the metrics
     location: str  # a file path or a URL without credentials: goes into error messages
@@ -168,8 +179,6 @@ class Backend(Protocol):
     def write(self, w: Write) -> bool: ...  # apply `w` if its mode allows, keep max_entries; False = not applied
     # staged writes in order, all or nothing; False (nothing written) when a CLAIM or MATCH fails
     def commit(self, writes: Sequence[Write]) -> bool: ...
-    # several writes in one transaction (group commit); None: run them one by one instead
-    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]] | None: ...
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None: ...
     def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]: ...
     # delete the live row and return `decode(row)`, or None; if decode raises, the row is kept
@@ -182,9 +191,39 @@ class Backend(Protocol):
     def sweep(self, now_ms: int) -> int: ...
     def checkpoint(self, op: str = "close") -> None: ...
     def schema_version(self) -> int: ...
-    def reopened(self) -> None: ...  # another store joined: check the paths (OPEN_FAILED), re-apply modes
-    def fault(self) -> str | None: ...  # the last post-commit problem that did not fail a write, or None
     def close(self) -> None: ...  # wait for calls in flight, checkpoint, close; later calls: UNAVAILABLE
+
+    # What a backend without files or group commit (Redis) does; SQLite overrides these three.
+    def reopened(self) -> None:  # another store joined: check the paths (OPEN_FAILED), re-apply modes
+        return None
+
+    def fault(self) -> str | None:  # the last post-commit problem that did not fail a write, or None
+        return None
+
+    # several writes in one transaction (group commit); None: run them one by one instead
+    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]] | None:
+        return None
+
+    def _fail(self, code: str, op: str, message: str = "the store is closed") -> StateStoreError:
+        return StateStoreError(code, op, message, path=self.location)
+
+    def _failed(self, op: str) -> str:
+        """The code of a driver fault during `op`."""
+        return "OPEN_FAILED" if op == "open" else "READ_FAILED" if op in READ_OPS else "WRITE_FAILED"
+
+    def probe_schema(self) -> None:  # the probe's "schema" step
+        if (version := self.schema_version()) < 1:
+            raise self._fail("SCHEMA_UNSUPPORTED", "probe", f"schema version {version} was not initialised")
+
+    def probe_round_trip(self) -> None:
+        """The probe's "write-read-delete" step, on a core-owned pair (never a plugin's namespace)."""
+        spec, key = NamespaceSpec("core:probe", "probe", 1_000), f"probe-{uuid.uuid4().hex}"
+        now, value = wall_clock_ms(), '{"probe":true}'
+        self.write(Write(spec, key, value, now, now + 60_000, new_version()))
+        if (row := self.read(spec, key, now)) is None or row.value != value:
+            raise self._fail("READ_FAILED", "probe", "a row just written could not be read back")
+        if not self.remove(spec, key, now):
+            raise self._fail("WRITE_FAILED", "probe", "a row just written could not be deleted")
 
 
 # -- input checks ----------------------------------------------------------------------------
@@ -223,25 +262,6 @@ def _sized(value: object, what: str, limit: int, op: str) -> str:
     value = value.strip()
     if (size := _utf8_len(value, what, op)) > limit:
         raise StateStoreError("LIMIT_EXCEEDED", op, f"{what} is {size} bytes; the limit is {limit}")
-    return value
-
-
-def check_plugin_id(value: object, op: str = "open", *, core: bool = False) -> str:
-    """A plugin id; ids starting `core:` are the gateway's own and need `core=True` (and only they)."""
-    if not isinstance(value, str) or not value.strip():
-        raise StateStoreError("INVALID_INPUT", op, "plugin_id must be a non-empty string")
-    value = _sized(value, "plugin_id", MAX_PLUGIN_ID_BYTES, op)
-    is_core = value.lower().startswith(CORE_PREFIX)
-    if is_core and not core:
-        raise StateStoreError("INVALID_INPUT", op, f"plugin ids starting {CORE_PREFIX!r} are reserved for the gateway")
-    if core and (not is_core or len(value) == len(CORE_PREFIX)):
-        raise StateStoreError("INVALID_INPUT", op, f"a core store id must look like '{CORE_PREFIX}<name>'")
-    return value
-
-
-def check_namespace(value: object, op: str = "open") -> str:
-    if not NAMESPACE_RE.fullmatch(value := _sized(value, "namespace", MAX_NAMESPACE_BYTES, op)):
-        raise StateStoreError("INVALID_INPUT", op, "namespace must match ^[a-z0-9][a-z0-9._-]*$ (case-insensitive)")
     return value
 
 

@@ -10,18 +10,16 @@ import contextlib
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ._aio import outcome
-from ._files import CORRUPTION, Modes, check_file, migrate, prepare
-from ._spec import READ_OPS, Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write
+from ._files import CORRUPTION, Modes, check_file, connect, migrate, prepare
+from ._spec import Backend, Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write
 
 WAL_AUTOCHECKPOINT_PAGES = 1_000  # SQLite's default, restored after a sweep
-WAL_RETRY_S = 0.005  # pause between attempts to switch a brand-new database to WAL
 NO_CURSOR = (-(2**63), "")  # sorts before every (created_at, key)
 T = TypeVar("T")
 
@@ -39,9 +37,8 @@ VALUES (?1, ?2, ?3, ?5, ?4, ?6, ?7) ON CONFLICT (plugin_id, namespace, key) DO U
 CLAIMABLE = "WHERE entries.expires_at IS NOT NULL AND entries.expires_at <= ?4"  # a claim's atomic check
 SQL_CLAIM = f"{SQL_UPSERT} {CLAIMABLE}"
 SQL_NS_ROWS = f"SELECT row_count FROM namespace_rows WHERE {NS}"
-# Below max_entries rows: the upsert or claim; at or over it nothing, the key being NULL, which OR IGNORE drops.
-# (INSERT ... SELECT ... WHERE says it plainer, but for the count trigger SQLite stages that row in a temporary
-# table, which costs more than a separate count query.)
+# Below max_entries rows: the upsert or claim; at or over it nothing, the key being NULL, which OR IGNORE drops. (Not
+# INSERT ... SELECT ... WHERE: for the count trigger SQLite stages that row in a temporary table, dearer than a count.)
 _BELOW_CAP = f"""INSERT OR IGNORE INTO entries (plugin_id, namespace, key, value, created_at, expires_at, version)
 VALUES (?1, ?2, CASE WHEN ({SQL_NS_ROWS}) >= ?8 THEN NULL ELSE ?3 END, ?5, ?4, ?6, ?7)
 ON CONFLICT (plugin_id, namespace, key) DO UPDATE SET {SET}"""
@@ -102,7 +99,7 @@ class _Slot:
 LOCKED = " after busy_timeout_s: another process held the write lock (a second gateway on this state dir?); stop it"
 
 
-class SQLiteBackend:
+class SQLiteBackend(Backend):
     """The keyed store's statements on one database file, for the `Database` that owns it."""
 
     kind = "sqlite"
@@ -110,7 +107,6 @@ class SQLiteBackend:
 
     def __init__(self, path: Path, settings: StoreSettings) -> None:
         self.path, self.location, self.settings = path, str(path), settings
-        self._uri = f"{path.as_uri()}?nofollow=1"  # SQLite refuses to open a symlink itself too
         self._pid = os.getpid()  # connections are used only by the process that opened them
         self._local, self._slots, self._closed = threading.local(), list[_Slot](), False
         # _lock guards _slots and _closed. _writer: one writer at a time in this process, woken the moment the
@@ -126,31 +122,14 @@ class SQLiteBackend:
         except OSError as exc:
             raise self._fail("OPEN_FAILED", "open", f"cannot {doing} ({exc.strerror})") from None
 
-    def _fail(self, code: str, op: str, message: str = "the store is closed") -> StateStoreError:
-        return StateStoreError(code, op, message, path=self.location)
-
     def _slot(self, op: str) -> _Slot:
         """This thread's connection, opened on first use; refused in a forked child (pid check)."""
         if self._pid != os.getpid():
             raise self._fail("UNAVAILABLE", op, "the store was opened by another process (before a fork)")
         if (slot := getattr(self._local, "slot", None)) is not None:
             return slot
-        # isolation_level None: BEGIN IMMEDIATE / COMMIT are ours; check_same_thread: close() closes from any
-        # thread. SQLite calls no busy handler for the switch to WAL, so processes creating the database together
-        # got "database is locked" at once: it is retried for up to busy_timeout_s.
-        wait_s = self.settings.busy_timeout_s
-        deadline = time.monotonic() + wait_s
         try:
-            conn = sqlite3.connect(self._uri, uri=True, timeout=wait_s, isolation_level=None, check_same_thread=False)
-            while True:
-                try:
-                    conn.execute("PRAGMA journal_mode = WAL")
-                    break
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or time.monotonic() >= deadline:
-                        raise
-                    time.sleep(WAL_RETRY_S)
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn = connect(self.path, self.settings.busy_timeout_s)
         except sqlite3.Error as exc:
             raise self._driver_error(op, exc, open_error=True) from None
         with self._lock:
@@ -162,8 +141,8 @@ class SQLiteBackend:
         return slot
 
     def _driver_error(self, op: str, exc: sqlite3.Error, *, open_error: bool = False) -> StateStoreError:
-        code = "OPEN_FAILED" if open_error or op == "open" else "READ_FAILED" if op in READ_OPS else "WRITE_FAILED"
-        code = "CORRUPT" if any(w in str(exc).lower() for w in CORRUPTION) else code
+        corrupt = any(w in str(exc).lower() for w in CORRUPTION)
+        code = "CORRUPT" if corrupt else "OPEN_FAILED" if open_error else self._failed(op)
         return self._fail(code, op, f"SQLite said: {exc}{LOCKED if 'locked' in str(exc) else ''}")
 
     def _query(self, op: str, statement: str, params: tuple[object, ...] | dict[str, object] = ()) -> list[Any]:
@@ -212,10 +191,8 @@ class SQLiteBackend:
 
         def work(conn: sqlite3.Connection) -> list[tuple[Any, BaseException | None]]:
             slot.batch = spoiled = [False]
-            try:
-                outcomes = [outcome(call) for call in calls]
-            finally:
-                slot.batch = None
+            outcomes = [outcome(call) for call in calls]  # never raises: each call's error is its outcome
+            slot.batch = None
             if spoiled[0]:
                 raise _Rollback
             return outcomes

@@ -1,10 +1,6 @@
-"""The sync store: a view of one (plugin_id, namespace) onto an open database. Validation, JSON,
-versions and clocks are written here once for both backends; every call is counted and timed on
-prometheus_client's default REGISTRY:
-
-    chatstate_store_operations_total{op, backend, outcome}   outcome "ok" or the error code
-    chatstate_store_operation_seconds{op, backend}           histogram of successful calls
-"""
+"""The sync store: a view of one (plugin_id, namespace) onto an open database. Validation, JSON, versions and
+clocks are written here once for both backends; every call is counted and timed on prometheus_client's default
+REGISTRY (the metrics: docs/state.md). Each method's errors are docs/state.md's "Errors" table."""
 
 from __future__ import annotations
 
@@ -14,6 +10,7 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -98,7 +95,7 @@ _raw_decode = json.JSONDecoder().raw_decode
 
 
 # -- the store -------------------------------------------------------------------------------
-class KeyedStore:
+class KeyedStore(AbstractContextManager["KeyedStore"]):
     """A keyed store bound to one (plugin_id, namespace); every call sees only that pair."""
 
     def __init__(self, database: Location, spec: NamespaceSpec, clock: Clock) -> None:
@@ -111,9 +108,7 @@ class KeyedStore:
         self.location = self._backend.location  # the file, or the URL without credentials
         self.backend_kind = kind = self._backend.kind  # the `backend` label of the metrics
         self._ok = {op: (OPERATIONS.labels(op, kind, "ok").inc, SECONDS.labels(op, kind).observe) for op in _MEASURED}
-        self._clock = clock
-        self._closed = False
-        self._close_lock = threading.Lock()
+        self._clock, self._closed, self._close_lock = clock, False, threading.Lock()
 
     def __repr__(self) -> str:
         return f"<KeyedStore {self.plugin_id}/{self.namespace} at {self.location}>"
@@ -157,20 +152,17 @@ class KeyedStore:
     # -- the contract ---------------------------------------------------------------------
     @measured("register")
     def register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> None:
-        """Upsert `value` under `key`: a new version, the newest row, TTL `ttl_ms` or default_ttl_ms;
-        then the cap (rules 8, 9). Raises INVALID_INPUT, LIMIT_EXCEEDED, WRITE_FAILED, UNAVAILABLE."""
+        """Upsert `value` under `key`: a new version, the newest row, TTL `ttl_ms` or default_ttl_ms; then the cap."""
         self._write(Mode.UPSERT, key, value, ttl_ms)
 
     @measured("register_if_absent")
     def register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> bool:
-        """Claim `key` atomically: True if written, False if a live row holds it (an expired
-        row counts as absent; of racing claimers exactly one wins). Raises as `register`."""
+        """Claim `key` atomically: True if written, False if a live row holds it (of racing claimers, one wins)."""
         return self._write(Mode.CLAIM, key, value, ttl_ms)
 
     @measured("compare_and_set")
     def compare_and_set(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> bool:
-        """Write as `register` only if the live row under `key` still has `version` (an Entry's);
-        False if it changed, expired or went since. Atomic across processes. Raises as `register`."""
+        """Write as `register` only if the live row under `key` still has `version` (an Entry's), else False."""
         return self._write(Mode.MATCH, key, value, ttl_ms, check_version(version, "compare_and_set"))
 
     @measured("update")
@@ -178,7 +170,7 @@ class KeyedStore:
         self, key: str, fn: Callable[[Any], Any], *, ttl_ms: int | None = None, max_attempts: int = UPDATE_ATTEMPTS
     ) -> Any:
         """Store and return `fn(live value or None)`: a claim or a compare_and_set on the version read, `fn`
-        (pure) called again on a lost race, up to `max_attempts` times. Raises as `register`, and CONFLICT."""
+        (pure) called again on a lost race, up to `max_attempts` times, then CONFLICT."""
         attempts = check_int(max_attempts, 1, 1_000, "update", "max_attempts")
         check_ttl(ttl_ms, "update")
         for _ in range(attempts):
@@ -196,20 +188,19 @@ class KeyedStore:
 
     @measured("lookup")
     def lookup(self, key: str) -> Any | None:
-        """Return the live value under `key`, or None. Raises INVALID_INPUT, READ_FAILED, CORRUPT."""
+        """Return the live value under `key`, or None."""
         row = self._backend.read(self.spec, check_key(key, "lookup"), self._now("lookup"))
         return None if row is None else self._decode(row)
 
     @measured("lookup")
     def lookup_entry(self, key: str) -> Entry | None:
-        """Return the live row under `key` as an Entry (with its version), or None. Raises as `lookup`."""
+        """Return the live row under `key` as an Entry (with its version), or None."""
         row = self._backend.read(self.spec, check_key(key, "lookup"), self._now("lookup"))
         return None if row is None else self._entry(row, "lookup")
 
     @measured("lookup_many")
     def lookup_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """Return {key: value} for the live rows among `keys` (at most 1,000), in one round trip.
-        Raises INVALID_INPUT, LIMIT_EXCEEDED (too many keys), READ_FAILED, CORRUPT."""
+        """Return {key: value} for the live rows among `keys` (at most 1,000), in one round trip."""
         wanted = check_keys(keys, "lookup_many")
         if not wanted:
             return {}
@@ -218,38 +209,37 @@ class KeyedStore:
 
     @measured("consume")
     def consume(self, key: str) -> Any | None:
-        """Read and delete the live row under `key` atomically (one racer gets it); None if none.
-        Unreadable JSON raises CORRUPT and the row is kept. Raises INVALID_INPUT, WRITE_FAILED, UNAVAILABLE."""
+        """Read and delete the live row under `key` atomically (one racer gets it); None if none. Unreadable
+        JSON raises CORRUPT and the row is kept."""
         key = check_key(key, "consume")
         decode = functools.partial(self._decode, op="consume")
         return self._backend.take(self.spec, key, self._now("consume"), decode)
 
     @measured("delete")
     def delete(self, key: str) -> bool:
-        """Delete the row under `key`; True if a live row was removed. Raises INVALID_INPUT, WRITE_FAILED."""
+        """Delete the row under `key`; True if a live row was removed."""
         return self._backend.remove(self.spec, check_key(key, "delete"), self._now("delete"))
 
     @measured("delete_if")
     def delete_if(self, key: str, *, version: int) -> bool:
-        """Delete the live row under `key` only if it still has `version` ("only if still mine");
-        True if it went. Raises INVALID_INPUT, WRITE_FAILED, UNAVAILABLE."""
+        """Delete the live row under `key` only if it still has `version` ("only if still mine"); True if it went."""
         key, expect = check_key(key, "delete_if"), check_version(version, "delete_if")
         return self._backend.remove(self.spec, key, self._now("delete_if"), expect)
 
     @measured("clear")
     def clear(self) -> int:
-        """Delete every row of this namespace; returns how many were live. Raises WRITE_FAILED."""
+        """Delete every row of this namespace; returns how many were live."""
         return self._backend.remove_all(self.spec, self._now("clear"))
 
     @measured("count")
     def count(self) -> int:
-        """How many live rows this namespace holds. Raises READ_FAILED."""
+        """How many live rows this namespace holds."""
         return self._backend.count(self.spec, self._now("count"))
 
     @measured("entries")
     def entries(self, *, limit: int | None = None, after: Entry | None = None) -> list[Entry]:
-        """Return live rows by (created_at, key): at most `limit` (1..10,000), after the Entry `after`
-        (stable: a row written meanwhile moves to the end). Raises INVALID_INPUT, READ_FAILED, CORRUPT."""
+        """Return live rows by (created_at, key): at most `limit` (1..10,000), after the Entry `after` (stable:
+        a row written meanwhile moves to the end)."""
         page_limit, cursor = check_page(limit, after)
         rows = self._backend.scan(self.spec, self._now("entries"), page_limit, cursor)
         return [self._entry(r, "entries") for r in rows]
@@ -260,8 +250,7 @@ class KeyedStore:
         return StagedWrite(self, check_key(key, "commit"), text, check_ttl(ttl_ms, "commit"), mode, expect)
 
     def stage_register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
-        """Check and serialize a `register` now, for `commit_staged`; no I/O. Raises (operation
-        "commit") INVALID_INPUT, LIMIT_EXCEEDED as `register`; so do the other stage_* methods."""
+        """Check and serialize a `register` now, for `commit_staged`; no I/O (errors: operation "commit")."""
         return self._stage(Mode.UPSERT, key, value, ttl_ms)
 
     def stage_register_if_absent(self, key: str, value: Any, *, ttl_ms: int | None = None) -> StagedWrite:
@@ -295,17 +284,13 @@ class KeyedStore:
             self._closed = True
         self.database.close_store(self.spec)
 
-    def __enter__(self) -> KeyedStore:
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
 @dataclass(frozen=True)
 class StagedWrite:
-    """A write the `stage_*` methods prepared (checked, value serialized) for `commit_staged`;
-    it holds the store it was staged on."""
+    """A write a `stage_*` method checked and serialized for `commit_staged`, with the store it was staged on."""
 
     store: KeyedStore
     key: str
@@ -317,8 +302,7 @@ class StagedWrite:
 
 def commit_staged(writes: Iterable[StagedWrite]) -> bool:
     """Apply staged writes of stores on one database in order in one transaction, all or none: False, nothing
-    written, when a staged condition failed (docs/state.md, "Staged writes"). Raises (operation "commit")
-    INVALID_INPUT, LIMIT_EXCEEDED, WRITE_FAILED, UNAVAILABLE."""
+    written, when a staged condition failed (docs/state.md, "Staged writes")."""
     staged = staged_list(writes)
     return staged[0].store._commit(staged) if staged else True
 

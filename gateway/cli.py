@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from chatstate import __version__
 from chatstate.gateway import logs, state_commands
-from chatstate.gateway.config import GatewayConfig, default_state_dir, load_config
+from chatstate.gateway.config import GatewayConfig, check_state_url, default_state_dir, load_config
 from chatstate.gateway.exits import BAD_CONFIG, FAILED, INTERRUPTED, OK, GatewayExit
 from chatstate.gateway.launch import (
     CONFIG_ENV,
@@ -195,6 +195,7 @@ def _launch(args: argparse.Namespace, state_dir: Path, config: Path | None) -> L
 # -- start ----------------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace) -> int:
     config = _config(args)
+    check_state_url(config)
     launch = _launch(args, config.state_dir, config.source)
     _warn_variables(config)
     if args.check_only:  # everything a start checks before it touches anything; nothing is started

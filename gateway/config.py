@@ -23,6 +23,7 @@ from chatstate.gateway.cpu import check_cpu
 from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.settings import ENV_PREFIX, AdapterSettings, Mode, Settings, build, check_keys, env_prefix
 from chatstate.state import state_dir as resolve_state_dir
+from chatstate.state._redis_layout import shown_url
 
 # Defaults, one unit a line (docs/gateway.md lists every key and its environment variable).
 DEFAULT_HOST = "127.0.0.1"
@@ -207,6 +208,22 @@ def parse_config(
     )
 
 
+def check_state_url(config: GatewayConfig) -> None:
+    """Refuse a `[state] url` whose options the store would refuse when it opens it: the state
+    package's own check, offline, so `start --check-only` and `restart` judge it before anything
+    is stopped or started. Raises ConfigError naming the option and the accepted ones."""
+    if config.state_url is None:
+        return
+    from chatstate.state import StateStoreError
+    from chatstate.state._redis import check_url  # imports redis-py: only when a URL is set
+
+    try:
+        check_url(config.state_url, shown_url(config.state_url))
+    except StateStoreError as exc:
+        where = f" (from ${STATE_URL_ENV})" if STATE_URL_ENV in config.env else ""
+        raise ConfigError("state.url", f"{exc}{where}") from None
+
+
 def _adapters(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, AdapterConfig]:
     tables = _table(raw, "adapters")
     out: dict[str, AdapterConfig] = {}
@@ -236,6 +253,7 @@ __all__ = [
     "GatewayConfig",
     "GatewaySettings",
     "StateSettings",
+    "check_state_url",
     "TopLevelSettings",
     "check_keys",
     "env_prefix",

@@ -22,6 +22,8 @@ from gw_helpers import EXT_PLUGINS_DIR, SECRET
 from chatstate.gateway.echo import sign
 from chatstate.gateway.sim.harness import CliResult, free_port, run_gateway_cli
 
+ECHO = f'[adapters.echo]\nsecret = "{SECRET}"\n'
+
 
 @dataclass
 class Operator:
@@ -110,6 +112,9 @@ async def test_restart_without_config_starts_what_was_running_twice_from_elsewhe
         ("[adapters.echo]\n", "adapters.echo.secret"),  # a secret missing from this shell
         ('external_plugins = ["no_such_module:Plugin"]\n', "external_plugins[0]"),  # not importable
         ('[adapters.discord]\npublic_key = "abc"\nbot_token = "t"\n', "adapters.discord.public_key"),  # check()
+        # options the store refuses only when it opens, which the new gateway does after the old one stopped
+        (f'[state]\nurl = "redis://127.0.0.1:1/0?socket_keepalve=1"\n{ECHO}', "state.url: INVALID_INPUT"),
+        (f'[state]\nurl = "rediss://127.0.0.1:1/0?ssl_cert_reqs=requierd"\n{ECHO}', "Flag: requierd"),
     ],
 )
 async def test_a_config_that_fails_validation_stops_nothing(operator: Operator, toml: str, named: str) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +65,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--state-dir",
+        metavar="D",
         help="keep each run's state and logs in a new D/run-<time>-<id> folder (default: a temp dir, removed)",
     )
     p.add_argument(
@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
     say = (lambda *_: None) if opts.json else (lambda text: print(text, file=sys.stderr, flush=True))
     interrupted = threading.Event()
+    caller_sigint = signal.getsignal(signal.SIGINT)  # given back on return: a caller in-process keeps its Ctrl-C
     root: Path | None = None
     hits: dict[str, dict[str, int]] = {}  # adapter -> edge behaviour -> times the simulators played it
     try:
@@ -152,9 +153,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             raise
     finally:
-        with _sigint_ignored():
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the temp dir is removed
             if opts.keep_in is None and root is not None:
                 shutil.rmtree(root, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGINT, caller_sigint if caller_sigint is not None else signal.SIG_DFL)
     if rows is None or interrupted.is_set():
         print("\ninterrupted: simulators and gateway stopped", file=sys.stderr)
         return 130
@@ -213,15 +217,6 @@ async def _interruptible(play: Awaitable[list[Row]], interrupted: threading.Even
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # until run() has removed the temp dir
-
-
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 async def _play_transports(opts: Options, root: Path, say: Any, hits: dict[str, dict[str, int]]) -> list[Row]:

@@ -10,15 +10,18 @@ import os
 import shlex
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from gw_helpers import EXT_PLUGINS_DIR, SECRET
 
+from chatstate.gateway import launch
 from chatstate.gateway.echo import sign
 from chatstate.gateway.sim.harness import CliResult, free_port, run_gateway_cli
 
@@ -201,6 +204,31 @@ async def test_ctrl_c_while_a_detached_start_waits_leaves_no_gateway(operator: O
     assert not _alive(child["pid"])
     report = await operator.status()
     assert report["running"] is False
+
+
+def test_ctrl_c_while_the_gateway_process_is_being_created_kills_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C that lands inside Popen, once the child exists but before Popen returns it, left a
+    gateway nobody could kill (in its own session, the terminal's next Ctrl-C never reaches it)."""
+    children: list[subprocess.Popen] = []
+    real_popen = subprocess.Popen
+
+    def popen_then_ctrl_c(*args: Any, **kwargs: Any) -> subprocess.Popen:
+        children.append(real_popen(*args, **kwargs))
+        signal.raise_signal(signal.SIGINT)  # in the parent, as a person's Ctrl-C at that instant
+        return children[-1]
+
+    monkeypatch.setattr(launch.subprocess, "Popen", popen_then_ctrl_c)
+    (tmp_path / "gw.toml").write_text(f"[gateway]\nport = {free_port()}\n")
+    (home := tmp_path / "home").mkdir(mode=0o700)
+    with _sigint_as_a_terminal_gives(), pytest.raises(KeyboardInterrupt):
+        launch.spawn_detached(launch.Launch(home, tmp_path / "gw.toml"), ready_timeout_s=60)
+    try:
+        assert children and children[0].poll() is not None  # killed and reaped, not left serving
+    finally:
+        children[0].kill()
+        children[0].wait()
 
 
 @contextlib.contextmanager

@@ -206,6 +206,38 @@ async def test_ctrl_c_while_a_detached_start_waits_leaves_no_gateway(operator: O
     assert report["running"] is False
 
 
+@pytest.mark.usefixtures("runner_sigint")
+async def test_ctrl_c_while_a_restart_waits_says_the_previous_gateway_was_stopped(operator: Operator) -> None:
+    """After it stopped the old gateway, a Ctrl-C kills the new one: nothing serves, which the one
+    line says, with the command that starts the old configuration again."""
+    first = await _start(operator)
+    fifo = operator.elsewhere / "started.fifo"
+    os.mkfifo(fifo)
+    (operator.elsewhere / "slow.toml").write_text(
+        f'external_plugins = ["gw_ext_plugin:SlowStartPlugin"]\n[gateway]\nport = {free_port()}\n'
+        f'[adapters.ext-slow]\nfifo = "{fifo}"\n'
+    )
+    with _sigint_as_a_terminal_gives():
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "chatstate", "restart", "--config", "slow.toml"),
+            env=operator.env,
+            cwd=operator.elsewhere,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    assert await asyncio.to_thread(fifo.read_text) == "starting\n"  # the old one is stopped, the new one starting
+    child = _pid_info(operator.home)
+    assert child is not None and child["pid"] != first["pid"]
+    proc.send_signal(signal.SIGINT)
+    out, err = await proc.communicate()
+    assert (proc.returncode, out) == (130, b"")
+    [line] = err.decode().splitlines()
+    said = "gateway: interrupted; the previous gateway was stopped; to start its configuration again run: cd "
+    assert line.startswith(said) and "(with CHATSTATE_ECHO_SECRET set as before)" in line and SECRET not in line
+    assert not _alive(child["pid"]) and not _alive(first["pid"])
+    assert (await operator.status())["running"] is False
+
+
 def test_ctrl_c_while_the_gateway_process_is_being_created_kills_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -285,7 +285,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
         state_dir = _refused_if_bad(lambda: load_config(args.config).state_dir, default_state_dir(os.environ))
     else:
         state_dir = load_config(config_path(os.environ)).state_dir
-    check_state_dir(state_dir)
+    check_state_dir(state_dir, create=False)  # made only once there is something to start
     info = running_info(state_dir)
     recorded = info.get("launch") if info else None
     if info is None and not explicit:  # nothing runs: the last launch here, never a default gateway
@@ -315,6 +315,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
         hint += f" (with {missing} set as before)" if missing else ""
     if info is not None:
         stop_gateway(state_dir, timeout_s=args.timeout, quiet=True)
+    check_state_dir(state_dir)
     try:
         started = spawn_detached(launch, ready_timeout_s=args.ready_timeout)
     except KeyboardInterrupt:  # the new one is killed: say that nothing serves, and how to undo that

@@ -21,7 +21,16 @@ from pydantic import Field, field_validator
 
 from chatstate.gateway.cpu import check_cpu
 from chatstate.gateway.exits import ConfigError
-from chatstate.gateway.settings import ENV_PREFIX, AdapterSettings, Mode, Settings, build, check_keys, env_prefix
+from chatstate.gateway.settings import (
+    ENV_PREFIX,
+    AdapterSettings,
+    Mode,
+    Settings,
+    build,
+    check_keys,
+    env_prefix,
+    env_var,
+)
 from chatstate.state import state_dir as resolve_state_dir
 from chatstate.state._redis_layout import shown_url
 
@@ -185,8 +194,10 @@ def parse_config(
         raise ConfigError("--port", f"must be 0..65535, got {port}")
     if state_dir is not None:
         resolved_dir = Path(state_dir).expanduser()
-    elif st.dir is not None:
+    elif st.dir is not None:  # a relative one in the file is the file's folder's, wherever a command runs from
         resolved_dir = Path(st.dir).expanduser()
+        if source is not None and env_var(env_prefix("state"), "dir") not in env:
+            resolved_dir = source.parent / resolved_dir
     else:
         resolved_dir = default_state_dir(env)
     return GatewayConfig(

@@ -326,6 +326,7 @@ async def test_restart_with_nothing_ever_started_refuses_and_names_the_command(o
         f"gateway: no gateway is running on {operator.home} and none was started there before, so there is "
         "nothing to restart; start one with: chatstate start --config FILE --detach\n"
     )
+    assert not operator.home.exists()  # refused, nothing made: not even an empty state dir
     assert (await operator.status())["running"] is False
 
 

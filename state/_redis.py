@@ -42,7 +42,6 @@ class RedisBackend(Backend):
     """One Redis database as seen by this process, for the `Database` that owns it."""
 
     kind = "redis"
-    one_writer = False  # Redis takes writes from many connections: the async pool runs them
 
     def __init__(self, url: str, settings: StoreSettings) -> None:
         self.location, self.settings = shown_url(url), settings

@@ -194,9 +194,8 @@ class Backend(Protocol):
     def schema_version(self) -> int: ...
     def close(self) -> None: ...  # wait for calls in flight, checkpoint, close; later calls: UNAVAILABLE
 
-    # What a backend without files or group commit (Redis) does; SQLite overrides these three. A backend with
-    # `run_batch` (group commit) gets one writer thread for the async twin's writes; without, the pool runs them.
-    run_batch: Batch | None = None
+    # What a backend without files or group commit (Redis) does; SQLite overrides these three.
+    run_batch: Batch | None = None  # several writes in one transaction: the async twin gets a writer thread
 
     def reopened(self) -> None:  # another store joined: check the paths (OPEN_FAILED), re-apply modes
         return None

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from ._spec import Json, Key, check_key, check_keys, check_ttl, check_version, serialize_value
+from ._spec import Batch, Json, Key, check_key, check_keys, check_ttl, check_version, serialize_value
 from ._store import KeyedStore, StagedWrite, commit_staged, staged_list
 
 T = TypeVar("T")
@@ -28,7 +28,6 @@ IDLE_EXIT_S = 10.0  # a worker thread with nothing to do for this long exits (re
 
 _Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
 _Done = tuple["asyncio.Future[Any]", Any, "BaseException | None"]
-Batch = Callable[[Sequence[Callable[[], Any]]], "list[tuple[Any, BaseException | None]] | None"]
 
 
 class Workers:

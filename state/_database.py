@@ -33,9 +33,9 @@ class Location:
         self.location, self.pid, self._lock = backend.location, os.getpid(), threading.Lock()
         self._holders, self._closed = 1, False  # the opener holds it
         self._specs: dict[tuple[str, str], tuple[NamespaceSpec, int]] = {}  # open pairs, counted
-        # Where the async twin sends writes: for SQLite one thread that group-commits (more would only queue on
-        # the write lock and fight the loop for the GIL); for Redis the shared pool.
-        self.writer = Workers(1, f"{WORKER_PREFIX}-writer", backend.run_batch) if backend.one_writer else POOL
+        # Where the async twin sends writes: with group commit (SQLite) one thread (more would only queue on the
+        # write lock and fight the loop for the GIL); else (Redis) the shared pool.
+        self.writer = Workers(1, f"{WORKER_PREFIX}-writer", backend.run_batch) if backend.run_batch else POOL
 
     def hold(self) -> bool:
         """One more holder, the paths checked and modes re-applied again (on every open, not the first only);

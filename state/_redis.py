@@ -66,7 +66,6 @@ class RedisBackend(Backend):
     """One Redis database as seen by this process, for the `Database` that owns it."""
 
     kind = "redis"
-    one_writer = False  # Redis takes writes from many connections: the async pool runs them
 
     def __init__(self, url: str, settings: StoreSettings) -> None:
         self.location, self.settings = shown_url(url), settings
@@ -96,34 +95,32 @@ class RedisBackend(Backend):
         timeouts = {"socket_connect_timeout": o.socket_connect_timeout_s, "socket_timeout": o.socket_timeout_s}
         retry = Retry(ExponentialBackoff(cap=o.backoff_cap_s, base=o.backoff_base_s), o.retries)
         common: dict[str, Any] = {"decode_responses": True, "retry": retry, **timeouts}
+        bad = partial(self._fail, "INVALID_INPUT", "open")
         try:
             if not hosts:
                 one = f"{parts.scheme}://{parts.netloc}{parts.path}?{theirs}"  # urlunsplit drops unix:///'s '//'
                 return redis.Redis.from_url(one, **common)
             creds, at, _ = parts.netloc.rpartition("@")  # redis-py's parser reads the rest, one host's worth
-            kwargs = parse_url(f"redis://{creds}{at}localhost/{'' if cluster else db}?{theirs}")
-            if cluster and {service or "0", db or "0", str(kwargs.get("db", 0))} != {"0"}:  # else dropped silently
-                raise self._fail(
-                    "INVALID_INPUT", "open", "a Redis Cluster has one database (0): drop the /db from the URL"
-                )
-            for name in ("host", "port", "db") if cluster else ("host", "port"):
-                kwargs.pop(name, None)
-            if cluster and o.min_replicas_acked:
+            parsed = parse_url(f"redis://{creds}{at}localhost/{'' if cluster else db}?{theirs}")
+            kwargs = {name: value for name, value in parsed.items() if name not in ("host", "port")}
+            if not cluster:
+                if not service:
+                    how = "names the service after the hosts: redis+sentinel://host:26379/mymaster"
+                    raise bad(f"a redis+sentinel:// URL {how}")
+                creds_kw = {"username": o.sentinel_username or None, "password": o.sentinel_password or None}
+                self._sentinel, self._service = Sentinel(hosts, sentinel_kwargs={**creds_kw, **timeouts}), service
+                return self._sentinel.master_for(service, **kwargs, **common)
+            if {service or "0", db or "0", str(kwargs.pop("db", 0))} != {"0"}:  # else dropped silently
+                raise bad("a Redis Cluster has one database (0): drop the /db from the URL")
+            if o.min_replicas_acked:
                 why = "is for redis:// and redis+sentinel:// URLs; on a cluster run each shard's replicas with"
-                raise self._fail("INVALID_INPUT", "open", f"min_replicas_acked {why} min-replicas-to-write instead")
-            if cluster:
-                try:  # RedisCluster asks a node for the slot map at once
-                    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], **kwargs, **common)
-                except CLIENT_ERRORS as exc:
-                    raise self._fail(*self._explain("open", exc)) from None
-            if not service:
-                how = "names the service after the hosts: redis+sentinel://host:26379/mymaster"
-                raise self._fail("INVALID_INPUT", "open", f"a redis+sentinel:// URL {how}")
-            creds_kw = {"username": o.sentinel_username or None, "password": o.sentinel_password or None}
-            self._sentinel, self._service = Sentinel(hosts, sentinel_kwargs={**creds_kw, **timeouts}), service
-            return self._sentinel.master_for(service, **kwargs, **common)
+                raise bad(f"min_replicas_acked {why} min-replicas-to-write instead")
+            try:  # RedisCluster asks a node for the slot map at once
+                return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], **kwargs, **common)
+            except CLIENT_ERRORS as exc:
+                raise self._fail(*self._explain("open", exc)) from None
         except (ValueError, TypeError, redis.RedisError) as exc:
-            raise self._fail("INVALID_INPUT", "open", f"bad Redis URL ({exc})") from None
+            raise bad(f"bad Redis URL ({exc})") from None
 
     def _explain(self, op: str, exc: BaseException) -> tuple[str, str, str]:
         """Code, operation and message for a redis-py error, its retries behind us."""
@@ -209,7 +206,7 @@ class RedisBackend(Backend):
         """Run `fn` on the client; redis-py's errors become StateStoreError here."""
         with self._idle:
             if self._closed or self._pid != os.getpid():
-                raise self._fail("UNAVAILABLE", op, "the store is closed")
+                raise self._fail("UNAVAILABLE", op)
             self._active += 1
         try:
             try:

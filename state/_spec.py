@@ -166,6 +166,8 @@ class Write(NamedTuple):
 
 
 Decode = Callable[[Row], Any]  # raises StateStoreError CORRUPT for unreadable JSON
+# Calls run in one transaction: each one's (result, what it raised), or None (nothing written) to run them alone.
+Batch = Callable[[Sequence[Callable[[], Any]]], "list[tuple[Any, BaseException | None]] | None"]
 
 
 class Backend(Protocol):
@@ -174,7 +176,6 @@ class Backend(Protocol):
 
     kind: str  # "sqlite" | "redis": the `backend` label of the metrics
     location: str  # a file path or a URL without credentials: goes into error messages
-    one_writer: bool  # True: the async twin sends every write of this backend to one thread
 
     def write(self, w: Write) -> bool: ...  # apply `w` if its mode allows, keep max_entries; False = not applied
     # staged writes in order, all or nothing; False (nothing written) when a CLAIM or MATCH fails
@@ -194,14 +195,12 @@ class Backend(Protocol):
     def close(self) -> None: ...  # wait for calls in flight, checkpoint, close; later calls: UNAVAILABLE
 
     # What a backend without files or group commit (Redis) does; SQLite overrides these three.
+    run_batch: Batch | None = None  # several writes in one transaction: the async twin gets a writer thread
+
     def reopened(self) -> None:  # another store joined: check the paths (OPEN_FAILED), re-apply modes
         return None
 
     def fault(self) -> str | None:  # the last post-commit problem that did not fail a write, or None
-        return None
-
-    # several writes in one transaction (group commit); None: run them one by one instead
-    def run_batch(self, calls: Sequence[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]] | None:
         return None
 
     def _fail(self, code: str, op: str, message: str = "the store is closed") -> StateStoreError:

@@ -103,7 +103,6 @@ class SQLiteBackend(Backend):
     """The keyed store's statements on one database file, for the `Database` that owns it."""
 
     kind = "sqlite"
-    one_writer = True  # the async twin sends this database's writes to one thread
 
     def __init__(self, path: Path, settings: StoreSettings) -> None:
         self.path, self.location, self.settings = path, str(path), settings

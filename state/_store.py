@@ -271,9 +271,8 @@ class KeyedStore(AbstractContextManager["KeyedStore"]):
         if any(w.store._backend is not self._backend for w in staged):
             message = "staged writes must all belong to stores on one database"
             raise StateStoreError("INVALID_INPUT", "commit", message, path=self.location)
-        return self._backend.commit(
-            [w.store._prepared("commit", w.mode, w.key, w.value, w.ttl_ms, w.expect) for w in staged]
-        )
+        writes = [w.store._prepared("commit", w.mode, w.key, w.value, w.ttl_ms, w.expect) for w in staged]
+        return self._backend.commit(writes)
 
     def close(self) -> None:
         """Release the store (the database's last holder checkpoints and closes it). Calls in

@@ -1,8 +1,18 @@
-"""`python -m chatstate` is the `chatstate` console script."""
+"""`python -m chatstate`, and the `chatstate` console script (`main`)."""
 
-try:
-    from chatstate.gateway.cli import main
-except KeyboardInterrupt:  # Ctrl-C while the modules load: nothing was started yet
-    raise SystemExit(130) from None
+import sys
 
-raise SystemExit(main())
+
+def main() -> int:
+    """Run the command line; a Ctrl-C while its modules load (the first ~0.5 s) is one line and exit 130, as
+    later: nothing was started yet."""
+    try:
+        from chatstate.gateway.cli import main as run
+    except KeyboardInterrupt:
+        print("gateway: interrupted", file=sys.stderr)
+        return 130
+    return run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

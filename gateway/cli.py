@@ -16,12 +16,13 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from chatstate import __version__
 from chatstate.gateway import logs, state_commands
-from chatstate.gateway.config import GatewayConfig, default_state_dir, load_config
+from chatstate.gateway.config import GatewayConfig, check_state_url, default_state_dir, load_config
 from chatstate.gateway.exits import BAD_CONFIG, FAILED, INTERRUPTED, OK, GatewayExit
 from chatstate.gateway.launch import (
     CONFIG_ENV,
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     from chatstate.gateway import demo  # light: the simulators and harness load only when it runs
 
     demo.add_parser(sub)
-    sub.choices["demo"].set_defaults(func=demo.run)
+    sub.choices["demo"].set_defaults(func=partial(demo.run, exiting=True))
     return parser
 
 
@@ -153,15 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the `chatstate` script, like `python -m chatstate`, imports plugins and reply hooks
         # from the folder it runs in (import errors say so)
         sys.path.insert(0, os.getcwd())
-    parser = build_parser()
-    command = next((a for a in argv[1:] if a in state_commands.COMMANDS), None) if argv[:1] == ["state"] else None
-    if command is not None:
-        # the flags around `state probe|inspect` are the state CLI's (and --config), which
-        # argparse's REMAINDER would refuse when they start with --, so they skip this parser
-        i = argv.index(command, 1)
-        args = argparse.Namespace(func=state_commands.run, state_command=command, rest=argv[1:i] + argv[i + 1 :])
-    else:
-        args = parser.parse_args(argv)
+    args = state_commands.parse(argv) or build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except GatewayExit as exc:
@@ -195,6 +188,7 @@ def _launch(args: argparse.Namespace, state_dir: Path, config: Path | None) -> L
 # -- start ----------------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace) -> int:
     config = _config(args)
+    check_state_url(config)
     launch = _launch(args, config.state_dir, config.source)
     _warn_variables(config)
     if args.check_only:  # everything a start checks before it touches anything; nothing is started
@@ -282,12 +276,8 @@ def _wait_exit(pid: int, timeout_s: float) -> bool:
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
-    """Validate the new configuration completely, then stop the running gateway and start it.
-
-    Without `--config` the running gateway's recorded launch (config file, overrides and the
-    CHATSTATE_* variables it read) is started again; with it, that file. A configuration that
-    fails validation stops nothing (exit 2, or 3 for an unusable state dir).
-    """
+    """Validate the new configuration completely, then stop the running gateway and start the new
+    one (which configuration: the subcommand's description)."""
     explicit = args.config is not None
     if args.state_dir is not None:
         state_dir = Path(args.state_dir).expanduser().absolute()
@@ -295,7 +285,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
         state_dir = _refused_if_bad(lambda: load_config(args.config).state_dir, default_state_dir(os.environ))
     else:
         state_dir = load_config(config_path(os.environ)).state_dir
-    check_state_dir(state_dir)
+    check_state_dir(state_dir, create=False)  # made only once there is something to start
     info = running_info(state_dir)
     recorded = info.get("launch") if info else None
     if info is None and not explicit:  # nothing runs: the last launch here, never a default gateway
@@ -318,14 +308,18 @@ def cmd_restart(args: argparse.Namespace) -> int:
         launch = _launch(args, state_dir, Path(path).expanduser().absolute() if path else None)
     config = _refused_if_bad(lambda: validate(launch), state_dir)
     _warn_variables(config)
-    if info is not None:
-        stop_gateway(state_dir, timeout_s=args.timeout, quiet=True)
-    started = spawn_detached(launch, ready_timeout_s=args.ready_timeout)
     hint = ""
     if info is not None and previous is not None:
         missing = ", ".join(sorted((set(previous.env) | set(previous.secrets)) - set(os.environ)))
         hint = f"; the previous gateway was stopped; to start its configuration again run: {previous.command()}"
         hint += f" (with {missing} set as before)" if missing else ""
+    if info is not None:
+        stop_gateway(state_dir, timeout_s=args.timeout, quiet=True)
+    check_state_dir(state_dir)
+    try:
+        started = spawn_detached(launch, ready_timeout_s=args.ready_timeout)
+    except KeyboardInterrupt:  # the new one is killed: say that nothing serves, and how to undo that
+        raise GatewayExit(INTERRUPTED, f"interrupted{hint}") from None
     return _report_started(started, config, previous=hint)
 
 

@@ -21,8 +21,18 @@ from pydantic import Field, field_validator
 
 from chatstate.gateway.cpu import check_cpu
 from chatstate.gateway.exits import ConfigError
-from chatstate.gateway.settings import ENV_PREFIX, AdapterSettings, Mode, Settings, build, check_keys, env_prefix
+from chatstate.gateway.settings import (
+    ENV_PREFIX,
+    AdapterSettings,
+    Mode,
+    Settings,
+    build,
+    check_keys,
+    env_prefix,
+    env_var,
+)
 from chatstate.state import state_dir as resolve_state_dir
+from chatstate.state._redis_layout import shown_url
 
 # Defaults, one unit a line (docs/gateway.md lists every key and its environment variable).
 DEFAULT_HOST = "127.0.0.1"
@@ -184,8 +194,10 @@ def parse_config(
         raise ConfigError("--port", f"must be 0..65535, got {port}")
     if state_dir is not None:
         resolved_dir = Path(state_dir).expanduser()
-    elif st.dir is not None:
+    elif st.dir is not None:  # a relative one in the file is the file's folder's, wherever a command runs from
         resolved_dir = Path(st.dir).expanduser()
+        if source is not None and env_var(env_prefix("state"), "dir") not in env:
+            resolved_dir = source.parent / resolved_dir
     else:
         resolved_dir = default_state_dir(env)
     return GatewayConfig(
@@ -205,6 +217,22 @@ def parse_config(
         source=source,
         env=MappingProxyType({k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}),
     )
+
+
+def check_state_url(config: GatewayConfig) -> None:
+    """Refuse a `[state] url` whose options the store would refuse when it opens it: the state
+    package's own check, offline, so `start --check-only` and `restart` judge it before anything
+    is stopped or started. Raises ConfigError naming the option and the accepted ones."""
+    if config.state_url is None:
+        return
+    from chatstate.state import StateStoreError
+    from chatstate.state._redis import check_url  # imports redis-py: only when a URL is set
+
+    try:
+        check_url(config.state_url, shown_url(config.state_url))
+    except StateStoreError as exc:
+        where = f" (from ${STATE_URL_ENV})" if STATE_URL_ENV in config.env else ""
+        raise ConfigError("state.url", f"{exc}{where}") from None
 
 
 def _adapters(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, AdapterConfig]:
@@ -236,6 +264,7 @@ __all__ = [
     "GatewayConfig",
     "GatewaySettings",
     "StateSettings",
+    "check_state_url",
     "TopLevelSettings",
     "check_keys",
     "env_prefix",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +65,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--state-dir",
+        metavar="D",
         help="keep each run's state and logs in a new D/run-<time>-<id> folder (default: a temp dir, removed)",
     )
     p.add_argument(
@@ -117,9 +117,10 @@ def options(args: argparse.Namespace) -> Options:
     return Options(only, args.kill, args.json, keep_in, args.transport, bool(getattr(args, "hostile", False)))
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, *, exiting: bool = False) -> int:
     """Entry point for `chatstate demo`; returns the exit code (0 pass, 1 fail, 2 bad usage, 130
-    Ctrl-C).
+    Ctrl-C). The caller's SIGINT handler is given back on return, unless the process is `exiting`
+    next (the command line), where a late second Ctrl-C stays ignored rather than cut the exit short.
 
     Ctrl-C is handled here, not by asyncio.run's default: the first SIGINT cancels the demo once
     and every later one is ignored, so the cleanup (stop the gateway, the simulators, close
@@ -135,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
     say = (lambda *_: None) if opts.json else (lambda text: print(text, file=sys.stderr, flush=True))
     interrupted = threading.Event()
+    caller_sigint = signal.getsignal(signal.SIGINT)
     root: Path | None = None
     hits: dict[str, dict[str, int]] = {}  # adapter -> edge behaviour -> times the simulators played it
     try:
@@ -152,9 +154,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             raise
     finally:
-        with _sigint_ignored():
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the temp dir is removed
             if opts.keep_in is None and root is not None:
                 shutil.rmtree(root, ignore_errors=True)
+        finally:
+            if not exiting:
+                signal.signal(signal.SIGINT, caller_sigint if caller_sigint is not None else signal.SIG_DFL)
     if rows is None or interrupted.is_set():
         print("\ninterrupted: simulators and gateway stopped", file=sys.stderr)
         return 130
@@ -213,15 +219,6 @@ async def _interruptible(play: Awaitable[list[Row]], interrupted: threading.Even
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # until run() has removed the temp dir
-
-
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 async def _play_transports(opts: Options, root: Path, say: Any, hits: dict[str, dict[str, int]]) -> list[Row]:
@@ -324,32 +321,28 @@ TIME_NOTE = (
 def render_table(rows: list[Row]) -> str:
     """The result table; `time` is explained by TIME_NOTE, printed under it."""
     head = ("adapter", "behaviour", "legacy after restart", "keyed store after restart", "time")
+    lost = {False: "lost (expected)", True: "kept (UNEXPECTED)"}
+    kept = {True: "works", False: "LOST (FAIL)"}
     body = [
-        (
-            r.adapter,
-            r.behaviour,
-            "lost (expected)" if not r.legacy_survived else "kept (UNEXPECTED)",
-            "works" if r.store_survived else "LOST (FAIL)",
-            f"{r.seconds * 1000:.0f} ms",
-        )
+        (r.adapter, r.behaviour, lost[r.legacy_survived], kept[r.store_survived], f"{r.seconds * 1000:.0f} ms")
         for r in rows
     ]
-    widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(head), sep, *(line(b) for b in body)])
+    return _markdown(head, body)
 
 
 def render_hits(hits: dict[str, dict[str, int]], only: list[str]) -> str:
     """One row per adapter (and transport) played: each edge behaviour its simulator played,
     with how often."""
-    head = ("adapter", "edge behaviours hit (count)")
     names = [*hits, *(a for a in only if a not in hits)]
     body = [
         (a, ", ".join(f"{k} {v}" for k, v in sorted(hits.get(a, {}).items())) or "none (no switches for it)")
         for a in names
     ]
-    widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(head), sep, *(line(b) for b in body)])
+    return _markdown(("adapter", "edge behaviours hit (count)"), body)
+
+
+def _markdown(head: tuple[str, ...], body: Sequence[tuple[str, ...]]) -> str:
+    """A Markdown table, each column as wide as its widest cell."""
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |" for cells in [head, *body]]
+    return "\n".join([lines[0], "|" + "|".join("-" * (w + 2) for w in widths) + "|", *lines[1:]])

@@ -16,6 +16,7 @@ import json
 import os
 import select
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -199,19 +200,28 @@ def spawn_detached(launch: Launch, *, ready_timeout_s: float) -> Started:
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     os.fchmod(fd, FILE_MODE)  # also when it existed with a looser mode, whatever the umask
     offset = os.fstat(fd).st_size
-    with os.fdopen(fd, "ab") as log_file:
-        proc = subprocess.Popen(
-            [*launch.argv(), "--ready-fd", str(write_end)],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            pass_fds=(write_end,),
-            start_new_session=True,
-            env=launch.environment(),
-            cwd=launch.folder(),
-        )
-    os.close(write_end)
+    # A Ctrl-C while Popen runs would leave a started child nobody kills: it is held back until the
+    # `try` below, which kills the child (SIGINT: the child is in a session of its own).
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda *_: held.append(1))
     try:
+        with os.fdopen(fd, "ab") as log_file:
+            proc = subprocess.Popen(
+                [*launch.argv(), "--ready-fd", str(write_end)],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                pass_fds=(write_end,),
+                start_new_session=True,
+                env=launch.environment(),
+                cwd=launch.folder(),
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        os.close(write_end)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # as it would have been, now that the child has a pid
         line = _read_line(read_end, ready_timeout_s)
     except BaseException:  # Ctrl-C while waiting: no half-started gateway is left behind
         proc.kill()

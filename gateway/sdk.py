@@ -3,7 +3,7 @@
 An adapter imports `from chatstate.gateway import sdk` (or names from it) and nothing else of
 the gateway, so the gateway may change behind this surface (tests/adapters/test_adapter_layout.py
 checks it). The pieces, in the order an adapter meets them:
-- `AdapterSettings`: the base of its `config.py` settings type (`Text`: a required text, `HttpUrl`: a far end's base URL, `token_kind`: a token's prefix);
+- `AdapterSettings`: the base of its `config.py` settings type (`Text`: a required text, `HttpUrl`: a far end's base URL, `token_kind`: a token's prefix; `CredentialRefused`: the platform refused one at start);
 - `StatefulPlugin`, `PluginRuntime`, `Route`: the plugin base (one frozen running object built
   in `build`, health rolled up, its `webhook` POSTed to `handle`) and what the gateway hands it;
 - `AdapterState`, `StateSpec`: one namespace of its state, memory in front of the keyed store;
@@ -26,7 +26,7 @@ from chatstate.gateway.gate import Answer, Holding, InboundGate, Job, Outcome, R
 from chatstate.gateway.logs import get as log
 from chatstate.gateway.plugin import PluginRuntime, Route
 from chatstate.gateway.quota import KeyedLocks, UserQuota
-from chatstate.gateway.settings import AdapterSettings, HttpUrl, Text, token_kind
+from chatstate.gateway.settings import AdapterSettings, CredentialRefused, HttpUrl, Text, token_kind
 from chatstate.gateway.stateful import StatefulPlugin
 from chatstate.state import StateStoreError
 
@@ -40,6 +40,7 @@ __all__ = [
     "AdapterState",
     "Answer",
     "Clock",
+    "CredentialRefused",
     "Holding",
     "HttpUrl",
     "InboundGate",

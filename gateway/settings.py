@@ -128,6 +128,16 @@ def env_var(prefix: str, key: str) -> str:
     return prefix + key.upper()
 
 
+class CredentialRefused(Exception):
+    """The platform refused a credential as the adapter started (Slack's auth.test, Discord's GET
+    /users/@me, Matrix's whoami): names the key and variable to fix and the platform's reason, never
+    the value."""
+
+    def __init__(self, adapter_id: str, key: str, reason: str) -> None:
+        fix = f"[adapters.{adapter_id}] {key} (or ${env_var(env_prefix(adapter_id), key)}, which wins)"
+        super().__init__(f"the platform refused {key} ({reason}): fix {fix}")
+
+
 def build(cls: type[S], table: Mapping[str, Any], *, where: str, env: Mapping[str, str], prefix: str) -> S:
     """Validate `table` (from TOML) with `<prefix><KEY>` variables from `env` applied on top.
 

@@ -46,6 +46,17 @@ def add_parsers(sub: Any) -> None:
         p.set_defaults(func=run)
 
 
+def parse(argv: list[str]) -> argparse.Namespace | None:
+    """`argv` as `run` takes it when it is `state probe|inspect ...`, else None. Its flags are the
+    state CLI's (and --config), which argparse's REMAINDER would refuse when they start with --,
+    so they skip the gateway's parser."""
+    command = next((a for a in argv[1:] if a in COMMANDS), None) if argv[:1] == ["state"] else None
+    if command is None:
+        return None
+    i = argv.index(command, 1)
+    return argparse.Namespace(func=run, state_command=command, rest=argv[1:i] + argv[i + 1 :])
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the state CLI's command on this gateway's state dir (`--config FILE` anywhere among
     the flags). Its "probe failed / unusable" (1) becomes exit 3, and an unusable state dir is

@@ -12,6 +12,7 @@ import ssl
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from difflib import get_close_matches
 from functools import partial
 from inspect import signature
 from itertools import chain
@@ -22,7 +23,7 @@ import redis
 from redis import exceptions as errors
 from redis.backoff import ExponentialBackoff
 from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, RedisCluster
-from redis.connection import AbstractConnection, SSLConnection, parse_url
+from redis.connection import Connection, ConnectionPool, SSLConnection, parse_url
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
@@ -32,10 +33,33 @@ from ._spec import Backend, Decode, Mode, NamespaceSpec, Row, StateStoreError, S
 
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
 CLIENT_ERRORS = (redis.RedisError, errors.RedisClusterException)  # what redis-py raises
-# A cluster URL's options: the cluster client's arguments and any connection argument (redis-py ignores those the
-# cluster client does not pass on); anything else is a typo RedisCluster would drop silently.
-_INITS = (RedisCluster.__init__, AbstractConnection.__init__, SSLConnection.__init__)
-CLUSTER_KNOWN = frozenset(chain(REDIS_ALLOWED_KEYS, *(signature(f).parameters for f in _INITS)))
+
+
+def check_url(url: str, path: str = "") -> tuple[Any, ...]:
+    """`layout.split_url`, and redis-py's options checked offline as its first connection checks them (one is built,
+    never connected; a cluster client also takes its own, and drops others silently). Raises INVALID_INPUT naming them."""
+    split = parts, _, theirs, hosts, _, _ = layout.split_url(url, path)
+    one = f"redis://localhost?{theirs}" if hosts else f"{parts.scheme}://{parts.netloc}{parts.path}?{theirs}"
+    try:  # redis-py's own parser: an option whose value has the wrong type is a ValueError naming it
+        kwargs, cluster = parse_url(one), parts.scheme == "redis+cluster"
+        tls = hosts and str(kwargs.pop("ssl", "")).lower() in ("1", "true", "yes", "on")  # for Sentinel and Cluster
+        kind: Any = SSLConnection if tls else kwargs.pop("connection_class", Connection)
+        takes = set().union(*(signature(c.__init__).parameters for c in kind.__mro__))
+        inits: list[Any] = [ConnectionPool.__init__, *([RedisCluster.__init__] if cluster else [])]
+        known = takes.union(*(signature(f).parameters for f in inits), REDIS_ALLOWED_KEYS if cluster else ())
+        if unknown := sorted(set(kwargs) - (known := known - {"self", "args", "kwargs", "connection_kwargs"})):
+            ours = vars(layout.RedisOptions())
+            like = "".join(f"did you mean {m}? " for m in get_close_matches(unknown[0], [*ours, *known], 1))
+            like += "TLS options need rediss:// (or ssl=true); " if not tls and any("ssl" in n for n in unknown) else ""
+            why = f"{like}ours are {', '.join(ours)}; redis-py's here are {', '.join(sorted(known))}"
+            message = f"the Redis URL has an option neither we nor redis-py know: {', '.join(unknown)}; {why}"
+            raise StateStoreError("INVALID_INPUT", "open", message, path=path or None)
+        kind(
+            **{k: v for k, v in kwargs.items() if k in takes}
+        )  # a value it refuses: ssl_cert_reqs=requierd, protocol=5
+    except (ValueError, TypeError, redis.RedisError) as exc:
+        raise StateStoreError("INVALID_INPUT", "open", f"bad Redis URL option ({exc})", path=path or None) from None
+    return split
 
 
 class RedisBackend(Backend):
@@ -58,15 +82,13 @@ class RedisBackend(Backend):
                 raise self._fail("SCHEMA_UNSUPPORTED", "open", f"the Redis prefix has schema version {version}; {why}")
             if version < layout.REDIS_SCHEMA:  # migrated in place
                 self._call("open", self._migrate)
-        except BaseException as exc:
+        except BaseException:
             self._client.close()  # a failed open leaves no pool behind
-            if isinstance(exc, TypeError):  # redis-py's "unexpected keyword argument 'name'": a name, never a value
-                raise self._unknown_option(str(exc).rpartition(" ")[2].strip("'")) from None
             raise
 
     def _connect(self, url: str) -> Any:
         """The client for `url` (a cluster reads its slot map). Raises INVALID_INPUT (see split_url)."""
-        parts, o, theirs, hosts, service, db = layout.split_url(url, self.location)
+        parts, o, theirs, hosts, service, db = check_url(url, self.location)
         self.options, cluster = o, parts.scheme == "redis+cluster"
         ssl_option = dict(parse_qsl(theirs)).get("ssl", "").lower() in ("1", "true", "yes", "on")
         self._tls = parts.scheme == "rediss" or ssl_option  # redis-py's `ssl=true` for Sentinel or Cluster
@@ -93,19 +115,12 @@ class RedisBackend(Backend):
             if o.min_replicas_acked:
                 why = "is for redis:// and redis+sentinel:// URLs; on a cluster run each shard's replicas with"
                 raise bad(f"min_replicas_acked {why} min-replicas-to-write instead")
-            if unknown := sorted(set(kwargs) - CLUSTER_KNOWN):  # RedisCluster would drop them silently
-                raise self._unknown_option(", ".join(unknown))
             try:  # RedisCluster asks a node for the slot map at once
                 return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], **kwargs, **common)
             except CLIENT_ERRORS as exc:
                 raise self._fail(*self._explain("open", exc)) from None
         except (ValueError, TypeError, redis.RedisError) as exc:
             raise bad(f"bad Redis URL ({exc})") from None
-
-    def _unknown_option(self, names: str) -> StateStoreError:
-        ours = "prefix, retries, min_replicas_acked, ... (docs/state.md)"
-        message = f"the Redis URL has an option neither we nor redis-py know: {names}; ours are {ours}"
-        return self._fail("INVALID_INPUT", "open", message)
 
     def _explain(self, op: str, exc: BaseException) -> tuple[str, str, str]:
         """Code, operation and message for a redis-py error, its retries behind us."""

@@ -1,9 +1,5 @@
-"""The `[adapters.discord]` table as a typed settings model (gateway.settings), checked at start.
-
-Each key is one field: its type, its default and what it means; `CHATSTATE_DISCORD_<KEY>`
-sets it, typed as in TOML (docs/migrations/discord.md lists them). To add a key: add one
-annotated field here (with a default unless it is required).
-"""
+"""The `[adapters.discord]` table: one annotated field per key, with its default and why; each is also
+`CHATSTATE_DISCORD_<KEY>`, typed as in TOML (gateway.settings; docs/migrations/discord.md lists them)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from nacl.encoding import HexEncoder
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from chatstate.gateway.sdk import ingress
+from chatstate.gateway.sdk import CredentialRefused, ingress
 
 DEFAULT_API_BASE = Route.BASE  # https://discord.com/api/v10
 SIGNATURE_HEADER = "X-Signature-Ed25519"
@@ -243,6 +243,13 @@ class DiscordRest:
     async def open(self) -> None:
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
         self._session = aiohttp.ClientSession(headers=self._headers, timeout=timeout)
+        try:  # the token checked as discord.py's login checks it: a wrong one shows now, not at the first message
+            await self._call("GET", "/users/@me", None, route="GET /users/@me")
+        except RestError as exc:
+            await self.close()
+            if str(exc).endswith("HTTP 401"):
+                raise CredentialRefused("discord", "bot_token", str(exc)) from exc
+            raise
 
     async def close(self) -> None:
         if self._session is not None:

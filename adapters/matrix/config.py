@@ -1,6 +1,5 @@
-"""The `[adapters.matrix]` table as a typed settings model (gateway.settings), checked at start:
-one annotated field per key, with its default and why. Every key also has a `CHATSTATE_MATRIX_<KEY>`
-variable typed as in TOML (docs/migrations/matrix.md shows the table)."""
+"""The `[adapters.matrix]` table: one annotated field per key, with its default and why; each is also
+`CHATSTATE_MATRIX_<KEY>`, typed as in TOML (gateway.settings; docs/migrations/matrix.md lists them)."""
 
 from __future__ import annotations
 

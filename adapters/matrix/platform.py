@@ -33,7 +33,7 @@ from nio import (
 )
 from nio.api import RelationshipType
 
-from chatstate.gateway.sdk import DECISIONS, Approval, Decision
+from chatstate.gateway.sdk import DECISIONS, Approval, CredentialRefused, Decision
 
 EMOJI: Mapping[Decision, str] = {"allow-once": "✅", "allow-always": "♾️", "deny": "❌"}
 LABEL: Mapping[Decision, str] = {"allow-once": "allow once", "allow-always": "allow always", "deny": "deny"}
@@ -224,7 +224,10 @@ class MatrixIO:
 
     async def connect(self) -> str:
         """Check the token with /account/whoami, learn the joined rooms; returns the user id."""
-        who = _ok("whoami", await self.client.whoami(), WhoamiResponse)
+        answer = await self.client.whoami()
+        if getattr(answer, "status_code", None) in ("M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"):
+            raise CredentialRefused("matrix", "access_token", str(MatrixError.of("whoami", answer)))  # e.g. revoked
+        who = _ok("whoami", answer, WhoamiResponse)
         self.client.restore_login(who.user_id, who.device_id or "", self.client.access_token)
         joined = _ok("joined_rooms", await self.client.joined_rooms(), JoinedRoomsResponse)
         self.user_id, self.device_id, self.rooms = who.user_id, who.device_id or "", list(joined.rooms)

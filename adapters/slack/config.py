@@ -1,10 +1,5 @@
-"""The `[adapters.slack]` table as a typed settings model (gateway.settings), checked at start.
-
-Each key is one field: its type, its default and what it means. The gateway validates the
-table strictly and applies `CHATSTATE_SLACK_<KEY>` variables typed as TOML values
-(`CHATSTATE_SLACK_THREAD_TTL_MS=5000` is an integer); docs/migrations/slack.md lists them.
-To add a key: add one annotated field here (with a default unless it is required).
-"""
+"""The `[adapters.slack]` table: one annotated field per key, with its default and why; each is also
+`CHATSTATE_SLACK_<KEY>`, typed as in TOML (gateway.settings; docs/migrations/slack.md lists them)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from chatstate.gateway.sdk import Refused, ingress
+from chatstate.gateway.sdk import CredentialRefused, Refused, ingress
 
 MESSAGE_EVENTS = ("app_mention", "message")  # the event types the bot may answer
 REPLY_METADATA_TYPE = "chatstate_reply"  # message metadata on each reply: which event it answers
@@ -216,8 +216,11 @@ class SlackApi:
         await self._session.close()
 
     async def auth_test(self) -> str:
-        """The bot's user id, from `auth.test`. Raises slack_sdk.errors.SlackApiError (e.g. invalid_auth)."""
-        return str((await self.client.auth_test())["user_id"])
+        """The bot's user id, from `auth.test`. Raises CredentialRefused (Slack answered, e.g. invalid_auth)."""
+        try:
+            return str((await self.client.auth_test())["user_id"])
+        except SlackApiError as exc:  # the token is invalid, revoked, or not a bot token
+            raise CredentialRefused("slack", "bot_token", f"auth.test: {exc.response.get('error')}") from exc
 
     async def post_message(self, *, channel: str, text: str, thread_ts: str, event_id: str) -> str:
         """Post `text` into the thread `thread_ts` of `channel`; returns the new message's ts.

@@ -1,7 +1,5 @@
-"""The `[adapters.teams]` table as a typed settings model, checked at start; each key is also
-`CHATSTATE_TEAMS_<KEY>` in the environment, typed as in TOML. docs/migrations/teams.md lists
-every key; to add one, add an annotated field here (with a default unless it is required).
-"""
+"""The `[adapters.teams]` table: one annotated field per key, with its default and why; each is also
+`CHATSTATE_TEAMS_<KEY>`, typed as in TOML (gateway.settings; docs/migrations/teams.md lists them)."""
 
 from __future__ import annotations
 

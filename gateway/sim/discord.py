@@ -98,6 +98,7 @@ class DiscordSimulator(SimulatorServer):
         app.router.add_post(API_PREFIX + "/channels/{channel_id}/messages", self._create_message)
         app.router.add_patch(API_PREFIX + "/webhooks/{application_id}/{token}/messages/@original", self._edit_original)
         app.router.add_post(API_PREFIX + "/webhooks/{application_id}/{token}", self._followup)
+        app.router.add_get(API_PREFIX + "/users/@me", self._me)
 
     def gateway_config(self) -> dict[str, Any]:
         return {
@@ -120,6 +121,12 @@ class DiscordSimulator(SimulatorServer):
         await super().stop()
 
     # -- Discord's REST API -----------------------------------------------------------------
+    async def _me(self, request: web.Request) -> web.Response:
+        """The bot's own user: what discord.py's login (and the adapter's start) checks a token with."""
+        if request.headers.get("Authorization") != f"Bot {self.bot_token}":
+            return web.json_response({"message": "401: Unauthorized", "code": 0}, status=401)
+        return web.json_response({"id": "1500000000000000001", "username": "chatstate-sim-bot", "bot": True})
+
     async def _create_message(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bot {self.bot_token}":
             return web.json_response({"message": "401: Unauthorized", "code": 0}, status=401)

@@ -201,3 +201,22 @@ def test_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
         name: oct(mode) for name, mode in modes.items() if mode != (0o700 if (tmp_path / name).is_dir() else 0o600)
     }
     assert loose == {}
+
+
+def test_run_in_process_gives_the_callers_ctrl_c_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`demo.run` ignores SIGINT while it cleans up; a caller that runs it in-process (a test, a notebook)
+    could not Ctrl-C anything after it returned."""
+    from chatstate.gateway import demo
+    from chatstate.gateway.cli import build_parser
+
+    async def nothing_to_play(*_: object) -> list[demo.Row]:
+        return []
+
+    monkeypatch.setattr(demo, "_play_transports", nothing_to_play)  # the signal handling is what is under test
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        for argv in (["demo", "--json"], ["demo", "--only", "nope"]):  # a run, and bad usage
+            assert demo.run(build_parser().parse_args(argv)) in (0, 2)
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, argv
+    finally:
+        signal.signal(signal.SIGINT, handler)

@@ -4,8 +4,11 @@ every flag a command accepts is described in its --help."""
 from __future__ import annotations
 
 import argparse
+import importlib.abc
+import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +81,34 @@ async def test_state_help_names_the_config_flag() -> None:
         result = await run_gateway_cli("state", command, "--help")
         assert result.returncode == 0
         assert f"chatstate state {command} also takes --config FILE" in result.stdout
+
+
+def test_every_state_dir_flag_is_named_as_the_docs_name_it() -> None:
+    """docs/gateway.md writes `--state-dir D` for every command, `chatstate demo` included (whose --help said
+    STATE_DIR)."""
+    for name, parser in _parsers(build_parser()):
+        for action in parser._actions:
+            if "--state-dir" in action.option_strings:
+                assert action.metavar == "D", name
+    assert "chatstate demo [--state-dir D]" in (ROOT / "docs" / "gateway.md").read_text()
+
+
+def test_ctrl_c_while_the_command_line_loads_is_one_line_and_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A command's first ~0.5 s are imports: a Ctrl-C there exited 130 saying nothing (`python -m chatstate`)
+    or with a traceback (the `chatstate` script, which imported the command line itself)."""
+
+    class CtrlC(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Any, target: Any = None) -> None:
+            if name == "chatstate.gateway.cli":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "chatstate.gateway.cli")
+    monkeypatch.setattr(sys, "meta_path", [CtrlC(), *sys.meta_path])
+    from chatstate.__main__ import main
+
+    assert main() == 130
+    assert capsys.readouterr().err == "gateway: interrupted\n"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["chatstate"] == "chatstate.__main__:main"  # the script runs the same

@@ -110,3 +110,19 @@ def test_toml_writer_round_trips() -> None:
     assert tomllib.loads(dumps(doc)) == doc
     with pytest.raises(TypeError):
         dumps({"x": None})
+
+
+def test_a_relative_state_dir_in_the_file_is_in_the_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dir = "state"` meant the current folder's: `status` or `stop` with the same config, run from
+    another folder, found no gateway (and a start from `/` made `/state`)."""
+    (tmp_path / "cfg").mkdir()
+    config = tmp_path / "cfg" / "gw.toml"
+    config.write_text('[state]\ndir = "state"\n')
+    monkeypatch.chdir(tmp_path)
+    for path in (config, "cfg/gw.toml"):
+        assert load_config(path, env={}).state_dir == tmp_path / "cfg" / "state"
+    # a variable and --state-dir are the command line's: the current folder's
+    assert load_config(config, env={"CHATSTATE_STATE_DIR": "here"}).state_dir == tmp_path / "here"
+    assert load_config(config, env={}, state_dir="here").state_dir == tmp_path / "here"

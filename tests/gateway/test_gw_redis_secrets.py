@@ -96,6 +96,25 @@ async def test_a_bad_redis_url_is_a_config_error_that_hides_the_password(tmp_pat
         assert PASSWORD not in refused.stdout + refused.stderr + logged
 
 
+async def test_check_only_refuses_a_url_option_the_store_would_refuse_naming_it_and_its_variable(
+    tmp_path: Path,
+) -> None:
+    """`start --check-only` (which `restart` runs before it stops anything) connects to nothing, yet says what
+    opening the store would: here a typo in redis-py's option, given in the environment as operators keep
+    passwords out of config files."""
+    url = f"redis://default:{PASSWORD}@127.0.0.1:{free_port()}/0?prefix=p&socket_keepalve=true"
+    env = {**os.environ, "CHATSTATE_STATE_URL": url}
+    args = ("start", "--state-dir", str(tmp_path / "gw"), "--check-only")
+    refused = await run_gateway_cli(*args, env=env, cwd=tmp_path)
+    assert refused.returncode == 2, refused
+    [line] = refused.stderr.splitlines()
+    assert line.startswith("gateway: config error: state.url: INVALID_INPUT during open: the Redis URL has an option")
+    assert "socket_keepalve; did you mean socket_keepalive?" in line and "(from $CHATSTATE_STATE_URL)" in line
+    assert "default:***@" in line and PASSWORD not in refused.stdout + refused.stderr
+    fixed = await run_gateway_cli(*args, env={**env, "CHATSTATE_STATE_URL": url.replace("keepalve", "keepalive")})
+    assert fixed.returncode == 0, fixed
+
+
 async def test_a_password_given_in_the_environment_is_never_written_to_the_state_dir(tmp_path: Path) -> None:
     """`CHATSTATE_STATE_URL` with a password, as operators keep secrets out of config files:
     the launch record (gateway.pid, last-launch.json) names the variable but holds no value, and

@@ -10,17 +10,22 @@ import os
 import shlex
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from gw_helpers import EXT_PLUGINS_DIR, SECRET
 
+from chatstate.gateway import launch
 from chatstate.gateway.echo import sign
 from chatstate.gateway.sim.harness import CliResult, free_port, run_gateway_cli
+
+ECHO = f'[adapters.echo]\nsecret = "{SECRET}"\n'
 
 
 @dataclass
@@ -110,6 +115,9 @@ async def test_restart_without_config_starts_what_was_running_twice_from_elsewhe
         ("[adapters.echo]\n", "adapters.echo.secret"),  # a secret missing from this shell
         ('external_plugins = ["no_such_module:Plugin"]\n', "external_plugins[0]"),  # not importable
         ('[adapters.discord]\npublic_key = "abc"\nbot_token = "t"\n', "adapters.discord.public_key"),  # check()
+        # options the store refuses only when it opens, which the new gateway does after the old one stopped
+        (f'[state]\nurl = "redis://127.0.0.1:1/0?socket_keepalve=1"\n{ECHO}', "state.url: INVALID_INPUT"),
+        (f'[state]\nurl = "rediss://127.0.0.1:1/0?ssl_cert_reqs=requierd"\n{ECHO}', "Flag: requierd"),
     ],
 )
 async def test_a_config_that_fails_validation_stops_nothing(operator: Operator, toml: str, named: str) -> None:
@@ -198,6 +206,63 @@ async def test_ctrl_c_while_a_detached_start_waits_leaves_no_gateway(operator: O
     assert report["running"] is False
 
 
+@pytest.mark.usefixtures("runner_sigint")
+async def test_ctrl_c_while_a_restart_waits_says_the_previous_gateway_was_stopped(operator: Operator) -> None:
+    """After it stopped the old gateway, a Ctrl-C kills the new one: nothing serves, which the one
+    line says, with the command that starts the old configuration again."""
+    first = await _start(operator)
+    fifo = operator.elsewhere / "started.fifo"
+    os.mkfifo(fifo)
+    (operator.elsewhere / "slow.toml").write_text(
+        f'external_plugins = ["gw_ext_plugin:SlowStartPlugin"]\n[gateway]\nport = {free_port()}\n'
+        f'[adapters.ext-slow]\nfifo = "{fifo}"\n'
+    )
+    with _sigint_as_a_terminal_gives():
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "chatstate", "restart", "--config", "slow.toml"),
+            env=operator.env,
+            cwd=operator.elsewhere,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    assert await asyncio.to_thread(fifo.read_text) == "starting\n"  # the old one is stopped, the new one starting
+    child = _pid_info(operator.home)
+    assert child is not None and child["pid"] != first["pid"]
+    proc.send_signal(signal.SIGINT)
+    out, err = await proc.communicate()
+    assert (proc.returncode, out) == (130, b"")
+    [line] = err.decode().splitlines()
+    said = "gateway: interrupted; the previous gateway was stopped; to start its configuration again run: cd "
+    assert line.startswith(said) and "(with CHATSTATE_ECHO_SECRET set as before)" in line and SECRET not in line
+    assert not _alive(child["pid"])  # ours, reaped; the first one is gone too (not our child: its lock, below)
+    assert (await operator.status())["running"] is False
+
+
+def test_ctrl_c_while_the_gateway_process_is_being_created_kills_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C that lands inside Popen, once the child exists but before Popen returns it, left a
+    gateway nobody could kill (in its own session, the terminal's next Ctrl-C never reaches it)."""
+    children: list[subprocess.Popen] = []
+    real_popen = subprocess.Popen
+
+    def popen_then_ctrl_c(*args: Any, **kwargs: Any) -> subprocess.Popen:
+        children.append(real_popen(*args, **kwargs))
+        signal.raise_signal(signal.SIGINT)  # in the parent, as a person's Ctrl-C at that instant
+        return children[-1]
+
+    monkeypatch.setattr(launch.subprocess, "Popen", popen_then_ctrl_c)
+    (tmp_path / "gw.toml").write_text(f"[gateway]\nport = {free_port()}\n")
+    (home := tmp_path / "home").mkdir(mode=0o700)
+    with _sigint_as_a_terminal_gives(), pytest.raises(KeyboardInterrupt):
+        launch.spawn_detached(launch.Launch(home, tmp_path / "gw.toml"), ready_timeout_s=60)
+    try:
+        assert children and children[0].poll() is not None  # killed and reaped, not left serving
+    finally:
+        children[0].kill()
+        children[0].wait()
+
+
 @contextlib.contextmanager
 def _sigint_as_a_terminal_gives() -> Iterator[None]:
     """Start processes with SIGINT at its default, as a shell starts a command typed at a terminal,
@@ -261,6 +326,7 @@ async def test_restart_with_nothing_ever_started_refuses_and_names_the_command(o
         f"gateway: no gateway is running on {operator.home} and none was started there before, so there is "
         "nothing to restart; start one with: chatstate start --config FILE --detach\n"
     )
+    assert not operator.home.exists()  # refused, nothing made: not even an empty state dir
     assert (await operator.status())["running"] is False
 
 

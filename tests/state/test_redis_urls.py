@@ -12,6 +12,7 @@ from redis_ha import ClusterGroup
 from redis_support import RedisServer, with_prefix
 
 from chatstate.state import StateStoreError, open_keyed_store, probe
+from chatstate.state._redis import check_url
 
 
 @pytest.fixture
@@ -74,3 +75,25 @@ def test_a_bad_option_of_ours_is_named_with_its_range_and_the_url(query, said):
         open_keyed_store("p", "ns", max_entries=1, url=url)
     assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "open") and said in str(err.value)
     assert err.value.path == url.replace(":pw@", ":***@")  # which URL, its password hidden
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("redis://127.0.0.1:1/0?socket_keepalve=1", "know: socket_keepalve; did you mean socket_keepalive?"),
+        ("rediss://127.0.0.1:1/0?ssl_cert_reqs=requierd", "Invalid SSL Certificate Requirements Flag: requierd"),
+        ("redis://127.0.0.1:1/0?protocol=5", "protocol must be either 2 or 3"),
+        ("redis://127.0.0.1:1/0?ssl_cert_reqs=required", "ssl_cert_reqs; TLS options need rediss://"),
+        ("redis+sentinel://127.0.0.1:1/mymaster?ssl=true&ssl_cert_reqs=requierd", "Requirements Flag: requierd"),
+        ("redis+cluster://127.0.0.1:1?read_from_replica=true", "did you mean read_from_replicas?"),
+    ],
+)
+def test_an_option_redis_py_refuses_is_invalid_input_before_any_connection(url, said):
+    """Nothing listens on port 1: an option redis-py refuses only at its first connection (a value, or on a
+    cluster a name it drops) was UNAVAILABLE after retries, or never said; `check_url` is what the gateway's
+    `start --check-only` and `restart` run too."""
+    for check in (lambda: open_keyed_store("p", "ns", max_entries=1, url=url), lambda: check_url(url, "shown")):
+        with pytest.raises(StateStoreError) as err:
+            check()
+        assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "open") and said in str(err.value)
+    assert check_url("rediss://127.0.0.1:1/0?ssl_cert_reqs=required&socket_keepalive=true")[3] == []  # fine

@@ -231,4 +231,8 @@ async def test_a_refused_token_fails_the_start(tmp_path: Path) -> None:
     with pytest.raises(GatewayStartError) as failed:
         async with GatewayHarness([sim], state_dir=tmp_path / "state"):
             pass
-    assert "gateway/bot: HTTP 401" in failed.value.log_tail
+    # refused at the token check both transports make at start (GET /users/@me), before GET /gateway/bot
+    assert (
+        "the platform refused bot_token (GET users: HTTP 401): fix [adapters.discord] bot_token"
+        in failed.value.log_tail
+    )

@@ -32,7 +32,7 @@ from chatstate.gateway.settings import (
     env_var,
 )
 from chatstate.state import state_dir as resolve_state_dir
-from chatstate.state._redis_layout import shown_url
+from chatstate.state._database import shown_url
 
 # Defaults, one unit a line (docs/gateway.md lists every key and its environment variable).
 DEFAULT_HOST = "127.0.0.1"

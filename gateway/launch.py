@@ -29,8 +29,8 @@ from chatstate.gateway.config import GatewayConfig, load_config
 from chatstate.gateway.exits import BAD_CONFIG, FAILED, OK, GatewayExit
 from chatstate.gateway.pidfile import FILE_MODE, check_state_dir
 from chatstate.gateway.settings import ENV_PREFIX
+from chatstate.state._database import shown_url
 from chatstate.state._files import env_path
-from chatstate.state._redis_layout import shown_url
 
 LOG_NAME = "gateway.log"  # under the state dir, for --detach and restart
 CONFIG_ENV = "CHATSTATE_GATEWAY_CONFIG"  # the default for --config

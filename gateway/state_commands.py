@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         if config.state_url and args.state_command == "probe":
             rest += ["--url", config.state_url]
         elif config.state_url:  # the SQLite file in the state dir is not this gateway's store: never list it instead
-            from chatstate.state._redis_layout import shown_url
+            from chatstate.state._database import shown_url
 
             raise GatewayExit(
                 BAD_CONFIG,

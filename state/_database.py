@@ -6,6 +6,7 @@ safety is a pid check where a connection or thread is used."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 from collections.abc import Callable, Coroutine
@@ -13,16 +14,60 @@ from contextlib import AbstractContextManager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import parse_qsl, unquote_plus
 
 from . import _files, _sqlite
+from . import _redis_layout as layout  # no redis-py here
 from ._aio import POOL, WORKER_PREFIX, AsyncKeyedStore, Workers, open_async
 from ._files import PathArg, resolve_path
-from ._redis_layout import database_of, shown_url  # no redis-py here
 from ._spec import MAX_VALUE_BYTES, Backend, Clock, NamespaceSpec, StateStoreError, StoreSettings, wall_clock_ms
 from ._store import KeyedStore
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+def database_of(url: str) -> tuple[str, tuple[Any, ...]]:
+    """The database `url` names, as whom, and its other options (which two opens must agree on):
+    one name however the URL spells it, so the process keeps one `Location` per database, prefix
+    and user. A URL this cannot read is its own database (opening it says what is wrong)."""
+    try:
+        parts, options, theirs, hosts, service, db = layout.split_url(url, "")
+        pairs = parse_qsl(theirs, keep_blank_values=True)
+        if parts.scheme == "unix":
+            hosts, db = [(parts.path, 0)], ""
+        hosts = [(h.lower(), p) for h, p in hosts or [(parts.hostname or "", parts.port or 6379)]]
+        db = "0" if parts.scheme == "redis+cluster" else str(int(dict(pairs).get("db", db) or 0))
+    except (ValueError, StateStoreError):
+        return f"url:{url}", ()
+    who = hashlib.sha256(parts.netloc.rpartition("@")[0].encode()).hexdigest()[:32]  # never the password
+    where = f"{','.join(sorted({f'{h}:{p}' for h, p in hosts}))}/{service}/{db}?prefix={options.prefix}"
+    return f"url:{parts.scheme}://{who}@{where}", (options, sorted(p for p in pairs if p[0] != "db"))
+
+
+def shown_url(url: str) -> str:
+    """`url` as it may be printed anywhere: passwords (user part or query) shown as `***`, the rest
+    kept, so an operator still sees which server and user: `redis://u:***@h:6379/0`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***"  # not a URL at all: nothing in it is safe to echo
+    # The user part ends at the last '@', wherever it is: a password holding an unencoded '/',
+    # '?' or '#' stays hidden (the backend refuses such a URL, and its error shows this form).
+    creds, at, rest = rest.rpartition("@")
+    netloc, slash, tail = rest.partition("/")
+    path, qmark, query = tail.partition("?")
+    if not slash and "?" in netloc:
+        netloc, qmark, query = netloc.partition("?")
+    if at:
+        user, colon, _ = creds.partition(":")
+        # a lone `x@` is shown as `***@` too: people put a password there by mistake; and a user
+        # part that is not plain (an '@' past the host) is shown as nothing but `***`
+        netloc = f"{user}:***@{netloc}" if colon and not any(c in creds for c in "/?#") else f"***@{netloc}"
+    # A query option whose name, as redis-py decodes it, mentions a password is never shown
+    # (`password`, `sentinel_password`, `ssl_password`, `%70assword`).
+    pairs = [p.partition("=") for p in query.split("&")] if query else []
+    query = "&".join(f"{k}={'***' if 'password' in unquote_plus(k).lower() else v}" if eq else k for k, eq, v in pairs)
+    return f"{scheme}{sep}{netloc}{slash}{path.partition('#')[0]}{qmark}{query.partition('#')[0]}"
 
 
 class Location:

@@ -12,12 +12,10 @@ import ssl
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from difflib import get_close_matches
 from functools import partial
 from inspect import signature
-from itertools import chain
 from typing import Any, cast
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
 import redis
 from redis import exceptions as errors
@@ -28,7 +26,7 @@ from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from . import _redis_layout as layout
-from ._redis_layout import shown_url
+from ._database import shown_url
 from ._spec import Backend, Decode, Mode, NamespaceSpec, Row, StateStoreError, StoreSettings, Write, new_version
 
 ACL_HINT = "grant the user the commands in docs/state.md (Redis ACL)"
@@ -36,30 +34,30 @@ CLIENT_ERRORS = (redis.RedisError, errors.RedisClusterException)  # what redis-p
 
 
 def check_url(url: str, path: str = "") -> tuple[Any, ...]:
-    """`layout.split_url`, and redis-py's options checked offline as its first connection checks them (one is built,
-    never connected; a cluster client also takes its own, and drops others silently). Raises INVALID_INPUT naming them."""
-    split = parts, _, theirs, hosts, _, _ = layout.split_url(url, path)
-    one = f"redis://localhost?{theirs}" if hosts else f"{parts.scheme}://{parts.netloc}{parts.path}?{theirs}"
-    try:  # redis-py's own parser: an option whose value has the wrong type is a ValueError naming it
-        kwargs, cluster = parse_url(one), parts.scheme == "redis+cluster"
-        tls = hosts and str(kwargs.pop("ssl", "")).lower() in ("1", "true", "yes", "on")  # for Sentinel and Cluster
+    """split_url's parts, the one-host URL redis-py reads, TLS or not; redis-py's options checked offline as its first
+    connection would: names (a cluster drops unknown ones silently), values (one connection built, not connected)."""
+    split = parts, _, theirs, hosts, _, db = layout.split_url(url, path)
+    cluster = parts.scheme == "redis+cluster"
+    if hosts:
+        creds, at, _ = parts.netloc.rpartition("@")
+        one = f"redis://{creds}{at}localhost/{'' if cluster else db}?{theirs}"
+    else:
+        one = f"{parts.scheme}://{parts.netloc}{parts.path}?{theirs}"  # urlunsplit drops unix:///'s '//'
+    try:  # a value of the wrong type is a ValueError naming its option
+        kwargs = parse_url(one)
+        ssl_option = bool(hosts) and str(kwargs.pop("ssl", "")).lower() in ("1", "true", "yes", "on")
+        tls = parts.scheme == "rediss" or ssl_option  # Sentinel and Cluster: redis-py's `ssl=true`
         kind: Any = SSLConnection if tls else kwargs.pop("connection_class", Connection)
         takes = set().union(*(signature(c.__init__).parameters for c in kind.__mro__))
         inits: list[Any] = [ConnectionPool.__init__, *([RedisCluster.__init__] if cluster else [])]
         known = takes.union(*(signature(f).parameters for f in inits), REDIS_ALLOWED_KEYS if cluster else ())
-        if unknown := sorted(set(kwargs) - (known := known - {"self", "args", "kwargs", "connection_kwargs"})):
-            ours = vars(layout.RedisOptions())
-            like = "".join(f"did you mean {m}? " for m in get_close_matches(unknown[0], [*ours, *known], 1))
-            like += "TLS options need rediss:// (or ssl=true); " if not tls and any("ssl" in n for n in unknown) else ""
-            why = f"{like}ours are {', '.join(ours)}; redis-py's here are {', '.join(sorted(known))}"
-            message = f"the Redis URL has an option neither we nor redis-py know: {', '.join(unknown)}; {why}"
-            raise StateStoreError("INVALID_INPUT", "open", message, path=path or None)
-        kind(
-            **{k: v for k, v in kwargs.items() if k in takes}
-        )  # a value it refuses: ssl_cert_reqs=requierd, protocol=5
+        known -= {"self", "args", "kwargs", "connection_kwargs"}
+        if unknown := sorted(set(kwargs) - known):
+            raise layout.unknown_options(unknown, known, tls, path)
+        kind(**{k: v for k, v in kwargs.items() if k in takes})  # refuses a bad value: ssl_cert_reqs=requierd
     except (ValueError, TypeError, redis.RedisError) as exc:
         raise StateStoreError("INVALID_INPUT", "open", f"bad Redis URL option ({exc})", path=path or None) from None
-    return split
+    return split, one, tls
 
 
 class RedisBackend(Backend):
@@ -88,21 +86,16 @@ class RedisBackend(Backend):
 
     def _connect(self, url: str) -> Any:
         """The client for `url` (a cluster reads its slot map). Raises INVALID_INPUT (see split_url)."""
-        parts, o, theirs, hosts, service, db = check_url(url, self.location)
+        (parts, o, _, hosts, service, db), one, self._tls = check_url(url, self.location)
         self.options, cluster = o, parts.scheme == "redis+cluster"
-        ssl_option = dict(parse_qsl(theirs)).get("ssl", "").lower() in ("1", "true", "yes", "on")
-        self._tls = parts.scheme == "rediss" or ssl_option  # redis-py's `ssl=true` for Sentinel or Cluster
         timeouts = {"socket_connect_timeout": o.socket_connect_timeout_s, "socket_timeout": o.socket_timeout_s}
         retry = Retry(ExponentialBackoff(cap=o.backoff_cap_s, base=o.backoff_base_s), o.retries)
         common: dict[str, Any] = {"decode_responses": True, "retry": retry, **timeouts}
         bad = partial(self._fail, "INVALID_INPUT", "open")
         try:
             if not hosts:
-                one = f"{parts.scheme}://{parts.netloc}{parts.path}?{theirs}"  # urlunsplit drops unix:///'s '//'
                 return redis.Redis.from_url(one, **common)
-            creds, at, _ = parts.netloc.rpartition("@")  # redis-py's parser reads the rest, one host's worth
-            parsed = parse_url(f"redis://{creds}{at}localhost/{'' if cluster else db}?{theirs}")
-            kwargs = {name: value for name, value in parsed.items() if name not in ("host", "port")}
+            kwargs = {name: value for name, value in parse_url(one).items() if name not in ("host", "port")}
             if not cluster:
                 if not service:
                     how = "names the service after the hosts: redis+sentinel://host:26379/mymaster"
@@ -291,13 +284,8 @@ class RedisBackend(Backend):
             raise self._fail("INVALID_INPUT", "commit", f"{several} cannot be one transaction on Redis Cluster: {why}")
         if not writes:
             return True
-        blocks = []
-        for w in writes:
-            expires, expect = ("" if v is None else v for v in (w.expires_at, w.expect))
-            fields = (layout.MODE_FLAGS[w.mode], w.key, w.value or "", expires, w.spec.max_entries, w.spec.overflow)
-            blocks.append(layout.block(self._prefix, w.spec, w.now_ms, *fields, w.version, expect, rows=[w.key]))
         conditional = any(w.mode in (Mode.CLAIM, Mode.MATCH) for w in writes)  # upserts, deletes: idempotent
-        keys, args = (list(chain.from_iterable(part)) for part in zip(*blocks))  # blocks in order
+        keys, args = layout.write_blocks(self._prefix, writes)
         result = self._script(op, "write", keys, args, writes[0].spec.plugin_id if conditional else None)
         if result == "1n":  # the plugins set lives in another cluster slot: not in the script
             members = {layout.quoted(w.spec.plugin_id) for w in writes}

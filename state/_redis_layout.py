@@ -9,11 +9,13 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from difflib import get_close_matches
 from functools import lru_cache, partial
+from itertools import chain
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, quote, unquote_plus, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit
 
-from ._spec import Mode, NamespaceSpec, Row, StateStoreError
+from ._spec import Mode, NamespaceSpec, Row, StateStoreError, Write
 
 ENCODE_HINT = (
     "percent-encode '/', '?', '#', '@' and '[' in the user name and password, and an '@' anywhere after the host "
@@ -91,47 +93,13 @@ def split_url(url: str, path: str) -> tuple[SplitResult, RedisOptions, str, list
     return parts, options, theirs, hosts, service, db
 
 
-def database_of(url: str) -> tuple[str, tuple[Any, ...]]:
-    """The database `url` names, as whom, and its other options (which two opens must agree on):
-    one name however the URL spells it, so the process keeps one `Location` per database, prefix
-    and user. A URL this cannot read is its own database (opening it says what is wrong)."""
-    try:
-        parts, options, theirs, hosts, service, db = split_url(url, "")
-        pairs = parse_qsl(theirs, keep_blank_values=True)
-        if parts.scheme == "unix":
-            hosts, db = [(parts.path, 0)], ""
-        hosts = [(h.lower(), p) for h, p in hosts or [(parts.hostname or "", parts.port or 6379)]]
-        db = "0" if parts.scheme == "redis+cluster" else str(int(dict(pairs).get("db", db) or 0))
-    except (ValueError, StateStoreError):
-        return f"url:{url}", ()
-    who = hashlib.sha256(parts.netloc.rpartition("@")[0].encode()).hexdigest()[:32]  # never the password
-    where = f"{','.join(sorted({f'{h}:{p}' for h, p in hosts}))}/{service}/{db}?prefix={options.prefix}"
-    return f"url:{parts.scheme}://{who}@{where}", (options, sorted(p for p in pairs if p[0] != "db"))
-
-
-def shown_url(url: str) -> str:
-    """`url` as it may be printed anywhere: passwords (user part or query) shown as `***`, the rest
-    kept, so an operator still sees which server and user: `redis://u:***@h:6379/0`."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "***"  # not a URL at all: nothing in it is safe to echo
-    # The user part ends at the last '@', wherever it is: a password holding an unencoded '/',
-    # '?' or '#' stays hidden (the backend refuses such a URL, and its error shows this form).
-    creds, at, rest = rest.rpartition("@")
-    netloc, slash, tail = rest.partition("/")
-    path, qmark, query = tail.partition("?")
-    if not slash and "?" in netloc:
-        netloc, qmark, query = netloc.partition("?")
-    if at:
-        user, colon, _ = creds.partition(":")
-        # a lone `x@` is shown as `***@` too: people put a password there by mistake; and a user
-        # part that is not plain (an '@' past the host) is shown as nothing but `***`
-        netloc = f"{user}:***@{netloc}" if colon and not any(c in creds for c in "/?#") else f"***@{netloc}"
-    # A query option whose name, as redis-py decodes it, mentions a password is never shown
-    # (`password`, `sentinel_password`, `ssl_password`, `%70assword`).
-    pairs = [p.partition("=") for p in query.split("&")] if query else []
-    query = "&".join(f"{k}={'***' if 'password' in unquote_plus(k).lower() else v}" if eq else k for k, eq, v in pairs)
-    return f"{scheme}{sep}{netloc}{slash}{path.partition('#')[0]}{qmark}{query.partition('#')[0]}"
+def unknown_options(unknown: list[str], known: set[str], tls: bool, path: str) -> StateStoreError:
+    ours = vars(RedisOptions())
+    like = "".join(f"did you mean {m}? " for m in get_close_matches(unknown[0], [*ours, *known], 1))
+    like += "TLS options need rediss:// (or ssl=true); " if not tls and any("ssl" in n for n in unknown) else ""
+    why = f"{like}ours are {', '.join(ours)}; redis-py's here are {', '.join(sorted(known))}"
+    message = f"the Redis URL has an option neither we nor redis-py know: {', '.join(unknown)}; {why}"
+    return StateStoreError("INVALID_INPUT", "open", message, path=path or None)
 
 
 def plugin_key(prefix: str, plugin_id: str, name: str, *, tagged: bool = True) -> str:
@@ -150,6 +118,17 @@ def block(prefix: str, spec: NamespaceSpec, now_ms: int, *args: Any, rows: Itera
 # it), then a block per namespace (one, but in `write`): KEYS order, exp, the namespaces set, then the rows named; ARGV
 # now, base, namespace, then the script's own. Numbers stay strings (Lua 5.1 prints 1.7e+12). Redis runs a script's
 # whole text on every call, so each takes only the pieces it calls: _CORE, then _ONCE, _ROWS or _LIST as needed.
+def write_blocks(prefix: str, writes: Sequence[Write]) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of the `write` script: one block a write, in order."""
+    blocks = []
+    for w in writes:
+        expires, expect = ("" if v is None else v for v in (w.expires_at, w.expect))
+        fields = (MODE_FLAGS[w.mode], w.key, w.value or "", expires, w.spec.max_entries, w.spec.overflow)
+        blocks.append(block(prefix, w.spec, w.now_ms, *fields, w.version, expect, rows=[w.key]))
+    keys, args = (list(chain.from_iterable(part)) for part in zip(*blocks))
+    return keys, args
+
+
 _CORE = """
 local A = ARGV
 local ttl, grace, now, base, ns, clock = A[1], tonumber(A[2]), A[4], A[5], A[6], tonumber(A[4])

@@ -15,7 +15,7 @@ from redis_support import RedisServer
 
 from chatstate import state
 from chatstate.gateway.sim.harness import CliResult, GatewayHarness, free_port, run_gateway_cli
-from chatstate.state._redis_layout import shown_url
+from chatstate.state._database import shown_url
 
 PASSWORD = "Hunter2-never-shown"
 WRONG = "Wrong-pw-never-shown"

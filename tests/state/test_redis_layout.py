@@ -16,7 +16,8 @@ from redis_support import with_prefix
 from state_support import T0_MS, FakeClock
 
 from chatstate.state import Database, StateStoreError, StoreSettings, open_keyed_store, probe, sweep_expired
-from chatstate.state._redis_layout import RedisOptions, database_of
+from chatstate.state._database import database_of
+from chatstate.state._redis_layout import RedisOptions
 
 
 @pytest.fixture

@@ -96,4 +96,4 @@ def test_an_option_redis_py_refuses_is_invalid_input_before_any_connection(url, 
         with pytest.raises(StateStoreError) as err:
             check()
         assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "open") and said in str(err.value)
-    assert check_url("rediss://127.0.0.1:1/0?ssl_cert_reqs=required&socket_keepalive=true")[3] == []  # fine
+    assert check_url("rediss://127.0.0.1:1/0?ssl_cert_reqs=required&socket_keepalive=true")[0][3] == []  # fine

@@ -31,8 +31,8 @@ and, if it needs one, its prepare. The gate does the rest, in two durable writes
    Every gateway's recovery loop finishes held items whose owner died or whose work failed;
 5. `stop` refuses new items (503 + Retry-After) and waits for those in flight.
 Legacy mode (the "before") keeps claims in memory and never runs the check; while the store
-fails, claims are decided in memory and writes replayed later (AdapterState's rule), except on a
-shared store during a failover's length (`Claim.in_memory`): there a delivery is not taken.
+fails, claims are decided in memory and writes replayed later (AdapterState's rule), except while
+a shared store fails over (`AdapterState.failing_over`): there a delivery is not taken.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class InboundGate:
                 if job.key in self._held and self._holding is not None:
                     self._held.discard(job.key)
                     await self._holding.state.forget(job.key)
-            # while a shared store fails over (Claim.in_memory) it is retried in a second, not after a lease
+            # while a shared store fails over it is retried in a second, not after a lease
             failing = self.claims.last_error is not None
             return Answer(claim, claim.value, self._retry_after_s if claim is Outcome.LEASED and not failing else 1)
         if job.work is None:
@@ -260,8 +260,8 @@ class InboundGate:
         lease = self._lease(received_at, done=job.work is None)
         if await prepared.commit(Claim(self.claims.stage_claim(key, lease), patient=patient)):
             return "won", lease
-        if self.claims.shared and self.claims.last_error is not None and self.claims.memory.get(key) is None:
-            return Outcome.LEASED, lease  # a shared store failing over: nothing to read, the platform retries
+        if self.claims.failing_over:
+            return Outcome.LEASED, lease  # nothing to read: the platform retries, the store decides
         entry = await self.claims.get_entry(key, fresh=True)
         if entry is None:  # released (or expired) in between
             won = await prepared.commit(Claim(self.claims.stage_claim(key, lease), patient=patient))

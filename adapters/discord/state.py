@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any, NamedTuple, NotRequired, TypedDict
 
 from chatstate.adapters.discord.platform import RESPONSE_DEADLINE_S
-from chatstate.gateway.sdk import AdapterState, StateSpec, Writes, now_ms
+from chatstate.gateway.sdk import AdapterState, StateSpec, StateStoreError, Writes, now_ms
 
 ENTRY_VERSION = 1  # bump when the entry shape changes; other versions read as expired
 COMPONENTS = StateSpec("discord.components", ttl_ms=30 * 60 * 1000, max_entries=500)
@@ -181,15 +181,22 @@ class GatewayState:
 
     async def take_lease(self, lease_ms: int) -> bool:
         """Hold the shard for `lease_ms` more: take it if free, renew it (compare-and-set on the
-        version read, so a lapse taken by another gateway in between is not overwritten) if ours."""
+        version read, so a lapse taken by another gateway in between is not overwritten) if ours.
+        False while a shared store fails over: a lease taken on memory's word could be another
+        gateway's too, and two links on one shard would handle every event twice."""
         value = {"owner": self.owner, "at": now_ms()}
-        if await self.sessions.claim(self._lease_key, value, ttl_ms=lease_ms):
-            return True
-        # the store's row (its version), or this process's own while the store is unreachable
-        held = await self.sessions.get_entry(self._lease_key, fresh=True) or self.sessions.memory.get(self._lease_key)
-        if held is None or not isinstance(held.value, dict) or held.value.get("owner") != self.owner:
+        try:  # a shared store failing over decides nothing in memory: the link stands by meanwhile
+            if await self.sessions.claim(self._lease_key, value, ttl_ms=lease_ms):
+                return True
+            # the store's row (its version), or this process's own while the store is unreachable
+            held = await self.sessions.get_entry(self._lease_key, fresh=True) or self.sessions.memory.get(
+                self._lease_key
+            )
+            if held is None or not isinstance(held.value, dict) or held.value.get("owner") != self.owner:
+                return False
+            return await self.sessions.take_over(self._lease_key, value, version=held.version, ttl_ms=lease_ms)
+        except StateStoreError:
             return False
-        return await self.sessions.take_over(self._lease_key, value, version=held.version, ttl_ms=lease_ms)
 
     async def release_lease(self) -> None:
         held = await self.sessions.get_entry(self._lease_key, fresh=True)

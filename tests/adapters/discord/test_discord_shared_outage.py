@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis
 from redis_support import RedisServer
 
 from chatstate.adapters.discord import handlers
@@ -37,6 +38,8 @@ class RedisRuntime:
 @pytest.fixture
 async def two(own_redis: RedisServer) -> AsyncIterator[tuple[Registry, Registry, GatewayState, GatewayState]]:
     """Two gateways' registries and shard states; the Redis stays up at the end for the close."""
+    with redis.Redis(port=own_redis.port) as server:  # an acknowledged write outlives a SIGKILL
+        server.config_set("appendfsync", "always")  # (everysec may postpone its write on a busy disk)
     runtime = RedisRuntime(f"{own_redis.url}?prefix=two&retries=0&socket_connect_timeout_s=0.2")
     registries = [Registry(legacy=False), Registry(legacy=False)]
     links = [GatewayState(legacy=False, shard=(0, 1), owner=name) for name in "ab"]

@@ -1,18 +1,17 @@
 """The migration pattern every adapter (and the core's approvals and echo) uses, written once.
 
 It lives in the gateway package so the gateway can use it without importing adapters; the
-exactly-once gate built on it is `gateway/gate.py`.
-
-Before: each adapter kept a process-global dict with a TTL and a cap, so a restart forgot
-every thread, button and approval. After: `AdapterState` keeps that dict as a hot cache, but
+exactly-once gate built on it is `gateway/gate.py`. `AdapterState` keeps a TTL'd, capped dict
+as a hot cache in front of the keyed store, and
 - every write is awaited on the keyed store before the caller reports its action done, so a
   SIGKILL right after the bot's reply loses nothing;
 - a read goes to memory, then the store, and caches the *stored* expiry (a hit never restarts
-  the TTL window, a bug the reference system had);
+  the TTL window);
 - claims (`register_if_absent`) and single-use takes (`consume`) go to the store, because only
   it is atomic across processes;
 - a store failure degrades to memory (reported by `health()`, shown in /healthz), keeps the
-  failed writes, and replays them on the next call that finds the store working again.
+  failed writes, and replays them on the next call that finds the store working again; except
+  that no claim is decided in memory while a shared store fails over (`failing_over`).
 `legacy=True` is the "before": memory only, same TTL and cap, for side-by-side demos. Keys and
 values are checked by the store's own rules in both modes (a string key, trimmed, 1..512 bytes;
 plain JSON values), so a plugin that passes in legacy mode passes in store mode: a list or tuple
@@ -21,19 +20,17 @@ key is `StateStoreError` INVALID_INPUT in both, never a 500 from `unhashable typ
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chatstate.gateway import metrics
 from chatstate.gateway.clock import Clock, now_ms
 from chatstate.gateway.memory import MemoryMap
-from chatstate.state import (
-    Entry,
-    StateStoreError,
-    _spec,  # the store's own key and value rules, applied in both modes
-)
+from chatstate.state import Entry, StateStoreError, _spec  # _spec: the store's key and value rules
 
 if TYPE_CHECKING:
     from chatstate.gateway.plugin import PluginRuntime
@@ -91,17 +88,14 @@ class AdapterState:
         metrics.track_adapter_state(self)  # mode and pending writes at /metrics
         if self.legacy:
             return
-        if self.spec.core_id is not None:
-            self._store = await runtime.open_core_store(
-                self.spec.core_id,
-                self.spec.namespace,
-                max_entries=self.spec.max_entries,
-                default_ttl_ms=self.spec.ttl_ms,
-            )
+        spec = self.spec
+        if spec.core_id is None:
+            opening = runtime.open_keyed_store(spec.namespace, max_entries=spec.max_entries, default_ttl_ms=spec.ttl_ms)
         else:
-            self._store = await runtime.open_keyed_store(
-                self.spec.namespace, max_entries=self.spec.max_entries, default_ttl_ms=self.spec.ttl_ms
+            opening = runtime.open_core_store(
+                spec.core_id, spec.namespace, max_entries=spec.max_entries, default_ttl_ms=spec.ttl_ms
             )
+        self._store = await opening
 
     async def close(self) -> None:
         if self._store is not None:
@@ -121,6 +115,21 @@ class AdapterState:
         return getattr(getattr(self._store, "sync", None), "backend_kind", None) == "redis"
 
     @property
+    def failing_over(self) -> bool:
+        """Is the store shared and failing for less than SHARED_OUTAGE_WAIT_MS (a failover's
+        length)? Then no claim is decided in this process's memory: another gateway would decide
+        the same claim in its own memory, and both would act. The caller's retry (or the
+        platform's) goes to the store once it is back; past that, memory decides again, so the
+        bot keeps answering through a long outage."""
+        young = self.failing_since is not None and self._clock() - self.failing_since < SHARED_OUTAGE_WAIT_MS
+        return young and self.last_error is not None and self.shared
+
+    def _in_memory(self, op: str) -> None:
+        """Refuse to decide `op` in memory while `failing_over`: StateStoreError (the store's code)."""
+        if self.failing_over:
+            raise StateStoreError(self.last_error or "UNAVAILABLE", op, "a shared store is failing over: try again")
+
+    @property
     def namespace(self) -> str:
         return self.spec.namespace
 
@@ -138,15 +147,24 @@ class AdapterState:
             "cached": len(self.memory),
         }
 
+    @contextlib.contextmanager
+    def _degrading(self) -> Iterator[None]:
+        """Around a store call: a fault degrades the state and is swallowed (the caller falls back
+        to memory); INVALID_INPUT / LIMIT_EXCEEDED are the caller's error (400) and raised."""
+        try:
+            yield
+        except StateStoreError as exc:
+            if exc.code in CALLER_ERRORS:
+                raise
+            self.degrade(exc)
+
     def degrade(self, exc: StateStoreError) -> None:
         now = self._clock()
         if self.failing_since is None or now - self._failed_at >= SHARED_OUTAGE_WAIT_MS:
             self.failing_since = now
         self._failed_at = now
         if self.last_error is None:
-            self._logger.warning(
-                "adapter_state_degraded", extra={"namespace": self.spec.namespace, "code": str(exc.code)}
-            )
+            self._logger.warning("adapter_state_degraded", extra={"namespace": self.namespace, "code": str(exc.code)})
         self.last_error = str(exc.code)
 
     async def recover(self) -> bool:
@@ -189,25 +207,15 @@ class AdapterState:
         return Entry(key, value, now, None if ttl is None else now + ttl)
 
     # -- the operations adapters call -----------------------------------------------------
-    def _checked(self, key: object, op: str, value: Any = None, *, has_value: bool = False) -> str:
-        """The key as the store sees it (trimmed), after the store's checks, and the value checked
-        as the store would: up front in both modes, so memory never holds a row the store would
-        refuse (a degraded store replays memory's rows later). Raises StateStoreError
-        INVALID_INPUT / LIMIT_EXCEEDED, in both modes alike."""
-        checked = _spec.check_key(key, op)
-        if has_value:
-            _spec.serialize_value(value, op)
-        return checked
-
+    # Keys and values are checked as the store checks them, up front in both modes: memory never
+    # holds a row the store would refuse (a degraded store replays memory's rows later).
     async def record(self, key: str, value: Any, *, ttl_ms: int | None = None, or_raise: bool = False) -> None:
         """Remember `value` under `key`, durably unless legacy; returns once it is on disk.
-
         A store failure does not raise: the row stays in memory, is replayed later, and the
         adapter shows as degraded. With `or_raise` (a write that must reach the store or not
         happen at all, like echo's counter) it does: the state shows as degraded, nothing is kept,
         and the StateStoreError is raised. INVALID_INPUT/LIMIT_EXCEEDED (a programming error)
-        always raise, in legacy mode too, and leave nothing behind.
-        """
+        always raise, in legacy mode too, and leave nothing behind."""
         key = _spec.check_key(key, "register")
         text = _spec.Json(_spec.serialize_value(value, "register"))  # once: the store takes it as is
         entry = self._entry(key, value, ttl_ms)
@@ -238,10 +246,10 @@ class AdapterState:
         discarded stage drops the key from memory and the next read goes to the store.
         Raises StateStoreError INVALID_INPUT / LIMIT_EXCEEDED, in both modes alike."""
         if delete:
-            key = self._checked(key, "delete")
+            key = _spec.check_key(key, "delete")
             self.memory.drop(key)
             return Staged(self, key, None, None if self._store is None else self._store.stage_delete(key))
-        key = self._checked(key, "register")
+        key = _spec.check_key(key, "register")
         text = _spec.Json(_spec.serialize_value(value, "register"))  # once: the store takes it as is
         entry = self._entry(key, value, ttl_ms)
         write = None if self._store is None else self._store.stage_register(key, text, ttl_ms=ttl_ms)
@@ -252,7 +260,7 @@ class AdapterState:
         """Check a claim of `key` for one transaction (`writes.Claim`): it holds only if no live row
         is under `key` (as `claim`), or with `version` only if the row is still at that version (as
         `take_over`); memory shows it once it holds. Raises as `stage`."""
-        key = self._checked(key, "register_if_absent")
+        key = _spec.check_key(key, "register_if_absent")
         text = _spec.Json(_spec.serialize_value(value, "register_if_absent"))  # once, as `stage`
         store, entry = self._store, self._entry(key, value, ttl_ms)
         if store is None:
@@ -262,71 +270,61 @@ class AdapterState:
         return Staged(self, key, entry, store.stage_compare_and_set(key, text, version=version, ttl_ms=ttl_ms))
 
     async def take_over(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> bool:
-        """Replace the row at `version` (a lease whose owner died) if nobody changed it since."""
-        if self._store is None or not await self.recover():
-            self.memory.put(self._entry(key, value, ttl_ms))
-            return True
-        try:
-            won = await self._store.compare_and_set(key, value, version=version, ttl_ms=ttl_ms)
-        except StateStoreError as exc:
-            if exc.code in CALLER_ERRORS:
-                raise
-            self.degrade(exc)
+        """Replace the row at `version` (a lease whose owner died) if nobody changed it since.
+        Raises StateStoreError while the store is `failing_over`."""
+        if self._store is not None and await self.recover():
+            with self._degrading():
+                won = await self._store.compare_and_set(key, value, version=version, ttl_ms=ttl_ms)
+                if won:
+                    self.memory.put(self._entry(key, value, ttl_ms))
+                return won
             return False
-        if won:
-            self.memory.put(self._entry(key, value, ttl_ms))
-        return won
+        self._in_memory("compare_and_set")
+        self.memory.put(self._entry(key, value, ttl_ms))
+        return True
 
     async def get_entry(self, key: str, *, fresh: bool = False) -> Entry | None:
         """Return the live row: memory first (unless `fresh`: another process may have changed
         it, as with a lease), then the store (cached with its stored expiry)."""
-        key = self._checked(key, "lookup")
+        key = _spec.check_key(key, "lookup")
         entry = None if fresh and self._store is not None else self.memory.get(key)
         if entry is not None or self._store is None:
             return entry
-        try:
+        with self._degrading():
             entry = await self._store.lookup_entry(key)
-        except StateStoreError as exc:
-            if exc.code in CALLER_ERRORS:
-                raise  # a bad key is the caller's error (400), never a degraded store
-            self.degrade(exc)
-            return None
-        if entry is not None:
-            self.memory.put(entry)
-        return entry
+            if entry is not None:
+                self.memory.put(entry)
+            return entry
+        return None
 
     async def get(self, key: str) -> Any | None:
         entry = await self.get_entry(key)
         return None if entry is None else entry.value
 
     async def claim(self, key: str, value: Any, *, ttl_ms: int | None = None) -> bool:
-        """Atomically take `key` if no live row holds it (across processes when not legacy)."""
-        key = self._checked(key, "register_if_absent", value, has_value=True)
+        """Atomically take `key` if no live row holds it (across processes when not legacy).
+        Raises StateStoreError while the store is `failing_over`."""
+        key = _spec.check_key(key, "register_if_absent")
+        _spec.serialize_value(value, "register_if_absent")  # checked up front, in both modes
         entry = self._entry(key, value, ttl_ms)
         if self._store is not None and await self.recover():
-            try:
+            with self._degrading():
                 won = await self._store.register_if_absent(key, value, ttl_ms=ttl_ms)
-            except StateStoreError as exc:
-                if exc.code in CALLER_ERRORS:
-                    raise
-                self.degrade(exc)
-            else:
                 if won:
                     self.memory.put(entry)
                 return won
+        self._in_memory("register_if_absent")
         return self.memory.claim(entry)
 
     async def take(self, key: str) -> Any | None:
-        """Read and remove the live row in one atomic step (exactly one of racing callers wins)."""
-        key = self._checked(key, "consume")
+        """Read and remove the live row in one atomic step (exactly one of racing callers wins).
+        Raises StateStoreError while the store is `failing_over` (memory forgets the row)."""
+        key = _spec.check_key(key, "consume")
         cached = self.memory.take(key)
         if self._store is not None and await self.recover():
-            try:
+            with self._degrading():
                 return await self._store.consume(key)
-            except StateStoreError as exc:
-                if exc.code in CALLER_ERRORS:
-                    raise
-                self.degrade(exc)
+        self._in_memory("consume")
         if cached is not None and self._store is not None:
             self.remember(key, None)  # the store still holds it: delete once it is back
         return None if cached is None else cached.value
@@ -335,21 +333,17 @@ class AdapterState:
         """Live rows, oldest first: the store's when it is reachable (every process's rows),
         else this process's memory."""
         if self._store is not None and await self.recover():
-            try:
+            with self._degrading():
                 return await self._store.entries()
-            except StateStoreError as exc:
-                self.degrade(exc)
         return self.memory.live()
 
     async def forget(self, key: str) -> bool:
         """Delete `key` everywhere; True if a live row was removed."""
-        key = self._checked(key, "delete")
+        key = _spec.check_key(key, "delete")
         removed = self.memory.drop(key)
         if self._store is not None and await self.recover():
-            try:
+            with self._degrading():
                 return await self._store.delete(key) or removed
-            except StateStoreError as exc:
-                self.degrade(exc)
         if self._store is not None:
             self.remember(key, None)
         return removed

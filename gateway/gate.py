@@ -31,8 +31,8 @@ and, if it needs one, its prepare. The gate does the rest, in two durable writes
    Every gateway's recovery loop finishes held items whose owner died or whose work failed;
 5. `stop` refuses new items (503 + Retry-After) and waits for those in flight.
 Legacy mode (the "before") keeps claims in memory and never runs the check; while the store
-fails, claims are decided in memory and writes replayed later (AdapterState's rule), except on a
-shared store during a failover's length (`Claim.in_memory`): there a delivery is not taken.
+fails, claims are decided in memory and writes replayed later (AdapterState's rule), except while
+a shared store fails over (`AdapterState.failing_over`): there a delivery is not taken.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import secrets
 from typing import Any
 
 from chatstate.gateway import logs, metrics
@@ -166,7 +167,7 @@ class InboundGate:
                 if job.key in self._held and self._holding is not None:
                     self._held.discard(job.key)
                     await self._holding.state.forget(job.key)
-            # while a shared store fails over (Claim.in_memory) it is retried in a second, not after a lease
+            # while a shared store fails over it is retried in a second, not after a lease
             failing = self.claims.last_error is not None
             return Answer(claim, claim.value, self._retry_after_s if claim is Outcome.LEASED and not failing else 1)
         if job.work is None:
@@ -241,7 +242,8 @@ class InboundGate:
         if done:
             return {"received_at": received_at, "done_at": now}
         owner = {} if self.owner is None else {"owner": self.owner}
-        return {"received_at": received_at, "lease_until": now + self.lease_ms, **owner}
+        # the token tells this lease from another process's, written for the same item at the same ms
+        return {"received_at": received_at, "lease_until": now + self.lease_ms, "token": secrets.token_hex(8), **owner}
 
     async def _prepare(self, job: Job, prepared: Writes) -> None:
         if job.prepare is not None:
@@ -260,8 +262,8 @@ class InboundGate:
         lease = self._lease(received_at, done=job.work is None)
         if await prepared.commit(Claim(self.claims.stage_claim(key, lease), patient=patient)):
             return "won", lease
-        if self.claims.shared and self.claims.last_error is not None and self.claims.memory.get(key) is None:
-            return Outcome.LEASED, lease  # a shared store failing over: nothing to read, the platform retries
+        if self.claims.failing_over:  # the platform retries, the store decides; unless it did already
+            return "won" if await self._applied(key, lease) else Outcome.LEASED, lease
         entry = await self.claims.get_entry(key, fresh=True)
         if entry is None:  # released (or expired) in between
             won = await prepared.commit(Claim(self.claims.stage_claim(key, lease), patient=patient))
@@ -280,6 +282,15 @@ class InboundGate:
             lease = self._lease(received_at, done=job.work is None)
         took = Claim(self.claims.stage_claim(key, lease, version=entry.version), entry.version, patient)
         return "takeover" if await prepared.commit(took) else Outcome.LEASED, lease
+
+    async def _applied(self, key: str, lease: dict[str, Any]) -> bool:
+        """Did the store apply the claim whose write failed? With `min_replicas_acked` a write
+        the primary applied but no replica acknowledged in time fails, and its row is then this
+        very lease (its token): the store decided for us, with the prepared writes in the same
+        transaction. Leaving it would leave the item to a retry that finds a live lease, or, from
+        Discord, to nobody."""
+        entry = await self.claims.get_entry(key, fresh=True)
+        return entry is not None and entry.value == lease
 
     def _keep_leased(self, key: str, lease: dict[str, Any]) -> None:
         """Renew `lease` while the work on `key` runs (one loop for all: a fast work costs nothing)."""

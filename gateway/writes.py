@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from chatstate.gateway.adapter_state import CALLER_ERRORS, SHARED_OUTAGE_WAIT_MS, AdapterState, Staged
+from chatstate.gateway.adapter_state import CALLER_ERRORS, AdapterState, Staged
 from chatstate.gateway.clock import Clock, now_ms
 from chatstate.state import Entry, StateStoreError, commit_staged_async
 
@@ -111,17 +111,15 @@ class Claim:
     patient: bool = True  # the platform retries a refused delivery (not its last attempt)
 
     def in_memory(self) -> bool:
-        """Decide the claim in this process's memory; for a patient claim, never in the first
-        SHARED_OUTAGE_WAIT_MS of a shared store's outage: another gateway may be deciding the same
-        claim in its own memory, and both would answer. Refused, the platform retries it after
-        the failover, and the store decides."""
-        assert self.staged.entry is not None  # a claim writes a row
-        state, since = self.staged.state, self.staged.state.failing_since or 0
-        if self.patient and state.shared and self.staged.entry.created_at - since < SHARED_OUTAGE_WAIT_MS:
+        """Decide the claim in this process's memory; a patient claim (refused, the platform
+        retries it, and the store decides) never while its store is `failing_over`."""
+        state, entry = self.staged.state, self.staged.entry
+        assert entry is not None  # a claim writes a row
+        if self.patient and state.failing_over:
             return False
         if self.version is None:
-            return self.staged.state.memory.claim(self.staged.entry)
-        self.staged.state.memory.put(self.staged.entry)
+            return state.memory.claim(entry)
+        state.memory.put(entry)
         return True
 
 

@@ -41,9 +41,8 @@ DEFERRABLE = (Kind.application_command, Kind.component, Kind.modal_submit)
 
 
 async def too_late(_writes: Writes) -> bool:
-    """The gate's check after taking over a dead process's claim: the lease (15 s) outlives
-    Discord's 3 s answer window, so the interaction was answered already or can no longer be;
-    applying its effect now would be an effect the user is never told about."""
+    """The gate's check after taking over a dead process's claim: the lease (15 s) outlives Discord's
+    3 s answer window, so it was answered or failed already; an effect now is one nobody is told of."""
     return True
 
 
@@ -63,8 +62,12 @@ class DiscordBot:
     async def respond(self, it: platform.Interaction, send: Send, writes: Writes, *, received_at: float) -> str:
         """Answer `it` (arrived at monotonic `received_at`) through `send` (the HTTP body, or the
         Gateway's callback): in full, or deferred and then through the webhook. Returns
-        "answered", "deferred" or CALLBACK_FAILED. The work always runs to its end, so its writes
+        "answered", "deferred", CALLBACK_FAILED or "too_late" (past Discord's deadline, the user was
+        told it failed and tries again: no effect). The work always runs to its end, so its writes
         are staged even when Discord refused the answer (the effect happened)."""
+        if time.monotonic() - received_at >= platform.RESPONSE_DEADLINE_S:
+            self.log.warning("discord_interaction_too_late", extra={"interaction_type": it.type.name})
+            return "too_late"
         work = asyncio.create_task(self.answer(it, writes))
         done, _ = await asyncio.wait({work}, timeout=max(0.0, received_at + DEFER_AFTER_S - time.monotonic()))
         deferred = not done and it.type in DEFERRABLE and bool(it.token)
@@ -225,8 +228,6 @@ def build_modal(custom_id: str, entry: ModalEntry) -> discord.ui.Modal:
     """The modal a stored entry describes, ready for `platform.modal`."""
     view = discord.ui.Modal(title=entry["title"], custom_id=custom_id, timeout=None)
     for f in entry["fields"]:
-        style = discord.TextStyle[f["style"]]
-        view.add_item(
-            discord.ui.TextInput(label=f["label"], custom_id=f["custom_id"], style=style, required=f["required"])
-        )
+        style, label, required = discord.TextStyle[f["style"]], f["label"], f["required"]
+        view.add_item(discord.ui.TextInput(label=label, custom_id=f["custom_id"], style=style, required=required))
     return view

@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any, NamedTuple, NotRequired, TypedDict
 
 from chatstate.adapters.discord.platform import RESPONSE_DEADLINE_S
-from chatstate.gateway.sdk import AdapterState, StateSpec, Writes, now_ms
+from chatstate.gateway.sdk import AdapterState, StateSpec, StateStoreError, Writes, now_ms
 
 ENTRY_VERSION = 1  # bump when the entry shape changes; other versions read as expired
 COMPONENTS = StateSpec("discord.components", ttl_ms=30 * 60 * 1000, max_entries=500)
@@ -89,14 +89,10 @@ class Registry:
     """The component and modal registries; every message with components goes through `register`."""
 
     def __init__(self, *, legacy: bool, ttl_ms: int | None = None, max_entries: int | None = None) -> None:
-        def spec(base: StateSpec) -> StateSpec:
-            ttl, cap = ttl_ms or base.ttl_ms, max_entries or base.max_entries
-            return replace(base, ttl_ms=ttl, max_entries=cap)
-
-        self.components = AdapterState(spec(COMPONENTS), legacy=legacy)
-        self.modals = AdapterState(spec(MODALS), legacy=legacy)
-        self.used = AdapterState(spec(USED), legacy=legacy)
-        self.states = (self.components, self.modals, self.used)  # opened, and shown in health, in this order
+        self.states = self.components, self.modals, self.used = tuple(
+            AdapterState(replace(s, ttl_ms=ttl_ms or s.ttl_ms, max_entries=max_entries or s.max_entries), legacy=legacy)
+            for s in (COMPONENTS, MODALS, USED)  # opened, and shown in health, in this order
+        )
 
     async def register(self, components: dict[str, ComponentEntry], modals: dict[str, ModalEntry]) -> None:
         """Record every entry of one message in one transaction before it is posted, not with
@@ -181,15 +177,19 @@ class GatewayState:
 
     async def take_lease(self, lease_ms: int) -> bool:
         """Hold the shard for `lease_ms` more: take it if free, renew it (compare-and-set on the
-        version read, so a lapse taken by another gateway in between is not overwritten) if ours."""
-        value = {"owner": self.owner, "at": now_ms()}
-        if await self.sessions.claim(self._lease_key, value, ttl_ms=lease_ms):
-            return True
-        # the store's row (its version), or this process's own while the store is unreachable
-        held = await self.sessions.get_entry(self._lease_key, fresh=True) or self.sessions.memory.get(self._lease_key)
-        if held is None or not isinstance(held.value, dict) or held.value.get("owner") != self.owner:
+        version read, so a lapse taken by another gateway in between is not overwritten) if ours.
+        False while a shared store fails over: each gateway's memory would say "mine"."""
+        value, key = {"owner": self.owner, "at": now_ms()}, self._lease_key
+        try:
+            if await self.sessions.claim(key, value, ttl_ms=lease_ms):
+                return True
+            # the store's row (its version), or this process's own while the store is unreachable
+            held = await self.sessions.get_entry(key, fresh=True) or self.sessions.memory.get(key)
+            if held is None or not isinstance(held.value, dict) or held.value.get("owner") != self.owner:
+                return False
+            return await self.sessions.take_over(key, value, version=held.version, ttl_ms=lease_ms)
+        except StateStoreError:
             return False
-        return await self.sessions.take_over(self._lease_key, value, version=held.version, ttl_ms=lease_ms)
 
     async def release_lease(self) -> None:
         held = await self.sessions.get_entry(self._lease_key, fresh=True)

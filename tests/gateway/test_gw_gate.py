@@ -646,3 +646,42 @@ async def test_while_a_shared_store_fails_over_two_gateways_never_both_answer(ow
         own_redis.start()
         for g in gates:
             await g.claims.close()
+
+
+async def test_a_claim_the_primary_applied_but_no_replica_acknowledged_is_worked_on(own_redis: RedisServer) -> None:
+    """With `min_replicas_acked`, a claim the primary applied but no replica acknowledged in time
+    fails (UNAVAILABLE: "applied on the primary") during a failover. Its row is then this gate's
+    own lease: the store decided, so the gate works on the item. Leaving it would leave a live
+    lease that refuses the platform's retry, and a Discord interaction (never sent again)
+    unanswered. Another gateway's copy of the delivery still finds the row and does nothing."""
+    url = f"{own_redis.url}?prefix=acked&min_replicas_acked=1&replica_ack_timeout_ms=10"  # no replica at all
+    calls: list[str] = []
+
+    class Shared:
+        plugin_id, log = "gate", logging.LoggerAdapter(logging.getLogger("test.gate"))
+
+        async def open_keyed_store(self, namespace: str, **kw: Any) -> Any:
+            return await open_async_keyed_store("gate", namespace, url=url, **kw)
+
+    gates = []
+    for _ in "ab":
+        claims = AdapterState(CLAIMS, legacy=False)
+        await claims.open(Shared())
+        gates.append(InboundGate(claims, lease_ms=LEASE_MS))
+
+    def job(name: str) -> Job:
+        async def work(writes: Writes) -> str:
+            calls.append(name)
+            return "answered"
+
+        return Job("k", work=work)
+
+    try:
+        first = await gates[0].deliver(job("a"))
+        assert (first.outcome, calls) == (Outcome.DONE, ["a"]), first
+        assert gates[0].claims.mode == "degraded"  # the done mark waits for a replica, kept for replay
+        second = await gates[1].deliver(job("b"))
+        assert second.outcome in (Outcome.LEASED, Outcome.ALREADY_DONE) and calls == ["a"], second
+    finally:
+        for g in gates:
+            await g.claims.close()

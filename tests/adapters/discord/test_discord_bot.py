@@ -49,3 +49,33 @@ async def test_wrong_kind_unknown_id_and_old_versions_read_as_expired(tmp_path: 
         assert ok["type"] == discord.InteractionResponseType.message_update.value  # Refresh still works
     finally:
         await close_registry(registry)
+
+
+async def test_an_interaction_past_discords_deadline_has_no_effect(tmp_path: Path) -> None:
+    """A click whose claim took longer than Discord's 3 s (a store failing over) was failed by
+    Discord already: the user saw "This interaction failed" and will click again, so working on
+    it now would apply an effect the user is never told of (a single use taken, a second panel
+    posted). It is done, with no effect and no answer."""
+    import time
+
+    registry = Registry(legacy=False)
+    await open_registry(registry, FileRuntime("discord", tmp_path / "state.sqlite"))
+    bot = DiscordBot(registry, platform.DiscordRest(api_base="http://127.0.0.1:9", bot_token="unused"), log=LOG)
+    sent: list[dict[str, object]] = []
+
+    async def send(response: dict[str, object]) -> None:
+        sent.append(response)
+
+    try:
+        panel = handlers.build_panel(allowed_user_ids=[])
+        await registry.register(panel.components, panel.modals)
+        approve = next(cid for cid, e in panel.components.items() if e["action"] == "approve")
+        it = click(approve, discord.ComponentType.button)
+        late = time.monotonic() - platform.RESPONSE_DEADLINE_S - 0.5
+        word = await bot.respond(it, send, Writes(), received_at=late)
+        assert sent == [] and await registry.used_by(approve) is None  # the single use is still there
+        assert word == "too_late"
+        assert await bot.respond(it, send, Writes(), received_at=time.monotonic()) == "answered"
+        assert await registry.used_by(approve) == "1" and len(sent) == 1
+    finally:
+        await close_registry(registry)

@@ -60,11 +60,10 @@ class DiscordBot:
         return Job(key=it.id, work=partial(self.respond, it, send, received_at=received_at), answered=too_late)
 
     async def respond(self, it: platform.Interaction, send: Send, writes: Writes, *, received_at: float) -> str:
-        """Answer `it` (arrived at monotonic `received_at`) through `send` (the HTTP body, or the
-        Gateway's callback): in full, or deferred and then through the webhook. Returns
-        "answered", "deferred", CALLBACK_FAILED or "too_late" (past Discord's deadline, the user was
-        told it failed and tries again: no effect). The work always runs to its end, so its writes
-        are staged even when Discord refused the answer (the effect happened)."""
+        """Answer `it` (arrived at monotonic `received_at`) through `send` (the HTTP body, or the Gateway's callback):
+        in full, or deferred and then through the webhook. Returns "answered", "deferred", CALLBACK_FAILED or "too_late"
+        (past Discord's deadline the user was told it failed and tries again: no effect). The work always runs to its
+        end, so its writes are staged even when Discord refused the answer (the effect happened)."""
         if time.monotonic() - received_at >= platform.RESPONSE_DEADLINE_S:
             self.log.warning("discord_interaction_too_late", extra={"interaction_type": it.type.name})
             return "too_late"

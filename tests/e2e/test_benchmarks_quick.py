@@ -56,7 +56,7 @@ def test_benchmarks_pin_with_cpu() -> None:
     assert f"servers pinned to CPU {cpu}" in _run("gateway_bench.py", "--cpu", cpu)
 
 
-@pytest.mark.parametrize("bench", ["slack_bolt_bench.py", "gateway_bench.py"])
+@pytest.mark.parametrize("bench", ["slack_bolt_bench.py", "gateway_bench.py", "instructions_bench.py"])
 def test_a_bench_refuses_a_before_dir_without_an_installed_copy(tmp_path: Path, bench: str) -> None:
     """A checkout's `chatstate/` holds only the top module: run from it, the editable install
     would supply this tree's code and the "before" would silently measure the after."""
@@ -72,7 +72,7 @@ def test_a_bench_refuses_a_before_dir_without_an_installed_copy(tmp_path: Path, 
     assert proc.returncode == 2 and "pip install --no-deps --target" in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("bench", ["slack_bolt_bench.py", "gateway_bench.py"])
+@pytest.mark.parametrize("bench", ["slack_bolt_bench.py", "gateway_bench.py", "instructions_bench.py"])
 def test_a_bench_refuses_a_before_dir_whose_code_its_gateways_would_not_run(tmp_path: Path, bench: str) -> None:
     """`python -m chatstate` puts its working directory first on the path: started from a
     checkout, a gateway given DIR on PYTHONPATH runs the checkout's code, and "before" measures

@@ -171,10 +171,10 @@ async def crash_before_reply(state_dir: Path, lease_ms: int) -> float | None:
 
         [lease] = stored(gw.database_path, EVENTS_NAMESPACE)
         assert "done_at" not in lease.value
-        killed_at = time.monotonic()
+        restart_began = time.monotonic()
         await gw.start()
         if lease.value["lease_until"] - time.time() * 1000 < LEASE_MARGIN_MS:
-            return time.monotonic() - killed_at
+            return time.monotonic() - restart_began
         early = await slack.deliver(event, retry_num=1)  # the dead process's lease still holds it
         assert (early.status, early.headers.get("Retry-After")) == (503, str(lease_ms // 1000))
         assert slack.posts() == []

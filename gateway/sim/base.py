@@ -35,6 +35,11 @@ class SimulatorServer:
         # demo's `--hostile` table and the exactly-once tests read these
         self.hits: Counter[str] = Counter()
         self._background: set[asyncio.Task[Any]] = set()
+        # cleared by a test while it restarts the gateway: the platform's redeliveries wait for
+        # it, as a real platform's retry budget (minutes) outlasts a restart, which a compressed
+        # schedule (seconds) may not on a loaded machine
+        self.redeliver = asyncio.Event()
+        self.redeliver.set()
         self._runner: web.AppRunner | None = None
         self._changed: asyncio.Condition | None = None
         self.port: int = 0

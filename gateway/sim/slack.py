@@ -271,6 +271,7 @@ class SlackSimulator(SimulatorServer, SlackEvents):
         for attempt in range(len(RETRY_SCHEDULE_S) + 1):
             if attempt:
                 await asyncio.sleep(RETRY_SCHEDULE_S[attempt - 1] * self.edges.schedule_scale)
+                await self.redeliver.wait()
                 self.hit(f"retry:{reason}")
             outcome: str
             try:

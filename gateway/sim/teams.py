@@ -309,6 +309,7 @@ class TeamsSimulator(SimulatorServer):
         for attempt in range(attempts):
             if attempt:
                 await asyncio.sleep(RETRY_SCHEDULE_S[attempt - 1] * e.schedule_scale)
+                await self.redeliver.wait()
                 self.hit("retry")
             try:
                 status = await self._post_watched(activity)

@@ -47,17 +47,21 @@ class Workers:
         self._calls: queue.SimpleQueue[list[_Call]] = queue.SimpleQueue()
         self._pending: dict[asyncio.AbstractEventLoop, list[_Call]] = {}  # a writer's, this loop turn
 
-    def submit(self, call: _Call) -> None:
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        """Run `fn` on these threads; the future is answered on the calling loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        call = (loop, future, functools.partial(fn, *args, **kwargs))
         if self._pid != os.getpid():  # the parent's threads do not exist in a forked child
             self._start()
         if self._batch is None:
-            return self._put([call])
-        # One wake-up of the writer per loop turn, not per call (each could fight the loop for the GIL).
-        loop = call[0]
-        if loop not in self._pending:
-            self._pending[loop] = []
+            self._put([call])
+        elif loop in self._pending:
+            self._pending[loop].append(call)
+        else:  # one wake-up of the writer per loop turn, not per call (each could fight the loop for the GIL)
+            self._pending[loop] = [call]
             loop.call_soon(lambda: self._put(self._pending.pop(loop)))
-        self._pending[loop].append(call)
+        return future
 
     def _put(self, calls: list[_Call]) -> None:
         """Queue `calls`, then start a thread if fewer than the maximum run: a retiring thread
@@ -128,14 +132,6 @@ def _deliver(done: list[_Done]) -> None:
 POOL = Workers(WORKER_THREADS, WORKER_PREFIX)
 
 
-def submit(workers: Workers, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
-    """Run `fn` on `workers`; the future is answered on the calling loop."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-    workers.submit((loop, future, functools.partial(fn, *args, **kwargs)))
-    return future
-
-
 async def _wait(future: asyncio.Future[T]) -> T:
     return await future
 
@@ -147,7 +143,7 @@ def _awaitable(
 
     @functools.wraps(method)
     async def run(self: AsyncKeyedStore, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await submit(self._writer if writes else POOL, getattr(self.sync, method.__name__), *args, **kwargs)
+        return await (self._writer if writes else POOL).submit(getattr(self.sync, method.__name__), *args, **kwargs)
 
     return run
 
@@ -176,7 +172,7 @@ class AsyncKeyedStore(contextlib.AbstractAsyncContextManager["AsyncKeyedStore"])
         """Check and serialize at the call, then run the sync write of `op` on the writer (which takes both as is)."""
         check_ttl(ttl_ms, op)
         key, text = Key(check_key(key, op)), Json(serialize_value(value, op, self.max_value_bytes))
-        return _wait(submit(self._writer, getattr(self.sync, op), key, text, ttl_ms=ttl_ms, **version))
+        return _wait(self._writer.submit(getattr(self.sync, op), key, text, ttl_ms=ttl_ms, **version))
 
     def register(self, key: str, value: Any, *, ttl_ms: int | None = None) -> Awaitable[None]:
         return self._write("register", key, value, ttl_ms)
@@ -198,7 +194,7 @@ class AsyncKeyedStore(contextlib.AbstractAsyncContextManager["AsyncKeyedStore"])
     lookup_entry = _awaitable(KeyedStore.lookup_entry)
 
     async def lookup_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        return await submit(POOL, self.sync.lookup_many, check_keys(keys, "lookup_many"))  # copied at the call
+        return await POOL.submit(self.sync.lookup_many, check_keys(keys, "lookup_many"))  # copied at the call
 
     consume = _awaitable(KeyedStore.consume, writes=True)
     delete = _awaitable(KeyedStore.delete, writes=True)
@@ -215,12 +211,12 @@ class AsyncKeyedStore(contextlib.AbstractAsyncContextManager["AsyncKeyedStore"])
 async def commit_staged_async(writes: Iterable[StagedWrite]) -> bool:
     """`commit_staged` off the loop, on the database's writer or the pool (Redis); the list is taken at this call."""
     staged = staged_list(writes)
-    return await submit(staged[0].store.database.writer, commit_staged, staged) if staged else True
+    return await staged[0].store.database.writer.submit(commit_staged, staged) if staged else True
 
 
 async def open_async(opener: Callable[[], KeyedStore]) -> AsyncKeyedStore:
     """Run a sync `opener` off the loop and wrap its store (both async opens use this)."""
-    opening = submit(POOL, opener)
+    opening = POOL.submit(opener)
     try:
         store = await asyncio.shield(opening)
     except asyncio.CancelledError:
@@ -232,4 +228,4 @@ async def open_async(opener: Callable[[], KeyedStore]) -> AsyncKeyedStore:
 
 def _close_abandoned(opening: asyncio.Future[KeyedStore]) -> None:
     if not opening.cancelled() and opening.exception() is None:
-        submit(POOL, opening.result().close)  # a done callback runs on the loop
+        POOL.submit(opening.result().close)  # a done callback runs on the loop

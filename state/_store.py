@@ -136,7 +136,6 @@ class KeyedStore(AbstractContextManager["KeyedStore"]):
         return Entry(row.key, self._decode(row, op), row.created_at, row.expires_at, row.version)
 
     def _write(self, mode: Mode, key: str, value: Any, ttl_ms: int | None, expect: int | None = None) -> bool:
-        """Check and serialize, then apply: `register`, `register_if_absent`, `compare_and_set`."""
         op = mode.value
         key, text, ttl = check_key(key, op), serialize_value(value, op, self.max_value_bytes), check_ttl(ttl_ms, op)
         return self._backend.write(self._prepared(op, mode, key, text, ttl, expect))
@@ -307,7 +306,6 @@ def commit_staged(writes: Iterable[StagedWrite]) -> bool:
 
 
 def staged_list(writes: Iterable[StagedWrite]) -> list[StagedWrite]:
-    """`writes` as a list, checked to hold only StagedWrites (INVALID_INPUT, operation "commit")."""
     if isinstance(writes, (str, bytes)) or not isinstance(writes, Iterable):
         raise StateStoreError("INVALID_INPUT", "commit", "writes must be a list of staged writes")
     staged = list(writes)

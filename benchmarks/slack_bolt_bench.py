@@ -45,7 +45,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_support import check_before  # noqa: E402  (this directory)
+from bench_support import check_before, load_average  # noqa: E402  (this directory)
 from gateway_bench import cpu_seconds, thread_cpu  # noqa: E402  (this directory: the process CPU readers)
 
 from chatstate import state  # noqa: E402
@@ -55,6 +55,7 @@ from chatstate.gateway.sim.slack import SlackSimulator  # noqa: E402
 USERS = 20
 BOLT = "bolt"
 DURABLE_BOLT = "bolt + claim/done (durable)"
+FLOOR = "floor: slack-sdk + claim/done"
 FULL = {  # namespace: (max_entries, default_ttl_ms), as the adapter opens them
     "slack.events": (50_000, 3_600_000),
     "slack.thread-participation": (5_000, 86_400_000),
@@ -166,17 +167,22 @@ async def serve_bolt(port: int, api_base_url: str, token: str, secret: str, dura
     await asyncio.Event().wait()
 
 
-async def start_bolt(sim: SlackSimulator, durable_dir: str = "") -> tuple[asyncio.subprocess.Process, str]:
+async def start_bolt(
+    sim: SlackSimulator, durable_dir: str = "", floor: bool = False
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Start bolt (with `durable_dir`, the durable bolt) or, with `floor`, the Slack floor (slack_floor.py)."""
     port = free_port()
+    script = ["slack_floor.py"] if floor else [Path(__file__).name, "--serve-bolt"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(Path(__file__).resolve()),
-        "--serve-bolt",
+        str(Path(__file__).with_name(script[0])),
+        *script[1:],
         str(port),
         f"{sim.base_url}/api/",
         sim.bot_token,
         sim.signing_secret,
         durable_dir,
+        stdout=asyncio.subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/slack/events"
     async with aiohttp.ClientSession() as http:
@@ -194,8 +200,11 @@ async def main(args: argparse.Namespace) -> int:
     events = 300 if args.quick else args.events
     rounds = 1 if args.quick else args.rounds
     codes = {"ours": None} | ({"before": [str(Path(args.before).resolve())]} if args.before else {})
-    names = [BOLT, DURABLE_BOLT] + [f"{code} ({fill_state})" for code in codes for fill_state in ("empty", "full")]
+    names = [BOLT, DURABLE_BOLT, FLOOR] + [
+        f"{code} ({fill_state})" for code in codes for fill_state in ("empty", "full")
+    ]
     results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    load_start = load_average()
     config = {"threads_per_user": 1_000_000, "event_lease_ms": 60_000}
     # the gateways run from `tmp`: `python -m chatstate` puts its working directory first on the
     # path, and from a checkout that is this tree's code whatever PYTHONPATH says
@@ -206,10 +215,15 @@ async def main(args: argparse.Namespace) -> int:
         async with SlackSimulator(extra_config=config) as sim, contextlib.AsyncExitStack() as servers:
             bolt, bolt_url = await start_bolt(sim)
             durable, durable_url = await start_bolt(sim, durable_dir=tmp)
-            for proc in (bolt, durable):  # on exit, last in first: terminate, then wait
+            floor, floor_url = await start_bolt(sim, durable_dir=tmp, floor=True)
+            for proc in (bolt, durable, floor):  # on exit, last in first: terminate, then wait
                 servers.push_async_callback(proc.wait)
                 servers.callback(proc.terminate)
-            sides = {BOLT: (bolt_url, bolt.pid), DURABLE_BOLT: (durable_url, durable.pid)}
+            sides = {
+                BOLT: (bolt_url, bolt.pid),
+                DURABLE_BOLT: (durable_url, durable.pid),
+                FLOOR: (floor_url, floor.pid),
+            }
             for code, pythonpath in codes.items():
                 for fill_state in ("empty", "full"):
                     state_dir = Path(tmp) / f"{code}-{fill_state}"
@@ -226,10 +240,11 @@ async def main(args: argparse.Namespace) -> int:
                 for name, (url, pid) in order:
                     results[name].append(await drive(sim, url, pid, events, args.concurrency))
     print(f"\n{events} events x {rounds} rounds, concurrency {args.concurrency}; before: {args.before or '-'}")
+    print(f"load average at start {load_start}, at end {load_average()}")
     print("ratios: the median of the per-round ratios (the servers in a new order each round)")
     print(
         f"{'server':<28} {'events/s':>9} {'CPU us/event':>13} {'of it loop':>11} "
-        f"{'ev/s vs bolt':>13} {'CPU vs bolt':>12} {'CPU vs durable':>15}"
+        f"{'ev/s vs bolt':>13} {'CPU vs bolt':>12} {'CPU vs durable':>15} {'CPU vs floor':>13}"
     )
     for name, rs in results.items():
         eps = statistics.median(r["events_per_s"] for r in rs)
@@ -241,7 +256,8 @@ async def main(args: argparse.Namespace) -> int:
 
         print(
             f"{name:<28} {eps:>9.0f} {cpu:>13.0f} {loop:>11.0f} {ratio('events_per_s', BOLT):>12.2f}x "
-            f"{ratio('cpu_us_per_event', BOLT):>11.2f}x {ratio('cpu_us_per_event', DURABLE_BOLT):>14.2f}x"
+            f"{ratio('cpu_us_per_event', BOLT):>11.2f}x {ratio('cpu_us_per_event', DURABLE_BOLT):>14.2f}x "
+            f"{ratio('cpu_us_per_event', FLOOR):>12.2f}x"
         )
     print("replies: every event answered exactly once on every server")
     return 0

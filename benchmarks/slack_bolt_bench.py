@@ -1,14 +1,17 @@
 """Our Slack adapter against slack-bolt's `AsyncApp`, side by side on the same signed events.
 
     python benchmarks/slack_bolt_bench.py [--events 2000] [--quick] [--concurrency 16] [--before DIR]
+    python benchmarks/slack_bolt_bench.py --instructions [--events 500] [--before DIR]
 
-Both servers are subprocesses answering the same Events API requests (signed `app_mention`s, each
+The servers are subprocesses answering the same Events API requests (signed `app_mention`s, each
 a new thread, from 20 users) against one Slack simulator, which counts the replies: none lost,
 none doubled, or the run fails. Bolt is the framework's documented default (`AsyncApp`, its
 aiohttp server, `say` in the listener) with one shared keep-alive `aiohttp` session for its Web
 API client, and keeps no state. A second bolt adds the least durable exactly-once needs: the
 event's claim committed before bolt acknowledges the request, its done mark after `say`, through
-one group-committing writer thread (the echo floor's, benchmarks/floor_server.py). Ours does
+one group-committing writer thread (the echo floor's, benchmarks/floor_server.py). The Slack
+floor (benchmarks/slack_floor.py) does only what durable exactly-once needs, with no framework:
+slack-sdk's signature check, the claim, the ack, the post, the done mark. Ours does
 durable exactly-once on SQLite: the claim (with the new thread's row and quota count), and the
 reply's state committed with the done mark. Ours runs twice: with every Slack namespace empty,
 and with each filled to its cap before start (50,000 events, 5,000 threads, 2,000 quota rows).
@@ -16,7 +19,10 @@ and with each filled to its cap before start (50,000 events, 5,000 threads, 2,00
 Reported per server: events/s (from the first request to the last reply at the simulator),
 server CPU per event (the process's user + system time over the run), the part of it on the
 event loop's thread (the rest is other threads: our SQLite writer, the durable bolt's), and that
-CPU as a ratio to bolt's and to the durable bolt's (medians of the per-round ratios).
+CPU as a ratio to bolt's, the durable bolt's and the floor's (medians of the per-round ratios).
+`--instructions` instead runs each server alone under valgrind's callgrind and counts the
+instructions per event (namespaces empty): steadier than CPU time on a shared machine, blind to
+the kernel's part of a syscall (instructions_bench.py says more).
 `--before DIR` adds our side run from another copy of the package, empty and full, to the same
 rounds (before and after side by side): an installed copy, as `pip install --no-deps --target DIR
 <checkout>` makes it (a checkout itself will not do: its `chatstate/` holds only the top module,
@@ -31,9 +37,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,8 +53,10 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_support import check_before  # noqa: E402  (this directory)
+from bench_support import check_before, load_average  # noqa: E402  (this directory)
 from gateway_bench import cpu_seconds, thread_cpu  # noqa: E402  (this directory: the process CPU readers)
+from instructions_bench import _dumped as dumped  # noqa: E402
+from instructions_bench import _listening as listening  # noqa: E402
 
 from chatstate import state  # noqa: E402
 from chatstate.gateway.sim.harness import GatewayHarness, free_port  # noqa: E402
@@ -55,6 +65,8 @@ from chatstate.gateway.sim.slack import SlackSimulator  # noqa: E402
 USERS = 20
 BOLT = "bolt"
 DURABLE_BOLT = "bolt + claim/done (durable)"
+FLOOR = "floor: slack-sdk + claim/done"
+CONFIG = {"threads_per_user": 1_000_000, "event_lease_ms": 60_000}  # no quota refusal, no lease running out
 FULL = {  # namespace: (max_entries, default_ttl_ms), as the adapter opens them
     "slack.events": (50_000, 3_600_000),
     "slack.thread-participation": (5_000, 86_400_000),
@@ -166,18 +178,19 @@ async def serve_bolt(port: int, api_base_url: str, token: str, secret: str, dura
     await asyncio.Event().wait()
 
 
-async def start_bolt(sim: SlackSimulator, durable_dir: str = "") -> tuple[asyncio.subprocess.Process, str]:
+def reference_command(sim: SlackSimulator, port: int, durable_dir: str = "", floor: bool = False) -> list[str]:
+    """Bolt's command (with `durable_dir`, the durable bolt's) or, with `floor`, the Slack floor's (slack_floor.py)."""
+    here = Path(__file__).resolve()
+    script = [str(here.with_name("slack_floor.py"))] if floor else [str(here), "--serve-bolt"]
+    return [sys.executable, *script, str(port), f"{sim.base_url}/api/", sim.bot_token, sim.signing_secret, durable_dir]
+
+
+async def start_bolt(
+    sim: SlackSimulator, durable_dir: str = "", floor: bool = False
+) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--serve-bolt",
-        str(port),
-        f"{sim.base_url}/api/",
-        sim.bot_token,
-        sim.signing_secret,
-        durable_dir,
-    )
+    command = reference_command(sim, port, durable_dir, floor)
+    proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/slack/events"
     async with aiohttp.ClientSession() as http:
         for _ in range(200):
@@ -194,22 +207,29 @@ async def main(args: argparse.Namespace) -> int:
     events = 300 if args.quick else args.events
     rounds = 1 if args.quick else args.rounds
     codes = {"ours": None} | ({"before": [str(Path(args.before).resolve())]} if args.before else {})
-    names = [BOLT, DURABLE_BOLT] + [f"{code} ({fill_state})" for code in codes for fill_state in ("empty", "full")]
+    names = [BOLT, DURABLE_BOLT, FLOOR] + [
+        f"{code} ({fill_state})" for code in codes for fill_state in ("empty", "full")
+    ]
     results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-    config = {"threads_per_user": 1_000_000, "event_lease_ms": 60_000}
+    load_start = load_average()
     # the gateways run from `tmp`: `python -m chatstate` puts its working directory first on the
     # path, and from a checkout that is this tree's code whatever PYTHONPATH says
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         filled = Path(tmp) / "filled" / "plugin-state"
         filled.mkdir(parents=True)
         fill(filled / "state.sqlite")
-        async with SlackSimulator(extra_config=config) as sim, contextlib.AsyncExitStack() as servers:
+        async with SlackSimulator(extra_config=CONFIG) as sim, contextlib.AsyncExitStack() as servers:
             bolt, bolt_url = await start_bolt(sim)
             durable, durable_url = await start_bolt(sim, durable_dir=tmp)
-            for proc in (bolt, durable):  # on exit, last in first: terminate, then wait
+            floor, floor_url = await start_bolt(sim, durable_dir=tmp, floor=True)
+            for proc in (bolt, durable, floor):  # on exit, last in first: terminate, then wait
                 servers.push_async_callback(proc.wait)
                 servers.callback(proc.terminate)
-            sides = {BOLT: (bolt_url, bolt.pid), DURABLE_BOLT: (durable_url, durable.pid)}
+            sides = {
+                BOLT: (bolt_url, bolt.pid),
+                DURABLE_BOLT: (durable_url, durable.pid),
+                FLOOR: (floor_url, floor.pid),
+            }
             for code, pythonpath in codes.items():
                 for fill_state in ("empty", "full"):
                     state_dir = Path(tmp) / f"{code}-{fill_state}"
@@ -226,10 +246,11 @@ async def main(args: argparse.Namespace) -> int:
                 for name, (url, pid) in order:
                     results[name].append(await drive(sim, url, pid, events, args.concurrency))
     print(f"\n{events} events x {rounds} rounds, concurrency {args.concurrency}; before: {args.before or '-'}")
+    print(f"load average at start {load_start}, at end {load_average()}")
     print("ratios: the median of the per-round ratios (the servers in a new order each round)")
     print(
         f"{'server':<28} {'events/s':>9} {'CPU us/event':>13} {'of it loop':>11} "
-        f"{'ev/s vs bolt':>13} {'CPU vs bolt':>12} {'CPU vs durable':>15}"
+        f"{'ev/s vs bolt':>13} {'CPU vs bolt':>12} {'CPU vs durable':>15} {'CPU vs floor':>13}"
     )
     for name, rs in results.items():
         eps = statistics.median(r["events_per_s"] for r in rs)
@@ -241,9 +262,53 @@ async def main(args: argparse.Namespace) -> int:
 
         print(
             f"{name:<28} {eps:>9.0f} {cpu:>13.0f} {loop:>11.0f} {ratio('events_per_s', BOLT):>12.2f}x "
-            f"{ratio('cpu_us_per_event', BOLT):>11.2f}x {ratio('cpu_us_per_event', DURABLE_BOLT):>14.2f}x"
+            f"{ratio('cpu_us_per_event', BOLT):>11.2f}x {ratio('cpu_us_per_event', DURABLE_BOLT):>14.2f}x "
+            f"{ratio('cpu_us_per_event', FLOOR):>12.2f}x"
         )
     print("replies: every event answered exactly once on every server")
+    return 0
+
+
+async def count_instructions(args: argparse.Namespace) -> int:
+    """`--instructions`: each server alone under callgrind (namespaces empty), instructions per
+    event counted after the warm-up, all threads and the event loop's (instructions_bench.py)."""
+    servers = {BOLT: "bolt", DURABLE_BOLT: "durable", FLOOR: "floor", "ours (empty)": None}
+    servers |= {"before (empty)": args.before} if args.before else {}
+    rows: dict[str, list[float]] = {}
+    for name, code in servers.items():
+        work = Path(tempfile.mkdtemp(prefix="slack-instructions-"))
+        async with SlackSimulator(extra_config=CONFIG) as sim:
+            port, env = free_port(), None
+            if code in ("bolt", "durable", "floor"):
+                command = reference_command(sim, port, str(work) if code != "bolt" else "", floor=code == "floor")
+            else:
+                gateway = GatewayHarness([sim], modes="store", state_dir=work / "state")
+                gateway.port, env = port, {**os.environ, "PYTHONPATH": code} if code else None
+                command = [sys.executable, "-m", "chatstate", "start", "--config", str(gateway.write_config())]
+            out = work / "callgrind.out"
+            valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes"]
+            proc = subprocess.Popen(
+                [*valgrind, f"--callgrind-out-file={out}", *command], cwd=work, env=env, stderr=subprocess.DEVNULL
+            )
+            try:
+                await listening(port, proc)
+                url = f"http://127.0.0.1:{port}/slack/events"
+                await drive(sim, url, proc.pid, 100, args.concurrency)
+                subprocess.run(["callgrind_control", "--instr=on", str(proc.pid)], check=True, capture_output=True)
+                await drive(sim, url, proc.pid, args.events, args.concurrency)
+                subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True)
+            finally:
+                proc.terminate()
+                proc.wait()
+        rows[name] = [n / args.events / 1000 for n in dumped(out) if n]
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nk instructions per event, {args.events} events after 100 of warm-up, concurrency {args.concurrency}")
+    print(f"{'server':<30} {'all threads':>12} {'event loop':>11} {'vs bolt':>8} {'vs floor':>9}")
+    for name, per in rows.items():
+        total = sum(per)
+        print(
+            f"{name:<30} {total:>12.0f} {per[0]:>11.0f} {total / sum(rows[BOLT]):>7.2f}x {total / sum(rows[FLOOR]):>8.2f}x"
+        )
     return 0
 
 
@@ -259,7 +324,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--before", help="add our side run from this installed copy (pip install --no-deps --target DIR)"
     )
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions per event under valgrind's callgrind instead"
+    )
     parsed = parser.parse_args()
     if parsed.before:
         parsed.before = check_before(parser, parsed.before)
-    raise SystemExit(asyncio.run(main(parsed)))
+    if parsed.instructions and parsed.quick:
+        parsed.events = 200
+    raise SystemExit(asyncio.run(count_instructions(parsed) if parsed.instructions else main(parsed)))

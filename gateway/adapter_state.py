@@ -208,7 +208,8 @@ class AdapterState:
 
     # -- the operations adapters call -----------------------------------------------------
     # Keys and values are checked as the store checks them, up front in both modes: memory never
-    # holds a row the store would refuse (a degraded store replays memory's rows later).
+    # holds a row the store would refuse (a degraded store replays memory's rows later). The store
+    # is handed them checked (`_spec.Key`, `_spec.Json`) and takes them as they are.
     async def record(self, key: str, value: Any, *, ttl_ms: int | None = None, or_raise: bool = False) -> None:
         """Remember `value` under `key`, durably unless legacy; returns once it is on disk.
         A store failure does not raise: the row stays in memory, is replayed later, and the
@@ -217,7 +218,7 @@ class AdapterState:
         and the StateStoreError is raised. INVALID_INPUT/LIMIT_EXCEEDED (a programming error)
         always raise, in legacy mode too, and leave nothing behind."""
         key = _spec.check_key(key, "register")
-        text = _spec.Json(_spec.serialize_value(value, "register"))  # once: the store takes it as is
+        text = _spec.Json(_spec.serialize_value(value, "register"))
         entry = self._entry(key, value, ttl_ms)
         previous = self.memory.get(key)
         self.memory.put(entry)
@@ -228,7 +229,7 @@ class AdapterState:
             # a healthy state has nothing to replay: no await for recover() on every write
             if (self.last_error is not None or self._pending) and not await self.recover():
                 raise StateStoreError(self.last_error or "UNAVAILABLE", "register", "the store is failing")
-            await store.register(key, text, ttl_ms=ttl_ms)
+            await store.register(_spec.Key(key), text, ttl_ms=ttl_ms)
         except StateStoreError as exc:
             if exc.code not in CALLER_ERRORS:
                 self.degrade(exc)
@@ -248,11 +249,11 @@ class AdapterState:
         if delete:
             key = _spec.check_key(key, "delete")
             self.memory.drop(key)
-            return Staged(self, key, None, None if self._store is None else self._store.stage_delete(key))
+            return Staged(self, key, None, None if self._store is None else self._store.stage_delete(_spec.Key(key)))
         key = _spec.check_key(key, "register")
-        text = _spec.Json(_spec.serialize_value(value, "register"))  # once: the store takes it as is
+        text = _spec.Json(_spec.serialize_value(value, "register"))
         entry = self._entry(key, value, ttl_ms)
-        write = None if self._store is None else self._store.stage_register(key, text, ttl_ms=ttl_ms)
+        write = None if self._store is None else self._store.stage_register(_spec.Key(key), text, ttl_ms=ttl_ms)
         self.memory.put(entry)
         return Staged(self, key, entry, write)
 
@@ -261,13 +262,13 @@ class AdapterState:
         is under `key` (as `claim`), or with `version` only if the row is still at that version (as
         `take_over`); memory shows it once it holds. Raises as `stage`."""
         key = _spec.check_key(key, "register_if_absent")
-        text = _spec.Json(_spec.serialize_value(value, "register_if_absent"))  # once, as `stage`
-        store, entry = self._store, self._entry(key, value, ttl_ms)
+        text = _spec.Json(_spec.serialize_value(value, "register_if_absent"))
+        store, entry, checked = self._store, self._entry(key, value, ttl_ms), _spec.Key(key)
         if store is None:
             return Staged(self, key, entry, None)
         if version is None:
-            return Staged(self, key, entry, store.stage_register_if_absent(key, text, ttl_ms=ttl_ms))
-        return Staged(self, key, entry, store.stage_compare_and_set(key, text, version=version, ttl_ms=ttl_ms))
+            return Staged(self, key, entry, store.stage_register_if_absent(checked, text, ttl_ms=ttl_ms))
+        return Staged(self, key, entry, store.stage_compare_and_set(checked, text, version=version, ttl_ms=ttl_ms))
 
     async def take_over(self, key: str, value: Any, *, version: int, ttl_ms: int | None = None) -> bool:
         """Replace the row at `version` (a lease whose owner died) if nobody changed it since.

@@ -289,6 +289,22 @@ async def test_the_quota_refuses_past_per_user_and_its_row_does_not_grow(procs: 
     assert await quota.admit("alice", Writes()) is None
 
 
+async def test_admissions_of_one_user_reading_the_store_count_each_other(procs: list[Process], tmp_path: Path) -> None:
+    """Two admissions of a user whose row this process has not read yet (another gateway wrote
+    it, or a restart): both read the store, and the second must count the first's item."""
+    clock = Clock()
+    p = await new(procs, tmp_path, clock)
+    quota = UserQuota(p.rows, per_user=2, ttl_ms=24 * 3_600_000, clock=clock)
+    first = Writes()
+    assert await quota.admit("alice", first) is None
+    await first.commit()
+    p.rows.memory.drop("alice")  # as another process would see it: in the store only
+    a, b = Writes(), Writes()
+    answers = await asyncio.gather(quota.admit("alice", a), quota.admit("alice", b))
+    assert answers[0] is None and answers[1] is not None  # the second sees the first's count: 2 of 2
+    assert b.staged == []
+
+
 async def test_keyed_locks_serialise_one_key_and_forget_it_after() -> None:
     locks, order = KeyedLocks(), []
 

@@ -70,10 +70,9 @@ class UserQuota:
     of ttl/BUCKETS). Over the quota the user is refused and nobody else's state is touched.
 
     The row is `{"b": {"<bucket index>": count, ...}}`; at most BUCKETS + 1 buckets are live.
-    Admissions of one user are serialised in this process: one counts from memory without
-    awaiting, or holds the user's lock (`KeyedLocks`) while it reads the store; the staged count
-    is visible to this process at once. Two gateways racing on one user may each admit one over
-    the quota. While the store fails the quota reads as empty (fail open: an outage is
+    Admissions of one user are serialised in this process (`KeyedLocks`) and the staged count
+    is visible to this process at once; two gateways racing on one user may each admit one
+    over the quota. While the store fails the quota reads as empty (fail open: an outage is
     not the time to refuse answers).
     """
 
@@ -88,19 +87,15 @@ class UserQuota:
     async def admit(self, user: str, writes: Writes) -> int | None:
         """Count one more item for `user` into `writes` (counted once they commit): None
         when admitted, else the ms until their oldest item expires (for "try again in ...")."""
-        entry = self.state.memory.get(user)
-        if entry is None:  # only a read of the store awaits: one admission of this user at a time
-            async with self._locks.hold(user):
-                entry = await self.state.get_entry(user)
-        # nothing awaits from here on: no other admission comes between the read and the count
-        now = self._clock()
-        live = self._live(None if entry is None else entry.value, now)
-        if sum(live.values()) >= self.per_user:
-            return max(min(self._expiry(int(b)) for b in live) - now, 0)
-        bucket = str(now // self._bucket_ms)
-        live[bucket] = live.get(bucket, 0) + 1
-        writes.put(self.state, user, {"b": live}, ttl_ms=self.ttl_ms + self._bucket_ms)
-        return None
+        async with self._locks.hold(user):
+            now = self._clock()
+            live = self._live(await self.state.get(user), now)
+            if sum(live.values()) >= self.per_user:
+                return max(min(self._expiry(int(b)) for b in live) - now, 0)
+            bucket = str(now // self._bucket_ms)
+            live[bucket] = live.get(bucket, 0) + 1
+            writes.put(self.state, user, {"b": live}, ttl_ms=self.ttl_ms + self._bucket_ms)
+            return None
 
     async def release(self, user: str, writes: Writes) -> None:
         """Give back one item of `user` (it ended before its time, e.g. an approval answered),

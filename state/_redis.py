@@ -303,18 +303,17 @@ class RedisBackend(Backend):
         return layout.rows(self._run("lookup_many", "read_many", spec, now_ms, rows=keys), now_ms)
 
     def _take(self, op: str, spec: NamespaceSpec, key: str, now_ms: int, check: bool, expect: int | None) -> Any:
-        """Run the `take` script: (deleted, the row if one was live)."""
+        """Run the `take` script: the row it deleted (or kept, unreadable: `check`) if that row was live, else None."""
         text = self._run(op, "take", spec, now_ms, key, int(check), "" if expect is None else expect, rows=[key])
         created, expires, version, value = text[1:].split(":", 3) if text else (None, "", None, None)
-        return text[:1] == "D", layout.row(key, [value, created, expires, version], now_ms)
+        return layout.row(key, [value, created, expires, version], now_ms)
 
     def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any:
-        found = self._take("consume", spec, key, now_ms, True, None)[1]
+        found = self._take("consume", spec, key, now_ms, True, None)
         return None if found is None else decode(found)  # a kept (unreadable) row raises CORRUPT here
 
     def remove(self, spec: NamespaceSpec, key: str, now_ms: int, expect: int | None = None) -> bool:
-        deleted, found = self._take("delete" if expect is None else "delete_if", spec, key, now_ms, False, expect)
-        return deleted and found is not None
+        return self._take("delete" if expect is None else "delete_if", spec, key, now_ms, False, expect) is not None
 
     def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int:
         return int(self._run("clear", "clear", spec, now_ms))

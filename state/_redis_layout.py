@@ -183,29 +183,26 @@ local function put(b, k, v, c, e, n, t)
   redis.call('PEXPIRE', row, string.format('%d', math.max(e - t, 1) + grace))
   redis.call('ZADD', b .. ':exp', e, k)
 end
--- A commit that fails half-way undoes what it did: while `saving`, each row (or set member) is
--- remembered before it changes, and `rollback` puts them back newest first.
-local saving, undo = false, {}
+-- A commit that fails half-way undoes what it did: each row (or set member) is remembered before
+-- it changes, and `rollback` puts them back newest first (what it logs itself comes after them).
+local undo = {}
 save = function(b, k)
-  if saving then undo[#undo + 1] = {b, k, clock, redis.call('HMGET', b .. ':r:' .. k, 'v', 'c', 'e', 'n')} end
+  undo[#undo + 1] = {b, k, clock, redis.call('HMGET', b .. ':r:' .. k, 'v', 'c', 'e', 'n')}
 end
 local function rollback()
-  saving = false
   for i = #undo, 1, -1 do
     local b, k, t, f = unpack(undo[i])
     if t == 'member' then redis.call('SREM', b, k) else remove(b, k) end
     if f and f[1] then put(b, k, f[1], f[2], f[3], f[4] or '0', t) end
   end
 end
-local function live_row(row) local e = redis.call('HGET', row, 'e') return e ~= false and is_live(e, clock) end
--- Room for `key` among `maxn` live rows: expired rows go first, then the oldest live rows by
--- (created_at, key), never `key` itself. False, with nothing changed, when reject-new and full.
-local function make_room(b, key, t, maxn, reject)
+-- Room for `key` among `maxn` live rows: expired rows go first, then the oldest live rows by (created_at, key),
+-- never `key` itself (`live`: it has a live row). False, with nothing changed, when reject-new and full.
+local function make_room(b, key, t, maxn, reject, live)
   local z = b .. ':order'
   local function rows() return redis.call('ZCARD', z) + (redis.call('ZSCORE', z, key) and 0 or 1) end
   if rows() <= maxn then return true end
-  local adds = reject and (live_row(b .. ':r:' .. key) and 0 or 1)
-  if adds and live_count(z, b .. ':exp', t) + adds > maxn then return false end
+  if reject and live_count(z, b .. ':exp', t) + (live and 0 or 1) > maxn then return false end
   drop_expired(b, t, nil)
   local want = rows() - maxn
   for _, k in ipairs(want > 0 and redis.call('ZRANGE', z, 0, want) or {}) do  -- want + 1: one may be `key`
@@ -219,19 +216,18 @@ local function apply(i)  -- nil when write i is applied, else the script's answe
   local now, base, ns, mode, key, value, expires, maxn, overflow, version, expect = unpack(A, i * 11 - 7, i * 11 + 3)
   clock = tonumber(now)
   if mode == 'd' then return remove(base, key) end  -- modes: u upsert, c claim, m match `expect`, d delete
-  if mode == 'c' and live_row(row) then return '0' end
-  local f = mode == 'm' and redis.call('HMGET', row, 'e', 'n')
-  if f and not (f[1] and is_live(f[1], clock) and f[2] == expect) then return '0' end
-  if not make_room(base, key, now, tonumber(maxn), overflow == 'reject-new') then return 'NS_FULL:' .. i end
+  local f = redis.call('HMGET', row, 'e', 'n')
+  local live = f[1] and is_live(f[1], clock)
+  if mode == 'c' and live or mode == 'm' and not (live and f[2] == expect) then return '0' end
+  if not make_room(base, key, now, tonumber(maxn), overflow == 'reject-new', live) then return 'NS_FULL:' .. i end
   save(base, key)
   put(base, key, value, now, expires, version, clock)
   if redis.call('SADD', pns, ns) == 1 then
     fresh = true
-    if saving then undo[#undo + 1] = {pns, ns, 'member'} end
+    undo[#undo + 1] = {pns, ns, 'member'}
   end
 end
 for i = 1, n do
-  saving = i < n  -- a write that fails changes nothing itself: only the ones before it need undoing
   local failed = apply(i)
   if failed then return rollback() or failed end
 end

@@ -295,7 +295,7 @@ class RedisBackend(Backend):
 
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
         name = f"{layout.plugin_key(self._prefix, spec.plugin_id, f'n:{spec.namespace}')}:r:{key}"
-        return layout.row(key, self._call("lookup", lambda: self._client.hmget(name, "v", "c", "e", "n")), now_ms)
+        return layout.row(key, self._call("lookup", lambda: self._client.hmget(name, "c", "e", "n", "v")), now_ms)
 
     def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]:
         return layout.rows(self._run("lookup_many", "read_many", spec, now_ms, rows=keys), now_ms)
@@ -303,8 +303,7 @@ class RedisBackend(Backend):
     def _take(self, op: str, spec: NamespaceSpec, key: str, now_ms: int, check: bool, expect: int | None) -> Any:
         """Run the `take` script: the row it deleted (or kept, unreadable: `check`) if that row was live, else None."""
         text = self._run(op, "take", spec, now_ms, key, int(check), "" if expect is None else expect, rows=[key])
-        created, expires, version, value = text[1:].split(":", 3) if text else (None, "", None, None)
-        return layout.row(key, [value, created, expires, version], now_ms)
+        return layout.row(key, text[1:].split(":", 3) if text else [None] * 4, now_ms)
 
     def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any:
         found = self._take("consume", spec, key, now_ms, True, None)

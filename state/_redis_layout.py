@@ -159,10 +159,10 @@ local function drop_expired(b, t, limit)
 end
 """
 _LIST = """
-local function emit(out, key, row)  -- a live row as key, json, created, expires, version
-  local f = redis.call('HMGET', row, 'v', 'c', 'e', 'n')
-  if not (f[1] and is_live(f[3], clock)) then return false end
-  for _, x in ipairs({key, f[1], f[2], f[3], f[4] or '0'}) do out[#out + 1] = x end
+local function emit(out, key, row)  -- a live row as key, created, expires, version, json
+  local f = redis.call('HMGET', row, 'c', 'e', 'n', 'v')
+  if not (f[4] and is_live(f[2], clock)) then return false end
+  for _, x in ipairs({key, f[1], f[2], f[3] or '0', f[4]}) do out[#out + 1] = x end
   return true
 end
 """
@@ -312,8 +312,8 @@ def refused_in_script(text: str) -> str:
 
 
 def row(key: str, fields: Sequence[str | None], now_ms: int) -> Row | None:
-    """The live row of `fields` (json, created_at, expires_at, version as Redis keeps them), or None."""
-    value, created, expires, version = fields
+    """The live row of `fields` (created_at, expires_at, version, json as Redis keeps them), or None."""
+    created, expires, version, value = fields
     expires_at = int(expires) if expires else None
     if value is None or created is None or (expires_at is not None and expires_at <= now_ms):
         return None

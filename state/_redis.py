@@ -68,11 +68,11 @@ class RedisBackend(Backend):
     def __init__(self, url: str, settings: StoreSettings) -> None:
         self.location, self.settings = shown_url(url), settings
         self._sentinel, self._service, self._tls = cast("Sentinel | None", None), "", False
+        self._idle = threading.Condition()  # close() waits for the calls in flight
+        self._active, self._closed, self._pid = 0, False, os.getpid()  # sockets: this process's only
         self._client: Any = self._connect(url)  # redis.Redis, or redis.cluster.RedisCluster
         self._prefix = f"{self.options.prefix}:"
         self._plugins = f"{self._prefix}plugins"  # the set `sweep` walks (percent-encoded plugin ids)
-        self._idle = threading.Condition()  # close() waits for the calls in flight
-        self._active, self._closed, self._pid = 0, False, os.getpid()  # sockets: this process's only
         self._scripts = {name: self._client.register_script(text) for name, text in layout.SCRIPTS.items()}
         try:  # the first connection: redis-py reads its URL options here
             if (version := self.schema_version("open")) > layout.REDIS_SCHEMA:
@@ -108,10 +108,8 @@ class RedisBackend(Backend):
             if o.min_replicas_acked:
                 why = "is for redis:// and redis+sentinel:// URLs; on a cluster run each shard's replicas with"
                 raise bad(f"min_replicas_acked {why} min-replicas-to-write instead")
-            try:  # RedisCluster asks a node for the slot map at once
-                return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], **kwargs, **common)
-            except CLIENT_ERRORS as exc:
-                raise self._fail(*self._explain("open", exc)) from None
+            nodes = [ClusterNode(h, p) for h, p in hosts]  # RedisCluster asks one for the slot map at once
+            return self._call("open", lambda: RedisCluster(startup_nodes=nodes, **kwargs, **common))
         except (ValueError, TypeError, redis.RedisError) as exc:
             raise bad(f"bad Redis URL ({exc})") from None
 

@@ -45,32 +45,11 @@ class RedisOptions:
     sentinel_username: str = ""  # the sentinels' own credentials, when they have any
     sentinel_password: str = ""
 
-    @classmethod
-    def from_query(cls, query: str, path: str = "") -> tuple[RedisOptions, str]:
-        """Ours of a URL query's options, and redis-py's as a query again. Raises INVALID_INPUT (at `path`)."""
-        kinds = {k: type(v) for k, v in cls().__dict__.items()}
-        bad = partial(StateStoreError, "INVALID_INPUT", "open", path=path or None)
-        pairs, values = parse_qsl(query, keep_blank_values=True), {}
-        for name, text in ((k, v) for k, v in pairs if k in kinds):
-            try:
-                values[name] = kinds[name](text)
-            except ValueError:
-                what = "a whole number" if kinds[name] is int else "a number"
-                raise bad(f"Redis URL option {name!r} is malformed: it takes {what}") from None
-        o = cls(**values)
-        if not o.prefix or any(c in o.prefix for c in "{} \n"):
-            why = "a non-empty word without braces (keys carry their own hash tag, one per plugin, for Redis Cluster)"
-            raise bad(f"Redis URL option 'prefix' must be {why}")
-        floors = dict(retries=0, expiry_grace_ms=0, min_replicas_acked=0, op_result_ttl_ms=1, replica_ack_timeout_ms=1)
-        if low := [f"{k} must be >= {m}" for k, m in floors.items() if getattr(o, k) < m]:
-            raise bad(f"Redis URL options out of range: {'; '.join(low)}")
-        return o, urlencode([(k, v) for k, v in pairs if k not in kinds])
-
 
 def split_url(url: str, path: str) -> tuple[SplitResult, RedisOptions, str, list[tuple[str, int]], str, str]:
-    """A Redis URL's parts, our options, redis-py's (a query), and hosts, service and db for Sentinel
-    or Cluster (redis-py reads one host only). Raises INVALID_INPUT saying what to write."""
-    bad = partial(StateStoreError, "INVALID_INPUT", "open", path=path)
+    """A Redis URL's parts, our options, redis-py's (the rest of its query), and hosts, service and db for Sentinel or
+    Cluster (redis-py reads one host only). Raises INVALID_INPUT (at `path`) saying what to write."""
+    bad = partial(StateStoreError, "INVALID_INPUT", "open", path=path or None)
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
         forms = "redis://, rediss:// (TLS), unix://, redis+sentinel:// or redis+cluster://"
@@ -81,7 +60,21 @@ def split_url(url: str, path: str) -> tuple[SplitResult, RedisOptions, str, list
         raise bad(f"bad Redis URL ({exc}); {ENCODE_HINT}") from None
     if "@" in parts.path + parts.query + parts.fragment:  # a '/', '?' or '#' in the password ended the
         raise bad(f"the URL has an '@' after its host part; {ENCODE_HINT}")  # host: redis-py would quote it
-    options, theirs = RedisOptions.from_query(parts.query, path)
+    kinds = {k: type(v) for k, v in vars(RedisOptions()).items()}
+    pairs, values = parse_qsl(parts.query, keep_blank_values=True), {}
+    for name, text in ((k, v) for k, v in pairs if k in kinds):
+        try:
+            values[name] = kinds[name](text)
+        except ValueError:
+            what = "a whole number" if kinds[name] is int else "a number"
+            raise bad(f"Redis URL option {name!r} is malformed: it takes {what}") from None
+    o = RedisOptions(**values)
+    if not o.prefix or any(c in o.prefix for c in "{} \n"):
+        why = "a non-empty word without braces (keys carry their own hash tag, one per plugin, for Redis Cluster)"
+        raise bad(f"Redis URL option 'prefix' must be {why}")
+    floors = dict(retries=0, expiry_grace_ms=0, min_replicas_acked=0, op_result_ttl_ms=1, replica_ack_timeout_ms=1)
+    if low := [f"{k} must be >= {m}" for k, m in floors.items() if getattr(o, k) < m]:
+        raise bad(f"Redis URL options out of range: {'; '.join(low)}")
     hosts, service, db = [], "", parts.path.strip("/")
     if scheme in ("redis+sentinel", "redis+cluster"):
         for text in parts.netloc.rpartition("@")[2].split(","):
@@ -90,7 +83,7 @@ def split_url(url: str, path: str) -> tuple[SplitResult, RedisOptions, str, list
                 raise bad(f"host {text!r} needs a port (host:port)")
             hosts.append((host.strip("[]"), int(port)))
         service, _, db = db.partition("/")
-    return parts, options, theirs, hosts, service, db
+    return parts, o, urlencode([(k, v) for k, v in pairs if k not in kinds]), hosts, service, db
 
 
 def unknown_options(unknown: list[str], known: set[str], tls: bool, path: str) -> StateStoreError:

@@ -249,11 +249,13 @@ class RedisBackend(Backend):
         gateways may migrate together: the second finds nothing to do."""
         client, key = self._client, partial(layout.plugin_key, self._prefix)
         for plugin_id in map(unquote, client.smembers(self._plugins)):
-            sets = [key(plugin_id, "namespaces", tagged=t) for t in (False, True)]
-            for namespace in client.smembers(sets[0]):
+            old_set, new_set = (key(plugin_id, "namespaces", tagged=t) for t in (False, True))
+            for namespace in client.smembers(old_set):
                 old, new = (key(plugin_id, f"n:{namespace}", tagged=t) for t in (False, True))
                 versions = [new_version() for _ in range(client.zcard(f"{old}:order"))]
-                self._scripts["migrate"](keys=[], args=[old, new, *sets, namespace, *versions])
+                self._scripts["migrate"](keys=[], args=[old, new, *versions])
+            client.sunionstore(new_set, [old_set, new_set])
+            client.delete(old_set)
         client.set(f"{self._prefix}schema", layout.REDIS_SCHEMA)
 
     def schema_version(self, op: str = "probe") -> int:

@@ -275,19 +275,18 @@ if redis.call('ZCARD', order) == 0 then redis.call('SREM', pns, ns) end
 return n
 """,
 }
-# Schema 1 or 2 -> 3, one namespace, on one server (a cluster never held older keys). ARGV: its old base, its tagged
-# base, its plugin's old and tagged namespaces sets, the namespace, then a fresh version per row in order, set where a
-# row has none (HSETNX). What still exists is moved: a second migrator finds nothing to do.
+# Schema 1 or 2 -> 3, one namespace, on one server (a cluster never held older keys). ARGV: its
+# old base, its tagged base, then a fresh version per row in order, set where a row has none
+# (HSETNX). What still exists is renamed: a second migrator finds nothing to do.
 _MIGRATE = """
 for i, k in ipairs(redis.call('ZRANGE', ARGV[1] .. ':order', 0, -1)) do
   local row = ARGV[1] .. ':r:' .. k
-  if ARGV[i + 5] and redis.call('EXISTS', row) == 1 then redis.call('HSETNX', row, 'n', ARGV[i + 5]) end
+  if ARGV[i + 2] and redis.call('EXISTS', row) == 1 then redis.call('HSETNX', row, 'n', ARGV[i + 2]) end
   if redis.call('EXISTS', row) == 1 then redis.call('RENAME', row, ARGV[2] .. ':r:' .. k) end
 end
 for _, z in ipairs({':order', ':exp'}) do
   if redis.call('EXISTS', ARGV[1] .. z) == 1 then redis.call('RENAME', ARGV[1] .. z, ARGV[2] .. z) end
 end
-redis.call('SMOVE', ARGV[3], ARGV[4], ARGV[5])
 """
 _NEEDS = dict(write=_ONCE + _ROWS, take=_ONCE + _ROWS, clear=_ONCE, sweep=_ROWS, scan=_LIST, read_many=_LIST)
 SCRIPTS = {name: _CORE + _NEEDS.get(name, "") + text for name, text in _OWN.items()} | {"migrate": _MIGRATE}

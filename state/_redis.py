@@ -68,11 +68,11 @@ class RedisBackend(Backend):
     def __init__(self, url: str, settings: StoreSettings) -> None:
         self.location, self.settings = shown_url(url), settings
         self._sentinel, self._service, self._tls = cast("Sentinel | None", None), "", False
+        self._idle = threading.Condition()  # close() waits for the calls in flight
+        self._active, self._closed, self._pid = 0, False, os.getpid()  # sockets: this process's only
         self._client: Any = self._connect(url)  # redis.Redis, or redis.cluster.RedisCluster
         self._prefix = f"{self.options.prefix}:"
         self._plugins = f"{self._prefix}plugins"  # the set `sweep` walks (percent-encoded plugin ids)
-        self._idle = threading.Condition()  # close() waits for the calls in flight
-        self._active, self._closed, self._pid = 0, False, os.getpid()  # sockets: this process's only
         self._scripts = {name: self._client.register_script(text) for name, text in layout.SCRIPTS.items()}
         try:  # the first connection: redis-py reads its URL options here
             if (version := self.schema_version("open")) > layout.REDIS_SCHEMA:
@@ -108,10 +108,8 @@ class RedisBackend(Backend):
             if o.min_replicas_acked:
                 why = "is for redis:// and redis+sentinel:// URLs; on a cluster run each shard's replicas with"
                 raise bad(f"min_replicas_acked {why} min-replicas-to-write instead")
-            try:  # RedisCluster asks a node for the slot map at once
-                return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in hosts], **kwargs, **common)
-            except CLIENT_ERRORS as exc:
-                raise self._fail(*self._explain("open", exc)) from None
+            nodes = [ClusterNode(h, p) for h, p in hosts]  # RedisCluster asks one for the slot map at once
+            return self._call("open", lambda: RedisCluster(startup_nodes=nodes, **kwargs, **common))
         except (ValueError, TypeError, redis.RedisError) as exc:
             raise bad(f"bad Redis URL ({exc})") from None
 
@@ -297,24 +295,22 @@ class RedisBackend(Backend):
 
     def read(self, spec: NamespaceSpec, key: str, now_ms: int) -> Row | None:
         name = f"{layout.plugin_key(self._prefix, spec.plugin_id, f'n:{spec.namespace}')}:r:{key}"
-        return layout.row(key, self._call("lookup", lambda: self._client.hmget(name, "v", "c", "e", "n")), now_ms)
+        return layout.row(key, self._call("lookup", lambda: self._client.hmget(name, "c", "e", "n", "v")), now_ms)
 
     def read_many(self, spec: NamespaceSpec, keys: Sequence[str], now_ms: int) -> list[Row]:
         return layout.rows(self._run("lookup_many", "read_many", spec, now_ms, rows=keys), now_ms)
 
     def _take(self, op: str, spec: NamespaceSpec, key: str, now_ms: int, check: bool, expect: int | None) -> Any:
-        """Run the `take` script: (deleted, the row if one was live)."""
+        """Run the `take` script: the row it deleted (or kept, unreadable: `check`) if that row was live, else None."""
         text = self._run(op, "take", spec, now_ms, key, int(check), "" if expect is None else expect, rows=[key])
-        created, expires, version, value = text[1:].split(":", 3) if text else (None, "", None, None)
-        return text[:1] == "D", layout.row(key, [value, created, expires, version], now_ms)
+        return layout.row(key, text[1:].split(":", 3) if text else [None] * 4, now_ms)
 
     def take(self, spec: NamespaceSpec, key: str, now_ms: int, decode: Decode) -> Any:
-        found = self._take("consume", spec, key, now_ms, True, None)[1]
+        found = self._take("consume", spec, key, now_ms, True, None)
         return None if found is None else decode(found)  # a kept (unreadable) row raises CORRUPT here
 
     def remove(self, spec: NamespaceSpec, key: str, now_ms: int, expect: int | None = None) -> bool:
-        deleted, found = self._take("delete" if expect is None else "delete_if", spec, key, now_ms, False, expect)
-        return deleted and found is not None
+        return self._take("delete" if expect is None else "delete_if", spec, key, now_ms, False, expect) is not None
 
     def remove_all(self, spec: NamespaceSpec, now_ms: int) -> int:
         return int(self._run("clear", "clear", spec, now_ms))

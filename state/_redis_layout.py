@@ -45,32 +45,11 @@ class RedisOptions:
     sentinel_username: str = ""  # the sentinels' own credentials, when they have any
     sentinel_password: str = ""
 
-    @classmethod
-    def from_query(cls, query: str, path: str = "") -> tuple[RedisOptions, str]:
-        """Ours of a URL query's options, and redis-py's as a query again. Raises INVALID_INPUT (at `path`)."""
-        kinds = {k: type(v) for k, v in cls().__dict__.items()}
-        bad = partial(StateStoreError, "INVALID_INPUT", "open", path=path or None)
-        pairs, values = parse_qsl(query, keep_blank_values=True), {}
-        for name, text in ((k, v) for k, v in pairs if k in kinds):
-            try:
-                values[name] = kinds[name](text)
-            except ValueError:
-                what = "a whole number" if kinds[name] is int else "a number"
-                raise bad(f"Redis URL option {name!r} is malformed: it takes {what}") from None
-        o = cls(**values)
-        if not o.prefix or any(c in o.prefix for c in "{} \n"):
-            why = "a non-empty word without braces (keys carry their own hash tag, one per plugin, for Redis Cluster)"
-            raise bad(f"Redis URL option 'prefix' must be {why}")
-        floors = dict(retries=0, expiry_grace_ms=0, min_replicas_acked=0, op_result_ttl_ms=1, replica_ack_timeout_ms=1)
-        if low := [f"{k} must be >= {m}" for k, m in floors.items() if getattr(o, k) < m]:
-            raise bad(f"Redis URL options out of range: {'; '.join(low)}")
-        return o, urlencode([(k, v) for k, v in pairs if k not in kinds])
-
 
 def split_url(url: str, path: str) -> tuple[SplitResult, RedisOptions, str, list[tuple[str, int]], str, str]:
-    """A Redis URL's parts, our options, redis-py's (a query), and hosts, service and db for Sentinel
-    or Cluster (redis-py reads one host only). Raises INVALID_INPUT saying what to write."""
-    bad = partial(StateStoreError, "INVALID_INPUT", "open", path=path)
+    """A Redis URL's parts, our options, redis-py's (the rest of its query), and hosts, service and db for Sentinel or
+    Cluster (redis-py reads one host only). Raises INVALID_INPUT (at `path`) saying what to write."""
+    bad = partial(StateStoreError, "INVALID_INPUT", "open", path=path or None)
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
         forms = "redis://, rediss:// (TLS), unix://, redis+sentinel:// or redis+cluster://"
@@ -81,7 +60,21 @@ def split_url(url: str, path: str) -> tuple[SplitResult, RedisOptions, str, list
         raise bad(f"bad Redis URL ({exc}); {ENCODE_HINT}") from None
     if "@" in parts.path + parts.query + parts.fragment:  # a '/', '?' or '#' in the password ended the
         raise bad(f"the URL has an '@' after its host part; {ENCODE_HINT}")  # host: redis-py would quote it
-    options, theirs = RedisOptions.from_query(parts.query, path)
+    kinds = {k: type(v) for k, v in vars(RedisOptions()).items()}
+    pairs, values = parse_qsl(parts.query, keep_blank_values=True), {}
+    for name, text in ((k, v) for k, v in pairs if k in kinds):
+        try:
+            values[name] = kinds[name](text)
+        except ValueError:
+            what = "a whole number" if kinds[name] is int else "a number"
+            raise bad(f"Redis URL option {name!r} is malformed: it takes {what}") from None
+    o = RedisOptions(**values)
+    if not o.prefix or any(c in o.prefix for c in "{} \n"):
+        why = "a non-empty word without braces (keys carry their own hash tag, one per plugin, for Redis Cluster)"
+        raise bad(f"Redis URL option 'prefix' must be {why}")
+    floors = dict(retries=0, expiry_grace_ms=0, min_replicas_acked=0, op_result_ttl_ms=1, replica_ack_timeout_ms=1)
+    if low := [f"{k} must be >= {m}" for k, m in floors.items() if getattr(o, k) < m]:
+        raise bad(f"Redis URL options out of range: {'; '.join(low)}")
     hosts, service, db = [], "", parts.path.strip("/")
     if scheme in ("redis+sentinel", "redis+cluster"):
         for text in parts.netloc.rpartition("@")[2].split(","):
@@ -90,7 +83,7 @@ def split_url(url: str, path: str) -> tuple[SplitResult, RedisOptions, str, list
                 raise bad(f"host {text!r} needs a port (host:port)")
             hosts.append((host.strip("[]"), int(port)))
         service, _, db = db.partition("/")
-    return parts, options, theirs, hosts, service, db
+    return parts, o, urlencode([(k, v) for k, v in pairs if k not in kinds]), hosts, service, db
 
 
 def unknown_options(unknown: list[str], known: set[str], tls: bool, path: str) -> StateStoreError:
@@ -159,10 +152,10 @@ local function drop_expired(b, t, limit)
 end
 """
 _LIST = """
-local function emit(out, key, row)  -- a live row as key, json, created, expires, version
-  local f = redis.call('HMGET', row, 'v', 'c', 'e', 'n')
-  if not (f[1] and is_live(f[3], clock)) then return false end
-  for _, x in ipairs({key, f[1], f[2], f[3], f[4] or '0'}) do out[#out + 1] = x end
+local function emit(out, key, row)  -- a live row as key, created, expires, version, json
+  local f = redis.call('HMGET', row, 'c', 'e', 'n', 'v')
+  if not (f[4] and is_live(f[2], clock)) then return false end
+  for _, x in ipairs({key, f[1], f[2], f[3] or '0', f[4]}) do out[#out + 1] = x end
   return true
 end
 """
@@ -183,29 +176,26 @@ local function put(b, k, v, c, e, n, t)
   redis.call('PEXPIRE', row, string.format('%d', math.max(e - t, 1) + grace))
   redis.call('ZADD', b .. ':exp', e, k)
 end
--- A commit that fails half-way undoes what it did: while `saving`, each row (or set member) is
--- remembered before it changes, and `rollback` puts them back newest first.
-local saving, undo = false, {}
+-- A commit that fails half-way undoes what it did: each row (or set member) is remembered before
+-- it changes, and `rollback` puts them back newest first (what it logs itself comes after them).
+local undo = {}
 save = function(b, k)
-  if saving then undo[#undo + 1] = {b, k, clock, redis.call('HMGET', b .. ':r:' .. k, 'v', 'c', 'e', 'n')} end
+  undo[#undo + 1] = {b, k, clock, redis.call('HMGET', b .. ':r:' .. k, 'v', 'c', 'e', 'n')}
 end
 local function rollback()
-  saving = false
   for i = #undo, 1, -1 do
     local b, k, t, f = unpack(undo[i])
     if t == 'member' then redis.call('SREM', b, k) else remove(b, k) end
     if f and f[1] then put(b, k, f[1], f[2], f[3], f[4] or '0', t) end
   end
 end
-local function live_row(row) local e = redis.call('HGET', row, 'e') return e ~= false and is_live(e, clock) end
--- Room for `key` among `maxn` live rows: expired rows go first, then the oldest live rows by
--- (created_at, key), never `key` itself. False, with nothing changed, when reject-new and full.
-local function make_room(b, key, t, maxn, reject)
+-- Room for `key` among `maxn` live rows: expired rows go first, then the oldest live rows by (created_at, key),
+-- never `key` itself (`live`: it has a live row). False, with nothing changed, when reject-new and full.
+local function make_room(b, key, t, maxn, reject, live)
   local z = b .. ':order'
   local function rows() return redis.call('ZCARD', z) + (redis.call('ZSCORE', z, key) and 0 or 1) end
   if rows() <= maxn then return true end
-  local adds = reject and (live_row(b .. ':r:' .. key) and 0 or 1)
-  if adds and live_count(z, b .. ':exp', t) + adds > maxn then return false end
+  if reject and live_count(z, b .. ':exp', t) + (live and 0 or 1) > maxn then return false end
   drop_expired(b, t, nil)
   local want = rows() - maxn
   for _, k in ipairs(want > 0 and redis.call('ZRANGE', z, 0, want) or {}) do  -- want + 1: one may be `key`
@@ -219,19 +209,18 @@ local function apply(i)  -- nil when write i is applied, else the script's answe
   local now, base, ns, mode, key, value, expires, maxn, overflow, version, expect = unpack(A, i * 11 - 7, i * 11 + 3)
   clock = tonumber(now)
   if mode == 'd' then return remove(base, key) end  -- modes: u upsert, c claim, m match `expect`, d delete
-  if mode == 'c' and live_row(row) then return '0' end
-  local f = mode == 'm' and redis.call('HMGET', row, 'e', 'n')
-  if f and not (f[1] and is_live(f[1], clock) and f[2] == expect) then return '0' end
-  if not make_room(base, key, now, tonumber(maxn), overflow == 'reject-new') then return 'NS_FULL:' .. i end
+  local f = redis.call('HMGET', row, 'e', 'n')
+  local live = f[1] and is_live(f[1], clock)
+  if mode == 'c' and live or mode == 'm' and not (live and f[2] == expect) then return '0' end
+  if not make_room(base, key, now, tonumber(maxn), overflow == 'reject-new', live) then return 'NS_FULL:' .. i end
   save(base, key)
   put(base, key, value, now, expires, version, clock)
   if redis.call('SADD', pns, ns) == 1 then
     fresh = true
-    if saving then undo[#undo + 1] = {pns, ns, 'member'} end
+    undo[#undo + 1] = {pns, ns, 'member'}
   end
 end
 for i = 1, n do
-  saving = i < n  -- a write that fails changes nothing itself: only the ones before it need undoing
   local failed = apply(i)
   if failed then return rollback() or failed end
 end
@@ -315,8 +304,8 @@ def refused_in_script(text: str) -> str:
 
 
 def row(key: str, fields: Sequence[str | None], now_ms: int) -> Row | None:
-    """The live row of `fields` (json, created_at, expires_at, version as Redis keeps them), or None."""
-    value, created, expires, version = fields
+    """The live row of `fields` (created_at, expires_at, version, json as Redis keeps them), or None."""
+    created, expires, version, value = fields
     expires_at = int(expires) if expires else None
     if value is None or created is None or (expires_at is not None and expires_at <= now_ms):
         return None

@@ -36,8 +36,14 @@ CLIENT_ERRORS = (redis.RedisError, errors.RedisClusterException)  # what redis-p
 def check_url(url: str, path: str = "") -> tuple[Any, ...]:
     """split_url's parts, the one-host URL redis-py reads, TLS or not; redis-py's options checked offline as its first
     connection would: names (a cluster drops unknown ones silently), values (one connection built, not connected)."""
-    split = parts, _, theirs, hosts, _, db = layout.split_url(url, path)
+    split = parts, options, theirs, hosts, service, db = layout.split_url(url, path)
     cluster = parts.scheme == "redis+cluster"
+    bad = partial(StateStoreError, "INVALID_INPUT", "open", path=path or None)
+    if parts.scheme == "redis+sentinel" and not service:
+        raise bad("a redis+sentinel:// URL names the service after the hosts: redis+sentinel://host:26379/mymaster")
+    if cluster and options.min_replicas_acked:
+        why = "is for redis:// and redis+sentinel:// URLs; on a cluster run each shard's replicas with"
+        raise bad(f"min_replicas_acked {why} min-replicas-to-write instead")
     if hosts:
         creds, at, _ = parts.netloc.rpartition("@")
         one = f"redis://{creds}{at}localhost/{'' if cluster else db}?{theirs}"
@@ -45,6 +51,8 @@ def check_url(url: str, path: str = "") -> tuple[Any, ...]:
         one = f"{parts.scheme}://{parts.netloc}{parts.path}?{theirs}"  # urlunsplit drops unix:///'s '//'
     try:  # a value of the wrong type is a ValueError naming its option
         kwargs = parse_url(one)
+        if cluster and {service or "0", db or "0", str(kwargs.get("db", 0))} != {"0"}:  # else dropped silently
+            raise bad("a Redis Cluster has one database (0): drop the /db from the URL")
         ssl_option = bool(hosts) and str(kwargs.pop("ssl", "")).lower() in ("1", "true", "yes", "on")
         tls = parts.scheme == "rediss" or ssl_option  # Sentinel and Cluster: redis-py's `ssl=true`
         kind: Any = SSLConnection if tls else kwargs.pop("connection_class", Connection)
@@ -56,7 +64,7 @@ def check_url(url: str, path: str = "") -> tuple[Any, ...]:
             raise layout.unknown_options(unknown, known, tls, path)
         kind(**{k: v for k, v in kwargs.items() if k in takes})  # refuses a bad value: ssl_cert_reqs=requierd
     except (ValueError, TypeError, redis.RedisError) as exc:
-        raise StateStoreError("INVALID_INPUT", "open", f"bad Redis URL option ({exc})", path=path or None) from None
+        raise bad(f"bad Redis URL option ({exc})") from None
     return split, one, tls
 
 
@@ -86,7 +94,7 @@ class RedisBackend(Backend):
 
     def _connect(self, url: str) -> Any:
         """The client for `url` (a cluster reads its slot map). Raises INVALID_INPUT (see split_url)."""
-        (parts, o, _, hosts, service, db), one, self._tls = check_url(url, self.location)
+        (parts, o, _, hosts, service, _), one, self._tls = check_url(url, self.location)
         self.options, cluster = o, parts.scheme == "redis+cluster"
         timeouts = {"socket_connect_timeout": o.socket_connect_timeout_s, "socket_timeout": o.socket_timeout_s}
         retry = Retry(ExponentialBackoff(cap=o.backoff_cap_s, base=o.backoff_base_s), o.retries)
@@ -95,19 +103,13 @@ class RedisBackend(Backend):
         try:
             if not hosts:
                 return redis.Redis.from_url(one, **common)
-            kwargs = {name: value for name, value in parse_url(one).items() if name not in ("host", "port")}
+            # redis-py reads the URL's `ssl` as text ("false" is true): it gets the one check_url decided
+            skip = ("host", "port", "db", "ssl")
+            kwargs = {name: value for name, value in parse_url(one).items() if name not in skip} | {"ssl": self._tls}
             if not cluster:
-                if not service:
-                    how = "names the service after the hosts: redis+sentinel://host:26379/mymaster"
-                    raise bad(f"a redis+sentinel:// URL {how}")
                 creds_kw = {"username": o.sentinel_username or None, "password": o.sentinel_password or None}
                 self._sentinel, self._service = Sentinel(hosts, sentinel_kwargs={**creds_kw, **timeouts}), service
                 return self._sentinel.master_for(service, **kwargs, **common)
-            if {service or "0", db or "0", str(kwargs.pop("db", 0))} != {"0"}:  # else dropped silently
-                raise bad("a Redis Cluster has one database (0): drop the /db from the URL")
-            if o.min_replicas_acked:
-                why = "is for redis:// and redis+sentinel:// URLs; on a cluster run each shard's replicas with"
-                raise bad(f"min_replicas_acked {why} min-replicas-to-write instead")
             nodes = [ClusterNode(h, p) for h, p in hosts]  # RedisCluster asks one for the slot map at once
             return self._call("open", lambda: RedisCluster(startup_nodes=nodes, **kwargs, **common))
         except (ValueError, TypeError, redis.RedisError) as exc:

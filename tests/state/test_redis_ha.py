@@ -136,6 +136,13 @@ def test_sentinel_mistakes_are_named(sentinels):
         pass
 
 
+def test_ssl_false_on_a_sentinel_url_means_plain_connections(sentinels):
+    """redis-py takes the URL's `ssl` as text, and "false" is a true string: it spoke TLS to a plain server."""
+    with open_keyed_store("p", "ns", max_entries=1, url=sentinels.url(f"prefix=t&ssl=false&{FAST}")) as store:
+        store.register("k", 1)
+        assert store.lookup("k") == 1
+
+
 # -- Cluster --------------------------------------------------------------------------------
 @contextlib.contextmanager
 def two_plugins(url: str) -> Iterator[tuple[KeyedStore, KeyedStore, KeyedStore]]:
@@ -220,6 +227,12 @@ def test_replica_acks_are_refused_on_a_cluster_url(cluster):
     with pytest.raises(StateStoreError) as err:
         open_keyed_store("p", "ns", max_entries=1, url=cluster.url("min_replicas_acked=1"))
     assert err.value.code == "INVALID_INPUT" and "min-replicas-to-write" in str(err.value)
+
+
+def test_ssl_false_on_a_cluster_url_means_plain_connections(cluster):
+    with open_keyed_store("p", "ns", max_entries=1, url=cluster.url(f"prefix=t&ssl=false&{FAST}")) as store:
+        store.register("k", 1)
+        assert store.lookup("k") == 1
 
 
 # -- ACL ------------------------------------------------------------------------------------

@@ -97,3 +97,21 @@ def test_an_option_redis_py_refuses_is_invalid_input_before_any_connection(url, 
             check()
         assert (err.value.code, err.value.operation) == ("INVALID_INPUT", "open") and said in str(err.value)
     assert check_url("rediss://127.0.0.1:1/0?ssl_cert_reqs=required&socket_keepalive=true")[0][3] == []  # fine
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("redis+sentinel://127.0.0.1:1", "names the service after the hosts: redis+sentinel://host:26379/mymaster"),
+        ("redis+cluster://127.0.0.1:1/2", "a Redis Cluster has one database (0): drop the /db from the URL"),
+        ("redis+cluster://127.0.0.1:1?db=3", "a Redis Cluster has one database (0)"),
+        ("redis+cluster://127.0.0.1:1?min_replicas_acked=1", "min_replicas_acked is for redis:// and redis+sentinel"),
+    ],
+)
+def test_a_sentinel_or_cluster_url_that_cannot_work_is_refused_offline(url, said):
+    """`start --check-only` and `restart` check the URL with `check_url` before anything stops: what opening
+    the store would refuse, it refuses too (nothing listens on port 1)."""
+    with pytest.raises(StateStoreError) as err:
+        check_url(url, "shown")
+    assert (err.value.code, err.value.operation, err.value.path) == ("INVALID_INPUT", "open", "shown")
+    assert said in str(err.value)

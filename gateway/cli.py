@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from chatstate import __version__
-from chatstate.gateway import logs, state_commands
+from chatstate.gateway import logs, pidfile, state_commands
 from chatstate.gateway.config import GatewayConfig, check_state_url, default_state_dir, load_config
 from chatstate.gateway.exits import BAD_CONFIG, FAILED, INTERRUPTED, OK, GatewayExit
 from chatstate.gateway.launch import (
@@ -199,6 +199,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         return OK
     if args.detach:
         check_state_dir(config.state_dir)
+        if info := running_info(config.state_dir):  # refused here, before a child is spawned to fail
+            raise pidfile.already_running(config.state_dir, info.get("pid"))
         return _report_started(spawn_detached(launch, ready_timeout_s=args.ready_timeout), config)
     from chatstate.gateway import server  # imports aiohttp and the state package: only when serving
 
@@ -248,7 +250,7 @@ def stop_gateway(state_dir: Path, *, timeout_s: float, quiet: bool = False) -> i
     say = (lambda _text: None) if quiet else _say
     info = running_info(state_dir)
     if info is None:
-        say("not running")
+        say(pidfile.not_running(state_dir))
         return OK
     pid = info.get("pid")
     if not isinstance(pid, int):

@@ -116,14 +116,7 @@ class PidFile:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            other = read_info(state_dir) or {}
-            pid = other.get("pid", "unknown")
-            raise GatewayExit(
-                IN_USE,
-                f"a gateway is already running on {state_dir} (pid {pid}); stop it with "
-                f"`chatstate stop --state-dir {state_dir}` or restart it with `chatstate restart --state-dir {state_dir}`, "
-                "or give this one another --state-dir",
-            ) from None
+            raise already_running(state_dir, (read_info(state_dir) or {}).get("pid", "unknown")) from None
         self = cls(state_dir, fd)
         self.update(pid=os.getpid(), started_at=time.time(), state_dir=str(state_dir), ready=False)
         return self
@@ -148,6 +141,17 @@ class PidFile:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def already_running(state_dir: Path, pid: object) -> GatewayExit:
+    """The refusal of a second gateway on `state_dir` (exit 4), naming the running one's pid and
+    the commands that stop or restart it."""
+    return GatewayExit(
+        IN_USE,
+        f"a gateway is already running on {state_dir} (pid {pid}); stop it with "
+        f"`chatstate stop --state-dir {state_dir}` or restart it with `chatstate restart --state-dir {state_dir}`, "
+        "or give this one another --state-dir",
+    )
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -183,9 +187,10 @@ def _open_private(path: Path, flags: int) -> int:
 def read_info(state_dir: Path) -> dict[str, Any] | None:
     """The pid file's contents, or None when there is none (or it is unreadable)."""
     try:
-        return json.loads((state_dir / PID_NAME).read_text())
+        info = json.loads((state_dir / PID_NAME).read_text())
     except (OSError, ValueError):
         return None
+    return info if isinstance(info, dict) else None
 
 
 def is_running(state_dir: Path) -> bool:
@@ -205,6 +210,23 @@ def is_running(state_dir: Path) -> bool:
     finally:
         os.close(fd)  # closing drops the shared lock if we got it
     return False
+
+
+UNSTOPPED = "ended without stopping (killed or crashed?); its stored state is kept and nothing needs cleaning up"
+
+
+def ended_unstopped(state_dir: Path) -> int | None:
+    """The pid of the last gateway on `state_dir` when it ended without stopping (SIGKILL, a
+    crash: only a clean exit removes the pid file), else None. Only meaningful while none runs;
+    the lock, not this file, says whether one does, so nothing needs cleaning up after it."""
+    pid = (read_info(state_dir) or {}).get("pid")
+    return pid if isinstance(pid, int) else None
+
+
+def not_running(state_dir: Path) -> str:
+    """What `stop` says when no gateway runs on `state_dir`, naming one that was killed."""
+    last = ended_unstopped(state_dir)
+    return f"not running; the last gateway (pid {last}) {UNSTOPPED}" if last else "not running"
 
 
 def running_info(state_dir: Path) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ import urllib.request
 from typing import Any
 
 from chatstate.gateway.config import GatewayConfig
-from chatstate.gateway.pidfile import check_state_dir, running_info
+from chatstate.gateway.pidfile import UNSTOPPED, check_state_dir, ended_unstopped, running_info
 
 STATUS_TIMEOUT_S = 3.0  # how long `status` waits for /healthz before "not responding"
 
@@ -31,6 +31,8 @@ def gateway_status(config: GatewayConfig, *, timeout_s: float = STATUS_TIMEOUT_S
     info = running_info(config.state_dir) if config.state_dir.exists() else None
     report: dict[str, Any] = {"running": info is not None, "state_dir": str(config.state_dir)}
     if info is None:
+        if last := ended_unstopped(config.state_dir):
+            report["last_gateway"] = {"pid": last, "stopped": False}
         report["store"] = _offline_store_summary(config)
         return report
     report.update(pid=info.get("pid"), url=info.get("url"), ready=info.get("ready", False))
@@ -103,7 +105,8 @@ def status_text(r: dict[str, Any]) -> str:
         else:
             line = f"store: UNUSABLE ({store.get('code')}) {store.get('message')}"
             line += f"; {store['next']}" if "next" in store else ""
-        return f"gateway: not running (state dir {r['state_dir']})\n{line}"
+        last = f"; the last gateway (pid {r['last_gateway']['pid']}) {UNSTOPPED}" if "last_gateway" in r else ""
+        return f"gateway: not running (state dir {r['state_dir']}){last}\n{line}"
     lines = [f"gateway: running pid {r.get('pid')} up {r.get('uptime_s', 0):.1f}s at {r.get('url') or '(starting)'}"]
     if "health" in r:
         health = r["health"]

@@ -15,7 +15,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from chatstate.gateway.config import GatewayConfig
+from chatstate.gateway.config import STATE_URL_ENV, GatewayConfig, check_state_url
+from chatstate.gateway.exits import ConfigError
 from chatstate.gateway.pidfile import UNSTOPPED, check_state_dir, ended_unstopped, running_info
 
 STATUS_TIMEOUT_S = 3.0  # how long `status` waits for /healthz before "not responding"
@@ -77,6 +78,12 @@ def _offline_store_summary(config: GatewayConfig) -> dict[str, Any]:
 
     if config.state_url:  # the Database's location: the URL with its password shown as ***
         shown = state.Database(url=config.state_url).location
+        try:  # offline, as `start` checks it: a URL it would refuse is said now, not at the next start
+            check_state_url(config)
+        except ConfigError as exc:
+            fix = f"${STATE_URL_ENV}" if STATE_URL_ENV in config.env else f"[state] url in {config.source}"
+            fix = f"fix {fix}: `chatstate start` refuses it as it is"
+            return {"ok": False, "url": shown, "code": "INVALID_INPUT", "message": exc.why, "next": fix}
         return {"ok": None, "url": shown, "note": "not checked while the gateway is down"}
 
     path = state.database_path(config.state_dir)
@@ -100,6 +107,7 @@ def status_text(r: dict[str, Any]) -> str:
             what = store.get("note", "not checked")
             where = store.get("database_path") or store.get("url", "")
             line = f"store: {what} ({where})" if where else f"store: {what}"
+            line += "; `chatstate state probe` checks it" if "url" in store else ""
         elif store["ok"]:
             line = f"store: ok {store.get('database_path', '')}"
         else:

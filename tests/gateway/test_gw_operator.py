@@ -93,3 +93,52 @@ def _wait_gone(pid: int) -> None:
         assert select.select([fd], [], [], 30)[0], f"pid {pid} did not exit after SIGKILL"
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("via", ["file", "variable"])
+async def test_status_with_a_malformed_state_url_names_the_fix_and_never_the_password(
+    shell: Shell, tmp_path: Path, via: str
+) -> None:
+    url = "redis://ops:hunter2@127.0.0.1:notaport/0"
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[state]\nurl = "{url}"\n' if via == "file" else "")
+    if via == "variable":
+        shell.env["CHATSTATE_STATE_URL"] = url
+    fix = f"fix [state] url in {config}" if via == "file" else "fix $CHATSTATE_STATE_URL"
+    for _ in range(2):
+        status = await shell.run("status", "--config", str(config))
+        assert status.returncode == 1 and status.stderr == ""  # not running, the documented answer
+        store = status.stdout.splitlines()[1]
+        assert store.startswith("store: UNUSABLE (INVALID_INPUT) ") and "Port could not be cast" in store, store
+        assert store.endswith(f"; {fix}: `chatstate start` refuses it as it is"), store
+        report = json.loads((await shell.run("status", "--json", "--config", str(config))).stdout)
+        assert report["store"]["url"] == "redis://ops:***@127.0.0.1:notaport/0"
+        stopped = await shell.run("stop", "--config", str(config))
+        assert (stopped.returncode, stopped.stderr) == (0, "gateway: not running\n")
+        for said in (status, stopped):
+            assert "hunter2" not in said.stdout + said.stderr and "Traceback" not in said.stderr
+
+
+async def test_an_unreachable_state_url_is_not_checked_while_down_and_says_what_checks_it(
+    shell: Shell, tmp_path: Path
+) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text('[state]\nurl = "redis://ops:hunter2@127.0.0.1:1/0"\n')
+    status = await shell.run("status", "--config", str(config))
+    assert (status.returncode, status.stdout.splitlines()[1]) == (
+        1,
+        "store: not checked while the gateway is down (redis://ops:***@127.0.0.1:1/0); `chatstate state probe` checks it",
+    )
+
+
+async def test_stop_with_state_dir_stops_the_gateway_whatever_the_default_config_holds(
+    shell: Shell, tmp_path: Path
+) -> None:
+    pid = await shell.start()
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[gateway]\nprot = 1\n")  # edited after the start: a typo
+    shell.env["CHATSTATE_GATEWAY_CONFIG"] = str(broken)
+    status = await shell.run("status")
+    assert status.returncode == 2 and status.stderr.startswith("gateway: config error: gateway.prot: unknown key")
+    stopped = await shell.run("stop", "--state-dir", str(shell.home))
+    assert (stopped.returncode, stopped.stderr) == (0, f"gateway: stopped (pid {pid})\n")

@@ -55,6 +55,16 @@ def test_probe_creates_a_missing_state_dir(tmp_path):
     assert (tmp_path / "fresh" / "plugin-state" / "state.sqlite").is_file()
 
 
+def test_probe_cli_says_when_it_made_the_database_so_a_mistyped_state_dir_shows(tmp_path):
+    db = tmp_path / "fresh" / "plugin-state" / "state.sqlite"
+    first, again = (run_cli("probe", "--state-dir", str(tmp_path / "fresh")) for _ in range(2))
+    assert (first.returncode, json.loads(first.stdout)["ok"]) == (0, True)
+    assert first.stderr == (
+        f"probe: there was no database; made an empty {db} (expected one? give --state-dir D or --path FILE)\n"
+    )
+    assert (again.returncode, again.stderr) == (0, "")  # it is there now: nothing to say
+
+
 def test_probe_failure_names_the_step_code_and_path(state_home, db_path):
     db_path.parent.mkdir()
     db_path.write_text("not a database")

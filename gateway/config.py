@@ -8,6 +8,7 @@ with a message a person can act on. The tables are `gateway.settings` models; he
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -184,6 +185,9 @@ def parse_config(
 ) -> GatewayConfig:
     """Check an already-parsed TOML document; see `load_config`."""
     top = {k: v for k, v in raw.items() if k not in _TABLES}
+    for name in (k for k, v in top.items() if isinstance(v, dict)):  # `[gatway]`: not a top-level key's typo
+        like = "".join(f" (did you mean [{m}]?)" for m in difflib.get_close_matches(name, _TABLES, 1))
+        raise ConfigError(f"[{name}]", f"unknown table{like}; the tables are [gateway], [state] and [adapters.<id>]")
     top_level = build(TopLevelSettings, top, where="", env=env, prefix=ENV_PREFIX)
     gw = build(GatewaySettings, _table(raw, "gateway"), where="gateway", env=env, prefix=env_prefix("gateway"))
     st = build(StateSettings, _table(raw, "state"), where="state", env=env, prefix=env_prefix("state"))

@@ -290,7 +290,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     check_state_dir(state_dir, create=False)  # made only once there is something to start
     info = running_info(state_dir)
     recorded = info.get("launch") if info else None
-    if info is None and not explicit:  # nothing runs: the last launch here, never a default gateway
+    if recorded is None and not explicit:  # none runs (or its pid file is gone): the last launch, never a default
         recorded = last_launch(state_dir)
         if recorded is None:
             raise GatewayExit(
@@ -299,7 +299,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
                 "nothing to restart; start one with: chatstate start --config FILE --detach",
             )
         where = f"config {recorded.get('config') or 'none: built-in defaults'}, from {state_dir / LAST_LAUNCH_NAME}"
-        _say(f"not running; starting the last launch on {state_dir} again ({where})")
+        _say(f"{'' if info else 'not running; '}starting the last launch on {state_dir} again ({where})")
     pid = info.get("pid") if info else None  # a running gateway's environment holds its secrets
     previous = Launch.from_record(recorded, state_dir, pid=pid) if isinstance(recorded, dict) else None
     if previous is not None and not explicit:

@@ -230,7 +230,20 @@ def not_running(state_dir: Path) -> str:
 
 
 def running_info(state_dir: Path) -> dict[str, Any] | None:
-    """The pid file of the running gateway, or None when none runs (a stale file is ignored)."""
+    """The pid file of the running gateway, or None when none runs (a stale file is ignored).
+    A pid file deleted or clobbered under a running gateway still gives its pid (`lock_holder`)."""
     if not is_running(state_dir):
         return None
-    return read_info(state_dir) or {"pid": None}
+    return read_info(state_dir) or {"pid": lock_holder(state_dir)}
+
+
+def lock_holder(state_dir: Path) -> int | None:
+    """The pid holding the state dir's lock, from the kernel's table (/proc/locks, Linux), or None."""
+    try:
+        st = os.stat(state_dir / LOCK_NAME)
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    lock = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"  # how the table names a file
+    held = [int(f[4]) for f in map(str.split, table.splitlines()) if f[1:2] == ["FLOCK"] and f[5:6] == [lock]]
+    return held[0] if held else None

@@ -39,6 +39,8 @@ def gateway_status(config: GatewayConfig, *, timeout_s: float = STATUS_TIMEOUT_S
     report.update(pid=info.get("pid"), url=info.get("url"), ready=info.get("ready", False))
     if isinstance(info.get("started_at"), (int, float)):
         report["uptime_s"] = round(time.time() - info["started_at"], 3)
+    else:  # deleted or clobbered under it: the pid is the lock holder's; uptime and address are unknown
+        report["pid_file"] = "missing or unreadable"
     if info.get("url"):
         # `--timeout 0` means "do not wait": urllib would try a non-blocking connect and call a
         # healthy gateway unreachable (EINPROGRESS), so it is not asked at all
@@ -116,6 +118,9 @@ def status_text(r: dict[str, Any]) -> str:
         last = f"; the last gateway (pid {r['last_gateway']['pid']}) {UNSTOPPED}" if "last_gateway" in r else ""
         return f"gateway: not running (state dir {r['state_dir']}){last}\n{line}"
     lines = [f"gateway: running pid {r.get('pid')} up {r.get('uptime_s', 0):.1f}s at {r.get('url') or '(starting)'}"]
+    if "pid_file" in r:
+        lines[0] = f"gateway: running pid {r.get('pid')}; its pid file is {r['pid_file']}, so its address is unknown "
+        lines[0] += "(`chatstate stop` and `restart` still find it)"
     if "health" in r:
         health = r["health"]
         lines.append(f"health: {health}" + (f" ({r['error']})" if r.get("error") else ""))

@@ -142,3 +142,31 @@ async def test_stop_with_state_dir_stops_the_gateway_whatever_the_default_config
     assert status.returncode == 2 and status.stderr.startswith("gateway: config error: gateway.prot: unknown key")
     stopped = await shell.run("stop", "--state-dir", str(shell.home))
     assert (stopped.returncode, stopped.stderr) == (0, f"gateway: stopped (pid {pid})\n")
+
+
+@pytest.mark.parametrize("clobber", ["deleted", "garbage"])
+async def test_a_pid_file_lost_under_a_running_gateway_still_lets_status_stop_and_restart_find_it(
+    shell: Shell, tmp_path: Path, clobber: str
+) -> None:
+    config = tmp_path / "echo.toml"
+    config.write_text('[gateway]\nport = 0\n[adapters.echo]\nsecret = "s"\n')
+    started = await shell.run("start", "--detach", "--config", str(config))
+    assert started.returncode == 0, started.stderr
+    shell.pids.append(pid := json.loads(started.stdout)["pid"])
+    pid_file = shell.home / "gateway.pid"
+    pid_file.unlink() if clobber == "deleted" else pid_file.write_text("[1, 2]")  # a cleanup script, an editor
+    status = await shell.run("status")
+    assert (status.returncode, status.stdout.splitlines()[0]) == (
+        0,
+        f"gateway: running pid {pid}; its pid file is missing or unreadable, so its address is unknown "
+        "(`chatstate stop` and `restart` still find it)",
+    )
+    restarted = await shell.run("restart")  # what it ran (last-launch.json), never a default gateway
+    assert restarted.returncode == 0, restarted.stderr
+    assert restarted.stderr.startswith(f"gateway: starting the last launch on {shell.home} again (config {config}")
+    shell.pids.append(json.loads(restarted.stdout)["pid"])
+    report = json.loads((await shell.run("status", "--json")).stdout)
+    assert (report["pid"] != pid, report["adapters"]) == (True, {"echo": "ok"})
+    pid_file.unlink()
+    stopped = await shell.run("stop")
+    assert (stopped.returncode, stopped.stderr) == (0, f"gateway: stopped (pid {report['pid']})\n")

@@ -35,6 +35,7 @@ from chatstate.gateway.launch import (
     validate,
 )
 from chatstate.gateway.pidfile import LAST_LAUNCH_NAME, check_state_dir, last_launch, running_info
+from chatstate.gateway.usage import Command
 from chatstate.state._files import path_text
 
 DEFAULT_STOP_TIMEOUT_S = 30.0
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "4 port in use or already running",
     )
     parser.add_argument("--version", action="version", version=f"chatstate {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Command)
 
     start = sub.add_parser("start", help="run the gateway (foreground unless --detach)")
     _where(start)

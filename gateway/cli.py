@@ -241,7 +241,9 @@ def _report_started(started: Started, config: GatewayConfig, *, previous: str = 
 # -- stop / restart ---------------------------------------------------------------------------
 def cmd_stop(args: argparse.Namespace) -> int:  # --state-dir is all it needs: a broken config never blocks it
     state_dir = Path(args.state_dir).expanduser().absolute() if args.state_dir else _config(args).state_dir
-    check_state_dir(state_dir, create=False)
+    check_state_dir(state_dir, create=False, write=False)  # never through a symlink, nor another user's
+    if running_info(state_dir) is None:  # else a read-only one (a disk remounted ro) still lets it stop
+        check_state_dir(state_dir, create=False)
     return stop_gateway(state_dir, timeout_s=args.timeout)  # a state dir not there: "not running"
 
 

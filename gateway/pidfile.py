@@ -29,9 +29,9 @@ DIR_MODE = 0o700  # the state dir holds adapter state (docs/state.md)
 FILE_MODE = 0o600
 
 
-def check_state_dir(state_dir: Path, *, create: bool = True) -> None:
+def check_state_dir(state_dir: Path, *, create: bool = True, write: bool = True) -> None:
     """Make sure the gateway may use `state_dir`, creating it 0700 if it is missing (unless
-    `create` is false: `status` and `state` only look).
+    `create` is false: `status` and `state` only look; `write` false: `stop` of a running one).
 
     Refused (GatewayExit STORE_UNUSABLE, exit 3, one message naming the path and what to do):
     a path that is a file, a symlink (never followed: docs/state.md), a directory owned by
@@ -43,7 +43,7 @@ def check_state_dir(state_dir: Path, *, create: bool = True) -> None:
     except FileNotFoundError:
         if create:
             _make_dirs(state_dir)
-        else:  # only looking (`--check-only`, `restart`'s validation, `status`): could it be made?
+        elif write:  # only looking (`--check-only`, `restart`'s validation, `status`): could it be made?
             above = next(p for p in state_dir.parents if os.path.lexists(p))
             if not os.access(above, os.W_OK | os.X_OK):
                 why = f"cannot be created ({above} is not writable by you); create it yourself or pass another --state-dir"
@@ -64,7 +64,7 @@ def check_state_dir(state_dir: Path, *, create: bool = True) -> None:
             state_dir,
             f"is owned by uid {st.st_uid}, not by you (uid {os.getuid()}); use a directory you own, or chown it",
         )
-    if not os.access(state_dir, os.W_OK | os.X_OK):
+    if write and not os.access(state_dir, os.W_OK | os.X_OK):
         raise _unusable(
             state_dir,
             f"is not writable by you (mode {stat.S_IMODE(st.st_mode):04o}); "

@@ -3,10 +3,14 @@ every command after the gateway was SIGKILLed; each step a real `python -m chats
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import select
+import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -170,3 +174,30 @@ async def test_a_pid_file_lost_under_a_running_gateway_still_lets_status_stop_an
     pid_file.unlink()
     stopped = await shell.run("stop")
     assert (stopped.returncode, stopped.stderr) == (0, f"gateway: stopped (pid {report['pid']})\n")
+
+
+SETPRIV = shutil.which("setpriv")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="drops root's override of file modes with setpriv")
+async def test_stop_stops_a_gateway_whose_state_dir_became_read_only(shell: Shell) -> None:
+    """A disk remounted read-only, a `chmod -w`: the gateway must still be stoppable (status keeps
+    refusing the dir, exit 3, as documented for a dir a gateway cannot use)."""
+    pid = await shell.start()
+    shell.home.chmod(0o500)
+    no_override = [str(SETPRIV), "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-m", "chatstate"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*no_override, *args], env=shell.env, cwd="/", capture_output=True, text=True, check=False
+        )
+
+    try:
+        status = await asyncio.to_thread(run, "status")
+        assert status.returncode == 3 and "is not writable by you (mode 0500)" in status.stderr
+        stopped = await asyncio.to_thread(run, "stop")
+        assert (stopped.returncode, stopped.stderr) == (0, f"gateway: stopped (pid {pid})\n")
+        again = await asyncio.to_thread(run, "stop")  # nothing runs: the documented refusal, exit 3
+        assert again.returncode == 3 and "is not writable by you" in again.stderr
+    finally:
+        shell.home.chmod(0o700)

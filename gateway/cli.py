@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from chatstate import __version__
 from chatstate.gateway import logs, pidfile, state_commands
-from chatstate.gateway.config import GatewayConfig, check_state_url, default_state_dir, load_config
+from chatstate.gateway.config import GatewayConfig, check_state_url, default_state_dir, expanded, load_config
 from chatstate.gateway.exits import BAD_CONFIG, FAILED, INTERRUPTED, OK, GatewayExit
 from chatstate.gateway.launch import (
     CONFIG_ENV,
@@ -240,7 +240,7 @@ def _report_started(started: Started, config: GatewayConfig, *, previous: str = 
 
 # -- stop / restart ---------------------------------------------------------------------------
 def cmd_stop(args: argparse.Namespace) -> int:  # --state-dir is all it needs: a broken config never blocks it
-    state_dir = Path(args.state_dir).expanduser().absolute() if args.state_dir else _config(args).state_dir
+    state_dir = expanded(args.state_dir, "--state-dir").absolute() if args.state_dir else _config(args).state_dir
     check_state_dir(state_dir, create=False, write=False)  # never through a symlink, nor another user's
     if running_info(state_dir) is None:  # else a read-only one (a disk remounted ro) still lets it stop
         check_state_dir(state_dir, create=False)
@@ -285,7 +285,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     one (which configuration: the subcommand's description)."""
     explicit = args.config is not None
     if args.state_dir is not None:
-        state_dir = Path(args.state_dir).expanduser().absolute()
+        state_dir = expanded(args.state_dir, "--state-dir").absolute()
     elif explicit:  # the gateway to restart is the one on the new config's state dir
         state_dir = _refused_if_bad(lambda: load_config(args.config).state_dir, default_state_dir(os.environ))
     else:

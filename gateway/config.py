@@ -137,7 +137,22 @@ class GatewayConfig:
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
     """`CHATSTATE_HOME` if set in `env`, else `~/.chatstate`: the state package's resolver."""
-    return resolve_state_dir(env=env)
+    try:
+        return resolve_state_dir(env=env)
+    except RuntimeError:  # pathlib's "Could not determine home directory."
+        raise _no_user(env.get("CHATSTATE_HOME") or "~", "$CHATSTATE_HOME") from None
+
+
+def expanded(text: str | Path, key: str) -> Path:
+    """`text` with `~` / `~user` expanded; a user this host does not know is an error naming `key`."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise _no_user(str(text), key) from None
+
+
+def _no_user(text: str, key: str) -> ConfigError:
+    return ConfigError(key, f"{text.split('/')[0]} (in {text}) is no user of this host; give the whole path")
 
 
 def load_config(
@@ -158,7 +173,7 @@ def load_config(
     raw: dict[str, Any] = {}
     source = None
     if path is not None:
-        source = Path(path).expanduser().absolute()
+        source = expanded(path, "--config").absolute()
         try:
             raw = tomllib.loads(source.read_bytes().decode("utf-8-sig"))  # a leading BOM (Notepad's) is no error
         except IsADirectoryError:
@@ -197,9 +212,9 @@ def parse_config(
     if port is not None and not 0 <= port <= 65535:
         raise ConfigError("--port", f"must be 0..65535, got {port}")
     if state_dir is not None:
-        resolved_dir = Path(state_dir).expanduser()
+        resolved_dir = expanded(state_dir, "--state-dir")
     elif st.dir is not None:  # a relative one in the file is the file's folder's, wherever a command runs from
-        resolved_dir = Path(st.dir).expanduser()
+        resolved_dir = expanded(st.dir, "state.dir")
         if source is not None and env_var(env_prefix("state"), "dir") not in env:
             resolved_dir = source.parent / resolved_dir
     else:

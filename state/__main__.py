@@ -50,7 +50,14 @@ def build_parser(prog: str = "python -m chatstate.state") -> argparse.ArgumentPa
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m chatstate.state") -> int:
     args = build_parser(prog).parse_args(argv)
-    path = resolve_path(args.path) if args.path else database_path(args.state_dir)
+    try:
+        path = resolve_path(args.path) if args.path else database_path(args.state_dir)
+    except RuntimeError:  # pathlib cannot expand `~user` for a user this host does not have
+        print(
+            f"{args.path or args.state_dir or '$CHATSTATE_HOME'}: no such user's home; give the whole path",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if args.command == "probe":
             new = not args.url and not path.exists()  # made, as a first start would; said, so a typo shows

@@ -201,3 +201,19 @@ async def test_stop_stops_a_gateway_whose_state_dir_became_read_only(shell: Shel
         assert again.returncode == 3 and "is not writable by you" in again.stderr
     finally:
         shell.home.chmod(0o700)
+
+
+async def test_a_home_of_a_user_this_host_lacks_is_a_config_error_naming_where_it_came_from(
+    shell: Shell, tmp_path: Path
+) -> None:
+    shell.env["CHATSTATE_HOME"] = "~no-such-user-here/cs"
+    said = "~no-such-user-here (in ~no-such-user-here/cs) is no user of this host; give the whole path"
+    for args in (["status"], ["stop"], ["restart"], ["start", "--detach"], ["state", "probe"]):
+        result = await shell.run(*args)
+        assert (result.returncode, result.stderr) == (2, f"gateway: config error: $CHATSTATE_HOME: {said}\n"), args
+        result = await shell.run(*args, "--state-dir", "~no-such-user-here/cs")
+        assert (result.returncode, result.stderr) == (2, f"gateway: config error: --state-dir: {said}\n"), args
+    config = tmp_path / "gw.toml"
+    config.write_text('[state]\ndir = "~no-such-user-here/cs"\n')
+    result = await shell.run("status", "--config", str(config))
+    assert (result.returncode, result.stderr) == (2, f"gateway: config error: state.dir: {said}\n")

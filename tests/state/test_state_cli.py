@@ -219,3 +219,10 @@ def test_inspect_of_a_file_elsewhere_that_is_not_sqlite_never_advises_moving_it(
     assert "not a SQLite database" in err and f"mv {notes}" not in err
     assert "plugin-state/state.sqlite" in err and "--state-dir" in err
     assert notes.read_text() == "my notes\n"
+
+
+def test_a_home_of_a_user_this_host_lacks_is_bad_usage_not_a_traceback(tmp_path):
+    for args in (["--state-dir", "~no-such-user-here/cs"], ["--path", "~no-such-user-here/db"]):
+        for command in ("probe", "inspect"):
+            done = run_cli(command, *args)
+            assert (done.returncode, done.stderr) == (2, f"{args[1]}: no such user's home; give the whole path\n")

@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--check-only",
         action="store_true",
-        help="check the config, the state dir, every enabled plugin's settings and reply hook, then exit "
-        "(0 = it would start); connects to nothing, starts nothing",
+        help="check the config, the state dir, every enabled plugin's settings and reply hook and the database "
+        "file (read-only), then exit (0 = it would start); connects to nothing, starts nothing",
     )
     start.set_defaults(func=cmd_start)
 
@@ -193,11 +193,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     launch = _launch(args, config.state_dir, config.source)
     _warn_variables(config)
     if args.check_only:  # everything a start checks before it touches anything; nothing is started
-        from chatstate.gateway.registry import load_plugins
+        from chatstate.gateway.status import check_startable
 
-        check_state_dir(config.state_dir, create=False)
-        load_plugins(config)
-        return OK
+        return check_startable(config)
     if args.detach:
         check_state_dir(config.state_dir)
         if info := running_info(config.state_dir):  # refused here, before a child is spawned to fail

@@ -16,7 +16,7 @@ import urllib.request
 from typing import Any
 
 from chatstate.gateway.config import STATE_URL_ENV, GatewayConfig, check_state_url
-from chatstate.gateway.exits import ConfigError
+from chatstate.gateway.exits import OK, STORE_UNUSABLE, ConfigError, GatewayExit
 from chatstate.gateway.pidfile import UNSTOPPED, check_state_dir, ended_unstopped, running_info
 
 STATUS_TIMEOUT_S = 3.0  # how long `status` waits for /healthz before "not responding"
@@ -52,6 +52,25 @@ def gateway_status(config: GatewayConfig, *, timeout_s: float = STATUS_TIMEOUT_S
         if "error" in health:
             report["error"] = health["error"]
     return report
+
+
+def check_startable(config: GatewayConfig) -> int:
+    """`start --check-only` (and so `restart`, before it stops anything): what a start checks before
+    it touches anything, in its order and with its exit codes: the state dir, every enabled plugin
+    (2), and the database file, read-only (3: not SQLite, corrupt, a newer schema); 0 = it would start."""
+    from chatstate import state
+    from chatstate.gateway.registry import load_plugins
+    from chatstate.state._files import to_go_on
+
+    check_state_dir(config.state_dir, create=False)
+    load_plugins(config)
+    path = None if config.state_url else state.database_path(config.state_dir)
+    try:
+        if path is not None and path.exists():
+            state.check_database(path)
+    except state.StateStoreError as exc:  # the words a start would use (gateway/server.py)
+        raise GatewayExit(STORE_UNUSABLE, f"state store unusable: {exc}{to_go_on(path, exc)}") from None
+    return OK
 
 
 def _get_health(url: str, timeout_s: float) -> dict[str, Any]:

@@ -217,3 +217,21 @@ async def test_a_home_of_a_user_this_host_lacks_is_a_config_error_naming_where_i
     config.write_text('[state]\ndir = "~no-such-user-here/cs"\n')
     result = await shell.run("status", "--config", str(config))
     assert (result.returncode, result.stderr) == (2, f"gateway: config error: state.dir: {said}\n")
+
+
+async def test_check_only_and_restart_judge_the_database_file_before_anything_is_stopped(shell: Shell) -> None:
+    pid = await shell.start()
+    db = shell.home / "plugin-state" / "state.sqlite"
+    assert (await shell.run("state", "probe")).returncode == 0  # the database exists
+    garbage = db.with_name("garbage")
+    garbage.write_bytes(b"not a SQLite database\n" * 100)
+    garbage.chmod(0o600)
+    os.replace(garbage, db)  # under the running gateway (it keeps its open file)
+    checked = await shell.run("start", "--check-only")
+    assert checked.returncode == 3 and checked.stderr.startswith("gateway: state store unusable: OPEN_FAILED")
+    restarted = await shell.run("restart")
+    assert restarted.returncode == 3
+    assert restarted.stderr.startswith(f"gateway: restart refused, the running gateway (pid {pid}) keeps serving: ")
+    report = json.loads((await shell.run("status", "--json")).stdout)
+    assert (report["running"], report["pid"]) == (True, pid)  # untouched
+    assert db.read_bytes() == b"not a SQLite database\n" * 100  # and the file too

@@ -1,5 +1,7 @@
-"""The gateway CLI as an operator runs it from another folder: a second start while one runs, and
-every command after the gateway was SIGKILLed; each step a real `python -m chatstate` process."""
+"""The gateway CLI as an operator runs it, from `/` and each command twice: a second start while
+one runs, every command after a SIGKILL, a lost pid file, a state dir turned read-only, a bad or
+unreachable `[state] url`, a `~user` of no user, a corrupt database before a restart; each step a
+real `python -m chatstate` process."""
 
 from __future__ import annotations
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from chatstate import __version__
-from chatstate.gateway import logs, state_commands
-from chatstate.gateway.config import GatewayConfig, check_state_url, default_state_dir, load_config
+from chatstate.gateway import logs, pidfile, state_commands
+from chatstate.gateway.config import GatewayConfig, check_state_url, default_state_dir, expanded, load_config
 from chatstate.gateway.exits import BAD_CONFIG, FAILED, INTERRUPTED, OK, GatewayExit
 from chatstate.gateway.launch import (
     CONFIG_ENV,
@@ -35,6 +35,7 @@ from chatstate.gateway.launch import (
     validate,
 )
 from chatstate.gateway.pidfile import LAST_LAUNCH_NAME, check_state_dir, last_launch, running_info
+from chatstate.gateway.usage import Command
 from chatstate.state._files import path_text
 
 DEFAULT_STOP_TIMEOUT_S = 30.0
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "4 port in use or already running",
     )
     parser.add_argument("--version", action="version", version=f"chatstate {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Command)
 
     start = sub.add_parser("start", help="run the gateway (foreground unless --detach)")
     _where(start)
@@ -67,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--check-only",
         action="store_true",
-        help="check the config, the state dir, every enabled plugin's settings and reply hook, then exit "
-        "(0 = it would start); connects to nothing, starts nothing",
+        help="check the config, the state dir, every enabled plugin's settings and reply hook and the database "
+        "file (read-only), then exit (0 = it would start); connects to nothing, starts nothing",
     )
     start.set_defaults(func=cmd_start)
 
@@ -192,13 +193,13 @@ def cmd_start(args: argparse.Namespace) -> int:
     launch = _launch(args, config.state_dir, config.source)
     _warn_variables(config)
     if args.check_only:  # everything a start checks before it touches anything; nothing is started
-        from chatstate.gateway.registry import load_plugins
+        from chatstate.gateway.status import check_startable
 
-        check_state_dir(config.state_dir, create=False)
-        load_plugins(config)
-        return OK
+        return check_startable(config)
     if args.detach:
         check_state_dir(config.state_dir)
+        if info := running_info(config.state_dir):  # refused here, before a child is spawned to fail
+            raise pidfile.already_running(config.state_dir, info.get("pid"))
         return _report_started(spawn_detached(launch, ready_timeout_s=args.ready_timeout), config)
     from chatstate.gateway import server  # imports aiohttp and the state package: only when serving
 
@@ -236,9 +237,11 @@ def _report_started(started: Started, config: GatewayConfig, *, previous: str = 
 
 
 # -- stop / restart ---------------------------------------------------------------------------
-def cmd_stop(args: argparse.Namespace) -> int:
-    state_dir = _config(args).state_dir
-    check_state_dir(state_dir, create=False)
+def cmd_stop(args: argparse.Namespace) -> int:  # --state-dir is all it needs: a broken config never blocks it
+    state_dir = expanded(args.state_dir, "--state-dir").absolute() if args.state_dir else _config(args).state_dir
+    check_state_dir(state_dir, create=False, write=False)  # never through a symlink, nor another user's
+    if running_info(state_dir) is None:  # else a read-only one (a disk remounted ro) still lets it stop
+        check_state_dir(state_dir, create=False)
     return stop_gateway(state_dir, timeout_s=args.timeout)  # a state dir not there: "not running"
 
 
@@ -248,7 +251,7 @@ def stop_gateway(state_dir: Path, *, timeout_s: float, quiet: bool = False) -> i
     say = (lambda _text: None) if quiet else _say
     info = running_info(state_dir)
     if info is None:
-        say("not running")
+        say(pidfile.not_running(state_dir))
         return OK
     pid = info.get("pid")
     if not isinstance(pid, int):
@@ -280,7 +283,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     one (which configuration: the subcommand's description)."""
     explicit = args.config is not None
     if args.state_dir is not None:
-        state_dir = Path(args.state_dir).expanduser().absolute()
+        state_dir = expanded(args.state_dir, "--state-dir").absolute()
     elif explicit:  # the gateway to restart is the one on the new config's state dir
         state_dir = _refused_if_bad(lambda: load_config(args.config).state_dir, default_state_dir(os.environ))
     else:
@@ -288,7 +291,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     check_state_dir(state_dir, create=False)  # made only once there is something to start
     info = running_info(state_dir)
     recorded = info.get("launch") if info else None
-    if info is None and not explicit:  # nothing runs: the last launch here, never a default gateway
+    if recorded is None and not explicit:  # none runs (or its pid file is gone): the last launch, never a default
         recorded = last_launch(state_dir)
         if recorded is None:
             raise GatewayExit(
@@ -297,7 +300,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
                 "nothing to restart; start one with: chatstate start --config FILE --detach",
             )
         where = f"config {recorded.get('config') or 'none: built-in defaults'}, from {state_dir / LAST_LAUNCH_NAME}"
-        _say(f"not running; starting the last launch on {state_dir} again ({where})")
+        _say(f"{'' if info else 'not running; '}starting the last launch on {state_dir} again ({where})")
     pid = info.get("pid") if info else None  # a running gateway's environment holds its secrets
     previous = Launch.from_record(recorded, state_dir, pid=pid) if isinstance(recorded, dict) else None
     if previous is not None and not explicit:

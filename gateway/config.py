@@ -8,6 +8,7 @@ with a message a person can act on. The tables are `gateway.settings` models; he
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -136,7 +137,22 @@ class GatewayConfig:
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
     """`CHATSTATE_HOME` if set in `env`, else `~/.chatstate`: the state package's resolver."""
-    return resolve_state_dir(env=env)
+    try:
+        return resolve_state_dir(env=env)
+    except RuntimeError:  # pathlib's "Could not determine home directory."
+        raise _no_user(env.get("CHATSTATE_HOME") or "~", "$CHATSTATE_HOME") from None
+
+
+def expanded(text: str | Path, key: str) -> Path:
+    """`text` with `~` / `~user` expanded; a user this host does not know is an error naming `key`."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise _no_user(str(text), key) from None
+
+
+def _no_user(text: str, key: str) -> ConfigError:
+    return ConfigError(key, f"{text.split('/')[0]} (in {text}) is no user of this host; give the whole path")
 
 
 def load_config(
@@ -157,7 +173,7 @@ def load_config(
     raw: dict[str, Any] = {}
     source = None
     if path is not None:
-        source = Path(path).expanduser().absolute()
+        source = expanded(path, "--config").absolute()
         try:
             raw = tomllib.loads(source.read_bytes().decode("utf-8-sig"))  # a leading BOM (Notepad's) is no error
         except IsADirectoryError:
@@ -184,6 +200,9 @@ def parse_config(
 ) -> GatewayConfig:
     """Check an already-parsed TOML document; see `load_config`."""
     top = {k: v for k, v in raw.items() if k not in _TABLES}
+    for name in (k for k, v in top.items() if isinstance(v, dict)):  # `[gatway]`: not a top-level key's typo
+        like = "".join(f" (did you mean [{m}]?)" for m in difflib.get_close_matches(name, _TABLES, 1))
+        raise ConfigError(f"[{name}]", f"unknown table{like}; the tables are [gateway], [state] and [adapters.<id>]")
     top_level = build(TopLevelSettings, top, where="", env=env, prefix=ENV_PREFIX)
     gw = build(GatewaySettings, _table(raw, "gateway"), where="gateway", env=env, prefix=env_prefix("gateway"))
     st = build(StateSettings, _table(raw, "state"), where="state", env=env, prefix=env_prefix("state"))
@@ -193,9 +212,9 @@ def parse_config(
     if port is not None and not 0 <= port <= 65535:
         raise ConfigError("--port", f"must be 0..65535, got {port}")
     if state_dir is not None:
-        resolved_dir = Path(state_dir).expanduser()
+        resolved_dir = expanded(state_dir, "--state-dir")
     elif st.dir is not None:  # a relative one in the file is the file's folder's, wherever a command runs from
-        resolved_dir = Path(st.dir).expanduser()
+        resolved_dir = expanded(st.dir, "state.dir")
         if source is not None and env_var(env_prefix("state"), "dir") not in env:
             resolved_dir = source.parent / resolved_dir
     else:

@@ -29,9 +29,9 @@ DIR_MODE = 0o700  # the state dir holds adapter state (docs/state.md)
 FILE_MODE = 0o600
 
 
-def check_state_dir(state_dir: Path, *, create: bool = True) -> None:
+def check_state_dir(state_dir: Path, *, create: bool = True, write: bool = True) -> None:
     """Make sure the gateway may use `state_dir`, creating it 0700 if it is missing (unless
-    `create` is false: `status` and `state` only look).
+    `create` is false: `status` and `state` only look; `write` false: `stop` of a running one).
 
     Refused (GatewayExit STORE_UNUSABLE, exit 3, one message naming the path and what to do):
     a path that is a file, a symlink (never followed: docs/state.md), a directory owned by
@@ -43,7 +43,7 @@ def check_state_dir(state_dir: Path, *, create: bool = True) -> None:
     except FileNotFoundError:
         if create:
             _make_dirs(state_dir)
-        else:  # only looking (`--check-only`, `restart`'s validation, `status`): could it be made?
+        elif write:  # only looking (`--check-only`, `restart`'s validation, `status`): could it be made?
             above = next(p for p in state_dir.parents if os.path.lexists(p))
             if not os.access(above, os.W_OK | os.X_OK):
                 why = f"cannot be created ({above} is not writable by you); create it yourself or pass another --state-dir"
@@ -64,7 +64,7 @@ def check_state_dir(state_dir: Path, *, create: bool = True) -> None:
             state_dir,
             f"is owned by uid {st.st_uid}, not by you (uid {os.getuid()}); use a directory you own, or chown it",
         )
-    if not os.access(state_dir, os.W_OK | os.X_OK):
+    if write and not os.access(state_dir, os.W_OK | os.X_OK):
         raise _unusable(
             state_dir,
             f"is not writable by you (mode {stat.S_IMODE(st.st_mode):04o}); "
@@ -116,14 +116,7 @@ class PidFile:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            other = read_info(state_dir) or {}
-            pid = other.get("pid", "unknown")
-            raise GatewayExit(
-                IN_USE,
-                f"a gateway is already running on {state_dir} (pid {pid}); stop it with "
-                f"`chatstate stop --state-dir {state_dir}` or restart it with `chatstate restart --state-dir {state_dir}`, "
-                "or give this one another --state-dir",
-            ) from None
+            raise already_running(state_dir, (read_info(state_dir) or {}).get("pid", "unknown")) from None
         self = cls(state_dir, fd)
         self.update(pid=os.getpid(), started_at=time.time(), state_dir=str(state_dir), ready=False)
         return self
@@ -148,6 +141,17 @@ class PidFile:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def already_running(state_dir: Path, pid: object) -> GatewayExit:
+    """The refusal of a second gateway on `state_dir` (exit 4), naming the running one's pid and
+    the commands that stop or restart it."""
+    return GatewayExit(
+        IN_USE,
+        f"a gateway is already running on {state_dir} (pid {pid}); stop it with "
+        f"`chatstate stop --state-dir {state_dir}` or restart it with `chatstate restart --state-dir {state_dir}`, "
+        "or give this one another --state-dir",
+    )
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -183,9 +187,10 @@ def _open_private(path: Path, flags: int) -> int:
 def read_info(state_dir: Path) -> dict[str, Any] | None:
     """The pid file's contents, or None when there is none (or it is unreadable)."""
     try:
-        return json.loads((state_dir / PID_NAME).read_text())
+        info = json.loads((state_dir / PID_NAME).read_text())
     except (OSError, ValueError):
         return None
+    return info if isinstance(info, dict) else None
 
 
 def is_running(state_dir: Path) -> bool:
@@ -207,8 +212,38 @@ def is_running(state_dir: Path) -> bool:
     return False
 
 
+UNSTOPPED = "ended without stopping (killed or crashed?); its stored state is kept and nothing needs cleaning up"
+
+
+def ended_unstopped(state_dir: Path) -> int | None:
+    """The pid of the last gateway on `state_dir` when it ended without stopping (SIGKILL, a
+    crash: only a clean exit removes the pid file), else None. Only meaningful while none runs;
+    the lock, not this file, says whether one does, so nothing needs cleaning up after it."""
+    pid = (read_info(state_dir) or {}).get("pid")
+    return pid if isinstance(pid, int) else None
+
+
+def not_running(state_dir: Path) -> str:
+    """What `stop` says when no gateway runs on `state_dir`, naming one that was killed."""
+    last = ended_unstopped(state_dir)
+    return f"not running; the last gateway (pid {last}) {UNSTOPPED}" if last else "not running"
+
+
 def running_info(state_dir: Path) -> dict[str, Any] | None:
-    """The pid file of the running gateway, or None when none runs (a stale file is ignored)."""
+    """The pid file of the running gateway, or None when none runs (a stale file is ignored).
+    A pid file deleted or clobbered under a running gateway still gives its pid (`lock_holder`)."""
     if not is_running(state_dir):
         return None
-    return read_info(state_dir) or {"pid": None}
+    return read_info(state_dir) or {"pid": lock_holder(state_dir)}
+
+
+def lock_holder(state_dir: Path) -> int | None:
+    """The pid holding the state dir's lock, from the kernel's table (/proc/locks, Linux), or None."""
+    try:
+        st = os.stat(state_dir / LOCK_NAME)
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    lock = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"  # how the table names a file
+    held = [int(f[4]) for f in map(str.split, table.splitlines()) if f[1:2] == ["FLOCK"] and f[5:6] == [lock]]
+    return held[0] if held else None

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 
-from chatstate.gateway.config import load_config
+from chatstate.gateway.config import expanded, load_config
 from chatstate.gateway.exits import BAD_CONFIG, STORE_UNUSABLE, GatewayExit
 from chatstate.gateway.launch import CONFIG_ENV, config_path
 from chatstate.gateway.pidfile import check_state_dir
@@ -86,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             rest += ["--state-dir", str(config.state_dir)]
     if "--state-dir" in rest and rest.index("--state-dir") + 1 < len(rest):
-        check_state_dir(Path(rest[rest.index("--state-dir") + 1]).expanduser().absolute(), create=False)
+        check_state_dir(expanded(rest[rest.index("--state-dir") + 1], "--state-dir").absolute(), create=False)
     try:
         code = state_cli.main(rest, prog="chatstate state")
     except SystemExit as exc:  # argparse in the state CLI: --help (0) or bad usage (2)

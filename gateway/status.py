@@ -15,8 +15,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from chatstate.gateway.config import GatewayConfig
-from chatstate.gateway.pidfile import check_state_dir, running_info
+from chatstate.gateway.config import STATE_URL_ENV, GatewayConfig, check_state_url
+from chatstate.gateway.exits import OK, STORE_UNUSABLE, ConfigError, GatewayExit
+from chatstate.gateway.pidfile import UNSTOPPED, check_state_dir, ended_unstopped, running_info
 
 STATUS_TIMEOUT_S = 3.0  # how long `status` waits for /healthz before "not responding"
 
@@ -31,11 +32,15 @@ def gateway_status(config: GatewayConfig, *, timeout_s: float = STATUS_TIMEOUT_S
     info = running_info(config.state_dir) if config.state_dir.exists() else None
     report: dict[str, Any] = {"running": info is not None, "state_dir": str(config.state_dir)}
     if info is None:
+        if last := ended_unstopped(config.state_dir):
+            report["last_gateway"] = {"pid": last, "stopped": False}
         report["store"] = _offline_store_summary(config)
         return report
     report.update(pid=info.get("pid"), url=info.get("url"), ready=info.get("ready", False))
     if isinstance(info.get("started_at"), (int, float)):
         report["uptime_s"] = round(time.time() - info["started_at"], 3)
+    else:  # deleted or clobbered under it: the pid is the lock holder's; uptime and address are unknown
+        report["pid_file"] = "missing or unreadable"
     if info.get("url"):
         # `--timeout 0` means "do not wait": urllib would try a non-blocking connect and call a
         # healthy gateway unreachable (EINPROGRESS), so it is not asked at all
@@ -47,6 +52,25 @@ def gateway_status(config: GatewayConfig, *, timeout_s: float = STATUS_TIMEOUT_S
         if "error" in health:
             report["error"] = health["error"]
     return report
+
+
+def check_startable(config: GatewayConfig) -> int:
+    """`start --check-only` (and so `restart`, before it stops anything): what a start checks before
+    it touches anything, in its order and with its exit codes: the state dir, every enabled plugin
+    (2), and the database file, read-only (3: not SQLite, corrupt, a newer schema); 0 = it would start."""
+    from chatstate import state
+    from chatstate.gateway.registry import load_plugins
+    from chatstate.state._files import to_go_on
+
+    check_state_dir(config.state_dir, create=False)
+    load_plugins(config)
+    path = None if config.state_url else state.database_path(config.state_dir)
+    try:
+        if path is not None and path.exists():
+            state.check_database(path)
+    except state.StateStoreError as exc:  # the words a start would use (gateway/server.py)
+        raise GatewayExit(STORE_UNUSABLE, f"state store unusable: {exc}{to_go_on(path, exc)}") from None
+    return OK
 
 
 def _get_health(url: str, timeout_s: float) -> dict[str, Any]:
@@ -75,6 +99,12 @@ def _offline_store_summary(config: GatewayConfig) -> dict[str, Any]:
 
     if config.state_url:  # the Database's location: the URL with its password shown as ***
         shown = state.Database(url=config.state_url).location
+        try:  # offline, as `start` checks it: a URL it would refuse is said now, not at the next start
+            check_state_url(config)
+        except ConfigError as exc:
+            fix = f"${STATE_URL_ENV}" if STATE_URL_ENV in config.env else f"[state] url in {config.source}"
+            fix = f"fix {fix}: `chatstate start` refuses it as it is"
+            return {"ok": False, "url": shown, "code": "INVALID_INPUT", "message": exc.why, "next": fix}
         return {"ok": None, "url": shown, "note": "not checked while the gateway is down"}
 
     path = state.database_path(config.state_dir)
@@ -98,13 +128,18 @@ def status_text(r: dict[str, Any]) -> str:
             what = store.get("note", "not checked")
             where = store.get("database_path") or store.get("url", "")
             line = f"store: {what} ({where})" if where else f"store: {what}"
+            line += "; `chatstate state probe` checks it" if "url" in store else ""
         elif store["ok"]:
             line = f"store: ok {store.get('database_path', '')}"
         else:
             line = f"store: UNUSABLE ({store.get('code')}) {store.get('message')}"
             line += f"; {store['next']}" if "next" in store else ""
-        return f"gateway: not running (state dir {r['state_dir']})\n{line}"
+        last = f"; the last gateway (pid {r['last_gateway']['pid']}) {UNSTOPPED}" if "last_gateway" in r else ""
+        return f"gateway: not running (state dir {r['state_dir']}){last}\n{line}"
     lines = [f"gateway: running pid {r.get('pid')} up {r.get('uptime_s', 0):.1f}s at {r.get('url') or '(starting)'}"]
+    if "pid_file" in r:
+        lines[0] = f"gateway: running pid {r.get('pid')}; its pid file is {r['pid_file']}, so its address is unknown "
+        lines[0] += "(`chatstate stop` and `restart` still find it)"
     if "health" in r:
         health = r["health"]
         lines.append(f"health: {health}" + (f" ({r['error']})" if r.get("error") else ""))

@@ -55,6 +55,29 @@ def test_every_seconds_flag_refuses_what_is_not_a_wait(value: str, capsys: pytes
     assert build_parser().parse_args(["stop", "--timeout", "0"]).timeout == 0
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["start", "--detatch"], "chatstate start: error: unrecognized arguments: --detatch (did you mean --detach?)"),
+        (["stop", "--timout=3"], "chatstate stop: error: unrecognized arguments: --timout=3 (did you mean --timeout?)"),
+        (
+            ["restart", "--confg", "x"],
+            "chatstate restart: error: unrecognized arguments: --confg x (did you mean --config?)",
+        ),
+        (["status", "--port", "1"], "chatstate status: error: unrecognized arguments: --port 1"),
+        (["status", "now"], "chatstate status: error: unrecognized arguments: now"),
+    ],
+)
+def test_a_mistyped_flag_gets_its_commands_usage_and_the_closest_flag(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.endswith(f"\n{said}\n"), err
+    assert err.startswith(f"usage: chatstate {argv[0]} [-h]")  # the command's flags, not `chatstate [-h] COMMAND`
+
+
 def test_an_empty_state_dir_is_bad_usage_not_the_current_folder(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (
         ["start", "--state-dir", ""],

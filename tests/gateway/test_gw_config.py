@@ -78,6 +78,20 @@ def test_bad_values_name_the_key(raw: dict, key: str) -> None:
     assert info.value.code == 2
 
 
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        ({"gatway": {"port": 1}}, "[gatway]: unknown table (did you mean [gateway]?)"),
+        ({"adapter": {"echo": {}}}, "[adapter]: unknown table (did you mean [adapters]?)"),
+        ({"misc": {}}, "[misc]: unknown table"),
+    ],
+)
+def test_a_mistyped_table_is_named_as_a_table_with_the_real_ones(raw: dict, said: str) -> None:
+    with pytest.raises(ConfigError) as info:  # not "unknown key; known keys: trusted_plugins, external_plugins"
+        parse_config(raw, env={})
+    assert str(info.value) == f"config error: {said}; the tables are [gateway], [state] and [adapters.<id>]"
+
+
 def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml")

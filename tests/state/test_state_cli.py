@@ -55,6 +55,16 @@ def test_probe_creates_a_missing_state_dir(tmp_path):
     assert (tmp_path / "fresh" / "plugin-state" / "state.sqlite").is_file()
 
 
+def test_probe_cli_says_when_it_made_the_database_so_a_mistyped_state_dir_shows(tmp_path):
+    db = tmp_path / "fresh" / "plugin-state" / "state.sqlite"
+    first, again = (run_cli("probe", "--state-dir", str(tmp_path / "fresh")) for _ in range(2))
+    assert (first.returncode, json.loads(first.stdout)["ok"]) == (0, True)
+    assert first.stderr == (
+        f"probe: there was no database; made an empty {db} (expected one? give --state-dir D or --path FILE)\n"
+    )
+    assert (again.returncode, again.stderr) == (0, "")  # it is there now: nothing to say
+
+
 def test_probe_failure_names_the_step_code_and_path(state_home, db_path):
     db_path.parent.mkdir()
     db_path.write_text("not a database")
@@ -209,3 +219,10 @@ def test_inspect_of_a_file_elsewhere_that_is_not_sqlite_never_advises_moving_it(
     assert "not a SQLite database" in err and f"mv {notes}" not in err
     assert "plugin-state/state.sqlite" in err and "--state-dir" in err
     assert notes.read_text() == "my notes\n"
+
+
+def test_a_home_of_a_user_this_host_lacks_is_bad_usage_not_a_traceback(tmp_path):
+    for args in (["--state-dir", "~no-such-user-here/cs"], ["--path", "~no-such-user-here/db"]):
+        for command in ("probe", "inspect"):
+            done = run_cli(command, *args)
+            assert (done.returncode, done.stderr) == (2, f"{args[1]}: no such user's home; give the whole path\n")

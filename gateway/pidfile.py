@@ -29,6 +29,20 @@ DIR_MODE = 0o700  # the state dir holds adapter state (docs/state.md)
 FILE_MODE = 0o600
 
 
+def check_database_file(path: Path | None) -> None:
+    """The SQLite file at `path` (None: a Redis URL), read-only, as a start judges it before it
+    touches anything: not SQLite, corrupt or a newer schema is STORE_UNUSABLE (exit 3) saying what
+    to do; missing or empty is fine."""
+    from chatstate import state  # the state package: only for commands that start or check a start
+    from chatstate.state._files import to_go_on
+
+    try:
+        if path is not None:
+            state.check_database(path)
+    except state.StateStoreError as exc:
+        raise GatewayExit(STORE_UNUSABLE, f"state store unusable: {exc}{to_go_on(path, exc)}") from None
+
+
 def check_state_dir(state_dir: Path, *, create: bool = True, write: bool = True) -> None:
     """Make sure the gateway may use `state_dir`, creating it 0700 if it is missing (unless
     `create` is false: `status` and `state` only look; `write` false: `stop` of a running one).

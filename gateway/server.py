@@ -34,7 +34,7 @@ from chatstate.gateway.app import CALLER_ERROR_CODES, LIFECYCLE, PLUGINS, Plugin
 from chatstate.gateway.config import GatewayConfig
 from chatstate.gateway.cpu import pin_process
 from chatstate.gateway.exits import BAD_CONFIG, FAILED, IN_USE, OK, STORE_UNUSABLE, UNUSABLE_STORE_CODES, GatewayExit
-from chatstate.gateway.pidfile import PidFile
+from chatstate.gateway.pidfile import PidFile, check_database_file
 from chatstate.gateway.registry import load_plugins
 from chatstate.gateway.runtime import PluginNotTrusted
 from chatstate.state._files import to_go_on
@@ -59,12 +59,7 @@ def run(config: GatewayConfig, *, ready_fd: int | None = None, launch: dict[str,
     pin_process(config.cpu)
     plugins = load_plugins(config)
     with PidFile.acquire(config.state_dir) as pidfile:
-        path, _ = database_location(config)
-        if path is not None:
-            try:
-                state.check_database(path)
-            except state.StateStoreError as exc:
-                raise GatewayExit(STORE_UNUSABLE, f"state store unusable: {exc}{to_go_on(path, exc)}") from None
+        check_database_file(database_location(config)[0])
         sock = _bind(config.host, config.port)
         try:
             app = build_app(config, plugins)

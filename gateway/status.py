@@ -16,8 +16,8 @@ import urllib.request
 from typing import Any
 
 from chatstate.gateway.config import STATE_URL_ENV, GatewayConfig, check_state_url
-from chatstate.gateway.exits import OK, STORE_UNUSABLE, ConfigError, GatewayExit
-from chatstate.gateway.pidfile import UNSTOPPED, check_state_dir, ended_unstopped, running_info
+from chatstate.gateway.exits import OK, ConfigError
+from chatstate.gateway.pidfile import UNSTOPPED, check_database_file, check_state_dir, ended_unstopped, running_info
 
 STATUS_TIMEOUT_S = 3.0  # how long `status` waits for /healthz before "not responding"
 
@@ -60,16 +60,10 @@ def check_startable(config: GatewayConfig) -> int:
     (2), and the database file, read-only (3: not SQLite, corrupt, a newer schema); 0 = it would start."""
     from chatstate import state
     from chatstate.gateway.registry import load_plugins
-    from chatstate.state._files import to_go_on
 
     check_state_dir(config.state_dir, create=False)
     load_plugins(config)
-    path = None if config.state_url else state.database_path(config.state_dir)
-    try:
-        if path is not None and path.exists():
-            state.check_database(path)
-    except state.StateStoreError as exc:  # the words a start would use (gateway/server.py)
-        raise GatewayExit(STORE_UNUSABLE, f"state store unusable: {exc}{to_go_on(path, exc)}") from None
+    check_database_file(None if config.state_url else state.database_path(config.state_dir))
     return OK
 
 

@@ -119,8 +119,8 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "yes" if self.appendonly else "no",
-                "--appendfsync",
-                "everysec",
+                "--appendfsync",  # everysec would let a reply out while Redis postpones its AOF write
+                "always" if self.appendonly else "everysec",  # (fsync slow): a SIGKILL then loses it
                 "--rename-command",
                 "KEYS",
                 "",

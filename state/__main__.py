@@ -27,6 +27,7 @@ sum(expires_at IS NOT NULL AND expires_at <= :now) FROM entries WHERE {WHERE} GR
 FOREIGN = ". Is that the state database? It lives at <state dir>/plugin-state/state.sqlite: give --state-dir D"
 LIVE_KEYS = f"""SELECT plugin_id, key, value, created_at, expires_at FROM entries WHERE {WHERE}
 AND (expires_at IS NULL OR expires_at > :now) ORDER BY created_at, key"""
+NEW_HINT = "give --state-dir D or --path FILE"
 URL_TEXT = functools.partial(path_text, why="an empty --url would probe the SQLite file instead")  # `--url "$UNSET"`
 
 
@@ -63,10 +64,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m chatstate.sta
             result = probe(url=args.url) if args.url else probe(path)
             print(json.dumps(result, indent=2), flush=True)
             if new and path.exists():
-                print(
-                    f"probe: there was no database; made an empty {path} (expected one? give --state-dir D or --path FILE)",
-                    file=sys.stderr,
-                )
+                print(f"probe: there was no database; made an empty {path} (expected one? {NEW_HINT})", file=sys.stderr)
             return 0 if result["ok"] else 1
         return _inspect(args, path)
     except BrokenPipeError:  # `... | head`: the reader has what it wanted; no traceback at exit either
